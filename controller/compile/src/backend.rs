@@ -1,0 +1,282 @@
+//! backendRefs: kind and namespace checks, ReferenceGrants, Services and their endpoints.
+
+use crate::status::reasons;
+use crate::{Inputs, namespace_of};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::referencegrants::ReferenceGrant;
+use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
+use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
+use portico_crds::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
+use std::collections::BTreeMap;
+
+/// Standalone shorthand: a Service annotation listing endpoints as `ip[:port]` items separated
+/// by commas or white space, used when no EndpointSlice names the Service. A bare `ip` takes
+/// the Service port's numeric `targetPort` (or the port itself).
+pub const ENDPOINTS_ANNOTATION: &str = "portico.dev/endpoints";
+
+/// The label by which an EndpointSlice names its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Why a backendRef could not be resolved, as a ResolvedRefs reason and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unresolved {
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+}
+
+/// What a backendRef names, with the defaults of the Gateway API applied by the caller's view.
+pub(crate) struct BackendRefSpec<'a> {
+    pub(crate) group: Option<&'a str>,
+    pub(crate) kind: Option<&'a str>,
+    pub(crate) name: &'a str,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) port: Option<i32>,
+}
+
+pub(crate) struct BackendIndex<'a> {
+    services: BTreeMap<(String, String), &'a Service>,
+    slices: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
+    grants: BTreeMap<String, Vec<&'a ReferenceGrant>>,
+}
+
+impl<'a> BackendIndex<'a> {
+    pub(crate) fn new(inputs: &'a Inputs) -> Self {
+        let mut services = BTreeMap::new();
+        for s in &inputs.services {
+            services.insert(
+                (
+                    namespace_of(&s.metadata),
+                    s.metadata.name.clone().unwrap_or_default(),
+                ),
+                s,
+            );
+        }
+        let mut slices: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+        for s in &inputs.endpoint_slices {
+            if let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                slices
+                    .entry((namespace_of(&s.metadata), svc.clone()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut grants: BTreeMap<String, Vec<&ReferenceGrant>> = BTreeMap::new();
+        for g in &inputs.reference_grants {
+            grants.entry(namespace_of(&g.metadata)).or_default().push(g);
+        }
+        Self {
+            services,
+            slices,
+            grants,
+        }
+    }
+
+    /// Resolves a backendRef written in an object of `from_kind` in `from_ns`.
+    pub(crate) fn resolve(
+        &self,
+        from_kind: &str,
+        from_ns: &str,
+        r: &BackendRefSpec<'_>,
+    ) -> Result<Backend, Unresolved> {
+        let group = r.group.unwrap_or("");
+        let kind = r.kind.unwrap_or("Service");
+        if !(group.is_empty() || group == "core") || kind != "Service" {
+            return Err(Unresolved {
+                reason: reasons::INVALID_KIND,
+                message: format!(
+                    "backendRef {}: kind {kind:?} in group {group:?} is not supported; use a core Service",
+                    r.name
+                ),
+            });
+        }
+        let ns = r.namespace.unwrap_or(from_ns);
+        if ns != from_ns && !self.granted(from_kind, from_ns, ns, r.name) {
+            return Err(Unresolved {
+                reason: reasons::REF_NOT_PERMITTED,
+                message: format!(
+                    "backendRef to Service {ns}/{} is not permitted: no ReferenceGrant in namespace {ns} allows {from_kind}s from {from_ns}",
+                    r.name
+                ),
+            });
+        }
+        let Some(service) = self.services.get(&(ns.to_string(), r.name.to_string())) else {
+            return Err(Unresolved {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!("Service {ns}/{} not found", r.name),
+            });
+        };
+        let port = r.port.unwrap_or_default();
+        let spec_port = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port));
+        let (Some(spec_port), Ok(port_u16)) = (spec_port, u16::try_from(port)) else {
+            return Err(Unresolved {
+                reason: reasons::BACKEND_NOT_FOUND,
+                message: format!("Service {ns}/{} has no port {port}", r.name),
+            });
+        };
+        let protocol = match spec_port.app_protocol.as_deref() {
+            Some("kubernetes.io/h2c") => AppProtocol::H2c,
+            _ => AppProtocol::Http1,
+        };
+        let mut endpoints = self.endpoints(ns, r.name, spec_port);
+        if endpoints.is_empty()
+            && !self
+                .slices
+                .contains_key(&(ns.to_string(), r.name.to_string()))
+        {
+            endpoints = annotated_endpoints(service, spec_port);
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        Ok(Backend {
+            id: BackendId {
+                namespace: ns.to_string(),
+                name: r.name.to_string(),
+                port: port_u16,
+            },
+            protocol,
+            port_name: spec_port.name.clone(),
+            endpoints,
+        })
+    }
+
+    fn granted(&self, from_kind: &str, from_ns: &str, to_ns: &str, to_name: &str) -> bool {
+        self.grants.get(to_ns).into_iter().flatten().any(|g| {
+            let from_ok =
+                g.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
+                });
+            let to_ok = g.spec.to.iter().any(|t| {
+                t.group.is_empty()
+                    && t.kind == "Service"
+                    && t.name.as_deref().is_none_or(|n| n == to_name)
+            });
+            from_ok && to_ok
+        })
+    }
+
+    /// Endpoints from the Service's EndpointSlices for one Service port, matched by port name
+    /// as kube-proxy does.
+    fn endpoints(&self, ns: &str, name: &str, port: &ServicePort) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        for slice in self
+            .slices
+            .get(&(ns.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+        {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let Some(target) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for e in slice.endpoints.iter().flatten() {
+                let c = e.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+                        out.push(Endpoint {
+                            address: ip.to_string(),
+                            port: target,
+                            ready,
+                            serving,
+                            terminating,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn annotated_endpoints(service: &Service, port: &ServicePort) -> Vec<Endpoint> {
+    let Some(list) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
+    else {
+        return Vec::new();
+    };
+    let default_port = match &port.target_port {
+        Some(IntOrString::Int(p)) => *p,
+        _ => port.port,
+    };
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .filter_map(|item| parse_endpoint(item, default_port))
+        .collect()
+}
+
+/// `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+fn parse_endpoint(item: &str, default_port: i32) -> Option<Endpoint> {
+    let (ip, port) = if let Ok(sa) = item.parse::<std::net::SocketAddr>() {
+        (sa.ip(), i32::from(sa.port()))
+    } else {
+        let bare = item.trim_start_matches('[').trim_end_matches(']');
+        (bare.parse::<std::net::IpAddr>().ok()?, default_port)
+    };
+    Some(Endpoint {
+        address: ip.to_string(),
+        port: u16::try_from(port).ok()?,
+        ready: true,
+        serving: true,
+        terminating: false,
+    })
+}
+
+/// Checks the shorthand annotation of every Service so a typo is reported, not ignored.
+pub(crate) fn annotation_errors(service: &Service) -> Vec<String> {
+    let Some(list) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
+    else {
+        return Vec::new();
+    };
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .filter(|item| parse_endpoint(item, 1).is_none())
+        .map(|item| format!("{ENDPOINTS_ANNOTATION}: {item:?} is not an `ip` or `ip:port`"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_shorthand_parses_v4_v6_and_default_ports() {
+        let e = parse_endpoint("127.0.0.2:9000", 80).expect("v4 with port");
+        assert_eq!((e.address.as_str(), e.port), ("127.0.0.2", 9000));
+        let e = parse_endpoint("127.0.0.3", 8080).expect("bare v4");
+        assert_eq!(e.port, 8080);
+        let e = parse_endpoint("[::1]:9001", 80).expect("v6 with port");
+        assert_eq!((e.address.as_str(), e.port), ("::1", 9001));
+        let e = parse_endpoint("[::1]", 81).expect("bare v6");
+        assert_eq!(e.port, 81);
+        assert!(parse_endpoint("localhost:80", 80).is_none());
+        assert!(parse_endpoint("1.2.3.4:99999", 80).is_none());
+    }
+}

@@ -1,0 +1,519 @@
+//! GatewayClasses, Gateways and their listeners: which are ours, which listeners are valid,
+//! which conflict, and which routes each may accept.
+
+use crate::hostname;
+use crate::route::AttachedRoutes;
+use crate::status::{
+    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport, reasons, types,
+};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::gatewayclasses::GatewayClass;
+use portico_crds::gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector,
+};
+use portico_crds::k8s_openapi::api::core::v1::Namespace;
+use portico_model::{Listener, ObjectRef, Protocol, Snapshot};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Route kinds a listener can accept, by protocol.
+const HTTP_ROUTE: &str = "HTTPRoute";
+
+/// Accepts the classes that name our controller; returns their names.
+pub(crate) fn accept_classes(
+    classes: &[GatewayClass],
+    controller_name: &str,
+    status: &mut StatusReport,
+) -> BTreeSet<String> {
+    let mut ours = BTreeSet::new();
+    for class in classes {
+        if class.spec.controller_name != controller_name {
+            continue;
+        }
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let generation = class.metadata.generation;
+        let condition = match &class.spec.parameters_ref {
+            // GatewayConfig support arrives with the operator; until then a reference cannot
+            // be honoured and the user must know.
+            Some(p) => Condition::new(
+                types::ACCEPTED,
+                false,
+                reasons::INVALID_PARAMETERS,
+                format!("parametersRef {}/{} is not supported yet", p.kind, p.name),
+                generation,
+            ),
+            None => Condition::new(
+                types::ACCEPTED,
+                true,
+                reasons::ACCEPTED,
+                "handled by Portico",
+                generation,
+            ),
+        };
+        if condition.is_true() {
+            ours.insert(name.clone());
+        }
+        status.gateway_classes.insert(
+            name,
+            GatewayClassStatus {
+                conditions: vec![condition],
+            },
+        );
+    }
+    ours
+}
+
+/// Namespace labels for `allowedRoutes.namespaces.selector`.
+pub(crate) struct NamespaceLabels(BTreeMap<String, BTreeMap<String, String>>);
+
+impl NamespaceLabels {
+    pub(crate) fn new(namespaces: &[Namespace]) -> Self {
+        let mut map = BTreeMap::new();
+        for ns in namespaces {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+            map.insert(name, labels);
+        }
+        Self(map)
+    }
+
+    fn matches(
+        &self,
+        namespace: &str,
+        selector: &GatewayListenersAllowedRoutesNamespacesSelector,
+    ) -> bool {
+        let automatic = BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            namespace.to_string(),
+        )]);
+        let labels = self.0.get(namespace).unwrap_or(&automatic);
+        let by_labels = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        });
+        by_labels && by_expressions
+    }
+}
+
+pub(crate) enum AllowedNamespaces {
+    Same,
+    All,
+    Selector(GatewayListenersAllowedRoutesNamespacesSelector),
+}
+
+/// One listener and what compile concluded about it.
+pub(crate) struct ListenerState {
+    pub(crate) name: String,
+    pub(crate) port: i32,
+    pub(crate) protocol: String,
+    pub(crate) hostname: Option<String>,
+    pub(crate) allowed_namespaces: AllowedNamespaces,
+    pub(crate) supported_kinds: Vec<String>,
+    pub(crate) accepted: Option<(String, String)>,
+    pub(crate) conflicted: Option<(String, String)>,
+    pub(crate) invalid_kinds: Option<String>,
+    pub(crate) attached_routes: i32,
+}
+
+impl ListenerState {
+    /// Valid and not conflicted: it is programmed and routes may attach.
+    pub(crate) fn usable(&self) -> bool {
+        self.accepted.is_none() && self.conflicted.is_none()
+    }
+
+    pub(crate) fn allows_kind(&self, kind: &str) -> bool {
+        self.supported_kinds.iter().any(|k| k == kind)
+    }
+
+    pub(crate) fn allows_namespace(
+        &self,
+        gateway_ns: &str,
+        route_ns: &str,
+        ns: &NamespaceLabels,
+    ) -> bool {
+        match &self.allowed_namespaces {
+            AllowedNamespaces::Same => gateway_ns == route_ns,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(s) => ns.matches(route_ns, s),
+        }
+    }
+}
+
+pub(crate) struct GatewayState {
+    pub(crate) id: ObjectRef,
+    generation: Option<i64>,
+    /// Set when the Gateway as a whole is rejected: (reason, message).
+    invalid: Option<(&'static str, String)>,
+    addresses: Vec<String>,
+    pub(crate) listeners: Vec<ListenerState>,
+}
+
+/// Validates every Gateway whose class is ours, sorted by namespace/name.
+pub(crate) fn compile_gateways(
+    gateways: &[Gateway],
+    classes: &BTreeSet<String>,
+) -> Vec<GatewayState> {
+    let mut out: Vec<GatewayState> = gateways
+        .iter()
+        .filter(|g| classes.contains(&g.spec.gateway_class_name))
+        .map(compile_gateway)
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+fn compile_gateway(gw: &Gateway) -> GatewayState {
+    let id = crate::object_ref(&gw.metadata);
+    let mut invalid = None;
+    let mut addresses = Vec::new();
+    for a in gw.spec.addresses.iter().flatten() {
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        match (kind, a.value.as_deref()) {
+            ("IPAddress", Some(v)) => match v.parse::<std::net::IpAddr>() {
+                Ok(ip) => addresses.push(ip.to_string()),
+                Err(_) => {
+                    invalid = Some((
+                        reasons::UNSUPPORTED_ADDRESS,
+                        format!("address {v:?} is not an IP address"),
+                    ));
+                }
+            },
+            ("IPAddress", None) => {}
+            (other, _) => {
+                invalid = Some((
+                    reasons::UNSUPPORTED_ADDRESS,
+                    format!("address type {other:?} is not supported; use IPAddress"),
+                ));
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+
+    let mut listeners: Vec<ListenerState> = gw.spec.listeners.iter().map(listener_state).collect();
+    let mut seen = BTreeSet::new();
+    for l in &gw.spec.listeners {
+        if !seen.insert(l.name.as_str()) {
+            invalid = Some((
+                reasons::INVALID,
+                format!(
+                    "listener name {:?} is used twice; names must be unique",
+                    l.name
+                ),
+            ));
+        }
+    }
+    mark_conflicts(&mut listeners);
+    GatewayState {
+        id,
+        generation: gw.metadata.generation,
+        invalid,
+        addresses,
+        listeners,
+    }
+}
+
+fn listener_state(l: &GatewayListeners) -> ListenerState {
+    let mut accepted = None;
+    if !(1..=65535).contains(&l.port) {
+        accepted = Some((
+            reasons::PORT_UNAVAILABLE.to_string(),
+            format!("port {} is out of range", l.port),
+        ));
+    }
+    match l.protocol.as_str() {
+        "HTTP" => {}
+        "HTTPS" | "TLS" | "TCP" | "UDP" => {
+            accepted = Some((
+                reasons::UNSUPPORTED_PROTOCOL.to_string(),
+                format!("protocol {} is not supported yet; HTTP is", l.protocol),
+            ));
+        }
+        other => {
+            accepted = Some((
+                reasons::UNSUPPORTED_PROTOCOL.to_string(),
+                format!("unknown protocol {other:?}"),
+            ));
+        }
+    }
+    if let Some(h) = &l.hostname
+        && let Err(e) = hostname::validate(h)
+    {
+        accepted = Some((reasons::INVALID.to_string(), e));
+    }
+
+    let mut supported_kinds = Vec::new();
+    let mut invalid_kinds = None;
+    match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        Some(kinds) if !kinds.is_empty() => {
+            let mut bad = Vec::new();
+            for k in kinds {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && k.kind == HTTP_ROUTE {
+                    supported_kinds.push(k.kind.clone());
+                } else {
+                    bad.push(format!("{group}/{}", k.kind));
+                }
+            }
+            if !bad.is_empty() {
+                invalid_kinds = Some(format!(
+                    "route kinds not supported on an {} listener: {}",
+                    l.protocol,
+                    bad.join(", ")
+                ));
+            }
+        }
+        _ => supported_kinds.push(HTTP_ROUTE.to_string()),
+    }
+    supported_kinds.dedup();
+
+    let namespaces = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    let allowed_namespaces = match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => AllowedNamespaces::Same,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => AllowedNamespaces::All,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            match namespaces.and_then(|n| n.selector.clone()) {
+                Some(s) => AllowedNamespaces::Selector(s),
+                None => {
+                    accepted = Some((
+                        reasons::INVALID.to_string(),
+                        "namespaces.from is Selector but no selector is set".into(),
+                    ));
+                    AllowedNamespaces::Same
+                }
+            }
+        }
+    };
+
+    ListenerState {
+        name: l.name.clone(),
+        port: l.port,
+        protocol: l.protocol.clone(),
+        hostname: l.hostname.clone(),
+        allowed_namespaces,
+        supported_kinds,
+        accepted,
+        conflicted: None,
+        invalid_kinds,
+        attached_routes: 0,
+    }
+}
+
+/// Listeners on one port must share a protocol, and HTTP listeners on one port need distinct
+/// hostnames. Every listener of an indistinct set is Conflicted; none of them is picked.
+fn mark_conflicts(listeners: &mut [ListenerState]) {
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        by_port.entry(l.port).or_default().push(i);
+    }
+    for (port, idx) in by_port {
+        let protocols: BTreeSet<&str> = idx
+            .iter()
+            .map(|&i| listeners[i].protocol.as_str())
+            .collect();
+        if protocols.len() > 1 {
+            let list = protocols.iter().copied().collect::<Vec<_>>().join(", ");
+            for &i in &idx {
+                listeners[i].conflicted = Some((
+                    reasons::PROTOCOL_CONFLICT.into(),
+                    format!("port {port} is used with different protocols ({list})"),
+                ));
+            }
+            continue;
+        }
+        let mut by_host: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+        for &i in &idx {
+            by_host
+                .entry(listeners[i].hostname.as_deref())
+                .or_default()
+                .push(i);
+        }
+        let clashes: Vec<(Option<String>, Vec<usize>)> = by_host
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(h, v)| (h.map(str::to_string), v))
+            .collect();
+        for (host, group) in clashes {
+            let names: Vec<&str> = group.iter().map(|&i| listeners[i].name.as_str()).collect();
+            let message = format!(
+                "listeners {} share port {port} and hostname {}",
+                names.join(", "),
+                host.as_deref().unwrap_or("(any)")
+            );
+            for &i in &group {
+                listeners[i].conflicted =
+                    Some((reasons::HOSTNAME_CONFLICT.into(), message.clone()));
+            }
+        }
+    }
+}
+
+impl GatewayState {
+    pub(crate) fn accepted(&self) -> bool {
+        self.invalid.is_none() && self.listeners.iter().any(ListenerState::usable)
+    }
+
+    pub(crate) fn status(&self) -> GatewayStatus {
+        let g = self.generation;
+        let bad: Vec<&str> = self
+            .listeners
+            .iter()
+            .filter(|l| !l.usable())
+            .map(|l| l.name.as_str())
+            .collect();
+        let accepted = match (&self.invalid, bad.is_empty()) {
+            (Some((reason, message)), _) => {
+                Condition::new(types::ACCEPTED, false, reason, message.clone(), g)
+            }
+            (None, true) => Condition::new(
+                types::ACCEPTED,
+                true,
+                reasons::ACCEPTED,
+                "all listeners are valid",
+                g,
+            ),
+            (None, false) => Condition::new(
+                types::ACCEPTED,
+                self.accepted(),
+                reasons::LISTENERS_NOT_VALID,
+                format!("listeners not accepted: {}", bad.join(", ")),
+                g,
+            ),
+        };
+        let programmed = if accepted.is_true() {
+            Condition::new(
+                types::PROGRAMMED,
+                false,
+                reasons::PENDING,
+                "waiting for the dataplane to apply the configuration",
+                g,
+            )
+        } else {
+            Condition::new(
+                types::PROGRAMMED,
+                false,
+                reasons::INVALID,
+                "the Gateway is not accepted",
+                g,
+            )
+        };
+        GatewayStatus {
+            conditions: vec![accepted, programmed],
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| listener_status(l, g))
+                .collect(),
+        }
+    }
+
+    /// The snapshot of an accepted Gateway: usable listeners, attached routes, their backends.
+    pub(crate) fn snapshot(&self, attached: &AttachedRoutes) -> Option<Snapshot> {
+        if !self.accepted() {
+            return None;
+        }
+        let listeners = self
+            .listeners
+            .iter()
+            .filter(|l| l.usable())
+            .map(|l| Listener {
+                name: l.name.clone(),
+                addresses: self.addresses.clone(),
+                port: u16::try_from(l.port).unwrap_or_default(),
+                protocol: Protocol::Http,
+                hostname: l.hostname.clone(),
+                tls: None,
+            })
+            .collect();
+        let (routes, backends) = attached.for_gateway(&self.id);
+        Some(Snapshot {
+            version: 0,
+            gateway: self.id.clone(),
+            listeners,
+            routes,
+            backends,
+        })
+    }
+}
+
+fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
+    let accepted = match &l.accepted {
+        Some((reason, message)) => {
+            Condition::new(types::ACCEPTED, false, reason, message.clone(), g)
+        }
+        None => Condition::new(
+            types::ACCEPTED,
+            true,
+            reasons::ACCEPTED,
+            "listener is valid",
+            g,
+        ),
+    };
+    let conflicted = match &l.conflicted {
+        Some((reason, message)) => {
+            Condition::new(types::CONFLICTED, true, reason, message.clone(), g)
+        }
+        None => Condition::new(
+            types::CONFLICTED,
+            false,
+            reasons::NO_CONFLICTS,
+            "no conflicts",
+            g,
+        ),
+    };
+    let resolved = match &l.invalid_kinds {
+        Some(message) => Condition::new(
+            types::RESOLVED_REFS,
+            false,
+            reasons::INVALID_ROUTE_KINDS,
+            message.clone(),
+            g,
+        ),
+        None => Condition::new(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "all references resolved",
+            g,
+        ),
+    };
+    let programmed = if l.usable() {
+        Condition::new(
+            types::PROGRAMMED,
+            false,
+            reasons::PENDING,
+            "waiting for the dataplane to apply the configuration",
+            g,
+        )
+    } else {
+        Condition::new(
+            types::PROGRAMMED,
+            false,
+            reasons::INVALID,
+            "the listener is not accepted or is conflicted",
+            g,
+        )
+    };
+    ListenerStatus {
+        name: l.name.clone(),
+        attached_routes: l.attached_routes,
+        supported_kinds: l.supported_kinds.clone(),
+        conditions: vec![accepted, conflicted, resolved, programmed],
+    }
+}

@@ -1,0 +1,202 @@
+//! Reading the YAML a user would `kubectl apply` into [`Inputs`], remembering which file each
+//! object came from so that every problem can name its file.
+//!
+//! Text in, objects out: the caller reads the files. Multi-document files and `kind: List`
+//! are accepted; any other kind is an error naming the document.
+
+use crate::backend::annotation_errors;
+use crate::{Inputs, object_ref};
+use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_model::ObjectRef;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A document that could not be read. It makes the whole load fail, so that a half-read
+/// directory never replaces a good configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: String,
+    /// `Kind namespace/name` when the document got far enough to say, else `document N`.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.object, self.message)
+    }
+}
+
+/// Where each object came from: `(kind, namespace/name)` → file.
+#[derive(Clone, Debug, Default)]
+pub struct Origins(BTreeMap<(String, ObjectRef), String>);
+
+impl Origins {
+    pub fn file_of(&self, kind: &str, id: &ObjectRef) -> Option<&str> {
+        self.0
+            .get(&(kind.to_string(), id.clone()))
+            .map(String::as_str)
+    }
+
+    /// The file of the object a status problem names (`Kind ns/name ...`).
+    pub fn file_of_problem(&self, object: &str) -> Option<&str> {
+        let mut words = object.split_whitespace();
+        let kind = words.next()?;
+        let (ns, name) = words.next()?.split_once('/').unwrap_or(("", ""));
+        self.file_of(kind, &ObjectRef::new(ns, name))
+            .or_else(|| self.file_of(kind, &ObjectRef::new("", words.next().unwrap_or_default())))
+    }
+}
+
+/// Accumulates objects from any number of files.
+#[derive(Debug, Default)]
+pub struct ManifestSet {
+    pub inputs: Inputs,
+    pub origins: Origins,
+    pub errors: Vec<ManifestError>,
+}
+
+impl ManifestSet {
+    /// Parses one file's text. Problems are collected in `errors`.
+    pub fn add_file(&mut self, file: &str, text: &str) {
+        use serde::Deserialize;
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let label = format!("document {}", i + 1);
+            match serde_yaml::Value::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => {}
+                Ok(value) => self.add_value(file, &label, value),
+                Err(e) => {
+                    self.error(file, &label, format!("malformed YAML: {e}"));
+                    // The YAML stream cannot be resumed after a syntax error.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn error(&mut self, file: &str, object: &str, message: String) {
+        self.errors.push(ManifestError {
+            file: file.to_string(),
+            object: object.to_string(),
+            message,
+        });
+    }
+
+    fn add_value(&mut self, file: &str, label: &str, value: serde_yaml::Value) {
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let object = if name.is_empty() {
+            label.to_string()
+        } else {
+            format!("{kind} {name}")
+        };
+        if kind.is_empty() || api_version.is_empty() {
+            return self.error(file, &object, "apiVersion and kind are required".into());
+        }
+        if name.is_empty() && kind != "List" {
+            return self.error(file, &object, format!("{kind} has no metadata.name"));
+        }
+        let i = &mut self.inputs;
+        let added = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "List") => {
+                match value.get("items").and_then(|v| v.as_sequence()).cloned() {
+                    Some(items) => {
+                        for (n, item) in items.into_iter().enumerate() {
+                            self.add_value(file, &format!("{label} item {}", n + 1), item);
+                        }
+                    }
+                    None => self.error(file, &object, "a List needs items".into()),
+                }
+                return;
+            }
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                "GatewayClass",
+            ) => push(&mut i.gateway_classes, value, |o| &o.metadata, true),
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "Gateway") => {
+                push(&mut i.gateways, value, |o| &o.metadata, false)
+            }
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
+                push(&mut i.http_routes, value, |o| &o.metadata, false)
+            }
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                "ReferenceGrant",
+            ) => push(&mut i.reference_grants, value, |o| &o.metadata, false),
+            ("v1", "Service") => {
+                push(&mut i.services, value, |o| &o.metadata, false).and_then(|id| {
+                    let errors = i.services.last().map(annotation_errors).unwrap_or_default();
+                    if errors.is_empty() {
+                        Ok(id)
+                    } else {
+                        Err(errors.join("; "))
+                    }
+                })
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                push(&mut i.endpoint_slices, value, |o| &o.metadata, false)
+            }
+            ("v1", "Namespace") => push(&mut i.namespaces, value, |o| &o.metadata, true),
+            _ => Err(format!(
+                "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
+                 ReferenceGrant (gateway.networking.k8s.io/v1), Service, Namespace (v1) and EndpointSlice \
+                 (discovery.k8s.io/v1)"
+            )),
+        };
+        match added {
+            Ok(id) => {
+                if let Some(first) = self
+                    .origins
+                    .0
+                    .insert((kind.clone(), id.clone()), file.to_string())
+                {
+                    let shown = if id.namespace.is_empty() {
+                        id.name.clone()
+                    } else {
+                        id.to_string()
+                    };
+                    self.error(
+                        file,
+                        &object,
+                        format!("{kind} {shown} is also defined in {first}"),
+                    );
+                }
+            }
+            Err(message) => self.error(file, &object, message),
+        }
+    }
+}
+
+/// Deserialises one object into its typed list and returns its identity (namespace empty for
+/// cluster-scoped kinds).
+fn push<T: DeserializeOwned>(
+    list: &mut Vec<T>,
+    value: serde_yaml::Value,
+    meta: impl Fn(&T) -> &ObjectMeta,
+    cluster_scoped: bool,
+) -> Result<ObjectRef, String> {
+    let object: T = serde_yaml::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
+    let m = meta(&object);
+    let id = if cluster_scoped {
+        ObjectRef::new("", m.name.clone().unwrap_or_default())
+    } else {
+        object_ref(m)
+    };
+    list.push(object);
+    Ok(id)
+}

@@ -1,0 +1,706 @@
+//! HTTPRoutes: attachment to listeners, validation and translation of rules, backend
+//! resolution, and the per-parent status.
+
+use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
+use crate::gateway::{GatewayState, NamespaceLabels};
+use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
+use crate::{REGEX_SIZE_LIMIT, hostname, object_ref};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::Duration;
+use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
+use portico_crds::gateway_api::httproutes::*;
+use portico_model::{
+    Backend, BackendId, BackendRef, BackendTarget, Filter, Header, HeaderModifier, HttpRoute,
+    KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect, RouteMatch, RouteParent, RouteRule,
+    StringMatch, Timeouts, UrlRewrite,
+};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+const KIND: &str = "HTTPRoute";
+
+/// Routes attached to each Gateway, in precedence order, with the backends they use.
+#[derive(Default)]
+pub(crate) struct AttachedRoutes(
+    BTreeMap<ObjectRef, (Vec<HttpRoute>, BTreeMap<BackendId, Backend>)>,
+);
+
+impl AttachedRoutes {
+    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> (Vec<HttpRoute>, Vec<Backend>) {
+        match self.0.get(gw) {
+            Some((routes, backends)) => (routes.clone(), backends.values().cloned().collect()),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
+pub(crate) struct RouteResults {
+    pub(crate) attached: AttachedRoutes,
+    pub(crate) status: BTreeMap<ObjectRef, RouteStatus>,
+}
+
+/// Rules translated for the snapshot, with the backends they reference and the first
+/// unresolved reference (for ResolvedRefs).
+struct Translated {
+    rules: Vec<RouteRule>,
+    backends: Vec<Backend>,
+    unresolved: Vec<Unresolved>,
+}
+
+pub(crate) fn compile_routes(
+    routes: &[HTTPRoute],
+    gateways: &mut [GatewayState],
+    namespaces: &NamespaceLabels,
+    backends: &BackendIndex<'_>,
+) -> RouteResults {
+    // Precedence across routes: oldest first, then namespace/name.
+    let mut ordered: Vec<&HTTPRoute> = routes.iter().collect();
+    ordered.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb)
+            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+    });
+
+    let mut attached = AttachedRoutes::default();
+    let mut status = BTreeMap::new();
+    for route in ordered {
+        let id = object_ref(&route.metadata);
+        let generation = route.metadata.generation;
+        let translated = translate(route, &id.namespace, backends);
+        let mut parents_status = Vec::new();
+        for p in route.spec.parent_refs.iter().flatten() {
+            let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = p.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let parent = ParentRef {
+                namespace: p.namespace.clone().unwrap_or_else(|| id.namespace.clone()),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            };
+            let gw_id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
+            // Only Gateways of our classes get status from us.
+            let Some(gw) = gateways.iter_mut().find(|g| g.id == gw_id) else {
+                continue;
+            };
+            let outcome = translated
+                .as_ref()
+                .map_err(|message| (reasons::UNSUPPORTED_VALUE, message.clone()))
+                .and_then(|t| {
+                    attach(route, &id.namespace, &parent, gw, namespaces).map(|p| (p, t))
+                });
+            let conditions = match outcome {
+                Err((reason, message)) => vec![
+                    Condition::new(types::ACCEPTED, false, reason, message, generation),
+                    resolved_condition(translated.as_ref().ok(), generation),
+                ],
+                Ok((parents, t)) => {
+                    let entry = attached.0.entry(gw_id.clone()).or_default();
+                    match entry.0.iter_mut().find(|r| r.id == id) {
+                        Some(existing) => existing.parents.extend(parents),
+                        None => entry.0.push(HttpRoute {
+                            id: id.clone(),
+                            parents,
+                            rules: t.rules.clone(),
+                        }),
+                    }
+                    for b in &t.backends {
+                        entry.1.insert(b.id.clone(), b.clone());
+                    }
+                    vec![
+                        Condition::new(
+                            types::ACCEPTED,
+                            true,
+                            reasons::ACCEPTED,
+                            "attached",
+                            generation,
+                        ),
+                        resolved_condition(Some(t), generation),
+                    ]
+                }
+            };
+            parents_status.push(RouteParentStatus {
+                parent_ref: parent,
+                conditions,
+            });
+        }
+        if !parents_status.is_empty() {
+            status.insert(
+                id,
+                RouteStatus {
+                    parents: parents_status,
+                },
+            );
+        }
+    }
+    // A route attached twice to one listener (two parentRefs) is listed once.
+    for (routes, _) in attached.0.values_mut() {
+        for r in routes {
+            r.parents.sort_by(|a, b| a.listener.cmp(&b.listener));
+            r.parents.dedup_by(|a, b| a.listener == b.listener);
+        }
+    }
+    RouteResults { attached, status }
+}
+
+fn resolved_condition(t: Option<&Translated>, generation: Option<i64>) -> Condition {
+    match t.and_then(|t| t.unresolved.first().map(|u| (u, t))) {
+        Some((first, t)) => {
+            let all: Vec<&str> = t.unresolved.iter().map(|u| u.message.as_str()).collect();
+            Condition::new(
+                types::RESOLVED_REFS,
+                false,
+                first.reason,
+                all.join("; "),
+                generation,
+            )
+        }
+        None => Condition::new(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        ),
+    }
+}
+
+/// Attaches the route to the listeners of `gw` that its parentRef selects, or says why not.
+fn attach(
+    route: &HTTPRoute,
+    route_ns: &str,
+    parent: &ParentRef,
+    gw: &mut GatewayState,
+    namespaces: &NamespaceLabels,
+) -> Result<Vec<RouteParent>, (&'static str, String)> {
+    if !gw.accepted() {
+        return Err((
+            reasons::NO_MATCHING_PARENT,
+            format!("Gateway {} is not accepted", gw.id),
+        ));
+    }
+    let route_hosts: Vec<String> = route.spec.hostnames.clone().unwrap_or_default();
+    if let Some(bad) = route_hosts.iter().find_map(|h| hostname::validate(h).err()) {
+        return Err((reasons::UNSUPPORTED_VALUE, bad));
+    }
+    let gw_ns = gw.id.namespace.clone();
+    let mut selected = 0;
+    let mut allowed = 0;
+    let mut out = Vec::new();
+    for l in gw.listeners.iter_mut() {
+        if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
+            || parent.port.is_some_and(|p| p != l.port)
+        {
+            continue;
+        }
+        selected += 1;
+        if !l.usable() || !l.allows_kind(KIND) || !l.allows_namespace(&gw_ns, route_ns, namespaces)
+        {
+            continue;
+        }
+        allowed += 1;
+        if let Some(hostnames) = hostname::intersect(l.hostname.as_deref(), &route_hosts) {
+            l.attached_routes += 1;
+            out.push(RouteParent {
+                listener: l.name.clone(),
+                hostnames,
+            });
+        }
+    }
+    let target = match (&parent.section_name, parent.port) {
+        (Some(s), _) => format!("listener {s:?} of Gateway {}", gw.id),
+        (None, Some(p)) => format!("port {p} of Gateway {}", gw.id),
+        (None, None) => format!("Gateway {}", gw.id),
+    };
+    match (selected, allowed, out.is_empty()) {
+        (0, _, _) => Err((
+            reasons::NO_MATCHING_PARENT,
+            format!("no listener matches {target}"),
+        )),
+        (_, 0, _) => Err((
+            reasons::NOT_ALLOWED_BY_LISTENERS,
+            format!("{target} does not allow HTTPRoutes from namespace {route_ns}"),
+        )),
+        (_, _, true) => Err((
+            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+            format!("none of the route's hostnames intersect the hostnames of {target}"),
+        )),
+        _ => Ok(out),
+    }
+}
+
+/// Validates and translates every rule. An error is the message of `Accepted=False
+/// UnsupportedValue`: the whole route is rejected and serves nothing.
+fn translate(route: &HTTPRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Translated, String> {
+    let mut out = Translated {
+        rules: Vec::new(),
+        backends: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let at = |e: String| match &rule.name {
+            Some(n) => format!("rule {n:?}: {e}"),
+            None => format!("rule {i}: {e}"),
+        };
+        let matches = translate_matches(rule.matches.as_deref().unwrap_or_default()).map_err(at)?;
+        let filters =
+            translate_filters(rule.filters.as_deref().unwrap_or_default(), &matches).map_err(at)?;
+        let redirects = filters
+            .iter()
+            .any(|f| matches!(f, Filter::RequestRedirect(_)));
+        if redirects && filters.iter().any(|f| matches!(f, Filter::UrlRewrite(_))) {
+            return Err(at(
+                "RequestRedirect and URLRewrite cannot be used together".into()
+            ));
+        }
+        let refs = rule.backend_refs.as_deref().unwrap_or_default();
+        if redirects && !refs.is_empty() {
+            return Err(at(
+                "RequestRedirect cannot be used together with backendRefs".into(),
+            ));
+        }
+        let mut backend_refs = Vec::new();
+        for r in refs {
+            let weight = u32::try_from(r.weight.unwrap_or(1))
+                .ok()
+                .filter(|w| *w <= 1_000_000)
+                .ok_or_else(|| {
+                    at(format!(
+                        "backendRef {}: weight must be 0 to 1000000",
+                        r.name
+                    ))
+                })?;
+            if r.kind.as_deref().unwrap_or("Service") == "Service"
+                && r.group.as_deref().unwrap_or("").is_empty()
+                && r.port.is_none()
+            {
+                return Err(at(format!(
+                    "backendRef {}: port is required for a Service",
+                    r.name
+                )));
+            }
+            let ref_filters =
+                backend_filters(r.filters.as_deref().unwrap_or_default(), &matches).map_err(at)?;
+            let spec = BackendRefSpec {
+                group: r.group.as_deref(),
+                kind: r.kind.as_deref(),
+                name: &r.name,
+                namespace: r.namespace.as_deref(),
+                port: r.port,
+            };
+            let target = match index.resolve(KIND, ns, &spec) {
+                Ok(backend) => {
+                    let id = backend.id.clone();
+                    out.backends.push(backend);
+                    BackendTarget::Service(id)
+                }
+                Err(u) => {
+                    let reason = u.reason.to_string();
+                    out.unresolved.push(u);
+                    BackendTarget::Unresolved { reason }
+                }
+            };
+            backend_refs.push(BackendRef {
+                target,
+                weight,
+                filters: ref_filters,
+            });
+        }
+        let timeouts = translate_timeouts(rule.timeouts.as_ref()).map_err(at)?;
+        out.rules.push(RouteRule {
+            name: rule.name.clone(),
+            matches,
+            filters,
+            backend_refs,
+            timeouts,
+        });
+    }
+    Ok(out)
+}
+
+fn translate_matches(matches: &[HttpRouteRulesMatches]) -> Result<Vec<RouteMatch>, String> {
+    if matches.is_empty() {
+        return Ok(vec![RouteMatch {
+            path: PathMatch::PathPrefix("/".into()),
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }]);
+    }
+    matches
+        .iter()
+        .map(|m| {
+            let path = match &m.path {
+                None => PathMatch::PathPrefix("/".into()),
+                Some(p) => {
+                    let value = p.value.clone().unwrap_or_else(|| "/".into());
+                    match p
+                        .r#type
+                        .as_ref()
+                        .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+                    {
+                        HttpRouteRulesMatchesPathType::Exact => {
+                            validate_path(&value)?;
+                            PathMatch::Exact(value)
+                        }
+                        HttpRouteRulesMatchesPathType::PathPrefix => {
+                            validate_path(&value)?;
+                            let trimmed = value.trim_end_matches('/');
+                            PathMatch::PathPrefix(if trimmed.is_empty() {
+                                "/".into()
+                            } else {
+                                trimmed.into()
+                            })
+                        }
+                        HttpRouteRulesMatchesPathType::RegularExpression => {
+                            validate_regex("path", &value)?;
+                            PathMatch::RegularExpression(value)
+                        }
+                    }
+                }
+            };
+            let method = m.method.as_ref().map(|m| {
+                serde_json::to_value(m)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
+            let mut headers: Vec<KeyValueMatch> = Vec::new();
+            for h in m.headers.iter().flatten() {
+                validate_header_name(&h.name)?;
+                let name = h.name.to_ascii_lowercase();
+                // The first of several entries with one name wins, as the spec says.
+                if headers.iter().any(|x| x.name == name) {
+                    continue;
+                }
+                let value = match h.r#type {
+                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                        validate_regex("header", &h.value)?;
+                        StringMatch::RegularExpression(h.value.clone())
+                    }
+                    _ => StringMatch::Exact(h.value.clone()),
+                };
+                headers.push(KeyValueMatch { name, value });
+            }
+            let mut query_params: Vec<KeyValueMatch> = Vec::new();
+            for q in m.query_params.iter().flatten() {
+                if q.name.is_empty() {
+                    return Err("query parameter match needs a name".into());
+                }
+                if query_params.iter().any(|x| x.name == q.name) {
+                    continue;
+                }
+                let value = match q.r#type {
+                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                        validate_regex("query parameter", &q.value)?;
+                        StringMatch::RegularExpression(q.value.clone())
+                    }
+                    _ => StringMatch::Exact(q.value.clone()),
+                };
+                query_params.push(KeyValueMatch {
+                    name: q.name.clone(),
+                    value,
+                });
+            }
+            Ok(RouteMatch {
+                path,
+                method,
+                headers,
+                query_params,
+            })
+        })
+        .collect()
+}
+
+/// The path rules of the HTTPRoute CRD's CEL validations.
+fn validate_path(p: &str) -> Result<(), String> {
+    let bad = !p.starts_with('/')
+        || p.contains("//")
+        || p.contains("/./")
+        || p.contains("/../")
+        || p.ends_with("/.")
+        || p.ends_with("/..")
+        || p.contains('?')
+        || p.contains('#')
+        || p.to_ascii_lowercase().contains("%2f")
+        || p.chars().any(|c| c.is_control() || c == ' ');
+    if bad {
+        Err(format!(
+            "path {p:?} must be an absolute path without '//', '/./', '/../', '%2f', '?', '#' or spaces"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_regex(what: &str, pattern: &str) -> Result<(), String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(drop)
+        .map_err(|e| format!("invalid {what} regular expression {pattern:?}: {e}"))
+}
+
+fn validate_header_name(name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid header name"))
+    }
+}
+
+fn translate_header_modifier(
+    set: impl Iterator<Item = (String, String)>,
+    add: impl Iterator<Item = (String, String)>,
+    remove: &[String],
+) -> Result<HeaderModifier, String> {
+    let header = |(name, value): (String, String)| {
+        validate_header_name(&name)?;
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(format!("header {name:?} has a value with a line break"));
+        }
+        Ok(Header {
+            name: name.to_ascii_lowercase(),
+            value,
+        })
+    };
+    let remove = remove
+        .iter()
+        .map(|n| validate_header_name(n).map(|()| n.to_ascii_lowercase()))
+        .collect::<Result<_, _>>()?;
+    Ok(HeaderModifier {
+        set: set.map(header).collect::<Result<_, _>>()?,
+        add: add.map(header).collect::<Result<_, _>>()?,
+        remove,
+    })
+}
+
+/// ReplacePrefixMatch only makes sense when every match of the rule is a path prefix.
+fn translate_path_rewrite(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    replace_prefix: bool,
+    matches: &[RouteMatch],
+) -> Result<PathRewrite, String> {
+    if replace_prefix {
+        if !matches
+            .iter()
+            .all(|m| matches!(m.path, PathMatch::PathPrefix(_)))
+        {
+            return Err(
+                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into(),
+            );
+        }
+        let v = prefix.ok_or("ReplacePrefixMatch needs replacePrefixMatch")?;
+        validate_path(v)?;
+        Ok(PathRewrite::ReplacePrefixMatch(v.clone()))
+    } else {
+        let v = full.ok_or("ReplaceFullPath needs replaceFullPath")?;
+        validate_path(v)?;
+        Ok(PathRewrite::ReplaceFullPath(v.clone()))
+    }
+}
+
+fn translate_filters(
+    filters: &[HttpRouteRulesFilters],
+    matches: &[RouteMatch],
+) -> Result<Vec<Filter>, String> {
+    let mut out: Vec<Filter> = Vec::new();
+    for f in filters {
+        let missing = |field: &str| format!("filter {:?} needs its {field} field", f.r#type);
+        let filter = match f.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier
+            | HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                let request = f.r#type == HttpRouteRulesFiltersType::RequestHeaderModifier;
+                let m = if request {
+                    f.request_header_modifier.as_ref().map(|m| {
+                        translate_header_modifier(
+                            m.set
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.add
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.remove.as_deref().unwrap_or_default(),
+                        )
+                    })
+                } else {
+                    f.response_header_modifier.as_ref().map(|m| {
+                        translate_header_modifier(
+                            m.set
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.add
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.remove.as_deref().unwrap_or_default(),
+                        )
+                    })
+                };
+                let m = m.ok_or_else(|| {
+                    missing(if request {
+                        "requestHeaderModifier"
+                    } else {
+                        "responseHeaderModifier"
+                    })
+                })??;
+                if request {
+                    Filter::RequestHeaderModifier(m)
+                } else {
+                    Filter::ResponseHeaderModifier(m)
+                }
+            }
+            HttpRouteRulesFiltersType::RequestRedirect => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or_else(|| missing("requestRedirect"))?;
+                let scheme = r.scheme.as_ref().map(|s| match s {
+                    HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".to_string(),
+                    HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_string(),
+                });
+                if let Some(h) = &r.hostname {
+                    hostname::validate(h)?;
+                    if h.starts_with('*') {
+                        return Err(format!("redirect hostname {h:?} cannot be a wildcard"));
+                    }
+                }
+                let status_code = match r.status_code.unwrap_or(302) {
+                    c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+                    c => {
+                        return Err(format!(
+                            "redirect statusCode {c} is not one of 301, 302, 303, 307, 308"
+                        ));
+                    }
+                };
+                let port = r
+                    .port
+                    .map(|p| {
+                        u16::try_from(p)
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or(format!("redirect port {p} is out of range"))
+                    })
+                    .transpose()?;
+                let path = r
+                    .path
+                    .as_ref()
+                    .map(|p| {
+                        translate_path_rewrite(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type
+                                == HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
+                            matches,
+                        )
+                    })
+                    .transpose()?;
+                Filter::RequestRedirect(Redirect {
+                    scheme,
+                    hostname: r.hostname.clone(),
+                    path,
+                    port,
+                    status_code,
+                })
+            }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                let r = f
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or_else(|| missing("urlRewrite"))?;
+                if let Some(h) = &r.hostname {
+                    hostname::validate(h)?;
+                    if h.starts_with('*') {
+                        return Err(format!("rewrite hostname {h:?} cannot be a wildcard"));
+                    }
+                }
+                let path = r
+                    .path
+                    .as_ref()
+                    .map(|p| {
+                        translate_path_rewrite(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch,
+                            matches,
+                        )
+                    })
+                    .transpose()?;
+                Filter::UrlRewrite(UrlRewrite {
+                    hostname: r.hostname.clone(),
+                    path,
+                })
+            }
+            ref other => return Err(format!("filter type {other:?} is not supported yet")),
+        };
+        if out
+            .iter()
+            .any(|f| std::mem::discriminant(f) == std::mem::discriminant(&filter))
+        {
+            return Err(format!("filter {:?} is given twice", f.r#type));
+        }
+        out.push(filter);
+    }
+    Ok(out)
+}
+
+/// backendRef filters have their own generated types with the same schema as rule filters;
+/// convert through JSON rather than repeat the translation.
+fn backend_filters(
+    filters: &[HttpRouteRulesBackendRefsFilters],
+    matches: &[RouteMatch],
+) -> Result<Vec<Filter>, String> {
+    let as_rule: Vec<HttpRouteRulesFilters> = filters
+        .iter()
+        .map(|f| {
+            serde_json::to_value(f)
+                .and_then(serde_json::from_value)
+                .map_err(|e| format!("backendRef filter: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let out = translate_filters(&as_rule, matches)?;
+    if out.iter().any(|f| {
+        !matches!(
+            f,
+            Filter::RequestHeaderModifier(_) | Filter::ResponseHeaderModifier(_)
+        )
+    }) {
+        return Err(
+            "backendRef filters may only be RequestHeaderModifier or ResponseHeaderModifier".into(),
+        );
+    }
+    Ok(out)
+}
+
+fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, String> {
+    let parse = |what: &str, v: Option<&String>| -> Result<Option<u64>, String> {
+        let Some(v) = v else { return Ok(None) };
+        let d = Duration::from_str(v).map_err(|e| format!("timeouts.{what} {v:?}: {e}"))?;
+        // Zero disables the timeout.
+        Ok((!d.is_zero()).then(|| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)))
+    };
+    let Some(t) = t else {
+        return Ok(Timeouts::default());
+    };
+    let out = Timeouts {
+        request_ms: parse("request", t.request.as_ref())?,
+        backend_request_ms: parse("backendRequest", t.backend_request.as_ref())?,
+    };
+    if let (Some(r), Some(b)) = (out.request_ms, out.backend_request_ms)
+        && b > r
+    {
+        return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+    }
+    Ok(out)
+}

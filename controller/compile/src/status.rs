@@ -1,0 +1,191 @@
+//! The status compile wants each object to have: conditions with the Gateway API's own types
+//! and reasons, minus the timestamps (which the status writer adds, since compile is pure).
+
+use portico_model::ObjectRef;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Condition types, as the Gateway API names them.
+pub mod types {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub const CONFLICTED: &str = "Conflicted";
+}
+
+/// Condition reasons, as the Gateway API names them.
+pub mod reasons {
+    // Shared.
+    pub const ACCEPTED: &str = "Accepted";
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub const PENDING: &str = "Pending";
+    pub const INVALID: &str = "Invalid";
+    // Gateway.
+    pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    // Listener.
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
+    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
+    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    // Route.
+    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub const INVALID_KIND: &str = "InvalidKind";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    pub(crate) fn new(
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+        generation: Option<i64>,
+    ) -> Self {
+        Self {
+            type_: type_.to_string(),
+            status: if status { "True" } else { "False" }.to_string(),
+            reason: reason.to_string(),
+            message: message.into(),
+            observed_generation: generation,
+        }
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
+    }
+}
+
+/// Finds a condition by type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassStatus {
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    pub name: String,
+    pub attached_routes: i32,
+    pub supported_kinds: Vec<String>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub parents: Vec<RouteParentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentRef,
+    pub conditions: Vec<Condition>,
+}
+
+/// A route's `parentRef` with defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+/// The status of every object compile looked at and is responsible for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
+    pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
+}
+
+/// One condition that tells a user something is wrong, with the object it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `Gateway default/gw listener http`, `HTTPRoute default/r parent default/gw`, ...
+    pub object: String,
+    pub condition: Condition,
+}
+
+impl StatusReport {
+    /// Every condition whose status says something is wrong (`Accepted`, `ResolvedRefs` or
+    /// `Programmed` False, `Conflicted` True), in a stable order.
+    pub fn problems(&self) -> Vec<Problem> {
+        let bad = |c: &Condition| {
+            if c.type_ == types::CONFLICTED {
+                c.is_true()
+            } else {
+                !c.is_true() && c.reason != reasons::PENDING
+            }
+        };
+        let mut out = Vec::new();
+        let mut push = |object: String, conditions: &[Condition]| {
+            for c in conditions.iter().filter(|c| bad(c)) {
+                out.push(Problem {
+                    object: object.clone(),
+                    condition: c.clone(),
+                });
+            }
+        };
+        for (name, s) in &self.gateway_classes {
+            push(format!("GatewayClass {name}"), &s.conditions);
+        }
+        for (id, s) in &self.gateways {
+            push(format!("Gateway {id}"), &s.conditions);
+            for l in &s.listeners {
+                push(format!("Gateway {id} listener {}", l.name), &l.conditions);
+            }
+        }
+        for (id, s) in &self.http_routes {
+            for p in &s.parents {
+                push(
+                    format!(
+                        "HTTPRoute {id} parent {}/{}",
+                        p.parent_ref.namespace, p.parent_ref.name
+                    ),
+                    &p.conditions,
+                );
+            }
+        }
+        out
+    }
+}
