@@ -1,1 +1,29 @@
-//! placeholder
+//! The Portico dataplane: the proxy that serves snapshots.
+//!
+//! ```text
+//!  snapshots ──▶ table::build ──▶ SocketRouter per socket (ArcSwap) ◀── server (accept, hyper)
+//!                    │                                                   │
+//!                    └──▶ balancer::Pools (shared, endpoints in place)   ▼
+//!                                                                proxy::serve ─▶ upstream
+//! ```
+//!
+//! Module per stage: [`router`] matching, [`rule`] compiled rules, [`filters`] redirect and
+//! rewrite, [`balancer`] endpoint pools, [`proxy`] the request path, [`errors`] failure →
+//! response, [`server`] sockets and connections, [`metrics`] and [`admin`] telemetry,
+//! [`standalone`] the directory-driven mode.
+
+pub mod admin;
+pub mod balancer;
+pub mod dataplane;
+pub mod errors;
+pub mod filters;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod rule;
+pub mod server;
+pub mod standalone;
+pub mod table;
+pub mod util;
+
+pub use dataplane::{Dataplane, DataplaneSettings};

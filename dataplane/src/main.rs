@@ -1,1 +1,204 @@
-fn main() {}
+//! `portico`: the dataplane binary. `portico standalone` serves a directory of manifests;
+//! `portico check` validates one and prints the status each object would get.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use portico_dataplane::proxy::ProxySettings;
+use portico_dataplane::server::ServerSettings;
+use portico_dataplane::{Dataplane, DataplaneSettings, admin, standalone};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "Portico API gateway dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Gateway API manifests in a directory, reloading when they change.
+    Standalone(StandaloneArgs),
+    /// Load a directory of manifests, print the status each object would get, and exit
+    /// non-zero when anything is rejected.
+    Check {
+        /// Directory of YAML manifests.
+        dir: PathBuf,
+        #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
+        controller_name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Directory of YAML manifests (GatewayClass, Gateway, HTTPRoute, ReferenceGrant,
+    /// Service, EndpointSlice, Namespace).
+    #[arg(long, env = "PORTICO_CONFIG")]
+    config: PathBuf,
+    /// Address for listeners of Gateways without `spec.addresses`.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_address: SocketAddr,
+    #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
+    controller_name: String,
+    /// How often to look for changed files, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+    /// How long in-flight requests may take to finish on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_s: u64,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log one line per request (target `access`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    access_log: bool,
+    /// Largest request head a client may send; larger gets 431.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check {
+            dir,
+            controller_name,
+        } => check(&dir, &controller_name),
+        Command::Standalone(args) => {
+            init_logging(args.log_format);
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.workers {
+                rt.worker_threads(n.max(1));
+            }
+            let result = rt
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")
+                .and_then(|rt| rt.block_on(run_standalone(args)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("portico: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(dir: &std::path::Path, controller_name: &str) -> ExitCode {
+    match standalone::load(dir, controller_name) {
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(loaded) => {
+            match serde_yaml::to_string(&loaded.output.status) {
+                Ok(y) => print!("{y}"),
+                Err(e) => eprintln!("cannot print the status: {e}"),
+            }
+            let problems = loaded.output.status.problems();
+            for p in &problems {
+                let file = loaded.origins.file_of_problem(&p.object).unwrap_or("-");
+                eprintln!(
+                    "problem: {file}: {}: {}={} ({}): {}",
+                    p.object,
+                    p.condition.type_,
+                    p.condition.status,
+                    p.condition.reason,
+                    p.condition.message
+                );
+            }
+            if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let settings = DataplaneSettings {
+        default_bind: args.bind_address,
+        proxy: ProxySettings {
+            access_log: args.access_log,
+            ..ProxySettings::default()
+        },
+        server: ServerSettings {
+            max_header_bytes: args.max_header_bytes,
+            ..ServerSettings::default()
+        },
+    };
+    let dp = Arc::new(Dataplane::new(&settings));
+    let loaded = standalone::load(&args.config, &args.controller_name).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "the configuration in {} is invalid:\n  {}",
+            args.config.display(),
+            lines.join("\n  ")
+        )
+    })?;
+    let admin = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {}", args.admin_address))?;
+    tracing::info!(address = %args.admin_address, "admin server listening");
+    tokio::spawn(admin::serve(admin, dp.clone()));
+    standalone::apply(&dp, &loaded, 1);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    standalone::watch(
+        &dp,
+        &args.config,
+        &args.controller_name,
+        Duration::from_millis(args.watch_interval_ms.max(50)),
+        1,
+        stop,
+    )
+    .await;
+
+    tracing::info!(deadline_s = args.drain_timeout_s, "draining connections");
+    if dp.shutdown(Duration::from_secs(args.drain_timeout_s)).await {
+        tracing::info!("all connections closed; exiting");
+    } else {
+        tracing::warn!("drain deadline reached with connections still open; exiting");
+    }
+    Ok(())
+}

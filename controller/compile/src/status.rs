@@ -134,8 +134,23 @@ pub struct ParentRef {
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    #[serde(serialize_with = "by_display_key")]
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
+    #[serde(serialize_with = "by_display_key")]
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
+}
+
+/// Writes `namespace/name` keys, which YAML and JSON can show as plain strings.
+fn by_display_key<S: serde::Serializer, V: Serialize>(
+    map: &BTreeMap<ObjectRef, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(map.len()))?;
+    for (k, v) in map {
+        m.serialize_entry(&k.to_string(), v)?;
+    }
+    m.end()
 }
 
 /// One condition that tells a user something is wrong, with the object it belongs to.

@@ -307,7 +307,7 @@ impl fmt::Display for BackendId {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AppProtocol {
     /// HTTP/1.1 to the backend (the default).
     #[default]

@@ -1,1 +1,147 @@
-fn main() {}
+//! `portico-echo`: a backend for the demo, the tests and the benchmarks.
+//!
+//! Answers every request with JSON describing it: its own name, method, path, query, host,
+//! protocol version and headers (name → list of values). Query parameters steer it:
+//! `delay_ms=N` waits before answering, `status=N` sets the status, `size=N` answers N bytes
+//! of `x` instead of JSON. `GET /__stats` reports how many requests it answered (not counted).
+//! Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port.
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Map, Value, json};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "portico-echo",
+    about = "Echo backend for Portico's demo and tests"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Name reported in every answer.
+    #[arg(long, default_value = "echo")]
+    name: String,
+}
+
+fn param(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    count: Arc<AtomicU64>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/__stats" {
+        let body = json!({"name": &*name, "requests": count.load(Ordering::Relaxed)});
+        return json_response(StatusCode::OK, &body);
+    }
+    count.fetch_add(1, Ordering::Relaxed);
+    let query = req.uri().query().map(str::to_string);
+    if let Some(ms) = param(query.as_deref(), "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let status = param(query.as_deref(), "status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    if let Some(size) = param(query.as_deref(), "size") {
+        let body = Bytes::from(vec![b'x'; usize::try_from(size.min(64 << 20)).unwrap_or(0)]);
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        return r;
+    }
+    let mut headers = Map::new();
+    for (k, v) in req.headers() {
+        let entry = headers
+            .entry(k.as_str())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = entry {
+            list.push(Value::String(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let protocol = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answer = json!({
+        "name": &*name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "host": host,
+        "protocol": protocol,
+        "headers": headers,
+        "bodyLength": body.len(),
+    });
+    json_response(status, &answer)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "portico-echo {} listening on {}",
+        args.name,
+        listener.local_addr()?
+    );
+    let name: Arc<str> = args.name.into();
+    let count = Arc::new(AtomicU64::new(0));
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (name, count, builder) = (name.clone(), count.clone(), builder.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (name, count) = (name.clone(), count.clone());
+                async move { Ok::<_, Infallible>(handle(req, name, count).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

@@ -1,0 +1,201 @@
+//! Endpoint pools: one per backend (Service port), shared by every rule that uses it, so that
+//! round-robin state survives a snapshot swap and endpoints can change without rebuilding
+//! routes.
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use parking_lot::Mutex;
+use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// An endpoint in the form the HTTP client wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub authority: Authority,
+}
+
+impl Upstream {
+    fn new(e: &Endpoint) -> Option<Self> {
+        let ip: IpAddr = e.address.parse().ok()?;
+        let addr = SocketAddr::new(ip, e.port);
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        Some(Self { addr, authority })
+    }
+}
+
+/// The endpoints to balance over: ready ones, and serving-but-terminating ones used only when
+/// none is ready (as kube-proxy does).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EndpointSet {
+    ready: Vec<Upstream>,
+    terminating: Vec<Upstream>,
+}
+
+impl EndpointSet {
+    pub fn new(endpoints: &[Endpoint]) -> Self {
+        let mut set = Self::default();
+        for e in endpoints {
+            let Some(u) = Upstream::new(e) else { continue };
+            if e.ready {
+                set.ready.push(u);
+            } else if e.serving && e.terminating {
+                set.terminating.push(u);
+            }
+        }
+        set
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.terminating.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct EndpointPool {
+    pub id: BackendId,
+    pub protocol: AppProtocol,
+    endpoints: ArcSwap<EndpointSet>,
+    next: AtomicUsize,
+}
+
+impl EndpointPool {
+    fn new(b: &Backend) -> Self {
+        Self {
+            id: b.id.clone(),
+            protocol: b.protocol,
+            endpoints: ArcSwap::from_pointee(EndpointSet::new(&b.endpoints)),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the ready endpoints (or the terminating ones when none is ready).
+    pub fn pick(&self) -> Option<Upstream> {
+        let set = self.endpoints.load();
+        let list = if set.ready.is_empty() {
+            &set.terminating
+        } else {
+            &set.ready
+        };
+        if list.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+        Some(list[i].clone())
+    }
+
+    pub fn update(&self, endpoints: &[Endpoint]) {
+        let new = EndpointSet::new(endpoints);
+        if **self.endpoints.load() != new {
+            self.endpoints.store(Arc::new(new));
+        }
+    }
+}
+
+/// Every pool the current snapshots use, keyed by backend.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<(BackendId, AppProtocol), Arc<EndpointPool>>>,
+}
+
+impl Pools {
+    /// The pool for `b`, reused when it exists (endpoints updated in place).
+    pub fn get(&self, b: &Backend) -> Arc<EndpointPool> {
+        let mut pools = self.pools.lock();
+        let pool = pools
+            .entry((b.id.clone(), b.protocol))
+            .or_insert_with(|| Arc::new(EndpointPool::new(b)));
+        pool.update(&b.endpoints);
+        pool.clone()
+    }
+
+    /// Drops pools no snapshot uses any more.
+    pub fn retain(&self, used: &[(BackendId, AppProtocol)]) {
+        self.pools.lock().retain(|k, _| used.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str, ready: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            address: addr.into(),
+            port: 80,
+            ready,
+            serving: true,
+            terminating,
+        }
+    }
+
+    fn backend(endpoints: Vec<Endpoint>) -> Backend {
+        Backend {
+            id: BackendId {
+                namespace: "ns".into(),
+                name: "svc".into(),
+                port: 80,
+            },
+            protocol: AppProtocol::Http1,
+            port_name: None,
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn round_robin_over_ready_endpoints() {
+        let pool = EndpointPool::new(&backend(vec![
+            ep("127.0.0.1", true, false),
+            ep("127.0.0.2", true, false),
+            ep("127.0.0.3", false, true),
+        ]));
+        let picks: Vec<String> = (0..4)
+            .filter_map(|_| pool.pick())
+            .map(|u| u.authority.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "127.0.0.1:80",
+                "127.0.0.2:80",
+                "127.0.0.1:80",
+                "127.0.0.2:80"
+            ]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_only_when_none_is_ready() {
+        let pool = EndpointPool::new(&backend(vec![ep("127.0.0.3", false, true)]));
+        assert_eq!(
+            pool.pick().map(|u| u.authority.to_string()).as_deref(),
+            Some("127.0.0.3:80")
+        );
+        pool.update(&[]);
+        assert!(pool.pick().is_none());
+    }
+
+    #[test]
+    fn ipv6_endpoints_get_bracketed_authorities() {
+        let pool = EndpointPool::new(&backend(vec![ep("::1", true, false)]));
+        assert_eq!(
+            pool.pick().map(|u| u.authority.to_string()).as_deref(),
+            Some("[::1]:80")
+        );
+    }
+
+    #[test]
+    fn pools_are_reused_across_snapshots() {
+        let pools = Pools::default();
+        let a = pools.get(&backend(vec![ep("127.0.0.1", true, false)]));
+        let b = pools.get(&backend(vec![ep("127.0.0.9", true, false)]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            a.pick().map(|u| u.authority.to_string()).as_deref(),
+            Some("127.0.0.9:80")
+        );
+    }
+}

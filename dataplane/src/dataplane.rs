@@ -1,0 +1,104 @@
+//! The dataplane as a whole: takes snapshots (from standalone mode now, from the controller
+//! later) and serves them.
+
+use crate::balancer::Pools;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::server::{Server, ServerSettings};
+use crate::table;
+use parking_lot::Mutex;
+use portico_model::Snapshot;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct DataplaneSettings {
+    /// Address for listeners whose Gateway names none.
+    pub default_bind: IpAddr,
+    pub proxy: ProxySettings,
+    pub server: ServerSettings,
+}
+
+/// What applying a configuration did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub warnings: Vec<String>,
+    pub bind_failures: BTreeMap<SocketAddr, String>,
+    pub sockets: Vec<SocketAddr>,
+    pub routes: usize,
+}
+
+pub struct Dataplane {
+    pub metrics: Arc<Metrics>,
+    pools: Pools,
+    server: Server,
+    default_bind: IpAddr,
+    routes: Mutex<BTreeSet<String>>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl Dataplane {
+    pub fn new(settings: &DataplaneSettings) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let proxy = Arc::new(Proxy::new(&settings.proxy, &metrics));
+        Self {
+            server: Server::new(proxy, metrics.clone(), &settings.server),
+            metrics,
+            pools: Pools::default(),
+            default_bind: settings.default_bind,
+            routes: Mutex::new(BTreeSet::new()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Serves `snapshots` from now on (one per Gateway), without dropping requests in flight.
+    pub fn apply(&self, snapshots: &[Snapshot], version: u64) -> ApplyReport {
+        let tables = table::build(snapshots, self.default_bind, &self.pools, &self.metrics);
+        let warnings = tables.warnings.clone();
+        let backends = tables.backends.clone();
+        let routes = tables.routes.clone();
+        let bind_failures = self.server.apply(tables);
+        self.pools.retain(&backends);
+        {
+            let mut known = self.routes.lock();
+            for gone in known.difference(&routes) {
+                self.metrics.forget_route(gone);
+            }
+            *known = routes;
+        }
+        self.metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.metrics.config_reloads.inc();
+        self.ready
+            .store(bind_failures.is_empty(), Ordering::Release);
+        ApplyReport {
+            warnings,
+            bind_failures,
+            sockets: self.server.addresses(),
+            routes: self.routes.lock().len(),
+        }
+    }
+
+    /// Ready once a configuration is applied with every socket bound.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Graceful drain; see [`Server::shutdown`].
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.ready.store(false, Ordering::Release);
+        self.server.shutdown(deadline).await
+    }
+}

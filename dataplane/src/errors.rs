@@ -1,0 +1,133 @@
+//! Every way a proxied request can fail, and the one place that turns a failure into a
+//! response (so 500 vs 502 vs 503 vs 504 is decided here and nowhere else).
+
+use crate::proxy::ProxyBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+
+/// Who caused the failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we cannot serve.
+    Downstream,
+    /// The backend failed or is missing.
+    Upstream,
+    /// Our configuration has no way to serve the request.
+    Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The rule has no backend with weight, or the chosen backendRef is unresolved.
+    #[error("the route has no usable backend")]
+    NoBackend,
+    #[error("backend {0} has no ready endpoints")]
+    NoEndpoints(String),
+    #[error("cannot connect to backend {backend}: {source}")]
+    Connect {
+        backend: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("backend {backend} failed: {source}")]
+    Upstream {
+        backend: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("backend {0} did not answer within the backendRequest timeout")]
+    BackendTimeout(String),
+    #[error("the request timeout elapsed")]
+    RequestTimeout,
+}
+
+impl ProxyError {
+    pub fn source_kind(&self) -> ErrorSource {
+        match self {
+            ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::NoRoute | ProxyError::NoBackend => ErrorSource::Config,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BackendTimeout(_)
+            | ProxyError::RequestTimeout => ErrorSource::Upstream,
+        }
+    }
+
+    /// Whether another attempt (at another endpoint) could succeed without the backend having
+    /// seen the request. Used by retries once they exist.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::NoEndpoints(_)
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            // The Gateway API: traffic for an invalid or missing backendRef gets 500.
+            ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            // ...and a Service without endpoints 503, as does a backend we cannot reach.
+            ProxyError::NoEndpoints(_) | ProxyError::Connect { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// A short plain-text response. It names the failure class, never backend addresses.
+    pub fn into_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = match self {
+            ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
+            ProxyError::NoRoute => "no route matches this request\n".into(),
+            ProxyError::NoBackend => "this route has no usable backend\n".into(),
+            ProxyError::NoEndpoints(_) => "no healthy upstream\n".into(),
+            ProxyError::Connect { .. } => "upstream connect error\n".into(),
+            ProxyError::Upstream { .. } => "upstream error\n".into(),
+            ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
+                "upstream request timeout\n".into()
+            }
+        };
+        text_response(status, text)
+    }
+}
+
+pub fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_follow_the_gateway_api() {
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+        assert_eq!(ProxyError::NoBackend.status(), 500);
+        assert_eq!(ProxyError::NoEndpoints("b".into()).status(), 503);
+        assert_eq!(ProxyError::RequestTimeout.status(), 504);
+        assert_eq!(
+            ProxyError::BadRequest("x").source_kind(),
+            ErrorSource::Downstream
+        );
+        assert!(ProxyError::NoEndpoints("b".into()).retryable());
+        assert!(!ProxyError::RequestTimeout.retryable());
+    }
+}

@@ -1,0 +1,342 @@
+//! The request path: route, filter, choose a backend and an endpoint, forward over a pooled
+//! connection, filter the response, record metrics and the access log.
+
+use crate::balancer::Upstream;
+use crate::errors::ProxyError;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::router::SocketRouter;
+use crate::rule::{CompiledRule, Target};
+use crate::{filters, util};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portico_model::AppProtocol;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Response bodies: streamed from the backend, or generated here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What the proxy knows about the downstream connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Downstream {
+    pub client: SocketAddr,
+    pub local_port: u16,
+    pub scheme: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub access_log: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 1024,
+            access_log: true,
+        }
+    }
+}
+
+pub struct Proxy {
+    http1: Client<HttpConnector, Incoming>,
+    h2c: Client<HttpConnector, Incoming>,
+    unmatched: RouteMetrics,
+    access_log: bool,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("access_log", &self.access_log)
+            .finish()
+    }
+}
+
+impl Proxy {
+    pub fn new(settings: &ProxySettings, metrics: &Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host);
+        let http1 = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
+        Self {
+            http1,
+            h2c,
+            unmatched: metrics.route("none"),
+            access_log: settings.access_log,
+        }
+    }
+
+    /// Serves one request. Never fails: every error becomes a response here.
+    pub async fn serve(
+        &self,
+        router: &SocketRouter,
+        req: Request<Incoming>,
+        down: Downstream,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let id = util::request_id(req.headers());
+        let log = self.access_log.then(|| AccessLog::new(&req, down.client));
+        let (result, rule, upstream) = match route(router, &req) {
+            Err(e) => (Err(e), None, None),
+            Ok((rule, prefix)) => {
+                let request_timeout = rule.request_timeout;
+                let fut = self.forward(&rule, prefix.as_deref(), req, down, &id);
+                let (result, upstream) = match request_timeout {
+                    Some(d) => tokio::time::timeout(d, fut)
+                        .await
+                        .unwrap_or((Err(ProxyError::RequestTimeout), None)),
+                    None => fut.await,
+                };
+                (result, Some(rule), upstream)
+            }
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::debug!(request_id = ?id, error = %e, source = ?e.source_kind(), "proxy error");
+                }
+                e.into_response()
+            }
+        };
+        if let Some(ops) = rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+            ops.apply(resp.headers_mut());
+        }
+        resp.headers_mut().insert(&util::X_REQUEST_ID, id.clone());
+        let elapsed = start.elapsed();
+        let status = resp.status().as_u16();
+        rule.as_ref()
+            .map_or(&self.unmatched, |r| &r.metrics)
+            .record(status, elapsed.as_secs_f64());
+        if let Some(log) = log {
+            log.emit(&id, status, rule.as_deref(), upstream.as_ref(), elapsed);
+        }
+        resp
+    }
+
+    async fn forward(
+        &self,
+        rule: &CompiledRule,
+        prefix: Option<&str>,
+        mut req: Request<Incoming>,
+        down: Downstream,
+        id: &HeaderValue,
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+        if let Some(r) = &rule.redirect {
+            return (
+                Ok(filters::redirect(
+                    r,
+                    &req,
+                    prefix,
+                    down.scheme,
+                    down.local_port,
+                )),
+                None,
+            );
+        }
+        let Some(Target::Pool {
+            pool,
+            request_headers,
+            response_headers,
+        }) = rule.pick()
+        else {
+            return (Err(ProxyError::NoBackend), None);
+        };
+        let Some(upstream) = pool.pick() else {
+            return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
+        };
+
+        // The host the client asked for, before any rewrite.
+        let original_host = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let Some(rw) = &rule.rewrite {
+            filters::rewrite(rw, &mut req, prefix);
+        }
+        let headers = req.headers_mut();
+        util::strip_hop_by_hop(headers);
+        if !headers.contains_key(header::HOST)
+            && let Some(h) = &original_host
+        {
+            headers.insert(header::HOST, h.clone());
+        }
+        append_forwarded_for(headers, down.client);
+        headers.insert(
+            &util::X_FORWARDED_PROTO,
+            HeaderValue::from_static(down.scheme),
+        );
+        if let Some(h) = original_host {
+            headers.insert(&util::X_FORWARDED_HOST, h);
+        }
+        if let Some(ops) = &rule.request_headers {
+            ops.apply(headers);
+        }
+        if let Some(ops) = request_headers {
+            ops.apply(headers);
+        }
+        headers.insert(&util::X_REQUEST_ID, id.clone());
+
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(upstream.authority.clone());
+        parts.path_and_query = Some(pq);
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                return (
+                    Err(ProxyError::BadRequest("request target cannot be forwarded")),
+                    None,
+                );
+            }
+        }
+        let client = match pool.protocol {
+            AppProtocol::Http1 => {
+                *req.version_mut() = Version::HTTP_11;
+                &self.http1
+            }
+            AppProtocol::H2c => {
+                *req.version_mut() = Version::HTTP_2;
+                &self.h2c
+            }
+        };
+        let backend = || pool.id.to_string();
+        let fut = client.request(req);
+        let sent = match rule.backend_timeout {
+            Some(d) => match tokio::time::timeout(d, fut).await {
+                Ok(r) => r,
+                Err(_) => return (Err(ProxyError::BackendTimeout(backend())), Some(upstream)),
+            },
+            None => fut.await,
+        };
+        let result = match sent {
+            Ok(resp) => {
+                let mut resp = resp.map(Either::Left);
+                util::strip_hop_by_hop(resp.headers_mut());
+                if let Some(ops) = response_headers {
+                    ops.apply(resp.headers_mut());
+                }
+                Ok(resp)
+            }
+            Err(source) if source.is_connect() => Err(ProxyError::Connect {
+                backend: backend(),
+                source,
+            }),
+            Err(source) => Err(ProxyError::Upstream {
+                backend: backend(),
+                source,
+            }),
+        };
+        (result, Some(upstream))
+    }
+}
+
+/// Finds the rule for a request, or the error that answers it.
+fn route(
+    router: &SocketRouter,
+    req: &Request<Incoming>,
+) -> Result<(Arc<CompiledRule>, Option<Arc<str>>), ProxyError> {
+    let host = util::request_host(req.uri(), req.headers())
+        .ok_or(ProxyError::BadRequest("missing Host"))?;
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "request target must be an absolute path",
+        ));
+    }
+    let m = router
+        .route(&host, path, req.method(), req.headers(), req.uri().query())
+        .ok_or(ProxyError::NoRoute)?;
+    Ok((m.candidate.rule.clone(), m.candidate.prefix.clone()))
+}
+
+fn append_forwarded_for(headers: &mut http::HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers
+        .get(&util::X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(&util::X_FORWARDED_FOR, v);
+    }
+}
+
+/// The fields of one access log line, taken before the request is consumed.
+struct AccessLog {
+    method: http::Method,
+    host: String,
+    path: String,
+    client: SocketAddr,
+    version: Version,
+}
+
+impl AccessLog {
+    fn new<B>(req: &Request<B>, client: SocketAddr) -> Self {
+        Self {
+            method: req.method().clone(),
+            host: util::request_host(req.uri(), req.headers())
+                .map(|h| h.into_owned())
+                .unwrap_or_default(),
+            // The path only: query strings often carry tokens.
+            path: req.uri().path().to_string(),
+            client,
+            version: req.version(),
+        }
+    }
+
+    fn emit(
+        self,
+        id: &HeaderValue,
+        status: u16,
+        rule: Option<&CompiledRule>,
+        upstream: Option<&Upstream>,
+        elapsed: Duration,
+    ) {
+        tracing::info!(
+            target: "access",
+            request_id = id.to_str().unwrap_or_default(),
+            client = %self.client.ip(),
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            protocol = ?self.version,
+            status,
+            route = rule.map_or("none", |r| &*r.route),
+            upstream = upstream.map(|u| u.addr.to_string()).unwrap_or_default(),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! A route rule ready to serve: header operations parsed into `http` types, backends with
+//! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
+
+use crate::balancer::EndpointPool;
+use crate::metrics::RouteMetrics;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use portico_model::{HeaderModifier, Redirect, Timeouts, UrlRewrite};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Header operations with names and values validated once, at build time.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Fails on a name or value `http` rejects (compile validated them, so this is a guard
+    /// against a snapshot from elsewhere).
+    pub fn new(m: &HeaderModifier) -> Result<Self, String> {
+        let pair = |h: &portico_model::Header| -> Result<(HeaderName, HeaderValue), String> {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|e| format!("header {:?}: {e}", h.name))?;
+            let value =
+                HeaderValue::from_str(&h.value).map_err(|e| format!("header {:?}: {e}", h.name))?;
+            Ok((name, value))
+        };
+        Ok(Self {
+            set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+            remove: m
+                .remove
+                .iter()
+                .map(|n| {
+                    HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("header {n:?}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Set replaces, add appends another value, remove deletes every value.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            headers.remove(n);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Target {
+    Pool {
+        pool: Arc<EndpointPool>,
+        request_headers: Option<HeaderOps>,
+        response_headers: Option<HeaderOps>,
+    },
+    /// A backendRef compile could not resolve: its share of traffic gets 500.
+    Unresolved,
+}
+
+#[derive(Debug)]
+pub struct WeightedTarget {
+    /// Cumulative weight up to and including this target.
+    pub upto: u32,
+    pub target: Target,
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// `namespace/name` of the HTTPRoute, for metrics and logs.
+    pub route: Arc<str>,
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<UrlRewrite>,
+    /// Zero-weight targets are left out.
+    pub targets: Vec<WeightedTarget>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub metrics: RouteMetrics,
+}
+
+impl CompiledRule {
+    pub fn timeouts(t: &Timeouts) -> (Option<Duration>, Option<Duration>) {
+        (
+            t.request_ms.map(Duration::from_millis),
+            t.backend_request_ms.map(Duration::from_millis),
+        )
+    }
+
+    /// Weighted random choice; `None` when the rule has no backend with weight.
+    pub fn pick(&self) -> Option<&Target> {
+        let total = self.targets.last()?.upto;
+        if self.targets.len() == 1 {
+            return Some(&self.targets[0].target);
+        }
+        let r = fastrand::u32(0..total);
+        self.targets.iter().find(|t| r < t.upto).map(|t| &t.target)
+    }
+}

@@ -1,0 +1,282 @@
+//! Builds the route tables of every socket from a set of snapshots: the one place where the
+//! snapshot model becomes serving structures.
+
+use crate::balancer::Pools;
+use crate::metrics::Metrics;
+use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
+use crate::rule::{CompiledRule, HeaderOps, Target, WeightedTarget};
+use http::{HeaderName, Method};
+use portico_compile::REGEX_SIZE_LIMIT;
+use portico_model::{
+    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, PathMatch, RouteRule, Snapshot,
+    StringMatch,
+};
+use regex::Regex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The serving structures for one configuration.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub sockets: BTreeMap<SocketAddr, SocketRouter>,
+    /// Every route label in use, for metric clean-up.
+    pub routes: BTreeSet<String>,
+    pub backends: Vec<(BackendId, AppProtocol)>,
+    /// Things that were skipped, for the log.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the tables. `default_bind` is used for listeners without addresses.
+pub fn build(
+    snapshots: &[Snapshot],
+    default_bind: IpAddr,
+    pools: &Pools,
+    metrics: &Metrics,
+) -> Tables {
+    let mut t = Tables::default();
+    // Which gateway/listener owns each (socket, listener hostname) slot.
+    let mut owners: BTreeMap<(SocketAddr, Option<String>), (String, String)> = BTreeMap::new();
+    let mut order = 0usize;
+    for snap in snapshots {
+        let gw = snap.gateway.to_string();
+        // listener name → the sockets whose slot it owns
+        let mut listener_sockets: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
+        for l in &snap.listeners {
+            let addrs: Vec<IpAddr> = if l.addresses.is_empty() {
+                vec![default_bind]
+            } else {
+                l.addresses.iter().filter_map(|a| a.parse().ok()).collect()
+            };
+            for ip in addrs {
+                let sa = SocketAddr::new(ip, l.port);
+                let slot = (sa, l.hostname.clone());
+                if let Some((og, ol)) = owners.get(&slot) {
+                    t.warnings.push(format!(
+                        "listener {gw}/{} conflicts with {og}/{ol} on {sa} for hostname {}; the first is served",
+                        l.name,
+                        l.hostname.as_deref().unwrap_or("(any)")
+                    ));
+                    continue;
+                }
+                owners.insert(slot, (gw.clone(), l.name.clone()));
+                t.sockets
+                    .entry(sa)
+                    .or_default()
+                    .listeners
+                    .entry(l.hostname.as_deref());
+                listener_sockets
+                    .entry(l.name.as_str())
+                    .or_default()
+                    .push(sa);
+            }
+        }
+
+        for route in &snap.routes {
+            order += 1;
+            let label = route.id.to_string();
+            let rules: Vec<Arc<CompiledRule>> = route
+                .rules
+                .iter()
+                .map(|r| Arc::new(compile_rule(r, &label, snap, pools, metrics, &mut t)))
+                .collect();
+            let mut matches = Vec::new();
+            for (ri, rule) in route.rules.iter().enumerate() {
+                for (mi, m) in rule.matches.iter().enumerate() {
+                    match candidate(m, rules[ri].clone(), (order, ri, mi)) {
+                        Ok(c) => matches.push((m.path.clone(), c)),
+                        Err(e) => t
+                            .warnings
+                            .push(format!("route {label}: {e}; match skipped")),
+                    }
+                }
+            }
+            for parent in &route.parents {
+                let Some(listener) = snap.listeners.iter().find(|l| l.name == parent.listener)
+                else {
+                    continue;
+                };
+                for sa in listener_sockets
+                    .get(parent.listener.as_str())
+                    .into_iter()
+                    .flatten()
+                {
+                    let routes = t
+                        .sockets
+                        .entry(*sa)
+                        .or_default()
+                        .listeners
+                        .entry(listener.hostname.as_deref());
+                    let hosts: Vec<Option<&str>> = if parent.hostnames.is_empty() {
+                        vec![None]
+                    } else {
+                        parent.hostnames.iter().map(|h| Some(h.as_str())).collect()
+                    };
+                    for host in hosts {
+                        let table = routes.hosts.entry(host);
+                        for (path, c) in &matches {
+                            add(table, path, c.clone());
+                        }
+                    }
+                }
+            }
+            t.routes.insert(label);
+        }
+    }
+    for router in t.sockets.values_mut() {
+        router.finish();
+    }
+    t
+}
+
+fn add(table: &mut PathTable, path: &PathMatch, c: (Candidate, Option<Regex>)) {
+    let (c, regex) = c;
+    match (path, regex) {
+        (PathMatch::Exact(p), _) => table.add_exact(p, c),
+        (PathMatch::PathPrefix(p), _) => table.add_prefix(p, c),
+        (PathMatch::RegularExpression(_), Some(r)) => table.add_regex(r, c),
+        (PathMatch::RegularExpression(_), None) => {}
+    }
+}
+
+/// Patterns match the whole value, as in Envoy and RE2's full match.
+fn full_match(pattern: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("regular expression {pattern:?}: {e}"))
+}
+
+fn value_match(v: &StringMatch) -> Result<ValueMatch, String> {
+    Ok(match v {
+        StringMatch::Exact(s) => ValueMatch::Exact(s.as_str().into()),
+        StringMatch::RegularExpression(p) => ValueMatch::Regex(full_match(p)?),
+    })
+}
+
+fn candidate(
+    m: &portico_model::RouteMatch,
+    rule: Arc<CompiledRule>,
+    order: (usize, usize, usize),
+) -> Result<(Candidate, Option<Regex>), String> {
+    let method = m
+        .method
+        .as_deref()
+        .map(|s| Method::from_bytes(s.as_bytes()).map_err(|e| format!("method {s:?}: {e}")))
+        .transpose()?;
+    let headers = m
+        .headers
+        .iter()
+        .map(|KeyValueMatch { name, value }| {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("header {name:?}: {e}"))?;
+            Ok((n, value_match(value)?))
+        })
+        .collect::<Result<_, String>>()?;
+    let query = m
+        .query_params
+        .iter()
+        .map(|KeyValueMatch { name, value }| Ok((name.as_str().into(), value_match(value)?)))
+        .collect::<Result<_, String>>()?;
+    let (prefix, regex) = match &m.path {
+        PathMatch::PathPrefix(p) => (Some(Arc::from(p.as_str())), None),
+        PathMatch::RegularExpression(p) => (None, Some(full_match(p)?)),
+        PathMatch::Exact(_) => (None, None),
+    };
+    Ok((
+        Candidate {
+            conditions: Arc::new(Conditions {
+                method,
+                headers,
+                query,
+            }),
+            rule,
+            order,
+            prefix,
+        },
+        regex,
+    ))
+}
+
+fn header_ops(
+    m: &portico_model::HeaderModifier,
+    label: &str,
+    warnings: &mut Vec<String>,
+) -> Option<HeaderOps> {
+    HeaderOps::new(m)
+        .map_err(|e| warnings.push(format!("route {label}: {e}; header filter skipped")))
+        .ok()
+}
+
+fn compile_rule(
+    r: &RouteRule,
+    label: &str,
+    snap: &Snapshot,
+    pools: &Pools,
+    metrics: &Metrics,
+    t: &mut Tables,
+) -> CompiledRule {
+    let w = &mut t.warnings;
+    let mut request_headers = None;
+    let mut response_headers = None;
+    let mut redirect = None;
+    let mut rewrite = None;
+    for f in &r.filters {
+        match f {
+            Filter::RequestHeaderModifier(m) => request_headers = header_ops(m, label, w),
+            Filter::ResponseHeaderModifier(m) => response_headers = header_ops(m, label, w),
+            Filter::RequestRedirect(rd) => redirect = Some(rd.clone()),
+            Filter::UrlRewrite(rw) => rewrite = Some(rw.clone()),
+        }
+    }
+    let mut targets = Vec::new();
+    let mut upto = 0u32;
+    for b in r.backend_refs.iter().filter(|b| b.weight > 0) {
+        upto = upto.saturating_add(b.weight);
+        let target = match &b.target {
+            BackendTarget::Service(id) => match snap.backend(id) {
+                Some(backend) => {
+                    let mut req_ops = None;
+                    let mut resp_ops = None;
+                    for f in &b.filters {
+                        match f {
+                            Filter::RequestHeaderModifier(m) => {
+                                req_ops = header_ops(m, label, &mut t.warnings)
+                            }
+                            Filter::ResponseHeaderModifier(m) => {
+                                resp_ops = header_ops(m, label, &mut t.warnings)
+                            }
+                            _ => {}
+                        }
+                    }
+                    t.backends.push((id.clone(), backend.protocol));
+                    Target::Pool {
+                        pool: pools.get(backend),
+                        request_headers: req_ops,
+                        response_headers: resp_ops,
+                    }
+                }
+                None => {
+                    t.warnings.push(format!(
+                        "route {label}: backend {id} is missing from the snapshot"
+                    ));
+                    Target::Unresolved
+                }
+            },
+            BackendTarget::Unresolved { .. } => Target::Unresolved,
+        };
+        targets.push(WeightedTarget { upto, target });
+    }
+    let (request_timeout, backend_timeout) = CompiledRule::timeouts(&r.timeouts);
+    CompiledRule {
+        route: label.into(),
+        request_headers,
+        response_headers,
+        redirect,
+        rewrite,
+        targets,
+        request_timeout,
+        backend_timeout,
+        metrics: metrics.route(label),
+    }
+}
