@@ -1,1 +1,780 @@
+//! Standalone mode end to end: a real `portico` process serving a directory of manifests, real
+//! echo backends, real sockets on 127.0.0.x.
 
+use portico_tests::*;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portico}
+spec: {controllerName: portico.dev/gateway-controller}
+";
+
+fn gateway(name: &str, port: u16, address: Option<IpAddr>) -> String {
+    let addresses = address
+        .map(|a| format!("  addresses: [{{type: IPAddress, value: \"{a}\"}}]\n"))
+        .unwrap_or_default();
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  gatewayClassName: portico
+{addresses}  listeners:
+  - {{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}
+"
+    )
+}
+
+/// A Service on port 80 whose endpoints are the given backends.
+fn service(name: &str, endpoints: &[SocketAddr], app_protocol: Option<&str>) -> String {
+    let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    let proto = app_protocol
+        .map(|p| format!(", appProtocol: {p}"))
+        .unwrap_or_default();
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{portico.dev/endpoints: \"{}\"}}
+spec:
+  ports: [{{name: http, port: 80{proto}}}]
+",
+        list.join(",")
+    )
+}
+
+fn route(name: &str, spec: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+{spec}"
+    )
+}
+
+/// One Gateway `gw` on a fresh port with the given extra documents.
+async fn start(port: u16, docs: &[String], extra_args: &[&str]) -> Portico {
+    let config = format!("{CLASS}{}{}", gateway("gw", port, None), docs.concat());
+    Portico::start(&[("config.yaml", &config)], extra_args).await
+}
+
+fn pick_port() -> u16 {
+    free_port(loopback_ip())
+}
+
+#[tokio::test]
+async fn routes_by_host_path_method_header_and_query() {
+    let (a, b, c) = (Echo::start("a"), Echo::start("b"), Echo::start("c"));
+    let port = pick_port();
+    let docs = vec![
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None),
+        service("c", &[c.addr], None),
+        route("exact-host", "  hostnames: [shop.example.com]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
+        route("wild-host", "  hostnames: [\"*.example.com\"]\n  rules:\n  - backendRefs: [{name: b, port: 80}]\n"),
+        route(
+            "paths",
+            "  hostnames: [api.test]
+  rules:
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /pre}}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}]
+    backendRefs: [{name: c, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /m}, method: POST}]
+    backendRefs: [{name: c, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /m}, headers: [{name: x-canary, value: \"yes\"}]}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /m}, queryParams: [{name: v, type: RegularExpression, value: \"2|3\"}]}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /m}}]
+    backendRefs: [{name: c, port: 80}]
+",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let gw = p.addr(port);
+    let http = HttpClient::new();
+    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "shop.example.com", "/", &[], "a"),
+        ("GET", "SHOP.example.com:8080", "/", &[], "a"),
+        ("GET", "cart.example.com", "/", &[], "b"),
+        ("GET", "deep.cart.example.com", "/x", &[], "b"),
+        ("GET", "api.test", "/exact", &[], "a"),
+        ("GET", "api.test", "/exact/more", &[], "-"),
+        ("GET", "api.test", "/pre", &[], "b"),
+        ("GET", "api.test", "/pre/x/y", &[], "b"),
+        ("GET", "api.test", "/prefix", &[], "-"),
+        ("GET", "api.test", "/re/42", &[], "c"),
+        ("GET", "api.test", "/re/x", &[], "-"),
+        ("POST", "api.test", "/m", &[("x-canary", "yes")], "c"),
+        ("GET", "api.test", "/m", &[("x-canary", "yes")], "b"),
+        ("GET", "api.test", "/m?v=3", &[], "a"),
+        ("GET", "api.test", "/m?v=4", &[], "c"),
+        ("GET", "unknown.test", "/", &[], "-"),
+    ];
+    for (method, host, path, headers, want) in cases {
+        let r = http
+            .try_request(method, gw, host, path, headers)
+            .await
+            .unwrap_or_else(|| panic!("{method} {host}{path} failed"));
+        assert_eq!(
+            r.backend(),
+            *want,
+            "{method} {host}{path} {headers:?}: {} {}",
+            r.status,
+            r.text()
+        );
+        if *want == "-" {
+            assert_eq!(r.status, 404, "{method} {host}{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn weighted_split_follows_the_weights() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = pick_port();
+    let docs = vec![
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None),
+        route(
+            "split",
+            "  rules:\n  - backendRefs: [{name: a, port: 80, weight: 3}, {name: b, port: 80, weight: 1}, {name: b, port: 80, weight: 0}]\n",
+        ),
+    ];
+    let p = start(port, &docs, &["--access-log", "false"]).await;
+    let http = HttpClient::new();
+    let total = 2000;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..total {
+        *counts
+            .entry(http.get(p.addr(port), "w.test", "/").await.backend())
+            .or_default() += 1;
+    }
+    let share_a = f64::from(counts.get("a").copied().unwrap_or_default()) / f64::from(total);
+    // 3:1 is 75%; with 2000 draws the standard deviation is ~1%, so ±4% is > 4 sigma.
+    assert!(
+        (0.71..=0.79).contains(&share_a),
+        "a got {share_a:.3} of {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<u32>(), total, "{counts:?}");
+}
+
+#[tokio::test]
+async fn header_modifiers_and_url_rewrite() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let docs = vec![
+        service("a", &[a.addr], None),
+        route(
+            "filters",
+            "  rules:
+  - matches: [{path: {type: PathPrefix, value: /api/v1}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-set, value: new}]
+        add: [{name: x-add, value: added}]
+        remove: [x-remove]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: content-type, value: text/x-portico}]
+        add: [{name: x-resp, value: r1}]
+    - type: URLRewrite
+      urlRewrite:
+        hostname: internal.svc
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+    backendRefs:
+    - name: a
+      port: 80
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {set: [{name: x-backend, value: a}]}
+  - matches: [{path: {type: PathPrefix, value: /full}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /replaced}}
+    backendRefs: [{name: a, port: 80}]
+",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let http = HttpClient::new();
+    let r = http
+        .get_with(
+            p.addr(port),
+            "f.test",
+            "/api/v1/items?id=7",
+            &[("x-set", "old"), ("x-add", "first"), ("x-remove", "gone")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/v2/items");
+    assert_eq!(j["query"], "id=7");
+    assert_eq!(j["host"], "internal.svc");
+    assert_eq!(j["headers"]["x-set"], serde_json::json!(["new"]));
+    assert_eq!(j["headers"]["x-add"], serde_json::json!(["first", "added"]));
+    assert!(j["headers"].get("x-remove").is_none());
+    assert_eq!(j["headers"]["x-backend"], serde_json::json!(["a"]));
+    assert_eq!(
+        j["headers"]["x-forwarded-host"],
+        serde_json::json!(["f.test"])
+    );
+    assert_eq!(r.header("content-type"), Some("text/x-portico"));
+    assert_eq!(r.header("x-resp"), Some("r1"));
+    let r = http.get(p.addr(port), "f.test", "/full/anything").await;
+    assert_eq!(r.json()["path"], "/replaced");
+}
+
+#[tokio::test]
+async fn redirects_build_the_location_the_spec_describes() {
+    let port = pick_port();
+    let docs = vec![route(
+        "redirects",
+        "  rules:
+  - matches: [{path: {type: PathPrefix, value: /secure}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.test, port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+",
+    )];
+    let p = start(port, &docs, &[]).await;
+    let http = HttpClient::new();
+    let r = http.get(p.addr(port), "r.test", "/secure/page?x=1").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://r.test/secure/page?x=1"));
+    let r = http.get(p.addr(port), "r.test", "/old/a/b").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("http://new.test:8443/new/a/b"));
+}
+
+#[tokio::test]
+async fn broken_backends_get_500_and_503_while_other_routes_serve() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let docs = vec![
+        service("a", &[a.addr], None),
+        service("empty", &[], None),
+        route(
+            "good",
+            "  hostnames: [good.test]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+        route(
+            "missing",
+            "  hostnames: [missing.test]\n  rules:\n  - backendRefs: [{name: nope, port: 80}]\n",
+        ),
+        route(
+            "half",
+            "  hostnames: [half.test]\n  rules:\n  - backendRefs: [{name: a, port: 80, weight: 1}, {name: nope, port: 80, weight: 1}]\n",
+        ),
+        route(
+            "empty",
+            "  hostnames: [empty.test]\n  rules:\n  - backendRefs: [{name: empty, port: 80}]\n",
+        ),
+        route(
+            "bad-regex",
+            "  hostnames: [bad.test]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n    backendRefs: [{name: a, port: 80}]\n",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let http = HttpClient::new();
+    let gw = p.addr(port);
+    assert_eq!(http.get(gw, "good.test", "/").await.backend(), "a");
+    assert_eq!(http.get(gw, "missing.test", "/").await.status, 500);
+    assert_eq!(http.get(gw, "empty.test", "/").await.status, 503);
+    assert_eq!(
+        http.get(gw, "bad.test", "/").await.status,
+        404,
+        "a rejected route serves nothing"
+    );
+    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+    for _ in 0..400 {
+        *statuses
+            .entry(http.get(gw, "half.test", "/").await.status.as_u16())
+            .or_default() += 1;
+    }
+    let ok = statuses.get(&200).copied().unwrap_or_default();
+    let failed = statuses.get(&500).copied().unwrap_or_default();
+    assert_eq!(ok + failed, 400, "{statuses:?}");
+    assert!(
+        (140..=260).contains(&ok),
+        "half the traffic should reach the valid backend: {statuses:?}"
+    );
+    // The rejected route is reported with its file, object and reason.
+    let logs = p.proc.logs();
+    assert!(
+        logs.contains("config.yaml") && logs.contains("HTTPRoute default/bad-regex"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("UnsupportedValue") && logs.contains("BackendNotFound"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn reloads_on_change_and_keeps_the_last_good_config() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = pick_port();
+    let base = format!(
+        "{CLASS}{}{}{}",
+        gateway("gw", port, None),
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None)
+    );
+    let route_to = |svc: &str| {
+        route(
+            "r",
+            &format!("  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"),
+        )
+    };
+    let p = Portico::start(&[("base.yaml", &base), ("route.yaml", &route_to("a"))], &[]).await;
+    let http = HttpClient::new();
+    let gw = p.addr(port);
+    assert_eq!(http.get(gw, "x.test", "/").await.backend(), "a");
+
+    p.config.write("route.yaml", &route_to("b"));
+    await_some("the route to switch to b", || async {
+        (http.get(gw, "x.test", "/").await.backend() == "b").then_some(())
+    })
+    .await;
+
+    // A broken file: the whole change is rejected and b keeps serving.
+    p.config
+        .write("route.yaml", &format!("{}\n  broken: [\n", route_to("a")));
+    await_some("the rejection to be logged", || async {
+        p.proc
+            .logs()
+            .contains("configuration rejected")
+            .then_some(())
+    })
+    .await;
+    let logs = p.proc.logs();
+    assert!(
+        logs.contains("route.yaml") && logs.contains("malformed YAML"),
+        "{logs}"
+    );
+    for _ in 0..20 {
+        assert_eq!(http.get(gw, "x.test", "/").await.backend(), "b");
+    }
+    // An unknown kind is rejected the same way, naming the object.
+    p.config.write(
+        "route.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stray}\n",
+    );
+    await_some("the unknown kind to be logged", || async {
+        p.proc.logs().contains("ConfigMap stray").then_some(())
+    })
+    .await;
+    assert_eq!(http.get(gw, "x.test", "/").await.backend(), "b");
+
+    // Fixed again: served again.
+    p.config.write("route.yaml", &route_to("a"));
+    await_some("the route to switch back to a", || async {
+        (http.get(gw, "x.test", "/").await.backend() == "a").then_some(())
+    })
+    .await;
+    let metrics = p.metrics().await;
+    assert!(
+        metrics.contains("portico_config_errors_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn config_swaps_do_not_fail_requests_in_flight() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = pick_port();
+    let base = format!(
+        "{CLASS}{}{}{}",
+        gateway("gw", port, None),
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None)
+    );
+    let route_to = |svc: &str| {
+        route(
+            "r",
+            &format!("  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"),
+        )
+    };
+    let p = Portico::start(
+        &[("base.yaml", &base), ("route.yaml", &route_to("a"))],
+        &["--access-log", "false"],
+    )
+    .await;
+    let gw = p.addr(port);
+    let load = tokio::spawn(async move {
+        let http = HttpClient::new();
+        let mut seen = BTreeMap::<String, u32>::new();
+        for _ in 0..1500 {
+            let r = http.get(gw, "x.test", "/?delay_ms=1").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            *seen.entry(r.backend()).or_default() += 1;
+        }
+        seen
+    });
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        p.config
+            .write("route.yaml", &route_to(if i % 2 == 0 { "b" } else { "a" }));
+    }
+    let seen = load.await.expect("load task");
+    assert!(
+        seen.len() == 2,
+        "both backends served during the swaps: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let mut p = start(
+        port,
+        &[
+            service("a", &[a.addr], None),
+            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
+        ],
+        &[],
+    )
+    .await;
+    let gw = p.addr(port);
+    let slow =
+        tokio::spawn(async move { HttpClient::new().get(gw, "x.test", "/?delay_ms=1500").await });
+    // Wait until the backend has the request, then ask the gateway to stop.
+    await_some("the slow request to reach the backend", || async {
+        (a.requests().await == 1).then_some(())
+    })
+    .await;
+    p.proc.terminate();
+    await_some("the gateway to stop accepting", || async {
+        std::net::TcpStream::connect_timeout(&gw, Duration::from_millis(100))
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let r = slow.await.expect("slow request task");
+    assert_eq!(r.status, 200, "the in-flight request completes");
+    assert_eq!(r.backend(), "a");
+    let status = p
+        .proc
+        .wait_exit(DEADLINE)
+        .expect("portico exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(p.proc.logs().contains("all connections closed"));
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_refused_and_not_forwarded() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let p = start(
+        port,
+        &[
+            service("a", &[a.addr], None),
+            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
+        ],
+        &[],
+    )
+    .await;
+    let gw = p.addr(port);
+    let bad_line = raw_exchange(gw, b"GARBAGE\r\n\r\n");
+    assert!(bad_line.starts_with("HTTP/1.1 400"), "{bad_line:?}");
+    let bad_header = raw_exchange(gw, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n");
+    assert!(bad_header.starts_with("HTTP/1.1 400"), "{bad_header:?}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let too_large = raw_exchange(gw, huge.as_bytes());
+    assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large:?}");
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let too_many = raw_exchange(
+        gw,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    );
+    assert!(too_many.starts_with("HTTP/1.1 431"), "{too_many:?}");
+    let no_host = raw_exchange(gw, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host:?}");
+    assert_eq!(a.requests().await, 0, "nothing reached the backend");
+    // And the gateway is still fine.
+    let ok = raw_exchange(
+        gw,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+    assert_eq!(a.requests().await, 1);
+}
+
+#[tokio::test]
+async fn h2c_downstream_and_upstream() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let docs = vec![
+        service("h1", &[a.addr], None),
+        service("h2", &[a.addr], Some("kubernetes.io/h2c")),
+        route(
+            "r",
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /h2}}]\n    backendRefs: [{name: h2, port: 80}]\n  - backendRefs: [{name: h1, port: 80}]\n",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let h2 = HttpClient::h2c();
+    let r = h2.get(p.addr(port), "x.test", "/h1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2, "downstream spoke h2c");
+    assert_eq!(r.json()["protocol"], "HTTP/1.1");
+    assert_eq!(r.json()["host"], "x.test");
+    let r = HttpClient::new().get(p.addr(port), "x.test", "/h2").await;
+    assert_eq!(r.version, http::Version::HTTP_11);
+    assert_eq!(r.json()["protocol"], "HTTP/2.0", "upstream spoke h2c");
+}
+
+#[tokio::test]
+async fn forwarding_headers_request_ids_and_hop_by_hop() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let p = start(
+        port,
+        &[
+            service("a", &[a.addr], None),
+            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
+        ],
+        &["--log-format", "json"],
+    )
+    .await;
+    let http = HttpClient::new();
+    let r = http
+        .get_with(
+            p.addr(port),
+            "fwd.test",
+            "/?token=secret-value",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("connection", "x-private"),
+                ("x-private", "1"),
+                ("x-request-id", "req-123"),
+            ],
+        )
+        .await;
+    // The client connects from 127.0.0.1 (the kernel's source address for loopback).
+    assert_eq!(
+        r.seen_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        r.seen_header("x-forwarded-host").as_deref(),
+        Some("fwd.test")
+    );
+    assert_eq!(r.seen_header("x-request-id").as_deref(), Some("req-123"));
+    assert_eq!(
+        r.seen_header("x-private"),
+        None,
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(r.header("x-request-id"), Some("req-123"));
+    let r = http.get(p.addr(port), "fwd.test", "/").await;
+    let generated = r
+        .header("x-request-id")
+        .expect("a request id is generated")
+        .to_string();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(r.seen_header("x-request-id"), Some(generated.clone()));
+    // The access log is JSON with the request id, and never carries the query string.
+    let logs = p.proc.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&generated))
+        .unwrap_or_else(|| panic!("no access log line for {generated}:\n{logs}"));
+    let entry: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(entry["target"], "access");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["route"], "default/r");
+    assert!(
+        !logs.contains("secret-value"),
+        "query strings stay out of logs"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_metrics() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let p = start(
+        port,
+        &[
+            service("a", &[a.addr], None),
+            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
+        ],
+        &[],
+    )
+    .await;
+    let http = HttpClient::new();
+    assert_eq!(http.get(p.admin, "admin", "/healthz").await.status, 200);
+    assert_eq!(http.get(p.admin, "admin", "/readyz").await.status, 200);
+    for _ in 0..3 {
+        http.get(p.addr(port), "m.test", "/").await;
+    }
+    let m = p.metrics().await;
+    assert!(
+        m.contains(r#"portico_requests_total{route="default/r",code="2xx"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"portico_request_duration_seconds_count{route="default/r"} 3"#),
+        "{m}"
+    );
+    assert!(m.contains("portico_config_version 1"), "{m}");
+}
+
+#[tokio::test]
+async fn request_timeout_answers_504() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let docs = vec![
+        service("a", &[a.addr], None),
+        route(
+            "r",
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /slow}}]\n    timeouts: {request: 300ms}\n    backendRefs: [{name: a, port: 80}]\n  - timeouts: {backendRequest: 300ms, request: 5s}\n    backendRefs: [{name: a, port: 80}]\n",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let http = HttpClient::new();
+    assert_eq!(
+        http.get(p.addr(port), "t.test", "/slow?delay_ms=2000")
+            .await
+            .status,
+        504
+    );
+    assert_eq!(
+        http.get(p.addr(port), "t.test", "/other?delay_ms=2000")
+            .await
+            .status,
+        504
+    );
+    assert_eq!(
+        http.get(p.addr(port), "t.test", "/slow?delay_ms=1")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn gateways_share_a_port_on_different_addresses() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let (ip1, ip2) = (loopback_ip(), loopback_ip());
+    let port = free_port(ip1);
+    let route_for = |name: &str, gw: &str, svc: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: {gw}}}]\n  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"
+        )
+    };
+    let config = [
+        CLASS.to_string(),
+        gateway("one", port, Some(ip1)),
+        gateway("two", port, Some(ip2)),
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None),
+        route_for("r1", "one", "a"),
+        route_for("r2", "two", "b"),
+    ]
+    .concat();
+    let p = Portico::start(&[("config.yaml", &config)], &[]).await;
+    let http = HttpClient::new();
+    assert_eq!(
+        http.get(SocketAddr::new(ip1, port), "x", "/")
+            .await
+            .backend(),
+        "a"
+    );
+    assert_eq!(
+        http.get(SocketAddr::new(ip2, port), "x", "/")
+            .await
+            .backend(),
+        "b"
+    );
+    drop(p);
+}
+
+#[test]
+fn check_names_file_object_and_reason() {
+    let dir = TempDir::new("check");
+    let conflict = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: one, port: 80, protocol: HTTP}
+  - {name: two, port: 80, protocol: HTTP}
+  - {name: three, port: 81, protocol: HTTP}
+";
+    dir.write("gateway.yaml", &format!("{CLASS}{conflict}"));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "bad-regex",
+            "  rules:\n  - matches: [{path: {type: RegularExpression, value: \"[\"}}]\n",
+        ),
+    );
+    let out = std::process::Command::new(&binaries().portico)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run portico check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "gateway.yaml: Gateway default/gw listener one: Conflicted=True (HostnameConflict)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes.yaml: HTTPRoute default/bad-regex parent default/gw: Accepted=False (UnsupportedValue)"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("attachedRoutes"),
+        "the full status is printed: {stdout}"
+    );
+
+    // A file that does not parse fails the check (and would fail start-up) with its name.
+    dir.write("broken.yaml", "kind: [\n");
+    let out = std::process::Command::new(&binaries().portico)
+        .args(["standalone", "--config"])
+        .arg(dir.path())
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--admin-address",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run portico standalone");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.yaml: document 1: malformed YAML"),
+        "{stderr}"
+    );
+}

@@ -1,1 +1,449 @@
-//! placeholder
+//! Test support for cross-process tests: builds the binaries once, starts real `portico` and
+//! `portico-echo` processes on their own 127.0.0.x addresses, speaks HTTP to them over real
+//! sockets, and cleans every process and directory up on drop.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Paths of the binaries under test, built once per test process.
+pub struct Binaries {
+    pub portico: PathBuf,
+    pub echo: PathBuf,
+}
+
+pub fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // target/debug/deps/<test> → target/debug
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "portico-dataplane",
+            "-p",
+            "portico-echo",
+        ]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        Binaries {
+            portico: dir.join("portico"),
+            echo: dir.join("portico-echo"),
+        }
+    })
+}
+
+/// A fresh loopback address for one test, so tests run in parallel without port clashes.
+/// The second octet comes from the process id, so parallel test binaries differ too.
+pub fn loopback_ip() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let b = u8::try_from(10 + pid % 240).expect("fits");
+    let c = u8::try_from(1 + (n / 250) % 250).expect("fits");
+    let d = u8::try_from(2 + n % 250).expect("fits");
+    IpAddr::V4(Ipv4Addr::new(127, b, c, d))
+}
+
+/// A port free on `ip` right now.
+pub fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "portico-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        // Write then rename, as editors and ConfigMap updates do, so a reader never sees half.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, self.0.join(name)).expect("rename");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, its output in a log file.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Self {
+        let dir = TempDir::new(name);
+        let log = dir.path().join("output.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        Self {
+            name: name.into(),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; `None` if it did not within the deadline.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} output ----\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn await_some<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn wait_port(addr: SocketAddr) {
+    let end = Instant::now() + DEADLINE;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < end, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running echo backend.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Echo {
+    pub fn start(name: &str) -> Self {
+        let ip = loopback_ip();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let proc = Proc::spawn(
+            name,
+            &binaries().echo,
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--name".into(),
+                name.into(),
+            ],
+        );
+        wait_port(addr);
+        Self { addr, proc }
+    }
+
+    /// Requests this backend has answered (read from the backend itself).
+    pub async fn requests(&self) -> u64 {
+        let r = HttpClient::new().get(self.addr, "echo", "/__stats").await;
+        r.json()["requests"].as_u64().unwrap_or_default()
+    }
+}
+
+/// A running `portico standalone` serving a config directory.
+pub struct Portico {
+    pub ip: IpAddr,
+    pub admin: SocketAddr,
+    pub config: TempDir,
+    pub proc: Proc,
+}
+
+impl Portico {
+    /// Starts on a fresh loopback address (the default bind address) and waits for
+    /// `/readyz`. `files` are written into the config directory first.
+    pub async fn start(files: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        let ip = loopback_ip();
+        Self::start_on(ip, files, extra_args).await
+    }
+
+    pub async fn start_on(ip: IpAddr, files: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        let config = TempDir::new("config");
+        for (name, text) in files {
+            config.write(name, text);
+        }
+        let admin = SocketAddr::new(ip, free_port(ip));
+        let mut args: Vec<String> = vec![
+            "standalone".into(),
+            "--config".into(),
+            config.path().display().to_string(),
+            "--bind-address".into(),
+            ip.to_string(),
+            "--admin-address".into(),
+            admin.to_string(),
+            "--watch-interval-ms".into(),
+            "100".into(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("portico", &binaries().portico, &args);
+        let p = Self {
+            ip,
+            admin,
+            config,
+            proc,
+        };
+        let client = HttpClient::new();
+        await_some("portico /readyz", || async {
+            client
+                .try_get(p.admin, "admin", "/readyz", &[])
+                .await
+                .filter(|r| r.status == StatusCode::OK)
+        })
+        .await;
+        p
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+
+    pub async fn metrics(&self) -> String {
+        HttpClient::new()
+            .get(self.admin, "admin", "/metrics")
+            .await
+            .text()
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (`Null` if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// For echo answers: which backend answered.
+    pub fn backend(&self) -> String {
+        self.json()["name"].as_str().unwrap_or("-").to_string()
+    }
+
+    /// For echo answers: the first value of a request header the backend received.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_string)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A pooled HTTP/1.1 (or h2c) client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    pub fn h2c() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(HttpConnector::new()),
+        }
+    }
+
+    pub async fn try_request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<Resp> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header(http::header::HOST, host);
+        for (k, v) in headers {
+            b = b.header(
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            );
+        }
+        let req = b.body(Full::new(Bytes::new())).ok()?;
+        let resp = tokio::time::timeout(DEADLINE, self.client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let status = resp.status();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Resp {
+            status,
+            headers,
+            body,
+            version,
+        })
+    }
+
+    pub async fn try_get(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<Resp> {
+        self.try_request("GET", addr, host, path, headers).await
+    }
+
+    pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Resp {
+        self.get_with(addr, host, path, &[]).await
+    }
+
+    pub async fn get_with(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.try_get(addr, host, path, headers)
+            .await
+            .unwrap_or_else(|| panic!("GET http://{host}{path} via {addr} failed"))
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything read until the server closes
+/// the connection or stops sending for a second.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    // The server may answer and close before reading everything; that is fine.
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
