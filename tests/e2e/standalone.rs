@@ -106,7 +106,9 @@ async fn routes_by_host_path_method_header_and_query() {
     let p = start(port, &docs, &[]).await;
     let gw = p.addr(port);
     let http = HttpClient::new();
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    // (method, host, path, headers, backend expected or "-" for 404)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("GET", "shop.example.com", "/", &[], "a"),
         ("GET", "SHOP.example.com:8080", "/", &[], "a"),
         ("GET", "cart.example.com", "/", &[], "b"),

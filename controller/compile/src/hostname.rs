@@ -108,7 +108,8 @@ mod tests {
     #[test]
     fn intersection_table() {
         // (listener, route hostnames, expected)
-        let cases: &[(Option<&str>, &[&str], Option<&[&str]>)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [&'a str], Option<&'a [&'a str]>);
+        let cases: &[Case<'_>] = &[
             (None, &[], Some(&[])),
             (None, &["a.com"], Some(&["a.com"])),
             (Some("a.com"), &[], Some(&["a.com"])),
