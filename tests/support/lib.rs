@@ -42,14 +42,8 @@ pub fn binaries() -> &'static Binaries {
             .to_string();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--bins",
-            "-p",
-            "portico-dataplane",
-            "-p",
-            "portico-echo",
-        ]);
+        // The same selection as `make build`, so both share one build of the dependencies.
+        cmd.args(["build", "--workspace", "--bins"]);
         if profile == "release" {
             cmd.arg("--release");
         }
