@@ -122,7 +122,8 @@ pub(crate) struct ListenerState {
     pub(crate) hostname: Option<String>,
     pub(crate) allowed_namespaces: AllowedNamespaces,
     pub(crate) supported_kinds: Vec<String>,
-    pub(crate) accepted: Option<(String, String)>,
+    /// Why the listener is not accepted, as (reason, message).
+    pub(crate) rejected: Option<(String, String)>,
     pub(crate) conflicted: Option<(String, String)>,
     pub(crate) invalid_kinds: Option<String>,
     pub(crate) attached_routes: i32,
@@ -131,7 +132,7 @@ pub(crate) struct ListenerState {
 impl ListenerState {
     /// Valid and not conflicted: it is programmed and routes may attach.
     pub(crate) fn usable(&self) -> bool {
-        self.accepted.is_none() && self.conflicted.is_none()
+        self.rejected.is_none() && self.conflicted.is_none()
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -227,9 +228,9 @@ fn compile_gateway(gw: &Gateway) -> GatewayState {
 }
 
 fn listener_state(l: &GatewayListeners) -> ListenerState {
-    let mut accepted = None;
+    let mut rejected = None;
     if !(1..=65535).contains(&l.port) {
-        accepted = Some((
+        rejected = Some((
             reasons::PORT_UNAVAILABLE.to_string(),
             format!("port {} is out of range", l.port),
         ));
@@ -237,13 +238,13 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
     match l.protocol.as_str() {
         "HTTP" => {}
         "HTTPS" | "TLS" | "TCP" | "UDP" => {
-            accepted = Some((
+            rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
                 format!("protocol {} is not supported yet; HTTP is", l.protocol),
             ));
         }
         other => {
-            accepted = Some((
+            rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
                 format!("unknown protocol {other:?}"),
             ));
@@ -252,7 +253,7 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
     if let Some(h) = &l.hostname
         && let Err(e) = hostname::validate(h)
     {
-        accepted = Some((reasons::INVALID.to_string(), e));
+        rejected = Some((reasons::INVALID.to_string(), e));
     }
 
     let mut supported_kinds = Vec::new();
@@ -291,7 +292,7 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
             match namespaces.and_then(|n| n.selector.clone()) {
                 Some(s) => AllowedNamespaces::Selector(s),
                 None => {
-                    accepted = Some((
+                    rejected = Some((
                         reasons::INVALID.to_string(),
                         "namespaces.from is Selector but no selector is set".into(),
                     ));
@@ -308,7 +309,7 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
         hostname: l.hostname.clone(),
         allowed_namespaces,
         supported_kinds,
-        accepted,
+        rejected,
         conflicted: None,
         invalid_kinds,
         attached_routes: 0,
@@ -453,7 +454,7 @@ impl GatewayState {
 }
 
 fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
-    let accepted = match &l.accepted {
+    let accepted = match &l.rejected {
         Some((reason, message)) => {
             Condition::new(types::ACCEPTED, false, reason, message.clone(), g)
         }

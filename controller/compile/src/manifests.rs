@@ -43,9 +43,13 @@ impl Origins {
     pub fn file_of_problem(&self, object: &str) -> Option<&str> {
         let mut words = object.split_whitespace();
         let kind = words.next()?;
-        let (ns, name) = words.next()?.split_once('/').unwrap_or(("", ""));
-        self.file_of(kind, &ObjectRef::new(ns, name))
-            .or_else(|| self.file_of(kind, &ObjectRef::new("", words.next().unwrap_or_default())))
+        let id = words.next()?;
+        let id = match id.split_once('/') {
+            Some((ns, name)) => ObjectRef::new(ns, name),
+            // Cluster-scoped kinds are remembered with an empty namespace.
+            None => ObjectRef::new("", id),
+        };
+        self.file_of(kind, &id)
     }
 }
 

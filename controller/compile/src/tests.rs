@@ -608,3 +608,41 @@ fn manifest_errors_name_file_and_object() {
     assert!(shown[2].starts_with("d.yaml: document 1: malformed YAML"));
     assert!(shown[3].starts_with("e.yaml: HTTPRoute r: invalid object"));
 }
+
+#[test]
+fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
+    let mut set = ManifestSet::default();
+    set.add_file(
+        "class.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: p}\nspec:\n  controllerName: portico.dev/gateway-controller\n  parametersRef: {group: portico.dev, kind: GatewayConfig, name: cfg}\n",
+    );
+    set.add_file(
+        "route.yaml",
+        &route(
+            "r",
+            "default",
+            "{name: gw}",
+            "  rules:\n  - matches: [{path: {type: Exact, value: x}}]",
+        ),
+    );
+    set.add_file("base.yaml", BASE);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    let out = compile(&set.inputs, CONTROLLER_NAME);
+    let files: Vec<(String, Option<&str>)> = out
+        .status
+        .problems()
+        .iter()
+        .map(|p| (p.object.clone(), set.origins.file_of_problem(&p.object)))
+        .collect();
+    assert!(
+        files.contains(&("GatewayClass p".into(), Some("class.yaml"))),
+        "{files:?}"
+    );
+    assert!(
+        files.contains(&(
+            "HTTPRoute default/r parent default/gw".into(),
+            Some("route.yaml")
+        )),
+        "{files:?}"
+    );
+}
