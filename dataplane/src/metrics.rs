@@ -2,14 +2,18 @@
 //! HTTPRoute's `namespace/name` (or `none`), the status label one of five classes.
 //!
 //! Each rule holds its own counter and histogram handles, taken once when the rule is built,
-//! so the hot path increments atomics and never takes the family lock.
+//! so the hot path increments atomics and never takes the family lock. The latency histogram
+//! is our own: prometheus-client's takes a write lock per observation.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -24,15 +28,67 @@ struct RouteLabel {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn new_histogram() -> Histogram {
-    // 100 µs to ~26 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+/// Upper bounds 100 µs × 2^i: 100 µs to ~26 s, then +Inf.
+const BUCKETS: usize = 19;
+const FIRST_BOUND_US: u64 = 100;
+
+/// A latency histogram updated with relaxed atomics only.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<LatencyCells>);
+
+#[derive(Debug, Default)]
+struct LatencyCells {
+    /// Per-bucket (not cumulative) counts; the last is +Inf.
+    buckets: [AtomicU64; BUCKETS + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let mut bound = FIRST_BOUND_US;
+        let mut i = 0;
+        while i < BUCKETS && us > bound {
+            bound *= 2;
+            i += 1;
+        }
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut bound = FIRST_BOUND_US;
+        let mut buckets = Vec::with_capacity(BUCKETS + 1);
+        for (i, cell) in self.0.buckets.iter().enumerate() {
+            // The encoder writes +Inf for f64::MAX and accumulates the counts itself.
+            let upper = if i < BUCKETS {
+                bound as f64 / 1e6
+            } else {
+                f64::MAX
+            };
+            buckets.push((upper, cell.load(Ordering::Relaxed)));
+            bound *= 2;
+        }
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    duration: Family<RouteLabel, LatencyHistogram>,
     pub config_version: Gauge,
     pub config_reloads: Counter,
     pub config_errors: Counter,
@@ -49,8 +105,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("portico");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration =
-            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram);
+        let duration = Family::<RouteLabel, LatencyHistogram>::default();
         let config_version = Gauge::default();
         let config_reloads = Counter::default();
         let config_errors = Counter::default();
@@ -142,13 +197,64 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     by_class: [Counter; 5],
-    duration: Histogram,
+    duration: LatencyHistogram,
 }
 
 impl RouteMetrics {
-    pub fn record(&self, status: u16, seconds: f64) {
+    pub fn record(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
-        self.duration.observe(seconds);
+        self.duration.observe(elapsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_encodes_cumulative_buckets_in_seconds() {
+        let m = Metrics::default();
+        let r = m.route("ns/r");
+        r.record(200, Duration::from_micros(50));
+        r.record(200, Duration::from_micros(150));
+        r.record(503, Duration::from_secs(100));
+        let text = m.encode();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(
+            line(r#"portico_request_duration_seconds_count{route="ns/r"}"#)
+                .rsplit(' ')
+                .next(),
+            Some("3")
+        );
+        assert_eq!(
+            line(r#"portico_request_duration_seconds_bucket{le="0.0001",route="ns/r"}"#)
+                .rsplit(' ')
+                .next(),
+            Some("1")
+        );
+        assert_eq!(
+            line(r#"portico_request_duration_seconds_bucket{le="0.0002",route="ns/r"}"#)
+                .rsplit(' ')
+                .next(),
+            Some("2")
+        );
+        assert_eq!(
+            line(r#"portico_request_duration_seconds_bucket{le="+Inf",route="ns/r"}"#)
+                .rsplit(' ')
+                .next(),
+            Some("3")
+        );
+        assert!(
+            text.contains(r#"portico_requests_total{route="ns/r",code="5xx"} 1"#),
+            "{text}"
+        );
+        m.forget_route("ns/r");
+        assert!(!m.encode().contains("ns/r"));
     }
 }

@@ -129,7 +129,7 @@ impl Proxy {
         let status = resp.status().as_u16();
         rule.as_ref()
             .map_or(&self.unmatched, |r| &r.metrics)
-            .record(status, elapsed.as_secs_f64());
+            .record(status, elapsed);
         if let Some(log) = log {
             log.emit(&id, status, rule.as_deref(), upstream.as_ref(), elapsed);
         }

@@ -68,6 +68,35 @@ async fn start(port: u16, docs: &[String], extra_args: &[&str]) -> Portico {
     Portico::start(&[("config.yaml", &config)], extra_args).await
 }
 
+/// Gateway `gw` on `port` with Services `a` and `b` for the two echo backends.
+fn two_backends(port: u16, a: &Echo, b: &Echo) -> String {
+    [
+        CLASS.to_string(),
+        gateway("gw", port, None),
+        service("a", &[a.addr], None),
+        service("b", &[b.addr], None),
+    ]
+    .concat()
+}
+
+/// Route `r` sending everything to Service `svc`.
+fn route_to(svc: &str) -> String {
+    route(
+        "r",
+        &format!("  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"),
+    )
+}
+
+/// Gateway `gw` on `port` sending everything to the echo backend `a`.
+async fn start_single(port: u16, a: &Echo, extra_args: &[&str]) -> Portico {
+    start(
+        port,
+        &[service("a", &[a.addr], None), route_to("a")],
+        extra_args,
+    )
+    .await
+}
+
 fn pick_port() -> u16 {
     free_port(loopback_ip())
 }
@@ -333,18 +362,7 @@ async fn broken_backends_get_500_and_503_while_other_routes_serve() {
 async fn reloads_on_change_and_keeps_the_last_good_config() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));
     let port = pick_port();
-    let base = format!(
-        "{CLASS}{}{}{}",
-        gateway("gw", port, None),
-        service("a", &[a.addr], None),
-        service("b", &[b.addr], None)
-    );
-    let route_to = |svc: &str| {
-        route(
-            "r",
-            &format!("  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"),
-        )
-    };
+    let base = two_backends(port, &a, &b);
     let p = Portico::start(&[("base.yaml", &base), ("route.yaml", &route_to("a"))], &[]).await;
     let http = HttpClient::new();
     let gw = p.addr(port);
@@ -402,18 +420,7 @@ async fn reloads_on_change_and_keeps_the_last_good_config() {
 async fn config_swaps_do_not_fail_requests_in_flight() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));
     let port = pick_port();
-    let base = format!(
-        "{CLASS}{}{}{}",
-        gateway("gw", port, None),
-        service("a", &[a.addr], None),
-        service("b", &[b.addr], None)
-    );
-    let route_to = |svc: &str| {
-        route(
-            "r",
-            &format!("  rules:\n  - backendRefs: [{{name: {svc}, port: 80}}]\n"),
-        )
-    };
+    let base = two_backends(port, &a, &b);
     let p = Portico::start(
         &[("base.yaml", &base), ("route.yaml", &route_to("a"))],
         &["--access-log", "false"],
@@ -446,15 +453,7 @@ async fn config_swaps_do_not_fail_requests_in_flight() {
 async fn sigterm_drains_in_flight_requests() {
     let a = Echo::start("a");
     let port = pick_port();
-    let mut p = start(
-        port,
-        &[
-            service("a", &[a.addr], None),
-            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
-        ],
-        &[],
-    )
-    .await;
+    let mut p = start_single(port, &a, &[]).await;
     let gw = p.addr(port);
     let slow =
         tokio::spawn(async move { HttpClient::new().get(gw, "x.test", "/?delay_ms=1500").await });
@@ -485,15 +484,7 @@ async fn sigterm_drains_in_flight_requests() {
 async fn malformed_and_oversized_requests_are_refused_and_not_forwarded() {
     let a = Echo::start("a");
     let port = pick_port();
-    let p = start(
-        port,
-        &[
-            service("a", &[a.addr], None),
-            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
-        ],
-        &[],
-    )
-    .await;
+    let p = start_single(port, &a, &[]).await;
     let gw = p.addr(port);
     let bad_line = raw_exchange(gw, b"GARBAGE\r\n\r\n");
     assert!(bad_line.starts_with("HTTP/1.1 400"), "{bad_line:?}");
@@ -551,15 +542,7 @@ async fn h2c_downstream_and_upstream() {
 async fn forwarding_headers_request_ids_and_hop_by_hop() {
     let a = Echo::start("a");
     let port = pick_port();
-    let p = start(
-        port,
-        &[
-            service("a", &[a.addr], None),
-            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
-        ],
-        &["--log-format", "json"],
-    )
-    .await;
+    let p = start_single(port, &a, &["--log-format", "json"]).await;
     let http = HttpClient::new();
     let r = http
         .get_with(
@@ -618,15 +601,7 @@ async fn forwarding_headers_request_ids_and_hop_by_hop() {
 async fn admin_endpoints_and_metrics() {
     let a = Echo::start("a");
     let port = pick_port();
-    let p = start(
-        port,
-        &[
-            service("a", &[a.addr], None),
-            route("r", "  rules:\n  - backendRefs: [{name: a, port: 80}]\n"),
-        ],
-        &[],
-    )
-    .await;
+    let p = start_single(port, &a, &[]).await;
     let http = HttpClient::new();
     assert_eq!(http.get(p.admin, "admin", "/healthz").await.status, 200);
     assert_eq!(http.get(p.admin, "admin", "/readyz").await.status, 200);

@@ -209,21 +209,24 @@ impl<'a> BackendIndex<'a> {
     }
 }
 
-fn annotated_endpoints(service: &Service, port: &ServicePort) -> Vec<Endpoint> {
-    let Some(list) = service
+/// The items of the endpoints annotation, if the Service has one.
+fn annotation_items(service: &Service) -> impl Iterator<Item = &str> {
+    service
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
-    else {
-        return Vec::new();
-    };
+        .into_iter()
+        .flat_map(|list| list.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+}
+
+fn annotated_endpoints(service: &Service, port: &ServicePort) -> Vec<Endpoint> {
     let default_port = match &port.target_port {
         Some(IntOrString::Int(p)) => *p,
         _ => port.port,
     };
-    list.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
+    annotation_items(service)
         .filter_map(|item| parse_endpoint(item, default_port))
         .collect()
 }
@@ -247,16 +250,7 @@ fn parse_endpoint(item: &str, default_port: i32) -> Option<Endpoint> {
 
 /// Checks the shorthand annotation of every Service so a typo is reported, not ignored.
 pub(crate) fn annotation_errors(service: &Service) -> Vec<String> {
-    let Some(list) = service
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
-    else {
-        return Vec::new();
-    };
-    list.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
+    annotation_items(service)
         .filter(|item| parse_endpoint(item, 1).is_none())
         .map(|item| format!("{ENDPOINTS_ANNOTATION}: {item:?} is not an `ip` or `ip:port`"))
         .collect()

@@ -453,68 +453,69 @@ impl GatewayState {
     }
 }
 
+/// A condition that is `ok` unless there is a problem (reason, message); `problem_status` is
+/// the status a problem gives (True for Conflicted, False for the others).
+fn condition(
+    type_: &str,
+    problem: Option<(&str, &str)>,
+    problem_status: bool,
+    ok: (&str, &str),
+    g: Option<i64>,
+) -> Condition {
+    match problem {
+        Some((reason, message)) => Condition::new(type_, problem_status, reason, message, g),
+        None => Condition::new(type_, !problem_status, ok.0, ok.1, g),
+    }
+}
+
+fn problem(p: &Option<(String, String)>) -> Option<(&str, &str)> {
+    p.as_ref().map(|(r, m)| (r.as_str(), m.as_str()))
+}
+
 fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
-    let accepted = match &l.rejected {
-        Some((reason, message)) => {
-            Condition::new(types::ACCEPTED, false, reason, message.clone(), g)
-        }
-        None => Condition::new(
-            types::ACCEPTED,
-            true,
-            reasons::ACCEPTED,
-            "listener is valid",
-            g,
-        ),
-    };
-    let conflicted = match &l.conflicted {
-        Some((reason, message)) => {
-            Condition::new(types::CONFLICTED, true, reason, message.clone(), g)
-        }
-        None => Condition::new(
-            types::CONFLICTED,
-            false,
-            reasons::NO_CONFLICTS,
-            "no conflicts",
-            g,
-        ),
-    };
-    let resolved = match &l.invalid_kinds {
-        Some(message) => Condition::new(
-            types::RESOLVED_REFS,
-            false,
-            reasons::INVALID_ROUTE_KINDS,
-            message.clone(),
-            g,
-        ),
-        None => Condition::new(
-            types::RESOLVED_REFS,
-            true,
-            reasons::RESOLVED_REFS,
-            "all references resolved",
-            g,
-        ),
-    };
+    let accepted = condition(
+        types::ACCEPTED,
+        problem(&l.rejected),
+        false,
+        (reasons::ACCEPTED, "listener is valid"),
+        g,
+    );
+    let conflicted = condition(
+        types::CONFLICTED,
+        problem(&l.conflicted),
+        true,
+        (reasons::NO_CONFLICTS, "no conflicts"),
+        g,
+    );
+    let resolved = condition(
+        types::RESOLVED_REFS,
+        l.invalid_kinds
+            .as_deref()
+            .map(|m| (reasons::INVALID_ROUTE_KINDS, m)),
+        false,
+        (reasons::RESOLVED_REFS, "all references resolved"),
+        g,
+    );
     let programmed = if l.usable() {
-        Condition::new(
-            types::PROGRAMMED,
-            false,
+        (
             reasons::PENDING,
             "waiting for the dataplane to apply the configuration",
-            g,
         )
     } else {
-        Condition::new(
-            types::PROGRAMMED,
-            false,
+        (
             reasons::INVALID,
             "the listener is not accepted or is conflicted",
-            g,
         )
     };
     ListenerStatus {
         name: l.name.clone(),
         attached_routes: l.attached_routes,
         supported_kinds: l.supported_kinds.clone(),
-        conditions: vec![accepted, conflicted, resolved, programmed],
+        conditions: vec![
+            accepted,
+            conflicted,
+            resolved,
+            Condition::new(types::PROGRAMMED, false, programmed.0, programmed.1, g),
+        ],
     }
 }

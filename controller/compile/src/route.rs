@@ -376,13 +376,8 @@ fn translate_matches(matches: &[HttpRouteRulesMatches]) -> Result<Vec<RouteMatch
                 if headers.iter().any(|x| x.name == name) {
                     continue;
                 }
-                let value = match h.r#type {
-                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                        validate_regex("header", &h.value)?;
-                        StringMatch::RegularExpression(h.value.clone())
-                    }
-                    _ => StringMatch::Exact(h.value.clone()),
-                };
+                let regex = h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
+                let value = string_match("header", regex, &h.value)?;
                 headers.push(KeyValueMatch { name, value });
             }
             let mut query_params: Vec<KeyValueMatch> = Vec::new();
@@ -393,13 +388,9 @@ fn translate_matches(matches: &[HttpRouteRulesMatches]) -> Result<Vec<RouteMatch
                 if query_params.iter().any(|x| x.name == q.name) {
                     continue;
                 }
-                let value = match q.r#type {
-                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                        validate_regex("query parameter", &q.value)?;
-                        StringMatch::RegularExpression(q.value.clone())
-                    }
-                    _ => StringMatch::Exact(q.value.clone()),
-                };
+                let regex =
+                    q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression);
+                let value = string_match("query parameter", regex, &q.value)?;
                 query_params.push(KeyValueMatch {
                     name: q.name.clone(),
                     value,
@@ -433,6 +424,24 @@ fn validate_path(p: &str) -> Result<(), String> {
         ))
     } else {
         Ok(())
+    }
+}
+
+/// A hostname a request is sent to: valid and not a wildcard.
+fn exact_hostname(what: &str, h: &str) -> Result<(), String> {
+    hostname::validate(h)?;
+    if h.starts_with('*') {
+        return Err(format!("{what} hostname {h:?} cannot be a wildcard"));
+    }
+    Ok(())
+}
+
+fn string_match(what: &str, regex: bool, value: &str) -> Result<StringMatch, String> {
+    if regex {
+        validate_regex(what, value)?;
+        Ok(StringMatch::RegularExpression(value.to_string()))
+    } else {
+        Ok(StringMatch::Exact(value.to_string()))
     }
 }
 
@@ -519,34 +528,28 @@ fn translate_filters(
             HttpRouteRulesFiltersType::RequestHeaderModifier
             | HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                 let request = f.r#type == HttpRouteRulesFiltersType::RequestHeaderModifier;
+                // The two modifier types are generated separately but share their fields.
+                macro_rules! modifier {
+                    ($m:expr) => {
+                        $m.as_ref().map(|m| {
+                            translate_header_modifier(
+                                m.set
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone())),
+                                m.add
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone())),
+                                m.remove.as_deref().unwrap_or_default(),
+                            )
+                        })
+                    };
+                }
                 let m = if request {
-                    f.request_header_modifier.as_ref().map(|m| {
-                        translate_header_modifier(
-                            m.set
-                                .iter()
-                                .flatten()
-                                .map(|h| (h.name.clone(), h.value.clone())),
-                            m.add
-                                .iter()
-                                .flatten()
-                                .map(|h| (h.name.clone(), h.value.clone())),
-                            m.remove.as_deref().unwrap_or_default(),
-                        )
-                    })
+                    modifier!(f.request_header_modifier)
                 } else {
-                    f.response_header_modifier.as_ref().map(|m| {
-                        translate_header_modifier(
-                            m.set
-                                .iter()
-                                .flatten()
-                                .map(|h| (h.name.clone(), h.value.clone())),
-                            m.add
-                                .iter()
-                                .flatten()
-                                .map(|h| (h.name.clone(), h.value.clone())),
-                            m.remove.as_deref().unwrap_or_default(),
-                        )
-                    })
+                    modifier!(f.response_header_modifier)
                 };
                 let m = m.ok_or_else(|| {
                     missing(if request {
@@ -571,10 +574,7 @@ fn translate_filters(
                     HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_string(),
                 });
                 if let Some(h) = &r.hostname {
-                    hostname::validate(h)?;
-                    if h.starts_with('*') {
-                        return Err(format!("redirect hostname {h:?} cannot be a wildcard"));
-                    }
+                    exact_hostname("redirect", h)?;
                 }
                 let status_code = match r.status_code.unwrap_or(302) {
                     c @ (301 | 302 | 303 | 307 | 308) => c as u16,
@@ -620,10 +620,7 @@ fn translate_filters(
                     .as_ref()
                     .ok_or_else(|| missing("urlRewrite"))?;
                 if let Some(h) = &r.hostname {
-                    hostname::validate(h)?;
-                    if h.starts_with('*') {
-                        return Err(format!("rewrite hostname {h:?} cannot be a wildcard"));
-                    }
+                    exact_hostname("rewrite", h)?;
                 }
                 let path = r
                     .path
