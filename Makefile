@@ -24,5 +24,5 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: ## Criterion benchmarks of the hot paths (route matching at 10,000 routes)
-	$(CARGO) bench -p portico-dataplane --bench router
+bench: ## Route matching at 10,000 routes (criterion) and dataplane memory per route
+	$(CARGO) bench -p portico-dataplane --bench router --bench memory

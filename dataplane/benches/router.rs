@@ -6,104 +6,16 @@ use http::{HeaderMap, HeaderValue, Method};
 use portico_dataplane::balancer::Pools;
 use portico_dataplane::metrics::Metrics;
 use portico_dataplane::table;
-use portico_model::*;
+
+#[path = "support/mod.rs"]
+mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 const ROUTES: usize = 10_000;
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// 10,000 routes over 500 exact hostnames and 50 wildcards; each route has an exact, a prefix
-/// and (every tenth) a regex or header-conditioned rule.
-fn snapshot() -> Snapshot {
-    let backend = BackendId {
-        namespace: "bench".into(),
-        name: "svc".into(),
-        port: 80,
-    };
-    let to_backend = vec![BackendRef {
-        target: BackendTarget::Service(backend.clone()),
-        weight: 1,
-        filters: vec![],
-    }];
-    let m = |path: PathMatch| RouteMatch {
-        path,
-        method: None,
-        headers: vec![],
-        query_params: vec![],
-    };
-    let routes = (0..ROUTES)
-        .map(|i| {
-            let host = if i % 10 == 9 {
-                format!("*.zone{}.example.com", i % 50)
-            } else {
-                format!("svc{}.example.com", i % 500)
-            };
-            let mut rules = vec![
-                RouteRule {
-                    matches: vec![m(PathMatch::Exact(format!("/api/v{}/exact{i}", i % 3)))],
-                    backend_refs: to_backend.clone(),
-                    ..RouteRule::default()
-                },
-                RouteRule {
-                    matches: vec![m(PathMatch::PathPrefix(format!(
-                        "/api/v{}/items{i}",
-                        i % 3
-                    )))],
-                    backend_refs: to_backend.clone(),
-                    ..RouteRule::default()
-                },
-            ];
-            if i % 10 == 0 {
-                rules.push(RouteRule {
-                    matches: vec![m(PathMatch::RegularExpression(format!("/re{i}/[0-9]+")))],
-                    backend_refs: to_backend.clone(),
-                    ..RouteRule::default()
-                });
-                rules.push(RouteRule {
-                    matches: vec![RouteMatch {
-                        headers: vec![KeyValueMatch {
-                            name: "x-canary".into(),
-                            value: StringMatch::Exact("true".into()),
-                        }],
-                        ..m(PathMatch::PathPrefix(format!("/api/v{}/items{i}", i % 3)))
-                    }],
-                    backend_refs: to_backend.clone(),
-                    ..RouteRule::default()
-                });
-            }
-            HttpRoute {
-                id: ObjectRef::new("bench", format!("route-{i:05}")),
-                parents: vec![RouteParent {
-                    listener: "http".into(),
-                    hostnames: vec![host],
-                }],
-                rules,
-            }
-        })
-        .collect();
-    Snapshot {
-        version: 1,
-        gateway: ObjectRef::new("bench", "gw"),
-        listeners: vec![Listener {
-            name: "http".into(),
-            addresses: vec![],
-            port: 80,
-            protocol: Protocol::Http,
-            hostname: None,
-            tls: None,
-        }],
-        routes,
-        backends: vec![Backend {
-            id: backend,
-            protocol: AppProtocol::Http1,
-            port_name: None,
-            endpoints: vec![],
-        }],
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    let snap = snapshot();
+    let snap = support::snapshot(ROUTES);
     let pools = Pools::default();
     let metrics = Metrics::default();
     let mut tables = table::build(std::slice::from_ref(&snap), IP, &pools, &metrics);

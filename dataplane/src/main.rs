@@ -175,6 +175,8 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     tracing::info!(address = %args.admin_address, "admin server listening");
     tokio::spawn(admin::serve(admin, dp.clone()));
     standalone::apply(&dp, &loaded, 1);
+    // The objects and statuses are not needed once served; only the dataplane's tables are.
+    drop(loaded);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

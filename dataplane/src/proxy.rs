@@ -121,7 +121,10 @@ impl Proxy {
                 e.into_response()
             }
         };
-        if let Some(ops) = rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+        if let Some(ops) = rule
+            .as_ref()
+            .and_then(|r| r.filters().response_headers.as_ref())
+        {
             ops.apply(resp.headers_mut());
         }
         resp.headers_mut().insert(&util::X_REQUEST_ID, id.clone());
@@ -144,7 +147,8 @@ impl Proxy {
         down: Downstream,
         id: &HeaderValue,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
-        if let Some(r) = &rule.redirect {
+        let filters = rule.filters();
+        if let Some(r) = &filters.redirect {
             return (
                 Ok(filters::redirect(
                     r,
@@ -156,14 +160,10 @@ impl Proxy {
                 None,
             );
         }
-        let Some(Target::Pool {
-            pool,
-            request_headers,
-            response_headers,
-        }) = rule.pick()
-        else {
+        let Some(target @ Target::Pool { pool, .. }) = rule.pick() else {
             return (Err(ProxyError::NoBackend), None);
         };
+        let backend_filters = target.filters();
         let Some(upstream) = pool.pick() else {
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
@@ -176,7 +176,7 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        if let Some(rw) = &rule.rewrite {
+        if let Some(rw) = &filters.rewrite {
             filters::rewrite(rw, &mut req, prefix);
         }
         let headers = req.headers_mut();
@@ -194,10 +194,10 @@ impl Proxy {
         if let Some(h) = original_host {
             headers.insert(&util::X_FORWARDED_HOST, h);
         }
-        if let Some(ops) = &rule.request_headers {
-            ops.apply(headers);
-        }
-        if let Some(ops) = request_headers {
+        for ops in [&filters.request_headers, &backend_filters.request_headers]
+            .into_iter()
+            .flatten()
+        {
             ops.apply(headers);
         }
         headers.insert(&util::X_REQUEST_ID, id.clone());
@@ -243,7 +243,7 @@ impl Proxy {
             Ok(resp) => {
                 let mut resp = resp.map(Either::Left);
                 util::strip_hop_by_hop(resp.headers_mut());
-                if let Some(ops) = response_headers {
+                if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());
                 }
                 Ok(resp)

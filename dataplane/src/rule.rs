@@ -54,15 +54,56 @@ impl HeaderOps {
     }
 }
 
+/// Filters of a rule or a backendRef. Most rules have none, so rules keep them boxed and
+/// optional: a rule without filters costs one pointer for them.
+#[derive(Debug, Default)]
+pub struct RuleFilters {
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<UrlRewrite>,
+}
+
+static NO_FILTERS: RuleFilters = RuleFilters {
+    request_headers: None,
+    response_headers: None,
+    redirect: None,
+    rewrite: None,
+};
+
+impl RuleFilters {
+    /// `None` when there is nothing to do.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        let empty = self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.redirect.is_none()
+            && self.rewrite.is_none();
+        (!empty).then(|| Box::new(self))
+    }
+}
+
+fn or_none(f: &Option<Box<RuleFilters>>) -> &RuleFilters {
+    f.as_deref().unwrap_or(&NO_FILTERS)
+}
+
 #[derive(Debug)]
 pub enum Target {
     Pool {
         pool: Arc<EndpointPool>,
-        request_headers: Option<HeaderOps>,
-        response_headers: Option<HeaderOps>,
+        /// Header modifiers of the backendRef.
+        filters: Option<Box<RuleFilters>>,
     },
     /// A backendRef compile could not resolve: its share of traffic gets 500.
     Unresolved,
+}
+
+impl Target {
+    pub fn filters(&self) -> &RuleFilters {
+        match self {
+            Target::Pool { filters, .. } => or_none(filters),
+            Target::Unresolved => &NO_FILTERS,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,12 +115,9 @@ pub struct WeightedTarget {
 
 #[derive(Debug)]
 pub struct CompiledRule {
-    /// `namespace/name` of the HTTPRoute, for metrics and logs.
+    /// `namespace/name` of the HTTPRoute, for metrics and logs; shared by its rules.
     pub route: Arc<str>,
-    pub request_headers: Option<HeaderOps>,
-    pub response_headers: Option<HeaderOps>,
-    pub redirect: Option<Redirect>,
-    pub rewrite: Option<UrlRewrite>,
+    pub filters: Option<Box<RuleFilters>>,
     /// Zero-weight targets are left out.
     pub targets: Vec<WeightedTarget>,
     pub request_timeout: Option<Duration>,
@@ -88,6 +126,10 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    pub fn filters(&self) -> &RuleFilters {
+        or_none(&self.filters)
+    }
+
     pub fn timeouts(t: &Timeouts) -> (Option<Duration>, Option<Duration>) {
         (
             t.request_ms.map(Duration::from_millis),

@@ -109,7 +109,9 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
     for s in &mut snapshots {
         s.version = version;
     }
+    let started = std::time::Instant::now();
     let report = dp.apply(&snapshots, version);
+    let apply_ms = started.elapsed().as_secs_f64() * 1e3;
     log_problems(loaded);
     for w in &report.warnings {
         tracing::warn!("{w}");
@@ -122,6 +124,7 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
         gateways = snapshots.len(),
         routes = report.routes,
         sockets = ?report.sockets,
+        apply_ms = format!("{apply_ms:.1}"),
         "configuration applied"
     );
     report.bind_failures.is_empty()

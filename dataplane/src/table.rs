@@ -4,7 +4,7 @@
 use crate::balancer::Pools;
 use crate::metrics::Metrics;
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
-use crate::rule::{CompiledRule, HeaderOps, Target, WeightedTarget};
+use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use http::{HeaderName, Method};
 use portico_compile::REGEX_SIZE_LIMIT;
 use portico_model::{
@@ -74,7 +74,7 @@ pub fn build(
 
         for route in &snap.routes {
             order += 1;
-            let label = route.id.to_string();
+            let label: Arc<str> = route.id.to_string().into();
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
                 .iter()
@@ -120,7 +120,7 @@ pub fn build(
                     }
                 }
             }
-            t.routes.insert(label);
+            t.routes.insert(label.to_string());
         }
     }
     for router in t.sockets.values_mut() {
@@ -210,23 +210,20 @@ fn header_ops(
 
 fn compile_rule(
     r: &RouteRule,
-    label: &str,
+    label: &Arc<str>,
     snap: &Snapshot,
     pools: &Pools,
     metrics: &Metrics,
     t: &mut Tables,
 ) -> CompiledRule {
     let w = &mut t.warnings;
-    let mut request_headers = None;
-    let mut response_headers = None;
-    let mut redirect = None;
-    let mut rewrite = None;
+    let mut filters = RuleFilters::default();
     for f in &r.filters {
         match f {
-            Filter::RequestHeaderModifier(m) => request_headers = header_ops(m, label, w),
-            Filter::ResponseHeaderModifier(m) => response_headers = header_ops(m, label, w),
-            Filter::RequestRedirect(rd) => redirect = Some(rd.clone()),
-            Filter::UrlRewrite(rw) => rewrite = Some(rw.clone()),
+            Filter::RequestHeaderModifier(m) => filters.request_headers = header_ops(m, label, w),
+            Filter::ResponseHeaderModifier(m) => filters.response_headers = header_ops(m, label, w),
+            Filter::RequestRedirect(rd) => filters.redirect = Some(rd.clone()),
+            Filter::UrlRewrite(rw) => filters.rewrite = Some(rw.clone()),
         }
     }
     let mut targets = Vec::new();
@@ -236,15 +233,14 @@ fn compile_rule(
         let target = match &b.target {
             BackendTarget::Service(id) => match snap.backend(id) {
                 Some(backend) => {
-                    let mut req_ops = None;
-                    let mut resp_ops = None;
+                    let mut ref_filters = RuleFilters::default();
                     for f in &b.filters {
                         match f {
                             Filter::RequestHeaderModifier(m) => {
-                                req_ops = header_ops(m, label, &mut t.warnings)
+                                ref_filters.request_headers = header_ops(m, label, &mut t.warnings)
                             }
                             Filter::ResponseHeaderModifier(m) => {
-                                resp_ops = header_ops(m, label, &mut t.warnings)
+                                ref_filters.response_headers = header_ops(m, label, &mut t.warnings)
                             }
                             _ => {}
                         }
@@ -252,8 +248,7 @@ fn compile_rule(
                     t.backends.push((id.clone(), backend.protocol));
                     Target::Pool {
                         pool: pools.get(backend),
-                        request_headers: req_ops,
-                        response_headers: resp_ops,
+                        filters: ref_filters.boxed(),
                     }
                 }
                 None => {
@@ -267,13 +262,11 @@ fn compile_rule(
         };
         targets.push(WeightedTarget { upto, target });
     }
+    targets.shrink_to_fit();
     let (request_timeout, backend_timeout) = CompiledRule::timeouts(&r.timeouts);
     CompiledRule {
-        route: label.into(),
-        request_headers,
-        response_headers,
-        redirect,
-        rewrite,
+        route: label.clone(),
+        filters: filters.boxed(),
         targets,
         request_timeout,
         backend_timeout,
