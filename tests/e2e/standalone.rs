@@ -755,3 +755,54 @@ spec:
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn bodies_stream_both_ways_and_endpoints_rotate() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    // A port nothing listens on: connecting is refused.
+    let closed_ip = loopback_ip();
+    let closed = SocketAddr::new(closed_ip, free_port(closed_ip));
+    let port = pick_port();
+    let docs = vec![
+        service("both", &[a.addr, b.addr], None),
+        service("closed", &[closed], None),
+        route(
+            "r",
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /closed}}]\n    backendRefs: [{name: closed, port: 80}]\n  - backendRefs: [{name: both, port: 80}]\n",
+        ),
+    ];
+    let p = start(port, &docs, &[]).await;
+    let http = HttpClient::new();
+    let gw = p.addr(port);
+
+    let upload = bytes::Bytes::from(vec![b'u'; 3 << 20]);
+    let r = http
+        .try_send("POST", gw, "b.test", "/upload", &[], upload)
+        .await
+        .expect("upload");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["bodyLength"],
+        3 << 20,
+        "the whole request body arrives"
+    );
+    let r = http.get(gw, "b.test", "/download?size=5242880").await;
+    assert_eq!(r.body.len(), 5 << 20, "the whole response body arrives");
+
+    let names: Vec<String> = backends_of_six_requests(&http, gw).await;
+    assert!(
+        names.windows(2).all(|w| w[0] != w[1]),
+        "round robin alternates between the two endpoints: {names:?}"
+    );
+    let r = http.get(gw, "b.test", "/closed").await;
+    assert_eq!(r.status, 503, "a refused connection is 503: {}", r.text());
+}
+
+/// Six sequential requests, in order.
+async fn backends_of_six_requests(http: &HttpClient, gw: SocketAddr) -> Vec<String> {
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(http.get(gw, "b.test", "/rr").await.backend());
+    }
+    names
+}

@@ -369,6 +369,20 @@ impl HttpClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Option<Resp> {
+        self.try_send(method, addr, host, path, headers, Bytes::new())
+            .await
+    }
+
+    /// Sends a request with a body.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Option<Resp> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
@@ -379,7 +393,7 @@ impl HttpClient {
                 HeaderValue::from_str(v).ok()?,
             );
         }
-        let req = b.body(Full::new(Bytes::new())).ok()?;
+        let req = b.body(Full::new(body)).ok()?;
         let resp = tokio::time::timeout(DEADLINE, self.client.request(req))
             .await
             .ok()?
