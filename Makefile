@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt bench
+.PHONY: help build run test lint fmt bench controlplane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -13,9 +13,12 @@ build: ## Build every binary (debug)
 run: build ## Start the quickstart: two echo backends and a gateway on http://127.0.0.1:8080
 	./deploy/examples/quickstart/run.sh target/debug
 
-test: ## Run every test: unit, compile tables, and end-to-end through real processes
+test: controlplane ## Run every test: unit, compile tables, end-to-end, and against a real control plane
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+
+controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-controller-manager) from the Go modules
+	cd tests/controlplane && CGO_ENABLED=0 go build -o ../../target/controlplane/controlplane .
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

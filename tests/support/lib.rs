@@ -1,6 +1,9 @@
 //! Test support for cross-process tests: builds the binaries once, starts real `portico` and
 //! `portico-echo` processes on their own 127.0.0.x addresses, speaks HTTP to them over real
-//! sockets, and cleans every process and directory up on drop.
+//! sockets, and cleans every process and directory up on drop. [`cluster`] adds the real
+//! Kubernetes control plane.
+
+pub mod cluster;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};

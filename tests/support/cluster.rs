@@ -1,0 +1,224 @@
+//! The test control plane: a real kube-apiserver with embedded etcd and a
+//! kube-controller-manager, built from the Kubernetes Go modules by `tests/controlplane`
+//! (versions pinned in its go.mod), started once per test binary.
+//!
+//! Start-up installs the Gateway API CRDs from the `sigs.k8s.io/gateway-api` module in the Go
+//! module cache (nothing is copied into this repository). Each test takes its own namespace.
+//! The control plane exits when this process does: it watches the stdin pipe we hold.
+
+use crate::{DEADLINE, TempDir};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Where the Go module lives, relative to this crate.
+fn module_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane")
+}
+
+/// The control-plane binary, rebuilt when its sources are newer than it.
+fn binary() -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/controlplane/controlplane");
+    let newest_source = ["go.mod", "go.sum", "main.go"]
+        .iter()
+        .filter_map(|f| {
+            std::fs::metadata(module_dir().join(f))
+                .ok()?
+                .modified()
+                .ok()
+        })
+        .max();
+    let built = std::fs::metadata(&out).ok().and_then(|m| m.modified().ok());
+    if built.is_none() || newest_source > built {
+        eprintln!("building the test control plane (the first build takes several minutes)");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(module_dir())
+            .env("CGO_ENABLED", "0")
+            .status()
+            .expect("run go build (is Go installed?)");
+        assert!(status.success(), "building tests/controlplane failed");
+    }
+    out
+}
+
+/// The directory of a module in the Go module cache, downloading it if needed.
+fn go_module_dir(module: &str) -> PathBuf {
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", module])
+        .current_dir(module_dir())
+        .output()
+        .expect("run go mod download");
+    assert!(
+        out.status.success(),
+        "go mod download {module}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("go mod download -json output");
+    PathBuf::from(info["Dir"].as_str().expect("module Dir"))
+}
+
+pub struct ControlPlane {
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    child: Mutex<Child>,
+    /// Held open for the life of the process; its EOF stops the control plane.
+    _stdin: ChildStdin,
+    _dir: TempDir,
+}
+
+impl ControlPlane {
+    /// A client for the admin user, bound to the calling test's runtime.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Whether the control-plane process is still running.
+    pub fn running(&self) -> bool {
+        matches!(self.child.lock().try_wait(), Ok(None))
+    }
+}
+
+/// The control plane of this test binary, started on first use.
+pub fn control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        let bin = binary();
+        let dir = TempDir::new("controlplane");
+        let log = std::fs::File::create(dir.path().join("controlplane.log")).expect("log file");
+        let mut child = Command::new(&bin)
+            .arg("-dir")
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the control plane");
+        let stdin = child.stdin.take().expect("stdin pipe");
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(180))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.path().join("controlplane.log"))
+                    .unwrap_or_default();
+                panic!("the control plane did not become ready:\n{log}")
+            });
+        let (server, kubeconfig) = ready.split_once(' ').expect("READY <server> <kubeconfig>");
+        let cp = ControlPlane {
+            server: server.to_string(),
+            kubeconfig: PathBuf::from(kubeconfig),
+            child: Mutex::new(child),
+            _stdin: stdin,
+            _dir: dir,
+        };
+        // CRDs are installed once, on a runtime of their own (tests each have theirs).
+        let kubeconfig = cp.kubeconfig.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(install_gateway_api_crds(&kubeconfig))
+        })
+        .join()
+        .expect("CRD installation");
+        cp
+    })
+}
+
+/// Applies the standard-channel Gateway API CRDs and waits until each is Established.
+async fn install_gateway_api_crds(kubeconfig: &Path) {
+    let dir = go_module_dir("sigs.k8s.io/gateway-api").join("config/crd/standard");
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    let client = Client::try_from(config).expect("client");
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut names = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read CRD file");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).expect("CRD YAML");
+            // The safe-upgrades ValidatingAdmissionPolicy files are not CRDs.
+            if value.get("kind").and_then(|k| k.as_str()) != Some("CustomResourceDefinition") {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_yaml::from_value(value).expect("CRD");
+            let name = crd.metadata.name.clone().expect("CRD name");
+            api.patch(
+                &name,
+                &PatchParams::apply("portico-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+            names.push(name);
+        }
+    }
+    let end = Instant::now() + DEADLINE * 3;
+    for name in names {
+        loop {
+            let crd = api.get(&name).await.expect("get CRD");
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            assert!(Instant::now() < end, "CRD {name} not established");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A fresh namespace for one test.
+pub async fn test_namespace(client: &Client, prefix: &str) -> String {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{prefix}-")),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace")
+        .metadata
+        .name
+        .expect("generated name")
+}
