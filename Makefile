@@ -15,7 +15,7 @@ run: build ## Start the quickstart: two echo backends and a gateway on http://12
 
 test: controlplane ## Run every test: unit, compile tables, end-to-end, and against a real control plane
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	PORTICO_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace --no-fail-fast
 
 controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-controller-manager) from the Go modules
 	cd tests/controlplane && CGO_ENABLED=0 go build -o ../../target/controlplane/controlplane .

@@ -28,35 +28,50 @@ pub struct Binaries {
     pub echo: PathBuf,
 }
 
+/// The binaries come from `PORTICO_BIN_DIR` when it is set (`make test` builds them once and
+/// sets it); otherwise this runs `cargo build` so that a plain `cargo test` never tests stale
+/// binaries. (Building from inside the tests resolves features without dev-dependencies,
+/// which relinks the workspace; that is why `make test` builds first.)
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
-        // target/debug/deps/<test> → target/debug
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let profile = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        // The same selection as `make build`, so both share one build of the dependencies.
-        cmd.args(["build", "--workspace", "--bins"]);
-        if profile == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
-        Binaries {
+        let dir = match std::env::var_os("PORTICO_BIN_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => build_binaries(),
+        };
+        let bins = Binaries {
             portico: dir.join("portico"),
             echo: dir.join("portico-echo"),
+        };
+        for b in [&bins.portico, &bins.echo] {
+            assert!(b.exists(), "{} is missing; run `make build`", b.display());
         }
+        bins
     })
+}
+
+fn build_binaries() -> PathBuf {
+    // target/debug/deps/<test> → target/debug
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--workspace", "--bins"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building the binaries failed");
+    dir
 }
 
 /// A fresh loopback address for one test, so tests run in parallel without port clashes.
