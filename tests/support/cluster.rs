@@ -205,6 +205,64 @@ async fn install_gateway_api_crds(kubeconfig: &Path) {
     }
 }
 
+/// Starts a `portico-controller` against the test control plane.
+pub fn start_controller(name: &str, args: &[&str]) -> crate::Proc {
+    let cp = control_plane();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    crate::Proc::spawn_with_env(
+        name,
+        &crate::binaries().controller,
+        &args,
+        &[("KUBECONFIG", cp.kubeconfig.as_path())],
+    )
+}
+
+/// The controller shared by the tests of one binary: the default controller name, its lease
+/// in `default`.
+pub fn shared_controller() -> &'static crate::Proc {
+    static C: OnceLock<crate::Proc> = OnceLock::new();
+    C.get_or_init(|| {
+        start_controller(
+            "controller",
+            &["--lease-namespace", "default", "--identity", "shared"],
+        )
+    })
+}
+
+/// Creates a namespaced object from JSON.
+pub async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(object).expect("object JSON");
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create object")
+}
+
+/// Creates a cluster-scoped object from JSON.
+pub async fn create_cluster<K>(client: &Client, object: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(object).expect("object JSON");
+    Api::<K>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create object")
+}
+
 /// A fresh namespace for one test.
 pub async fn test_namespace(client: &Client, prefix: &str) -> String {
     let api: Api<Namespace> = Api::all(client.clone());

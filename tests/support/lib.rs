@@ -26,6 +26,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Binaries {
     pub portico: PathBuf,
     pub echo: PathBuf,
+    pub controller: PathBuf,
 }
 
 /// The binaries come from `PORTICO_BIN_DIR` when it is set (`make test` builds them once and
@@ -42,8 +43,9 @@ pub fn binaries() -> &'static Binaries {
         let bins = Binaries {
             portico: dir.join("portico"),
             echo: dir.join("portico-echo"),
+            controller: dir.join("portico-controller"),
         };
-        for b in [&bins.portico, &bins.echo] {
+        for b in [&bins.portico, &bins.echo, &bins.controller] {
             assert!(b.exists(), "{} is missing; run `make build`", b.display());
         }
         bins
@@ -137,6 +139,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> Self {
+        Self::spawn_with_env(name, program, args, &[])
+    }
+
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let dir = TempDir::new(name);
         let log = dir.path().join("output.log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -147,6 +158,7 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -174,6 +186,12 @@ impl Proc {
             .arg("-TERM")
             .arg(self.pid().to_string())
             .status();
+    }
+
+    /// Kills the process at once (no clean-up on its side) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit; `None` if it did not within the deadline.

@@ -1,0 +1,312 @@
+//! Turns compile's status report into Gateway API status and writes it, only where it changed.
+//!
+//! GatewayClass and Gateway status belong to us alone and are written by server-side apply
+//! with our field manager. An HTTPRoute's `status.parents` is an atomic list shared with other
+//! controllers, so it is written with a merge patch that keeps their entries, guarded by the
+//! object's `resourceVersion` (a conflict just waits for the next round).
+//!
+//! `lastTransitionTime` is kept from the current condition while its status stays the same, so
+//! a recompute that changes nothing writes nothing.
+
+use crate::index::Index;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use portico_compile::StatusReport;
+use portico_compile::status::{self as compiled, ParentRef};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::gatewayclasses::{
+    GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
+};
+use portico_crds::gateway_api::gateways::{
+    Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds,
+};
+use portico_crds::gateway_api::httproutes::{
+    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
+use portico_model::ObjectRef;
+use serde_json::json;
+
+/// The Gateway API features Portico implements, as GatewayClass `status.supportedFeatures`
+/// reports them (names from the conformance suite's feature list).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status of {kind} {name}: {source}")]
+    Write {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Converts compile's conditions, keeping `lastTransitionTime` where the status is unchanged.
+fn conditions(
+    desired: &[compiled::Condition],
+    current: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
+    desired
+        .iter()
+        .map(|d| {
+            let since = current
+                .iter()
+                .find(|c| c.type_ == d.type_ && c.status == d.status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: d.type_.clone(),
+                status: d.status.clone(),
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+                observed_generation: d.observed_generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+fn now() -> Time {
+    // Whole seconds: that is what the API server stores, so a round trip compares equal.
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub fn class_status(
+    report: &compiled::GatewayClassStatus,
+    current: Option<&GatewayClassStatus>,
+    now: &Time,
+) -> GatewayClassStatus {
+    let existing = current
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    GatewayClassStatus {
+        conditions: Some(conditions(&report.conditions, existing, now)),
+        supported_features: Some(
+            SUPPORTED_FEATURES
+                .iter()
+                .map(|f| GatewayClassStatusSupportedFeatures {
+                    name: f.to_string(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time) -> GatewayStatus {
+    let current = gw.status.as_ref();
+    let existing = current
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let addresses: Vec<GatewayStatusAddresses> = gw
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            Some(GatewayStatusAddresses {
+                r#type: a.r#type.clone().or_else(|| Some("IPAddress".into())),
+                value: a.value.clone()?,
+            })
+        })
+        .collect();
+    let listeners = report
+        .listeners
+        .iter()
+        .map(|l| {
+            let existing = current
+                .and_then(|s| s.listeners.as_ref())
+                .and_then(|ls| ls.iter().find(|x| x.name == l.name))
+                .map(|x| x.conditions.as_slice())
+                .unwrap_or_default();
+            GatewayStatusListeners {
+                name: l.name.clone(),
+                attached_routes: l.attached_routes,
+                conditions: conditions(&l.conditions, existing, now),
+                supported_kinds: Some(
+                    l.supported_kinds
+                        .iter()
+                        .map(|k| GatewayStatusListenersSupportedKinds {
+                            group: Some(GATEWAY_GROUP.into()),
+                            kind: k.clone(),
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+    GatewayStatus {
+        addresses: (!addresses.is_empty()).then_some(addresses),
+        attached_listener_sets: None,
+        conditions: Some(conditions(&report.conditions, existing, now)),
+        listeners: Some(listeners),
+    }
+}
+
+/// Our parent entries (from compile) plus every other controller's, in a stable order.
+pub fn route_status(
+    route: &HttpRoute,
+    ours: &[compiled::RouteParentStatus],
+    controller: &str,
+    now: &Time,
+) -> HttpRouteStatus {
+    let current: &[HttpRouteStatusParents] = route
+        .status
+        .as_ref()
+        .map(|s| s.parents.as_slice())
+        .unwrap_or_default();
+    let mut parents: Vec<HttpRouteStatusParents> = current
+        .iter()
+        .filter(|p| p.controller_name != controller)
+        .cloned()
+        .collect();
+    for p in ours {
+        let existing = current
+            .iter()
+            .find(|c| c.controller_name == controller && same_parent(&c.parent_ref, &p.parent_ref))
+            .map(|c| c.conditions.as_slice())
+            .unwrap_or_default();
+        parents.push(HttpRouteStatusParents {
+            conditions: conditions(&p.conditions, existing, now),
+            controller_name: controller.to_string(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                group: Some(GATEWAY_GROUP.into()),
+                kind: Some("Gateway".into()),
+                name: p.parent_ref.name.clone(),
+                namespace: Some(p.parent_ref.namespace.clone()),
+                port: p.parent_ref.port,
+                section_name: p.parent_ref.section_name.clone(),
+            },
+        });
+    }
+    HttpRouteStatus { parents }
+}
+
+fn same_parent(a: &HttpRouteStatusParentsParentRef, b: &ParentRef) -> bool {
+    a.name == b.name
+        && a.namespace.as_deref() == Some(b.namespace.as_str())
+        && a.section_name == b.section_name
+        && a.port == b.port
+}
+
+/// Writes status for every object compile reported on, where it differs from the cluster's.
+pub struct StatusWriter {
+    client: Client,
+    controller: String,
+    params: PatchParams,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, controller: &str) -> Self {
+        Self {
+            client,
+            controller: controller.to_string(),
+            params: PatchParams::apply(controller).force(),
+        }
+    }
+
+    /// Returns the number of objects written.
+    pub async fn write(&self, report: &StatusReport, index: &Index) -> Result<usize> {
+        let now = now();
+        let mut written = 0;
+        for class in index.classes.state() {
+            let name = class.name_any();
+            let Some(r) = report.gateway_classes.get(&name) else {
+                continue;
+            };
+            let desired = class_status(r, class.status.as_ref(), &now);
+            if class.status.as_ref() != Some(&desired) {
+                let api: Api<GatewayClass> = Api::all(self.client.clone());
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "status": desired});
+                api.patch_status(&name, &self.params, &Patch::Apply(&patch))
+                    .await
+                    .map_err(|source| Error::Write {
+                        kind: "GatewayClass",
+                        name: name.clone(),
+                        source,
+                    })?;
+                written += 1;
+            }
+        }
+        for gw in index.gateways.state() {
+            let id = ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
+            let Some(r) = report.gateways.get(&id) else {
+                continue;
+            };
+            let desired = gateway_status(&gw, r, &now);
+            if gw.status.as_ref() != Some(&desired) {
+                let api: Api<Gateway> = Api::namespaced(self.client.clone(), &id.namespace);
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "status": desired});
+                api.patch_status(&id.name, &self.params, &Patch::Apply(&patch))
+                    .await
+                    .map_err(|source| Error::Write {
+                        kind: "Gateway",
+                        name: id.to_string(),
+                        source,
+                    })?;
+                written += 1;
+            }
+        }
+        for route in index.routes.state() {
+            let id = ObjectRef::new(route.namespace().unwrap_or_default(), route.name_any());
+            let ours = report
+                .http_routes
+                .get(&id)
+                .map(|s| s.parents.as_slice())
+                .unwrap_or_default();
+            let had_ours = route.status.as_ref().is_some_and(|s| {
+                s.parents
+                    .iter()
+                    .any(|p| p.controller_name == self.controller)
+            });
+            if ours.is_empty() && !had_ours {
+                continue;
+            }
+            let desired = route_status(&route, ours, &self.controller, &now);
+            let current = route.status.clone().unwrap_or_default();
+            if current != desired {
+                let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &id.namespace);
+                let patch = json!({
+                    "metadata": {"resourceVersion": route.resource_version()},
+                    "status": desired,
+                });
+                match api
+                    .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => written += 1,
+                    // Someone else wrote first; the watch brings their version and we retry.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(source) => {
+                        return Err(Error::Write {
+                            kind: "HTTPRoute",
+                            name: id.to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+}

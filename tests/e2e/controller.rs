@@ -1,0 +1,399 @@
+//! The controller against a real kube-apiserver: status conditions as the Gateway API
+//! specifies them, ReferenceGrants, no writes when nothing changes, leader failover.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use portico_crds::gateway_api::gatewayclasses::GatewayClass;
+use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::httproutes::HttpRoute;
+use portico_crds::gateway_api::referencegrants::ReferenceGrant;
+use portico_tests::await_some;
+use portico_tests::cluster::{
+    control_plane, create, create_cluster, shared_controller, start_controller, test_namespace,
+};
+use serde_json::json;
+use std::time::Duration;
+
+const CONTROLLER: &str = "portico.dev/gateway-controller";
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn is(conditions: &[Condition], type_: &str, status: &str, reason: &str) -> bool {
+    condition(conditions, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+/// A GatewayClass named after the test namespace (cluster-scoped names must not collide).
+async fn class(client: &Client, name: &str, controller: &str) {
+    create_cluster::<GatewayClass>(
+        client,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": name}, "spec": {"controllerName": controller}}),
+    )
+    .await;
+}
+
+async fn gateway(client: &Client, ns: &str, class: &str) {
+    create::<Gateway>(
+        client,
+        ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": class, "listeners": [
+                   {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                   {"name": "admin", "port": 8080, "protocol": "HTTP", "hostname": "admin.example.com"}]}}),
+    )
+    .await;
+}
+
+async fn service(client: &Client, ns: &str, name: &str) {
+    create::<Service>(
+        client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+               "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    )
+    .await;
+}
+
+async fn route(client: &Client, ns: &str, name: &str, gw_ns: &str, backend: serde_json::Value) {
+    create::<HttpRoute>(
+        client,
+        ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": name},
+               "spec": {"parentRefs": [{"name": "gw", "namespace": gw_ns, "sectionName": "http"}],
+                        "rules": [{"backendRefs": [backend]}]}}),
+    )
+    .await;
+}
+
+/// Waits until the route's parent status from our controller satisfies `check`.
+async fn await_route(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&[Condition]) -> bool,
+) -> HttpRoute {
+    let api: Api<HttpRoute> = Api::namespaced(client.clone(), ns);
+    await_some(what, || async {
+        let r = api.get_opt(name).await.ok().flatten()?;
+        let ok = r
+            .status
+            .as_ref()?
+            .parents
+            .iter()
+            .any(|p| p.controller_name == CONTROLLER && check(&p.conditions));
+        ok.then_some(r)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn status_conditions_follow_the_gateway_api() {
+    shared_controller();
+    let client = control_plane().client().await;
+    let ns = test_namespace(&client, "status").await;
+    class(&client, &ns, CONTROLLER).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(
+        &client,
+        &ns,
+        "good",
+        &ns,
+        json!({"name": "svc", "port": 80}),
+    )
+    .await;
+    route(
+        &client,
+        &ns,
+        "missing",
+        &ns,
+        json!({"name": "nope", "port": 80}),
+    )
+    .await;
+    route(
+        &client,
+        &ns,
+        "kind",
+        &ns,
+        json!({"name": "svc", "kind": "ConfigMap", "group": "", "port": 80}),
+    )
+    .await;
+
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    let gc = await_some("GatewayClass Accepted", || async {
+        let c = classes.get(&ns).await.ok()?;
+        is(
+            c.status.as_ref()?.conditions.as_deref()?,
+            "Accepted",
+            "True",
+            "Accepted",
+        )
+        .then_some(c)
+    })
+    .await;
+    let features: Vec<String> = gc
+        .status
+        .and_then(|s| s.supported_features)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(features.iter().any(|f| f == "HTTPRoute"), "{features:?}");
+
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    let gw = await_some("Gateway status with 3 attached routes", || async {
+        let g = gateways.get("gw").await.ok()?;
+        let s = g.status.as_ref()?;
+        let http = s.listeners.as_ref()?.iter().find(|l| l.name == "http")?;
+        (http.attached_routes == 3).then_some(g.clone())
+    })
+    .await;
+    let status = gw.status.clone().expect("status");
+    let conditions = status.conditions.clone().unwrap_or_default();
+    assert!(
+        is(&conditions, "Accepted", "True", "Accepted"),
+        "{conditions:?}"
+    );
+    // Programmed waits for dataplanes to acknowledge a snapshot; none is connected here.
+    assert!(
+        is(&conditions, "Programmed", "False", "Pending"),
+        "{conditions:?}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c.observed_generation == gw.metadata.generation)
+    );
+    for l in status.listeners.as_deref().unwrap_or_default() {
+        assert!(
+            is(&l.conditions, "Accepted", "True", "Accepted"),
+            "{}: {:?}",
+            l.name,
+            l.conditions
+        );
+        assert!(
+            is(&l.conditions, "ResolvedRefs", "True", "ResolvedRefs"),
+            "{}",
+            l.name
+        );
+        assert!(
+            is(&l.conditions, "Conflicted", "False", "NoConflicts"),
+            "{}",
+            l.name
+        );
+        let kinds: Vec<&str> = l
+            .supported_kinds
+            .iter()
+            .flatten()
+            .map(|k| k.kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["HTTPRoute"]);
+    }
+
+    let good = await_route(
+        &client,
+        &ns,
+        "good",
+        "good route accepted and resolved",
+        |c| is(c, "Accepted", "True", "Accepted") && is(c, "ResolvedRefs", "True", "ResolvedRefs"),
+    )
+    .await;
+    let parent = &good.status.as_ref().expect("status").parents[0];
+    assert_eq!(parent.parent_ref.name, "gw");
+    assert_eq!(parent.parent_ref.section_name.as_deref(), Some("http"));
+    await_route(&client, &ns, "missing", "BackendNotFound", |c| {
+        is(c, "Accepted", "True", "Accepted") && is(c, "ResolvedRefs", "False", "BackendNotFound")
+    })
+    .await;
+    await_route(&client, &ns, "kind", "InvalidKind", |c| {
+        is(c, "ResolvedRefs", "False", "InvalidKind")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cross_namespace_backends_need_a_reference_grant() {
+    shared_controller();
+    let client = control_plane().client().await;
+    let ns = test_namespace(&client, "grant").await;
+    let other = test_namespace(&client, "grant-routes").await;
+    class(&client, &ns, CONTROLLER).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(
+        &client,
+        &other,
+        "cross",
+        &ns,
+        json!({"name": "svc", "namespace": ns, "port": 80}),
+    )
+    .await;
+    await_route(&client, &other, "cross", "RefNotPermitted", |c| {
+        is(c, "Accepted", "True", "Accepted") && is(c, "ResolvedRefs", "False", "RefNotPermitted")
+    })
+    .await;
+    create::<ReferenceGrant>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "allow"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": other}],
+                        "to": [{"group": "", "kind": "Service"}]}}),
+    )
+    .await;
+    await_route(
+        &client,
+        &other,
+        "cross",
+        "ResolvedRefs after the grant",
+        |c| is(c, "ResolvedRefs", "True", "ResolvedRefs"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn nothing_is_written_in_a_quiet_minute() {
+    shared_controller();
+    let client = control_plane().client().await;
+    let ns = test_namespace(&client, "quiet").await;
+    class(&client, &ns, CONTROLLER).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(&client, &ns, "r", &ns, json!({"name": "svc", "port": 80})).await;
+    await_route(&client, &ns, "r", "route accepted", |c| {
+        is(c, "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    let routes: Api<HttpRoute> = Api::namespaced(client.clone(), &ns);
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    // Settle: the gateway's attachedRoutes may still be catching up with the route.
+    await_some("gateway to count the route", || async {
+        let g = gateways.get("gw").await.ok()?;
+        let l = g.status?.listeners?;
+        l.iter()
+            .any(|l| l.name == "http" && l.attached_routes == 1)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = || async {
+        (
+            classes.get(&ns).await.expect("class").resource_version(),
+            gateways
+                .get("gw")
+                .await
+                .expect("gateway")
+                .resource_version(),
+            routes.get("r").await.expect("route").resource_version(),
+        )
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "no status was written during a quiet minute"
+    );
+}
+
+#[tokio::test]
+async fn a_new_leader_takes_over_when_the_leader_dies() {
+    let client = control_plane().client().await;
+    let ns = test_namespace(&client, "failover").await;
+    // A controller name of its own, so the shared controller stays out of this test.
+    let name = format!("portico.dev/{ns}");
+    let args = |id: &str| {
+        vec![
+            "--controller-name".to_string(),
+            name.clone(),
+            "--lease-namespace".into(),
+            ns.clone(),
+            "--lease-name".into(),
+            "leader".into(),
+            "--identity".into(),
+            id.into(),
+            "--lease-duration-s".into(),
+            "3".into(),
+            "--renew-every-s".into(),
+            "1".into(),
+        ]
+    };
+    let a_args = args("a");
+    let b_args = args("b");
+    let mut a = start_controller(
+        "controller-a",
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut b = start_controller(
+        "controller-b",
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    class(&client, &ns, &name).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        leases
+            .get_opt("leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let first = await_some("a leader", || async {
+        holder().await.filter(|h| !h.is_empty())
+    })
+    .await;
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    await_some("the class accepted by the leader", || async {
+        let c = classes.get(&ns).await.ok()?;
+        is(
+            c.status.as_ref()?.conditions.as_deref()?,
+            "Accepted",
+            "True",
+            "Accepted",
+        )
+        .then_some(())
+    })
+    .await;
+
+    // Kill the leader without letting it release the lease.
+    if first == "a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    let second = await_some("the other replica to take over", || async {
+        holder().await.filter(|h| !h.is_empty() && *h != first)
+    })
+    .await;
+    assert_ne!(first, second);
+    // The new leader writes status for what changes next.
+    create::<HttpRoute>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "after"},
+               "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}}),
+    )
+    .await;
+    let routes: Api<HttpRoute> = Api::namespaced(client.clone(), &ns);
+    await_some("the new leader to write the route's status", || async {
+        let r = routes.get("after").await.ok()?;
+        r.status?
+            .parents
+            .iter()
+            .any(|p| p.controller_name == name && is(&p.conditions, "Accepted", "True", "Accepted"))
+            .then_some(())
+    })
+    .await;
+}
