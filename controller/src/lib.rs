@@ -3,9 +3,11 @@
 //! Watches feed synchronous stores ([`index`]); a change wakes the compile loop, which waits
 //! for the burst to settle, compiles every Gateway with the same pure function standalone mode
 //! uses, and — on the leader only — writes the status that changed ([`status`], [`leader`]).
-//! Snapshots are compiled on every replica so a new leader starts warm; serving them to
-//! dataplanes is the snapshot channel's job (not built yet).
+//! Snapshots are compiled on every replica and served to dataplanes by each of them
+//! ([`channel`]); a Gateway is `Programmed` once its connected dataplanes acknowledged the
+//! current version.
 
+pub mod channel;
 pub mod index;
 pub mod leader;
 pub mod status;
@@ -26,13 +28,63 @@ pub struct Settings {
     pub debounce: Duration,
 }
 
-/// Runs the controller until `stop` resolves.
+/// Sets each accepted Gateway's (and its listeners') `Programmed` condition from what its
+/// dataplanes acknowledged.
+fn apply_delivery(report: &mut portico_compile::StatusReport, hub: &channel::Hub) {
+    use portico_compile::status::{Condition, reasons, types};
+    for (gw, status) in report.gateways.iter_mut() {
+        let (ok, reason, message) = match hub.delivery(gw) {
+            channel::Delivery::Acked => (
+                true,
+                reasons::PROGRAMMED,
+                "the dataplanes serve the current configuration".to_string(),
+            ),
+            channel::Delivery::Waiting => (
+                false,
+                reasons::PENDING,
+                "waiting for the dataplanes to apply the configuration".to_string(),
+            ),
+            channel::Delivery::NoDataplane => (
+                false,
+                reasons::PENDING,
+                "no dataplane is connected".to_string(),
+            ),
+            channel::Delivery::Rejected(e) => (
+                false,
+                reasons::INVALID,
+                format!("a dataplane rejected the configuration: {e}"),
+            ),
+        };
+        let set = |conditions: &mut Vec<Condition>| {
+            for c in conditions
+                .iter_mut()
+                .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
+            {
+                c.status = if ok { "True" } else { "False" }.to_string();
+                c.reason = reason.to_string();
+                c.message = message.clone();
+            }
+        };
+        set(&mut status.conditions);
+        for l in &mut status.listeners {
+            set(&mut l.conditions);
+        }
+    }
+}
+
+/// Runs the controller until `stop` resolves, serving snapshots on `channel` when given.
 pub async fn run(
     client: Client,
     settings: Settings,
+    channel: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let changed = Arc::new(Notify::new());
+    let hub = Arc::new(channel::Hub::new(changed.clone()));
+    if let Some((listener, tls)) = channel {
+        let auth = Arc::new(channel::Authenticator::new(client.clone()));
+        tokio::spawn(channel::serve(listener, tls, hub.clone(), auth));
+    }
     let index = Index::start(&client, &changed);
     let (elector, mut leading) = LeaderElector::new(client.clone(), settings.lease.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -53,9 +105,11 @@ pub async fn run(
     let writer = StatusWriter::new(client, &settings.controller_name);
     let mut version: u64 = 0;
     loop {
-        let output = portico_compile::compile(&index.inputs(), &settings.controller_name);
+        let mut output = portico_compile::compile(&index.inputs(), &settings.controller_name);
         version += 1;
         tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
+        hub.publish(&output.snapshots);
+        apply_delivery(&mut output.status, &hub);
         if *leading.borrow() {
             match writer.write(&output.status, &index).await {
                 Ok(0) => {}

@@ -29,6 +29,21 @@ struct Args {
     renew_every_s: u64,
     #[arg(long, default_value_t = 50)]
     debounce_ms: u64,
+    /// Where dataplanes connect for snapshots (HTTP/2 over TLS). Empty to serve none.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    snapshot_address: String,
+    /// Serving certificate and key (PEM) of the snapshot channel. Without them a self-signed
+    /// certificate for --tls-server-name is generated at start-up.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Names (DNS or IP) of the self-signed certificate.
+    #[arg(long, default_values_t = vec!["portico-controller".to_string(), "localhost".to_string()])]
+    tls_server_name: Vec<String>,
+    /// Write the self-signed certificate here, for dataplanes to trust.
+    #[arg(long)]
+    write_ca_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -57,6 +72,24 @@ async fn main() -> anyhow::Result<()> {
         },
         debounce: Duration::from_millis(args.debounce_ms),
     };
+    let channel = if args.snapshot_address.is_empty() {
+        None
+    } else {
+        let (cert, key) = match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(c), Some(k)) => (std::fs::read_to_string(c)?, std::fs::read_to_string(k)?),
+            _ => {
+                let (cert, key) = portico_controller::channel::self_signed(&args.tls_server_name)?;
+                if let Some(path) = &args.write_ca_file {
+                    std::fs::write(path, &cert)?;
+                }
+                (cert, key)
+            }
+        };
+        let tls = portico_controller::channel::acceptor(&cert, &key)?;
+        let listener = tokio::net::TcpListener::bind(&args.snapshot_address).await?;
+        tracing::info!(address = %listener.local_addr()?, "serving snapshots");
+        Some((listener, tls))
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {
@@ -65,6 +98,6 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("stopping");
     };
-    run(client, settings, stop).await;
+    run(client, settings, channel, stop).await;
     Ok(())
 }

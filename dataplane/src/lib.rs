@@ -10,10 +10,11 @@
 //! Module per stage: [`router`] matching, [`rule`] compiled rules, [`filters`] redirect and
 //! rewrite, [`balancer`] endpoint pools, [`proxy`] the request path, [`errors`] failure →
 //! response, [`server`] sockets and connections, [`metrics`] and [`admin`] telemetry,
-//! [`standalone`] the directory-driven mode.
+//! [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
 
 pub mod admin;
 pub mod balancer;
+pub mod channel;
 pub mod dataplane;
 pub mod errors;
 pub mod filters;

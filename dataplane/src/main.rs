@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use portico_dataplane::channel::ChannelSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::server::ServerSettings;
 use portico_dataplane::{Dataplane, DataplaneSettings, admin, standalone};
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the Gateway API manifests in a directory, reloading when they change.
     Standalone(StandaloneArgs),
+    /// Serve the snapshots the controller pushes for one Gateway (the in-cluster mode).
+    Connect(ConnectArgs),
     /// Load a directory of manifests, print the status each object would get, and exit
     /// non-zero when anything is rejected.
     Check {
@@ -45,17 +48,51 @@ struct StandaloneArgs {
     /// Service, EndpointSlice, Namespace).
     #[arg(long, env = "PORTICO_CONFIG")]
     config: PathBuf,
+    #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
+    controller_name: String,
+    /// How often to look for changed files, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// `host:port` of the controller's snapshot channel.
+    #[arg(long, env = "PORTICO_CONTROLLER")]
+    controller: String,
+    /// Name to check the controller's certificate against.
+    #[arg(long, default_value = "portico-controller")]
+    server_name: String,
+    /// The Gateway this dataplane serves, as namespace/name.
+    #[arg(long, env = "PORTICO_GATEWAY")]
+    gateway: String,
+    /// Projected ServiceAccount token (audience portico.dev/snapshots).
+    #[arg(long, default_value = "/var/run/secrets/portico/token")]
+    token_file: PathBuf,
+    /// PEM certificate(s) to trust for the controller.
+    #[arg(long, default_value = "/etc/portico/controller-ca.crt")]
+    ca_file: PathBuf,
+    /// Where the last good snapshot is kept across restarts.
+    #[arg(long, default_value = "/var/lib/portico")]
+    state_dir: PathBuf,
+    /// This replica's name.
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Settings of the proxy itself, shared by both modes.
+#[derive(clap::Args)]
+struct ServeArgs {
     /// Address for listeners of Gateways without `spec.addresses`.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_address: SocketAddr,
-    #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
-    controller_name: String,
-    /// How often to look for changed files, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    watch_interval_ms: u64,
     /// How long in-flight requests may take to finish on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -86,32 +123,89 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let channel = match &cli.command {
+        Command::Connect(a) => channel_settings(a),
+        _ => Err(anyhow::anyhow!("not connecting")),
+    };
+    let (serve, mode) = match cli.command {
         Command::Check {
             dir,
             controller_name,
-        } => check(&dir, &controller_name),
+        } => return check(&dir, &controller_name),
         Command::Standalone(args) => {
-            init_logging(args.log_format);
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = args.workers {
-                rt.worker_threads(n.max(1));
-            }
-            let result = rt
-                .enable_all()
-                .build()
-                .context("cannot start the runtime")
-                .and_then(|rt| rt.block_on(run_standalone(args)));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
+            let StandaloneArgs {
+                config,
+                controller_name,
+                watch_interval_ms,
+                serve,
+            } = args;
+            (
+                serve,
+                Mode::Standalone {
+                    config,
+                    controller_name,
+                    watch_interval_ms,
+                },
+            )
+        }
+        Command::Connect(args) => {
+            let ConnectArgs { serve, .. } = args;
+            match channel {
+                Ok(c) => (serve, Mode::Connect(Box::new(c))),
                 Err(e) => {
-                    tracing::error!("{e:#}");
                     eprintln!("portico: {e:#}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
             }
         }
+    };
+    init_logging(serve.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve.workers {
+        rt.worker_threads(n.max(1));
     }
+    let result = rt
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(run(serve, mode)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("portico: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Mode {
+    Standalone {
+        config: PathBuf,
+        controller_name: String,
+        watch_interval_ms: u64,
+    },
+    Connect(Box<ChannelSettings>),
+}
+
+fn channel_settings(a: &ConnectArgs) -> anyhow::Result<ChannelSettings> {
+    let (ns, name) = a
+        .gateway
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--gateway must be namespace/name, not {:?}", a.gateway))?;
+    Ok(ChannelSettings {
+        controller: a.controller.clone(),
+        server_name: a.server_name.clone(),
+        gateway: portico_model::ObjectRef::new(ns, name),
+        token_file: a.token_file.clone(),
+        ca_file: a.ca_file.clone(),
+        state_dir: a.state_dir.clone(),
+        replica: a
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("portico-{}", std::process::id())),
+    })
 }
 
 fn check(dir: &std::path::Path, controller_name: &str) -> ExitCode {
@@ -148,7 +242,7 @@ fn check(dir: &std::path::Path, controller_name: &str) -> ExitCode {
     }
 }
 
-async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     let settings = DataplaneSettings {
         default_bind: args.bind_address,
         proxy: ProxySettings {
@@ -161,22 +255,27 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         },
     };
     let dp = Arc::new(Dataplane::new(&settings));
-    let loaded = standalone::load(&args.config, &args.controller_name).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "the configuration in {} is invalid:\n  {}",
-            args.config.display(),
-            lines.join("\n  ")
-        )
-    })?;
+    // Standalone mode refuses to start on a directory that does not load.
+    let initial = match &mode {
+        Mode::Standalone {
+            config,
+            controller_name,
+            ..
+        } => Some(standalone::load(config, controller_name).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!(
+                "the configuration in {} is invalid:\n  {}",
+                config.display(),
+                lines.join("\n  ")
+            )
+        })?),
+        Mode::Connect(_) => None,
+    };
     let admin = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .with_context(|| format!("cannot listen on the admin address {}", args.admin_address))?;
     tracing::info!(address = %args.admin_address, "admin server listening");
     tokio::spawn(admin::serve(admin, dp.clone()));
-    standalone::apply(&dp, &loaded, 1);
-    // The objects and statuses are not needed once served; only the dataplane's tables are.
-    drop(loaded);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
@@ -186,15 +285,29 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
     };
-    standalone::watch(
-        &dp,
-        &args.config,
-        &args.controller_name,
-        Duration::from_millis(args.watch_interval_ms.max(50)),
-        1,
-        stop,
-    )
-    .await;
+    match mode {
+        Mode::Standalone {
+            config,
+            controller_name,
+            watch_interval_ms,
+        } => {
+            if let Some(loaded) = initial {
+                standalone::apply(&dp, &loaded, 1);
+                // The objects and statuses are not needed once served; only the tables are.
+                drop(loaded);
+            }
+            standalone::watch(
+                &dp,
+                &config,
+                &controller_name,
+                Duration::from_millis(watch_interval_ms.max(50)),
+                1,
+                stop,
+            )
+            .await;
+        }
+        Mode::Connect(channel) => portico_dataplane::channel::run(&dp, &channel, stop).await,
+    }
 
     tracing::info!(deadline_s = args.drain_timeout_s, "draining connections");
     if dp.shutdown(Duration::from_secs(args.drain_timeout_s)).await {

@@ -24,6 +24,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod channel;
+
 /// The namespaced name of a Kubernetes object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {

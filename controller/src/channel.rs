@@ -1,0 +1,402 @@
+//! The snapshot channel, server side: the newest snapshot of each Gateway, pushed to the
+//! dataplanes that connect for it, and what they acknowledged (see
+//! `portico_model::channel` for the wire format).
+//!
+//! Who may read: a dataplane presents a ServiceAccount token issued for
+//! [`TOKEN_AUDIENCE`]; the controller checks it with a TokenReview and serves Gateway `ns/gw`
+//! only to ServiceAccount `portico-<gw>` in namespace `ns` (the account the operator gives each
+//! Gateway's dataplane). Snapshots will carry TLS keys, so nothing is sent before that check,
+//! and only over TLS.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use parking_lot::Mutex;
+use portico_model::channel::{Ack, REPLICA_HEADER, TOKEN_AUDIENCE, encode_frame};
+use portico_model::{ObjectRef, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the connected dataplanes of one Gateway say about its current version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// No dataplane is connected.
+    NoDataplane,
+    /// Connected dataplanes have not all acknowledged the current version yet.
+    Waiting,
+    /// Every connected dataplane serves the current version.
+    Acked,
+    /// A dataplane rejected the current version.
+    Rejected(String),
+}
+
+#[derive(Debug, Default)]
+struct Replica {
+    /// Open streams from this replica (a reconnect may overlap the old stream briefly).
+    streams: usize,
+    acked: Option<u64>,
+    error: Option<(u64, String)>,
+}
+
+struct GatewayChannel {
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    version: u64,
+    replicas: HashMap<String, Replica>,
+}
+
+/// The newest snapshot per Gateway, and the dataplanes' answers.
+pub struct Hub {
+    gateways: Mutex<BTreeMap<ObjectRef, GatewayChannel>>,
+    /// Woken when an answer or a connection changes what status should say.
+    changed: Arc<Notify>,
+    next_version: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(changed: Arc<Notify>) -> Self {
+        // Versions start from the clock so a restarted controller never reuses a number a
+        // dataplane already holds.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() * 1000)
+            .unwrap_or(1);
+        Self {
+            gateways: Mutex::new(BTreeMap::new()),
+            changed,
+            next_version: AtomicU64::new(start),
+        }
+    }
+
+    /// Publishes the compiled snapshots; a Gateway whose content did not change keeps its
+    /// version and nothing is sent. Gateways no longer compiled get an empty snapshot.
+    pub fn publish(&self, snapshots: &BTreeMap<ObjectRef, Snapshot>) {
+        let mut gateways = self.gateways.lock();
+        let empty = |gw: &ObjectRef| Snapshot {
+            gateway: gw.clone(),
+            ..Snapshot::default()
+        };
+        let known: Vec<ObjectRef> = gateways.keys().cloned().collect();
+        for gw in known.iter().filter(|g| !snapshots.contains_key(*g)) {
+            self.send(&mut gateways, gw, empty(gw));
+        }
+        for (gw, snap) in snapshots {
+            self.send(&mut gateways, gw, snap.clone());
+        }
+    }
+
+    fn send(
+        &self,
+        gateways: &mut BTreeMap<ObjectRef, GatewayChannel>,
+        gw: &ObjectRef,
+        mut snap: Snapshot,
+    ) {
+        let ch = gateways
+            .entry(gw.clone())
+            .or_insert_with(|| GatewayChannel {
+                tx: watch::channel(None).0,
+                version: 0,
+                replicas: HashMap::new(),
+            });
+        let same = ch.tx.borrow().as_ref().is_some_and(|cur| {
+            snap.version = cur.version;
+            **cur == snap
+        });
+        if same {
+            return;
+        }
+        ch.version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        snap.version = ch.version;
+        ch.tx.send_replace(Some(Arc::new(snap)));
+    }
+
+    pub fn delivery(&self, gw: &ObjectRef) -> Delivery {
+        let gateways = self.gateways.lock();
+        let Some(ch) = gateways.get(gw) else {
+            return Delivery::NoDataplane;
+        };
+        let connected: Vec<&Replica> = ch.replicas.values().filter(|r| r.streams > 0).collect();
+        if connected.is_empty() {
+            return Delivery::NoDataplane;
+        }
+        if let Some((_, reason)) = connected
+            .iter()
+            .filter_map(|r| r.error.as_ref())
+            .find(|(v, _)| *v == ch.version)
+        {
+            return Delivery::Rejected(reason.clone());
+        }
+        if connected.iter().all(|r| r.acked == Some(ch.version)) {
+            Delivery::Acked
+        } else {
+            Delivery::Waiting
+        }
+    }
+
+    fn subscribe(&self, gw: &ObjectRef, replica: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        let mut gateways = self.gateways.lock();
+        let ch = gateways
+            .entry(gw.clone())
+            .or_insert_with(|| GatewayChannel {
+                tx: watch::channel(None).0,
+                version: 0,
+                replicas: HashMap::new(),
+            });
+        ch.replicas.entry(replica.to_string()).or_default().streams += 1;
+        let mut rx = ch.tx.subscribe();
+        rx.mark_changed();
+        drop(gateways);
+        self.changed.notify_one();
+        rx
+    }
+
+    fn disconnected(&self, gw: &ObjectRef, replica: &str) {
+        if let Some(ch) = self.gateways.lock().get_mut(gw)
+            && let Some(r) = ch.replicas.get_mut(replica)
+        {
+            r.streams = r.streams.saturating_sub(1);
+            if r.streams == 0 {
+                ch.replicas.remove(replica);
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    fn answer(&self, gw: &ObjectRef, replica: &str, ack: Ack) {
+        if let Some(ch) = self.gateways.lock().get_mut(gw) {
+            let r = ch.replicas.entry(replica.to_string()).or_default();
+            match ack.error {
+                None => {
+                    r.acked = Some(ack.version);
+                    r.error = None;
+                }
+                Some(reason) => r.error = Some((ack.version, reason)),
+            }
+        }
+        self.changed.notify_one();
+    }
+}
+
+/// Checks tokens with the API server.
+pub struct Authenticator {
+    client: Client,
+}
+
+impl Authenticator {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The ServiceAccount (namespace, name) the bearer token proves, if any.
+    async fn service_account(&self, req: &Request<Incoming>) -> Option<(String, String)> {
+        let token = req
+            .headers()
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .trim()
+            .to_string();
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token,
+                audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let status = match api.create(&PostParams::default(), &review).await {
+            Ok(r) => r.status?,
+            Err(e) => {
+                tracing::warn!(error = %e, "TokenReview failed");
+                return None;
+            }
+        };
+        if status.authenticated != Some(true) {
+            return None;
+        }
+        let user = status.user?.username?;
+        let rest = user.strip_prefix("system:serviceaccount:")?;
+        let (ns, name) = rest.split_once(':')?;
+        Some((ns.to_string(), name.to_string()))
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(req: Request<Incoming>, hub: Arc<Hub>, auth: Arc<Authenticator>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (Some("v1"), Some(kind), Some(ns), Some(name), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let gw = ObjectRef::new(ns, name);
+    let Some((sa_ns, sa_name)) = auth.service_account(&req).await else {
+        return plain(
+            StatusCode::UNAUTHORIZED,
+            "a valid ServiceAccount token is required\n",
+        );
+    };
+    if sa_ns != gw.namespace || sa_name != format!("portico-{}", gw.name) {
+        tracing::warn!(gateway = %gw, account = %format!("{sa_ns}/{sa_name}"), "refused a snapshot client");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "this ServiceAccount may not read this Gateway\n",
+        );
+    }
+    let replica = req
+        .headers()
+        .get(REPLICA_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&sa_name)
+        .to_string();
+    match (req.method(), kind) {
+        (&Method::GET, "snapshots") => stream(hub, gw, replica),
+        (&Method::POST, "acks") => {
+            let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+            else {
+                return plain(StatusCode::BAD_REQUEST, "unreadable body\n");
+            };
+            let Ok(ack) = serde_json::from_slice::<Ack>(&body.to_bytes()) else {
+                return plain(StatusCode::BAD_REQUEST, "body is not an Ack\n");
+            };
+            match &ack.error {
+                None => tracing::debug!(gateway = %gw, replica, version = ack.version, "ACK"),
+                Some(e) => {
+                    tracing::warn!(gateway = %gw, replica, version = ack.version, error = %e, "NACK")
+                }
+            }
+            hub.answer(&gw, &replica, ack);
+            plain(StatusCode::NO_CONTENT, "")
+        }
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
+/// Streams the newest snapshot whenever it changes, until the client goes away.
+fn stream(hub: Arc<Hub>, gw: ObjectRef, replica: String) -> Response<Body> {
+    struct Guard {
+        hub: Arc<Hub>,
+        gw: ObjectRef,
+        replica: String,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.hub.disconnected(&self.gw, &self.replica);
+        }
+    }
+    let rx = hub.subscribe(&gw, &replica);
+    tracing::info!(gateway = %gw, replica, "dataplane connected");
+    let guard = Guard { hub, gw, replica };
+    let frames = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        loop {
+            rx.changed().await.ok()?;
+            let snap = rx.borrow_and_update().clone();
+            let Some(snap) = snap else { continue };
+            match encode_frame(&snap) {
+                Ok(bytes) => {
+                    return Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(bytes))),
+                        (rx, guard),
+                    ));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a snapshot"),
+            }
+        }
+    });
+    Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())))
+}
+
+/// Serves the channel over TLS (HTTP/2 only) until the process ends.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    auth: Arc<Authenticator>,
+) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (tls, hub, auth, builder) = (tls.clone(), hub.clone(), auth.clone(), builder.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = service_fn(move |req| {
+                let (hub, auth) = (hub.clone(), auth.clone());
+                async move { Ok::<_, Infallible>(handle(req, hub, auth).await) }
+            });
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, error = %e, "snapshot connection ended");
+            }
+        });
+    }
+}
+
+/// A self-signed serving certificate for the given names, as (cert PEM, key PEM), used when
+/// no certificate is configured. Dataplanes must trust the certificate itself.
+pub fn self_signed(names: &[String]) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portico-controller");
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A TLS acceptor for HTTP/2 from PEM text.
+pub fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
