@@ -9,7 +9,7 @@ use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// An endpoint in the form the HTTP client wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,10 +54,18 @@ impl EndpointSet {
     }
 }
 
+/// Where endpoints come from when not from the snapshot: the EndpointSlices a dataplane
+/// watches in a cluster.
+pub trait EndpointSource: Send + Sync {
+    /// The endpoints of a Service port (`port_name` matches the slices' port names).
+    fn endpoints(&self, id: &BackendId, port_name: Option<&str>) -> Vec<Endpoint>;
+}
+
 #[derive(Debug)]
 pub struct EndpointPool {
     pub id: BackendId,
     pub protocol: AppProtocol,
+    pub port_name: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
 }
@@ -67,6 +75,7 @@ impl EndpointPool {
         Self {
             id: b.id.clone(),
             protocol: b.protocol,
+            port_name: b.port_name.clone(),
             endpoints: ArcSwap::from_pointee(EndpointSet::new(&b.endpoints)),
             next: AtomicUsize::new(0),
         }
@@ -99,17 +108,34 @@ impl EndpointPool {
 #[derive(Debug, Default)]
 pub struct Pools {
     pools: Mutex<HashMap<(BackendId, AppProtocol), Arc<EndpointPool>>>,
+    /// Endpoints come from an [`EndpointSource`], not from snapshots.
+    external: AtomicBool,
 }
 
 impl Pools {
-    /// The pool for `b`, reused when it exists (endpoints updated in place).
+    /// The pool for `b`, reused when it exists (endpoints updated in place from the snapshot,
+    /// unless they come from elsewhere).
     pub fn get(&self, b: &Backend) -> Arc<EndpointPool> {
         let mut pools = self.pools.lock();
         let pool = pools
             .entry((b.id.clone(), b.protocol))
             .or_insert_with(|| Arc::new(EndpointPool::new(b)));
-        pool.update(&b.endpoints);
+        if !self.external.load(Ordering::Relaxed) {
+            pool.update(&b.endpoints);
+        }
         pool.clone()
+    }
+
+    pub fn set_external(&self) {
+        self.external.store(true, Ordering::Relaxed);
+    }
+
+    /// Refreshes every pool's endpoints from `source`.
+    pub fn refresh(&self, source: &dyn EndpointSource) {
+        let pools: Vec<Arc<EndpointPool>> = self.pools.lock().values().cloned().collect();
+        for p in pools {
+            p.update(&source.endpoints(&p.id, p.port_name.as_deref()));
+        }
     }
 
     /// Drops pools no snapshot uses any more.

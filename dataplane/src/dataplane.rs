@@ -1,7 +1,7 @@
 //! The dataplane as a whole: takes snapshots (from standalone mode now, from the controller
 //! later) and serves them.
 
-use crate::balancer::Pools;
+use crate::balancer::{EndpointSource, Pools};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{Server, ServerSettings};
@@ -38,6 +38,7 @@ pub struct Dataplane {
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
+    endpoints: std::sync::OnceLock<Arc<dyn EndpointSource>>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -59,12 +60,30 @@ impl Dataplane {
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
+            endpoints: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on endpoints come from `source` (a cluster's EndpointSlices) instead of from
+    /// snapshots. Call [`Dataplane::refresh_endpoints`] when the source changes.
+    pub fn set_endpoint_source(&self, source: Arc<dyn EndpointSource>) {
+        self.pools.set_external();
+        let _ = self.endpoints.set(source);
+    }
+
+    /// Re-reads every pool's endpoints from the endpoint source: traffic follows endpoint
+    /// changes without a new snapshot.
+    pub fn refresh_endpoints(&self) {
+        if let Some(source) = self.endpoints.get() {
+            self.pools.refresh(source.as_ref());
         }
     }
 
     /// Serves `snapshots` from now on (one per Gateway), without dropping requests in flight.
     pub fn apply(&self, snapshots: &[Snapshot], version: u64) -> ApplyReport {
         let tables = table::build(snapshots, self.default_bind, &self.pools, &self.metrics);
+        // New pools get their endpoints before any request can reach them.
+        self.refresh_endpoints();
         let warnings = tables.warnings.clone();
         let backends = tables.backends.clone();
         let routes = tables.routes.clone();

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod balancer;
 pub mod channel;
 pub mod dataplane;
+pub mod endpoints;
 pub mod errors;
 pub mod filters;
 pub mod metrics;

@@ -306,7 +306,15 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             )
             .await;
         }
-        Mode::Connect(channel) => portico_dataplane::channel::run(&dp, &channel, stop).await,
+        Mode::Connect(channel) => {
+            // Endpoints come from the cluster's EndpointSlices (in-cluster credentials or
+            // KUBECONFIG), not from the snapshot.
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API for EndpointSlices")?;
+            let _slices = portico_dataplane::endpoints::start(client, dp.clone());
+            portico_dataplane::channel::run(&dp, &channel, stop).await
+        }
     }
 
     tracing::info!(deadline_s = args.drain_timeout_s, "draining connections");

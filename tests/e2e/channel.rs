@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -163,9 +164,17 @@ impl Setup {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // KUBECONFIG stands in for the pod's ServiceAccount: the dataplane watches
+        // EndpointSlices with it.
+        let kubeconfig = control_plane().kubeconfig.clone();
         Dataplane {
             ip,
-            proc: Proc::spawn(replica, &binaries().portico, &args),
+            proc: Proc::spawn_with_env(
+                replica,
+                &binaries().portico,
+                &args,
+                &[("KUBECONFIG", kubeconfig.as_path())],
+            ),
         }
     }
 
@@ -337,4 +346,94 @@ async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() 
     })
     .await;
     s.await_programmed().await;
+}
+
+/// An EndpointSlice of Service `svc` with one endpoint: `backend`.
+fn slice_json(name: &str, backend: SocketAddr, ready: bool) -> serde_json::Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "svc"}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": backend.port()}],
+           "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": ready}}]})
+}
+
+#[tokio::test]
+async fn traffic_follows_endpointslices_without_a_new_snapshot() {
+    let s = Setup::new("channel-eps").await;
+    let _controller = s.controller();
+    let token = s.token("portico-gw").await;
+    // The API server refuses loopback addresses in EndpointSlices: these backends live in a
+    // network namespace of our own.
+    let net = portico_tests::netns::backend_net();
+    let (a, b) = (net.echo("a"), net.echo("b"));
+    let slices: Api<EndpointSlice> = Api::namespaced(s.client.clone(), &s.ns);
+    slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(slice_json("svc-a", a.addr, true)).expect("slice"),
+        )
+        .await
+        .expect("create slice a");
+    let state = TempDir::new("state");
+    let dp = s.dataplane("replica", &token, state.path());
+    s.await_programmed().await;
+    let http = HttpClient::new();
+    let addr = SocketAddr::new(dp.ip, s.port);
+    let backend = |want: &'static str| {
+        let http = http.clone();
+        move || {
+            let http = http.clone();
+            async move {
+                let r = http.try_get(addr, "x.test", "/svc", &[]).await?;
+                (r.backend() == want).then_some(())
+            }
+        }
+    };
+    await_some("traffic to a", backend("a")).await;
+
+    // An endpoint added: b gets traffic too.
+    slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(slice_json("svc-b", b.addr, true)).expect("slice"),
+        )
+        .await
+        .expect("create slice b");
+    await_some("traffic to b as well", backend("b")).await;
+
+    // An endpoint removed: only b.
+    slices
+        .delete("svc-a", &Default::default())
+        .await
+        .expect("delete slice a");
+    await_some("a to be gone", || async {
+        let mut names = Vec::new();
+        for _ in 0..6 {
+            names.push(http.try_get(addr, "x.test", "/svc", &[]).await?.backend());
+        }
+        names.iter().all(|n| n == "b").then_some(())
+    })
+    .await;
+
+    // The last endpoint not ready: no healthy upstream.
+    slices
+        .patch(
+            "svc-b",
+            &PatchParams::apply("portico-tests").force(),
+            &Patch::Apply(&slice_json("svc-b", b.addr, false)),
+        )
+        .await
+        .expect("mark b not ready");
+    await_some("503 once no endpoint is ready", || async {
+        let r = http.try_get(addr, "x.test", "/svc", &[]).await?;
+        (r.status == 503).then_some(())
+    })
+    .await;
+    let applied = dp.proc.logs().matches("snapshot applied").count();
+    assert_eq!(
+        applied,
+        1,
+        "endpoint changes needed no new snapshot:\n{}",
+        dp.proc.logs()
+    );
 }

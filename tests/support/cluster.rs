@@ -205,10 +205,16 @@ async fn install_gateway_api_crds(kubeconfig: &Path) {
     }
 }
 
-/// Starts a `portico-controller` against the test control plane.
+/// Starts a `portico-controller` against the test control plane. Unless `args` name one, its
+/// snapshot channel gets a free address of its own (the default port would collide).
 pub fn start_controller(name: &str, args: &[&str]) -> crate::Proc {
     let cp = control_plane();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if !args.iter().any(|a| a == "--snapshot-address") {
+        let ip = crate::loopback_ip();
+        args.push("--snapshot-address".into());
+        args.push(std::net::SocketAddr::new(ip, crate::free_port(ip)).to_string());
+    }
     crate::Proc::spawn_with_env(
         name,
         &crate::binaries().controller,

@@ -4,6 +4,7 @@
 //! Kubernetes control plane.
 
 pub mod cluster;
+pub mod netns;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};
@@ -233,7 +234,7 @@ where
     }
 }
 
-fn wait_port(addr: SocketAddr) {
+pub fn wait_port(addr: SocketAddr) {
     let end = Instant::now() + DEADLINE;
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < end, "nothing listens on {addr}");

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 pub const ENDPOINTS_ANNOTATION: &str = "portico.dev/endpoints";
 
 /// The label by which an EndpointSlice names its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Why a backendRef could not be resolved, as a ResolvedRefs reason and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,46 +167,54 @@ impl<'a> BackendIndex<'a> {
     /// Endpoints from the Service's EndpointSlices for one Service port, matched by port name
     /// as kube-proxy does.
     fn endpoints(&self, ns: &str, name: &str, port: &ServicePort) -> Vec<Endpoint> {
-        let mut out = Vec::new();
-        for slice in self
-            .slices
-            .get(&(ns.to_string(), name.to_string()))
-            .into_iter()
+        let slices = self.slices.get(&(ns.to_string(), name.to_string()));
+        endpoints_from_slices(slices.into_iter().flatten().copied(), port.name.as_deref())
+    }
+}
+
+/// The endpoints of one Service port from its EndpointSlices, with ports matched by name as
+/// kube-proxy does, and `ready`/`serving`/`terminating` as the slice says (unset `ready` is
+/// ready, unset `serving` follows `ready`). Non-IP address types are skipped. Sorted.
+pub fn endpoints_from_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port_name: Option<&str>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
             .flatten()
-        {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-                continue;
-            }
-            let Some(target) = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok())
-            else {
-                continue;
-            };
-            for e in slice.endpoints.iter().flatten() {
-                let c = e.conditions.as_ref();
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                for a in &e.addresses {
-                    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
-                        out.push(Endpoint {
-                            address: ip.to_string(),
-                            port: target,
-                            ready,
-                            serving,
-                            terminating,
-                        });
-                    }
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name.unwrap_or(""))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in slice.endpoints.iter().flatten() {
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+                    out.push(Endpoint {
+                        address: ip.to_string(),
+                        port: target,
+                        ready,
+                        serving,
+                        terminating,
+                    });
                 }
             }
         }
-        out
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The items of the endpoints annotation, if the Service has one.

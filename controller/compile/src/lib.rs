@@ -31,7 +31,7 @@ use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_model::{ObjectRef, Snapshot};
 use std::collections::BTreeMap;
 
-pub use backend::ENDPOINTS_ANNOTATION;
+pub use backend::{ENDPOINTS_ANNOTATION, SERVICE_NAME_LABEL, endpoints_from_slices};
 pub use portico_crds::CONTROLLER_NAME;
 pub use status::StatusReport;
 
