@@ -27,5 +27,7 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: ## Route matching at 10,000 routes (criterion) and dataplane memory per route
+bench: controlplane ## Route matching at 10,000 routes, memory per route, config propagation on the test control plane
 	$(CARGO) bench -p portico-dataplane --bench router --bench memory
+	$(CARGO) build --release --workspace --bins
+	PORTICO_BIN_DIR=$(CURDIR)/target/release $(CARGO) bench -p portico-tests --bench propagation

@@ -351,6 +351,8 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // Frames are small writes; Nagle's algorithm would hold them for the peer's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let (tls, hub, auth, builder) = (tls.clone(), hub.clone(), auth.clone(), builder.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await

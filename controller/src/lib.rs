@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 pub struct Settings {
     pub controller_name: String,
     pub lease: LeaseSettings,
-    /// How long a burst of changes may keep arriving before compile runs anyway.
+    /// The shortest time between two compiles; changes arriving within it are compiled
+    /// together.
     pub debounce: Duration,
 }
 
@@ -104,7 +105,9 @@ pub async fn run(
     tracing::info!("caches synced");
     let writer = StatusWriter::new(client, &settings.controller_name);
     let mut version: u64 = 0;
+    let mut last_compile;
     loop {
+        last_compile = std::time::Instant::now();
         let mut output = portico_compile::compile(&index.inputs(), &settings.controller_name);
         version += 1;
         tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
@@ -125,8 +128,12 @@ pub async fn run(
             _ = leading.changed() => {}
             _ = stop_rx.wait_for(|s| *s) => break,
         }
-        // Let a burst of events settle into one compile.
-        tokio::time::sleep(settings.debounce).await;
+        // At most one compile per `debounce`: an isolated change compiles at once, a burst
+        // is coalesced into the next compile.
+        let since = last_compile.elapsed();
+        if since < settings.debounce {
+            tokio::time::sleep(settings.debounce - since).await;
+        }
     }
     let _ = elector.await;
 }

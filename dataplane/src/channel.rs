@@ -126,6 +126,8 @@ async fn session(
         .with_context(|| format!("read the token {}", s.token_file.display()))?;
     let token = token.trim();
     let tcp = tokio::net::TcpStream::connect(&s.controller).await?;
+    // ACKs are small writes; Nagle's algorithm would hold them for a delayed ACK.
+    tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(s.server_name.clone())?;
     let stream = tls.connect(name, tcp).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())

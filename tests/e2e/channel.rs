@@ -1,206 +1,14 @@
 //! The snapshot channel end to end: a real controller, real dataplane processes connecting to
 //! it over TLS with ServiceAccount tokens, and traffic through them.
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use portico_crds::gateway_api::gatewayclasses::GatewayClass;
-use portico_crds::gateway_api::gateways::Gateway;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_crds::gateway_api::httproutes::HttpRoute;
-use portico_tests::cluster::{
-    control_plane, create, create_cluster, start_controller, test_namespace,
-};
-use portico_tests::{HttpClient, Proc, TempDir, await_some, binaries, free_port, loopback_ip};
+use portico_tests::cluster::create;
+use portico_tests::scenario::Setup;
+use portico_tests::{HttpClient, TempDir, await_some};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-
-/// Everything one test needs: its namespace, controller, and files.
-struct Setup {
-    client: Client,
-    ns: String,
-    controller_name: String,
-    snapshot_addr: SocketAddr,
-    files: TempDir,
-    port: u16,
-}
-
-impl Setup {
-    async fn new(prefix: &str) -> Self {
-        let client = control_plane().client().await;
-        let ns = test_namespace(&client, prefix).await;
-        let ip = loopback_ip();
-        let setup = Self {
-            controller_name: format!("portico.dev/{ns}"),
-            snapshot_addr: SocketAddr::new(ip, free_port(ip)),
-            files: TempDir::new("channel"),
-            port: free_port(ip),
-            client,
-            ns,
-        };
-        create_cluster::<GatewayClass>(
-            &setup.client,
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                   "metadata": {"name": setup.ns}, "spec": {"controllerName": setup.controller_name}}),
-        )
-        .await;
-        create::<Gateway>(
-            &setup.client,
-            &setup.ns,
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                   "metadata": {"name": "gw"},
-                   "spec": {"gatewayClassName": setup.ns,
-                            "listeners": [{"name": "http", "port": setup.port, "protocol": "HTTP"}]}}),
-        )
-        .await;
-        create::<Service>(
-            &setup.client,
-            &setup.ns,
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc"},
-                   "spec": {"ports": [{"name": "http", "port": 80}]}}),
-        )
-        .await;
-        create::<HttpRoute>(&setup.client, &setup.ns, route_json("first.example.com")).await;
-        setup
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.files.path().join("controller-ca.pem")
-    }
-
-    fn controller(&self) -> Proc {
-        let lease = "channel";
-        let addr = self.snapshot_addr.to_string();
-        let ca = self.ca_file().display().to_string();
-        start_controller(
-            "controller",
-            &[
-                "--controller-name",
-                &self.controller_name,
-                "--lease-namespace",
-                &self.ns,
-                "--lease-name",
-                lease,
-                "--snapshot-address",
-                &addr,
-                "--tls-server-name",
-                "localhost",
-                "--write-ca-file",
-                &ca,
-                // One identity, so a restarted controller takes its own lease back at once.
-                "--identity",
-                "channel-controller",
-            ],
-        )
-    }
-
-    /// A token for ServiceAccount `account` (created if needed), for the snapshot audience.
-    async fn token(&self, account: &str) -> PathBuf {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
-        if accounts.get_opt(account).await.ok().flatten().is_none() {
-            let sa = ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(account.into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            };
-            accounts
-                .create(&PostParams::default(), &sa)
-                .await
-                .expect("create ServiceAccount");
-        }
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec![portico_model::channel::TOKEN_AUDIENCE.into()]),
-                expiration_seconds: Some(3600),
-                bound_object_ref: None,
-            }),
-            ..TokenRequest::default()
-        };
-        let token = accounts
-            .create_token_request(account, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest")
-            .status
-            .and_then(|s| s.token)
-            .expect("token");
-        let path = self.files.path().join(format!("{account}.token"));
-        std::fs::write(&path, token).expect("write token");
-        path
-    }
-
-    /// Starts a dataplane replica on its own loopback address.
-    fn dataplane(&self, replica: &str, token: &Path, state: &Path) -> Dataplane {
-        self.dataplane_on(loopback_ip(), replica, token, state)
-    }
-
-    fn dataplane_on(&self, ip: IpAddr, replica: &str, token: &Path, state: &Path) -> Dataplane {
-        let admin = SocketAddr::new(ip, free_port(ip));
-        let args: Vec<String> = [
-            "connect",
-            "--controller",
-            &self.snapshot_addr.to_string(),
-            "--server-name",
-            "localhost",
-            "--gateway",
-            &format!("{}/gw", self.ns),
-            "--token-file",
-            &token.display().to_string(),
-            "--ca-file",
-            &self.ca_file().display().to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "--replica",
-            replica,
-            "--bind-address",
-            &ip.to_string(),
-            "--admin-address",
-            &admin.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // KUBECONFIG stands in for the pod's ServiceAccount: the dataplane watches
-        // EndpointSlices with it.
-        let kubeconfig = control_plane().kubeconfig.clone();
-        Dataplane {
-            ip,
-            proc: Proc::spawn_with_env(
-                replica,
-                &binaries().portico,
-                &args,
-                &[("KUBECONFIG", kubeconfig.as_path())],
-            ),
-        }
-    }
-
-    async fn gateway_condition(&self, type_: &str) -> Option<Condition> {
-        let api: Api<Gateway> = Api::namespaced(self.client.clone(), &self.ns);
-        let gw = api.get("gw").await.ok()?;
-        gw.status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == type_)
-    }
-
-    async fn await_programmed(&self) {
-        await_some("Gateway Programmed=True", || async {
-            self.gateway_condition("Programmed")
-                .await
-                .filter(|c| c.status == "True")
-        })
-        .await;
-    }
-}
-
-struct Dataplane {
-    ip: IpAddr,
-    proc: Proc,
-}
+use std::net::SocketAddr;
 
 /// A route that redirects everything to `host` (no backend needed), and sends /svc to a
 /// Service without endpoints.
@@ -223,6 +31,7 @@ async fn location(http: &HttpClient, addr: SocketAddr) -> Option<String> {
 #[tokio::test]
 async fn two_dataplanes_serve_the_snapshot_and_the_gateway_becomes_programmed() {
     let s = Setup::new("channel").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
     let token = s.token("portico-gw").await;
     let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
@@ -263,6 +72,7 @@ async fn two_dataplanes_serve_the_snapshot_and_the_gateway_becomes_programmed() 
 #[tokio::test]
 async fn clients_without_the_right_token_get_nothing() {
     let s = Setup::new("channel-auth").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
     let wrong_account = s.token("intruder").await;
     let garbage = s.files.path().join("garbage.token");
@@ -304,6 +114,7 @@ async fn clients_without_the_right_token_get_nothing() {
 #[tokio::test]
 async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() {
     let s = Setup::new("channel-down").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let mut controller = s.controller();
     let token = s.token("portico-gw").await;
     let state = TempDir::new("state");
@@ -360,6 +171,7 @@ fn slice_json(name: &str, backend: SocketAddr, ready: bool) -> serde_json::Value
 #[tokio::test]
 async fn traffic_follows_endpointslices_without_a_new_snapshot() {
     let s = Setup::new("channel-eps").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
     let token = s.token("portico-gw").await;
     // The API server refuses loopback addresses in EndpointSlices: these backends live in a

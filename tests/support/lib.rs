@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod scenario;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};
