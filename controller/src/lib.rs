@@ -29,12 +29,63 @@ pub struct Settings {
     pub debounce: Duration,
 }
 
+/// How long after start-up a Gateway without connected dataplanes keeps the `Programmed`
+/// condition it has: dataplanes reconnect within their 5 s back-off, so a controller restart
+/// does not flap the condition.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// Sets each accepted Gateway's (and its listeners') `Programmed` condition from what its
-/// dataplanes acknowledged.
-fn apply_delivery(report: &mut portico_compile::StatusReport, hub: &channel::Hub) {
+/// dataplanes acknowledged. With `keep_current` (the start-up grace), a Gateway no dataplane
+/// has reconnected to yet keeps the condition the cluster shows.
+fn apply_delivery(
+    report: &mut portico_compile::StatusReport,
+    hub: &channel::Hub,
+    keep_current: Option<&Index>,
+) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
     use portico_compile::status::{Condition, reasons, types};
     for (gw, status) in report.gateways.iter_mut() {
-        let (ok, reason, message) = match hub.delivery(gw) {
+        let delivery = hub.delivery(gw);
+        if delivery == channel::Delivery::NoDataplane
+            && let Some(index) = keep_current
+        {
+            let current = index.gateways.state().into_iter().find(|g| {
+                g.metadata.namespace.as_deref() == Some(gw.namespace.as_str())
+                    && g.metadata.name.as_deref() == Some(gw.name.as_str())
+            });
+            let Some(current) = current.and_then(|g| g.status.clone()) else {
+                continue;
+            };
+            let keep = |conditions: &mut Vec<Condition>, from: &[K8sCondition]| {
+                let Some(cur) = from.iter().find(|c| c.type_ == types::PROGRAMMED) else {
+                    return;
+                };
+                for c in conditions
+                    .iter_mut()
+                    .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
+                {
+                    c.status = cur.status.clone();
+                    c.reason = cur.reason.clone();
+                    c.message = cur.message.clone();
+                }
+            };
+            keep(
+                &mut status.conditions,
+                current.conditions.as_deref().unwrap_or_default(),
+            );
+            for l in &mut status.listeners {
+                let from = current
+                    .listeners
+                    .iter()
+                    .flatten()
+                    .find(|x| x.name == l.name)
+                    .map(|x| x.conditions.as_slice())
+                    .unwrap_or_default();
+                keep(&mut l.conditions, from);
+            }
+            continue;
+        }
+        let (ok, reason, message) = match delivery {
             channel::Delivery::Acked => (
                 true,
                 reasons::PROGRAMMED,
@@ -80,6 +131,7 @@ pub async fn run(
     channel: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let started = std::time::Instant::now();
     let changed = Arc::new(Notify::new());
     let hub = Arc::new(channel::Hub::new(changed.clone()));
     if let Some((listener, tls)) = channel {
@@ -112,7 +164,8 @@ pub async fn run(
         version += 1;
         tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
         hub.publish(&output.snapshots);
-        apply_delivery(&mut output.status, &hub);
+        let in_grace = started.elapsed() < RECONNECT_GRACE;
+        apply_delivery(&mut output.status, &hub, in_grace.then_some(&index));
         if *leading.borrow() {
             match writer.write(&output.status, &index).await {
                 Ok(0) => {}
@@ -123,9 +176,12 @@ pub async fn run(
                 }
             }
         }
+        let grace_end = tokio::time::Instant::from_std(started + RECONNECT_GRACE);
         tokio::select! {
             _ = changed.notified() => {}
             _ = leading.changed() => {}
+            // When the grace ends, Gateways still without dataplanes must say so.
+            _ = tokio::time::sleep_until(grace_end), if in_grace => {}
             _ = stop_rx.wait_for(|s| *s) => break,
         }
         // At most one compile per `debounce`: an isolated change compiles at once, a burst

@@ -145,8 +145,21 @@ async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() 
         dp2.proc.logs()
     );
 
-    // The controller returns: the dataplane reconnects and the Gateway stays Programmed.
+    // The controller returns: the dataplane reconnects, and the Gateway's Programmed condition
+    // never drops to False on the way (no flapping).
     let _controller = s.controller();
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < watch_until {
+        if let Some(c) = s.gateway_condition("Programmed").await {
+            seen.push((c.status.clone(), c.reason.clone()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.iter().all(|(status, _)| status == "True"),
+        "Programmed flapped across the controller restart: {seen:?}"
+    );
     await_some("the dataplane to reconnect", || async {
         (dp2.proc
             .logs()
