@@ -59,6 +59,16 @@ struct GatewayChannel {
     replicas: HashMap<String, Replica>,
 }
 
+impl Default for GatewayChannel {
+    fn default() -> Self {
+        Self {
+            tx: watch::channel(None).0,
+            version: 0,
+            replicas: HashMap::new(),
+        }
+    }
+}
+
 /// The newest snapshot per Gateway, and the dataplanes' answers.
 pub struct Hub {
     gateways: Mutex<BTreeMap<ObjectRef, GatewayChannel>>,
@@ -105,13 +115,7 @@ impl Hub {
         gw: &ObjectRef,
         mut snap: Snapshot,
     ) {
-        let ch = gateways
-            .entry(gw.clone())
-            .or_insert_with(|| GatewayChannel {
-                tx: watch::channel(None).0,
-                version: 0,
-                replicas: HashMap::new(),
-            });
+        let ch = gateways.entry(gw.clone()).or_default();
         let same = ch.tx.borrow().as_ref().is_some_and(|cur| {
             snap.version = cur.version;
             **cur == snap
@@ -149,13 +153,7 @@ impl Hub {
 
     fn subscribe(&self, gw: &ObjectRef, replica: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
         let mut gateways = self.gateways.lock();
-        let ch = gateways
-            .entry(gw.clone())
-            .or_insert_with(|| GatewayChannel {
-                tx: watch::channel(None).0,
-                version: 0,
-                replicas: HashMap::new(),
-            });
+        let ch = gateways.entry(gw.clone()).or_default();
         ch.replicas.entry(replica.to_string()).or_default().streams += 1;
         let mut rx = ch.tx.subscribe();
         rx.mark_changed();

@@ -35,31 +35,38 @@ pub struct Settings {
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// Sets each accepted Gateway's (and its listeners') `Programmed` condition from what its
-/// dataplanes acknowledged. With `keep_current` (the start-up grace), a Gateway no dataplane
-/// has reconnected to yet keeps the condition the cluster shows.
+/// dataplanes acknowledged.
+///
+/// `Programmed` says whether the Gateway is being served. A new Gateway becomes True with the
+/// first acknowledgement; a rejection makes it False at once. A Gateway that is True stays
+/// True while a newer version rolls out (`Waiting`), and, for the start-up grace
+/// (`in_grace`), while its dataplanes have not reconnected yet: otherwise every change
+/// and every controller restart would flap the condition.
 fn apply_delivery(
     report: &mut portico_compile::StatusReport,
     hub: &channel::Hub,
-    keep_current: Option<&Index>,
+    in_grace: bool,
+    index: &Index,
 ) {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
     use portico_compile::status::{Condition, reasons, types};
     for (gw, status) in report.gateways.iter_mut() {
         let delivery = hub.delivery(gw);
-        if delivery == channel::Delivery::NoDataplane
-            && let Some(index) = keep_current
-        {
-            let current = index.gateways.state().into_iter().find(|g| {
-                g.metadata.namespace.as_deref() == Some(gw.namespace.as_str())
-                    && g.metadata.name.as_deref() == Some(gw.name.as_str())
-            });
-            let Some(current) = current.and_then(|g| g.status.clone()) else {
-                continue;
-            };
-            let keep = |conditions: &mut Vec<Condition>, from: &[K8sCondition]| {
-                let Some(cur) = from.iter().find(|c| c.type_ == types::PROGRAMMED) else {
-                    return;
-                };
+        let hold = delivery == channel::Delivery::Waiting
+            || (delivery == channel::Delivery::NoDataplane && in_grace);
+        let current = index.gateways.state().into_iter().find(|g| {
+            g.metadata.namespace.as_deref() == Some(gw.namespace.as_str())
+                && g.metadata.name.as_deref() == Some(gw.name.as_str())
+        });
+        let current = current.and_then(|g| g.status.clone()).unwrap_or_default();
+        let is_true = |from: &[K8sCondition]| {
+            from.iter()
+                .find(|c| c.type_ == types::PROGRAMMED)
+                .filter(|c| c.status == "True")
+                .cloned()
+        };
+        if hold && let Some(cur) = is_true(current.conditions.as_deref().unwrap_or_default()) {
+            let keep = |conditions: &mut Vec<Condition>, cur: &K8sCondition| {
                 for c in conditions
                     .iter_mut()
                     .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
@@ -69,19 +76,17 @@ fn apply_delivery(
                     c.message = cur.message.clone();
                 }
             };
-            keep(
-                &mut status.conditions,
-                current.conditions.as_deref().unwrap_or_default(),
-            );
+            keep(&mut status.conditions, &cur);
             for l in &mut status.listeners {
                 let from = current
                     .listeners
                     .iter()
                     .flatten()
                     .find(|x| x.name == l.name)
-                    .map(|x| x.conditions.as_slice())
-                    .unwrap_or_default();
-                keep(&mut l.conditions, from);
+                    .and_then(|x| is_true(&x.conditions));
+                if let Some(from) = from {
+                    keep(&mut l.conditions, &from);
+                }
             }
             continue;
         }
@@ -165,7 +170,7 @@ pub async fn run(
         tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
         hub.publish(&output.snapshots);
         let in_grace = started.elapsed() < RECONNECT_GRACE;
-        apply_delivery(&mut output.status, &hub, in_grace.then_some(&index));
+        apply_delivery(&mut output.status, &hub, in_grace, &index);
         if *leading.borrow() {
             match writer.write(&output.status, &index).await {
                 Ok(0) => {}
