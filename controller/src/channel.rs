@@ -240,7 +240,17 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-async fn handle(req: Request<Incoming>, hub: Arc<Hub>, auth: Arc<Authenticator>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    hub: Arc<Hub>,
+    auth: Arc<Authenticator>,
+    leading: watch::Receiver<bool>,
+) -> Response<Body> {
+    // Only the leader writes status, so only the leader may collect the ACKs it reports on;
+    // a dataplane that reached another replica retries and lands on the leader.
+    if !*leading.borrow() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "not the leader; retry\n");
+    }
     let path = req.uri().path().to_string();
     let mut parts = path.trim_start_matches('/').split('/');
     let (Some("v1"), Some(kind), Some(ns), Some(name), None) = (
@@ -331,12 +341,14 @@ fn stream(hub: Arc<Hub>, gw: ObjectRef, replica: String) -> Response<Body> {
     Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())))
 }
 
-/// Serves the channel over TLS (HTTP/2 only) until the process ends.
+/// Serves the channel over TLS (HTTP/2 only) until the process ends, answering only while
+/// `leading`.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
     auth: Arc<Authenticator>,
+    leading: watch::Receiver<bool>,
 ) {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -351,7 +363,13 @@ pub async fn serve(
         };
         // Frames are small writes; Nagle's algorithm would hold them for the peer's delayed ACK.
         let _ = tcp.set_nodelay(true);
-        let (tls, hub, auth, builder) = (tls.clone(), hub.clone(), auth.clone(), builder.clone());
+        let (tls, hub, auth, builder, leading) = (
+            tls.clone(),
+            hub.clone(),
+            auth.clone(),
+            builder.clone(),
+            leading.clone(),
+        );
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
             {
@@ -363,8 +381,8 @@ pub async fn serve(
                 Err(_) => return,
             };
             let svc = service_fn(move |req| {
-                let (hub, auth) = (hub.clone(), auth.clone());
-                async move { Ok::<_, Infallible>(handle(req, hub, auth).await) }
+                let (hub, auth, leading) = (hub.clone(), auth.clone(), leading.clone());
+                async move { Ok::<_, Infallible>(handle(req, hub, auth, leading).await) }
             });
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "snapshot connection ended");

@@ -139,12 +139,18 @@ pub async fn run(
     let started = std::time::Instant::now();
     let changed = Arc::new(Notify::new());
     let hub = Arc::new(channel::Hub::new(changed.clone()));
-    if let Some((listener, tls)) = channel {
-        let auth = Arc::new(channel::Authenticator::new(client.clone()));
-        tokio::spawn(channel::serve(listener, tls, hub.clone(), auth));
-    }
     let index = Index::start(&client, &changed);
     let (elector, mut leading) = LeaderElector::new(client.clone(), settings.lease.clone());
+    if let Some((listener, tls)) = channel {
+        let auth = Arc::new(channel::Authenticator::new(client.clone()));
+        tokio::spawn(channel::serve(
+            listener,
+            tls,
+            hub.clone(),
+            auth,
+            leading.clone(),
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let elector = tokio::spawn(elector.run({
         let mut rx = stop_rx.clone();

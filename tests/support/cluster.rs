@@ -235,6 +235,17 @@ pub fn shared_controller() -> &'static crate::Proc {
     })
 }
 
+/// Creates an object from JSON through `api`.
+async fn create_via<K>(api: Api<K>, object: serde_json::Value) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(object).expect("object JSON");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create object")
+}
+
 /// Creates a namespaced object from JSON.
 pub async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
 where
@@ -245,11 +256,7 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let obj: K = serde_json::from_value(object).expect("object JSON");
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create object")
+    create_via(Api::namespaced(client.clone(), ns), object).await
 }
 
 /// Creates a cluster-scoped object from JSON.
@@ -262,11 +269,7 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let obj: K = serde_json::from_value(object).expect("object JSON");
-    Api::<K>::all(client.clone())
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create object")
+    create_via(Api::all(client.clone()), object).await
 }
 
 /// A fresh namespace for one test.
