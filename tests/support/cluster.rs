@@ -224,14 +224,49 @@ pub fn start_controller(name: &str, args: &[&str]) -> crate::Proc {
 }
 
 /// The controller shared by the tests of one binary: the default controller name, its lease
-/// in `default`.
-pub fn shared_controller() -> &'static crate::Proc {
-    static C: OnceLock<crate::Proc> = OnceLock::new();
+/// in `default`. It lives in a static, which is never dropped, so it runs under a shell that
+/// stops it (and removes its log) when this process exits and closes the shell's stdin.
+pub struct SharedController {
+    _shell: Mutex<Child>,
+    _stdin: ChildStdin,
+}
+
+pub fn shared_controller() -> &'static SharedController {
+    static C: OnceLock<SharedController> = OnceLock::new();
     C.get_or_init(|| {
-        start_controller(
-            "controller",
-            &["--lease-namespace", "default", "--identity", "shared"],
-        )
+        let cp = control_plane();
+        let ip = crate::loopback_ip();
+        let snapshot = std::net::SocketAddr::new(ip, crate::free_port(ip)).to_string();
+        let log = std::env::temp_dir().join(format!(
+            "portico-shared-controller-{}.log",
+            std::process::id()
+        ));
+        let mut shell = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" "$@" >"$LOG" 2>&1 & pid=$!; read _; kill $pid; wait $pid; rm -f "$LOG""#)
+            .arg(&crate::binaries().controller)
+            .args([
+                "--lease-namespace",
+                "default",
+                "--identity",
+                "shared",
+                "--snapshot-address",
+                &snapshot,
+            ])
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("LOG", &log)
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start the shared controller");
+        let stdin = shell.stdin.take().expect("stdin pipe");
+        SharedController {
+            _shell: Mutex::new(shell),
+            _stdin: stdin,
+        }
     })
 }
 
