@@ -49,82 +49,86 @@ fn apply_delivery(
     index: &Index,
 ) {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
+    use kube::runtime::reflector::ObjectRef as StoreRef;
     use portico_compile::status::{Condition, reasons, types};
+
+    /// Fills in compile's pending `Programmed` conditions.
+    fn set(conditions: &mut [Condition], status: &str, reason: &str, message: &str) {
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
+        {
+            c.status = status.to_string();
+            c.reason = reason.to_string();
+            c.message = message.to_string();
+        }
+    }
+    fn programmed_true(conditions: &[K8sCondition]) -> Option<&K8sCondition> {
+        conditions
+            .iter()
+            .find(|c| c.type_ == types::PROGRAMMED)
+            .filter(|c| c.status == "True")
+    }
+
     for (gw, status) in report.gateways.iter_mut() {
         let delivery = hub.delivery(gw);
         let hold = delivery == channel::Delivery::Waiting
             || (delivery == channel::Delivery::NoDataplane && in_grace);
-        let current = index.gateways.state().into_iter().find(|g| {
-            g.metadata.namespace.as_deref() == Some(gw.namespace.as_str())
-                && g.metadata.name.as_deref() == Some(gw.name.as_str())
-        });
-        let current = current.and_then(|g| g.status.clone()).unwrap_or_default();
-        let is_true = |from: &[K8sCondition]| {
-            from.iter()
-                .find(|c| c.type_ == types::PROGRAMMED)
-                .filter(|c| c.status == "True")
-                .cloned()
-        };
-        if hold && let Some(cur) = is_true(current.conditions.as_deref().unwrap_or_default()) {
-            let keep = |conditions: &mut Vec<Condition>, cur: &K8sCondition| {
-                for c in conditions
-                    .iter_mut()
-                    .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
-                {
-                    c.status = cur.status.clone();
-                    c.reason = cur.reason.clone();
-                    c.message = cur.message.clone();
-                }
-            };
-            keep(&mut status.conditions, &cur);
+        let current = hold
+            .then(|| {
+                index
+                    .gateways
+                    .get(&StoreRef::new(&gw.name).within(&gw.namespace))
+            })
+            .flatten()
+            .and_then(|g| g.status.clone());
+        if let Some(current) = current
+            && let Some(cur) = programmed_true(current.conditions.as_deref().unwrap_or_default())
+        {
+            set(
+                &mut status.conditions,
+                &cur.status,
+                &cur.reason,
+                &cur.message,
+            );
             for l in &mut status.listeners {
                 let from = current
                     .listeners
                     .iter()
                     .flatten()
                     .find(|x| x.name == l.name)
-                    .and_then(|x| is_true(&x.conditions));
+                    .and_then(|x| programmed_true(&x.conditions));
                 if let Some(from) = from {
-                    keep(&mut l.conditions, &from);
+                    set(&mut l.conditions, &from.status, &from.reason, &from.message);
                 }
             }
             continue;
         }
-        let (ok, reason, message) = match delivery {
+        let (status_value, reason, message) = match delivery {
             channel::Delivery::Acked => (
-                true,
+                "True",
                 reasons::PROGRAMMED,
                 "the dataplanes serve the current configuration".to_string(),
             ),
             channel::Delivery::Waiting => (
-                false,
+                "False",
                 reasons::PENDING,
                 "waiting for the dataplanes to apply the configuration".to_string(),
             ),
             channel::Delivery::NoDataplane => (
-                false,
+                "False",
                 reasons::PENDING,
                 "no dataplane is connected".to_string(),
             ),
             channel::Delivery::Rejected(e) => (
-                false,
+                "False",
                 reasons::INVALID,
                 format!("a dataplane rejected the configuration: {e}"),
             ),
         };
-        let set = |conditions: &mut Vec<Condition>| {
-            for c in conditions
-                .iter_mut()
-                .filter(|c| c.type_ == types::PROGRAMMED && c.reason == reasons::PENDING)
-            {
-                c.status = if ok { "True" } else { "False" }.to_string();
-                c.reason = reason.to_string();
-                c.message = message.clone();
-            }
-        };
-        set(&mut status.conditions);
+        set(&mut status.conditions, status_value, reason, &message);
         for l in &mut status.listeners {
-            set(&mut l.conditions);
+            set(&mut l.conditions, status_value, reason, &message);
         }
     }
 }
