@@ -74,7 +74,7 @@ pub fn build(
 
         for route in &snap.routes {
             order += 1;
-            let label: Arc<str> = route.id.to_string().into();
+            let label: Arc<str> = route.label().into();
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
                 .iter()

@@ -1,9 +1,9 @@
 //! backendRefs: kind and namespace checks, ReferenceGrants, Services and their endpoints.
 
+use crate::grants::{GroupKind, ReferenceGrants};
 use crate::status::reasons;
 use crate::{Inputs, namespace_of};
 use portico_crds::GATEWAY_GROUP;
-use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_crds::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,7 +37,7 @@ pub(crate) struct BackendRefSpec<'a> {
 pub(crate) struct BackendIndex<'a> {
     services: BTreeMap<(String, String), &'a Service>,
     slices: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
-    grants: BTreeMap<String, Vec<&'a ReferenceGrant>>,
+    grants: ReferenceGrants<'a>,
 }
 
 impl<'a> BackendIndex<'a> {
@@ -66,10 +66,7 @@ impl<'a> BackendIndex<'a> {
                     .push(s);
             }
         }
-        let mut grants: BTreeMap<String, Vec<&ReferenceGrant>> = BTreeMap::new();
-        for g in &inputs.reference_grants {
-            grants.entry(namespace_of(&g.metadata)).or_default().push(g);
-        }
+        let grants = ReferenceGrants::new(&inputs.reference_grants);
         Self {
             services,
             slices,
@@ -96,7 +93,15 @@ impl<'a> BackendIndex<'a> {
             });
         }
         let ns = r.namespace.unwrap_or(from_ns);
-        if ns != from_ns && !self.granted(from_kind, from_ns, ns, r.name) {
+        let from = GroupKind {
+            group: GATEWAY_GROUP,
+            kind: from_kind,
+        };
+        let service = GroupKind {
+            group: "",
+            kind: "Service",
+        };
+        if !self.grants.allows(from, from_ns, service, ns, r.name) {
             return Err(Unresolved {
                 reason: reasons::REF_NOT_PERMITTED,
                 message: format!(
@@ -146,21 +151,6 @@ impl<'a> BackendIndex<'a> {
             protocol,
             port_name: spec_port.name.clone(),
             endpoints,
-        })
-    }
-
-    fn granted(&self, from_kind: &str, from_ns: &str, to_ns: &str, to_name: &str) -> bool {
-        self.grants.get(to_ns).into_iter().flatten().any(|g| {
-            let from_ok =
-                g.spec.from.iter().any(|f| {
-                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
-                });
-            let to_ok = g.spec.to.iter().any(|t| {
-                t.group.is_empty()
-                    && t.kind == "Service"
-                    && t.name.as_deref().is_none_or(|n| n == to_name)
-            });
-            from_ok && to_ok
         })
     }
 

@@ -6,18 +6,21 @@ use crate::route::AttachedRoutes;
 use crate::status::{
     Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport, reasons, types,
 };
+use crate::tls::SecretIndex;
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
-    GatewayListenersAllowedRoutesNamespacesSelector,
+    GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
 use portico_crds::k8s_openapi::api::core::v1::Namespace;
-use portico_model::{Listener, ObjectRef, Protocol, Snapshot};
+use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Route kinds a listener can accept, by protocol.
-const HTTP_ROUTE: &str = "HTTPRoute";
+/// Route kinds an HTTP or HTTPS listener can accept.
+pub(crate) const HTTP_ROUTE: &str = "HTTPRoute";
+pub(crate) const GRPC_ROUTE: &str = "GRPCRoute";
+const HTTP_KINDS: [&str; 2] = [HTTP_ROUTE, GRPC_ROUTE];
 
 /// Accepts the classes that name our controller; returns their names.
 pub(crate) fn accept_classes(
@@ -126,13 +129,23 @@ pub(crate) struct ListenerState {
     pub(crate) rejected: Option<(String, String)>,
     pub(crate) conflicted: Option<(String, String)>,
     pub(crate) invalid_kinds: Option<String>,
+    /// HTTPS: the certificates that resolved, and the first certificateRef that did not.
+    pub(crate) certificates: Vec<Certificate>,
+    pub(crate) unresolved_certificate: Option<(String, String)>,
     pub(crate) attached_routes: i32,
+    /// The routes attached so far, by kind, with their effective hostnames here.
+    pub(crate) kinds_by_host: Vec<(RouteKind, ObjectRef, Vec<String>)>,
 }
 
 impl ListenerState {
     /// Valid and not conflicted: it is programmed and routes may attach.
     pub(crate) fn usable(&self) -> bool {
         self.rejected.is_none() && self.conflicted.is_none()
+    }
+
+    /// Usable and, for HTTPS, holding at least one valid certificate: the dataplane serves it.
+    pub(crate) fn programmable(&self) -> bool {
+        self.usable() && (self.protocol != "HTTPS" || !self.certificates.is_empty())
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -166,17 +179,18 @@ pub(crate) struct GatewayState {
 pub(crate) fn compile_gateways(
     gateways: &[Gateway],
     classes: &BTreeSet<String>,
+    secrets: &SecretIndex<'_>,
 ) -> Vec<GatewayState> {
     let mut out: Vec<GatewayState> = gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(compile_gateway)
+        .map(|g| compile_gateway(g, secrets))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-fn compile_gateway(gw: &Gateway) -> GatewayState {
+fn compile_gateway(gw: &Gateway, secrets: &SecretIndex<'_>) -> GatewayState {
     let id = crate::object_ref(&gw.metadata);
     let mut invalid = None;
     let mut addresses = Vec::new();
@@ -204,7 +218,12 @@ fn compile_gateway(gw: &Gateway) -> GatewayState {
     addresses.sort();
     addresses.dedup();
 
-    let mut listeners: Vec<ListenerState> = gw.spec.listeners.iter().map(listener_state).collect();
+    let mut listeners: Vec<ListenerState> = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|l| listener_state(l, &id.namespace, secrets))
+        .collect();
     let mut seen = BTreeSet::new();
     for l in &gw.spec.listeners {
         if !seen.insert(l.name.as_str()) {
@@ -227,23 +246,63 @@ fn compile_gateway(gw: &Gateway) -> GatewayState {
     }
 }
 
-fn listener_state(l: &GatewayListeners) -> ListenerState {
+fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) -> ListenerState {
     let mut rejected = None;
+    let mut certificates = Vec::new();
+    let mut unresolved_certificate = None;
     if !(1..=65535).contains(&l.port) {
         rejected = Some((
             reasons::PORT_UNAVAILABLE.to_string(),
             format!("port {} is out of range", l.port),
         ));
     }
-    match l.protocol.as_str() {
-        "HTTP" => {}
-        "HTTPS" | "TLS" | "TCP" | "UDP" => {
+    match (l.protocol.as_str(), &l.tls) {
+        ("HTTP", None) => {}
+        ("HTTP", Some(_)) => {
             rejected = Some((
-                reasons::UNSUPPORTED_PROTOCOL.to_string(),
-                format!("protocol {} is not supported yet; HTTP is", l.protocol),
+                reasons::INVALID.to_string(),
+                "tls must not be set on an HTTP listener".to_string(),
             ));
         }
-        other => {
+        ("HTTPS", None) => {
+            rejected = Some((
+                reasons::INVALID.to_string(),
+                "an HTTPS listener needs tls.certificateRefs".to_string(),
+            ));
+        }
+        ("HTTPS", Some(tls)) if tls.mode == Some(GatewayListenersTlsMode::Passthrough) => {
+            rejected = Some((
+                reasons::UNSUPPORTED_PROTOCOL.to_string(),
+                "an HTTPS listener terminates TLS; Passthrough needs a TLS listener, which is not supported yet".to_string(),
+            ));
+        }
+        ("HTTPS", Some(tls)) => {
+            let refs = tls.certificate_refs.as_deref().unwrap_or_default();
+            if refs.is_empty() {
+                rejected = Some((
+                    reasons::INVALID.to_string(),
+                    "an HTTPS listener needs at least one certificateRef".to_string(),
+                ));
+            }
+            for r in refs {
+                match secrets.resolve(gw_ns, r) {
+                    Ok(c) => certificates.push(c),
+                    Err((reason, message)) => {
+                        unresolved_certificate.get_or_insert((reason.to_string(), message));
+                    }
+                }
+            }
+        }
+        ("TLS" | "TCP" | "UDP", _) => {
+            rejected = Some((
+                reasons::UNSUPPORTED_PROTOCOL.to_string(),
+                format!(
+                    "protocol {} is not supported yet; HTTP and HTTPS are",
+                    l.protocol
+                ),
+            ));
+        }
+        (other, _) => {
             rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
                 format!("unknown protocol {other:?}"),
@@ -263,7 +322,7 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
             let mut bad = Vec::new();
             for k in kinds {
                 let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && k.kind == HTTP_ROUTE {
+                if group == GATEWAY_GROUP && HTTP_KINDS.contains(&k.kind.as_str()) {
                     supported_kinds.push(k.kind.clone());
                 } else {
                     bad.push(format!("{group}/{}", k.kind));
@@ -277,8 +336,9 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
                 ));
             }
         }
-        _ => supported_kinds.push(HTTP_ROUTE.to_string()),
+        _ => supported_kinds.extend(HTTP_KINDS.map(str::to_string)),
     }
+    supported_kinds.sort();
     supported_kinds.dedup();
 
     let namespaces = l
@@ -312,7 +372,10 @@ fn listener_state(l: &GatewayListeners) -> ListenerState {
         rejected,
         conflicted: None,
         invalid_kinds,
+        certificates,
+        unresolved_certificate,
         attached_routes: 0,
+        kinds_by_host: Vec::new(),
     }
 }
 
@@ -432,14 +495,20 @@ impl GatewayState {
         let listeners = self
             .listeners
             .iter()
-            .filter(|l| l.usable())
+            .filter(|l| l.programmable())
             .map(|l| Listener {
                 name: l.name.clone(),
                 addresses: self.addresses.clone(),
                 port: u16::try_from(l.port).unwrap_or_default(),
-                protocol: Protocol::Http,
+                protocol: if l.protocol == "HTTPS" {
+                    Protocol::Https
+                } else {
+                    Protocol::Http
+                },
                 hostname: l.hostname.clone(),
-                tls: None,
+                tls: (l.protocol == "HTTPS").then(|| ListenerTls {
+                    certificates: l.certificates.clone(),
+                }),
             })
             .collect();
         let (routes, backends) = attached.for_gateway(&self.id);
@@ -491,15 +560,21 @@ fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
         types::RESOLVED_REFS,
         l.invalid_kinds
             .as_deref()
-            .map(|m| (reasons::INVALID_ROUTE_KINDS, m)),
+            .map(|m| (reasons::INVALID_ROUTE_KINDS, m))
+            .or(problem(&l.unresolved_certificate)),
         false,
         (reasons::RESOLVED_REFS, "all references resolved"),
         g,
     );
-    let programmed = if l.usable() {
+    let programmed = if l.programmable() {
         (
             reasons::PENDING,
             "waiting for the dataplane to apply the configuration",
+        )
+    } else if l.usable() {
+        (
+            reasons::INVALID,
+            "no certificateRef holds a usable certificate",
         )
     } else {
         (

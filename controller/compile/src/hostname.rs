@@ -67,12 +67,29 @@ pub(crate) fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<
     }
 }
 
+/// Whether two routes' effective hostnames on one listener share a host (empty: every host).
+pub(crate) fn overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|x| b.iter().any(|y| covers(x, y) || covers(y, x)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn v(xs: &[&str]) -> Vec<String> {
         xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn overlap_of_effective_hostnames() {
+        assert!(overlap(&v(&[]), &v(&["a.example.com"])));
+        assert!(overlap(&v(&["*.example.com"]), &v(&["a.example.com"])));
+        assert!(overlap(&v(&["a.example.com"]), &v(&["*.example.com"])));
+        assert!(!overlap(&v(&["a.example.com"]), &v(&["b.example.com"])));
+        assert!(!overlap(&v(&["*.example.com"]), &v(&["example.com"])));
     }
 
     #[test]

@@ -7,29 +7,35 @@
 //!
 //! ```text
 //!  GatewayClass ◀── Gateway ◀──parentRefs── HTTPRoute ──backendRefs──▶ Service ◀── EndpointSlice
-//!                      │                        │                        ▲
-//!                      └ listeners ─ allowedRoutes (Namespace labels)    └─ ReferenceGrant
+//!                   │  │                     GRPCRoute               ▲
+//!                   │  └ listeners ─ allowedRoutes (Namespace labels) │
+//!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //! ```
 //!
-//! Compile resolves those edges in one pass per kind: classes, then Gateways and their
-//! listeners ([`gateway`]), then routes with their attachment, rules and backends ([`route`],
-//! [`backend`]).
+//! Compile resolves those edges in one pass per kind: classes, then Gateways with their
+//! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
+//! and backends ([`route`], [`grpc`], [`backend`]).
 
 mod backend;
 mod gateway;
+mod grants;
+mod grpc;
 mod hostname;
 pub mod manifests;
 mod route;
 pub mod status;
+pub mod tls;
 
 use portico_crds::gateway_api::{
-    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute as HTTPRoute,
-    referencegrants::ReferenceGrant,
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
+    httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
 };
-use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
+use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
-use portico_model::{ObjectRef, Snapshot};
-use std::collections::BTreeMap;
+use portico_model::{ObjectRef, RouteKind, Snapshot};
+use route::RouteSource;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use backend::{ENDPOINTS_ANNOTATION, SERVICE_NAME_LABEL, endpoints_from_slices};
 pub use portico_crds::CONTROLLER_NAME;
@@ -45,7 +51,11 @@ pub struct Inputs {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HTTPRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
+    /// The Secrets listeners refer to (others are ignored; the controller watches only these,
+    /// see [`referenced_secrets`]).
+    pub secrets: Vec<Secret>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     /// For `allowedRoutes.namespaces.selector`. A namespace without an object here is taken to
@@ -65,9 +75,28 @@ pub fn compile(inputs: &Inputs, controller_name: &str) -> Output {
     let mut status = StatusReport::default();
     let classes = gateway::accept_classes(&inputs.gateway_classes, controller_name, &mut status);
     let namespaces = gateway::NamespaceLabels::new(&inputs.namespaces);
-    let mut gateways = gateway::compile_gateways(&inputs.gateways, &classes);
+    let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
+    let secrets = tls::SecretIndex::new(&inputs.secrets, &grants);
+    let mut gateways = gateway::compile_gateways(&inputs.gateways, &classes, &secrets);
     let backends = backend::BackendIndex::new(inputs);
-    let routes = route::compile_routes(&inputs.http_routes, &mut gateways, &namespaces, &backends);
+    let sources: Vec<RouteSource<'_>> = inputs
+        .http_routes
+        .iter()
+        .map(|r| RouteSource {
+            kind: RouteKind::Http,
+            route: Cow::Borrowed(r),
+            invalid: None,
+        })
+        .chain(inputs.grpc_routes.iter().map(|g| {
+            let (route, valid) = grpc::as_http_route(g);
+            RouteSource {
+                kind: RouteKind::Grpc,
+                route: Cow::Owned(route),
+                invalid: valid.err(),
+            }
+        }))
+        .collect();
+    let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
@@ -76,8 +105,47 @@ pub fn compile(inputs: &Inputs, controller_name: &str) -> Output {
             snapshots.insert(gw.id.clone(), snapshot);
         }
     }
-    status.http_routes = routes.status;
+    for ((kind, id), s) in routes.status {
+        match kind {
+            RouteKind::Http => status.http_routes.insert(id, s),
+            RouteKind::Grpc => status.grpc_routes.insert(id, s),
+        };
+    }
     Output { snapshots, status }
+}
+
+/// The Secrets that the listeners of our Gateways may use: named by a `certificateRef`, in the
+/// Gateway's namespace or allowed by a ReferenceGrant. The controller watches exactly these,
+/// so it never reads Secrets it has no business with.
+pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
+    let classes: BTreeSet<&str> = inputs
+        .gateway_classes
+        .iter()
+        .filter(|c| c.spec.controller_name == controller_name)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
+    let index = tls::SecretIndex::new(&[], &grants);
+    let mut out = BTreeSet::new();
+    for gw in inputs
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+    {
+        let ns = namespace_of(&gw.metadata);
+        for l in &gw.spec.listeners {
+            for r in l
+                .tls
+                .iter()
+                .flat_map(|t| t.certificate_refs.iter().flatten())
+            {
+                if let Ok(id) = index.permitted(&ns, r) {
+                    out.insert(id);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `metadata.namespace`, defaulting the way `kubectl apply` does for namespaced objects.

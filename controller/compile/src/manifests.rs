@@ -138,6 +138,18 @@ impl ManifestSet {
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 push(&mut i.http_routes, value, |o| &o.metadata, false)
             }
+            ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+                push(&mut i.grpc_routes, value, |o| &o.metadata, false)
+            }
+            ("v1", "Secret") => {
+                // serde's message may quote the value it choked on, which could be key
+                // material: say where to look, not what is there.
+                push(&mut i.secrets, value, |o| &o.metadata, false).map_err(|_| {
+                    "invalid Secret: data values must be base64 and stringData values text \
+                     (details withheld, they may contain key material)"
+                        .to_string()
+                })
+            }
             (
                 "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
                 "ReferenceGrant",
@@ -158,8 +170,8 @@ impl ManifestSet {
             ("v1", "Namespace") => push(&mut i.namespaces, value, |o| &o.metadata, true),
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
-                 ReferenceGrant (gateway.networking.k8s.io/v1), Service, Namespace (v1) and EndpointSlice \
-                 (discovery.k8s.io/v1)"
+                 GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
+                 and EndpointSlice (discovery.k8s.io/v1)"
             )),
         };
         match added {

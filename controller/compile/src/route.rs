@@ -1,5 +1,6 @@
-//! HTTPRoutes: attachment to listeners, validation and translation of rules, backend
-//! resolution, and the per-parent status.
+//! HTTPRoutes (and GRPCRoutes, as the HTTPRoutes they mean, see [`crate::grpc`]): attachment
+//! to listeners, validation and translation of rules, backend resolution, and the per-parent
+//! status.
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
 use crate::gateway::{GatewayState, NamespaceLabels};
@@ -10,14 +11,21 @@ use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::httproutes::*;
 use portico_model::{
-    Backend, BackendId, BackendRef, BackendTarget, Filter, Header, HeaderModifier, HttpRoute,
-    KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect, RouteMatch, RouteParent, RouteRule,
-    StringMatch, Timeouts, UrlRewrite,
+    AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Filter, Header, HeaderModifier,
+    HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect, RouteKind, RouteMatch,
+    RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
 };
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-const KIND: &str = "HTTPRoute";
+/// A route to compile: an HTTPRoute, or a GRPCRoute as the HTTPRoute it means.
+pub(crate) struct RouteSource<'a> {
+    pub(crate) kind: RouteKind,
+    pub(crate) route: Cow<'a, HTTPRoute>,
+    /// Why the route is invalid before its rules are translated (a GRPCRoute's method match).
+    pub(crate) invalid: Option<String>,
+}
 
 /// Routes attached to each Gateway, in precedence order, with the backends they use.
 #[derive(Default)]
@@ -36,7 +44,7 @@ impl AttachedRoutes {
 
 pub(crate) struct RouteResults {
     pub(crate) attached: AttachedRoutes,
-    pub(crate) status: BTreeMap<ObjectRef, RouteStatus>,
+    pub(crate) status: BTreeMap<(RouteKind, ObjectRef), RouteStatus>,
 }
 
 /// Rules translated for the snapshot, with the backends they reference and the first
@@ -48,31 +56,37 @@ struct Translated {
 }
 
 pub(crate) fn compile_routes(
-    routes: &[HTTPRoute],
+    routes: &[RouteSource<'_>],
     gateways: &mut [GatewayState],
     namespaces: &NamespaceLabels,
     backends: &BackendIndex<'_>,
 ) -> RouteResults {
-    // Precedence across routes: oldest first, then namespace/name.
-    let mut ordered: Vec<&HTTPRoute> = routes.iter().collect();
+    // Precedence across routes (and between HTTPRoutes and GRPCRoutes that share hostnames):
+    // oldest first, then namespace/name.
+    let mut ordered: Vec<&RouteSource<'_>> = routes.iter().collect();
     ordered.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let ta = a.route.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.route.metadata.creation_timestamp.as_ref().map(|t| t.0);
         ta.cmp(&tb)
-            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+            .then_with(|| object_ref(&a.route.metadata).cmp(&object_ref(&b.route.metadata)))
+            .then_with(|| a.kind.cmp(&b.kind))
     });
 
     let mut attached = AttachedRoutes::default();
     let mut status = BTreeMap::new();
-    for route in ordered {
+    for source in ordered {
+        let (kind, route) = (source.kind, source.route.as_ref());
         let id = object_ref(&route.metadata);
         let generation = route.metadata.generation;
-        let translated = translate(route, &id.namespace, backends);
+        let translated = match &source.invalid {
+            Some(message) => Err(message.clone()),
+            None => translate(route, kind, &id.namespace, backends),
+        };
         let mut parents_status = Vec::new();
         for p in route.spec.parent_refs.iter().flatten() {
             let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = p.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" {
+            let parent_kind = p.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || parent_kind != "Gateway" {
                 continue;
             }
             let parent = ParentRef {
@@ -90,7 +104,7 @@ pub(crate) fn compile_routes(
                 .as_ref()
                 .map_err(|message| (reasons::UNSUPPORTED_VALUE, message.clone()))
                 .and_then(|t| {
-                    attach(route, &id.namespace, &parent, gw, namespaces).map(|p| (p, t))
+                    attach(route, kind, &id.namespace, &parent, gw, namespaces).map(|p| (p, t))
                 });
             let conditions = match outcome {
                 Err((reason, message)) => vec![
@@ -99,9 +113,10 @@ pub(crate) fn compile_routes(
                 ],
                 Ok((parents, t)) => {
                     let entry = attached.0.entry(gw_id.clone()).or_default();
-                    match entry.0.iter_mut().find(|r| r.id == id) {
+                    match entry.0.iter_mut().find(|r| r.id == id && r.kind == kind) {
                         Some(existing) => existing.parents.extend(parents),
                         None => entry.0.push(HttpRoute {
+                            kind,
                             id: id.clone(),
                             parents,
                             rules: t.rules.clone(),
@@ -129,7 +144,7 @@ pub(crate) fn compile_routes(
         }
         if !parents_status.is_empty() {
             status.insert(
-                id,
+                (kind, id),
                 RouteStatus {
                     parents: parents_status,
                 },
@@ -171,6 +186,7 @@ fn resolved_condition(t: Option<&Translated>, generation: Option<i64>) -> Condit
 /// Attaches the route to the listeners of `gw` that its parentRef selects, or says why not.
 fn attach(
     route: &HTTPRoute,
+    kind: RouteKind,
     route_ns: &str,
     parent: &ParentRef,
     gw: &mut GatewayState,
@@ -189,6 +205,7 @@ fn attach(
     let gw_ns = gw.id.namespace.clone();
     let mut selected = 0;
     let mut allowed = 0;
+    let mut clash = None;
     let mut out = Vec::new();
     for l in gw.listeners.iter_mut() {
         if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
@@ -197,12 +214,31 @@ fn attach(
             continue;
         }
         selected += 1;
-        if !l.usable() || !l.allows_kind(KIND) || !l.allows_namespace(&gw_ns, route_ns, namespaces)
+        if !l.usable()
+            || !l.allows_kind(kind.as_str())
+            || !l.allows_namespace(&gw_ns, route_ns, namespaces)
         {
             continue;
         }
         allowed += 1;
         if let Some(hostnames) = hostname::intersect(l.hostname.as_deref(), &route_hosts) {
+            // An HTTPRoute and a GRPCRoute may not share a host on one listener: the older
+            // one (attached first) keeps it.
+            if let Some((other_kind, other)) = l
+                .kinds_by_host
+                .iter()
+                .find(|(k, _, h)| *k != kind && hostname::overlap(h, &hostnames))
+                .map(|(k, id, _)| (*k, id.clone()))
+            {
+                clash.get_or_insert(format!(
+                    "its hostnames on listener {:?} overlap those of the older {} {other}",
+                    l.name,
+                    other_kind.as_str()
+                ));
+                continue;
+            }
+            l.kinds_by_host
+                .push((kind, object_ref(&route.metadata), hostnames.clone()));
             l.attached_routes += 1;
             out.push(RouteParent {
                 listener: l.name.clone(),
@@ -222,8 +258,14 @@ fn attach(
         )),
         (_, 0, _) => Err((
             reasons::NOT_ALLOWED_BY_LISTENERS,
-            format!("{target} does not allow HTTPRoutes from namespace {route_ns}"),
+            format!(
+                "{target} does not allow {}s from namespace {route_ns}",
+                kind.as_str()
+            ),
         )),
+        (_, _, true) if clash.is_some() => {
+            Err((reasons::HOSTNAME_CONFLICT, clash.unwrap_or_default()))
+        }
         (_, _, true) => Err((
             reasons::NO_MATCHING_LISTENER_HOSTNAME,
             format!("none of the route's hostnames intersect the hostnames of {target}"),
@@ -234,7 +276,12 @@ fn attach(
 
 /// Validates and translates every rule. An error is the message of `Accepted=False
 /// UnsupportedValue`: the whole route is rejected and serves nothing.
-fn translate(route: &HTTPRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Translated, String> {
+fn translate(
+    route: &HTTPRoute,
+    kind: RouteKind,
+    ns: &str,
+    index: &BackendIndex<'_>,
+) -> Result<Translated, String> {
     let mut out = Translated {
         rules: Vec::new(),
         backends: Vec::new(),
@@ -291,8 +338,12 @@ fn translate(route: &HTTPRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Tr
                 namespace: r.namespace.as_deref(),
                 port: r.port,
             };
-            let target = match index.resolve(KIND, ns, &spec) {
-                Ok(backend) => {
+            let target = match index.resolve(kind.as_str(), ns, &spec) {
+                Ok(mut backend) => {
+                    // gRPC is HTTP/2 end to end, whatever the Service port declares.
+                    if kind == RouteKind::Grpc {
+                        backend.protocol = AppProtocol::H2c;
+                    }
                     let id = backend.id.clone();
                     out.backends.push(backend);
                     BackendTarget::Service(id)

@@ -32,6 +32,7 @@ pub mod reasons {
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     // Route.
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
@@ -138,6 +139,8 @@ pub struct StatusReport {
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(serialize_with = "by_display_key")]
+    pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
 }
 
 /// Writes `namespace/name` keys, which YAML and JSON can show as plain strings.
@@ -190,15 +193,20 @@ impl StatusReport {
                 push(format!("Gateway {id} listener {}", l.name), &l.conditions);
             }
         }
-        for (id, s) in &self.http_routes {
-            for p in &s.parents {
-                push(
-                    format!(
-                        "HTTPRoute {id} parent {}/{}",
-                        p.parent_ref.namespace, p.parent_ref.name
-                    ),
-                    &p.conditions,
-                );
+        for (kind, routes) in [
+            ("HTTPRoute", &self.http_routes),
+            ("GRPCRoute", &self.grpc_routes),
+        ] {
+            for (id, s) in routes {
+                for p in &s.parents {
+                    push(
+                        format!(
+                            "{kind} {id} parent {}/{}",
+                            p.parent_ref.namespace, p.parent_ref.name
+                        ),
+                        &p.conditions,
+                    );
+                }
             }
         }
         out

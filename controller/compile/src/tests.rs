@@ -64,6 +64,14 @@ endpoints:
   conditions: {ready: false, serving: true, terminating: true}
 "#;
 
+fn inputs(extra: &str) -> crate::Inputs {
+    let mut set = ManifestSet::default();
+    set.add_file("base.yaml", BASE);
+    set.add_file("extra.yaml", extra);
+    assert!(set.errors.is_empty(), "manifest errors: {:?}", set.errors);
+    set.inputs
+}
+
 fn run(extra: &str) -> Output {
     let mut set = ManifestSet::default();
     set.add_file("base.yaml", BASE);
@@ -646,3 +654,4 @@ fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
         "{files:?}"
     );
 }
+mod https_grpc;

@@ -62,6 +62,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
                 });
             }
             HttpRoute {
+                kind: Default::default(),
                 id: ObjectRef::new("bench", format!("route-{i:05}")),
                 parents: vec![RouteParent {
                     listener: "http".into(),

@@ -124,15 +124,53 @@ impl fmt::Debug for Certificate {
     }
 }
 
-/// An HTTPRoute as attached to this Gateway.
+/// An HTTPRoute, or a GRPCRoute translated into HTTP terms (a gRPC method is a POST to
+/// `/service/method`), as attached to this Gateway.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
+    #[serde(default, skip_serializing_if = "RouteKind::is_http")]
+    pub kind: RouteKind,
     pub id: ObjectRef,
     /// The listeners this route attached to, each with the hostnames that remain after
     /// intersecting the route's and the listener's hostnames.
     pub parents: Vec<RouteParent>,
     pub rules: Vec<RouteRule>,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum RouteKind {
+    #[default]
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn is_http(&self) -> bool {
+        *self == RouteKind::Http
+    }
+
+    /// The Kubernetes kind.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+impl HttpRoute {
+    /// How logs and metrics name the route: `namespace/name`, with `grpc:` before a GRPCRoute.
+    pub fn label(&self) -> String {
+        match self.kind {
+            RouteKind::Http => self.id.to_string(),
+            RouteKind::Grpc => format!("grpc:{}", self.id),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

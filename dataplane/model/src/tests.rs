@@ -13,6 +13,7 @@ fn sample() -> Snapshot {
             tls: None,
         }],
         routes: vec![HttpRoute {
+            kind: Default::default(),
             id: ObjectRef::new("default", "r"),
             parents: vec![RouteParent {
                 listener: "http".into(),

@@ -28,6 +28,7 @@ fn rule(matches: Vec<RouteMatch>) -> RouteRule {
 
 fn route(name: &str, listener: &str, hostnames: &[&str], rules: Vec<RouteRule>) -> HttpRoute {
     HttpRoute {
+        kind: Default::default(),
         id: ObjectRef::new("ns", name),
         parents: vec![RouteParent {
             listener: listener.into(),

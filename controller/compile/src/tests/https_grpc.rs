@@ -1,0 +1,318 @@
+//! HTTPS listeners with their certificates, and GRPCRoutes.
+
+use super::{gw, run};
+use crate::status::{Condition, find, reasons, types};
+use crate::{CONTROLLER_NAME, Output, referenced_secrets};
+use portico_model::{AppProtocol, ObjectRef, PathMatch, Protocol, RouteKind};
+
+/// A self-signed certificate and its key for `host`, as PEM.
+fn cert(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn indent(pem: &str) -> String {
+    pem.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tls_secret(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+        indent(cert_pem),
+        indent(key_pem)
+    )
+}
+
+/// A Gateway `tls` in default with one HTTPS listener per (name, hostname, certificateRef).
+fn https_gateway(listeners: &[(&str, &str, &str)]) -> String {
+    let mut out = String::from(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls, namespace: default}\nspec:\n  gatewayClassName: portico\n  listeners:\n",
+    );
+    for (name, host, secret) in listeners {
+        let (ns, secret) = secret.split_once('/').unwrap_or(("", secret));
+        let ns = if ns.is_empty() {
+            String::new()
+        } else {
+            format!(", namespace: {ns}")
+        };
+        out.push_str(&format!(
+            "  - name: {name}\n    port: 443\n    protocol: HTTPS\n    hostname: {host}\n    tls: {{certificateRefs: [{{name: {secret}{ns}}}]}}\n"
+        ));
+    }
+    out
+}
+
+fn listener_condition(out: &Output, listener: &str, type_: &str) -> Condition {
+    let g = &out.status.gateways[&ObjectRef::new("default", "tls")];
+    let l = g
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .expect("listener");
+    find(&l.conditions, type_).expect("condition").clone()
+}
+
+#[test]
+fn https_listeners_carry_their_certificates() {
+    let (a_cert, a_key) = cert("a.example.com");
+    let (b_cert, b_key) = cert("b.example.com");
+    let extra = https_gateway(&[
+        ("a", "a.example.com", "a-cert"),
+        ("b", "b.example.com", "b-cert"),
+    ]) + &tls_secret("a-cert", "default", &a_cert, &a_key)
+        + &tls_secret("b-cert", "default", &b_cert, &b_key);
+    let out = run(&extra);
+    for l in ["a", "b"] {
+        let c = listener_condition(&out, l, types::RESOLVED_REFS);
+        assert!(c.is_true(), "{l}: {c:?}");
+        assert_eq!(
+            listener_condition(&out, l, types::PROGRAMMED).reason,
+            reasons::PENDING
+        );
+    }
+    let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
+    assert_eq!(snap.listeners.len(), 2);
+    let a = &snap.listeners[0];
+    assert_eq!(a.protocol, Protocol::Https);
+    let certs = &a.tls.as_ref().expect("tls").certificates;
+    assert_eq!(certs.len(), 1);
+    assert_eq!(certs[0].secret, ObjectRef::new("default", "a-cert"));
+    assert_eq!(certs[0].cert_pem.trim(), a_cert.trim());
+    // Key material never shows in debug output.
+    assert!(!format!("{snap:?}").contains("PRIVATE KEY"));
+    assert_eq!(
+        referenced_secrets(&super::inputs(&extra), CONTROLLER_NAME),
+        [
+            ObjectRef::new("default", "a-cert"),
+            ObjectRef::new("default", "b-cert")
+        ]
+        .into()
+    );
+}
+
+#[test]
+fn every_invalid_certificate_reference_reason() {
+    let (a_cert, a_key) = cert("a.example.com");
+    let (_, other_key) = cert("a.example.com");
+    let extra = https_gateway(&[
+        ("missing", "m.example.com", "nope"),
+        ("mismatch", "x.example.com", "mismatched"),
+        ("garbage", "g.example.com", "garbage"),
+        ("foreign", "f.example.com", "certs/shared"),
+        ("granted", "h.example.com", "granted/shared"),
+    ]) + &tls_secret("mismatched", "default", &a_cert, &other_key)
+        + &tls_secret("garbage", "default", "not a certificate", &a_key)
+        + &tls_secret("shared", "certs", &a_cert, &a_key)
+        + &tls_secret("shared", "granted", &a_cert, &a_key)
+        + r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: gateways, namespace: granted}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: default}]
+  to: [{group: "", kind: Secret}]
+"#;
+    let out = run(&extra);
+    for (listener, reason) in [
+        ("missing", reasons::INVALID_CERTIFICATE_REF),
+        ("mismatch", reasons::INVALID_CERTIFICATE_REF),
+        ("garbage", reasons::INVALID_CERTIFICATE_REF),
+        ("foreign", reasons::REF_NOT_PERMITTED),
+    ] {
+        let c = listener_condition(&out, listener, types::RESOLVED_REFS);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", reason));
+        // Accepted, but not served without a certificate.
+        assert!(listener_condition(&out, listener, types::ACCEPTED).is_true());
+        assert_eq!(
+            listener_condition(&out, listener, types::PROGRAMMED).reason,
+            reasons::INVALID
+        );
+        // The message says what is wrong without quoting key material.
+        assert!(!c.message.contains("PRIVATE"), "{}", c.message);
+    }
+    assert!(
+        listener_condition(&out, "mismatch", types::RESOLVED_REFS)
+            .message
+            .contains("does not belong")
+    );
+    assert!(listener_condition(&out, "granted", types::RESOLVED_REFS).is_true());
+    let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
+    let served: Vec<&str> = snap.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(served, ["granted"]);
+    // Only Secrets the Gateway may use are watched: not certs/shared.
+    let watched = referenced_secrets(&super::inputs(&extra), CONTROLLER_NAME);
+    assert!(watched.contains(&ObjectRef::new("granted", "shared")));
+    assert!(watched.contains(&ObjectRef::new("default", "nope")));
+    assert!(!watched.contains(&ObjectRef::new("certs", "shared")));
+}
+
+#[test]
+fn https_listener_needs_terminate_and_certificates() {
+    let extra = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: bare, port: 443, protocol: HTTPS, hostname: a.example.com}
+  - name: passthrough
+    port: 443
+    protocol: HTTPS
+    hostname: b.example.com
+    tls: {mode: Passthrough}
+  - name: plain
+    port: 80
+    protocol: HTTP
+    tls: {certificateRefs: [{name: x}]}
+"#;
+    let out = run(extra);
+    for (l, reason) in [
+        ("bare", reasons::INVALID),
+        ("passthrough", reasons::UNSUPPORTED_PROTOCOL),
+        ("plain", reasons::INVALID),
+    ] {
+        let c = listener_condition(&out, l, types::ACCEPTED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason),
+            "{l}"
+        );
+    }
+}
+
+fn grpc_route(name: &str, created: &str, hostnames: &str, rules: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: {name}, namespace: default, creationTimestamp: "{created}"}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: {hostnames}
+  rules:
+{rules}
+"#
+    )
+}
+
+fn http_route(name: &str, hostname: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default, creationTimestamp: "2026-02-01T00:00:00Z"}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: [{hostname}]
+"#
+    )
+}
+
+fn grpc_condition(out: &Output, name: &str, type_: &str) -> Condition {
+    let s = &out.status.grpc_routes[&ObjectRef::new("default", name)];
+    find(&s.parents[0].conditions, type_)
+        .expect("condition")
+        .clone()
+}
+
+#[test]
+fn grpc_routes_attach_as_http_routes_with_h2c_backends() {
+    let extra = grpc_route(
+        "echo",
+        "2026-01-01T00:00:00Z",
+        "[grpc.example.com]",
+        r#"  - matches:
+    - method: {service: pkg.Echo, method: Say}
+      headers: [{name: x-tenant, value: blue}]
+    backendRefs: [{name: svc, port: 80}]
+  - matches: [{method: {service: pkg.Other}}]
+    backendRefs: [{name: missing, port: 80}]"#,
+    );
+    let out = run(&extra);
+    assert!(grpc_condition(&out, "echo", types::ACCEPTED).is_true());
+    let resolved = grpc_condition(&out, "echo", types::RESOLVED_REFS);
+    assert_eq!(resolved.reason, reasons::BACKEND_NOT_FOUND);
+    let snap = &out.snapshots[&gw()];
+    let r = snap
+        .routes
+        .iter()
+        .find(|r| r.kind == RouteKind::Grpc)
+        .expect("grpc route in the snapshot");
+    assert_eq!(r.label(), "grpc:default/echo");
+    assert_eq!(r.parents[0].hostnames, ["grpc.example.com"]);
+    assert_eq!(
+        r.rules[0].matches[0].path,
+        PathMatch::Exact("/pkg.Echo/Say".into())
+    );
+    assert_eq!(r.rules[0].matches[0].headers[0].name, "x-tenant");
+    assert_eq!(
+        r.rules[1].matches[0].path,
+        PathMatch::PathPrefix("/pkg.Other".into())
+    );
+    // The Service port says nothing about h2c; a GRPCRoute backend speaks HTTP/2 anyway.
+    assert!(snap.backends.iter().all(|b| b.protocol == AppProtocol::H2c));
+    let l = &out.status.gateways[&gw()].listeners[0];
+    assert_eq!(l.supported_kinds, ["GRPCRoute", "HTTPRoute"]);
+}
+
+#[test]
+fn invalid_grpc_route_is_rejected_alone() {
+    let extra = grpc_route(
+        "bad",
+        "2026-01-01T00:00:00Z",
+        "[]",
+        "  - matches: [{method: {service: \"pkg/Echo\"}}]",
+    ) + &grpc_route(
+        "mirror",
+        "2026-01-01T00:00:00Z",
+        "[]",
+        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}}}]",
+    );
+    let out = run(&extra);
+    for name in ["bad", "mirror"] {
+        let c = grpc_condition(&out, name, types::ACCEPTED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::UNSUPPORTED_VALUE),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn http_and_grpc_routes_sharing_a_host_the_oldest_wins() {
+    let extra = grpc_route(
+        "old-grpc",
+        "2026-01-01T00:00:00Z",
+        "[shared.example.com]",
+        "  - backendRefs: [{name: svc, port: 80}]",
+    ) + &http_route("new-http", "\"*.example.com\"")
+        + &http_route("other-host", "other.test");
+    let out = run(&extra);
+    assert!(grpc_condition(&out, "old-grpc", types::ACCEPTED).is_true());
+    let status = &out.status.http_routes[&ObjectRef::new("default", "new-http")];
+    let c = find(&status.parents[0].conditions, types::ACCEPTED).expect("accepted");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::HOSTNAME_CONFLICT)
+    );
+    assert!(
+        c.message.contains("GRPCRoute default/old-grpc"),
+        "{}",
+        c.message
+    );
+    let status = &out.status.http_routes[&ObjectRef::new("default", "other-host")];
+    assert!(find(&status.parents[0].conditions, types::ACCEPTED).is_some_and(Condition::is_true));
+}

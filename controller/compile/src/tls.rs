@@ -1,0 +1,147 @@
+//! Listener certificates: `kubernetes.io/tls` Secrets read into PEM pairs, checked the way the
+//! dataplane will load them, so a bad certificate is reported in the listener's status instead
+//! of failing at the proxy.
+
+use crate::grants::{GroupKind, ReferenceGrants};
+use crate::namespace_of;
+use crate::status::reasons;
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs;
+use portico_crds::k8s_openapi::api::core::v1::Secret;
+use portico_model::{Certificate, ObjectRef};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use std::collections::BTreeMap;
+
+/// The Secret keys of a `kubernetes.io/tls` Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_PRIVATE_KEY_KEY: &str = "tls.key";
+
+/// Parses a PEM certificate chain and private key into what rustls serves, checking that the
+/// key belongs to the first certificate. The error says what is wrong, never what the key is.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{TLS_CERT_KEY} is not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("{TLS_CERT_KEY} holds no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("{TLS_PRIVATE_KEY_KEY} is not a PEM private key: {e}"))?;
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    // from_der parses the leaf and compares its public key with the private key's.
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("{TLS_PRIVATE_KEY_KEY} does not belong to the certificate in {TLS_CERT_KEY}")
+        }
+        other => format!("the certificate or key cannot be used: {other}"),
+    })
+}
+
+/// Secrets by namespace/name, for listeners' `certificateRefs`.
+pub(crate) struct SecretIndex<'a> {
+    secrets: BTreeMap<(String, String), &'a Secret>,
+    grants: &'a ReferenceGrants<'a>,
+}
+
+/// Why a certificateRef could not be used: a ResolvedRefs reason and a message.
+pub(crate) type RefProblem = (&'static str, String);
+
+impl<'a> SecretIndex<'a> {
+    pub(crate) fn new(secrets: &'a [Secret], grants: &'a ReferenceGrants<'a>) -> Self {
+        let secrets = secrets
+            .iter()
+            .map(|s| {
+                (
+                    (
+                        namespace_of(&s.metadata),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    s,
+                )
+            })
+            .collect();
+        Self { secrets, grants }
+    }
+
+    /// The Secret a Gateway in `gw_ns` may use through this reference, or why it may not. A
+    /// reference to a Secret that merely does not exist is still `Ok` here: its name is what
+    /// the controller must watch.
+    pub(crate) fn permitted(
+        &self,
+        gw_ns: &str,
+        r: &GatewayListenersTlsCertificateRefs,
+    ) -> Result<ObjectRef, RefProblem> {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        if !(group.is_empty() || group == "core") || kind != "Secret" {
+            return Err((
+                reasons::INVALID_CERTIFICATE_REF,
+                format!(
+                    "certificateRef {}: kind {kind:?} in group {group:?} is not supported; use a core Secret",
+                    r.name
+                ),
+            ));
+        }
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let from = GroupKind {
+            group: GATEWAY_GROUP,
+            kind: "Gateway",
+        };
+        let to = GroupKind {
+            group: "",
+            kind: "Secret",
+        };
+        if !self.grants.allows(from, gw_ns, to, ns, &r.name) {
+            return Err((
+                reasons::REF_NOT_PERMITTED,
+                format!(
+                    "certificateRef to Secret {ns}/{} is not permitted: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns}",
+                    r.name
+                ),
+            ));
+        }
+        Ok(ObjectRef::new(ns, r.name.clone()))
+    }
+
+    /// Resolves and checks one certificateRef of a Gateway in `gw_ns`.
+    pub(crate) fn resolve(
+        &self,
+        gw_ns: &str,
+        r: &GatewayListenersTlsCertificateRefs,
+    ) -> Result<Certificate, RefProblem> {
+        let id = self.permitted(gw_ns, r)?;
+        let invalid = |m: String| (reasons::INVALID_CERTIFICATE_REF, m);
+        let Some(secret) = self.secrets.get(&(id.namespace.clone(), id.name.clone())) else {
+            return Err(invalid(format!("Secret {id} not found")));
+        };
+        let field = |key: &str| -> Result<String, RefProblem> {
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|s| s.clone().into_bytes())
+                })
+                .ok_or_else(|| invalid(format!("Secret {id} has no {key}")))?;
+            String::from_utf8(bytes).map_err(|_| invalid(format!("Secret {id}: {key} is not PEM")))
+        };
+        let cert_pem = field(TLS_CERT_KEY)?;
+        let key_pem = field(TLS_PRIVATE_KEY_KEY)?;
+        certified_key(&cert_pem, &key_pem).map_err(|e| invalid(format!("Secret {id}: {e}")))?;
+        Ok(Certificate {
+            secret: id,
+            cert_pem,
+            key_pem,
+        })
+    }
+}
