@@ -3,16 +3,20 @@
 //! ```text
 //!  GatewayClass ─┐
 //!  Gateway ──────┤
-//!  HTTPRoute ────┤ watch → reflector store ─┐
+//!  HTTPRoute ────┤
+//!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
-//!  Service ──────┤                          │
-//!  Namespace ────┘                          ┘
+//!  Service ──────┤                          │                │
+//!  Namespace ────┘                          │                │ referenced Secrets
+//!  Secret (one watch per referenced name) ──┘ ◀──────────────┘
 //! ```
 //!
+//! Secrets are watched one by one, only those our listeners may use ([`crate::secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (a CRD that is not installed, RBAC)
 //! backs off and is reported; it never ends the process.
 
+use crate::secrets::SecretWatches;
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,6 +24,7 @@ use kube::{Api, Client, Resource};
 use portico_compile::Inputs;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
@@ -36,9 +41,11 @@ pub struct Index {
     pub classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
     pub routes: Store<HttpRoute>,
+    pub grpc_routes: Store<GrpcRoute>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
+    pub secrets: SecretWatches,
 }
 
 fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
@@ -69,9 +76,11 @@ impl Index {
             classes: watch(Api::all(client.clone()), changed.clone()),
             gateways: watch(Api::all(client.clone()), changed.clone()),
             routes: watch(Api::all(client.clone()), changed.clone()),
+            grpc_routes: watch(Api::all(client.clone()), changed.clone()),
             grants: watch(Api::all(client.clone()), changed.clone()),
             services: watch(Api::all(client.clone()), changed.clone()),
             namespaces: watch(Api::all(client.clone()), changed.clone()),
+            secrets: SecretWatches::new(client.clone(), changed.clone()),
         }
     }
 
@@ -82,6 +91,7 @@ impl Index {
             let _ = self.classes.wait_until_ready().await;
             let _ = self.gateways.wait_until_ready().await;
             let _ = self.routes.wait_until_ready().await;
+            let _ = self.grpc_routes.wait_until_ready().await;
             let _ = self.grants.wait_until_ready().await;
             let _ = self.services.wait_until_ready().await;
             let _ = self.namespaces.wait_until_ready().await;
@@ -97,7 +107,8 @@ impl Index {
         }
     }
 
-    /// A consistent-enough copy of everything compile reads.
+    /// A consistent-enough copy of everything compile reads. The Secrets are those watched
+    /// now; the caller syncs the watches with what these inputs reference first.
     pub fn inputs(&self) -> Inputs {
         fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
         where
@@ -109,8 +120,10 @@ impl Index {
             gateway_classes: all(&self.classes),
             gateways: all(&self.gateways),
             http_routes: all(&self.routes),
+            grpc_routes: all(&self.grpc_routes),
             reference_grants: all(&self.grants),
             services: all(&self.services),
+            secrets: self.secrets.secrets(),
             endpoint_slices: Vec::new(),
             namespaces: all(&self.namespaces),
         }

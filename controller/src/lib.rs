@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod index;
 pub mod leader;
+pub mod secrets;
 pub mod status;
 
 use index::Index;
@@ -175,7 +176,17 @@ pub async fn run(
     let mut last_compile;
     loop {
         last_compile = std::time::Instant::now();
-        let mut output = portico_compile::compile(&index.inputs(), &settings.controller_name);
+        let mut inputs = index.inputs();
+        let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
+        index.secrets.sync(&secrets);
+        // A newly referenced Secret is read before it is compiled, so a listener never reports
+        // it missing just because its watch had not answered yet.
+        index
+            .secrets
+            .wait_synced(&secrets, Duration::from_secs(5))
+            .await;
+        inputs.secrets = index.secrets.secrets();
+        let mut output = portico_compile::compile(&inputs, &settings.controller_name);
         version += 1;
         tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
         hub.publish(&output.snapshots);

@@ -1,8 +1,8 @@
 //! Turns compile's status report into Gateway API status and writes it, only where it changed.
 //!
 //! GatewayClass and Gateway status belong to us alone and are written by server-side apply
-//! with our field manager. An HTTPRoute's `status.parents` is an atomic list shared with other
-//! controllers, so it is written with a merge patch that keeps their entries, guarded by the
+//! with our field manager. A route's (HTTPRoute, GRPCRoute) `status.parents` is an atomic
+//! list shared with other controllers, so it is written with a merge patch that keeps their entries, guarded by the
 //! object's `resourceVersion` (a conflict just waits for the next round).
 //!
 //! `lastTransitionTime` is kept from the current condition while its status stays the same, so
@@ -12,7 +12,7 @@ use crate::index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
@@ -24,16 +24,20 @@ use portico_crds::gateway_api::gateways::{
     GatewayStatusListenersSupportedKinds,
 };
 use portico_crds::gateway_api::httproutes::{
-    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use portico_model::ObjectRef;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// The Gateway API features Portico implements, as GatewayClass `status.supportedFeatures`
 /// reports them (names from the conformance suite's feature list).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayPort8080",
+    "GRPCRoute",
     "HTTPRoute",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
@@ -163,18 +167,15 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
     }
 }
 
-/// Our parent entries (from compile) plus every other controller's, in a stable order.
+/// Our parent entries (from compile) plus every other controller's, in a stable order. Route
+/// kinds share the status schema, so GRPCRoutes go through the HTTPRoute type.
 pub fn route_status(
-    route: &HttpRoute,
+    current: &HttpRouteStatus,
     ours: &[compiled::RouteParentStatus],
     controller: &str,
     now: &Time,
 ) -> HttpRouteStatus {
-    let current: &[HttpRouteStatusParents] = route
-        .status
-        .as_ref()
-        .map(|s| s.parents.as_slice())
-        .unwrap_or_default();
+    let current: &[HttpRouteStatusParents] = &current.parents;
     let mut parents: Vec<HttpRouteStatusParents> = current
         .iter()
         .filter(|p| p.controller_name != controller)
@@ -268,45 +269,73 @@ impl StatusWriter {
             }
         }
         for route in index.routes.state() {
-            let id = ObjectRef::new(route.namespace().unwrap_or_default(), route.name_any());
-            let ours = report
-                .http_routes
-                .get(&id)
-                .map(|s| s.parents.as_slice())
-                .unwrap_or_default();
-            let had_ours = route.status.as_ref().is_some_and(|s| {
-                s.parents
-                    .iter()
-                    .any(|p| p.controller_name == self.controller)
-            });
-            if ours.is_empty() && !had_ours {
-                continue;
-            }
-            let desired = route_status(&route, ours, &self.controller, &now);
-            let current = route.status.clone().unwrap_or_default();
-            if current != desired {
-                let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &id.namespace);
-                let patch = json!({
-                    "metadata": {"resourceVersion": route.resource_version()},
-                    "status": desired,
-                });
-                match api
-                    .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => written += 1,
-                    // Someone else wrote first; the watch brings their version and we retry.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(source) => {
-                        return Err(Error::Write {
-                            kind: "HTTPRoute",
-                            name: id.to_string(),
-                            source,
-                        });
-                    }
-                }
-            }
+            written += self
+                .write_route("HTTPRoute", &*route, &report.http_routes, &now)
+                .await?;
+        }
+        for route in index.grpc_routes.state() {
+            written += self
+                .write_route("GRPCRoute", &*route, &report.grpc_routes, &now)
+                .await?;
         }
         Ok(written)
+    }
+
+    /// Writes one route's parent statuses if they changed; returns how many objects it wrote.
+    async fn write_route<K>(
+        &self,
+        kind: &'static str,
+        route: &K,
+        report: &BTreeMap<ObjectRef, compiled::RouteStatus>,
+        now: &Time,
+    ) -> Result<usize>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let id = ObjectRef::new(route.namespace().unwrap_or_default(), route.name_any());
+        let ours = report
+            .get(&id)
+            .map(|s| s.parents.as_slice())
+            .unwrap_or_default();
+        // Both route kinds have the same status schema; read it through the HTTPRoute type.
+        let current: HttpRouteStatus = serde_json::to_value(route)
+            .ok()
+            .and_then(|v| v.get("status").cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let had_ours = current
+            .parents
+            .iter()
+            .any(|p| p.controller_name == self.controller);
+        if ours.is_empty() && !had_ours {
+            return Ok(0);
+        }
+        let desired = route_status(&current, ours, &self.controller, now);
+        if current == desired {
+            return Ok(0);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &id.namespace);
+        let patch = json!({
+            "metadata": {"resourceVersion": route.resource_version()},
+            "status": desired,
+        });
+        match api
+            .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(1),
+            // Someone else wrote first; the watch brings their version and we retry.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(0),
+            Err(source) => Err(Error::Write {
+                kind,
+                name: id.to_string(),
+                source,
+            }),
+        }
     }
 }

@@ -23,6 +23,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no route matches the request")]
     NoRoute,
+    /// The Host belongs to another listener than the TLS server name chose (RFC 9110 §15.5.20).
+    #[error("the request's host is served by another listener than the TLS server name")]
+    Misdirected,
     /// The rule has no backend with weight, or the chosen backendRef is unresolved.
     #[error("the route has no usable backend")]
     NoBackend,
@@ -49,7 +52,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::Misdirected => ErrorSource::Downstream,
             ProxyError::NoRoute | ProxyError::NoBackend => ErrorSource::Config,
             ProxyError::NoEndpoints(_)
             | ProxyError::Connect { .. }
@@ -72,6 +75,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             // The Gateway API: traffic for an invalid or missing backendRef gets 500.
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             // ...and a Service without endpoints 503, as does a backend we cannot reach.
@@ -91,6 +95,9 @@ impl ProxyError {
         let text = match self {
             ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
             ProxyError::NoRoute => "no route matches this request\n".into(),
+            ProxyError::Misdirected => {
+                "this connection's TLS server name does not cover the requested host\n".into()
+            }
             ProxyError::NoBackend => "this route has no usable backend\n".into(),
             ProxyError::NoEndpoints(_) => "no healthy upstream\n".into(),
             ProxyError::Connect { .. } => "upstream connect error\n".into(),
@@ -120,6 +127,7 @@ mod tests {
     #[test]
     fn status_codes_follow_the_gateway_api() {
         assert_eq!(ProxyError::NoRoute.status(), 404);
+        assert_eq!(ProxyError::Misdirected.status(), 421);
         assert_eq!(ProxyError::NoBackend.status(), 500);
         assert_eq!(ProxyError::NoEndpoints("b".into()).status(), 503);
         assert_eq!(ProxyError::RequestTimeout.status(), 504);

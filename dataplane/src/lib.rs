@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  snapshots ──▶ table::build ──▶ SocketRouter per socket (ArcSwap) ◀── server (accept, hyper)
+//!                    ├──▶ tls: rustls config per HTTPS socket (ArcSwap) ◀──┤ (handshake)
 //!                    │                                                   │
 //!                    └──▶ balancer::Pools (shared, endpoints in place)   ▼
 //!                                                                proxy::serve ─▶ upstream
@@ -9,7 +10,7 @@
 //!
 //! Module per stage: [`router`] matching, [`rule`] compiled rules, [`filters`] redirect and
 //! rewrite, [`balancer`] endpoint pools, [`proxy`] the request path, [`errors`] failure →
-//! response, [`server`] sockets and connections, [`metrics`] and [`admin`] telemetry,
+//! response, [`server`] sockets and connections, [`tls`] certificates by SNI, [`metrics`] and [`admin`] telemetry,
 //! [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod rule;
 pub mod server;
 pub mod standalone;
 pub mod table;
+pub mod tls;
 pub mod util;
 
 pub use dataplane::{Dataplane, DataplaneSettings};

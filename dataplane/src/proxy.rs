@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// What the proxy knows about the downstream connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Downstream {
     pub client: SocketAddr,
     pub local_port: u16,
     pub scheme: &'static str,
+    /// The TLS server name the client asked for, if it did: a request for a host that another
+    /// listener (another certificate) serves gets 421.
+    pub sni: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +101,7 @@ impl Proxy {
         let start = Instant::now();
         let id = util::request_id(req.headers());
         let log = self.access_log.then(|| AccessLog::new(&req, down.client));
-        let (result, rule, upstream) = match route(router, &req) {
+        let (result, rule, upstream) = match route(router, &req, down.sni.as_deref()) {
             Err(e) => (Err(e), None, None),
             Ok((rule, prefix)) => {
                 let request_timeout = rule.request_timeout;
@@ -265,9 +268,15 @@ impl Proxy {
 fn route(
     router: &SocketRouter,
     req: &Request<Incoming>,
+    sni: Option<&str>,
 ) -> Result<(Arc<CompiledRule>, Option<Arc<str>>), ProxyError> {
     let host = util::request_host(req.uri(), req.headers())
         .ok_or(ProxyError::BadRequest("missing Host"))?;
+    if let Some(sni) = sni
+        && !router.same_listener(sni, &host)
+    {
+        return Err(ProxyError::Misdirected);
+    }
     let path = req.uri().path();
     if !path.starts_with('/') {
         return Err(ProxyError::BadRequest(

@@ -248,6 +248,22 @@ impl SocketRouter {
         }
     }
 
+    /// Whether two hosts (lower-case, without port) select the same listener: a TLS server
+    /// name and the Host of a request on that connection must.
+    pub fn same_listener(&self, a: &str, b: &str) -> bool {
+        if a.eq_ignore_ascii_case(b) {
+            return true;
+        }
+        match (
+            self.listeners.lookup(a).next(),
+            self.listeners.lookup(b).next(),
+        ) {
+            (Some(x), Some(y)) => std::ptr::eq(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// `host` must already be lower-case without port.
     pub fn route<'a>(
         &'a self,

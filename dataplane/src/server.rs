@@ -1,8 +1,9 @@
 //! Listening sockets and downstream connections.
 //!
-//! Each socket holds its route table in an `ArcSwap`: a new configuration replaces the table
-//! and every request after that sees it, while requests in flight finish on the table they
-//! started with. Sockets the new configuration no longer has stop accepting and close their
+//! Each socket holds its route table (and, for HTTPS, its TLS settings) in an `ArcSwap`: a new
+//! configuration replaces the table and every request after that sees it, while requests in
+//! flight finish on the table they started with; a new certificate serves the next handshake
+//! while established connections keep theirs. Sockets the new configuration no longer has stop accepting and close their
 //! connections gracefully; new ones are bound. Shutdown does the same for every socket and
 //! waits (up to a deadline) for in-flight requests to finish.
 
@@ -10,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Downstream, Proxy};
 use crate::router::SocketRouter;
 use crate::table::Tables;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,6 +21,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
@@ -48,6 +50,7 @@ impl Default for ServerSettings {
 
 struct Socket {
     router: Arc<ArcSwap<SocketRouter>>,
+    tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
     /// `true` closes the socket: stop accepting, shut connections down gracefully.
     closing: watch::Sender<bool>,
 }
@@ -55,6 +58,8 @@ struct Socket {
 pub struct Server {
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// A TLS client must finish its handshake within this (the header read timeout).
+    handshake_timeout: Duration,
     metrics: Arc<Metrics>,
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
     /// Sockets closed but maybe still draining connections.
@@ -86,6 +91,7 @@ impl Server {
         Self {
             proxy,
             builder: Arc::new(builder),
+            handshake_timeout: settings.header_read_timeout,
             metrics,
             sockets: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
@@ -99,6 +105,7 @@ impl Server {
         self.draining.lock().retain(|s| !s.is_closed());
         let mut sockets = self.sockets.lock();
         let mut wanted = tables.sockets;
+        let mut tls = tables.tls;
         let gone: Vec<SocketAddr> = sockets
             .keys()
             .filter(|a| !wanted.contains_key(a))
@@ -112,24 +119,38 @@ impl Server {
             }
         }
         for (addr, router) in std::mem::take(&mut wanted) {
+            let tls_config = tls.remove(&addr);
             if let Some(s) = sockets.get(&addr) {
                 s.router.store(Arc::new(router));
+                s.tls.store(tls_config);
                 continue;
             }
             match bind(addr) {
                 Ok(listener) => {
                     tracing::info!(%addr, "listening");
                     let router = Arc::new(ArcSwap::from_pointee(router));
+                    let tls = Arc::new(ArcSwapOption::new(tls_config));
                     let (closing, rx) = watch::channel(false);
                     tokio::spawn(accept_loop(
                         listener,
-                        router.clone(),
+                        Served {
+                            router: router.clone(),
+                            tls: tls.clone(),
+                            proxy: self.proxy.clone(),
+                            builder: self.builder.clone(),
+                            metrics: self.metrics.clone(),
+                            handshake_timeout: self.handshake_timeout,
+                        },
                         rx,
-                        self.proxy.clone(),
-                        self.builder.clone(),
-                        self.metrics.clone(),
                     ));
-                    sockets.insert(addr, Socket { router, closing });
+                    sockets.insert(
+                        addr,
+                        Socket {
+                            router,
+                            tls,
+                            closing,
+                        },
+                    );
                 }
                 Err(e) => {
                     failed.insert(addr, e.to_string());
@@ -181,18 +202,23 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the connections of one socket are served with.
+#[derive(Clone)]
+struct Served {
     router: Arc<ArcSwap<SocketRouter>>,
-    mut closing: watch::Receiver<bool>,
+    tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     metrics: Arc<Metrics>,
-) {
+    handshake_timeout: Duration,
+}
+
+async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Receiver<bool>) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let mut closing_rx = closing.clone();
     loop {
         let accepted = tokio::select! {
-            _ = closing.wait_for(|c| *c) => return,
+            _ = closing_rx.wait_for(|c| *c) => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, client) = match accepted {
@@ -205,44 +231,88 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let down = Downstream {
-            client,
-            local_port,
-            scheme: "http",
-        };
-        let router = router.clone();
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let mut closing = closing.clone();
-        let metrics = metrics.clone();
+        let served = served.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
-            metrics.connections.inc();
-            let svc = service_fn(move |req| {
-                let router = router.load_full();
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.serve(&router, req, down).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let closed = async move {
-                // Drop the borrow of the watch value before the connection is awaited again.
-                let _ = closing.wait_for(|c| *c).await.map(drop);
-                closing
-            };
-            tokio::pin!(closed);
-            let (result, closing) = tokio::select! {
-                r = conn.as_mut() => (r, None),
-                closing = &mut closed => {
-                    conn.as_mut().graceful_shutdown();
-                    (conn.await, Some(closing))
+            served.metrics.connections.inc();
+            match served.tls.load_full() {
+                None => {
+                    let down = Downstream {
+                        client,
+                        local_port,
+                        scheme: "http",
+                        sni: None,
+                    };
+                    serve_connection(stream, down, &served, closing).await;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%client, error = %e, "connection ended with an error");
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let handshake =
+                        tokio::time::timeout(served.handshake_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let sni = tls
+                                .get_ref()
+                                .1
+                                .server_name()
+                                .map(|n| Arc::from(n.to_ascii_lowercase()));
+                            let down = Downstream {
+                                client,
+                                local_port,
+                                scheme: "https",
+                                sni,
+                            };
+                            serve_connection(tls, down, &served, closing).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%client, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    }
+                }
             }
-            metrics.connections.dec();
-            // Dropping the receiver (here, or with `closed`) is what shutdown waits for.
-            drop(closing);
+            served.metrics.connections.dec();
         });
     }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it ends, or until the socket closes
+/// (then in-flight requests finish and the connection is closed gracefully).
+async fn serve_connection<I>(
+    io: I,
+    down: Downstream,
+    served: &Served,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = down.client;
+    let router = served.router.clone();
+    let proxy = served.proxy.clone();
+    let svc = service_fn(move |req| {
+        let router = router.load_full();
+        let proxy = proxy.clone();
+        let down = down.clone();
+        async move { Ok::<_, Infallible>(proxy.serve(&router, req, down).await) }
+    });
+    let conn = served.builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let closed = async move {
+        // Drop the borrow of the watch value before the connection is awaited again.
+        let _ = closing.wait_for(|c| *c).await.map(drop);
+        closing
+    };
+    tokio::pin!(closed);
+    let (result, closing) = tokio::select! {
+        r = conn.as_mut() => (r, None),
+        closing = &mut closed => {
+            conn.as_mut().graceful_shutdown();
+            (conn.await, Some(closing))
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+    // Dropping the receiver (here, or with `closed`) is what shutdown waits for.
+    drop(closing);
 }

@@ -5,11 +5,12 @@ use crate::balancer::Pools;
 use crate::metrics::Metrics;
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
 use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
+use crate::tls::SniCertificates;
 use http::{HeaderName, Method};
 use portico_compile::REGEX_SIZE_LIMIT;
 use portico_model::{
-    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, PathMatch, RouteRule, Snapshot,
-    StringMatch,
+    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, PathMatch, Protocol, RouteRule,
+    Snapshot, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct Tables {
     pub sockets: BTreeMap<SocketAddr, SocketRouter>,
+    /// TLS settings of the sockets that serve HTTPS listeners.
+    pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
     /// Every route label in use, for metric clean-up.
     pub routes: BTreeSet<String>,
     pub backends: Vec<(BackendId, AppProtocol)>,
@@ -37,6 +40,9 @@ pub fn build(
     let mut t = Tables::default();
     // Which gateway/listener owns each (socket, listener hostname) slot.
     let mut owners: BTreeMap<(SocketAddr, Option<String>), (String, String)> = BTreeMap::new();
+    // A socket speaks one protocol: the first listener bound to it decides.
+    let mut protocols: BTreeMap<SocketAddr, Protocol> = BTreeMap::new();
+    let mut certificates: BTreeMap<SocketAddr, SniCertificates> = BTreeMap::new();
     let mut order = 0usize;
     for snap in snapshots {
         let gw = snap.gateway.to_string();
@@ -51,6 +57,14 @@ pub fn build(
             for ip in addrs {
                 let sa = SocketAddr::new(ip, l.port);
                 let slot = (sa, l.hostname.clone());
+                let protocol = *protocols.entry(sa).or_insert(l.protocol);
+                if protocol != l.protocol {
+                    t.warnings.push(format!(
+                        "listener {gw}/{} is {:?} but {sa} already serves {protocol:?}; not served",
+                        l.name, l.protocol
+                    ));
+                    continue;
+                }
                 if let Some((og, ol)) = owners.get(&slot) {
                     t.warnings.push(format!(
                         "listener {gw}/{} conflicts with {og}/{ol} on {sa} for hostname {}; the first is served",
@@ -60,6 +74,17 @@ pub fn build(
                     continue;
                 }
                 owners.insert(slot, (gw.clone(), l.name.clone()));
+                if let Some(tls) = l.tls.as_ref().filter(|_| l.protocol == Protocol::Https) {
+                    let problems = certificates
+                        .entry(sa)
+                        .or_default()
+                        .add(l.hostname.as_deref(), &tls.certificates);
+                    t.warnings.extend(
+                        problems
+                            .into_iter()
+                            .map(|p| format!("listener {gw}/{}: {p}", l.name)),
+                    );
+                }
                 t.sockets
                     .entry(sa)
                     .or_default()
@@ -126,6 +151,23 @@ pub fn build(
     for router in t.sockets.values_mut() {
         router.finish();
     }
+    for (sa, certs) in certificates {
+        if certs.is_empty() {
+            continue;
+        }
+        match certs.server_config() {
+            Ok(config) => {
+                t.tls.insert(sa, config);
+            }
+            Err(e) => t.warnings.push(format!("TLS on {sa}: {e}")),
+        }
+    }
+    // An HTTPS socket without a usable certificate would serve plain HTTP: leave it unbound.
+    let tls_sockets: BTreeSet<SocketAddr> = t.tls.keys().copied().collect();
+    t.sockets.retain(|sa, _| {
+        let https = protocols.get(sa) == Some(&Protocol::Https);
+        !https || tls_sockets.contains(sa)
+    });
     t
 }
 

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod netns;
 pub mod scenario;
+pub mod tls;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};

@@ -1,0 +1,173 @@
+//! HTTPS from the client side: certificates for test listeners, and a one-connection client
+//! that says which certificate the server presented and which protocol ALPN chose (it also
+//! speaks h2c, where a request's `:authority` must be a hostname rather than the address
+//! dialled).
+
+use crate::{DEADLINE, Resp};
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A self-signed certificate for `names`, as (certificate PEM, key PEM).
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("generate key");
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("certificate params")
+            .self_signed(&key)
+            .expect("self-sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A `kubernetes.io/tls` Secret as YAML for standalone mode.
+pub fn secret_yaml(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+        indent(cert_pem),
+        indent(key_pem)
+    )
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// One connection (TLS, or h2c), kept open across requests.
+pub struct Conn {
+    /// The protocol ALPN selected.
+    pub alpn: Option<Vec<u8>>,
+    leaf: Vec<u8>,
+    scheme: &'static str,
+    sender: Sender,
+}
+
+impl Conn {
+    /// An HTTP/2 connection without TLS (prior knowledge).
+    pub async fn h2c(addr: SocketAddr) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        Ok(Self {
+            alpn: None,
+            leaf: Vec::new(),
+            scheme: "http",
+            sender: Sender::H2(sender),
+        })
+    }
+
+    /// Connects to `addr` with SNI `server_name` (none if it is an IP address), trusting the
+    /// certificates in `trusted` (PEM), offering `alpn`.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        trusted: &[&str],
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in trusted {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert?)?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from(server_name.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp)).await??;
+        let (_, session) = tls.get_ref();
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let leaf = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        let io = TokioIo::new(tls);
+        let sender = if alpn.as_deref() == Some(b"h2") {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        Ok(Self {
+            alpn,
+            leaf,
+            scheme: "https",
+            sender,
+        })
+    }
+
+    /// Whether the server presented this certificate (PEM).
+    pub fn presented(&self, cert_pem: &str) -> bool {
+        CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map(|c| c.as_ref() == self.leaf.as_slice())
+            .unwrap_or(false)
+    }
+
+    /// Sends `GET path` for `host` on this connection.
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Resp> {
+        self.send("GET", host, path, &[], Bytes::new()).await
+    }
+
+    /// Sends a request for `host` on this connection.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Resp> {
+        let mut b = Request::builder().method(method);
+        b = match &self.sender {
+            Sender::H1(_) => b.uri(path).header(http::header::HOST, host),
+            Sender::H2(_) => b
+                .uri(format!("{}://{host}{path}", self.scheme))
+                .version(Version::HTTP_2),
+        };
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body))?;
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                tokio::time::timeout(DEADLINE, s.send_request(req)).await??
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                tokio::time::timeout(DEADLINE, s.send_request(req)).await??
+            }
+        };
+        let status = resp.status();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+            version,
+        })
+    }
+}
