@@ -1,12 +1,15 @@
 //! The snapshot channel end to end: a real controller, real dataplane processes connecting to
 //! it over TLS with ServiceAccount tokens, and traffic through them.
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_tests::cluster::create;
 use portico_tests::scenario::Setup;
-use portico_tests::{HttpClient, TempDir, await_some};
+use portico_tests::tls::{Conn, self_signed};
+use portico_tests::{HttpClient, TempDir, await_some, free_port};
 use serde_json::json;
 use std::net::SocketAddr;
 
@@ -260,5 +263,98 @@ async fn traffic_follows_endpointslices_without_a_new_snapshot() {
         1,
         "endpoint changes needed no new snapshot:\n{}",
         dp.proc.logs()
+    );
+}
+
+#[tokio::test]
+async fn https_listeners_serve_secrets_and_follow_their_rotation() {
+    let s = Setup::new("channel-tls").await;
+    let (cert, key) = self_signed(&["a.example.com"]);
+    let secret = |cert: &str, key: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cert"},
+               "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key}})
+    };
+    create::<Secret>(&s.client, &s.ns, secret(&cert, &key)).await;
+    let ip = portico_tests::loopback_ip();
+    let https_port = free_port(ip);
+    let gateways: Api<Gateway> = Api::namespaced(s.client.clone(), &s.ns);
+    gateways
+        .patch(
+            "gw",
+            &PatchParams::apply("portico-tests").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayClassName": s.ns, "listeners": [
+                    {"name": "http", "port": s.port, "protocol": "HTTP"},
+                    {"name": "https", "port": https_port, "protocol": "HTTPS",
+                     "hostname": "a.example.com",
+                     "tls": {"certificateRefs": [{"name": "cert"}]}}]}})),
+        )
+        .await
+        .expect("add the HTTPS listener");
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    let _controller = s.controller();
+    let token = s.token("portico-gw").await;
+    let state = TempDir::new("state");
+    let dp = s.dataplane_on(ip, "replica", &token, state.path());
+    // A client with another ServiceAccount never gets the snapshot that carries the key.
+    let wrong = s.token("intruder").await;
+    let intruder_state = TempDir::new("state");
+    let intruder = s.dataplane("intruder", &wrong, intruder_state.path());
+    s.await_programmed().await;
+
+    let addr = SocketAddr::new(dp.ip, https_port);
+    let mut conn = await_some("the HTTPS listener", || async {
+        Conn::connect(addr, "a.example.com", &[&cert], &[b"h2"])
+            .await
+            .ok()
+    })
+    .await;
+    assert!(conn.presented(&cert));
+    let r = conn.get("a.example.com", "/").await.expect("GET over TLS");
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://first.example.com:{https_port}/").as_str()),
+        "the redirect keeps the https scheme"
+    );
+
+    // Rotate the Secret through the API: new handshakes get the new certificate, the open
+    // connection keeps working.
+    let (cert2, key2) = self_signed(&["a.example.com"]);
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .patch(
+            "cert",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"stringData": {"tls.crt": cert2, "tls.key": key2}})),
+        )
+        .await
+        .expect("rotate the Secret");
+    await_some("the rotated certificate", || async {
+        let c = Conn::connect(addr, "a.example.com", &[&cert, &cert2], &[b"h2"])
+            .await
+            .ok()?;
+        c.presented(&cert2).then_some(())
+    })
+    .await;
+    let r = conn
+        .get("a.example.com", "/")
+        .await
+        .expect("the old connection still serves");
+    assert_eq!(r.status, 302);
+
+    assert!(
+        intruder.proc.logs().contains("403"),
+        "{}",
+        intruder.proc.logs()
+    );
+    assert!(!intruder.proc.logs().contains("snapshot applied"));
+    assert!(
+        std::fs::read_dir(intruder_state.path())
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "the intruder persisted nothing"
     );
 }

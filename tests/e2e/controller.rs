@@ -1,19 +1,22 @@
 //! The controller against a real kube-apiserver: status conditions as the Gateway API
-//! specifies them, ReferenceGrants, no writes when nothing changes, leader failover.
+//! specifies them (HTTPRoutes, GRPCRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
+//! no writes when nothing changes, leader failover.
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_tests::await_some;
 use portico_tests::cluster::{
     control_plane, create, create_cluster, shared_controller, start_controller, test_namespace,
 };
+use portico_tests::tls::self_signed;
 use serde_json::json;
 use std::time::Duration;
 
@@ -72,6 +75,55 @@ async fn route(client: &Client, ns: &str, name: &str, gw_ns: &str, backend: serd
     .await;
 }
 
+/// A GRPCRoute on the `admin` listener: an HTTPRoute without hostnames holds every host of
+/// the `http` listener, and the two kinds may not share a host.
+async fn grpc_route(client: &Client, ns: &str, name: &str) {
+    create::<GrpcRoute>(
+        client,
+        ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+               "metadata": {"name": name},
+               "spec": {"parentRefs": [{"name": "gw", "sectionName": "admin"}],
+                        "hostnames": ["admin.example.com"],
+                        "rules": [{"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+                                   "backendRefs": [{"name": "svc", "port": 80}]}]}}),
+    )
+    .await;
+}
+
+/// A `kubernetes.io/tls` Secret.
+async fn tls_secret(client: &Client, ns: &str, name: &str, cert_pem: &str, key_pem: &str) {
+    create::<Secret>(
+        client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+               "type": "kubernetes.io/tls",
+               "stringData": {"tls.crt": cert_pem, "tls.key": key_pem}}),
+    )
+    .await;
+}
+
+/// The conditions of a listener of Gateway `name`, once `check` holds for them.
+async fn await_listener(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    listener: &str,
+    check: impl Fn(&[Condition]) -> bool,
+) {
+    let api: Api<Gateway> = Api::namespaced(client.clone(), ns);
+    await_some(&format!("listener {listener} of {name}"), || async {
+        let g = api.get(name).await.ok()?;
+        let l = g
+            .status?
+            .listeners?
+            .into_iter()
+            .find(|l| l.name == listener)?;
+        check(&l.conditions).then_some(())
+    })
+    .await;
+}
+
 /// Waits until the route's parent status from our controller satisfies `check`.
 async fn await_route(
     client: &Client,
@@ -126,6 +178,7 @@ async fn status_conditions_follow_the_gateway_api() {
         json!({"name": "svc", "kind": "ConfigMap", "group": "", "port": 80}),
     )
     .await;
+    grpc_route(&client, &ns, "grpc").await;
 
     let classes: Api<GatewayClass> = Api::all(client.clone());
     let gc = await_some("GatewayClass Accepted", || async {
@@ -147,13 +200,20 @@ async fn status_conditions_follow_the_gateway_api() {
         .map(|f| f.name)
         .collect();
     assert!(features.iter().any(|f| f == "HTTPRoute"), "{features:?}");
+    assert!(features.iter().any(|f| f == "GRPCRoute"), "{features:?}");
 
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
-    let gw = await_some("Gateway status with 3 attached routes", || async {
+    let gw = await_some("Gateway status with 3 + 1 attached routes", || async {
         let g = gateways.get("gw").await.ok()?;
         let s = g.status.as_ref()?;
-        let http = s.listeners.as_ref()?.iter().find(|l| l.name == "http")?;
-        (http.attached_routes == 3).then_some(g.clone())
+        let count = |name: &str| {
+            s.listeners
+                .iter()
+                .flatten()
+                .find(|l| l.name == name)
+                .map(|l| l.attached_routes)
+        };
+        (count("http") == Some(3) && count("admin") == Some(1)).then_some(g.clone())
     })
     .await;
     let status = gw.status.clone().expect("status");
@@ -195,7 +255,7 @@ async fn status_conditions_follow_the_gateway_api() {
             .flatten()
             .map(|k| k.kind.as_str())
             .collect();
-        assert_eq!(kinds, ["HTTPRoute"]);
+        assert_eq!(kinds, ["GRPCRoute", "HTTPRoute"]);
     }
 
     let good = await_route(
@@ -217,6 +277,78 @@ async fn status_conditions_follow_the_gateway_api() {
         is(c, "ResolvedRefs", "False", "InvalidKind")
     })
     .await;
+    let grpc: Api<GrpcRoute> = Api::namespaced(client.clone(), &ns);
+    await_some("GRPCRoute accepted and resolved", || async {
+        let r = grpc.get("grpc").await.ok()?;
+        r.status?
+            .parents
+            .iter()
+            .any(|p| {
+                p.controller_name == CONTROLLER
+                    && is(&p.conditions, "Accepted", "True", "Accepted")
+                    && is(&p.conditions, "ResolvedRefs", "True", "ResolvedRefs")
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_listeners_report_their_certificate_references() {
+    shared_controller();
+    let client = control_plane().client().await;
+    let ns = test_namespace(&client, "https").await;
+    let certs = test_namespace(&client, "https-certs").await;
+    class(&client, &ns, CONTROLLER).await;
+    let (cert, key) = self_signed(&["a.example.com"]);
+    let (_, other_key) = self_signed(&["a.example.com"]);
+    tls_secret(&client, &ns, "good", &cert, &key).await;
+    tls_secret(&client, &ns, "mismatched", &cert, &other_key).await;
+    tls_secret(&client, &certs, "shared", &cert, &key).await;
+    let listener = |name: &str, host: &str, secret: serde_json::Value| {
+        json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+               "tls": {"certificateRefs": [secret]}})
+    };
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw"},
+        "spec": {"gatewayClassName": ns, "listeners": [
+            listener("good", "a.example.com", json!({"name": "good"})),
+            listener("missing", "b.example.com", json!({"name": "nope"})),
+            listener("mismatched", "c.example.com", json!({"name": "mismatched"})),
+            listener("foreign", "d.example.com", json!({"name": "shared", "namespace": certs})),
+        ]}}),
+    )
+    .await;
+    let ok = |c: &[Condition]| {
+        is(c, "Accepted", "True", "Accepted") && is(c, "ResolvedRefs", "True", "ResolvedRefs")
+    };
+    await_listener(&client, &ns, "gw", "good", ok).await;
+    for (l, reason) in [
+        ("missing", "InvalidCertificateRef"),
+        ("mismatched", "InvalidCertificateRef"),
+        ("foreign", "RefNotPermitted"),
+    ] {
+        await_listener(&client, &ns, "gw", l, |c| {
+            is(c, "ResolvedRefs", "False", reason) && is(c, "Programmed", "False", "Invalid")
+        })
+        .await;
+    }
+    // The grant and the missing Secret arrive: both listeners resolve without a restart.
+    create::<ReferenceGrant>(
+        &client,
+        &certs,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "gateways"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns}],
+                        "to": [{"group": "", "kind": "Secret", "name": "shared"}]}}),
+    )
+    .await;
+    tls_secret(&client, &ns, "nope", &cert, &key).await;
+    await_listener(&client, &ns, "gw", "foreign", ok).await;
+    await_listener(&client, &ns, "gw", "missing", ok).await;
 }
 
 #[tokio::test]
@@ -268,12 +400,31 @@ async fn nothing_is_written_in_a_quiet_minute() {
     gateway(&client, &ns, &ns).await;
     service(&client, &ns, "svc").await;
     route(&client, &ns, "r", &ns, json!({"name": "svc", "port": 80})).await;
+    grpc_route(&client, &ns, "g").await;
+    // An HTTPS Gateway: its Secret watch must not cause writes either.
+    let (cert, key) = self_signed(&["a.example.com"]);
+    tls_secret(&client, &ns, "cert", &cert, &key).await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "tls"},
+               "spec": {"gatewayClassName": ns, "listeners": [
+                   {"name": "https", "port": 443, "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "cert"}]}}]}}),
+    )
+    .await;
     await_route(&client, &ns, "r", "route accepted", |c| {
+        is(c, "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+    await_listener(&client, &ns, "tls", "https", |c| {
         is(c, "ResolvedRefs", "True", "ResolvedRefs")
     })
     .await;
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
     let routes: Api<HttpRoute> = Api::namespaced(client.clone(), &ns);
+    let grpc: Api<GrpcRoute> = Api::namespaced(client.clone(), &ns);
     let classes: Api<GatewayClass> = Api::all(client.clone());
     // Settle: the gateway's attachedRoutes may still be catching up with the route.
     await_some("gateway to count the route", || async {
@@ -294,6 +445,12 @@ async fn nothing_is_written_in_a_quiet_minute() {
                 .expect("gateway")
                 .resource_version(),
             routes.get("r").await.expect("route").resource_version(),
+            grpc.get("g").await.expect("grpc route").resource_version(),
+            gateways
+                .get("tls")
+                .await
+                .expect("tls gateway")
+                .resource_version(),
         )
     };
     let before = versions().await;
