@@ -21,7 +21,7 @@ use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
 use portico_model::channel::{Ack, REPLICA_HEADER, TOKEN_AUDIENCE, encode_frame};
 use portico_model::{ObjectRef, Snapshot};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,20 +92,34 @@ impl Hub {
         }
     }
 
-    /// Publishes the compiled snapshots; a Gateway whose content did not change keeps its
-    /// version and nothing is sent. Gateways no longer compiled get an empty snapshot.
-    pub fn publish(&self, snapshots: &BTreeMap<ObjectRef, Snapshot>) {
+    /// Publishes the snapshots of the Gateways just compiled (`snapshot` gives each one's, or
+    /// `None` if it is no longer served). A Gateway whose content did not change keeps its
+    /// version and nothing is sent. A Gateway that is gone gets an empty snapshot while
+    /// dataplanes are connected to it, and its channel is dropped once none is.
+    pub fn publish<'a>(
+        &self,
+        compiled: &BTreeSet<ObjectRef>,
+        snapshot: impl Fn(&ObjectRef) -> Option<&'a Snapshot>,
+    ) {
         let mut gateways = self.gateways.lock();
-        let empty = |gw: &ObjectRef| Snapshot {
-            gateway: gw.clone(),
-            ..Snapshot::default()
-        };
-        let known: Vec<ObjectRef> = gateways.keys().cloned().collect();
-        for gw in known.iter().filter(|g| !snapshots.contains_key(*g)) {
-            self.send(&mut gateways, gw, empty(gw));
-        }
-        for (gw, snap) in snapshots {
-            self.send(&mut gateways, gw, snap.clone());
+        for gw in compiled {
+            match snapshot(gw) {
+                Some(snap) => self.send(&mut gateways, gw, snap.clone()),
+                None => {
+                    let connected = gateways
+                        .get(gw)
+                        .is_some_and(|ch| ch.replicas.values().any(|r| r.streams > 0));
+                    if connected {
+                        let empty = Snapshot {
+                            gateway: gw.clone(),
+                            ..Snapshot::default()
+                        };
+                        self.send(&mut gateways, gw, empty);
+                    } else {
+                        gateways.remove(gw);
+                    }
+                }
+            }
         }
     }
 

@@ -11,6 +11,10 @@
 //!  Secret (one watch per referenced name) ──┘ ◀──────────────┘
 //! ```
 //!
+//! Every event also records which object changed ([`Dirty`]), so the compile loop recompiles
+//! only the Gateways that read it ([`portico_compile::incremental`]); a watch that re-lists
+//! (and may have missed deletions) asks for a full recompile.
+//!
 //! Secrets are watched one by one, only those our listeners may use ([`crate::secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (a CRD that is not installed, RBAC)
@@ -20,8 +24,11 @@ use crate::secrets::SecretWatches;
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use portico_compile::Inputs;
+use portico_compile::incremental::{Changes, DepKey};
+use portico_model::{ObjectRef, RouteKind};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -29,11 +36,47 @@ use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// What changed since the compile loop last looked.
+#[derive(Default)]
+pub struct Dirty {
+    all: bool,
+    keys: BTreeSet<DepKey>,
+}
+
+/// Shared between the watches (which record) and the compile loop (which takes).
+#[derive(Clone, Default)]
+pub struct ChangeLog(Arc<Mutex<Dirty>>);
+
+impl ChangeLog {
+    pub fn record(&self, key: DepKey) {
+        self.0.lock().keys.insert(key);
+    }
+
+    pub fn record_all(&self) {
+        self.0.lock().all = true;
+    }
+
+    /// Takes what was recorded, leaving nothing.
+    pub fn take(&self) -> Changes {
+        let d = std::mem::take(&mut *self.0.lock());
+        if d.all {
+            Changes::All
+        } else {
+            Changes::Keys(d.keys)
+        }
+    }
+}
+
+fn id<K: ResourceExt>(k: &K) -> ObjectRef {
+    ObjectRef::new(k.namespace().unwrap_or_default(), k.name_any())
+}
 
 /// The stores of every watched kind.
 #[derive(Clone)]
@@ -46,9 +89,16 @@ pub struct Index {
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
     pub secrets: SecretWatches,
+    pub changes: ChangeLog,
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// Watches one kind into a store, recording `key` of every changed object.
+fn watch<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    log: ChangeLog,
+    key: fn(&K) -> DepKey,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -61,7 +111,16 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(watcher::Event::Apply(k) | watcher::Event::Delete(k)) => {
+                    log.record(key(&k));
+                    changed.notify_one();
+                }
+                // A (re-)list may have missed deletions: recompile everything once it is done.
+                Ok(watcher::Event::InitDone) => {
+                    log.record_all();
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with back-off"),
             }
         }
@@ -72,15 +131,31 @@ where
 impl Index {
     /// Starts one watch per kind across all namespaces.
     pub fn start(client: &Client, changed: &Arc<Notify>) -> Self {
+        let log = ChangeLog::default();
         Self {
-            classes: watch(Api::all(client.clone()), changed.clone()),
-            gateways: watch(Api::all(client.clone()), changed.clone()),
-            routes: watch(Api::all(client.clone()), changed.clone()),
-            grpc_routes: watch(Api::all(client.clone()), changed.clone()),
-            grants: watch(Api::all(client.clone()), changed.clone()),
-            services: watch(Api::all(client.clone()), changed.clone()),
-            namespaces: watch(Api::all(client.clone()), changed.clone()),
-            secrets: SecretWatches::new(client.clone(), changed.clone()),
+            classes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |c: &GatewayClass| {
+                DepKey::GatewayClass(c.name_any())
+            }),
+            gateways: watch(Api::all(client.clone()), changed.clone(), log.clone(), |g: &Gateway| {
+                DepKey::Gateway(id(g))
+            }),
+            routes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |r: &HttpRoute| {
+                DepKey::Route(RouteKind::Http, id(r))
+            }),
+            grpc_routes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |r: &GrpcRoute| {
+                DepKey::Route(RouteKind::Grpc, id(r))
+            }),
+            grants: watch(Api::all(client.clone()), changed.clone(), log.clone(), |g: &ReferenceGrant| {
+                DepKey::ReferenceGrants(g.namespace().unwrap_or_default())
+            }),
+            services: watch(Api::all(client.clone()), changed.clone(), log.clone(), |s: &Service| {
+                DepKey::Service(id(s))
+            }),
+            namespaces: watch(Api::all(client.clone()), changed.clone(), log.clone(), |n: &Namespace| {
+                DepKey::Namespace(n.name_any())
+            }),
+            secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone()),
+            changes: log,
         }
     }
 

@@ -1,8 +1,10 @@
 //! The Portico controller: index, compile, status, leadership.
 //!
-//! Watches feed synchronous stores ([`index`]); a change wakes the compile loop, which waits
-//! for the burst to settle, compiles every Gateway with the same pure function standalone mode
-//! uses, and — on the leader only — writes the status that changed ([`status`], [`leader`]).
+//! Watches feed synchronous stores ([`index`]) and record what changed; a change wakes the
+//! compile loop, which waits for the burst to settle, recompiles the Gateways the change
+//! touches with the same pure function standalone mode uses
+//! ([`portico_compile::incremental`]), and — on the leader only — writes the status that
+//! changed ([`status`], [`leader`]).
 //! Snapshots are compiled on every replica and served to dataplanes by each of them
 //! ([`channel`]); a Gateway is `Programmed` once its connected dataplanes acknowledged the
 //! current version.
@@ -14,6 +16,7 @@ pub mod secrets;
 pub mod status;
 
 use index::Index;
+use portico_compile::incremental::{Changes, IncrementalCompile};
 use kube::Client;
 use leader::{LeaderElector, LeaseSettings};
 use status::StatusWriter;
@@ -172,28 +175,40 @@ pub async fn run(
     index.wait_ready(Duration::from_secs(10)).await;
     tracing::info!("caches synced");
     let writer = StatusWriter::new(client, &settings.controller_name);
-    let mut version: u64 = 0;
+    let mut compiler = IncrementalCompile::new(&settings.controller_name);
     let mut last_compile;
+    let mut first = true;
     loop {
         last_compile = std::time::Instant::now();
-        let mut inputs = index.inputs();
-        let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
-        index.secrets.sync(&secrets);
-        // A newly referenced Secret is read before it is compiled, so a listener never reports
-        // it missing just because its watch had not answered yet.
-        index
-            .secrets
-            .wait_synced(&secrets, Duration::from_secs(5))
-            .await;
-        inputs.secrets = index.secrets.secrets();
-        let mut output = portico_compile::compile(&inputs, &settings.controller_name);
-        version += 1;
-        tracing::debug!(version, gateways = output.snapshots.len(), "compiled");
-        hub.publish(&output.snapshots);
+        let mut changes = index.changes.take();
+        if std::mem::take(&mut first) {
+            changes = Changes::All;
+        }
+        // Woken by a dataplane's answer alone: nothing to compile, only status to refresh.
+        if changes != Changes::Keys(Default::default()) {
+            let mut inputs = index.inputs();
+            let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
+            index.secrets.sync(&secrets);
+            // A newly referenced Secret is read before it is compiled, so a listener never
+            // reports it missing just because its watch had not answered yet.
+            index
+                .secrets
+                .wait_synced(&secrets, Duration::from_secs(5))
+                .await;
+            inputs.secrets = index.secrets.secrets();
+            let touched = compiler.update(&inputs, &changes);
+            tracing::debug!(
+                compiled = touched.len(),
+                gateways = compiler.gateways(),
+                "compiled"
+            );
+            hub.publish(&touched, |gw| compiler.snapshot(gw));
+        }
+        let mut status = compiler.status();
         let in_grace = started.elapsed() < RECONNECT_GRACE;
-        apply_delivery(&mut output.status, &hub, in_grace, &index);
+        apply_delivery(&mut status, &hub, in_grace, &index);
         if *leading.borrow() {
-            match writer.write(&output.status, &index).await {
+            match writer.write(&status, &index).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(objects = n, "status written"),
                 Err(e) => {

@@ -8,7 +8,9 @@
 
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
+use crate::index::ChangeLog;
 use kube::{Api, Client};
+use portico_compile::incremental::DepKey;
 use parking_lot::Mutex;
 use portico_crds::k8s_openapi::api::core::v1::Secret;
 use portico_model::ObjectRef;
@@ -28,15 +30,17 @@ struct Watch {
 pub struct SecretWatches {
     client: Client,
     changed: Arc<Notify>,
+    log: ChangeLog,
     watches: Arc<Mutex<BTreeMap<ObjectRef, Watch>>>,
     secrets: Arc<Mutex<BTreeMap<ObjectRef, Secret>>>,
 }
 
 impl SecretWatches {
-    pub fn new(client: Client, changed: Arc<Notify>) -> Self {
+    pub fn new(client: Client, changed: Arc<Notify>, log: ChangeLog) -> Self {
         Self {
             client,
             changed,
+            log,
             watches: Arc::default(),
             secrets: Arc::default(),
         }
@@ -67,6 +71,7 @@ impl SecretWatches {
                 id.clone(),
                 self.secrets.clone(),
                 self.changed.clone(),
+                self.log.clone(),
                 tx,
             ))
             .abort_handle();
@@ -111,6 +116,7 @@ async fn watch_one(
     id: ObjectRef,
     store: Arc<Mutex<BTreeMap<ObjectRef, Secret>>>,
     changed: Arc<Notify>,
+    log: ChangeLog,
     synced: watch::Sender<bool>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", id.name));
@@ -157,6 +163,7 @@ async fn watch_one(
             watcher::Event::Delete(_) => update(None),
         };
         if changed_now {
+            log.record(DepKey::Secret(id.clone()));
             changed.notify_one();
         }
     }

@@ -21,6 +21,7 @@ mod gateway;
 mod grants;
 mod grpc;
 mod hostname;
+pub mod incremental;
 pub mod manifests;
 mod route;
 pub mod status;
@@ -72,29 +73,63 @@ pub struct Output {
 
 /// Compiles the inputs for the GatewayClasses whose `controllerName` is `controller_name`.
 pub fn compile(inputs: &Inputs, controller_name: &str) -> Output {
+    compile_scoped(inputs, controller_name, None)
+}
+
+/// Compiles only the Gateways in `scope` (every Gateway when `None`), and the routes that name
+/// them. Gateways compile independently of each other, so the output for a Gateway is the same
+/// as in a full compile: its snapshot, its status, and its routes' parent statuses for it.
+/// GatewayClass status is always complete.
+pub fn compile_scoped(
+    inputs: &Inputs,
+    controller_name: &str,
+    scope: Option<&BTreeSet<ObjectRef>>,
+) -> Output {
+    let in_scope = |gw: &ObjectRef| scope.is_none_or(|s| s.contains(gw));
     let mut status = StatusReport::default();
     let classes = gateway::accept_classes(&inputs.gateway_classes, controller_name, &mut status);
     let namespaces = gateway::NamespaceLabels::new(&inputs.namespaces);
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let secrets = tls::SecretIndex::new(&inputs.secrets, &grants);
-    let mut gateways = gateway::compile_gateways(&inputs.gateways, &classes, &secrets);
+    let scoped_gateways: Vec<Gateway>;
+    let gateways_in = match scope {
+        None => &inputs.gateways,
+        Some(_) => {
+            scoped_gateways = inputs
+                .gateways
+                .iter()
+                .filter(|g| in_scope(&object_ref(&g.metadata)))
+                .cloned()
+                .collect();
+            &scoped_gateways
+        }
+    };
+    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &secrets);
     let backends = backend::BackendIndex::new(inputs);
+    let names_scope = |parents: Vec<ObjectRef>| scope.is_none() || parents.iter().any(in_scope);
     let sources: Vec<RouteSource<'_>> = inputs
         .http_routes
         .iter()
+        .filter(|r| names_scope(incremental::http_route_parents(r)))
         .map(|r| RouteSource {
             kind: RouteKind::Http,
             route: Cow::Borrowed(r),
             invalid: None,
         })
-        .chain(inputs.grpc_routes.iter().map(|g| {
-            let (route, valid) = grpc::as_http_route(g);
-            RouteSource {
-                kind: RouteKind::Grpc,
-                route: Cow::Owned(route),
-                invalid: valid.err(),
-            }
-        }))
+        .chain(
+            inputs
+                .grpc_routes
+                .iter()
+                .filter(|g| names_scope(incremental::grpc_route_parents(g)))
+                .map(|g| {
+                    let (route, valid) = grpc::as_http_route(g);
+                    RouteSource {
+                        kind: RouteKind::Grpc,
+                        route: Cow::Owned(route),
+                        invalid: valid.err(),
+                    }
+                }),
+        )
         .collect();
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
 

@@ -142,6 +142,8 @@ pub(crate) fn compile_routes(
                 conditions,
             });
         }
+        // By parent, so that statuses compiled Gateway by Gateway assemble to the same list.
+        parents_status.sort_by(|a, b| a.parent_ref.cmp(&b.parent_ref));
         if !parents_status.is_empty() {
             status.insert(
                 (kind, id),

@@ -64,7 +64,7 @@ endpoints:
   conditions: {ready: false, serving: true, terminating: true}
 "#;
 
-fn inputs(extra: &str) -> crate::Inputs {
+pub(crate) fn inputs(extra: &str) -> crate::Inputs {
     let mut set = ManifestSet::default();
     set.add_file("base.yaml", BASE);
     set.add_file("extra.yaml", extra);

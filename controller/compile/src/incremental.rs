@@ -1,0 +1,333 @@
+//! Recompiling only the Gateways a change touches.
+//!
+//! Gateways compile independently ([`crate::compile_scoped`]), so the controller keeps the
+//! output of each and, when objects change, recompiles just the Gateways that read them.
+//! [`Dependencies`] is that map, built from the inputs without compiling anything: for every
+//! Gateway of ours, the objects its compile reads — its class, itself, the routes naming it,
+//! the Services, Secrets and ReferenceGrants those refer to, the namespaces of its routes.
+//! A change is looked up in the map of the previous inputs (what the Gateway read before: a
+//! route that left it, a deleted object) and of the new ones (what it reads now: a route that
+//! arrived, a Service that was missing).
+//!
+//! The assembled status is the same as a full compile's (a test holds it to that).
+
+use crate::status::{GatewayStatus, RouteParentStatus, RouteStatus, StatusReport};
+use crate::{Inputs, Output, compile_scoped, namespace_of, object_ref};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::grpcroutes::GrpcRoute;
+use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
+use portico_model::{ObjectRef, RouteKind, Snapshot};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An object (or a set of them) a Gateway's compile may read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DepKey {
+    GatewayClass(String),
+    Gateway(ObjectRef),
+    Route(RouteKind, ObjectRef),
+    Service(ObjectRef),
+    Secret(ObjectRef),
+    /// The ReferenceGrants of a namespace.
+    ReferenceGrants(String),
+    Namespace(String),
+}
+
+/// The Gateways each object is read by.
+#[derive(Clone, Debug, Default)]
+pub struct Dependencies {
+    by_key: BTreeMap<DepKey, BTreeSet<ObjectRef>>,
+    gateways: BTreeSet<ObjectRef>,
+}
+
+/// The Gateways a route's parentRefs name.
+pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
+    let ns = namespace_of(&r.metadata);
+    r.spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        })
+        .map(|p| {
+            ObjectRef::new(
+                p.namespace.clone().unwrap_or_else(|| ns.clone()),
+                p.name.clone(),
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
+    let ns = namespace_of(&r.metadata);
+    r.spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        })
+        .map(|p| {
+            ObjectRef::new(
+                p.namespace.clone().unwrap_or_else(|| ns.clone()),
+                p.name.clone(),
+            )
+        })
+        .collect()
+}
+
+impl Dependencies {
+    /// What each Gateway of `controller_name`'s classes reads in `inputs`.
+    pub fn new(inputs: &Inputs, controller_name: &str) -> Self {
+        let mut d = Self::default();
+        let classes: BTreeSet<&str> = inputs
+            .gateway_classes
+            .iter()
+            .filter(|c| c.spec.controller_name == controller_name)
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        for gw in &inputs.gateways {
+            if !classes.contains(gw.spec.gateway_class_name.as_str()) {
+                continue;
+            }
+            let id = object_ref(&gw.metadata);
+            d.gateways.insert(id.clone());
+            d.add(
+                DepKey::GatewayClass(gw.spec.gateway_class_name.clone()),
+                &id,
+            );
+            d.add(DepKey::Gateway(id.clone()), &id);
+            for r in gw
+                .spec
+                .listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref())
+                .flat_map(|t| t.certificate_refs.iter().flatten())
+            {
+                let ns = r.namespace.clone().unwrap_or_else(|| id.namespace.clone());
+                d.add(DepKey::ReferenceGrants(ns.clone()), &id);
+                d.add(DepKey::Secret(ObjectRef::new(ns, r.name.clone())), &id);
+            }
+        }
+        for r in &inputs.http_routes {
+            let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+                rule.backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| (b.namespace.clone(), b.name.clone()))
+            });
+            d.add_route(RouteKind::Http, &r.metadata, http_route_parents(r), refs);
+        }
+        for r in &inputs.grpc_routes {
+            let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+                rule.backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| (b.namespace.clone(), b.name.clone()))
+            });
+            d.add_route(RouteKind::Grpc, &r.metadata, grpc_route_parents(r), refs);
+        }
+        d
+    }
+
+    fn add(&mut self, key: DepKey, gw: &ObjectRef) {
+        self.by_key.entry(key).or_default().insert(gw.clone());
+    }
+
+    fn add_route(
+        &mut self,
+        kind: RouteKind,
+        meta: &portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        parents: Vec<ObjectRef>,
+        backend_refs: impl Iterator<Item = (Option<String>, String)>,
+    ) {
+        let id = object_ref(meta);
+        let parents: Vec<ObjectRef> = parents
+            .into_iter()
+            .filter(|p| self.gateways.contains(p))
+            .collect();
+        if parents.is_empty() {
+            return;
+        }
+        let mut keys = vec![
+            DepKey::Route(kind, id.clone()),
+            // allowedRoutes selectors read the route namespace's labels.
+            DepKey::Namespace(id.namespace.clone()),
+        ];
+        for (ns, name) in backend_refs {
+            let ns = ns.unwrap_or_else(|| id.namespace.clone());
+            keys.push(DepKey::ReferenceGrants(ns.clone()));
+            keys.push(DepKey::Service(ObjectRef::new(ns, name)));
+        }
+        for key in keys {
+            for p in &parents {
+                self.add(key.clone(), p);
+            }
+        }
+    }
+
+    /// The Gateways that read any of `keys`. A Gateway key names its Gateway even when it is
+    /// not ours (yet): its class may be the change.
+    pub fn touched<'a>(&self, keys: impl IntoIterator<Item = &'a DepKey>) -> BTreeSet<ObjectRef> {
+        let mut out = BTreeSet::new();
+        for key in keys {
+            if let DepKey::Gateway(id) = key {
+                out.insert(id.clone());
+            }
+            if let Some(gws) = self.by_key.get(key) {
+                out.extend(gws.iter().cloned());
+            }
+        }
+        out
+    }
+
+    pub fn gateways(&self) -> &BTreeSet<ObjectRef> {
+        &self.gateways
+    }
+}
+
+/// What changed since the last compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Unknown (start-up, a watch that re-listed): recompile everything.
+    All,
+    Keys(BTreeSet<DepKey>),
+}
+
+/// One Gateway's share of the output.
+#[derive(Clone, Debug, Default)]
+struct GatewayPart {
+    snapshot: Option<Snapshot>,
+    status: Option<GatewayStatus>,
+    routes: BTreeMap<(RouteKind, ObjectRef), Vec<RouteParentStatus>>,
+}
+
+/// The output of the last compile of every Gateway, updated Gateway by Gateway.
+#[derive(Debug)]
+pub struct IncrementalCompile {
+    controller_name: String,
+    deps: Dependencies,
+    parts: BTreeMap<ObjectRef, GatewayPart>,
+    classes: BTreeMap<String, crate::status::GatewayClassStatus>,
+}
+
+impl IncrementalCompile {
+    pub fn new(controller_name: &str) -> Self {
+        Self {
+            controller_name: controller_name.to_string(),
+            deps: Dependencies::default(),
+            parts: BTreeMap::new(),
+            classes: BTreeMap::new(),
+        }
+    }
+
+    /// Recompiles the Gateways that `changes` touch in `inputs` (the inputs after the
+    /// changes) and returns them; a returned Gateway without a snapshot was removed.
+    pub fn update(&mut self, inputs: &Inputs, changes: &Changes) -> BTreeSet<ObjectRef> {
+        let deps = Dependencies::new(inputs, &self.controller_name);
+        let touched: BTreeSet<ObjectRef> = match changes {
+            Changes::All => deps
+                .gateways
+                .iter()
+                .chain(self.parts.keys())
+                .cloned()
+                .collect(),
+            Changes::Keys(keys) => {
+                let mut t = self.deps.touched(keys);
+                t.extend(deps.touched(keys));
+                t
+            }
+        };
+        let out = compile_scoped(inputs, &self.controller_name, Some(&touched));
+        self.classes = out.status.gateway_classes;
+        for gw in &touched {
+            self.parts.remove(gw);
+        }
+        for (id, status) in out.status.gateways {
+            self.parts.entry(id).or_default().status = Some(status);
+        }
+        for (id, snapshot) in out.snapshots {
+            self.parts.entry(id).or_default().snapshot = Some(snapshot);
+        }
+        let routes = [
+            (RouteKind::Http, out.status.http_routes),
+            (RouteKind::Grpc, out.status.grpc_routes),
+        ];
+        for (kind, statuses) in routes {
+            for (route, s) in statuses {
+                for p in s.parents {
+                    let gw =
+                        ObjectRef::new(p.parent_ref.namespace.clone(), p.parent_ref.name.clone());
+                    if let Some(part) = self.parts.get_mut(&gw) {
+                        part.routes
+                            .entry((kind, route.clone()))
+                            .or_default()
+                            .push(p);
+                    }
+                }
+            }
+        }
+        self.deps = deps;
+        touched
+    }
+
+    /// How many Gateways of ours there are.
+    pub fn gateways(&self) -> usize {
+        self.deps.gateways.len()
+    }
+
+    /// The snapshot of one Gateway, if it is served.
+    pub fn snapshot(&self, gw: &ObjectRef) -> Option<&Snapshot> {
+        self.parts.get(gw).and_then(|p| p.snapshot.as_ref())
+    }
+
+    /// Every Gateway's status and every route's, as a full compile would report them.
+    pub fn status(&self) -> StatusReport {
+        let mut report = StatusReport {
+            gateway_classes: self.classes.clone(),
+            ..StatusReport::default()
+        };
+        for (id, part) in &self.parts {
+            if let Some(s) = &part.status {
+                report.gateways.insert(id.clone(), s.clone());
+            }
+            for ((kind, route), parents) in &part.routes {
+                let map = match kind {
+                    RouteKind::Http => &mut report.http_routes,
+                    RouteKind::Grpc => &mut report.grpc_routes,
+                };
+                map.entry(route.clone())
+                    .or_insert_with(|| RouteStatus {
+                        parents: Vec::new(),
+                    })
+                    .parents
+                    .extend(parents.iter().cloned());
+            }
+        }
+        for s in report
+            .http_routes
+            .values_mut()
+            .chain(report.grpc_routes.values_mut())
+        {
+            s.parents.sort_by(|a, b| a.parent_ref.cmp(&b.parent_ref));
+        }
+        report
+    }
+
+    /// Everything, as one [`Output`] (snapshots cloned).
+    pub fn output(&self) -> Output {
+        Output {
+            snapshots: self
+                .parts
+                .iter()
+                .filter_map(|(id, p)| p.snapshot.clone().map(|s| (id.clone(), s)))
+                .collect(),
+            status: self.status(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
