@@ -28,13 +28,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portico_compile::Inputs;
 use portico_compile::incremental::{Changes, DepKey};
-use portico_model::{ObjectRef, RouteKind};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
+use portico_model::{ObjectRef, RouteKind};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -93,12 +93,7 @@ pub struct Index {
 }
 
 /// Watches one kind into a store, recording `key` of every changed object.
-fn watch<K>(
-    api: Api<K>,
-    changed: Arc<Notify>,
-    log: ChangeLog,
-    key: fn(&K) -> DepKey,
-) -> Store<K>
+fn watch<K>(api: Api<K>, changed: Arc<Notify>, log: ChangeLog, key: fn(&K) -> DepKey) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -133,27 +128,48 @@ impl Index {
     pub fn start(client: &Client, changed: &Arc<Notify>) -> Self {
         let log = ChangeLog::default();
         Self {
-            classes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |c: &GatewayClass| {
-                DepKey::GatewayClass(c.name_any())
-            }),
-            gateways: watch(Api::all(client.clone()), changed.clone(), log.clone(), |g: &Gateway| {
-                DepKey::Gateway(id(g))
-            }),
-            routes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |r: &HttpRoute| {
-                DepKey::Route(RouteKind::Http, id(r))
-            }),
-            grpc_routes: watch(Api::all(client.clone()), changed.clone(), log.clone(), |r: &GrpcRoute| {
-                DepKey::Route(RouteKind::Grpc, id(r))
-            }),
-            grants: watch(Api::all(client.clone()), changed.clone(), log.clone(), |g: &ReferenceGrant| {
-                DepKey::ReferenceGrants(g.namespace().unwrap_or_default())
-            }),
-            services: watch(Api::all(client.clone()), changed.clone(), log.clone(), |s: &Service| {
-                DepKey::Service(id(s))
-            }),
-            namespaces: watch(Api::all(client.clone()), changed.clone(), log.clone(), |n: &Namespace| {
-                DepKey::Namespace(n.name_any())
-            }),
+            classes: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |c: &GatewayClass| DepKey::GatewayClass(c.name_any()),
+            ),
+            gateways: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |g: &Gateway| DepKey::Gateway(id(g)),
+            ),
+            routes: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |r: &HttpRoute| DepKey::Route(RouteKind::Http, id(r)),
+            ),
+            grpc_routes: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |r: &GrpcRoute| DepKey::Route(RouteKind::Grpc, id(r)),
+            ),
+            grants: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |g: &ReferenceGrant| DepKey::ReferenceGrants(g.namespace().unwrap_or_default()),
+            ),
+            services: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |s: &Service| DepKey::Service(id(s)),
+            ),
+            namespaces: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                |n: &Namespace| DepKey::Namespace(n.name_any()),
+            ),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone()),
             changes: log,
         }

@@ -16,9 +16,9 @@ pub mod secrets;
 pub mod status;
 
 use index::Index;
-use portico_compile::incremental::{Changes, IncrementalCompile};
 use kube::Client;
 use leader::{LeaderElector, LeaseSettings};
+use portico_compile::incremental::{Changes, IncrementalCompile};
 use status::StatusWriter;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,12 +6,12 @@
 //! by a ReferenceGrant) and keeps exactly one watch per such Secret (a field selector on its
 //! name), starting and stopping watches as references come and go.
 
+use crate::index::ChangeLog;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
-use crate::index::ChangeLog;
 use kube::{Api, Client};
-use portico_compile::incremental::DepKey;
 use parking_lot::Mutex;
+use portico_compile::incremental::DepKey;
 use portico_crds::k8s_openapi::api::core::v1::Secret;
 use portico_model::ObjectRef;
 use std::collections::{BTreeMap, BTreeSet};

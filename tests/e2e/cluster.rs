@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use portico_crds::gateway_api::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use portico_crds::gateway_api::httproutes::{HttpRoute, HttpRouteSpec};
@@ -46,6 +47,11 @@ async fn gateway_api_crds_are_installed() {
         .await
         .expect("create HTTPRoute");
     let back = routes.get("r").await.expect("get HTTPRoute");
+    // The standard channel: GRPCRoute is there, the experimental TCPRoute is not.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let has = async |name: &str| crds.get_opt(name).await.expect("get CRD").is_some();
+    assert!(has("grpcroutes.gateway.networking.k8s.io").await);
+    assert!(!has("tcproutes.gateway.networking.k8s.io").await);
     assert_eq!(back.spec.hostnames, Some(vec!["a.example.com".to_string()]));
     // The CRD's own validation runs: a wildcard in the middle of a hostname is refused.
     let mut bad = route.clone();

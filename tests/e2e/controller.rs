@@ -1,9 +1,10 @@
 //! The controller against a real kube-apiserver: status conditions as the Gateway API
 //! specifies them (HTTPRoutes, GRPCRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
-//! no writes when nothing changes, leader failover.
+//! no writes when nothing changes, leader failover. Against the experimental-channel CRDs.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
@@ -14,13 +15,20 @@ use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_tests::await_some;
 use portico_tests::cluster::{
-    control_plane, create, create_cluster, shared_controller, start_controller, test_namespace,
+    Channel, ControlPlane, control_plane_with, create, create_cluster, shared_controller,
+    start_controller, test_namespace,
 };
 use portico_tests::tls::self_signed;
 use serde_json::json;
 use std::time::Duration;
 
 const CONTROLLER: &str = "portico.dev/gateway-controller";
+
+/// This binary runs the controller against the experimental-channel CRDs (the others use the
+/// standard channel): every test starts here, before anything else touches the cluster.
+fn cluster() -> &'static ControlPlane {
+    control_plane_with(Channel::Experimental)
+}
 
 fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -148,8 +156,8 @@ async fn await_route(
 
 #[tokio::test]
 async fn status_conditions_follow_the_gateway_api() {
+    let client = cluster().client().await;
     shared_controller();
-    let client = control_plane().client().await;
     let ns = test_namespace(&client, "status").await;
     class(&client, &ns, CONTROLLER).await;
     gateway(&client, &ns, &ns).await;
@@ -201,6 +209,14 @@ async fn status_conditions_follow_the_gateway_api() {
         .collect();
     assert!(features.iter().any(|f| f == "HTTPRoute"), "{features:?}");
     assert!(features.iter().any(|f| f == "GRPCRoute"), "{features:?}");
+    // The experimental channel is what is installed here: its extra kinds exist.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(
+        crds.get_opt("tcproutes.gateway.networking.k8s.io")
+            .await
+            .expect("get CRD")
+            .is_some()
+    );
 
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
     let gw = await_some("Gateway status with 3 + 1 attached routes", || async {
@@ -295,8 +311,8 @@ async fn status_conditions_follow_the_gateway_api() {
 
 #[tokio::test]
 async fn https_listeners_report_their_certificate_references() {
+    let client = cluster().client().await;
     shared_controller();
-    let client = control_plane().client().await;
     let ns = test_namespace(&client, "https").await;
     let certs = test_namespace(&client, "https-certs").await;
     class(&client, &ns, CONTROLLER).await;
@@ -353,8 +369,8 @@ async fn https_listeners_report_their_certificate_references() {
 
 #[tokio::test]
 async fn cross_namespace_backends_need_a_reference_grant() {
+    let client = cluster().client().await;
     shared_controller();
-    let client = control_plane().client().await;
     let ns = test_namespace(&client, "grant").await;
     let other = test_namespace(&client, "grant-routes").await;
     class(&client, &ns, CONTROLLER).await;
@@ -393,8 +409,8 @@ async fn cross_namespace_backends_need_a_reference_grant() {
 
 #[tokio::test]
 async fn nothing_is_written_in_a_quiet_minute() {
+    let client = cluster().client().await;
     shared_controller();
-    let client = control_plane().client().await;
     let ns = test_namespace(&client, "quiet").await;
     class(&client, &ns, CONTROLLER).await;
     gateway(&client, &ns, &ns).await;
@@ -464,7 +480,7 @@ async fn nothing_is_written_in_a_quiet_minute() {
 
 #[tokio::test]
 async fn a_new_leader_takes_over_when_the_leader_dies() {
-    let client = control_plane().client().await;
+    let client = cluster().client().await;
     let ns = test_namespace(&client, "failover").await;
     // A controller name of its own, so the shared controller stays out of this test.
     let name = format!("portico.dev/{ns}");

@@ -71,6 +71,8 @@ fn go_module_dir(module: &str) -> PathBuf {
 }
 
 pub struct ControlPlane {
+    /// The Gateway API CRD channel installed.
+    pub channel: Channel,
     pub server: String,
     pub kubeconfig: PathBuf,
     child: Mutex<Child>,
@@ -95,10 +97,44 @@ impl ControlPlane {
     }
 }
 
-/// The control plane of this test binary, started on first use.
+/// A release channel of the Gateway API CRDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Standard,
+    /// A superset of standard: more kinds (TLSRoute, TCPRoute, ListenerSet, ...) and fields.
+    Experimental,
+}
+
+impl Channel {
+    fn dir(self) -> &'static str {
+        match self {
+            Channel::Standard => "config/crd/standard",
+            Channel::Experimental => "config/crd/experimental",
+        }
+    }
+}
+
+static CP: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The control plane of this test binary, started on first use with the standard-channel
+/// CRDs (or whichever channel [`control_plane_with`] started it with).
 pub fn control_plane() -> &'static ControlPlane {
-    static CP: OnceLock<ControlPlane> = OnceLock::new();
-    CP.get_or_init(|| {
+    CP.get_or_init(|| start_control_plane(Channel::Standard))
+}
+
+/// The control plane of this test binary with the given CRD channel. A binary picks one
+/// channel: every test calls this first, before anything that would start the standard one.
+pub fn control_plane_with(channel: Channel) -> &'static ControlPlane {
+    let cp = CP.get_or_init(|| start_control_plane(channel));
+    assert_eq!(
+        cp.channel, channel,
+        "this test binary already started the control plane with another CRD channel"
+    );
+    cp
+}
+
+fn start_control_plane(channel: Channel) -> ControlPlane {
+    {
         let bin = binary();
         let dir = TempDir::new("controlplane");
         let log = std::fs::File::create(dir.path().join("controlplane.log")).expect("log file");
@@ -129,6 +165,7 @@ pub fn control_plane() -> &'static ControlPlane {
             });
         let (server, kubeconfig) = ready.split_once(' ').expect("READY <server> <kubeconfig>");
         let cp = ControlPlane {
+            channel,
             server: server.to_string(),
             kubeconfig: PathBuf::from(kubeconfig),
             child: Mutex::new(child),
@@ -142,17 +179,17 @@ pub fn control_plane() -> &'static ControlPlane {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(install_gateway_api_crds(&kubeconfig))
+                .block_on(install_gateway_api_crds(&kubeconfig, channel))
         })
         .join()
         .expect("CRD installation");
         cp
-    })
+    }
 }
 
-/// Applies the standard-channel Gateway API CRDs and waits until each is Established.
-async fn install_gateway_api_crds(kubeconfig: &Path) {
-    let dir = go_module_dir("sigs.k8s.io/gateway-api").join("config/crd/standard");
+/// Applies the Gateway API CRDs of `channel` and waits until each is Established.
+async fn install_gateway_api_crds(kubeconfig: &Path, channel: Channel) {
+    let dir = go_module_dir("sigs.k8s.io/gateway-api").join(channel.dir());
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
