@@ -283,7 +283,7 @@ async fn handle(
             "a valid ServiceAccount token is required\n",
         );
     };
-    if sa_ns != gw.namespace || sa_name != format!("portico-{}", gw.name) {
+    if sa_ns != gw.namespace || sa_name != portico_compile::dataplane_name(&gw.name) {
         tracing::warn!(gateway = %gw, account = %format!("{sa_ns}/{sa_name}"), "refused a snapshot client");
         return plain(
             StatusCode::FORBIDDEN,

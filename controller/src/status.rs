@@ -122,16 +122,12 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
     let existing = current
         .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    let addresses: Vec<GatewayStatusAddresses> = gw
-        .spec
+    let addresses: Vec<GatewayStatusAddresses> = report
         .addresses
         .iter()
-        .flatten()
-        .filter_map(|a| {
-            Some(GatewayStatusAddresses {
-                r#type: a.r#type.clone().or_else(|| Some("IPAddress".into())),
-                value: a.value.clone()?,
-            })
+        .map(|a| GatewayStatusAddresses {
+            r#type: Some(a.type_.clone()),
+            value: a.value.clone(),
         })
         .collect();
     let listeners = report

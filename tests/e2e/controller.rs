@@ -274,6 +274,27 @@ async fn status_conditions_follow_the_gateway_api() {
         assert_eq!(kinds, ["GRPCRoute", "HTTPRoute"]);
     }
 
+    // The dataplane Service appears (the operator will create it): its cluster IP becomes
+    // the Gateway's address.
+    let dataplane: Service = create(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "portico-gw"},
+               "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    )
+    .await;
+    let cluster_ip = dataplane
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a cluster IP");
+    await_some("the Gateway to report its Service's address", || async {
+        let g = gateways.get("gw").await.ok()?;
+        let a = g.status?.addresses?;
+        (a.len() == 1 && a[0].value == cluster_ip && a[0].r#type.as_deref() == Some("IPAddress"))
+            .then_some(())
+    })
+    .await;
+
     let good = await_route(
         &client,
         &ns,

@@ -4,7 +4,8 @@
 use crate::hostname;
 use crate::route::AttachedRoutes;
 use crate::status::{
-    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport, reasons, types,
+    Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport,
+    reasons, types,
 };
 use crate::tls::SecretIndex;
 use portico_crds::GATEWAY_GROUP;
@@ -13,7 +14,7 @@ use portico_crds::gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
-use portico_crds::k8s_openapi::api::core::v1::Namespace;
+use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -433,7 +434,46 @@ impl GatewayState {
         self.invalid.is_none() && self.listeners.iter().any(ListenerState::usable)
     }
 
-    pub(crate) fn status(&self) -> GatewayStatus {
+    /// Status addresses: those of the dataplane Service if there is one, else the requested.
+    fn addresses(&self, service: Option<&Service>) -> Vec<GatewayAddress> {
+        let address = |type_: &str, value: &str| GatewayAddress {
+            type_: type_.to_string(),
+            value: value.to_string(),
+        };
+        let mut out: Vec<GatewayAddress> = Vec::new();
+        if let Some(svc) = service {
+            for ingress in svc
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+            {
+                if let Some(ip) = &ingress.ip {
+                    out.push(address("IPAddress", ip));
+                } else if let Some(h) = &ingress.hostname {
+                    out.push(address("Hostname", h));
+                }
+            }
+            if out.is_empty() {
+                let spec = svc.spec.as_ref();
+                let ips = spec
+                    .and_then(|s| s.cluster_ips.clone())
+                    .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+                    .unwrap_or_default();
+                out.extend(
+                    ips.iter()
+                        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+                        .map(|ip| address("IPAddress", ip)),
+                );
+            }
+        }
+        if out.is_empty() {
+            out.extend(self.addresses.iter().map(|ip| address("IPAddress", ip)));
+        }
+        out
+    }
+
+    pub(crate) fn status(&self, dataplane_service: Option<&Service>) -> GatewayStatus {
         let g = self.generation;
         let bad: Vec<&str> = self
             .listeners
@@ -478,6 +518,7 @@ impl GatewayState {
             )
         };
         GatewayStatus {
+            addresses: self.addresses(dataplane_service),
             conditions: vec![accepted, programmed],
             listeners: self
                 .listeners

@@ -99,6 +99,9 @@ impl Dependencies {
                 &id,
             );
             d.add(DepKey::Gateway(id.clone()), &id);
+            // Its dataplane Service's addresses are its status addresses.
+            let service = ObjectRef::new(id.namespace.clone(), crate::dataplane_name(&id.name));
+            d.add(DepKey::Service(service), &id);
             for r in gw
                 .spec
                 .listeners

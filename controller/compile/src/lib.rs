@@ -135,7 +135,11 @@ pub fn compile_scoped(
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
-        status.gateways.insert(gw.id.clone(), gw.status());
+        let service = inputs.services.iter().find(|s| {
+            s.metadata.name.as_deref() == Some(dataplane_name(&gw.id.name).as_str())
+                && namespace_of(&s.metadata) == gw.id.namespace
+        });
+        status.gateways.insert(gw.id.clone(), gw.status(service));
         if let Some(snapshot) = gw.snapshot(&routes.attached) {
             snapshots.insert(gw.id.clone(), snapshot);
         }
@@ -181,6 +185,13 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
         }
     }
     out
+}
+
+/// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment) in the
+/// Gateway's namespace: the ServiceAccount the snapshot channel admits, and the Service whose
+/// addresses the Gateway reports.
+pub fn dataplane_name(gateway: &str) -> String {
+    format!("portico-{gateway}")
 }
 
 /// `metadata.namespace`, defaulting the way `kubectl apply` does for namespaced objects.

@@ -92,8 +92,20 @@ pub struct GatewayClassStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
+    /// Where the Gateway can be reached: its dataplane Service's load-balancer ingress or
+    /// cluster IPs, else the addresses it asked for.
+    pub addresses: Vec<GatewayAddress>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    /// `IPAddress` or `Hostname`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub value: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

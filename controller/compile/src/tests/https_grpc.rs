@@ -316,3 +316,34 @@ fn http_and_grpc_routes_sharing_a_host_the_oldest_wins() {
     let status = &out.status.http_routes[&ObjectRef::new("default", "other-host")];
     assert!(find(&status.parents[0].conditions, types::ACCEPTED).is_some_and(Condition::is_true));
 }
+
+#[test]
+fn gateway_addresses_come_from_its_dataplane_service() {
+    let addresses = |extra: &str| -> Vec<(String, String)> {
+        run(extra).status.gateways[&gw()]
+            .addresses
+            .iter()
+            .map(|a| (a.type_.clone(), a.value.clone()))
+            .collect()
+    };
+    // No dataplane Service: nothing is bound yet (the base Gateway requests no address).
+    assert!(addresses("").is_empty());
+    let service = |status: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: portico-gw, namespace: default}}\nspec: {{type: LoadBalancer, clusterIP: 10.0.0.7, clusterIPs: [10.0.0.7], ports: [{{port: 80}}]}}\n{status}"
+        )
+    };
+    assert_eq!(
+        addresses(&service("")),
+        [("IPAddress".to_string(), "10.0.0.7".to_string())]
+    );
+    assert_eq!(
+        addresses(&service(
+            "status: {loadBalancer: {ingress: [{ip: 203.0.113.9}, {hostname: lb.example.com}]}}\n"
+        )),
+        [
+            ("IPAddress".to_string(), "203.0.113.9".to_string()),
+            ("Hostname".to_string(), "lb.example.com".to_string())
+        ]
+    );
+}
