@@ -59,6 +59,16 @@ impl EndpointSet {
 pub trait EndpointSource: Send + Sync {
     /// The endpoints of a Service port (`port_name` matches the slices' port names).
     fn endpoints(&self, id: &BackendId, port_name: Option<&str>) -> Vec<Endpoint>;
+
+    /// Narrows the source to the Services of these namespaces; each receiver turns true once
+    /// its namespace is known (a source that always knows everything returns none).
+    fn scope(
+        self: std::sync::Arc<Self>,
+        namespaces: &std::collections::BTreeSet<String>,
+    ) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        let _ = namespaces;
+        Vec::new()
+    }
 }
 
 #[derive(Debug)]
@@ -130,12 +140,27 @@ impl Pools {
         self.external.store(true, Ordering::Relaxed);
     }
 
-    /// Refreshes every pool's endpoints from `source`.
-    pub fn refresh(&self, source: &dyn EndpointSource) {
-        let pools: Vec<Arc<EndpointPool>> = self.pools.lock().values().cloned().collect();
+    /// Refreshes the endpoints of the pools whose backend `which` selects from `source`.
+    pub fn refresh(&self, source: &dyn EndpointSource, which: impl Fn(&BackendId) -> bool) {
+        let pools: Vec<Arc<EndpointPool>> = self
+            .pools
+            .lock()
+            .values()
+            .filter(|p| which(&p.id))
+            .cloned()
+            .collect();
         for p in pools {
             p.update(&source.endpoints(&p.id, p.port_name.as_deref()));
         }
+    }
+
+    /// The namespaces of the backends in use.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.pools
+            .lock()
+            .keys()
+            .map(|(id, _)| id.namespace.clone())
+            .collect()
     }
 
     /// Drops pools no snapshot uses any more.

@@ -73,6 +73,9 @@ fn persist(s: &ChannelSettings, snap: &Snapshot) -> std::io::Result<()> {
     std::fs::rename(&tmp, s.state_file())
 }
 
+/// How long a snapshot waits for the EndpointSlices of a namespace it newly sends traffic to.
+const ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
+
 /// Applies one snapshot. A snapshot the dataplane cannot serve (a socket that cannot be bound)
 /// is rejected and the last good one restored.
 fn apply(dp: &Dataplane, snap: &Snapshot, last_good: &mut Option<Snapshot>) -> Result<(), String> {
@@ -195,6 +198,8 @@ async fn session(
                 .await?;
                 continue;
             }
+            dp.prepare(std::slice::from_ref(&snap), ENDPOINTS_WAIT)
+                .await;
             let ack = match apply(dp, &snap, last_good) {
                 Ok(()) => {
                     if let Err(e) = persist(s, &snap) {
@@ -246,6 +251,8 @@ pub async fn run(dp: &Dataplane, s: &ChannelSettings, stop: impl std::future::Fu
             version = snap.version,
             "serving the persisted snapshot until the controller answers"
         );
+        dp.prepare(std::slice::from_ref(&snap), ENDPOINTS_WAIT)
+            .await;
         if apply(dp, &snap, &mut last_good).is_err() {
             tracing::warn!("the persisted snapshot cannot be served");
         }

@@ -75,7 +75,48 @@ impl Dataplane {
     /// changes without a new snapshot.
     pub fn refresh_endpoints(&self) {
         if let Some(source) = self.endpoints.get() {
-            self.pools.refresh(source.as_ref());
+            self.pools.refresh(source.as_ref(), |_| true);
+        }
+    }
+
+    /// Re-reads the endpoints of one Service's pools.
+    pub fn refresh_service(&self, namespace: &str, name: &str) {
+        if let Some(source) = self.endpoints.get() {
+            self.pools.refresh(source.as_ref(), |id| {
+                id.namespace == namespace && id.name == name
+            });
+        }
+    }
+
+    /// Re-reads the endpoints of the pools of one namespace.
+    pub fn refresh_namespace(&self, namespace: &str) {
+        if let Some(source) = self.endpoints.get() {
+            self.pools
+                .refresh(source.as_ref(), |id| id.namespace == namespace);
+        }
+    }
+
+    /// Gets the endpoint source ready for `snapshots` before they are applied: it learns the
+    /// namespaces they send traffic to (and those in use now, until the swap) and is waited
+    /// for, at most `limit`, so new routes do not start without endpoints.
+    pub async fn prepare(&self, snapshots: &[Snapshot], limit: Duration) {
+        let Some(source) = self.endpoints.get() else {
+            return;
+        };
+        let mut namespaces = self.pools.namespaces();
+        namespaces.extend(
+            snapshots
+                .iter()
+                .flat_map(|s| s.backends.iter().map(|b| b.id.namespace.clone())),
+        );
+        let waits = source.clone().scope(&namespaces);
+        let all = async {
+            for mut w in waits {
+                let _ = w.wait_for(|synced| *synced).await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("EndpointSlices of some namespaces are not listed yet; applying anyway");
         }
     }
 

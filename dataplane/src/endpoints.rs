@@ -1,54 +1,149 @@
-//! Endpoints from the cluster: a watch on EndpointSlices feeding the dataplane's pools, so an
+//! Endpoints from the cluster: EndpointSlice watches feeding the dataplane's pools, so an
 //! endpoint that becomes ready, unready or goes away shifts traffic with no new snapshot.
+//!
+//! Only the namespaces the snapshots send traffic to are watched (one watch each, started
+//! before a snapshot that needs it is applied, stopped a snapshot after the last route into
+//! it is gone), so a dataplane never holds the endpoints of a whole cluster. Slices are kept
+//! by Service, and a slice event refreshes only the pools of its Service.
 
 use crate::balancer::EndpointSource;
 use crate::dataplane::Dataplane;
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use parking_lot::Mutex;
 use portico_model::{BackendId, Endpoint};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use tokio::sync::watch;
 
-/// EndpointSlices of Services (those with the `kubernetes.io/service-name` label).
+/// A Service: (namespace, name).
+type ServiceKey = (String, String);
+/// A Service's slices by slice name.
+type Slices = BTreeMap<String, Arc<EndpointSlice>>;
+
+struct NamespaceWatch {
+    task: tokio::task::AbortHandle,
+    synced: watch::Receiver<bool>,
+}
+
+/// EndpointSlices of Services (those with the `kubernetes.io/service-name` label) in the
+/// namespaces the dataplane's snapshots use.
 pub struct SliceWatcher {
-    store: Store<EndpointSlice>,
+    client: Client,
+    dp: Weak<Dataplane>,
+    by_service: Mutex<HashMap<ServiceKey, Slices>>,
+    watches: Mutex<BTreeMap<String, NamespaceWatch>>,
 }
 
 impl EndpointSource for SliceWatcher {
     fn endpoints(&self, id: &BackendId, port_name: Option<&str>) -> Vec<Endpoint> {
-        let slices: Vec<Arc<EndpointSlice>> = self
-            .store
-            .state()
-            .into_iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(id.namespace.as_str())
-                    && s.labels().get(portico_compile::SERVICE_NAME_LABEL) == Some(&id.name)
-            })
+        let by_service = self.by_service.lock();
+        let slices = by_service.get(&(id.namespace.clone(), id.name.clone()));
+        portico_compile::endpoints_from_slices(
+            slices.into_iter().flat_map(|s| s.values().map(|s| &**s)),
+            port_name,
+        )
+    }
+
+    fn scope(self: Arc<Self>, namespaces: &BTreeSet<String>) -> Vec<watch::Receiver<bool>> {
+        let mut watches = self.watches.lock();
+        let gone: Vec<String> = watches
+            .keys()
+            .filter(|ns| !namespaces.contains(*ns))
+            .cloned()
             .collect();
-        portico_compile::endpoints_from_slices(slices.iter().map(|s| &**s), port_name)
+        for ns in gone {
+            if let Some(w) = watches.remove(&ns) {
+                w.task.abort();
+            }
+            self.by_service.lock().retain(|(n, _), _| *n != ns);
+            tracing::debug!(namespace = %ns, "no longer watching EndpointSlices");
+        }
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let w = watches.entry(ns.clone()).or_insert_with(|| {
+                let (tx, synced) = watch::channel(false);
+                let task =
+                    tokio::spawn(self.clone().watch_namespace(ns.clone(), tx)).abort_handle();
+                tracing::debug!(namespace = %ns, "watching EndpointSlices");
+                NamespaceWatch { task, synced }
+            });
+            out.push(w.synced.clone());
+        }
+        out
     }
 }
 
-/// Starts watching EndpointSlices for `dp`, which refreshes its pools on every change.
-pub fn start(client: Client, dp: Arc<Dataplane>) -> Arc<SliceWatcher> {
-    let (store, writer) = reflector::store();
-    let api: Api<EndpointSlice> = Api::all(client);
-    let config = watcher::Config::default().labels(portico_compile::SERVICE_NAME_LABEL);
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
-    let source = Arc::new(SliceWatcher { store });
-    dp.set_endpoint_source(source.clone());
-    tokio::spawn(async move {
+fn service_of(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let svc = slice.labels().get(portico_compile::SERVICE_NAME_LABEL)?;
+    Some((slice.namespace().unwrap_or_default(), svc.clone()))
+}
+
+impl SliceWatcher {
+    async fn watch_namespace(self: Arc<Self>, ns: String, synced: watch::Sender<bool>) {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &ns);
+        let config = watcher::Config::default().labels(portico_compile::SERVICE_NAME_LABEL);
+        let stream = watcher(api, config).default_backoff();
         let mut stream = std::pin::pin!(stream);
+        // A (re-)list is collected whole, then replaces the namespace's slices.
+        let mut listing: HashMap<ServiceKey, Slices> = HashMap::new();
         while let Some(event) = stream.next().await {
+            let Some(dp) = self.dp.upgrade() else { return };
             match event {
-                Ok(_) => dp.refresh_endpoints(),
+                Ok(watcher::Event::Init) => listing.clear(),
+                Ok(watcher::Event::InitApply(s)) => {
+                    if let Some(key) = service_of(&s) {
+                        listing
+                            .entry(key)
+                            .or_default()
+                            .insert(s.name_any(), Arc::new(s));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    {
+                        let mut by_service = self.by_service.lock();
+                        by_service.retain(|(n, _), _| *n != ns);
+                        by_service.extend(listing.drain());
+                    }
+                    dp.refresh_namespace(&ns);
+                    let _ = synced.send(true);
+                }
+                Ok(watcher::Event::Apply(s)) => {
+                    if let Some(key) = service_of(&s) {
+                        self.by_service
+                            .lock()
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(s.name_any(), Arc::new(s));
+                        dp.refresh_service(&key.0, &key.1);
+                    }
+                }
+                Ok(watcher::Event::Delete(s)) => {
+                    if let Some(key) = service_of(&s) {
+                        if let Some(slices) = self.by_service.lock().get_mut(&key) {
+                            slices.remove(&s.name_any());
+                        }
+                        dp.refresh_service(&key.0, &key.1);
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "EndpointSlice watch failed; retrying with back-off")
+                    tracing::warn!(namespace = %ns, error = %e, "EndpointSlice watch failed; retrying with back-off")
                 }
             }
         }
+    }
+}
+
+/// Makes `dp` take its endpoints from the cluster's EndpointSlices.
+pub fn start(client: Client, dp: &Arc<Dataplane>) -> Arc<SliceWatcher> {
+    let source = Arc::new(SliceWatcher {
+        client,
+        dp: Arc::downgrade(dp),
+        by_service: Mutex::new(HashMap::new()),
+        watches: Mutex::new(BTreeMap::new()),
     });
+    dp.set_endpoint_source(source.clone());
     source
 }

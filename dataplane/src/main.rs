@@ -312,7 +312,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("cannot reach the Kubernetes API for EndpointSlices")?;
-            let _slices = portico_dataplane::endpoints::start(client, dp.clone());
+            let _slices = portico_dataplane::endpoints::start(client, &dp);
             portico_dataplane::channel::run(&dp, &channel, stop).await
         }
     }

@@ -203,7 +203,10 @@ async fn traffic_follows_endpointslices_without_a_new_snapshot() {
         .await
         .expect("create slice a");
     let state = TempDir::new("state");
-    let dp = s.dataplane("replica", &token, state.path());
+    // The dataplane reads EndpointSlices as its own ServiceAccount, allowed to do so in this
+    // namespace only: it watches just the namespaces its snapshot sends traffic to.
+    let kubeconfig = s.dataplane_kubeconfig("portico-gw").await;
+    let dp = s.dataplane_as("replica", &token, state.path(), &kubeconfig);
     s.await_programmed().await;
     let http = HttpClient::new();
     let addr = SocketAddr::new(dp.ip, s.port);

@@ -5,6 +5,7 @@ use crate::cluster::{control_plane, create, create_cluster, start_controller, te
 use crate::{Proc, TempDir, await_some, binaries, free_port, loopback_ip};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -129,12 +130,89 @@ impl Setup {
         path
     }
 
+    /// A kubeconfig for ServiceAccount `account` (which must exist) with an API token, and a
+    /// Role that lets it list and watch EndpointSlices in this namespace only: what a
+    /// dataplane pod gets.
+    pub async fn dataplane_kubeconfig(&self, account: &str) -> PathBuf {
+        let roles: Api<Role> = Api::namespaced(self.client.clone(), &self.ns);
+        roles
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": account},
+                    "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                               "verbs": ["list", "watch"]}]}))
+                .expect("Role"),
+            )
+            .await
+            .expect("create Role");
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &self.ns);
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": account},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.ns}]}))
+                .expect("RoleBinding"),
+            )
+            .await
+            .expect("create RoleBinding");
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        let token = accounts
+            .create_token_request(account, &PostParams::default(), &TokenRequest::default())
+            .await
+            .expect("TokenRequest")
+            .status
+            .and_then(|s| s.token)
+            .expect("token");
+        let cp = control_plane();
+        let admin = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+        let ca = admin
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.certificate_authority.clone())
+            .expect("CA file");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}}}]\nusers: [{{name: {account}, user: {{token: {token}}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: {account}}}}}]\ncurrent-context: test\n",
+            cp.server
+        );
+        let path = self.files.path().join(format!("{account}.kubeconfig"));
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
     /// Starts a dataplane replica on its own loopback address.
     pub fn dataplane(&self, replica: &str, token: &Path, state: &Path) -> Dataplane {
         self.dataplane_on(loopback_ip(), replica, token, state)
     }
 
+    /// A dataplane replica that reads EndpointSlices with `kubeconfig` instead of the
+    /// admin's.
+    pub fn dataplane_as(
+        &self,
+        replica: &str,
+        token: &Path,
+        state: &Path,
+        kubeconfig: &Path,
+    ) -> Dataplane {
+        self.spawn_dataplane(loopback_ip(), replica, token, state, kubeconfig)
+    }
+
     pub fn dataplane_on(&self, ip: IpAddr, replica: &str, token: &Path, state: &Path) -> Dataplane {
+        let kubeconfig = control_plane().kubeconfig.clone();
+        self.spawn_dataplane(ip, replica, token, state, &kubeconfig)
+    }
+
+    fn spawn_dataplane(
+        &self,
+        ip: IpAddr,
+        replica: &str,
+        token: &Path,
+        state: &Path,
+        kubeconfig: &Path,
+    ) -> Dataplane {
         let admin = SocketAddr::new(ip, free_port(ip));
         let args: Vec<String> = [
             "connect",
@@ -162,14 +240,13 @@ impl Setup {
         .collect();
         // KUBECONFIG stands in for the pod's ServiceAccount: the dataplane watches
         // EndpointSlices with it.
-        let kubeconfig = control_plane().kubeconfig.clone();
         Dataplane {
             ip,
             proc: Proc::spawn_with_env(
                 replica,
                 &binaries().portico,
                 &args,
-                &[("KUBECONFIG", kubeconfig.as_path())],
+                &[("KUBECONFIG", kubeconfig)],
             ),
         }
     }
