@@ -63,6 +63,12 @@ impl ChangeLog {
         self.0.lock().all = true;
     }
 
+    /// Whether anything was recorded since the last [`ChangeLog::take`].
+    pub fn pending(&self) -> bool {
+        let d = self.0.lock();
+        d.all || !d.keys.is_empty()
+    }
+
     /// Takes what was recorded, leaving nothing.
     pub fn take(&self) -> Changes {
         let d = std::mem::take(&mut *self.0.lock());
@@ -92,8 +98,23 @@ pub struct Index {
     pub changes: ChangeLog,
 }
 
+/// Whether compile reads all of an object or only what `metadata.generation` covers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Everything,
+    /// Spec (and metadata) only: a change that keeps the generation is a status write (most
+    /// often our own) and wakes the loop to compare status, not to recompile.
+    Spec,
+}
+
 /// Watches one kind into a store, recording `key` of every changed object.
-fn watch<K>(api: Api<K>, changed: Arc<Notify>, log: ChangeLog, key: fn(&K) -> DepKey) -> Store<K>
+fn watch<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    log: ChangeLog,
+    reads: Reads,
+    key: fn(&K) -> DepKey,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -104,18 +125,37 @@ where
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // The generation last seen of each object, for `Reads::Spec`.
+        let mut generations: std::collections::HashMap<DepKey, Option<i64>> =
+            std::collections::HashMap::new();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(k) | watcher::Event::Delete(k)) => {
-                    log.record(key(&k));
+                Ok(watcher::Event::Apply(k)) => {
+                    let key = key(&k);
+                    let generation = k.meta().generation;
+                    let spec_changed = reads == Reads::Everything
+                        || generations.insert(key.clone(), generation) != Some(generation);
+                    if spec_changed {
+                        log.record(key);
+                    }
                     changed.notify_one();
+                }
+                Ok(watcher::Event::Delete(k)) => {
+                    let key = key(&k);
+                    generations.remove(&key);
+                    log.record(key);
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::InitApply(k)) if reads == Reads::Spec => {
+                    generations.insert(key(&k), k.meta().generation);
                 }
                 // A (re-)list may have missed deletions: recompile everything once it is done.
                 Ok(watcher::Event::InitDone) => {
                     log.record_all();
                     changed.notify_one();
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(watcher::Event::Init) => generations.clear(),
+                Ok(watcher::Event::InitApply(_)) => {}
                 Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with back-off"),
             }
         }
@@ -132,42 +172,49 @@ impl Index {
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Spec,
                 |c: &GatewayClass| DepKey::GatewayClass(c.name_any()),
             ),
             gateways: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Spec,
                 |g: &Gateway| DepKey::Gateway(id(g)),
             ),
             routes: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Spec,
                 |r: &HttpRoute| DepKey::Route(RouteKind::Http, id(r)),
             ),
             grpc_routes: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Spec,
                 |r: &GrpcRoute| DepKey::Route(RouteKind::Grpc, id(r)),
             ),
             grants: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Everything,
                 |g: &ReferenceGrant| DepKey::ReferenceGrants(g.namespace().unwrap_or_default()),
             ),
             services: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Everything,
                 |s: &Service| DepKey::Service(id(s)),
             ),
             namespaces: watch(
                 Api::all(client.clone()),
                 changed.clone(),
                 log.clone(),
+                Reads::Everything,
                 |n: &Namespace| DepKey::Namespace(n.name_any()),
             ),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone()),

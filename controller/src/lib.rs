@@ -148,7 +148,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let hub = Arc::new(channel::Hub::new(changed.clone()));
     let index = Index::start(&client, &changed);
-    let (elector, mut leading) = LeaderElector::new(client.clone(), settings.lease.clone());
+    let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
     if let Some((listener, tls)) = channel {
         let auth = Arc::new(channel::Authenticator::new(client.clone()));
         tokio::spawn(channel::serve(
@@ -174,18 +174,24 @@ pub async fn run(
 
     index.wait_ready(Duration::from_secs(10)).await;
     tracing::info!("caches synced");
-    let writer = StatusWriter::new(client, &settings.controller_name);
+    let (reports, pending_report) = tokio::sync::watch::channel(None);
+    tokio::spawn(StatusWriter::new(client, &settings.controller_name).run(
+        index.clone(),
+        pending_report,
+        leading.clone(),
+    ));
     let mut compiler = IncrementalCompile::new(&settings.controller_name);
-    let mut last_compile;
+    let mut last_compile = std::time::Instant::now();
     let mut first = true;
     loop {
-        last_compile = std::time::Instant::now();
         let mut changes = index.changes.take();
         if std::mem::take(&mut first) {
             changes = Changes::All;
         }
-        // Woken by a dataplane's answer alone: nothing to compile, only status to refresh.
+        // Woken by a dataplane's answer or a status write alone: nothing to compile, only
+        // status to refresh.
         if changes != Changes::Keys(Default::default()) {
+            last_compile = std::time::Instant::now();
             let mut inputs = index.inputs();
             let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
             index.secrets.sync(&secrets);
@@ -196,39 +202,37 @@ pub async fn run(
                 .wait_synced(&secrets, Duration::from_secs(5))
                 .await;
             inputs.secrets = index.secrets.secrets();
+            let read = last_compile.elapsed();
             let touched = compiler.update(&inputs, &changes);
+            let compiled = last_compile.elapsed();
+            hub.publish(&touched, |gw| compiler.snapshot(gw));
             tracing::debug!(
                 compiled = touched.len(),
                 gateways = compiler.gateways(),
+                read_us = read.as_micros(),
+                compile_us = (compiled - read).as_micros(),
+                publish_us = (last_compile.elapsed() - compiled).as_micros(),
                 "compiled"
             );
-            hub.publish(&touched, |gw| compiler.snapshot(gw));
         }
         let mut status = compiler.status();
         let in_grace = started.elapsed() < RECONNECT_GRACE;
         apply_delivery(&mut status, &hub, in_grace, &index);
-        if *leading.borrow() {
-            match writer.write(&status, &index).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(objects = n, "status written"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "status write failed; retrying");
-                    changed.notify_one();
-                }
-            }
-        }
+        // The writer (leader only) takes it from here, without holding up the next compile.
+        // Sent on every wake, changed or not: the writer compares it with the cluster, which
+        // is how someone else's overwrite of our status gets corrected.
+        reports.send_replace(Some(status));
         let grace_end = tokio::time::Instant::from_std(started + RECONNECT_GRACE);
         tokio::select! {
             _ = changed.notified() => {}
-            _ = leading.changed() => {}
             // When the grace ends, Gateways still without dataplanes must say so.
             _ = tokio::time::sleep_until(grace_end), if in_grace => {}
             _ = stop_rx.wait_for(|s| *s) => break,
         }
         // At most one compile per `debounce`: an isolated change compiles at once, a burst
-        // is coalesced into the next compile.
+        // is coalesced into the next compile. Wakes with nothing to compile do not wait.
         let since = last_compile.elapsed();
-        if since < settings.debounce {
+        if index.changes.pending() && since < settings.debounce {
             tokio::time::sleep(settings.debounce - since).await;
         }
     }

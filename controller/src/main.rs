@@ -27,7 +27,9 @@ struct Args {
     lease_duration_s: u64,
     #[arg(long, default_value_t = 5)]
     renew_every_s: u64,
-    #[arg(long, default_value_t = 50)]
+    /// The shortest time between two compiles. Changes arriving meanwhile are compiled
+    /// together; a compile only recomputes the Gateways they touch, so this can stay short.
+    #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
     /// Where dataplanes connect for snapshots (HTTP/2 over TLS). Empty to serve none.
     #[arg(long, default_value = "0.0.0.0:9443")]

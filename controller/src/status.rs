@@ -222,6 +222,39 @@ impl StatusWriter {
         }
     }
 
+    /// Writes the latest report handed over on `reports` whenever this replica leads (the
+    /// channel holds one report: a newer one replaces an unwritten older one, so the queue is
+    /// bounded and the compile loop never waits for the API server). A failed write is
+    /// retried after a pause, with whatever report is latest by then.
+    pub async fn run(
+        self,
+        index: Index,
+        mut reports: tokio::sync::watch::Receiver<Option<StatusReport>>,
+        mut leading: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                r = reports.changed() => if r.is_err() { return },
+                r = leading.changed() => if r.is_err() { return },
+            }
+            if !*leading.borrow_and_update() {
+                continue;
+            }
+            let Some(report) = reports.borrow_and_update().clone() else {
+                continue;
+            };
+            match self.write(&report, &index).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(objects = n, "status written"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "status write failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    reports.mark_changed();
+                }
+            }
+        }
+    }
+
     /// Returns the number of objects written.
     pub async fn write(&self, report: &StatusReport, index: &Index) -> Result<usize> {
         let now = now();

@@ -79,13 +79,15 @@ const ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
 /// Applies one snapshot. A snapshot the dataplane cannot serve (a socket that cannot be bound)
 /// is rejected and the last good one restored.
 fn apply(dp: &Dataplane, snap: &Snapshot, last_good: &mut Option<Snapshot>) -> Result<(), String> {
+    let started = std::time::Instant::now();
     let report = dp.apply(std::slice::from_ref(snap), snap.version);
+    let apply_us = started.elapsed().as_micros();
     for w in &report.warnings {
         tracing::warn!(version = snap.version, "{w}");
     }
     if report.bind_failures.is_empty() {
         *last_good = Some(snap.clone());
-        tracing::info!(version = snap.version, routes = report.routes, sockets = ?report.sockets, "snapshot applied");
+        tracing::info!(version = snap.version, routes = report.routes, sockets = ?report.sockets, apply_us, "snapshot applied");
         return Ok(());
     }
     let reason = report
