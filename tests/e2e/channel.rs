@@ -273,11 +273,13 @@ async fn traffic_follows_endpointslices_without_a_new_snapshot() {
 async fn https_listeners_serve_secrets_and_follow_their_rotation() {
     let s = Setup::new("channel-tls").await;
     let (cert, key) = self_signed(&["a.example.com"]);
-    let secret = |cert: &str, key: &str| {
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cert"},
+    let (b_cert, b_key) = self_signed(&["*.b.example.com"]);
+    let secret = |name: &str, cert: &str, key: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key}})
     };
-    create::<Secret>(&s.client, &s.ns, secret(&cert, &key)).await;
+    create::<Secret>(&s.client, &s.ns, secret("cert", &cert, &key)).await;
+    create::<Secret>(&s.client, &s.ns, secret("cert-b", &b_cert, &b_key)).await;
     let ip = portico_tests::loopback_ip();
     let https_port = free_port(ip);
     let gateways: Api<Gateway> = Api::namespaced(s.client.clone(), &s.ns);
@@ -292,7 +294,10 @@ async fn https_listeners_serve_secrets_and_follow_their_rotation() {
                     {"name": "http", "port": s.port, "protocol": "HTTP"},
                     {"name": "https", "port": https_port, "protocol": "HTTPS",
                      "hostname": "a.example.com",
-                     "tls": {"certificateRefs": [{"name": "cert"}]}}]}})),
+                     "tls": {"certificateRefs": [{"name": "cert"}]}},
+                    {"name": "https-b", "port": https_port, "protocol": "HTTPS",
+                     "hostname": "*.b.example.com",
+                     "tls": {"certificateRefs": [{"name": "cert-b"}]}}]}})),
         )
         .await
         .expect("add the HTTPS listener");
@@ -315,6 +320,11 @@ async fn https_listeners_serve_secrets_and_follow_their_rotation() {
     })
     .await;
     assert!(conn.presented(&cert));
+    // SNI picks the other listener's certificate for its names.
+    let other = Conn::connect(addr, "x.b.example.com", &[&b_cert], &[b"h2"])
+        .await
+        .expect("TLS to the wildcard listener");
+    assert!(other.presented(&b_cert));
     let r = conn.get("a.example.com", "/").await.expect("GET over TLS");
     assert_eq!(r.status, 302);
     assert_eq!(
