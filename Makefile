@@ -27,7 +27,13 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: controlplane ## Route matching at 10,000 routes, memory per route, config propagation on the test control plane
+bench: controlplane ## Portico vs nginx, HAProxy, Envoy; scale; propagation; writes docs/benchmarks.md
+	./tests/bench/tools.sh
+	rm -rf target/bench-report
 	$(CARGO) bench -p portico-dataplane --bench router --bench memory
 	$(CARGO) build --release --workspace --bins
+	PORTICO_BIN_DIR=$(CURDIR)/target/release $(CARGO) bench -p portico-tests --bench compare
 	PORTICO_BIN_DIR=$(CURDIR)/target/release $(CARGO) bench -p portico-tests --bench propagation
+	mkdir -p docs
+	./tests/bench/report.sh > docs/benchmarks.md
+	@echo "wrote docs/benchmarks.md"

@@ -5,6 +5,10 @@
 //! `delay_ms=N` waits before answering, `status=N` sets the status, `size=N` answers N bytes
 //! of `x` instead of JSON. `GET /__stats` reports how many requests it answered (not counted).
 //! Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port.
+//!
+//! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
+//! else, so that it costs as little as possible per request (`/100k` answers 100 KiB, any
+//! other path 13 bytes).
 
 use bytes::Bytes;
 use clap::Parser;
@@ -33,6 +37,29 @@ struct Args {
     /// Name reported in every answer.
     #[arg(long, default_value = "echo")]
     name: String,
+    /// Answer every request with a fixed body (the benchmarks' backend).
+    #[arg(long)]
+    fixed: bool,
+}
+
+/// The fixed answers of `--fixed`.
+struct Fixed {
+    small: Bytes,
+    large: Bytes,
+}
+
+fn fixed(req: &Request<Incoming>, f: &Fixed) -> Response<Full<Bytes>> {
+    let body = if req.uri().path() == "/100k" {
+        f.large.clone()
+    } else {
+        f.small.clone()
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
 }
 
 fn param(query: Option<&str>, name: &str) -> Option<u64> {
@@ -124,6 +151,12 @@ async fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let name: Arc<str> = args.name.into();
+    let fixed_answers = args.fixed.then(|| {
+        Arc::new(Fixed {
+            small: Bytes::from_static(b"hello, world\n"),
+            large: Bytes::from(vec![b'x'; 100 * 1024]),
+        })
+    });
     let count = Arc::new(AtomicU64::new(0));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
@@ -136,10 +169,17 @@ async fn main() -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let (name, count, builder) = (name.clone(), count.clone(), builder.clone());
+        let fixed_answers = fixed_answers.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (name, count) = (name.clone(), count.clone());
-                async move { Ok::<_, Infallible>(handle(req, name, count).await) }
+                let fixed_answers = fixed_answers.clone();
+                async move {
+                    Ok::<_, Infallible>(match fixed_answers {
+                        Some(f) => fixed(&req, &f),
+                        None => handle(req, name, count).await,
+                    })
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });

@@ -1,0 +1,396 @@
+//! The proxies compared, each configured the way its own documentation recommends for a
+//! reverse proxy in front of one keep-alive backend, with a given number of workers.
+
+use portico_tests::{Proc, TempDir, binaries, wait_port};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the tools are: `make bench` installs what is missing (`tests/bench/tools.sh`).
+pub(crate) struct Tools {
+    pub(crate) nginx: PathBuf,
+    pub(crate) haproxy: PathBuf,
+    pub(crate) envoy: PathBuf,
+    pub(crate) wrk: PathBuf,
+    pub h2load: PathBuf,
+    pub(crate) oha: PathBuf,
+}
+
+fn find(name: &str, extra: &[PathBuf]) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .chain(extra.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found; run `make bench`, which installs it"))
+}
+
+impl Tools {
+    pub(crate) fn locate(tools_dir: &Path) -> Self {
+        let extra = [tools_dir.join("bin")];
+        Self {
+            nginx: find("nginx", &extra),
+            haproxy: find("haproxy", &extra),
+            envoy: find("envoy", &extra),
+            wrk: find("wrk", &extra),
+            h2load: find("h2load", &extra),
+            oha: find("oha", &extra),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// The backend itself, no proxy: the physical limit of this machine.
+    Direct,
+    Portico,
+    Nginx,
+    Haproxy,
+    Envoy,
+}
+
+impl Peer {
+    pub(crate) const ALL: [Peer; 5] = [
+        Peer::Direct,
+        Peer::Portico,
+        Peer::Nginx,
+        Peer::Haproxy,
+        Peer::Envoy,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Portico => "portico",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+            Peer::Envoy => "envoy",
+        }
+    }
+}
+
+/// What the downstream side speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Front {
+    Http1,
+    /// HTTP/2 with prior knowledge, alongside HTTP/1.1 where the proxy allows.
+    H2c,
+    Tls,
+}
+
+pub(crate) struct ProxyConfig<'a> {
+    pub(crate) workers: usize,
+    pub(crate) front: Front,
+    pub(crate) listen: SocketAddr,
+    /// A free port beside `listen` for the proxy's admin interface (Portico, Envoy).
+    pub(crate) admin: SocketAddr,
+    pub(crate) backend: SocketAddr,
+    /// PEM certificate and key for `Front::Tls`.
+    pub(crate) tls: Option<(&'a str, &'a str)>,
+    /// Extra Portico routes loaded beside the measured one.
+    pub(crate) extra_routes: usize,
+}
+
+/// A started proxy.
+pub(crate) struct Running {
+    pub(crate) proc: Proc,
+    _dir: TempDir,
+}
+
+/// Starts `peer` (not `Direct`) pinned to `cpus` (a taskset list), waiting for its port.
+pub(crate) fn start(tools: &Tools, peer: Peer, c: &ProxyConfig<'_>, cpus: Option<&str>) -> Running {
+    let dir = TempDir::new(peer.name());
+    let (program, args): (PathBuf, Vec<String>) = match peer {
+        Peer::Direct => unreachable!("the backend is started by the caller"),
+        Peer::Portico => {
+            dir.write("config.yaml", &portico_config(c));
+            (
+                binaries().portico.clone(),
+                vec![
+                    "standalone".into(),
+                    "--config".into(),
+                    dir.path().display().to_string(),
+                    "--bind-address".into(),
+                    c.listen.ip().to_string(),
+                    "--admin-address".into(),
+                    c.admin.to_string(),
+                    "--access-log".into(),
+                    "false".into(),
+                    "--workers".into(),
+                    c.workers.to_string(),
+                ],
+            )
+        }
+        Peer::Nginx => {
+            if let Some((cert, key)) = c.tls {
+                dir.write("cert.pem", cert);
+                dir.write("key.pem", key);
+            }
+            dir.write("nginx.conf", &nginx_config(c, dir.path()));
+            (
+                tools.nginx.clone(),
+                vec![
+                    "-p".into(),
+                    dir.path().display().to_string(),
+                    "-e".into(),
+                    dir.path().join("error.log").display().to_string(),
+                    "-c".into(),
+                    dir.path().join("nginx.conf").display().to_string(),
+                ],
+            )
+        }
+        Peer::Haproxy => {
+            if let Some((cert, key)) = c.tls {
+                dir.write("bundle.pem", &format!("{cert}{key}"));
+            }
+            dir.write("haproxy.cfg", &haproxy_config(c, dir.path()));
+            (
+                tools.haproxy.clone(),
+                vec![
+                    "-db".into(),
+                    "-f".into(),
+                    dir.path().join("haproxy.cfg").display().to_string(),
+                ],
+            )
+        }
+        Peer::Envoy => {
+            if let Some((cert, key)) = c.tls {
+                dir.write("cert.pem", cert);
+                dir.write("key.pem", key);
+            }
+            dir.write("envoy.yaml", &envoy_config(c, dir.path()));
+            (
+                tools.envoy.clone(),
+                vec![
+                    "-c".into(),
+                    dir.path().join("envoy.yaml").display().to_string(),
+                    "--concurrency".into(),
+                    c.workers.to_string(),
+                    "--log-level".into(),
+                    "error".into(),
+                    "--disable-hot-restart".into(),
+                ],
+            )
+        }
+    };
+    let proc = spawn_pinned(peer.name(), &program, &args, cpus);
+    wait_port(c.listen);
+    Running { proc, _dir: dir }
+}
+
+/// Spawns `program` under `taskset -c cpus` when given (taskset execs it: same pid).
+pub(crate) fn spawn_pinned(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    cpus: Option<&str>,
+) -> Proc {
+    match cpus {
+        None => Proc::spawn(name, program, args),
+        Some(list) => {
+            let mut all = vec![
+                "-c".to_string(),
+                list.to_string(),
+                program.display().to_string(),
+            ];
+            all.extend(args.iter().cloned());
+            Proc::spawn(name, Path::new("/usr/bin/taskset"), &all)
+        }
+    }
+}
+
+fn portico_config(c: &ProxyConfig<'_>) -> String {
+    let (protocol, tls) = match (c.front, c.tls) {
+        (Front::Tls, Some(_)) => ("HTTPS", ", tls: {certificateRefs: [{name: bench-tls}]}"),
+        _ => ("HTTP", ""),
+    };
+    let mut out = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners: [{{name: l, port: {port}, protocol: {protocol}{tls}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default, annotations: {{portico.dev/endpoints: \"{backend}\"}}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: bench, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
+",
+        port = c.listen.port(),
+        backend = c.backend,
+    );
+    if let (Front::Tls, Some((cert, key))) = (c.front, c.tls) {
+        out.push_str(&portico_tests::tls::secret_yaml(
+            "bench-tls",
+            "default",
+            cert,
+            key,
+        ));
+    }
+    // Routes that are loaded but never match the benchmark's requests (other hosts), so the
+    // measured route is found among 10,000.
+    for i in 0..c.extra_routes {
+        out.push_str(&format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r{i}, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [r{i}.example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api/v{i}}}}}]
+    backendRefs: [{{name: backend, port: 80}}]
+"
+        ));
+    }
+    out
+}
+
+fn nginx_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
+    let listen = match c.front {
+        Front::Http1 => format!("{}", c.listen),
+        Front::H2c => format!("{} http2", c.listen),
+        Front::Tls => format!("{} ssl", c.listen),
+    };
+    let tls = if c.front == Front::Tls {
+        format!(
+            "ssl_certificate {0}/cert.pem; ssl_certificate_key {0}/key.pem; ssl_protocols TLSv1.3;",
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "daemon off;
+master_process on;
+worker_processes {workers};
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen {listen};
+    {tls}
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering on;
+    }}
+  }}
+}}
+",
+        workers = c.workers,
+        dir = dir.display(),
+        backend = c.backend,
+    )
+}
+
+fn haproxy_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
+    let bind = match c.front {
+        Front::Http1 => format!("bind {}", c.listen),
+        Front::H2c => format!("bind {} proto h2", c.listen),
+        Front::Tls => format!(
+            "bind {} ssl crt {}/bundle.pem ssl-min-ver TLSv1.3 alpn h2,http/1.1",
+            c.listen,
+            dir.display()
+        ),
+    };
+    format!(
+        "global
+  nbthread {workers}
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  {bind}
+  default_backend be
+backend be
+  server s1 {backend}
+",
+        workers = c.workers,
+        backend = c.backend,
+    )
+}
+
+fn envoy_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
+    let tls = if c.front == Front::Tls {
+        format!(
+            "
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{filename: {0}/cert.pem}}
+              private_key: {{filename: {0}/key.pem}}",
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "admin:
+  address: {{socket_address: {{address: {ip}, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: [\"*\"]
+              routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: backend}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}{tls}
+  clusters:
+  - name: backend
+    type: STATIC
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {bip}, port_value: {bport}}}}}}}
+",
+        ip = c.listen.ip(),
+        port = c.listen.port(),
+        admin = c.admin.port(),
+        bip = c.backend.ip(),
+        bport = c.backend.port(),
+    )
+}
