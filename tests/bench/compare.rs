@@ -150,7 +150,7 @@ fn wrk(tools: &Tools, cpus: Option<&str>, url: &str, secs: usize, close: bool) -
         .map(str::trim)
         .filter(|l| l.starts_with("Non-2xx") || l.starts_with("Socket errors:"))
         .flat_map(|l| {
-            l.split(|c: char| c == ',' || c == ':')
+            l.split([',', ':'])
                 .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
                 .collect::<Vec<_>>()
         })
@@ -519,10 +519,9 @@ fn main() {
                 && !scenario.close
                 && scenario.path == "/"
                 && scenario.extra_routes == 0
+                && let Some(s) = rows.get("portico")
             {
-                if let Some(s) = rows.get("portico") {
-                    keepalive_portico.insert(workers, median(&s.rps));
-                }
+                keepalive_portico.insert(workers, median(&s.rps));
             }
             let title = if baseline.is_some() {
                 format!(
