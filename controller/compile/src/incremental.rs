@@ -39,43 +39,42 @@ pub struct Dependencies {
     gateways: BTreeSet<ObjectRef>,
 }
 
+/// The Gateways among parentRefs given as (group, kind, namespace, name), for a route in
+/// `route_ns`.
+fn gateway_parents<'a>(
+    route_ns: &str,
+    refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str)>,
+) -> Vec<ObjectRef> {
+    refs.filter(|(group, kind, _, _)| {
+        group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && kind.unwrap_or("Gateway") == "Gateway"
+    })
+    .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
+    .collect()
+}
+
 /// The Gateways a route's parentRefs name.
 pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
-    let ns = namespace_of(&r.metadata);
-    r.spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .filter(|p| {
-            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-        })
-        .map(|p| {
-            ObjectRef::new(
-                p.namespace.clone().unwrap_or_else(|| ns.clone()),
-                p.name.clone(),
-            )
-        })
-        .collect()
+    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
+        (
+            p.group.as_deref(),
+            p.kind.as_deref(),
+            p.namespace.as_deref(),
+            p.name.as_str(),
+        )
+    });
+    gateway_parents(&namespace_of(&r.metadata), refs)
 }
 
 pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
-    let ns = namespace_of(&r.metadata);
-    r.spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .filter(|p| {
-            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-        })
-        .map(|p| {
-            ObjectRef::new(
-                p.namespace.clone().unwrap_or_else(|| ns.clone()),
-                p.name.clone(),
-            )
-        })
-        .collect()
+    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
+        (
+            p.group.as_deref(),
+            p.kind.as_deref(),
+            p.namespace.as_deref(),
+            p.name.as_str(),
+        )
+    });
+    gateway_parents(&namespace_of(&r.metadata), refs)
 }
 
 impl Dependencies {
