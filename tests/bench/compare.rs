@@ -1,6 +1,6 @@
 //! Portico side by side with nginx, HAProxy and Envoy in front of the same backend, in one
-//! run: throughput (closed loop), proxy CPU per request, peak RSS, and added latency at a
-//! fixed rate (open loop, latency-corrected). Writes a Markdown section for
+//! run: throughput (closed loop), proxy CPU per request, peak RSS, and (one worker) added
+//! latency at a fixed rate (open loop, latency-corrected), for every scenario. Writes a Markdown section for
 //! `docs/benchmarks.md` (see `make bench`).
 //!
 //! Method: everything on loopback. One-worker series: the proxy is pinned to CPU 1, the load
@@ -192,8 +192,28 @@ fn h2load(tools: &Tools, cpus: Option<&str>, url: &str, secs: usize) -> Load {
 }
 
 /// Open loop at `rate` requests per second with latency correction: (p50, p99, p99.9) ms.
-fn oha(tools: &Tools, cpus: Option<&str>, url: &str, rate: usize, secs: usize) -> [f64; 3] {
+fn oha(
+    tools: &Tools,
+    cpus: Option<&str>,
+    url: &str,
+    rate: usize,
+    secs: usize,
+    scenario: &Scenario,
+) -> [f64; 3] {
     let mut cmd = pinned(cpus, &tools.oha);
+    match scenario.front {
+        Front::H2c => {
+            cmd.arg("--http2");
+        }
+        // The test certificate is self-signed.
+        Front::Tls => {
+            cmd.arg("--insecure");
+        }
+        Front::Http1 => {}
+    }
+    if scenario.close {
+        cmd.arg("--disable-keepalive");
+    }
     let text = run(cmd.args([
         "--no-tui",
         "--output-format",
@@ -268,12 +288,12 @@ const SCENARIOS: &[Scenario] = &[
         peers: PROXIES,
     },
     Scenario {
-        name: "Portico with 10,000 routes loaded",
+        name: "with 10,000 routes loaded",
         front: Front::Http1,
         path: "/",
         close: false,
         extra_routes: 10_000,
-        peers: &[Peer::Portico],
+        peers: PROXIES,
     },
 ];
 
@@ -283,6 +303,8 @@ struct Samples {
     cpu_us: Vec<f64>,
     errors: u64,
     peak_rss_kib: u64,
+    /// Open-loop (p50, p99, p99.9) ms per round, one-worker series only.
+    latency: Vec<[f64; 3]>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -305,6 +327,15 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// How long and how hard each measurement runs.
+#[derive(Clone, Copy)]
+struct RunSettings {
+    rounds: usize,
+    secs: usize,
+    /// Requests per second of the open-loop latency runs.
+    rate: usize,
+}
+
 struct Backend {
     proc: Proc,
     addr: SocketAddr,
@@ -320,10 +351,10 @@ fn measure(
     backend: &Backend,
     scenario: &Scenario,
     workers: usize,
-    rounds: usize,
-    secs: usize,
+    run: &RunSettings,
     cert: &(String, String),
 ) -> BTreeMap<&'static str, Samples> {
+    let RunSettings { rounds, secs, rate } = *run;
     let pin = workers == 1;
     let (proxy_cpus, load_cpus) = if pin {
         (Some("1"), Some("0"))
@@ -380,10 +411,13 @@ fn measure(
                 _ => wrk(tools, load_cpus, &url, secs, scenario.close),
             };
             let ticks = cpu_ticks(pid).saturating_sub(before);
+            // One worker: the latency a client sees at a fixed rate, right after.
+            let latency = pin.then(|| oha(tools, load_cpus, &url, rate, secs, scenario));
             if peer == Peer::Direct && pin {
                 set_affinity(backend.proc.pid(), "0");
             }
             let s = out.entry(peer.name()).or_default();
+            s.latency.extend(latency);
             s.rps.push(load.rps);
             s.errors += load.errors;
             if load.requests > 0 && peer != Peer::Direct {
@@ -400,18 +434,25 @@ fn measure(
     out
 }
 
+/// The throughput table; `one_route` (peer → req/s with one route, same run) replaces the
+/// direct column for the many-routes scenario.
 fn table(
     md: &mut String,
     title: &str,
     rows: &BTreeMap<&'static str, Samples>,
-    baseline: Option<f64>,
+    one_route: Option<&BTreeMap<&'static str, f64>>,
 ) {
     let nginx = rows.get("nginx").map(|s| median(&s.rps));
     let direct = rows.get("direct").map(|s| median(&s.rps));
     let _ = writeln!(md, "\n**{title}**\n");
+    let last = if one_route.is_some() {
+        "× itself with one route"
+    } else {
+        "× direct"
+    };
     let _ = writeln!(
         md,
-        "| peer | req/s (median) | spread | × nginx | × direct | CPU µs/req | peak RSS MiB | errors |"
+        "| peer | req/s (median) | spread | × nginx | {last} | CPU µs/req | peak RSS MiB | errors |"
     );
     let _ = writeln!(
         md,
@@ -442,8 +483,47 @@ fn table(
             "| {} | {rps:.0} | {lo:.0}–{hi:.0} | {} | {} | {cpu} | {rss} | {} |",
             peer.name(),
             ratio(nginx),
-            ratio(direct.or(baseline)),
+            ratio(
+                one_route
+                    .and_then(|m| m.get(peer.name()).copied())
+                    .or(direct)
+            ),
             s.errors
+        );
+    }
+}
+
+/// Added latency at a fixed rate (one worker): each peer's percentiles and minus direct's.
+fn latency_table(md: &mut String, rows: &BTreeMap<&'static str, Samples>) {
+    let med = |v: &[[f64; 3]], i: usize| median(&v.iter().map(|x| x[i]).collect::<Vec<_>>());
+    let direct = rows
+        .get("direct")
+        .filter(|s| !s.latency.is_empty())
+        .map(|s| [med(&s.latency, 0), med(&s.latency, 1), med(&s.latency, 2)]);
+    let _ = writeln!(
+        md,
+        "\n| peer | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for peer in Peer::ALL {
+        let Some(s) = rows.get(peer.name()).filter(|s| !s.latency.is_empty()) else {
+            continue;
+        };
+        let m = [med(&s.latency, 0), med(&s.latency, 1), med(&s.latency, 2)];
+        let added = |i: usize| match (peer, direct) {
+            (Peer::Direct, _) | (_, None) => "—".to_string(),
+            (_, Some(d)) => format!("{:.3}", m[i] - d[i]),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            peer.name(),
+            m[0],
+            m[1],
+            m[2],
+            added(0),
+            added(1),
+            added(2)
         );
     }
 }
@@ -471,6 +551,7 @@ fn main() {
     let rounds = env("PORTICO_BENCH_ROUNDS", 3);
     let secs = env("PORTICO_BENCH_SECONDS", 5);
     let rate = env("PORTICO_BENCH_RATE", 5000);
+    let settings = RunSettings { rounds, secs, rate };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let tools = Tools::locate(&root.join("target/bench-tools"));
     let cert = portico_tests::tls::self_signed(&["bench.test"]);
@@ -485,6 +566,8 @@ fn main() {
                 "--listen".into(),
                 addr.to_string(),
                 "--fixed".into(),
+                "--workers".into(),
+                "1".into(),
                 "--name".into(),
                 "backend".into(),
             ],
@@ -498,9 +581,10 @@ fn main() {
     let _ = writeln!(md, "## Side by side with nginx, HAProxy and Envoy\n");
     let _ = writeln!(
         md,
-        "Every proxy in front of the same backend (`portico-echo --fixed`: 13-byte or 100 KiB answers from memory) on loopback; load from wrk (1 thread, 32 connections; `Connection: close` for the new-connection case) or h2load (8 connections × 16 streams). One worker: proxy pinned to CPU 1, load generator and backend to CPU 0 (`direct` runs the backend alone on CPU 1). Two workers: nothing pinned, so proxy, backend and load generator share both cores. {rounds} interleaved rounds of {secs} s; median, min–max spread. CPU µs/req is the proxy's user+system time (all its processes) over the requests completed. nginx: `worker_processes`, upstream `keepalive 64`, HTTP/1.1 upstream; HAProxy: `nbthread`, `http-reuse always`; Envoy: `--concurrency`, `codec_type: AUTO`; Portico: `--workers`, access log off (all peers run without access logs)."
+        "Every proxy in front of the same backend (`portico-echo --fixed --workers 1`: 13-byte or 100 KiB answers from memory, one thread) on loopback; load from wrk (1 thread, 32 connections; `Connection: close` for the new-connection case) or h2load (8 connections × 16 streams). One worker: proxy pinned to CPU 1, load generator and backend to CPU 0 (`direct` runs the backend alone on CPU 1). Two workers: nothing pinned, so proxy, backend and load generator share both cores. {rounds} interleaved rounds of {secs} s; median, min–max spread. CPU µs/req is the proxy's user+system time (all its processes) over the requests completed. nginx: `worker_processes`, upstream `keepalive 64`, HTTP/1.1 upstream; HAProxy: `nbthread`, `http-reuse always`; Envoy: `--concurrency`, `codec_type: AUTO`; Portico: `--workers`, access log off (all peers run without access logs)."
     );
-    let mut keepalive_portico: BTreeMap<usize, f64> = BTreeMap::new();
+    // Keep-alive req/s by worker count and peer, for the many-routes comparison.
+    let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
     for workers in [1usize, 2] {
         let _ = writeln!(
             md,
@@ -509,106 +593,30 @@ fn main() {
         );
         for scenario in SCENARIOS {
             eprintln!("== {} worker(s): {}", workers, scenario.name);
-            let rows = measure(&tools, &backend, scenario, workers, rounds, secs, &cert);
-            let baseline = if scenario.extra_routes > 0 {
-                keepalive_portico.get(&workers).copied()
-            } else {
-                None
-            };
+            let rows = measure(&tools, &backend, scenario, workers, &settings, &cert);
             if scenario.front == Front::Http1
                 && !scenario.close
                 && scenario.path == "/"
                 && scenario.extra_routes == 0
-                && let Some(s) = rows.get("portico")
             {
-                keepalive_portico.insert(workers, median(&s.rps));
+                one_route.insert(
+                    workers,
+                    rows.iter().map(|(p, s)| (*p, median(&s.rps))).collect(),
+                );
             }
-            let title = if baseline.is_some() {
-                format!(
-                    "{} (× direct column: × Portico with one route, same run)",
-                    scenario.name
-                )
-            } else {
-                scenario.name.to_string()
-            };
-            table(&mut md, &title, &rows, baseline);
+            let baseline = (scenario.extra_routes > 0)
+                .then(|| one_route.get(&workers))
+                .flatten();
+            table(&mut md, scenario.name, &rows, baseline);
+            if workers == 1 {
+                let _ = writeln!(
+                    md,
+                    "\nOpen loop at {rate} req/s (oha, latency-corrected, 32 connections, {secs} s after each throughput round), medians; added = minus direct's:"
+                );
+                latency_table(&mut md, &rows);
+            }
         }
     }
-
-    // Added latency at a fixed rate, one worker, keep-alive.
-    let _ = writeln!(
-        md,
-        "\n### Added latency at {rate} req/s (open loop, latency-corrected, one worker)\n"
-    );
-    let _ = writeln!(
-        md,
-        "oha at a fixed {rate} req/s over 32 keep-alive connections for {secs} s, {rounds} rounds, medians. Added = the proxy's percentile minus direct's.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| peer | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 |"
-    );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let ipl = loopback_ip();
-    let mut running = Vec::new();
-    for peer in [Peer::Portico, Peer::Nginx, Peer::Haproxy, Peer::Envoy] {
-        let config = ProxyConfig {
-            workers: 1,
-            front: Front::Http1,
-            listen: SocketAddr::new(ipl, free_port(ipl)),
-            admin: SocketAddr::new(ipl, free_port(ipl)),
-            backend: backend.addr,
-            tls: None,
-            extra_routes: 0,
-        };
-        let r = peers::start(&tools, peer, &config, Some("1"));
-        running.push((peer, config.listen, r));
-    }
-    let mut lat: BTreeMap<&'static str, Vec<[f64; 3]>> = BTreeMap::new();
-    for _ in 0..rounds {
-        set_affinity(backend.proc.pid(), "1");
-        lat.entry("direct").or_default().push(oha(
-            &tools,
-            Some("0"),
-            &format!("http://{}/", backend.addr),
-            rate,
-            secs,
-        ));
-        set_affinity(backend.proc.pid(), "0");
-        for (peer, addr, _) in &running {
-            lat.entry(peer.name()).or_default().push(oha(
-                &tools,
-                Some("0"),
-                &format!("http://{addr}/"),
-                rate,
-                secs,
-            ));
-        }
-    }
-    let med = |v: &[[f64; 3]], i: usize| median(&v.iter().map(|x| x[i]).collect::<Vec<_>>());
-    let direct = lat.get("direct").map(|v| [med(v, 0), med(v, 1), med(v, 2)]);
-    for peer in Peer::ALL {
-        let Some(v) = lat.get(peer.name()) else {
-            continue;
-        };
-        let m = [med(v, 0), med(v, 1), med(v, 2)];
-        let added = |i: usize| match (peer, direct) {
-            (Peer::Direct, _) | (_, None) => "—".to_string(),
-            (_, Some(d)) => format!("{:.3}", m[i] - d[i]),
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
-            peer.name(),
-            m[0],
-            m[1],
-            m[2],
-            added(0),
-            added(1),
-            added(2)
-        );
-    }
-    drop(running);
 
     let _ = writeln!(
         md,

@@ -262,10 +262,19 @@ spec:
 
 fn nginx_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
     let listen = match c.front {
-        Front::Http1 => format!("{}", c.listen),
-        Front::H2c => format!("{} http2", c.listen),
-        Front::Tls => format!("{} ssl", c.listen),
+        Front::Http1 => format!("{} default_server", c.listen),
+        Front::H2c => format!("{} http2 default_server", c.listen),
+        Front::Tls => format!("{} ssl default_server", c.listen),
     };
+    // Routes that never match the measured requests, as Portico gets them: a server per
+    // hostname with a location per path prefix.
+    let mut extra = String::new();
+    for i in 0..c.extra_routes {
+        extra.push_str(&format!(
+            "  server {{ listen {}; server_name r{i}.example.com; location /api/v{i} {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n",
+            c.listen
+        ));
+    }
     let tls = if c.front == Front::Tls {
         format!(
             "ssl_certificate {0}/cert.pem; ssl_certificate_key {0}/key.pem; ssl_protocols TLSv1.3;",
@@ -289,7 +298,9 @@ http {{
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
   upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}
-  server {{
+  server_names_hash_max_size 65536;
+  server_names_hash_bucket_size 128;
+{extra}  server {{
     listen {listen};
     {tls}
     location / {{
@@ -308,6 +319,25 @@ http {{
 }
 
 fn haproxy_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
+    // Extra routes as HAProxy's documentation recommends for many hosts: a map from host to
+    // backend, consulted once per request.
+    let routing = if c.extra_routes > 0 {
+        let map: String = (0..c.extra_routes)
+            .map(|i| format!("r{i}.example.com be_routes\n"))
+            .collect();
+        std::fs::write(dir.join("hosts.map"), map).expect("write hosts.map");
+        format!(
+            "use_backend %[req.hdr(host),lower,map({}/hosts.map,be)]\n  ",
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
+    let routes_backend = if c.extra_routes > 0 {
+        format!("backend be_routes\n  server s1 {}\n", c.backend)
+    } else {
+        String::new()
+    };
     let bind = match c.front {
         Front::Http1 => format!("bind {}", c.listen),
         Front::H2c => format!("bind {} proto h2", c.listen),
@@ -330,16 +360,23 @@ defaults
   http-reuse always
 frontend fe
   {bind}
-  default_backend be
+  {routing}default_backend be
 backend be
   server s1 {backend}
-",
+{routes_backend}",
         workers = c.workers,
         backend = c.backend,
     )
 }
 
 fn envoy_config(c: &ProxyConfig<'_>, dir: &Path) -> String {
+    // Extra routes as virtual hosts with a prefix route each, before the catch-all.
+    let mut vhosts = String::new();
+    for i in 0..c.extra_routes {
+        vhosts.push_str(&format!(
+            "            - {{name: r{i}, domains: [r{i}.example.com], routes: [{{match: {{prefix: /api/v{i}}}, route: {{cluster: backend}}}}]}}\n"
+        ));
+    }
     let tls = if c.front == Front::Tls {
         format!(
             "
@@ -372,7 +409,7 @@ static_resources:
           codec_type: AUTO
           route_config:
             virtual_hosts:
-            - name: all
+{vhosts}            - name: all
               domains: [\"*\"]
               routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: backend}}}}]
           http_filters:

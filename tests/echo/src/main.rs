@@ -40,6 +40,10 @@ struct Args {
     /// Answer every request with a fixed body (the benchmarks' backend).
     #[arg(long)]
     fixed: bool,
+    /// Runtime worker threads (default: one per core). The benchmarks pin the backend to one
+    /// core and give it one thread, so its threads do not contend for that core.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// The fixed answers of `--fixed`.
@@ -141,9 +145,16 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
         "portico-echo {} listening on {}",
