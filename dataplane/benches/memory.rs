@@ -84,13 +84,13 @@ fn compile_ms(n: usize, runs: usize) -> f64 {
 fn main() {
     // `cargo bench` passes --bench; nothing to parse.
     let mut md = String::from(
-        "## Scale: memory, snapshot apply and compile time by number of routes
-
-         Table bytes are the live heap of the dataplane's serving tables for one snapshot          (routes with a hostname and a path prefix each), counted by a tracking allocator; build          ms is the time to build them, the CPU part of applying a snapshot; compile ms is the          controller's pure compile of that many HTTPRoutes (median of 5).
-
-         | routes | table bytes | bytes/route | snapshot bytes/route | build ms | compile ms |
-         | ---: | ---: | ---: | ---: | ---: | ---: |
-",
+        "## Scale: memory, snapshot apply and compile time by number of routes\n\n\
+         Table bytes are the live heap of the dataplane's serving tables for one snapshot \
+         (routes with a hostname and a path prefix each), counted by a tracking allocator; build \
+         ms is the time to build them, the CPU part of applying a snapshot; compile ms is the \
+         controller's pure compile of that many HTTPRoutes (median of 5).\n\n\
+         | routes | table bytes | bytes/route | snapshot bytes/route | build ms | compile ms |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for n in [100, 1_000, 10_000] {
         let metrics = Metrics::default();

@@ -9,7 +9,8 @@ crit="$root/target/criterion"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-dirty="$(git -C "$root" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)' || true)"
+# The report being written is the one change that does not count.
+dirty="$(git -C "$root" status --porcelain -- . ':!docs/benchmarks.md' 2>/dev/null | grep -q . && echo ' (with uncommitted changes)' || true)"
 
 cat <<HEADER
 # Benchmarks
