@@ -134,8 +134,10 @@ pub(crate) struct ListenerState {
     pub(crate) certificates: Vec<Certificate>,
     pub(crate) unresolved_certificate: Option<(String, String)>,
     pub(crate) attached_routes: i32,
-    /// The routes attached so far, by kind, with their effective hostnames here.
-    pub(crate) kinds_by_host: Vec<(RouteKind, ObjectRef, Vec<String>)>,
+    /// The routes attached so far with their effective hostnames here, HTTPRoutes and
+    /// GRPCRoutes apart (each kind is checked only against the other).
+    http_hosts: Vec<(ObjectRef, Vec<String>)>,
+    grpc_hosts: Vec<(ObjectRef, Vec<String>)>,
 }
 
 impl ListenerState {
@@ -147,6 +149,20 @@ impl ListenerState {
     /// Usable and, for HTTPS, holding at least one valid certificate: the dataplane serves it.
     pub(crate) fn programmable(&self) -> bool {
         self.usable() && (self.protocol != "HTTPS" || !self.certificates.is_empty())
+    }
+
+    pub(crate) fn hosts_of(&self, kind: RouteKind) -> &[(ObjectRef, Vec<String>)] {
+        match kind {
+            RouteKind::Http => &self.http_hosts,
+            RouteKind::Grpc => &self.grpc_hosts,
+        }
+    }
+
+    pub(crate) fn hosts_of_mut(&mut self, kind: RouteKind) -> &mut Vec<(ObjectRef, Vec<String>)> {
+        match kind {
+            RouteKind::Http => &mut self.http_hosts,
+            RouteKind::Grpc => &mut self.grpc_hosts,
+        }
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -376,7 +392,8 @@ fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) 
         certificates,
         unresolved_certificate,
         attached_routes: 0,
-        kinds_by_host: Vec::new(),
+        http_hosts: Vec::new(),
+        grpc_hosts: Vec::new(),
     }
 }
 

@@ -113,7 +113,9 @@ pub(crate) fn compile_routes(
                 ],
                 Ok((parents, t)) => {
                     let entry = attached.0.entry(gw_id.clone()).or_default();
-                    match entry.0.iter_mut().find(|r| r.id == id && r.kind == kind) {
+                    // Routes arrive one at a time: a second parentRef of this route to the same
+                    // Gateway can only find it last.
+                    match entry.0.last_mut().filter(|r| r.id == id && r.kind == kind) {
                         Some(existing) => existing.parents.extend(parents),
                         None => entry.0.push(HttpRoute {
                             kind,
@@ -226,11 +228,14 @@ fn attach(
         if let Some(hostnames) = hostname::intersect(l.hostname.as_deref(), &route_hosts) {
             // An HTTPRoute and a GRPCRoute may not share a host on one listener: the older
             // one (attached first) keeps it.
-            if let Some((other_kind, other)) = l
-                .kinds_by_host
+            let other_kind = match kind {
+                RouteKind::Http => RouteKind::Grpc,
+                RouteKind::Grpc => RouteKind::Http,
+            };
+            if let Some((other, _)) = l
+                .hosts_of(other_kind)
                 .iter()
-                .find(|(k, _, h)| *k != kind && hostname::overlap(h, &hostnames))
-                .map(|(k, id, _)| (*k, id.clone()))
+                .find(|(_, h)| hostname::overlap(h, &hostnames))
             {
                 clash.get_or_insert(format!(
                     "its hostnames on listener {:?} overlap those of the older {} {other}",
@@ -239,8 +244,8 @@ fn attach(
                 ));
                 continue;
             }
-            l.kinds_by_host
-                .push((kind, object_ref(&route.metadata), hostnames.clone()));
+            l.hosts_of_mut(kind)
+                .push((object_ref(&route.metadata), hostnames.clone()));
             l.attached_routes += 1;
             out.push(RouteParent {
                 listener: l.name.clone(),
