@@ -81,16 +81,7 @@ impl Dependencies {
     /// What each Gateway of `controller_name`'s classes reads in `inputs`.
     pub fn new(inputs: &Inputs, controller_name: &str) -> Self {
         let mut d = Self::default();
-        let classes: BTreeSet<&str> = inputs
-            .gateway_classes
-            .iter()
-            .filter(|c| c.spec.controller_name == controller_name)
-            .filter_map(|c| c.metadata.name.as_deref())
-            .collect();
-        for gw in &inputs.gateways {
-            if !classes.contains(gw.spec.gateway_class_name.as_str()) {
-                continue;
-            }
+        for gw in crate::gateways_of(inputs, controller_name) {
             let id = object_ref(&gw.metadata);
             d.gateways.insert(id.clone());
             d.add(

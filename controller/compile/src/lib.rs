@@ -157,20 +157,10 @@ pub fn compile_scoped(
 /// Gateway's namespace or allowed by a ReferenceGrant. The controller watches exactly these,
 /// so it never reads Secrets it has no business with.
 pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
-    let classes: BTreeSet<&str> = inputs
-        .gateway_classes
-        .iter()
-        .filter(|c| c.spec.controller_name == controller_name)
-        .filter_map(|c| c.metadata.name.as_deref())
-        .collect();
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let index = tls::SecretIndex::new(&[], &grants);
     let mut out = BTreeSet::new();
-    for gw in inputs
-        .gateways
-        .iter()
-        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
-    {
+    for gw in gateways_of(inputs, controller_name) {
         let ns = namespace_of(&gw.metadata);
         for l in &gw.spec.listeners {
             for r in l
@@ -192,6 +182,23 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
 /// addresses the Gateway reports.
 pub fn dataplane_name(gateway: &str) -> String {
     format!("portico-{gateway}")
+}
+
+/// The Gateways whose class names `controller_name` (accepted or not).
+pub(crate) fn gateways_of<'a>(
+    inputs: &'a Inputs,
+    controller_name: &str,
+) -> impl Iterator<Item = &'a Gateway> {
+    let classes: BTreeSet<&str> = inputs
+        .gateway_classes
+        .iter()
+        .filter(|c| c.spec.controller_name == controller_name)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    inputs
+        .gateways
+        .iter()
+        .filter(move |g| classes.contains(g.spec.gateway_class_name.as_str()))
 }
 
 /// `metadata.namespace`, defaulting the way `kubectl apply` does for namespaced objects.
