@@ -42,21 +42,7 @@ fn clk_tck() -> f64 {
 /// A process and its direct children (nginx's workers), for CPU and memory.
 fn process_tree(pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                out.push(child);
-            }
-        }
-    }
+    out.extend(peers::child_pids(pid));
     out
 }
 

@@ -97,6 +97,43 @@ pub(crate) struct Running {
     _dir: TempDir,
 }
 
+impl Drop for Running {
+    /// Stops the proxy and every process it forked: a SIGKILLed nginx master leaves its
+    /// workers running (and listening), so ask for a clean stop first, then kill stragglers.
+    fn drop(&mut self) {
+        let children = child_pids(self.proc.pid());
+        self.proc.terminate();
+        let _ = self.proc.wait_exit(std::time::Duration::from_secs(3));
+        for pid in children {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The direct children of a process (nginx's workers).
+pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
 /// Starts `peer` (not `Direct`) pinned to `cpus` (a taskset list), waiting for its port.
 pub(crate) fn start(tools: &Tools, peer: Peer, c: &ProxyConfig<'_>, cpus: Option<&str>) -> Running {
     let dir = TempDir::new(peer.name());
