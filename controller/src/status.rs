@@ -299,22 +299,42 @@ impl StatusWriter {
         }
         for route in index.routes.state() {
             written += self
-                .write_route("HTTPRoute", &*route, &report.http_routes, &now)
+                .write_route(
+                    "HTTPRoute",
+                    &*route,
+                    route.status.clone().unwrap_or_default(),
+                    &report.http_routes,
+                    &now,
+                )
                 .await?;
         }
         for route in index.grpc_routes.state() {
             written += self
-                .write_route("GRPCRoute", &*route, &report.grpc_routes, &now)
+                .write_route(
+                    "GRPCRoute",
+                    &*route,
+                    // The same status schema as HTTPRoute's: read it through that type.
+                    route
+                        .status
+                        .as_ref()
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .unwrap_or_default(),
+                    &report.grpc_routes,
+                    &now,
+                )
                 .await?;
         }
         Ok(written)
     }
 
-    /// Writes one route's parent statuses if they changed; returns how many objects it wrote.
+    /// Writes one route's parent statuses if they differ from `current` (the route's status as
+    /// the HTTPRoute type reads it); returns how many objects it wrote.
     async fn write_route<K>(
         &self,
         kind: &'static str,
         route: &K,
+        current: HttpRouteStatus,
         report: &BTreeMap<ObjectRef, compiled::RouteStatus>,
         now: &Time,
     ) -> Result<usize>
@@ -330,12 +350,6 @@ impl StatusWriter {
         let ours = report
             .get(&id)
             .map(|s| s.parents.as_slice())
-            .unwrap_or_default();
-        // Both route kinds have the same status schema; read it through the HTTPRoute type.
-        let current: HttpRouteStatus = serde_json::to_value(route)
-            .ok()
-            .and_then(|v| v.get("status").cloned())
-            .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
         let had_ours = current
             .parents
