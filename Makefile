@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt bench controlplane
+.PHONY: help build run test lint fmt bench controlplane crds crds-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -20,9 +20,18 @@ test: controlplane ## Run every test: unit, compile tables, end-to-end, and agai
 controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-controller-manager) from the Go modules
 	cd tests/controlplane && CGO_ENABLED=0 go build -o ../../target/controlplane/controlplane .
 
-lint: ## rustfmt check and clippy with warnings denied
+lint: crds-check ## rustfmt check, clippy with warnings denied, generated CRDs up to date
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+crds: ## Regenerate crds/yaml/ from the Rust types in crds/src
+	rm -f crds/yaml/*.yaml
+	$(CARGO) run -q -p portico-crds --bin crdgen -- crds/yaml
+
+crds-check: ## Fail when crds/yaml/ is not what `make crds` writes
+	rm -rf target/crds-check
+	$(CARGO) run -q -p portico-crds --bin crdgen -- target/crds-check > /dev/null
+	@diff -r crds/yaml target/crds-check > /dev/null || { diff -ru crds/yaml target/crds-check; echo "crds/yaml is stale: run make crds and commit the result"; exit 1; }
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -2,8 +2,14 @@
 //! `k8s-openapi` and `gateway-api`, re-exported so every other crate agrees on them.
 //!
 //! Pinned: Kubernetes API 1.36 (`k8s-openapi` feature `v1_36`) and Gateway API v1.5.1 (the
-//! release the `gateway-api` crate 0.22 tracks). Portico's own CRDs (policies, GatewayConfig)
-//! will live here as `kube::CustomResource` types with a generator for their YAML.
+//! release the `gateway-api` crate 0.22 tracks).
+//!
+//! Portico's own CRDs are `kube::CustomResource` types here ([`auth`]); their YAML is generated
+//! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
+//! hand.
+
+pub mod auth;
+pub mod policy;
 
 pub use gateway_api;
 pub use k8s_openapi;
@@ -11,6 +17,16 @@ pub use kube;
 
 /// The `spec.controllerName` of the GatewayClasses Portico serves.
 pub const CONTROLLER_NAME: &str = "portico.dev/gateway-controller";
+
+/// The API group of Portico's own CRDs.
+pub const PORTICO_GROUP: &str = "portico.dev";
+
+/// Every CRD Portico defines, in the order `make crds` writes them.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![auth::AuthPolicy::crd()]
+}
 
 /// The Gateway API API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";

@@ -179,7 +179,7 @@ fn start_control_plane(channel: Channel) -> ControlPlane {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(install_gateway_api_crds(&kubeconfig, channel))
+                .block_on(install_crds(&kubeconfig, channel))
         })
         .join()
         .expect("CRD installation");
@@ -187,9 +187,11 @@ fn start_control_plane(channel: Channel) -> ControlPlane {
     }
 }
 
-/// Applies the Gateway API CRDs of `channel` and waits until each is Established.
-async fn install_gateway_api_crds(kubeconfig: &Path, channel: Channel) {
-    let dir = go_module_dir("sigs.k8s.io/gateway-api").join(channel.dir());
+/// Applies the Gateway API CRDs of `channel` and Portico's own generated CRDs (`crds/yaml`,
+/// what `make crds` writes and users install) and waits until each is Established.
+async fn install_crds(kubeconfig: &Path, channel: Channel) {
+    let gateway_api = go_module_dir("sigs.k8s.io/gateway-api").join(channel.dir());
+    let portico = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml");
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
@@ -197,12 +199,16 @@ async fn install_gateway_api_crds(kubeconfig: &Path, channel: Channel) {
     let client = Client::try_from(config).expect("client");
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let mut names = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in [gateway_api, portico] {
+        let mut in_dir: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        in_dir.sort();
+        files.extend(in_dir);
+    }
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read CRD file");
         for doc in serde_yaml::Deserializer::from_str(&text) {
