@@ -48,7 +48,11 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.ancestors[0].conditions[?(@.type==\"Accepted\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.external) || has(self.introspection) || has(self.authorization)").message("configure at least one of jwt, apiKey, basic, external, introspection or authorization"))]

@@ -22,7 +22,8 @@ pub const CONTROLLER_NAME: &str = "portico.dev/gateway-controller";
 pub const PORTICO_GROUP: &str = "portico.dev";
 
 /// Every CRD Portico defines, in the order `make crds` writes them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![auth::AuthPolicy::crd()]

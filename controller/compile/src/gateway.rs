@@ -576,6 +576,7 @@ impl GatewayState {
             listeners,
             routes,
             backends,
+            auth_policies: Vec::new(),
         })
     }
 }

@@ -30,6 +30,7 @@ pub enum DepKey {
     /// The ReferenceGrants of a namespace.
     ReferenceGrants(String),
     Namespace(String),
+    AuthPolicy(ObjectRef),
 }
 
 /// The Gateways each object is read by.
@@ -112,6 +113,37 @@ impl Dependencies {
                     .map(|b| (b.namespace.clone(), b.name.clone()))
             });
             d.add_route(RouteKind::Http, &r.metadata, http_route_parents(r), refs);
+        }
+        // A policy is read by the Gateways it targets, directly or through a route; so are its
+        // Secrets.
+        let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
+            .http_routes
+            .iter()
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
+            .collect();
+        for p in &inputs.auth_policies {
+            let id = object_ref(&p.metadata);
+            let mut gws: BTreeSet<ObjectRef> = BTreeSet::new();
+            for (kind, target) in crate::auth::targets(p) {
+                match kind {
+                    "Gateway" => {
+                        gws.insert(target);
+                    }
+                    _ => gws.extend(route_parents.get(&target).into_iter().flatten().cloned()),
+                }
+            }
+            gws.retain(|g| d.gateways.contains(g));
+            let secrets = crate::auth::secret_refs(&p.spec)
+                .into_iter()
+                .map(|r| DepKey::Secret(ObjectRef::new(id.namespace.clone(), r.name.clone())));
+            let keys: Vec<DepKey> = std::iter::once(DepKey::AuthPolicy(id.clone()))
+                .chain(secrets)
+                .collect();
+            for key in keys {
+                for g in &gws {
+                    d.add(key.clone(), g);
+                }
+            }
         }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
@@ -204,6 +236,8 @@ pub struct IncrementalCompile {
     deps: Dependencies,
     parts: BTreeMap<ObjectRef, GatewayPart>,
     classes: BTreeMap<String, crate::status::GatewayClassStatus>,
+    /// Policy status is computed whole on every update (it is cheap and reads every target).
+    policies: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
 }
 
 impl IncrementalCompile {
@@ -213,6 +247,7 @@ impl IncrementalCompile {
             deps: Dependencies::default(),
             parts: BTreeMap::new(),
             classes: BTreeMap::new(),
+            policies: BTreeMap::new(),
         }
     }
 
@@ -235,6 +270,7 @@ impl IncrementalCompile {
         };
         let out = compile_scoped(inputs, &self.controller_name, Some(&touched));
         self.classes = out.status.gateway_classes;
+        self.policies = out.status.auth_policies;
         for gw in &touched {
             self.parts.remove(gw);
         }
@@ -280,6 +316,7 @@ impl IncrementalCompile {
     pub fn status(&self) -> StatusReport {
         let mut report = StatusReport {
             gateway_classes: self.classes.clone(),
+            auth_policies: self.policies.clone(),
             ..StatusReport::default()
         };
         for (id, part) in &self.parts {

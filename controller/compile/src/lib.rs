@@ -10,12 +10,15 @@
 //!                   │  │                     GRPCRoute               ▲
 //!                   │  └ listeners ─ allowedRoutes (Namespace labels) │
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
+//!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
 //! ```
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their
 //! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
-//! and backends ([`route`], [`grpc`], [`backend`]).
+//! and backends ([`route`], [`grpc`], [`backend`]), then the policies that protect them
+//! ([`auth`]).
 
+mod auth;
 mod backend;
 mod gateway;
 mod grants;
@@ -27,6 +30,7 @@ mod route;
 pub mod status;
 pub mod tls;
 
+use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
     httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
@@ -54,8 +58,9 @@ pub struct Inputs {
     pub http_routes: Vec<HTTPRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
-    /// The Secrets listeners refer to (others are ignored; the controller watches only these,
-    /// see [`referenced_secrets`]).
+    pub auth_policies: Vec<AuthPolicy>,
+    /// The Secrets listeners and policies refer to (others are ignored; the controller
+    /// watches only these, see [`referenced_secrets`]).
     pub secrets: Vec<Secret>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
@@ -132,6 +137,7 @@ pub fn compile_scoped(
         )
         .collect();
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
+    let policies = auth::resolve(inputs, controller_name, &mut status);
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
@@ -140,7 +146,8 @@ pub fn compile_scoped(
                 && namespace_of(&s.metadata) == gw.id.namespace
         });
         status.gateways.insert(gw.id.clone(), gw.status(service));
-        if let Some(snapshot) = gw.snapshot(&routes.attached) {
+        if let Some(mut snapshot) = gw.snapshot(&routes.attached) {
+            policies.attach(&mut snapshot);
             snapshots.insert(gw.id.clone(), snapshot);
         }
     }
@@ -153,9 +160,9 @@ pub fn compile_scoped(
     Output { snapshots, status }
 }
 
-/// The Secrets that the listeners of our Gateways may use: named by a `certificateRef`, in the
-/// Gateway's namespace or allowed by a ReferenceGrant. The controller watches exactly these,
-/// so it never reads Secrets it has no business with.
+/// The Secrets that the listeners of our Gateways may use (named by a `certificateRef`, in the
+/// Gateway's namespace or allowed by a ReferenceGrant) and those AuthPolicies name. The
+/// controller watches exactly these, so it never reads Secrets it has no business with.
 pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let index = tls::SecretIndex::new(&[], &grants);
@@ -174,6 +181,7 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
             }
         }
     }
+    out.extend(auth::referenced_secrets(inputs));
     out
 }
 

@@ -168,10 +168,13 @@ impl ManifestSet {
                 push(&mut i.endpoint_slices, value, |o| &o.metadata, false)
             }
             ("v1", "Namespace") => push(&mut i.namespaces, value, |o| &o.metadata, true),
+            ("portico.dev/v1alpha1", "AuthPolicy") => {
+                push(&mut i.auth_policies, value, |o| &o.metadata, false)
+            }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
                  GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
-                 and EndpointSlice (discovery.k8s.io/v1)"
+                 EndpointSlice (discovery.k8s.io/v1) and AuthPolicy (portico.dev/v1alpha1)"
             )),
         };
         match added {

@@ -250,6 +250,7 @@ fn attach(
             out.push(RouteParent {
                 listener: l.name.clone(),
                 hostnames,
+                auth: None,
             });
         }
     }
@@ -374,6 +375,7 @@ fn translate(
             filters,
             backend_refs,
             timeouts,
+            auth: None,
         });
     }
     Ok(out)

@@ -41,6 +41,10 @@ pub mod reasons {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    // Policy (Gateway API policy attachment).
+    pub const CONFLICTED: &str = "Conflicted";
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const INVALID_REF: &str = "InvalidRef";
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -153,6 +157,34 @@ pub struct StatusReport {
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(serialize_with = "by_display_key")]
+    pub auth_policies: BTreeMap<ObjectRef, PolicyStatus>,
+}
+
+/// A policy's status: one entry per target it names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: AncestorRef,
+    pub conditions: Vec<Condition>,
+}
+
+/// The target itself (Portico reports a policy's status against what it names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 /// Writes `namespace/name` keys, which YAML and JSON can show as plain strings.
@@ -219,6 +251,23 @@ impl StatusReport {
                         &p.conditions,
                     );
                 }
+            }
+        }
+        for (id, s) in &self.auth_policies {
+            for a in &s.ancestors {
+                let section = a
+                    .ancestor_ref
+                    .section_name
+                    .as_ref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
+                push(
+                    format!(
+                        "AuthPolicy {id} target {} {}{section}",
+                        a.ancestor_ref.kind, a.ancestor_ref.name
+                    ),
+                    &a.conditions,
+                );
             }
         }
         out

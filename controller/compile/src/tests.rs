@@ -654,4 +654,5 @@ fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
         "{files:?}"
     );
 }
+mod auth;
 mod https_grpc;

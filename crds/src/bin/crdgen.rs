@@ -5,11 +5,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: crdgen OUTPUT_DIR")?,
-    );
+    let dir = PathBuf::from(std::env::args().nth(1).ok_or("usage: crdgen OUTPUT_DIR")?);
     std::fs::create_dir_all(&dir)?;
     for crd in portico_crds::crds() {
         let name = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);

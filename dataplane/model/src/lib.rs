@@ -15,8 +15,9 @@
 //! ```
 //!
 //! A route change touches one `routes[]` entry, an endpoint change one `backends[]` entry, so a
-//! later incremental channel can send only what changed. Policies (auth, rate limits, backend
-//! policies) will be further top-level collections that routes and listeners refer to by name.
+//! later incremental channel can send only what changed. Policies are further top-level
+//! collections that routes refer to by name: `authPolicies[]` ([`auth`]) is named by a rule
+//! (a policy on its HTTPRoute or rule) or by a route parent (on its listener or Gateway).
 //!
 //! Everything is ordered deterministically (compile sorts before it emits), so the same inputs
 //! serialise to byte-identical snapshots.
@@ -24,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod auth;
 pub mod channel;
 
 /// The namespaced name of a Kubernetes object.
@@ -60,6 +62,9 @@ pub struct Snapshot {
     pub routes: Vec<HttpRoute>,
     /// Sorted by [`BackendId`].
     pub backends: Vec<Backend>,
+    /// The auth policies routes refer to, sorted by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_policies: Vec<auth::AuthPolicy>,
 }
 
 impl Snapshot {
@@ -181,6 +186,10 @@ pub struct RouteParent {
     /// accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
+    /// The auth policy of the listener (or else the Gateway), for rules that have none of
+    /// their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +206,9 @@ pub struct RouteRule {
     pub backend_refs: Vec<BackendRef>,
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// The auth policy of this rule (or else of its HTTPRoute); it overrides the parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

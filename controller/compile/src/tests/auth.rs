@@ -1,0 +1,363 @@
+//! AuthPolicy attachment, precedence, status reasons and Secret resolution.
+
+use super::{gw, run};
+use crate::status::{Condition, find, reasons, types};
+use crate::{CONTROLLER_NAME, Output, referenced_secrets};
+use portico_model::ObjectRef;
+use portico_model::auth::JwtKeys;
+
+/// Two routes on the Gateway: `admin` (rules `read` and `write`) and `shop`.
+const ROUTES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: admin, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - name: read
+    matches: [{path: {type: PathPrefix, value: /admin}, method: GET}]
+    backendRefs: [{name: svc, port: 80}]
+  - name: write
+    matches: [{path: {type: PathPrefix, value: /admin}}]
+    backendRefs: [{name: svc, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - backendRefs: [{name: svc, port: 80}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys, namespace: default}
+stringData: {alice: alice-key-0123456789, bob: "bob-key-0123456789\n"}
+"#;
+
+fn policy(name: &str, created: &str, targets: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: portico.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: {targets}\n{body}\n"
+    )
+}
+
+const API_KEYS: &str = "  apiKey: {secretRefs: [{name: keys}]}";
+
+fn accepted(out: &Output, policy: &str, i: usize) -> Condition {
+    let s = &out.status.auth_policies[&ObjectRef::new("default", policy)];
+    find(&s.ancestors[i].conditions, types::ACCEPTED)
+        .expect("Accepted")
+        .clone()
+}
+
+fn resolved(out: &Output, policy: &str) -> Condition {
+    let s = &out.status.auth_policies[&ObjectRef::new("default", policy)];
+    find(&s.ancestors[0].conditions, types::RESOLVED_REFS)
+        .expect("ResolvedRefs")
+        .clone()
+}
+
+/// The policy of each (route, rule index) and each route's parent, from the snapshot.
+fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
+    let snap = &out.snapshots[&gw()];
+    let r = snap
+        .routes
+        .iter()
+        .find(|r| r.id.name == route)
+        .expect("route in snapshot");
+    r.rules[rule]
+        .auth
+        .clone()
+        .or_else(|| r.parents[0].auth.clone())
+        .map(|id| id.name)
+}
+
+const GW: &str = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";
+const LISTENER: &str =
+    "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: http}]";
+const ROUTE: &str = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin}]";
+const RULE: &str =
+    "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin, sectionName: write}]";
+
+#[test]
+fn precedence_rule_over_route_over_listener_over_gateway() {
+    let out = run(&format!(
+        "{ROUTES}{}{}{}{}",
+        policy("on-gw", "2026-01-01T00:00:00Z", GW, API_KEYS),
+        policy("on-listener", "2026-01-02T00:00:00Z", LISTENER, API_KEYS),
+        policy("on-route", "2026-01-03T00:00:00Z", ROUTE, API_KEYS),
+        policy("on-rule", "2026-01-04T00:00:00Z", RULE, API_KEYS),
+    ));
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("on-route"));
+    assert_eq!(applied(&out, "admin", 1).as_deref(), Some("on-rule"));
+    // shop has no policy of its own: the listener's applies, not the Gateway's.
+    assert_eq!(applied(&out, "shop", 0).as_deref(), Some("on-listener"));
+    for p in ["on-gw", "on-listener", "on-route", "on-rule"] {
+        assert!(accepted(&out, p, 0).is_true(), "{p}");
+    }
+    // Only the policies the snapshot uses are in it, sorted.
+    let names: Vec<&str> = out.snapshots[&gw()]
+        .auth_policies
+        .iter()
+        .map(|p| p.id.name.as_str())
+        .collect();
+    assert_eq!(names, ["on-listener", "on-route", "on-rule"]);
+}
+
+#[test]
+fn oldest_wins_a_conflict_and_the_other_says_so() {
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        policy("newer", "2026-02-01T00:00:00Z", ROUTE, API_KEYS),
+        policy("older", "2026-01-01T00:00:00Z", ROUTE, API_KEYS),
+    ));
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("older"));
+    let c = accepted(&out, "newer", 0);
+    assert!(!c.is_true());
+    assert_eq!(c.reason, reasons::CONFLICTED);
+    assert!(c.message.contains("default/older"), "{}", c.message);
+    assert!(accepted(&out, "older", 0).is_true());
+    let problems = out.status.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.object.starts_with("AuthPolicy default/newer"))
+    );
+}
+
+#[test]
+fn missing_targets_and_sections_are_reported_per_target() {
+    let targets = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: nope}, \
+                   {group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: nope}, \
+                   {group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin, sectionName: nope}, \
+                   {group: gateway.networking.k8s.io, kind: Service, name: svc}, \
+                   {group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop}]";
+    let out = run(&format!(
+        "{ROUTES}{}",
+        policy("p", "2026-01-01T00:00:00Z", targets, API_KEYS)
+    ));
+    for i in 0..3 {
+        let c = accepted(&out, "p", i);
+        assert_eq!(c.reason, reasons::TARGET_NOT_FOUND, "{i}: {c:?}");
+    }
+    assert_eq!(accepted(&out, "p", 3).reason, reasons::INVALID);
+    assert!(accepted(&out, "p", 4).is_true());
+    assert_eq!(applied(&out, "shop", 0).as_deref(), Some("p"));
+    assert_eq!(applied(&out, "admin", 0), None);
+}
+
+#[test]
+fn api_keys_are_hashed_and_a_missing_secret_is_reported() {
+    let out = run(&format!(
+        "{ROUTES}{}",
+        policy(
+            "p",
+            "2026-01-01T00:00:00Z",
+            ROUTE,
+            "  apiKey: {secretRefs: [{name: keys}, {name: gone}]}"
+        )
+    ));
+    let snap = &out.snapshots[&gw()];
+    let keys = &snap.auth_policies[0]
+        .api_keys
+        .as_ref()
+        .expect("api keys")
+        .keys;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].consumer, "alice");
+    // SHA-256 of the key, the trailing newline of bob's value trimmed.
+    let expected: String = ring::digest::digest(&ring::digest::SHA256, b"bob-key-0123456789")
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(keys[1].sha256, expected);
+    let snapshot_text = serde_json::to_string(snap).expect("json");
+    assert!(
+        !snapshot_text.contains("alice-key"),
+        "raw keys never reach a snapshot"
+    );
+    let c = resolved(&out, "p");
+    assert!(!c.is_true());
+    assert_eq!(c.reason, reasons::INVALID_REF);
+    assert!(c.message.contains("default/gone"), "{}", c.message);
+    // The policy still applies: a missing Secret never opens a route.
+    assert!(accepted(&out, "p", 0).is_true());
+    let secrets = referenced_secrets(
+        &super::inputs(&format!(
+            "{ROUTES}{}",
+            policy(
+                "p",
+                "2026-01-01T00:00:00Z",
+                ROUTE,
+                "  apiKey: {secretRefs: [{name: keys}, {name: gone}]}"
+            )
+        )),
+        CONTROLLER_NAME,
+    );
+    assert!(secrets.contains(&ObjectRef::new("default", "gone")));
+    assert!(secrets.contains(&ObjectRef::new("default", "keys")));
+}
+
+#[test]
+fn invalid_policies_fail_closed_with_a_reason() {
+    let cases = [
+        ("  jwt: {issuer: x, algorithms: [RS256]}", "exactly one of"),
+        (
+            "  jwt: {issuer: x, algorithms: [HS256], jwks: '{\"keys\": []}'}",
+            "hmacSecretRef",
+        ),
+        (
+            "  jwt: {issuer: x, algorithms: [RS256], jwks: 'not json'}",
+            "jwt.jwks",
+        ),
+        (
+            "  jwt: {issuer: x, algorithms: [RS256], jwksUri: 'file:///etc/passwd'}",
+            "http",
+        ),
+        (
+            "  authorization: {rules: [{clientCidrs: [10.0.0.0/33]}]}",
+            "prefix length",
+        ),
+        (
+            "  allowAnonymous: false\n  authorization: {rules: [{anonymous: true}]}",
+            "allowAnonymous",
+        ),
+        (
+            "  apiKey: {secretRefs: [{name: keys}], header: x-key, query: key}",
+            "not both",
+        ),
+        (
+            "  consumerHeader: 'bad header'\n  apiKey: {secretRefs: [{name: keys}]}",
+            "header name",
+        ),
+        ("  allowAnonymous: true", "at least one"),
+    ];
+    for (body, needle) in cases {
+        let out = run(&format!(
+            "{ROUTES}{}",
+            policy("p", "2026-01-01T00:00:00Z", ROUTE, body)
+        ));
+        let c = accepted(&out, "p", 0);
+        assert_eq!(c.reason, reasons::INVALID, "{body}");
+        assert!(c.message.contains(needle), "{body}: {}", c.message);
+        // Still attached, so the route answers 500 instead of serving unprotected.
+        let snap = &out.snapshots[&gw()];
+        assert_eq!(applied(&out, "admin", 0).as_deref(), Some("p"));
+        assert!(snap.auth_policies[0].invalid.is_some());
+        // The other route is untouched.
+        assert_eq!(applied(&out, "shop", 0), None);
+    }
+}
+
+#[test]
+fn jwt_keys_from_secret_htpasswd_and_introspection_credentials() {
+    let extra = r#"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: jwt-hmac, namespace: default}
+stringData: {key: "0123456789abcdef0123456789abcdef"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: short-hmac, namespace: default}
+stringData: {key: "short"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: users, namespace: default}
+stringData:
+  htpasswd: |
+    # ops
+    ann:$2y$05$abcdefghijklmnopqrstuu5s8YNWZ0n0hZ2Q6e8Q3Wl1m9cV6pZ8e
+    joe:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: idp, namespace: default}
+stringData: {clientId: portico, clientSecret: s3cret}
+"#;
+    let out = run(&format!(
+        "{ROUTES}{extra}{}{}{}",
+        policy(
+            "hs",
+            "2026-01-01T00:00:00Z",
+            ROUTE,
+            "  jwt: {issuer: me, algorithms: [HS256], hmacSecretRef: {name: jwt-hmac}}"
+        ),
+        policy(
+            "basic",
+            "2026-01-01T00:00:00Z",
+            "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop}]",
+            "  basic: {secretRef: {name: users}}\n  introspection: {url: 'http://idp/introspect', clientSecretRef: {name: idp}}"
+        ),
+        policy(
+            "short",
+            "2026-01-01T00:00:00Z",
+            LISTENER,
+            "  jwt: {issuer: me, algorithms: [HS256], hmacSecretRef: {name: short-hmac}}"
+        ),
+    ));
+    let snap = &out.snapshots[&gw()];
+    let by_name = |n: &str| {
+        snap.auth_policies
+            .iter()
+            .find(|p| p.id.name == n)
+            .unwrap_or_else(|| panic!("{n} in snapshot"))
+    };
+    let hs = by_name("hs").jwt.as_ref().expect("jwt");
+    assert!(matches!(&hs.keys, JwtKeys::Hmac(k) if !k.0.is_empty()));
+    assert!(resolved(&out, "hs").is_true());
+    let basic = by_name("basic");
+    let users = &basic.basic.as_ref().expect("basic").users;
+    assert_eq!(users.len(), 1, "only the bcrypt line is taken");
+    assert_eq!(users[0].user, "ann");
+    let c = resolved(&out, "basic");
+    assert!(!c.is_true());
+    assert!(
+        c.message.contains("joe") && c.message.contains("bcrypt"),
+        "{}",
+        c.message
+    );
+    assert!(!c.message.contains("W6ph5"), "hashes are never quoted");
+    let i = basic.introspection.as_ref().expect("introspection");
+    assert_eq!(i.client_id, "portico");
+    assert_eq!(format!("{:?}", i.client_secret), "<redacted>");
+    let c = resolved(&out, "short");
+    assert!(
+        !c.is_true() && c.message.contains("32 bytes"),
+        "{}",
+        c.message
+    );
+}
+
+#[test]
+fn grpc_routes_take_their_listeners_policy() {
+    let grpc = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: wild}]
+  hostnames: [api.example.com]
+  rules:
+  - backendRefs: [{name: svc, port: 81}]
+"#;
+    let listener =
+        "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: wild}]";
+    let out = run(&format!(
+        "{grpc}{}",
+        policy("p", "2026-01-01T00:00:00Z", listener, API_KEYS)
+    ));
+    let snap = &out.snapshots[&gw()];
+    let g = snap
+        .routes
+        .iter()
+        .find(|r| r.id.name == "g")
+        .expect("grpc route");
+    assert_eq!(g.parents[0].auth, Some(ObjectRef::new("default", "p")));
+    assert!(g.rules[0].auth.is_none());
+}
