@@ -5,6 +5,7 @@
 //!  Gateway ──────┤
 //!  HTTPRoute ────┤
 //!  GRPCRoute ────┤ watch → reflector store ─┐
+//!  AuthPolicy ───┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
 //!  Service ──────┤                          │                │
 //!  Namespace ────┘                          │                │ referenced Secrets
@@ -28,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portico_compile::Inputs;
 use portico_compile::incremental::{Changes, DepKey};
+use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -91,6 +93,7 @@ pub struct Index {
     pub gateways: Store<Gateway>,
     pub routes: Store<HttpRoute>,
     pub grpc_routes: Store<GrpcRoute>,
+    pub auth_policies: Store<AuthPolicy>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
@@ -196,6 +199,13 @@ impl Index {
                 Reads::Spec,
                 |r: &GrpcRoute| DepKey::Route(RouteKind::Grpc, id(r)),
             ),
+            auth_policies: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                Reads::Spec,
+                |p: &AuthPolicy| DepKey::AuthPolicy(id(p)),
+            ),
             grants: watch(
                 Api::all(client.clone()),
                 changed.clone(),
@@ -230,6 +240,9 @@ impl Index {
             let _ = self.gateways.wait_until_ready().await;
             let _ = self.routes.wait_until_ready().await;
             let _ = self.grpc_routes.wait_until_ready().await;
+            // Routes are not served before their policies are known: a route must never be
+            // open for a moment because its AuthPolicy was not listed yet.
+            let _ = self.auth_policies.wait_until_ready().await;
             let _ = self.grants.wait_until_ready().await;
             let _ = self.services.wait_until_ready().await;
             let _ = self.namespaces.wait_until_ready().await;
@@ -239,7 +252,7 @@ impl Index {
             tokio::select! {
                 _ = &mut all => return,
                 _ = tokio::time::sleep(report_every) => {
-                    tracing::warn!("still waiting for the first list of every watched kind; are the Gateway API CRDs installed?");
+                    tracing::warn!("still waiting for the first list of every watched kind; are the Gateway API CRDs and Portico's CRDs (crds/yaml) installed?");
                 }
             }
         }
@@ -259,6 +272,7 @@ impl Index {
             gateways: all(&self.gateways),
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
+            auth_policies: all(&self.auth_policies),
             reference_grants: all(&self.grants),
             services: all(&self.services),
             secrets: self.secrets.secrets(),

@@ -16,6 +16,8 @@ use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::auth::AuthPolicy;
+use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -325,7 +327,47 @@ impl StatusWriter {
                 )
                 .await?;
         }
+        for policy in index.auth_policies.state() {
+            written += self.write_policy(&policy, &report.auth_policies, &now).await?;
+        }
         Ok(written)
+    }
+
+    /// Writes one AuthPolicy's ancestor statuses if they changed, keeping the entries of other
+    /// controllers (the list is shared, like a route's parents).
+    async fn write_policy(
+        &self,
+        policy: &AuthPolicy,
+        report: &BTreeMap<ObjectRef, compiled::PolicyStatus>,
+        now: &Time,
+    ) -> Result<usize> {
+        let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
+        let current = policy.status.clone().unwrap_or_default();
+        let ours = report
+            .get(&id)
+            .map(|s| s.ancestors.as_slice())
+            .unwrap_or_default();
+        let desired = policy_status(&current, ours, &self.controller, now);
+        if current == desired {
+            return Ok(0);
+        }
+        let api: Api<AuthPolicy> = Api::namespaced(self.client.clone(), &id.namespace);
+        let patch = json!({
+            "metadata": {"resourceVersion": policy.resource_version()},
+            "status": desired,
+        });
+        match api
+            .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(1),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(0),
+            Err(source) => Err(Error::Write {
+                kind: "AuthPolicy",
+                name: id.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Writes one route's parent statuses if they differ from `current` (the route's status as
@@ -381,4 +423,59 @@ impl StatusWriter {
             }),
         }
     }
+}
+
+/// A policy's status with our ancestors replaced by `ours` and other controllers' kept.
+pub fn policy_status(
+    current: &PolicyStatus,
+    ours: &[compiled::PolicyAncestorStatus],
+    controller: &str,
+    now: &Time,
+) -> PolicyStatus {
+    let stamp = serde_json::to_value(now)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
+    let mut ancestors: Vec<PolicyAncestorStatus> = current
+        .ancestors
+        .iter()
+        .filter(|a| a.controller_name != controller)
+        .cloned()
+        .collect();
+    for a in ours {
+        let ancestor_ref = AncestorRef {
+            group: a.ancestor_ref.group.clone(),
+            kind: a.ancestor_ref.kind.clone(),
+            namespace: a.ancestor_ref.namespace.clone(),
+            name: a.ancestor_ref.name.clone(),
+            section_name: a.ancestor_ref.section_name.clone(),
+        };
+        let existing = current
+            .ancestors
+            .iter()
+            .find(|c| c.controller_name == controller && c.ancestor_ref == ancestor_ref)
+            .map(|c| c.conditions.as_slice())
+            .unwrap_or_default();
+        let conditions = a
+            .conditions
+            .iter()
+            .map(|d| PolicyCondition {
+                type_: d.type_.clone(),
+                status: d.status.clone(),
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+                observed_generation: d.observed_generation,
+                last_transition_time: existing
+                    .iter()
+                    .find(|c| c.type_ == d.type_ && c.status == d.status)
+                    .and_then(|c| c.last_transition_time.clone())
+                    .or_else(|| stamp.clone()),
+            })
+            .collect();
+        ancestors.push(PolicyAncestorStatus {
+            ancestor_ref,
+            controller_name: controller.to_string(),
+            conditions,
+        });
+    }
+    PolicyStatus { ancestors }
 }
