@@ -17,7 +17,6 @@ use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::auth::AuthPolicy;
-use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -28,6 +27,7 @@ use portico_crds::gateway_api::gateways::{
 use portico_crds::gateway_api::httproutes::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
+use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
 use portico_model::ObjectRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -328,7 +328,9 @@ impl StatusWriter {
                 .await?;
         }
         for policy in index.auth_policies.state() {
-            written += self.write_policy(&policy, &report.auth_policies, &now).await?;
+            written += self
+                .write_policy(&policy, &report.auth_policies, &now)
+                .await?;
         }
         Ok(written)
     }

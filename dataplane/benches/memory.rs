@@ -95,6 +95,7 @@ fn main() {
     for n in [100, 1_000, 10_000] {
         let metrics = Metrics::default();
         let pools = Pools::default();
+        let auth = portico_dataplane::auth::AuthShared::default();
         let before_snapshot = ALLOCATOR.allocated();
         let snap = support::snapshot(n);
         let snapshot_bytes = ALLOCATOR.allocated() - before_snapshot;
@@ -105,6 +106,7 @@ fn main() {
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             &pools,
             &metrics,
+            &auth,
         );
         let build_ms = started.elapsed().as_secs_f64() * 1e3;
         // Tables, pools and the per-route metric series are what the dataplane keeps.

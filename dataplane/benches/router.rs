@@ -18,7 +18,8 @@ fn bench(c: &mut Criterion) {
     let snap = support::snapshot(ROUTES);
     let pools = Pools::default();
     let metrics = Metrics::default();
-    let mut tables = table::build(std::slice::from_ref(&snap), IP, &pools, &metrics);
+    let auth = portico_dataplane::auth::AuthShared::default();
+    let mut tables = table::build(std::slice::from_ref(&snap), IP, &pools, &metrics, &auth);
     let router = tables
         .sockets
         .remove(&SocketAddr::new(IP, 80))
@@ -87,7 +88,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("build_tables_10k", |b| {
         b.iter_batched(
             || (),
-            |()| table::build(std::slice::from_ref(&snap), IP, &pools, &metrics),
+            |()| table::build(std::slice::from_ref(&snap), IP, &pools, &metrics, &auth),
             BatchSize::PerIteration,
         )
     });

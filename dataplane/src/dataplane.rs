@@ -34,6 +34,9 @@ pub struct ApplyReport {
 pub struct Dataplane {
     pub metrics: Arc<Metrics>,
     pools: Pools,
+    /// JWKS caches, verified credentials and the client for auth calls, kept across
+    /// snapshots.
+    auth: crate::auth::AuthShared,
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
@@ -57,6 +60,7 @@ impl Dataplane {
             server: Server::new(proxy, metrics.clone(), &settings.server),
             metrics,
             pools: Pools::default(),
+            auth: crate::auth::AuthShared::default(),
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
@@ -122,7 +126,13 @@ impl Dataplane {
 
     /// Serves `snapshots` from now on (one per Gateway), without dropping requests in flight.
     pub fn apply(&self, snapshots: &[Snapshot], version: u64) -> ApplyReport {
-        let tables = table::build(snapshots, self.default_bind, &self.pools, &self.metrics);
+        let tables = table::build(
+            snapshots,
+            self.default_bind,
+            &self.pools,
+            &self.metrics,
+            &self.auth,
+        );
         // New pools get their endpoints before any request can reach them.
         self.refresh_endpoints();
         let warnings = tables.warnings.clone();

@@ -3,7 +3,7 @@
 
 use crate::proxy::ProxyBody;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 
 /// Who caused the failure.
@@ -47,13 +47,42 @@ pub enum ProxyError {
     BackendTimeout(String),
     #[error("the request timeout elapsed")]
     RequestTimeout,
+    /// No valid credentials (RFC 9110 §15.5.2): one `WWW-Authenticate` challenge per scheme.
+    #[error("authentication required: {reason}")]
+    Unauthenticated {
+        reason: String,
+        challenges: Vec<HeaderValue>,
+    },
+    /// Authenticated, but the policy's rules do not allow this request.
+    #[error("forbidden by the auth policy")]
+    Forbidden { challenge: Option<HeaderValue> },
+    /// The external auth service said no: its answer goes to the client.
+    #[error("denied by the external auth service ({status})")]
+    AuthDenied {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// The external auth or introspection service failed and the policy fails closed.
+    #[error("auth service unavailable: {0}")]
+    AuthUnavailable(String),
+    /// The route's auth policy could not be compiled: refuse rather than serve unprotected.
+    #[error("auth policy {0} is invalid")]
+    AuthPolicyInvalid(String),
 }
 
 impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::Misdirected => ErrorSource::Downstream,
-            ProxyError::NoRoute | ProxyError::NoBackend => ErrorSource::Config,
+            ProxyError::BadRequest(_)
+            | ProxyError::Misdirected
+            | ProxyError::Unauthenticated { .. }
+            | ProxyError::Forbidden { .. }
+            | ProxyError::AuthDenied { .. } => ErrorSource::Downstream,
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::AuthPolicyInvalid(_) => {
+                ErrorSource::Config
+            }
+            ProxyError::AuthUnavailable(_) => ErrorSource::Upstream,
             ProxyError::NoEndpoints(_)
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
@@ -86,13 +115,42 @@ impl ProxyError {
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AuthDenied { status, .. } => *status,
+            ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AuthPolicyInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// A short plain-text response. It names the failure class, never backend addresses.
-    pub fn into_response(&self) -> Response<ProxyBody> {
+    pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let text = match self {
+            ProxyError::Unauthenticated { challenges, .. } => {
+                let mut resp = text_response(status, "authentication required\n".into());
+                for c in challenges {
+                    resp.headers_mut().append(header::WWW_AUTHENTICATE, c);
+                }
+                return resp;
+            }
+            ProxyError::Forbidden { challenge } => {
+                let mut resp = text_response(status, "forbidden\n".into());
+                if let Some(c) = challenge {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+                }
+                return resp;
+            }
+            ProxyError::AuthDenied { headers, body, .. } => {
+                let mut resp = Response::new(Either::Right(Full::new(body)));
+                *resp.status_mut() = status;
+                *resp.headers_mut() = headers;
+                return resp;
+            }
+            ProxyError::AuthUnavailable(_) => "authorization service unavailable\n".into(),
+            ProxyError::AuthPolicyInvalid(_) => {
+                "this route's auth policy is invalid; see its status\n".into()
+            }
             ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
             ProxyError::NoRoute => "no route matches this request\n".into(),
             ProxyError::Misdirected => {

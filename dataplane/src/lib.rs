@@ -14,6 +14,7 @@
 //! [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
 
 pub mod admin;
+pub mod auth;
 pub mod balancer;
 pub mod channel;
 pub mod dataplane;
@@ -21,6 +22,7 @@ pub mod endpoints;
 pub mod errors;
 pub mod filters;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod router;
 pub mod rule;

@@ -1,12 +1,13 @@
 //! The request path: route, filter, choose a backend and an endpoint, forward over a pooled
 //! connection, filter the response, record metrics and the access log.
 
+use crate::auth::AuthEngine;
 use crate::balancer::Upstream;
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
-use crate::{filters, util};
+use crate::{filters, path, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -17,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_model::AppProtocol;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,11 +103,35 @@ impl Proxy {
         let start = Instant::now();
         let id = util::request_id(req.headers());
         let log = self.access_log.then(|| AccessLog::new(&req, down.client));
-        let (result, rule, upstream) = match route(router, &req, down.sni.as_deref()) {
+        let mut req = req;
+        let mut consumer = None;
+        let (result, rule, upstream) = match route(router, &mut req, down.sni.as_deref()) {
             Err(e) => (Err(e), None, None),
-            Ok((rule, prefix)) => {
+            Ok(routed) => {
+                let rule = routed.rule.clone();
                 let request_timeout = rule.request_timeout;
-                let fut = self.forward(&rule, prefix.as_deref(), req, down, &id);
+                let consumer = &mut consumer;
+                let fut = async {
+                    if let Some(auth) = &routed.auth {
+                        let host = util::request_host(req.uri(), req.headers())
+                            .map(|h| h.into_owned())
+                            .unwrap_or_default();
+                        let facts = crate::auth::RequestFacts {
+                            client: down.client.ip(),
+                            scheme: down.scheme,
+                            host: &host,
+                        };
+                        match auth
+                            .check(&mut req, routed.matching.as_deref(), &facts)
+                            .await
+                        {
+                            Ok(c) => *consumer = c,
+                            Err(e) => return (Err(e), None),
+                        }
+                    }
+                    self.forward(&routed.rule, routed.prefix.as_deref(), req, down, &id)
+                        .await
+                };
                 let (result, upstream) = match request_timeout {
                     Some(d) => tokio::time::timeout(d, fut)
                         .await
@@ -137,7 +163,14 @@ impl Proxy {
             .map_or(&self.unmatched, |r| &r.metrics)
             .record(status, elapsed);
         if let Some(log) = log {
-            log.emit(&id, status, rule.as_deref(), upstream.as_ref(), elapsed);
+            log.emit(
+                &id,
+                status,
+                rule.as_deref(),
+                upstream.as_ref(),
+                consumer.as_deref(),
+                elapsed,
+            );
         }
         resp
     }
@@ -264,29 +297,59 @@ impl Proxy {
     }
 }
 
-/// Finds the rule for a request, or the error that answers it.
+/// What routing chose for a request.
+struct Routed {
+    rule: Arc<CompiledRule>,
+    prefix: Option<Arc<str>>,
+    auth: Option<Arc<AuthEngine>>,
+    /// The path matched, when it differs from the forwarded one (`;parameters`).
+    matching: Option<String>,
+}
+
+/// Normalises the request's path (the backend gets the path that was routed and checked) and
+/// finds its rule, or the error that answers it.
 fn route(
     router: &SocketRouter,
-    req: &Request<Incoming>,
+    req: &mut Request<Incoming>,
     sni: Option<&str>,
-) -> Result<(Arc<CompiledRule>, Option<Arc<str>>), ProxyError> {
+) -> Result<Routed, ProxyError> {
+    {
+        let host = util::request_host(req.uri(), req.headers())
+            .ok_or(ProxyError::BadRequest("missing Host"))?;
+        if let Some(sni) = sni
+            && !router.same_listener(sni, &host)
+        {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let normalized = path::normalize(req.uri().path()).map_err(ProxyError::BadRequest)?;
+    let matching =
+        (normalized.matching != normalized.forward).then(|| normalized.matching.to_string());
+    if let Cow::Owned(forward) = normalized.forward {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{forward}?{q}"),
+            None => forward,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("request target cannot be normalised"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| ProxyError::BadRequest("request target cannot be normalised"))?;
+    }
     let host = util::request_host(req.uri(), req.headers())
         .ok_or(ProxyError::BadRequest("missing Host"))?;
-    if let Some(sni) = sni
-        && !router.same_listener(sni, &host)
-    {
-        return Err(ProxyError::Misdirected);
-    }
-    let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest(
-            "request target must be an absolute path",
-        ));
-    }
+    let path = matching.as_deref().unwrap_or(req.uri().path());
     let m = router
         .route(&host, path, req.method(), req.headers(), req.uri().query())
         .ok_or(ProxyError::NoRoute)?;
-    Ok((m.candidate.rule.clone(), m.candidate.prefix.clone()))
+    Ok(Routed {
+        rule: m.candidate.rule.clone(),
+        prefix: m.candidate.prefix.clone(),
+        auth: m.candidate.auth.clone(),
+        matching,
+    })
 }
 
 fn append_forwarded_for(headers: &mut http::HeaderMap, client: SocketAddr) {
@@ -332,6 +395,7 @@ impl AccessLog {
         status: u16,
         rule: Option<&CompiledRule>,
         upstream: Option<&Upstream>,
+        consumer: Option<&str>,
         elapsed: Duration,
     ) {
         tracing::info!(
@@ -345,6 +409,7 @@ impl AccessLog {
             status,
             route = rule.map_or("none", |r| &*r.route),
             upstream = upstream.map(|u| u.addr.to_string()).unwrap_or_default(),
+            consumer = consumer.unwrap_or_default(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         );
     }

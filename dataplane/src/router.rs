@@ -11,6 +11,7 @@
 //! Lookups are hash probes per hostname label and per path segment; no scan over all routes.
 //! Only regex candidates of the selected host are tried one by one.
 
+use crate::auth::AuthEngine;
 use crate::rule::CompiledRule;
 use http::{HeaderMap, Method};
 use regex::Regex;
@@ -133,6 +134,8 @@ pub struct Candidate {
     pub order: (usize, usize, usize),
     /// For a PathPrefix match, the prefix (for ReplacePrefixMatch).
     pub prefix: Option<Arc<str>>,
+    /// The auth policy of the rule, else of the listener or Gateway it is reached through.
+    pub auth: Option<Arc<AuthEngine>>,
 }
 
 impl Candidate {

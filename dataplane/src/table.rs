@@ -1,6 +1,7 @@
 //! Builds the route tables of every socket from a set of snapshots: the one place where the
 //! snapshot model becomes serving structures.
 
+use crate::auth::{AuthEngine, AuthShared};
 use crate::balancer::Pools;
 use crate::metrics::Metrics;
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
@@ -8,9 +9,10 @@ use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use crate::tls::SniCertificates;
 use http::{HeaderName, Method};
 use portico_compile::REGEX_SIZE_LIMIT;
+use portico_model::auth::AuthPolicy;
 use portico_model::{
-    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, PathMatch, Protocol, RouteRule,
-    Snapshot, StringMatch,
+    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
+    RouteRule, Snapshot, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +38,7 @@ pub fn build(
     default_bind: IpAddr,
     pools: &Pools,
     metrics: &Metrics,
+    auth: &AuthShared,
 ) -> Tables {
     let mut t = Tables::default();
     // Which gateway/listener owns each (socket, listener hostname) slot.
@@ -97,8 +100,29 @@ pub fn build(
             }
         }
 
+        let engines: std::collections::HashMap<&ObjectRef, Arc<AuthEngine>> = snap
+            .auth_policies
+            .iter()
+            .map(|p| (&p.id, Arc::new(AuthEngine::new(p, auth))))
+            .collect();
+        // A policy named but missing from the snapshot protects by refusing (never opens).
+        let engine = |id: &Option<ObjectRef>| -> Option<Arc<AuthEngine>> {
+            let id = id.as_ref()?;
+            Some(engines.get(id).cloned().unwrap_or_else(|| {
+                Arc::new(AuthEngine::new(
+                    &AuthPolicy {
+                        id: id.clone(),
+                        invalid: Some("missing from the snapshot".into()),
+                        ..AuthPolicy::default()
+                    },
+                    auth,
+                ))
+            }))
+        };
         for route in &snap.routes {
             order += 1;
+            let rule_auth: Vec<Option<Arc<AuthEngine>>> =
+                route.rules.iter().map(|r| engine(&r.auth)).collect();
             let label: Arc<str> = route.label().into();
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
@@ -121,6 +145,7 @@ pub fn build(
                 else {
                     continue;
                 };
+                let parent_auth = engine(&parent.auth);
                 for sa in listener_sockets
                     .get(parent.listener.as_str())
                     .into_iter()
@@ -139,8 +164,14 @@ pub fn build(
                     };
                     for host in hosts {
                         let table = routes.hosts.entry(host);
-                        for (path, c) in &matches {
-                            add(table, path, c.clone());
+                        for (path, (c, regex)) in &matches {
+                            let mut c = c.clone();
+                            c.auth = rule_auth
+                                .get(c.order.1)
+                                .cloned()
+                                .flatten()
+                                .or_else(|| parent_auth.clone());
+                            add(table, path, (c, regex.clone()));
                         }
                     }
                 }
@@ -235,6 +266,7 @@ fn candidate(
             rule,
             order,
             prefix,
+            auth: None,
         },
         regex,
     ))

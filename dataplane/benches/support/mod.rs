@@ -67,6 +67,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
                 parents: vec![RouteParent {
                     listener: "http".into(),
                     hostnames: vec![host],
+                    auth: None,
                 }],
                 rules,
             }
@@ -90,5 +91,6 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             port_name: None,
             endpoints: vec![],
         }],
+        auth_policies: vec![],
     }
 }

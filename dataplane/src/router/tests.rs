@@ -33,6 +33,7 @@ fn route(name: &str, listener: &str, hostnames: &[&str], rules: Vec<RouteRule>) 
         parents: vec![RouteParent {
             listener: listener.into(),
             hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            auth: None,
         }],
         rules,
     }
@@ -56,8 +57,15 @@ fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
         listeners,
         routes,
         backends: vec![],
+        auth_policies: vec![],
     };
-    let mut t = table::build(&[snap], IP, &Pools::default(), &Metrics::default());
+    let mut t = table::build(
+        &[snap],
+        IP,
+        &Pools::default(),
+        &Metrics::default(),
+        &crate::auth::AuthShared::default(),
+    );
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     t.sockets.remove(&SocketAddr::new(IP, 80)).expect("socket")
 }

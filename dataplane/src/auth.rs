@@ -1,0 +1,642 @@
+//! Authentication and authorization of requests, as an AuthPolicy says.
+//!
+//! ```text
+//!  request ─▶ AuthEngine::check
+//!              ├─ strip client-sent identity headers (consumer, claim headers)
+//!              ├─ API key ─┐
+//!              ├─ Basic ───┤ any one that accepts the credentials it finds authenticates;
+//!              ├─ JWT ─────┤ credentials present but refused → 401; none → 401, or
+//!              ├─ introspection   anonymous when the policy allows it
+//!              ├─ external ┘
+//!              ├─ rules (deny by default once present): 401 anonymous / 403 authenticated
+//!              └─ identity headers for the backend; token / API key stripped
+//! ```
+//!
+//! One engine per policy per snapshot; what must survive a snapshot swap (JWKS caches, verified
+//! Basic credentials, introspection answers, the HTTP client) lives in [`AuthShared`].
+
+pub mod authz;
+pub mod cache;
+pub mod credentials;
+pub mod jwks;
+pub mod jwt;
+pub mod remote;
+
+use crate::errors::ProxyError;
+use authz::Identity;
+use bytes::Bytes;
+use cache::{TtlCache, digest};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jwks::JwksCache;
+use jwt::{Alg, Claims, KeySet};
+use parking_lot::Mutex;
+use portico_model::auth::{self as model, JwtKeys, TokenSource};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The client for JWKS, external auth and introspection calls (http and https).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Verified tokens are remembered at most this long (and never past their `exp`), so that a
+/// key removed from a JWKS stops working soon after.
+const MAX_TOKEN_CACHE: Duration = Duration::from_secs(300);
+const CACHE_ENTRIES: usize = 100_000;
+
+fn http_client() -> HttpClient {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "loading system CA certificates");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, "system CA certificates for auth calls");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let connector = match tls {
+        Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS for auth calls unavailable; https URLs will fail");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http)
+        }
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// What auth keeps across snapshots.
+#[derive(Debug)]
+pub struct AuthShared {
+    client: HttpClient,
+    jwks: Mutex<HashMap<String, Weak<JwksCache>>>,
+    basic: Arc<TtlCache<()>>,
+    introspection: Arc<TtlCache<remote::Introspected>>,
+}
+
+impl Default for AuthShared {
+    fn default() -> Self {
+        Self {
+            client: http_client(),
+            jwks: Mutex::new(HashMap::new()),
+            basic: Arc::new(TtlCache::new(CACHE_ENTRIES)),
+            introspection: Arc::new(TtlCache::new(CACHE_ENTRIES)),
+        }
+    }
+}
+
+impl AuthShared {
+    fn jwks(&self, uri: &str, refresh: Duration) -> Arc<JwksCache> {
+        let mut map = self.jwks.lock();
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(c) = map.get(uri).and_then(Weak::upgrade) {
+            return c;
+        }
+        let c = JwksCache::new(uri, refresh, self.client.clone());
+        map.insert(uri.to_string(), Arc::downgrade(&c));
+        c
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn header(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))
+}
+
+#[derive(Debug)]
+enum Keys {
+    Static(Arc<KeySet>),
+    Remote(Arc<JwksCache>),
+}
+
+#[derive(Debug)]
+struct JwtAuth {
+    rules: jwt::Rules,
+    keys: Keys,
+    sources: Vec<TokenSource>,
+    claims_to_headers: Vec<(Vec<String>, HeaderName)>,
+    strip: bool,
+    verified: TtlCache<Arc<Claims>>,
+}
+
+impl JwtAuth {
+    fn new(m: &model::Jwt, shared: &AuthShared) -> Result<Self, String> {
+        let algorithms = m
+            .algorithms
+            .iter()
+            .map(|a| Alg::parse(a).ok_or_else(|| format!("unknown algorithm {a:?}")))
+            .collect::<Result<_, _>>()?;
+        let keys = match &m.keys {
+            JwtKeys::Remote {
+                uri,
+                refresh_seconds,
+            } => Keys::Remote(shared.jwks(uri, Duration::from_secs(u64::from(*refresh_seconds)))),
+            JwtKeys::Set(text) => Keys::Static(Arc::new(
+                KeySet::from_jwks(text.0.as_bytes())
+                    .map_err(|e| format!("jwks: {e}"))?
+                    .0,
+            )),
+            JwtKeys::Hmac(b64) => {
+                use base64::Engine as _;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(&b64.0)
+                    .map_err(|_| "hmac key is not base64".to_string())?;
+                Keys::Static(Arc::new(KeySet::hmac(key)))
+            }
+        };
+        Ok(Self {
+            rules: jwt::Rules {
+                algorithms,
+                issuer: m.issuer.clone(),
+                audiences: m.audiences.clone(),
+                leeway: u64::from(m.leeway_seconds),
+            },
+            keys,
+            sources: m.sources.clone(),
+            claims_to_headers: m
+                .claims_to_headers
+                .iter()
+                .map(|c| {
+                    Ok((
+                        c.claim.split('.').map(str::to_string).collect(),
+                        header(&c.header)?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+            strip: m.strip_token,
+            verified: TtlCache::new(CACHE_ENTRIES / 10),
+        })
+    }
+
+    /// The token and where it came from.
+    fn token<'r>(
+        &self,
+        headers: &'r HeaderMap,
+        query: Option<&'r str>,
+    ) -> Option<(Cow<'r, str>, &TokenSource)> {
+        self.sources
+            .iter()
+            .find_map(|s| Some((token_from(s, headers, query)?, s)))
+    }
+
+    async fn verify(&self, token: &str) -> Result<Arc<Claims>, jwt::JwtError> {
+        let now = unix_now();
+        let key = digest(&[token.as_bytes()]);
+        if let Some(claims) = self.verified.get(&key) {
+            return Ok(claims);
+        }
+        let parsed = jwt::parse(token, &self.rules)?;
+        let keys = match &self.keys {
+            Keys::Static(k) => k.clone(),
+            Keys::Remote(c) => c.keys_for(parsed.kid.as_deref()).await,
+        };
+        let claims = Arc::new(parsed.verify(&keys, &self.rules, now)?);
+        let left = Duration::from_secs(jwt::expiry(&claims).saturating_sub(now));
+        self.verified
+            .insert(key, claims.clone(), left.min(MAX_TOKEN_CACHE));
+        Ok(claims)
+    }
+}
+
+fn token_from<'r>(
+    s: &TokenSource,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+) -> Option<Cow<'r, str>> {
+    match s {
+        TokenSource::Header { name, prefix } => {
+            let v = headers.get(name.as_str())?.to_str().ok()?.trim();
+            let head = v.get(..prefix.len())?;
+            if !head.eq_ignore_ascii_case(prefix) {
+                return None;
+            }
+            let t = v[prefix.len()..].trim();
+            (!t.is_empty()).then_some(Cow::Borrowed(t))
+        }
+        TokenSource::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name && !v.is_empty()).then_some(Cow::Borrowed(v))
+            }),
+        TokenSource::Query(name) => query.and_then(|q| crate::util::query_param(q, name)),
+    }
+}
+
+/// The request facts a check reads besides the headers.
+pub struct RequestFacts<'a> {
+    pub client: IpAddr,
+    pub scheme: &'a str,
+    pub host: &'a str,
+}
+
+impl std::fmt::Debug for RequestFacts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFacts")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+/// One AuthPolicy, ready to enforce.
+#[derive(Debug)]
+pub struct AuthEngine {
+    pub id: String,
+    invalid: Option<String>,
+    anonymous: bool,
+    consumer_header: HeaderName,
+    jwt: Option<JwtAuth>,
+    api_keys: Option<credentials::ApiKeys>,
+    basic: Option<credentials::Basic>,
+    external: Option<remote::External>,
+    introspection: Option<remote::Introspection>,
+    rules: Option<authz::Rules>,
+    challenges: Vec<HeaderValue>,
+}
+
+const BEARER: HeaderValue = HeaderValue::from_static("Bearer realm=\"portico\"");
+const BEARER_INVALID: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\"");
+const BEARER_SCOPE: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"portico\", error=\"insufficient_scope\"");
+const API_KEY: HeaderValue = HeaderValue::from_static("ApiKey realm=\"portico\"");
+
+impl AuthEngine {
+    /// Builds the engine. A policy that cannot be built refuses every request (500) rather
+    /// than let it through.
+    pub fn new(m: &model::AuthPolicy, shared: &AuthShared) -> Self {
+        let id = m.id.to_string();
+        let built = Self::build(m, shared);
+        match built {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(policy = %id, error = %e, "auth policy cannot be enforced; its routes answer 500");
+                Self {
+                    id,
+                    invalid: Some(e),
+                    anonymous: false,
+                    consumer_header: HeaderName::from_static(model::DEFAULT_CONSUMER_HEADER),
+                    jwt: None,
+                    api_keys: None,
+                    basic: None,
+                    external: None,
+                    introspection: None,
+                    rules: None,
+                    challenges: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn build(m: &model::AuthPolicy, shared: &AuthShared) -> Result<Self, String> {
+        if let Some(reason) = &m.invalid {
+            return Err(reason.clone());
+        }
+        let jwt = m
+            .jwt
+            .as_ref()
+            .map(|j| JwtAuth::new(j, shared))
+            .transpose()?;
+        let basic = m
+            .basic
+            .as_ref()
+            .map(|b| credentials::Basic::new(b, shared.basic.clone()))
+            .transpose()?;
+        let introspection = m.introspection.as_ref().map(|i| {
+            remote::Introspection::new(i, shared.client.clone(), shared.introspection.clone())
+        });
+        let mut challenges = Vec::new();
+        if jwt.is_some() || introspection.is_some() {
+            challenges.push(BEARER);
+        }
+        if let Some(b) = &basic {
+            challenges.push(b.challenge.clone());
+        }
+        if m.api_keys.is_some() {
+            challenges.push(API_KEY);
+        }
+        Ok(Self {
+            id: m.id.to_string(),
+            invalid: None,
+            anonymous: m.allow_anonymous,
+            consumer_header: header(&m.consumer_header)?,
+            jwt,
+            api_keys: m
+                .api_keys
+                .as_ref()
+                .map(credentials::ApiKeys::new)
+                .transpose()?,
+            basic,
+            external: m
+                .external
+                .as_ref()
+                .map(|e| remote::External::new(e, shared.client.clone()))
+                .transpose()?,
+            introspection,
+            rules: m.rules.as_deref().map(authz::Rules::new).transpose()?,
+            challenges,
+        })
+    }
+
+    fn unauthenticated(&self, reason: &str, invalid_token: bool) -> ProxyError {
+        let challenges = self
+            .challenges
+            .iter()
+            .map(|c| {
+                if invalid_token && *c == BEARER {
+                    BEARER_INVALID
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        ProxyError::Unauthenticated {
+            reason: reason.to_string(),
+            challenges,
+        }
+    }
+
+    /// Decides about `req` and, when it may pass, prepares it for the backend. Returns the
+    /// consumer it authenticated as. `matching` is the path routing matched when it differs
+    /// from the request's (normalised) path.
+    pub async fn check<B>(
+        &self,
+        req: &mut Request<B>,
+        matching: Option<&str>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Option<Arc<str>>, ProxyError> {
+        if let Some(reason) = &self.invalid {
+            return Err(ProxyError::AuthPolicyInvalid(format!(
+                "{}: {reason}",
+                self.id
+            )));
+        }
+        // Identity headers come from us only.
+        let headers = req.headers_mut();
+        headers.remove(&self.consumer_header);
+        if let Some(j) = &self.jwt {
+            for (_, h) in &j.claims_to_headers {
+                headers.remove(h);
+            }
+        }
+
+        let mut presented = false;
+        let mut failure: Option<ProxyError> = None;
+        let mut who: Option<Identity> = None;
+        let mut backend_headers = HeaderMap::new();
+        let query = req.uri().query();
+        let headers = req.headers();
+
+        if let Some(k) = &self.api_keys
+            && let Some(key) = k.credential(headers, query)
+        {
+            presented = true;
+            match k.verify(&key) {
+                Some(consumer) => {
+                    who = Some(Identity {
+                        consumer: Some(consumer),
+                        ..Identity::default()
+                    })
+                }
+                None => failure = Some(self.unauthenticated("invalid API key", false)),
+            }
+        }
+        if who.is_none()
+            && let Some(b) = &self.basic
+            && let Some((user, password)) = credentials::Basic::credential(headers)
+        {
+            presented = true;
+            if b.verify(&user, &password).await {
+                who = Some(Identity {
+                    consumer: Some(Arc::from(user.as_str())),
+                    ..Identity::default()
+                });
+            } else {
+                failure = Some(self.unauthenticated("invalid user or password", false));
+            }
+        }
+        let mut token_source: Option<TokenSource> = None;
+        if who.is_none()
+            && let Some(j) = &self.jwt
+            && let Some((token, source)) = j.token(headers, query)
+        {
+            presented = true;
+            match j.verify(&token).await {
+                Ok(claims) => {
+                    token_source = Some(source.clone());
+                    who = Some(Identity {
+                        consumer: claims.get("sub").and_then(|s| s.as_str()).map(Arc::from),
+                        claims: Some(claims),
+                        anonymous: false,
+                        bearer: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(policy = %self.id, error = %e, "token refused");
+                    failure = Some(self.unauthenticated("invalid token", true));
+                }
+            }
+        }
+        if who.is_none()
+            && let Some(i) = &self.introspection
+            && let Some(token) = token_from(
+                &TokenSource::Header {
+                    name: "authorization".into(),
+                    prefix: "Bearer ".into(),
+                },
+                headers,
+                query,
+            )
+        {
+            presented = true;
+            match i.introspect(&token).await {
+                Ok(remote::Introspected::Active(claims)) => {
+                    let consumer = ["sub", "username", "client_id"]
+                        .iter()
+                        .find_map(|k| claims.get(*k).and_then(|v| v.as_str()))
+                        .map(Arc::from);
+                    who = Some(Identity {
+                        consumer,
+                        claims: Some(claims),
+                        anonymous: false,
+                        bearer: true,
+                    });
+                }
+                Ok(remote::Introspected::Inactive) => {
+                    failure = Some(self.unauthenticated("inactive token", true));
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if who.is_none()
+            && let Some(x) = &self.external
+        {
+            presented = true;
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let asked = remote::Asked {
+                method: req.method(),
+                path_and_query: pq,
+                headers,
+                client: facts.client,
+                scheme: facts.scheme,
+                host: facts.host,
+            };
+            match x.check(&asked).await {
+                Ok(h) => {
+                    backend_headers = h;
+                    who = Some(Identity::default());
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let who = match who {
+            Some(w) => w,
+            None if presented => {
+                return Err(
+                    failure.unwrap_or_else(|| self.unauthenticated("invalid credentials", false))
+                );
+            }
+            None if self.anonymous => Identity {
+                anonymous: true,
+                ..Identity::default()
+            },
+            None => return Err(self.unauthenticated("no credentials", false)),
+        };
+
+        if let Some(rules) = &self.rules
+            && !rules.allows(
+                &who,
+                req.method(),
+                matching.unwrap_or(req.uri().path()),
+                facts.client,
+            )
+        {
+            return Err(if who.anonymous {
+                self.unauthenticated("credentials required", false)
+            } else {
+                ProxyError::Forbidden {
+                    challenge: who.bearer.then_some(BEARER_SCOPE),
+                }
+            });
+        }
+
+        // The request as the backend sees it.
+        let headers = req.headers_mut();
+        for (name, value) in backend_headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(c) = &who.consumer
+            && let Ok(v) = HeaderValue::from_str(c)
+        {
+            headers.insert(self.consumer_header.clone(), v);
+        }
+        if let (Some(j), Some(claims)) = (&self.jwt, &who.claims) {
+            for (path, name) in &j.claims_to_headers {
+                let values = authz::claim_values(claims, path);
+                if !values.is_empty()
+                    && let Ok(v) = HeaderValue::from_str(&values.join(","))
+                {
+                    headers.insert(name.clone(), v);
+                }
+            }
+            if j.strip
+                && let Some(source) = &token_source
+            {
+                strip(req, source);
+            }
+        }
+        if let Some(k) = &self.api_keys {
+            // The backend has no use for the key, and its logs should not see it.
+            match (&k.header, &k.query) {
+                (Some(h), _) => {
+                    req.headers_mut().remove(h);
+                }
+                (None, Some(q)) => strip(req, &TokenSource::Query(q.clone())),
+                (None, None) => {}
+            }
+        }
+        Ok(who.consumer)
+    }
+}
+
+/// Removes a credential from where it was found.
+fn strip<B>(req: &mut Request<B>, source: &TokenSource) {
+    match source {
+        TokenSource::Header { name, .. } => {
+            req.headers_mut().remove(name.as_str());
+        }
+        TokenSource::Cookie(name) => {
+            let kept: Vec<String> = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|c| c.split_once('=').is_none_or(|(k, _)| k != name))
+                .map(str::to_string)
+                .collect();
+            req.headers_mut().remove(header::COOKIE);
+            if !kept.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+            {
+                req.headers_mut().insert(header::COOKIE, v);
+            }
+        }
+        TokenSource::Query(name) => {
+            let Some(query) = req.uri().query() else {
+                return;
+            };
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| p.split('=').next() != Some(name.as_str()))
+                .collect();
+            let path = req.uri().path();
+            let pq = if kept.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            };
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(pq) = pq.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Request path normalisation, done once before routing so that the path a route (and its
+//! auth policy) was chosen for is the path the backend receives.
+//!
+//! - percent-encoded unreserved characters are decoded (`%2e` → `.`, `%41` → `A`), other
+//!   escapes are kept with upper-case hex;
+//! - an encoded `/` or `\`, a double-encoded `/`, `\` or `.` (`%252f`), an encoded NUL, a raw
+//!   `\` and a malformed escape are refused (400): backends disagree on what they mean;
+//! - repeated slashes are merged and `.`/`..` segments removed (RFC 3986 §5.2.4; `..` at the
+//!   root stays at the root);
+//! - matching ignores `;parameters` inside a segment (`/admin;x` is matched as `/admin`), the
+//!   way servlet containers read them, while the path is forwarded as normalised.
+//!
+//! Case is never changed: path matches are case-sensitive, as the Gateway API says.
+
+use std::borrow::Cow;
+
+/// The path to forward and the path to match.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Normalized<'a> {
+    pub forward: Cow<'a, str>,
+    /// Differs from `forward` only when a segment has `;parameters`.
+    pub matching: Cow<'a, str>,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether the path can be used as it is (the common case: no allocation).
+fn is_plain(path: &str) -> bool {
+    !path.bytes().any(|c| matches!(c, b'%' | b'\\' | b';'))
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// Normalises an origin-form path (starting with `/`).
+pub fn normalize(path: &str) -> Result<Normalized<'_>, &'static str> {
+    if !path.starts_with('/') {
+        return Err("request target must be an absolute path");
+    }
+    if is_plain(path) {
+        return Ok(Normalized {
+            forward: Cow::Borrowed(path),
+            matching: Cow::Borrowed(path),
+        });
+    }
+    // 1. Escapes.
+    let b = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => return Err("backslash in path"),
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err("malformed percent-encoding in path");
+                };
+                let byte = hi * 16 + lo;
+                match byte {
+                    b'/' | b'\\' => return Err("encoded slash or backslash in path"),
+                    0 => return Err("encoded NUL in path"),
+                    b'%' => {
+                        let next = (
+                            b.get(i + 3).copied().and_then(hex),
+                            b.get(i + 4).copied().and_then(hex),
+                        );
+                        if let (Some(h), Some(l)) = next
+                            && matches!(h * 16 + l, b'/' | b'\\' | b'.')
+                        {
+                            return Err("double-encoded slash, backslash or dot in path");
+                        }
+                        decoded.push_str("%25");
+                    }
+                    c if is_unreserved(c) => decoded.push(char::from(c)),
+                    c => {
+                        decoded.push('%');
+                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(c >> 4)]));
+                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(c & 15)]));
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                // Everything else is ASCII (hyper has validated the request target); copy
+                // runs of plain bytes at once.
+                let start = i;
+                while i < b.len() && !matches!(b[i], b'%' | b'\\') {
+                    i += 1;
+                }
+                decoded.push_str(&path[start..i]);
+            }
+        }
+    }
+    // 2. Dot segments and repeated slashes.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut forward = String::with_capacity(decoded.len());
+    for s in &out {
+        forward.push('/');
+        forward.push_str(s);
+    }
+    if forward.is_empty() || trailing {
+        forward.push('/');
+    }
+    // 3. The path to match: without `;parameters`.
+    let matching = if forward.contains(';') {
+        let mut m = String::with_capacity(forward.len());
+        for (n, s) in forward.split('/').enumerate() {
+            if n > 0 {
+                m.push('/');
+            }
+            m.push_str(s.split_once(';').map_or(s, |(head, _)| head));
+        }
+        Cow::Owned(m)
+    } else {
+        Cow::Owned(forward.clone())
+    };
+    Ok(Normalized {
+        forward: Cow::Owned(forward),
+        matching,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    fn fwd(p: &str) -> Result<String, &'static str> {
+        normalize(p).map(|n| n.forward.into_owned())
+    }
+
+    fn matching(p: &str) -> String {
+        normalize(p)
+            .map(|n| n.matching.into_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn plain_paths_are_borrowed() {
+        for p in ["/", "/admin", "/a/b/c", "/a/b/", "/a.b/c-d_e~f"] {
+            let n = normalize(p).expect("valid");
+            assert!(matches!(n.forward, std::borrow::Cow::Borrowed(_)), "{p}");
+            assert_eq!(n.forward, p);
+        }
+    }
+
+    #[test]
+    fn the_attack_matrix() {
+        assert_eq!(fwd("/%2e%2e/admin"), Ok("/admin".into()));
+        assert_eq!(fwd("/public/../admin"), Ok("/admin".into()));
+        assert_eq!(fwd("//admin"), Ok("/admin".into()));
+        assert_eq!(fwd("/public//..//admin"), Ok("/admin".into()));
+        assert_eq!(fwd("/./admin/./"), Ok("/admin/".into()));
+        assert_eq!(fwd("/%61dmin"), Ok("/admin".into()));
+        assert_eq!(fwd("/ADMIN"), Ok("/ADMIN".into()), "case is kept");
+        assert!(fwd("/admin/..%2fadmin").is_err());
+        assert!(fwd("/public/..%2Fadmin").is_err());
+        assert!(fwd("/public/..%5cadmin").is_err());
+        assert!(fwd("/public%252f..%252fadmin").is_err());
+        assert!(fwd("/%252e%252e/admin").is_err());
+        assert!(fwd("/a%00b").is_err());
+        assert!(fwd("/a%zz").is_err());
+        assert!(fwd("/a%2").is_err());
+        assert!(fwd("/a\\b").is_err());
+        assert_eq!(fwd("/../../.."), Ok("/".into()));
+        assert_eq!(fwd("/a/b/.."), Ok("/a/".into()));
+        assert_eq!(fwd("/100%25"), Ok("/100%25".into()));
+        assert_eq!(fwd("/caf%c3%a9"), Ok("/caf%C3%A9".into()));
+    }
+
+    #[test]
+    fn parameters_are_ignored_for_matching_only() {
+        let n = normalize("/admin;x/users;y=1").expect("valid");
+        assert_eq!(n.forward, "/admin;x/users;y=1");
+        assert_eq!(n.matching, "/admin/users");
+        assert_eq!(matching("/admin;jsessionid=1"), "/admin");
+    }
+}
