@@ -3,6 +3,7 @@
 //! sockets, and cleans every process and directory up on drop. [`cluster`] adds the real
 //! Kubernetes control plane.
 
+pub mod auth;
 pub mod cluster;
 pub mod netns;
 pub mod scenario;
@@ -29,6 +30,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Binaries {
     pub portico: PathBuf,
     pub echo: PathBuf,
+    pub authd: PathBuf,
     pub controller: PathBuf,
 }
 
@@ -46,9 +48,10 @@ pub fn binaries() -> &'static Binaries {
         let bins = Binaries {
             portico: dir.join("portico"),
             echo: dir.join("portico-echo"),
+            authd: dir.join("portico-authd"),
             controller: dir.join("portico-controller"),
         };
-        for b in [&bins.portico, &bins.echo, &bins.controller] {
+        for b in [&bins.portico, &bins.echo, &bins.authd, &bins.controller] {
             assert!(b.exists(), "{} is missing; run `make build`", b.display());
         }
         bins

@@ -1,0 +1,726 @@
+//! AuthPolicy enforced by a real dataplane (standalone mode) in front of a real echo backend,
+//! with a real identity process (`portico-authd`: JWKS, introspection, external auth), all on
+//! their own 127.0.0.x addresses.
+
+use portico_tests::auth::{AuthD, Issuer, claims, now};
+use portico_tests::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const HOST: &str = "api.test";
+
+/// Gateway `gw` on `port`, a Service `echo` for the backend, and `docs`.
+fn config(port: u16, backend: SocketAddr, docs: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: http, port: {port}, protocol: HTTP}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: default
+  annotations: {{portico.dev/endpoints: "{backend}"}}
+spec:
+  ports: [{{name: http, port: 80}}]
+{docs}"#
+    )
+}
+
+/// An HTTPRoute `name` for `prefix` to the echo Service.
+fn route(name: &str, prefix: &str) -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{HOST}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
+    backendRefs: [{{name: echo, port: 80}}]
+"#
+    )
+}
+
+/// An AuthPolicy on HTTPRoute `target`.
+fn policy(name: &str, target: &str, body: &str) -> String {
+    format!(
+        r#"---
+apiVersion: portico.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}]
+{body}
+"#
+    )
+}
+
+struct Setup {
+    portico: Portico,
+    echo: Echo,
+    port: u16,
+    client: HttpClient,
+}
+
+impl Setup {
+    async fn start(docs: &str) -> Self {
+        let echo = Echo::start("echo");
+        let ip = loopback_ip();
+        let port = free_port(ip);
+        let text = config(port, echo.addr, docs);
+        let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+        Self {
+            portico,
+            echo,
+            port,
+            client: HttpClient::new(),
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client
+            .get_with(self.portico.addr(self.port), HOST, path, headers)
+            .await
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client
+            .try_request(method, self.portico.addr(self.port), HOST, path, headers)
+            .await
+            .expect("portico answers")
+    }
+
+    fn rewrite(&self, docs: &str) {
+        let text = config(self.port, self.echo.addr, docs);
+        self.portico.config.write("config.yaml", &text);
+    }
+
+    /// Everything the dataplane logged must be free of `secrets`.
+    fn assert_not_logged(&self, secrets: &[&str]) {
+        let logs = self.portico.proc.logs();
+        for s in secrets {
+            assert!(
+                !logs.contains(s),
+                "a credential appears in the logs: {s:.12}..."
+            );
+        }
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn jwt_from_a_jwks_server_and_the_attack_catalogue() {
+    let issuer = Issuer::new();
+    let idp = AuthD::start(&issuer.jwks());
+    let docs = format!(
+        "{}{}",
+        route("api", "/"),
+        policy(
+            "jwt",
+            "api",
+            &format!(
+                r#"  jwt:
+    issuer: https://idp.test
+    audiences: [api]
+    algorithms: [RS256, ES256]
+    jwksUri: {}
+    jwksRefreshSeconds: 10
+    claimsToHeaders: [{{claim: sub, header: x-user}}]
+    stripToken: true"#,
+                idp.url("/jwks")
+            )
+        )
+    );
+    let s = Setup::start(&docs).await;
+
+    // Good tokens, both algorithms; the claim is forwarded, the token is not.
+    let rs = issuer.rs256(
+        json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT"}),
+        &claims("alice"),
+    );
+    let es = issuer.es256(json!({"alg": "ES256", "kid": "ec-1"}), &claims("bob"));
+    let r = s.get("/orders", &[("authorization", &bearer(&rs))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(r.seen_header("authorization"), None, "token stripped");
+    let r = s.get("/orders", &[("authorization", &bearer(&es))]).await;
+    assert_eq!(r.seen_header("x-user").as_deref(), Some("bob"));
+    // A client cannot set the identity headers itself.
+    let r = s
+        .get(
+            "/orders",
+            &[("authorization", &bearer(&es)), ("x-user", "root")],
+        )
+        .await;
+    assert_eq!(r.seen_header("x-user").as_deref(), Some("bob"));
+
+    // No token: 401 with a Bearer challenge.
+    let r = s.get("/orders", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+
+    // The catalogue: every one is refused with invalid_token and never reaches the backend.
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = claims("mallory");
+        c[k] = v;
+        c
+    };
+    let mut no_exp = claims("mallory");
+    no_exp.as_object_mut().expect("object").remove("exp");
+    // Another identity provider: its EC key is its own (the RSA key is the shared test key,
+    // so RSA tokens are not used to play the attacker).
+    let attacker = Issuer::new();
+    let mut attacks: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.",
+                Issuer::unsigned(&json!({"alg": "none", "kid": "rsa-1"}), &claims("mallory"))
+            ),
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            Issuer::hs256(
+                &issuer.rsa_public_bytes(),
+                json!({"alg": "HS256", "kid": "rsa-1"}),
+                &claims("mallory"),
+            ),
+        ),
+        (
+            "expired",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "rsa-1"}),
+                &with("exp", json!(now() - 120)),
+            ),
+        ),
+        (
+            "not yet valid",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "rsa-1"}),
+                &with("nbf", json!(now() + 600)),
+            ),
+        ),
+        (
+            "missing exp",
+            issuer.rs256(json!({"alg": "RS256", "kid": "rsa-1"}), &no_exp),
+        ),
+        (
+            "wrong iss",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "rsa-1"}),
+                &with("iss", json!("https://evil.test")),
+            ),
+        ),
+        (
+            "wrong aud",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "rsa-1"}),
+                &with("aud", json!("other")),
+            ),
+        ),
+        (
+            "unknown kid",
+            attacker.es256(json!({"alg": "ES256", "kid": "ec-2"}), &claims("mallory")),
+        ),
+        (
+            "signed by another key",
+            attacker.es256(json!({"alg": "ES256", "kid": "ec-1"}), &claims("mallory")),
+        ),
+        (
+            "kid with a path",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "../../../dev/null"}),
+                &claims("mallory"),
+            ),
+        ),
+        (
+            "kid with SQL",
+            issuer.rs256(
+                json!({"alg": "RS256", "kid": "x' UNION SELECT 'key"}),
+                &claims("mallory"),
+            ),
+        ),
+        (
+            "embedded jwk",
+            attacker.es256(
+                json!({"alg": "ES256", "kid": "ec-1", "jwk": attacker.jwks()["keys"][1]}),
+                &claims("mallory"),
+            ),
+        ),
+        (
+            "jku pointing at the attacker",
+            attacker.es256(
+                json!({"alg": "ES256", "kid": "ec-1", "jku": idp.url("/jwks")}),
+                &claims("mallory"),
+            ),
+        ),
+        (
+            "x5u",
+            attacker.es256(
+                json!({"alg": "ES256", "kid": "ec-1", "x5u": "http://127.0.0.1/cert"}),
+                &claims("mallory"),
+            ),
+        ),
+    ];
+    let good = issuer.rs256(json!({"alg": "RS256", "kid": "rsa-1"}), &claims("mallory"));
+    let (head, sig) = good.rsplit_once('.').expect("three parts");
+    let mut sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+        .expect("b64");
+    sig[7] ^= 0x20;
+    attacks.push(("tampered signature", format!("{head}.{}", auth::b64(&sig))));
+    let (_, rest) = good.split_once('.').expect("parts");
+    let forged = Issuer::unsigned(
+        &json!({"alg": "RS256", "kid": "rsa-1"}),
+        &with("sub", json!("admin")),
+    );
+    attacks.push((
+        "tampered payload",
+        format!("{}.{}", forged, rest.split_once('.').expect("sig").1),
+    ));
+
+    let before = s.echo.requests().await;
+    for (what, token) in &attacks {
+        let r = s.get("/orders", &[("authorization", &bearer(token))]).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"portico\", error=\"invalid_token\""),
+            "{what}"
+        );
+    }
+    // A 100 KB token: refused before it is read (the header limit answers 431).
+    let huge = format!("{}.{}.{}", "a".repeat(50_000), "b".repeat(50_000), "c");
+    let r = s.get("/orders", &[("authorization", &bearer(&huge))]).await;
+    assert!(r.status == 401 || r.status == 431, "{}", r.status);
+    assert_eq!(
+        s.echo.requests().await,
+        before,
+        "no attack reached the backend"
+    );
+
+    // The JWKS endpoint failing in every way keeps the cached keys working.
+    for mode in ["500", "timeout", "garbage"] {
+        idp.jwks_mode(mode).await;
+        let fetches = idp.stat("jwksFetches").await;
+        await_some(&format!("a JWKS fetch while it answers {mode}"), || async {
+            // An unknown kid asks for a fetch (rate-limited); the refresher comes anyway.
+            let probe = attacker.rs256(json!({"alg": "RS256", "kid": "rsa-9"}), &claims("x"));
+            let _ = s
+                .get("/orders", &[("authorization", &bearer(&probe))])
+                .await;
+            (idp.stat("jwksFetches").await > fetches).then_some(())
+        })
+        .await;
+        let fresh = issuer.rs256(json!({"alg": "RS256", "kid": "rsa-1"}), &claims(mode));
+        let r = s
+            .get("/orders", &[("authorization", &bearer(&fresh))])
+            .await;
+        assert_eq!(r.status, 200, "keys kept while the JWKS answers {mode}");
+    }
+    // After the timeout has run out too, the dataplane is still fine.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let fresh = issuer.es256(json!({"alg": "ES256", "kid": "ec-1"}), &claims("late"));
+    let r = s
+        .get("/orders", &[("authorization", &bearer(&fresh))])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        s.portico.metrics().await.contains("portico_"),
+        "admin still answers"
+    );
+
+    let mut secrets: Vec<&str> = attacks.iter().map(|(_, t)| t.as_str()).collect();
+    secrets.extend([rs.as_str(), es.as_str(), fresh.as_str()]);
+    s.assert_not_logged(&secrets);
+}
+
+#[tokio::test]
+async fn api_keys_basic_auth_and_invalid_policies() {
+    let hash = bcrypt::hash("open sesame", 4).expect("bcrypt");
+    let keys_secret = |with_bob: bool| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: keys, namespace: default}}\nstringData:\n  alice: alice-key-2d1c6f0e9b\n{}",
+            if with_bob {
+                "  bob: bob-key-77aa01f3c4\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let docs = |with_bob: bool| {
+        format!(
+            "{}{}{}{}{}{}{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: default}}\nstringData:\n  htpasswd: |\n    ann:{hash}\n",
+            route("keys", "/keys"),
+            route("querykeys", "/q"),
+            route("basic", "/basic"),
+            route("broken", "/broken"),
+            route("open", "/open"),
+            keys_secret(with_bob),
+            policy("keys", "keys", "  apiKey: {secretRefs: [{name: keys}]}"),
+            policy(
+                "querykeys",
+                "querykeys",
+                "  apiKey: {secretRefs: [{name: keys}], query: api_key}\n  consumerHeader: x-consumer"
+            ),
+            format!(
+                "{}{}",
+                policy(
+                    "basic",
+                    "basic",
+                    "  basic: {secretRef: {name: users}, realm: staff}"
+                ),
+                policy(
+                    "broken",
+                    "broken",
+                    "  jwt: {issuer: x, algorithms: [RS256], jwks: 'not json'}"
+                )
+            ),
+        )
+    };
+    let s = Setup::start(&docs(true)).await;
+
+    let r = s
+        .get(
+            "/keys/a",
+            &[
+                ("x-api-key", "alice-key-2d1c6f0e9b"),
+                ("x-portico-consumer", "root"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.seen_header("x-portico-consumer").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(r.seen_header("x-api-key"), None, "the key is not forwarded");
+    let r = s
+        .get("/keys/a", &[("x-api-key", "alice-key-2d1c6f0e9c")])
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("ApiKey realm=\"portico\"")
+    );
+    let r = s.get("/keys/a", &[]).await;
+    assert_eq!(r.status, 401);
+
+    let r = s.get("/q/x?api_key=bob-key-77aa01f3c4&page=2", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen_header("x-consumer").as_deref(), Some("bob"));
+    assert_eq!(
+        r.json()["query"],
+        "page=2",
+        "the key is taken out of the query"
+    );
+
+    let basic = |user: &str, pw: &str| {
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{user}:{pw}")
+            )
+        )
+    };
+    let good = basic("ann", "open sesame");
+    let r = s.get("/basic", &[("authorization", &good)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen_header("x-portico-consumer").as_deref(), Some("ann"));
+    let r = s
+        .get(
+            "/basic",
+            &[("authorization", &basic("ann", "open sesame!"))],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"staff\", charset=\"UTF-8\"")
+    );
+    let r = s
+        .get(
+            "/basic",
+            &[("authorization", &basic("nobody", "open sesame"))],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // An invalid policy refuses its route (500) and leaves the others alone.
+    let r = s.get("/broken", &[]).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(s.get("/open", &[]).await.status, 200);
+
+    // A key removed from the Secret stops working with the next snapshot.
+    s.rewrite(&docs(false));
+    await_some("bob's key to stop working", || async {
+        let r = s.get("/q/x?api_key=bob-key-77aa01f3c4", &[]).await;
+        (r.status == 401).then_some(())
+    })
+    .await;
+    let r = s
+        .get("/keys/a", &[("x-api-key", "alice-key-2d1c6f0e9b")])
+        .await;
+    assert_eq!(r.status, 200, "alice's key still works");
+
+    s.assert_not_logged(&[
+        "alice-key-2d1c6f0e9b",
+        "bob-key-77aa01f3c4",
+        "open sesame",
+        &good[6..],
+        &hash,
+    ]);
+}
+
+#[tokio::test]
+async fn external_auth_and_token_introspection() {
+    let idp = AuthD::start(&json!({"keys": []}));
+    let ext = |name: &str, extra: &str| {
+        policy(
+            name,
+            name,
+            &format!(
+                "  external:\n    url: {}\n    headersToSend: [x-ext-token]\n    headersToBackend: [x-auth-user]\n    timeoutMs: 1000\n{extra}",
+                idp.url("/ext")
+            ),
+        )
+    };
+    let docs = format!(
+        "{}{}{}{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: idp-client, namespace: default}}\nstringData: {{clientId: portico, clientSecret: portico-secret}}\n{}",
+        route("ext", "/ext"),
+        route("extopen", "/extopen"),
+        route("intro", "/intro"),
+        ext("ext", ""),
+        ext("extopen", "    failOpen: true"),
+        policy(
+            "intro",
+            "intro",
+            &format!(
+                "  introspection: {{url: {}, clientSecretRef: {{name: idp-client}}, cacheSeconds: 60}}",
+                idp.url("/introspect")
+            )
+        ),
+        "",
+    );
+    let s = Setup::start(&docs).await;
+
+    let r = s.get("/ext/a?x=1", &[("x-ext-token", "good")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-auth-user").as_deref(), Some("ext-alice"));
+    assert_eq!(r.seen_header("x-not-copied"), None);
+    // The service's denial goes to the client as it gave it.
+    let before = s.echo.requests().await;
+    let r = s.get("/ext/a", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Ext realm=\"ext\""));
+    assert_eq!(r.text(), "ext says no\n");
+    // Slow (past the timeout) or broken: fail closed with 503...
+    assert_eq!(
+        s.get("/ext/a", &[("x-ext-token", "slow")]).await.status,
+        503
+    );
+    assert_eq!(
+        s.get("/ext/a", &[("x-ext-token", "broken")]).await.status,
+        503
+    );
+    assert_eq!(
+        s.echo.requests().await,
+        before,
+        "nothing denied reached the backend"
+    );
+    // ...unless the policy fails open.
+    assert_eq!(
+        s.get("/extopen/a", &[("x-ext-token", "broken")])
+            .await
+            .status,
+        200
+    );
+
+    // Introspection: active tokens pass with their subject; answers are cached.
+    let r = s
+        .get("/intro", &[("authorization", "Bearer active-carol")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.seen_header("x-portico-consumer").as_deref(),
+        Some("carol")
+    );
+    let calls = idp.stat("introspections").await;
+    for _ in 0..5 {
+        assert_eq!(
+            s.get("/intro", &[("authorization", "Bearer active-carol")])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        idp.stat("introspections").await,
+        calls,
+        "served from the cache"
+    );
+    let r = s
+        .get("/intro", &[("authorization", "Bearer revoked-token")])
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+    );
+    s.assert_not_logged(&["active-carol", "revoked-token", "portico-secret"]);
+}
+
+#[tokio::test]
+async fn authorization_rules_anonymous_and_401_versus_403() {
+    let issuer = Issuer::new();
+    let jwks = issuer.jwks().to_string();
+    let body = format!(
+        r#"  allowAnonymous: true
+  jwt: {{issuer: https://idp.test, audiences: [api], algorithms: [RS256], jwks: '{jwks}'}}
+  authorization:
+    rules:
+    - {{anonymous: true, methods: [GET], paths: [/docs]}}
+    - {{scopes: [read], methods: [GET]}}
+    - {{claims: [{{name: roles, values: [admin]}}]}}
+    - {{consumers: [ops], clientCidrs: [127.0.0.0/8]}}"#
+    );
+    let docs = format!("{}{}", route("api", "/"), policy("rules", "api", &body));
+    let s = Setup::start(&docs).await;
+    let token = |extra: serde_json::Value, sub: &str| {
+        let mut c = claims(sub);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        bearer(&issuer.rs256(json!({"alg": "RS256", "kid": "rsa-1"}), &c))
+    };
+    // Anonymous: only GET /docs.
+    assert_eq!(s.get("/docs/intro", &[]).await.status, 200);
+    let r = s.send("POST", "/docs/intro", &[]).await;
+    assert_eq!(r.status, 401, "anonymous and not allowed: authenticate");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+    assert_eq!(s.get("/orders", &[]).await.status, 401);
+    // Authenticated: scope read may GET; writing needs the admin role.
+    let reader = token(json!({"scope": "read"}), "rita");
+    assert_eq!(
+        s.get("/orders", &[("authorization", &reader)]).await.status,
+        200
+    );
+    let r = s
+        .send("DELETE", "/orders/1", &[("authorization", &reader)])
+        .await;
+    assert_eq!(r.status, 403, "authenticated but not allowed: forbidden");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"insufficient_scope\"")
+    );
+    let admin = token(json!({"roles": ["user", "admin"]}), "adam");
+    assert_eq!(
+        s.send("DELETE", "/orders/1", &[("authorization", &admin)])
+            .await
+            .status,
+        200
+    );
+    // A consumer rule with a client range (the tests run on 127.0.0.0/8).
+    let ops = token(json!({}), "ops");
+    assert_eq!(
+        s.send("PUT", "/x", &[("authorization", &ops)]).await.status,
+        200
+    );
+    // A bad token is refused even though anonymous access is allowed.
+    assert_eq!(
+        s.get("/docs/intro", &[("authorization", "Bearer not.a.token")])
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn path_normalisation_cannot_bypass_a_protected_route() {
+    // `/admin` needs an API key; `/` is public. Both go to the same echo backend.
+    let docs = format!(
+        "{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: keys, namespace: default}}\nstringData: {{ops: ops-key-5f2a9c}}\n{}",
+        route("admin", "/admin"),
+        route("public", "/"),
+        policy("admin", "admin", "  apiKey: {secretRefs: [{name: keys}]}")
+    );
+    let s = Setup::start(&docs).await;
+    let attempts = [
+        "/admin/..%2fadmin",
+        "/%2e%2e/admin",
+        "/%2E%2E/admin/users",
+        "//admin",
+        "///admin/users",
+        "/ADMIN",
+        "/admin;x",
+        "/admin;x/users",
+        "/public%252f..%252fadmin",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/./../admin/",
+        "/%61dmin",
+        "/public/..%5cadmin",
+    ];
+    for path in attempts {
+        let r = s.get(path, &[]).await;
+        match r.status.as_u16() {
+            // Refused: unauthenticated (the protected route matched) or malformed.
+            401 | 400 => {}
+            200 => {
+                // Served by the public route: the backend got exactly the path the router
+                // matched, and it is not the protected one.
+                let seen = r.json()["path"].as_str().unwrap_or_default().to_string();
+                let lower_segments: Vec<&str> = seen.split('/').filter(|x| !x.is_empty()).collect();
+                assert!(
+                    lower_segments.first().is_none_or(|first| {
+                        let first = first.split(';').next().unwrap_or_default();
+                        first != "admin"
+                    }),
+                    "{path} reached the backend unauthenticated as {seen}"
+                );
+                assert_eq!(
+                    path, "/ADMIN",
+                    "only the case-different path is public: {path} → {seen}"
+                );
+                assert_eq!(seen, "/ADMIN", "case is kept");
+            }
+            other => panic!("{path}: unexpected {other}"),
+        }
+    }
+    // With the key, what the policy checked is what the backend gets.
+    let key = [("x-api-key", "ops-key-5f2a9c")];
+    for (sent, forwarded) in [
+        ("/public/../admin", "/admin"),
+        ("/%2e%2e/admin/users", "/admin/users"),
+        ("//admin//users/", "/admin/users/"),
+        ("/admin;x", "/admin;x"),
+    ] {
+        let r = s.get(sent, &key).await;
+        assert_eq!(r.status, 200, "{sent}");
+        assert_eq!(r.json()["path"], forwarded, "{sent}");
+        assert_eq!(r.seen_header("x-portico-consumer").as_deref(), Some("ops"));
+    }
+}

@@ -1,0 +1,172 @@
+//! Identity for the auth tests: a running `portico-authd` (JWKS, introspection, external
+//! auth), and tokens signed the way identity providers sign them.
+
+use crate::{HttpClient, Proc, TempDir, binaries, free_port, loopback_ip, wait_port};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The test-only RSA key (2048 bits, PKCS#8) the dataplane's unit tests use too.
+pub const RSA_PKCS8: &[u8] = include_bytes!("../../dataplane/src/auth/testdata/rsa-2048.pk8");
+
+pub fn b64(v: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(v)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs tokens with an RSA key (`kid` `rsa-1`) and an EC P-256 key (`kid` `ec-1`).
+pub struct Issuer {
+    rsa: RsaKeyPair,
+    ec: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Issuer {
+    pub fn new() -> Self {
+        let rng = SystemRandom::new();
+        let pk8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("EC key");
+        Self {
+            rsa: RsaKeyPair::from_pkcs8(RSA_PKCS8).expect("RSA key"),
+            ec: EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                pk8.as_ref(),
+                &rng,
+            )
+            .expect("EC key"),
+            rng,
+        }
+    }
+
+    /// The public keys as a JSON Web Key Set.
+    pub fn jwks(&self) -> Value {
+        let c = signature::RsaPublicKeyComponents::<Vec<u8>>::from(self.rsa.public());
+        let p = self.ec.public_key().as_ref();
+        json!({"keys": [
+            {"kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256", "n": b64(&c.n), "e": b64(&c.e)},
+            {"kty": "EC", "kid": "ec-1", "use": "sig", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65])}
+        ]})
+    }
+
+    /// The RSA public modulus (for the key-confusion attack).
+    pub fn rsa_public_bytes(&self) -> Vec<u8> {
+        signature::RsaPublicKeyComponents::<Vec<u8>>::from(self.rsa.public()).n
+    }
+
+    pub fn unsigned(header: &Value, claims: &Value) -> String {
+        format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    pub fn rs256(&self, header: Value, claims: &Value) -> String {
+        let msg = Self::unsigned(&header, claims);
+        let mut sig = vec![0; self.rsa.public().modulus_len()];
+        self.rsa
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &self.rng,
+                msg.as_bytes(),
+                &mut sig,
+            )
+            .expect("sign");
+        format!("{msg}.{}", b64(&sig))
+    }
+
+    pub fn es256(&self, header: Value, claims: &Value) -> String {
+        let msg = Self::unsigned(&header, claims);
+        let sig = self.ec.sign(&self.rng, msg.as_bytes()).expect("sign");
+        format!("{msg}.{}", b64(sig.as_ref()))
+    }
+
+    pub fn hs256(key: &[u8], header: Value, claims: &Value) -> String {
+        let msg = Self::unsigned(&header, claims);
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            msg.as_bytes(),
+        );
+        format!("{msg}.{}", b64(tag.as_ref()))
+    }
+}
+
+/// Claims that pass a policy with issuer `https://idp.test` and audience `api`.
+pub fn claims(sub: &str) -> Value {
+    json!({"iss": "https://idp.test", "aud": "api", "sub": sub, "exp": now() + 600, "iat": now() - 5})
+}
+
+/// A running `portico-authd`.
+pub struct AuthD {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    _dir: TempDir,
+}
+
+impl AuthD {
+    pub fn start(jwks: &Value) -> Self {
+        let ip = loopback_ip();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let dir = TempDir::new("authd");
+        dir.write("jwks.json", &jwks.to_string());
+        let proc = Proc::spawn(
+            "authd",
+            &binaries().authd,
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--jwks".into(),
+                dir.path().join("jwks.json").display().to_string(),
+            ],
+        );
+        wait_port(addr);
+        Self {
+            addr,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Makes `/jwks` answer `ok`, `500`, `timeout` or `garbage`.
+    pub async fn jwks_mode(&self, mode: &str) {
+        let r = HttpClient::new()
+            .try_request(
+                "POST",
+                self.addr,
+                "authd",
+                &format!("/mode?jwks={mode}"),
+                &[],
+            )
+            .await
+            .expect("authd answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    pub async fn stat(&self, name: &str) -> u64 {
+        HttpClient::new()
+            .get(self.addr, "authd", "/stats")
+            .await
+            .json()[name]
+            .as_u64()
+            .unwrap_or_default()
+    }
+}
