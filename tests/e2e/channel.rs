@@ -4,6 +4,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_tests::cluster::create;
@@ -370,4 +371,73 @@ async fn https_listeners_serve_secrets_and_follow_their_rotation() {
             .unwrap_or(true),
         "the intruder persisted nothing"
     );
+}
+
+#[tokio::test]
+async fn an_auth_policy_reaches_the_dataplanes_with_its_secret() {
+    let s = Setup::new("channel-authpol").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    let secret = |keys: serde_json::Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"}, "stringData": keys});
+    create::<Secret>(
+        &s.client,
+        &s.ns,
+        secret(json!({"alice": "alice-key-1", "bob": "bob-key-2"})),
+    )
+    .await;
+    create::<AuthPolicy>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "keys"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}],
+                        "apiKey": {"secretRefs": [{"name": "keys"}]}}}),
+    )
+    .await;
+    let _controller = s.controller();
+    let token = s.token("portico-gw").await;
+    let state = TempDir::new("state");
+    let dp = s.dataplane("replica", &token, state.path());
+    let http = HttpClient::new();
+    let addr = SocketAddr::new(dp.ip, s.port);
+    let with_key = |key: &'static str| {
+        let http = http.clone();
+        async move {
+            http.try_get(addr, "x.test", "/", &[("x-api-key", key)])
+                .await
+                .map(|r| r.status.as_u16())
+        }
+    };
+    await_some("the protected route", || async {
+        (with_key("alice-key-1").await == Some(302)).then_some(())
+    })
+    .await;
+    assert_eq!(http.get(addr, "x.test", "/").await.status, 401);
+    assert_eq!(with_key("bob-key-2").await, Some(302));
+
+    // Bob's key leaves the Secret: it stops working, Alice's does not.
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .patch(
+            "keys",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"bob": null}})),
+        )
+        .await
+        .expect("update the Secret");
+    await_some("bob's key to be refused", || async {
+        (with_key("bob-key-2").await == Some(401)).then_some(())
+    })
+    .await;
+    assert_eq!(with_key("alice-key-1").await, Some(302));
+    assert!(!dp.proc.logs().contains("alice-key-1"), "keys never logged");
+
+    // Deleting the policy opens the route again.
+    let policies: Api<AuthPolicy> = Api::namespaced(s.client.clone(), &s.ns);
+    policies
+        .delete("keys", &Default::default())
+        .await
+        .expect("delete the policy");
+    await_some("the route to be open", || async {
+        (location(&http, addr).await.is_some()).then_some(())
+    })
+    .await;
 }

@@ -1,6 +1,7 @@
 //! The controller against a real kube-apiserver: status conditions as the Gateway API
 //! specifies them (HTTPRoutes, GRPCRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
-//! no writes when nothing changes, leader failover. Against the experimental-channel CRDs.
+//! no writes when nothing changes, leader failover, AuthPolicy attachment and its CEL rules.
+//! Against the experimental-channel CRDs.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -8,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
+use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -590,4 +592,168 @@ async fn a_new_leader_takes_over_when_the_leader_dies() {
             .then_some(())
     })
     .await;
+}
+
+/// The (status, reason) of a condition of an AuthPolicy's first ancestor.
+async fn policy_condition(
+    api: &Api<AuthPolicy>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let p = api.get(name).await.ok()?;
+    let ancestor = p.status?.ancestors.into_iter().next()?;
+    let c = ancestor.conditions.into_iter().find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn await_policy(
+    api: &Api<AuthPolicy>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    await_some(
+        &format!("AuthPolicy {name} {type_}={status} ({reason})"),
+        || async {
+            let (s, r, m) = policy_condition(api, name, type_).await?;
+            (s == status && r == reason).then_some(m)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn auth_policies_report_attachment_and_are_validated_by_cel() {
+    let client = cluster().client().await;
+    shared_controller();
+    let ns = test_namespace(&client, "authpol").await;
+    class(&client, &ns, CONTROLLER).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(
+        &client,
+        &ns,
+        "shop",
+        &ns,
+        json!({"name": "svc", "port": 80}),
+    )
+    .await;
+    create::<Secret>(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
+               "stringData": {"alice": "alice-key-0001"}}),
+    )
+    .await;
+    let policy = |name: &str, kind: &str, target: &str, section: Option<&str>, secret: &str| {
+        let mut target_ref =
+            json!({"group": "gateway.networking.k8s.io", "kind": kind, "name": target});
+        if let Some(s) = section {
+            target_ref["sectionName"] = json!(s);
+        }
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
+               "metadata": {"name": name},
+               "spec": {"targetRefs": [target_ref], "apiKey": {"secretRefs": [{"name": secret}]}}})
+    };
+    let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns);
+    // `first` is older (and first by name, should both land in the same second).
+    create::<AuthPolicy>(
+        &client,
+        &ns,
+        policy("first", "HTTPRoute", "shop", None, "keys"),
+    )
+    .await;
+    await_policy(&api, "first", "Accepted", "True", "Accepted").await;
+    create::<AuthPolicy>(
+        &client,
+        &ns,
+        policy("second", "HTTPRoute", "shop", None, "keys"),
+    )
+    .await;
+    create::<AuthPolicy>(
+        &client,
+        &ns,
+        policy("lost", "HTTPRoute", "nope", None, "keys"),
+    )
+    .await;
+    create::<AuthPolicy>(
+        &client,
+        &ns,
+        policy("no-listener", "Gateway", "gw", Some("nope"), "keys"),
+    )
+    .await;
+    create::<AuthPolicy>(
+        &client,
+        &ns,
+        policy("late-secret", "Gateway", "gw", Some("http"), "gone"),
+    )
+    .await;
+
+    let m = await_policy(&api, "second", "Accepted", "False", "Conflicted").await;
+    assert!(m.contains(&format!("{ns}/first")), "{m}");
+    await_policy(&api, "lost", "Accepted", "False", "TargetNotFound").await;
+    await_policy(&api, "no-listener", "Accepted", "False", "TargetNotFound").await;
+    await_policy(&api, "first", "ResolvedRefs", "True", "ResolvedRefs").await;
+    // A missing Secret: still applies (nobody gets in through it), and says why.
+    await_policy(&api, "late-secret", "Accepted", "True", "Accepted").await;
+    let m = await_policy(&api, "late-secret", "ResolvedRefs", "False", "InvalidRef").await;
+    assert!(m.contains("gone"), "{m}");
+    // The controller watches Secrets that policies name: creating it resolves the policy.
+    create::<Secret>(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gone"},
+               "stringData": {"bob": "bob-key-0002"}}),
+    )
+    .await;
+    await_policy(&api, "late-secret", "ResolvedRefs", "True", "ResolvedRefs").await;
+    // The ancestor is the target, written under our controller name.
+    let p = api.get("no-listener").await.expect("policy");
+    let a = &p.status.expect("status").ancestors[0];
+    assert_eq!(a.controller_name, CONTROLLER);
+    assert_eq!(
+        (
+            a.ancestor_ref.kind.as_str(),
+            a.ancestor_ref.section_name.as_deref()
+        ),
+        ("Gateway", Some("nope"))
+    );
+
+    // The API server's CEL rules refuse impossible combinations with the message we wrote.
+    // Untyped, so that values the Rust types cannot hold (`alg: none`) reach the API server.
+    let raw: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::erase::<AuthPolicy>(&()),
+    );
+    let refused = |spec: serde_json::Value| {
+        let api = raw.clone();
+        async move {
+            let obj: kube::core::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "bad"}, "spec": spec}))
+            .expect("object");
+            match api.create(&Default::default(), &obj).await {
+                Err(kube::Error::Api(s)) => s.message,
+                other => panic!("accepted: {other:?}"),
+            }
+        }
+    };
+    let target =
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "shop"}]);
+    let m = refused(json!({"targetRefs": target,
+        "jwt": {"issuer": "x", "algorithms": ["RS256"], "jwks": "{}", "jwksUri": "https://idp/jwks"}})).await;
+    assert!(m.contains("exactly one of jwksUri"), "{m}");
+    let m = refused(json!({"targetRefs": target,
+        "jwt": {"issuer": "x", "algorithms": ["HS256"], "jwksUri": "https://idp/jwks"}}))
+    .await;
+    assert!(m.contains("hmacSecretRef"), "{m}");
+    let m = refused(json!({"targetRefs": target})).await;
+    assert!(m.contains("at least one of"), "{m}");
+    let m = refused(json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Service", "name": "svc"}],
+        "apiKey": {"secretRefs": [{"name": "keys"}]}})).await;
+    assert!(m.contains("Gateway or HTTPRoute"), "{m}");
+    let m = refused(json!({"targetRefs": target, "jwt": {"issuer": "x", "algorithms": ["none"], "jwksUri": "https://idp/jwks"}})).await;
+    assert!(m.contains("none"), "{m}");
 }

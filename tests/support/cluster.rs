@@ -139,6 +139,7 @@ fn start_control_plane(channel: Channel) -> ControlPlane {
         let dir = TempDir::new("controlplane");
         let log = std::fs::File::create(dir.path().join("controlplane.log")).expect("log file");
         let mut child = Command::new(&bin)
+            .arg("-remove-dir")
             .arg("-dir")
             .arg(dir.path())
             .stdin(Stdio::piped())
