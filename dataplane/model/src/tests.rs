@@ -18,6 +18,7 @@ fn sample() -> Snapshot {
             parents: vec![RouteParent {
                 listener: "http".into(),
                 hostnames: vec!["a.example.com".into()],
+                auth: None,
             }],
             rules: vec![RouteRule {
                 name: None,
@@ -56,6 +57,7 @@ fn sample() -> Snapshot {
                     request_ms: Some(1500),
                     backend_request_ms: None,
                 },
+                auth: Some(ObjectRef::new("default", "jwt")),
             }],
         }],
         backends: vec![Backend {
@@ -74,7 +76,39 @@ fn sample() -> Snapshot {
                 terminating: false,
             }],
         }],
+        auth_policies: vec![auth::AuthPolicy {
+            id: ObjectRef::new("default", "jwt"),
+            consumer_header: auth::DEFAULT_CONSUMER_HEADER.into(),
+            jwt: Some(auth::Jwt {
+                issuer: "https://idp".into(),
+                audiences: vec!["api".into()],
+                algorithms: vec!["HS256".into()],
+                keys: auth::JwtKeys::Hmac(auth::Sensitive("SECRET-HMAC".into())),
+                leeway_seconds: 30,
+                sources: vec![auth::TokenSource::Cookie("session".into())],
+                claims_to_headers: vec![],
+                strip_token: true,
+            }),
+            introspection: Some(auth::Introspection {
+                url: "https://idp/introspect".into(),
+                client_id: "portico".into(),
+                client_secret: auth::Sensitive("SECRET-CLIENT".into()),
+                cache_seconds: 60,
+                timeout_ms: 1000,
+            }),
+            rules: Some(vec![auth::AuthzRule {
+                scopes: vec!["read".into()],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }],
     }
+}
+
+#[test]
+fn auth_secrets_never_show_in_debug_output() {
+    let text = format!("{:?}", sample());
+    assert!(!text.contains("SECRET-HMAC") && !text.contains("SECRET-CLIENT"), "{text}");
 }
 
 #[test]
