@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 /// specific policy applies whole (fields are not merged). Two policies on the same target: the
 /// older (creationTimestamp, then namespace/name) applies and the other reports
 /// `Accepted=False` with reason `Conflicted`.
+// The printcolumn attributes repeat `type_ = "string"`, which this lint takes for a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "portico.dev",

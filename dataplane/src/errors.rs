@@ -6,6 +6,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 
+/// The answer of an external auth service that denied a request.
+#[derive(Debug)]
+pub struct AuthAnswer {
+    pub status: StatusCode,
+    /// The headers the policy copies to the client.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
 /// Who caused the failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -57,12 +66,8 @@ pub enum ProxyError {
     #[error("forbidden by the auth policy")]
     Forbidden { challenge: Option<HeaderValue> },
     /// The external auth service said no: its answer goes to the client.
-    #[error("denied by the external auth service ({status})")]
-    AuthDenied {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
+    #[error("denied by the external auth service ({})", .0.status)]
+    AuthDenied(Box<AuthAnswer>),
     /// The external auth or introspection service failed and the policy fails closed.
     #[error("auth service unavailable: {0}")]
     AuthUnavailable(String),
@@ -78,7 +83,7 @@ impl ProxyError {
             | ProxyError::Misdirected
             | ProxyError::Unauthenticated { .. }
             | ProxyError::Forbidden { .. }
-            | ProxyError::AuthDenied { .. } => ErrorSource::Downstream,
+            | ProxyError::AuthDenied(_) => ErrorSource::Downstream,
             ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::AuthPolicyInvalid(_) => {
                 ErrorSource::Config
             }
@@ -117,7 +122,7 @@ impl ProxyError {
             }
             ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::AuthDenied { status, .. } => *status,
+            ProxyError::AuthDenied(a) => a.status,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AuthPolicyInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,7 +146,8 @@ impl ProxyError {
                 }
                 return resp;
             }
-            ProxyError::AuthDenied { headers, body, .. } => {
+            ProxyError::AuthDenied(answer) => {
+                let AuthAnswer { headers, body, .. } = *answer;
                 let mut resp = Response::new(Either::Right(Full::new(body)));
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;

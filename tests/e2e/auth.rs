@@ -368,8 +368,7 @@ async fn api_keys_basic_auth_and_invalid_policies() {
         )
     };
     let docs = |with_bob: bool| {
-        format!(
-            "{}{}{}{}{}{}{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: default}}\nstringData:\n  htpasswd: |\n    ann:{hash}\n",
+        [
             route("keys", "/keys"),
             route("querykeys", "/q"),
             route("basic", "/basic"),
@@ -380,22 +379,23 @@ async fn api_keys_basic_auth_and_invalid_policies() {
             policy(
                 "querykeys",
                 "querykeys",
-                "  apiKey: {secretRefs: [{name: keys}], query: api_key}\n  consumerHeader: x-consumer"
+                "  apiKey: {secretRefs: [{name: keys}], query: api_key}\n  consumerHeader: x-consumer",
+            ),
+            policy(
+                "basic",
+                "basic",
+                "  basic: {secretRef: {name: users}, realm: staff}",
+            ),
+            policy(
+                "broken",
+                "broken",
+                "  jwt: {issuer: x, algorithms: [RS256], jwks: 'not json'}",
             ),
             format!(
-                "{}{}",
-                policy(
-                    "basic",
-                    "basic",
-                    "  basic: {secretRef: {name: users}, realm: staff}"
-                ),
-                policy(
-                    "broken",
-                    "broken",
-                    "  jwt: {issuer: x, algorithms: [RS256], jwks: 'not json'}"
-                )
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: default}}\nstringData:\n  htpasswd: |\n    ann:{hash}\n"
             ),
-        )
+        ]
+        .concat()
     };
     let s = Setup::start(&docs(true)).await;
 

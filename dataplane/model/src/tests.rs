@@ -108,7 +108,10 @@ fn sample() -> Snapshot {
 #[test]
 fn auth_secrets_never_show_in_debug_output() {
     let text = format!("{:?}", sample());
-    assert!(!text.contains("SECRET-HMAC") && !text.contains("SECRET-CLIENT"), "{text}");
+    assert!(
+        !text.contains("SECRET-HMAC") && !text.contains("SECRET-CLIENT"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use super::HttpClient;
 use super::cache::{TtlCache, digest};
 use super::jwt::Claims;
-use crate::errors::ProxyError;
+use crate::errors::{AuthAnswer, ProxyError};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
@@ -144,11 +144,11 @@ impl External {
         } else {
             status
         };
-        Err(ProxyError::AuthDenied {
+        Err(ProxyError::AuthDenied(Box::new(AuthAnswer {
             status,
             headers: to_client,
             body,
-        })
+        })))
     }
 }
 
