@@ -724,3 +724,135 @@ async fn path_normalisation_cannot_bypass_a_protected_route() {
         assert_eq!(r.seen_header("x-portico-consumer").as_deref(), Some("ops"));
     }
 }
+
+#[tokio::test]
+async fn the_auth_examples_work_in_standalone_mode() {
+    let idp = AuthD::start_demo();
+    let echo = Echo::start("echo");
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    // The examples as committed, with their fixed addresses moved to this test's own.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/auth");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/examples/auth") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)
+                .expect("read example")
+                .replace("127.0.0.1:9100", &idp.addr.to_string())
+                .replace("127.0.0.1:9011", &echo.addr.to_string())
+                .replace("port: 8081", &format!("port: {port}"));
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            files.push((name, text));
+        }
+    }
+    assert_eq!(files.len(), 7, "gateway + one file per mechanism");
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let portico = Portico::start_on(ip, &refs, &[]).await;
+    let addr = portico.addr(port);
+    let http = HttpClient::new();
+    let call = |method: &'static str, path: &'static str, headers: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http.try_request(method, addr, "demo.test", path, &h)
+                .await
+                .expect("portico answers")
+        }
+    };
+    let alice = auth::demo_token(&idp, "sub=alice").await;
+    let r = call(
+        "GET",
+        "/jwt",
+        vec![("authorization", format!("Bearer {alice}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(call("GET", "/jwt", vec![]).await.status, 401);
+
+    let r = call(
+        "GET",
+        "/keys",
+        vec![("x-api-key", "demo-key-for-alice".into())],
+    )
+    .await;
+    assert_eq!(
+        r.seen_header("x-portico-consumer").as_deref(),
+        Some("alice")
+    );
+
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "ann:portico-demo",
+    );
+    let r = call(
+        "GET",
+        "/basic",
+        vec![("authorization", format!("Basic {basic}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    assert_eq!(
+        call("GET", "/external", vec![("x-ext-token", "good".into())])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(call("GET", "/external", vec![]).await.status, 401);
+
+    let r = call(
+        "GET",
+        "/introspect",
+        vec![("authorization", "Bearer active-carol".into())],
+    )
+    .await;
+    assert_eq!(
+        r.seen_header("x-portico-consumer").as_deref(),
+        Some("carol")
+    );
+
+    assert_eq!(call("GET", "/orders", vec![]).await.status, 200);
+    assert_eq!(call("POST", "/orders", vec![]).await.status, 401);
+    let rita = auth::demo_token(&idp, "sub=rita&scope=read").await;
+    assert_eq!(
+        call(
+            "POST",
+            "/orders",
+            vec![("authorization", format!("Bearer {rita}"))]
+        )
+        .await
+        .status,
+        403
+    );
+    let will = auth::demo_token(&idp, "sub=will&scope=write").await;
+    assert_eq!(
+        call(
+            "POST",
+            "/orders",
+            vec![("authorization", format!("Bearer {will}"))]
+        )
+        .await
+        .status,
+        200
+    );
+    let root = auth::demo_token(&idp, "sub=root&roles=admin").await;
+    assert_eq!(
+        call(
+            "DELETE",
+            "/orders",
+            vec![("authorization", format!("Bearer {root}"))]
+        )
+        .await
+        .status,
+        200
+    );
+}

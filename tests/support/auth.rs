@@ -119,21 +119,27 @@ pub struct AuthD {
 }
 
 impl AuthD {
+    /// Serving `jwks` at /jwks.
     pub fn start(jwks: &Value) -> Self {
+        Self::start_with(Some(jwks))
+    }
+
+    /// As the demo identity provider: /jwks serves the key /token signs with.
+    pub fn start_demo() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_with(jwks: Option<&Value>) -> Self {
         let ip = loopback_ip();
         let addr = SocketAddr::new(ip, free_port(ip));
         let dir = TempDir::new("authd");
-        dir.write("jwks.json", &jwks.to_string());
-        let proc = Proc::spawn(
-            "authd",
-            &binaries().authd,
-            &[
-                "--listen".into(),
-                addr.to_string(),
-                "--jwks".into(),
-                dir.path().join("jwks.json").display().to_string(),
-            ],
-        );
+        let mut args = vec!["--listen".to_string(), addr.to_string()];
+        if let Some(jwks) = jwks {
+            dir.write("jwks.json", &jwks.to_string());
+            args.push("--jwks".into());
+            args.push(dir.path().join("jwks.json").display().to_string());
+        }
+        let proc = Proc::spawn("authd", &binaries().authd, &args);
         wait_port(addr);
         Self {
             addr,
@@ -169,4 +175,13 @@ impl AuthD {
             .as_u64()
             .unwrap_or_default()
     }
+}
+
+/// A token from the demo identity provider's `/token` (query `sub=...&scope=...`).
+pub async fn demo_token(idp: &AuthD, query: &str) -> String {
+    let r = HttpClient::new()
+        .get(idp.addr, "authd", &format!("/token?{query}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text().trim().to_string()
 }

@@ -1,7 +1,10 @@
 //! `portico-authd`: the identity services the auth tests and examples talk to, in one process.
 //!
-//! - `GET /jwks`: the JSON Web Key Set in `--jwks FILE`, or, as `POST /mode?jwks=` sets it,
-//!   a 500, an answer that never comes (`timeout`) or `garbage`.
+//! - `GET /jwks`: the JSON Web Key Set in `--jwks FILE` (by default, the public half of a key
+//!   made at start-up), or, as `POST /mode?jwks=` sets it, a 500, an answer that never comes
+//!   (`timeout`) or `garbage`.
+//! - `GET /token?sub=NAME[&scope=...][&aud=...][&ttl=SECONDS]`: a demo identity provider: an
+//!   ES256 token for NAME signed with the start-up key (`kid` `demo-1`, `iss` `--issuer`).
 //! - `POST /introspect`: RFC 7662 token introspection for the client `--client ID:SECRET`
 //!   (HTTP Basic). `active-<name>` tokens are active with `sub` `<name>`, scope `read` and an
 //!   hour to live; every other token is inactive.
@@ -10,6 +13,8 @@
 //!   a 401 with a `WWW-Authenticate` challenge and a body.
 //! - `GET /stats`: how many JWKS fetches, introspections and external checks it answered.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode, header};
@@ -18,6 +23,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +32,47 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    fn new() -> anyhow::Result<Self> {
+        let rng = SystemRandom::new();
+        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("generating a key"))?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng)
+            .map_err(|_| anyhow::anyhow!("loading the key"))?;
+        Ok(Self {
+            key,
+            rng,
+            jwks_mode: AtomicU8::new(OK),
+            jwks_fetches: AtomicU64::new(0),
+            introspections: AtomicU64::new(0),
+            external: AtomicU64::new(0),
+        })
+    }
+
+    fn own_jwks(&self) -> serde_json::Value {
+        let p = self.key.public_key().as_ref();
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "demo-1", "use": "sig", "alg": "ES256",
+                         "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])}]})
+    }
+
+    fn mint(&self, claims: &serde_json::Value) -> Option<String> {
+        let header = json!({"alg": "ES256", "kid": "demo-1", "typ": "JWT"});
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.key.sign(&self.rng, msg.as_bytes()).ok()?;
+        Some(format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -37,13 +85,17 @@ struct Args {
     /// The JSON Web Key Set to serve at /jwks (read on every fetch, so it can change).
     #[arg(long)]
     jwks: Option<PathBuf>,
+    /// The `iss` of the tokens `/token` mints.
+    #[arg(long, default_value = "https://idp.portico.test")]
+    issuer: String,
     /// Introspection client credentials, `ID:SECRET`.
     #[arg(long, default_value = "portico:portico-secret")]
     client: String,
 }
 
-#[derive(Default)]
 struct State {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
     jwks_mode: AtomicU8,
     jwks_fetches: AtomicU64,
     introspections: AtomicU64,
@@ -131,8 +183,13 @@ async fn handle(
                     text(StatusCode::OK, "{}")
                 }
                 GARBAGE => text(StatusCode::OK, "<html>not a key set</html>"),
-                _ => match args.jwks.as_ref().map(std::fs::read_to_string) {
-                    Some(Ok(body)) => {
+                _ => match args
+                    .jwks
+                    .as_ref()
+                    .map(std::fs::read_to_string)
+                    .unwrap_or_else(|| Ok(state.own_jwks().to_string()))
+                {
+                    Ok(body) => {
                         let mut r = text(StatusCode::OK, &body);
                         r.headers_mut().insert(
                             header::CONTENT_TYPE,
@@ -140,13 +197,38 @@ async fn handle(
                         );
                         r
                     }
-                    _ => text(StatusCode::NOT_FOUND, "no --jwks"),
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("reading --jwks: {e}"),
+                    ),
                 },
+            }
+        }
+        (Method::GET, "/token") => {
+            let q = req.uri().query().unwrap_or_default().to_string();
+            let get = |k: &str| form_value(&q, k);
+            let Some(sub) = get("sub") else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "/token?sub=NAME[&scope=...][&aud=...][&ttl=SECONDS]",
+                );
+            };
+            let ttl: u64 = get("ttl").and_then(|t| t.parse().ok()).unwrap_or(3600);
+            let mut claims = json!({"iss": args.issuer, "sub": sub, "iat": now(), "exp": now() + ttl,
+                                    "aud": get("aud").unwrap_or_else(|| "api".into())});
+            if let Some(scope) = get("scope") {
+                claims["scope"] = json!(scope);
+            }
+            if let Some(roles) = get("roles") {
+                claims["roles"] = json!(roles.split(',').collect::<Vec<_>>());
+            }
+            match state.mint(&claims) {
+                Some(token) => text(StatusCode::OK, &format!("{token}\n")),
+                None => text(StatusCode::INTERNAL_SERVER_ERROR, "signing failed"),
             }
         }
         (Method::POST, "/introspect") => {
             state.introspections.fetch_add(1, Ordering::Relaxed);
-            use base64::Engine as _;
             let expected = format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(&args.client)
@@ -165,9 +247,7 @@ async fn handle(
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let token = form_value(&String::from_utf8_lossy(&body), "token").unwrap_or_default();
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = now();
             match token.strip_prefix("active-") {
                 Some(sub) => json_answer(json!({
                     "active": true, "sub": sub, "scope": "read", "exp": now + 3600,
@@ -223,7 +303,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Arc<Args>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("portico-authd listening on {}", listener.local_addr()?);
-    let state = Arc::new(State::default());
+    let state = Arc::new(State::new()?);
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
