@@ -13,6 +13,9 @@
 #[path = "peers.rs"]
 mod peers;
 
+#[path = "auth_cost.rs"]
+mod auth_cost;
+
 use peers::{Front, Peer, ProxyConfig, Tools};
 use portico_tests::{Proc, binaries, free_port, loopback_ip, wait_port};
 use std::collections::BTreeMap;
@@ -111,12 +114,12 @@ struct Load {
     rps: f64,
 }
 
-/// `wrk`: one thread, 32 connections.
-fn wrk(tools: &Tools, cpus: Option<&str>, url: &str, secs: usize, close: bool) -> Load {
+/// `wrk`: one thread, 32 connections, with extra request `headers`.
+fn wrk(tools: &Tools, cpus: Option<&str>, url: &str, secs: usize, headers: &[&str]) -> Load {
     let mut cmd = pinned(cpus, &tools.wrk);
     cmd.args(["-t1", "-c32", &format!("-d{secs}s")]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     let text = run(cmd.arg(url));
     let requests = text
@@ -361,6 +364,7 @@ fn measure(
             backend: backend.addr,
             tls: Some((cert.0.as_str(), cert.1.as_str())),
             extra_routes: scenario.extra_routes,
+            portico_extra: None,
         };
         let r = peers::start(tools, peer, &config, proxy_cpus);
         running.push((peer, config.listen, r));
@@ -394,7 +398,14 @@ fn measure(
             let before = cpu_ticks(pid);
             let load = match scenario.front {
                 Front::H2c => h2load(tools, load_cpus, &url, secs),
-                _ => wrk(tools, load_cpus, &url, secs, scenario.close),
+                _ => {
+                    let close: &[&str] = if scenario.close {
+                        &["Connection: close"]
+                    } else {
+                        &[]
+                    };
+                    wrk(tools, load_cpus, &url, secs, close)
+                }
             };
             let ticks = cpu_ticks(pid).saturating_sub(before);
             // One worker: the latency a client sees at a fixed rate, right after.
@@ -571,7 +582,10 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    for workers in [1usize, 2] {
+    // `PORTICO_BENCH_ONLY=auth` measures just the cost of authentication (a quick run).
+    let only_auth = std::env::var("PORTICO_BENCH_ONLY").is_ok_and(|v| v == "auth");
+    let worker_counts: &[usize] = if only_auth { &[] } else { &[1, 2] };
+    for &workers in worker_counts {
         let _ = writeln!(
             md,
             "\n### {workers} worker{}\n",
@@ -603,6 +617,9 @@ fn main() {
             }
         }
     }
+
+    eprintln!("== the cost of auth");
+    auth_cost::section(&mut md, &tools, &backend, &settings);
 
     let _ = writeln!(
         md,

@@ -89,6 +89,8 @@ pub(crate) struct ProxyConfig<'a> {
     pub(crate) tls: Option<(&'a str, &'a str)>,
     /// Extra Portico routes loaded beside the measured one.
     pub(crate) extra_routes: usize,
+    /// More documents for Portico's configuration (an AuthPolicy on route `bench`).
+    pub(crate) portico_extra: Option<&'a str>,
 }
 
 /// A started proxy.
@@ -276,6 +278,9 @@ spec:
             cert,
             key,
         ));
+    }
+    if let Some(extra) = c.portico_extra {
+        out.push_str(extra);
     }
     // Routes that are loaded but never match the benchmark's requests (other hosts), so the
     // measured route is found among 10,000.
