@@ -620,9 +620,13 @@ fn strip<B>(req: &mut Request<B>, source: &TokenSource) {
             let Some(query) = req.uri().query() else {
                 return;
             };
+            // Names compare decoded, as they were read (`api%5Fkey` is `api_key`).
             let kept: Vec<&str> = query
                 .split('&')
-                .filter(|p| p.split('=').next() != Some(name.as_str()))
+                .filter(|p| {
+                    crate::util::percent_decode(p.split('=').next().unwrap_or_default())
+                        != name.as_str()
+                })
                 .collect();
             let path = req.uri().path();
             let pq = if kept.is_empty() {

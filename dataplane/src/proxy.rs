@@ -112,6 +112,12 @@ impl Proxy {
                 let request_timeout = rule.request_timeout;
                 let consumer = &mut consumer;
                 let fut = async {
+                    if routed.auth.is_none() {
+                        // The consumer header comes from an AuthPolicy or from nobody, on
+                        // every route, so a backend can trust it.
+                        req.headers_mut()
+                            .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
+                    }
                     if let Some(auth) = &routed.auth {
                         let host = util::request_host(req.uri(), req.headers())
                             .map(|h| h.into_owned())
@@ -217,6 +223,7 @@ impl Proxy {
         }
         let headers = req.headers_mut();
         util::strip_hop_by_hop(headers);
+
         if !headers.contains_key(header::HOST)
             && let Some(h) = &original_host
         {

@@ -40,7 +40,8 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     })
 }
 
-fn percent_decode(s: &str) -> Cow<'_, str> {
+/// Percent-decodes a query component (`+` is a space); malformed escapes stay as they are.
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }

@@ -108,7 +108,13 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, run: &R
             let pid = r.proc.pid();
             let headers: Vec<&str> = v.header.iter().map(String::as_str).collect();
             let before = cpu_ticks(pid);
-            let load = wrk(tools, Some("0"), &format!("http://{addr}/"), run.secs, &headers);
+            let load = wrk(
+                tools,
+                Some("0"),
+                &format!("http://{addr}/"),
+                run.secs,
+                &headers,
+            );
             let ticks = cpu_ticks(pid).saturating_sub(before);
             rows[i].rps.push(load.rps);
             rows[i].errors += load.errors;

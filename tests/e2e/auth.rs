@@ -433,6 +433,13 @@ async fn api_keys_basic_auth_and_invalid_policies() {
         "page=2",
         "the key is taken out of the query"
     );
+    let r = s.get("/q/x?page=3&api%5Fkey=bob-key-77aa01f3c4", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["query"],
+        "page=3",
+        "an encoded name is the same parameter"
+    );
 
     let basic = |user: &str, pw: &str| {
         format!(

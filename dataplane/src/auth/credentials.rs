@@ -13,11 +13,21 @@ use subtle::ConstantTimeEq;
 /// API keys held as SHA-256 digests. A lookup hashes the presented key and probes the map;
 /// the probe compares digests of the attacker's input, which tell nothing about the keys, and
 /// the final comparison is constant-time.
-#[derive(Debug)]
 pub struct ApiKeys {
     pub header: Option<HeaderName>,
     pub query: Option<String>,
     keys: HashMap<Digest, Arc<str>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    // Even hashes of keys stay out of debug output (short keys could be guessed from them).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("header", &self.header)
+            .field("query", &self.query)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
 }
 
 fn sha256(data: &[u8]) -> Digest {
@@ -92,13 +102,22 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     bcrypt::hash(random, bcrypt::DEFAULT_COST).unwrap_or_default()
 });
 
-#[derive(Debug)]
 pub struct Basic {
     pub challenge: HeaderValue,
     users: HashMap<String, String>,
     ttl: Duration,
     /// Shared by every policy: keyed by user, password and hash, so a changed hash misses.
     verified: Arc<TtlCache<()>>,
+}
+
+impl std::fmt::Debug for Basic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Basic")
+            .field("challenge", &self.challenge)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 impl Basic {

@@ -96,13 +96,26 @@ pub enum JwtError {
 }
 
 /// A public key (or HMAC secret) and what it may verify.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum VerifyKey {
     Rsa { n: Vec<u8>, e: Vec<u8> },
     P256(Vec<u8>),
     P384(Vec<u8>),
     Ed25519(Vec<u8>),
     Hmac(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for VerifyKey {
+    // The HMAC secret is never printed; public keys are not worth the noise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VerifyKey::Rsa { .. } => "Rsa",
+            VerifyKey::P256(_) => "P256",
+            VerifyKey::P384(_) => "P384",
+            VerifyKey::Ed25519(_) => "Ed25519",
+            VerifyKey::Hmac(_) => "Hmac(<redacted>)",
+        })
+    }
 }
 
 impl VerifyKey {
