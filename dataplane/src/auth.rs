@@ -23,6 +23,7 @@ pub mod jwt;
 pub mod remote;
 
 use crate::errors::ProxyError;
+use crate::metrics::{AuthDecision, AuthMetrics, Metrics};
 use authz::Identity;
 use bytes::Bytes;
 use cache::{TtlCache, digest};
@@ -275,6 +276,7 @@ impl std::fmt::Debug for RequestFacts<'_> {
 #[derive(Debug)]
 pub struct AuthEngine {
     pub id: String,
+    metrics: AuthMetrics,
     invalid: Option<String>,
     anonymous: bool,
     consumer_header: HeaderName,
@@ -297,14 +299,15 @@ const API_KEY: HeaderValue = HeaderValue::from_static("ApiKey realm=\"portico\""
 impl AuthEngine {
     /// Builds the engine. A policy that cannot be built refuses every request (500) rather
     /// than let it through.
-    pub fn new(m: &model::AuthPolicy, shared: &AuthShared) -> Self {
+    pub fn new(m: &model::AuthPolicy, shared: &AuthShared, metrics: &Metrics) -> Self {
         let id = m.id.to_string();
-        let built = Self::build(m, shared);
+        let built = Self::build(m, shared, metrics.auth(&id));
         match built {
             Ok(engine) => engine,
             Err(e) => {
                 tracing::warn!(policy = %id, error = %e, "auth policy cannot be enforced; its routes answer 500");
                 Self {
+                    metrics: metrics.auth(&id),
                     id,
                     invalid: Some(e),
                     anonymous: false,
@@ -321,7 +324,11 @@ impl AuthEngine {
         }
     }
 
-    fn build(m: &model::AuthPolicy, shared: &AuthShared) -> Result<Self, String> {
+    fn build(
+        m: &model::AuthPolicy,
+        shared: &AuthShared,
+        metrics: AuthMetrics,
+    ) -> Result<Self, String> {
         if let Some(reason) = &m.invalid {
             return Err(reason.clone());
         }
@@ -350,6 +357,7 @@ impl AuthEngine {
         }
         Ok(Self {
             id: m.id.to_string(),
+            metrics,
             invalid: None,
             anonymous: m.allow_anonymous,
             consumer_header: header(&m.consumer_header)?,
@@ -398,6 +406,26 @@ impl AuthEngine {
         matching: Option<&str>,
         facts: &RequestFacts<'_>,
     ) -> Result<Option<Arc<str>>, ProxyError> {
+        let result = self.decide(req, matching, facts).await;
+        self.metrics.record(match &result {
+            Ok((_, true)) => AuthDecision::Anonymous,
+            Ok((_, false)) => AuthDecision::Allowed,
+            Err(ProxyError::Unauthenticated { .. }) => AuthDecision::Unauthenticated,
+            Err(ProxyError::Forbidden { .. }) => AuthDecision::Forbidden,
+            Err(ProxyError::AuthDenied(_)) => AuthDecision::Denied,
+            Err(ProxyError::AuthPolicyInvalid(_)) => AuthDecision::Invalid,
+            Err(_) => AuthDecision::Unavailable,
+        });
+        result.map(|(consumer, _)| consumer)
+    }
+
+    /// The decision, and whether the request passed as anonymous.
+    async fn decide<B>(
+        &self,
+        req: &mut Request<B>,
+        matching: Option<&str>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<(Option<Arc<str>>, bool), ProxyError> {
         if let Some(reason) = &self.invalid {
             return Err(ProxyError::AuthPolicyInvalid(format!(
                 "{}: {reason}",
@@ -588,7 +616,7 @@ impl AuthEngine {
                 (None, None) => {}
             }
         }
-        Ok(who.consumer)
+        Ok((who.consumer, who.anonymous))
     }
 }
 

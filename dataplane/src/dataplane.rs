@@ -40,6 +40,7 @@ pub struct Dataplane {
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
+    auth_policies: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
     endpoints: std::sync::OnceLock<Arc<dyn EndpointSource>>,
 }
@@ -63,6 +64,7 @@ impl Dataplane {
             auth: crate::auth::AuthShared::default(),
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
+            auth_policies: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
             endpoints: std::sync::OnceLock::new(),
         }
@@ -138,6 +140,7 @@ impl Dataplane {
         let warnings = tables.warnings.clone();
         let backends = tables.backends.clone();
         let routes = tables.routes.clone();
+        let policies = tables.auth_policies.clone();
         let bind_failures = self.server.apply(tables);
         self.pools.retain(&backends);
         {
@@ -146,6 +149,13 @@ impl Dataplane {
                 self.metrics.forget_route(gone);
             }
             *known = routes;
+        }
+        {
+            let mut known = self.auth_policies.lock();
+            for gone in known.difference(&policies) {
+                self.metrics.forget_auth(gone);
+            }
+            *known = policies;
         }
         self.metrics
             .config_version

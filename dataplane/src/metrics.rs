@@ -28,6 +28,53 @@ struct RouteLabel {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    policy: String,
+    decision: &'static str,
+}
+
+/// What an AuthPolicy decided about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Authenticated (and allowed by the rules, if any).
+    Allowed,
+    /// No credentials, let through by `allowAnonymous` (and the rules).
+    Anonymous,
+    /// 401: no or invalid credentials.
+    Unauthenticated,
+    /// 403: authenticated, not allowed by the rules.
+    Forbidden,
+    /// The external service said no.
+    Denied,
+    /// External auth or introspection failed (fail closed).
+    Unavailable,
+    /// The policy could not be compiled.
+    Invalid,
+}
+
+const DECISIONS: [(AuthDecision, &str); 7] = [
+    (AuthDecision::Allowed, "allowed"),
+    (AuthDecision::Anonymous, "anonymous"),
+    (AuthDecision::Unauthenticated, "unauthenticated"),
+    (AuthDecision::Forbidden, "forbidden"),
+    (AuthDecision::Denied, "denied"),
+    (AuthDecision::Unavailable, "unavailable"),
+    (AuthDecision::Invalid, "invalid"),
+];
+
+/// One policy's decision counters, taken once per snapshot.
+#[derive(Clone, Debug)]
+pub struct AuthMetrics([Counter; 7]);
+
+impl AuthMetrics {
+    pub fn record(&self, d: AuthDecision) {
+        if let Some(i) = DECISIONS.iter().position(|(x, _)| *x == d) {
+            self.0[i].inc();
+        }
+    }
+}
+
 /// Upper bounds 100 µs × 2^i: 100 µs to ~26 s, then +Inf.
 const BUCKETS: usize = 19;
 const FIRST_BOUND_US: u64 = 100;
@@ -89,6 +136,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabel, LatencyHistogram>,
+    auth: Family<AuthLabels, Counter>,
     pub config_version: Gauge,
     pub config_reloads: Counter,
     pub config_errors: Counter,
@@ -106,6 +154,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("portico");
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RouteLabel, LatencyHistogram>::default();
+        let auth = Family::<AuthLabels, Counter>::default();
         let config_version = Gauge::default();
         let config_reloads = Counter::default();
         let config_errors = Counter::default();
@@ -119,6 +168,11 @@ impl Default for Metrics {
             "request_duration_seconds",
             "Time from request received to response headers sent, by HTTPRoute",
             duration.clone(),
+        );
+        registry.register(
+            "auth_decisions",
+            "AuthPolicy decisions, by policy (namespace/name) and decision",
+            auth.clone(),
         );
         registry.register(
             "config_version",
@@ -144,6 +198,7 @@ impl Default for Metrics {
             registry,
             requests,
             duration,
+            auth,
             config_version,
             config_reloads,
             config_errors,
@@ -170,6 +225,28 @@ impl Metrics {
             })
             .clone();
         RouteMetrics { by_class, duration }
+    }
+
+    /// Decision counters for one AuthPolicy (`namespace/name`).
+    pub fn auth(&self, policy: &str) -> AuthMetrics {
+        AuthMetrics(DECISIONS.map(|(_, decision)| {
+            self.auth
+                .get_or_create(&AuthLabels {
+                    policy: policy.to_string(),
+                    decision,
+                })
+                .clone()
+        }))
+    }
+
+    /// Removes the series of a policy no longer configured.
+    pub fn forget_auth(&self, policy: &str) {
+        for (_, decision) in DECISIONS {
+            self.auth.remove(&AuthLabels {
+                policy: policy.to_string(),
+                decision,
+            });
+        }
     }
 
     /// Removes the series of routes no longer configured, keeping cardinality bounded.

@@ -27,6 +27,8 @@ pub struct Tables {
     pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
     /// Every route label in use, for metric clean-up.
     pub routes: BTreeSet<String>,
+    /// Every auth policy in use (`namespace/name`), for metric clean-up.
+    pub auth_policies: BTreeSet<String>,
     pub backends: Vec<(BackendId, AppProtocol)>,
     /// Things that were skipped, for the log.
     pub warnings: Vec<String>,
@@ -103,7 +105,7 @@ pub fn build(
         let engines: std::collections::HashMap<&ObjectRef, Arc<AuthEngine>> = snap
             .auth_policies
             .iter()
-            .map(|p| (&p.id, Arc::new(AuthEngine::new(p, auth))))
+            .map(|p| (&p.id, Arc::new(AuthEngine::new(p, auth, metrics))))
             .collect();
         // A policy named but missing from the snapshot protects by refusing (never opens).
         let engine = |id: &Option<ObjectRef>| -> Option<Arc<AuthEngine>> {
@@ -116,9 +118,12 @@ pub fn build(
                         ..AuthPolicy::default()
                     },
                     auth,
+                    metrics,
                 ))
             }))
         };
+        t.auth_policies
+            .extend(snap.auth_policies.iter().map(|p| p.id.to_string()));
         for route in &snap.routes {
             order += 1;
             let rule_auth: Vec<Option<Arc<AuthEngine>>> =

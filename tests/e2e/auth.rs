@@ -473,6 +473,20 @@ async fn api_keys_basic_auth_and_invalid_policies() {
         .await;
     assert_eq!(r.status, 401);
 
+    // Decisions are counted per policy.
+    let metrics = s.portico.metrics().await;
+    for series in [
+        r#"portico_auth_decisions_total{policy="default/keys",decision="allowed"}"#,
+        r#"portico_auth_decisions_total{policy="default/keys",decision="unauthenticated"}"#,
+        r#"portico_auth_decisions_total{policy="default/basic",decision="allowed"}"#,
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("{series} missing"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+
     // An invalid policy refuses its route (500) and leaves the others alone.
     let r = s.get("/broken", &[]).await;
     assert_eq!(r.status, 500);
