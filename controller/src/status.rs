@@ -353,19 +353,41 @@ impl StatusWriter {
         if current == desired {
             return Ok(0);
         }
-        let api: Api<AuthPolicy> = Api::namespaced(self.client.clone(), &id.namespace);
+        self.merge_status("AuthPolicy", policy, &desired).await
+    }
+
+    /// Writes `status` of an object whose status list is shared with other controllers: a
+    /// merge patch guarded by the object's `resourceVersion` (a conflict just waits for the
+    /// next round). Returns how many objects it wrote.
+    async fn merge_status<K>(
+        &self,
+        kind: &'static str,
+        object: &K,
+        status: &impl Serialize,
+    ) -> Result<usize>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let id = ObjectRef::new(object.namespace().unwrap_or_default(), object.name_any());
+        let api: Api<K> = Api::namespaced(self.client.clone(), &id.namespace);
         let patch = json!({
-            "metadata": {"resourceVersion": policy.resource_version()},
-            "status": desired,
+            "metadata": {"resourceVersion": object.resource_version()},
+            "status": status,
         });
         match api
             .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(1),
+            // Someone else wrote first; the watch brings their version and we retry.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(0),
             Err(source) => Err(Error::Write {
-                kind: "AuthPolicy",
+                kind,
                 name: id.to_string(),
                 source,
             }),
@@ -406,24 +428,7 @@ impl StatusWriter {
         if current == desired {
             return Ok(0);
         }
-        let api: Api<K> = Api::namespaced(self.client.clone(), &id.namespace);
-        let patch = json!({
-            "metadata": {"resourceVersion": route.resource_version()},
-            "status": desired,
-        });
-        match api
-            .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(1),
-            // Someone else wrote first; the watch brings their version and we retry.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(0),
-            Err(source) => Err(Error::Write {
-                kind,
-                name: id.to_string(),
-                source,
-            }),
-        }
+        self.merge_status(kind, route, &desired).await
     }
 }
 
