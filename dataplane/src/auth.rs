@@ -26,7 +26,7 @@ use crate::errors::ProxyError;
 use crate::metrics::{AuthDecision, AuthMetrics, Metrics};
 use authz::Identity;
 use bytes::Bytes;
-use cache::{TtlCache, digest};
+use cache::{Digest, TtlCache};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -96,8 +96,8 @@ fn http_client() -> HttpClient {
 pub struct AuthShared {
     client: HttpClient,
     jwks: Mutex<HashMap<String, Weak<JwksCache>>>,
-    basic: Arc<TtlCache<()>>,
-    introspection: Arc<TtlCache<remote::Introspected>>,
+    basic: Arc<TtlCache<Digest, ()>>,
+    introspection: Arc<TtlCache<Digest, remote::Introspected>>,
 }
 
 impl Default for AuthShared {
@@ -140,6 +140,15 @@ enum Keys {
     Remote(Arc<JwksCache>),
 }
 
+/// A verified token with what it puts on the request, prepared once per token.
+#[derive(Debug)]
+struct Verified {
+    claims: Arc<Claims>,
+    consumer: Option<Arc<str>>,
+    consumer_value: Option<HeaderValue>,
+    claim_headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
 #[derive(Debug)]
 struct JwtAuth {
     rules: jwt::Rules,
@@ -147,7 +156,8 @@ struct JwtAuth {
     sources: Vec<TokenSource>,
     claims_to_headers: Vec<(Vec<String>, HeaderName)>,
     strip: bool,
-    verified: TtlCache<Arc<Claims>>,
+    /// Keyed by the token itself (compared whole on a hit).
+    verified: TtlCache<Box<str>, Arc<Verified>>,
 }
 
 impl JwtAuth {
@@ -210,12 +220,11 @@ impl JwtAuth {
             .find_map(|s| Some((token_from(s, headers, query)?, s)))
     }
 
-    async fn verify(&self, token: &str) -> Result<Arc<Claims>, jwt::JwtError> {
-        let now = unix_now();
-        let key = digest(&[token.as_bytes()]);
-        if let Some(claims) = self.verified.get(&key) {
-            return Ok(claims);
+    async fn verify(&self, token: &str) -> Result<Arc<Verified>, jwt::JwtError> {
+        if let Some(v) = self.verified.get(token) {
+            return Ok(v);
         }
+        let now = unix_now();
         let parsed = jwt::parse(token, &self.rules)?;
         let keys = match &self.keys {
             Keys::Static(k) => k.clone(),
@@ -223,9 +232,28 @@ impl JwtAuth {
         };
         let claims = Arc::new(parsed.verify(&keys, &self.rules, now)?);
         let left = Duration::from_secs(jwt::expiry(&claims).saturating_sub(now));
+        let consumer: Option<Arc<str>> = claims.get("sub").and_then(|s| s.as_str()).map(Arc::from);
+        let verified = Arc::new(Verified {
+            consumer_value: consumer
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok()),
+            consumer,
+            claim_headers: self
+                .claims_to_headers
+                .iter()
+                .filter_map(|(path, name)| {
+                    let values = authz::claim_values(&claims, path);
+                    if values.is_empty() {
+                        return None;
+                    }
+                    Some((name.clone(), HeaderValue::from_str(&values.join(",")).ok()?))
+                })
+                .collect(),
+            claims,
+        });
         self.verified
-            .insert(key, claims.clone(), left.min(MAX_TOKEN_CACHE));
-        Ok(claims)
+            .insert(token.into(), verified.clone(), left.min(MAX_TOKEN_CACHE));
+        Ok(verified)
     }
 }
 
@@ -261,7 +289,6 @@ fn token_from<'r>(
 pub struct RequestFacts<'a> {
     pub client: IpAddr,
     pub scheme: &'a str,
-    pub host: &'a str,
 }
 
 impl std::fmt::Debug for RequestFacts<'_> {
@@ -453,9 +480,10 @@ impl AuthEngine {
         {
             presented = true;
             match k.verify(&key) {
-                Some(consumer) => {
+                Some((consumer, consumer_value)) => {
                     who = Some(Identity {
                         consumer: Some(consumer),
+                        consumer_value,
                         ..Identity::default()
                     })
                 }
@@ -483,11 +511,13 @@ impl AuthEngine {
         {
             presented = true;
             match j.verify(&token).await {
-                Ok(claims) => {
+                Ok(v) => {
                     token_source = Some(source.clone());
                     who = Some(Identity {
-                        consumer: claims.get("sub").and_then(|s| s.as_str()).map(Arc::from),
-                        claims: Some(claims),
+                        consumer: v.consumer.clone(),
+                        consumer_value: v.consumer_value.clone(),
+                        claim_headers: Some(v.claim_headers.clone()),
+                        claims: Some(v.claims.clone()),
                         anonymous: false,
                         bearer: true,
                     });
@@ -519,8 +549,8 @@ impl AuthEngine {
                     who = Some(Identity {
                         consumer,
                         claims: Some(claims),
-                        anonymous: false,
                         bearer: true,
+                        ..Identity::default()
                     });
                 }
                 Ok(remote::Introspected::Inactive) => {
@@ -534,13 +564,14 @@ impl AuthEngine {
         {
             presented = true;
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let host = crate::util::request_host(req.uri(), headers).unwrap_or_default();
             let asked = remote::Asked {
                 method: req.method(),
                 path_and_query: pq,
                 headers,
                 client: facts.client,
                 scheme: facts.scheme,
-                host: facts.host,
+                host: &host,
             };
             match x.check(&asked).await {
                 Ok(h) => {
@@ -586,25 +617,22 @@ impl AuthEngine {
         for (name, value) in backend_headers.iter() {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(c) = &who.consumer
-            && let Ok(v) = HeaderValue::from_str(c)
-        {
+        let consumer_value = who.consumer_value.clone().or_else(|| {
+            who.consumer
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+        });
+        if let Some(v) = consumer_value {
             headers.insert(self.consumer_header.clone(), v);
         }
-        if let (Some(j), Some(claims)) = (&self.jwt, &who.claims) {
-            for (path, name) in &j.claims_to_headers {
-                let values = authz::claim_values(claims, path);
-                if !values.is_empty()
-                    && let Ok(v) = HeaderValue::from_str(&values.join(","))
-                {
-                    headers.insert(name.clone(), v);
-                }
-            }
-            if j.strip
-                && let Some(source) = &token_source
-            {
-                strip(req, source);
-            }
+        for (name, value) in who.claim_headers.iter().flat_map(|h| h.iter()) {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(j) = &self.jwt
+            && j.strip
+            && let Some(source) = &token_source
+        {
+            strip(req, source);
         }
         if let Some(k) = &self.api_keys {
             // The backend has no use for the key, and its logs should not see it.

@@ -119,13 +119,9 @@ impl Proxy {
                             .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
                     }
                     if let Some(auth) = &routed.auth {
-                        let host = util::request_host(req.uri(), req.headers())
-                            .map(|h| h.into_owned())
-                            .unwrap_or_default();
                         let facts = crate::auth::RequestFacts {
                             client: down.client.ip(),
                             scheme: down.scheme,
-                            host: &host,
                         };
                         match auth
                             .check(&mut req, routed.matching.as_deref(), &facts)

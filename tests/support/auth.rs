@@ -1,7 +1,10 @@
 //! Identity for the auth tests: a running `portico-authd` (JWKS, introspection, external
-//! auth), and tokens signed the way identity providers sign them.
+//! auth), tokens signed the way identity providers sign them, and a standalone Portico with
+//! one echo backend to put policies in front of.
 
-use crate::{HttpClient, Proc, TempDir, binaries, free_port, loopback_ip, wait_port};
+use crate::{
+    Echo, HttpClient, Portico, Proc, Resp, TempDir, binaries, free_port, loopback_ip, wait_port,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
@@ -184,4 +187,122 @@ pub async fn demo_token(idp: &AuthD, query: &str) -> String {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.text().trim().to_string()
+}
+
+/// The host the auth suites send requests for.
+pub const HOST: &str = "api.test";
+
+/// Standalone configuration: Gateway `gw` on `port`, a Service `echo` for the backend, and `docs`.
+pub fn config(port: u16, backend: SocketAddr, docs: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: http, port: {port}, protocol: HTTP}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: default
+  annotations: {{portico.dev/endpoints: "{backend}"}}
+spec:
+  ports: [{{name: http, port: 80}}]
+{docs}"#
+    )
+}
+
+/// An HTTPRoute `name` for `prefix` to the echo Service.
+pub fn route(name: &str, prefix: &str) -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{HOST}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
+    backendRefs: [{{name: echo, port: 80}}]
+"#
+    )
+}
+
+/// An AuthPolicy on HTTPRoute `target`.
+pub fn policy(name: &str, target: &str, body: &str) -> String {
+    format!(
+        r#"---
+apiVersion: portico.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}]
+{body}
+"#
+    )
+}
+
+pub struct Setup {
+    pub portico: Portico,
+    pub echo: Echo,
+    pub port: u16,
+    pub client: HttpClient,
+}
+
+impl Setup {
+    pub async fn start(docs: &str) -> Self {
+        let echo = Echo::start("echo");
+        let ip = loopback_ip();
+        let port = free_port(ip);
+        let text = config(port, echo.addr, docs);
+        let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+        Self {
+            portico,
+            echo,
+            port,
+            client: HttpClient::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client
+            .get_with(self.portico.addr(self.port), HOST, path, headers)
+            .await
+    }
+
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client
+            .try_request(method, self.portico.addr(self.port), HOST, path, headers)
+            .await
+            .expect("portico answers")
+    }
+
+    pub fn rewrite(&self, docs: &str) {
+        let text = config(self.port, self.echo.addr, docs);
+        self.portico.config.write("config.yaml", &text);
+    }
+
+    /// Everything the dataplane logged must be free of `secrets`.
+    pub fn assert_not_logged(&self, secrets: &[&str]) {
+        let logs = self.portico.proc.logs();
+        for s in secrets {
+            assert!(
+                !logs.contains(s),
+                "a credential appears in the logs: {s:.12}..."
+            );
+        }
+    }
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }

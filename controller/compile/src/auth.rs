@@ -87,10 +87,8 @@ pub(crate) fn resolve(
         let mut ancestors = Vec::new();
         for t in &policy.spec.target_refs {
             let accepted = match attach_to(t, &id.namespace, &gateways, &routes) {
-                Err(message) if message.starts_with("kind") || message.starts_with("group") => {
-                    (false, reasons::INVALID, message)
-                }
-                Err(message) => (false, reasons::TARGET_NOT_FOUND, message),
+                Err(TargetError::Invalid(message)) => (false, reasons::INVALID, message),
+                Err(TargetError::NotFound(message)) => (false, reasons::TARGET_NOT_FOUND, message),
                 Ok(target) => match out.by_target.get(&target) {
                     Some(winner) if *winner != id => (
                         false,
@@ -153,46 +151,58 @@ pub(crate) fn resolve(
     out
 }
 
+/// Why a `targetRef` does not attach.
+enum TargetError {
+    /// It names something a policy cannot target.
+    Invalid(String),
+    /// It names something that does not exist (or is not ours).
+    NotFound(String),
+}
+
 /// The target a `targetRef` names, if it exists.
 fn attach_to(
     t: &PolicyTargetRef,
     namespace: &str,
     gateways: &BTreeMap<ObjectRef, BTreeSet<String>>,
     routes: &BTreeMap<ObjectRef, BTreeSet<String>>,
-) -> Result<Target, String> {
+) -> Result<Target, TargetError> {
+    use TargetError::{Invalid, NotFound};
     if t.group != GATEWAY_GROUP {
-        return Err(format!("group {:?} is not {GATEWAY_GROUP}", t.group));
+        return Err(Invalid(format!(
+            "group {:?} is not {GATEWAY_GROUP}",
+            t.group
+        )));
     }
     let id = ObjectRef::new(namespace, t.name.clone());
     let section = t.section_name.clone();
     match t.kind.as_str() {
         "Gateway" => {
             let Some(listeners) = gateways.get(&id) else {
-                return Err(format!(
+                return Err(NotFound(format!(
                     "Gateway {id} does not exist or is not served by Portico"
-                ));
+                )));
             };
             if let Some(s) = &section
                 && !listeners.contains(s)
             {
-                return Err(format!("Gateway {id} has no listener {s:?}"));
+                return Err(NotFound(format!("Gateway {id} has no listener {s:?}")));
             }
             Ok(Target::Gateway(id, section))
         }
         "HTTPRoute" => {
             let Some(rules) = routes.get(&id) else {
-                return Err(format!("HTTPRoute {id} does not exist"));
+                return Err(NotFound(format!("HTTPRoute {id} does not exist")));
             };
             if let Some(s) = &section
                 && !rules.contains(s)
             {
-                return Err(format!("HTTPRoute {id} has no rule named {s:?}"));
+                return Err(NotFound(format!("HTTPRoute {id} has no rule named {s:?}")));
             }
             Ok(Target::Route(id, section))
         }
-        other => Err(format!(
+        other => Err(Invalid(format!(
             "kind {other:?} cannot be targeted; use Gateway or HTTPRoute"
-        )),
+        ))),
     }
 }
 

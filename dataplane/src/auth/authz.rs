@@ -11,6 +11,10 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
     pub consumer: Option<Arc<str>>,
+    /// `consumer` as a header value, when it was prepared ahead (API keys, cached tokens).
+    pub consumer_value: Option<http::HeaderValue>,
+    /// `claimsToHeaders` prepared with a cached token.
+    pub claim_headers: Option<Arc<[(http::HeaderName, http::HeaderValue)]>>,
     pub claims: Option<Arc<Claims>>,
     /// No credentials (allowed by `allowAnonymous`).
     pub anonymous: bool,
@@ -196,8 +200,8 @@ mod tests {
         Identity {
             consumer: consumer.map(Arc::from),
             claims: claims.as_object().cloned().map(Arc::new),
-            anonymous: false,
             bearer: true,
+            ..Identity::default()
         }
     }
 

@@ -1,9 +1,12 @@
-//! A bounded, sharded cache with per-entry expiry, keyed by SHA-256 digests (of tokens,
-//! credentials): the secret itself is never a key, and a hit costs one hash and one short lock
-//! on one of 16 shards.
+//! A bounded, sharded cache with per-entry expiry: verified tokens (keyed by the token itself,
+//! compared whole on a hit, so a crafted collision cannot borrow another token's claims),
+//! verified credentials and introspection answers (keyed by SHA-256 digests). A hit costs one
+//! SipHash and one short lock on one of 16 shards.
 
 use parking_lot::Mutex;
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 pub type Digest = [u8; 32];
@@ -22,13 +25,45 @@ pub fn digest(parts: &[&[u8]]) -> Digest {
     out
 }
 
-#[derive(Debug)]
-pub struct TtlCache<V> {
-    shards: Vec<Mutex<HashMap<Digest, (V, Instant)>>>,
+/// How a key picks its shard: from bytes that vary between keys, without hashing twice.
+pub trait ShardKey {
+    fn shard_byte(&self) -> u8;
+}
+
+impl ShardKey for Digest {
+    fn shard_byte(&self) -> u8 {
+        self[0]
+    }
+}
+
+impl ShardKey for str {
+    /// The last byte: a token's signature, different for every token.
+    fn shard_byte(&self) -> u8 {
+        self.as_bytes().last().copied().unwrap_or(0)
+    }
+}
+
+impl ShardKey for Box<str> {
+    fn shard_byte(&self) -> u8 {
+        (**self).shard_byte()
+    }
+}
+
+pub struct TtlCache<K, V> {
+    shards: Vec<Mutex<HashMap<K, (V, Instant)>>>,
     per_shard: usize,
 }
 
-impl<V: Clone> TtlCache<V> {
+impl<K, V> std::fmt::Debug for TtlCache<K, V> {
+    // Keys may be tokens: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtlCache")
+            .field("per_shard", &self.per_shard)
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq + ShardKey, V: Clone> TtlCache<K, V> {
     /// Holds at most about `capacity` entries.
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -37,11 +72,15 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
-    fn shard(&self, key: &Digest) -> &Mutex<HashMap<Digest, (V, Instant)>> {
-        &self.shards[usize::from(key[0]) % SHARDS]
+    fn shard<Q: ShardKey + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, (V, Instant)>> {
+        &self.shards[usize::from(key.shard_byte()) % SHARDS]
     }
 
-    pub fn get(&self, key: &Digest) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ShardKey + ?Sized,
+    {
         let mut shard = self.shard(key).lock();
         match shard.get(key) {
             Some((v, until)) if *until > Instant::now() => Some(v.clone()),
@@ -53,7 +92,7 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
-    pub fn insert(&self, key: Digest, value: V, ttl: Duration) {
+    pub fn insert(&self, key: K, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
@@ -63,9 +102,8 @@ impl<V: Clone> TtlCache<V> {
             shard.retain(|_, (_, until)| *until > now);
             if shard.len() >= self.per_shard {
                 // Still full of live entries: make room by dropping an arbitrary one.
-                if let Some(k) = shard.keys().next().copied() {
-                    shard.remove(&k);
-                }
+                let mut first = true;
+                shard.retain(|_, _| !std::mem::take(&mut first));
             }
         }
         shard.insert(key, (value, now + ttl));
@@ -86,7 +124,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_capacity_holds() {
-        let c = TtlCache::new(32);
+        let c: TtlCache<Digest, u32> = TtlCache::new(32);
         c.insert(digest(&[b"a"]), 1, Duration::from_secs(60));
         c.insert(digest(&[b"b"]), 2, Duration::ZERO);
         assert_eq!(c.get(&digest(&[b"a"])), Some(1));
@@ -96,5 +134,9 @@ mod tests {
         }
         assert!(c.len() <= 32, "{}", c.len());
         assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
+        let tokens: TtlCache<Box<str>, u8> = TtlCache::new(8);
+        tokens.insert("a.b.c".into(), 1, Duration::from_secs(60));
+        assert_eq!(tokens.get("a.b.c"), Some(1));
+        assert_eq!(tokens.get("a.b.d"), None);
     }
 }

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_model::auth as model;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -16,7 +16,8 @@ use subtle::ConstantTimeEq;
 pub struct ApiKeys {
     pub header: Option<HeaderName>,
     pub query: Option<String>,
-    keys: HashMap<Digest, Arc<str>>,
+    /// Digest → the consumer and its name as a header value.
+    keys: HashMap<Digest, (Arc<str>, Option<HeaderValue>)>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -62,7 +63,13 @@ impl ApiKeys {
         let keys = m
             .keys
             .iter()
-            .filter_map(|k| Some((from_hex(&k.sha256)?, Arc::from(k.consumer.as_str()))))
+            .filter_map(|k| {
+                let value = HeaderValue::from_str(&k.consumer).ok();
+                Some((
+                    from_hex(&k.sha256)?,
+                    (Arc::from(k.consumer.as_str()), value),
+                ))
+            })
             .collect();
         Ok(Self {
             header,
@@ -87,27 +94,49 @@ impl ApiKeys {
         query.and_then(|q| crate::util::query_param(q, name))
     }
 
-    /// The consumer whose key this is.
-    pub fn verify(&self, key: &str) -> Option<Arc<str>> {
+    /// The consumer whose key this is (and its name as a header value).
+    pub fn verify(&self, key: &str) -> Option<(Arc<str>, Option<HeaderValue>)> {
         let d = sha256(key.as_bytes());
         let (stored, consumer) = self.keys.get_key_value(&d)?;
         bool::from(stored.ct_eq(&d)).then(|| consumer.clone())
     }
 }
 
-/// A bcrypt hash of a random password, verified for unknown users so that they take as long
-/// as known ones (made once, at the usual cost).
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let random: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    bcrypt::hash(random, bcrypt::DEFAULT_COST).unwrap_or_default()
+/// bcrypt is slow on purpose; at most this many run at once (one per core), so a flood of
+/// guesses queues up instead of taking every core from the proxy.
+static BCRYPT_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::sync::Semaphore::new(cores)
 });
+
+/// Hashes of a random password by cost, verified for unknown users so that they take as long
+/// as known ones with that cost (`htpasswd -B` uses 5, many tools 10 or 12).
+static DUMMY_HASHES: parking_lot::Mutex<BTreeMap<u32, String>> =
+    parking_lot::Mutex::new(BTreeMap::new());
+
+/// The cost of a bcrypt hash (`$2y$05$...` is 5).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
+}
+
+fn dummy_hash(cost: u32) -> String {
+    if let Some(h) = DUMMY_HASHES.lock().get(&cost) {
+        return h.clone();
+    }
+    let random: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let hash = bcrypt::hash(random, cost).unwrap_or_default();
+    DUMMY_HASHES.lock().insert(cost, hash.clone());
+    hash
+}
 
 pub struct Basic {
     pub challenge: HeaderValue,
     users: HashMap<String, String>,
+    /// The cost unknown users are made to pay: the most common among the users'.
+    dummy_cost: u32,
     ttl: Duration,
     /// Shared by every policy: keyed by user, password and hash, so a changed hash misses.
-    verified: Arc<TtlCache<()>>,
+    verified: Arc<TtlCache<Digest, ()>>,
 }
 
 impl std::fmt::Debug for Basic {
@@ -116,17 +145,29 @@ impl std::fmt::Debug for Basic {
             .field("challenge", &self.challenge)
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("ttl", &self.ttl)
+            .field("dummy_cost", &self.dummy_cost)
             .finish()
     }
 }
 
 impl Basic {
-    pub fn new(m: &model::Basic, verified: Arc<TtlCache<()>>) -> Result<Self, String> {
+    pub fn new(m: &model::Basic, verified: Arc<TtlCache<Digest, ()>>) -> Result<Self, String> {
         let challenge =
             HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", m.realm))
                 .map_err(|e| format!("basic realm: {e}"))?;
+        let mut costs: BTreeMap<u32, usize> = BTreeMap::new();
+        for u in &m.users {
+            *costs
+                .entry(cost_of(&u.hash.0).unwrap_or(bcrypt::DEFAULT_COST))
+                .or_default() += 1;
+        }
+        let dummy_cost = costs
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(bcrypt::DEFAULT_COST, |(c, _)| *c);
         Ok(Self {
             challenge,
+            dummy_cost,
             users: m
                 .users
                 .iter()
@@ -157,17 +198,23 @@ impl Basic {
     pub async fn verify(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h.clone(), true),
-            None => (DUMMY_HASH.clone(), false),
+            None => (String::new(), false),
         };
         let key = digest(&[user.as_bytes(), password.as_bytes(), hash.as_bytes()]);
         if known && self.verified.get(&key).is_some() {
             return true;
         }
+        let Ok(_slot) = BCRYPT_SLOTS.acquire().await else {
+            return false;
+        };
         let password = password.to_string();
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
+        let dummy_cost = self.dummy_cost;
+        let ok = tokio::task::spawn_blocking(move || {
+            let hash = if known { hash } else { dummy_hash(dummy_cost) };
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
         if ok && known {
             self.verified.insert(key, (), self.ttl);
         }
@@ -194,7 +241,9 @@ mod tests {
             }],
         })
         .expect("keys");
-        assert_eq!(keys.verify("s3cret-key").as_deref(), Some("alice"));
+        let (consumer, value) = keys.verify("s3cret-key").expect("valid key");
+        assert_eq!(&*consumer, "alice");
+        assert_eq!(value.as_ref().map(|v| v.as_bytes()), Some(&b"alice"[..]));
         assert_eq!(keys.verify("s3cret-kez"), None);
         assert_eq!(keys.verify(""), None);
     }

@@ -2,7 +2,7 @@
 //! introspection (RFC 7662, cached until the token's expiry or the policy's bound).
 
 use super::HttpClient;
-use super::cache::{TtlCache, digest};
+use super::cache::{Digest, TtlCache, digest};
 use super::jwt::Claims;
 use crate::errors::{AuthAnswer, ProxyError};
 use base64::Engine as _;
@@ -167,7 +167,7 @@ pub struct Introspection {
     max_cache: Duration,
     timeout: Duration,
     client: HttpClient,
-    cache: Arc<TtlCache<Introspected>>,
+    cache: Arc<TtlCache<Digest, Introspected>>,
 }
 
 fn unix_now() -> u64 {
@@ -180,7 +180,7 @@ impl Introspection {
     pub fn new(
         m: &model::Introspection,
         client: HttpClient,
-        cache: Arc<TtlCache<Introspected>>,
+        cache: Arc<TtlCache<Digest, Introspected>>,
     ) -> Self {
         // RFC 6749 §2.3.1: form-encode, then Basic.
         let authorization = (!m.client_id.is_empty()).then(|| {
