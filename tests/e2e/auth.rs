@@ -296,6 +296,15 @@ async fn api_keys_basic_auth_and_invalid_policies() {
         Some("alice")
     );
     assert_eq!(r.seen_header("x-api-key"), None, "the key is not forwarded");
+    await_some("the consumer in the access log", || async {
+        s.portico
+            .proc
+            .logs()
+            .lines()
+            .any(|l| l.contains("path=/keys/a") && l.contains("consumer=\"alice\""))
+            .then_some(())
+    })
+    .await;
     let r = s
         .get("/keys/a", &[("x-api-key", "alice-key-2d1c6f0e9c")])
         .await;
@@ -757,5 +766,99 @@ async fn the_auth_examples_work_in_standalone_mode() {
         .await
         .status,
         200
+    );
+}
+
+#[tokio::test]
+async fn tokens_from_a_cookie_a_query_or_another_header_and_keys_over_https() {
+    // The JWKS is served over HTTPS; the dataplane trusts the test CA through SSL_CERT_FILE,
+    // the way a container trusts its CA bundle.
+    let issuer = Issuer::new();
+    let (idp, ca_pem) = AuthD::start_https(&issuer.jwks());
+    let ca = TempDir::new("ca");
+    ca.write("ca.pem", &ca_pem);
+    let ca_file = ca.path().join("ca.pem");
+    let docs = format!(
+        "{}{}",
+        route("api", "/"),
+        policy(
+            "sources",
+            "api",
+            &format!(
+                r#"  jwt:
+    issuer: https://idp.test
+    audiences: [api]
+    algorithms: [RS256]
+    jwksUri: {}
+    tokenSources: [{{cookie: session}}, {{query: access_token}}, {{header: x-token}}]
+    stripToken: true"#,
+                idp.url("/jwks").replace("http://", "https://")
+            )
+        )
+    );
+    let s = Setup::start_with_env(&docs, &[("SSL_CERT_FILE", &ca_file)]).await;
+    let token = issuer.rs256(json!({"alg": "RS256", "kid": "rsa-1"}), &claims("sam"));
+
+    let r = s
+        .get(
+            "/a",
+            &[("cookie", &format!("theme=dark; session={token}; lang=en"))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-portico-consumer").as_deref(), Some("sam"));
+    assert_eq!(
+        r.seen_header("cookie").as_deref(),
+        Some("theme=dark; lang=en"),
+        "only the token's cookie is stripped"
+    );
+    let r = s.get(&format!("/a?page=1&access_token={token}"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["query"], "page=1");
+    let r = s.get("/a", &[("x-token", &token)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen_header("x-token"), None);
+    // The Authorization header is not a source of this policy.
+    assert_eq!(
+        s.get("/a", &[("authorization", &bearer(&token))])
+            .await
+            .status,
+        401
+    );
+    // The keys could only have come from the https JWKS: the policy has no other source.
+}
+
+#[tokio::test]
+async fn introspection_answers_are_cached_no_longer_than_the_token_lives() {
+    let idp = AuthD::start(&json!({"keys": []}));
+    let docs = format!(
+        "{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: idp-client, namespace: default}}\nstringData: {{clientId: portico, clientSecret: portico-secret}}\n",
+        route("intro", "/"),
+        policy(
+            "intro",
+            "intro",
+            &format!(
+                "  introspection: {{url: {}, clientSecretRef: {{name: idp-client}}, cacheSeconds: 600}}",
+                idp.url("/introspect")
+            )
+        ),
+    );
+    let s = Setup::start(&docs).await;
+    // `short-` tokens expire two seconds after each introspection.
+    let auth = [("authorization", "Bearer short-dana")];
+    assert_eq!(s.get("/", &auth).await.status, 200);
+    let first = idp.stat("introspections").await;
+    assert_eq!(s.get("/", &auth).await.status, 200);
+    assert_eq!(
+        idp.stat("introspections").await,
+        first,
+        "cached while the token lives"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(s.get("/", &auth).await.status, 200);
+    assert_eq!(
+        idp.stat("introspections").await,
+        first + 1,
+        "asked again once the token's exp passed, although cacheSeconds is 600"
     );
 }

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The test-only RSA key (2048 bits, PKCS#8) the dataplane's unit tests use too.
@@ -124,19 +124,35 @@ pub struct AuthD {
 impl AuthD {
     /// Serving `jwks` at /jwks.
     pub fn start(jwks: &Value) -> Self {
-        Self::start_with(Some(jwks))
+        Self::start_with(Some(jwks), None)
     }
 
     /// As the demo identity provider: /jwks serves the key /token signs with.
     pub fn start_demo() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
-    fn start_with(jwks: Option<&Value>) -> Self {
+    /// Serving `jwks` over HTTPS with a certificate for its own IP address; returns the
+    /// certificate's PEM too (the CA a client must trust).
+    pub fn start_https(jwks: &Value) -> (Self, String) {
         let ip = loopback_ip();
+        let (cert, key) = crate::tls::self_signed(&[&ip.to_string()]);
+        (Self::start_with(Some(jwks), Some((ip, &cert, &key))), cert)
+    }
+
+    fn start_with(jwks: Option<&Value>, tls: Option<(IpAddr, &str, &str)>) -> Self {
+        let ip = tls.map_or_else(loopback_ip, |(ip, _, _)| ip);
         let addr = SocketAddr::new(ip, free_port(ip));
         let dir = TempDir::new("authd");
         let mut args = vec!["--listen".to_string(), addr.to_string()];
+        if let Some((_, cert, key)) = tls {
+            dir.write("tls.crt", cert);
+            dir.write("tls.key", key);
+            for (flag, file) in [("--tls-cert", "tls.crt"), ("--tls-key", "tls.key")] {
+                args.push(flag.into());
+                args.push(dir.path().join(file).display().to_string());
+            }
+        }
         if let Some(jwks) = jwks {
             dir.write("jwks.json", &jwks.to_string());
             args.push("--jwks".into());
@@ -260,11 +276,16 @@ pub struct Setup {
 
 impl Setup {
     pub async fn start(docs: &str) -> Self {
+        Self::start_with_env(docs, &[]).await
+    }
+
+    /// With environment variables for the dataplane (`SSL_CERT_FILE` for a test CA).
+    pub async fn start_with_env(docs: &str, env: &[(&str, &std::path::Path)]) -> Self {
         let echo = Echo::start("echo");
         let ip = loopback_ip();
         let port = free_port(ip);
         let text = config(port, echo.addr, docs);
-        let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+        let portico = Portico::start_with_env(ip, &[("config.yaml", &text)], &[], env).await;
         Self {
             portico,
             echo,

@@ -295,6 +295,17 @@ impl Portico {
     }
 
     pub async fn start_on(ip: IpAddr, files: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        Self::start_with_env(ip, files, extra_args, &[]).await
+    }
+
+    /// As [`Portico::start_on`], with environment variables naming files (such as
+    /// `SSL_CERT_FILE`).
+    pub async fn start_with_env(
+        ip: IpAddr,
+        files: &[(&str, &str)],
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let config = TempDir::new("config");
         for (name, text) in files {
             config.write(name, text);
@@ -312,7 +323,7 @@ impl Portico {
             "100".into(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn("portico", &binaries().portico, &args);
+        let proc = Proc::spawn_with_env("portico", &binaries().portico, &args, env);
         let p = Self {
             ip,
             admin,

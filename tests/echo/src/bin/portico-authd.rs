@@ -7,11 +7,14 @@
 //!   ES256 token for NAME signed with the start-up key (`kid` `demo-1`, `iss` `--issuer`).
 //! - `POST /introspect`: RFC 7662 token introspection for the client `--client ID:SECRET`
 //!   (HTTP Basic). `active-<name>` tokens are active with `sub` `<name>`, scope `read` and an
-//!   hour to live; every other token is inactive.
+//!   hour to live, `short-<name>` the same with two seconds to live; every other token is
+//!   inactive.
 //! - `/ext/...` (any method): external authorization. `x-ext-token: good` is allowed (with
 //!   `x-auth-user: ext-alice`), `slow` is allowed after 3 s, `broken` gets a 500, anything else
 //!   a 401 with a `WWW-Authenticate` challenge and a body.
 //! - `GET /stats`: how many JWKS fetches, introspections and external checks it answered.
+//!
+//! With `--tls-cert` and `--tls-key` (PEM) it speaks HTTPS instead of HTTP.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -88,6 +91,11 @@ struct Args {
     /// The `iss` of the tokens `/token` mints.
     #[arg(long, default_value = "https://idp.portico.test")]
     issuer: String,
+    /// Serve HTTPS with this PEM certificate chain (and `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Introspection client credentials, `ID:SECRET`.
     #[arg(long, default_value = "portico:portico-secret")]
     client: String,
@@ -248,9 +256,13 @@ async fn handle(
                 .unwrap_or_default();
             let token = form_value(&String::from_utf8_lossy(&body), "token").unwrap_or_default();
             let now = now();
-            match token.strip_prefix("active-") {
-                Some(sub) => json_answer(json!({
-                    "active": true, "sub": sub, "scope": "read", "exp": now + 3600,
+            let active = token
+                .strip_prefix("active-")
+                .map(|sub| (sub, 3600))
+                .or_else(|| token.strip_prefix("short-").map(|sub| (sub, 2)));
+            match active {
+                Some((sub, ttl)) => json_answer(json!({
+                    "active": true, "sub": sub, "scope": "read", "exp": now + ttl,
                     "client_id": "demo-app", "token_type": "Bearer"
                 })),
                 None => json_answer(json!({"active": false})),
@@ -304,19 +316,47 @@ async fn serve(args: Arc<Args>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("portico-authd listening on {}", listener.local_addr()?);
     let state = Arc::new(State::new()?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let (args, state, builder) = (args.clone(), state.clone(), builder.clone());
+        let (args, state, builder, tls) =
+            (args.clone(), state.clone(), builder.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (args, state) = (args.clone(), state.clone());
                 async move { Ok::<_, Infallible>(handle(req, args, state).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+            }
         });
     }
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
