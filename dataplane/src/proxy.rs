@@ -112,12 +112,11 @@ impl Proxy {
                 let request_timeout = rule.request_timeout;
                 let consumer = &mut consumer;
                 let fut = async {
-                    if routed.auth.is_none() {
-                        // The consumer header comes from an AuthPolicy or from nobody, on
-                        // every route, so a backend can trust it.
-                        req.headers_mut()
-                            .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
-                    }
+                    // The consumer header comes from an AuthPolicy or from nobody, on every
+                    // route (also where a policy names another header), so a backend can
+                    // trust it.
+                    req.headers_mut()
+                        .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
                     if let Some(auth) = &routed.auth {
                         let facts = crate::auth::RequestFacts {
                             client: down.client.ip(),

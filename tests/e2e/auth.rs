@@ -316,9 +316,19 @@ async fn api_keys_basic_auth_and_invalid_policies() {
     let r = s.get("/keys/a", &[]).await;
     assert_eq!(r.status, 401);
 
-    let r = s.get("/q/x?api_key=bob-key-77aa01f3c4&page=2", &[]).await;
+    let r = s
+        .get(
+            "/q/x?api_key=bob-key-77aa01f3c4&page=2",
+            &[("x-portico-consumer", "root")],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.seen_header("x-consumer").as_deref(), Some("bob"));
+    assert_eq!(
+        r.seen_header("x-portico-consumer"),
+        None,
+        "the default consumer header is never the client's, even where a policy uses another"
+    );
     assert_eq!(
         r.json()["query"],
         "page=2",
