@@ -314,6 +314,17 @@ pub struct AuthEngine {
     introspection: Option<remote::Introspection>,
     rules: Option<authz::Rules>,
     challenges: Vec<HeaderValue>,
+    /// Where introspection reads its token, built once rather than per request.
+    bearer: TokenSource,
+    /// Where a query-parameter API key is stripped from, likewise.
+    api_key_query: Option<TokenSource>,
+}
+
+fn bearer_source() -> TokenSource {
+    TokenSource::Header {
+        name: "authorization".into(),
+        prefix: "Bearer ".into(),
+    }
 }
 
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer realm=\"portico\"");
@@ -346,6 +357,8 @@ impl AuthEngine {
                     introspection: None,
                     rules: None,
                     challenges: Vec::new(),
+                    bearer: bearer_source(),
+                    api_key_query: None,
                 }
             }
         }
@@ -403,6 +416,12 @@ impl AuthEngine {
             introspection,
             rules: m.rules.as_deref().map(authz::Rules::new).transpose()?,
             challenges,
+            bearer: bearer_source(),
+            api_key_query: m
+                .api_keys
+                .as_ref()
+                .and_then(|k| k.query.clone())
+                .map(TokenSource::Query),
         })
     }
 
@@ -461,7 +480,10 @@ impl AuthEngine {
         }
         // Identity headers come from us only.
         let headers = req.headers_mut();
-        headers.remove(&self.consumer_header);
+        // (The proxy has removed the default consumer header from every request already.)
+        if self.consumer_header != model::DEFAULT_CONSUMER_HEADER {
+            headers.remove(&self.consumer_header);
+        }
         if let Some(j) = &self.jwt {
             for (_, h) in &j.claims_to_headers {
                 headers.remove(h);
@@ -530,14 +552,7 @@ impl AuthEngine {
         }
         if who.is_none()
             && let Some(i) = &self.introspection
-            && let Some(token) = token_from(
-                &TokenSource::Header {
-                    name: "authorization".into(),
-                    prefix: "Bearer ".into(),
-                },
-                headers,
-                query,
-            )
+            && let Some(token) = token_from(&self.bearer, headers, query)
         {
             presented = true;
             match i.introspect(&token).await {
@@ -636,11 +651,11 @@ impl AuthEngine {
         }
         if let Some(k) = &self.api_keys {
             // The backend has no use for the key, and its logs should not see it.
-            match (&k.header, &k.query) {
+            match (&k.header, &self.api_key_query) {
                 (Some(h), _) => {
                     req.headers_mut().remove(h);
                 }
-                (None, Some(q)) => strip(req, &TokenSource::Query(q.clone())),
+                (None, Some(q)) => strip(req, q),
                 (None, None) => {}
             }
         }
