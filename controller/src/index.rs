@@ -6,6 +6,7 @@
 //!  HTTPRoute ────┤
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  AuthPolicy ───┤                          │
+//!  RateLimitPol.─┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
 //!  Service ──────┤                          │                │
 //!  Namespace ────┘                          │                │ referenced Secrets
@@ -30,6 +31,7 @@ use parking_lot::Mutex;
 use portico_compile::Inputs;
 use portico_compile::incremental::{Changes, DepKey};
 use portico_crds::auth::AuthPolicy;
+use portico_crds::ratelimit::RateLimitPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -94,6 +96,7 @@ pub struct Index {
     pub routes: Store<HttpRoute>,
     pub grpc_routes: Store<GrpcRoute>,
     pub auth_policies: Store<AuthPolicy>,
+    pub rate_limit_policies: Store<RateLimitPolicy>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
@@ -206,6 +209,13 @@ impl Index {
                 Reads::Spec,
                 |p: &AuthPolicy| DepKey::AuthPolicy(id(p)),
             ),
+            rate_limit_policies: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                Reads::Spec,
+                |p: &RateLimitPolicy| DepKey::RateLimitPolicy(id(p)),
+            ),
             grants: watch(
                 Api::all(client.clone()),
                 changed.clone(),
@@ -243,6 +253,7 @@ impl Index {
             // Routes are not served before their policies are known: a route must never be
             // open for a moment because its AuthPolicy was not listed yet.
             let _ = self.auth_policies.wait_until_ready().await;
+            let _ = self.rate_limit_policies.wait_until_ready().await;
             let _ = self.grants.wait_until_ready().await;
             let _ = self.services.wait_until_ready().await;
             let _ = self.namespaces.wait_until_ready().await;
@@ -273,6 +284,8 @@ impl Index {
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
             auth_policies: all(&self.auth_policies),
+            rate_limit_policies: all(&self.rate_limit_policies),
+            redis_url: None,
             reference_grants: all(&self.grants),
             services: all(&self.services),
             secrets: self.secrets.secrets(),

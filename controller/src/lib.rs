@@ -31,6 +31,8 @@ pub struct Settings {
     /// The shortest time between two compiles; changes arriving within it are compiled
     /// together.
     pub debounce: Duration,
+    /// The Redis of `Global` rate limits whose policy names none.
+    pub redis_url: Option<String>,
 }
 
 /// How long after start-up a Gateway without connected dataplanes keeps the `Programmed`
@@ -193,6 +195,7 @@ pub async fn run(
         if changes != Changes::Keys(Default::default()) {
             last_compile = std::time::Instant::now();
             let mut inputs = index.inputs();
+            inputs.redis_url = settings.redis_url.clone();
             let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
             index.secrets.sync(&secrets);
             // A newly referenced Secret is read before it is compiled, so a listener never

@@ -31,6 +31,10 @@ struct Args {
     /// together; a compile only recomputes the Gateways they touch, so this can stay short.
     #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
+    /// The Redis (`redis://host:port[/db]`) of `Global` rate limits whose RateLimitPolicy
+    /// names none. Dataplanes connect to it themselves.
+    #[arg(long, env = "PORTICO_REDIS_URL")]
+    redis_url: Option<String>,
     /// Where dataplanes connect for snapshots (HTTP/2 over TLS). Empty to serve none.
     #[arg(long, default_value = "0.0.0.0:9443")]
     snapshot_address: String,
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             renew_every: Duration::from_secs(args.renew_every_s.max(1)),
         },
         debounce: Duration::from_millis(args.debounce_ms),
+        redis_url: args.redis_url.clone(),
     };
     let channel = if args.snapshot_address.is_empty() {
         None

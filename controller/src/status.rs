@@ -16,7 +16,6 @@ use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
-use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -328,23 +327,39 @@ impl StatusWriter {
                 .await?;
         }
         for policy in index.auth_policies.state() {
+            let current = policy.status.clone().unwrap_or_default();
             written += self
-                .write_policy(&policy, &report.auth_policies, &now)
+                .write_policy("AuthPolicy", &*policy, current, &report.auth_policies, &now)
+                .await?;
+        }
+        for policy in index.rate_limit_policies.state() {
+            let current = policy.status.clone().unwrap_or_default();
+            written += self
+                .write_policy("RateLimitPolicy", &*policy, current, &report.rate_limit_policies, &now)
                 .await?;
         }
         Ok(written)
     }
 
-    /// Writes one AuthPolicy's ancestor statuses if they changed, keeping the entries of other
+    /// Writes one policy's ancestor statuses if they changed, keeping the entries of other
     /// controllers (the list is shared, like a route's parents).
-    async fn write_policy(
+    async fn write_policy<K>(
         &self,
-        policy: &AuthPolicy,
+        kind: &'static str,
+        policy: &K,
+        current: PolicyStatus,
         report: &BTreeMap<ObjectRef, compiled::PolicyStatus>,
         now: &Time,
-    ) -> Result<usize> {
+    ) -> Result<usize>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
         let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
-        let current = policy.status.clone().unwrap_or_default();
         let ours = report
             .get(&id)
             .map(|s| s.ancestors.as_slice())
@@ -353,7 +368,7 @@ impl StatusWriter {
         if current == desired {
             return Ok(0);
         }
-        self.merge_status("AuthPolicy", policy, &desired).await
+        self.merge_status(kind, policy, &desired).await
     }
 
     /// Writes `status` of an object whose status list is shared with other controllers: a

@@ -107,6 +107,7 @@ fn main() {
             &pools,
             &metrics,
             &auth,
+            &portico_dataplane::ratelimit::RateLimitShared::default(),
         );
         let build_ms = started.elapsed().as_secs_f64() * 1e3;
         // Tables, pools and the per-route metric series are what the dataplane keeps.

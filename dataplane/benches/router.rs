@@ -19,7 +19,15 @@ fn bench(c: &mut Criterion) {
     let pools = Pools::default();
     let metrics = Metrics::default();
     let auth = portico_dataplane::auth::AuthShared::default();
-    let mut tables = table::build(std::slice::from_ref(&snap), IP, &pools, &metrics, &auth);
+    let limits = portico_dataplane::ratelimit::RateLimitShared::default();
+    let mut tables = table::build(
+        std::slice::from_ref(&snap),
+        IP,
+        &pools,
+        &metrics,
+        &auth,
+        &limits,
+    );
     let router = tables
         .sockets
         .remove(&SocketAddr::new(IP, 80))
@@ -88,7 +96,16 @@ fn bench(c: &mut Criterion) {
     c.bench_function("build_tables_10k", |b| {
         b.iter_batched(
             || (),
-            |()| table::build(std::slice::from_ref(&snap), IP, &pools, &metrics, &auth),
+            |()| {
+                table::build(
+                    std::slice::from_ref(&snap),
+                    IP,
+                    &pools,
+                    &metrics,
+                    &auth,
+                    &limits,
+                )
+            },
             BatchSize::PerIteration,
         )
     });

@@ -286,6 +286,14 @@ fn token_from<'r>(
 }
 
 /// The request facts a check reads besides the headers.
+/// Who a request that passed authenticated as, for the access log and rate-limit keys.
+#[derive(Debug, Default)]
+pub struct Authenticated {
+    pub consumer: Option<Arc<str>>,
+    /// The verified token's claims (JWT or introspection).
+    pub claims: Option<Arc<jwt::Claims>>,
+}
+
 pub struct RequestFacts<'a> {
     pub client: IpAddr,
     pub scheme: &'a str,
@@ -451,7 +459,7 @@ impl AuthEngine {
         req: &mut Request<B>,
         matching: Option<&str>,
         facts: &RequestFacts<'_>,
-    ) -> Result<Option<Arc<str>>, ProxyError> {
+    ) -> Result<Authenticated, ProxyError> {
         let result = self.decide(req, matching, facts).await;
         self.metrics.record(match &result {
             Ok((_, true)) => AuthDecision::Anonymous,
@@ -462,7 +470,7 @@ impl AuthEngine {
             Err(ProxyError::AuthPolicyInvalid(_)) => AuthDecision::Invalid,
             Err(_) => AuthDecision::Unavailable,
         });
-        result.map(|(consumer, _)| consumer)
+        result.map(|(who, _)| who)
     }
 
     /// The decision, and whether the request passed as anonymous.
@@ -471,7 +479,7 @@ impl AuthEngine {
         req: &mut Request<B>,
         matching: Option<&str>,
         facts: &RequestFacts<'_>,
-    ) -> Result<(Option<Arc<str>>, bool), ProxyError> {
+    ) -> Result<(Authenticated, bool), ProxyError> {
         if let Some(reason) = &self.invalid {
             return Err(ProxyError::AuthPolicyInvalid(format!(
                 "{}: {reason}",
@@ -659,7 +667,14 @@ impl AuthEngine {
                 (None, None) => {}
             }
         }
-        Ok((who.consumer, who.anonymous))
+        let anonymous = who.anonymous;
+        Ok((
+            Authenticated {
+                consumer: who.consumer,
+                claims: who.claims,
+            },
+            anonymous,
+        ))
     }
 }
 

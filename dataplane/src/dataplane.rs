@@ -20,6 +20,8 @@ pub struct DataplaneSettings {
     pub default_bind: IpAddr,
     pub proxy: ProxySettings,
     pub server: ServerSettings,
+    /// Keys a local rate limit holds per replica at most.
+    pub rate_limit_max_keys: usize,
 }
 
 /// What applying a configuration did.
@@ -37,10 +39,13 @@ pub struct Dataplane {
     /// JWKS caches, verified credentials and the client for auth calls, kept across
     /// snapshots.
     auth: crate::auth::AuthShared,
+    /// Rate-limit counters and Redis connections, likewise.
+    limits: crate::ratelimit::RateLimitShared,
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
     auth_policies: Mutex<BTreeSet<String>>,
+    rate_limit_policies: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
     endpoints: std::sync::OnceLock<Arc<dyn EndpointSource>>,
 }
@@ -62,9 +67,11 @@ impl Dataplane {
             metrics,
             pools: Pools::default(),
             auth: crate::auth::AuthShared::default(),
+            limits: crate::ratelimit::RateLimitShared::new(settings.rate_limit_max_keys),
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
             auth_policies: Mutex::new(BTreeSet::new()),
+            rate_limit_policies: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
             endpoints: std::sync::OnceLock::new(),
         }
@@ -134,6 +141,7 @@ impl Dataplane {
             &self.pools,
             &self.metrics,
             &self.auth,
+            &self.limits,
         );
         // New pools get their endpoints before any request can reach them.
         self.refresh_endpoints();
@@ -141,6 +149,7 @@ impl Dataplane {
         let backends = tables.backends.clone();
         let routes = tables.routes.clone();
         let policies = tables.auth_policies.clone();
+        let limit_policies = tables.rate_limit_policies.clone();
         let bind_failures = self.server.apply(tables);
         self.pools.retain(&backends);
         {
@@ -156,6 +165,13 @@ impl Dataplane {
                 self.metrics.forget_auth(gone);
             }
             *known = policies;
+        }
+        {
+            let mut known = self.rate_limit_policies.lock();
+            for gone in known.difference(&limit_policies) {
+                self.metrics.forget_rate_limit(gone);
+            }
+            *known = limit_policies;
         }
         self.metrics
             .config_version

@@ -74,6 +74,12 @@ pub enum ProxyError {
     /// The route's auth policy could not be compiled: refuse rather than serve unprotected.
     #[error("auth policy {0} is invalid")]
     AuthPolicyInvalid(String),
+    /// Over a rate limit: 429 with `Retry-After`.
+    #[error("rate limited")]
+    RateLimited(Box<crate::ratelimit::RateHeaders>),
+    /// Redis is unreachable and the policy fails closed.
+    #[error("rate limit store unavailable: {0}")]
+    RateLimitUnavailable(String),
 }
 
 impl ProxyError {
@@ -83,11 +89,14 @@ impl ProxyError {
             | ProxyError::Misdirected
             | ProxyError::Unauthenticated { .. }
             | ProxyError::Forbidden { .. }
-            | ProxyError::AuthDenied(_) => ErrorSource::Downstream,
+            | ProxyError::AuthDenied(_)
+            | ProxyError::RateLimited(_) => ErrorSource::Downstream,
             ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::AuthPolicyInvalid(_) => {
                 ErrorSource::Config
             }
-            ProxyError::AuthUnavailable(_) => ErrorSource::Upstream,
+            ProxyError::AuthUnavailable(_) | ProxyError::RateLimitUnavailable(_) => {
+                ErrorSource::Upstream
+            }
             ProxyError::NoEndpoints(_)
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
@@ -125,6 +134,8 @@ impl ProxyError {
             ProxyError::AuthDenied(a) => a.status,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AuthPolicyInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimitUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -154,6 +165,17 @@ impl ProxyError {
                 return resp;
             }
             ProxyError::AuthUnavailable(_) => "authorization service unavailable\n".into(),
+            ProxyError::RateLimited(headers) => {
+                let mut resp = text_response(status, "too many requests\n".into());
+                headers.apply(resp.headers_mut());
+                return resp;
+            }
+            ProxyError::RateLimitUnavailable(_) => {
+                let mut resp = text_response(status, "rate limit service unavailable\n".into());
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
             ProxyError::AuthPolicyInvalid(_) => {
                 "this route's auth policy is invalid; see its status\n".into()
             }

@@ -24,6 +24,7 @@ pub mod filters;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod rule;
 pub mod server;

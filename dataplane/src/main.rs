@@ -33,6 +33,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
         controller_name: String,
+        /// The Redis of global rate limits whose policy names none.
+        #[arg(long, env = "PORTICO_REDIS_URL")]
+        redis_url: Option<String>,
     },
 }
 
@@ -50,6 +53,10 @@ struct StandaloneArgs {
     config: PathBuf,
     #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
     controller_name: String,
+    /// The Redis (`redis://host:port[/db]`) of global rate limits whose RateLimitPolicy
+    /// names none.
+    #[arg(long, env = "PORTICO_REDIS_URL")]
+    redis_url: Option<String>,
     /// How often to look for changed files, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
@@ -107,6 +114,10 @@ struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Keys each local rate limit holds at most (per limit, per replica); beyond it, idle
+    /// keys and then the oldest-looking ones are dropped. About 100 bytes per key.
+    #[arg(long, default_value_t = portico_dataplane::ratelimit::DEFAULT_MAX_KEYS)]
+    rate_limit_max_keys: usize,
 }
 
 fn init_logging(format: LogFormat) {
@@ -131,11 +142,19 @@ fn main() -> ExitCode {
         Command::Check {
             dir,
             controller_name,
-        } => return check(&dir, &controller_name),
+            redis_url,
+        } => {
+            let settings = standalone::CompileSettings {
+                controller_name,
+                redis_url,
+            };
+            return check(&dir, &settings);
+        }
         Command::Standalone(args) => {
             let StandaloneArgs {
                 config,
                 controller_name,
+                redis_url,
                 watch_interval_ms,
                 serve,
             } = args;
@@ -143,7 +162,10 @@ fn main() -> ExitCode {
                 serve,
                 Mode::Standalone {
                     config,
-                    controller_name,
+                    compile: standalone::CompileSettings {
+                        controller_name,
+                        redis_url,
+                    },
                     watch_interval_ms,
                 },
             )
@@ -182,7 +204,7 @@ fn main() -> ExitCode {
 enum Mode {
     Standalone {
         config: PathBuf,
-        controller_name: String,
+        compile: standalone::CompileSettings,
         watch_interval_ms: u64,
     },
     Connect(Box<ChannelSettings>),
@@ -208,8 +230,8 @@ fn channel_settings(a: &ConnectArgs) -> anyhow::Result<ChannelSettings> {
     })
 }
 
-fn check(dir: &std::path::Path, controller_name: &str) -> ExitCode {
-    match standalone::load(dir, controller_name) {
+fn check(dir: &std::path::Path, settings: &standalone::CompileSettings) -> ExitCode {
+    match standalone::load(dir, settings) {
         Err(errors) => {
             for e in errors {
                 eprintln!("error: {e}");
@@ -253,15 +275,14 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             max_header_bytes: args.max_header_bytes,
             ..ServerSettings::default()
         },
+        rate_limit_max_keys: args.rate_limit_max_keys,
     };
     let dp = Arc::new(Dataplane::new(&settings));
     // Standalone mode refuses to start on a directory that does not load.
     let initial = match &mode {
         Mode::Standalone {
-            config,
-            controller_name,
-            ..
-        } => Some(standalone::load(config, controller_name).map_err(|errors| {
+            config, compile, ..
+        } => Some(standalone::load(config, compile).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow::anyhow!(
                 "the configuration in {} is invalid:\n  {}",
@@ -288,7 +309,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     match mode {
         Mode::Standalone {
             config,
-            controller_name,
+            compile,
             watch_interval_ms,
         } => {
             if let Some(loaded) = initial {
@@ -299,7 +320,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             standalone::watch(
                 &dp,
                 &config,
-                &controller_name,
+                &compile,
                 Duration::from_millis(watch_interval_ms.max(50)),
                 1,
                 stop,

@@ -63,6 +63,64 @@ const DECISIONS: [(AuthDecision, &str); 7] = [
     (AuthDecision::Invalid, "invalid"),
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    policy: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabels {
+    policy: String,
+    mode: &'static str,
+}
+
+/// What a RateLimitPolicy decided about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitDecision {
+    Allowed,
+    /// 429.
+    Limited,
+    /// Redis unreachable, admitted by the per-replica fallback (FailOpen).
+    FallbackAllowed,
+    /// Redis unreachable, refused by the per-replica fallback.
+    FallbackLimited,
+    /// Redis unreachable and the policy fails closed: 503.
+    Unavailable,
+}
+
+const RATE_DECISIONS: [(RateLimitDecision, &str); 5] = [
+    (RateLimitDecision::Allowed, "allowed"),
+    (RateLimitDecision::Limited, "limited"),
+    (RateLimitDecision::FallbackAllowed, "fallback_allowed"),
+    (RateLimitDecision::FallbackLimited, "fallback_limited"),
+    (RateLimitDecision::Unavailable, "unavailable"),
+];
+
+/// One rate-limit policy's counters, and the gauge that says whether its global limits are
+/// in their failure mode.
+#[derive(Clone, Debug)]
+pub struct RateLimitMetrics {
+    decisions: [Counter; 5],
+    degraded: Option<Gauge>,
+}
+
+impl RateLimitMetrics {
+    pub fn record(&self, d: RateLimitDecision) {
+        let i = RATE_DECISIONS
+            .iter()
+            .position(|(x, _)| *x == d)
+            .unwrap_or(0);
+        self.decisions[i].inc();
+    }
+
+    pub fn set_degraded(&self, on: bool) {
+        if let Some(g) = &self.degraded {
+            g.set(i64::from(on));
+        }
+    }
+}
+
 /// One policy's decision counters, taken once per snapshot.
 #[derive(Clone, Debug)]
 pub struct AuthMetrics([Counter; 7]);
@@ -137,6 +195,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabel, LatencyHistogram>,
     auth: Family<AuthLabels, Counter>,
+    rate_limit: Family<RateLimitLabels, Counter>,
+    rate_limit_degraded: Family<DegradedLabels, Gauge>,
     pub config_version: Gauge,
     pub config_reloads: Counter,
     pub config_errors: Counter,
@@ -155,6 +215,8 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RouteLabel, LatencyHistogram>::default();
         let auth = Family::<AuthLabels, Counter>::default();
+        let rate_limit = Family::<RateLimitLabels, Counter>::default();
+        let rate_limit_degraded = Family::<DegradedLabels, Gauge>::default();
         let config_version = Gauge::default();
         let config_reloads = Counter::default();
         let config_errors = Counter::default();
@@ -173,6 +235,16 @@ impl Default for Metrics {
             "auth_decisions",
             "AuthPolicy decisions, by policy (namespace/name) and decision",
             auth.clone(),
+        );
+        registry.register(
+            "ratelimit_decisions",
+            "RateLimitPolicy decisions, by policy (namespace/name) and decision",
+            rate_limit.clone(),
+        );
+        registry.register(
+            "ratelimit_redis_degraded",
+            "1 while a policy's Redis is unreachable and its failure mode (local_fallback or fail_closed) is in force",
+            rate_limit_degraded.clone(),
         );
         registry.register(
             "config_version",
@@ -199,6 +271,8 @@ impl Default for Metrics {
             requests,
             duration,
             auth,
+            rate_limit,
+            rate_limit_degraded,
             config_version,
             config_reloads,
             config_errors,
@@ -237,6 +311,45 @@ impl Metrics {
                 })
                 .clone()
         }))
+    }
+
+    /// Counters for one RateLimitPolicy; `global_fail_closed` is `Some` when it has global
+    /// limits (and says which failure mode they use).
+    pub fn rate_limit(&self, policy: &str, global_fail_closed: Option<bool>) -> RateLimitMetrics {
+        RateLimitMetrics {
+            decisions: RATE_DECISIONS.map(|(_, decision)| {
+                self.rate_limit
+                    .get_or_create(&RateLimitLabels {
+                        policy: policy.to_string(),
+                        decision,
+                    })
+                    .clone()
+            }),
+            degraded: global_fail_closed.map(|closed| {
+                self.rate_limit_degraded
+                    .get_or_create(&DegradedLabels {
+                        policy: policy.to_string(),
+                        mode: if closed { "fail_closed" } else { "local_fallback" },
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Removes the series of a rate-limit policy no longer configured.
+    pub fn forget_rate_limit(&self, policy: &str) {
+        for (_, decision) in RATE_DECISIONS {
+            self.rate_limit.remove(&RateLimitLabels {
+                policy: policy.to_string(),
+                decision,
+            });
+        }
+        for mode in ["fail_closed", "local_fallback"] {
+            self.rate_limit_degraded.remove(&DegradedLabels {
+                policy: policy.to_string(),
+                mode,
+            });
+        }
     }
 
     /// Removes the series of a policy no longer configured.

@@ -104,13 +104,15 @@ impl Proxy {
         let id = util::request_id(req.headers());
         let log = self.access_log.then(|| AccessLog::new(&req, down.client));
         let mut req = req;
-        let mut consumer = None;
+        let mut who = crate::auth::Authenticated::default();
+        let mut limit_headers = None;
         let (result, rule, upstream) = match route(router, &mut req, down.sni.as_deref()) {
             Err(e) => (Err(e), None, None),
             Ok(routed) => {
                 let rule = routed.rule.clone();
                 let request_timeout = rule.request_timeout;
-                let consumer = &mut consumer;
+                let who = &mut who;
+                let limit_headers = &mut limit_headers;
                 let fut = async {
                     // The consumer header comes from an AuthPolicy or from nobody, on every
                     // route (also where a policy names another header), so a backend can
@@ -126,7 +128,21 @@ impl Proxy {
                             .check(&mut req, routed.matching.as_deref(), &facts)
                             .await
                         {
-                            Ok(c) => *consumer = c,
+                            Ok(w) => *who = w,
+                            Err(e) => return (Err(e), None),
+                        }
+                    }
+                    if let Some(limiter) = &routed.rate_limit {
+                        let facts = crate::ratelimit::LimitFacts {
+                            peer: down.client.ip(),
+                            consumer: who.consumer.as_deref(),
+                            claims: who.claims.as_deref(),
+                            route: &routed.rule.route,
+                            rule: routed.rule_index,
+                            path: routed.matching.as_deref().unwrap_or(req.uri().path()),
+                        };
+                        match limiter.check(&req, &facts).await {
+                            Ok(h) => *limit_headers = h,
                             Err(e) => return (Err(e), None),
                         }
                     }
@@ -157,6 +173,9 @@ impl Proxy {
         {
             ops.apply(resp.headers_mut());
         }
+        if let Some(h) = &limit_headers {
+            h.apply(resp.headers_mut());
+        }
         resp.headers_mut().insert(&util::X_REQUEST_ID, id.clone());
         let elapsed = start.elapsed();
         let status = resp.status().as_u16();
@@ -169,7 +188,7 @@ impl Proxy {
                 status,
                 rule.as_deref(),
                 upstream.as_ref(),
-                consumer.as_deref(),
+                who.consumer.as_deref(),
                 elapsed,
             );
         }
@@ -304,6 +323,9 @@ struct Routed {
     rule: Arc<CompiledRule>,
     prefix: Option<Arc<str>>,
     auth: Option<Arc<AuthEngine>>,
+    rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
+    /// The rule's index in its route (a `Route` rate-limit key).
+    rule_index: usize,
     /// The path matched, when it differs from the forwarded one (`;parameters`).
     matching: Option<String>,
 }
@@ -350,6 +372,8 @@ fn route(
         rule: m.candidate.rule.clone(),
         prefix: m.candidate.prefix.clone(),
         auth: m.candidate.auth.clone(),
+        rate_limit: m.candidate.rate_limit.clone(),
+        rule_index: m.candidate.order.1,
         matching,
     })
 }

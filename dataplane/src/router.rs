@@ -136,6 +136,8 @@ pub struct Candidate {
     pub prefix: Option<Arc<str>>,
     /// The auth policy of the rule, else of the listener or Gateway it is reached through.
     pub auth: Option<Arc<AuthEngine>>,
+    /// The rate-limit policy of the rule, else of the listener or Gateway.
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
 }
 
 impl Candidate {

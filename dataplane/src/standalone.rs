@@ -65,8 +65,17 @@ pub struct Loaded {
     pub origins: Origins,
 }
 
+/// What compile needs besides the manifests.
+#[derive(Clone, Debug)]
+pub struct CompileSettings {
+    /// Serve the GatewayClasses with this `controllerName`.
+    pub controller_name: String,
+    /// The Redis of `Global` rate limits whose policy names none.
+    pub redis_url: Option<String>,
+}
+
 /// Reads and compiles a directory. Errors name the file and the object.
-pub fn load(dir: &Path, controller_name: &str) -> Result<Loaded, Vec<ManifestError>> {
+pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<ManifestError>> {
     let io_error = |file: &Path, e: std::io::Error| ManifestError {
         file: file.display().to_string(),
         object: "-".into(),
@@ -82,8 +91,9 @@ pub fn load(dir: &Path, controller_name: &str) -> Result<Loaded, Vec<ManifestErr
     if !set.errors.is_empty() {
         return Err(set.errors);
     }
+    set.inputs.redis_url = settings.redis_url.clone();
     Ok(Loaded {
-        output: compile(&set.inputs, controller_name),
+        output: compile(&set.inputs, &settings.controller_name),
         origins: set.origins,
     })
 }
@@ -135,7 +145,7 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
 pub async fn watch(
     dp: &Dataplane,
     dir: &Path,
-    controller_name: &str,
+    settings: &CompileSettings,
     interval: Duration,
     mut version: u64,
     stop: impl std::future::Future<Output = ()>,
@@ -158,7 +168,7 @@ pub async fn watch(
             continue;
         }
         last = now;
-        match load(dir, controller_name) {
+        match load(dir, settings) {
             Ok(loaded) => {
                 version += 1;
                 apply(dp, &loaded, version);

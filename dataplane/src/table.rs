@@ -2,6 +2,7 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
+use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::balancer::Pools;
 use crate::metrics::Metrics;
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
@@ -29,6 +30,8 @@ pub struct Tables {
     pub routes: BTreeSet<String>,
     /// Every auth policy in use (`namespace/name`), for metric clean-up.
     pub auth_policies: BTreeSet<String>,
+    /// Every rate-limit policy in use, likewise.
+    pub rate_limit_policies: BTreeSet<String>,
     pub backends: Vec<(BackendId, AppProtocol)>,
     /// Things that were skipped, for the log.
     pub warnings: Vec<String>,
@@ -41,6 +44,7 @@ pub fn build(
     pools: &Pools,
     metrics: &Metrics,
     auth: &AuthShared,
+    limits: &RateLimitShared,
 ) -> Tables {
     let mut t = Tables::default();
     // Which gateway/listener owns each (socket, listener hostname) slot.
@@ -124,10 +128,21 @@ pub fn build(
         };
         t.auth_policies
             .extend(snap.auth_policies.iter().map(|p| p.id.to_string()));
+        let limiters: std::collections::HashMap<&ObjectRef, Arc<RateLimitEngine>> = snap
+            .rate_limit_policies
+            .iter()
+            .map(|p| (&p.id, Arc::new(RateLimitEngine::new(p, limits, metrics))))
+            .collect();
+        // Unlike auth, a rate-limit policy missing from the snapshot limits nothing.
+        let limiter = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| limiters.get(id).cloned());
+        t.rate_limit_policies
+            .extend(snap.rate_limit_policies.iter().map(|p| p.id.to_string()));
         for route in &snap.routes {
             order += 1;
             let rule_auth: Vec<Option<Arc<AuthEngine>>> =
                 route.rules.iter().map(|r| engine(&r.auth)).collect();
+            let rule_limits: Vec<Option<Arc<RateLimitEngine>>> =
+                route.rules.iter().map(|r| limiter(&r.rate_limit)).collect();
             let label: Arc<str> = route.label().into();
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
@@ -151,6 +166,7 @@ pub fn build(
                     continue;
                 };
                 let parent_auth = engine(&parent.auth);
+                let parent_limits = limiter(&parent.rate_limit);
                 for sa in listener_sockets
                     .get(parent.listener.as_str())
                     .into_iter()
@@ -176,6 +192,11 @@ pub fn build(
                                 .cloned()
                                 .flatten()
                                 .or_else(|| parent_auth.clone());
+                            c.rate_limit = rule_limits
+                                .get(c.order.1)
+                                .cloned()
+                                .flatten()
+                                .or_else(|| parent_limits.clone());
                             add(table, path, (c, regex.clone()));
                         }
                     }
@@ -272,6 +293,7 @@ fn candidate(
             order,
             prefix,
             auth: None,
+            rate_limit: None,
         },
         regex,
     ))

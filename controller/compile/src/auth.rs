@@ -14,232 +14,63 @@
 //! targets by answering 500 (it never leaves them open); a Secret that cannot be read leaves
 //! its mechanism without credentials (nobody gets in by it).
 
-use crate::status::{
-    AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
-};
+use crate::policy::{Attachments, Targets, Verdict, oldest_first};
+use crate::status::StatusReport;
 use crate::{Inputs, namespace_of, object_ref};
 use mechanisms::compile_policy;
-use portico_crds::GATEWAY_GROUP;
-use portico_crds::auth::{AuthPolicy, AuthPolicySpec};
-use portico_crds::policy::{PolicyTargetRef, SecretKeyRef};
+use portico_crds::auth::AuthPolicySpec;
+use portico_crds::policy::SecretKeyRef;
 use portico_model::auth as model;
-use portico_model::{ObjectRef, RouteKind, Snapshot};
+use portico_model::{ObjectRef, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod mechanisms;
 
-/// What a policy attaches to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Target {
-    /// A Gateway, or one of its listeners.
-    Gateway(ObjectRef, Option<String>),
-    /// An HTTPRoute, or one of its rules.
-    Route(ObjectRef, Option<String>),
-}
-
 /// The policies that apply, by target, compiled.
 #[derive(Debug, Default)]
 pub(crate) struct AuthPolicies {
-    by_target: BTreeMap<Target, ObjectRef>,
+    pub(crate) attached: Attachments,
     compiled: BTreeMap<ObjectRef, model::AuthPolicy>,
 }
 
 /// Compiles every AuthPolicy, decides attachment and writes each one's status.
-pub(crate) fn resolve(
-    inputs: &Inputs,
-    controller_name: &str,
-    status: &mut StatusReport,
-) -> AuthPolicies {
-    let gateways: BTreeMap<ObjectRef, BTreeSet<String>> =
-        crate::gateways_of(inputs, controller_name)
-            .map(|g| {
-                let listeners = g.spec.listeners.iter().map(|l| l.name.clone()).collect();
-                (object_ref(&g.metadata), listeners)
-            })
-            .collect();
-    let routes: BTreeMap<ObjectRef, BTreeSet<String>> = inputs
-        .http_routes
-        .iter()
-        .map(|r| {
-            let rules = r.spec.rules.iter().flatten();
-            (
-                object_ref(&r.metadata),
-                rules.filter_map(|rule| rule.name.clone()).collect(),
-            )
-        })
-        .collect();
-
-    let mut ordered: Vec<&AuthPolicy> = inputs.auth_policies.iter().collect();
-    ordered.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb)
-            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
-    });
-
+pub(crate) fn resolve(inputs: &Inputs, targets: &Targets, status: &mut StatusReport) -> AuthPolicies {
     let mut out = AuthPolicies::default();
-    for policy in ordered {
+    for policy in oldest_first(&inputs.auth_policies, |p| &p.metadata) {
         let id = object_ref(&policy.metadata);
-        let generation = policy.metadata.generation;
         let mut unresolved = Vec::new();
         let compiled = compile_policy(&id, &policy.spec, &inputs.secrets, &mut unresolved);
-        let invalid = compiled.invalid.clone();
-        let mut ancestors = Vec::new();
-        for t in &policy.spec.target_refs {
-            let accepted = match attach_to(t, &id.namespace, &gateways, &routes) {
-                Err(TargetError::Invalid(message)) => (false, reasons::INVALID, message),
-                Err(TargetError::NotFound(message)) => (false, reasons::TARGET_NOT_FOUND, message),
-                Ok(target) => match out.by_target.get(&target) {
-                    Some(winner) if *winner != id => (
-                        false,
-                        reasons::CONFLICTED,
-                        format!("the older AuthPolicy {winner} already applies to this target"),
-                    ),
-                    _ => {
-                        out.by_target.insert(target, id.clone());
-                        match &invalid {
-                            // It still attaches: its targets answer 500 rather than go open.
-                            Some(reason) => (
-                                false,
-                                reasons::INVALID,
-                                format!(
-                                    "{reason}; requests to this target are refused until it is fixed"
-                                ),
-                            ),
-                            None => (true, reasons::ACCEPTED, "policy applies".to_string()),
-                        }
-                    }
-                },
-            };
-            let (ok, reason, message) = accepted;
-            let resolved = if unresolved.is_empty() {
-                Condition::new(
-                    types::RESOLVED_REFS,
-                    true,
-                    reasons::RESOLVED_REFS,
-                    "all Secrets resolved",
-                    generation,
-                )
-            } else {
-                Condition::new(
-                    types::RESOLVED_REFS,
-                    false,
-                    reasons::INVALID_REF,
-                    unresolved.join("; "),
-                    generation,
-                )
-            };
-            ancestors.push(PolicyAncestorStatus {
-                ancestor_ref: AncestorRef {
-                    group: t.group.clone(),
-                    kind: t.kind.clone(),
-                    namespace: id.namespace.clone(),
-                    name: t.name.clone(),
-                    section_name: t.section_name.clone(),
-                },
-                conditions: vec![
-                    Condition::new(types::ACCEPTED, ok, reason, message, generation),
-                    resolved,
-                ],
-            });
-        }
-        status
-            .auth_policies
-            .insert(id.clone(), PolicyStatus { ancestors });
+        let verdict = |_: &_| match &compiled.invalid {
+            // It still attaches: its targets answer 500 rather than go open.
+            Some(reason) => Verdict::AttachedInvalid(reason.clone()),
+            None => Verdict::Applies,
+        };
+        let s = out.attached.claim(
+            "AuthPolicy",
+            &policy.metadata,
+            &policy.spec.target_refs,
+            targets,
+            verdict,
+            &unresolved,
+        );
+        status.auth_policies.insert(id.clone(), s);
         out.compiled.insert(id, compiled);
     }
     out
 }
 
-/// Why a `targetRef` does not attach.
-enum TargetError {
-    /// It names something a policy cannot target.
-    Invalid(String),
-    /// It names something that does not exist (or is not ours).
-    NotFound(String),
-}
-
-/// The target a `targetRef` names, if it exists.
-fn attach_to(
-    t: &PolicyTargetRef,
-    namespace: &str,
-    gateways: &BTreeMap<ObjectRef, BTreeSet<String>>,
-    routes: &BTreeMap<ObjectRef, BTreeSet<String>>,
-) -> Result<Target, TargetError> {
-    use TargetError::{Invalid, NotFound};
-    if t.group != GATEWAY_GROUP {
-        return Err(Invalid(format!(
-            "group {:?} is not {GATEWAY_GROUP}",
-            t.group
-        )));
-    }
-    let id = ObjectRef::new(namespace, t.name.clone());
-    let section = t.section_name.clone();
-    match t.kind.as_str() {
-        "Gateway" => {
-            let Some(listeners) = gateways.get(&id) else {
-                return Err(NotFound(format!(
-                    "Gateway {id} does not exist or is not served by Portico"
-                )));
-            };
-            if let Some(s) = &section
-                && !listeners.contains(s)
-            {
-                return Err(NotFound(format!("Gateway {id} has no listener {s:?}")));
-            }
-            Ok(Target::Gateway(id, section))
-        }
-        "HTTPRoute" => {
-            let Some(rules) = routes.get(&id) else {
-                return Err(NotFound(format!("HTTPRoute {id} does not exist")));
-            };
-            if let Some(s) = &section
-                && !rules.contains(s)
-            {
-                return Err(NotFound(format!("HTTPRoute {id} has no rule named {s:?}")));
-            }
-            Ok(Target::Route(id, section))
-        }
-        other => Err(Invalid(format!(
-            "kind {other:?} cannot be targeted; use Gateway or HTTPRoute"
-        ))),
-    }
-}
-
 impl AuthPolicies {
-    fn get(&self, t: &Target) -> Option<&ObjectRef> {
-        self.by_target.get(t)
+    /// The compiled policy `id`.
+    pub(crate) fn policy(&self, id: &ObjectRef) -> Option<&model::AuthPolicy> {
+        self.compiled.get(id)
     }
 
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
-        if self.by_target.is_empty() {
-            return;
-        }
-        let gw = snapshot.gateway.clone();
-        let mut used = BTreeSet::new();
-        for route in &mut snapshot.routes {
-            for parent in &mut route.parents {
-                parent.auth = self
-                    .get(&Target::Gateway(gw.clone(), Some(parent.listener.clone())))
-                    .or_else(|| self.get(&Target::Gateway(gw.clone(), None)))
-                    .cloned();
-                used.extend(parent.auth.clone());
-            }
-            if route.kind != RouteKind::Http {
-                continue;
-            }
-            let whole = self.get(&Target::Route(route.id.clone(), None));
-            for rule in &mut route.rules {
-                let own = rule
-                    .name
-                    .as_ref()
-                    .and_then(|n| self.get(&Target::Route(route.id.clone(), Some(n.clone()))));
-                rule.auth = own.or(whole).cloned();
-                used.extend(rule.auth.clone());
-            }
-        }
+        let used = self
+            .attached
+            .name_in(snapshot, |p| &mut p.auth, |r| &mut r.auth);
         snapshot.auth_policies = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
@@ -274,13 +105,4 @@ pub(crate) fn secret_refs(spec: &AuthPolicySpec) -> Vec<&SecretKeyRef> {
         refs.push(&i.client_secret_ref);
     }
     refs
-}
-
-/// The Gateways and HTTPRoutes a policy targets (for recompiling what a change touches).
-pub(crate) fn targets(p: &AuthPolicy) -> impl Iterator<Item = (&str, ObjectRef)> {
-    let ns = namespace_of(&p.metadata);
-    p.spec
-        .target_refs
-        .iter()
-        .map(move |t| (t.kind.as_str(), ObjectRef::new(ns.clone(), t.name.clone())))
 }

@@ -577,6 +577,7 @@ impl GatewayState {
             routes,
             backends,
             auth_policies: Vec::new(),
+            rate_limit_policies: Vec::new(),
         })
     }
 }

@@ -31,6 +31,7 @@ pub enum DepKey {
     ReferenceGrants(String),
     Namespace(String),
     AuthPolicy(ObjectRef),
+    RateLimitPolicy(ObjectRef),
 }
 
 /// The Gateways each object is read by.
@@ -121,10 +122,9 @@ impl Dependencies {
             .iter()
             .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
             .collect();
-        for p in &inputs.auth_policies {
-            let id = object_ref(&p.metadata);
+        let mut policy = |key: DepKey, meta, refs, secrets: Vec<ObjectRef>| {
             let mut gws: BTreeSet<ObjectRef> = BTreeSet::new();
-            for (kind, target) in crate::auth::targets(p) {
+            for (kind, target) in crate::policy::target_objects(meta, refs) {
                 match kind {
                     "Gateway" => {
                         gws.insert(target);
@@ -133,17 +133,24 @@ impl Dependencies {
                 }
             }
             gws.retain(|g| d.gateways.contains(g));
-            let secrets = crate::auth::secret_refs(&p.spec)
-                .into_iter()
-                .map(|r| DepKey::Secret(ObjectRef::new(id.namespace.clone(), r.name.clone())));
-            let keys: Vec<DepKey> = std::iter::once(DepKey::AuthPolicy(id.clone()))
-                .chain(secrets)
-                .collect();
+            let keys = std::iter::once(key).chain(secrets.into_iter().map(DepKey::Secret));
             for key in keys {
                 for g in &gws {
                     d.add(key.clone(), g);
                 }
             }
+        };
+        for p in &inputs.auth_policies {
+            let id = object_ref(&p.metadata);
+            let secrets = crate::auth::secret_refs(&p.spec)
+                .into_iter()
+                .map(|r| ObjectRef::new(id.namespace.clone(), r.name.clone()))
+                .collect();
+            policy(DepKey::AuthPolicy(id), &p.metadata, &p.spec.target_refs, secrets);
+        }
+        for p in &inputs.rate_limit_policies {
+            let id = object_ref(&p.metadata);
+            policy(DepKey::RateLimitPolicy(id), &p.metadata, &p.spec.target_refs, Vec::new());
         }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
@@ -238,6 +245,7 @@ pub struct IncrementalCompile {
     classes: BTreeMap<String, crate::status::GatewayClassStatus>,
     /// Policy status is computed whole on every update (it is cheap and reads every target).
     policies: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
+    limits: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
 }
 
 impl IncrementalCompile {
@@ -248,6 +256,7 @@ impl IncrementalCompile {
             parts: BTreeMap::new(),
             classes: BTreeMap::new(),
             policies: BTreeMap::new(),
+            limits: BTreeMap::new(),
         }
     }
 
@@ -271,6 +280,7 @@ impl IncrementalCompile {
         let out = compile_scoped(inputs, &self.controller_name, Some(&touched));
         self.classes = out.status.gateway_classes;
         self.policies = out.status.auth_policies;
+        self.limits = out.status.rate_limit_policies;
         for gw in &touched {
             self.parts.remove(gw);
         }
@@ -317,6 +327,7 @@ impl IncrementalCompile {
         let mut report = StatusReport {
             gateway_classes: self.classes.clone(),
             auth_policies: self.policies.clone(),
+            rate_limit_policies: self.limits.clone(),
             ..StatusReport::default()
         };
         for (id, part) in &self.parts {

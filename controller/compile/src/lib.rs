@@ -11,12 +11,13 @@
 //!                   │  └ listeners ─ allowedRoutes (Namespace labels) │
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
+//!   RateLimitPolicy ──targetRefs──▶ (the same)
 //! ```
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their
 //! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
 //! and backends ([`route`], [`grpc`], [`backend`]), then the policies that protect them
-//! ([`auth`]).
+//! ([`policy`]: [`auth`], [`ratelimit`]).
 
 mod auth;
 mod backend;
@@ -24,6 +25,8 @@ mod gateway;
 mod grants;
 mod grpc;
 mod hostname;
+mod policy;
+mod ratelimit;
 pub mod incremental;
 pub mod manifests;
 mod route;
@@ -31,6 +34,7 @@ pub mod status;
 pub mod tls;
 
 use portico_crds::auth::AuthPolicy;
+use portico_crds::ratelimit::RateLimitPolicy;
 use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
     httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
@@ -59,6 +63,9 @@ pub struct Inputs {
     pub grpc_routes: Vec<GrpcRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
     pub auth_policies: Vec<AuthPolicy>,
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// The Redis of `Global` rate limits whose policy names none (`--redis-url`).
+    pub redis_url: Option<String>,
     /// The Secrets listeners and policies refer to (others are ignored; the controller
     /// watches only these, see [`referenced_secrets`]).
     pub secrets: Vec<Secret>,
@@ -137,7 +144,9 @@ pub fn compile_scoped(
         )
         .collect();
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
-    let policies = auth::resolve(inputs, controller_name, &mut status);
+    let targets = policy::Targets::new(inputs, controller_name);
+    let policies = auth::resolve(inputs, &targets, &mut status);
+    let limits = ratelimit::resolve(inputs, &targets, &policies, &mut status);
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
@@ -148,6 +157,7 @@ pub fn compile_scoped(
         status.gateways.insert(gw.id.clone(), gw.status(service));
         if let Some(mut snapshot) = gw.snapshot(&routes.attached) {
             policies.attach(&mut snapshot);
+            limits.attach(&mut snapshot);
             snapshots.insert(gw.id.clone(), snapshot);
         }
     }

@@ -171,10 +171,13 @@ impl ManifestSet {
             ("portico.dev/v1alpha1", "AuthPolicy") => {
                 push(&mut i.auth_policies, value, |o| &o.metadata, false)
             }
+            ("portico.dev/v1alpha1", "RateLimitPolicy") => {
+                push(&mut i.rate_limit_policies, value, |o| &o.metadata, false)
+            }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
                  GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
-                 EndpointSlice (discovery.k8s.io/v1) and AuthPolicy (portico.dev/v1alpha1)"
+                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy and RateLimitPolicy (portico.dev/v1alpha1)"
             )),
         };
         match added {

@@ -251,6 +251,7 @@ fn attach(
                 listener: l.name.clone(),
                 hostnames,
                 auth: None,
+                rate_limit: None,
             });
         }
     }
@@ -376,6 +377,7 @@ fn translate(
             backend_refs,
             timeouts,
             auth: None,
+            rate_limit: None,
         });
     }
     Ok(out)

@@ -159,6 +159,8 @@ pub struct StatusReport {
     pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub auth_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    #[serde(serialize_with = "by_display_key")]
+    pub rate_limit_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 /// A policy's status: one entry per target it names.
@@ -253,7 +255,12 @@ impl StatusReport {
                 }
             }
         }
-        for (id, s) in &self.auth_policies {
+        let policies = self
+            .auth_policies
+            .iter()
+            .map(|p| ("AuthPolicy", p))
+            .chain(self.rate_limit_policies.iter().map(|p| ("RateLimitPolicy", p)));
+        for (kind, (id, s)) in policies {
             for a in &s.ancestors {
                 let section = a
                     .ancestor_ref
@@ -263,7 +270,7 @@ impl StatusReport {
                     .unwrap_or_default();
                 push(
                     format!(
-                        "AuthPolicy {id} target {} {}{section}",
+                        "{kind} {id} target {} {}{section}",
                         a.ancestor_ref.kind, a.ancestor_ref.name
                     ),
                     &a.conditions,

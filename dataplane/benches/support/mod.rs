@@ -68,6 +68,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
                     listener: "http".into(),
                     hostnames: vec![host],
                     auth: None,
+                    rate_limit: None,
                 }],
                 rules,
             }
@@ -85,6 +86,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             tls: None,
         }],
         routes,
+        rate_limit_policies: Vec::new(),
         backends: vec![Backend {
             id: backend,
             protocol: AppProtocol::Http1,

@@ -16,8 +16,9 @@
 //!
 //! A route change touches one `routes[]` entry, an endpoint change one `backends[]` entry, so a
 //! later incremental channel can send only what changed. Policies are further top-level
-//! collections that routes refer to by name: `authPolicies[]` ([`auth`]) is named by a rule
-//! (a policy on its HTTPRoute or rule) or by a route parent (on its listener or Gateway).
+//! collections that routes refer to by name: `authPolicies[]` ([`auth`]) and
+//! `rateLimitPolicies[]` ([`ratelimit`]) are named by a rule (a policy on its HTTPRoute or
+//! rule) or by a route parent (on its listener or Gateway).
 //!
 //! Everything is ordered deterministically (compile sorts before it emits), so the same inputs
 //! serialise to byte-identical snapshots.
@@ -27,6 +28,7 @@ use std::fmt;
 
 pub mod auth;
 pub mod channel;
+pub mod ratelimit;
 
 /// The namespaced name of a Kubernetes object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,6 +67,9 @@ pub struct Snapshot {
     /// The auth policies routes refer to, sorted by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auth_policies: Vec<auth::AuthPolicy>,
+    /// The rate-limit policies routes refer to, sorted by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit_policies: Vec<ratelimit::RateLimitPolicy>,
 }
 
 impl Snapshot {
@@ -190,6 +195,9 @@ pub struct RouteParent {
     /// their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ObjectRef>,
+    /// The rate-limit policy of the listener (or else the Gateway), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -209,6 +217,10 @@ pub struct RouteRule {
     /// The auth policy of this rule (or else of its HTTPRoute); it overrides the parent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ObjectRef>,
+    /// The rate-limit policy of this rule (or else of its HTTPRoute); it overrides the
+    /// parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ fn sample() -> Snapshot {
                 listener: "http".into(),
                 hostnames: vec!["a.example.com".into()],
                 auth: None,
+                rate_limit: Some(ObjectRef::new("default", "rl")),
             }],
             rules: vec![RouteRule {
                 name: None,
@@ -58,6 +59,7 @@ fn sample() -> Snapshot {
                     backend_request_ms: None,
                 },
                 auth: Some(ObjectRef::new("default", "jwt")),
+                rate_limit: None,
             }],
         }],
         backends: vec![Backend {
@@ -75,6 +77,33 @@ fn sample() -> Snapshot {
                 serving: true,
                 terminating: false,
             }],
+        }],
+        rate_limit_policies: vec![ratelimit::RateLimitPolicy {
+            id: ObjectRef::new("default", "rl"),
+            limits: vec![ratelimit::Limit {
+                name: "per-client".into(),
+                requests: 10,
+                interval_ms: 1000,
+                algorithm: ratelimit::Algorithm::SlidingWindow,
+                burst: 10,
+                scope: ratelimit::Scope::Global,
+                key: vec![
+                    ratelimit::KeyPart::ClientIp,
+                    ratelimit::KeyPart::Claim(vec!["org".into(), "id".into()]),
+                ],
+                match_: Some(ratelimit::LimitMatch {
+                    methods: vec!["POST".into()],
+                    path: Some(ratelimit::PathMatch::Prefix("/api".into())),
+                    headers: vec![("x-tier".into(), None)],
+                }),
+            }],
+            trusted_hops: 1,
+            response_headers: true,
+            global: Some(ratelimit::Global {
+                redis_url: "redis://127.0.0.1:6379".into(),
+                fail_closed: false,
+                timeout_ms: 100,
+            }),
         }],
         auth_policies: vec![auth::AuthPolicy {
             id: ObjectRef::new("default", "jwt"),
@@ -144,4 +173,25 @@ fn certificate_debug_hides_key() {
         key_pem: "SECRET-KEY".into(),
     };
     assert!(!format!("{cert:?}").contains("SECRET-KEY"));
+}
+
+#[test]
+fn redis_urls_parse_to_an_address_and_database() {
+    use ratelimit::RedisAddress;
+    let ok = |url: &str| RedisAddress::parse(url).expect(url);
+    assert_eq!(ok("redis://127.0.0.1").host_port, "127.0.0.1:6379");
+    assert_eq!(ok("redis://redis.infra:6380/2").host_port, "redis.infra:6380");
+    assert_eq!(ok("redis://redis.infra:6380/2").db, 2);
+    assert_eq!(ok("redis://[::1]:7000/").host_port, "[::1]:7000");
+    assert_eq!(ok("redis://[::1]").host_port, "[::1]:6379");
+    for bad in [
+        "http://x:1",
+        "redis://",
+        "redis://user:secret@x:6379",
+        "redis://x:port",
+        "redis://x:6379/db",
+        "redis://:6379",
+    ] {
+        assert!(RedisAddress::parse(bad).is_err(), "{bad}");
+    }
 }

@@ -34,6 +34,7 @@ fn route(name: &str, listener: &str, hostnames: &[&str], rules: Vec<RouteRule>) 
             listener: listener.into(),
             hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
             auth: None,
+            rate_limit: None,
         }],
         rules,
     }
@@ -58,6 +59,7 @@ fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
         routes,
         backends: vec![],
         auth_policies: vec![],
+        rate_limit_policies: vec![],
     };
     let mut t = table::build(
         &[snap],
@@ -65,6 +67,7 @@ fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
         &Pools::default(),
         &Metrics::default(),
         &crate::auth::AuthShared::default(),
+        &crate::ratelimit::RateLimitShared::default(),
     );
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     t.sockets.remove(&SocketAddr::new(IP, 80)).expect("socket")

@@ -1,0 +1,323 @@
+//! Policy attachment shared by every Portico policy kind: what a `targetRef` names, which
+//! policy wins a target, each policy's per-target status, and naming the winners in a
+//! snapshot's route rules and route parents.
+//!
+//! Precedence: rule over route over listener over Gateway, the most specific policy applies
+//! whole. On one target the oldest policy (creationTimestamp, then namespace/name) wins and
+//! the others are `Conflicted`.
+
+use crate::status::{AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, reasons, types};
+use crate::{Inputs, namespace_of, object_ref};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_crds::policy::PolicyTargetRef;
+use portico_model::{ObjectRef, RouteKind, RouteParent, RouteRule, Snapshot};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a policy attaches to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Target {
+    /// A Gateway, or one of its listeners.
+    Gateway(ObjectRef, Option<String>),
+    /// An HTTPRoute, or one of its rules.
+    Route(ObjectRef, Option<String>),
+}
+
+/// The Gateways of ours with their listener names and the HTTPRoutes with their rule names:
+/// what a `targetRef` may name.
+pub(crate) struct Targets {
+    gateways: BTreeMap<ObjectRef, BTreeSet<String>>,
+    routes: BTreeMap<ObjectRef, BTreeSet<String>>,
+    /// Each HTTPRoute's parent Gateways.
+    route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
+}
+
+impl Targets {
+    pub(crate) fn new(inputs: &Inputs, controller_name: &str) -> Self {
+        let gateways = crate::gateways_of(inputs, controller_name)
+            .map(|g| {
+                let listeners = g.spec.listeners.iter().map(|l| l.name.clone()).collect();
+                (object_ref(&g.metadata), listeners)
+            })
+            .collect();
+        let routes = inputs
+            .http_routes
+            .iter()
+            .map(|r| {
+                let rules = r.spec.rules.iter().flatten();
+                (
+                    object_ref(&r.metadata),
+                    rules.filter_map(|rule| rule.name.clone()).collect(),
+                )
+            })
+            .collect();
+        let route_parents = inputs
+            .http_routes
+            .iter()
+            .map(|r| {
+                (
+                    object_ref(&r.metadata),
+                    crate::incremental::http_route_parents(r),
+                )
+            })
+            .collect();
+        Self {
+            gateways,
+            routes,
+            route_parents,
+        }
+    }
+
+    /// The target a `targetRef` names, if it exists.
+    fn resolve(&self, t: &PolicyTargetRef, namespace: &str) -> Result<Target, TargetError> {
+        use TargetError::{Invalid, NotFound};
+        if t.group != GATEWAY_GROUP {
+            return Err(Invalid(format!(
+                "group {:?} is not {GATEWAY_GROUP}",
+                t.group
+            )));
+        }
+        let id = ObjectRef::new(namespace, t.name.clone());
+        let section = t.section_name.clone();
+        match t.kind.as_str() {
+            "Gateway" => {
+                let Some(listeners) = self.gateways.get(&id) else {
+                    return Err(NotFound(format!(
+                        "Gateway {id} does not exist or is not served by Portico"
+                    )));
+                };
+                if let Some(s) = &section
+                    && !listeners.contains(s)
+                {
+                    return Err(NotFound(format!("Gateway {id} has no listener {s:?}")));
+                }
+                Ok(Target::Gateway(id, section))
+            }
+            "HTTPRoute" => {
+                let Some(rules) = self.routes.get(&id) else {
+                    return Err(NotFound(format!("HTTPRoute {id} does not exist")));
+                };
+                if let Some(s) = &section
+                    && !rules.contains(s)
+                {
+                    return Err(NotFound(format!("HTTPRoute {id} has no rule named {s:?}")));
+                }
+                Ok(Target::Route(id, section))
+            }
+            other => Err(Invalid(format!(
+                "kind {other:?} cannot be targeted; use Gateway or HTTPRoute"
+            ))),
+        }
+    }
+
+    /// The Gateways a route target is served through.
+    pub(crate) fn parents_of(&self, route: &ObjectRef) -> &[ObjectRef] {
+        self.route_parents.get(route).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Why a `targetRef` does not attach.
+enum TargetError {
+    /// It names something a policy cannot target.
+    Invalid(String),
+    /// It names something that does not exist (or is not ours).
+    NotFound(String),
+}
+
+/// What becomes of a policy on a target it names and may win.
+pub(crate) enum Verdict {
+    Applies,
+    /// It attaches although it is broken: its targets refuse requests (auth fails closed).
+    AttachedInvalid(String),
+    /// It does not attach: the next less specific policy applies there.
+    Rejected(String),
+}
+
+/// The winning policy of each target, for one policy kind.
+#[derive(Debug, Default)]
+pub(crate) struct Attachments {
+    by_target: BTreeMap<Target, ObjectRef>,
+}
+
+/// Sorts policies oldest first (creationTimestamp, then namespace/name): the order in which
+/// they claim targets.
+pub(crate) fn oldest_first<T>(items: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
+    let mut ordered: Vec<&T> = items.iter().collect();
+    ordered.sort_by(|a, b| {
+        let (a, b) = (meta(a), meta(b));
+        let ta = a.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| object_ref(a).cmp(&object_ref(b)))
+    });
+    ordered
+}
+
+impl Attachments {
+    /// Attaches one policy to what it targets and returns its status. Call with the
+    /// policies of a kind oldest first. `verdict` decides about each target the policy would
+    /// win; `unresolved` lists the references (Secrets) it could not read.
+    pub(crate) fn claim(
+        &mut self,
+        kind: &str,
+        meta: &ObjectMeta,
+        target_refs: &[PolicyTargetRef],
+        targets: &Targets,
+        mut verdict: impl FnMut(&Target) -> Verdict,
+        unresolved: &[String],
+    ) -> PolicyStatus {
+        let id = object_ref(meta);
+        let generation = meta.generation;
+        let mut ancestors = Vec::new();
+        for t in target_refs {
+            let (ok, reason, message) = match targets.resolve(t, &id.namespace) {
+                Err(TargetError::Invalid(message)) => (false, reasons::INVALID, message),
+                Err(TargetError::NotFound(message)) => (false, reasons::TARGET_NOT_FOUND, message),
+                Ok(target) => match self.by_target.get(&target) {
+                    Some(winner) if *winner != id => (
+                        false,
+                        reasons::CONFLICTED,
+                        format!("the older {kind} {winner} already applies to this target"),
+                    ),
+                    _ => match verdict(&target) {
+                        Verdict::Applies => {
+                            self.by_target.insert(target, id.clone());
+                            (true, reasons::ACCEPTED, "policy applies".to_string())
+                        }
+                        Verdict::AttachedInvalid(reason) => {
+                            self.by_target.insert(target, id.clone());
+                            (
+                                false,
+                                reasons::INVALID,
+                                format!(
+                                    "{reason}; requests to this target are refused until it is fixed"
+                                ),
+                            )
+                        }
+                        Verdict::Rejected(reason) => (false, reasons::INVALID, reason),
+                    },
+                },
+            };
+            let resolved = if unresolved.is_empty() {
+                Condition::new(
+                    types::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED_REFS,
+                    "all references resolved",
+                    generation,
+                )
+            } else {
+                Condition::new(
+                    types::RESOLVED_REFS,
+                    false,
+                    reasons::INVALID_REF,
+                    unresolved.join("; "),
+                    generation,
+                )
+            };
+            ancestors.push(PolicyAncestorStatus {
+                ancestor_ref: AncestorRef {
+                    group: t.group.clone(),
+                    kind: t.kind.clone(),
+                    namespace: id.namespace.clone(),
+                    name: t.name.clone(),
+                    section_name: t.section_name.clone(),
+                },
+                conditions: vec![
+                    Condition::new(types::ACCEPTED, ok, reason, message, generation),
+                    resolved,
+                ],
+            });
+        }
+        PolicyStatus { ancestors }
+    }
+
+    pub(crate) fn get(&self, t: &Target) -> Option<&ObjectRef> {
+        self.by_target.get(t)
+    }
+
+    /// Whether a policy for which `fits` holds is on Gateway `gw` or one of its listeners.
+    pub(crate) fn any_gateway_level(
+        &self,
+        gw: &ObjectRef,
+        fits: &impl Fn(&ObjectRef) -> bool,
+    ) -> bool {
+        self.by_target
+            .iter()
+            .any(|(t, p)| matches!(t, Target::Gateway(g, _) if g == gw) && fits(p))
+    }
+
+    /// Whether such a policy is on HTTPRoute `route` or one of its rules.
+    pub(crate) fn any_on_route(&self, route: &ObjectRef, fits: &impl Fn(&ObjectRef) -> bool) -> bool {
+        self.by_target
+            .iter()
+            .any(|(t, p)| matches!(t, Target::Route(r, _) if r == route) && fits(p))
+    }
+
+    /// Whether such a policy is on Gateway `gw`, one of its listeners, or a route served
+    /// through it.
+    pub(crate) fn any_on_gateway(
+        &self,
+        gw: &ObjectRef,
+        targets: &Targets,
+        fits: &impl Fn(&ObjectRef) -> bool,
+    ) -> bool {
+        self.by_target.iter().any(|(t, p)| {
+            let here = match t {
+                Target::Gateway(g, _) => g == gw,
+                Target::Route(r, _) => targets.parents_of(r).contains(gw),
+            };
+            here && fits(p)
+        })
+    }
+
+    /// Names the policy of each route parent (listener, else Gateway) and each HTTPRoute rule
+    /// (rule, else route) in `snapshot` through `parent` and `rule`, and returns the policies
+    /// named.
+    pub(crate) fn name_in(
+        &self,
+        snapshot: &mut Snapshot,
+        parent: impl Fn(&mut RouteParent) -> &mut Option<ObjectRef>,
+        rule: impl Fn(&mut RouteRule) -> &mut Option<ObjectRef>,
+    ) -> BTreeSet<ObjectRef> {
+        let mut used = BTreeSet::new();
+        if self.by_target.is_empty() {
+            return used;
+        }
+        let gw = snapshot.gateway.clone();
+        for route in &mut snapshot.routes {
+            for p in &mut route.parents {
+                let policy = self
+                    .get(&Target::Gateway(gw.clone(), Some(p.listener.clone())))
+                    .or_else(|| self.get(&Target::Gateway(gw.clone(), None)))
+                    .cloned();
+                used.extend(policy.clone());
+                *parent(p) = policy;
+            }
+            if route.kind != RouteKind::Http {
+                continue;
+            }
+            let whole = self.get(&Target::Route(route.id.clone(), None));
+            for r in &mut route.rules {
+                let own = r
+                    .name
+                    .as_ref()
+                    .and_then(|n| self.get(&Target::Route(route.id.clone(), Some(n.clone()))));
+                let policy = own.or(whole).cloned();
+                used.extend(policy.clone());
+                *rule(r) = policy;
+            }
+        }
+        used
+    }
+}
+
+/// The Gateways and HTTPRoutes a policy targets (for recompiling what a change touches).
+pub(crate) fn target_objects<'a>(
+    meta: &'a ObjectMeta,
+    target_refs: &'a [PolicyTargetRef],
+) -> impl Iterator<Item = (&'a str, ObjectRef)> + 'a {
+    let ns = namespace_of(meta);
+    target_refs
+        .iter()
+        .map(move |t| (t.kind.as_str(), ObjectRef::new(ns.clone(), t.name.clone())))
+}

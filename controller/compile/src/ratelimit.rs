@@ -1,0 +1,320 @@
+//! RateLimitPolicy: attachment (shared with the other policies, [`crate::policy`]), each
+//! policy's status, and the policy compiled for the dataplane.
+//!
+//! ```text
+//!   RateLimitPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule]
+//!                   ──global.redisUrl (else Inputs::redis_url)──▶ Redis
+//!                   ──Claim / Consumer keys──▶ the AuthPolicy that authenticates there
+//! ```
+//!
+//! Unlike an AuthPolicy, a RateLimitPolicy that does not compile does not attach: its
+//! targets keep serving (under the next less specific policy, if any) and its status says
+//! why. Refusing every request because of a typo in a limit would turn a protection into an
+//! outage.
+
+use crate::Inputs;
+use crate::auth::AuthPolicies;
+use crate::object_ref;
+use crate::policy::{Attachments, Target, Targets, Verdict, oldest_first};
+use crate::status::StatusReport;
+use portico_crds::gateway_api::Duration;
+use portico_crds::ratelimit as crd;
+use portico_model::ratelimit as model;
+use portico_model::{ObjectRef, Snapshot};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// The rate-limit policies that apply, by target, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimitPolicies {
+    attached: Attachments,
+    compiled: BTreeMap<ObjectRef, model::RateLimitPolicy>,
+}
+
+/// Compiles every RateLimitPolicy, decides attachment and writes each one's status. `auth`
+/// says which targets authenticate requests (for `Claim` and `Consumer` keys).
+pub(crate) fn resolve(
+    inputs: &Inputs,
+    targets: &Targets,
+    auth: &AuthPolicies,
+    status: &mut StatusReport,
+) -> RateLimitPolicies {
+    let mut out = RateLimitPolicies::default();
+    for policy in oldest_first(&inputs.rate_limit_policies, |p| &p.metadata) {
+        let id = object_ref(&policy.metadata);
+        let compiled = compile_policy(&id, &policy.spec, inputs.redis_url.as_deref());
+        let needs = needs_identity(&policy.spec);
+        let verdict = |target: &Target| match &compiled {
+            Err(reason) => Verdict::Rejected(reason.clone()),
+            Ok(_) => match needs.and_then(|n| missing_identity(n, target, targets, auth)) {
+                Some(reason) => Verdict::Rejected(reason),
+                None => Verdict::Applies,
+            },
+        };
+        let s = out.attached.claim(
+            "RateLimitPolicy",
+            &policy.metadata,
+            &policy.spec.target_refs,
+            targets,
+            verdict,
+            &[],
+        );
+        status.rate_limit_policies.insert(id.clone(), s);
+        if let Ok(c) = compiled {
+            out.compiled.insert(id, c);
+        }
+    }
+    out
+}
+
+impl RateLimitPolicies {
+    /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
+    /// it uses.
+    pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
+        let used = self
+            .attached
+            .name_in(snapshot, |p| &mut p.rate_limit, |r| &mut r.rate_limit);
+        snapshot.rate_limit_policies = used
+            .iter()
+            .filter_map(|id| self.compiled.get(id).cloned())
+            .collect();
+    }
+}
+
+/// What a policy's keys need an AuthPolicy for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// A `Claim` key: a verified token (JWT or introspection).
+    Claims,
+    /// A `Consumer` key (and no `Claim` key): any authentication mechanism.
+    Consumer,
+}
+
+fn needs_identity(spec: &crd::RateLimitPolicySpec) -> Option<Identity> {
+    let kinds = || spec.limits.iter().flat_map(|l| l.key.iter().map(|k| k.type_));
+    if kinds().any(|k| k == crd::KeyType::Claim) {
+        Some(Identity::Claims)
+    } else if kinds().any(|k| k == crd::KeyType::Consumer) {
+        Some(Identity::Consumer)
+    } else {
+        None
+    }
+}
+
+/// Why requests of `target` cannot carry the identity `need`: no AuthPolicy with a fitting
+/// mechanism applies to the target, to what contains it, or to what it contains.
+fn missing_identity(
+    need: Identity,
+    target: &Target,
+    targets: &Targets,
+    auth: &AuthPolicies,
+) -> Option<String> {
+    let fits = |id: &ObjectRef| {
+        auth.policy(id).is_some_and(|p| match need {
+            Identity::Claims => p.jwt.is_some() || p.introspection.is_some(),
+            Identity::Consumer => {
+                p.jwt.is_some()
+                    || p.introspection.is_some()
+                    || p.api_keys.is_some()
+                    || p.basic.is_some()
+            }
+        })
+    };
+    let covered = match target {
+        Target::Gateway(gw, _) => auth.attached.any_on_gateway(gw, targets, &fits),
+        Target::Route(route, _) => {
+            auth.attached.any_on_route(route, &fits)
+                || targets
+                    .parents_of(route)
+                    .iter()
+                    .any(|gw| auth.attached.any_gateway_level(gw, &fits))
+        }
+    };
+    if covered {
+        return None;
+    }
+    let what = match need {
+        Identity::Claims => "a Claim key needs an AuthPolicy with jwt or introspection",
+        Identity::Consumer => "a Consumer key needs an AuthPolicy that authenticates requests",
+    };
+    let name = match target {
+        Target::Gateway(id, _) => format!("Gateway {id}"),
+        Target::Route(id, _) => format!("HTTPRoute {id}"),
+    };
+    Some(format!("{what} on {name} (or on what it is part of), and none applies"))
+}
+
+/// The policy as the dataplane enforces it, or why it cannot be.
+fn compile_policy(
+    id: &ObjectRef,
+    spec: &crd::RateLimitPolicySpec,
+    default_redis: Option<&str>,
+) -> Result<model::RateLimitPolicy, String> {
+    let mut limits = Vec::with_capacity(spec.limits.len());
+    for (i, l) in spec.limits.iter().enumerate() {
+        let name = l.name.clone().unwrap_or_else(|| format!("limit-{i}"));
+        let at = |e: String| format!("limit {name:?}: {e}");
+        limits.push(compile_limit(name.clone(), l).map_err(at)?);
+    }
+    let mut names: Vec<&str> = limits.iter().map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("two limits are named {:?}", w[0]));
+    }
+    let any_global = limits.iter().any(|l| l.scope == model::Scope::Global);
+    let global = match (any_global, &spec.global) {
+        (false, _) => None,
+        (true, settings) => {
+            let url = settings
+                .as_ref()
+                .and_then(|g| g.redis_url.as_deref())
+                .or(default_redis)
+                .ok_or_else(|| {
+                    "a Global limit needs a Redis: set global.redisUrl, or start the controller \
+                     (or standalone portico) with --redis-url"
+                        .to_string()
+                })?;
+            model::RedisAddress::parse(url).map_err(|e| format!("global.redisUrl: {e}"))?;
+            Some(model::Global {
+                redis_url: url.to_string(),
+                fail_closed: settings
+                    .as_ref()
+                    .is_some_and(|g| g.failure_mode == crd::FailureMode::FailClosed),
+                timeout_ms: settings
+                    .as_ref()
+                    .and_then(|g| g.timeout_milliseconds)
+                    .unwrap_or(model::DEFAULT_REDIS_TIMEOUT_MS)
+                    .clamp(1, 5000),
+            })
+        }
+    };
+    let trusted_hops = spec.client_ip.as_ref().map_or(0, |c| c.trusted_hops);
+    if trusted_hops > 16 {
+        return Err("clientIP.trustedHops is at most 16".into());
+    }
+    Ok(model::RateLimitPolicy {
+        id: id.clone(),
+        limits,
+        trusted_hops,
+        response_headers: spec.response_headers,
+        global,
+    })
+}
+
+fn compile_limit(name: String, l: &crd::Limit) -> Result<model::Limit, String> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid_name {
+        return Err("a limit name is lower-case letters, digits and '-'".into());
+    }
+    if l.requests == 0 {
+        return Err("requests must be at least 1".into());
+    }
+    let interval = Duration::from_str(&l.interval)
+        .map_err(|e| format!("interval {:?}: {e}", l.interval))?;
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    if !(1..=86_400_000).contains(&interval_ms) {
+        return Err(format!(
+            "interval {:?} must be between 1ms and 24h",
+            l.interval
+        ));
+    }
+    let algorithm = match l.algorithm {
+        crd::Algorithm::TokenBucket => model::Algorithm::TokenBucket,
+        crd::Algorithm::SlidingWindow => model::Algorithm::SlidingWindow,
+        crd::Algorithm::FixedWindow => model::Algorithm::FixedWindow,
+    };
+    let burst = match (algorithm, l.burst) {
+        (_, Some(0)) => return Err("burst must be at least 1".into()),
+        (model::Algorithm::TokenBucket, b) => b.unwrap_or(l.requests),
+        (_, Some(_)) => return Err("burst applies only to the TokenBucket algorithm".into()),
+        (_, None) => l.requests,
+    };
+    let mut key = Vec::with_capacity(l.key.len());
+    for k in &l.key {
+        let named = |what: &str| {
+            k.name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| format!("a {what} key needs a name"))
+        };
+        key.push(match k.type_ {
+            crd::KeyType::ClientIp => model::KeyPart::ClientIp,
+            crd::KeyType::Header => {
+                let n = named("Header")?.to_ascii_lowercase();
+                http_token(&n).map_err(|e| format!("header {n:?}: {e}"))?;
+                model::KeyPart::Header(n)
+            }
+            crd::KeyType::Claim => {
+                let n = named("Claim")?;
+                let path: Vec<String> = n.split('.').map(str::to_string).collect();
+                if path.iter().any(String::is_empty) {
+                    return Err(format!("claim {n:?} has an empty part"));
+                }
+                model::KeyPart::Claim(path)
+            }
+            crd::KeyType::Consumer => model::KeyPart::Consumer,
+            crd::KeyType::Route => model::KeyPart::Route,
+            crd::KeyType::Path => model::KeyPart::Path,
+        });
+        if k.name.is_some() && !matches!(k.type_, crd::KeyType::Header | crd::KeyType::Claim) {
+            return Err("name applies only to Header and Claim keys".into());
+        }
+    }
+    let match_ = match &l.match_ {
+        None => None,
+        Some(m) => {
+            let mut methods = Vec::with_capacity(m.methods.len());
+            for method in &m.methods {
+                http_token(method).map_err(|e| format!("method {method:?}: {e}"))?;
+                methods.push(method.to_ascii_uppercase());
+            }
+            let path = match &m.path {
+                None => None,
+                Some(p) if !p.value.starts_with('/') => {
+                    return Err(format!("match path {:?} must start with '/'", p.value));
+                }
+                Some(p) => Some(match p.type_ {
+                    crd::PathMatchType::Exact => model::PathMatch::Exact(p.value.clone()),
+                    crd::PathMatchType::PathPrefix => model::PathMatch::Prefix(p.value.clone()),
+                }),
+            };
+            let mut headers = Vec::with_capacity(m.headers.len());
+            for h in &m.headers {
+                let n = h.name.to_ascii_lowercase();
+                http_token(&n).map_err(|e| format!("match header {n:?}: {e}"))?;
+                headers.push((n, h.value.clone()));
+            }
+            Some(model::LimitMatch {
+                methods,
+                path,
+                headers,
+            })
+        }
+    };
+    Ok(model::Limit {
+        name,
+        requests: l.requests,
+        interval_ms,
+        algorithm,
+        burst,
+        scope: match l.scope {
+            crd::Scope::Local => model::Scope::Local,
+            crd::Scope::Global => model::Scope::Global,
+        },
+        key,
+        match_,
+    })
+}
+
+/// An RFC 9110 token (header names and methods).
+fn http_token(s: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if s.is_empty() || !s.bytes().all(tchar) {
+        return Err("not a valid token".into());
+    }
+    Ok(())
+}
