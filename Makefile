@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt bench controlplane crds crds-check
+.PHONY: help build run test lint fmt bench controlplane redis crds crds-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -13,9 +13,12 @@ build: ## Build every binary (debug)
 run: build ## Start the quickstart: two echo backends and a gateway on http://127.0.0.1:8080
 	./deploy/examples/quickstart/run.sh target/debug
 
-test: controlplane ## Run every test: unit, compile tables, end-to-end, and against a real control plane
+test: controlplane redis ## Run every test: unit, compile tables, end-to-end, and against a real control plane
 	$(CARGO) build --workspace --bins
 	PORTICO_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace --no-fail-fast
+
+redis: ## Install redis-server (Debian's package, unpacked into target/tools/redis) for global rate-limit tests
+	./tests/tools/redis.sh > /dev/null
 
 controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-controller-manager) from the Go modules
 	cd tests/controlplane && CGO_ENABLED=0 go build -o ../../target/controlplane/controlplane .
@@ -36,7 +39,7 @@ crds-check: ## Fail when crds/yaml/ is not what `make crds` writes
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: controlplane ## Portico vs nginx, HAProxy, Envoy; scale; propagation; writes docs/benchmarks.md
+bench: controlplane redis ## Portico vs nginx, HAProxy, Envoy; scale; propagation; writes docs/benchmarks.md
 	./tests/bench/tools.sh
 	rm -rf target/bench-report
 	$(CARGO) bench -p portico-dataplane --bench router --bench memory

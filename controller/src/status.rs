@@ -335,7 +335,13 @@ impl StatusWriter {
         for policy in index.rate_limit_policies.state() {
             let current = policy.status.clone().unwrap_or_default();
             written += self
-                .write_policy("RateLimitPolicy", &*policy, current, &report.rate_limit_policies, &now)
+                .write_policy(
+                    "RateLimitPolicy",
+                    &*policy,
+                    current,
+                    &report.rate_limit_policies,
+                    &now,
+                )
                 .await?;
         }
         Ok(written)

@@ -329,7 +329,11 @@ impl Metrics {
                 self.rate_limit_degraded
                     .get_or_create(&DegradedLabels {
                         policy: policy.to_string(),
-                        mode: if closed { "fail_closed" } else { "local_fallback" },
+                        mode: if closed {
+                            "fail_closed"
+                        } else {
+                            "local_fallback"
+                        },
                     })
                     .clone()
             }),

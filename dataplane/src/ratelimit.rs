@@ -167,7 +167,9 @@ impl Matcher {
             headers: m
                 .headers
                 .iter()
-                .filter_map(|(n, v)| Some((http::HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone())))
+                .filter_map(|(n, v)| {
+                    Some((http::HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone()))
+                })
                 .collect(),
         }
     }
@@ -285,7 +287,8 @@ impl RateLimitEngine {
                 );
                 let global = (l.scope == Scope::Global).then(|| {
                     // The hash tag keeps a limit's keys in one Redis Cluster slot per key.
-                    let fingerprint = ring::digest::digest(&ring::digest::SHA256, definition.as_bytes());
+                    let fingerprint =
+                        ring::digest::digest(&ring::digest::SHA256, definition.as_bytes());
                     format!("portico:rl:{}", hex(&fingerprint.as_ref()[..8]))
                 });
                 LimitEngine {
@@ -354,7 +357,10 @@ impl RateLimitEngine {
                     let key = self.local_key(limit, req.headers(), facts, &mut client);
                     limit.local.admit(key, self.clock.now_us())
                 }
-                Some(prefix) => match self.global_admit(limit, prefix, req.headers(), facts, &mut client).await {
+                Some(prefix) => match self
+                    .global_admit(limit, prefix, req.headers(), facts, &mut client)
+                    .await
+                {
                     Ok(o) => o,
                     Err(e) => {
                         let Some(g) = &self.global else {
@@ -390,9 +396,7 @@ impl RateLimitEngine {
         } else {
             RateLimitDecision::Allowed
         });
-        Ok(self
-            .response_headers
-            .then(|| self.headers(&counted, false)))
+        Ok(self.response_headers.then(|| self.headers(&counted, false)))
     }
 
     async fn global_admit(
@@ -511,9 +515,8 @@ impl RateLimitEngine {
         for part in &limit.key {
             match part {
                 Part::ClientIp => {
-                    let ip = *client.get_or_insert_with(|| {
-                        client_ip(headers, facts.peer, self.trusted_hops)
-                    });
+                    let ip = *client
+                        .get_or_insert_with(|| client_ip(headers, facts.peer, self.trusted_hops));
                     match ip {
                         IpAddr::V4(a) => sink(&a.octets()),
                         IpAddr::V6(a) => sink(&a.octets()),
@@ -582,7 +585,10 @@ impl RateLimitEngine {
         let policy = if counted.len() == self.limits.len() {
             self.all_policies.clone()
         } else {
-            let items: Vec<&str> = counted.iter().map(|(l, _)| l.policy_item.as_str()).collect();
+            let items: Vec<&str> = counted
+                .iter()
+                .map(|(l, _)| l.policy_item.as_str())
+                .collect();
             HeaderValue::from_str(&items.join(", ")).ok()
         };
         let mut state = String::with_capacity(32 * counted.len());

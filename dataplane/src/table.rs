@@ -2,9 +2,9 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
-use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::balancer::Pools;
 use crate::metrics::Metrics;
+use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
 use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use crate::tls::SniCertificates;

@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod cluster;
 pub mod netns;
+pub mod ratelimit;
+pub mod redis;
 pub mod scenario;
 pub mod tls;
 

@@ -34,7 +34,11 @@ pub(crate) struct AuthPolicies {
 }
 
 /// Compiles every AuthPolicy, decides attachment and writes each one's status.
-pub(crate) fn resolve(inputs: &Inputs, targets: &Targets, status: &mut StatusReport) -> AuthPolicies {
+pub(crate) fn resolve(
+    inputs: &Inputs,
+    targets: &Targets,
+    status: &mut StatusReport,
+) -> AuthPolicies {
     let mut out = AuthPolicies::default();
     for policy in oldest_first(&inputs.auth_policies, |p| &p.metadata) {
         let id = object_ref(&policy.metadata);

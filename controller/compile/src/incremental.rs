@@ -146,11 +146,21 @@ impl Dependencies {
                 .into_iter()
                 .map(|r| ObjectRef::new(id.namespace.clone(), r.name.clone()))
                 .collect();
-            policy(DepKey::AuthPolicy(id), &p.metadata, &p.spec.target_refs, secrets);
+            policy(
+                DepKey::AuthPolicy(id),
+                &p.metadata,
+                &p.spec.target_refs,
+                secrets,
+            );
         }
         for p in &inputs.rate_limit_policies {
             let id = object_ref(&p.metadata);
-            policy(DepKey::RateLimitPolicy(id), &p.metadata, &p.spec.target_refs, Vec::new());
+            policy(
+                DepKey::RateLimitPolicy(id),
+                &p.metadata,
+                &p.spec.target_refs,
+                Vec::new(),
+            );
         }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {

@@ -25,22 +25,22 @@ mod gateway;
 mod grants;
 mod grpc;
 mod hostname;
-mod policy;
-mod ratelimit;
 pub mod incremental;
 pub mod manifests;
+mod policy;
+mod ratelimit;
 mod route;
 pub mod status;
 pub mod tls;
 
 use portico_crds::auth::AuthPolicy;
-use portico_crds::ratelimit::RateLimitPolicy;
 use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
     httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
 };
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
+use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::{ObjectRef, RouteKind, Snapshot};
 use route::RouteSource;
 use std::borrow::Cow;

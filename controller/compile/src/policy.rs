@@ -247,7 +247,11 @@ impl Attachments {
     }
 
     /// Whether such a policy is on HTTPRoute `route` or one of its rules.
-    pub(crate) fn any_on_route(&self, route: &ObjectRef, fits: &impl Fn(&ObjectRef) -> bool) -> bool {
+    pub(crate) fn any_on_route(
+        &self,
+        route: &ObjectRef,
+        fits: &impl Fn(&ObjectRef) -> bool,
+    ) -> bool {
         self.by_target
             .iter()
             .any(|(t, p)| matches!(t, Target::Route(r, _) if r == route) && fits(p))

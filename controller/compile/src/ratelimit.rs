@@ -91,7 +91,11 @@ enum Identity {
 }
 
 fn needs_identity(spec: &crd::RateLimitPolicySpec) -> Option<Identity> {
-    let kinds = || spec.limits.iter().flat_map(|l| l.key.iter().map(|k| k.type_));
+    let kinds = || {
+        spec.limits
+            .iter()
+            .flat_map(|l| l.key.iter().map(|k| k.type_))
+    };
     if kinds().any(|k| k == crd::KeyType::Claim) {
         Some(Identity::Claims)
     } else if kinds().any(|k| k == crd::KeyType::Consumer) {
@@ -141,7 +145,9 @@ fn missing_identity(
         Target::Gateway(id, _) => format!("Gateway {id}"),
         Target::Route(id, _) => format!("HTTPRoute {id}"),
     };
-    Some(format!("{what} on {name} (or on what it is part of), and none applies"))
+    Some(format!(
+        "{what} on {name} (or on what it is part of), and none applies"
+    ))
 }
 
 /// The policy as the dataplane enforces it, or why it cannot be.
@@ -213,8 +219,8 @@ fn compile_limit(name: String, l: &crd::Limit) -> Result<model::Limit, String> {
     if l.requests == 0 {
         return Err("requests must be at least 1".into());
     }
-    let interval = Duration::from_str(&l.interval)
-        .map_err(|e| format!("interval {:?}: {e}", l.interval))?;
+    let interval =
+        Duration::from_str(&l.interval).map_err(|e| format!("interval {:?}: {e}", l.interval))?;
     let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
     if !(1..=86_400_000).contains(&interval_ms) {
         return Err(format!(

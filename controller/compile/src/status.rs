@@ -255,11 +255,11 @@ impl StatusReport {
                 }
             }
         }
-        let policies = self
-            .auth_policies
-            .iter()
-            .map(|p| ("AuthPolicy", p))
-            .chain(self.rate_limit_policies.iter().map(|p| ("RateLimitPolicy", p)));
+        let policies = self.auth_policies.iter().map(|p| ("AuthPolicy", p)).chain(
+            self.rate_limit_policies
+                .iter()
+                .map(|p| ("RateLimitPolicy", p)),
+        );
         for (kind, (id, s)) in policies {
             for a in &s.ancestors {
                 let section = a

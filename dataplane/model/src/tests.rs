@@ -180,7 +180,10 @@ fn redis_urls_parse_to_an_address_and_database() {
     use ratelimit::RedisAddress;
     let ok = |url: &str| RedisAddress::parse(url).expect(url);
     assert_eq!(ok("redis://127.0.0.1").host_port, "127.0.0.1:6379");
-    assert_eq!(ok("redis://redis.infra:6380/2").host_port, "redis.infra:6380");
+    assert_eq!(
+        ok("redis://redis.infra:6380/2").host_port,
+        "redis.infra:6380"
+    );
     assert_eq!(ok("redis://redis.infra:6380/2").db, 2);
     assert_eq!(ok("redis://[::1]:7000/").host_port, "[::1]:7000");
     assert_eq!(ok("redis://[::1]").host_port, "[::1]:6379");

@@ -29,8 +29,15 @@ pub struct Outcome {
 /// Per-key state: 24 bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum State {
-    Bucket { tokens: f64, at_us: u64 },
-    Window { index: u64, count: u32, previous: u32 },
+    Bucket {
+        tokens: f64,
+        at_us: u64,
+    },
+    Window {
+        index: u64,
+        count: u32,
+        previous: u32,
+    },
 }
 
 impl Quota {

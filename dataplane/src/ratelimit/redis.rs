@@ -95,7 +95,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
             if buf.len() < used + n + 2 {
                 return Ok(None);
             }
-            (Reply::Bulk(Some(buf[used..used + n].to_vec())), used + n + 2)
+            (
+                Reply::Bulk(Some(buf[used..used + n].to_vec())),
+                used + n + 2,
+            )
         }
         b'*' => {
             let n = int(head)?;
@@ -172,7 +175,9 @@ impl RedisPool {
 
     /// Whether any connection is up.
     pub fn is_up(&self) -> bool {
-        self.connections.iter().any(|c| c.up.load(Ordering::Relaxed))
+        self.connections
+            .iter()
+            .any(|c| c.up.load(Ordering::Relaxed))
     }
 
     /// Sends one command and waits at most `timeout` for its reply.
@@ -336,7 +341,10 @@ mod tests {
     fn encodes_commands_and_parses_every_reply_kind() {
         let mut out = Vec::new();
         encode(&mut out, &[b"EVALSHA", b"abc", b"1", b"k"]);
-        assert_eq!(out, b"*4\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$1\r\nk\r\n");
+        assert_eq!(
+            out,
+            b"*4\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$1\r\nk\r\n"
+        );
         let reply = b"*4\r\n:1\r\n:-7\r\n$3\r\nabc\r\n$-1\r\n+OK\r\n";
         let (r, used) = parse(reply).expect("valid").expect("complete");
         assert_eq!(

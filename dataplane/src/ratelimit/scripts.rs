@@ -17,10 +17,8 @@ pub struct Script {
 
 impl Script {
     fn new(source: &'static str) -> Self {
-        let digest = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            source.as_bytes(),
-        );
+        let digest =
+            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, source.as_bytes());
         let sha1 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Self { source, sha1 }
     }

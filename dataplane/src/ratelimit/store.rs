@@ -15,11 +15,14 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 const SHARDS: usize = 64;
 
+/// One shard: digest → state.
+type Shard = HashMap<u64, State, BuildHasherDefault<PassThrough>>;
+
 /// The state of one limit's keys.
 #[derive(Debug)]
 pub struct LocalStore {
     quota: Quota,
-    shards: Box<[Mutex<HashMap<u64, State, BuildHasherDefault<PassThrough>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
 }
 
@@ -29,7 +32,9 @@ impl LocalStore {
         let per_shard = (max_keys / SHARDS).max(8);
         Self {
             quota,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             per_shard,
         }
     }
@@ -46,13 +51,11 @@ impl LocalStore {
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             self.make_room(&mut shard, now_us);
         }
-        let state = shard
-            .entry(key)
-            .or_insert_with(|| self.quota.fresh(now_us));
+        let state = shard.entry(key).or_insert_with(|| self.quota.fresh(now_us));
         self.quota.admit(state, now_us)
     }
 
-    fn make_room(&self, shard: &mut HashMap<u64, State, BuildHasherDefault<PassThrough>>, now: u64) {
+    fn make_room(&self, shard: &mut Shard, now: u64) {
         shard.retain(|_, s| !self.quota.is_idle(s, now));
         let target = self.per_shard - self.per_shard / 8;
         if shard.len() > target {
@@ -64,8 +67,8 @@ impl LocalStore {
         }
     }
 
-    /// Keys held now (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// Keys held now (for tests).
+    pub fn keys(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
@@ -129,7 +132,7 @@ mod tests {
         for i in 0..1_000_000u64 {
             store.admit(hasher.digest(&[&i.to_le_bytes()]), now);
         }
-        assert!(store.len() <= 10_000, "{} keys held", store.len());
+        assert!(store.keys() <= 10_000, "{} keys held", store.keys());
         // A key used within the bound is counted exactly.
         let small = LocalStore::new(quota, 10_000);
         let k = hasher.digest(&[b"client"]);
@@ -154,6 +157,6 @@ mod tests {
         for i in 0..(8 * SHARDS) as u64 {
             store.admit(hasher.digest(&[b"new", &i.to_le_bytes()]), 10_000_000);
         }
-        assert!(store.len() <= 8 * SHARDS);
+        assert!(store.keys() <= 8 * SHARDS);
     }
 }

@@ -49,7 +49,10 @@ fn request(headers: &[(&str, &str)]) -> Request<()> {
 fn client_ip_trusts_only_the_configured_forwarded_for_hops() {
     let peer: IpAddr = "10.0.0.9".parse().expect("ip");
     let mut h = HeaderMap::new();
-    h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2"));
+    h.append(
+        "x-forwarded-for",
+        HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+    );
     h.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
     assert_eq!(client_ip(&h, peer, 0), peer, "no trusted hop: the peer");
     assert_eq!(client_ip(&h, peer, 1).to_string(), "3.3.3.3");
@@ -64,7 +67,11 @@ fn client_ip_trusts_only_the_configured_forwarded_for_hops() {
 #[tokio::test]
 async fn a_header_key_counts_each_value_apart_and_missing_values_together() {
     let e = engine(
-        vec![limit("per-tenant", 2, vec![KeyPart::Header("x-tenant".into())])],
+        vec![limit(
+            "per-tenant",
+            2,
+            vec![KeyPart::Header("x-tenant".into())],
+        )],
         0,
     );
     let f = facts([127, 0, 0, 1]);
@@ -96,7 +103,12 @@ async fn headers_show_the_policy_and_what_remains_and_a_refusal_says_when_to_ret
         first.policy.as_ref().expect("policy"),
         "\"per-client\";q=2;w=60"
     );
-    let state = first.state.as_ref().expect("state").to_str().expect("ascii");
+    let state = first
+        .state
+        .as_ref()
+        .expect("state")
+        .to_str()
+        .expect("ascii");
     assert!(state.starts_with("\"per-client\";r=1;t="), "{state}");
     assert!(first.retry_after.is_none());
     e.check(&request(&[]), &f).await.expect("second admitted");
@@ -169,7 +181,10 @@ async fn every_limit_is_checked_and_state_survives_a_new_snapshot() {
     drop(first);
     assert!(second.check(&request(&[]), &f).await.is_ok());
     assert!(
-        matches!(second.check(&request(&[]), &f).await, Err(ProxyError::RateLimited(_))),
+        matches!(
+            second.check(&request(&[]), &f).await,
+            Err(ProxyError::RateLimited(_))
+        ),
         "the 'everyone' limit of 3 is spent"
     );
 }

@@ -105,7 +105,10 @@ fn defaults_are_filled_in_and_durations_parsed() {
     assert!(p.global.is_none());
     let (a, b) = (&p.limits[0], &p.limits[1]);
     assert_eq!((a.name.as_str(), a.interval_ms), ("limit-0", 60_000));
-    assert_eq!((a.algorithm, a.burst, a.scope), (Algorithm::TokenBucket, 100, Scope::Local));
+    assert_eq!(
+        (a.algorithm, a.burst, a.scope),
+        (Algorithm::TokenBucket, 100, Scope::Local)
+    );
     assert_eq!((b.name.as_str(), b.interval_ms), ("login-burst", 500));
     assert_eq!(
         b.key,
@@ -125,7 +128,12 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
     assert!(c.message.contains("--redis-url"), "{}", c.message);
     // Not attached: the route serves unlimited rather than not at all.
     assert_eq!(applied(&out, "api", 1), None);
-    assert!(out.snapshots[&gw()].routes.iter().any(|r| r.id.name == "api"));
+    assert!(
+        out.snapshots[&gw()]
+            .routes
+            .iter()
+            .any(|r| r.id.name == "api")
+    );
 
     let mut i = inputs(&format!("{ROUTES}{}", policy("rl", T1, ROUTE, body)));
     i.redis_url = Some("redis://10.0.0.5:6380/1".into());
@@ -148,7 +156,10 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
         .global
         .clone()
         .expect("global");
-    assert_eq!((g.redis_url.as_str(), g.fail_closed, g.timeout_ms), ("redis://redis.infra:6379", true, 50));
+    assert_eq!(
+        (g.redis_url.as_str(), g.fail_closed, g.timeout_ms),
+        ("redis://redis.infra:6379", true, 50)
+    );
 }
 
 #[test]
@@ -188,14 +199,38 @@ fn invalid_limits_are_reported_and_the_other_policies_still_apply() {
         ("  limits: [{requests: 10, interval: 0s}]", "interval"),
         ("  limits: [{requests: 10, interval: 48h}]", "interval"),
         ("  limits: [{requests: 0, interval: 1s}]", "requests"),
-        ("  limits: [{requests: 10, interval: 1s, algorithm: FixedWindow, burst: 5}]", "burst"),
-        ("  limits: [{requests: 10, interval: 1s, key: [{type: Header}]}]", "name"),
-        ("  limits: [{requests: 10, interval: 1s, key: [{type: Header, name: \"bad header\"}]}]", "header"),
-        ("  limits: [{requests: 10, interval: 1s, key: [{type: ClientIP, name: x}]}]", "name"),
-        ("  limits: [{name: a, requests: 1, interval: 1s}, {name: a, requests: 2, interval: 1s}]", "named"),
-        ("  limits: [{name: Upper, requests: 1, interval: 1s}]", "name"),
-        ("  global: {redisUrl: \"redis://u:pw@h:1\"}\n  limits: [{requests: 1, interval: 1s, scope: Global}]", "credentials"),
-        ("  limits: [{requests: 1, interval: 1s, match: {path: {value: nope}}}]", "path"),
+        (
+            "  limits: [{requests: 10, interval: 1s, algorithm: FixedWindow, burst: 5}]",
+            "burst",
+        ),
+        (
+            "  limits: [{requests: 10, interval: 1s, key: [{type: Header}]}]",
+            "name",
+        ),
+        (
+            "  limits: [{requests: 10, interval: 1s, key: [{type: Header, name: \"bad header\"}]}]",
+            "header",
+        ),
+        (
+            "  limits: [{requests: 10, interval: 1s, key: [{type: ClientIP, name: x}]}]",
+            "name",
+        ),
+        (
+            "  limits: [{name: a, requests: 1, interval: 1s}, {name: a, requests: 2, interval: 1s}]",
+            "named",
+        ),
+        (
+            "  limits: [{name: Upper, requests: 1, interval: 1s}]",
+            "name",
+        ),
+        (
+            "  global: {redisUrl: \"redis://u:pw@h:1\"}\n  limits: [{requests: 1, interval: 1s, scope: Global}]",
+            "credentials",
+        ),
+        (
+            "  limits: [{requests: 1, interval: 1s, match: {path: {value: nope}}}]",
+            "path",
+        ),
     ] {
         let out = run(&format!("{ROUTES}{good}{}", policy("bad", T1, ROUTE, body)));
         let c = accepted(&out, "bad");
@@ -203,6 +238,9 @@ fn invalid_limits_are_reported_and_the_other_policies_still_apply() {
         assert!(c.message.contains(why), "{body}: {}", c.message);
         // The route falls back to the Gateway's policy.
         assert_eq!(applied(&out, "api", 1).as_deref(), Some("good"), "{body}");
-        assert!(!c.message.contains("refused"), "a bad limit does not refuse requests");
+        assert!(
+            !c.message.contains("refused"),
+            "a bad limit does not refuse requests"
+        );
     }
 }

@@ -53,15 +53,21 @@ fn fixed_window_admits_twice_the_limit_around_a_boundary_and_sliding_does_not() 
     let start_of_next = 51 * S + 1000;
     let fixed = quota(Algorithm::FixedWindow, limit, interval, limit);
     let mut st = fixed.fresh(end_of_window);
-    let admitted = burst_at(&fixed, &mut st, end_of_window, 20)
-        + burst_at(&fixed, &mut st, start_of_next, 20);
-    assert_eq!(admitted, 20, "fixed window: the limit on each side of the boundary");
+    let admitted =
+        burst_at(&fixed, &mut st, end_of_window, 20) + burst_at(&fixed, &mut st, start_of_next, 20);
+    assert_eq!(
+        admitted, 20,
+        "fixed window: the limit on each side of the boundary"
+    );
 
     let sliding = quota(Algorithm::SlidingWindow, limit, interval, limit);
     let mut st = sliding.fresh(end_of_window);
     let admitted = burst_at(&sliding, &mut st, end_of_window, 20)
         + burst_at(&sliding, &mut st, start_of_next, 20);
-    assert_eq!(admitted, 10, "sliding window: the limit within any interval");
+    assert_eq!(
+        admitted, 10,
+        "sliding window: the limit within any interval"
+    );
     // Half a window later, half of the previous window has slid out.
     let halfway = 51 * S + S / 2;
     assert_eq!(burst_at(&sliding, &mut st, halfway, 20), 5);
