@@ -13,8 +13,8 @@
 #[path = "peers.rs"]
 mod peers;
 
-#[path = "auth_cost.rs"]
-mod auth_cost;
+#[path = "policy_cost.rs"]
+mod policy_cost;
 
 use peers::{Front, Peer, ProxyConfig, Tools};
 use portico_tests::{Proc, binaries, free_port, loopback_ip, wait_port};
@@ -582,9 +582,12 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    // `PORTICO_BENCH_ONLY=auth` measures just the cost of authentication (a quick run).
-    let only_auth = std::env::var("PORTICO_BENCH_ONLY").is_ok_and(|v| v == "auth");
-    let worker_counts: &[usize] = if only_auth { &[] } else { &[1, 2] };
+    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`) measures just the cost of those policies (a
+    // quick run).
+    let only = std::env::var("PORTICO_BENCH_ONLY").ok();
+    let only_auth = only.as_deref() == Some("auth");
+    let only_limits = only.as_deref() == Some("ratelimit");
+    let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
     for &workers in worker_counts {
         let _ = writeln!(
             md,
@@ -618,8 +621,14 @@ fn main() {
         }
     }
 
-    eprintln!("== the cost of auth");
-    auth_cost::section(&mut md, &tools, &backend, &settings);
+    if !only_limits {
+        eprintln!("== the cost of auth");
+        policy_cost::auth_section(&mut md, &tools, &backend, &settings);
+    }
+    if !only_auth {
+        eprintln!("== the cost of rate limiting");
+        policy_cost::rate_limit_section(&mut md, &tools, &backend, &settings);
+    }
 
     let _ = writeln!(
         md,
@@ -631,9 +640,9 @@ fn main() {
         version(&tools.h2load, "--version"),
         version(&tools.oha, "--version")
     );
-    if only_auth {
+    if let Some(only) = &only {
         // A partial run: kept out of the report `make bench` assembles.
-        std::fs::write(root.join("target/auth-bench.md"), &md).expect("write report");
+        std::fs::write(root.join(format!("target/{only}-bench.md")), &md).expect("write report");
         println!("{md}");
         return;
     }

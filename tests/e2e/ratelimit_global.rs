@@ -3,7 +3,7 @@
 //! Redis going away and coming back.
 
 use portico_tests::auth::{HOST, config, route};
-use portico_tests::ratelimit::limit_policy;
+use portico_tests::ratelimit::{limit_policy, request_from};
 use portico_tests::redis::Redis;
 use portico_tests::*;
 use std::net::SocketAddr;
@@ -241,4 +241,68 @@ fn rand_suffix() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_rate_limit_examples_work_in_standalone_mode() {
+    let redis = Redis::start();
+    let echo = Echo::start("echo");
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    // The examples as committed, with their fixed addresses moved to this test's own.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/ratelimit");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/examples/ratelimit") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)
+                .expect("read example")
+                .replace("127.0.0.1:9012", &echo.addr.to_string())
+                .replace("port: 8082", &format!("port: {port}"));
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            files.push((name, text));
+        }
+    }
+    assert_eq!(files.len(), 3, "gateway, local and global");
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let portico = Portico::start_on(ip, &refs, &["--redis-url", &redis.url()]).await;
+    let addr = portico.addr(port);
+
+    // Per client: a burst of 5.
+    let client_a = loopback_ip();
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(request_from(client_a, "GET", addr, "/api", &[]).await);
+    }
+    assert_eq!(got, [200, 200, 200, 200, 200, 429, 429]);
+    // Logins: 3 per client, whatever the burst left.
+    let client_b = loopback_ip();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(request_from(client_b, "POST", addr, "/api/login", &[]).await);
+    }
+    assert_eq!(got, [200, 200, 200, 429]);
+    // Global, per tenant, in Redis.
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        got.push(request_from(client_a, "GET", addr, "/shared", &[("x-tenant", "acme")]).await);
+    }
+    assert_eq!(&got[..10], [200; 10]);
+    assert_eq!(&got[10..], [429, 429]);
+    assert_eq!(
+        request_from(client_a, "GET", addr, "/shared", &[("x-tenant", "globex")]).await,
+        200
+    );
+    assert!(
+        redis.command(&["DBSIZE"]).starts_with(":"),
+        "the counters are in Redis"
+    );
+    assert_ne!(redis.command(&["DBSIZE"]), ":0\r\n");
 }

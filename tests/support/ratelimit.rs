@@ -41,9 +41,20 @@ pub async fn count(
     (ok, limited)
 }
 
-/// One request from source address `from` (a connection of its own); returns the status.
+/// One GET from source address `from` (a connection of its own); returns the status.
 pub async fn status_from(
     from: IpAddr,
+    to: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    request_from(from, "GET", to, path, headers).await
+}
+
+/// One request from source address `from`; returns the status.
+pub async fn request_from(
+    from: IpAddr,
+    method: &str,
     to: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -51,7 +62,9 @@ pub async fn status_from(
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::new(from, 0)).expect("bind source");
     let mut s = socket.connect(to).await.expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
