@@ -7,7 +7,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::httproutes::HttpRoute;
+use portico_crds::ratelimit::RateLimitPolicy;
 use portico_tests::cluster::create;
+use portico_tests::redis::Redis;
 use portico_tests::scenario::Setup;
 use portico_tests::tls::{Conn, self_signed};
 use portico_tests::{HttpClient, TempDir, await_some, free_port};
@@ -440,4 +442,53 @@ async fn an_auth_policy_reaches_the_dataplanes_with_its_secret() {
         (location(&http, addr).await.is_some()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_global_rate_limit_is_shared_by_the_replicas_through_the_controllers_redis() {
+    let s = Setup::new("channel-ratelimit").await;
+    let redis = Redis::start();
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    // No redisUrl in the policy: the controller's --redis-url applies.
+    create::<RateLimitPolicy>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": "shared"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}],
+                        "limits": [{"requests": 3, "interval": "24h", "algorithm": "FixedWindow", "scope": "Global",
+                                    "key": [{"type": "Header", "name": "x-user"}]}]}}),
+    )
+    .await;
+    let _controller = s.controller_with(&["--redis-url", &redis.url()]);
+    let token = s.token("portico-gw").await;
+    let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
+    let a = s.dataplane("replica-a", &token, state_a.path());
+    let b = s.dataplane("replica-b", &token, state_b.path());
+    let http = HttpClient::new();
+    let send = |dp: &portico_tests::scenario::Dataplane, user: &'static str| {
+        let http = http.clone();
+        let addr = SocketAddr::new(dp.ip, s.port);
+        async move {
+            http.try_get(addr, "x.test", "/", &[("x-user", user)])
+                .await
+                .map(|r| r.status.as_u16())
+        }
+    };
+    // Each replica is limited once its snapshot has the policy (a probe user each).
+    for dp in [&a, &b] {
+        await_some("the policy on a replica", || async {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(send(dp, if dp.ip == a.ip { "probe-a" } else { "probe-b" }).await);
+            }
+            (got.last() == Some(&Some(429))).then_some(())
+        })
+        .await;
+    }
+    // One quota across both replicas.
+    let mut got = Vec::new();
+    for dp in [&a, &a, &b, &b] {
+        got.push(send(dp, "carol").await);
+    }
+    assert_eq!(got, [Some(302), Some(302), Some(302), Some(429)]);
 }

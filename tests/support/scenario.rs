@@ -69,29 +69,33 @@ impl Setup {
     }
 
     pub fn controller(&self) -> Proc {
+        self.controller_with(&[])
+    }
+
+    /// The controller with more arguments.
+    pub fn controller_with(&self, extra: &[&str]) -> Proc {
         let lease = "channel";
         let addr = self.snapshot_addr.to_string();
         let ca = self.ca_file().display().to_string();
-        start_controller(
-            "controller",
-            &[
-                "--controller-name",
-                &self.controller_name,
-                "--lease-namespace",
-                &self.ns,
-                "--lease-name",
-                lease,
-                "--snapshot-address",
-                &addr,
-                "--tls-server-name",
-                "localhost",
-                "--write-ca-file",
-                &ca,
-                // One identity, so a restarted controller takes its own lease back at once.
-                "--identity",
-                "channel-controller",
-            ],
-        )
+        let mut args = vec![
+            "--controller-name",
+            &self.controller_name,
+            "--lease-namespace",
+            &self.ns,
+            "--lease-name",
+            lease,
+            "--snapshot-address",
+            &addr,
+            "--tls-server-name",
+            "localhost",
+            "--write-ca-file",
+            &ca,
+            // One identity, so a restarted controller takes its own lease back at once.
+            "--identity",
+            "channel-controller",
+        ];
+        args.extend_from_slice(extra);
+        start_controller("controller", &args)
     }
 
     /// A token for ServiceAccount `account` (created if needed), for the snapshot audience.
