@@ -33,6 +33,25 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::collections::BTreeMap;
 
+/// A namespaced object whose status this writer patches.
+trait Namespaced:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
+}
+
 /// The Gateway API features Portico implements, as GatewayClass `status.supportedFeatures`
 /// reports them (names from the conformance suite's feature list).
 pub const SUPPORTED_FEATURES: &[&str] = &[
@@ -349,22 +368,14 @@ impl StatusWriter {
 
     /// Writes one policy's ancestor statuses if they changed, keeping the entries of other
     /// controllers (the list is shared, like a route's parents).
-    async fn write_policy<K>(
+    async fn write_policy<K: Namespaced>(
         &self,
         kind: &'static str,
         policy: &K,
         current: PolicyStatus,
         report: &BTreeMap<ObjectRef, compiled::PolicyStatus>,
         now: &Time,
-    ) -> Result<usize>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    ) -> Result<usize> {
         let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
         let ours = report
             .get(&id)
@@ -380,20 +391,12 @@ impl StatusWriter {
     /// Writes `status` of an object whose status list is shared with other controllers: a
     /// merge patch guarded by the object's `resourceVersion` (a conflict just waits for the
     /// next round). Returns how many objects it wrote.
-    async fn merge_status<K>(
+    async fn merge_status<K: Namespaced>(
         &self,
         kind: &'static str,
         object: &K,
         status: &impl Serialize,
-    ) -> Result<usize>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    ) -> Result<usize> {
         let id = ObjectRef::new(object.namespace().unwrap_or_default(), object.name_any());
         let api: Api<K> = Api::namespaced(self.client.clone(), &id.namespace);
         let patch = json!({
@@ -417,22 +420,14 @@ impl StatusWriter {
 
     /// Writes one route's parent statuses if they differ from `current` (the route's status as
     /// the HTTPRoute type reads it); returns how many objects it wrote.
-    async fn write_route<K>(
+    async fn write_route<K: Namespaced>(
         &self,
         kind: &'static str,
         route: &K,
         current: HttpRouteStatus,
         report: &BTreeMap<ObjectRef, compiled::RouteStatus>,
         now: &Time,
-    ) -> Result<usize>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    ) -> Result<usize> {
         let id = ObjectRef::new(route.namespace().unwrap_or_default(), route.name_any());
         let ours = report
             .get(&id)

@@ -79,24 +79,14 @@ async fn the_auth_examples_work_in_standalone_mode() {
     let ip = loopback_ip();
     let port = free_port(ip);
     // The examples as committed, with their fixed addresses moved to this test's own.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/auth");
-    let mut files: Vec<(String, String)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/examples/auth") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path)
-                .expect("read example")
-                .replace("127.0.0.1:9100", &idp.addr.to_string())
-                .replace("127.0.0.1:9011", &echo.addr.to_string())
-                .replace("port: 8081", &format!("port: {port}"));
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            files.push((name, text));
-        }
-    }
+    let files = example_files(
+        "auth",
+        &[
+            ("127.0.0.1:9100", idp.addr.to_string()),
+            ("127.0.0.1:9011", echo.addr.to_string()),
+            ("port: 8081", format!("port: {port}")),
+        ],
+    );
     assert_eq!(files.len(), 7, "gateway + one file per mechanism");
     let refs: Vec<(&str, &str)> = files
         .iter()

@@ -193,30 +193,16 @@ async fn losing_redis_follows_the_failure_mode_and_global_limiting_resumes_when_
     // Redis back (empty, as after a crash): the replicas reconnect by themselves and count
     // together again.
     redis.restart();
-    await_some("replica a back on Redis", || async {
-        let n = client
-            .get_with(
-                a,
-                HOST,
-                "/closed",
-                &[("x-user", &format!("probe-{}", rand_suffix()))],
-            )
-            .await;
-        (n.status == 200).then_some(())
-    })
-    .await;
-    await_some("replica b back on Redis", || async {
-        let n = client
-            .get_with(
-                b,
-                HOST,
-                "/closed",
-                &[("x-user", &format!("probe-{}", rand_suffix()))],
-            )
-            .await;
-        (n.status == 200).then_some(())
-    })
-    .await;
+    for replica in [a, b] {
+        await_some("the replica back on Redis", || async {
+            let probe = format!("probe-{}", rand_suffix());
+            let n = client
+                .get_with(replica, HOST, "/closed", &[("x-user", &probe)])
+                .await;
+            (n.status == 200).then_some(())
+        })
+        .await;
+    }
     assert_eq!(
         statuses(&client, a, "/open", "u3", 3).await,
         [200, 200, 200]
@@ -250,23 +236,13 @@ async fn the_rate_limit_examples_work_in_standalone_mode() {
     let ip = loopback_ip();
     let port = free_port(ip);
     // The examples as committed, with their fixed addresses moved to this test's own.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/ratelimit");
-    let mut files: Vec<(String, String)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/examples/ratelimit") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path)
-                .expect("read example")
-                .replace("127.0.0.1:9012", &echo.addr.to_string())
-                .replace("port: 8082", &format!("port: {port}"));
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            files.push((name, text));
-        }
-    }
+    let files = example_files(
+        "ratelimit",
+        &[
+            ("127.0.0.1:9012", echo.addr.to_string()),
+            ("port: 8082", format!("port: {port}")),
+        ],
+    );
     assert_eq!(files.len(), 3, "gateway, local and global");
     let refs: Vec<(&str, &str)> = files
         .iter()

@@ -255,10 +255,15 @@ spec:
 
 /// An AuthPolicy on HTTPRoute `target`.
 pub fn policy(name: &str, target: &str, body: &str) -> String {
+    policy_of_kind("AuthPolicy", name, target, body)
+}
+
+/// A Portico policy of `kind` on HTTPRoute `target`.
+pub fn policy_of_kind(kind: &str, name: &str, target: &str, body: &str) -> String {
     format!(
         r#"---
 apiVersion: portico.dev/v1alpha1
-kind: AuthPolicy
+kind: {kind}
 metadata: {{name: {name}, namespace: default}}
 spec:
   targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}]

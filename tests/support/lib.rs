@@ -510,3 +510,29 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The YAML files of `deploy/examples/<name>` as committed, with `replacements` (fixed
+/// addresses and ports moved to a test's own) applied, as (file name, text).
+pub fn example_files(name: &str, replacements: &[(&str, String)]) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let mut text = std::fs::read_to_string(&path).expect("read example");
+            for (from, to) in replacements {
+                text = text.replace(from, to);
+            }
+            let file = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            files.push((file, text));
+        }
+    }
+    files.sort();
+    files
+}

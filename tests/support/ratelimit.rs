@@ -8,16 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A RateLimitPolicy on HTTPRoute `target`.
 pub fn limit_policy(name: &str, target: &str, body: &str) -> String {
-    format!(
-        r#"---
-apiVersion: portico.dev/v1alpha1
-kind: RateLimitPolicy
-metadata: {{name: {name}, namespace: default}}
-spec:
-  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}]
-{body}
-"#
-    )
+    crate::auth::policy_of_kind("RateLimitPolicy", name, target, body)
 }
 
 /// Sends `n` GETs one after the other and returns how many were admitted (200) and how many

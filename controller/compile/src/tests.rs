@@ -80,6 +80,39 @@ fn run(extra: &str) -> Output {
     compile(&set.inputs, CONTROLLER_NAME)
 }
 
+/// The condition `type_` of policy `default/name`'s `i`-th ancestor in `statuses`.
+fn policy_condition(
+    statuses: &std::collections::BTreeMap<ObjectRef, crate::status::PolicyStatus>,
+    name: &str,
+    i: usize,
+    type_: &str,
+) -> Condition {
+    let s = &statuses[&ObjectRef::new("default", name)];
+    find(&s.ancestors[i].conditions, type_)
+        .expect(type_)
+        .clone()
+}
+
+/// The policy a rule gets (its own, else its route parent's), through `field`.
+fn applied_policy(
+    out: &Output,
+    route: &str,
+    rule: usize,
+    field: impl Fn(&portico_model::RouteRule) -> &Option<ObjectRef>,
+    parent: impl Fn(&portico_model::RouteParent) -> &Option<ObjectRef>,
+) -> Option<String> {
+    let snap = &out.snapshots[&gw()];
+    let r = snap
+        .routes
+        .iter()
+        .find(|r| r.id.name == route)
+        .expect("route in snapshot");
+    field(&r.rules[rule])
+        .clone()
+        .or_else(|| parent(&r.parents[0]).clone())
+        .map(|id| id.name)
+}
+
 fn gw() -> ObjectRef {
     ObjectRef::new("default", "gw")
 }

@@ -65,11 +65,12 @@ async fn await_policy<K: Policy>(
     .await
 }
 
-#[tokio::test]
-async fn auth_policies_report_attachment_and_are_validated_by_cel() {
+/// A namespace of its own with our Gateway `gw` and HTTPRoute `shop` to Service `svc`, served
+/// by the shared controller.
+async fn gateway_with_route(prefix: &str) -> (kube::Client, String) {
     let client = cluster().client().await;
     shared_controller();
-    let ns = test_namespace(&client, "authpol").await;
+    let ns = test_namespace(&client, prefix).await;
     class(&client, &ns, CONTROLLER).await;
     gateway(&client, &ns, &ns).await;
     service(&client, &ns, "svc").await;
@@ -81,6 +82,12 @@ async fn auth_policies_report_attachment_and_are_validated_by_cel() {
         json!({"name": "svc", "port": 80}),
     )
     .await;
+    (client, ns)
+}
+
+#[tokio::test]
+async fn auth_policies_report_attachment_and_are_validated_by_cel() {
+    let (client, ns) = gateway_with_route("authpol").await;
     create::<Secret>(
         &client,
         &ns,
@@ -202,20 +209,7 @@ async fn refused<K: Policy>(client: &kube::Client, ns: &str, spec: serde_json::V
 
 #[tokio::test]
 async fn rate_limit_policies_report_attachment_and_misconfiguration_and_are_validated_by_cel() {
-    let client = cluster().client().await;
-    shared_controller();
-    let ns = test_namespace(&client, "rlpol").await;
-    class(&client, &ns, CONTROLLER).await;
-    gateway(&client, &ns, &ns).await;
-    service(&client, &ns, "svc").await;
-    route(
-        &client,
-        &ns,
-        "shop",
-        &ns,
-        json!({"name": "svc", "port": 80}),
-    )
-    .await;
+    let (client, ns) = gateway_with_route("rlpol").await;
     let target =
         json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "shop"}]);
     let policy = |name: &str, spec: serde_json::Value| {

@@ -1,7 +1,7 @@
 //! AuthPolicy attachment, precedence, status reasons and Secret resolution.
 
-use super::{gw, run};
-use crate::status::{Condition, find, reasons, types};
+use super::{applied_policy, gw, policy_condition, run};
+use crate::status::{Condition, reasons, types};
 use crate::{CONTROLLER_NAME, Output, referenced_secrets};
 use portico_model::ObjectRef;
 use portico_model::auth::JwtKeys;
@@ -45,32 +45,16 @@ fn policy(name: &str, created: &str, targets: &str, body: &str) -> String {
 const API_KEYS: &str = "  apiKey: {secretRefs: [{name: keys}]}";
 
 fn accepted(out: &Output, policy: &str, i: usize) -> Condition {
-    let s = &out.status.auth_policies[&ObjectRef::new("default", policy)];
-    find(&s.ancestors[i].conditions, types::ACCEPTED)
-        .expect("Accepted")
-        .clone()
+    policy_condition(&out.status.auth_policies, policy, i, types::ACCEPTED)
 }
 
 fn resolved(out: &Output, policy: &str) -> Condition {
-    let s = &out.status.auth_policies[&ObjectRef::new("default", policy)];
-    find(&s.ancestors[0].conditions, types::RESOLVED_REFS)
-        .expect("ResolvedRefs")
-        .clone()
+    policy_condition(&out.status.auth_policies, policy, 0, types::RESOLVED_REFS)
 }
 
 /// The policy of each (route, rule index) and each route's parent, from the snapshot.
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    let snap = &out.snapshots[&gw()];
-    let r = snap
-        .routes
-        .iter()
-        .find(|r| r.id.name == route)
-        .expect("route in snapshot");
-    r.rules[rule]
-        .auth
-        .clone()
-        .or_else(|| r.parents[0].auth.clone())
-        .map(|id| id.name)
+    applied_policy(out, route, rule, |r| &r.auth, |p| &p.auth)
 }
 
 const GW: &str = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";

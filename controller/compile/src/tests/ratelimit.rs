@@ -1,10 +1,9 @@
 //! RateLimitPolicy: attachment and precedence (shared with AuthPolicy), defaults, and every
 //! misconfiguration reported in the policy's own status while the routes keep serving.
 
-use super::{gw, inputs, run};
-use crate::status::{Condition, find, reasons, types};
+use super::{applied_policy, gw, inputs, policy_condition, run};
+use crate::status::{Condition, reasons, types};
 use crate::{CONTROLLER_NAME, Output, compile};
-use portico_model::ObjectRef;
 use portico_model::ratelimit::{Algorithm, KeyPart, Scope};
 
 const ROUTES: &str = r#"
@@ -44,25 +43,12 @@ const T1: &str = "2026-01-01T00:00:00Z";
 const T2: &str = "2026-01-02T00:00:00Z";
 
 fn accepted(out: &Output, policy: &str) -> Condition {
-    let s = &out.status.rate_limit_policies[&ObjectRef::new("default", policy)];
-    find(&s.ancestors[0].conditions, types::ACCEPTED)
-        .expect("Accepted")
-        .clone()
+    policy_condition(&out.status.rate_limit_policies, policy, 0, types::ACCEPTED)
 }
 
 /// The policy applied to (route, rule index).
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    let snap = &out.snapshots[&gw()];
-    let r = snap
-        .routes
-        .iter()
-        .find(|r| r.id.name == route)
-        .expect("route in snapshot");
-    r.rules[rule]
-        .rate_limit
-        .clone()
-        .or_else(|| r.parents[0].rate_limit.clone())
-        .map(|id| id.name)
+    applied_policy(out, route, rule, |r| &r.rate_limit, |p| &p.rate_limit)
 }
 
 #[test]
