@@ -40,7 +40,7 @@ pub struct Dataplane {
     /// snapshots.
     auth: crate::auth::AuthShared,
     /// Rate-limit counters and Redis connections, likewise.
-    limits: crate::ratelimit::RateLimitShared,
+    limits: Arc<crate::ratelimit::RateLimitShared>,
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
@@ -67,7 +67,16 @@ impl Dataplane {
             metrics,
             pools: Pools::default(),
             auth: crate::auth::AuthShared::default(),
-            limits: crate::ratelimit::RateLimitShared::new(settings.rate_limit_max_keys),
+            limits: {
+                let l = Arc::new(crate::ratelimit::RateLimitShared::new(
+                    settings.rate_limit_max_keys,
+                ));
+                // Idle rate-limit keys are dropped every 10 s, not only when a store fills.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    l.start_sweeper(Duration::from_secs(10));
+                }
+                l
+            },
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
             auth_policies: Mutex::new(BTreeSet::new()),

@@ -103,6 +103,32 @@ impl RateLimitShared {
         s
     }
 
+    /// Drops idle keys from every live store every `every`, for as long as `self` lives.
+    /// Spawned on the current tokio runtime.
+    pub fn start_sweeper(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let stores: Vec<Arc<LocalStore>> = shared
+                    .stores
+                    .lock()
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .collect();
+                let now = shared.clock.now_us();
+                for s in stores {
+                    s.sweep(now);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+    }
+
     fn pool(&self, address: &RedisAddress) -> Arc<RedisPool> {
         self.redis
             .lock()

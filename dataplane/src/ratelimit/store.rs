@@ -3,10 +3,11 @@
 //!
 //! Keys are 64-bit SipHash digests of the key values under a per-process random key, so an
 //! entry costs the same whatever a client puts in a header, and nobody outside can aim two
-//! keys at one counter. When a shard is full it first drops idle keys (whose state equals a
-//! fresh one: dropping them changes no decision), then, under a flood of live keys, an eighth
-//! of the shard; that key starts over, which admits a little more than the limit to it, the
-//! price of a memory bound.
+//! keys at one counter. Idle keys (whose state equals a fresh one: dropping them changes no
+//! decision) are swept periodically ([`LocalStore::sweep`]). When a shard is full it first
+//! drops its idle keys, then, under a flood of live keys, an eighth of the shard; those keys
+//! start over, which admits a little more than the limit to them, the price of a memory
+//! bound.
 
 use super::algorithm::{Outcome, Quota, State};
 use parking_lot::Mutex;
@@ -63,6 +64,18 @@ impl LocalStore {
             let victims: Vec<u64> = shard.keys().take(excess).copied().collect();
             for k in victims {
                 shard.remove(&k);
+            }
+        }
+    }
+
+    /// Drops every idle key (state equal to a fresh one), one shard at a time, so the keys of
+    /// clients that went away do not wait for their shard to fill up.
+    pub fn sweep(&self, now_us: u64) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|_, s| !self.quota.is_idle(s, now_us));
+            if shard.capacity() > 4 * shard.len().max(64) {
+                shard.shrink_to_fit();
             }
         }
     }
@@ -138,6 +151,28 @@ mod tests {
         let k = hasher.digest(&[b"client"]);
         let admitted = (0..5).filter(|_| small.admit(k, now).allowed).count();
         assert_eq!(admitted, 2);
+    }
+
+    #[test]
+    fn a_sweep_drops_idle_keys_and_keeps_live_ones() {
+        let quota = Quota {
+            algorithm: Algorithm::SlidingWindow,
+            requests: 10,
+            interval_us: 1_000_000,
+            burst: 10,
+        };
+        let store = LocalStore::new(quota, 10_000);
+        let hasher = KeyHasher::default();
+        for i in 0..1000u64 {
+            store.admit(hasher.digest(&[&i.to_le_bytes()]), 0);
+        }
+        store.admit(hasher.digest(&[b"recent"]), 1_500_000);
+        // Still weighing in the next window: kept.
+        store.sweep(1_500_000);
+        assert_eq!(store.keys(), 1001);
+        // Two windows later only the recent key can still matter.
+        store.sweep(2_000_000);
+        assert_eq!(store.keys(), 1);
     }
 
     #[test]
