@@ -9,9 +9,12 @@
 //! ([`channel`]); a Gateway is `Programmed` once its connected dataplanes acknowledged the
 //! current version.
 
+pub mod admin;
+pub mod certs;
 pub mod channel;
 pub mod index;
 pub mod leader;
+pub mod provision;
 pub mod secrets;
 pub mod status;
 
@@ -33,6 +36,10 @@ pub struct Settings {
     pub debounce: Duration,
     /// The Redis of `Global` rate limits whose policy names none.
     pub redis_url: Option<String>,
+    /// Provision each Gateway's dataplane (off when `None`).
+    pub provision: Option<provision::ProvisionSettings>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (none when `None`).
+    pub admin_address: Option<std::net::SocketAddr>,
 }
 
 /// How long after start-up a Gateway without connected dataplanes keeps the `Programmed`
@@ -151,6 +158,19 @@ pub async fn run(
     let hub = Arc::new(channel::Hub::new(changed.clone()));
     let index = Index::start(&client, &changed);
     let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
+    if let Some(p) = settings.provision.clone() {
+        tokio::spawn(provision::run(client.clone(), p, leading.clone()));
+    }
+    let health = Arc::new(admin::Health::new(leading.clone()));
+    if let Some(addr) = settings.admin_address {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(address = %addr, "admin server listening");
+                tokio::spawn(admin::serve(l, health.clone()));
+            }
+            Err(e) => tracing::error!(address = %addr, error = %e, "cannot serve the admin port"),
+        }
+    }
     if let Some((listener, tls)) = channel {
         let auth = Arc::new(channel::Authenticator::new(client.clone()));
         tokio::spawn(channel::serve(
@@ -209,6 +229,16 @@ pub async fn run(
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();
             hub.publish(&touched, |gw| compiler.snapshot(gw));
+            health
+                .compiles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            health.gateways.store(
+                compiler.gateways() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            health
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(
                 compiled = touched.len(),
                 gateways = compiler.gateways(),

@@ -47,9 +47,31 @@ struct Args {
     /// Names (DNS or IP) of the self-signed certificate.
     #[arg(long, default_values_t = vec!["portico-controller".to_string(), "localhost".to_string()])]
     tls_server_name: Vec<String>,
+    /// Serve /healthz, /readyz and /metrics here (`0.0.0.0:9902` in the chart). Empty: none.
+    #[arg(long, default_value = "")]
+    admin_address: String,
+    /// Keep the serving certificate in this Secret (in --lease-namespace), created
+    /// self-signed by the first replica: every replica then serves the same certificate.
+    #[arg(long, conflicts_with = "tls_cert_file")]
+    tls_secret: Option<String>,
     /// Write the self-signed certificate here, for dataplanes to trust.
     #[arg(long)]
     write_ca_file: Option<std::path::PathBuf>,
+    /// Provision each Gateway's dataplane (Deployment, Service, HPA, PDB) with this image,
+    /// unless its GatewayConfig names another. Without it nothing is provisioned.
+    #[arg(long, env = "PORTICO_DATAPLANE_IMAGE")]
+    dataplane_image: Option<String>,
+    /// `host:port` where dataplane pods reach the snapshot channel (the controller's
+    /// Service).
+    #[arg(long, default_value = "portico-controller.portico-system.svc:9443")]
+    controller_address: String,
+    /// The CA (PEM) dataplanes trust for the controller; default: --tls-cert-file, or the
+    /// self-signed certificate.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// The ClusterRole bound to each dataplane's ServiceAccount in its Gateway's namespace.
+    #[arg(long, default_value = "portico-dataplane")]
+    dataplane_cluster_role: String,
 }
 
 #[tokio::main]
@@ -67,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         .identity
         .unwrap_or_else(|| format!("portico-controller-{}", std::process::id()));
     let client = kube::Client::try_default().await?;
-    let settings = Settings {
+    let mut settings = Settings {
         controller_name: args.controller_name,
         lease: LeaseSettings {
             namespace: args.lease_namespace,
@@ -78,12 +100,28 @@ async fn main() -> anyhow::Result<()> {
         },
         debounce: Duration::from_millis(args.debounce_ms),
         redis_url: args.redis_url.clone(),
+        provision: None,
+        admin_address: if args.admin_address.is_empty() {
+            None
+        } else {
+            Some(args.admin_address.parse()?)
+        },
     };
+    let mut served_cert = None;
     let channel = if args.snapshot_address.is_empty() {
         None
     } else {
-        let (cert, key) = match (&args.tls_cert_file, &args.tls_key_file) {
-            (Some(c), Some(k)) => (std::fs::read_to_string(c)?, std::fs::read_to_string(k)?),
+        let (cert, key) = match (&args.tls_cert_file, &args.tls_key_file, &args.tls_secret) {
+            (Some(c), Some(k), _) => (std::fs::read_to_string(c)?, std::fs::read_to_string(k)?),
+            (_, _, Some(secret)) => {
+                portico_controller::certs::load_or_create(
+                    &client,
+                    &settings.lease.namespace,
+                    secret,
+                    &args.tls_server_name,
+                )
+                .await?
+            }
             _ => {
                 let (cert, key) = portico_controller::channel::self_signed(&args.tls_server_name)?;
                 if let Some(path) = &args.write_ca_file {
@@ -93,10 +131,33 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let tls = portico_controller::channel::acceptor(&cert, &key)?;
+        served_cert = Some(cert);
         let listener = tokio::net::TcpListener::bind(&args.snapshot_address).await?;
         tracing::info!(address = %listener.local_addr()?, "serving snapshots");
         Some((listener, tls))
     };
+    if let Some(image) = args.dataplane_image.clone() {
+        let ca_pem = match (&args.ca_file, served_cert) {
+            (Some(path), _) => std::fs::read_to_string(path)?,
+            (None, Some(cert)) => cert,
+            (None, None) => anyhow::bail!(
+                "provisioning dataplanes needs the CA they trust for the controller: --ca-file"
+            ),
+        };
+        settings.provision = Some(portico_controller::provision::ProvisionSettings {
+            controller_name: settings.controller_name.clone(),
+            image,
+            controller_address: args.controller_address.clone(),
+            server_name: args
+                .tls_server_name
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "portico-controller".into()),
+            ca_pem,
+            dataplane_cluster_role: args.dataplane_cluster_role.clone(),
+            identity: settings.lease.identity.clone(),
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {

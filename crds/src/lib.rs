@@ -4,11 +4,12 @@
 //! Pinned: Kubernetes API 1.36 (`k8s-openapi` feature `v1_36`) and Gateway API v1.5.1 (the
 //! release the `gateway-api` crate 0.22 tracks).
 //!
-//! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`]); their YAML is generated
+//! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`], [`gatewayconfig`]); their YAML is generated
 //! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
 //! hand.
 
 pub mod auth;
+pub mod gatewayconfig;
 pub mod policy;
 pub mod ratelimit;
 
@@ -27,7 +28,11 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![auth::AuthPolicy::crd(), ratelimit::RateLimitPolicy::crd()]
+    vec![
+        auth::AuthPolicy::crd(),
+        ratelimit::RateLimitPolicy::crd(),
+        gatewayconfig::GatewayConfig::crd(),
+    ]
 }
 
 /// The Gateway API API group.

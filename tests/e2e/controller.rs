@@ -595,3 +595,6 @@ async fn a_new_leader_takes_over_when_the_leader_dies() {
 
 #[path = "controller/policies.rs"]
 mod policies;
+
+#[path = "controller/provision.rs"]
+mod provision;

@@ -226,12 +226,22 @@ impl Drop for Proc {
 }
 
 /// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn await_some<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn await_some<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + DEADLINE;
+    await_some_within(what, DEADLINE, f).await
+}
+
+/// As [`await_some`], with a deadline of its own (for what runs on another component's
+/// schedule, such as the garbage collector's discovery of a new CRD).
+pub async fn await_some_within<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
     loop {
         if let Some(v) = f().await {
             return v;

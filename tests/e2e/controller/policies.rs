@@ -277,11 +277,13 @@ async fn rate_limit_policies_report_attachment_and_misconfiguration_and_are_vali
     )
     .await;
     await_policy(&api, "with-redis", "Accepted", "True", "Accepted").await;
-    // A Claim key with no AuthPolicy that verifies tokens: the claim has no source.
+    // A Claim key with no AuthPolicy that verifies tokens: the claim has no source. (On the
+    // whole Gateway, which `no-redis` does not hold: a policy that does not apply claims no
+    // target.)
     create::<RateLimitPolicy>(
         &client,
         &ns,
-        policy("by-claim", json!({"targetRefs": listener,
+        policy("by-claim", json!({"targetRefs": gw,
             "limits": [{"requests": 5, "interval": "1m", "key": [{"type": "Claim", "name": "sub"}]}]})),
     )
     .await;

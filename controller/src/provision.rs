@@ -1,0 +1,373 @@
+//! Provisioning: every Gateway of ours gets its own dataplane — ServiceAccount, the
+//! controller's CA, a RoleBinding (EndpointSlices), Deployment, Service, HPA and PDB — kept in
+//! the shape [`objects::desired`] describes.
+//!
+//! ```text
+//!   GatewayClass.parametersRef ─┐
+//!   Gateway.spec.infrastructure.parametersRef ─▶ GatewayConfig ─▶ desired objects
+//!   Gateway ──owner of──▶ ServiceAccount, ConfigMap, RoleBinding, Deployment, Service, HPA, PDB
+//! ```
+//!
+//! A real reconcile loop (kube-runtime `Controller`), since these are side effects: it runs
+//! on a Gateway change, on a change to anything it owns (someone edited the Deployment: the
+//! apply puts our fields back), on a GatewayConfig or GatewayClass change, and every five
+//! minutes. Objects are written with server-side apply under the field manager
+//! `portico-provisioner`; the owner references make the garbage collector remove them with
+//! the Gateway. Only the leader provisions. A GatewayConfig that is missing or invalid leaves
+//! the running dataplane as it is and says why (its status, an Event on the Gateway).
+
+pub mod objects;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use portico_crds::PORTICO_GROUP;
+use portico_crds::gateway_api::gatewayclasses::GatewayClass;
+use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gatewayconfig::GatewayConfig;
+use portico_crds::policy::PolicyCondition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The field manager of everything the provisioner writes.
+pub const FIELD_MANAGER: &str = "portico-provisioner";
+/// Set on every provisioned object; the owned-object watches select on it.
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by=portico-controller";
+
+/// What the provisioner needs to know about its own installation.
+#[derive(Clone, Debug)]
+pub struct ProvisionSettings {
+    pub controller_name: String,
+    /// The dataplane image, unless a GatewayConfig names another.
+    pub image: String,
+    /// `host:port` of the snapshot channel as dataplane pods reach it (the controller's
+    /// Service).
+    pub controller_address: String,
+    /// The name in the controller's serving certificate.
+    pub server_name: String,
+    /// PEM of the CA the dataplanes trust for the controller, copied next to each Gateway.
+    pub ca_pem: String,
+    /// The ClusterRole bound, in each Gateway's namespace, to its dataplane's ServiceAccount
+    /// (read EndpointSlices).
+    pub dataplane_cluster_role: String,
+    /// This replica's name, for Events.
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+struct Context {
+    client: Client,
+    settings: ProvisionSettings,
+    recorder: Recorder,
+    leading: watch::Receiver<bool>,
+    /// Consecutive failures per Gateway, for the back-off.
+    failures: Mutex<HashMap<ObjectRef<Gateway>, u32>>,
+}
+
+/// Runs the provisioning loop until the process ends.
+pub async fn run(client: Client, settings: ProvisionSettings, leading: watch::Receiver<bool>) {
+    let owned = || watcher::Config::default().labels(MANAGED_BY);
+    let controller = Controller::new(Api::<Gateway>::all(client.clone()), Default::default());
+    let gateways = controller.store();
+    let all = move || {
+        gateways
+            .state()
+            .iter()
+            .map(|g| ObjectRef::from_obj(&**g))
+            .collect::<Vec<_>>()
+    };
+    let all_too = all.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portico-controller".into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        recorder,
+        leading,
+        failures: Mutex::new(HashMap::new()),
+    });
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned())
+        // A configuration or class change may touch any Gateway: there are few.
+        .watches(
+            Api::<GatewayConfig>::all(client.clone()),
+            Default::default(),
+            move |_| all(),
+        )
+        .watches(
+            Api::<GatewayClass>::all(client.clone()),
+            Default::default(),
+            move |_| all_too(),
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "provisioning");
+            }
+        })
+        .await;
+}
+
+fn error_policy(gw: Arc<Gateway>, e: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*gw);
+    let n = {
+        let mut f = ctx.failures.lock();
+        let n = f.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let wait = Duration::from_secs(2u64.saturating_pow(n.min(8))).min(Duration::from_secs(300));
+    tracing::warn!(gateway = %gw.name_any(), error = %e, retry_in = ?wait, "provisioning failed");
+    Action::requeue(wait)
+}
+
+/// Which GatewayConfig applies to `gw`: its own `infrastructure.parametersRef`, else its
+/// class's `parametersRef`. `Ok(None)`: none named (defaults apply).
+fn config_ref(gw: &Gateway, class: &GatewayClass) -> Result<Option<(String, String)>, String> {
+    let ns = gw.namespace().unwrap_or_else(|| "default".into());
+    if let Some(p) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
+            return Err(format!(
+                "spec.infrastructure.parametersRef names {}/{}, not a portico.dev GatewayConfig",
+                p.group, p.kind
+            ));
+        }
+        return Ok(Some((ns, p.name.clone())));
+    }
+    if let Some(p) = &class.spec.parameters_ref {
+        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
+            return Err(format!(
+                "the GatewayClass's parametersRef names {}/{}, not a portico.dev GatewayConfig",
+                p.group, p.kind
+            ));
+        }
+        let Some(cns) = p.namespace.clone() else {
+            return Err(
+                "the GatewayClass's parametersRef needs a namespace (GatewayConfig is namespaced)"
+                    .into(),
+            );
+        };
+        return Ok(Some((cns, p.name.clone())));
+    }
+    Ok(None)
+}
+
+async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !*ctx.leading.borrow() {
+        // The leader provisions; a replica that becomes leader picks everything up here.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    if gw.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let classes: Api<GatewayClass> = Api::all(ctx.client.clone());
+    let Some(class) = classes.get_opt(&gw.spec.gateway_class_name).await? else {
+        return Ok(Action::await_change());
+    };
+    if class.spec.controller_name != ctx.settings.controller_name {
+        return Ok(Action::await_change());
+    }
+    let config = match config_ref(&gw, &class) {
+        Err(message) => {
+            warn(&ctx, &gw, "InvalidParametersRef", &message).await;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Ok(None) => None,
+        Ok(Some((ns, name))) => {
+            let api: Api<GatewayConfig> = Api::namespaced(ctx.client.clone(), &ns);
+            match api.get_opt(&name).await? {
+                Some(c) => Some(c),
+                None => {
+                    let message = format!(
+                        "GatewayConfig {ns}/{name} does not exist; the dataplane is left as it is"
+                    );
+                    warn(&ctx, &gw, "GatewayConfigNotFound", &message).await;
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+            }
+        }
+    };
+    let spec = config.as_ref().map(|c| c.spec.clone()).unwrap_or_default();
+    if let Err(message) = objects::validate(&spec) {
+        if let Some(c) = &config {
+            config_status(&ctx, c, false, &message).await?;
+        }
+        warn(
+            &ctx,
+            &gw,
+            "InvalidGatewayConfig",
+            &format!("{message}; the dataplane is left as it is"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    if let Some(c) = &config {
+        config_status(&ctx, c, true, "used by the Gateways that name it").await?;
+    }
+
+    let desired = objects::desired(&gw, &spec, &ctx.settings);
+    let ns = gw.namespace().unwrap_or_else(|| "default".into());
+    let mut changed: Vec<&str> = Vec::new();
+    let c = &ctx.client;
+    if apply(c, &ns, &desired.service_account).await? {
+        changed.push("ServiceAccount");
+    }
+    if apply(c, &ns, &desired.ca).await? {
+        changed.push("ConfigMap");
+    }
+    if apply(c, &ns, &desired.role_binding).await? {
+        changed.push("RoleBinding");
+    }
+    if apply(c, &ns, &desired.deployment).await? {
+        changed.push("Deployment");
+    }
+    if apply(c, &ns, &desired.service).await? {
+        changed.push("Service");
+    }
+    match &desired.hpa {
+        Some(hpa) => {
+            if apply(c, &ns, hpa).await? {
+                changed.push("HorizontalPodAutoscaler");
+            }
+        }
+        None => {
+            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns);
+            let name = portico_compile::dataplane_name(&gw.name_any());
+            if api.get_opt(&name).await?.is_some() {
+                api.delete(&name, &Default::default()).await?;
+                changed.push("HorizontalPodAutoscaler (removed)");
+            }
+        }
+    }
+    if apply(c, &ns, &desired.pdb).await? {
+        changed.push("PodDisruptionBudget");
+    }
+    ctx.failures.lock().remove(&ObjectRef::from_obj(&*gw));
+    if !changed.is_empty() {
+        let note = format!("applied {}", changed.join(", "));
+        tracing::info!(gateway = %format!("{ns}/{}", gw.name_any()), %note, "provisioned");
+        publish(&ctx, &gw, EventType::Normal, "Provisioned", &note).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Server-side applies `obj`; returns whether the cluster changed.
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let before = api
+        .get_opt(&name)
+        .await?
+        .and_then(|o| o.meta().resource_version.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let after = api.patch(&name, &pp, &Patch::Apply(obj)).await?;
+    Ok(before != after.meta().resource_version)
+}
+
+async fn config_status(
+    ctx: &Context,
+    config: &GatewayConfig,
+    ok: bool,
+    message: &str,
+) -> Result<(), Error> {
+    let current = config
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"));
+    let (status, reason) = if ok {
+        ("True", "Accepted")
+    } else {
+        ("False", "Invalid")
+    };
+    if current.is_some_and(|c| {
+        c.status == status
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == config.metadata.generation
+    }) {
+        return Ok(());
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let condition = PolicyCondition {
+        type_: "Accepted".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: config.metadata.generation,
+        last_transition_time: Some(now.0.to_string()),
+    };
+    let api: Api<GatewayConfig> =
+        Api::namespaced(ctx.client.clone(), &config.namespace().unwrap_or_default());
+    api.patch_status(
+        &config.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [condition]}})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn warn(ctx: &Context, gw: &Gateway, reason: &str, message: &str) {
+    tracing::warn!(gateway = %gw.name_any(), reason, message, "not provisioned");
+    publish(ctx, gw, EventType::Warning, reason, message).await;
+}
+
+async fn publish(ctx: &Context, gw: &Gateway, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Provision".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+        tracing::debug!(error = %e, "cannot publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,471 @@
+//! The objects a Gateway's dataplane is made of, as pure functions of the Gateway, its
+//! GatewayConfig and the provisioner's settings (unit-tested without a server).
+
+use super::ProvisionSettings;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort,
+    ServiceSpec, SleepAction, Sysctl, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gatewayconfig::{GatewayConfigSpec, LogLevel, TrafficPolicy};
+use std::collections::BTreeMap;
+
+/// The dataplane's admin port (/healthz, /readyz, /metrics).
+pub const ADMIN_PORT: i32 = 9901;
+/// Where the projected snapshot-channel token is mounted.
+const TOKEN_DIR: &str = "/var/run/secrets/portico";
+const CA_DIR: &str = "/etc/portico";
+/// How long a terminating pod keeps serving before SIGTERM, so endpoints are gone from load
+/// balancers before it stops accepting.
+const PRE_STOP_SECONDS: i64 = 5;
+/// The dataplane's own drain time after SIGTERM (`--drain-timeout-s`).
+const DRAIN_SECONDS: i64 = 30;
+
+/// Everything provisioned for one Gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub service_account: ServiceAccount,
+    pub ca: ConfigMap,
+    pub role_binding: RoleBinding,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// `None`: no autoscaling (an existing HPA is removed).
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    pub pdb: PodDisruptionBudget,
+}
+
+/// The labels that select a Gateway's dataplane pods.
+pub fn selector(gw_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "portico-dataplane".to_string(),
+        ),
+        ("portico.dev/gateway".to_string(), gw_name.to_string()),
+    ])
+}
+
+/// The objects of `gw`'s dataplane under `config` (defaults where it says nothing).
+pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) -> Desired {
+    let gw_name = gw.metadata.name.clone().unwrap_or_default();
+    let ns = gw
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = portico_compile::dataplane_name(&gw_name);
+    let infra = gw.spec.infrastructure.as_ref();
+    let mut labels: BTreeMap<String, String> = infra
+        .and_then(|i| i.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels.extend(selector(&gw_name));
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "portico-controller".into(),
+    );
+    let annotations: BTreeMap<String, String> = infra
+        .and_then(|i| i.annotations.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let owner = OwnerReference {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        name: gw_name.clone(),
+        uid: gw.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let meta = |name: &str, extra_annotations: &BTreeMap<String, String>| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns.clone()),
+        labels: Some(labels.clone()),
+        annotations: {
+            let mut a = annotations.clone();
+            a.extend(extra_annotations.clone());
+            (!a.is_empty()).then_some(a)
+        },
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let none = BTreeMap::new();
+    let dp = config.dataplane.clone().unwrap_or_default();
+    let ports: Vec<i32> = {
+        let mut p: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    };
+
+    let ca_name = format!("{name}-controller-ca");
+    let ca = ConfigMap {
+        metadata: meta(&ca_name, &none),
+        data: Some(BTreeMap::from([("ca.crt".to_string(), s.ca_pem.clone())])),
+        ..ConfigMap::default()
+    };
+    let service_account = ServiceAccount {
+        metadata: meta(&name, &none),
+        // The pod mounts its API token explicitly (EndpointSlices) and a projected token for
+        // the snapshot channel.
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+    let role_binding = RoleBinding {
+        metadata: meta(&name, &none),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: s.dataplane_cluster_role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: name.clone(),
+            namespace: Some(ns.clone()),
+            ..Subject::default()
+        }]),
+    };
+
+    let mut pod_labels = labels.clone();
+    pod_labels.extend(dp.pod_labels.clone());
+    pod_labels.extend(selector(&gw_name));
+    let mut pod_annotations = annotations.clone();
+    pod_annotations.extend(dp.pod_annotations.clone());
+    let log_level = dp.log_level.unwrap_or(LogLevel::Info).as_str();
+    let image = dp.image.clone().unwrap_or_else(|| s.image.clone());
+    let mut container_ports: Vec<ContainerPort> = ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: *p,
+            name: Some(format!("port-{p}")),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    container_ports.push(ContainerPort {
+        container_port: ADMIN_PORT,
+        name: Some("admin".into()),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    });
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "dataplane".into(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(
+            [
+                "connect",
+                "--controller",
+                &s.controller_address,
+                "--server-name",
+                &s.server_name,
+                "--gateway",
+                &format!("{ns}/{gw_name}"),
+                "--token-file",
+                &format!("{TOKEN_DIR}/token"),
+                "--ca-file",
+                &format!("{CA_DIR}/ca.crt"),
+                "--state-dir",
+                "/var/lib/portico",
+                "--admin-address",
+                &format!("0.0.0.0:{ADMIN_PORT}"),
+                "--drain-timeout-s",
+                &DRAIN_SECONDS.to_string(),
+                "--log-format",
+                "json",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        ),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some(log_level.into()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(container_ports),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: dp.resources.clone(),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "snapshot-token".into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "controller-ca".into(),
+                mount_path: CA_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "state".into(),
+                mount_path: "/var/lib/portico".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        service_account_name: Some(name.clone()),
+        termination_grace_period_seconds: Some(PRE_STOP_SECONDS + DRAIN_SECONDS + 5),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            // Listeners on ports below 1024 without NET_BIND_SERVICE (all capabilities are
+            // dropped); a namespaced, safe sysctl.
+            sysctls: Some(vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: "0".into(),
+            }]),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume {
+                name: "snapshot-token".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some("portico.dev/snapshots".into()),
+                            expiration_seconds: Some(3600),
+                            path: "token".into(),
+                        }),
+                        ..VolumeProjection::default()
+                    }]),
+                    ..ProjectedVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "controller-ca".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: ca_name.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "state".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ]),
+        node_selector: (!dp.node_selector.is_empty()).then(|| dp.node_selector.clone()),
+        tolerations: (!dp.tolerations.is_empty()).then(|| dp.tolerations.clone()),
+        affinity: dp.affinity.clone(),
+        ..PodSpec::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(&name, &none),
+        spec: Some(DeploymentSpec {
+            // With an HPA the replica count is the HPA's: leaving the field out keeps the
+            // apply from fighting it.
+            replicas: config
+                .autoscaling
+                .is_none()
+                .then(|| dp.replicas.unwrap_or(2)),
+            selector: LabelSelector {
+                match_labels: Some(selector(&gw_name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+
+    let svc_config = config.service.clone().unwrap_or_default();
+    let service = Service {
+        metadata: meta(&name, &svc_config.annotations),
+        spec: Some(ServiceSpec {
+            type_: Some(svc_config.type_.as_str().into()),
+            selector: Some(selector(&gw_name)),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("port-{p}")),
+                        port: *p,
+                        target_port: Some(IntOrString::Int(*p)),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            external_traffic_policy: svc_config.external_traffic_policy.map(|t| {
+                match t {
+                    TrafficPolicy::Cluster => "Cluster",
+                    TrafficPolicy::Local => "Local",
+                }
+                .to_string()
+            }),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let hpa = config
+        .autoscaling
+        .as_ref()
+        .map(|a| HorizontalPodAutoscaler {
+            metadata: meta(&name, &none),
+            spec: HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: "Deployment".into(),
+                    name: name.clone(),
+                },
+                min_replicas: Some(a.min_replicas),
+                max_replicas: a.max_replicas,
+                metrics: Some(vec![MetricSpec {
+                    type_: "Resource".into(),
+                    resource: Some(ResourceMetricSource {
+                        name: "cpu".into(),
+                        target: MetricTarget {
+                            type_: "Utilization".into(),
+                            average_utilization: Some(
+                                a.target_cpu_utilization_percentage.unwrap_or(70),
+                            ),
+                            ..MetricTarget::default()
+                        },
+                    }),
+                    ..MetricSpec::default()
+                }]),
+                ..HorizontalPodAutoscalerSpec::default()
+            },
+            ..HorizontalPodAutoscaler::default()
+        });
+
+    let budget = config.pod_disruption_budget.clone();
+    let (min_available, max_unavailable) = match budget {
+        Some(b) => (
+            b.min_available.map(IntOrString::Int),
+            b.max_unavailable.map(IntOrString::Int),
+        ),
+        None => (None, Some(IntOrString::Int(1))),
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(&name, &none),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&gw_name)),
+                ..LabelSelector::default()
+            }),
+            min_available,
+            max_unavailable,
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+
+    Desired {
+        service_account,
+        ca,
+        role_binding,
+        deployment,
+        service,
+        hpa,
+        pdb,
+    }
+}
+
+/// What CEL cannot check about a GatewayConfig: an error a user can act on.
+pub fn validate(config: &GatewayConfigSpec) -> Result<(), String> {
+    if let Some(a) = &config.autoscaling
+        && a.min_replicas > a.max_replicas
+    {
+        return Err(format!(
+            "autoscaling.minReplicas ({}) is more than maxReplicas ({})",
+            a.min_replicas, a.max_replicas
+        ));
+    }
+    if let Some(url) = &config.redis_url {
+        portico_model::ratelimit::RedisAddress::parse(url).map_err(|e| format!("redisUrl: {e}"))?;
+    }
+    if let Some(dp) = &config.dataplane
+        && let Some(image) = &dp.image
+        && (image.is_empty() || image.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "dataplane.image {image:?} is not an image reference"
+        ));
+    }
+    if let Some(svc) = &config.service
+        && svc.external_traffic_policy.is_some()
+        && svc.type_ == portico_crds::gatewayconfig::ServiceType::ClusterIp
+    {
+        return Err("externalTrafficPolicy applies to NodePort and LoadBalancer Services".into());
+    }
+    Ok(())
+}

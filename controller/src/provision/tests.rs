@@ -1,0 +1,264 @@
+use super::objects::{ADMIN_PORT, desired, validate};
+use super::*;
+use portico_crds::gatewayconfig::GatewayConfigSpec;
+
+fn settings() -> ProvisionSettings {
+    ProvisionSettings {
+        controller_name: "portico.dev/gateway-controller".into(),
+        image: "ghcr.io/portico/dataplane:test".into(),
+        controller_address: "portico-controller.portico-system.svc:9443".into(),
+        server_name: "portico-controller".into(),
+        ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+        dataplane_cluster_role: "portico-dataplane".into(),
+        identity: "test".into(),
+    }
+}
+
+fn gateway() -> Gateway {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "apps", "uid": "1234"},
+        "spec": {"gatewayClassName": "portico",
+                 "infrastructure": {"labels": {"team": "web"}, "annotations": {"cost-center": "42"}},
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"},
+                               {"name": "https", "port": 443, "protocol": "HTTPS"},
+                               {"name": "other", "port": 80, "protocol": "HTTP", "hostname": "x.test"}]}
+    }))
+    .expect("gateway")
+}
+
+fn config(v: serde_json::Value) -> GatewayConfigSpec {
+    serde_json::from_value(v).expect("config")
+}
+
+#[test]
+fn every_object_is_owned_by_the_gateway_and_carries_its_infrastructure_labels() {
+    let d = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let metas = [
+        &d.service_account.metadata,
+        &d.ca.metadata,
+        &d.role_binding.metadata,
+        &d.deployment.metadata,
+        &d.service.metadata,
+        &d.pdb.metadata,
+    ];
+    for m in metas {
+        let owner = &m.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Gateway", "edge", "1234")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("apps"));
+        let labels = m.labels.as_ref().expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("portico-controller")
+        );
+        assert_eq!(
+            m.annotations
+                .as_ref()
+                .and_then(|a| a.get("cost-center"))
+                .map(String::as_str),
+            Some("42")
+        );
+    }
+    assert_eq!(d.deployment.metadata.name.as_deref(), Some("portico-edge"));
+    assert!(
+        d.hpa.is_none(),
+        "no autoscaling without a config asking for it"
+    );
+}
+
+#[test]
+fn the_deployment_is_hardened_and_drains() {
+    let d = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let spec = d.deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.expect("pod");
+    let psc = pod.security_context.expect("pod security");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.expect("seccomp").type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("portico-edge"));
+    assert!(pod.termination_grace_period_seconds.expect("grace") >= 35);
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().expect("container security");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    assert!(
+        c.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_some()
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    let args = c.args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--gateway apps/edge"), "{args}");
+    assert!(
+        args.contains("--controller portico-controller.portico-system.svc:9443"),
+        "{args}"
+    );
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(ports, vec![80, 443, ADMIN_PORT]);
+}
+
+#[test]
+fn the_service_exposes_the_listener_ports_with_the_configured_type() {
+    let cfg = config(
+        json!({"service": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                                        "annotations": {"lb.example/internal": "true"}}}),
+    );
+    let d = desired(&gateway(), &cfg, &settings());
+    let spec = d.service.spec.expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    let ports: Vec<i32> = spec.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, vec![80, 443]);
+    assert_eq!(
+        d.service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("lb.example/internal"))
+            .map(String::as_str),
+        Some("true")
+    );
+    let default = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    assert_eq!(
+        default.service.spec.and_then(|s| s.type_).as_deref(),
+        Some("LoadBalancer")
+    );
+}
+
+#[test]
+fn autoscaling_gives_an_hpa_and_leaves_the_replica_count_to_it() {
+    let cfg = config(json!({
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 60},
+        "podDisruptionBudget": {"minAvailable": 1},
+        "dataplane": {"image": "registry.local/portico:1", "logLevel": "debug",
+                      "podLabels": {"tier": "edge"}, "nodeSelector": {"pool": "edge"},
+                      "resources": {"requests": {"cpu": "500m"}}}
+    }));
+    let d = desired(&gateway(), &cfg, &settings());
+    let hpa = d.hpa.expect("hpa").spec;
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 10));
+    let spec = d.deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, None);
+    let pod = spec.template.spec.expect("pod");
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.local/portico:1"));
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug"))
+    );
+    assert!(c.resources.is_some());
+    assert_eq!(
+        pod.node_selector
+            .and_then(|n| n.get("pool").cloned())
+            .as_deref(),
+        Some("edge")
+    );
+    let labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .expect("labels");
+    assert_eq!(labels.get("tier").map(String::as_str), Some("edge"));
+    let pdb = d.pdb.spec.expect("pdb");
+    assert!(pdb.min_available.is_some() && pdb.max_unavailable.is_none());
+}
+
+#[test]
+fn pod_labels_cannot_override_the_selector() {
+    let cfg = config(json!({"dataplane": {"podLabels": {"portico.dev/gateway": "other"}}}));
+    let d = desired(&gateway(), &cfg, &settings());
+    let labels = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("labels");
+    assert_eq!(
+        labels.get("portico.dev/gateway").map(String::as_str),
+        Some("edge")
+    );
+}
+
+#[test]
+fn impossible_configurations_are_refused_with_a_reason() {
+    for (v, why) in [
+        (
+            json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+            "minReplicas",
+        ),
+        (json!({"redisUrl": "redis://user:pw@r:6379"}), "redisUrl"),
+        (json!({"dataplane": {"image": "has space"}}), "image"),
+        (
+            json!({"service": {"type": "ClusterIP", "externalTrafficPolicy": "Local"}}),
+            "externalTrafficPolicy",
+        ),
+    ] {
+        let e = validate(&config(v.clone())).expect_err(&v.to_string());
+        assert!(e.contains(why), "{v}: {e}");
+    }
+    assert!(
+        serde_json::from_value::<GatewayConfigSpec>(json!({"service": {"type": "Ingress"}}))
+            .is_err()
+    );
+    validate(&GatewayConfigSpec::default()).expect("defaults are valid");
+}
+
+#[test]
+fn the_gateway_names_its_config_or_its_class_does() {
+    let class = |params: serde_json::Value| -> GatewayClass {
+        serde_json::from_value(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "portico"},
+            "spec": {"controllerName": "portico.dev/gateway-controller", "parametersRef": params}}),
+        )
+        .expect("class")
+    };
+    let plain: GatewayClass = serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "portico"}, "spec": {"controllerName": "portico.dev/gateway-controller"}}))
+    .expect("class");
+    let mut gw = gateway();
+    assert_eq!(config_ref(&gw, &plain), Ok(None));
+    let by_class = class(
+        json!({"group": "portico.dev", "kind": "GatewayConfig", "name": "defaults", "namespace": "portico-system"}),
+    );
+    assert_eq!(
+        config_ref(&gw, &by_class),
+        Ok(Some(("portico-system".into(), "defaults".into())))
+    );
+    let no_ns = class(json!({"group": "portico.dev", "kind": "GatewayConfig", "name": "defaults"}));
+    assert!(config_ref(&gw, &no_ns).is_err());
+    let configmap = class(json!({"group": "", "kind": "ConfigMap", "name": "x", "namespace": "y"}));
+    assert!(config_ref(&gw, &configmap).is_err());
+    gw.spec.infrastructure = serde_json::from_value(
+        json!({"parametersRef": {"group": "portico.dev", "kind": "GatewayConfig", "name": "big"}}),
+    )
+    .ok();
+    assert_eq!(
+        config_ref(&gw, &by_class),
+        Ok(Some(("apps".into(), "big".into()))),
+        "the Gateway's own reference wins"
+    );
+}

@@ -1,0 +1,317 @@
+//! Provisioning on the real control plane (API server, etcd, and kube-controller-manager's
+//! deployment, replicaset and garbage collector controllers): a Gateway gets its dataplane
+//! objects, a GatewayConfig change rolls them, a hand edit is reverted, a bad configuration
+//! is refused or reported while the running dataplane stays as it is, and deleting the Gateway
+//! removes everything.
+
+use super::cluster;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use portico_crds::gateway_api::gatewayclasses::GatewayClass;
+use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gatewayconfig::GatewayConfig;
+use portico_tests::cluster::{create, create_cluster, start_controller, test_namespace};
+use portico_tests::{await_some, await_some_within};
+use serde_json::json;
+use std::time::Duration;
+
+fn image(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()
+}
+
+#[tokio::test]
+async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it() {
+    let client = cluster().client().await;
+    let ns = test_namespace(&client, "provision").await;
+    let controller_name = format!("portico.dev/{ns}");
+    let _controller = start_controller(
+        "provisioner",
+        &[
+            "--controller-name",
+            &controller_name,
+            "--lease-namespace",
+            &ns,
+            "--lease-name",
+            "provisioner",
+            "--dataplane-image",
+            "portico/dataplane:default",
+        ],
+    );
+    create_cluster::<GatewayClass>(
+        &client,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
+    )
+    .await;
+    create::<GatewayConfig>(
+        &client,
+        &ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "GatewayConfig", "metadata": {"name": "edge"},
+               "spec": {"dataplane": {"image": "portico/dataplane:1", "replicas": 3},
+                        "service": {"type": "ClusterIP"}}}),
+    )
+    .await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns,
+                        "infrastructure": {"labels": {"team": "web"},
+                                           "parametersRef": {"group": "portico.dev", "kind": "GatewayConfig", "name": "edge"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"},
+                                      {"name": "alt", "port": 8080, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = await_some("the dataplane Deployment", || async {
+        deployments.get_opt("portico-gw").await.ok().flatten()
+    })
+    .await;
+    let gw_uid = Api::<Gateway>::namespaced(client.clone(), &ns)
+        .get("gw")
+        .await
+        .expect("gateway")
+        .metadata
+        .uid;
+    let owned_by_gateway =
+        |refs: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            refs.iter().flatten().any(|o| {
+                o.kind == "Gateway" && Some(&o.uid) == gw_uid.as_ref() && o.controller == Some(true)
+            })
+        };
+    assert!(owned_by_gateway(&d.metadata.owner_references));
+    assert_eq!(image(&d).as_deref(), Some("portico/dataplane:1"));
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(
+        d.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("team"))
+            .map(String::as_str),
+        Some("web"),
+        "spec.infrastructure labels are propagated"
+    );
+    // Everything else, each owned by the Gateway.
+    let sa = await_some("the ServiceAccount", || async {
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .get_opt("portico-gw")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(owned_by_gateway(&sa.metadata.owner_references));
+    // The objects are applied one after the other: wait for the last one.
+    let pdb = await_some("the PDB", || async {
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .get_opt("portico-gw")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(owned_by_gateway(&pdb.metadata.owner_references));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("portico-gw-controller-ca")
+        .await
+        .expect("CA ConfigMap");
+    assert!(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+    );
+    let rb = Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .get("portico-gw")
+        .await
+        .expect("RoleBinding");
+    assert_eq!(rb.role_ref.name, "portico-dataplane");
+    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("portico-gw")
+        .await
+        .expect("Service");
+    assert!(owned_by_gateway(&svc.metadata.owner_references));
+    let spec = svc.spec.clone().expect("service spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ports: Vec<i32> = spec.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, vec![80, 8080]);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        hpas.get_opt("portico-gw").await.expect("get").is_none(),
+        "no autoscaling asked for"
+    );
+    // The Gateway's address is its Service's cluster IP.
+    let cluster_ip = spec.cluster_ip.clone().expect("cluster IP");
+    await_some("the Gateway's address", || async {
+        let gw = Api::<Gateway>::namespaced(client.clone(), &ns)
+            .get("gw")
+            .await
+            .ok()?;
+        gw.status?
+            .addresses?
+            .iter()
+            .any(|a| a.value == cluster_ip)
+            .then_some(())
+    })
+    .await;
+    // An Event says what was done.
+    await_some("a Provisioned event", || async {
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Provisioned"))
+            .then_some(())
+    })
+    .await;
+
+    // A new image and autoscaling: the Deployment rolls (a new ReplicaSet) and gets an HPA.
+    let configs: Api<GatewayConfig> = Api::namespaced(client.clone(), &ns);
+    configs
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"dataplane": {"image": "portico/dataplane:2", "replicas": null},
+                                          "autoscaling": {"minReplicas": 2, "maxReplicas": 6}}}),
+            ),
+        )
+        .await
+        .expect("update the config");
+    let hpa = await_some("the HPA", || async {
+        hpas.get_opt("portico-gw").await.ok().flatten()
+    })
+    .await;
+    let hpa_spec = hpa.spec;
+    assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(2), 6));
+    assert_eq!(hpa_spec.scale_target_ref.name, "portico-gw");
+    await_some("the new image", || async {
+        let d = deployments.get("portico-gw").await.ok()?;
+        (image(&d).as_deref() == Some("portico/dataplane:2")).then_some(())
+    })
+    .await;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    await_some("a rollout (two ReplicaSets)", || async {
+        let list = replica_sets.list(&ListParams::default()).await.ok()?;
+        (list.items.len() >= 2).then_some(())
+    })
+    .await;
+
+    // Someone edits the Deployment by hand: the provisioner puts its fields back.
+    deployments
+        .patch(
+            "portico-gw",
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "portico-gw"},
+                "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/gateway": "gw"}},
+                         "template": {"metadata": {"labels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/gateway": "gw"}},
+                                      "spec": {"containers": [{"name": "dataplane", "image": "evil/image:latest"}]}}}})),
+        )
+        .await
+        .expect("edit the Deployment");
+    await_some("the hand edit reverted", || async {
+        let d = deployments.get("portico-gw").await.ok()?;
+        (image(&d).as_deref() == Some("portico/dataplane:2")).then_some(())
+    })
+    .await;
+
+    // Impossible values: refused by the API server (CEL, schema).
+    let refused = configs
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 8, "maxReplicas": 2}}})),
+        )
+        .await
+        .expect_err("min > max is refused");
+    assert!(refused.to_string().contains("minReplicas"), "{refused}");
+    let refused = configs
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"type": "Ingress"}}})),
+        )
+        .await
+        .expect_err("an unknown Service type is refused");
+    assert!(
+        refused.to_string().contains("Ingress") || refused.to_string().contains("type"),
+        "{refused}"
+    );
+    // What CEL cannot see is reported in status; the running dataplane is untouched.
+    configs
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"dataplane": {"image": "portico/dataplane:3"},
+                                          "redisUrl": "redis://user:secret@redis:6379"}}),
+            ),
+        )
+        .await
+        .expect("accepted by the API server");
+    let message = await_some("the config reported invalid", || async {
+        let c = configs.get("edge").await.ok()?;
+        let cond = c
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Accepted")?;
+        (cond.status == "False" && cond.reason == "Invalid").then_some(cond.message)
+    })
+    .await;
+    assert!(message.contains("redisUrl"), "{message}");
+    let d = deployments.get("portico-gw").await.expect("deployment");
+    assert_eq!(
+        image(&d).as_deref(),
+        Some("portico/dataplane:2"),
+        "left as it was"
+    );
+
+    // Deleting the Gateway removes its dataplane (the garbage collector follows the owner
+    // references).
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .delete("gw", &Default::default())
+        .await
+        .expect("delete the gateway");
+    // The garbage collector resolves the owner (a CRD kind) through discovery, which it
+    // refreshes every 30 s: allow it a full period.
+    await_some_within(
+        "the dataplane objects gone",
+        Duration::from_secs(90),
+        || async {
+            let gone = deployments.get_opt("portico-gw").await.ok()?.is_none()
+                && Api::<Service>::namespaced(client.clone(), &ns)
+                    .get_opt("portico-gw")
+                    .await
+                    .ok()?
+                    .is_none()
+                && hpas.get_opt("portico-gw").await.ok()?.is_none()
+                && Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                    .get_opt("portico-gw")
+                    .await
+                    .ok()?
+                    .is_none()
+                && Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+                    .get_opt("portico-gw")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+}
