@@ -7,6 +7,7 @@
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
+//!  GatewayConfig ┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
 //!  Service ──────┤                          │                │
 //!  Namespace ────┘                          │                │ referenced Secrets
@@ -36,6 +37,7 @@ use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
+use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::{ObjectRef, RouteKind};
@@ -97,6 +99,7 @@ pub struct Index {
     pub grpc_routes: Store<GrpcRoute>,
     pub auth_policies: Store<AuthPolicy>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
+    pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
@@ -216,6 +219,13 @@ impl Index {
                 Reads::Spec,
                 |p: &RateLimitPolicy| DepKey::RateLimitPolicy(id(p)),
             ),
+            gateway_configs: watch(
+                Api::all(client.clone()),
+                changed.clone(),
+                log.clone(),
+                Reads::Spec,
+                |c: &GatewayConfig| DepKey::GatewayConfig(id(c)),
+            ),
             grants: watch(
                 Api::all(client.clone()),
                 changed.clone(),
@@ -254,6 +264,7 @@ impl Index {
             // open for a moment because its AuthPolicy was not listed yet.
             let _ = self.auth_policies.wait_until_ready().await;
             let _ = self.rate_limit_policies.wait_until_ready().await;
+            let _ = self.gateway_configs.wait_until_ready().await;
             let _ = self.grants.wait_until_ready().await;
             let _ = self.services.wait_until_ready().await;
             let _ = self.namespaces.wait_until_ready().await;
@@ -285,6 +296,7 @@ impl Index {
             grpc_routes: all(&self.grpc_routes),
             auth_policies: all(&self.auth_policies),
             rate_limit_policies: all(&self.rate_limit_policies),
+            gateway_configs: all(&self.gateway_configs),
             redis_url: None,
             reference_grants: all(&self.grants),
             services: all(&self.services),

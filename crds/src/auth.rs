@@ -10,6 +10,9 @@
 // copies are what this lint sees.
 #![allow(unreachable_pub)]
 
+// Unsigned fields carry `format: int64` in the schema: Kubernetes knows int32 and int64, and
+// warns about schemars' `uint32`.
+
 use crate::policy::{PolicyStatus, PolicyTargetRef, SecretKeyRef};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -166,11 +169,13 @@ pub struct JwtAuth {
     /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds. Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 300))]
+    #[schemars(extend("format" = "int64"))]
     pub leeway_seconds: Option<u32>,
 
     /// How often the JWKS URL is fetched again, in seconds. Default 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
+    #[schemars(extend("format" = "int64"))]
     pub jwks_refresh_seconds: Option<u32>,
 
     /// Where the token is read from, first match wins. Default: the `Authorization` header
@@ -259,6 +264,7 @@ pub struct BasicAuth {
     /// purpose; this keeps it to one hash per pair per period). Default 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
+    #[schemars(extend("format" = "int64"))]
     pub cache_seconds: Option<u32>,
 }
 
@@ -287,6 +293,7 @@ pub struct ExternalAuth {
     /// How long to wait for the answer, in milliseconds. Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 60000))]
+    #[schemars(extend("format" = "int64"))]
     pub timeout_ms: Option<u32>,
     /// When the service cannot be reached, times out or answers 5xx: deny with 503 (the
     /// default, fail closed) or let the request through (`true`).
@@ -307,10 +314,12 @@ pub struct IntrospectionAuth {
     /// cached past its `exp`. Default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
+    #[schemars(extend("format" = "int64"))]
     pub cache_seconds: Option<u32>,
     /// How long to wait for the answer, in milliseconds. Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 60000))]
+    #[schemars(extend("format" = "int64"))]
     pub timeout_ms: Option<u32>,
 }
 

@@ -9,6 +9,9 @@
 // copies are what this lint sees.
 #![allow(unreachable_pub)]
 
+// Unsigned fields carry `format: int64` in the schema: Kubernetes knows int32 and int64, and
+// warns about schemars' `uint32`.
+
 use crate::policy::{PolicyStatus, PolicyTargetRef};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -98,6 +101,7 @@ pub struct Limit {
 
     /// How many requests each key may send per interval.
     #[schemars(range(min = 1, max = 1_000_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub requests: u32,
 
     /// The length of the window (or the token bucket's refill period), as a Gateway API
@@ -117,6 +121,7 @@ pub struct Limit {
     /// TokenBucket only: how many requests may arrive at once. Defaults to `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub burst: Option<u32>,
 
     /// `Local` counts per dataplane replica, in memory; `Global` counts across every replica,
@@ -241,6 +246,7 @@ pub struct ClientIp {
     /// `X-Forwarded-For`; a request with fewer addresses is keyed by its peer address.
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
+    #[schemars(extend("format" = "int64"))]
     pub trusted_hops: u32,
 }
 
@@ -262,6 +268,7 @@ pub struct GlobalSettings {
     /// How long a request waits for Redis before the failure mode applies. Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 5000))]
+    #[schemars(extend("format" = "int64"))]
     pub timeout_milliseconds: Option<u32>,
 }
 

@@ -368,3 +368,39 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
         .name
         .expect("generated name")
 }
+
+/// A kubeconfig (written into `dir`) that authenticates to the test control plane as
+/// ServiceAccount `ns/account`, with a token from the TokenRequest API: how a pod running as
+/// that account reaches the API server.
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    ns: &str,
+    account: &str,
+    dir: &Path,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let token = accounts
+        .create_token_request(account, &Default::default(), &TokenRequest::default())
+        .await
+        .expect("TokenRequest")
+        .status
+        .and_then(|s| s.token)
+        .expect("token");
+    let cp = control_plane();
+    let admin = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+    let ca = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority.clone())
+        .expect("CA file");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}}}]\nusers: [{{name: {account}, user: {{token: {token}}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: {account}}}}}]\ncurrent-context: test\n",
+        cp.server
+    );
+    let path = dir.join(format!("{ns}-{account}.kubeconfig"));
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}

@@ -162,29 +162,13 @@ impl Setup {
             )
             .await
             .expect("create RoleBinding");
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
-        let token = accounts
-            .create_token_request(account, &PostParams::default(), &TokenRequest::default())
-            .await
-            .expect("TokenRequest")
-            .status
-            .and_then(|s| s.token)
-            .expect("token");
-        let cp = control_plane();
-        let admin = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
-        let ca = admin
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.as_ref())
-            .and_then(|c| c.certificate_authority.clone())
-            .expect("CA file");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}}}]\nusers: [{{name: {account}, user: {{token: {token}}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: {account}}}}}]\ncurrent-context: test\n",
-            cp.server
-        );
-        let path = self.files.path().join(format!("{account}.kubeconfig"));
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        crate::cluster::service_account_kubeconfig(
+            &self.client,
+            &self.ns,
+            account,
+            self.files.path(),
+        )
+        .await
     }
 
     /// Starts a dataplane replica on its own loopback address.

@@ -8,13 +8,13 @@ use crate::status::{
     reasons, types,
 };
 use crate::tls::SecretIndex;
-use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
+use portico_crds::{GATEWAY_GROUP, PORTICO_GROUP};
 use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +26,7 @@ const HTTP_KINDS: [&str; 2] = [HTTP_ROUTE, GRPC_ROUTE];
 /// Accepts the classes that name our controller; returns their names.
 pub(crate) fn accept_classes(
     classes: &[GatewayClass],
+    configs: &BTreeSet<ObjectRef>,
     controller_name: &str,
     status: &mut StatusReport,
 ) -> BTreeSet<String> {
@@ -36,16 +37,36 @@ pub(crate) fn accept_classes(
         }
         let name = class.metadata.name.clone().unwrap_or_default();
         let generation = class.metadata.generation;
-        let condition = match &class.spec.parameters_ref {
-            // GatewayConfig support arrives with the operator; until then a reference cannot
-            // be honoured and the user must know.
-            Some(p) => Condition::new(
+        let invalid = |message: String| {
+            Condition::new(
                 types::ACCEPTED,
                 false,
                 reasons::INVALID_PARAMETERS,
-                format!("parametersRef {}/{} is not supported yet", p.kind, p.name),
+                message,
                 generation,
-            ),
+            )
+        };
+        let condition = match &class.spec.parameters_ref {
+            Some(p) if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" => invalid(format!(
+                "parametersRef must name a portico.dev GatewayConfig, not {}/{}",
+                p.group, p.kind
+            )),
+            Some(p) => match &p.namespace {
+                None => invalid(
+                    "parametersRef to a GatewayConfig needs its namespace (GatewayConfig is namespaced)"
+                        .to_string(),
+                ),
+                Some(ns) if !configs.contains(&ObjectRef::new(ns.clone(), p.name.clone())) => {
+                    invalid(format!("GatewayConfig {ns}/{} does not exist", p.name))
+                }
+                Some(ns) => Condition::new(
+                    types::ACCEPTED,
+                    true,
+                    reasons::ACCEPTED,
+                    format!("handled by Portico; dataplanes configured by GatewayConfig {ns}/{}", p.name),
+                    generation,
+                ),
+            },
             None => Condition::new(
                 types::ACCEPTED,
                 true,
@@ -196,20 +217,46 @@ pub(crate) struct GatewayState {
 pub(crate) fn compile_gateways(
     gateways: &[Gateway],
     classes: &BTreeSet<String>,
+    configs: &BTreeSet<ObjectRef>,
     secrets: &SecretIndex<'_>,
 ) -> Vec<GatewayState> {
     let mut out: Vec<GatewayState> = gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(|g| compile_gateway(g, secrets))
+        .map(|g| compile_gateway(g, configs, secrets))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-fn compile_gateway(gw: &Gateway, secrets: &SecretIndex<'_>) -> GatewayState {
+fn compile_gateway(
+    gw: &Gateway,
+    configs: &BTreeSet<ObjectRef>,
+    secrets: &SecretIndex<'_>,
+) -> GatewayState {
     let id = crate::object_ref(&gw.metadata);
     let mut invalid = None;
+    if let Some(p) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
+            invalid = Some((
+                reasons::INVALID_PARAMETERS,
+                format!(
+                    "spec.infrastructure.parametersRef must name a portico.dev GatewayConfig, not {}/{}",
+                    p.group, p.kind
+                ),
+            ));
+        } else if !configs.contains(&ObjectRef::new(id.namespace.clone(), p.name.clone())) {
+            invalid = Some((
+                reasons::INVALID_PARAMETERS,
+                format!("GatewayConfig {}/{} does not exist", id.namespace, p.name),
+            ));
+        }
+    }
     let mut addresses = Vec::new();
     for a in gw.spec.addresses.iter().flatten() {
         let kind = a.r#type.as_deref().unwrap_or("IPAddress");

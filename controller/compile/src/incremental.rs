@@ -32,6 +32,7 @@ pub enum DepKey {
     Namespace(String),
     AuthPolicy(ObjectRef),
     RateLimitPolicy(ObjectRef),
+    GatewayConfig(ObjectRef),
 }
 
 /// The Gateways each object is read by.
@@ -91,6 +92,22 @@ impl Dependencies {
                 &id,
             );
             d.add(DepKey::Gateway(id.clone()), &id);
+            // The GatewayConfigs it (or its class) names: a missing one rejects it.
+            let own = gw
+                .spec
+                .infrastructure
+                .as_ref()
+                .and_then(|i| i.parameters_ref.as_ref())
+                .map(|p| ObjectRef::new(id.namespace.clone(), p.name.clone()));
+            let by_class = inputs
+                .gateway_classes
+                .iter()
+                .filter(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
+                .filter_map(|c| c.spec.parameters_ref.as_ref())
+                .filter_map(|p| Some(ObjectRef::new(p.namespace.clone()?, p.name.clone())));
+            for config in own.into_iter().chain(by_class) {
+                d.add(DepKey::GatewayConfig(config), &id);
+            }
             // Its dataplane Service's addresses are its status addresses.
             let service = ObjectRef::new(id.namespace.clone(), crate::dataplane_name(&id.name));
             d.add(DepKey::Service(service), &id);

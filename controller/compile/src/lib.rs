@@ -38,6 +38,7 @@ use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
     httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
 };
+use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_crds::ratelimit::RateLimitPolicy;
@@ -64,6 +65,9 @@ pub struct Inputs {
     pub reference_grants: Vec<ReferenceGrant>,
     pub auth_policies: Vec<AuthPolicy>,
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not
+    /// accepted); the provisioner reads their specs.
+    pub gateway_configs: Vec<GatewayConfig>,
     /// The Redis of `Global` rate limits whose policy names none (`--redis-url`).
     pub redis_url: Option<String>,
     /// The Secrets listeners and policies refer to (others are ignored; the controller
@@ -99,7 +103,17 @@ pub fn compile_scoped(
 ) -> Output {
     let in_scope = |gw: &ObjectRef| scope.is_none_or(|s| s.contains(gw));
     let mut status = StatusReport::default();
-    let classes = gateway::accept_classes(&inputs.gateway_classes, controller_name, &mut status);
+    let configs: BTreeSet<ObjectRef> = inputs
+        .gateway_configs
+        .iter()
+        .map(|c| object_ref(&c.metadata))
+        .collect();
+    let classes = gateway::accept_classes(
+        &inputs.gateway_classes,
+        &configs,
+        controller_name,
+        &mut status,
+    );
     let namespaces = gateway::NamespaceLabels::new(&inputs.namespaces);
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let secrets = tls::SecretIndex::new(&inputs.secrets, &grants);
@@ -116,7 +130,7 @@ pub fn compile_scoped(
             &scoped_gateways
         }
     };
-    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &secrets);
+    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &configs, &secrets);
     let backends = backend::BackendIndex::new(inputs);
     let names_scope = |parents: Vec<ObjectRef>| scope.is_none() || parents.iter().any(in_scope);
     let sources: Vec<RouteSource<'_>> = inputs

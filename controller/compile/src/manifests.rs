@@ -174,10 +174,13 @@ impl ManifestSet {
             ("portico.dev/v1alpha1", "RateLimitPolicy") => {
                 push(&mut i.rate_limit_policies, value, |o| &o.metadata, false)
             }
+            ("portico.dev/v1alpha1", "GatewayConfig") => {
+                push(&mut i.gateway_configs, value, |o| &o.metadata, false)
+            }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
                  GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
-                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy and RateLimitPolicy (portico.dev/v1alpha1)"
+                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy and GatewayConfig (portico.dev/v1alpha1)"
             )),
         };
         match added {
