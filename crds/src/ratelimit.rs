@@ -254,7 +254,8 @@ pub struct ClientIp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalSettings {
-    /// `redis://host:port` (an optional `/db` number). Without it, the Redis the controller
+    /// `redis://host:port` (an optional `/db` number). Without it, the `redisUrl` of the
+    /// GatewayConfig of each Gateway the policy applies through, else the Redis the controller
     /// (or standalone `portico`) was started with, `--redis-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('redis://')").message("url must be a redis:// URL"))]

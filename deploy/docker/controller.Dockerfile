@@ -1,7 +1,8 @@
 # The controller image: a static (musl) binary on distroless, as a non-root user.
 #   docker build -f deploy/docker/controller.Dockerfile -t portico/controller .
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+# ring compiles C and assembly: a C compiler besides the musl headers.
+RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p portico-controller --bin portico-controller \

@@ -3,7 +3,8 @@
 # state directory is an emptyDir.
 #   docker build -f deploy/docker/dataplane.Dockerfile -t portico/dataplane .
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+# ring compiles C and assembly: a C compiler besides the musl headers.
+RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p portico-dataplane --bin portico \

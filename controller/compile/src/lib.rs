@@ -160,7 +160,8 @@ pub fn compile_scoped(
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
     let targets = policy::Targets::new(inputs, controller_name);
     let policies = auth::resolve(inputs, &targets, &mut status);
-    let limits = ratelimit::resolve(inputs, &targets, &policies, &mut status);
+    let redis = gateway_redis(inputs, controller_name);
+    let limits = ratelimit::resolve(inputs, &targets, &policies, &redis, &mut status);
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
@@ -207,6 +208,44 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
     }
     out.extend(auth::referenced_secrets(inputs));
     out
+}
+
+/// Each Gateway's Redis for global rate limits: the `redisUrl` of its GatewayConfig (its own
+/// `infrastructure.parametersRef`, else its class's), else `inputs.redis_url`.
+fn gateway_redis(inputs: &Inputs, controller_name: &str) -> ratelimit::GatewayRedis {
+    let config_url = |ns: &str, name: &str| {
+        inputs
+            .gateway_configs
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name) && namespace_of(&c.metadata) == ns)
+            .and_then(|c| c.spec.redis_url.clone())
+    };
+    let mut by_gateway = BTreeMap::new();
+    for gw in gateways_of(inputs, controller_name) {
+        let id = object_ref(&gw.metadata);
+        let own = gw
+            .spec
+            .infrastructure
+            .as_ref()
+            .and_then(|i| i.parameters_ref.as_ref())
+            .map(|p| config_url(&id.namespace, &p.name));
+        let url = match own {
+            Some(url) => url,
+            None => inputs
+                .gateway_classes
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
+                .and_then(|c| c.spec.parameters_ref.as_ref())
+                .and_then(|p| config_url(p.namespace.as_deref()?, &p.name)),
+        };
+        if let Some(url) = url {
+            by_gateway.insert(id, url);
+        }
+    }
+    ratelimit::GatewayRedis {
+        by_gateway,
+        default: inputs.redis_url.clone(),
+    }
 }
 
 /// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment) in the

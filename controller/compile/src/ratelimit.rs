@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!   RateLimitPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule]
-//!                   ──global.redisUrl (else Inputs::redis_url)──▶ Redis
+//!                   ──global.redisUrl, else the Gateway's GatewayConfig redisUrl,
+//!                     else Inputs::redis_url──▶ Redis
 //!                   ──Claim / Consumer keys──▶ the AuthPolicy that authenticates there
 //! ```
 //!
@@ -29,6 +30,54 @@ use std::str::FromStr;
 pub(crate) struct RateLimitPolicies {
     attached: Attachments,
     compiled: BTreeMap<ObjectRef, model::RateLimitPolicy>,
+    redis: GatewayRedis,
+}
+
+/// The Redis of global limits whose policy names none: per Gateway (its GatewayConfig's
+/// `redisUrl`), else the one the controller was started with.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GatewayRedis {
+    pub(crate) by_gateway: BTreeMap<ObjectRef, String>,
+    pub(crate) default: Option<String>,
+}
+
+impl GatewayRedis {
+    fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
+        self.by_gateway
+            .get(gw)
+            .map(String::as_str)
+            .or(self.default.as_deref())
+    }
+}
+
+/// Why the global limits of `p` have no Redis on `target`: the policy names none and a
+/// Gateway the target is served through has none either.
+fn missing_redis(
+    p: &model::RateLimitPolicy,
+    target: &Target,
+    targets: &Targets,
+    redis: &GatewayRedis,
+) -> Option<String> {
+    let g = p.global.as_ref()?;
+    if !g.redis_url.is_empty() {
+        return None;
+    }
+    let gateways: Vec<ObjectRef> = match target {
+        Target::Gateway(gw, _) => vec![gw.clone()],
+        Target::Route(route, _) => targets.parents_of(route).to_vec(),
+    };
+    let without: Vec<String> = gateways
+        .iter()
+        .filter(|gw| redis.for_gateway(gw).is_none())
+        .map(ToString::to_string)
+        .collect();
+    (!without.is_empty()).then(|| {
+        format!(
+            "a Global limit needs a Redis: set global.redisUrl, the redisUrl of the GatewayConfig of Gateway {}, \
+             or start the controller (or standalone portico) with --redis-url",
+            without.join(", ")
+        )
+    })
 }
 
 /// Compiles every RateLimitPolicy, decides attachment and writes each one's status. `auth`
@@ -37,18 +86,25 @@ pub(crate) fn resolve(
     inputs: &Inputs,
     targets: &Targets,
     auth: &AuthPolicies,
+    redis: &GatewayRedis,
     status: &mut StatusReport,
 ) -> RateLimitPolicies {
-    let mut out = RateLimitPolicies::default();
+    let mut out = RateLimitPolicies {
+        redis: redis.clone(),
+        ..RateLimitPolicies::default()
+    };
     for policy in oldest_first(&inputs.rate_limit_policies, |p| &p.metadata) {
         let id = object_ref(&policy.metadata);
-        let compiled = compile_policy(&id, &policy.spec, inputs.redis_url.as_deref());
+        let compiled = compile_policy(&id, &policy.spec);
         let needs = needs_identity(&policy.spec);
         let verdict = |target: &Target| match &compiled {
             Err(reason) => Verdict::Rejected(reason.clone()),
-            Ok(_) => match needs.and_then(|n| missing_identity(n, target, targets, auth)) {
+            Ok(p) => match needs.and_then(|n| missing_identity(n, target, targets, auth)) {
                 Some(reason) => Verdict::Rejected(reason),
-                None => Verdict::Applies,
+                None => match missing_redis(p, target, targets, redis) {
+                    Some(reason) => Verdict::Rejected(reason),
+                    None => Verdict::Applies,
+                },
             },
         };
         let s = out.attached.claim(
@@ -74,9 +130,22 @@ impl RateLimitPolicies {
         let used = self
             .attached
             .name_in(snapshot, |p| &mut p.rate_limit, |r| &mut r.rate_limit);
+        let gw_redis = self
+            .redis
+            .for_gateway(&snapshot.gateway)
+            .map(str::to_string);
         snapshot.rate_limit_policies = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
+            .filter_map(|mut p| {
+                if let Some(g) = &mut p.global
+                    && g.redis_url.is_empty()
+                {
+                    // Checked when the policy attached: this Gateway has one.
+                    g.redis_url = gw_redis.clone()?;
+                }
+                Some(p)
+            })
             .collect();
     }
 }
@@ -154,7 +223,6 @@ fn missing_identity(
 fn compile_policy(
     id: &ObjectRef,
     spec: &crd::RateLimitPolicySpec,
-    default_redis: Option<&str>,
 ) -> Result<model::RateLimitPolicy, String> {
     let mut limits = Vec::with_capacity(spec.limits.len());
     for (i, l) in spec.limits.iter().enumerate() {
@@ -171,18 +239,16 @@ fn compile_policy(
     let global = match (any_global, &spec.global) {
         (false, _) => None,
         (true, settings) => {
+            // Empty: the Gateway's (filled in per snapshot).
             let url = settings
                 .as_ref()
-                .and_then(|g| g.redis_url.as_deref())
-                .or(default_redis)
-                .ok_or_else(|| {
-                    "a Global limit needs a Redis: set global.redisUrl, or start the controller \
-                     (or standalone portico) with --redis-url"
-                        .to_string()
-                })?;
-            model::RedisAddress::parse(url).map_err(|e| format!("global.redisUrl: {e}"))?;
+                .and_then(|g| g.redis_url.clone())
+                .unwrap_or_default();
+            if !url.is_empty() {
+                model::RedisAddress::parse(&url).map_err(|e| format!("global.redisUrl: {e}"))?;
+            }
             Some(model::Global {
-                redis_url: url.to_string(),
+                redis_url: url,
                 fail_closed: settings
                     .as_ref()
                     .is_some_and(|g| g.failure_mode == crd::FailureMode::FailClosed),

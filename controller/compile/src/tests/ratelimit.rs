@@ -4,6 +4,7 @@
 use super::{applied_policy, gw, inputs, policy_condition, run};
 use crate::status::{Condition, reasons, types};
 use crate::{CONTROLLER_NAME, Output, compile};
+use portico_model::ObjectRef;
 use portico_model::ratelimit::{Algorithm, KeyPart, Scope};
 
 const ROUTES: &str = r#"
@@ -229,4 +230,49 @@ fn invalid_limits_are_reported_and_the_other_policies_still_apply() {
             "a bad limit does not refuse requests"
         );
     }
+}
+
+#[test]
+fn a_gateway_config_gives_its_gateways_a_redis() {
+    let docs = r#"
+---
+apiVersion: portico.dev/v1alpha1
+kind: GatewayConfig
+metadata: {name: cfg, namespace: default}
+spec: {redisUrl: "redis://redis.team:6379/3"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: own, namespace: default}
+spec:
+  gatewayClassName: portico
+  infrastructure: {parametersRef: {group: portico.dev, kind: GatewayConfig, name: cfg}}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: team, namespace: default}
+spec:
+  parentRefs: [{name: own}]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+"#;
+    let body = "  limits: [{requests: 10, interval: 1s, scope: Global}]";
+    let route_target = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: team}]";
+    let out = run(&format!(
+        "{docs}{ROUTES}{}{}",
+        policy("team", T1, route_target, body),
+        // On a route of `gw`, which has no GatewayConfig and no default: reported.
+        policy("other", T1, ROUTE, body)
+    ));
+    assert!(accepted(&out, "team").is_true());
+    let snap = &out.snapshots[&ObjectRef::new("default", "own")];
+    let g = snap.rate_limit_policies[0].global.clone().expect("global");
+    assert_eq!(g.redis_url, "redis://redis.team:6379/3");
+    let c = accepted(&out, "other");
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(
+        c.message.contains("GatewayConfig of Gateway default/gw"),
+        "{}",
+        c.message
+    );
 }
