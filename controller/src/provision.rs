@@ -32,7 +32,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
-use portico_crds::PORTICO_GROUP;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gatewayconfig::GatewayConfig;
@@ -153,40 +152,9 @@ fn error_policy(gw: Arc<Gateway>, e: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(wait)
 }
 
-/// Which GatewayConfig applies to `gw`: its own `infrastructure.parametersRef`, else its
-/// class's `parametersRef`. `Ok(None)`: none named (defaults apply).
+/// Which GatewayConfig applies to `gw` (namespace, name), as compile decides it.
 fn config_ref(gw: &Gateway, class: &GatewayClass) -> Result<Option<(String, String)>, String> {
-    let ns = gw.namespace().unwrap_or_else(|| "default".into());
-    if let Some(p) = gw
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref())
-    {
-        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
-            return Err(format!(
-                "spec.infrastructure.parametersRef names {}/{}, not a portico.dev GatewayConfig",
-                p.group, p.kind
-            ));
-        }
-        return Ok(Some((ns, p.name.clone())));
-    }
-    if let Some(p) = &class.spec.parameters_ref {
-        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
-            return Err(format!(
-                "the GatewayClass's parametersRef names {}/{}, not a portico.dev GatewayConfig",
-                p.group, p.kind
-            ));
-        }
-        let Some(cns) = p.namespace.clone() else {
-            return Err(
-                "the GatewayClass's parametersRef needs a namespace (GatewayConfig is namespaced)"
-                    .into(),
-            );
-        };
-        return Ok(Some((cns, p.name.clone())));
-    }
-    Ok(None)
+    portico_compile::parameters::gateway_config(gw, class).map(|r| r.map(|r| (r.namespace, r.name)))
 }
 
 async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -8,13 +8,13 @@ use crate::status::{
     reasons, types,
 };
 use crate::tls::SecretIndex;
+use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
-use portico_crds::{GATEWAY_GROUP, PORTICO_GROUP};
 use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,28 +46,19 @@ pub(crate) fn accept_classes(
                 generation,
             )
         };
-        let condition = match &class.spec.parameters_ref {
-            Some(p) if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" => invalid(format!(
-                "parametersRef must name a portico.dev GatewayConfig, not {}/{}",
-                p.group, p.kind
-            )),
-            Some(p) => match &p.namespace {
-                None => invalid(
-                    "parametersRef to a GatewayConfig needs its namespace (GatewayConfig is namespaced)"
-                        .to_string(),
-                ),
-                Some(ns) if !configs.contains(&ObjectRef::new(ns.clone(), p.name.clone())) => {
-                    invalid(format!("GatewayConfig {ns}/{} does not exist", p.name))
-                }
-                Some(ns) => Condition::new(
-                    types::ACCEPTED,
-                    true,
-                    reasons::ACCEPTED,
-                    format!("handled by Portico; dataplanes configured by GatewayConfig {ns}/{}", p.name),
-                    generation,
-                ),
-            },
-            None => Condition::new(
+        let condition = match crate::parameters::class_config(class) {
+            Err(message) => invalid(message),
+            Ok(Some(config)) if !configs.contains(&config) => {
+                invalid(format!("GatewayConfig {config} does not exist"))
+            }
+            Ok(Some(config)) => Condition::new(
+                types::ACCEPTED,
+                true,
+                reasons::ACCEPTED,
+                format!("handled by Portico; dataplanes configured by GatewayConfig {config}"),
+                generation,
+            ),
+            Ok(None) => Condition::new(
                 types::ACCEPTED,
                 true,
                 reasons::ACCEPTED,
@@ -236,26 +227,15 @@ fn compile_gateway(
 ) -> GatewayState {
     let id = crate::object_ref(&gw.metadata);
     let mut invalid = None;
-    if let Some(p) = gw
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref())
-    {
-        if p.group != PORTICO_GROUP || p.kind != "GatewayConfig" {
+    match crate::parameters::own_config(gw) {
+        Err(message) => invalid = Some((reasons::INVALID_PARAMETERS, message)),
+        Ok(Some(config)) if !configs.contains(&config) => {
             invalid = Some((
                 reasons::INVALID_PARAMETERS,
-                format!(
-                    "spec.infrastructure.parametersRef must name a portico.dev GatewayConfig, not {}/{}",
-                    p.group, p.kind
-                ),
-            ));
-        } else if !configs.contains(&ObjectRef::new(id.namespace.clone(), p.name.clone())) {
-            invalid = Some((
-                reasons::INVALID_PARAMETERS,
-                format!("GatewayConfig {}/{} does not exist", id.namespace, p.name),
+                format!("GatewayConfig {config} does not exist"),
             ));
         }
+        Ok(_) => {}
     }
     let mut addresses = Vec::new();
     for a in gw.spec.addresses.iter().flatten() {

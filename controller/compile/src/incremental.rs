@@ -92,19 +92,14 @@ impl Dependencies {
                 &id,
             );
             d.add(DepKey::Gateway(id.clone()), &id);
-            // The GatewayConfigs it (or its class) names: a missing one rejects it.
-            let own = gw
-                .spec
-                .infrastructure
-                .as_ref()
-                .and_then(|i| i.parameters_ref.as_ref())
-                .map(|p| ObjectRef::new(id.namespace.clone(), p.name.clone()));
+            // The GatewayConfigs it and its class name: a missing one rejects it (or its
+            // class, which takes all its Gateways out).
+            let own = crate::parameters::own_config(gw).ok().flatten();
             let by_class = inputs
                 .gateway_classes
                 .iter()
                 .filter(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
-                .filter_map(|c| c.spec.parameters_ref.as_ref())
-                .filter_map(|p| Some(ObjectRef::new(p.namespace.clone()?, p.name.clone())));
+                .filter_map(|c| crate::parameters::class_config(c).ok().flatten());
             for config in own.into_iter().chain(by_class) {
                 d.add(DepKey::GatewayConfig(config), &id);
             }

@@ -27,6 +27,7 @@ mod grpc;
 mod hostname;
 pub mod incremental;
 pub mod manifests;
+pub mod parameters;
 mod policy;
 mod ratelimit;
 mod route;
@@ -213,33 +214,25 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
 /// Each Gateway's Redis for global rate limits: the `redisUrl` of its GatewayConfig (its own
 /// `infrastructure.parametersRef`, else its class's), else `inputs.redis_url`.
 fn gateway_redis(inputs: &Inputs, controller_name: &str) -> ratelimit::GatewayRedis {
-    let config_url = |ns: &str, name: &str| {
-        inputs
-            .gateway_configs
-            .iter()
-            .find(|c| c.metadata.name.as_deref() == Some(name) && namespace_of(&c.metadata) == ns)
-            .and_then(|c| c.spec.redis_url.clone())
-    };
     let mut by_gateway = BTreeMap::new();
     for gw in gateways_of(inputs, controller_name) {
-        let id = object_ref(&gw.metadata);
-        let own = gw
-            .spec
-            .infrastructure
-            .as_ref()
-            .and_then(|i| i.parameters_ref.as_ref())
-            .map(|p| config_url(&id.namespace, &p.name));
-        let url = match own {
-            Some(url) => url,
-            None => inputs
-                .gateway_classes
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
-                .and_then(|c| c.spec.parameters_ref.as_ref())
-                .and_then(|p| config_url(p.namespace.as_deref()?, &p.name)),
+        let Some(class) = inputs
+            .gateway_classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
+        else {
+            continue;
         };
+        let Ok(Some(config)) = parameters::gateway_config(gw, class) else {
+            continue;
+        };
+        let url = inputs
+            .gateway_configs
+            .iter()
+            .find(|c| object_ref(&c.metadata) == config)
+            .and_then(|c| c.spec.redis_url.clone());
         if let Some(url) = url {
-            by_gateway.insert(id, url);
+            by_gateway.insert(object_ref(&gw.metadata), url);
         }
     }
     ratelimit::GatewayRedis {
