@@ -249,6 +249,16 @@ impl Part {
     }
 }
 
+/// What a Global limit sends Redis besides the key, prepared once per snapshot.
+#[derive(Debug)]
+struct GlobalLimit {
+    /// The prefix of its Redis keys.
+    prefix: String,
+    /// The script's arguments after the key: requests, interval (µs) and, for a token
+    /// bucket, the burst.
+    args: Vec<String>,
+}
+
 #[derive(Debug)]
 struct LimitEngine {
     name: String,
@@ -257,8 +267,8 @@ struct LimitEngine {
     matcher: Option<Matcher>,
     /// The limit's own counters (Local), or the per-replica fallback of a Global limit.
     local: Arc<LocalStore>,
-    /// `Some(prefix of its Redis keys)` for a Global limit.
-    global: Option<String>,
+    /// Set for a Global limit.
+    global: Option<GlobalLimit>,
     /// This limit's `RateLimit-Policy` item.
     policy_item: String,
 }
@@ -315,7 +325,14 @@ impl RateLimitEngine {
                     // The hash tag keeps a limit's keys in one Redis Cluster slot per key.
                     let fingerprint =
                         ring::digest::digest(&ring::digest::SHA256, definition.as_bytes());
-                    format!("portico:rl:{}", hex(&fingerprint.as_ref()[..8]))
+                    let mut args = vec![quota.requests.to_string(), quota.interval_us.to_string()];
+                    if quota.algorithm == model::Algorithm::TokenBucket {
+                        args.push(quota.burst.to_string());
+                    }
+                    GlobalLimit {
+                        prefix: format!("portico:rl:{}", hex(&fingerprint.as_ref()[..8])),
+                        args,
+                    }
                 });
                 LimitEngine {
                     name: l.name.clone(),
@@ -383,8 +400,8 @@ impl RateLimitEngine {
                     let key = self.local_key(limit, req.headers(), facts, &mut client);
                     limit.local.admit(key, self.clock.now_us())
                 }
-                Some(prefix) => match self
-                    .global_admit(limit, prefix, req.headers(), facts, &mut client)
+                Some(global) => match self
+                    .global_admit(limit, global, req.headers(), facts, &mut client)
                     .await
                 {
                     Ok(o) => o,
@@ -428,7 +445,7 @@ impl RateLimitEngine {
     async fn global_admit(
         &self,
         limit: &LimitEngine,
-        prefix: &str,
+        global: &GlobalLimit,
         headers: &HeaderMap,
         facts: &LimitFacts<'_>,
         client: &mut Option<IpAddr>,
@@ -441,22 +458,14 @@ impl RateLimitEngine {
             digest.update(&(part.len() as u64).to_le_bytes());
             digest.update(part);
         });
-        let key = format!("{prefix}:{{{}}}", hex(&digest.finish().as_ref()[..16]));
+        let key = format!(
+            "{}:{{{}}}",
+            global.prefix,
+            hex(&digest.finish().as_ref()[..16])
+        );
         let script = scripts::Script::for_algorithm(limit.quota.algorithm);
-        let requests = limit.quota.requests.to_string();
-        let interval = limit.quota.interval_us.to_string();
-        let burst = limit.quota.burst.to_string();
-        let mut args: Vec<&[u8]> = vec![
-            b"EVALSHA",
-            script.sha1.as_bytes(),
-            b"1",
-            key.as_bytes(),
-            requests.as_bytes(),
-            interval.as_bytes(),
-        ];
-        if limit.quota.algorithm == model::Algorithm::TokenBucket {
-            args.push(burst.as_bytes());
-        }
+        let mut args: Vec<&[u8]> = vec![b"EVALSHA", script.sha1.as_bytes(), b"1", key.as_bytes()];
+        args.extend(global.args.iter().map(|a| a.as_bytes()));
         let mut reply = g.pool.call(&args, g.timeout).await;
         if matches!(&reply, Ok(Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
             // Redis restarted or was flushed: EVAL loads the script again.
