@@ -241,13 +241,20 @@ pub struct HeaderMatch {
 #[serde(rename_all = "camelCase")]
 pub struct ClientIp {
     /// How many proxies in front of Portico append to `X-Forwarded-For` and are trusted. 0
-    /// (the default): the peer address of the connection, `X-Forwarded-For` is ignored (a
-    /// client could write anything there). N: the N-th address from the right of
-    /// `X-Forwarded-For`; a request with fewer addresses is keyed by its peer address.
+    /// (the default): the dataplane's own setting (`--trusted-hops`), itself 0 by default:
+    /// the peer address of the connection, `X-Forwarded-For` ignored (a client could write
+    /// anything there). N: the N-th address from the right of `X-Forwarded-For`; a request
+    /// with fewer addresses, or a malformed header, is keyed by its peer address.
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
     #[schemars(extend("format" = "int64"))]
     pub trusted_hops: u32,
+    /// IPv6 clients are keyed by this many leading bits of their address (default 64: one
+    /// host usually holds a whole /64, so keying by /128 would give it unlimited keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    #[schemars(extend("format" = "int64"))]
+    pub ipv6_prefix_length: Option<u32>,
 }
 
 /// The Redis that holds `Global` limits, and what to do without it.

@@ -52,6 +52,12 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The client's request body was malformed or too slow.
+    #[error("the request body failed: {}", .0.as_str())]
+    ClientBody(crate::body::BodyFault),
+    /// The backend switched protocols although nothing asked it to.
+    #[error("backend {0} answered 101 to a request without Upgrade")]
+    UnexpectedUpgrade(String),
     #[error("backend {0} did not answer within the backendRequest timeout")]
     BackendTimeout(String),
     #[error("the request timeout elapsed")]
@@ -71,6 +77,12 @@ pub enum ProxyError {
     /// The external auth or introspection service failed and the policy fails closed.
     #[error("auth service unavailable: {0}")]
     AuthUnavailable(String),
+    /// Every password-verification slot is busy and the queue is full: 503 at once.
+    #[error("too many password verifications in progress")]
+    AuthBusy,
+    /// This client failed password verification too often lately: 429.
+    #[error("too many failed password verifications from this client")]
+    AuthThrottled,
     /// The route's auth policy could not be compiled: refuse rather than serve unprotected.
     #[error("auth policy {0} is invalid")]
     AuthPolicyInvalid(String),
@@ -86,20 +98,23 @@ impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::ClientBody(_)
             | ProxyError::Misdirected
             | ProxyError::Unauthenticated { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::AuthDenied(_)
+            | ProxyError::AuthThrottled
             | ProxyError::RateLimited(_) => ErrorSource::Downstream,
             ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::AuthPolicyInvalid(_) => {
                 ErrorSource::Config
             }
-            ProxyError::AuthUnavailable(_) | ProxyError::RateLimitUnavailable(_) => {
-                ErrorSource::Upstream
-            }
+            ProxyError::AuthUnavailable(_)
+            | ProxyError::AuthBusy
+            | ProxyError::RateLimitUnavailable(_) => ErrorSource::Upstream,
             ProxyError::NoEndpoints(_)
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UnexpectedUpgrade(_)
             | ProxyError::BackendTimeout(_)
             | ProxyError::RequestTimeout => ErrorSource::Upstream,
         }
@@ -117,6 +132,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(crate::body::BodyFault::Framing) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UnexpectedUpgrade(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             // The Gateway API: traffic for an invalid or missing backendRef gets 500.
@@ -132,7 +150,10 @@ impl ProxyError {
             ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthDenied(a) => a.status,
-            ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AuthUnavailable(_) | ProxyError::AuthBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::AuthPolicyInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RateLimitUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +186,17 @@ impl ProxyError {
                 return resp;
             }
             ProxyError::AuthUnavailable(_) => "authorization service unavailable\n".into(),
+            ProxyError::AuthBusy | ProxyError::AuthThrottled => {
+                let (status_text, retry) = if status == StatusCode::TOO_MANY_REQUESTS {
+                    ("too many failed logins; retry later\n", "60")
+                } else {
+                    ("too many logins in progress; retry shortly\n", "1")
+                };
+                let mut resp = text_response(status, status_text.into());
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+                return resp;
+            }
             ProxyError::RateLimited(headers) => {
                 let mut resp = text_response(status, "too many requests\n".into());
                 headers.apply(resp.headers_mut());
@@ -180,6 +212,11 @@ impl ProxyError {
                 "this route's auth policy is invalid; see its status\n".into()
             }
             ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
+            ProxyError::ClientBody(crate::body::BodyFault::Framing) => {
+                "bad request: malformed request body\n".into()
+            }
+            ProxyError::ClientBody(_) => "request body timeout\n".into(),
+            ProxyError::UnexpectedUpgrade(_) => "upstream error\n".into(),
             ProxyError::NoRoute => "no route matches this request\n".into(),
             ProxyError::Misdirected => {
                 "this connection's TLS server name does not cover the requested host\n".into()

@@ -43,10 +43,14 @@ fn with_query(path: String, query: Option<&str>) -> String {
 
 /// The redirect response for `req`, as the Gateway API specifies the Location: scheme, host
 /// and port from the filter or the request, the well-known port left out.
+///
+/// `matching` is the path the rule matched when it differs from the request's
+/// (`;parameters` removed): a prefix is replaced in the path it was matched in.
 pub fn redirect<B>(
     r: &Redirect,
     req: &Request<B>,
     prefix: Option<&str>,
+    matching: Option<&str>,
     scheme: &str,
     listener_port: u16,
 ) -> Response<ProxyBody> {
@@ -66,7 +70,7 @@ pub fn redirect<B>(
     });
     let default_port = matches!((scheme, port), ("http", 80) | ("https", 443));
     let path = match &r.path {
-        Some(p) => rewritten_path(p, req.uri().path(), prefix),
+        Some(p) => rewritten_path(p, matching.unwrap_or(req.uri().path()), prefix),
         None => req.uri().path().to_string(),
     };
     let location = if default_port {
@@ -92,15 +96,22 @@ pub fn redirect<B>(
     }
 }
 
-/// Applies a URLRewrite to the request: the Host header and the path (query kept).
-pub fn rewrite<B>(rw: &UrlRewrite, req: &mut Request<B>, prefix: Option<&str>) {
+/// Applies a URLRewrite to the request: the Host header and the path (query kept). A path
+/// rewrite works on `matching`, the path the rule matched, when it differs from the request's
+/// (`;parameters` removed), so the backend gets a path built from what was routed.
+pub fn rewrite<B>(
+    rw: &UrlRewrite,
+    req: &mut Request<B>,
+    prefix: Option<&str>,
+    matching: Option<&str>,
+) {
     if let Some(h) = &rw.hostname
         && let Ok(v) = HeaderValue::from_str(h)
     {
         req.headers_mut().insert(header::HOST, v);
     }
     if let Some(p) = &rw.path {
-        let path = rewritten_path(p, req.uri().path(), prefix);
+        let path = rewritten_path(p, matching.unwrap_or(req.uri().path()), prefix);
         let pq = with_query(path, req.uri().query());
         if let Ok(pq) = PathAndQuery::try_from(pq) {
             let mut parts = req.uri().clone().into_parts();
@@ -154,6 +165,7 @@ mod tests {
             r,
             &req(uri, "a.example.com:8080"),
             prefix,
+            None,
             "http",
             listener_port,
         );
@@ -219,8 +231,12 @@ mod tests {
             hostname: Some("internal.local".into()),
             path: Some(PathRewrite::ReplacePrefixMatch("/v2".into())),
         };
-        rewrite(&rw, &mut r, Some("/api/v1"));
+        rewrite(&rw, &mut r, Some("/api/v1"), None);
         assert_eq!(r.uri().to_string(), "/v2/items?x=1");
         assert_eq!(r.headers()[header::HOST], "internal.local");
+        // With parameters, the prefix is replaced in the matched path (parameters gone).
+        let mut r = req("/api;x/v1/items?x=1", "a.example.com");
+        rewrite(&rw, &mut r, Some("/api/v1"), Some("/api/v1/items"));
+        assert_eq!(r.uri().to_string(), "/v2/items?x=1");
     }
 }

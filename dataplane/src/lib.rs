@@ -10,13 +10,16 @@
 //!
 //! Module per stage: [`router`] matching, [`rule`] compiled rules, [`filters`] redirect and
 //! rewrite, [`balancer`] endpoint pools, [`proxy`] the request path, [`errors`] failure →
-//! response, [`server`] sockets and connections, [`tls`] certificates by SNI, [`metrics`] and [`admin`] telemetry,
+//! response, [`server`] sockets and connections, [`conn`] connection limits, [`sanitize`] what a
+//! client may send, [`body`] body time limits, [`tls`] certificates by SNI, [`metrics`] and [`admin`] telemetry,
 //! [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
 
 pub mod admin;
 pub mod auth;
 pub mod balancer;
+pub mod body;
 pub mod channel;
+pub mod conn;
 pub mod dataplane;
 pub mod endpoints;
 pub mod errors;
@@ -27,6 +30,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 pub mod rule;
+pub mod sanitize;
 pub mod server;
 pub mod standalone;
 pub mod table;

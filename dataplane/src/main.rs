@@ -3,8 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use portico_dataplane::body::{BodyLimits, MinRate};
 use portico_dataplane::channel::ChannelSettings;
+use portico_dataplane::conn::ConnectionLimits;
 use portico_dataplane::proxy::ProxySettings;
+use portico_dataplane::sanitize::EdgeSettings;
 use portico_dataplane::server::ServerSettings;
 use portico_dataplane::{Dataplane, DataplaneSettings, admin, standalone};
 use std::net::{IpAddr, SocketAddr};
@@ -111,6 +114,44 @@ struct ServeArgs {
     /// Largest request head a client may send; larger gets 431.
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: usize,
+    /// Time a client may take to send a request head (also an idle HTTP/1.1 keep-alive
+    /// wait) and to finish a TLS handshake, in seconds.
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout_s: u64,
+    /// Downstream connections open at once, over every listener (0: no cap). Beyond it, new
+    /// connections are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Downstream connections open at once from one source address (an IPv6 /64 counts as
+    /// one; 0: no cap). Behind a load balancer that does not keep client addresses, raise it.
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_source: usize,
+    /// A connection must send its first bytes (after a TLS handshake) within this, in seconds.
+    #[arg(long, default_value_t = 10)]
+    first_bytes_timeout_s: u64,
+    /// Longest wait for the next byte of a request or response body, for a backend's answer
+    /// once the request is sent (on routes without timeouts of their own), and the time an
+    /// HTTP/2 connection may stay open with nothing in flight, in seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_s: u64,
+    /// A write to a client that reads nothing for this long ends its connection, in seconds.
+    #[arg(long, default_value_t = 60)]
+    write_timeout_s: u64,
+    /// Slowest average rate a request body may arrive at, in bytes per second, once its
+    /// grace period is over (0: no minimum). gRPC streams are exempt.
+    #[arg(long, default_value_t = 500)]
+    body_min_rate: u32,
+    /// Seconds a request body may take before `--body-min-rate` applies.
+    #[arg(long, default_value_t = 20)]
+    body_min_rate_grace_s: u64,
+    /// Request headers whose names contain `_`: reject (400), drop, or allow.
+    #[arg(long, value_enum, default_value = "reject")]
+    headers_with_underscores: portico_dataplane::sanitize::UnderscoreHeaders,
+    /// Proxies in front of this gateway that append to X-Forwarded-For (0: this gateway is
+    /// the edge and the peer address is the client). RateLimitPolicies without
+    /// `clientIP.trustedHops` use it too.
+    #[arg(long, default_value_t = 0)]
+    trusted_hops: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -265,14 +306,35 @@ fn check(dir: &std::path::Path, settings: &standalone::CompileSettings) -> ExitC
 }
 
 async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
+    let secs = Duration::from_secs;
     let settings = DataplaneSettings {
         default_bind: args.bind_address,
         proxy: ProxySettings {
             access_log: args.access_log,
+            edge: EdgeSettings {
+                underscore_headers: args.headers_with_underscores,
+                trusted_hops: args.trusted_hops,
+            },
+            body: BodyLimits {
+                idle_timeout: secs(args.idle_timeout_s.max(1)),
+                min_rate: (args.body_min_rate > 0).then(|| MinRate {
+                    bytes_per_second: args.body_min_rate,
+                    grace: secs(args.body_min_rate_grace_s),
+                }),
+            },
             ..ProxySettings::default()
         },
         server: ServerSettings {
             max_header_bytes: args.max_header_bytes,
+            header_read_timeout: secs(args.header_read_timeout_s.max(1)),
+            connections: ConnectionLimits {
+                max_connections: args.max_connections,
+                max_connections_per_source: args.max_connections_per_source,
+                first_bytes_timeout: secs(args.first_bytes_timeout_s.max(1)),
+                write_timeout: secs(args.write_timeout_s.max(1)),
+                idle_timeout: secs(args.idle_timeout_s.max(1)),
+                ..ConnectionLimits::default()
+            },
             ..ServerSettings::default()
         },
         rate_limit_max_keys: args.rate_limit_max_keys,
@@ -295,7 +357,18 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .with_context(|| format!("cannot listen on the admin address {}", args.admin_address))?;
-    tracing::info!(address = %args.admin_address, "admin server listening");
+    if args.admin_address.ip().is_unspecified() {
+        // In a pod this is what probes and Prometheus need; say so, since it is reachable
+        // from the whole pod network unless a NetworkPolicy says otherwise.
+        tracing::info!(
+            address = %args.admin_address,
+            "admin server listening on every interface: /healthz, /readyz and /metrics \
+             (no configuration, no secrets) are reachable by anyone who can reach this \
+             address; restrict it with a NetworkPolicy or --admin-address"
+        );
+    } else {
+        tracing::info!(address = %args.admin_address, "admin server listening");
+    }
     tokio::spawn(admin::serve(admin, dp.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

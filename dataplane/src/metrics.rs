@@ -21,6 +21,12 @@ struct RequestLabels {
     code: &'static str,
 }
 
+/// One label, `reason`, with a value from a fixed set chosen by the code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
@@ -51,9 +57,13 @@ pub enum AuthDecision {
     Unavailable,
     /// The policy could not be compiled.
     Invalid,
+    /// Refused at once: too many password verifications or auth service calls in flight.
+    Busy,
+    /// Refused at once: the client failed password verification too often lately.
+    Throttled,
 }
 
-const DECISIONS: [(AuthDecision, &str); 7] = [
+const DECISIONS: [(AuthDecision, &str); 9] = [
     (AuthDecision::Allowed, "allowed"),
     (AuthDecision::Anonymous, "anonymous"),
     (AuthDecision::Unauthenticated, "unauthenticated"),
@@ -61,6 +71,8 @@ const DECISIONS: [(AuthDecision, &str); 7] = [
     (AuthDecision::Denied, "denied"),
     (AuthDecision::Unavailable, "unavailable"),
     (AuthDecision::Invalid, "invalid"),
+    (AuthDecision::Busy, "busy"),
+    (AuthDecision::Throttled, "throttled"),
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,7 +135,7 @@ impl RateLimitMetrics {
 
 /// One policy's decision counters, taken once per snapshot.
 #[derive(Clone, Debug)]
-pub struct AuthMetrics([Counter; 7]);
+pub struct AuthMetrics([Counter; 9]);
 
 impl AuthMetrics {
     pub fn record(&self, d: AuthDecision) {
@@ -201,6 +213,10 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_errors: Counter,
     pub connections: Gauge,
+    connections_refused: Family<ReasonLabel, Counter>,
+    connections_closed: Family<ReasonLabel, Counter>,
+    downstream_errors: Family<ReasonLabel, Counter>,
+    pub forwarded_for_invalid: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,6 +237,30 @@ impl Default for Metrics {
         let config_reloads = Counter::default();
         let config_errors = Counter::default();
         let connections = Gauge::default();
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        let downstream_errors = Family::<ReasonLabel, Counter>::default();
+        let forwarded_for_invalid = Counter::default();
+        registry.register(
+            "downstream_connections_refused",
+            "Connections refused at accept, by reason (max_connections, max_connections_per_source, accept_error)",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "downstream_connections_closed",
+            "Connections closed by a limit, by reason (first_bytes_timeout, tls_handshake_timeout, idle_timeout)",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "downstream_errors",
+            "Requests refused or ended for the client's fault, by reason (bad_request, body_framing, body_idle, body_too_slow)",
+            downstream_errors.clone(),
+        );
+        registry.register(
+            "forwarded_for_invalid",
+            "Requests whose X-Forwarded-For was not a list of addresses (the peer address was used)",
+            forwarded_for_invalid.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by HTTPRoute and status class",
@@ -277,11 +317,33 @@ impl Default for Metrics {
             config_reloads,
             config_errors,
             connections,
+            connections_refused,
+            connections_closed,
+            downstream_errors,
+            forwarded_for_invalid,
         }
     }
 }
 
 impl Metrics {
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn downstream_error(&self, reason: &'static str) {
+        self.downstream_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Handles for one route; `route` is `namespace/name` or `none`.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let by_class = CLASSES.map(|code| {

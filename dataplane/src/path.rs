@@ -8,7 +8,11 @@
 //! - repeated slashes are merged and `.`/`..` segments removed (RFC 3986 §5.2.4; `..` at the
 //!   root stays at the root);
 //! - matching ignores `;parameters` inside a segment (`/admin;x` is matched as `/admin`), the
-//!   way servlet containers read them, while the path is forwarded as normalised.
+//!   way servlet containers read them, while the path is forwarded as normalised. A segment
+//!   that is empty or a dot segment once its parameters are gone (`..;`, `.;x`, `;x`) is
+//!   refused: a servlet container resolves it (`/public/..;/admin` is its `/admin`) after
+//!   the router has matched another path, so no single path would be what the router, the
+//!   policies and every backend see.
 //!
 //! Case is never changed: path matches are case-sensitive, as the Gateway API says.
 
@@ -142,14 +146,21 @@ pub fn normalize(path: &str) -> Result<Normalized<'_>, &'static str> {
     if forward.is_empty() || trailing {
         forward.push('/');
     }
-    // 3. The path to match: without `;parameters`.
+    // 3. The path to match: without `;parameters`. It must need no normalising of its own.
     let matching = if forward.contains(';') {
         let mut m = String::with_capacity(forward.len());
         for (n, s) in forward.split('/').enumerate() {
             if n > 0 {
                 m.push('/');
             }
-            m.push_str(s.split_once(';').map_or(s, |(head, _)| head));
+            let Some((head, _)) = s.split_once(';') else {
+                m.push_str(s);
+                continue;
+            };
+            if matches!(head, "" | "." | "..") {
+                return Err("path parameters on an empty or dot segment");
+            }
+            m.push_str(head);
         }
         Cow::Owned(m)
     } else {
@@ -226,5 +237,32 @@ mod tests {
         assert_eq!(n.forward, "/admin;x/users;y=1");
         assert_eq!(n.matching, "/admin/users");
         assert_eq!(matching("/admin;jsessionid=1"), "/admin");
+    }
+
+    #[test]
+    fn parameters_cannot_hide_dot_or_empty_segments() {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/.;/admin",
+            "/.;x/admin",
+            "/;x/exact",
+            "/a/;/b",
+            "/public/%2e%2e;/admin",
+            "/public/%2E.;jsessionid=1/admin",
+            "/admin/..;",
+            "/;",
+        ] {
+            assert!(normalize(p).is_err(), "{p} must be refused");
+        }
+        // Parameters on an ordinary segment are fine, and the matched path is normalised.
+        for (p, m) in [
+            ("/a;x/b", "/a/b"),
+            ("/a..;x/b", "/a../b"),
+            ("/...;x", "/..."),
+            ("/a/b;", "/a/b"),
+        ] {
+            assert_eq!(matching(p), m, "{p}");
+        }
     }
 }

@@ -3,11 +3,13 @@
 
 use crate::auth::AuthEngine;
 use crate::balancer::Upstream;
+use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody};
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
-use crate::{filters, path, util};
+use crate::sanitize::EdgeSettings;
+use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Response bodies: streamed from the backend, or generated here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<BackendBody, Full<Bytes>>;
 
 /// What the proxy knows about the downstream connection.
 #[derive(Clone, Debug)]
@@ -43,6 +45,8 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     pub access_log: bool,
+    pub edge: EdgeSettings,
+    pub body: BodyLimits,
 }
 
 impl Default for ProxySettings {
@@ -52,15 +56,20 @@ impl Default for ProxySettings {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
             access_log: true,
+            edge: EdgeSettings::default(),
+            body: BodyLimits::default(),
         }
     }
 }
 
 pub struct Proxy {
-    http1: Client<HttpConnector, Incoming>,
-    h2c: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, ClientBody>,
+    h2c: Client<HttpConnector, ClientBody>,
     unmatched: RouteMetrics,
     access_log: bool,
+    edge: EdgeSettings,
+    body: BodyLimits,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -72,7 +81,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(settings: &ProxySettings, metrics: &Metrics) -> Self {
+    pub fn new(settings: &ProxySettings, metrics: &Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -90,6 +99,9 @@ impl Proxy {
             h2c,
             unmatched: metrics.route("none"),
             access_log: settings.access_log,
+            edge: settings.edge,
+            body: settings.body,
+            metrics: metrics.clone(),
         }
     }
 
@@ -103,10 +115,14 @@ impl Proxy {
         let start = Instant::now();
         let id = util::request_id(req.headers());
         let log = self.access_log.then(|| AccessLog::new(&req, down.client));
+        let http1 = req.version() <= Version::HTTP_11;
         let mut req = req;
         let mut who = crate::auth::Authenticated::default();
         let mut limit_headers = None;
-        let (result, rule, upstream) = match route(router, &mut req, down.sni.as_deref()) {
+        let routed = sanitize::inbound(&mut req, &self.edge)
+            .map_err(ProxyError::BadRequest)
+            .and_then(|()| route(router, &mut req, down.sni.as_deref()));
+        let (result, rule, upstream) = match routed {
             Err(e) => (Err(e), None, None),
             Ok(routed) => {
                 let rule = routed.rule.clone();
@@ -140,14 +156,19 @@ impl Proxy {
                             route: &routed.rule.route,
                             rule: routed.rule_index,
                             path: routed.matching.as_deref().unwrap_or(req.uri().path()),
+                            trusted_hops: self.edge.trusted_hops,
+                            forwarded_for_invalid: &self.metrics.forwarded_for_invalid,
                         };
                         match limiter.check(&req, &facts).await {
                             Ok(h) => *limit_headers = h,
                             Err(e) => return (Err(e), None),
                         }
                     }
-                    self.forward(&routed.rule, routed.prefix.as_deref(), req, down, &id)
-                        .await
+                    let paths = RoutedPaths {
+                        prefix: routed.prefix.as_deref(),
+                        matching: routed.matching.as_deref(),
+                    };
+                    self.forward(&routed.rule, paths, req, down, &id).await
                 };
                 let (result, upstream) = match request_timeout {
                     Some(d) => tokio::time::timeout(d, fut)
@@ -164,7 +185,29 @@ impl Proxy {
                 if e.status().is_server_error() {
                     tracing::debug!(request_id = ?id, error = %e, source = ?e.source_kind(), "proxy error");
                 }
-                e.into_response()
+                let close = match &e {
+                    ProxyError::BadRequest(_) => {
+                        self.metrics.downstream_error("bad_request");
+                        true
+                    }
+                    ProxyError::ClientBody(fault) => {
+                        self.metrics.downstream_error(match fault {
+                            BodyFault::Framing => "body_framing",
+                            BodyFault::Idle => "body_idle",
+                            BodyFault::TooSlow => "body_too_slow",
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                let mut resp = e.into_response();
+                // A client that sent something malformed does not get to send more on this
+                // connection: its framing can no longer be trusted.
+                if close && http1 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
         if let Some(ops) = rule
@@ -198,7 +241,7 @@ impl Proxy {
     async fn forward(
         &self,
         rule: &CompiledRule,
-        prefix: Option<&str>,
+        paths: RoutedPaths<'_>,
         mut req: Request<Incoming>,
         down: Downstream,
         id: &HeaderValue,
@@ -209,7 +252,8 @@ impl Proxy {
                 Ok(filters::redirect(
                     r,
                     &req,
-                    prefix,
+                    paths.prefix,
+                    paths.matching,
                     down.scheme,
                     down.local_port,
                 )),
@@ -224,26 +268,26 @@ impl Proxy {
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
 
-        // The host the client asked for, before any rewrite.
-        let original_host = match req.headers().get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
+        // The authority the request was routed by (sanitize left exactly one Host), before
+        // any rewrite.
+        let original_host = req.headers().get(header::HOST).cloned();
         if let Some(rw) = &filters.rewrite {
-            filters::rewrite(rw, &mut req, prefix);
+            filters::rewrite(rw, &mut req, paths.prefix, paths.matching);
+        }
+        let (xff, malformed) =
+            sanitize::forwarded_for(req.headers(), down.client.ip(), self.edge.trusted_hops);
+        if malformed {
+            self.metrics.forwarded_for_invalid.inc();
         }
         let headers = req.headers_mut();
-        util::strip_hop_by_hop(headers);
-
-        if !headers.contains_key(header::HOST)
-            && let Some(h) = &original_host
-        {
-            headers.insert(header::HOST, h.clone());
+        match HeaderValue::from_str(&xff) {
+            Ok(v) => {
+                headers.insert(&util::X_FORWARDED_FOR, v);
+            }
+            Err(_) => {
+                headers.remove(&util::X_FORWARDED_FOR);
+            }
         }
-        append_forwarded_for(headers, down.client);
         headers.insert(
             &util::X_FORWARDED_PROTO,
             HeaderValue::from_static(down.scheme),
@@ -288,23 +332,57 @@ impl Proxy {
             }
         };
         let backend = || pool.id.to_string();
+        let streaming = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let (req, outcome) = {
+            let (parts, body) = req.into_parts();
+            let (body, outcome) = ClientBody::new(body, self.body, streaming);
+            (Request::from_parts(parts, body), outcome)
+        };
         let fut = client.request(req);
         let sent = match rule.backend_timeout {
             Some(d) => match tokio::time::timeout(d, fut).await {
                 Ok(r) => r,
                 Err(_) => return (Err(ProxyError::BackendTimeout(backend())), Some(upstream)),
             },
+            // Without a timeout of the route's own: the backend has the idle timeout to
+            // answer once the request body is complete.
+            None if rule.request_timeout.is_none() => {
+                let idle = self.body.idle_timeout;
+                let answered_late = async {
+                    outcome.ended().await;
+                    tokio::time::sleep(idle).await;
+                };
+                tokio::select! {
+                    r = fut => r,
+                    () = answered_late => {
+                        return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
+                    }
+                }
+            }
             None => fut.await,
         };
         let result = match sent {
+            // We never forward Upgrade, so a 101 is an answer to a question nobody asked.
+            Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                Err(ProxyError::UnexpectedUpgrade(backend()))
+            }
             Ok(resp) => {
-                let mut resp = resp.map(Either::Left);
+                let idle = self.body.idle_timeout;
+                let mut resp = resp.map(|b| Either::Left(BackendBody::new(b, idle)));
                 util::strip_hop_by_hop(resp.headers_mut());
                 if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());
                 }
                 Ok(resp)
             }
+            // The client's body failed (framing, too slow): the client's fault, whatever the
+            // upstream connection made of it (hyper discards that connection).
+            Err(_) if outcome.fault().is_some() => Err(ProxyError::ClientBody(
+                outcome.fault().unwrap_or(BodyFault::Framing),
+            )),
             Err(source) if source.is_connect() => Err(ProxyError::Connect {
                 backend: backend(),
                 source,
@@ -316,6 +394,15 @@ impl Proxy {
         };
         (result, Some(upstream))
     }
+}
+
+/// The paths routing chose by, for filters that rewrite them.
+#[derive(Clone, Copy)]
+struct RoutedPaths<'a> {
+    /// The PathPrefix the rule matched, if it did.
+    prefix: Option<&'a str>,
+    /// The path matched, when it differs from the forwarded one (`;parameters`).
+    matching: Option<&'a str>,
 }
 
 /// What routing chose for a request.
@@ -378,20 +465,6 @@ fn route(
     })
 }
 
-fn append_forwarded_for(headers: &mut http::HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers
-        .get(&util::X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(&util::X_FORWARDED_FOR, v);
-    }
-}
-
 /// The fields of one access log line, taken before the request is consumed.
 struct AccessLog {
     method: http::Method,
@@ -405,8 +478,9 @@ impl AccessLog {
     fn new<B>(req: &Request<B>, client: SocketAddr) -> Self {
         Self {
             method: req.method().clone(),
+            // Escaped: a Host is client input and must not forge log fields.
             host: util::request_host(req.uri(), req.headers())
-                .map(|h| h.into_owned())
+                .map(|h| util::log_safe(&h))
                 .unwrap_or_default(),
             // The path only: query strings often carry tokens.
             path: req.uri().path().to_string(),

@@ -149,6 +149,10 @@ pub struct LimitFacts<'a> {
     pub rule: usize,
     /// The normalised path routing matched.
     pub path: &'a str,
+    /// The dataplane's trusted `X-Forwarded-For` hops, for policies that set none.
+    pub trusted_hops: usize,
+    /// Counts requests whose `X-Forwarded-For` could not be used.
+    pub forwarded_for_invalid: &'a prometheus_client::metrics::counter::Counter,
 }
 
 /// The headers that tell a client about its quota.
@@ -285,7 +289,9 @@ struct GlobalEngine {
 pub struct RateLimitEngine {
     id: String,
     limits: Vec<LimitEngine>,
+    /// 0: the dataplane's `--trusted-hops` (in [`LimitFacts`]).
     trusted_hops: usize,
+    ipv6_prefix_length: u8,
     response_headers: bool,
     global: Option<GlobalEngine>,
     /// The `RateLimit-Policy` value when every limit counts a request (the usual case).
@@ -369,6 +375,7 @@ impl RateLimitEngine {
             id,
             limits,
             trusted_hops: p.trusted_hops as usize,
+            ipv6_prefix_length: p.ipv6_prefix_length.clamp(1, 128),
             response_headers: p.response_headers,
             global,
             all_policies: HeaderValue::from_str(&all).ok(),
@@ -550,11 +557,22 @@ impl RateLimitEngine {
         for part in &limit.key {
             match part {
                 Part::ClientIp => {
-                    let ip = *client
-                        .get_or_insert_with(|| client_ip(headers, facts.peer, self.trusted_hops));
+                    let hops = match self.trusted_hops {
+                        0 => facts.trusted_hops,
+                        n => n,
+                    };
+                    let ip = *client.get_or_insert_with(|| {
+                        let (ip, malformed) = client_ip(headers, facts.peer, hops);
+                        if malformed {
+                            facts.forwarded_for_invalid.inc();
+                        }
+                        ip
+                    });
                     match ip {
                         IpAddr::V4(a) => sink(&a.octets()),
-                        IpAddr::V6(a) => sink(&a.octets()),
+                        IpAddr::V6(a) => {
+                            sink(&mask_v6(u128::from(a), self.ipv6_prefix_length).to_be_bytes());
+                        }
                     }
                 }
                 Part::Header(name) => match headers.get(name) {
@@ -649,24 +667,26 @@ impl RateLimitEngine {
 }
 
 /// The client address: the peer, or with `trusted_hops` proxies in front, the address that
-/// many entries from the right of `X-Forwarded-For` (all its fields, in order).
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
+/// many entries from the right of `X-Forwarded-For` (all its fields, in order). A header that
+/// is not a list of addresses is not trusted at all: the peer, and `true` to count it.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (IpAddr, bool) {
     if trusted_hops == 0 {
-        return peer;
+        return (peer, false);
     }
-    let mut entries: Vec<&str> = Vec::new();
-    for v in headers.get_all(&crate::util::X_FORWARDED_FOR) {
-        let Ok(s) = v.to_str() else { return peer };
-        entries.extend(s.split(',').map(str::trim));
+    let (entries, malformed) = crate::sanitize::forwarded_entries(headers);
+    if malformed || entries.len() < trusted_hops {
+        return (peer, malformed);
     }
-    if entries.len() < trusted_hops {
-        return peer;
+    (entries[entries.len() - trusted_hops], false)
+}
+
+/// The first `prefix` bits of an IPv6 address, the rest zero.
+fn mask_v6(addr: u128, prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p if p >= 128 => addr,
+        p => addr & !(u128::MAX >> p),
     }
-    let candidate = entries[entries.len() - trusted_hops];
-    candidate
-        .parse::<IpAddr>()
-        .or_else(|_| candidate.parse::<std::net::SocketAddr>().map(|s| s.ip()))
-        .unwrap_or(peer)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -7,18 +7,20 @@
 //! connections gracefully; new ones are bound. Shutdown does the same for every socket and
 //! waits (up to a deadline) for in-flight requests to finish.
 
+use crate::conn::{Activity, Admission, ConnectionLimits, Guarded, Protocol, Tracked};
 use crate::metrics::Metrics;
 use crate::proxy::{Downstream, Proxy};
 use crate::router::SocketRouter;
 use crate::table::Tables;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,9 +34,11 @@ pub struct ServerSettings {
     /// HTTP/2. Beyond it, HTTP/1.1 clients get 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
-    /// Time a client may take to send a request head, including an idle keep-alive wait.
+    /// Time a client may take to send a request head, including an idle keep-alive wait, and
+    /// to finish a TLS handshake.
     pub header_read_timeout: Duration,
     pub max_concurrent_streams: u32,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerSettings {
@@ -44,6 +48,7 @@ impl Default for ServerSettings {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -57,9 +62,7 @@ struct Socket {
 
 pub struct Server {
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    /// A TLS client must finish its handshake within this (the header read timeout).
-    handshake_timeout: Duration,
+    protocols: Arc<Protocols>,
     metrics: Arc<Metrics>,
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
     /// Sockets closed but maybe still draining connections.
@@ -76,22 +79,45 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub fn new(proxy: Arc<Proxy>, metrics: Arc<Metrics>, settings: &ServerSettings) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let limits = &settings.connections;
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(settings.max_concurrent_streams);
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .keep_alive_interval(limits.h2_ping_interval)
+            .keep_alive_timeout(limits.h2_ping_timeout);
+        let mut max_connections = limits.max_connections;
+        // Leave room under the open-files limit for upstream connections and files, so the
+        // cap refuses connections before accept() starts failing.
+        if let Some(fds) = crate::conn::open_files_limit() {
+            let room = usize::try_from(fds.saturating_sub(256) / 2).unwrap_or(usize::MAX);
+            if max_connections == 0 || max_connections > room {
+                tracing::warn!(
+                    max_connections,
+                    open_files_limit = fds,
+                    using = room,
+                    "the open-files limit is too low for --max-connections; capping below it"
+                );
+                max_connections = room.max(1);
+            }
+        }
         Self {
             proxy,
-            builder: Arc::new(builder),
-            handshake_timeout: settings.header_read_timeout,
+            protocols: Arc::new(Protocols {
+                h1,
+                h2,
+                handshake_timeout: settings.header_read_timeout,
+                limits: limits.clone(),
+                admission: Arc::new(Admission::new(
+                    max_connections,
+                    limits.max_connections_per_source,
+                )),
+            }),
             metrics,
             sockets: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
@@ -137,9 +163,8 @@ impl Server {
                             router: router.clone(),
                             tls: tls.clone(),
                             proxy: self.proxy.clone(),
-                            builder: self.builder.clone(),
+                            protocols: self.protocols.clone(),
                             metrics: self.metrics.clone(),
-                            handshake_timeout: self.handshake_timeout,
                         },
                         rx,
                     ));
@@ -202,15 +227,24 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// How connections are served: the HTTP builders and the connection limits.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// A TLS client must finish its handshake within this (the header read timeout).
+    handshake_timeout: Duration,
+    limits: ConnectionLimits,
+    admission: Arc<Admission>,
+}
+
 /// What the connections of one socket are served with.
 #[derive(Clone)]
 struct Served {
     router: Arc<ArcSwap<SocketRouter>>,
     tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     metrics: Arc<Metrics>,
-    handshake_timeout: Duration,
 }
 
 async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Receiver<bool>) {
@@ -226,7 +260,18 @@ async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Rece
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
+                served.metrics.connection_refused("accept_error");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Refused at once, before any work: the socket is closed (RST-free FIN).
+        let permit = match served.protocols.admission.admit(client.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                served.metrics.connection_refused(why.as_str());
+                tracing::debug!(%client, reason = why.as_str(), "connection refused");
+                drop(stream);
                 continue;
             }
         };
@@ -243,71 +288,112 @@ async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Rece
                         scheme: "http",
                         sni: None,
                     };
-                    serve_connection(stream, down, &served, closing).await;
+                    serve_connection(stream, down, false, &served, closing).await;
                 }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let handshake =
-                        tokio::time::timeout(served.handshake_timeout, acceptor.accept(stream));
+                    let handshake = tokio::time::timeout(
+                        served.protocols.handshake_timeout,
+                        acceptor.accept(stream),
+                    );
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            let sni = tls
-                                .get_ref()
-                                .1
+                            let session = tls.get_ref().1;
+                            let sni = session
                                 .server_name()
                                 .map(|n| Arc::from(n.to_ascii_lowercase()));
+                            let alpn_h2 = session.alpn_protocol() == Some(b"h2");
                             let down = Downstream {
                                 client,
                                 local_port,
                                 scheme: "https",
                                 sni,
                             };
-                            serve_connection(tls, down, &served, closing).await;
+                            serve_connection(tls, down, alpn_h2, &served, closing).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%client, error = %e, "TLS handshake failed");
                         }
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                        Err(_) => {
+                            served.metrics.connection_closed("tls_handshake_timeout");
+                            tracing::debug!(%client, "TLS handshake timed out");
+                        }
                     }
                 }
             }
             served.metrics.connections.dec();
+            drop(permit);
         });
     }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one connection until it ends, or until the socket closes
-/// (then in-flight requests finish and the connection is closed gracefully).
+/// (then in-flight requests finish and the connection is closed gracefully). A connection
+/// that says nothing within the first-bytes timeout is closed; an HTTP/2 connection with
+/// nothing in flight for the idle timeout is sent GOAWAY. A TLS client that chose `h2` by
+/// ALPN must start with the HTTP/2 preface (RFC 9113 §3.4): anything else closes the
+/// connection.
 async fn serve_connection<I>(
-    io: I,
+    mut io: I,
     down: Downstream,
+    alpn_h2: bool,
     served: &Served,
     mut closing: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = down.client;
+    let limits = &served.protocols.limits;
+    let (protocol, replay) = match crate::conn::detect(&mut io, limits.first_bytes_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                served.metrics.connection_closed("first_bytes_timeout");
+            }
+            tracing::debug!(%client, error = %e, "connection closed before a request");
+            return;
+        }
+    };
+    if alpn_h2 && protocol != Protocol::Http2 {
+        served.metrics.connection_closed("invalid_preface");
+        tracing::debug!(%client, "h2 by ALPN without the HTTP/2 preface; closing");
+        return;
+    }
+    let io = TokioIo::new(Guarded::new(io, replay, limits.write_timeout));
+    let activity = Arc::new(Activity::default());
     let router = served.router.clone();
     let proxy = served.proxy.clone();
+    let tracker = activity.clone();
     let svc = service_fn(move |req| {
+        let in_flight = tracker.begin();
         let router = router.load_full();
         let proxy = proxy.clone();
         let down = down.clone();
-        async move { Ok::<_, Infallible>(proxy.serve(&router, req, down).await) }
+        async move {
+            let resp = proxy.serve(&router, req, down).await;
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+        }
     });
-    let conn = served.builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
     let closed = async move {
         // Drop the borrow of the watch value before the connection is awaited again.
         let _ = closing.wait_for(|c| *c).await.map(drop);
         closing
     };
-    tokio::pin!(closed);
-    let (result, closing) = tokio::select! {
-        r = conn.as_mut() => (r, None),
-        closing = &mut closed => {
-            conn.as_mut().graceful_shutdown();
-            (conn.await, Some(closing))
+    let (result, closing) = match protocol {
+        Protocol::Http1 => {
+            let conn = served.protocols.h1.serve_connection(io, svc);
+            drive(conn, closed, std::future::pending(), |c| {
+                c.graceful_shutdown()
+            })
+            .await
+        }
+        Protocol::Http2 => {
+            let conn = served.protocols.h2.serve_connection(io, svc);
+            let idle = async {
+                activity.idle_for(limits.idle_timeout).await;
+                served.metrics.connection_closed("idle_timeout");
+            };
+            drive(conn, closed, idle, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
@@ -315,4 +401,40 @@ async fn serve_connection<I>(
     }
     // Dropping the receiver (here, or with `closed`) is what shutdown waits for.
     drop(closing);
+}
+
+/// How long a connection asked to shut down gracefully may take to finish on its own when
+/// the reason is idleness (nothing in flight); closing for a new configuration or shutdown
+/// waits for in-flight requests instead (bounded by the drain deadline).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a connection until it ends, shutting it down gracefully when the socket closes or
+/// the connection is idle.
+async fn drive<C, E>(
+    conn: C,
+    closed: impl std::future::Future<Output = watch::Receiver<bool>>,
+    idle: impl std::future::Future<Output = ()>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> (Result<(), E>, Option<watch::Receiver<bool>>)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::pin!(closed);
+    tokio::pin!(idle);
+    tokio::select! {
+        r = conn.as_mut() => (r, None),
+        closing = &mut closed => {
+            shutdown(conn.as_mut());
+            (conn.await, Some(closing))
+        }
+        () = &mut idle => {
+            shutdown(conn.as_mut());
+            match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await {
+                Ok(r) => (r, None),
+                // A client that does not finish the GOAWAY exchange: drop the connection.
+                Err(_) => (Ok(()), None),
+            }
+        }
+    }
 }

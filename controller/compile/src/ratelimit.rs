@@ -264,10 +264,16 @@ fn compile_policy(
     if trusted_hops > 16 {
         return Err("clientIP.trustedHops is at most 16".into());
     }
+    let ipv6_prefix_length = match spec.client_ip.as_ref().and_then(|c| c.ipv6_prefix_length) {
+        None => model::DEFAULT_IPV6_PREFIX,
+        Some(n @ 1..=128) => u8::try_from(n).unwrap_or(model::DEFAULT_IPV6_PREFIX),
+        Some(_) => return Err("clientIP.ipv6PrefixLength is between 1 and 128".into()),
+    };
     Ok(model::RateLimitPolicy {
         id: id.clone(),
         limits,
         trusted_hops,
+        ipv6_prefix_length,
         response_headers: spec.response_headers,
         global,
     })

@@ -15,10 +15,20 @@ pub struct RateLimitPolicy {
     /// Trusted `X-Forwarded-For` hops for `ClientIp` keys (0: the peer address).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub trusted_hops: u32,
+    /// Leading bits of an IPv6 client address that make its `ClientIp` key.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix_length: u8,
     pub response_headers: bool,
     /// Present when a limit is `Global`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<Global>,
+}
+
+/// IPv6 clients are keyed by their /64 unless the policy says otherwise.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+fn default_ipv6_prefix() -> u8 {
+    DEFAULT_IPV6_PREFIX
 }
 
 fn is_zero(n: &u32) -> bool {

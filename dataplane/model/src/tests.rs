@@ -98,6 +98,7 @@ fn sample() -> Snapshot {
                 }),
             }],
             trusted_hops: 1,
+            ipv6_prefix_length: 64,
             response_headers: true,
             global: Some(ratelimit::Global {
                 redis_url: "redis://127.0.0.1:6379".into(),

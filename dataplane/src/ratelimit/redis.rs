@@ -29,6 +29,11 @@ pub enum RedisError {
     Down,
     #[error("Redis did not answer in time")]
     Timeout,
+    /// Every connection's queue of waiting calls is full: the call is not queued (a queue
+    /// without bound would hold requests for longer than any timeout). The policy's failure
+    /// mode applies, as for any other Redis failure.
+    #[error("too many Redis calls waiting")]
+    Saturated,
     #[error("Redis answered with an error: {0}")]
     Server(String),
     #[error("unexpected answer from Redis")]
@@ -195,7 +200,10 @@ impl RedisPool {
         let (tx, rx) = oneshot::channel();
         conn.calls
             .try_send(Call { command, reply: tx })
-            .map_err(|_| RedisError::Down)?;
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => RedisError::Saturated,
+                mpsc::error::TrySendError::Closed(_) => RedisError::Down,
+            })?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(RedisError::Timeout),
             Ok(Err(_)) => Err(RedisError::Down),

@@ -20,21 +20,31 @@ fn engine(limits: Vec<Limit>, trusted_hops: u32) -> RateLimitEngine {
         id: ObjectRef::new("default", "rl"),
         limits,
         trusted_hops,
+        ipv6_prefix_length: 64,
         response_headers: true,
         global: None,
     };
     RateLimitEngine::new(&p, &RateLimitShared::default(), &Metrics::default())
 }
 
-fn facts(peer: [u8; 4]) -> LimitFacts<'static> {
+static XFF_INVALID: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+fn facts_from(peer: IpAddr) -> LimitFacts<'static> {
     LimitFacts {
-        peer: IpAddr::from(peer),
+        peer,
         consumer: None,
         claims: None,
         route: "default/r",
         rule: 0,
         path: "/api/items",
+        trusted_hops: 0,
+        forwarded_for_invalid: &XFF_INVALID,
     }
+}
+
+fn facts(peer: [u8; 4]) -> LimitFacts<'static> {
+    facts_from(IpAddr::from(peer))
 }
 
 fn request(headers: &[(&str, &str)]) -> Request<()> {
@@ -54,14 +64,53 @@ fn client_ip_trusts_only_the_configured_forwarded_for_hops() {
         HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
     );
     h.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
-    assert_eq!(client_ip(&h, peer, 0), peer, "no trusted hop: the peer");
-    assert_eq!(client_ip(&h, peer, 1).to_string(), "3.3.3.3");
-    assert_eq!(client_ip(&h, peer, 3).to_string(), "1.1.1.1");
-    assert_eq!(client_ip(&h, peer, 4), peer, "fewer entries than hops");
+    assert_eq!(
+        client_ip(&h, peer, 0),
+        (peer, false),
+        "no trusted hop: the peer"
+    );
+    assert_eq!(client_ip(&h, peer, 1).0.to_string(), "3.3.3.3");
+    assert_eq!(client_ip(&h, peer, 3).0.to_string(), "1.1.1.1");
+    assert_eq!(
+        client_ip(&h, peer, 4),
+        (peer, false),
+        "fewer entries than hops"
+    );
     let mut bad = HeaderMap::new();
     bad.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
-    assert_eq!(client_ip(&bad, peer, 1), peer);
-    assert_eq!(client_ip(&HeaderMap::new(), peer, 1), peer);
+    assert_eq!(client_ip(&bad, peer, 1), (peer, true), "malformed: counted");
+    // One bad entry and the whole header is untrusted (no partial trust).
+    h.append("x-forwarded-for", HeaderValue::from_static("junk"));
+    assert_eq!(client_ip(&h, peer, 1), (peer, true));
+    assert_eq!(client_ip(&HeaderMap::new(), peer, 1), (peer, false));
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_a_key_per_64_and_the_gateway_hops_apply() {
+    let e = engine(vec![limit("per-client", 2, vec![KeyPart::ClientIp])], 0);
+    let req = request(&[]);
+    let one = facts_from("2001:db8:1:2::1".parse().expect("ip"));
+    let same_64 = facts_from("2001:db8:1:2:ffff::9".parse().expect("ip"));
+    let other_64 = facts_from("2001:db8:1:3::1".parse().expect("ip"));
+    assert!(e.check(&req, &one).await.is_ok());
+    assert!(e.check(&req, &same_64).await.is_ok());
+    assert!(e.check(&req, &one).await.is_err(), "the /64 used its quota");
+    assert!(e.check(&req, &other_64).await.is_ok());
+    assert_eq!(mask_v6(u128::MAX, 64), u128::MAX << 64);
+    assert_eq!(mask_v6(7, 128), 7);
+
+    // A policy without trustedHops uses the dataplane's: keyed by the forwarded address.
+    let e = engine(vec![limit("per-client", 1, vec![KeyPart::ClientIp])], 0);
+    let mut f = facts([10, 0, 0, 1]);
+    f.trusted_hops = 1;
+    let a = request(&[("x-forwarded-for", "1.1.1.1")]);
+    let b = request(&[("x-forwarded-for", "2.2.2.2")]);
+    assert!(e.check(&a, &f).await.is_ok());
+    assert!(
+        e.check(&b, &f).await.is_ok(),
+        "another client behind the same proxy"
+    );
+    assert!(e.check(&a, &f).await.is_err());
 }
 
 #[tokio::test]
@@ -168,6 +217,7 @@ async fn every_limit_is_checked_and_state_survives_a_new_snapshot() {
             limit("everyone", 3, vec![]),
         ],
         trusted_hops: 0,
+        ipv6_prefix_length: 64,
         response_headers: true,
         global: None,
     };

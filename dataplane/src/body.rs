@@ -1,0 +1,300 @@
+//! Bodies with time limits, in both directions, so that neither a slow client nor a slow
+//! backend holds the other's connection without end.
+//!
+//! - [`ClientBody`], the request body on its way upstream: no more than the idle timeout
+//!   without a byte while the backend is reading, and (optionally) a minimum average rate after
+//!   a grace period, Apache `mod_reqtimeout`'s `body=20,MinRate=500` by default. Time counts
+//!   only while the body waits for the client: a backend that reads slowly is not the
+//!   client's fault. A framing error or a timeout is recorded in its [`BodyOutcome`], so the
+//!   proxy answers the client's fault as the client's (400/408), not as a backend's 502.
+//! - [`BackendBody`], the response body on its way down: no more than the idle timeout
+//!   between two frames from the backend.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// Time limits on request bodies.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// Longest wait for the next byte of a body (request or response).
+    pub idle_timeout: Duration,
+    /// Slowest average a request body may arrive at, after its grace period.
+    pub min_rate: Option<MinRate>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MinRate {
+    pub bytes_per_second: u32,
+    /// Time a body may take before the rate applies; each `bytes_per_second` received buys
+    /// one more second.
+    pub grace: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(60),
+            min_rate: Some(MinRate {
+                bytes_per_second: 500,
+                grace: Duration::from_secs(20),
+            }),
+        }
+    }
+}
+
+/// How a request body ended, when it did not end well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Malformed framing (chunk syntax, a body shorter than its Content-Length).
+    Framing,
+    /// No byte within the idle timeout.
+    Idle,
+    /// Slower than the minimum rate.
+    TooSlow,
+}
+
+impl BodyFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyFault::Framing => "framing",
+            BodyFault::Idle => "idle",
+            BodyFault::TooSlow => "too_slow",
+        }
+    }
+}
+
+/// How much longer a body that received `received` bytes after waiting `waited` in all may
+/// wait before it is too slow.
+fn rate_budget(rate: MinRate, received: u64, waited: Duration) -> Duration {
+    let earned = Duration::from_secs_f64(received as f64 / f64::from(rate.bytes_per_second.max(1)));
+    (rate.grace + earned).saturating_sub(waited)
+}
+
+/// Shared between a [`ClientBody`] and the proxy that forwards it: how the body failed, and
+/// whether it has been sent whole.
+#[derive(Debug, Default)]
+pub struct BodyOutcome {
+    fault: Mutex<Option<BodyFault>>,
+    ended: AtomicBool,
+    ended_notify: Notify,
+}
+
+impl BodyOutcome {
+    pub fn fault(&self) -> Option<BodyFault> {
+        *self.fault.lock()
+    }
+
+    fn set(&self, f: BodyFault) {
+        self.fault.lock().get_or_insert(f);
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ended_notify.notify_waiters();
+    }
+
+    /// Resolves once the whole body has gone upstream (at once for an empty body).
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.ended_notify.notified();
+            if self.ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body {}", .0.as_str())]
+pub struct BodyError(pub BodyFault);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body, forwarded with time limits.
+pub struct ClientBody {
+    inner: Incoming,
+    outcome: Arc<BodyOutcome>,
+    limits: BodyLimits,
+    /// Armed while the body waits for the client.
+    idle: Pin<Box<Sleep>>,
+    rate: Pin<Box<Sleep>>,
+    /// When the current wait began, if the body is waiting.
+    waiting_since: Option<Instant>,
+    waited: Duration,
+    received: u64,
+    exempt_from_rate: bool,
+}
+
+impl ClientBody {
+    /// `streaming`: a body that may stay open on purpose (gRPC streams), to which only the
+    /// idle timeout applies.
+    pub fn new(inner: Incoming, limits: BodyLimits, streaming: bool) -> (Self, Arc<BodyOutcome>) {
+        let outcome = Arc::new(BodyOutcome::default());
+        if inner.is_end_stream() {
+            outcome.end();
+        }
+        let now = Instant::now();
+        (
+            Self {
+                inner,
+                outcome: outcome.clone(),
+                limits,
+                idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+                rate: Box::pin(tokio::time::sleep_until(now)),
+                waiting_since: None,
+                waited: Duration::ZERO,
+                received: 0,
+                exempt_from_rate: streaming,
+            },
+            outcome,
+        )
+    }
+
+    fn fail(&self, f: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.outcome.set(f);
+        Poll::Ready(Some(Err(Box::new(BodyError(f)))))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let min_rate = this.limits.min_rate.filter(|_| !this.exempt_from_rate);
+        if this.waiting_since.is_none() {
+            let now = Instant::now();
+            this.waiting_since = Some(now);
+            this.idle.as_mut().reset(now + this.limits.idle_timeout);
+            if let Some(rate) = min_rate {
+                let budget = rate_budget(rate, this.received, this.waited);
+                this.rate.as_mut().reset(now + budget);
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            this.received += d.len() as u64;
+                        }
+                        if this.inner.is_end_stream() {
+                            this.outcome.end();
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Some(Err(_)) => this.fail(BodyFault::Framing),
+                    None => {
+                        this.outcome.end();
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyFault::Idle);
+                }
+                if min_rate.is_some() && this.rate.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyFault::TooSlow);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body from a backend, with an idle timeout between frames.
+pub struct BackendBody {
+    inner: Incoming,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl BackendBody {
+    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            armed: false,
+        }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.armed {
+            this.armed = true;
+            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err("backend response body idle timeout".into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_budget_grows_with_bytes_received() {
+        let rate = MinRate {
+            bytes_per_second: 500,
+            grace: Duration::from_secs(20),
+        };
+        let s = Duration::from_secs;
+        assert_eq!(rate_budget(rate, 0, s(0)), s(20));
+        assert_eq!(rate_budget(rate, 5_000, s(25)), s(5));
+        assert_eq!(rate_budget(rate, 0, s(30)), Duration::ZERO);
+        assert_eq!(rate_budget(rate, 1_000_000, s(30)), s(1_990));
+    }
+}

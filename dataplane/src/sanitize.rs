@@ -1,0 +1,214 @@
+//! What a client may send, checked and cleaned before routing, so that what the router and
+//! the policies decide about a request is what the backend receives.
+//!
+//! - **Framing**: a transfer coding other than one final `chunked` is refused (hyper refuses a
+//!   non-final `chunked`; `identity, chunked` or `gzip, chunked` would reach a backend that
+//!   may frame the body differently).
+//! - **Host**: one authority per request. More than one `Host` is refused (RFC 9112 §3.2); an
+//!   absolute-form target's authority replaces `Host` (§3.2.2); over HTTP/2 a `Host` that
+//!   differs from `:authority` is malformed (RFC 9113 §8.3.1). The authority must parse and
+//!   carry no user info. The routed authority becomes the one `Host` the backend gets.
+//! - **Hop-by-hop headers** (and every header `Connection` names) go before anything is
+//!   added, so a client cannot make the gateway strip a header it set itself
+//!   (`Connection: x-portico-consumer`).
+//! - **Header names with `_`** are refused by default (or dropped): CGI, WSGI, PHP and Rack
+//!   read `x_portico_consumer` as `x-portico-consumer`.
+//! - **Forwarding headers** a client could forge (`Forwarded`, `X-Real-IP`,
+//!   `X-Original-URL`, ...) are removed; `X-Forwarded-For` is rebuilt in [`forwarded_for`].
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+use std::net::IpAddr;
+
+/// What to do with a request header whose name has an underscore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnderscoreHeaders {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Remove the header and serve the request.
+    Drop,
+    /// Forward it (only behind backends that do not fold `_` into `-`).
+    Allow,
+}
+
+/// The edge settings of a dataplane.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EdgeSettings {
+    pub underscore_headers: UnderscoreHeaders,
+    /// Proxies in front of this gateway that append to `X-Forwarded-For`: 0 at the edge.
+    pub trusted_hops: usize,
+}
+
+/// Headers that only a proxy in front of us should set, and that backends read to decide who
+/// the client is or which URL it asked for. Removed from every request.
+static FORGEABLE: [HeaderName; 13] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-host"),
+];
+
+/// Why a request is refused before routing.
+pub type Refusal = &'static str;
+
+/// Checks framing and Host, strips hop-by-hop, underscore and forgeable headers. On success
+/// the request has exactly one `Host`: the authority it is routed by.
+pub fn inbound<B>(req: &mut Request<B>, settings: &EdgeSettings) -> Result<(), Refusal> {
+    if req.version() <= Version::HTTP_11 {
+        check_transfer_coding(req.headers())?;
+    }
+    let authority = authority(req)?;
+    let headers = req.headers_mut();
+    crate::util::strip_hop_by_hop(headers);
+    headers.insert(header::HOST, authority);
+    match settings.underscore_headers {
+        UnderscoreHeaders::Allow => {}
+        policy => {
+            let underscored: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| n.as_str().contains('_'))
+                .cloned()
+                .collect();
+            if !underscored.is_empty() && policy == UnderscoreHeaders::Reject {
+                return Err("header names with underscores are refused");
+            }
+            for n in underscored {
+                headers.remove(n);
+            }
+        }
+    }
+    for n in &FORGEABLE {
+        headers.remove(n);
+    }
+    Ok(())
+}
+
+/// `Transfer-Encoding`, when present, must be exactly one `chunked`.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), Refusal> {
+    let mut codings = 0usize;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let s = v.to_str().map_err(|_| "malformed Transfer-Encoding")?;
+        for coding in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err("transfer codings other than chunked are not accepted");
+            }
+            codings += 1;
+        }
+    }
+    if codings > 1 {
+        return Err("chunked applied more than once");
+    }
+    Ok(())
+}
+
+/// The one authority of the request, as a `Host` value.
+fn authority<B>(req: &Request<B>) -> Result<HeaderValue, Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let value = match req.uri().authority() {
+        Some(a) => {
+            // HTTP/2 `:authority`, or an HTTP/1 absolute-form target (whose Host is ignored).
+            if req.version() == Version::HTTP_2
+                && let Some(h) = host
+                && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+            {
+                return Err("Host differs from :authority");
+            }
+            HeaderValue::from_str(a.as_str()).map_err(|_| "malformed authority")?
+        }
+        None => host.ok_or("missing Host")?.clone(),
+    };
+    valid_authority(value.as_bytes())?;
+    Ok(value)
+}
+
+/// `host[:port]` with a reg-name, IPv4 or bracketed IPv6 host; no user info, no path.
+fn valid_authority(raw: &[u8]) -> Result<(), Refusal> {
+    if raw.is_empty() || raw.contains(&b'@') {
+        return Err("malformed Host");
+    }
+    let a = http::uri::Authority::try_from(raw).map_err(|_| "malformed Host")?;
+    if a.host().is_empty() || a.as_str().len() != raw.len() {
+        return Err("malformed Host");
+    }
+    // `Authority` accepts sub-delims and `%` in a reg-name; a host name is narrower.
+    let host = a.host();
+    let ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !ok {
+        return Err("malformed Host");
+    }
+    // After the host: nothing, or `:` and a port number.
+    match a.as_str()[host.len()..].strip_prefix(':') {
+        None if a.as_str().len() == host.len() => Ok(()),
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok() => {
+            Ok(())
+        }
+        _ => Err("malformed Host"),
+    }
+}
+
+/// The `X-Forwarded-For` to send: at the edge (`trusted_hops == 0`) the peer alone; behind
+/// trusted proxies, the entries they appended (the last `trusted_hops`) and then the peer.
+/// Whatever a client wrote to the left of those is dropped. Returns the value and whether the
+/// received header was malformed (not a list of addresses).
+pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (String, bool) {
+    let peer_s = peer.to_string();
+    if trusted_hops == 0 {
+        return (peer_s, false);
+    }
+    let (entries, malformed) = forwarded_entries(headers);
+    let keep = entries.len().saturating_sub(trusted_hops);
+    let mut out = String::new();
+    for e in &entries[keep..] {
+        out.push_str(&e.to_string());
+        out.push_str(", ");
+    }
+    out.push_str(&peer_s);
+    (out, malformed)
+}
+
+/// The addresses in every `X-Forwarded-For` field, in order, and whether any entry was not an
+/// address (then the list is empty: a malformed header is not trusted in part).
+pub fn forwarded_entries(headers: &HeaderMap) -> (Vec<IpAddr>, bool) {
+    let mut entries = Vec::new();
+    for v in headers.get_all(&crate::util::X_FORWARDED_FOR) {
+        let Ok(s) = v.to_str() else {
+            return (Vec::new(), true);
+        };
+        for e in s.split(',').map(str::trim) {
+            match parse_forwarded_addr(e) {
+                Some(ip) => entries.push(ip),
+                None => return (Vec::new(), true),
+            }
+        }
+    }
+    (entries, false)
+}
+
+fn parse_forwarded_addr(e: &str) -> Option<IpAddr> {
+    e.parse::<IpAddr>()
+        .ok()
+        .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+#[cfg(test)]
+mod tests;
