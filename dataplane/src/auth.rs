@@ -264,13 +264,22 @@ fn token_from<'r>(
 ) -> Option<Cow<'r, str>> {
     match s {
         TokenSource::Header { name, prefix } => {
-            let v = headers.get(name.as_str())?.to_str().ok()?.trim();
+            let raw = headers.get(name.as_str())?;
+            // A value that is not text is a token that cannot verify, never "no token"
+            // (which `allowAnonymous` would let through).
+            let v = match raw.to_str() {
+                Ok(v) => Cow::Borrowed(v.trim()),
+                Err(_) => Cow::Owned(String::from_utf8_lossy(raw.as_bytes()).trim().to_string()),
+            };
             let head = v.get(..prefix.len())?;
             if !head.eq_ignore_ascii_case(prefix) {
                 return None;
             }
-            let t = v[prefix.len()..].trim();
-            (!t.is_empty()).then_some(Cow::Borrowed(t))
+            let t = match v {
+                Cow::Borrowed(v) => Cow::Borrowed(v[prefix.len()..].trim()),
+                Cow::Owned(v) => Cow::Owned(v[prefix.len()..].trim().to_string()),
+            };
+            (!t.is_empty()).then_some(t)
         }
         TokenSource::Cookie(name) => headers
             .get_all(header::COOKIE)
@@ -468,6 +477,8 @@ impl AuthEngine {
             Err(ProxyError::Forbidden { .. }) => AuthDecision::Forbidden,
             Err(ProxyError::AuthDenied(_)) => AuthDecision::Denied,
             Err(ProxyError::AuthPolicyInvalid(_)) => AuthDecision::Invalid,
+            Err(ProxyError::AuthBusy) => AuthDecision::Busy,
+            Err(ProxyError::AuthThrottled) => AuthDecision::Throttled,
             Err(_) => AuthDecision::Unavailable,
         });
         result.map(|(who, _)| who)
@@ -522,15 +533,29 @@ impl AuthEngine {
         }
         if who.is_none()
             && let Some(b) = &self.basic
-            && let Some((user, password)) = credentials::Basic::credential(headers)
+            && let Some(credential) = credentials::Basic::credential(headers)
         {
             presented = true;
-            if b.verify(&user, &password).await {
-                who = Some(Identity {
-                    consumer: Some(Arc::from(user.as_str())),
-                    ..Identity::default()
-                });
-            } else {
+            let outcome = match credential {
+                Ok((user, password)) => match b.verify(&user, &password, facts.client).await {
+                    credentials::Verdict::Valid => {
+                        who = Some(Identity {
+                            consumer: Some(Arc::from(user.as_str())),
+                            ..Identity::default()
+                        });
+                        None
+                    }
+                    credentials::Verdict::Invalid => None,
+                    credentials::Verdict::Busy => Some(ProxyError::AuthBusy),
+                    credentials::Verdict::Throttled => Some(ProxyError::AuthThrottled),
+                },
+                // Undecodable, not UTF-8 or without a `:`: wrong credentials.
+                Err(()) => None,
+            };
+            if let Some(e) = outcome {
+                return Err(e);
+            }
+            if who.is_none() {
                 failure = Some(self.unauthenticated("invalid user or password", false));
             }
         }

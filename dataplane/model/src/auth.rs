@@ -10,6 +10,11 @@ use std::fmt;
 /// another. Whatever a client sends in it is removed first.
 pub const DEFAULT_CONSUMER_HEADER: &str = "x-portico-consumer";
 
+/// The highest bcrypt cost an htpasswd Secret may use: cost 12 is about 250 ms of one core
+/// per verification, and each step doubles it, so a higher cost hands every client a way to
+/// keep the gateway's cores busy.
+pub const MAX_BCRYPT_COST: u32 = 12;
+
 /// A string that must not appear in logs or debug output.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]

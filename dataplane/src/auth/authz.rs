@@ -41,17 +41,25 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (a, l) = s.split_once('/').ok_or_else(|| format!("CIDR {s:?}"))?;
     let ip: IpAddr = a.parse().map_err(|_| format!("CIDR {s:?}"))?;
     let len: u8 = l.parse().map_err(|_| format!("CIDR {s:?}"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("CIDR {s:?}: a prefix of at most {max} bits"));
+    }
     Ok((ip, len))
 }
 
+/// Whether `ip` is in the network. The prefix length is clamped to the family's width, so a
+/// length that slipped past validation narrows the match instead of widening it.
 fn in_cidr(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let len = u32::from(len.min(32));
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            let len = u32::from(len.min(128));
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
             u128::from(a) & mask == u128::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V4(_)) => a
@@ -271,5 +279,18 @@ mod tests {
             "1.2.3.4".parse().expect("ip"),
             ("0.0.0.0".parse().expect("ip"), 0)
         ));
+    }
+
+    #[test]
+    fn prefixes_longer_than_the_address_are_refused_or_narrow() {
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("2001:db8::/129").is_err());
+        assert!(parse_cidr("10.0.0.1/32").is_ok());
+        // Should one reach the matcher anyway, it matches one address, never everything.
+        let net = ("10.0.0.1".parse().expect("ip"), 200);
+        assert!(in_cidr("10.0.0.1".parse().expect("ip"), net));
+        assert!(!in_cidr("10.9.9.9".parse().expect("ip"), net));
+        let net6 = ("2001:db8::1".parse().expect("ip"), 255);
+        assert!(!in_cidr("2001:db8::2".parse().expect("ip"), net6));
     }
 }

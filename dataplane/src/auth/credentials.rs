@@ -6,8 +6,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_model::auth as model;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// API keys held as SHA-256 digests. A lookup hashes the presented key and probes the map;
@@ -85,10 +86,11 @@ impl ApiKeys {
         query: Option<&'r str>,
     ) -> Option<Cow<'r, str>> {
         if let Some(h) = &self.header {
-            return headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| Cow::Borrowed(s.trim()));
+            // A value that is not text is a key that cannot match, never "no key".
+            return headers.get(h).map(|v| match v.to_str() {
+                Ok(s) => Cow::Borrowed(s.trim()),
+                Err(_) => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            });
         }
         let name = self.query.as_deref()?;
         query.and_then(|q| crate::util::query_param(q, name))
@@ -102,12 +104,76 @@ impl ApiKeys {
     }
 }
 
-/// bcrypt is slow on purpose; at most this many run at once (one per core), so a flood of
-/// guesses queues up instead of taking every core from the proxy.
-static BCRYPT_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    tokio::sync::Semaphore::new(cores)
-});
+/// bcrypt is slow on purpose; at most this many run at once (half the cores, at least one),
+/// so a flood of guesses cannot take the proxy's cores.
+static BCRYPT_SLOTS: std::sync::LazyLock<(tokio::sync::Semaphore, usize)> =
+    std::sync::LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let slots = (cores / 2).max(1);
+        (tokio::sync::Semaphore::new(slots), slots)
+    });
+
+/// Verifications that may wait for a slot, per slot; beyond, a request is answered 503 at
+/// once instead of queueing (a queue without bound delays every real user behind a flood).
+const BCRYPT_QUEUE_PER_SLOT: usize = 16;
+
+static BCRYPT_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The highest bcrypt cost accepted (compile refuses higher ones; this guards snapshots from
+/// elsewhere): cost 12 is about 250 ms of one core, each step doubles it.
+pub const MAX_BCRYPT_COST: u32 = portico_model::auth::MAX_BCRYPT_COST;
+
+/// Wrong passwords one client address may try per window before it gets 429 without any
+/// bcrypt being run.
+const FAILURES_PER_CLIENT: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses remembered at most; beyond, the oldest half is forgotten.
+const FAILURE_CLIENTS: usize = 100_000;
+
+/// Recent failed Basic verifications by client address (an IPv6 /64 counts as one).
+static FAILURES: std::sync::LazyLock<parking_lot::Mutex<HashMap<IpAddr, (u32, Instant)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn over_failure_budget(client: IpAddr) -> bool {
+    let key = crate::conn::source_key(client);
+    let mut f = FAILURES.lock();
+    match f.get(&key) {
+        Some((n, since)) if since.elapsed() < FAILURE_WINDOW => *n >= FAILURES_PER_CLIENT,
+        Some(_) => {
+            f.remove(&key);
+            false
+        }
+        None => false,
+    }
+}
+
+fn record_failure(client: IpAddr) {
+    let key = crate::conn::source_key(client);
+    let mut f = FAILURES.lock();
+    if f.len() >= FAILURE_CLIENTS {
+        let now = Instant::now();
+        f.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW / 2);
+        if f.len() >= FAILURE_CLIENTS {
+            f.clear();
+        }
+    }
+    let e = f.entry(key).or_insert((0, Instant::now()));
+    if e.1.elapsed() >= FAILURE_WINDOW {
+        *e = (0, Instant::now());
+    }
+    e.0 += 1;
+}
+
+/// What checking a Basic credential found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    /// Every bcrypt slot is taken and the queue is full: 503 at once.
+    Busy,
+    /// This client failed too often lately: 429 without a bcrypt.
+    Throttled,
+}
 
 /// Hashes of a random password by cost, verified for unknown users so that they take as long
 /// as known ones with that cost (`htpasswd -B` uses 5, many tools 10 or 12).
@@ -161,6 +227,11 @@ impl Basic {
                 .entry(cost_of(&u.hash.0).unwrap_or(bcrypt::DEFAULT_COST))
                 .or_default() += 1;
         }
+        if let Some(c) = costs.keys().find(|c| **c > MAX_BCRYPT_COST) {
+            return Err(format!(
+                "a bcrypt cost of {c} is above the highest accepted, {MAX_BCRYPT_COST}"
+            ));
+        }
         let dummy_cost = costs
             .iter()
             .max_by_key(|(_, n)| **n)
@@ -178,35 +249,56 @@ impl Basic {
         })
     }
 
-    /// `(user, password)` from `Authorization: Basic ...`.
-    pub fn credential(headers: &HeaderMap) -> Option<(String, String)> {
-        let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, rest) = v.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
+    /// `(user, password)` from `Authorization: Basic ...`: `None` without Basic credentials,
+    /// `Some(Err(()))` for Basic credentials that are not base64 of UTF-8 `user:password`
+    /// (wrong credentials, never "none", which `allowAnonymous` would let through).
+    pub fn credential(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+        let v = headers.get(http::header::AUTHORIZATION)?;
+        let b = v.as_bytes();
+        if b.len() < 6 || !b[..6].eq_ignore_ascii_case(b"basic ") {
             return None;
         }
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (user, pass) = text.split_once(':')?;
-        Some((user.to_string(), pass.to_string()))
+        let parsed = (|| {
+            let rest = std::str::from_utf8(&b[6..]).ok()?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            let (user, pass) = text.split_once(':')?;
+            Some((user.to_string(), pass.to_string()))
+        })();
+        Some(parsed.ok_or(()))
     }
 
     /// Whether the password is the user's. Costs one bcrypt (on a blocking thread) per pair
-    /// per cache lifetime.
-    pub async fn verify(&self, user: &str, password: &str) -> bool {
+    /// per cache lifetime; a client that failed too often lately, or a full queue, costs none.
+    pub async fn verify(&self, user: &str, password: &str, client: IpAddr) -> Verdict {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h.clone(), true),
             None => (String::new(), false),
         };
         let key = digest(&[user.as_bytes(), password.as_bytes(), hash.as_bytes()]);
         if known && self.verified.get(&key).is_some() {
-            return true;
+            return Verdict::Valid;
         }
-        let Ok(_slot) = BCRYPT_SLOTS.acquire().await else {
-            return false;
+        if over_failure_budget(client) {
+            return Verdict::Throttled;
+        }
+        let (slots, n) = &*BCRYPT_SLOTS;
+        let waiting = BCRYPT_WAITING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let permit = if slots.available_permits() == 0 && waiting >= n * BCRYPT_QUEUE_PER_SLOT {
+            None
+        } else {
+            slots.acquire().await.ok()
         };
+        BCRYPT_WAITING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let Some(_slot) = permit else {
+            return Verdict::Busy;
+        };
+        // The wait may have been long: failures recorded meanwhile count.
+        if over_failure_budget(client) {
+            return Verdict::Throttled;
+        }
         let password = password.to_string();
         let dummy_cost = self.dummy_cost;
         let ok = tokio::task::spawn_blocking(move || {
@@ -217,8 +309,11 @@ impl Basic {
         .unwrap_or(false);
         if ok && known {
             self.verified.insert(key, (), self.ttl);
+            Verdict::Valid
+        } else {
+            record_failure(client);
+            Verdict::Invalid
         }
-        ok && known
     }
 }
 
@@ -264,17 +359,88 @@ mod tests {
             cache.clone(),
         )
         .expect("basic");
-        assert!(b.verify("ann", "pw").await);
+        let client: IpAddr = "10.1.0.1".parse().expect("ip");
+        assert_eq!(b.verify("ann", "pw", client).await, Verdict::Valid);
         assert_eq!(cache.len(), 1);
-        assert!(b.verify("ann", "pw").await, "from the cache");
-        assert!(!b.verify("ann", "wrong").await);
-        assert!(!b.verify("bob", "pw").await);
+        assert_eq!(
+            b.verify("ann", "pw", client).await,
+            Verdict::Valid,
+            "from the cache"
+        );
+        assert_eq!(b.verify("ann", "wrong", client).await, Verdict::Invalid);
+        assert_eq!(b.verify("bob", "pw", client).await, Verdict::Invalid);
         assert_eq!(cache.len(), 1, "failures are not cached");
         let mut h = HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Basic YW5uOnA6dw=="),
         );
-        assert_eq!(Basic::credential(&h), Some(("ann".into(), "p:w".into())));
+        assert_eq!(
+            Basic::credential(&h),
+            Some(Ok(("ann".into(), "p:w".into())))
+        );
+        // Basic credentials that cannot be read are wrong credentials, not none.
+        for bad in [
+            &b"Basic !!!"[..],
+            b"basic bm9jb2xvbg==",
+            b"Basic \xff\xfe",
+            b"Basic /w==",
+        ] {
+            h.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_bytes(bad).expect("value"),
+            );
+            assert_eq!(Basic::credential(&h), Some(Err(())), "{bad:?}");
+        }
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer x"),
+        );
+        assert_eq!(Basic::credential(&h), None);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fails_too_often_is_throttled_without_bcrypt() {
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        let b = Basic::new(
+            &model::Basic {
+                realm: "r".into(),
+                cache_seconds: 60,
+                users: vec![model::BasicUser {
+                    user: "ann".into(),
+                    hash: model::Sensitive(hash),
+                }],
+            },
+            Arc::new(TtlCache::new(100)),
+        )
+        .expect("basic");
+        let guesser: IpAddr = "10.2.0.1".parse().expect("ip");
+        for _ in 0..FAILURES_PER_CLIENT {
+            assert_eq!(b.verify("ann", "guess", guesser).await, Verdict::Invalid);
+        }
+        assert_eq!(b.verify("ann", "guess", guesser).await, Verdict::Throttled);
+        assert_eq!(
+            b.verify("ann", "pw", guesser).await,
+            Verdict::Throttled,
+            "not even a right guess is checked"
+        );
+        // Others are not affected.
+        let user: IpAddr = "10.2.0.2".parse().expect("ip");
+        assert_eq!(b.verify("ann", "pw", user).await, Verdict::Valid);
+    }
+
+    #[test]
+    fn costs_above_the_cap_are_refused() {
+        let users = vec![model::BasicUser {
+            user: "ann".into(),
+            hash: model::Sensitive(format!("$2y$13${}", "a".repeat(53))),
+        }];
+        let m = model::Basic {
+            realm: "r".into(),
+            cache_seconds: 60,
+            users,
+        };
+        let err = Basic::new(&m, Arc::new(TtlCache::new(1))).expect_err("cost 13");
+        assert!(err.contains("13"), "{err}");
     }
 }

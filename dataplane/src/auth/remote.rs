@@ -16,6 +16,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Calls to one external auth or introspection service in flight at once, per policy. Beyond,
+/// a request is answered 503 at once (and counted as `busy`): a flood of garbage tokens must
+/// not become a flood on the identity provider, whatever the policy's failure mode.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+fn call_slots() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT))
+}
+
 fn names(list: &[String]) -> Result<Vec<HeaderName>, String> {
     list.iter()
         .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("header {h:?}: {e}")))
@@ -44,6 +53,7 @@ pub struct External {
     timeout: Duration,
     fail_open: bool,
     client: HttpClient,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the request looks like to the external service.
@@ -66,11 +76,16 @@ impl External {
             timeout: Duration::from_millis(u64::from(m.timeout_ms)),
             fail_open: m.fail_open,
             client,
+            slots: call_slots(),
         })
     }
 
     /// `Ok(headers for the backend)` when the service allows the request.
     pub async fn check(&self, r: &Asked<'_>) -> Result<HeaderMap, ProxyError> {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::debug!(service = %self.base, "external auth saturated; refusing");
+            return Err(ProxyError::AuthBusy);
+        };
         let mut req = Request::builder()
             .method(r.method.clone())
             .uri(format!("{}{}", self.base, r.path_and_query));
@@ -168,6 +183,7 @@ pub struct Introspection {
     timeout: Duration,
     client: HttpClient,
     cache: Arc<TtlCache<Digest, Introspected>>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn unix_now() -> u64 {
@@ -205,6 +221,7 @@ impl Introspection {
             timeout: Duration::from_millis(u64::from(m.timeout_ms)),
             client,
             cache,
+            slots: call_slots(),
         }
     }
 
@@ -221,6 +238,10 @@ impl Introspection {
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::debug!(url = %self.url, "token introspection saturated; refusing");
+            return Err(ProxyError::AuthBusy);
+        };
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let req = Request::post(&self.url)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")

@@ -241,6 +241,17 @@ fn compile_into(
                         ));
                         continue;
                     }
+                    let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
+                    if cost.is_none_or(|c| c > model::MAX_BCRYPT_COST) {
+                        // Every verification costs the gateway 2^cost rounds, for any client.
+                        unresolved.push(format!(
+                            "htpasswd line {} (user {user:?}): bcrypt cost {} is above {}, the highest accepted",
+                            n + 1,
+                            cost.map_or_else(|| "?".to_string(), |c| c.to_string()),
+                            model::MAX_BCRYPT_COST
+                        ));
+                        continue;
+                    }
                     users.push(model::BasicUser {
                         user: user.to_string(),
                         hash: Sensitive(hash.to_string()),
