@@ -22,6 +22,8 @@ pub struct Health {
     pub compiles: AtomicU64,
     pub gateways: AtomicU64,
     leading: watch::Receiver<bool>,
+    /// The snapshot channel's token checks, once the channel serves.
+    tokens: std::sync::OnceLock<Arc<crate::channel::Authenticator>>,
 }
 
 impl Health {
@@ -31,7 +33,12 @@ impl Health {
             compiles: AtomicU64::new(0),
             gateways: AtomicU64::new(0),
             leading,
+            tokens: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_tokens(&self, auth: Arc<crate::channel::Authenticator>) {
+        let _ = self.tokens.set(auth);
     }
 
     fn metrics(&self) -> String {
@@ -66,6 +73,27 @@ impl Health {
             "1 once every watch has listed and the first compile is done",
             u64::from(self.ready.load(Ordering::Relaxed)),
         );
+        if let Some(t) = self.tokens.get() {
+            let c = &t.counters;
+            metric(
+                "portico_controller_token_reviews_total",
+                "counter",
+                "TokenReviews sent for snapshot clients (answers are cached per token)",
+                c.reviews.load(Ordering::Relaxed),
+            );
+            metric(
+                "portico_controller_token_cache_hits_total",
+                "counter",
+                "Snapshot client tokens answered from the cache",
+                c.cache_hits.load(Ordering::Relaxed),
+            );
+            metric(
+                "portico_controller_token_throttled_total",
+                "counter",
+                "Snapshot requests refused (429) because their address had too many refused tokens",
+                c.throttled.load(Ordering::Relaxed),
+            );
+        }
         out
     }
 }

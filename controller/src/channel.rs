@@ -15,11 +15,8 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use kube::Client;
-use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
-use portico_model::channel::{Ack, REPLICA_HEADER, TOKEN_AUDIENCE, encode_frame};
+use portico_model::channel::{Ack, REPLICA_HEADER, encode_frame};
 use portico_model::{ObjectRef, Snapshot};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -29,6 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
+
+mod tokens;
+pub use tokens::{Authenticator, TokenCounters, Verdict};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -203,59 +203,26 @@ impl Hub {
     }
 }
 
-/// Checks tokens with the API server.
-pub struct Authenticator {
-    client: Client,
-}
-
-impl Authenticator {
-    pub fn new(client: Client) -> Self {
-        Self { client }
-    }
-
-    /// The ServiceAccount (namespace, name) the bearer token proves, if any.
-    async fn service_account(&self, req: &Request<Incoming>) -> Option<(String, String)> {
-        let token = req
-            .headers()
-            .get(http::header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim()
-            .to_string();
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token,
-                audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
-            },
-            ..TokenReview::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let status = match api.create(&PostParams::default(), &review).await {
-            Ok(r) => r.status?,
-            Err(e) => {
-                tracing::warn!(error = %e, "TokenReview failed");
-                return None;
-            }
-        };
-        if status.authenticated != Some(true) {
-            return None;
-        }
-        let user = status.user?.username?;
-        let rest = user.strip_prefix("system:serviceaccount:")?;
-        let (ns, name) = rest.split_once(':')?;
-        Some((ns.to_string(), name.to_string()))
-    }
-}
-
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
     *r.status_mut() = status;
     r
 }
 
+/// The bearer token of a request, if it has one.
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let v = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let t = v.strip_prefix("Bearer ")?.trim();
+    (!t.is_empty()).then_some(t)
+}
+
 async fn handle(
     req: Request<Incoming>,
+    peer: std::net::IpAddr,
     hub: Arc<Hub>,
     auth: Arc<Authenticator>,
     leading: watch::Receiver<bool>,
@@ -277,11 +244,24 @@ async fn handle(
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     let gw = ObjectRef::new(ns, name);
-    let Some((sa_ns, sa_name)) = auth.service_account(&req).await else {
-        return plain(
-            StatusCode::UNAUTHORIZED,
-            "a valid ServiceAccount token is required\n",
-        );
+    let verdict = match bearer(&req) {
+        Some(token) => auth.verdict(token, peer).await,
+        None => Verdict::Refused,
+    };
+    let (sa_ns, sa_name) = match verdict {
+        Verdict::Account(ns, name) => (ns, name),
+        Verdict::Refused => {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "a valid ServiceAccount token is required\n",
+            );
+        }
+        Verdict::Throttled => {
+            return plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many refused tokens from this address; retry later\n",
+            );
+        }
     };
     if sa_ns != gw.namespace || sa_name != portico_compile::dataplane_name(&gw.name) {
         tracing::warn!(gateway = %gw, account = %format!("{sa_ns}/{sa_name}"), "refused a snapshot client");
@@ -396,7 +376,7 @@ pub async fn serve(
             };
             let svc = service_fn(move |req| {
                 let (hub, auth, leading) = (hub.clone(), auth.clone(), leading.clone());
-                async move { Ok::<_, Infallible>(handle(req, hub, auth, leading).await) }
+                async move { Ok::<_, Infallible>(handle(req, peer.ip(), hub, auth, leading).await) }
             });
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "snapshot connection ended");

@@ -173,6 +173,7 @@ pub async fn run(
     }
     if let Some((listener, tls)) = channel {
         let auth = Arc::new(channel::Authenticator::new(client.clone()));
+        health.set_tokens(auth.clone());
         tokio::spawn(channel::serve(
             listener,
             tls,
