@@ -57,6 +57,11 @@ pub struct GatewayConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
 
+    /// Limits on what clients may hold and send (connections, timeouts, header names,
+    /// trusted forwarding hops). Each field unset keeps the dataplane's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<EdgeLimits>,
+
     /// The Redis (`redis://host:port[/db]`) of `Global` rate limits whose RateLimitPolicy
     /// names none, for these Gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +99,69 @@ pub struct DataplaneSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+}
+
+/// The dataplane's edge limits; each maps to the `portico` flag of the same name (see the
+/// README's Security section for the defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeLimits {
+    /// Downstream connections per dataplane pod (0: no cap). Default 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_connections: Option<i64>,
+    /// Downstream connections per source address (an IPv6 /64 counts as one; 0: no cap).
+    /// Default 1,000; raise it behind a load balancer that hides client addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_connections_per_source: Option<i64>,
+    /// Seconds a new connection may take to send its first bytes. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub first_bytes_timeout_seconds: Option<i64>,
+    /// Seconds for a request head, an idle keep-alive wait and a TLS handshake. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub header_read_timeout_seconds: Option<i64>,
+    /// Seconds without a byte of a body, for a backend's answer, and for an idle HTTP/2
+    /// connection. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_timeout_seconds: Option<i64>,
+    /// Seconds a client may read nothing of its response. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub write_timeout_seconds: Option<i64>,
+    /// Slowest average request body rate in bytes per second after the grace period (0: no
+    /// minimum). Default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub body_min_rate_bytes_per_second: Option<i64>,
+    /// Request headers whose names contain `_`. Default `Reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_with_underscores: Option<UnderscoreHeaders>,
+    /// Proxies in front of the Gateway that append to X-Forwarded-For. Default 0 (the edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub trusted_hops: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum UnderscoreHeaders {
+    Reject,
+    Drop,
+    Allow,
+}
+
+impl UnderscoreHeaders {
+    /// The `portico --headers-with-underscores` value.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            UnderscoreHeaders::Reject => "reject",
+            UnderscoreHeaders::Drop => "drop",
+            UnderscoreHeaders::Allow => "allow",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

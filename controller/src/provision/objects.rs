@@ -19,7 +19,7 @@ use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gatewayconfig::{GatewayConfigSpec, LogLevel, TrafficPolicy};
+use portico_crds::gatewayconfig::{EdgeLimits, GatewayConfigSpec, LogLevel, TrafficPolicy};
 use std::collections::BTreeMap;
 
 /// The dataplane's admin port (/healthz, /readyz, /metrics).
@@ -199,6 +199,7 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
             ]
             .iter()
             .map(|a| a.to_string())
+            .chain(limit_args(config.limits.as_ref()))
             .collect(),
         ),
         env: Some(vec![
@@ -441,6 +442,35 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
 }
 
 /// What CEL cannot check about a GatewayConfig: an error a user can act on.
+/// The dataplane flags of a GatewayConfig's `limits`: only those it sets.
+fn limit_args(limits: Option<&EdgeLimits>) -> Vec<String> {
+    let Some(l) = limits else {
+        return Vec::new();
+    };
+    let numbers = [
+        ("--max-connections", l.max_connections),
+        ("--max-connections-per-source", l.max_connections_per_source),
+        ("--first-bytes-timeout-s", l.first_bytes_timeout_seconds),
+        ("--header-read-timeout-s", l.header_read_timeout_seconds),
+        ("--idle-timeout-s", l.idle_timeout_seconds),
+        ("--write-timeout-s", l.write_timeout_seconds),
+        ("--body-min-rate", l.body_min_rate_bytes_per_second),
+        ("--trusted-hops", l.trusted_hops),
+    ];
+    let mut args = Vec::new();
+    for (flag, value) in numbers {
+        if let Some(v) = value {
+            args.push(flag.to_string());
+            args.push(v.max(0).to_string());
+        }
+    }
+    if let Some(u) = l.headers_with_underscores {
+        args.push("--headers-with-underscores".into());
+        args.push(u.as_flag().into());
+    }
+    args
+}
+
 pub fn validate(config: &GatewayConfigSpec) -> Result<(), String> {
     if let Some(a) = &config.autoscaling
         && a.min_replicas > a.max_replicas

@@ -1,4 +1,4 @@
-use super::objects::{ADMIN_PORT, desired, validate};
+use super::objects::{ADMIN_PORT, Desired, desired, validate};
 use super::*;
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 
@@ -261,4 +261,39 @@ fn the_gateway_names_its_config_or_its_class_does() {
         Ok(Some(("apps".into(), "big".into()))),
         "the Gateway's own reference wins"
     );
+}
+
+#[test]
+fn edge_limits_become_dataplane_flags() {
+    let plain = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let args = |d: &Desired| {
+        d.deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].args.clone())
+            .unwrap_or_default()
+            .join(" ")
+    };
+    assert!(
+        !args(&plain).contains("--max-connections"),
+        "defaults stay the dataplane's"
+    );
+    let limited = desired(
+        &gateway(),
+        &config(json!({"limits": {
+            "maxConnectionsPerSource": 5000, "idleTimeoutSeconds": 300,
+            "headersWithUnderscores": "Drop", "trustedHops": 1}})),
+        &settings(),
+    );
+    let a = args(&limited);
+    for want in [
+        "--max-connections-per-source 5000",
+        "--idle-timeout-s 300",
+        "--headers-with-underscores drop",
+        "--trusted-hops 1",
+    ] {
+        assert!(a.contains(want), "{want}: {a}");
+    }
+    assert!(!a.contains("--max-connections "), "{a}");
 }
