@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt bench controlplane redis helm crds crds-check chart chart-check
+.PHONY: help build run test lint fmt bench controlplane redis helm h2spec crds crds-check chart chart-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ build: ## Build every binary (debug)
 run: build ## Start the quickstart: two echo backends and a gateway on http://127.0.0.1:8080
 	./deploy/examples/quickstart/run.sh target/debug
 
-test: controlplane redis helm ## Run every test: unit, compile tables, end-to-end, and against a real control plane
+test: controlplane redis helm h2spec ## Run every test: unit, compile tables, end-to-end, and against a real control plane
 	$(CARGO) build --workspace --bins
 	PORTICO_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace --no-fail-fast
 
@@ -22,6 +22,9 @@ redis: ## Install redis-server (Debian's package, unpacked into target/tools/red
 
 helm: ## Build helm from its Go module into target/tools/bin (chart tests, make chart)
 	./tests/tools/helm.sh > /dev/null
+
+h2spec: ## Build h2spec (HTTP/2 conformance) from its Go module into target/tools/bin (edge tests)
+	./tests/tools/h2spec.sh
 
 # The API server reports the Kubernetes release it is built from (as release builds do), so
 # clients that check versions (helm's kubeVersion) see 1.36, not v0.0.0-master.

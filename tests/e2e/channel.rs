@@ -492,3 +492,98 @@ async fn a_global_rate_limit_is_shared_by_the_replicas_through_the_controllers_r
     }
     assert_eq!(got, [Some(302), Some(302), Some(302), Some(429)]);
 }
+
+/// `/metrics` of a controller's admin port, as a map of sample → value.
+async fn controller_metric(admin: SocketAddr, name: &str) -> Option<u64> {
+    let text = HttpClient::new()
+        .try_get(admin, "admin", "/metrics", &[])
+        .await?
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn token_reviews_are_cached_and_refused_tokens_throttled() {
+    let s = Setup::new("channel-tokens").await;
+    let ip = s.snapshot_addr.ip();
+    let admin = SocketAddr::new(ip, free_port(ip));
+    let admin_arg = admin.to_string();
+    let _controller = s.controller_with(&["--admin-address", &admin_arg]);
+    let token = std::fs::read_to_string(s.token("portico-gw").await).expect("token");
+    let ca = await_some("the controller's CA", || async {
+        std::fs::read_to_string(s.ca_file()).ok()
+    })
+    .await;
+    let path = format!("/v1/acks/{}/gw", s.ns);
+    let ack = bytes::Bytes::from_static(br#"{"version":0}"#);
+    let bearer = format!("Bearer {}", token.trim());
+    // Until this replica leads it answers 503 before looking at tokens.
+    await_some("an ACK accepted", || async {
+        let mut c = Conn::connect(s.snapshot_addr, "localhost", &[&ca], &[b"h2"])
+            .await
+            .ok()?;
+        let r = c
+            .send(
+                "POST",
+                "localhost",
+                &path,
+                &[("authorization", &bearer)],
+                ack.clone(),
+            )
+            .await
+            .ok()?;
+        (r.status == 204).then_some(())
+    })
+    .await;
+    let mut c = Conn::connect(s.snapshot_addr, "localhost", &[&ca], &[b"h2"])
+        .await
+        .expect("connect");
+    for _ in 0..5 {
+        let r = c
+            .send(
+                "POST",
+                "localhost",
+                &path,
+                &[("authorization", &bearer)],
+                ack.clone(),
+            )
+            .await
+            .expect("ack");
+        assert_eq!(r.status, 204);
+    }
+    let reviews = controller_metric(admin, "portico_controller_token_reviews_total")
+        .await
+        .expect("metric");
+    assert_eq!(
+        reviews, 1,
+        "one TokenReview for one token, however often it is used"
+    );
+    let hits = controller_metric(admin, "portico_controller_token_cache_hits_total")
+        .await
+        .expect("metric");
+    assert!(hits >= 5, "{hits}");
+    // Garbage tokens from one address: refused, and after the budget refused without asking
+    // the API server.
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let garbage = format!("Bearer garbage-{i}");
+        let r = c
+            .send(
+                "POST",
+                "localhost",
+                &path,
+                &[("authorization", &garbage)],
+                ack.clone(),
+            )
+            .await
+            .expect("answer");
+        statuses.push(r.status.as_u16());
+    }
+    assert!(statuses[..10].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    let reviews = controller_metric(admin, "portico_controller_token_reviews_total")
+        .await
+        .expect("metric");
+    assert_eq!(reviews, 11, "the throttled ones cost no TokenReview");
+}

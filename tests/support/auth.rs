@@ -286,17 +286,31 @@ impl Setup {
 
     /// With environment variables for the dataplane (`SSL_CERT_FILE` for a test CA).
     pub async fn start_with_env(docs: &str, env: &[(&str, &std::path::Path)]) -> Self {
+        Self::start_full(docs, &[], env).await
+    }
+
+    /// With extra arguments for `portico standalone`.
+    pub async fn start_with_args(docs: &str, args: &[&str]) -> Self {
+        Self::start_full(docs, args, &[]).await
+    }
+
+    async fn start_full(docs: &str, args: &[&str], env: &[(&str, &std::path::Path)]) -> Self {
         let echo = Echo::start("echo");
         let ip = loopback_ip();
         let port = free_port(ip);
         let text = config(port, echo.addr, docs);
-        let portico = Portico::start_with_env(ip, &[("config.yaml", &text)], &[], env).await;
+        let portico = Portico::start_with_env(ip, &[("config.yaml", &text)], args, env).await;
         Self {
             portico,
             echo,
             port,
             client: HttpClient::new(),
         }
+    }
+
+    /// The gateway's listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.portico.addr(self.port)
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cluster;
 pub mod netns;
 pub mod ratelimit;
+pub mod raw;
 pub mod redis;
 pub mod scenario;
 pub mod tls;
@@ -415,14 +416,6 @@ impl HttpClient {
     pub fn new() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-        }
-    }
-
-    pub fn h2c() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(HttpConnector::new()),
         }
     }
 
