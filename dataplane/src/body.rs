@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -125,9 +125,10 @@ pub struct ClientBody {
     inner: Incoming,
     outcome: Arc<BodyOutcome>,
     limits: BodyLimits,
-    /// Armed while the body waits for the client.
-    idle: Pin<Box<Sleep>>,
-    rate: Pin<Box<Sleep>>,
+    /// Armed while the body waits for the client; made on the first wait (most bodies are
+    /// empty or arrive at once and need no timer).
+    idle: Option<Pin<Box<Sleep>>>,
+    rate: Option<Pin<Box<Sleep>>>,
     /// When the current wait began, if the body is waiting.
     waiting_since: Option<Instant>,
     waited: Duration,
@@ -143,14 +144,13 @@ impl ClientBody {
         if inner.is_end_stream() {
             outcome.end();
         }
-        let now = Instant::now();
         (
             Self {
                 inner,
                 outcome: outcome.clone(),
                 limits,
-                idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
-                rate: Box::pin(tokio::time::sleep_until(now)),
+                idle: None,
+                rate: None,
                 waiting_since: None,
                 waited: Duration::ZERO,
                 received: 0,
@@ -166,6 +166,21 @@ impl ClientBody {
     }
 }
 
+/// Sets `timer` to fire at `at`, making it on first use.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Whether an armed timer has fired (registering the waker when it has not).
+fn fired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -176,15 +191,6 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let min_rate = this.limits.min_rate.filter(|_| !this.exempt_from_rate);
-        if this.waiting_since.is_none() {
-            let now = Instant::now();
-            this.waiting_since = Some(now);
-            this.idle.as_mut().reset(now + this.limits.idle_timeout);
-            if let Some(rate) = min_rate {
-                let budget = rate_budget(rate, this.received, this.waited);
-                this.rate.as_mut().reset(now + budget);
-            }
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(since) = this.waiting_since.take() {
@@ -208,10 +214,20 @@ impl Body for ClientBody {
                 }
             }
             Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
+                if this.waiting_since.is_none() {
+                    // A new wait for the client: its deadlines start now.
+                    let now = Instant::now();
+                    this.waiting_since = Some(now);
+                    arm(&mut this.idle, now + this.limits.idle_timeout);
+                    if let Some(rate) = min_rate {
+                        let budget = rate_budget(rate, this.received, this.waited);
+                        arm(&mut this.rate, now + budget);
+                    }
+                }
+                if fired(&mut this.idle, cx) {
                     return this.fail(BodyFault::Idle);
                 }
-                if min_rate.is_some() && this.rate.as_mut().poll(cx).is_ready() {
+                if min_rate.is_some() && fired(&mut this.rate, cx) {
                     return this.fail(BodyFault::TooSlow);
                 }
                 Poll::Pending
@@ -232,8 +248,10 @@ impl Body for ClientBody {
 pub struct BackendBody {
     inner: Incoming,
     idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
-    armed: bool,
+    /// Made on the first wait (a body that is there at once needs none).
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Whether the current wait has its deadline set.
+    waiting: bool,
 }
 
 impl BackendBody {
@@ -241,8 +259,8 @@ impl BackendBody {
         Self {
             inner,
             idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            armed: false,
+            idle: None,
+            waiting: false,
         }
     }
 }
@@ -256,18 +274,20 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if !this.armed {
-            this.armed = true;
-            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.armed = false;
+                this.waiting = false;
                 Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
-                Poll::Ready(Some(Err("backend response body idle timeout".into())))
+                if !this.waiting {
+                    this.waiting = true;
+                    arm(&mut this.idle, Instant::now() + this.idle_timeout);
+                }
+                if fired(&mut this.idle, cx) {
+                    return Poll::Ready(Some(Err("backend response body idle timeout".into())));
+                }
+                Poll::Pending
             }
         }
     }
