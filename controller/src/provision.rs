@@ -209,6 +209,35 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
     if let Some(c) = &config {
         config_status(&ctx, c, true, "used by the Gateways that name it").await?;
     }
+    // A Gateway's own GatewayConfig gets image and placement from its class's, unless the
+    // class's allows them (gatewayOverrides): the pod receives the Gateway's keys.
+    let spec = match portico_compile::parameters::own_config(&gw) {
+        Ok(Some(_)) => {
+            let class_spec = match portico_compile::parameters::class_config(&class) {
+                Ok(Some(r)) => Api::<GatewayConfig>::namespaced(ctx.client.clone(), &r.namespace)
+                    .get_opt(&r.name)
+                    .await?
+                    .map(|c| c.spec),
+                _ => None,
+            };
+            let refused =
+                portico_compile::parameters::refused_overrides(&spec, class_spec.as_ref());
+            if !refused.is_empty() {
+                warn(
+                    &ctx,
+                    &gw,
+                    "OverrideNotAllowed",
+                    &format!(
+                        "the Gateway's GatewayConfig sets {}, which its GatewayClass's configuration does not allow (gatewayOverrides); the dataplane uses the class's values",
+                        refused.join(", ")
+                    ),
+                )
+                .await;
+            }
+            portico_compile::parameters::restrict_overrides(&spec, class_spec.as_ref())
+        }
+        _ => spec,
+    };
 
     let desired = objects::desired(&gw, &spec, &ctx.settings);
     let ns = gw.namespace().unwrap_or_else(|| "default".into());

@@ -62,6 +62,15 @@ pub struct GatewayConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<EdgeLimits>,
 
+    /// Read only on the GatewayConfig a GatewayClass names: what a Gateway's own
+    /// GatewayConfig (`spec.infrastructure.parametersRef`, written by whoever may edit that
+    /// namespace) may choose for its dataplane. Both default to false: the dataplane pod
+    /// receives the Gateway's keys and credentials, so its image and where it runs are the
+    /// class owner's choice. A Gateway whose own configuration sets a field it may not is not
+    /// accepted (`InvalidParameters`), and its dataplane keeps the class's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_overrides: Option<GatewayOverrides>,
+
     /// The Redis (`redis://host:port[/db]`) of `Global` rate limits whose RateLimitPolicy
     /// names none, for these Gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +108,18 @@ pub struct DataplaneSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+}
+
+/// What a Gateway's own GatewayConfig may set (see `gatewayOverrides`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayOverrides {
+    /// `dataplane.image`.
+    #[serde(default)]
+    pub image: bool,
+    /// `dataplane.nodeSelector`, `dataplane.tolerations` and `dataplane.affinity`.
+    #[serde(default)]
+    pub scheduling: bool,
 }
 
 /// The dataplane's edge limits; each maps to the `portico` flag of the same name (see the

@@ -14,6 +14,7 @@ use portico_crds::gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
+use portico_crds::gatewayconfig::GatewayConfigSpec;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
@@ -205,16 +206,65 @@ pub(crate) struct GatewayState {
 }
 
 /// Validates every Gateway whose class is ours, sorted by namespace/name.
+/// The GatewayConfigs and GatewayClasses, for checking what a Gateway's parameters say.
+pub(crate) struct Parameters<'a> {
+    pub configs: BTreeMap<ObjectRef, &'a GatewayConfigSpec>,
+    pub classes: &'a [GatewayClass],
+}
+
+impl Parameters<'_> {
+    /// Why the Gateway's own GatewayConfig cannot be used, if it cannot.
+    fn refusal(&self, gw: &Gateway) -> Option<String> {
+        let own_ref = match crate::parameters::own_config(gw) {
+            Err(message) => return Some(message),
+            Ok(None) => return None,
+            Ok(Some(r)) => r,
+        };
+        let Some(own) = self.configs.get(&own_ref) else {
+            return Some(format!("GatewayConfig {own_ref} does not exist"));
+        };
+        let class = self
+            .classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()));
+        let class_ref = class.and_then(|c| crate::parameters::class_config(c).ok().flatten());
+        let class_spec = class_ref
+            .as_ref()
+            .and_then(|r| self.configs.get(r).copied());
+        let refused = crate::parameters::refused_overrides(own, class_spec);
+        if refused.is_empty() {
+            return None;
+        }
+        let by = class_ref.map_or_else(
+            || {
+                format!(
+                    "GatewayClass {} names no GatewayConfig",
+                    gw.spec.gateway_class_name
+                )
+            },
+            |r| {
+                format!(
+                    "the GatewayClass's GatewayConfig {r} does not allow it in gatewayOverrides"
+                )
+            },
+        );
+        Some(format!(
+            "GatewayConfig {own_ref} sets {}, which the dataplane (it receives this Gateway's keys) may only get from its GatewayClass: {by}",
+            refused.join(", ")
+        ))
+    }
+}
+
 pub(crate) fn compile_gateways(
     gateways: &[Gateway],
     classes: &BTreeSet<String>,
-    configs: &BTreeSet<ObjectRef>,
+    params: &Parameters<'_>,
     secrets: &SecretIndex<'_>,
 ) -> Vec<GatewayState> {
     let mut out: Vec<GatewayState> = gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(|g| compile_gateway(g, configs, secrets))
+        .map(|g| compile_gateway(g, params, secrets))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
@@ -222,21 +272,13 @@ pub(crate) fn compile_gateways(
 
 fn compile_gateway(
     gw: &Gateway,
-    configs: &BTreeSet<ObjectRef>,
+    params: &Parameters<'_>,
     secrets: &SecretIndex<'_>,
 ) -> GatewayState {
     let id = crate::object_ref(&gw.metadata);
-    let mut invalid = None;
-    match crate::parameters::own_config(gw) {
-        Err(message) => invalid = Some((reasons::INVALID_PARAMETERS, message)),
-        Ok(Some(config)) if !configs.contains(&config) => {
-            invalid = Some((
-                reasons::INVALID_PARAMETERS,
-                format!("GatewayConfig {config} does not exist"),
-            ));
-        }
-        Ok(_) => {}
-    }
+    let mut invalid = params
+        .refusal(gw)
+        .map(|message| (reasons::INVALID_PARAMETERS, message));
     let mut addresses = Vec::new();
     for a in gw.spec.addresses.iter().flatten() {
         let kind = a.r#type.as_deref().unwrap_or("IPAddress");

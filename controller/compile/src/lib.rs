@@ -131,7 +131,15 @@ pub fn compile_scoped(
             &scoped_gateways
         }
     };
-    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &configs, &secrets);
+    let params = gateway::Parameters {
+        configs: inputs
+            .gateway_configs
+            .iter()
+            .map(|c| (object_ref(&c.metadata), &c.spec))
+            .collect(),
+        classes: &inputs.gateway_classes,
+    };
+    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &params, &secrets);
     let backends = backend::BackendIndex::new(inputs);
     let names_scope = |parents: Vec<ObjectRef>| scope.is_none() || parents.iter().any(in_scope);
     let sources: Vec<RouteSource<'_>> = inputs

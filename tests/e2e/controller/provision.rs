@@ -49,10 +49,19 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
             "portico/dataplane:default",
         ],
     );
+    // The class lets its Gateways' own configurations choose the image.
+    create::<GatewayConfig>(
+        &client,
+        &ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "GatewayConfig", "metadata": {"name": "class"},
+               "spec": {"gatewayOverrides": {"image": true}}}),
+    )
+    .await;
     create_cluster::<GatewayClass>(
         &client,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
+               "metadata": {"name": ns}, "spec": {"controllerName": controller_name,
+               "parametersRef": {"group": "portico.dev", "kind": "GatewayConfig", "name": "class", "namespace": ns}}}),
     )
     .await;
     create::<GatewayConfig>(
@@ -313,5 +322,92 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
             gone.then_some(())
         },
     )
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_does_not_allow() {
+    let client = cluster().client().await;
+    let ns = test_namespace(&client, "overrides").await;
+    let controller_name = format!("portico.dev/{ns}");
+    let _controller = start_controller(
+        "provisioner",
+        &[
+            "--controller-name",
+            &controller_name,
+            "--lease-namespace",
+            &ns,
+            "--lease-name",
+            "provisioner",
+            "--dataplane-image",
+            "portico/dataplane:trusted",
+        ],
+    );
+    create_cluster::<GatewayClass>(
+        &client,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
+    )
+    .await;
+    // Whoever may write the Gateway's namespace names an image and a node of their choosing.
+    create::<GatewayConfig>(
+        &client,
+        &ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "GatewayConfig", "metadata": {"name": "mine"},
+               "spec": {"dataplane": {"image": "evil/exfiltrate:1", "replicas": 1,
+                                      "nodeSelector": {"kubernetes.io/hostname": "attacker-node"}},
+                        "service": {"type": "ClusterIP"}}}),
+    )
+    .await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns,
+                        "infrastructure": {"parametersRef": {"group": "portico.dev", "kind": "GatewayConfig", "name": "mine"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    let accepted = await_some("the Gateway's Accepted condition", || async {
+        let gw = gateways.get("gw").await.ok()?;
+        gw.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Accepted" && c.status == "False")
+    })
+    .await;
+    assert_eq!(accepted.reason, "InvalidParameters");
+    assert!(
+        accepted.message.contains("dataplane.image") && accepted.message.contains("nodeSelector"),
+        "{}",
+        accepted.message
+    );
+    // The dataplane keeps the class's values (here the controller's default image, no node
+    // selector); what the Gateway may choose (replicas) it gets.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = await_some("the dataplane Deployment", || async {
+        deployments.get_opt("portico-gw").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(image(&d).as_deref(), Some("portico/dataplane:trusted"));
+    let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    assert!(
+        pod.and_then(|p| p.node_selector.as_ref())
+            .is_none_or(|n| n.is_empty()),
+        "{pod:?}"
+    );
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    await_some("an OverrideNotAllowed Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("OverrideNotAllowed"))
+    })
     .await;
 }

@@ -79,3 +79,39 @@ fn a_gateway_naming_a_missing_gateway_config_is_not_accepted() {
     assert!(!ok);
     assert_eq!(reason, reasons::INVALID_PARAMETERS);
 }
+
+#[test]
+fn a_gateways_own_config_may_choose_the_image_only_if_its_class_allows() {
+    let own = "---\napiVersion: portico.dev/v1alpha1\nkind: GatewayConfig\nmetadata: {name: mine, namespace: infra}\nspec: {dataplane: {image: evil/exfiltrate:1, tolerations: [{operator: Exists}]}}\n";
+    let gateway = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: own, namespace: infra}\nspec:\n  gatewayClassName: configured\n  infrastructure: {parametersRef: {group: portico.dev, kind: GatewayConfig, name: mine}}\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+    let class = |overrides: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: configured}}\nspec:\n  controllerName: portico.dev/gateway-controller\n  parametersRef: {{group: portico.dev, kind: GatewayConfig, name: class, namespace: infra}}\n---\napiVersion: portico.dev/v1alpha1\nkind: GatewayConfig\nmetadata: {{name: class, namespace: infra}}\nspec: {{gatewayOverrides: {overrides}}}\n"
+        )
+    };
+    let accepted = |overrides: &str| {
+        let out = compile(
+            &super::inputs(&format!("{}{own}{gateway}", class(overrides))),
+            CONTROLLER_NAME,
+        );
+        let c = find(
+            &out.status.gateways[&ObjectRef::new("infra", "own")].conditions,
+            types::ACCEPTED,
+        )
+        .expect("Accepted")
+        .clone();
+        (c.is_true(), c.reason, c.message)
+    };
+    let (ok, reason, message) = accepted("{}");
+    assert!(!ok);
+    assert_eq!(reason, reasons::INVALID_PARAMETERS);
+    assert!(
+        message.contains("dataplane.image") && message.contains("dataplane.tolerations"),
+        "{message}"
+    );
+    let (ok, _, message) = accepted("{image: true}");
+    assert!(!ok, "tolerations are still refused");
+    assert!(!message.contains("dataplane.image"), "{message}");
+    let (ok, _, _) = accepted("{image: true, scheduling: true}");
+    assert!(ok);
+}
