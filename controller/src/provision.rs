@@ -73,6 +73,17 @@ pub struct ProvisionSettings {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// An object with the dataplane's name exists and is not this Gateway's: it is left alone
+    /// (a Gateway named `controller` in the controller's namespace must not take over the
+    /// controller's own ServiceAccount, Deployment and Service).
+    #[error(
+        "{kind} {namespace}/{name} exists and does not belong to this Gateway; it is left as it is"
+    )]
+    NameInUse {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 struct Context {
@@ -241,41 +252,15 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
 
     let desired = objects::desired(&gw, &spec, &ctx.settings);
     let ns = gw.namespace().unwrap_or_else(|| "default".into());
-    let mut changed: Vec<&str> = Vec::new();
-    let c = &ctx.client;
-    if apply(c, &ns, &desired.service_account).await? {
-        changed.push("ServiceAccount");
-    }
-    if apply(c, &ns, &desired.ca).await? {
-        changed.push("ConfigMap");
-    }
-    if apply(c, &ns, &desired.role_binding).await? {
-        changed.push("RoleBinding");
-    }
-    if apply(c, &ns, &desired.deployment).await? {
-        changed.push("Deployment");
-    }
-    if apply(c, &ns, &desired.service).await? {
-        changed.push("Service");
-    }
-    match &desired.hpa {
-        Some(hpa) => {
-            if apply(c, &ns, hpa).await? {
-                changed.push("HorizontalPodAutoscaler");
-            }
+    let changed = match apply_all(&ctx.client, &gw, &ns, &desired).await {
+        Err(e @ Error::NameInUse { .. }) => {
+            // Often a Gateway deleted and made again, whose old objects the garbage collector
+            // has not removed yet: look again soon.
+            warn(&ctx, &gw, "NameInUse", &e.to_string()).await;
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        None => {
-            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns);
-            let name = portico_compile::dataplane_name(&gw.name_any());
-            if api.get_opt(&name).await?.is_some() {
-                api.delete(&name, &Default::default()).await?;
-                changed.push("HorizontalPodAutoscaler (removed)");
-            }
-        }
-    }
-    if apply(c, &ns, &desired.pdb).await? {
-        changed.push("PodDisruptionBudget");
-    }
+        r => r?,
+    };
     ctx.failures.lock().remove(&ObjectRef::from_obj(&*gw));
     if !changed.is_empty() {
         let note = format!("applied {}", changed.join(", "));
@@ -283,6 +268,58 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         publish(&ctx, &gw, EventType::Normal, "Provisioned", &note).await;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Applies every object of the Gateway's dataplane; returns what changed.
+async fn apply_all(
+    c: &Client,
+    gw: &Gateway,
+    ns: &str,
+    desired: &objects::Desired,
+) -> Result<Vec<&'static str>, Error> {
+    let mut changed: Vec<&'static str> = Vec::new();
+    if apply(c, ns, &desired.service_account).await? {
+        changed.push("ServiceAccount");
+    }
+    if apply(c, ns, &desired.ca).await? {
+        changed.push("ConfigMap");
+    }
+    if apply(c, ns, &desired.role_binding).await? {
+        changed.push("RoleBinding");
+    }
+    if apply(c, ns, &desired.deployment).await? {
+        changed.push("Deployment");
+    }
+    if apply(c, ns, &desired.service).await? {
+        changed.push("Service");
+    }
+    match &desired.hpa {
+        Some(hpa) => {
+            if apply(c, ns, hpa).await? {
+                changed.push("HorizontalPodAutoscaler");
+            }
+        }
+        None => {
+            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), ns);
+            let name = portico_compile::dataplane_name(&gw.name_any());
+            if let Some(hpa) = api.get_opt(&name).await? {
+                // Only ours: the PDB names the same owner every object of the Gateway has.
+                if !same_controller(&hpa.metadata, &desired.pdb.metadata) {
+                    return Err(Error::NameInUse {
+                        kind: "HorizontalPodAutoscaler".into(),
+                        namespace: ns.to_string(),
+                        name,
+                    });
+                }
+                api.delete(&name, &Default::default()).await?;
+                changed.push("HorizontalPodAutoscaler (removed)");
+            }
+        }
+    }
+    if apply(c, ns, &desired.pdb).await? {
+        changed.push("PodDisruptionBudget");
+    }
+    Ok(changed)
 }
 
 /// Server-side applies `obj`; returns whether the cluster changed.
@@ -296,13 +333,36 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    let before = api
-        .get_opt(&name)
-        .await?
-        .and_then(|o| o.meta().resource_version.clone());
+    let existing = api.get_opt(&name).await?;
+    if let Some(o) = &existing
+        && !same_controller(o.meta(), obj.meta())
+    {
+        return Err(Error::NameInUse {
+            kind: K::kind(&()).into_owned(),
+            namespace: ns.to_string(),
+            name,
+        });
+    }
+    let before = existing.and_then(|o| o.meta().resource_version.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let after = api.patch(&name, &pp, &Patch::Apply(obj)).await?;
     Ok(before != after.meta().resource_version)
+}
+
+/// Whether an existing object is controlled by the owner `desired` names (the Gateway, by
+/// UID): the only objects the provisioner may overwrite.
+fn same_controller(
+    existing: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    desired: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    let controller = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    controller(desired).is_some() && controller(existing) == controller(desired)
 }
 
 async fn config_status(

@@ -410,4 +410,45 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
             .find(|e| e.reason.as_deref() == Some("OverrideNotAllowed"))
     })
     .await;
+
+    // An object with a dataplane's name that is not that Gateway's is never taken over (a
+    // Gateway named `controller` next to the chart's `portico-controller`).
+    create::<ServiceAccount>(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "portico-squat"}}),
+    )
+    .await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "squat"},
+               "spec": {"gatewayClassName": ns,
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    await_some("a NameInUse Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("NameInUse"))
+    })
+    .await;
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .get("portico-squat")
+        .await
+        .expect("the ServiceAccount");
+    assert!(sa.metadata.owner_references.is_none(), "{:?}", sa.metadata);
+    assert!(
+        deployments
+            .get_opt("portico-squat")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
 }
