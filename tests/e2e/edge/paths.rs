@@ -98,6 +98,8 @@ fn variants(target: &str) -> Vec<String> {
         format!("/%2e%2e;/{t}"),
         format!("/public/%2e;/../{t}"),
         format!("/public/.;x/../{t}"),
+        // Found by fuzzing: escapes of unreserved characters after a kept `%25`.
+        format!("/public%25%32%66..%25%32%66{t}"),
     ]
 }
 
