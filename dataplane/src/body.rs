@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -79,16 +79,42 @@ fn rate_budget(rate: MinRate, received: u64, waited: Duration) -> Duration {
     (rate.grace + earned).saturating_sub(waited)
 }
 
-/// Shared between a [`ClientBody`] and the proxy that forwards it: how the body failed, and
-/// whether it has been sent whole.
-#[derive(Debug, Default)]
+/// Shared by the two bodies of one request and the proxy: how the request body failed,
+/// whether it has been sent whole, and when either body last moved. The idle timeout is "no
+/// byte either way" (a gRPC stream whose client is quiet while the server sends is not idle).
+#[derive(Debug)]
 pub struct BodyOutcome {
     fault: Mutex<Option<BodyFault>>,
     ended: AtomicBool,
     ended_notify: Notify,
+    start: Instant,
+    /// Milliseconds after `start` of the last frame in either direction.
+    moved_ms: AtomicU64,
+}
+
+impl Default for BodyOutcome {
+    fn default() -> Self {
+        Self {
+            fault: Mutex::new(None),
+            ended: AtomicBool::new(false),
+            ended_notify: Notify::new(),
+            start: Instant::now(),
+            moved_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl BodyOutcome {
+    fn moved(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When either body last moved.
+    fn last_moved(&self) -> Instant {
+        self.start + Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))
+    }
+
     pub fn fault(&self) -> Option<BodyFault> {
         *self.fault.lock()
     }
@@ -198,6 +224,7 @@ impl Body for ClientBody {
                 }
                 match frame {
                     Some(Ok(f)) => {
+                        this.outcome.moved();
                         if let Some(d) = f.data_ref() {
                             this.received += d.len() as u64;
                         }
@@ -225,7 +252,17 @@ impl Body for ClientBody {
                     }
                 }
                 if fired(&mut this.idle, cx) {
-                    return this.fail(BodyFault::Idle);
+                    // The response moved meanwhile: the stream is not idle; wait on.
+                    let last = this.outcome.last_moved();
+                    let since = this.waiting_since.unwrap_or(last);
+                    if last > since && last + this.limits.idle_timeout > Instant::now() {
+                        arm(&mut this.idle, last + this.limits.idle_timeout);
+                        if fired(&mut this.idle, cx) {
+                            return this.fail(BodyFault::Idle);
+                        }
+                    } else {
+                        return this.fail(BodyFault::Idle);
+                    }
                 }
                 if min_rate.is_some() && fired(&mut this.rate, cx) {
                     return this.fail(BodyFault::TooSlow);
@@ -244,10 +281,14 @@ impl Body for ClientBody {
     }
 }
 
-/// A response body from a backend, with an idle timeout between frames.
+/// A response body from a backend, with an idle timeout between frames (unless the request
+/// body moved meanwhile).
 pub struct BackendBody {
     inner: Incoming,
+    outcome: Arc<BodyOutcome>,
     idle_timeout: Duration,
+    /// When the current wait began.
+    since: Instant,
     /// Made on the first wait (a body that is there at once needs none).
     idle: Option<Pin<Box<Sleep>>>,
     /// Whether the current wait has its deadline set.
@@ -255,10 +296,12 @@ pub struct BackendBody {
 }
 
 impl BackendBody {
-    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
+    pub fn new(inner: Incoming, outcome: Arc<BodyOutcome>, idle_timeout: Duration) -> Self {
         Self {
             inner,
+            outcome,
             idle_timeout,
+            since: Instant::now(),
             idle: None,
             waiting: false,
         }
@@ -277,14 +320,24 @@ impl Body for BackendBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                this.outcome.moved();
                 Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
                 if !this.waiting {
                     this.waiting = true;
-                    arm(&mut this.idle, Instant::now() + this.idle_timeout);
+                    this.since = Instant::now();
+                    arm(&mut this.idle, this.since + this.idle_timeout);
                 }
                 if fired(&mut this.idle, cx) {
+                    // The request body moved meanwhile: not idle; wait on.
+                    let last = this.outcome.last_moved();
+                    if last > this.since && last + this.idle_timeout > Instant::now() {
+                        arm(&mut this.idle, last + this.idle_timeout);
+                        if !fired(&mut this.idle, cx) {
+                            return Poll::Pending;
+                        }
+                    }
                     return Poll::Ready(Some(Err("backend response body idle timeout".into())));
                 }
                 Poll::Pending

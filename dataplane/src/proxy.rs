@@ -371,7 +371,8 @@ impl Proxy {
             }
             Ok(resp) => {
                 let idle = self.body.idle_timeout;
-                let mut resp = resp.map(|b| Either::Left(BackendBody::new(b, idle)));
+                let outcome = outcome.clone();
+                let mut resp = resp.map(|b| Either::Left(BackendBody::new(b, outcome, idle)));
                 util::strip_hop_by_hop(resp.headers_mut());
                 if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());

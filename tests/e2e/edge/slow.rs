@@ -280,3 +280,87 @@ async fn connection_caps_refuse_fast_per_source_and_in_total() {
     }
     drop((from_one, from_two, back));
 }
+
+/// A backend that answers every request with 8 chunks, one every 400 ms, without reading the
+/// request body.
+async fn trickling_backend() -> SocketAddr {
+    let ip = loopback_ip();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    if c.write_all(b"5\r\ntick\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = c.write_all(b"0\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stream_is_idle_only_when_neither_side_moves() {
+    // The client keeps its request body open and quiet (as a gRPC client waiting for server
+    // messages does) for longer than the idle timeout, while the server sends: not idle.
+    let backend = trickling_backend().await;
+    let docs = format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ticker
+  namespace: default
+  annotations: {{portico.dev/endpoints: "{backend}"}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ticks, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [ticks.test]
+  rules:
+  - backendRefs: [{{name: ticker, port: 80}}]
+"#
+    );
+    let s = Setup::start_with_args(&docs, SHORT_LIMITS).await;
+    let mut c = TcpStream::connect(s.addr()).await.expect("connect");
+    c.write_all(b"POST /stream HTTP/1.1\r\nHost: ticks.test\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSED_WITHIN, async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(5).any(|w| w == b"0\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        text.matches("tick").count(),
+        8,
+        "the whole stream arrived: {text}"
+    );
+}
