@@ -207,6 +207,26 @@ fn fired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
         .is_some_and(|t| t.as_mut().poll(cx).is_ready())
 }
 
+/// Whether a body waiting since `since` is idle: its timer fired and the other direction has
+/// not moved meanwhile (if it has, the timer is moved to the idle timeout after that).
+fn idle_expired(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    outcome: &BodyOutcome,
+    since: Instant,
+    idle: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    if !fired(timer, cx) {
+        return false;
+    }
+    let last = outcome.last_moved();
+    if last > since && last + idle > Instant::now() {
+        arm(timer, last + idle);
+        return fired(timer, cx);
+    }
+    true
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -251,18 +271,10 @@ impl Body for ClientBody {
                         arm(&mut this.rate, now + budget);
                     }
                 }
-                if fired(&mut this.idle, cx) {
-                    // The response moved meanwhile: the stream is not idle; wait on.
-                    let last = this.outcome.last_moved();
-                    let since = this.waiting_since.unwrap_or(last);
-                    if last > since && last + this.limits.idle_timeout > Instant::now() {
-                        arm(&mut this.idle, last + this.limits.idle_timeout);
-                        if fired(&mut this.idle, cx) {
-                            return this.fail(BodyFault::Idle);
-                        }
-                    } else {
-                        return this.fail(BodyFault::Idle);
-                    }
+                let since = this.waiting_since.unwrap_or_else(Instant::now);
+                let idle = this.limits.idle_timeout;
+                if idle_expired(&mut this.idle, &this.outcome, since, idle, cx) {
+                    return this.fail(BodyFault::Idle);
                 }
                 if min_rate.is_some() && fired(&mut this.rate, cx) {
                     return this.fail(BodyFault::TooSlow);
@@ -329,15 +341,13 @@ impl Body for BackendBody {
                     this.since = Instant::now();
                     arm(&mut this.idle, this.since + this.idle_timeout);
                 }
-                if fired(&mut this.idle, cx) {
-                    // The request body moved meanwhile: not idle; wait on.
-                    let last = this.outcome.last_moved();
-                    if last > this.since && last + this.idle_timeout > Instant::now() {
-                        arm(&mut this.idle, last + this.idle_timeout);
-                        if !fired(&mut this.idle, cx) {
-                            return Poll::Pending;
-                        }
-                    }
+                if idle_expired(
+                    &mut this.idle,
+                    &this.outcome,
+                    this.since,
+                    this.idle_timeout,
+                    cx,
+                ) {
                     return Poll::Ready(Some(Err("backend response body idle timeout".into())));
                 }
                 Poll::Pending

@@ -539,18 +539,23 @@ async fn token_reviews_are_cached_and_refused_tokens_throttled() {
     let mut c = Conn::connect(s.snapshot_addr, "localhost", &[&ca], &[b"h2"])
         .await
         .expect("connect");
-    for _ in 0..5 {
+    // An ACK with `authorization`; its status.
+    async fn ack_with(c: &mut Conn, path: &str, authorization: &str) -> u16 {
+        let body = bytes::Bytes::from_static(br#"{"version":0}"#);
         let r = c
             .send(
                 "POST",
                 "localhost",
-                &path,
-                &[("authorization", &bearer)],
-                ack.clone(),
+                path,
+                &[("authorization", authorization)],
+                body,
             )
             .await
-            .expect("ack");
-        assert_eq!(r.status, 204);
+            .expect("an answer");
+        r.status.as_u16()
+    }
+    for _ in 0..5 {
+        assert_eq!(ack_with(&mut c, &path, &bearer).await, 204);
     }
     let reviews = controller_metric(admin, "portico_controller_token_reviews_total")
         .await
@@ -567,18 +572,7 @@ async fn token_reviews_are_cached_and_refused_tokens_throttled() {
     // the API server.
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let garbage = format!("Bearer garbage-{i}");
-        let r = c
-            .send(
-                "POST",
-                "localhost",
-                &path,
-                &[("authorization", &garbage)],
-                ack.clone(),
-            )
-            .await
-            .expect("answer");
-        statuses.push(r.status.as_u16());
+        statuses.push(ack_with(&mut c, &path, &format!("Bearer garbage-{i}")).await);
     }
     assert!(statuses[..10].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");

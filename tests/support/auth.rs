@@ -346,3 +346,28 @@ impl Setup {
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+/// A Service `name` for `backend` and an HTTPRoute `name` from `host` to it (on Gateway `gw`).
+pub fn service_route(name: &str, host: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{portico.dev/endpoints: "{backend}"}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules:
+  - backendRefs: [{{name: {name}, port: 80}}]
+"#
+    )
+}

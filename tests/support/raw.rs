@@ -184,3 +184,29 @@ pub fn plain_view(path: &str) -> String {
     let path = path.split('?').next().unwrap_or_default();
     remove_dots(&percent_decode(path))
 }
+
+/// A backend on a fresh loopback address that reads one request head per connection and
+/// answers with `script`: each item is written after its delay.
+pub async fn scripted_backend(script: Vec<(Duration, &'static [u8])>) -> SocketAddr {
+    let ip = crate::loopback_ip();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let script = std::sync::Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                for (delay, bytes) in script.iter() {
+                    tokio::time::sleep(*delay).await;
+                    if c.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    addr
+}

@@ -171,3 +171,43 @@ impl Conn {
         })
     }
 }
+
+/// Standalone configuration: Gateway `gw` with `listeners` (YAML flow items, one per line),
+/// a Service `echo` for `backend`, a route from every listener to it, and Secret `cert` (a
+/// self-signed certificate for `names`, returned as PEM with the text).
+pub fn gateway_with_cert(
+    listeners: &[String],
+    backend: SocketAddr,
+    names: &[&str],
+) -> (String, String) {
+    let (cert, key) = self_signed(names);
+    let listeners: String = listeners.iter().map(|l| format!("  - {l}\n")).collect();
+    let text = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+{listeners}---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default, annotations: {{portico.dev/endpoints: \"{backend}\"}}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
+{}",
+        secret_yaml("cert", "default", &cert, &key)
+    );
+    (text, cert)
+}

@@ -343,11 +343,10 @@ mod tests {
         assert_eq!(keys.verify(""), None);
     }
 
-    #[tokio::test]
-    async fn basic_verifies_bcrypt_and_caches_success() {
+    /// Basic credentials for user `ann` with password `pw` (cost 4), verified into `cache`.
+    fn ann(cache: Arc<TtlCache<Digest, ()>>) -> Basic {
         let hash = bcrypt::hash("pw", 4).expect("hash");
-        let cache = Arc::new(TtlCache::new(100));
-        let b = Basic::new(
+        Basic::new(
             &model::Basic {
                 realm: "r".into(),
                 cache_seconds: 60,
@@ -356,9 +355,15 @@ mod tests {
                     hash: model::Sensitive(hash),
                 }],
             },
-            cache.clone(),
+            cache,
         )
-        .expect("basic");
+        .expect("basic")
+    }
+
+    #[tokio::test]
+    async fn basic_verifies_bcrypt_and_caches_success() {
+        let cache = Arc::new(TtlCache::new(100));
+        let b = ann(cache.clone());
         let client: IpAddr = "10.1.0.1".parse().expect("ip");
         assert_eq!(b.verify("ann", "pw", client).await, Verdict::Valid);
         assert_eq!(cache.len(), 1);
@@ -401,19 +406,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_fails_too_often_is_throttled_without_bcrypt() {
-        let hash = bcrypt::hash("pw", 4).expect("hash");
-        let b = Basic::new(
-            &model::Basic {
-                realm: "r".into(),
-                cache_seconds: 60,
-                users: vec![model::BasicUser {
-                    user: "ann".into(),
-                    hash: model::Sensitive(hash),
-                }],
-            },
-            Arc::new(TtlCache::new(100)),
-        )
-        .expect("basic");
+        let b = ann(Arc::new(TtlCache::new(100)));
         let guesser: IpAddr = "10.2.0.1".parse().expect("ip");
         for _ in 0..FAILURES_PER_CLIENT {
             assert_eq!(b.verify("ann", "guess", guesser).await, Verdict::Invalid);

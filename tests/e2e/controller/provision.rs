@@ -31,24 +31,44 @@ fn image(d: &Deployment) -> Option<String> {
         .clone()
 }
 
+/// Waits for an Event with `reason` in `ns`.
+async fn await_event(client: &kube::Client, ns: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    await_some(&format!("a {reason} Event"), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
+
+/// A controller that provisions the Gateways of `controller_name`, leading in `ns`.
+fn provisioner(ns: &str, controller_name: &str, image: &str) -> portico_tests::Proc {
+    start_controller(
+        "provisioner",
+        &[
+            "--controller-name",
+            controller_name,
+            "--lease-namespace",
+            ns,
+            "--lease-name",
+            "provisioner",
+            "--dataplane-image",
+            image,
+        ],
+    )
+}
+
 #[tokio::test]
 async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it() {
     let client = cluster().client().await;
     let ns = test_namespace(&client, "provision").await;
     let controller_name = format!("portico.dev/{ns}");
-    let _controller = start_controller(
-        "provisioner",
-        &[
-            "--controller-name",
-            &controller_name,
-            "--lease-namespace",
-            &ns,
-            "--lease-name",
-            "provisioner",
-            "--dataplane-image",
-            "portico/dataplane:default",
-        ],
-    );
+    let _controller = provisioner(&ns, &controller_name, "portico/dataplane:default");
     // The class lets its Gateways' own configurations choose the image.
     create::<GatewayConfig>(
         &client,
@@ -330,19 +350,7 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     let client = cluster().client().await;
     let ns = test_namespace(&client, "overrides").await;
     let controller_name = format!("portico.dev/{ns}");
-    let _controller = start_controller(
-        "provisioner",
-        &[
-            "--controller-name",
-            &controller_name,
-            "--lease-namespace",
-            &ns,
-            "--lease-name",
-            "provisioner",
-            "--dataplane-image",
-            "portico/dataplane:trusted",
-        ],
-    );
+    let _controller = provisioner(&ns, &controller_name, "portico/dataplane:trusted");
     create_cluster::<GatewayClass>(
         &client,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
@@ -399,17 +407,7 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
         "{pod:?}"
     );
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    await_some("an OverrideNotAllowed Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("OverrideNotAllowed"))
-    })
-    .await;
+    await_event(&client, &ns, "OverrideNotAllowed").await;
 
     // An object with a dataplane's name that is not that Gateway's is never taken over (a
     // Gateway named `controller` next to the chart's `portico-controller`).
@@ -428,16 +426,7 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
                         "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
     )
     .await;
-    await_some("a NameInUse Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("NameInUse"))
-    })
-    .await;
+    await_event(&client, &ns, "NameInUse").await;
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .get("portico-squat")
         .await

@@ -1,10 +1,10 @@
 //! HTTP/1.1 framing: what a client frames badly is answered 400 as the client's fault, never
 //! forwarded as something else, and never splits into a second request.
 
-use portico_tests::auth::{HOST, Setup, route};
+use portico_tests::auth::{HOST, Setup, route, service_route};
 use portico_tests::raw;
-use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// A POST that asks to close the connection after its answer.
 fn post(extra_headers: &str, body: &str) -> Vec<u8> {
@@ -153,50 +153,18 @@ async fn nothing_smuggles_a_second_request() {
     assert!(one < second);
 }
 
-/// A backend that answers every request `101 Switching Protocols`.
-async fn switching_backend() -> SocketAddr {
-    let ip = portico_tests::loopback_ip();
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf).await;
-                let _ = c
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: upgrade\r\n\r\nraw bytes")
-                    .await;
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_101_nobody_asked_for_is_a_bad_gateway() {
-    let backend = switching_backend().await;
-    let docs = format!(
-        r#"---
-apiVersion: v1
-kind: Service
-metadata:
-  name: switcher
-  namespace: default
-  annotations: {{portico.dev/endpoints: "{backend}"}}
-spec:
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: switch, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [switch.test]
-  rules:
-  - backendRefs: [{{name: switcher, port: 80}}]
-"#
-    );
+    let backend = raw::scripted_backend(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 101 Switching Protocols
+Upgrade: evil
+Connection: upgrade
+
+raw bytes",
+    )])
+    .await;
+    let docs = service_route("switcher", "switch.test", backend);
     let s = Setup::start(&docs).await;
     let r = raw::send(
         s.addr(),

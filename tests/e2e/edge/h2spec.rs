@@ -1,7 +1,7 @@
 //! h2spec (the HTTP/2 conformance tester, built from its Go module by `make h2spec`) against
 //! the h2c and the TLS listener of a real `portico`.
 
-use portico_tests::tls::{secret_yaml, self_signed};
+use portico_tests::tls::gateway_with_cert;
 use portico_tests::{Echo, Portico, free_port, loopback_ip};
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,48 +40,20 @@ fn run(args: &[&str]) -> (String, Vec<String>) {
     (summary, failures)
 }
 
-fn config(port: u16, tls_port: u16, echo: std::net::SocketAddr, secret: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: http, port: {port}, protocol: HTTP}}
-  - {{name: https, port: {tls_port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: default, annotations: {{portico.dev/endpoints: \"{echo}\"}}}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
-{secret}"
-    )
-}
-
 #[tokio::test]
 async fn h2spec_passes_on_the_tls_and_h2c_listeners() {
     let echo = Echo::start("echo");
     let ip = loopback_ip();
     let (port, tls_port) = (free_port(ip), free_port(ip));
-    let (cert, key) = self_signed(&["h2spec.test"]);
-    let text = config(
-        port,
-        tls_port,
+    let (text, _) = gateway_with_cert(
+        &[
+            format!("{{name: http, port: {port}, protocol: HTTP}}"),
+            format!(
+                "{{name: https, port: {tls_port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}"
+            ),
+        ],
         echo.addr,
-        &secret_yaml("cert", "default", &cert, &key),
+        &["h2spec.test"],
     );
     let p = Portico::start_on(ip, &[("gw.yaml", &text)], &[]).await;
     let host = ip.to_string();

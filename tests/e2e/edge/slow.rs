@@ -5,8 +5,8 @@
 //! the gateway closes the connection, answers what it says it answers, and serves others
 //! meanwhile, within the suite's generous deadline, never how fast.
 
-use portico_tests::auth::{HOST, Setup, route};
-use portico_tests::tls::{secret_yaml, self_signed};
+use portico_tests::auth::{HOST, Setup, route, service_route};
+use portico_tests::tls::gateway_with_cert;
 use portico_tests::{Echo, Portico, free_port, loopback_ip, raw};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use std::net::{IpAddr, SocketAddr};
@@ -158,35 +158,12 @@ async fn a_tls_connection_idle_after_its_handshake_is_closed() {
     let echo = Echo::start("echo");
     let ip = loopback_ip();
     let port = free_port(ip);
-    let (cert, key) = self_signed(&["tls.test"]);
-    let config = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: https, port: {port}, protocol: HTTPS, hostname: tls.test, tls: {{certificateRefs: [{{name: cert}}]}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: default, annotations: {{portico.dev/endpoints: \"{}\"}}}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
-{}",
+    let (config, cert) = gateway_with_cert(
+        &[format!(
+            "{{name: https, port: {port}, protocol: HTTPS, hostname: tls.test, tls: {{certificateRefs: [{{name: cert}}]}}}}"
+        )],
         echo.addr,
-        secret_yaml("cert", "default", &cert, &key)
+        &["tls.test"],
     );
     let p = Portico::start_on(ip, &[("gw.yaml", &config)], SHORT_LIMITS).await;
     let mut roots = rustls::RootCertStore::empty();
@@ -281,60 +258,20 @@ async fn connection_caps_refuse_fast_per_source_and_in_total() {
     drop((from_one, from_two, back));
 }
 
-/// A backend that answers every request with 8 chunks, one every 400 ms, without reading the
-/// request body.
-async fn trickling_backend() -> SocketAddr {
-    let ip = loopback_ip();
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf).await;
-                let _ = c
-                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await;
-                for _ in 0..8 {
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    if c.write_all(b"5\r\ntick\n\r\n").await.is_err() {
-                        return;
-                    }
-                }
-                let _ = c.write_all(b"0\r\n\r\n").await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_stream_is_idle_only_when_neither_side_moves() {
     // The client keeps its request body open and quiet (as a gRPC client waiting for server
     // messages does) for longer than the idle timeout, while the server sends: not idle.
-    let backend = trickling_backend().await;
-    let docs = format!(
-        r#"---
-apiVersion: v1
-kind: Service
-metadata:
-  name: ticker
-  namespace: default
-  annotations: {{portico.dev/endpoints: "{backend}"}}
-spec:
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: ticks, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [ticks.test]
-  rules:
-  - backendRefs: [{{name: ticker, port: 80}}]
-"#
-    );
+    // The backend answers with 8 chunks, one every 400 ms, without reading the request body.
+    let tick = Duration::from_millis(400);
+    let mut script: Vec<(Duration, &'static [u8])> = vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )];
+    script.extend(std::iter::repeat_n((tick, &b"5\r\ntick\n\r\n"[..]), 8));
+    script.push((Duration::ZERO, b"0\r\n\r\n"));
+    let backend = raw::scripted_backend(script).await;
+    let docs = service_route("ticker", "ticks.test", backend);
     let s = Setup::start_with_args(&docs, SHORT_LIMITS).await;
     let mut c = TcpStream::connect(s.addr()).await.expect("connect");
     c.write_all(b"POST /stream HTTP/1.1\r\nHost: ticks.test\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n")
