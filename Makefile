@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt bench controlplane redis helm h2spec crds crds-check chart chart-check
+.PHONY: help build run test lint fmt bench controlplane redis helm h2spec fuzz crds crds-check chart chart-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ chart-check: helm ## Fail when deploy/portico.yaml is not what `make chart` writ
 	mkdir -p target/chart-check
 	$(RENDER) > target/chart-check/portico.yaml
 	@diff -u deploy/portico.yaml target/chart-check/portico.yaml > /dev/null || { diff -u deploy/portico.yaml target/chart-check/portico.yaml | head -40; echo "deploy/portico.yaml is stale: run make chart and commit the result"; exit 1; }
+
+fuzz: ## Coverage-guided fuzzing (libFuzzer) of the parsers, each target for FUZZ_SECONDS (default 60)
+	./dataplane/fuzz/run.sh $(FUZZ_SECONDS)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
