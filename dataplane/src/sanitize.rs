@@ -71,23 +71,23 @@ pub fn inbound<B>(req: &mut Request<B>, settings: &EdgeSettings) -> Result<(), R
     let headers = req.headers_mut();
     crate::util::strip_hop_by_hop(headers);
     headers.insert(header::HOST, authority);
-    match settings.underscore_headers {
-        UnderscoreHeaders::Allow => {}
-        policy => {
-            let underscored: Vec<HeaderName> = headers
-                .keys()
-                .filter(|n| n.as_str().contains('_'))
-                .cloned()
-                .collect();
-            if !underscored.is_empty() && policy == UnderscoreHeaders::Reject {
+    // One pass over the names (a request has a handful): no hash lookup per forgeable name.
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for n in headers.keys() {
+        let forgeable = FORGEABLE.contains(n);
+        if !forgeable
+            && settings.underscore_headers != UnderscoreHeaders::Allow
+            && n.as_str().contains('_')
+        {
+            if settings.underscore_headers == UnderscoreHeaders::Reject {
                 return Err("header names with underscores are refused");
             }
-            for n in underscored {
-                headers.remove(n);
-            }
+            gone.push(n.clone());
+        } else if forgeable {
+            gone.push(n.clone());
         }
     }
-    for n in &FORGEABLE {
+    for n in gone {
         headers.remove(n);
     }
     Ok(())
