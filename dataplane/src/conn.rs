@@ -377,11 +377,12 @@ impl Drop for InFlight {
 /// A response body that keeps its request in flight until it is done or dropped.
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
+    /// `None` where nothing watches for idleness (HTTP/1: hyper's head timeout covers it).
+    pub fn new(inner: B, in_flight: Option<InFlight>) -> Self {
         Self {
             inner,
             _in_flight: in_flight,

@@ -363,9 +363,11 @@ async fn serve_connection<I>(
     let activity = Arc::new(Activity::default());
     let router = served.router.clone();
     let proxy = served.proxy.clone();
-    let tracker = activity.clone();
+    // Only HTTP/2 connections are watched for idleness (HTTP/1's idle wait is hyper's head
+    // timeout), so only they count requests in flight.
+    let tracker = (protocol == Protocol::Http2).then(|| activity.clone());
     let svc = service_fn(move |req| {
-        let in_flight = tracker.begin();
+        let in_flight = tracker.as_ref().map(|t| t.begin());
         let router = router.load_full();
         let proxy = proxy.clone();
         let down = down.clone();
