@@ -262,6 +262,12 @@ async fn handle(
                 "too many refused tokens from this address; retry later\n",
             );
         }
+        Verdict::Unavailable => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the token with the API server now; retry\n",
+            );
+        }
     };
     if sa_ns != gw.namespace || sa_name != portico_compile::dataplane_name(&gw.name) {
         tracing::warn!(gateway = %gw, account = %format!("{sa_ns}/{sa_name}"), "refused a snapshot client");

@@ -673,11 +673,11 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (IpA
     if trusted_hops == 0 {
         return (peer, false);
     }
-    let (entries, malformed) = crate::sanitize::forwarded_entries(headers);
+    let (entries, malformed) = crate::sanitize::trusted_entries(headers, trusted_hops);
     if malformed || entries.len() < trusted_hops {
         return (peer, malformed);
     }
-    (entries[entries.len() - trusted_hops], false)
+    (entries[0], false)
 }
 
 /// The first `prefix` bits of an IPv6 address, the rest zero.

@@ -42,7 +42,7 @@ pub struct EdgeSettings {
 
 /// Headers that only a proxy in front of us should set, and that backends read to decide who
 /// the client is or which URL it asked for. Removed from every request.
-static FORGEABLE: [HeaderName; 13] = [
+static FORGEABLE: [HeaderName; 24] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-original-url"),
@@ -56,6 +56,20 @@ static FORGEABLE: [HeaderName; 13] = [
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("x-original-host"),
+    // Method overrides: frameworks honour them, and authorization rules check the method.
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-uri"),
+    // Scheme hints (Rack, Werkzeug): X-Forwarded-Proto is the gateway's.
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+    // CDN client addresses.
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
 ];
 
 /// Why a request is refused before routing.
@@ -68,6 +82,17 @@ pub fn inbound<B>(req: &mut Request<B>, settings: &EdgeSettings) -> Result<(), R
         check_transfer_coding(req.headers())?;
     }
     let authority = authority(req)?;
+    // One credential per request: a backend that reads the last Authorization could act on
+    // one the policy never checked.
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err("more than one Authorization header");
+    }
     let headers = req.headers_mut();
     crate::util::strip_hop_by_hop(headers);
     headers.insert(header::HOST, authority);
@@ -179,17 +204,16 @@ fn valid_authority(raw: &[u8]) -> Result<(), Refusal> {
 
 /// The `X-Forwarded-For` to send: at the edge (`trusted_hops == 0`) the peer alone; behind
 /// trusted proxies, the entries they appended (the last `trusted_hops`) and then the peer.
-/// Whatever a client wrote to the left of those is dropped. Returns the value and whether the
-/// received header was malformed (not a list of addresses).
+/// Whatever a client wrote to the left of those is dropped unread. Returns the value and
+/// whether a trusted entry was not an address (then only the peer is sent).
 pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (String, bool) {
     let peer_s = peer.to_string();
     if trusted_hops == 0 {
         return (peer_s, false);
     }
-    let (entries, malformed) = forwarded_entries(headers);
-    let keep = entries.len().saturating_sub(trusted_hops);
+    let (entries, malformed) = trusted_entries(headers, trusted_hops);
     let mut out = String::new();
-    for e in &entries[keep..] {
+    for e in &entries {
         out.push_str(&e.to_string());
         out.push_str(", ");
     }
@@ -197,19 +221,25 @@ pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> 
     (out, malformed)
 }
 
-/// The addresses in every `X-Forwarded-For` field, in order, and whether any entry was not an
-/// address (then the list is empty: a malformed header is not trusted in part).
-pub fn forwarded_entries(headers: &HeaderMap) -> (Vec<IpAddr>, bool) {
-    let mut entries = Vec::new();
+/// The last `n` entries of `X-Forwarded-For` (over all its fields, in order): the ones the
+/// `n` trusted proxies appended. What stands to their left is the client's and is neither
+/// read nor trusted. Returns fewer when there are fewer, and `true` (with none) when one of
+/// the trusted entries is not an address.
+pub fn trusted_entries(headers: &HeaderMap, n: usize) -> (Vec<IpAddr>, bool) {
+    if n == 0 {
+        return (Vec::new(), false);
+    }
+    let mut texts: Vec<String> = Vec::new();
     for v in headers.get_all(&crate::util::X_FORWARDED_FOR) {
-        let Ok(s) = v.to_str() else {
-            return (Vec::new(), true);
-        };
-        for e in s.split(',').map(str::trim) {
-            match parse_forwarded_addr(e) {
-                Some(ip) => entries.push(ip),
-                None => return (Vec::new(), true),
-            }
+        let line = String::from_utf8_lossy(v.as_bytes());
+        texts.extend(line.split(',').map(|e| e.trim().to_string()));
+    }
+    let keep = texts.len().saturating_sub(n);
+    let mut entries = Vec::with_capacity(texts.len() - keep);
+    for e in &texts[keep..] {
+        match parse_forwarded_addr(e) {
+            Some(ip) => entries.push(ip),
+            None => return (Vec::new(), true),
         }
     }
     (entries, false)

@@ -38,6 +38,9 @@ pub enum Verdict {
     Refused,
     /// This peer failed too often lately.
     Throttled,
+    /// The API server could not be asked (an error, its own throttling): not the client's
+    /// fault, neither cached nor counted against the peer.
+    Unavailable,
 }
 
 /// Counters for the controller's `/metrics`.
@@ -81,10 +84,9 @@ impl Authenticator {
         if let Some((v, until)) = self.answers.lock().get(&key)
             && *until > now
         {
+            // A refused token asked again costs nothing and is not counted again: only
+            // reviews count against a peer.
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if *v == Verdict::Refused {
-                self.failed(peer);
-            }
             return v.clone();
         }
         if self.over_budget(peer) {
@@ -95,6 +97,7 @@ impl Authenticator {
         let verdict = self.review(token).await;
         let ttl = match &verdict {
             Verdict::Account(..) => accepted_ttl(token, unix_now()),
+            Verdict::Unavailable => return verdict,
             _ => {
                 self.failed(peer);
                 REFUSED_CACHED
@@ -124,7 +127,7 @@ impl Authenticator {
             Ok(r) => r.status,
             Err(e) => {
                 tracing::warn!(error = %e, "TokenReview failed");
-                return Verdict::Refused;
+                return Verdict::Unavailable;
             }
         };
         let Some(status) = status else {

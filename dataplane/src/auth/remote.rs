@@ -17,8 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Calls to one external auth or introspection service in flight at once, per policy. Beyond,
-/// a request is answered 503 at once (and counted as `busy`): a flood of garbage tokens must
-/// not become a flood on the identity provider, whatever the policy's failure mode.
+/// a request waits for a place up to the policy's timeout, then is answered 503 (counted as
+/// `busy`): a flood of garbage tokens must not become a flood on the identity provider,
+/// whatever the policy's failure mode, and a burst of real traffic waits rather than fails.
 pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 fn call_slots() -> Arc<tokio::sync::Semaphore> {
@@ -82,7 +83,9 @@ impl External {
 
     /// `Ok(headers for the backend)` when the service allows the request.
     pub async fn check(&self, r: &Asked<'_>) -> Result<HeaderMap, ProxyError> {
-        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await
+        else {
             tracing::debug!(service = %self.base, "external auth saturated; refusing");
             return Err(ProxyError::AuthBusy);
         };
@@ -238,7 +241,9 @@ impl Introspection {
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
-        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await
+        else {
             tracing::debug!(url = %self.url, "token introspection saturated; refusing");
             return Err(ProxyError::AuthBusy);
         };

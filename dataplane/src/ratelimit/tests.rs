@@ -79,9 +79,15 @@ fn client_ip_trusts_only_the_configured_forwarded_for_hops() {
     let mut bad = HeaderMap::new();
     bad.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
     assert_eq!(client_ip(&bad, peer, 1), (peer, true), "malformed: counted");
-    // One bad entry and the whole header is untrusted (no partial trust).
+    // A bad trusted entry: the peer, counted; a bad entry left of them is the client's.
     h.append("x-forwarded-for", HeaderValue::from_static("junk"));
     assert_eq!(client_ip(&h, peer, 1), (peer, true));
+    let mut left = HeaderMap::new();
+    left.insert("x-forwarded-for", HeaderValue::from_static("junk, 5.5.5.5"));
+    assert_eq!(
+        client_ip(&left, peer, 1),
+        ("5.5.5.5".parse().expect("ip"), false)
+    );
     assert_eq!(client_ip(&HeaderMap::new(), peer, 1), (peer, false));
 }
 

@@ -185,6 +185,17 @@ fn forwarded_for_keeps_only_what_is_trusted() {
         forwarded_for(&h, peer, 5),
         ("6.6.6.6, 1.2.3.4, 10.0.0.9".into(), false)
     );
+    // Junk the client wrote to the left of the trusted entries is dropped unread...
+    let mut left = HeaderMap::new();
+    left.insert(
+        &crate::util::X_FORWARDED_FOR,
+        HeaderValue::from_static("junk, unknown, 1.2.3.4"),
+    );
+    assert_eq!(
+        forwarded_for(&left, peer, 1),
+        ("1.2.3.4, 10.0.0.9".into(), false)
+    );
+    // ...a trusted entry that is not an address is not trusted (the peer alone, counted).
     h.append(
         &crate::util::X_FORWARDED_FOR,
         HeaderValue::from_static("junk"),

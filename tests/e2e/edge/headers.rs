@@ -184,6 +184,17 @@ async fn identity_headers_cannot_be_removed_or_smuggled() {
     )
     .await;
     assert_eq!(r.status, 400);
+    // One credential per request: a backend reading the last Authorization would act on one
+    // the policy never checked.
+    let two = raw::get(
+        "/x",
+        "open.test",
+        &[
+            ("authorization", "Bearer checked"),
+            ("authorization", "Bearer forged"),
+        ],
+    );
+    assert_eq!(raw::send(a, &two).await.status, 400);
 }
 
 #[tokio::test]
@@ -215,6 +226,8 @@ async fn forwarding_headers_are_the_gateways_at_the_edge() {
         ("x-rewrite-url", "/admin"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "secure.test"),
+        ("x-http-method-override", "DELETE"),
+        ("x-forwarded-ssl", "on"),
     ];
     let r = raw::send(s.addr(), &raw::get("/x", "open.test", &forged)).await;
     assert_eq!(r.status, 200);
@@ -224,7 +237,14 @@ async fn forwarding_headers_are_the_gateways_at_the_edge() {
     assert!(xff.starts_with("127.") && !xff.contains(','), "{xff}");
     assert!(!xff.contains("6.6.6.6"));
     assert_eq!(seen["x-forwarded-for"].as_array().map(Vec::len), Some(1));
-    for gone in ["forwarded", "x-real-ip", "x-original-url", "x-rewrite-url"] {
+    for gone in [
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-forwarded-ssl",
+    ] {
         assert!(seen[gone].is_null(), "{gone} reached the backend: {seen}");
     }
     assert_eq!(seen["x-forwarded-proto"][0], "http");
@@ -251,7 +271,22 @@ async fn behind_trusted_proxies_exactly_the_trusted_entries_are_kept() {
     let (kept, peer) = xff.split_once(", ").unwrap_or_default();
     assert_eq!(kept, "203.0.113.7", "{xff}");
     assert!(peer.starts_with("127."), "{xff}");
-    // A malformed header is not trusted in part, and it is counted.
+    // What the client wrote left of the trusted entry is dropped unread.
+    let r = raw::send(
+        s.addr(),
+        &raw::get(
+            "/x",
+            "open.test",
+            &[("x-forwarded-for", "junk, 203.0.113.7")],
+        ),
+    )
+    .await;
+    let xff = r.json()["headers"]["x-forwarded-for"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(xff.starts_with("203.0.113.7, 127."), "{xff}");
+    // A trusted entry that is not an address is not trusted, and it is counted.
     let r = raw::send(
         s.addr(),
         &raw::get(
