@@ -303,8 +303,9 @@ async fn apply_all(
             let api: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), ns);
             let name = portico_compile::dataplane_name(&gw.name_any());
             if let Some(hpa) = api.get_opt(&name).await? {
-                // Only ours: the PDB names the same owner every object of the Gateway has.
-                if !same_controller(&hpa.metadata, &desired.pdb.metadata) {
+                // Only ours: controlled by this Gateway.
+                let gw_uid = gw.metadata.uid.as_deref();
+                if gw_uid.is_none() || controller_uid(&hpa.metadata) != gw_uid {
                     return Err(Error::NameInUse {
                         kind: "HorizontalPodAutoscaler".into(),
                         namespace: ns.to_string(),
@@ -335,7 +336,8 @@ where
     let name = obj.meta().name.clone().unwrap_or_default();
     let existing = api.get_opt(&name).await?;
     if let Some(o) = &existing
-        && !same_controller(o.meta(), obj.meta())
+        && (controller_uid(obj.meta()).is_none()
+            || controller_uid(o.meta()) != controller_uid(obj.meta()))
     {
         return Err(Error::NameInUse {
             kind: K::kind(&()).into_owned(),
@@ -349,20 +351,16 @@ where
     Ok(before != after.meta().resource_version)
 }
 
-/// Whether an existing object is controlled by the owner `desired` names (the Gateway, by
-/// UID): the only objects the provisioner may overwrite.
-fn same_controller(
-    existing: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    desired: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> bool {
-    let controller = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        m.owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| o.uid.clone())
-    };
-    controller(desired).is_some() && controller(existing) == controller(desired)
+/// The UID of an object's controlling owner. The provisioner overwrites or deletes only
+/// objects whose controller is the Gateway they are for.
+fn controller_uid(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
 }
 
 async fn config_status(
