@@ -269,7 +269,7 @@ async fn handle(
             );
         }
     };
-    if sa_ns != gw.namespace || sa_name != portico_compile::dataplane_name(&gw.name) {
+    if !auth.admits(&sa_ns, &sa_name, &gw) {
         tracing::warn!(gateway = %gw, account = %format!("{sa_ns}/{sa_name}"), "refused a snapshot client");
         return plain(
             StatusCode::FORBIDDEN,

@@ -174,7 +174,7 @@ where
 
 impl Index {
     /// Starts one watch per kind across all namespaces.
-    pub fn start(client: &Client, changed: &Arc<Notify>) -> Self {
+    pub fn start(client: &Client, changed: &Arc<Notify>, secret_hint: &str) -> Self {
         let log = ChangeLog::default();
         Self {
             classes: watch(
@@ -247,7 +247,7 @@ impl Index {
                 Reads::Everything,
                 |n: &Namespace| DepKey::Namespace(n.name_any()),
             ),
-            secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone()),
+            secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone(), secret_hint),
             changes: log,
         }
     }
@@ -301,6 +301,8 @@ impl Index {
             reference_grants: all(&self.grants),
             services: all(&self.services),
             secrets: self.secrets.secrets(),
+            unreadable_secrets: self.secrets.unreadable(),
+            dataplane_namespace: String::new(),
             endpoint_slices: Vec::new(),
             namespaces: all(&self.namespaces),
         }

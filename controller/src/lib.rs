@@ -36,6 +36,13 @@ pub struct Settings {
     pub debounce: Duration,
     /// The Redis of `Global` rate limits whose policy names none.
     pub redis_url: Option<String>,
+    /// Where every Gateway's dataplane lives (its ServiceAccount, Service, Deployment): the
+    /// snapshot channel admits only ServiceAccounts there, and Gateways report the addresses
+    /// of their Services there.
+    pub dataplane_namespace: String,
+    /// What a listener or policy says when the controller may not read its Secret: how to
+    /// grant it (`{namespace}` is the Secret's).
+    pub secret_hint: String,
     /// Provision each Gateway's dataplane (off when `None`).
     pub provision: Option<provision::ProvisionSettings>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (none when `None`).
@@ -156,7 +163,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let changed = Arc::new(Notify::new());
     let hub = Arc::new(channel::Hub::new(changed.clone()));
-    let index = Index::start(&client, &changed);
+    let index = Index::start(&client, &changed, &settings.secret_hint);
     let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
     if let Some(p) = settings.provision.clone() {
         tokio::spawn(provision::run(client.clone(), p, leading.clone()));
@@ -172,7 +179,10 @@ pub async fn run(
         }
     }
     if let Some((listener, tls)) = channel {
-        let auth = Arc::new(channel::Authenticator::new(client.clone()));
+        let auth = Arc::new(channel::Authenticator::new(
+            client.clone(),
+            settings.dataplane_namespace.clone(),
+        ));
         health.set_tokens(auth.clone());
         tokio::spawn(channel::serve(
             listener,
@@ -226,6 +236,8 @@ pub async fn run(
                 .wait_synced(&secrets, Duration::from_secs(5))
                 .await;
             inputs.secrets = index.secrets.secrets();
+            inputs.unreadable_secrets = index.secrets.unreadable();
+            inputs.dataplane_namespace = settings.dataplane_namespace.clone();
             let read = last_compile.elapsed();
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();

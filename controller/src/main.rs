@@ -69,9 +69,21 @@ struct Args {
     /// self-signed certificate.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
-    /// The ClusterRole bound to each dataplane's ServiceAccount in its Gateway's namespace.
-    #[arg(long, default_value = "portico-dataplane")]
-    dataplane_cluster_role: String,
+    /// The namespace every Gateway's dataplane is provisioned in (default: the controller's
+    /// own, --lease-namespace). Only ServiceAccounts there may read snapshots.
+    #[arg(long, env = "PORTICO_DATAPLANE_NAMESPACE")]
+    dataplane_namespace: Option<String>,
+    /// The ClusterRole that, bound in a namespace, lets the controller read Secrets there
+    /// (named in the status of a listener or policy whose Secret it may not read).
+    #[arg(long, default_value = "portico-secret-reader")]
+    secret_reader_role: String,
+    /// The controller's own ServiceAccount (in --lease-namespace), for the same message.
+    #[arg(
+        long,
+        env = "POD_SERVICE_ACCOUNT",
+        default_value = "portico-controller"
+    )]
+    service_account: String,
 }
 
 #[tokio::main]
@@ -90,16 +102,24 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("portico-controller-{}", std::process::id()));
     let client = kube::Client::try_default().await?;
     let mut settings = Settings {
-        controller_name: args.controller_name,
+        controller_name: args.controller_name.clone(),
         lease: LeaseSettings {
-            namespace: args.lease_namespace,
-            name: args.lease_name,
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
             identity,
             lease_duration: Duration::from_secs(args.lease_duration_s.max(1)),
             renew_every: Duration::from_secs(args.renew_every_s.max(1)),
         },
         debounce: Duration::from_millis(args.debounce_ms),
         redis_url: args.redis_url.clone(),
+        dataplane_namespace: args
+            .dataplane_namespace
+            .clone()
+            .unwrap_or_else(|| args.lease_namespace.clone()),
+        secret_hint: format!(
+            "the controller has no RBAC grant to read Secrets in namespace {{namespace}}; give it one with `kubectl create rolebinding portico-secrets --namespace {{namespace}} --clusterrole {} --serviceaccount {}:{}` (with helm: add the namespace to rbac.secretNamespaces)",
+            args.secret_reader_role, args.lease_namespace, args.service_account
+        ),
         provision: None,
         admin_address: if args.admin_address.is_empty() {
             None
@@ -154,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
                 .cloned()
                 .unwrap_or_else(|| "portico-controller".into()),
             ca_pem,
-            dataplane_cluster_role: args.dataplane_cluster_role.clone(),
+            namespace: settings.dataplane_namespace.clone(),
             identity: settings.lease.identity.clone(),
         });
     }

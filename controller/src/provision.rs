@@ -1,20 +1,31 @@
 //! Provisioning: every Gateway of ours gets its own dataplane — ServiceAccount, the
-//! controller's CA, a RoleBinding (EndpointSlices), Deployment, Service, HPA and PDB — kept in
-//! the shape [`objects::desired`] describes.
+//! controller's CA, Deployment, Service, HPA and PDB — kept in the shape
+//! [`objects::desired`] describes, in one namespace the installer chooses (the dataplane
+//! namespace, the controller's own by default), as `portico-<ns>-<name>-<hash>`.
 //!
 //! ```text
 //!   GatewayClass.parametersRef ─┐
 //!   Gateway.spec.infrastructure.parametersRef ─▶ GatewayConfig ─▶ desired objects
-//!   Gateway ──owner of──▶ ServiceAccount, ConfigMap, RoleBinding, Deployment, Service, HPA, PDB
+//!   Gateway team-a/web ──▶ <dataplane namespace>/portico-team-a-web-<hash>
+//!                          ServiceAccount, ConfigMap, Deployment, Service, HPA, PDB
 //! ```
 //!
+//! Why one namespace: the controller then writes workloads nowhere else. It needs no
+//! create/patch on Deployments, ServiceAccounts or RoleBindings in every namespace (which
+//! would let a compromised controller run any pod as any ServiceAccount of the cluster), only
+//! a Role in the dataplane namespace; the dataplanes read EndpointSlices through one binding
+//! of their namespace's ServiceAccounts made by the chart.
+//!
 //! A real reconcile loop (kube-runtime `Controller`), since these are side effects: it runs
-//! on a Gateway change, on a change to anything it owns (someone edited the Deployment: the
+//! on a Gateway change, on a change to anything it made (someone edited the Deployment: the
 //! apply puts our fields back), on a GatewayConfig or GatewayClass change, and every five
 //! minutes. Objects are written with server-side apply under the field manager
-//! `portico-provisioner`; the owner references make the garbage collector remove them with
-//! the Gateway. Only the leader provisions. A GatewayConfig that is missing or invalid leaves
-//! the running dataplane as it is and says why (its status, an Event on the Gateway).
+//! `portico-provisioner`. An owner reference cannot cross namespaces, so the objects say
+//! which Gateway they are for in an annotation, and the leader's sweep removes those whose
+//! Gateway is gone or no longer of our class; their owner is the GatewayClass, so removing
+//! the class (or the chart) removes them all. Only the leader provisions. A GatewayConfig
+//! that is missing or invalid leaves the running dataplane as it is and says why (its
+//! status, an Event on the Gateway).
 
 pub mod objects;
 
@@ -23,9 +34,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -60,11 +70,10 @@ pub struct ProvisionSettings {
     pub controller_address: String,
     /// The name in the controller's serving certificate.
     pub server_name: String,
-    /// PEM of the CA the dataplanes trust for the controller, copied next to each Gateway.
+    /// PEM of the CA the dataplanes trust for the controller, copied next to each dataplane.
     pub ca_pem: String,
-    /// The ClusterRole bound, in each Gateway's namespace, to its dataplane's ServiceAccount
-    /// (read EndpointSlices).
-    pub dataplane_cluster_role: String,
+    /// The dataplane namespace: where every Gateway's dataplane objects are made.
+    pub namespace: String,
     /// This replica's name, for Events.
     pub identity: String,
 }
@@ -73,9 +82,9 @@ pub struct ProvisionSettings {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// An object with the dataplane's name exists and is not this Gateway's: it is left alone
-    /// (a Gateway named `controller` in the controller's namespace must not take over the
-    /// controller's own ServiceAccount, Deployment and Service).
+    /// An object with the dataplane's name exists and does not say it is this Gateway's
+    /// dataplane: it is left alone (no Gateway may take over another object in the
+    /// dataplane namespace, whatever its name hashes to).
     #[error(
         "{kind} {namespace}/{name} exists and does not belong to this Gateway; it is left as it is"
     )]
@@ -122,14 +131,39 @@ pub async fn run(client: Client, settings: ProvisionSettings, leading: watch::Re
         leading,
         failures: Mutex::new(HashMap::new()),
     });
+    let ns = ctx.settings.namespace.clone();
+    tokio::spawn(sweep_loop(ctx.clone(), controller.store()));
     controller
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned())
+        .watches(
+            Api::<Deployment>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
+        .watches(
+            Api::<Service>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
+        .watches(
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
+        .watches(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
+        .watches(
+            Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
+        .watches(
+            Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            owned(),
+            |o| gateway_of(&o.metadata),
+        )
         // A configuration or class change may touch any Gateway: there are few.
         .watches(
             Api::<GatewayConfig>::all(client.clone()),
@@ -250,9 +284,9 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         _ => spec,
     };
 
-    let desired = objects::desired(&gw, &spec, &ctx.settings);
-    let ns = gw.namespace().unwrap_or_else(|| "default".into());
-    let changed = match apply_all(&ctx.client, &gw, &ns, &desired).await {
+    let desired = objects::desired(&gw, &class, &spec, &ctx.settings);
+    let ns = ctx.settings.namespace.clone();
+    let changed = match apply_all(&ctx.client, &gw, &ns, &desired, &ctx.settings).await {
         Err(e @ Error::NameInUse { .. }) => {
             // Often a Gateway deleted and made again, whose old objects the garbage collector
             // has not removed yet: look again soon.
@@ -264,7 +298,7 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
     ctx.failures.lock().remove(&ObjectRef::from_obj(&*gw));
     if !changed.is_empty() {
         let note = format!("applied {}", changed.join(", "));
-        tracing::info!(gateway = %format!("{ns}/{}", gw.name_any()), %note, "provisioned");
+        tracing::info!(gateway = %objects::gateway_key(&gw), %note, "provisioned");
         publish(&ctx, &gw, EventType::Normal, "Provisioned", &note).await;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
@@ -276,36 +310,34 @@ async fn apply_all(
     gw: &Gateway,
     ns: &str,
     desired: &objects::Desired,
+    s: &ProvisionSettings,
 ) -> Result<Vec<&'static str>, Error> {
+    let key = objects::gateway_key(gw);
+    let mine = |meta: &ObjectMeta| made_for(meta, &s.controller_name).is_some_and(|k| k == key);
     let mut changed: Vec<&'static str> = Vec::new();
-    if apply(c, ns, &desired.service_account).await? {
+    if apply(c, ns, &desired.service_account, &mine).await? {
         changed.push("ServiceAccount");
     }
-    if apply(c, ns, &desired.ca).await? {
+    if apply(c, ns, &desired.ca, &mine).await? {
         changed.push("ConfigMap");
     }
-    if apply(c, ns, &desired.role_binding).await? {
-        changed.push("RoleBinding");
-    }
-    if apply(c, ns, &desired.deployment).await? {
+    if apply(c, ns, &desired.deployment, &mine).await? {
         changed.push("Deployment");
     }
-    if apply(c, ns, &desired.service).await? {
+    if apply(c, ns, &desired.service, &mine).await? {
         changed.push("Service");
     }
     match &desired.hpa {
         Some(hpa) => {
-            if apply(c, ns, hpa).await? {
+            if apply(c, ns, hpa, &mine).await? {
                 changed.push("HorizontalPodAutoscaler");
             }
         }
         None => {
             let api: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), ns);
-            let name = portico_compile::dataplane_name(&gw.name_any());
+            let name = desired.deployment.metadata.name.clone().unwrap_or_default();
             if let Some(hpa) = api.get_opt(&name).await? {
-                // Only ours: controlled by this Gateway.
-                let gw_uid = gw.metadata.uid.as_deref();
-                if gw_uid.is_none() || controller_uid(&hpa.metadata) != gw_uid {
+                if !mine(&hpa.metadata) {
                     return Err(Error::NameInUse {
                         kind: "HorizontalPodAutoscaler".into(),
                         namespace: ns.to_string(),
@@ -317,14 +349,20 @@ async fn apply_all(
             }
         }
     }
-    if apply(c, ns, &desired.pdb).await? {
+    if apply(c, ns, &desired.pdb, &mine).await? {
         changed.push("PodDisruptionBudget");
     }
     Ok(changed)
 }
 
-/// Server-side applies `obj`; returns whether the cluster changed.
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<bool, Error>
+/// Server-side applies `obj` unless an object of that name exists that is not `mine`;
+/// returns whether the cluster changed.
+async fn apply<K>(
+    client: &Client,
+    ns: &str,
+    obj: &K,
+    mine: &impl Fn(&ObjectMeta) -> bool,
+) -> Result<bool, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -336,8 +374,7 @@ where
     let name = obj.meta().name.clone().unwrap_or_default();
     let existing = api.get_opt(&name).await?;
     if let Some(o) = &existing
-        && (controller_uid(obj.meta()).is_none()
-            || controller_uid(o.meta()) != controller_uid(obj.meta()))
+        && !mine(o.meta())
     {
         return Err(Error::NameInUse {
             kind: K::kind(&()).into_owned(),
@@ -351,16 +388,119 @@ where
     Ok(before != after.meta().resource_version)
 }
 
-/// The UID of an object's controlling owner. The provisioner overwrites or deletes only
-/// objects whose controller is the Gateway they are for.
-fn controller_uid(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<&str> {
-    meta.owner_references
-        .iter()
+/// The Gateway (`namespace/name`) an object in the dataplane namespace was made for, if it
+/// was made by the controller named `controller_name`.
+fn made_for<'a>(meta: &'a ObjectMeta, controller_name: &str) -> Option<&'a str> {
+    let a = meta.annotations.as_ref()?;
+    (a.get(objects::CONTROLLER_ANNOTATION).map(String::as_str) == Some(controller_name))
+        .then(|| a.get(objects::GATEWAY_ANNOTATION).map(String::as_str))
         .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
+}
+
+/// The Gateway an object in the dataplane namespace says it is for, to reconcile it when the
+/// object changes.
+fn gateway_of(meta: &ObjectMeta) -> Option<ObjectRef<Gateway>> {
+    let key = meta
+        .annotations
+        .as_ref()?
+        .get(objects::GATEWAY_ANNOTATION)?;
+    let (ns, name) = key.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// How often the leader looks for dataplanes whose Gateway is gone.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Removes, while leading, the dataplane objects whose Gateway no longer exists, is being
+/// deleted, or no longer names a class of ours.
+async fn sweep_loop(ctx: Arc<Context>, gateways: kube::runtime::reflector::Store<Gateway>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !*ctx.leading.borrow() || gateways.wait_until_ready().await.is_err() {
+            continue;
+        }
+        if let Err(e) = sweep(&ctx, &gateways).await {
+            tracing::warn!(error = %e, "sweeping dataplanes of deleted Gateways");
+        }
+    }
+}
+
+async fn sweep(
+    ctx: &Context,
+    gateways: &kube::runtime::reflector::Store<Gateway>,
+) -> Result<(), Error> {
+    let classes: Vec<String> = Api::<GatewayClass>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.spec.controller_name == ctx.settings.controller_name)
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    let live = |key: &str| {
+        let Some((ns, name)) = key.split_once('/') else {
+            return false;
+        };
+        gateways
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some_and(|g| {
+                g.metadata.deletion_timestamp.is_none()
+                    && classes.contains(&g.spec.gateway_class_name)
+            })
+    };
+    let c = &ctx.client;
+    let ns = &ctx.settings.namespace;
+    let name = &ctx.settings.controller_name;
+    let mut removed = Vec::new();
+    removed.extend(sweep_kind::<Deployment>(c, ns, name, &live).await?);
+    removed.extend(sweep_kind::<HorizontalPodAutoscaler>(c, ns, name, &live).await?);
+    removed.extend(sweep_kind::<PodDisruptionBudget>(c, ns, name, &live).await?);
+    removed.extend(sweep_kind::<Service>(c, ns, name, &live).await?);
+    removed.extend(sweep_kind::<ConfigMap>(c, ns, name, &live).await?);
+    removed.extend(sweep_kind::<ServiceAccount>(c, ns, name, &live).await?);
+    for (gateway, what) in removed {
+        tracing::info!(%gateway, removed = %what, "removed the dataplane of a Gateway that is gone");
+    }
+    Ok(())
+}
+
+/// Deletes the objects of kind `K` this controller made whose Gateway is not `live`; returns
+/// (Gateway, "Kind name") for each.
+async fn sweep_kind<K>(
+    client: &Client,
+    ns: &str,
+    controller_name: &str,
+    live: &impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut removed = Vec::new();
+    for obj in api
+        .list(&ListParams::default().labels(MANAGED_BY))
+        .await?
+        .items
+    {
+        let Some(key) = made_for(obj.meta(), controller_name) else {
+            continue;
+        };
+        if live(key) {
+            continue;
+        }
+        let name = obj.meta().name.clone().unwrap_or_default();
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => removed.push((key.to_string(), format!("{} {name}", K::kind(&())))),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
 }
 
 async fn config_status(

@@ -5,6 +5,12 @@
 //! its Gateways reference ([`portico_compile::referenced_secrets`]: same namespace, or allowed
 //! by a ReferenceGrant) and keeps exactly one watch per such Secret (a field selector on its
 //! name), starting and stopping watches as references come and go.
+//!
+//! The controller holds no cluster-wide grant on Secrets: the installer binds the
+//! `secret-reader` ClusterRole in the namespaces whose Secrets it may read. A watch the API
+//! server refuses (403) marks its Secret unreadable, with `hint` (what would allow it), so
+//! the listener or policy that names it says why instead of "not found", and compile does
+//! not wait for it; the watch keeps retrying, and the Secret is read once a binding exists.
 
 use crate::index::ChangeLog;
 use futures::StreamExt;
@@ -32,17 +38,27 @@ pub struct SecretWatches {
     changed: Arc<Notify>,
     log: ChangeLog,
     watches: Arc<Mutex<BTreeMap<ObjectRef, Watch>>>,
+    store: Store,
+    /// How to let the controller read Secrets in a namespace (`{namespace}` is replaced).
+    hint: Arc<str>,
+}
+
+/// What the watches know: the Secrets read, and those the API server refused to show.
+#[derive(Clone, Default)]
+struct Store {
     secrets: Arc<Mutex<BTreeMap<ObjectRef, Secret>>>,
+    refused: Arc<Mutex<BTreeMap<ObjectRef, String>>>,
 }
 
 impl SecretWatches {
-    pub fn new(client: Client, changed: Arc<Notify>, log: ChangeLog) -> Self {
+    pub fn new(client: Client, changed: Arc<Notify>, log: ChangeLog, hint: &str) -> Self {
         Self {
             client,
             changed,
             log,
             watches: Arc::default(),
-            secrets: Arc::default(),
+            store: Store::default(),
+            hint: hint.into(),
         }
     }
 
@@ -58,7 +74,8 @@ impl SecretWatches {
             if let Some(w) = watches.remove(&id) {
                 w.task.abort();
             }
-            self.secrets.lock().remove(&id);
+            self.store.secrets.lock().remove(&id);
+            self.store.refused.lock().remove(&id);
             tracing::debug!(secret = %id, "no longer watching Secret");
         }
         for id in wanted {
@@ -66,10 +83,12 @@ impl SecretWatches {
                 continue;
             }
             let (tx, rx) = watch::channel(false);
+            let refusal = self.hint.replace("{namespace}", &id.namespace);
             let task = tokio::spawn(watch_one(
                 Api::namespaced(self.client.clone(), &id.namespace),
                 id.clone(),
-                self.secrets.clone(),
+                self.store.clone(),
+                refusal,
                 self.changed.clone(),
                 self.log.clone(),
                 tx,
@@ -107,14 +126,20 @@ impl SecretWatches {
 
     /// The current contents of the watched Secrets.
     pub fn secrets(&self) -> Vec<Secret> {
-        self.secrets.lock().values().cloned().collect()
+        self.store.secrets.lock().values().cloned().collect()
+    }
+
+    /// The watched Secrets the API server does not let the controller read, and why.
+    pub fn unreadable(&self) -> BTreeMap<ObjectRef, String> {
+        self.store.refused.lock().clone()
     }
 }
 
 async fn watch_one(
     api: Api<Secret>,
     id: ObjectRef,
-    store: Arc<Mutex<BTreeMap<ObjectRef, Secret>>>,
+    store: Store,
+    refusal: String,
     changed: Arc<Notify>,
     log: ChangeLog,
     synced: watch::Sender<bool>,
@@ -128,13 +153,32 @@ async fn watch_one(
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
+            Err(e) if forbidden(&e) => {
+                // Known now: compile says why instead of waiting for it.
+                let first = store
+                    .refused
+                    .lock()
+                    .insert(id.clone(), refusal.clone())
+                    .is_none();
+                let had = store.secrets.lock().remove(&id).is_some();
+                let _ = synced.send(true);
+                if first || had {
+                    tracing::warn!(secret = %id, "the API server does not let the controller read this Secret (RBAC); retrying with back-off");
+                    log.record(DepKey::Secret(id.clone()));
+                    changed.notify_one();
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(secret = %id, error = %e, "Secret watch failed; retrying with back-off");
                 continue;
             }
         };
+        // An answer with the list's contents means it is readable (again).
+        let was_refused =
+            !matches!(event, watcher::Event::Init) && store.refused.lock().remove(&id).is_some();
         let update = |secret: Option<Secret>| {
-            let mut store = store.lock();
+            let mut store = store.secrets.lock();
             let before = store.get(&id).map(|s| s.metadata.resource_version.clone());
             match secret {
                 Some(s) => {
@@ -162,9 +206,20 @@ async fn watch_one(
             watcher::Event::Apply(s) => update(Some(s)),
             watcher::Event::Delete(_) => update(None),
         };
-        if changed_now {
+        if changed_now || was_refused {
             log.record(DepKey::Secret(id.clone()));
             changed.notify_one();
         }
+    }
+}
+
+/// Whether a watch failed because RBAC refuses it.
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
     }
 }

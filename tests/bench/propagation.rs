@@ -40,7 +40,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn case(present: usize, changes: usize, churn: usize) -> (Vec<Duration>, Option<(u64, u64)>) {
     let s = Setup::new("propagation").await;
     let _controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let net = portico_tests::netns::backend_net();
     let backend = net.echo("backend");
     let slices: Api<EndpointSlice> = Api::namespaced(s.client.clone(), &s.ns);

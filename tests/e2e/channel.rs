@@ -39,7 +39,7 @@ async fn two_dataplanes_serve_the_snapshot_and_the_gateway_becomes_programmed() 
     let s = Setup::new("channel").await;
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
     let a = s.dataplane("replica-a", &token, state_a.path());
     let b = s.dataplane("replica-b", &token, state_b.path());
@@ -81,17 +81,23 @@ async fn clients_without_the_right_token_get_nothing() {
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
     let wrong_account = s.token("intruder").await;
+    // The dataplane's name, but made by whoever may create ServiceAccounts next to the
+    // Gateway, not in the dataplane namespace.
+    let squatter = s.token_in(&s.ns, &s.dataplane_account()).await;
     let garbage = s.files.path().join("garbage.token");
     std::fs::write(&garbage, "not-a-token").expect("write");
     let state = TempDir::new("state");
     let intruder = s.dataplane("intruder", &wrong_account, state.path());
+    let squatting = s.dataplane("squatter", &squatter, state.path());
     let anonymous = s.dataplane("anonymous", &garbage, state.path());
     await_some("the refusals to be logged", || async {
-        (intruder.proc.logs().contains("403") && anonymous.proc.logs().contains("401"))
-            .then_some(())
+        (intruder.proc.logs().contains("403")
+            && squatting.proc.logs().contains("403")
+            && anonymous.proc.logs().contains("401"))
+        .then_some(())
     })
     .await;
-    for dp in [&intruder, &anonymous] {
+    for dp in [&intruder, &squatting, &anonymous] {
         assert!(
             !dp.proc.logs().contains("snapshot applied"),
             "{}",
@@ -122,7 +128,7 @@ async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() 
     let s = Setup::new("channel-down").await;
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let mut controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let state = TempDir::new("state");
     let mut dp = s.dataplane("replica", &token, state.path());
     s.await_programmed().await;
@@ -192,7 +198,7 @@ async fn traffic_follows_endpointslices_without_a_new_snapshot() {
     let s = Setup::new("channel-eps").await;
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     // The API server refuses loopback addresses in EndpointSlices: these backends live in a
     // network namespace of our own.
     let net = portico_tests::netns::backend_net();
@@ -208,7 +214,7 @@ async fn traffic_follows_endpointslices_without_a_new_snapshot() {
     let state = TempDir::new("state");
     // The dataplane reads EndpointSlices as its own ServiceAccount, allowed to do so in this
     // namespace only: it watches just the namespaces its snapshot sends traffic to.
-    let kubeconfig = s.dataplane_kubeconfig("portico-gw").await;
+    let kubeconfig = s.dataplane_kubeconfig(&s.dataplane_account()).await;
     let dp = s.dataplane_as("replica", &token, state.path(), &kubeconfig);
     s.await_programmed().await;
     let http = HttpClient::new();
@@ -306,7 +312,7 @@ async fn https_listeners_serve_secrets_and_follow_their_rotation() {
         .expect("add the HTTPS listener");
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
     let _controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let state = TempDir::new("state");
     let dp = s.dataplane_on(ip, "replica", &token, state.path());
     // A client with another ServiceAccount never gets the snapshot that carries the key.
@@ -395,7 +401,7 @@ async fn an_auth_policy_reaches_the_dataplanes_with_its_secret() {
     )
     .await;
     let _controller = s.controller();
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let state = TempDir::new("state");
     let dp = s.dataplane("replica", &token, state.path());
     let http = HttpClient::new();
@@ -460,7 +466,7 @@ async fn a_global_rate_limit_is_shared_by_the_replicas_through_the_controllers_r
     )
     .await;
     let _controller = s.controller_with(&["--redis-url", &redis.url()]);
-    let token = s.token("portico-gw").await;
+    let token = s.token(&s.dataplane_account()).await;
     let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
     let a = s.dataplane("replica-a", &token, state_a.path());
     let b = s.dataplane("replica-b", &token, state_b.path());
@@ -510,7 +516,7 @@ async fn token_reviews_are_cached_and_refused_tokens_throttled() {
     let admin = SocketAddr::new(ip, free_port(ip));
     let admin_arg = admin.to_string();
     let _controller = s.controller_with(&["--admin-address", &admin_arg]);
-    let token = std::fs::read_to_string(s.token("portico-gw").await).expect("token");
+    let token = std::fs::read_to_string(s.token(&s.dataplane_account()).await).expect("token");
     let ca = await_some("the controller's CA", || async {
         std::fs::read_to_string(s.ca_file()).ok()
     })

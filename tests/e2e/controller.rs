@@ -275,12 +275,14 @@ async fn status_conditions_follow_the_gateway_api() {
         assert_eq!(kinds, ["GRPCRoute", "HTTPRoute"]);
     }
 
-    // The dataplane Service appears (the operator will create it): its cluster IP becomes
+    // The dataplane Service appears in the dataplane namespace (the shared controller's is
+    // `default`, its lease namespace; the provisioner would make it): its cluster IP becomes
     // the Gateway's address.
+    let dataplane_name = portico_compile::dataplane_name(&ns, "gw");
     let dataplane: Service = create(
         &client,
-        &ns,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "portico-gw"},
+        "default",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": dataplane_name},
                "spec": {"ports": [{"name": "http", "port": 80}]}}),
     )
     .await;
@@ -295,6 +297,10 @@ async fn status_conditions_follow_the_gateway_api() {
             .then_some(())
     })
     .await;
+    Api::<Service>::namespaced(client.clone(), "default")
+        .delete(&dataplane_name, &Default::default())
+        .await
+        .expect("delete the dataplane Service");
 
     let good = await_route(
         &client,

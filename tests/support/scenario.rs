@@ -16,10 +16,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// A namespace with a GatewayClass of its own controller name, Gateway `gw` with one HTTP
-/// listener on a free port, and Service `svc` (port 80, named `http`).
+/// listener on a free port, and Service `svc` (port 80, named `http`); and a dataplane
+/// namespace of its own, where the controller admits the dataplanes' ServiceAccounts.
 pub struct Setup {
     pub client: Client,
     pub ns: String,
+    /// The controller's `--dataplane-namespace`.
+    pub dataplane_ns: String,
     pub controller_name: String,
     pub snapshot_addr: SocketAddr,
     pub files: TempDir,
@@ -30,6 +33,7 @@ impl Setup {
     pub async fn new(prefix: &str) -> Self {
         let client = control_plane().client().await;
         let ns = test_namespace(&client, prefix).await;
+        let dataplane_ns = test_namespace(&client, &format!("{prefix}-dp")).await;
         let ip = loopback_ip();
         let setup = Self {
             controller_name: format!("portico.dev/{ns}"),
@@ -38,6 +42,7 @@ impl Setup {
             port: free_port(ip),
             client,
             ns,
+            dataplane_ns,
         };
         create_cluster::<GatewayClass>(
             &setup.client,
@@ -76,6 +81,7 @@ impl Setup {
     pub fn controller_with(&self, extra: &[&str]) -> Proc {
         let lease = "channel";
         let addr = self.snapshot_addr.to_string();
+        let dataplanes = self.dataplane_ns.clone();
         let ca = self.ca_file().display().to_string();
         let mut args = vec![
             "--controller-name",
@@ -84,6 +90,8 @@ impl Setup {
             &self.ns,
             "--lease-name",
             lease,
+            "--dataplane-namespace",
+            &dataplanes,
             "--snapshot-address",
             &addr,
             "--tls-server-name",
@@ -98,9 +106,20 @@ impl Setup {
         start_controller("controller", &args)
     }
 
-    /// A token for ServiceAccount `account` (created if needed), for the snapshot audience.
+    /// The ServiceAccount the controller admits for Gateway `gw` (in the dataplane namespace).
+    pub fn dataplane_account(&self) -> String {
+        portico_compile::dataplane_name(&self.ns, "gw")
+    }
+
+    /// A token for ServiceAccount `account` of the dataplane namespace (created if needed),
+    /// for the snapshot audience.
     pub async fn token(&self, account: &str) -> PathBuf {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        self.token_in(&self.dataplane_ns, account).await
+    }
+
+    /// A token for ServiceAccount `ns/account` (created if needed), for the snapshot audience.
+    pub async fn token_in(&self, ns: &str, account: &str) -> PathBuf {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
         if accounts.get_opt(account).await.ok().flatten().is_none() {
             let sa = ServiceAccount {
                 metadata: ObjectMeta {
@@ -129,14 +148,14 @@ impl Setup {
             .status
             .and_then(|s| s.token)
             .expect("token");
-        let path = self.files.path().join(format!("{account}.token"));
+        let path = self.files.path().join(format!("{ns}.{account}.token"));
         std::fs::write(&path, token).expect("write token");
         path
     }
 
-    /// A kubeconfig for ServiceAccount `account` (which must exist) with an API token, and a
-    /// Role that lets it list and watch EndpointSlices in this namespace only: what a
-    /// dataplane pod gets.
+    /// A kubeconfig for ServiceAccount `account` of the dataplane namespace (which must exist)
+    /// with an API token, and a Role that lets it list and watch EndpointSlices in the
+    /// Gateway's namespace (where its backends are) only.
     pub async fn dataplane_kubeconfig(&self, account: &str) -> PathBuf {
         let roles: Api<Role> = Api::namespaced(self.client.clone(), &self.ns);
         roles
@@ -157,14 +176,14 @@ impl Setup {
                 &serde_json::from_value(json!({
                     "metadata": {"name": account},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.ns}]}))
+                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.dataplane_ns}]}))
                 .expect("RoleBinding"),
             )
             .await
             .expect("create RoleBinding");
         crate::cluster::service_account_kubeconfig(
             &self.client,
-            &self.ns,
+            &self.dataplane_ns,
             account,
             self.files.path(),
         )

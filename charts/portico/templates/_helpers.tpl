@@ -8,6 +8,15 @@
 {{- printf "%s-dataplane" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "portico.secretReaderRole" -}}
+{{- printf "%s-secret-reader" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Where every Gateway's dataplane is provisioned. */}}
+{{- define "portico.dataplaneNamespace" -}}
+{{- default .Release.Namespace .Values.dataplane.namespace -}}
+{{- end -}}
+
 {{- define "portico.labels" -}}
 app.kubernetes.io/name: portico
 app.kubernetes.io/instance: {{ .Release.Name }}

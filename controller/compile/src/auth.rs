@@ -43,7 +43,7 @@ pub(crate) fn resolve(
     for policy in oldest_first(&inputs.auth_policies, |p| &p.metadata) {
         let id = object_ref(&policy.metadata);
         let mut unresolved = Vec::new();
-        let compiled = compile_policy(&id, &policy.spec, &inputs.secrets, &mut unresolved);
+        let compiled = compile_policy(&id, &policy.spec, &inputs.secret_view(), &mut unresolved);
         let verdict = |_: &_| match &compiled.invalid {
             // It still attaches: its targets answer 500 rather than go open.
             Some(reason) => Verdict::AttachedInvalid(reason.clone()),

@@ -104,7 +104,10 @@ impl Dependencies {
                 d.add(DepKey::GatewayConfig(config), &id);
             }
             // Its dataplane Service's addresses are its status addresses.
-            let service = ObjectRef::new(id.namespace.clone(), crate::dataplane_name(&id.name));
+            let service = ObjectRef::new(
+                inputs.dataplane_namespace.clone(),
+                crate::dataplane_name(&id.namespace, &id.name),
+            );
             d.add(DepKey::Service(service), &id);
             for r in gw
                 .spec

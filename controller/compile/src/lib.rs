@@ -74,6 +74,12 @@ pub struct Inputs {
     /// The Secrets listeners and policies refer to (others are ignored; the controller
     /// watches only these, see [`referenced_secrets`]).
     pub secrets: Vec<Secret>,
+    /// Referenced Secrets the controller was refused (RBAC), with what would let it read
+    /// them: their listeners and policies say so instead of "not found".
+    pub unreadable_secrets: BTreeMap<ObjectRef, String>,
+    /// The namespace of the dataplanes' Services (`--dataplane-namespace`), whose addresses
+    /// the Gateways report.
+    pub dataplane_namespace: String,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     /// For `allowedRoutes.namespaces.selector`. A namespace without an object here is taken to
@@ -117,7 +123,7 @@ pub fn compile_scoped(
     );
     let namespaces = gateway::NamespaceLabels::new(&inputs.namespaces);
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
-    let secrets = tls::SecretIndex::new(&inputs.secrets, &grants);
+    let secrets = tls::SecretIndex::new(inputs.secret_view(), &grants);
     let scoped_gateways: Vec<Gateway>;
     let gateways_in = match scope {
         None => &inputs.gateways,
@@ -175,8 +181,9 @@ pub fn compile_scoped(
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {
         let service = inputs.services.iter().find(|s| {
-            s.metadata.name.as_deref() == Some(dataplane_name(&gw.id.name).as_str())
-                && namespace_of(&s.metadata) == gw.id.namespace
+            s.metadata.name.as_deref()
+                == Some(dataplane_name(&gw.id.namespace, &gw.id.name).as_str())
+                && namespace_of(&s.metadata) == inputs.dataplane_namespace
         });
         status.gateways.insert(gw.id.clone(), gw.status(service));
         if let Some(mut snapshot) = gw.snapshot(&routes.attached) {
@@ -199,7 +206,7 @@ pub fn compile_scoped(
 /// controller watches exactly these, so it never reads Secrets it has no business with.
 pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
-    let index = tls::SecretIndex::new(&[], &grants);
+    let index = tls::SecretIndex::new(Secrets::default(), &grants);
     let mut out = BTreeSet::new();
     for gw in gateways_of(inputs, controller_name) {
         let ns = namespace_of(&gw.metadata);
@@ -249,11 +256,80 @@ fn gateway_redis(inputs: &Inputs, controller_name: &str) -> ratelimit::GatewayRe
     }
 }
 
-/// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment) in the
-/// Gateway's namespace: the ServiceAccount the snapshot channel admits, and the Service whose
-/// addresses the Gateway reports.
-pub fn dataplane_name(gateway: &str) -> String {
-    format!("portico-{gateway}")
+/// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment, ...) in
+/// the dataplane namespace, where the dataplanes of every namespace's Gateways live side by
+/// side: `portico-<namespace>-<name>-<hash>`, both parts cut short enough for a DNS label
+/// (63 characters), dots made dashes, and the hash of the full `namespace/name` keeping two
+/// Gateways apart whatever their names. It is the ServiceAccount the snapshot channel
+/// admits and the Service whose addresses the Gateway reports.
+pub fn dataplane_name(namespace: &str, gateway: &str) -> String {
+    fn part(s: &str, max: usize) -> String {
+        let cut: String = s
+            .chars()
+            .take(max)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        cut.trim_end_matches('-').to_string()
+    }
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{namespace}/{gateway}").as_bytes(),
+    );
+    let hash: String = digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // 8 + 20 + 1 + 22 + 1 + 10 = 62.
+    format!(
+        "portico-{}-{}-{hash}",
+        part(namespace, 20),
+        part(gateway, 22)
+    )
+}
+
+/// The Secrets compile may use, and those the controller may not read.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Secrets<'a> {
+    list: &'a [Secret],
+    unreadable: Option<&'a BTreeMap<ObjectRef, String>>,
+}
+
+impl<'a> Secrets<'a> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a Secret> + use<'a> {
+        self.list.iter()
+    }
+
+    /// Secret `ns/name`, or why there is none: not found, or not readable by the controller
+    /// (and what would allow it).
+    pub(crate) fn find(&self, ns: &str, name: &str) -> Result<&'a Secret, String> {
+        if let Some(s) = self
+            .list
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name) && namespace_of(&s.metadata) == ns)
+        {
+            return Ok(s);
+        }
+        let id = ObjectRef::new(ns, name);
+        Err(match self.unreadable.and_then(|u| u.get(&id)) {
+            Some(why) => format!("Secret {id} cannot be read: {why}"),
+            None => format!("Secret {id} not found"),
+        })
+    }
+}
+
+impl Inputs {
+    pub(crate) fn secret_view(&self) -> Secrets<'_> {
+        Secrets {
+            list: &self.secrets,
+            unreadable: Some(&self.unreadable_secrets),
+        }
+    }
 }
 
 /// The Gateways whose class names `controller_name` (accepted or not).

@@ -3,8 +3,8 @@
 //! of failing at the proxy.
 
 use crate::grants::{GroupKind, ReferenceGrants};
-use crate::namespace_of;
 use crate::status::reasons;
+use crate::{Secrets, namespace_of};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs;
 use portico_crds::k8s_openapi::api::core::v1::Secret;
@@ -45,6 +45,8 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Stri
 /// Secrets by namespace/name, for listeners' `certificateRefs`.
 pub(crate) struct SecretIndex<'a> {
     secrets: BTreeMap<(String, String), &'a Secret>,
+    /// For why one is missing.
+    view: Secrets<'a>,
     grants: &'a ReferenceGrants<'a>,
 }
 
@@ -52,8 +54,8 @@ pub(crate) struct SecretIndex<'a> {
 pub(crate) type RefProblem = (&'static str, String);
 
 impl<'a> SecretIndex<'a> {
-    pub(crate) fn new(secrets: &'a [Secret], grants: &'a ReferenceGrants<'a>) -> Self {
-        let secrets = secrets
+    pub(crate) fn new(view: Secrets<'a>, grants: &'a ReferenceGrants<'a>) -> Self {
+        let secrets = view
             .iter()
             .map(|s| {
                 (
@@ -65,7 +67,11 @@ impl<'a> SecretIndex<'a> {
                 )
             })
             .collect();
-        Self { secrets, grants }
+        Self {
+            secrets,
+            view,
+            grants,
+        }
     }
 
     /// The Secret a Gateway in `gw_ns` may use through this reference, or why it may not. A
@@ -117,7 +123,11 @@ impl<'a> SecretIndex<'a> {
         let id = self.permitted(gw_ns, r)?;
         let invalid = |m: String| (reasons::INVALID_CERTIFICATE_REF, m);
         let Some(secret) = self.secrets.get(&(id.namespace.clone(), id.name.clone())) else {
-            return Err(invalid(format!("Secret {id} not found")));
+            let why = match self.view.find(&id.namespace, &id.name) {
+                Err(why) => why,
+                Ok(_) => format!("Secret {id} not found"),
+            };
+            return Err(invalid(why));
         };
         let field = |key: &str| -> Result<String, RefProblem> {
             let bytes = secret

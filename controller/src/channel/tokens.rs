@@ -13,6 +13,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
+use portico_model::ObjectRef;
 use portico_model::channel::TOKEN_AUDIENCE;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,6 +55,8 @@ pub struct TokenCounters {
 /// Checks tokens with the API server, remembering the answers.
 pub struct Authenticator {
     client: Client,
+    /// Where the dataplanes' ServiceAccounts are (`--dataplane-namespace`).
+    dataplane_namespace: String,
     answers: Mutex<HashMap<Digest, (Verdict, Instant)>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     pub counters: TokenCounters,
@@ -68,13 +71,21 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, dataplane_namespace: String) -> Self {
         Self {
             client,
+            dataplane_namespace,
             answers: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             counters: TokenCounters::default(),
         }
+    }
+
+    /// Whether ServiceAccount `ns/name` may read Gateway `gw`'s snapshots: only the one
+    /// provisioned for it, in the dataplane namespace.
+    pub fn admits(&self, ns: &str, name: &str, gw: &ObjectRef) -> bool {
+        ns == self.dataplane_namespace
+            && name == portico_compile::dataplane_name(&gw.namespace, &gw.name)
     }
 
     /// The ServiceAccount `token` proves, as seen from `peer`.

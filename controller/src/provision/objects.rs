@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec, SleepAction, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gatewayconfig::{EdgeLimits, GatewayConfigSpec, LogLevel, TrafficPolicy};
 use std::collections::BTreeMap;
@@ -33,12 +33,20 @@ const PRE_STOP_SECONDS: i64 = 5;
 /// The dataplane's own drain time after SIGTERM (`--drain-timeout-s`).
 const DRAIN_SECONDS: i64 = 30;
 
-/// Everything provisioned for one Gateway.
+/// On every provisioned object: the Gateway it is for (`namespace/name`). The provisioner
+/// overwrites or deletes only objects that say they are for the Gateway at hand.
+pub const GATEWAY_ANNOTATION: &str = "portico.dev/gateway";
+/// On every provisioned object: the `controllerName` of the controller that made it, so two
+/// installations sharing a dataplane namespace leave each other's objects alone.
+pub const CONTROLLER_ANNOTATION: &str = "portico.dev/controller-name";
+/// Label with the Gateway's namespace (`kubectl get deploy -l portico.dev/gateway-namespace=x`).
+pub const GATEWAY_NAMESPACE_LABEL: &str = "portico.dev/gateway-namespace";
+
+/// Everything provisioned for one Gateway, in the dataplane namespace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub service_account: ServiceAccount,
     pub ca: ConfigMap,
-    pub role_binding: RoleBinding,
     pub deployment: Deployment,
     pub service: Service,
     /// `None`: no autoscaling (an existing HPA is removed).
@@ -46,58 +54,84 @@ pub struct Desired {
     pub pdb: PodDisruptionBudget,
 }
 
-/// The labels that select a Gateway's dataplane pods.
-pub fn selector(gw_name: &str) -> BTreeMap<String, String> {
+/// The labels that select a Gateway's dataplane pods (`name`: its [`dataplane_name`]).
+///
+/// [`dataplane_name`]: portico_compile::dataplane_name
+pub fn selector(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_string(),
             "portico-dataplane".to_string(),
         ),
-        ("portico.dev/gateway".to_string(), gw_name.to_string()),
+        ("portico.dev/dataplane".to_string(), name.to_string()),
     ])
 }
 
-/// The objects of `gw`'s dataplane under `config` (defaults where it says nothing).
-pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) -> Desired {
+/// `namespace/name` of a Gateway, as [`GATEWAY_ANNOTATION`] carries it.
+pub fn gateway_key(gw: &Gateway) -> String {
+    format!(
+        "{}/{}",
+        gw.metadata.namespace.as_deref().unwrap_or("default"),
+        gw.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The objects of `gw`'s dataplane under `config` (defaults where it says nothing), in the
+/// dataplane namespace. Their owner is the Gateway's class (an owner must be cluster-scoped
+/// or in the same namespace): deleting the class removes them; deleting the Gateway is the
+/// provisioner's sweep.
+pub fn desired(
+    gw: &Gateway,
+    class: &GatewayClass,
+    config: &GatewayConfigSpec,
+    s: &ProvisionSettings,
+) -> Desired {
     let gw_name = gw.metadata.name.clone().unwrap_or_default();
-    let ns = gw
+    let gw_ns = gw
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let name = portico_compile::dataplane_name(&gw_name);
+    let ns = s.namespace.clone();
+    let name = portico_compile::dataplane_name(&gw_ns, &gw_name);
     let infra = gw.spec.infrastructure.as_ref();
     let mut labels: BTreeMap<String, String> = infra
         .and_then(|i| i.labels.clone())
         .unwrap_or_default()
         .into_iter()
         .collect();
-    labels.extend(selector(&gw_name));
+    labels.extend(selector(&name));
     labels.insert(
         "app.kubernetes.io/managed-by".into(),
         "portico-controller".into(),
     );
-    let annotations: BTreeMap<String, String> = infra
+    labels.insert(GATEWAY_NAMESPACE_LABEL.into(), gw_ns.clone());
+    let mut annotations: BTreeMap<String, String> = infra
         .and_then(|i| i.annotations.clone())
         .unwrap_or_default()
         .into_iter()
         .collect();
+    annotations.insert(GATEWAY_ANNOTATION.into(), gateway_key(gw));
+    annotations.insert(CONTROLLER_ANNOTATION.into(), s.controller_name.clone());
     let owner = OwnerReference {
         api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "Gateway".into(),
-        name: gw_name.clone(),
-        uid: gw.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
+        kind: "GatewayClass".into(),
+        name: class.metadata.name.clone().unwrap_or_default(),
+        uid: class.metadata.uid.clone().unwrap_or_default(),
+        // Neither the controller of record nor blocking the class's deletion (which would
+        // need update on gatewayclasses/finalizers).
+        controller: Some(false),
+        block_owner_deletion: Some(false),
     };
     let meta = |name: &str, extra_annotations: &BTreeMap<String, String>| ObjectMeta {
         name: Some(name.to_string()),
         namespace: Some(ns.clone()),
         labels: Some(labels.clone()),
         annotations: {
-            let mut a = annotations.clone();
-            a.extend(extra_annotations.clone());
-            (!a.is_empty()).then_some(a)
+            let mut a = extra_annotations.clone();
+            // Ours last: a Service annotation cannot pose as another Gateway's.
+            a.extend(annotations.clone());
+            Some(a)
         },
         owner_references: Some(vec![owner.clone()]),
         ..ObjectMeta::default()
@@ -124,26 +158,13 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
         automount_service_account_token: Some(true),
         ..ServiceAccount::default()
     };
-    let role_binding = RoleBinding {
-        metadata: meta(&name, &none),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: s.dataplane_cluster_role.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(ns.clone()),
-            ..Subject::default()
-        }]),
-    };
 
     let mut pod_labels = labels.clone();
     pod_labels.extend(dp.pod_labels.clone());
-    pod_labels.extend(selector(&gw_name));
+    pod_labels.extend(selector(&name));
     let mut pod_annotations = annotations.clone();
     pod_annotations.extend(dp.pod_annotations.clone());
+    pod_annotations.insert(GATEWAY_ANNOTATION.into(), gateway_key(gw));
     let log_level = dp.log_level.unwrap_or(LogLevel::Info).as_str();
     let image = dp.image.clone().unwrap_or_else(|| s.image.clone());
     let mut container_ports: Vec<ContainerPort> = ports
@@ -183,7 +204,7 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
                 "--server-name",
                 &s.server_name,
                 "--gateway",
-                &format!("{ns}/{gw_name}"),
+                &format!("{gw_ns}/{gw_name}"),
                 "--token-file",
                 &format!("{TOKEN_DIR}/token"),
                 "--ca-file",
@@ -330,7 +351,7 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
                 .is_none()
                 .then(|| dp.replicas.unwrap_or(2)),
             selector: LabelSelector {
-                match_labels: Some(selector(&gw_name)),
+                match_labels: Some(selector(&name)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
@@ -351,7 +372,7 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
         metadata: meta(&name, &svc_config.annotations),
         spec: Some(ServiceSpec {
             type_: Some(svc_config.type_.as_str().into()),
-            selector: Some(selector(&gw_name)),
+            selector: Some(selector(&name)),
             ports: Some(
                 ports
                     .iter()
@@ -420,7 +441,7 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
         metadata: meta(&name, &none),
         spec: Some(PodDisruptionBudgetSpec {
             selector: Some(LabelSelector {
-                match_labels: Some(selector(&gw_name)),
+                match_labels: Some(selector(&name)),
                 ..LabelSelector::default()
             }),
             min_available,
@@ -433,7 +454,6 @@ pub fn desired(gw: &Gateway, config: &GatewayConfigSpec, s: &ProvisionSettings) 
     Desired {
         service_account,
         ca,
-        role_binding,
         deployment,
         service,
         hpa,

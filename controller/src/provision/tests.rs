@@ -9,7 +9,7 @@ fn settings() -> ProvisionSettings {
         controller_address: "portico-controller.portico-system.svc:9443".into(),
         server_name: "portico-controller".into(),
         ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
-        dataplane_cluster_role: "portico-dataplane".into(),
+        namespace: "portico-system".into(),
         identity: "test".into(),
     }
 }
@@ -27,29 +27,60 @@ fn gateway() -> Gateway {
     .expect("gateway")
 }
 
+fn class() -> GatewayClass {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "portico", "uid": "c1a55"},
+        "spec": {"controllerName": "portico.dev/gateway-controller"}
+    }))
+    .expect("class")
+}
+
+/// The dataplane objects' name for Gateway apps/edge.
+fn name() -> String {
+    portico_compile::dataplane_name("apps", "edge")
+}
+
 fn config(v: serde_json::Value) -> GatewayConfigSpec {
     serde_json::from_value(v).expect("config")
 }
 
 #[test]
-fn every_object_is_owned_by_the_gateway_and_carries_its_infrastructure_labels() {
-    let d = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+fn every_object_is_in_the_dataplane_namespace_says_its_gateway_and_carries_its_infrastructure_labels()
+ {
+    let d = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+    );
     let metas = [
         &d.service_account.metadata,
         &d.ca.metadata,
-        &d.role_binding.metadata,
         &d.deployment.metadata,
         &d.service.metadata,
         &d.pdb.metadata,
     ];
     for m in metas {
+        // An owner cannot be in another namespace: the class is, and it does not block.
         let owner = &m.owner_references.as_ref().expect("owner")[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-            ("Gateway", "edge", "1234")
+            ("GatewayClass", "portico", "c1a55")
         );
-        assert_eq!(owner.controller, Some(true));
-        assert_eq!(m.namespace.as_deref(), Some("apps"));
+        assert_eq!(owner.block_owner_deletion, Some(false));
+        assert_eq!(m.namespace.as_deref(), Some("portico-system"));
+        let annotations = m.annotations.as_ref().expect("annotations");
+        assert_eq!(
+            annotations.get("portico.dev/gateway").map(String::as_str),
+            Some("apps/edge")
+        );
+        assert_eq!(
+            annotations
+                .get("portico.dev/controller-name")
+                .map(String::as_str),
+            Some("portico.dev/gateway-controller")
+        );
         let labels = m.labels.as_ref().expect("labels");
         assert_eq!(labels.get("team").map(String::as_str), Some("web"));
         assert_eq!(
@@ -59,14 +90,21 @@ fn every_object_is_owned_by_the_gateway_and_carries_its_infrastructure_labels() 
             Some("portico-controller")
         );
         assert_eq!(
-            m.annotations
-                .as_ref()
-                .and_then(|a| a.get("cost-center"))
+            labels
+                .get("portico.dev/gateway-namespace")
                 .map(String::as_str),
+            Some("apps")
+        );
+        assert_eq!(
+            annotations.get("cost-center").map(String::as_str),
             Some("42")
         );
     }
-    assert_eq!(d.deployment.metadata.name.as_deref(), Some("portico-edge"));
+    assert_eq!(d.deployment.metadata.name, Some(name()));
+    assert_eq!(
+        d.ca.metadata.name,
+        Some(format!("{}-controller-ca", name()))
+    );
     assert!(
         d.hpa.is_none(),
         "no autoscaling without a config asking for it"
@@ -75,7 +113,12 @@ fn every_object_is_owned_by_the_gateway_and_carries_its_infrastructure_labels() 
 
 #[test]
 fn the_deployment_is_hardened_and_drains() {
-    let d = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let d = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+    );
     let spec = d.deployment.spec.expect("spec");
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.expect("pod");
@@ -85,7 +128,7 @@ fn the_deployment_is_hardened_and_drains() {
         psc.seccomp_profile.expect("seccomp").type_,
         "RuntimeDefault"
     );
-    assert_eq!(pod.service_account_name.as_deref(), Some("portico-edge"));
+    assert_eq!(pod.service_account_name, Some(name()));
     assert!(pod.termination_grace_period_seconds.expect("grace") >= 35);
     let c = &pod.containers[0];
     let sc = c.security_context.as_ref().expect("container security");
@@ -124,7 +167,7 @@ fn the_service_exposes_the_listener_ports_with_the_configured_type() {
         json!({"service": {"type": "NodePort", "externalTrafficPolicy": "Local",
                                         "annotations": {"lb.example/internal": "true"}}}),
     );
-    let d = desired(&gateway(), &cfg, &settings());
+    let d = desired(&gateway(), &class(), &cfg, &settings());
     let spec = d.service.spec.expect("spec");
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
@@ -139,7 +182,12 @@ fn the_service_exposes_the_listener_ports_with_the_configured_type() {
             .map(String::as_str),
         Some("true")
     );
-    let default = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let default = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+    );
     assert_eq!(
         default.service.spec.and_then(|s| s.type_).as_deref(),
         Some("LoadBalancer")
@@ -155,7 +203,7 @@ fn autoscaling_gives_an_hpa_and_leaves_the_replica_count_to_it() {
                       "podLabels": {"tier": "edge"}, "nodeSelector": {"pool": "edge"},
                       "resources": {"requests": {"cpu": "500m"}}}
     }));
-    let d = desired(&gateway(), &cfg, &settings());
+    let d = desired(&gateway(), &class(), &cfg, &settings());
     let hpa = d.hpa.expect("hpa").spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 10));
     let spec = d.deployment.spec.expect("spec");
@@ -188,17 +236,26 @@ fn autoscaling_gives_an_hpa_and_leaves_the_replica_count_to_it() {
 
 #[test]
 fn pod_labels_cannot_override_the_selector() {
-    let cfg = config(json!({"dataplane": {"podLabels": {"portico.dev/gateway": "other"}}}));
-    let d = desired(&gateway(), &cfg, &settings());
-    let labels = d
+    let cfg = config(json!({"dataplane": {
+        "podLabels": {"portico.dev/dataplane": "other"},
+        "podAnnotations": {"portico.dev/gateway": "other/gateway"}}}));
+    let d = desired(&gateway(), &class(), &cfg, &settings());
+    let meta = d
         .deployment
         .spec
         .and_then(|s| s.template.metadata)
-        .and_then(|m| m.labels)
-        .expect("labels");
+        .expect("pod metadata");
+    let labels = meta.labels.expect("labels");
     assert_eq!(
-        labels.get("portico.dev/gateway").map(String::as_str),
-        Some("edge")
+        labels.get("portico.dev/dataplane").map(String::as_str),
+        Some(name().as_str())
+    );
+    assert_eq!(
+        meta.annotations
+            .expect("annotations")
+            .get("portico.dev/gateway")
+            .map(String::as_str),
+        Some("apps/edge")
     );
 }
 
@@ -265,7 +322,12 @@ fn the_gateway_names_its_config_or_its_class_does() {
 
 #[test]
 fn edge_limits_become_dataplane_flags() {
-    let plain = desired(&gateway(), &GatewayConfigSpec::default(), &settings());
+    let plain = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+    );
     let args = |d: &Desired| {
         d.deployment
             .spec
@@ -281,6 +343,7 @@ fn edge_limits_become_dataplane_flags() {
     );
     let limited = desired(
         &gateway(),
+        &class(),
         &config(json!({"limits": {
             "maxConnectionsPerSource": 5000, "idleTimeoutSeconds": 300,
             "headersWithUnderscores": "Drop", "trustedHops": 1}})),

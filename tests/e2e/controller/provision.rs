@@ -1,15 +1,14 @@
 //! Provisioning on the real control plane (API server, etcd, and kube-controller-manager's
 //! deployment, replicaset and garbage collector controllers): a Gateway gets its dataplane
-//! objects, a GatewayConfig change rolls them, a hand edit is reverted, a bad configuration
-//! is refused or reported while the running dataplane stays as it is, and deleting the Gateway
-//! removes everything.
+//! objects in the dataplane namespace, a GatewayConfig change rolls them, a hand edit is
+//! reverted, a bad configuration is refused or reported while the running dataplane stays as
+//! it is, and deleting the Gateway removes everything.
 
 use super::cluster;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
@@ -46,8 +45,14 @@ async fn await_event(client: &kube::Client, ns: &str, reason: &str) -> Event {
     .await
 }
 
-/// A controller that provisions the Gateways of `controller_name`, leading in `ns`.
-fn provisioner(ns: &str, controller_name: &str, image: &str) -> portico_tests::Proc {
+/// A controller that provisions the Gateways of `controller_name` into `dataplanes`,
+/// leading in `ns`.
+fn provisioner(
+    ns: &str,
+    dataplanes: &str,
+    controller_name: &str,
+    image: &str,
+) -> portico_tests::Proc {
     start_controller(
         "provisioner",
         &[
@@ -57,6 +62,8 @@ fn provisioner(ns: &str, controller_name: &str, image: &str) -> portico_tests::P
             ns,
             "--lease-name",
             "provisioner",
+            "--dataplane-namespace",
+            dataplanes,
             "--dataplane-image",
             image,
         ],
@@ -67,8 +74,11 @@ fn provisioner(ns: &str, controller_name: &str, image: &str) -> portico_tests::P
 async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it() {
     let client = cluster().client().await;
     let ns = test_namespace(&client, "provision").await;
+    let dp = test_namespace(&client, "provision-dp").await;
+    let name = portico_compile::dataplane_name(&ns, "gw");
+    let name = name.as_str();
     let controller_name = format!("portico.dev/{ns}");
-    let _controller = provisioner(&ns, &controller_name, "portico/dataplane:default");
+    let _controller = provisioner(&ns, &dp, &controller_name, "portico/dataplane:default");
     // The class lets its Gateways' own configurations choose the image.
     create::<GatewayConfig>(
         &client,
@@ -104,24 +114,26 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
                                       {"name": "alt", "port": 8080, "protocol": "HTTP"}]}}),
     )
     .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &dp);
     let d = await_some("the dataplane Deployment", || async {
-        deployments.get_opt("portico-gw").await.ok().flatten()
+        deployments.get_opt(name).await.ok().flatten()
     })
     .await;
-    let gw_uid = Api::<Gateway>::namespaced(client.clone(), &ns)
-        .get("gw")
-        .await
-        .expect("gateway")
-        .metadata
-        .uid;
-    let owned_by_gateway =
-        |refs: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
-            refs.iter().flatten().any(|o| {
-                o.kind == "Gateway" && Some(&o.uid) == gw_uid.as_ref() && o.controller == Some(true)
-            })
-        };
-    assert!(owned_by_gateway(&d.metadata.owner_references));
+    // Each object says which Gateway it is for, and is owned by its class (an owner cannot
+    // be in another namespace).
+    let key = format!("{ns}/gw");
+    let owned_by_gateway = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get("portico.dev/gateway"))
+            == Some(&key)
+            && meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "GatewayClass" && o.name == ns)
+    };
+    assert!(owned_by_gateway(&d.metadata), "{:?}", d.metadata);
     assert_eq!(image(&d).as_deref(), Some("portico/dataplane:1"));
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
     assert_eq!(
@@ -135,26 +147,26 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
     );
     // Everything else, each owned by the Gateway.
     let sa = await_some("the ServiceAccount", || async {
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .get_opt("portico-gw")
+        Api::<ServiceAccount>::namespaced(client.clone(), &dp)
+            .get_opt(name)
             .await
             .ok()
             .flatten()
     })
     .await;
-    assert!(owned_by_gateway(&sa.metadata.owner_references));
+    assert!(owned_by_gateway(&sa.metadata));
     // The objects are applied one after the other: wait for the last one.
     let pdb = await_some("the PDB", || async {
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
-            .get_opt("portico-gw")
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), &dp)
+            .get_opt(name)
             .await
             .ok()
             .flatten()
     })
     .await;
-    assert!(owned_by_gateway(&pdb.metadata.owner_references));
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .get("portico-gw-controller-ca")
+    assert!(owned_by_gateway(&pdb.metadata));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &dp)
+        .get(&format!("{name}-controller-ca"))
         .await
         .expect("CA ConfigMap");
     assert!(
@@ -163,23 +175,27 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
             .and_then(|d| d.get("ca.crt"))
             .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
     );
-    let rb = Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .get("portico-gw")
-        .await
-        .expect("RoleBinding");
-    assert_eq!(rb.role_ref.name, "portico-dataplane");
-    let svc = Api::<Service>::namespaced(client.clone(), &ns)
-        .get("portico-gw")
+    // Nothing is made next to the Gateway.
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    let svc = Api::<Service>::namespaced(client.clone(), &dp)
+        .get(name)
         .await
         .expect("Service");
-    assert!(owned_by_gateway(&svc.metadata.owner_references));
+    assert!(owned_by_gateway(&svc.metadata));
     let spec = svc.spec.clone().expect("service spec");
     assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
     let ports: Vec<i32> = spec.ports.iter().flatten().map(|p| p.port).collect();
     assert_eq!(ports, vec![80, 8080]);
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &dp);
     assert!(
-        hpas.get_opt("portico-gw").await.expect("get").is_none(),
+        hpas.get_opt(name).await.expect("get").is_none(),
         "no autoscaling asked for"
     );
     // The Gateway's address is its Service's cluster IP.
@@ -221,18 +237,18 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
         .await
         .expect("update the config");
     let hpa = await_some("the HPA", || async {
-        hpas.get_opt("portico-gw").await.ok().flatten()
+        hpas.get_opt(name).await.ok().flatten()
     })
     .await;
     let hpa_spec = hpa.spec;
     assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(2), 6));
-    assert_eq!(hpa_spec.scale_target_ref.name, "portico-gw");
+    assert_eq!(hpa_spec.scale_target_ref.name, name);
     await_some("the new image", || async {
-        let d = deployments.get("portico-gw").await.ok()?;
+        let d = deployments.get(name).await.ok()?;
         (image(&d).as_deref() == Some("portico/dataplane:2")).then_some(())
     })
     .await;
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &dp);
     await_some("a rollout (two ReplicaSets)", || async {
         let list = replica_sets.list(&ListParams::default()).await.ok()?;
         (list.items.len() >= 2).then_some(())
@@ -242,18 +258,18 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
     // Someone edits the Deployment by hand: the provisioner puts its fields back.
     deployments
         .patch(
-            "portico-gw",
+            name,
             &PatchParams::apply("someone").force(),
             &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "portico-gw"},
-                "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/gateway": "gw"}},
-                         "template": {"metadata": {"labels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/gateway": "gw"}},
+                "metadata": {"name": name},
+                "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/dataplane": name}},
+                         "template": {"metadata": {"labels": {"app.kubernetes.io/name": "portico-dataplane", "portico.dev/dataplane": name}},
                                       "spec": {"containers": [{"name": "dataplane", "image": "evil/image:latest"}]}}}})),
         )
         .await
         .expect("edit the Deployment");
     await_some("the hand edit reverted", || async {
-        let d = deployments.get("portico-gw").await.ok()?;
+        let d = deployments.get(name).await.ok()?;
         (image(&d).as_deref() == Some("portico/dataplane:2")).then_some(())
     })
     .await;
@@ -303,39 +319,36 @@ async fn a_gateway_gets_its_dataplane_which_follows_its_config_and_goes_with_it(
     })
     .await;
     assert!(message.contains("redisUrl"), "{message}");
-    let d = deployments.get("portico-gw").await.expect("deployment");
+    let d = deployments.get(name).await.expect("deployment");
     assert_eq!(
         image(&d).as_deref(),
         Some("portico/dataplane:2"),
         "left as it was"
     );
 
-    // Deleting the Gateway removes its dataplane (the garbage collector follows the owner
-    // references).
+    // Deleting the Gateway removes its dataplane (the leader's sweep).
     Api::<Gateway>::namespaced(client.clone(), &ns)
         .delete("gw", &Default::default())
         .await
         .expect("delete the gateway");
-    // The garbage collector resolves the owner (a CRD kind) through discovery, which it
-    // refreshes every 30 s: allow it a full period.
     await_some_within(
         "the dataplane objects gone",
         Duration::from_secs(90),
         || async {
-            let gone = deployments.get_opt("portico-gw").await.ok()?.is_none()
-                && Api::<Service>::namespaced(client.clone(), &ns)
-                    .get_opt("portico-gw")
+            let gone = deployments.get_opt(name).await.ok()?.is_none()
+                && Api::<Service>::namespaced(client.clone(), &dp)
+                    .get_opt(name)
                     .await
                     .ok()?
                     .is_none()
-                && hpas.get_opt("portico-gw").await.ok()?.is_none()
-                && Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-                    .get_opt("portico-gw")
+                && hpas.get_opt(name).await.ok()?.is_none()
+                && Api::<ServiceAccount>::namespaced(client.clone(), &dp)
+                    .get_opt(name)
                     .await
                     .ok()?
                     .is_none()
-                && Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
-                    .get_opt("portico-gw")
+                && Api::<PodDisruptionBudget>::namespaced(client.clone(), &dp)
+                    .get_opt(name)
                     .await
                     .ok()?
                     .is_none();
@@ -350,7 +363,18 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     let client = cluster().client().await;
     let ns = test_namespace(&client, "overrides").await;
     let controller_name = format!("portico.dev/{ns}");
-    let _controller = provisioner(&ns, &controller_name, "portico/dataplane:trusted");
+    // The dataplane namespace is the controller's own by default.
+    let _controller = start_controller(
+        "provisioner",
+        &[
+            "--controller-name",
+            &controller_name,
+            "--lease-namespace",
+            &ns,
+            "--dataplane-image",
+            "portico/dataplane:trusted",
+        ],
+    );
     create_cluster::<GatewayClass>(
         &client,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
@@ -396,7 +420,11 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     // selector); what the Gateway may choose (replicas) it gets.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let d = await_some("the dataplane Deployment", || async {
-        deployments.get_opt("portico-gw").await.ok().flatten()
+        deployments
+            .get_opt(&portico_compile::dataplane_name(&ns, "gw"))
+            .await
+            .ok()
+            .flatten()
     })
     .await;
     assert_eq!(image(&d).as_deref(), Some("portico/dataplane:trusted"));
@@ -409,12 +437,13 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
     await_event(&client, &ns, "OverrideNotAllowed").await;
 
-    // An object with a dataplane's name that is not that Gateway's is never taken over (a
-    // Gateway named `controller` next to the chart's `portico-controller`).
+    // An object with a dataplane's name that does not say it is that Gateway's is never
+    // taken over.
+    let squat = portico_compile::dataplane_name(&ns, "squat");
     create::<ServiceAccount>(
         &client,
         &ns,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "portico-squat"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": squat}}),
     )
     .await;
     create::<Gateway>(
@@ -428,16 +457,10 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     .await;
     await_event(&client, &ns, "NameInUse").await;
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .get("portico-squat")
+        .get(&squat)
         .await
         .expect("the ServiceAccount");
     assert!(sa.metadata.owner_references.is_none(), "{:?}", sa.metadata);
-    assert!(
-        deployments
-            .get_opt("portico-squat")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-    );
+    assert!(sa.metadata.annotations.is_none(), "{:?}", sa.metadata);
+    assert!(deployments.get_opt(&squat).await.ok().flatten().is_none());
 }

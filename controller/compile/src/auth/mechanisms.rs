@@ -3,7 +3,7 @@
 //! (standalone mode has no API server); a Secret that cannot be read is reported and leaves
 //! its mechanism without those credentials.
 
-use crate::namespace_of;
+use crate::Secrets;
 use base64::Engine as _;
 use portico_crds::auth::{AuthPolicySpec, JwtAlgorithm};
 use portico_crds::k8s_openapi::api::core::v1::Secret;
@@ -15,18 +15,13 @@ use std::net::IpAddr;
 
 /// Reads one key of a Secret, or says why it cannot.
 fn secret_value<'a>(
-    secrets: &'a [Secret],
+    secrets: &Secrets<'a>,
     ns: &str,
     r: &SecretKeyRef,
     default_key: &str,
 ) -> Result<&'a [u8], String> {
     let key = r.key.as_deref().unwrap_or(default_key);
-    let secret = secrets
-        .iter()
-        .find(|s| {
-            s.metadata.name.as_deref() == Some(r.name.as_str()) && namespace_of(&s.metadata) == ns
-        })
-        .ok_or_else(|| format!("Secret {ns}/{} not found", r.name))?;
+    let secret = secrets.find(ns, &r.name)?;
     entries(secret)
         .remove(key)
         .ok_or_else(|| format!("Secret {ns}/{} has no key {key:?}", r.name))
@@ -49,12 +44,6 @@ fn entries(secret: &Secret) -> BTreeMap<&str, &[u8]> {
             .map(|(k, v)| (k.as_str(), v.as_bytes())),
     );
     out
-}
-
-fn find_secret<'a>(secrets: &'a [Secret], ns: &str, name: &str) -> Option<&'a Secret> {
-    secrets
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(name) && namespace_of(&s.metadata) == ns)
 }
 
 /// An HTTP header name as RFC 9110 allows it, lower-cased.
@@ -115,7 +104,7 @@ fn hex(bytes: &[u8]) -> String {
 pub(super) fn compile_policy(
     id: &ObjectRef,
     spec: &AuthPolicySpec,
-    secrets: &[Secret],
+    secrets: &Secrets<'_>,
     unresolved: &mut Vec<String>,
 ) -> model::AuthPolicy {
     let mut out = model::AuthPolicy {
@@ -138,7 +127,7 @@ pub(super) fn compile_policy(
 fn compile_into(
     out: &mut model::AuthPolicy,
     spec: &AuthPolicySpec,
-    secrets: &[Secret],
+    secrets: &Secrets<'_>,
     unresolved: &mut Vec<String>,
 ) -> Result<(), String> {
     let ns = out.id.namespace.clone();
@@ -172,12 +161,12 @@ fn compile_into(
         let mut keys = Vec::new();
         let mut seen = BTreeSet::new();
         for r in &k.secret_refs {
-            let Some(secret) = find_secret(secrets, &ns, &r.name) else {
-                unresolved.push(format!(
-                    "Secret {ns}/{} not found: its API keys are not accepted",
-                    r.name
-                ));
-                continue;
+            let secret = match secrets.find(&ns, &r.name) {
+                Ok(s) => s,
+                Err(why) => {
+                    unresolved.push(format!("{why}: its API keys are not accepted"));
+                    continue;
+                }
             };
             for (consumer, value) in entries(secret) {
                 let key = String::from_utf8_lossy(value);
@@ -296,16 +285,12 @@ fn compile_into(
     }
     if let Some(i) = &spec.introspection {
         let url = http_url(&i.url, "introspection.url")?;
-        let (client_id, client_secret) = match find_secret(secrets, &ns, &i.client_secret_ref.name)
-        {
-            None => {
-                unresolved.push(format!(
-                    "Secret {ns}/{} not found: introspection accepts no token",
-                    i.client_secret_ref.name
-                ));
+        let (client_id, client_secret) = match secrets.find(&ns, &i.client_secret_ref.name) {
+            Err(why) => {
+                unresolved.push(format!("{why}: introspection accepts no token"));
                 (String::new(), String::new())
             }
-            Some(s) => {
+            Ok(s) => {
                 let e = entries(s);
                 let get = |k: &str| {
                     e.get(k)
@@ -386,7 +371,7 @@ fn compile_into(
 fn compile_jwt(
     j: &portico_crds::auth::JwtAuth,
     ns: &str,
-    secrets: &[Secret],
+    secrets: &Secrets<'_>,
     unresolved: &mut Vec<String>,
 ) -> Result<model::Jwt, String> {
     if j.issuer.is_empty() {

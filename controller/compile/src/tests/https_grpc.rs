@@ -2,7 +2,7 @@
 
 use super::{gw, run};
 use crate::status::{Condition, find, reasons, types};
-use crate::{CONTROLLER_NAME, Output, referenced_secrets};
+use crate::{CONTROLLER_NAME, Output, compile, referenced_secrets};
 use portico_model::{AppProtocol, ObjectRef, PathMatch, Protocol, RouteKind};
 
 /// A self-signed certificate and its key for `host`, as PEM.
@@ -318,9 +318,63 @@ fn http_and_grpc_routes_sharing_a_host_the_oldest_wins() {
 }
 
 #[test]
+fn a_secret_the_controller_may_not_read_is_reported_with_what_would_allow_it() {
+    let extra = https_gateway(&[("locked", "l.example.com", "locked")]);
+    let mut inputs = super::inputs(&extra);
+    inputs.unreadable_secrets.insert(
+        ObjectRef::new("default", "locked"),
+        "the controller has no RBAC grant for Secrets in namespace default".into(),
+    );
+    let out = compile(&inputs, CONTROLLER_NAME);
+    let c = listener_condition(&out, "locked", types::RESOLVED_REFS);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::INVALID_CERTIFICATE_REF)
+    );
+    assert_eq!(
+        c.message,
+        "Secret default/locked cannot be read: the controller has no RBAC grant for Secrets in namespace default"
+    );
+    // Without that knowledge it is plainly missing.
+    let c = listener_condition(&run(&extra), "locked", types::RESOLVED_REFS);
+    assert_eq!(c.message, "Secret default/locked not found");
+}
+
+#[test]
+fn dataplane_names_are_dns_labels_unique_per_gateway() {
+    use crate::dataplane_name;
+    assert!(dataplane_name("team-a", "web").starts_with("portico-team-a-web-"));
+    let long = "x".repeat(253);
+    for (ns, gw) in [
+        ("a", "b"),
+        ("team-a", "web.example.com"),
+        ("n".repeat(63).as_str(), long.as_str()),
+        ("ns", "Trailing-"),
+    ] {
+        let name = dataplane_name(ns, gw);
+        assert!(name.len() <= 63, "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
+        assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
+    }
+    // Names that read the same once joined stay apart.
+    assert_ne!(dataplane_name("a-b", "c"), dataplane_name("a", "b-c"));
+    assert_ne!(
+        dataplane_name("ns", &long),
+        dataplane_name("ns", &format!("{long}y"))
+    );
+    assert_eq!(dataplane_name("a", "b"), dataplane_name("a", "b"));
+}
+
+#[test]
 fn gateway_addresses_come_from_its_dataplane_service() {
     let addresses = |extra: &str| -> Vec<(String, String)> {
-        run(extra).status.gateways[&gw()]
+        let mut inputs = super::inputs(extra);
+        inputs.dataplane_namespace = "portico-system".into();
+        compile(&inputs, CONTROLLER_NAME).status.gateways[&gw()]
             .addresses
             .iter()
             .map(|a| (a.type_.clone(), a.value.clone()))
@@ -328,17 +382,21 @@ fn gateway_addresses_come_from_its_dataplane_service() {
     };
     // No dataplane Service: nothing is bound yet (the base Gateway requests no address).
     assert!(addresses("").is_empty());
-    let service = |status: &str| {
+    let name = crate::dataplane_name("default", "gw");
+    let service = |ns: &str, status: &str| {
         format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: portico-gw, namespace: default}}\nspec: {{type: LoadBalancer, clusterIP: 10.0.0.7, clusterIPs: [10.0.0.7], ports: [{{port: 80}}]}}\n{status}"
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{type: LoadBalancer, clusterIP: 10.0.0.7, clusterIPs: [10.0.0.7], ports: [{{port: 80}}]}}\n{status}"
         )
     };
+    // The dataplane namespace's, not a same-named Service next to the Gateway.
+    assert!(addresses(&service("default", "")).is_empty());
     assert_eq!(
-        addresses(&service("")),
+        addresses(&service("portico-system", "")),
         [("IPAddress".to_string(), "10.0.0.7".to_string())]
     );
     assert_eq!(
         addresses(&service(
+            "portico-system",
             "status: {loadBalancer: {ingress: [{ip: 203.0.113.9}, {hostname: lb.example.com}]}}\n"
         )),
         [
