@@ -257,6 +257,76 @@ impl JwtAuth {
     }
 }
 
+/// What a credential found where a policy looks reads as when it cannot be the one thing a
+/// backend would read there: it verifies as nothing (an empty token or key never does), so the
+/// request is refused rather than let through as anonymous while the backend acts on it.
+pub(crate) const UNUSABLE: &str = "";
+
+/// The credentials after `scheme` in an `Authorization`-style value, split the way a lenient
+/// backend would (the scheme case-insensitively, then any spaces or tabs): `Some("")` for the
+/// scheme alone, `None` for another scheme.
+pub(crate) fn after_scheme<'v>(value: &'v str, scheme: &str) -> Option<&'v str> {
+    let v = value.trim_matches([' ', '\t']);
+    let (head, rest) = match v.find([' ', '\t']) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim_matches([' ', '\t']))
+}
+
+/// The one value of header `name`, [`UNUSABLE`] when it is repeated (which copy a backend
+/// reads is its parser's choice) or not text.
+pub(crate) fn single_header<'r>(headers: &'r HeaderMap, name: &str) -> Option<Cow<'r, str>> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return Some(Cow::Borrowed(UNUSABLE));
+    }
+    Some(match first.to_str() {
+        Ok(v) => Cow::Borrowed(v),
+        // Not text: a credential that cannot verify, never "none".
+        Err(_) => Cow::Owned(String::from_utf8_lossy(first.as_bytes()).into_owned()),
+    })
+}
+
+/// The one value of query parameter `name` (compared decoded), [`UNUSABLE`] when repeated.
+pub(crate) fn single_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    let query = query?;
+    let mut found = query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (crate::util::percent_decode(k) == name).then(|| crate::util::percent_decode(v))
+    });
+    let first = found.next()?;
+    Some(if found.next().is_some() {
+        Cow::Borrowed(UNUSABLE)
+    } else {
+        first
+    })
+}
+
+/// The one cookie `name` over every Cookie header (names compared trimmed, as servers read
+/// them), [`UNUSABLE`] when it appears more than once.
+fn single_cookie<'r>(headers: &'r HeaderMap, name: &str) -> Option<Cow<'r, str>> {
+    let mut found: Option<Cow<'r, str>> = None;
+    for v in headers.get_all(header::COOKIE) {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        for c in text.split(';') {
+            let Some((k, value)) = c.split_once('=') else {
+                continue;
+            };
+            if k.trim() != name {
+                continue;
+            }
+            if found.is_some() {
+                return Some(Cow::Borrowed(UNUSABLE));
+            }
+            found = Some(Cow::Owned(value.trim().to_string()));
+        }
+    }
+    found
+}
+
 fn token_from<'r>(
     s: &TokenSource,
     headers: &'r HeaderMap,
@@ -264,33 +334,26 @@ fn token_from<'r>(
 ) -> Option<Cow<'r, str>> {
     match s {
         TokenSource::Header { name, prefix } => {
-            let raw = headers.get(name.as_str())?;
-            // A value that is not text is a token that cannot verify, never "no token"
-            // (which `allowAnonymous` would let through).
-            let v = match raw.to_str() {
-                Ok(v) => Cow::Borrowed(v.trim()),
-                Err(_) => Cow::Owned(String::from_utf8_lossy(raw.as_bytes()).trim().to_string()),
-            };
-            let head = v.get(..prefix.len())?;
-            if !head.eq_ignore_ascii_case(prefix) {
-                return None;
+            let v = single_header(headers, name)?;
+            let scheme = prefix.trim();
+            if scheme.is_empty() {
+                let t = v.trim();
+                return (!t.is_empty()).then(|| Cow::Owned(t.to_string()));
             }
-            let t = match v {
-                Cow::Borrowed(v) => Cow::Borrowed(v[prefix.len()..].trim()),
-                Cow::Owned(v) => Cow::Owned(v[prefix.len()..].trim().to_string()),
-            };
-            (!t.is_empty()).then_some(t)
+            if prefix.ends_with([' ', '\t']) {
+                // An auth scheme (`Bearer `): alone, or followed by a tab, it is presented,
+                // and checked as such.
+                let t = after_scheme(&v, scheme)?;
+                return Some(Cow::Owned(t.to_string()));
+            }
+            // Any other prefix (`tok:`): compared case-insensitively, right before the token.
+            let v = v.trim();
+            let head = v.get(..prefix.len())?;
+            head.eq_ignore_ascii_case(prefix)
+                .then(|| Cow::Owned(v[prefix.len()..].trim().to_string()))
         }
-        TokenSource::Cookie(name) => headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                (k == name && !v.is_empty()).then_some(Cow::Borrowed(v))
-            }),
-        TokenSource::Query(name) => query.and_then(|q| crate::util::query_param(q, name)),
+        TokenSource::Cookie(name) => single_cookie(headers, name),
+        TokenSource::Query(name) => single_query_param(query, name),
     }
 }
 
@@ -508,6 +571,13 @@ impl AuthEngine {
                 headers.remove(h);
             }
         }
+        // What the external service may hand the backend is the service's word alone: a
+        // client's own `x-user-id` must not reach the backend when the answer has none.
+        if let Some(e) = &self.external {
+            for h in e.backend_headers() {
+                headers.remove(h);
+            }
+        }
 
         let mut presented = false;
         let mut failure: Option<ProxyError> = None;
@@ -588,7 +658,12 @@ impl AuthEngine {
             && let Some(token) = token_from(&self.bearer, headers, query)
         {
             presented = true;
-            match i.introspect(&token).await {
+            let answer = if token.is_empty() {
+                Ok(remote::Introspected::Inactive)
+            } else {
+                i.introspect(&token).await
+            };
+            match answer {
                 Ok(remote::Introspected::Active(claims)) => {
                     let consumer = ["sub", "username", "client_id"]
                         .iter()
@@ -662,8 +737,11 @@ impl AuthEngine {
 
         // The request as the backend sees it.
         let headers = req.headers_mut();
+        for name in backend_headers.keys() {
+            headers.remove(name);
+        }
         for (name, value) in backend_headers.iter() {
-            headers.insert(name.clone(), value.clone());
+            headers.append(name.clone(), value.clone());
         }
         let consumer_value = who.consumer_value.clone().or_else(|| {
             who.consumer
@@ -717,7 +795,7 @@ fn strip<B>(req: &mut Request<B>, source: &TokenSource) {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(';'))
                 .map(str::trim)
-                .filter(|c| c.split_once('=').is_none_or(|(k, _)| k != name))
+                .filter(|c| c.split_once('=').is_none_or(|(k, _)| k.trim() != name))
                 .map(str::to_string)
                 .collect();
             req.headers_mut().remove(header::COOKIE);

@@ -136,8 +136,16 @@ impl Proxy {
                     req.headers_mut()
                         .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
                     if let Some(auth) = &routed.auth {
+                        // The client as the trusted proxies in front say (`--trusted-hops`),
+                        // as rate limits see it: clientCidrs and the password-failure budget
+                        // are about the client, not the load balancer.
+                        let (client, _) = crate::ratelimit::client_ip(
+                            req.headers(),
+                            down.client.ip(),
+                            self.edge.trusted_hops,
+                        );
                         let facts = crate::auth::RequestFacts {
-                            client: down.client.ip(),
+                            client,
                             scheme: down.scheme,
                         };
                         match auth

@@ -450,6 +450,24 @@ async fn external_auth_and_token_introspection() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.seen_header("x-auth-user").as_deref(), Some("ext-alice"));
     assert_eq!(r.seen_header("x-not-copied"), None);
+    // The service's word alone: a client's own copy of a header the service hands the
+    // backend never reaches it, whether the answer sets it or not (failing open).
+    let r = s
+        .get(
+            "/ext/a",
+            &[("x-ext-token", "good"), ("x-auth-user", "admin")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-auth-user"], json!(["ext-alice"]));
+    let r = s
+        .get(
+            "/extopen/a",
+            &[("x-ext-token", "broken"), ("x-auth-user", "admin")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-auth-user"), None);
     // The service's denial goes to the client as it gave it.
     let before = s.echo.requests().await;
     let r = s.get("/ext/a", &[]).await;

@@ -11,9 +11,13 @@
 //!   syntax, pipelining, smuggling attempts, a 101 nobody asked for);
 //! - [`h2spec`]: the HTTP/2 conformance tester against the h2c and TLS listeners;
 //! - [`logins`]: password floods and unreadable credentials;
+//! - [`credentials`]: credentials a backend would read differently (scheme spellings,
+//!   repeated cookies, headers and query parameters) under `allowAnonymous`;
 //! - [`slow`]: silent and slow clients (prefaces, heads, TLS, bodies, readers) and the
 //!   connection caps, while normal traffic keeps succeeding.
 
+#[path = "edge/credentials.rs"]
+mod credentials;
 #[path = "edge/framing.rs"]
 mod framing;
 #[path = "edge/h2spec.rs"]

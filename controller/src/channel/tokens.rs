@@ -14,6 +14,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
 use portico_model::ObjectRef;
+use portico_model::budget::FailureBudget;
 use portico_model::channel::TOKEN_AUDIENCE;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,7 +59,7 @@ pub struct Authenticator {
     /// Where the dataplanes' ServiceAccounts are (`--dataplane-namespace`).
     dataplane_namespace: String,
     answers: Mutex<HashMap<Digest, (Verdict, Instant)>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: FailureBudget<IpAddr>,
     pub counters: TokenCounters,
 }
 
@@ -76,7 +77,7 @@ impl Authenticator {
             client,
             dataplane_namespace,
             answers: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: FailureBudget::new(FAILURES_PER_PEER, FAILURE_WINDOW, MAX_ENTRIES),
             counters: TokenCounters::default(),
         }
     }
@@ -169,24 +170,11 @@ impl Authenticator {
     }
 
     fn over_budget(&self, peer: IpAddr) -> bool {
-        let f = self.failures.lock();
-        f.get(&peer)
-            .is_some_and(|(n, since)| since.elapsed() < FAILURE_WINDOW && *n >= FAILURES_PER_PEER)
+        self.failures.exhausted(&peer)
     }
 
     fn failed(&self, peer: IpAddr) {
-        let mut f = self.failures.lock();
-        if f.len() >= MAX_ENTRIES {
-            f.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-            if f.len() >= MAX_ENTRIES {
-                f.clear();
-            }
-        }
-        let e = f.entry(peer).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= FAILURE_WINDOW {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
+        self.failures.record(peer);
     }
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod auth;
+pub mod budget;
 pub mod channel;
 pub mod ratelimit;
 

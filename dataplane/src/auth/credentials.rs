@@ -4,11 +4,12 @@ use super::cache::{Digest, TtlCache, digest};
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_model::auth as model;
+use portico_model::budget::FailureBudget;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// API keys held as SHA-256 digests. A lookup hashes the presented key and probes the map;
@@ -86,14 +87,14 @@ impl ApiKeys {
         query: Option<&'r str>,
     ) -> Option<Cow<'r, str>> {
         if let Some(h) = &self.header {
-            // A value that is not text is a key that cannot match, never "no key".
-            return headers.get(h).map(|v| match v.to_str() {
-                Ok(s) => Cow::Borrowed(s.trim()),
-                Err(_) => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            // Repeated, or not text: a key that cannot match, never "no key".
+            return super::single_header(headers, h.as_str()).map(|v| match v {
+                Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+                Cow::Owned(s) => Cow::Owned(s.trim().to_string()),
             });
         }
         let name = self.query.as_deref()?;
-        query.and_then(|q| crate::util::query_param(q, name))
+        super::single_query_param(query, name)
     }
 
     /// The consumer whose key this is (and its name as a header value).
@@ -127,41 +128,20 @@ pub const MAX_BCRYPT_COST: u32 = portico_model::auth::MAX_BCRYPT_COST;
 /// bcrypt being run.
 const FAILURES_PER_CLIENT: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Client addresses remembered at most; beyond, the oldest half is forgotten.
+/// Client addresses remembered at most (see [`FailureBudget`] for what goes when full).
 const FAILURE_CLIENTS: usize = 100_000;
 
 /// Recent failed Basic verifications by client address (an IPv6 /64 counts as one).
-static FAILURES: std::sync::LazyLock<parking_lot::Mutex<HashMap<IpAddr, (u32, Instant)>>> =
-    std::sync::LazyLock::new(Default::default);
+static FAILURES: std::sync::LazyLock<FailureBudget<IpAddr>> = std::sync::LazyLock::new(|| {
+    FailureBudget::new(FAILURES_PER_CLIENT, FAILURE_WINDOW, FAILURE_CLIENTS)
+});
 
 fn over_failure_budget(client: IpAddr) -> bool {
-    let key = crate::conn::source_key(client);
-    let mut f = FAILURES.lock();
-    match f.get(&key) {
-        Some((n, since)) if since.elapsed() < FAILURE_WINDOW => *n >= FAILURES_PER_CLIENT,
-        Some(_) => {
-            f.remove(&key);
-            false
-        }
-        None => false,
-    }
+    FAILURES.exhausted(&crate::conn::source_key(client))
 }
 
 fn record_failure(client: IpAddr) {
-    let key = crate::conn::source_key(client);
-    let mut f = FAILURES.lock();
-    if f.len() >= FAILURE_CLIENTS {
-        let now = Instant::now();
-        f.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW / 2);
-        if f.len() >= FAILURE_CLIENTS {
-            f.clear();
-        }
-    }
-    let e = f.entry(key).or_insert((0, Instant::now()));
-    if e.1.elapsed() >= FAILURE_WINDOW {
-        *e = (0, Instant::now());
-    }
-    e.0 += 1;
+    FAILURES.record(crate::conn::source_key(client));
 }
 
 /// What checking a Basic credential found.
@@ -253,15 +233,12 @@ impl Basic {
     /// `Some(Err(()))` for Basic credentials that are not base64 of UTF-8 `user:password`
     /// (wrong credentials, never "none", which `allowAnonymous` would let through).
     pub fn credential(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
-        let v = headers.get(http::header::AUTHORIZATION)?;
-        let b = v.as_bytes();
-        if b.len() < 6 || !b[..6].eq_ignore_ascii_case(b"basic ") {
-            return None;
-        }
+        let v = super::single_header(headers, http::header::AUTHORIZATION.as_str())?;
+        // `Basic` alone or followed by a tab is Basic to a lenient backend: checked as such.
+        let rest = super::after_scheme(&v, "Basic")?;
         let parsed = (|| {
-            let rest = std::str::from_utf8(&b[6..]).ok()?;
             let raw = base64::engine::general_purpose::STANDARD
-                .decode(rest.trim())
+                .decode(rest)
                 .ok()?;
             let text = String::from_utf8(raw).ok()?;
             let (user, pass) = text.split_once(':')?;

@@ -57,6 +57,13 @@ pub struct External {
     slots: Arc<tokio::sync::Semaphore>,
 }
 
+impl External {
+    /// The headers the service's answer may set on the request to the backend.
+    pub fn backend_headers(&self) -> &[HeaderName] {
+        &self.to_backend
+    }
+}
+
 /// What the request looks like to the external service.
 pub struct Asked<'a> {
     pub method: &'a Method,

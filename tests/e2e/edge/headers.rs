@@ -307,3 +307,33 @@ async fn behind_trusted_proxies_exactly_the_trusted_entries_are_kept() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_client_ranges_are_the_clients_not_the_proxys() {
+    // Only 203.0.113.0/24 may use the route; the gateway runs behind one trusted proxy, so
+    // the TCP peer (the proxy, here 127.x) is never the client whose range is checked.
+    let docs = format!(
+        "{}{}",
+        portico_tests::auth::route("partners", "/"),
+        policy(
+            "partners",
+            "partners",
+            "  allowAnonymous: true\n  authorization:\n    rules:\n    - {anonymous: true, clientCidrs: [203.0.113.0/24]}"
+        )
+    );
+    let s = Setup::start_with_args(&docs, &["--trusted-hops", "1"]).await;
+    let host = portico_tests::auth::HOST;
+    for (xff, status) in [
+        (Some("203.0.113.9"), 200),
+        (Some("198.51.100.1"), 401),
+        // A client's own entry left of the proxy's is not read.
+        (Some("203.0.113.9, 198.51.100.1"), 401),
+        // Without the proxy's entry, the peer (the proxy itself) is not in the range.
+        (None, 401),
+        (Some("junk"), 401),
+    ] {
+        let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+        let r = raw::send(s.addr(), &raw::get("/p", host, &headers)).await;
+        assert_eq!(r.status, status, "{xff:?}: {}", r.all);
+    }
+}

@@ -123,6 +123,10 @@ async fn credentials_that_cannot_be_read_are_wrong_not_missing() {
         b"Authorization: Basic bm9jb2xvbg==",
         b"Authorization: Basic !!!",
         b"X-Api-Key: \xffkey",
+        // The scheme alone, or with a tab before wrong credentials: Basic all the same.
+        b"Authorization: Basic",
+        b"Authorization: basic\t",
+        b"Authorization: Basic\tYW5uOndyb25n",
     ] {
         assert_eq!(
             from(me, a, header).await,
@@ -133,4 +137,10 @@ async fn credentials_that_cannot_be_read_are_wrong_not_missing() {
     }
     let ok = format!("Authorization: {}", basic("ann", "pw"));
     assert_eq!(from(me, a, ok.as_bytes()).await, 200);
+    // Spelled as a lenient server reads it, the right password still passes.
+    let tab = basic("ann", "pw").replacen("Basic ", "bASIC\t", 1);
+    assert_eq!(
+        from(me, a, format!("Authorization: {tab}").as_bytes()).await,
+        200
+    );
 }
