@@ -9,6 +9,13 @@
 //!   proxy answers the client's fault as the client's (400/408), not as a backend's 502.
 //! - [`BackendBody`], the response body on its way down: no more than the idle timeout
 //!   between two frames from the backend.
+//!
+//! Those timers run only while their body is polled, that is while it waits for its source.
+//! A body whose sink stopped taking data (a backend that no longer reads the upload, an
+//! HTTP/2 client that never opens its flow-control window) is not polled at all: its
+//! [`BodyOutcome`] says so ([`BodyOutcome::stall`]: nothing moved for the idle timeout and
+//! neither body waits for its source), and the proxy (before the response) or the
+//! connection (after it) ends the request.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -90,6 +97,10 @@ pub struct BodyOutcome {
     start: Instant,
     /// Milliseconds after `start` of the last frame in either direction.
     moved_ms: AtomicU64,
+    /// Whether the request body is waiting for the client, the response body for the
+    /// backend (each then has its own timer).
+    client_waiting: AtomicBool,
+    backend_waiting: AtomicBool,
 }
 
 impl Default for BodyOutcome {
@@ -100,6 +111,8 @@ impl Default for BodyOutcome {
             ended_notify: Notify::new(),
             start: Instant::now(),
             moved_ms: AtomicU64::new(0),
+            client_waiting: AtomicBool::new(false),
+            backend_waiting: AtomicBool::new(false),
         }
     }
 }
@@ -113,6 +126,30 @@ impl BodyOutcome {
     /// When either body last moved.
     fn last_moved(&self) -> Instant {
         self.start + Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the request is stuck on a sink: nothing moved either way for `idle`, and no
+    /// body is waiting for its source (whose own timer would end it).
+    pub fn stalled(&self, idle: Duration) -> bool {
+        !self.client_waiting.load(Ordering::Acquire)
+            && !self.backend_waiting.load(Ordering::Acquire)
+            && self.last_moved() + idle <= Instant::now()
+    }
+
+    /// Resolves once the request is [stalled](Self::stalled) for `idle`.
+    pub async fn stall(&self, idle: Duration) {
+        loop {
+            let due = self.last_moved() + idle;
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep_until(due).await;
+            } else if self.stalled(idle) {
+                return;
+            } else {
+                // A body is waiting for its source: its own timer decides; look again later.
+                tokio::time::sleep(idle.max(Duration::from_millis(100)) / 4).await;
+            }
+        }
     }
 
     pub fn fault(&self) -> Option<BodyFault> {
@@ -192,6 +229,13 @@ impl ClientBody {
     }
 }
 
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        // Given up (the backend answered early, the request was cancelled): not waiting.
+        self.outcome.client_waiting.store(false, Ordering::Release);
+    }
+}
+
 /// Sets `timer` to fire at `at`, making it on first use.
 fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
     match timer {
@@ -239,6 +283,7 @@ impl Body for ClientBody {
         let min_rate = this.limits.min_rate.filter(|_| !this.exempt_from_rate);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                this.outcome.client_waiting.store(false, Ordering::Release);
                 if let Some(since) = this.waiting_since.take() {
                     this.waited += since.elapsed();
                 }
@@ -261,6 +306,7 @@ impl Body for ClientBody {
                 }
             }
             Poll::Pending => {
+                this.outcome.client_waiting.store(true, Ordering::Release);
                 if this.waiting_since.is_none() {
                     // A new wait for the client: its deadlines start now.
                     let now = Instant::now();
@@ -292,6 +338,11 @@ impl Body for ClientBody {
         self.inner.size_hint()
     }
 }
+
+/// The [`BodyOutcome`] of a response's request, in the response's extensions, so the
+/// connection can watch the stream for a stall after the proxy has handed it over.
+#[derive(Clone, Debug)]
+pub struct StreamProgress(pub Arc<BodyOutcome>);
 
 /// A response body from a backend, with an idle timeout between frames (unless the request
 /// body moved meanwhile).
@@ -332,10 +383,12 @@ impl Body for BackendBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                this.outcome.backend_waiting.store(false, Ordering::Release);
                 this.outcome.moved();
                 Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
+                this.outcome.backend_waiting.store(true, Ordering::Release);
                 if !this.waiting {
                     this.waiting = true;
                     this.since = Instant::now();

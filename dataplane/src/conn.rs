@@ -314,6 +314,8 @@ pub struct Activity {
     /// Milliseconds after `start` when the last request finished.
     idle_since_ms: AtomicU64,
     changed: Notify,
+    /// The streams whose responses are on their way, to find one stuck on its sink.
+    streams: parking_lot::Mutex<Vec<std::sync::Weak<crate::body::BodyOutcome>>>,
 }
 
 impl Default for Activity {
@@ -323,6 +325,7 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             changed: Notify::new(),
+            streams: parking_lot::Mutex::new(Vec::new()),
         }
     }
 }
@@ -336,6 +339,32 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    /// Watches a stream whose response was handed to the connection.
+    pub fn watch(&self, stream: &crate::body::StreamProgress) {
+        let mut streams = self.streams.lock();
+        streams.retain(|w| w.strong_count() > 0);
+        streams.push(Arc::downgrade(&stream.0));
+    }
+
+    /// Resolves once a watched stream is stalled for `idle`: its response is not taken (an
+    /// HTTP/2 client that never opens the stream's window) and its request is not read,
+    /// while neither side is waited for. Looked at every quarter of `idle`.
+    pub async fn stalled_stream(&self, idle: Duration) {
+        let every = (idle / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let mut streams = self.streams.lock();
+            streams.retain(|w| w.strong_count() > 0);
+            if streams
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .any(|s| s.stalled(idle))
+            {
+                return;
+            }
+        }
     }
 
     /// Resolves once nothing has been in flight for `idle`.

@@ -254,6 +254,9 @@ impl Proxy {
         down: Downstream,
         id: &HeaderValue,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+        // Only HTTP/2 connections watch their streams for a stall (HTTP/1's writes have
+        // their own timeout).
+        let watched = req.version() == Version::HTTP_2;
         let filters = rule.filters();
         if let Some(r) = &filters.redirect {
             return (
@@ -369,6 +372,11 @@ impl Proxy {
                     () = answered_late => {
                         return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
                     }
+                    // A backend that stopped reading the upload (nothing moves, and the body
+                    // is not waiting for the client) would hold both sides forever.
+                    () = outcome.stall(idle) => {
+                        return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
+                    }
                 }
             }
             None => fut.await,
@@ -380,8 +388,12 @@ impl Proxy {
             }
             Ok(resp) => {
                 let idle = self.body.idle_timeout;
+                let progress = watched.then(|| crate::body::StreamProgress(outcome.clone()));
                 let outcome = outcome.clone();
                 let mut resp = resp.map(|b| Either::Left(BackendBody::new(b, outcome, idle)));
+                if let Some(p) = progress {
+                    resp.extensions_mut().insert(p);
+                }
                 util::strip_hop_by_hop(resp.headers_mut());
                 if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());

@@ -7,6 +7,7 @@
 //! connections gracefully; new ones are bound. Shutdown does the same for every socket and
 //! waits (up to a deadline) for in-flight requests to finish.
 
+use crate::body::StreamProgress;
 use crate::conn::{Activity, Admission, ConnectionLimits, Guarded, Protocol, Tracked};
 use crate::metrics::Metrics;
 use crate::proxy::{Downstream, Proxy};
@@ -371,8 +372,14 @@ async fn serve_connection<I>(
         let router = router.load_full();
         let proxy = proxy.clone();
         let down = down.clone();
+        let watcher = tracker.clone();
         async move {
-            let resp = proxy.serve(&router, req, down).await;
+            let mut resp = proxy.serve(&router, req, down).await;
+            if let Some(progress) = resp.extensions_mut().remove::<StreamProgress>()
+                && let Some(w) = &watcher
+            {
+                w.watch(&progress);
+            }
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
         }
     });
@@ -392,8 +399,15 @@ async fn serve_connection<I>(
         Protocol::Http2 => {
             let conn = served.protocols.h2.serve_connection(io, svc);
             let idle = async {
-                activity.idle_for(limits.idle_timeout).await;
-                served.metrics.connection_closed("idle_timeout");
+                tokio::select! {
+                    () = activity.idle_for(limits.idle_timeout) => {
+                        served.metrics.connection_closed("idle_timeout");
+                    }
+                    () = activity.stalled_stream(limits.idle_timeout) => {
+                        tracing::debug!(%client, "a stream's response or request stopped moving; closing");
+                        served.metrics.connection_closed("stalled_stream");
+                    }
+                }
             };
             drive(conn, closed, idle, |c| c.graceful_shutdown()).await
         }

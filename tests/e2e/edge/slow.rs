@@ -301,3 +301,76 @@ async fn a_stream_is_idle_only_when_neither_side_moves() {
         "the whole stream arrived: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_the_upload_is_given_up() {
+    // The backend reads the head and a little, then neither reads nor answers: the upload
+    // fills the sockets' buffers and nothing moves. Without a route timeout, the gateway
+    // must not hold the client and the backend connection forever.
+    let backend = raw::scripted_backend(vec![(Duration::from_secs(3600), b"")]).await;
+    let docs = service_route("sink", "sink.test", backend);
+    let s = Setup::start_with_args(&docs, SHORT_LIMITS).await;
+    let c = TcpStream::connect(s.addr()).await.expect("connect");
+    let (mut rd, mut wr) = c.into_split();
+    let size = 64 << 20;
+    let upload = tokio::spawn(async move {
+        let head =
+            format!("POST /up HTTP/1.1\r\nHost: sink.test\r\nContent-Length: {size}\r\n\r\n");
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..(size >> 16) {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(CLOSED_WITHIN, async {
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    upload.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_window_never_opens_closes_its_connection() {
+    use http_body_util::BodyExt as _;
+    // An h2c client that grants no flow-control window to its streams asks for a large
+    // response and never reads it: the response cannot move, and the backend connection
+    // behind it would be held for as long as the client likes.
+    let s = Setup::start_with_args(&route("all", "/"), SHORT_LIMITS).await;
+    let tcp = TcpStream::connect(s.addr()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}/?size=1000000"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    // The head came; the body never can. The gateway ends the connection on its own.
+    let ended = tokio::time::timeout(CLOSED_WITHIN, driver).await;
+    assert!(ended.is_ok(), "the connection was still open");
+    let body = tokio::time::timeout(CLOSED_WITHIN, resp.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the body cannot have completed");
+    normal_request_works(&s).await;
+    let metrics = s.portico.metrics().await;
+    assert!(
+        metrics.contains("portico_downstream_connections_closed_total{reason=\"stalled_stream\"}"),
+        "{metrics}"
+    );
+}
