@@ -9,9 +9,9 @@
 //! be over budget, a new key is not remembered until one expires (and the full table is not
 //! scanned again for a second, so a flood cannot make every failure cost a scan).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -44,9 +44,8 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State<K>> {
-        // A panic elsewhere while holding it leaves plain counters: still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State<K>> {
+        self.state.lock()
     }
 
     /// Whether `key` has used its budget in the current window.
