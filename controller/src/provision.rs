@@ -102,6 +102,10 @@ struct Context {
     leading: watch::Receiver<bool>,
     /// Consecutive failures per Gateway, for the back-off.
     failures: Mutex<HashMap<ObjectRef<Gateway>, u32>>,
+    /// UIDs of the objects the last sweep found without a live Gateway: deleted only if the
+    /// next sweep finds them so again (a class or Gateway briefly missing, or re-created
+    /// between the sweep's reads, costs no dataplane).
+    doomed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Runs the provisioning loop until the process ends.
@@ -130,6 +134,7 @@ pub async fn run(client: Client, settings: ProvisionSettings, leading: watch::Re
         recorder,
         leading,
         failures: Mutex::new(HashMap::new()),
+        doomed: Mutex::new(Default::default()),
     });
     let ns = ctx.settings.namespace.clone();
     tokio::spawn(sweep_loop(ctx.clone(), controller.store()));
@@ -450,57 +455,89 @@ async fn sweep(
                     && classes.contains(&g.spec.gateway_class_name)
             })
     };
-    let c = &ctx.client;
-    let ns = &ctx.settings.namespace;
-    let name = &ctx.settings.controller_name;
+    let s = Sweep {
+        client: &ctx.client,
+        namespace: &ctx.settings.namespace,
+        controller_name: &ctx.settings.controller_name,
+        live: &live,
+        doomed_before: ctx.doomed.lock().clone(),
+    };
+    let mut doomed = std::collections::HashSet::new();
     let mut removed = Vec::new();
-    removed.extend(sweep_kind::<Deployment>(c, ns, name, &live).await?);
-    removed.extend(sweep_kind::<HorizontalPodAutoscaler>(c, ns, name, &live).await?);
-    removed.extend(sweep_kind::<PodDisruptionBudget>(c, ns, name, &live).await?);
-    removed.extend(sweep_kind::<Service>(c, ns, name, &live).await?);
-    removed.extend(sweep_kind::<ConfigMap>(c, ns, name, &live).await?);
-    removed.extend(sweep_kind::<ServiceAccount>(c, ns, name, &live).await?);
+    removed.extend(s.kind::<Deployment>(&mut doomed).await?);
+    removed.extend(s.kind::<HorizontalPodAutoscaler>(&mut doomed).await?);
+    removed.extend(s.kind::<PodDisruptionBudget>(&mut doomed).await?);
+    removed.extend(s.kind::<Service>(&mut doomed).await?);
+    removed.extend(s.kind::<ConfigMap>(&mut doomed).await?);
+    removed.extend(s.kind::<ServiceAccount>(&mut doomed).await?);
+    *ctx.doomed.lock() = doomed;
     for (gateway, what) in removed {
         tracing::info!(%gateway, removed = %what, "removed the dataplane of a Gateway that is gone");
     }
     Ok(())
 }
 
-/// Deletes the objects of kind `K` this controller made whose Gateway is not `live`; returns
-/// (Gateway, "Kind name") for each.
-async fn sweep_kind<K>(
-    client: &Client,
-    ns: &str,
-    controller_name: &str,
-    live: &impl Fn(&str) -> bool,
-) -> Result<Vec<(String, String)>, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut removed = Vec::new();
-    for obj in api
-        .list(&ListParams::default().labels(MANAGED_BY))
-        .await?
-        .items
+/// One sweep of the dataplane namespace.
+struct Sweep<'a, F> {
+    client: &'a Client,
+    namespace: &'a str,
+    controller_name: &'a str,
+    live: &'a F,
+    doomed_before: std::collections::HashSet<String>,
+}
+
+impl<F: Fn(&str) -> bool> Sweep<'_, F> {
+    /// Deletes the objects of kind `K` this controller made whose Gateway is not live now and
+    /// was not at the last sweep either (by UID, so an object made again meanwhile stays);
+    /// notes in `doomed` those seen without a live Gateway for the first time. Returns
+    /// (Gateway, "Kind name") for each deleted.
+    async fn kind<K>(
+        &self,
+        doomed: &mut std::collections::HashSet<String>,
+    ) -> Result<Vec<(String, String)>, Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
     {
-        let Some(key) = made_for(obj.meta(), controller_name) else {
-            continue;
-        };
-        if live(key) {
-            continue;
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let mut removed = Vec::new();
+        for obj in api
+            .list(&ListParams::default().labels(MANAGED_BY))
+            .await?
+            .items
+        {
+            let Some(key) = made_for(obj.meta(), self.controller_name) else {
+                continue;
+            };
+            if (self.live)(key) {
+                continue;
+            }
+            let Some(uid) = obj.meta().uid.clone() else {
+                continue;
+            };
+            if !self.doomed_before.contains(&uid) {
+                doomed.insert(uid);
+                continue;
+            }
+            let name = obj.meta().name.clone().unwrap_or_default();
+            let params = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => removed.push((key.to_string(), format!("{} {name}", K::kind(&())))),
+                // Gone already, or another object by now.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        let name = obj.meta().name.clone().unwrap_or_default();
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => removed.push((key.to_string(), format!("{} {name}", K::kind(&())))),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        Ok(removed)
     }
-    Ok(removed)
 }
 
 async fn config_status(

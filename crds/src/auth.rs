@@ -266,6 +266,10 @@ pub struct BasicAuth {
     #[schemars(range(min = 0, max = 3600))]
     #[schemars(extend("format" = "int64"))]
     pub cache_seconds: Option<u32>,
+    /// Forward the `Authorization` header (the password) to the backend after checking it.
+    /// Default false: the backend gets the user in the consumer header, never the password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_credentials: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

@@ -275,19 +275,22 @@ pub(crate) fn after_scheme<'v>(value: &'v str, scheme: &str) -> Option<&'v str> 
         .then(|| rest.trim_matches([' ', '\t']))
 }
 
-/// The one value of header `name`, [`UNUSABLE`] when it is repeated (which copy a backend
-/// reads is its parser's choice) or not text.
-pub(crate) fn single_header<'r>(headers: &'r HeaderMap, name: &str) -> Option<Cow<'r, str>> {
+/// The one value of header `name`: `None` without one, `Some(Err(()))` when it is repeated
+/// (which copy a backend reads is its parser's choice: a credential that cannot be used,
+/// never "none"). A value that is not text is read lossily, so it cannot verify either.
+pub(crate) fn single_header<'r>(
+    headers: &'r HeaderMap,
+    name: &str,
+) -> Option<Result<Cow<'r, str>, ()>> {
     let mut all = headers.get_all(name).iter();
     let first = all.next()?;
     if all.next().is_some() {
-        return Some(Cow::Borrowed(UNUSABLE));
+        return Some(Err(()));
     }
-    Some(match first.to_str() {
+    Some(Ok(match first.to_str() {
         Ok(v) => Cow::Borrowed(v),
-        // Not text: a credential that cannot verify, never "none".
         Err(_) => Cow::Owned(String::from_utf8_lossy(first.as_bytes()).into_owned()),
-    })
+    }))
 }
 
 /// The one value of query parameter `name` (compared decoded), [`UNUSABLE`] when repeated.
@@ -334,19 +337,22 @@ fn token_from<'r>(
 ) -> Option<Cow<'r, str>> {
     match s {
         TokenSource::Header { name, prefix } => {
-            let v = single_header(headers, name)?;
+            let Ok(v) = single_header(headers, name)? else {
+                return Some(Cow::Borrowed(UNUSABLE));
+            };
             let scheme = prefix.trim();
             if scheme.is_empty() {
                 let t = v.trim();
                 return (!t.is_empty()).then(|| Cow::Owned(t.to_string()));
             }
-            if prefix.ends_with([' ', '\t']) {
+            if prefix.ends_with([' ', '\t']) && !scheme.contains([' ', '\t']) {
                 // An auth scheme (`Bearer `): alone, or followed by a tab, it is presented,
                 // and checked as such.
                 let t = after_scheme(&v, scheme)?;
                 return Some(Cow::Owned(t.to_string()));
             }
-            // Any other prefix (`tok:`): compared case-insensitively, right before the token.
+            // Any other prefix (`tok:`, `Custom Scheme `): compared case-insensitively, right
+            // before the token.
             let v = v.trim();
             let head = v.get(..prefix.len())?;
             head.eq_ignore_ascii_case(prefix)
@@ -367,7 +373,12 @@ pub struct Authenticated {
 }
 
 pub struct RequestFacts<'a> {
+    /// The client as far as known (the peer when the trusted proxies did not say): what
+    /// budgets and the external service are told.
     pub client: IpAddr,
+    /// The client as the trusted proxies said it, `None` when they did not (a chain shorter
+    /// than `--trusted-hops`, or not addresses): `clientCidrs` fail closed without it.
+    pub trusted_client: Option<IpAddr>,
     pub scheme: &'a str,
 }
 
@@ -571,14 +582,6 @@ impl AuthEngine {
                 headers.remove(h);
             }
         }
-        // What the external service may hand the backend is the service's word alone: a
-        // client's own `x-user-id` must not reach the backend when the answer has none.
-        if let Some(e) = &self.external {
-            for h in e.backend_headers() {
-                headers.remove(h);
-            }
-        }
-
         let mut presented = false;
         let mut failure: Option<ProxyError> = None;
         let mut who: Option<Identity> = None;
@@ -601,6 +604,7 @@ impl AuthEngine {
                 None => failure = Some(self.unauthenticated("invalid API key", false)),
             }
         }
+        let mut basic_passed = false;
         if who.is_none()
             && let Some(b) = &self.basic
             && let Some(credential) = credentials::Basic::credential(headers)
@@ -609,6 +613,7 @@ impl AuthEngine {
             let outcome = match credential {
                 Ok((user, password)) => match b.verify(&user, &password, facts.client).await {
                     credentials::Verdict::Valid => {
+                        basic_passed = true;
                         who = Some(Identity {
                             consumer: Some(Arc::from(user.as_str())),
                             ..Identity::default()
@@ -723,7 +728,7 @@ impl AuthEngine {
                 &who,
                 req.method(),
                 matching.unwrap_or(req.uri().path()),
-                facts.client,
+                facts.trusted_client,
             )
         {
             return Err(if who.anonymous {
@@ -737,12 +742,6 @@ impl AuthEngine {
 
         // The request as the backend sees it.
         let headers = req.headers_mut();
-        for name in backend_headers.keys() {
-            headers.remove(name);
-        }
-        for (name, value) in backend_headers.iter() {
-            headers.append(name.clone(), value.clone());
-        }
         let consumer_value = who.consumer_value.clone().or_else(|| {
             who.consumer
                 .as_deref()
@@ -760,6 +759,10 @@ impl AuthEngine {
         {
             strip(req, source);
         }
+        if basic_passed && self.basic.as_ref().is_some_and(|b| !b.forward_credentials) {
+            // The backend knows the user from the consumer header; the password is ours.
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
         if let Some(k) = &self.api_keys {
             // The backend has no use for the key, and its logs should not see it.
             match (&k.header, &self.api_key_query) {
@@ -768,6 +771,19 @@ impl AuthEngine {
                 }
                 (None, Some(q)) => strip(req, q),
                 (None, None) => {}
+            }
+        }
+        // What the external service may hand the backend is the service's word alone: a
+        // client's own copy (`x-user-id`) never reaches the backend, whether the answer has
+        // one or not. Last, so a service that swaps the client's credential for its own
+        // (`Authorization`) is not undone by the strips above.
+        if let Some(e) = &self.external {
+            let headers = req.headers_mut();
+            for h in e.backend_headers() {
+                headers.remove(h);
+            }
+            for (name, value) in backend_headers.iter() {
+                headers.append(name.clone(), value.clone());
             }
         }
         let anonymous = who.anonymous;

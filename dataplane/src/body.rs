@@ -371,6 +371,12 @@ impl BackendBody {
     }
 }
 
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        self.outcome.backend_waiting.store(false, Ordering::Release);
+    }
+}
+
 impl Body for BackendBody {
     type Data = Bytes;
     type Error = BoxError;

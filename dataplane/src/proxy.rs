@@ -139,13 +139,14 @@ impl Proxy {
                         // The client as the trusted proxies in front say (`--trusted-hops`),
                         // as rate limits see it: clientCidrs and the password-failure budget
                         // are about the client, not the load balancer.
-                        let (client, _) = crate::ratelimit::client_ip(
+                        let trusted_client = crate::ratelimit::trusted_client(
                             req.headers(),
                             down.client.ip(),
                             self.edge.trusted_hops,
                         );
                         let facts = crate::auth::RequestFacts {
-                            client,
+                            client: trusted_client.unwrap_or(down.client.ip()),
+                            trusted_client,
                             scheme: down.scheme,
                         };
                         match auth

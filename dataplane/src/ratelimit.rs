@@ -680,6 +680,17 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (IpA
     (entries[0], false)
 }
 
+/// The client address as the `trusted_hops` proxies in front say it (the peer at the edge),
+/// or `None` when they did not say it: a chain shorter than `trusted_hops` (a request that
+/// skipped a proxy) or entries that are not addresses.
+pub fn trusted_client(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return Some(peer);
+    }
+    let (entries, malformed) = crate::sanitize::trusted_entries(headers, trusted_hops);
+    (!malformed && entries.len() >= trusted_hops).then(|| entries[0])
+}
+
 /// The first `prefix` bits of an IPv6 address, the rest zero.
 fn mask_v6(addr: u128, prefix: u8) -> u128 {
     match prefix {

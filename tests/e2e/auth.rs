@@ -254,6 +254,7 @@ async fn api_keys_basic_auth_and_invalid_policies() {
             route("keys", "/keys"),
             route("querykeys", "/q"),
             route("basic", "/basic"),
+            route("basicfwd", "/fwd"),
             route("broken", "/broken"),
             route("open", "/open"),
             keys_secret(with_bob),
@@ -267,6 +268,11 @@ async fn api_keys_basic_auth_and_invalid_policies() {
                 "basic",
                 "basic",
                 "  basic: {secretRef: {name: users}, realm: staff}",
+            ),
+            policy(
+                "basicfwd",
+                "basicfwd",
+                "  basic: {secretRef: {name: users}, realm: staff, forwardCredentials: true}",
             ),
             policy(
                 "broken",
@@ -355,6 +361,18 @@ async fn api_keys_basic_auth_and_invalid_policies() {
     let r = s.get("/basic", &[("authorization", &good)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.seen_header("x-portico-consumer").as_deref(), Some("ann"));
+    assert_eq!(
+        r.seen_header("authorization"),
+        None,
+        "the password stays with the gateway"
+    );
+    let r = s.get("/fwd", &[("authorization", &good)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.seen_header("authorization").as_deref(),
+        Some(good.as_str()),
+        "forwardCredentials keeps it"
+    );
     let r = s
         .get(
             "/basic",

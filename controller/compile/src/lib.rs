@@ -259,8 +259,8 @@ fn gateway_redis(inputs: &Inputs, controller_name: &str) -> ratelimit::GatewayRe
 /// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment, ...) in
 /// the dataplane namespace, where the dataplanes of every namespace's Gateways live side by
 /// side: `portico-<namespace>-<name>-<hash>`, both parts cut short enough for a DNS label
-/// (63 characters), dots made dashes, and the hash of the full `namespace/name` keeping two
-/// Gateways apart whatever their names. It is the ServiceAccount the snapshot channel
+/// (63 characters), dots made dashes, and a 64-bit hash of the full `namespace/name` keeping
+/// two Gateways apart whatever their names. It is the ServiceAccount the snapshot channel
 /// admits and the Service whose addresses the Gateway reports.
 pub fn dataplane_name(namespace: &str, gateway: &str) -> String {
     fn part(s: &str, max: usize) -> String {
@@ -281,15 +281,17 @@ pub fn dataplane_name(namespace: &str, gateway: &str) -> String {
         &ring::digest::SHA256,
         format!("{namespace}/{gateway}").as_bytes(),
     );
-    let hash: String = digest.as_ref()[..5]
+    // 64 bits: finding another Gateway name with the same hash (to squat its dataplane's
+    // name) is out of reach.
+    let hash: String = digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // 8 + 20 + 1 + 22 + 1 + 10 = 62.
+    // 8 + 18 + 1 + 19 + 1 + 16 = 63.
     format!(
         "portico-{}-{}-{hash}",
-        part(namespace, 20),
-        part(gateway, 22)
+        part(namespace, 18),
+        part(gateway, 19)
     )
 }
 

@@ -67,6 +67,24 @@ pub fn selector(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Label and annotation keys a Gateway's owner may not set on its dataplane's objects: the
+/// dataplane namespace is shared, and its Services, PDBs and policies select Portico's own
+/// pods (the controller's) by `app.kubernetes.io/*`; `portico.dev/*` is what the provisioner
+/// itself reads.
+fn reserved(key: &str) -> bool {
+    key.starts_with("app.kubernetes.io/") || key.starts_with("portico.dev/")
+}
+
+/// `map` without [`reserved`] keys.
+fn unreserved<'a>(
+    map: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> BTreeMap<String, String> {
+    map.into_iter()
+        .filter(|(k, _)| !reserved(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// `namespace/name` of a Gateway, as [`GATEWAY_ANNOTATION`] carries it.
 pub fn gateway_key(gw: &Gateway) -> String {
     format!(
@@ -95,22 +113,19 @@ pub fn desired(
     let ns = s.namespace.clone();
     let name = portico_compile::dataplane_name(&gw_ns, &gw_name);
     let infra = gw.spec.infrastructure.as_ref();
-    let mut labels: BTreeMap<String, String> = infra
-        .and_then(|i| i.labels.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let mut labels = unreserved(infra.and_then(|i| i.labels.as_ref()).into_iter().flatten());
     labels.extend(selector(&name));
     labels.insert(
         "app.kubernetes.io/managed-by".into(),
         "portico-controller".into(),
     );
     labels.insert(GATEWAY_NAMESPACE_LABEL.into(), gw_ns.clone());
-    let mut annotations: BTreeMap<String, String> = infra
-        .and_then(|i| i.annotations.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let mut annotations = unreserved(
+        infra
+            .and_then(|i| i.annotations.as_ref())
+            .into_iter()
+            .flatten(),
+    );
     annotations.insert(GATEWAY_ANNOTATION.into(), gateway_key(gw));
     annotations.insert(CONTROLLER_ANNOTATION.into(), s.controller_name.clone());
     let owner = OwnerReference {
@@ -160,10 +175,10 @@ pub fn desired(
     };
 
     let mut pod_labels = labels.clone();
-    pod_labels.extend(dp.pod_labels.clone());
+    pod_labels.extend(unreserved(&dp.pod_labels));
     pod_labels.extend(selector(&name));
     let mut pod_annotations = annotations.clone();
-    pod_annotations.extend(dp.pod_annotations.clone());
+    pod_annotations.extend(unreserved(&dp.pod_annotations));
     pod_annotations.insert(GATEWAY_ANNOTATION.into(), gateway_key(gw));
     let log_level = dp.log_level.unwrap_or(LogLevel::Info).as_str();
     let image = dp.image.clone().unwrap_or_else(|| s.image.clone());

@@ -237,9 +237,24 @@ fn autoscaling_gives_an_hpa_and_leaves_the_replica_count_to_it() {
 #[test]
 fn pod_labels_cannot_override_the_selector() {
     let cfg = config(json!({"dataplane": {
-        "podLabels": {"portico.dev/dataplane": "other"},
+        "podLabels": {"portico.dev/dataplane": "other", "app.kubernetes.io/instance": "portico", "tier": "edge"},
         "podAnnotations": {"portico.dev/gateway": "other/gateway"}}}));
-    let d = desired(&gateway(), &class(), &cfg, &settings());
+    // The Gateway's own labels may not pose as the controller's pods in the shared namespace.
+    let mut gw = gateway();
+    if let Some(i) = gw.spec.infrastructure.as_mut() {
+        i.labels
+            .get_or_insert_with(Default::default)
+            .insert("app.kubernetes.io/component".into(), "controller".into());
+    }
+    let d = desired(&gw, &class(), &cfg, &settings());
+    for m in [&d.deployment.metadata, &d.service.metadata] {
+        let labels = m.labels.as_ref().expect("labels");
+        assert!(
+            !labels.contains_key("app.kubernetes.io/component"),
+            "{labels:?}"
+        );
+        assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+    }
     let meta = d
         .deployment
         .spec
@@ -250,6 +265,13 @@ fn pod_labels_cannot_override_the_selector() {
         labels.get("portico.dev/dataplane").map(String::as_str),
         Some(name().as_str())
     );
+    assert_eq!(
+        labels.get("app.kubernetes.io/name").map(String::as_str),
+        Some("portico-dataplane")
+    );
+    assert!(!labels.contains_key("app.kubernetes.io/instance"));
+    assert!(!labels.contains_key("app.kubernetes.io/component"));
+    assert_eq!(labels.get("tier").map(String::as_str), Some("edge"));
     assert_eq!(
         meta.annotations
             .expect("annotations")

@@ -130,6 +130,9 @@ pub struct Basic {
     pub cache_seconds: u32,
     /// Sorted by user.
     pub users: Vec<BasicUser>,
+    /// Keep `Authorization` on the request to the backend (otherwise removed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_credentials: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,13 +157,21 @@ impl Rules {
             .map(Rules)
     }
 
-    pub fn allows(&self, who: &Identity, method: &Method, path: &str, client: IpAddr) -> bool {
+    /// `client`: the client's address, `None` when the proxies in front did not say it
+    /// (then no rule with `clientCidrs` allows the request).
+    pub fn allows(
+        &self,
+        who: &Identity,
+        method: &Method,
+        path: &str,
+        client: Option<IpAddr>,
+    ) -> bool {
         self.0.iter().any(|r| r.allows(who, method, path, client))
     }
 }
 
 impl Rule {
-    fn allows(&self, who: &Identity, method: &Method, path: &str, client: IpAddr) -> bool {
+    fn allows(&self, who: &Identity, method: &Method, path: &str, client: Option<IpAddr>) -> bool {
         if who.anonymous && !self.anonymous {
             return false;
         }
@@ -173,7 +181,9 @@ impl Rule {
         if !self.paths.is_empty() && !self.paths.iter().any(|p| under(path, p)) {
             return false;
         }
-        if !self.cidrs.is_empty() && !self.cidrs.iter().any(|c| in_cidr(client, *c)) {
+        if !self.cidrs.is_empty()
+            && !client.is_some_and(|client| self.cidrs.iter().any(|c| in_cidr(client, *c)))
+        {
             return false;
         }
         if !self.consumers.is_empty()
@@ -244,29 +254,26 @@ mod tests {
             None,
         );
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        assert!(rules.allows(&admin, &Method::POST, "/admin/users", ip));
-        assert!(!rules.allows(&admin, &Method::POST, "/administrator", ip));
-        assert!(!rules.allows(&admin, &Method::GET, "/admin", ip));
+        assert!(rules.allows(&admin, &Method::POST, "/admin/users", Some(ip)));
+        assert!(!rules.allows(&admin, &Method::POST, "/administrator", Some(ip)));
+        assert!(!rules.allows(&admin, &Method::GET, "/admin", Some(ip)));
         let reader = who(
             json!({"realm_access": {"roles": ["admin"]}, "scp": ["read"]}),
             None,
         );
-        assert!(!rules.allows(&reader, &Method::POST, "/admin", ip));
+        assert!(!rules.allows(&reader, &Method::POST, "/admin", Some(ip)));
         let ci = who(json!({}), Some("ci"));
-        assert!(rules.allows(&ci, &Method::DELETE, "/x", "10.1.2.3".parse().expect("ip")));
-        assert!(!rules.allows(&ci, &Method::DELETE, "/x", ip));
+        assert!(rules.allows(&ci, &Method::DELETE, "/x", "10.1.2.3".parse().ok()));
+        assert!(!rules.allows(&ci, &Method::DELETE, "/x", Some(ip)));
         let anon = Identity {
             anonymous: true,
             ..Identity::default()
         };
-        assert!(rules.allows(&anon, &Method::GET, "/public/a", ip));
-        assert!(!rules.allows(&anon, &Method::POST, "/public/a", ip));
-        assert!(!rules.allows(
-            &anon,
-            &Method::DELETE,
-            "/x",
-            "10.1.2.3".parse().expect("ip")
-        ));
+        assert!(rules.allows(&anon, &Method::GET, "/public/a", Some(ip)));
+        assert!(!rules.allows(&anon, &Method::POST, "/public/a", Some(ip)));
+        assert!(!rules.allows(&anon, &Method::DELETE, "/x", "10.1.2.3".parse().ok()));
+        // A client nobody vouched for matches no client range.
+        assert!(!rules.allows(&ci, &Method::DELETE, "/x", None));
         assert!(in_cidr(
             "::ffff:10.0.0.1".parse().expect("ip"),
             ("10.0.0.0".parse().expect("ip"), 8)

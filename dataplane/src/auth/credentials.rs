@@ -89,8 +89,9 @@ impl ApiKeys {
         if let Some(h) = &self.header {
             // Repeated, or not text: a key that cannot match, never "no key".
             return super::single_header(headers, h.as_str()).map(|v| match v {
-                Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
-                Cow::Owned(s) => Cow::Owned(s.trim().to_string()),
+                Ok(Cow::Borrowed(s)) => Cow::Borrowed(s.trim()),
+                Ok(Cow::Owned(s)) => Cow::Owned(s.trim().to_string()),
+                Err(()) => Cow::Borrowed(super::UNUSABLE),
             });
         }
         let name = self.query.as_deref()?;
@@ -183,6 +184,8 @@ pub struct Basic {
     ttl: Duration,
     /// Shared by every policy: keyed by user, password and hash, so a changed hash misses.
     verified: Arc<TtlCache<Digest, ()>>,
+    /// Keep `Authorization` on the request to the backend.
+    pub forward_credentials: bool,
 }
 
 impl std::fmt::Debug for Basic {
@@ -226,6 +229,7 @@ impl Basic {
                 .collect(),
             ttl: Duration::from_secs(u64::from(m.cache_seconds)),
             verified,
+            forward_credentials: m.forward_credentials,
         })
     }
 
@@ -233,7 +237,9 @@ impl Basic {
     /// `Some(Err(()))` for Basic credentials that are not base64 of UTF-8 `user:password`
     /// (wrong credentials, never "none", which `allowAnonymous` would let through).
     pub fn credential(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
-        let v = super::single_header(headers, http::header::AUTHORIZATION.as_str())?;
+        let Ok(v) = super::single_header(headers, http::header::AUTHORIZATION.as_str())? else {
+            return Some(Err(()));
+        };
         // `Basic` alone or followed by a tab is Basic to a lenient backend: checked as such.
         let rest = super::after_scheme(&v, "Basic")?;
         let parsed = (|| {
@@ -331,6 +337,7 @@ mod tests {
                     user: "ann".into(),
                     hash: model::Sensitive(hash),
                 }],
+                forward_credentials: false,
             },
             cache,
         )
@@ -409,6 +416,7 @@ mod tests {
             realm: "r".into(),
             cache_seconds: 60,
             users,
+            forward_credentials: false,
         };
         let err = Basic::new(&m, Arc::new(TtlCache::new(1))).expect_err("cost 13");
         assert!(err.contains("13"), "{err}");

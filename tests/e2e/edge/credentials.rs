@@ -26,7 +26,7 @@ async fn credentials_a_backend_would_read_differently_are_refused_not_passed_as_
             "api",
             "api",
             &format!(
-                "  allowAnonymous: true\n  jwt:\n    issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: '{jwks}'\n    tokenSources: [{{header: authorization, prefix: 'Bearer '}}, {{cookie: session}}, {{query: access_token}}]\n    claimsToHeaders: [{{claim: sub, header: x-user}}]"
+                "  allowAnonymous: true\n  jwt:\n    issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: '{jwks}'\n    tokenSources: [{{header: authorization, prefix: 'Bearer '}}, {{header: x-token}}, {{cookie: session}}, {{query: access_token}}]\n    claimsToHeaders: [{{claim: sub, header: x-user}}]"
             )
         ),
         route("keys", "/keys"),
@@ -112,6 +112,17 @@ async fn credentials_a_backend_would_read_differently_are_refused_not_passed_as_
         assert_eq!(r.status, 401, "{query}: {}", r.all);
     }
     let r = fetch(a, &format!("/api?access_token={good}"), vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.all);
+
+    // A token header given twice.
+    let r = fetch(
+        a,
+        "/api",
+        vec![("x-token", good.clone()), ("x-token", forged.clone())],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.all);
+    let r = fetch(a, "/api", vec![("x-token", good.clone())]).await;
     assert_eq!(r.status, 200, "{}", r.all);
 
     // An API key header given twice, or a key that is not text.

@@ -310,15 +310,16 @@ async fn behind_trusted_proxies_exactly_the_trusted_entries_are_kept() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_client_ranges_are_the_clients_not_the_proxys() {
-    // Only 203.0.113.0/24 may use the route; the gateway runs behind one trusted proxy, so
-    // the TCP peer (the proxy, here 127.x) is never the client whose range is checked.
+    // Only 203.0.113.0/24 and the proxies' own range may use the route; the gateway runs
+    // behind one trusted proxy, so the TCP peer (the proxy, here 127.x) is never the client
+    // whose range is checked, and a request the proxy did not vouch for matches no range.
     let docs = format!(
         "{}{}",
         portico_tests::auth::route("partners", "/"),
         policy(
             "partners",
             "partners",
-            "  allowAnonymous: true\n  authorization:\n    rules:\n    - {anonymous: true, clientCidrs: [203.0.113.0/24]}"
+            "  allowAnonymous: true\n  authorization:\n    rules:\n    - {anonymous: true, clientCidrs: [203.0.113.0/24, 127.0.0.0/8]}"
         )
     );
     let s = Setup::start_with_args(&docs, &["--trusted-hops", "1"]).await;
@@ -328,7 +329,8 @@ async fn behind_a_trusted_proxy_client_ranges_are_the_clients_not_the_proxys() {
         (Some("198.51.100.1"), 401),
         // A client's own entry left of the proxy's is not read.
         (Some("203.0.113.9, 198.51.100.1"), 401),
-        // Without the proxy's entry, the peer (the proxy itself) is not in the range.
+        // Without the proxy's entry the client is unknown: refused, although the peer (the
+        // proxy) is in an allowed range.
         (None, 401),
         (Some("junk"), 401),
     ] {

@@ -254,6 +254,7 @@ fn compile_into(
             realm,
             cache_seconds: b.cache_seconds.unwrap_or(300).min(3600),
             users,
+            forward_credentials: b.forward_credentials,
         });
     }
     if let Some(e) = &spec.external {
