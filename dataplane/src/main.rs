@@ -29,17 +29,38 @@ enum Command {
     Standalone(StandaloneArgs),
     /// Serve the snapshots the controller pushes for one Gateway (the in-cluster mode).
     Connect(ConnectArgs),
-    /// Load a directory of manifests, print the status each object would get, and exit
-    /// non-zero when anything is rejected.
+    /// Load a directory (or file) of manifests and print its problems and a summary. Exit
+    /// status: 0 clean, 1 problems (or manifests that do not load), 2 wrong usage.
     Check {
-        /// Directory of YAML manifests.
+        /// Directory (or one file) of YAML manifests.
         dir: PathBuf,
         #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
         controller_name: String,
         /// The Redis of global rate limits whose policy names none.
         #[arg(long, env = "PORTICO_REDIS_URL")]
         redis_url: Option<String>,
+        /// A field the schema does not know: an error (the default), or a warning.
+        #[arg(long, value_enum, default_value_t = UnknownFieldsArg::Error)]
+        unknown_fields: UnknownFieldsArg,
+        /// Also print the status every object would get (YAML).
+        #[arg(long)]
+        status: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UnknownFieldsArg {
+    Error,
+    Warn,
+}
+
+impl From<UnknownFieldsArg> for portico_compile::manifests::UnknownFields {
+    fn from(a: UnknownFieldsArg) -> Self {
+        match a {
+            UnknownFieldsArg::Error => Self::Error,
+            UnknownFieldsArg::Warn => Self::Warn,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,10 +71,23 @@ enum LogFormat {
 
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// Directory of YAML manifests (GatewayClass, Gateway, HTTPRoute, ReferenceGrant,
-    /// Service, EndpointSlice, Namespace).
-    #[arg(long, env = "PORTICO_CONFIG")]
-    config: PathBuf,
+    /// Directory (or one file) of YAML manifests (GatewayClass, Gateway, HTTPRoute,
+    /// GRPCRoute, ReferenceGrant, Service, EndpointSlice, Secret, Namespace, AuthPolicy,
+    /// RateLimitPolicy, GatewayConfig).
+    #[arg(
+        long,
+        env = "PORTICO_CONFIG",
+        required_unless_present = "dir",
+        conflicts_with = "dir"
+    )]
+    config: Option<PathBuf>,
+    /// The same, given without `--config`.
+    #[arg(value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// A field the schema does not know: an error that keeps the configuration from loading
+    /// (the default), or a warning.
+    #[arg(long, value_enum, default_value_t = UnknownFieldsArg::Error)]
+    unknown_fields: UnknownFieldsArg,
     #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]
     controller_name: String,
     /// The Redis (`redis://host:port[/db]`) of global rate limits whose RateLimitPolicy
@@ -184,21 +218,32 @@ fn main() -> ExitCode {
             dir,
             controller_name,
             redis_url,
+            unknown_fields,
+            status,
         } => {
             let settings = standalone::CompileSettings {
                 controller_name,
                 redis_url,
+                unknown_fields: unknown_fields.into(),
             };
-            return check(&dir, &settings);
+            return check(&dir, &settings, status);
         }
         Command::Standalone(args) => {
             let StandaloneArgs {
                 config,
+                dir,
+                unknown_fields,
                 controller_name,
                 redis_url,
                 watch_interval_ms,
                 serve,
             } = args;
+            let Some(config) = config.or(dir) else {
+                eprintln!(
+                    "portico: give the manifests' directory (or file): portico standalone DIR"
+                );
+                return ExitCode::from(2);
+            };
             (
                 serve,
                 Mode::Standalone {
@@ -206,6 +251,7 @@ fn main() -> ExitCode {
                     compile: standalone::CompileSettings {
                         controller_name,
                         redis_url,
+                        unknown_fields: unknown_fields.into(),
                     },
                     watch_interval_ms,
                 },
@@ -271,37 +317,58 @@ fn channel_settings(a: &ConnectArgs) -> anyhow::Result<ChannelSettings> {
     })
 }
 
-fn check(dir: &std::path::Path, settings: &standalone::CompileSettings) -> ExitCode {
-    match standalone::load(dir, settings) {
+/// `portico check`: problems first, one line each with the file they come from, then a
+/// summary line; the full status only with `--status`.
+fn check(dir: &std::path::Path, settings: &standalone::CompileSettings, status: bool) -> ExitCode {
+    let loaded = match standalone::load(dir, settings) {
         Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
+            for e in &errors {
+                println!("error: {e}");
             }
-            ExitCode::FAILURE
+            println!(
+                "{} error{}: the configuration does not load (a running gateway would keep its last good one)",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::FAILURE;
         }
-        Ok(loaded) => {
-            match serde_yaml::to_string(&loaded.output.status) {
-                Ok(y) => print!("{y}"),
-                Err(e) => eprintln!("cannot print the status: {e}"),
-            }
-            let problems = loaded.output.status.problems();
-            for p in &problems {
-                let file = loaded.origins.file_of_problem(&p.object).unwrap_or("-");
-                eprintln!(
-                    "problem: {file}: {}: {}={} ({}): {}",
-                    p.object,
-                    p.condition.type_,
-                    p.condition.status,
-                    p.condition.reason,
-                    p.condition.message
-                );
-            }
-            if problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+        Ok(l) => l,
+    };
+    for w in &loaded.warnings {
+        println!("warning: {w}");
+    }
+    let problems = loaded.problems();
+    for p in &problems {
+        let file = loaded.origins.file_of_problem(&p.object).unwrap_or("-");
+        println!(
+            "problem: {file}: {}: {}={} ({}): {}",
+            p.object,
+            p.condition.type_,
+            p.condition.status,
+            p.condition.reason,
+            p.condition.message
+        );
+    }
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let (gateways, routes, policies) = loaded.counts;
+    println!(
+        "{}, {}, {}, {}",
+        plural(gateways, "Gateway", "Gateways"),
+        plural(routes, "route", "routes"),
+        plural(policies, "policy", "policies"),
+        plural(problems.len(), "problem", "problems")
+    );
+    if status {
+        match serde_yaml::to_string(&loaded.output.status) {
+            Ok(y) => print!("{y}"),
+            Err(e) => eprintln!("cannot print the status: {e}"),
         }
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

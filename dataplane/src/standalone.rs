@@ -12,13 +12,17 @@
 //! they would get in a cluster (logged with their file), and everything else is served.
 
 use crate::dataplane::Dataplane;
-use portico_compile::manifests::{ManifestError, ManifestSet, Origins};
+use portico_compile::manifests::{ManifestError, ManifestSet, Origins, UnknownFields};
+use portico_compile::status::Problem;
 use portico_compile::{Output, compile};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The files of a configuration directory, in a stable order.
+/// The files of a configuration directory, in a stable order (or the one file `dir` names).
 fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if std::fs::metadata(dir)?.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -63,6 +67,21 @@ fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
 pub struct Loaded {
     pub output: Output,
     pub origins: Origins,
+    /// Unknown fields ignored under `--unknown-fields warn`.
+    pub warnings: Vec<ManifestError>,
+    /// What nothing serves, and why ([`portico_compile::unserved`]).
+    pub unserved: Vec<Problem>,
+    /// How many Gateways, routes (HTTP and gRPC) and policies were read.
+    pub counts: (usize, usize, usize),
+}
+
+impl Loaded {
+    /// Every problem: what compile reports in status, then what nothing serves.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut all = self.output.status.problems();
+        all.extend(self.unserved.iter().cloned());
+        all
+    }
 }
 
 /// What compile needs besides the manifests.
@@ -72,6 +91,8 @@ pub struct CompileSettings {
     pub controller_name: String,
     /// The Redis of `Global` rate limits whose policy names none.
     pub redis_url: Option<String>,
+    /// Whether a field the schema does not know fails the load (the default) or warns.
+    pub unknown_fields: UnknownFields,
 }
 
 /// Reads and compiles a directory. Errors name the file and the object.
@@ -82,25 +103,43 @@ pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<Manife
         message: e.to_string(),
     };
     let files = config_files(dir).map_err(|e| vec![io_error(dir, e)])?;
-    let mut set = ManifestSet::default();
+    let mut set = ManifestSet {
+        unknown_fields: settings.unknown_fields,
+        ..ManifestSet::default()
+    };
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| vec![io_error(f, e)])?;
-        let shown = f.strip_prefix(dir).unwrap_or(f).display().to_string();
+        let shown = match f.strip_prefix(dir) {
+            Ok(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+            _ => f.display().to_string(),
+        };
         set.add_file(&shown, &text);
     }
     if !set.errors.is_empty() {
         return Err(set.errors);
     }
     set.inputs.redis_url = settings.redis_url.clone();
+    let i = &set.inputs;
+    let counts = (
+        i.gateways.len(),
+        i.http_routes.len() + i.grpc_routes.len(),
+        i.auth_policies.len() + i.rate_limit_policies.len(),
+    );
     Ok(Loaded {
         output: compile(&set.inputs, &settings.controller_name),
+        unserved: portico_compile::unserved::unserved(&set.inputs, &settings.controller_name),
         origins: set.origins,
+        warnings: set.warnings,
+        counts,
     })
 }
 
 /// Logs every condition that says something is wrong, with the file the object came from.
 pub fn log_problems(loaded: &Loaded) {
-    for p in loaded.output.status.problems() {
+    for w in &loaded.warnings {
+        tracing::warn!(file = %w.file, object = %w.object, "{}", w.message);
+    }
+    for p in loaded.problems() {
         tracing::warn!(
             file = loaded.origins.file_of_problem(&p.object).unwrap_or("-"),
             object = %p.object,

@@ -716,28 +716,41 @@ spec:
             "  rules:\n  - matches: [{path: {type: RegularExpression, value: \"[\"}}]\n",
         ),
     );
-    let out = std::process::Command::new(&binaries().portico)
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .expect("run portico check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(
-            "gateway.yaml: Gateway default/gw listener one: Conflicted=True (HostnameConflict)"
-        ),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("routes.yaml: HTTPRoute default/bad-regex parent default/gw: Accepted=False (UnsupportedValue)"),
-        "{stderr}"
-    );
+    let check = |extra: &[&str]| {
+        std::process::Command::new(&binaries().portico)
+            .arg("check")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("run portico check")
+    };
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("attachedRoutes"),
-        "the full status is printed: {stdout}"
+        stdout.contains(
+            "problem: gateway.yaml: Gateway default/gw listener one: Conflicted=True (HostnameConflict)"
+        ),
+        "{stdout}"
     );
+    assert!(
+        stdout.contains("problem: routes.yaml: HTTPRoute default/bad-regex parent default/gw: Accepted=False (UnsupportedValue)"),
+        "{stdout}"
+    );
+    // Problems, then one line to sum up; the status only when asked.
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("1 Gateway, 1 route, 0 policies, "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("attachedRoutes"), "{stdout}");
+    let out = check(&["--status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("attachedRoutes"),
+        "the full status on request"
+    );
+    // Wrong usage is 2.
+    assert_eq!(check(&["--no-such-flag"]).status.code(), Some(2));
 
     // A file that does not parse fails the check (and would fail start-up) with its name.
     dir.write("broken.yaml", "kind: [\n");
@@ -758,6 +771,113 @@ spec:
         stderr.contains("broken.yaml: document 1: malformed YAML"),
         "{stderr}"
     );
+}
+
+#[test]
+fn typos_and_references_nothing_serves_fail_the_check_loudly() {
+    let dir = TempDir::new("typos");
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(&binaries().portico)
+            .arg("check")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("run portico check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    dir.write(
+        "gateway.yaml",
+        &format!("{CLASS}{}", gateway("gw", 8080, None)),
+    );
+    // `backendRef` for `backendRefs`: refused with its path, not dropped.
+    dir.write(
+        "route.yaml",
+        &route("web", "  rules:\n  - backendRef: [{name: svc, port: 80}]\n"),
+    );
+    let (code, out) = check(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("error: route.yaml: HTTPRoute web: unknown field spec.rules[0].backendRef"),
+        "{out}"
+    );
+    // Downgraded, it is a warning and the rest is checked.
+    let (_, out) = check(&["--unknown-fields", "warn"]);
+    assert!(
+        out.contains(
+            "warning: route.yaml: HTTPRoute web: unknown field spec.rules[0].backendRef (ignored)"
+        ),
+        "{out}"
+    );
+    // A type error names the field and the line.
+    dir.write(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\nspec:\n  parentRefs: [{name: gw, port: eighty}]\n",
+    );
+    let (_, out) = check(&[]);
+    assert!(
+        out.contains("spec.parentRefs[0].port: invalid type"),
+        "{out}"
+    );
+    assert!(out.contains("line 5"), "{out}");
+    // References nothing takes up: each says why.
+    dir.write(
+        "route.yaml",
+        &format!(
+            "{}{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: lost, namespace: default}}\nspec:\n  gatewayClassName: portico-typo\n  listeners: [{{name: http, port: 8081, protocol: HTTP}}]\n",
+            route("web", "  rules:\n  - backendRefs: []\n").replace("{name: gw}", "{name: gww}"),
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: theirs}\nspec: {controllerName: example.com/other}\n",
+        ),
+    );
+    let (code, out) = check(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    for expected in [
+        "problem: route.yaml: HTTPRoute default/web parent default/gww: Served=False (NoSuchGateway): Gateway default/gww does not exist",
+        "problem: route.yaml: Gateway default/lost: Served=False (NoSuchGatewayClass): GatewayClass portico-typo does not exist",
+        "problem: route.yaml: GatewayClass theirs: Served=False (OtherController)",
+    ] {
+        assert!(out.contains(expected), "{expected}\n{out}");
+    }
+    assert!(
+        out.ends_with("2 Gateways, 1 route, 0 policies, 3 problems\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn standalone_takes_a_directory_or_one_file_as_users_try_them() {
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let dir = TempDir::new("forms");
+    let redirect = route(
+        "r",
+        "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {hostname: moved.test}}]\n",
+    );
+    dir.write(
+        "all.yaml",
+        &format!("{CLASS}{}{redirect}", gateway("gw", port, None)),
+    );
+    let file = dir.path().join("all.yaml").display().to_string();
+    let folder = dir.path().display().to_string();
+    for form in [vec![folder.as_str()], vec!["--config", file.as_str()]] {
+        let admin = SocketAddr::new(ip, free_port(ip));
+        let admin_s = admin.to_string();
+        let ip_s = ip.to_string();
+        let mut args = vec!["standalone"];
+        args.extend(form.iter().copied());
+        args.extend(["--bind-address", &ip_s, "--admin-address", &admin_s]);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let _p = Proc::spawn_with_env("portico", &binaries().portico, &args, &[]);
+        let http = HttpClient::new();
+        await_some(&format!("portico standalone {form:?}"), || async {
+            http.try_get(SocketAddr::new(ip, port), "x.test", "/", &[])
+                .await
+                .filter(|r| r.status == 302)
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ mod ratelimit;
 mod route;
 pub mod status;
 pub mod tls;
+pub mod unserved;
 
 use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::{

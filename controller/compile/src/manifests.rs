@@ -3,6 +3,11 @@
 //!
 //! Text in, objects out: the caller reads the files. Multi-document files and `kind: List`
 //! are accepted; any other kind is an error naming the document.
+//!
+//! Decoding is strict, as `kubectl apply` validates fields: a field the schema does not have
+//! (`backendRef:` for `backendRefs:`) is an error naming its path, not silently dropped
+//! (which used to leave a route answering 500 while `check` passed). [`UnknownFields::Warn`]
+//! downgrades that to a warning. A value of the wrong type names its path, line and column.
 
 use crate::backend::annotation_errors;
 use crate::{Inputs, object_ref};
@@ -53,23 +58,40 @@ impl Origins {
     }
 }
 
+/// What a field the schema does not know is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownFields {
+    /// An error: the configuration is not loaded (the default).
+    #[default]
+    Error,
+    /// A warning, and the field is ignored.
+    Warn,
+}
+
 /// Accumulates objects from any number of files.
 #[derive(Debug, Default)]
 pub struct ManifestSet {
     pub inputs: Inputs,
     pub origins: Origins,
     pub errors: Vec<ManifestError>,
+    /// Unknown fields, under [`UnknownFields::Warn`].
+    pub warnings: Vec<ManifestError>,
+    pub unknown_fields: UnknownFields,
 }
 
 impl ManifestSet {
     /// Parses one file's text. Problems are collected in `errors`.
     pub fn add_file(&mut self, file: &str, text: &str) {
         use serde::Deserialize;
+        // A second reading of the same documents, to decode each into its type straight
+        // from the text: errors then carry their line and column.
+        let mut typed = serde_yaml::Deserializer::from_str(text);
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let label = format!("document {}", i + 1);
+            let source = typed.next();
             match serde_yaml::Value::deserialize(doc) {
                 Ok(serde_yaml::Value::Null) => {}
-                Ok(value) => self.add_value(file, &label, value),
+                Ok(value) => self.add_value(file, &label, value, source),
                 Err(e) => {
                     self.error(file, &label, format!("malformed YAML: {e}"));
                     // The YAML stream cannot be resumed after a syntax error.
@@ -87,7 +109,13 @@ impl ManifestSet {
         });
     }
 
-    fn add_value(&mut self, file: &str, label: &str, value: serde_yaml::Value) {
+    fn add_value(
+        &mut self,
+        file: &str,
+        label: &str,
+        value: serde_yaml::Value,
+        source: Option<serde_yaml::Deserializer<'_>>,
+    ) {
         let api_version = value
             .get("apiVersion")
             .and_then(|v| v.as_str())
@@ -115,36 +143,42 @@ impl ManifestSet {
         if name.is_empty() && kind != "List" {
             return self.error(file, &object, format!("{kind} has no metadata.name"));
         }
-        let i = &mut self.inputs;
-        let added = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "List") => {
-                match value.get("items").and_then(|v| v.as_sequence()).cloned() {
-                    Some(items) => {
-                        for (n, item) in items.into_iter().enumerate() {
-                            self.add_value(file, &format!("{label} item {}", n + 1), item);
-                        }
+        if (api_version.as_str(), kind.as_str()) == ("v1", "List") {
+            match value.get("items").and_then(|v| v.as_sequence()).cloned() {
+                Some(items) => {
+                    for (n, item) in items.into_iter().enumerate() {
+                        self.add_value(file, &format!("{label} item {}", n + 1), item, None);
                     }
-                    None => self.error(file, &object, "a List needs items".into()),
                 }
-                return;
+                None => self.error(file, &object, "a List needs items".into()),
             }
+            return;
+        }
+        let i = &mut self.inputs;
+        let mut ignored: Vec<String> = Vec::new();
+        let mut from = Source {
+            value,
+            text: source,
+            ignored: &mut ignored,
+        };
+        let added = match (api_version.as_str(), kind.as_str()) {
             (
                 "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
                 "GatewayClass",
-            ) => push(&mut i.gateway_classes, value, |o| &o.metadata, true),
+            ) => push(&mut i.gateway_classes, &mut from, |o| &o.metadata, true),
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "Gateway") => {
-                push(&mut i.gateways, value, |o| &o.metadata, false)
+                push(&mut i.gateways, &mut from, |o| &o.metadata, false)
             }
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
-                push(&mut i.http_routes, value, |o| &o.metadata, false)
+                push(&mut i.http_routes, &mut from, |o| &o.metadata, false)
             }
             ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
-                push(&mut i.grpc_routes, value, |o| &o.metadata, false)
+                push(&mut i.grpc_routes, &mut from, |o| &o.metadata, false)
             }
             ("v1", "Secret") => {
                 // serde's message may quote the value it choked on, which could be key
                 // material: say where to look, not what is there.
-                push(&mut i.secrets, value, |o| &o.metadata, false).map_err(|_| {
+                push(&mut i.secrets, &mut from, |o| &o.metadata, false).map_err(|_| {
                     "invalid Secret: data values must be base64 and stringData values text \
                      (details withheld, they may contain key material)"
                         .to_string()
@@ -153,9 +187,9 @@ impl ManifestSet {
             (
                 "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
                 "ReferenceGrant",
-            ) => push(&mut i.reference_grants, value, |o| &o.metadata, false),
+            ) => push(&mut i.reference_grants, &mut from, |o| &o.metadata, false),
             ("v1", "Service") => {
-                push(&mut i.services, value, |o| &o.metadata, false).and_then(|id| {
+                push(&mut i.services, &mut from, |o| &o.metadata, false).and_then(|id| {
                     let errors = i.services.last().map(annotation_errors).unwrap_or_default();
                     if errors.is_empty() {
                         Ok(id)
@@ -165,17 +199,20 @@ impl ManifestSet {
                 })
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                push(&mut i.endpoint_slices, value, |o| &o.metadata, false)
+                push(&mut i.endpoint_slices, &mut from, |o| &o.metadata, false)
             }
-            ("v1", "Namespace") => push(&mut i.namespaces, value, |o| &o.metadata, true),
+            ("v1", "Namespace") => push(&mut i.namespaces, &mut from, |o| &o.metadata, true),
             ("portico.dev/v1alpha1", "AuthPolicy") => {
-                push(&mut i.auth_policies, value, |o| &o.metadata, false)
+                push(&mut i.auth_policies, &mut from, |o| &o.metadata, false)
             }
-            ("portico.dev/v1alpha1", "RateLimitPolicy") => {
-                push(&mut i.rate_limit_policies, value, |o| &o.metadata, false)
-            }
+            ("portico.dev/v1alpha1", "RateLimitPolicy") => push(
+                &mut i.rate_limit_policies,
+                &mut from,
+                |o| &o.metadata,
+                false,
+            ),
             ("portico.dev/v1alpha1", "GatewayConfig") => {
-                push(&mut i.gateway_configs, value, |o| &o.metadata, false)
+                push(&mut i.gateway_configs, &mut from, |o| &o.metadata, false)
             }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
@@ -183,6 +220,23 @@ impl ManifestSet {
                  EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy and GatewayConfig (portico.dev/v1alpha1)"
             )),
         };
+        let unknown = ignored.iter().map(|path| format!("unknown field {path}"));
+        match self.unknown_fields {
+            UnknownFields::Error => {
+                for m in unknown.collect::<Vec<_>>() {
+                    self.error(file, &object, m);
+                }
+            }
+            UnknownFields::Warn => {
+                for m in unknown.collect::<Vec<_>>() {
+                    self.warnings.push(ManifestError {
+                        file: file.to_string(),
+                        object: object.clone(),
+                        message: format!("{m} (ignored)"),
+                    });
+                }
+            }
+        }
         match added {
             Ok(id) => {
                 if let Some(first) = self
@@ -207,15 +261,62 @@ impl ManifestSet {
     }
 }
 
+/// One document to decode: its text when it has its own (errors then have a line and
+/// column), else its value (an item of a List); the paths of fields the type does not have
+/// go to `ignored`.
+struct Source<'d, 'i> {
+    value: serde_yaml::Value,
+    text: Option<serde_yaml::Deserializer<'d>>,
+    ignored: &'i mut Vec<String>,
+}
+
+impl Source<'_, '_> {
+    fn decode<T: DeserializeOwned>(&mut self) -> Result<T, String> {
+        let ignored = &mut *self.ignored;
+        let record = |path: serde_ignored::Path<'_>| {
+            let path = field_path(&path);
+            // The type meta is read before decoding; some types keep it, some do not.
+            if path != "apiVersion" && path != "kind" {
+                ignored.push(path);
+            }
+        };
+        let result = match self.text.take() {
+            Some(text) => serde_ignored::deserialize(text, record),
+            None => serde_ignored::deserialize(self.value.clone(), record),
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// `spec.rules[0].backendRef`, as kubectl names a field.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let p = field_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
 /// Deserialises one object into its typed list and returns its identity (namespace empty for
 /// cluster-scoped kinds).
 fn push<T: DeserializeOwned>(
     list: &mut Vec<T>,
-    value: serde_yaml::Value,
+    from: &mut Source<'_, '_>,
     meta: impl Fn(&T) -> &ObjectMeta,
     cluster_scoped: bool,
 ) -> Result<ObjectRef, String> {
-    let object: T = serde_yaml::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
+    let object: T = from.decode().map_err(|e| format!("invalid object: {e}"))?;
     let m = meta(&object);
     let id = if cluster_scoped {
         ObjectRef::new("", m.name.clone().unwrap_or_default())

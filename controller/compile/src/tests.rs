@@ -651,6 +651,58 @@ fn manifest_errors_name_file_and_object() {
 }
 
 #[test]
+fn unknown_fields_and_wrong_types_name_their_path_and_line() {
+    let typo = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: default, labls: {a: b}}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRef: [{name: svc, port: 8080}]\n";
+    let mut set = ManifestSet::default();
+    set.add_file("route.yaml", typo);
+    let shown: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "route.yaml: HTTPRoute r: unknown field metadata.labls",
+            "route.yaml: HTTPRoute r: unknown field spec.rules[0].backendRef",
+        ],
+        "{shown:#?}"
+    );
+    // The second document of a file: its line is the file's.
+    let mut set = ManifestSet::default();
+    set.add_file(
+        "gw.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\nspec:\n  gatewayClassName: portico\n  listeners:\n  - {name: http, port: eighty, protocol: HTTP}\n",
+    );
+    let shown: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+    assert!(
+        shown[0].starts_with("gw.yaml: Gateway g: invalid object: spec.listeners[0].port: invalid type: string \"eighty\""),
+        "{}",
+        shown[0]
+    );
+    assert!(shown[0].contains("line 11"), "{}", shown[0]);
+    // Downgraded: a warning, and the object is read without the field.
+    let mut set = ManifestSet {
+        unknown_fields: crate::manifests::UnknownFields::Warn,
+        ..ManifestSet::default()
+    };
+    set.add_file("route.yaml", typo);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    assert_eq!(set.warnings.len(), 2);
+    assert_eq!(set.inputs.http_routes.len(), 1);
+    // Every kind's own fields, and a List's items, still decode.
+    let mut set = ManifestSet::default();
+    set.add_file("base.yaml", BASE);
+    set.add_file(
+        "list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s, namespace: default, annotations: {a: b}}\n  spec: {ports: [{port: 80, nmae: http}]}\n",
+    );
+    let shown: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["list.yaml: Service s: unknown field spec.ports[0].nmae"],
+        "{shown:#?}"
+    );
+}
+
+#[test]
 fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
     let mut set = ManifestSet::default();
     set.add_file(

@@ -1,0 +1,107 @@
+//! What a cluster leaves to other controllers, and standalone mode has nobody else for:
+//! objects that nothing serves, each with why. In a cluster a Gateway of another class or a
+//! route to another implementation's Gateway is someone else's business, and gets no status
+//! from us; read from a directory, it is a typo (a class name, a `parentRefs` name) that
+//! would otherwise pass `portico check` in silence.
+
+use crate::incremental::{grpc_route_parents, http_route_parents};
+use crate::status::{Condition, Problem};
+use crate::{Inputs, object_ref};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The condition type these problems are shown under (never written to a cluster).
+pub const SERVED: &str = "Served";
+
+/// Every GatewayClass, Gateway and route in `inputs` that no part of this gateway serves.
+pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let problem = |object: String, reason: &str, message: String| Problem {
+        object,
+        condition: Condition::new(SERVED, false, reason, message, None),
+    };
+    let classes: BTreeMap<&str, &str> = inputs
+        .gateway_classes
+        .iter()
+        .filter_map(|c| Some((c.metadata.name.as_deref()?, c.spec.controller_name.as_str())))
+        .collect();
+    for (name, controller) in &classes {
+        if *controller != controller_name {
+            out.push(problem(
+                format!("GatewayClass {name}"),
+                "OtherController",
+                format!(
+                    "controllerName {controller} is not this gateway's ({controller_name}): its Gateways are not served"
+                ),
+            ));
+        }
+    }
+    let mut ours = BTreeSet::new();
+    let mut gateways = BTreeSet::new();
+    for gw in &inputs.gateways {
+        let id = object_ref(&gw.metadata);
+        gateways.insert(id.clone());
+        let class = gw.spec.gateway_class_name.as_str();
+        match classes.get(class) {
+            None => out.push(problem(
+                format!("Gateway {id}"),
+                "NoSuchGatewayClass",
+                format!("GatewayClass {class} does not exist: the Gateway is not served"),
+            )),
+            Some(c) if *c != controller_name => out.push(problem(
+                format!("Gateway {id}"),
+                "OtherController",
+                format!(
+                    "GatewayClass {class} is for controller {c}, not this gateway's ({controller_name}): the Gateway is not served"
+                ),
+            )),
+            Some(_) => {
+                ours.insert(id);
+            }
+        }
+    }
+    let routes = inputs
+        .http_routes
+        .iter()
+        .map(|r| {
+            (
+                "HTTPRoute",
+                object_ref(&r.metadata),
+                http_route_parents(r),
+                r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
+            )
+        })
+        .chain(inputs.grpc_routes.iter().map(|r| {
+            (
+                "GRPCRoute",
+                object_ref(&r.metadata),
+                grpc_route_parents(r),
+                r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
+            )
+        }));
+    for (kind, id, parents, none) in routes {
+        if none {
+            out.push(problem(
+                format!("{kind} {id}"),
+                "NoParents",
+                "parentRefs is empty: no Gateway serves the route".into(),
+            ));
+            continue;
+        }
+        for p in &parents {
+            if !gateways.contains(p) {
+                out.push(problem(
+                    format!("{kind} {id} parent {p}"),
+                    "NoSuchGateway",
+                    format!("Gateway {p} does not exist"),
+                ));
+            } else if !ours.contains(p) {
+                out.push(problem(
+                    format!("{kind} {id} parent {p}"),
+                    "OtherController",
+                    format!("Gateway {p} is not served by this gateway (see its GatewayClass)"),
+                ));
+            }
+        }
+    }
+    out
+}
