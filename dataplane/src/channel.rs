@@ -77,7 +77,7 @@ fn persist(s: &ChannelSettings, snap: &Snapshot) -> std::io::Result<()> {
 const ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies one snapshot. A snapshot the dataplane cannot serve (a socket that cannot be bound)
-/// is rejected and the last good one restored.
+/// is refused whole: the last good one keeps serving, untouched.
 fn apply(dp: &Dataplane, snap: &Snapshot, last_good: &mut Option<Snapshot>) -> Result<(), String> {
     let started = std::time::Instant::now();
     let report = dp.apply(std::slice::from_ref(snap), snap.version);
@@ -96,9 +96,6 @@ fn apply(dp: &Dataplane, snap: &Snapshot, last_good: &mut Option<Snapshot>) -> R
         .map(|(addr, e)| format!("cannot listen on {addr}: {e}"))
         .collect::<Vec<_>>()
         .join("; ");
-    if let Some(good) = last_good.as_ref() {
-        dp.apply(std::slice::from_ref(good), good.version);
-    }
     Err(reason)
 }
 

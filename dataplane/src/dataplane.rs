@@ -28,6 +28,8 @@ pub struct DataplaneSettings {
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub warnings: Vec<String>,
+    /// Sockets the change needed and could not bind: when any, the change was refused and
+    /// the running configuration left as it was.
     pub bind_failures: BTreeMap<SocketAddr, String>,
     pub sockets: Vec<SocketAddr>,
     pub routes: usize,
@@ -159,7 +161,16 @@ impl Dataplane {
         let routes = tables.routes.clone();
         let policies = tables.auth_policies.clone();
         let limit_policies = tables.rate_limit_policies.clone();
-        let bind_failures = self.server.apply(tables);
+        if let Err(bind_failures) = self.server.apply(tables) {
+            // Refused whole: the running configuration keeps serving as it was.
+            return ApplyReport {
+                warnings,
+                bind_failures,
+                sockets: self.server.addresses(),
+                routes: self.routes.lock().len(),
+            };
+        }
+        let bind_failures = BTreeMap::new();
         self.pools.retain(&backends);
         {
             let mut known = self.routes.lock();
@@ -186,8 +197,10 @@ impl Dataplane {
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.metrics.config_reloads.inc();
+        // Ready when something is served: a configuration without a single socket (its
+        // Gateway deleted) serves nothing, and load balancers should know.
         self.ready
-            .store(bind_failures.is_empty(), Ordering::Release);
+            .store(!self.server.addresses().is_empty(), Ordering::Release);
         ApplyReport {
             warnings,
             bind_failures,
@@ -196,7 +209,8 @@ impl Dataplane {
         }
     }
 
-    /// Ready once a configuration is applied with every socket bound.
+    /// Ready once a configuration is applied (every socket bound) that serves at least one
+    /// socket.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -268,6 +268,7 @@ fn main() -> ExitCode {
             }
         }
     };
+    let log_format = serve.log_format;
     init_logging(serve.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = serve.workers {
@@ -281,8 +282,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("portico: {e:#}");
+            // Once: as a log line where logs are JSON (collected), plainly otherwise.
+            match log_format {
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Text => eprintln!("portico: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -453,7 +457,12 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             watch_interval_ms,
         } => {
             if let Some(loaded) = initial {
-                standalone::apply(&dp, &loaded, 1);
+                if !standalone::apply(&dp, &loaded, 1) {
+                    anyhow::bail!(
+                        "cannot serve the configuration in {}: a socket it needs cannot be bound (logged above)",
+                        config.display()
+                    );
+                }
                 // The objects and statuses are not needed once served; only the tables are.
                 drop(loaded);
             }

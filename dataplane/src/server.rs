@@ -125,14 +125,46 @@ impl Server {
         }
     }
 
-    /// Serves `tables`: swaps the routers of kept sockets, binds new ones, closes the rest.
-    /// Returns the sockets that could not be bound, with the reason.
-    pub fn apply(&self, tables: Tables) -> BTreeMap<SocketAddr, String> {
-        let mut failed = BTreeMap::new();
+    /// Serves `tables` from now on, or refuses them whole. Sockets the change adds are bound
+    /// first, before anything the running configuration serves is touched: if one cannot be
+    /// bound (a port another process holds), the change is refused with why, and the running
+    /// sockets, routes and certificates stay as they were. Otherwise sockets that stay swap
+    /// their routes atomically, new ones start accepting, and those no longer wanted stop
+    /// accepting and drain their connections.
+    pub fn apply(&self, tables: Tables) -> Result<(), BTreeMap<SocketAddr, String>> {
         self.draining.lock().retain(|s| !s.is_closed());
         let mut sockets = self.sockets.lock();
-        let mut wanted = tables.sockets;
+        let wanted = tables.sockets;
         let mut tls = tables.tls;
+        let mut bound = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        for addr in wanted.keys().filter(|a| !sockets.contains_key(*a)) {
+            match bind(*addr) {
+                Ok(l) => {
+                    bound.insert(*addr, l);
+                }
+                Err(e) => {
+                    // Our own socket on the port (a wildcard against a specific address)
+                    // holds it until the change closes it: say so.
+                    let ours = sockets.keys().find(|old| {
+                        old.port() == addr.port()
+                            && !wanted.contains_key(*old)
+                            && (old.ip().is_unspecified() || addr.ip().is_unspecified())
+                    });
+                    let why = match ours {
+                        Some(old) if e.kind() == std::io::ErrorKind::AddrInUse => format!(
+                            "{e} (held by this gateway's own {old}, which the change closes: move the listener in two steps)"
+                        ),
+                        _ => e.to_string(),
+                    };
+                    failed.insert(*addr, why);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            // The sockets just bound close here; nothing else changed.
+            return Err(failed);
+        }
         let gone: Vec<SocketAddr> = sockets
             .keys()
             .filter(|a| !wanted.contains_key(a))
@@ -145,45 +177,41 @@ impl Server {
                 self.draining.lock().push(s.closing);
             }
         }
-        for (addr, router) in std::mem::take(&mut wanted) {
+        for (addr, router) in wanted {
             let tls_config = tls.remove(&addr);
             if let Some(s) = sockets.get(&addr) {
                 s.router.store(Arc::new(router));
                 s.tls.store(tls_config);
                 continue;
             }
-            match bind(addr) {
-                Ok(listener) => {
-                    tracing::info!(%addr, "listening");
-                    let router = Arc::new(ArcSwap::from_pointee(router));
-                    let tls = Arc::new(ArcSwapOption::new(tls_config));
-                    let (closing, rx) = watch::channel(false);
-                    tokio::spawn(accept_loop(
-                        listener,
-                        Served {
-                            router: router.clone(),
-                            tls: tls.clone(),
-                            proxy: self.proxy.clone(),
-                            protocols: self.protocols.clone(),
-                            metrics: self.metrics.clone(),
-                        },
-                        rx,
-                    ));
-                    sockets.insert(
-                        addr,
-                        Socket {
-                            router,
-                            tls,
-                            closing,
-                        },
-                    );
-                }
-                Err(e) => {
-                    failed.insert(addr, e.to_string());
-                }
-            }
+            let Some(listener) = bound.remove(&addr) else {
+                continue;
+            };
+            tracing::info!(%addr, "listening");
+            let router = Arc::new(ArcSwap::from_pointee(router));
+            let tls = Arc::new(ArcSwapOption::new(tls_config));
+            let (closing, rx) = watch::channel(false);
+            tokio::spawn(accept_loop(
+                listener,
+                Served {
+                    router: router.clone(),
+                    tls: tls.clone(),
+                    proxy: self.proxy.clone(),
+                    protocols: self.protocols.clone(),
+                    metrics: self.metrics.clone(),
+                },
+                rx,
+            ));
+            sockets.insert(
+                addr,
+                Socket {
+                    router,
+                    tls,
+                    closing,
+                },
+            );
         }
-        failed
+        Ok(())
     }
 
     /// The addresses being served.

@@ -99,7 +99,7 @@ pub struct CompileSettings {
 pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<ManifestError>> {
     let io_error = |file: &Path, e: std::io::Error| ManifestError {
         file: file.display().to_string(),
-        object: "-".into(),
+        object: String::new(),
         message: e.to_string(),
     };
     let files = config_files(dir).map_err(|e| vec![io_error(dir, e)])?;
@@ -152,7 +152,8 @@ pub fn log_problems(loaded: &Loaded) {
     }
 }
 
-/// Applies a loaded configuration; returns whether every socket could be bound.
+/// Applies a loaded configuration; returns whether it was (every socket it needs could be
+/// bound; otherwise it was refused and the running one kept).
 pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
     let mut snapshots: Vec<_> = loaded.output.snapshots.values().cloned().collect();
     for s in &mut snapshots {
@@ -167,6 +168,19 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
     }
     for (addr, e) in &report.bind_failures {
         tracing::error!(%addr, error = %e, "cannot listen");
+    }
+    if !report.bind_failures.is_empty() {
+        dp.metrics.config_errors.inc();
+        if report.sockets.is_empty() {
+            tracing::error!(version, "configuration refused: a socket it needs cannot be bound");
+        } else {
+            tracing::error!(
+                version,
+                sockets = ?report.sockets,
+                "configuration refused: a socket it needs cannot be bound; the running configuration keeps serving"
+            );
+        }
+        return false;
     }
     tracing::info!(
         version,
@@ -209,8 +223,9 @@ pub async fn watch(
         last = now;
         match load(dir, settings) {
             Ok(loaded) => {
-                version += 1;
-                apply(dp, &loaded, version);
+                if apply(dp, &loaded, version + 1) {
+                    version += 1;
+                }
             }
             Err(errors) => {
                 dp.metrics.config_errors.inc();

@@ -417,6 +417,60 @@ async fn reloads_on_change_and_keeps_the_last_good_config() {
 }
 
 #[tokio::test]
+async fn a_change_whose_socket_cannot_be_bound_is_refused_and_nothing_stops_serving() {
+    let a = Echo::start("a");
+    let port = pick_port();
+    let docs = [service("a", &[a.addr], None), route_to("a")].concat();
+    let p = Portico::start(
+        &[
+            (
+                "gateway.yaml",
+                &format!("{CLASS}{}", gateway("gw", port, None)),
+            ),
+            ("route.yaml", &docs),
+        ],
+        &[],
+    )
+    .await;
+    let http = HttpClient::new();
+    let admin = |path: &'static str| {
+        let http = http.clone();
+        let addr = p.admin;
+        async move { http.get(addr, "admin", path).await.status }
+    };
+    assert_eq!(http.get(p.addr(port), "x.test", "/").await.status, 200);
+    // Another process holds the port the listener moves to.
+    let taken = free_port(p.ip);
+    let _squatter = std::net::TcpListener::bind((p.ip, taken)).expect("hold the port");
+    p.config.write(
+        "gateway.yaml",
+        &format!("{CLASS}{}", gateway("gw", taken, None)),
+    );
+    await_some("the refusal to be logged", || async {
+        p.proc
+            .logs()
+            .contains("configuration refused")
+            .then_some(())
+    })
+    .await;
+    let logs = p.proc.logs();
+    assert!(logs.contains(&format!("{}:{taken}", p.ip)), "{logs}");
+    // The old socket was never closed: served, and ready.
+    for _ in 0..10 {
+        assert_eq!(http.get(p.addr(port), "x.test", "/").await.status, 200);
+    }
+    assert_eq!(admin("/readyz").await, 200);
+    assert!(p.metrics().await.contains("portico_config_errors_total 1"));
+
+    // Deleting the Gateway's file serves nothing: not ready.
+    std::fs::remove_file(p.config.path().join("gateway.yaml")).expect("remove");
+    await_some("readiness to drop", || async {
+        (admin("/readyz").await == 503).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn config_swaps_do_not_fail_requests_in_flight() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));
     let port = pick_port();

@@ -22,14 +22,19 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
     pub file: String,
-    /// `Kind namespace/name` when the document got far enough to say, else `document N`.
+    /// `Kind namespace/name` when the document got far enough to say, else `document N`;
+    /// empty for a file that could not be read at all.
     pub object: String,
     pub message: String,
 }
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.object, self.message)
+        if self.object.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.object, self.message)
+        }
     }
 }
 

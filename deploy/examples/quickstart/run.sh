@@ -13,10 +13,15 @@ trap cleanup EXIT INT TERM
 "$bin/portico-echo" --listen 127.0.0.1:9002 --name echo-b >/dev/null & pids+=($!)
 "$bin/portico" standalone --config "$here" --bind-address 127.0.0.1 --admin-address 127.0.0.1:9901 & pids+=($!)
 
+ready=
 for _ in $(seq 100); do
-  curl -fsS -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null && break
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "run.sh: a process exited at start-up (its error is above)" >&2; exit 1; }
+  done
+  curl -fsS -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null && { ready=1; break; }
   sleep 0.1
 done
+[ -n "$ready" ] || { echo "run.sh: portico is not ready after 10 s (is a port in use?)" >&2; exit 1; }
 
 cat <<MSG
 
