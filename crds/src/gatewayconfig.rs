@@ -7,7 +7,9 @@
 // copies are what this lint sees.
 #![allow(unreachable_pub)]
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -91,7 +93,8 @@ pub struct DataplaneSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
-    /// Requests and limits of the dataplane container.
+    /// Requests and limits of the dataplane container. Default: requests of 100m CPU (what
+    /// the HPA's utilisation is measured against) and 128Mi memory, no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// `error`, `warn`, `info` (default) or `debug`.
@@ -108,16 +111,28 @@ pub struct DataplaneSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Default: spread over nodes (`kubernetes.io/hostname`, max skew 1, schedule anyway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Secrets in the dataplane namespace to pull the image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// What a Gateway's own GatewayConfig may set (see `gatewayOverrides`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayOverrides {
-    /// `dataplane.image`.
+    /// `dataplane.image` and `dataplane.imagePullSecrets`.
     #[serde(default)]
     pub image: bool,
-    /// `dataplane.nodeSelector`, `dataplane.tolerations` and `dataplane.affinity`.
+    /// `dataplane.nodeSelector`, `tolerations`, `affinity`, `topologySpreadConstraints` and
+    /// `priorityClassName` (a high priority preempts other workloads).
     #[serde(default)]
     pub scheduling: bool,
 }

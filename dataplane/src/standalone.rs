@@ -172,7 +172,10 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
     if !report.bind_failures.is_empty() {
         dp.metrics.config_errors.inc();
         if report.sockets.is_empty() {
-            tracing::error!(version, "configuration refused: a socket it needs cannot be bound");
+            tracing::error!(
+                version,
+                "configuration refused: a socket it needs cannot be bound"
+            );
         } else {
             tracing::error!(
                 version,

@@ -51,21 +51,40 @@ fn the_chart_lints_clean() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The defaults render; values the schema refuses do not.
-    let ok = Command::new(helm())
-        .args(["template", "x", "--kube-version", "1.36.0"])
-        .arg(root().join("charts/portico"))
-        .output()
-        .expect("run helm template");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    // The defaults render (also without --kube-version, as users first try it), and so do
+    // the optional parts; values the schema refuses do not.
+    for extra in [
+        &["--kube-version", "1.36.0"][..],
+        &[],
+        &[
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "controller.extraArgs={--debounce-ms=50}",
+            "--set",
+            "rbac.secretsClusterWide=true",
+            "--set",
+            "dataplane.namespace=portico-dataplanes",
+        ],
+    ] {
+        let ok = Command::new(helm())
+            .args(["template", "x"])
+            .arg(root().join("charts/portico"))
+            .args(extra)
+            .output()
+            .expect("run helm template");
+        assert!(
+            ok.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
     for bad in [
         "controller.replicas=0",
         "gatewayClass.name=Not_A_Name",
         "controller.unknown=1",
+        "controller.extraArgs={not-a-flag}",
+        "rbac.secretNamespaces={Bad_Namespace}",
     ] {
         let out = Command::new(helm())
             .args(["template", "x", "--kube-version", "1.36.0"])

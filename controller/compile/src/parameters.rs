@@ -68,6 +68,9 @@ pub fn refused_overrides(
     if !allowed.image && dp.image.is_some() {
         refused.push("dataplane.image");
     }
+    if !allowed.image && !dp.image_pull_secrets.is_empty() {
+        refused.push("dataplane.imagePullSecrets");
+    }
     if !allowed.scheduling {
         if !dp.node_selector.is_empty() {
             refused.push("dataplane.nodeSelector");
@@ -77,6 +80,12 @@ pub fn refused_overrides(
         }
         if dp.affinity.is_some() {
             refused.push("dataplane.affinity");
+        }
+        if !dp.topology_spread_constraints.is_empty() {
+            refused.push("dataplane.topologySpreadConstraints");
+        }
+        if dp.priority_class_name.is_some() {
+            refused.push("dataplane.priorityClassName");
         }
     }
     refused
@@ -95,11 +104,14 @@ pub fn restrict_overrides(
     let dp = out.dataplane.get_or_insert_with(DataplaneSpec::default);
     if !allowed.image {
         dp.image = from_class.image.clone();
+        dp.image_pull_secrets = from_class.image_pull_secrets.clone();
     }
     if !allowed.scheduling {
         dp.node_selector = from_class.node_selector.clone();
         dp.tolerations = from_class.tolerations.clone();
         dp.affinity = from_class.affinity.clone();
+        dp.topology_spread_constraints = from_class.topology_spread_constraints.clone();
+        dp.priority_class_name = from_class.priority_class_name.clone();
     }
     out
 }

@@ -10,9 +10,10 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort,
-    ServiceSpec, SleepAction, Sysctl, Volume, VolumeMount, VolumeProjection,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, SleepAction, Sysctl,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -259,7 +260,7 @@ pub fn desired(
         ports: Some(container_ports),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: dp.resources.clone(),
+        resources: Some(dp.resources.clone().unwrap_or_else(default_resources)),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -352,6 +353,23 @@ pub fn desired(
             },
         ]),
         node_selector: (!dp.node_selector.is_empty()).then(|| dp.node_selector.clone()),
+        priority_class_name: dp.priority_class_name.clone(),
+        image_pull_secrets: (!dp.image_pull_secrets.is_empty())
+            .then(|| dp.image_pull_secrets.clone()),
+        topology_spread_constraints: Some(if dp.topology_spread_constraints.is_empty() {
+            vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "kubernetes.io/hostname".into(),
+                when_unsatisfiable: "ScheduleAnyway".into(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector(&name)),
+                    ..LabelSelector::default()
+                }),
+                ..TopologySpreadConstraint::default()
+            }]
+        } else {
+            dp.topology_spread_constraints.clone()
+        }),
         tolerations: (!dp.tolerations.is_empty()).then(|| dp.tolerations.clone()),
         affinity: dp.affinity.clone(),
         ..PodSpec::default()
@@ -473,6 +491,19 @@ pub fn desired(
         service,
         hpa,
         pdb,
+    }
+}
+
+/// Requests when a GatewayConfig gives none: the HPA measures CPU utilisation against the
+/// request, so without one it cannot scale.
+fn default_resources() -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        ..ResourceRequirements::default()
     }
 }
 

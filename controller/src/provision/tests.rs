@@ -382,3 +382,66 @@ fn edge_limits_become_dataplane_flags() {
     }
     assert!(!a.contains("--max-connections "), "{a}");
 }
+
+#[test]
+fn dataplanes_get_requests_for_the_hpa_and_spread_over_nodes_by_default() {
+    let d = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+    );
+    let pod = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    let requests = pod.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .expect("requests");
+    assert_eq!(requests.get("cpu").map(|q| q.0.as_str()), Some("100m"));
+    assert!(requests.contains_key("memory"));
+    let spread = pod.topology_spread_constraints.expect("spread");
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    // What a configuration says instead is used as it is.
+    let cfg = config(json!({"dataplane": {
+        "resources": {"requests": {"cpu": "2"}},
+        "priorityClassName": "edge-critical",
+        "imagePullSecrets": [{"name": "registry"}],
+        "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]}}));
+    let pod = desired(&gateway(), &class(), &cfg, &settings())
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(pod.priority_class_name.as_deref(), Some("edge-critical"));
+    assert_eq!(
+        pod.image_pull_secrets.expect("pull secrets")[0].name,
+        "registry"
+    );
+    let spread = pod.topology_spread_constraints.expect("spread");
+    assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+    let requests = pod.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .expect("requests");
+    assert_eq!(requests.get("cpu").map(|q| q.0.as_str()), Some("2"));
+    // A Gateway's own configuration may not choose a priority class: it preempts others.
+    let refused = portico_compile::parameters::refused_overrides(&cfg, None);
+    assert!(
+        refused.contains(&"dataplane.priorityClassName"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.contains(&"dataplane.imagePullSecrets"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.contains(&"dataplane.topologySpreadConstraints"),
+        "{refused:?}"
+    );
+}
