@@ -411,6 +411,28 @@ pub struct AuthEngine {
     api_key_query: Option<TokenSource>,
 }
 
+/// `Bearer ... error="insufficient_scope", scope="read write"`: the scopes the request needs
+/// (RFC 6750 §3), those that are valid scope tokens (RFC 6749 §3.3) only.
+fn insufficient_scope(scopes: &[String]) -> Option<HeaderValue> {
+    let valid: Vec<&str> = scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        })
+        .collect();
+    if valid.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"portico\", error=\"insufficient_scope\", scope=\"{}\"",
+        valid.join(" ")
+    ))
+    .ok()
+}
+
 fn bearer_source() -> TokenSource {
     TokenSource::Header {
         name: "authorization".into(),
@@ -601,7 +623,7 @@ impl AuthEngine {
                         ..Identity::default()
                     })
                 }
-                None => failure = Some(self.unauthenticated("invalid API key", false)),
+                None => failure = Some(self.unauthenticated("invalid_api_key", false)),
             }
         }
         let mut basic_passed = false;
@@ -631,7 +653,7 @@ impl AuthEngine {
                 return Err(e);
             }
             if who.is_none() {
-                failure = Some(self.unauthenticated("invalid user or password", false));
+                failure = Some(self.unauthenticated("invalid_password", false));
             }
         }
         let mut token_source: Option<TokenSource> = None;
@@ -654,7 +676,7 @@ impl AuthEngine {
                 }
                 Err(e) => {
                     tracing::debug!(policy = %self.id, error = %e, "token refused");
-                    failure = Some(self.unauthenticated("invalid token", true));
+                    failure = Some(self.unauthenticated(e.code(), true));
                 }
             }
         }
@@ -682,7 +704,7 @@ impl AuthEngine {
                     });
                 }
                 Ok(remote::Introspected::Inactive) => {
-                    failure = Some(self.unauthenticated("inactive token", true));
+                    failure = Some(self.unauthenticated("inactive_token", true));
                 }
                 Err(e) => failure = Some(e),
             }
@@ -713,14 +735,14 @@ impl AuthEngine {
             Some(w) => w,
             None if presented => {
                 return Err(
-                    failure.unwrap_or_else(|| self.unauthenticated("invalid credentials", false))
+                    failure.unwrap_or_else(|| self.unauthenticated("invalid_credentials", false))
                 );
             }
             None if self.anonymous => Identity {
                 anonymous: true,
                 ..Identity::default()
             },
-            None => return Err(self.unauthenticated("no credentials", false)),
+            None => return Err(self.unauthenticated("no_credentials", false)),
         };
 
         if let Some(rules) = &self.rules
@@ -732,11 +754,16 @@ impl AuthEngine {
             )
         {
             return Err(if who.anonymous {
-                self.unauthenticated("credentials required", false)
+                self.unauthenticated("credentials_required", false)
             } else {
-                ProxyError::Forbidden {
-                    challenge: who.bearer.then_some(BEARER_SCOPE),
-                }
+                let path = matching.unwrap_or(req.uri().path());
+                let challenge = who.bearer.then(|| {
+                    rules
+                        .missing_scopes(&who, req.method(), path, facts.trusted_client)
+                        .and_then(|scopes| insufficient_scope(&scopes))
+                        .unwrap_or(BEARER_SCOPE)
+                });
+                ProxyError::Forbidden { challenge }
             });
         }
 

@@ -95,6 +95,57 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Why the gateway answered itself, as the access log's `reason`: `area=detail`
+    /// (`auth=expired_token`, `ratelimit=default/api/per-client`, `route=none`,
+    /// `upstream=connect_refused`).
+    pub fn reason(&self) -> String {
+        fn connect_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    return match io.kind() {
+                        std::io::ErrorKind::ConnectionRefused => "connect_refused",
+                        std::io::ErrorKind::TimedOut => "connect_timeout",
+                        std::io::ErrorKind::ConnectionReset => "connect_reset",
+                        _ => "connect_error",
+                    };
+                }
+                source = s.source();
+            }
+            "connect_error"
+        }
+        match self {
+            ProxyError::BadRequest(_) => "request=invalid".into(),
+            ProxyError::NoRoute => "route=none".into(),
+            ProxyError::Misdirected => "route=misdirected".into(),
+            ProxyError::NoBackend => "route=no_backend".into(),
+            ProxyError::NoEndpoints(_) => "upstream=no_endpoints".into(),
+            ProxyError::Connect { source, .. } => format!("upstream={}", connect_kind(source)),
+            ProxyError::Upstream { source, .. } => {
+                if source.is_connect() {
+                    format!("upstream={}", connect_kind(source))
+                } else {
+                    "upstream=failed".into()
+                }
+            }
+            ProxyError::ClientBody(f) => format!("client=body_{}", f.as_str()),
+            ProxyError::UnexpectedUpgrade(_) => "upstream=unexpected_upgrade".into(),
+            ProxyError::BackendTimeout(_) => "upstream=timeout".into(),
+            ProxyError::RequestTimeout => "route=request_timeout".into(),
+            ProxyError::Unauthenticated { reason, .. } => format!("auth={reason}"),
+            ProxyError::Forbidden { .. } => "auth=forbidden".into(),
+            ProxyError::AuthDenied(_) => "auth=denied_by_service".into(),
+            ProxyError::AuthUnavailable(_) => "auth=service_unavailable".into(),
+            ProxyError::AuthBusy => "auth=busy".into(),
+            ProxyError::AuthThrottled => "auth=throttled".into(),
+            ProxyError::AuthPolicyInvalid(_) => "auth=policy_invalid".into(),
+            ProxyError::RateLimited(h) => {
+                format!("ratelimit={}", h.refused_by.as_deref().unwrap_or("limited"))
+            }
+            ProxyError::RateLimitUnavailable(_) => "ratelimit=store_unavailable".into(),
+        }
+    }
+
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             ProxyError::BadRequest(_)

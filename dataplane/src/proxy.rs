@@ -188,9 +188,11 @@ impl Proxy {
                 (result, Some(rule), upstream)
             }
         };
+        let mut reason = None;
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
+                reason = Some(e.reason());
                 if e.status().is_server_error() {
                     tracing::debug!(request_id = ?id, error = %e, source = ?e.source_kind(), "proxy error");
                 }
@@ -234,7 +236,8 @@ impl Proxy {
         rule.as_ref()
             .map_or(&self.unmatched, |r| &r.metrics)
             .record(status, elapsed);
-        if let Some(log) = log {
+        if let Some(mut log) = log {
+            log.reason = reason;
             log.emit(
                 &id,
                 status,
@@ -495,6 +498,8 @@ struct AccessLog {
     path: String,
     client: SocketAddr,
     version: Version,
+    /// Why the gateway answered itself ([`ProxyError::reason`]), if it did.
+    reason: Option<String>,
 }
 
 impl AccessLog {
@@ -509,6 +514,7 @@ impl AccessLog {
             path: req.uri().path().to_string(),
             client,
             version: req.version(),
+            reason: None,
         }
     }
 
@@ -533,6 +539,7 @@ impl AccessLog {
             route = rule.map_or("none", |r| &*r.route),
             upstream = upstream.map(|u| u.addr.to_string()).unwrap_or_default(),
             consumer = consumer.unwrap_or_default(),
+            reason = self.reason.as_deref().unwrap_or_default(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         );
     }

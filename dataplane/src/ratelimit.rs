@@ -162,6 +162,8 @@ pub struct RateHeaders {
     pub state: Option<HeaderValue>,
     /// Seconds, when the request was refused.
     pub retry_after: Option<u64>,
+    /// The limit that refused it (`policy/limit`), for the access log.
+    pub refused_by: Option<String>,
 }
 
 impl RateHeaders {
@@ -619,6 +621,14 @@ impl RateLimitEngine {
     }
 
     fn headers(&self, counted: &[(&LimitEngine, Outcome)], refused: bool) -> RateHeaders {
+        let refused_by = refused
+            .then(|| {
+                counted
+                    .iter()
+                    .find(|(_, o)| !o.allowed)
+                    .map(|(l, _)| format!("{}/{}", self.id, l.name))
+            })
+            .flatten();
         let retry_after = refused.then(|| {
             let us = counted
                 .iter()
@@ -633,6 +643,7 @@ impl RateLimitEngine {
                 policy: None,
                 state: None,
                 retry_after,
+                refused_by,
             };
         }
         let policy = if counted.len() == self.limits.len() {
@@ -662,6 +673,7 @@ impl RateLimitEngine {
             policy,
             state: HeaderValue::from_str(&state).ok(),
             retry_after,
+            refused_by,
         }
     }
 }

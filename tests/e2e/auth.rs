@@ -234,6 +234,19 @@ async fn jwt_from_a_jwks_server_and_the_attack_catalogue() {
     let mut secrets: Vec<&str> = attacks.iter().map(|(_, t)| t.as_str()).collect();
     secrets.extend([rs.as_str(), es.as_str(), fresh.as_str()]);
     s.assert_not_logged(&secrets);
+    // The access log says why each was refused.
+    await_some("the refusals' reasons in the access log", || async {
+        let logs = s.portico.proc.logs();
+        [
+            "auth=expired_token",
+            "auth=wrong_audience",
+            "auth=bad_signature",
+        ]
+        .iter()
+        .all(|r| logs.contains(r))
+        .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -593,6 +606,14 @@ async fn authorization_rules_anonymous_and_401_versus_403() {
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer realm=\"portico\", error=\"insufficient_scope\"")
+    );
+    // A token without the scope a matching rule asks for: the 403 names it (RFC 6750 §3).
+    let nobody = token(json!({}), "nobody");
+    let r = s.get("/orders", &[("authorization", &nobody)]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"insufficient_scope\", scope=\"read\"")
     );
     let admin = token(json!({"roles": ["user", "admin"]}), "adam");
     assert_eq!(

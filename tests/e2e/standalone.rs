@@ -356,6 +356,16 @@ async fn broken_backends_get_500_and_503_while_other_routes_serve() {
         logs.contains("UnsupportedValue") && logs.contains("BackendNotFound"),
         "{logs}"
     );
+    // Each answer the gateway gave itself says why in the access log.
+    assert_eq!(http.get(gw, "nowhere.test", "/").await.status, 404);
+    await_some("the reasons in the access log", || async {
+        let logs = p.proc.logs();
+        ["route=none", "route=no_backend", "upstream=no_endpoints"]
+            .iter()
+            .all(|r| logs.contains(r))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -974,6 +984,13 @@ async fn bodies_stream_both_ways_and_endpoints_rotate() {
     );
     let r = http.get(gw, "b.test", "/closed").await;
     assert_eq!(r.status, 503, "a refused connection is 503: {}", r.text());
+    await_some("the reason in the access log", || async {
+        p.proc
+            .logs()
+            .contains("upstream=connect_refused")
+            .then_some(())
+    })
+    .await;
 }
 
 /// Six sequential requests, in order.

@@ -23,7 +23,7 @@ pub struct Identity {
     pub bearer: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Rule {
     claims: Vec<(Vec<String>, Vec<String>)>,
     scopes: Vec<String>,
@@ -167,6 +167,31 @@ impl Rules {
         client: Option<IpAddr>,
     ) -> bool {
         self.0.iter().any(|r| r.allows(who, method, path, client))
+    }
+}
+
+impl Rules {
+    /// The scopes a rule that would otherwise allow the request asks for, when the token
+    /// lacks them: what a 403 names in its `scope` attribute (RFC 6750 §3).
+    pub fn missing_scopes(
+        &self,
+        who: &Identity,
+        method: &Method,
+        path: &str,
+        client: Option<IpAddr>,
+    ) -> Option<Vec<String>> {
+        self.0.iter().find_map(|r| {
+            if r.scopes.is_empty() {
+                return None;
+            }
+            let without = Rule {
+                scopes: Vec::new(),
+                ..r.clone()
+            };
+            without
+                .allows(who, method, path, client)
+                .then(|| r.scopes.clone())
+        })
     }
 }
 

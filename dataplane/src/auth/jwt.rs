@@ -95,6 +95,28 @@ pub enum JwtError {
     Audience,
 }
 
+impl JwtError {
+    /// A short code for the access log (`auth=expired_token`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            JwtError::TooLarge => "token_too_large",
+            JwtError::Malformed(_) => "malformed_token",
+            JwtError::Algorithm => "algorithm_not_allowed",
+            JwtError::EmbeddedKey(_) => "embedded_key",
+            JwtError::Critical => "critical_extension",
+            JwtError::BadKid => "bad_kid",
+            JwtError::UnknownKey => "unknown_key",
+            JwtError::Signature => "bad_signature",
+            JwtError::NoExpiry => "no_expiry",
+            JwtError::Expired => "expired_token",
+            JwtError::NotYetValid => "token_not_yet_valid",
+            JwtError::IssuedInFuture => "issued_in_future",
+            JwtError::Issuer => "wrong_issuer",
+            JwtError::Audience => "wrong_audience",
+        }
+    }
+}
+
 /// A public key (or HMAC secret) and what it may verify.
 #[derive(Clone)]
 pub enum VerifyKey {
