@@ -84,19 +84,36 @@ struct Args {
         default_value = "portico-controller"
     )]
     service_account: String,
+    /// `text` or `json` (one object per line, for log collectors).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// `error`, `warn`, `info` or `debug`, or any `RUST_LOG` filter. Default: `RUST_LOG`,
+    /// else `info`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    let filter = match &args.log_level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(false).init(),
+    }
     let identity = args
         .identity
         .unwrap_or_else(|| format!("portico-controller-{}", std::process::id()));

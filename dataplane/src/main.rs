@@ -142,6 +142,10 @@ struct ServeArgs {
     drain_timeout_s: u64,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// `error`, `warn`, `info` or `debug`, or any `RUST_LOG` filter (`info,access=off`).
+    /// Default: `RUST_LOG`, else `info`.
+    #[arg(long)]
+    log_level: Option<String>,
     /// Log one line per request (target `access`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
@@ -195,9 +199,12 @@ struct ServeArgs {
     rate_limit_max_keys: usize,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -269,7 +276,7 @@ fn main() -> ExitCode {
         }
     };
     let log_format = serve.log_format;
-    init_logging(serve.log_format);
+    init_logging(serve.log_format, serve.log_level.as_deref());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = serve.workers {
         rt.worker_threads(n.max(1));
