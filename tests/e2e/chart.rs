@@ -111,9 +111,12 @@ use serde::Deserialize;
 #[tokio::test]
 async fn the_rendered_manifest_passes_a_server_side_dry_run() {
     let client = control_plane().client().await;
-    let text =
-        std::fs::read_to_string(root().join("deploy/portico.yaml")).expect("deploy/portico.yaml");
-    let docs = documents(&text);
+    // In the README's order: the CRDs, then everything else.
+    let mut docs = Vec::new();
+    for file in ["deploy/portico-crds.yaml", "deploy/portico.yaml"] {
+        let text = std::fs::read_to_string(root().join(file)).expect(file);
+        docs.extend(documents(&text));
+    }
     assert!(docs.len() > 10, "{} documents", docs.len());
     let discovery = Discovery::new(client.clone())
         .run()

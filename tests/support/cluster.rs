@@ -103,13 +103,17 @@ pub enum Channel {
     Standard,
     /// A superset of standard: more kinds (TLSRoute, TCPRoute, ListenerSet, ...) and fields.
     Experimental,
+    /// No CRDs at all, neither the Gateway API's nor Portico's: a cluster as a user finds it
+    /// before installing anything (the install-order tests).
+    Bare,
 }
 
 impl Channel {
-    fn dir(self) -> &'static str {
+    fn dir(self) -> Option<&'static str> {
         match self {
-            Channel::Standard => "config/crd/standard",
-            Channel::Experimental => "config/crd/experimental",
+            Channel::Standard => Some("config/crd/standard"),
+            Channel::Experimental => Some("config/crd/experimental"),
+            Channel::Bare => None,
         }
     }
 }
@@ -191,18 +195,33 @@ fn start_control_plane(channel: Channel) -> ControlPlane {
 /// Applies the Gateway API CRDs of `channel` and Portico's own generated CRDs (`crds/yaml`,
 /// what `make crds` writes and users install) and waits until each is Established.
 async fn install_crds(kubeconfig: &Path, channel: Channel) {
-    let gateway_api = go_module_dir("sigs.k8s.io/gateway-api").join(channel.dir());
+    let Some(dir) = channel.dir() else {
+        return;
+    };
+    let gateway_api = go_module_dir("sigs.k8s.io/gateway-api").join(dir);
     let portico = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml");
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .expect("config");
     let client = Client::try_from(config).expect("client");
-    let api: Api<CustomResourceDefinition> = Api::all(client);
+    apply_crd_dirs(&client, &[gateway_api, portico]).await;
+}
+
+/// Applies the standard-channel Gateway API CRDs (the upstream release a user installs) and
+/// waits until they are Established.
+pub async fn install_gateway_api_crds(client: &Client) {
+    let dir = go_module_dir("sigs.k8s.io/gateway-api").join("config/crd/standard");
+    apply_crd_dirs(client, &[dir]).await;
+}
+
+/// Applies every CRD in the YAML files of `dirs` and waits until each is Established.
+async fn apply_crd_dirs(client: &Client, dirs: &[PathBuf]) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
-    for dir in [gateway_api, portico] {
-        let mut in_dir: Vec<PathBuf> = std::fs::read_dir(&dir)
+    for dir in dirs {
+        let mut in_dir: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
