@@ -78,6 +78,8 @@ pub struct EndpointPool {
     pub port_name: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
+    /// This backend's series (`portico_upstream_*`).
+    pub metrics: crate::metrics::UpstreamMetrics,
 }
 
 impl EndpointPool {
@@ -88,6 +90,7 @@ impl EndpointPool {
             port_name: b.port_name.clone(),
             endpoints: ArcSwap::from_pointee(EndpointSet::new(&b.endpoints)),
             next: AtomicUsize::new(0),
+            metrics: crate::metrics::UpstreamMetrics::default(),
         }
     }
 
@@ -125,11 +128,13 @@ pub struct Pools {
 impl Pools {
     /// The pool for `b`, reused when it exists (endpoints updated in place from the snapshot,
     /// unless they come from elsewhere).
-    pub fn get(&self, b: &Backend) -> Arc<EndpointPool> {
+    pub fn get(&self, b: &Backend, metrics: &crate::metrics::Metrics) -> Arc<EndpointPool> {
         let mut pools = self.pools.lock();
-        let pool = pools
-            .entry((b.id.clone(), b.protocol))
-            .or_insert_with(|| Arc::new(EndpointPool::new(b)));
+        let pool = pools.entry((b.id.clone(), b.protocol)).or_insert_with(|| {
+            let mut pool = EndpointPool::new(b);
+            pool.metrics = metrics.upstream(&b.id.to_string());
+            Arc::new(pool)
+        });
         if !self.external.load(Ordering::Relaxed) {
             pool.update(&b.endpoints);
         }
@@ -163,9 +168,17 @@ impl Pools {
             .collect()
     }
 
-    /// Drops pools no snapshot uses any more.
-    pub fn retain(&self, used: &[(BackendId, AppProtocol)]) {
-        self.pools.lock().retain(|k, _| used.contains(k));
+    /// Drops pools no snapshot uses any more, and their series.
+    pub fn retain(&self, used: &[(BackendId, AppProtocol)], metrics: &crate::metrics::Metrics) {
+        let mut pools = self.pools.lock();
+        let before: std::collections::BTreeSet<BackendId> =
+            pools.keys().map(|(id, _)| id.clone()).collect();
+        pools.retain(|k, _| used.contains(k));
+        for id in before {
+            if !pools.keys().any(|(kept, _)| *kept == id) {
+                metrics.forget_upstream(&id.to_string());
+            }
+        }
     }
 }
 
@@ -241,8 +254,9 @@ mod tests {
     #[test]
     fn pools_are_reused_across_snapshots() {
         let pools = Pools::default();
-        let a = pools.get(&backend(vec![ep("127.0.0.1", true, false)]));
-        let b = pools.get(&backend(vec![ep("127.0.0.9", true, false)]));
+        let m = crate::metrics::Metrics::default();
+        let a = pools.get(&backend(vec![ep("127.0.0.1", true, false)]), &m);
+        let b = pools.get(&backend(vec![ep("127.0.0.9", true, false)]), &m);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(
             a.pick().map(|u| u.authority.to_string()).as_deref(),

@@ -171,7 +171,7 @@ impl Dataplane {
             };
         }
         let bind_failures = BTreeMap::new();
-        self.pools.retain(&backends);
+        self.pools.retain(&backends, &self.metrics);
         {
             let mut known = self.routes.lock();
             for gone in known.difference(&routes) {

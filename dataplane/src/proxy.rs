@@ -113,6 +113,8 @@ impl Proxy {
         down: Downstream,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        self.metrics.in_flight.inc();
+        let _in_flight = InFlightGuard(&self.metrics.in_flight);
         let id = util::request_id(req.headers());
         let log = self.access_log.then(|| AccessLog::new(&req, down.client));
         let http1 = req.version() <= Version::HTTP_11;
@@ -280,6 +282,7 @@ impl Proxy {
         };
         let backend_filters = target.filters();
         let Some(upstream) = pool.pick() else {
+            pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
 
@@ -357,11 +360,15 @@ impl Proxy {
             let (body, outcome) = ClientBody::new(body, self.body, streaming);
             (Request::from_parts(parts, body), outcome)
         };
+        let sent_at = Instant::now();
         let fut = client.request(req);
         let sent = match rule.backend_timeout {
             Some(d) => match tokio::time::timeout(d, fut).await {
                 Ok(r) => r,
-                Err(_) => return (Err(ProxyError::BackendTimeout(backend())), Some(upstream)),
+                Err(_) => {
+                    pool.metrics.failed("timeout");
+                    return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
+                }
             },
             // Without a timeout of the route's own: the backend has the idle timeout to
             // answer once the request body is complete.
@@ -374,11 +381,13 @@ impl Proxy {
                 tokio::select! {
                     r = fut => r,
                     () = answered_late => {
+                        pool.metrics.failed("timeout");
                         return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
                     }
                     // A backend that stopped reading the upload (nothing moves, and the body
                     // is not waiting for the client) would hold both sides forever.
                     () = outcome.stall(idle) => {
+                        pool.metrics.failed("timeout");
                         return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
                     }
                 }
@@ -418,7 +427,26 @@ impl Proxy {
                 source,
             }),
         };
+        match &result {
+            Ok(resp) => pool
+                .metrics
+                .answered(resp.status().as_u16(), sent_at.elapsed()),
+            Err(e) => {
+                if let Some(r) = e.reason().strip_prefix("upstream=") {
+                    pool.metrics.failed(r);
+                }
+            }
+        }
         (result, Some(upstream))
+    }
+}
+
+/// Counts a request out of `portico_requests_in_flight` however its handling ends.
+struct InFlightGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

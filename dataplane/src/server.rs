@@ -341,6 +341,7 @@ async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Rece
                             serve_connection(tls, down, alpn_h2, &served, closing).await;
                         }
                         Ok(Err(e)) => {
+                            served.metrics.tls_handshake_errors.inc();
                             tracing::debug!(%client, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {

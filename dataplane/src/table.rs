@@ -348,7 +348,7 @@ fn compile_rule(
                     }
                     t.backends.push((id.clone(), backend.protocol));
                     Target::Pool {
-                        pool: pools.get(backend),
+                        pool: pools.get(backend, metrics),
                         filters: ref_filters.boxed(),
                     }
                 }

@@ -201,6 +201,14 @@ async fn weighted_split_follows_the_weights() {
         "a got {share_a:.3} of {counts:?}"
     );
     assert_eq!(counts.values().sum::<u32>(), total, "{counts:?}");
+    // The split is visible per backend.
+    let m = p.metrics().await;
+    for (svc, n) in [("a", counts["a"]), ("b", counts["b"])] {
+        let series = format!(
+            "portico_upstream_requests_total{{backend=\"default/{svc}:80\",code_class=\"2xx\"}} {n}"
+        );
+        assert!(m.contains(&series), "{series}\n{m}");
+    }
 }
 
 #[tokio::test]
@@ -678,9 +686,17 @@ async fn admin_endpoints_and_metrics() {
     }
     let m = p.metrics().await;
     assert!(
-        m.contains(r#"portico_requests_total{route="default/r",code="2xx"} 3"#),
+        m.contains(r#"portico_requests_total{route="default/r",code_class="2xx"} 3"#),
         "{m}"
     );
+    for name in [
+        "portico_build_info{version=",
+        "portico_requests_in_flight 0",
+        "portico_upstream_request_duration_seconds_count{backend=\"default/a:80\"} 3",
+        "portico_tls_handshake_errors_total 0",
+    ] {
+        assert!(m.contains(name), "{name}\n{m}");
+    }
     assert!(
         m.contains(r#"portico_request_duration_seconds_count{route="default/r"} 3"#),
         "{m}"
@@ -991,6 +1007,12 @@ async fn bodies_stream_both_ways_and_endpoints_rotate() {
             .then_some(())
     })
     .await;
+    assert!(
+        p.metrics().await.contains(
+            "portico_upstream_errors_total{backend=\"default/closed:80\",reason=\"connect_refused\"} 1"
+        ),
+        "connect errors are counted apart from 5xx"
+    );
 }
 
 /// Six sequential requests, in order.
