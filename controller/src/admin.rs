@@ -15,15 +15,29 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Failures counted where they happen (the status writer, the provisioner).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub status_write_errors: AtomicU64,
+    pub provision_errors: AtomicU64,
+}
+
 /// What the admin port reports, updated by the compile loop.
 #[derive(Debug)]
 pub struct Health {
     pub ready: AtomicBool,
     pub compiles: AtomicU64,
+    /// Time spent compiling, in microseconds (with `compiles`: a summary).
+    pub compile_us: AtomicU64,
     pub gateways: AtomicU64,
+    /// Conditions that say something is wrong in the last status report.
+    pub problems: AtomicU64,
+    pub counters: Arc<Counters>,
     leading: watch::Receiver<bool>,
     /// The snapshot channel's token checks, once the channel serves.
     tokens: std::sync::OnceLock<Arc<crate::channel::Authenticator>>,
+    /// The snapshot channel, for the dataplanes per Gateway.
+    hub: std::sync::OnceLock<Arc<crate::channel::Hub>>,
 }
 
 impl Health {
@@ -31,10 +45,18 @@ impl Health {
         Self {
             ready: AtomicBool::new(false),
             compiles: AtomicU64::new(0),
+            compile_us: AtomicU64::new(0),
             gateways: AtomicU64::new(0),
+            problems: AtomicU64::new(0),
+            counters: Arc::default(),
             leading,
             tokens: std::sync::OnceLock::new(),
+            hub: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_hub(&self, hub: Arc<crate::channel::Hub>) {
+        let _ = self.hub.set(hub);
     }
 
     pub fn set_tokens(&self, auth: Arc<crate::channel::Authenticator>) {
@@ -60,6 +82,36 @@ impl Health {
             "counter",
             "Compiles run (each recompiles the Gateways a change touched)",
             self.compiles.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP portico_controller_compile_duration_seconds Time spent compiling\n# TYPE portico_controller_compile_duration_seconds summary\nportico_controller_compile_duration_seconds_sum {}\nportico_controller_compile_duration_seconds_count {}",
+            self.compile_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.compiles.load(Ordering::Relaxed)
+        );
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "portico_controller_problems",
+            "gauge",
+            "Conditions in the last status report that say something is wrong (rejected routes, unresolved references, ...)",
+            self.problems.load(Ordering::Relaxed),
+        );
+        metric(
+            "portico_controller_status_write_errors_total",
+            "counter",
+            "Status writes that failed (retried)",
+            self.counters.status_write_errors.load(Ordering::Relaxed),
+        );
+        metric(
+            "portico_controller_provision_errors_total",
+            "counter",
+            "Provisioning attempts that failed (retried with back-off) or were refused (Warning Event on the Gateway)",
+            self.counters.provision_errors.load(Ordering::Relaxed),
         );
         metric(
             "portico_controller_gateways",
@@ -93,6 +145,19 @@ impl Health {
                 "Snapshot requests refused (429) because their address had too many refused tokens",
                 c.throttled.load(Ordering::Relaxed),
             );
+        }
+        if let Some(hub) = self.hub.get() {
+            let dataplanes = hub.dataplanes();
+            let _ = writeln!(
+                out,
+                "# HELP portico_controller_dataplanes Dataplanes connected per Gateway, and those that acknowledged its current snapshot\n# TYPE portico_controller_dataplanes gauge"
+            );
+            for (gw, connected, current) in dataplanes {
+                let _ = writeln!(
+                    out,
+                    "portico_controller_dataplanes{{gateway=\"{gw}\",state=\"connected\"}} {connected}\nportico_controller_dataplanes{{gateway=\"{gw}\",state=\"current\"}} {current}"
+                );
+            }
         }
         out
     }

@@ -77,6 +77,14 @@ pub struct Hub {
     next_version: AtomicU64,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("gateways", &self.gateways.lock().len())
+            .finish()
+    }
+}
+
 impl Hub {
     pub fn new(changed: Arc<Notify>) -> Self {
         // Versions start from the clock so a restarted controller never reuses a number a
@@ -140,6 +148,24 @@ impl Hub {
         ch.version = self.next_version.fetch_add(1, Ordering::Relaxed);
         snap.version = ch.version;
         ch.tx.send_replace(Some(Arc::new(snap)));
+    }
+
+    /// Per Gateway: dataplanes connected now, and how many of them acknowledged the current
+    /// version (for the admin port).
+    pub fn dataplanes(&self) -> Vec<(ObjectRef, usize, usize)> {
+        self.gateways
+            .lock()
+            .iter()
+            .map(|(gw, ch)| {
+                let connected: Vec<&Replica> =
+                    ch.replicas.values().filter(|r| r.streams > 0).collect();
+                let current = connected
+                    .iter()
+                    .filter(|r| r.acked == Some(ch.version))
+                    .count();
+                (gw.clone(), connected.len(), current)
+            })
+            .collect()
     }
 
     pub fn delivery(&self, gw: &ObjectRef) -> Delivery {

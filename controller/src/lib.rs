@@ -165,10 +165,16 @@ pub async fn run(
     let hub = Arc::new(channel::Hub::new(changed.clone()));
     let index = Index::start(&client, &changed, &settings.secret_hint);
     let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
-    if let Some(p) = settings.provision.clone() {
-        tokio::spawn(provision::run(client.clone(), p, leading.clone()));
-    }
     let health = Arc::new(admin::Health::new(leading.clone()));
+    health.set_hub(hub.clone());
+    if let Some(p) = settings.provision.clone() {
+        tokio::spawn(provision::run(
+            client.clone(),
+            p,
+            leading.clone(),
+            health.counters.clone(),
+        ));
+    }
     if let Some(addr) = settings.admin_address {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
@@ -212,6 +218,7 @@ pub async fn run(
         index.clone(),
         pending_report,
         leading.clone(),
+        health.counters.clone(),
     ));
     let mut compiler = IncrementalCompile::new(&settings.controller_name);
     let mut last_compile = std::time::Instant::now();
@@ -245,6 +252,10 @@ pub async fn run(
             health
                 .compiles
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            health.compile_us.fetch_add(
+                u64::try_from((compiled - read).as_micros()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             health.gateways.store(
                 compiler.gateways() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -262,6 +273,10 @@ pub async fn run(
             );
         }
         let mut status = compiler.status();
+        health.problems.store(
+            status.problems().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let in_grace = started.elapsed() < RECONNECT_GRACE;
         apply_delivery(&mut status, &hub, in_grace, &index);
         // The writer (leader only) takes it from here, without holding up the next compile.

@@ -106,10 +106,16 @@ struct Context {
     /// next sweep finds them so again (a class or Gateway briefly missing, or re-created
     /// between the sweep's reads, costs no dataplane).
     doomed: Mutex<std::collections::HashSet<String>>,
+    counters: Arc<crate::admin::Counters>,
 }
 
 /// Runs the provisioning loop until the process ends.
-pub async fn run(client: Client, settings: ProvisionSettings, leading: watch::Receiver<bool>) {
+pub async fn run(
+    client: Client,
+    settings: ProvisionSettings,
+    leading: watch::Receiver<bool>,
+    counters: Arc<crate::admin::Counters>,
+) {
     let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(Api::<Gateway>::all(client.clone()), Default::default());
     let gateways = controller.store();
@@ -135,6 +141,7 @@ pub async fn run(client: Client, settings: ProvisionSettings, leading: watch::Re
         leading,
         failures: Mutex::new(HashMap::new()),
         doomed: Mutex::new(Default::default()),
+        counters,
     });
     let ns = ctx.settings.namespace.clone();
     tokio::spawn(sweep_loop(ctx.clone(), controller.store()));
@@ -198,6 +205,9 @@ fn error_policy(gw: Arc<Gateway>, e: &Error, ctx: Arc<Context>) -> Action {
         *n
     };
     let wait = Duration::from_secs(2u64.saturating_pow(n.min(8))).min(Duration::from_secs(300));
+    ctx.counters
+        .provision_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(gateway = %gw.name_any(), error = %e, retry_in = ?wait, "provisioning failed");
     Action::requeue(wait)
 }
@@ -584,6 +594,9 @@ async fn config_status(
 }
 
 async fn warn(ctx: &Context, gw: &Gateway, reason: &str, message: &str) {
+    ctx.counters
+        .provision_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(gateway = %gw.name_any(), reason, message, "not provisioned");
     publish(ctx, gw, EventType::Warning, reason, message).await;
 }

@@ -251,6 +251,7 @@ impl StatusWriter {
         index: Index,
         mut reports: tokio::sync::watch::Receiver<Option<StatusReport>>,
         mut leading: tokio::sync::watch::Receiver<bool>,
+        counters: std::sync::Arc<crate::admin::Counters>,
     ) {
         loop {
             tokio::select! {
@@ -267,6 +268,9 @@ impl StatusWriter {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(objects = n, "status written"),
                 Err(e) => {
+                    counters
+                        .status_write_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "status write failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     reports.mark_changed();

@@ -38,12 +38,29 @@ async fn location(http: &HttpClient, addr: SocketAddr) -> Option<String> {
 async fn two_dataplanes_serve_the_snapshot_and_the_gateway_becomes_programmed() {
     let s = Setup::new("channel").await;
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
-    let _controller = s.controller();
+    let ip = portico_tests::loopback_ip();
+    let admin = SocketAddr::new(ip, free_port(ip));
+    let admin_arg = admin.to_string();
+    let _controller = s.controller_with(&["--admin-address", &admin_arg]);
     let token = s.token(&s.dataplane_account()).await;
     let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
     let a = s.dataplane("replica-a", &token, state_a.path());
     let b = s.dataplane("replica-b", &token, state_b.path());
     s.await_programmed().await;
+    // The controller's metrics: both dataplanes connected and current, compiles timed.
+    let http = HttpClient::new();
+    let gw = format!("{}/gw", s.ns);
+    await_some("the dataplanes in the controller's metrics", || async {
+        let m = http.try_get(admin, "admin", "/metrics", &[]).await?.text();
+        (m.contains(&format!(
+            "portico_controller_dataplanes{{gateway=\"{gw}\",state=\"connected\"}} 2"
+        )) && m.contains(&format!(
+            "portico_controller_dataplanes{{gateway=\"{gw}\",state=\"current\"}} 2"
+        )) && m.contains("portico_controller_compile_duration_seconds_count")
+            && m.contains("portico_controller_status_write_errors_total 0"))
+        .then_some(())
+    })
+    .await;
     let http = HttpClient::new();
     for dp in [&a, &b] {
         let addr = SocketAddr::new(dp.ip, s.port);
