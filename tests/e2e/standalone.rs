@@ -1023,3 +1023,183 @@ async fn backends_of_six_requests(http: &HttpClient, gw: SocketAddr) -> Vec<Stri
     }
     names
 }
+
+/// The text of every file of `deploy/examples/<name>`, with `replace` applied.
+fn example(name: &str, replace: &[(&str, String)]) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("example dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let mut text = std::fs::read_to_string(&path).expect("read");
+            for (from, to) in replace {
+                text = text.replace(from, to);
+            }
+            files.push((
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .to_string(),
+                text,
+            ));
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn the_feature_examples_work_as_committed() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    for name in [
+        "https",
+        "grpc",
+        "filters",
+        "cross-namespace",
+        "multi-gateway",
+        "quickstart",
+    ] {
+        let out = std::process::Command::new(&binaries().portico)
+            .arg("check")
+            .arg(examples.join(name))
+            .output()
+            .expect("portico check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}:\n{stdout}");
+        assert!(
+            stdout.trim_end().ends_with(" 0 problems"),
+            "{name}:\n{stdout}"
+        );
+    }
+    // Served, with their fixed addresses moved to this test's own.
+    let echo = Echo::start("echo");
+    let http = HttpClient::new();
+    let start = |name: &str, ports: &[&str]| {
+        let ip = loopback_ip();
+        let mut replace = vec![("127.0.0.1:9021", echo.addr.to_string())];
+        let mut mapped = Vec::new();
+        for p in ports {
+            let free = free_port(ip);
+            replace.push((*p, free.to_string()));
+            mapped.push(free);
+        }
+        (ip, mapped, example(name, &replace))
+    };
+
+    let (ip, ports, files) = start("filters", &["8083"]);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Portico::start_on(ip, &refs, &[]).await;
+    let r = http
+        .get(p.addr(ports[0]), "filters.example.test", "/api/v1/users")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/users");
+    assert_eq!(r.seen_header("x-env").as_deref(), Some("demo"));
+    assert_eq!(r.header("x-served-by"), Some("portico"));
+    let r = http
+        .get(p.addr(ports[0]), "filters.example.test", "/login")
+        .await;
+    assert_eq!(r.status, 301);
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.starts_with("https://filters.example.test"))
+    );
+    drop(p);
+
+    let (ip, ports, files) = start("cross-namespace", &["8084"]);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Portico::start_on(ip, &refs, &[]).await;
+    let r = http.get(p.addr(ports[0]), "team-a.example.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(p);
+
+    let (public, internal) = (loopback_ip(), loopback_ip());
+    let (ip, ports, mut files) = start("multi-gateway", &["8085"]);
+    for (_, text) in &mut files {
+        *text = text
+            .replace("127.0.0.21", &public.to_string())
+            .replace("127.0.0.22", &internal.to_string());
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Portico::start_on(ip, &refs, &[]).await;
+    let r = http
+        .get(SocketAddr::new(public, ports[0]), "any.test", "/")
+        .await;
+    assert_eq!(r.status, 200);
+    let r = http
+        .get(SocketAddr::new(internal, ports[0]), "any.test", "/")
+        .await;
+    assert_eq!(r.status, 302);
+    assert!(
+        r.header("location").is_some_and(|l| l.ends_with("/status")),
+        "{:?}",
+        r.headers
+    );
+    drop(p);
+
+    let (ip, ports, files) = start("https", &["8443"]);
+    let cert = {
+        let text = &files[0].1;
+        let begin = text.find("-----BEGIN CERTIFICATE-----").expect("cert");
+        let end = text.find("-----END CERTIFICATE-----").expect("cert end");
+        text[begin..end + "-----END CERTIFICATE-----".len()]
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Portico::start_on(ip, &refs, &[]).await;
+    let mut conn =
+        portico_tests::tls::Conn::connect(p.addr(ports[0]), "app.example.test", &[&cert], &[b"h2"])
+            .await
+            .expect("TLS with the example's certificate");
+    let r = conn.get("app.example.test", "/").await.expect("request");
+    assert_eq!(r.status, 200);
+    drop(p);
+
+    // gRPC over h2c: the method routes to the h2c backend (the echo speaks h2c).
+    let (ip, ports, files) = start("grpc", &["8082"]);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(n, t)| (n, t.replace("127.0.0.1:9022", &echo.addr.to_string())))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Portico::start_on(ip, &refs, &[]).await;
+    let mut h2 = portico_tests::tls::Conn::h2c(p.addr(ports[0]))
+        .await
+        .expect("h2c");
+    let r = h2
+        .send(
+            "POST",
+            "grpc.example.test",
+            "/helloworld.Greeter/SayHello",
+            &[("content-type", "application/grpc")],
+            bytes::Bytes::from_static(b"\0\0\0\0\0"),
+        )
+        .await
+        .expect("gRPC request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("/helloworld.Greeter/SayHello"),
+        "{}",
+        r.text()
+    );
+    drop(p);
+}
