@@ -251,6 +251,8 @@ pub struct Metrics {
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
+    /// When this process started (seconds since the epoch), for `process_start_time_seconds`.
+    started: f64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -401,8 +403,75 @@ impl Default for Metrics {
             upstream_errors,
             in_flight,
             tls_handshake_errors,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
         }
     }
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` and
+/// `process_start_time_seconds`, read from `/proc/self` (Linux; elsewhere only the start
+/// time).
+fn process_metrics(started: f64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // OpenMetrics: a counter's family is named without `_total`, its sample with it.
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let _ = write!(
+            out,
+            "# HELP {family} {help}\n# TYPE {family} {kind}\n{name} {value}\n"
+        );
+    };
+    // utime and stime (fields 14 and 15) in clock ticks; USER_HZ is 100 on Linux.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // `rest` starts at field 3 (state): utime is field 14, at index 11.
+        let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds",
+            cpu,
+        );
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory, in bytes",
+            (kb * 1024) as f64,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (sockets included)",
+            fds.count() as f64,
+        );
+    }
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds",
+        started,
+    );
+    out
 }
 
 impl Metrics {
@@ -576,6 +645,13 @@ impl Metrics {
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
+        // The standard process metrics, under their usual names (dashboards expect them),
+        // before the registry's `# EOF`.
+        let process = process_metrics(self.started);
+        match out.rfind("# EOF") {
+            Some(i) => out.insert_str(i, &process),
+            None => out.push_str(&process),
+        }
         out
     }
 }
@@ -700,5 +776,16 @@ mod tests {
         )));
         m.forget_upstream("ns/svc:80");
         assert!(!m.encode().contains("ns/svc:80"));
+        // The process metrics come before the end marker, under their standard names.
+        let text = m.encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "{name}\n{text}");
+        }
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }
