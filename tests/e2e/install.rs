@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
-use portico_tests::cluster::{Channel, control_plane_with, install_gateway_api_crds};
+use portico_tests::cluster::{
+    Channel, control_plane_with, crd_established, install_gateway_api_crds,
+};
 use portico_tests::{await_some, await_some_within};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -72,19 +74,6 @@ async fn apply_file(client: &kube::Client, file: &str) {
     }
 }
 
-async fn established(client: &kube::Client, name: &str) -> bool {
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|c| c.status?.conditions)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
-}
-
 #[tokio::test]
 async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_in_order() {
     let cp = control_plane_with(Channel::Bare);
@@ -112,10 +101,10 @@ async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_
         "NOTES say what to run:\n{out}"
     );
     assert!(
-        established(&client, "gatewayconfigs.portico.dev").await,
+        crd_established(&client, "gatewayconfigs.portico.dev").await,
         "helm installed Portico's CRDs"
     );
-    assert!(!established(&client, "gatewayclasses.gateway.networking.k8s.io").await);
+    assert!(!crd_established(&client, "gatewayclasses.gateway.networking.k8s.io").await);
 
     // 2. The Gateway API CRDs, then the upgrade NOTES name: the GatewayClass is there.
     install_gateway_api_crds(&client).await;
@@ -187,7 +176,7 @@ async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_
     .await;
     apply_file(&client, "deploy/portico-crds.yaml").await;
     await_some("Portico's CRDs established", || async {
-        established(&client, "gatewayconfigs.portico.dev")
+        crd_established(&client, "gatewayconfigs.portico.dev")
             .await
             .then_some(())
     })

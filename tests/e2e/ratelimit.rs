@@ -70,14 +70,7 @@ async fn each_algorithm_admits_exactly_its_limit_with_headers_and_retry_after() 
         "{metrics}"
     );
     // The access log names the policy and limit that refused.
-    await_some("the limit in the access log", || async {
-        s.portico
-            .proc
-            .logs()
-            .contains("ratelimit=default/fw/limit-0")
-            .then_some(())
-    })
-    .await;
+    s.portico.await_logged("ratelimit=default/fw/limit-0").await;
 }
 
 #[tokio::test]

@@ -251,21 +251,25 @@ async fn apply_crd_dirs(client: &Client, dirs: &[PathBuf]) {
     }
     let end = Instant::now() + DEADLINE * 3;
     for name in names {
-        loop {
-            let crd = api.get(&name).await.expect("get CRD");
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
+        while !crd_established(client, &name).await {
             assert!(Instant::now() < end, "CRD {name} not established");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Whether CRD `name` exists and is Established.
+pub async fn crd_established(client: &Client, name: &str) -> bool {
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.status?.conditions)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }
 
 /// Starts a `portico-controller` against the test control plane. Unless `args` name one, its

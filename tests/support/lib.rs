@@ -358,6 +358,14 @@ impl Portico {
         SocketAddr::new(self.ip, port)
     }
 
+    /// Waits until the process has logged `needle`.
+    pub async fn await_logged(&self, needle: &str) {
+        await_some(&format!("{needle:?} in the log"), || async {
+            self.proc.logs().contains(needle).then_some(())
+        })
+        .await;
+    }
+
     pub async fn metrics(&self) -> String {
         HttpClient::new()
             .get(self.admin, "admin", "/metrics")
