@@ -13,7 +13,7 @@
 //! Those timers run only while their body is polled, that is while it waits for its source.
 //! A body whose sink stopped taking data (a backend that no longer reads the upload, an
 //! HTTP/2 client that never opens its flow-control window) is not polled at all: its
-//! [`BodyOutcome`] says so ([`BodyOutcome::stall`]: nothing moved for the idle timeout and
+//! [`BodyOutcome`] says so ([`BodyOutcome::stalled`]: nothing moved for the idle timeout and
 //! neither body waits for its source), and the proxy (before the response) or the
 //! connection (after it) ends the request.
 
@@ -136,22 +136,6 @@ impl BodyOutcome {
             && self.last_moved() + idle <= Instant::now()
     }
 
-    /// Resolves once the request is [stalled](Self::stalled) for `idle`.
-    pub async fn stall(&self, idle: Duration) {
-        loop {
-            let due = self.last_moved() + idle;
-            let now = Instant::now();
-            if due > now {
-                tokio::time::sleep_until(due).await;
-            } else if self.stalled(idle) {
-                return;
-            } else {
-                // A body is waiting for its source: its own timer decides; look again later.
-                tokio::time::sleep(idle.max(Duration::from_millis(100)) / 4).await;
-            }
-        }
-    }
-
     pub fn fault(&self) -> Option<BodyFault> {
         *self.fault.lock()
     }
@@ -173,6 +157,42 @@ impl BodyOutcome {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// Waits for `answer` (a backend's response head) with one timer: once the request body has
+/// gone whole, at most `idle` more; before that, until the request is
+/// [stalled](BodyOutcome::stalled) for `idle` (a backend that stopped reading the upload would
+/// otherwise hold both sides forever). `None`: given up.
+pub async fn answered_within<F: std::future::Future>(
+    answer: F,
+    outcome: &BodyOutcome,
+    idle: Duration,
+) -> Option<F::Output> {
+    let ended_at_start = outcome.ended.load(Ordering::Acquire);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(answer, timer);
+    let ended = outcome.ended();
+    tokio::pin!(ended);
+    let mut ended_seen = ended_at_start;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut answer => return Some(r),
+            () = &mut ended, if !ended_seen => {
+                ended_seen = true;
+                timer.as_mut().reset(Instant::now() + idle);
+            }
+            () = &mut timer => {
+                if ended_seen || outcome.stalled(idle) {
+                    return None;
+                }
+                // Moving, or a body waits for its source (its own timer decides).
+                let next = (outcome.last_moved() + idle)
+                    .max(Instant::now() + (idle / 4).max(Duration::from_millis(100)));
+                timer.as_mut().reset(next);
+            }
         }
     }
 }

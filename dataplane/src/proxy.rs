@@ -374,19 +374,9 @@ impl Proxy {
             // answer once the request body is complete.
             None if rule.request_timeout.is_none() => {
                 let idle = self.body.idle_timeout;
-                let answered_late = async {
-                    outcome.ended().await;
-                    tokio::time::sleep(idle).await;
-                };
-                tokio::select! {
-                    r = fut => r,
-                    () = answered_late => {
-                        pool.metrics.failed("timeout");
-                        return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
-                    }
-                    // A backend that stopped reading the upload (nothing moves, and the body
-                    // is not waiting for the client) would hold both sides forever.
-                    () = outcome.stall(idle) => {
+                match crate::body::answered_within(fut, &outcome, idle).await {
+                    Some(r) => r,
+                    None => {
                         pool.metrics.failed("timeout");
                         return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
                     }
