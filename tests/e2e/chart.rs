@@ -10,13 +10,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::discovery::{Discovery, Scope};
+use kube::api::{Api, PostParams};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::ratelimit::RateLimitPolicy;
-use portico_tests::cluster::{control_plane, create, service_account_kubeconfig};
+use portico_tests::cluster::{apply_manifests, control_plane, create, service_account_kubeconfig};
 use portico_tests::{
     Proc, TempDir, await_some, await_some_within, binaries, free_port, loopback_ip,
 };
@@ -96,62 +95,22 @@ fn the_chart_lints_clean() {
     }
 }
 
-/// The documents of a multi-document YAML file, as JSON values (empty ones skipped).
-fn documents(text: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .filter_map(|d| {
-            let v = serde_yaml::Value::deserialize(d).expect("YAML");
-            (!v.is_null()).then(|| serde_json::to_value(v).expect("JSON"))
-        })
-        .collect()
-}
-
-use serde::Deserialize;
-
 #[tokio::test]
 async fn the_rendered_manifest_passes_a_server_side_dry_run() {
     let client = control_plane().client().await;
-    // In the README's order: the CRDs, then everything else.
-    let mut docs = Vec::new();
+    // In the README's order: the CRDs, then everything else. The Namespace is created for
+    // real: the namespaced objects' dry run needs it.
+    let mut kinds = Vec::new();
     for file in ["deploy/portico-crds.yaml", "deploy/portico.yaml"] {
         let text = std::fs::read_to_string(root().join(file)).expect(file);
-        docs.extend(documents(&text));
+        kinds.extend(
+            apply_manifests(&client, &text, "chart-dry-run", "portico-system", |kind| {
+                kind != "Namespace"
+            })
+            .await,
+        );
     }
-    assert!(docs.len() > 10, "{} documents", docs.len());
-    let discovery = Discovery::new(client.clone())
-        .run()
-        .await
-        .expect("discovery");
-    let mut kinds = Vec::new();
-    for doc in docs {
-        let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
-        let types = obj.types.clone().expect("apiVersion and kind");
-        let gvk = kube::api::GroupVersionKind::try_from(&types).expect("gvk");
-        let (ar, caps) = discovery
-            .resolve_gvk(&gvk)
-            .unwrap_or_else(|| panic!("the API server does not serve {gvk:?}"));
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Cluster => Api::all_with(client.clone(), &ar),
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                obj.metadata
-                    .namespace
-                    .as_deref()
-                    .unwrap_or("portico-system"),
-                &ar,
-            ),
-        };
-        let name = obj.metadata.name.clone().expect("name");
-        let mut params = PatchParams::apply("chart-dry-run").force();
-        // The Namespace is created for real: the namespaced objects' dry run needs it.
-        if types.kind != "Namespace" {
-            params = params.dry_run();
-        }
-        api.patch(&name, &params, &Patch::Apply(&doc))
-            .await
-            .unwrap_or_else(|e| panic!("{} {name}: {e}", types.kind));
-        kinds.push(types.kind);
-    }
+    assert!(kinds.len() > 10, "{} documents", kinds.len());
     for k in [
         "CustomResourceDefinition",
         "ClusterRole",

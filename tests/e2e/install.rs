@@ -5,13 +5,11 @@
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::discovery::{Discovery, Scope};
+use kube::api::Api;
 use portico_tests::cluster::{
-    Channel, control_plane_with, crd_established, install_gateway_api_crds,
+    Channel, apply_manifests, control_plane_with, crd_established, install_gateway_api_crds,
 };
 use portico_tests::{await_some, await_some_within};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -40,38 +38,7 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 /// Server-side applies every document of `file`, as `kubectl apply --server-side` does.
 async fn apply_file(client: &kube::Client, file: &str) {
     let text = std::fs::read_to_string(root().join(file)).expect(file);
-    let discovery = Discovery::new(client.clone())
-        .run()
-        .await
-        .expect("discovery");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).expect("YAML");
-        if value.is_null() {
-            continue;
-        }
-        let obj: DynamicObject = serde_yaml::from_value(value).expect("object");
-        let types = obj.types.clone().expect("apiVersion and kind");
-        let gvk = kube::api::GroupVersionKind::try_from(&types).expect("gvk");
-        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| {
-            panic!("{file}: the API server does not serve {gvk:?} (applied too early?)")
-        });
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Cluster => Api::all_with(client.clone(), &ar),
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                obj.metadata.namespace.as_deref().unwrap_or("default"),
-                &ar,
-            ),
-        };
-        let name = obj.metadata.name.clone().expect("name");
-        api.patch(
-            &name,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{file}: {} {name}: {e}", types.kind));
-    }
+    apply_manifests(client, &text, "kubectl", "default", |_| false).await;
 }
 
 #[tokio::test]

@@ -1001,6 +1001,15 @@ async fn backends_of_six_requests(http: &HttpClient, gw: SocketAddr) -> Vec<Stri
     names
 }
 
+/// Portico on `ip` serving `files` (name, text).
+async fn serve_files(ip: IpAddr, files: &[(String, String)]) -> Portico {
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    Portico::start_on(ip, &refs, &[]).await
+}
+
 /// The text of every file of `deploy/examples/<name>`, with `replace` applied.
 fn example(name: &str, replace: &[(&str, String)]) -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1065,11 +1074,7 @@ async fn the_feature_examples_work_as_committed() {
     };
 
     let (ip, ports, files) = start("filters", &["8083"]);
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Portico::start_on(ip, &refs, &[]).await;
+    let p = serve_files(ip, &files).await;
     let r = http
         .get(p.addr(ports[0]), "filters.example.test", "/api/v1/users")
         .await;
@@ -1088,11 +1093,7 @@ async fn the_feature_examples_work_as_committed() {
     drop(p);
 
     let (ip, ports, files) = start("cross-namespace", &["8084"]);
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Portico::start_on(ip, &refs, &[]).await;
+    let p = serve_files(ip, &files).await;
     let r = http.get(p.addr(ports[0]), "team-a.example.test", "/").await;
     assert_eq!(r.status, 200, "{}", r.text());
     drop(p);
@@ -1104,11 +1105,7 @@ async fn the_feature_examples_work_as_committed() {
             .replace("127.0.0.21", &public.to_string())
             .replace("127.0.0.22", &internal.to_string());
     }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Portico::start_on(ip, &refs, &[]).await;
+    let p = serve_files(ip, &files).await;
     let r = http
         .get(SocketAddr::new(public, ports[0]), "any.test", "/")
         .await;
@@ -1135,11 +1132,7 @@ async fn the_feature_examples_work_as_committed() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Portico::start_on(ip, &refs, &[]).await;
+    let p = serve_files(ip, &files).await;
     let mut conn =
         portico_tests::tls::Conn::connect(p.addr(ports[0]), "app.example.test", &[&cert], &[b"h2"])
             .await
@@ -1154,11 +1147,7 @@ async fn the_feature_examples_work_as_committed() {
         .into_iter()
         .map(|(n, t)| (n, t.replace("127.0.0.1:9022", &echo.addr.to_string())))
         .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Portico::start_on(ip, &refs, &[]).await;
+    let p = serve_files(ip, &files).await;
     let mut h2 = portico_tests::tls::Conn::h2c(p.addr(ports[0]))
         .await
         .expect("h2c");

@@ -427,3 +427,54 @@ pub async fn service_account_kubeconfig(
     std::fs::write(&path, text).expect("write kubeconfig");
     path
 }
+
+/// Server-side applies every document of the multi-document YAML `text`, in order, as
+/// `kubectl apply --server-side` does (field manager `manager`); namespaced objects without
+/// a namespace go to `default_ns`, and those whose kind `dry_run` names are only dry-run.
+/// Discovery runs first, so a custom resource needs its CRD established before the call.
+/// Returns the kinds applied.
+pub async fn apply_manifests(
+    client: &Client,
+    text: &str,
+    manager: &str,
+    default_ns: &str,
+    dry_run: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    use kube::api::DynamicObject;
+    use kube::discovery::{Discovery, Scope};
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).expect("YAML");
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value).expect("object");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let gvk = kube::api::GroupVersionKind::try_from(&types).expect("gvk");
+        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| {
+            panic!("the API server does not serve {gvk:?} (applied before its CRD?)")
+        });
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &ar),
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                obj.metadata.namespace.as_deref().unwrap_or(default_ns),
+                &ar,
+            ),
+        };
+        let name = obj.metadata.name.clone().expect("name");
+        let mut params = PatchParams::apply(manager).force();
+        if dry_run(&types.kind) {
+            params = params.dry_run();
+        }
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("{} {name}: {e}", types.kind));
+        kinds.push(types.kind);
+    }
+    kinds
+}
