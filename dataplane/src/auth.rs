@@ -295,11 +295,7 @@ pub(crate) fn single_header<'r>(
 
 /// The one value of query parameter `name` (compared decoded), [`UNUSABLE`] when repeated.
 pub(crate) fn single_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
-    let query = query?;
-    let mut found = query.split('&').filter_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (crate::util::percent_decode(k) == name).then(|| crate::util::percent_decode(v))
-    });
+    let mut found = crate::util::query_values(query?, name);
     let first = found.next()?;
     Some(if found.next().is_some() {
         Cow::Borrowed(UNUSABLE)

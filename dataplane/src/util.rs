@@ -34,7 +34,12 @@ fn strip_port(host: &str) -> &str {
 
 /// The first value of a query parameter, percent-decoded (`+` is a space).
 pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
-    query.split('&').find_map(|pair| {
+    query_values(query, name).next()
+}
+
+/// Every value of query parameter `name` (names compared decoded), in order.
+pub fn query_values<'q>(query: &'q str, name: &str) -> impl Iterator<Item = Cow<'q, str>> {
+    query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))
     })
