@@ -5,6 +5,9 @@
 //! Secret outside the namespaces the installer granted, no workload outside the dataplane
 //! namespace.
 
+#[path = "chart/images.rs"]
+mod images;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
