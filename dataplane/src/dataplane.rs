@@ -46,6 +46,8 @@ pub struct Dataplane {
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
+    /// The route series the metrics hold, to remove those no longer configured.
+    route_series: Mutex<BTreeSet<crate::metrics::RouteSeries>>,
     auth_policies: Mutex<BTreeSet<String>>,
     rate_limit_policies: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
@@ -81,6 +83,7 @@ impl Dataplane {
             },
             default_bind: settings.default_bind,
             routes: Mutex::new(BTreeSet::new()),
+            route_series: Mutex::new(BTreeSet::new()),
             auth_policies: Mutex::new(BTreeSet::new()),
             rate_limit_policies: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
@@ -159,6 +162,8 @@ impl Dataplane {
         let warnings = tables.warnings.clone();
         let backends = tables.backends.clone();
         let routes = tables.routes.clone();
+        let route_series = tables.route_series.clone();
+        let certificates = tables.certificates.clone();
         let policies = tables.auth_policies.clone();
         let limit_policies = tables.rate_limit_policies.clone();
         if let Err(bind_failures) = self.server.apply(tables) {
@@ -172,12 +177,14 @@ impl Dataplane {
         }
         let bind_failures = BTreeMap::new();
         self.pools.retain(&backends, &self.metrics);
+        *self.routes.lock() = routes;
+        self.metrics.certificates(certificates);
         {
-            let mut known = self.routes.lock();
-            for gone in known.difference(&routes) {
+            let mut known = self.route_series.lock();
+            for gone in known.difference(&route_series) {
                 self.metrics.forget_route(gone);
             }
-            *known = routes;
+            *known = route_series;
         }
         {
             let mut known = self.auth_policies.lock();

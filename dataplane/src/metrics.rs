@@ -1,11 +1,14 @@
-//! Prometheus metrics. Label cardinality is bounded by configuration: the route label is an
-//! HTTPRoute's `namespace/name` (or `none`), the backend label a Service port a route sends
-//! to (`namespace/name:port`), `code_class` one of five status classes, `reason` a fixed set.
-//! A route costs 5 request series and 15 histogram series; a backend 5 + 15 + its errors.
+//! Prometheus metrics. Label cardinality is bounded by configuration: request series are
+//! labelled with the Gateway (`namespace/name`), the listener and the HTTPRoute
+//! (`namespace/name`; `none` when nothing matched), the backend label is a Service port a
+//! route sends to (`namespace/name:port`), `code_class` one of five status classes, `reason`
+//! a fixed set. A route costs 5 request series and 15 histogram series per listener it is
+//! attached to; a backend 5 + 15 + its errors; a listener certificate one gauge.
 //!
-//! Each rule holds its own counter and histogram handles, taken once when the rule is built,
-//! so the hot path increments atomics and never takes the family lock. The latency histogram
-//! is our own: prometheus-client's takes a write lock per observation.
+//! Each route candidate holds its listener's counter and histogram handles, taken once when
+//! the tables are built, so the hot path increments atomics and never takes the family
+//! lock. The latency histogram is our own: prometheus-client's takes a write lock per
+//! observation.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -19,8 +22,43 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
     code_class: &'static str,
+    #[prometheus(flatten)]
+    at: RouteSeries,
+}
+
+/// Where a route's requests are counted: the Gateway (`namespace/name`) and listener they
+/// came through and the HTTPRoute (`namespace/name`). A route attached to two listeners has
+/// two sets of series. Requests no route took are `gateway="", listener="", route="none"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RouteSeries {
+    pub gateway: String,
+    pub listener: String,
+    pub route: String,
+}
+
+impl RouteSeries {
+    pub fn new(gateway: &str, listener: &str, route: &str) -> Self {
+        Self {
+            gateway: gateway.to_string(),
+            listener: listener.to_string(),
+            route: route.to_string(),
+        }
+    }
+
+    /// The series of requests that matched no route.
+    pub fn unmatched() -> Self {
+        Self::new("", "", "none")
+    }
+}
+
+/// A listener certificate: the Gateway (`namespace/name`), the listener and the Secret
+/// (`namespace/name`) it came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CertificateSeries {
+    pub gateway: String,
+    pub listener: String,
+    pub secret: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,11 +98,6 @@ pub const UPSTREAM_ERRORS: [&str; 7] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabel {
-    route: String,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -233,7 +266,7 @@ impl EncodeMetric for LatencyHistogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabel, LatencyHistogram>,
+    duration: Family<RouteSeries, LatencyHistogram>,
     auth: Family<AuthLabels, Counter>,
     rate_limit: Family<RateLimitLabels, Counter>,
     rate_limit_degraded: Family<DegradedLabels, Gauge>,
@@ -251,6 +284,9 @@ pub struct Metrics {
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
+    certificate_expiry: Family<CertificateSeries, Gauge>,
+    /// The certificates `certificate_expiry` has series for.
+    certificates_known: parking_lot::Mutex<std::collections::BTreeSet<CertificateSeries>>,
     /// When this process started (seconds since the epoch), for `process_start_time_seconds`.
     started: f64,
 }
@@ -265,7 +301,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("portico");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabel, LatencyHistogram>::default();
+        let duration = Family::<RouteSeries, LatencyHistogram>::default();
         let auth = Family::<AuthLabels, Counter>::default();
         let rate_limit = Family::<RateLimitLabels, Counter>::default();
         let rate_limit_degraded = Family::<DegradedLabels, Gauge>::default();
@@ -282,6 +318,12 @@ impl Default for Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
+        let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiration_timestamp_seconds",
+            "When each listener certificate being served expires (its notAfter, seconds since the epoch), by gateway, listener and Secret; alert on this minus time()",
+            certificate_expiry.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -340,12 +382,12 @@ impl Default for Metrics {
         );
         registry.register(
             "requests",
-            "Requests answered, by HTTPRoute and status class (code_class)",
+            "Requests answered, by Gateway, listener, HTTPRoute and status class (code_class); requests no route took are route=\"none\"",
             requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time from request received to response headers sent, by HTTPRoute",
+            "Time from request received to response headers sent, by Gateway, listener and HTTPRoute",
             duration.clone(),
         );
         registry.register(
@@ -403,6 +445,8 @@ impl Default for Metrics {
             upstream_errors,
             in_flight,
             tls_handshake_errors,
+            certificate_expiry,
+            certificates_known: parking_lot::Mutex::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -493,22 +537,17 @@ impl Metrics {
             .inc();
     }
 
-    /// Handles for one route; `route` is `namespace/name` or `none`.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    /// Handles for one route as reached through one listener.
+    pub fn route(&self, at: &RouteSeries) -> RouteMetrics {
         let by_class = CLASSES.map(|code_class| {
             self.requests
                 .get_or_create(&RequestLabels {
-                    route: route.to_string(),
+                    at: at.clone(),
                     code_class,
                 })
                 .clone()
         });
-        let duration = self
-            .duration
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .clone();
+        let duration = self.duration.get_or_create(at).clone();
         RouteMetrics { by_class, duration }
     }
 
@@ -577,17 +616,28 @@ impl Metrics {
         }
     }
 
-    /// Removes the series of routes no longer configured, keeping cardinality bounded.
-    pub fn forget_route(&self, route: &str) {
+    /// Sets the expiry of each certificate now served, and removes those no longer served.
+    pub fn certificates(&self, now: std::collections::BTreeMap<CertificateSeries, i64>) {
+        let mut known = self.certificates_known.lock();
+        for gone in known.iter().filter(|c| !now.contains_key(*c)) {
+            self.certificate_expiry.remove(gone);
+        }
+        for (series, expiry) in &now {
+            self.certificate_expiry.get_or_create(series).set(*expiry);
+        }
+        *known = now.into_keys().collect();
+    }
+
+    /// Removes the series of a route no longer reached through a listener, keeping
+    /// cardinality bounded.
+    pub fn forget_route(&self, at: &RouteSeries) {
         for code_class in CLASSES {
             self.requests.remove(&RequestLabels {
-                route: route.to_string(),
+                at: at.clone(),
                 code_class,
             });
         }
-        self.duration.remove(&RouteLabel {
-            route: route.to_string(),
-        });
+        self.duration.remove(at);
     }
 
     /// Handles for one backend (`namespace/name:port`).
@@ -656,7 +706,8 @@ impl Metrics {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A route's counters and latency histogram. The default is detached (registered nowhere).
+#[derive(Clone, Debug, Default)]
 pub struct RouteMetrics {
     by_class: [Counter; 5],
     duration: LatencyHistogram,
@@ -702,7 +753,8 @@ mod tests {
     #[test]
     fn latency_histogram_encodes_cumulative_buckets_in_seconds() {
         let m = Metrics::default();
-        let r = m.route("ns/r");
+        let at = RouteSeries::new("ns/gw", "http", "ns/r");
+        let r = m.route(&at);
         r.record(200, Duration::from_micros(50));
         r.record(200, Duration::from_micros(4_000));
         r.record(503, Duration::from_secs(100));
@@ -715,27 +767,37 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            value(r#"portico_request_duration_seconds_count{route="ns/r"}"#),
+            value(
+                r#"portico_request_duration_seconds_count{gateway="ns/gw",listener="http",route="ns/r"}"#
+            ),
             "3"
         );
         assert_eq!(
-            value(r#"portico_request_duration_seconds_bucket{le="0.001",route="ns/r"}"#),
+            value(
+                r#"portico_request_duration_seconds_bucket{le="0.001",gateway="ns/gw",listener="http",route="ns/r"}"#
+            ),
             "1"
         );
         assert_eq!(
-            value(r#"portico_request_duration_seconds_bucket{le="0.005",route="ns/r"}"#),
+            value(
+                r#"portico_request_duration_seconds_bucket{le="0.005",gateway="ns/gw",listener="http",route="ns/r"}"#
+            ),
             "2"
         );
         assert_eq!(
-            value(r#"portico_request_duration_seconds_bucket{le="10.0",route="ns/r"}"#),
+            value(
+                r#"portico_request_duration_seconds_bucket{le="10.0",gateway="ns/gw",listener="http",route="ns/r"}"#
+            ),
             "2"
         );
         assert_eq!(
-            value(r#"portico_request_duration_seconds_bucket{le="+Inf",route="ns/r"}"#),
+            value(
+                r#"portico_request_duration_seconds_bucket{le="+Inf",gateway="ns/gw",listener="http",route="ns/r"}"#
+            ),
             "3"
         );
         assert!(
-            text.contains(r#"portico_requests_total{route="ns/r",code_class="5xx"} 1"#),
+            text.contains(r#"portico_requests_total{code_class="5xx",gateway="ns/gw",listener="http",route="ns/r"} 1"#),
             "{text}"
         );
         // A route costs 5 request series and 15 histogram series.
@@ -744,7 +806,7 @@ mod tests {
             .filter(|l| !l.starts_with('#') && l.contains("route=\"ns/r\""))
             .count();
         assert_eq!(series, 20, "{text}");
-        m.forget_route("ns/r");
+        m.forget_route(&at);
         assert!(!m.encode().contains("ns/r"));
     }
 

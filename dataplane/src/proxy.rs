@@ -5,7 +5,7 @@ use crate::auth::AuthEngine;
 use crate::balancer::Upstream;
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody};
 use crate::errors::ProxyError;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
 use crate::sanitize::EdgeSettings;
@@ -97,7 +97,7 @@ impl Proxy {
         Self {
             http1,
             h2c,
-            unmatched: metrics.route("none"),
+            unmatched: metrics.route(&RouteSeries::unmatched()),
             access_log: settings.access_log,
             edge: settings.edge,
             body: settings.body,
@@ -124,10 +124,11 @@ impl Proxy {
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
             .and_then(|()| route(router, &mut req, down.sni.as_deref()));
-        let (result, rule, upstream) = match routed {
-            Err(e) => (Err(e), None, None),
+        let (result, rule, upstream, route_metrics) = match routed {
+            Err(e) => (Err(e), None, None, None),
             Ok(routed) => {
                 let rule = routed.rule.clone();
+                let route_metrics = routed.metrics.clone();
                 let request_timeout = rule.request_timeout;
                 let who = &mut who;
                 let limit_headers = &mut limit_headers;
@@ -187,7 +188,7 @@ impl Proxy {
                         .unwrap_or((Err(ProxyError::RequestTimeout), None)),
                     None => fut.await,
                 };
-                (result, Some(rule), upstream)
+                (result, Some(rule), upstream, Some(route_metrics))
             }
         };
         let mut reason = None;
@@ -235,8 +236,9 @@ impl Proxy {
         resp.headers_mut().insert(&util::X_REQUEST_ID, id.clone());
         let elapsed = start.elapsed();
         let status = resp.status().as_u16();
-        rule.as_ref()
-            .map_or(&self.unmatched, |r| &r.metrics)
+        route_metrics
+            .as_deref()
+            .unwrap_or(&self.unmatched)
             .record(status, elapsed);
         if let Some(mut log) = log {
             log.reason = reason;
@@ -455,6 +457,7 @@ struct Routed {
     prefix: Option<Arc<str>>,
     auth: Option<Arc<AuthEngine>>,
     rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
+    metrics: Arc<RouteMetrics>,
     /// The rule's index in its route (a `Route` rate-limit key).
     rule_index: usize,
     /// The path matched, when it differs from the forwarded one (`;parameters`).
@@ -504,6 +507,7 @@ fn route(
         prefix: m.candidate.prefix.clone(),
         auth: m.candidate.auth.clone(),
         rate_limit: m.candidate.rate_limit.clone(),
+        metrics: m.candidate.metrics.clone(),
         rule_index: m.candidate.order.1,
         matching,
     })

@@ -138,6 +138,8 @@ pub struct Candidate {
     pub auth: Option<Arc<AuthEngine>>,
     /// The rate-limit policy of the rule, else of the listener or Gateway.
     pub rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
+    /// The counters of the route as reached through this candidate's listener.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Candidate {

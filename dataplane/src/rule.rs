@@ -2,7 +2,6 @@
 //! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
 
 use crate::balancer::EndpointPool;
-use crate::metrics::RouteMetrics;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_model::{HeaderModifier, Redirect, Timeouts, UrlRewrite};
 use std::sync::Arc;
@@ -122,7 +121,6 @@ pub struct CompiledRule {
     pub targets: Vec<WeightedTarget>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
-    pub metrics: RouteMetrics,
 }
 
 impl CompiledRule {

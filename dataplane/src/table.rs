@@ -3,7 +3,7 @@
 
 use crate::auth::{AuthEngine, AuthShared};
 use crate::balancer::Pools;
-use crate::metrics::Metrics;
+use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
 use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
@@ -26,8 +26,12 @@ pub struct Tables {
     pub sockets: BTreeMap<SocketAddr, SocketRouter>,
     /// TLS settings of the sockets that serve HTTPS listeners.
     pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
-    /// Every route label in use, for metric clean-up.
+    /// Every route label in use.
     pub routes: BTreeSet<String>,
+    /// Every (gateway, listener, route) in use, for metric clean-up.
+    pub route_series: BTreeSet<RouteSeries>,
+    /// When each listener certificate in use expires, for the expiry metric.
+    pub certificates: BTreeMap<CertificateSeries, i64>,
     /// Every auth policy in use (`namespace/name`), for metric clean-up.
     pub auth_policies: BTreeSet<String>,
     /// Every rate-limit policy in use, likewise.
@@ -84,15 +88,26 @@ pub fn build(
                 }
                 owners.insert(slot, (gw.clone(), l.name.clone()));
                 if let Some(tls) = l.tls.as_ref().filter(|_| l.protocol == Protocol::Https) {
-                    let problems = certificates
+                    let added = certificates
                         .entry(sa)
                         .or_default()
                         .add(l.hostname.as_deref(), &tls.certificates);
                     t.warnings.extend(
-                        problems
+                        added
+                            .problems
                             .into_iter()
                             .map(|p| format!("listener {gw}/{}: {p}", l.name)),
                     );
+                    for (secret, expiry) in added.expiries {
+                        t.certificates.insert(
+                            CertificateSeries {
+                                gateway: gw.clone(),
+                                listener: l.name.clone(),
+                                secret,
+                            },
+                            expiry,
+                        );
+                    }
                 }
                 t.sockets
                     .entry(sa)
@@ -167,6 +182,9 @@ pub fn build(
                 };
                 let parent_auth = engine(&parent.auth);
                 let parent_limits = limiter(&parent.rate_limit);
+                let series = RouteSeries::new(&gw, &listener.name, &label);
+                let route_metrics = Arc::new(metrics.route(&series));
+                t.route_series.insert(series);
                 for sa in listener_sockets
                     .get(parent.listener.as_str())
                     .into_iter()
@@ -197,6 +215,7 @@ pub fn build(
                                 .cloned()
                                 .flatten()
                                 .or_else(|| parent_limits.clone());
+                            c.metrics = route_metrics.clone();
                             add(table, path, (c, regex.clone()));
                         }
                     }
@@ -294,6 +313,7 @@ fn candidate(
             prefix,
             auth: None,
             rate_limit: None,
+            metrics: Arc::default(),
         },
         regex,
     ))
@@ -371,6 +391,5 @@ fn compile_rule(
         targets,
         request_timeout,
         backend_timeout,
-        metrics: metrics.route(label),
     }
 }

@@ -16,6 +16,14 @@ use std::sync::Arc;
 /// ALPN protocols offered to clients, preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// What [`SniCertificates::add`] loaded and what it could not.
+#[derive(Debug, Default)]
+pub struct Added {
+    /// (Secret `namespace/name`, the leaf's `notAfter` in seconds since the epoch).
+    pub expiries: Vec<(String, i64)>,
+    pub problems: Vec<String>,
+}
+
 /// Certificates by listener hostname for one socket.
 #[derive(Debug, Default)]
 pub struct SniCertificates {
@@ -24,21 +32,31 @@ pub struct SniCertificates {
 }
 
 impl SniCertificates {
-    /// Adds a listener's certificates; returns a message for each one that cannot be loaded
-    /// (compile checked them already, so this is a last line of defence).
-    pub fn add(&mut self, hostname: Option<&str>, certs: &[Certificate]) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Adds a listener's certificates. Returns, for each one loaded, its Secret and when its
+    /// leaf expires (seconds since the epoch, for the expiry metric), and a message for each
+    /// one that cannot be loaded (compile checked them already: a last line of defence).
+    pub fn add(&mut self, hostname: Option<&str>, certs: &[Certificate]) -> Added {
+        let mut added = Added::default();
         let entry = self.by_host.entry(hostname);
         for c in certs {
             match portico_compile::tls::certified_key(&c.cert_pem, &c.key_pem) {
                 Ok(k) => {
+                    if let Some(expiry) = k
+                        .cert
+                        .first()
+                        .and_then(|leaf| portico_compile::tls::not_after(leaf))
+                    {
+                        added.expiries.push((c.secret.to_string(), expiry));
+                    }
                     entry.push(Arc::new(k));
                     self.count += 1;
                 }
-                Err(e) => problems.push(format!("certificate from Secret {}: {e}", c.secret)),
+                Err(e) => added
+                    .problems
+                    .push(format!("certificate from Secret {}: {e}", c.secret)),
             }
         }
-        problems
+        added
     }
 
     pub fn is_empty(&self) -> bool {

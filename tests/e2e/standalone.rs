@@ -669,7 +669,9 @@ async fn admin_endpoints_and_metrics() {
     }
     let m = p.metrics().await;
     assert!(
-        m.contains(r#"portico_requests_total{route="default/r",code_class="2xx"} 3"#),
+        m.contains(
+            r#"portico_requests_total{code_class="2xx",gateway="default/gw",listener="http",route="default/r"} 3"#
+        ),
         "{m}"
     );
     for name in [
@@ -681,7 +683,9 @@ async fn admin_endpoints_and_metrics() {
         assert!(m.contains(name), "{name}\n{m}");
     }
     assert!(
-        m.contains(r#"portico_request_duration_seconds_count{route="default/r"} 3"#),
+        m.contains(
+            r#"portico_request_duration_seconds_count{gateway="default/gw",listener="http",route="default/r"} 3"#
+        ),
         "{m}"
     );
     assert!(m.contains("portico_config_version 1"), "{m}");

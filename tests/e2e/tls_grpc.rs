@@ -2,7 +2,7 @@
 //! handshakes and HTTP/2 on 127.0.0.x, real echo backends.
 
 use bytes::Bytes;
-use portico_tests::tls::{Conn, secret_yaml, self_signed};
+use portico_tests::tls::{Conn, secret_yaml, self_signed, self_signed_until};
 use portico_tests::*;
 use std::net::SocketAddr;
 
@@ -48,7 +48,7 @@ const H1_ONLY: &[&[u8]] = &[b"http/1.1"];
 async fn sni_picks_the_listener_certificate_and_rotation_keeps_connections() {
     let echo = Echo::start("echo");
     let port = free_port(loopback_ip());
-    let (a_cert, a_key) = self_signed(&["a.example.com"]);
+    let (a_cert, a_key) = self_signed_until(&["a.example.com"], (2031, 1, 1));
     let (b_cert, b_key) = self_signed(&["*.b.example.com"]);
     let secrets = secret_yaml("a", "default", &a_cert, &a_key)
         + &secret_yaml("b", "default", &b_cert, &b_key);
@@ -90,6 +90,17 @@ async fn sni_picks_the_listener_certificate_and_rotation_keeps_connections() {
         (200, http::Version::HTTP_11)
     );
 
+    // Each listener's requests and certificate have their own series.
+    let m = p.metrics().await;
+    for series in [
+        r#"portico_requests_total{code_class="2xx",gateway="default/gw",listener="a",route="default/r"} 1"#,
+        r#"portico_requests_total{code_class="2xx",gateway="default/gw",listener="b",route="default/r"} 1"#,
+        r#"portico_tls_certificate_expiration_timestamp_seconds{gateway="default/gw",listener="a",secret="default/a"} 1924992000"#,
+        r#"portico_tls_certificate_expiration_timestamp_seconds{gateway="default/gw",listener="b",secret="default/b"}"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+
     // A request for a host of the other listener on this connection: 421, not routed.
     let r = b.get("a.example.com", "/").await.expect("misdirected GET");
     assert_eq!(r.status, 421);
@@ -103,7 +114,7 @@ async fn sni_picks_the_listener_certificate_and_rotation_keeps_connections() {
 
     // Rotation: the Secret changes, new handshakes get the new certificate, the open
     // connection keeps working.
-    let (a2_cert, a2_key) = self_signed(&["a.example.com"]);
+    let (a2_cert, a2_key) = self_signed_until(&["a.example.com"], (2032, 6, 1));
     let rotated = secret_yaml("a", "default", &a2_cert, &a2_key)
         + &secret_yaml("b", "default", &b_cert, &b_key);
     p.config.write("secrets.yaml", &rotated);
@@ -113,6 +124,11 @@ async fn sni_picks_the_listener_certificate_and_rotation_keeps_connections() {
             .await
             .ok()?;
         c.presented(&a2_cert).then_some(())
+    })
+    .await;
+    // The expiry metric follows the certificate being served.
+    await_some("the rotated certificate's expiry in the metrics", || async {
+        p.metrics().await.contains(r#"portico_tls_certificate_expiration_timestamp_seconds{gateway="default/gw",listener="a",secret="default/a"} 1969660800"#).then_some(())
     })
     .await;
     let r = a

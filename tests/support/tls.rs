@@ -16,12 +16,24 @@ use std::sync::Arc;
 
 /// A self-signed certificate for `names`, as (certificate PEM, key PEM).
 pub fn self_signed(names: &[&str]) -> (String, String) {
+    self_signed_with(names, |_| {})
+}
+
+/// A self-signed certificate valid until midnight (UTC) of `(year, month, day)`.
+pub fn self_signed_until(names: &[&str], (y, m, d): (i32, u8, u8)) -> (String, String) {
+    self_signed_with(names, |p| p.not_after = rcgen::date_time_ymd(y, m, d))
+}
+
+fn self_signed_with(
+    names: &[&str],
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("generate key");
-    let cert =
+    let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("certificate params")
-            .self_signed(&key)
-            .expect("self-sign");
+            .expect("certificate params");
+    edit(&mut params);
+    let cert = params.self_signed(&key).expect("self-sign");
     (cert.pem(), key.serialize_pem())
 }
 
