@@ -261,7 +261,7 @@ struct GlobalLimit {
     /// The prefix of its Redis keys.
     prefix: String,
     /// The script's arguments after the key: requests, interval (µs) and, for a token
-    /// bucket, the burst.
+    /// bucket, the burst (then the peek flag, per call).
     args: Vec<String>,
 }
 
@@ -389,7 +389,10 @@ impl RateLimitEngine {
 
     /// Counts `req` against every limit that matches it. `Ok` carries the headers for the
     /// response (when the policy sends them); `Err` the 429 (or 503 when Redis is down and
-    /// the policy fails closed).
+    /// the policy fails closed). Once a limit refuses, the limits after it are asked without
+    /// counting (a refused request uses no quota), so the 429's `Retry-After` is the longest
+    /// wait of every limit that would refuse it: a client that waits that long is not
+    /// refused again at once by another limit.
     pub async fn check<B>(
         &self,
         req: &Request<B>,
@@ -398,22 +401,32 @@ impl RateLimitEngine {
         let mut counted: Vec<(&LimitEngine, Outcome)> = Vec::with_capacity(self.limits.len());
         let mut client: Option<IpAddr> = None;
         let mut fallback = false;
+        let mut refused = false;
         for limit in &self.limits {
             if let Some(m) = &limit.matcher
                 && !m.matches(req.method(), req.headers(), facts.path)
             {
                 continue;
             }
-            let outcome = match &limit.global {
-                None => {
-                    let key = self.local_key(limit, req.headers(), facts, &mut client);
-                    limit.local.admit(key, self.clock.now_us())
+            let peek = refused;
+            let local = |client: &mut Option<IpAddr>| {
+                let key = self.local_key(limit, req.headers(), facts, client);
+                let now = self.clock.now_us();
+                if peek {
+                    limit.local.peek(key, now)
+                } else {
+                    limit.local.admit(key, now)
                 }
+            };
+            let mut outcome = match &limit.global {
+                None => local(&mut client),
                 Some(global) => match self
-                    .global_admit(limit, global, req.headers(), facts, &mut client)
+                    .global_admit(limit, global, req.headers(), facts, &mut client, peek)
                     .await
                 {
                     Ok(o) => o,
+                    // Already refused: the 429 stands on what is known.
+                    Err(_) if peek => continue,
                     Err(e) => {
                         let Some(g) = &self.global else {
                             return Err(ProxyError::RateLimitUnavailable(e.to_string()));
@@ -423,22 +436,25 @@ impl RateLimitEngine {
                             return Err(ProxyError::RateLimitUnavailable(e.to_string()));
                         }
                         fallback = true;
-                        let key = self.local_key(limit, req.headers(), facts, &mut client);
-                        limit.local.admit(key, self.clock.now_us())
+                        local(&mut client)
                     }
                 },
             };
-            let allowed = outcome.allowed;
-            counted.push((limit, outcome));
-            if !allowed {
-                self.metrics.record(if fallback {
-                    RateLimitDecision::FallbackLimited
-                } else {
-                    RateLimitDecision::Limited
-                });
-                let headers = self.headers(&counted, true);
-                return Err(ProxyError::RateLimited(Box::new(headers)));
+            if peek && outcome.allowed {
+                // Nothing was counted: what is left includes this request's share.
+                outcome.remaining += 1;
             }
+            refused |= !outcome.allowed;
+            counted.push((limit, outcome));
+        }
+        if refused {
+            self.metrics.record(if fallback {
+                RateLimitDecision::FallbackLimited
+            } else {
+                RateLimitDecision::Limited
+            });
+            let headers = self.headers(&counted, true);
+            return Err(ProxyError::RateLimited(Box::new(headers)));
         }
         if counted.is_empty() {
             return Ok(None);
@@ -458,6 +474,7 @@ impl RateLimitEngine {
         headers: &HeaderMap,
         facts: &LimitFacts<'_>,
         client: &mut Option<IpAddr>,
+        peek: bool,
     ) -> Result<Outcome, RedisError> {
         let Some(g) = &self.global else {
             return Err(RedisError::Down);
@@ -475,6 +492,7 @@ impl RateLimitEngine {
         let script = scripts::Script::for_algorithm(limit.quota.algorithm);
         let mut args: Vec<&[u8]> = vec![b"EVALSHA", script.sha1.as_bytes(), b"1", key.as_bytes()];
         args.extend(global.args.iter().map(|a| a.as_bytes()));
+        args.push(if peek { b"1" } else { b"0" });
         let mut reply = g.pool.call(&args, g.timeout).await;
         if matches!(&reply, Ok(Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
             // Redis restarted or was flushed: EVAL loads the script again.

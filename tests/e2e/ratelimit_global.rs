@@ -282,3 +282,41 @@ async fn the_rate_limit_examples_work_in_standalone_mode() {
     );
     assert_ne!(redis.command(&["DBSIZE"]), ":0\r\n");
 }
+
+#[tokio::test]
+async fn a_429_waits_for_the_longest_global_limit_and_spends_nothing_after_the_refusing_one() {
+    let redis = Redis::start();
+    let echo = Echo::start("echo");
+    let docs = format!(
+        "{}{}",
+        route("api", "/"),
+        limit_policy(
+            "layers",
+            "api",
+            "  limits:
+  - {name: per-minute, requests: 1, interval: 1m, algorithm: TokenBucket, scope: Global}
+  - {name: per-hour, requests: 1, interval: 1h, algorithm: TokenBucket, scope: Global}
+  - {name: spare, requests: 3, interval: 1h, algorithm: SlidingWindow, scope: Global}
+  - {name: calendar, requests: 5, interval: 24h, algorithm: FixedWindow, scope: Global}"
+        )
+    );
+    let (nodes, port) = replicas(1, &echo, &redis, &docs).await;
+    let addr = nodes[0].addr(port);
+    let client = HttpClient::new();
+    assert_eq!(client.get(addr, HOST, "/").await.status, 200);
+    for _ in 0..3 {
+        let r = client.get(addr, HOST, "/").await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        // per-minute refused; per-hour would refuse too, for longer.
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((3_590..=3_600).contains(&retry), "Retry-After {retry}");
+        // The limits after the refusing one were asked, not counted: in Redis too.
+        let state = r.header("ratelimit").unwrap_or_default().to_string();
+        assert!(state.contains("\"spare\";r=2;"), "{state}");
+        assert!(state.contains("\"calendar\";r=4;"), "{state}");
+    }
+    assert_eq!(echo.requests().await, 1);
+}

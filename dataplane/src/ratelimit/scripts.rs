@@ -41,8 +41,9 @@ impl Script {
 }
 
 /// KEYS[1] the bucket (a hash: t = tokens, a = last update). ARGV: requests, interval_us,
-/// burst.
+/// burst, peek.
 const TOKEN_BUCKET: &str = r#"
+local peek = ARGV[4] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local rate = tonumber(ARGV[1]) / tonumber(ARGV[2])
@@ -61,8 +62,10 @@ if tokens >= 1 then
   allowed = 1
 end
 local reset = math.ceil((burst - tokens) / rate)
-redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'a', string.format('%d', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000)
+if not peek then
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'a', string.format('%d', now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000)
+end
 local retry = 0
 if allowed == 0 then
   retry = math.ceil((1 - tokens) / rate)
@@ -70,8 +73,9 @@ end
 return {allowed, math.max(0, math.floor(tokens)), reset, retry}
 "#;
 
-/// KEYS[1] the prefix of the window counters. ARGV: requests, interval_us.
+/// KEYS[1] the prefix of the window counters. ARGV: requests, interval_us, peek.
 const FIXED_WINDOW: &str = r#"
+local peek = ARGV[3] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
@@ -83,6 +87,9 @@ local count = tonumber(redis.call('GET', key)) or 0
 if count >= limit then
   return {0, 0, reset, reset}
 end
+if peek then
+  return {1, limit - count - 1, reset, 0}
+end
 count = redis.call('INCR', key)
 if count == 1 then
   redis.call('PEXPIRE', key, math.ceil(interval / 1000) + 1000)
@@ -90,8 +97,9 @@ end
 return {1, limit - count, reset, 0}
 "#;
 
-/// KEYS[1] the prefix of the window counters. ARGV: requests, interval_us.
+/// KEYS[1] the prefix of the window counters. ARGV: requests, interval_us, peek.
 const SLIDING_WINDOW: &str = r#"
+local peek = ARGV[3] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
@@ -104,6 +112,9 @@ local into = now - index * interval
 local reset = interval - into
 local estimate = previous * (1 - into / interval) + count
 if estimate + 1 <= limit then
+  if peek then
+    return {1, math.max(0, math.floor(limit - estimate - 1)), reset, 0}
+  end
   count = redis.call('INCR', key)
   if count == 1 then
     redis.call('PEXPIRE', key, 2 * math.ceil(interval / 1000) + 1000)

@@ -56,6 +56,17 @@ impl LocalStore {
         self.quota.admit(state, now_us)
     }
 
+    /// What counting one request of `key` would say, without counting it.
+    pub fn peek(&self, key: u64, now_us: u64) -> Outcome {
+        let shard = self.shards[((key >> 32) as usize) % SHARDS].lock();
+        let mut state = shard
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| self.quota.fresh(now_us));
+        drop(shard);
+        self.quota.admit(&mut state, now_us)
+    }
+
     fn make_room(&self, shard: &mut Shard, now: u64) {
         shard.retain(|_, s| !self.quota.is_idle(s, now));
         let target = self.per_shard - self.per_shard / 8;

@@ -244,3 +244,41 @@ async fn every_limit_is_checked_and_state_survives_a_new_snapshot() {
         "the 'everyone' limit of 3 is spent"
     );
 }
+
+#[tokio::test]
+async fn a_refusal_names_the_first_limit_waits_for_the_longest_and_counts_nothing_after_it() {
+    let bucket = |name: &str, requests: u32, interval_ms: u64| Limit {
+        algorithm: Algorithm::TokenBucket,
+        interval_ms,
+        ..limit(name, requests, vec![])
+    };
+    let e = engine(
+        vec![
+            bucket("per-minute", 1, 60_000),
+            bucket("per-hour", 1, 3_600_000),
+            bucket("spare", 3, 3_600_000),
+        ],
+        0,
+    );
+    let f = facts([127, 0, 0, 5]);
+    e.check(&request(&[]), &f)
+        .await
+        .expect("the first is admitted");
+    for _ in 0..2 {
+        match e.check(&request(&[]), &f).await {
+            Err(ProxyError::RateLimited(h)) => {
+                assert_eq!(h.refused_by.as_deref(), Some("default/rl/per-minute"));
+                // per-hour would refuse too, for longer: waiting a minute would not do.
+                let retry = h.retry_after.expect("Retry-After");
+                assert!((3_590..=3_600).contains(&retry), "{retry}");
+                // The refused requests used none of the limits after the refusing one.
+                let state = h.state.as_ref().and_then(|s| s.to_str().ok());
+                assert!(
+                    state.is_some_and(|s| s.contains("\"spare\";r=2;")),
+                    "{state:?}"
+                );
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+    }
+}
