@@ -44,6 +44,10 @@ struct Args {
     /// core and give it one thread, so its threads do not contend for that core.
     #[arg(long)]
     workers: Option<usize>,
+    /// `error`, `warn`, `info` or `debug` (each request and connection error), or any
+    /// `RUST_LOG` filter. Default: `RUST_LOG`, else `warn`.
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 /// The fixed answers of `--fixed`.
@@ -145,8 +149,23 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// Logs to stderr at `--log-level` (else `RUST_LOG`, else `warn`).
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    init_logging(args.log_level.as_deref());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         rt.worker_threads(n.max(1));
@@ -186,13 +205,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 let (name, count) = (name.clone(), count.clone());
                 let fixed_answers = fixed_answers.clone();
                 async move {
-                    Ok::<_, Infallible>(match fixed_answers {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let resp = match fixed_answers {
                         Some(f) => fixed(&req, &f),
                         None => handle(req, name, count).await,
-                    })
+                    };
+                    tracing::debug!(%method, path, status = resp.status().as_u16(), "answered");
+                    Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
         });
     }
 }

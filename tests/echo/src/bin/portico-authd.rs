@@ -99,6 +99,10 @@ struct Args {
     /// Introspection client credentials, `ID:SECRET`.
     #[arg(long, default_value = "portico:portico-secret")]
     client: String,
+    /// `error`, `warn`, `info` or `debug` (each request and connection error), or any
+    /// `RUST_LOG` filter. Default: `RUST_LOG`, else `warn`.
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 struct State {
@@ -303,8 +307,23 @@ async fn handle(
     }
 }
 
+/// Logs to stderr at `--log-level` (else `RUST_LOG`, else `warn`).
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    init_logging(args.log_level.as_deref());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -331,17 +350,25 @@ async fn serve(args: Arc<Args>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (args, state) = (args.clone(), state.clone());
-                async move { Ok::<_, Infallible>(handle(req, args, state).await) }
+                async move {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let resp = handle(req, args, state).await;
+                    tracing::debug!(%method, path, status = resp.status().as_u16(), "answered");
+                    Ok::<_, Infallible>(resp)
+                }
             });
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            let served = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), svc).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
                     }
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
