@@ -426,6 +426,11 @@ fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) 
     }
     supported_kinds.sort();
     supported_kinds.dedup();
+    // A listener whose protocol is not served supports no route kind (the spec: supportedKinds
+    // lists what the listener can attach, and it attaches nothing).
+    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
+        supported_kinds.clear();
+    }
 
     let namespaces = l
         .allowed_routes

@@ -372,6 +372,9 @@ spec:
         find(&u.conditions, types::ACCEPTED).map(|c| c.reason.as_str()),
         Some(reasons::UNSUPPORTED_PROTOCOL)
     );
+    // A listener that serves nothing supports no route kind (conformance:
+    // GatewayListenerUnsupportedProtocol).
+    assert!(u.supported_kinds.is_empty(), "{:?}", u.supported_kinds);
 }
 
 fn backend_rule(backend: &str) -> String {
