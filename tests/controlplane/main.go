@@ -195,7 +195,8 @@ func writePKI(dir string) (pkiFiles, error) {
 		return writeCertKey(certPath, keyPath, der, key)
 	}
 	if err := leaf(2, pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
-		[]net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		// 10.96.0.1: the kubernetes Service, where the test kubelet's pods reach the API server.
+		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}, []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 		p.servingCert, p.servingKey); err != nil {
 		return p, err
 	}
