@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint images fmt bench controlplane redis helm h2spec fuzz crds crds-check chart chart-check
+.PHONY: help build run test lint images conformance fmt bench controlplane redis helm h2spec fuzz crds crds-check chart chart-check
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ test: controlplane redis helm h2spec ## Run every test: unit, compile tables, en
 images: ## Build the controller and dataplane images (OCI layouts in target/images, no container daemon)
 	$(CARGO) build --release --locked -p portico-controller --bin portico-controller -p portico-dataplane --bin portico
 	./deploy/images/build.sh --bin-dir target/release --out target/images
+
+conformance: ## Run the Gateway API conformance suite (GATEWAY-HTTP, GATEWAY-GRPC) on the test control plane and kubelet
+	./tests/conformance/run.sh
 
 redis: ## Install redis-server (Debian's package, unpacked into target/tools/redis) for global rate-limit tests
 	./tests/tools/redis.sh > /dev/null

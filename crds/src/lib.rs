@@ -1,8 +1,11 @@
 //! Portico's Kubernetes API surface: the one crate that names the versions of `kube`,
 //! `k8s-openapi` and `gateway-api`, re-exported so every other crate agrees on them.
 //!
-//! Pinned: Kubernetes API 1.36 (`k8s-openapi` feature `v1_36`) and Gateway API v1.5.1 (the
-//! release the `gateway-api` crate 0.22 tracks).
+//! Pinned: Kubernetes API 1.36 (`k8s-openapi` feature `v1_36`) and the `gateway-api` crate
+//! 0.22, generated from Gateway API v1.5.1. Portico follows v1.6.3 (the CRDs the tests and the
+//! conformance suite install); the v1.6 fields Portico serves are in v1.5.1's types, and
+//! kube's decoding ignores the fields it does not know. Types the crate lacks (v1 TCPRoute,
+//! UDPRoute) will be defined here when a feature needs them.
 //!
 //! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`], [`gatewayconfig`]); their YAML is generated
 //! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
