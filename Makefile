@@ -43,6 +43,7 @@ controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-contro
 
 lint: crds-check chart-check ## rustfmt check, clippy with warnings denied, generated CRDs and manifests up to date
 	$(CARGO) fmt --all -- --check
+	@test -z "$$(gofmt -l tests/controlplane tests/conformance)" || { gofmt -l tests/controlplane tests/conformance; echo "Go files not gofmt-ed: run gofmt -w"; exit 1; }
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 crds: ## Regenerate crds/yaml/ (and the chart's copy) from the Rust types in crds/src

@@ -102,7 +102,7 @@ type kubelet struct {
 
 	mu     sync.Mutex
 	pods   map[types.UID]*podRun
-	used   map[string]bool // pod IPs in use
+	used   map[string]bool    // pod IPs in use
 	failed map[types.UID]bool // pods whose start failed (reported once)
 	nextIP uint32
 
