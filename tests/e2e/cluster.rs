@@ -47,11 +47,13 @@ async fn gateway_api_crds_are_installed() {
         .await
         .expect("create HTTPRoute");
     let back = routes.get("r").await.expect("get HTTPRoute");
-    // The standard channel: GRPCRoute is there, the experimental TCPRoute is not.
+    // The v1.6 standard channel: GRPCRoute and TCPRoute (standard since v1.6) are there,
+    // the experimental XBackendTrafficPolicy is not.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let has = async |name: &str| crds.get_opt(name).await.expect("get CRD").is_some();
     assert!(has("grpcroutes.gateway.networking.k8s.io").await);
-    assert!(!has("tcproutes.gateway.networking.k8s.io").await);
+    assert!(has("tcproutes.gateway.networking.k8s.io").await);
+    assert!(!has("xbackendtrafficpolicies.gateway.networking.x-k8s.io").await);
     assert_eq!(back.spec.hostnames, Some(vec!["a.example.com".to_string()]));
     // The CRD's own validation runs: a wildcard in the middle of a hostname is refused.
     let mut bad = route.clone();

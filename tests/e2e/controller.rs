@@ -213,7 +213,7 @@ async fn status_conditions_follow_the_gateway_api() {
     // The experimental channel is what is installed here: its extra kinds exist.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     assert!(
-        crds.get_opt("tcproutes.gateway.networking.k8s.io")
+        crds.get_opt("xbackendtrafficpolicies.gateway.networking.x-k8s.io")
             .await
             .expect("get CRD")
             .is_some()

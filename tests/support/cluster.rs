@@ -101,7 +101,7 @@ impl ControlPlane {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
     Standard,
-    /// A superset of standard: more kinds (TLSRoute, TCPRoute, ListenerSet, ...) and fields.
+    /// A superset of standard: more kinds (XBackendTrafficPolicy, XMesh, ...) and fields.
     Experimental,
     /// No CRDs at all, neither the Gateway API's nor Portico's: a cluster as a user finds it
     /// before installing anything (the install-order tests).
