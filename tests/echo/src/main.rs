@@ -10,6 +10,8 @@
 //! else, so that it costs as little as possible per request (`/100k` answers 100 KiB, any
 //! other path 13 bytes).
 
+mod logging;
+
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, StatusCode, header};
@@ -149,23 +151,9 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// Logs to stderr at `--log-level` (else `RUST_LOG`, else `warn`).
-fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l),
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_level.as_deref());
+    logging::init(args.log_level.as_deref());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         rt.worker_threads(n.max(1));

@@ -16,6 +16,9 @@
 //!
 //! With `--tls-cert` and `--tls-key` (PEM) it speaks HTTPS instead of HTTP.
 
+#[path = "../logging.rs"]
+mod logging;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -307,23 +310,9 @@ async fn handle(
     }
 }
 
-/// Logs to stderr at `--log-level` (else `RUST_LOG`, else `warn`).
-fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l),
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
-    init_logging(args.log_level.as_deref());
+    logging::init(args.log_level.as_deref());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
