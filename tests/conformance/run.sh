@@ -9,7 +9,8 @@
 # Deployments, with the chart's ServiceAccounts and RBAC.
 #
 # Writes docs/conformance/<version>/portico-report.yaml (the upstream report format) and
-# SUMMARY.md beside it; fails when a test that passed in the committed report fails now.
+# SUMMARY.md beside it; fails when a test that passed in the committed report fails now, or
+# when the test binary fails (a failed test, or the harness's own checks in kubelet_test.go).
 # Needs root and iproute2 (network namespaces), as `make test` does.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -72,7 +73,9 @@ start 8 kubelet "$out/kubelet" -kubeconfig "$kubeconfig" -dir "$work/node" \
   -image "registry.k8s.io/gateway-api/echo-basic=$out/echo-basic" \
   -image "registry.k8s.io/coredns/coredns=$work/dns-pod" \
   -image "ghcr.io/portico-gateway/controller=$root/target/debug/portico-controller" \
-  -image "ghcr.io/portico-gateway/dataplane=$root/target/debug/portico"
+  -image "ghcr.io/portico-gateway/dataplane=$root/target/debug/portico" \
+  -tls-cert-file "$work/cp/pki/kubelet.crt" -tls-private-key-file "$work/cp/pki/kubelet.key" \
+  -client-ca-file "$work/cp/pki/ca.crt"
 await kubelet READY 60
 
 step "suite ($profiles)"
@@ -90,3 +93,6 @@ step "report"
 go -C tests/conformance run ./summary -log "$out/suite.log" -report "$out/report.yaml" \
   -committed "$report_dir/portico-report.yaml" -out "$report_dir"
 echo "suite exit status $status; report and summary in $report_dir"
+# Our own checks of the harness (kubelet_test.go) fail the run too, as does any test the
+# suite reports failed.
+exit "$status"

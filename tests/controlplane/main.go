@@ -1,7 +1,8 @@
 // Command controlplane runs a real Kubernetes control plane for Portico's tests, in one
 // process: etcd (embedded from etcd's own module), kube-apiserver and kube-controller-manager
 // (from the Kubernetes project's modules at the version pinned in go.mod). No kubelet and no
-// scheduler: pods stay Pending, which the tests do not need.
+// scheduler: pods stay Pending, which most tests do not need; the conformance harness adds
+// the test kubelet (./kubelet), and the certificates of its port are written here too.
 //
 // It writes certificates and an admin kubeconfig into -dir, prints
 // "READY <server-url> <kubeconfig>" on stdout once the API server answers and the default
@@ -136,6 +137,10 @@ type pkiFiles struct {
 	servingCert, servingKey string
 	adminCert, adminKey     string
 	serviceAccountKey       string
+	// The API server's client certificate to the test kubelet's port, and that port's
+	// serving certificate (the kubelet reads pki/kubelet.{crt,key}).
+	kubeletClientCert, kubeletClientKey string
+	kubeletCert, kubeletKey             string
 }
 
 func writePKI(dir string) (pkiFiles, error) {
@@ -144,6 +149,8 @@ func writePKI(dir string) (pkiFiles, error) {
 		servingCert: filepath.Join(dir, "apiserver.crt"), servingKey: filepath.Join(dir, "apiserver.key"),
 		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
 		serviceAccountKey: filepath.Join(dir, "sa.key"),
+		kubeletClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"), kubeletClientKey: filepath.Join(dir, "apiserver-kubelet-client.key"),
+		kubeletCert: filepath.Join(dir, "kubelet.crt"), kubeletKey: filepath.Join(dir, "kubelet.key"),
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return p, err
@@ -202,6 +209,15 @@ func writePKI(dir string) (pkiFiles, error) {
 	}
 	if err := leaf(3, pkix.Name{CommonName: "admin", Organization: []string{"system:masters"}}, x509.ExtKeyUsageClientAuth,
 		nil, nil, p.adminCert, p.adminKey); err != nil {
+		return p, err
+	}
+	if err := leaf(4, pkix.Name{CommonName: "kube-apiserver-kubelet-client"}, x509.ExtKeyUsageClientAuth,
+		nil, nil, p.kubeletClientCert, p.kubeletClientKey); err != nil {
+		return p, err
+	}
+	// 198.19.0.1: the test kubelet's node address (tests/controlplane/kubelet).
+	if err := leaf(5, pkix.Name{CommonName: "portico-test-node"}, x509.ExtKeyUsageServerAuth,
+		[]net.IP{net.ParseIP("198.19.0.1")}, nil, p.kubeletCert, p.kubeletKey); err != nil {
 		return p, err
 	}
 	// One ECDSA key signs service-account tokens and verifies them.
@@ -303,6 +319,11 @@ func startAPIServer(ctx context.Context, pki pkiFiles, etcdURL string, verbose b
 		"--service-account-signing-key-file=" + pki.serviceAccountKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=true",
+		// pods/log goes to the test kubelet's port, mutually authenticated.
+		"--kubelet-client-certificate=" + pki.kubeletClientCert,
+		"--kubelet-client-key=" + pki.kubeletClientKey,
+		"--kubelet-certificate-authority=" + pki.caCert,
+		"--kubelet-preferred-address-types=InternalIP",
 		// The kubernetes Service would get the loopback address, which Endpoints refuse.
 		"--endpoint-reconciler-type=none",
 	}

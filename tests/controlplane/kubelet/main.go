@@ -22,6 +22,8 @@
 //     gets an address from 198.19.255.0/24 the same way, written to its status, so a
 //     Gateway's address reaches its dataplane pods from the test process.
 //   - DNS on 198.19.0.1:53: `<service>.<namespace>.svc.cluster.local` → its ClusterIP.
+//   - The kubelet port, 198.19.0.1:10250 (logs.go): container logs for `pods/log`, to the
+//     API server's client certificate only.
 //
 // It touches nothing it did not create: the bridge, the namespaces and veths (prefix ptk),
 // the addresses on the bridge; all removed on exit (SIGTERM, SIGINT, or its stdin closing),
@@ -99,6 +101,7 @@ type kubelet struct {
 	dir       string
 	images    imageFlags
 	apiServer string // host:port of the API server, for the kubernetes Service
+	port      int32  // the kubelet port (pods/log), 0 without one
 
 	mu     sync.Mutex
 	pods   map[types.UID]*podRun
@@ -118,6 +121,10 @@ func main() {
 	images := imageFlags{}
 	flag.Var(images, "image", "REPOSITORY=BINARY: run BINARY for containers of this image (any tag); repeatable")
 	dnsPod := flag.Bool("dns-pod", false, "run as the stand-in for the CoreDNS image: answer DNS on :53")
+	var port kubeletPortFiles
+	flag.StringVar(&port.cert, "tls-cert-file", "", "serving certificate of the kubelet port (IP SAN 198.19.0.1); without it, no kubelet port (no pods/log)")
+	flag.StringVar(&port.key, "tls-private-key-file", "", "its key")
+	flag.StringVar(&port.clientCA, "client-ca-file", "", "CA of the API server's kubelet client certificate")
 	flag.Parse()
 	if *dnsPod {
 		serveDNS(":53", func(string) net.IP { return nil })
@@ -133,13 +140,15 @@ func main() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		cancel()
 	}()
-	if err := run(ctx, *kubeconfig, *dir, *node, images); err != nil {
+	if err := run(ctx, *kubeconfig, *dir, *node, images, port); err != nil {
 		log.Printf("kubelet: %v", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, kubeconfig, dir, node string, images imageFlags) error {
+type kubeletPortFiles struct{ cert, key, clientCA string }
+
+func run(ctx context.Context, kubeconfig, dir, node string, images imageFlags, port kubeletPortFiles) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return err
@@ -160,6 +169,15 @@ func run(ctx context.Context, kubeconfig, dir, node string, images imageFlags) e
 		pods: map[types.UID]*podRun{}, used: map[string]bool{}, failed: map[types.UID]bool{}, nextIP: 2,
 	}
 	defer k.shutdown()
+	if port.cert != "" {
+		if port.key == "" || port.clientCA == "" {
+			return fmt.Errorf("-tls-cert-file needs -tls-private-key-file and -client-ca-file")
+		}
+		if err := k.serveKubeletPort(ctx, port.cert, port.key, port.clientCA); err != nil {
+			return fmt.Errorf("kubelet port: %w", err)
+		}
+		k.port = kubeletPort
+	}
 	if err := k.registerNode(ctx); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
@@ -307,7 +325,8 @@ func (k *kubelet) nodeStatus(ctx context.Context) error {
 			{Type: corev1.NodeInternalIP, Address: nodeIP.String()},
 			{Type: corev1.NodeHostName, Address: k.node},
 		},
-		NodeInfo: corev1.NodeSystemInfo{KubeletVersion: "v1.36.0-portico-test", OperatingSystem: "linux", Architecture: "amd64"},
+		NodeInfo:        corev1.NodeSystemInfo{KubeletVersion: "v1.36.0-portico-test", OperatingSystem: "linux", Architecture: "amd64"},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: k.port}},
 	}
 	_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	return err
@@ -847,7 +866,13 @@ func (r *podRun) launch(c *containerRun) {
 	cmd := exec.Command("ip", c.argv...)
 	cmd.Env = c.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	logf, err := os.OpenFile(filepath.Join(r.dir, "logs", c.spec.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	r.mu.Lock()
+	restarted := c.restarts > 0
+	r.mu.Unlock()
+	if restarted {
+		r.rotateLog(c.spec.Name)
+	}
+	logf, err := os.OpenFile(r.logFile(c.spec.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		log.Printf("kubelet: %s/%s: log file: %v", r.namespace, r.name, err)
 		return
