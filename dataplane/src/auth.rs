@@ -22,12 +22,14 @@ pub mod jwks;
 pub mod jwt;
 pub mod remote;
 
+use crate::body::LocalReply;
 use crate::errors::ProxyError;
 use crate::metrics::{AuthDecision, AuthMetrics, Metrics};
+use crate::request::{Authenticated, RequestCtx};
 use authz::Identity;
 use bytes::Bytes;
 use cache::{Digest, TtlCache};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -359,31 +361,15 @@ fn token_from<'r>(
     }
 }
 
-/// The request facts a check reads besides the headers.
-/// Who a request that passed authenticated as, for the access log and rate-limit keys.
-#[derive(Debug, Default)]
-pub struct Authenticated {
-    pub consumer: Option<Arc<str>>,
-    /// The verified token's claims (JWT or introspection).
-    pub claims: Option<Arc<jwt::Claims>>,
-}
-
-pub struct RequestFacts<'a> {
+/// What a decision reads of the client besides the headers.
+struct ClientFacts<'a> {
     /// The client as far as known (the peer when the trusted proxies did not say): what
     /// budgets and the external service are told.
-    pub client: IpAddr,
+    client: IpAddr,
     /// The client as the trusted proxies said it, `None` when they did not (a chain shorter
     /// than `--trusted-hops`, or not addresses): `clientCidrs` fail closed without it.
-    pub trusted_client: Option<IpAddr>,
-    pub scheme: &'a str,
-}
-
-impl std::fmt::Debug for RequestFacts<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestFacts")
-            .field("client", &self.client)
-            .finish()
-    }
+    trusted_client: Option<IpAddr>,
+    scheme: &'a str,
 }
 
 /// One AuthPolicy, ready to enforce.
@@ -534,7 +520,7 @@ impl AuthEngine {
         })
     }
 
-    fn unauthenticated(&self, reason: &str, invalid_token: bool) -> ProxyError {
+    fn unauthenticated(&self, reason: &str, invalid_token: bool) -> Refusal {
         let challenges = self
             .challenges
             .iter()
@@ -546,7 +532,7 @@ impl AuthEngine {
                 }
             })
             .collect();
-        ProxyError::Unauthenticated {
+        Refusal::Unauthenticated {
             reason: reason.to_string(),
             challenges,
         }
@@ -558,22 +544,28 @@ impl AuthEngine {
     pub async fn check<B>(
         &self,
         req: &mut Request<B>,
-        matching: Option<&str>,
-        facts: &RequestFacts<'_>,
+        cx: &RequestCtx,
     ) -> Result<Authenticated, ProxyError> {
-        let result = self.decide(req, matching, facts).await;
+        // The client as the trusted proxies in front say (`--trusted-hops`), as rate limits
+        // see it: clientCidrs and the password-failure budget are about the client, not the
+        // load balancer.
+        let trusted_client =
+            crate::sanitize::trusted_client(req.headers(), cx.peer(), cx.trusted_hops);
+        let facts = ClientFacts {
+            client: trusted_client.unwrap_or(cx.peer()),
+            trusted_client,
+            scheme: cx.down.scheme,
+        };
+        let result = self.decide(req, cx.matching.as_deref(), &facts).await;
         self.metrics.record(match &result {
             Ok((_, true)) => AuthDecision::Anonymous,
             Ok((_, false)) => AuthDecision::Allowed,
-            Err(ProxyError::Unauthenticated { .. }) => AuthDecision::Unauthenticated,
-            Err(ProxyError::Forbidden { .. }) => AuthDecision::Forbidden,
-            Err(ProxyError::AuthDenied(_)) => AuthDecision::Denied,
-            Err(ProxyError::AuthPolicyInvalid(_)) => AuthDecision::Invalid,
-            Err(ProxyError::AuthBusy) => AuthDecision::Busy,
-            Err(ProxyError::AuthThrottled) => AuthDecision::Throttled,
-            Err(_) => AuthDecision::Unavailable,
+            Err(r) => r.decision(),
         });
-        result.map(|(who, _)| who)
+        match result {
+            Ok((who, _)) => Ok(who),
+            Err(r) => Err(r.into_error(&self.id)),
+        }
     }
 
     /// The decision, and whether the request passed as anonymous.
@@ -581,13 +573,11 @@ impl AuthEngine {
         &self,
         req: &mut Request<B>,
         matching: Option<&str>,
-        facts: &RequestFacts<'_>,
-    ) -> Result<(Authenticated, bool), ProxyError> {
+        facts: &ClientFacts<'_>,
+    ) -> Result<(Authenticated, bool), Refusal> {
         if let Some(reason) = &self.invalid {
-            return Err(ProxyError::AuthPolicyInvalid(format!(
-                "{}: {reason}",
-                self.id
-            )));
+            tracing::debug!(policy = %self.id, reason = %reason, "refusing: the auth policy is invalid");
+            return Err(Refusal::Invalid);
         }
         // Identity headers come from us only.
         let headers = req.headers_mut();
@@ -601,7 +591,7 @@ impl AuthEngine {
             }
         }
         let mut presented = false;
-        let mut failure: Option<ProxyError> = None;
+        let mut failure: Option<Refusal> = None;
         let mut who: Option<Identity> = None;
         let mut backend_headers = HeaderMap::new();
         let query = req.uri().query();
@@ -639,8 +629,8 @@ impl AuthEngine {
                         None
                     }
                     credentials::Verdict::Invalid => None,
-                    credentials::Verdict::Busy => Some(ProxyError::AuthBusy),
-                    credentials::Verdict::Throttled => Some(ProxyError::AuthThrottled),
+                    credentials::Verdict::Busy => Some(Refusal::Busy),
+                    credentials::Verdict::Throttled => Some(Refusal::Throttled),
                 },
                 // Undecodable, not UTF-8 or without a `:`: wrong credentials.
                 Err(()) => None,
@@ -759,7 +749,7 @@ impl AuthEngine {
                         .and_then(|scopes| insufficient_scope(&scopes))
                         .unwrap_or(BEARER_SCOPE)
                 });
-                ProxyError::Forbidden { challenge }
+                Refusal::Forbidden { challenge }
             });
         }
 
@@ -869,6 +859,98 @@ fn strip<B>(req: &mut Request<B>, source: &TokenSource) {
                     *req.uri_mut() = uri;
                 }
             }
+        }
+    }
+}
+
+/// Why a policy did not let a request pass; the policy's own outcome, counted by decision and
+/// turned into the gateway's answer ([`LocalReply`]) in one place.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No valid credentials (RFC 9110 §15.5.2): one `WWW-Authenticate` challenge per scheme.
+    Unauthenticated {
+        reason: String,
+        challenges: Vec<HeaderValue>,
+    },
+    /// Authenticated, but the policy's rules do not allow this request.
+    Forbidden { challenge: Option<HeaderValue> },
+    /// The external auth service said no: its answer goes to the client.
+    Denied(Box<LocalReply>),
+    /// The external auth or introspection service failed and the policy fails closed.
+    Unavailable,
+    /// Every verification slot is busy (password hashing, calls to a service): 503 at once.
+    Busy,
+    /// This client failed password verification too often lately: 429.
+    Throttled,
+    /// The policy could not be compiled: refuse rather than serve unprotected.
+    Invalid,
+}
+
+impl Refusal {
+    fn decision(&self) -> AuthDecision {
+        match self {
+            Refusal::Unauthenticated { .. } => AuthDecision::Unauthenticated,
+            Refusal::Forbidden { .. } => AuthDecision::Forbidden,
+            Refusal::Denied(_) => AuthDecision::Denied,
+            Refusal::Unavailable => AuthDecision::Unavailable,
+            Refusal::Busy => AuthDecision::Busy,
+            Refusal::Throttled => AuthDecision::Throttled,
+            Refusal::Invalid => AuthDecision::Invalid,
+        }
+    }
+
+    fn into_error(self, policy: &str) -> ProxyError {
+        let with_retry = |mut r: LocalReply, seconds: &'static str| {
+            r.headers
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            Box::new(r)
+        };
+        match self {
+            Refusal::Unauthenticated { reason, challenges } => {
+                let mut r = LocalReply::text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("auth={reason}"),
+                    "authentication required\n",
+                );
+                for c in challenges {
+                    r.headers.append(http::header::WWW_AUTHENTICATE, c);
+                }
+                ProxyError::Denied(Box::new(r))
+            }
+            Refusal::Forbidden { challenge } => {
+                let mut r =
+                    LocalReply::text(StatusCode::FORBIDDEN, "auth=forbidden", "forbidden\n");
+                if let Some(c) = challenge {
+                    r.headers.insert(http::header::WWW_AUTHENTICATE, c);
+                }
+                ProxyError::Denied(Box::new(r))
+            }
+            Refusal::Denied(r) => ProxyError::Denied(r),
+            Refusal::Unavailable => ProxyError::PolicyUnavailable(Box::new(LocalReply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth=service_unavailable",
+                "authorization service unavailable\n",
+            ))),
+            Refusal::Busy => ProxyError::PolicyUnavailable(with_retry(
+                LocalReply::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "auth=busy",
+                    "too many logins in progress; retry shortly\n",
+                ),
+                "1",
+            )),
+            Refusal::Throttled => ProxyError::Denied(with_retry(
+                LocalReply::text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "auth=throttled",
+                    "too many failed logins; retry later\n",
+                ),
+                "60",
+            )),
+            Refusal::Invalid => ProxyError::PolicyInvalid {
+                policy: "auth",
+                id: policy.to_string(),
+            },
         }
     }
 }

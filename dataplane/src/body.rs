@@ -1,5 +1,9 @@
-//! Bodies with time limits, in both directions, so that neither a slow client nor a slow
-//! backend holds the other's connection without end.
+//! The proxy's bodies, and the local replies made of them (a leaf: this module imports
+//! nothing from the crate).
+//!
+//! [`ProxyBody`] is every response body the proxy sends; [`LocalReply`] an answer the
+//! gateway gives itself. Bodies carry time limits in both directions, so that neither a slow
+//! client nor a slow backend holds the other's connection without end.
 //!
 //! - [`ClientBody`], the request body on its way upstream: no more than the idle timeout
 //!   without a byte while the backend is reading, and (optionally) a minimum average rate after
@@ -18,9 +22,12 @@
 //! connection (after it) ends the request.
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -441,6 +448,110 @@ impl Body for BackendBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Every body the proxy answers with: streamed from a backend, or made here. An enum of our
+/// own rather than `Either`, so later kinds (replayed, teed, encoded) are one variant each
+/// and the fast path stays unboxed.
+pub enum ProxyBody {
+    /// A backend's response body, with its idle timeout.
+    Streamed(BackendBody),
+    /// A body the gateway wrote (errors, redirects, policy answers).
+    Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Local(Full::new(Bytes::new()))
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(b: Bytes) -> Self {
+        ProxyBody::Local(Full::new(b))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Streamed(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Streamed(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An answer the gateway gives itself, whoever decided it (a policy's 401, 403 or 429, an
+/// external auth service's denial, a 503 while a policy's dependency is down). The policy
+/// builds it whole, so the error module knows no policy type.
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Why, for the access log: `area=detail` (`auth=expired_token`, `ratelimit=ns/p/limit`).
+    pub reason: Cow<'static, str>,
+}
+
+impl LocalReply {
+    /// A plain-text answer.
+    pub fn text(
+        status: StatusCode,
+        reason: impl Into<Cow<'static, str>>,
+        text: &'static str,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Self {
+            status,
+            headers,
+            body: Bytes::from_static(text.as_bytes()),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::from(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+/// A short plain-text response.
+pub fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::from(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 #[cfg(test)]

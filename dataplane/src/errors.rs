@@ -1,26 +1,21 @@
 //! Every way a proxied request can fail, and the one place that turns a failure into a
-//! response (so 500 vs 502 vs 503 vs 504 is decided here and nowhere else).
+//! response (so 500 vs 502 vs 503 vs 504 is decided here and nowhere else). A leaf above
+//! [`crate::body`]: policies answer through [`LocalReply`], so this module names none of
+//! them.
+//!
+//! gRPC requests get gRPC answers: HTTP 200 with `grpc-status` and `grpc-message` in a
+//! trailers-only response (the gRPC over HTTP/2 spec), since a gRPC client reads the status
+//! from there and maps a bare HTTP status only roughly.
 
-use crate::proxy::ProxyBody;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{Either, Full};
-
-/// The answer of an external auth service that denied a request.
-#[derive(Debug)]
-pub struct AuthAnswer {
-    pub status: StatusCode,
-    /// The headers the policy copies to the client.
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
+use crate::body::{BodyFault, LocalReply, ProxyBody, text_response};
+use http::{HeaderValue, Response, StatusCode, header};
 
 /// Who caused the failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorSource {
-    /// The client sent something we cannot serve.
+    /// The client sent something we cannot serve, or a policy refused it.
     Downstream,
-    /// The backend failed or is missing.
+    /// The backend failed or is missing, or a policy's dependency did.
     Upstream,
     /// Our configuration has no way to serve the request.
     Config,
@@ -54,7 +49,7 @@ pub enum ProxyError {
     },
     /// The client's request body was malformed or too slow.
     #[error("the request body failed: {}", .0.as_str())]
-    ClientBody(crate::body::BodyFault),
+    ClientBody(BodyFault),
     /// The backend switched protocols although nothing asked it to.
     #[error("backend {0} answered 101 to a request without Upgrade")]
     UnexpectedUpgrade(String),
@@ -62,36 +57,56 @@ pub enum ProxyError {
     BackendTimeout(String),
     #[error("the request timeout elapsed")]
     RequestTimeout,
-    /// No valid credentials (RFC 9110 §15.5.2): one `WWW-Authenticate` challenge per scheme.
-    #[error("authentication required: {reason}")]
-    Unauthenticated {
-        reason: String,
-        challenges: Vec<HeaderValue>,
-    },
-    /// Authenticated, but the policy's rules do not allow this request.
-    #[error("forbidden by the auth policy")]
-    Forbidden { challenge: Option<HeaderValue> },
-    /// The external auth service said no: its answer goes to the client.
-    #[error("denied by the external auth service ({})", .0.status)]
-    AuthDenied(Box<AuthAnswer>),
-    /// The external auth or introspection service failed and the policy fails closed.
-    #[error("auth service unavailable: {0}")]
-    AuthUnavailable(String),
-    /// Every password-verification slot is busy and the queue is full: 503 at once.
-    #[error("too many password verifications in progress")]
-    AuthBusy,
-    /// This client failed password verification too often lately: 429.
-    #[error("too many failed password verifications from this client")]
-    AuthThrottled,
-    /// The route's auth policy could not be compiled: refuse rather than serve unprotected.
-    #[error("auth policy {0} is invalid")]
-    AuthPolicyInvalid(String),
-    /// Over a rate limit: 429 with `Retry-After`.
-    #[error("rate limited")]
-    RateLimited(Box<crate::ratelimit::RateHeaders>),
-    /// Redis is unreachable and the policy fails closed.
-    #[error("rate limit store unavailable: {0}")]
-    RateLimitUnavailable(String),
+    /// A policy answered the request itself (401, 403, 429, an external service's denial).
+    #[error("refused by a policy ({})", .0.reason)]
+    Denied(Box<LocalReply>),
+    /// A policy's dependency failed or is saturated, and the policy fails closed (an auth
+    /// service, Redis): its 503.
+    #[error("a policy's dependency is unavailable ({})", .0.reason)]
+    PolicyUnavailable(Box<LocalReply>),
+    /// The route's policy could not be built: refuse rather than serve unprotected.
+    #[error("{policy} policy {id} is invalid")]
+    PolicyInvalid { policy: &'static str, id: String },
+}
+
+/// gRPC status codes the gateway answers with (grpc/grpc `doc/statuscodes.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcStatus {
+    Unknown = 2,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unimplemented = 12,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+impl GrpcStatus {
+    /// The code for an HTTP status the gateway chose, as gRPC's HTTP-to-gRPC mapping has it,
+    /// except that 429 is RESOURCE_EXHAUSTED (a quota, not an outage: clients must not
+    /// retry it at once) and 504 DEADLINE_EXCEEDED.
+    pub fn for_http(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 | 408 => GrpcStatus::Internal,
+            401 => GrpcStatus::Unauthenticated,
+            403 => GrpcStatus::PermissionDenied,
+            404 | 421 => GrpcStatus::Unimplemented,
+            429 => GrpcStatus::ResourceExhausted,
+            502 | 503 => GrpcStatus::Unavailable,
+            504 => GrpcStatus::DeadlineExceeded,
+            _ => GrpcStatus::Unknown,
+        }
+    }
+}
+
+/// Whether a request speaks gRPC (`content-type: application/grpc`, `+proto`, `+json`, …).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
 }
 
 impl ProxyError {
@@ -132,17 +147,8 @@ impl ProxyError {
             ProxyError::UnexpectedUpgrade(_) => "upstream=unexpected_upgrade".into(),
             ProxyError::BackendTimeout(_) => "upstream=timeout".into(),
             ProxyError::RequestTimeout => "route=request_timeout".into(),
-            ProxyError::Unauthenticated { reason, .. } => format!("auth={reason}"),
-            ProxyError::Forbidden { .. } => "auth=forbidden".into(),
-            ProxyError::AuthDenied(_) => "auth=denied_by_service".into(),
-            ProxyError::AuthUnavailable(_) => "auth=service_unavailable".into(),
-            ProxyError::AuthBusy => "auth=busy".into(),
-            ProxyError::AuthThrottled => "auth=throttled".into(),
-            ProxyError::AuthPolicyInvalid(_) => "auth=policy_invalid".into(),
-            ProxyError::RateLimited(h) => {
-                format!("ratelimit={}", h.refused_by.as_deref().unwrap_or("limited"))
-            }
-            ProxyError::RateLimitUnavailable(_) => "ratelimit=store_unavailable".into(),
+            ProxyError::Denied(r) | ProxyError::PolicyUnavailable(r) => r.reason.to_string(),
+            ProxyError::PolicyInvalid { policy, .. } => format!("{policy}=policy_invalid"),
         }
     }
 
@@ -151,18 +157,12 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody(_)
             | ProxyError::Misdirected
-            | ProxyError::Unauthenticated { .. }
-            | ProxyError::Forbidden { .. }
-            | ProxyError::AuthDenied(_)
-            | ProxyError::AuthThrottled
-            | ProxyError::RateLimited(_) => ErrorSource::Downstream,
-            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::AuthPolicyInvalid(_) => {
+            | ProxyError::Denied(_) => ErrorSource::Downstream,
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::PolicyInvalid { .. } => {
                 ErrorSource::Config
             }
-            ProxyError::AuthUnavailable(_)
-            | ProxyError::AuthBusy
-            | ProxyError::RateLimitUnavailable(_) => ErrorSource::Upstream,
-            ProxyError::NoEndpoints(_)
+            ProxyError::PolicyUnavailable(_)
+            | ProxyError::NoEndpoints(_)
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade(_)
@@ -183,7 +183,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ClientBody(crate::body::BodyFault::Framing) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(BodyFault::Framing) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBody(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnexpectedUpgrade(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -198,99 +198,97 @@ impl ProxyError {
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::AuthDenied(a) => a.status,
-            ProxyError::AuthUnavailable(_) | ProxyError::AuthBusy => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ProxyError::AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::AuthPolicyInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::RateLimitUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Denied(r) | ProxyError::PolicyUnavailable(r) => r.status,
+            ProxyError::PolicyInvalid { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// A short plain-text response. It names the failure class, never backend addresses.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let text = match self {
-            ProxyError::Unauthenticated { challenges, .. } => {
-                let mut resp = text_response(status, "authentication required\n".into());
-                for c in challenges {
-                    resp.headers_mut().append(header::WWW_AUTHENTICATE, c);
-                }
-                return resp;
-            }
-            ProxyError::Forbidden { challenge } => {
-                let mut resp = text_response(status, "forbidden\n".into());
-                if let Some(c) = challenge {
-                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
-                }
-                return resp;
-            }
-            ProxyError::AuthDenied(answer) => {
-                let AuthAnswer { headers, body, .. } = *answer;
-                let mut resp = Response::new(Either::Right(Full::new(body)));
-                *resp.status_mut() = status;
-                *resp.headers_mut() = headers;
-                return resp;
-            }
-            ProxyError::AuthUnavailable(_) => "authorization service unavailable\n".into(),
-            ProxyError::AuthBusy | ProxyError::AuthThrottled => {
-                let (status_text, retry) = if status == StatusCode::TOO_MANY_REQUESTS {
-                    ("too many failed logins; retry later\n", "60")
-                } else {
-                    ("too many logins in progress; retry shortly\n", "1")
-                };
-                let mut resp = text_response(status, status_text.into());
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
-                return resp;
-            }
-            ProxyError::RateLimited(headers) => {
-                let mut resp = text_response(status, "too many requests\n".into());
-                headers.apply(resp.headers_mut());
-                return resp;
-            }
-            ProxyError::RateLimitUnavailable(_) => {
-                let mut resp = text_response(status, "rate limit service unavailable\n".into());
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
-            }
-            ProxyError::AuthPolicyInvalid(_) => {
-                "this route's auth policy is invalid; see its status\n".into()
-            }
-            ProxyError::BadRequest(why) => format!("bad request: {why}\n"),
-            ProxyError::ClientBody(crate::body::BodyFault::Framing) => {
-                "bad request: malformed request body\n".into()
-            }
-            ProxyError::ClientBody(_) => "request body timeout\n".into(),
-            ProxyError::UnexpectedUpgrade(_) => "upstream error\n".into(),
-            ProxyError::NoRoute => "no route matches this request\n".into(),
-            ProxyError::Misdirected => {
-                "this connection's TLS server name does not cover the requested host\n".into()
-            }
-            ProxyError::NoBackend => "this route has no usable backend\n".into(),
-            ProxyError::NoEndpoints(_) => "no healthy upstream\n".into(),
-            ProxyError::Connect { .. } => "upstream connect error\n".into(),
-            ProxyError::Upstream { .. } => "upstream error\n".into(),
+    /// The gRPC status a gRPC client gets for this failure. GRPCRoute: an invalid backendRef
+    /// (and so any missing or unreachable backend) is UNAVAILABLE, not the HTTP 500's UNKNOWN.
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self {
+            ProxyError::NoBackend
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnexpectedUpgrade(_) => GrpcStatus::Unavailable,
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
-                "upstream request timeout\n".into()
+                GrpcStatus::DeadlineExceeded
+            }
+            ProxyError::NoRoute | ProxyError::Misdirected => GrpcStatus::Unimplemented,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => GrpcStatus::Internal,
+            ProxyError::PolicyInvalid { .. } => GrpcStatus::Internal,
+            ProxyError::Denied(r) | ProxyError::PolicyUnavailable(r) => {
+                GrpcStatus::for_http(r.status)
+            }
+        }
+    }
+
+    /// The response: a short plain-text one that names the failure class, never backend
+    /// addresses; or, to a gRPC client, the same as a gRPC status.
+    pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
+        let status = self.status();
+        let code = self.grpc_status();
+        let text: &str = match &self {
+            ProxyError::Denied(_) | ProxyError::PolicyUnavailable(_) => "",
+            ProxyError::PolicyInvalid { .. } => "this route's policy is invalid; see its status",
+            ProxyError::BadRequest(why) => why,
+            ProxyError::ClientBody(BodyFault::Framing) => "malformed request body",
+            ProxyError::ClientBody(_) => "request body timeout",
+            ProxyError::UnexpectedUpgrade(_) | ProxyError::Upstream { .. } => "upstream error",
+            ProxyError::NoRoute => "no route matches this request",
+            ProxyError::Misdirected => {
+                "this connection's TLS server name does not cover the requested host"
+            }
+            ProxyError::NoBackend => "this route has no usable backend",
+            ProxyError::NoEndpoints(_) => "no healthy upstream",
+            ProxyError::Connect { .. } => "upstream connect error",
+            ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
+                "upstream request timeout"
             }
         };
-        text_response(status, text)
+        match self {
+            ProxyError::Denied(reply) | ProxyError::PolicyUnavailable(reply) if grpc => {
+                let message = match reply.status.canonical_reason() {
+                    Some(r) => r.to_ascii_lowercase(),
+                    None => reply.status.as_str().to_string(),
+                };
+                let mut resp = grpc_status(code, &message);
+                // The policy's headers (challenges, Retry-After, RateLimit) still apply;
+                // its body and content type do not.
+                for (name, value) in reply.headers {
+                    if let Some(name) = name
+                        && name != header::CONTENT_TYPE
+                        && name != header::CONTENT_LENGTH
+                    {
+                        resp.headers_mut().append(name, value);
+                    }
+                }
+                resp
+            }
+            ProxyError::Denied(reply) | ProxyError::PolicyUnavailable(reply) => {
+                reply.into_response()
+            }
+            _ if grpc => grpc_status(code, text),
+            ProxyError::BadRequest(_) => text_response(status, format!("bad request: {text}\n")),
+            _ => text_response(status, format!("{text}\n")),
+        }
     }
 }
 
-pub fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
+/// A trailers-only gRPC response: HTTP 200, the status in the headers, no body.
+pub fn grpc_status(code: GrpcStatus, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/grpc"),
     );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code as u8)));
+    // grpc-message is percent-encoded; ours are plain ASCII without '%'.
+    if let Ok(v) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
     resp
 }
 
@@ -311,5 +309,60 @@ mod tests {
         );
         assert!(ProxyError::NoEndpoints("b".into()).retryable());
         assert!(!ProxyError::RequestTimeout.retryable());
+    }
+
+    #[test]
+    fn grpc_clients_get_a_trailers_only_status() {
+        use http_body::Body;
+        let resp = ProxyError::NoRoute.into_response(true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "12");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert!(
+            resp.body().is_end_stream(),
+            "no body, so the headers end the stream"
+        );
+        let resp = ProxyError::NoEndpoints("b".into()).into_response(true);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "no healthy upstream");
+        let resp = ProxyError::NoBackend.into_response(true);
+        assert_eq!(
+            resp.headers()["grpc-status"],
+            "14",
+            "GRPCRoute: an invalid backend is UNAVAILABLE"
+        );
+        let resp = ProxyError::RequestTimeout.into_response(true);
+        assert_eq!(resp.headers()["grpc-status"], "4");
+        let resp = ProxyError::NoRoute.into_response(false);
+        assert_eq!(resp.status(), 404);
+
+        let mut reply = LocalReply::text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ratelimit=x",
+            "too many requests\n",
+        );
+        reply
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        let resp = ProxyError::Denied(Box::new(reply)).into_response(true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "8");
+        assert_eq!(resp.headers()["retry-after"], "3");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let h = |v: &'static str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            m
+        };
+        assert!(is_grpc(&h("application/grpc")));
+        assert!(is_grpc(&h("application/grpc+proto")));
+        assert!(is_grpc(&h("application/grpc;charset=utf-8")));
+        assert!(!is_grpc(&h("application/grpc-web")));
+        assert!(!is_grpc(&h("application/json")));
+        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 }

@@ -1,8 +1,7 @@
 //! The HTTPRoute filters that change where a request goes: RequestRedirect and URLRewrite.
 //! (Header modifiers are [`crate::rule::HeaderOps`].)
 
-use crate::errors::text_response;
-use crate::proxy::ProxyBody;
+use crate::body::{ProxyBody, text_response};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use portico_model::{PathRewrite, Redirect, UrlRewrite};

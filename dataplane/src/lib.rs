@@ -3,16 +3,23 @@
 //! ```text
 //!  snapshots ──▶ table::build ──▶ SocketRouter per socket (ArcSwap) ◀── server (accept, hyper)
 //!                    ├──▶ tls: rustls config per HTTPS socket (ArcSwap) ◀──┤ (handshake)
-//!                    │                                                   │
+//!                    ├──▶ policy::Chain per rule and parent (in each router Candidate)
 //!                    └──▶ balancer::Pools (shared, endpoints in place)   ▼
 //!                                                                proxy::serve ─▶ upstream
 //! ```
 //!
-//! Module per stage: [`router`] matching, [`rule`] compiled rules, [`filters`] redirect and
-//! rewrite, [`balancer`] endpoint pools, [`proxy`] the request path, [`errors`] failure →
-//! response, [`server`] sockets and connections, [`conn`] connection limits, [`sanitize`] what a
-//! client may send, [`body`] body time limits, [`tls`] certificates by SNI, [`metrics`] and [`admin`] telemetry,
-//! [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
+//! The request path ([`proxy::Proxy::serve`]): [`sanitize`] what a client may send → [`router`]
+//! (with [`path`] normalisation) → the rule's [`policy::Chain`] ([`auth`], [`ratelimit`]) →
+//! [`filters`] → a backend of the [`rule`] and an endpoint of its [`balancer`] pool → the
+//! response. One [`request::RequestCtx`] per request carries what the steps read and decide.
+//! Failures are [`errors::ProxyError`]s, turned into responses in one place (gRPC-aware);
+//! policies answer through [`body::LocalReply`], so [`errors`] and [`body`] (the leaves) name
+//! no policy.
+//!
+//! Around it: [`server`] sockets and connections, [`conn`] connection limits, [`tls`]
+//! certificates by SNI, [`table`] snapshots compiled into routers, [`endpoints`]
+//! EndpointSlices, [`metrics`] and [`admin`] telemetry, [`dataplane`] the whole applied
+//! together, [`standalone`] the directory-driven mode, [`channel`] the controller-driven one.
 
 pub mod admin;
 pub mod auth;
@@ -26,8 +33,10 @@ pub mod errors;
 pub mod filters;
 pub mod metrics;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request;
 pub mod router;
 pub mod rule;
 pub mod sanitize;

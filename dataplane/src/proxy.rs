@@ -1,11 +1,12 @@
 //! The request path: route, filter, choose a backend and an endpoint, forward over a pooled
 //! connection, filter the response, record metrics and the access log.
 
-use crate::auth::AuthEngine;
 use crate::balancer::Upstream;
-use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody};
-use crate::errors::ProxyError;
+use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody};
+use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
+use crate::policy::Chain;
+use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
 use crate::sanitize::EdgeSettings;
@@ -14,7 +15,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,20 +24,6 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Response bodies: streamed from the backend, or generated here.
-pub type ProxyBody = Either<BackendBody, Full<Bytes>>;
-
-/// What the proxy knows about the downstream connection.
-#[derive(Clone, Debug)]
-pub struct Downstream {
-    pub client: SocketAddr,
-    pub local_port: u16,
-    pub scheme: &'static str,
-    /// The TLS server name the client asked for, if it did: a request for a host that another
-    /// listener (another certificate) serves gets 421.
-    pub sni: Option<Arc<str>>,
-}
 
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -105,90 +91,33 @@ impl Proxy {
         }
     }
 
-    /// Serves one request. Never fails: every error becomes a response here.
+    /// Serves one request. Never fails: every error becomes a response here. The sequence:
+    /// check the request → route → the rule's policy chain → filters and the upstream
+    /// (within the request timeout) → the response's headers → metrics and the access log.
     pub async fn serve(
         &self,
         router: &SocketRouter,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         down: Downstream,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         self.metrics.in_flight.inc();
         let _in_flight = InFlightGuard(&self.metrics.in_flight);
         let id = util::request_id(req.headers());
-        let log = self.access_log.then(|| AccessLog::new(&req, down.client));
+        let grpc = errors::is_grpc(req.headers());
+        let mut cx = RequestCtx::new(id, down, self.edge.trusted_hops, grpc);
+        let log = self
+            .access_log
+            .then(|| AccessLog::new(&req, cx.down.client));
         let http1 = req.version() <= Version::HTTP_11;
-        let mut req = req;
-        let mut who = crate::auth::Authenticated::default();
-        let mut limit_headers = None;
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
-            .and_then(|()| route(router, &mut req, down.sni.as_deref()));
-        let (result, rule, upstream, route_metrics) = match routed {
-            Err(e) => (Err(e), None, None, None),
+            .and_then(|()| route(router, &mut req, &mut cx));
+        let (result, routed, upstream) = match routed {
+            Err(e) => (Err(e), None, None),
             Ok(routed) => {
-                let rule = routed.rule.clone();
-                let route_metrics = routed.metrics.clone();
-                let request_timeout = rule.request_timeout;
-                let who = &mut who;
-                let limit_headers = &mut limit_headers;
-                let fut = async {
-                    // The consumer header comes from an AuthPolicy or from nobody, on every
-                    // route (also where a policy names another header), so a backend can
-                    // trust it.
-                    req.headers_mut()
-                        .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
-                    if let Some(auth) = &routed.auth {
-                        // The client as the trusted proxies in front say (`--trusted-hops`),
-                        // as rate limits see it: clientCidrs and the password-failure budget
-                        // are about the client, not the load balancer.
-                        let trusted_client = crate::ratelimit::trusted_client(
-                            req.headers(),
-                            down.client.ip(),
-                            self.edge.trusted_hops,
-                        );
-                        let facts = crate::auth::RequestFacts {
-                            client: trusted_client.unwrap_or(down.client.ip()),
-                            trusted_client,
-                            scheme: down.scheme,
-                        };
-                        match auth
-                            .check(&mut req, routed.matching.as_deref(), &facts)
-                            .await
-                        {
-                            Ok(w) => *who = w,
-                            Err(e) => return (Err(e), None),
-                        }
-                    }
-                    if let Some(limiter) = &routed.rate_limit {
-                        let facts = crate::ratelimit::LimitFacts {
-                            peer: down.client.ip(),
-                            consumer: who.consumer.as_deref(),
-                            claims: who.claims.as_deref(),
-                            route: &routed.rule.route,
-                            rule: routed.rule_index,
-                            path: routed.matching.as_deref().unwrap_or(req.uri().path()),
-                            trusted_hops: self.edge.trusted_hops,
-                            forwarded_for_invalid: &self.metrics.forwarded_for_invalid,
-                        };
-                        match limiter.check(&req, &facts).await {
-                            Ok(h) => *limit_headers = h,
-                            Err(e) => return (Err(e), None),
-                        }
-                    }
-                    let paths = RoutedPaths {
-                        prefix: routed.prefix.as_deref(),
-                        matching: routed.matching.as_deref(),
-                    };
-                    self.forward(&routed.rule, paths, req, down, &id).await
-                };
-                let (result, upstream) = match request_timeout {
-                    Some(d) => tokio::time::timeout(d, fut)
-                        .await
-                        .unwrap_or((Err(ProxyError::RequestTimeout), None)),
-                    None => fut.await,
-                };
-                (result, Some(rule), upstream, Some(route_metrics))
+                let (result, upstream) = self.handle(&routed, req, &mut cx).await;
+                (result, Some(routed), upstream)
             }
         };
         let mut reason = None;
@@ -196,60 +125,95 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 reason = Some(e.reason());
-                if e.status().is_server_error() {
-                    tracing::debug!(request_id = ?id, error = %e, source = ?e.source_kind(), "proxy error");
-                }
-                let close = match &e {
-                    ProxyError::BadRequest(_) => {
-                        self.metrics.downstream_error("bad_request");
-                        true
-                    }
-                    ProxyError::ClientBody(fault) => {
-                        self.metrics.downstream_error(match fault {
-                            BodyFault::Framing => "body_framing",
-                            BodyFault::Idle => "body_idle",
-                            BodyFault::TooSlow => "body_too_slow",
-                        });
-                        true
-                    }
-                    _ => false,
-                };
-                let mut resp = e.into_response();
-                // A client that sent something malformed does not get to send more on this
-                // connection: its framing can no longer be trusted.
-                if close && http1 {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                resp
+                self.respond(e, &cx, http1)
             }
         };
-        if let Some(ops) = rule
-            .as_ref()
-            .and_then(|r| r.filters().response_headers.as_ref())
-        {
+        let rule = routed.as_ref().map(|r| &*r.rule);
+        if let Some(ops) = rule.and_then(|r| r.filters().response_headers.as_ref()) {
             ops.apply(resp.headers_mut());
         }
-        if let Some(h) = &limit_headers {
-            h.apply(resp.headers_mut());
+        let headers = resp.headers_mut();
+        // Steps' headers replace the backend's of the same name (a quota is ours to state).
+        let mut last = None;
+        for (name, value) in cx.response_headers.drain() {
+            match name {
+                Some(name) => {
+                    headers.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        headers.append(name, value);
+                    }
+                }
+            }
         }
-        resp.headers_mut().insert(&util::X_REQUEST_ID, id.clone());
+        headers.insert(&util::X_REQUEST_ID, cx.id.clone());
         let elapsed = start.elapsed();
         let status = resp.status().as_u16();
-        route_metrics
-            .as_deref()
-            .unwrap_or(&self.unmatched)
+        routed
+            .as_ref()
+            .map_or(&self.unmatched, |r| &*r.metrics)
             .record(status, elapsed);
         if let Some(mut log) = log {
             log.reason = reason;
-            log.emit(
-                &id,
-                status,
-                rule.as_deref(),
-                upstream.as_ref(),
-                who.consumer.as_deref(),
-                elapsed,
-            );
+            log.emit(&cx, status, rule, upstream.as_ref(), elapsed);
+        }
+        resp
+    }
+
+    /// The routed part: the rule's policies, then its filters and the upstream, within the
+    /// rule's request timeout.
+    async fn handle(
+        &self,
+        routed: &Routed,
+        mut req: Request<Incoming>,
+        cx: &mut RequestCtx,
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+        let fut = async {
+            // The consumer header comes from an AuthPolicy or from nobody, on every route
+            // (also where a policy names another header), so a backend can trust it.
+            req.headers_mut()
+                .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
+            if let Err(e) = routed.chain.on_request(&mut req, cx).await {
+                return (Err(e), None);
+            }
+            self.forward(&routed.rule, req, cx).await
+        };
+        match routed.rule.request_timeout {
+            Some(d) => tokio::time::timeout(d, fut)
+                .await
+                .unwrap_or((Err(ProxyError::RequestTimeout), None)),
+            None => fut.await,
+        }
+    }
+
+    /// The one place a failure becomes the client's answer (and its metrics).
+    fn respond(&self, e: ProxyError, cx: &RequestCtx, http1: bool) -> Response<ProxyBody> {
+        if e.status().is_server_error() {
+            tracing::debug!(request_id = ?cx.id, error = %e, source = ?e.source_kind(), "proxy error");
+        }
+        let close = match &e {
+            ProxyError::BadRequest(_) => {
+                self.metrics.downstream_error("bad_request");
+                true
+            }
+            ProxyError::ClientBody(fault) => {
+                self.metrics.downstream_error(match fault {
+                    BodyFault::Framing => "body_framing",
+                    BodyFault::Idle => "body_idle",
+                    BodyFault::TooSlow => "body_too_slow",
+                });
+                true
+            }
+            _ => false,
+        };
+        let mut resp = e.into_response(cx.grpc);
+        // A client that sent something malformed does not get to send more on this
+        // connection: its framing can no longer be trusted.
+        if close && http1 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -257,11 +221,11 @@ impl Proxy {
     async fn forward(
         &self,
         rule: &CompiledRule,
-        paths: RoutedPaths<'_>,
         mut req: Request<Incoming>,
-        down: Downstream,
-        id: &HeaderValue,
+        cx: &RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+        let prefix = cx.prefix.as_deref();
+        let matching = cx.matching.as_deref();
         // Only HTTP/2 connections watch their streams for a stall (HTTP/1's writes have
         // their own timeout).
         let watched = req.version() == Version::HTTP_2;
@@ -271,10 +235,10 @@ impl Proxy {
                 Ok(filters::redirect(
                     r,
                     &req,
-                    paths.prefix,
-                    paths.matching,
-                    down.scheme,
-                    down.local_port,
+                    prefix,
+                    matching,
+                    cx.down.scheme,
+                    cx.down.local_port,
                 )),
                 None,
             );
@@ -292,10 +256,9 @@ impl Proxy {
         // any rewrite.
         let original_host = req.headers().get(header::HOST).cloned();
         if let Some(rw) = &filters.rewrite {
-            filters::rewrite(rw, &mut req, paths.prefix, paths.matching);
+            filters::rewrite(rw, &mut req, prefix, matching);
         }
-        let (xff, malformed) =
-            sanitize::forwarded_for(req.headers(), down.client.ip(), self.edge.trusted_hops);
+        let (xff, malformed) = sanitize::forwarded_for(req.headers(), cx.peer(), cx.trusted_hops);
         if malformed {
             self.metrics.forwarded_for_invalid.inc();
         }
@@ -311,7 +274,7 @@ impl Proxy {
         }
         headers.insert(
             &util::X_FORWARDED_PROTO,
-            HeaderValue::from_static(down.scheme),
+            HeaderValue::from_static(cx.down.scheme),
         );
         if let Some(h) = original_host {
             headers.insert(&util::X_FORWARDED_HOST, h);
@@ -322,7 +285,7 @@ impl Proxy {
         {
             ops.apply(headers);
         }
-        headers.insert(&util::X_REQUEST_ID, id.clone());
+        headers.insert(&util::X_REQUEST_ID, cx.id.clone());
 
         let pq = req
             .uri()
@@ -395,7 +358,8 @@ impl Proxy {
                 let idle = self.body.idle_timeout;
                 let progress = watched.then(|| crate::body::StreamProgress(outcome.clone()));
                 let outcome = outcome.clone();
-                let mut resp = resp.map(|b| Either::Left(BackendBody::new(b, outcome, idle)));
+                let mut resp =
+                    resp.map(|b| ProxyBody::Streamed(BackendBody::new(b, outcome, idle)));
                 if let Some(p) = progress {
                     resp.extensions_mut().insert(p);
                 }
@@ -442,39 +406,24 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// The paths routing chose by, for filters that rewrite them.
-#[derive(Clone, Copy)]
-struct RoutedPaths<'a> {
-    /// The PathPrefix the rule matched, if it did.
-    prefix: Option<&'a str>,
-    /// The path matched, when it differs from the forwarded one (`;parameters`).
-    matching: Option<&'a str>,
-}
-
 /// What routing chose for a request.
 struct Routed {
     rule: Arc<CompiledRule>,
-    prefix: Option<Arc<str>>,
-    auth: Option<Arc<AuthEngine>>,
-    rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
+    chain: Arc<Chain>,
     metrics: Arc<RouteMetrics>,
-    /// The rule's index in its route (a `Route` rate-limit key).
-    rule_index: usize,
-    /// The path matched, when it differs from the forwarded one (`;parameters`).
-    matching: Option<String>,
 }
 
 /// Normalises the request's path (the backend gets the path that was routed and checked) and
-/// finds its rule, or the error that answers it.
+/// finds its rule, or the error that answers it; notes in `cx` what routing matched.
 fn route(
     router: &SocketRouter,
     req: &mut Request<Incoming>,
-    sni: Option<&str>,
+    cx: &mut RequestCtx,
 ) -> Result<Routed, ProxyError> {
     {
         let host = util::request_host(req.uri(), req.headers())
             .ok_or(ProxyError::BadRequest("missing Host"))?;
-        if let Some(sni) = sni
+        if let Some(sni) = cx.down.sni.as_deref()
             && !router.same_listener(sni, &host)
         {
             return Err(ProxyError::Misdirected);
@@ -502,14 +451,15 @@ fn route(
     let m = router
         .route(&host, path, req.method(), req.headers(), req.uri().query())
         .ok_or(ProxyError::NoRoute)?;
+    let c = m.candidate;
+    cx.route = c.rule.route.clone();
+    cx.rule_index = c.order.1;
+    cx.prefix = c.prefix.clone();
+    cx.matching = matching;
     Ok(Routed {
-        rule: m.candidate.rule.clone(),
-        prefix: m.candidate.prefix.clone(),
-        auth: m.candidate.auth.clone(),
-        rate_limit: m.candidate.rate_limit.clone(),
-        metrics: m.candidate.metrics.clone(),
-        rule_index: m.candidate.order.1,
-        matching,
+        rule: c.rule.clone(),
+        chain: c.chain.clone(),
+        metrics: c.metrics.clone(),
     })
 }
 
@@ -542,16 +492,15 @@ impl AccessLog {
 
     fn emit(
         self,
-        id: &HeaderValue,
+        cx: &RequestCtx,
         status: u16,
         rule: Option<&CompiledRule>,
         upstream: Option<&Upstream>,
-        consumer: Option<&str>,
         elapsed: Duration,
     ) {
         tracing::info!(
             target: "access",
-            request_id = id.to_str().unwrap_or_default(),
+            request_id = cx.id.to_str().unwrap_or_default(),
             client = %self.client.ip(),
             method = %self.method,
             host = %self.host,
@@ -560,7 +509,7 @@ impl AccessLog {
             status,
             route = rule.map_or("none", |r| &*r.route),
             upstream = upstream.map(|u| u.addr.to_string()).unwrap_or_default(),
-            consumer = consumer.unwrap_or_default(),
+            consumer = cx.identity.consumer.as_deref().unwrap_or_default(),
             reason = self.reason.as_deref().unwrap_or_default(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         );

@@ -20,11 +20,13 @@ pub mod redis;
 pub mod scripts;
 pub mod store;
 
-use crate::auth::jwt::Claims;
+use crate::body::LocalReply;
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RateLimitDecision, RateLimitMetrics};
+use crate::request::RequestCtx;
+use crate::sanitize::client_ip;
 use algorithm::{Outcome, Quota};
-use http::{HeaderMap, HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use parking_lot::Mutex;
 use portico_model::ratelimit::{self as model, KeyPart, RedisAddress, Scope};
 use redis::{RedisError, RedisPool, Reply};
@@ -136,23 +138,6 @@ impl RateLimitShared {
             .or_insert_with(|| RedisPool::new(address.clone()))
             .clone()
     }
-}
-
-/// What a key part is read from, per request.
-pub struct LimitFacts<'a> {
-    /// The connection's peer.
-    pub peer: IpAddr,
-    pub consumer: Option<&'a str>,
-    pub claims: Option<&'a Claims>,
-    /// `namespace/name` of the HTTPRoute and the rule's index.
-    pub route: &'a str,
-    pub rule: usize,
-    /// The normalised path routing matched.
-    pub path: &'a str,
-    /// The dataplane's trusted `X-Forwarded-For` hops, for policies that set none.
-    pub trusted_hops: usize,
-    /// Counts requests whose `X-Forwarded-For` could not be used.
-    pub forwarded_for_invalid: &'a prometheus_client::metrics::counter::Counter,
 }
 
 /// The headers that tell a client about its quota.
@@ -291,7 +276,7 @@ struct GlobalEngine {
 pub struct RateLimitEngine {
     id: String,
     limits: Vec<LimitEngine>,
-    /// 0: the dataplane's `--trusted-hops` (in [`LimitFacts`]).
+    /// 0: the dataplane's `--trusted-hops` (in the [`RequestCtx`]).
     trusted_hops: usize,
     ipv6_prefix_length: u8,
     response_headers: bool,
@@ -301,6 +286,8 @@ pub struct RateLimitEngine {
     hasher: KeyHasher,
     clock: Clock,
     metrics: RateLimitMetrics,
+    /// Counts requests whose `X-Forwarded-For` could not be used for a ClientIP key.
+    forwarded_for_invalid: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for RateLimitEngine {
@@ -372,8 +359,10 @@ impl RateLimitEngine {
             .map(|l| l.policy_item.as_str())
             .collect::<Vec<_>>()
             .join(", ");
+        let forwarded_for_invalid = metrics.forwarded_for_invalid.clone();
         let metrics = metrics.rate_limit(&id, global.as_ref().map(|g| g.fail_closed));
         Self {
+            forwarded_for_invalid,
             id,
             limits,
             trusted_hops: p.trusted_hops as usize,
@@ -396,21 +385,27 @@ impl RateLimitEngine {
     pub async fn check<B>(
         &self,
         req: &Request<B>,
-        facts: &LimitFacts<'_>,
-    ) -> Result<Option<RateHeaders>, ProxyError> {
+        cx: &RequestCtx,
+    ) -> Result<Option<RateHeaders>, Refusal> {
+        let path = cx.path(req.uri().path());
+        let input = KeyInput {
+            headers: req.headers(),
+            cx,
+            path,
+        };
         let mut counted: Vec<(&LimitEngine, Outcome)> = Vec::with_capacity(self.limits.len());
         let mut client: Option<IpAddr> = None;
         let mut fallback = false;
         let mut refused = false;
         for limit in &self.limits {
             if let Some(m) = &limit.matcher
-                && !m.matches(req.method(), req.headers(), facts.path)
+                && !m.matches(req.method(), req.headers(), path)
             {
                 continue;
             }
             let peek = refused;
             let local = |client: &mut Option<IpAddr>| {
-                let key = self.local_key(limit, req.headers(), facts, client);
+                let key = self.local_key(limit, &input, client);
                 let now = self.clock.now_us();
                 if peek {
                     limit.local.peek(key, now)
@@ -421,7 +416,7 @@ impl RateLimitEngine {
             let mut outcome = match &limit.global {
                 None => local(&mut client),
                 Some(global) => match self
-                    .global_admit(limit, global, req.headers(), facts, &mut client, peek)
+                    .global_admit(limit, global, &input, &mut client, peek)
                     .await
                 {
                     Ok(o) => o,
@@ -429,11 +424,11 @@ impl RateLimitEngine {
                     Err(_) if peek => continue,
                     Err(e) => {
                         let Some(g) = &self.global else {
-                            return Err(ProxyError::RateLimitUnavailable(e.to_string()));
+                            return Err(Refusal::Unavailable(e.to_string()));
                         };
                         if g.fail_closed {
                             self.metrics.record(RateLimitDecision::Unavailable);
-                            return Err(ProxyError::RateLimitUnavailable(e.to_string()));
+                            return Err(Refusal::Unavailable(e.to_string()));
                         }
                         fallback = true;
                         local(&mut client)
@@ -454,7 +449,7 @@ impl RateLimitEngine {
                 RateLimitDecision::Limited
             });
             let headers = self.headers(&counted, true);
-            return Err(ProxyError::RateLimited(Box::new(headers)));
+            return Err(Refusal::Limited(headers));
         }
         if counted.is_empty() {
             return Ok(None);
@@ -471,8 +466,7 @@ impl RateLimitEngine {
         &self,
         limit: &LimitEngine,
         global: &GlobalLimit,
-        headers: &HeaderMap,
-        facts: &LimitFacts<'_>,
+        input: &KeyInput<'_>,
         client: &mut Option<IpAddr>,
         peek: bool,
     ) -> Result<Outcome, RedisError> {
@@ -480,7 +474,7 @@ impl RateLimitEngine {
             return Err(RedisError::Down);
         };
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        self.key_parts(limit, headers, facts, client, |part| {
+        self.key_parts(limit, input, client, |part| {
             digest.update(&(part.len() as u64).to_le_bytes());
             digest.update(part);
         });
@@ -547,8 +541,7 @@ impl RateLimitEngine {
     fn local_key(
         &self,
         limit: &LimitEngine,
-        headers: &HeaderMap,
-        facts: &LimitFacts<'_>,
+        input: &KeyInput<'_>,
         client: &mut Option<IpAddr>,
     ) -> u64 {
         use std::hash::Hasher;
@@ -556,7 +549,7 @@ impl RateLimitEngine {
             return 0;
         }
         let mut h = self.hasher.start();
-        self.key_parts(limit, headers, facts, client, |p| {
+        self.key_parts(limit, input, client, |p| {
             h.write_usize(p.len());
             h.write(p);
         });
@@ -568,23 +561,23 @@ impl RateLimitEngine {
     fn key_parts(
         &self,
         limit: &LimitEngine,
-        headers: &HeaderMap,
-        facts: &LimitFacts<'_>,
+        input: &KeyInput<'_>,
         client: &mut Option<IpAddr>,
         mut sink: impl FnMut(&[u8]),
     ) {
+        let KeyInput { headers, cx, path } = *input;
         const MISSING: &[u8] = b"\x00-";
         for part in &limit.key {
             match part {
                 Part::ClientIp => {
                     let hops = match self.trusted_hops {
-                        0 => facts.trusted_hops,
+                        0 => cx.trusted_hops,
                         n => n,
                     };
                     let ip = *client.get_or_insert_with(|| {
-                        let (ip, malformed) = client_ip(headers, facts.peer, hops);
+                        let (ip, malformed) = client_ip(headers, cx.peer(), hops);
                         if malformed {
-                            facts.forwarded_for_invalid.inc();
+                            self.forwarded_for_invalid.inc();
                         }
                         ip
                     });
@@ -603,7 +596,7 @@ impl RateLimitEngine {
                     None => sink(MISSING),
                 },
                 Part::Claim(path) => {
-                    let value = facts.claims.and_then(|c| {
+                    let value = cx.identity.claims.as_deref().and_then(|c| {
                         let mut v = c.get(path.first()?)?;
                         for p in &path[1..] {
                             v = v.get(p)?;
@@ -622,7 +615,7 @@ impl RateLimitEngine {
                         None => sink(MISSING),
                     }
                 }
-                Part::Consumer => match facts.consumer {
+                Part::Consumer => match cx.identity.consumer.as_deref() {
                     Some(c) => {
                         sink(b"c");
                         sink(c.as_bytes());
@@ -630,10 +623,10 @@ impl RateLimitEngine {
                     None => sink(MISSING),
                 },
                 Part::Route => {
-                    sink(facts.route.as_bytes());
-                    sink(&(facts.rule as u64).to_le_bytes());
+                    sink(cx.route.as_bytes());
+                    sink(&(cx.rule_index as u64).to_le_bytes());
                 }
-                Part::Path => sink(facts.path.as_bytes()),
+                Part::Path => sink(path.as_bytes()),
             }
         }
     }
@@ -696,38 +689,6 @@ impl RateLimitEngine {
     }
 }
 
-/// The client address: the peer, or with `trusted_hops` proxies in front, the address that
-/// many entries from the right of `X-Forwarded-For` (all its fields, in order). A header that
-/// is not a list of addresses is not trusted at all: the peer, and `true` to count it.
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (IpAddr, bool) {
-    let (client, malformed) = forwarded_client(headers, peer, trusted_hops);
-    (client.unwrap_or(peer), malformed)
-}
-
-/// The client address as the `trusted_hops` proxies in front say it (the peer at the edge),
-/// or `None` when they did not say it: a chain shorter than `trusted_hops` (a request that
-/// skipped a proxy) or entries that are not addresses.
-pub fn trusted_client(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> Option<IpAddr> {
-    forwarded_client(headers, peer, trusted_hops).0
-}
-
-/// What both read: the client the trusted proxies name (`None` if they name none), and
-/// whether their entries were not addresses.
-fn forwarded_client(
-    headers: &HeaderMap,
-    peer: IpAddr,
-    trusted_hops: usize,
-) -> (Option<IpAddr>, bool) {
-    if trusted_hops == 0 {
-        return (Some(peer), false);
-    }
-    let (entries, malformed) = crate::sanitize::trusted_entries(headers, trusted_hops);
-    if malformed || entries.len() < trusted_hops {
-        return (None, malformed);
-    }
-    (Some(entries[0]), false)
-}
-
 /// The first `prefix` bits of an IPv6 address, the rest zero.
 fn mask_v6(addr: u128, prefix: u8) -> u128 {
     match prefix {
@@ -744,6 +705,49 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// What a limit's key is read from.
+#[derive(Clone, Copy)]
+struct KeyInput<'a> {
+    headers: &'a HeaderMap,
+    cx: &'a RequestCtx,
+    /// The path routing matched.
+    path: &'a str,
+}
+
+/// Why a rate-limit policy did not let a request pass.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Over a limit: 429 with `Retry-After` and the quota headers.
+    Limited(RateHeaders),
+    /// The store (Redis) is unreachable and the policy fails closed: 503.
+    Unavailable(String),
+}
+
+impl Refusal {
+    pub fn into_error(self) -> ProxyError {
+        match self {
+            Refusal::Limited(h) => {
+                let reason = format!("ratelimit={}", h.refused_by.as_deref().unwrap_or("limited"));
+                let mut r =
+                    LocalReply::text(StatusCode::TOO_MANY_REQUESTS, reason, "too many requests\n");
+                h.apply(&mut r.headers);
+                ProxyError::Denied(Box::new(r))
+            }
+            Refusal::Unavailable(detail) => {
+                tracing::debug!(error = %detail, "rate limit store unavailable; refusing (fail closed)");
+                let mut r = LocalReply::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ratelimit=store_unavailable",
+                    "rate limit service unavailable\n",
+                );
+                r.headers
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                ProxyError::PolicyUnavailable(Box::new(r))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

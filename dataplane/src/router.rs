@@ -11,7 +11,7 @@
 //! Lookups are hash probes per hostname label and per path segment; no scan over all routes.
 //! Only regex candidates of the selected host are tried one by one.
 
-use crate::auth::AuthEngine;
+use crate::policy::Chain;
 use crate::rule::CompiledRule;
 use http::{HeaderMap, Method};
 use regex::Regex;
@@ -134,10 +134,9 @@ pub struct Candidate {
     pub order: (usize, usize, usize),
     /// For a PathPrefix match, the prefix (for ReplacePrefixMatch).
     pub prefix: Option<Arc<str>>,
-    /// The auth policy of the rule, else of the listener or Gateway it is reached through.
-    pub auth: Option<Arc<AuthEngine>>,
-    /// The rate-limit policy of the rule, else of the listener or Gateway.
-    pub rate_limit: Option<Arc<crate::ratelimit::RateLimitEngine>>,
+    /// The policies of the rule as reached through this candidate's parent (listener or
+    /// Gateway): opaque here.
+    pub chain: Arc<Chain>,
     /// The counters of the route as reached through this candidate's listener.
     pub metrics: Arc<crate::metrics::RouteMetrics>,
 }

@@ -251,5 +251,37 @@ fn parse_forwarded_addr(e: &str) -> Option<IpAddr> {
         .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
+/// The client address: the peer, or with `trusted_hops` proxies in front, the address that
+/// many entries from the right of `X-Forwarded-For` (all its fields, in order). A header that
+/// is not a list of addresses is not trusted at all: the peer, and `true` to count it.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> (IpAddr, bool) {
+    let (client, malformed) = forwarded_client(headers, peer, trusted_hops);
+    (client.unwrap_or(peer), malformed)
+}
+
+/// The client address as the `trusted_hops` proxies in front say it (the peer at the edge),
+/// or `None` when they did not say it: a chain shorter than `trusted_hops` (a request that
+/// skipped a proxy) or entries that are not addresses.
+pub fn trusted_client(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> Option<IpAddr> {
+    forwarded_client(headers, peer, trusted_hops).0
+}
+
+/// What both read: the client the trusted proxies name (`None` if they name none), and
+/// whether their entries were not addresses.
+fn forwarded_client(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted_hops: usize,
+) -> (Option<IpAddr>, bool) {
+    if trusted_hops == 0 {
+        return (Some(peer), false);
+    }
+    let (entries, malformed) = trusted_entries(headers, trusted_hops);
+    if malformed || entries.len() < trusted_hops {
+        return (None, malformed);
+    }
+    (Some(entries[0]), false)
+}
+
 #[cfg(test)]
 mod tests;

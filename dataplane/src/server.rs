@@ -10,7 +10,8 @@
 use crate::body::StreamProgress;
 use crate::conn::{Activity, Admission, ConnectionLimits, Guarded, Protocol, Tracked};
 use crate::metrics::Metrics;
-use crate::proxy::{Downstream, Proxy};
+use crate::proxy::Proxy;
+use crate::request::Downstream;
 use crate::router::SocketRouter;
 use crate::table::Tables;
 use arc_swap::{ArcSwap, ArcSwapOption};

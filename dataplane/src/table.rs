@@ -4,6 +4,7 @@
 use crate::auth::{AuthEngine, AuthShared};
 use crate::balancer::Pools;
 use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
+use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
 use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
@@ -182,6 +183,16 @@ pub fn build(
                 };
                 let parent_auth = engine(&parent.auth);
                 let parent_limits = limiter(&parent.rate_limit);
+                // One chain per rule as reached through this parent, shared by its matches
+                // and hosts.
+                let chains: Vec<Arc<Chain>> = (0..route.rules.len())
+                    .map(|ri| {
+                        Arc::new(Chain::new(
+                            most_specific(rule_auth.get(ri), &parent_auth),
+                            most_specific(rule_limits.get(ri), &parent_limits),
+                        ))
+                    })
+                    .collect();
                 let series = RouteSeries::new(&gw, &listener.name, &label);
                 let route_metrics = Arc::new(metrics.route(&series));
                 t.route_series.insert(series);
@@ -205,16 +216,9 @@ pub fn build(
                         let table = routes.hosts.entry(host);
                         for (path, (c, regex)) in &matches {
                             let mut c = c.clone();
-                            c.auth = rule_auth
-                                .get(c.order.1)
-                                .cloned()
-                                .flatten()
-                                .or_else(|| parent_auth.clone());
-                            c.rate_limit = rule_limits
-                                .get(c.order.1)
-                                .cloned()
-                                .flatten()
-                                .or_else(|| parent_limits.clone());
+                            if let Some(chain) = chains.get(c.order.1) {
+                                c.chain = chain.clone();
+                            }
                             c.metrics = route_metrics.clone();
                             add(table, path, (c, regex.clone()));
                         }
@@ -245,6 +249,11 @@ pub fn build(
         !https || tls_sockets.contains(sa)
     });
     t
+}
+
+/// The rule's policy if it has one, else its parent's: the most specific applies whole.
+fn most_specific<T>(rule: Option<&Option<Arc<T>>>, parent: &Option<Arc<T>>) -> Option<Arc<T>> {
+    rule.cloned().flatten().or_else(|| parent.clone())
 }
 
 fn add(table: &mut PathTable, path: &PathMatch, c: (Candidate, Option<Regex>)) {
@@ -311,8 +320,7 @@ fn candidate(
             rule,
             order,
             prefix,
-            auth: None,
-            rate_limit: None,
+            chain: Arc::default(),
             metrics: Arc::default(),
         },
         regex,

@@ -232,6 +232,8 @@ spec:
     backendRefs: [{{name: two, port: 50051}}]
   - matches: [{{method: {{service: pkg.Echo}}}}]
     backendRefs: [{{name: one, port: 50051}}]
+  - matches: [{{method: {{service: pkg.Gone}}}}]
+    backendRefs: [{{name: missing, port: 50051}}]
 ",
         one.addr, two.addr
     );
@@ -259,7 +261,28 @@ spec:
     assert_eq!(r.backend(), "two");
     let r = call("grpc.test", "/pkg.Echo/Other", Some("two")).await;
     assert_eq!(r.backend(), "one");
-    assert_eq!(call("grpc.test", "/pkg.Other/Say", None).await.status, 404);
+    // The gateway's own answers to gRPC clients are gRPC statuses, trailers-only (HTTP 200,
+    // grpc-status in the headers, no body).
+    let status = |r: &portico_tests::Resp| {
+        assert_eq!(r.status, 200, "a gRPC answer: {r:?}");
+        assert_eq!(r.headers["content-type"], "application/grpc");
+        r.headers["grpc-status"]
+            .to_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // No route: UNIMPLEMENTED.
+    assert_eq!(
+        status(&call("grpc.test", "/pkg.Other/Say", None).await),
+        "12"
+    );
     // Another host is not the GRPCRoute's.
-    assert_eq!(call("other.test", "/pkg.Echo/Say", None).await.status, 404);
+    assert_eq!(
+        status(&call("other.test", "/pkg.Echo/Say", None).await),
+        "12"
+    );
+    // A backendRef to a Service that does not exist: UNAVAILABLE, as GRPCRoute requires.
+    let r = call("grpc.test", "/pkg.Gone/Say", None).await;
+    assert_eq!(status(&r), "14");
+    assert!(r.body.is_empty(), "{r:?}");
 }

@@ -2,9 +2,10 @@
 //! introspection (RFC 7662, cached until the token's expiry or the policy's bound).
 
 use super::HttpClient;
+use super::Refusal;
 use super::cache::{Digest, TtlCache, digest};
 use super::jwt::Claims;
-use crate::errors::{AuthAnswer, ProxyError};
+use crate::body::LocalReply;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
@@ -89,12 +90,12 @@ impl External {
     }
 
     /// `Ok(headers for the backend)` when the service allows the request.
-    pub async fn check(&self, r: &Asked<'_>) -> Result<HeaderMap, ProxyError> {
+    pub async fn check(&self, r: &Asked<'_>) -> Result<HeaderMap, Refusal> {
         let Ok(Ok(_slot)) =
             tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await
         else {
             tracing::debug!(service = %self.base, "external auth saturated; refusing");
-            return Err(ProxyError::AuthBusy);
+            return Err(Refusal::Busy);
         };
         let mut req = Request::builder()
             .method(r.method.clone())
@@ -116,16 +117,17 @@ impl External {
             set("x-forwarded-method", r.method.as_str());
             set("x-forwarded-uri", r.path_and_query);
         }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ProxyError::AuthUnavailable(format!("building the request: {e}")))?;
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| {
+            tracing::warn!(service = %self.base, error = %e, "cannot build the auth request");
+            Refusal::Unavailable
+        })?;
         let fail = |why: String| {
             if self.fail_open {
                 tracing::warn!(service = %self.base, error = %why, "external auth failed; failing open as configured");
                 Ok(HeaderMap::new())
             } else {
                 tracing::warn!(service = %self.base, error = %why, "external auth failed; refusing (fail closed)");
-                Err(ProxyError::AuthUnavailable(why))
+                Err(Refusal::Unavailable)
             }
         };
         let work = async {
@@ -169,10 +171,11 @@ impl External {
         } else {
             status
         };
-        Err(ProxyError::AuthDenied(Box::new(AuthAnswer {
+        Err(Refusal::Denied(Box::new(LocalReply {
             status,
             headers: to_client,
             body,
+            reason: "auth=denied_by_service".into(),
         })))
     }
 }
@@ -235,7 +238,7 @@ impl Introspection {
         }
     }
 
-    pub async fn introspect(&self, token: &str) -> Result<Introspected, ProxyError> {
+    pub async fn introspect(&self, token: &str) -> Result<Introspected, Refusal> {
         let Some(authorization) = &self.authorization else {
             // Without client credentials (an unresolved Secret) no token is accepted.
             return Ok(Introspected::Inactive);
@@ -252,7 +255,7 @@ impl Introspection {
             tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await
         else {
             tracing::debug!(url = %self.url, "token introspection saturated; refusing");
-            return Err(ProxyError::AuthBusy);
+            return Err(Refusal::Busy);
         };
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let req = Request::post(&self.url)
@@ -260,7 +263,10 @@ impl Introspection {
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, authorization.clone())
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ProxyError::AuthUnavailable(format!("building the request: {e}")))?;
+            .map_err(|e| {
+                tracing::warn!(url = %self.url, error = %e, "cannot build the introspection request");
+                Refusal::Unavailable
+            })?;
         let work = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
@@ -282,7 +288,7 @@ impl Introspection {
         })
         .map_err(|e| {
             tracing::warn!(url = %self.url, error = %e, "token introspection failed");
-            ProxyError::AuthUnavailable(e)
+            Refusal::Unavailable
         })?;
         let now = unix_now();
         let exp = answer.get("exp").and_then(serde_json::Value::as_u64);

@@ -27,23 +27,20 @@ fn engine(limits: Vec<Limit>, trusted_hops: u32) -> RateLimitEngine {
     RateLimitEngine::new(&p, &RateLimitShared::default(), &Metrics::default())
 }
 
-static XFF_INVALID: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
-    std::sync::LazyLock::new(Default::default);
-
-fn facts_from(peer: IpAddr) -> LimitFacts<'static> {
-    LimitFacts {
-        peer,
-        consumer: None,
-        claims: None,
-        route: "default/r",
-        rule: 0,
-        path: "/api/items",
-        trusted_hops: 0,
-        forwarded_for_invalid: &XFF_INVALID,
+fn facts_from(peer: IpAddr) -> RequestCtx {
+    let down = crate::request::Downstream {
+        client: std::net::SocketAddr::new(peer, 40000),
+        local_port: 8080,
+        scheme: "http",
+        sni: None,
+    };
+    RequestCtx {
+        route: "default/r".into(),
+        ..RequestCtx::new(HeaderValue::from_static("id"), down, 0, false)
     }
 }
 
-fn facts(peer: [u8; 4]) -> LimitFacts<'static> {
+fn facts(peer: [u8; 4]) -> RequestCtx {
     facts_from(IpAddr::from(peer))
 }
 
@@ -141,7 +138,7 @@ async fn a_header_key_counts_each_value_apart_and_missing_values_together() {
     assert_eq!((a, b, none), (2, 2, 2));
 }
 
-async fn e_check(e: &RateLimitEngine, req: &Request<()>, f: &LimitFacts<'_>) -> bool {
+async fn e_check(e: &RateLimitEngine, req: &Request<()>, f: &RequestCtx) -> bool {
     e.check(req, f).await.is_ok()
 }
 
@@ -168,7 +165,7 @@ async fn headers_show_the_policy_and_what_remains_and_a_refusal_says_when_to_ret
     assert!(first.retry_after.is_none());
     e.check(&request(&[]), &f).await.expect("second admitted");
     match e.check(&request(&[]), &f).await {
-        Err(ProxyError::RateLimited(h)) => {
+        Err(Refusal::Limited(h)) => {
             let retry = h.retry_after.expect("Retry-After");
             assert!((1..=60).contains(&retry), "{retry}");
             assert!(
@@ -239,7 +236,7 @@ async fn every_limit_is_checked_and_state_survives_a_new_snapshot() {
     assert!(
         matches!(
             second.check(&request(&[]), &f).await,
-            Err(ProxyError::RateLimited(_))
+            Err(Refusal::Limited(_))
         ),
         "the 'everyone' limit of 3 is spent"
     );
@@ -266,7 +263,7 @@ async fn a_refusal_names_the_first_limit_waits_for_the_longest_and_counts_nothin
         .expect("the first is admitted");
     for _ in 0..2 {
         match e.check(&request(&[]), &f).await {
-            Err(ProxyError::RateLimited(h)) => {
+            Err(Refusal::Limited(h)) => {
                 assert_eq!(h.refused_by.as_deref(), Some("default/rl/per-minute"));
                 // per-hour would refuse too, for longer: waiting a minute would not do.
                 let retry = h.retry_after.expect("Retry-After");

@@ -1,0 +1,75 @@
+//! The policies a request passes on its way to a backend, as one [`Chain`] per rule and
+//! parent (listener or Gateway) it is reached through. The only module that names every
+//! policy kind: a new kind is a [`Step`] variant, one arm in each `match` here, and its place
+//! in [`Chain::new`]'s order.
+//!
+//! A step lets the request on, edits it (identity headers), adds headers for the response to
+//! the [`RequestCtx`], or refuses it with a [`ProxyError`] that carries its whole answer
+//! ([`crate::body::LocalReply`]).
+
+use crate::auth::AuthEngine;
+use crate::errors::ProxyError;
+use crate::ratelimit::RateLimitEngine;
+use crate::request::RequestCtx;
+use http::Request;
+use std::sync::Arc;
+
+/// One policy, ready to enforce.
+#[derive(Debug)]
+pub enum Step {
+    Auth(Arc<AuthEngine>),
+    RateLimit(Arc<RateLimitEngine>),
+}
+
+impl Step {
+    async fn on_request<B>(
+        &self,
+        req: &mut Request<B>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), ProxyError> {
+        match self {
+            Step::Auth(engine) => {
+                cx.identity = engine.check(req, cx).await?;
+                Ok(())
+            }
+            Step::RateLimit(engine) => {
+                if let Some(h) = engine.check(req, cx).await.map_err(|r| r.into_error())? {
+                    h.apply(&mut cx.response_headers);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The steps of one rule as reached through one parent, in order: authentication first (a
+/// rate limit may be keyed by the consumer it found), then rate limits.
+#[derive(Debug, Default)]
+pub struct Chain(Box<[Step]>);
+
+impl Chain {
+    /// The rule's policy of each kind, else its parent's (the most specific applies whole).
+    pub fn new(auth: Option<Arc<AuthEngine>>, rate_limit: Option<Arc<RateLimitEngine>>) -> Self {
+        let steps: Vec<Step> = [auth.map(Step::Auth), rate_limit.map(Step::RateLimit)]
+            .into_iter()
+            .flatten()
+            .collect();
+        Chain(steps.into_boxed_slice())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Runs every step on the request, in order, until one refuses it.
+    pub async fn on_request<B>(
+        &self,
+        req: &mut Request<B>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), ProxyError> {
+        for step in &self.0 {
+            step.on_request(req, cx).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! One request's context: what the steps of the request path read (the connection, the
+//! route it matched) and what they decide (who the client is, headers for the response, why
+//! the gateway answered itself). One value per request, passed by reference to every step,
+//! instead of a fact struct per policy.
+
+use http::{HeaderMap, HeaderValue};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the proxy knows about the downstream connection.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub client: SocketAddr,
+    pub local_port: u16,
+    pub scheme: &'static str,
+    /// The TLS server name the client asked for, if it did: a request for a host that another
+    /// listener (another certificate) serves gets 421.
+    pub sni: Option<Arc<str>>,
+}
+
+/// Who a request that passed authenticated as, for the access log and rate-limit keys.
+#[derive(Debug, Default)]
+pub struct Authenticated {
+    pub consumer: Option<Arc<str>>,
+    /// The verified token's claims (JWT or introspection).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// `x-request-id`, the client's when it sent a usable one.
+    pub id: HeaderValue,
+    pub down: Downstream,
+    /// The dataplane's `--trusted-hops` of `X-Forwarded-For`.
+    pub trusted_hops: usize,
+    /// The request speaks gRPC: the gateway's own answers are gRPC statuses.
+    pub grpc: bool,
+    /// `namespace/name` of the route routing chose (empty until then).
+    pub route: Arc<str>,
+    /// The index of the rule in its route.
+    pub rule_index: usize,
+    /// The path routing matched, when it differs from the forwarded one (`;parameters`).
+    pub matching: Option<String>,
+    /// For a PathPrefix match, the prefix (for ReplacePrefixMatch).
+    pub prefix: Option<Arc<str>>,
+    /// Who the client authenticated as, once an auth policy said so.
+    pub identity: Authenticated,
+    /// Headers steps add to the response, whoever answers (the quota's RateLimit headers).
+    pub response_headers: HeaderMap,
+}
+
+impl RequestCtx {
+    pub fn new(id: HeaderValue, down: Downstream, trusted_hops: usize, grpc: bool) -> Self {
+        Self {
+            id,
+            down,
+            trusted_hops,
+            grpc,
+            route: Arc::from(""),
+            rule_index: 0,
+            matching: None,
+            prefix: None,
+            identity: Authenticated::default(),
+            response_headers: HeaderMap::new(),
+        }
+    }
+
+    /// The path policies match on: the one routing matched.
+    pub fn path<'a>(&'a self, forwarded: &'a str) -> &'a str {
+        self.matching.as_deref().unwrap_or(forwarded)
+    }
+
+    /// The connection's peer.
+    pub fn peer(&self) -> IpAddr {
+        self.down.client.ip()
+    }
+}
