@@ -20,8 +20,10 @@
 //!
 //! Secrets are watched one by one, only those our listeners may use ([`crate::secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
-//! change never costs a recompile. A watch that fails (a CRD that is not installed, RBAC)
-//! backs off and is reported; it never ends the process.
+//! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
+//! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
+//! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
+//! it is reported once, read as empty and looked for again; compile never waits for it.
 
 use crate::secrets::SecretWatches;
 use futures::StreamExt;
@@ -105,6 +107,8 @@ pub struct Index {
     pub namespaces: Store<Namespace>,
     pub secrets: SecretWatches,
     pub changes: ChangeLog,
+    /// Per kind: whether its first list is in (or, optional, whether it is not served).
+    listed: Arc<Vec<(String, tokio::sync::watch::Receiver<bool>)>>,
 }
 
 /// Whether compile reads all of an object or only what `metadata.generation` covers.
@@ -116,165 +120,203 @@ enum Reads {
     Spec,
 }
 
-/// Watches one kind into a store, recording `key` of every changed object.
-fn watch<K>(
-    api: Api<K>,
+/// Whether the cluster must serve a kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Nothing compiles without it (GatewayClass, Gateway, HTTPRoute, Service, Namespace):
+    /// compile waits for its first list.
+    Required,
+    /// A cluster may lack its CRD (an older or smaller Gateway API install; a Portico CRD a
+    /// `helm upgrade` did not add): while discovery says the kind is not served, the store
+    /// stays empty and counts as listed, and it is asked again every [`RECHECK`]; once
+    /// served, its watch starts (and its first list recompiles everything).
+    Optional,
+}
+
+/// How often an optional kind the cluster does not serve is looked for again.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether discovery says the cluster serves `K`; `Err` when it could not tell.
+async fn served<K>(client: &Client) -> Result<bool, kube::Error>
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    let dt = K::DynamicType::default();
+    let gvk = kube::api::GroupVersionKind::gvk(&K::group(&dt), &K::version(&dt), &K::kind(&dt));
+    match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(_))) => Ok(false),
+        // The group version itself is not served.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The watches of every kind, each with a flag that turns true on its first full list (or,
+/// for an optional kind, when the cluster does not serve it).
+struct Watches {
+    client: Client,
     changed: Arc<Notify>,
     log: ChangeLog,
-    reads: Reads,
-    key: fn(&K) -> DepKey,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        // The generation last seen of each object, for `Reads::Spec`.
-        let mut generations: std::collections::HashMap<DepKey, Option<i64>> =
-            std::collections::HashMap::new();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(k)) => {
-                    let key = key(&k);
-                    let generation = k.meta().generation;
-                    let spec_changed = reads == Reads::Everything
-                        || generations.insert(key.clone(), generation) != Some(generation);
-                    if spec_changed {
-                        log.record(key);
+    listed: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
+}
+
+impl Watches {
+    /// Watches one kind across all namespaces into a store, recording `key` of every
+    /// changed object.
+    fn watch<K>(&mut self, need: Need, reads: Reads, key: fn(&K) -> DepKey) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone,
+    {
+        let (reader, writer) = reflector::store();
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let (listed, listed_rx) = tokio::sync::watch::channel(false);
+        self.listed.push((kind.clone(), listed_rx));
+        let (client, changed, log) = (self.client.clone(), self.changed.clone(), self.log.clone());
+        tokio::spawn(async move {
+            if need == Need::Optional {
+                let mut absent = false;
+                loop {
+                    match served::<K>(&client).await {
+                        Ok(true) => break,
+                        Ok(false) => {
+                            if !absent {
+                                absent = true;
+                                tracing::warn!(
+                                    kind,
+                                    "the cluster does not serve this kind (its CRD is not installed): objects of it are not read, and it is looked for again every {}s",
+                                    RECHECK.as_secs()
+                                );
+                                let _ = listed.send(true);
+                            }
+                            tokio::time::sleep(RECHECK).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind, error = %e, "cannot tell whether the cluster serves this kind; asking again");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
                     }
-                    changed.notify_one();
                 }
-                Ok(watcher::Event::Delete(k)) => {
-                    let key = key(&k);
-                    generations.remove(&key);
-                    log.record(key);
-                    changed.notify_one();
+                if absent {
+                    tracing::info!(kind, "the cluster serves this kind now: watching it");
                 }
-                Ok(watcher::Event::InitApply(k)) if reads == Reads::Spec => {
-                    generations.insert(key(&k), k.meta().generation);
-                }
-                // A (re-)list may have missed deletions: recompile everything once it is done.
-                Ok(watcher::Event::InitDone) => {
-                    log.record_all();
-                    changed.notify_one();
-                }
-                Ok(watcher::Event::Init) => generations.clear(),
-                Ok(watcher::Event::InitApply(_)) => {}
-                Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with back-off"),
             }
-        }
-    });
-    reader
+            let api: Api<K> = Api::all(client);
+            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            // The generation last seen of each object, for `Reads::Spec`.
+            let mut generations: std::collections::HashMap<DepKey, Option<i64>> =
+                std::collections::HashMap::new();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(k)) => {
+                        let key = key(&k);
+                        let generation = k.meta().generation;
+                        let spec_changed = reads == Reads::Everything
+                            || generations.insert(key.clone(), generation) != Some(generation);
+                        if spec_changed {
+                            log.record(key);
+                        }
+                        changed.notify_one();
+                    }
+                    Ok(watcher::Event::Delete(k)) => {
+                        let key = key(&k);
+                        generations.remove(&key);
+                        log.record(key);
+                        changed.notify_one();
+                    }
+                    Ok(watcher::Event::InitApply(k)) if reads == Reads::Spec => {
+                        generations.insert(key(&k), k.meta().generation);
+                    }
+                    // A (re-)list may have missed deletions: recompile everything once it is
+                    // done.
+                    Ok(watcher::Event::InitDone) => {
+                        let _ = listed.send(true);
+                        log.record_all();
+                        changed.notify_one();
+                    }
+                    Ok(watcher::Event::Init) => generations.clear(),
+                    Ok(watcher::Event::InitApply(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with back-off")
+                    }
+                }
+            }
+        });
+        reader
+    }
 }
 
 impl Index {
-    /// Starts one watch per kind across all namespaces.
+    /// Starts one watch per kind across all namespaces: one line per kind.
     pub fn start(client: &Client, changed: &Arc<Notify>, secret_hint: &str) -> Self {
+        use Need::{Optional, Required};
+        use Reads::{Everything, Spec};
         let log = ChangeLog::default();
+        let mut w = Watches {
+            client: client.clone(),
+            changed: changed.clone(),
+            log: log.clone(),
+            listed: Vec::new(),
+        };
         Self {
-            classes: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |c: &GatewayClass| DepKey::GatewayClass(c.name_any()),
-            ),
-            gateways: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |g: &Gateway| DepKey::Gateway(id(g)),
-            ),
-            routes: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |r: &HttpRoute| DepKey::Route(RouteKind::Http, id(r)),
-            ),
-            grpc_routes: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |r: &GrpcRoute| DepKey::Route(RouteKind::Grpc, id(r)),
-            ),
-            auth_policies: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |p: &AuthPolicy| DepKey::AuthPolicy(id(p)),
-            ),
-            rate_limit_policies: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |p: &RateLimitPolicy| DepKey::RateLimitPolicy(id(p)),
-            ),
-            gateway_configs: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Spec,
-                |c: &GatewayConfig| DepKey::GatewayConfig(id(c)),
-            ),
-            grants: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Everything,
-                |g: &ReferenceGrant| DepKey::ReferenceGrants(g.namespace().unwrap_or_default()),
-            ),
-            services: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Everything,
-                |s: &Service| DepKey::Service(id(s)),
-            ),
-            namespaces: watch(
-                Api::all(client.clone()),
-                changed.clone(),
-                log.clone(),
-                Reads::Everything,
-                |n: &Namespace| DepKey::Namespace(n.name_any()),
-            ),
+            classes: w.watch(Required, Spec, |c: &GatewayClass| {
+                DepKey::GatewayClass(c.name_any())
+            }),
+            gateways: w.watch(Required, Spec, |g: &Gateway| DepKey::Gateway(id(g))),
+            routes: w.watch(Required, Spec, |r: &HttpRoute| {
+                DepKey::Route(RouteKind::Http, id(r))
+            }),
+            grpc_routes: w.watch(Optional, Spec, |r: &GrpcRoute| {
+                DepKey::Route(RouteKind::Grpc, id(r))
+            }),
+            // Routes are not served before their policies are listed: a route must never be
+            // open for a moment because its AuthPolicy was not listed yet. (A kind the
+            // cluster does not serve has no objects to wait for.)
+            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| DepKey::AuthPolicy(id(p))),
+            rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
+                DepKey::RateLimitPolicy(id(p))
+            }),
+            gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
+                DepKey::GatewayConfig(id(c))
+            }),
+            grants: w.watch(Optional, Everything, |g: &ReferenceGrant| {
+                DepKey::ReferenceGrants(g.namespace().unwrap_or_default())
+            }),
+            services: w.watch(Required, Everything, |s: &Service| DepKey::Service(id(s))),
+            namespaces: w.watch(Required, Everything, |n: &Namespace| {
+                DepKey::Namespace(n.name_any())
+            }),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone(), secret_hint),
             changes: log,
+            listed: Arc::new(w.listed),
         }
     }
 
-    /// Waits until every store has its first full list, reporting the kinds still missing
-    /// (typically a CRD that is not installed) every `report_every`.
+    /// Waits until every kind has its first full list (or, optional, is not served),
+    /// naming the kinds still missing every `report_every`.
     pub async fn wait_ready(&self, report_every: Duration) {
-        let all = async {
-            let _ = self.classes.wait_until_ready().await;
-            let _ = self.gateways.wait_until_ready().await;
-            let _ = self.routes.wait_until_ready().await;
-            let _ = self.grpc_routes.wait_until_ready().await;
-            // Routes are not served before their policies are known: a route must never be
-            // open for a moment because its AuthPolicy was not listed yet.
-            let _ = self.auth_policies.wait_until_ready().await;
-            let _ = self.rate_limit_policies.wait_until_ready().await;
-            let _ = self.gateway_configs.wait_until_ready().await;
-            let _ = self.grants.wait_until_ready().await;
-            let _ = self.services.wait_until_ready().await;
-            let _ = self.namespaces.wait_until_ready().await;
-        };
+        let all = futures::future::join_all(self.listed.iter().map(|(_, rx)| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|listed| *listed).await;
+            }
+        }));
         tokio::pin!(all);
         loop {
             tokio::select! {
                 _ = &mut all => return,
                 _ = tokio::time::sleep(report_every) => {
-                    tracing::warn!("still waiting for the first list of every watched kind; are the Gateway API CRDs and Portico's CRDs (crds/yaml) installed?");
+                    let waiting: Vec<&str> = self
+                        .listed
+                        .iter()
+                        .filter(|(_, rx)| !*rx.borrow())
+                        .map(|(kind, _)| kind.as_str())
+                        .collect();
+                    tracing::warn!(?waiting, "still waiting for the first list of these kinds; are the Gateway API CRDs installed, and may the controller list them (RBAC)?");
                 }
             }
         }

@@ -215,10 +215,19 @@ pub async fn install_gateway_api_crds(client: &Client) {
     apply_crd_dirs(client, &[dir]).await;
 }
 
+/// Applies some of the standard-channel Gateway API CRDs, by plural resource name
+/// (`gatewayclasses`, `grpcroutes`, ...): a cluster with a partial or older Gateway API install.
+pub async fn install_gateway_api_crds_named(client: &Client, plurals: &[&str]) {
+    let dir = go_module_dir("sigs.k8s.io/gateway-api").join("config/crd/standard");
+    let files: Vec<PathBuf> = plurals
+        .iter()
+        .map(|p| dir.join(format!("gateway.networking.k8s.io_{p}.yaml")))
+        .collect();
+    apply_crd_files(client, files).await;
+}
+
 /// Applies every CRD in the YAML files of `dirs` and waits until each is Established.
 async fn apply_crd_dirs(client: &Client, dirs: &[PathBuf]) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     for dir in dirs {
         let mut in_dir: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -229,6 +238,13 @@ async fn apply_crd_dirs(client: &Client, dirs: &[PathBuf]) {
         in_dir.sort();
         files.extend(in_dir);
     }
+    apply_crd_files(client, files).await;
+}
+
+/// Applies every CRD in `files` and waits until each is Established.
+async fn apply_crd_files(client: &Client, files: Vec<PathBuf>) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read CRD file");
         for doc in serde_yaml::Deserializer::from_str(&text) {
