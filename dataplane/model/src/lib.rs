@@ -29,6 +29,8 @@ use std::fmt;
 pub mod auth;
 pub mod budget;
 pub mod channel;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod ratelimit;
 
 /// The namespaced name of a Kubernetes object.

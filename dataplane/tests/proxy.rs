@@ -1,0 +1,325 @@
+//! The request path in-process: the dataplane applied from fixture snapshots on 127.0.0.1,
+//! hyper echo backends in this process, real sockets between them. For behaviour of one
+//! request; what needs processes (reloads by signal, drain on SIGTERM, the admin port of a
+//! running binary) stays in `tests/e2e`.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use portico_dataplane::proxy::ProxySettings;
+use portico_dataplane::server::ServerSettings;
+use portico_dataplane::{Dataplane, DataplaneSettings};
+use portico_model::fixtures::*;
+use portico_model::{Filter, Header, HeaderModifier, Redirect, Snapshot, Timeouts};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// What a backend saw of one request.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: http::HeaderMap,
+}
+
+/// An HTTP/1.1 backend in this process: answers 200 with `x-backend: <name>` and the path as
+/// its body, recording each request; or, `hang`, never answers.
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str, hang: bool) -> Self {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            record.lock().push(Seen {
+                                path: req.uri().path().to_string(),
+                                headers: req.headers().clone(),
+                            });
+                            if hang {
+                                std::future::pending::<()>().await;
+                            }
+                            let body = Full::new(Bytes::from(req.uri().path().to_string()));
+                            let mut resp = Response::new(body);
+                            resp.headers_mut()
+                                .insert("x-backend", http::HeaderValue::from_static(name));
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The dataplane serving `snapshot`, and the address of its one listener.
+fn serve(snapshot: &Snapshot) -> (Dataplane, SocketAddr) {
+    let dp = Dataplane::new(&DataplaneSettings {
+        default_bind: LOCALHOST,
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        server: ServerSettings::default(),
+        rate_limit_max_keys: 1000,
+    });
+    let report = dp.apply(std::slice::from_ref(snapshot), snapshot.version);
+    assert!(report.bind_failures.is_empty(), "{report:?}");
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let port = snapshot.listeners[0].port;
+    (dp, SocketAddr::new(LOCALHOST, port))
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+/// One request on a new connection, HTTP/1.1 or (`h2`) HTTP/2 with prior knowledge.
+async fn send(addr: SocketAddr, h2: bool, req: Request<Full<Bytes>>) -> Answer {
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let resp = if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        tx.send_request(req).await.expect("h2 request")
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        tx.send_request(req).await.expect("request")
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::default())
+        .expect("request");
+    send(addr, false, req).await
+}
+
+fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
+    a.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn routes_by_precedence_and_modifies_headers_both_ways() {
+    let (one, two) = (
+        Backend::start("one", false).await,
+        Backend::start("two", false).await,
+    );
+    let port = free_port();
+    let mut catch_all = rule(vec![prefix("/")], vec![to("two", 80)]);
+    catch_all.filters = vec![
+        Filter::RequestHeaderModifier(HeaderModifier {
+            set: vec![Header {
+                name: "x-added".into(),
+                value: "yes".into(),
+            }],
+            ..HeaderModifier::default()
+        }),
+        Filter::ResponseHeaderModifier(HeaderModifier {
+            remove: vec!["x-backend".into()],
+            ..HeaderModifier::default()
+        }),
+    ];
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("one", 80, &[one.addr]))
+        .with_backend(backend("two", 80, &[two.addr]))
+        .with_route(route(
+            "web",
+            "http",
+            &["web.test"],
+            vec![rule(vec![exact("/a")], vec![to("one", 80)]), catch_all],
+        ));
+    let (_dp, addr) = serve(&snap);
+
+    let a = get(addr, "web.test", "/a").await;
+    assert_eq!((a.status, header(&a, "x-backend")), (StatusCode::OK, "one"));
+    assert!(
+        !header(&a, "x-request-id").is_empty(),
+        "every answer names its request"
+    );
+    let b = get(addr, "web.test", "/a/b").await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(
+        header(&b, "x-backend"),
+        "",
+        "the response modifier removed it"
+    );
+    assert_eq!(&b.body[..], b"/a/b");
+    let seen = two.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/a/b");
+    assert_eq!(seen[0].headers["x-added"], "yes");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "web.test");
+    assert_eq!(one.seen().len(), 1);
+    // Another host: no route.
+    assert_eq!(
+        get(addr, "other.test", "/a").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn unusable_backends_answer_500_and_503_and_timeouts_504() {
+    let hang = Backend::start("hang", true).await;
+    let port = free_port();
+    let mut slow = rule(vec![prefix("/slow")], vec![to("hang", 80)]);
+    slow.timeouts = Timeouts {
+        request_ms: Some(200),
+        backend_request_ms: None,
+    };
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("empty", 80, &[]))
+        .with_backend(backend("hang", 80, &[hang.addr]))
+        .with_route(route(
+            "web",
+            "http",
+            &[],
+            vec![
+                rule(
+                    vec![prefix("/unresolved")],
+                    vec![unresolved("no such Service")],
+                ),
+                rule(vec![prefix("/empty")], vec![to("empty", 80)]),
+                slow,
+            ],
+        ));
+    let (_dp, addr) = serve(&snap);
+    let a = get(addr, "x.test", "/unresolved").await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(&a.body[..], b"this route has no usable backend\n");
+    let a = get(addr, "x.test", "/empty").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&a.body[..], b"no healthy upstream\n");
+    let a = get(addr, "x.test", "/slow").await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(hang.seen().len(), 1, "the backend got the request");
+}
+
+#[tokio::test]
+async fn redirects_say_where_and_grpc_clients_get_grpc_statuses() {
+    let port = free_port();
+    let mut redirect = rule(vec![prefix("/old")], vec![]);
+    redirect.filters = vec![Filter::RequestRedirect(Redirect {
+        scheme: Some("https".into()),
+        hostname: None,
+        path: None,
+        port: None,
+        status_code: 301,
+    })];
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("empty", 80, &[]))
+        .with_route(route(
+            "web",
+            "http",
+            &["web.test"],
+            vec![
+                redirect,
+                rule(vec![prefix("/pkg.Echo")], vec![unresolved("missing")]),
+                rule(vec![prefix("/pkg.Empty")], vec![to("empty", 80)]),
+            ],
+        ));
+    let (_dp, addr) = serve(&snap);
+    let a = get(addr, "web.test", "/old/page?q=1").await;
+    assert_eq!(a.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(header(&a, "location"), "https://web.test/old/page?q=1");
+
+    let grpc = async |path: &str| {
+        let req = Request::post(format!("http://web.test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .expect("request");
+        send(addr, true, req).await
+    };
+    for (path, code) in [
+        ("/pkg.Other/Say", "12"), // no route: UNIMPLEMENTED
+        ("/pkg.Echo/Say", "14"),  // an invalid backendRef: UNAVAILABLE (GRPCRoute)
+        ("/pkg.Empty/Say", "14"), // no endpoints: UNAVAILABLE
+    ] {
+        let a = grpc(path).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert_eq!(header(&a, "grpc-status"), code, "{path}");
+        assert_eq!(header(&a, "content-type"), "application/grpc", "{path}");
+        assert!(a.body.is_empty(), "trailers-only: {path}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_snapshot_takes_over_on_the_same_socket() {
+    let (one, two) = (
+        Backend::start("one", false).await,
+        Backend::start("two", false).await,
+    );
+    let port = free_port();
+    let snap = |to_backend: &str, version: u64| Snapshot {
+        version,
+        ..Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("one", 80, &[one.addr]))
+            .with_backend(backend("two", 80, &[two.addr]))
+            .with_route(route(
+                "web",
+                "http",
+                &[],
+                vec![rule(vec![prefix("/")], vec![to(to_backend, 80)])],
+            ))
+    };
+    let (dp, addr) = serve(&snap("one", 1));
+    assert_eq!(header(&get(addr, "x.test", "/").await, "x-backend"), "one");
+    let report = dp.apply(&[snap("two", 2)], 2);
+    assert!(report.bind_failures.is_empty(), "{report:?}");
+    assert_eq!(header(&get(addr, "x.test", "/").await, "x-backend"), "two");
+    assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
+}
