@@ -15,16 +15,20 @@ use portico_tests::cluster::{
 use serde_json::json;
 use std::time::Duration;
 
-/// Whether the first parent of a route's status has `Accepted=True`.
-fn accepted(parents: Option<serde_json::Value>) -> bool {
-    parents
-        .and_then(|p| p.get(0).cloned())
-        .and_then(|p| p.get("conditions").cloned())
-        .and_then(|c| c.as_array().cloned())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-        })
+/// Waits until route `name`'s first parent in its status has `Accepted=True`.
+async fn await_accepted<K>(api: &kube::Api<K>, name: &str, within: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    await_some_within(&format!("{name} accepted"), within, || async {
+        let r = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+        r["status"]["parents"][0]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -90,16 +94,7 @@ async fn missing_optional_crds_are_skipped_and_picked_up_once_installed() {
     )
     .await;
     let routes: kube::Api<HttpRoute> = kube::Api::namespaced(client.clone(), &ns);
-    await_some_within(
-        "the HTTPRoute accepted",
-        Duration::from_secs(60),
-        || async {
-            let r = routes.get("web").await.ok()?;
-            let parents = serde_json::to_value(r.status?.parents).ok();
-            accepted(parents).then_some(())
-        },
-    )
-    .await;
+    await_accepted(&routes, "web", Duration::from_secs(60)).await;
 
     // GRPCRoute's CRD arrives: the controller finds it on its next look (every 30 s) and
     // serves the GRPCRoute made meanwhile.
@@ -114,14 +109,5 @@ async fn missing_optional_crds_are_skipped_and_picked_up_once_installed() {
     )
     .await;
     let grpc: kube::Api<GrpcRoute> = kube::Api::namespaced(client.clone(), &ns);
-    await_some_within(
-        "the GRPCRoute accepted",
-        Duration::from_secs(120),
-        || async {
-            let r = grpc.get("rpc").await.ok()?;
-            let parents = serde_json::to_value(r.status?.parents).ok();
-            accepted(parents).then_some(())
-        },
-    )
-    .await;
+    await_accepted(&grpc, "rpc", Duration::from_secs(120)).await;
 }

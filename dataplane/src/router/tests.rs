@@ -5,38 +5,16 @@ use crate::metrics::Metrics;
 use crate::router::SocketRouter;
 use crate::table;
 use http::{HeaderMap, HeaderValue, Method};
+use portico_model::fixtures::{path_match as m, route};
 use portico_model::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn m(path: PathMatch) -> RouteMatch {
-    RouteMatch {
-        path,
-        method: None,
-        headers: vec![],
-        query_params: vec![],
-    }
-}
-
 fn rule(matches: Vec<RouteMatch>) -> RouteRule {
     RouteRule {
         matches,
         ..RouteRule::default()
-    }
-}
-
-fn route(name: &str, listener: &str, hostnames: &[&str], rules: Vec<RouteRule>) -> HttpRoute {
-    HttpRoute {
-        kind: Default::default(),
-        id: ObjectRef::new("ns", name),
-        parents: vec![RouteParent {
-            listener: listener.into(),
-            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
-            auth: None,
-            rate_limit: None,
-        }],
-        rules,
     }
 }
 
@@ -53,13 +31,9 @@ fn listener(name: &str, hostname: Option<&str>) -> Listener {
 
 fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
     let snap = Snapshot {
-        version: 1,
-        gateway: ObjectRef::new("ns", "gw"),
         listeners,
         routes,
-        backends: vec![],
-        auth_policies: vec![],
-        rate_limit_policies: vec![],
+        ..Snapshot::test("gw")
     };
     let mut t = table::build(
         &[snap],
@@ -96,7 +70,7 @@ fn hit(r: &SocketRouter, q: &Req<'_>) -> String {
     match r.route(q.host, q.path, &q.method, &q.headers, q.query) {
         Some(m) => format!(
             "{}#{}",
-            m.candidate.rule.route.trim_start_matches("ns/"),
+            m.candidate.rule.route.trim_start_matches("test/"),
             m.candidate.order.1
         ),
         None => "none".into(),
