@@ -900,11 +900,6 @@ impl Refusal {
     }
 
     fn into_error(self, policy: &str) -> ProxyError {
-        let with_retry = |mut r: LocalReply, seconds: &'static str| {
-            r.headers
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static(seconds));
-            Box::new(r)
-        };
         match self {
             Refusal::Unauthenticated { reason, challenges } => {
                 let mut r = LocalReply::text(
@@ -918,12 +913,11 @@ impl Refusal {
                 ProxyError::Denied(Box::new(r))
             }
             Refusal::Forbidden { challenge } => {
-                let mut r =
-                    LocalReply::text(StatusCode::FORBIDDEN, "auth=forbidden", "forbidden\n");
-                if let Some(c) = challenge {
-                    r.headers.insert(http::header::WWW_AUTHENTICATE, c);
-                }
-                ProxyError::Denied(Box::new(r))
+                let r = LocalReply::text(StatusCode::FORBIDDEN, "auth=forbidden", "forbidden\n");
+                ProxyError::Denied(Box::new(match challenge {
+                    Some(c) => r.header(http::header::WWW_AUTHENTICATE, c),
+                    None => r,
+                }))
             }
             Refusal::Denied(r) => ProxyError::Denied(r),
             Refusal::Unavailable => ProxyError::PolicyUnavailable(Box::new(LocalReply::text(
@@ -931,21 +925,21 @@ impl Refusal {
                 "auth=service_unavailable",
                 "authorization service unavailable\n",
             ))),
-            Refusal::Busy => ProxyError::PolicyUnavailable(with_retry(
+            Refusal::Busy => ProxyError::PolicyUnavailable(Box::new(
                 LocalReply::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "auth=busy",
                     "too many logins in progress; retry shortly\n",
-                ),
-                "1",
+                )
+                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
             )),
-            Refusal::Throttled => ProxyError::Denied(with_retry(
+            Refusal::Throttled => ProxyError::Denied(Box::new(
                 LocalReply::text(
                     StatusCode::TOO_MANY_REQUESTS,
                     "auth=throttled",
                     "too many failed logins; retry later\n",
-                ),
-                "60",
+                )
+                .header(http::header::RETRY_AFTER, HeaderValue::from_static("60")),
             )),
             Refusal::Invalid => ProxyError::PolicyInvalid {
                 policy: "auth",

@@ -535,6 +535,12 @@ impl LocalReply {
         }
     }
 
+    /// With one more header (replacing any of that name).
+    pub fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::from(self.body));
         *resp.status_mut() = self.status;

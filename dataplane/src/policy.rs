@@ -57,10 +57,6 @@ impl Chain {
         Chain(steps.into_boxed_slice())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Runs every step on the request, in order, until one refuses it.
     pub async fn on_request<B>(
         &self,

@@ -452,7 +452,7 @@ fn route(
         .route(&host, path, req.method(), req.headers(), req.uri().query())
         .ok_or(ProxyError::NoRoute)?;
     let c = m.candidate;
-    cx.route = c.rule.route.clone();
+    cx.route = Some(c.rule.route.clone());
     cx.rule_index = c.order.1;
     cx.prefix = c.prefix.clone();
     cx.matching = matching;

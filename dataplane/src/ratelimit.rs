@@ -623,7 +623,7 @@ impl RateLimitEngine {
                     None => sink(MISSING),
                 },
                 Part::Route => {
-                    sink(cx.route.as_bytes());
+                    sink(cx.route.as_deref().unwrap_or_default().as_bytes());
                     sink(&(cx.rule_index as u64).to_le_bytes());
                 }
                 Part::Path => sink(path.as_bytes()),
@@ -737,13 +737,12 @@ impl Refusal {
             }
             Refusal::Unavailable(detail) => {
                 tracing::debug!(error = %detail, "rate limit store unavailable; refusing (fail closed)");
-                let mut r = LocalReply::text(
+                let r = LocalReply::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ratelimit=store_unavailable",
                     "rate limit service unavailable\n",
-                );
-                r.headers
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                )
+                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 ProxyError::PolicyUnavailable(Box::new(r))
             }
         }

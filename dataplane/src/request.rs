@@ -1,7 +1,7 @@
 //! One request's context: what the steps of the request path read (the connection, the
-//! route it matched) and what they decide (who the client is, headers for the response, why
-//! the gateway answered itself). One value per request, passed by reference to every step,
-//! instead of a fact struct per policy.
+//! route it matched) and what they decide (who the client is, headers for the response).
+//! One value per request, passed by reference to every step, instead of a fact struct per
+//! policy.
 
 use http::{HeaderMap, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
@@ -35,8 +35,8 @@ pub struct RequestCtx {
     pub trusted_hops: usize,
     /// The request speaks gRPC: the gateway's own answers are gRPC statuses.
     pub grpc: bool,
-    /// `namespace/name` of the route routing chose (empty until then).
-    pub route: Arc<str>,
+    /// `namespace/name` of the route routing chose (`None` until then).
+    pub route: Option<Arc<str>>,
     /// The index of the rule in its route.
     pub rule_index: usize,
     /// The path routing matched, when it differs from the forwarded one (`;parameters`).
@@ -56,7 +56,7 @@ impl RequestCtx {
             down,
             trusted_hops,
             grpc,
-            route: Arc::from(""),
+            route: None,
             rule_index: 0,
             matching: None,
             prefix: None,

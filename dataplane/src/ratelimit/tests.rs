@@ -35,7 +35,7 @@ fn facts_from(peer: IpAddr) -> RequestCtx {
         sni: None,
     };
     RequestCtx {
-        route: "default/r".into(),
+        route: Some("default/r".into()),
         ..RequestCtx::new(HeaderValue::from_static("id"), down, 0, false)
     }
 }
