@@ -18,9 +18,11 @@ use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::ratelimit::RateLimitPolicy;
-use portico_tests::cluster::{apply_manifests, control_plane, create, service_account_kubeconfig};
+use portico_tests::cluster::{
+    apply_manifests, await_accepted, control_plane, create, service_account_kubeconfig,
+};
 use portico_tests::{
-    Proc, TempDir, await_some, await_some_within, binaries, free_port, loopback_ip,
+    DEADLINE, Proc, TempDir, await_some, await_some_within, binaries, free_port, loopback_ip,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -249,15 +251,7 @@ async fn after_helm_install_the_controller_does_its_job_as_the_charts_service_ac
     // compiled and reported, the Gateway's dataplane provisioned from the chart's default
     // GatewayConfig (with autoscaling), its certificate Secret created.
     let classes: Api<GatewayClass> = Api::all(client.clone());
-    await_some("GatewayClass portico accepted", || async {
-        let c = classes.get("portico").await.ok()?;
-        c.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Accepted" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    await_accepted(&classes, "portico", DEADLINE).await;
     create::<Service>(
         &client,
         &app,
@@ -276,33 +270,9 @@ async fn after_helm_install_the_controller_does_its_job_as_the_charts_service_ac
         "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web"}],
                  "limits": [{"requests": 10, "interval": "1s"}]}})).await;
     let routes: Api<HttpRoute> = Api::namespaced(client.clone(), &app);
-    await_some("the route accepted", || async {
-        let r = routes.get("web").await.ok()?;
-        r.status?
-            .parents
-            .iter()
-            .any(|p| {
-                p.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Accepted" && c.status == "True")
-            })
-            .then_some(())
-    })
-    .await;
+    await_accepted(&routes, "web", DEADLINE).await;
     let policies: Api<RateLimitPolicy> = Api::namespaced(client.clone(), &app);
-    await_some("the policy accepted", || async {
-        let p = policies.get("web").await.ok()?;
-        p.status?
-            .ancestors
-            .iter()
-            .any(|a| {
-                a.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Accepted" && c.status == "True")
-            })
-            .then_some(())
-    })
-    .await;
+    await_accepted(&policies, "web", DEADLINE).await;
     // In the dataplane namespace (the release's), not next to the Gateway.
     let dataplane = portico_compile::dataplane_name(&app, "web");
     await_some("the dataplane provisioned", || async {

@@ -7,29 +7,12 @@ use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
-use portico_tests::await_some_within;
 use portico_tests::cluster::{
-    Channel, control_plane_with, create, create_cluster, install_gateway_api_crds_named,
-    start_controller, test_namespace,
+    Channel, await_accepted, control_plane_with, create, create_cluster,
+    install_gateway_api_crds_named, start_controller, test_namespace,
 };
 use serde_json::json;
 use std::time::Duration;
-
-/// Waits until route `name`'s first parent in its status has `Accepted=True`.
-async fn await_accepted<K>(api: &kube::Api<K>, name: &str, within: Duration)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    await_some_within(&format!("{name} accepted"), within, || async {
-        let r = serde_json::to_value(api.get(name).await.ok()?).ok()?;
-        r["status"]["parents"][0]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-            .then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn missing_optional_crds_are_skipped_and_picked_up_once_installed() {
@@ -80,19 +63,7 @@ async fn missing_optional_crds_are_skipped_and_picked_up_once_installed() {
     // Without GRPCRoute, ReferenceGrant or any Portico CRD, compile runs: the class is
     // accepted and the HTTPRoute gets its status.
     let classes: kube::Api<GatewayClass> = kube::Api::all(client.clone());
-    await_some_within(
-        "the GatewayClass accepted",
-        Duration::from_secs(60),
-        || async {
-            let c = classes.get(&ns).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Accepted" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    await_accepted(&classes, &ns, Duration::from_secs(60)).await;
     let routes: kube::Api<HttpRoute> = kube::Api::namespaced(client.clone(), &ns);
     await_accepted(&routes, "web", Duration::from_secs(60)).await;
 

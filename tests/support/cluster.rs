@@ -215,6 +215,31 @@ pub async fn install_gateway_api_crds(client: &Client) {
     apply_crd_dirs(client, &[dir]).await;
 }
 
+/// Waits, at most `within`, until object `name` reports `Accepted=True`: in its own
+/// `status.conditions` (a GatewayClass), on one of its `status.parents` (a route) or on one
+/// of its `status.ancestors` (a policy).
+pub async fn await_accepted<K>(api: &Api<K>, name: &str, within: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let accepted = |conditions: &serde_json::Value| {
+        conditions.as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+        })
+    };
+    crate::await_some_within(&format!("{name} accepted"), within, || async {
+        let status = serde_json::to_value(api.get(name).await.ok()?).ok()?["status"].take();
+        let listed = |field: &str| {
+            status[field]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| accepted(&p["conditions"])))
+        };
+        (accepted(&status["conditions"]) || listed("parents") || listed("ancestors")).then_some(())
+    })
+    .await;
+}
+
 /// Applies some of the standard-channel Gateway API CRDs, by plural resource name
 /// (`gatewayclasses`, `grpcroutes`, ...): a cluster with a partial or older Gateway API install.
 pub async fn install_gateway_api_crds_named(client: &Client, plurals: &[&str]) {
