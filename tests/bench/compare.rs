@@ -588,6 +588,14 @@ fn main() {
     let only_auth = only.as_deref() == Some("auth");
     let only_limits = only.as_deref() == Some("ratelimit");
     let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
+    // A quick look at some of it (not for docs/benchmarks.md): `PORTICO_BENCH_WORKERS=1`,
+    // `PORTICO_BENCH_SCENARIO=keep-alive` (a part of a scenario's name).
+    let worker_counts: Vec<usize> = match std::env::var("PORTICO_BENCH_WORKERS") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => worker_counts.to_vec(),
+    };
+    let scenario_filter = std::env::var("PORTICO_BENCH_SCENARIO").ok();
+    let worker_counts = &worker_counts[..];
     for &workers in worker_counts {
         let _ = writeln!(
             md,
@@ -595,6 +603,12 @@ fn main() {
             if workers == 1 { "" } else { "s" }
         );
         for scenario in SCENARIOS {
+            if scenario_filter
+                .as_deref()
+                .is_some_and(|f| !scenario.name.contains(f))
+            {
+                continue;
+            }
             eprintln!("== {} worker(s): {}", workers, scenario.name);
             let rows = measure(&tools, &backend, scenario, workers, &settings, &cert);
             if scenario.front == Front::Http1
@@ -621,11 +635,11 @@ fn main() {
         }
     }
 
-    if !only_limits {
+    if !only_limits && scenario_filter.is_none() {
         eprintln!("== the cost of auth");
         policy_cost::auth_section(&mut md, &tools, &backend, &settings);
     }
-    if !only_auth {
+    if !only_auth && scenario_filter.is_none() {
         eprintln!("== the cost of rate limiting");
         policy_cost::rate_limit_section(&mut md, &tools, &backend, &settings);
     }
@@ -640,6 +654,10 @@ fn main() {
         version(&tools.h2load, "--version"),
         version(&tools.oha, "--version")
     );
+    let only = only.or_else(|| {
+        (scenario_filter.is_some() || std::env::var_os("PORTICO_BENCH_WORKERS").is_some())
+            .then(|| "partial".to_string())
+    });
     if let Some(only) = &only {
         // A partial run: kept out of the report `make bench` assembles.
         std::fs::write(root.join(format!("target/{only}-bench.md")), &md).expect("write report");
