@@ -5,9 +5,9 @@
 //! section `target/bench-report/10-scale.md` for `docs/benchmarks.md`.
 
 use cap::Cap;
-use portico_dataplane::balancer::Pools;
 use portico_dataplane::metrics::Metrics;
 use portico_dataplane::table;
+use portico_dataplane::upstream::Upstreams;
 use std::alloc::System;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -94,7 +94,7 @@ fn main() {
     );
     for n in [100, 1_000, 10_000] {
         let metrics = Metrics::default();
-        let pools = Pools::default();
+        let pools = Upstreams::default();
         let auth = portico_dataplane::auth::AuthShared::default();
         let before_snapshot = ALLOCATOR.allocated();
         let snap = support::snapshot(n);

@@ -3,9 +3,9 @@
 
 use criterion::{BatchSize, Criterion, black_box, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
-use portico_dataplane::balancer::Pools;
 use portico_dataplane::metrics::Metrics;
 use portico_dataplane::table;
+use portico_dataplane::upstream::Upstreams;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -16,7 +16,7 @@ const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn bench(c: &mut Criterion) {
     let snap = support::snapshot(ROUTES);
-    let pools = Pools::default();
+    let pools = Upstreams::default();
     let metrics = Metrics::default();
     let auth = portico_dataplane::auth::AuthShared::default();
     let limits = portico_dataplane::ratelimit::RateLimitShared::default();

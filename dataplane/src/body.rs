@@ -371,10 +371,20 @@ impl Body for ClientBody {
 #[derive(Clone, Debug)]
 pub struct StreamProgress(pub Arc<BodyOutcome>);
 
+/// What a backend's response body holds until it ends: the upstream connection it came on
+/// (reused only when the body was read whole) and its endpoint's in-flight count.
+pub trait Lease: Send + Sync {
+    /// `whole`: the body reached its end, so the connection is at a message boundary.
+    fn end(self: Box<Self>, whole: bool);
+}
+
 /// A response body from a backend, with an idle timeout between frames (unless the request
 /// body moved meanwhile).
 pub struct BackendBody {
     inner: Incoming,
+    lease: Option<Box<dyn Lease>>,
+    /// The backend's body reached its end.
+    ended: bool,
     outcome: Arc<BodyOutcome>,
     idle_timeout: Duration,
     /// When the current wait began.
@@ -386,9 +396,16 @@ pub struct BackendBody {
 }
 
 impl BackendBody {
-    pub fn new(inner: Incoming, outcome: Arc<BodyOutcome>, idle_timeout: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        lease: Option<Box<dyn Lease>>,
+        outcome: Arc<BodyOutcome>,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
+            lease,
+            ended: false,
             outcome,
             idle_timeout,
             since: Instant::now(),
@@ -401,6 +418,9 @@ impl BackendBody {
 impl Drop for BackendBody {
     fn drop(&mut self) {
         self.outcome.backend_waiting.store(false, Ordering::Release);
+        if let Some(lease) = self.lease.take() {
+            lease.end(self.ended || self.inner.is_end_stream());
+        }
     }
 }
 
@@ -418,6 +438,9 @@ impl Body for BackendBody {
                 this.waiting = false;
                 this.outcome.backend_waiting.store(false, Ordering::Release);
                 this.outcome.moved();
+                if frame.is_none() {
+                    this.ended = true;
+                }
                 Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {

@@ -1,11 +1,11 @@
 //! The dataplane as a whole: takes snapshots (from standalone mode now, from the controller
 //! later) and serves them.
 
-use crate::balancer::{EndpointSource, Pools};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{Server, ServerSettings};
 use crate::table;
+use crate::upstream::Upstreams;
 use parking_lot::Mutex;
 use portico_model::Snapshot;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +37,7 @@ pub struct ApplyReport {
 
 pub struct Dataplane {
     pub metrics: Arc<Metrics>,
-    pools: Pools,
+    upstreams: Arc<Upstreams>,
     /// JWKS caches, verified credentials and the client for auth calls, kept across
     /// snapshots.
     auth: crate::auth::AuthShared,
@@ -51,7 +51,19 @@ pub struct Dataplane {
     auth_policies: Mutex<BTreeSet<String>>,
     rate_limit_policies: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
-    endpoints: std::sync::OnceLock<Arc<dyn EndpointSource>>,
+    discovery: std::sync::OnceLock<Arc<dyn Discovery>>,
+}
+
+/// Where endpoints come from when not from the snapshots: the EndpointSlices a dataplane
+/// watches in a cluster. Discovery pushes what it finds into [`Dataplane::upstreams`]; the
+/// dataplane only tells it which namespaces to watch.
+pub trait Discovery: Send + Sync {
+    /// Narrows discovery to the Services of these namespaces; each receiver turns true once
+    /// its namespace's endpoints have been pushed.
+    fn scope(
+        self: Arc<Self>,
+        namespaces: &BTreeSet<String>,
+    ) -> Vec<tokio::sync::watch::Receiver<bool>>;
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -69,7 +81,7 @@ impl Dataplane {
         Self {
             server: Server::new(proxy, metrics.clone(), &settings.server),
             metrics,
-            pools: Pools::default(),
+            upstreams: Upstreams::new(settings.proxy.conn()),
             auth: crate::auth::AuthShared::default(),
             limits: {
                 let l = Arc::new(crate::ratelimit::RateLimitShared::new(
@@ -87,50 +99,30 @@ impl Dataplane {
             auth_policies: Mutex::new(BTreeSet::new()),
             rate_limit_policies: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
-            endpoints: std::sync::OnceLock::new(),
+            discovery: std::sync::OnceLock::new(),
         }
     }
 
-    /// From now on endpoints come from `source` (a cluster's EndpointSlices) instead of from
-    /// snapshots. Call [`Dataplane::refresh_endpoints`] when the source changes.
-    pub fn set_endpoint_source(&self, source: Arc<dyn EndpointSource>) {
-        self.pools.set_external();
-        let _ = self.endpoints.set(source);
+    /// The backend pools, for discovery to push endpoints into.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
-    /// Re-reads every pool's endpoints from the endpoint source: traffic follows endpoint
-    /// changes without a new snapshot.
-    pub fn refresh_endpoints(&self) {
-        if let Some(source) = self.endpoints.get() {
-            self.pools.refresh(source.as_ref(), |_| true);
-        }
-    }
-
-    /// Re-reads the endpoints of one Service's pools.
-    pub fn refresh_service(&self, namespace: &str, name: &str) {
-        if let Some(source) = self.endpoints.get() {
-            self.pools.refresh(source.as_ref(), |id| {
-                id.namespace == namespace && id.name == name
-            });
-        }
-    }
-
-    /// Re-reads the endpoints of the pools of one namespace.
-    pub fn refresh_namespace(&self, namespace: &str) {
-        if let Some(source) = self.endpoints.get() {
-            self.pools
-                .refresh(source.as_ref(), |id| id.namespace == namespace);
-        }
+    /// From now on endpoints come from `discovery` (a cluster's EndpointSlices) instead of
+    /// from snapshots.
+    pub fn set_discovery(&self, discovery: Arc<dyn Discovery>) {
+        self.upstreams.discover();
+        let _ = self.discovery.set(discovery);
     }
 
     /// Gets the endpoint source ready for `snapshots` before they are applied: it learns the
     /// namespaces they send traffic to (and those in use now, until the swap) and is waited
     /// for, at most `limit`, so new routes do not start without endpoints.
     pub async fn prepare(&self, snapshots: &[Snapshot], limit: Duration) {
-        let Some(source) = self.endpoints.get() else {
+        let Some(source) = self.discovery.get() else {
             return;
         };
-        let mut namespaces = self.pools.namespaces();
+        let mut namespaces = self.upstreams.namespaces();
         namespaces.extend(
             snapshots
                 .iter()
@@ -152,13 +144,11 @@ impl Dataplane {
         let tables = table::build(
             snapshots,
             self.default_bind,
-            &self.pools,
+            &self.upstreams,
             &self.metrics,
             &self.auth,
             &self.limits,
         );
-        // New pools get their endpoints before any request can reach them.
-        self.refresh_endpoints();
         let warnings = tables.warnings.clone();
         let backends = tables.backends.clone();
         let routes = tables.routes.clone();
@@ -176,7 +166,7 @@ impl Dataplane {
             };
         }
         let bind_failures = BTreeMap::new();
-        self.pools.retain(&backends, &self.metrics);
+        self.upstreams.retain(&backends, &self.metrics);
         *self.routes.lock() = routes;
         self.metrics.certificates(certificates);
         {

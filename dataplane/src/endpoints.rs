@@ -1,25 +1,22 @@
-//! Endpoints from the cluster: EndpointSlice watches feeding the dataplane's pools, so an
-//! endpoint that becomes ready, unready or goes away shifts traffic with no new snapshot.
+//! Endpoints from the cluster: EndpointSlice watches pushing into the dataplane's pools, so
+//! an endpoint that becomes ready, unready or goes away shifts traffic with no new snapshot.
 //!
 //! Only the namespaces the snapshots send traffic to are watched (one watch each, started
 //! before a snapshot that needs it is applied, stopped a snapshot after the last route into
 //! it is gone), so a dataplane never holds the endpoints of a whole cluster. Slices are kept
 //! by Service, and a slice event refreshes only the pools of its Service.
 
-use crate::balancer::EndpointSource;
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Discovery};
+use crate::upstream::{ServiceEndpoints, ServiceKey, Upstreams};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
-use portico_model::{BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use tokio::sync::watch;
 
-/// A Service: (namespace, name).
-type ServiceKey = (String, String);
 /// A Service's slices by slice name.
 type Slices = BTreeMap<String, Arc<EndpointSlice>>;
 
@@ -32,21 +29,13 @@ struct NamespaceWatch {
 /// namespaces the dataplane's snapshots use.
 pub struct SliceWatcher {
     client: Client,
-    dp: Weak<Dataplane>,
+    /// Weak: the watches end with the pools they feed.
+    upstreams: Weak<Upstreams>,
     by_service: Mutex<HashMap<ServiceKey, Slices>>,
     watches: Mutex<BTreeMap<String, NamespaceWatch>>,
 }
 
-impl EndpointSource for SliceWatcher {
-    fn endpoints(&self, id: &BackendId, port_name: Option<&str>) -> Vec<Endpoint> {
-        let by_service = self.by_service.lock();
-        let slices = by_service.get(&(id.namespace.clone(), id.name.clone()));
-        portico_compile::endpoints_from_slices(
-            slices.into_iter().flat_map(|s| s.values().map(|s| &**s)),
-            port_name,
-        )
-    }
-
+impl Discovery for SliceWatcher {
     fn scope(self: Arc<Self>, namespaces: &BTreeSet<String>) -> Vec<watch::Receiver<bool>> {
         let mut watches = self.watches.lock();
         let gone: Vec<String> = watches
@@ -59,6 +48,9 @@ impl EndpointSource for SliceWatcher {
                 w.task.abort();
             }
             self.by_service.lock().retain(|(n, _), _| *n != ns);
+            if let Some(u) = self.upstreams.upgrade() {
+                u.push_namespace(&ns, None);
+            }
             tracing::debug!(namespace = %ns, "no longer watching EndpointSlices");
         }
         let mut out = Vec::new();
@@ -76,6 +68,27 @@ impl EndpointSource for SliceWatcher {
     }
 }
 
+/// A Service's endpoints by port name, from its slices.
+fn service_endpoints(slices: &Slices) -> ServiceEndpoints {
+    let names: BTreeSet<String> = slices
+        .values()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| p.name.clone().unwrap_or_default())
+        .collect();
+    ServiceEndpoints(
+        names
+            .into_iter()
+            .map(|name| {
+                let eps = portico_compile::endpoints_from_slices(
+                    slices.values().map(|s| &**s),
+                    Some(name.as_str()),
+                );
+                (name, eps)
+            })
+            .collect(),
+    )
+}
+
 fn service_of(slice: &EndpointSlice) -> Option<ServiceKey> {
     let svc = slice.labels().get(portico_compile::SERVICE_NAME_LABEL)?;
     Some((slice.namespace().unwrap_or_default(), svc.clone()))
@@ -90,7 +103,9 @@ impl SliceWatcher {
         // A (re-)list is collected whole, then replaces the namespace's slices.
         let mut listing: HashMap<ServiceKey, Slices> = HashMap::new();
         while let Some(event) = stream.next().await {
-            let Some(dp) = self.dp.upgrade() else { return };
+            let Some(upstreams) = self.upstreams.upgrade() else {
+                return;
+            };
             match event {
                 Ok(watcher::Event::Init) => listing.clear(),
                 Ok(watcher::Event::InitApply(s)) => {
@@ -102,30 +117,43 @@ impl SliceWatcher {
                     }
                 }
                 Ok(watcher::Event::InitDone) => {
+                    let services = listing
+                        .iter()
+                        .map(|((_, name), slices)| (name.clone(), service_endpoints(slices)))
+                        .collect();
                     {
                         let mut by_service = self.by_service.lock();
                         by_service.retain(|(n, _), _| *n != ns);
                         by_service.extend(listing.drain());
                     }
-                    dp.refresh_namespace(&ns);
+                    upstreams.push_namespace(&ns, Some(services));
                     let _ = synced.send(true);
                 }
                 Ok(watcher::Event::Apply(s)) => {
                     if let Some(key) = service_of(&s) {
-                        self.by_service
-                            .lock()
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(s.name_any(), Arc::new(s));
-                        dp.refresh_service(&key.0, &key.1);
+                        let eps = {
+                            let mut by_service = self.by_service.lock();
+                            let slices = by_service.entry(key.clone()).or_default();
+                            slices.insert(s.name_any(), Arc::new(s));
+                            service_endpoints(slices)
+                        };
+                        upstreams.push(&key.0, &key.1, Some(eps));
                     }
                 }
                 Ok(watcher::Event::Delete(s)) => {
                     if let Some(key) = service_of(&s) {
-                        if let Some(slices) = self.by_service.lock().get_mut(&key) {
-                            slices.remove(&s.name_any());
-                        }
-                        dp.refresh_service(&key.0, &key.1);
+                        let eps = {
+                            let mut by_service = self.by_service.lock();
+                            let left = by_service.get_mut(&key).and_then(|slices| {
+                                slices.remove(&s.name_any());
+                                (!slices.is_empty()).then(|| service_endpoints(slices))
+                            });
+                            if left.is_none() {
+                                by_service.remove(&key);
+                            }
+                            left
+                        };
+                        upstreams.push(&key.0, &key.1, eps);
                     }
                 }
                 Err(e) => {
@@ -140,10 +168,10 @@ impl SliceWatcher {
 pub fn start(client: Client, dp: &Arc<Dataplane>) -> Arc<SliceWatcher> {
     let source = Arc::new(SliceWatcher {
         client,
-        dp: Arc::downgrade(dp),
+        upstreams: Arc::downgrade(dp.upstreams()),
         by_service: Mutex::new(HashMap::new()),
         watches: Mutex::new(BTreeMap::new()),
     });
-    dp.set_endpoint_source(source.clone());
+    dp.set_discovery(source.clone());
     source
 }

@@ -35,17 +35,19 @@ pub enum ProxyError {
     NoBackend,
     #[error("backend {0} has no ready endpoints")]
     NoEndpoints(String),
+    /// No connection to the endpoint: the backend never saw the request.
     #[error("cannot connect to backend {backend}: {source}")]
     Connect {
         backend: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
+    /// The connection failed while the request was on it.
     #[error("backend {backend} failed: {source}")]
     Upstream {
         backend: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// The client's request body was malformed or too slow.
     #[error("the request body failed: {}", .0.as_str())]
@@ -114,20 +116,13 @@ impl ProxyError {
     /// (`auth=expired_token`, `ratelimit=default/api/per-client`, `route=none`,
     /// `upstream=connect_refused`).
     pub fn reason(&self) -> String {
-        fn connect_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    return match io.kind() {
-                        std::io::ErrorKind::ConnectionRefused => "connect_refused",
-                        std::io::ErrorKind::TimedOut => "connect_timeout",
-                        std::io::ErrorKind::ConnectionReset => "connect_reset",
-                        _ => "connect_error",
-                    };
-                }
-                source = s.source();
+        fn connect_kind(e: &std::io::Error) -> &'static str {
+            match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connect_refused",
+                std::io::ErrorKind::TimedOut => "connect_timeout",
+                std::io::ErrorKind::ConnectionReset => "connect_reset",
+                _ => "connect_error",
             }
-            "connect_error"
         }
         match self {
             ProxyError::BadRequest(_) => "request=invalid".into(),
@@ -136,13 +131,7 @@ impl ProxyError {
             ProxyError::NoBackend => "route=no_backend".into(),
             ProxyError::NoEndpoints(_) => "upstream=no_endpoints".into(),
             ProxyError::Connect { source, .. } => format!("upstream={}", connect_kind(source)),
-            ProxyError::Upstream { source, .. } => {
-                if source.is_connect() {
-                    format!("upstream={}", connect_kind(source))
-                } else {
-                    "upstream=failed".into()
-                }
-            }
+            ProxyError::Upstream { .. } => "upstream=failed".into(),
             ProxyError::ClientBody(f) => format!("client=body_{}", f.as_str()),
             ProxyError::UnexpectedUpgrade(_) => "upstream=unexpected_upgrade".into(),
             ProxyError::BackendTimeout(_) => "upstream=timeout".into(),

@@ -23,7 +23,6 @@
 
 pub mod admin;
 pub mod auth;
-pub mod balancer;
 pub mod body;
 pub mod channel;
 pub mod conn;
@@ -44,6 +43,7 @@ pub mod server;
 pub mod standalone;
 pub mod table;
 pub mod tls;
+pub mod upstream;
 pub mod util;
 
 pub use dataplane::{Dataplane, DataplaneSettings};

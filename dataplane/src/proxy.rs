@@ -1,7 +1,6 @@
 //! The request path: route, filter, choose a backend and an endpoint, forward over a pooled
 //! connection, filter the response, record metrics and the access log.
 
-use crate::balancer::Upstream;
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
@@ -10,15 +9,13 @@ use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
 use crate::sanitize::EdgeSettings;
+use crate::upstream::{self, ConnSettings};
 use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_model::AppProtocol;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -35,6 +32,16 @@ pub struct ProxySettings {
     pub body: BodyLimits,
 }
 
+impl ProxySettings {
+    pub fn conn(&self) -> ConnSettings {
+        ConnSettings {
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.pool_idle_timeout,
+            max_idle: self.pool_max_idle_per_host,
+        }
+    }
+}
+
 impl Default for ProxySettings {
     fn default() -> Self {
         Self {
@@ -49,8 +56,7 @@ impl Default for ProxySettings {
 }
 
 pub struct Proxy {
-    http1: Client<HttpConnector, ClientBody>,
-    h2c: Client<HttpConnector, ClientBody>,
+    conn: ConnSettings,
     unmatched: RouteMetrics,
     access_log: bool,
     edge: EdgeSettings,
@@ -68,21 +74,8 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     pub fn new(settings: &ProxySettings, metrics: &Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host);
-        let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
         Self {
-            http1,
-            h2c,
+            conn: settings.conn(),
             unmatched: metrics.route(&RouteSeries::unmatched()),
             access_log: settings.access_log,
             edge: settings.edge,
@@ -169,7 +162,7 @@ impl Proxy {
         routed: &Routed,
         mut req: Request<Incoming>,
         cx: &mut RequestCtx,
-    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
         let fut = async {
             // The consumer header comes from an AuthPolicy or from nobody, on every route
             // (also where a policy names another header), so a backend can trust it.
@@ -223,7 +216,7 @@ impl Proxy {
         rule: &CompiledRule,
         mut req: Request<Incoming>,
         cx: &RequestCtx,
-    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Upstream>) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
         let prefix = cx.prefix.as_deref();
         let matching = cx.matching.as_deref();
         // Only HTTP/2 connections watch their streams for a stall (HTTP/1's writes have
@@ -247,7 +240,8 @@ impl Proxy {
             return (Err(ProxyError::NoBackend), None);
         };
         let backend_filters = target.filters();
-        let Some(upstream) = pool.pick() else {
+        let endpoints = pool.endpoints();
+        let Some(endpoint) = pool.candidates(&endpoints).next() else {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
@@ -287,34 +281,9 @@ impl Proxy {
         }
         headers.insert(&util::X_REQUEST_ID, cx.id.clone());
 
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(upstream.authority.clone());
-        parts.path_and_query = Some(pq);
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                return (
-                    Err(ProxyError::BadRequest("request target cannot be forwarded")),
-                    None,
-                );
-            }
+        if let Err(e) = wire_target(&mut req, pool.protocol) {
+            return (Err(e), None);
         }
-        let client = match pool.protocol {
-            AppProtocol::Http1 => {
-                *req.version_mut() = Version::HTTP_11;
-                &self.http1
-            }
-            AppProtocol::H2c => {
-                *req.version_mut() = Version::HTTP_2;
-                &self.h2c
-            }
-        };
         let backend = || pool.id.to_string();
         let streaming = req
             .headers()
@@ -326,13 +295,16 @@ impl Proxy {
             (Request::from_parts(parts, body), outcome)
         };
         let sent_at = Instant::now();
-        let fut = client.request(req);
+        let fut = upstream::attempt(pool, endpoint, req, &self.conn);
         let sent = match rule.backend_timeout {
             Some(d) => match tokio::time::timeout(d, fut).await {
                 Ok(r) => r,
                 Err(_) => {
                     pool.metrics.failed("timeout");
-                    return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
+                    return (
+                        Err(ProxyError::BackendTimeout(backend())),
+                        Some(endpoint.addr),
+                    );
                 }
             },
             // Without a timeout of the route's own: the backend has the idle timeout to
@@ -343,7 +315,10 @@ impl Proxy {
                     Some(r) => r,
                     None => {
                         pool.metrics.failed("timeout");
-                        return (Err(ProxyError::BackendTimeout(backend())), Some(upstream));
+                        return (
+                            Err(ProxyError::BackendTimeout(backend())),
+                            Some(endpoint.addr),
+                        );
                     }
                 }
             }
@@ -351,15 +326,15 @@ impl Proxy {
         };
         let result = match sent {
             // We never forward Upgrade, so a 101 is an answer to a question nobody asked.
-            Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            Ok((resp, _)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 Err(ProxyError::UnexpectedUpgrade(backend()))
             }
-            Ok(resp) => {
+            Ok((resp, lease)) => {
                 let idle = self.body.idle_timeout;
                 let progress = watched.then(|| crate::body::StreamProgress(outcome.clone()));
                 let outcome = outcome.clone();
-                let mut resp =
-                    resp.map(|b| ProxyBody::Streamed(BackendBody::new(b, outcome, idle)));
+                let mut resp = resp
+                    .map(|b| ProxyBody::Streamed(BackendBody::new(b, Some(lease), outcome, idle)));
                 if let Some(p) = progress {
                     resp.extensions_mut().insert(p);
                 }
@@ -374,14 +349,7 @@ impl Proxy {
             Err(_) if outcome.fault().is_some() => Err(ProxyError::ClientBody(
                 outcome.fault().unwrap_or(BodyFault::Framing),
             )),
-            Err(source) if source.is_connect() => Err(ProxyError::Connect {
-                backend: backend(),
-                source,
-            }),
-            Err(source) => Err(ProxyError::Upstream {
-                backend: backend(),
-                source,
-            }),
+            Err(e) => Err(e),
         };
         match &result {
             Ok(resp) => pool
@@ -393,8 +361,40 @@ impl Proxy {
                 }
             }
         }
-        (result, Some(upstream))
+        (result, Some(endpoint.addr))
     }
+}
+
+/// Puts the request target in the form the backend's protocol wants: origin-form for
+/// HTTP/1.1 (the Host header, already the routed one, names the authority); for HTTP/2 an
+/// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary.
+fn wire_target(req: &mut Request<Incoming>, protocol: AppProtocol) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        AppProtocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = Uri::from(pq);
+        }
+        AppProtocol::H2c => {
+            *req.version_mut() = Version::HTTP_2;
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .ok_or(ProxyError::BadRequest("request host cannot be forwarded"))?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() = Uri::from_parts(parts)
+                .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Counts a request out of `portico_requests_in_flight` however its handling ends.
@@ -495,7 +495,7 @@ impl AccessLog {
         cx: &RequestCtx,
         status: u16,
         rule: Option<&CompiledRule>,
-        upstream: Option<&Upstream>,
+        upstream: Option<&SocketAddr>,
         elapsed: Duration,
     ) {
         tracing::info!(
@@ -508,7 +508,7 @@ impl AccessLog {
             protocol = ?self.version,
             status,
             route = rule.map_or("none", |r| &*r.route),
-            upstream = upstream.map(|u| u.addr.to_string()).unwrap_or_default(),
+            upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
             consumer = cx.identity.consumer.as_deref().unwrap_or_default(),
             reason = self.reason.as_deref().unwrap_or_default(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),

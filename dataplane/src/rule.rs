@@ -1,7 +1,7 @@
 //! A route rule ready to serve: header operations parsed into `http` types, backends with
 //! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
 
-use crate::balancer::EndpointPool;
+use crate::upstream::BackendPool;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_model::{HeaderModifier, Redirect, Timeouts, UrlRewrite};
 use std::sync::Arc;
@@ -88,7 +88,7 @@ fn or_none(f: &Option<Box<RuleFilters>>) -> &RuleFilters {
 #[derive(Debug)]
 pub enum Target {
     Pool {
-        pool: Arc<EndpointPool>,
+        pool: Arc<BackendPool>,
         /// Header modifiers of the backendRef.
         filters: Option<Box<RuleFilters>>,
     },

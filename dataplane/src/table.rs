@@ -2,13 +2,13 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
-use crate::balancer::Pools;
 use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
 use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
 use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use crate::tls::SniCertificates;
+use crate::upstream::Upstreams;
 use http::{HeaderName, Method};
 use portico_compile::REGEX_SIZE_LIMIT;
 use portico_model::auth::AuthPolicy;
@@ -46,7 +46,7 @@ pub struct Tables {
 pub fn build(
     snapshots: &[Snapshot],
     default_bind: IpAddr,
-    pools: &Pools,
+    pools: &Upstreams,
     metrics: &Metrics,
     auth: &AuthShared,
     limits: &RateLimitShared,
@@ -341,7 +341,7 @@ fn compile_rule(
     r: &RouteRule,
     label: &Arc<str>,
     snap: &Snapshot,
-    pools: &Pools,
+    pools: &Upstreams,
     metrics: &Metrics,
     t: &mut Tables,
 ) -> CompiledRule {

@@ -17,6 +17,7 @@ use portico_model::fixtures::*;
 use portico_model::{Filter, Header, HeaderModifier, Redirect, Snapshot, Timeouts};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,16 +35,26 @@ struct Seen {
 struct Backend {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Backend {
     async fn start(name: &'static str, hang: bool) -> Self {
+        Self::start_with(name, hang, true).await
+    }
+
+    /// `keep_alive: false`: every connection closes after one response.
+    async fn start_with(name: &'static str, hang: bool, keep_alive: bool) -> Self {
         let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
+        let accepted: Arc<AtomicUsize> = Arc::default();
+        let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
                 let record = record.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -64,16 +75,25 @@ impl Backend {
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Self { addr, seen }
+        Self {
+            addr,
+            seen,
+            accepted,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().clone()
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -321,5 +341,66 @@ async fn a_new_snapshot_takes_over_on_the_same_socket() {
     let report = dp.apply(&[snap("two", 2)], 2);
     assert!(report.bind_failures.is_empty(), "{report:?}");
     assert_eq!(header(&get(addr, "x.test", "/").await, "x-backend"), "two");
+    assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_outlive_endpoint_updates() {
+    let (one, two) = (
+        Backend::start("one", false).await,
+        Backend::start("two", false).await,
+    );
+    let closing = Backend::start_with("closing", false, false).await;
+    let port = free_port();
+    let snap = |endpoints: &[SocketAddr], version: u64| Snapshot {
+        version,
+        ..Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("web", 80, endpoints))
+            .with_backend(backend("closing", 80, &[closing.addr]))
+            .with_route(route(
+                "web",
+                "http",
+                &[],
+                vec![
+                    rule(vec![prefix("/closing")], vec![to("closing", 80)]),
+                    rule(vec![prefix("/")], vec![to("web", 80)]),
+                ],
+            ))
+    };
+    let (dp, addr) = serve(&snap(&[one.addr], 1));
+    for _ in 0..5 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(header(&a, "x-backend"), "one");
+    }
+    assert_eq!(
+        one.accepted(),
+        1,
+        "one upstream connection for sequential requests"
+    );
+
+    // Another endpoint joins: "one" keeps its state, and so its connection.
+    dp.apply(&[snap(&[one.addr, two.addr], 2)], 2);
+    let mut answered = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..6 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        *answered
+            .entry(header(&a, "x-backend").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(answered.get("one"), Some(&3), "{answered:?}");
+    assert_eq!(answered.get("two"), Some(&3), "{answered:?}");
+    assert_eq!(one.accepted(), 1, "the update kept one's connection");
+    assert_eq!(two.accepted(), 1);
+
+    // A backend that closes each connection after its answer costs a connection per
+    // request, never a failed request.
+    for _ in 0..3 {
+        let a = get(addr, "x.test", "/closing").await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    assert_eq!(closing.accepted(), 3);
     assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
 }

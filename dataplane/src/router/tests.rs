@@ -1,9 +1,9 @@
 //! Matching precedence, built through the same path as production: snapshot → table::build.
 
-use crate::balancer::Pools;
 use crate::metrics::Metrics;
 use crate::router::SocketRouter;
 use crate::table;
+use crate::upstream::Upstreams;
 use http::{HeaderMap, HeaderValue, Method};
 use portico_model::fixtures::{path_match as m, route};
 use portico_model::*;
@@ -38,7 +38,7 @@ fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
     let mut t = table::build(
         &[snap],
         IP,
-        &Pools::default(),
+        &Upstreams::default(),
         &Metrics::default(),
         &crate::auth::AuthShared::default(),
         &crate::ratelimit::RateLimitShared::default(),

@@ -1,0 +1,103 @@
+//! Choosing endpoints: a balancer yields a backend's endpoints in the order to try them (the
+//! first is the first choice), so a retry moves on to the next instead of picking again.
+
+use super::endpoint::Endpoint;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How a backend spreads requests over its endpoints.
+#[derive(Debug)]
+pub enum Balancer {
+    /// Each request starts one endpoint further than the last.
+    RoundRobin(AtomicUsize),
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer::RoundRobin(AtomicUsize::new(0))
+    }
+}
+
+impl Balancer {
+    /// `endpoints` in the order this request should try them: every one once.
+    pub fn candidates<'a>(&self, endpoints: &'a [Endpoint]) -> Candidates<'a> {
+        let start = match self {
+            Balancer::RoundRobin(next) if endpoints.len() > 1 => {
+                next.fetch_add(1, Ordering::Relaxed) % endpoints.len()
+            }
+            Balancer::RoundRobin(_) => 0,
+        };
+        Candidates {
+            endpoints,
+            start,
+            taken: 0,
+        }
+    }
+}
+
+/// The endpoints of one request, first choice first.
+#[derive(Debug)]
+pub struct Candidates<'a> {
+    endpoints: &'a [Endpoint],
+    start: usize,
+    taken: usize,
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a Endpoint;
+
+    fn next(&mut self) -> Option<&'a Endpoint> {
+        if self.taken == self.endpoints.len() {
+            return None;
+        }
+        let i = (self.start + self.taken) % self.endpoints.len();
+        self.taken += 1;
+        self.endpoints.get(i)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.endpoints.len() - self.taken;
+        (left, Some(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    fn endpoints(n: u8) -> Vec<Endpoint> {
+        (1..=n)
+            .map(|i| Endpoint {
+                addr: SocketAddr::from(([127, 0, 0, i], 80)),
+                state: Arc::default(),
+            })
+            .collect()
+    }
+
+    fn order(b: &Balancer, eps: &[Endpoint]) -> Vec<u8> {
+        b.candidates(eps)
+            .map(|e| match e.addr.ip() {
+                std::net::IpAddr::V4(ip) => ip.octets()[3],
+                std::net::IpAddr::V6(_) => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_starts_one_further_each_time_and_yields_every_endpoint_once() {
+        let b = Balancer::default();
+        let eps = endpoints(3);
+        assert_eq!(order(&b, &eps), [1, 2, 3]);
+        assert_eq!(order(&b, &eps), [2, 3, 1]);
+        assert_eq!(order(&b, &eps), [3, 1, 2]);
+        assert_eq!(order(&b, &eps), [1, 2, 3]);
+    }
+
+    #[test]
+    fn no_endpoints_no_candidates() {
+        let b = Balancer::default();
+        assert_eq!(b.candidates(&[]).count(), 0);
+        assert_eq!(order(&b, &endpoints(1)), [1]);
+    }
+}

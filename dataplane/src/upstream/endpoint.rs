@@ -1,0 +1,145 @@
+//! Endpoints with identity: an address and the state kept for it (requests in flight, idle
+//! connections) for as long as some update still lists it.
+
+use super::conns::Conns;
+use portico_model::Endpoint as Discovered;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// What the dataplane knows of one endpoint beyond its address. Kept by address across
+/// EndpointSlice and snapshot updates: an endpoint that stays keeps its connections and
+/// counters (health and ejection join it with the backend policy).
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    in_flight: AtomicU32,
+    pub(super) conns: Conns,
+}
+
+impl EndpointState {
+    /// Requests sent to this endpoint whose response has not ended.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One address to send requests to.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub state: Arc<EndpointState>,
+}
+
+/// Counts a request in its endpoint's `in_flight` until it is dropped (with the response
+/// body, or with the failed attempt).
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub(super) fn new(state: &Arc<EndpointState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints to balance over: ready ones, and serving-but-terminating ones used only when
+/// none is ready (as kube-proxy does).
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    pub ready: Vec<Endpoint>,
+    pub terminating: Vec<Endpoint>,
+}
+
+impl EndpointSet {
+    /// The set for `discovered`, reusing the state of every address `previous` has.
+    pub fn update(previous: &EndpointSet, discovered: &[Discovered]) -> Self {
+        let known: HashMap<SocketAddr, &Arc<EndpointState>> = previous
+            .ready
+            .iter()
+            .chain(&previous.terminating)
+            .map(|e| (e.addr, &e.state))
+            .collect();
+        let mut set = Self::default();
+        for d in discovered {
+            let Ok(ip) = d.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, d.port);
+            let state = known
+                .get(&addr)
+                .map_or_else(Arc::default, |s| Arc::clone(s));
+            let e = Endpoint { addr, state };
+            if d.ready {
+                set.ready.push(e);
+            } else if d.serving && d.terminating {
+                set.terminating.push(e);
+            }
+        }
+        set
+    }
+
+    /// The endpoints requests go to now: the ready ones, or the terminating ones when none
+    /// is ready.
+    pub fn serving(&self) -> &[Endpoint] {
+        if self.ready.is_empty() {
+            &self.terminating
+        } else {
+            &self.ready
+        }
+    }
+
+    /// Whether both lists hold the same addresses in the same order.
+    pub fn same_addresses(&self, other: &EndpointSet) -> bool {
+        let addrs = |l: &[Endpoint]| l.iter().map(|e| e.addr).collect::<Vec<_>>();
+        addrs(&self.ready) == addrs(&other.ready)
+            && addrs(&self.terminating) == addrs(&other.terminating)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Endpoint> {
+        self.ready.iter().chain(&self.terminating)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovered(addr: &str, ready: bool) -> Discovered {
+        Discovered {
+            address: addr.into(),
+            port: 80,
+            ready,
+            serving: true,
+            terminating: !ready,
+        }
+    }
+
+    #[test]
+    fn in_flight_counts_until_dropped_and_survives_updates() {
+        let set = EndpointSet::update(&EndpointSet::default(), &[discovered("127.0.0.1", true)]);
+        let state = set.ready[0].state.clone();
+        let a = InFlight::new(&state);
+        let b = InFlight::new(&state);
+        assert_eq!(state.in_flight(), 2);
+        let next = EndpointSet::update(
+            &set,
+            &[
+                discovered("127.0.0.1", false),
+                discovered("127.0.0.2", true),
+            ],
+        );
+        assert_eq!(next.terminating[0].state.in_flight(), 2);
+        assert_eq!(next.ready[0].state.in_flight(), 0);
+        drop((a, b));
+        assert_eq!(next.terminating[0].state.in_flight(), 0);
+        assert!(!next.same_addresses(&set));
+        assert_eq!(next.serving().len(), 1);
+    }
+}

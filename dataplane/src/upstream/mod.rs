@@ -1,0 +1,47 @@
+//! The upstream layer: backend pools of endpoints with state, a balancer that yields them in
+//! order, and per-endpoint connections on hyper's `client::conn`.
+//!
+//! ```text
+//!  table::build ──get──▶ Upstreams ──▶ BackendPool (per backend) ──▶ EndpointSet (ArcSwap)
+//!  discovery ────push──▶    │              balancer: candidates()        Endpoint { addr, state }
+//!                           └─ sweep: idle connections                         └─ Conns (idle http1, shared h2)
+//!  proxy ──▶ attempt(pool, endpoint, request) ──▶ conns::send ──▶ response + Lease (in the body)
+//! ```
+
+mod balance;
+mod conns;
+mod endpoint;
+mod pool;
+
+pub use balance::{Balancer, Candidates};
+pub use conns::{ConnSettings, SendError};
+pub use endpoint::{Endpoint, EndpointSet, EndpointState};
+pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
+
+use crate::body::{ClientBody, Lease};
+use crate::errors::ProxyError;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+/// One attempt: `req` to `endpoint` of `pool`. The request must be ready for the wire
+/// (origin-form for HTTP/1.1, an authority for HTTP/2). Failures come back as the
+/// [`ProxyError`] they are, counted in the pool's series by the caller once final.
+pub async fn attempt(
+    pool: &BackendPool,
+    endpoint: &Endpoint,
+    req: Request<ClientBody>,
+    settings: &ConnSettings,
+) -> Result<(Response<Incoming>, Box<dyn Lease>), ProxyError> {
+    conns::send(&endpoint.state, endpoint.addr, pool.protocol, req, settings)
+        .await
+        .map_err(|e| match e {
+            SendError::Connect(source) => ProxyError::Connect {
+                backend: pool.id.to_string(),
+                source,
+            },
+            SendError::Request(source) => ProxyError::Upstream {
+                backend: pool.id.to_string(),
+                source,
+            },
+        })
+}

@@ -1,0 +1,384 @@
+//! Backend pools: one per backend (Service port and protocol), shared by every rule that
+//! uses it, so balancing state and endpoint state survive a snapshot swap and endpoints can
+//! change without rebuilding routes.
+//!
+//! Endpoints reach the pools one way only: pushed. In standalone mode each snapshot carries
+//! them; in a cluster, discovery (the EndpointSlice watcher) pushes a Service's endpoints
+//! whenever its slices change, and the pools keep the last push of every Service so that a
+//! pool a later snapshot creates starts with them. Nothing here calls back into discovery.
+
+use super::balance::{Balancer, Candidates};
+use super::conns::ConnSettings;
+use super::endpoint::EndpointSet;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// A Service: (namespace, name).
+pub type ServiceKey = (String, String);
+
+/// A Service's endpoints by port name (`""` for an unnamed port), as discovery found them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEndpoints(pub BTreeMap<String, Vec<Endpoint>>);
+
+impl ServiceEndpoints {
+    fn port(&self, name: Option<&str>) -> &[Endpoint] {
+        self.0.get(name.unwrap_or("")).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[derive(Debug)]
+pub struct BackendPool {
+    pub id: BackendId,
+    pub protocol: AppProtocol,
+    pub port_name: Option<String>,
+    endpoints: ArcSwap<EndpointSet>,
+    balancer: Balancer,
+    /// This backend's series (`portico_upstream_*`).
+    pub metrics: UpstreamMetrics,
+}
+
+impl BackendPool {
+    fn new(b: &Backend, metrics: UpstreamMetrics) -> Self {
+        Self {
+            id: b.id.clone(),
+            protocol: b.protocol,
+            port_name: b.port_name.clone(),
+            endpoints: ArcSwap::default(),
+            balancer: Balancer::default(),
+            metrics,
+        }
+    }
+
+    /// The endpoints now: hold the set for as long as the request uses its endpoints.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    /// The serving endpoints of `set` in the order this request should try them.
+    pub fn candidates<'a>(&self, set: &'a EndpointSet) -> Candidates<'a> {
+        self.balancer.candidates(set.serving())
+    }
+
+    /// Replaces the endpoints; an address that stays keeps its state.
+    fn update(&self, discovered: &[Endpoint]) {
+        let current = self.endpoints.load();
+        let new = EndpointSet::update(&current, discovered);
+        if !new.same_addresses(&current) {
+            self.endpoints.store(Arc::new(new));
+        }
+    }
+}
+
+/// Every pool the current snapshots use, keyed by backend.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    pools: Mutex<HashMap<(BackendId, AppProtocol), Arc<BackendPool>>>,
+    /// The last endpoints discovery pushed, by Service; `None` while endpoints come from
+    /// snapshots.
+    discovered: Mutex<Option<HashMap<ServiceKey, Arc<ServiceEndpoints>>>>,
+    pub settings: ConnSettings,
+}
+
+impl Upstreams {
+    pub fn new(settings: ConnSettings) -> Arc<Self> {
+        let upstreams = Arc::new(Self {
+            settings,
+            ..Self::default()
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let every =
+                (settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            tokio::spawn(sweep(Arc::downgrade(&upstreams), every));
+        }
+        upstreams
+    }
+
+    /// The pool for `b`, reused when it exists. Endpoints come from the snapshot, unless
+    /// discovery pushes them (then a new pool starts with the Service's last push).
+    pub fn get(&self, b: &Backend, metrics: &Metrics) -> Arc<BackendPool> {
+        let discovered = self.discovered.lock();
+        let mut pools = self.pools.lock();
+        let mut created = false;
+        let pool = pools.entry((b.id.clone(), b.protocol)).or_insert_with(|| {
+            created = true;
+            Arc::new(BackendPool::new(b, metrics.upstream(&b.id.to_string())))
+        });
+        match discovered.as_ref() {
+            None => pool.update(&b.endpoints),
+            Some(by_service) if created => {
+                let key = (b.id.namespace.clone(), b.id.name.clone());
+                if let Some(eps) = by_service.get(&key) {
+                    pool.update(eps.port(pool.port_name.as_deref()));
+                }
+            }
+            Some(_) => {}
+        }
+        pool.clone()
+    }
+
+    /// From now on endpoints are pushed by discovery, not taken from snapshots.
+    pub fn discover(&self) {
+        self.discovered.lock().get_or_insert_with(HashMap::new);
+    }
+
+    fn pools_where(&self, which: impl Fn(&BackendId) -> bool) -> Vec<Arc<BackendPool>> {
+        self.pools
+            .lock()
+            .values()
+            .filter(|p| which(&p.id))
+            .cloned()
+            .collect()
+    }
+
+    /// The endpoints of one Service now (`None`: it has none, or is gone).
+    pub fn push(&self, namespace: &str, name: &str, endpoints: Option<ServiceEndpoints>) {
+        let endpoints = endpoints.map(Arc::new);
+        {
+            let mut discovered = self.discovered.lock();
+            let by_service = discovered.get_or_insert_with(HashMap::new);
+            let key = (namespace.to_string(), name.to_string());
+            match &endpoints {
+                Some(e) => by_service.insert(key, e.clone()),
+                None => by_service.remove(&key),
+            };
+        }
+        let none = ServiceEndpoints::default();
+        let eps = endpoints.as_deref().unwrap_or(&none);
+        for p in self.pools_where(|id| id.namespace == namespace && id.name == name) {
+            p.update(eps.port(p.port_name.as_deref()));
+        }
+    }
+
+    /// Every Service of a namespace at once (a fresh listing; a Service not in it has no
+    /// endpoints any more). `None`: the namespace is no longer watched.
+    pub fn push_namespace(
+        &self,
+        namespace: &str,
+        services: Option<HashMap<String, ServiceEndpoints>>,
+    ) {
+        let services: HashMap<String, Arc<ServiceEndpoints>> = services
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, e)| (name, Arc::new(e)))
+            .collect();
+        {
+            let mut discovered = self.discovered.lock();
+            let by_service = discovered.get_or_insert_with(HashMap::new);
+            by_service.retain(|(ns, _), _| ns != namespace);
+            by_service.extend(
+                services
+                    .iter()
+                    .map(|(name, e)| ((namespace.to_string(), name.clone()), e.clone())),
+            );
+        }
+        let none = ServiceEndpoints::default();
+        for p in self.pools_where(|id| id.namespace == namespace) {
+            let eps = services.get(&p.id.name).map_or(&none, |e| &**e);
+            p.update(eps.port(p.port_name.as_deref()));
+        }
+    }
+
+    /// The namespaces of the backends in use.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        self.pools
+            .lock()
+            .keys()
+            .map(|(id, _)| id.namespace.clone())
+            .collect()
+    }
+
+    /// Drops pools no snapshot uses any more (their endpoints' connections close), and their
+    /// series.
+    pub fn retain(&self, used: &[(BackendId, AppProtocol)], metrics: &Metrics) {
+        let mut pools = self.pools.lock();
+        let before: BTreeSet<BackendId> = pools.keys().map(|(id, _)| id.clone()).collect();
+        pools.retain(|k, _| used.contains(k));
+        for id in before {
+            if !pools.keys().any(|(kept, _)| *kept == id) {
+                metrics.forget_upstream(&id.to_string());
+            }
+        }
+    }
+
+    /// Closes idle connections past the idle timeout, in every pool.
+    pub fn prune_idle(&self) {
+        let pools: Vec<Arc<BackendPool>> = self.pools.lock().values().cloned().collect();
+        for p in pools {
+            for e in p.endpoints().all() {
+                e.state.conns.prune(self.settings.idle_timeout);
+            }
+        }
+    }
+}
+
+async fn sweep(upstreams: Weak<Upstreams>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(u) = upstreams.upgrade() else { return };
+        u.prune_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn ep(addr: &str, ready: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            address: addr.into(),
+            port: 80,
+            ready,
+            serving: true,
+            terminating,
+        }
+    }
+
+    fn backend(name: &str, port_name: Option<&str>, endpoints: Vec<Endpoint>) -> Backend {
+        Backend {
+            id: BackendId {
+                namespace: "ns".into(),
+                name: name.into(),
+                port: 80,
+            },
+            protocol: AppProtocol::Http1,
+            port_name: port_name.map(str::to_string),
+            endpoints,
+        }
+    }
+
+    fn first(pool: &BackendPool) -> Option<SocketAddr> {
+        let set = pool.endpoints();
+        pool.candidates(&set).next().map(|e| e.addr)
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        s.parse().ok()
+    }
+
+    #[test]
+    fn round_robin_over_ready_endpoints() {
+        let pools = Upstreams::default();
+        let pool = pools.get(
+            &backend(
+                "svc",
+                None,
+                vec![
+                    ep("127.0.0.1", true, false),
+                    ep("127.0.0.2", true, false),
+                    ep("127.0.0.3", false, true),
+                ],
+            ),
+            &Metrics::default(),
+        );
+        let picks: Vec<_> = (0..4).map(|_| first(&pool)).collect();
+        assert_eq!(
+            picks,
+            [
+                addr("127.0.0.1:80"),
+                addr("127.0.0.2:80"),
+                addr("127.0.0.1:80"),
+                addr("127.0.0.2:80")
+            ]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_only_when_none_is_ready() {
+        let pools = Upstreams::default();
+        let m = Metrics::default();
+        let pool = pools.get(
+            &backend("svc", None, vec![ep("127.0.0.3", false, true)]),
+            &m,
+        );
+        assert_eq!(first(&pool), addr("127.0.0.3:80"));
+        pools.get(&backend("svc", None, vec![]), &m);
+        assert_eq!(first(&pool), None);
+    }
+
+    #[test]
+    fn ipv6_endpoints() {
+        let pools = Upstreams::default();
+        let pool = pools.get(
+            &backend("svc", None, vec![ep("::1", true, false)]),
+            &Metrics::default(),
+        );
+        assert_eq!(first(&pool), addr("[::1]:80"));
+    }
+
+    #[test]
+    fn pools_are_reused_across_snapshots_and_endpoint_state_survives_updates() {
+        let pools = Upstreams::default();
+        let m = Metrics::default();
+        let a = pools.get(
+            &backend("svc", None, vec![ep("127.0.0.1", true, false)]),
+            &m,
+        );
+        let before = a.endpoints().ready[0].state.clone();
+        let b = pools.get(
+            &backend(
+                "svc",
+                None,
+                vec![ep("127.0.0.1", true, false), ep("127.0.0.9", true, false)],
+            ),
+            &m,
+        );
+        assert!(Arc::ptr_eq(&a, &b));
+        let set = a.endpoints();
+        assert_eq!(set.ready.len(), 2);
+        assert!(
+            Arc::ptr_eq(&set.ready[0].state, &before),
+            "127.0.0.1 kept its state"
+        );
+        // Becoming terminating keeps it too.
+        pools.get(
+            &backend("svc", None, vec![ep("127.0.0.1", false, true)]),
+            &m,
+        );
+        assert!(Arc::ptr_eq(&a.endpoints().terminating[0].state, &before));
+    }
+
+    #[test]
+    fn discovery_pushes_endpoints_and_new_pools_start_with_the_last_push() {
+        let pools = Upstreams::default();
+        let m = Metrics::default();
+        pools.discover();
+        // Snapshot endpoints are ignored once discovery is on.
+        let named = pools.get(
+            &backend("svc", Some("http"), vec![ep("127.0.0.7", true, false)]),
+            &m,
+        );
+        assert_eq!(first(&named), None);
+        let mut by_port = BTreeMap::new();
+        by_port.insert("http".to_string(), vec![ep("127.0.0.2", true, false)]);
+        by_port.insert(String::new(), vec![ep("127.0.0.3", true, false)]);
+        pools.push("ns", "svc", Some(ServiceEndpoints(by_port.clone())));
+        assert_eq!(first(&named), addr("127.0.0.2:80"));
+        // A pool created later (another port of the Service) starts with the last push.
+        let mut unnamed = backend("svc", None, vec![]);
+        unnamed.id.port = 81;
+        let unnamed = pools.get(&unnamed, &m);
+        assert_eq!(first(&unnamed), addr("127.0.0.3:80"));
+        // A fresh listing of the namespace without the Service empties its pools.
+        pools.push_namespace("ns", Some(HashMap::new()));
+        assert_eq!(first(&named), None);
+        assert_eq!(first(&unnamed), None);
+        pools.push_namespace(
+            "ns",
+            Some(HashMap::from([(
+                "svc".to_string(),
+                ServiceEndpoints(by_port),
+            )])),
+        );
+        assert_eq!(first(&named), addr("127.0.0.2:80"));
+        pools.push("ns", "svc", None);
+        assert_eq!(first(&named), None);
+    }
+}
