@@ -238,11 +238,9 @@ pub(super) async fn send(
                     };
                     return Ok((resp, Box::new(held)));
                 }
+                // The shared connection is no longer ready: the next pass replaces it.
                 Err(mut e) => match e.take_message() {
-                    Some(back) if reused => {
-                        state.conns.h2.lock().take();
-                        req = back;
-                    }
+                    Some(back) if reused => req = back,
                     _ => return Err(SendError::Request(e.into_error())),
                 },
             }
