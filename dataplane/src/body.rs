@@ -172,21 +172,24 @@ impl BodyOutcome {
 /// gone whole, at most `idle` more; before that, until the request is
 /// [stalled](BodyOutcome::stalled) for `idle` (a backend that stopped reading the upload would
 /// otherwise hold both sides forever). `None`: given up.
+///
+/// `answer` is pinned by the caller, so that the (large) attempt future is stored once, in
+/// the caller's state, rather than again in this one's.
 pub async fn answered_within<F: std::future::Future>(
-    answer: F,
+    mut answer: Pin<&mut F>,
     outcome: &BodyOutcome,
     idle: Duration,
 ) -> Option<F::Output> {
     let ended_at_start = outcome.ended.load(Ordering::Acquire);
     let timer = tokio::time::sleep(idle);
-    tokio::pin!(answer, timer);
+    tokio::pin!(timer);
     let ended = outcome.ended();
     tokio::pin!(ended);
     let mut ended_seen = ended_at_start;
     loop {
         tokio::select! {
             biased;
-            r = &mut answer => return Some(r),
+            r = answer.as_mut() => return Some(r),
             () = &mut ended, if !ended_seen => {
                 ended_seen = true;
                 timer.as_mut().reset(Instant::now() + idle);
@@ -374,6 +377,11 @@ pub struct StreamProgress(pub Arc<BodyOutcome>);
 /// What a backend's response body holds until it ends: the upstream connection it came on
 /// (reused only when the body was read whole) and its endpoint's in-flight count.
 pub trait Lease: Send + Sync {
+    /// Drives the connection the body comes on, when the body's reader is the one driving it
+    /// (an HTTP/1.1 connection has no task of its own): called while the body waits, with
+    /// the reader's waker.
+    fn poll_io(&mut self, _cx: &mut Context<'_>) {}
+
     /// `whole`: the body reached its end, so the connection is at a message boundary.
     fn end(self: Box<Self>, whole: bool);
 }
@@ -433,7 +441,15 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
+        {
+            // The frame may be waiting for the connection to be driven.
+            lease.poll_io(cx);
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        match polled {
             Poll::Ready(frame) => {
                 this.waiting = false;
                 this.outcome.backend_waiting.store(false, Ordering::Release);

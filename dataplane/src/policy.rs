@@ -58,6 +58,11 @@ impl Chain {
     }
 
     /// Runs every step on the request, in order, until one refuses it.
+    /// Whether there is anything to run (most rules have no policy).
+    pub fn has_steps(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     pub async fn on_request<B>(
         &self,
         req: &mut Request<B>,

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use portico_model::AppProtocol;
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -163,16 +164,19 @@ impl Proxy {
         mut req: Request<Incoming>,
         cx: &mut RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
-        let fut = async {
+        // Pinned here, once: a future moved into a combinator would be stored twice.
+        let fut = pin!(async {
             // The consumer header comes from an AuthPolicy or from nobody, on every route
             // (also where a policy names another header), so a backend can trust it.
-            req.headers_mut()
-                .remove(portico_model::auth::DEFAULT_CONSUMER_HEADER);
-            if let Err(e) = routed.chain.on_request(&mut req, cx).await {
+            req.headers_mut().remove(&CONSUMER_HEADER);
+            // Boxed: policies' futures are large, and most routes have none.
+            if routed.chain.has_steps()
+                && let Err(e) = Box::pin(routed.chain.on_request(&mut req, cx)).await
+            {
                 return (Err(e), None);
             }
             self.forward(&routed.rule, req, cx).await
-        };
+        });
         match routed.rule.request_timeout {
             Some(d) => tokio::time::timeout(d, fut)
                 .await
@@ -252,13 +256,20 @@ impl Proxy {
         if let Some(rw) = &filters.rewrite {
             filters::rewrite(rw, &mut req, prefix, matching);
         }
-        let (xff, malformed) = sanitize::forwarded_for(req.headers(), cx.peer(), cx.trusted_hops);
-        if malformed {
-            self.metrics.forwarded_for_invalid.inc();
-        }
+        let xff = if cx.trusted_hops == 0 {
+            // At the edge: the peer, formatted once per connection.
+            Ok(cx.down.client_ip.clone())
+        } else {
+            let (xff, malformed) =
+                sanitize::forwarded_for(req.headers(), cx.peer(), cx.trusted_hops);
+            if malformed {
+                self.metrics.forwarded_for_invalid.inc();
+            }
+            // From the String's own buffer: one allocation, not two.
+            HeaderValue::from_maybe_shared(Bytes::from(xff))
+        };
         let headers = req.headers_mut();
-        // From the String's own buffer: one allocation, not two.
-        match HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        match xff {
             Ok(v) => {
                 headers.insert(&util::X_FORWARDED_FOR, v);
             }
@@ -295,34 +306,24 @@ impl Proxy {
             (Request::from_parts(parts, body), outcome)
         };
         let sent_at = Instant::now();
-        let fut = upstream::attempt(pool, endpoint, req, &self.conn);
+        // Pinned here, once, whichever wait applies (the attempt future is large).
+        let mut answer = pin!(upstream::attempt(pool, endpoint, req, &self.conn));
         let sent = match rule.backend_timeout {
-            Some(d) => match tokio::time::timeout(d, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    pool.metrics.failed("timeout");
-                    return (
-                        Err(ProxyError::BackendTimeout(backend())),
-                        Some(endpoint.addr),
-                    );
-                }
-            },
+            Some(d) => tokio::time::timeout(d, answer.as_mut()).await.ok(),
             // Without a timeout of the route's own: the backend has the idle timeout to
             // answer once the request body is complete.
             None if rule.request_timeout.is_none() => {
-                let idle = self.body.idle_timeout;
-                match crate::body::answered_within(fut, &outcome, idle).await {
-                    Some(r) => r,
-                    None => {
-                        pool.metrics.failed("timeout");
-                        return (
-                            Err(ProxyError::BackendTimeout(backend())),
-                            Some(endpoint.addr),
-                        );
-                    }
-                }
+                crate::body::answered_within(answer.as_mut(), &outcome, self.body.idle_timeout)
+                    .await
             }
-            None => fut.await,
+            None => Some(answer.as_mut().await),
+        };
+        let Some(sent) = sent else {
+            pool.metrics.failed("timeout");
+            return (
+                Err(ProxyError::BackendTimeout(backend())),
+                Some(endpoint.addr),
+            );
         };
         let result = match sent {
             // We never forward Upgrade, so a 101 is an answer to a question nobody asked.
@@ -397,6 +398,9 @@ fn wire_target(req: &mut Request<Incoming>, protocol: AppProtocol) -> Result<(),
     Ok(())
 }
 
+static CONSUMER_HEADER: header::HeaderName =
+    header::HeaderName::from_static(portico_model::auth::DEFAULT_CONSUMER_HEADER);
+
 /// Counts a request out of `portico_requests_in_flight` however its handling ends.
 struct InFlightGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
@@ -420,18 +424,35 @@ fn route(
     req: &mut Request<Incoming>,
     cx: &mut RequestCtx,
 ) -> Result<Routed, ProxyError> {
+    let host = util::request_host(req.uri(), req.headers())
+        .ok_or(ProxyError::BadRequest("missing Host"))?;
+    if let Some(sni) = cx.down.sni.as_deref()
+        && !router.same_listener(sni, &host)
     {
-        let host = util::request_host(req.uri(), req.headers())
-            .ok_or(ProxyError::BadRequest("missing Host"))?;
-        if let Some(sni) = cx.down.sni.as_deref()
-            && !router.same_listener(sni, &host)
-        {
-            return Err(ProxyError::Misdirected);
-        }
+        return Err(ProxyError::Misdirected);
     }
     let normalized = path::normalize(req.uri().path()).map_err(ProxyError::BadRequest)?;
-    let matching =
+    let m = router
+        .route(
+            &host,
+            &normalized.matching,
+            req.method(),
+            req.headers(),
+            req.uri().query(),
+        )
+        .ok_or(ProxyError::NoRoute)?;
+    let c = m.candidate;
+    cx.route = Some(c.rule.route.clone());
+    cx.rule_index = c.order.1;
+    cx.prefix = c.prefix.clone();
+    cx.matching =
         (normalized.matching != normalized.forward).then(|| normalized.matching.to_string());
+    let routed = Routed {
+        rule: c.rule.clone(),
+        chain: c.chain.clone(),
+        metrics: c.metrics.clone(),
+    };
+    // The backend gets the path that was routed and checked.
     if let Cow::Owned(forward) = normalized.forward {
         let pq = match req.uri().query() {
             Some(q) => format!("{forward}?{q}"),
@@ -445,22 +466,7 @@ fn route(
         *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|_| ProxyError::BadRequest("request target cannot be normalised"))?;
     }
-    let host = util::request_host(req.uri(), req.headers())
-        .ok_or(ProxyError::BadRequest("missing Host"))?;
-    let path = matching.as_deref().unwrap_or(req.uri().path());
-    let m = router
-        .route(&host, path, req.method(), req.headers(), req.uri().query())
-        .ok_or(ProxyError::NoRoute)?;
-    let c = m.candidate;
-    cx.route = Some(c.rule.route.clone());
-    cx.rule_index = c.order.1;
-    cx.prefix = c.prefix.clone();
-    cx.matching = matching;
-    Ok(Routed {
-        rule: c.rule.clone(),
-        chain: c.chain.clone(),
-        metrics: c.metrics.clone(),
-    })
+    Ok(routed)
 }
 
 /// The fields of one access log line, taken before the request is consumed.

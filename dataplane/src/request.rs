@@ -16,6 +16,28 @@ pub struct Downstream {
     /// The TLS server name the client asked for, if it did: a request for a host that another
     /// listener (another certificate) serves gets 421.
     pub sni: Option<Arc<str>>,
+    /// The client's address as a header value, made once per connection (it is each
+    /// request's `X-Forwarded-For` at the edge).
+    pub client_ip: HeaderValue,
+}
+
+impl Downstream {
+    pub fn new(
+        client: SocketAddr,
+        local_port: u16,
+        scheme: &'static str,
+        sni: Option<Arc<str>>,
+    ) -> Self {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            client,
+            local_port,
+            scheme,
+            sni,
+            client_ip,
+        }
+    }
 }
 
 /// Who a request that passed authenticated as, for the access log and rate-limit keys.

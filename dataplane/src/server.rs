@@ -312,12 +312,7 @@ async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Rece
             served.metrics.connections.inc();
             match served.tls.load_full() {
                 None => {
-                    let down = Downstream {
-                        client,
-                        local_port,
-                        scheme: "http",
-                        sni: None,
-                    };
+                    let down = Downstream::new(client, local_port, "http", None);
                     serve_connection(stream, down, false, &served, closing).await;
                 }
                 Some(config) => {
@@ -333,12 +328,7 @@ async fn accept_loop(listener: TcpListener, served: Served, closing: watch::Rece
                                 .server_name()
                                 .map(|n| Arc::from(n.to_ascii_lowercase()));
                             let alpn_h2 = session.alpn_protocol() == Some(b"h2");
-                            let down = Downstream {
-                                client,
-                                local_port,
-                                scheme: "https",
-                                sni,
-                            };
+                            let down = Downstream::new(client, local_port, "https", sni);
                             serve_connection(tls, down, alpn_h2, &served, closing).await;
                         }
                         Ok(Err(e)) => {

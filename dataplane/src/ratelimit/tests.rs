@@ -28,12 +28,8 @@ fn engine(limits: Vec<Limit>, trusted_hops: u32) -> RateLimitEngine {
 }
 
 fn facts_from(peer: IpAddr) -> RequestCtx {
-    let down = crate::request::Downstream {
-        client: std::net::SocketAddr::new(peer, 40000),
-        local_port: 8080,
-        scheme: "http",
-        sni: None,
-    };
+    let down =
+        crate::request::Downstream::new(std::net::SocketAddr::new(peer, 40000), 8080, "http", None);
     RequestCtx {
         route: Some("default/r".into()),
         ..RequestCtx::new(HeaderValue::from_static("id"), down, 0, false)
