@@ -211,7 +211,8 @@ pub async fn answered_within<F: std::future::Future>(
 #[error("request body {}", .0.as_str())]
 pub struct BodyError(pub BodyFault);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error of every body here.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body, forwarded with time limits.
 pub struct ClientBody {
@@ -374,22 +375,53 @@ impl Body for ClientBody {
 #[derive(Clone, Debug)]
 pub struct StreamProgress(pub Arc<BodyOutcome>);
 
-/// What a backend's response body holds until it ends: the upstream connection it came on
-/// (reused only when the body was read whole) and its endpoint's in-flight count.
+/// What a backend's response body holds until it ends (its endpoint's in-flight count).
 pub trait Lease: Send + Sync {
-    /// Drives the connection the body comes on, when the body's reader is the one driving it
-    /// (an HTTP/1.1 connection has no task of its own): called while the body waits, with
-    /// the reader's waker.
-    fn poll_io(&mut self, _cx: &mut Context<'_>) {}
-
     /// `whole`: the body reached its end, so the connection is at a message boundary.
     fn end(self: Box<Self>, whole: bool);
+}
+
+/// A response body read off a connection this process speaks itself (HTTP/1.1): it knows
+/// where its connection goes back when it ends.
+pub trait ConnBody: Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin {}
+
+/// Where a backend's response body comes from.
+pub enum Upstream {
+    /// hyper's (HTTP/2 connections).
+    Hyper(Incoming),
+    /// Read off an HTTP/1.1 connection by the body itself.
+    Conn(Box<dyn ConnBody>),
+}
+
+impl Upstream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Upstream::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Upstream::Conn(b) => Pin::new(&mut **b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Hyper(b) => b.is_end_stream(),
+            Upstream::Conn(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(b) => b.size_hint(),
+            Upstream::Conn(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A response body from a backend, with an idle timeout between frames (unless the request
 /// body moved meanwhile).
 pub struct BackendBody {
-    inner: Incoming,
+    inner: Upstream,
     lease: Option<Box<dyn Lease>>,
     /// The backend's body reached its end.
     ended: bool,
@@ -405,7 +437,7 @@ pub struct BackendBody {
 
 impl BackendBody {
     pub fn new(
-        inner: Incoming,
+        inner: Upstream,
         lease: Option<Box<dyn Lease>>,
         outcome: Arc<BodyOutcome>,
         idle_timeout: Duration,
@@ -441,15 +473,7 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(lease) = &mut this.lease
-        {
-            // The frame may be waiting for the connection to be driven.
-            lease.poll_io(cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        match polled {
+        match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
                 this.outcome.backend_waiting.store(false, Ordering::Release);
@@ -457,7 +481,7 @@ impl Body for BackendBody {
                 if frame.is_none() {
                     this.ended = true;
                 }
-                Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 this.outcome.backend_waiting.store(true, Ordering::Release);

@@ -42,12 +42,16 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    /// The connection failed while the request was on it.
+    /// The exchange failed once the request was on its way (the connection broke, the
+    /// backend broke the protocol).
     #[error("backend {backend} failed: {source}")]
     Upstream {
         backend: String,
         #[source]
-        source: hyper::Error,
+        source: crate::body::BoxError,
+        /// How, for the access log and metrics: `failed`, `closed`, `truncated`,
+        /// `invalid_response`.
+        kind: &'static str,
     },
     /// The client's request body was malformed or too slow.
     #[error("the request body failed: {}", .0.as_str())]
@@ -131,7 +135,7 @@ impl ProxyError {
             ProxyError::NoBackend => "route=no_backend".into(),
             ProxyError::NoEndpoints(_) => "upstream=no_endpoints".into(),
             ProxyError::Connect { source, .. } => format!("upstream={}", connect_kind(source)),
-            ProxyError::Upstream { .. } => "upstream=failed".into(),
+            ProxyError::Upstream { kind, .. } => format!("upstream={kind}"),
             ProxyError::ClientBody(f) => format!("client=body_{}", f.as_str()),
             ProxyError::UnexpectedUpgrade(_) => "upstream=unexpected_upgrade".into(),
             ProxyError::BackendTimeout(_) => "upstream=timeout".into(),

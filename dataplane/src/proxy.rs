@@ -269,6 +269,8 @@ impl Proxy {
             HeaderValue::from_maybe_shared(Bytes::from(xff))
         };
         let headers = req.headers_mut();
+        // Room for what is added below, grown once.
+        headers.reserve(6);
         match xff {
             Ok(v) => {
                 headers.insert(&util::X_FORWARDED_FOR, v);
@@ -334,8 +336,8 @@ impl Proxy {
                 let idle = self.body.idle_timeout;
                 let progress = watched.then(|| crate::body::StreamProgress(outcome.clone()));
                 let outcome = outcome.clone();
-                let mut resp = resp
-                    .map(|b| ProxyBody::Streamed(BackendBody::new(b, Some(lease), outcome, idle)));
+                let mut resp =
+                    resp.map(|b| ProxyBody::Streamed(BackendBody::new(b, lease, outcome, idle)));
                 if let Some(p) = progress {
                     resp.extensions_mut().insert(p);
                 }

@@ -5,23 +5,24 @@
 //!  table::build ──get──▶ Upstreams ──▶ BackendPool (per backend) ──▶ EndpointSet (ArcSwap)
 //!  discovery ────push──▶    │              balancer: candidates()        Endpoint { addr, state }
 //!                           └─ sweep: idle connections                         └─ Conns (idle http1, shared h2)
-//!  proxy ──▶ attempt(pool, endpoint, request) ──▶ conns::send ──▶ response + Lease (in the body)
+//!  proxy ──▶ attempt(pool, endpoint, request) ──▶ conns::send ──▶ h1 (ours) or h2 (hyper) ──▶ response
 //! ```
 
 mod balance;
 mod conns;
 mod endpoint;
+mod h1;
 mod pool;
 
 pub use balance::{Balancer, Candidates};
 pub use conns::{ConnSettings, SendError};
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
+pub use h1::H1Error;
 pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
 
-use crate::body::{ClientBody, Lease};
+use crate::body::{ClientBody, Lease, Upstream};
 use crate::errors::ProxyError;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 /// One attempt: `req` to `endpoint` of `pool`. The request must be ready for the wire
 /// (origin-form for HTTP/1.1, an authority for HTTP/2). Failures come back as the
@@ -31,7 +32,7 @@ pub async fn attempt(
     endpoint: &Endpoint,
     req: Request<ClientBody>,
     settings: &ConnSettings,
-) -> Result<(Response<Incoming>, Box<dyn Lease>), ProxyError> {
+) -> Result<(Response<Upstream>, Option<Box<dyn Lease>>), ProxyError> {
     conns::send(&endpoint.state, endpoint.addr, pool.protocol, req, settings)
         .await
         .map_err(|e| match e {
@@ -39,9 +40,18 @@ pub async fn attempt(
                 backend: pool.id.to_string(),
                 source,
             },
-            SendError::Request(source) => ProxyError::Upstream {
-                backend: pool.id.to_string(),
-                source,
-            },
+            SendError::Request(source) => {
+                let kind = match source.downcast_ref::<H1Error>() {
+                    Some(H1Error::Invalid(_)) => "invalid_response",
+                    Some(H1Error::Truncated) => "truncated",
+                    Some(H1Error::Closed { .. }) => "closed",
+                    _ => "failed",
+                };
+                ProxyError::Upstream {
+                    backend: pool.id.to_string(),
+                    source,
+                    kind,
+                }
+            }
         })
 }
