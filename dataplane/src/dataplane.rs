@@ -1,9 +1,9 @@
 //! The dataplane as a whole: takes snapshots (from standalone mode now, from the controller
 //! later) and serves them.
 
+use crate::listen::{Server, ServerSettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::server::{Server, ServerSettings};
 use crate::table;
 use crate::upstream::Upstreams;
 use parking_lot::Mutex;

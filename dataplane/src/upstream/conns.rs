@@ -8,7 +8,6 @@
 //! - HTTP/2 (h2c) shares one connection on hyper's `client::conn` among all requests,
 //!   driven by a task of its own (streams of many requests interleave on it).
 
-use super::endpoint::{EndpointState, InFlight};
 use super::h1::{self, H1Body, H1Conn, H1Pool, Outgoing};
 use crate::body::{BoxError, ClientBody, Lease, Upstream};
 use hyper::client::conn::http2;
@@ -108,11 +107,11 @@ async fn handshake_h2(
 }
 
 /// What an HTTP/2 response holds of its endpoint until its body ends.
-struct Held {
-    _in_flight: InFlight,
+struct Held<G> {
+    _guard: G,
 }
 
-impl Lease for Held {
+impl<G: Send + Sync> Lease for Held<G> {
     fn end(self: Box<Self>, _whole: bool) {}
 }
 
@@ -120,17 +119,23 @@ impl Lease for Held {
 /// closed without a word is replaced by another (or a new one) and the request sent again
 /// only when it is idempotent and has no body; over HTTP/2, a shared connection that can no
 /// longer take the request (it never left) is replaced. Neither is a retry.
-pub(super) async fn send(
-    state: &Arc<EndpointState>,
+///
+/// `guard` goes with the response body and is dropped when it ends (the endpoint's
+/// in-flight count).
+pub(super) async fn send<G>(
+    conns: &Conns,
     addr: SocketAddr,
     protocol: AppProtocol,
     mut req: Request,
     settings: &ConnSettings,
-) -> Result<(Response, Option<Box<dyn Lease>>), SendError> {
-    let in_flight = InFlight::new(state);
+    guard: G,
+) -> Result<(Response, Option<Box<dyn Lease>>), SendError>
+where
+    G: Send + Sync + Unpin + 'static,
+{
     match protocol {
         AppProtocol::Http1 => {
-            let pool = &state.conns.http1;
+            let pool = &conns.http1;
             let mut out = Outgoing::new(req);
             let (head, whole, conn) = loop {
                 let (mut conn, reused) = match pool.checkout(settings.idle_timeout) {
@@ -146,33 +151,25 @@ pub(super) async fn send(
                     Err(e) => return Err(SendError::Request(Box::new(e))),
                 }
             };
-            let body = H1Body::new(
-                conn,
-                &head,
-                whole,
-                pool.clone(),
-                settings.max_idle,
-                in_flight,
-            );
+            let body = H1Body::new(conn, &head, whole, pool.clone(), settings.max_idle, guard);
             let resp = http::Response::from_parts(head.parts, Upstream::Conn(Box::new(body)));
             Ok((resp, None))
         }
         AppProtocol::H2c => loop {
-            let shared = state.conns.h2.lock().clone().filter(|s| s.is_ready());
+            let shared = conns.h2.lock().clone().filter(|s| s.is_ready());
             let (mut sender, reused) = match shared {
                 Some(s) => (s, true),
                 None => {
                     let s = Box::pin(handshake_h2(addr, settings)).await?;
-                    *state.conns.h2.lock() = Some(s.clone());
+                    *conns.h2.lock() = Some(s.clone());
                     (s, false)
                 }
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let resp = resp.map(Upstream::Hyper);
-                    let held = Held {
-                        _in_flight: in_flight,
-                    };
+                    // The guard is moved in only once the request is sent.
+                    let held = Held { _guard: guard };
                     return Ok((resp, Some(Box::new(held))));
                 }
                 // The shared connection is no longer ready: the next pass replaces it.

@@ -16,6 +16,7 @@ mod pool;
 
 pub use balance::{Balancer, Candidates};
 pub use conns::{ConnSettings, SendError};
+use endpoint::InFlight;
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
 pub use h1::H1Error;
 pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
@@ -33,25 +34,34 @@ pub async fn attempt(
     req: Request<ClientBody>,
     settings: &ConnSettings,
 ) -> Result<(Response<Upstream>, Option<Box<dyn Lease>>), ProxyError> {
-    conns::send(&endpoint.state, endpoint.addr, pool.protocol, req, settings)
-        .await
-        .map_err(|e| match e {
-            SendError::Connect(source) => ProxyError::Connect {
+    let in_flight = InFlight::new(&endpoint.state);
+    let conns = &endpoint.state.conns;
+    conns::send(
+        conns,
+        endpoint.addr,
+        pool.protocol,
+        req,
+        settings,
+        in_flight,
+    )
+    .await
+    .map_err(|e| match e {
+        SendError::Connect(source) => ProxyError::Connect {
+            backend: pool.id.to_string(),
+            source,
+        },
+        SendError::Request(source) => {
+            let kind = match source.downcast_ref::<H1Error>() {
+                Some(H1Error::Invalid(_)) => "invalid_response",
+                Some(H1Error::Truncated) => "truncated",
+                Some(H1Error::Closed { .. }) => "closed",
+                _ => "failed",
+            };
+            ProxyError::Upstream {
                 backend: pool.id.to_string(),
                 source,
-            },
-            SendError::Request(source) => {
-                let kind = match source.downcast_ref::<H1Error>() {
-                    Some(H1Error::Invalid(_)) => "invalid_response",
-                    Some(H1Error::Truncated) => "truncated",
-                    Some(H1Error::Closed { .. }) => "closed",
-                    _ => "failed",
-                };
-                ProxyError::Upstream {
-                    backend: pool.id.to_string(),
-                    source,
-                    kind,
-                }
+                kind,
             }
-        })
+        }
+    })
 }

@@ -1,0 +1,335 @@
+//! Listening sockets: what each one serves, their life across configurations, and the
+//! accept loop they share.
+//!
+//! ```text
+//!  table::Tables ──apply──▶ Server ──bind / swap / close──▶ Socket { service (ArcSwap), closing }
+//!                                                            │
+//!                     accept loop (admission: connection caps) ┘──▶ per service kind:
+//!                          SocketService::Http ──▶ http::serve (TLS?, HTTP/1.1 | HTTP/2 ──▶ proxy)
+//! ```
+//!
+//! A socket serves one kind of [`SocketService`], the kind it was bound for; a new
+//! configuration swaps the service's settings (routes, certificates) atomically, requests in
+//! flight finish on the settings they started with, and a new certificate serves the next
+//! handshake. A protocol that is not HTTP (TLS passthrough, TCP, UDP) is another variant of
+//! [`SocketService`] and a module of its own beside [`http`]: the HTTP path does not change
+//! for it. Sockets the new configuration no longer has stop accepting and close their
+//! connections gracefully; new ones are bound first, so a change that cannot bind is refused
+//! whole. Shutdown closes every socket and waits (up to a deadline) for in-flight requests.
+
+pub mod http;
+
+use crate::conn::{Admission, ConnectionLimits};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::table::Tables;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+/// Limits on what a client may send.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Largest request head (request line and headers) for HTTP/1.1, and header list for
+    /// HTTP/2. Beyond it, HTTP/1.1 clients get 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Time a client may take to send a request head, including an idle keep-alive wait, and
+    /// to finish a TLS handshake.
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub connections: ConnectionLimits,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// What one socket serves.
+pub enum SocketService {
+    /// HTTP/1.1 and HTTP/2, after TLS termination when the socket's listeners are HTTPS.
+    Http(http::HttpService),
+}
+
+/// The services of `tables`, by socket.
+fn services(tables: Tables) -> BTreeMap<SocketAddr, SocketService> {
+    let mut tls = tables.tls;
+    tables
+        .sockets
+        .into_iter()
+        .map(|(addr, router)| {
+            let service = http::HttpService {
+                router,
+                tls: tls.remove(&addr),
+            };
+            (addr, SocketService::Http(service))
+        })
+        .collect()
+}
+
+/// A bound socket's service, swapped whole by each configuration.
+#[derive(Clone)]
+enum Live {
+    Http(Arc<ArcSwap<http::HttpService>>),
+}
+
+impl Live {
+    fn new(service: SocketService) -> Self {
+        match service {
+            SocketService::Http(s) => Live::Http(Arc::new(ArcSwap::from_pointee(s))),
+        }
+    }
+
+    fn store(&self, service: SocketService) {
+        match (self, service) {
+            (Live::Http(live), SocketService::Http(s)) => live.store(Arc::new(s)),
+        }
+    }
+}
+
+struct Socket {
+    live: Live,
+    /// `true` closes the socket: stop accepting, shut connections down gracefully.
+    closing: watch::Sender<bool>,
+}
+
+/// What the connections of every socket share.
+struct Shared {
+    http: http::HttpShared,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    sockets: Mutex<HashMap<SocketAddr, Socket>>,
+    /// Sockets closed but maybe still draining connections.
+    draining: Mutex<Vec<watch::Sender<bool>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sockets", &self.sockets.lock().len())
+            .finish()
+    }
+}
+
+impl Server {
+    pub fn new(proxy: Arc<Proxy>, metrics: Arc<Metrics>, settings: &ServerSettings) -> Self {
+        let limits = &settings.connections;
+        let mut max_connections = limits.max_connections;
+        // Leave room under the open-files limit for upstream connections and files, so the
+        // cap refuses connections before accept() starts failing.
+        if let Some(fds) = crate::conn::open_files_limit() {
+            let room = usize::try_from(fds.saturating_sub(256) / 2).unwrap_or(usize::MAX);
+            if max_connections == 0 || max_connections > room {
+                tracing::warn!(
+                    max_connections,
+                    open_files_limit = fds,
+                    using = room,
+                    "the open-files limit is too low for --max-connections; capping below it"
+                );
+                max_connections = room.max(1);
+            }
+        }
+        Self {
+            shared: Arc::new(Shared {
+                http: http::HttpShared::new(proxy, metrics.clone(), settings),
+                admission: Arc::new(Admission::new(
+                    max_connections,
+                    limits.max_connections_per_source,
+                )),
+                metrics,
+            }),
+            sockets: Mutex::new(HashMap::new()),
+            draining: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Serves `tables` from now on, or refuses them whole. Sockets the change adds are bound
+    /// first, before anything the running configuration serves is touched: if one cannot be
+    /// bound (a port another process holds), the change is refused with why, and the running
+    /// sockets, routes and certificates stay as they were. Otherwise sockets that stay swap
+    /// their routes atomically, new ones start accepting, and those no longer wanted stop
+    /// accepting and drain their connections.
+    pub fn apply(&self, tables: Tables) -> Result<(), BTreeMap<SocketAddr, String>> {
+        self.draining.lock().retain(|s| !s.is_closed());
+        let mut sockets = self.sockets.lock();
+        let wanted = services(tables);
+        let mut bound = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        for addr in wanted.keys().filter(|a| !sockets.contains_key(*a)) {
+            match bind(*addr) {
+                Ok(l) => {
+                    bound.insert(*addr, l);
+                }
+                Err(e) => {
+                    // Our own socket on the port (a wildcard against a specific address)
+                    // holds it until the change closes it: say so.
+                    let ours = sockets.keys().find(|old| {
+                        old.port() == addr.port()
+                            && !wanted.contains_key(*old)
+                            && (old.ip().is_unspecified() || addr.ip().is_unspecified())
+                    });
+                    let why = match ours {
+                        Some(old) if e.kind() == std::io::ErrorKind::AddrInUse => format!(
+                            "{e} (held by this gateway's own {old}, which the change closes: move the listener in two steps)"
+                        ),
+                        _ => e.to_string(),
+                    };
+                    failed.insert(*addr, why);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            // The sockets just bound close here; nothing else changed.
+            return Err(failed);
+        }
+        let gone: Vec<SocketAddr> = sockets
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(s) = sockets.remove(&addr) {
+                tracing::info!(%addr, "closing listener socket");
+                let _ = s.closing.send(true);
+                self.draining.lock().push(s.closing);
+            }
+        }
+        for (addr, service) in wanted {
+            if let Some(s) = sockets.get(&addr) {
+                s.live.store(service);
+                continue;
+            }
+            let Some(listener) = bound.remove(&addr) else {
+                continue;
+            };
+            tracing::info!(%addr, "listening");
+            let live = Live::new(service);
+            let (closing, rx) = watch::channel(false);
+            tokio::spawn(accept_loop(listener, live.clone(), self.shared.clone(), rx));
+            sockets.insert(addr, Socket { live, closing });
+        }
+        Ok(())
+    }
+
+    /// The addresses being served.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.sockets.lock().keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting on every socket, asks every connection to finish its in-flight
+    /// requests and close, and waits for that up to `deadline`. Returns whether every
+    /// connection finished in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let mut senders: Vec<watch::Sender<bool>> = self
+            .sockets
+            .lock()
+            .drain()
+            .map(|(_, s)| s.closing)
+            .collect();
+        senders.append(&mut self.draining.lock());
+        for s in &senders {
+            let _ = s.send(true);
+        }
+        let all_closed = async {
+            for s in &senders {
+                s.closed().await;
+            }
+        };
+        tokio::time::timeout(deadline, all_closed).await.is_ok()
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until the socket closes: each one admitted (connection caps, at
+/// once, before any work) is served by the socket's service on a task of its own.
+async fn accept_loop(
+    listener: TcpListener,
+    live: Live,
+    shared: Arc<Shared>,
+    closing: watch::Receiver<bool>,
+) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let mut closing_rx = closing.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = closing_rx.wait_for(|c| *c) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                shared.metrics.connection_refused("accept_error");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Refused at once, before any work: the socket is closed (RST-free FIN).
+        let permit = match shared.admission.admit(client.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                shared.metrics.connection_refused(why.as_str());
+                tracing::debug!(%client, reason = why.as_str(), "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let live = live.clone();
+        let shared = shared.clone();
+        let closing = closing.clone();
+        tokio::spawn(async move {
+            shared.metrics.connections.inc();
+            serve(stream, client, local_port, &live, &shared, closing).await;
+            shared.metrics.connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+/// One accepted connection, served by its socket's service.
+async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    local_port: u16,
+    live: &Live,
+    shared: &Shared,
+    closing: watch::Receiver<bool>,
+) {
+    match live {
+        Live::Http(service) => {
+            http::serve(stream, client, local_port, service, &shared.http, closing).await;
+        }
+    }
+}
