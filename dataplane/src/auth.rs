@@ -27,13 +27,8 @@ use crate::errors::ProxyError;
 use crate::metrics::{AuthDecision, AuthMetrics, Metrics};
 use crate::request::{Authenticated, RequestCtx};
 use authz::Identity;
-use bytes::Bytes;
 use cache::{Digest, TtlCache};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jwks::JwksCache;
 use jwt::{Alg, Claims, KeySet};
 use parking_lot::Mutex;
@@ -45,53 +40,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The client for JWKS, external auth and introspection calls (http and https).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use crate::upstream::HttpClient;
 
 /// Verified tokens are remembered at most this long (and never past their `exp`), so that a
 /// key removed from a JWKS stops working soon after.
 const MAX_TOKEN_CACHE: Duration = Duration::from_secs(300);
 const CACHE_ENTRIES: usize = 100_000;
-
-fn http_client() -> HttpClient {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::warn!(error = %e, "loading system CA certificates");
-    }
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(added, "system CA certificates for auth calls");
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let connector = match tls {
-        Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http),
-        Err(e) => {
-            tracing::error!(error = %e, "TLS for auth calls unavailable; https URLs will fail");
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http)
-        }
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
-}
 
 /// What auth keeps across snapshots.
 #[derive(Debug)]
@@ -105,7 +59,7 @@ pub struct AuthShared {
 impl Default for AuthShared {
     fn default() -> Self {
         Self {
-            client: http_client(),
+            client: HttpClient::new(),
             jwks: Mutex::new(HashMap::new()),
             basic: Arc::new(TtlCache::new(CACHE_ENTRIES)),
             introspection: Arc::new(TtlCache::new(CACHE_ENTRIES)),

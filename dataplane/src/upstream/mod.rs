@@ -9,12 +9,14 @@
 //! ```
 
 mod balance;
+mod client;
 mod conns;
 mod endpoint;
 mod h1;
 mod pool;
 
 pub use balance::{Balancer, Candidates};
+pub use client::{CallBody, CallError, HttpClient};
 pub use conns::{ConnSettings, SendError};
 use endpoint::InFlight;
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
