@@ -160,7 +160,7 @@ pub async fn run(
     channel: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let changed = Arc::new(Notify::new());
     let hub = Arc::new(channel::Hub::new(changed.clone()));
     let index = Index::start(&client, &changed, &settings.secret_hint);
@@ -221,7 +221,7 @@ pub async fn run(
         health.counters.clone(),
     ));
     let mut compiler = IncrementalCompile::new(&settings.controller_name);
-    let mut last_compile = std::time::Instant::now();
+    let mut last_compile = tokio::time::Instant::now();
     let mut first = true;
     loop {
         let mut changes = index.changes.take();
@@ -231,7 +231,7 @@ pub async fn run(
         // Woken by a dataplane's answer or a status write alone: nothing to compile, only
         // status to refresh.
         if changes != Changes::Keys(Default::default()) {
-            last_compile = std::time::Instant::now();
+            last_compile = tokio::time::Instant::now();
             let mut inputs = index.inputs();
             inputs.redis_url = settings.redis_url.clone();
             let secrets = portico_compile::referenced_secrets(&inputs, &settings.controller_name);
@@ -283,7 +283,7 @@ pub async fn run(
         // Sent on every wake, changed or not: the writer compares it with the cluster, which
         // is how someone else's overwrite of our status gets corrected.
         reports.send_replace(Some(status));
-        let grace_end = tokio::time::Instant::from_std(started + RECONNECT_GRACE);
+        let grace_end = started + RECONNECT_GRACE;
         tokio::select! {
             _ = changed.notified() => {}
             // When the grace ends, Gateways still without dataplanes must say so.

@@ -10,7 +10,7 @@ use portico_dataplane::table;
 use portico_dataplane::upstream::Upstreams;
 use std::alloc::System;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Instant;
+use tokio::time::Instant;
 
 #[path = "support/mod.rs"]
 mod support;

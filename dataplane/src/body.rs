@@ -639,4 +639,44 @@ mod tests {
         assert_eq!(rate_budget(rate, 0, s(30)), Duration::ZERO);
         assert_eq!(rate_budget(rate, 1_000_000, s(30)), s(1_990));
     }
+
+    /// Paused time: the waits below take no real time, and the tokio clock measures them.
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_request_waits_the_idle_timeout_for_its_answer() {
+        let idle = Duration::from_secs(60);
+        let outcome = BodyOutcome::default();
+        outcome.end();
+        let started = Instant::now();
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert!(answered_within(never, &outcome, idle).await.is_none());
+        assert_eq!(started.elapsed(), idle);
+
+        let soon = std::pin::pin!(tokio::time::sleep(Duration::from_secs(59)));
+        assert!(answered_within(soon, &outcome, idle).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_keeps_moving_is_not_given_up_on_until_it_stalls() {
+        let idle = Duration::from_secs(10);
+        let outcome = Arc::new(BodyOutcome::default());
+        // The request body moves every 4 s for 30 s, then stops (no body is waiting for
+        // its source: a backend that no longer reads).
+        let moving = outcome.clone();
+        tokio::spawn(async move {
+            for _ in 0..7 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                moving.moved();
+            }
+        });
+        let started = Instant::now();
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert!(answered_within(never, &outcome, idle).await.is_none());
+        let waited = started.elapsed();
+        // Last move at 28 s: stalled from 38 s, seen at the next check.
+        assert!(
+            waited >= Duration::from_secs(38) && waited <= Duration::from_secs(41),
+            "{waited:?}"
+        );
+        assert!(outcome.stalled(idle));
+    }
 }

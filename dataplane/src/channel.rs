@@ -79,7 +79,7 @@ const ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
 /// Applies one snapshot. A snapshot the dataplane cannot serve (a socket that cannot be bound)
 /// is refused whole: the last good one keeps serving, untouched.
 fn apply(dp: &Dataplane, snap: &Snapshot, last_good: &mut Option<Snapshot>) -> Result<(), String> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let report = dp.apply(std::slice::from_ref(snap), snap.version);
     let apply_us = started.elapsed().as_micros();
     for w in &report.warnings {
@@ -259,7 +259,7 @@ pub async fn run(dp: &Dataplane, s: &ChannelSettings, stop: impl std::future::Fu
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
     loop {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         tokio::select! {
             _ = &mut stop => return,
             result = session(dp, s, &mut last_good) => {

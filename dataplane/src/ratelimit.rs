@@ -34,8 +34,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{KeyHasher, LocalStore};
+use tokio::time::Instant;
 
 /// Keys a local limit holds per replica at most, unless configured otherwise.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;

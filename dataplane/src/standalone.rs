@@ -159,7 +159,7 @@ pub fn apply(dp: &Dataplane, loaded: &Loaded, version: u64) -> bool {
     for s in &mut snapshots {
         s.version = version;
     }
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let report = dp.apply(&snapshots, version);
     let apply_ms = started.elapsed().as_secs_f64() * 1e3;
     log_problems(loaded);

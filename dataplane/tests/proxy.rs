@@ -404,3 +404,46 @@ async fn upstream_connections_are_reused_and_outlive_endpoint_updates() {
     assert_eq!(closing.accepted(), 3);
     assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
 }
+
+/// Paused time: the minute a backend gets to answer passes in no real time, and the tokio
+/// clock (which every deadline in the request path reads) says exactly how long it was.
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_never_answers_gets_the_idle_timeout_then_504() {
+    let hang = Backend::start("hang", true).await;
+    let port = free_port();
+    let mut bounded = rule(vec![prefix("/bounded")], vec![to("hang", 80)]);
+    bounded.timeouts = Timeouts {
+        request_ms: None,
+        backend_request_ms: Some(1_500),
+    };
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("hang", 80, &[hang.addr]))
+        .with_route(route(
+            "web",
+            "http",
+            &[],
+            vec![bounded, rule(vec![prefix("/")], vec![to("hang", 80)])],
+        ));
+    let (_dp, addr) = serve(&snap);
+    let idle = ProxySettings::default().body.idle_timeout;
+
+    let started = tokio::time::Instant::now();
+    let a = get(addr, "x.test", "/unbounded").await;
+    let waited = started.elapsed();
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waited >= idle && waited < idle + Duration::from_secs(1),
+        "a route without timeouts waits the idle timeout for an answer, waited {waited:?}"
+    );
+
+    let started = tokio::time::Instant::now();
+    let a = get(addr, "x.test", "/bounded").await;
+    let waited = started.elapsed();
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waited >= Duration::from_millis(1_500) && waited < Duration::from_secs(2),
+        "backendRequest bounds it, waited {waited:?}"
+    );
+    assert_eq!(hang.seen().len(), 2, "the backend got both requests");
+}

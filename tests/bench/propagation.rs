@@ -13,7 +13,8 @@ use portico_tests::scenario::Setup;
 use portico_tests::{HttpClient, TempDir, await_some};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -177,9 +177,9 @@ async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() 
     // The controller returns: the dataplane reconnects, and the Gateway's Programmed condition
     // never drops to False on the way (no flapping).
     let _controller = s.controller();
-    let watch_until = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let watch_until = tokio::time::Instant::now() + std::time::Duration::from_secs(12);
     let mut seen = Vec::new();
-    while std::time::Instant::now() < watch_until {
+    while tokio::time::Instant::now() < watch_until {
         if let Some(c) = s.gateway_condition("Programmed").await {
             seen.push((c.status.clone(), c.reason.clone()));
         }

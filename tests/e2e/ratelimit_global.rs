@@ -7,7 +7,8 @@ use portico_tests::ratelimit::{limit_policy, request_from};
 use portico_tests::redis::Redis;
 use portico_tests::*;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// `n` standalone replicas of one Gateway (one config), each on its own address, all
 /// pointed at `redis`.
@@ -60,7 +61,7 @@ async fn a_global_limit_holds_across_three_replicas_under_steady_load() {
                     s => panic!("unexpected {s}: {}", r.text()),
                 }
                 next += Duration::from_micros(12_500);
-                tokio::time::sleep_until(next.into()).await;
+                tokio::time::sleep_until(next).await;
             }
             (ok, limited)
         }));

@@ -6,7 +6,8 @@ use crate::{Proc, TempDir, free_port, loopback_ip};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The launcher `make redis` writes, or `PORTICO_REDIS_SERVER`.
 pub fn server_path() -> PathBuf {

@@ -19,7 +19,8 @@ use portico_model::channel::TOKEN_AUDIENCE;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 /// Longest an accepted token is trusted without asking again.
 const MAX_CACHED: Duration = Duration::from_secs(600);
@@ -170,11 +171,11 @@ impl Authenticator {
     }
 
     fn over_budget(&self, peer: IpAddr) -> bool {
-        self.failures.exhausted(&peer)
+        self.failures.exhausted_at(&peer, Instant::now().into_std())
     }
 
     fn failed(&self, peer: IpAddr) {
-        self.failures.record(peer);
+        self.failures.record_at(peer, Instant::now().into_std());
     }
 }
 

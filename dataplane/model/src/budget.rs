@@ -8,6 +8,10 @@
 //! keys over budget are forgotten only when their window ends. Should every remembered key
 //! be over budget, a new key is not remembered until one expires (and the full table is not
 //! scanned again for a second, so a flood cannot make every failure cost a scan).
+//!
+//! It reads no clock: callers pass `now` from theirs (tokio's, so that paused-time tests
+//! drive it), which is why this module may name `std::time::Instant`.
+#![allow(clippy::disallowed_types)]
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -48,16 +52,6 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
         self.state.lock()
     }
 
-    /// Whether `key` has used its budget in the current window.
-    pub fn exhausted(&self, key: &K) -> bool {
-        self.exhausted_at(key, Instant::now())
-    }
-
-    /// Counts one failure of `key`.
-    pub fn record(&self, key: K) {
-        self.record_at(key, Instant::now());
-    }
-
     /// Keys remembered now.
     pub fn len(&self) -> usize {
         self.state().entries.len()
@@ -67,7 +61,8 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
         self.len() == 0
     }
 
-    fn exhausted_at(&self, key: &K, now: Instant) -> bool {
+    /// Whether `key` has used its budget in the window that `now` falls in.
+    pub fn exhausted_at(&self, key: &K, now: Instant) -> bool {
         let mut s = self.state();
         match s.entries.get(key) {
             Some((n, since)) if now.duration_since(*since) < self.window => *n >= self.limit,
@@ -79,7 +74,8 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
         }
     }
 
-    fn record_at(&self, key: K, now: Instant) {
+    /// Counts one failure of `key` at `now`.
+    pub fn record_at(&self, key: K, now: Instant) {
         let mut s = self.state();
         if !s.entries.contains_key(&key) && s.entries.len() >= self.capacity {
             if s.full_until.is_some_and(|t| now < t) {

@@ -138,11 +138,17 @@ static FAILURES: std::sync::LazyLock<FailureBudget<IpAddr>> = std::sync::LazyLoc
 });
 
 fn over_failure_budget(client: IpAddr) -> bool {
-    FAILURES.exhausted(&crate::conn::source_key(client))
+    FAILURES.exhausted_at(
+        &crate::conn::source_key(client),
+        tokio::time::Instant::now().into_std(),
+    )
 }
 
 fn record_failure(client: IpAddr) {
-    FAILURES.record(crate::conn::source_key(client));
+    FAILURES.record_at(
+        crate::conn::source_key(client),
+        tokio::time::Instant::now().into_std(),
+    );
 }
 
 /// What checking a Basic credential found.

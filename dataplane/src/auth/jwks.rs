@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Unknown `kid`s trigger at most one fetch per this interval.
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);

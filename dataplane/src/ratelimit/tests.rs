@@ -275,3 +275,16 @@ async fn a_refusal_names_the_first_limit_waits_for_the_longest_and_counts_nothin
         }
     }
 }
+
+/// Paused time: a window's worth of time passes in none, on the clock the limiter reads.
+#[tokio::test(start_paused = true)]
+async fn a_local_limit_admits_again_once_its_window_has_passed() {
+    let e = engine(vec![limit("per-client", 2, vec![KeyPart::ClientIp])], 0);
+    let req = request(&[]);
+    let f = facts([10, 0, 0, 7]);
+    assert!(e.check(&req, &f).await.is_ok());
+    assert!(e.check(&req, &f).await.is_ok());
+    assert!(e.check(&req, &f).await.is_err(), "quota used");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(e.check(&req, &f).await.is_ok(), "a new window");
+}

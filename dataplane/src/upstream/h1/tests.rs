@@ -629,3 +629,21 @@ fn tokio_stream<T>(
 ) -> impl futures::Stream<Item = T> + Unpin {
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
+
+/// Paused time: an idle connection ages without real time passing.
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_past_the_idle_timeout_is_not_reused() {
+    let (addr, _seen) = backend(Script {
+        replies: vec![],
+        close_after: false,
+    })
+    .await;
+    let pool = H1Pool::default();
+    pool.checkin(connect(addr).await, 8);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    let conn = pool.checkout(Duration::from_secs(60)).expect("still fresh");
+    pool.checkin(conn, 8);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(pool.checkout(Duration::from_secs(60)).is_none(), "too old");
+    assert!(pool.idle.lock().is_empty(), "closed on the way");
+}
