@@ -21,7 +21,7 @@ use mechanisms::compile_policy;
 use portico_crds::auth::AuthPolicySpec;
 use portico_crds::policy::SecretKeyRef;
 use portico_model::auth as model;
-use portico_model::{ObjectRef, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod mechanisms;
@@ -72,10 +72,8 @@ impl AuthPolicies {
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
-        let used = self
-            .attached
-            .name_in(snapshot, |p| &mut p.auth, |r| &mut r.auth);
-        snapshot.auth_policies = used
+        let used = self.attached.name_in(snapshot, PolicyKind::Auth);
+        snapshot.policies.auth = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .collect();

@@ -16,7 +16,9 @@ use portico_crds::gateway_api::gateways::{
 };
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
-use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
+use portico_model::{
+    Certificate, Listener, ListenerTls, ObjectRef, PolicySet, Protocol, RouteKind, Snapshot,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Route kinds an HTTP or HTTPS listener can accept.
@@ -650,8 +652,7 @@ impl GatewayState {
             listeners,
             routes,
             backends,
-            auth_policies: Vec::new(),
-            rate_limit_policies: Vec::new(),
+            policies: PolicySet::default(),
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::{Inputs, namespace_of, object_ref};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
-use portico_model::{ObjectRef, RouteKind, RouteParent, RouteRule, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a policy attaches to.
@@ -274,15 +274,9 @@ impl Attachments {
         })
     }
 
-    /// Names the policy of each route parent (listener, else Gateway) and each HTTPRoute rule
-    /// (rule, else route) in `snapshot` through `parent` and `rule`, and returns the policies
-    /// named.
-    pub(crate) fn name_in(
-        &self,
-        snapshot: &mut Snapshot,
-        parent: impl Fn(&mut RouteParent) -> &mut Option<ObjectRef>,
-        rule: impl Fn(&mut RouteRule) -> &mut Option<ObjectRef>,
-    ) -> BTreeSet<ObjectRef> {
+    /// Names the policy of `kind` of each route parent (listener, else Gateway) and each
+    /// HTTPRoute rule (rule, else route) in `snapshot`, and returns the policies named.
+    pub(crate) fn name_in(&self, snapshot: &mut Snapshot, kind: PolicyKind) -> BTreeSet<ObjectRef> {
         let mut used = BTreeSet::new();
         if self.by_target.is_empty() {
             return used;
@@ -295,7 +289,7 @@ impl Attachments {
                     .or_else(|| self.get(&Target::Gateway(gw.clone(), None)))
                     .cloned();
                 used.extend(policy.clone());
-                *parent(p) = policy;
+                p.policies.set(kind, policy);
             }
             if route.kind != RouteKind::Http {
                 continue;
@@ -308,7 +302,7 @@ impl Attachments {
                     .and_then(|n| self.get(&Target::Route(route.id.clone(), Some(n.clone()))));
                 let policy = own.or(whole).cloned();
                 used.extend(policy.clone());
-                *rule(r) = policy;
+                r.policies.set(kind, policy);
             }
         }
         used

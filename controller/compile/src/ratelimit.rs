@@ -21,7 +21,7 @@ use crate::status::StatusReport;
 use portico_crds::gateway_api::Duration;
 use portico_crds::ratelimit as crd;
 use portico_model::ratelimit as model;
-use portico_model::{ObjectRef, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -127,14 +127,12 @@ impl RateLimitPolicies {
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
-        let used = self
-            .attached
-            .name_in(snapshot, |p| &mut p.rate_limit, |r| &mut r.rate_limit);
+        let used = self.attached.name_in(snapshot, PolicyKind::RateLimit);
         let gw_redis = self
             .redis
             .for_gateway(&snapshot.gateway)
             .map(str::to_string);
-        snapshot.rate_limit_policies = used
+        snapshot.policies.rate_limit = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .filter_map(|mut p| {

@@ -11,9 +11,9 @@ use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::httproutes::*;
 use portico_model::{
-    AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Filter, Header, HeaderModifier,
-    HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect, RouteKind, RouteMatch,
-    RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
+    AppProtocol, AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
+    HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect,
+    RouteKind, RouteMatch, RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -250,8 +250,7 @@ fn attach(
             out.push(RouteParent {
                 listener: l.name.clone(),
                 hostnames,
-                auth: None,
-                rate_limit: None,
+                policies: AttachedPolicies::default(),
             });
         }
     }
@@ -376,8 +375,7 @@ fn translate(
             filters,
             backend_refs,
             timeouts,
-            auth: None,
-            rate_limit: None,
+            policies: AttachedPolicies::default(),
         });
     }
     Ok(out)

@@ -93,13 +93,12 @@ fn policy_condition(
         .clone()
 }
 
-/// The policy a rule gets (its own, else its route parent's), through `field`.
+/// The policy of `kind` a rule gets (its own, else its route parent's).
 fn applied_policy(
     out: &Output,
     route: &str,
     rule: usize,
-    field: impl Fn(&portico_model::RouteRule) -> &Option<ObjectRef>,
-    parent: impl Fn(&portico_model::RouteParent) -> &Option<ObjectRef>,
+    kind: portico_model::PolicyKind,
 ) -> Option<String> {
     let snap = &out.snapshots[&gw()];
     let r = snap
@@ -107,10 +106,11 @@ fn applied_policy(
         .iter()
         .find(|r| r.id.name == route)
         .expect("route in snapshot");
-    field(&r.rules[rule])
-        .clone()
-        .or_else(|| parent(&r.parents[0]).clone())
-        .map(|id| id.name)
+    r.rules[rule]
+        .policies
+        .get(kind)
+        .or_else(|| r.parents[0].policies.get(kind))
+        .map(|id| id.name.clone())
 }
 
 fn gw() -> ObjectRef {

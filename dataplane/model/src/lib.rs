@@ -15,16 +15,18 @@
 //! ```
 //!
 //! A route change touches one `routes[]` entry, an endpoint change one `backends[]` entry, so a
-//! later incremental channel can send only what changed. Policies are further top-level
-//! collections that routes refer to by name: `authPolicies[]` ([`auth`]) and
-//! `rateLimitPolicies[]` ([`ratelimit`]) are named by a rule (a policy on its HTTPRoute or
-//! rule) or by a route parent (on its listener or Gateway).
+//! later incremental channel can send only what changed. Policies are one more top-level
+//! collection that routes refer to by name ([`policy`]): the snapshot's [`PolicySet`]
+//! (`authPolicies[]` of [`auth`], `rateLimitPolicies[]` of [`ratelimit`]), named by a rule's
+//! [`AttachedPolicies`] (a policy on its HTTPRoute or rule) or a route parent's (on its
+//! listener or Gateway).
 //!
 //! Everything is ordered deterministically (compile sorts before it emits), so the same inputs
 //! serialise to byte-identical snapshots.
 //!
-//! One module per concern: [`listener`], [`route`], [`filter`], [`backend`], and a module per
-//! policy kind; their types are re-exported here, so users write `portico_model::RouteRule`.
+//! One module per concern: [`listener`], [`route`], [`filter`], [`backend`], [`policy`] (how
+//! policies attach) and a module per policy kind; their types are re-exported here, so users
+//! write `portico_model::RouteRule`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -37,12 +39,14 @@ pub mod filter;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod listener;
+pub mod policy;
 pub mod ratelimit;
 pub mod route;
 
 pub use backend::{AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Endpoint};
 pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};
+pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{
     HttpRoute, KeyValueMatch, PathMatch, RouteKind, RouteMatch, RouteParent, RouteRule,
     StringMatch, Timeouts,
@@ -87,12 +91,10 @@ pub struct Snapshot {
     pub routes: Vec<HttpRoute>,
     /// Sorted by [`BackendId`].
     pub backends: Vec<Backend>,
-    /// The auth policies routes refer to, sorted by id.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub auth_policies: Vec<auth::AuthPolicy>,
-    /// The rate-limit policies routes refer to, sorted by id.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rate_limit_policies: Vec<ratelimit::RateLimitPolicy>,
+    /// The policies routes refer to. Flattened: on the wire they are this object's
+    /// `authPolicies`, `rateLimitPolicies`, ... as before [`PolicySet`] existed.
+    #[serde(flatten)]
+    pub policies: PolicySet,
 }
 
 impl Snapshot {

@@ -5,6 +5,7 @@
 use crate::ObjectRef;
 use crate::backend::BackendRef;
 use crate::filter::Filter;
+use crate::policy::AttachedPolicies;
 use serde::{Deserialize, Serialize};
 
 /// An HTTPRoute, or a GRPCRoute translated into HTTP terms (a gRPC method is a POST to
@@ -75,13 +76,10 @@ pub struct RouteParent {
     /// accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    /// The auth policy of the listener (or else the Gateway), for rules that have none of
-    /// their own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ObjectRef>,
-    /// The rate-limit policy of the listener (or else the Gateway), likewise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<ObjectRef>,
+    /// The policies of the listener (or else the Gateway), for rules that have none of their
+    /// own. Flattened: on the wire they are this object's `auth`, `rateLimit`, ...
+    #[serde(flatten)]
+    pub policies: AttachedPolicies,
 }
 
 /// One rule of a route: what selects it, what it does, and where it sends the request.
@@ -103,13 +101,10 @@ pub struct RouteRule {
     /// Unset timeouts are the dataplane's defaults.
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
-    /// The auth policy of this rule (or else of its HTTPRoute); it overrides the parent's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ObjectRef>,
-    /// The rate-limit policy of this rule (or else of its HTTPRoute); it overrides the
-    /// parent's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<ObjectRef>,
+    /// The policies of this rule (or else of its HTTPRoute); each overrides the parent's of
+    /// its kind. Flattened, like [`RouteParent::policies`].
+    #[serde(flatten)]
+    pub policies: AttachedPolicies,
 }
 
 /// One match of a rule: every condition in it must hold.

@@ -54,7 +54,7 @@ fn resolved(out: &Output, policy: &str) -> Condition {
 
 /// The policy of each (route, rule index) and each route's parent, from the snapshot.
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    applied_policy(out, route, rule, |r| &r.auth, |p| &p.auth)
+    applied_policy(out, route, rule, portico_model::PolicyKind::Auth)
 }
 
 const GW: &str = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";
@@ -82,7 +82,8 @@ fn precedence_rule_over_route_over_listener_over_gateway() {
     }
     // Only the policies the snapshot uses are in it, sorted.
     let names: Vec<&str> = out.snapshots[&gw()]
-        .auth_policies
+        .policies
+        .auth
         .iter()
         .map(|p| p.id.name.as_str())
         .collect();
@@ -143,7 +144,7 @@ fn api_keys_are_hashed_and_a_missing_secret_is_reported() {
         )
     ));
     let snap = &out.snapshots[&gw()];
-    let keys = &snap.auth_policies[0]
+    let keys = &snap.policies.auth[0]
         .api_keys
         .as_ref()
         .expect("api keys")
@@ -229,7 +230,7 @@ fn invalid_policies_fail_closed_with_a_reason() {
         // Still attached, so the route answers 500 instead of serving unprotected.
         let snap = &out.snapshots[&gw()];
         assert_eq!(applied(&out, "admin", 0).as_deref(), Some("p"));
-        assert!(snap.auth_policies[0].invalid.is_some());
+        assert!(snap.policies.auth[0].invalid.is_some());
         // The other route is untouched.
         assert_eq!(applied(&out, "shop", 0), None);
     }
@@ -286,7 +287,8 @@ stringData: {clientId: portico, clientSecret: s3cret}
     ));
     let snap = &out.snapshots[&gw()];
     let by_name = |n: &str| {
-        snap.auth_policies
+        snap.policies
+            .auth
             .iter()
             .find(|p| p.id.name == n)
             .unwrap_or_else(|| panic!("{n} in snapshot"))
@@ -342,6 +344,9 @@ spec:
         .iter()
         .find(|r| r.id.name == "g")
         .expect("grpc route");
-    assert_eq!(g.parents[0].auth, Some(ObjectRef::new("default", "p")));
-    assert!(g.rules[0].auth.is_none());
+    assert_eq!(
+        g.parents[0].policies.auth,
+        Some(ObjectRef::new("default", "p"))
+    );
+    assert!(g.rules[0].policies.auth.is_none());
 }

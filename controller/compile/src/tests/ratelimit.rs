@@ -49,7 +49,7 @@ fn accepted(out: &Output, policy: &str) -> Condition {
 
 /// The policy applied to (route, rule index).
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    applied_policy(out, route, rule, |r| &r.rate_limit, |p| &p.rate_limit)
+    applied_policy(out, route, rule, portico_model::PolicyKind::RateLimit)
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn defaults_are_filled_in_and_durations_parsed() {
     match: {methods: [post], path: {value: /login}}"#;
     let out = run(&format!("{ROUTES}{}", policy("rl", T1, ROUTE, body)));
     assert!(accepted(&out, "rl").is_true());
-    let p = &out.snapshots[&gw()].rate_limit_policies[0];
+    let p = &out.snapshots[&gw()].policies.rate_limit[0];
     assert_eq!(p.trusted_hops, 2);
     assert!(p.response_headers, "headers are on by default");
     assert!(p.global.is_none());
@@ -126,7 +126,7 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
     i.redis_url = Some("redis://10.0.0.5:6380/1".into());
     let out = compile(&i, CONTROLLER_NAME);
     assert!(accepted(&out, "rl").is_true());
-    let g = out.snapshots[&gw()].rate_limit_policies[0]
+    let g = out.snapshots[&gw()].policies.rate_limit[0]
         .global
         .clone()
         .expect("global");
@@ -139,7 +139,7 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
         &inputs(&format!("{ROUTES}{}", policy("rl", T1, ROUTE, own))),
         CONTROLLER_NAME,
     );
-    let g = out.snapshots[&gw()].rate_limit_policies[0]
+    let g = out.snapshots[&gw()].policies.rate_limit[0]
         .global
         .clone()
         .expect("global");
@@ -173,7 +173,7 @@ fn a_claim_or_consumer_key_needs_an_auth_policy_that_provides_it() {
     assert!(accepted(&out, "by-consumer").is_true());
     assert_eq!(accepted(&out, "by-claim").reason, reasons::INVALID);
     assert_eq!(
-        out.snapshots[&gw()].rate_limit_policies[0].limits[0].key,
+        out.snapshots[&gw()].policies.rate_limit[0].limits[0].key,
         vec![KeyPart::Consumer]
     );
 }
@@ -266,7 +266,7 @@ spec:
     ));
     assert!(accepted(&out, "team").is_true());
     let snap = &out.snapshots[&ObjectRef::new("default", "own")];
-    let g = snap.rate_limit_policies[0].global.clone().expect("global");
+    let g = snap.policies.rate_limit[0].global.clone().expect("global");
     assert_eq!(g.redis_url, "redis://redis.team:6379/3");
     let c = accepted(&out, "other");
     assert_eq!(c.reason, reasons::INVALID);
