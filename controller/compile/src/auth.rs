@@ -14,9 +14,10 @@
 //! targets by answering 500 (it never leaves them open); a Secret that cannot be read leaves
 //! its mechanism without credentials (nobody gets in by it).
 
+use crate::inputs::Inputs;
 use crate::policy::{Attachments, Targets, Verdict, oldest_first};
+use crate::refs::{namespace_of, object_ref};
 use crate::status::StatusReport;
-use crate::{Inputs, namespace_of, object_ref};
 use mechanisms::compile_policy;
 use portico_crds::auth::AuthPolicySpec;
 use portico_crds::policy::SecretKeyRef;

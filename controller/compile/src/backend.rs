@@ -1,8 +1,9 @@
 //! backendRefs: kind and namespace checks, ReferenceGrants, Services and their endpoints.
 
 use crate::grants::{GroupKind, ReferenceGrants};
+use crate::inputs::Inputs;
+use crate::refs::namespace_of;
 use crate::status::reasons;
-use crate::{Inputs, namespace_of};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -11,11 +11,10 @@
 //!
 //! The assembled status is the same as a full compile's (a test holds it to that).
 
+use crate::inputs::Inputs;
+use crate::refs::{dataplane_name, grpc_route_parents, http_route_parents, object_ref};
 use crate::status::{GatewayStatus, RouteParentStatus, RouteStatus, StatusReport};
-use crate::{Inputs, Output, compile_scoped, namespace_of, object_ref};
-use portico_crds::GATEWAY_GROUP;
-use portico_crds::gateway_api::grpcroutes::GrpcRoute;
-use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
+use crate::{Output, compile_scoped};
 use portico_model::{ObjectRef, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,49 +41,11 @@ pub struct Dependencies {
     gateways: BTreeSet<ObjectRef>,
 }
 
-/// The Gateways among parentRefs given as (group, kind, namespace, name), for a route in
-/// `route_ns`.
-fn gateway_parents<'a>(
-    route_ns: &str,
-    refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str)>,
-) -> Vec<ObjectRef> {
-    refs.filter(|(group, kind, _, _)| {
-        group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && kind.unwrap_or("Gateway") == "Gateway"
-    })
-    .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
-    .collect()
-}
-
-/// The Gateways a route's parentRefs name.
-pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
-        (
-            p.group.as_deref(),
-            p.kind.as_deref(),
-            p.namespace.as_deref(),
-            p.name.as_str(),
-        )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs)
-}
-
-pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
-        (
-            p.group.as_deref(),
-            p.kind.as_deref(),
-            p.namespace.as_deref(),
-            p.name.as_str(),
-        )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs)
-}
-
 impl Dependencies {
     /// What each Gateway of `controller_name`'s classes reads in `inputs`.
     pub fn new(inputs: &Inputs, controller_name: &str) -> Self {
         let mut d = Self::default();
-        for gw in crate::gateways_of(inputs, controller_name) {
+        for gw in inputs.gateways_of(controller_name) {
             let id = object_ref(&gw.metadata);
             d.gateways.insert(id.clone());
             d.add(
@@ -106,7 +67,7 @@ impl Dependencies {
             // Its dataplane Service's addresses are its status addresses.
             let service = ObjectRef::new(
                 inputs.dataplane_namespace.clone(),
-                crate::dataplane_name(&id.namespace, &id.name),
+                dataplane_name(&id.namespace, &id.name),
             );
             d.add(DepKey::Service(service), &id);
             for r in gw

@@ -6,8 +6,9 @@
 //! whole. On one target the oldest policy (creationTimestamp, then namespace/name) wins and
 //! the others are `Conflicted`.
 
+use crate::inputs::Inputs;
+use crate::refs::{http_route_parents, namespace_of, object_ref};
 use crate::status::{AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, reasons, types};
-use crate::{Inputs, namespace_of, object_ref};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
@@ -34,7 +35,8 @@ pub(crate) struct Targets {
 
 impl Targets {
     pub(crate) fn new(inputs: &Inputs, controller_name: &str) -> Self {
-        let gateways = crate::gateways_of(inputs, controller_name)
+        let gateways = inputs
+            .gateways_of(controller_name)
             .map(|g| {
                 let listeners = g.spec.listeners.iter().map(|l| l.name.clone()).collect();
                 (object_ref(&g.metadata), listeners)
@@ -54,12 +56,7 @@ impl Targets {
         let route_parents = inputs
             .http_routes
             .iter()
-            .map(|r| {
-                (
-                    object_ref(&r.metadata),
-                    crate::incremental::http_route_parents(r),
-                )
-            })
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
             .collect();
         Self {
             gateways,

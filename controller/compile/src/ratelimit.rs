@@ -13,10 +13,11 @@
 //! why. Refusing every request because of a typo in a limit would turn a protection into an
 //! outage.
 
-use crate::Inputs;
 use crate::auth::AuthPolicies;
-use crate::object_ref;
+use crate::inputs::Inputs;
+use crate::parameters;
 use crate::policy::{Attachments, Target, Targets, Verdict, oldest_first};
+use crate::refs::object_ref;
 use crate::status::StatusReport;
 use portico_crds::gateway_api::Duration;
 use portico_crds::ratelimit as crd;
@@ -37,11 +38,41 @@ pub(crate) struct RateLimitPolicies {
 /// `redisUrl`), else the one the controller was started with.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GatewayRedis {
-    pub(crate) by_gateway: BTreeMap<ObjectRef, String>,
-    pub(crate) default: Option<String>,
+    by_gateway: BTreeMap<ObjectRef, String>,
+    default: Option<String>,
 }
 
 impl GatewayRedis {
+    /// Each Gateway's Redis: the `redisUrl` of its GatewayConfig (its own
+    /// `infrastructure.parametersRef`, else its class's), else `inputs.redis_url`.
+    pub(crate) fn new(inputs: &Inputs, controller_name: &str) -> Self {
+        let mut by_gateway = BTreeMap::new();
+        for gw in inputs.gateways_of(controller_name) {
+            let Some(class) = inputs
+                .gateway_classes
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
+            else {
+                continue;
+            };
+            let Ok(Some(config)) = parameters::gateway_config(gw, class) else {
+                continue;
+            };
+            let url = inputs
+                .gateway_configs
+                .iter()
+                .find(|c| object_ref(&c.metadata) == config)
+                .and_then(|c| c.spec.redis_url.clone());
+            if let Some(url) = url {
+                by_gateway.insert(object_ref(&gw.metadata), url);
+            }
+        }
+        Self {
+            by_gateway,
+            default: inputs.redis_url.clone(),
+        }
+    }
+
     fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
         self.by_gateway
             .get(gw)

@@ -4,16 +4,17 @@
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
 use crate::gateway::{GatewayState, NamespaceLabels};
+use crate::hostname;
+use crate::refs::object_ref;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
-use crate::{REGEX_SIZE_LIMIT, hostname, object_ref};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::httproutes::*;
 use portico_model::{
     AppProtocol, AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
-    HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect,
-    RouteKind, RouteMatch, RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
+    HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, REGEX_SIZE_LIMIT,
+    Redirect, RouteKind, RouteMatch, RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -3,8 +3,9 @@
 //! of failing at the proxy.
 
 use crate::grants::{GroupKind, ReferenceGrants};
+use crate::inputs::Secrets;
+use crate::refs::namespace_of;
 use crate::status::reasons;
-use crate::{Secrets, namespace_of};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs;
 use portico_crds::k8s_openapi::api::core::v1::Secret;

@@ -48,8 +48,8 @@ pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewri
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{
-    HttpRoute, KeyValueMatch, PathMatch, RouteKind, RouteMatch, RouteParent, RouteRule,
-    StringMatch, Timeouts,
+    HttpRoute, KeyValueMatch, PathMatch, REGEX_SIZE_LIMIT, RouteKind, RouteMatch, RouteParent,
+    RouteRule, StringMatch, Timeouts,
 };
 
 /// The namespaced name of a Kubernetes object.

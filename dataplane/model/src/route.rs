@@ -8,6 +8,12 @@ use crate::filter::Filter;
 use crate::policy::AttachedPolicies;
 use serde::{Deserialize, Serialize};
 
+/// The size limit (bytes of compiled program) of every regular expression in a route. Compile
+/// checks each pattern against it and the dataplane builds each with it, so a pattern compile
+/// accepted is one the dataplane can build, and no route can make a dataplane build a huge
+/// automaton.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// An HTTPRoute, or a GRPCRoute translated into HTTP terms (a gRPC method is a POST to
 /// `/service/method`), as attached to this Gateway.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
