@@ -42,7 +42,7 @@ use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_crds::ratelimit::RateLimitPolicy;
-use portico_model::{ObjectRef, RouteKind};
+use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -276,9 +276,11 @@ impl Index {
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
             // cluster does not serve has no objects to wait for.)
-            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| DepKey::AuthPolicy(id(p))),
+            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| {
+                DepKey::Policy(PolicyKind::Auth, id(p))
+            }),
             rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
-                DepKey::RateLimitPolicy(id(p))
+                DepKey::Policy(PolicyKind::RateLimit, id(p))
             }),
             gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
                 DepKey::GatewayConfig(id(c))

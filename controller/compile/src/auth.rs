@@ -51,14 +51,14 @@ pub(crate) fn resolve(
             None => Verdict::Applies,
         };
         let s = out.attached.claim(
-            "AuthPolicy",
+            PolicyKind::Auth,
             &policy.metadata,
             &policy.spec.target_refs,
             targets,
             verdict,
             &unresolved,
         );
-        status.auth_policies.insert(id.clone(), s);
+        status.policies.insert((PolicyKind::Auth, id.clone()), s);
         out.compiled.insert(id, compiled);
     }
     out

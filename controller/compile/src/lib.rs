@@ -12,6 +12,8 @@
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
 //!   RateLimitPolicy ──targetRefs──▶ (the same)
+//!   (a policy's status is keyed by its PolicyKind; a Service target resolves, and these two
+//!    kinds refuse it: Services are for backend policies)
 //! ```
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their

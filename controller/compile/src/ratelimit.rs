@@ -93,11 +93,8 @@ fn missing_redis(
     if !g.redis_url.is_empty() {
         return None;
     }
-    let gateways: Vec<ObjectRef> = match target {
-        Target::Gateway(gw, _) => vec![gw.clone()],
-        Target::Route(route, _) => targets.parents_of(route).to_vec(),
-    };
-    let without: Vec<String> = gateways
+    let without: Vec<String> = targets
+        .gateways_of(target)
         .iter()
         .filter(|gw| redis.for_gateway(gw).is_none())
         .map(ToString::to_string)
@@ -139,14 +136,16 @@ pub(crate) fn resolve(
             },
         };
         let s = out.attached.claim(
-            "RateLimitPolicy",
+            PolicyKind::RateLimit,
             &policy.metadata,
             &policy.spec.target_refs,
             targets,
             verdict,
             &[],
         );
-        status.rate_limit_policies.insert(id.clone(), s);
+        status
+            .policies
+            .insert((PolicyKind::RateLimit, id.clone()), s);
         if let Ok(c) = compiled {
             out.compiled.insert(id, c);
         }
@@ -231,6 +230,11 @@ fn missing_identity(
                     .iter()
                     .any(|gw| auth.attached.any_gateway_level(gw, &fits))
         }
+        // Reached through the Gateways of the routes that send to it.
+        Target::Service(_) => targets
+            .gateways_of(target)
+            .iter()
+            .any(|gw| auth.attached.any_on_gateway(gw, targets, &fits)),
     };
     if covered {
         return None;
@@ -239,12 +243,8 @@ fn missing_identity(
         Identity::Claims => "a Claim key needs an AuthPolicy with jwt or introspection",
         Identity::Consumer => "a Consumer key needs an AuthPolicy that authenticates requests",
     };
-    let name = match target {
-        Target::Gateway(id, _) => format!("Gateway {id}"),
-        Target::Route(id, _) => format!("HTTPRoute {id}"),
-    };
     Some(format!(
-        "{what} on {name} (or on what it is part of), and none applies"
+        "{what} on {target} (or on what it is part of), and none applies"
     ))
 }
 

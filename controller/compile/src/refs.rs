@@ -1,6 +1,6 @@
 //! How compile names objects and finds what they point at: an object's namespace/name, the
-//! Gateways of a controller, the Gateways a route's `parentRefs` name, the name of a
-//! Gateway's dataplane objects.
+//! Gateways of a controller, the Gateways a route's `parentRefs` name, the Services its
+//! `backendRefs` name, the name of a Gateway's dataplane objects.
 //!
 //! The leaf of the crate: it imports nothing from the other modules, so any of them (the
 //! passes, attachment, the dependency map) may use it without an import cycle.
@@ -80,6 +80,53 @@ pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
         )
     });
     gateway_parents(&namespace_of(&r.metadata), refs)
+}
+
+/// The core Services among backendRefs given as (group, kind, namespace, name), for a route
+/// in `route_ns`.
+fn services<'a>(
+    route_ns: &str,
+    refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str)>,
+) -> Vec<ObjectRef> {
+    let mut out: Vec<ObjectRef> = refs
+        .filter(|(group, kind, _, _)| {
+            matches!(group.unwrap_or(""), "" | "core") && kind.unwrap_or("Service") == "Service"
+        })
+        .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The Services the rules of an HTTPRoute send to (their backendRefs).
+pub(crate) fn http_route_services(r: &HTTPRoute) -> Vec<ObjectRef> {
+    let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+        rule.backend_refs.iter().flatten().map(|b| {
+            (
+                b.group.as_deref(),
+                b.kind.as_deref(),
+                b.namespace.as_deref(),
+                b.name.as_str(),
+            )
+        })
+    });
+    services(&namespace_of(&r.metadata), refs)
+}
+
+/// The Services the rules of a GRPCRoute send to.
+pub(crate) fn grpc_route_services(r: &GrpcRoute) -> Vec<ObjectRef> {
+    let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+        rule.backend_refs.iter().flatten().map(|b| {
+            (
+                b.group.as_deref(),
+                b.kind.as_deref(),
+                b.namespace.as_deref(),
+                b.name.as_str(),
+            )
+        })
+    });
+    services(&namespace_of(&r.metadata), refs)
 }
 
 /// The name of a Gateway's dataplane objects (ServiceAccount, Service, Deployment, ...) in

@@ -80,14 +80,18 @@ fn run(extra: &str) -> Output {
     compile(&set.inputs, CONTROLLER_NAME)
 }
 
-/// The condition `type_` of policy `default/name`'s `i`-th ancestor in `statuses`.
+/// Condition `type_` of the `i`th target of policy `default/<name>` of `kind`.
 fn policy_condition(
-    statuses: &std::collections::BTreeMap<ObjectRef, crate::status::PolicyStatus>,
+    out: &Output,
+    kind: portico_model::PolicyKind,
     name: &str,
     i: usize,
     type_: &str,
 ) -> Condition {
-    let s = &statuses[&ObjectRef::new("default", name)];
+    let s = out
+        .status
+        .policy(kind, &ObjectRef::new("default", name))
+        .unwrap_or_else(|| panic!("no status for {kind} {name}"));
     find(&s.ancestors[i].conditions, type_)
         .expect(type_)
         .clone()
