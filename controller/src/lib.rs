@@ -15,7 +15,6 @@ pub mod channel;
 pub mod index;
 pub mod leader;
 pub mod provision;
-pub mod secrets;
 pub mod status;
 
 use index::Index;

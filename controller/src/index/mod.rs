@@ -14,25 +14,23 @@
 //!  Secret (one watch per referenced name) ──┘ ◀──────────────┘
 //! ```
 //!
-//! Every event also records which object changed ([`Dirty`]), so the compile loop recompiles
+//! Every event also records which object changed ([`ChangeLog`]), so the compile loop recompiles
 //! only the Gateways that read it ([`portico_compile::incremental`]); a watch that re-lists
 //! (and may have missed deletions) asks for a full recompile.
 //!
-//! Secrets are watched one by one, only those our listeners may use ([`crate::secrets`]).
+//! Secrets are watched one by one, only those our listeners may use ([`secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
 //! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
 //! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it.
 
-use crate::secrets::SecretWatches;
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use parking_lot::Mutex;
 use portico_compile::Inputs;
-use portico_compile::incremental::{Changes, DepKey};
+use portico_compile::incremental::DepKey;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
@@ -44,49 +42,17 @@ use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// What changed since the compile loop last looked.
-#[derive(Default)]
-pub struct Dirty {
-    all: bool,
-    keys: BTreeSet<DepKey>,
-}
+mod changes;
+pub mod secrets;
 
-/// Shared between the watches (which record) and the compile loop (which takes).
-#[derive(Clone, Default)]
-pub struct ChangeLog(Arc<Mutex<Dirty>>);
-
-impl ChangeLog {
-    pub fn record(&self, key: DepKey) {
-        self.0.lock().keys.insert(key);
-    }
-
-    pub fn record_all(&self) {
-        self.0.lock().all = true;
-    }
-
-    /// Whether anything was recorded since the last [`ChangeLog::take`].
-    pub fn pending(&self) -> bool {
-        let d = self.0.lock();
-        d.all || !d.keys.is_empty()
-    }
-
-    /// Takes what was recorded, leaving nothing.
-    pub fn take(&self) -> Changes {
-        let d = std::mem::take(&mut *self.0.lock());
-        if d.all {
-            Changes::All
-        } else {
-            Changes::Keys(d.keys)
-        }
-    }
-}
+pub use changes::ChangeLog;
+use secrets::SecretWatches;
 
 fn id<K: ResourceExt>(k: &K) -> ObjectRef {
     ObjectRef::new(k.namespace().unwrap_or_default(), k.name_any())
