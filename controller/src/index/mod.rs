@@ -23,7 +23,9 @@
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
 //! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
 //! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
-//! it is reported once, read as empty and looked for again; compile never waits for it.
+//! it is reported once, read as empty and looked for again; compile never waits for it. One
+//! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
+//! of its kind's whole list.
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -49,9 +51,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod changes;
+mod guard;
 pub mod secrets;
 
 pub use changes::ChangeLog;
+use guard::Guard;
+pub use guard::UnreadableObjects;
+use kube::core::DeserializeGuard;
 use secrets::SecretWatches;
 
 fn id<K: ResourceExt>(k: &K) -> ObjectRef {
@@ -73,6 +79,8 @@ pub struct Index {
     pub namespaces: Store<Namespace>,
     pub secrets: SecretWatches,
     pub changes: ChangeLog,
+    /// The objects of each kind that do not decode (skipped), for the admin port.
+    pub unreadable: Arc<UnreadableObjects>,
     /// Per kind: whether its first list is in (or, optional, whether it is not served).
     listed: Arc<Vec<(String, tokio::sync::watch::Receiver<bool>)>>,
 }
@@ -125,6 +133,7 @@ struct Watches {
     client: Client,
     changed: Arc<Notify>,
     log: ChangeLog,
+    unreadable: Arc<UnreadableObjects>,
     listed: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
 }
 
@@ -136,8 +145,10 @@ impl Watches {
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone,
     {
-        let (reader, writer) = reflector::store();
+        let (reader, mut writer) = reflector::store();
+        let store = reader.clone();
         let kind = K::kind(&K::DynamicType::default()).to_string();
+        let mut guard = Guard::new(&kind, self.unreadable.clone());
         let (listed, listed_rx) = tokio::sync::watch::channel(false);
         self.listed.push((kind.clone(), listed_rx));
         let (client, changed, log) = (self.client.clone(), self.changed.clone(), self.log.clone());
@@ -169,16 +180,28 @@ impl Watches {
                     tracing::info!(kind, "the cluster serves this kind now: watching it");
                 }
             }
-            let api: Api<K> = Api::all(client);
-            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff();
+            // Decoded through the guard: one object the Rust type rejects is skipped and
+            // reported ([`guard`]), never the failure of its kind's whole list.
+            let api: Api<DeserializeGuard<K>> = Api::all(client);
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
             // The generation last seen of each object, for `Reads::Spec`.
             let mut generations: std::collections::HashMap<DepKey, Option<i64>> =
                 std::collections::HashMap::new();
             while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with back-off");
+                        continue;
+                    }
+                };
+                let Some(event) = guard.admit(event, &store) else {
+                    continue;
+                };
+                writer.apply_watcher_event(&event);
                 match event {
-                    Ok(watcher::Event::Apply(k)) => {
+                    watcher::Event::Apply(k) => {
                         let key = key(&k);
                         let generation = k.meta().generation;
                         let spec_changed = reads == Reads::Everything
@@ -188,27 +211,24 @@ impl Watches {
                         }
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::Delete(k)) => {
+                    watcher::Event::Delete(k) => {
                         let key = key(&k);
                         generations.remove(&key);
                         log.record(key);
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::InitApply(k)) if reads == Reads::Spec => {
+                    watcher::Event::InitApply(k) if reads == Reads::Spec => {
                         generations.insert(key(&k), k.meta().generation);
                     }
                     // A (re-)list may have missed deletions: recompile everything once it is
                     // done.
-                    Ok(watcher::Event::InitDone) => {
+                    watcher::Event::InitDone => {
                         let _ = listed.send(true);
                         log.record_all();
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::Init) => generations.clear(),
-                    Ok(watcher::Event::InitApply(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(kind, error = %e, "watch failed; retrying with back-off")
-                    }
+                    watcher::Event::Init => generations.clear(),
+                    watcher::Event::InitApply(_) => {}
                 }
             }
         });
@@ -222,10 +242,12 @@ impl Index {
         use Need::{Optional, Required};
         use Reads::{Everything, Spec};
         let log = ChangeLog::default();
+        let unreadable = Arc::new(UnreadableObjects::default());
         let mut w = Watches {
             client: client.clone(),
             changed: changed.clone(),
             log: log.clone(),
+            unreadable: unreadable.clone(),
             listed: Vec::new(),
         };
         Self {
@@ -260,6 +282,7 @@ impl Index {
             }),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone(), secret_hint),
             changes: log,
+            unreadable,
             listed: Arc::new(w.listed),
         }
     }
