@@ -10,11 +10,10 @@ use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use crate::tls::SniCertificates;
 use crate::upstream::Upstreams;
 use http::{HeaderName, Method};
-use portico_compile::REGEX_SIZE_LIMIT;
 use portico_model::auth::AuthPolicy;
 use portico_model::{
     AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
-    RouteRule, Snapshot, StringMatch,
+    REGEX_SIZE_LIMIT, RouteRule, Snapshot, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};

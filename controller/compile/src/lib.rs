@@ -43,7 +43,7 @@ mod refs;
 mod route;
 mod snapshot;
 pub mod status;
-pub mod tls;
+mod tls;
 pub mod unserved;
 
 use crate::refs::{namespace_of, object_ref};
@@ -54,10 +54,9 @@ use portico_model::{ObjectRef, RouteKind, Snapshot};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use backend::{ENDPOINTS_ANNOTATION, SERVICE_NAME_LABEL, endpoints_from_slices};
+pub use backend::ENDPOINTS_ANNOTATION;
 pub use inputs::Inputs;
 pub use portico_crds::CONTROLLER_NAME;
-pub use portico_model::REGEX_SIZE_LIMIT;
 pub use refs::dataplane_name;
 pub use status::StatusReport;
 

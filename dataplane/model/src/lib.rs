@@ -2,6 +2,9 @@
 //!
 //! Plain data with no I/O and no Kubernetes, hyper or tokio types, so that both sides of the
 //! snapshot channel depend on it and nothing else. One [`Snapshot`] describes one Gateway.
+//! Besides the data, the few rules both sides must apply alike live here, so neither side
+//! imports the other for them: the size limit of route regexes ([`REGEX_SIZE_LIMIT`]) and how
+//! a certificate pair is read ([`tls`]).
 //!
 //! The shape is deliberately as fine-grained as the user API, with children naming their
 //! parents rather than being nested inside them:
@@ -42,6 +45,7 @@ pub mod listener;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
+pub mod tls;
 
 pub use backend::{AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Endpoint};
 pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
