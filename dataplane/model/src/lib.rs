@@ -31,9 +31,6 @@
 //! policies attach) and a module per policy kind; their types are re-exported here, so users
 //! write `portico_model::RouteRule`.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
 pub mod auth;
 pub mod backend;
 pub mod budget;
@@ -42,74 +39,23 @@ pub mod filter;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod listener;
+pub mod object;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
+pub mod snapshot;
 pub mod tls;
 
 pub use backend::{AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Endpoint};
 pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};
+pub use object::ObjectRef;
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{
     HttpRoute, KeyValueMatch, PathMatch, REGEX_SIZE_LIMIT, RouteKind, RouteMatch, RouteParent,
     RouteRule, StringMatch, Timeouts,
 };
-
-/// The namespaced name of a Kubernetes object.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ObjectRef {
-    /// Never empty once compile made it (`default` when the object named none).
-    pub namespace: String,
-    /// The object's name.
-    pub name: String,
-}
-
-impl ObjectRef {
-    /// `namespace/name`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// Everything one Gateway's dataplane needs to serve traffic.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Snapshot {
-    /// Monotonic per Gateway, stamped by whoever publishes the snapshot (compile leaves 0).
-    pub version: u64,
-    /// The Gateway this snapshot serves.
-    pub gateway: ObjectRef,
-    /// The listeners compile accepted and can serve, in the Gateway's order.
-    pub listeners: Vec<Listener>,
-    /// In precedence order across routes: oldest first, then by namespace/name.
-    pub routes: Vec<HttpRoute>,
-    /// Sorted by [`BackendId`].
-    pub backends: Vec<Backend>,
-    /// The policies routes refer to. Flattened: on the wire they are this object's
-    /// `authPolicies`, `rateLimitPolicies`, ... as before [`PolicySet`] existed.
-    #[serde(flatten)]
-    pub policies: PolicySet,
-}
-
-impl Snapshot {
-    /// The backend `id`, found by binary search in the sorted `backends`.
-    pub fn backend(&self, id: &BackendId) -> Option<&Backend> {
-        self.backends
-            .binary_search_by(|b| b.id.cmp(id))
-            .ok()
-            .map(|i| &self.backends[i])
-    }
-}
+pub use snapshot::Snapshot;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Listeners: the sockets a Gateway's dataplane binds and, for HTTPS, the certificates it
 //! serves on them.
 
-use crate::ObjectRef;
+use crate::object::ObjectRef;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

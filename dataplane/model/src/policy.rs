@@ -11,7 +11,8 @@
 //! silently drop a policy it would have enforced (it ignores unknown fields, so a renamed
 //! field would have served the route unprotected).
 
-use crate::{ObjectRef, auth, ratelimit};
+use crate::object::ObjectRef;
+use crate::{auth, ratelimit};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -2,9 +2,9 @@
 //! listeners it attached to, and its rules with their matches, filters, backends, timeouts
 //! and the policies that apply to them.
 
-use crate::ObjectRef;
 use crate::backend::BackendRef;
 use crate::filter::Filter;
+use crate::object::ObjectRef;
 use crate::policy::AttachedPolicies;
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +139,7 @@ pub enum PathMatch {
     /// Segment-wise prefix, stored without a trailing slash (except the root `/`).
     PathPrefix(String),
     /// A regular expression that must match the whole path, compiled with
-    /// [`REGEX_SIZE_LIMIT`](crate::REGEX_SIZE_LIMIT).
+    /// [`REGEX_SIZE_LIMIT`].
     RegularExpression(String),
 }
 
