@@ -38,6 +38,8 @@ pub struct Health {
     tokens: std::sync::OnceLock<Arc<crate::channel::Authenticator>>,
     /// The snapshot channel, for the dataplanes per Gateway.
     hub: std::sync::OnceLock<Arc<crate::channel::Hub>>,
+    /// The objects the watches cannot read, per kind.
+    unreadable: std::sync::OnceLock<Arc<crate::index::UnreadableObjects>>,
 }
 
 impl Health {
@@ -52,6 +54,7 @@ impl Health {
             leading,
             tokens: std::sync::OnceLock::new(),
             hub: std::sync::OnceLock::new(),
+            unreadable: std::sync::OnceLock::new(),
         }
     }
 
@@ -61,6 +64,11 @@ impl Health {
 
     pub fn set_tokens(&self, auth: Arc<crate::channel::Authenticator>) {
         let _ = self.tokens.set(auth);
+    }
+
+    /// Reports the index's count of objects it cannot read.
+    pub fn set_unreadable(&self, unreadable: Arc<crate::index::UnreadableObjects>) {
+        let _ = self.unreadable.set(unreadable);
     }
 
     fn metrics(&self) -> String {
@@ -145,6 +153,18 @@ impl Health {
                 "Snapshot requests refused (429) because their address had too many refused tokens",
                 c.throttled.load(Ordering::Relaxed),
             );
+        }
+        if let Some(unreadable) = self.unreadable.get() {
+            let _ = writeln!(
+                out,
+                "# HELP portico_controller_unreadable_objects Objects the API server holds but the controller cannot decode (the Rust type rejects them), per kind: each is skipped as if absent, and logged\n# TYPE portico_controller_unreadable_objects gauge"
+            );
+            for (kind, n) in unreadable.counts() {
+                let _ = writeln!(
+                    out,
+                    "portico_controller_unreadable_objects{{kind=\"{kind}\"}} {n}"
+                );
+            }
         }
         if let Some(hub) = self.hub.get() {
             let dataplanes = hub.dataplanes();

@@ -15,7 +15,6 @@ pub mod channel;
 pub mod index;
 pub mod leader;
 pub mod provision;
-pub mod secrets;
 pub mod status;
 
 use index::Index;
@@ -167,6 +166,7 @@ pub async fn run(
     let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
     let health = Arc::new(admin::Health::new(leading.clone()));
     health.set_hub(hub.clone());
+    health.set_unreadable(index.unreadable.clone());
     if let Some(p) = settings.provision.clone() {
         tokio::spawn(provision::run(
             client.clone(),

@@ -12,10 +12,12 @@ use crate::index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -27,7 +29,8 @@ use portico_crds::gateway_api::httproutes::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
-use portico_model::ObjectRef;
+use portico_crds::ratelimit::RateLimitPolicy;
+use portico_model::{ObjectRef, PolicyKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -362,22 +365,39 @@ impl StatusWriter {
                 )
                 .await?;
         }
-        for policy in index.auth_policies.state() {
-            let current = policy.status.clone().unwrap_or_default();
-            written += self
-                .write_policy("AuthPolicy", &*policy, current, &report.auth_policies, &now)
-                .await?;
+        for kind in PolicyKind::ALL {
+            // The one place that pairs each kind with its store (and so its Rust type).
+            written += match kind {
+                PolicyKind::Auth => {
+                    let status = |p: &AuthPolicy| p.status.clone();
+                    self.write_policies(kind, &index.auth_policies, status, report, &now)
+                        .await?
+                }
+                PolicyKind::RateLimit => {
+                    let status = |p: &RateLimitPolicy| p.status.clone();
+                    self.write_policies(kind, &index.rate_limit_policies, status, report, &now)
+                        .await?
+                }
+            };
         }
-        for policy in index.rate_limit_policies.state() {
-            let current = policy.status.clone().unwrap_or_default();
+        Ok(written)
+    }
+
+    /// Writes the status of every policy of `kind` in `store` that changed; `status` reads a
+    /// policy's current status. Returns how many objects it wrote.
+    async fn write_policies<K: Namespaced + Resource<DynamicType = ()>>(
+        &self,
+        kind: PolicyKind,
+        store: &Store<K>,
+        status: impl Fn(&K) -> Option<PolicyStatus>,
+        report: &StatusReport,
+        now: &Time,
+    ) -> Result<usize> {
+        let mut written = 0;
+        for policy in store.state() {
+            let current = status(&policy).unwrap_or_default();
             written += self
-                .write_policy(
-                    "RateLimitPolicy",
-                    &*policy,
-                    current,
-                    &report.rate_limit_policies,
-                    &now,
-                )
+                .write_policy(kind, &*policy, current, report, now)
                 .await?;
         }
         Ok(written)
@@ -387,22 +407,22 @@ impl StatusWriter {
     /// controllers (the list is shared, like a route's parents).
     async fn write_policy<K: Namespaced>(
         &self,
-        kind: &'static str,
+        kind: PolicyKind,
         policy: &K,
         current: PolicyStatus,
-        report: &BTreeMap<ObjectRef, compiled::PolicyStatus>,
+        report: &StatusReport,
         now: &Time,
     ) -> Result<usize> {
         let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
         let ours = report
-            .get(&id)
+            .policy(kind, &id)
             .map(|s| s.ancestors.as_slice())
             .unwrap_or_default();
         let desired = policy_status(&current, ours, &self.controller, now);
         if current == desired {
             return Ok(0);
         }
-        self.merge_status(kind, policy, &desired).await
+        self.merge_status(kind.as_str(), policy, &desired).await
     }
 
     /// Writes `status` of an object whose status list is shared with other controllers: a

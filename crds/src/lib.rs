@@ -7,11 +7,15 @@
 //! kube's decoding ignores the fields it does not know. Types the crate lacks (v1 TCPRoute,
 //! UDPRoute) will be defined here when a feature needs them.
 //!
+//! How an EndpointSlice reads as endpoints is here too ([`endpointslice`]): Kubernetes
+//! semantics that compile and the dataplane's discovery must apply alike.
+//!
 //! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`], [`gatewayconfig`]); their YAML is generated
 //! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
 //! hand.
 
 pub mod auth;
+pub mod endpointslice;
 pub mod gatewayconfig;
 pub mod policy;
 pub mod ratelimit;

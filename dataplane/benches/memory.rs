@@ -122,7 +122,7 @@ fn main() {
     }
     let before = ALLOCATOR.allocated();
     let regex = regex::RegexBuilder::new("^(?:/re1/[0-9]+)$")
-        .size_limit(portico_compile::REGEX_SIZE_LIMIT)
+        .size_limit(portico_model::REGEX_SIZE_LIMIT)
         .build();
     md.push_str(&format!(
         "\nOne compiled path regex (`/re1/[0-9]+`) adds {} bytes.\n",

@@ -13,6 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
+use portico_crds::endpointslice::{SERVICE_NAME_LABEL, endpoints_from_slices};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use tokio::sync::watch;
@@ -79,10 +80,7 @@ fn service_endpoints(slices: &Slices) -> ServiceEndpoints {
         names
             .into_iter()
             .map(|name| {
-                let eps = portico_compile::endpoints_from_slices(
-                    slices.values().map(|s| &**s),
-                    Some(name.as_str()),
-                );
+                let eps = endpoints_from_slices(slices.values().map(|s| &**s), Some(name.as_str()));
                 (name, eps)
             })
             .collect(),
@@ -90,14 +88,14 @@ fn service_endpoints(slices: &Slices) -> ServiceEndpoints {
 }
 
 fn service_of(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let svc = slice.labels().get(portico_compile::SERVICE_NAME_LABEL)?;
+    let svc = slice.labels().get(SERVICE_NAME_LABEL)?;
     Some((slice.namespace().unwrap_or_default(), svc.clone()))
 }
 
 impl SliceWatcher {
     async fn watch_namespace(self: Arc<Self>, ns: String, synced: watch::Sender<bool>) {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &ns);
-        let config = watcher::Config::default().labels(portico_compile::SERVICE_NAME_LABEL);
+        let config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
         let stream = watcher(api, config).default_backoff();
         let mut stream = std::pin::pin!(stream);
         // A (re-)list is collected whole, then replaces the namespace's slices.

@@ -10,11 +10,10 @@ use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
 use crate::tls::SniCertificates;
 use crate::upstream::Upstreams;
 use http::{HeaderName, Method};
-use portico_compile::REGEX_SIZE_LIMIT;
 use portico_model::auth::AuthPolicy;
 use portico_model::{
     AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
-    RouteRule, Snapshot, StringMatch,
+    REGEX_SIZE_LIMIT, RouteRule, Snapshot, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,7 +122,8 @@ pub fn build(
         }
 
         let engines: std::collections::HashMap<&ObjectRef, Arc<AuthEngine>> = snap
-            .auth_policies
+            .policies
+            .auth
             .iter()
             .map(|p| (&p.id, Arc::new(AuthEngine::new(p, auth, metrics))))
             .collect();
@@ -143,22 +143,29 @@ pub fn build(
             }))
         };
         t.auth_policies
-            .extend(snap.auth_policies.iter().map(|p| p.id.to_string()));
+            .extend(snap.policies.auth.iter().map(|p| p.id.to_string()));
         let limiters: std::collections::HashMap<&ObjectRef, Arc<RateLimitEngine>> = snap
-            .rate_limit_policies
+            .policies
+            .rate_limit
             .iter()
             .map(|p| (&p.id, Arc::new(RateLimitEngine::new(p, limits, metrics))))
             .collect();
         // Unlike auth, a rate-limit policy missing from the snapshot limits nothing.
         let limiter = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| limiters.get(id).cloned());
         t.rate_limit_policies
-            .extend(snap.rate_limit_policies.iter().map(|p| p.id.to_string()));
+            .extend(snap.policies.rate_limit.iter().map(|p| p.id.to_string()));
         for route in &snap.routes {
             order += 1;
-            let rule_auth: Vec<Option<Arc<AuthEngine>>> =
-                route.rules.iter().map(|r| engine(&r.auth)).collect();
-            let rule_limits: Vec<Option<Arc<RateLimitEngine>>> =
-                route.rules.iter().map(|r| limiter(&r.rate_limit)).collect();
+            let rule_auth: Vec<Option<Arc<AuthEngine>>> = route
+                .rules
+                .iter()
+                .map(|r| engine(&r.policies.auth))
+                .collect();
+            let rule_limits: Vec<Option<Arc<RateLimitEngine>>> = route
+                .rules
+                .iter()
+                .map(|r| limiter(&r.policies.rate_limit))
+                .collect();
             let label: Arc<str> = route.label().into();
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
@@ -181,8 +188,8 @@ pub fn build(
                 else {
                     continue;
                 };
-                let parent_auth = engine(&parent.auth);
-                let parent_limits = limiter(&parent.rate_limit);
+                let parent_auth = engine(&parent.policies.auth);
+                let parent_limits = limiter(&parent.policies.rate_limit);
                 // One chain per rule as reached through this parent, shared by its matches
                 // and hosts.
                 let chains: Vec<Arc<Chain>> = (0..route.rules.len())

@@ -39,12 +39,12 @@ impl SniCertificates {
         let mut added = Added::default();
         let entry = self.by_host.entry(hostname);
         for c in certs {
-            match portico_compile::tls::certified_key(&c.cert_pem, &c.key_pem) {
+            match portico_model::tls::certified_key(&c.cert_pem, &c.key_pem) {
                 Ok(k) => {
                     if let Some(expiry) = k
                         .cert
                         .first()
-                        .and_then(|leaf| portico_compile::tls::not_after(leaf))
+                        .and_then(|leaf| portico_model::tls::not_after(leaf))
                     {
                         added.expiries.push((c.secret.to_string(), expiry));
                     }

@@ -1,26 +1,28 @@
 //! The controller against a real kube-apiserver: status conditions as the Gateway API
 //! specifies them (HTTPRoutes, GRPCRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
-//! no writes when nothing changes, leader failover, AuthPolicy attachment and its CEL rules.
-//! Against the experimental-channel CRDs.
+//! no writes when nothing changes, leader failover, AuthPolicy attachment and its CEL rules,
+//! an object the controller cannot decode skipped and reported. Against the
+//! experimental-channel CRDs.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
-use portico_tests::await_some;
 use portico_tests::cluster::{
     Channel, ControlPlane, control_plane_with, create, create_cluster, shared_controller,
     start_controller, test_namespace,
 };
 use portico_tests::tls::self_signed;
+use portico_tests::{HttpClient, await_some, free_port};
 use serde_json::json;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const CONTROLLER: &str = "portico.dev/gateway-controller";
@@ -604,3 +606,132 @@ mod policies;
 
 #[path = "controller/provision.rs"]
 mod provision;
+
+/// An object the API server accepts but the controller's Rust type rejects: an HTTPRoute with
+/// an `ExternalAuth` filter, a filter type of the experimental channel this binary installs
+/// that the standard-channel types Portico decodes with do not have. Decoded plainly, it
+/// failed the list of every HTTPRoute, so nothing compiled; now it is logged with its kind,
+/// namespace and name, counted, and skipped, while the other routes compile, and it is read
+/// as soon as it is fixed.
+#[tokio::test]
+async fn an_object_the_rust_type_rejects_is_reported_and_skipped_while_the_others_compile() {
+    let client = cluster().client().await;
+    let ns = test_namespace(&client, "unreadable").await;
+    // A controller of its own (its logs and metrics are this test's to read), created after
+    // the bad route so that its very first list has to get past it.
+    let name = format!("portico.dev/{ns}");
+    class(&client, &ns, &name).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(&client, &ns, "web", &ns, json!({"name": "svc", "port": 80})).await;
+    // Created through the dynamic API: the Rust type cannot even hold it.
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<HttpRoute>(&()));
+    let external: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "external"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "http"}],
+                 "hostnames": ["external.example.com"],
+                 "rules": [{"filters": [{"type": "ExternalAuth", "externalAuth": {
+                                "protocol": "HTTP", "http": {},
+                                "backendRef": {"name": "authz", "port": 8080}}}],
+                            "backendRefs": [{"name": "svc", "port": 80}]}]}
+    }))
+    .expect("route JSON");
+    dynamic
+        .create(&PostParams::default(), &external)
+        .await
+        .expect("the experimental-channel CRD admits an ExternalAuth filter");
+    assert!(
+        Api::<HttpRoute>::namespaced(client.clone(), &ns)
+            .get("external")
+            .await
+            .is_err(),
+        "the Rust type must reject this route for the test to mean anything"
+    );
+    let ip = portico_tests::loopback_ip();
+    let admin = SocketAddr::new(ip, free_port(ip)).to_string();
+    let controller = start_controller(
+        "unreadable-controller",
+        &[
+            "--controller-name",
+            &name,
+            "--lease-namespace",
+            &ns,
+            "--identity",
+            "unreadable",
+            "--admin-address",
+            &admin,
+        ],
+    );
+
+    // The other route of the kind compiles and gets its status.
+    let ours = |r: &DynamicObject| {
+        r.data["status"]["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["controllerName"] == name.as_str())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let accepted = |r: &DynamicObject| {
+        ours(r).iter().any(|p| {
+            p["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+            })
+        })
+    };
+    await_some("web accepted beside the unreadable route", || async {
+        accepted(&dynamic.get("web").await.ok()?).then_some(())
+    })
+    .await;
+    // The unreadable one is reported: in the log with its kind, namespace and name ...
+    await_some("the unreadable route in the controller's log", || async {
+        controller
+            .logs()
+            .lines()
+            .any(|l| {
+                l.contains("cannot read this object")
+                    && l.contains("HTTPRoute")
+                    && l.contains(&ns)
+                    && l.contains("external")
+                    && l.contains("ExternalAuth")
+            })
+            .then_some(())
+    })
+    .await;
+    // ... and in the metrics; and it got no status from us, as if it did not exist.
+    let http = HttpClient::new();
+    let admin: SocketAddr = admin.parse().expect("admin address");
+    let unreadable = |n: usize| {
+        let http = &http;
+        async move {
+            let m = http.try_get(admin, "admin", "/metrics", &[]).await?.text();
+            m.contains(&format!(
+                "portico_controller_unreadable_objects{{kind=\"HTTPRoute\"}} {n}"
+            ))
+            .then_some(())
+        }
+    };
+    await_some("one unreadable HTTPRoute counted", || unreadable(1)).await;
+    let bad = dynamic.get("external").await.expect("external route");
+    assert!(ours(&bad).is_empty(), "{:?}", bad.data["status"]);
+
+    // Fixed (the filter removed), it is read, compiled and no longer counted.
+    dynamic
+        .patch(
+            "external",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rules": [
+                {"backendRefs": [{"name": "svc", "port": 80}]}]}})),
+        )
+        .await
+        .expect("fix the route");
+    await_some("the fixed route accepted", || async {
+        accepted(&dynamic.get("external").await.ok()?).then_some(())
+    })
+    .await;
+    await_some("no unreadable HTTPRoute left", || unreadable(0)).await;
+}

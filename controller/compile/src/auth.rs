@@ -14,14 +14,15 @@
 //! targets by answering 500 (it never leaves them open); a Secret that cannot be read leaves
 //! its mechanism without credentials (nobody gets in by it).
 
+use crate::inputs::Inputs;
 use crate::policy::{Attachments, Targets, Verdict, oldest_first};
+use crate::refs::{namespace_of, object_ref};
 use crate::status::StatusReport;
-use crate::{Inputs, namespace_of, object_ref};
 use mechanisms::compile_policy;
 use portico_crds::auth::AuthPolicySpec;
 use portico_crds::policy::SecretKeyRef;
 use portico_model::auth as model;
-use portico_model::{ObjectRef, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod mechanisms;
@@ -50,14 +51,14 @@ pub(crate) fn resolve(
             None => Verdict::Applies,
         };
         let s = out.attached.claim(
-            "AuthPolicy",
+            PolicyKind::Auth,
             &policy.metadata,
             &policy.spec.target_refs,
             targets,
             verdict,
             &unresolved,
         );
-        status.auth_policies.insert(id.clone(), s);
+        status.policies.insert((PolicyKind::Auth, id.clone()), s);
         out.compiled.insert(id, compiled);
     }
     out
@@ -72,10 +73,8 @@ impl AuthPolicies {
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
-        let used = self
-            .attached
-            .name_in(snapshot, |p| &mut p.auth, |r| &mut r.auth);
-        snapshot.auth_policies = used
+        let used = self.attached.name_in(snapshot, PolicyKind::Auth);
+        snapshot.policies.auth = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .collect();

@@ -1,9 +1,11 @@
 //! backendRefs: kind and namespace checks, ReferenceGrants, Services and their endpoints.
 
 use crate::grants::{GroupKind, ReferenceGrants};
+use crate::inputs::Inputs;
+use crate::refs::namespace_of;
 use crate::status::reasons;
-use crate::{Inputs, namespace_of};
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::endpointslice::{SERVICE_NAME_LABEL, endpoints_from_slices};
 use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_crds::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,9 +16,6 @@ use std::collections::BTreeMap;
 /// by commas or white space, used when no EndpointSlice names the Service. A bare `ip` takes
 /// the Service port's numeric `targetPort` (or the port itself).
 pub const ENDPOINTS_ANNOTATION: &str = "portico.dev/endpoints";
-
-/// The label by which an EndpointSlice names its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Why a backendRef could not be resolved, as a ResolvedRefs reason and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,51 +159,6 @@ impl<'a> BackendIndex<'a> {
         let slices = self.slices.get(&(ns.to_string(), name.to_string()));
         endpoints_from_slices(slices.into_iter().flatten().copied(), port.name.as_deref())
     }
-}
-
-/// The endpoints of one Service port from its EndpointSlices, with ports matched by name as
-/// kube-proxy does, and `ready`/`serving`/`terminating` as the slice says (unset `ready` is
-/// ready, unset `serving` follows `ready`). Non-IP address types are skipped. Sorted.
-pub fn endpoints_from_slices<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    port_name: Option<&str>,
-) -> Vec<Endpoint> {
-    let mut out = Vec::new();
-    for slice in slices {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let Some(target) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == port_name.unwrap_or(""))
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        for e in slice.endpoints.iter().flatten() {
-            let c = e.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            for a in &e.addresses {
-                if let Ok(ip) = a.parse::<std::net::IpAddr>() {
-                    out.push(Endpoint {
-                        address: ip.to_string(),
-                        port: target,
-                        ready,
-                        serving,
-                        terminating,
-                    });
-                }
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The items of the endpoints annotation, if the Service has one.

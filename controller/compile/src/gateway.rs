@@ -2,7 +2,7 @@
 //! which conflict, and which routes each may accept.
 
 use crate::hostname;
-use crate::route::AttachedRoutes;
+use crate::refs::object_ref;
 use crate::status::{
     Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport,
     reasons, types,
@@ -16,7 +16,7 @@ use portico_crds::gateway_api::gateways::{
 };
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
-use portico_model::{Certificate, Listener, ListenerTls, ObjectRef, Protocol, RouteKind, Snapshot};
+use portico_model::{Certificate, ObjectRef, RouteKind};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Route kinds an HTTP or HTTPS listener can accept.
@@ -275,7 +275,7 @@ fn compile_gateway(
     params: &Parameters<'_>,
     secrets: &SecretIndex<'_>,
 ) -> GatewayState {
-    let id = crate::object_ref(&gw.metadata);
+    let id = object_ref(&gw.metadata);
     let mut invalid = params
         .refusal(gw)
         .map(|message| (reasons::INVALID_PARAMETERS, message));
@@ -525,6 +525,12 @@ impl GatewayState {
         self.invalid.is_none() && self.listeners.iter().any(ListenerState::usable)
     }
 
+    /// The IP addresses its listeners bind (its `spec.addresses`; empty: the dataplane's
+    /// default).
+    pub(crate) fn bind_addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
     /// Status addresses: those of the dataplane Service if there is one, else the requested.
     fn addresses(&self, service: Option<&Service>) -> Vec<GatewayAddress> {
         let address = |type_: &str, value: &str| GatewayAddress {
@@ -617,42 +623,6 @@ impl GatewayState {
                 .map(|l| listener_status(l, g))
                 .collect(),
         }
-    }
-
-    /// The snapshot of an accepted Gateway: usable listeners, attached routes, their backends.
-    pub(crate) fn snapshot(&self, attached: &AttachedRoutes) -> Option<Snapshot> {
-        if !self.accepted() {
-            return None;
-        }
-        let listeners = self
-            .listeners
-            .iter()
-            .filter(|l| l.programmable())
-            .map(|l| Listener {
-                name: l.name.clone(),
-                addresses: self.addresses.clone(),
-                port: u16::try_from(l.port).unwrap_or_default(),
-                protocol: if l.protocol == "HTTPS" {
-                    Protocol::Https
-                } else {
-                    Protocol::Http
-                },
-                hostname: l.hostname.clone(),
-                tls: (l.protocol == "HTTPS").then(|| ListenerTls {
-                    certificates: l.certificates.clone(),
-                }),
-            })
-            .collect();
-        let (routes, backends) = attached.for_gateway(&self.id);
-        Some(Snapshot {
-            version: 0,
-            gateway: self.id.clone(),
-            listeners,
-            routes,
-            backends,
-            auth_policies: Vec::new(),
-            rate_limit_policies: Vec::new(),
-        })
     }
 }
 

@@ -1,6 +1,6 @@
 //! ReferenceGrants: whether an object in one namespace may refer to an object in another.
 
-use crate::namespace_of;
+use crate::refs::namespace_of;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use std::collections::BTreeMap;
 

@@ -11,12 +11,13 @@
 //!
 //! The assembled status is the same as a full compile's (a test holds it to that).
 
+use crate::inputs::Inputs;
+use crate::refs::{dataplane_name, grpc_route_parents, http_route_parents, object_ref};
 use crate::status::{GatewayStatus, RouteParentStatus, RouteStatus, StatusReport};
-use crate::{Inputs, Output, compile_scoped, namespace_of, object_ref};
-use portico_crds::GATEWAY_GROUP;
-use portico_crds::gateway_api::grpcroutes::GrpcRoute;
-use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
-use portico_model::{ObjectRef, RouteKind, Snapshot};
+use crate::{Output, compile_scoped};
+use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_crds::policy::PolicyTargetRef;
+use portico_model::{ObjectRef, PolicyKind, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An object (or a set of them) a Gateway's compile may read.
@@ -30,9 +31,37 @@ pub enum DepKey {
     /// The ReferenceGrants of a namespace.
     ReferenceGrants(String),
     Namespace(String),
-    AuthPolicy(ObjectRef),
-    RateLimitPolicy(ObjectRef),
+    /// A Portico policy of one kind.
+    Policy(PolicyKind, ObjectRef),
     GatewayConfig(ObjectRef),
+}
+
+/// Every policy of every kind as (kind, metadata, targetRefs, names of the Secrets it
+/// reads): what the dependency map needs of a policy, whatever its kind.
+fn policies(
+    inputs: &Inputs,
+) -> impl Iterator<Item = (PolicyKind, &ObjectMeta, &[PolicyTargetRef], Vec<String>)> {
+    let auth = inputs.auth_policies.iter().map(|p| {
+        let secrets = crate::auth::secret_refs(&p.spec)
+            .into_iter()
+            .map(|r| r.name.clone())
+            .collect();
+        (
+            PolicyKind::Auth,
+            &p.metadata,
+            p.spec.target_refs.as_slice(),
+            secrets,
+        )
+    });
+    let rate_limit = inputs.rate_limit_policies.iter().map(|p| {
+        (
+            PolicyKind::RateLimit,
+            &p.metadata,
+            p.spec.target_refs.as_slice(),
+            Vec::new(),
+        )
+    });
+    auth.chain(rate_limit)
 }
 
 /// The Gateways each object is read by.
@@ -42,49 +71,11 @@ pub struct Dependencies {
     gateways: BTreeSet<ObjectRef>,
 }
 
-/// The Gateways among parentRefs given as (group, kind, namespace, name), for a route in
-/// `route_ns`.
-fn gateway_parents<'a>(
-    route_ns: &str,
-    refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str)>,
-) -> Vec<ObjectRef> {
-    refs.filter(|(group, kind, _, _)| {
-        group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && kind.unwrap_or("Gateway") == "Gateway"
-    })
-    .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
-    .collect()
-}
-
-/// The Gateways a route's parentRefs name.
-pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
-        (
-            p.group.as_deref(),
-            p.kind.as_deref(),
-            p.namespace.as_deref(),
-            p.name.as_str(),
-        )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs)
-}
-
-pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
-        (
-            p.group.as_deref(),
-            p.kind.as_deref(),
-            p.namespace.as_deref(),
-            p.name.as_str(),
-        )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs)
-}
-
 impl Dependencies {
     /// What each Gateway of `controller_name`'s classes reads in `inputs`.
     pub fn new(inputs: &Inputs, controller_name: &str) -> Self {
         let mut d = Self::default();
-        for gw in crate::gateways_of(inputs, controller_name) {
+        for gw in inputs.gateways_of(controller_name) {
             let id = object_ref(&gw.metadata);
             d.gateways.insert(id.clone());
             d.add(
@@ -106,7 +97,7 @@ impl Dependencies {
             // Its dataplane Service's addresses are its status addresses.
             let service = ObjectRef::new(
                 inputs.dataplane_namespace.clone(),
-                crate::dataplane_name(&id.namespace, &id.name),
+                dataplane_name(&id.namespace, &id.name),
             );
             d.add(DepKey::Service(service), &id);
             for r in gw
@@ -130,53 +121,6 @@ impl Dependencies {
             });
             d.add_route(RouteKind::Http, &r.metadata, http_route_parents(r), refs);
         }
-        // A policy is read by the Gateways it targets, directly or through a route; so are its
-        // Secrets.
-        let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
-            .http_routes
-            .iter()
-            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
-            .collect();
-        let mut policy = |key: DepKey, meta, refs, secrets: Vec<ObjectRef>| {
-            let mut gws: BTreeSet<ObjectRef> = BTreeSet::new();
-            for (kind, target) in crate::policy::target_objects(meta, refs) {
-                match kind {
-                    "Gateway" => {
-                        gws.insert(target);
-                    }
-                    _ => gws.extend(route_parents.get(&target).into_iter().flatten().cloned()),
-                }
-            }
-            gws.retain(|g| d.gateways.contains(g));
-            let keys = std::iter::once(key).chain(secrets.into_iter().map(DepKey::Secret));
-            for key in keys {
-                for g in &gws {
-                    d.add(key.clone(), g);
-                }
-            }
-        };
-        for p in &inputs.auth_policies {
-            let id = object_ref(&p.metadata);
-            let secrets = crate::auth::secret_refs(&p.spec)
-                .into_iter()
-                .map(|r| ObjectRef::new(id.namespace.clone(), r.name.clone()))
-                .collect();
-            policy(
-                DepKey::AuthPolicy(id),
-                &p.metadata,
-                &p.spec.target_refs,
-                secrets,
-            );
-        }
-        for p in &inputs.rate_limit_policies {
-            let id = object_ref(&p.metadata);
-            policy(
-                DepKey::RateLimitPolicy(id),
-                &p.metadata,
-                &p.spec.target_refs,
-                Vec::new(),
-            );
-        }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
                 rule.backend_refs
@@ -185,6 +129,39 @@ impl Dependencies {
                     .map(|b| (b.namespace.clone(), b.name.clone()))
             });
             d.add_route(RouteKind::Grpc, &r.metadata, grpc_route_parents(r), refs);
+        }
+        // A policy is read by the Gateways it targets, directly, through a route, or through
+        // the routes that send to a Service it targets; so are its Secrets. (Routes are all
+        // in the map by now, so a Service's Gateways are known.)
+        let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
+            .http_routes
+            .iter()
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
+            .collect();
+        for (kind, meta, target_refs, secrets) in policies(inputs) {
+            let id = object_ref(meta);
+            let mut gws: BTreeSet<ObjectRef> = BTreeSet::new();
+            for (target_kind, target) in crate::policy::target_objects(meta, target_refs) {
+                match target_kind {
+                    "Gateway" => {
+                        gws.insert(target);
+                    }
+                    "Service" => gws.extend(d.touched([&DepKey::Service(target)])),
+                    _ => gws.extend(route_parents.get(&target).into_iter().flatten().cloned()),
+                }
+            }
+            gws.retain(|g| d.gateways.contains(g));
+            let secrets = secrets
+                .into_iter()
+                .map(|name| DepKey::Secret(ObjectRef::new(id.namespace.clone(), name)));
+            let keys: Vec<DepKey> = std::iter::once(DepKey::Policy(kind, id.clone()))
+                .chain(secrets)
+                .collect();
+            for key in keys {
+                for g in &gws {
+                    d.add(key.clone(), g);
+                }
+            }
         }
         d
     }
@@ -268,9 +245,9 @@ pub struct IncrementalCompile {
     deps: Dependencies,
     parts: BTreeMap<ObjectRef, GatewayPart>,
     classes: BTreeMap<String, crate::status::GatewayClassStatus>,
-    /// Policy status is computed whole on every update (it is cheap and reads every target).
-    policies: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
-    limits: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
+    /// Policy status, of every kind, is computed whole on every update (it is cheap and
+    /// reads every target).
+    policies: BTreeMap<(PolicyKind, ObjectRef), crate::status::PolicyStatus>,
 }
 
 impl IncrementalCompile {
@@ -281,7 +258,6 @@ impl IncrementalCompile {
             parts: BTreeMap::new(),
             classes: BTreeMap::new(),
             policies: BTreeMap::new(),
-            limits: BTreeMap::new(),
         }
     }
 
@@ -304,8 +280,7 @@ impl IncrementalCompile {
         };
         let out = compile_scoped(inputs, &self.controller_name, Some(&touched));
         self.classes = out.status.gateway_classes;
-        self.policies = out.status.auth_policies;
-        self.limits = out.status.rate_limit_policies;
+        self.policies = out.status.policies;
         for gw in &touched {
             self.parts.remove(gw);
         }
@@ -351,8 +326,7 @@ impl IncrementalCompile {
     pub fn status(&self) -> StatusReport {
         let mut report = StatusReport {
             gateway_classes: self.classes.clone(),
-            auth_policies: self.policies.clone(),
-            rate_limit_policies: self.limits.clone(),
+            policies: self.policies.clone(),
             ..StatusReport::default()
         };
         for (id, part) in &self.parts {

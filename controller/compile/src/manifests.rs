@@ -10,7 +10,8 @@
 //! downgrades that to a warning. A value of the wrong type names its path, line and column.
 
 use crate::backend::annotation_errors;
-use crate::{Inputs, object_ref};
+use crate::inputs::Inputs;
+use crate::refs::object_ref;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_model::ObjectRef;
 use serde::de::DeserializeOwned;

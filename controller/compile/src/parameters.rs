@@ -42,7 +42,7 @@ pub fn own_config(gw: &Gateway) -> Result<Option<ObjectRef>, String> {
             p.group, p.kind
         ));
     }
-    let ns = crate::namespace_of(&gw.metadata);
+    let ns = crate::refs::namespace_of(&gw.metadata);
     Ok(Some(ObjectRef::new(ns, p.name.clone())))
 }
 

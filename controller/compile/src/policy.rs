@@ -1,18 +1,28 @@
 //! Policy attachment shared by every Portico policy kind: what a `targetRef` names, which
-//! policy wins a target, each policy's per-target status, and naming the winners in a
-//! snapshot's route rules and route parents.
+//! kinds may attach to which targets, which policy wins a target, each policy's per-target
+//! status, and naming the winners in a snapshot's route rules and route parents.
 //!
 //! Precedence: rule over route over listener over Gateway, the most specific policy applies
 //! whole. On one target the oldest policy (creationTimestamp, then namespace/name) wins and
 //! the others are `Conflicted`.
+//!
+//! A target is a Gateway (or listener), an HTTPRoute (or rule), or a Service. Services are
+//! where backend policies attach; the request policies (auth, rate limits) act on requests
+//! as they are routed, so they refuse a Service target ([`accepts`]) with a status saying
+//! what to target instead.
 
+use crate::inputs::Inputs;
+use crate::refs::{
+    grpc_route_parents, grpc_route_services, http_route_parents, http_route_services, namespace_of,
+    object_ref,
+};
 use crate::status::{AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, reasons, types};
-use crate::{Inputs, namespace_of, object_ref};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
-use portico_model::{ObjectRef, RouteKind, RouteParent, RouteRule, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, RouteKind, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 /// What a policy attaches to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,20 +31,48 @@ pub(crate) enum Target {
     Gateway(ObjectRef, Option<String>),
     /// An HTTPRoute, or one of its rules.
     Route(ObjectRef, Option<String>),
+    /// A Service, as the backend of the routes that send to it.
+    Service(ObjectRef),
 }
 
-/// The Gateways of ours with their listener names and the HTTPRoutes with their rule names:
-/// what a `targetRef` may name.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Gateway(id, None) => write!(f, "Gateway {id}"),
+            Target::Gateway(id, Some(l)) => write!(f, "Gateway {id} listener {l}"),
+            Target::Route(id, None) => write!(f, "HTTPRoute {id}"),
+            Target::Route(id, Some(r)) => write!(f, "HTTPRoute {id} rule {r}"),
+            Target::Service(id) => write!(f, "Service {id}"),
+        }
+    }
+}
+
+/// Whether policies of `kind` may attach to `target`, or why not.
+pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
+    match (kind, target) {
+        (PolicyKind::Auth | PolicyKind::RateLimit, Target::Service(id)) => Err(format!(
+            "a {kind} applies to requests as they are routed and cannot target Service {id}; \
+             target the Gateway, a listener, or an HTTPRoute or rule that sends to it"
+        )),
+        (_, Target::Gateway(..) | Target::Route(..)) => Ok(()),
+    }
+}
+
+/// The Gateways of ours with their listener names, the HTTPRoutes with their rule names and
+/// the Services: what a `targetRef` may name.
 pub(crate) struct Targets {
     gateways: BTreeMap<ObjectRef, BTreeSet<String>>,
     routes: BTreeMap<ObjectRef, BTreeSet<String>>,
     /// Each HTTPRoute's parent Gateways.
     route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
+    /// Each Service, with the Gateways of the routes (HTTP and gRPC) that send to it.
+    services: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
 }
 
 impl Targets {
     pub(crate) fn new(inputs: &Inputs, controller_name: &str) -> Self {
-        let gateways = crate::gateways_of(inputs, controller_name)
+        let gateways: BTreeMap<ObjectRef, BTreeSet<String>> = inputs
+            .gateways_of(controller_name)
             .map(|g| {
                 let listeners = g.spec.listeners.iter().map(|l| l.name.clone()).collect();
                 (object_ref(&g.metadata), listeners)
@@ -51,36 +89,64 @@ impl Targets {
                 )
             })
             .collect();
-        let route_parents = inputs
+        let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
             .http_routes
             .iter()
-            .map(|r| {
-                (
-                    object_ref(&r.metadata),
-                    crate::incremental::http_route_parents(r),
-                )
-            })
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
             .collect();
+        let mut services: BTreeMap<ObjectRef, BTreeSet<ObjectRef>> = inputs
+            .services
+            .iter()
+            .map(|s| (object_ref(&s.metadata), BTreeSet::new()))
+            .collect();
+        let routes_to = inputs
+            .http_routes
+            .iter()
+            .map(|r| (http_route_services(r), http_route_parents(r)))
+            .chain(
+                inputs
+                    .grpc_routes
+                    .iter()
+                    .map(|r| (grpc_route_services(r), grpc_route_parents(r))),
+            );
+        for (backends, parents) in routes_to {
+            for svc in backends {
+                if let Some(gws) = services.get_mut(&svc) {
+                    gws.extend(
+                        parents
+                            .iter()
+                            .filter(|g| gateways.contains_key(*g))
+                            .cloned(),
+                    );
+                }
+            }
+        }
         Self {
             gateways,
             routes,
             route_parents,
+            services,
         }
     }
 
     /// The target a `targetRef` names, if it exists.
     fn resolve(&self, t: &PolicyTargetRef, namespace: &str) -> Result<Target, TargetError> {
         use TargetError::{Invalid, NotFound};
-        if t.group != GATEWAY_GROUP {
-            return Err(Invalid(format!(
-                "group {:?} is not {GATEWAY_GROUP}",
-                t.group
-            )));
-        }
         let id = ObjectRef::new(namespace, t.name.clone());
         let section = t.section_name.clone();
-        match t.kind.as_str() {
-            "Gateway" => {
+        match (t.group.as_str(), t.kind.as_str()) {
+            ("" | "core", "Service") => {
+                if !self.services.contains_key(&id) {
+                    return Err(NotFound(format!("Service {id} does not exist")));
+                }
+                if let Some(s) = &section {
+                    return Err(Invalid(format!(
+                        "sectionName {s:?}: a Service is targeted whole"
+                    )));
+                }
+                Ok(Target::Service(id))
+            }
+            (GATEWAY_GROUP, "Gateway") => {
                 let Some(listeners) = self.gateways.get(&id) else {
                     return Err(NotFound(format!(
                         "Gateway {id} does not exist or is not served by Portico"
@@ -93,7 +159,7 @@ impl Targets {
                 }
                 Ok(Target::Gateway(id, section))
             }
-            "HTTPRoute" => {
+            (GATEWAY_GROUP, "HTTPRoute") => {
                 let Some(rules) = self.routes.get(&id) else {
                     return Err(NotFound(format!("HTTPRoute {id} does not exist")));
                 };
@@ -104,8 +170,9 @@ impl Targets {
                 }
                 Ok(Target::Route(id, section))
             }
-            other => Err(Invalid(format!(
-                "kind {other:?} cannot be targeted; use Gateway or HTTPRoute"
+            (group, kind) => Err(Invalid(format!(
+                "kind {kind:?} in group {group:?} cannot be targeted; use a Gateway or an \
+                 HTTPRoute (group {GATEWAY_GROUP}) or a core Service"
             ))),
         }
     }
@@ -113,6 +180,22 @@ impl Targets {
     /// The Gateways a route target is served through.
     pub(crate) fn parents_of(&self, route: &ObjectRef) -> &[ObjectRef] {
         self.route_parents.get(route).map_or(&[], Vec::as_slice)
+    }
+
+    /// The Gateways of ours a target is reached through: itself, a route's parents, or the
+    /// Gateways of the routes that send to a Service.
+    pub(crate) fn gateways_of(&self, target: &Target) -> Vec<ObjectRef> {
+        match target {
+            Target::Gateway(gw, _) => vec![gw.clone()],
+            Target::Route(route, _) => self.parents_of(route).to_vec(),
+            Target::Service(svc) => self
+                .services
+                .get(svc)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -158,7 +241,7 @@ impl Attachments {
     /// win; `unresolved` lists the references (Secrets) it could not read.
     pub(crate) fn claim(
         &mut self,
-        kind: &str,
+        kind: PolicyKind,
         meta: &ObjectMeta,
         target_refs: &[PolicyTargetRef],
         targets: &Targets,
@@ -169,7 +252,12 @@ impl Attachments {
         let generation = meta.generation;
         let mut ancestors = Vec::new();
         for t in target_refs {
-            let (ok, reason, message) = match targets.resolve(t, &id.namespace) {
+            let resolved = targets.resolve(t, &id.namespace).and_then(|target| {
+                accepts(kind, &target)
+                    .map(|()| target)
+                    .map_err(TargetError::Invalid)
+            });
+            let (ok, reason, message) = match resolved {
                 Err(TargetError::Invalid(message)) => (false, reasons::INVALID, message),
                 Err(TargetError::NotFound(message)) => (false, reasons::TARGET_NOT_FOUND, message),
                 Ok(target) => match self.by_target.get(&target) {
@@ -265,24 +353,14 @@ impl Attachments {
         targets: &Targets,
         fits: &impl Fn(&ObjectRef) -> bool,
     ) -> bool {
-        self.by_target.iter().any(|(t, p)| {
-            let here = match t {
-                Target::Gateway(g, _) => g == gw,
-                Target::Route(r, _) => targets.parents_of(r).contains(gw),
-            };
-            here && fits(p)
-        })
+        self.by_target
+            .iter()
+            .any(|(t, p)| fits(p) && targets.gateways_of(t).contains(gw))
     }
 
-    /// Names the policy of each route parent (listener, else Gateway) and each HTTPRoute rule
-    /// (rule, else route) in `snapshot` through `parent` and `rule`, and returns the policies
-    /// named.
-    pub(crate) fn name_in(
-        &self,
-        snapshot: &mut Snapshot,
-        parent: impl Fn(&mut RouteParent) -> &mut Option<ObjectRef>,
-        rule: impl Fn(&mut RouteRule) -> &mut Option<ObjectRef>,
-    ) -> BTreeSet<ObjectRef> {
+    /// Names the policy of `kind` of each route parent (listener, else Gateway) and each
+    /// HTTPRoute rule (rule, else route) in `snapshot`, and returns the policies named.
+    pub(crate) fn name_in(&self, snapshot: &mut Snapshot, kind: PolicyKind) -> BTreeSet<ObjectRef> {
         let mut used = BTreeSet::new();
         if self.by_target.is_empty() {
             return used;
@@ -295,7 +373,7 @@ impl Attachments {
                     .or_else(|| self.get(&Target::Gateway(gw.clone(), None)))
                     .cloned();
                 used.extend(policy.clone());
-                *parent(p) = policy;
+                p.policies.set(kind, policy);
             }
             if route.kind != RouteKind::Http {
                 continue;
@@ -308,7 +386,7 @@ impl Attachments {
                     .and_then(|n| self.get(&Target::Route(route.id.clone(), Some(n.clone()))));
                 let policy = own.or(whole).cloned();
                 used.extend(policy.clone());
-                *rule(r) = policy;
+                r.policies.set(kind, policy);
             }
         }
         used

@@ -13,15 +13,16 @@
 //! why. Refusing every request because of a typo in a limit would turn a protection into an
 //! outage.
 
-use crate::Inputs;
 use crate::auth::AuthPolicies;
-use crate::object_ref;
+use crate::inputs::Inputs;
+use crate::parameters;
 use crate::policy::{Attachments, Target, Targets, Verdict, oldest_first};
+use crate::refs::object_ref;
 use crate::status::StatusReport;
 use portico_crds::gateway_api::Duration;
 use portico_crds::ratelimit as crd;
 use portico_model::ratelimit as model;
-use portico_model::{ObjectRef, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -37,11 +38,41 @@ pub(crate) struct RateLimitPolicies {
 /// `redisUrl`), else the one the controller was started with.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GatewayRedis {
-    pub(crate) by_gateway: BTreeMap<ObjectRef, String>,
-    pub(crate) default: Option<String>,
+    by_gateway: BTreeMap<ObjectRef, String>,
+    default: Option<String>,
 }
 
 impl GatewayRedis {
+    /// Each Gateway's Redis: the `redisUrl` of its GatewayConfig (its own
+    /// `infrastructure.parametersRef`, else its class's), else `inputs.redis_url`.
+    pub(crate) fn new(inputs: &Inputs, controller_name: &str) -> Self {
+        let mut by_gateway = BTreeMap::new();
+        for gw in inputs.gateways_of(controller_name) {
+            let Some(class) = inputs
+                .gateway_classes
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(gw.spec.gateway_class_name.as_str()))
+            else {
+                continue;
+            };
+            let Ok(Some(config)) = parameters::gateway_config(gw, class) else {
+                continue;
+            };
+            let url = inputs
+                .gateway_configs
+                .iter()
+                .find(|c| object_ref(&c.metadata) == config)
+                .and_then(|c| c.spec.redis_url.clone());
+            if let Some(url) = url {
+                by_gateway.insert(object_ref(&gw.metadata), url);
+            }
+        }
+        Self {
+            by_gateway,
+            default: inputs.redis_url.clone(),
+        }
+    }
+
     fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
         self.by_gateway
             .get(gw)
@@ -62,11 +93,8 @@ fn missing_redis(
     if !g.redis_url.is_empty() {
         return None;
     }
-    let gateways: Vec<ObjectRef> = match target {
-        Target::Gateway(gw, _) => vec![gw.clone()],
-        Target::Route(route, _) => targets.parents_of(route).to_vec(),
-    };
-    let without: Vec<String> = gateways
+    let without: Vec<String> = targets
+        .gateways_of(target)
         .iter()
         .filter(|gw| redis.for_gateway(gw).is_none())
         .map(ToString::to_string)
@@ -108,14 +136,16 @@ pub(crate) fn resolve(
             },
         };
         let s = out.attached.claim(
-            "RateLimitPolicy",
+            PolicyKind::RateLimit,
             &policy.metadata,
             &policy.spec.target_refs,
             targets,
             verdict,
             &[],
         );
-        status.rate_limit_policies.insert(id.clone(), s);
+        status
+            .policies
+            .insert((PolicyKind::RateLimit, id.clone()), s);
         if let Ok(c) = compiled {
             out.compiled.insert(id, c);
         }
@@ -127,14 +157,12 @@ impl RateLimitPolicies {
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
-        let used = self
-            .attached
-            .name_in(snapshot, |p| &mut p.rate_limit, |r| &mut r.rate_limit);
+        let used = self.attached.name_in(snapshot, PolicyKind::RateLimit);
         let gw_redis = self
             .redis
             .for_gateway(&snapshot.gateway)
             .map(str::to_string);
-        snapshot.rate_limit_policies = used
+        snapshot.policies.rate_limit = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .filter_map(|mut p| {
@@ -202,6 +230,11 @@ fn missing_identity(
                     .iter()
                     .any(|gw| auth.attached.any_gateway_level(gw, &fits))
         }
+        // Reached through the Gateways of the routes that send to it.
+        Target::Service(_) => targets
+            .gateways_of(target)
+            .iter()
+            .any(|gw| auth.attached.any_on_gateway(gw, targets, &fits)),
     };
     if covered {
         return None;
@@ -210,12 +243,8 @@ fn missing_identity(
         Identity::Claims => "a Claim key needs an AuthPolicy with jwt or introspection",
         Identity::Consumer => "a Consumer key needs an AuthPolicy that authenticates requests",
     };
-    let name = match target {
-        Target::Gateway(id, _) => format!("Gateway {id}"),
-        Target::Route(id, _) => format!("HTTPRoute {id}"),
-    };
     Some(format!(
-        "{what} on {name} (or on what it is part of), and none applies"
+        "{what} on {target} (or on what it is part of), and none applies"
     ))
 }
 

@@ -4,16 +4,17 @@
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
 use crate::gateway::{GatewayState, NamespaceLabels};
+use crate::hostname;
+use crate::refs::object_ref;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
-use crate::{REGEX_SIZE_LIMIT, hostname, object_ref};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::httproutes::*;
 use portico_model::{
-    AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Filter, Header, HeaderModifier,
-    HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, Redirect, RouteKind, RouteMatch,
-    RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
+    AppProtocol, AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
+    HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, REGEX_SIZE_LIMIT,
+    Redirect, RouteKind, RouteMatch, RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -250,8 +251,7 @@ fn attach(
             out.push(RouteParent {
                 listener: l.name.clone(),
                 hostnames,
-                auth: None,
-                rate_limit: None,
+                policies: AttachedPolicies::default(),
             });
         }
     }
@@ -376,8 +376,7 @@ fn translate(
             filters,
             backend_refs,
             timeouts,
-            auth: None,
-            rate_limit: None,
+            policies: AttachedPolicies::default(),
         });
     }
     Ok(out)

@@ -1,7 +1,7 @@
 //! The status compile wants each object to have: conditions with the Gateway API's own types
 //! and reasons, minus the timestamps (which the status writer adds, since compile is pure).
 
-use portico_model::ObjectRef;
+use portico_model::{ObjectRef, PolicyKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -157,10 +157,17 @@ pub struct StatusReport {
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
-    #[serde(serialize_with = "by_display_key")]
-    pub auth_policies: BTreeMap<ObjectRef, PolicyStatus>,
-    #[serde(serialize_with = "by_display_key")]
-    pub rate_limit_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    /// Every policy's status, by kind and object. Shown (`portico check --status`) as one map
+    /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
+    #[serde(flatten, serialize_with = "by_kind")]
+    pub policies: BTreeMap<(PolicyKind, ObjectRef), PolicyStatus>,
+}
+
+impl StatusReport {
+    /// The status of policy `id` of `kind`, if compile looked at it.
+    pub fn policy(&self, kind: PolicyKind, id: &ObjectRef) -> Option<&PolicyStatus> {
+        self.policies.get(&(kind, id.clone()))
+    }
 }
 
 /// A policy's status: one entry per target it names.
@@ -198,6 +205,40 @@ fn by_display_key<S: serde::Serializer, V: Serialize>(
     let mut m = s.serialize_map(Some(map.len()))?;
     for (k, v) in map {
         m.serialize_entry(&k.to_string(), v)?;
+    }
+    m.end()
+}
+
+/// Writes the policies as one map per kind, each keyed by `namespace/name` and named after
+/// the kind (`AuthPolicy` → `authPolicies`); every kind's map is written, empty or not.
+fn by_kind<S: serde::Serializer>(
+    map: &BTreeMap<(PolicyKind, ObjectRef), PolicyStatus>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    struct OfKind<'a>(
+        &'a BTreeMap<(PolicyKind, ObjectRef), PolicyStatus>,
+        PolicyKind,
+    );
+    impl Serialize for OfKind<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for ((_, id), status) in self.0.iter().filter(|((k, _), _)| *k == self.1) {
+                m.serialize_entry(&id.to_string(), status)?;
+            }
+            m.end()
+        }
+    }
+    let mut m = s.serialize_map(Some(PolicyKind::ALL.len()))?;
+    for kind in PolicyKind::ALL {
+        // Every kind's CRD is named `...Policy`: its map is `...Policies`, camel-cased.
+        let name = kind.as_str();
+        let plural = format!(
+            "{}{}ies",
+            name[..1].to_ascii_lowercase(),
+            name[1..].strip_suffix('y').unwrap_or(&name[1..])
+        );
+        m.serialize_entry(&plural, &OfKind(map, kind))?;
     }
     m.end()
 }
@@ -255,12 +296,7 @@ impl StatusReport {
                 }
             }
         }
-        let policies = self.auth_policies.iter().map(|p| ("AuthPolicy", p)).chain(
-            self.rate_limit_policies
-                .iter()
-                .map(|p| ("RateLimitPolicy", p)),
-        );
-        for (kind, (id, s)) in policies {
+        for ((kind, id), s) in &self.policies {
             for a in &s.ancestors {
                 let section = a
                     .ancestor_ref

@@ -80,26 +80,29 @@ fn run(extra: &str) -> Output {
     compile(&set.inputs, CONTROLLER_NAME)
 }
 
-/// The condition `type_` of policy `default/name`'s `i`-th ancestor in `statuses`.
+/// Condition `type_` of the `i`th target of policy `default/<name>` of `kind`.
 fn policy_condition(
-    statuses: &std::collections::BTreeMap<ObjectRef, crate::status::PolicyStatus>,
+    out: &Output,
+    kind: portico_model::PolicyKind,
     name: &str,
     i: usize,
     type_: &str,
 ) -> Condition {
-    let s = &statuses[&ObjectRef::new("default", name)];
+    let s = out
+        .status
+        .policy(kind, &ObjectRef::new("default", name))
+        .unwrap_or_else(|| panic!("no status for {kind} {name}"));
     find(&s.ancestors[i].conditions, type_)
         .expect(type_)
         .clone()
 }
 
-/// The policy a rule gets (its own, else its route parent's), through `field`.
+/// The policy of `kind` a rule gets (its own, else its route parent's).
 fn applied_policy(
     out: &Output,
     route: &str,
     rule: usize,
-    field: impl Fn(&portico_model::RouteRule) -> &Option<ObjectRef>,
-    parent: impl Fn(&portico_model::RouteParent) -> &Option<ObjectRef>,
+    kind: portico_model::PolicyKind,
 ) -> Option<String> {
     let snap = &out.snapshots[&gw()];
     let r = snap
@@ -107,10 +110,11 @@ fn applied_policy(
         .iter()
         .find(|r| r.id.name == route)
         .expect("route in snapshot");
-    field(&r.rules[rule])
-        .clone()
-        .or_else(|| parent(&r.parents[0]).clone())
-        .map(|id| id.name)
+    r.rules[rule]
+        .policies
+        .get(kind)
+        .or_else(|| r.parents[0].policies.get(kind))
+        .map(|id| id.name.clone())
 }
 
 fn gw() -> ObjectRef {

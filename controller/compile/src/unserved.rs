@@ -4,9 +4,9 @@
 //! from us; read from a directory, it is a typo (a class name, a `parentRefs` name) that
 //! would otherwise pass `portico check` in silence.
 
-use crate::incremental::{grpc_route_parents, http_route_parents};
+use crate::inputs::Inputs;
+use crate::refs::{grpc_route_parents, http_route_parents, object_ref};
 use crate::status::{Condition, Problem};
-use crate::{Inputs, object_ref};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The condition type these problems are shown under (never written to a cluster).

@@ -67,8 +67,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
                 parents: vec![RouteParent {
                     listener: "http".into(),
                     hostnames: vec![host],
-                    auth: None,
-                    rate_limit: None,
+                    policies: Default::default(),
                 }],
                 rules,
             }
@@ -86,13 +85,12 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             tls: None,
         }],
         routes,
-        rate_limit_policies: Vec::new(),
         backends: vec![Backend {
             id: backend,
             protocol: AppProtocol::Http1,
             port_name: None,
             endpoints: vec![],
         }],
-        auth_policies: vec![],
+        policies: Default::default(),
     }
 }

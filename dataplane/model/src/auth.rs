@@ -2,7 +2,7 @@
 //! Secrets resolved by compile. Credentials that must stay secret are [`Sensitive`] (never
 //! printed); API keys arrive only as SHA-256 hashes.
 
-use crate::ObjectRef;
+use crate::object::ObjectRef;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

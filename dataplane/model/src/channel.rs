@@ -11,7 +11,7 @@
 //! the server only ever holds the newest snapshot per Gateway, so a slow reader skips
 //! versions instead of queueing them.
 
-use crate::Snapshot;
+use crate::snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
 
 /// The audience dataplane tokens must be issued for (projected ServiceAccount token).

@@ -23,8 +23,7 @@ impl Snapshot {
             listeners: vec![],
             routes: vec![],
             backends: vec![],
-            auth_policies: vec![],
-            rate_limit_policies: vec![],
+            policies: PolicySet::default(),
         }
     }
 
@@ -141,8 +140,7 @@ pub fn route(name: &str, listener: &str, hostnames: &[&str], rules: Vec<RouteRul
         parents: vec![RouteParent {
             listener: listener.into(),
             hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
-            auth: None,
-            rate_limit: None,
+            policies: AttachedPolicies::default(),
         }],
         rules,
     }

@@ -1,7 +1,7 @@
 //! Rate limits as the dataplane enforces them: a `RateLimitPolicy` with its durations parsed,
 //! defaults filled in and its Redis resolved by compile.
 
-use crate::ObjectRef;
+use crate::object::ObjectRef;
 use serde::{Deserialize, Serialize};
 
 /// How long a request waits for Redis when the policy does not say.

@@ -18,8 +18,10 @@ fn sample() -> Snapshot {
             parents: vec![RouteParent {
                 listener: "http".into(),
                 hostnames: vec!["a.example.com".into()],
-                auth: None,
-                rate_limit: Some(ObjectRef::new("default", "rl")),
+                policies: AttachedPolicies {
+                    rate_limit: Some(ObjectRef::new("default", "rl")),
+                    ..AttachedPolicies::default()
+                },
             }],
             rules: vec![RouteRule {
                 name: None,
@@ -58,8 +60,10 @@ fn sample() -> Snapshot {
                     request_ms: Some(1500),
                     backend_request_ms: None,
                 },
-                auth: Some(ObjectRef::new("default", "jwt")),
-                rate_limit: None,
+                policies: AttachedPolicies {
+                    auth: Some(ObjectRef::new("default", "jwt")),
+                    ..AttachedPolicies::default()
+                },
             }],
         }],
         backends: vec![Backend {
@@ -78,60 +82,62 @@ fn sample() -> Snapshot {
                 terminating: false,
             }],
         }],
-        rate_limit_policies: vec![ratelimit::RateLimitPolicy {
-            id: ObjectRef::new("default", "rl"),
-            limits: vec![ratelimit::Limit {
-                name: "per-client".into(),
-                requests: 10,
-                interval_ms: 1000,
-                algorithm: ratelimit::Algorithm::SlidingWindow,
-                burst: 10,
-                scope: ratelimit::Scope::Global,
-                key: vec![
-                    ratelimit::KeyPart::ClientIp,
-                    ratelimit::KeyPart::Claim(vec!["org".into(), "id".into()]),
-                ],
-                match_: Some(ratelimit::LimitMatch {
-                    methods: vec!["POST".into()],
-                    path: Some(ratelimit::PathMatch::Prefix("/api".into())),
-                    headers: vec![("x-tier".into(), None)],
+        policies: PolicySet {
+            auth: vec![auth::AuthPolicy {
+                id: ObjectRef::new("default", "jwt"),
+                consumer_header: auth::DEFAULT_CONSUMER_HEADER.into(),
+                jwt: Some(auth::Jwt {
+                    issuer: "https://idp".into(),
+                    audiences: vec!["api".into()],
+                    algorithms: vec!["HS256".into()],
+                    keys: auth::JwtKeys::Hmac(auth::Sensitive("SECRET-HMAC".into())),
+                    leeway_seconds: 30,
+                    sources: vec![auth::TokenSource::Cookie("session".into())],
+                    claims_to_headers: vec![],
+                    strip_token: true,
+                }),
+                introspection: Some(auth::Introspection {
+                    url: "https://idp/introspect".into(),
+                    client_id: "portico".into(),
+                    client_secret: auth::Sensitive("SECRET-CLIENT".into()),
+                    cache_seconds: 60,
+                    timeout_ms: 1000,
+                }),
+                rules: Some(vec![auth::AuthzRule {
+                    scopes: vec!["read".into()],
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            rate_limit: vec![ratelimit::RateLimitPolicy {
+                id: ObjectRef::new("default", "rl"),
+                limits: vec![ratelimit::Limit {
+                    name: "per-client".into(),
+                    requests: 10,
+                    interval_ms: 1000,
+                    algorithm: ratelimit::Algorithm::SlidingWindow,
+                    burst: 10,
+                    scope: ratelimit::Scope::Global,
+                    key: vec![
+                        ratelimit::KeyPart::ClientIp,
+                        ratelimit::KeyPart::Claim(vec!["org".into(), "id".into()]),
+                    ],
+                    match_: Some(ratelimit::LimitMatch {
+                        methods: vec!["POST".into()],
+                        path: Some(ratelimit::PathMatch::Prefix("/api".into())),
+                        headers: vec![("x-tier".into(), None)],
+                    }),
+                }],
+                trusted_hops: 1,
+                ipv6_prefix_length: 64,
+                response_headers: true,
+                global: Some(ratelimit::Global {
+                    redis_url: "redis://127.0.0.1:6379".into(),
+                    fail_closed: false,
+                    timeout_ms: 100,
                 }),
             }],
-            trusted_hops: 1,
-            ipv6_prefix_length: 64,
-            response_headers: true,
-            global: Some(ratelimit::Global {
-                redis_url: "redis://127.0.0.1:6379".into(),
-                fail_closed: false,
-                timeout_ms: 100,
-            }),
-        }],
-        auth_policies: vec![auth::AuthPolicy {
-            id: ObjectRef::new("default", "jwt"),
-            consumer_header: auth::DEFAULT_CONSUMER_HEADER.into(),
-            jwt: Some(auth::Jwt {
-                issuer: "https://idp".into(),
-                audiences: vec!["api".into()],
-                algorithms: vec!["HS256".into()],
-                keys: auth::JwtKeys::Hmac(auth::Sensitive("SECRET-HMAC".into())),
-                leeway_seconds: 30,
-                sources: vec![auth::TokenSource::Cookie("session".into())],
-                claims_to_headers: vec![],
-                strip_token: true,
-            }),
-            introspection: Some(auth::Introspection {
-                url: "https://idp/introspect".into(),
-                client_id: "portico".into(),
-                client_secret: auth::Sensitive("SECRET-CLIENT".into()),
-                cache_seconds: 60,
-                timeout_ms: 1000,
-            }),
-            rules: Some(vec![auth::AuthzRule {
-                scopes: vec!["read".into()],
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }],
+        },
     }
 }
 
@@ -198,4 +204,67 @@ fn redis_urls_parse_to_an_address_and_database() {
     ] {
         assert!(RedisAddress::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// A snapshot as the controller sent it, and the dataplane saved it, before rules, parents
+/// and snapshots held their policies in [`AttachedPolicies`] and [`PolicySet`]: the same
+/// JSON must still load into the same places, and serialise back byte for byte (so an
+/// older dataplane reads a newer controller's snapshot the way it always did).
+const OLD_SHAPE: &str = r#"{"version":3,"gateway":{"namespace":"default","name":"gw"},"listeners":[{"name":"http","port":8080,"protocol":"HTTP"}],"routes":[{"id":{"namespace":"default","name":"web"},"parents":[{"listener":"http","hostnames":["web.example.com"],"auth":{"namespace":"default","name":"gw-auth"},"rateLimit":{"namespace":"default","name":"gw-limit"}}],"rules":[{"name":"api","matches":[{"path":{"type":"PathPrefix","value":"/api"}}],"backendRefs":[{"target":{"service":{"namespace":"default","name":"svc","port":80}},"weight":1}],"auth":{"namespace":"default","name":"api-auth"}},{"matches":[{"path":{"type":"PathPrefix","value":"/"}}],"rateLimit":{"namespace":"default","name":"gw-limit"}}]}],"backends":[{"id":{"namespace":"default","name":"svc","port":80},"protocol":"http","endpoints":[]}],"authPolicies":[{"id":{"namespace":"default","name":"api-auth"},"consumerHeader":"x-portico-consumer","jwt":{"issuer":"https://idp","algorithms":["HS256"],"keys":{"hmac":"c2VjcmV0"},"leewaySeconds":30,"sources":[{"cookie":"session"}]}},{"id":{"namespace":"default","name":"gw-auth"},"invalid":"Secret default/keys not found","consumerHeader":"x-portico-consumer"}],"rateLimitPolicies":[{"id":{"namespace":"default","name":"gw-limit"},"limits":[{"name":"per-client","requests":10,"intervalMs":1000,"algorithm":"TokenBucket","burst":10,"scope":"Local","key":["clientIp"]}],"ipv6PrefixLength":64,"responseHeaders":true}]}"#;
+
+#[test]
+fn a_snapshot_saved_before_the_policy_set_still_loads_unchanged() {
+    let snap: Snapshot = serde_json::from_str(OLD_SHAPE).expect("old-shape snapshot");
+    let id = |name: &str| ObjectRef::new("default", name);
+    let route = &snap.routes[0];
+    assert_eq!(
+        route.parents[0].policies.get(PolicyKind::Auth),
+        Some(&id("gw-auth"))
+    );
+    assert_eq!(
+        route.parents[0].policies.get(PolicyKind::RateLimit),
+        Some(&id("gw-limit"))
+    );
+    assert_eq!(
+        route.rules[0].policies.get(PolicyKind::Auth),
+        Some(&id("api-auth"))
+    );
+    assert_eq!(route.rules[0].policies.get(PolicyKind::RateLimit), None);
+    assert_eq!(route.rules[1].policies.get(PolicyKind::Auth), None);
+    assert_eq!(
+        route.rules[1].policies.get(PolicyKind::RateLimit),
+        Some(&id("gw-limit"))
+    );
+    assert_eq!(
+        snap.policies.ids(PolicyKind::Auth),
+        [&id("api-auth"), &id("gw-auth")]
+    );
+    assert_eq!(
+        snap.policies.auth[1].invalid.as_deref(),
+        Some("Secret default/keys not found")
+    );
+    assert_eq!(snap.policies.ids(PolicyKind::RateLimit), [&id("gw-limit")]);
+    assert_eq!(snap.policies.rate_limit[0].limits[0].requests, 10);
+    assert_eq!(
+        serde_json::to_string(&snap).expect("serialise"),
+        OLD_SHAPE,
+        "the wire format changed"
+    );
+}
+
+#[test]
+fn attached_policies_are_read_and_written_by_kind() {
+    let mut attached = AttachedPolicies::default();
+    assert!(PolicyKind::ALL.iter().all(|k| attached.get(*k).is_none()));
+    for kind in PolicyKind::ALL {
+        attached.set(kind, Some(ObjectRef::new("ns", kind.as_str())));
+    }
+    assert_eq!(attached.auth, Some(ObjectRef::new("ns", "AuthPolicy")));
+    assert_eq!(
+        attached.rate_limit,
+        Some(ObjectRef::new("ns", "RateLimitPolicy"))
+    );
+    attached.set(PolicyKind::Auth, None);
+    assert_eq!(attached.get(PolicyKind::Auth), None);
+    assert!(attached.get(PolicyKind::RateLimit).is_some());
 }

@@ -3,7 +3,7 @@
 //! (standalone mode has no API server); a Secret that cannot be read is reported and leaves
 //! its mechanism without those credentials.
 
-use crate::Secrets;
+use crate::inputs::Secrets;
 use base64::Engine as _;
 use portico_crds::auth::{AuthPolicySpec, JwtAlgorithm};
 use portico_crds::k8s_openapi::api::core::v1::Secret;

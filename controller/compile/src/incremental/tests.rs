@@ -178,3 +178,58 @@ spec:
             .is_empty()
     );
 }
+
+#[test]
+fn a_policy_is_read_by_the_gateways_it_reaches_through_any_kind_of_target() {
+    // `svc` is the backend of routes on `gw` only (HTTP and gRPC), `missing` of `on-other`'s.
+    let inputs = inputs_with(
+        r#"
+---
+apiVersion: portico.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: on-route, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: on-other}]
+  apiKey: {secretRefs: [{name: keys}]}
+---
+apiVersion: portico.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: on-service, namespace: default}
+spec:
+  targetRefs: [{group: '', kind: Service, name: svc}]
+  limits: [{requests: 1, interval: 1s}]
+"#,
+    );
+    let deps = Dependencies::new(&inputs, CONTROLLER_NAME);
+    let policy = |kind, name: &str| DepKey::Policy(kind, ObjectRef::new("default", name));
+    assert_eq!(
+        deps.touched(&[policy(PolicyKind::Auth, "on-route")]),
+        [gw("other")].into()
+    );
+    assert_eq!(
+        deps.touched(&[DepKey::Secret(ObjectRef::new("default", "keys"))]),
+        [gw("other")].into()
+    );
+    assert_eq!(
+        deps.touched(&[policy(PolicyKind::RateLimit, "on-service")]),
+        [gw("gw")].into()
+    );
+    // Keyed by kind: the same name of another kind is another object.
+    assert!(
+        deps.touched(&[policy(PolicyKind::Auth, "on-service")])
+            .is_empty()
+    );
+    // And the status of each kind survives an update that recompiles nothing.
+    let mut inc = IncrementalCompile::new(CONTROLLER_NAME);
+    inc.update(&inputs, &Changes::All);
+    inc.update(&inputs, &keys(&[]));
+    assert_same(&inc, &inputs);
+    assert!(
+        inc.status()
+            .policy(
+                PolicyKind::RateLimit,
+                &ObjectRef::new("default", "on-service")
+            )
+            .is_some()
+    );
+}

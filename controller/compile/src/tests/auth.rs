@@ -3,8 +3,8 @@
 use super::{applied_policy, gw, policy_condition, run};
 use crate::status::{Condition, reasons, types};
 use crate::{CONTROLLER_NAME, Output, referenced_secrets};
-use portico_model::ObjectRef;
 use portico_model::auth::JwtKeys;
+use portico_model::{ObjectRef, PolicyKind};
 
 /// Two routes on the Gateway: `admin` (rules `read` and `write`) and `shop`.
 const ROUTES: &str = r#"
@@ -45,16 +45,16 @@ fn policy(name: &str, created: &str, targets: &str, body: &str) -> String {
 const API_KEYS: &str = "  apiKey: {secretRefs: [{name: keys}]}";
 
 fn accepted(out: &Output, policy: &str, i: usize) -> Condition {
-    policy_condition(&out.status.auth_policies, policy, i, types::ACCEPTED)
+    policy_condition(out, PolicyKind::Auth, policy, i, types::ACCEPTED)
 }
 
 fn resolved(out: &Output, policy: &str) -> Condition {
-    policy_condition(&out.status.auth_policies, policy, 0, types::RESOLVED_REFS)
+    policy_condition(out, PolicyKind::Auth, policy, 0, types::RESOLVED_REFS)
 }
 
 /// The policy of each (route, rule index) and each route's parent, from the snapshot.
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    applied_policy(out, route, rule, |r| &r.auth, |p| &p.auth)
+    applied_policy(out, route, rule, PolicyKind::Auth)
 }
 
 const GW: &str = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";
@@ -82,7 +82,8 @@ fn precedence_rule_over_route_over_listener_over_gateway() {
     }
     // Only the policies the snapshot uses are in it, sorted.
     let names: Vec<&str> = out.snapshots[&gw()]
-        .auth_policies
+        .policies
+        .auth
         .iter()
         .map(|p| p.id.name.as_str())
         .collect();
@@ -143,7 +144,7 @@ fn api_keys_are_hashed_and_a_missing_secret_is_reported() {
         )
     ));
     let snap = &out.snapshots[&gw()];
-    let keys = &snap.auth_policies[0]
+    let keys = &snap.policies.auth[0]
         .api_keys
         .as_ref()
         .expect("api keys")
@@ -229,7 +230,7 @@ fn invalid_policies_fail_closed_with_a_reason() {
         // Still attached, so the route answers 500 instead of serving unprotected.
         let snap = &out.snapshots[&gw()];
         assert_eq!(applied(&out, "admin", 0).as_deref(), Some("p"));
-        assert!(snap.auth_policies[0].invalid.is_some());
+        assert!(snap.policies.auth[0].invalid.is_some());
         // The other route is untouched.
         assert_eq!(applied(&out, "shop", 0), None);
     }
@@ -286,7 +287,8 @@ stringData: {clientId: portico, clientSecret: s3cret}
     ));
     let snap = &out.snapshots[&gw()];
     let by_name = |n: &str| {
-        snap.auth_policies
+        snap.policies
+            .auth
             .iter()
             .find(|p| p.id.name == n)
             .unwrap_or_else(|| panic!("{n} in snapshot"))
@@ -342,6 +344,50 @@ spec:
         .iter()
         .find(|r| r.id.name == "g")
         .expect("grpc route");
-    assert_eq!(g.parents[0].auth, Some(ObjectRef::new("default", "p")));
-    assert!(g.rules[0].auth.is_none());
+    assert_eq!(
+        g.parents[0].policies.auth,
+        Some(ObjectRef::new("default", "p"))
+    );
+    assert!(g.rules[0].policies.auth.is_none());
+}
+
+#[test]
+fn a_service_target_is_resolved_and_refused_saying_what_to_target() {
+    let targets = "[{group: '', kind: Service, name: svc}, \
+                   {group: '', kind: Service, name: nope}, \
+                   {group: core, kind: Service, name: svc, sectionName: http}, \
+                   {group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop}]";
+    let out = run(&format!(
+        "{ROUTES}{}",
+        policy("p", "2026-01-01T00:00:00Z", targets, API_KEYS)
+    ));
+    // The Service exists, but an AuthPolicy acts on routed requests: refused, with advice.
+    let c = accepted(&out, "p", 0);
+    assert!(!c.is_true());
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(
+        c.message.contains("cannot target Service default/svc")
+            && c.message.contains("HTTPRoute or rule that sends to it"),
+        "{}",
+        c.message
+    );
+    // A Service that does not exist is reported as such, like any other missing target.
+    let c = accepted(&out, "p", 1);
+    assert_eq!(c.reason, reasons::TARGET_NOT_FOUND);
+    assert!(c.message.contains("Service default/nope"), "{}", c.message);
+    // A Service is targeted whole.
+    let c = accepted(&out, "p", 2);
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("sectionName"), "{}", c.message);
+    // The refused targets protect nothing; the route target still applies.
+    assert!(accepted(&out, "p", 3).is_true());
+    assert_eq!(applied(&out, "shop", 0).as_deref(), Some("p"));
+    assert_eq!(applied(&out, "admin", 0), None);
+    let problems = out.status.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.object == "AuthPolicy default/p target Service svc"),
+        "{problems:?}"
+    );
 }

@@ -4,8 +4,8 @@
 use super::{applied_policy, gw, inputs, policy_condition, run};
 use crate::status::{Condition, reasons, types};
 use crate::{CONTROLLER_NAME, Output, compile};
-use portico_model::ObjectRef;
 use portico_model::ratelimit::{Algorithm, KeyPart, Scope};
+use portico_model::{ObjectRef, PolicyKind};
 
 const ROUTES: &str = r#"
 ---
@@ -44,12 +44,12 @@ const T1: &str = "2026-01-01T00:00:00Z";
 const T2: &str = "2026-01-02T00:00:00Z";
 
 fn accepted(out: &Output, policy: &str) -> Condition {
-    policy_condition(&out.status.rate_limit_policies, policy, 0, types::ACCEPTED)
+    policy_condition(out, PolicyKind::RateLimit, policy, 0, types::ACCEPTED)
 }
 
 /// The policy applied to (route, rule index).
 fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
-    applied_policy(out, route, rule, |r| &r.rate_limit, |p| &p.rate_limit)
+    applied_policy(out, route, rule, PolicyKind::RateLimit)
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn defaults_are_filled_in_and_durations_parsed() {
     match: {methods: [post], path: {value: /login}}"#;
     let out = run(&format!("{ROUTES}{}", policy("rl", T1, ROUTE, body)));
     assert!(accepted(&out, "rl").is_true());
-    let p = &out.snapshots[&gw()].rate_limit_policies[0];
+    let p = &out.snapshots[&gw()].policies.rate_limit[0];
     assert_eq!(p.trusted_hops, 2);
     assert!(p.response_headers, "headers are on by default");
     assert!(p.global.is_none());
@@ -126,7 +126,7 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
     i.redis_url = Some("redis://10.0.0.5:6380/1".into());
     let out = compile(&i, CONTROLLER_NAME);
     assert!(accepted(&out, "rl").is_true());
-    let g = out.snapshots[&gw()].rate_limit_policies[0]
+    let g = out.snapshots[&gw()].policies.rate_limit[0]
         .global
         .clone()
         .expect("global");
@@ -139,7 +139,7 @@ fn a_global_limit_uses_the_policy_redis_or_else_the_default_and_reports_when_the
         &inputs(&format!("{ROUTES}{}", policy("rl", T1, ROUTE, own))),
         CONTROLLER_NAME,
     );
-    let g = out.snapshots[&gw()].rate_limit_policies[0]
+    let g = out.snapshots[&gw()].policies.rate_limit[0]
         .global
         .clone()
         .expect("global");
@@ -173,7 +173,7 @@ fn a_claim_or_consumer_key_needs_an_auth_policy_that_provides_it() {
     assert!(accepted(&out, "by-consumer").is_true());
     assert_eq!(accepted(&out, "by-claim").reason, reasons::INVALID);
     assert_eq!(
-        out.snapshots[&gw()].rate_limit_policies[0].limits[0].key,
+        out.snapshots[&gw()].policies.rate_limit[0].limits[0].key,
         vec![KeyPart::Consumer]
     );
 }
@@ -266,7 +266,7 @@ spec:
     ));
     assert!(accepted(&out, "team").is_true());
     let snap = &out.snapshots[&ObjectRef::new("default", "own")];
-    let g = snap.rate_limit_policies[0].global.clone().expect("global");
+    let g = snap.policies.rate_limit[0].global.clone().expect("global");
     assert_eq!(g.redis_url, "redis://redis.team:6379/3");
     let c = accepted(&out, "other");
     assert_eq!(c.reason, reasons::INVALID);
@@ -274,5 +274,62 @@ spec:
         c.message.contains("GatewayConfig of Gateway default/gw"),
         "{}",
         c.message
+    );
+}
+
+#[test]
+fn a_service_target_is_refused_and_the_routes_keep_serving() {
+    let simple = "  limits: [{requests: 10, interval: 1s}]";
+    let out = run(&format!(
+        "{ROUTES}{}",
+        policy("p", T1, "[{group: '', kind: Service, name: svc}]", simple)
+    ));
+    let c = accepted(&out, "p");
+    assert!(!c.is_true());
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(
+        c.message
+            .contains("a RateLimitPolicy applies to requests as they are routed"),
+        "{}",
+        c.message
+    );
+    assert_eq!(applied(&out, "api", 0), None);
+    assert!(out.snapshots[&gw()].policies.rate_limit.is_empty());
+}
+
+#[test]
+fn policies_of_two_kinds_with_one_name_keep_their_own_status() {
+    let auth = "---\napiVersion: portico.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: same, namespace: default}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: missing}]\n  apiKey: {secretRefs: [{name: keys}]}\n";
+    let limit = policy(
+        "same",
+        T1,
+        ROUTE,
+        "  limits: [{requests: 10, interval: 1s}]",
+    );
+    let out = run(&format!("{ROUTES}{auth}{limit}"));
+    let same = ObjectRef::new("default", "same");
+    let of =
+        |kind| out.status.policy(kind, &same).expect("status").ancestors[0].conditions[0].clone();
+    assert_eq!(of(PolicyKind::Auth).reason, reasons::TARGET_NOT_FOUND);
+    assert!(of(PolicyKind::RateLimit).is_true());
+    assert_eq!(applied(&out, "api", 0).as_deref(), Some("same"));
+    // Problems and `portico check --status` name each kind apart, as before the kinds
+    // shared one map.
+    let problems = out.status.problems();
+    assert!(
+        !problems.is_empty()
+            && problems
+                .iter()
+                .all(|p| p.object.starts_with("AuthPolicy default/same target")),
+        "{problems:?}"
+    );
+    let shown = serde_json::to_value(&out.status).expect("status as JSON");
+    assert!(
+        shown["authPolicies"]["default/same"]["ancestors"].is_array(),
+        "{shown}"
+    );
+    assert!(
+        shown["rateLimitPolicies"]["default/same"]["ancestors"].is_array(),
+        "{shown}"
     );
 }

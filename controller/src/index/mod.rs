@@ -14,25 +14,25 @@
 //!  Secret (one watch per referenced name) ──┘ ◀──────────────┘
 //! ```
 //!
-//! Every event also records which object changed ([`Dirty`]), so the compile loop recompiles
+//! Every event also records which object changed ([`ChangeLog`]), so the compile loop recompiles
 //! only the Gateways that read it ([`portico_compile::incremental`]); a watch that re-lists
 //! (and may have missed deletions) asks for a full recompile.
 //!
-//! Secrets are watched one by one, only those our listeners may use ([`crate::secrets`]).
+//! Secrets are watched one by one, only those our listeners may use ([`secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
 //! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
 //! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
-//! it is reported once, read as empty and looked for again; compile never waits for it.
+//! it is reported once, read as empty and looked for again; compile never waits for it. One
+//! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
+//! of its kind's whole list.
 
-use crate::secrets::SecretWatches;
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use parking_lot::Mutex;
 use portico_compile::Inputs;
-use portico_compile::incremental::{Changes, DepKey};
+use portico_compile::incremental::DepKey;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
@@ -42,51 +42,23 @@ use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_crds::ratelimit::RateLimitPolicy;
-use portico_model::{ObjectRef, RouteKind};
+use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// What changed since the compile loop last looked.
-#[derive(Default)]
-pub struct Dirty {
-    all: bool,
-    keys: BTreeSet<DepKey>,
-}
+mod changes;
+mod guard;
+pub mod secrets;
 
-/// Shared between the watches (which record) and the compile loop (which takes).
-#[derive(Clone, Default)]
-pub struct ChangeLog(Arc<Mutex<Dirty>>);
-
-impl ChangeLog {
-    pub fn record(&self, key: DepKey) {
-        self.0.lock().keys.insert(key);
-    }
-
-    pub fn record_all(&self) {
-        self.0.lock().all = true;
-    }
-
-    /// Whether anything was recorded since the last [`ChangeLog::take`].
-    pub fn pending(&self) -> bool {
-        let d = self.0.lock();
-        d.all || !d.keys.is_empty()
-    }
-
-    /// Takes what was recorded, leaving nothing.
-    pub fn take(&self) -> Changes {
-        let d = std::mem::take(&mut *self.0.lock());
-        if d.all {
-            Changes::All
-        } else {
-            Changes::Keys(d.keys)
-        }
-    }
-}
+pub use changes::ChangeLog;
+use guard::Guard;
+pub use guard::UnreadableObjects;
+use kube::core::DeserializeGuard;
+use secrets::SecretWatches;
 
 fn id<K: ResourceExt>(k: &K) -> ObjectRef {
     ObjectRef::new(k.namespace().unwrap_or_default(), k.name_any())
@@ -107,6 +79,8 @@ pub struct Index {
     pub namespaces: Store<Namespace>,
     pub secrets: SecretWatches,
     pub changes: ChangeLog,
+    /// The objects of each kind that do not decode (skipped), for the admin port.
+    pub unreadable: Arc<UnreadableObjects>,
     /// Per kind: whether its first list is in (or, optional, whether it is not served).
     listed: Arc<Vec<(String, tokio::sync::watch::Receiver<bool>)>>,
 }
@@ -159,6 +133,7 @@ struct Watches {
     client: Client,
     changed: Arc<Notify>,
     log: ChangeLog,
+    unreadable: Arc<UnreadableObjects>,
     listed: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
 }
 
@@ -170,8 +145,10 @@ impl Watches {
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone,
     {
-        let (reader, writer) = reflector::store();
+        let (reader, mut writer) = reflector::store();
+        let store = reader.clone();
         let kind = K::kind(&K::DynamicType::default()).to_string();
+        let mut guard = Guard::new(&kind, self.unreadable.clone());
         let (listed, listed_rx) = tokio::sync::watch::channel(false);
         self.listed.push((kind.clone(), listed_rx));
         let (client, changed, log) = (self.client.clone(), self.changed.clone(), self.log.clone());
@@ -203,16 +180,28 @@ impl Watches {
                     tracing::info!(kind, "the cluster serves this kind now: watching it");
                 }
             }
-            let api: Api<K> = Api::all(client);
-            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff();
+            // Decoded through the guard: one object the Rust type rejects is skipped and
+            // reported ([`guard`]), never the failure of its kind's whole list.
+            let api: Api<DeserializeGuard<K>> = Api::all(client);
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
             // The generation last seen of each object, for `Reads::Spec`.
             let mut generations: std::collections::HashMap<DepKey, Option<i64>> =
                 std::collections::HashMap::new();
             while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with back-off");
+                        continue;
+                    }
+                };
+                let Some(event) = guard.admit(event, &store) else {
+                    continue;
+                };
+                writer.apply_watcher_event(&event);
                 match event {
-                    Ok(watcher::Event::Apply(k)) => {
+                    watcher::Event::Apply(k) => {
                         let key = key(&k);
                         let generation = k.meta().generation;
                         let spec_changed = reads == Reads::Everything
@@ -222,27 +211,24 @@ impl Watches {
                         }
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::Delete(k)) => {
+                    watcher::Event::Delete(k) => {
                         let key = key(&k);
                         generations.remove(&key);
                         log.record(key);
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::InitApply(k)) if reads == Reads::Spec => {
+                    watcher::Event::InitApply(k) if reads == Reads::Spec => {
                         generations.insert(key(&k), k.meta().generation);
                     }
                     // A (re-)list may have missed deletions: recompile everything once it is
                     // done.
-                    Ok(watcher::Event::InitDone) => {
+                    watcher::Event::InitDone => {
                         let _ = listed.send(true);
                         log.record_all();
                         changed.notify_one();
                     }
-                    Ok(watcher::Event::Init) => generations.clear(),
-                    Ok(watcher::Event::InitApply(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(kind, error = %e, "watch failed; retrying with back-off")
-                    }
+                    watcher::Event::Init => generations.clear(),
+                    watcher::Event::InitApply(_) => {}
                 }
             }
         });
@@ -256,10 +242,12 @@ impl Index {
         use Need::{Optional, Required};
         use Reads::{Everything, Spec};
         let log = ChangeLog::default();
+        let unreadable = Arc::new(UnreadableObjects::default());
         let mut w = Watches {
             client: client.clone(),
             changed: changed.clone(),
             log: log.clone(),
+            unreadable: unreadable.clone(),
             listed: Vec::new(),
         };
         Self {
@@ -276,9 +264,11 @@ impl Index {
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
             // cluster does not serve has no objects to wait for.)
-            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| DepKey::AuthPolicy(id(p))),
+            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| {
+                DepKey::Policy(PolicyKind::Auth, id(p))
+            }),
             rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
-                DepKey::RateLimitPolicy(id(p))
+                DepKey::Policy(PolicyKind::RateLimit, id(p))
             }),
             gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
                 DepKey::GatewayConfig(id(c))
@@ -292,6 +282,7 @@ impl Index {
             }),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone(), secret_hint),
             changes: log,
+            unreadable,
             listed: Arc::new(w.listed),
         }
     }

@@ -12,7 +12,7 @@
 //! the listener or policy that names it says why instead of "not found", and compile does
 //! not wait for it; the watch keeps retrying, and the Secret is read once a binding exists.
 
-use crate::index::ChangeLog;
+use super::changes::ChangeLog;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};

@@ -1,0 +1,104 @@
+//! What compile reads: [`Inputs`], filled by the controller from its indexes or by standalone
+//! mode from YAML, and the view of Secrets the passes share.
+//!
+//! Apart from the crate root so that the passes can take `&Inputs` without importing the
+//! module that orchestrates them.
+
+use crate::refs::{gateways_of, namespace_of};
+use portico_crds::auth::AuthPolicy;
+use portico_crds::gateway_api::{
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
+    httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
+};
+use portico_crds::gatewayconfig::GatewayConfig;
+use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
+use portico_crds::ratelimit::RateLimitPolicy;
+use portico_model::ObjectRef;
+use std::collections::BTreeMap;
+
+/// Everything compile reads. Order does not matter.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Every GatewayClass; only those naming the controller are compiled.
+    pub gateway_classes: Vec<GatewayClass>,
+    /// Every Gateway; only those of our classes are compiled.
+    pub gateways: Vec<Gateway>,
+    /// Every HTTPRoute; those naming no Gateway of ours are ignored.
+    pub http_routes: Vec<HTTPRoute>,
+    /// Every GRPCRoute, likewise.
+    pub grpc_routes: Vec<GrpcRoute>,
+    /// For cross-namespace backendRefs and certificateRefs.
+    pub reference_grants: Vec<ReferenceGrant>,
+    /// Every AuthPolicy.
+    pub auth_policies: Vec<AuthPolicy>,
+    /// Every RateLimitPolicy.
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not
+    /// accepted); the provisioner reads their specs.
+    pub gateway_configs: Vec<GatewayConfig>,
+    /// The Redis of `Global` rate limits whose policy names none (`--redis-url`).
+    pub redis_url: Option<String>,
+    /// The Secrets listeners and policies refer to (others are ignored; the controller
+    /// watches only these, see [`crate::referenced_secrets`]).
+    pub secrets: Vec<Secret>,
+    /// Referenced Secrets the controller was refused (RBAC), with what would let it read
+    /// them: their listeners and policies say so instead of "not found".
+    pub unreadable_secrets: BTreeMap<ObjectRef, String>,
+    /// The namespace of the dataplanes' Services (`--dataplane-namespace`), whose addresses
+    /// the Gateways report.
+    pub dataplane_namespace: String,
+    /// The Services backendRefs name, and the dataplanes' own.
+    pub services: Vec<Service>,
+    /// Endpoints known at compile time (standalone mode; the controller leaves this empty,
+    /// since dataplanes watch EndpointSlices themselves).
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// For `allowedRoutes.namespaces.selector`. A namespace without an object here is taken to
+    /// carry only its automatic `kubernetes.io/metadata.name` label.
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Inputs {
+    /// The Secrets compile may use, with why the missing ones are missing.
+    pub(crate) fn secret_view(&self) -> Secrets<'_> {
+        Secrets {
+            list: &self.secrets,
+            unreadable: Some(&self.unreadable_secrets),
+        }
+    }
+
+    /// The Gateways whose class names `controller_name` (accepted or not).
+    pub(crate) fn gateways_of(&self, controller_name: &str) -> impl Iterator<Item = &Gateway> {
+        gateways_of(&self.gateway_classes, &self.gateways, controller_name)
+    }
+}
+
+/// The Secrets compile may use, and those the controller may not read.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Secrets<'a> {
+    list: &'a [Secret],
+    unreadable: Option<&'a BTreeMap<ObjectRef, String>>,
+}
+
+impl<'a> Secrets<'a> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a Secret> + use<'a> {
+        self.list.iter()
+    }
+
+    /// Secret `ns/name`, or why there is none: not found, or not readable by the controller
+    /// (and what would allow it).
+    pub(crate) fn find(&self, ns: &str, name: &str) -> Result<&'a Secret, String> {
+        if let Some(s) = self
+            .list
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name) && namespace_of(&s.metadata) == ns)
+        {
+            return Ok(s);
+        }
+        let id = ObjectRef::new(ns, name);
+        Err(match self.unreadable.and_then(|u| u.get(&id)) {
+            Some(why) => format!("Secret {id} cannot be read: {why}"),
+            None => format!("Secret {id} not found"),
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! One Gateway's [`Snapshot`], assembled from what the passes concluded: its programmable
+//! listeners ([`crate::gateway`]), the routes attached to it with their backends
+//! ([`crate::route`]), and the policies those name ([`crate::auth`], [`crate::ratelimit`]).
+//!
+//! The passes only produce; this module only reads them, so no pass needs to know the
+//! snapshot's shape and the passes do not import each other to build it.
+
+use crate::auth::AuthPolicies;
+use crate::gateway::GatewayState;
+use crate::ratelimit::RateLimitPolicies;
+use crate::route::AttachedRoutes;
+use portico_model::{Listener, ListenerTls, PolicyKind, PolicySet, Protocol, Snapshot};
+
+/// The policies of every kind, resolved once per compile and named in each snapshot.
+pub(crate) struct ResolvedPolicies {
+    pub(crate) auth: AuthPolicies,
+    pub(crate) rate_limit: RateLimitPolicies,
+}
+
+impl ResolvedPolicies {
+    /// Names each rule's and route parent's policies in `snapshot` and adds the compiled
+    /// policies it uses, kind by kind.
+    fn attach(&self, snapshot: &mut Snapshot) {
+        for kind in PolicyKind::ALL {
+            match kind {
+                PolicyKind::Auth => self.auth.attach(snapshot),
+                PolicyKind::RateLimit => self.rate_limit.attach(snapshot),
+            }
+        }
+    }
+}
+
+/// The snapshot of an accepted Gateway (`None` for one that is not): usable listeners,
+/// attached routes, their backends and policies. `version` is 0; the publisher stamps it.
+pub(crate) fn gateway_snapshot(
+    gw: &GatewayState,
+    routes: &AttachedRoutes,
+    policies: &ResolvedPolicies,
+) -> Option<Snapshot> {
+    if !gw.accepted() {
+        return None;
+    }
+    let listeners = gw
+        .listeners
+        .iter()
+        .filter(|l| l.programmable())
+        .map(|l| {
+            let https = l.protocol == "HTTPS";
+            Listener {
+                name: l.name.clone(),
+                addresses: gw.bind_addresses().to_vec(),
+                port: u16::try_from(l.port).unwrap_or_default(),
+                protocol: if https {
+                    Protocol::Https
+                } else {
+                    Protocol::Http
+                },
+                hostname: l.hostname.clone(),
+                tls: https.then(|| ListenerTls {
+                    certificates: l.certificates.clone(),
+                }),
+            }
+        })
+        .collect();
+    let (routes, backends) = routes.for_gateway(&gw.id);
+    let mut snapshot = Snapshot {
+        version: 0,
+        gateway: gw.id.clone(),
+        listeners,
+        routes,
+        backends,
+        policies: PolicySet::default(),
+    };
+    policies.attach(&mut snapshot);
+    Some(snapshot)
+}

@@ -1,0 +1,71 @@
+//! Listeners: the sockets a Gateway's dataplane binds and, for HTTPS, the certificates it
+//! serves on them.
+
+use crate::object::ObjectRef;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a listener speaks. Only the protocols the dataplane serves reach a snapshot; compile
+/// rejects the others on the listener's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    /// Plain HTTP/1.1 and h2c.
+    #[serde(rename = "HTTP")]
+    Http,
+    /// TLS terminated by the dataplane, then HTTP/1.1 or HTTP/2 (ALPN).
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+/// A listener that compile accepted. Rejected listeners never reach a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// The listener's name, unique within its Gateway.
+    pub name: String,
+    /// IP addresses to bind (from the Gateway's `spec.addresses` of type IPAddress). Empty means
+    /// the dataplane's default bind address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The port to bind on each address.
+    pub port: u16,
+    /// What the socket speaks.
+    pub protocol: Protocol,
+    /// Lower-case hostname or `*.suffix` wildcard; `None` matches every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Set on HTTPS listeners only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination settings for an HTTPS listener.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// PEM certificate chain and key pairs; the first matching SNI wins.
+    pub certificates: Vec<Certificate>,
+}
+
+/// One certificate and its private key, from a `kubernetes.io/tls` Secret. Snapshots carry
+/// key material, which is why the snapshot channel is authenticated and `Debug` redacts it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Certificate {
+    /// The Secret it was read from (for logs, status and the expiry metric).
+    pub secret: ObjectRef,
+    /// The PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The PEM private key of the leaf.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Certificate {
+    // Never print key material, even at debug level.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("secret", &self.secret)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}

@@ -1,0 +1,39 @@
+//! The snapshot itself: one Gateway's listeners, routes, backends and policies, each a list
+//! of the types of its own module.
+
+use crate::backend::{Backend, BackendId};
+use crate::listener::Listener;
+use crate::object::ObjectRef;
+use crate::policy::PolicySet;
+use crate::route::HttpRoute;
+use serde::{Deserialize, Serialize};
+
+/// Everything one Gateway's dataplane needs to serve traffic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Monotonic per Gateway, stamped by whoever publishes the snapshot (compile leaves 0).
+    pub version: u64,
+    /// The Gateway this snapshot serves.
+    pub gateway: ObjectRef,
+    /// The listeners compile accepted and can serve, in the Gateway's order.
+    pub listeners: Vec<Listener>,
+    /// In precedence order across routes: oldest first, then by namespace/name.
+    pub routes: Vec<HttpRoute>,
+    /// Sorted by [`BackendId`].
+    pub backends: Vec<Backend>,
+    /// The policies routes refer to. Flattened: on the wire they are this object's
+    /// `authPolicies`, `rateLimitPolicies`, ... as before [`PolicySet`] existed.
+    #[serde(flatten)]
+    pub policies: PolicySet,
+}
+
+impl Snapshot {
+    /// The backend `id`, found by binary search in the sorted `backends`.
+    pub fn backend(&self, id: &BackendId) -> Option<&Backend> {
+        self.backends
+            .binary_search_by(|b| b.id.cmp(id))
+            .ok()
+            .map(|i| &self.backends[i])
+    }
+}

@@ -1,0 +1,155 @@
+//! How the PEM certificate pairs of a snapshot's HTTPS listeners are read: compile checks each
+//! pair with [`certified_key`] before it puts it in a snapshot (a bad one is reported on its
+//! listener), and the dataplane loads it with the same function, so what compile accepted is
+//! what the dataplane can serve. [`not_after`] reads a leaf's expiry for the dataplane's
+//! expiry metric.
+//!
+//! The one part of the model that is not plain data: it parses with rustls (no I/O), which
+//! both sides already use for TLS.
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+/// The key of a `kubernetes.io/tls` Secret that holds the certificate chain; errors name the
+/// pair's parts by these keys, which is where a user finds them.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// The key of a `kubernetes.io/tls` Secret that holds the private key.
+pub const TLS_PRIVATE_KEY_KEY: &str = "tls.key";
+
+/// Parses a PEM certificate chain and private key into what rustls serves, checking that the
+/// key belongs to the first certificate. The error says what is wrong, never what the key is.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{TLS_CERT_KEY} is not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("{TLS_CERT_KEY} holds no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("{TLS_PRIVATE_KEY_KEY} is not a PEM private key: {e}"))?;
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    // from_der parses the leaf and compares its public key with the private key's.
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("{TLS_PRIVATE_KEY_KEY} does not belong to the certificate in {TLS_CERT_KEY}")
+        }
+        other => format!("the certificate or key cannot be used: {other}"),
+    })
+}
+
+/// When a DER X.509 certificate stops being valid (its `notAfter`), in seconds since the
+/// Unix epoch; `None` when the bytes are not a certificate this walk understands. Reads
+/// only `Certificate → TBSCertificate → validity` (RFC 5280 §4.1), for the expiry metric.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (certificate, _) = der_tlv(der, 0x30)?;
+    let (tbs, _) = der_tlv(certificate, 0x30)?;
+    let mut rest = tbs;
+    // version [0] EXPLICIT is absent in v1 certificates.
+    if rest.first() == Some(&0xa0) {
+        rest = der_tlv(rest, 0xa0)?.1;
+    }
+    rest = der_tlv(rest, 0x02)?.1; // serialNumber
+    rest = der_tlv(rest, 0x30)?.1; // signature
+    rest = der_tlv(rest, 0x30)?.1; // issuer
+    let (validity, _) = der_tlv(rest, 0x30)?;
+    let (_, after_not_before) = der_any(validity)?;
+    let ((tag, time), _) = der_any(after_not_before)?;
+    asn1_time(tag, time)
+}
+
+/// One DER element of `tag`: its contents and what follows it.
+fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let ((found, contents), rest) = der_any(input)?;
+    (found == tag).then_some((contents, rest))
+}
+
+/// A DER element's tag and contents.
+type Element<'a> = (u8, &'a [u8]);
+
+/// One DER element and what follows it. Lengths up to four bytes.
+fn der_any(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    (rest.len() >= len).then(|| {
+        let (contents, after) = rest.split_at(len);
+        ((tag, contents), after)
+    })
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`), the
+/// two forms RFC 5280 §4.1.2.5 allows, to seconds since the Unix epoch.
+fn asn1_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (year, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy = num(&digits[..2])?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (num(&digits[..4])?, &digits[4..]),
+        _ => return None,
+    };
+    let (month, day) = (num(&rest[..2])?, num(&rest[2..4])?);
+    let (hour, minute, second) = (num(&rest[4..6])?, num(&rest[6..8])?, num(&rest[8..10])?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (the proleptic Gregorian calendar).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_the_validity_of_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        // UTCTime up to 2049, GeneralizedTime from 2050 on (RFC 5280).
+        for (year, expected) in [(2031, 1_924_992_000), (2051, 2_556_144_000)] {
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+            let cert = params.self_signed(&key).expect("certificate");
+            assert_eq!(not_after(cert.der()), Some(expected), "{year}");
+        }
+    }
+
+    #[test]
+    fn not_after_refuses_what_is_not_a_certificate() {
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(&[0x30, 0x82, 0xff]), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x00]), None);
+        assert_eq!(asn1_time(0x17, b"991301000000Z"), None);
+        assert_eq!(asn1_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(asn1_time(0x18, b"20000229120000Z"), Some(951_825_600));
+    }
+}
