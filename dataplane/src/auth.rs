@@ -18,17 +18,21 @@
 pub mod authz;
 pub mod cache;
 pub mod credentials;
+mod extract;
 pub mod jwks;
 pub mod jwt;
+mod refusal;
 pub mod remote;
 
-use crate::body::LocalReply;
+use extract::token_from;
+pub use refusal::Refusal;
+
 use crate::errors::ProxyError;
 use crate::metrics::{AuthDecision, AuthMetrics, Metrics};
 use crate::request::{Authenticated, RequestCtx};
 use authz::Identity;
 use cache::{Digest, TtlCache};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use jwks::JwksCache;
 use jwt::{Alg, Claims, KeySet};
 use parking_lot::Mutex;
@@ -40,7 +44,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The client for JWKS, external auth and introspection calls (http and https).
-pub use crate::upstream::HttpClient;
+use crate::upstream::HttpClient;
 
 /// Verified tokens are remembered at most this long (and never past their `exp`), so that a
 /// key removed from a JWKS stops working soon after.
@@ -210,108 +214,6 @@ impl JwtAuth {
         self.verified
             .insert(token.into(), verified.clone(), left.min(MAX_TOKEN_CACHE));
         Ok(verified)
-    }
-}
-
-/// What a credential found where a policy looks reads as when it cannot be the one thing a
-/// backend would read there: it verifies as nothing (an empty token or key never does), so the
-/// request is refused rather than let through as anonymous while the backend acts on it.
-pub(crate) const UNUSABLE: &str = "";
-
-/// The credentials after `scheme` in an `Authorization`-style value, split the way a lenient
-/// backend would (the scheme case-insensitively, then any spaces or tabs): `Some("")` for the
-/// scheme alone, `None` for another scheme.
-pub(crate) fn after_scheme<'v>(value: &'v str, scheme: &str) -> Option<&'v str> {
-    let v = value.trim_matches([' ', '\t']);
-    let (head, rest) = match v.find([' ', '\t']) {
-        Some(i) => (&v[..i], &v[i..]),
-        None => (v, ""),
-    };
-    head.eq_ignore_ascii_case(scheme)
-        .then(|| rest.trim_matches([' ', '\t']))
-}
-
-/// The one value of header `name`: `None` without one, `Some(Err(()))` when it is repeated
-/// (which copy a backend reads is its parser's choice: a credential that cannot be used,
-/// never "none"). A value that is not text is read lossily, so it cannot verify either.
-pub(crate) fn single_header<'r>(
-    headers: &'r HeaderMap,
-    name: &str,
-) -> Option<Result<Cow<'r, str>, ()>> {
-    let mut all = headers.get_all(name).iter();
-    let first = all.next()?;
-    if all.next().is_some() {
-        return Some(Err(()));
-    }
-    Some(Ok(match first.to_str() {
-        Ok(v) => Cow::Borrowed(v),
-        Err(_) => Cow::Owned(String::from_utf8_lossy(first.as_bytes()).into_owned()),
-    }))
-}
-
-/// The one value of query parameter `name` (compared decoded), [`UNUSABLE`] when repeated.
-pub(crate) fn single_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
-    let mut found = crate::util::query_values(query?, name);
-    let first = found.next()?;
-    Some(if found.next().is_some() {
-        Cow::Borrowed(UNUSABLE)
-    } else {
-        first
-    })
-}
-
-/// The one cookie `name` over every Cookie header (names compared trimmed, as servers read
-/// them), [`UNUSABLE`] when it appears more than once.
-fn single_cookie<'r>(headers: &'r HeaderMap, name: &str) -> Option<Cow<'r, str>> {
-    let mut found: Option<Cow<'r, str>> = None;
-    for v in headers.get_all(header::COOKIE) {
-        let text = String::from_utf8_lossy(v.as_bytes());
-        for c in text.split(';') {
-            let Some((k, value)) = c.split_once('=') else {
-                continue;
-            };
-            if k.trim() != name {
-                continue;
-            }
-            if found.is_some() {
-                return Some(Cow::Borrowed(UNUSABLE));
-            }
-            found = Some(Cow::Owned(value.trim().to_string()));
-        }
-    }
-    found
-}
-
-fn token_from<'r>(
-    s: &TokenSource,
-    headers: &'r HeaderMap,
-    query: Option<&'r str>,
-) -> Option<Cow<'r, str>> {
-    match s {
-        TokenSource::Header { name, prefix } => {
-            let Ok(v) = single_header(headers, name)? else {
-                return Some(Cow::Borrowed(UNUSABLE));
-            };
-            let scheme = prefix.trim();
-            if scheme.is_empty() {
-                let t = v.trim();
-                return (!t.is_empty()).then(|| Cow::Owned(t.to_string()));
-            }
-            if prefix.ends_with([' ', '\t']) && !scheme.contains([' ', '\t']) {
-                // An auth scheme (`Bearer `): alone, or followed by a tab, it is presented,
-                // and checked as such.
-                let t = after_scheme(&v, scheme)?;
-                return Some(Cow::Owned(t.to_string()));
-            }
-            // Any other prefix (`tok:`, `Custom Scheme `): compared case-insensitively, right
-            // before the token.
-            let v = v.trim();
-            let head = v.get(..prefix.len())?;
-            head.eq_ignore_ascii_case(prefix)
-                .then(|| Cow::Owned(v[prefix.len()..].trim().to_string()))
-        }
-        TokenSource::Cookie(name) => single_cookie(headers, name),
-        TokenSource::Query(name) => single_query_param(query, name),
     }
 }
 
@@ -813,92 +715,6 @@ fn strip<B>(req: &mut Request<B>, source: &TokenSource) {
                     *req.uri_mut() = uri;
                 }
             }
-        }
-    }
-}
-
-/// Why a policy did not let a request pass; the policy's own outcome, counted by decision and
-/// turned into the gateway's answer ([`LocalReply`]) in one place.
-#[derive(Debug)]
-pub enum Refusal {
-    /// No valid credentials (RFC 9110 §15.5.2): one `WWW-Authenticate` challenge per scheme.
-    Unauthenticated {
-        reason: String,
-        challenges: Vec<HeaderValue>,
-    },
-    /// Authenticated, but the policy's rules do not allow this request.
-    Forbidden { challenge: Option<HeaderValue> },
-    /// The external auth service said no: its answer goes to the client.
-    Denied(Box<LocalReply>),
-    /// The external auth or introspection service failed and the policy fails closed.
-    Unavailable,
-    /// Every verification slot is busy (password hashing, calls to a service): 503 at once.
-    Busy,
-    /// This client failed password verification too often lately: 429.
-    Throttled,
-    /// The policy could not be compiled: refuse rather than serve unprotected.
-    Invalid,
-}
-
-impl Refusal {
-    fn decision(&self) -> AuthDecision {
-        match self {
-            Refusal::Unauthenticated { .. } => AuthDecision::Unauthenticated,
-            Refusal::Forbidden { .. } => AuthDecision::Forbidden,
-            Refusal::Denied(_) => AuthDecision::Denied,
-            Refusal::Unavailable => AuthDecision::Unavailable,
-            Refusal::Busy => AuthDecision::Busy,
-            Refusal::Throttled => AuthDecision::Throttled,
-            Refusal::Invalid => AuthDecision::Invalid,
-        }
-    }
-
-    fn into_error(self, policy: &str) -> ProxyError {
-        match self {
-            Refusal::Unauthenticated { reason, challenges } => {
-                let mut r = LocalReply::text(
-                    StatusCode::UNAUTHORIZED,
-                    format!("auth={reason}"),
-                    "authentication required\n",
-                );
-                for c in challenges {
-                    r.headers.append(http::header::WWW_AUTHENTICATE, c);
-                }
-                ProxyError::Denied(Box::new(r))
-            }
-            Refusal::Forbidden { challenge } => {
-                let r = LocalReply::text(StatusCode::FORBIDDEN, "auth=forbidden", "forbidden\n");
-                ProxyError::Denied(Box::new(match challenge {
-                    Some(c) => r.header(http::header::WWW_AUTHENTICATE, c),
-                    None => r,
-                }))
-            }
-            Refusal::Denied(r) => ProxyError::Denied(r),
-            Refusal::Unavailable => ProxyError::PolicyUnavailable(Box::new(LocalReply::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "auth=service_unavailable",
-                "authorization service unavailable\n",
-            ))),
-            Refusal::Busy => ProxyError::PolicyUnavailable(Box::new(
-                LocalReply::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "auth=busy",
-                    "too many logins in progress; retry shortly\n",
-                )
-                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
-            )),
-            Refusal::Throttled => ProxyError::Denied(Box::new(
-                LocalReply::text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "auth=throttled",
-                    "too many failed logins; retry later\n",
-                )
-                .header(http::header::RETRY_AFTER, HeaderValue::from_static("60")),
-            )),
-            Refusal::Invalid => ProxyError::PolicyInvalid {
-                policy: "auth",
-                id: policy.to_string(),
-            },
         }
     }
 }

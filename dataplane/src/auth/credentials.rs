@@ -88,14 +88,14 @@ impl ApiKeys {
     ) -> Option<Cow<'r, str>> {
         if let Some(h) = &self.header {
             // Repeated, or not text: a key that cannot match, never "no key".
-            return super::single_header(headers, h.as_str()).map(|v| match v {
+            return super::extract::single_header(headers, h.as_str()).map(|v| match v {
                 Ok(Cow::Borrowed(s)) => Cow::Borrowed(s.trim()),
                 Ok(Cow::Owned(s)) => Cow::Owned(s.trim().to_string()),
-                Err(()) => Cow::Borrowed(super::UNUSABLE),
+                Err(()) => Cow::Borrowed(super::extract::UNUSABLE),
             });
         }
         let name = self.query.as_deref()?;
-        super::single_query_param(query, name)
+        super::extract::single_query_param(query, name)
     }
 
     /// The consumer whose key this is (and its name as a header value).
@@ -243,11 +243,12 @@ impl Basic {
     /// `Some(Err(()))` for Basic credentials that are not base64 of UTF-8 `user:password`
     /// (wrong credentials, never "none", which `allowAnonymous` would let through).
     pub fn credential(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
-        let Ok(v) = super::single_header(headers, http::header::AUTHORIZATION.as_str())? else {
+        let Ok(v) = super::extract::single_header(headers, http::header::AUTHORIZATION.as_str())?
+        else {
             return Some(Err(()));
         };
         // `Basic` alone or followed by a tab is Basic to a lenient backend: checked as such.
-        let rest = super::after_scheme(&v, "Basic")?;
+        let rest = super::extract::after_scheme(&v, "Basic")?;
         let parsed = (|| {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(rest)

@@ -5,8 +5,8 @@
 //! One cache per URL is shared by every policy and every snapshot that names it
 //! ([`super::AuthShared`]), so a config change does not refetch or lose keys.
 
-use super::HttpClient;
 use super::jwt::KeySet;
+use crate::upstream::HttpClient;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

@@ -1,11 +1,11 @@
 //! Asking other services: external authorization (an HTTP call per request) and OAuth2 token
 //! introspection (RFC 7662, cached until the token's expiry or the policy's bound).
 
-use super::HttpClient;
-use super::Refusal;
 use super::cache::{Digest, TtlCache, digest};
 use super::jwt::Claims;
+use super::refusal::Refusal;
 use crate::body::LocalReply;
+use crate::upstream::HttpClient;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};

@@ -7,7 +7,7 @@
 //! closes (a new configuration without it, or shutdown) lets in-flight requests finish and
 //! closes its connections gracefully.
 
-use super::ServerSettings;
+use super::settings::ServerSettings;
 use crate::body::StreamProgress;
 use crate::conn::{Activity, ConnectionLimits, Guarded, Protocol, Tracked};
 use crate::metrics::Metrics;

@@ -18,8 +18,11 @@
 //! whole. Shutdown closes every socket and waits (up to a deadline) for in-flight requests.
 
 pub mod http;
+mod settings;
 
-use crate::conn::{Admission, ConnectionLimits};
+pub use settings::ServerSettings;
+
+use crate::conn::Admission;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::table::Tables;
@@ -31,32 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-
-/// Limits on what a client may send.
-#[derive(Clone, Debug)]
-pub struct ServerSettings {
-    /// Largest request head (request line and headers) for HTTP/1.1, and header list for
-    /// HTTP/2. Beyond it, HTTP/1.1 clients get 431.
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    /// Time a client may take to send a request head, including an idle keep-alive wait, and
-    /// to finish a TLS handshake.
-    pub header_read_timeout: Duration,
-    pub max_concurrent_streams: u32,
-    pub connections: ConnectionLimits,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            header_read_timeout: Duration::from_secs(30),
-            max_concurrent_streams: 256,
-            connections: ConnectionLimits::default(),
-        }
-    }
-}
 
 /// What one socket serves.
 pub enum SocketService {
