@@ -13,7 +13,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 seconds="${1:-${FUZZ_SECONDS:-60}}"
-targets="${FUZZ_TARGETS:-path sanitize router jwt manifests frame}"
+targets="${FUZZ_TARGETS:-path sanitize router jwt manifests frame upstream_response}"
 export CARGO_TARGET_DIR="$root/target/fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cd "$root/dataplane/fuzz"

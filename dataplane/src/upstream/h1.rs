@@ -440,6 +440,48 @@ where
     .await
 }
 
+/// One response read by the same grammar a connection uses, from `pieces` (its bytes as they
+/// would arrive): the head, then the body to its end (or to the end of the input, for a body
+/// delimited by the connection's close). Returns the status, the headers, the body and its
+/// trailers. For the fuzz target (`make fuzz`) and tests; connections use [`exchange`] and
+/// [`H1Body`].
+pub fn read_response(
+    pieces: &[&[u8]],
+    head_request: bool,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>, Option<HeaderMap>), H1Error> {
+    let mut buf = BytesMut::new();
+    let mut input = pieces.iter();
+    let head = loop {
+        match parse_head(&mut buf, head_request)? {
+            Parsed::Final(head) => break head,
+            Parsed::Informational => {}
+            Parsed::Partial => match input.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => {
+                    return Err(H1Error::Closed {
+                        received: !buf.is_empty(),
+                    });
+                }
+            },
+        }
+    };
+    let mut decoder = Decoder::new(head.framing);
+    let (mut body, mut trailers) = (Vec::new(), None);
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(d) => body.extend_from_slice(&d),
+            Decoded::Trailers(t) => trailers = Some(t),
+            Decoded::End => break,
+            Decoded::More => match input.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None if decoder == Decoder::Close => break,
+                None => return Err(H1Error::Truncated),
+            },
+        }
+    }
+    Ok((head.parts.status, head.parts.headers, body, trailers))
+}
+
 /// The result of looking at the start of the read buffer for a response head.
 enum Parsed {
     Partial,

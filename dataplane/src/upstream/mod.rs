@@ -20,7 +20,7 @@ pub use client::{CallBody, CallError, HttpClient};
 pub use conns::{ConnSettings, SendError};
 use endpoint::InFlight;
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
-pub use h1::H1Error;
+pub use h1::{H1Error, read_response};
 pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
 
 use crate::body::{ClientBody, Lease, Upstream};
