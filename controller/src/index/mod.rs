@@ -328,6 +328,7 @@ impl Index {
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
             auth_policies: all(&self.auth_policies),
+            unreadable_auth_policies: Vec::new(),
             rate_limit_policies: all(&self.rate_limit_policies),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,
