@@ -157,7 +157,7 @@ impl Health {
         if let Some(unreadable) = self.unreadable.get() {
             let _ = writeln!(
                 out,
-                "# HELP portico_controller_unreadable_objects Objects the API server holds but the controller cannot decode (the Rust type rejects them), per kind: each is skipped as if absent, and logged\n# TYPE portico_controller_unreadable_objects gauge"
+                "# HELP portico_controller_unreadable_objects Objects the API server holds but the controller cannot decode (the Rust type rejects them), per kind, logged: each is skipped as if absent, except an AuthPolicy, which is kept as invalid and refuses its targets' requests\n# TYPE portico_controller_unreadable_objects gauge"
             );
             for (kind, n) in unreadable.counts() {
                 let _ = writeln!(

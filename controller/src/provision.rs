@@ -28,6 +28,9 @@
 //! status, an Event on the Gateway).
 
 pub mod objects;
+mod settings;
+
+pub use settings::ProvisionSettings;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -58,25 +61,6 @@ use tokio::sync::watch;
 pub const FIELD_MANAGER: &str = "portico-provisioner";
 /// Set on every provisioned object; the owned-object watches select on it.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=portico-controller";
-
-/// What the provisioner needs to know about its own installation.
-#[derive(Clone, Debug)]
-pub struct ProvisionSettings {
-    pub controller_name: String,
-    /// The dataplane image, unless a GatewayConfig names another.
-    pub image: String,
-    /// `host:port` of the snapshot channel as dataplane pods reach it (the controller's
-    /// Service).
-    pub controller_address: String,
-    /// The name in the controller's serving certificate.
-    pub server_name: String,
-    /// PEM of the CA the dataplanes trust for the controller, copied next to each dataplane.
-    pub ca_pem: String,
-    /// The dataplane namespace: where every Gateway's dataplane objects are made.
-    pub namespace: String,
-    /// This replica's name, for Events.
-    pub identity: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

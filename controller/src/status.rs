@@ -8,7 +8,7 @@
 //! `lastTransitionTime` is kept from the current condition while its status stays the same, so
 //! a recompute that changes nothing writes nothing.
 
-use crate::index::Index;
+use crate::index::{AuthPolicyObject, Index};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -17,7 +17,6 @@ use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
-use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -36,10 +35,11 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// A namespaced object whose status this writer patches.
+/// A namespaced object whose status this writer patches. (Only decoded, never encoded: the
+/// patch carries just the status, so a type that can read an object it cannot write back,
+/// such as [`AuthPolicyObject`], qualifies.)
 trait Namespaced:
     Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
-    + Serialize
     + DeserializeOwned
     + Clone
     + std::fmt::Debug
@@ -48,7 +48,6 @@ trait Namespaced:
 
 impl<K> Namespaced for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
-        + Serialize
         + DeserializeOwned
         + Clone
         + std::fmt::Debug
@@ -369,7 +368,8 @@ impl StatusWriter {
             // The one place that pairs each kind with its store (and so its Rust type).
             written += match kind {
                 PolicyKind::Auth => {
-                    let status = |p: &AuthPolicy| p.status.clone();
+                    // Unreadable ones too: their status says why their targets refuse.
+                    let status = |p: &AuthPolicyObject| p.status();
                     self.write_policies(kind, &index.auth_policies, status, report, &now)
                         .await?
                 }

@@ -62,6 +62,12 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.external) || has(self.introspection) || has(self.authorization)").message("configure at least one of jwt, apiKey, basic, external, introspection or authorization"))]
 #[x_kube(validation = Rule::new("!self.allowAnonymous || has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.introspection) || has(self.authorization)").message("allowAnonymous without an authentication mechanism or authorization rules would allow everything"))]
+// Compatibility across releases: a controller fails closed on an AuthPolicy whose spec holds a
+// field or value it does not know (its targets answer 500; portico_compile::unreadable), since
+// ignoring it could enforce less than the user wrote. So a field added here must not carry a
+// schema default (`#[serde(default)]` writes one): the API server would put it into every
+// existing AuthPolicy, and the previous release's controller, still running during an upgrade,
+// would refuse every protected route. Add new fields as optional, without a default.
 pub struct AuthPolicySpec {
     /// The Gateways (or listeners, with `sectionName`) and HTTPRoutes (or rules) this policy
     /// protects, in the policy's namespace.

@@ -45,7 +45,8 @@ enum Command {
         /// The Redis of global rate limits whose policy names none.
         #[arg(long, env = "PORTICO_REDIS_URL")]
         redis_url: Option<String>,
-        /// A field the schema does not know: an error (the default), or a warning.
+        /// A field the schema does not know: an error (the default), or a warning (in an
+        /// AuthPolicy's spec, a warning and a policy that refuses its targets' requests).
         #[arg(long, value_enum, default_value_t = UnknownFieldsArg::Error)]
         unknown_fields: UnknownFieldsArg,
         /// Also print the status every object would get (YAML).
@@ -91,7 +92,8 @@ struct StandaloneArgs {
     #[arg(value_name = "DIR")]
     dir: Option<PathBuf>,
     /// A field the schema does not know: an error that keeps the configuration from loading
-    /// (the default), or a warning.
+    /// (the default), or a warning (in an AuthPolicy's spec, a warning and a policy that
+    /// refuses its targets' requests, since ignoring the field could weaken it).
     #[arg(long, value_enum, default_value_t = UnknownFieldsArg::Error)]
     unknown_fields: UnknownFieldsArg,
     #[arg(long, default_value = portico_compile::CONTROLLER_NAME)]

@@ -725,3 +725,79 @@ async fn introspection_answers_are_cached_no_longer_than_the_token_lives() {
         "asked again once the token's exp passed, although cacheSeconds is 600"
     );
 }
+
+/// Standalone mode and an AuthPolicy it cannot read (a JWT algorithm of a newer release,
+/// `ES512`): already fail-closed, because a manifest that does not decode fails the whole
+/// load. A running gateway keeps its last good configuration, so the route stays protected by
+/// the policy's previous version and is never served open; a gateway cannot start on it. Under
+/// `--unknown-fields warn`, a spec field this version does not know refuses the route (500)
+/// rather than being dropped from the policy.
+#[tokio::test]
+async fn a_policy_standalone_mode_cannot_read_never_opens_its_route() {
+    const KEY: &str = "ops-key-5f2a9c";
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: keys, namespace: default}}\nstringData: {{ops: {KEY}}}\n"
+    );
+    let api_key = "  apiKey: {secretRefs: [{name: keys}]}";
+    let docs = |body: &str| {
+        format!(
+            "{}{secret}{}",
+            route("api", "/"),
+            policy("guard", "api", body)
+        )
+    };
+    let s = Setup::start(&docs(api_key)).await;
+    assert_eq!(s.get("/", &[]).await.status, 401);
+    assert_eq!(s.get("/", &[("x-api-key", KEY)]).await.status, 200);
+
+    let es512 = docs(&format!(
+        "{api_key}\n  jwt: {{issuer: 'https://idp.test', algorithms: [ES512], jwksUri: 'https://idp.test/jwks'}}"
+    ));
+    s.rewrite(&es512);
+    s.portico.await_logged("configuration rejected").await;
+    let logs = s.portico.proc.logs();
+    assert!(
+        logs.contains("AuthPolicy guard") && logs.contains("ES512"),
+        "{logs}"
+    );
+    for _ in 0..10 {
+        assert_eq!(s.get("/", &[]).await.status, 401, "still protected");
+        assert_eq!(s.get("/", &[("x-api-key", KEY)]).await.status, 200);
+    }
+
+    // Nothing starts on it.
+    let dir = TempDir::new("unreadable-policy");
+    dir.write(
+        "config.yaml",
+        &portico_tests::auth::config(s.port, s.echo.addr, &es512),
+    );
+    let out = std::process::Command::new(&binaries().portico)
+        .args(["standalone", "--config"])
+        .arg(dir.path())
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--admin-address",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run portico standalone");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AuthPolicy guard") && stderr.contains("ES512"),
+        "{stderr}"
+    );
+
+    // A mechanism it does not know, allowed to load: the route refuses rather than going
+    // without it.
+    let mtls = docs(&format!("{api_key}\n  mtls: {{caSecretRef: {{name: ca}}}}"));
+    let w = Setup::start_with_args(&mtls, &["--unknown-fields", "warn"]).await;
+    assert_eq!(w.get("/", &[]).await.status, 500);
+    assert_eq!(w.get("/", &[("x-api-key", KEY)]).await.status, 500);
+    let logs = w.portico.proc.logs();
+    assert!(
+        logs.contains("spec.mtls") && logs.contains("Unreadable"),
+        "{logs}"
+    );
+}

@@ -467,6 +467,171 @@ async fn an_auth_policy_reaches_the_dataplanes_with_its_secret() {
     .await;
 }
 
+/// What a newer release's AuthPolicy CRD admits and this controller's types do not: a JWT
+/// algorithm (`ES512`) added to the schema's enum. Applied the way a `helm upgrade` applies a
+/// newer chart's CRDs ahead of the controller's rollout; additive, so the other tests of this
+/// binary (its control plane is theirs too) see no difference.
+async fn admit_es512_as_a_newer_crd_would(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "authpolicies.portico.dev";
+    let mut crd =
+        serde_json::to_value(crds.get(name).await.expect("the AuthPolicy CRD")).expect("CRD JSON");
+    let algorithms = crd
+        .pointer_mut(
+            "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/jwt\
+             /properties/algorithms/items/enum",
+        )
+        .and_then(|e| e.as_array_mut())
+        .expect("the JWT algorithm enum");
+    if !algorithms.contains(&json!("ES512")) {
+        algorithms.push(json!("ES512"));
+        let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("CRD");
+        crds.replace(name, &PostParams::default(), &crd)
+            .await
+            .expect("update the AuthPolicy CRD");
+    }
+}
+
+/// The defect this guards against: an AuthPolicy the API server accepts but the controller
+/// cannot decode (a newer CRD's JWT algorithm) was skipped as if it did not exist, and the
+/// route it protects served unprotected. Now the route answers 500 through a real dataplane
+/// while the policy cannot be read, its status says why (`Unreadable`), the controller logs
+/// and counts it; fixed, the policy is enforced again.
+#[tokio::test]
+async fn an_auth_policy_the_controller_cannot_read_refuses_its_route_until_fixed() {
+    let s = Setup::new("channel-unreadable").await;
+    admit_es512_as_a_newer_crd_would(&s.client).await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    create::<Secret>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
+               "stringData": {"alice": "alice-key-1"}}),
+    )
+    .await;
+    create::<AuthPolicy>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy", "metadata": {"name": "guard"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}],
+                        "apiKey": {"secretRefs": [{"name": "keys"}]}}}),
+    )
+    .await;
+    let ip = portico_tests::loopback_ip();
+    let admin = SocketAddr::new(ip, free_port(ip));
+    let admin_arg = admin.to_string();
+    let controller = s.controller_with(&["--admin-address", &admin_arg]);
+    let token = s.token(&s.dataplane_account()).await;
+    let state = TempDir::new("state");
+    let dp = s.dataplane("replica", &token, state.path());
+    let http = HttpClient::new();
+    let addr = SocketAddr::new(dp.ip, s.port);
+    let status = |key: Option<&'static str>| {
+        let http = http.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+            http.try_get(addr, "x.test", "/", &headers)
+                .await
+                .map(|r| r.status.as_u16())
+        }
+    };
+    let serves = |with_key: u16, without: u16| {
+        let status = &status;
+        async move {
+            (status(Some("alice-key-1")).await == Some(with_key)
+                && status(None).await == Some(without))
+            .then_some(())
+        }
+    };
+    await_some("the protected route", || serves(302, 401)).await;
+
+    // Untyped: the Rust type cannot hold the policy this patch makes.
+    let policies: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        s.client.clone(),
+        &s.ns,
+        &kube::core::ApiResource::erase::<AuthPolicy>(&()),
+    );
+    let es512 = json!({"spec": {"jwt": {"issuer": "https://idp.test", "algorithms": ["ES512"],
+                                        "jwksUri": "https://idp.test/jwks"}}});
+    // The API server compiles the updated schema in a moment: until then it refuses ES512.
+    await_some("the API server to admit ES512", || async {
+        policies
+            .patch("guard", &PatchParams::default(), &Patch::Merge(&es512))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        Api::<AuthPolicy>::namespaced(s.client.clone(), &s.ns)
+            .get("guard")
+            .await
+            .is_err(),
+        "the Rust type must reject this policy for the test to mean anything"
+    );
+    // Refused, with or without the key that opened it before: never open.
+    await_some("the route to refuse every request", || serves(500, 500)).await;
+    let ours = |p: &kube::core::DynamicObject| -> Option<(String, String, String)> {
+        let a = p.data["status"]["ancestors"]
+            .as_array()?
+            .iter()
+            .find(|a| a["controllerName"] == s.controller_name.as_str())?;
+        let c = a["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Accepted")?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        Some((text(&c["status"]), text(&c["reason"]), text(&c["message"])))
+    };
+    let message = await_some("the policy's status to say it cannot be read", || async {
+        let (status, reason, message) = ours(&policies.get("guard").await.ok()?)?;
+        (status == "False" && reason == "Unreadable").then_some(message)
+    })
+    .await;
+    assert!(
+        message.contains("ES512") && message.contains("refused until the policy is fixed"),
+        "{message}"
+    );
+    let unreadable = |n: usize| {
+        let http = &http;
+        async move {
+            let m = http.try_get(admin, "admin", "/metrics", &[]).await?.text();
+            m.contains(&format!(
+                "portico_controller_unreadable_objects{{kind=\"AuthPolicy\"}} {n}"
+            ))
+            .then_some(())
+        }
+    };
+    await_some("one unreadable AuthPolicy counted", || unreadable(1)).await;
+    assert!(
+        controller
+            .logs()
+            .lines()
+            .any(|l| l.contains("cannot read this object whole")
+                && l.contains("AuthPolicy")
+                && l.contains("guard")
+                && l.contains("ES512")),
+        "the controller logs the policy it cannot read"
+    );
+
+    // Fixed (the mechanism this controller does not know removed): enforced as before.
+    policies
+        .patch(
+            "guard",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"jwt": null}})),
+        )
+        .await
+        .expect("fix the policy");
+    await_some("the protected route again", || serves(302, 401)).await;
+    await_some("the policy accepted again", || async {
+        let (status, _, _) = ours(&policies.get("guard").await.ok()?)?;
+        (status == "True").then_some(())
+    })
+    .await;
+    await_some("no unreadable AuthPolicy left", || unreadable(0)).await;
+}
+
 #[tokio::test]
 async fn a_global_rate_limit_is_shared_by_the_replicas_through_the_controllers_redis() {
     let s = Setup::new("channel-ratelimit").await;

@@ -37,10 +37,20 @@ pub enum DepKey {
 }
 
 /// Every policy of every kind as (kind, metadata, targetRefs, names of the Secrets it
-/// reads): what the dependency map needs of a policy, whatever its kind.
+/// reads): what the dependency map needs of a policy, whatever its kind. An AuthPolicy this
+/// version cannot read is read by the Gateways it targets all the same (it refuses their
+/// requests); the Secrets it names are unknown.
 fn policies(
     inputs: &Inputs,
 ) -> impl Iterator<Item = (PolicyKind, &ObjectMeta, &[PolicyTargetRef], Vec<String>)> {
+    let unreadable_auth = inputs.unreadable_auth_policies.iter().map(|p| {
+        (
+            PolicyKind::Auth,
+            &p.metadata,
+            p.target_refs.as_slice(),
+            Vec::new(),
+        )
+    });
     let auth = inputs.auth_policies.iter().map(|p| {
         let secrets = crate::auth::secret_refs(&p.spec)
             .into_iter()
@@ -61,7 +71,7 @@ fn policies(
             Vec::new(),
         )
     });
-    auth.chain(rate_limit)
+    auth.chain(unreadable_auth).chain(rate_limit)
 }
 
 /// The Gateways each object is read by.

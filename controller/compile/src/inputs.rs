@@ -5,6 +5,7 @@
 //! module that orchestrates them.
 
 use crate::refs::{gateways_of, namespace_of};
+use crate::unreadable::UnreadableAuthPolicy;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
@@ -30,8 +31,12 @@ pub struct Inputs {
     pub grpc_routes: Vec<GrpcRoute>,
     /// For cross-namespace backendRefs and certificateRefs.
     pub reference_grants: Vec<ReferenceGrant>,
-    /// Every AuthPolicy.
+    /// Every AuthPolicy this version can read.
     pub auth_policies: Vec<AuthPolicy>,
+    /// The AuthPolicies it cannot read whole ([`crate::unreadable`]): they attach like a
+    /// policy that does not compile, so their targets answer 500 rather than serve
+    /// unprotected.
+    pub unreadable_auth_policies: Vec<UnreadableAuthPolicy>,
     /// Every RateLimitPolicy.
     pub rate_limit_policies: Vec<RateLimitPolicy>,
     /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not

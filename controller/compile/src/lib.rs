@@ -22,8 +22,9 @@
 //! ([`policy`]: [`auth`], [`ratelimit`]); [`snapshot`] assembles each Gateway's snapshot from
 //! what the passes concluded. This file only runs the passes in order.
 //!
-//! Modules import downwards only, with no cycle: [`refs`] (names and references) and
-//! [`status`] are leaves, [`inputs`] sits on `refs`, the passes on those, `snapshot` on the
+//! Modules import downwards only, with no cycle: [`refs`] (names and references),
+//! [`unreadable`] (what can be read of an AuthPolicy this version cannot read whole) and
+//! [`status`] are leaves, [`inputs`] sits on them, the passes on those, `snapshot` on the
 //! passes, and this file on everything; [`incremental`] drives [`compile_scoped`] from
 //! outside.
 
@@ -44,6 +45,7 @@ mod route;
 mod snapshot;
 pub mod status;
 mod tls;
+pub mod unreadable;
 pub mod unserved;
 
 use crate::refs::{namespace_of, object_ref};
@@ -59,6 +61,7 @@ pub use inputs::Inputs;
 pub use portico_crds::CONTROLLER_NAME;
 pub use refs::dataplane_name;
 pub use status::StatusReport;
+pub use unreadable::{AuthPolicyRead, UnreadableAuthPolicy, read_auth_policy};
 
 /// What one compile produces.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -8,10 +8,18 @@
 //! (`backendRef:` for `backendRefs:`) is an error naming its path, not silently dropped
 //! (which used to leave a route answering 500 while `check` passed). [`UnknownFields::Warn`]
 //! downgrades that to a warning. A value of the wrong type names its path, line and column.
+//!
+//! An AuthPolicy that does not decode (a value or field of a newer release) fails the load
+//! like any other object, which is already fail-closed: a running gateway keeps its last good
+//! configuration, where the policy's previous version still protects its targets, and a
+//! gateway starting on it does not start. Under [`UnknownFields::Warn`] an AuthPolicy's
+//! unknown spec fields are not ignored but load it as unreadable
+//! ([`crate::unreadable`]): its targets answer 500, as the controller does with it.
 
 use crate::backend::annotation_errors;
 use crate::inputs::Inputs;
 use crate::refs::object_ref;
+use crate::unreadable::{field_path, with_unknown_fields};
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_model::ObjectRef;
 use serde::de::DeserializeOwned;
@@ -70,7 +78,9 @@ pub enum UnknownFields {
     /// An error: the configuration is not loaded (the default).
     #[default]
     Error,
-    /// A warning, and the field is ignored.
+    /// A warning, and the field is ignored; in an AuthPolicy's spec, the policy loads as
+    /// unreadable and refuses its targets' requests instead (ignoring the field could enforce
+    /// less than it says).
     Warn,
 }
 
@@ -162,6 +172,8 @@ impl ManifestSet {
         }
         let i = &mut self.inputs;
         let mut ignored: Vec<String> = Vec::new();
+        // An AuthPolicy loaded as unreadable for its unknown fields (see its arm below).
+        let mut refused_policy = false;
         let mut from = Source {
             value,
             text: source,
@@ -209,7 +221,26 @@ impl ManifestSet {
             }
             ("v1", "Namespace") => push(&mut i.namespaces, &mut from, |o| &o.metadata, true),
             ("portico.dev/v1alpha1", "AuthPolicy") => {
-                push(&mut i.auth_policies, &mut from, |o| &o.metadata, false)
+                let added = push(&mut i.auth_policies, &mut from, |o| &o.metadata, false);
+                // Enforced without the fields it does not know, the policy would protect
+                // less than it says: allowed to load, it loads as unreadable and refuses
+                // its targets' requests, as the controller does with it.
+                let unknown: Vec<String> = from
+                    .ignored
+                    .iter()
+                    .filter(|p| p.starts_with("spec."))
+                    .cloned()
+                    .collect();
+                if added.is_ok()
+                    && !unknown.is_empty()
+                    && self.unknown_fields == UnknownFields::Warn
+                    && let Some(policy) = i.auth_policies.pop()
+                {
+                    refused_policy = true;
+                    i.unreadable_auth_policies
+                        .push(with_unknown_fields(policy, &unknown));
+                }
+                added
             }
             ("portico.dev/v1alpha1", "RateLimitPolicy") => push(
                 &mut i.rate_limit_policies,
@@ -234,11 +265,16 @@ impl ManifestSet {
                 }
             }
             UnknownFields::Warn => {
+                let effect = if refused_policy {
+                    "the AuthPolicy cannot be read whole: its targets are refused"
+                } else {
+                    "ignored"
+                };
                 for m in unknown.collect::<Vec<_>>() {
                     self.warnings.push(ManifestError {
                         file: file.to_string(),
                         object: object.clone(),
-                        message: format!("{m} (ignored)"),
+                        message: format!("{m} ({effect})"),
                     });
                 }
             }
@@ -291,26 +327,6 @@ impl Source<'_, '_> {
             None => serde_ignored::deserialize(self.value.clone(), record),
         };
         result.map_err(|e| e.to_string())
-    }
-}
-
-/// `spec.rules[0].backendRef`, as kubectl names a field.
-fn field_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
-        Path::Map { parent, key } => {
-            let p = field_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 

@@ -211,9 +211,49 @@ enum TargetError {
 pub(crate) enum Verdict {
     Applies,
     /// It attaches although it is broken: its targets refuse requests (auth fails closed).
-    AttachedInvalid(String),
+    /// `message` says why and what makes the target serve again.
+    AttachedInvalid {
+        reason: &'static str,
+        message: String,
+    },
     /// It does not attach: the next less specific policy applies there.
     Rejected(String),
+}
+
+/// What became of a policy's own references (Secrets), for its `ResolvedRefs` condition.
+pub(crate) enum References<'a> {
+    /// The policy was read; these references could not be resolved (none: all were).
+    Read { unresolved: &'a [String] },
+    /// The policy could not be read, and so neither could the references it makes.
+    Unreadable,
+}
+
+impl References<'_> {
+    fn condition(&self, generation: Option<i64>) -> Condition {
+        match self {
+            References::Read { unresolved: [] } => Condition::new(
+                types::RESOLVED_REFS,
+                true,
+                reasons::RESOLVED_REFS,
+                "all references resolved",
+                generation,
+            ),
+            References::Read { unresolved } => Condition::new(
+                types::RESOLVED_REFS,
+                false,
+                reasons::INVALID_REF,
+                unresolved.join("; "),
+                generation,
+            ),
+            References::Unreadable => Condition::new(
+                types::RESOLVED_REFS,
+                false,
+                reasons::UNREADABLE,
+                "the policy cannot be read, so neither can the references it makes",
+                generation,
+            ),
+        }
+    }
 }
 
 /// The winning policy of each target, for one policy kind.
@@ -238,7 +278,7 @@ pub(crate) fn oldest_first<T>(items: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> 
 impl Attachments {
     /// Attaches one policy to what it targets and returns its status. Call with the
     /// policies of a kind oldest first. `verdict` decides about each target the policy would
-    /// win; `unresolved` lists the references (Secrets) it could not read.
+    /// win; `references` says what became of the references (Secrets) it makes.
     pub(crate) fn claim(
         &mut self,
         kind: PolicyKind,
@@ -246,7 +286,7 @@ impl Attachments {
         target_refs: &[PolicyTargetRef],
         targets: &Targets,
         mut verdict: impl FnMut(&Target) -> Verdict,
-        unresolved: &[String],
+        references: &References<'_>,
     ) -> PolicyStatus {
         let id = object_ref(meta);
         let generation = meta.generation;
@@ -271,37 +311,15 @@ impl Attachments {
                             self.by_target.insert(target, id.clone());
                             (true, reasons::ACCEPTED, "policy applies".to_string())
                         }
-                        Verdict::AttachedInvalid(reason) => {
+                        Verdict::AttachedInvalid { reason, message } => {
                             self.by_target.insert(target, id.clone());
-                            (
-                                false,
-                                reasons::INVALID,
-                                format!(
-                                    "{reason}; requests to this target are refused until it is fixed"
-                                ),
-                            )
+                            (false, reason, message)
                         }
                         Verdict::Rejected(reason) => (false, reasons::INVALID, reason),
                     },
                 },
             };
-            let resolved = if unresolved.is_empty() {
-                Condition::new(
-                    types::RESOLVED_REFS,
-                    true,
-                    reasons::RESOLVED_REFS,
-                    "all references resolved",
-                    generation,
-                )
-            } else {
-                Condition::new(
-                    types::RESOLVED_REFS,
-                    false,
-                    reasons::INVALID_REF,
-                    unresolved.join("; "),
-                    generation,
-                )
-            };
+            let resolved = references.condition(generation);
             ancestors.push(PolicyAncestorStatus {
                 ancestor_ref: AncestorRef {
                     group: t.group.clone(),

@@ -16,7 +16,7 @@
 use crate::auth::AuthPolicies;
 use crate::inputs::Inputs;
 use crate::parameters;
-use crate::policy::{Attachments, Target, Targets, Verdict, oldest_first};
+use crate::policy::{Attachments, References, Target, Targets, Verdict, oldest_first};
 use crate::refs::object_ref;
 use crate::status::StatusReport;
 use portico_crds::gateway_api::Duration;
@@ -141,7 +141,7 @@ pub(crate) fn resolve(
             &policy.spec.target_refs,
             targets,
             verdict,
-            &[],
+            &References::Read { unresolved: &[] },
         );
         status
             .policies

@@ -13,7 +13,7 @@ pub mod types {
     pub const CONFLICTED: &str = "Conflicted";
 }
 
-/// Condition reasons, as the Gateway API names them.
+/// Condition reasons, as the Gateway API names them (and Portico's own where it has none).
 pub mod reasons {
     // Shared.
     pub const ACCEPTED: &str = "Accepted";
@@ -45,6 +45,9 @@ pub mod reasons {
     pub const CONFLICTED: &str = "Conflicted";
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
     pub const INVALID_REF: &str = "InvalidRef";
+    /// Portico's own: this version cannot read the policy (a field or value of a newer CRD).
+    /// An AuthPolicy in this state still holds its targets, which refuse every request.
+    pub const UNREADABLE: &str = "Unreadable";
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

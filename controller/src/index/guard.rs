@@ -15,6 +15,11 @@
 //! - it is logged once (again if its error changes), with its kind, namespace, name and the
 //!   decoding error, and counted per kind in [`UnreadableObjects`] (the admin port's
 //!   `portico_controller_unreadable_objects`) until it is fixed or deleted.
+//!
+//! A kind for which absence is not safe decodes into a type that keeps what it can read of
+//! such an object (AuthPolicy, [`super::auth`]); the watch tells the guard how to ask an
+//! object whether it was read whole, and the guard admits one that was not like any other,
+//! logging and counting it all the same.
 
 use kube::Resource;
 use kube::core::DeserializeGuard;
@@ -45,10 +50,24 @@ impl UnreadableObjects {
     }
 }
 
+/// Says why an object that decoded could be read only in part (`None`: read whole). Such an
+/// object stays in the store, in the form its type gives it, and is reported and counted as
+/// unreadable.
+pub(super) type ReadInPart<K> = fn(&K) -> Option<&str>;
+
+/// What becomes of an object the guard reports.
+#[derive(Clone, Copy)]
+enum Disposition {
+    /// It did not decode and is left out of the store.
+    Skipped,
+    /// It decoded in part and is kept ([`ReadInPart`]).
+    Kept,
+}
+
 /// One watch's view of the objects of its kind that do not decode.
 pub(super) struct Guard {
     kind: String,
-    /// The unreadable objects, with their decoding errors.
+    /// The unreadable objects (skipped, or kept as read in part), with their errors.
     unreadable: BTreeMap<ObjectRef, String>,
     /// During a (re-)list: what the list has found so far; it replaces `unreadable` when the
     /// list is complete, so objects fixed or deleted meanwhile are forgotten.
@@ -69,11 +88,13 @@ impl Guard {
 
     /// The event the store and the change log should see for `event`, if any. `store` is the
     /// store the returned events are applied to (for what it holds of an object that stopped
-    /// decoding).
+    /// decoding). `partly` says why an object that decoded could be read only in part (see
+    /// [`ReadInPart`]).
     pub(super) fn admit<K>(
         &mut self,
         event: Event<DeserializeGuard<K>>,
         store: &Store<K>,
+        partly: ReadInPart<K>,
     ) -> Option<Event<K>>
     where
         K: Resource + Clone + 'static,
@@ -84,10 +105,19 @@ impl Guard {
                 self.listing = Some(BTreeMap::new());
                 Some(Event::Init)
             }
-            Event::InitApply(DeserializeGuard(Ok(k))) => Some(Event::InitApply(k)),
+            Event::InitApply(DeserializeGuard(Ok(k))) => {
+                if let Some(error) = partly(&k) {
+                    let id = id_of(k.meta());
+                    self.report(&id, error, Disposition::Kept);
+                    self.listing
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(id, error.to_string());
+                }
+                Some(Event::InitApply(k))
+            }
             Event::InitApply(DeserializeGuard(Err(invalid))) => {
                 let id = id_of(&invalid.metadata);
-                self.report(&id, &invalid.error);
+                self.report(&id, &invalid.error, Disposition::Skipped);
                 self.listing
                     .get_or_insert_with(BTreeMap::new)
                     .insert(id, invalid.error);
@@ -105,15 +135,24 @@ impl Guard {
             }
             Event::Apply(DeserializeGuard(Ok(k))) => {
                 let id = id_of(k.meta());
-                if self.unreadable.remove(&id).is_some() {
-                    self.cleared(&id);
-                    self.count();
+                match partly(&k) {
+                    Some(error) => {
+                        self.report(&id, error, Disposition::Kept);
+                        self.unreadable.insert(id, error.to_string());
+                        self.count();
+                    }
+                    None => {
+                        if self.unreadable.remove(&id).is_some() {
+                            self.cleared(&id);
+                            self.count();
+                        }
+                    }
                 }
                 Some(Event::Apply(k))
             }
             Event::Apply(DeserializeGuard(Err(invalid))) => {
                 let id = id_of(&invalid.metadata);
-                self.report(&id, &invalid.error);
+                self.report(&id, &invalid.error, Disposition::Skipped);
                 self.unreadable.insert(id, invalid.error);
                 self.count();
                 // The version it replaces (if it was readable) goes: compile must not keep
@@ -135,19 +174,24 @@ impl Guard {
     }
 
     /// Logs an unreadable object, unless it was reported already with the same error.
-    fn report(&self, id: &ObjectRef, error: &str) {
+    fn report(&self, id: &ObjectRef, error: &str, disposition: Disposition) {
         let known = self
             .unreadable
             .get(id)
             .or_else(|| self.listing.as_ref().and_then(|l| l.get(id)));
-        if known.map(String::as_str) != Some(error) {
-            tracing::warn!(
-                kind = %self.kind,
-                namespace = %id.namespace,
-                name = %id.name,
-                error,
+        if known.map(String::as_str) == Some(error) {
+            return;
+        }
+        let (kind, namespace, name) = (&self.kind, &id.namespace, &id.name);
+        match disposition {
+            Disposition::Skipped => tracing::warn!(
+                %kind, %namespace, %name, error,
                 "cannot read this object (the API server accepted what its Rust type rejects): it is skipped, as if it did not exist, until it is fixed"
-            );
+            ),
+            Disposition::Kept => tracing::warn!(
+                %kind, %namespace, %name, error,
+                "cannot read this object whole (the API server accepted what its Rust type rejects): it is kept as invalid, so that it fails closed (an AuthPolicy's targets refuse every request), until it is fixed or the controller upgraded"
+            ),
         }
     }
 

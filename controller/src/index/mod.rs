@@ -25,7 +25,9 @@
 //! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
-//! of its kind's whole list.
+//! of its kind's whole list; except an AuthPolicy, which is kept as far as it can be read and
+//! compiles into a policy that refuses its targets' requests ([`auth`]), since skipping it
+//! would leave them open.
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -33,7 +35,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
-use portico_crds::auth::AuthPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -50,13 +51,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+mod auth;
 mod changes;
 mod guard;
 pub mod secrets;
 
+pub use auth::AuthPolicyObject;
 pub use changes::ChangeLog;
-use guard::Guard;
 pub use guard::UnreadableObjects;
+use guard::{Guard, ReadInPart};
 use kube::core::DeserializeGuard;
 use secrets::SecretWatches;
 
@@ -71,7 +74,8 @@ pub struct Index {
     pub gateways: Store<Gateway>,
     pub routes: Store<HttpRoute>,
     pub grpc_routes: Store<GrpcRoute>,
-    pub auth_policies: Store<AuthPolicy>,
+    /// Read as far as this controller can ([`auth`]).
+    pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
@@ -145,6 +149,23 @@ impl Watches {
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone,
     {
+        self.watch_read_in_part(need, reads, key, |_| None)
+    }
+
+    /// [`Watches::watch`] for a kind whose type keeps what it can read of an object it cannot
+    /// read whole: `partly` tells the guard which objects those are, so they are reported
+    /// and counted although they stay in the store.
+    fn watch_read_in_part<K>(
+        &mut self,
+        need: Need,
+        reads: Reads,
+        key: fn(&K) -> DepKey,
+        partly: ReadInPart<K>,
+    ) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone,
+    {
         let (reader, mut writer) = reflector::store();
         let store = reader.clone();
         let kind = K::kind(&K::DynamicType::default()).to_string();
@@ -196,7 +217,7 @@ impl Watches {
                         continue;
                     }
                 };
-                let Some(event) = guard.admit(event, &store) else {
+                let Some(event) = guard.admit(event, &store, partly) else {
                     continue;
                 };
                 writer.apply_watcher_event(&event);
@@ -263,10 +284,14 @@ impl Index {
             }),
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
-            // cluster does not serve has no objects to wait for.)
-            auth_policies: w.watch(Optional, Spec, |p: &AuthPolicy| {
-                DepKey::Policy(PolicyKind::Auth, id(p))
-            }),
+            // cluster does not serve has no objects to wait for.) Nor because its
+            // AuthPolicy cannot be read: that one is kept, and refuses ([`auth`]).
+            auth_policies: w.watch_read_in_part(
+                Optional,
+                Spec,
+                |p: &AuthPolicyObject| DepKey::Policy(PolicyKind::Auth, id(p)),
+                AuthPolicyObject::unreadable,
+            ),
             rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
                 DepKey::Policy(PolicyKind::RateLimit, id(p))
             }),
@@ -322,12 +347,15 @@ impl Index {
         {
             s.state().iter().map(|k| (**k).clone()).collect()
         }
+        let policies = self.auth_policies.state();
+        let (auth_policies, unreadable_auth_policies) = auth::split(policies.iter().map(|p| &**p));
         Inputs {
             gateway_classes: all(&self.classes),
             gateways: all(&self.gateways),
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
-            auth_policies: all(&self.auth_policies),
+            auth_policies,
+            unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,

@@ -1,7 +1,7 @@
 //! The objects a Gateway's dataplane is made of, as pure functions of the Gateway, its
 //! GatewayConfig and the provisioner's settings (unit-tested without a server).
 
-use super::ProvisionSettings;
+use super::settings::ProvisionSettings;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,

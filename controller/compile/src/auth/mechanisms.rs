@@ -114,14 +114,20 @@ pub(super) fn compile_policy(
         ..Default::default()
     };
     if let Err(e) = compile_into(&mut out, spec, secrets, unresolved) {
-        out = model::AuthPolicy {
-            id: id.clone(),
-            invalid: Some(e),
-            consumer_header: DEFAULT_CONSUMER_HEADER.to_string(),
-            ..Default::default()
-        };
+        out = refusing(id, e);
     }
     out
+}
+
+/// A policy that refuses every request of its targets (the dataplane answers 500), for one
+/// that cannot be enforced as written: `reason` says why.
+pub(super) fn refusing(id: &ObjectRef, reason: String) -> model::AuthPolicy {
+    model::AuthPolicy {
+        id: id.clone(),
+        invalid: Some(reason),
+        consumer_header: DEFAULT_CONSUMER_HEADER.to_string(),
+        ..Default::default()
+    }
 }
 
 fn compile_into(

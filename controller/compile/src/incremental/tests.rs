@@ -233,3 +233,52 @@ spec:
             .is_some()
     );
 }
+
+#[test]
+fn a_policy_turning_unreadable_recompiles_the_gateways_it_targets() {
+    let readable = r#"
+---
+apiVersion: portico.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: guard, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: on-other}]
+  apiKey: {secretRefs: [{name: keys}]}
+"#;
+    let before = inputs_with(readable);
+    let mut inc = IncrementalCompile::new(CONTROLLER_NAME);
+    inc.update(&before, &Changes::All);
+    let guard = ObjectRef::new("default", "guard");
+    let refuses = |inc: &IncrementalCompile| {
+        inc.snapshot(&gw("other")).expect("served").policies.auth[0]
+            .invalid
+            .is_some()
+    };
+    assert!(!refuses(&inc));
+
+    // The same object, now with a value a newer CRD admits and this version cannot read.
+    let mut after = inputs_with("");
+    let crate::AuthPolicyRead::Unreadable(guard_now) =
+        crate::read_auth_policy(&serde_json::json!({
+            "apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "guard", "namespace": "default"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                     "name": "on-other"}],
+                     "apiKey": {"secretRefs": [{"name": "keys"}], "location": "Cookie"}}}))
+    else {
+        panic!("apiKey.location is not a field of this version")
+    };
+    after.unreadable_auth_policies = vec![*guard_now];
+    let touched = inc.update(
+        &after,
+        &keys(&[DepKey::Policy(PolicyKind::Auth, guard.clone())]),
+    );
+    assert_eq!(touched, [gw("other")].into());
+    assert!(refuses(&inc));
+    assert_same(&inc, &after);
+    // Its Gateways read it while it is unreadable too: fixing it recompiles them again.
+    let touched = inc.update(&before, &keys(&[DepKey::Policy(PolicyKind::Auth, guard)]));
+    assert_eq!(touched, [gw("other")].into());
+    assert!(!refuses(&inc));
+    assert_same(&inc, &before);
+}

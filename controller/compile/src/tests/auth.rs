@@ -391,3 +391,213 @@ fn a_service_target_is_resolved_and_refused_saying_what_to_target() {
         "{problems:?}"
     );
 }
+
+/// An AuthPolicy as a newer release's CRD admits it and this version cannot read: `ES512` is
+/// not one of its JWT algorithms.
+fn unreadable(name: &str, created: &str, targets: &str) -> crate::UnreadableAuthPolicy {
+    let targets: serde_json::Value = serde_yaml::from_str(targets).expect("targets YAML");
+    let read = crate::read_auth_policy(&serde_json::json!({
+        "apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
+                     "generation": 2},
+        "spec": {"targetRefs": targets,
+                 "jwt": {"issuer": "https://idp", "algorithms": ["ES512"],
+                         "jwksUri": "https://idp/jwks"}}}));
+    match read {
+        crate::AuthPolicyRead::Unreadable(u) => *u,
+        crate::AuthPolicyRead::Readable(_) => panic!("ES512 is not an algorithm of this version"),
+    }
+}
+
+/// Compiles the routes, `readable` (policy documents) and `unreadable` policies.
+fn run_with_unreadable(readable: &str, unreadable: Vec<crate::UnreadableAuthPolicy>) -> Output {
+    let mut inputs = super::inputs(&format!("{ROUTES}{readable}"));
+    inputs.unreadable_auth_policies = unreadable;
+    crate::compile(&inputs, CONTROLLER_NAME)
+}
+
+/// The compiled auth policy `name` in the snapshot.
+fn compiled<'a>(out: &'a Output, name: &str) -> &'a portico_model::auth::AuthPolicy {
+    out.snapshots[&gw()]
+        .policies
+        .auth
+        .iter()
+        .find(|p| p.id.name == name)
+        .unwrap_or_else(|| panic!("{name} not in the snapshot"))
+}
+
+#[test]
+fn an_unreadable_policy_fails_closed_on_its_targets_and_says_why() {
+    let out = run_with_unreadable("", vec![unreadable("p", "2026-01-01T00:00:00Z", ROUTE)]);
+    // Both rules of the route name it, and it refuses: the dataplane answers 500.
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("p"));
+    assert_eq!(applied(&out, "admin", 1).as_deref(), Some("p"));
+    let refusal = compiled(&out, "p").invalid.as_deref().expect("refuses");
+    assert!(refusal.contains("ES512"), "{refusal}");
+    // Nothing else: a policy with no mechanism would let nobody in, but only by accident.
+    assert!(compiled(&out, "p").jwt.is_none());
+    assert_eq!(applied(&out, "shop", 0), None);
+
+    let c = accepted(&out, "p", 0);
+    assert!(!c.is_true());
+    assert_eq!(c.reason, reasons::UNREADABLE);
+    assert!(
+        c.message.contains("cannot read the AuthPolicy")
+            && c.message.contains("ES512")
+            && c.message
+                .contains("refused until the policy is fixed or Portico is upgraded"),
+        "{}",
+        c.message
+    );
+    assert_eq!(c.observed_generation, Some(2));
+    let r = resolved(&out, "p");
+    assert_eq!(
+        (r.is_true(), r.reason.as_str()),
+        (false, reasons::UNREADABLE)
+    );
+    assert!(
+        out.status
+            .problems()
+            .iter()
+            .any(|p| p.object.starts_with("AuthPolicy default/p")
+                && p.condition.reason == reasons::UNREADABLE)
+    );
+}
+
+#[test]
+fn an_unreadable_policy_takes_part_in_precedence_like_any_other() {
+    // On the Gateway: the route's own readable policy is more specific and applies whole on
+    // `admin`; `shop` has nothing closer and is refused.
+    let out = run_with_unreadable(
+        &policy("on-route", "2026-01-05T00:00:00Z", ROUTE, API_KEYS),
+        vec![unreadable("on-gw", "2026-01-01T00:00:00Z", GW)],
+    );
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("on-route"));
+    assert!(compiled(&out, "on-route").invalid.is_none());
+    assert_eq!(applied(&out, "shop", 0).as_deref(), Some("on-gw"));
+    assert!(compiled(&out, "on-gw").invalid.is_some());
+    assert!(accepted(&out, "on-route", 0).is_true());
+    assert_eq!(accepted(&out, "on-gw", 0).reason, reasons::UNREADABLE);
+
+    // On one rule: that rule is refused, the rest of the route keeps the Gateway's policy.
+    let out = run_with_unreadable(
+        &policy("on-gw", "2026-01-01T00:00:00Z", GW, API_KEYS),
+        vec![unreadable("on-rule", "2026-01-05T00:00:00Z", RULE)],
+    );
+    assert_eq!(applied(&out, "admin", 1).as_deref(), Some("on-rule"));
+    assert!(compiled(&out, "on-rule").invalid.is_some());
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("on-gw"));
+    assert_eq!(applied(&out, "shop", 0).as_deref(), Some("on-gw"));
+    assert!(compiled(&out, "on-gw").invalid.is_none());
+}
+
+#[test]
+fn an_unreadable_policy_wins_or_loses_a_conflict_by_age_like_any_other() {
+    // Older: it holds the target, which is refused; the readable one is Conflicted.
+    let out = run_with_unreadable(
+        &policy("newer", "2026-02-01T00:00:00Z", ROUTE, API_KEYS),
+        vec![unreadable("older", "2026-01-01T00:00:00Z", ROUTE)],
+    );
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("older"));
+    assert!(compiled(&out, "older").invalid.is_some());
+    let c = accepted(&out, "newer", 0);
+    assert_eq!(c.reason, reasons::CONFLICTED);
+    assert!(c.message.contains("default/older"), "{}", c.message);
+    assert_eq!(accepted(&out, "older", 0).reason, reasons::UNREADABLE);
+
+    // Newer: the readable one keeps the target; the unreadable one is Conflicted, and says
+    // so rather than that it cannot be read (it would not apply even if it could).
+    let out = run_with_unreadable(
+        &policy("older", "2026-01-01T00:00:00Z", ROUTE, API_KEYS),
+        vec![unreadable("newer", "2026-02-01T00:00:00Z", ROUTE)],
+    );
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("older"));
+    assert!(compiled(&out, "older").invalid.is_none());
+    assert_eq!(accepted(&out, "newer", 0).reason, reasons::CONFLICTED);
+    assert!(
+        out.snapshots[&gw()]
+            .policies
+            .auth
+            .iter()
+            .all(|p| p.id.name != "newer")
+    );
+}
+
+#[test]
+fn an_unreadable_policy_with_no_readable_target_attaches_nowhere() {
+    let p = unreadable("lost", "2026-01-01T00:00:00Z", "[]");
+    assert!(p.error.contains("protects nothing"), "{}", p.error);
+    let out = run_with_unreadable("", vec![p]);
+    let s = out
+        .status
+        .policy(PolicyKind::Auth, &ObjectRef::new("default", "lost"))
+        .expect("still reported");
+    assert!(s.ancestors.is_empty(), "{s:?}");
+    assert_eq!(applied(&out, "admin", 0), None);
+    assert!(out.snapshots[&gw()].policies.auth.is_empty());
+}
+
+#[test]
+fn a_manifest_policy_that_does_not_decode_fails_the_load_and_unknown_fields_fail_closed() {
+    use crate::manifests::{ManifestSet, UnknownFields};
+    let es512 = policy(
+        "p",
+        "2026-01-01T00:00:00Z",
+        ROUTE,
+        "  jwt: {issuer: x, algorithms: [ES512], jwksUri: 'https://idp/jwks'}",
+    );
+    // Standalone mode refuses the whole directory: a running gateway keeps its last good
+    // configuration, a starting one does not start. Nothing is served without the policy.
+    for mode in [UnknownFields::Error, UnknownFields::Warn] {
+        let mut set = ManifestSet {
+            unknown_fields: mode,
+            ..ManifestSet::default()
+        };
+        set.add_file("routes.yaml", ROUTES);
+        set.add_file("policy.yaml", &es512);
+        assert_eq!(set.errors.len(), 1, "{mode:?}: {:?}", set.errors);
+        let e = &set.errors[0];
+        assert_eq!(
+            (e.file.as_str(), e.object.as_str()),
+            ("policy.yaml", "AuthPolicy p")
+        );
+        assert!(e.message.contains("ES512"), "{}", e.message);
+    }
+
+    // A field it does not know: an error by default; allowed (`--unknown-fields warn`), the
+    // policy loads as unreadable and refuses its targets instead of going without the field.
+    let unknown = policy(
+        "p",
+        "2026-01-01T00:00:00Z",
+        ROUTE,
+        "  apiKey: {secretRefs: [{name: keys}]}\n  mtls: {caSecretRef: {name: ca}}",
+    );
+    let mut set = ManifestSet::default();
+    set.add_file("policy.yaml", &unknown);
+    assert!(
+        set.errors[0].message.contains("spec.mtls"),
+        "{:?}",
+        set.errors
+    );
+    let mut set = ManifestSet {
+        unknown_fields: UnknownFields::Warn,
+        ..ManifestSet::default()
+    };
+    set.add_file("base.yaml", super::BASE);
+    set.add_file("routes.yaml", ROUTES);
+    set.add_file("policy.yaml", &unknown);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    assert!(
+        set.warnings[0].message.contains("spec.mtls")
+            && set.warnings[0].message.contains("targets are refused"),
+        "{:?}",
+        set.warnings
+    );
+    assert!(set.inputs.auth_policies.is_empty());
+    let out = crate::compile(&set.inputs, CONTROLLER_NAME);
+    assert_eq!(applied(&out, "admin", 0).as_deref(), Some("p"));
+    assert!(compiled(&out, "p").invalid.is_some());
+    let c = accepted(&out, "p", 0);
+    assert_eq!(c.reason, reasons::UNREADABLE);
+    assert!(c.message.contains("spec.mtls"), "{}", c.message);
+}

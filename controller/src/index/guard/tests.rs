@@ -47,7 +47,7 @@ impl Watch {
 
     /// Feeds one event as the watch loop does; returns what the store and change log saw.
     fn feed(&mut self, event: Event<DeserializeGuard<HttpRoute>>) -> Option<Event<HttpRoute>> {
-        let admitted = self.guard.admit(event, &self.store);
+        let admitted = self.guard.admit(event, &self.store, |_| None);
         if let Some(e) = &admitted {
             self.writer.apply_watcher_event(e);
         }
