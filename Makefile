@@ -41,8 +41,9 @@ KUBE_VERSION_FLAGS = -X k8s.io/component-base/version.gitVersion=v$(KUBE_VERSION
 controlplane: ## Build the test control plane (kube-apiserver, etcd, kube-controller-manager) from the Go modules
 	cd tests/controlplane && CGO_ENABLED=0 go build -ldflags "$(KUBE_VERSION_FLAGS)" -o ../../target/controlplane/controlplane .
 
-lint: crds-check chart-check ## rustfmt check, clippy with warnings denied, generated CRDs and manifests up to date
+lint: crds-check chart-check ## rustfmt check, clippy with warnings denied, no import cycle between modules, generated CRDs and manifests up to date
 	$(CARGO) fmt --all -- --check
+	python3 tests/tools/import-cycles.py dataplane/src dataplane/model/src controller/compile/src controller/src crds/src
 	@test -z "$$(gofmt -l tests/controlplane tests/conformance)" || { gofmt -l tests/controlplane tests/conformance; echo "Go files not gofmt-ed: run gofmt -w"; exit 1; }
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
