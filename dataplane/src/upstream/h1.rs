@@ -557,7 +557,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error>
         return Ok(Parsed::Informational);
     }
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds on the way back (the request id, response-header
+    // filters), so adding them does not rehash the map.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
