@@ -80,13 +80,21 @@ pub(super) async fn serve(
     shared: &HttpShared,
     closing: watch::Receiver<bool>,
 ) {
+    // The futures of a TLS handshake and of a connection (hyper's HTTP/1.1 and HTTP/2 state,
+    // rustls') are kilobytes each. Boxed where they start, they are copied once; inline, this
+    // task's whole state machine was the size of all of them and was copied on every move
+    // (spawn, the task cell: ~120k instructions of memcpy a connection under callgrind).
     let Some(config) = service.load().tls.clone() else {
         let down = Downstream::new(client, local_port, "http", None);
-        serve_connection(stream, down, false, service, shared, closing).await;
+        Box::pin(serve_connection(
+            stream, down, false, service, shared, closing,
+        ))
+        .await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+    let handshake =
+        tokio::time::timeout(shared.handshake_timeout, Box::pin(acceptor.accept(stream)));
     match handshake.await {
         Ok(Ok(tls)) => {
             let session = tls.get_ref().1;
@@ -95,7 +103,10 @@ pub(super) async fn serve(
                 .map(|n| Arc::from(n.to_ascii_lowercase()));
             let alpn_h2 = session.alpn_protocol() == Some(b"h2");
             let down = Downstream::new(client, local_port, "https", sni);
-            serve_connection(tls, down, alpn_h2, service, shared, closing).await;
+            Box::pin(serve_connection(
+                tls, down, alpn_h2, service, shared, closing,
+            ))
+            .await;
         }
         Ok(Err(e)) => {
             shared.metrics.tls_handshake_errors.inc();
@@ -171,14 +182,14 @@ async fn serve_connection<I>(
     };
     let (result, closing) = match protocol {
         Protocol::Http1 => {
-            let conn = shared.h1.serve_connection(io, svc);
+            let conn = Box::pin(shared.h1.serve_connection(io, svc));
             drive(conn, closed, std::future::pending(), |c| {
-                c.graceful_shutdown()
+                c.get_mut().as_mut().graceful_shutdown()
             })
             .await
         }
         Protocol::Http2 => {
-            let conn = shared.h2.serve_connection(io, svc);
+            let conn = Box::pin(shared.h2.serve_connection(io, svc));
             let idle = async {
                 tokio::select! {
                     () = activity.idle_for(limits.idle_timeout) => {
@@ -190,7 +201,10 @@ async fn serve_connection<I>(
                     }
                 }
             };
-            drive(conn, closed, idle, |c| c.graceful_shutdown()).await
+            drive(conn, closed, idle, |c| {
+                c.get_mut().as_mut().graceful_shutdown()
+            })
+            .await
         }
     };
     if let Err(e) = result {
