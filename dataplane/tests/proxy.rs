@@ -97,11 +97,20 @@ impl Backend {
     }
 }
 
+/// A port free right now and not handed out before in this process (the kernel may offer a
+/// just-closed probe's port again, to a test running beside this one).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: parking_lot::Mutex<std::collections::BTreeSet<u16>> =
+        parking_lot::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind((LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if GIVEN.lock().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The dataplane serving `snapshot`, and the address of its one listener.

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -98,12 +99,21 @@ pub fn loopback_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, b, c, d))
 }
 
-/// A port free on `ip` right now.
+/// A port free on `ip` right now, and not handed out before by this process: the probe's
+/// socket closes at once, so the kernel may offer the same port to the next probe, and two
+/// listeners of one test (a Gateway's and the admin server's) then collide.
 pub fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: parking_lot::Mutex<BTreeSet<(IpAddr, u16)>> =
+        parking_lot::Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if GIVEN.lock().insert((ip, port)) {
+            return port;
+        }
+    }
 }
 
 /// A directory removed on drop.
