@@ -232,3 +232,5 @@ where
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(super) mod watch;

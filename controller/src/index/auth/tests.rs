@@ -3,13 +3,10 @@
 //! reject, through the same guard and store as the watch loop.
 
 use super::*;
-use crate::index::UnreadableObjects;
-use crate::index::guard::Guard;
+use crate::index::guard::watch::Watch;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use serde_json::json;
-use std::sync::Arc;
 
 /// An AuthPolicy as the API server sends it, protecting HTTPRoute `shop`; with `algorithm`
 /// `ES512` this controller cannot read it.
@@ -26,39 +23,12 @@ fn policy(name: &str, algorithm: &str) -> DeserializeGuard<AuthPolicyObject> {
     .expect("a guard decodes whatever the object holds")
 }
 
-/// The guard, the store its events go to, and the counts it keeps: the watch loop's parts.
-struct Watch {
-    guard: Guard,
-    store: Store<AuthPolicyObject>,
-    writer: reflector::store::Writer<AuthPolicyObject>,
-    counts: Arc<UnreadableObjects>,
+/// The AuthPolicy watch, as the watch loop runs it.
+fn watch() -> Watch<AuthPolicyObject> {
+    Watch::new("AuthPolicy", AuthPolicyObject::unreadable)
 }
 
-impl Watch {
-    fn new() -> Self {
-        let counts = Arc::new(UnreadableObjects::default());
-        let (store, writer) = reflector::store();
-        Self {
-            guard: Guard::new("AuthPolicy", counts.clone()),
-            store,
-            writer,
-            counts,
-        }
-    }
-
-    fn feed(
-        &mut self,
-        event: Event<DeserializeGuard<AuthPolicyObject>>,
-    ) -> Option<Event<AuthPolicyObject>> {
-        let admitted = self
-            .guard
-            .admit(event, &self.store, AuthPolicyObject::unreadable);
-        if let Some(e) = &admitted {
-            self.writer.apply_watcher_event(e);
-        }
-        admitted
-    }
-
+impl Watch<AuthPolicyObject> {
     /// Compile's two inputs, as [`crate::index::Index::inputs`] makes them: the names of the
     /// readable and of the unreadable policies.
     fn inputs(&self) -> (Vec<String>, Vec<String>) {
@@ -73,14 +43,6 @@ impl Watch {
             names(readable.iter().map(|p| &p.metadata).collect()),
             names(unreadable.iter().map(|p| &p.metadata).collect()),
         )
-    }
-
-    fn unreadable(&self) -> usize {
-        self.counts
-            .counts()
-            .into_iter()
-            .find(|(kind, _)| kind == "AuthPolicy")
-            .map_or(0, |(_, n)| n)
     }
 }
 
@@ -108,7 +70,7 @@ fn a_policy_this_controller_cannot_read_decodes_with_its_targets_and_the_error()
 
 #[test]
 fn an_unreadable_policy_stays_in_the_store_for_compile_and_is_counted() {
-    let mut w = Watch::new();
+    let mut w = watch();
     w.feed(Event::Init);
     w.feed(Event::InitApply(policy("ok", "ES256")));
     // Kept (a skipped one would leave `shop` open), but counted and logged as unreadable.
@@ -123,7 +85,7 @@ fn an_unreadable_policy_stays_in_the_store_for_compile_and_is_counted() {
 
 #[test]
 fn a_policy_updated_into_one_this_controller_cannot_read_is_replaced_not_removed() {
-    let mut w = Watch::new();
+    let mut w = watch();
     w.feed(Event::Init);
     w.feed(Event::InitApply(policy("guard", "ES256")));
     w.feed(Event::InitDone);
@@ -151,7 +113,7 @@ fn a_policy_updated_into_one_this_controller_cannot_read_is_replaced_not_removed
 
 #[test]
 fn a_relist_forgets_policies_fixed_while_the_watch_was_away() {
-    let mut w = Watch::new();
+    let mut w = watch();
     w.feed(Event::Init);
     w.feed(Event::InitApply(policy("a", "ES512")));
     w.feed(Event::InitDone);

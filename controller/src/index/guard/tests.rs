@@ -1,8 +1,8 @@
 //! The guard against what a real watch delivers: HTTPRoutes decoded from JSON, one of them
 //! with an experimental-channel filter (`ExternalAuth`) the Rust type does not know.
 
+use super::watch::Watch;
 use super::*;
-use kube::runtime::reflector;
 use portico_crds::gateway_api::httproutes::HttpRoute;
 use serde_json::json;
 
@@ -25,53 +25,9 @@ fn route(name: &str, external_auth: bool) -> DeserializeGuard<HttpRoute> {
     .expect("a guard decodes whatever the object holds")
 }
 
-/// A guard, the store its events go to, and the counts it keeps.
-struct Watch {
-    guard: Guard,
-    store: Store<HttpRoute>,
-    writer: reflector::store::Writer<HttpRoute>,
-    counts: Arc<UnreadableObjects>,
-}
-
-impl Watch {
-    fn new() -> Self {
-        let counts = Arc::new(UnreadableObjects::default());
-        let (store, writer) = reflector::store();
-        Self {
-            guard: Guard::new("HTTPRoute", counts.clone()),
-            store,
-            writer,
-            counts,
-        }
-    }
-
-    /// Feeds one event as the watch loop does; returns what the store and change log saw.
-    fn feed(&mut self, event: Event<DeserializeGuard<HttpRoute>>) -> Option<Event<HttpRoute>> {
-        let admitted = self.guard.admit(event, &self.store, |_| None);
-        if let Some(e) = &admitted {
-            self.writer.apply_watcher_event(e);
-        }
-        admitted
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .store
-            .state()
-            .iter()
-            .filter_map(|r| r.metadata.name.clone())
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn unreadable(&self) -> usize {
-        self.counts
-            .counts()
-            .into_iter()
-            .find(|(kind, _)| kind == "HTTPRoute")
-            .map_or(0, |(_, n)| n)
-    }
+/// The HTTPRoute watch: every route that decodes is read whole.
+fn watch() -> Watch<HttpRoute> {
+    Watch::new("HTTPRoute", |_| None)
 }
 
 #[test]
@@ -88,7 +44,7 @@ fn the_rust_type_rejects_what_the_experimental_crd_admits_and_the_guard_keeps_it
 
 #[test]
 fn one_object_that_does_not_decode_is_skipped_and_the_list_completes() {
-    let mut w = Watch::new();
+    let mut w = watch();
     assert_eq!(w.counts.counts(), [("HTTPRoute".to_string(), 0)]);
     assert!(matches!(w.feed(Event::Init), Some(Event::Init)));
     assert!(w.feed(Event::InitApply(route("web", false))).is_some());
@@ -101,7 +57,7 @@ fn one_object_that_does_not_decode_is_skipped_and_the_list_completes() {
 
 #[test]
 fn an_object_updated_into_one_that_does_not_decode_leaves_the_store_until_fixed() {
-    let mut w = Watch::new();
+    let mut w = watch();
     w.feed(Event::Init);
     w.feed(Event::InitApply(route("web", false)));
     w.feed(Event::InitDone);
@@ -127,7 +83,7 @@ fn an_object_updated_into_one_that_does_not_decode_leaves_the_store_until_fixed(
 
 #[test]
 fn deleting_or_relisting_forgets_objects_that_could_not_be_read() {
-    let mut w = Watch::new();
+    let mut w = watch();
     w.feed(Event::Init);
     w.feed(Event::InitApply(route("a", true)));
     w.feed(Event::InitApply(route("b", true)));
