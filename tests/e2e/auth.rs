@@ -771,19 +771,7 @@ async fn a_policy_standalone_mode_cannot_read_never_opens_its_route() {
         "config.yaml",
         &portico_tests::auth::config(s.port, s.echo.addr, &es512),
     );
-    let out = std::process::Command::new(&binaries().portico)
-        .args(["standalone", "--config"])
-        .arg(dir.path())
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--admin-address",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("run portico standalone");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = Portico::refused_start(dir.path());
     assert!(
         stderr.contains("AuthPolicy guard") && stderr.contains("ES512"),
         "{stderr}"

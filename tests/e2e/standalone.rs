@@ -821,19 +821,7 @@ spec:
 
     // A file that does not parse fails the check (and would fail start-up) with its name.
     dir.write("broken.yaml", "kind: [\n");
-    let out = std::process::Command::new(&binaries().portico)
-        .args(["standalone", "--config"])
-        .arg(dir.path())
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--admin-address",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("run portico standalone");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = Portico::refused_start(dir.path());
     assert!(
         stderr.contains("broken.yaml: document 1: malformed YAML"),
         "{stderr}"

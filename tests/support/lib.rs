@@ -365,6 +365,24 @@ impl Portico {
         p
     }
 
+    /// Runs `portico standalone` on the configuration in `config`, which it must refuse to
+    /// start with; returns what it printed to stderr.
+    pub fn refused_start(config: &Path) -> String {
+        let out = Command::new(&binaries().portico)
+            .args(["standalone", "--config"])
+            .arg(config)
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--admin-address",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("run portico standalone");
+        assert!(!out.status.success(), "portico started on {config:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, port)
     }
