@@ -97,20 +97,22 @@ impl Backend {
     }
 }
 
-/// A port free right now and not handed out before in this process (the kernel may offer a
-/// just-closed probe's port again, to a test running beside this one).
+/// A port free right now, never handed out before in this process, and below Linux's
+/// ephemeral range (32768-60999), so no outgoing connection or port-0 listener of a test
+/// running beside this one can take it before the dataplane binds it.
 fn free_port() -> u16 {
-    static GIVEN: parking_lot::Mutex<std::collections::BTreeSet<u16>> =
-        parking_lot::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind((LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        if GIVEN.lock().insert(port) {
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + k) % COUNT).expect("a port");
+        if std::net::TcpListener::bind((LOCALHOST, port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// The dataplane serving `snapshot`, and the address of its one listener.

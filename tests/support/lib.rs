@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -103,17 +102,21 @@ pub fn loopback_ip() -> IpAddr {
 /// socket closes at once, so the kernel may offer the same port to the next probe, and two
 /// listeners of one test (a Gateway's and the admin server's) then collide.
 pub fn free_port(ip: IpAddr) -> u16 {
-    static GIVEN: parking_lot::Mutex<BTreeSet<(IpAddr, u16)>> =
-        parking_lot::Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral port");
-        if GIVEN.lock().insert((ip, port)) {
+    // Below Linux's ephemeral range (32768-60999): no outgoing connection and no listener on
+    // port 0 can take the port between this probe and its use (one did: a backend connection
+    // from the gateway under test, and the listener failed with "Address already in use").
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + k) % COUNT).expect("a port");
+        if TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A directory removed on drop.
