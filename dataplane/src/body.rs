@@ -1,8 +1,8 @@
-//! The proxy's bodies, and the local replies made of them (a leaf: this module imports
-//! nothing from the crate).
+//! The proxy's bodies, and the local replies made of them (a leaf: this module imports from
+//! the crate only `codec`, itself a leaf).
 //!
-//! [`ProxyBody`] is every response body the proxy sends; [`LocalReply`] an answer the
-//! gateway gives itself. Bodies carry time limits in both directions, so that neither a slow
+//! [`RequestBody`] is every request body a client sends; [`ProxyBody`] every response body the
+//! proxy sends; [`LocalReply`] an answer the gateway gives itself. Bodies carry time limits in both directions, so that neither a slow
 //! client nor a slow backend holds the other's connection without end.
 //!
 //! - [`ClientBody`], the request body on its way upstream: no more than the idle timeout
@@ -21,6 +21,7 @@
 //! neither body waits for its source), and the proxy (before the response) or the
 //! connection (after it) ends the request.
 
+use crate::codec::ServerBody;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -214,9 +215,55 @@ pub struct BodyError(pub BodyFault);
 /// The error of every body here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as the client's connection delivers it.
+pub enum RequestBody {
+    /// An HTTP/1.1 request without one.
+    Empty,
+    /// Read off the client's HTTP/1.1 connection by this process.
+    H1(ServerBody),
+    /// hyper's (HTTP/2 connections).
+    Hyper(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            RequestBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::H1(b) => b.is_end_stream(),
+            RequestBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::H1(b) => b.size_hint(),
+            RequestBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The request body, forwarded with time limits.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     outcome: Arc<BodyOutcome>,
     limits: BodyLimits,
     /// Armed while the body waits for the client; made on the first wait (most bodies are
@@ -233,7 +280,11 @@ pub struct ClientBody {
 impl ClientBody {
     /// `streaming`: a body that may stay open on purpose (gRPC streams), to which only the
     /// idle timeout applies.
-    pub fn new(inner: Incoming, limits: BodyLimits, streaming: bool) -> (Self, Arc<BodyOutcome>) {
+    pub fn new(
+        inner: RequestBody,
+        limits: BodyLimits,
+        streaming: bool,
+    ) -> (Self, Arc<BodyOutcome>) {
         let outcome = Arc::new(BodyOutcome::default());
         if inner.is_end_stream() {
             outcome.end();

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod channel;
+pub mod codec;
 pub mod conn;
 pub mod dataplane;
 pub mod endpoints;

@@ -1,7 +1,7 @@
 //! The request path: route, filter, choose a backend and an endpoint, forward over a pooled
 //! connection, filter the response, record metrics and the access log.
 
-use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody};
+use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody, RequestBody};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::policy::Chain;
@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use portico_model::AppProtocol;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -92,7 +91,7 @@ impl Proxy {
     pub async fn serve(
         &self,
         router: &SocketRouter,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         down: Downstream,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
@@ -162,7 +161,7 @@ impl Proxy {
     async fn handle(
         &self,
         routed: &Routed,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         cx: &mut RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
         // Pinned here, once: a future moved into a combinator would be stored twice.
@@ -219,7 +218,7 @@ impl Proxy {
     async fn forward(
         &self,
         rule: &CompiledRule,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         cx: &RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
         let prefix = cx.prefix.as_deref();
@@ -372,7 +371,7 @@ impl Proxy {
 /// Puts the request target in the form the backend's protocol wants: origin-form for
 /// HTTP/1.1 (the Host header, already the routed one, names the authority); for HTTP/2 an
 /// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary.
-fn wire_target(req: &mut Request<Incoming>, protocol: AppProtocol) -> Result<(), ProxyError> {
+fn wire_target(req: &mut Request<RequestBody>, protocol: AppProtocol) -> Result<(), ProxyError> {
     let pq = req
         .uri()
         .path_and_query()
@@ -424,7 +423,7 @@ struct Routed {
 /// finds its rule, or the error that answers it; notes in `cx` what routing matched.
 fn route(
     router: &SocketRouter,
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     cx: &mut RequestCtx,
 ) -> Result<Routed, ProxyError> {
     let host = util::request_host(req.uri(), req.headers())

@@ -1,5 +1,5 @@
-//! The HTTP service of a socket: TLS termination (certificates by SNI), then HTTP/1.1 or
-//! HTTP/2 on hyper's server, each request handed to the proxy with the routes the socket
+//! The HTTP service of a socket: TLS termination (certificates by SNI), then HTTP/1.1 on our
+//! own server (`h1`) or HTTP/2 on hyper's, each request handed to the proxy with the routes the socket
 //! serves at that moment.
 //!
 //! A connection that says nothing within the first-bytes timeout is closed; an HTTP/2
@@ -7,7 +7,9 @@
 //! closes (a new configuration without it, or shutdown) lets in-flight requests finish and
 //! closes its connections gracefully.
 
+use super::h1::{self, H1Limits};
 use super::settings::ServerSettings;
+use crate::body::RequestBody;
 use crate::body::StreamProgress;
 use crate::conn::{Activity, ConnectionLimits, Guarded, Protocol, Tracked};
 use crate::metrics::Metrics;
@@ -15,7 +17,7 @@ use crate::proxy::Proxy;
 use crate::request::Downstream;
 use crate::router::SocketRouter;
 use arc_swap::ArcSwap;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -37,7 +39,7 @@ pub struct HttpService {
 /// What every HTTP connection is served with: the proxy, hyper's builders, the limits.
 pub(super) struct HttpShared {
     proxy: Arc<Proxy>,
-    h1: http1::Builder,
+    h1: H1Limits,
     h2: http2::Builder<TokioExecutor>,
     /// A TLS client must finish its handshake within this (the header read timeout).
     handshake_timeout: Duration,
@@ -48,11 +50,11 @@ pub(super) struct HttpShared {
 impl HttpShared {
     pub(super) fn new(proxy: Arc<Proxy>, metrics: Arc<Metrics>, settings: &ServerSettings) -> Self {
         let limits = &settings.connections;
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(settings.max_header_bytes.max(8192))
-            .max_headers(settings.max_headers);
+        let h1 = H1Limits {
+            max_head_bytes: settings.max_header_bytes,
+            max_headers: settings.max_headers,
+            header_read_timeout: settings.header_read_timeout,
+        };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
@@ -133,7 +135,7 @@ async fn serve_connection<I>(
     shared: &HttpShared,
     mut closing: watch::Receiver<bool>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let client = down.client;
     let limits = &shared.limits;
@@ -152,27 +154,48 @@ async fn serve_connection<I>(
         tracing::debug!(%client, "h2 by ALPN without the HTTP/2 preface; closing");
         return;
     }
-    let io = TokioIo::new(Guarded::new(io, replay, limits.write_timeout));
+    let io = Guarded::new(io, replay, limits.write_timeout);
+    if protocol == Protocol::Http1 {
+        let mut rx = closing.clone();
+        let closed = async move {
+            let _ = rx.wait_for(|c| *c).await.map(drop);
+        };
+        let result = Box::pin(h1::serve_connection(
+            Box::new(io),
+            shared.h1,
+            closed,
+            || *closing.borrow(),
+            |req| {
+                let service = service.load_full();
+                let down = down.clone();
+                async move { shared.proxy.serve(&service.router, req, down).await }
+            },
+        ))
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(%client, error = %e, "connection ended with an error");
+        }
+        return;
+    }
+    let io = TokioIo::new(io);
     let activity = Arc::new(Activity::default());
     let service = service.clone();
     let proxy = shared.proxy.clone();
-    // Only HTTP/2 connections are watched for idleness (HTTP/1's idle wait is hyper's head
-    // timeout), so only they count requests in flight.
-    let tracker = (protocol == Protocol::Http2).then(|| activity.clone());
-    let svc = service_fn(move |req| {
-        let in_flight = tracker.as_ref().map(|t| t.begin());
+    // HTTP/2 connections are watched for idleness, so they count requests in flight.
+    let tracker = activity.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let in_flight = tracker.begin();
         let service = service.load_full();
         let proxy = proxy.clone();
         let down = down.clone();
         let watcher = tracker.clone();
         async move {
+            let req = req.map(RequestBody::Hyper);
             let mut resp = proxy.serve(&service.router, req, down).await;
-            if let Some(progress) = resp.extensions_mut().remove::<StreamProgress>()
-                && let Some(w) = &watcher
-            {
-                w.watch(&progress);
+            if let Some(progress) = resp.extensions_mut().remove::<StreamProgress>() {
+                watcher.watch(&progress);
             }
-            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, Some(in_flight))))
         }
     });
     let closed = async move {
@@ -180,33 +203,22 @@ async fn serve_connection<I>(
         let _ = closing.wait_for(|c| *c).await.map(drop);
         closing
     };
-    let (result, closing) = match protocol {
-        Protocol::Http1 => {
-            let conn = Box::pin(shared.h1.serve_connection(io, svc));
-            drive(conn, closed, std::future::pending(), |c| {
-                c.get_mut().as_mut().graceful_shutdown()
-            })
-            .await
-        }
-        Protocol::Http2 => {
-            let conn = Box::pin(shared.h2.serve_connection(io, svc));
-            let idle = async {
-                tokio::select! {
-                    () = activity.idle_for(limits.idle_timeout) => {
-                        shared.metrics.connection_closed("idle_timeout");
-                    }
-                    () = activity.stalled_stream(limits.idle_timeout) => {
-                        tracing::debug!(%client, "a stream's response or request stopped moving; closing");
-                        shared.metrics.connection_closed("stalled_stream");
-                    }
-                }
-            };
-            drive(conn, closed, idle, |c| {
-                c.get_mut().as_mut().graceful_shutdown()
-            })
-            .await
+    let conn = Box::pin(shared.h2.serve_connection(io, svc));
+    let idle = async {
+        tokio::select! {
+            () = activity.idle_for(limits.idle_timeout) => {
+                shared.metrics.connection_closed("idle_timeout");
+            }
+            () = activity.stalled_stream(limits.idle_timeout) => {
+                tracing::debug!(%client, "a stream's response or request stopped moving; closing");
+                shared.metrics.connection_closed("stalled_stream");
+            }
         }
     };
+    let (result, closing) = drive(conn, closed, idle, |c| {
+        c.get_mut().as_mut().graceful_shutdown()
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(%client, error = %e, "connection ended with an error");
     }

@@ -17,6 +17,7 @@
 //! connections gracefully; new ones are bound first, so a change that cannot bind is refused
 //! whole. Shutdown closes every socket and waits (up to a deadline) for in-flight requests.
 
+pub mod h1;
 pub mod http;
 mod settings;
 

@@ -20,6 +20,7 @@
 //! not sent further, and its connection is closed after the answer.
 
 use crate::body::{BoxError, ConnBody};
+use crate::codec::{Decoded, Decoder, parse_length};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -39,10 +40,6 @@ use tokio::time::Instant;
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in a response head, and in a chunked body's trailers.
 pub(super) const MAX_HEADERS: usize = 100;
-/// Longest chunk extension (ignored, but read).
-const MAX_CHUNK_EXTENSION: usize = 4 * 1024;
-/// Largest trailer section of a chunked body.
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Reads start at this size and double while they fill their buffer, up to the maximum.
 const READ_SIZE: usize = 8 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
@@ -259,6 +256,17 @@ enum ResponseFraming {
     Close,
 }
 
+impl ResponseFraming {
+    fn decoder(self) -> Decoder {
+        match self {
+            ResponseFraming::Empty => Decoder::Done,
+            ResponseFraming::Length(n) => Decoder::length(n),
+            ResponseFraming::Chunked => Decoder::chunked(),
+            ResponseFraming::Close => Decoder::Close,
+        }
+    }
+}
+
 /// Writes a request: its head, then its body as it arrives.
 struct Writer<'a, B> {
     head: &'a [u8],
@@ -465,10 +473,10 @@ pub fn read_response(
             },
         }
     };
-    let mut decoder = Decoder::new(head.framing);
+    let mut decoder = head.framing.decoder();
     let (mut body, mut trailers) = (Vec::new(), None);
     loop {
-        match decoder.decode(&mut buf)? {
+        match decoder.decode(&mut buf).map_err(H1Error::Invalid)? {
             Decoded::Data(d) => body.extend_from_slice(&d),
             Decoded::Trailers(t) => trailers = Some(t),
             Decoded::End => break,
@@ -648,206 +656,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error>
     }))
 }
 
-/// A `Content-Length` value: decimal digits only, fitting a u64.
-fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-/// Where a chunked body's decoder stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// Reading a chunk's size (`digits` so far).
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    /// Whitespace after the size.
-    SizeSpace {
-        size: u64,
-    },
-    /// A chunk extension (ignored), `len` bytes so far.
-    Extension {
-        size: u64,
-        len: usize,
-    },
-    /// The LF ending the size line.
-    SizeLf {
-        size: u64,
-    },
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// After the last chunk: the trailer section.
-    Trailers,
-}
-
-/// Where a response body's decoder stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Decoder {
-    Length(u64),
-    Chunked(Chunk),
-    Close,
-    Done,
-}
-
-/// What decoding the buffer gave.
-enum Decoded {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    /// The buffer holds no more of the body.
-    More,
-}
-
-impl Decoder {
-    fn new(framing: ResponseFraming) -> Self {
-        match framing {
-            ResponseFraming::Empty | ResponseFraming::Length(0) => Decoder::Done,
-            ResponseFraming::Length(n) => Decoder::Length(n),
-            ResponseFraming::Chunked => Decoder::Chunked(Chunk::Size { size: 0, digits: 0 }),
-            ResponseFraming::Close => Decoder::Close,
-        }
-    }
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-        match self {
-            Decoder::Done => Ok(Decoded::End),
-            Decoder::Close => {
-                if buf.is_empty() {
-                    return Ok(Decoded::More);
-                }
-                Ok(Decoded::Data(buf.split().freeze()))
-            }
-            Decoder::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::More);
-                }
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                *left -= n as u64;
-                if *left == 0 {
-                    *self = Decoder::Done;
-                }
-                Ok(Decoded::Data(buf.split_to(n).freeze()))
-            }
-            Decoder::Chunked(state) => {
-                let decoded = decode_chunked(state, buf)?;
-                if matches!(decoded, Decoded::End | Decoded::Trailers(_)) {
-                    *self = Decoder::Done;
-                }
-                Ok(decoded)
-            }
-        }
-    }
-}
-
-fn hex_value(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
-        _ => None,
-    }
-}
-
-fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-    let invalid = |why| Err(H1Error::Invalid(why));
-    loop {
-        if let Chunk::Data(left) = *state {
-            if buf.is_empty() {
-                return Ok(Decoded::More);
-            }
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            *state = if left == n as u64 {
-                Chunk::DataCr
-            } else {
-                Chunk::Data(left - n as u64)
-            };
-            return Ok(Decoded::Data(buf.split_to(n).freeze()));
-        }
-        if *state == Chunk::Trailers {
-            if buf.len() >= 2 && buf[..2] == *b"\r\n" {
-                buf.advance(2);
-                return Ok(Decoded::End);
-            }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            return match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for f in fields.iter() {
-                        let name = HeaderName::from_bytes(f.name.as_bytes())
-                            .map_err(|_| H1Error::Invalid("invalid trailer name"))?;
-                        let value = HeaderValue::from_bytes(f.value)
-                            .map_err(|_| H1Error::Invalid("invalid trailer value"))?;
-                        trailers.append(name, value);
-                    }
-                    buf.advance(len);
-                    Ok(Decoded::Trailers(trailers))
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_TRAILER_BYTES => Ok(Decoded::More),
-                Ok(httparse::Status::Partial) => invalid("trailer section too large"),
-                Err(_) => invalid("malformed trailer section"),
-            };
-        }
-        let Some(&b) = buf.first() else {
-            return Ok(Decoded::More);
-        };
-        buf.advance(1);
-        *state = match *state {
-            Chunk::Size { size, digits } => match (b, hex_value(b)) {
-                (_, Some(v)) => {
-                    let size = size
-                        .checked_mul(16)
-                        .and_then(|s| s.checked_add(v))
-                        .filter(|_| digits < 16);
-                    match size {
-                        Some(size) => Chunk::Size {
-                            size,
-                            digits: digits + 1,
-                        },
-                        None => return invalid("chunk size too large"),
-                    }
-                }
-                _ if digits == 0 => return invalid("chunk size missing"),
-                (b' ' | b'\t', _) => Chunk::SizeSpace { size },
-                (b';', _) => Chunk::Extension { size, len: 0 },
-                (b'\r', _) => Chunk::SizeLf { size },
-                _ => return invalid("invalid chunk size"),
-            },
-            Chunk::SizeSpace { size } => match b {
-                b' ' | b'\t' => Chunk::SizeSpace { size },
-                b';' => Chunk::Extension { size, len: 0 },
-                b'\r' => Chunk::SizeLf { size },
-                _ => return invalid("invalid chunk size line"),
-            },
-            Chunk::Extension { size, len } => match b {
-                b'\r' => Chunk::SizeLf { size },
-                b'\n' => return invalid("bare LF in a chunk extension"),
-                _ if len >= MAX_CHUNK_EXTENSION => return invalid("chunk extension too long"),
-                _ => Chunk::Extension { size, len: len + 1 },
-            },
-            Chunk::SizeLf { size } => match b {
-                b'\n' if size == 0 => Chunk::Trailers,
-                b'\n' => Chunk::Data(size),
-                _ => return invalid("chunk size line without CRLF"),
-            },
-            Chunk::DataCr => match b {
-                b'\r' => Chunk::DataLf,
-                _ => return invalid("chunk data without CRLF"),
-            },
-            Chunk::DataLf => match b {
-                b'\n' => Chunk::Size { size: 0, digits: 0 },
-                _ => return invalid("chunk data without CRLF"),
-            },
-            Chunk::Data(_) | Chunk::Trailers => unreachable!("handled above"),
-        };
-    }
-}
-
 /// An endpoint's idle HTTP/1.1 connections, newest last. Nobody drives an idle connection:
 /// it is looked at when it is checked out, and by the sweep.
 #[derive(Default)]
@@ -916,7 +724,7 @@ impl<G> H1Body<G> {
     ) -> Self {
         Self {
             conn: Some(conn),
-            decoder: Decoder::new(head.framing),
+            decoder: head.framing.decoder(),
             reusable: head.keep_alive && whole,
             pool,
             max_idle,
@@ -958,7 +766,11 @@ impl<G: Unpin> Body for H1Body<G> {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.decoder.decode(&mut conn.read) {
+            match this
+                .decoder
+                .decode(&mut conn.read)
+                .map_err(H1Error::Invalid)
+            {
                 Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                 Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
                 Ok(Decoded::End) => return Poll::Ready(None),

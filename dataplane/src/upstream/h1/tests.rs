@@ -3,6 +3,7 @@
 //! with scripted backends on 127.0.0.1.
 
 use super::*;
+use crate::codec::{MAX_CHUNK_EXTENSION, MAX_TRAILER_BYTES};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -213,13 +214,13 @@ type Dechunked = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
 
 /// Decodes `wire` (a chunked body) fed one byte at a time.
 fn dechunk_bytewise(wire: &[u8]) -> Result<Dechunked, H1Error> {
-    let mut decoder = Decoder::new(ResponseFraming::Chunked);
+    let mut decoder = Decoder::chunked();
     let mut buf = BytesMut::new();
     let mut data = Vec::new();
     let mut trailers = None;
     let mut fed = 0;
     loop {
-        match decoder.decode(&mut buf)? {
+        match decoder.decode(&mut buf).map_err(H1Error::Invalid)? {
             Decoded::Data(d) => data.extend_from_slice(&d),
             Decoded::Trailers(t) => {
                 trailers = Some(t);
