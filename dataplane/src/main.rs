@@ -285,10 +285,18 @@ fn main() -> ExitCode {
     };
     let log_format = serve.log_format;
     init_logging(serve.log_format, serve.log_level.as_deref());
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = serve.workers {
-        rt.worker_threads(n.max(1));
-    }
+    // One worker: tokio's current-thread scheduler, which runs every task on this thread with
+    // no work-stealing queues or cross-thread wake-ups to pay for (as nginx's one worker
+    // process does); more: the multi-thread scheduler.
+    let mut rt = match serve.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let result = rt
         .enable_all()
         .build()

@@ -258,10 +258,13 @@ pub fn parse_head(buf: &mut BytesMut, limits: &H1Limits) -> Result<Option<Head>,
 }
 
 /// A deadline that costs a clock read to move: its timer is set once and, when it fires
-/// early (the deadline moved on since), set again to the deadline then.
+/// early (the deadline moved on since), set again to the deadline then. Once its timer holds
+/// the connection task's waker it is not polled again until it fires (the task is the same
+/// for the connection's life), so a request costs no timer work at all.
 struct Deadline {
     at: Instant,
     sleep: Pin<Box<Sleep>>,
+    registered: bool,
 }
 
 impl Deadline {
@@ -269,16 +272,21 @@ impl Deadline {
         Self {
             at,
             sleep: Box::pin(tokio::time::sleep_until(at)),
+            registered: false,
         }
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered && !self.sleep.is_elapsed() {
+            return false;
+        }
         while self.sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.at {
                 return true;
             }
             self.sleep.as_mut().reset(self.at);
         }
+        self.registered = true;
         false
     }
 }
