@@ -103,6 +103,11 @@ impl Dataplane {
         }
     }
 
+    /// The Prometheus text of this dataplane's metrics (what the admin port serves).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
     /// The backend pools, for discovery to push endpoints into.
     pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams

@@ -281,6 +281,10 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<BackendLabel, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_retries: Family<BackendLabel, Counter>,
+    upstream_retry_budget_exhausted: Family<BackendLabel, Counter>,
+    upstream_ejections: Family<BackendLabel, Counter>,
+    upstream_ejected: Family<BackendLabel, Gauge>,
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -316,6 +320,10 @@ impl Default for Metrics {
         let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         let upstream_duration = Family::<BackendLabel, LatencyHistogram>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let upstream_retries = Family::<BackendLabel, Counter>::default();
+        let upstream_retry_budget_exhausted = Family::<BackendLabel, Counter>::default();
+        let upstream_ejections = Family::<BackendLabel, Counter>::default();
+        let upstream_ejected = Family::<BackendLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
@@ -349,6 +357,26 @@ impl Default for Metrics {
             "upstream_errors",
             "Requests to a backend that got no answer, by backend and reason (no_endpoints, connect_refused, connect_timeout, connect_reset, connect_error, timeout, failed)",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Attempts at another endpoint after one that failed (today: connections that could not be made), by backend",
+            upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the backend's retry budget (20 % of its requests in the last 10 s, plus 10 a second) was spent, by backend",
+            upstream_retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_ejections",
+            "Endpoints taken out of balancing by passive health checks (consecutive 5xx or gateway errors), by backend",
+            upstream_ejections.clone(),
+        );
+        registry.register(
+            "upstream_endpoints_ejected",
+            "Endpoints out of balancing now, by backend",
+            upstream_ejected.clone(),
         );
         registry.register(
             "requests_in_flight",
@@ -443,6 +471,10 @@ impl Default for Metrics {
             upstream_requests,
             upstream_duration,
             upstream_errors,
+            upstream_retries,
+            upstream_retry_budget_exhausted,
+            upstream_ejections,
+            upstream_ejected,
             in_flight,
             tls_handshake_errors,
             certificate_expiry,
@@ -664,10 +696,20 @@ impl Metrics {
                 })
                 .clone()
         });
+        let label = BackendLabel {
+            backend: backend.to_string(),
+        };
         UpstreamMetrics {
             by_class,
             duration,
             errors,
+            retries: self.upstream_retries.get_or_create(&label).clone(),
+            budget_exhausted: self
+                .upstream_retry_budget_exhausted
+                .get_or_create(&label)
+                .clone(),
+            ejections: self.upstream_ejections.get_or_create(&label).clone(),
+            ejected: self.upstream_ejected.get_or_create(&label).clone(),
         }
     }
 
@@ -679,9 +721,14 @@ impl Metrics {
                 code_class,
             });
         }
-        self.upstream_duration.remove(&BackendLabel {
+        let label = BackendLabel {
             backend: backend.to_string(),
-        });
+        };
+        self.upstream_duration.remove(&label);
+        self.upstream_retries.remove(&label);
+        self.upstream_retry_budget_exhausted.remove(&label);
+        self.upstream_ejections.remove(&label);
+        self.upstream_ejected.remove(&label);
         for reason in UPSTREAM_ERRORS {
             self.upstream_errors.remove(&UpstreamErrorLabels {
                 backend: backend.to_string(),
@@ -727,6 +774,10 @@ pub struct UpstreamMetrics {
     by_class: [Counter; 5],
     duration: LatencyHistogram,
     errors: [Counter; 7],
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+    pub ejections: Counter,
+    pub ejected: Gauge,
 }
 
 impl UpstreamMetrics {

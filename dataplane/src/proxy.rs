@@ -9,7 +9,7 @@ use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
 use crate::sanitize::EdgeSettings;
-use crate::upstream::{self, ConnSettings};
+use crate::upstream::{self, ConnSettings, Outcome};
 use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -219,7 +219,7 @@ impl Proxy {
         &self,
         rule: &CompiledRule,
         mut req: Request<RequestBody>,
-        cx: &RequestCtx,
+        cx: &mut RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
         let prefix = cx.prefix.as_deref();
         let matching = cx.matching.as_deref();
@@ -245,7 +245,8 @@ impl Proxy {
         };
         let backend_filters = target.filters();
         let endpoints = pool.endpoints();
-        let Some(endpoint) = pool.candidates(&endpoints).next() else {
+        let mut candidates = pool.candidates(&endpoints);
+        let Some(mut endpoint) = candidates.next() else {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
@@ -297,7 +298,6 @@ impl Proxy {
         if let Err(e) = wire_target(&mut req, pool.protocol) {
             return (Err(e), None);
         }
-        let backend = || pool.id.to_string();
         let streaming = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -307,26 +307,72 @@ impl Proxy {
             let (body, outcome) = ClientBody::new(body, self.body, streaming);
             (Request::from_parts(parts, body), outcome)
         };
-        let sent_at = Instant::now();
-        // Pinned here, once, whichever wait applies (the attempt future is large).
-        let mut answer = pin!(upstream::attempt(pool, endpoint, req, &self.conn));
-        let sent = match rule.backend_timeout {
-            Some(d) => tokio::time::timeout(d, answer.as_mut()).await.ok(),
-            // Without a timeout of the route's own: the backend has the idle timeout to
-            // answer once the request body is complete.
-            None if rule.request_timeout.is_none() => {
-                crate::body::answered_within(answer.as_mut(), &outcome, self.body.idle_timeout)
-                    .await
+        pool.request_started();
+        let mut req = req;
+        cx.attempts = 1;
+        // A connection that cannot be made never reached the backend, whatever the method:
+        // the next endpoint is tried with the same request, within the backend's budget.
+        let (sent, sent_at) = loop {
+            let sent_at = Instant::now();
+            // Pinned here, once, whichever wait applies (the attempt future is large).
+            let mut answer = pin!(upstream::attempt(pool, endpoint, req, &self.conn));
+            let sent = match rule.backend_timeout {
+                Some(d) => tokio::time::timeout(d, answer.as_mut()).await.ok(),
+                // Without a timeout of the route's own: the backend has the idle timeout to
+                // answer once the request body is complete.
+                None if rule.request_timeout.is_none() => {
+                    crate::body::answered_within(answer.as_mut(), &outcome, self.body.idle_timeout)
+                        .await
+                }
+                None => Some(answer.as_mut().await),
+            };
+            match sent {
+                Some(Err((e, Some(back)))) if e.retryable() => {
+                    pool.record(endpoint, Outcome::GatewayError);
+                    match candidates.next() {
+                        Some(next) if pool.may_retry() => {
+                            // The failed attempt is counted here; a final failure below.
+                            if let Some(r) = e.reason().strip_prefix("upstream=") {
+                                pool.metrics.failed(r);
+                            }
+                            tracing::debug!(
+                                request_id = ?cx.id,
+                                endpoint = %endpoint.addr,
+                                next = %next.addr,
+                                error = %e,
+                                "retrying on another endpoint"
+                            );
+                            endpoint = next;
+                            req = *back;
+                            cx.attempts += 1;
+                        }
+                        _ => break (Some(Err(e)), sent_at),
+                    }
+                }
+                other => break (other.map(|r| r.map_err(|(e, _)| e)), sent_at),
             }
-            None => Some(answer.as_mut().await),
         };
+        let backend = || pool.id.to_string();
         let Some(sent) = sent else {
+            pool.record(endpoint, Outcome::GatewayError);
             pool.metrics.failed("timeout");
             return (
                 Err(ProxyError::BackendTimeout(backend())),
                 Some(endpoint.addr),
             );
         };
+        match &sent {
+            Ok((resp, _)) if resp.status().is_server_error() => {
+                pool.record(endpoint, Outcome::ServerError);
+            }
+            Ok(_) => pool.record(endpoint, Outcome::Success),
+            // The client's fault says nothing of the endpoint.
+            Err(_) if outcome.fault().is_some() => {}
+            Err(ProxyError::Connect { .. } | ProxyError::Upstream { .. }) => {
+                pool.record(endpoint, Outcome::GatewayError);
+            }
+            Err(_) => {}
+        }
         let result = match sent {
             // We never forward Upgrade, so a 101 is an answer to a question nobody asked.
             Ok((resp, _)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -518,6 +564,7 @@ impl AccessLog {
             route = rule.map_or("none", |r| &*r.route),
             upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
             consumer = cx.identity.consumer.as_deref().unwrap_or_default(),
+            attempts = cx.attempts,
             reason = self.reason.as_deref().unwrap_or_default(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         );

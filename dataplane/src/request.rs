@@ -69,6 +69,8 @@ pub struct RequestCtx {
     pub identity: Authenticated,
     /// Headers steps add to the response, whoever answers (the quota's RateLimit headers).
     pub response_headers: HeaderMap,
+    /// Attempts at the backend (more than one after retries); 0 when none was made.
+    pub attempts: u32,
 }
 
 impl RequestCtx {
@@ -84,6 +86,7 @@ impl RequestCtx {
             prefix: None,
             identity: Authenticated::default(),
             response_headers: HeaderMap::new(),
+            attempts: 0,
         }
     }
 

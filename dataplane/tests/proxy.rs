@@ -416,6 +416,76 @@ async fn upstream_connections_are_reused_and_outlive_endpoint_updates() {
     assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
 }
 
+/// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no
+/// request fails, each is sent to another endpoint, and after five refusals in a row the
+/// endpoint is ejected, so it costs nothing more; it is back in balancing after its
+/// ejection time.
+#[tokio::test(start_paused = true)]
+async fn a_dead_endpoint_costs_no_failed_request_and_is_ejected() {
+    let (one, two) = (
+        Backend::start("one", false).await,
+        Backend::start("two", false).await,
+    );
+    // Bound and closed: connections to it are refused.
+    let dead = SocketAddr::new(LOCALHOST, free_port());
+    let port = free_port();
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("web", 80, &[one.addr, dead, two.addr]))
+        .with_route(route(
+            "web",
+            "http",
+            &[],
+            vec![rule(vec![prefix("/")], vec![to("web", 80)])],
+        ));
+    let (dp, addr) = serve(&snap);
+    let mut answered = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..60 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK, "no request fails");
+        *answered
+            .entry(header(&a, "x-backend").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(answered.values().sum::<usize>(), 60, "{answered:?}");
+    let metrics = dp.metrics_text();
+    let series = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("backend=\"test/web:80\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    // Round robin sends every third request to the dead one until it is out: five
+    // refusals, five retries, one ejection.
+    assert_eq!(
+        series("portico_upstream_endpoint_ejections_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(series("portico_upstream_retries_total"), 5, "{metrics}");
+    assert_eq!(
+        series("portico_upstream_errors_total{backend=\"test/web:80\",reason=\"connect_refused\"}"),
+        5,
+        "{metrics}"
+    );
+    // The ejection ends after its 30 s; the endpoint is tried again, and ejected again (for
+    // twice as long) after five more refusals, still with no failed request.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    for _ in 0..30 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let metrics = dp.metrics_text();
+    let ejections = metrics
+        .lines()
+        .find(|l| l.starts_with("portico_upstream_endpoint_ejections_total"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(ejections.ends_with(" 2"), "{metrics}");
+}
+
 /// Paused time: the minute a backend gets to answer passes in no real time, and the tokio
 /// clock (which every deadline in the request path reads) says exactly how long it was.
 #[tokio::test(start_paused = true)]

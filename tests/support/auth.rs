@@ -210,6 +210,16 @@ pub const HOST: &str = "api.test";
 
 /// Standalone configuration: Gateway `gw` on `port`, a Service `echo` for the backend, and `docs`.
 pub fn config(port: u16, backend: SocketAddr, docs: &str) -> String {
+    config_with_endpoints(port, &[backend], docs)
+}
+
+/// As [`config`], with Service `echo` backed by every one of `endpoints`.
+pub fn config_with_endpoints(port: u16, endpoints: &[SocketAddr], docs: &str) -> String {
+    let backend = endpoints
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass

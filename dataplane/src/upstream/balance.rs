@@ -18,8 +18,9 @@ impl Default for Balancer {
 }
 
 impl Balancer {
-    /// `endpoints` in the order this request should try them: every one once.
-    pub fn candidates<'a>(&self, endpoints: &'a [Endpoint]) -> Candidates<'a> {
+    /// `endpoints` in the order this request should try them: every one once, but those
+    /// ejected at `now` (ms, see [`super::outlier::now_ms`]; 0: none is passed over).
+    pub fn candidates<'a>(&self, endpoints: &'a [Endpoint], now: u64) -> Candidates<'a> {
         let start = match self {
             Balancer::RoundRobin(next) if endpoints.len() > 1 => {
                 next.fetch_add(1, Ordering::Relaxed) % endpoints.len()
@@ -30,6 +31,7 @@ impl Balancer {
             endpoints,
             start,
             taken: 0,
+            now,
         }
     }
 }
@@ -40,23 +42,27 @@ pub struct Candidates<'a> {
     endpoints: &'a [Endpoint],
     start: usize,
     taken: usize,
+    /// Pass over endpoints ejected at this time (0: none).
+    now: u64,
 }
 
 impl<'a> Iterator for Candidates<'a> {
     type Item = &'a Endpoint;
 
     fn next(&mut self) -> Option<&'a Endpoint> {
-        if self.taken == self.endpoints.len() {
-            return None;
+        while self.taken < self.endpoints.len() {
+            let i = (self.start + self.taken) % self.endpoints.len();
+            self.taken += 1;
+            let e = self.endpoints.get(i)?;
+            if self.now == 0 || !e.state.outlier.is_ejected(self.now) {
+                return Some(e);
+            }
         }
-        let i = (self.start + self.taken) % self.endpoints.len();
-        self.taken += 1;
-        self.endpoints.get(i)
+        None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.endpoints.len() - self.taken;
-        (left, Some(left))
+        (0, Some(self.endpoints.len() - self.taken))
     }
 }
 
@@ -76,7 +82,7 @@ mod tests {
     }
 
     fn order(b: &Balancer, eps: &[Endpoint]) -> Vec<u8> {
-        b.candidates(eps)
+        b.candidates(eps, 0)
             .map(|e| match e.addr.ip() {
                 std::net::IpAddr::V4(ip) => ip.octets()[3],
                 std::net::IpAddr::V6(_) => 0,
@@ -95,9 +101,28 @@ mod tests {
     }
 
     #[test]
+    fn ejected_endpoints_are_passed_over() {
+        use super::super::outlier::{Outcome, OutlierSettings};
+        let b = Balancer::default();
+        let eps = endpoints(3);
+        let s = OutlierSettings::default();
+        for _ in 0..s.consecutive_gateway_errors {
+            eps[1]
+                .state
+                .outlier
+                .record(Outcome::GatewayError, &s, 1_000, || true);
+        }
+        let left = |now| b.candidates(&eps, now).count();
+        assert_eq!(left(2_000), 2);
+        // Not while passing over is off, nor once the ejection is over.
+        assert_eq!(left(0), 3);
+        assert_eq!(left(1_000 + 30_000), 3);
+    }
+
+    #[test]
     fn no_endpoints_no_candidates() {
         let b = Balancer::default();
-        assert_eq!(b.candidates(&[]).count(), 0);
+        assert_eq!(b.candidates(&[], 0).count(), 0);
         assert_eq!(order(&b, &endpoints(1)), [1]);
     }
 }

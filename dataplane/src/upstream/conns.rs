@@ -44,10 +44,10 @@ impl Default for ConnSettings {
 }
 
 /// How an attempt failed.
-#[derive(Debug)]
 pub enum SendError {
-    /// No connection: nothing reached the backend (another endpoint may be tried).
-    Connect(io::Error),
+    /// No connection: nothing reached the backend (another endpoint may be tried), and the
+    /// request, when it was not consumed yet, comes back for that.
+    Connect(io::Error, Option<Box<Request>>),
     /// The exchange failed once the request was on its way.
     Request(BoxError),
 }
@@ -79,25 +79,21 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn connect_h1(addr: SocketAddr, settings: &ConnSettings) -> Result<Box<H1Conn>, SendError> {
-    let io = connect(addr, settings.connect_timeout)
-        .await
-        .map_err(SendError::Connect)?;
+async fn connect_h1(addr: SocketAddr, settings: &ConnSettings) -> io::Result<Box<H1Conn>> {
+    let io = connect(addr, settings.connect_timeout).await?;
     Ok(Box::new(H1Conn::new(io)))
 }
 
 async fn handshake_h2(
     addr: SocketAddr,
     settings: &ConnSettings,
-) -> Result<http2::SendRequest<ClientBody>, SendError> {
-    let io = connect(addr, settings.connect_timeout)
-        .await
-        .map_err(SendError::Connect)?;
+) -> io::Result<http2::SendRequest<ClientBody>> {
+    let io = connect(addr, settings.connect_timeout).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+        .map_err(io::Error::other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -136,12 +132,32 @@ where
     match protocol {
         AppProtocol::Http1 => {
             let pool = &conns.http1;
+            // The first connection is had before the request is encoded, so that a failure
+            // to connect gives the request back for another endpoint.
+            let mut first = Some(match pool.checkout(settings.idle_timeout) {
+                Some(c) => (c, true),
+                // Boxed: a new connection is the rare case, and its future is large.
+                None => match Box::pin(connect_h1(addr, settings)).await {
+                    Ok(c) => (c, false),
+                    Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+                },
+            });
             let mut out = Outgoing::new(req);
             let (head, whole, conn) = loop {
-                let (mut conn, reused) = match pool.checkout(settings.idle_timeout) {
-                    Some(c) => (c, true),
-                    // Boxed: a new connection is the rare case, and its future is large.
-                    None => (Box::pin(connect_h1(addr, settings)).await?, false),
+                let (mut conn, reused) = match first.take() {
+                    Some(c) => c,
+                    None => match pool.checkout(settings.idle_timeout) {
+                        Some(c) => (c, true),
+                        None => match Box::pin(connect_h1(addr, settings)).await {
+                            Ok(c) => (c, false),
+                            // The endpoint went away under a pooled connection: the request
+                            // (resendable, or it would not be here) goes back for another.
+                            Err(e) => {
+                                let back = out.take_request().map(Box::new);
+                                return Err(SendError::Connect(e, back));
+                            }
+                        },
+                    },
                 };
                 match h1::exchange(&mut conn, &mut out).await {
                     Ok((head, whole)) => break (head, whole, conn),
@@ -160,7 +176,10 @@ where
             let (mut sender, reused) = match shared {
                 Some(s) => (s, true),
                 None => {
-                    let s = Box::pin(handshake_h2(addr, settings)).await?;
+                    let s = match Box::pin(handshake_h2(addr, settings)).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+                    };
                     *conns.h2.lock() = Some(s.clone());
                     (s, false)
                 }

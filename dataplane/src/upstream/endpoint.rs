@@ -2,6 +2,7 @@
 //! connections) for as long as some update still lists it.
 
 use super::conns::Conns;
+use super::outlier::Outlier;
 use portico_model::Endpoint as Discovered;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct EndpointState {
     in_flight: AtomicU32,
     pub(super) conns: Conns,
+    /// Passive health.
+    pub(super) outlier: Outlier,
 }
 
 impl EndpointState {

@@ -174,6 +174,9 @@ pub(super) struct Outgoing<B> {
     head_request: bool,
     /// Safe to send again: idempotent and without a body (RFC 9110 §9.2.2).
     pub(super) resendable: bool,
+    /// The request itself, kept when it is resendable, so that it can go to another
+    /// endpoint if this one cannot be reached any more.
+    original: Option<(http::request::Parts, B)>,
 }
 
 impl<B: Body> Outgoing<B> {
@@ -230,12 +233,26 @@ impl<B: Body> Outgoing<B> {
         }
         head.extend_from_slice(b"\r\n");
         let resendable = framing.is_none() && parts.method.is_idempotent();
+        let head_request = parts.method == Method::HEAD;
+        let (body, original) = match framing {
+            Some(f) => (Some((body, f)), None),
+            None if resendable => (None, Some((parts, body))),
+            None => (None, None),
+        };
         Self {
             head,
-            body: framing.map(|f| (body, f)),
-            head_request: parts.method == Method::HEAD,
+            body,
+            head_request,
             resendable,
+            original,
         }
+    }
+
+    /// The request, if it is resendable and was kept.
+    pub(super) fn take_request(&mut self) -> Option<http::Request<B>> {
+        self.original
+            .take()
+            .map(|(parts, body)| http::Request::from_parts(parts, body))
     }
 }
 

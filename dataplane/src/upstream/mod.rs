@@ -13,7 +13,9 @@ mod client;
 mod conns;
 mod endpoint;
 mod h1;
+mod outlier;
 mod pool;
+mod retry;
 
 pub use balance::{Balancer, Candidates};
 pub use client::{CallBody, CallError, HttpClient};
@@ -21,11 +23,17 @@ pub use conns::{ConnSettings, SendError};
 use endpoint::InFlight;
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
 pub use h1::{H1Error, read_response};
+pub use outlier::{Outcome, OutlierSettings};
 pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
+pub use retry::BudgetSettings;
 
 use crate::body::{ClientBody, Lease, Upstream};
 use crate::errors::ProxyError;
 use http::{Request, Response};
+
+/// How an attempt failed: the error, and the request when it never left (a connection that
+/// could not be made), so another endpoint can be tried with it.
+pub type Failed = (ProxyError, Option<Box<Request<ClientBody>>>);
 
 /// One attempt: `req` to `endpoint` of `pool`. The request must be ready for the wire
 /// (origin-form for HTTP/1.1, an authority for HTTP/2). Failures come back as the
@@ -35,7 +43,7 @@ pub async fn attempt(
     endpoint: &Endpoint,
     req: Request<ClientBody>,
     settings: &ConnSettings,
-) -> Result<(Response<Upstream>, Option<Box<dyn Lease>>), ProxyError> {
+) -> Result<(Response<Upstream>, Option<Box<dyn Lease>>), Failed> {
     let in_flight = InFlight::new(&endpoint.state);
     let conns = &endpoint.state.conns;
     conns::send(
@@ -48,10 +56,13 @@ pub async fn attempt(
     )
     .await
     .map_err(|e| match e {
-        SendError::Connect(source) => ProxyError::Connect {
-            backend: pool.id.to_string(),
-            source,
-        },
+        SendError::Connect(source, req) => (
+            ProxyError::Connect {
+                backend: pool.id.to_string(),
+                source,
+            },
+            req,
+        ),
         SendError::Request(source) => {
             let kind = match source.downcast_ref::<H1Error>() {
                 Some(H1Error::Invalid(_)) => "invalid_response",
@@ -59,11 +70,14 @@ pub async fn attempt(
                 Some(H1Error::Closed { .. }) => "closed",
                 _ => "failed",
             };
-            ProxyError::Upstream {
-                backend: pool.id.to_string(),
-                source,
-                kind,
-            }
+            (
+                ProxyError::Upstream {
+                    backend: pool.id.to_string(),
+                    source,
+                    kind,
+                },
+                None,
+            )
         }
     })
 }

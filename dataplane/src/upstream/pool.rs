@@ -10,11 +10,14 @@
 use super::balance::{Balancer, Candidates};
 use super::conns::ConnSettings;
 use super::endpoint::EndpointSet;
+use super::outlier::{self, Outcome, OutlierSettings, Verdict};
+use super::retry::{BudgetSettings, RetryBudget};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -38,6 +41,10 @@ pub struct BackendPool {
     pub port_name: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
     balancer: Balancer,
+    outlier: OutlierSettings,
+    /// Endpoints ejected, as last counted (a hint: 0 lets requests skip the clock).
+    ejected: AtomicUsize,
+    budget: RetryBudget,
     /// This backend's series (`portico_upstream_*`).
     pub metrics: UpstreamMetrics,
 }
@@ -50,6 +57,9 @@ impl BackendPool {
             port_name: b.port_name.clone(),
             endpoints: ArcSwap::default(),
             balancer: Balancer::default(),
+            outlier: OutlierSettings::default(),
+            ejected: AtomicUsize::new(0),
+            budget: RetryBudget::new(BudgetSettings::default()),
             metrics,
         }
     }
@@ -59,9 +69,100 @@ impl BackendPool {
         self.endpoints.load_full()
     }
 
-    /// The serving endpoints of `set` in the order this request should try them.
+    /// The serving endpoints of `set` in the order this request should try them, ejected
+    /// ones passed over (unless so many are out that all are used).
     pub fn candidates<'a>(&self, set: &'a EndpointSet) -> Candidates<'a> {
-        self.balancer.candidates(set.serving())
+        let serving = set.serving();
+        let ejected = self.ejected.load(Ordering::Relaxed);
+        let now = if ejected == 0 || outlier::panicking(&self.outlier, serving.len(), ejected) {
+            0
+        } else {
+            outlier::now_ms()
+        };
+        self.balancer.candidates(serving, now)
+    }
+
+    /// Counts a request in the retry budget.
+    pub fn request_started(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether a failed attempt may be retried on another endpoint (the budget is charged).
+    pub fn may_retry(&self) -> bool {
+        if self.budget.withdraw() {
+            self.metrics.retries.inc();
+            true
+        } else {
+            self.metrics.budget_exhausted.inc();
+            false
+        }
+    }
+
+    /// Counts how an attempt at `endpoint` ended, ejecting it when it keeps failing.
+    pub fn record(&self, endpoint: &super::endpoint::Endpoint, outcome: Outcome) {
+        // A success needs no clock.
+        let now = if outcome == Outcome::Success {
+            0
+        } else {
+            outlier::now_ms()
+        };
+        let may_eject = || {
+            let set = self.endpoints.load();
+            let ejected = set
+                .all()
+                .filter(|e| e.state.outlier.is_ejected(now))
+                .count();
+            outlier::room_for_one_more(&self.outlier, set.serving().len(), ejected)
+        };
+        match endpoint
+            .state
+            .outlier
+            .record(outcome, &self.outlier, now, may_eject)
+        {
+            Verdict::Keep => {}
+            Verdict::Eject { for_ms, reason } => {
+                self.ejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.ejections.inc();
+                self.metrics.ejected.inc();
+                tracing::warn!(
+                    backend = %self.id,
+                    endpoint = %endpoint.addr,
+                    reason,
+                    seconds = for_ms / 1000,
+                    "endpoint ejected by passive health checks"
+                );
+            }
+            Verdict::Spared => {
+                tracing::info!(
+                    backend = %self.id,
+                    endpoint = %endpoint.addr,
+                    "endpoint not ejected: the most endpoints that may be out already are"
+                );
+            }
+        }
+    }
+
+    /// Once a second: ends ejections whose time is over (and says so), recounts those out,
+    /// moves the retry budget's window on.
+    fn tick(&self) {
+        self.budget.tick();
+        let now = outlier::now_ms();
+        let set = self.endpoints.load();
+        let mut ejected = 0;
+        for e in set.all() {
+            let (out, returned) = e.state.outlier.check(now);
+            if returned {
+                tracing::info!(backend = %self.id, endpoint = %e.addr, "ejected endpoint back in balancing");
+            }
+            ejected += usize::from(out);
+            if !out {
+                e.state.outlier.forget_after(now, self.outlier.max_ejection);
+            }
+        }
+        self.ejected.store(ejected, Ordering::Relaxed);
+        self.metrics
+            .ejected
+            .set(i64::try_from(ejected).unwrap_or(i64::MAX));
     }
 
     /// Replaces the endpoints; an address that stays keeps its state.
@@ -94,6 +195,7 @@ impl Upstreams {
             let every =
                 (settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
             tokio::spawn(sweep(Arc::downgrade(&upstreams), every));
+            tokio::spawn(tick(Arc::downgrade(&upstreams)));
         }
         upstreams
     }
@@ -212,6 +314,21 @@ impl Upstreams {
             for e in p.endpoints().all() {
                 e.state.conns.prune(self.settings.idle_timeout);
             }
+        }
+    }
+}
+
+/// Once a second, every pool's [`BackendPool::tick`].
+async fn tick(upstreams: Weak<Upstreams>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(u) = upstreams.upgrade() else { return };
+        let pools: Vec<Arc<BackendPool>> = u.pools.lock().values().cloned().collect();
+        drop(u);
+        for p in pools {
+            p.tick();
         }
     }
 }
