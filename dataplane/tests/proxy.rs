@@ -46,6 +46,15 @@ impl Backend {
 
     /// `keep_alive: false`: every connection closes after one response.
     async fn start_with(name: &'static str, hang: bool, keep_alive: bool) -> Self {
+        Self::start_full(name, hang, keep_alive, Duration::ZERO).await
+    }
+
+    /// Answers each request after `delay`.
+    async fn start_slow(name: &'static str, delay: Duration) -> Self {
+        Self::start_full(name, false, true, delay).await
+    }
+
+    async fn start_full(name: &'static str, hang: bool, keep_alive: bool, delay: Duration) -> Self {
         let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -66,6 +75,9 @@ impl Backend {
                             });
                             if hang {
                                 std::future::pending::<()>().await;
+                            }
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
                             }
                             let body = Full::new(Bytes::from(req.uri().path().to_string()));
                             let mut resp = Response::new(body);
@@ -414,6 +426,42 @@ async fn upstream_connections_are_reused_and_outlive_endpoint_updates() {
     }
     assert_eq!(closing.accepted(), 3);
     assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
+}
+
+/// Least request: a slow endpoint piles up requests in flight, so it gets far fewer than the
+/// half round robin would send it.
+#[tokio::test]
+async fn a_slow_endpoint_gets_fewer_requests() {
+    let fast = Backend::start("fast", false).await;
+    let slow = Backend::start_slow("slow", Duration::from_millis(50)).await;
+    let port = free_port();
+    let snap = Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(backend("web", 80, &[fast.addr, slow.addr]))
+        .with_route(route(
+            "web",
+            "http",
+            &[],
+            vec![rule(vec![prefix("/")], vec![to("web", 80)])],
+        ));
+    let (_dp, addr) = serve(&snap);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (f, s) = (fast.seen().len(), slow.seen().len());
+    assert_eq!(f + s, 400);
+    // Round robin: 200 each. Least request: the slow one gets what arrives while it has
+    // fewer in flight than a random other, a small share.
+    assert!(s < 80, "fast {f}, slow {s}");
 }
 
 /// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no

@@ -1,5 +1,11 @@
 //! Choosing endpoints: a balancer yields a backend's endpoints in the order to try them (the
 //! first is the first choice), so a retry moves on to the next instead of picking again.
+//!
+//! The default is least request by the power of two choices (Envoy Gateway's default too):
+//! of two endpoints, the one with fewer requests in flight. The first of the two is the next
+//! in round-robin order and the second a random other, so that with nothing in flight (or
+//! the same everywhere) requests go round evenly, and a slow endpoint, which piles up
+//! requests, gets fewer of them.
 
 use super::endpoint::Endpoint;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,13 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How a backend spreads requests over its endpoints.
 #[derive(Debug)]
 pub enum Balancer {
-    /// Each request starts one endpoint further than the last.
-    RoundRobin(AtomicUsize),
+    /// The less loaded of the next endpoint in round-robin order and a random other.
+    LeastRequest(AtomicUsize),
 }
 
 impl Default for Balancer {
     fn default() -> Self {
-        Balancer::RoundRobin(AtomicUsize::new(0))
+        Balancer::LeastRequest(AtomicUsize::new(0))
     }
 }
 
@@ -21,11 +27,19 @@ impl Balancer {
     /// `endpoints` in the order this request should try them: every one once, but those
     /// ejected at `now` (ms, see [`super::outlier::now_ms`]; 0: none is passed over).
     pub fn candidates<'a>(&self, endpoints: &'a [Endpoint], now: u64) -> Candidates<'a> {
+        let n = endpoints.len();
         let start = match self {
-            Balancer::RoundRobin(next) if endpoints.len() > 1 => {
-                next.fetch_add(1, Ordering::Relaxed) % endpoints.len()
+            Balancer::LeastRequest(next) if n > 1 => {
+                let first = next.fetch_add(1, Ordering::Relaxed) % n;
+                let other = (first + 1 + fastrand::usize(..n - 1)) % n;
+                let load = |i: usize| endpoints[i].state.in_flight();
+                if load(other) < load(first) {
+                    other
+                } else {
+                    first
+                }
             }
-            Balancer::RoundRobin(_) => 0,
+            Balancer::LeastRequest(_) => 0,
         };
         Candidates {
             endpoints,
@@ -91,7 +105,28 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_starts_one_further_each_time_and_yields_every_endpoint_once() {
+    fn a_loaded_endpoint_gets_fewer_requests_and_an_idle_backend_goes_round() {
+        use super::super::endpoint::InFlight;
+        let b = Balancer::default();
+        let eps = endpoints(3);
+        // A slow endpoint: requests pile up on it.
+        let _held: Vec<InFlight> = (0..4).map(|_| InFlight::new(&eps[1].state)).collect();
+        let mut firsts = [0usize; 3];
+        for _ in 0..3000 {
+            let first = b.candidates(&eps, 0).next().expect("one");
+            let i = eps
+                .iter()
+                .position(|e| e.addr == first.addr)
+                .expect("listed");
+            firsts[i] += 1;
+        }
+        // Round robin would send it a third (1000); least request none while it is loaded.
+        assert_eq!(firsts[1], 0, "{firsts:?}");
+        assert!(firsts[0] > 1200 && firsts[2] > 1200, "{firsts:?}");
+    }
+
+    #[test]
+    fn with_nothing_in_flight_requests_go_round_and_each_yields_every_endpoint_once() {
         let b = Balancer::default();
         let eps = endpoints(3);
         assert_eq!(order(&b, &eps), [1, 2, 3]);
