@@ -124,6 +124,27 @@ impl Decoder {
     }
 }
 
+fn forbidden_in_trailers(name: &HeaderName) -> bool {
+    use http::header;
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        header::SET_COOKIE,
+        header::EXPECT,
+        header::CACHE_CONTROL,
+    ]
+    .contains(name)
+}
+
 fn hex_value(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some(u64::from(b - b'0')),
@@ -155,11 +176,19 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, &'st
             }
             let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
             return match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, _))) if len > MAX_TRAILER_BYTES => {
+                    invalid("trailer section too large")
+                }
                 Ok(httparse::Status::Complete((len, fields))) => {
                     let mut trailers = HeaderMap::with_capacity(fields.len());
                     for f in fields.iter() {
                         let name = HeaderName::from_bytes(f.name.as_bytes())
                             .map_err(|_| "invalid trailer name")?;
+                        // Framing, routing and control fields are not allowed in trailers
+                        // (RFC 9110 §6.5.1): dropped, never passed on as if they were.
+                        if forbidden_in_trailers(&name) {
+                            continue;
+                        }
                         let value = HeaderValue::from_bytes(f.value)
                             .map_err(|_| "invalid trailer value")?;
                         trailers.append(name, value);

@@ -36,7 +36,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::oneshot;
@@ -280,7 +280,13 @@ impl Deadline {
         if self.registered && !self.sleep.is_elapsed() {
             return false;
         }
-        while self.sleep.as_mut().poll(cx).is_ready() {
+        // Outside the task's cooperative budget: a timer polled over budget would answer
+        // Pending without holding the waker, and the shortcut above would then never look
+        // at it again.
+        while Pin::new(&mut tokio::task::unconstrained(self.sleep.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if Instant::now() >= self.at {
                 return true;
             }
@@ -701,9 +707,12 @@ async fn refuse_head(w: &mut Writer, refused: &Refused) -> io::Result<()> {
     w.flush().await
 }
 
-/// Whether the unread rest of a request body may be read and dropped to keep the connection.
-fn drainable(ret: &Returned) -> bool {
-    !ret.continue_pending
+/// Whether the unread rest of a request body may be read and dropped to keep the connection:
+/// the client was told to send it (no `Expect: 100-continue` left unanswered, or it would
+/// send its next request instead, and that would be read as body), and it is not too much.
+fn drainable(ret: &Returned, told_to_send: bool) -> bool {
+    told_to_send
+        && !ret.continue_pending
         && match ret.decoder {
             Decoder::Length(n) => n <= MAX_DRAIN as u64,
             Decoder::Chunked(_) | Decoder::Done => true,
@@ -711,41 +720,44 @@ fn drainable(ret: &Returned) -> bool {
         }
 }
 
-/// Reads and drops the rest of a request body the answer did not need, up to a limit, so
-/// the connection can take the next request. Returns the reader if the body ended.
-async fn drain(mut ret: Returned, deadline: &mut Deadline) -> Option<Reader> {
-    if !drainable(&ret) {
-        return None;
-    }
-    let mut dropped = 0usize;
+/// Reads and drops the rest of a request body the answer did not need, up to a limit (of
+/// bytes read, framing included) and within the deadline, so the connection can take the
+/// next request. `Err`: the body did not end; the reader comes back to linger on.
+async fn drain(mut ret: Returned, deadline: &mut Deadline) -> Result<Reader, Reader> {
+    let mut read = 0usize;
     let reader = &mut ret.reader;
     let decoder = &mut ret.decoder;
-    poll_fn(|cx| {
+    let start = reader.buf.len();
+    let ended = poll_fn(|cx| {
         loop {
             match decoder.decode(&mut reader.buf) {
-                Ok(Decoded::Data(d)) => {
-                    dropped += d.len();
-                    if dropped > MAX_DRAIN {
-                        return Poll::Ready(false);
-                    }
-                    continue;
-                }
+                Ok(Decoded::Data(_)) => continue,
                 Ok(Decoded::Trailers(_) | Decoded::End) => return Poll::Ready(true),
                 Ok(Decoded::More) => {}
                 Err(_) => return Poll::Ready(false),
             }
-            match ready!(reader.poll_fill(cx)) {
-                Ok(0) | Err(_) => return Poll::Ready(false),
-                Ok(_) => {
-                    if deadline.expired(cx) {
-                        return Poll::Ready(false);
-                    }
+            if start + read > MAX_DRAIN + MAX_DRAIN / 4 {
+                return Poll::Ready(false);
+            }
+            match reader.poll_fill(cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(n)) => read += n,
+                Poll::Pending => {
+                    return if deadline.expired(cx) {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    };
                 }
             }
         }
     })
-    .await
-    .then_some(ret.reader)
+    .await;
+    if ended {
+        Ok(ret.reader)
+    } else {
+        Err(ret.reader)
+    }
 }
 
 /// Closes a connection whose client may still be sending: our side first, then what arrives
@@ -839,6 +851,8 @@ where
                 (RequestBody::H1(body), Some(back_rx), go_rx)
             }
         };
+        let expect_continue = head.expect_continue;
+        let mut continue_sent = false;
         let req = Request::from_parts(head.parts, body);
         let mut answer = pin!(serve(req));
         let resp = loop {
@@ -854,6 +868,7 @@ where
                         w.write_slices(&mut [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")])
                             .await?;
                         w.flush().await?;
+                        continue_sent = true;
                     }
                 }
             }
@@ -863,10 +878,11 @@ where
         // drop, or that the client was never told to send, ends the connection after this
         // answer, and the answer says so.
         let mut returned = back.as_mut().and_then(|b| b.try_recv().ok());
+        let told_to_send = !expect_continue || continue_sent;
         let unfinished = match &returned {
             _ if back.is_none() => false,
             None => true,
-            Some(ret) => ret.decoder != Decoder::Done && !drainable(ret),
+            Some(ret) => ret.decoder != Decoder::Done && !drainable(ret, told_to_send),
         };
         ex.keep_alive &= !unfinished && !is_closing();
         let kept = match respond(&mut w, resp, &ex).await {
@@ -882,9 +898,15 @@ where
             }
             reader = match returned {
                 Some(ret) if ret.decoder == Decoder::Done => Some(ret.reader),
-                Some(ret) if kept => {
+                Some(ret) if kept && drainable(&ret, told_to_send) => {
                     deadline.at = Instant::now() + limits.header_read_timeout;
-                    drain(ret, &mut deadline).await
+                    match drain(ret, &mut deadline).await {
+                        Ok(reader) => Some(reader),
+                        Err(reader) => {
+                            linger(&mut w, Some(reader)).await;
+                            return Ok(());
+                        }
+                    }
                 }
                 Some(ret) => {
                     linger(&mut w, Some(ret.reader)).await;

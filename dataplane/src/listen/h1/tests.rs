@@ -415,6 +415,27 @@ async fn expect_continue_is_answered_when_the_body_is_wanted_and_not_before() {
     .await;
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
     assert!(!out.contains("100 Continue"), "{out}");
+    // The client was not told to send its body, so it may send its next request instead:
+    // the connection is not kept (its next bytes could not be told from a body).
+    assert!(out.contains("connection: close"), "{out}");
+}
+
+#[tokio::test]
+async fn an_unread_body_the_client_stops_sending_closes_at_the_deadline() {
+    let limits = H1Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let addr = server(limits).await;
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly ten..")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(matches!(read, Ok(Ok(_))), "closed: {read:?} {out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
 }
 
 #[tokio::test]
