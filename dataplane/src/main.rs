@@ -285,18 +285,15 @@ fn main() -> ExitCode {
     };
     let log_format = serve.log_format;
     init_logging(serve.log_format, serve.log_level.as_deref());
-    // One worker: tokio's current-thread scheduler, which runs every task on this thread with
-    // no work-stealing queues or cross-thread wake-ups to pay for (as nginx's one worker
-    // process does); more: the multi-thread scheduler.
-    let mut rt = match serve.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // The multi-thread scheduler even for one worker: this thread (`run`, below) then does
+    // the configuration work (compiling standalone manifests, applying snapshots: 0.3 s at
+    // 10,000 routes) while the worker thread goes on serving. The current-thread scheduler
+    // saved 2.5 % of a request's instructions, but stalled every request for that long on
+    // each configuration change.
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve.workers {
+        rt.worker_threads(n.max(1));
+    }
     let result = rt
         .enable_all()
         .build()
