@@ -22,6 +22,75 @@ pub const MAX_CHUNK_EXTENSION: usize = 4 * 1024;
 /// Largest trailer section of a chunked body.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
+/// What a message head's framing fields say, read by one strict rule on both sides of the
+/// proxy (RFC 9112 §6): `Content-Length`s must agree; a transfer coding other than one final
+/// `chunked`, both fields at once, or `Transfer-Encoding` in HTTP/1.0 is refused, since a
+/// peer could read such a body another way.
+#[derive(Debug, Default)]
+pub struct FramingFields {
+    length: Option<u64>,
+    transfer_encoding: bool,
+    chunked: bool,
+}
+
+/// How a body is delimited, once [`FramingFields::resolve`]d.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delimited {
+    Chunked,
+    /// `Content-Length`, or none (`None`).
+    Length(Option<u64>),
+}
+
+impl FramingFields {
+    /// Takes one header field. `Ok(false)`: not a framing field.
+    pub fn read(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, &'static str> {
+        if name == http::header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|b| *b == b',') {
+                let n = parse_length(part.trim_ascii()).ok_or("invalid Content-Length")?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err("differing Content-Lengths");
+                }
+                self.length = Some(n);
+            }
+            Ok(true)
+        } else if name == http::header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            for coding in value.as_bytes().split(|b| *b == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                // Anything after `chunked`, or a coding other than it: a body that could be
+                // read two ways, or only forwarded without saying how it is coded.
+                if self.chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err("unsupported transfer coding");
+                }
+                self.chunked = true;
+            }
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// The framing the fields read say, for a message of HTTP/1.0 (`http10`) or 1.1.
+    pub fn resolve(self, http10: bool) -> Result<Delimited, &'static str> {
+        if !self.transfer_encoding {
+            return Ok(Delimited::Length(self.length));
+        }
+        if self.length.is_some() {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        if http10 {
+            return Err("Transfer-Encoding in HTTP/1.0");
+        }
+        if !self.chunked {
+            return Err("unsupported transfer coding");
+        }
+        Ok(Delimited::Chunked)
+    }
+}
+
 /// A `Content-Length` value: decimal digits only, fitting a u64.
 pub fn parse_length(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
@@ -90,6 +159,15 @@ impl Decoder {
 
     pub fn chunked() -> Self {
         Decoder::Chunked(Chunk::Size { size: 0, digits: 0 })
+    }
+
+    /// The body left to decode, as `http_body` says it.
+    pub fn size_hint(self) -> SizeHint {
+        match self {
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 
     /// Takes what `buf` holds of the body; an error names the grammar rule broken.
@@ -261,20 +339,21 @@ pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
-/// Reads start at this size and double while they fill their buffer, up to the maximum.
 const READ_SIZE: usize = 8 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
 
-/// The read side of a client's HTTP/1.1 connection: its half of the socket and the bytes read
-/// past the last message (a pipelined request, the start of a body).
-pub struct Reader {
-    io: tokio::io::ReadHalf<BoxIo>,
+/// The read side of an HTTP/1.1 connection, either way (a client's read half, a backend's
+/// socket): the I/O and the bytes read past the last message (a pipelined request, the start
+/// of a body, what is left of a response). Reads start at 8 KiB and double while they fill
+/// the room, up to 256 KiB.
+pub struct Reader<R = tokio::io::ReadHalf<BoxIo>> {
+    pub io: R,
     pub buf: BytesMut,
     read_size: usize,
 }
 
-impl Reader {
-    pub fn new(io: tokio::io::ReadHalf<BoxIo>) -> Self {
+impl<R: tokio::io::AsyncRead + Unpin> Reader<R> {
+    pub fn new(io: R) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -282,28 +361,19 @@ impl Reader {
         }
     }
 
-    /// Reads what the socket has into `buf`. `Ok(0)`: the client closed its side.
+    /// Reads what the I/O has into `buf`. `Ok(0)`: the peer closed its side.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        use tokio::io::AsyncReadExt;
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
         let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util_read_buf(&mut self.io, &mut self.buf, cx))?;
+        let n = ready!(std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx))?;
         if n == room && self.read_size < MAX_READ_SIZE {
             self.read_size *= 2;
         }
         Poll::Ready(Ok(n))
     }
-}
-
-/// `AsyncReadExt::read_buf` as a poll function.
-fn tokio_util_read_buf<R: tokio::io::AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    use tokio::io::AsyncReadExt;
-    std::pin::pin!(io.read_buf(buf)).poll(cx)
 }
 
 /// What a request body gives back to its connection when it ends or is dropped: the reader,
@@ -427,10 +497,6 @@ impl http_body::Body for ServerBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.decoder {
-            Decoder::Done => SizeHint::with_exact(0),
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 }

@@ -27,7 +27,9 @@
 mod tests;
 
 use crate::body::{ProxyBody, RequestBody};
-use crate::codec::{BoxIo, Decoded, Decoder, Reader, Returned, ServerBody, parse_length};
+use crate::codec::{
+    BoxIo, Decoded, Decoder, Delimited, FramingFields, Reader, Returned, ServerBody, parse_length,
+};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -172,9 +174,7 @@ pub fn parse_head(buf: &mut BytesMut, limits: &H1Limits) -> Result<Option<Head>,
     )?;
     // Room for what the proxy adds on the way (forwarding headers, the request id).
     let mut headers = HeaderMap::with_capacity(count + 6);
-    let mut length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut chunked = false;
+    let mut framing_fields = FramingFields::default();
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -184,28 +184,8 @@ pub fn parse_head(buf: &mut BytesMut, limits: &H1Limits) -> Result<Option<Head>,
             .map_err(|_| bad("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
             .map_err(|_| bad("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|b| *b == b',') {
-                let n = parse_length(part.trim_ascii()).ok_or(bad("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("differing Content-Lengths"));
-                }
-                length = Some(n);
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            for coding in value.as_bytes().split(|b| *b == b',') {
-                let coding = coding.trim_ascii();
-                if coding.is_empty() {
-                    continue;
-                }
-                // Anything after `chunked`, or a coding other than it: a body that could be
-                // read two ways.
-                if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
-                    return Err(bad("unsupported transfer coding"));
-                }
-                chunked = true;
-            }
+        if framing_fields.read(&name, &value).map_err(bad)? {
+            // Framing, resolved below.
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -222,22 +202,13 @@ pub fn parse_head(buf: &mut BytesMut, limits: &H1Limits) -> Result<Option<Head>,
         }
         headers.append(name, value);
     }
-    let framing = if transfer_encoding {
-        if length.is_some() {
-            return Err(bad("both Content-Length and Transfer-Encoding"));
-        }
-        if version == Version::HTTP_10 {
-            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
-        }
-        if !chunked {
-            return Err(bad("unsupported transfer coding"));
-        }
-        BodyFraming::Chunked
-    } else {
-        match length {
-            None | Some(0) => BodyFraming::None,
-            Some(n) => BodyFraming::Length(n),
-        }
+    let framing = match framing_fields
+        .resolve(version == Version::HTTP_10)
+        .map_err(bad)?
+    {
+        Delimited::Chunked => BodyFraming::Chunked,
+        Delimited::Length(None | Some(0)) => BodyFraming::None,
+        Delimited::Length(Some(n)) => BodyFraming::Length(n),
     };
     let keep_alive = match version {
         Version::HTTP_10 => keep_alive_token && !close,

@@ -20,19 +20,19 @@
 //! not sent further, and its connection is closed after the answer.
 
 use crate::body::{BoxError, ConnBody};
-use crate::codec::{Decoded, Decoder, parse_length};
+use crate::codec::{Decoded, Decoder, Delimited, FramingFields, Reader};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -40,9 +40,6 @@ use tokio::time::Instant;
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in a response head, and in a chunked body's trailers.
 pub(super) const MAX_HEADERS: usize = 100;
-/// Reads start at this size and double while they fill their buffer, up to the maximum.
-const READ_SIZE: usize = 8 * 1024;
-const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// How an exchange with a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,58 +79,44 @@ impl H1Error {
 
 /// An HTTP/1.1 connection to a backend.
 pub(super) struct H1Conn {
-    io: TcpStream,
-    /// Bytes read and not consumed: what is left of a response.
-    read: BytesMut,
-    read_size: usize,
+    /// The socket, and the bytes read and not consumed: what is left of a response.
+    r: Reader<TcpStream>,
 }
 
 impl std::fmt::Debug for H1Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H1Conn")
-            .field("buffered", &self.read.len())
+            .field("buffered", &self.r.buf.len())
             .finish()
     }
 }
 
 impl H1Conn {
     pub(super) fn new(io: TcpStream) -> Self {
-        Self {
-            io,
-            read: BytesMut::new(),
-            read_size: READ_SIZE,
-        }
+        Self { r: Reader::new(io) }
     }
 
     /// Whether an idle connection can take a request: the backend has neither closed it
     /// nor sent anything since the last exchange. Looks at the socket's readiness first, so
     /// there is no system call unless something arrived; keeps no waker.
     pub(super) fn is_usable(&mut self) -> bool {
-        if !self.read.is_empty() {
+        if !self.r.buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        match self.r.io.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                matches!(self.r.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
     }
 
-    /// Reads what the socket has into `read`. `Ok(0)`: the backend closed its side.
+    /// Reads what the socket has. `Ok(0)`: the backend closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < self.read_size / 2 {
-            self.read.reserve(self.read_size);
-        }
-        let room = self.read.capacity() - self.read.len();
-        let n = ready!(pin!(self.io.read_buf(&mut self.read)).poll(cx))?;
-        if n == room && self.read_size < MAX_READ_SIZE {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        self.r.poll_fill(cx)
     }
 
     /// Reads until a final response head is complete (informational ones are read past).
@@ -143,14 +126,14 @@ impl H1Conn {
         head_request: bool,
     ) -> Poll<Result<Head, H1Error>> {
         loop {
-            if !self.read.is_empty() {
-                match parse_head(&mut self.read, head_request)? {
+            if !self.r.buf.is_empty() {
+                match parse_head(&mut self.r.buf, head_request)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Informational => continue,
                     Parsed::Partial => {}
                 }
             }
-            let received = !self.read.is_empty();
+            let received = !self.r.buf.is_empty();
             if ready!(self.poll_fill(cx))? == 0 {
                 return Poll::Ready(Err(H1Error::Closed { received }));
             }
@@ -445,7 +428,7 @@ where
     let mut write_failed: Option<io::Error> = None;
     poll_fn(|cx| {
         if write_failed.is_none() && !writer.done() {
-            match writer.poll(&mut conn.io, cx) {
+            match writer.poll(&mut conn.r.io, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(WriteError::Body(e))) => {
                     return Poll::Ready(Err(H1Error::RequestBody(e)));
@@ -585,9 +568,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error>
     // Room for what the proxy adds on the way back (the request id, response-header
     // filters), so adding them does not rehash the map.
     let mut headers = HeaderMap::with_capacity(count + 4);
-    let mut length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut chunked = false;
+    let mut framing_fields = FramingFields::default();
     let mut close = false;
     for span in spans {
         let (name, value) = (span.name, span.value);
@@ -595,30 +576,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error>
             .map_err(|_| H1Error::Invalid("invalid response header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value.0 as usize..value.1 as usize))
             .map_err(|_| H1Error::Invalid("invalid response header value"))?;
-        if name == header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|b| *b == b',') {
-                let n = parse_length(part.trim_ascii())
-                    .ok_or(H1Error::Invalid("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(H1Error::Invalid("differing Content-Lengths"));
-                }
-                length = Some(n);
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            for coding in value.as_bytes().split(|b| *b == b',') {
-                let coding = coding.trim_ascii();
-                if coding.is_empty() {
-                    continue;
-                }
-                if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
-                    // Anything after `chunked`, or a coding other than it: a body we could
-                    // only forward without saying how it is coded.
-                    return Err(H1Error::Invalid("unsupported transfer coding"));
-                }
-                chunked = true;
-            }
-        } else if name == header::CONNECTION {
+        if !framing_fields
+            .read(&name, &value)
+            .map_err(H1Error::Invalid)?
+            && name == header::CONNECTION
+        {
             close |= value
                 .as_bytes()
                 .split(|b| *b == b',')
@@ -626,33 +588,21 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, H1Error>
         }
         headers.append(name, value);
     }
-    if transfer_encoding {
-        if length.is_some() {
-            return Err(H1Error::Invalid(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        if version == 0 {
-            return Err(H1Error::Invalid(
-                "Transfer-Encoding in an HTTP/1.0 response",
-            ));
-        }
-        if !chunked {
-            return Err(H1Error::Invalid("unsupported transfer coding"));
-        }
-    }
+    let delimited = framing_fields
+        .resolve(version == 0)
+        .map_err(H1Error::Invalid)?;
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         ResponseFraming::Empty
-    } else if chunked {
-        ResponseFraming::Chunked
-    } else if let Some(n) = length {
-        ResponseFraming::Length(n)
     } else {
-        ResponseFraming::Close
+        match delimited {
+            Delimited::Chunked => ResponseFraming::Chunked,
+            Delimited::Length(Some(n)) => ResponseFraming::Length(n),
+            Delimited::Length(None) => ResponseFraming::Close,
+        }
     };
     let keep_alive = version == 1
         && !close
@@ -763,7 +713,7 @@ impl<G> Drop for H1Body<G> {
             && self.reusable
             && self.decoder == Decoder::Done
             // Anything past the response is a backend out of step: not reused.
-            && conn.read.is_empty()
+            && conn.r.buf.is_empty()
         {
             self.pool.checkin(conn, self.max_idle);
         }
@@ -785,7 +735,7 @@ impl<G: Unpin> Body for H1Body<G> {
             };
             match this
                 .decoder
-                .decode(&mut conn.read)
+                .decode(&mut conn.r.buf)
                 .map_err(H1Error::Invalid)
             {
                 Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
@@ -812,11 +762,7 @@ impl<G: Unpin> Body for H1Body<G> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.decoder {
-            Decoder::Done => SizeHint::with_exact(0),
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 }
 

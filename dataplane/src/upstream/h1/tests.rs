@@ -7,7 +7,7 @@ use crate::codec::{MAX_CHUNK_EXTENSION, MAX_TRAILER_BYTES};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
 fn request<B>(method: Method, uri: &str, body: B) -> http::Request<B> {
