@@ -17,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::backend::BackendPolicy;
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
@@ -376,6 +377,11 @@ impl StatusWriter {
                 PolicyKind::RateLimit => {
                     let status = |p: &RateLimitPolicy| p.status.clone();
                     self.write_policies(kind, &index.rate_limit_policies, status, report, &now)
+                        .await?
+                }
+                PolicyKind::Backend => {
+                    let status = |p: &BackendPolicy| p.status.clone();
+                    self.write_policies(kind, &index.backend_policies, status, report, &now)
                         .await?
                 }
             };

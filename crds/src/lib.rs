@@ -10,11 +10,13 @@
 //! How an EndpointSlice reads as endpoints is here too ([`endpointslice`]): Kubernetes
 //! semantics that compile and the dataplane's discovery must apply alike.
 //!
-//! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`], [`gatewayconfig`]); their YAML is generated
+//! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`],
+//! [`backend`], [`gatewayconfig`]); their YAML is generated
 //! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
 //! hand.
 
 pub mod auth;
+pub mod backend;
 pub mod endpointslice;
 pub mod gatewayconfig;
 pub mod policy;
@@ -38,6 +40,7 @@ pub fn crds()
     vec![
         auth::AuthPolicy::crd(),
         ratelimit::RateLimitPolicy::crd(),
+        backend::BackendPolicy::crd(),
         gatewayconfig::GatewayConfig::crd(),
     ]
 }

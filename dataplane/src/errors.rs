@@ -35,6 +35,13 @@ pub enum ProxyError {
     NoBackend,
     #[error("backend {0} has no ready endpoints")]
     NoEndpoints(String),
+    /// A circuit breaker of the backend's BackendPolicy is at its limit (`limit`: the
+    /// field's name, `maxRequests`): answered at once, never sent.
+    #[error("backend {backend} is at its {limit} limit")]
+    Overloaded {
+        backend: String,
+        limit: &'static str,
+    },
     /// No connection to the endpoint: the backend never saw the request.
     #[error("cannot connect to backend {backend}: {source}")]
     Connect {
@@ -134,6 +141,7 @@ impl ProxyError {
             ProxyError::Misdirected => "route=misdirected".into(),
             ProxyError::NoBackend => "route=no_backend".into(),
             ProxyError::NoEndpoints(_) => "upstream=no_endpoints".into(),
+            ProxyError::Overloaded { .. } => "upstream=overloaded".into(),
             ProxyError::Connect { source, .. } => format!("upstream={}", connect_kind(source)),
             ProxyError::Upstream { kind, .. } => format!("upstream={kind}"),
             ProxyError::ClientBody(f) => format!("client=body_{}", f.as_str()),
@@ -156,6 +164,7 @@ impl ProxyError {
             }
             ProxyError::PolicyUnavailable(_)
             | ProxyError::NoEndpoints(_)
+            | ProxyError::Overloaded { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade(_)
@@ -184,9 +193,9 @@ impl ProxyError {
             // The Gateway API: traffic for an invalid or missing backendRef gets 500.
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             // ...and a Service without endpoints 503, as does a backend we cannot reach.
-            ProxyError::NoEndpoints(_) | ProxyError::Connect { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -202,6 +211,7 @@ impl ProxyError {
         match self {
             ProxyError::NoBackend
             | ProxyError::NoEndpoints(_)
+            | ProxyError::Overloaded { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade(_) => GrpcStatus::Unavailable,
@@ -235,6 +245,7 @@ impl ProxyError {
             }
             ProxyError::NoBackend => "this route has no usable backend",
             ProxyError::NoEndpoints(_) => "no healthy upstream",
+            ProxyError::Overloaded { .. } => "upstream overloaded",
             ProxyError::Connect { .. } => "upstream connect error",
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
                 "upstream request timeout"
@@ -262,12 +273,26 @@ impl ProxyError {
             ProxyError::Denied(reply) | ProxyError::PolicyUnavailable(reply) => {
                 reply.into_response()
             }
+            ProxyError::Overloaded { limit, .. } => {
+                let mut resp = if grpc {
+                    grpc_status(code, text)
+                } else {
+                    text_response(status, format!("{text}\n"))
+                };
+                resp.headers_mut()
+                    .insert(&OVERLOADED, HeaderValue::from_static(limit));
+                resp
+            }
             _ if grpc => grpc_status(code, text),
             ProxyError::BadRequest(_) => text_response(status, format!("bad request: {text}\n")),
             _ => text_response(status, format!("{text}\n")),
         }
     }
 }
+
+/// Which circuit-breaker limit refused a request (clients and dashboards tell it apart from
+/// a backend with no endpoints, which is 503 too).
+pub static OVERLOADED: header::HeaderName = header::HeaderName::from_static("x-portico-overloaded");
 
 /// A trailers-only gRPC response: HTTP 200, the status in the headers, no body.
 pub fn grpc_status(code: GrpcStatus, message: &str) -> Response<ProxyBody> {

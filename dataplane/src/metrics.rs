@@ -79,6 +79,13 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverloadLabels {
+    backend: String,
+    /// The circuit-breaker limit: `maxRequests` or `maxRetries`.
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -285,6 +292,7 @@ pub struct Metrics {
     upstream_retry_budget_exhausted: Family<BackendLabel, Counter>,
     upstream_ejections: Family<BackendLabel, Counter>,
     upstream_ejected: Family<BackendLabel, Gauge>,
+    upstream_overloaded: Family<OverloadLabels, Counter>,
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -324,6 +332,7 @@ impl Default for Metrics {
         let upstream_retry_budget_exhausted = Family::<BackendLabel, Counter>::default();
         let upstream_ejections = Family::<BackendLabel, Counter>::default();
         let upstream_ejected = Family::<BackendLabel, Gauge>::default();
+        let upstream_overloaded = Family::<OverloadLabels, Counter>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
@@ -360,18 +369,23 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_retries",
-            "Attempts at another endpoint after one that failed (today: connections that could not be made), by backend",
+            "Attempts at another endpoint after one that failed (connections that could not be made), by backend",
             upstream_retries.clone(),
         );
         registry.register(
             "upstream_retry_budget_exhausted",
-            "Retries not made because the backend's retry budget (20 % of its requests in the last 10 s, plus 10 a second) was spent, by backend",
+            "Retries not made because the backend's retry budget (by default 20 % of its requests in the last 10 s, plus 10 a second) was spent, by backend",
             upstream_retry_budget_exhausted.clone(),
         );
         registry.register(
             "upstream_endpoint_ejections",
             "Endpoints taken out of balancing by passive health checks (consecutive 5xx or gateway errors), by backend",
             upstream_ejections.clone(),
+        );
+        registry.register(
+            "upstream_overloaded",
+            "Requests answered 503 (limit=maxRequests) and retries not made (limit=maxRetries) because a BackendPolicy circuit breaker was at its limit, by backend",
+            upstream_overloaded.clone(),
         );
         registry.register(
             "upstream_endpoints_ejected",
@@ -475,6 +489,7 @@ impl Default for Metrics {
             upstream_retry_budget_exhausted,
             upstream_ejections,
             upstream_ejected,
+            upstream_overloaded,
             in_flight,
             tls_handshake_errors,
             certificate_expiry,
@@ -696,6 +711,18 @@ impl Metrics {
                 })
                 .clone()
         });
+        // One statement each: a family's guard lives to the end of its statement, and a
+        // second key of the same family needs its write lock.
+        let overload = |limit| {
+            self.upstream_overloaded
+                .get_or_create(&OverloadLabels {
+                    backend: backend.to_string(),
+                    limit,
+                })
+                .clone()
+        };
+        let overloaded_requests = overload("maxRequests");
+        let overloaded_retries = overload("maxRetries");
         let label = BackendLabel {
             backend: backend.to_string(),
         };
@@ -710,6 +737,8 @@ impl Metrics {
                 .clone(),
             ejections: self.upstream_ejections.get_or_create(&label).clone(),
             ejected: self.upstream_ejected.get_or_create(&label).clone(),
+            overloaded_requests,
+            overloaded_retries,
         }
     }
 
@@ -729,6 +758,12 @@ impl Metrics {
         self.upstream_retry_budget_exhausted.remove(&label);
         self.upstream_ejections.remove(&label);
         self.upstream_ejected.remove(&label);
+        for limit in ["maxRequests", "maxRetries"] {
+            self.upstream_overloaded.remove(&OverloadLabels {
+                backend: backend.to_string(),
+                limit,
+            });
+        }
         for reason in UPSTREAM_ERRORS {
             self.upstream_errors.remove(&UpstreamErrorLabels {
                 backend: backend.to_string(),
@@ -778,6 +813,8 @@ pub struct UpstreamMetrics {
     pub budget_exhausted: Counter,
     pub ejections: Counter,
     pub ejected: Gauge,
+    pub overloaded_requests: Counter,
+    pub overloaded_retries: Counter,
 }
 
 impl UpstreamMetrics {

@@ -57,7 +57,6 @@ impl Default for ProxySettings {
 }
 
 pub struct Proxy {
-    conn: ConnSettings,
     unmatched: RouteMetrics,
     access_log: bool,
     edge: EdgeSettings,
@@ -76,7 +75,6 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     pub fn new(settings: &ProxySettings, metrics: &Arc<Metrics>) -> Self {
         Self {
-            conn: settings.conn(),
             unmatched: metrics.route(&RouteSeries::unmatched()),
             access_log: settings.access_log,
             edge: settings.edge,
@@ -244,11 +242,20 @@ impl Proxy {
             return (Err(ProxyError::NoBackend), None);
         };
         let backend_filters = target.filters();
+        let settings = pool.settings();
         let endpoints = pool.endpoints();
-        let mut candidates = pool.candidates(&endpoints);
+        let mut candidates = pool.candidates(&endpoints, &settings);
         let Some(mut endpoint) = candidates.next() else {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
+        };
+        // Held until the response body ends (with the lease) or the request fails.
+        let admitted = match pool.admit(&settings) {
+            Ok(admitted) => admitted,
+            Err(upstream::Overloaded { limit }) => {
+                let backend = pool.id.to_string();
+                return (Err(ProxyError::Overloaded { backend, limit }), None);
+            }
         };
 
         // The authority the request was routed by (sanitize left exactly one Host), before
@@ -307,15 +314,15 @@ impl Proxy {
             let (body, outcome) = ClientBody::new(body, self.body, streaming);
             (Request::from_parts(parts, body), outcome)
         };
-        pool.request_started();
         let mut req = req;
+        let mut _retrying = None;
         cx.attempts = 1;
         // A connection that cannot be made never reached the backend, whatever the method:
         // the next endpoint is tried with the same request, within the backend's budget.
         let (sent, sent_at) = loop {
             let sent_at = Instant::now();
             // Pinned here, once, whichever wait applies (the attempt future is large).
-            let mut answer = pin!(upstream::attempt(pool, endpoint, req, &self.conn));
+            let mut answer = pin!(upstream::attempt(pool, endpoint, req, &settings.conn));
             let sent = match rule.backend_timeout {
                 Some(d) => tokio::time::timeout(d, answer.as_mut()).await.ok(),
                 // Without a timeout of the route's own: the backend has the idle timeout to
@@ -328,9 +335,14 @@ impl Proxy {
             };
             match sent {
                 Some(Err((e, Some(back)))) if e.retryable() => {
-                    pool.record(endpoint, Outcome::GatewayError);
-                    match candidates.next() {
-                        Some(next) if pool.may_retry() => {
+                    pool.record(endpoint, Outcome::GatewayError, &settings);
+                    let next = candidates
+                        .next()
+                        .filter(|_| settings.retry_connect_failure)
+                        .and_then(|next| pool.may_retry(&settings).map(|p| (next, p)));
+                    match next {
+                        Some((next, permit)) => {
+                            _retrying = Some(permit);
                             // The failed attempt is counted here; a final failure below.
                             if let Some(r) = e.reason().strip_prefix("upstream=") {
                                 pool.metrics.failed(r);
@@ -346,7 +358,7 @@ impl Proxy {
                             req = *back;
                             cx.attempts += 1;
                         }
-                        _ => break (Some(Err(e)), sent_at),
+                        None => break (Some(Err(e)), sent_at),
                     }
                 }
                 other => break (other.map(|r| r.map_err(|(e, _)| e)), sent_at),
@@ -354,7 +366,7 @@ impl Proxy {
         };
         let backend = || pool.id.to_string();
         let Some(sent) = sent else {
-            pool.record(endpoint, Outcome::GatewayError);
+            pool.record(endpoint, Outcome::GatewayError, &settings);
             pool.metrics.failed("timeout");
             return (
                 Err(ProxyError::BackendTimeout(backend())),
@@ -363,13 +375,13 @@ impl Proxy {
         };
         match &sent {
             Ok((resp, _)) if resp.status().is_server_error() => {
-                pool.record(endpoint, Outcome::ServerError);
+                pool.record(endpoint, Outcome::ServerError, &settings);
             }
-            Ok(_) => pool.record(endpoint, Outcome::Success),
+            Ok(_) => pool.record(endpoint, Outcome::Success, &settings),
             // The client's fault says nothing of the endpoint.
             Err(_) if outcome.fault().is_some() => {}
             Err(ProxyError::Connect { .. } | ProxyError::Upstream { .. }) => {
-                pool.record(endpoint, Outcome::GatewayError);
+                pool.record(endpoint, Outcome::GatewayError, &settings);
             }
             Err(_) => {}
         }
@@ -379,6 +391,7 @@ impl Proxy {
                 Err(ProxyError::UnexpectedUpgrade(backend()))
             }
             Ok((resp, lease)) => {
+                let lease = upstream::hold_with(lease, admitted);
                 let idle = self.body.idle_timeout;
                 let progress = watched.then(|| crate::body::StreamProgress(outcome.clone()));
                 let outcome = outcome.clone();

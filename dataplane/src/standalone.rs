@@ -123,7 +123,10 @@ pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<Manife
     let counts = (
         i.gateways.len(),
         i.http_routes.len() + i.grpc_routes.len(),
-        i.auth_policies.len() + i.unreadable_auth_policies.len() + i.rate_limit_policies.len(),
+        i.auth_policies.len()
+            + i.unreadable_auth_policies.len()
+            + i.rate_limit_policies.len()
+            + i.backend_policies.len(),
     );
     Ok(Loaded {
         output: compile(&set.inputs, &settings.controller_name),

@@ -13,8 +13,11 @@ use parking_lot::Mutex;
 use portico_dataplane::listen::ServerSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::{Dataplane, DataplaneSettings};
+use portico_model::backend::{CircuitBreaker, LoadBalancer, Retry};
 use portico_model::fixtures::*;
-use portico_model::{Filter, Header, HeaderModifier, Redirect, Snapshot, Timeouts};
+use portico_model::{
+    BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, Snapshot, Timeouts,
+};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +58,17 @@ impl Backend {
     }
 
     async fn start_full(name: &'static str, hang: bool, keep_alive: bool, delay: Duration) -> Self {
+        Self::start_gated(name, hang, keep_alive, delay, None).await
+    }
+
+    /// `gate`: each request is answered once the gate is open (true).
+    async fn start_gated(
+        name: &'static str,
+        hang: bool,
+        keep_alive: bool,
+        delay: Duration,
+        gate: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Self {
         let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -65,9 +79,11 @@ impl Backend {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
                 let record = record.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let record = record.clone();
+                        let gate = gate.clone();
                         async move {
                             record.lock().push(Seen {
                                 path: req.uri().path().to_string(),
@@ -75,6 +91,9 @@ impl Backend {
                             });
                             if hang {
                                 std::future::pending::<()>().await;
+                            }
+                            if let Some(mut gate) = gate {
+                                let _ = gate.wait_for(|open| *open).await;
                             }
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
@@ -462,6 +481,159 @@ async fn a_slow_endpoint_gets_fewer_requests() {
     // Round robin: 200 each. Least request: the slow one gets what arrives while it has
     // fewer in flight than a random other, a small share.
     assert!(s < 80, "fast {f}, slow {s}");
+}
+
+/// A BackendPolicy's settings on backend `web`, the rest defaults.
+fn with_settings(mut b: portico_model::Backend, s: BackendSettings) -> portico_model::Backend {
+    b.settings = Some(BackendSettings {
+        policy: ObjectRef::new("test", "web-policy"),
+        ..s
+    });
+    b
+}
+
+/// A series of backend `test/web:80` in the metrics text (`name` may carry more labels
+/// first: `..._total{backend="test/web:80",limit="maxRequests"}`).
+fn series(dp: &Dataplane, name: &str) -> u64 {
+    let metrics = dp.metrics_text();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains("backend=\"test/web:80\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+}
+
+/// One rule sending everything to backend `b` (`test/web:80`), on `port`.
+fn web_snapshot(port: u16, b: portico_model::Backend, version: u64) -> Snapshot {
+    Snapshot {
+        version,
+        ..Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(b)
+            .with_route(route(
+                "web",
+                "http",
+                &[],
+                vec![rule(vec![prefix("/")], vec![to("web", 80)])],
+            ))
+    }
+}
+
+/// A BackendPolicy's balancer replaces the default on the live pool: round robin gives the
+/// slow endpoint its exact half, where least request gave it a small share.
+#[tokio::test]
+async fn a_policy_changes_the_balancer_of_a_live_backend() {
+    let fast = Backend::start("fast", false).await;
+    let slow = Backend::start_slow("slow", Duration::from_millis(20)).await;
+    let port = free_port();
+    let plain = backend("web", 80, &[fast.addr, slow.addr]);
+    let round_robin = with_settings(
+        plain.clone(),
+        BackendSettings {
+            load_balancer: LoadBalancer::RoundRobin,
+            ..BackendSettings::default()
+        },
+    );
+    let load = |addr: SocketAddr| async move {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.expect("client");
+        }
+    };
+    let (dp, addr) = serve(&web_snapshot(port, plain, 1));
+    load(addr).await;
+    let (f, s) = (fast.seen().len(), slow.seen().len());
+    assert_eq!(f + s, 200);
+    assert!(s < 60, "least request: fast {f}, slow {s}");
+    let report = dp.apply(&[web_snapshot(port, round_robin, 2)], 2);
+    assert!(report.warnings.is_empty(), "{report:?}");
+    load(addr).await;
+    let (f2, s2) = (fast.seen().len() - f, slow.seen().len() - s);
+    assert_eq!((f2, s2), (100, 100), "round robin: each its half");
+}
+
+/// With `maxRequests: 4`, four requests in flight take the backend's whole allowance: the
+/// fifth is answered 503 at once, told apart from "no endpoints" by `x-portico-overloaded`
+/// and counted; once the four end, requests pass again.
+#[tokio::test]
+async fn a_circuit_breaker_answers_over_its_limit_at_once() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let web = Backend::start_gated("web", false, true, Duration::ZERO, Some(gate)).await;
+    let port = free_port();
+    let b = with_settings(
+        backend("web", 80, &[web.addr]),
+        BackendSettings {
+            circuit_breaker: CircuitBreaker {
+                max_requests: Some(4),
+                max_retries: None,
+            },
+            ..BackendSettings::default()
+        },
+    );
+    let (dp, addr) = serve(&web_snapshot(port, b, 1));
+    let held: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "x.test", "/").await.status }))
+        .collect();
+    while web.seen().len() < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let over = get(addr, "x.test", "/").await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&over, "x-portico-overloaded"), "maxRequests");
+    assert_eq!(web.seen().len(), 4, "never sent");
+    assert_eq!(
+        series(
+            &dp,
+            "portico_upstream_overloaded_total{backend=\"test/web:80\",limit=\"maxRequests\"}"
+        ),
+        1
+    );
+    open.send_replace(true);
+    for h in held {
+        assert_eq!(h.await.expect("held request"), StatusCode::OK);
+    }
+    // The permits went with the response bodies.
+    for _ in 0..8 {
+        assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+    }
+}
+
+/// `retry.onConnectFailure: false`: a refused connection is the client's 503, not a retry.
+#[tokio::test]
+async fn connect_failures_are_not_retried_when_the_policy_says_so() {
+    let one = Backend::start("one", false).await;
+    let dead = SocketAddr::new(LOCALHOST, free_port());
+    let port = free_port();
+    let b = with_settings(
+        backend("web", 80, &[one.addr, dead]),
+        BackendSettings {
+            load_balancer: LoadBalancer::RoundRobin,
+            retry: Retry {
+                on_connect_failure: false,
+                ..Retry::default()
+            },
+            ..BackendSettings::default()
+        },
+    );
+    let (dp, addr) = serve(&web_snapshot(port, b, 1));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(addr, "x.test", "/").await.status.as_u16());
+    }
+    statuses.sort_unstable();
+    // Round robin over two endpoints: two of four meet the dead one (fewer than the five
+    // refusals in a row that would eject it).
+    assert_eq!(statuses, [200, 200, 503, 503]);
+    assert_eq!(series(&dp, "portico_upstream_retries_total"), 0, "no retry");
 }
 
 /// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no

@@ -105,6 +105,7 @@ async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_
     for name in [
         "authpolicies.portico.dev",
         "ratelimitpolicies.portico.dev",
+        "backendpolicies.portico.dev",
         "gatewayconfigs.portico.dev",
     ] {
         let _ = crds.delete(name, &Default::default()).await;

@@ -1037,6 +1037,7 @@ async fn the_feature_examples_work_as_committed() {
         "cross-namespace",
         "multi-gateway",
         "quickstart",
+        "backend",
     ] {
         let out = std::process::Command::new(&binaries().portico)
             .arg("check")
@@ -1159,5 +1160,33 @@ async fn the_feature_examples_work_as_committed() {
         "{}",
         r.text()
     );
+    drop(p);
+
+    // BackendPolicy: of three endpoints one is dead; no request fails, and it is ejected
+    // after three refusals in a row, as policy.yaml says.
+    let second = Echo::start("echo-2");
+    let (ip, ports, files) = start("backend", &["8086"]);
+    let dead = SocketAddr::new(ip, free_port(ip));
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(n, t)| {
+            let t = t
+                .replace("127.0.0.1:9031", &echo.addr.to_string())
+                .replace("127.0.0.1:9032", &second.addr.to_string())
+                .replace("127.0.0.1:9033", &dead.to_string());
+            (n, t)
+        })
+        .collect();
+    let p = serve_files(ip, &files).await;
+    for _ in 0..20 {
+        let r = http.get(p.addr(ports[0]), "api.example.test", "/").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let metrics = p.metrics().await;
+    let ejections = metrics
+        .lines()
+        .find(|l| l.starts_with("portico_upstream_endpoint_ejections_total{backend=\"default/api:80\"}"))
+        .unwrap_or_else(|| panic!("ejections in {metrics}"));
+    assert!(ejections.ends_with(" 1"), "{ejections}");
     drop(p);
 }

@@ -150,6 +150,7 @@ impl<'a> BackendIndex<'a> {
             protocol,
             port_name: spec_port.name.clone(),
             endpoints,
+            settings: None,
         })
     }
 

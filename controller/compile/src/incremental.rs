@@ -18,6 +18,7 @@ use crate::{Output, compile_scoped};
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
 use portico_model::{ObjectRef, PolicyKind, RouteKind, Snapshot};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An object (or a set of them) a Gateway's compile may read.
@@ -42,12 +43,19 @@ pub enum DepKey {
 /// requests); the Secrets it names are unknown.
 fn policies(
     inputs: &Inputs,
-) -> impl Iterator<Item = (PolicyKind, &ObjectMeta, &[PolicyTargetRef], Vec<String>)> {
+) -> impl Iterator<
+    Item = (
+        PolicyKind,
+        &ObjectMeta,
+        Cow<'_, [PolicyTargetRef]>,
+        Vec<String>,
+    ),
+> {
     let unreadable_auth = inputs.unreadable_auth_policies.iter().map(|p| {
         (
             PolicyKind::Auth,
             &p.metadata,
-            p.target_refs.as_slice(),
+            Cow::Borrowed(p.target_refs.as_slice()),
             Vec::new(),
         )
     });
@@ -59,7 +67,7 @@ fn policies(
         (
             PolicyKind::Auth,
             &p.metadata,
-            p.spec.target_refs.as_slice(),
+            Cow::Borrowed(p.spec.target_refs.as_slice()),
             secrets,
         )
     });
@@ -67,11 +75,19 @@ fn policies(
         (
             PolicyKind::RateLimit,
             &p.metadata,
-            p.spec.target_refs.as_slice(),
+            Cow::Borrowed(p.spec.target_refs.as_slice()),
             Vec::new(),
         )
     });
-    auth.chain(unreadable_auth).chain(rate_limit)
+    let backend = inputs.backend_policies.iter().map(|p| {
+        (
+            PolicyKind::Backend,
+            &p.metadata,
+            Cow::Owned(p.spec.target_refs.iter().map(Into::into).collect()),
+            Vec::new(),
+        )
+    });
+    auth.chain(unreadable_auth).chain(rate_limit).chain(backend)
 }
 
 /// The Gateways each object is read by.
@@ -151,7 +167,7 @@ impl Dependencies {
         for (kind, meta, target_refs, secrets) in policies(inputs) {
             let id = object_ref(meta);
             let mut gws: BTreeSet<ObjectRef> = BTreeSet::new();
-            for (target_kind, target) in crate::policy::target_objects(meta, target_refs) {
+            for (target_kind, target) in crate::policy::target_objects(meta, &target_refs) {
                 match target_kind {
                     "Gateway" => {
                         gws.insert(target);

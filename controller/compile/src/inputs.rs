@@ -7,6 +7,7 @@
 use crate::refs::{gateways_of, namespace_of};
 use crate::unreadable::UnreadableAuthPolicy;
 use portico_crds::auth::AuthPolicy;
+use portico_crds::backend::BackendPolicy;
 use portico_crds::gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
     httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
@@ -39,6 +40,8 @@ pub struct Inputs {
     pub unreadable_auth_policies: Vec<UnreadableAuthPolicy>,
     /// Every RateLimitPolicy.
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Every BackendPolicy.
+    pub backend_policies: Vec<BackendPolicy>,
     /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not
     /// accepted); the provisioner reads their specs.
     pub gateway_configs: Vec<GatewayConfig>,

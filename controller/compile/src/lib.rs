@@ -12,14 +12,14 @@
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
 //!   RateLimitPolicy ──targetRefs──▶ (the same)
-//!   (a policy's status is keyed by its PolicyKind; a Service target resolves, and these two
-//!    kinds refuse it: Services are for backend policies)
+//!   BackendPolicy ──targetRefs──▶ Service [port]   (and only there)
+//!   (a policy's status is keyed by its PolicyKind)
 //! ```
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their
 //! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
 //! and backends ([`route`], [`grpc`], [`backend`]), then the policies that protect them
-//! ([`policy`]: [`auth`], [`ratelimit`]); [`snapshot`] assembles each Gateway's snapshot from
+//! ([`policy`]: [`auth`], [`ratelimit`]) and the backends ([`backend_policy`]); [`snapshot`] assembles each Gateway's snapshot from
 //! what the passes concluded. This file only runs the passes in order.
 //!
 //! Modules import downwards only, with no cycle: [`refs`] (names and references),
@@ -30,6 +30,7 @@
 
 mod auth;
 mod backend;
+mod backend_policy;
 mod gateway;
 mod grants;
 mod grpc;
@@ -155,7 +156,12 @@ pub fn compile_scoped(
     let auth = auth::resolve(inputs, &targets, &mut status);
     let redis = ratelimit::GatewayRedis::new(inputs, controller_name);
     let rate_limit = ratelimit::resolve(inputs, &targets, &auth, &redis, &mut status);
-    let policies = ResolvedPolicies { auth, rate_limit };
+    let backend = backend_policy::resolve(inputs, &targets, &mut status);
+    let policies = ResolvedPolicies {
+        auth,
+        rate_limit,
+        backend,
+    };
 
     let mut snapshots = BTreeMap::new();
     for gw in &gateways {

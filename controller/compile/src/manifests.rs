@@ -248,13 +248,17 @@ impl ManifestSet {
                 |o| &o.metadata,
                 false,
             ),
+            ("portico.dev/v1alpha1", "BackendPolicy") => {
+                push(&mut i.backend_policies, &mut from, |o| &o.metadata, false)
+            }
             ("portico.dev/v1alpha1", "GatewayConfig") => {
                 push(&mut i.gateway_configs, &mut from, |o| &o.metadata, false)
             }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
                  GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
-                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy and GatewayConfig (portico.dev/v1alpha1)"
+                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy, BackendPolicy and GatewayConfig \
+                 (portico.dev/v1alpha1)"
             )),
         };
         let unknown = ignored.iter().map(|path| format!("unknown field {path}"));

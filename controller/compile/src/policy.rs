@@ -6,10 +6,10 @@
 //! whole. On one target the oldest policy (creationTimestamp, then namespace/name) wins and
 //! the others are `Conflicted`.
 //!
-//! A target is a Gateway (or listener), an HTTPRoute (or rule), or a Service. Services are
-//! where backend policies attach; the request policies (auth, rate limits) act on requests
-//! as they are routed, so they refuse a Service target ([`accepts`]) with a status saying
-//! what to target instead.
+//! A target is a Gateway (or listener), an HTTPRoute (or rule), or a Service (or port).
+//! Services are where backend policies attach, and only there; the request policies (auth,
+//! rate limits) act on requests as they are routed, so they refuse a Service target
+//! ([`accepts`]) with a status saying what to target instead.
 
 use crate::inputs::Inputs;
 use crate::refs::{
@@ -31,8 +31,8 @@ pub(crate) enum Target {
     Gateway(ObjectRef, Option<String>),
     /// An HTTPRoute, or one of its rules.
     Route(ObjectRef, Option<String>),
-    /// A Service, as the backend of the routes that send to it.
-    Service(ObjectRef),
+    /// A Service, or one of its ports (by name), as the backend of the routes that send to it.
+    Service(ObjectRef, Option<String>),
 }
 
 impl fmt::Display for Target {
@@ -42,7 +42,8 @@ impl fmt::Display for Target {
             Target::Gateway(id, Some(l)) => write!(f, "Gateway {id} listener {l}"),
             Target::Route(id, None) => write!(f, "HTTPRoute {id}"),
             Target::Route(id, Some(r)) => write!(f, "HTTPRoute {id} rule {r}"),
-            Target::Service(id) => write!(f, "Service {id}"),
+            Target::Service(id, None) => write!(f, "Service {id}"),
+            Target::Service(id, Some(p)) => write!(f, "Service {id} port {p}"),
         }
     }
 }
@@ -50,11 +51,18 @@ impl fmt::Display for Target {
 /// Whether policies of `kind` may attach to `target`, or why not.
 pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
     match (kind, target) {
-        (PolicyKind::Auth | PolicyKind::RateLimit, Target::Service(id)) => Err(format!(
+        (PolicyKind::Auth | PolicyKind::RateLimit, Target::Service(id, _)) => Err(format!(
             "a {kind} applies to requests as they are routed and cannot target Service {id}; \
              target the Gateway, a listener, or an HTTPRoute or rule that sends to it"
         )),
-        (_, Target::Gateway(..) | Target::Route(..)) => Ok(()),
+        (PolicyKind::Backend, Target::Gateway(..) | Target::Route(..)) => Err(format!(
+            "a {kind} applies to the endpoints of a Service and cannot target {target}; \
+             target the Service (group \"\", kind Service) the routes send to"
+        )),
+        (PolicyKind::Backend, Target::Service(..))
+        | (PolicyKind::Auth | PolicyKind::RateLimit, Target::Gateway(..) | Target::Route(..)) => {
+            Ok(())
+        }
     }
 }
 
@@ -67,6 +75,8 @@ pub(crate) struct Targets {
     route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
     /// Each Service, with the Gateways of the routes (HTTP and gRPC) that send to it.
     services: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    /// Each Service's named ports.
+    service_ports: BTreeMap<ObjectRef, BTreeSet<String>>,
 }
 
 impl Targets {
@@ -99,6 +109,17 @@ impl Targets {
             .iter()
             .map(|s| (object_ref(&s.metadata), BTreeSet::new()))
             .collect();
+        let service_ports = inputs
+            .services
+            .iter()
+            .map(|s| {
+                let ports = s.spec.iter().flat_map(|spec| spec.ports.iter().flatten());
+                (
+                    object_ref(&s.metadata),
+                    ports.filter_map(|p| p.name.clone()).collect(),
+                )
+            })
+            .collect();
         let routes_to = inputs
             .http_routes
             .iter()
@@ -126,6 +147,7 @@ impl Targets {
             routes,
             route_parents,
             services,
+            service_ports,
         }
     }
 
@@ -136,15 +158,17 @@ impl Targets {
         let section = t.section_name.clone();
         match (t.group.as_str(), t.kind.as_str()) {
             ("" | "core", "Service") => {
-                if !self.services.contains_key(&id) {
+                let Some(ports) = self.service_ports.get(&id) else {
                     return Err(NotFound(format!("Service {id} does not exist")));
-                }
-                if let Some(s) = &section {
-                    return Err(Invalid(format!(
-                        "sectionName {s:?}: a Service is targeted whole"
+                };
+                if let Some(s) = &section
+                    && !ports.contains(s)
+                {
+                    return Err(NotFound(format!(
+                        "Service {id} has no port named {s:?} (sectionName names a port by its name)"
                     )));
                 }
-                Ok(Target::Service(id))
+                Ok(Target::Service(id, section))
             }
             (GATEWAY_GROUP, "Gateway") => {
                 let Some(listeners) = self.gateways.get(&id) else {
@@ -188,7 +212,7 @@ impl Targets {
         match target {
             Target::Gateway(gw, _) => vec![gw.clone()],
             Target::Route(route, _) => self.parents_of(route).to_vec(),
-            Target::Service(svc) => self
+            Target::Service(svc, _) => self
                 .services
                 .get(svc)
                 .into_iter()

@@ -231,7 +231,7 @@ fn missing_identity(
                     .any(|gw| auth.attached.any_gateway_level(gw, &fits))
         }
         // Reached through the Gateways of the routes that send to it.
-        Target::Service(_) => targets
+        Target::Service(..) => targets
             .gateways_of(target)
             .iter()
             .any(|gw| auth.attached.any_on_gateway(gw, targets, &fits)),

@@ -1,11 +1,13 @@
 //! One Gateway's [`Snapshot`], assembled from what the passes concluded: its programmable
 //! listeners ([`crate::gateway`]), the routes attached to it with their backends
-//! ([`crate::route`]), and the policies those name ([`crate::auth`], [`crate::ratelimit`]).
+//! ([`crate::route`]), and the policies those name ([`crate::auth`], [`crate::ratelimit`],
+//! [`crate::backend_policy`]).
 //!
 //! The passes only produce; this module only reads them, so no pass needs to know the
 //! snapshot's shape and the passes do not import each other to build it.
 
 use crate::auth::AuthPolicies;
+use crate::backend_policy::BackendPolicies;
 use crate::gateway::GatewayState;
 use crate::ratelimit::RateLimitPolicies;
 use crate::route::AttachedRoutes;
@@ -15,6 +17,7 @@ use portico_model::{Listener, ListenerTls, PolicyKind, PolicySet, Protocol, Snap
 pub(crate) struct ResolvedPolicies {
     pub(crate) auth: AuthPolicies,
     pub(crate) rate_limit: RateLimitPolicies,
+    pub(crate) backend: BackendPolicies,
 }
 
 impl ResolvedPolicies {
@@ -25,6 +28,7 @@ impl ResolvedPolicies {
             match kind {
                 PolicyKind::Auth => self.auth.attach(snapshot),
                 PolicyKind::RateLimit => self.rate_limit.attach(snapshot),
+                PolicyKind::Backend => self.backend.attach(snapshot),
             }
         }
     }

@@ -7,6 +7,7 @@
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
+//!  BackendPolicy ┤                          │
 //!  GatewayConfig ┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
 //!  Service ──────┤                          │                │
@@ -35,6 +36,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
+use portico_crds::backend::BackendPolicy;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::grpcroutes::GrpcRoute;
@@ -77,6 +79,7 @@ pub struct Index {
     /// Read as far as this controller can ([`auth`]).
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
+    pub backend_policies: Store<BackendPolicy>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
@@ -295,6 +298,9 @@ impl Index {
             rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
                 DepKey::Policy(PolicyKind::RateLimit, id(p))
             }),
+            backend_policies: w.watch(Optional, Spec, |p: &BackendPolicy| {
+                DepKey::Policy(PolicyKind::Backend, id(p))
+            }),
             gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
                 DepKey::GatewayConfig(id(c))
             }),
@@ -357,6 +363,7 @@ impl Index {
             auth_policies,
             unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),
+            backend_policies: all(&self.backend_policies),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,
             reference_grants: all(&self.grants),

@@ -90,6 +90,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             protocol: AppProtocol::Http1,
             port_name: None,
             endpoints: vec![],
+            settings: None,
         }],
         policies: Default::default(),
     }

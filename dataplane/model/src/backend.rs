@@ -1,6 +1,7 @@
 //! Backends: the Service ports rules send traffic to, and the endpoints compile knew of.
 
 use crate::filter::Filter;
+use crate::object::ObjectRef;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -71,6 +72,109 @@ pub struct Backend {
     pub port_name: Option<String>,
     /// Endpoints known at compile time (standalone mode). Sorted by address and port.
     pub endpoints: Vec<Endpoint>,
+    /// The BackendPolicy that applies to this Service port, compiled; `None`: the defaults
+    /// of [`BackendSettings::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<BackendSettings>,
+}
+
+/// How the dataplane treats a backend's endpoints: a BackendPolicy compiled, what it leaves
+/// out filled in with the defaults (which are also what a backend without a policy gets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSettings {
+    /// The BackendPolicy these come from (for logs).
+    pub policy: ObjectRef,
+    pub load_balancer: LoadBalancer,
+    pub outlier_detection: OutlierDetection,
+    pub retry: Retry,
+    pub circuit_breaker: CircuitBreaker,
+    pub connection: Connection,
+}
+
+/// How requests are spread over the endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancer {
+    /// Power of two choices over requests in flight (Envoy Gateway's default too).
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+/// Passive health checks. Defaults: Envoy's, except that gateway errors (connect failures,
+/// resets, timeouts) eject by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject (0: never).
+    #[serde(rename = "consecutive5xx")]
+    pub consecutive_5xx: u32,
+    /// Connect failures, resets and timeouts in a row that eject (0: never).
+    pub consecutive_gateway_errors: u32,
+    /// A first ejection; the n-th lasts n times this.
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    /// Most endpoints out at once, as a percentage (at least one).
+    pub max_ejected_percent: u32,
+    /// Below this percentage of endpoints in, every endpoint is used.
+    pub panic_threshold_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejected_percent: 10,
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+/// Retrying on another endpoint. Defaults: connect failures are retried (nothing reached the
+/// backend), within a budget of 20 % of the last 10 seconds' requests plus 10 a second
+/// (Linkerd's budget and GEP-3388's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub on_connect_failure: bool,
+    pub budget_percent: u32,
+    pub budget_min_per_second: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            on_connect_failure: true,
+            budget_percent: 20,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// Limits per dataplane replica (none by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Retries in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// Connection settings; `None`: the dataplane's own (5 s to connect, 90 s idle).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// One address of a backend, with its EndpointSlice conditions.

@@ -84,6 +84,7 @@ pub fn backend(name: &str, port: u16, endpoints: &[SocketAddr]) -> Backend {
         protocol: AppProtocol::Http1,
         port_name: None,
         endpoints,
+        settings: None,
     }
 }
 

@@ -14,7 +14,7 @@
 //!     ├── listeners[]           name, bind addresses, port, protocol, hostname
 //!     ├── routes[]  ──parents──▶ listener name (+ effective hostnames)
 //!     │     └── rules[] ──backend_refs──▶ BackendId
-//!     └── backends[]            BackendId → endpoints
+//!     └── backends[]            BackendId → endpoints, settings (a BackendPolicy compiled)
 //! ```
 //!
 //! A route change touches one `routes[]` entry, an endpoint change one `backends[]` entry, so a
@@ -46,7 +46,9 @@ pub mod route;
 pub mod snapshot;
 pub mod tls;
 
-pub use backend::{AppProtocol, Backend, BackendId, BackendRef, BackendTarget, Endpoint};
+pub use backend::{
+    AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, Endpoint,
+};
 pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};
 pub use object::ObjectRef;

@@ -27,18 +27,34 @@ pub enum PolicyKind {
     /// compile.
     #[serde(rename = "RateLimitPolicy")]
     RateLimit,
+    /// `BackendPolicy`: how a Service's endpoints are balanced, health-checked, retried and
+    /// protected. Attaches to Services, not to routes: compiled into the snapshot's
+    /// `backends[]`, not named by [`AttachedPolicies`]. Does not attach when it does not
+    /// compile.
+    #[serde(rename = "BackendPolicy")]
+    Backend,
 }
 
 impl PolicyKind {
     /// Every kind, in the order requests meet them (authentication before rate limits, so a
-    /// limit can be keyed by who the request is).
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::Auth, PolicyKind::RateLimit];
+    /// limit can be keyed by who the request is, and both before the backend).
+    pub const ALL: [PolicyKind; 3] = [PolicyKind::Auth, PolicyKind::RateLimit, PolicyKind::Backend];
+
+    /// Whether policies of this kind are named per route rule and route parent
+    /// ([`AttachedPolicies`]) rather than per backend.
+    pub fn on_routes(self) -> bool {
+        match self {
+            PolicyKind::Auth | PolicyKind::RateLimit => true,
+            PolicyKind::Backend => false,
+        }
+    }
 
     /// The Kubernetes kind of the policy's CRD.
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::Auth => "AuthPolicy",
             PolicyKind::RateLimit => "RateLimitPolicy",
+            PolicyKind::Backend => "BackendPolicy",
         }
     }
 }
@@ -67,19 +83,22 @@ pub struct AttachedPolicies {
 }
 
 impl AttachedPolicies {
-    /// The policy of `kind`, if one applies.
+    /// The policy of `kind`, if one applies (never one of a kind not [`PolicyKind::on_routes`]).
     pub fn get(&self, kind: PolicyKind) -> Option<&ObjectRef> {
         match kind {
             PolicyKind::Auth => self.auth.as_ref(),
             PolicyKind::RateLimit => self.rate_limit.as_ref(),
+            PolicyKind::Backend => None,
         }
     }
 
-    /// Sets (or clears) the policy of `kind`.
+    /// Sets (or clears) the policy of `kind`; a kind not [`PolicyKind::on_routes`] is not
+    /// named here, and setting it does nothing.
     pub fn set(&mut self, kind: PolicyKind, policy: Option<ObjectRef>) {
         match kind {
             PolicyKind::Auth => self.auth = policy,
             PolicyKind::RateLimit => self.rate_limit = policy,
+            PolicyKind::Backend => {}
         }
     }
 }
@@ -111,6 +130,8 @@ impl PolicySet {
         match kind {
             PolicyKind::Auth => self.auth.iter().map(|p| &p.id).collect(),
             PolicyKind::RateLimit => self.rate_limit.iter().map(|p| &p.id).collect(),
+            // Carried by the backends they apply to.
+            PolicyKind::Backend => Vec::new(),
         }
     }
 }

@@ -81,6 +81,15 @@ fn sample() -> Snapshot {
                 serving: true,
                 terminating: false,
             }],
+            settings: Some(BackendSettings {
+                policy: ObjectRef::new("default", "svc-policy"),
+                load_balancer: backend::LoadBalancer::RoundRobin,
+                circuit_breaker: backend::CircuitBreaker {
+                    max_requests: Some(100),
+                    max_retries: None,
+                },
+                ..BackendSettings::default()
+            }),
         }],
         policies: PolicySet {
             auth: vec![auth::AuthPolicy {

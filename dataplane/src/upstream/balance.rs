@@ -5,41 +5,47 @@
 //! of two endpoints, the one with fewer requests in flight. The first of the two is the next
 //! in round-robin order and the second a random other, so that with nothing in flight (or
 //! the same everywhere) requests go round evenly, and a slow endpoint, which piles up
-//! requests, gets fewer of them.
+//! requests, gets fewer of them. A BackendPolicy may ask for plain round robin or random
+//! instead; whichever picks the first, the others follow in order.
 
 use super::endpoint::Endpoint;
+use portico_model::backend::LoadBalancer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How a backend spreads requests over its endpoints.
-#[derive(Debug)]
-pub enum Balancer {
-    /// The less loaded of the next endpoint in round-robin order and a random other.
-    LeastRequest(AtomicUsize),
-}
-
-impl Default for Balancer {
-    fn default() -> Self {
-        Balancer::LeastRequest(AtomicUsize::new(0))
-    }
+/// A backend's balancing state: the round-robin position, kept across snapshots.
+#[derive(Debug, Default)]
+pub struct Balancer {
+    next: AtomicUsize,
 }
 
 impl Balancer {
-    /// `endpoints` in the order this request should try them: every one once, but those
-    /// ejected at `now` (ms, see [`super::outlier::now_ms`]; 0: none is passed over).
-    pub fn candidates<'a>(&self, endpoints: &'a [Endpoint], now: u64) -> Candidates<'a> {
+    /// `endpoints` in the order this request should try them, the first chosen by `kind`:
+    /// every one once, but those ejected at `now` (ms, see [`super::outlier::now_ms`]; 0:
+    /// none is passed over).
+    pub fn candidates<'a>(
+        &self,
+        kind: LoadBalancer,
+        endpoints: &'a [Endpoint],
+        now: u64,
+    ) -> Candidates<'a> {
         let n = endpoints.len();
-        let start = match self {
-            Balancer::LeastRequest(next) if n > 1 => {
-                let first = next.fetch_add(1, Ordering::Relaxed) % n;
-                let other = (first + 1 + fastrand::usize(..n - 1)) % n;
-                let load = |i: usize| endpoints[i].state.in_flight();
-                if load(other) < load(first) {
-                    other
-                } else {
-                    first
+        let start = if n <= 1 {
+            0
+        } else {
+            match kind {
+                LoadBalancer::LeastRequest => {
+                    let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                    let other = (first + 1 + fastrand::usize(..n - 1)) % n;
+                    let load = |i: usize| endpoints[i].state.in_flight();
+                    if load(other) < load(first) {
+                        other
+                    } else {
+                        first
+                    }
                 }
+                LoadBalancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+                LoadBalancer::Random => fastrand::usize(..n),
             }
-            Balancer::LeastRequest(_) => 0,
         };
         Candidates {
             endpoints,
@@ -96,7 +102,11 @@ mod tests {
     }
 
     fn order(b: &Balancer, eps: &[Endpoint]) -> Vec<u8> {
-        b.candidates(eps, 0)
+        order_of(b, LoadBalancer::LeastRequest, eps)
+    }
+
+    fn order_of(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint]) -> Vec<u8> {
+        b.candidates(kind, eps, 0)
             .map(|e| match e.addr.ip() {
                 std::net::IpAddr::V4(ip) => ip.octets()[3],
                 std::net::IpAddr::V6(_) => 0,
@@ -113,7 +123,10 @@ mod tests {
         let _held: Vec<InFlight> = (0..4).map(|_| InFlight::new(&eps[1].state)).collect();
         let mut firsts = [0usize; 3];
         for _ in 0..3000 {
-            let first = b.candidates(&eps, 0).next().expect("one");
+            let first = b
+                .candidates(LoadBalancer::LeastRequest, &eps, 0)
+                .next()
+                .expect("one");
             let i = eps
                 .iter()
                 .position(|e| e.addr == first.addr)
@@ -147,17 +160,55 @@ mod tests {
                 .outlier
                 .record(Outcome::GatewayError, &s, 1_000, || true);
         }
-        let left = |now| b.candidates(&eps, now).count();
+        let left = |now| b.candidates(LoadBalancer::LeastRequest, &eps, now).count();
         assert_eq!(left(2_000), 2);
         // Not while passing over is off, nor once the ejection is over.
         assert_eq!(left(0), 3);
         assert_eq!(left(1_000 + 30_000), 3);
     }
 
+    fn firsts(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint], n: usize) -> Vec<usize> {
+        let mut firsts = vec![0; eps.len()];
+        for _ in 0..n {
+            let first = b.candidates(kind, eps, 0).next().expect("one");
+            if let Some(i) = eps.iter().position(|e| e.addr == first.addr) {
+                firsts[i] += 1;
+            }
+        }
+        firsts
+    }
+
+    #[test]
+    fn round_robin_ignores_load_and_random_spreads_evenly() {
+        use super::super::endpoint::InFlight;
+        let b = Balancer::default();
+        let eps = endpoints(3);
+        let _held: Vec<InFlight> = (0..4).map(|_| InFlight::new(&eps[1].state)).collect();
+        // Round robin: a loaded endpoint still gets its exact third.
+        assert_eq!(
+            firsts(&b, LoadBalancer::RoundRobin, &eps, 300),
+            [100, 100, 100]
+        );
+        // Random: each about a third (bounds far outside chance: p < 1e-9).
+        let random = firsts(&b, LoadBalancer::Random, &eps, 3000);
+        assert!(
+            random.iter().all(|n| (800..=1200).contains(n)),
+            "{random:?}"
+        );
+        // Each still yields every endpoint once, from its first choice on.
+        for kind in [LoadBalancer::RoundRobin, LoadBalancer::Random] {
+            for _ in 0..10 {
+                let mut all = order_of(&b, kind, &eps);
+                all.sort_unstable();
+                assert_eq!(all, [1, 2, 3]);
+            }
+        }
+    }
+
     #[test]
     fn no_endpoints_no_candidates() {
         let b = Balancer::default();
-        assert_eq!(b.candidates(&[], 0).count(), 0);
+        assert_eq!(b.candidates(LoadBalancer::LeastRequest, &[], 0).count(), 0);
         assert_eq!(order(&b, &endpoints(1)), [1]);
     }
 }

@@ -24,7 +24,7 @@ type Request = http::Request<ClientBody>;
 type Response = http::Response<Upstream>;
 
 /// Limits on upstream connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnSettings {
     pub connect_timeout: Duration,
     /// An idle HTTP/1.1 connection older than this is closed.

@@ -24,7 +24,10 @@ use endpoint::InFlight;
 pub use endpoint::{Endpoint, EndpointSet, EndpointState};
 pub use h1::{H1Error, read_response};
 pub use outlier::{Outcome, OutlierSettings};
-pub use pool::{BackendPool, ServiceEndpoints, ServiceKey, Upstreams};
+pub use pool::{
+    Admitted, BackendPool, Overloaded, PoolSettings, RetryPermit, ServiceEndpoints, ServiceKey,
+    Upstreams,
+};
 pub use retry::BudgetSettings;
 
 use crate::body::{ClientBody, Lease, Upstream};
@@ -34,6 +37,34 @@ use http::{Request, Response};
 /// How an attempt failed: the error, and the request when it never left (a connection that
 /// could not be made), so another endpoint can be tried with it.
 pub type Failed = (ProxyError, Option<Box<Request<ClientBody>>>);
+
+/// The lease of a response body, extended to hold the request's circuit-breaker permit
+/// until the body ends.
+pub fn hold_with(
+    lease: Option<Box<dyn Lease>>,
+    admitted: Option<Admitted>,
+) -> Option<Box<dyn Lease>> {
+    match admitted {
+        None => lease,
+        Some(admitted) => Some(Box::new(WithPermit {
+            inner: lease,
+            _admitted: admitted,
+        })),
+    }
+}
+
+struct WithPermit {
+    inner: Option<Box<dyn Lease>>,
+    _admitted: Admitted,
+}
+
+impl Lease for WithPermit {
+    fn end(self: Box<Self>, whole: bool) {
+        if let Some(inner) = self.inner {
+            inner.end(whole);
+        }
+    }
+}
 
 /// One attempt: `req` to `endpoint` of `pool`. The request must be ready for the wire
 /// (origin-form for HTTP/1.1, an authority for HTTP/2). Failures come back as the

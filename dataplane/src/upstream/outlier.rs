@@ -40,14 +40,22 @@ pub struct OutlierSettings {
 }
 
 impl Default for OutlierSettings {
+    /// The defaults of the snapshot model (the table above), which compile fills in too.
     fn default() -> Self {
+        Self::from_model(&portico_model::backend::OutlierDetection::default())
+    }
+}
+
+impl OutlierSettings {
+    /// From a BackendPolicy's (or the default) outlier detection.
+    pub fn from_model(o: &portico_model::backend::OutlierDetection) -> Self {
         Self {
-            consecutive_5xx: 5,
-            consecutive_gateway_errors: 5,
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            max_ejected_percent: 10,
-            panic_threshold_percent: 50,
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            base_ejection: Duration::from_millis(o.base_ejection_ms),
+            max_ejection: Duration::from_millis(o.max_ejection_ms),
+            max_ejected_percent: o.max_ejected_percent,
+            panic_threshold_percent: o.panic_threshold_percent,
         }
     }
 }

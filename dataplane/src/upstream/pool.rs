@@ -15,6 +15,8 @@ use super::retry::{BudgetSettings, RetryBudget};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use portico_model::BackendSettings;
+use portico_model::backend::{CircuitBreaker, LoadBalancer};
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +36,80 @@ impl ServiceEndpoints {
     }
 }
 
+/// A backend's settings: its BackendPolicy's, or the defaults (on the dataplane's own
+/// connection settings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSettings {
+    /// The BackendPolicy they come from.
+    pub policy: Option<portico_model::ObjectRef>,
+    pub balancer: LoadBalancer,
+    pub outlier: OutlierSettings,
+    /// Whether a connect failure moves on to the next endpoint.
+    pub retry_connect_failure: bool,
+    pub budget: BudgetSettings,
+    pub breaker: CircuitBreaker,
+    pub conn: ConnSettings,
+}
+
+impl PoolSettings {
+    /// `settings` (none: the defaults) over the dataplane's connection settings `base`.
+    pub fn new(settings: Option<&BackendSettings>, base: &ConnSettings) -> Self {
+        let defaults = BackendSettings::default();
+        let s = settings.unwrap_or(&defaults);
+        let ms = Duration::from_millis;
+        Self {
+            policy: settings.map(|s| s.policy.clone()),
+            balancer: s.load_balancer,
+            outlier: OutlierSettings::from_model(&s.outlier_detection),
+            retry_connect_failure: s.retry.on_connect_failure,
+            budget: BudgetSettings::from_model(&s.retry),
+            breaker: s.circuit_breaker,
+            conn: ConnSettings {
+                connect_timeout: s
+                    .connection
+                    .connect_timeout_ms
+                    .map_or(base.connect_timeout, ms),
+                idle_timeout: s.connection.idle_timeout_ms.map_or(base.idle_timeout, ms),
+                ..*base
+            },
+        }
+    }
+}
+
+/// A circuit breaker refused a request: `limit` names the field (`maxRequests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overloaded {
+    pub limit: &'static str,
+}
+
+/// A retry the budget and the circuit breaker let through.
+#[derive(Debug)]
+pub struct RetryPermit {
+    _held: Option<Admitted>,
+}
+
+/// A request (or retry) a circuit breaker let through, counted until it is dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes one from `count` if it stays within `max` (`None`: no limit, nothing counted).
+fn admit(count: &Arc<AtomicUsize>, max: Option<u32>) -> Result<Option<Admitted>, ()> {
+    let Some(max) = max else { return Ok(None) };
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(|_| Some(Admitted(count.clone())))
+        .map_err(|_| ())
+}
+
 #[derive(Debug)]
 pub struct BackendPool {
     pub id: BackendId,
@@ -41,26 +117,47 @@ pub struct BackendPool {
     pub port_name: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
     balancer: Balancer,
-    outlier: OutlierSettings,
+    settings: ArcSwap<PoolSettings>,
     /// Endpoints ejected, as last counted (a hint: 0 lets requests skip the clock).
     ejected: AtomicUsize,
     budget: RetryBudget,
+    /// Requests and retries in flight, counted while a circuit breaker limits them.
+    requests: Arc<AtomicUsize>,
+    retries: Arc<AtomicUsize>,
     /// This backend's series (`portico_upstream_*`).
     pub metrics: UpstreamMetrics,
 }
 
 impl BackendPool {
-    fn new(b: &Backend, metrics: UpstreamMetrics) -> Self {
+    fn new(b: &Backend, settings: PoolSettings, metrics: UpstreamMetrics) -> Self {
         Self {
             id: b.id.clone(),
             protocol: b.protocol,
             port_name: b.port_name.clone(),
             endpoints: ArcSwap::default(),
             balancer: Balancer::default(),
-            outlier: OutlierSettings::default(),
+            settings: ArcSwap::from_pointee(settings),
             ejected: AtomicUsize::new(0),
-            budget: RetryBudget::new(BudgetSettings::default()),
+            budget: RetryBudget::default(),
+            requests: Arc::default(),
+            retries: Arc::default(),
             metrics,
+        }
+    }
+
+    /// The settings now.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Takes new settings (a policy changed); endpoint state, balancing position and the
+    /// retry budget's window stay.
+    fn configure(&self, settings: PoolSettings) {
+        if **self.settings.load() != settings {
+            if settings.policy.is_some() || self.settings.load().policy.is_some() {
+                tracing::info!(backend = %self.id, policy = ?settings.policy.as_ref().map(ToString::to_string), "backend settings changed");
+            }
+            self.settings.store(Arc::new(settings));
         }
     }
 
@@ -71,35 +168,54 @@ impl BackendPool {
 
     /// The serving endpoints of `set` in the order this request should try them, ejected
     /// ones passed over (unless so many are out that all are used).
-    pub fn candidates<'a>(&self, set: &'a EndpointSet) -> Candidates<'a> {
+    pub fn candidates<'a>(&self, set: &'a EndpointSet, settings: &PoolSettings) -> Candidates<'a> {
         let serving = set.serving();
         let ejected = self.ejected.load(Ordering::Relaxed);
-        let now = if ejected == 0 || outlier::panicking(&self.outlier, serving.len(), ejected) {
+        let now = if ejected == 0 || outlier::panicking(&settings.outlier, serving.len(), ejected) {
             0
         } else {
             outlier::now_ms()
         };
-        self.balancer.candidates(serving, now)
+        self.balancer.candidates(settings.balancer, serving, now)
     }
 
-    /// Counts a request in the retry budget.
-    pub fn request_started(&self) {
+    /// Lets a request through the `maxRequests` circuit breaker (counted until the permit
+    /// drops: hold it until the response body ends), and counts it in the retry budget.
+    /// `Err`: over the limit (counted); answer 503 at once.
+    pub fn admit(&self, settings: &PoolSettings) -> Result<Option<Admitted>, Overloaded> {
+        let permit = admit(&self.requests, settings.breaker.max_requests).map_err(|()| {
+            self.metrics.overloaded_requests.inc();
+            Overloaded {
+                limit: "maxRequests",
+            }
+        })?;
         self.budget.deposit();
+        Ok(permit)
     }
 
-    /// Whether a failed attempt may be retried on another endpoint (the budget is charged).
-    pub fn may_retry(&self) -> bool {
-        if self.budget.withdraw() {
-            self.metrics.retries.inc();
-            true
-        } else {
+    /// Whether a failed attempt may be retried on another endpoint: within the retry budget
+    /// (charged) and the `maxRetries` circuit breaker (the permit is held for the retry).
+    /// `None`: no retry; the failure stands (and is counted).
+    pub fn may_retry(&self, settings: &PoolSettings) -> Option<RetryPermit> {
+        if !self.budget.withdraw(&settings.budget) {
             self.metrics.budget_exhausted.inc();
-            false
+            return None;
         }
+        let Ok(permit) = admit(&self.retries, settings.breaker.max_retries) else {
+            self.metrics.overloaded_retries.inc();
+            return None;
+        };
+        self.metrics.retries.inc();
+        Some(RetryPermit { _held: permit })
     }
 
     /// Counts how an attempt at `endpoint` ended, ejecting it when it keeps failing.
-    pub fn record(&self, endpoint: &super::endpoint::Endpoint, outcome: Outcome) {
+    pub fn record(
+        &self,
+        endpoint: &super::endpoint::Endpoint,
+        outcome: Outcome,
+        settings: &PoolSettings,
+    ) {
         // A success needs no clock.
         let now = if outcome == Outcome::Success {
             0
@@ -112,12 +228,12 @@ impl BackendPool {
                 .all()
                 .filter(|e| e.state.outlier.is_ejected(now))
                 .count();
-            outlier::room_for_one_more(&self.outlier, set.serving().len(), ejected)
+            outlier::room_for_one_more(&settings.outlier, set.serving().len(), ejected)
         };
         match endpoint
             .state
             .outlier
-            .record(outcome, &self.outlier, now, may_eject)
+            .record(outcome, &settings.outlier, now, may_eject)
         {
             Verdict::Keep => {}
             Verdict::Eject { for_ms, reason } => {
@@ -146,6 +262,7 @@ impl BackendPool {
     /// moves the retry budget's window on.
     fn tick(&self) {
         self.budget.tick();
+        let settings = self.settings.load();
         let now = outlier::now_ms();
         let set = self.endpoints.load();
         let mut ejected = 0;
@@ -156,7 +273,9 @@ impl BackendPool {
             }
             ejected += usize::from(out);
             if !out {
-                e.state.outlier.forget_after(now, self.outlier.max_ejection);
+                e.state
+                    .outlier
+                    .forget_after(now, settings.outlier.max_ejection);
             }
         }
         self.ejected.store(ejected, Ordering::Relaxed);
@@ -206,10 +325,18 @@ impl Upstreams {
         let discovered = self.discovered.lock();
         let mut pools = self.pools.lock();
         let mut created = false;
+        let settings = PoolSettings::new(b.settings.as_ref(), &self.settings);
         let pool = pools.entry((b.id.clone(), b.protocol)).or_insert_with(|| {
             created = true;
-            Arc::new(BackendPool::new(b, metrics.upstream(&b.id.to_string())))
+            Arc::new(BackendPool::new(
+                b,
+                settings.clone(),
+                metrics.upstream(&b.id.to_string()),
+            ))
         });
+        if !created {
+            pool.configure(settings);
+        }
         match discovered.as_ref() {
             None => pool.update(&b.endpoints),
             Some(by_service) if created => {
@@ -312,7 +439,7 @@ impl Upstreams {
         let pools: Vec<Arc<BackendPool>> = self.pools.lock().values().cloned().collect();
         for p in pools {
             for e in p.endpoints().all() {
-                e.state.conns.prune(self.settings.idle_timeout);
+                e.state.conns.prune(p.settings.load().conn.idle_timeout);
             }
         }
     }
@@ -368,12 +495,15 @@ mod tests {
             protocol: AppProtocol::Http1,
             port_name: port_name.map(str::to_string),
             endpoints,
+            settings: None,
         }
     }
 
     fn first(pool: &BackendPool) -> Option<SocketAddr> {
         let set = pool.endpoints();
-        pool.candidates(&set).next().map(|e| e.addr)
+        pool.candidates(&set, &pool.settings())
+            .next()
+            .map(|e| e.addr)
     }
 
     fn addr(s: &str) -> Option<SocketAddr> {

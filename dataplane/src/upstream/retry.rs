@@ -23,17 +23,16 @@ pub struct BudgetSettings {
 }
 
 impl Default for BudgetSettings {
+    /// The snapshot model's defaults, which compile fills in too.
     fn default() -> Self {
-        Self {
-            ratio: 0.2,
-            min_per_second: 10,
-        }
+        Self::from_model(&portico_model::backend::Retry::default())
     }
 }
 
+/// The counts a budget is decided on; the settings come with each withdrawal, so a policy
+/// change keeps the window.
 #[derive(Debug, Default)]
 pub(super) struct RetryBudget {
-    settings: BudgetSettings,
     /// Totals since the start.
     requests: AtomicU64,
     retries: AtomicU64,
@@ -44,21 +43,24 @@ pub(super) struct RetryBudget {
     ticks: Mutex<VecDeque<(u64, u64)>>,
 }
 
-impl RetryBudget {
-    pub(super) fn new(settings: BudgetSettings) -> Self {
+impl BudgetSettings {
+    /// From a BackendPolicy's (or the default) retry settings.
+    pub fn from_model(r: &portico_model::backend::Retry) -> Self {
         Self {
-            settings,
-            ..Self::default()
+            ratio: f64::from(r.budget_percent) / 100.0,
+            min_per_second: u64::from(r.budget_min_per_second),
         }
     }
+}
 
+impl RetryBudget {
     /// Counts a request (its first attempt).
     pub(super) fn deposit(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if it has one.
-    pub(super) fn withdraw(&self) -> bool {
+    pub(super) fn withdraw(&self, settings: &BudgetSettings) -> bool {
         let requests = self
             .requests
             .load(Ordering::Relaxed)
@@ -67,8 +69,8 @@ impl RetryBudget {
             .retries
             .load(Ordering::Relaxed)
             .saturating_sub(self.floor_retries.load(Ordering::Relaxed));
-        let allowed = self.settings.ratio * requests as f64
-            + (self.settings.min_per_second * WINDOW_SECS) as f64;
+        let allowed =
+            settings.ratio * requests as f64 + (settings.min_per_second * WINDOW_SECS) as f64;
         if (retries + 1) as f64 > allowed {
             return false;
         }
@@ -98,9 +100,9 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
-    fn retries_allowed(b: &RetryBudget) -> u64 {
+    fn retries_allowed(b: &RetryBudget, s: &BudgetSettings) -> u64 {
         let mut n = 0;
-        while b.withdraw() {
+        while b.withdraw(s) {
             n += 1;
         }
         n
@@ -108,39 +110,41 @@ mod tests {
 
     #[test]
     fn retries_are_a_share_of_the_window_plus_a_floor() {
-        let b = RetryBudget::new(BudgetSettings {
+        let b = RetryBudget::default();
+        let s = &BudgetSettings {
             ratio: 0.2,
             min_per_second: 1,
-        });
+        };
         // No traffic: the floor (1 a second over the window).
-        assert_eq!(retries_allowed(&b), 10);
+        assert_eq!(retries_allowed(&b, s), 10);
         for _ in 0..1000 {
             b.deposit();
         }
         // 20 % of the requests, less what was spent.
-        assert_eq!(retries_allowed(&b), 200);
+        assert_eq!(retries_allowed(&b, s), 200);
         // The window moves: after it has gone by, the old requests and retries no longer
         // count.
         for _ in 0..WINDOW_SECS + 1 {
             b.tick();
         }
-        assert_eq!(retries_allowed(&b), 10);
+        assert_eq!(retries_allowed(&b, s), 10);
         for _ in 0..100 {
             b.deposit();
         }
-        assert_eq!(retries_allowed(&b), 20);
+        assert_eq!(retries_allowed(&b, s), 20);
     }
 
     #[test]
     fn under_steady_failure_retries_stay_near_the_share() {
         // 1000 requests a second for 30 s, each retried once if the budget allows.
-        let b = RetryBudget::new(BudgetSettings::default());
+        let b = RetryBudget::default();
+        let s = &BudgetSettings::default();
         let (mut requests, mut retries) = (0u64, 0u64);
         for _ in 0..30 {
             for _ in 0..1000 {
                 b.deposit();
                 requests += 1;
-                if b.withdraw() {
+                if b.withdraw(s) {
                     retries += 1;
                 }
             }

@@ -5,6 +5,7 @@ use super::{class, cluster, gateway, route, service};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use portico_crds::auth::AuthPolicy;
+use portico_crds::backend::BackendPolicy;
 use portico_crds::policy::PolicyStatus;
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_tests::await_some;
@@ -25,6 +26,12 @@ trait Policy:
 }
 
 impl Policy for AuthPolicy {
+    fn policy_status(&self) -> Option<PolicyStatus> {
+        self.status.clone()
+    }
+}
+
+impl Policy for BackendPolicy {
     fn policy_status(&self) -> Option<PolicyStatus> {
         self.status.clone()
     }
@@ -320,4 +327,63 @@ async fn rate_limit_policies_report_attachment_and_misconfiguration_and_are_vali
     let m = refused(json!({"targetRefs": target,
         "limits": [{"name": "a", "requests": 5, "interval": "1m"}, {"name": "a", "requests": 1, "interval": "1s"}]})).await;
     assert!(m.contains("unique"), "{m}");
+}
+
+#[tokio::test]
+async fn backend_policies_report_attachment_and_misconfiguration_and_are_validated_by_cel() {
+    let (client, ns) = gateway_with_route("bepol").await;
+    let policy = |name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "BackendPolicy",
+               "metadata": {"name": name}, "spec": spec})
+    };
+    let svc = json!([{"group": "", "kind": "Service", "name": "svc"}]);
+    let port = json!([{"group": "", "kind": "Service", "name": "svc", "sectionName": "http"}]);
+    let api: Api<BackendPolicy> = Api::namespaced(client.clone(), &ns);
+    create::<BackendPolicy>(
+        &client,
+        &ns,
+        policy(
+            "whole",
+            json!({"targetRefs": svc, "loadBalancer": {"type": "RoundRobin"},
+                   "circuitBreaker": {"maxRequests": 100}}),
+        ),
+    )
+    .await;
+    await_policy(&api, "whole", "Accepted", "True", "Accepted").await;
+    create::<BackendPolicy>(&client, &ns, policy("port", json!({"targetRefs": port}))).await;
+    await_policy(&api, "port", "Accepted", "True", "Accepted").await;
+    create::<BackendPolicy>(
+        &client,
+        &ns,
+        policy(
+            "younger",
+            json!({"targetRefs": svc, "retry": {"onConnectFailure": false}}),
+        ),
+    )
+    .await;
+    let m = await_policy(&api, "younger", "Accepted", "False", "Conflicted").await;
+    assert!(m.contains(&format!("{ns}/whole")), "{m}");
+    create::<BackendPolicy>(
+        &client,
+        &ns,
+        policy(
+            "no-port",
+            json!({"targetRefs": [{"group": "", "kind": "Service", "name": "svc", "sectionName": "admin"}]}),
+        ),
+    )
+    .await;
+    let m = await_policy(&api, "no-port", "Accepted", "False", "TargetNotFound").await;
+    assert!(m.contains("no port named"), "{m}");
+
+    let refused = |spec| refused::<BackendPolicy>(&client, &ns, spec);
+    let m = refused(json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}]})).await;
+    assert!(m.contains("core Services"), "{m}");
+    let m = refused(json!({"targetRefs": svc,
+        "outlierDetection": {"baseEjectionTime": "10m", "maxEjectionTime": "1m"}}))
+    .await;
+    assert!(m.contains("must not exceed maxEjectionTime"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "connection": {"connectTimeout": "soon"}})).await;
+    assert!(m.contains("connectTimeout is a duration"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "loadBalancer": {"type": "Fastest"}})).await;
+    assert!(m.contains("Unsupported value"), "{m}");
 }

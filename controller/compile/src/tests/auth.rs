@@ -355,7 +355,7 @@ spec:
 fn a_service_target_is_resolved_and_refused_saying_what_to_target() {
     let targets = "[{group: '', kind: Service, name: svc}, \
                    {group: '', kind: Service, name: nope}, \
-                   {group: core, kind: Service, name: svc, sectionName: http}, \
+                   {group: core, kind: Service, name: svc, sectionName: web}, \
                    {group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop}]";
     let out = run(&format!(
         "{ROUTES}{}",
@@ -375,10 +375,10 @@ fn a_service_target_is_resolved_and_refused_saying_what_to_target() {
     let c = accepted(&out, "p", 1);
     assert_eq!(c.reason, reasons::TARGET_NOT_FOUND);
     assert!(c.message.contains("Service default/nope"), "{}", c.message);
-    // A Service is targeted whole.
+    // Nor one of its ports.
     let c = accepted(&out, "p", 2);
     assert_eq!(c.reason, reasons::INVALID);
-    assert!(c.message.contains("sectionName"), "{}", c.message);
+    assert!(c.message.contains("cannot target Service"), "{}", c.message);
     // The refused targets protect nothing; the route target still applies.
     assert!(accepted(&out, "p", 3).is_true());
     assert_eq!(applied(&out, "shop", 0).as_deref(), Some("p"));

@@ -1,0 +1,228 @@
+//! BackendPolicy: attachment to Services and Service ports (shared with the other policies,
+//! [`crate::policy`]), each policy's status, and the settings compiled into the snapshot's
+//! `backends[]`.
+//!
+//! ```text
+//!   BackendPolicy ──targetRefs──▶ Service [port name]
+//!   snapshot.backends[] (a Service port) ◀── the port's policy, else the Service's
+//! ```
+//!
+//! Like a RateLimitPolicy, one that does not compile does not attach: its backends keep the
+//! settings they had without it (the defaults, or a less specific policy) and its status
+//! says why. A typo in a timeout must not take a backend down.
+
+use crate::inputs::Inputs;
+use crate::policy::{Attachments, References, Target, Targets, Verdict, oldest_first};
+use crate::refs::object_ref;
+use crate::status::StatusReport;
+use portico_crds::backend as crd;
+use portico_crds::gateway_api::Duration;
+use portico_crds::policy::PolicyTargetRef;
+use portico_model::backend as model;
+use portico_model::{ObjectRef, PolicyKind, Snapshot};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// The backend policies that apply, by target, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct BackendPolicies {
+    attached: Attachments,
+    compiled: BTreeMap<ObjectRef, model::BackendSettings>,
+}
+
+/// Compiles every BackendPolicy, decides attachment and writes each one's status.
+pub(crate) fn resolve(
+    inputs: &Inputs,
+    targets: &Targets,
+    status: &mut StatusReport,
+) -> BackendPolicies {
+    let mut out = BackendPolicies::default();
+    for policy in oldest_first(&inputs.backend_policies, |p| &p.metadata) {
+        let id = object_ref(&policy.metadata);
+        let compiled = compile_policy(&id, &policy.spec);
+        let verdict = |_: &Target| match &compiled {
+            Err(reason) => Verdict::Rejected(reason.clone()),
+            Ok(_) => Verdict::Applies,
+        };
+        let target_refs: Vec<PolicyTargetRef> =
+            policy.spec.target_refs.iter().map(Into::into).collect();
+        let s = out.attached.claim(
+            PolicyKind::Backend,
+            &policy.metadata,
+            &target_refs,
+            targets,
+            verdict,
+            &References::Read { unresolved: &[] },
+        );
+        status.policies.insert((PolicyKind::Backend, id.clone()), s);
+        if let Ok(c) = compiled {
+            out.compiled.insert(id, c);
+        }
+    }
+    out
+}
+
+impl BackendPolicies {
+    /// Sets each backend's settings in `snapshot`: its port's policy, else its Service's.
+    pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
+        for b in &mut snapshot.backends {
+            let svc = ObjectRef::new(b.id.namespace.clone(), b.id.name.clone());
+            let port = b
+                .port_name
+                .as_ref()
+                .and_then(|p| {
+                    self.attached
+                        .get(&Target::Service(svc.clone(), Some(p.clone())))
+                })
+                .or_else(|| self.attached.get(&Target::Service(svc, None)));
+            b.settings = port.and_then(|id| self.compiled.get(id).cloned());
+        }
+    }
+}
+
+/// A policy's settings, with the defaults where it says nothing, or why it cannot apply.
+fn compile_policy(
+    id: &ObjectRef,
+    spec: &crd::BackendPolicySpec,
+) -> Result<model::BackendSettings, String> {
+    let load_balancer = match spec.load_balancer.as_ref().map(|l| l.type_) {
+        None | Some(crd::LoadBalancerType::LeastRequest) => model::LoadBalancer::LeastRequest,
+        Some(crd::LoadBalancerType::RoundRobin) => model::LoadBalancer::RoundRobin,
+        Some(crd::LoadBalancerType::Random) => model::LoadBalancer::Random,
+    };
+    Ok(model::BackendSettings {
+        policy: id.clone(),
+        load_balancer,
+        outlier_detection: outlier(spec.outlier_detection.as_ref())?,
+        retry: retry(spec.retry.as_ref())?,
+        circuit_breaker: circuit_breaker(spec.circuit_breaker.as_ref())?,
+        connection: connection(spec.connection.as_ref())?,
+    })
+}
+
+/// A Gateway API duration in milliseconds, within `min..=max` (ms).
+fn millis(field: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let d = Duration::from_str(value).map_err(|e| format!("{field} {value:?}: {e}"))?;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if !(min..=max).contains(&ms) {
+        return Err(format!(
+            "{field} {value:?} must be between {} and {}",
+            human(min),
+            human(max)
+        ));
+    }
+    Ok(ms)
+}
+
+fn human(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+fn at_most(field: &str, value: Option<u32>, max: u32) -> Result<Option<u32>, String> {
+    match value {
+        Some(v) if v > max => Err(format!("{field} is {v}; at most {max}")),
+        v => Ok(v),
+    }
+}
+
+const SECOND: u64 = 1_000;
+const HOUR: u64 = 3_600 * SECOND;
+
+fn outlier(o: Option<&crd::OutlierDetection>) -> Result<model::OutlierDetection, String> {
+    let mut out = model::OutlierDetection::default();
+    let Some(o) = o else { return Ok(out) };
+    if let Some(n) = at_most("outlierDetection.consecutive5xx", o.consecutive_5xx, 1000)? {
+        out.consecutive_5xx = n;
+    }
+    if let Some(n) = at_most(
+        "outlierDetection.consecutiveGatewayErrors",
+        o.consecutive_gateway_errors,
+        1000,
+    )? {
+        out.consecutive_gateway_errors = n;
+    }
+    if let Some(v) = &o.base_ejection_time {
+        out.base_ejection_ms = millis("outlierDetection.baseEjectionTime", v, SECOND, HOUR)?;
+    }
+    if let Some(v) = &o.max_ejection_time {
+        out.max_ejection_ms = millis("outlierDetection.maxEjectionTime", v, SECOND, 24 * HOUR)?;
+    }
+    if out.base_ejection_ms > out.max_ejection_ms {
+        return Err(format!(
+            "outlierDetection.baseEjectionTime ({}) must not exceed maxEjectionTime ({}, 300s by default)",
+            human(out.base_ejection_ms),
+            human(out.max_ejection_ms)
+        ));
+    }
+    if let Some(p) = at_most(
+        "outlierDetection.maxEjectedPercent",
+        o.max_ejected_percent,
+        100,
+    )? {
+        out.max_ejected_percent = p;
+    }
+    if let Some(p) = at_most(
+        "outlierDetection.panicThresholdPercent",
+        o.panic_threshold_percent,
+        100,
+    )? {
+        out.panic_threshold_percent = p;
+    }
+    Ok(out)
+}
+
+fn retry(r: Option<&crd::Retry>) -> Result<model::Retry, String> {
+    let mut out = model::Retry::default();
+    let Some(r) = r else { return Ok(out) };
+    if let Some(on) = r.on_connect_failure {
+        out.on_connect_failure = on;
+    }
+    if let Some(b) = &r.budget {
+        if let Some(p) = at_most("retry.budget.percent", b.percent, 100)? {
+            out.budget_percent = p;
+        }
+        if let Some(n) = at_most("retry.budget.minPerSecond", b.min_per_second, 100_000)? {
+            out.budget_min_per_second = n;
+        }
+    }
+    Ok(out)
+}
+
+fn circuit_breaker(c: Option<&crd::CircuitBreaker>) -> Result<model::CircuitBreaker, String> {
+    let Some(c) = c else {
+        return Ok(model::CircuitBreaker::default());
+    };
+    if c.max_requests == Some(0) {
+        return Err(
+            "circuitBreaker.maxRequests is 0, which would refuse every request; leave it out for no limit"
+                .into(),
+        );
+    }
+    Ok(model::CircuitBreaker {
+        max_requests: at_most("circuitBreaker.maxRequests", c.max_requests, 1_000_000)?,
+        max_retries: at_most("circuitBreaker.maxRetries", c.max_retries, 1_000_000)?,
+    })
+}
+
+fn connection(c: Option<&crd::Connection>) -> Result<model::Connection, String> {
+    let Some(c) = c else {
+        return Ok(model::Connection::default());
+    };
+    Ok(model::Connection {
+        connect_timeout_ms: c
+            .connect_timeout
+            .as_deref()
+            .map(|v| millis("connection.connectTimeout", v, 1, 300 * SECOND))
+            .transpose()?,
+        idle_timeout_ms: c
+            .idle_timeout
+            .as_deref()
+            .map(|v| millis("connection.idleTimeout", v, SECOND, HOUR))
+            .transpose()?,
+    })
+}

@@ -1,0 +1,198 @@
+//! BackendPolicy: attachment to Services and their ports, precedence, defaults filled in,
+//! and every misconfiguration reported in the policy's own status while its backends keep
+//! the settings they had.
+
+use super::{gw, policy_condition, run};
+use crate::Output;
+use crate::status::{Condition, reasons, types};
+use portico_model::backend::{LoadBalancer, OutlierDetection, Retry};
+use portico_model::{BackendSettings, PolicyKind};
+
+/// Routes to both ports of `svc` (the base's `web` port 80 and `grpc` port 81).
+const ROUTES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /web}}]
+    backendRefs: [{name: svc, port: 80}]
+  - backendRefs: [{name: svc, port: 81}]
+"#;
+
+const SVC: &str = r#"[{group: "", kind: Service, name: svc}]"#;
+const WEB: &str = r#"[{group: "", kind: Service, name: svc, sectionName: web}]"#;
+const T1: &str = "2026-01-01T00:00:00Z";
+const T2: &str = "2026-01-02T00:00:00Z";
+
+fn policy(name: &str, created: &str, targets: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: portico.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: {targets}\n{body}\n"
+    )
+}
+
+fn accepted(out: &Output, policy: &str) -> Condition {
+    policy_condition(out, PolicyKind::Backend, policy, 0, types::ACCEPTED)
+}
+
+/// The settings of `svc`'s port `port` in the snapshot.
+fn settings(out: &Output, port: u16) -> Option<BackendSettings> {
+    out.snapshots[&gw()]
+        .backends
+        .iter()
+        .find(|b| b.id.name == "svc" && b.id.port == port)
+        .expect("backend in snapshot")
+        .settings
+        .clone()
+}
+
+fn policy_of(out: &Output, port: u16) -> Option<String> {
+    settings(out, port).map(|s| s.policy.name)
+}
+
+#[test]
+fn without_a_policy_backends_carry_no_settings() {
+    let out = run(ROUTES);
+    assert_eq!(settings(&out, 80), None);
+    assert_eq!(settings(&out, 81), None);
+}
+
+#[test]
+fn a_port_policy_beats_the_service_policy_and_the_oldest_wins_a_tie() {
+    let rr = "  loadBalancer: {type: RoundRobin}";
+    let out = run(&format!(
+        "{ROUTES}{}{}{}",
+        policy("whole", T1, SVC, rr),
+        policy("web", T1, WEB, "  loadBalancer: {type: Random}"),
+        policy("younger", T2, WEB, rr),
+    ));
+    assert_eq!(policy_of(&out, 80).as_deref(), Some("web"));
+    assert_eq!(policy_of(&out, 81).as_deref(), Some("whole"));
+    assert_eq!(
+        settings(&out, 80).map(|s| s.load_balancer),
+        Some(LoadBalancer::Random)
+    );
+    assert_eq!(
+        settings(&out, 81).map(|s| s.load_balancer),
+        Some(LoadBalancer::RoundRobin)
+    );
+    assert!(accepted(&out, "whole").is_true());
+    assert!(accepted(&out, "web").is_true());
+    let c = accepted(&out, "younger");
+    assert_eq!(c.reason, reasons::CONFLICTED);
+    assert!(c.message.contains("default/web"), "{}", c.message);
+}
+
+#[test]
+fn what_a_policy_leaves_out_keeps_the_defaults() {
+    let body = r#"  outlierDetection: {consecutive5xx: 3, baseEjectionTime: 10s}
+  retry: {budget: {percent: 50}}
+  circuitBreaker: {maxRequests: 100}
+  connection: {connectTimeout: 250ms}"#;
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    let s = settings(&out, 80).expect("settings");
+    assert_eq!(s.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(
+        s.outlier_detection,
+        OutlierDetection {
+            consecutive_5xx: 3,
+            base_ejection_ms: 10_000,
+            ..OutlierDetection::default()
+        }
+    );
+    assert_eq!(
+        s.retry,
+        Retry {
+            budget_percent: 50,
+            ..Retry::default()
+        }
+    );
+    assert!(
+        s.retry.on_connect_failure,
+        "connect failures are retried by default"
+    );
+    assert_eq!(s.circuit_breaker.max_requests, Some(100));
+    assert_eq!(s.circuit_breaker.max_retries, None);
+    assert_eq!(s.connection.connect_timeout_ms, Some(250));
+    assert_eq!(s.connection.idle_timeout_ms, None);
+}
+
+#[test]
+fn targets_that_do_not_resolve_are_reported() {
+    let body = "  loadBalancer: {type: RoundRobin}";
+    let out = run(&format!(
+        "{ROUTES}{}{}{}",
+        policy(
+            "no-svc",
+            T1,
+            r#"[{group: "", kind: Service, name: nope}]"#,
+            body
+        ),
+        policy(
+            "no-port",
+            T1,
+            r#"[{group: "", kind: Service, name: svc, sectionName: admin}]"#,
+            body
+        ),
+        policy(
+            "gateway",
+            T1,
+            "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]",
+            body
+        ),
+    ));
+    let c = accepted(&out, "no-svc");
+    assert_eq!(c.reason, reasons::TARGET_NOT_FOUND);
+    assert!(c.message.contains("default/nope"), "{}", c.message);
+    let c = accepted(&out, "no-port");
+    assert_eq!(c.reason, reasons::TARGET_NOT_FOUND);
+    assert!(c.message.contains("\"admin\""), "{}", c.message);
+    let c = accepted(&out, "gateway");
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("target the Service"), "{}", c.message);
+    assert_eq!(settings(&out, 80), None);
+}
+
+#[test]
+fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
+    for (body, says) in [
+        (
+            "  outlierDetection: {baseEjectionTime: 10m, maxEjectionTime: 1m}",
+            "must not exceed maxEjectionTime",
+        ),
+        (
+            "  outlierDetection: {baseEjectionTime: 10x}",
+            "outlierDetection.baseEjectionTime",
+        ),
+        (
+            "  outlierDetection: {maxEjectedPercent: 150}",
+            "at most 100",
+        ),
+        ("  circuitBreaker: {maxRequests: 0}", "refuse every request"),
+        ("  connection: {idleTimeout: 2h}", "between 1s and 1h"),
+    ] {
+        let out = run(&format!(
+            "{ROUTES}{}{}",
+            policy("older", T1, SVC, "  loadBalancer: {type: Random}"),
+            policy("bad", T2, WEB, body),
+        ));
+        let c = accepted(&out, "bad");
+        assert_eq!(c.reason, reasons::INVALID, "{body}");
+        assert!(c.message.contains(says), "{body}: {}", c.message);
+        // The port keeps the Service's policy.
+        assert_eq!(policy_of(&out, 80).as_deref(), Some("older"), "{body}");
+    }
+}
+
+#[test]
+fn auth_and_rate_limit_policies_still_refuse_a_service() {
+    let out = run(&format!(
+        "{ROUTES}---\napiVersion: portico.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: rl, namespace: default}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: svc}}]\n  limits: [{{requests: 1, interval: 1s}}]\n"
+    ));
+    let c = policy_condition(&out, PolicyKind::RateLimit, "rl", 0, types::ACCEPTED);
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("cannot target Service"), "{}", c.message);
+}

@@ -1,0 +1,267 @@
+//! `BackendPolicy`: how the dataplane treats the endpoints of a Service: how requests are
+//! spread over them, when one is taken out of balancing (passive health), how much retrying
+//! the backend tolerates, the limits that protect it (circuit breakers) and its connection
+//! settings.
+//!
+//! Every field is optional; what a policy leaves out keeps the default a backend has without
+//! any policy, so a policy only says what differs. The defaults are in the field docs.
+
+// KubeSchema's derive copies each struct into a private module to build its schema; the
+// copies are what this lint sees.
+#![allow(unreachable_pub)]
+
+// Unsigned fields carry `format: int64` in the schema: Kubernetes knows int32 and int64, and
+// warns about schemars' `uint32`.
+
+use crate::policy::{PolicyStatus, PolicyTargetRef};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// How the dataplane treats the endpoints of the targeted Services.
+///
+/// Precedence: a policy on a Service port (`sectionName`) beats one on the whole Service; the
+/// most specific policy applies whole. Two policies on the same target: the older applies and
+/// the other reports `Accepted=False` with reason `Conflicted`.
+// The printcolumn attributes repeat `type_ = "string"`, which this lint takes for a mistake.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "portico.dev",
+    version = "v1alpha1",
+    kind = "BackendPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "bepol",
+    category = "portico",
+    doc = "BackendPolicy sets load balancing, passive health checks, the retry budget, circuit breakers and connection settings of a Service's endpoints (Gateway API direct policy attachment).",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRefs[0].name",
+        description = "The first target"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.ancestors[0].conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the policy applies to its first target"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.ancestors[0].conditions[?(@.type==\"Accepted\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendPolicySpec {
+    /// The Services (or Service ports, with `sectionName`) this policy applies to, in the
+    /// policy's namespace. It applies wherever a route sends to them.
+    #[schemars(length(min = 1, max = 16))]
+    pub target_refs: Vec<ServiceTargetRef>,
+
+    /// How requests are spread over the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+
+    /// Passive health checks: when an endpoint that keeps failing is taken out of balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+
+    /// Retrying on another endpoint, and how much of it the backend tolerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+
+    /// Limits per dataplane replica beyond which requests are answered 503 at once instead
+    /// of piling onto a backend that cannot keep up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+
+    /// Connections to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Connection>,
+}
+
+/// A Service, or one of its ports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.group == ''").message("targetRefs of a BackendPolicy name core Services: group must be \"\""))]
+#[x_kube(validation = Rule::new("self.kind == 'Service'").message("targetRefs kind must be Service"))]
+pub struct ServiceTargetRef {
+    /// `""`, the core API group.
+    #[schemars(length(max = 253))]
+    pub group: String,
+    /// `Service`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The Service's name, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The name of one of the Service's ports: the policy applies to that port only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+impl From<&ServiceTargetRef> for PolicyTargetRef {
+    /// The shape every policy's attachment is resolved in.
+    fn from(t: &ServiceTargetRef) -> Self {
+        PolicyTargetRef {
+            group: t.group.clone(),
+            kind: t.kind.clone(),
+            name: t.name.clone(),
+            section_name: t.section_name.clone(),
+        }
+    }
+}
+
+/// How requests are spread over a backend's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// `LeastRequest` (the default): of two endpoints, the next in turn and a random other,
+    /// the one with fewer requests in flight, so a slow endpoint gets fewer. `RoundRobin`:
+    /// each endpoint in turn. `Random`: an endpoint at random.
+    #[serde(default, rename = "type")]
+    pub type_: LoadBalancerType,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum LoadBalancerType {
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+/// When an endpoint is taken out of balancing for failing requests in a row.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.baseEjectionTime) <= duration(self.maxEjectionTime)").message("baseEjectionTime must not exceed maxEjectionTime"))]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject an endpoint (default 5; 0 never ejects for them).
+    #[serde(
+        default,
+        rename = "consecutive5xx",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = 1000))]
+    #[schemars(extend("format" = "int64"))]
+    pub consecutive_5xx: Option<u32>,
+
+    /// Connect failures, resets and timeouts in a row that eject an endpoint (default 5; 0
+    /// never ejects for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
+    #[schemars(extend("format" = "int64"))]
+    pub consecutive_gateway_errors: Option<u32>,
+
+    /// How long a first ejection lasts; each further ejection of the same endpoint lasts
+    /// this much longer (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("baseEjectionTime is a duration such as 500ms, 10s, 1m or 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("baseEjectionTime must be between 1s and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub base_ejection_time: Option<String>,
+
+    /// The longest an ejection lasts (default `300s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("maxEjectionTime is a duration such as 500ms, 10s, 1m or 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')").message("maxEjectionTime must be between 1s and 24h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub max_ejection_time: Option<String>,
+
+    /// The most endpoints out at once, as a percentage of the backend's; at least one may
+    /// always be out (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_ejected_percent: Option<u32>,
+
+    /// When fewer than this percentage of the endpoints are in, ejections are ignored and
+    /// every endpoint is used: an overloaded few are worse than a wrong many (default 50;
+    /// 0 never ignores them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub panic_threshold_percent: Option<u32>,
+}
+
+/// Retrying on another endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Retry a request on another endpoint when no connection could be made to the first
+    /// (default `true`). Nothing reached the backend, so this is safe for every method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_connect_failure: Option<bool>,
+
+    /// How many retries the backend tolerates: over the last 10 seconds, at most `percent`
+    /// of the requests plus `minPerSecond` a second (default 20 % and 10 a second), so a
+    /// failing backend never sees much more than the load offered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries as a percentage of the requests of the last 10 seconds (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub percent: Option<u32>,
+
+    /// Retries a second allowed whatever the traffic, so a quiet backend can still be
+    /// retried (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub min_per_second: Option<u32>,
+}
+
+/// Limits per dataplane replica. Over a limit, a request is answered 503 at once, with
+/// `x-portico-overloaded: <the limit's field name>` and counted in `portico_upstream_overloaded_total`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Requests in flight to the backend at once (no limit by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_requests: Option<u32>,
+
+    /// Retries in flight to the backend at once (no limit by default; the retry budget
+    /// applies either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_retries: Option<u32>,
+}
+
+/// Connections to the endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// How long making a connection may take before the attempt counts as a connect failure
+    /// (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("connectTimeout is a duration such as 500ms, 10s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('5m')").message("connectTimeout must be between 1ms and 5m"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub connect_timeout: Option<String>,
+
+    /// How long an idle HTTP/1.1 connection to an endpoint is kept for reuse (default
+    /// `90s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("idleTimeout is a duration such as 500ms, 10s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("idleTimeout must be between 1s and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub idle_timeout: Option<String>,
+}
