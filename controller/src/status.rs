@@ -18,15 +18,15 @@ use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::backend::BackendPolicy;
+use portico_crds::gateway_api::experimental::httproutes::{
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
 use portico_crds::gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
-};
-use portico_crds::gateway_api::httproutes::{
-    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
 use portico_crds::ratelimit::RateLimitPolicy;
@@ -85,6 +85,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetry",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];

@@ -223,6 +223,8 @@ pub enum RequestBody {
     H1(ServerBody),
     /// hyper's (HTTP/2 connections).
     Hyper(Incoming),
+    /// Read whole before it is sent, so that it can be sent again (retries).
+    Full(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -235,6 +237,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::H1(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
@@ -247,6 +250,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(b) => b.is_none(),
             RequestBody::H1(b) => b.is_end_stream(),
             RequestBody::Hyper(b) => b.is_end_stream(),
         }
@@ -255,6 +259,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::H1(b) => b.size_hint(),
             RequestBody::Hyper(b) => b.size_hint(),
         }

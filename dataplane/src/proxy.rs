@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use portico_model::AppProtocol;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -213,6 +215,17 @@ impl Proxy {
         resp
     }
 
+    /// Reads a request body whole (it fits [`Replay::fits`]), within the body limits.
+    async fn read_whole(&self, body: RequestBody, streaming: bool) -> Result<Bytes, BodyFault> {
+        let (body, outcome) = ClientBody::new(body, self.body, streaming);
+        let limit =
+            usize::try_from(portico_model::RouteRetry::MAX_REPLAY_BYTES).unwrap_or(usize::MAX);
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(_) => Err(outcome.fault().unwrap_or(BodyFault::Framing)),
+        }
+    }
+
     async fn forward(
         &self,
         rule: &CompiledRule,
@@ -309,16 +322,27 @@ impl Proxy {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let (req, outcome) = {
-            let (parts, body) = req.into_parts();
-            let (body, outcome) = ClientBody::new(body, self.body, streaming);
-            (Request::from_parts(parts, body), outcome)
+        let (parts, body) = req.into_parts();
+        // A rule that retries reads a small enough body whole first, so it can be sent again.
+        let (body, replay) = match rule.retry.as_deref() {
+            Some(_) if Replay::fits(&body) => match self.read_whole(body, streaming).await {
+                Ok(bytes) => (
+                    RequestBody::Full(Some(bytes.clone())),
+                    Some(Replay::new(&parts, bytes)),
+                ),
+                Err(fault) => return (Err(ProxyError::ClientBody(fault)), None),
+            },
+            _ => (body, None),
         };
-        let mut req = req;
+        let (body, mut outcome) = ClientBody::new(body, self.body, streaming);
+        let mut req = Request::from_parts(parts, body);
+        let mut retries_left = rule.retry.as_ref().map_or(0, |r| r.attempts);
         let mut _retrying = None;
         cx.attempts = 1;
         // A connection that cannot be made never reached the backend, whatever the method:
-        // the next endpoint is tried with the same request, within the backend's budget.
+        // the next endpoint is tried with the same request, within the backend's budget. A
+        // rule's `retry` adds the statuses it names, broken exchanges and backend request
+        // timeouts, for requests whose body was kept.
         let (sent, sent_at) = loop {
             let sent_at = Instant::now();
             // Pinned here, once, whichever wait applies (the attempt future is large).
@@ -333,12 +357,15 @@ impl Proxy {
                 }
                 None => Some(answer.as_mut().await),
             };
+            let route_retry = rule.retry.as_deref().filter(|_| retries_left > 0);
             match sent {
                 Some(Err((e, Some(back)))) if e.retryable() => {
                     pool.record(endpoint, Outcome::GatewayError, &settings);
+                    let allowed = settings.retry_connect_failure
+                        && (rule.retry.is_none() || route_retry.is_some());
                     let next = candidates
                         .next()
-                        .filter(|_| settings.retry_connect_failure)
+                        .filter(|_| allowed)
                         .and_then(|next| pool.may_retry(&settings).map(|p| (next, p)));
                     match next {
                         Some((next, permit)) => {
@@ -357,11 +384,50 @@ impl Proxy {
                             endpoint = next;
                             req = *back;
                             cx.attempts += 1;
+                            retries_left = retries_left.saturating_sub(1);
                         }
                         None => break (Some(Err(e)), sent_at),
                     }
                 }
-                other => break (other.map(|r| r.map_err(|(e, _)| e)), sent_at),
+                sent => {
+                    let retried = match (route_retry, &replay) {
+                        (Some(r), Some(replay)) => {
+                            retried_as(r, &sent, &outcome).map(|health| (r, replay, health))
+                        }
+                        _ => None,
+                    };
+                    let Some((r, replay, health)) = retried else {
+                        break (sent.map(|r| r.map_err(|(e, _)| e)), sent_at);
+                    };
+                    pool.record(endpoint, health, &settings);
+                    let Some(permit) = pool.may_retry(&settings) else {
+                        break (sent.map(|r| r.map_err(|(e, _)| e)), sent_at);
+                    };
+                    _retrying = Some(permit);
+                    let what = match &sent {
+                        Some(Ok((resp, _))) => resp.status().as_str().to_string(),
+                        Some(Err((e, _))) => e.reason(),
+                        None => "timeout".to_string(),
+                    };
+                    // The failed attempt's answer is dropped (its connection with it).
+                    drop(sent);
+                    let retry_no = r.attempts - retries_left + 1;
+                    tokio::time::sleep(backoff(r, retry_no)).await;
+                    let next = candidates.next().unwrap_or(endpoint);
+                    tracing::debug!(
+                        request_id = ?cx.id,
+                        endpoint = %endpoint.addr,
+                        next = %next.addr,
+                        after = %what,
+                        "retrying as the route asks"
+                    );
+                    endpoint = next;
+                    let (body, o) = ClientBody::new(replay.body(), self.body, streaming);
+                    outcome = o;
+                    req = replay.request(body);
+                    cx.attempts += 1;
+                    retries_left -= 1;
+                }
             }
         };
         let backend = || pool.id.to_string();
@@ -425,6 +491,88 @@ impl Proxy {
         }
         (result, Some(endpoint.addr))
     }
+}
+
+/// What a retrying rule keeps of a request to send it again: the head as it went to the
+/// backend, and the body read whole.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    /// Whether a body is small enough to keep (known to be at most the limit).
+    fn fits(body: &RequestBody) -> bool {
+        body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= portico_model::RouteRetry::MAX_REPLAY_BYTES)
+    }
+
+    fn new(parts: &http::request::Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+
+    fn body(&self) -> RequestBody {
+        RequestBody::Full((!self.body.is_empty()).then(|| self.body.clone()))
+    }
+
+    fn request(&self, body: ClientBody) -> Request<ClientBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Whether a rule's `retry` retries this end of an attempt, and how it counts for the
+/// endpoint's health: a status it names, an exchange that broke (not by the client's
+/// fault), or no answer within the backend request timeout.
+fn retried_as(
+    r: &portico_model::RouteRetry,
+    sent: &Option<upstream::Attempted>,
+    outcome: &crate::body::BodyOutcome,
+) -> Option<Outcome> {
+    match sent {
+        Some(Ok((resp, _))) => {
+            let status = resp.status();
+            r.codes
+                .contains(&status.as_u16())
+                .then_some(if status.is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Success
+                })
+        }
+        Some(Err((ProxyError::Upstream { .. }, _))) if outcome.fault().is_none() => {
+            Some(Outcome::GatewayError)
+        }
+        Some(Err(_)) => None,
+        None => Some(Outcome::GatewayError),
+    }
+}
+
+/// The wait before retry `n` (1: the first): the route's backoff doubled for each retry
+/// before, at most ten times it, plus up to half again (jitter), never less than the
+/// backoff itself.
+fn backoff(r: &portico_model::RouteRetry, n: u32) -> Duration {
+    let base = r.backoff_ms;
+    let wait = base
+        .saturating_mul(1u64 << n.saturating_sub(1).min(10))
+        .min(base.saturating_mul(10));
+    Duration::from_millis(wait + fastrand::u64(0..=wait / 2))
 }
 
 /// Puts the request target in the form the backend's protocol wants: origin-form for

@@ -121,6 +121,8 @@ pub struct CompiledRule {
     pub targets: Vec<WeightedTarget>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    /// HTTPRoute `retry`.
+    pub retry: Option<Box<portico_model::RouteRetry>>,
 }
 
 impl CompiledRule {

@@ -406,5 +406,6 @@ fn compile_rule(
         targets,
         request_timeout,
         backend_timeout,
+        retry: r.retry.clone().map(Box::new),
     }
 }

@@ -16,7 +16,8 @@ use portico_dataplane::{Dataplane, DataplaneSettings};
 use portico_model::backend::{CircuitBreaker, LoadBalancer, Retry};
 use portico_model::fixtures::*;
 use portico_model::{
-    BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, Snapshot, Timeouts,
+    BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, RouteRetry, Snapshot,
+    Timeouts,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -634,6 +635,174 @@ async fn connect_failures_are_not_retried_when_the_policy_says_so() {
     // refusals in a row that would eject it).
     assert_eq!(statuses, [200, 200, 503, 503]);
     assert_eq!(series(&dp, "portico_upstream_retries_total"), 0, "no retry");
+}
+
+/// A backend that answers `status` to its first `fail_first` requests (all of them when
+/// `None`), 200 after, recording each request's body.
+struct Flaky {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Flaky {
+    async fn start(status: StatusCode, fail_first: Option<usize>) -> Self {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+        let record = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                            let n = {
+                                let mut seen = record.lock();
+                                seen.push(body.unwrap_or_default());
+                                seen.len()
+                            };
+                            let failing = fail_first.is_none_or(|k| n <= k);
+                            let mut resp = Response::new(Full::new(Bytes::from(format!("{n}"))));
+                            if failing {
+                                *resp.status_mut() = status;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    fn hits(&self) -> usize {
+        self.bodies.lock().len()
+    }
+}
+
+/// A rule with `retry` in front of backend `web` (`b`).
+fn retry_snapshot(port: u16, b: portico_model::Backend, retry: RouteRetry) -> Snapshot {
+    let mut r = rule(vec![prefix("/")], vec![to("web", 80)]);
+    r.retry = Some(retry);
+    Snapshot::test("gw")
+        .with_listener(http_listener("http", port))
+        .with_backend(b)
+        .with_route(route("web", "http", &[], vec![r]))
+}
+
+fn post(addr: SocketAddr, body: Bytes) -> impl std::future::Future<Output = Answer> {
+    let req = Request::post("/")
+        .header("host", "x.test")
+        .body(Full::new(body))
+        .expect("request");
+    send(addr, false, req)
+}
+
+/// HTTPRoute `retry`: a status it names is retried (the body sent again, byte for byte), up
+/// to `attempts` retries; a status it does not name, and a body too large to keep, are not.
+#[tokio::test]
+async fn a_route_retries_the_statuses_it_names_with_the_body_replayed() {
+    let retry = RouteRetry {
+        codes: vec![503],
+        attempts: 2,
+        backoff_ms: 1,
+    };
+    // Fails twice, then answers: the second retry gets through.
+    let flaky = Flaky::start(StatusCode::SERVICE_UNAVAILABLE, Some(2)).await;
+    let port = free_port();
+    let (_dp, addr) = serve(&retry_snapshot(
+        port,
+        backend("web", 80, &[flaky.addr]),
+        retry.clone(),
+    ));
+    let body = Bytes::from(vec![b'x'; 40_000]);
+    let a = post(addr, body.clone()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(flaky.hits(), 3);
+    assert!(
+        flaky.bodies.lock().iter().all(|b| *b == body),
+        "every attempt had the body"
+    );
+
+    // Always failing: one try and two retries, then the backend's own answer.
+    let down = Flaky::start(StatusCode::SERVICE_UNAVAILABLE, None).await;
+    let port = free_port();
+    let (_dp2, addr) = serve(&retry_snapshot(
+        port,
+        backend("web", 80, &[down.addr]),
+        retry.clone(),
+    ));
+    assert_eq!(
+        get(addr, "x.test", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(down.hits(), 3);
+    // A body over 64 KiB is not kept, so not retried.
+    let a = post(addr, Bytes::from(vec![b'y'; 70_000])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.hits(), 4);
+
+    // A status the route does not name is the answer.
+    let other = Flaky::start(StatusCode::INTERNAL_SERVER_ERROR, Some(1)).await;
+    let port = free_port();
+    let (_dp3, addr) = serve(&retry_snapshot(
+        port,
+        backend("web", 80, &[other.addr]),
+        retry,
+    ));
+    assert_eq!(
+        get(addr, "x.test", "/").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(other.hits(), 1);
+}
+
+/// Against a backend that fails every request, the retry budget holds what it receives to
+/// its share: with 20 % and no steady floor, 500 requests each allowed three retries make
+/// at most 1.2 × 500 upstream requests (without the budget: 2000).
+#[tokio::test]
+async fn the_retry_budget_bounds_amplification_against_a_failing_backend() {
+    let down = Flaky::start(StatusCode::SERVICE_UNAVAILABLE, None).await;
+    let port = free_port();
+    let b = with_settings(
+        backend("web", 80, &[down.addr]),
+        BackendSettings {
+            retry: Retry {
+                budget_percent: 20,
+                budget_min_per_second: 0,
+                ..Retry::default()
+            },
+            ..BackendSettings::default()
+        },
+    );
+    let retry = RouteRetry {
+        codes: vec![503],
+        attempts: 3,
+        backoff_ms: 0,
+    };
+    let (dp, addr) = serve(&retry_snapshot(port, b, retry));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..125 {
+                    let s = get(addr, "x.test", "/").await.status;
+                    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let upstream = down.hits();
+    assert!(upstream <= 600, "{upstream} upstream requests for 500");
+    assert!(upstream >= 580, "the budget is used: {upstream}");
+    assert!(series(&dp, "portico_upstream_retry_budget_exhausted_total") > 0);
 }
 
 /// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no

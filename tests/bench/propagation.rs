@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
-use portico_crds::gateway_api::httproutes::HttpRoute;
+use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_tests::cluster::create;
 use portico_tests::scenario::Setup;
 use portico_tests::{HttpClient, TempDir, await_some};

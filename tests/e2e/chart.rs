@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, PostParams};
+use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gateway_api::httproutes::HttpRoute;
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_tests::cluster::{
     apply_manifests, await_accepted, control_plane, create, service_account_kubeconfig,

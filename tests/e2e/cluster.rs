@@ -4,8 +4,8 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use portico_crds::gateway_api::experimental::httproutes::{HttpRoute, HttpRouteSpec};
 use portico_crds::gateway_api::gatewayclasses::{GatewayClass, GatewayClassSpec};
-use portico_crds::gateway_api::httproutes::{HttpRoute, HttpRouteSpec};
 use portico_tests::await_some;
 use portico_tests::cluster::{control_plane, test_namespace};
 

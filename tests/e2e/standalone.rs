@@ -1185,7 +1185,9 @@ async fn the_feature_examples_work_as_committed() {
     let metrics = p.metrics().await;
     let ejections = metrics
         .lines()
-        .find(|l| l.starts_with("portico_upstream_endpoint_ejections_total{backend=\"default/api:80\"}"))
+        .find(|l| {
+            l.starts_with("portico_upstream_endpoint_ejections_total{backend=\"default/api:80\"}")
+        })
         .unwrap_or_else(|| panic!("ejections in {metrics}"));
     assert!(ejections.ends_with(" 1"), "{ejections}");
     drop(p);

@@ -6,14 +6,14 @@
 //! ([`crate::route`]). What differs is kept with the source: its kind (status, ReferenceGrants,
 //! the cross-kind hostname rule) and that its backends speak HTTP/2.
 
-use portico_crds::gateway_api::grpcroutes::{
-    GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
-    GrpcRouteRulesMatchesMethodType,
-};
-use portico_crds::gateway_api::httproutes::{
+use portico_crds::gateway_api::experimental::httproutes::{
     HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeaders,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPath, HttpRouteRulesMatchesPathType,
     HttpRouteSpec,
+};
+use portico_crds::gateway_api::grpcroutes::{
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +31,7 @@ pub(crate) fn as_http_route(g: &GrpcRoute) -> (HTTPRoute, Result<(), String>) {
                 .as_ref()
                 .map(|refs| refs.iter().filter_map(|r| convert(r).ok()).collect()),
             rules: None,
+            use_default_gateways: None,
         },
         status: None,
     };

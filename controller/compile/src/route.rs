@@ -9,12 +9,13 @@ use crate::refs::object_ref;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::Duration;
-use portico_crds::gateway_api::httproutes::HttpRoute as HTTPRoute;
-use portico_crds::gateway_api::httproutes::*;
+use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
+use portico_crds::gateway_api::experimental::httproutes::*;
 use portico_model::{
     AppProtocol, AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
     HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, REGEX_SIZE_LIMIT,
-    Redirect, RouteKind, RouteMatch, RouteParent, RouteRule, StringMatch, Timeouts, UrlRewrite,
+    Redirect, RouteKind, RouteMatch, RouteParent, RouteRetry, RouteRule, StringMatch, Timeouts,
+    UrlRewrite,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -370,12 +371,24 @@ fn translate(
             });
         }
         let timeouts = translate_timeouts(rule.timeouts.as_ref()).map_err(at)?;
+        let retry = rule
+            .retry
+            .as_ref()
+            .map(translate_retry)
+            .transpose()
+            .map_err(at)?;
+        if rule.session_persistence.is_some() {
+            return Err(at(
+                "sessionPersistence is not supported yet; remove it to serve this route".into(),
+            ));
+        }
         out.rules.push(RouteRule {
             name: rule.name.clone(),
             matches,
             filters,
             backend_refs,
             timeouts,
+            retry,
             policies: AttachedPolicies::default(),
         });
     }
@@ -739,6 +752,42 @@ fn backend_filters(
         );
     }
     Ok(out)
+}
+
+/// HTTPRoute `retry`, with Portico's defaults where it says nothing.
+fn translate_retry(r: &HttpRouteRulesRetry) -> Result<RouteRetry, String> {
+    let mut codes = Vec::new();
+    for c in r.codes.iter().flatten() {
+        match u16::try_from(*c) {
+            Ok(c @ 400..=599) => codes.push(c),
+            _ => {
+                return Err(format!(
+                    "retry.codes: {c} is not a status between 400 and 599"
+                ));
+            }
+        }
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match r.attempts {
+        None => RouteRetry::DEFAULT_ATTEMPTS,
+        Some(n) if n < 1 => return Err(format!("retry.attempts is {n}; at least 1")),
+        Some(n) => u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .min(RouteRetry::MAX_ATTEMPTS),
+    };
+    let backoff_ms = match &r.backoff {
+        None => RouteRetry::DEFAULT_BACKOFF_MS,
+        Some(v) => {
+            let d = Duration::from_str(v).map_err(|e| format!("retry.backoff {v:?}: {e}"))?;
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        }
+    };
+    Ok(RouteRetry {
+        codes,
+        attempts,
+        backoff_ms,
+    })
 }
 
 fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, String> {

@@ -546,6 +546,9 @@ fn invalid_rules_reject_only_their_route() {
         route("redirect-and-backend", "default", "{name: gw}", "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {hostname: x.com}}]\n    backendRefs: [{name: svc, port: 80}]"),
         route("prefix-rewrite-on-exact", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]"),
         route("timeouts", "default", "{name: gw}", "  rules:\n  - timeouts: {request: 1s, backendRequest: 2s}"),
+        route("retry-code", "default", "{name: gw}", "  rules:\n  - retry: {codes: [200]}"),
+        route("retry-backoff", "default", "{name: gw}", "  rules:\n  - retry: {codes: [503], backoff: soon}"),
+        route("session", "default", "{name: gw}", "  rules:\n  - sessionPersistence: {sessionName: s, type: Cookie}"),
         route("good", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/v[0-9]+/.*\"}}]"),
     ]
     .concat();
@@ -557,6 +560,9 @@ fn invalid_rules_reject_only_their_route() {
         "redirect-and-backend",
         "prefix-rewrite-on-exact",
         "timeouts",
+        "retry-code",
+        "retry-backoff",
+        "session",
     ] {
         let c = route_condition(&out, &format!("default/{bad}"), types::ACCEPTED);
         assert!(!c.is_true(), "{bad} should be rejected");
@@ -574,6 +580,35 @@ fn invalid_rules_reject_only_their_route() {
         .map(|r| r.id.name.as_str())
         .collect();
     assert_eq!(names, ["good"]);
+}
+
+#[test]
+fn route_retries_are_compiled_with_defaults() {
+    let extra = [
+        route("named", "default", "{name: gw}", "  rules:\n  - retry: {codes: [503, 500, 503], attempts: 3, backoff: 100ms}\n    matches: [{path: {value: /a}}]"),
+        route("bare", "default", "{name: gw}", "  rules:\n  - retry: {attempts: 50}\n    matches: [{path: {value: /b}}]"),
+    ]
+    .concat();
+    let out = run(&extra);
+    let retry = |name: &str| {
+        out.snapshots[&gw()]
+            .routes
+            .iter()
+            .find(|r| r.id.name == name)
+            .and_then(|r| r.rules[0].retry.clone())
+            .expect("retry")
+    };
+    let r = retry("named");
+    assert_eq!(
+        (r.codes, r.attempts, r.backoff_ms),
+        (vec![500, 503], 3, 100)
+    );
+    // No codes: connection errors only; more than ten retries are ten.
+    let r = retry("bare");
+    assert_eq!(
+        (r.codes.len(), r.attempts, r.backoff_ms),
+        (0, 10, portico_model::RouteRetry::DEFAULT_BACKOFF_MS)
+    );
 }
 
 #[test]

@@ -55,7 +55,7 @@ pub use object::ObjectRef;
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{
     HttpRoute, KeyValueMatch, PathMatch, REGEX_SIZE_LIMIT, RouteKind, RouteMatch, RouteParent,
-    RouteRule, StringMatch, Timeouts,
+    RouteRetry, RouteRule, StringMatch, Timeouts,
 };
 pub use snapshot::Snapshot;
 

@@ -107,6 +107,10 @@ pub struct RouteRule {
     /// Unset timeouts are the dataplane's defaults.
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// HTTPRoute `retry`: without it, only connections that could not be made are retried
+    /// (the backend's BackendPolicy says whether and within what budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RouteRetry>,
     /// The policies of this rule (or else of its HTTPRoute); each overrides the parent's of
     /// its kind. Flattened, like [`RouteParent::policies`].
     #[serde(flatten)]
@@ -161,6 +165,34 @@ pub enum StringMatch {
     Exact(String),
     /// A regular expression that must match the whole value.
     RegularExpression(String),
+}
+
+/// A rule's retries (HTTPRoute `retry`). A retry goes to another endpoint where there is one,
+/// only for a request whose body could be kept (none, or at most
+/// [`RouteRetry::MAX_REPLAY_BYTES`]), and within the backend's retry budget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRetry {
+    /// Answers retried, by status (400-599); connection errors (reset, closed, a backend
+    /// request timeout) are retried too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// The least wait before a retry; each further retry waits twice as long as the one
+    /// before, up to ten times this, plus up to half again as jitter.
+    pub backoff_ms: u64,
+}
+
+impl RouteRetry {
+    /// Retries when the route does not say how many (Envoy Gateway's default too).
+    pub const DEFAULT_ATTEMPTS: u32 = 2;
+    /// The most retries made, whatever the route asks.
+    pub const MAX_ATTEMPTS: u32 = 10;
+    /// The wait before a first retry when the route does not say (Envoy's base interval).
+    pub const DEFAULT_BACKOFF_MS: u64 = 25;
+    /// The largest request body kept for replay; a request with a larger body is tried once.
+    pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 }
 
 /// A rule's timeouts (HTTPRoute `timeouts`), in milliseconds.

@@ -60,6 +60,11 @@ fn sample() -> Snapshot {
                     request_ms: Some(1500),
                     backend_request_ms: None,
                 },
+                retry: Some(RouteRetry {
+                    codes: vec![502, 503],
+                    attempts: 2,
+                    backoff_ms: 25,
+                }),
                 policies: AttachedPolicies {
                     auth: Some(ObjectRef::new("default", "jwt")),
                     ..AttachedPolicies::default()

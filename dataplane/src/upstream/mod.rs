@@ -66,6 +66,9 @@ impl Lease for WithPermit {
     }
 }
 
+/// How an attempt ended: the answer (with what its body holds of the endpoint), or why not.
+pub type Attempted = Result<(Response<Upstream>, Option<Box<dyn Lease>>), Failed>;
+
 /// One attempt: `req` to `endpoint` of `pool`. The request must be ready for the wire
 /// (origin-form for HTTP/1.1, an authority for HTTP/2). Failures come back as the
 /// [`ProxyError`] they are, counted in the pool's series by the caller once final.
@@ -74,7 +77,7 @@ pub async fn attempt(
     endpoint: &Endpoint,
     req: Request<ClientBody>,
     settings: &ConnSettings,
-) -> Result<(Response<Upstream>, Option<Box<dyn Lease>>), Failed> {
+) -> Attempted {
     let in_flight = InFlight::new(&endpoint.state);
     let conns = &endpoint.state.conns;
     conns::send(

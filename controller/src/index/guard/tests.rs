@@ -3,7 +3,7 @@
 
 use super::watch::Watch;
 use super::*;
-use portico_crds::gateway_api::httproutes::HttpRoute;
+use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use serde_json::json;
 
 /// An HTTPRoute as the API server sends it; `external_auth` adds a filter of a type the
