@@ -72,6 +72,11 @@ pub struct BackendPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
 
+    /// Active health checks: each dataplane replica probes every endpoint, and takes one that
+    /// fails its probes out of balancing until they pass again. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+
     /// Retrying on another endpoint, and how much of it the backend tolerates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
@@ -191,6 +196,110 @@ pub struct OutlierDetection {
     #[schemars(range(max = 100))]
     #[schemars(extend("format" = "int64"))]
     pub panic_threshold_percent: Option<u32>,
+}
+
+/// Probing the endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'HTTP' || has(self.http)").message("an HTTP health check needs http.path"))]
+#[x_kube(validation = Rule::new("self.type == 'HTTP' || !has(self.http)").message("http applies only to the HTTP type"))]
+#[x_kube(validation = Rule::new("self.type == 'GRPC' || !has(self.grpc)").message("grpc applies only to the GRPC type"))]
+pub struct HealthCheck {
+    /// `HTTP` (a request whose answer must have an expected status), `TCP` (a connection
+    /// that opens) or `GRPC` (`grpc.health.v1.Health/Check` answering `SERVING`).
+    #[serde(rename = "type")]
+    pub type_: HealthCheckType,
+
+    /// Time between two probes of an endpoint, with up to 10 % of jitter (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("interval is a duration such as 500ms, 10s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('1h')").message("interval must be between 100ms and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub interval: Option<String>,
+
+    /// How long a probe may take before it counts as failed (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("timeout is a duration such as 500ms, 1s or 10s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10ms') && duration(self) <= duration('1m')").message("timeout must be between 10ms and 1m"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub timeout: Option<String>,
+
+    /// Failed probes in a row that take an endpoint out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub unhealthy_threshold: Option<u32>,
+
+    /// Passed probes in a row that bring it back (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub healthy_threshold: Option<u32>,
+
+    /// The request of an `HTTP` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+
+    /// The service of a `GRPC` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum HealthCheckType {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "GRPC")]
+    Grpc,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// The path (and query) probed.
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(' ')").message("path starts with / and has no spaces"))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+
+    /// `GET` (the default) or `HEAD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['GET', 'HEAD']").message("method is GET or HEAD"))]
+    pub method: Option<String>,
+
+    /// The Host header of the probe (default: the endpoint's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub hostname: Option<String>,
+
+    /// Statuses that pass (default `[200]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub expected_statuses: Vec<ExpectedStatus>,
+}
+
+/// A status, or a range of statuses (`start` to `end`, both included).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.end) || self.end >= self.start").message("end must not be below start"))]
+pub struct ExpectedStatus {
+    #[schemars(range(min = 100, max = 599))]
+    #[schemars(extend("format" = "int64"))]
+    pub start: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 599))]
+    #[schemars(extend("format" = "int64"))]
+    pub end: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcHealthCheck {
+    /// The service asked about (default `""`: the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service: Option<String>,
 }
 
 /// Retrying on another endpoint.

@@ -86,6 +86,13 @@ struct OverloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthCheckLabels {
+    backend: String,
+    /// `passed` or `failed`.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -293,6 +300,8 @@ pub struct Metrics {
     upstream_ejections: Family<BackendLabel, Counter>,
     upstream_ejected: Family<BackendLabel, Gauge>,
     upstream_overloaded: Family<OverloadLabels, Counter>,
+    upstream_health_checks: Family<HealthCheckLabels, Counter>,
+    upstream_unhealthy: Family<BackendLabel, Gauge>,
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -333,6 +342,8 @@ impl Default for Metrics {
         let upstream_ejections = Family::<BackendLabel, Counter>::default();
         let upstream_ejected = Family::<BackendLabel, Gauge>::default();
         let upstream_overloaded = Family::<OverloadLabels, Counter>::default();
+        let upstream_health_checks = Family::<HealthCheckLabels, Counter>::default();
+        let upstream_unhealthy = Family::<BackendLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
@@ -386,6 +397,16 @@ impl Default for Metrics {
             "upstream_overloaded",
             "Requests answered 503 (limit=maxRequests) and retries not made (limit=maxRetries) because a BackendPolicy circuit breaker was at its limit, by backend",
             upstream_overloaded.clone(),
+        );
+        registry.register(
+            "upstream_health_checks",
+            "Active health-check probes of a BackendPolicy, by backend and result (passed, failed)",
+            upstream_health_checks.clone(),
+        );
+        registry.register(
+            "upstream_endpoints_unhealthy",
+            "Endpoints out of balancing now because they fail their active health checks, by backend",
+            upstream_unhealthy.clone(),
         );
         registry.register(
             "upstream_endpoints_ejected",
@@ -490,6 +511,8 @@ impl Default for Metrics {
             upstream_ejections,
             upstream_ejected,
             upstream_overloaded,
+            upstream_health_checks,
+            upstream_unhealthy,
             in_flight,
             tls_handshake_errors,
             certificate_expiry,
@@ -723,6 +746,16 @@ impl Metrics {
         };
         let overloaded_requests = overload("maxRequests");
         let overloaded_retries = overload("maxRetries");
+        let checks = |result| {
+            self.upstream_health_checks
+                .get_or_create(&HealthCheckLabels {
+                    backend: backend.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        let health_passed = checks("passed");
+        let health_failed = checks("failed");
         let label = BackendLabel {
             backend: backend.to_string(),
         };
@@ -739,6 +772,9 @@ impl Metrics {
             ejected: self.upstream_ejected.get_or_create(&label).clone(),
             overloaded_requests,
             overloaded_retries,
+            health_passed,
+            health_failed,
+            unhealthy: self.upstream_unhealthy.get_or_create(&label).clone(),
         }
     }
 
@@ -758,6 +794,13 @@ impl Metrics {
         self.upstream_retry_budget_exhausted.remove(&label);
         self.upstream_ejections.remove(&label);
         self.upstream_ejected.remove(&label);
+        self.upstream_unhealthy.remove(&label);
+        for result in ["passed", "failed"] {
+            self.upstream_health_checks.remove(&HealthCheckLabels {
+                backend: backend.to_string(),
+                result,
+            });
+        }
         for limit in ["maxRequests", "maxRetries"] {
             self.upstream_overloaded.remove(&OverloadLabels {
                 backend: backend.to_string(),
@@ -815,6 +858,9 @@ pub struct UpstreamMetrics {
     pub ejected: Gauge,
     pub overloaded_requests: Counter,
     pub overloaded_retries: Counter,
+    pub health_passed: Counter,
+    pub health_failed: Counter,
+    pub unhealthy: Gauge,
 }
 
 impl UpstreamMetrics {

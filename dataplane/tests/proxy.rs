@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use portico_dataplane::listen::ServerSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::{Dataplane, DataplaneSettings};
-use portico_model::backend::{CircuitBreaker, LoadBalancer, Retry};
+use portico_model::backend::{CircuitBreaker, HealthCheck, LoadBalancer, Probe, Retry};
 use portico_model::fixtures::*;
 use portico_model::{
     BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, RouteRetry, Snapshot,
@@ -803,6 +803,111 @@ async fn the_retry_budget_bounds_amplification_against_a_failing_backend() {
     assert!(upstream <= 600, "{upstream} upstream requests for 500");
     assert!(upstream >= 580, "the budget is used: {upstream}");
     assert!(series(&dp, "portico_upstream_retry_budget_exhausted_total") > 0);
+}
+
+/// A backend whose `/healthz` answers 200 while `healthy` holds and 503 after; every other
+/// path 200 with `x-backend: <name>`.
+async fn health_backend(
+    name: &'static str,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let healthy = healthy.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let healthy = healthy.clone();
+                    async move {
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        if req.uri().path() == "/healthz" {
+                            if !healthy.load(Ordering::Relaxed) {
+                                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                        } else {
+                            resp.headers_mut()
+                                .insert("x-backend", http::HeaderValue::from_static(name));
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Active HTTP health checks: an endpoint whose health check fails is passed over, though
+/// it still answers requests; it is back once the check passes again.
+#[tokio::test]
+async fn an_endpoint_failing_its_health_checks_gets_no_requests_until_it_passes() {
+    use std::sync::atomic::AtomicBool;
+    let a_ok = Arc::new(AtomicBool::new(true));
+    let a = health_backend("a", a_ok.clone()).await;
+    let b = health_backend("b", Arc::new(AtomicBool::new(true))).await;
+    let port = free_port();
+    let web = with_settings(
+        backend("web", 80, &[a, b]),
+        BackendSettings {
+            load_balancer: LoadBalancer::RoundRobin,
+            health_check: Some(HealthCheck {
+                probe: Probe::Http {
+                    method: "GET".into(),
+                    path: "/healthz".into(),
+                    host: None,
+                    expected: vec![(200, 299)],
+                },
+                interval_ms: 50,
+                timeout_ms: 1000,
+                unhealthy_threshold: 2,
+                healthy_threshold: 2,
+            }),
+            ..BackendSettings::default()
+        },
+    );
+    let (dp, addr) = serve(&web_snapshot(port, web, 1));
+    let answered_by = |n: usize| async move {
+        let mut by = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            let r = get(addr, "x.test", "/").await;
+            assert_eq!(r.status, StatusCode::OK);
+            *by.entry(header(&r, "x-backend").to_string()).or_default() += 1;
+        }
+        by
+    };
+    // Both healthy: round robin over both.
+    let by = answered_by(10).await;
+    assert_eq!((by.get("a"), by.get("b")), (Some(&5), Some(&5)), "{by:?}");
+    a_ok.store(false, Ordering::Relaxed);
+    // Out after two failed probes: wait until the gauge says so, then only b answers.
+    let gauge = || series(&dp, "portico_upstream_endpoints_unhealthy");
+    let mut waited = 0;
+    while gauge() != 1 {
+        assert!(waited < 400, "a never went out");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    let by = answered_by(10).await;
+    assert_eq!(by.get("a"), None, "{by:?}");
+    assert!(
+        series(
+            &dp,
+            "portico_upstream_health_checks_total{backend=\"test/web:80\",result=\"failed\"}"
+        ) >= 2
+    );
+    a_ok.store(true, Ordering::Relaxed);
+    let mut waited = 0;
+    while gauge() != 0 {
+        assert!(waited < 400, "a never came back");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    let by = answered_by(10).await;
+    assert_eq!((by.get("a"), by.get("b")), (Some(&5), Some(&5)), "{by:?}");
 }
 
 /// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no

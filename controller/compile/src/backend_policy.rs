@@ -94,6 +94,7 @@ fn compile_policy(
         policy: id.clone(),
         load_balancer,
         outlier_detection: outlier(spec.outlier_detection.as_ref())?,
+        health_check: spec.health_check.as_ref().map(health_check).transpose()?,
         retry: retry(spec.retry.as_ref())?,
         circuit_breaker: circuit_breaker(spec.circuit_breaker.as_ref())?,
         connection: connection(spec.connection.as_ref())?,
@@ -174,6 +175,93 @@ fn outlier(o: Option<&crd::OutlierDetection>) -> Result<model::OutlierDetection,
         out.panic_threshold_percent = p;
     }
     Ok(out)
+}
+
+fn health_check(h: &crd::HealthCheck) -> Result<model::HealthCheck, String> {
+    let probe = match (h.type_, &h.http, &h.grpc) {
+        (crd::HealthCheckType::Http, Some(http), None) => {
+            if !http.path.starts_with('/')
+                || http
+                    .path
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(format!(
+                    "healthCheck.http.path {:?} must start with / and have no spaces",
+                    http.path
+                ));
+            }
+            let method = http.method.clone().unwrap_or_else(|| "GET".into());
+            if method != "GET" && method != "HEAD" {
+                return Err(format!(
+                    "healthCheck.http.method {method:?} is not GET or HEAD"
+                ));
+            }
+            let mut expected = Vec::new();
+            for e in &http.expected_statuses {
+                let end = e.end.unwrap_or(e.start);
+                if !(100..=599).contains(&e.start) || !(e.start..=599).contains(&end) {
+                    return Err(format!(
+                        "healthCheck.http.expectedStatuses: {}-{end} is not a range of statuses",
+                        e.start
+                    ));
+                }
+                expected.push((e.start, end));
+            }
+            if expected.is_empty() {
+                expected.push((200, 200));
+            }
+            model::Probe::Http {
+                method,
+                path: http.path.clone(),
+                host: http.hostname.clone(),
+                expected,
+            }
+        }
+        (crd::HealthCheckType::Http, None, _) => {
+            return Err("an HTTP health check needs http.path".into());
+        }
+        (crd::HealthCheckType::Tcp, None, None) => model::Probe::Tcp,
+        (crd::HealthCheckType::Grpc, None, grpc) => model::Probe::Grpc {
+            service: grpc
+                .as_ref()
+                .and_then(|g| g.service.clone())
+                .unwrap_or_default(),
+        },
+        _ => {
+            return Err(
+                "healthCheck: http applies only to the HTTP type, grpc only to GRPC".into(),
+            );
+        }
+    };
+    let interval_ms = match &h.interval {
+        Some(v) => millis("healthCheck.interval", v, 100, HOUR)?,
+        None => model::HealthCheck::DEFAULT_INTERVAL_MS,
+    };
+    let timeout_ms = match &h.timeout {
+        Some(v) => millis("healthCheck.timeout", v, 10, 60 * SECOND)?,
+        None => model::HealthCheck::DEFAULT_TIMEOUT_MS,
+    };
+    let threshold = |field: &str, v: Option<u32>, default: u32| match v {
+        None => Ok(default),
+        Some(n @ 1..=100) => Ok(n),
+        Some(n) => Err(format!("healthCheck.{field} is {n}; between 1 and 100")),
+    };
+    Ok(model::HealthCheck {
+        probe,
+        interval_ms,
+        timeout_ms,
+        unhealthy_threshold: threshold(
+            "unhealthyThreshold",
+            h.unhealthy_threshold,
+            model::HealthCheck::DEFAULT_UNHEALTHY_THRESHOLD,
+        )?,
+        healthy_threshold: threshold(
+            "healthyThreshold",
+            h.healthy_threshold,
+            model::HealthCheck::DEFAULT_HEALTHY_THRESHOLD,
+        )?,
+    })
 }
 
 fn retry(r: Option<&crd::Retry>) -> Result<model::Retry, String> {

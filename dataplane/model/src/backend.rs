@@ -87,6 +87,9 @@ pub struct BackendSettings {
     pub policy: ObjectRef,
     pub load_balancer: LoadBalancer,
     pub outlier_detection: OutlierDetection,
+    /// Active health checks (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     pub retry: Retry,
     pub circuit_breaker: CircuitBreaker,
     pub connection: Connection,
@@ -132,6 +135,44 @@ impl Default for OutlierDetection {
             panic_threshold_percent: 50,
         }
     }
+}
+
+/// Active health checks: every endpoint probed each `interval_ms` (with up to 10 % jitter).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failed probes in a row that take an endpoint out.
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that bring it back.
+    pub healthy_threshold: u32,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+    pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+}
+
+/// What a probe does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Probe {
+    /// An HTTP/1.1 request; passes on a status in one of `expected` (inclusive ranges).
+    Http {
+        method: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        expected: Vec<(u16, u16)>,
+    },
+    /// A TCP connection that opens.
+    Tcp,
+    /// `grpc.health.v1.Health/Check` over HTTP/2 answering `SERVING`.
+    Grpc { service: String },
 }
 
 /// Retrying on another endpoint. Defaults: connect failures are retried (nothing reached the

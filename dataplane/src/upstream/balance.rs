@@ -21,12 +21,13 @@ pub struct Balancer {
 impl Balancer {
     /// `endpoints` in the order this request should try them, the first chosen by `kind`:
     /// every one once, but those ejected at `now` (ms, see [`super::outlier::now_ms`]; 0:
-    /// none is passed over).
+    /// none is passed over) and, with `skip_unhealthy`, those failing active health checks.
     pub fn candidates<'a>(
         &self,
         kind: LoadBalancer,
         endpoints: &'a [Endpoint],
         now: u64,
+        skip_unhealthy: bool,
     ) -> Candidates<'a> {
         let n = endpoints.len();
         let start = if n <= 1 {
@@ -52,6 +53,7 @@ impl Balancer {
             start,
             taken: 0,
             now,
+            skip_unhealthy,
         }
     }
 }
@@ -64,6 +66,8 @@ pub struct Candidates<'a> {
     taken: usize,
     /// Pass over endpoints ejected at this time (0: none).
     now: u64,
+    /// Pass over endpoints failing their active health checks.
+    skip_unhealthy: bool,
 }
 
 impl<'a> Iterator for Candidates<'a> {
@@ -74,7 +78,9 @@ impl<'a> Iterator for Candidates<'a> {
             let i = (self.start + self.taken) % self.endpoints.len();
             self.taken += 1;
             let e = self.endpoints.get(i)?;
-            if self.now == 0 || !e.state.outlier.is_ejected(self.now) {
+            let ejected = self.now != 0 && e.state.outlier.is_ejected(self.now);
+            let unhealthy = self.skip_unhealthy && e.state.health.is_unhealthy();
+            if !ejected && !unhealthy {
                 return Some(e);
             }
         }
@@ -106,7 +112,7 @@ mod tests {
     }
 
     fn order_of(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint]) -> Vec<u8> {
-        b.candidates(kind, eps, 0)
+        b.candidates(kind, eps, 0, false)
             .map(|e| match e.addr.ip() {
                 std::net::IpAddr::V4(ip) => ip.octets()[3],
                 std::net::IpAddr::V6(_) => 0,
@@ -124,7 +130,7 @@ mod tests {
         let mut firsts = [0usize; 3];
         for _ in 0..3000 {
             let first = b
-                .candidates(LoadBalancer::LeastRequest, &eps, 0)
+                .candidates(LoadBalancer::LeastRequest, &eps, 0, false)
                 .next()
                 .expect("one");
             let i = eps
@@ -160,7 +166,10 @@ mod tests {
                 .outlier
                 .record(Outcome::GatewayError, &s, 1_000, || true);
         }
-        let left = |now| b.candidates(LoadBalancer::LeastRequest, &eps, now).count();
+        let left = |now| {
+            b.candidates(LoadBalancer::LeastRequest, &eps, now, false)
+                .count()
+        };
         assert_eq!(left(2_000), 2);
         // Not while passing over is off, nor once the ejection is over.
         assert_eq!(left(0), 3);
@@ -170,7 +179,7 @@ mod tests {
     fn firsts(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint], n: usize) -> Vec<usize> {
         let mut firsts = vec![0; eps.len()];
         for _ in 0..n {
-            let first = b.candidates(kind, eps, 0).next().expect("one");
+            let first = b.candidates(kind, eps, 0, false).next().expect("one");
             if let Some(i) = eps.iter().position(|e| e.addr == first.addr) {
                 firsts[i] += 1;
             }
@@ -208,7 +217,11 @@ mod tests {
     #[test]
     fn no_endpoints_no_candidates() {
         let b = Balancer::default();
-        assert_eq!(b.candidates(LoadBalancer::LeastRequest, &[], 0).count(), 0);
+        assert_eq!(
+            b.candidates(LoadBalancer::LeastRequest, &[], 0, false)
+                .count(),
+            0
+        );
         assert_eq!(order(&b, &endpoints(1)), [1]);
     }
 }

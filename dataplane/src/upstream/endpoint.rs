@@ -2,6 +2,7 @@
 //! connections) for as long as some update still lists it.
 
 use super::conns::Conns;
+use super::health::ActiveHealth;
 use super::outlier::Outlier;
 use portico_model::Endpoint as Discovered;
 use std::collections::HashMap;
@@ -18,6 +19,8 @@ pub struct EndpointState {
     pub(super) conns: Conns,
     /// Passive health.
     pub(super) outlier: Outlier,
+    /// Active health.
+    pub(super) health: ActiveHealth,
 }
 
 impl EndpointState {

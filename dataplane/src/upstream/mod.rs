@@ -13,6 +13,7 @@ mod client;
 mod conns;
 mod endpoint;
 mod h1;
+mod health;
 mod outlier;
 mod pool;
 mod retry;

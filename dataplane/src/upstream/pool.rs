@@ -10,16 +10,17 @@
 use super::balance::{Balancer, Candidates};
 use super::conns::ConnSettings;
 use super::endpoint::EndpointSet;
+use super::health;
 use super::outlier::{self, Outcome, OutlierSettings, Verdict};
 use super::retry::{BudgetSettings, RetryBudget};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::BackendSettings;
-use portico_model::backend::{CircuitBreaker, LoadBalancer};
+use portico_model::backend::{CircuitBreaker, HealthCheck, LoadBalancer};
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ pub struct PoolSettings {
     pub policy: Option<portico_model::ObjectRef>,
     pub balancer: LoadBalancer,
     pub outlier: OutlierSettings,
+    pub health_check: Option<HealthCheck>,
     /// Whether a connect failure moves on to the next endpoint.
     pub retry_connect_failure: bool,
     pub budget: BudgetSettings,
@@ -61,6 +63,7 @@ impl PoolSettings {
             policy: settings.map(|s| s.policy.clone()),
             balancer: s.load_balancer,
             outlier: OutlierSettings::from_model(&s.outlier_detection),
+            health_check: s.health_check.clone(),
             retry_connect_failure: s.retry.on_connect_failure,
             budget: BudgetSettings::from_model(&s.retry),
             breaker: s.circuit_breaker,
@@ -121,6 +124,10 @@ pub struct BackendPool {
     /// Endpoints ejected, as last counted (a hint: 0 lets requests skip the clock).
     ejected: AtomicUsize,
     budget: RetryBudget,
+    /// Endpoints failing their active health checks, as last counted.
+    unhealthy: AtomicUsize,
+    /// Whether the health-check task runs.
+    checking: AtomicBool,
     /// Requests and retries in flight, counted while a circuit breaker limits them.
     requests: Arc<AtomicUsize>,
     retries: Arc<AtomicUsize>,
@@ -138,6 +145,8 @@ impl BackendPool {
             balancer: Balancer::default(),
             settings: ArcSwap::from_pointee(settings),
             ejected: AtomicUsize::new(0),
+            unhealthy: AtomicUsize::new(0),
+            checking: AtomicBool::new(false),
             budget: RetryBudget::default(),
             requests: Arc::default(),
             retries: Arc::default(),
@@ -152,13 +161,75 @@ impl BackendPool {
 
     /// Takes new settings (a policy changed); endpoint state, balancing position and the
     /// retry budget's window stay.
-    fn configure(&self, settings: PoolSettings) {
+    fn configure(self: &Arc<Self>, settings: PoolSettings) {
         if **self.settings.load() != settings {
             if settings.policy.is_some() || self.settings.load().policy.is_some() {
                 tracing::info!(backend = %self.id, policy = ?settings.policy.as_ref().map(ToString::to_string), "backend settings changed");
             }
             self.settings.store(Arc::new(settings));
         }
+        self.start_checks();
+    }
+
+    /// Starts the active health-check task if the settings ask for one and none runs.
+    fn start_checks(self: &Arc<Self>) {
+        let wanted = self.settings.load().health_check.is_some();
+        if wanted
+            && !self.checking.swap(true, Ordering::AcqRel)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            tokio::spawn(check_endpoints(Arc::downgrade(self)));
+        }
+    }
+
+    /// One round of active health checks over every endpoint, concurrently. Returns how
+    /// many are out afterwards.
+    async fn check_round(&self, check: &HealthCheck) -> usize {
+        let set = self.endpoints();
+        let mut probes = tokio::task::JoinSet::new();
+        for e in set.all() {
+            let (e, check) = (e.clone(), check.clone());
+            probes.spawn(async move {
+                let passed = health::probe(e.addr, &check).await;
+                (e, passed)
+            });
+        }
+        while let Some(Ok((e, passed))) = probes.join_next().await {
+            if passed {
+                self.metrics.health_passed.inc();
+            } else {
+                self.metrics.health_failed.inc();
+            }
+            match e.state.health.record(passed, check) {
+                health::Change::Down => tracing::warn!(
+                    backend = %self.id,
+                    endpoint = %e.addr,
+                    failures = check.unhealthy_threshold,
+                    "endpoint out of balancing: it failed its active health checks"
+                ),
+                health::Change::Up => tracing::info!(
+                    backend = %self.id,
+                    endpoint = %e.addr,
+                    "endpoint back in balancing: it passed its active health checks"
+                ),
+                health::Change::None => {}
+            }
+        }
+        let out = set.all().filter(|e| e.state.health.is_unhealthy()).count();
+        self.unhealthy.store(out, Ordering::Relaxed);
+        self.metrics
+            .unhealthy
+            .set(i64::try_from(out).unwrap_or(i64::MAX));
+        out
+    }
+
+    /// Checks were turned off: every endpoint is back in.
+    fn stop_checks(&self) {
+        for e in self.endpoints().all() {
+            e.state.health.reset();
+        }
+        self.unhealthy.store(0, Ordering::Relaxed);
+        self.metrics.unhealthy.set(0);
     }
 
     /// The endpoints now: hold the set for as long as the request uses its endpoints.
@@ -171,12 +242,18 @@ impl BackendPool {
     pub fn candidates<'a>(&self, set: &'a EndpointSet, settings: &PoolSettings) -> Candidates<'a> {
         let serving = set.serving();
         let ejected = self.ejected.load(Ordering::Relaxed);
-        let now = if ejected == 0 || outlier::panicking(&settings.outlier, serving.len(), ejected) {
+        let unhealthy = self.unhealthy.load(Ordering::Relaxed);
+        let out = ejected + unhealthy;
+        // When too many are out (passively or actively), all are used.
+        let panicking = out > 0 && outlier::panicking(&settings.outlier, serving.len(), out);
+        let now = if ejected == 0 || panicking {
             0
         } else {
             outlier::now_ms()
         };
-        self.balancer.candidates(settings.balancer, serving, now)
+        let skip_unhealthy = unhealthy > 0 && !panicking;
+        self.balancer
+            .candidates(settings.balancer, serving, now, skip_unhealthy)
     }
 
     /// Lets a request through the `maxRequests` circuit breaker (counted until the permit
@@ -334,7 +411,9 @@ impl Upstreams {
                 metrics.upstream(&b.id.to_string()),
             ))
         });
-        if !created {
+        if created {
+            pool.start_checks();
+        } else {
             pool.configure(settings);
         }
         match discovered.as_ref() {
@@ -442,6 +521,27 @@ impl Upstreams {
                 e.state.conns.prune(p.settings.load().conn.idle_timeout);
             }
         }
+    }
+}
+
+/// A pool's active health checks, round after round, until the pool is dropped or its
+/// settings no longer ask for them.
+async fn check_endpoints(pool: Weak<BackendPool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let Some(check) = p.settings.load().health_check.clone() else {
+            p.stop_checks();
+            p.checking.store(false, Ordering::Release);
+            // Turned back on meanwhile: this task goes on.
+            if p.settings.load().health_check.is_some() && !p.checking.swap(true, Ordering::AcqRel)
+            {
+                continue;
+            }
+            return;
+        };
+        p.check_round(&check).await;
+        drop(p);
+        tokio::time::sleep(health::next_round(&check)).await;
     }
 }
 

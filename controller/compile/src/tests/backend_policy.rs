@@ -196,3 +196,36 @@ fn auth_and_rate_limit_policies_still_refuse_a_service() {
     assert_eq!(c.reason, reasons::INVALID);
     assert!(c.message.contains("cannot target Service"), "{}", c.message);
 }
+
+#[test]
+fn health_checks_get_their_defaults() {
+    use portico_model::backend::{HealthCheck, Probe};
+    let body = "  healthCheck: {type: HTTP, http: {path: /healthz}, interval: 2s}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    assert_eq!(
+        settings(&out, 80).and_then(|s| s.health_check),
+        Some(HealthCheck {
+            probe: Probe::Http {
+                method: "GET".into(),
+                path: "/healthz".into(),
+                host: None,
+                expected: vec![(200, 200)],
+            },
+            interval_ms: 2_000,
+            timeout_ms: HealthCheck::DEFAULT_TIMEOUT_MS,
+            unhealthy_threshold: HealthCheck::DEFAULT_UNHEALTHY_THRESHOLD,
+            healthy_threshold: HealthCheck::DEFAULT_HEALTHY_THRESHOLD,
+        })
+    );
+    let body = "  healthCheck: {type: GRPC}";
+    let out = run(&format!("{ROUTES}{}", policy("g", T1, SVC, body)));
+    assert_eq!(
+        settings(&out, 81)
+            .and_then(|s| s.health_check)
+            .map(|h| h.probe),
+        Some(Probe::Grpc {
+            service: String::new()
+        })
+    );
+}
