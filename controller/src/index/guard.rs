@@ -2,8 +2,8 @@
 //!
 //! The API server validates an object against its CRD's schema; the controller decodes it into
 //! a Rust type that can be stricter: an enum value of a newer Gateway API release (an
-//! experimental-channel HTTPRoute filter of type `ExternalAuth`), a CRD installed ahead of this
-//! controller. Decoded plainly, one such object fails the list of its whole kind, and with it
+//! HTTPRoute filter type added after the release Portico's types come from), a CRD installed
+//! ahead of this controller. Decoded plainly, one such object fails the list of its whole kind, and with it
 //! every object of the kind: at start-up compile would never run. So every watch decodes
 //! through kube's [`DeserializeGuard`], and [`Guard::admit`] turns an object that does not
 //! decode into its absence:

@@ -1,17 +1,17 @@
 //! The guard against what a real watch delivers: HTTPRoutes decoded from JSON, one of them
-//! with an experimental-channel filter (`ExternalAuth`) the Rust type does not know.
+//! with a filter type of a later Gateway API release (`FutureFilter`) the Rust type does not
+//! know.
 
 use super::watch::Watch;
 use super::*;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use serde_json::json;
 
-/// An HTTPRoute as the API server sends it; `external_auth` adds a filter of a type the
-/// experimental-channel CRD admits and the standard Rust type rejects.
+/// An HTTPRoute as the API server sends it; `external_auth` adds a filter of a type a newer
+/// CRD would admit and the Rust type rejects.
 fn route(name: &str, external_auth: bool) -> DeserializeGuard<HttpRoute> {
     let filters = if external_auth {
-        json!([{"type": "ExternalAuth", "externalAuth": {
-            "protocol": "HTTP", "http": {}, "backendRef": {"name": "authz", "port": 8080}}}])
+        json!([{"type": "FutureFilter"}])
     } else {
         json!([])
     };
@@ -31,14 +31,14 @@ fn watch() -> Watch<HttpRoute> {
 }
 
 #[test]
-fn the_rust_type_rejects_what_the_experimental_crd_admits_and_the_guard_keeps_its_name() {
+fn the_rust_type_rejects_what_a_newer_crd_admits_and_the_guard_keeps_its_name() {
     let guarded = route("external", true);
     let invalid = guarded
         .0
-        .expect_err("ExternalAuth is not a filter type of the Rust type");
+        .expect_err("FutureFilter is not a filter type of the Rust type");
     assert_eq!(invalid.metadata.name.as_deref(), Some("external"));
     assert_eq!(invalid.metadata.namespace.as_deref(), Some("team"));
-    assert!(invalid.error.contains("ExternalAuth"), "{}", invalid.error);
+    assert!(invalid.error.contains("FutureFilter"), "{}", invalid.error);
     assert!(route("web", false).0.is_ok());
 }
 
