@@ -127,12 +127,45 @@ impl From<&ServiceTargetRef> for PolicyTargetRef {
 /// How requests are spread over a backend's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.consistentHash) == (has(self.type) && self.type == 'ConsistentHash')").message("consistentHash is required for the ConsistentHash type and only for it"))]
 pub struct LoadBalancer {
     /// `LeastRequest` (the default): of two endpoints, the next in turn and a random other,
     /// the one with fewer requests in flight, so a slow endpoint gets fewer. `RoundRobin`:
-    /// each endpoint in turn. `Random`: an endpoint at random.
+    /// each endpoint in turn. `Random`: an endpoint at random. `ConsistentHash`: by a key
+    /// of the request (`consistentHash`), the same key to the same endpoint on every
+    /// replica, and when an endpoint leaves only about 1/N of the keys move (Maglev).
     #[serde(default, rename = "type")]
     pub type_: LoadBalancerType,
+
+    /// What a `ConsistentHash` balancer hashes. A request without the key goes to a random
+    /// endpoint; a key whose endpoint is ejected or unhealthy goes to the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.name) == (self.type != 'SourceIP')").message("name is required for Header, Cookie and QueryParameter keys, and only for them"))]
+pub struct ConsistentHash {
+    /// `Header` (its value; every value of a repeated header, in order), `Cookie` (its
+    /// value), `QueryParameter` (its value) or `SourceIP` (the address of the connection's
+    /// peer: behind a load balancer that does not keep client addresses, that is the load
+    /// balancer's).
+    #[serde(rename = "type")]
+    pub type_: HashType,
+    /// The header, cookie or query parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum HashType {
+    Header,
+    Cookie,
+    QueryParameter,
+    #[serde(rename = "SourceIP")]
+    SourceIp,
 }
 
 #[derive(
@@ -143,6 +176,7 @@ pub enum LoadBalancerType {
     LeastRequest,
     RoundRobin,
     Random,
+    ConsistentHash,
 }
 
 /// When an endpoint is taken out of balancing for failing requests in a row.

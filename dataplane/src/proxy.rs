@@ -257,7 +257,11 @@ impl Proxy {
         let backend_filters = target.filters();
         let settings = pool.settings();
         let endpoints = pool.endpoints();
-        let mut candidates = pool.candidates(&endpoints, &settings);
+        let hash = settings
+            .hash_on
+            .as_ref()
+            .and_then(|on| upstream::hash_key(on, req.headers(), req.uri(), cx.peer()));
+        let mut candidates = pool.candidates(&endpoints, &settings, hash);
         let Some(mut endpoint) = candidates.next() else {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);

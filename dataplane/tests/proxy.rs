@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use portico_dataplane::listen::ServerSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::{Dataplane, DataplaneSettings};
-use portico_model::backend::{CircuitBreaker, HealthCheck, LoadBalancer, Probe, Retry};
+use portico_model::backend::{CircuitBreaker, HashOn, HealthCheck, LoadBalancer, Probe, Retry};
 use portico_model::fixtures::*;
 use portico_model::{
     BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, RouteRetry, Snapshot,
@@ -908,6 +908,75 @@ async fn an_endpoint_failing_its_health_checks_gets_no_requests_until_it_passes(
     }
     let by = answered_by(10).await;
     assert_eq!((by.get("a"), by.get("b")), (Some(&5), Some(&5)), "{by:?}");
+}
+
+/// Consistent hashing: the same key reaches the same endpoint through two replicas (two
+/// dataplanes with the same snapshot), and when one endpoint of ten goes, the keys it held
+/// move and almost no other key does.
+#[tokio::test]
+async fn consistent_hashing_agrees_across_replicas_and_moves_few_keys() {
+    const NAMES: [&str; 10] = ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"];
+    let mut backends = Vec::new();
+    for name in NAMES {
+        backends.push(Backend::start(name, false).await);
+    }
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let settings = BackendSettings {
+        load_balancer: LoadBalancer::ConsistentHash,
+        hash_on: Some(HashOn::Header("x-user".into())),
+        ..BackendSettings::default()
+    };
+    let snap = |port: u16, addrs: &[SocketAddr], version: u64| {
+        web_snapshot(
+            port,
+            with_settings(backend("web", 80, addrs), settings.clone()),
+            version,
+        )
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, addr_a) = serve(&snap(port_a, &addrs, 1));
+    let (_b, addr_b) = serve(&snap(port_b, &addrs, 1));
+    let owner = |addr: SocketAddr, user: String| async move {
+        let req = Request::get("/")
+            .header("host", "x.test")
+            .header("x-user", user)
+            .body(Full::default())
+            .expect("request");
+        let r = send(addr, false, req).await;
+        assert_eq!(r.status, StatusCode::OK);
+        header(&r, "x-backend").to_string()
+    };
+    let keys = 200;
+    let mut before = Vec::new();
+    for k in 0..keys {
+        let via_a = owner(addr_a, format!("user-{k}")).await;
+        let via_b = owner(addr_b, format!("user-{k}")).await;
+        assert_eq!(via_a, via_b, "user-{k}: replicas agree");
+        before.push(via_a);
+    }
+    // Spread over the endpoints, not stuck on one.
+    let distinct: std::collections::BTreeSet<&String> = before.iter().collect();
+    assert!(distinct.len() >= 8, "{distinct:?}");
+    // e3 leaves.
+    let fewer: Vec<SocketAddr> = addrs.iter().copied().filter(|x| *x != addrs[3]).collect();
+    let report = a.apply(&[snap(port_a, &fewer, 2)], 2);
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let mut moved_elsewhere = 0;
+    for (k, was) in before.iter().enumerate() {
+        let now = owner(addr_a, format!("user-{k}")).await;
+        if was == "e3" {
+            assert_ne!(now, "e3");
+        } else if now != *was {
+            moved_elsewhere += 1;
+        }
+    }
+    // Maglev moves a few keys besides the removed endpoint's (at most a few percent).
+    assert!(
+        moved_elsewhere <= keys / 20,
+        "{moved_elsewhere} of {keys} moved needlessly"
+    );
+    // A request without the key is still served.
+    assert_eq!(get(addr_a, "x.test", "/").await.status, StatusCode::OK);
 }
 
 /// An endpoint that refuses connections (a pod killed before its EndpointSlice says so): no

@@ -89,16 +89,74 @@ fn compile_policy(
         None | Some(crd::LoadBalancerType::LeastRequest) => model::LoadBalancer::LeastRequest,
         Some(crd::LoadBalancerType::RoundRobin) => model::LoadBalancer::RoundRobin,
         Some(crd::LoadBalancerType::Random) => model::LoadBalancer::Random,
+        Some(crd::LoadBalancerType::ConsistentHash) => model::LoadBalancer::ConsistentHash,
+    };
+    let hash = spec
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.consistent_hash.as_ref());
+    let hash_on = match (load_balancer, hash) {
+        (model::LoadBalancer::ConsistentHash, Some(h)) => Some(hash_on(h)?),
+        (model::LoadBalancer::ConsistentHash, None) => {
+            return Err(
+                "loadBalancer.consistentHash is required for the ConsistentHash type".into(),
+            );
+        }
+        (_, Some(_)) => {
+            return Err(
+                "loadBalancer.consistentHash applies only to the ConsistentHash type".into(),
+            );
+        }
+        (_, None) => None,
     };
     Ok(model::BackendSettings {
         policy: id.clone(),
         load_balancer,
+        hash_on,
         outlier_detection: outlier(spec.outlier_detection.as_ref())?,
         health_check: spec.health_check.as_ref().map(health_check).transpose()?,
         retry: retry(spec.retry.as_ref())?,
         circuit_breaker: circuit_breaker(spec.circuit_breaker.as_ref())?,
         connection: connection(spec.connection.as_ref())?,
     })
+}
+
+fn hash_on(h: &crd::ConsistentHash) -> Result<model::HashOn, String> {
+    let name = || {
+        h.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+            format!(
+                "loadBalancer.consistentHash: a {:?} key needs a name",
+                h.type_
+            )
+        })
+    };
+    Ok(match h.type_ {
+        crd::HashType::Header => {
+            let n = name()?;
+            if http_token(&n) {
+                model::HashOn::Header(n.to_ascii_lowercase())
+            } else {
+                return Err(format!(
+                    "loadBalancer.consistentHash.name {n:?} is not a header name"
+                ));
+            }
+        }
+        crd::HashType::Cookie => model::HashOn::Cookie(name()?),
+        crd::HashType::QueryParameter => model::HashOn::QueryParameter(name()?),
+        crd::HashType::SourceIp => {
+            if h.name.is_some() {
+                return Err("loadBalancer.consistentHash: a SourceIP key takes no name".into());
+            }
+            model::HashOn::SourceIp
+        }
+    })
+}
+
+/// An RFC 9110 token (a header name).
+fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A Gateway API duration in milliseconds, within `min..=max` (ms).

@@ -86,6 +86,9 @@ pub struct BackendSettings {
     /// The BackendPolicy these come from (for logs).
     pub policy: ObjectRef,
     pub load_balancer: LoadBalancer,
+    /// The key of a [`LoadBalancer::ConsistentHash`] balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
     pub outlier_detection: OutlierDetection,
     /// Active health checks (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +106,20 @@ pub enum LoadBalancer {
     LeastRequest,
     RoundRobin,
     Random,
+    /// By a key of the request ([`HashOn`]), Maglev.
+    ConsistentHash,
+}
+
+/// What a consistent-hash balancer hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    /// A header's value (lower-case name).
+    Header(String),
+    Cookie(String),
+    QueryParameter(String),
+    /// The client's address.
+    SourceIp,
 }
 
 /// Passive health checks. Defaults: Envoy's, except that gateway errors (connect failures,

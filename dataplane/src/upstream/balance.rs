@@ -22,18 +22,25 @@ impl Balancer {
     /// `endpoints` in the order this request should try them, the first chosen by `kind`:
     /// every one once, but those ejected at `now` (ms, see [`super::outlier::now_ms`]; 0:
     /// none is passed over) and, with `skip_unhealthy`, those failing active health checks.
+    ///
+    /// `hashed`: the first choice of a consistent-hash balancer (`None`: a request without
+    /// the key, which goes to a random endpoint).
     pub fn candidates<'a>(
         &self,
         kind: LoadBalancer,
         endpoints: &'a [Endpoint],
         now: u64,
         skip_unhealthy: bool,
+        hashed: Option<usize>,
     ) -> Candidates<'a> {
         let n = endpoints.len();
         let start = if n <= 1 {
             0
         } else {
             match kind {
+                LoadBalancer::ConsistentHash => hashed
+                    .filter(|i| *i < n)
+                    .unwrap_or_else(|| fastrand::usize(..n)),
                 LoadBalancer::LeastRequest => {
                     let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
                     let other = (first + 1 + fastrand::usize(..n - 1)) % n;
@@ -112,7 +119,7 @@ mod tests {
     }
 
     fn order_of(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint]) -> Vec<u8> {
-        b.candidates(kind, eps, 0, false)
+        b.candidates(kind, eps, 0, false, None)
             .map(|e| match e.addr.ip() {
                 std::net::IpAddr::V4(ip) => ip.octets()[3],
                 std::net::IpAddr::V6(_) => 0,
@@ -130,7 +137,7 @@ mod tests {
         let mut firsts = [0usize; 3];
         for _ in 0..3000 {
             let first = b
-                .candidates(LoadBalancer::LeastRequest, &eps, 0, false)
+                .candidates(LoadBalancer::LeastRequest, &eps, 0, false, None)
                 .next()
                 .expect("one");
             let i = eps
@@ -167,7 +174,7 @@ mod tests {
                 .record(Outcome::GatewayError, &s, 1_000, || true);
         }
         let left = |now| {
-            b.candidates(LoadBalancer::LeastRequest, &eps, now, false)
+            b.candidates(LoadBalancer::LeastRequest, &eps, now, false, None)
                 .count()
         };
         assert_eq!(left(2_000), 2);
@@ -179,7 +186,7 @@ mod tests {
     fn firsts(b: &Balancer, kind: LoadBalancer, eps: &[Endpoint], n: usize) -> Vec<usize> {
         let mut firsts = vec![0; eps.len()];
         for _ in 0..n {
-            let first = b.candidates(kind, eps, 0, false).next().expect("one");
+            let first = b.candidates(kind, eps, 0, false, None).next().expect("one");
             if let Some(i) = eps.iter().position(|e| e.addr == first.addr) {
                 firsts[i] += 1;
             }
@@ -218,7 +225,7 @@ mod tests {
     fn no_endpoints_no_candidates() {
         let b = Balancer::default();
         assert_eq!(
-            b.candidates(LoadBalancer::LeastRequest, &[], 0, false)
+            b.candidates(LoadBalancer::LeastRequest, &[], 0, false, None)
                 .count(),
             0
         );

@@ -3,6 +3,7 @@
 
 use super::conns::Conns;
 use super::health::ActiveHealth;
+use super::maglev::Maglev;
 use super::outlier::Outlier;
 use portico_model::Endpoint as Discovered;
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ impl Drop for InFlight {
 pub struct EndpointSet {
     pub ready: Vec<Endpoint>,
     pub terminating: Vec<Endpoint>,
+    /// The consistent-hash table of the serving endpoints, made on first use.
+    maglev: std::sync::OnceLock<Maglev>,
 }
 
 impl EndpointSet {
@@ -110,6 +113,17 @@ impl EndpointSet {
 
     pub fn all(&self) -> impl Iterator<Item = &Endpoint> {
         self.ready.iter().chain(&self.terminating)
+    }
+
+    /// The serving endpoint (its index in [`Self::serving`]) a consistent-hash key goes to;
+    /// the table is made on the first call for this set.
+    pub(super) fn hashed(&self, hash: u64) -> Option<usize> {
+        self.maglev
+            .get_or_init(|| {
+                let addrs: Vec<SocketAddr> = self.serving().iter().map(|e| e.addr).collect();
+                Maglev::new(&addrs)
+            })
+            .pick(hash)
     }
 }
 

@@ -14,6 +14,7 @@ mod conns;
 mod endpoint;
 mod h1;
 mod health;
+mod maglev;
 mod outlier;
 mod pool;
 mod retry;
@@ -27,7 +28,7 @@ pub use h1::{H1Error, read_response};
 pub use outlier::{Outcome, OutlierSettings};
 pub use pool::{
     Admitted, BackendPool, Overloaded, PoolSettings, RetryPermit, ServiceEndpoints, ServiceKey,
-    Upstreams,
+    Upstreams, hash_key,
 };
 pub use retry::BudgetSettings;
 

@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::BackendSettings;
-use portico_model::backend::{CircuitBreaker, HealthCheck, LoadBalancer};
+use portico_model::backend::{CircuitBreaker, HashOn, HealthCheck, LoadBalancer};
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +44,8 @@ pub struct PoolSettings {
     /// The BackendPolicy they come from.
     pub policy: Option<portico_model::ObjectRef>,
     pub balancer: LoadBalancer,
+    /// The key of a consistent-hash balancer.
+    pub hash_on: Option<HashOn>,
     pub outlier: OutlierSettings,
     pub health_check: Option<HealthCheck>,
     /// Whether a connect failure moves on to the next endpoint.
@@ -62,6 +64,7 @@ impl PoolSettings {
         Self {
             policy: settings.map(|s| s.policy.clone()),
             balancer: s.load_balancer,
+            hash_on: s.hash_on.clone(),
             outlier: OutlierSettings::from_model(&s.outlier_detection),
             health_check: s.health_check.clone(),
             retry_connect_failure: s.retry.on_connect_failure,
@@ -239,7 +242,14 @@ impl BackendPool {
 
     /// The serving endpoints of `set` in the order this request should try them, ejected
     /// ones passed over (unless so many are out that all are used).
-    pub fn candidates<'a>(&self, set: &'a EndpointSet, settings: &PoolSettings) -> Candidates<'a> {
+    ///
+    /// `hash`: the request's consistent-hash key, hashed (see [`hash_key`]).
+    pub fn candidates<'a>(
+        &self,
+        set: &'a EndpointSet,
+        settings: &PoolSettings,
+        hash: Option<u64>,
+    ) -> Candidates<'a> {
         let serving = set.serving();
         let ejected = self.ejected.load(Ordering::Relaxed);
         let unhealthy = self.unhealthy.load(Ordering::Relaxed);
@@ -252,8 +262,12 @@ impl BackendPool {
             outlier::now_ms()
         };
         let skip_unhealthy = unhealthy > 0 && !panicking;
+        let hashed = match settings.balancer {
+            LoadBalancer::ConsistentHash => hash.and_then(|h| set.hashed(h)),
+            _ => None,
+        };
         self.balancer
-            .candidates(settings.balancer, serving, now, skip_unhealthy)
+            .candidates(settings.balancer, serving, now, skip_unhealthy, hashed)
     }
 
     /// Lets a request through the `maxRequests` circuit breaker (counted until the permit
@@ -524,6 +538,50 @@ impl Upstreams {
     }
 }
 
+/// The consistent-hash key of a request, hashed the same way on every replica (`None`: the
+/// request does not have it). `client`: the client's address as the gateway sees it.
+pub fn hash_key(
+    on: &HashOn,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    client: std::net::IpAddr,
+) -> Option<u64> {
+    use super::maglev::{FNV_BASIS, fnv1a};
+    let hash = |b: &[u8]| fnv1a(b, FNV_BASIS);
+    match on {
+        HashOn::Header(name) => {
+            let mut values = headers.get_all(name.as_str()).iter().peekable();
+            values.peek()?;
+            // Every value of a repeated header, in order.
+            let mut h = FNV_BASIS;
+            for v in values {
+                h = fnv1a(v.as_bytes(), h);
+                h = fnv1a(b",", h);
+            }
+            Some(h)
+        }
+        HashOn::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                (k == name.as_bytes()).then(|| hash(&v[1..]))
+            }),
+        HashOn::QueryParameter(name) => uri.query().and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then(|| hash(v.as_bytes()))
+            })
+        }),
+        HashOn::SourceIp => Some(match client {
+            std::net::IpAddr::V4(ip) => hash(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash(&ip.octets()),
+        }),
+    }
+}
+
 /// A pool's active health checks, round after round, until the pool is dropped or its
 /// settings no longer ask for them.
 async fn check_endpoints(pool: Weak<BackendPool>) {
@@ -601,13 +659,56 @@ mod tests {
 
     fn first(pool: &BackendPool) -> Option<SocketAddr> {
         let set = pool.endpoints();
-        pool.candidates(&set, &pool.settings())
+        pool.candidates(&set, &pool.settings(), None)
             .next()
             .map(|e| e.addr)
     }
 
     fn addr(s: &str) -> Option<SocketAddr> {
         s.parse().ok()
+    }
+
+    #[test]
+    fn hash_keys_from_headers_cookies_queries_and_addresses() {
+        use std::net::IpAddr;
+        let req = http::Request::get("/p?a=1&user=alice&b")
+            .header("x-user", "alice")
+            .header("cookie", "theme=dark; session=s-1")
+            .body(())
+            .expect("request");
+        let (parts, ()) = req.into_parts();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let key = |on: HashOn| hash_key(&on, &parts.headers, &parts.uri, ip);
+        let header = key(HashOn::Header("x-user".into()));
+        let query = key(HashOn::QueryParameter("user".into()));
+        assert!(header.is_some());
+        // The same value hashes the same whatever it came from (one hash function).
+        assert_eq!(query, key(HashOn::QueryParameter("user".into())));
+        assert_eq!(
+            key(HashOn::Cookie("session".into())),
+            hash_key(
+                &HashOn::QueryParameter("s".into()),
+                &http::HeaderMap::new(),
+                &"/?s=s-1".parse().expect("uri"),
+                ip
+            )
+        );
+        assert!(key(HashOn::SourceIp).is_some());
+        assert_ne!(
+            key(HashOn::SourceIp),
+            hash_key(
+                &HashOn::SourceIp,
+                &parts.headers,
+                &parts.uri,
+                [10, 0, 0, 2].into()
+            )
+        );
+        // Absent keys: none.
+        assert_eq!(key(HashOn::Header("x-none".into())), None);
+        assert_eq!(key(HashOn::Cookie("none".into())), None);
+        assert_eq!(key(HashOn::QueryParameter("none".into())), None);
+        // A bare parameter is present with an empty value.
+        assert!(key(HashOn::QueryParameter("b".into())).is_some());
     }
 
     #[test]

@@ -229,3 +229,15 @@ fn health_checks_get_their_defaults() {
         })
     );
 }
+
+#[test]
+fn consistent_hash_keys_are_compiled() {
+    use portico_model::backend::HashOn;
+    let body =
+        "  loadBalancer: {type: ConsistentHash, consistentHash: {type: Header, name: X-User}}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    let s = settings(&out, 80).expect("settings");
+    assert_eq!(s.load_balancer, LoadBalancer::ConsistentHash);
+    assert_eq!(s.hash_on, Some(HashOn::Header("x-user".into())));
+}
