@@ -183,6 +183,7 @@ pub enum LoadBalancerType {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.baseEjectionTime) <= duration(self.maxEjectionTime)").message("baseEjectionTime must not exceed maxEjectionTime"))]
+#[x_kube(validation = Rule::new("!has(self.baseEjectionTime) || has(self.maxEjectionTime) || duration(self.baseEjectionTime) <= duration('300s')").message("baseEjectionTime must not exceed maxEjectionTime (300s by default)"))]
 pub struct OutlierDetection {
     /// 5xx answers in a row that eject an endpoint (default 5; 0 never ejects for them).
     #[serde(
@@ -293,7 +294,7 @@ pub enum HealthCheckType {
 #[serde(rename_all = "camelCase")]
 pub struct HttpHealthCheck {
     /// The path (and query) probed.
-    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(' ')").message("path starts with / and has no spaces"))]
+    #[x_kube(validation = Rule::new("self.matches('^/[!-~]*$')").message("path starts with / and is visible ASCII (no spaces)"))]
     #[schemars(length(min = 1, max = 1024))]
     pub path: String,
 
@@ -304,6 +305,7 @@ pub struct HttpHealthCheck {
 
     /// The Host header of the probe (default: the endpoint's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9.-]+(:[0-9]{1,5})?$')").message("hostname is a host name, optionally with a port"))]
     #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,
 
@@ -344,6 +346,12 @@ pub struct Retry {
     /// (default `true`). Nothing reached the backend, so this is safe for every method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_connect_failure: Option<bool>,
+
+    /// Let an HTTPRoute's `retry` retry non-idempotent methods (POST, PATCH, CONNECT) too
+    /// (default `false`: a failed POST may already have been acted on, so only a connection
+    /// that could not be made is retried for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_idempotent: Option<bool>,
 
     /// How many retries the backend tolerates: over the last 10 seconds, at most `percent`
     /// of the requests plus `minPerSecond` a second (default 20 % and 10 a second), so a

@@ -380,7 +380,7 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_retries",
-            "Attempts at another endpoint after one that failed (connections that could not be made), by backend",
+            "Attempts after one that failed: connections that could not be made, and what an HTTPRoute retry asks for, by backend",
             upstream_retries.clone(),
         );
         registry.register(

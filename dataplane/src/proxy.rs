@@ -266,15 +266,6 @@ impl Proxy {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
         };
-        // Held until the response body ends (with the lease) or the request fails.
-        let admitted = match pool.admit(&settings) {
-            Ok(admitted) => admitted,
-            Err(upstream::Overloaded { limit }) => {
-                let backend = pool.id.to_string();
-                return (Err(ProxyError::Overloaded { backend, limit }), None);
-            }
-        };
-
         // The authority the request was routed by (sanitize left exactly one Host), before
         // any rewrite.
         let original_host = req.headers().get(header::HOST).cloned();
@@ -328,15 +319,30 @@ impl Proxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let (parts, body) = req.into_parts();
         // A rule that retries reads a small enough body whole first, so it can be sent again.
-        let (body, replay) = match rule.retry.as_deref() {
-            Some(_) if Replay::fits(&body) => match self.read_whole(body, streaming).await {
-                Ok(bytes) => (
-                    RequestBody::Full(Some(bytes.clone())),
-                    Some(Replay::new(&parts, bytes)),
-                ),
+        // Only idempotent methods, unless the backend's policy allows the others: a retried
+        // POST may have been acted on already.
+        let replayable = rule.retry.is_some()
+            && (parts.method.is_idempotent() || settings.retry_non_idempotent)
+            && Replay::fits(&body);
+        let (body, replay) = if replayable {
+            match self.read_whole(body, streaming).await {
+                Ok(bytes) => {
+                    let replay = Replay::new(&parts, bytes);
+                    (replay.body(), Some(replay))
+                }
                 Err(fault) => return (Err(ProxyError::ClientBody(fault)), None),
-            },
-            _ => (body, None),
+            }
+        } else {
+            (body, None)
+        };
+        // Admitted once the request is ready to go (a slow upload holds no permit), held
+        // until the response body ends (with the lease) or the request fails.
+        let admitted = match pool.admit(&settings) {
+            Ok(admitted) => admitted,
+            Err(upstream::Overloaded { limit }) => {
+                let backend = pool.id.to_string();
+                return (Err(ProxyError::Overloaded { backend, limit }), None);
+            }
         };
         let (body, mut outcome) = ClientBody::new(body, self.body, streaming);
         let mut req = Request::from_parts(parts, body);
@@ -403,10 +409,11 @@ impl Proxy {
                     let Some((r, replay, health)) = retried else {
                         break (sent.map(|r| r.map_err(|(e, _)| e)), sent_at);
                     };
-                    pool.record(endpoint, health, &settings);
+                    // Refused, the attempt is the final one and is counted below.
                     let Some(permit) = pool.may_retry(&settings) else {
                         break (sent.map(|r| r.map_err(|(e, _)| e)), sent_at);
                     };
+                    pool.record(endpoint, health, &settings);
                     _retrying = Some(permit);
                     let what = match &sent {
                         Some(Ok((resp, _))) => resp.status().as_str().to_string(),
@@ -576,7 +583,7 @@ fn backoff(r: &portico_model::RouteRetry, n: u32) -> Duration {
     let wait = base
         .saturating_mul(1u64 << n.saturating_sub(1).min(10))
         .min(base.saturating_mul(10));
-    Duration::from_millis(wait + fastrand::u64(0..=wait / 2))
+    Duration::from_millis(wait.saturating_add(fastrand::u64(0..=wait / 2)))
 }
 
 /// Puts the request target in the form the backend's protocol wants: origin-form for

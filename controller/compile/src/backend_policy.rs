@@ -152,6 +152,19 @@ fn hash_on(h: &crd::ConsistentHash) -> Result<model::HashOn, String> {
     })
 }
 
+/// A host name or address with an optional port: what a probe's Host header may say.
+fn valid_probe_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
 /// An RFC 9110 token (a header name).
 fn http_token(s: &str) -> bool {
     !s.is_empty()
@@ -238,15 +251,17 @@ fn outlier(o: Option<&crd::OutlierDetection>) -> Result<model::OutlierDetection,
 fn health_check(h: &crd::HealthCheck) -> Result<model::HealthCheck, String> {
     let probe = match (h.type_, &h.http, &h.grpc) {
         (crd::HealthCheckType::Http, Some(http), None) => {
-            if !http.path.starts_with('/')
-                || http
-                    .path
-                    .bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            if !http.path.starts_with('/') || !http.path.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "healthCheck.http.path {:?} must start with / and be visible ASCII (no spaces)",
+                    http.path
+                ));
+            }
+            if let Some(h) = &http.hostname
+                && !valid_probe_host(h)
             {
                 return Err(format!(
-                    "healthCheck.http.path {:?} must start with / and have no spaces",
-                    http.path
+                    "healthCheck.http.hostname {h:?} is not a host name (with an optional port)"
                 ));
             }
             let method = http.method.clone().unwrap_or_else(|| "GET".into());
@@ -327,6 +342,9 @@ fn retry(r: Option<&crd::Retry>) -> Result<model::Retry, String> {
     let Some(r) = r else { return Ok(out) };
     if let Some(on) = r.on_connect_failure {
         out.on_connect_failure = on;
+    }
+    if let Some(on) = r.non_idempotent {
+        out.non_idempotent = on;
     }
     if let Some(b) = &r.budget {
         if let Some(p) = at_most("retry.budget.percent", b.percent, 100)? {

@@ -780,7 +780,9 @@ fn translate_retry(r: &HttpRouteRulesRetry) -> Result<RouteRetry, String> {
         None => RouteRetry::DEFAULT_BACKOFF_MS,
         Some(v) => {
             let d = Duration::from_str(v).map_err(|e| format!("retry.backoff {v:?}: {e}"))?;
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            u64::try_from(d.as_millis())
+                .unwrap_or(u64::MAX)
+                .min(RouteRetry::MAX_BACKOFF_MS)
         }
     };
     Ok(RouteRetry {

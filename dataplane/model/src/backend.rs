@@ -199,6 +199,9 @@ pub enum Probe {
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     pub on_connect_failure: bool,
+    /// Route retries (statuses, broken exchanges, timeouts) of non-idempotent methods too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
     pub budget_percent: u32,
     pub budget_min_per_second: u32,
 }
@@ -207,6 +210,7 @@ impl Default for Retry {
     fn default() -> Self {
         Self {
             on_connect_failure: true,
+            non_idempotent: false,
             budget_percent: 20,
             budget_min_per_second: 10,
         }

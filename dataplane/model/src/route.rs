@@ -191,6 +191,8 @@ impl RouteRetry {
     pub const MAX_ATTEMPTS: u32 = 10;
     /// The wait before a first retry when the route does not say (Envoy's base interval).
     pub const DEFAULT_BACKOFF_MS: u64 = 25;
+    /// The longest backoff a route may ask for (a longer one is this).
+    pub const MAX_BACKOFF_MS: u64 = 60_000;
     /// The largest request body kept for replay; a request with a larger body is tried once.
     pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 }

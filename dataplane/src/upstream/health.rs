@@ -124,6 +124,11 @@ async fn http(
     expected: &[(u16, u16)],
 ) -> bool {
     let host = host.map_or_else(|| addr.to_string(), str::to_string);
+    // Compile checked both; a probe never writes what could split its request.
+    let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    if !visible(&host) || !visible(path) || !visible(method) {
+        return false;
+    }
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portico-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
@@ -131,24 +136,36 @@ async fn http(
         return false;
     }
     let mut buf = BytesMut::with_capacity(1024);
+    let mut read = 0;
     loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let Some(code) = resp.code else { return false };
+        // Parse what is there first: an interim answer may have come with the final one.
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => Some((resp.code, len)),
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => return false,
+            }
+        };
+        match parsed {
+            Some((Some(code), len)) if (100..200).contains(&code) => {
                 // 1xx: an interim answer; the final one follows.
-                if (100..200).contains(&code) {
-                    return false;
-                }
+                let _ = buf.split_to(len);
+                continue;
+            }
+            Some((Some(code), _)) => {
                 return expected.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code));
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            _ => return false,
+            Some((None, _)) => return false,
+            None => {}
+        }
+        if read >= MAX_HEAD {
+            return false;
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => read += n,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct PoolSettings {
     pub health_check: Option<HealthCheck>,
     /// Whether a connect failure moves on to the next endpoint.
     pub retry_connect_failure: bool,
+    /// Whether route retries apply to non-idempotent methods (POST, PATCH, ...).
+    pub retry_non_idempotent: bool,
     pub budget: BudgetSettings,
     pub breaker: CircuitBreaker,
     pub conn: ConnSettings,
@@ -68,6 +70,7 @@ impl PoolSettings {
             outlier: OutlierSettings::from_model(&s.outlier_detection),
             health_check: s.health_check.clone(),
             retry_connect_failure: s.retry.on_connect_failure,
+            retry_non_idempotent: s.retry.non_idempotent,
             budget: BudgetSettings::from_model(&s.retry),
             breaker: s.circuit_breaker,
             conn: ConnSettings {
@@ -131,6 +134,9 @@ pub struct BackendPool {
     unhealthy: AtomicUsize,
     /// Whether the health-check task runs.
     checking: AtomicBool,
+    /// Wakes the health-check task when the settings change (it may be asleep for a long
+    /// interval, or asked to stop).
+    recheck: Arc<tokio::sync::Notify>,
     /// Requests and retries in flight, counted while a circuit breaker limits them.
     requests: Arc<AtomicUsize>,
     retries: Arc<AtomicUsize>,
@@ -150,6 +156,7 @@ impl BackendPool {
             ejected: AtomicUsize::new(0),
             unhealthy: AtomicUsize::new(0),
             checking: AtomicBool::new(false),
+            recheck: Arc::default(),
             budget: RetryBudget::default(),
             requests: Arc::default(),
             retries: Arc::default(),
@@ -170,6 +177,7 @@ impl BackendPool {
                 tracing::info!(backend = %self.id, policy = ?settings.policy.as_ref().map(ToString::to_string), "backend settings changed");
             }
             self.settings.store(Arc::new(settings));
+            self.recheck.notify_one();
         }
         self.start_checks();
     }
@@ -178,10 +186,10 @@ impl BackendPool {
     fn start_checks(self: &Arc<Self>) {
         let wanted = self.settings.load().health_check.is_some();
         if wanted
-            && !self.checking.swap(true, Ordering::AcqRel)
             && tokio::runtime::Handle::try_current().is_ok()
+            && !self.checking.swap(true, Ordering::SeqCst)
         {
-            tokio::spawn(check_endpoints(Arc::downgrade(self)));
+            tokio::spawn(check_endpoints(Arc::downgrade(self), self.recheck.clone()));
         }
     }
 
@@ -218,12 +226,7 @@ impl BackendPool {
                 health::Change::None => {}
             }
         }
-        let out = set.all().filter(|e| e.state.health.is_unhealthy()).count();
-        self.unhealthy.store(out, Ordering::Relaxed);
-        self.metrics
-            .unhealthy
-            .set(i64::try_from(out).unwrap_or(i64::MAX));
-        out
+        self.count_unhealthy(&set, outlier::now_ms())
     }
 
     /// Checks were turned off: every endpoint is back in.
@@ -261,7 +264,7 @@ impl BackendPool {
         } else {
             outlier::now_ms()
         };
-        let skip_unhealthy = unhealthy > 0 && !panicking;
+        let skip_unhealthy = unhealthy > 0 && !panicking && settings.health_check.is_some();
         let hashed = match settings.balancer {
             LoadBalancer::ConsistentHash => hash.and_then(|h| set.hashed(h)),
             _ => None,
@@ -373,6 +376,25 @@ impl BackendPool {
         self.metrics
             .ejected
             .set(i64::try_from(ejected).unwrap_or(i64::MAX));
+        // The endpoints may have changed since the last health-check round.
+        if settings.health_check.is_some() {
+            self.count_unhealthy(&set, now);
+        }
+    }
+
+    /// Counts the serving endpoints out for failing their health checks (and not ejected
+    /// too, so that none is counted twice against the panic threshold).
+    fn count_unhealthy(&self, set: &EndpointSet, now: u64) -> usize {
+        let out = set
+            .serving()
+            .iter()
+            .filter(|e| e.state.health.is_unhealthy() && !e.state.outlier.is_ejected(now))
+            .count();
+        self.unhealthy.store(out, Ordering::Relaxed);
+        self.metrics
+            .unhealthy
+            .set(i64::try_from(out).unwrap_or(i64::MAX));
+        out
     }
 
     /// Replaces the endpoints; an address that stays keeps its state.
@@ -584,14 +606,14 @@ pub fn hash_key(
 
 /// A pool's active health checks, round after round, until the pool is dropped or its
 /// settings no longer ask for them.
-async fn check_endpoints(pool: Weak<BackendPool>) {
+async fn check_endpoints(pool: Weak<BackendPool>, recheck: Arc<tokio::sync::Notify>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
         let Some(check) = p.settings.load().health_check.clone() else {
             p.stop_checks();
-            p.checking.store(false, Ordering::Release);
+            p.checking.store(false, Ordering::SeqCst);
             // Turned back on meanwhile: this task goes on.
-            if p.settings.load().health_check.is_some() && !p.checking.swap(true, Ordering::AcqRel)
+            if p.settings.load().health_check.is_some() && !p.checking.swap(true, Ordering::SeqCst)
             {
                 continue;
             }
@@ -599,7 +621,11 @@ async fn check_endpoints(pool: Weak<BackendPool>) {
         };
         p.check_round(&check).await;
         drop(p);
-        tokio::time::sleep(health::next_round(&check)).await;
+        // Until the next round, or at once when the settings change.
+        tokio::select! {
+            () = tokio::time::sleep(health::next_round(&check)) => {}
+            () = recheck.notified() => {}
+        }
     }
 }
 

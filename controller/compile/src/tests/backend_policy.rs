@@ -173,6 +173,35 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
         ),
         ("  circuitBreaker: {maxRequests: 0}", "refuse every request"),
         ("  connection: {idleTimeout: 2h}", "between 1s and 1h"),
+        ("  healthCheck: {type: HTTP}", "needs http.path"),
+        (
+            "  healthCheck: {type: TCP, grpc: {service: x}}",
+            "grpc only to GRPC",
+        ),
+        (
+            "  healthCheck: {type: HTTP, http: {path: /h, expectedStatuses: [{start: 300, end: 200}]}}",
+            "not a range of statuses",
+        ),
+        (
+            "  healthCheck: {type: HTTP, http: {path: /h, hostname: \"a\\r\\nX-Injected: 1\"}}",
+            "is not a host name",
+        ),
+        (
+            "  healthCheck: {type: HTTP, http: {path: \"/h x\"}}",
+            "visible ASCII",
+        ),
+        (
+            "  loadBalancer: {type: ConsistentHash}",
+            "consistentHash is required",
+        ),
+        (
+            "  loadBalancer: {type: ConsistentHash, consistentHash: {type: Header}}",
+            "needs a name",
+        ),
+        (
+            "  loadBalancer: {type: RoundRobin, consistentHash: {type: SourceIP}}",
+            "applies only to the ConsistentHash type",
+        ),
     ] {
         let out = run(&format!(
             "{ROUTES}{}{}",
