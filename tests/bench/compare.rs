@@ -365,6 +365,7 @@ fn measure(
             tls: Some((cert.0.as_str(), cert.1.as_str())),
             extra_routes: scenario.extra_routes,
             portico_extra: None,
+            backend_copies: 1,
         };
         let r = peers::start(tools, peer, &config, proxy_cpus);
         running.push((peer, config.listen, r));
@@ -582,11 +583,12 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`) measures just the cost of those policies (a
-    // quick run).
+    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`) measures just the cost of those
+    // policies (a quick run).
     let only = std::env::var("PORTICO_BENCH_ONLY").ok();
     let only_auth = only.as_deref() == Some("auth");
     let only_limits = only.as_deref() == Some("ratelimit");
+    let only_backend = only.as_deref() == Some("backend");
     let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
     // A quick look at some of it (not for docs/benchmarks.md): `PORTICO_BENCH_WORKERS=1`,
     // `PORTICO_BENCH_SCENARIO=keep-alive` (a part of a scenario's name).
@@ -635,13 +637,17 @@ fn main() {
         }
     }
 
-    if !only_limits && scenario_filter.is_none() {
+    if !only_limits && !only_backend && scenario_filter.is_none() {
         eprintln!("== the cost of auth");
         policy_cost::auth_section(&mut md, &tools, &backend, &settings);
     }
-    if !only_auth && scenario_filter.is_none() {
+    if !only_auth && !only_backend && scenario_filter.is_none() {
         eprintln!("== the cost of rate limiting");
         policy_cost::rate_limit_section(&mut md, &tools, &backend, &settings);
+    }
+    if !only_auth && !only_limits && scenario_filter.is_none() {
+        eprintln!("== the cost of backend policies");
+        policy_cost::backend_section(&mut md, &tools, &backend, &settings);
     }
 
     let _ = writeln!(

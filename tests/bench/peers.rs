@@ -91,6 +91,9 @@ pub(crate) struct ProxyConfig<'a> {
     pub(crate) extra_routes: usize,
     /// More documents for Portico's configuration (an AuthPolicy on route `bench`).
     pub(crate) portico_extra: Option<&'a str>,
+    /// Portico's Service lists `backend` this many times, as that many endpoints (each with
+    /// its own state and connections), so balancing has a choice to make (1: once).
+    pub(crate) backend_copies: usize,
 }
 
 /// A started proxy.
@@ -269,7 +272,7 @@ spec:
   rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
 ",
         port = c.listen.port(),
-        backend = c.backend,
+        backend = vec![c.backend.to_string(); c.backend_copies.max(1)].join(","),
     );
     if let (Front::Tls, Some((cert, key))) = (c.front, c.tls) {
         out.push_str(&portico_tests::tls::secret_yaml(

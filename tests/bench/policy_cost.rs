@@ -4,7 +4,8 @@
 //!   credential it needs on every request;
 //! - rate limiting: no RateLimitPolicy, a local limit and a global limit (a real Redis), both
 //!   keyed by client address and set far above the load, so every request is counted and
-//!   none refused.
+//!   none refused;
+//! - balancing: BackendPolicy load balancers and circuit breakers over several endpoints.
 //!
 //! One worker, pinned as in the comparison (Portico on CPU 1, wrk and the backend on CPU 0;
 //! Redis unpinned); variants measured interleaved, rounds × seconds as the rest of the run;
@@ -27,6 +28,52 @@ struct Variant {
     policy: Option<String>,
     /// The request header that carries the credential.
     header: Option<String>,
+}
+
+/// Endpoints of the backend in the backend-policy section (the same process listed this
+/// many times: the balancers have a choice to make, and the backend's cost is the same).
+const BACKEND_COPIES: usize = 4;
+
+fn backend_policy(body: &str) -> String {
+    format!(
+        "---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: bench, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: backend}}]
+{body}
+"
+    )
+}
+
+fn backend_variants() -> Vec<Variant> {
+    let variant = |name, body: Option<&str>, header: Option<&str>| Variant {
+        name,
+        policy: body.map(backend_policy),
+        header: header.map(str::to_string),
+    };
+    vec![
+        variant(
+            "round robin",
+            Some("  loadBalancer: {type: RoundRobin}"),
+            None,
+        ),
+        variant("least request (default, no policy)", None, None),
+        variant("random", Some("  loadBalancer: {type: Random}"), None),
+        variant(
+            "consistent hash on a header",
+            Some(
+                "  loadBalancer: {type: ConsistentHash, consistentHash: {type: Header, name: x-user}}",
+            ),
+            Some("x-user: user-1234"),
+        ),
+        variant(
+            "least request + circuit breaker (maxRequests)",
+            Some("  circuitBreaker: {maxRequests: 100000, maxRetries: 1000}"),
+            None,
+        ),
+    ]
 }
 
 fn policy(body: &str) -> String {
@@ -146,7 +193,13 @@ struct Row {
 }
 
 /// Measures the variants, interleaved, one Portico each.
-fn measure(tools: &Tools, backend: &Backend, run: &RunSettings, variants: &[Variant]) -> Vec<Row> {
+fn measure(
+    tools: &Tools,
+    backend: &Backend,
+    run: &RunSettings,
+    variants: &[Variant],
+    backend_copies: usize,
+) -> Vec<Row> {
     let ip = loopback_ip();
     let mut running = Vec::new();
     for v in variants {
@@ -159,6 +212,7 @@ fn measure(tools: &Tools, backend: &Backend, run: &RunSettings, variants: &[Vari
             tls: None,
             extra_routes: 0,
             portico_extra: v.policy.as_deref(),
+            backend_copies,
         };
         let r = peers::start(tools, Peer::Portico, &config, Some("1"));
         running.push((config.listen, r));
@@ -222,7 +276,7 @@ fn table(md: &mut String, baseline: &str, variants: &[Variant], rows: &[Row]) {
 /// The cost of authentication, appended to `md`.
 pub(crate) fn auth_section(md: &mut String, tools: &Tools, backend: &Backend, run: &RunSettings) {
     let variants = auth_variants();
-    let rows = measure(tools, backend, run, &variants);
+    let rows = measure(tools, backend, run, &variants, 1);
     let _ = writeln!(
         md,
         "\n## The cost of authentication\n\nPortico alone, one worker pinned as above, the same route with no AuthPolicy, with a JWT policy (a valid RS256 or ES256 token on every request: verified once, then served from the verified-token cache until it expires) and with an API-key policy (hash and constant-time compare on every request). wrk, 1 thread, 32 connections; {} interleaved rounds of {} s.\n",
@@ -240,7 +294,7 @@ pub(crate) fn rate_limit_section(
 ) {
     let redis = Redis::start();
     let variants = rate_limit_variants(&redis);
-    let rows = measure(tools, backend, run, &variants);
+    let rows = measure(tools, backend, run, &variants, 1);
     let _ = writeln!(
         md,
         "\n## The cost of rate limiting\n\nPortico alone, one worker pinned as above, the same route with no RateLimitPolicy, with a local limit, with a cached ES256 JWT and a local limit keyed by its consumer (DESIGN's \"cached JWT auth and a local rate limit\"), and with a global limit (Redis {}, unpinned, on this machine), all token buckets keyed by client address (or consumer) and far above the load, so every request is counted and admitted. A global limit is one Redis script call per request; concurrent requests share a connection's writes (pipelining), which is the batching available without giving up exact counts. wrk, 1 thread, 32 connections; {} interleaved rounds of {} s.\n",
@@ -254,4 +308,21 @@ pub(crate) fn rate_limit_section(
         run.secs
     );
     table(md, "no limit", &variants, &rows);
+}
+
+/// The cost of balancing and the other BackendPolicy settings, appended to `md`.
+pub(crate) fn backend_section(
+    md: &mut String,
+    tools: &Tools,
+    backend: &Backend,
+    run: &RunSettings,
+) {
+    let variants = backend_variants();
+    let rows = measure(tools, backend, run, &variants, BACKEND_COPIES);
+    let _ = writeln!(
+        md,
+        "\n## The cost of balancing (BackendPolicy)\n\nPortico alone, one worker pinned as above, the same route to a backend listed as {BACKEND_COPIES} endpoints (one echo process, so only the balancing differs), with round robin, least request (the default: no policy), random, consistent hashing (Maglev) on a header every request carries, and least request with circuit-breaker limits set far above the load. Every row counts requests in the retry budget (it is always on). wrk, 1 thread, 32 connections; {} interleaved rounds of {} s.\n",
+        run.rounds, run.secs
+    );
+    table(md, "round robin", &variants, &rows);
 }
