@@ -15,13 +15,12 @@ use crate::inputs::Inputs;
 use crate::policy::{Attachments, References, Target, Targets, Verdict, oldest_first};
 use crate::refs::object_ref;
 use crate::status::StatusReport;
+use crate::values::{HOUR, SECOND, http_token, human, millis};
 use portico_crds::backend as crd;
-use portico_crds::gateway_api::Duration;
 use portico_crds::policy::PolicyTargetRef;
 use portico_model::backend as model;
 use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 /// The backend policies that apply, by target, compiled.
 #[derive(Debug, Default)]
@@ -165,45 +164,12 @@ fn valid_probe_host(h: &str) -> bool {
         && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
-/// An RFC 9110 token (a header name).
-fn http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A Gateway API duration in milliseconds, within `min..=max` (ms).
-fn millis(field: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
-    let d = Duration::from_str(value).map_err(|e| format!("{field} {value:?}: {e}"))?;
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if !(min..=max).contains(&ms) {
-        return Err(format!(
-            "{field} {value:?} must be between {} and {}",
-            human(min),
-            human(max)
-        ));
-    }
-    Ok(ms)
-}
-
-fn human(ms: u64) -> String {
-    match ms {
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
-    }
-}
-
 fn at_most(field: &str, value: Option<u32>, max: u32) -> Result<Option<u32>, String> {
     match value {
         Some(v) if v > max => Err(format!("{field} is {v}; at most {max}")),
         v => Ok(v),
     }
 }
-
-const SECOND: u64 = 1_000;
-const HOUR: u64 = 3_600 * SECOND;
 
 fn outlier(o: Option<&crd::OutlierDetection>) -> Result<model::OutlierDetection, String> {
     let mut out = model::OutlierDetection::default();

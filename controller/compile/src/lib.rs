@@ -22,7 +22,8 @@
 //! ([`policy`]: [`auth`], [`ratelimit`]) and the backends ([`backend_policy`]); [`snapshot`] assembles each Gateway's snapshot from
 //! what the passes concluded. This file only runs the passes in order.
 //!
-//! Modules import downwards only, with no cycle: [`refs`] (names and references),
+//! Modules import downwards only, with no cycle: [`refs`] (names and references), [`values`]
+//! (token and duration checks),
 //! [`unreadable`] (what can be read of an AuthPolicy this version cannot read whole) and
 //! [`status`] are leaves, [`inputs`] sits on them, the passes on those, `snapshot` on the
 //! passes, and this file on everything; [`incremental`] drives [`compile_scoped`] from
@@ -48,6 +49,7 @@ pub mod status;
 mod tls;
 pub mod unreadable;
 pub mod unserved;
+mod values;
 
 use crate::refs::{namespace_of, object_ref};
 use crate::route::RouteSource;

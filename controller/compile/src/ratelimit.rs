@@ -19,12 +19,11 @@ use crate::parameters;
 use crate::policy::{Attachments, References, Target, Targets, Verdict, oldest_first};
 use crate::refs::object_ref;
 use crate::status::StatusReport;
-use portico_crds::gateway_api::Duration;
+use crate::values;
 use portico_crds::ratelimit as crd;
 use portico_model::ratelimit as model;
 use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 /// The rate-limit policies that apply, by target, compiled.
 #[derive(Debug, Default)]
@@ -320,15 +319,7 @@ fn compile_limit(name: String, l: &crd::Limit) -> Result<model::Limit, String> {
     if l.requests == 0 {
         return Err("requests must be at least 1".into());
     }
-    let interval =
-        Duration::from_str(&l.interval).map_err(|e| format!("interval {:?}: {e}", l.interval))?;
-    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-    if !(1..=86_400_000).contains(&interval_ms) {
-        return Err(format!(
-            "interval {:?} must be between 1ms and 24h",
-            l.interval
-        ));
-    }
+    let interval_ms = values::millis("interval", &l.interval, 1, 24 * values::HOUR)?;
     let algorithm = match l.algorithm {
         crd::Algorithm::TokenBucket => model::Algorithm::TokenBucket,
         crd::Algorithm::SlidingWindow => model::Algorithm::SlidingWindow,
@@ -417,11 +408,11 @@ fn compile_limit(name: String, l: &crd::Limit) -> Result<model::Limit, String> {
     })
 }
 
-/// An RFC 9110 token (header names and methods).
+/// An RFC 9110 token (header names and methods), or why not.
 fn http_token(s: &str) -> Result<(), String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if s.is_empty() || !s.bytes().all(tchar) {
-        return Err("not a valid token".into());
+    if values::http_token(s) {
+        Ok(())
+    } else {
+        Err("not a valid token".into())
     }
-    Ok(())
 }

@@ -40,15 +40,6 @@ impl PolicyKind {
     /// limit can be keyed by who the request is, and both before the backend).
     pub const ALL: [PolicyKind; 3] = [PolicyKind::Auth, PolicyKind::RateLimit, PolicyKind::Backend];
 
-    /// Whether policies of this kind are named per route rule and route parent
-    /// ([`AttachedPolicies`]) rather than per backend.
-    pub fn on_routes(self) -> bool {
-        match self {
-            PolicyKind::Auth | PolicyKind::RateLimit => true,
-            PolicyKind::Backend => false,
-        }
-    }
-
     /// The Kubernetes kind of the policy's CRD.
     pub fn as_str(self) -> &'static str {
         match self {
