@@ -455,21 +455,24 @@ async fn a_slow_endpoint_gets_fewer_requests() {
     let fast = Backend::start("fast", false).await;
     let slow = Backend::start_slow("slow", Duration::from_millis(50)).await;
     let port = free_port();
-    let snap = Snapshot::test("gw")
-        .with_listener(http_listener("http", port))
-        .with_backend(backend("web", 80, &[fast.addr, slow.addr]))
-        .with_route(route(
-            "web",
-            "http",
-            &[],
-            vec![rule(vec![prefix("/")], vec![to("web", 80)])],
-        ));
-    let (_dp, addr) = serve(&snap);
-    let clients: Vec<_> = (0..16)
+    let web = backend("web", 80, &[fast.addr, slow.addr]);
+    let (_dp, addr) = serve(&web_snapshot(port, web, 1));
+    load(addr, 16, 25, StatusCode::OK).await;
+    let (f, s) = (fast.seen().len(), slow.seen().len());
+    assert_eq!(f + s, 400);
+    // Round robin: 200 each. Least request: the slow one gets what arrives while it has
+    // fewer in flight than a random other, a small share.
+    assert!(s < 80, "fast {f}, slow {s}");
+}
+
+/// `clients` concurrent clients, each sending `each` GETs to `addr` one after another; every
+/// answer must be `status`.
+async fn load(addr: SocketAddr, clients: usize, each: usize, status: StatusCode) {
+    let clients: Vec<_> = (0..clients)
         .map(|_| {
             tokio::spawn(async move {
-                for _ in 0..25 {
-                    assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+                for _ in 0..each {
+                    assert_eq!(get(addr, "x.test", "/").await.status, status);
                 }
             })
         })
@@ -477,11 +480,6 @@ async fn a_slow_endpoint_gets_fewer_requests() {
     for c in clients {
         c.await.expect("client");
     }
-    let (f, s) = (fast.seen().len(), slow.seen().len());
-    assert_eq!(f + s, 400);
-    // Round robin: 200 each. Least request: the slow one gets what arrives while it has
-    // fewer in flight than a random other, a small share.
-    assert!(s < 80, "fast {f}, slow {s}");
 }
 
 /// A BackendPolicy's settings on backend `web`, the rest defaults.
@@ -536,28 +534,14 @@ async fn a_policy_changes_the_balancer_of_a_live_backend() {
             ..BackendSettings::default()
         },
     );
-    let load = |addr: SocketAddr| async move {
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                tokio::spawn(async move {
-                    for _ in 0..25 {
-                        assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
-                    }
-                })
-            })
-            .collect();
-        for c in clients {
-            c.await.expect("client");
-        }
-    };
     let (dp, addr) = serve(&web_snapshot(port, plain, 1));
-    load(addr).await;
+    load(addr, 8, 25, StatusCode::OK).await;
     let (f, s) = (fast.seen().len(), slow.seen().len());
     assert_eq!(f + s, 200);
     assert!(s < 60, "least request: fast {f}, slow {s}");
     let report = dp.apply(&[web_snapshot(port, round_robin, 2)], 2);
     assert!(report.warnings.is_empty(), "{report:?}");
-    load(addr).await;
+    load(addr, 8, 25, StatusCode::OK).await;
     let (f2, s2) = (fast.seen().len() - f, slow.seen().len() - s);
     assert_eq!((f2, s2), (100, 100), "round robin: each its half");
 }
@@ -797,19 +781,7 @@ async fn the_retry_budget_bounds_amplification_against_a_failing_backend() {
         backoff_ms: 0,
     };
     let (dp, addr) = serve(&retry_snapshot(port, b, retry));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(async move {
-                for _ in 0..125 {
-                    let s = get(addr, "x.test", "/").await.status;
-                    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.expect("client");
-    }
+    load(addr, 4, 125, StatusCode::SERVICE_UNAVAILABLE).await;
     let upstream = down.hits();
     assert!(upstream <= 600, "{upstream} upstream requests for 500");
     assert!(upstream >= 580, "the budget is used: {upstream}");
@@ -1023,24 +995,23 @@ async fn a_dead_endpoint_costs_no_failed_request_and_is_ejected() {
     }
     assert_eq!(answered.values().sum::<usize>(), 60, "{answered:?}");
     let metrics = dp.metrics_text();
-    let series = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains("backend=\"test/web:80\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
     // Round robin sends every third request to the dead one until it is out: five
     // refusals, five retries, one ejection.
     assert_eq!(
-        series("portico_upstream_endpoint_ejections_total"),
+        series(&dp, "portico_upstream_endpoint_ejections_total"),
         1,
         "{metrics}"
     );
-    assert_eq!(series("portico_upstream_retries_total"), 5, "{metrics}");
     assert_eq!(
-        series("portico_upstream_errors_total{backend=\"test/web:80\",reason=\"connect_refused\"}"),
+        series(&dp, "portico_upstream_retries_total"),
+        5,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &dp,
+            "portico_upstream_errors_total{backend=\"test/web:80\",reason=\"connect_refused\"}"
+        ),
         5,
         "{metrics}"
     );
