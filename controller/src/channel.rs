@@ -69,12 +69,65 @@ impl Default for GatewayChannel {
     }
 }
 
+/// The secret session-persistence keys are derived from: every controller replica must
+/// hold the same one, so that every dataplane replica of a Gateway seals and opens the same
+/// tokens whichever controller it reached. `main` uses the snapshot channel's private key,
+/// which the replicas already share (through `--tls-secret` or the same files), under a
+/// label of its own (HKDF), so neither use weakens the other.
+#[derive(Clone)]
+pub struct SessionSecret(Vec<u8>);
+
+impl SessionSecret {
+    pub fn new(secret: &[u8]) -> Self {
+        Self(secret.to_vec())
+    }
+
+    /// A random secret: sessions then hold only while this controller runs.
+    pub fn random() -> Self {
+        let mut b = vec![0u8; 32];
+        // The system generator does not fail on Linux; an all-zero secret would only make
+        // sessions predictable, so fail loudly rather than go on.
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .expect("the system random generator failed");
+        Self(b)
+    }
+
+    /// Gateway `gw`'s key (base64, 32 bytes): one Gateway's tokens open nowhere else.
+    pub fn for_gateway(&self, gw: &ObjectRef) -> portico_model::auth::Sensitive {
+        use base64::Engine as _;
+        use ring::hkdf;
+        struct Len;
+        impl hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk =
+            hkdf::Salt::new(hkdf::HKDF_SHA256, b"portico session persistence v1").extract(&self.0);
+        let info = gw.to_string();
+        let mut key = [0u8; 32];
+        let info = [info.as_bytes()];
+        // Only fails when asked for more than 255 blocks; 32 bytes is one.
+        if let Ok(okm) = prk.expand(&info, Len) {
+            let _ = okm.fill(&mut key);
+        }
+        portico_model::auth::Sensitive(base64::engine::general_purpose::STANDARD.encode(key))
+    }
+}
+
+impl std::fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The newest snapshot per Gateway, and the dataplanes' answers.
 pub struct Hub {
     gateways: Mutex<BTreeMap<ObjectRef, GatewayChannel>>,
     /// Woken when an answer or a connection changes what status should say.
     changed: Arc<Notify>,
     next_version: AtomicU64,
+    sessions: SessionSecret,
 }
 
 impl std::fmt::Debug for Hub {
@@ -86,7 +139,7 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub fn new(changed: Arc<Notify>) -> Self {
+    pub fn new(changed: Arc<Notify>, sessions: SessionSecret) -> Self {
         // Versions start from the clock so a restarted controller never reuses a number a
         // dataplane already holds.
         let start = std::time::SystemTime::now()
@@ -97,6 +150,7 @@ impl Hub {
             gateways: Mutex::new(BTreeMap::new()),
             changed,
             next_version: AtomicU64::new(start),
+            sessions,
         }
     }
 
@@ -138,6 +192,7 @@ impl Hub {
         mut snap: Snapshot,
     ) {
         let ch = gateways.entry(gw.clone()).or_default();
+        snap.session_key = Some(self.sessions.for_gateway(gw));
         let same = ch.tx.borrow().as_ref().is_some_and(|cur| {
             snap.version = cur.version;
             **cur == snap
@@ -443,4 +498,30 @@ pub fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAcceptor> {
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_are_the_same_on_every_replica_and_differ_per_gateway() {
+        let gw = |n: &str| ObjectRef::new("default", n);
+        let (a, b) = (SessionSecret::new(b"shared"), SessionSecret::new(b"shared"));
+        assert_eq!(a.for_gateway(&gw("web")), b.for_gateway(&gw("web")));
+        assert_ne!(a.for_gateway(&gw("web")), a.for_gateway(&gw("api")));
+        assert_ne!(
+            a.for_gateway(&gw("web")),
+            SessionSecret::new(b"other").for_gateway(&gw("web"))
+        );
+        assert_ne!(
+            SessionSecret::random().for_gateway(&gw("web")),
+            SessionSecret::random().for_gateway(&gw("web"))
+        );
+        use base64::Engine as _;
+        let key = a.for_gateway(&gw("web"));
+        let raw = base64::engine::general_purpose::STANDARD.decode(&key.0);
+        assert_eq!(raw.map(|k| k.len()).ok(), Some(32));
+        assert_eq!(format!("{a:?} {key:?}"), "<redacted> <redacted>");
+    }
 }

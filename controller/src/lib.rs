@@ -46,6 +46,9 @@ pub struct Settings {
     pub provision: Option<provision::ProvisionSettings>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (none when `None`).
     pub admin_address: Option<std::net::SocketAddr>,
+    /// What session-persistence keys are derived from (random when `None`: sessions then
+    /// last only as long as this controller).
+    pub session_secret: Option<channel::SessionSecret>,
 }
 
 /// How long after start-up a Gateway without connected dataplanes keeps the `Programmed`
@@ -161,7 +164,11 @@ pub async fn run(
 ) {
     let started = tokio::time::Instant::now();
     let changed = Arc::new(Notify::new());
-    let hub = Arc::new(channel::Hub::new(changed.clone()));
+    let sessions = settings
+        .session_secret
+        .clone()
+        .unwrap_or_else(channel::SessionSecret::random);
+    let hub = Arc::new(channel::Hub::new(changed.clone(), sessions));
     let index = Index::start(&client, &changed, &settings.secret_hint);
     let (elector, leading) = LeaderElector::new(client.clone(), settings.lease.clone());
     let health = Arc::new(admin::Health::new(leading.clone()));

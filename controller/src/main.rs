@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             Some(args.admin_address.parse()?)
         },
+        session_secret: None,
     };
     let mut served_cert = None;
     let channel = if args.snapshot_address.is_empty() {
@@ -168,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let tls = portico_controller::channel::acceptor(&cert, &key)?;
+        settings.session_secret = Some(portico_controller::channel::SessionSecret::new(
+            key.as_bytes(),
+        ));
         served_cert = Some(cert);
         let listener = tokio::net::TcpListener::bind(&args.snapshot_address).await?;
         tracing::info!(address = %listener.local_addr()?, "serving snapshots");

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
     status = "PolicyStatus",
     shortname = "bepol",
     category = "portico",
-    doc = "BackendPolicy sets load balancing, passive health checks, the retry budget, circuit breakers and connection settings of a Service's endpoints (Gateway API direct policy attachment).",
+    doc = "BackendPolicy sets load balancing, passive and active health checks, the retry budget, circuit breakers, connection settings and session persistence of a Service's endpoints (Gateway API direct policy attachment).",
     printcolumn(
         name = "Target",
         type_ = "string",
@@ -89,6 +89,75 @@ pub struct BackendPolicySpec {
     /// Connections to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Connection>,
+
+    /// Session persistence, shaped as Gateway API's `sessionPersistence`: a client's
+    /// requests keep going to the endpoint its first request went to, for every route rule
+    /// that sends to the Service and has no `sessionPersistence` of its own. Each rule keeps
+    /// sessions of its own (a session on `/a` does not pin `/b`). Stateless: the cookie or
+    /// header carries the endpoint sealed with a key every dataplane replica shares, so it
+    /// holds across replicas and a client cannot make one up. An endpoint that has gone, is
+    /// ejected or fails its health checks ends the session: the balancer picks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+/// Gateway API `sessionPersistence`, for a Service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.cookieConfig) || !has(self.cookieConfig.lifetimeType) || self.cookieConfig.lifetimeType != 'Permanent' || has(self.absoluteTimeout)").message("a Permanent cookie needs absoluteTimeout (its Max-Age)"))]
+#[x_kube(validation = Rule::new("!has(self.cookieConfig) || !has(self.type) || self.type == 'Cookie'").message("cookieConfig applies only to the Cookie type"))]
+pub struct SessionPersistence {
+    /// The cookie's or header's name. Default: `portico-session-` and a hash of the policy,
+    /// so policies do not share a cookie by accident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')").message("sessionName is a cookie or header name: letters, digits and !#$%&*+-.^_|~"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub session_name: Option<String>,
+
+    /// `Cookie` (the default) or `Header`. A header session is sent back in a response
+    /// header of this name, and the client returns it in the same request header.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<SessionType>,
+
+    /// The session ends this long after it started, whatever the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("absoluteTimeout is a duration such as 30m, 12h or 1h30m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("absoluteTimeout must be at least 1s"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub absolute_timeout: Option<String>,
+
+    /// The session ends after this long without a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("idleTimeout is a duration such as 30s, 10m or 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("idleTimeout must be at least 1s"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub idle_timeout: Option<String>,
+
+    /// Cookie settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_config: Option<CookieConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SessionType {
+    Cookie,
+    Header,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CookieConfig {
+    /// `Session` (the default): the browser drops the cookie when it closes (the session
+    /// still ends at `absoluteTimeout`). `Permanent`: the cookie is kept until
+    /// `absoluteTimeout` (`Max-Age`), which it requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_type: Option<CookieLifetime>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum CookieLifetime {
+    Session,
+    Permanent,
 }
 
 /// A Service, or one of its ports.

@@ -9,7 +9,7 @@ use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
 use crate::sanitize::EdgeSettings;
-use crate::upstream::{self, ConnSettings, Outcome};
+use crate::upstream::{self, ConnSettings, Outcome, session};
 use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -251,17 +251,41 @@ impl Proxy {
                 None,
             );
         }
-        let Some(target @ Target::Pool { pool, .. }) = rule.pick() else {
+        // A rule's own session pins the backend as well as the endpoint; one of a backend's
+        // policy only the endpoint.
+        let rule_session = rule.session.as_deref();
+        let now = rule_session.map_or(0, |_| session::now_secs());
+        let mut held = None;
+        let target = match rule_session.and_then(|s| Some((s, s.own.as_ref()?))) {
+            Some((s, sp)) => {
+                held = session::read(&s.sealer, &s.scope, sp, req.headers(), now);
+                held.and_then(|p| rule.target_tagged(p.backend))
+                    .or_else(|| rule.pick())
+            }
+            None => rule.pick(),
+        };
+        let Some(target @ Target::Pool { pool, .. }) = target else {
             return (Err(ProxyError::NoBackend), None);
         };
         let backend_filters = target.filters();
         let settings = pool.settings();
+        let sticky =
+            rule_session.and_then(|s| Some((s, s.own.as_ref().or(settings.session.as_ref())?)));
+        if let Some((s, sp)) = sticky.filter(|(s, _)| s.own.is_none()) {
+            held = session::read(&s.sealer, &s.scope, sp, req.headers(), now);
+        }
+        let held = held.filter(|p| p.backend == pool.tag);
         let endpoints = pool.endpoints();
         let hash = settings
             .hash_on
             .as_ref()
             .and_then(|on| upstream::hash_key(on, req.headers(), req.uri(), cx.peer()));
         let mut candidates = pool.candidates(&endpoints, &settings, hash);
+        if let Some(p) = held {
+            // An endpoint that is gone, ejected or failing its checks ends the session: the
+            // balancer's choice stands, and the response starts a new one.
+            candidates = candidates.pinned_first(p.addr);
+        }
         let Some(mut endpoint) = candidates.next() else {
             pool.metrics.failed("no_endpoints");
             return (Err(ProxyError::NoEndpoints(pool.id.to_string())), None);
@@ -480,6 +504,23 @@ impl Proxy {
                 util::strip_hop_by_hop(resp.headers_mut());
                 if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());
+                }
+                if let Some((s, sp)) = sticky
+                    && let Some(pin) = session::renew(sp, held, pool.tag, endpoint.addr, now)
+                {
+                    // A rule's cookie is for the path it matched; a policy's has no path
+                    // (several routes may send to the Service).
+                    let path = s.own.is_some().then(|| prefix.unwrap_or("/"));
+                    let secure = cx.down.scheme == "https";
+                    if let Some((name, value)) =
+                        session::issue(&s.sealer, &s.scope, sp, &pin, path, secure)
+                    {
+                        if name == header::SET_COOKIE {
+                            resp.headers_mut().append(name, value);
+                        } else {
+                            resp.headers_mut().insert(name, value);
+                        }
+                    }
                 }
                 Ok(resp)
             }

@@ -2,7 +2,9 @@
 //! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
 
 use crate::upstream::BackendPool;
+use crate::upstream::session::Sealer;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use portico_model::backend::SessionPersistence;
 use portico_model::{HeaderModifier, Redirect, Timeouts, UrlRewrite};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +125,20 @@ pub struct CompiledRule {
     pub backend_timeout: Option<Duration>,
     /// HTTPRoute `retry`.
     pub retry: Option<Box<portico_model::RouteRetry>>,
+    /// Session persistence, when the rule or one of its backends' policies asks for it.
+    pub session: Option<Box<RuleSession>>,
+}
+
+/// What a rule needs to keep sessions.
+#[derive(Debug)]
+pub struct RuleSession {
+    /// The rule's own `sessionPersistence`, which pins the backend too; `None`: the one of
+    /// the backend's policy, if any.
+    pub own: Option<SessionPersistence>,
+    /// The Gateway's.
+    pub sealer: Arc<Sealer>,
+    /// Binds tokens to this rule: sessions are never shared between rules.
+    pub scope: Box<str>,
 }
 
 impl CompiledRule {
@@ -135,6 +151,15 @@ impl CompiledRule {
             t.request_ms.map(Duration::from_millis),
             t.backend_request_ms.map(Duration::from_millis),
         )
+    }
+
+    /// The target of backend `tag` ([`crate::upstream::session::backend_tag`]), if it is one
+    /// of this rule's.
+    pub fn target_tagged(&self, tag: u64) -> Option<&Target> {
+        self.targets
+            .iter()
+            .map(|t| &t.target)
+            .find(|t| matches!(t, Target::Pool { pool, .. } if pool.tag == tag))
     }
 
     /// Weighted random choice; `None` when the rule has no backend with weight.

@@ -6,9 +6,10 @@ use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
 use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
-use crate::rule::{CompiledRule, HeaderOps, RuleFilters, Target, WeightedTarget};
+use crate::rule::{CompiledRule, HeaderOps, RuleFilters, RuleSession, Target, WeightedTarget};
 use crate::tls::SniCertificates;
 use crate::upstream::Upstreams;
+use crate::upstream::session::Sealer;
 use http::{HeaderName, Method};
 use portico_model::auth::AuthPolicy;
 use portico_model::{
@@ -59,6 +60,7 @@ pub fn build(
     let mut order = 0usize;
     for snap in snapshots {
         let gw = snap.gateway.to_string();
+        let sealer = Arc::new(Sealer::new(snap.session_key.as_ref()));
         // listener name → the sockets whose slot it owns
         let mut listener_sockets: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
         for l in &snap.listeners {
@@ -170,7 +172,15 @@ pub fn build(
             let rules: Vec<Arc<CompiledRule>> = route
                 .rules
                 .iter()
-                .map(|r| Arc::new(compile_rule(r, &label, snap, pools, metrics, &mut t)))
+                .enumerate()
+                .map(|(i, r)| {
+                    let scope = RuleScope {
+                        label: &label,
+                        index: i,
+                        sealer: &sealer,
+                    };
+                    Arc::new(compile_rule(r, &scope, snap, pools, metrics, &mut t))
+                })
                 .collect();
             let mut matches = Vec::new();
             for (ri, rule) in route.rules.iter().enumerate() {
@@ -344,14 +354,22 @@ fn header_ops(
         .ok()
 }
 
+/// Where a rule sits: its route, its place, and its Gateway's session sealer.
+struct RuleScope<'a> {
+    label: &'a Arc<str>,
+    index: usize,
+    sealer: &'a Arc<Sealer>,
+}
+
 fn compile_rule(
     r: &RouteRule,
-    label: &Arc<str>,
+    scope: &RuleScope<'_>,
     snap: &Snapshot,
     pools: &Upstreams,
     metrics: &Metrics,
     t: &mut Tables,
 ) -> CompiledRule {
+    let label = scope.label;
     let w = &mut t.warnings;
     let mut filters = RuleFilters::default();
     for f in &r.filters {
@@ -400,6 +418,25 @@ fn compile_rule(
     }
     targets.shrink_to_fit();
     let (request_timeout, backend_timeout) = CompiledRule::timeouts(&r.timeouts);
+    let policy_sessions = r.backend_refs.iter().any(|b| match &b.target {
+        BackendTarget::Service(id) => snap
+            .backend(id)
+            .and_then(|b| b.settings.as_ref())
+            .is_some_and(|s| s.session_persistence.is_some()),
+        BackendTarget::Unresolved { .. } => false,
+    });
+    let session = (r.session_persistence.is_some() || policy_sessions).then(|| {
+        Box::new(RuleSession {
+            own: r.session_persistence.clone(),
+            sealer: scope.sealer.clone(),
+            // The rule's name if it has one (it survives reordering), else its place.
+            scope: match &r.name {
+                Some(n) => format!("{label}#{n}"),
+                None => format!("{label}#{}", scope.index),
+            }
+            .into(),
+        })
+    });
     CompiledRule {
         route: label.clone(),
         filters: filters.boxed(),
@@ -407,5 +444,6 @@ fn compile_rule(
         request_timeout,
         backend_timeout,
         retry: r.retry.clone().map(Box::new),
+        session,
     }
 }

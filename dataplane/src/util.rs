@@ -45,6 +45,20 @@ pub fn query_values<'q>(query: &'q str, name: &str) -> impl Iterator<Item = Cow<
     })
 }
 
+/// Every value of cookie `name` over every Cookie header, in order, values trimmed (names
+/// compared trimmed, as servers read them).
+pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(move |pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let (k, v) = pair.split_at(eq);
+            (k.trim_ascii() == name.as_bytes()).then(|| v[1..].trim_ascii())
+        })
+}
+
 /// Percent-decodes a query component (`+` is a space); malformed escapes stay as they are.
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {

@@ -13,7 +13,10 @@ use parking_lot::Mutex;
 use portico_dataplane::listen::ServerSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::{Dataplane, DataplaneSettings};
-use portico_model::backend::{CircuitBreaker, HashOn, HealthCheck, LoadBalancer, Probe, Retry};
+use portico_model::backend::{
+    CircuitBreaker, HashOn, HealthCheck, LoadBalancer, Probe, Retry, SessionKind,
+    SessionPersistence,
+};
 use portico_model::fixtures::*;
 use portico_model::{
     BackendSettings, Filter, Header, HeaderModifier, ObjectRef, Redirect, RouteRetry, Snapshot,
@@ -1072,4 +1075,243 @@ async fn a_backend_that_never_answers_gets_the_idle_timeout_then_504() {
         "backendRequest bounds it, waited {waited:?}"
     );
     assert_eq!(hang.seen().len(), 2, "the backend got both requests");
+}
+
+/// Ten endpoints `s0..s9` of backend `test/web:80`, and a snapshot factory for them whose
+/// key every replica shares.
+async fn session_backends() -> (Vec<Backend>, Vec<SocketAddr>) {
+    const NAMES: [&str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
+    let mut backends = Vec::new();
+    for name in NAMES {
+        backends.push(Backend::start(name, false).await);
+    }
+    let addrs = backends.iter().map(|b| b.addr).collect();
+    (backends, addrs)
+}
+
+fn cookie_session(name: &str) -> SessionPersistence {
+    SessionPersistence {
+        kind: SessionKind::Cookie,
+        name: name.into(),
+        absolute_timeout_ms: None,
+        idle_timeout_ms: None,
+        permanent: false,
+    }
+}
+
+/// A shared key, as the controller stamps it on every replica's snapshot.
+fn keyed(mut s: Snapshot) -> Snapshot {
+    s.session_key = Some(portico_model::auth::Sensitive(
+        "c2Vzc2lvbi1rZXktZm9yLXRoZS10ZXN0LXJlcGxpY2E=".into(),
+    ));
+    s
+}
+
+/// `GET /` with `extra` headers; the backend that answered, and the whole answer.
+async fn get_with(addr: SocketAddr, extra: &[(&str, &str)]) -> (String, Answer) {
+    let mut req = Request::get("/app/page").header("host", "x.test");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let a = send(addr, false, req.body(Full::default()).expect("request")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    (header(&a, "x-backend").to_string(), a)
+}
+
+/// The `name=value` part of the answer's Set-Cookie, if any.
+fn set_cookie(a: &Answer) -> Option<String> {
+    let v = a.headers.get(http::header::SET_COOKIE)?.to_str().ok()?;
+    Some(v.split(';').next()?.to_string())
+}
+
+/// Session persistence on a route rule: the cookie of a first request pins the client to
+/// its endpoint through two replicas (each told the same key), with no state shared
+/// between them; a forged, altered or foreign cookie picks nothing; and when the pinned
+/// endpoint leaves, the balancer picks again and a new session starts.
+#[tokio::test]
+async fn a_session_cookie_pins_a_client_through_two_replicas_and_cannot_be_forged() {
+    let (_backends, addrs) = session_backends().await;
+    let snap = |port: u16, addrs: &[SocketAddr], version: u64| {
+        let mut r = rule(vec![prefix("/app")], vec![to("web", 80)]);
+        r.session_persistence = Some(cookie_session("sticky"));
+        keyed(Snapshot {
+            version,
+            ..Snapshot::test("gw")
+                .with_listener(http_listener("http", port))
+                .with_backend(backend("web", 80, addrs))
+                .with_route(route("web", "http", &[], vec![r]))
+        })
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, addr_a) = serve(&snap(port_a, &addrs, 1));
+    let (_b, addr_b) = serve(&snap(port_b, &addrs, 1));
+
+    // Twenty clients: each is pinned, and together they are spread by the balancer.
+    let mut pinned_to = std::collections::BTreeSet::new();
+    let mut sessions = Vec::new();
+    for client in 0..20 {
+        let first = if client % 2 == 0 { addr_a } else { addr_b };
+        let (by, answer) = get_with(first, &[]).await;
+        let raw = answer.headers[http::header::SET_COOKIE]
+            .to_str()
+            .expect("ascii");
+        assert!(
+            raw.contains("; Path=/app") && raw.contains("HttpOnly") && raw.contains("SameSite=Lax"),
+            "{raw}"
+        );
+        assert!(!raw.contains("Secure"), "plain HTTP: {raw}");
+        let cookie = set_cookie(&answer).expect("a session cookie");
+        for i in 0..10 {
+            let replica = if i % 2 == 0 { addr_b } else { addr_a };
+            let (again, answer) =
+                get_with(replica, &[("cookie", &format!("lang=en; {cookie}"))]).await;
+            assert_eq!(again, by, "client {client}, request {i}: the same endpoint");
+            assert_eq!(set_cookie(&answer), None, "a live session is not re-sent");
+        }
+        pinned_to.insert(by.clone());
+        sessions.push((by, cookie));
+    }
+    assert!(
+        pinned_to.len() >= 4,
+        "spread by the balancer: {pinned_to:?}"
+    );
+
+    // Forgeries: a made-up token naming s4 in the token's plain layout, every one-character
+    // change of a real token, a real token of another Gateway's key (another replica set)
+    // and of another session name. None pins, and each gets a fresh session.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let s4 = addrs[4];
+    let std::net::IpAddr::V4(ip) = s4.ip() else {
+        unreachable!()
+    };
+    let mut plain = vec![0u8; 12];
+    plain.push(1);
+    plain.extend_from_slice(&[0; 16]);
+    plain.extend_from_slice(&s4.port().to_be_bytes());
+    plain.extend_from_slice(&ip.octets());
+    plain.extend_from_slice(&[0; 16]);
+    let made_up = format!("sticky={}", b64.encode(&plain));
+    let mut by_forged = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        let (by, answer) = get_with(addr_a, &[("cookie", &made_up)]).await;
+        assert!(
+            set_cookie(&answer).is_some(),
+            "a forged cookie starts a new session"
+        );
+        *by_forged.entry(by).or_default() += 1;
+    }
+    assert!(
+        by_forged.get("s4").copied().unwrap_or(0) < 10,
+        "{by_forged:?}"
+    );
+    let (owner, real) = &sessions[0];
+    let value = real.strip_prefix("sticky=").expect("name");
+    let mut moved = 0;
+    for i in 0..value.len() {
+        let mut t = value.as_bytes().to_vec();
+        t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+        let altered = format!("sticky={}", String::from_utf8(t).expect("ascii"));
+        let (by, answer) = get_with(addr_b, &[("cookie", &altered)]).await;
+        assert!(
+            set_cookie(&answer).is_some(),
+            "altered at {i}: a new session"
+        );
+        moved += usize::from(by != *owner);
+    }
+    assert!(moved > 0, "altered tokens are not honoured");
+    let other_key = {
+        let mut s = snap(free_port(), &addrs, 1);
+        s.session_key = Some(portico_model::auth::Sensitive(
+            "b3RoZXItZ2F0ZXdheS1rZXktZm9yLXRoZS10ZXN0LS0=".into(),
+        ));
+        s
+    };
+    let (_c, addr_c) = serve(&other_key);
+    let (_, answer) = get_with(addr_c, &[("cookie", real)]).await;
+    assert!(
+        set_cookie(&answer).is_some(),
+        "another key does not open it"
+    );
+
+    // The pinned endpoint leaves: the session's next request goes elsewhere and is re-pinned.
+    let gone: usize = owner[1..].parse().expect("s<n>");
+    let fewer: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|x| *x != addrs[gone])
+        .collect();
+    let report = a.apply(&[snap(port_a, &fewer, 2)], 2);
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let (by, answer) = get_with(addr_a, &[("cookie", real)]).await;
+    assert_ne!(by, *owner);
+    let renewed = set_cookie(&answer).expect("a new session");
+    let (again, _) = get_with(addr_a, &[("cookie", &renewed)]).await;
+    assert_eq!(again, by);
+}
+
+/// A rule's session pins the backend of a traffic split, not only the endpoint: a client
+/// stays on the backend its first request was weighed to.
+#[tokio::test]
+async fn a_rule_session_pins_the_backend_of_a_split() {
+    let blue = Backend::start("blue", false).await;
+    let green = Backend::start("green", false).await;
+    let port = free_port();
+    let mut r = rule(vec![prefix("/app")], vec![to("blue", 80), to("green", 80)]);
+    r.session_persistence = Some(cookie_session("split"));
+    let (_dp, addr) = serve(&keyed(
+        Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("blue", 80, &[blue.addr]))
+            .with_backend(backend("green", 80, &[green.addr]))
+            .with_route(route("split", "http", &[], vec![r])),
+    ));
+    let mut firsts = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let (by, answer) = get_with(addr, &[]).await;
+        let cookie = set_cookie(&answer).expect("a session");
+        for _ in 0..8 {
+            assert_eq!(get_with(addr, &[("cookie", &cookie)]).await.0, by);
+        }
+        firsts.insert(by);
+    }
+    assert_eq!(firsts.len(), 2, "new sessions are still split: {firsts:?}");
+}
+
+/// A BackendPolicy's header session, with an idle timeout: the token comes back in the
+/// header, is honoured when sent in the same header, and is refreshed as time passes.
+#[tokio::test]
+async fn a_policy_header_session_pins_and_is_refreshed() {
+    let (_backends, addrs) = session_backends().await;
+    let port = free_port();
+    let settings = BackendSettings {
+        session_persistence: Some(SessionPersistence {
+            kind: SessionKind::Header,
+            name: "x-session".into(),
+            absolute_timeout_ms: Some(3_600_000),
+            idle_timeout_ms: Some(1_000),
+            permanent: false,
+        }),
+        ..BackendSettings::default()
+    };
+    let (_dp, addr) = serve(&keyed(web_snapshot(
+        port,
+        with_settings(backend("web", 80, &addrs), settings),
+        1,
+    )));
+    let (by, answer) = get_with(addr, &[]).await;
+    assert_eq!(answer.headers.get(http::header::SET_COOKIE), None);
+    let token = header(&answer, "x-session").to_string();
+    assert!(!token.is_empty());
+    for _ in 0..10 {
+        assert_eq!(get_with(addr, &[("x-session", &token)]).await.0, by);
+    }
+    // An idle timeout of one second is refreshed on every request after a tenth of it
+    // (rounded up to a second) and ends after a second without one.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (_, answer) = get_with(addr, &[("x-session", &token)]).await;
+    assert!(
+        !header(&answer, "x-session").is_empty(),
+        "refreshed or renewed"
+    );
 }

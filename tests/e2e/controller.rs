@@ -10,10 +10,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_tests::cluster::{
     Channel, ControlPlane, control_plane_with, create, create_cluster, shared_controller,

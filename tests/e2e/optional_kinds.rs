@@ -3,10 +3,10 @@
 //! must not wait for the kinds it cannot list: it serves what there is, and picks a kind up
 //! once its CRD is installed.
 
+use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_tests::cluster::{
     Channel, await_accepted, control_plane_with, create, create_cluster,
     install_gateway_api_crds_named, start_controller, test_namespace,

@@ -117,6 +117,11 @@ fn compile_policy(
         retry: retry(spec.retry.as_ref())?,
         circuit_breaker: circuit_breaker(spec.circuit_breaker.as_ref())?,
         connection: connection(spec.connection.as_ref())?,
+        session_persistence: spec
+            .session_persistence
+            .as_ref()
+            .map(|sp| crate::session::compile(sp, &format!("BackendPolicy/{id}")))
+            .transpose()?,
     })
 }
 

@@ -6,14 +6,14 @@
 //! ([`crate::route`]). What differs is kept with the source: its kind (status, ReferenceGrants,
 //! the cross-kind hostname rule) and that its backends speak HTTP/2.
 
+use portico_crds::gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType,
+};
 use portico_crds::gateway_api::experimental::httproutes::{
     HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeaders,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPath, HttpRouteRulesMatchesPathType,
     HttpRouteSpec,
-};
-use portico_crds::gateway_api::grpcroutes::{
-    GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
-    GrpcRouteRulesMatchesMethodType,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -92,6 +92,7 @@ fn rule(r: &GrpcRouteRules) -> Result<HttpRouteRules, String> {
             .transpose()?,
         matches,
         name: r.name.clone(),
+        session_persistence: r.session_persistence.as_ref().map(convert).transpose()?,
         ..Default::default()
     })
 }
@@ -180,7 +181,7 @@ fn grpc_match(m: &GrpcRouteRulesMatches) -> Result<HttpRouteRulesMatches, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_crds::gateway_api::grpcroutes::GrpcRouteRulesMatchesMethod;
+    use portico_crds::gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesMethod;
 
     fn method(service: Option<&str>, method: Option<&str>, regex: bool) -> GrpcRouteRulesMatches {
         GrpcRouteRulesMatches {

@@ -9,8 +9,8 @@ use crate::unreadable::UnreadableAuthPolicy;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::gateway_api::{
-    experimental::httproutes::HttpRoute as HTTPRoute, gatewayclasses::GatewayClass,
-    gateways::Gateway, grpcroutes::GrpcRoute, referencegrants::ReferenceGrant,
+    experimental::grpcroutes::GrpcRoute, experimental::httproutes::HttpRoute as HTTPRoute,
+    gatewayclasses::GatewayClass, gateways::Gateway, referencegrants::ReferenceGrant,
 };
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};

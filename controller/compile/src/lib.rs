@@ -44,6 +44,7 @@ mod policy;
 mod ratelimit;
 mod refs;
 mod route;
+mod session;
 mod snapshot;
 pub mod status;
 mod tls;

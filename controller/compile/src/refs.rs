@@ -6,10 +6,10 @@
 //! passes, attachment, the dependency map) may use it without an import cycle.
 
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gateway_api::grpcroutes::GrpcRoute;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_model::ObjectRef;
 use std::collections::BTreeSet;

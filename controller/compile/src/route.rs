@@ -377,11 +377,19 @@ fn translate(
             .map(translate_retry)
             .transpose()
             .map_err(at)?;
-        if rule.session_persistence.is_some() {
-            return Err(at(
-                "sessionPersistence is not supported yet; remove it to serve this route".into(),
-            ));
-        }
+        let session_persistence = rule
+            .session_persistence
+            .as_ref()
+            .map(|sp| {
+                let name = route.metadata.name.as_deref().unwrap_or_default();
+                let scope = match &rule.name {
+                    Some(r) => format!("{kind:?}/{ns}/{name}/{r}"),
+                    None => format!("{kind:?}/{ns}/{name}/{i}"),
+                };
+                crate::session::from_route(sp, &scope)
+            })
+            .transpose()
+            .map_err(at)?;
         out.rules.push(RouteRule {
             name: rule.name.clone(),
             matches,
@@ -389,6 +397,7 @@ fn translate(
             backend_refs,
             timeouts,
             retry,
+            session_persistence,
             policies: AttachedPolicies::default(),
         });
     }

@@ -74,6 +74,7 @@ pub(crate) fn gateway_snapshot(
         routes,
         backends,
         policies: PolicySet::default(),
+        session_key: None,
     };
     policies.attach(&mut snapshot);
     Some(snapshot)

@@ -548,7 +548,8 @@ fn invalid_rules_reject_only_their_route() {
         route("timeouts", "default", "{name: gw}", "  rules:\n  - timeouts: {request: 1s, backendRequest: 2s}"),
         route("retry-code", "default", "{name: gw}", "  rules:\n  - retry: {codes: [200]}"),
         route("retry-backoff", "default", "{name: gw}", "  rules:\n  - retry: {codes: [503], backoff: soon}"),
-        route("session", "default", "{name: gw}", "  rules:\n  - sessionPersistence: {sessionName: s, type: Cookie}"),
+        route("session", "default", "{name: gw}", "  rules:\n  - sessionPersistence: {sessionName: host, type: Header}"),
+        route("session-permanent", "default", "{name: gw}", "  rules:\n  - sessionPersistence: {cookieConfig: {lifetimeType: Permanent}}"),
         route("good", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/v[0-9]+/.*\"}}]"),
     ]
     .concat();
@@ -563,6 +564,7 @@ fn invalid_rules_reject_only_their_route() {
         "retry-code",
         "retry-backoff",
         "session",
+        "session-permanent",
     ] {
         let c = route_condition(&out, &format!("default/{bad}"), types::ACCEPTED);
         assert!(!c.is_true(), "{bad} should be rejected");
@@ -580,6 +582,37 @@ fn invalid_rules_reject_only_their_route() {
         .map(|r| r.id.name.as_str())
         .collect();
     assert_eq!(names, ["good"]);
+}
+
+#[test]
+fn route_sessions_are_compiled_with_made_up_names_per_rule() {
+    let extra = [
+        route("sticky", "default", "{name: gw}", "  rules:\n  - sessionPersistence: {sessionName: app, absoluteTimeout: 12h, idleTimeout: 30m, cookieConfig: {lifetimeType: Permanent}}\n    matches: [{path: {value: /a}}]\n  - sessionPersistence: {type: Header}\n    matches: [{path: {value: /b}}]\n  - sessionPersistence: {}\n    matches: [{path: {value: /c}}]"),
+    ]
+    .concat();
+    let out = run(&extra);
+    let rules = &out.snapshots[&gw()]
+        .routes
+        .iter()
+        .find(|r| r.id.name == "sticky")
+        .expect("route")
+        .rules;
+    let sp = |i: usize| rules[i].session_persistence.clone().expect("session");
+    assert_eq!(
+        sp(0),
+        portico_model::backend::SessionPersistence {
+            kind: portico_model::backend::SessionKind::Cookie,
+            name: "app".into(),
+            absolute_timeout_ms: Some(12 * 3_600_000),
+            idle_timeout_ms: Some(30 * 60_000),
+            permanent: true,
+        }
+    );
+    assert_eq!(sp(1).kind, portico_model::backend::SessionKind::Header);
+    // Made-up names differ between rules, so they never share a cookie.
+    assert!(sp(1).name.starts_with("portico-session-"), "{}", sp(1).name);
+    assert_ne!(sp(1).name, sp(2).name);
+    assert_eq!(sp(2).kind, portico_model::backend::SessionKind::Cookie);
 }
 
 #[test]

@@ -93,5 +93,6 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             settings: None,
         }],
         policies: Default::default(),
+        session_key: None,
     }
 }

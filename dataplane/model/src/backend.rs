@@ -96,6 +96,10 @@ pub struct BackendSettings {
     pub retry: Retry,
     pub circuit_breaker: CircuitBreaker,
     pub connection: Connection,
+    /// Sessions pinned to an endpoint, for rules that have no `sessionPersistence` of their
+    /// own. The cookie has no `Path` (several routes may send to the Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
 }
 
 /// How requests are spread over the endpoints.
@@ -237,6 +241,37 @@ pub struct Connection {
     pub connect_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// Session persistence (Gateway API `sessionPersistence`): a client's requests keep going to
+/// the endpoint (and, for a rule, the backend) its first request went to. The dataplane
+/// keeps no state: the cookie or header carries the endpoint sealed, so any replica can
+/// read it and no client can make one up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionPersistence {
+    pub kind: SessionKind,
+    /// The cookie's or header's name (compile makes one up when the user gives none).
+    pub name: String,
+    /// A session ends this long after its first request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout_ms: Option<u64>,
+    /// A session ends after this long without a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A cookie kept by the browser until the absolute timeout (`Max-Age`); otherwise a
+    /// session cookie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
+}
+
+/// Where a session's token travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionKind {
+    /// Set with `Set-Cookie`, read from `Cookie`.
+    Cookie,
+    /// Sent in a response header, read from the same request header.
+    Header,
 }
 
 /// One address of a backend, with its EndpointSlice conditions.

@@ -24,6 +24,7 @@ impl Snapshot {
             routes: vec![],
             backends: vec![],
             policies: PolicySet::default(),
+            session_key: None,
         }
     }
 

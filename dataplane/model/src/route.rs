@@ -111,6 +111,9 @@ pub struct RouteRule {
     /// (the backend's BackendPolicy says whether and within what budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+    /// `sessionPersistence`: overrides a BackendPolicy's, and pins the backend too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<crate::backend::SessionPersistence>,
     /// The policies of this rule (or else of its HTTPRoute); each overrides the parent's of
     /// its kind. Flattened, like [`RouteParent::policies`].
     #[serde(flatten)]

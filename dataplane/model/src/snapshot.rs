@@ -1,6 +1,7 @@
 //! The snapshot itself: one Gateway's listeners, routes, backends and policies, each a list
 //! of the types of its own module.
 
+use crate::auth::Sensitive;
 use crate::backend::{Backend, BackendId};
 use crate::listener::Listener;
 use crate::object::ObjectRef;
@@ -26,6 +27,11 @@ pub struct Snapshot {
     /// `authPolicies`, `rateLimitPolicies`, ... as before [`PolicySet`] existed.
     #[serde(flatten)]
     pub policies: PolicySet,
+    /// The key that seals session-persistence tokens (base64, 32 bytes), the same for every
+    /// replica of the Gateway. Stamped by whoever publishes the snapshot, like `version`;
+    /// without it a dataplane seals with a key of its own (one replica's sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<Sensitive>,
 }
 
 impl Snapshot {

@@ -65,6 +65,13 @@ fn sample() -> Snapshot {
                     attempts: 2,
                     backoff_ms: 25,
                 }),
+                session_persistence: Some(backend::SessionPersistence {
+                    kind: backend::SessionKind::Cookie,
+                    name: "app".into(),
+                    absolute_timeout_ms: Some(3_600_000),
+                    idle_timeout_ms: None,
+                    permanent: true,
+                }),
                 policies: AttachedPolicies {
                     auth: Some(ObjectRef::new("default", "jwt")),
                     ..AttachedPolicies::default()
@@ -152,6 +159,7 @@ fn sample() -> Snapshot {
                 }),
             }],
         },
+        session_key: Some(auth::Sensitive("SECRET-SESSION".into())),
     }
 }
 
@@ -159,7 +167,9 @@ fn sample() -> Snapshot {
 fn auth_secrets_never_show_in_debug_output() {
     let text = format!("{:?}", sample());
     assert!(
-        !text.contains("SECRET-HMAC") && !text.contains("SECRET-CLIENT"),
+        !text.contains("SECRET-HMAC")
+            && !text.contains("SECRET-CLIENT")
+            && !text.contains("SECRET-SESSION"),
         "{text}"
     );
 }

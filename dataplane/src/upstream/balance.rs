@@ -10,6 +10,7 @@
 
 use super::endpoint::Endpoint;
 use portico_model::backend::LoadBalancer;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A backend's balancing state: the round-robin position, kept across snapshots.
@@ -61,6 +62,8 @@ impl Balancer {
             taken: 0,
             now,
             skip_unhealthy,
+            pinned: None,
+            pinned_taken: false,
         }
     }
 }
@@ -75,19 +78,49 @@ pub struct Candidates<'a> {
     now: u64,
     /// Pass over endpoints failing their active health checks.
     skip_unhealthy: bool,
+    /// Yielded first (a session's endpoint), then passed over.
+    pinned: Option<&'a Endpoint>,
+    pinned_taken: bool,
+}
+
+impl<'a> Candidates<'a> {
+    /// The endpoint at `addr` first, if it is one of these and would be yielded (not ejected
+    /// or failing its health checks), then the others in the balancer's order.
+    pub fn pinned_first(mut self, addr: SocketAddr) -> Self {
+        let usable = self
+            .endpoints
+            .iter()
+            .find(|e| e.addr == addr && self.usable(e));
+        self.pinned = usable;
+        self
+    }
+
+    /// The endpoint yielded first, if it was pinned.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+
+    fn usable(&self, e: &Endpoint) -> bool {
+        let ejected = self.now != 0 && e.state.outlier.is_ejected(self.now);
+        let unhealthy = self.skip_unhealthy && e.state.health.is_unhealthy();
+        !ejected && !unhealthy
+    }
 }
 
 impl<'a> Iterator for Candidates<'a> {
     type Item = &'a Endpoint;
 
     fn next(&mut self) -> Option<&'a Endpoint> {
+        if let Some(e) = self.pinned.filter(|_| !self.pinned_taken) {
+            self.pinned_taken = true;
+            return Some(e);
+        }
+        let skip = self.pinned.map(|e| e.addr);
         while self.taken < self.endpoints.len() {
             let i = (self.start + self.taken) % self.endpoints.len();
             self.taken += 1;
             let e = self.endpoints.get(i)?;
-            let ejected = self.now != 0 && e.state.outlier.is_ejected(self.now);
-            let unhealthy = self.skip_unhealthy && e.state.health.is_unhealthy();
-            if !ejected && !unhealthy {
+            if Some(e.addr) != skip && self.usable(e) {
                 return Some(e);
             }
         }

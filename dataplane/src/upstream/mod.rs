@@ -18,6 +18,7 @@ mod maglev;
 mod outlier;
 mod pool;
 mod retry;
+pub mod session;
 
 pub use balance::{Balancer, Candidates};
 pub use client::{CallBody, CallError, HttpClient};

@@ -17,7 +17,9 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::BackendSettings;
-use portico_model::backend::{CircuitBreaker, HashOn, HealthCheck, LoadBalancer};
+use portico_model::backend::{
+    CircuitBreaker, HashOn, HealthCheck, LoadBalancer, SessionPersistence,
+};
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,6 +57,8 @@ pub struct PoolSettings {
     pub budget: BudgetSettings,
     pub breaker: CircuitBreaker,
     pub conn: ConnSettings,
+    /// Session persistence for rules without their own.
+    pub session: Option<SessionPersistence>,
 }
 
 impl PoolSettings {
@@ -81,6 +85,7 @@ impl PoolSettings {
                 idle_timeout: s.connection.idle_timeout_ms.map_or(base.idle_timeout, ms),
                 ..*base
             },
+            session: s.session_persistence.clone(),
         }
     }
 }
@@ -122,6 +127,8 @@ fn admit(count: &Arc<AtomicUsize>, max: Option<u32>) -> Result<Option<Admitted>,
 #[derive(Debug)]
 pub struct BackendPool {
     pub id: BackendId,
+    /// What names this backend in a session token ([`super::session::backend_tag`]).
+    pub tag: u64,
     pub protocol: AppProtocol,
     pub port_name: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
@@ -148,6 +155,7 @@ impl BackendPool {
     fn new(b: &Backend, settings: PoolSettings, metrics: UpstreamMetrics) -> Self {
         Self {
             id: b.id.clone(),
+            tag: super::session::backend_tag(&b.id),
             protocol: b.protocol,
             port_name: b.port_name.clone(),
             endpoints: ArcSwap::default(),
@@ -582,15 +590,7 @@ pub fn hash_key(
             }
             Some(h)
         }
-        HashOn::Cookie(name) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
-                (k == name.as_bytes()).then(|| hash(&v[1..]))
-            }),
+        HashOn::Cookie(name) => crate::util::cookie_values(headers, name).next().map(hash),
         HashOn::QueryParameter(name) => uri.query().and_then(|q| {
             q.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

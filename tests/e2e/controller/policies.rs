@@ -345,7 +345,9 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
         policy(
             "whole",
             json!({"targetRefs": svc, "loadBalancer": {"type": "RoundRobin"},
-                   "circuitBreaker": {"maxRequests": 100}}),
+                   "circuitBreaker": {"maxRequests": 100},
+                   "sessionPersistence": {"type": "Header", "sessionName": "x-session",
+                                          "idleTimeout": "30m"}}),
         ),
     )
     .await;
@@ -386,4 +388,10 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
     assert!(m.contains("connectTimeout is a duration"), "{m}");
     let m = refused(json!({"targetRefs": svc, "loadBalancer": {"type": "Fastest"}})).await;
     assert!(m.contains("Unsupported value"), "{m}");
+    let m = refused(json!({"targetRefs": svc,
+        "sessionPersistence": {"cookieConfig": {"lifetimeType": "Permanent"}}}))
+    .await;
+    assert!(m.contains("Permanent cookie needs absoluteTimeout"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "sessionPersistence": {"sessionName": "a;b"}})).await;
+    assert!(m.contains("sessionName is a cookie or header name"), "{m}");
 }

@@ -202,6 +202,22 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
             "  loadBalancer: {type: RoundRobin, consistentHash: {type: SourceIP}}",
             "applies only to the ConsistentHash type",
         ),
+        (
+            "  sessionPersistence: {type: Header, sessionName: x-forwarded-for}",
+            "a header the gateway reads or sets itself",
+        ),
+        (
+            "  sessionPersistence: {sessionName: \"a b\"}",
+            "sessionPersistence.sessionName",
+        ),
+        (
+            "  sessionPersistence: {type: Header, cookieConfig: {lifetimeType: Session}}",
+            "applies only to the Cookie type",
+        ),
+        (
+            "  sessionPersistence: {idleTimeout: 500ms}",
+            "sessionPersistence.idleTimeout",
+        ),
     ] {
         let out = run(&format!(
             "{ROUTES}{}{}",
@@ -224,6 +240,33 @@ fn auth_and_rate_limit_policies_still_refuse_a_service() {
     let c = policy_condition(&out, PolicyKind::RateLimit, "rl", 0, types::ACCEPTED);
     assert_eq!(c.reason, reasons::INVALID);
     assert!(c.message.contains("cannot target Service"), "{}", c.message);
+}
+
+#[test]
+fn session_persistence_gets_a_name_of_the_policy() {
+    use portico_model::backend::{SessionKind, SessionPersistence};
+    let body = "  sessionPersistence: {absoluteTimeout: 1h}";
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        policy("p", T1, WEB, body),
+        policy("q", T1, SVC, body)
+    ));
+    assert!(accepted(&out, "p").is_true());
+    let sp = |port| settings(&out, port).and_then(|s| s.session_persistence);
+    let web = sp(80).expect("a session");
+    assert_eq!(
+        web,
+        SessionPersistence {
+            kind: SessionKind::Cookie,
+            name: web.name.clone(),
+            absolute_timeout_ms: Some(3_600_000),
+            idle_timeout_ms: None,
+            permanent: false,
+        }
+    );
+    assert!(web.name.starts_with("portico-session-"), "{}", web.name);
+    // Another policy, another cookie.
+    assert_ne!(sp(81).map(|s| s.name), Some(web.name));
 }
 
 #[test]

@@ -237,6 +237,7 @@ fn grpc_routes_attach_as_http_routes_with_h2c_backends() {
     - method: {service: pkg.Echo, method: Say}
       headers: [{name: x-tenant, value: blue}]
     backendRefs: [{name: svc, port: 80}]
+    sessionPersistence: {sessionName: grpc-session, type: Header, idleTimeout: 10m}
   - matches: [{method: {service: pkg.Other}}]
     backendRefs: [{name: missing, port: 80}]"#,
     );
@@ -257,6 +258,13 @@ fn grpc_routes_attach_as_http_routes_with_h2c_backends() {
         PathMatch::Exact("/pkg.Echo/Say".into())
     );
     assert_eq!(r.rules[0].matches[0].headers[0].name, "x-tenant");
+    // Session persistence (experimental channel) carries over like any rule field.
+    let sp = r.rules[0].session_persistence.as_ref().expect("session");
+    assert_eq!(
+        (sp.name.as_str(), sp.idle_timeout_ms),
+        ("grpc-session", Some(600_000))
+    );
+    assert_eq!(r.rules[1].session_persistence, None);
     assert_eq!(
         r.rules[1].matches[0].path,
         PathMatch::PathPrefix("/pkg.Other".into())
