@@ -410,6 +410,7 @@ pub struct GrpcHealthCheck {
 /// Retrying on another endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(!has(self.attempts) && !has(self.backoff)) || (has(self.statuses) && size(self.statuses) > 0) || (has(self.onReset) && self.onReset)").message("retry.attempts and retry.backoff need retry.statuses or retry.onReset: true"))]
 pub struct Retry {
     /// Retry a request on another endpoint when no connection could be made to the first
     /// (default `true`). Nothing reached the backend, so this is safe for every method.
@@ -427,7 +428,54 @@ pub struct Retry {
     /// failing backend never sees much more than the load offered to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
+
+    /// Answers to retry (400-599), for every route rule sending to the backend that has no
+    /// `retry` of its own (a rule's `retry` replaces this whole). As with a rule's `retry`,
+    /// exchanges that broke and attempts past `perTryTimeout` are retried with them, each
+    /// retry goes to another endpoint where there is one, and only requests whose body was
+    /// kept (none, or at most 64 KiB) of idempotent methods (unless `nonIdempotent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub statuses: Vec<RetryStatus>,
+
+    /// Retry exchanges that broke (reset, closed, cut short) and attempts past
+    /// `perTryTimeout` even without `statuses` (default `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_reset: Option<bool>,
+
+    /// Retries after the first attempt, with `statuses` or `onReset` (default 2, at most 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    #[schemars(extend("format" = "int64"))]
+    pub attempts: Option<u32>,
+
+    /// The wait before a first retry, doubled for each one after, up to ten times it, plus
+    /// up to half again as jitter (default `25ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("backoff is a duration such as 25ms, 100ms or 1s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('1m')").message("backoff must be between 1ms and 1m"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub backoff: Option<String>,
+
+    /// Each attempt must be answered (its response headers) within this, for rules without
+    /// a `timeouts.backendRequest` of their own; a late attempt counts as a gateway error
+    /// and, with `statuses` or `onReset`, is retried (no limit by default; the rule's
+    /// request timeout still bounds the whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("perTryTimeout is a duration such as 500ms, 2s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10ms') && duration(self) <= duration('1h')").message("perTryTimeout must be between 10ms and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub per_try_timeout: Option<String>,
 }
+
+/// An HTTP status a BackendPolicy retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct RetryStatus(
+    #[schemars(range(min = 400, max = 599))]
+    #[schemars(extend("format" = "int64"))]
+    pub u16,
+);
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -345,7 +345,10 @@ impl Proxy {
         // A rule that retries reads a small enough body whole first, so it can be sent again.
         // Only idempotent methods, unless the backend's policy allows the others: a retried
         // POST may have been acted on already.
-        let replayable = rule.retry.is_some()
+        // A rule's own retry, else its backend policy's; likewise the per-attempt timeout.
+        let retry = rule.retry.as_deref().or(settings.rule_retry.as_ref());
+        let per_try = rule.backend_timeout.or(settings.per_try_timeout);
+        let replayable = retry.is_some()
             && (parts.method.is_idempotent() || settings.retry_non_idempotent)
             && Replay::fits(&body);
         let (body, replay) = if replayable {
@@ -370,7 +373,7 @@ impl Proxy {
         };
         let (body, mut outcome) = ClientBody::new(body, self.body, streaming);
         let mut req = Request::from_parts(parts, body);
-        let mut retries_left = rule.retry.as_ref().map_or(0, |r| r.attempts);
+        let mut retries_left = retry.map_or(0, |r| r.attempts);
         let mut _retrying = None;
         cx.attempts = 1;
         // A connection that cannot be made never reached the backend, whatever the method:
@@ -381,7 +384,7 @@ impl Proxy {
             let sent_at = Instant::now();
             // Pinned here, once, whichever wait applies (the attempt future is large).
             let mut answer = pin!(upstream::attempt(pool, endpoint, req, &settings.conn));
-            let sent = match rule.backend_timeout {
+            let sent = match per_try {
                 Some(d) => tokio::time::timeout(d, answer.as_mut()).await.ok(),
                 // Without a timeout of the route's own: the backend has the idle timeout to
                 // answer once the request body is complete.
@@ -391,12 +394,12 @@ impl Proxy {
                 }
                 None => Some(answer.as_mut().await),
             };
-            let route_retry = rule.retry.as_deref().filter(|_| retries_left > 0);
+            let route_retry = retry.filter(|_| retries_left > 0);
             match sent {
                 Some(Err((e, Some(back)))) if e.retryable() => {
                     pool.record(endpoint, Outcome::GatewayError, &settings);
                     let allowed = settings.retry_connect_failure
-                        && (rule.retry.is_none() || route_retry.is_some());
+                        && (retry.is_none() || route_retry.is_some());
                     let next = candidates
                         .next()
                         .filter(|_| allowed)

@@ -760,6 +760,69 @@ async fn a_route_retries_the_statuses_it_names_with_the_body_replayed() {
     assert_eq!(other.hits(), 1);
 }
 
+/// A BackendPolicy's retry applies to the rules that have none of their own: its statuses
+/// are retried, and an attempt past its per-try timeout moves on to another endpoint; a
+/// rule's own `retry` replaces it whole.
+#[tokio::test]
+async fn a_policy_retries_statuses_and_slow_attempts_for_rules_without_their_own() {
+    let flaky = Flaky::start(StatusCode::BAD_GATEWAY, Some(1)).await;
+    let policy = BackendSettings {
+        retry: Retry {
+            rules: Some(RouteRetry {
+                codes: vec![502],
+                attempts: 2,
+                backoff_ms: 1,
+            }),
+            per_try_timeout_ms: Some(200),
+            ..Retry::default()
+        },
+        ..BackendSettings::default()
+    };
+    let port = free_port();
+    let (_dp, addr) = serve(&web_snapshot(
+        port,
+        with_settings(backend("web", 80, &[flaky.addr]), policy.clone()),
+        1,
+    ));
+    assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+    assert_eq!(flaky.hits(), 2, "the 502 was retried");
+
+    // One endpoint never answers: each request waits 200 ms there at most, then the other
+    // endpoint answers it.
+    let hang = Backend::start("hang", true).await;
+    let good = Backend::start("good", false).await;
+    let port = free_port();
+    let (_dp2, addr) = serve(&web_snapshot(
+        port,
+        with_settings(backend("web", 80, &[hang.addr, good.addr]), policy.clone()),
+        1,
+    ));
+    for _ in 0..4 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(header(&a, "x-backend"), "good");
+    }
+    assert!(!hang.seen().is_empty(), "the hanging endpoint was tried");
+
+    // A rule's own retry replaces the policy's: 502 is not among its codes.
+    let other = Flaky::start(StatusCode::BAD_GATEWAY, Some(1)).await;
+    let port = free_port();
+    let (_dp3, addr) = serve(&retry_snapshot(
+        port,
+        with_settings(backend("web", 80, &[other.addr]), policy),
+        RouteRetry {
+            codes: vec![503],
+            attempts: 2,
+            backoff_ms: 1,
+        },
+    ));
+    assert_eq!(
+        get(addr, "x.test", "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(other.hits(), 1);
+}
+
 /// Against a backend that fails every request, the retry budget holds what it receives to
 /// its share: with 20 % and no steady floor, 500 requests each allowed three retries make
 /// at most 1.2 × 500 upstream requests (without the budget: 2000).

@@ -1191,16 +1191,30 @@ async fn the_feature_examples_work_as_committed() {
         .unwrap_or_else(|| panic!("ejections in {metrics}"));
     assert!(ejections.ends_with(" 1"), "{ejections}");
     // /cart keeps a session: the cookie of the first answer pins the client to its endpoint.
-    let first = http.get(p.addr(ports[0]), "api.example.test", "/cart").await;
+    let first = http
+        .get(p.addr(ports[0]), "api.example.test", "/cart")
+        .await;
     let set = first
         .header("set-cookie")
         .unwrap_or_else(|| panic!("a session cookie: {:?}", first.headers));
-    assert!(set.starts_with("cart=") && set.contains("Path=/cart"), "{set}");
+    assert!(
+        set.starts_with("cart=") && set.contains("Path=/cart"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap_or_default().to_string();
-    let name = |r: &Resp| serde_json::from_slice::<serde_json::Value>(&r.body).ok().map(|v| v["name"].clone());
+    let name = |r: &Resp| {
+        serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .map(|v| v["name"].clone())
+    };
     for _ in 0..10 {
         let r = http
-            .get_with(p.addr(ports[0]), "api.example.test", "/cart", &[("cookie", &cookie)])
+            .get_with(
+                p.addr(ports[0]),
+                "api.example.test",
+                "/cart",
+                &[("cookie", &cookie)],
+            )
             .await;
         assert_eq!(name(&r), name(&first), "pinned");
     }

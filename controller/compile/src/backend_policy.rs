@@ -19,7 +19,7 @@ use crate::values::{HOUR, SECOND, http_token, human, millis};
 use portico_crds::backend as crd;
 use portico_crds::policy::PolicyTargetRef;
 use portico_model::backend as model;
-use portico_model::{ObjectRef, PolicyKind, Snapshot};
+use portico_model::{ObjectRef, PolicyKind, RouteRetry, Snapshot};
 use std::collections::BTreeMap;
 
 /// The backend policies that apply, by target, compiled.
@@ -325,6 +325,50 @@ fn retry(r: Option<&crd::Retry>) -> Result<model::Retry, String> {
             out.budget_min_per_second = n;
         }
     }
+    let mut codes = Vec::new();
+    for s in &r.statuses {
+        if !(400..=599).contains(&s.0) {
+            return Err(format!(
+                "retry.statuses: {} is not a status between 400 and 599",
+                s.0
+            ));
+        }
+        codes.push(s.0);
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match r.attempts {
+        None => RouteRetry::DEFAULT_ATTEMPTS,
+        Some(n @ 1..=RouteRetry::MAX_ATTEMPTS) => n,
+        Some(n) => {
+            return Err(format!(
+                "retry.attempts is {n}; between 1 and {}",
+                RouteRetry::MAX_ATTEMPTS
+            ));
+        }
+    };
+    let backoff_ms = r
+        .backoff
+        .as_deref()
+        .map(|v| millis("retry.backoff", v, 1, RouteRetry::MAX_BACKOFF_MS))
+        .transpose()?
+        .unwrap_or(RouteRetry::DEFAULT_BACKOFF_MS);
+    let on = !codes.is_empty() || r.on_reset == Some(true);
+    if !on && (r.attempts.is_some() || r.backoff.is_some()) {
+        return Err(
+            "retry.attempts and retry.backoff need retry.statuses or retry.onReset: true".into(),
+        );
+    }
+    out.rules = on.then_some(RouteRetry {
+        codes,
+        attempts,
+        backoff_ms,
+    });
+    out.per_try_timeout_ms = r
+        .per_try_timeout
+        .as_deref()
+        .map(|v| millis("retry.perTryTimeout", v, 10, HOUR))
+        .transpose()?;
     Ok(out)
 }
 

@@ -199,7 +199,7 @@ pub enum Probe {
 /// Retrying on another endpoint. Defaults: connect failures are retried (nothing reached the
 /// backend), within a budget of 20 % of the last 10 seconds' requests plus 10 a second
 /// (Linkerd's budget and GEP-3388's defaults).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     pub on_connect_failure: bool,
@@ -208,6 +208,13 @@ pub struct Retry {
     pub non_idempotent: bool,
     pub budget_percent: u32,
     pub budget_min_per_second: u32,
+    /// Retries for rules that have no `retry` of their own: the policy's statuses, and
+    /// (always, as a rule's retry does) broken exchanges and per-try timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::route::RouteRetry>,
+    /// Each attempt's answer within this, for rules without a backend request timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
 }
 
 impl Default for Retry {
@@ -217,6 +224,8 @@ impl Default for Retry {
             non_idempotent: false,
             budget_percent: 20,
             budget_min_per_second: 10,
+            rules: None,
+            per_try_timeout_ms: None,
         }
     }
 }

@@ -20,7 +20,7 @@ use portico_model::BackendSettings;
 use portico_model::backend::{
     CircuitBreaker, HashOn, HealthCheck, LoadBalancer, SessionPersistence,
 };
-use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
+use portico_model::{AppProtocol, Backend, BackendId, Endpoint, RouteRetry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -59,6 +59,10 @@ pub struct PoolSettings {
     pub conn: ConnSettings,
     /// Session persistence for rules without their own.
     pub session: Option<SessionPersistence>,
+    /// Retries for rules without their own.
+    pub rule_retry: Option<RouteRetry>,
+    /// Each attempt's time to answer, for rules without a backend request timeout.
+    pub per_try_timeout: Option<Duration>,
 }
 
 impl PoolSettings {
@@ -86,6 +90,8 @@ impl PoolSettings {
                 ..*base
             },
             session: s.session_persistence.clone(),
+            rule_retry: s.retry.rules.clone(),
+            per_try_timeout: s.retry.per_try_timeout_ms.map(ms),
         }
     }
 }

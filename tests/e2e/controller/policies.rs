@@ -359,7 +359,8 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
         &ns,
         policy(
             "younger",
-            json!({"targetRefs": svc, "retry": {"onConnectFailure": false}}),
+            json!({"targetRefs": svc, "retry": {"onConnectFailure": false,
+                   "statuses": [503], "attempts": 3, "perTryTimeout": "2s"}}),
         ),
     )
     .await;
@@ -394,4 +395,8 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
     assert!(m.contains("Permanent cookie needs absoluteTimeout"), "{m}");
     let m = refused(json!({"targetRefs": svc, "sessionPersistence": {"sessionName": "a;b"}})).await;
     assert!(m.contains("sessionName is a cookie or header name"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "retry": {"attempts": 3}})).await;
+    assert!(m.contains("need retry.statuses or retry.onReset"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "retry": {"statuses": [200]}})).await;
+    assert!(m.contains("400"), "{m}");
 }

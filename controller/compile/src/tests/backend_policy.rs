@@ -218,6 +218,13 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
             "  sessionPersistence: {idleTimeout: 500ms}",
             "sessionPersistence.idleTimeout",
         ),
+        (
+            "  retry: {attempts: 3}",
+            "need retry.statuses or retry.onReset",
+        ),
+        ("  retry: {statuses: [302]}", "between 400 and 599"),
+        ("  retry: {onReset: true, attempts: 20}", "between 1 and 10"),
+        ("  retry: {perTryTimeout: 1ms}", "retry.perTryTimeout"),
     ] {
         let out = run(&format!(
             "{ROUTES}{}{}",
@@ -240,6 +247,32 @@ fn auth_and_rate_limit_policies_still_refuse_a_service() {
     let c = policy_condition(&out, PolicyKind::RateLimit, "rl", 0, types::ACCEPTED);
     assert_eq!(c.reason, reasons::INVALID);
     assert!(c.message.contains("cannot target Service"), "{}", c.message);
+}
+
+#[test]
+fn policy_retries_get_the_route_retry_defaults() {
+    let body = "  retry: {statuses: [503, 502, 503], perTryTimeout: 2s}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    let retry = settings(&out, 80).map(|s| s.retry).expect("settings");
+    assert_eq!(
+        retry.rules,
+        Some(portico_model::RouteRetry {
+            codes: vec![502, 503],
+            attempts: portico_model::RouteRetry::DEFAULT_ATTEMPTS,
+            backoff_ms: portico_model::RouteRetry::DEFAULT_BACKOFF_MS,
+        })
+    );
+    assert_eq!(retry.per_try_timeout_ms, Some(2_000));
+    let body = "  retry: {onReset: true, attempts: 4, backoff: 10ms}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    let rules = settings(&out, 80)
+        .and_then(|s| s.retry.rules)
+        .expect("rules");
+    assert_eq!(
+        (rules.codes.len(), rules.attempts, rules.backoff_ms),
+        (0, 4, 10)
+    );
 }
 
 #[test]
