@@ -532,4 +532,65 @@ pub struct Connection {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("idleTimeout must be between 1s and 1h"))]
     #[schemars(length(min = 2, max = 24))]
     pub idle_timeout: Option<String>,
+
+    /// TCP keep-alive probes on connections to the endpoints (off by default), so a peer
+    /// that vanished (a node gone, a NAT or firewall entry dropped) is noticed on an idle
+    /// connection rather than by the next request sent on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keep_alive: Option<TcpKeepAlive>,
+
+    /// HTTP/2 connections, to backends whose Service port says `appProtocol:
+    /// kubernetes.io/h2c` and those of GRPCRoutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpKeepAlive {
+    /// Idle time before the first probe (default `60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("idle is a duration such as 30s, 1m or 2h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('2h')").message("idle must be between 1s and 2h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub idle: Option<String>,
+
+    /// Between probes (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("interval is a duration such as 5s, 10s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')").message("interval must be between 1s and 10m"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub interval: Option<String>,
+
+    /// Unanswered probes that end the connection (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    #[schemars(extend("format" = "int64"))]
+    pub probes: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2 {
+    /// Streams (requests) one connection carries at once; more open another connection to
+    /// the endpoint (default: one connection per endpoint, as many streams as the backend's
+    /// SETTINGS allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_concurrent_streams: Option<u32>,
+
+    /// Send a PING this often, even on an idle connection (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("keepAliveInterval is a duration such as 10s, 30s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("keepAliveInterval must be between 1s and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub keep_alive_interval: Option<String>,
+
+    /// A PING unanswered this long closes the connection (default `20s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("keepAliveTimeout is a duration such as 5s, 20s or 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('5m')").message("keepAliveTimeout must be between 100ms and 5m"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub keep_alive_timeout: Option<String>,
 }

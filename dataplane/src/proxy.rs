@@ -41,6 +41,7 @@ impl ProxySettings {
             connect_timeout: self.connect_timeout,
             idle_timeout: self.pool_idle_timeout,
             max_idle: self.pool_max_idle_per_host,
+            ..ConnSettings::default()
         }
     }
 }

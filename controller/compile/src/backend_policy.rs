@@ -403,5 +403,53 @@ fn connection(c: Option<&crd::Connection>) -> Result<model::Connection, String> 
             .as_deref()
             .map(|v| millis("connection.idleTimeout", v, SECOND, HOUR))
             .transpose()?,
+        tcp_keepalive: c.tcp_keep_alive.as_ref().map(tcp_keepalive).transpose()?,
+        http2: c.http2.as_ref().map(http2).transpose()?,
+    })
+}
+
+fn tcp_keepalive(k: &crd::TcpKeepAlive) -> Result<model::TcpKeepalive, String> {
+    let d = model::TcpKeepalive::default();
+    let at = |field: &str, v: Option<&String>, max: u64, default: u64| {
+        v.map(|v| millis(&format!("connection.tcpKeepAlive.{field}"), v, SECOND, max))
+            .transpose()
+            .map(|ms| ms.unwrap_or(default))
+    };
+    Ok(model::TcpKeepalive {
+        idle_ms: at("idle", k.idle.as_ref(), 2 * HOUR, d.idle_ms)?,
+        interval_ms: at("interval", k.interval.as_ref(), 600 * SECOND, d.interval_ms)?,
+        probes: match k.probes {
+            None => d.probes,
+            Some(n @ 1..=20) => n,
+            Some(n) => {
+                return Err(format!(
+                    "connection.tcpKeepAlive.probes is {n}; between 1 and 20"
+                ));
+            }
+        },
+    })
+}
+
+fn http2(h: &crd::Http2) -> Result<model::Http2, String> {
+    if let Some(n) = h
+        .max_concurrent_streams
+        .filter(|n| !(1..=10_000).contains(n))
+    {
+        return Err(format!(
+            "connection.http2.maxConcurrentStreams is {n}; between 1 and 10000"
+        ));
+    }
+    Ok(model::Http2 {
+        max_concurrent_streams: h.max_concurrent_streams,
+        keepalive_interval_ms: h
+            .keep_alive_interval
+            .as_deref()
+            .map(|v| millis("connection.http2.keepAliveInterval", v, SECOND, HOUR))
+            .transpose()?,
+        keepalive_timeout_ms: h
+            .keep_alive_timeout
+            .as_deref()
+            .map(|v| millis("connection.http2.keepAliveTimeout", v, 100, 300 * SECOND))
+            .transpose()?,
     })
 }

@@ -242,7 +242,8 @@ pub struct CircuitBreaker {
     pub max_retries: Option<u32>,
 }
 
-/// Connection settings; `None`: the dataplane's own (5 s to connect, 90 s idle).
+/// Connection settings; `None`: the dataplane's own (5 s to connect, 90 s idle, no TCP
+/// keep-alive, one HTTP/2 connection per endpoint without pings).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Connection {
@@ -250,6 +251,54 @@ pub struct Connection {
     pub connect_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2>,
+}
+
+/// TCP keep-alive probes on connections to the endpoints, so a peer that vanished (a node
+/// gone, a NAT entry dropped) is noticed on an idle connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    pub idle_ms: u64,
+    /// Between probes.
+    pub interval_ms: u64,
+    /// Unanswered probes that end the connection.
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        Self {
+            idle_ms: 60_000,
+            interval_ms: 10_000,
+            probes: 3,
+        }
+    }
+}
+
+/// HTTP/2 (h2c) connections to the endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2 {
+    /// Streams one connection carries at once; more open another connection (`None`: one
+    /// connection per endpoint, as many streams as the backend allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// A PING this often (`None`: none), even on an idle connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval_ms: Option<u64>,
+    /// A PING unanswered this long closes the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_timeout_ms: Option<u64>,
+}
+
+impl Http2 {
+    /// An unanswered PING's wait when the policy does not say (hyper's default too).
+    pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
 }
 
 /// Session persistence (Gateway API `sessionPersistence`): a client's requests keep going to

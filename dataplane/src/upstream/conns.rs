@@ -14,9 +14,11 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use portico_model::AppProtocol;
+use portico_model::backend::TcpKeepalive;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -31,6 +33,21 @@ pub struct ConnSettings {
     pub idle_timeout: Duration,
     /// Idle HTTP/1.1 connections kept per endpoint at most.
     pub max_idle: usize,
+    /// TCP keep-alive probes (none when `None`).
+    pub keepalive: Option<TcpKeepalive>,
+    pub h2: H2Settings,
+}
+
+/// HTTP/2 connections to an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Settings {
+    /// Streams one connection carries at once before another is opened (`None`: one
+    /// connection, the backend's limit).
+    pub max_streams: Option<u32>,
+    /// PING this often, idle or not (`None`: never).
+    pub ping_interval: Option<Duration>,
+    /// An unanswered PING closes the connection after this.
+    pub ping_timeout: Duration,
 }
 
 impl Default for ConnSettings {
@@ -39,6 +56,8 @@ impl Default for ConnSettings {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
             max_idle: 1024,
+            keepalive: None,
+            h2: H2Settings::default(),
         }
     }
 }
@@ -56,31 +75,86 @@ pub enum SendError {
 #[derive(Debug, Default)]
 pub(super) struct Conns {
     http1: Arc<H1Pool>,
-    h2: Mutex<Option<http2::SendRequest<ClientBody>>>,
+    /// Shared HTTP/2 connections, each with its streams in flight.
+    h2: Mutex<Vec<H2Conn>>,
+    /// Held while an HTTP/2 connection is being made, so that a burst of requests waits for
+    /// it (and shares it) instead of each opening its own.
+    h2_connecting: tokio::sync::Mutex<()>,
+    /// HTTP/2 connections that could not be made: whoever waited on one fails with it.
+    h2_failures: AtomicU32,
+}
+
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<ClientBody>,
+    streams: Arc<AtomicU32>,
+}
+
+/// A stream counted on its connection until its response ends.
+struct Stream(Arc<AtomicU32>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Conns {
     /// Closes idle connections past the idle timeout or closed by the backend.
     pub(super) fn prune(&self, idle_timeout: Duration) {
         self.http1.prune(idle_timeout);
-        let mut h2 = self.h2.lock();
-        if h2.as_ref().is_some_and(|s| s.is_closed()) {
-            *h2 = None;
-        }
+        self.h2.lock().retain(|c| !c.sender.is_closed());
+    }
+
+    /// HTTP/2 connections open (for tests).
+    #[cfg(test)]
+    fn h2_open(&self) -> usize {
+        self.h2.lock().len()
+    }
+
+    /// A shared HTTP/2 connection with room for one more stream (counted on it), or `None`
+    /// when another must be opened.
+    fn h2_with_room(&self, max: Option<u32>) -> Option<(http2::SendRequest<ClientBody>, Stream)> {
+        let mut conns = self.h2.lock();
+        conns.retain(|c| !c.sender.is_closed());
+        let c = conns.iter().find(|c| {
+            c.sender.is_ready() && max.is_none_or(|m| c.streams.load(Ordering::Relaxed) < m)
+        })?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some((c.sender.clone(), Stream(c.streams.clone())))
+    }
+
+    /// Shares a new connection, its first stream counted.
+    fn h2_add(&self, sender: &http2::SendRequest<ClientBody>) -> Stream {
+        let streams = Arc::new(AtomicU32::new(1));
+        self.h2.lock().push(H2Conn {
+            sender: sender.clone(),
+            streams: streams.clone(),
+        });
+        Stream(streams)
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    };
+async fn connect(addr: SocketAddr, settings: &ConnSettings) -> io::Result<TcpStream> {
+    let stream =
+        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
     stream.set_nodelay(true)?;
+    if let Some(k) = &settings.keepalive {
+        let ms = Duration::from_millis;
+        let params = socket2::TcpKeepalive::new()
+            .with_time(ms(k.idle_ms))
+            .with_interval(ms(k.interval_ms))
+            .with_retries(k.probes);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&params)?;
+    }
     Ok(stream)
 }
 
 async fn connect_h1(addr: SocketAddr, settings: &ConnSettings) -> io::Result<Box<H1Conn>> {
-    let io = connect(addr, settings.connect_timeout).await?;
+    let io = connect(addr, settings).await?;
     Ok(Box::new(H1Conn::new(io)))
 }
 
@@ -88,9 +162,16 @@ async fn handshake_h2(
     addr: SocketAddr,
     settings: &ConnSettings,
 ) -> io::Result<http2::SendRequest<ClientBody>> {
-    let io = connect(addr, settings.connect_timeout).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
+    let io = connect(addr, settings).await?;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some(every) = settings.h2.ping_interval {
+        builder
+            .keep_alive_interval(every)
+            .keep_alive_timeout(settings.h2.ping_timeout)
+            .keep_alive_while_idle(true);
+    }
+    let (sender, conn) = builder
         .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
@@ -172,23 +253,40 @@ where
             Ok((resp, None))
         }
         AppProtocol::H2c => loop {
-            let shared = conns.h2.lock().clone().filter(|s| s.is_ready());
-            let (mut sender, reused) = match shared {
-                Some(s) => (s, true),
+            let max = settings.h2.max_streams;
+            let (mut sender, stream, reused) = match conns.h2_with_room(max) {
+                Some((s, stream)) => (s, stream, true),
                 None => {
-                    let s = match Box::pin(handshake_h2(addr, settings)).await {
-                        Ok(s) => s,
-                        Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
-                    };
-                    *conns.h2.lock() = Some(s.clone());
-                    (s, false)
+                    let failures = conns.h2_failures.load(Ordering::Relaxed);
+                    let _connecting = conns.h2_connecting.lock().await;
+                    if let Some((s, stream)) = conns.h2_with_room(max) {
+                        (s, stream, true)
+                    } else if conns.h2_failures.load(Ordering::Relaxed) != failures {
+                        // The connection this request waited for could not be made: it
+                        // goes back for another endpoint rather than wait for another try.
+                        let e = io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed");
+                        return Err(SendError::Connect(e, Some(Box::new(req))));
+                    } else {
+                        let s = match Box::pin(handshake_h2(addr, settings)).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                conns.h2_failures.fetch_add(1, Ordering::Relaxed);
+                                return Err(SendError::Connect(e, Some(Box::new(req))));
+                            }
+                        };
+                        let stream = conns.h2_add(&s);
+                        (s, stream, false)
+                    }
                 }
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let resp = resp.map(Upstream::Hyper);
-                    // The guard is moved in only once the request is sent.
-                    let held = Held { _guard: guard };
+                    // The guard is moved in only once the request is sent; the stream is
+                    // counted on its connection until the response ends.
+                    let held = Held {
+                        _guard: (guard, stream),
+                    };
                     return Ok((resp, Some(Box::new(held))));
                 }
                 // The shared connection is no longer ready: the next pass replaces it.
@@ -198,5 +296,119 @@ where
                 },
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn connections_get_the_keep_alive_probes_asked_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let keepalive = TcpKeepalive {
+            idle_ms: 42_000,
+            interval_ms: 7_000,
+            probes: 4,
+        };
+        let with = ConnSettings {
+            keepalive: Some(keepalive),
+            ..ConnSettings::default()
+        };
+        let stream = connect(addr, &with).await.expect("connect");
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(
+            sock.tcp_keepalive_time().ok(),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().ok(),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(sock.tcp_keepalive_retries().ok(), Some(4));
+        let stream = connect(addr, &ConnSettings::default())
+            .await
+            .expect("connect");
+        assert!(
+            !socket2::SockRef::from(&stream)
+                .keepalive()
+                .expect("SO_KEEPALIVE")
+        );
+    }
+
+    /// With at most two streams a connection, six requests in flight at once to one h2c
+    /// endpoint go over three connections; without a limit, over one.
+    #[tokio::test]
+    async fn http2_streams_over_the_limit_open_another_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req: http::Request<Incoming>| async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        for (max, want) in [(Some(2), 3), (None, 1)] {
+            let conns = Conns::default();
+            let settings = ConnSettings {
+                h2: H2Settings {
+                    max_streams: max,
+                    ping_interval: Some(Duration::from_secs(1)),
+                    ping_timeout: Duration::from_secs(1),
+                },
+                ..ConnSettings::default()
+            };
+            let before = accepted.load(Ordering::Relaxed);
+            let sends = (0..6).map(|_| {
+                let req = http::Request::get(format!("http://{addr}/"))
+                    .body(
+                        ClientBody::new(
+                            crate::body::RequestBody::Empty,
+                            crate::body::BodyLimits::default(),
+                            false,
+                        )
+                        .0,
+                    )
+                    .expect("request");
+                send(&conns, addr, AppProtocol::H2c, req, &settings, ())
+            });
+            let answers = futures::future::join_all(sends).await;
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| matches!(a, Ok((r, _)) if r.status() == 200))
+            );
+            assert_eq!(
+                accepted.load(Ordering::Relaxed) - before,
+                want,
+                "max {max:?}"
+            );
+            assert_eq!(conns.h2_open(), want);
+            drop(answers);
+            // Every stream ended: the first connection has room again.
+            assert!(conns.h2_with_room(max).is_some());
+        }
     }
 }

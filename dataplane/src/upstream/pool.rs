@@ -8,7 +8,7 @@
 //! pool a later snapshot creates starts with them. Nothing here calls back into discovery.
 
 use super::balance::{Balancer, Candidates};
-use super::conns::ConnSettings;
+use super::conns::{ConnSettings, H2Settings};
 use super::endpoint::EndpointSet;
 use super::health;
 use super::outlier::{self, Outcome, OutlierSettings, Verdict};
@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::BackendSettings;
 use portico_model::backend::{
-    CircuitBreaker, HashOn, HealthCheck, LoadBalancer, SessionPersistence,
+    CircuitBreaker, HashOn, HealthCheck, Http2, LoadBalancer, SessionPersistence,
 };
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint, RouteRetry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,6 +87,17 @@ impl PoolSettings {
                     .connect_timeout_ms
                     .map_or(base.connect_timeout, ms),
                 idle_timeout: s.connection.idle_timeout_ms.map_or(base.idle_timeout, ms),
+                keepalive: s.connection.tcp_keepalive.or(base.keepalive),
+                h2: match s.connection.http2 {
+                    None => base.h2,
+                    Some(h) => H2Settings {
+                        max_streams: h.max_concurrent_streams,
+                        ping_interval: h.keepalive_interval_ms.map(ms),
+                        ping_timeout: ms(h
+                            .keepalive_timeout_ms
+                            .unwrap_or(Http2::DEFAULT_KEEPALIVE_TIMEOUT_MS)),
+                    },
+                },
                 ..*base
             },
             session: s.session_persistence.clone(),

@@ -225,6 +225,14 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
         ("  retry: {statuses: [302]}", "between 400 and 599"),
         ("  retry: {onReset: true, attempts: 20}", "between 1 and 10"),
         ("  retry: {perTryTimeout: 1ms}", "retry.perTryTimeout"),
+        (
+            "  connection: {tcpKeepAlive: {probes: 50}}",
+            "tcpKeepAlive.probes is 50",
+        ),
+        (
+            "  connection: {http2: {keepAliveInterval: 10ms}}",
+            "connection.http2.keepAliveInterval",
+        ),
     ] {
         let out = run(&format!(
             "{ROUTES}{}{}",
@@ -272,6 +280,30 @@ fn policy_retries_get_the_route_retry_defaults() {
     assert_eq!(
         (rules.codes.len(), rules.attempts, rules.backoff_ms),
         (0, 4, 10)
+    );
+}
+
+#[test]
+fn connection_settings_get_their_defaults() {
+    use portico_model::backend::{Http2, TcpKeepalive};
+    let body = "  connection: {tcpKeepAlive: {idle: 30s}, http2: {maxConcurrentStreams: 100, keepAliveInterval: 30s}}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    let c = settings(&out, 80).map(|s| s.connection).expect("settings");
+    assert_eq!(
+        c.tcp_keepalive,
+        Some(TcpKeepalive {
+            idle_ms: 30_000,
+            ..TcpKeepalive::default()
+        })
+    );
+    assert_eq!(
+        c.http2,
+        Some(Http2 {
+            max_concurrent_streams: Some(100),
+            keepalive_interval_ms: Some(30_000),
+            keepalive_timeout_ms: None,
+        })
     );
 }
 
