@@ -197,6 +197,7 @@ impl From<&ServiceTargetRef> for PolicyTargetRef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.consistentHash) == (has(self.type) && self.type == 'ConsistentHash')").message("consistentHash is required for the ConsistentHash type and only for it"))]
+#[x_kube(validation = Rule::new("!has(self.slowStart) || !has(self.type) || self.type != 'ConsistentHash'").message("slowStart does not apply to ConsistentHash: its keys must not move"))]
 pub struct LoadBalancer {
     /// `LeastRequest` (the default): of two endpoints, the next in turn and a random other,
     /// the one with fewer requests in flight, so a slow endpoint gets fewer. `RoundRobin`:
@@ -210,6 +211,29 @@ pub struct LoadBalancer {
     /// endpoint; a key whose endpoint is ejected or unhealthy goes to the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+
+    /// Ramp up new endpoints: one that joins while the backend already has endpoints gets a
+    /// share of requests growing linearly from `minWeightPercent` of its fair share to all
+    /// of it over `window` (off by default). Not with `ConsistentHash`, whose keys must not
+    /// move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<SlowStart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlowStart {
+    /// How long the ramp lasts.
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("window is a duration such as 30s, 2m or 10m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("window must be between 1s and 1h"))]
+    #[schemars(length(min = 2, max = 24))]
+    pub window: String,
+
+    /// The share a new endpoint starts with, in percent of its fair share (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    #[schemars(extend("format" = "int64"))]
+    pub min_weight_percent: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

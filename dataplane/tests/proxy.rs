@@ -15,7 +15,7 @@ use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::{Dataplane, DataplaneSettings};
 use portico_model::backend::{
     CircuitBreaker, HashOn, HealthCheck, LoadBalancer, Probe, Retry, SessionKind,
-    SessionPersistence,
+    SessionPersistence, SlowStart,
 };
 use portico_model::fixtures::*;
 use portico_model::{
@@ -957,6 +957,60 @@ async fn an_endpoint_failing_its_health_checks_gets_no_requests_until_it_passes(
     }
     let by = answered_by(10).await;
     assert_eq!((by.get("a"), by.get("b")), (Some(&5), Some(&5)), "{by:?}");
+}
+
+/// Slow start: an endpoint that joins a live backend gets a small share of requests at
+/// first (round robin would give it a third), and all of it once its window is over.
+#[tokio::test(start_paused = true)]
+async fn a_new_endpoint_is_ramped_up_by_slow_start() {
+    let a = Backend::start("a", false).await;
+    let b = Backend::start("b", false).await;
+    let new = Backend::start("new", false).await;
+    let settings = BackendSettings {
+        load_balancer: LoadBalancer::RoundRobin,
+        slow_start: Some(SlowStart {
+            window_ms: 60_000,
+            min_weight_percent: 10,
+        }),
+        ..BackendSettings::default()
+    };
+    let snap = |addrs: &[SocketAddr], version| {
+        web_snapshot(
+            80,
+            with_settings(backend("web", 80, addrs), settings.clone()),
+            version,
+        )
+    };
+    let port = free_port();
+    let (dp, addr) = serve(&Snapshot {
+        listeners: vec![http_listener("http", port)],
+        ..snap(&[a.addr, b.addr], 1)
+    });
+    let report = dp.apply(
+        &[Snapshot {
+            listeners: vec![http_listener("http", port)],
+            ..snap(&[a.addr, b.addr, new.addr], 2)
+        }],
+        2,
+    );
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let share = |n: usize| async move {
+        let mut to_new = 0;
+        for _ in 0..n {
+            let r = get(addr, "x.test", "/").await;
+            assert_eq!(r.status, StatusCode::OK);
+            to_new += usize::from(header(&r, "x-backend") == "new");
+        }
+        to_new
+    };
+    // At the start of its window: about a tenth of its third (10 of 300); a third is 100.
+    let early = share(300).await;
+    assert!((1..=40).contains(&early), "{early} of 300 at first");
+    // Past the window (paused time moves on when idle), it is an endpoint like the others.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let late = share(300).await;
+    assert!((90..=110).contains(&late), "{late} of 300 once warm");
+    eprintln!("slow start: the new endpoint got {early} of 300 requests at first, {late} once warm");
 }
 
 /// Consistent hashing: the same key reaches the same endpoint through two replicas (two

@@ -108,10 +108,36 @@ fn compile_policy(
         }
         (_, None) => None,
     };
+    let slow_start = match spec
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.slow_start.as_ref())
+    {
+        None => None,
+        Some(_) if load_balancer == model::LoadBalancer::ConsistentHash => {
+            return Err(
+                "loadBalancer.slowStart does not apply to ConsistentHash: its keys must not move"
+                    .into(),
+            );
+        }
+        Some(s) => Some(model::SlowStart {
+            window_ms: millis("loadBalancer.slowStart.window", &s.window, SECOND, HOUR)?,
+            min_weight_percent: match s.min_weight_percent {
+                None => model::SlowStart::DEFAULT_MIN_WEIGHT_PERCENT,
+                Some(p @ 1..=100) => p,
+                Some(p) => {
+                    return Err(format!(
+                        "loadBalancer.slowStart.minWeightPercent is {p}; between 1 and 100"
+                    ));
+                }
+            },
+        }),
+    };
     Ok(model::BackendSettings {
         policy: id.clone(),
         load_balancer,
         hash_on,
+        slow_start,
         outlier_detection: outlier(spec.outlier_detection.as_ref())?,
         health_check: spec.health_check.as_ref().map(health_check).transpose()?,
         retry: retry(spec.retry.as_ref())?,

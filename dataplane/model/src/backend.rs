@@ -89,6 +89,9 @@ pub struct BackendSettings {
     /// The key of a [`LoadBalancer::ConsistentHash`] balancer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
+    /// New endpoints' traffic ramped up (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<SlowStart>,
     pub outlier_detection: OutlierDetection,
     /// Active health checks (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +115,22 @@ pub enum LoadBalancer {
     Random,
     /// By a key of the request ([`HashOn`]), Maglev.
     ConsistentHash,
+}
+
+/// Slow start: an endpoint that joins a backend which already has endpoints gets a share of
+/// the traffic growing linearly from `min_weight_percent` of its fair share to all of it over
+/// `window_ms`, so a cold process (empty caches, a JIT not yet warm) is not handed its full
+/// load at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlowStart {
+    pub window_ms: u64,
+    pub min_weight_percent: u32,
+}
+
+impl SlowStart {
+    /// Envoy's `min_weight_percent` default.
+    pub const DEFAULT_MIN_WEIGHT_PERCENT: u32 = 10;
 }
 
 /// What a consistent-hash balancer hashes.

@@ -9,7 +9,7 @@
 //! instead; whichever picks the first, the others follow in order.
 
 use super::endpoint::Endpoint;
-use portico_model::backend::LoadBalancer;
+use portico_model::backend::{LoadBalancer, SlowStart};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,6 +64,8 @@ impl Balancer {
             skip_unhealthy,
             pinned: None,
             pinned_taken: false,
+            slow_start: None,
+            deferred: None,
         }
     }
 }
@@ -81,6 +83,10 @@ pub struct Candidates<'a> {
     /// Yielded first (a session's endpoint), then passed over.
     pinned: Option<&'a Endpoint>,
     pinned_taken: bool,
+    /// Ramping up new endpoints: the settings and now (ms).
+    slow_start: Option<(SlowStart, u64)>,
+    /// A warming first choice passed over this time, yielded last if nothing else is.
+    deferred: Option<&'a Endpoint>,
 }
 
 impl<'a> Candidates<'a> {
@@ -92,6 +98,14 @@ impl<'a> Candidates<'a> {
             .iter()
             .find(|e| e.addr == addr && self.usable(e));
         self.pinned = usable;
+        self
+    }
+
+    /// Ramps up new endpoints by `s` at `now` (ms): a first choice still warming is taken
+    /// with the probability of its weight, else passed over for the next (and yielded last,
+    /// when nothing else is).
+    pub fn slow_start(mut self, s: SlowStart, now: u64) -> Self {
+        self.slow_start = Some((s, now));
         self
     }
 
@@ -121,10 +135,19 @@ impl<'a> Iterator for Candidates<'a> {
             self.taken += 1;
             let e = self.endpoints.get(i)?;
             if Some(e.addr) != skip && self.usable(e) {
+                if let Some((s, now)) = self.slow_start.take()
+                    && let Some(weight) = e.state.warming(&s, now)
+                    && fastrand::f64() >= weight
+                {
+                    self.deferred = Some(e);
+                    continue;
+                }
+                // Only the first choice is weighed: a retry takes what comes.
+                self.slow_start = None;
                 return Some(e);
             }
         }
-        None
+        self.deferred.take()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

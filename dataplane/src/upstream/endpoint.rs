@@ -4,12 +4,13 @@
 use super::conns::Conns;
 use super::health::ActiveHealth;
 use super::maglev::Maglev;
-use super::outlier::Outlier;
+use super::outlier::{Outlier, now_ms};
 use portico_model::Endpoint as Discovered;
+use portico_model::backend::SlowStart;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// What the dataplane knows of one endpoint beyond its address. Kept by address across
 /// EndpointSlice and snapshot updates: an endpoint that stays keeps its connections and
@@ -22,12 +23,43 @@ pub struct EndpointState {
     pub(super) outlier: Outlier,
     /// Active health.
     pub(super) health: ActiveHealth,
+    /// When it joined a backend that already had endpoints (ms, [`super::outlier::now_ms`]),
+    /// while its slow start may still run; 0: warm.
+    joined_ms: AtomicU64,
 }
 
 impl EndpointState {
     /// Requests sent to this endpoint whose response has not ended.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The share of its fair share of traffic this endpoint takes at `now` under slow start
+    /// `s`, in (0, 1); `None`: warm (the ramp is over, or it never had one).
+    pub(super) fn warming(&self, s: &SlowStart, now: u64) -> Option<f64> {
+        let joined = self.joined_ms.load(Ordering::Relaxed);
+        let elapsed = now.saturating_sub(joined);
+        if joined == 0 || elapsed >= s.window_ms {
+            return None;
+        }
+        // Precision is irrelevant here: a ratio of two millisecond counts below an hour.
+        #[allow(clippy::cast_precision_loss)]
+        let ramp = elapsed as f64 / s.window_ms as f64;
+        Some(ramp.max(f64::from(s.min_weight_percent) / 100.0))
+    }
+
+    /// Whether it is still ramping up at `now` (any slow start of at most `window_ms`);
+    /// forgets the join time once it is not.
+    pub(super) fn still_warming(&self, window_ms: Option<u64>, now: u64) -> bool {
+        let joined = self.joined_ms.load(Ordering::Relaxed);
+        if joined == 0 {
+            return false;
+        }
+        let warming = window_ms.is_some_and(|w| now.saturating_sub(joined) < w);
+        if !warming {
+            self.joined_ms.store(0, Ordering::Relaxed);
+        }
+        warming
     }
 }
 
@@ -76,14 +108,23 @@ impl EndpointSet {
             .map(|e| (e.addr, &e.state))
             .collect();
         let mut set = Self::default();
+        // An endpoint joining a backend that had none is not ramped up: nothing else takes
+        // its share (and a new pool's first endpoints are not new).
+        let joined = if known.is_empty() { 0 } else { now_ms() };
         for d in discovered {
             let Ok(ip) = d.address.parse::<IpAddr>() else {
                 continue;
             };
             let addr = SocketAddr::new(ip, d.port);
-            let state = known
-                .get(&addr)
-                .map_or_else(Arc::default, |s| Arc::clone(s));
+            let state = known.get(&addr).map_or_else(
+                || {
+                    Arc::new(EndpointState {
+                        joined_ms: AtomicU64::new(joined),
+                        ..EndpointState::default()
+                    })
+                },
+                |s| Arc::clone(s),
+            );
             let e = Endpoint { addr, state };
             if d.ready {
                 set.ready.push(e);

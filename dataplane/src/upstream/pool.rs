@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use portico_model::BackendSettings;
 use portico_model::backend::{
-    CircuitBreaker, HashOn, HealthCheck, Http2, LoadBalancer, SessionPersistence,
+    CircuitBreaker, HashOn, HealthCheck, Http2, LoadBalancer, SessionPersistence, SlowStart,
 };
 use portico_model::{AppProtocol, Backend, BackendId, Endpoint, RouteRetry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -48,6 +48,7 @@ pub struct PoolSettings {
     pub balancer: LoadBalancer,
     /// The key of a consistent-hash balancer.
     pub hash_on: Option<HashOn>,
+    pub slow_start: Option<SlowStart>,
     pub outlier: OutlierSettings,
     pub health_check: Option<HealthCheck>,
     /// Whether a connect failure moves on to the next endpoint.
@@ -75,6 +76,7 @@ impl PoolSettings {
             policy: settings.map(|s| s.policy.clone()),
             balancer: s.load_balancer,
             hash_on: s.hash_on.clone(),
+            slow_start: s.slow_start,
             outlier: OutlierSettings::from_model(&s.outlier_detection),
             health_check: s.health_check.clone(),
             retry_connect_failure: s.retry.on_connect_failure,
@@ -156,6 +158,9 @@ pub struct BackendPool {
     budget: RetryBudget,
     /// Endpoints failing their active health checks, as last counted.
     unhealthy: AtomicUsize,
+    /// Endpoints ramping up under slow start, as last counted (a hint: 0 lets requests skip
+    /// the clock).
+    warming: AtomicUsize,
     /// Whether the health-check task runs.
     checking: AtomicBool,
     /// Wakes the health-check task when the settings change (it may be asleep for a long
@@ -180,6 +185,7 @@ impl BackendPool {
             settings: ArcSwap::from_pointee(settings),
             ejected: AtomicUsize::new(0),
             unhealthy: AtomicUsize::new(0),
+            warming: AtomicUsize::new(0),
             checking: AtomicBool::new(false),
             recheck: Arc::default(),
             budget: RetryBudget::default(),
@@ -294,8 +300,28 @@ impl BackendPool {
             LoadBalancer::ConsistentHash => hash.and_then(|h| set.hashed(h)),
             _ => None,
         };
-        self.balancer
-            .candidates(settings.balancer, serving, now, skip_unhealthy, hashed)
+        let candidates =
+            self.balancer
+                .candidates(settings.balancer, serving, now, skip_unhealthy, hashed);
+        match settings.slow_start {
+            Some(s)
+                if settings.balancer != LoadBalancer::ConsistentHash
+                    && self.warming.load(Ordering::Relaxed) > 0 =>
+            {
+                candidates.slow_start(s, outlier::now_ms())
+            }
+            _ => candidates,
+        }
+    }
+
+    /// Counts the endpoints still ramping up (forgetting the ramp of those done).
+    fn count_warming(&self, set: &EndpointSet, settings: &PoolSettings, now: u64) {
+        let window = settings.slow_start.map(|s| s.window_ms);
+        let warming = set
+            .all()
+            .filter(|e| e.state.still_warming(window, now))
+            .count();
+        self.warming.store(warming, Ordering::Relaxed);
     }
 
     /// Lets a request through the `maxRequests` circuit breaker (counted until the permit
@@ -405,6 +431,9 @@ impl BackendPool {
         if settings.health_check.is_some() {
             self.count_unhealthy(&set, now);
         }
+        if self.warming.load(Ordering::Relaxed) > 0 {
+            self.count_warming(&set, &settings, now);
+        }
     }
 
     /// Counts the serving endpoints out for failing their health checks (and not ejected
@@ -427,6 +456,7 @@ impl BackendPool {
         let current = self.endpoints.load();
         let new = EndpointSet::update(&current, discovered);
         if !new.same_addresses(&current) {
+            self.count_warming(&new, &self.settings.load(), outlier::now_ms());
             self.endpoints.store(Arc::new(new));
         }
     }

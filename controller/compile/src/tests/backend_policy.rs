@@ -226,6 +226,14 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
         ("  retry: {onReset: true, attempts: 20}", "between 1 and 10"),
         ("  retry: {perTryTimeout: 1ms}", "retry.perTryTimeout"),
         (
+            "  loadBalancer: {type: ConsistentHash, consistentHash: {type: SourceIP}, slowStart: {window: 30s}}",
+            "slowStart does not apply to ConsistentHash",
+        ),
+        (
+            "  loadBalancer: {slowStart: {window: 30s, minWeightPercent: 0}}",
+            "minWeightPercent is 0",
+        ),
+        (
             "  connection: {tcpKeepAlive: {probes: 50}}",
             "tcpKeepAlive.probes is 50",
         ),
@@ -280,6 +288,20 @@ fn policy_retries_get_the_route_retry_defaults() {
     assert_eq!(
         (rules.codes.len(), rules.attempts, rules.backoff_ms),
         (0, 4, 10)
+    );
+}
+
+#[test]
+fn slow_start_gets_its_default_weight() {
+    let body = "  loadBalancer: {slowStart: {window: 2m}}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    assert!(accepted(&out, "p").is_true());
+    assert_eq!(
+        settings(&out, 80).and_then(|s| s.slow_start),
+        Some(portico_model::backend::SlowStart {
+            window_ms: 120_000,
+            min_weight_percent: 10,
+        })
     );
 }
 
