@@ -518,10 +518,11 @@ pub struct RetryBudget {
     pub min_per_second: Option<u32>,
 }
 
-/// Limits per dataplane replica. Over a limit, a request is answered 503 at once, with
+/// Limits per dataplane replica. Over a limit, a request is answered 503, with
 /// `x-portico-overloaded: <the limit's field name>` and counted in `portico_upstream_overloaded_total`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.maxPendingRequests) || has(self.maxConnections)").message("maxPendingRequests applies only with maxConnections"))]
 pub struct CircuitBreaker {
     /// Requests in flight to the backend at once (no limit by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +536,23 @@ pub struct CircuitBreaker {
     #[schemars(range(min = 0, max = 1_000_000))]
     #[schemars(extend("format" = "int64"))]
     pub max_retries: Option<u32>,
+
+    /// Connections open to the backend's endpoints at once (no limit by default). At the
+    /// limit, a request that finds no idle connection to its endpoint first closes an idle
+    /// one to another endpoint; when every connection is busy it waits (one of
+    /// `maxPendingRequests`) up to the connect timeout for one to free up, then is
+    /// answered 503 (`maxConnections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_connections: Option<u32>,
+
+    /// Requests waiting for a connection at once under `maxConnections` (default 1024; 0:
+    /// none waits); one more is answered 503 at once (`maxPendingRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
+    pub max_pending_requests: Option<u32>,
 }
 
 /// Connections to the endpoints.

@@ -302,6 +302,7 @@ pub struct Metrics {
     upstream_overloaded: Family<OverloadLabels, Counter>,
     upstream_health_checks: Family<HealthCheckLabels, Counter>,
     upstream_unhealthy: Family<BackendLabel, Gauge>,
+    upstream_connections: Family<BackendLabel, Gauge>,
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -344,6 +345,7 @@ impl Default for Metrics {
         let upstream_overloaded = Family::<OverloadLabels, Counter>::default();
         let upstream_health_checks = Family::<HealthCheckLabels, Counter>::default();
         let upstream_unhealthy = Family::<BackendLabel, Gauge>::default();
+        let upstream_connections = Family::<BackendLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
@@ -402,6 +404,11 @@ impl Default for Metrics {
             "upstream_health_checks",
             "Active health-check probes of a BackendPolicy, by backend and result (passed, failed)",
             upstream_health_checks.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Connections open to a backend's endpoints (HTTP/1.1 and HTTP/2, busy or idle), by backend, as of the last second",
+            upstream_connections.clone(),
         );
         registry.register(
             "upstream_endpoints_unhealthy",
@@ -513,6 +520,7 @@ impl Default for Metrics {
             upstream_overloaded,
             upstream_health_checks,
             upstream_unhealthy,
+            upstream_connections,
             in_flight,
             tls_handshake_errors,
             certificate_expiry,
@@ -746,6 +754,8 @@ impl Metrics {
         };
         let overloaded_requests = overload("maxRequests");
         let overloaded_retries = overload("maxRetries");
+        let overloaded_connections = overload("maxConnections");
+        let overloaded_pending = overload("maxPendingRequests");
         let checks = |result| {
             self.upstream_health_checks
                 .get_or_create(&HealthCheckLabels {
@@ -772,6 +782,9 @@ impl Metrics {
             ejected: self.upstream_ejected.get_or_create(&label).clone(),
             overloaded_requests,
             overloaded_retries,
+            overloaded_connections,
+            overloaded_pending,
+            connections: self.upstream_connections.get_or_create(&label).clone(),
             health_passed,
             health_failed,
             unhealthy: self.upstream_unhealthy.get_or_create(&label).clone(),
@@ -801,7 +814,13 @@ impl Metrics {
                 result,
             });
         }
-        for limit in ["maxRequests", "maxRetries"] {
+        self.upstream_connections.remove(&label);
+        for limit in [
+            "maxRequests",
+            "maxRetries",
+            "maxConnections",
+            "maxPendingRequests",
+        ] {
             self.upstream_overloaded.remove(&OverloadLabels {
                 backend: backend.to_string(),
                 limit,
@@ -858,12 +877,25 @@ pub struct UpstreamMetrics {
     pub ejected: Gauge,
     pub overloaded_requests: Counter,
     pub overloaded_retries: Counter,
+    overloaded_connections: Counter,
+    overloaded_pending: Counter,
+    /// Connections open to the backend's endpoints (set once a second).
+    pub connections: Gauge,
     pub health_passed: Counter,
     pub health_failed: Counter,
     pub unhealthy: Gauge,
 }
 
 impl UpstreamMetrics {
+    /// A connection limit refused a request (`limit`: the field's name).
+    pub fn overloaded(&self, limit: &str) {
+        match limit {
+            "maxConnections" => self.overloaded_connections.inc(),
+            "maxPendingRequests" => self.overloaded_pending.inc(),
+            _ => 0,
+        };
+    }
+
     pub fn answered(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();

@@ -562,7 +562,7 @@ async fn a_circuit_breaker_answers_over_its_limit_at_once() {
         BackendSettings {
             circuit_breaker: CircuitBreaker {
                 max_requests: Some(4),
-                max_retries: None,
+                ..CircuitBreaker::default()
             },
             ..BackendSettings::default()
         },
@@ -593,6 +593,105 @@ async fn a_circuit_breaker_answers_over_its_limit_at_once() {
     for _ in 0..8 {
         assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
     }
+}
+
+/// `maxConnections`: with two connections busy, a third request waits for one (it is one of
+/// `maxPendingRequests`), a fourth is refused at once, and a waiting request that gets no
+/// connection within the connect timeout is refused for the connection limit. The backend
+/// never sees more than two connections.
+#[tokio::test]
+async fn a_connection_limit_queues_a_bounded_number_of_requests() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let web = Backend::start_gated("web", false, true, Duration::ZERO, Some(gate)).await;
+    let port = free_port();
+    let b = with_settings(
+        backend("web", 80, &[web.addr]),
+        BackendSettings {
+            circuit_breaker: CircuitBreaker {
+                max_connections: Some(2),
+                max_pending_requests: Some(1),
+                ..CircuitBreaker::default()
+            },
+            connection: portico_model::backend::Connection {
+                connect_timeout_ms: Some(300),
+                ..portico_model::backend::Connection::default()
+            },
+            ..BackendSettings::default()
+        },
+    );
+    let (dp, addr) = serve(&web_snapshot(port, b, 1));
+    let overloaded = |limit: &str| {
+        series(
+            &dp,
+            &format!(
+                "portico_upstream_overloaded_total{{backend=\"test/web:80\",limit=\"{limit}\"}}"
+            ),
+        )
+    };
+    let spawn = || tokio::spawn(async move { get(addr, "x.test", "/").await.status });
+    let held = [spawn(), spawn()];
+    while web.seen().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting = spawn();
+    // Once the third request waits in the one pending place, the next is refused at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let over = get(addr, "x.test", "/").await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&over, "x-portico-overloaded"), "maxPendingRequests");
+    // Nobody frees a connection within 300 ms: the waiting request is refused too.
+    assert_eq!(
+        waiting.await.expect("waiting"),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(overloaded("maxConnections"), 1);
+    assert!(overloaded("maxPendingRequests") >= 1);
+    assert_eq!(web.accepted(), 2, "never more than two connections");
+
+    // Once the backend answers, a waiting request takes a freed connection.
+    let waiting = spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open.send_replace(true);
+    for h in held {
+        assert_eq!(h.await.expect("held request"), StatusCode::OK);
+    }
+    assert_eq!(waiting.await.expect("waiting"), StatusCode::OK);
+    for _ in 0..6 {
+        assert_eq!(get(addr, "x.test", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(web.accepted(), 2, "the freed connections were reused");
+}
+
+/// At the connection limit, a request to an endpoint without an idle connection closes an
+/// idle connection to another endpoint to make room, rather than wait.
+#[tokio::test]
+async fn a_connection_limit_closes_an_idle_connection_elsewhere_to_make_room() {
+    let a = Backend::start("a", false).await;
+    let b = Backend::start("b", false).await;
+    let port = free_port();
+    let settings = BackendSettings {
+        load_balancer: LoadBalancer::RoundRobin,
+        circuit_breaker: CircuitBreaker {
+            max_connections: Some(1),
+            max_pending_requests: Some(0),
+            ..CircuitBreaker::default()
+        },
+        ..BackendSettings::default()
+    };
+    let (_dp, addr) = serve(&web_snapshot(
+        port,
+        with_settings(backend("web", 80, &[a.addr, b.addr]), settings),
+        1,
+    ));
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..6 {
+        let r = get(addr, "x.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        *by.entry(header(&r, "x-backend").to_string()).or_default() += 1;
+    }
+    assert_eq!((by.get("a"), by.get("b")), (Some(&3), Some(&3)), "{by:?}");
+    // Each request found the other endpoint's connection idle and closed it.
+    assert_eq!(a.accepted() + b.accepted(), 6);
 }
 
 /// `retry.onConnectFailure: false`: a refused connection is the client's 503, not a retry.
@@ -1010,7 +1109,9 @@ async fn a_new_endpoint_is_ramped_up_by_slow_start() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     let late = share(300).await;
     assert!((90..=110).contains(&late), "{late} of 300 once warm");
-    eprintln!("slow start: the new endpoint got {early} of 300 requests at first, {late} once warm");
+    eprintln!(
+        "slow start: the new endpoint got {early} of 300 requests at first, {late} once warm"
+    );
 }
 
 /// Consistent hashing: the same key reaches the same endpoint through two replicas (two

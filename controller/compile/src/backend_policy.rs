@@ -408,9 +408,31 @@ fn circuit_breaker(c: Option<&crd::CircuitBreaker>) -> Result<model::CircuitBrea
                 .into(),
         );
     }
+    if c.max_connections == Some(0) {
+        return Err(
+            "circuitBreaker.maxConnections is 0, which would refuse every request; leave it out for no limit"
+                .into(),
+        );
+    }
+    if c.max_pending_requests.is_some() && c.max_connections.is_none() {
+        return Err(
+            "circuitBreaker.maxPendingRequests applies only with circuitBreaker.maxConnections"
+                .into(),
+        );
+    }
     Ok(model::CircuitBreaker {
         max_requests: at_most("circuitBreaker.maxRequests", c.max_requests, 1_000_000)?,
         max_retries: at_most("circuitBreaker.maxRetries", c.max_retries, 1_000_000)?,
+        max_connections: at_most(
+            "circuitBreaker.maxConnections",
+            c.max_connections,
+            1_000_000,
+        )?,
+        max_pending_requests: at_most(
+            "circuitBreaker.maxPendingRequests",
+            c.max_pending_requests,
+            1_000_000,
+        )?,
     })
 }
 

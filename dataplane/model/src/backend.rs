@@ -259,6 +259,12 @@ pub struct CircuitBreaker {
     /// Retries in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Connections open to the endpoints at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection at once under `max_connections` (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
 }
 
 /// Connection settings; `None`: the dataplane's own (5 s to connect, 90 s idle, no TCP

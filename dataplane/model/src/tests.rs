@@ -98,7 +98,8 @@ fn sample() -> Snapshot {
                 load_balancer: backend::LoadBalancer::RoundRobin,
                 circuit_breaker: backend::CircuitBreaker {
                     max_requests: Some(100),
-                    max_retries: None,
+                    max_connections: Some(50),
+                    ..backend::CircuitBreaker::default()
                 },
                 ..BackendSettings::default()
             }),

@@ -8,6 +8,7 @@
 //! - HTTP/2 (h2c) shares one connection on hyper's `client::conn` among all requests,
 //!   driven by a task of its own (streams of many requests interleave on it).
 
+use super::gate::{ConnGate, Open, Refused, Room};
 use super::h1::{self, H1Body, H1Conn, H1Pool, Outgoing};
 use crate::body::{BoxError, ClientBody, Lease, Upstream};
 use hyper::client::conn::http2;
@@ -36,6 +37,16 @@ pub struct ConnSettings {
     /// TCP keep-alive probes (none when `None`).
     pub keepalive: Option<TcpKeepalive>,
     pub h2: H2Settings,
+    /// Connections open to the backend's endpoints at once (`None`: no limit).
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection under that limit at once.
+    pub max_pending: u32,
+}
+
+impl ConnSettings {
+    /// Waiting requests allowed under a connection limit when the policy does not say
+    /// (Envoy's default).
+    pub const DEFAULT_MAX_PENDING: u32 = 1024;
 }
 
 /// HTTP/2 connections to an endpoint.
@@ -58,6 +69,8 @@ impl Default for ConnSettings {
             max_idle: 1024,
             keepalive: None,
             h2: H2Settings::default(),
+            max_connections: None,
+            max_pending: Self::DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -69,6 +82,8 @@ pub enum SendError {
     Connect(io::Error, Option<Box<Request>>),
     /// The exchange failed once the request was on its way.
     Request(BoxError),
+    /// A connection limit refused it (the limit's field name); nothing was sent.
+    Overloaded(&'static str),
 }
 
 /// An endpoint's connections.
@@ -112,6 +127,25 @@ impl Conns {
         self.h2.lock().len()
     }
 
+    /// Closes one idle connection (an HTTP/1.1 one, else an HTTP/2 one carrying no stream),
+    /// to make room under a connection limit.
+    pub(super) fn close_one_idle(&self) -> bool {
+        if self.http1.close_one_idle() {
+            return true;
+        }
+        let mut h2 = self.h2.lock();
+        match h2
+            .iter()
+            .position(|c| c.streams.load(Ordering::Relaxed) == 0)
+        {
+            Some(i) => {
+                h2.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A shared HTTP/2 connection with room for one more stream (counted on it), or `None`
     /// when another must be opened.
     fn h2_with_room(&self, max: Option<u32>) -> Option<(http2::SendRequest<ClientBody>, Stream)> {
@@ -153,14 +187,71 @@ async fn connect(addr: SocketAddr, settings: &ConnSettings) -> io::Result<TcpStr
     Ok(stream)
 }
 
-async fn connect_h1(addr: SocketAddr, settings: &ConnSettings) -> io::Result<Box<H1Conn>> {
+async fn connect_h1(
+    addr: SocketAddr,
+    settings: &ConnSettings,
+    open: Open,
+) -> io::Result<Box<H1Conn>> {
     let io = connect(addr, settings).await?;
-    Ok(Box::new(H1Conn::new(io)))
+    Ok(Box::new(H1Conn::new(io, Some(open))))
+}
+
+/// Why a request has no connection.
+enum NoConn {
+    Connect(io::Error),
+    Overloaded(&'static str),
+}
+
+/// The backend's connection limit, and how to make room under it.
+pub(super) struct Limit<'a> {
+    pub(super) gate: &'a Arc<ConnGate>,
+    /// Closes an idle connection of another endpoint of the backend.
+    pub(super) make_room: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+impl Limit<'_> {
+    async fn room(&self, settings: &ConnSettings) -> Result<Room, NoConn> {
+        self.gate
+            .room(
+                settings.max_connections,
+                settings.max_pending,
+                settings.connect_timeout,
+                self.make_room,
+            )
+            .await
+            .map_err(|Refused(limit)| NoConn::Overloaded(limit))
+    }
+}
+
+/// A connection for a request: the newest idle one, else a new one within the backend's
+/// connection limit (waiting for room at the limit). `true`: reused.
+async fn h1_conn(
+    conns: &Conns,
+    addr: SocketAddr,
+    settings: &ConnSettings,
+    limit: &Limit<'_>,
+) -> Result<(Box<H1Conn>, bool), NoConn> {
+    loop {
+        if let Some(c) = conns.http1.checkout(settings.idle_timeout) {
+            return Ok((c, true));
+        }
+        match limit.room(settings).await? {
+            // Boxed: a new connection is the rare case, and its future is large.
+            Room::Open(open) => {
+                return Box::pin(connect_h1(addr, settings, open))
+                    .await
+                    .map(|c| (c, false))
+                    .map_err(NoConn::Connect);
+            }
+            Room::Released => {}
+        }
+    }
 }
 
 async fn handshake_h2(
     addr: SocketAddr,
     settings: &ConnSettings,
+    open: Open,
 ) -> io::Result<http2::SendRequest<ClientBody>> {
     let io = connect(addr, settings).await?;
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -179,6 +270,7 @@ async fn handshake_h2(
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
+        drop(open);
     });
     Ok(sender)
 }
@@ -199,12 +291,14 @@ impl<G: Send + Sync> Lease for Held<G> {
 ///
 /// `guard` goes with the response body and is dropped when it ends (the endpoint's
 /// in-flight count).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send<G>(
     conns: &Conns,
     addr: SocketAddr,
     protocol: AppProtocol,
     mut req: Request,
     settings: &ConnSettings,
+    limit: &Limit<'_>,
     guard: G,
 ) -> Result<(Response, Option<Box<dyn Lease>>), SendError>
 where
@@ -215,29 +309,24 @@ where
             let pool = &conns.http1;
             // The first connection is had before the request is encoded, so that a failure
             // to connect gives the request back for another endpoint.
-            let mut first = Some(match pool.checkout(settings.idle_timeout) {
-                Some(c) => (c, true),
-                // Boxed: a new connection is the rare case, and its future is large.
-                None => match Box::pin(connect_h1(addr, settings)).await {
-                    Ok(c) => (c, false),
-                    Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
-                },
+            let mut first = Some(match h1_conn(conns, addr, settings, limit).await {
+                Ok(c) => c,
+                Err(NoConn::Connect(e)) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+                Err(NoConn::Overloaded(l)) => return Err(SendError::Overloaded(l)),
             });
             let mut out = Outgoing::new(req);
             let (head, whole, conn) = loop {
                 let (mut conn, reused) = match first.take() {
                     Some(c) => c,
-                    None => match pool.checkout(settings.idle_timeout) {
-                        Some(c) => (c, true),
-                        None => match Box::pin(connect_h1(addr, settings)).await {
-                            Ok(c) => (c, false),
-                            // The endpoint went away under a pooled connection: the request
-                            // (resendable, or it would not be here) goes back for another.
-                            Err(e) => {
-                                let back = out.take_request().map(Box::new);
-                                return Err(SendError::Connect(e, back));
-                            }
-                        },
+                    None => match h1_conn(conns, addr, settings, limit).await {
+                        Ok(c) => c,
+                        // The endpoint went away under a pooled connection: the request
+                        // (resendable, or it would not be here) goes back for another.
+                        Err(NoConn::Connect(e)) => {
+                            let back = out.take_request().map(Box::new);
+                            return Err(SendError::Connect(e, back));
+                        }
+                        Err(NoConn::Overloaded(l)) => return Err(SendError::Overloaded(l)),
                     },
                 };
                 match h1::exchange(&mut conn, &mut out).await {
@@ -267,7 +356,16 @@ where
                         let e = io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed");
                         return Err(SendError::Connect(e, Some(Box::new(req))));
                     } else {
-                        let s = match Box::pin(handshake_h2(addr, settings)).await {
+                        let open = match limit.room(settings).await {
+                            Ok(Room::Open(open)) => open,
+                            // Something closed or went idle: look again.
+                            Ok(Room::Released) => continue,
+                            Err(NoConn::Overloaded(l)) => return Err(SendError::Overloaded(l)),
+                            Err(NoConn::Connect(e)) => {
+                                return Err(SendError::Connect(e, Some(Box::new(req))));
+                            }
+                        };
+                        let s = match Box::pin(handshake_h2(addr, settings, open)).await {
                             Ok(s) => s,
                             Err(e) => {
                                 conns.h2_failures.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +468,11 @@ mod tests {
                 });
             }
         });
+        let gate = Arc::new(ConnGate::default());
+        let limit = Limit {
+            gate: &gate,
+            make_room: &|| false,
+        };
         for (max, want) in [(Some(2), 3), (None, 1)] {
             let conns = Conns::default();
             let settings = ConnSettings {
@@ -392,7 +495,7 @@ mod tests {
                         .0,
                     )
                     .expect("request");
-                send(&conns, addr, AppProtocol::H2c, req, &settings, ())
+                send(&conns, addr, AppProtocol::H2c, req, &settings, &limit, ())
             });
             let answers = futures::future::join_all(sends).await;
             assert!(

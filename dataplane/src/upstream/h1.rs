@@ -19,6 +19,7 @@
 //! `chunked` (with trailers). A request the backend answers before reading all of its body is
 //! not sent further, and its connection is closed after the answer.
 
+use super::gate::Open;
 use crate::body::{BoxError, ConnBody};
 use crate::codec::{Decoded, Decoder, Delimited, FramingFields, Reader};
 use bytes::{Buf, Bytes, BytesMut};
@@ -81,6 +82,8 @@ impl H1Error {
 pub(super) struct H1Conn {
     /// The socket, and the bytes read and not consumed: what is left of a response.
     r: Reader<TcpStream>,
+    /// Counted in its backend's open connections until closed.
+    open: Option<Open>,
 }
 
 impl std::fmt::Debug for H1Conn {
@@ -92,8 +95,11 @@ impl std::fmt::Debug for H1Conn {
 }
 
 impl H1Conn {
-    pub(super) fn new(io: TcpStream) -> Self {
-        Self { r: Reader::new(io) }
+    pub(super) fn new(io: TcpStream, open: Option<Open>) -> Self {
+        Self {
+            r: Reader::new(io),
+            open,
+        }
     }
 
     /// Whether an idle connection can take a request: the backend has neither closed it
@@ -656,7 +662,22 @@ impl H1Pool {
         let mut idle = self.idle.lock();
         if idle.len() < max_idle {
             idle.push((conn, Instant::now()));
+            // A request waiting for room under a connection limit may take it.
+            if let Some(open) = idle.last().and_then(|(c, _)| c.open.as_ref()) {
+                open.idle();
+            }
         }
+    }
+
+    /// Closes the oldest idle connection, if there is one (to make room under a connection
+    /// limit).
+    pub(super) fn close_one_idle(&self) -> bool {
+        let mut idle = self.idle.lock();
+        if idle.is_empty() {
+            return false;
+        }
+        drop(idle.remove(0));
+        true
     }
 
     /// Closes idle connections past the idle timeout or that the backend closed.

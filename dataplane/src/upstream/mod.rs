@@ -12,6 +12,7 @@ mod balance;
 mod client;
 mod conns;
 mod endpoint;
+mod gate;
 mod h1;
 mod health;
 mod maglev;
@@ -83,16 +84,38 @@ pub async fn attempt(
 ) -> Attempted {
     let in_flight = InFlight::new(&endpoint.state);
     let conns = &endpoint.state.conns;
+    // At the backend's connection limit, an idle connection of another endpoint is closed
+    // to make room for this one.
+    let make_room = || {
+        pool.endpoints()
+            .all()
+            .any(|e| e.addr != endpoint.addr && e.state.conns.close_one_idle())
+    };
+    let limit = conns::Limit {
+        gate: &pool.gate,
+        make_room: &make_room,
+    };
     conns::send(
         conns,
         endpoint.addr,
         pool.protocol,
         req,
         settings,
+        &limit,
         in_flight,
     )
     .await
     .map_err(|e| match e {
+        SendError::Overloaded(limit) => {
+            pool.metrics.overloaded(limit);
+            (
+                ProxyError::Overloaded {
+                    backend: pool.id.to_string(),
+                    limit,
+                },
+                None,
+            )
+        }
         SendError::Connect(source, req) => (
             ProxyError::Connect {
                 backend: pool.id.to_string(),

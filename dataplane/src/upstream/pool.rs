@@ -10,6 +10,7 @@
 use super::balance::{Balancer, Candidates};
 use super::conns::{ConnSettings, H2Settings};
 use super::endpoint::EndpointSet;
+use super::gate::ConnGate;
 use super::health;
 use super::outlier::{self, Outcome, OutlierSettings, Verdict};
 use super::retry::{BudgetSettings, RetryBudget};
@@ -90,6 +91,11 @@ impl PoolSettings {
                     .map_or(base.connect_timeout, ms),
                 idle_timeout: s.connection.idle_timeout_ms.map_or(base.idle_timeout, ms),
                 keepalive: s.connection.tcp_keepalive.or(base.keepalive),
+                max_connections: s.circuit_breaker.max_connections,
+                max_pending: s
+                    .circuit_breaker
+                    .max_pending_requests
+                    .unwrap_or(ConnSettings::DEFAULT_MAX_PENDING),
                 h2: match s.connection.http2 {
                     None => base.h2,
                     Some(h) => H2Settings {
@@ -171,6 +177,8 @@ pub struct BackendPool {
     retries: Arc<AtomicUsize>,
     /// This backend's series (`portico_upstream_*`).
     pub metrics: UpstreamMetrics,
+    /// Connections open to the endpoints, under `maxConnections`.
+    pub(super) gate: Arc<ConnGate>,
 }
 
 impl BackendPool {
@@ -192,6 +200,7 @@ impl BackendPool {
             requests: Arc::default(),
             retries: Arc::default(),
             metrics,
+            gate: Arc::default(),
         }
     }
 
@@ -407,6 +416,9 @@ impl BackendPool {
     /// moves the retry budget's window on.
     fn tick(&self) {
         self.budget.tick();
+        self.metrics
+            .connections
+            .set(i64::try_from(self.gate.open()).unwrap_or(i64::MAX));
         let settings = self.settings.load();
         let now = outlier::now_ms();
         let set = self.endpoints.load();

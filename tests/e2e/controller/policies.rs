@@ -395,10 +395,20 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
     assert!(m.contains("Permanent cookie needs absoluteTimeout"), "{m}");
     let m = refused(json!({"targetRefs": svc, "sessionPersistence": {"sessionName": "a;b"}})).await;
     assert!(m.contains("sessionName is a cookie or header name"), "{m}");
-    let m = refused(json!({"targetRefs": svc, "loadBalancer": {"type": "ConsistentHash",
-        "consistentHash": {"type": "SourceIP"}, "slowStart": {"window": "30s"}}}))
+    let m = refused(
+        json!({"targetRefs": svc, "loadBalancer": {"type": "ConsistentHash",
+        "consistentHash": {"type": "SourceIP"}, "slowStart": {"window": "30s"}}}),
+    )
     .await;
-    assert!(m.contains("slowStart does not apply to ConsistentHash"), "{m}");
+    assert!(
+        m.contains("slowStart does not apply to ConsistentHash"),
+        "{m}"
+    );
+    let m = refused(json!({"targetRefs": svc, "circuitBreaker": {"maxPendingRequests": 5}})).await;
+    assert!(
+        m.contains("maxPendingRequests applies only with maxConnections"),
+        "{m}"
+    );
     let m = refused(json!({"targetRefs": svc, "retry": {"attempts": 3}})).await;
     assert!(m.contains("need retry.statuses or retry.onReset"), "{m}");
     let m = refused(json!({"targetRefs": svc, "retry": {"statuses": [200]}})).await;

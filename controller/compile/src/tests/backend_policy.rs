@@ -172,6 +172,14 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
             "at most 100",
         ),
         ("  circuitBreaker: {maxRequests: 0}", "refuse every request"),
+        (
+            "  circuitBreaker: {maxConnections: 0}",
+            "refuse every request",
+        ),
+        (
+            "  circuitBreaker: {maxPendingRequests: 10}",
+            "applies only with circuitBreaker.maxConnections",
+        ),
         ("  connection: {idleTimeout: 2h}", "between 1s and 1h"),
         ("  healthCheck: {type: HTTP}", "needs http.path"),
         (
