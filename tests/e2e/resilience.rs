@@ -94,3 +94,105 @@ async fn an_endpoint_killed_under_load_costs_no_failed_request() {
         .await_logged("endpoint ejected by passive health checks")
         .await;
 }
+
+/// With active health checks: one of three endpoints killed under load costs no failed
+/// request, is taken out by its failed probes (and by passive detection), and once a
+/// process listens on its address again it passes its probes and is back in balancing,
+/// with its passive ejection ended, well before that ejection would have run out.
+#[tokio::test]
+async fn a_killed_endpoint_comes_back_after_its_health_checks_pass() {
+    let mut echoes = [Echo::start("a"), Echo::start("b"), Echo::start("c")];
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let addrs: Vec<_> = echoes.iter().map(|e| e.addr).collect();
+    let policy = r#"
+---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: echo, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  loadBalancer: {type: RoundRobin}
+  outlierDetection: {baseEjectionTime: 10m, maxEjectionTime: 1h, maxEjectedPercent: 34}
+  healthCheck:
+    type: HTTP
+    http: {path: /healthz}
+    interval: 200ms
+    timeout: 100ms
+    unhealthyThreshold: 2
+    healthyThreshold: 2
+"#;
+    let text = config_with_endpoints(port, &addrs, &format!("{}{policy}", route("all", "/")));
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let addr = portico.addr(port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (total, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let by_b = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, total, failed, by_b) =
+            (stop.clone(), total.clone(), failed.clone(), by_b.clone());
+        clients.push(tokio::spawn(async move {
+            let client = HttpClient::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client.try_get(addr, HOST, "/", &[]).await;
+                total.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Some(r) if r.status == 200 => {
+                        if r.json()["name"] == "b" {
+                            by_b.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echoes[1].proc.kill();
+    // Out by its probes (two failures 200 ms apart), and by passive detection.
+    portico
+        .await_logged("endpoint out of balancing: it failed its active health checks")
+        .await;
+    let during = by_b.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        by_b.load(Ordering::Relaxed),
+        during,
+        "nothing reaches a dead endpoint"
+    );
+    // A process listens on its address again: it passes two probes and takes its share,
+    // though its passive ejection had ten minutes to run.
+    echoes[1] = Echo::start_at("b", addrs[1]);
+    await_some("the endpoint to be back", || async {
+        (by_b.load(Ordering::Relaxed) > during + 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {}",
+        total.load(Ordering::Relaxed)
+    );
+    portico
+        .await_logged("endpoint back in balancing: it passed its active health checks")
+        .await;
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        series(&metrics, "portico_upstream_endpoints_unhealthy"),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "portico_upstream_endpoints_ejected"),
+        0,
+        "{metrics}"
+    );
+}

@@ -283,7 +283,11 @@ pub struct Echo {
 impl Echo {
     pub fn start(name: &str) -> Self {
         let ip = loopback_ip();
-        let addr = SocketAddr::new(ip, free_port(ip));
+        Self::start_at(name, SocketAddr::new(ip, free_port(ip)))
+    }
+
+    /// On `addr` (one a killed echo had, to bring it back).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Self {
         let proc = Proc::spawn(
             name,
             &binaries().echo,

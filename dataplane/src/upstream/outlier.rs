@@ -127,6 +127,19 @@ impl Outlier {
         (false, returned)
     }
 
+    /// Ends an ejection early (the endpoint passed its active health checks, as Envoy
+    /// un-ejects by default); its failure counts start again. Whether it was ejected.
+    pub(super) fn end_ejection(&self, now: u64) -> bool {
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.consecutive_gateway.store(0, Ordering::Relaxed);
+        let until = self.ejected_until.swap(0, Ordering::Relaxed);
+        if until > now {
+            self.returned_at.store(now, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     pub(super) fn is_ejected(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now

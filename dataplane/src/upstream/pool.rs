@@ -258,11 +258,25 @@ impl BackendPool {
                     failures = check.unhealthy_threshold,
                     "endpoint out of balancing: it failed its active health checks"
                 ),
-                health::Change::Up => tracing::info!(
-                    backend = %self.id,
-                    endpoint = %e.addr,
-                    "endpoint back in balancing: it passed its active health checks"
-                ),
+                health::Change::Up => {
+                    // Passing its probes also ends an ejection by passive checks: the
+                    // endpoint that came back is used now, not when its ejection runs out.
+                    let ejected = e.state.outlier.end_ejection(outlier::now_ms());
+                    if ejected {
+                        let _ = self.ejected.fetch_update(
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        );
+                        self.metrics.ejected.dec();
+                    }
+                    tracing::info!(
+                        backend = %self.id,
+                        endpoint = %e.addr,
+                        ejection_ended = ejected,
+                        "endpoint back in balancing: it passed its active health checks"
+                    );
+                }
                 health::Change::None => {}
             }
         }
