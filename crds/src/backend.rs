@@ -101,11 +101,35 @@ pub struct BackendPolicySpec {
     pub session_persistence: Option<SessionPersistence>,
 }
 
+/// Headers a session may not be carried in: those the proxy itself reads, sets or removes
+/// (framing, routing, forwarding, credentials, cookies); also every `x-forwarded-*` and
+/// `x-portico-*` header. The CEL rule below spells the same list.
+pub const RESERVED_SESSION_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "x-request-id",
+];
+
 /// Gateway API `sessionPersistence`, for a Service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.cookieConfig) || !has(self.cookieConfig.lifetimeType) || self.cookieConfig.lifetimeType != 'Permanent' || has(self.absoluteTimeout)").message("a Permanent cookie needs absoluteTimeout (its Max-Age)"))]
 #[x_kube(validation = Rule::new("!has(self.cookieConfig) || !has(self.type) || self.type == 'Cookie'").message("cookieConfig applies only to the Cookie type"))]
+#[x_kube(validation = Rule::new("!has(self.type) || self.type != 'Header' || !has(self.sessionName) || !(self.sessionName.lowerAscii() in ['authorization', 'connection', 'content-length', 'content-type', 'cookie', 'forwarded', 'host', 'keep-alive', 'proxy-authorization', 'proxy-connection', 'set-cookie', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'via', 'x-request-id'] || self.sessionName.lowerAscii().startsWith('x-forwarded-') || self.sessionName.lowerAscii().startsWith('x-portico-'))").message("sessionName is a header the gateway reads or sets itself; choose another name"))]
 pub struct SessionPersistence {
     /// The cookie's or header's name. Default: `portico-session-` and a hash of the policy,
     /// so policies do not share a cookie by accident.
@@ -122,14 +146,14 @@ pub struct SessionPersistence {
     /// The session ends this long after it started, whatever the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("absoluteTimeout is a duration such as 30m, 12h or 1h30m"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("absoluteTimeout must be at least 1s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("absoluteTimeout must be between 1s and 8760h (a year)"))]
     #[schemars(length(min = 2, max = 24))]
     pub absolute_timeout: Option<String>,
 
     /// The session ends after this long without a request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("idleTimeout is a duration such as 30s, 10m or 1h"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("idleTimeout must be at least 1s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("idleTimeout must be between 1s and 8760h (a year)"))]
     #[schemars(length(min = 2, max = 24))]
     pub idle_timeout: Option<String>,
 
@@ -635,4 +659,29 @@ pub struct Http2 {
     #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('5m')").message("keepAliveTimeout must be between 100ms and 5m"))]
     #[schemars(length(min = 2, max = 24))]
     pub keep_alive_timeout: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// The CEL rule and compile refuse the same header names.
+    #[test]
+    fn the_cel_rule_lists_every_reserved_session_header() {
+        let crd = serde_json::to_string(&BackendPolicy::crd()).unwrap_or_default();
+        let rule = crd
+            .split("\"rule\":")
+            .find(|r| r.contains("lowerAscii() in ["))
+            .unwrap_or_default();
+        let listed = rule
+            .split_once("in [")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(list, _)| list.matches('\'').count() / 2)
+            .unwrap_or_default();
+        assert_eq!(listed, RESERVED_SESSION_HEADERS.len(), "{rule}");
+        for name in RESERVED_SESSION_HEADERS {
+            assert!(rule.contains(&format!("'{name}'")), "{name} in {rule}");
+        }
+    }
 }

@@ -18,6 +18,7 @@ use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use portico_model::AppProtocol;
+use portico_model::backend::SessionKind;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -259,7 +260,7 @@ impl Proxy {
         let mut held = None;
         let target = match rule_session.and_then(|s| Some((s, s.own.as_ref()?))) {
             Some((s, sp)) => {
-                held = session::read(&s.sealer, &s.scope, sp, req.headers(), now);
+                held = session::read(&s.sealer, &s.scope, sp, &sp.name, req.headers(), now);
                 held.and_then(|p| rule.target_tagged(p.backend))
                     .or_else(|| rule.pick())
             }
@@ -272,8 +273,18 @@ impl Proxy {
         let settings = pool.settings();
         let sticky =
             rule_session.and_then(|s| Some((s, s.own.as_ref().or(settings.session.as_ref())?)));
+        // A policy's session is the rule's too, under a cookie of the rule's own (its name
+        // and the rule's tag), so that two rules sending to the Service never overwrite each
+        // other's; a header keeps the name (the client sends back what it was given).
+        let session_name: Cow<'_, str> = match sticky {
+            Some((s, sp)) if s.own.is_none() && sp.kind == SessionKind::Cookie => {
+                Cow::Owned(format!("{}-{}", sp.name, s.tag))
+            }
+            Some((_, sp)) => Cow::Borrowed(sp.name.as_str()),
+            None => Cow::Borrowed(""),
+        };
         if let Some((s, sp)) = sticky.filter(|(s, _)| s.own.is_none()) {
-            held = session::read(&s.sealer, &s.scope, sp, req.headers(), now);
+            held = session::read(&s.sealer, &s.scope, sp, &session_name, req.headers(), now);
         }
         let held = held.filter(|p| p.backend == pool.tag);
         let endpoints = pool.endpoints();
@@ -513,11 +524,11 @@ impl Proxy {
                     && let Some(pin) = session::renew(sp, held, pool.tag, endpoint.addr, now)
                 {
                     // A rule's cookie is for the path it matched; a policy's has no path
-                    // (several routes may send to the Service).
+                    // (GEP-1619: several routes may send to the Service).
                     let path = s.own.is_some().then(|| prefix.unwrap_or("/"));
                     let secure = cx.down.scheme == "https";
                     if let Some((name, value)) =
-                        session::issue(&s.sealer, &s.scope, sp, &pin, path, secure)
+                        session::issue(&s.sealer, &s.scope, sp, &session_name, &pin, path, secure)
                     {
                         if name == header::SET_COOKIE {
                             resp.headers_mut().append(name, value);

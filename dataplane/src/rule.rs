@@ -139,6 +139,9 @@ pub struct RuleSession {
     pub sealer: Arc<Sealer>,
     /// Binds tokens to this rule: sessions are never shared between rules.
     pub scope: Box<str>,
+    /// [`crate::upstream::session::scope_tag`] of the scope: a policy's cookie name ends in
+    /// it.
+    pub tag: Box<str>,
 }
 
 impl CompiledRule {

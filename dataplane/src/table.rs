@@ -426,15 +426,16 @@ fn compile_rule(
         BackendTarget::Unresolved { .. } => false,
     });
     let session = (r.session_persistence.is_some() || policy_sessions).then(|| {
+        // The rule's name if it has one (it survives reordering), else its place.
+        let rule_scope = match &r.name {
+            Some(n) => format!("{label}#name:{n}"),
+            None => format!("{label}#index:{}", scope.index),
+        };
         Box::new(RuleSession {
             own: r.session_persistence.clone(),
             sealer: scope.sealer.clone(),
-            // The rule's name if it has one (it survives reordering), else its place.
-            scope: match &r.name {
-                Some(n) => format!("{label}#{n}"),
-                None => format!("{label}#{}", scope.index),
-            }
-            .into(),
+            tag: crate::upstream::session::scope_tag(&rule_scope).into(),
+            scope: rule_scope.into(),
         })
     });
     CompiledRule {

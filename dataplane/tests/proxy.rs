@@ -1496,6 +1496,62 @@ async fn a_rule_session_pins_the_backend_of_a_split() {
     assert_eq!(firsts.len(), 2, "new sessions are still split: {firsts:?}");
 }
 
+/// A BackendPolicy's cookie session, for two rules sending to the Service: each rule keeps
+/// a session of its own (GEP-1619) under a cookie of its own, without a `Path`, so a client
+/// going back and forth keeps both.
+#[tokio::test]
+async fn a_policy_cookie_session_is_kept_per_rule() {
+    let (_backends, addrs) = session_backends().await;
+    let port = free_port();
+    let settings = BackendSettings {
+        session_persistence: Some(cookie_session("srv")),
+        ..BackendSettings::default()
+    };
+    let (_dp, addr) = serve(&keyed(
+        Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(with_settings(backend("web", 80, &addrs), settings))
+            .with_route(route(
+                "web",
+                "http",
+                &[],
+                vec![
+                    rule(vec![prefix("/a")], vec![to("web", 80)]),
+                    rule(vec![prefix("/app")], vec![to("web", 80)]),
+                ],
+            )),
+    ));
+    let at = |path: &'static str, cookie: String| async move {
+        let mut req = Request::get(path).header("host", "x.test");
+        if !cookie.is_empty() {
+            req = req.header("cookie", cookie);
+        }
+        let a = send(addr, false, req.body(Full::default()).expect("request")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        (header(&a, "x-backend").to_string(), a)
+    };
+    let (by_a, first_a) = at("/a", String::new()).await;
+    let (by_app, first_app) = at("/app/x", String::new()).await;
+    let raw = first_a.headers[http::header::SET_COOKIE]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(raw.starts_with("srv-") && !raw.contains("Path="), "{raw}");
+    let (ca, capp) = (
+        set_cookie(&first_a).expect("a"),
+        set_cookie(&first_app).expect("app"),
+    );
+    let name = |c: &str| c.split('=').next().unwrap_or_default().to_string();
+    assert_ne!(name(&ca), name(&capp), "a cookie per rule");
+    let both = format!("{ca}; {capp}");
+    for _ in 0..6 {
+        let (a, answer) = at("/a", both.clone()).await;
+        assert_eq!((a, set_cookie(&answer)), (by_a.clone(), None));
+        let (app, answer) = at("/app/y", both.clone()).await;
+        assert_eq!((app, set_cookie(&answer)), (by_app.clone(), None));
+    }
+}
+
 /// A BackendPolicy's header session, with an idle timeout: the token comes back in the
 /// header, is honoured when sent in the same header, and is refreshed as time passes.
 #[tokio::test]

@@ -10,28 +10,6 @@ use serde::Serialize;
 /// The longest session: a year.
 const MAX_TIMEOUT: u64 = 365 * 24 * HOUR;
 
-/// Headers a session may not be carried in: those the proxy itself reads, sets or removes
-/// (framing, routing, forwarding, credentials, cookies).
-const RESERVED: &[&str] = &[
-    "authorization",
-    "connection",
-    "content-length",
-    "content-type",
-    "cookie",
-    "forwarded",
-    "host",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "set-cookie",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "via",
-    "x-request-id",
-];
-
 /// `sp` in the model, or what to fix. `scope` names the rule or policy it belongs to: the
 /// name made up when `sessionName` is not given depends on it, so that two rules or policies
 /// never share a cookie by accident.
@@ -52,7 +30,7 @@ pub(crate) fn compile(
             }
             let lower = n.to_ascii_lowercase();
             if kind == SessionKind::Header
-                && (RESERVED.contains(&lower.as_str())
+                && (crd::RESERVED_SESSION_HEADERS.contains(&lower.as_str())
                     || lower.starts_with("x-forwarded-")
                     || lower.starts_with("x-portico-"))
             {

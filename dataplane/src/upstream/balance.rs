@@ -135,11 +135,13 @@ impl<'a> Iterator for Candidates<'a> {
             self.taken += 1;
             let e = self.endpoints.get(i)?;
             if Some(e.addr) != skip && self.usable(e) {
-                if let Some((s, now)) = self.slow_start.take()
+                // Until one is taken, each warming endpoint met is weighed (neighbours in a
+                // scale-up are all new); the first passed over is kept for last.
+                if let Some((s, now)) = self.slow_start
                     && let Some(weight) = e.state.warming(&s, now)
                     && fastrand::f64() >= weight
                 {
-                    self.deferred = Some(e);
+                    self.deferred.get_or_insert(e);
                     continue;
                 }
                 // Only the first choice is weighed: a retry takes what comes.
@@ -147,6 +149,7 @@ impl<'a> Iterator for Candidates<'a> {
                 return Some(e);
             }
         }
+        self.slow_start = None;
         self.deferred.take()
     }
 

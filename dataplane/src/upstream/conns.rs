@@ -103,14 +103,21 @@ pub(super) struct Conns {
 struct H2Conn {
     sender: http2::SendRequest<ClientBody>,
     streams: Arc<AtomicU32>,
+    /// Counted in the backend's open connections until removed from the endpoint's list.
+    _open: Open,
 }
 
-/// A stream counted on its connection until its response ends.
-struct Stream(Arc<AtomicU32>);
+/// A stream counted on its connection until its response ends; then a request waiting
+/// under the backend's connection limit may take its place.
+struct Stream {
+    streams: Arc<AtomicU32>,
+    gate: Arc<ConnGate>,
+}
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+        self.gate.wake();
     }
 }
 
@@ -148,24 +155,41 @@ impl Conns {
 
     /// A shared HTTP/2 connection with room for one more stream (counted on it), or `None`
     /// when another must be opened.
-    fn h2_with_room(&self, max: Option<u32>) -> Option<(http2::SendRequest<ClientBody>, Stream)> {
+    fn h2_with_room(
+        &self,
+        max: Option<u32>,
+        gate: &Arc<ConnGate>,
+    ) -> Option<(http2::SendRequest<ClientBody>, Stream)> {
         let mut conns = self.h2.lock();
         conns.retain(|c| !c.sender.is_closed());
         let c = conns.iter().find(|c| {
             c.sender.is_ready() && max.is_none_or(|m| c.streams.load(Ordering::Relaxed) < m)
         })?;
         c.streams.fetch_add(1, Ordering::Relaxed);
-        Some((c.sender.clone(), Stream(c.streams.clone())))
+        let stream = Stream {
+            streams: c.streams.clone(),
+            gate: gate.clone(),
+        };
+        Some((c.sender.clone(), stream))
     }
 
-    /// Shares a new connection, its first stream counted.
-    fn h2_add(&self, sender: &http2::SendRequest<ClientBody>) -> Stream {
+    /// Shares a new connection (counted by `open`), its first stream counted.
+    fn h2_add(
+        &self,
+        sender: &http2::SendRequest<ClientBody>,
+        open: Open,
+        gate: &Arc<ConnGate>,
+    ) -> Stream {
         let streams = Arc::new(AtomicU32::new(1));
         self.h2.lock().push(H2Conn {
             sender: sender.clone(),
             streams: streams.clone(),
+            _open: open,
         });
-        Stream(streams)
+        Stream {
+            streams,
+            gate: gate.clone(),
+        }
     }
 }
 
@@ -210,12 +234,17 @@ pub(super) struct Limit<'a> {
 }
 
 impl Limit<'_> {
-    async fn room(&self, settings: &ConnSettings) -> Result<Room, NoConn> {
+    /// Room for a new connection, waiting until `deadline` at the limit.
+    async fn room(
+        &self,
+        settings: &ConnSettings,
+        deadline: tokio::time::Instant,
+    ) -> Result<Room, NoConn> {
         self.gate
             .room(
                 settings.max_connections,
                 settings.max_pending,
-                settings.connect_timeout,
+                deadline,
                 self.make_room,
             )
             .await
@@ -231,11 +260,13 @@ async fn h1_conn(
     settings: &ConnSettings,
     limit: &Limit<'_>,
 ) -> Result<(Box<H1Conn>, bool), NoConn> {
+    // One wait at the limit, however often something is released and taken by another.
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
     loop {
         if let Some(c) = conns.http1.checkout(settings.idle_timeout) {
             return Ok((c, true));
         }
-        match limit.room(settings).await? {
+        match limit.room(settings, deadline).await? {
             // Boxed: a new connection is the rare case, and its future is large.
             Room::Open(open) => {
                 return Box::pin(connect_h1(addr, settings, open))
@@ -251,7 +282,6 @@ async fn h1_conn(
 async fn handshake_h2(
     addr: SocketAddr,
     settings: &ConnSettings,
-    open: Open,
 ) -> io::Result<http2::SendRequest<ClientBody>> {
     let io = connect(addr, settings).await?;
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -270,7 +300,6 @@ async fn handshake_h2(
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
-        drop(open);
     });
     Ok(sender)
 }
@@ -341,59 +370,67 @@ where
             let resp = http::Response::from_parts(head.parts, Upstream::Conn(Box::new(body)));
             Ok((resp, None))
         }
-        AppProtocol::H2c => loop {
+        AppProtocol::H2c => {
             let max = settings.h2.max_streams;
-            let (mut sender, stream, reused) = match conns.h2_with_room(max) {
-                Some((s, stream)) => (s, stream, true),
-                None => {
-                    let failures = conns.h2_failures.load(Ordering::Relaxed);
-                    let _connecting = conns.h2_connecting.lock().await;
-                    if let Some((s, stream)) = conns.h2_with_room(max) {
-                        (s, stream, true)
-                    } else if conns.h2_failures.load(Ordering::Relaxed) != failures {
-                        // The connection this request waited for could not be made: it
-                        // goes back for another endpoint rather than wait for another try.
-                        let e = io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed");
-                        return Err(SendError::Connect(e, Some(Box::new(req))));
-                    } else {
-                        let open = match limit.room(settings).await {
+            let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+            loop {
+                let (mut sender, stream, reused) = match conns.h2_with_room(max, limit.gate) {
+                    Some((s, stream)) => (s, stream, true),
+                    None => {
+                        // A place under the backend's connection limit first, waited for
+                        // (at the limit) without holding this endpoint's connecting lock.
+                        let open = match limit.room(settings, deadline).await {
                             Ok(Room::Open(open)) => open,
-                            // Something closed or went idle: look again.
+                            // Something closed, went idle or ended a stream: look again.
                             Ok(Room::Released) => continue,
                             Err(NoConn::Overloaded(l)) => return Err(SendError::Overloaded(l)),
                             Err(NoConn::Connect(e)) => {
                                 return Err(SendError::Connect(e, Some(Box::new(req))));
                             }
                         };
-                        let s = match Box::pin(handshake_h2(addr, settings, open)).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                conns.h2_failures.fetch_add(1, Ordering::Relaxed);
-                                return Err(SendError::Connect(e, Some(Box::new(req))));
-                            }
-                        };
-                        let stream = conns.h2_add(&s);
-                        (s, stream, false)
+                        let failures = conns.h2_failures.load(Ordering::Relaxed);
+                        let _connecting = conns.h2_connecting.lock().await;
+                        if let Some((s, stream)) = conns.h2_with_room(max, limit.gate) {
+                            // Made by the request before: the place taken goes back.
+                            drop(open);
+                            (s, stream, true)
+                        } else if conns.h2_failures.load(Ordering::Relaxed) != failures {
+                            // The connection this request waited for could not be made: it
+                            // goes back for another endpoint rather than wait for another try.
+                            let e =
+                                io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed");
+                            return Err(SendError::Connect(e, Some(Box::new(req))));
+                        } else {
+                            let s = match Box::pin(handshake_h2(addr, settings)).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    conns.h2_failures.fetch_add(1, Ordering::Relaxed);
+                                    return Err(SendError::Connect(e, Some(Box::new(req))));
+                                }
+                            };
+                            let stream = conns.h2_add(&s, open, limit.gate);
+                            (s, stream, false)
+                        }
                     }
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let resp = resp.map(Upstream::Hyper);
+                        // The guard is moved in only once the request is sent; the stream
+                        // is counted on its connection until the response ends.
+                        let held = Held {
+                            _guard: (guard, stream),
+                        };
+                        return Ok((resp, Some(Box::new(held))));
+                    }
+                    // The shared connection is no longer ready: the next pass replaces it.
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if reused => req = back,
+                        _ => return Err(SendError::Request(Box::new(e.into_error()))),
+                    },
                 }
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let resp = resp.map(Upstream::Hyper);
-                    // The guard is moved in only once the request is sent; the stream is
-                    // counted on its connection until the response ends.
-                    let held = Held {
-                        _guard: (guard, stream),
-                    };
-                    return Ok((resp, Some(Box::new(held))));
-                }
-                // The shared connection is no longer ready: the next pass replaces it.
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => req = back,
-                    _ => return Err(SendError::Request(Box::new(e.into_error()))),
-                },
             }
-        },
+        }
     }
 }
 
@@ -511,7 +548,7 @@ mod tests {
             assert_eq!(conns.h2_open(), want);
             drop(answers);
             // Every stream ended: the first connection has room again.
-            assert!(conns.h2_with_room(max).is_some());
+            assert!(conns.h2_with_room(max, &gate).is_some());
         }
     }
 }

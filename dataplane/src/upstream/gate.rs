@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A backend's connection count, and who waits for room.
@@ -23,15 +22,15 @@ pub(super) struct Open(Arc<ConnGate>);
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.released.notify_one();
+        self.0.wake();
     }
 }
 
 impl Open {
-    /// Its connection went back idle: one waiting request may use it (if it is for the
-    /// same endpoint) or close it to make room.
+    /// Its connection went back idle (or has room for another stream): the requests
+    /// waiting look again.
     pub(super) fn idle(&self) {
-        self.0.released.notify_one();
+        self.0.wake();
     }
 }
 
@@ -53,15 +52,38 @@ impl ConnGate {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// Wakes every waiting request to look again (a connection closed, went idle, or has
+    /// room for a stream).
+    pub(super) fn wake(&self) {
+        self.released.notify_waiters();
+    }
+
+    /// Takes a place under `max` if there is one.
+    fn take(self: &Arc<Self>, max: usize) -> Option<Open> {
+        let mut open = self.open.load(Ordering::Relaxed);
+        while open < max {
+            match self.open.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Open(self.clone())),
+                Err(now) => open = now,
+            }
+        }
+        None
+    }
+
     /// Room for one more connection (`max`: `None`, no limit), at once if there is some.
     /// At the limit, `make_room` may close an idle connection (of another endpoint) first;
-    /// else the request waits, as one of at most `max_pending`, up to `wait` for a
-    /// connection to close or go idle.
+    /// else the request waits, as one of at most `max_pending`, until `deadline` for a
+    /// connection to close or go idle (then it looks again, under the same deadline).
     pub(super) async fn room(
         self: &Arc<Self>,
         max: Option<u32>,
         max_pending: u32,
-        wait: Duration,
+        deadline: tokio::time::Instant,
         make_room: impl Fn() -> bool,
     ) -> Result<Room, Refused> {
         let Some(max) = max.map(|m| usize::try_from(m).unwrap_or(usize::MAX)) else {
@@ -69,28 +91,26 @@ impl ConnGate {
             return Ok(Room::Open(Open(self.clone())));
         };
         loop {
-            let open = self.open.load(Ordering::Relaxed);
-            if open < max {
-                if self
-                    .open
-                    .compare_exchange(open, open + 1, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(Room::Open(Open(self.clone())));
-                }
-                continue;
+            if let Some(open) = self.take(max) {
+                return Ok(Room::Open(open));
             }
-            if make_room() {
-                continue;
+            if !make_room() {
+                break;
             }
-            break;
         }
         let waiting = self.pending.fetch_add(1, Ordering::Relaxed);
         let _pending = Pending(self);
         if waiting >= usize::try_from(max_pending).unwrap_or(usize::MAX) {
             return Err(Refused("maxPendingRequests"));
         }
-        match tokio::time::timeout(wait, self.released.notified()).await {
+        // Registered before the last look, so a release in between is not missed.
+        let notified = self.released.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(open) = self.take(max) {
+            return Ok(Room::Open(open));
+        }
+        match tokio::time::timeout_at(deadline, notified).await {
             Ok(()) => Ok(Room::Released),
             Err(_) => Err(Refused("maxConnections")),
         }
@@ -112,10 +132,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_limit_holds_waiters_queue_and_the_queue_is_bounded() {
         let gate = Arc::new(ConnGate::default());
-        let wait = Duration::from_secs(1);
+        let wait = std::time::Duration::from_secs(1);
         let open = |g: &Arc<ConnGate>| {
             let g = g.clone();
-            async move { g.room(Some(2), 1, wait, || false).await }
+            let deadline = tokio::time::Instant::now() + wait;
+            async move { g.room(Some(2), 1, deadline, || false).await }
         };
         let a = open(&gate).await;
         let b = open(&gate).await;
@@ -135,7 +156,9 @@ mod tests {
         // Making room (closing an idle connection of another endpoint) lets one through.
         let idle_elsewhere = parking_lot::Mutex::new(Some(b));
         let r = gate
-            .room(Some(2), 0, wait, || idle_elsewhere.lock().take().is_some())
+            .room(Some(2), 0, tokio::time::Instant::now() + wait, || {
+                idle_elsewhere.lock().take().is_some()
+            })
             .await;
         assert!(matches!(r, Ok(Room::Open(_))), "room made");
         assert_eq!(gate.open(), 2);

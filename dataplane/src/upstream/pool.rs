@@ -263,11 +263,11 @@ impl BackendPool {
                     // endpoint that came back is used now, not when its ejection runs out.
                     let ejected = e.state.outlier.end_ejection(outlier::now_ms());
                     if ejected {
-                        let _ = self.ejected.fetch_update(
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                            |n| n.checked_sub(1),
-                        );
+                        let _ =
+                            self.ejected
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                    n.checked_sub(1)
+                                });
                         self.metrics.ejected.dec();
                     }
                     tracing::info!(
@@ -458,7 +458,8 @@ impl BackendPool {
             self.count_unhealthy(&set, now);
         }
         if self.warming.load(Ordering::Relaxed) > 0 {
-            self.count_warming(&set, &settings, now);
+            // The set as of now: an update since the start of this tick counted its own.
+            self.count_warming(&self.endpoints.load(), &settings, now);
         }
     }
 

@@ -165,6 +165,13 @@ pub fn backend_tag(id: &BackendId) -> u64 {
     fnv1a(&id.port.to_be_bytes(), h)
 }
 
+/// A short stable tag of a rule's scope: a BackendPolicy's cookie is named
+/// `<sessionName>-<tag>` so that each rule keeps a session of its own (as GEP-1619 asks)
+/// without the rules' cookies overwriting each other.
+pub fn scope_tag(scope: &str) -> String {
+    format!("{:08x}", fnv1a(scope.as_bytes(), FNV_BASIS) as u32)
+}
+
 /// Now, in Unix seconds (until 2106).
 pub fn now_secs() -> u32 {
     std::time::SystemTime::now()
@@ -193,19 +200,20 @@ pub fn read(
     sealer: &Sealer,
     scope: &str,
     sp: &SessionPersistence,
+    name: &str,
     headers: &http::HeaderMap,
     now: u32,
 ) -> Option<Pin> {
-    let aad = aad(scope, &sp.name);
+    let aad = aad(scope, name);
     let open = |token: &[u8]| {
         let pin = Pin::decode(&sealer.open(&aad, token)?)?;
         live(sp, &pin, now).then_some(pin)
     };
     match sp.kind {
         // Several cookies of the name (set on different paths): the first that opens.
-        SessionKind::Cookie => crate::util::cookie_values(headers, &sp.name).find_map(open),
+        SessionKind::Cookie => crate::util::cookie_values(headers, name).find_map(open),
         SessionKind::Header => headers
-            .get_all(sp.name.as_str())
+            .get_all(name)
             .iter()
             .find_map(|v| open(v.as_bytes())),
     }
@@ -255,22 +263,24 @@ pub fn renew(
 
 /// The response header that hands `pin` to the client: `Set-Cookie` (with `path`, when the
 /// session belongs to a route rule) or the session's own header.
+#[allow(clippy::too_many_arguments)]
 pub fn issue(
     sealer: &Sealer,
     scope: &str,
     sp: &SessionPersistence,
+    name: &str,
     pin: &Pin,
     path: Option<&str>,
     secure: bool,
 ) -> Option<(http::HeaderName, http::HeaderValue)> {
-    let token = sealer.seal(&aad(scope, &sp.name), &pin.encode())?;
+    let token = sealer.seal(&aad(scope, name), &pin.encode())?;
     match sp.kind {
         SessionKind::Header => Some((
-            http::HeaderName::from_bytes(sp.name.as_bytes()).ok()?,
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
             http::HeaderValue::from_str(&token).ok()?,
         )),
         SessionKind::Cookie => {
-            let mut c = format!("{}={token}", sp.name);
+            let mut c = format!("{name}={token}");
             // A cookie path is visible ASCII without ';' (it came from a route's path match,
             // which may hold other characters): otherwise the cookie goes without one.
             if let Some(p) = path.filter(|p| p.bytes().all(|b| b.is_ascii_graphic() && b != b';')) {
@@ -343,8 +353,8 @@ mod tests {
         let (a, b) = (Sealer::new(Some(&key(1))), Sealer::new(Some(&key(1))));
         for addr in ["10.0.0.7:8080", "[fd00::7]:8080"] {
             let p = pin(addr, now);
-            let (name, v) =
-                issue(&a, "rule", &s, &p, Some("/api"), true).unwrap_or_else(|| unreachable!());
+            let (name, v) = issue(&a, "rule", &s, &s.name, &p, Some("/api"), true)
+                .unwrap_or_else(|| unreachable!());
             assert_eq!(name, http::header::SET_COOKIE);
             let text = v.to_str().unwrap_or_default();
             assert!(
@@ -361,18 +371,21 @@ mod tests {
             );
             let h = with_cookie(&format!("other=1; {}", cookie_of(&v)));
             assert_eq!(
-                read(&b, "rule", &s, &h, now + 5),
+                read(&b, "rule", &s, &s.name, &h, now + 5),
                 Some(p),
                 "another replica"
             );
             // Another Gateway's key, another rule, another session name: nothing.
-            assert_eq!(read(&Sealer::new(Some(&key(2))), "rule", &s, &h, now), None);
-            assert_eq!(read(&b, "other rule", &s, &h, now), None);
+            assert_eq!(
+                read(&Sealer::new(Some(&key(2))), "rule", &s, &s.name, &h, now),
+                None
+            );
+            assert_eq!(read(&b, "other rule", &s, &s.name, &h, now), None);
             let renamed = SessionPersistence {
                 name: "other".into(),
                 ..s.clone()
             };
-            assert_eq!(read(&b, "rule", &renamed, &h, now), None);
+            assert_eq!(read(&b, "rule", &renamed, &renamed.name, &h, now), None);
         }
     }
 
@@ -381,8 +394,16 @@ mod tests {
         let now = 1_800_000_000;
         let s = sp(SessionKind::Header);
         let sealer = Sealer::new(Some(&key(1)));
-        let (_, v) = issue(&sealer, "r", &s, &pin("10.0.0.7:80", now), None, false)
-            .unwrap_or_else(|| unreachable!());
+        let (_, v) = issue(
+            &sealer,
+            "r",
+            &s,
+            &s.name,
+            &pin("10.0.0.7:80", now),
+            None,
+            false,
+        )
+        .unwrap_or_else(|| unreachable!());
         let good = v.to_str().unwrap_or_default().to_string();
         let header = |t: &str| {
             let mut h = HeaderMap::new();
@@ -391,14 +412,14 @@ mod tests {
             }
             h
         };
-        assert!(read(&sealer, "r", &s, &header(&good), now).is_some());
+        assert!(read(&sealer, "r", &s, &s.name, &header(&good), now).is_some());
         // Every single-character change of the token is refused.
         for i in 0..good.len() {
             let mut t = good.clone().into_bytes();
             t[i] = if t[i] == b'A' { b'B' } else { b'A' };
             let t = String::from_utf8(t).unwrap_or_default();
             assert_eq!(
-                read(&sealer, "r", &s, &header(&t), now),
+                read(&sealer, "r", &s, &s.name, &header(&t), now),
                 None,
                 "changed at {i}"
             );
@@ -420,7 +441,11 @@ mod tests {
             "%%%",
             &"A".repeat(4096),
         ] {
-            assert_eq!(read(&sealer, "r", &s, &header(t), now), None, "{t}");
+            assert_eq!(
+                read(&sealer, "r", &s, &s.name, &header(t), now),
+                None,
+                "{t}"
+            );
         }
     }
 
@@ -480,6 +505,7 @@ mod tests {
             &Sealer::new(None),
             "r",
             &perm,
+            &perm.name,
             &Pin {
                 seen: now + 600,
                 ..p

@@ -393,6 +393,13 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
         "sessionPersistence": {"cookieConfig": {"lifetimeType": "Permanent"}}}))
     .await;
     assert!(m.contains("Permanent cookie needs absoluteTimeout"), "{m}");
+    let m = refused(json!({"targetRefs": svc,
+        "sessionPersistence": {"type": "Header", "sessionName": "X-Forwarded-Host"}}))
+    .await;
+    assert!(
+        m.contains("a header the gateway reads or sets itself"),
+        "{m}"
+    );
     let m = refused(json!({"targetRefs": svc, "sessionPersistence": {"sessionName": "a;b"}})).await;
     assert!(m.contains("sessionName is a cookie or header name"), "{m}");
     let m = refused(
