@@ -73,7 +73,40 @@ fn backend_variants() -> Vec<Variant> {
             Some("  circuitBreaker: {maxRequests: 100000, maxRetries: 1000}"),
             None,
         ),
+        variant(
+            "least request + maxConnections",
+            Some("  circuitBreaker: {maxConnections: 10000}"),
+            None,
+        ),
+        variant(
+            "least request + slow start",
+            Some("  loadBalancer: {slowStart: {window: 60s}}"),
+            None,
+        ),
+        // Every request carries the cookie its first answer set: one token opened per
+        // request (nothing re-sent while the session lives).
+        variant(
+            "session cookie (sessionPersistence)",
+            Some("  sessionPersistence: {sessionName: bench}"),
+            Some(SESSION_FROM_FIRST_ANSWER),
+        ),
     ]
+}
+
+/// A variant's header that is the cookie its first answer sets (fetched before the load).
+const SESSION_FROM_FIRST_ANSWER: &str = "cookie: <from the first answer>";
+
+/// The `name=value` of the cookie the first answer of `addr` sets.
+fn first_cookie(addr: SocketAddr) -> Option<String> {
+    let answer = portico_tests::raw_exchange(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    answer.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("set-cookie")
+            .then(|| v.trim().split(';').next().unwrap_or_default().to_string())
+    })
 }
 
 fn policy(body: &str) -> String {
@@ -215,14 +248,22 @@ fn measure(
             backend_copies,
         };
         let r = peers::start(tools, Peer::Portico, &config, Some("1"));
-        running.push((config.listen, r));
+        let header = match v.header.as_deref() {
+            Some(SESSION_FROM_FIRST_ANSWER) => {
+                let cookie = first_cookie(config.listen)
+                    .unwrap_or_else(|| panic!("{}: no session cookie in the first answer", v.name));
+                Some(format!("cookie: {cookie}"))
+            }
+            h => h.map(str::to_string),
+        };
+        running.push((config.listen, r, header));
     }
     let mut rows: Vec<Row> = variants.iter().map(|_| Row::default()).collect();
     for _ in 0..run.rounds {
-        for (i, v) in variants.iter().enumerate() {
-            let (addr, r) = &running[i];
+        for i in 0..variants.len() {
+            let (addr, r, header) = &running[i];
             let pid = r.proc.pid();
-            let headers: Vec<&str> = v.header.iter().map(String::as_str).collect();
+            let headers: Vec<&str> = header.iter().map(String::as_str).collect();
             let before = cpu_ticks(pid);
             let load = wrk(
                 tools,
@@ -321,7 +362,7 @@ pub(crate) fn backend_section(
     let rows = measure(tools, backend, run, &variants, BACKEND_COPIES);
     let _ = writeln!(
         md,
-        "\n## The cost of balancing (BackendPolicy)\n\nPortico alone, one worker pinned as above, the same route to a backend listed as {BACKEND_COPIES} endpoints (one echo process, so only the balancing differs), with round robin, least request (the default: no policy), random, consistent hashing (Maglev) on a header every request carries, and least request with circuit-breaker limits set far above the load. Every row counts requests in the retry budget (it is always on). wrk, 1 thread, 32 connections; {} interleaved rounds of {} s.\n",
+        "\n## The cost of balancing (BackendPolicy)\n\nPortico alone, one worker pinned as above, the same route to a backend listed as {BACKEND_COPIES} endpoints (one echo process, so only the balancing differs), with round robin, least request (the default: no policy), random, consistent hashing (Maglev) on a header every request carries, least request with circuit-breaker limits (requests, connections) set far above the load, with slow start on (nothing warming: the cost of having it), and with a session cookie every request carries (its token opened and checked on each request). Every row counts requests in the retry budget (it is always on). wrk, 1 thread, 32 connections; {} interleaved rounds of {} s.\n",
         run.rounds, run.secs
     );
     table(md, "round robin", &variants, &rows);
