@@ -303,6 +303,7 @@ pub struct Metrics {
     upstream_health_checks: Family<HealthCheckLabels, Counter>,
     upstream_unhealthy: Family<BackendLabel, Gauge>,
     upstream_connections: Family<BackendLabel, Gauge>,
+    upstream_endpoints: Family<BackendLabel, Gauge>,
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -346,6 +347,7 @@ impl Default for Metrics {
         let upstream_health_checks = Family::<HealthCheckLabels, Counter>::default();
         let upstream_unhealthy = Family::<BackendLabel, Gauge>::default();
         let upstream_connections = Family::<BackendLabel, Gauge>::default();
+        let upstream_endpoints = Family::<BackendLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
@@ -404,6 +406,11 @@ impl Default for Metrics {
             "upstream_health_checks",
             "Active health-check probes of a BackendPolicy, by backend and result (passed, failed)",
             upstream_health_checks.clone(),
+        );
+        registry.register(
+            "upstream_endpoints",
+            "Endpoints a backend balances over now (ready, or serving and terminating when none is ready), by backend, as of the last second; those in balancing are this minus portico_upstream_endpoints_ejected and portico_upstream_endpoints_unhealthy",
+            upstream_endpoints.clone(),
         );
         registry.register(
             "upstream_connections",
@@ -521,6 +528,7 @@ impl Default for Metrics {
             upstream_health_checks,
             upstream_unhealthy,
             upstream_connections,
+            upstream_endpoints,
             in_flight,
             tls_handshake_errors,
             certificate_expiry,
@@ -785,6 +793,7 @@ impl Metrics {
             overloaded_connections,
             overloaded_pending,
             connections: self.upstream_connections.get_or_create(&label).clone(),
+            endpoints: self.upstream_endpoints.get_or_create(&label).clone(),
             health_passed,
             health_failed,
             unhealthy: self.upstream_unhealthy.get_or_create(&label).clone(),
@@ -815,6 +824,7 @@ impl Metrics {
             });
         }
         self.upstream_connections.remove(&label);
+        self.upstream_endpoints.remove(&label);
         for limit in [
             "maxRequests",
             "maxRetries",
@@ -881,6 +891,8 @@ pub struct UpstreamMetrics {
     overloaded_pending: Counter,
     /// Connections open to the backend's endpoints (set once a second).
     pub connections: Gauge,
+    /// Endpoints balanced over (set once a second).
+    pub endpoints: Gauge,
     pub health_passed: Counter,
     pub health_failed: Counter,
     pub unhealthy: Gauge,

@@ -230,7 +230,7 @@ pub struct Retry {
     /// Retries for rules that have no `retry` of their own: the policy's statuses, and
     /// (always, as a rule's retry does) broken exchanges and per-try timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<crate::route::RouteRetry>,
+    pub rules: Option<crate::retry::RouteRetry>,
     /// Each attempt's answer within this, for rules without a backend request timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout_ms: Option<u64>,

@@ -42,6 +42,7 @@ pub mod listener;
 pub mod object;
 pub mod policy;
 pub mod ratelimit;
+pub mod retry;
 pub mod route;
 pub mod snapshot;
 pub mod tls;

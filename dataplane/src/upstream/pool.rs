@@ -436,6 +436,9 @@ impl BackendPool {
         let settings = self.settings.load();
         let now = outlier::now_ms();
         let set = self.endpoints.load();
+        self.metrics
+            .endpoints
+            .set(i64::try_from(set.serving().len()).unwrap_or(i64::MAX));
         let mut ejected = 0;
         for e in set.all() {
             let (out, returned) = e.state.outlier.check(now);
