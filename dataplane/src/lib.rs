@@ -30,6 +30,7 @@ pub mod body;
 pub mod channel;
 pub mod codec;
 pub mod conn;
+pub mod cors;
 pub mod dataplane;
 pub mod endpoints;
 pub mod errors;

@@ -109,11 +109,21 @@ impl Proxy {
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
             .and_then(|()| route(router, &mut req, &mut cx));
+        // A CORS filter answers preflights itself (before any policy: browsers send them
+        // without credentials), and gives actual requests' responses their headers below.
+        let mut origin = None;
         let (result, routed, upstream) = match routed {
             Err(e) => (Err(e), None, None),
             Ok(routed) => {
-                let (result, upstream) = self.handle(&routed, req, &mut cx).await;
-                (result, Some(routed), upstream)
+                let cors = routed.rule.filters().cors.as_deref();
+                match cors.and_then(|c| c.preflight(&req)) {
+                    Some(answer) => (Ok(answer), Some(routed), None),
+                    None => {
+                        origin = cors.and_then(|_| req.headers().get(header::ORIGIN).cloned());
+                        let (result, upstream) = self.handle(&routed, req, &mut cx).await;
+                        (result, Some(routed), upstream)
+                    }
+                }
             }
         };
         let mut reason = None;
@@ -127,6 +137,11 @@ impl Proxy {
         let rule = routed.as_ref().map(|r| &*r.rule);
         if let Some(ops) = rule.and_then(|r| r.filters().response_headers.as_ref()) {
             ops.apply(resp.headers_mut());
+        }
+        if let (Some(origin), Some(cors)) =
+            (&origin, rule.and_then(|r| r.filters().cors.as_deref()))
+        {
+            cors.on_response(origin, resp.headers_mut());
         }
         let headers = resp.headers_mut();
         // Steps' headers replace the backend's of the same name (a quota is ours to state).

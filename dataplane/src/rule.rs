@@ -1,6 +1,7 @@
 //! A route rule ready to serve: header operations parsed into `http` types, backends with
 //! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
 
+use crate::cors::CorsPolicy;
 use crate::upstream::BackendPool;
 use crate::upstream::session::Sealer;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -63,6 +64,7 @@ pub struct RuleFilters {
     pub response_headers: Option<HeaderOps>,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<UrlRewrite>,
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 static NO_FILTERS: RuleFilters = RuleFilters {
@@ -70,6 +72,7 @@ static NO_FILTERS: RuleFilters = RuleFilters {
     response_headers: None,
     redirect: None,
     rewrite: None,
+    cors: None,
 };
 
 impl RuleFilters {
@@ -78,7 +81,8 @@ impl RuleFilters {
         let empty = self.request_headers.is_none()
             && self.response_headers.is_none()
             && self.redirect.is_none()
-            && self.rewrite.is_none();
+            && self.rewrite.is_none()
+            && self.cors.is_none();
         (!empty).then(|| Box::new(self))
     }
 }

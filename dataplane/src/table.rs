@@ -2,6 +2,7 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
+use crate::cors::CorsPolicy;
 use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
 use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
@@ -378,6 +379,10 @@ fn compile_rule(
             Filter::ResponseHeaderModifier(m) => filters.response_headers = header_ops(m, label, w),
             Filter::RequestRedirect(rd) => filters.redirect = Some(rd.clone()),
             Filter::UrlRewrite(rw) => filters.rewrite = Some(rw.clone()),
+            Filter::Cors(c) => match CorsPolicy::new(c) {
+                Ok(p) => filters.cors = Some(Arc::new(p)),
+                Err(e) => w.push(format!("route {label}: {e}; CORS filter skipped")),
+            },
         }
     }
     let mut targets = Vec::new();

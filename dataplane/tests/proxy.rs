@@ -1589,3 +1589,75 @@ async fn a_policy_header_session_pins_and_is_refreshed() {
         "refreshed or renewed"
     );
 }
+
+/// The CORS filter, through real sockets: a preflight is answered by the gateway (the backend
+/// never sees it, and an AuthPolicy on the route would not be asked), an actual request's
+/// response gets the headers in place of the backend's, and an origin not allowed gets none.
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_get_the_headers() {
+    let web = Backend::start("web", false).await;
+    let port = free_port();
+    let mut r = rule(vec![prefix("/")], vec![to("web", 80)]);
+    r.filters = vec![Filter::Cors(portico_model::Cors {
+        allow_origins: vec!["https://www.foo.com".into(), "https://*.bar.com".into()],
+        allow_methods: vec!["GET".into(), "PUT".into()],
+        allow_headers: vec!["x-token".into()],
+        expose_headers: vec!["x-backend".into()],
+        allow_credentials: true,
+        max_age_seconds: 600,
+    })];
+    let (_dp, addr) = serve(
+        &Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("web", 80, &[web.addr]))
+            .with_route(route("web", "http", &[], vec![r])),
+    );
+    let request = |method: &str, origin: &str, asks: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("host", "x.test")
+            .header("origin", origin);
+        if let Some(m) = asks {
+            req = req.header("access-control-request-method", m);
+        }
+        send(addr, false, req.body(Full::default()).expect("request"))
+    };
+    let pre = request("OPTIONS", "https://api.bar.com", Some("PUT")).await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(&pre, "access-control-allow-origin"),
+        "https://api.bar.com"
+    );
+    assert_eq!(header(&pre, "access-control-allow-methods"), "GET, PUT");
+    assert_eq!(header(&pre, "access-control-allow-headers"), "x-token");
+    assert_eq!(header(&pre, "access-control-max-age"), "600");
+    assert_eq!(header(&pre, "access-control-allow-credentials"), "true");
+    assert!(web.seen().is_empty(), "the backend never saw the preflight");
+    let denied = request("OPTIONS", "https://evil.example", Some("PUT")).await;
+    assert_eq!(denied.status, StatusCode::NO_CONTENT);
+    assert_eq!(header(&denied, "access-control-allow-origin"), "");
+
+    let actual = request("PUT", "https://www.foo.com", None).await;
+    assert_eq!(actual.status, StatusCode::OK);
+    assert_eq!(
+        header(&actual, "access-control-allow-origin"),
+        "https://www.foo.com"
+    );
+    assert_eq!(
+        header(&actual, "access-control-expose-headers"),
+        "x-backend"
+    );
+    assert_eq!(header(&actual, "vary"), "origin");
+    let other = request("GET", "https://evil.example", None).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "served; the browser keeps it from the page"
+    );
+    assert_eq!(header(&other, "access-control-allow-origin"), "");
+    // Without an Origin, nothing changes.
+    let plain = get(addr, "x.test", "/x").await;
+    assert_eq!(header(&plain, "access-control-allow-origin"), "");
+    assert_eq!(web.seen().len(), 3);
+}

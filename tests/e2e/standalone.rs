@@ -1076,6 +1076,28 @@ async fn the_feature_examples_work_as_committed() {
     assert_eq!(r.seen_header("x-env").as_deref(), Some("demo"));
     assert_eq!(r.header("x-served-by"), Some("portico"));
     let r = http
+        .try_request(
+            "OPTIONS",
+            p.addr(ports[0]),
+            "filters.example.test",
+            "/api/v1/users",
+            &[
+                ("origin", "https://app.example.test"),
+                ("access-control-request-method", "PUT"),
+            ],
+        )
+        .await
+        .expect("a preflight answer");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.test")
+    );
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, PUT, DELETE")
+    );
+    let r = http
         .get(p.addr(ports[0]), "filters.example.test", "/login")
         .await;
     assert_eq!(r.status, 301);

@@ -32,6 +32,7 @@
 mod auth;
 mod backend;
 mod backend_policy;
+mod cors;
 mod gateway;
 mod grants;
 mod grpc;

@@ -722,6 +722,10 @@ fn translate_filters(
                     path,
                 })
             }
+            HttpRouteRulesFiltersType::Cors => {
+                let c = f.cors.as_ref().ok_or_else(|| missing("cors"))?;
+                Filter::Cors(crate::cors::translate(c)?)
+            }
             ref other => return Err(format!("filter type {other:?} is not supported yet")),
         };
         if out

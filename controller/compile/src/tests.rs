@@ -616,6 +616,35 @@ fn route_sessions_are_compiled_with_made_up_names_per_rule() {
 }
 
 #[test]
+fn cors_filters_are_compiled_and_bad_origins_reject_the_route() {
+    let extra = [
+        route("cors", "default", "{name: gw}", "  rules:\n  - filters: [{type: CORS, cors: {allowOrigins: [\"HTTPS://Www.Foo.com:443\", \"https://*.bar.com\"], allowMethods: [GET, \"*\"], allowHeaders: [X-Token], allowCredentials: true}}]\n    matches: [{path: {value: /c}}]"),
+        route("cors-bad", "default", "{name: gw}", "  rules:\n  - filters: [{type: CORS, cors: {allowOrigins: [\"ftp://x.com\"]}}]"),
+    ]
+    .concat();
+    let out = run(&extra);
+    let r = out.snapshots[&gw()]
+        .routes
+        .iter()
+        .find(|r| r.id.name == "cors")
+        .expect("route");
+    assert_eq!(
+        r.rules[0].filters,
+        [portico_model::Filter::Cors(portico_model::Cors {
+            allow_origins: vec!["https://www.foo.com".into(), "https://*.bar.com".into()],
+            allow_methods: vec!["GET".into(), "*".into()],
+            allow_headers: vec!["x-token".into()],
+            expose_headers: vec![],
+            allow_credentials: true,
+            max_age_seconds: 5,
+        })]
+    );
+    let c = route_condition(&out, "default/cors-bad", types::ACCEPTED);
+    assert_eq!(c.reason, reasons::UNSUPPORTED_VALUE);
+    assert!(c.message.contains("http:// or https://"), "{}", c.message);
+}
+
+#[test]
 fn route_retries_are_compiled_with_defaults() {
     let extra = [
         route("named", "default", "{name: gw}", "  rules:\n  - retry: {codes: [503, 500, 503], attempts: 3, backoff: 100ms}\n    matches: [{path: {value: /a}}]"),

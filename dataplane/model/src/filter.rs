@@ -16,6 +16,39 @@ pub enum Filter {
     /// Rewrites the Host and/or path before forwarding.
     #[serde(rename = "URLRewrite")]
     UrlRewrite(UrlRewrite),
+    /// Cross-origin resource sharing: preflights answered by the gateway, the actual
+    /// requests' responses given the CORS headers.
+    #[serde(rename = "CORS")]
+    Cors(Cors),
+}
+
+/// The CORS filter, checked by compile: origins lower-case with the scheme's default port
+/// left out, methods as written, header names lower-case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// `*` (any origin), `scheme://host[:port]`, or `scheme://*.suffix[:port]` (any number
+    /// of labels left of the suffix), or `scheme://*` (any host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    /// Method names, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Header names, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Header names, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age` of preflight answers.
+    pub max_age_seconds: u32,
+}
+
+impl Cors {
+    /// The spec's default `maxAge`.
+    pub const DEFAULT_MAX_AGE_SECONDS: u32 = 5;
 }
 
 /// Header names are lower-case; `set` replaces, `add` appends, `remove` deletes.

@@ -50,7 +50,7 @@ pub mod tls;
 pub use backend::{
     AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, Endpoint,
 };
-pub use filter::{Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
+pub use filter::{Cors, Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};
 pub use object::ObjectRef;
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
