@@ -17,6 +17,76 @@ fn series(metrics: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in {metrics}"))
 }
 
+/// Keep-alive clients sending `GET /` to `addr` in a loop until stopped, counting requests,
+/// what each failed one got, and the answers of the echo named `watched`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+    by_watched: Arc<AtomicU64>,
+    failures: Arc<parking_lot::Mutex<Vec<Option<String>>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize, watched: Option<&'static str>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (total, by_watched) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, total, by_watched, failures) = (
+                    stop.clone(),
+                    total.clone(),
+                    by_watched.clone(),
+                    failures.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = HttpClient::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client.try_get(addr, HOST, "/", &[]).await;
+                        total.fetch_add(1, Ordering::Relaxed);
+                        match r {
+                            Some(r) if r.status == 200 => {
+                                if watched.is_some_and(|w| r.json()["name"] == w) {
+                                    by_watched.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            other => failures
+                                .lock()
+                                .push(other.map(|r| format!("{} {}", r.status, r.text()))),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            total,
+            by_watched,
+            failures,
+            clients,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn by_watched(&self) -> u64 {
+        self.by_watched.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients: the requests sent, and what each failed one got.
+    async fn stop(self) -> (u64, Vec<Option<String>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.expect("client");
+        }
+        let failures = std::mem::take(&mut *self.failures.lock());
+        (self.total.load(Ordering::Relaxed), failures)
+    }
+}
+
 /// Steady load from eight keep-alive clients; one of three endpoints is killed (its
 /// EndpointSlice, here the Service's endpoint list, still names it): not one request fails,
 /// since a connection that cannot be made is retried on another endpoint, and the dead
@@ -31,53 +101,17 @@ async fn an_endpoint_killed_under_load_costs_no_failed_request() {
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
     let addr = portico.addr(port);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (total, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (stop, total, failed, failures) = (
-            stop.clone(),
-            total.clone(),
-            failed.clone(),
-            failures.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let client = HttpClient::new();
-            while !stop.load(Ordering::Relaxed) {
-                let r = client.try_get(addr, HOST, "/", &[]).await;
-                total.fetch_add(1, Ordering::Relaxed);
-                match r {
-                    Some(r) if r.status == 200 => {}
-                    other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        failures
-                            .lock()
-                            .push(other.map(|r| format!("{} {}", r.status, r.text())));
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(addr, 8, None);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = total.load(Ordering::Relaxed);
+    let before = load.total();
     echoes[1].proc.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    let total = total.load(Ordering::Relaxed);
+    let (total, failures) = load.stop().await;
     assert!(
         before > 100 && total > before + 200,
         "load ran: {before}, {total}"
     );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {total}: {:?}",
-        failures.lock()
-    );
+    assert_eq!(failures.len(), 0, "of {total}: {failures:?}");
     let metrics = portico.metrics().await;
     assert_eq!(
         series(&metrics, "portico_upstream_endpoint_ejections_total"),
@@ -126,61 +160,25 @@ spec:
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
     let addr = portico.addr(port);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (total, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let by_b = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, total, failed, by_b) =
-            (stop.clone(), total.clone(), failed.clone(), by_b.clone());
-        clients.push(tokio::spawn(async move {
-            let client = HttpClient::new();
-            while !stop.load(Ordering::Relaxed) {
-                let r = client.try_get(addr, HOST, "/", &[]).await;
-                total.fetch_add(1, Ordering::Relaxed);
-                match r {
-                    Some(r) if r.status == 200 => {
-                        if r.json()["name"] == "b" {
-                            by_b.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(addr, 4, Some("b"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     echoes[1].proc.kill();
     // Out by its probes (two failures 200 ms apart), and by passive detection.
     portico
         .await_logged("endpoint out of balancing: it failed its active health checks")
         .await;
-    let during = by_b.load(Ordering::Relaxed);
+    let during = load.by_watched();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        by_b.load(Ordering::Relaxed),
-        during,
-        "nothing reaches a dead endpoint"
-    );
+    assert_eq!(load.by_watched(), during, "nothing reaches a dead endpoint");
     // A process listens on its address again: it passes two probes and takes its share,
     // though its passive ejection had ten minutes to run.
     echoes[1] = Echo::start_at("b", addrs[1]);
     await_some("the endpoint to be back", || async {
-        (by_b.load(Ordering::Relaxed) > during + 20).then_some(())
+        (load.by_watched() > during + 20).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {}",
-        total.load(Ordering::Relaxed)
-    );
+    let (total, failures) = load.stop().await;
+    assert_eq!(failures.len(), 0, "of {total}: {failures:?}");
     portico
         .await_logged("endpoint back in balancing: it passed its active health checks")
         .await;
