@@ -447,6 +447,8 @@ pub enum Upstream {
     Hyper(Incoming),
     /// Read off an HTTP/1.1 connection by the body itself.
     Conn(Box<dyn ConnBody>),
+    /// None: the backend switched protocols (101), and this is its connection, for a tunnel.
+    Switched(Box<dyn crate::tunnel::TunnelIo + Sync>),
 }
 
 impl Upstream {
@@ -456,6 +458,7 @@ impl Upstream {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
             Upstream::Conn(b) => Pin::new(&mut **b).poll_frame(cx),
+            Upstream::Switched(_) => Poll::Ready(None),
         }
     }
 
@@ -463,6 +466,7 @@ impl Upstream {
         match self {
             Upstream::Hyper(b) => b.is_end_stream(),
             Upstream::Conn(b) => b.is_end_stream(),
+            Upstream::Switched(_) => true,
         }
     }
 
@@ -470,6 +474,7 @@ impl Upstream {
         match self {
             Upstream::Hyper(b) => b.size_hint(),
             Upstream::Conn(b) => b.size_hint(),
+            Upstream::Switched(_) => SizeHint::with_exact(0),
         }
     }
 }

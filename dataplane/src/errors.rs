@@ -66,6 +66,9 @@ pub enum ProxyError {
     /// The backend switched protocols although nothing asked it to.
     #[error("backend {0} answered 101 to a request without Upgrade")]
     UnexpectedUpgrade(String),
+    /// A WebSocket the backend could not or did not take as asked.
+    #[error("backend {0} cannot carry this WebSocket: {1}")]
+    BadUpgrade(String, &'static str),
     #[error("backend {0} did not answer within the backendRequest timeout")]
     BackendTimeout(String),
     #[error("the request timeout elapsed")]
@@ -146,6 +149,7 @@ impl ProxyError {
             ProxyError::Upstream { kind, .. } => format!("upstream={kind}"),
             ProxyError::ClientBody(f) => format!("client=body_{}", f.as_str()),
             ProxyError::UnexpectedUpgrade(_) => "upstream=unexpected_upgrade".into(),
+            ProxyError::BadUpgrade(..) => "upstream=bad_upgrade".into(),
             ProxyError::BackendTimeout(_) => "upstream=timeout".into(),
             ProxyError::RequestTimeout => "route=request_timeout".into(),
             ProxyError::Denied(r) | ProxyError::PolicyUnavailable(r) => r.reason.to_string(),
@@ -168,6 +172,7 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade(_)
+            | ProxyError::BadUpgrade(..)
             | ProxyError::BackendTimeout(_)
             | ProxyError::RequestTimeout => ErrorSource::Upstream,
         }
@@ -187,7 +192,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBody(BodyFault::Framing) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBody(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::UnexpectedUpgrade(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UnexpectedUpgrade(_) | ProxyError::BadUpgrade(..) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             // The Gateway API: traffic for an invalid or missing backendRef gets 500.
@@ -214,7 +221,8 @@ impl ProxyError {
             | ProxyError::Overloaded { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
-            | ProxyError::UnexpectedUpgrade(_) => GrpcStatus::Unavailable,
+            | ProxyError::UnexpectedUpgrade(_)
+            | ProxyError::BadUpgrade(..) => GrpcStatus::Unavailable,
             ProxyError::BackendTimeout(_) | ProxyError::RequestTimeout => {
                 GrpcStatus::DeadlineExceeded
             }
@@ -239,6 +247,7 @@ impl ProxyError {
             ProxyError::ClientBody(BodyFault::Framing) => "malformed request body",
             ProxyError::ClientBody(_) => "request body timeout",
             ProxyError::UnexpectedUpgrade(_) | ProxyError::Upstream { .. } => "upstream error",
+            ProxyError::BadUpgrade(..) => "the backend cannot carry this WebSocket",
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::Misdirected => {
                 "this connection's TLS server name does not cover the requested host"

@@ -48,6 +48,7 @@ pub mod sanitize;
 pub mod standalone;
 pub mod table;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod util;
 

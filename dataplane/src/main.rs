@@ -180,6 +180,10 @@ struct ServeArgs {
     /// HTTP/2 connection may stay open with nothing in flight, in seconds.
     #[arg(long, default_value_t = 60)]
     idle_timeout_s: u64,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed, in
+    /// seconds.
+    #[arg(long, default_value_t = 3600)]
+    websocket_idle_timeout_s: u64,
     /// A write to a client that reads nothing for this long ends its connection, in seconds.
     #[arg(long, default_value_t = 60)]
     write_timeout_s: u64,
@@ -413,6 +417,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
                     grace: secs(args.body_min_rate_grace_s),
                 }),
             },
+            tunnel_idle_timeout: secs(args.websocket_idle_timeout_s.max(1)),
             ..ProxySettings::default()
         },
         server: ServerSettings {

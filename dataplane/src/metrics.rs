@@ -307,6 +307,8 @@ pub struct Metrics {
     /// Requests being handled (until their response head is sent).
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
+    /// Upgraded connections (WebSocket).
+    pub tunnels: crate::tunnel::TunnelMetrics,
     certificate_expiry: Family<CertificateSeries, Gauge>,
     /// The certificates `certificate_expiry` has series for.
     certificates_known: parking_lot::Mutex<std::collections::BTreeSet<CertificateSeries>>,
@@ -350,6 +352,17 @@ impl Default for Metrics {
         let upstream_endpoints = Family::<BackendLabel, Gauge>::default();
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
+        let tunnels = crate::tunnel::TunnelMetrics::default();
+        registry.register(
+            "upgraded_connections",
+            "Upgraded connections (WebSocket) open now",
+            tunnels.open.clone(),
+        );
+        registry.register(
+            "upgraded_connections_closed",
+            "Upgraded connections (WebSocket) that ended, by reason (closed: by either side; idle_timeout; error: a reset or a stalled write)",
+            tunnels.closed.clone(),
+        );
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
         registry.register(
             "tls_certificate_expiration_timestamp_seconds",
@@ -531,6 +544,7 @@ impl Default for Metrics {
             upstream_endpoints,
             in_flight,
             tls_handshake_errors,
+            tunnels,
             certificate_expiry,
             certificates_known: parking_lot::Mutex::default(),
             started: std::time::SystemTime::now()

@@ -8,7 +8,8 @@ use crate::policy::Chain;
 use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
 use crate::rule::{CompiledRule, Target};
-use crate::sanitize::EdgeSettings;
+use crate::sanitize::{EdgeSettings, Upgrade};
+use crate::tunnel::{self, Tunnel, TunnelSlot};
 use crate::upstream::{self, ConnSettings, Outcome, session};
 use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
@@ -34,6 +35,8 @@ pub struct ProxySettings {
     pub access_log: bool,
     pub edge: EdgeSettings,
     pub body: BodyLimits,
+    /// An upgraded connection (WebSocket) through which nothing moved for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl ProxySettings {
@@ -56,6 +59,7 @@ impl Default for ProxySettings {
             access_log: true,
             edge: EdgeSettings::default(),
             body: BodyLimits::default(),
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct Proxy {
     access_log: bool,
     edge: EdgeSettings,
     body: BodyLimits,
+    tunnel_idle_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -83,6 +88,7 @@ impl Proxy {
             access_log: settings.access_log,
             edge: settings.edge,
             body: settings.body,
+            tunnel_idle_timeout: settings.tunnel_idle_timeout,
             metrics: metrics.clone(),
         }
     }
@@ -106,6 +112,7 @@ impl Proxy {
             .access_log
             .then(|| AccessLog::new(&req, cx.down.client));
         let http1 = req.version() <= Version::HTTP_11;
+        cx.upgrade = sanitize::upgrade(&mut req);
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
             .and_then(|()| route(router, &mut req, &mut cx));
@@ -360,6 +367,15 @@ impl Proxy {
             ops.apply(headers);
         }
         headers.insert(&util::X_REQUEST_ID, cx.id.clone());
+        // A WebSocket goes to the backend as an HTTP/1.1 upgrade, whichever way it came.
+        let ws_key = match cx.upgrade {
+            None => None,
+            Some(_) if pool.protocol != AppProtocol::Http1 => {
+                let e = ProxyError::BadUpgrade(pool.id.to_string(), "it speaks HTTP/2 (h2c)");
+                return (Err(e), None);
+            }
+            Some(kind) => tunnel::upgrade_request(headers, kind),
+        };
 
         if let Err(e) = wire_target(&mut req, pool.protocol) {
             return (Err(e), None);
@@ -373,7 +389,9 @@ impl Proxy {
         // Only idempotent methods, unless the backend's policy allows the others: a retried
         // POST may have been acted on already.
         // A rule's own retry, else its backend policy's; likewise the per-attempt timeout.
+        // Not a WebSocket's: its handshake is answered once, by the endpoint it stays with.
         let retry = rule.retry.as_deref().or(settings.rule_retry.as_ref());
+        let retry = retry.filter(|_| cx.upgrade.is_none());
         let per_try = rule.backend_timeout.or(settings.per_try_timeout);
         let replayable = retry.is_some()
             && (parts.method.is_idempotent() || settings.retry_non_idempotent)
@@ -517,9 +535,13 @@ impl Proxy {
             Err(_) => {}
         }
         let result = match sent {
-            // We never forward Upgrade, so a 101 is an answer to a question nobody asked.
             Ok((resp, _)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                Err(ProxyError::UnexpectedUpgrade(backend()))
+                match cx.upgrade {
+                    Some(kind) => self.switched(resp, kind, ws_key.as_ref(), backend),
+                    // Only WebSocket upgrades are forwarded: a 101 to anything else is an
+                    // answer to a question nobody asked.
+                    None => Err(ProxyError::UnexpectedUpgrade(backend())),
+                }
             }
             Ok((resp, lease)) => {
                 let lease = upstream::hold_with(lease, admitted);
@@ -572,6 +594,34 @@ impl Proxy {
             }
         }
         (result, Some(endpoint.addr))
+    }
+}
+
+impl Proxy {
+    /// The client's answer to a WebSocket the backend accepted (101): the backend's
+    /// connection becomes a tunnel the client's connection takes from the response.
+    fn switched(
+        &self,
+        resp: Response<crate::body::Upstream>,
+        kind: Upgrade,
+        key: Option<&HeaderValue>,
+        backend: impl Fn() -> String,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        let crate::body::Upstream::Switched(io) = body else {
+            return Err(ProxyError::BadUpgrade(
+                backend(),
+                "its 101 came without its connection",
+            ));
+        };
+        tunnel::check_switched(&parts.headers, key)
+            .map_err(|why| ProxyError::BadUpgrade(backend(), why))?;
+        util::strip_hop_by_hop(&mut parts.headers);
+        tunnel::upgrade_response(&mut parts, kind);
+        let mut resp = Response::from_parts(parts, ProxyBody::empty());
+        let tunnel = Tunnel::new(io, self.tunnel_idle_timeout, self.metrics.tunnels.clone());
+        resp.extensions_mut().insert(TunnelSlot::new(tunnel));
+        Ok(resp)
     }
 }
 

@@ -71,6 +71,8 @@ pub struct RequestCtx {
     pub response_headers: HeaderMap,
     /// Attempts at the backend (more than one after retries); 0 when none was made.
     pub attempts: u32,
+    /// The request opens a WebSocket.
+    pub upgrade: Option<crate::sanitize::Upgrade>,
 }
 
 impl RequestCtx {
@@ -87,6 +89,7 @@ impl RequestCtx {
             identity: Authenticated::default(),
             response_headers: HeaderMap::new(),
             attempts: 0,
+            upgrade: None,
         }
     }
 

@@ -72,6 +72,48 @@ static FORGEABLE: [HeaderName; 24] = [
     HeaderName::from_static("fastly-client-ip"),
 ];
 
+/// A request to switch protocols that the gateway carries: WebSocket, and nothing else (an
+/// `Upgrade: h2c` or any other protocol is stripped like every hop-by-hop header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// HTTP/1.1 `Connection: upgrade` with `Upgrade: websocket` (RFC 6455 §4.1).
+    H1,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441), routed and forwarded
+    /// as the GET it stands for.
+    H2,
+}
+
+/// Whether `req` opens a WebSocket, read before [`inbound`] strips the headers that say so.
+/// An HTTP/1.1 upgrade must be a bodiless GET (RFC 6455 §4.1); an HTTP/2 one becomes a GET
+/// here, so that routes match it as they match the HTTP/1.1 handshake.
+pub fn upgrade<B: http_body::Body>(req: &mut Request<B>) -> Option<Upgrade> {
+    if req.version() == Version::HTTP_2 {
+        let websocket = req.method() == http::Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return None;
+        }
+        *req.method_mut() = http::Method::GET;
+        return Some(Upgrade::H2);
+    }
+    let has = |name: header::HeaderName, token: &[u8]| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    let websocket = req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
+        && req.body().is_end_stream()
+        && has(header::CONNECTION, b"upgrade")
+        && has(header::UPGRADE, b"websocket");
+    websocket.then_some(Upgrade::H1)
+}
+
 /// Why a request is refused before routing.
 pub type Refusal = &'static str;
 

@@ -1661,3 +1661,345 @@ async fn cors_preflights_are_answered_and_responses_get_the_headers() {
     assert_eq!(header(&plain, "access-control-allow-origin"), "");
     assert_eq!(web.seen().len(), 3);
 }
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2), computed the test's own way.
+fn ws_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// Reads a message head (to the blank line) off `io`, byte by byte so nothing past it is
+/// taken. `None`: the connection closed first.
+async fn read_head(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if io.read(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn head_field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A WebSocket backend at the byte level: it answers a handshake with a 101 (with the right
+/// accept value, or on `/refuse` a 403, on `/h2c` a switch to another protocol) and sends
+/// `hi` at once, then echoes every byte. It records the heads it read.
+struct WsBackend {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl WsBackend {
+    async fn start() -> Self {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    while let Some(head) = read_head(&mut stream).await {
+                        record.lock().push(head.clone());
+                        let key = head_field(&head, "sec-websocket-key").unwrap_or("");
+                        let answer = if head.starts_with("GET /refuse ") {
+                            "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else if head.starts_with("GET /h2c ") {
+                            "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n".to_string()
+                        } else {
+                            format!(
+                                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\nhi",
+                                ws_accept(key)
+                            )
+                        };
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if answer.starts_with("HTTP/1.1 101") {
+                            let (mut r, mut w) = stream.split();
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().clone()
+    }
+}
+
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Opens a WebSocket over HTTP/1.1 at `path`: the 101's head, and the connection.
+async fn ws_open(addr: SocketAddr, path: &str) -> (String, TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: x.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: {WS_KEY}\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let head = read_head(&mut s).await.expect("an answer");
+    (head, s)
+}
+
+/// Sends `msg` and reads it back through the echo.
+async fn ws_echo(s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin), msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("the echo within 10 s")
+        .expect("read");
+    assert_eq!(back, msg);
+}
+
+fn gauge(dp: &Dataplane, name: &str) -> u64 {
+    let metrics = dp.metrics_text();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+}
+
+/// A WebSocket handshake goes through whole (the client's key, the backend's accept, what the
+/// backend sent with its 101), then the connection is a tunnel; 100 of them stay open
+/// through 100 configuration changes and lose no byte.
+#[tokio::test]
+async fn websockets_are_tunnelled_and_outlive_100_route_changes() {
+    let ws = WsBackend::start().await;
+    let port = free_port();
+    let snap = |version: u64| {
+        let mut r = rule(vec![prefix("/")], vec![to("ws", 80)]);
+        // Each version changes the route (a header it adds) and the routes beside it.
+        r.filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+            set: vec![Header {
+                name: "x-version".into(),
+                value: version.to_string(),
+            }],
+            ..HeaderModifier::default()
+        })];
+        let mut s = Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("ws", 80, &[ws.addr]))
+            .with_route(route("ws", "http", &[], vec![r]));
+        if version % 2 == 0 {
+            s = s.with_route(route(
+                "other",
+                "http",
+                &["other.test"],
+                vec![rule(vec![prefix("/")], vec![to("ws", 80)])],
+            ));
+        }
+        Snapshot { version, ..s }
+    };
+    let (dp, addr) = serve(&snap(1));
+    let (head, mut first) = ws_open(addr, "/chat").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(
+        head_field(&head, "sec-websocket-accept"),
+        Some(ws_accept(WS_KEY).as_str())
+    );
+    assert_eq!(head_field(&head, "upgrade"), Some("websocket"));
+    assert_eq!(head_field(&head, "connection"), Some("upgrade"));
+    let seen = ws.heads();
+    let h = &seen[0];
+    assert_eq!(head_field(h, "sec-websocket-key"), Some(WS_KEY));
+    assert_eq!(head_field(h, "upgrade"), Some("websocket"));
+    assert_eq!(head_field(h, "connection"), Some("upgrade"));
+    assert_eq!(head_field(h, "x-version"), Some("1"));
+    // What the backend sent with its 101 comes first.
+    let mut hi = [0u8; 2];
+    tokio::io::AsyncReadExt::read_exact(&mut first, &mut hi)
+        .await
+        .expect("hi");
+    assert_eq!(&hi, b"hi");
+    ws_echo(&mut first, b"hello").await;
+
+    let mut open = vec![first];
+    for _ in 1..100 {
+        let (head, mut s) = ws_open(addr, "/chat").await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let mut hi = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut hi)
+            .await
+            .expect("hi");
+        open.push(s);
+    }
+    assert_eq!(gauge(&dp, "portico_upgraded_connections"), 100);
+    for version in 2..=101 {
+        let report = dp.apply(&[snap(version)], version);
+        assert!(report.bind_failures.is_empty(), "{report:?}");
+        if version % 10 == 0 {
+            for (i, s) in open.iter_mut().enumerate() {
+                ws_echo(s, format!("v{version} #{i}").as_bytes()).await;
+            }
+        }
+    }
+    for (i, s) in open.iter_mut().enumerate() {
+        ws_echo(s, format!("last #{i}").as_bytes()).await;
+    }
+    assert_eq!(gauge(&dp, "portico_upgraded_connections"), 100);
+    // A new one gets the configuration of now.
+    let (head, _s) = ws_open(addr, "/chat").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let last = ws.heads().pop().expect("a head");
+    assert_eq!(head_field(&last, "x-version"), Some("101"));
+    drop(open);
+    await_gauge(&dp, "portico_upgraded_connections", 1).await;
+}
+
+async fn await_gauge(dp: &Dataplane, name: &str, want: u64) {
+    for _ in 0..200 {
+        if gauge(dp, name) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached {want}: {}", gauge(dp, name));
+}
+
+/// A backend that refuses a WebSocket answers the client itself; one that switches to another
+/// protocol, or an HTTP/2 backend, gets the client a 502; a request that is not a WebSocket
+/// handshake (`Upgrade: h2c`) is forwarded without its upgrade.
+#[tokio::test]
+async fn websockets_the_backend_refuses_or_cannot_take_are_answered_plainly() {
+    let ws = WsBackend::start().await;
+    let port = free_port();
+    let mut h2c = backend("grpc", 80, &[ws.addr]);
+    h2c.protocol = portico_model::AppProtocol::H2c;
+    let (_dp, addr) = serve(
+        &Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("ws", 80, &[ws.addr]))
+            .with_backend(h2c)
+            .with_route(route(
+                "ws",
+                "http",
+                &[],
+                vec![
+                    rule(vec![prefix("/grpc")], vec![to("grpc", 80)]),
+                    rule(vec![prefix("/")], vec![to("ws", 80)]),
+                ],
+            )),
+    );
+    let (head, _) = ws_open(addr, "/refuse").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let (head, _) = ws_open(addr, "/h2c").await;
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    let (head, _) = ws_open(addr, "/grpc").await;
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    // Not a WebSocket: the backend never sees the upgrade asked for.
+    let web = Backend::start("web", false).await;
+    let port = free_port();
+    let (_dp2, addr) = serve(&web_snapshot(port, backend("web", 80, &[web.addr]), 1));
+    let req = Request::get("/x")
+        .header("host", "x.test")
+        .header("connection", "upgrade")
+        .header("upgrade", "h2c")
+        .body(Full::default())
+        .expect("request");
+    assert_eq!(send(addr, false, req).await.status, StatusCode::OK);
+    let seen = web.seen();
+    assert!(
+        seen[0].headers.get("upgrade").is_none(),
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+/// A WebSocket over HTTP/2 (extended CONNECT, RFC 8441) reaches an HTTP/1.1 backend as the
+/// handshake it knows, with a key of the gateway's; the client gets a 200 and a stream.
+#[tokio::test]
+async fn http2_websockets_reach_http1_backends() {
+    let ws = WsBackend::start().await;
+    let port = free_port();
+    let (dp, addr) = serve(&web_snapshot(port, backend("web", 80, &[ws.addr]), 1));
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://x.test:{port}/chat"))
+        .header("sec-websocket-version", "13")
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = tx.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(&mut resp).await.expect("the stream");
+    let mut s = TokioIo::new(upgraded);
+    let mut hi = [0u8; 2];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut hi)
+        .await
+        .expect("hi");
+    assert_eq!(&hi, b"hi");
+    ws_echo(&mut s, b"over h2").await;
+    let head = ws.heads().pop().expect("a head");
+    assert!(head.starts_with("GET /chat HTTP/1.1\r\n"), "{head}");
+    let key = head_field(&head, "sec-websocket-key").expect("a key");
+    assert_eq!(key.len(), 24, "{key}");
+    assert_eq!(head_field(&head, "sec-websocket-version"), Some("13"));
+    assert_eq!(gauge(&dp, "portico_upgraded_connections"), 1);
+    drop(s);
+    await_gauge(&dp, "portico_upgraded_connections", 0).await;
+}
+
+/// A tunnel nothing moves through is closed after the idle timeout; one in use is not.
+#[tokio::test]
+async fn an_idle_websocket_is_closed() {
+    let ws = WsBackend::start().await;
+    let port = free_port();
+    let snapshot = web_snapshot(port, backend("web", 80, &[ws.addr]), 1);
+    let dp = Dataplane::new(&DataplaneSettings {
+        default_bind: LOCALHOST,
+        proxy: ProxySettings {
+            access_log: false,
+            tunnel_idle_timeout: Duration::from_millis(300),
+            ..ProxySettings::default()
+        },
+        server: ServerSettings::default(),
+        rate_limit_max_keys: 1000,
+    });
+    let report = dp.apply(std::slice::from_ref(&snapshot), 1);
+    assert!(report.bind_failures.is_empty(), "{report:?}");
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let (head, mut s) = ws_open(addr, "/chat").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut rest = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest);
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("closed")
+        .expect("read");
+    assert_eq!(rest, b"hi");
+    let closed = dp
+        .metrics_text()
+        .lines()
+        .any(|l| l == "portico_upgraded_connections_closed_total{reason=\"idle_timeout\"} 1");
+    assert!(closed, "{}", dp.metrics_text());
+}

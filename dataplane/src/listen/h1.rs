@@ -30,6 +30,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::codec::{
     BoxIo, Decoded, Decoder, Delimited, FramingFields, Reader, Returned, ServerBody, parse_length,
 };
+use crate::tunnel::TunnelSlot;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -664,6 +665,29 @@ async fn write_end(
     Ok(())
 }
 
+/// Writes the head of a 101 that hands the connection to a tunnel: the response's headers
+/// (framing ones dropped), and `Connection: upgrade`.
+async fn write_switched(w: &mut Writer, headers: &HeaderMap) -> io::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || name == KEEP_ALIVE
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    w.write_slices(&mut [IoSlice::new(&head)]).await?;
+    w.flush().await
+}
+
 /// An answer the connection gives itself to a head it refused, before closing.
 async fn refuse_head(w: &mut Writer, refused: &Refused) -> io::Result<()> {
     let mut head = Vec::with_capacity(128);
@@ -856,6 +880,22 @@ where
             Some(ret) => ret.decoder != Decoder::Done && !drainable(ret, told_to_send),
         };
         ex.keep_alive &= !unfinished && !is_closing();
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && back.is_none()
+            && let Some(r) = reader.take()
+            && let Some(tunnel) = resp
+                .extensions()
+                .get::<TunnelSlot>()
+                .and_then(TunnelSlot::take)
+        {
+            // A WebSocket: the connection is the client's side of the tunnel from here on,
+            // and ends with it.
+            write_switched(&mut w, resp.headers()).await?;
+            let Reader { io: read, buf, .. } = r;
+            let ended = tunnel.run(read.unsplit(w.io), buf.freeze()).await;
+            tracing::debug!(?ended, "upgraded connection ended");
+            return Ok(());
+        }
         let kept = match respond(&mut w, resp, &ex).await {
             Ok(kept) => kept,
             Err(WriteFailed::Io(e)) => return Err(e),

@@ -16,7 +16,9 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::request::Downstream;
 use crate::router::SocketRouter;
+use crate::tunnel::TunnelSlot;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,7 +62,9 @@ impl HttpShared {
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(settings.max_concurrent_streams)
             .keep_alive_interval(limits.h2_ping_interval)
-            .keep_alive_timeout(limits.h2_ping_timeout);
+            .keep_alive_timeout(limits.h2_ping_timeout)
+            // WebSockets over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         Self {
             proxy,
             h1,
@@ -183,17 +187,44 @@ async fn serve_connection<I>(
     let proxy = shared.proxy.clone();
     // HTTP/2 connections are watched for idleness, so they count requests in flight.
     let tracker = activity.clone();
+    let closing_rx = closing.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let closing_rx = closing_rx.clone();
         let in_flight = tracker.begin();
         let service = service.load_full();
         let proxy = proxy.clone();
         let down = down.clone();
         let watcher = tracker.clone();
         async move {
+            let mut req = req;
+            // An extended CONNECT (a WebSocket, RFC 8441): its stream is had once answered.
+            let stream =
+                (req.method() == http::Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
             let req = req.map(RequestBody::Hyper);
             let mut resp = proxy.serve(&service.router, req, down).await;
             if let Some(progress) = resp.extensions_mut().remove::<StreamProgress>() {
                 watcher.watch(&progress);
+            }
+            let tunnel = resp
+                .extensions_mut()
+                .remove::<TunnelSlot>()
+                .and_then(|t| t.take());
+            if let (Some(tunnel), Some(stream)) = (tunnel, stream) {
+                // The tunnel counts as in flight on its connection (it is not idle) until it
+                // ends; it holds the socket's closing signal as a request would.
+                let closing = closing_rx.clone();
+                tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    let _closing = closing;
+                    match stream.await {
+                        Ok(upgraded) => {
+                            let ended = tunnel.run(TokioIo::new(upgraded), Bytes::new()).await;
+                            tracing::debug!(?ended, "upgraded stream ended");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "the upgraded stream never opened"),
+                    }
+                });
+                return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, None)));
             }
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, Some(in_flight))))
         }

@@ -366,6 +366,15 @@ where
                     Err(e) => return Err(SendError::Request(Box::new(e))),
                 }
             };
+            if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The connection is the backend's side of a tunnel now (or, if the request
+                // did not ask to upgrade, closed by the proxy).
+                let io = conn.into_switched(guard);
+                return Ok((
+                    http::Response::from_parts(head.parts, Upstream::Switched(io)),
+                    None,
+                ));
+            }
             let body = H1Body::new(conn, &head, whole, pool.clone(), settings.max_idle, guard);
             let resp = http::Response::from_parts(head.parts, Upstream::Conn(Box::new(body)));
             Ok((resp, None))
