@@ -225,6 +225,10 @@ pub enum RequestBody {
     Hyper(Incoming),
     /// Read whole before it is sent, so that it can be sent again (retries).
     Full(Option<Bytes>),
+    /// A body also copied to mirrors as it is read.
+    Tee(Box<crate::tee::Tee<RequestBody>>),
+    /// A mirror's copy of a body.
+    Copy(crate::tee::Copy),
 }
 
 impl Body for RequestBody {
@@ -244,6 +248,8 @@ impl Body for RequestBody {
             RequestBody::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            RequestBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
+            RequestBody::Copy(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -253,6 +259,8 @@ impl Body for RequestBody {
             RequestBody::Full(b) => b.is_none(),
             RequestBody::H1(b) => b.is_end_stream(),
             RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Tee(b) => b.is_end_stream(),
+            RequestBody::Copy(b) => b.is_end_stream(),
         }
     }
 
@@ -262,6 +270,8 @@ impl Body for RequestBody {
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::H1(b) => b.size_hint(),
             RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Tee(b) => b.size_hint(),
+            RequestBody::Copy(b) => b.size_hint(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! lock. The latency histogram is our own: prometheus-client's takes a write lock per
 //! observation.
 
+use portico_model::BackendId;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -70,6 +71,12 @@ struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabel {
     backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    backend: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -309,6 +316,7 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     /// Upgraded connections (WebSocket).
     pub tunnels: crate::tunnel::TunnelMetrics,
+    mirror_requests: Family<MirrorLabels, Counter>,
     certificate_expiry: Family<CertificateSeries, Gauge>,
     /// The certificates `certificate_expiry` has series for.
     certificates_known: parking_lot::Mutex<std::collections::BTreeSet<CertificateSeries>>,
@@ -353,6 +361,12 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let tunnels = crate::tunnel::TunnelMetrics::default();
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Copies of requests for RequestMirror filters, by mirror backend and result (answered: any status; failed: no answer; timeout; dropped: too many copies in flight, the backend at its limits, no endpoint, or a copy that fell behind its request's body)",
+            mirror_requests.clone(),
+        );
         registry.register(
             "upgraded_connections",
             "Upgraded connections (WebSocket) open now",
@@ -545,6 +559,7 @@ impl Default for Metrics {
             in_flight,
             tls_handshake_errors,
             tunnels,
+            mirror_requests,
             certificate_expiry,
             certificates_known: parking_lot::Mutex::default(),
             started: std::time::SystemTime::now()
@@ -628,6 +643,16 @@ impl Metrics {
     pub fn connection_closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A mirrored copy's fate.
+    pub fn mirrored(&self, backend: &BackendId, result: &'static str) {
+        self.mirror_requests
+            .get_or_create(&MirrorLabels {
+                backend: backend.to_string(),
+                result,
+            })
             .inc();
     }
 

@@ -4,6 +4,7 @@
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody, RequestBody};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
+use crate::mirror::Mirrors;
 use crate::policy::Chain;
 use crate::request::{Downstream, RequestCtx};
 use crate::router::SocketRouter;
@@ -14,7 +15,6 @@ use crate::upstream::{self, ConnSettings, Outcome, session};
 use crate::{filters, path, sanitize, util};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -70,6 +70,7 @@ pub struct Proxy {
     edge: EdgeSettings,
     body: BodyLimits,
     tunnel_idle_timeout: Duration,
+    mirrors: Mirrors,
     metrics: Arc<Metrics>,
 }
 
@@ -89,6 +90,7 @@ impl Proxy {
             edge: settings.edge,
             body: settings.body,
             tunnel_idle_timeout: settings.tunnel_idle_timeout,
+            mirrors: Mirrors::new(settings.body, metrics.clone()),
             metrics: metrics.clone(),
         }
     }
@@ -377,7 +379,7 @@ impl Proxy {
             Some(kind) => tunnel::upgrade_request(headers, kind),
         };
 
-        if let Err(e) = wire_target(&mut req, pool.protocol) {
+        if let Err(e) = upstream::wire_target(&mut req, pool.protocol) {
             return (Err(e), None);
         }
         let streaming = req
@@ -385,6 +387,12 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let (parts, body) = req.into_parts();
+        let body = match &filters.mirrors {
+            mirrors if mirrors.is_empty() || cx.upgrade.is_some() => body,
+            mirrors => self
+                .mirrors
+                .start(mirrors, &parts, body, rule.request_timeout),
+        };
         // A rule that retries reads a small enough body whole first, so it can be sent again.
         // Only idempotent methods, unless the backend's policy allows the others: a retried
         // POST may have been acted on already.
@@ -705,38 +713,6 @@ fn backoff(r: &portico_model::RouteRetry, n: u32) -> Duration {
         .saturating_mul(1u64 << n.saturating_sub(1).min(10))
         .min(base.saturating_mul(10));
     Duration::from_millis(wait.saturating_add(fastrand::u64(0..=wait / 2)))
-}
-
-/// Puts the request target in the form the backend's protocol wants: origin-form for
-/// HTTP/1.1 (the Host header, already the routed one, names the authority); for HTTP/2 an
-/// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary.
-fn wire_target(req: &mut Request<RequestBody>, protocol: AppProtocol) -> Result<(), ProxyError> {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match protocol {
-        AppProtocol::Http1 => {
-            *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = Uri::from(pq);
-        }
-        AppProtocol::H2c => {
-            *req.version_mut() = Version::HTTP_2;
-            let authority = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                .ok_or(ProxyError::BadRequest("request host cannot be forwarded"))?;
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(authority);
-            parts.path_and_query = Some(pq);
-            *req.uri_mut() = Uri::from_parts(parts)
-                .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        }
-    }
-    Ok(())
 }
 
 static CONSUMER_HEADER: header::HeaderName =

@@ -2,6 +2,7 @@
 //! cumulative weights pointing at shared endpoint pools, and the rule's metric handles.
 
 use crate::cors::CorsPolicy;
+use crate::mirror::MirrorTo;
 use crate::upstream::BackendPool;
 use crate::upstream::session::Sealer;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -65,6 +66,8 @@ pub struct RuleFilters {
     pub redirect: Option<Redirect>,
     pub rewrite: Option<UrlRewrite>,
     pub cors: Option<Arc<CorsPolicy>>,
+    /// `RequestMirror` filters.
+    pub mirrors: Vec<MirrorTo>,
 }
 
 static NO_FILTERS: RuleFilters = RuleFilters {
@@ -73,6 +76,7 @@ static NO_FILTERS: RuleFilters = RuleFilters {
     redirect: None,
     rewrite: None,
     cors: None,
+    mirrors: Vec::new(),
 };
 
 impl RuleFilters {
@@ -82,7 +86,8 @@ impl RuleFilters {
             && self.response_headers.is_none()
             && self.redirect.is_none()
             && self.rewrite.is_none()
-            && self.cors.is_none();
+            && self.cors.is_none()
+            && self.mirrors.is_empty();
         (!empty).then(|| Box::new(self))
     }
 }

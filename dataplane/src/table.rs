@@ -4,6 +4,7 @@
 use crate::auth::{AuthEngine, AuthShared};
 use crate::cors::CorsPolicy;
 use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
+use crate::mirror::MirrorTo;
 use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
 use crate::router::{Candidate, Conditions, PathTable, SocketRouter, ValueMatch};
@@ -383,6 +384,22 @@ fn compile_rule(
                 Ok(p) => filters.cors = Some(Arc::new(p)),
                 Err(e) => w.push(format!("route {label}: {e}; CORS filter skipped")),
             },
+        }
+    }
+    for m in &r.mirrors {
+        match snap.backend(&m.backend) {
+            Some(backend) => {
+                t.backends.push((m.backend.clone(), backend.protocol));
+                filters.mirrors.push(MirrorTo {
+                    pool: pools.get(backend, metrics),
+                    numerator: m.numerator,
+                    denominator: m.denominator,
+                });
+            }
+            None => t.warnings.push(format!(
+                "route {label}: mirror backend {} is missing from the snapshot",
+                m.backend
+            )),
         }
     }
     let mut targets = Vec::new();

@@ -1888,6 +1888,14 @@ async fn websockets_the_backend_refuses_or_cannot_take_are_answered_plainly() {
     let port = free_port();
     let mut h2c = backend("grpc", 80, &[ws.addr]);
     h2c.protocol = portico_model::AppProtocol::H2c;
+    let mut private = rule(vec![prefix("/private")], vec![]);
+    private.filters = vec![Filter::RequestRedirect(Redirect {
+        scheme: None,
+        hostname: None,
+        path: None,
+        port: None,
+        status_code: 302,
+    })];
     let (_dp, addr) = serve(
         &Snapshot::test("gw")
             .with_listener(http_listener("http", port))
@@ -1899,12 +1907,21 @@ async fn websockets_the_backend_refuses_or_cannot_take_are_answered_plainly() {
                 &[],
                 vec![
                     rule(vec![prefix("/grpc")], vec![to("grpc", 80)]),
+                    private,
                     rule(vec![prefix("/")], vec![to("ws", 80)]),
                 ],
             )),
     );
-    let (head, _) = ws_open(addr, "/refuse").await;
+    let (head, mut s) = ws_open(addr, "/refuse").await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // Refused, the connection is still HTTP and still the gateway's: what the client sends
+    // next is routed (here, to a redirect), never relayed raw to the backend.
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /private HTTP/1.1\r\nhost: x.test\r\n\r\n")
+        .await
+        .expect("write");
+    let next = read_head(&mut s).await.expect("an answer");
+    assert!(next.starts_with("HTTP/1.1 302 "), "{next}");
+    assert!(ws.heads().iter().all(|h| !h.contains("/private")));
     let (head, _) = ws_open(addr, "/h2c").await;
     assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
     let (head, _) = ws_open(addr, "/grpc").await;
@@ -2002,4 +2019,216 @@ async fn an_idle_websocket_is_closed() {
         .lines()
         .any(|l| l == "portico_upgraded_connections_closed_total{reason=\"idle_timeout\"} 1");
     assert!(closed, "{}", dp.metrics_text());
+}
+
+/// A backend for mirrors: it reads each request whole and records its path, headers and body
+/// (or, `hang`, reads nothing and never answers).
+struct MirrorBackend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(Seen, Bytes)>>>,
+}
+
+impl MirrorBackend {
+    async fn start(hang: bool) -> Self {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<(Seen, Bytes)>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            if hang {
+                                std::future::pending::<()>().await;
+                            }
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                path: parts.uri.path().to_string(),
+                                headers: parts.headers,
+                            };
+                            record.lock().push((seen, body));
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"mirror"),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<(Seen, Bytes)> {
+        self.seen.lock().clone()
+    }
+
+    async fn await_count(&self, n: usize) -> Vec<(Seen, Bytes)> {
+        for _ in 0..400 {
+            if self.seen.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.seen()
+    }
+}
+
+fn mirror_filter(backend: &str, numerator: u32, denominator: u32) -> portico_model::Mirror {
+    portico_model::Mirror {
+        backend: backend_id(backend, 80),
+        numerator,
+        denominator,
+    }
+}
+
+fn mirrored(dp: &Dataplane, backend: &str, result: &str) -> u64 {
+    let want = format!(
+        "portico_mirror_requests_total{{backend=\"test/{backend}:80\",result=\"{result}\"}} "
+    );
+    dp.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&want).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn await_mirrored(dp: &Dataplane, backend: &str, result: &str, n: u64) {
+    for _ in 0..400 {
+        if mirrored(dp, backend, result) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{backend} {result}: {}", dp.metrics_text());
+}
+
+/// Each mirror gets a copy of the request as the backend gets it (filters applied), body and
+/// all, and the client gets the backend's answer.
+#[tokio::test]
+async fn mirrors_get_copies_of_requests_with_their_bodies() {
+    let web = Backend::start("web", false).await;
+    let (m1, m2) = (
+        MirrorBackend::start(false).await,
+        MirrorBackend::start(false).await,
+    );
+    let port = free_port();
+    let mut r = rule(vec![prefix("/")], vec![to("web", 80)]);
+    r.filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+        set: vec![Header {
+            name: "x-set".into(),
+            value: "yes".into(),
+        }],
+        ..HeaderModifier::default()
+    })];
+    r.mirrors = vec![mirror_filter("m1", 1, 1), mirror_filter("m2", 100, 100)];
+    let (dp, addr) = serve(
+        &Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("web", 80, &[web.addr]))
+            .with_backend(backend("m1", 80, &[m1.addr]))
+            .with_backend(backend("m2", 80, &[m2.addr]))
+            .with_route(route("web", "http", &[], vec![r])),
+    );
+    let body = Bytes::from(vec![b'x'; 200_000]);
+    let a = with_body(addr, http::Method::POST, body.clone()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(header(&a, "x-backend"), "web");
+    assert_eq!(
+        get(addr, "x.test", "/second?q=1").await.status,
+        StatusCode::OK
+    );
+    for m in [&m1, &m2] {
+        let seen = m.await_count(2).await;
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0.path, "/");
+        assert_eq!(seen[0].1, body, "the copy's body is the request's");
+        assert_eq!(
+            seen[0].0.headers.get("x-set").map(|v| v.as_bytes()),
+            Some(&b"yes"[..])
+        );
+        assert!(seen[0].0.headers.get("x-forwarded-for").is_some());
+        assert_eq!(seen[1].0.path, "/second");
+        assert!(seen[1].1.is_empty());
+    }
+    await_mirrored(&dp, "m1", "answered", 2).await;
+    await_mirrored(&dp, "m2", "answered", 2).await;
+}
+
+/// A share of requests is copied: 20% of 1000 within six standard deviations (σ ≈ 12.6).
+#[tokio::test]
+async fn a_mirror_gets_its_share_of_requests() {
+    let web = Backend::start("web", false).await;
+    let m = MirrorBackend::start(false).await;
+    let port = free_port();
+    let mut r = rule(vec![prefix("/")], vec![to("web", 80)]);
+    r.mirrors = vec![mirror_filter("m", 20, 100)];
+    let (dp, addr) = serve(
+        &Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("web", 80, &[web.addr]))
+            .with_backend(backend("m", 80, &[m.addr]))
+            .with_route(route("web", "http", &[], vec![r])),
+    );
+    load(addr, 4, 250, StatusCode::OK).await;
+    // Every copy started is counted once it ends; wait for the count to settle.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = mirrored(&dp, "m", "answered");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!((124..=276).contains(&last), "{last} of 1000 copied at 20%");
+    assert_eq!(m.seen().len() as u64, last);
+}
+
+/// A mirror that never answers, one that cannot be reached and one too slow to read a large
+/// body cost the client nothing: every request is answered by its backend, and each copy's
+/// fate is counted.
+#[tokio::test]
+async fn a_dead_or_slow_mirror_never_touches_the_request() {
+    let web = Backend::start("web", false).await;
+    let hung = MirrorBackend::start(true).await;
+    let gone = {
+        let l = std::net::TcpListener::bind((LOCALHOST, 0)).expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let port = free_port();
+    let mut r = rule(vec![prefix("/")], vec![to("web", 80)]);
+    r.timeouts.request_ms = Some(2_000);
+    r.mirrors = vec![mirror_filter("hung", 1, 1), mirror_filter("gone", 1, 1)];
+    let (dp, addr) = serve(
+        &Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("web", 80, &[web.addr]))
+            .with_backend(backend("hung", 80, &[hung.addr]))
+            .with_backend(backend("gone", 80, &[gone]))
+            .with_route(route("web", "http", &[], vec![r])),
+    );
+    for _ in 0..5 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(header(&a, "x-backend"), "web");
+    }
+    // A body far larger than the socket buffers, which the hung mirror never reads: its copy
+    // falls behind and is cut off while the request goes on.
+    let big = Bytes::from(vec![b'y'; 32 * 1024 * 1024]);
+    let a = with_body(addr, http::Method::POST, big).await;
+    assert_eq!(a.status, StatusCode::OK);
+    await_mirrored(&dp, "gone", "failed", 5).await;
+    await_mirrored(&dp, "hung", "timeout", 5).await;
+    await_mirrored(&dp, "hung", "dropped", 1).await;
+    assert!(hung.seen().is_empty());
 }

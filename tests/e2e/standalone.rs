@@ -1053,10 +1053,14 @@ async fn the_feature_examples_work_as_committed() {
     }
     // Served, with their fixed addresses moved to this test's own.
     let echo = Echo::start("echo");
+    let next = Echo::start("echo-next");
     let http = HttpClient::new();
     let start = |name: &str, ports: &[&str]| {
         let ip = loopback_ip();
-        let mut replace = vec![("127.0.0.1:9021", echo.addr.to_string())];
+        let mut replace = vec![
+            ("127.0.0.1:9021", echo.addr.to_string()),
+            ("127.0.0.1:9022", next.addr.to_string()),
+        ];
         let mut mapped = Vec::new();
         for p in ports {
             let free = free_port(ip);
@@ -1097,6 +1101,20 @@ async fn the_feature_examples_work_as_committed() {
         r.header("access-control-allow-methods"),
         Some("GET, PUT, DELETE")
     );
+    let r = http
+        .get(p.addr(ports[0]), "filters.example.test", "/orders")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/orders");
+    let mut copied = 0;
+    for _ in 0..100 {
+        copied = next.requests().await;
+        if copied > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(copied, 1, "the mirror got its copy");
     let r = http
         .get(p.addr(ports[0]), "filters.example.test", "/login")
         .await;

@@ -74,7 +74,7 @@ fn rule(r: &GrpcRouteRules) -> Result<HttpRouteRules, String> {
         let kind = serde_json::to_value(&f.r#type).unwrap_or_default();
         if !matches!(
             kind.as_str(),
-            Some("RequestHeaderModifier" | "ResponseHeaderModifier")
+            Some("RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror")
         ) {
             return Err(format!("filter type {kind} is not supported yet"));
         }

@@ -140,19 +140,29 @@ impl Dependencies {
         }
         for r in &inputs.http_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+                let mirrors = rule.filters.iter().flatten().filter_map(|f| {
+                    let b = &f.request_mirror.as_ref()?.backend_ref;
+                    Some((b.namespace.clone(), b.name.clone()))
+                });
                 rule.backend_refs
                     .iter()
                     .flatten()
                     .map(|b| (b.namespace.clone(), b.name.clone()))
+                    .chain(mirrors)
             });
             d.add_route(RouteKind::Http, &r.metadata, http_route_parents(r), refs);
         }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
+                let mirrors = rule.filters.iter().flatten().filter_map(|f| {
+                    let b = &f.request_mirror.as_ref()?.backend_ref;
+                    Some((b.namespace.clone(), b.name.clone()))
+                });
                 rule.backend_refs
                     .iter()
                     .flatten()
                     .map(|b| (b.namespace.clone(), b.name.clone()))
+                    .chain(mirrors)
             });
             d.add_route(RouteKind::Grpc, &r.metadata, grpc_route_parents(r), refs);
         }

@@ -40,6 +40,7 @@ mod hostname;
 pub mod incremental;
 mod inputs;
 pub mod manifests;
+mod mirror;
 pub mod parameters;
 mod policy;
 mod ratelimit;

@@ -303,8 +303,24 @@ fn translate(
             None => format!("rule {i}: {e}"),
         };
         let matches = translate_matches(rule.matches.as_deref().unwrap_or_default()).map_err(at)?;
-        let filters =
-            translate_filters(rule.filters.as_deref().unwrap_or_default(), &matches).map_err(at)?;
+        let all = rule.filters.as_deref().unwrap_or_default();
+        let is_mirror = |f: &HttpRouteRulesFilters| {
+            matches!(f.r#type, HttpRouteRulesFiltersType::RequestMirror)
+        };
+        let plain: Vec<HttpRouteRulesFilters> =
+            all.iter().filter(|f| !is_mirror(f)).cloned().collect();
+        let filters = translate_filters(&plain, &matches).map_err(at)?;
+        let mut mirrors = Vec::new();
+        for f in all.iter().filter(|f| is_mirror(f)) {
+            match crate::mirror::translate(f, kind, ns, index).map_err(at)? {
+                Ok((mirror, backend)) => {
+                    out.backends.push(backend);
+                    mirrors.push(mirror);
+                }
+                // The rule serves without this copy; ResolvedRefs says why.
+                Err(u) => out.unresolved.push(u),
+            }
+        }
         let redirects = filters
             .iter()
             .any(|f| matches!(f, Filter::RequestRedirect(_)));
@@ -395,6 +411,7 @@ fn translate(
             matches,
             filters,
             backend_refs,
+            mirrors,
             timeouts,
             retry,
             session_persistence,

@@ -542,7 +542,7 @@ fn invalid_rules_reject_only_their_route() {
     let extra = [
         route("regex", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]"),
         route("path", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: Exact, value: \"no-slash\"}}]"),
-        route("mirror", "default", "{name: gw}", "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}}}]"),
+        route("mirror", "default", "{name: gw}", "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, fraction: {numerator: 3, denominator: 2}}}]"),
         route("redirect-and-backend", "default", "{name: gw}", "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {hostname: x.com}}]\n    backendRefs: [{name: svc, port: 80}]"),
         route("prefix-rewrite-on-exact", "default", "{name: gw}", "  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]"),
         route("timeouts", "default", "{name: gw}", "  rules:\n  - timeouts: {request: 1s, backendRequest: 2s}"),
@@ -642,6 +642,107 @@ fn cors_filters_are_compiled_and_bad_origins_reject_the_route() {
     let c = route_condition(&out, "default/cors-bad", types::ACCEPTED);
     assert_eq!(c.reason, reasons::UNSUPPORTED_VALUE);
     assert!(c.message.contains("http:// or https://"), "{}", c.message);
+}
+
+#[test]
+fn mirrors_resolve_like_backend_refs_and_keep_their_share() {
+    let m = |backend: &str, share: &str| {
+        format!("{{type: RequestMirror, requestMirror: {{backendRef: {backend}{share}}}}}")
+    };
+    let rule = |filters: Vec<String>| {
+        format!(
+            "  rules:\n  - filters: [{}]\n    backendRefs: [{{name: svc, port: 80}}]",
+            filters.join(", ")
+        )
+    };
+    let extra = [
+        route(
+            "all",
+            "default",
+            "{name: gw}",
+            &rule(vec![
+                m("{name: svc, port: 81}", ""),
+                m("{name: svc, port: 80}", ", percent: 20"),
+            ]),
+        ),
+        route(
+            "fraction",
+            "default",
+            "{name: gw}",
+            &rule(vec![m(
+                "{name: svc, port: 80}",
+                ", fraction: {numerator: 25, denominator: 50}",
+            )]),
+        ),
+        route(
+            "missing",
+            "default",
+            "{name: gw}",
+            &rule(vec![m("{name: nope, port: 80}", "")]),
+        ),
+        route(
+            "cross",
+            "blue",
+            "{name: gw, namespace: default, sectionName: wild}",
+            &rule(vec![m("{name: svc, namespace: default, port: 80}", "")]),
+        ),
+        route(
+            "no-port",
+            "default",
+            "{name: gw}",
+            &rule(vec![m("{name: svc}", "")]),
+        ),
+        route(
+            "both",
+            "default",
+            "{name: gw}",
+            &rule(vec![m(
+                "{name: svc, port: 80}",
+                ", percent: 5, fraction: {numerator: 1}",
+            )]),
+        ),
+    ]
+    .concat();
+    let out = run(&extra);
+    let snap = &out.snapshots[&gw()];
+    let mirrors = |name: &str| {
+        snap.routes
+            .iter()
+            .find(|r| r.id.name == name)
+            .map(|r| r.rules[0].mirrors.clone())
+            .unwrap_or_else(|| panic!("route {name}"))
+    };
+    let svc = |port| portico_model::BackendId {
+        namespace: "default".into(),
+        name: "svc".into(),
+        port,
+    };
+    let mirror = |port, numerator, denominator| portico_model::Mirror {
+        backend: svc(port),
+        numerator,
+        denominator,
+    };
+    assert_eq!(mirrors("all"), [mirror(81, 100, 100), mirror(80, 20, 100)]);
+    assert_eq!(mirrors("fraction"), [mirror(80, 25, 50)]);
+    // The mirror's backend is in the snapshot, with its own protocol.
+    let b81 = snap
+        .backends
+        .iter()
+        .find(|b| b.id == svc(81))
+        .expect("mirror backend");
+    assert_eq!(b81.protocol, portico_model::AppProtocol::H2c);
+    // A mirror whose backend does not resolve is left out; the route serves, and says why.
+    assert!(mirrors("missing").is_empty());
+    assert!(route_condition(&out, "default/missing", types::ACCEPTED).is_true());
+    let resolved = route_condition(&out, "default/missing", types::RESOLVED_REFS);
+    assert_eq!(resolved.reason, reasons::BACKEND_NOT_FOUND);
+    let resolved = route_condition(&out, "blue/cross", types::RESOLVED_REFS);
+    assert_eq!(resolved.reason, reasons::REF_NOT_PERMITTED);
+    for bad in ["no-port", "both"] {
+        let c = route_condition(&out, &format!("default/{bad}"), types::ACCEPTED);
+        assert_eq!(c.reason, reasons::UNSUPPORTED_VALUE, "{bad}");
+        assert!(c.message.contains("RequestMirror"), "{bad}: {}", c.message);
+    }
 }
 
 #[test]

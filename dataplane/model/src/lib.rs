@@ -55,8 +55,8 @@ pub use listener::{Certificate, Listener, ListenerTls, Protocol};
 pub use object::ObjectRef;
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{
-    HttpRoute, KeyValueMatch, PathMatch, REGEX_SIZE_LIMIT, RouteKind, RouteMatch, RouteParent,
-    RouteRetry, RouteRule, StringMatch, Timeouts,
+    HttpRoute, KeyValueMatch, Mirror, PathMatch, REGEX_SIZE_LIMIT, RouteKind, RouteMatch,
+    RouteParent, RouteRetry, RouteRule, StringMatch, Timeouts,
 };
 pub use snapshot::Snapshot;
 

@@ -106,6 +106,10 @@ pub struct RouteRule {
     /// Weighted; empty means the rule answers by its filters alone (a redirect) or with 500.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<BackendRef>,
+    /// `RequestMirror` filters: a copy of each request (or of a share of them) goes to each
+    /// of these backends, whose answers are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
     /// Unset timeouts are the dataplane's defaults.
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
@@ -120,6 +124,16 @@ pub struct RouteRule {
     /// its kind. Flattened, like [`RouteParent::policies`].
     #[serde(flatten)]
     pub policies: AttachedPolicies,
+}
+
+/// A `RequestMirror` filter, resolved: the backend (in the snapshot's backends) and the share
+/// of requests copied to it, `numerator / denominator` (compile checks 0 ≤ n ≤ d, d > 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub backend: crate::backend::BackendId,
+    pub numerator: u32,
+    pub denominator: u32,
 }
 
 /// One match of a rule: every condition in it must hold.

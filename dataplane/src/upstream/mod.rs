@@ -36,7 +36,10 @@ pub use retry::BudgetSettings;
 
 use crate::body::{ClientBody, Lease, Upstream};
 use crate::errors::ProxyError;
-use http::{Request, Response};
+use http::header;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use portico_model::AppProtocol;
 
 /// How an attempt failed: the error, and the request when it never left (a connection that
 /// could not be made), so another endpoint can be tried with it.
@@ -140,4 +143,36 @@ pub async fn attempt(
             )
         }
     })
+}
+
+/// Puts the request target in the form the backend's protocol wants: origin-form for
+/// HTTP/1.1 (the Host header, already the routed one, names the authority); for HTTP/2 an
+/// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary.
+pub fn wire_target<B>(req: &mut Request<B>, protocol: AppProtocol) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        AppProtocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = Uri::from(pq);
+        }
+        AppProtocol::H2c => {
+            *req.version_mut() = Version::HTTP_2;
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .ok_or(ProxyError::BadRequest("request host cannot be forwarded"))?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() = Uri::from_parts(parts)
+                .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        }
+    }
+    Ok(())
 }

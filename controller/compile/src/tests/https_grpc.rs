@@ -237,6 +237,7 @@ fn grpc_routes_attach_as_http_routes_with_h2c_backends() {
     - method: {service: pkg.Echo, method: Say}
       headers: [{name: x-tenant, value: blue}]
     backendRefs: [{name: svc, port: 80}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, percent: 50}}]
     sessionPersistence: {sessionName: grpc-session, type: Header, idleTimeout: 10m}
   - matches: [{method: {service: pkg.Other}}]
     backendRefs: [{name: missing, port: 80}]"#,
@@ -265,6 +266,13 @@ fn grpc_routes_attach_as_http_routes_with_h2c_backends() {
         ("grpc-session", Some(600_000))
     );
     assert_eq!(r.rules[1].session_persistence, None);
+    // Mirrors carry over too (their backends speak HTTP/2, below).
+    let m = &r.rules[0].mirrors;
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].backend.port, m[0].numerator, m[0].denominator),
+        (80, 50, 100)
+    );
     assert_eq!(
         r.rules[1].matches[0].path,
         PathMatch::PathPrefix("/pkg.Other".into())
@@ -286,7 +294,7 @@ fn invalid_grpc_route_is_rejected_alone() {
         "mirror",
         "2026-01-01T00:00:00Z",
         "[]",
-        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}}}]",
+        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, percent: 101}}]",
     );
     let out = run(&extra);
     for name in ["bad", "mirror"] {
