@@ -111,7 +111,7 @@ impl Body for Copy {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

@@ -1803,7 +1803,7 @@ async fn websockets_are_tunnelled_and_outlive_100_route_changes() {
             .with_listener(http_listener("http", port))
             .with_backend(backend("ws", 80, &[ws.addr]))
             .with_route(route("ws", "http", &[], vec![r]));
-        if version % 2 == 0 {
+        if version.is_multiple_of(2) {
             s = s.with_route(route(
                 "other",
                 "http",
@@ -1850,7 +1850,7 @@ async fn websockets_are_tunnelled_and_outlive_100_route_changes() {
     for version in 2..=101 {
         let report = dp.apply(&[snap(version)], version);
         assert!(report.bind_failures.is_empty(), "{report:?}");
-        if version % 10 == 0 {
+        if version.is_multiple_of(10) {
             for (i, s) in open.iter_mut().enumerate() {
                 ws_echo(s, format!("v{version} #{i}").as_bytes()).await;
             }

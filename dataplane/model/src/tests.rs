@@ -56,6 +56,15 @@ fn sample() -> Snapshot {
                         filters: vec![],
                     },
                 ],
+                mirrors: vec![crate::Mirror {
+                    backend: BackendId {
+                        namespace: "default".into(),
+                        name: "next".into(),
+                        port: 80,
+                    },
+                    numerator: 1,
+                    denominator: 10,
+                }],
                 timeouts: Timeouts {
                     request_ms: Some(1500),
                     backend_request_ms: None,

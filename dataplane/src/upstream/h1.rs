@@ -125,10 +125,10 @@ impl H1Conn {
     /// read from what the backend sent past the 101 first. It stays counted in its backend's
     /// open connections, and `guard` held, until the tunnel drops it.
     pub(super) fn into_switched<G: Send + Sync + Unpin + 'static>(
-        self: Box<Self>,
+        self,
         guard: G,
     ) -> Box<dyn TunnelIo + Sync> {
-        let H1Conn { r, open } = *self;
+        let H1Conn { r, open } = self;
         Box::new(Prefixed {
             io: Switched {
                 io: r.io,
