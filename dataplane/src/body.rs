@@ -458,7 +458,7 @@ pub enum Upstream {
     /// Read off an HTTP/1.1 connection by the body itself.
     Conn(Box<dyn ConnBody>),
     /// None: the backend switched protocols (101), and this is its connection, for a tunnel.
-    Switched(Box<dyn crate::tunnel::TunnelIo + Sync>),
+    Switched(Box<crate::tunnel::Switched>),
 }
 
 impl Upstream {

@@ -627,7 +627,7 @@ impl Proxy {
         util::strip_hop_by_hop(&mut parts.headers);
         tunnel::upgrade_response(&mut parts, kind);
         let mut resp = Response::from_parts(parts, ProxyBody::empty());
-        let tunnel = Tunnel::new(io, self.tunnel_idle_timeout, self.metrics.tunnels.clone());
+        let tunnel = Tunnel::new(*io, self.tunnel_idle_timeout, self.metrics.tunnels.clone());
         resp.extensions_mut().insert(TunnelSlot::new(tunnel));
         Ok(resp)
     }

@@ -45,9 +45,16 @@ pub struct TunnelMetrics {
     pub closed: Family<EndLabel, Counter>,
 }
 
+/// A backend's connection after its 101, and what it holds of its backend (its place in the
+/// backend's open connections, its in-flight count) until dropped.
+pub struct Switched {
+    pub io: Box<dyn TunnelIo + Sync>,
+    pub hold: Box<dyn std::any::Any + Send + Sync>,
+}
+
 /// A backend connection that switched protocols, waiting for its client's side.
 pub struct Tunnel {
-    upstream: Box<dyn TunnelIo>,
+    upstream: Switched,
     idle_timeout: Duration,
     metrics: TunnelMetrics,
 }
@@ -83,7 +90,7 @@ impl Ended {
 
 impl Tunnel {
     pub fn new(
-        upstream: Box<dyn TunnelIo>,
+        upstream: Switched,
         idle_timeout: Duration,
         metrics: TunnelMetrics,
     ) -> Self {
@@ -102,10 +109,11 @@ impl Tunnel {
         client_read: Bytes,
     ) -> Ended {
         let Tunnel {
-            upstream,
+            upstream: Switched { io: upstream, hold },
             idle_timeout: idle,
             metrics,
         } = self;
+        let _hold = hold;
         metrics.open.inc();
         let _open = OpenGuard(&metrics.open);
         let epoch = Instant::now();
@@ -350,6 +358,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+    fn switched(io: tokio::io::DuplexStream) -> Switched {
+        Switched {
+            io: Box::new(io),
+            hold: Box::new(()),
+        }
+    }
+
     #[test]
     fn accept_values_are_rfc_6455s() {
         // The example of RFC 6455 §1.3.
@@ -379,7 +394,7 @@ mod tests {
         let (client, mut client_peer) = duplex(1024);
         let (upstream, mut backend) = duplex(1024);
         let metrics = TunnelMetrics::default();
-        let tunnel = Tunnel::new(Box::new(upstream), Duration::from_secs(60), metrics.clone());
+        let tunnel = Tunnel::new(switched(upstream), Duration::from_secs(60), metrics.clone());
         let run = tokio::spawn(tunnel.run(client, Bytes::from_static(b"early ")));
         client_peer.write_all(b"hello").await.expect("write");
         let mut got = [0u8; 11];
@@ -404,7 +419,7 @@ mod tests {
         let (client, mut client_peer) = duplex(1024);
         let (upstream, mut backend) = duplex(1024);
         let metrics = TunnelMetrics::default();
-        let tunnel = Tunnel::new(Box::new(upstream), Duration::from_secs(30), metrics.clone());
+        let tunnel = Tunnel::new(switched(upstream), Duration::from_secs(30), metrics.clone());
         let run = tokio::spawn(tunnel.run(client, Bytes::new()));
         // Traffic keeps it open past the timeout.
         for _ in 0..4 {

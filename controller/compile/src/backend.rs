@@ -9,7 +9,7 @@ use portico_crds::endpointslice::{SERVICE_NAME_LABEL, endpoints_from_slices};
 use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_crds::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use portico_model::{AppProtocol, Backend, BackendId, Endpoint};
+use portico_model::{AppProtocol, Backend, BackendId, Endpoint, RouteKind};
 use std::collections::BTreeMap;
 
 /// Standalone shorthand: a Service annotation listing endpoints as `ip[:port]` items separated
@@ -31,6 +31,21 @@ pub(crate) struct BackendRefSpec<'a> {
     pub(crate) name: &'a str,
     pub(crate) namespace: Option<&'a str>,
     pub(crate) port: Option<i32>,
+}
+
+impl BackendRefSpec<'_> {
+    /// A reference to a Service must name its port.
+    pub(crate) fn check_port(&self) -> Result<(), String> {
+        let service =
+            self.kind.unwrap_or("Service") == "Service" && self.group.unwrap_or("").is_empty();
+        if service && self.port.is_none() {
+            return Err(format!(
+                "backendRef {}: port is required for a Service",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct BackendIndex<'a> {
@@ -156,6 +171,21 @@ impl<'a> BackendIndex<'a> {
 
     /// Endpoints from the Service's EndpointSlices for one Service port, matched by port name
     /// as kube-proxy does.
+    /// [`Self::resolve`] for a route of `kind`: a GRPCRoute's backends speak HTTP/2 (h2c)
+    /// end to end, whatever the Service port declares.
+    pub(crate) fn resolve_for(
+        &self,
+        kind: RouteKind,
+        from_ns: &str,
+        r: &BackendRefSpec<'_>,
+    ) -> Result<Backend, Unresolved> {
+        let mut backend = self.resolve(kind.as_str(), from_ns, r)?;
+        if kind == RouteKind::Grpc {
+            backend.protocol = AppProtocol::H2c;
+        }
+        Ok(backend)
+    }
+
     fn endpoints(&self, ns: &str, name: &str, port: &ServicePort) -> Vec<Endpoint> {
         let slices = self.slices.get(&(ns.to_string(), name.to_string()));
         endpoints_from_slices(slices.into_iter().flatten().copied(), port.name.as_deref())

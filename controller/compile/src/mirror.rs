@@ -3,7 +3,7 @@
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
 use portico_crds::gateway_api::experimental::httproutes::HttpRouteRulesFilters;
-use portico_model::{AppProtocol, Backend, Mirror, RouteKind};
+use portico_model::{Backend, Mirror, RouteKind};
 
 /// A mirror filter resolved: `Ok(Ok(_))` the mirror and its backend; `Ok(Err(_))` a backend
 /// that does not resolve (the route is accepted, its ResolvedRefs says why, and the mirror
@@ -36,15 +36,6 @@ pub(crate) fn translate(
         ));
     };
     let r = &m.backend_ref;
-    if r.kind.as_deref().unwrap_or("Service") == "Service"
-        && r.group.as_deref().unwrap_or("").is_empty()
-        && r.port.is_none()
-    {
-        return Err(format!(
-            "RequestMirror backendRef {}: port is required for a Service",
-            r.name
-        ));
-    }
     let spec = BackendRefSpec {
         group: r.group.as_deref(),
         kind: r.kind.as_deref(),
@@ -52,11 +43,9 @@ pub(crate) fn translate(
         namespace: r.namespace.as_deref(),
         port: r.port,
     };
-    Ok(index.resolve(kind.as_str(), ns, &spec).map(|mut backend| {
-        // A gRPC request is HTTP/2 end to end, copies too.
-        if kind == RouteKind::Grpc {
-            backend.protocol = AppProtocol::H2c;
-        }
+    spec.check_port()
+        .map_err(|e| format!("RequestMirror {e}"))?;
+    Ok(index.resolve_for(kind, ns, &spec).map(|backend| {
         let mirror = Mirror {
             backend: backend.id.clone(),
             numerator,

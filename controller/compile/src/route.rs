@@ -12,7 +12,7 @@ use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::experimental::httproutes::*;
 use portico_model::{
-    AppProtocol, AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
+    AttachedPolicies, Backend, BackendId, BackendRef, BackendTarget, Filter, Header,
     HeaderModifier, HttpRoute, KeyValueMatch, ObjectRef, PathMatch, PathRewrite, REGEX_SIZE_LIMIT,
     Redirect, RouteKind, RouteMatch, RouteParent, RouteRetry, RouteRule, StringMatch, Timeouts,
     UrlRewrite,
@@ -346,15 +346,6 @@ fn translate(
                         r.name
                     ))
                 })?;
-            if r.kind.as_deref().unwrap_or("Service") == "Service"
-                && r.group.as_deref().unwrap_or("").is_empty()
-                && r.port.is_none()
-            {
-                return Err(at(format!(
-                    "backendRef {}: port is required for a Service",
-                    r.name
-                )));
-            }
             let ref_filters =
                 backend_filters(r.filters.as_deref().unwrap_or_default(), &matches).map_err(at)?;
             let spec = BackendRefSpec {
@@ -364,12 +355,9 @@ fn translate(
                 namespace: r.namespace.as_deref(),
                 port: r.port,
             };
-            let target = match index.resolve(kind.as_str(), ns, &spec) {
-                Ok(mut backend) => {
-                    // gRPC is HTTP/2 end to end, whatever the Service port declares.
-                    if kind == RouteKind::Grpc {
-                        backend.protocol = AppProtocol::H2c;
-                    }
+            spec.check_port().map_err(at)?;
+            let target = match index.resolve_for(kind, ns, &spec) {
+                Ok(backend) => {
                     let id = backend.id.clone();
                     out.backends.push(backend);
                     BackendTarget::Service(id)

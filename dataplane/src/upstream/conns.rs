@@ -369,7 +369,7 @@ where
             if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 // The connection is the backend's side of a tunnel now (or, if the request
                 // did not ask to upgrade, closed by the proxy).
-                let io = (*conn).into_switched(guard);
+                let io = Box::new((*conn).into_switched(guard));
                 return Ok((
                     http::Response::from_parts(head.parts, Upstream::Switched(io)),
                     None,

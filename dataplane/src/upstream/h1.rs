@@ -22,7 +22,7 @@
 use super::gate::Open;
 use crate::body::{BoxError, ConnBody};
 use crate::codec::{Decoded, Decoder, Delimited, FramingFields, Reader};
-use crate::tunnel::{Prefixed, TunnelIo};
+use crate::tunnel::{Prefixed, Switched};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -124,19 +124,15 @@ impl H1Conn {
     /// The connection of a backend that switched protocols (101), for a tunnel: its socket,
     /// read from what the backend sent past the 101 first. It stays counted in its backend's
     /// open connections, and `guard` held, until the tunnel drops it.
-    pub(super) fn into_switched<G: Send + Sync + Unpin + 'static>(
-        self,
-        guard: G,
-    ) -> Box<dyn TunnelIo + Sync> {
+    pub(super) fn into_switched<G: Send + Sync + 'static>(self, guard: G) -> Switched {
         let H1Conn { r, open } = self;
-        Box::new(Prefixed {
-            io: Switched {
+        Switched {
+            io: Box::new(Prefixed {
                 io: r.io,
-                _open: open,
-                _guard: guard,
-            },
-            first: r.buf.freeze(),
-        })
+                first: r.buf.freeze(),
+            }),
+            hold: Box::new((open, guard)),
+        }
     }
 
     /// Reads what the socket has. `Ok(0)`: the backend closed its side.
@@ -261,41 +257,6 @@ impl<B: Body> Outgoing<B> {
         self.original
             .take()
             .map(|(parts, body)| http::Request::from_parts(parts, body))
-    }
-}
-
-/// A switched backend connection and what it holds of its backend while open.
-struct Switched<G> {
-    io: TcpStream,
-    _open: Option<Open>,
-    _guard: G,
-}
-
-impl<G: Unpin> tokio::io::AsyncRead for Switched<G> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<G: Unpin> AsyncWrite for Switched<G> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
