@@ -89,11 +89,7 @@ impl Ended {
 }
 
 impl Tunnel {
-    pub fn new(
-        upstream: Switched,
-        idle_timeout: Duration,
-        metrics: TunnelMetrics,
-    ) -> Self {
+    pub fn new(upstream: Switched, idle_timeout: Duration, metrics: TunnelMetrics) -> Self {
         Self {
             upstream,
             idle_timeout,

@@ -15,6 +15,7 @@ mod peers;
 
 #[path = "policy_cost.rs"]
 mod policy_cost;
+mod websocket;
 
 use peers::{Front, Peer, ProxyConfig, Tools};
 use portico_tests::{Proc, binaries, free_port, loopback_ip, wait_port};
@@ -584,7 +585,7 @@ fn main() {
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
     // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`) measures just the cost of those
-    // policies (a quick run).
+    // policies (a quick run); `websocket` just the WebSocket section.
     let only = std::env::var("PORTICO_BENCH_ONLY").ok();
     let only_auth = only.as_deref() == Some("auth");
     let only_limits = only.as_deref() == Some("ratelimit");
@@ -637,15 +638,20 @@ fn main() {
         }
     }
 
-    if !only_limits && !only_backend && scenario_filter.is_none() {
+    let only_websocket = only.as_deref() == Some("websocket");
+    if (only.is_none() || only_websocket) && scenario_filter.is_none() {
+        eprintln!("== WebSocket");
+        websocket::section(&mut md, &tools, &backend, &settings);
+    }
+    if !only_limits && !only_backend && !only_websocket && scenario_filter.is_none() {
         eprintln!("== the cost of auth");
         policy_cost::auth_section(&mut md, &tools, &backend, &settings);
     }
-    if !only_auth && !only_backend && scenario_filter.is_none() {
+    if !only_auth && !only_backend && !only_websocket && scenario_filter.is_none() {
         eprintln!("== the cost of rate limiting");
         policy_cost::rate_limit_section(&mut md, &tools, &backend, &settings);
     }
-    if !only_auth && !only_limits && scenario_filter.is_none() {
+    if !only_auth && !only_limits && !only_websocket && scenario_filter.is_none() {
         eprintln!("== the cost of backend policies");
         policy_cost::backend_section(&mut md, &tools, &backend, &settings);
     }

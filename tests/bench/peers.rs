@@ -354,6 +354,14 @@ http {{
       proxy_set_header Connection \"\";
       proxy_buffering on;
     }}
+    # WebSocket, as nginx's documentation configures it (the WebSocket benchmark).
+    location /ws {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection \"upgrade\";
+      proxy_read_timeout 3600s;
+    }}
   }}
 }}
 ",
@@ -452,6 +460,7 @@ static_resources:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
           codec_type: AUTO
+          upgrade_configs: [{{upgrade_type: websocket}}]
           route_config:
             virtual_hosts:
 {vhosts}            - name: all

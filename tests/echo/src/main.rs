@@ -6,11 +6,14 @@
 //! of `x` instead of JSON. `GET /__stats` reports how many requests it answered (not counted).
 //! Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port.
 //!
+//! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
+//!
 //! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
 //! else, so that it costs as little as possible per request (`/100k` answers 100 KiB, any
 //! other path 13 bytes).
 
 mod logging;
+mod ws;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -193,6 +196,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 let (name, count) = (name.clone(), count.clone());
                 let fixed_answers = fixed_answers.clone();
                 async move {
+                    if let Some(key) = ws::key(&req) {
+                        return Ok::<_, Infallible>(ws::answer(req, &key));
+                    }
                     let (method, path) = (req.method().clone(), req.uri().path().to_string());
                     let resp = match fixed_answers {
                         Some(f) => fixed(&req, &f),
@@ -202,7 +208,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
