@@ -99,6 +99,67 @@ pub struct BackendPolicySpec {
     /// ejected or fails its health checks ends the session: the balancer picks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_persistence: Option<SessionPersistence>,
+
+    /// Responses compressed by the gateway (gzip, Brotli, zstd), for clients that accept it.
+    /// Off when absent. Never for responses that set cookies or answer requests that carry
+    /// credentials (`Authorization`, `Cookie`) unless `credentialed` is true: compressing a
+    /// secret beside text an attacker can inject lets them read it from the sizes (BREACH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// Response compression.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compression {
+    /// The encodings offered, most preferred first, when a client accepts several equally
+    /// (default `[zstd, br, gzip]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub encodings: Vec<Encoding>,
+
+    /// Smallest response compressed, in bytes, when its length is known (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 104_857_600))]
+    #[schemars(extend("format" = "int64"))]
+    pub min_size: Option<u32>,
+
+    /// Media types compressed (`type/subtype`, `type/*`, or `type/*+suffix`; parameters
+    /// ignored). Default: text/*, application/json, application/javascript,
+    /// application/xml, application/xhtml+xml, application/wasm, image/svg+xml,
+    /// application/*+json and application/*+xml.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub content_types: Vec<MediaRange>,
+
+    /// Compress responses that set cookies and answers to requests with credentials too
+    /// (default false): only where no response mixes a secret with text a third party can
+    /// put into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentialed: Option<bool>,
+}
+
+/// A media type (`text/html`), every subtype of a type (`text/*`), or every subtype with a
+/// structured suffix (`application/*+json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct MediaRange(
+    #[schemars(length(min = 3, max = 127))]
+    #[schemars(pattern(
+        r"^[a-zA-Z0-9!#$&^_.+-]+/([a-zA-Z0-9!#$&^_.+-]+|[*]|[*][+][a-zA-Z0-9!#$&^_.-]+)$"
+    ))]
+    pub String,
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Encoding {
+    #[serde(rename = "zstd")]
+    Zstd,
+    #[serde(rename = "br")]
+    Brotli,
+    #[serde(rename = "gzip")]
+    Gzip,
 }
 
 /// Headers a session may not be carried in: those the proxy itself reads, sets or removes

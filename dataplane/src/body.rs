@@ -592,6 +592,8 @@ pub enum ProxyBody {
     Streamed(BackendBody),
     /// A body the gateway wrote (errors, redirects, policy answers).
     Local(Full<Bytes>),
+    /// A backend's body, compressed on the way.
+    Compressed(Box<crate::compress::Compressed<BackendBody>>),
 }
 
 impl ProxyBody {
@@ -619,6 +621,7 @@ impl Body for ProxyBody {
             ProxyBody::Local(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            ProxyBody::Compressed(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -626,6 +629,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Streamed(b) => b.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
+            ProxyBody::Compressed(b) => b.is_end_stream(),
         }
     }
 
@@ -633,6 +637,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
+            ProxyBody::Compressed(b) => b.size_hint(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod body;
 pub mod channel;
 pub mod codec;
+pub mod compress;
 pub mod conn;
 pub mod cors;
 pub mod dataplane;

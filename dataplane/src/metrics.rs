@@ -74,6 +74,11 @@ struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EncodingLabel {
+    encoding: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MirrorLabels {
     backend: String,
     result: &'static str,
@@ -317,6 +322,7 @@ pub struct Metrics {
     /// Upgraded connections (WebSocket).
     pub tunnels: crate::tunnel::TunnelMetrics,
     mirror_requests: Family<MirrorLabels, Counter>,
+    compressed: Family<EncodingLabel, Counter>,
     certificate_expiry: Family<CertificateSeries, Gauge>,
     /// The certificates `certificate_expiry` has series for.
     certificates_known: parking_lot::Mutex<std::collections::BTreeSet<CertificateSeries>>,
@@ -362,6 +368,12 @@ impl Default for Metrics {
         let tls_handshake_errors = Counter::default();
         let tunnels = crate::tunnel::TunnelMetrics::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        let compressed = Family::<EncodingLabel, Counter>::default();
+        registry.register(
+            "compressed_responses",
+            "Responses compressed by a BackendPolicy's compression, by encoding (gzip, br, zstd)",
+            compressed.clone(),
+        );
         registry.register(
             "mirror_requests",
             "Copies of requests for RequestMirror filters, by mirror backend and result (answered: any status; failed: no answer; timeout; dropped: too many copies in flight, the backend at its limits, no endpoint, or a copy that fell behind its request's body)",
@@ -560,6 +572,7 @@ impl Default for Metrics {
             tls_handshake_errors,
             tunnels,
             mirror_requests,
+            compressed,
             certificate_expiry,
             certificates_known: parking_lot::Mutex::default(),
             started: std::time::SystemTime::now()
@@ -643,6 +656,13 @@ impl Metrics {
     pub fn connection_closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A response compressed with `encoding`.
+    pub fn compressed(&self, encoding: &'static str) {
+        self.compressed
+            .get_or_create(&EncodingLabel { encoding })
             .inc();
     }
 

@@ -2,6 +2,7 @@
 //! connection, filter the response, record metrics and the access log.
 
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody, RequestBody};
+use crate::compress::{Compressed, CompressionPolicy, Negotiated};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
 use crate::mirror::Mirrors;
@@ -386,6 +387,11 @@ impl Proxy {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let negotiated = settings
+            .compression
+            .as_ref()
+            .map(|c| c.negotiate(req.headers()));
+        let head_request = req.method() == http::Method::HEAD;
         let (parts, body) = req.into_parts();
         let body = match &filters.mirrors {
             mirrors if mirrors.is_empty() || cx.upgrade.is_some() => body,
@@ -565,6 +571,9 @@ impl Proxy {
                 if let Some(ops) = &backend_filters.response_headers {
                     ops.apply(resp.headers_mut());
                 }
+                if let (Some(policy), Some(n)) = (settings.compression.as_deref(), &negotiated) {
+                    resp = self.compress(policy, n, head_request, resp, &pool.id);
+                }
                 if let Some((s, sp)) = sticky
                     && let Some(pin) = session::renew(sp, held, pool.tag, endpoint.addr, now)
                 {
@@ -606,6 +615,41 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A backend's response, compressed when its policy, the client and the response allow.
+    fn compress(
+        &self,
+        policy: &CompressionPolicy,
+        n: &Negotiated,
+        head_request: bool,
+        resp: Response<ProxyBody>,
+        backend: &portico_model::BackendId,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let length = body.size_hint().exact();
+        let chosen = policy.on_response(n, head_request, parts.status, &mut parts.headers, length);
+        let body = match (chosen, body) {
+            (Some(encoding), ProxyBody::Streamed(b)) => match Compressed::new(b, encoding) {
+                Ok(c) => {
+                    self.metrics.compressed(encoding.token());
+                    ProxyBody::Compressed(Box::new(c))
+                }
+                // An encoder that cannot start (zstd's context): never the case in practice;
+                // the headers already say the body is encoded, so the response fails.
+                Err(e) => {
+                    tracing::warn!(error = %e, "response compression could not start");
+                    return ProxyError::Upstream {
+                        backend: backend.to_string(),
+                        source: Box::new(e),
+                        kind: "compression",
+                    }
+                    .into_response(false);
+                }
+            },
+            (_, body) => body,
+        };
+        Response::from_parts(parts, body)
+    }
+
     /// The client's answer to a WebSocket the backend accepted (101): the backend's
     /// connection becomes a tunnel the client's connection takes from the response.
     fn switched(

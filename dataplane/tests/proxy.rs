@@ -2232,3 +2232,141 @@ async fn a_dead_or_slow_mirror_never_touches_the_request() {
     await_mirrored(&dp, "hung", "dropped", 1).await;
     assert!(hung.seen().is_empty());
 }
+
+/// A backend of typed answers for compression: `/html` (21 KB of HTML, with an ETag),
+/// `/small` (10 bytes of HTML), `/png`, `/cookie` (HTML setting a cookie), `/encoded`
+/// (already Brotli).
+async fn typed_backend() -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let html: Bytes = Bytes::from("<p>portico</p>\n".repeat(1400));
+                    let (ct, body, extra): (&str, Bytes, Option<(&str, &str)>) =
+                        match req.uri().path() {
+                            "/small" => ("text/html", Bytes::from_static(b"<p>hi</p>\n"), None),
+                            "/png" => ("image/png", html, None),
+                            "/cookie" => ("text/html", html, Some(("set-cookie", "s=1"))),
+                            "/encoded" => ("text/html", html, Some(("content-encoding", "br"))),
+                            _ => ("text/html; charset=utf-8", html, Some(("etag", "\"v1\""))),
+                        };
+                    let mut resp = Response::new(Full::new(body));
+                    resp.headers_mut()
+                        .insert("content-type", http::HeaderValue::from_static(ct));
+                    if let Some((n, v)) = extra {
+                        resp.headers_mut()
+                            .insert(n, http::HeaderValue::from_static(v));
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn decompress(encoding: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    match encoding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .expect("gzip");
+        }
+        "br" => {
+            brotli::Decompressor::new(bytes, 4096)
+                .read_to_end(&mut out)
+                .expect("br");
+        }
+        "zstd" => out = zstd::decode_all(bytes).expect("zstd"),
+        other => panic!("encoding {other}"),
+    }
+    out
+}
+
+/// A BackendPolicy's compression: the client's preferred encoding of the policy's, over
+/// HTTP/1.1 and HTTP/2; responses that must not or need not be compressed pass unchanged.
+#[tokio::test]
+async fn responses_are_compressed_as_the_policy_and_the_client_allow() {
+    let addr = typed_backend().await;
+    let port = free_port();
+    let compression = portico_model::Compression {
+        encodings: portico_model::Compression::DEFAULT_ENCODINGS.to_vec(),
+        min_size: 1024,
+        content_types: portico_model::Compression::DEFAULT_CONTENT_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+        credentialed: false,
+    };
+    let b = with_settings(
+        backend("web", 80, &[addr]),
+        BackendSettings {
+            compression: Some(compression),
+            ..BackendSettings::default()
+        },
+    );
+    let (dp, gw) = serve(&web_snapshot(port, b, 1));
+    let fetch = |path: &'static str, accept: &'static str, h2: bool| {
+        // HTTP/2 names the authority in the target; HTTP/1.1 in Host.
+        let req = if h2 {
+            Request::get(format!("http://x.test{path}"))
+        } else {
+            Request::get(path).header("host", "x.test")
+        };
+        let req = req
+            .header("accept-encoding", accept)
+            .body(Full::default())
+            .expect("request");
+        send(gw, h2, req)
+    };
+    let html = "<p>portico</p>\n".repeat(1400);
+    for (accept, want) in [
+        ("gzip", "gzip"),
+        ("br;q=0.9, gzip;q=0.5", "br"),
+        ("gzip, br, zstd", "zstd"),
+    ] {
+        for h2 in [false, true] {
+            let a = fetch("/html", accept, h2).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(header(&a, "content-encoding"), want, "{accept}");
+            assert_eq!(header(&a, "vary"), "accept-encoding");
+            assert_eq!(header(&a, "etag"), "W/\"v1\"");
+            assert!(
+                a.body.len() < html.len() / 10,
+                "{want}: {} bytes",
+                a.body.len()
+            );
+            assert_eq!(decompress(want, &a.body), html.as_bytes());
+        }
+    }
+    // Left alone: no encoding accepted (but Vary says it could be), too small, not a
+    // compressible type, a cookie set, already encoded, a request with credentials.
+    let a = fetch("/html", "identity", false).await;
+    assert_eq!(header(&a, "content-encoding"), "");
+    assert_eq!(header(&a, "vary"), "accept-encoding");
+    assert_eq!(a.body.len(), html.len());
+    for path in ["/small", "/png", "/cookie", "/encoded"] {
+        let a = fetch(path, "gzip", false).await;
+        assert_ne!(header(&a, "content-encoding"), "gzip", "{path}");
+        assert_eq!(header(&a, "vary"), "", "{path}");
+    }
+    let req = Request::get("/html")
+        .header("host", "x.test")
+        .header("accept-encoding", "gzip")
+        .header("authorization", "Bearer t")
+        .body(Full::default())
+        .expect("request");
+    assert_eq!(header(&send(gw, false, req).await, "content-encoding"), "");
+    let metrics = dp.metrics_text();
+    for e in ["gzip", "br", "zstd"] {
+        let line = format!("portico_compressed_responses_total{{encoding=\"{e}\"}} 2");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}

@@ -13,6 +13,7 @@
 #[path = "peers.rs"]
 mod peers;
 
+mod compression;
 #[path = "policy_cost.rs"]
 mod policy_cost;
 mod websocket;
@@ -317,6 +318,9 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// A section of the report after the side-by-side tables.
+type Section = fn(&mut String, &Tools, &Backend, &RunSettings);
+
 /// How long and how hard each measurement runs.
 #[derive(Clone, Copy)]
 struct RunSettings {
@@ -584,12 +588,9 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`) measures just the cost of those
-    // policies (a quick run); `websocket` just the WebSocket section.
+    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`, `websocket`, `compression`)
+    // measures just that section (a quick run).
     let only = std::env::var("PORTICO_BENCH_ONLY").ok();
-    let only_auth = only.as_deref() == Some("auth");
-    let only_limits = only.as_deref() == Some("ratelimit");
-    let only_backend = only.as_deref() == Some("backend");
     let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
     // A quick look at some of it (not for docs/benchmarks.md): `PORTICO_BENCH_WORKERS=1`,
     // `PORTICO_BENCH_SCENARIO=keep-alive` (a part of a scenario's name).
@@ -638,22 +639,22 @@ fn main() {
         }
     }
 
-    let only_websocket = only.as_deref() == Some("websocket");
-    if (only.is_none() || only_websocket) && scenario_filter.is_none() {
-        eprintln!("== WebSocket");
-        websocket::section(&mut md, &tools, &backend, &settings);
-    }
-    if !only_limits && !only_backend && !only_websocket && scenario_filter.is_none() {
-        eprintln!("== the cost of auth");
-        policy_cost::auth_section(&mut md, &tools, &backend, &settings);
-    }
-    if !only_auth && !only_backend && !only_websocket && scenario_filter.is_none() {
-        eprintln!("== the cost of rate limiting");
-        policy_cost::rate_limit_section(&mut md, &tools, &backend, &settings);
-    }
-    if !only_auth && !only_limits && !only_websocket && scenario_filter.is_none() {
-        eprintln!("== the cost of backend policies");
-        policy_cost::backend_section(&mut md, &tools, &backend, &settings);
+    // The sections after the side-by-side tables, each run alone with
+    // `PORTICO_BENCH_ONLY=<name>`.
+    let sections: [(&str, Section); 5] = [
+        ("websocket", websocket::section),
+        ("compression", compression::section),
+        ("auth", policy_cost::auth_section),
+        ("ratelimit", policy_cost::rate_limit_section),
+        ("backend", policy_cost::backend_section),
+    ];
+    if scenario_filter.is_none() {
+        for (name, section) in sections {
+            if only.as_deref().is_none_or(|o| o == name) {
+                eprintln!("== {name}");
+                section(&mut md, &tools, &backend, &settings);
+            }
+        }
     }
 
     let _ = writeln!(

@@ -354,6 +354,18 @@ http {{
       proxy_set_header Connection \"\";
       proxy_buffering on;
     }}
+    # gzip at the level Portico compresses with (the compression benchmark).
+    location = /100k.json {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      gzip on;
+      gzip_comp_level 5;
+      gzip_types application/json;
+      gzip_min_length 1024;
+      gzip_proxied any;
+      gzip_vary on;
+    }}
     # WebSocket, as nginx's documentation configures it (the WebSocket benchmark).
     location /ws {{
       proxy_pass http://backend;

@@ -1230,6 +1230,25 @@ async fn the_feature_examples_work_as_committed() {
         })
         .unwrap_or_else(|| panic!("ejections in {metrics}"));
     assert!(ejections.ends_with(" 1"), "{ejections}");
+    // JSON answers are compressed for a client that accepts it, and say they vary by it.
+    let plain = http.get(p.addr(ports[0]), "api.example.test", "/").await;
+    let packed = http
+        .get_with(
+            p.addr(ports[0]),
+            "api.example.test",
+            "/",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(packed.header("content-encoding"), Some("gzip"));
+    assert_eq!(packed.header("vary"), Some("accept-encoding"));
+    assert_eq!(plain.header("content-encoding"), None);
+    assert!(
+        packed.body.len() < plain.body.len(),
+        "{} < {}",
+        packed.body.len(),
+        plain.body.len()
+    );
     // /cart keeps a session: the cookie of the first answer pins the client to its endpoint.
     let first = http
         .get(p.addr(ports[0]), "api.example.test", "/cart")

@@ -148,6 +148,65 @@ fn compile_policy(
             .as_ref()
             .map(|sp| crate::session::compile(sp, &format!("BackendPolicy/{id}")))
             .transpose()?,
+        compression: spec.compression.as_ref().map(compression).transpose()?,
+    })
+}
+
+fn compression(c: &crd::Compression) -> Result<model::Compression, String> {
+    let mut encodings = Vec::new();
+    for e in &c.encodings {
+        let e = match e {
+            crd::Encoding::Zstd => model::Encoding::Zstd,
+            crd::Encoding::Brotli => model::Encoding::Brotli,
+            crd::Encoding::Gzip => model::Encoding::Gzip,
+        };
+        if encodings.contains(&e) {
+            return Err(format!("compression.encodings lists {} twice", e.token()));
+        }
+        encodings.push(e);
+    }
+    if encodings.is_empty() {
+        encodings = model::Compression::DEFAULT_ENCODINGS.to_vec();
+    }
+    let mut content_types = Vec::new();
+    for t in &c.content_types {
+        let t = &t.0;
+        let lower = t.to_ascii_lowercase();
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+        };
+        let valid = match lower.split_once('/') {
+            Some((ty, sub)) => {
+                let sub_ok = match sub.strip_prefix("*+") {
+                    Some(suffix) => token(suffix) && !suffix.contains('+'),
+                    None => sub == "*" || token(sub),
+                };
+                token(ty) && sub_ok
+            }
+            None => false,
+        };
+        if !valid {
+            return Err(format!(
+                "compression.contentTypes: {t:?} is not a media type such as text/html, text/* or application/*+json"
+            ));
+        }
+        content_types.push(lower);
+    }
+    if content_types.is_empty() {
+        content_types = model::Compression::DEFAULT_CONTENT_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+    }
+    Ok(model::Compression {
+        encodings,
+        min_size: c
+            .min_size
+            .map_or(model::Compression::DEFAULT_MIN_SIZE, u64::from),
+        content_types,
+        credentialed: c.credentialed.unwrap_or(false),
     })
 }
 

@@ -103,6 +103,60 @@ pub struct BackendSettings {
     /// own. The cookie has no `Path` (several routes may send to the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_persistence: Option<SessionPersistence>,
+    /// Responses compressed by the gateway (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// Response compression, checked by compile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compression {
+    /// Most preferred first; at least one.
+    pub encodings: Vec<Encoding>,
+    pub min_size: u64,
+    /// Lower-case `type/subtype`, `type/*` or `type/*+suffix`.
+    pub content_types: Vec<String>,
+    /// Responses that set cookies, and answers to requests with credentials, too.
+    #[serde(default)]
+    pub credentialed: bool,
+}
+
+impl Compression {
+    pub const DEFAULT_MIN_SIZE: u64 = 1024;
+    pub const DEFAULT_ENCODINGS: [Encoding; 3] = [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip];
+    pub const DEFAULT_CONTENT_TYPES: [&str; 9] = [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/wasm",
+        "image/svg+xml",
+        "application/*+json",
+        "application/*+xml",
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    #[serde(rename = "zstd")]
+    Zstd,
+    #[serde(rename = "br")]
+    Brotli,
+    #[serde(rename = "gzip")]
+    Gzip,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Brotli => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
 }
 
 /// How requests are spread over the endpoints.

@@ -48,7 +48,8 @@ pub mod snapshot;
 pub mod tls;
 
 pub use backend::{
-    AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, Endpoint,
+    AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, Compression,
+    Encoding, Endpoint,
 };
 pub use filter::{Cors, Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};

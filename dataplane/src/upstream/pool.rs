@@ -14,6 +14,7 @@ use super::gate::ConnGate;
 use super::health;
 use super::outlier::{self, Outcome, OutlierSettings, Verdict};
 use super::retry::{BudgetSettings, RetryBudget};
+use crate::compress::CompressionPolicy;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -65,6 +66,8 @@ pub struct PoolSettings {
     pub rule_retry: Option<RouteRetry>,
     /// Each attempt's time to answer, for rules without a backend request timeout.
     pub per_try_timeout: Option<Duration>,
+    /// Responses compressed on the way to clients.
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 impl PoolSettings {
@@ -111,6 +114,10 @@ impl PoolSettings {
             session: s.session_persistence.clone(),
             rule_retry: s.retry.rules.clone(),
             per_try_timeout: s.retry.per_try_timeout_ms.map(ms),
+            compression: s
+                .compression
+                .as_ref()
+                .map(|c| Arc::new(CompressionPolicy::new(c))),
         }
     }
 }

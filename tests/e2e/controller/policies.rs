@@ -420,4 +420,26 @@ async fn backend_policies_report_attachment_and_misconfiguration_and_are_validat
     assert!(m.contains("need retry.statuses or retry.onReset"), "{m}");
     let m = refused(json!({"targetRefs": svc, "retry": {"statuses": [200]}})).await;
     assert!(m.contains("400"), "{m}");
+    let m = refused(json!({"targetRefs": svc,
+        "compression": {"contentTypes": ["text/html", "html"]}}))
+    .await;
+    assert!(
+        m.contains("contentTypes[1]") && m.contains("should match"),
+        "{m}"
+    );
+    let m =
+        refused(json!({"targetRefs": svc, "compression": {"encodings": ["gzip", "gzip"]}})).await;
+    assert!(m.contains("Duplicate value"), "{m}");
+    let m = refused(json!({"targetRefs": svc, "compression": {"encodings": ["deflate"]}})).await;
+    assert!(m.contains("Unsupported value"), "{m}");
+    create::<BackendPolicy>(
+        &client,
+        &ns,
+        policy(
+            "compress",
+            json!({"targetRefs": svc, "compression": {"encodings": ["br", "gzip"],
+                "contentTypes": ["text/*", "application/*+json"], "minSize": 512}}),
+        ),
+    )
+    .await;
 }

@@ -9,8 +9,8 @@
 //! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
 //!
 //! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
-//! else, so that it costs as little as possible per request (`/100k` answers 100 KiB, any
-//! other path 13 bytes).
+//! else, so that it costs as little as possible per request (`/100k` answers 100 KiB,
+//! `/100k.json` 100 KiB of JSON lines, any other path 13 bytes).
 
 mod logging;
 mod ws;
@@ -59,18 +59,41 @@ struct Args {
 struct Fixed {
     small: Bytes,
     large: Bytes,
+    /// 100 KiB of JSON lines, compressible as API answers are (the compression benchmark).
+    json: Bytes,
+}
+
+/// Lines of made-up catalogue JSON, `size` bytes (cut at the last whole line).
+fn catalogue(size: usize) -> Bytes {
+    let mut out = String::with_capacity(size + 128);
+    let mut i: u64 = 0;
+    while out.len() < size {
+        i += 1;
+        let price = (i * 7919) % 100_000;
+        out.push_str(&format!(
+            "{{\"id\":{i},\"sku\":\"P-{:06}\",\"name\":\"item {i}\",\"price\":{}.{:02},\"stock\":{},\"tags\":[\"t{}\",\"t{}\"]}}\n",
+            (i * 2_654_435_761) % 1_000_000,
+            price / 100,
+            price % 100,
+            (i * 31) % 500,
+            i % 17,
+            i % 5
+        ));
+    }
+    out.truncate(size);
+    Bytes::from(out)
 }
 
 fn fixed(req: &Request<Incoming>, f: &Fixed) -> Response<Full<Bytes>> {
-    let body = if req.uri().path() == "/100k" {
-        f.large.clone()
-    } else {
-        f.small.clone()
+    let (body, content_type) = match req.uri().path() {
+        "/100k" => (f.large.clone(), "text/plain"),
+        "/100k.json" => (f.json.clone(), "application/json"),
+        _ => (f.small.clone(), "text/plain"),
     };
     let mut r = Response::new(Full::new(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
+        header::HeaderValue::from_static(content_type),
     );
     r
 }
@@ -176,6 +199,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Arc::new(Fixed {
             small: Bytes::from_static(b"hello, world\n"),
             large: Bytes::from(vec![b'x'; 100 * 1024]),
+            json: catalogue(100 * 1024),
         })
     });
     let count = Arc::new(AtomicU64::new(0));

@@ -181,6 +181,14 @@ fn an_invalid_policy_does_not_attach_and_says_what_to_fix() {
             "applies only with circuitBreaker.maxConnections",
         ),
         ("  connection: {idleTimeout: 2h}", "between 1s and 1h"),
+        (
+            "  compression: {contentTypes: [\"text html\"]}",
+            "is not a media type",
+        ),
+        (
+            "  compression: {encodings: [gzip, gzip]}",
+            "lists gzip twice",
+        ),
         ("  healthCheck: {type: HTTP}", "needs http.path"),
         (
             "  healthCheck: {type: TCP, grpc: {service: x}}",
@@ -311,6 +319,32 @@ fn slow_start_gets_its_default_weight() {
             min_weight_percent: 10,
         })
     );
+}
+
+#[test]
+fn compression_gets_its_defaults_and_keeps_the_order_given() {
+    let out = run(&format!(
+        "{ROUTES}{}",
+        policy("p", T1, SVC, "  compression: {}")
+    ));
+    assert!(accepted(&out, "p").is_true());
+    let c = settings(&out, 80)
+        .and_then(|s| s.compression)
+        .expect("compression");
+    assert_eq!(c.encodings, portico_model::Compression::DEFAULT_ENCODINGS);
+    assert_eq!(c.min_size, 1024);
+    assert_eq!(c.content_types.len(), 9);
+    assert!(!c.credentialed);
+    let body = "  compression: {encodings: [gzip, br], minSize: 0, contentTypes: [Text/HTML, application/*+json], credentialed: true}";
+    let out = run(&format!("{ROUTES}{}", policy("p", T1, SVC, body)));
+    let c = settings(&out, 80)
+        .and_then(|s| s.compression)
+        .expect("compression");
+    use portico_model::Encoding::{Brotli, Gzip};
+    assert_eq!(c.encodings, [Gzip, Brotli]);
+    assert_eq!(c.min_size, 0);
+    assert_eq!(c.content_types, ["text/html", "application/*+json"]);
+    assert!(c.credentialed);
 }
 
 #[test]
