@@ -3,7 +3,8 @@
 //! policy's order of preference, streamed as the backend's body arrives.
 //!
 //! A response is compressed only when every one of these holds:
-//! - it has a body (not HEAD, 1xx, 204 or 304) and is not a range (206, `Content-Range`);
+//! - it has a body (not 1xx, 204 or 304; a HEAD answer gets the headers only) and is not a
+//!   range (206, `Content-Range`);
 //! - the backend did not encode it already (`Content-Encoding`), and did not forbid it
 //!   (`Cache-Control: no-transform`);
 //! - its media type is one of the policy's, and its length (when known) is at least the
@@ -35,6 +36,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const GZIP_LEVEL: u32 = 5;
 pub const BROTLI_QUALITY: u32 = 4;
 pub const ZSTD_LEVEL: i32 = 3;
+/// Brotli's and zstd's window: 512 KiB (their defaults, 4 MiB and 2 MiB, cost that much
+/// memory per response being compressed, for little gain on answers of this size).
+const WINDOW_LOG: u32 = 19;
+/// Responses being compressed at once per process; beyond, responses go uncompressed (each
+/// encoder holds up to a few MiB while its client reads).
+pub const MAX_ENCODERS: usize = 256;
 /// Compressed output handed on once this much has built up, even while input keeps coming.
 const EMIT_AT: usize = 32 * 1024;
 
@@ -87,10 +94,9 @@ impl CompressionPolicy {
         }
     }
 
-    /// Reads the request's `Accept-Encoding` and credentials.
-    pub fn negotiate(&self, headers: &HeaderMap) -> Negotiated {
-        let credentials =
-            headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE);
+    /// Reads the request's `Accept-Encoding`; `credentials`: the client's request carried
+    /// any (as it arrived, before policies removed them) or authenticated.
+    pub fn negotiate(&self, headers: &HeaderMap, credentials: bool) -> Negotiated {
         Negotiated {
             encoding: choose(&self.encodings, headers),
             credentials,
@@ -107,6 +113,10 @@ impl CompressionPolicy {
         let Some((ty, sub)) = media.split_once('/') else {
             return false;
         };
+        // gRPC has compression of its own; an HTTP Content-Encoding breaks its clients.
+        if ty == "application" && sub.starts_with("grpc") {
+            return false;
+        }
         self.types.iter().any(|m| match m {
             TypeMatch::Exact(t) => *t == media,
             TypeMatch::AnySubtype(t) => t == ty,
@@ -117,6 +127,8 @@ impl CompressionPolicy {
     /// Decides for a response (its status, headers and known length, to a HEAD request or
     /// not), adding `Vary` when the response could be compressed, and, when it is to be,
     /// the headers of the encoded representation. Returns the encoding to compress with.
+    /// A HEAD answer gets the headers its GET would (but no body to compress), a 304 the
+    /// `Vary` and weakened `ETag` of the representation it revalidates.
     pub fn on_response(
         &self,
         n: &Negotiated,
@@ -125,10 +137,10 @@ impl CompressionPolicy {
         headers: &mut HeaderMap,
         length: Option<u64>,
     ) -> Option<Encoding> {
-        let no_body = head_request
-            || status.is_informational()
+        let not_modified = status == StatusCode::NOT_MODIFIED;
+        let header_only = head_request || not_modified;
+        let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
             || status == StatusCode::PARTIAL_CONTENT;
         let encoded = headers
             .get(header::CONTENT_ENCODING)
@@ -138,17 +150,20 @@ impl CompressionPolicy {
                 .split(|b| *b == b',')
                 .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
         });
-        let typed = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| self.type_matches(t));
+        // A 304 carries no Content-Type: its representation's type is not known here, and
+        // it is taken to be the compressed one if anything about it may be.
+        let typed = not_modified
+            || headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| self.type_matches(t));
         let secret = n.credentials || headers.contains_key(header::SET_COOKIE);
         let eligible = !no_body
             && !encoded
             && !no_transform
             && !headers.contains_key(header::CONTENT_RANGE)
             && typed
-            && length.is_none_or(|l| l >= self.min_size)
+            && (header_only || length.is_none_or(|l| l >= self.min_size))
             && (self.credentialed || !secret);
         if !eligible {
             return None;
@@ -163,12 +178,6 @@ impl CompressionPolicy {
             headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
         }
         let encoding = n.encoding?;
-        headers.insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static(encoding.token()),
-        );
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::ACCEPT_RANGES);
         if let Some(etag) = headers.get(header::ETAG)
             && !etag.as_bytes().starts_with(b"W/")
         {
@@ -178,7 +187,16 @@ impl CompressionPolicy {
                 headers.insert(header::ETAG, v);
             }
         }
-        Some(encoding)
+        if not_modified {
+            return None;
+        }
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.token()),
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::ACCEPT_RANGES);
+        (!head_request).then_some(encoding)
     }
 }
 
@@ -264,10 +282,12 @@ impl Encoder {
                 Vec::new(),
                 16 * 1024,
                 BROTLI_QUALITY,
-                22,
+                WINDOW_LOG,
             ))),
             Encoding::Zstd => {
-                Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?)
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+                e.window_log(WINDOW_LOG)?;
+                Encoder::Zstd(e)
             }
         })
     }
@@ -314,6 +334,8 @@ impl Encoder {
 pub struct Compressed<B> {
     inner: B,
     encoder: Option<Encoder>,
+    /// A place among [`MAX_ENCODERS`], held until the body is dropped.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Input written since the last flush.
     unflushed: bool,
     trailers: Option<HeaderMap>,
@@ -321,10 +343,15 @@ pub struct Compressed<B> {
 }
 
 impl<B> Compressed<B> {
-    pub fn new(inner: B, encoding: Encoding) -> std::io::Result<Self> {
+    pub fn new(
+        inner: B,
+        encoding: Encoding,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             inner,
             encoder: Some(Encoder::new(encoding)?),
+            _slot: slot,
             unflushed: false,
             trailers: None,
             done: false,

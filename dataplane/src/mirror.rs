@@ -5,7 +5,8 @@
 //!   that falls a megabyte behind is cut off, and its request fails rather than arrive
 //!   truncated);
 //! - copies in flight are bounded per process ([`MAX_IN_FLIGHT`]), and each backend's
-//!   circuit breaker bounds its own; beyond either, the copy is dropped and counted;
+//!   circuit breaker bounds its own; beyond either, the copy is dropped and counted; the
+//!   body bytes waiting for copies are bounded too ([`tee::MAX_TOTAL_BACKLOG`]);
 //! - a copy has the rule's request timeout (else [`DEFAULT_TIMEOUT`]) for its whole exchange.
 //!
 //! `portico_mirror_requests_total{backend,result}` counts every copy's fate.
@@ -48,6 +49,8 @@ impl MirrorTo {
 #[derive(Debug)]
 pub struct Mirrors {
     slots: Arc<Semaphore>,
+    /// Bytes of request bodies waiting for mirrors, across the process.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
     limits: BodyLimits,
     metrics: Arc<Metrics>,
 }
@@ -56,6 +59,7 @@ impl Mirrors {
     pub fn new(limits: BodyLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            backlog: Arc::default(),
             limits,
             metrics,
         }
@@ -79,7 +83,7 @@ impl Mirrors {
                 continue;
             };
             let copy = if has_body {
-                let (sink, copy) = tee::channel(body.size_hint());
+                let (sink, copy) = tee::channel(body.size_hint(), self.backlog.clone());
                 sinks.push(sink);
                 RequestBody::Copy(copy)
             } else {
@@ -155,7 +159,10 @@ impl Copy {
                         .await;
                     "answered"
                 }
-                Err(_) => "failed",
+                Err(_) => {
+                    pool.record(endpoint, Outcome::GatewayError, &settings);
+                    "failed"
+                }
             }
         };
         let result = tokio::time::timeout(self.timeout, exchange)

@@ -72,6 +72,8 @@ pub struct Proxy {
     body: BodyLimits,
     tunnel_idle_timeout: Duration,
     mirrors: Mirrors,
+    /// Places for responses being compressed at once.
+    encoders: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -92,6 +94,7 @@ impl Proxy {
             body: settings.body,
             tunnel_idle_timeout: settings.tunnel_idle_timeout,
             mirrors: Mirrors::new(settings.body, metrics.clone()),
+            encoders: Arc::new(tokio::sync::Semaphore::new(crate::compress::MAX_ENCODERS)),
             metrics: metrics.clone(),
         }
     }
@@ -116,6 +119,10 @@ impl Proxy {
             .then(|| AccessLog::new(&req, cx.down.client));
         let http1 = req.version() <= Version::HTTP_11;
         cx.upgrade = sanitize::upgrade(&mut req);
+        let h = req.headers();
+        cx.credentials = h.contains_key(header::AUTHORIZATION)
+            || h.contains_key(header::COOKIE)
+            || h.contains_key(header::PROXY_AUTHORIZATION);
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
             .and_then(|()| route(router, &mut req, &mut cx));
@@ -387,10 +394,14 @@ impl Proxy {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // Credentials as the client sent them, or an identity a policy established (an API
+        // key in any header or the query): the policy may have stripped them by now.
+        let credentials =
+            cx.credentials || cx.identity.consumer.is_some() || cx.identity.claims.is_some();
         let negotiated = settings
             .compression
             .as_ref()
-            .map(|c| c.negotiate(req.headers()));
+            .map(|c| c.negotiate(req.headers(), credentials));
         let head_request = req.method() == http::Method::HEAD;
         let (parts, body) = req.into_parts();
         let body = match &filters.mirrors {
@@ -551,7 +562,7 @@ impl Proxy {
         let result = match sent {
             Ok((resp, _)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 match cx.upgrade {
-                    Some(kind) => self.switched(resp, kind, ws_key.as_ref(), backend),
+                    Some(kind) => self.switched(resp, kind, ws_key.as_ref(), admitted, backend),
                     // Only WebSocket upgrades are forwarded: a 101 to anything else is an
                     // answer to a question nobody asked.
                     None => Err(ProxyError::UnexpectedUpgrade(backend())),
@@ -626,9 +637,17 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let length = body.size_hint().exact();
+        // At the limit of encoders at once, this one goes uncompressed (Vary still said).
+        let slot = n
+            .encoding
+            .and_then(|_| self.encoders.clone().try_acquire_owned().ok());
+        let n = &Negotiated {
+            encoding: n.encoding.filter(|_| slot.is_some() || head_request),
+            ..*n
+        };
         let chosen = policy.on_response(n, head_request, parts.status, &mut parts.headers, length);
         let body = match (chosen, body) {
-            (Some(encoding), ProxyBody::Streamed(b)) => match Compressed::new(b, encoding) {
+            (Some(encoding), ProxyBody::Streamed(b)) => match Compressed::new(b, encoding, slot) {
                 Ok(c) => {
                     self.metrics.compressed(encoding.token());
                     ProxyBody::Compressed(Box::new(c))
@@ -657,10 +676,11 @@ impl Proxy {
         resp: Response<crate::body::Upstream>,
         kind: Upgrade,
         key: Option<&HeaderValue>,
+        admitted: Option<upstream::Admitted>,
         backend: impl Fn() -> String,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = resp.into_parts();
-        let crate::body::Upstream::Switched(io) = body else {
+        let crate::body::Upstream::Switched(mut io) = body else {
             return Err(ProxyError::BadUpgrade(
                 backend(),
                 "its 101 came without its connection",
@@ -671,6 +691,10 @@ impl Proxy {
         util::strip_hop_by_hop(&mut parts.headers);
         tunnel::upgrade_response(&mut parts, kind);
         let mut resp = Response::from_parts(parts, ProxyBody::empty());
+        // An open WebSocket is a request in flight to its backend for the circuit breaker
+        // (`maxRequests`) as long as it lasts, as it is for the balancer.
+        let hold = std::mem::replace(&mut io.hold, Box::new(()));
+        io.hold = Box::new((hold, admitted));
         let tunnel = Tunnel::new(*io, self.tunnel_idle_timeout, self.metrics.tunnels.clone());
         resp.extensions_mut().insert(TunnelSlot::new(tunnel));
         Ok(resp)

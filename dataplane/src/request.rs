@@ -73,6 +73,9 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// The request opens a WebSocket.
     pub upgrade: Option<crate::sanitize::Upgrade>,
+    /// The client's request carried credentials (`Authorization`, `Cookie`,
+    /// `Proxy-Authorization`), whatever policies and filters removed on the way.
+    pub credentials: bool,
 }
 
 impl RequestCtx {
@@ -90,6 +93,7 @@ impl RequestCtx {
             response_headers: HeaderMap::new(),
             attempts: 0,
             upgrade: None,
+            credentials: false,
         }
     }
 

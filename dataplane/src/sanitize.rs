@@ -120,6 +120,13 @@ pub type Refusal = &'static str;
 /// Checks framing and Host, strips hop-by-hop, underscore and forgeable headers. On success
 /// the request has exactly one `Host`: the authority it is routed by.
 pub fn inbound<B>(req: &mut Request<B>, settings: &EdgeSettings) -> Result<(), Refusal> {
+    // A tunnel to anywhere (CONNECT, or an extended CONNECT for another protocol) is not
+    // something a reverse proxy's routes can carry; WebSocket's became a GET in [`upgrade`].
+    if req.method() == http::Method::CONNECT {
+        return Err(
+            "CONNECT is not served here (WebSocket over HTTP/2 is, with :protocol websocket)",
+        );
+    }
     if req.version() <= Version::HTTP_11 {
         check_transfer_coding(req.headers())?;
     }

@@ -16,6 +16,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Most bytes a copy may have waiting before it is cut off.
 pub const MAX_BACKLOG: usize = 1024 * 1024;
+/// Most bytes all the copies sharing a budget (a process's mirrors) may have waiting at once;
+/// beyond it, the copy that would pass it is cut off.
+pub const MAX_TOTAL_BACKLOG: usize = 64 * 1024 * 1024;
 
 enum Piece {
     Data(Bytes),
@@ -28,6 +31,8 @@ enum Piece {
 pub struct Sink {
     tx: mpsc::UnboundedSender<Piece>,
     backlog: Arc<AtomicUsize>,
+    /// Bytes waiting in every copy of the budget.
+    total: Arc<AtomicUsize>,
     cut: Arc<AtomicBool>,
 }
 
@@ -35,13 +40,15 @@ pub struct Sink {
 pub struct Copy {
     rx: mpsc::UnboundedReceiver<Piece>,
     backlog: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
     cut: Arc<AtomicBool>,
     hint: SizeHint,
     ended: bool,
 }
 
-/// A sink and its copy, which says it has the length `hint` says the original has.
-pub fn channel(hint: SizeHint) -> (Sink, Copy) {
+/// A sink and its copy, which says it has the length `hint` says the original has. `total`
+/// is the budget the copy's waiting bytes count in.
+pub fn channel(hint: SizeHint, total: Arc<AtomicUsize>) -> (Sink, Copy) {
     let (tx, rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(AtomicUsize::new(0));
     let cut = Arc::new(AtomicBool::new(false));
@@ -49,16 +56,30 @@ pub fn channel(hint: SizeHint) -> (Sink, Copy) {
         Sink {
             tx,
             backlog: backlog.clone(),
+            total: total.clone(),
             cut: cut.clone(),
         },
         Copy {
             rx,
             backlog,
+            total,
             cut,
             hint,
             ended: false,
         },
     )
+}
+
+impl Drop for Copy {
+    /// What still waits for this copy leaves the budget with it.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(piece) = self.rx.try_recv() {
+            if let Piece::Data(b) = piece {
+                self.total.fetch_sub(b.len(), Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Copy {
@@ -91,6 +112,7 @@ impl Body for Copy {
         match ready!(self.rx.poll_recv(cx)) {
             Some(Piece::Data(b)) => {
                 self.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+                self.total.fetch_sub(b.len(), Ordering::Relaxed);
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Some(Piece::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
@@ -116,9 +138,19 @@ impl Body for Copy {
 }
 
 /// A body whose frames also go to its sinks as it is read.
-pub struct Tee<B> {
+pub struct Tee<B: Body<Data = Bytes>> {
     inner: B,
     sinks: Vec<Sink>,
+}
+
+impl<B: Body<Data = Bytes>> Drop for Tee<B> {
+    /// A reader may stop at the original's end without polling past it (an HTTP/2 body
+    /// whose end arrived on an empty frame): its copies end whole all the same.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.end();
+        }
+    }
 }
 
 impl<B: Body<Data = Bytes>> Tee<B> {
@@ -131,13 +163,20 @@ impl<B: Body<Data = Bytes>> Tee<B> {
             let len = data.len();
             self.sinks.retain(|s| {
                 let backlog = s.backlog.load(Ordering::Relaxed);
-                if backlog + len > MAX_BACKLOG {
+                let total = s.total.load(Ordering::Relaxed);
+                if backlog + len > MAX_BACKLOG || total + len > MAX_TOTAL_BACKLOG {
                     // Dropping the sender ends the copy with an error.
                     s.cut.store(true, Ordering::Relaxed);
                     return false;
                 }
                 s.backlog.fetch_add(len, Ordering::Relaxed);
-                s.tx.send(Piece::Data(data.clone())).is_ok()
+                s.total.fetch_add(len, Ordering::Relaxed);
+                let sent = s.tx.send(Piece::Data(data.clone())).is_ok();
+                if !sent {
+                    // The copy is gone (its request ended): the bytes never waited.
+                    s.total.fetch_sub(len, Ordering::Relaxed);
+                }
+                sent
             });
         } else if let Some(t) = frame.trailers_ref() {
             self.sinks
@@ -195,8 +234,8 @@ mod tests {
 
     #[tokio::test]
     async fn copies_get_the_whole_body_and_its_end() {
-        let (s1, c1) = channel(SizeHint::with_exact(5));
-        let (s2, c2) = channel(SizeHint::with_exact(5));
+        let (s1, c1) = channel(SizeHint::with_exact(5), Arc::default());
+        let (s2, c2) = channel(SizeHint::with_exact(5), Arc::default());
         let tee = Tee::new(Full::new(Bytes::from_static(b"hello")), vec![s1, s2]);
         let original = tee.collect().await.expect("original").to_bytes();
         assert_eq!(&original[..], b"hello");
@@ -208,11 +247,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_copy_ends_whole_when_its_original_was_complete_but_never_read_to_its_end() {
+        let (sink, copy) = channel(SizeHint::with_exact(0), Arc::default());
+        drop(Tee::new(Full::new(Bytes::new()), vec![sink]));
+        let got = copy.collect().await.expect("a whole copy").to_bytes();
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_shared_budget_cuts_copies_off_and_is_given_back() {
+        let total: Arc<AtomicUsize> = Arc::default();
+        let chunk = Bytes::from(vec![1u8; 512 * 1024]);
+        let mut copies = Vec::new();
+        let mut sinks = Vec::new();
+        for _ in 0..(MAX_TOTAL_BACKLOG / chunk.len() + 1) {
+            let (s, c) = channel(SizeHint::default(), total.clone());
+            sinks.push(s);
+            copies.push(c);
+        }
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(chunk.clone()))];
+        let tee = Tee::new(StreamBody::new(futures::stream::iter(frames)), sinks);
+        let _ = tee.collect().await.expect("original");
+        assert_eq!(copies.iter().filter(|c| c.was_cut()).count(), 1);
+        assert!(total.load(Ordering::Relaxed) <= MAX_TOTAL_BACKLOG);
+        drop(copies);
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            0,
+            "every waiting byte given back"
+        );
+    }
+
+    #[tokio::test]
     async fn a_copy_that_falls_behind_is_cut_off_and_the_original_goes_on() {
         let chunk = Bytes::from(vec![7u8; 256 * 1024]);
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             (0..8).map(|_| Ok(Frame::data(chunk.clone()))).collect();
-        let (sink, copy) = channel(SizeHint::default());
+        let (sink, copy) = channel(SizeHint::default(), Arc::default());
         let cut = copy.cut_flag();
         let tee = Tee::new(StreamBody::new(futures::stream::iter(frames)), vec![sink]);
         // Nobody reads the copy while the original is read whole.
@@ -226,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_original_dropped_before_its_end_fails_its_copies() {
-        let (sink, copy) = channel(SizeHint::default());
+        let (sink, copy) = channel(SizeHint::default(), Arc::default());
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
         let mut tee = Tee::new(StreamBody::new(tokio_stream_from(rx)), vec![sink]);

@@ -92,7 +92,8 @@ impl Tunnel {
     pub fn new(upstream: Switched, idle_timeout: Duration, metrics: TunnelMetrics) -> Self {
         Self {
             upstream,
-            idle_timeout,
+            // Deadlines are instants: a year is as good as forever, and cannot overflow.
+            idle_timeout: idle_timeout.min(Duration::from_secs(365 * 24 * 3600)),
             metrics,
         }
     }
@@ -161,12 +162,13 @@ static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket
 
 /// Makes a request's (hop-by-hop-free) headers the backend's side of a WebSocket handshake:
 /// `Connection: upgrade` and `Upgrade: websocket`; for an HTTP/2 client (RFC 8441, which
-/// has no key), a fresh `Sec-WebSocket-Key`, returned so that the answer can be checked.
+/// has no key), a fresh `Sec-WebSocket-Key`. Returns the key the backend's answer must
+/// accept (the client's own over HTTP/1.1).
 pub fn upgrade_request(headers: &mut HeaderMap, kind: Upgrade) -> Option<HeaderValue> {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if kind != Upgrade::H2 {
-        return None;
+        return headers.get(&SEC_WEBSOCKET_KEY).cloned();
     }
     let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     let key = HeaderValue::from_str(&BASE64.encode(nonce)).ok()?;
@@ -186,8 +188,8 @@ fn accept(key: &[u8]) -> String {
     BASE64.encode(ctx.finish().as_ref())
 }
 
-/// Whether a backend's 101 accepts the WebSocket asked for: it switched to `websocket`, and,
-/// when the gateway made the key, its accept value is the key's.
+/// Whether a backend's 101 accepts the WebSocket asked for: it switched to `websocket`, and
+/// its accept value answers the handshake's key.
 pub fn check_switched(headers: &HeaderMap, key: Option<&HeaderValue>) -> Result<(), &'static str> {
     let websocket = headers.get_all(header::UPGRADE).iter().any(|v| {
         v.as_bytes()
@@ -266,6 +268,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             let n = self.first.len().min(buf.remaining());
             buf.put_slice(&self.first[..n]);
             self.first.advance(n);
+            if self.first.is_empty() {
+                // Let go of the read buffer it was cut from.
+                self.first = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

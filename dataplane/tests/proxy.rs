@@ -1718,6 +1718,8 @@ impl WsBackend {
                         let key = head_field(&head, "sec-websocket-key").unwrap_or("");
                         let answer = if head.starts_with("GET /refuse ") {
                             "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else if head.starts_with("GET /badaccept ") {
+                            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: bm90IHRoZSBhbnN3ZXI=\r\n\r\n".to_string()
                         } else if head.starts_with("GET /h2c ") {
                             "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n".to_string()
                         } else {
@@ -1924,6 +1926,42 @@ async fn websockets_the_backend_refuses_or_cannot_take_are_answered_plainly() {
     assert!(ws.heads().iter().all(|h| !h.contains("/private")));
     let (head, _) = ws_open(addr, "/h2c").await;
     assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    // A 101 whose accept value does not answer the client's key is no WebSocket of its.
+    let (head, _) = ws_open(addr, "/badaccept").await;
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    // CONNECT leads nowhere: HTTP/1.1's, HTTP/2's plain one, and an extended CONNECT for a
+    // protocol other than WebSocket are refused before routing.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"CONNECT x.test:443 HTTP/1.1\r\nhost: x.test:443\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = read_head(&mut s).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    for protocol in [None, Some("connect-udp")] {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(match protocol {
+                Some(_) => "http://x.test/chat",
+                None => "x.test:443",
+            })
+            .body(Full::<Bytes>::default())
+            .expect("request");
+        if let Some(p) = protocol {
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(p));
+        }
+        let resp = tx.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{protocol:?}");
+    }
+    assert!(ws.heads().iter().all(|h| !h.starts_with("CONNECT")));
     let (head, _) = ws_open(addr, "/grpc").await;
     assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
     // Not a WebSocket: the backend never sees the upgrade asked for.

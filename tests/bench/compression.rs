@@ -103,7 +103,8 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, setting
         running.push((v.name, config.listen, r));
     }
     // variant → (req/s, CPU µs per request) per round.
-    let mut rows: Vec<(Vec<f64>, Vec<f64>, u64)> = VARIANTS.iter().map(|_| Default::default()).collect();
+    let mut rows: Vec<(Vec<f64>, Vec<f64>, u64)> =
+        VARIANTS.iter().map(|_| Default::default()).collect();
     for _ in 0..settings.rounds {
         for (i, v) in VARIANTS.iter().enumerate() {
             let (addr, pid) = match running.iter().find(|(n, _, _)| *n == v.name) {
@@ -124,7 +125,9 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, setting
             rows[i].0.push(load.rps);
             rows[i].2 += load.errors;
             if load.requests > 0 && v.peer != Peer::Direct {
-                rows[i].1.push(ticks as f64 / clk_tck() * 1e6 / load.requests as f64);
+                rows[i]
+                    .1
+                    .push(ticks as f64 / clk_tck() * 1e6 / load.requests as f64);
             }
         }
     }
@@ -144,7 +147,10 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, setting
         "A 100 KiB JSON answer (`portico-echo --fixed`, `/100k.json`: lines of catalogue records) through one worker pinned to CPU 1, compressed on the way; wrk (1 thread, 32 connections, `Accept-Encoding` naming the encoding) and the backend on CPU 0; {} rounds of {} s, median (min–max). nginx: `gzip on; gzip_comp_level 5` (the level Portico's gzip uses), `gzip_types application/json`, `gzip_proxied any`. Portico: a BackendPolicy `compression` with the one encoding (gzip 5, Brotli quality 4, zstd level 3). CPU µs/req is the proxy's user+system time per answer; bytes are one answer's body on the wire.\n",
         settings.rounds, settings.secs
     );
-    let _ = writeln!(md, "| | req/s | CPU µs/req | × nginx CPU | bytes | errors |");
+    let _ = writeln!(
+        md,
+        "| | req/s | CPU µs/req | × nginx CPU | bytes | errors |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     let nginx_cpu = VARIANTS
         .iter()

@@ -26,7 +26,7 @@ fn accepting(v: &str) -> HeaderMap {
 #[test]
 fn the_client_s_highest_q_wins_then_our_order() {
     let p = policy();
-    let chosen = |v: &str| p.negotiate(&accepting(v)).encoding;
+    let chosen = |v: &str| p.negotiate(&accepting(v), false).encoding;
     assert_eq!(chosen("gzip, deflate, br, zstd"), Some(Encoding::Zstd));
     assert_eq!(chosen("gzip;q=1.0, br;q=0.8"), Some(Encoding::Gzip));
     assert_eq!(chosen("br;q=0.5, gzip;q=0.5"), Some(Encoding::Brotli));
@@ -39,7 +39,7 @@ fn the_client_s_highest_q_wins_then_our_order() {
     // Malformed q-values are ignored, not read as 1.
     assert_eq!(chosen("gzip;q=2, br;q=0.1234"), None);
     assert_eq!(chosen("GZIP;Q=0.5"), Some(Encoding::Gzip));
-    assert_eq!(p.negotiate(&HeaderMap::new()).encoding, None);
+    assert_eq!(p.negotiate(&HeaderMap::new(), false).encoding, None);
 }
 
 fn response(ct: &str) -> HeaderMap {
@@ -57,7 +57,7 @@ fn response(ct: &str) -> HeaderMap {
 #[test]
 fn only_eligible_responses_are_compressed_and_all_of_them_vary() {
     let p = policy();
-    let gzip = p.negotiate(&accepting("gzip"));
+    let gzip = p.negotiate(&accepting("gzip"), false);
     let ok = StatusCode::OK;
     let mut h = response("text/html; charset=utf-8");
     assert_eq!(
@@ -99,19 +99,36 @@ fn only_eligible_responses_are_compressed_and_all_of_them_vary() {
         };
     no(response("image/png"), &gzip, false, ok, None);
     no(response("text/html"), &gzip, false, ok, Some(99));
-    no(response("text/html"), &gzip, true, ok, None);
+    no(response("application/grpc"), &gzip, false, ok, None);
+    // HEAD: the headers a GET would get, no body to compress.
+    let mut h = response("text/html");
+    assert_eq!(p.on_response(&gzip, true, ok, &mut h, Some(5000)), None);
+    assert_eq!(
+        h.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    assert!(h.get(header::CONTENT_LENGTH).is_none());
+    // 304: Vary and the weak ETag of the compressed representation.
+    let mut h = HeaderMap::new();
+    h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+    assert_eq!(
+        p.on_response(&gzip, false, StatusCode::NOT_MODIFIED, &mut h, None),
+        None
+    );
+    assert_eq!(
+        h.get(header::ETAG).map(|v| v.as_bytes()),
+        Some(&b"W/\"v1\""[..])
+    );
+    assert_eq!(
+        h.get(header::VARY).map(|v| v.as_bytes()),
+        Some(&b"accept-encoding"[..])
+    );
+    assert!(h.get(header::CONTENT_ENCODING).is_none());
     no(
         response("text/html"),
         &gzip,
         false,
         StatusCode::NO_CONTENT,
-        None,
-    );
-    no(
-        response("text/html"),
-        &gzip,
-        false,
-        StatusCode::NOT_MODIFIED,
         None,
     );
     no(
@@ -140,13 +157,23 @@ fn only_eligible_responses_are_compressed_and_all_of_them_vary() {
     let mut cookie = response("text/html");
     cookie.insert(header::SET_COOKIE, HeaderValue::from_static("s=1"));
     no(cookie, &gzip, false, ok, None);
-    let mut creds = accepting("gzip");
-    creds.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-    no(response("text/html"), &p.negotiate(&creds), false, ok, None);
+    no(
+        response("text/html"),
+        &p.negotiate(&accepting("gzip"), true),
+        false,
+        ok,
+        None,
+    );
     // Eligible but the client accepts none of ours: only Vary.
     let mut h = response("text/html");
     assert_eq!(
-        p.on_response(&p.negotiate(&accepting("deflate")), false, ok, &mut h, None),
+        p.on_response(
+            &p.negotiate(&accepting("deflate"), false),
+            false,
+            ok,
+            &mut h,
+            None
+        ),
         None
     );
     assert_eq!(
@@ -178,7 +205,7 @@ fn decode(e: Encoding, bytes: &[u8]) -> Vec<u8> {
 async fn each_encoding_round_trips_with_trailers_kept() {
     let text: Vec<u8> = (0..200_000).map(|i| b"portico "[i % 8]).collect();
     for e in Compression::DEFAULT_ENCODINGS {
-        let body = Compressed::new(Full::new(Bytes::from(text.clone())), e).expect("encoder");
+        let body = Compressed::new(Full::new(Bytes::from(text.clone())), e, None).expect("encoder");
         let out = body.collect().await.expect("body").to_bytes();
         assert!(out.len() < text.len() / 20, "{e:?}: {} bytes", out.len());
         assert_eq!(decode(e, &out), text, "{e:?}");
@@ -191,6 +218,7 @@ async fn each_encoding_round_trips_with_trailers_kept() {
     let body = Compressed::new(
         StreamBody::new(futures::stream::iter(frames)),
         Encoding::Gzip,
+        None,
     )
     .expect("encoder");
     let collected = body.collect().await.expect("body");
@@ -221,7 +249,7 @@ async fn output_is_flushed_when_the_backend_pauses() {
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let mut body = Compressed::new(StreamBody::new(stream), e).expect("encoder");
+        let mut body = Compressed::new(StreamBody::new(stream), e, None).expect("encoder");
         tx.send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))))
             .await
             .expect("send");
