@@ -559,10 +559,17 @@ impl Proxy {
             }
             Err(_) => {}
         }
-        let result = match sent {
+        let mut result = match sent {
             Ok((resp, _)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 match cx.upgrade {
-                    Some(kind) => self.switched(resp, kind, ws_key.as_ref(), admitted, backend),
+                    Some(kind) => self
+                        .switched(resp, kind, ws_key.as_ref(), admitted, backend)
+                        .map(|mut resp| {
+                            if let Some(ops) = &backend_filters.response_headers {
+                                ops.apply(resp.headers_mut());
+                            }
+                            resp
+                        }),
                     // Only WebSocket upgrades are forwarded: a 101 to anything else is an
                     // answer to a question nobody asked.
                     None => Err(ProxyError::UnexpectedUpgrade(backend())),
@@ -585,23 +592,6 @@ impl Proxy {
                 if let (Some(policy), Some(n)) = (settings.compression.as_deref(), &negotiated) {
                     resp = self.compress(policy, n, head_request, resp, &pool.id);
                 }
-                if let Some((s, sp)) = sticky
-                    && let Some(pin) = session::renew(sp, held, pool.tag, endpoint.addr, now)
-                {
-                    // A rule's cookie is for the path it matched; a policy's has no path
-                    // (GEP-1619: several routes may send to the Service).
-                    let path = s.own.is_some().then(|| prefix.unwrap_or("/"));
-                    let secure = cx.down.scheme == "https";
-                    if let Some((name, value)) =
-                        session::issue(&s.sealer, &s.scope, sp, &session_name, &pin, path, secure)
-                    {
-                        if name == header::SET_COOKIE {
-                            resp.headers_mut().append(name, value);
-                        } else {
-                            resp.headers_mut().insert(name, value);
-                        }
-                    }
-                }
                 Ok(resp)
             }
             // The client's body failed (framing, too slow): the client's fault, whatever the
@@ -611,6 +601,26 @@ impl Proxy {
             )),
             Err(e) => Err(e),
         };
+        // Every answer of the backend (a WebSocket's 101 too: a reconnecting client goes back
+        // to the same endpoint) carries the session it is part of.
+        if let Ok(resp) = &mut result
+            && let Some((s, sp)) = sticky
+            && let Some(pin) = session::renew(sp, held, pool.tag, endpoint.addr, now)
+        {
+            // A rule's cookie is for the path it matched; a policy's has no path
+            // (GEP-1619: several routes may send to the Service).
+            let path = s.own.is_some().then(|| prefix.unwrap_or("/"));
+            let secure = cx.down.scheme == "https";
+            if let Some((name, value)) =
+                session::issue(&s.sealer, &s.scope, sp, &session_name, &pin, path, secure)
+            {
+                if name == header::SET_COOKIE {
+                    resp.headers_mut().append(name, value);
+                } else {
+                    resp.headers_mut().insert(name, value);
+                }
+            }
+        }
         match &result {
             Ok(resp) => pool
                 .metrics

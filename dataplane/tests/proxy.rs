@@ -1871,6 +1871,35 @@ async fn websockets_are_tunnelled_and_outlive_100_route_changes() {
     await_gauge(&dp, "portico_upgraded_connections", 1).await;
 }
 
+/// A WebSocket's 101 gets what the backend's other answers get: the backendRef's response
+/// headers, and the rule's session cookie (a reconnecting client goes back to its endpoint).
+#[tokio::test]
+async fn a_websocket_answer_carries_the_session_and_the_backend_ref_headers() {
+    let ws = WsBackend::start().await;
+    let port = free_port();
+    let mut target = to("ws", 80);
+    target.filters = vec![Filter::ResponseHeaderModifier(HeaderModifier {
+        set: vec![Header {
+            name: "x-ref".into(),
+            value: "ws".into(),
+        }],
+        ..HeaderModifier::default()
+    })];
+    let mut r = rule(vec![prefix("/")], vec![target]);
+    r.session_persistence = Some(cookie_session("chat"));
+    let (_dp, addr) = serve(&keyed(
+        Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("ws", 80, &[ws.addr]))
+            .with_route(route("ws", "http", &[], vec![r])),
+    ));
+    let (head, _s) = ws_open(addr, "/chat").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(head_field(&head, "x-ref"), Some("ws"));
+    let cookie = head_field(&head, "set-cookie").unwrap_or_default();
+    assert!(cookie.starts_with("chat="), "{head}");
+}
+
 async fn await_gauge(dp: &Dataplane, name: &str, want: u64) {
     for _ in 0..200 {
         if gauge(dp, name) == want {
