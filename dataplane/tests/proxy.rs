@@ -150,6 +150,31 @@ fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
+/// An HTTP/1.1 backend in this process on 127.0.0.1, answering each request with `answer`.
+async fn http1_backend<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// The dataplane serving `snapshot`, and the address of its one listener.
 fn serve(snapshot: &Snapshot) -> (Dataplane, SocketAddr) {
     let dp = Dataplane::new(&DataplaneSettings {
@@ -732,37 +757,26 @@ struct Flaky {
 
 impl Flaky {
     async fn start(status: StatusCode, fail_first: Option<usize>) -> Self {
-        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let bodies: Arc<Mutex<Vec<Bytes>>> = Arc::default();
         let record = bodies.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let record = record.clone();
-                        async move {
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes());
-                            let n = {
-                                let mut seen = record.lock();
-                                seen.push(body.unwrap_or_default());
-                                seen.len()
-                            };
-                            let failing = fail_first.is_none_or(|k| n <= k);
-                            let mut resp = Response::new(Full::new(Bytes::from(format!("{n}"))));
-                            if failing {
-                                *resp.status_mut() = status;
-                            }
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let addr = http1_backend(move |req: Request<Incoming>| {
+            let record = record.clone();
+            async move {
+                let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                let n = {
+                    let mut seen = record.lock();
+                    seen.push(body.unwrap_or_default());
+                    seen.len()
+                };
+                let failing = fail_first.is_none_or(|k| n <= k);
+                let mut resp = Response::new(Full::new(Bytes::from(format!("{n}"))));
+                if failing {
+                    *resp.status_mut() = status;
+                }
+                resp
             }
-        });
+        })
+        .await;
         Self { addr, bodies }
     }
 
@@ -2097,42 +2111,29 @@ struct MirrorBackend {
 
 impl MirrorBackend {
     async fn start(hang: bool) -> Self {
-        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<(Seen, Bytes)>>> = Arc::default();
         let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let record = record.clone();
-                        async move {
-                            if hang {
-                                std::future::pending::<()>().await;
-                            }
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let seen = Seen {
-                                path: parts.uri.path().to_string(),
-                                headers: parts.headers,
-                            };
-                            record.lock().push((seen, body));
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from_static(b"mirror"),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let addr = http1_backend(move |req: Request<Incoming>| {
+            let record = record.clone();
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let seen = Seen {
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                };
+                record.lock().push((seen, body));
+                Response::new(Full::new(Bytes::from_static(b"mirror")))
             }
-        });
+        })
+        .await;
         Self { addr, seen }
     }
 
@@ -2304,37 +2305,25 @@ async fn a_dead_or_slow_mirror_never_touches_the_request() {
 /// `/small` (10 bytes of HTML), `/png`, `/cookie` (HTML setting a cookie), `/encoded`
 /// (already Brotli).
 async fn typed_backend() -> SocketAddr {
-    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let html: Bytes = Bytes::from("<p>portico</p>\n".repeat(1400));
-                    let (ct, body, extra): (&str, Bytes, Option<(&str, &str)>) =
-                        match req.uri().path() {
-                            "/small" => ("text/html", Bytes::from_static(b"<p>hi</p>\n"), None),
-                            "/png" => ("image/png", html, None),
-                            "/cookie" => ("text/html", html, Some(("set-cookie", "s=1"))),
-                            "/encoded" => ("text/html", html, Some(("content-encoding", "br"))),
-                            _ => ("text/html; charset=utf-8", html, Some(("etag", "\"v1\""))),
-                        };
-                    let mut resp = Response::new(Full::new(body));
-                    resp.headers_mut()
-                        .insert("content-type", http::HeaderValue::from_static(ct));
-                    if let Some((n, v)) = extra {
-                        resp.headers_mut()
-                            .insert(n, http::HeaderValue::from_static(v));
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    http1_backend(|req: Request<Incoming>| async move {
+        let html: Bytes = Bytes::from("<p>portico</p>\n".repeat(1400));
+        let (ct, body, extra): (&str, Bytes, Option<(&str, &str)>) = match req.uri().path() {
+            "/small" => ("text/html", Bytes::from_static(b"<p>hi</p>\n"), None),
+            "/png" => ("image/png", html, None),
+            "/cookie" => ("text/html", html, Some(("set-cookie", "s=1"))),
+            "/encoded" => ("text/html", html, Some(("content-encoding", "br"))),
+            _ => ("text/html; charset=utf-8", html, Some(("etag", "\"v1\""))),
+        };
+        let mut resp = Response::new(Full::new(body));
+        resp.headers_mut()
+            .insert("content-type", http::HeaderValue::from_static(ct));
+        if let Some((n, v)) = extra {
+            resp.headers_mut()
+                .insert(n, http::HeaderValue::from_static(v));
         }
-    });
-    addr
+        resp
+    })
+    .await
 }
 
 fn decompress(encoding: &str, bytes: &[u8]) -> Vec<u8> {

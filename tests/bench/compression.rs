@@ -3,9 +3,9 @@
 //! nginx's gzip at the same level (5), one worker pinned to CPU 1, wrk (`Accept-Encoding`
 //! asking for the encoding) with the backend on CPU 0.
 
-use super::peers::{self, Front, Peer, ProxyConfig, Tools};
+use super::peers::{self, Peer, ProxyConfig, Tools};
 use super::{Backend, RunSettings, clk_tck, cpu_ticks, median, spread, wrk};
-use portico_tests::{free_port, loopback_ip};
+use portico_tests::loopback_ip;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -88,17 +88,8 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, setting
     let mut running = Vec::new();
     for v in VARIANTS.iter().filter(|v| v.peer != Peer::Direct) {
         let extra = policy(v.encodings);
-        let config = ProxyConfig {
-            workers: 1,
-            front: Front::Http1,
-            listen: SocketAddr::new(ip, free_port(ip)),
-            admin: SocketAddr::new(ip, free_port(ip)),
-            backend: backend.addr,
-            tls: None,
-            extra_routes: 0,
-            portico_extra: (v.peer == Peer::Portico).then_some(extra.as_str()),
-            backend_copies: 1,
-        };
+        let portico_extra = (v.peer == Peer::Portico).then_some(extra.as_str());
+        let config = ProxyConfig::one_worker(ip, backend.addr, portico_extra, 1);
         let r = peers::start(tools, v.peer, &config, Some("1"));
         running.push((v.name, config.listen, r));
     }

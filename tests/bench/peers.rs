@@ -96,6 +96,29 @@ pub(crate) struct ProxyConfig<'a> {
     pub(crate) backend_copies: usize,
 }
 
+impl<'a> ProxyConfig<'a> {
+    /// One worker, HTTP/1.1 in front of `backend`, on fresh ports of `ip`: the policy,
+    /// WebSocket and compression sections' proxy.
+    pub(crate) fn one_worker(
+        ip: std::net::IpAddr,
+        backend: SocketAddr,
+        portico_extra: Option<&'a str>,
+        backend_copies: usize,
+    ) -> Self {
+        Self {
+            workers: 1,
+            front: Front::Http1,
+            listen: SocketAddr::new(ip, portico_tests::free_port(ip)),
+            admin: SocketAddr::new(ip, portico_tests::free_port(ip)),
+            backend,
+            tls: None,
+            extra_routes: 0,
+            portico_extra,
+            backend_copies,
+        }
+    }
+}
+
 /// A started proxy.
 pub(crate) struct Running {
     pub(crate) proc: Proc,

@@ -11,11 +11,11 @@
 //! Redis unpinned); variants measured interleaved, rounds × seconds as the rest of the run;
 //! ratios against the plain route within this run.
 
-use super::peers::{self, Front, Peer, ProxyConfig, Tools};
+use super::peers::{self, Peer, ProxyConfig, Tools};
 use super::{Backend, RunSettings, clk_tck, cpu_ticks, median, spread, wrk};
 use portico_tests::auth::{Issuer, claims};
+use portico_tests::loopback_ip;
 use portico_tests::redis::Redis;
-use portico_tests::{free_port, loopback_ip};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -236,17 +236,7 @@ fn measure(
     let ip = loopback_ip();
     let mut running = Vec::new();
     for v in variants {
-        let config = ProxyConfig {
-            workers: 1,
-            front: Front::Http1,
-            listen: SocketAddr::new(ip, free_port(ip)),
-            admin: SocketAddr::new(ip, free_port(ip)),
-            backend: backend.addr,
-            tls: None,
-            extra_routes: 0,
-            portico_extra: v.policy.as_deref(),
-            backend_copies,
-        };
+        let config = ProxyConfig::one_worker(ip, backend.addr, v.policy.as_deref(), backend_copies);
         let r = peers::start(tools, Peer::Portico, &config, Some("1"));
         let header = match v.header.as_deref() {
             Some(SESSION_FROM_FIRST_ANSWER) => {

@@ -3,9 +3,9 @@
 //! CPU 1) to `portico-echo`, and each sends a 128-byte message and waits for its echo, again
 //! and again. `direct` runs the backend alone on CPU 1.
 
-use super::peers::{self, Front, Peer, ProxyConfig, Tools};
+use super::peers::{self, Peer, ProxyConfig, Tools};
 use super::{Backend, RunSettings, clk_tck, cpu_ticks, median, pinned, run, set_affinity, spread};
-use portico_tests::{binaries, free_port, loopback_ip};
+use portico_tests::{binaries, loopback_ip};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -42,17 +42,7 @@ pub(crate) fn section(md: &mut String, tools: &Tools, backend: &Backend, setting
     let ip = loopback_ip();
     let mut running = Vec::new();
     for peer in PEERS.into_iter().filter(|p| *p != Peer::Direct) {
-        let config = ProxyConfig {
-            workers: 1,
-            front: Front::Http1,
-            listen: SocketAddr::new(ip, free_port(ip)),
-            admin: SocketAddr::new(ip, free_port(ip)),
-            backend: backend.addr,
-            tls: None,
-            extra_routes: 0,
-            portico_extra: None,
-            backend_copies: 1,
-        };
+        let config = ProxyConfig::one_worker(ip, backend.addr, None, 1);
         let r = peers::start(tools, peer, &config, Some("1"));
         running.push((peer, config.listen, r));
     }
