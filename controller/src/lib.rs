@@ -56,14 +56,14 @@ pub struct Settings {
 /// does not flap the condition.
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
-/// Sets each accepted Gateway's (and its listeners') `Programmed` condition from what its
-/// dataplanes acknowledged.
+/// Sets each accepted Gateway's and ListenerSet's (and their listeners') `Programmed`
+/// condition from what the Gateway's dataplanes acknowledged.
 ///
 /// `Programmed` says whether the Gateway is being served. A new Gateway becomes True with the
 /// first acknowledgement; a rejection makes it False at once. A Gateway that is True stays
 /// True while a newer version rolls out (`Waiting`), and, for the start-up grace
 /// (`in_grace`), while its dataplanes have not reconnected yet: otherwise every change
-/// and every controller restart would flap the condition.
+/// and every controller restart would flap the condition. A ListenerSet follows its Gateway.
 fn apply_delivery(
     report: &mut portico_compile::StatusReport,
     hub: &channel::Hub,
@@ -72,7 +72,7 @@ fn apply_delivery(
 ) {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
     use kube::runtime::reflector::ObjectRef as StoreRef;
-    use portico_compile::status::{Condition, reasons, types};
+    use portico_compile::status::{Condition, ListenerStatus, reasons, types};
 
     /// Fills in compile's pending `Programmed` conditions.
     fn set(conditions: &mut [Condition], status: &str, reason: &str, message: &str) {
@@ -91,40 +91,30 @@ fn apply_delivery(
             .find(|c| c.type_ == types::PROGRAMMED)
             .filter(|c| c.status == "True")
     }
-
-    for (gw, status) in report.gateways.iter_mut() {
-        let delivery = hub.delivery(gw);
-        let hold = delivery == channel::Delivery::Waiting
-            || (delivery == channel::Delivery::NoDataplane && in_grace);
-        let current = hold
-            .then(|| {
-                index
-                    .gateways
-                    .get(&StoreRef::new(&gw.name).within(&gw.namespace))
-            })
-            .flatten()
-            .and_then(|g| g.status.clone());
-        if let Some(current) = current
-            && let Some(cur) = programmed_true(current.conditions.as_deref().unwrap_or_default())
+    /// An object's conditions and its listeners' (by name), as the cluster has them.
+    type Current<'a> = (&'a [K8sCondition], Vec<(&'a str, &'a [K8sCondition])>);
+    /// Fills one object's pending conditions: kept from `current` where it is Programmed
+    /// and `hold` says to keep it, else from the delivery.
+    fn fill(
+        conditions: &mut [Condition],
+        listeners: &mut [ListenerStatus],
+        delivery: &channel::Delivery,
+        current: Option<Current<'_>>,
+    ) {
+        if let Some((own, theirs)) = current
+            && let Some(cur) = programmed_true(own)
         {
-            set(
-                &mut status.conditions,
-                &cur.status,
-                &cur.reason,
-                &cur.message,
-            );
-            for l in &mut status.listeners {
-                let from = current
-                    .listeners
+            set(conditions, &cur.status, &cur.reason, &cur.message);
+            for l in listeners {
+                let from = theirs
                     .iter()
-                    .flatten()
-                    .find(|x| x.name == l.name)
-                    .and_then(|x| programmed_true(&x.conditions));
+                    .find(|(name, _)| *name == l.name)
+                    .and_then(|(_, c)| programmed_true(c));
                 if let Some(from) = from {
                     set(&mut l.conditions, &from.status, &from.reason, &from.message);
                 }
             }
-            continue;
+            return;
         }
         let (status_value, reason, message) = match delivery {
             channel::Delivery::Acked => (
@@ -148,10 +138,65 @@ fn apply_delivery(
                 format!("a dataplane rejected the configuration: {e}"),
             ),
         };
-        set(&mut status.conditions, status_value, reason, &message);
-        for l in &mut status.listeners {
+        set(conditions, status_value, reason, &message);
+        for l in listeners {
             set(&mut l.conditions, status_value, reason, &message);
         }
+    }
+
+    let hold = |delivery: &channel::Delivery| {
+        *delivery == channel::Delivery::Waiting
+            || (*delivery == channel::Delivery::NoDataplane && in_grace)
+    };
+    for (gw, status) in report.gateways.iter_mut() {
+        let delivery = hub.delivery(gw);
+        let cluster = hold(&delivery)
+            .then(|| {
+                index
+                    .gateways
+                    .get(&StoreRef::new(&gw.name).within(&gw.namespace))
+            })
+            .flatten();
+        let current = cluster.as_ref().and_then(|g| g.status.as_ref()).map(|s| {
+            let listeners = s.listeners.iter().flatten();
+            (
+                s.conditions.as_deref().unwrap_or_default(),
+                listeners
+                    .map(|l| (l.name.as_str(), l.conditions.as_slice()))
+                    .collect(),
+            )
+        });
+        fill(
+            &mut status.conditions,
+            &mut status.listeners,
+            &delivery,
+            current,
+        );
+    }
+    for (id, status) in report.listener_sets.iter_mut() {
+        let delivery = hub.delivery(&status.gateway);
+        let cluster = hold(&delivery)
+            .then(|| {
+                index
+                    .listener_sets
+                    .get(&StoreRef::new(&id.name).within(&id.namespace))
+            })
+            .flatten();
+        let current = cluster.as_ref().and_then(|l| l.status.as_ref()).map(|s| {
+            let listeners = s.listeners.iter().flatten();
+            (
+                s.conditions.as_deref().unwrap_or_default(),
+                listeners
+                    .map(|l| (l.name.as_str(), l.conditions.as_slice()))
+                    .collect(),
+            )
+        });
+        fill(
+            &mut status.conditions,
+            &mut status.listeners,
+            &delivery,
+            current,
+        );
     }
 }
 

@@ -47,6 +47,7 @@ use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::policy::PolicyCondition;
 use serde::Serialize;
@@ -159,6 +160,21 @@ pub async fn run(
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
             owned(),
             |o| gateway_of(&o.metadata),
+        )
+        // A ListenerSet's ports are its Gateway's dataplane's. (Where the cluster does not
+        // serve the kind, this watch fails and backs off; nothing else depends on it.)
+        .watches(
+            Api::<ListenerSet>::all(client.clone()),
+            Default::default(),
+            |ls| {
+                let p = &ls.spec.parent_ref;
+                let ns = p
+                    .namespace
+                    .clone()
+                    .or_else(|| ls.metadata.namespace.clone())
+                    .unwrap_or_default();
+                Some(ObjectRef::<Gateway>::new(&p.name).within(&ns))
+            },
         )
         // A configuration or class change may touch any Gateway: there are few.
         .watches(
@@ -283,7 +299,8 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         _ => spec,
     };
 
-    let desired = objects::desired(&gw, &class, &spec, &ctx.settings);
+    let ports = listener_set_ports(&ctx.client, &gw).await;
+    let desired = objects::desired(&gw, &class, &spec, &ctx.settings, &ports);
     let ns = ctx.settings.namespace.clone();
     let changed = match apply_all(&ctx.client, &gw, &ns, &desired, &ctx.settings).await {
         Err(e @ Error::NameInUse { .. }) => {
@@ -301,6 +318,33 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         publish(&ctx, &gw, EventType::Normal, "Provisioned", &note).await;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The ports of the ListenerSets the Gateway may take: its dataplane listens on them too.
+/// Read only for a Gateway that allows ListenerSets, from the API server's watch cache; a
+/// cluster without the ListenerSet CRD has none.
+async fn listener_set_ports(client: &Client, gw: &Gateway) -> std::collections::BTreeSet<i32> {
+    use portico_crds::gateway_api::gateways::GatewayAllowedListenersNamespacesFrom as From;
+    let from = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.clone());
+    if matches!(from, None | Some(From::None)) {
+        return Default::default();
+    }
+    let api: Api<ListenerSet> = Api::all(client.clone());
+    match api
+        .list(&kube::api::ListParams::default().match_any())
+        .await
+    {
+        Ok(list) => portico_compile::listener_set_ports(gw, &list.items),
+        Err(e) => {
+            tracing::debug!(error = %e, "listing ListenerSets");
+            Default::default()
+        }
+    }
 }
 
 /// Applies every object of the Gateway's dataplane; returns what changed.

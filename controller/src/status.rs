@@ -1,7 +1,7 @@
 //! Turns compile's status report into Gateway API status and writes it, only where it changed.
 //!
-//! GatewayClass and Gateway status belong to us alone and are written by server-side apply
-//! with our field manager. A route's (HTTPRoute, GRPCRoute) `status.parents` is an atomic
+//! GatewayClass, Gateway and ListenerSet status belong to us alone and are written by
+//! server-side apply with our field manager. A route's (HTTPRoute, GRPCRoute) `status.parents` is an atomic
 //! list shared with other controllers, so it is written with a merge patch that keeps their entries, guarded by the
 //! object's `resourceVersion` (a conflict just waits for the next round).
 //!
@@ -27,6 +27,10 @@ use portico_crds::gateway_api::gatewayclasses::{
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
+};
+use portico_crds::gateway_api::listenersets::{
+    ListenerSet, ListenerSetStatus, ListenerSetStatusListeners,
+    ListenerSetStatusListenersSupportedKinds,
 };
 use portico_crds::policy::{AncestorRef, PolicyAncestorStatus, PolicyCondition, PolicyStatus};
 use portico_crds::ratelimit::RateLimitPolicy;
@@ -92,6 +96,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteRetry",
     "HTTPRouteSchemeRedirect",
+    "ListenerSet",
     "ReferenceGrant",
 ];
 
@@ -199,7 +204,48 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
         .collect();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
-        attached_listener_sets: None,
+        attached_listener_sets: Some(report.attached_listener_sets),
+        conditions: Some(conditions(&report.conditions, existing, now)),
+        listeners: Some(listeners),
+    }
+}
+
+/// A ListenerSet's status: its conditions and its listeners', as compile reported them.
+pub fn listener_set_status(
+    ls: &ListenerSet,
+    report: &compiled::ListenerSetStatus,
+    now: &Time,
+) -> ListenerSetStatus {
+    let current = ls.status.as_ref();
+    let existing = current
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let listeners = report
+        .listeners
+        .iter()
+        .map(|l| {
+            let existing = current
+                .and_then(|s| s.listeners.as_ref())
+                .and_then(|ls| ls.iter().find(|x| x.name == l.name))
+                .map(|x| x.conditions.as_slice())
+                .unwrap_or_default();
+            ListenerSetStatusListeners {
+                name: l.name.clone(),
+                attached_routes: l.attached_routes,
+                conditions: conditions(&l.conditions, existing, now),
+                supported_kinds: Some(
+                    l.supported_kinds
+                        .iter()
+                        .map(|k| ListenerSetStatusListenersSupportedKinds {
+                            group: Some(GATEWAY_GROUP.into()),
+                            kind: k.clone(),
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+    ListenerSetStatus {
         conditions: Some(conditions(&report.conditions, existing, now)),
         listeners: Some(listeners),
     }
@@ -230,7 +276,7 @@ pub fn route_status(
             controller_name: controller.to_string(),
             parent_ref: HttpRouteStatusParentsParentRef {
                 group: Some(GATEWAY_GROUP.into()),
-                kind: Some("Gateway".into()),
+                kind: Some(p.parent_ref.kind.clone()),
                 name: p.parent_ref.name.clone(),
                 namespace: Some(p.parent_ref.namespace.clone()),
                 port: p.parent_ref.port,
@@ -242,7 +288,8 @@ pub fn route_status(
 }
 
 fn same_parent(a: &HttpRouteStatusParentsParentRef, b: &ParentRef) -> bool {
-    a.name == b.name
+    a.kind.as_deref().unwrap_or("Gateway") == b.kind
+        && a.name == b.name
         && a.namespace.as_deref() == Some(b.namespace.as_str())
         && a.section_name == b.section_name
         && a.port == b.port
@@ -337,6 +384,25 @@ impl StatusWriter {
                     .await
                     .map_err(|source| Error::Write {
                         kind: "Gateway",
+                        name: id.to_string(),
+                        source,
+                    })?;
+                written += 1;
+            }
+        }
+        for ls in index.listener_sets.state() {
+            let id = ObjectRef::new(ls.namespace().unwrap_or_default(), ls.name_any());
+            let Some(r) = report.listener_sets.get(&id) else {
+                continue;
+            };
+            let desired = listener_set_status(&ls, r, &now);
+            if ls.status.as_ref() != Some(&desired) {
+                let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &id.namespace);
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet", "status": desired});
+                api.patch_status(&id.name, &self.params, &Patch::Apply(&patch))
+                    .await
+                    .map_err(|source| Error::Write {
+                        kind: "ListenerSet",
                         name: id.to_string(),
                         source,
                     })?;

@@ -1035,6 +1035,7 @@ async fn the_feature_examples_work_as_committed() {
         "grpc",
         "filters",
         "cross-namespace",
+        "listenerset",
         "multi-gateway",
         "quickstart",
         "backend",
@@ -1129,6 +1130,22 @@ async fn the_feature_examples_work_as_committed() {
     let p = serve_files(ip, &files).await;
     let r = http.get(p.addr(ports[0]), "team-a.example.test", "/").await;
     assert_eq!(r.status, 200, "{}", r.text());
+    drop(p);
+
+    // A ListenerSet's listeners, on the Gateway's port and on one of their own: its route
+    // is served on them and never on the platform's hostname, whose route stays its own.
+    let (ip, ports, files) = start("listenerset", &["8086", "8087"]);
+    let p = serve_files(ip, &files).await;
+    for port in &ports {
+        let r = http.get(p.addr(*port), "team-a.example.test", "/x").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["name"], "echo", "team A's backend");
+    }
+    let r = http.get(p.addr(ports[0]), "platform.example.test", "/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "echo-next", "the platform's own route");
+    let r = http.get(p.addr(ports[1]), "platform.example.test", "/x").await;
+    assert_eq!(r.status, 404, "the platform's hostname is not on team A's port");
     drop(p);
 
     let (public, internal) = (loopback_ip(), loopback_ip());

@@ -1,19 +1,28 @@
 //! GatewayClasses, Gateways and their listeners: which are ours, which listeners are valid,
 //! which conflict, and which routes each may accept.
+//!
+//! A Gateway's listeners are its own and those of the ListenerSets it allows
+//! (`spec.allowedListeners`), merged in precedence order: the Gateway's first, then the
+//! ListenerSets oldest first (then by namespace/name). Among the Gateway's own listeners
+//! every indistinct one is Conflicted; a ListenerSet's listener that clashes with one before
+//! it is Conflicted and the earlier one keeps serving, so a ListenerSet can never take a
+//! port or hostname from the Gateway or from an older ListenerSet.
 
 use crate::hostname;
-use crate::refs::object_ref;
+use crate::refs::{listener_set_parent, object_ref};
 use crate::status::{
-    Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, StatusReport,
-    reasons, types,
+    Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerSetStatus,
+    ListenerStatus, StatusReport, reasons, types,
 };
 use crate::tls::SecretIndex;
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
-    GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
+    Gateway, GatewayAllowedListenersNamespacesFrom, GatewayListeners,
+    GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersAllowedRoutesNamespacesSelector,
+    GatewayListenersTlsMode,
 };
+use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
 use portico_model::{Certificate, ObjectRef, RouteKind};
@@ -131,8 +140,28 @@ pub(crate) enum AllowedNamespaces {
     Selector(GatewayListenersAllowedRoutesNamespacesSelector),
 }
 
+/// Who declares a listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Gateway,
+    ListenerSet(ObjectRef),
+}
+
+impl Owner {
+    /// The kind a ReferenceGrant names as `from` for this owner's certificateRefs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Owner::Gateway => "Gateway",
+            Owner::ListenerSet(_) => "ListenerSet",
+        }
+    }
+}
+
 /// One listener and what compile concluded about it.
 pub(crate) struct ListenerState {
+    pub(crate) owner: Owner,
+    /// The owner's namespace: `allowedRoutes` `Same` and certificateRefs are relative to it.
+    namespace: String,
     pub(crate) name: String,
     pub(crate) port: i32,
     pub(crate) protocol: String,
@@ -154,6 +183,15 @@ pub(crate) struct ListenerState {
 }
 
 impl ListenerState {
+    /// Its name in the snapshot, unique on the Gateway: a Gateway listener's own name, and
+    /// `namespace/listenerset/name` for a ListenerSet's (a listener name has no `/`).
+    pub(crate) fn key(&self) -> String {
+        match &self.owner {
+            Owner::Gateway => self.name.clone(),
+            Owner::ListenerSet(ls) => format!("{}/{}/{}", ls.namespace, ls.name, self.name),
+        }
+    }
+
     /// Valid and not conflicted: it is programmed and routes may attach.
     pub(crate) fn usable(&self) -> bool {
         self.rejected.is_none() && self.conflicted.is_none()
@@ -182,14 +220,9 @@ impl ListenerState {
         self.supported_kinds.iter().any(|k| k == kind)
     }
 
-    pub(crate) fn allows_namespace(
-        &self,
-        gateway_ns: &str,
-        route_ns: &str,
-        ns: &NamespaceLabels,
-    ) -> bool {
+    pub(crate) fn allows_namespace(&self, route_ns: &str, ns: &NamespaceLabels) -> bool {
         match &self.allowed_namespaces {
-            AllowedNamespaces::Same => gateway_ns == route_ns,
+            AllowedNamespaces::Same => self.namespace == route_ns,
             AllowedNamespaces::All => true,
             AllowedNamespaces::Selector(s) => ns.matches(route_ns, s),
         }
@@ -202,7 +235,18 @@ pub(crate) struct GatewayState {
     /// Set when the Gateway as a whole is rejected: (reason, message).
     invalid: Option<(&'static str, String)>,
     addresses: Vec<String>,
+    /// Its own listeners, then those of its ListenerSets that it allows (in precedence order).
     pub(crate) listeners: Vec<ListenerState>,
+    /// The ListenerSets that name it, in precedence order.
+    pub(crate) listener_sets: Vec<ListenerSetState>,
+}
+
+/// A ListenerSet that names a Gateway of ours.
+pub(crate) struct ListenerSetState {
+    pub(crate) id: ObjectRef,
+    generation: Option<i64>,
+    /// Why its Gateway does not take its listeners: (reason, message).
+    refused: Option<(&'static str, String)>,
 }
 
 /// Validates every Gateway whose class is ours, sorted by namespace/name.
@@ -255,28 +299,33 @@ impl Parameters<'_> {
     }
 }
 
+/// What a Gateway's compile reads besides the Gateway.
+pub(crate) struct GatewayInputs<'a> {
+    pub(crate) params: Parameters<'a>,
+    pub(crate) secrets: &'a SecretIndex<'a>,
+    pub(crate) listener_sets: &'a [ListenerSet],
+    pub(crate) namespaces: &'a NamespaceLabels,
+}
+
 pub(crate) fn compile_gateways(
     gateways: &[Gateway],
     classes: &BTreeSet<String>,
-    params: &Parameters<'_>,
-    secrets: &SecretIndex<'_>,
+    inputs: &GatewayInputs<'_>,
 ) -> Vec<GatewayState> {
     let mut out: Vec<GatewayState> = gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(|g| compile_gateway(g, params, secrets))
+        .map(|g| compile_gateway(g, inputs))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-fn compile_gateway(
-    gw: &Gateway,
-    params: &Parameters<'_>,
-    secrets: &SecretIndex<'_>,
-) -> GatewayState {
+fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
+    let secrets = inputs.secrets;
     let id = object_ref(&gw.metadata);
-    let mut invalid = params
+    let mut invalid = inputs
+        .params
         .refusal(gw)
         .map(|message| (reasons::INVALID_PARAMETERS, message));
     let mut addresses = Vec::new();
@@ -308,7 +357,7 @@ fn compile_gateway(
         .spec
         .listeners
         .iter()
-        .map(|l| listener_state(l, &id.namespace, secrets))
+        .map(|l| listener_state(l, Owner::Gateway, &id.namespace, secrets))
         .collect();
     let mut seen = BTreeSet::new();
     for l in &gw.spec.listeners {
@@ -323,16 +372,170 @@ fn compile_gateway(
         }
     }
     mark_conflicts(&mut listeners);
+    let accepted = invalid.is_none() && listeners.iter().any(ListenerState::usable);
+    let mut listener_sets = Vec::new();
+    for ls in listener_sets_of(&id, inputs.listener_sets) {
+        let ls_id = object_ref(&ls.metadata);
+        let refused = if !allows_listener_set(
+            gw,
+            &id.namespace,
+            &ls_id.namespace,
+            inputs.namespaces,
+        ) {
+            Some((
+                reasons::NOT_ALLOWED,
+                format!(
+                    "Gateway {id} does not allow ListenerSets from namespace {} (its spec.allowedListeners)",
+                    ls_id.namespace
+                ),
+            ))
+        } else if !accepted {
+            Some((
+                reasons::PARENT_NOT_ACCEPTED,
+                format!("Gateway {id} is not accepted"),
+            ))
+        } else {
+            None
+        };
+        if refused.is_none() {
+            let owner = Owner::ListenerSet(ls_id.clone());
+            for entry in &ls.spec.listeners {
+                let mut l = match as_gateway_listener(entry) {
+                    Some(l) => listener_state(&l, owner.clone(), &ls_id.namespace, secrets),
+                    None => {
+                        unreadable_listener(&entry.name, owner.clone(), &ls_id.namespace, secrets)
+                    }
+                };
+                l.conflicted = conflict_with_earlier(&listeners, &l);
+                listeners.push(l);
+            }
+        }
+        listener_sets.push(ListenerSetState {
+            id: ls_id,
+            generation: ls.metadata.generation,
+            refused,
+        });
+    }
     GatewayState {
         id,
         generation: gw.metadata.generation,
         invalid,
         addresses,
         listeners,
+        listener_sets,
     }
 }
 
-fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) -> ListenerState {
+/// The ListenerSets that name `gw`, in precedence order: oldest first, then by
+/// namespace/name.
+fn listener_sets_of<'a>(id: &ObjectRef, sets: &'a [ListenerSet]) -> Vec<&'a ListenerSet> {
+    let mut out: Vec<&ListenerSet> = sets
+        .iter()
+        .filter(|ls| listener_set_parent(ls).as_ref() == Some(id))
+        .collect();
+    out.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb)
+            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+    });
+    out
+}
+
+/// Whether the Gateway's `spec.allowedListeners` admits ListenerSets from `ls_ns` (none by
+/// default).
+fn allows_listener_set(gw: &Gateway, gw_ns: &str, ls_ns: &str, ns: &NamespaceLabels) -> bool {
+    let namespaces = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(GatewayAllowedListenersNamespacesFrom::None) => false,
+        Some(GatewayAllowedListenersNamespacesFrom::Same) => gw_ns == ls_ns,
+        Some(GatewayAllowedListenersNamespacesFrom::All) => true,
+        // The same LabelSelector as allowedRoutes', in another generated type.
+        Some(GatewayAllowedListenersNamespacesFrom::Selector) => namespaces
+            .and_then(|n| n.selector.as_ref())
+            .and_then(convert::<_, GatewayListenersAllowedRoutesNamespacesSelector>)
+            .is_some_and(|s| ns.matches(ls_ns, &s)),
+    }
+}
+
+/// One generated type read as another of the same shape (the Gateway API's types are
+/// generated per resource: a ListenerSet's listener is a Gateway's listener).
+fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Option<B> {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+fn as_gateway_listener(
+    l: &portico_crds::gateway_api::listenersets::ListenerSetListeners,
+) -> Option<GatewayListeners> {
+    convert(l)
+}
+
+/// A listener whose fields this version cannot read (never expected: the two types have the
+/// same schema), rejected rather than dropped so its status says so.
+fn unreadable_listener(
+    name: &str,
+    owner: Owner,
+    namespace: &str,
+    secrets: &SecretIndex<'_>,
+) -> ListenerState {
+    let mut l = listener_state(
+        &GatewayListeners {
+            name: name.to_string(),
+            protocol: "HTTP".into(),
+            port: 1,
+            ..GatewayListeners::default()
+        },
+        owner,
+        namespace,
+        secrets,
+    );
+    l.rejected = Some((
+        reasons::INVALID.to_string(),
+        "the listener's fields cannot be read".to_string(),
+    ));
+    l.supported_kinds.clear();
+    l
+}
+
+/// Why `l`, a ListenerSet's listener, cannot be served next to the usable listeners before
+/// it: the same port with another protocol, or the same port, protocol and hostname. The
+/// message does not say whose listener it clashes with (another team's ListenerSet is none
+/// of this one's business).
+fn conflict_with_earlier(earlier: &[ListenerState], l: &ListenerState) -> Option<(String, String)> {
+    let on_port = || earlier.iter().filter(|e| e.usable() && e.port == l.port);
+    if let Some(e) = on_port().find(|e| e.protocol != l.protocol) {
+        return Some((
+            reasons::PROTOCOL_CONFLICT.into(),
+            format!(
+                "port {} is already used with protocol {} by a listener that takes precedence",
+                l.port, e.protocol
+            ),
+        ));
+    }
+    on_port().find(|e| e.hostname == l.hostname).map(|_| {
+        (
+            reasons::HOSTNAME_CONFLICT.into(),
+            format!(
+                "port {} and hostname {} are already used by a listener that takes precedence",
+                l.port,
+                l.hostname.as_deref().unwrap_or("(any)")
+            ),
+        )
+    })
+}
+
+fn listener_state(
+    l: &GatewayListeners,
+    owner: Owner,
+    gw_ns: &str,
+    secrets: &SecretIndex<'_>,
+) -> ListenerState {
     let mut rejected = None;
     let mut certificates = Vec::new();
     let mut unresolved_certificate = None;
@@ -371,7 +574,7 @@ fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) 
                 ));
             }
             for r in refs {
-                match secrets.resolve(gw_ns, r) {
+                match secrets.resolve(owner.kind(), gw_ns, r) {
                     Ok(c) => certificates.push(c),
                     Err((reason, message)) => {
                         unresolved_certificate.get_or_insert((reason.to_string(), message));
@@ -454,6 +657,8 @@ fn listener_state(l: &GatewayListeners, gw_ns: &str, secrets: &SecretIndex<'_>) 
     };
 
     ListenerState {
+        owner,
+        namespace: gw_ns.to_string(),
         name: l.name.clone(),
         port: l.port,
         protocol: l.protocol.clone(),
@@ -521,8 +726,93 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
 }
 
 impl GatewayState {
+    /// Its own configuration is valid (its ListenerSets do not change that).
     pub(crate) fn accepted(&self) -> bool {
-        self.invalid.is_none() && self.listeners.iter().any(ListenerState::usable)
+        self.invalid.is_none() && self.own_listeners().any(ListenerState::usable)
+    }
+
+    fn own_listeners(&self) -> impl Iterator<Item = &ListenerState> {
+        self.listeners.iter().filter(|l| l.owner == Owner::Gateway)
+    }
+
+    fn listeners_of<'a>(&'a self, ls: &'a ObjectRef) -> impl Iterator<Item = &'a ListenerState> {
+        self.listeners
+            .iter()
+            .filter(move |l| matches!(&l.owner, Owner::ListenerSet(o) if o == ls))
+    }
+
+    /// A ListenerSet of this Gateway takes routes: the Gateway took it and one of its
+    /// listeners is served.
+    pub(crate) fn listener_set_accepted(&self, ls: &ObjectRef) -> bool {
+        self.listener_sets
+            .iter()
+            .any(|s| s.id == *ls && s.refused.is_none())
+            && self.listeners_of(ls).any(ListenerState::programmable)
+    }
+
+    /// The status of each ListenerSet that names this Gateway.
+    pub(crate) fn listener_set_statuses(&self) -> Vec<(ObjectRef, ListenerSetStatus)> {
+        self.listener_sets
+            .iter()
+            .map(|s| (s.id.clone(), self.listener_set_status(s)))
+            .collect()
+    }
+
+    fn listener_set_status(&self, s: &ListenerSetState) -> ListenerSetStatus {
+        let g = s.generation;
+        let both = |status: bool, reason: &str, message: String, programmed: (&str, String)| {
+            vec![
+                Condition::new(types::ACCEPTED, status, reason, message, g),
+                Condition::new(types::PROGRAMMED, false, programmed.0, programmed.1, g),
+            ]
+        };
+        if let Some((reason, message)) = &s.refused {
+            return ListenerSetStatus {
+                gateway: self.id.clone(),
+                conditions: both(false, reason, message.clone(), (reason, message.clone())),
+                listeners: Vec::new(),
+            };
+        }
+        let listeners: Vec<&ListenerState> = self.listeners_of(&s.id).collect();
+        let bad: Vec<&str> = listeners
+            .iter()
+            .filter(|l| !l.programmable() || l.invalid_kinds.is_some())
+            .map(|l| l.name.as_str())
+            .collect();
+        let conditions = if !self.listener_set_accepted(&s.id) {
+            let message = format!("no listener can be served: {}", bad.join(", "));
+            both(
+                false,
+                reasons::LISTENERS_NOT_VALID,
+                message.clone(),
+                (reasons::LISTENERS_NOT_VALID, message),
+            )
+        } else {
+            let pending = (
+                reasons::PENDING,
+                "waiting for the dataplane to apply the configuration".to_string(),
+            );
+            if bad.is_empty() {
+                both(
+                    true,
+                    reasons::ACCEPTED,
+                    "all listeners are valid".into(),
+                    pending,
+                )
+            } else {
+                both(
+                    true,
+                    reasons::LISTENERS_NOT_VALID,
+                    format!("listeners not served: {}", bad.join(", ")),
+                    pending,
+                )
+            }
+        };
+        ListenerSetStatus {
+            gateway: self.id.clone(),
+            conditions,
+            listeners: listeners.iter().map(|l| listener_status(l, g)).collect(),
+        }
     }
 
     /// The IP addresses its listeners bind (its `spec.addresses`; empty: the dataplane's
@@ -573,8 +863,7 @@ impl GatewayState {
     pub(crate) fn status(&self, dataplane_service: Option<&Service>) -> GatewayStatus {
         let g = self.generation;
         let bad: Vec<&str> = self
-            .listeners
-            .iter()
+            .own_listeners()
             .filter(|l| !l.usable())
             .map(|l| l.name.as_str())
             .collect();
@@ -618,10 +907,16 @@ impl GatewayState {
             addresses: self.addresses(dataplane_service),
             conditions: vec![accepted, programmed],
             listeners: self
-                .listeners
-                .iter()
+                .own_listeners()
                 .map(|l| listener_status(l, g))
                 .collect(),
+            attached_listener_sets: self
+                .listener_sets
+                .iter()
+                .filter(|s| self.listener_set_accepted(&s.id))
+                .count()
+                .try_into()
+                .unwrap_or(i32::MAX),
         }
     }
 }
@@ -646,9 +941,16 @@ fn problem(p: &Option<(String, String)>) -> Option<(&str, &str)> {
 }
 
 fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
+    // A ListenerSet's listener that lost a conflict is not accepted, for that reason
+    // (whatever else is wrong with it). A Gateway's conflicted listeners stay Accepted as
+    // far as their own fields go: none of an indistinct set is picked.
+    let lost = match l.owner {
+        Owner::ListenerSet(_) => problem(&l.conflicted),
+        Owner::Gateway => None,
+    };
     let accepted = condition(
         types::ACCEPTED,
-        problem(&l.rejected),
+        lost.or(problem(&l.rejected)),
         false,
         (reasons::ACCEPTED, "listener is valid"),
         g,
@@ -670,7 +972,9 @@ fn listener_status(l: &ListenerState, g: Option<i64>) -> ListenerStatus {
         (reasons::RESOLVED_REFS, "all references resolved"),
         g,
     );
-    let programmed = if l.programmable() {
+    let programmed = if let Some(lost) = lost {
+        lost
+    } else if l.programmable() {
         (
             reasons::PENDING,
             "waiting for the dataplane to apply the configuration",

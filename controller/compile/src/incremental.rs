@@ -3,7 +3,8 @@
 //! Gateways compile independently ([`crate::compile_scoped`]), so the controller keeps the
 //! output of each and, when objects change, recompiles just the Gateways that read them.
 //! [`Dependencies`] is that map, built from the inputs without compiling anything: for every
-//! Gateway of ours, the objects its compile reads — its class, itself, the routes naming it,
+//! Gateway of ours, the objects its compile reads — its class, itself, the ListenerSets
+//! naming it, the routes naming it or them,
 //! the Services, Secrets and ReferenceGrants those refer to, the namespaces of its routes.
 //! A change is looked up in the map of the previous inputs (what the Gateway read before: a
 //! route that left it, a deleted object) and of the new ones (what it reads now: a route that
@@ -12,8 +13,12 @@
 //! The assembled status is the same as a full compile's (a test holds it to that).
 
 use crate::inputs::Inputs;
-use crate::refs::{dataplane_name, grpc_route_parents, http_route_parents, object_ref};
-use crate::status::{GatewayStatus, RouteParentStatus, RouteStatus, StatusReport};
+use crate::refs::{
+    dataplane_name, grpc_route_parents, http_route_parents, listener_set_parent, object_ref,
+};
+use crate::status::{
+    GatewayStatus, ListenerSetStatus, RouteParentStatus, RouteStatus, StatusReport,
+};
 use crate::{Output, compile_scoped};
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
@@ -26,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum DepKey {
     GatewayClass(String),
     Gateway(ObjectRef),
+    ListenerSet(ObjectRef),
     Route(RouteKind, ObjectRef),
     Service(ObjectRef),
     Secret(ObjectRef),
@@ -138,6 +144,28 @@ impl Dependencies {
                 d.add(DepKey::Secret(ObjectRef::new(ns, r.name.clone())), &id);
             }
         }
+        // A ListenerSet is read by the Gateway of ours it names, with its namespace's labels
+        // (allowedListeners selectors) and its Secrets.
+        for ls in &inputs.listener_sets {
+            let Some(gw) = listener_set_parent(ls).filter(|g| d.gateways.contains(g)) else {
+                continue;
+            };
+            let id = object_ref(&ls.metadata);
+            d.add(DepKey::ListenerSet(id.clone()), &gw);
+            d.add(DepKey::Namespace(id.namespace.clone()), &gw);
+            for r in ls
+                .spec
+                .listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref())
+                .flat_map(|t| t.certificate_refs.iter().flatten())
+            {
+                let ns = r.namespace.clone().unwrap_or_else(|| id.namespace.clone());
+                d.add(DepKey::ReferenceGrants(ns.clone()), &gw);
+                d.add(DepKey::Secret(ObjectRef::new(ns, r.name.clone())), &gw);
+            }
+        }
+        let sets = inputs.listener_set_parents();
         for r in &inputs.http_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
                 let mirrors = rule.filters.iter().flatten().filter_map(|f| {
@@ -150,7 +178,12 @@ impl Dependencies {
                     .map(|b| (b.namespace.clone(), b.name.clone()))
                     .chain(mirrors)
             });
-            d.add_route(RouteKind::Http, &r.metadata, http_route_parents(r), refs);
+            d.add_route(
+                RouteKind::Http,
+                &r.metadata,
+                http_route_parents(r, &sets),
+                refs,
+            );
         }
         for r in &inputs.grpc_routes {
             let refs = r.spec.rules.iter().flatten().flat_map(|rule| {
@@ -164,7 +197,12 @@ impl Dependencies {
                     .map(|b| (b.namespace.clone(), b.name.clone()))
                     .chain(mirrors)
             });
-            d.add_route(RouteKind::Grpc, &r.metadata, grpc_route_parents(r), refs);
+            d.add_route(
+                RouteKind::Grpc,
+                &r.metadata,
+                grpc_route_parents(r, &sets),
+                refs,
+            );
         }
         // A policy is read by the Gateways it targets, directly, through a route, or through
         // the routes that send to a Service it targets; so are its Secrets. (Routes are all
@@ -172,7 +210,7 @@ impl Dependencies {
         let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
             .http_routes
             .iter()
-            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r, &sets)))
             .collect();
         for (kind, meta, target_refs, secrets) in policies(inputs) {
             let id = object_ref(meta);
@@ -271,6 +309,7 @@ pub enum Changes {
 struct GatewayPart {
     snapshot: Option<Snapshot>,
     status: Option<GatewayStatus>,
+    listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     routes: BTreeMap<(RouteKind, ObjectRef), Vec<RouteParentStatus>>,
 }
 
@@ -323,6 +362,13 @@ impl IncrementalCompile {
         for (id, status) in out.status.gateways {
             self.parts.entry(id).or_default().status = Some(status);
         }
+        for (id, status) in out.status.listener_sets {
+            self.parts
+                .entry(status.gateway.clone())
+                .or_default()
+                .listener_sets
+                .insert(id, status);
+        }
         for (id, snapshot) in out.snapshots {
             self.parts.entry(id).or_default().snapshot = Some(snapshot);
         }
@@ -333,9 +379,7 @@ impl IncrementalCompile {
         for (kind, statuses) in routes {
             for (route, s) in statuses {
                 for p in s.parents {
-                    let gw =
-                        ObjectRef::new(p.parent_ref.namespace.clone(), p.parent_ref.name.clone());
-                    if let Some(part) = self.parts.get_mut(&gw) {
+                    if let Some(part) = self.parts.get_mut(&p.gateway) {
                         part.routes
                             .entry((kind, route.clone()))
                             .or_default()
@@ -369,6 +413,11 @@ impl IncrementalCompile {
             if let Some(s) = &part.status {
                 report.gateways.insert(id.clone(), s.clone());
             }
+            report.listener_sets.extend(
+                part.listener_sets
+                    .iter()
+                    .map(|(id, s)| (id.clone(), s.clone())),
+            );
             for ((kind, route), parents) in &part.routes {
                 let map = match kind {
                     RouteKind::Http => &mut report.http_routes,

@@ -4,13 +4,14 @@
 //! Apart from the crate root so that the passes can take `&Inputs` without importing the
 //! module that orchestrates them.
 
-use crate::refs::{gateways_of, namespace_of};
+use crate::refs::{ListenerSetParents, gateways_of, namespace_of};
 use crate::unreadable::UnreadableAuthPolicy;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::gateway_api::{
     experimental::grpcroutes::GrpcRoute, experimental::httproutes::HttpRoute as HTTPRoute,
-    gatewayclasses::GatewayClass, gateways::Gateway, referencegrants::ReferenceGrant,
+    gatewayclasses::GatewayClass, gateways::Gateway, listenersets::ListenerSet,
+    referencegrants::ReferenceGrant,
 };
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -26,6 +27,8 @@ pub struct Inputs {
     pub gateway_classes: Vec<GatewayClass>,
     /// Every Gateway; only those of our classes are compiled.
     pub gateways: Vec<Gateway>,
+    /// Every ListenerSet; those whose parent is not a Gateway of ours are ignored.
+    pub listener_sets: Vec<ListenerSet>,
     /// Every HTTPRoute; those naming no Gateway of ours are ignored.
     pub http_routes: Vec<HTTPRoute>,
     /// Every GRPCRoute, likewise.
@@ -73,6 +76,11 @@ impl Inputs {
             list: &self.secrets,
             unreadable: Some(&self.unreadable_secrets),
         }
+    }
+
+    /// The Gateway each ListenerSet names.
+    pub(crate) fn listener_set_parents(&self) -> ListenerSetParents {
+        ListenerSetParents::new(&self.listener_sets)
     }
 
     /// The Gateways whose class names `controller_name` (accepted or not).

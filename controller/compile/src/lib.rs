@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!  GatewayClass ◀── Gateway ◀──parentRefs── HTTPRoute ──backendRefs──▶ Service ◀── EndpointSlice
-//!                   │  │                     GRPCRoute               ▲
-//!                   │  └ listeners ─ allowedRoutes (Namespace labels) │
+//!                   ▲  │                     GRPCRoute               ▲
+//!     ListenerSet ──┘  └ listeners ─ allowedRoutes (Namespace labels) │
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
 //!   RateLimitPolicy ──targetRefs──▶ (the same)
@@ -129,13 +129,20 @@ pub fn compile_scoped(
             .collect(),
         classes: &inputs.gateway_classes,
     };
-    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &params, &secrets);
+    let gateway_inputs = gateway::GatewayInputs {
+        params,
+        secrets: &secrets,
+        listener_sets: &inputs.listener_sets,
+        namespaces: &namespaces,
+    };
+    let mut gateways = gateway::compile_gateways(gateways_in, &classes, &gateway_inputs);
     let backends = backend::BackendIndex::new(inputs);
+    let sets = inputs.listener_set_parents();
     let names_scope = |parents: Vec<ObjectRef>| scope.is_none() || parents.iter().any(in_scope);
     let sources: Vec<RouteSource<'_>> = inputs
         .http_routes
         .iter()
-        .filter(|r| names_scope(refs::http_route_parents(r)))
+        .filter(|r| names_scope(refs::http_route_parents(r, &sets)))
         .map(|r| RouteSource {
             kind: RouteKind::Http,
             route: Cow::Borrowed(r),
@@ -145,7 +152,7 @@ pub fn compile_scoped(
             inputs
                 .grpc_routes
                 .iter()
-                .filter(|g| names_scope(refs::grpc_route_parents(g)))
+                .filter(|g| names_scope(refs::grpc_route_parents(g, &sets)))
                 .map(|g| {
                     let (route, valid) = grpc::as_http_route(g);
                     RouteSource {
@@ -176,6 +183,7 @@ pub fn compile_scoped(
                 && namespace_of(&s.metadata) == inputs.dataplane_namespace
         });
         status.gateways.insert(gw.id.clone(), gw.status(service));
+        status.listener_sets.extend(gw.listener_set_statuses());
         if let Some(snapshot) = snapshot::gateway_snapshot(gw, &routes.attached, &policies) {
             snapshots.insert(gw.id.clone(), snapshot);
         }
@@ -189,24 +197,72 @@ pub fn compile_scoped(
     Output { snapshots, status }
 }
 
-/// The Secrets that the listeners of our Gateways may use (named by a `certificateRef`, in the
-/// Gateway's namespace or allowed by a ReferenceGrant) and those AuthPolicies name. The
-/// controller watches exactly these, so it never reads Secrets it has no business with.
+/// The ports the ListenerSets naming `gw` listen on, among those `gw` may take
+/// (`allowedListeners`; a namespace selector is not evaluated here, its ListenerSets count):
+/// what a provisioned dataplane must expose besides the Gateway's own listeners.
+pub fn listener_set_ports(
+    gw: &Gateway,
+    sets: &[portico_crds::gateway_api::listenersets::ListenerSet],
+) -> BTreeSet<i32> {
+    use portico_crds::gateway_api::gateways::GatewayAllowedListenersNamespacesFrom as From;
+    let id = object_ref(&gw.metadata);
+    let from = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.clone());
+    sets.iter()
+        .filter(|ls| refs::listener_set_parent(ls).as_ref() == Some(&id))
+        .filter(|ls| match &from {
+            None | Some(From::None) => false,
+            Some(From::Same) => namespace_of(&ls.metadata) == id.namespace,
+            Some(From::All | From::Selector) => true,
+        })
+        .flat_map(|ls| ls.spec.listeners.iter().map(|l| l.port))
+        .filter(|p| (1..=65535).contains(p))
+        .collect()
+}
+
+/// The Secrets that the listeners of our Gateways and of their ListenerSets may use (named
+/// by a `certificateRef`, in the owner's namespace or allowed by a ReferenceGrant) and those
+/// AuthPolicies name. The controller watches exactly these, so it never reads Secrets it has
+/// no business with.
 pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let index = tls::SecretIndex::new(Default::default(), &grants);
     let mut out = BTreeSet::new();
+    let mut ours = BTreeSet::new();
     for gw in inputs.gateways_of(controller_name) {
         let ns = namespace_of(&gw.metadata);
-        for l in &gw.spec.listeners {
-            for r in l
-                .tls
+        ours.insert(object_ref(&gw.metadata));
+        for r in gw.spec.listeners.iter().flat_map(|l| {
+            l.tls
                 .iter()
                 .flat_map(|t| t.certificate_refs.iter().flatten())
-            {
-                if let Ok(id) = index.permitted(&ns, r) {
-                    out.insert(id);
-                }
+        }) {
+            if let Ok(id) = index.permitted("Gateway", &ns, r) {
+                out.insert(id);
+            }
+        }
+    }
+    for ls in &inputs.listener_sets {
+        if !refs::listener_set_parent(ls).is_some_and(|gw| ours.contains(&gw)) {
+            continue;
+        }
+        let ns = namespace_of(&ls.metadata);
+        for r in ls.spec.listeners.iter().flat_map(|l| {
+            l.tls
+                .iter()
+                .flat_map(|t| t.certificate_refs.iter().flatten())
+        }) {
+            // The same reference in another generated type.
+            let r: Option<portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs> =
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| serde_json::from_value(v).ok());
+            if let Some(id) = r.and_then(|r| index.permitted("ListenerSet", &ns, &r).ok()) {
+                out.insert(id);
             }
         }
     }

@@ -187,6 +187,9 @@ impl ManifestSet {
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "Gateway") => {
                 push(&mut i.gateways, &mut from, |o| &o.metadata, false)
             }
+            ("gateway.networking.k8s.io/v1", "ListenerSet") => {
+                push(&mut i.listener_sets, &mut from, |o| &o.metadata, false)
+            }
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 push(&mut i.http_routes, &mut from, |o| &o.metadata, false)
             }
@@ -255,8 +258,8 @@ impl ManifestSet {
                 push(&mut i.gateway_configs, &mut from, |o| &o.metadata, false)
             }
             _ => Err(format!(
-                "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, HTTPRoute, \
-                 GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
+                "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, ListenerSet, \
+                 HTTPRoute, GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
                  EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy, BackendPolicy and GatewayConfig \
                  (portico.dev/v1alpha1)"
             )),

@@ -99,10 +99,11 @@ impl Targets {
                 )
             })
             .collect();
+        let sets = inputs.listener_set_parents();
         let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
             .http_routes
             .iter()
-            .map(|r| (object_ref(&r.metadata), http_route_parents(r)))
+            .map(|r| (object_ref(&r.metadata), http_route_parents(r, &sets)))
             .collect();
         let mut services: BTreeMap<ObjectRef, BTreeSet<ObjectRef>> = inputs
             .services
@@ -123,12 +124,12 @@ impl Targets {
         let routes_to = inputs
             .http_routes
             .iter()
-            .map(|r| (http_route_services(r), http_route_parents(r)))
+            .map(|r| (http_route_services(r), http_route_parents(r, &sets)))
             .chain(
                 inputs
                     .grpc_routes
                     .iter()
-                    .map(|r| (grpc_route_services(r), grpc_route_parents(r))),
+                    .map(|r| (grpc_route_services(r), grpc_route_parents(r, &sets))),
             );
         for (backends, parents) in routes_to {
             for svc in backends {

@@ -10,9 +10,10 @@ use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_model::ObjectRef;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// `metadata.namespace`, defaulting the way `kubectl apply` does for namespaced objects.
 pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
@@ -42,21 +43,62 @@ pub(crate) fn gateways_of<'a>(
         .filter(move |g| ours.contains(g.spec.gateway_class_name.as_str()))
 }
 
+/// The Gateway a ListenerSet's `parentRef` names, if it names a Gateway (the only parent
+/// kind the API has).
+pub(crate) fn listener_set_parent(ls: &ListenerSet) -> Option<ObjectRef> {
+    let p = &ls.spec.parent_ref;
+    let gateway = p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        && p.kind.as_deref().unwrap_or("Gateway") == "Gateway";
+    gateway.then(|| {
+        ObjectRef::new(
+            p.namespace
+                .clone()
+                .unwrap_or_else(|| namespace_of(&ls.metadata)),
+            p.name.clone(),
+        )
+    })
+}
+
+/// The Gateway of every ListenerSet: a route that names a ListenerSet is read by its Gateway.
+#[derive(Default)]
+pub(crate) struct ListenerSetParents(BTreeMap<ObjectRef, ObjectRef>);
+
+impl ListenerSetParents {
+    pub(crate) fn new(sets: &[ListenerSet]) -> Self {
+        Self(
+            sets.iter()
+                .filter_map(|ls| Some((object_ref(&ls.metadata), listener_set_parent(ls)?)))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn gateway_of(&self, ls: &ObjectRef) -> Option<&ObjectRef> {
+        self.0.get(ls)
+    }
+}
+
 /// The Gateways among parentRefs given as (group, kind, namespace, name), for a route in
-/// `route_ns`. Other parent kinds (a ListenerSet, another project's) are not ours to read.
+/// `route_ns`: those named, and those of the ListenerSets named. Other parent kinds
+/// (another project's) are not ours to read.
 fn gateway_parents<'a>(
     route_ns: &str,
     refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str)>,
+    sets: &ListenerSetParents,
 ) -> Vec<ObjectRef> {
-    refs.filter(|(group, kind, _, _)| {
-        group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && kind.unwrap_or("Gateway") == "Gateway"
-    })
-    .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
-    .collect()
+    refs.filter(|(group, _, _, _)| group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
+        .filter_map(|(_, kind, ns, name)| {
+            let id = ObjectRef::new(ns.unwrap_or(route_ns), name);
+            match kind.unwrap_or("Gateway") {
+                "Gateway" => Some(id),
+                "ListenerSet" => sets.gateway_of(&id).cloned(),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
-/// The Gateways an HTTPRoute's parentRefs name.
-pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
+/// The Gateways an HTTPRoute's parentRefs name, directly or through a ListenerSet.
+pub(crate) fn http_route_parents(r: &HTTPRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
     let refs = r.spec.parent_refs.iter().flatten().map(|p| {
         (
             p.group.as_deref(),
@@ -65,12 +107,12 @@ pub(crate) fn http_route_parents(r: &HTTPRoute) -> Vec<ObjectRef> {
             p.name.as_str(),
         )
     });
-    gateway_parents(&namespace_of(&r.metadata), refs)
+    gateway_parents(&namespace_of(&r.metadata), refs, sets)
 }
 
 /// The Gateways a GRPCRoute's parentRefs name. (The two route types share no Rust type for
 /// their parentRefs, hence two functions over [`gateway_parents`].)
-pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
+pub(crate) fn grpc_route_parents(r: &GrpcRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
     let refs = r.spec.parent_refs.iter().flatten().map(|p| {
         (
             p.group.as_deref(),
@@ -79,7 +121,7 @@ pub(crate) fn grpc_route_parents(r: &GrpcRoute) -> Vec<ObjectRef> {
             p.name.as_str(),
         )
     });
-    gateway_parents(&namespace_of(&r.metadata), refs)
+    gateway_parents(&namespace_of(&r.metadata), refs, sets)
 }
 
 /// The core Services among backendRefs given as (group, kind, namespace, name), for a route

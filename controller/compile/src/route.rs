@@ -3,7 +3,7 @@
 //! status.
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
-use crate::gateway::{GatewayState, NamespaceLabels};
+use crate::gateway::{GatewayState, NamespaceLabels, Owner};
 use crate::hostname;
 use crate::refs::object_ref;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
@@ -88,25 +88,36 @@ pub(crate) fn compile_routes(
         for p in route.spec.parent_refs.iter().flatten() {
             let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let parent_kind = p.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || parent_kind != "Gateway" {
+            if group != GATEWAY_GROUP || !matches!(parent_kind, "Gateway" | "ListenerSet") {
                 continue;
             }
             let parent = ParentRef {
                 namespace: p.namespace.clone().unwrap_or_else(|| id.namespace.clone()),
                 name: p.name.clone(),
+                kind: parent_kind.to_string(),
                 section_name: p.section_name.clone(),
                 port: p.port,
             };
-            let gw_id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
-            // Only Gateways of our classes get status from us.
-            let Some(gw) = gateways.iter_mut().find(|g| g.id == gw_id) else {
+            let parent_id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
+            // Only Gateways of our classes, and the ListenerSets that name them, get status
+            // from us.
+            let owner = match parent_kind {
+                "Gateway" => Owner::Gateway,
+                _ => Owner::ListenerSet(parent_id.clone()),
+            };
+            let Some(gw) = gateways.iter_mut().find(|g| match &owner {
+                Owner::Gateway => g.id == parent_id,
+                Owner::ListenerSet(ls) => g.listener_sets.iter().any(|s| s.id == *ls),
+            }) else {
                 continue;
             };
+            let gw_id = gw.id.clone();
             let outcome = translated
                 .as_ref()
                 .map_err(|message| (reasons::UNSUPPORTED_VALUE, message.clone()))
                 .and_then(|t| {
-                    attach(route, kind, &id.namespace, &parent, gw, namespaces).map(|p| (p, t))
+                    attach(route, kind, &id.namespace, &parent, &owner, gw, namespaces)
+                        .map(|p| (p, t))
                 });
             let conditions = match outcome {
                 Err((reason, message)) => vec![
@@ -142,6 +153,7 @@ pub(crate) fn compile_routes(
                 }
             };
             parents_status.push(RouteParentStatus {
+                gateway: gw_id,
                 parent_ref: parent,
                 conditions,
             });
@@ -189,40 +201,50 @@ fn resolved_condition(t: Option<&Translated>, generation: Option<i64>) -> Condit
     }
 }
 
-/// Attaches the route to the listeners of `gw` that its parentRef selects, or says why not.
+/// Attaches the route to the listeners of `owner` (the Gateway `gw` or one of its
+/// ListenerSets) that its parentRef selects, or says why not. A parentRef reaches only its
+/// own parent's listeners: a Gateway's never include its ListenerSets'.
 fn attach(
     route: &HTTPRoute,
     kind: RouteKind,
     route_ns: &str,
     parent: &ParentRef,
+    owner: &Owner,
     gw: &mut GatewayState,
     namespaces: &NamespaceLabels,
 ) -> Result<Vec<RouteParent>, (&'static str, String)> {
-    if !gw.accepted() {
-        return Err((
-            reasons::NO_MATCHING_PARENT,
-            format!("Gateway {} is not accepted", gw.id),
-        ));
-    }
+    let parent_name = match owner {
+        Owner::Gateway if !gw.accepted() => {
+            return Err((
+                reasons::NO_MATCHING_PARENT,
+                format!("Gateway {} is not accepted", gw.id),
+            ));
+        }
+        Owner::ListenerSet(ls) if !gw.listener_set_accepted(ls) => {
+            return Err((
+                reasons::NO_MATCHING_PARENT,
+                format!("ListenerSet {ls} is not accepted"),
+            ));
+        }
+        Owner::Gateway => format!("Gateway {}", gw.id),
+        Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
+    };
     let route_hosts: Vec<String> = route.spec.hostnames.clone().unwrap_or_default();
     if let Some(bad) = route_hosts.iter().find_map(|h| hostname::validate(h).err()) {
         return Err((reasons::UNSUPPORTED_VALUE, bad));
     }
-    let gw_ns = gw.id.namespace.clone();
     let mut selected = 0;
     let mut allowed = 0;
     let mut clash = None;
     let mut out = Vec::new();
-    for l in gw.listeners.iter_mut() {
+    for l in gw.listeners.iter_mut().filter(|l| l.owner == *owner) {
         if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
             || parent.port.is_some_and(|p| p != l.port)
         {
             continue;
         }
         selected += 1;
-        if !l.usable()
-            || !l.allows_kind(kind.as_str())
-            || !l.allows_namespace(&gw_ns, route_ns, namespaces)
+        if !l.usable() || !l.allows_kind(kind.as_str()) || !l.allows_namespace(route_ns, namespaces)
         {
             continue;
         }
@@ -250,16 +272,16 @@ fn attach(
                 .push((object_ref(&route.metadata), hostnames.clone()));
             l.attached_routes += 1;
             out.push(RouteParent {
-                listener: l.name.clone(),
+                listener: l.key(),
                 hostnames,
                 policies: AttachedPolicies::default(),
             });
         }
     }
     let target = match (&parent.section_name, parent.port) {
-        (Some(s), _) => format!("listener {s:?} of Gateway {}", gw.id),
-        (None, Some(p)) => format!("port {p} of Gateway {}", gw.id),
-        (None, None) => format!("Gateway {}", gw.id),
+        (Some(s), _) => format!("listener {s:?} of {parent_name}"),
+        (None, Some(p)) => format!("port {p} of {parent_name}"),
+        (None, None) => parent_name,
     };
     match (selected, allowed, out.is_empty()) {
         (0, _, _) => Err((

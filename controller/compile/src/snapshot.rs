@@ -51,7 +51,7 @@ pub(crate) fn gateway_snapshot(
         .map(|l| {
             let https = l.protocol == "HTTPS";
             Listener {
-                name: l.name.clone(),
+                name: l.key(),
                 addresses: gw.bind_addresses().to_vec(),
                 port: u16::try_from(l.port).unwrap_or_default(),
                 protocol: if https {

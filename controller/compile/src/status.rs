@@ -25,6 +25,9 @@ pub mod reasons {
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    // ListenerSet.
+    pub const NOT_ALLOWED: &str = "NotAllowed";
+    pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
     // Listener.
     pub const NO_CONFLICTS: &str = "NoConflicts";
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
@@ -104,6 +107,20 @@ pub struct GatewayStatus {
     pub addresses: Vec<GatewayAddress>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+    /// How many ListenerSets it accepted.
+    pub attached_listener_sets: i32,
+}
+
+/// A ListenerSet's status: its own conditions and its listeners' (the Gateway's are not
+/// repeated here).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetStatus {
+    /// The Gateway it names (whose dataplanes serve its listeners).
+    #[serde(skip)]
+    pub gateway: ObjectRef,
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -133,6 +150,9 @@ pub struct RouteStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
+    /// The Gateway whose compile reported it: the parent, or the parent ListenerSet's.
+    #[serde(skip)]
+    pub gateway: ObjectRef,
     pub parent_ref: ParentRef,
     pub conditions: Vec<Condition>,
 }
@@ -143,6 +163,8 @@ pub struct RouteParentStatus {
 pub struct ParentRef {
     pub namespace: String,
     pub name: String,
+    /// `Gateway` or `ListenerSet`.
+    pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +178,8 @@ pub struct StatusReport {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
+    #[serde(serialize_with = "by_display_key")]
+    pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     #[serde(serialize_with = "by_display_key")]
@@ -283,6 +307,15 @@ impl StatusReport {
                 push(format!("Gateway {id} listener {}", l.name), &l.conditions);
             }
         }
+        for (id, s) in &self.listener_sets {
+            push(format!("ListenerSet {id}"), &s.conditions);
+            for l in &s.listeners {
+                push(
+                    format!("ListenerSet {id} listener {}", l.name),
+                    &l.conditions,
+                );
+            }
+        }
         for (kind, routes) in [
             ("HTTPRoute", &self.http_routes),
             ("GRPCRoute", &self.grpc_routes),
@@ -291,8 +324,13 @@ impl StatusReport {
                 for p in &s.parents {
                     push(
                         format!(
-                            "{kind} {id} parent {}/{}",
-                            p.parent_ref.namespace, p.parent_ref.name
+                            "{kind} {id} parent {}{}/{}",
+                            match p.parent_ref.kind.as_str() {
+                                "Gateway" => "",
+                                _ => "ListenerSet ",
+                            },
+                            p.parent_ref.namespace,
+                            p.parent_ref.name
                         ),
                         &p.conditions,
                     );

@@ -948,4 +948,5 @@ mod auth;
 mod backend_policy;
 mod gatewayconfig;
 mod https_grpc;
+mod listenerset;
 mod ratelimit;

@@ -45,11 +45,12 @@ impl<'a> SecretIndex<'a> {
         }
     }
 
-    /// The Secret a Gateway in `gw_ns` may use through this reference, or why it may not. A
-    /// reference to a Secret that merely does not exist is still `Ok` here: its name is what
-    /// the controller must watch.
+    /// The Secret a `from_kind` (Gateway or ListenerSet) in `gw_ns` may use through this
+    /// reference, or why it may not. A reference to a Secret that merely does not exist is
+    /// still `Ok` here: its name is what the controller must watch.
     pub(crate) fn permitted(
         &self,
+        from_kind: &str,
         gw_ns: &str,
         r: &GatewayListenersTlsCertificateRefs,
     ) -> Result<ObjectRef, RefProblem> {
@@ -67,7 +68,7 @@ impl<'a> SecretIndex<'a> {
         let ns = r.namespace.as_deref().unwrap_or(gw_ns);
         let from = GroupKind {
             group: GATEWAY_GROUP,
-            kind: "Gateway",
+            kind: from_kind,
         };
         let to = GroupKind {
             group: "",
@@ -77,7 +78,7 @@ impl<'a> SecretIndex<'a> {
             return Err((
                 reasons::REF_NOT_PERMITTED,
                 format!(
-                    "certificateRef to Secret {ns}/{} is not permitted: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns}",
+                    "certificateRef to Secret {ns}/{} is not permitted: no ReferenceGrant in namespace {ns} allows {from_kind}s from {gw_ns}",
                     r.name
                 ),
             ));
@@ -85,13 +86,14 @@ impl<'a> SecretIndex<'a> {
         Ok(ObjectRef::new(ns, r.name.clone()))
     }
 
-    /// Resolves and checks one certificateRef of a Gateway in `gw_ns`.
+    /// Resolves and checks one certificateRef of a `from_kind` in `gw_ns`.
     pub(crate) fn resolve(
         &self,
+        from_kind: &str,
         gw_ns: &str,
         r: &GatewayListenersTlsCertificateRefs,
     ) -> Result<Certificate, RefProblem> {
-        let id = self.permitted(gw_ns, r)?;
+        let id = self.permitted(from_kind, gw_ns, r)?;
         let invalid = |m: String| (reasons::INVALID_CERTIFICATE_REF, m);
         let Some(secret) = self.secrets.get(&(id.namespace.clone(), id.name.clone())) else {
             let why = match self.view.find(&id.namespace, &id.name) {

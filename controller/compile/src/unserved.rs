@@ -5,7 +5,7 @@
 //! would otherwise pass `portico check` in silence.
 
 use crate::inputs::Inputs;
-use crate::refs::{grpc_route_parents, http_route_parents, object_ref};
+use crate::refs::{grpc_route_parents, http_route_parents, listener_set_parent, object_ref};
 use crate::status::{Condition, Problem};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -59,6 +59,28 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
             }
         }
     }
+    for ls in &inputs.listener_sets {
+        let id = object_ref(&ls.metadata);
+        match listener_set_parent(ls) {
+            None => out.push(problem(
+                format!("ListenerSet {id}"),
+                "InvalidParent",
+                "its parentRef is not a Gateway".into(),
+            )),
+            Some(gw) if !gateways.contains(&gw) => out.push(problem(
+                format!("ListenerSet {id}"),
+                "NoSuchGateway",
+                format!("Gateway {gw} does not exist: the ListenerSet is not served"),
+            )),
+            Some(gw) if !ours.contains(&gw) => out.push(problem(
+                format!("ListenerSet {id}"),
+                "OtherController",
+                format!("Gateway {gw} is not served by this gateway (see its GatewayClass)"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let sets = inputs.listener_set_parents();
     let routes = inputs
         .http_routes
         .iter()
@@ -66,7 +88,7 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
             (
                 "HTTPRoute",
                 object_ref(&r.metadata),
-                http_route_parents(r),
+                http_route_parents(r, &sets),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         })
@@ -74,7 +96,7 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
             (
                 "GRPCRoute",
                 object_ref(&r.metadata),
-                grpc_route_parents(r),
+                grpc_route_parents(r, &sets),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         }));

@@ -3,6 +3,7 @@
 //! ```text
 //!  GatewayClass ─┐
 //!  Gateway ──────┤
+//!  ListenerSet ──┤
 //!  HTTPRoute ────┤
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  AuthPolicy ───┤                          │
@@ -23,7 +24,7 @@
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
 //! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
-//! ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
+//! ListenerSet, ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
 //! of its kind's whole list; except an AuthPolicy, which is kept as far as it can be read and
@@ -41,6 +42,7 @@ use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
+use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
@@ -74,6 +76,7 @@ fn id<K: ResourceExt>(k: &K) -> ObjectRef {
 pub struct Index {
     pub classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
+    pub listener_sets: Store<ListenerSet>,
     pub routes: Store<HttpRoute>,
     pub grpc_routes: Store<GrpcRoute>,
     /// Read as far as this controller can ([`auth`]).
@@ -279,6 +282,7 @@ impl Index {
                 DepKey::GatewayClass(c.name_any())
             }),
             gateways: w.watch(Required, Spec, |g: &Gateway| DepKey::Gateway(id(g))),
+            listener_sets: w.watch(Optional, Spec, |l: &ListenerSet| DepKey::ListenerSet(id(l))),
             routes: w.watch(Required, Spec, |r: &HttpRoute| {
                 DepKey::Route(RouteKind::Http, id(r))
             }),
@@ -358,6 +362,7 @@ impl Index {
         Inputs {
             gateway_classes: all(&self.classes),
             gateways: all(&self.gateways),
+            listener_sets: all(&self.listener_sets),
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
             auth_policies,

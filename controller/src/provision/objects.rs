@@ -99,11 +99,13 @@ pub fn gateway_key(gw: &Gateway) -> String {
 /// dataplane namespace. Their owner is the Gateway's class (an owner must be cluster-scoped
 /// or in the same namespace): deleting the class removes them; deleting the Gateway is the
 /// provisioner's sweep.
+/// `extra_ports` are those its ListenerSets listen on.
 pub fn desired(
     gw: &Gateway,
     class: &GatewayClass,
     config: &GatewayConfigSpec,
     s: &ProvisionSettings,
+    extra_ports: &std::collections::BTreeSet<i32>,
 ) -> Desired {
     let gw_name = gw.metadata.name.clone().unwrap_or_default();
     let gw_ns = gw
@@ -156,6 +158,7 @@ pub fn desired(
     let dp = config.dataplane.clone().unwrap_or_default();
     let ports: Vec<i32> = {
         let mut p: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+        p.extend(extra_ports);
         p.sort_unstable();
         p.dedup();
         p

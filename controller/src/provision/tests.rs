@@ -53,6 +53,7 @@ fn every_object_is_in_the_dataplane_namespace_says_its_gateway_and_carries_its_i
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
+        &Default::default(),
     );
     let metas = [
         &d.service_account.metadata,
@@ -118,6 +119,7 @@ fn the_deployment_is_hardened_and_drains() {
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
+        &Default::default(),
     );
     let spec = d.deployment.spec.expect("spec");
     assert_eq!(spec.replicas, Some(2));
@@ -167,7 +169,7 @@ fn the_service_exposes_the_listener_ports_with_the_configured_type() {
         json!({"service": {"type": "NodePort", "externalTrafficPolicy": "Local",
                                         "annotations": {"lb.example/internal": "true"}}}),
     );
-    let d = desired(&gateway(), &class(), &cfg, &settings());
+    let d = desired(&gateway(), &class(), &cfg, &settings(), &Default::default());
     let spec = d.service.spec.expect("spec");
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
@@ -187,6 +189,7 @@ fn the_service_exposes_the_listener_ports_with_the_configured_type() {
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
+        &Default::default(),
     );
     assert_eq!(
         default.service.spec.and_then(|s| s.type_).as_deref(),
@@ -203,7 +206,7 @@ fn autoscaling_gives_an_hpa_and_leaves_the_replica_count_to_it() {
                       "podLabels": {"tier": "edge"}, "nodeSelector": {"pool": "edge"},
                       "resources": {"requests": {"cpu": "500m"}}}
     }));
-    let d = desired(&gateway(), &class(), &cfg, &settings());
+    let d = desired(&gateway(), &class(), &cfg, &settings(), &Default::default());
     let hpa = d.hpa.expect("hpa").spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 10));
     let spec = d.deployment.spec.expect("spec");
@@ -246,7 +249,7 @@ fn pod_labels_cannot_override_the_selector() {
             .get_or_insert_with(Default::default)
             .insert("app.kubernetes.io/component".into(), "controller".into());
     }
-    let d = desired(&gw, &class(), &cfg, &settings());
+    let d = desired(&gw, &class(), &cfg, &settings(), &Default::default());
     for m in [&d.deployment.metadata, &d.service.metadata] {
         let labels = m.labels.as_ref().expect("labels");
         assert!(
@@ -349,6 +352,7 @@ fn edge_limits_become_dataplane_flags() {
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
+        &Default::default(),
     );
     let args = |d: &Desired| {
         d.deployment
@@ -370,6 +374,7 @@ fn edge_limits_become_dataplane_flags() {
             "maxConnectionsPerSource": 5000, "idleTimeoutSeconds": 300,
             "headersWithUnderscores": "Drop", "trustedHops": 1}})),
         &settings(),
+        &Default::default(),
     );
     let a = args(&limited);
     for want in [
@@ -390,6 +395,7 @@ fn dataplanes_get_requests_for_the_hpa_and_spread_over_nodes_by_default() {
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
+        &Default::default(),
     );
     let pod = d
         .deployment
@@ -412,7 +418,7 @@ fn dataplanes_get_requests_for_the_hpa_and_spread_over_nodes_by_default() {
         "priorityClassName": "edge-critical",
         "imagePullSecrets": [{"name": "registry"}],
         "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]}}));
-    let pod = desired(&gateway(), &class(), &cfg, &settings())
+    let pod = desired(&gateway(), &class(), &cfg, &settings(), &Default::default())
         .deployment
         .spec
         .and_then(|s| s.template.spec)
@@ -444,4 +450,41 @@ fn dataplanes_get_requests_for_the_hpa_and_spread_over_nodes_by_default() {
         refused.contains(&"dataplane.topologySpreadConstraints"),
         "{refused:?}"
     );
+}
+
+#[test]
+fn the_ports_of_listener_sets_the_gateway_allows_are_exposed_too() {
+    use portico_crds::gateway_api::listenersets::ListenerSet;
+    let set = |ns: &str, port: i32| -> ListenerSet {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+            "metadata": {"name": "set", "namespace": ns},
+            "spec": {"parentRef": {"name": "edge", "namespace": "apps"},
+                     "listeners": [{"name": "l", "port": port, "protocol": "HTTP"}]}
+        }))
+        .expect("listener set")
+    };
+    let sets = [set("apps", 8443), set("other", 9000), set("apps", 80)];
+    let mut gw = gateway();
+    // Not allowed by default: nothing extra.
+    assert!(portico_compile::listener_set_ports(&gw, &sets).is_empty());
+    gw.spec.allowed_listeners =
+        serde_json::from_value(json!({"namespaces": {"from": "Same"}})).expect("allowedListeners");
+    let ports = portico_compile::listener_set_ports(&gw, &sets);
+    assert_eq!(ports, [80, 8443].into());
+    let d = desired(
+        &gw,
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+        &ports,
+    );
+    let service: Vec<i32> = d
+        .service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(service, vec![80, 443, 8443]);
 }

@@ -282,3 +282,61 @@ spec:
     assert!(!refuses(&inc));
     assert_same(&inc, &before);
 }
+
+#[test]
+fn a_listener_set_and_the_routes_naming_it_are_read_by_its_gateway() {
+    let set = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: open, namespace: default}
+spec:
+  gatewayClassName: portico
+  allowedListeners: {namespaces: {from: All}}
+  listeners: [{name: http, port: 80, protocol: HTTP, hostname: open.example.com}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: set, namespace: blue}
+spec:
+  parentRef: {name: open, namespace: default}
+  listeners: [{name: l, port: 80, protocol: HTTP, hostname: set.example.com}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: on-set, namespace: blue}
+spec:
+  parentRefs: [{kind: ListenerSet, name: set}]
+  rules: [{backendRefs: [{name: svc, namespace: default, port: 80}]}]
+"#;
+    let mut inc = IncrementalCompile::new(CONTROLLER_NAME);
+    let inputs = inputs_with(set);
+    inc.update(&inputs, &Changes::All);
+    assert_same(&inc, &inputs);
+    let set_id = ObjectRef::new("blue", "set");
+    assert!(inc.status().listener_sets.contains_key(&set_id));
+
+    // The route, the set and the set's namespace are each read by `open` alone.
+    for key in [
+        DepKey::Route(RouteKind::Http, ObjectRef::new("blue", "on-set")),
+        DepKey::ListenerSet(set_id.clone()),
+        DepKey::Namespace("blue".into()),
+    ] {
+        assert_eq!(inc.update(&inputs, &keys(&[key])), [gw("open")].into());
+        assert_same(&inc, &inputs);
+    }
+
+    // The set moves to `other` (which does not allow it): both Gateways recompile.
+    let mut moved = inputs.clone();
+    moved.listener_sets[0].spec.parent_ref.name = "other".into();
+    let touched = inc.update(&moved, &keys(&[DepKey::ListenerSet(set_id.clone())]));
+    assert_eq!(touched, [gw("open"), gw("other")].into());
+    assert_same(&inc, &moved);
+
+    // Deleted: no status left for it.
+    moved.listener_sets.clear();
+    let touched = inc.update(&moved, &keys(&[DepKey::ListenerSet(set_id.clone())]));
+    assert_eq!(touched, [gw("other")].into());
+    assert_same(&inc, &moved);
+    assert!(!inc.status().listener_sets.contains_key(&set_id));
+}

@@ -6,7 +6,7 @@ use crate::{CONTROLLER_NAME, Output, compile, referenced_secrets};
 use portico_model::{AppProtocol, ObjectRef, PathMatch, Protocol, RouteKind};
 
 /// A self-signed certificate and its key for `host`, as PEM.
-fn cert(host: &str) -> (String, String) {
+pub(super) fn cert(host: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec![host.to_string()])
         .expect("params")
@@ -22,7 +22,7 @@ fn indent(pem: &str) -> String {
         .join("\n")
 }
 
-fn tls_secret(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
+pub(super) fn tls_secret(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
     format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
         indent(cert_pem),
