@@ -69,6 +69,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
+    "GatewayStaticAddresses",
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
     "HTTPRoute",

@@ -79,12 +79,16 @@ start 8 kubelet "$out/kubelet" -kubeconfig "$kubeconfig" -dir "$work/node" \
 await kubelet READY 60
 
 step "suite ($profiles)"
+# GatewayStaticAddresses: the test kubelet grants a LoadBalancer Service the address it
+# requests from its pool (198.19.255.0/24) and never one outside it, such as 192.0.2.1
+# (TEST-NET-1: only ever written into a spec, never connected to).
 set +e
 KUBECONFIG="$kubeconfig" "$out/suite" -test.v -test.timeout 50m \
   -portico.crds "$crds" -portico.helm "$root/target/tools/bin/helm" -portico.chart "$root/charts/portico" \
   -portico.helm-set "rbac.secretsClusterWide=true,controller.logLevel=info" \
   -portico.version "$(sed -n 's/^version: *//p' charts/portico/Chart.yaml)" \
   --gateway-class=portico --conformance-profiles="$profiles" \
+  --usable-address=198.19.255.250 --unusable-address=192.0.2.1 \
   --report-output="$out/report.yaml" ${CONFORMANCE_ARGS:-} 2>&1 | tee "$out/suite.log"
 status=${PIPESTATUS[0]}
 set -e

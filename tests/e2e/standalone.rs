@@ -1141,11 +1141,18 @@ async fn the_feature_examples_work_as_committed() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["name"], "echo", "team A's backend");
     }
-    let r = http.get(p.addr(ports[0]), "platform.example.test", "/x").await;
+    let r = http
+        .get(p.addr(ports[0]), "platform.example.test", "/x")
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["name"], "echo-next", "the platform's own route");
-    let r = http.get(p.addr(ports[1]), "platform.example.test", "/x").await;
-    assert_eq!(r.status, 404, "the platform's hostname is not on team A's port");
+    let r = http
+        .get(p.addr(ports[1]), "platform.example.test", "/x")
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "the platform's hostname is not on team A's port"
+    );
     drop(p);
 
     let (public, internal) = (loopback_ip(), loopback_ip());

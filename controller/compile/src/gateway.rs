@@ -234,7 +234,9 @@ pub(crate) struct GatewayState {
     generation: Option<i64>,
     /// Set when the Gateway as a whole is rejected: (reason, message).
     invalid: Option<(&'static str, String)>,
+    /// Its `spec.addresses` (IP addresses, normalised), and what they mean here.
     addresses: Vec<String>,
+    pub(crate) addresses_mode: crate::inputs::Addresses,
     /// Its own listeners, then those of its ListenerSets that it allows (in precedence order).
     pub(crate) listeners: Vec<ListenerState>,
     /// The ListenerSets that name it, in precedence order.
@@ -421,6 +423,7 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
         generation: gw.metadata.generation,
         invalid,
         addresses,
+        addresses_mode: crate::inputs::Addresses::Bind,
         listeners,
         listener_sets,
     }
@@ -815,13 +818,56 @@ impl GatewayState {
         }
     }
 
-    /// The IP addresses its listeners bind (its `spec.addresses`; empty: the dataplane's
-    /// default).
+    /// The IP addresses its listeners bind: its `spec.addresses` in standalone mode; in a
+    /// cluster none (the dataplane's default), since they are its Service's to receive.
     pub(crate) fn bind_addresses(&self) -> &[String] {
-        &self.addresses
+        match self.addresses_mode {
+            crate::inputs::Addresses::Bind => &self.addresses,
+            crate::inputs::Addresses::Service => &[],
+        }
     }
 
-    /// Status addresses: those of the dataplane Service if there is one, else the requested.
+    /// In a cluster, why the addresses it asked for are not its dataplane Service's (yet).
+    fn unusable_address(&self, service: Option<&Service>) -> Option<String> {
+        if self.addresses_mode != crate::inputs::Addresses::Service || self.addresses.is_empty() {
+            return None;
+        }
+        let name = crate::refs::dataplane_name(&self.id.namespace, &self.id.name);
+        if self.addresses.len() > 1 {
+            return Some(format!(
+                "{} addresses are requested; a provisioned Gateway's Service can be given one (spec.loadBalancerIP)",
+                self.addresses.len()
+            ));
+        }
+        let Some(svc) = service else {
+            return Some(format!("its dataplane Service {name} does not exist yet"));
+        };
+        let given: Vec<String> = svc
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_deref()?.parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_string())
+            .collect();
+        let missing: Vec<&str> = self
+            .addresses
+            .iter()
+            .filter(|a| !given.contains(a))
+            .map(String::as_str)
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "its dataplane Service {name} has not been given {} (its load-balancer addresses: {}); \
+                 whether a LoadBalancer Service gets a requested IP is up to the cluster's load balancer",
+                missing.join(", "),
+                if given.is_empty() { "none".to_string() } else { given.join(", ") }
+            )
+        })
+    }
+
+    /// Status addresses: those of the dataplane Service if there is one, else (standalone)
+    /// those it binds.
     fn addresses(&self, service: Option<&Service>) -> Vec<GatewayAddress> {
         let address = |type_: &str, value: &str| GatewayAddress {
             type_: type_.to_string(),
@@ -854,8 +900,14 @@ impl GatewayState {
                 );
             }
         }
+        // Standalone: the addresses it binds. In a cluster, an address the Service was not
+        // given is not one the Gateway can be reached on.
         if out.is_empty() {
-            out.extend(self.addresses.iter().map(|ip| address("IPAddress", ip)));
+            out.extend(
+                self.bind_addresses()
+                    .iter()
+                    .map(|ip| address("IPAddress", ip)),
+            );
         }
         out
     }
@@ -886,20 +938,28 @@ impl GatewayState {
                 g,
             ),
         };
-        let programmed = if accepted.is_true() {
+        let programmed = if !accepted.is_true() {
             Condition::new(
                 types::PROGRAMMED,
                 false,
-                reasons::PENDING,
-                "waiting for the dataplane to apply the configuration",
+                reasons::INVALID,
+                "the Gateway is not accepted",
+                g,
+            )
+        } else if let Some(why) = self.unusable_address(dataplane_service) {
+            Condition::new(
+                types::PROGRAMMED,
+                false,
+                reasons::ADDRESS_NOT_USABLE,
+                why,
                 g,
             )
         } else {
             Condition::new(
                 types::PROGRAMMED,
                 false,
-                reasons::INVALID,
-                "the Gateway is not accepted",
+                reasons::PENDING,
+                "waiting for the dataplane to apply the configuration",
                 g,
             )
         };

@@ -59,6 +59,9 @@ pub struct Inputs {
     /// The namespace of the dataplanes' Services (`--dataplane-namespace`), whose addresses
     /// the Gateways report.
     pub dataplane_namespace: String,
+    /// What a Gateway's `spec.addresses` are: the IPs its listeners bind (standalone) or the
+    /// address its dataplane Service must get (a cluster).
+    pub addresses: Addresses,
     /// The Services backendRefs name, and the dataplanes' own.
     pub services: Vec<Service>,
     /// Endpoints known at compile time (standalone mode; the controller leaves this empty,
@@ -87,6 +90,19 @@ impl Inputs {
     pub(crate) fn gateways_of(&self, controller_name: &str) -> impl Iterator<Item = &Gateway> {
         gateways_of(&self.gateway_classes, &self.gateways, controller_name)
     }
+}
+
+/// What a Gateway's `spec.addresses` mean where it is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Addresses {
+    /// The IPs its listeners bind: standalone mode, where the dataplane runs on the host
+    /// that has them.
+    #[default]
+    Bind,
+    /// The addresses its dataplane Service must be given (as `spec.loadBalancerIP`): in a
+    /// cluster the dataplanes bind every address of their pod, and the Gateway is
+    /// `Programmed` only once the Service has what it asked for.
+    Service,
 }
 
 /// The Secrets compile may use, and those the controller may not read.

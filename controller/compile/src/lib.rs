@@ -63,7 +63,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use backend::ENDPOINTS_ANNOTATION;
-pub use inputs::Inputs;
+pub use inputs::{Addresses, Inputs};
 pub use portico_crds::CONTROLLER_NAME;
 pub use refs::dataplane_name;
 pub use status::StatusReport;
@@ -136,6 +136,9 @@ pub fn compile_scoped(
         namespaces: &namespaces,
     };
     let mut gateways = gateway::compile_gateways(gateways_in, &classes, &gateway_inputs);
+    for gw in &mut gateways {
+        gw.addresses_mode = inputs.addresses;
+    }
     let backends = backend::BackendIndex::new(inputs);
     let sets = inputs.listener_set_parents();
     let names_scope = |parents: Vec<ObjectRef>| scope.is_none() || parents.iter().any(in_scope);

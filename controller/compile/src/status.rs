@@ -25,6 +25,7 @@ pub mod reasons {
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
     // ListenerSet.
     pub const NOT_ALLOWED: &str = "NotAllowed";
     pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";

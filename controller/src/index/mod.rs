@@ -376,6 +376,8 @@ impl Index {
             secrets: self.secrets.secrets(),
             unreadable_secrets: self.secrets.unreadable(),
             dataplane_namespace: String::new(),
+            // A cluster's Gateways ask their Service for their addresses.
+            addresses: portico_compile::Addresses::Service,
             endpoint_slices: Vec::new(),
             namespaces: all(&self.namespaces),
         }

@@ -421,6 +421,9 @@ pub fn desired(
                     })
                     .collect(),
             ),
+            // Only a LoadBalancer Service is given an address this way.
+            load_balancer_ip: requested_ip(gw)
+                .filter(|_| svc_config.type_.as_str() == "LoadBalancer"),
             external_traffic_policy: svc_config.external_traffic_policy.map(|t| {
                 match t {
                     TrafficPolicy::Cluster => "Cluster",
@@ -499,6 +502,23 @@ pub fn desired(
 
 /// Requests when a GatewayConfig gives none: the HPA measures CPU utilisation against the
 /// request, so without one it cannot scale.
+/// The address the Gateway asks for, as the Service's `loadBalancerIP`: its one
+/// `IPAddress` in `spec.addresses`. (Several, or another type, cannot be asked this way;
+/// compile reports the Gateway's address as not usable, or unsupported.) Deprecated in the
+/// Service API for being provider-specific, it is still what load balancers such as MetalLB
+/// and the clouds' read; a provider's own annotation can be added through the GatewayConfig.
+fn requested_ip(gw: &Gateway) -> Option<String> {
+    let addresses = gw.spec.addresses.as_deref().unwrap_or_default();
+    match addresses {
+        [one] if one.r#type.as_deref().unwrap_or("IPAddress") == "IPAddress" => one
+            .value
+            .as_deref()
+            .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_string()),
+        _ => None,
+    }
+}
+
 fn default_resources() -> ResourceRequirements {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     ResourceRequirements {

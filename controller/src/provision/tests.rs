@@ -488,3 +488,32 @@ fn the_ports_of_listener_sets_the_gateway_allows_are_exposed_too() {
         .collect();
     assert_eq!(service, vec![80, 443, 8443]);
 }
+
+#[test]
+fn a_requested_address_is_asked_of_a_load_balancer_service() {
+    let with = |addresses: serde_json::Value, service: serde_json::Value| {
+        let mut gw = gateway();
+        gw.spec.addresses = serde_json::from_value(addresses).expect("addresses");
+        let d = desired(
+            &gw,
+            &class(),
+            &config(service),
+            &settings(),
+            &Default::default(),
+        );
+        d.service.spec.and_then(|s| s.load_balancer_ip)
+    };
+    let one = json!([{"type": "IPAddress", "value": "198.51.100.7"}]);
+    assert_eq!(
+        with(one.clone(), json!({})).as_deref(),
+        Some("198.51.100.7")
+    );
+    // Only a LoadBalancer is given an address that way.
+    assert_eq!(with(one, json!({"service": {"type": "NodePort"}})), None);
+    // Two cannot be asked with one field (compile says the Gateway's address is not usable);
+    // an empty value asks for none in particular.
+    let two = json!([{"value": "198.51.100.7"}, {"value": "198.51.100.8"}]);
+    assert_eq!(with(two, json!({})), None);
+    assert_eq!(with(json!([{"type": "IPAddress"}]), json!({})), None);
+    assert_eq!(with(json!(null), json!({})), None);
+}

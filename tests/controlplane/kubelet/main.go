@@ -20,7 +20,9 @@
 //     an address of the bridge with a TCP listener per port that forwards to a ready
 //     endpoint; `default/kubernetes` forwards to the API server. Each LoadBalancer Service
 //     gets an address from 198.19.255.0/24 the same way, written to its status, so a
-//     Gateway's address reaches its dataplane pods from the test process.
+//     Gateway's address reaches its dataplane pods from the test process: the one its
+//     spec.loadBalancerIP asks for when that is in the pool and free, none when it asks
+//     for another (as a cloud load balancer that cannot grant it), else the lowest free.
 //   - DNS on 198.19.0.1:53: `<service>.<namespace>.svc.cluster.local` → its ClusterIP.
 //   - The kubelet port, 198.19.0.1:10250 (logs.go): container logs for `pods/log`, to the
 //     API server's client certificate only.
@@ -1140,7 +1142,6 @@ type serviceProxy struct {
 	listeners map[string]*forwarder // "ip:port" → forwarder
 	lbIPs     map[types.UID]net.IP
 	clusterIP map[string]net.IP // "ns/name" → ClusterIP
-	nextLB    byte
 	rr        uint32
 	kick      chan struct{}
 }
@@ -1158,7 +1159,7 @@ func newServiceProxy(k *kubelet, f informers.SharedInformerFactory) *serviceProx
 		k:         k,
 		services:  func() ([]*corev1.Service, error) { return svcs.Lister().List(labels.Everything()) },
 		listeners: map[string]*forwarder{}, lbIPs: map[types.UID]net.IP{}, clusterIP: map[string]net.IP{},
-		nextLB: 1, kick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1),
 	}
 	p.slices = func(ns, svc string) ([]*discoveryv1.EndpointSlice, error) {
 		return eps.Lister().EndpointSlices(ns).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc}))
@@ -1222,6 +1223,7 @@ func (p *serviceProxy) reconcile() {
 	want := map[string]*forwarder{}
 	clusterIPs := map[string]net.IP{}
 	var lbUpdates []*corev1.Service
+	seen := map[types.UID]bool{}
 	p.mu.Lock()
 	for _, s := range svcs {
 		key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
@@ -1231,12 +1233,8 @@ func (p *serviceProxy) reconcile() {
 			clusterIPs[key.String()] = a
 		}
 		if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
-			lb, ok := p.lbIPs[s.UID]
-			if !ok && p.nextLB < 255 {
-				lb = net.IPv4(198, 19, 255, p.nextLB)
-				p.nextLB++
-				p.lbIPs[s.UID] = lb
-			}
+			seen[s.UID] = true
+			lb := p.lbAddress(s)
 			if lb != nil {
 				addrs = append(addrs, lb)
 				if len(s.Status.LoadBalancer.Ingress) != 1 || s.Status.LoadBalancer.Ingress[0].IP != lb.String() {
@@ -1244,6 +1242,10 @@ func (p *serviceProxy) reconcile() {
 					c.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lb.String(), IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)}}
 					lbUpdates = append(lbUpdates, c)
 				}
+			} else if len(s.Status.LoadBalancer.Ingress) > 0 {
+				c := s.DeepCopy()
+				c.Status.LoadBalancer.Ingress = nil
+				lbUpdates = append(lbUpdates, c)
 			}
 		}
 		for _, a := range addrs {
@@ -1256,6 +1258,11 @@ func (p *serviceProxy) reconcile() {
 		}
 	}
 	p.clusterIP = clusterIPs
+	for uid := range p.lbIPs {
+		if !seen[uid] {
+			delete(p.lbIPs, uid)
+		}
+	}
 	for addr, f := range p.listeners {
 		if w, ok := want[addr]; !ok {
 			_ = f.ln.Close()
@@ -1285,6 +1292,42 @@ func (p *serviceProxy) reconcile() {
 			log.Printf("kubelet: LoadBalancer status of %s/%s: %v", s.Namespace, s.Name, err)
 		}
 	}
+}
+
+// lbAddress is the LoadBalancer address of s (p.mu held): the one spec.loadBalancerIP asks
+// for if it is in 198.19.255.0/24 and no other Service has it, none if it asks for another,
+// else the one it has, else the lowest free one.
+func (p *serviceProxy) lbAddress(s *corev1.Service) net.IP {
+	taken := func(ip net.IP) bool {
+		for uid, other := range p.lbIPs {
+			if uid != s.UID && other.Equal(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	var lb net.IP
+	if want := s.Spec.LoadBalancerIP; want != "" {
+		ip := net.ParseIP(want).To4()
+		if ip != nil && ip[0] == 198 && ip[1] == 19 && ip[2] == 255 && ip[3] != 0 && ip[3] != 255 && !taken(ip) {
+			lb = ip
+		}
+	} else if cur, ok := p.lbIPs[s.UID]; ok {
+		lb = cur
+	} else {
+		for n := 1; n < 255; n++ {
+			if ip := net.IPv4(198, 19, 255, byte(n)).To4(); !taken(ip) {
+				lb = ip
+				break
+			}
+		}
+	}
+	if lb == nil {
+		delete(p.lbIPs, s.UID)
+	} else {
+		p.lbIPs[s.UID] = lb
+	}
+	return lb
 }
 
 func (p *serviceProxy) accept(f *forwarder) {

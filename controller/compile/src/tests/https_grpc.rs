@@ -421,3 +421,85 @@ fn gateway_addresses_come_from_its_dataplane_service() {
         ]
     );
 }
+
+#[test]
+fn requested_addresses_are_bound_standalone_and_asked_of_the_service_in_a_cluster() {
+    let name = crate::dataplane_name("default", "fixed");
+    let gateway = |addresses: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: fixed, namespace: default}}\nspec:\n  gatewayClassName: portico\n  addresses: {addresses}\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+        )
+    };
+    let service = |ingress: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: portico-system}}\nspec: {{type: LoadBalancer, clusterIP: 10.0.0.8, ports: [{{port: 80}}]}}\nstatus: {{loadBalancer: {{ingress: [{ingress}]}}}}\n"
+        )
+    };
+    let id = ObjectRef::new("default", "fixed");
+    let run = |extra: &str, mode: crate::Addresses| {
+        let mut inputs = super::inputs(extra);
+        inputs.dataplane_namespace = "portico-system".into();
+        inputs.addresses = mode;
+        compile(&inputs, CONTROLLER_NAME)
+    };
+    let programmed = |out: &crate::Output| {
+        find(&out.status.gateways[&id].conditions, types::PROGRAMMED)
+            .expect("programmed")
+            .clone()
+    };
+    let one = gateway("[{type: IPAddress, value: 198.51.100.7}]");
+
+    // Standalone: the listeners bind it, and it is the Gateway's address.
+    let out = run(&one, crate::Addresses::Bind);
+    assert_eq!(out.snapshots[&id].listeners[0].addresses, ["198.51.100.7"]);
+    assert_eq!(programmed(&out).reason, reasons::PENDING);
+
+    // A cluster: the dataplane binds its default; Programmed waits for the Service to have it.
+    let out = run(&one, crate::Addresses::Service);
+    assert!(out.snapshots[&id].listeners[0].addresses.is_empty());
+    let p = programmed(&out);
+    assert_eq!(p.reason, reasons::ADDRESS_NOT_USABLE);
+    assert!(p.message.contains("does not exist yet"), "{p:?}");
+    assert!(
+        out.status.gateways[&id].addresses.is_empty(),
+        "not an address it has"
+    );
+
+    let out = run(
+        &format!("{one}{}", service("{ip: 198.19.255.3}")),
+        crate::Addresses::Service,
+    );
+    let p = programmed(&out);
+    assert_eq!(p.reason, reasons::ADDRESS_NOT_USABLE);
+    assert!(
+        p.message.contains("198.51.100.7") && p.message.contains("198.19.255.3"),
+        "{p:?}"
+    );
+
+    let out = run(
+        &format!("{one}{}", service("{ip: 198.51.100.7}")),
+        crate::Addresses::Service,
+    );
+    assert_eq!(
+        programmed(&out).reason,
+        reasons::PENDING,
+        "the dataplane's ack decides"
+    );
+    let addresses: Vec<&str> = out.status.gateways[&id]
+        .addresses
+        .iter()
+        .map(|a| a.value.as_str())
+        .collect();
+    assert_eq!(addresses, ["198.51.100.7"]);
+
+    // Two cannot be asked of one Service; an empty value asks for none in particular.
+    let two = gateway("[{value: 198.51.100.7}, {value: 198.51.100.8}]");
+    let p = programmed(&run(&two, crate::Addresses::Service));
+    assert_eq!(p.reason, reasons::ADDRESS_NOT_USABLE);
+    assert!(p.message.contains("2 addresses"), "{p:?}");
+    let any = gateway("[{type: IPAddress}]");
+    assert_eq!(
+        programmed(&run(&any, crate::Addresses::Service)).reason,
+        reasons::PENDING
+    );
+}
