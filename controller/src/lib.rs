@@ -219,12 +219,16 @@ pub async fn run(
     let health = Arc::new(admin::Health::new(leading.clone()));
     health.set_hub(hub.clone());
     health.set_unreadable(index.unreadable.clone());
+    // The ports each Gateway serves for its ListenerSets, as compiled: its provisioned
+    // Service exposes them. `None` until the first compile.
+    let (set_ports, set_ports_rx) = tokio::sync::watch::channel(None);
     if let Some(p) = settings.provision.clone() {
         tokio::spawn(provision::run(
             client.clone(),
             p,
             leading.clone(),
             health.counters.clone(),
+            set_ports_rx,
         ));
     }
     if let Some(addr) = settings.admin_address {
@@ -301,6 +305,18 @@ pub async fn run(
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();
             hub.publish(&touched, |gw| compiler.snapshot(gw));
+            let ports: provision::ListenerSetPorts = compiler
+                .snapshots()
+                .map(|(gw, s)| (gw.clone(), portico_compile::listener_set_ports(s)))
+                .filter(|(_, p)| !p.is_empty())
+                .collect();
+            set_ports.send_if_modified(|current| {
+                let changed = current.as_deref() != Some(&ports);
+                if changed {
+                    *current = Some(Arc::new(ports));
+                }
+                changed
+            });
             health
                 .compiles
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -47,7 +47,6 @@ use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
-use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::policy::PolicyCondition;
 use serde::Serialize;
@@ -92,7 +91,12 @@ struct Context {
     /// between the sweep's reads, costs no dataplane).
     doomed: Mutex<std::collections::HashSet<String>>,
     counters: Arc<crate::admin::Counters>,
+    listener_set_ports: watch::Receiver<Option<Arc<ListenerSetPorts>>>,
 }
+
+/// The ports each Gateway serves for its ListenerSets' listeners, by Gateway.
+pub type ListenerSetPorts =
+    std::collections::BTreeMap<portico_model::ObjectRef, std::collections::BTreeSet<i32>>;
 
 /// Runs the provisioning loop until the process ends.
 pub async fn run(
@@ -100,7 +104,9 @@ pub async fn run(
     settings: ProvisionSettings,
     leading: watch::Receiver<bool>,
     counters: Arc<crate::admin::Counters>,
+    listener_set_ports: watch::Receiver<Option<Arc<ListenerSetPorts>>>,
 ) {
+    let ports_rx = listener_set_ports.clone();
     let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(Api::<Gateway>::all(client.clone()), Default::default());
     let gateways = controller.store();
@@ -127,6 +133,7 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
         doomed: Mutex::new(Default::default()),
         counters,
+        listener_set_ports,
     });
     let ns = ctx.settings.namespace.clone();
     tokio::spawn(sweep_loop(ctx.clone(), controller.store()));
@@ -161,21 +168,6 @@ pub async fn run(
             owned(),
             |o| gateway_of(&o.metadata),
         )
-        // A ListenerSet's ports are its Gateway's dataplane's. (Where the cluster does not
-        // serve the kind, this watch fails and backs off; nothing else depends on it.)
-        .watches(
-            Api::<ListenerSet>::all(client.clone()),
-            Default::default(),
-            |ls| {
-                let p = &ls.spec.parent_ref;
-                let ns = p
-                    .namespace
-                    .clone()
-                    .or_else(|| ls.metadata.namespace.clone())
-                    .unwrap_or_default();
-                Some(ObjectRef::<Gateway>::new(&p.name).within(&ns))
-            },
-        )
         // A configuration or class change may touch any Gateway: there are few.
         .watches(
             Api::<GatewayConfig>::all(client.clone()),
@@ -187,6 +179,12 @@ pub async fn run(
             Default::default(),
             move |_| all_too(),
         )
+        // A ListenerSet's ports are its Gateway's Service's: when compile admits or drops
+        // one, every Gateway is looked at again (there are few, and most change nothing).
+        .reconcile_all_on(futures::stream::unfold(ports_rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        }))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -299,7 +297,16 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         _ => spec,
     };
 
-    let ports = listener_set_ports(&ctx.client, &gw).await;
+    // The ports its ListenerSets are served on, as the last compile admitted them; before
+    // the first compile they are unknown, and applying without them would drop them.
+    let ports = {
+        let compiled = ctx.listener_set_ports.borrow();
+        let Some(compiled) = compiled.as_ref() else {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let id = portico_model::ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
+        compiled.get(&id).cloned().unwrap_or_default()
+    };
     let desired = objects::desired(&gw, &class, &spec, &ctx.settings, &ports);
     let ns = ctx.settings.namespace.clone();
     let changed = match apply_all(&ctx.client, &gw, &ns, &desired, &ctx.settings).await {
@@ -318,33 +325,6 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         publish(&ctx, &gw, EventType::Normal, "Provisioned", &note).await;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-/// The ports of the ListenerSets the Gateway may take: its dataplane listens on them too.
-/// Read only for a Gateway that allows ListenerSets, from the API server's watch cache; a
-/// cluster without the ListenerSet CRD has none.
-async fn listener_set_ports(client: &Client, gw: &Gateway) -> std::collections::BTreeSet<i32> {
-    use portico_crds::gateway_api::gateways::GatewayAllowedListenersNamespacesFrom as From;
-    let from = gw
-        .spec
-        .allowed_listeners
-        .as_ref()
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.clone());
-    if matches!(from, None | Some(From::None)) {
-        return Default::default();
-    }
-    let api: Api<ListenerSet> = Api::all(client.clone());
-    match api
-        .list(&kube::api::ListParams::default().match_any())
-        .await
-    {
-        Ok(list) => portico_compile::listener_set_ports(gw, &list.items),
-        Err(e) => {
-            tracing::debug!(error = %e, "listing ListenerSets");
-            Default::default()
-        }
-    }
 }
 
 /// Applies every object of the Gateway's dataplane; returns what changed.

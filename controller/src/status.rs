@@ -205,7 +205,10 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
         .collect();
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
-        attached_listener_sets: Some(report.attached_listener_sets),
+        // Unset when none: nil reads as 0, and a Gateway CRD older than ListenerSets prunes
+        // the field (a 0 written there would never read back, and be rewritten forever).
+        attached_listener_sets: (report.attached_listener_sets > 0)
+            .then_some(report.attached_listener_sets),
         conditions: Some(conditions(&report.conditions, existing, now)),
         listeners: Some(listeners),
     }
@@ -393,13 +396,19 @@ impl StatusWriter {
         }
         for ls in index.listener_sets.state() {
             let id = ObjectRef::new(ls.namespace().unwrap_or_default(), ls.name_any());
-            let Some(r) = report.listener_sets.get(&id) else {
-                continue;
+            let status = match report.listener_sets.get(&id) {
+                Some(r) => {
+                    let desired = listener_set_status(&ls, r, &now);
+                    (ls.status.as_ref() != Some(&desired)).then(|| json!(desired))
+                }
+                // No longer on a Gateway of ours (its parentRef moved, its Gateway went or
+                // left our class): what we wrote is withdrawn, so it does not go on saying
+                // Accepted. (An empty apply releases our fields, and nobody else has them.)
+                None => self.wrote_status(&*ls).then(|| json!({})),
             };
-            let desired = listener_set_status(&ls, r, &now);
-            if ls.status.as_ref() != Some(&desired) {
+            if let Some(status) = status {
                 let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &id.namespace);
-                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet", "status": desired});
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet", "status": status});
                 api.patch_status(&id.name, &self.params, &Patch::Apply(&patch))
                     .await
                     .map_err(|source| Error::Write {
@@ -460,6 +469,18 @@ impl StatusWriter {
             };
         }
         Ok(written)
+    }
+
+    /// Whether this controller's field manager holds the conditions of `object`'s status.
+    fn wrote_status<K: Resource>(&self, object: &K) -> bool {
+        object.meta().managed_fields.iter().flatten().any(|f| {
+            f.manager.as_deref() == Some(self.controller.as_str())
+                && f.subresource.as_deref() == Some("status")
+                && f.fields_v1
+                    .as_ref()
+                    .and_then(|v| v.0.get("f:status")?.get("f:conditions"))
+                    .is_some()
+        })
     }
 
     /// Writes the status of every policy of `kind` in `store` that changed; `status` reads a

@@ -398,6 +398,121 @@ async fn https_listeners_report_their_certificate_references() {
 }
 
 #[tokio::test]
+async fn listener_sets_get_their_status_and_lose_it_when_they_leave() {
+    use portico_crds::gateway_api::listenersets::ListenerSet;
+    let client = cluster().client().await;
+    shared_controller();
+    let ns = test_namespace(&client, "lset").await;
+    class(&client, &ns, CONTROLLER).await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns, "allowedListeners": {"namespaces": {"from": "Same"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "gw.example.com"}]}}),
+    )
+    .await;
+    service(&client, &ns, "svc").await;
+    let set = |name: &str, host: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+               "metadata": {"name": name},
+               "spec": {"parentRef": {"name": "gw"},
+                        "listeners": [{"name": "web", "port": 80, "protocol": "HTTP", "hostname": host}]}})
+    };
+    create::<ListenerSet>(&client, &ns, set("team", "team.example.com")).await;
+    // Takes the Gateway's own hostname: conflicted.
+    create::<ListenerSet>(&client, &ns, set("greedy", "gw.example.com")).await;
+    create::<HttpRoute>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "on-set"},
+               "spec": {"parentRefs": [{"kind": "ListenerSet", "name": "team"}],
+                        "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}}),
+    )
+    .await;
+
+    let sets: Api<ListenerSet> = Api::namespaced(client.clone(), &ns);
+    let listener = |ls: &ListenerSet| {
+        ls.status
+            .as_ref()
+            .and_then(|s| s.listeners.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|l| l.name == "web")
+    };
+    let team = await_some("ListenerSet team accepted with its route", || async {
+        let ls = sets.get("team").await.ok()?;
+        let c = ls.status.as_ref()?.conditions.clone()?;
+        let ok = is(&c, "Accepted", "True", "Accepted")
+            && c.iter()
+                .all(|c| c.observed_generation == ls.metadata.generation)
+            && listener(&ls)?.attached_routes == 1;
+        ok.then_some(ls)
+    })
+    .await;
+    let web = listener(&team).expect("listener");
+    assert!(is(&web.conditions, "Conflicted", "False", "NoConflicts"));
+    assert_eq!(
+        web.supported_kinds
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["GRPCRoute", "HTTPRoute"]
+    );
+    await_some("ListenerSet greedy conflicted", || async {
+        let ls = sets.get("greedy").await.ok()?;
+        let c = ls.status.as_ref()?.conditions.clone()?;
+        let l = listener(&ls)?;
+        (is(&c, "Accepted", "False", "ListenersNotValid")
+            && is(&l.conditions, "Conflicted", "True", "HostnameConflict")
+            && is(&l.conditions, "Accepted", "False", "HostnameConflict"))
+        .then_some(())
+    })
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    await_some("Gateway counts one ListenerSet", || async {
+        let g = gateways.get("gw").await.ok()?;
+        (g.status?.attached_listener_sets == Some(1)).then_some(())
+    })
+    .await;
+    let route = await_route(&client, &ns, "on-set", "route accepted on the set", |c| {
+        is(c, "Accepted", "True", "Accepted")
+    })
+    .await;
+    let parent = &route.status.expect("status").parents[0].parent_ref;
+    assert_eq!(parent.kind.as_deref(), Some("ListenerSet"));
+    assert_eq!(parent.name, "team");
+
+    // The set moves to a Gateway that does not exist: what we said of it is withdrawn.
+    sets.patch(
+        "team",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"parentRef": {"name": "elsewhere"}}})),
+    )
+    .await
+    .expect("move the set");
+    await_some("ListenerSet team's status withdrawn", || async {
+        let ls = sets.get("team").await.ok()?;
+        let accepted = ls
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .and_then(|c| condition(c, "Accepted"))
+            .is_some_and(|c| c.status == "True");
+        (!accepted && listener(&ls).is_none()).then_some(())
+    })
+    .await;
+    await_some("Gateway counts no ListenerSet", || async {
+        let g = gateways.get("gw").await.ok()?;
+        (g.status?.attached_listener_sets.unwrap_or(0) == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn cross_namespace_backends_need_a_reference_grant() {
     let client = cluster().client().await;
     shared_controller();

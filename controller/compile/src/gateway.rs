@@ -182,6 +182,11 @@ pub(crate) struct ListenerState {
     grpc_hosts: Vec<(ObjectRef, Vec<String>)>,
 }
 
+/// Whether a snapshot listener's name is one [`ListenerState::key`] gave a ListenerSet's.
+pub(crate) fn is_listener_set_key(name: &str) -> bool {
+    name.contains('/')
+}
+
 impl ListenerState {
     /// Its name in the snapshot, unique on the Gateway: a Gateway listener's own name, and
     /// `namespace/listenerset/name` for a ListenerSet's (a listener name has no `/`).
@@ -307,6 +312,7 @@ pub(crate) struct GatewayInputs<'a> {
     pub(crate) secrets: &'a SecretIndex<'a>,
     pub(crate) listener_sets: &'a [ListenerSet],
     pub(crate) namespaces: &'a NamespaceLabels,
+    pub(crate) reserved_ports: &'a BTreeSet<i32>,
 }
 
 pub(crate) fn compile_gateways(
@@ -373,9 +379,13 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
             ));
         }
     }
+    for l in &mut listeners {
+        reserve(l, inputs.reserved_ports);
+    }
     mark_conflicts(&mut listeners);
     let accepted = invalid.is_none() && listeners.iter().any(ListenerState::usable);
     let mut listener_sets = Vec::new();
+    let mut merged = 0;
     for ls in listener_sets_of(&id, inputs.listener_sets) {
         let ls_id = object_ref(&ls.metadata);
         let refused = if !allows_listener_set(
@@ -408,6 +418,17 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
                         unreadable_listener(&entry.name, owner.clone(), &ls_id.namespace, secrets)
                     }
                 };
+                reserve(&mut l, inputs.reserved_ports);
+                if merged == MAX_LISTENER_SET_LISTENERS {
+                    l.rejected = Some((
+                        reasons::TOO_MANY_LISTENERS.into(),
+                        format!(
+                            "Gateway {id} already serves {MAX_LISTENER_SET_LISTENERS} listeners of ListenerSets"
+                        ),
+                    ));
+                } else {
+                    merged += 1;
+                }
                 l.conflicted = conflict_with_earlier(&listeners, &l);
                 listeners.push(l);
             }
@@ -429,20 +450,57 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
     }
 }
 
+/// How many listeners of ListenerSets one Gateway serves at most; the rest are rejected
+/// (`TooManyListeners`), so that no namespace allowed to add listeners can grow a shared
+/// dataplane without bound.
+pub(crate) const MAX_LISTENER_SET_LISTENERS: usize = 256;
+
+/// A listener on a port the dataplane uses itself cannot be bound: it would fail the
+/// dataplane's whole configuration, so it is rejected here instead.
+fn reserve(l: &mut ListenerState, reserved: &BTreeSet<i32>) {
+    if reserved.contains(&l.port) {
+        l.rejected = Some((
+            reasons::PORT_UNAVAILABLE.into(),
+            format!("port {} is used by the dataplane itself", l.port),
+        ));
+    }
+}
+
 /// The ListenerSets that name `gw`, in precedence order: oldest first, then by
-/// namespace/name.
+/// "namespace/name" (as a string, the spec's order).
 fn listener_sets_of<'a>(id: &ObjectRef, sets: &'a [ListenerSet]) -> Vec<&'a ListenerSet> {
     let mut out: Vec<&ListenerSet> = sets
         .iter()
         .filter(|ls| listener_set_parent(ls).as_ref() == Some(id))
         .collect();
-    out.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb)
-            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+    out.sort_by_cached_key(|ls| {
+        (
+            ls.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            object_ref(&ls.metadata).to_string(),
+        )
     });
     out
+}
+
+/// The ListenerSets that name `gw` and that it allows, in precedence order: those whose
+/// Secrets the controller may need.
+pub(crate) fn admitted_listener_sets<'a>(
+    gw: &Gateway,
+    sets: &'a [ListenerSet],
+    ns: &NamespaceLabels,
+) -> Vec<&'a ListenerSet> {
+    let id = object_ref(&gw.metadata);
+    listener_sets_of(&id, sets)
+        .into_iter()
+        .filter(|ls| {
+            allows_listener_set(
+                gw,
+                &id.namespace,
+                &crate::refs::namespace_of(&ls.metadata),
+                ns,
+            )
+        })
+        .collect()
 }
 
 /// Whether the Gateway's `spec.allowedListeners` admits ListenerSets from `ls_ns` (none by
@@ -506,12 +564,18 @@ fn unreadable_listener(
     l
 }
 
-/// Why `l`, a ListenerSet's listener, cannot be served next to the usable listeners before
-/// it: the same port with another protocol, or the same port, protocol and hostname. The
-/// message does not say whose listener it clashes with (another team's ListenerSet is none
-/// of this one's business).
+/// Why `l`, a ListenerSet's listener, cannot be served next to the listeners before it: the
+/// same port with another protocol, or the same port, protocol and hostname. Every listener
+/// the Gateway declares counts, served or not (its owner's port stays its owner's); a
+/// ListenerSet's counts only if it is served, so one that lost does not knock out the next.
+/// The message does not say whose listener it clashes with (another team's ListenerSet is
+/// none of this one's business).
 fn conflict_with_earlier(earlier: &[ListenerState], l: &ListenerState) -> Option<(String, String)> {
-    let on_port = || earlier.iter().filter(|e| e.usable() && e.port == l.port);
+    let on_port = || {
+        earlier
+            .iter()
+            .filter(|e| e.port == l.port && (e.owner == Owner::Gateway || e.usable()))
+    };
     if let Some(e) = on_port().find(|e| e.protocol != l.protocol) {
         return Some((
             reasons::PROTOCOL_CONFLICT.into(),

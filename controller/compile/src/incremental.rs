@@ -402,6 +402,13 @@ impl IncrementalCompile {
         self.parts.get(gw).and_then(|p| p.snapshot.as_ref())
     }
 
+    /// Every served Gateway's snapshot.
+    pub fn snapshots(&self) -> impl Iterator<Item = (&ObjectRef, &Snapshot)> {
+        self.parts
+            .iter()
+            .filter_map(|(id, p)| Some((id, p.snapshot.as_ref()?)))
+    }
+
     /// Every Gateway's status and every route's, as a full compile would report them.
     pub fn status(&self) -> StatusReport {
         let mut report = StatusReport {

@@ -59,6 +59,8 @@ pub struct Inputs {
     /// The namespace of the dataplanes' Services (`--dataplane-namespace`), whose addresses
     /// the Gateways report.
     pub dataplane_namespace: String,
+    /// Ports the dataplane uses itself (its admin port in a cluster): no listener gets them.
+    pub reserved_ports: std::collections::BTreeSet<i32>,
     /// What a Gateway's `spec.addresses` are: the IPs its listeners bind (standalone) or the
     /// address its dataplane Service must get (a cluster).
     pub addresses: Addresses,

@@ -134,6 +134,7 @@ pub fn compile_scoped(
         secrets: &secrets,
         listener_sets: &inputs.listener_sets,
         namespaces: &namespaces,
+        reserved_ports: &inputs.reserved_ports,
     };
     let mut gateways = gateway::compile_gateways(gateways_in, &classes, &gateway_inputs);
     for gw in &mut gateways {
@@ -200,30 +201,16 @@ pub fn compile_scoped(
     Output { snapshots, status }
 }
 
-/// The ports the ListenerSets naming `gw` listen on, among those `gw` may take
-/// (`allowedListeners`; a namespace selector is not evaluated here, its ListenerSets count):
-/// what a provisioned dataplane must expose besides the Gateway's own listeners.
-pub fn listener_set_ports(
-    gw: &Gateway,
-    sets: &[portico_crds::gateway_api::listenersets::ListenerSet],
-) -> BTreeSet<i32> {
-    use portico_crds::gateway_api::gateways::GatewayAllowedListenersNamespacesFrom as From;
-    let id = object_ref(&gw.metadata);
-    let from = gw
-        .spec
-        .allowed_listeners
-        .as_ref()
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.clone());
-    sets.iter()
-        .filter(|ls| refs::listener_set_parent(ls).as_ref() == Some(&id))
-        .filter(|ls| match &from {
-            None | Some(From::None) => false,
-            Some(From::Same) => namespace_of(&ls.metadata) == id.namespace,
-            Some(From::All | From::Selector) => true,
-        })
-        .flat_map(|ls| ls.spec.listeners.iter().map(|l| l.port))
-        .filter(|p| (1..=65535).contains(p))
+/// The ports a Gateway's snapshot serves for its ListenerSets' listeners: what its
+/// provisioned Service exposes besides the ports of its own listeners. Taken from what
+/// compile admitted (allowed, not conflicted, servable), so a ListenerSet the Gateway
+/// refuses never changes its Service.
+pub fn listener_set_ports(snapshot: &Snapshot) -> BTreeSet<i32> {
+    snapshot
+        .listeners
+        .iter()
+        .filter(|l| gateway::is_listener_set_key(&l.name))
+        .map(|l| i32::from(l.port))
         .collect()
 }
 
@@ -235,10 +222,16 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
     let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
     let index = tls::SecretIndex::new(Default::default(), &grants);
     let mut out = BTreeSet::new();
-    let mut ours = BTreeSet::new();
+    let namespaces = gateway::NamespaceLabels::new(&inputs.namespaces);
+    let mut admitted = Vec::new();
     for gw in inputs.gateways_of(controller_name) {
         let ns = namespace_of(&gw.metadata);
-        ours.insert(object_ref(&gw.metadata));
+        // Only the ListenerSets it allows: any namespace can name a Gateway.
+        admitted.extend(gateway::admitted_listener_sets(
+            gw,
+            &inputs.listener_sets,
+            &namespaces,
+        ));
         for r in gw.spec.listeners.iter().flat_map(|l| {
             l.tls
                 .iter()
@@ -249,10 +242,7 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
             }
         }
     }
-    for ls in &inputs.listener_sets {
-        if !refs::listener_set_parent(ls).is_some_and(|gw| ours.contains(&gw)) {
-            continue;
-        }
+    for ls in admitted {
         let ns = namespace_of(&ls.metadata);
         for r in ls.spec.listeners.iter().flat_map(|l| {
             l.tls

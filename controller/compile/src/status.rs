@@ -35,6 +35,7 @@ pub mod reasons {
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
+    pub const TOO_MANY_LISTENERS: &str = "TooManyListeners";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     // Route.

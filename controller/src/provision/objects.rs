@@ -99,7 +99,7 @@ pub fn gateway_key(gw: &Gateway) -> String {
 /// dataplane namespace. Their owner is the Gateway's class (an owner must be cluster-scoped
 /// or in the same namespace): deleting the class removes them; deleting the Gateway is the
 /// provisioner's sweep.
-/// `extra_ports` are those its ListenerSets listen on.
+/// `extra_ports` are those its ListenerSets are served on.
 pub fn desired(
     gw: &Gateway,
     class: &GatewayClass,
@@ -158,6 +158,15 @@ pub fn desired(
     let dp = config.dataplane.clone().unwrap_or_default();
     let ports: Vec<i32> = {
         let mut p: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    };
+    // The Service also exposes its ListenerSets' ports. The pods do not declare them (a
+    // containerPort is informational; the Service's targetPort reaches the socket either
+    // way), so a ListenerSet never restarts the Gateway's pods.
+    let service_ports: Vec<i32> = {
+        let mut p = ports.clone();
         p.extend(extra_ports);
         p.sort_unstable();
         p.dedup();
@@ -410,7 +419,7 @@ pub fn desired(
             type_: Some(svc_config.type_.as_str().into()),
             selector: Some(selector(&name)),
             ports: Some(
-                ports
+                service_ports
                     .iter()
                     .map(|p| ServicePort {
                         name: Some(format!("port-{p}")),

@@ -453,31 +453,20 @@ fn dataplanes_get_requests_for_the_hpa_and_spread_over_nodes_by_default() {
 }
 
 #[test]
-fn the_ports_of_listener_sets_the_gateway_allows_are_exposed_too() {
-    use portico_crds::gateway_api::listenersets::ListenerSet;
-    let set = |ns: &str, port: i32| -> ListenerSet {
-        serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
-            "metadata": {"name": "set", "namespace": ns},
-            "spec": {"parentRef": {"name": "edge", "namespace": "apps"},
-                     "listeners": [{"name": "l", "port": port, "protocol": "HTTP"}]}
-        }))
-        .expect("listener set")
-    };
-    let sets = [set("apps", 8443), set("other", 9000), set("apps", 80)];
-    let mut gw = gateway();
-    // Not allowed by default: nothing extra.
-    assert!(portico_compile::listener_set_ports(&gw, &sets).is_empty());
-    gw.spec.allowed_listeners =
-        serde_json::from_value(json!({"namespaces": {"from": "Same"}})).expect("allowedListeners");
-    let ports = portico_compile::listener_set_ports(&gw, &sets);
-    assert_eq!(ports, [80, 8443].into());
-    let d = desired(
-        &gw,
+fn the_ports_of_listener_sets_are_exposed_by_the_service_without_touching_the_pods() {
+    let plain = desired(
+        &gateway(),
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
-        &ports,
+        &Default::default(),
+    );
+    let d = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+        &[80, 8443].into(),
     );
     let service: Vec<i32> = d
         .service
@@ -487,6 +476,8 @@ fn the_ports_of_listener_sets_the_gateway_allows_are_exposed_too() {
         .map(|p| p.port)
         .collect();
     assert_eq!(service, vec![80, 443, 8443]);
+    // The pod template is the same: adding a ListenerSet restarts no dataplane.
+    assert_eq!(d.deployment.spec, plain.deployment.spec);
 }
 
 #[test]

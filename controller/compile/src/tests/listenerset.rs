@@ -467,3 +467,108 @@ fn a_listener_set_of_a_gateway_that_is_not_accepted_says_so() {
             .contains_key(&ObjectRef::new("default", "elsewhere"))
     );
 }
+
+#[test]
+fn a_listener_set_cannot_take_a_port_the_gateway_declares_or_the_dataplane_uses() {
+    // The Gateway's two listeners on 80 clash (HTTP and HTTPS): neither is served, and the
+    // port stays the Gateway's all the same.
+    let mut extra = gateway(
+        "gw5",
+        "allowedListeners: {namespaces: {from: All}}",
+        "[{name: web, port: 8080, protocol: HTTP}, {name: a, port: 80, protocol: HTTP}, \
+          {name: b, port: 80, protocol: HTTPS, tls: {certificateRefs: [{name: none}]}}]",
+    );
+    extra.push_str(&listener_set(
+        "set",
+        "default",
+        "gw5",
+        0,
+        "[{name: catch-all, port: 80, protocol: HTTP}, {name: admin, port: 9901, protocol: HTTP}, \
+          {name: ok, port: 8081, protocol: HTTP}]",
+    ));
+    let mut inputs = super::inputs(&extra);
+    inputs.reserved_ports = [9901].into();
+    let out = crate::compile(&inputs, crate::CONTROLLER_NAME);
+    let c = ls_listener(&out, "default/set", "catch-all", types::CONFLICTED);
+    assert_eq!(c.reason, reasons::PROTOCOL_CONFLICT);
+    let c = ls_listener(&out, "default/set", "admin", types::ACCEPTED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::PORT_UNAVAILABLE)
+    );
+    assert!(c.message.contains("9901"), "{c:?}");
+    assert!(ls_listener(&out, "default/set", "ok", types::ACCEPTED).is_true());
+    let snap = &out.snapshots[&ObjectRef::new("default", "gw5")];
+    assert_eq!(crate::listener_set_ports(snap), [8081].into());
+}
+
+#[test]
+fn ties_in_age_are_broken_by_namespace_slash_name_as_text() {
+    // "team-a/x" < "team/x" as text ('-' sorts before '/'), though ("team-a", "x") >
+    // ("team", "x") as a pair: the spec orders by the text.
+    let mut extra = gateway("gw6", "allowedListeners: {namespaces: {from: All}}", ONE);
+    extra.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n");
+    extra.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n");
+    let host = "[{name: l, port: 8080, protocol: HTTP, hostname: same.example.com}]";
+    extra.push_str(&listener_set("x", "team", "gw6", 3, host));
+    extra.push_str(&listener_set("x", "team-a", "gw6", 3, host));
+    let out = run(&extra);
+    assert!(ls_listener(&out, "team-a/x", "l", types::ACCEPTED).is_true());
+    assert_eq!(
+        ls_listener(&out, "team/x", "l", types::CONFLICTED).reason,
+        reasons::HOSTNAME_CONFLICT
+    );
+}
+
+#[test]
+fn the_controller_watches_secrets_only_for_listener_sets_their_gateway_allows() {
+    let (cert, key) = super::https_grpc::cert("a.example.com");
+    let mut extra = gateway("gw7", "allowedListeners: {namespaces: {from: Same}}", ONE);
+    extra.push_str(&super::https_grpc::tls_secret("mine", "blue", &cert, &key));
+    let https = "[{name: tls, port: 443, protocol: HTTPS, hostname: a.example.com, \
+                  tls: {certificateRefs: [{name: mine}]}}]";
+    // In blue, which gw7 does not allow: the Secret in its own namespace is not watched.
+    extra.push_str(&listener_set("outsider", "blue", "gw7", 0, https));
+    let inputs = super::inputs(&extra);
+    let watched = crate::referenced_secrets(&inputs, crate::CONTROLLER_NAME);
+    assert!(
+        !watched.contains(&ObjectRef::new("blue", "mine")),
+        "{watched:?}"
+    );
+    assert_eq!(
+        ls_condition(&run(&extra), "blue/outsider", types::ACCEPTED).reason,
+        reasons::NOT_ALLOWED
+    );
+}
+
+#[test]
+fn a_gateway_serves_a_bounded_number_of_listener_set_listeners() {
+    let max = crate::gateway::MAX_LISTENER_SET_LISTENERS;
+    let mut extra = gateway("gw8", "allowedListeners: {namespaces: {from: Same}}", ONE);
+    // Sets of 64 listeners each (the API's limit), one more set than fits.
+    for set in 0..=max / 64 {
+        let listeners: Vec<String> = (0..64)
+            .map(|i| {
+                format!(
+                    "{{name: l{i}, port: 80, protocol: HTTP, hostname: s{set}-{i}.example.com}}"
+                )
+            })
+            .collect();
+        extra.push_str(&listener_set(
+            &format!("s{set}"),
+            "default",
+            "gw8",
+            u32::try_from(set).expect("small"),
+            &format!("[{}]", listeners.join(", ")),
+        ));
+    }
+    let out = run(&extra);
+    let last = format!("default/s{}", max / 64);
+    let c = ls_listener(&out, &last, "l0", types::ACCEPTED);
+    assert_eq!(c.reason, reasons::TOO_MANY_LISTENERS);
+    assert_eq!(
+        ls_condition(&out, &last, types::ACCEPTED).reason,
+        reasons::LISTENERS_NOT_VALID
+    );
+    assert_eq!(served(&out, "gw8").len(), 1 + max);
+}
