@@ -214,6 +214,8 @@ pub struct Guarded<I> {
     replay: Bytes,
     write_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Who reads what is written, for the error.
+    peer: &'static str,
 }
 
 impl<I> Guarded<I> {
@@ -223,7 +225,14 @@ impl<I> Guarded<I> {
             replay,
             write_timeout,
             stalled: None,
+            peer: "client",
         }
+    }
+
+    /// The same for a connection whose reader is `peer` (a backend's, in a tunnel).
+    pub fn reading(mut self, peer: &'static str) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Turns a pending write into an error once it has been pending for the write timeout.
@@ -241,7 +250,7 @@ impl<I> Guarded<I> {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the client read nothing within the write timeout",
+                        format!("the {} read nothing within the write timeout", self.peer),
                     )));
                 }
                 Poll::Pending

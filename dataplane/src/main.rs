@@ -184,7 +184,8 @@ struct ServeArgs {
     /// seconds.
     #[arg(long, default_value_t = 3600)]
     websocket_idle_timeout_s: u64,
-    /// A write to a client that reads nothing for this long ends its connection, in seconds.
+    /// A write to a client that reads nothing for this long ends its connection, in seconds;
+    /// so does a write to a WebSocket's backend.
     #[arg(long, default_value_t = 60)]
     write_timeout_s: u64,
     /// Slowest average rate a request body may arrive at, in bytes per second, once its
@@ -418,6 +419,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
                 }),
             },
             tunnel_idle_timeout: secs(args.websocket_idle_timeout_s.max(1)),
+            tunnel_write_timeout: secs(args.write_timeout_s.max(1)),
             ..ProxySettings::default()
         },
         server: ServerSettings {

@@ -38,6 +38,9 @@ pub struct ProxySettings {
     pub body: BodyLimits,
     /// An upgraded connection (WebSocket) through which nothing moved for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// An upgraded connection whose backend reads nothing of what is written to it for this
+    /// long is closed (the client's side has its connection's write timeout).
+    pub tunnel_write_timeout: Duration,
 }
 
 impl ProxySettings {
@@ -61,6 +64,7 @@ impl Default for ProxySettings {
             edge: EdgeSettings::default(),
             body: BodyLimits::default(),
             tunnel_idle_timeout: Duration::from_secs(3600),
+            tunnel_write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -71,6 +75,7 @@ pub struct Proxy {
     edge: EdgeSettings,
     body: BodyLimits,
     tunnel_idle_timeout: Duration,
+    tunnel_write_timeout: Duration,
     mirrors: Mirrors,
     /// Places for responses being compressed at once.
     encoders: Arc<tokio::sync::Semaphore>,
@@ -93,6 +98,7 @@ impl Proxy {
             edge: settings.edge,
             body: settings.body,
             tunnel_idle_timeout: settings.tunnel_idle_timeout,
+            tunnel_write_timeout: settings.tunnel_write_timeout,
             mirrors: Mirrors::new(settings.body, metrics.clone()),
             encoders: Arc::new(tokio::sync::Semaphore::new(crate::compress::MAX_ENCODERS)),
             metrics: metrics.clone(),
@@ -705,7 +711,12 @@ impl Proxy {
         // (`maxRequests`) as long as it lasts, as it is for the balancer.
         let hold = std::mem::replace(&mut io.hold, Box::new(()));
         io.hold = Box::new((hold, admitted));
-        let tunnel = Tunnel::new(*io, self.tunnel_idle_timeout, self.metrics.tunnels.clone());
+        let tunnel = Tunnel::new(
+            *io,
+            self.tunnel_idle_timeout,
+            self.tunnel_write_timeout,
+            self.metrics.tunnels.clone(),
+        );
         resp.extensions_mut().insert(TunnelSlot::new(tunnel));
         Ok(resp)
     }

@@ -5,8 +5,11 @@
 //! A tunnel belongs to its client connection's task (HTTP/1.1) or to a task of its own (an
 //! HTTP/2 extended CONNECT stream), never to the configuration: a new snapshot, a route
 //! removed or a pool rebuilt leaves open tunnels alone. They end with their peers, when
-//! nothing moves either way for the idle timeout, or when the process stops.
+//! nothing moves either way for the idle timeout, when the backend reads nothing of what
+//! is written to it for the write timeout (as a client that stops reading is cut off), or
+//! when the process stops.
 
+use crate::conn::Guarded;
 use crate::sanitize::Upgrade;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -56,6 +59,7 @@ pub struct Switched {
 pub struct Tunnel {
     upstream: Switched,
     idle_timeout: Duration,
+    write_timeout: Duration,
     metrics: TunnelMetrics,
 }
 
@@ -74,7 +78,7 @@ pub enum Ended {
     Closed,
     /// Nothing moved either way for the idle timeout.
     Idle,
-    /// A read or a write failed (a reset, a client that stopped reading).
+    /// A read or a write failed (a reset, a peer that stopped reading: `TimedOut`).
     Failed(io::ErrorKind),
 }
 
@@ -83,17 +87,27 @@ impl Ended {
         match self {
             Ended::Closed => "closed",
             Ended::Idle => "idle_timeout",
+            Ended::Failed(io::ErrorKind::TimedOut) => "write_timeout",
             Ended::Failed(_) => "error",
         }
     }
 }
 
 impl Tunnel {
-    pub fn new(upstream: Switched, idle_timeout: Duration, metrics: TunnelMetrics) -> Self {
+    /// `write_timeout`: how long a write to the backend may wait for it to read (the
+    /// client's side has its connection's own).
+    pub fn new(
+        upstream: Switched,
+        idle_timeout: Duration,
+        write_timeout: Duration,
+        metrics: TunnelMetrics,
+    ) -> Self {
+        // Deadlines are instants: a year is as good as forever, and cannot overflow.
+        let year = Duration::from_secs(365 * 24 * 3600);
         Self {
             upstream,
-            // Deadlines are instants: a year is as good as forever, and cannot overflow.
-            idle_timeout: idle_timeout.min(Duration::from_secs(365 * 24 * 3600)),
+            idle_timeout: idle_timeout.min(year),
+            write_timeout: write_timeout.min(year),
             metrics,
         }
     }
@@ -108,6 +122,7 @@ impl Tunnel {
         let Tunnel {
             upstream: Switched { io: upstream, hold },
             idle_timeout: idle,
+            write_timeout,
             metrics,
         } = self;
         let _hold = hold;
@@ -125,7 +140,7 @@ impl Tunnel {
             epoch,
         };
         let mut upstream = Touched {
-            io: upstream,
+            io: Guarded::new(upstream, Bytes::new(), write_timeout).reading("backend"),
             last: &last,
             epoch,
         };
@@ -396,7 +411,12 @@ mod tests {
         let (client, mut client_peer) = duplex(1024);
         let (upstream, mut backend) = duplex(1024);
         let metrics = TunnelMetrics::default();
-        let tunnel = Tunnel::new(switched(upstream), Duration::from_secs(60), metrics.clone());
+        let tunnel = Tunnel::new(
+            switched(upstream),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            metrics.clone(),
+        );
         let run = tokio::spawn(tunnel.run(client, Bytes::from_static(b"early ")));
         client_peer.write_all(b"hello").await.expect("write");
         let mut got = [0u8; 11];
@@ -421,7 +441,12 @@ mod tests {
         let (client, mut client_peer) = duplex(1024);
         let (upstream, mut backend) = duplex(1024);
         let metrics = TunnelMetrics::default();
-        let tunnel = Tunnel::new(switched(upstream), Duration::from_secs(30), metrics.clone());
+        let tunnel = Tunnel::new(
+            switched(upstream),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            metrics.clone(),
+        );
         let run = tokio::spawn(tunnel.run(client, Bytes::new()));
         // Traffic keeps it open past the timeout.
         for _ in 0..4 {
@@ -435,6 +460,36 @@ mod tests {
         assert_eq!(run.await.expect("join"), Ended::Idle);
         let closed = metrics.closed.get_or_create(&EndLabel {
             reason: "idle_timeout",
+        });
+        assert_eq!(closed.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_stops_reading_ends_its_tunnel_at_the_write_timeout() {
+        let (client, mut client_peer) = duplex(64 * 1024);
+        // The backend's socket buffers 1 KiB and the backend never reads it.
+        let (upstream, _backend) = duplex(1024);
+        let metrics = TunnelMetrics::default();
+        let tunnel = Tunnel::new(
+            switched(upstream),
+            Duration::from_secs(3600),
+            Duration::from_secs(10),
+            metrics.clone(),
+        );
+        let run = tokio::spawn(tunnel.run(client, Bytes::new()));
+        client_peer
+            .write_all(&[b'x'; 32 * 1024])
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!run.is_finished(), "not before the write timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            run.await.expect("join"),
+            Ended::Failed(io::ErrorKind::TimedOut)
+        );
+        let closed = metrics.closed.get_or_create(&EndLabel {
+            reason: "write_timeout",
         });
         assert_eq!(closed.get(), 1);
     }
