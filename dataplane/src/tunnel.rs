@@ -94,8 +94,7 @@ impl Ended {
 }
 
 impl Tunnel {
-    /// `write_timeout`: how long a write to the backend may wait for it to read (the
-    /// client's side has its connection's own).
+    /// `write_timeout`: how long a write to either side may wait for it to read.
     pub fn new(
         upstream: Switched,
         idle_timeout: Duration,
@@ -131,11 +130,18 @@ impl Tunnel {
         let epoch = Instant::now();
         // Milliseconds since `epoch` of the last byte moved either way.
         let last = AtomicU64::new(0);
+        // The client's side too: an HTTP/1.1 connection has its own write timeout, but an
+        // HTTP/2 stream whose reader stops only exhausts its flow-control window, and its
+        // connection's writes go on.
         let mut client = Touched {
-            io: Prefixed {
-                io: client,
-                first: client_read,
-            },
+            io: Guarded::new(
+                Prefixed {
+                    io: client,
+                    first: client_read,
+                },
+                Bytes::new(),
+                write_timeout,
+            ),
             last: &last,
             epoch,
         };
@@ -492,5 +498,25 @@ mod tests {
             reason: "write_timeout",
         });
         assert_eq!(closed.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_ends_its_tunnel_at_the_write_timeout() {
+        // Whatever the client's connection is (an HTTP/2 stream has no socket write to stall).
+        let (client, _client_peer) = duplex(1024);
+        let (upstream, mut backend) = duplex(64 * 1024);
+        let tunnel = Tunnel::new(
+            switched(upstream),
+            Duration::from_secs(3600),
+            Duration::from_secs(10),
+            TunnelMetrics::default(),
+        );
+        let run = tokio::spawn(tunnel.run(client, Bytes::new()));
+        backend.write_all(&[b'x'; 32 * 1024]).await.expect("write");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(
+            run.await.expect("join"),
+            Ended::Failed(io::ErrorKind::TimedOut)
+        );
     }
 }
