@@ -10,8 +10,9 @@
 //! - its media type is one of the policy's, and its length (when known) is at least the
 //!   minimum;
 //! - it sets no cookie and answers a request without credentials (`Authorization`,
-//!   `Cookie`), unless the policy says `credentialed`: a secret compressed beside text a third
-//!   party can inject is readable from the sizes (BREACH).
+//!   `Cookie` other than the gateway's own session cookie), unless the policy says
+//!   `credentialed`: a secret compressed beside text a third party can inject is readable
+//!   from the sizes (BREACH).
 //!
 //! Such a response gets `Vary: Accept-Encoding` whether or not this client accepts an
 //! encoding, so caches keep the variants apart; a compressed one loses `Content-Length` and

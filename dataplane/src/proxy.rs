@@ -126,9 +126,9 @@ impl Proxy {
         let http1 = req.version() <= Version::HTTP_11;
         cx.upgrade = sanitize::upgrade(&mut req);
         let h = req.headers();
-        cx.credentials = h.contains_key(header::AUTHORIZATION)
-            || h.contains_key(header::COOKIE)
-            || h.contains_key(header::PROXY_AUTHORIZATION);
+        cx.credentials =
+            h.contains_key(header::AUTHORIZATION) || h.contains_key(header::PROXY_AUTHORIZATION);
+        cx.cookie = h.contains_key(header::COOKIE);
         let routed = sanitize::inbound(&mut req, &self.edge)
             .map_err(ProxyError::BadRequest)
             .and_then(|()| route(router, &mut req, &mut cx));
@@ -402,8 +402,17 @@ impl Proxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // Credentials as the client sent them, or an identity a policy established (an API
         // key in any header or the query): the policy may have stripped them by now.
-        let credentials =
-            cx.credentials || cx.identity.consumer.is_some() || cx.identity.claims.is_some();
+        // A cookie counts unless all the client sent is the gateway's own session cookie (an
+        // endpoint pin, not the user's secret; or sticky sessions would turn compression
+        // off). Cookies removed on the way cannot be told apart: they count.
+        let cookie = cx.cookie
+            && (!req.headers().contains_key(header::COOKIE)
+                || util::cookie_names(req.headers())
+                    .any(|n| session_name.is_empty() || n != session_name.as_bytes()));
+        let credentials = cx.credentials
+            || cookie
+            || cx.identity.consumer.is_some()
+            || cx.identity.claims.is_some();
         let negotiated = settings
             .compression
             .as_ref()

@@ -73,9 +73,12 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// The request opens a WebSocket.
     pub upgrade: Option<crate::sanitize::Upgrade>,
-    /// The client's request carried credentials (`Authorization`, `Cookie`,
-    /// `Proxy-Authorization`), whatever policies and filters removed on the way.
+    /// The client's request carried credentials (`Authorization`, `Proxy-Authorization`),
+    /// whatever policies and filters removed on the way.
     pub credentials: bool,
+    /// The client's request carried a `Cookie` header (a credential unless it holds only
+    /// the gateway's own session cookie, which the forwarding step tells).
+    pub cookie: bool,
 }
 
 impl RequestCtx {
@@ -94,6 +97,7 @@ impl RequestCtx {
             attempts: 0,
             upgrade: None,
             credentials: false,
+            cookie: false,
         }
     }
 

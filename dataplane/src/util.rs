@@ -59,6 +59,22 @@ pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<It
         })
 }
 
+/// The name of every cookie over every Cookie header, trimmed.
+pub fn cookie_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|pair| {
+            let name = pair
+                .iter()
+                .position(|b| *b == b'=')
+                .map_or(pair, |eq| &pair[..eq]);
+            name.trim_ascii()
+        })
+        .filter(|name| !name.is_empty())
+}
+
 /// Percent-decodes a query component (`+` is a space); malformed escapes stay as they are.
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {

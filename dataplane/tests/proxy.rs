@@ -2346,6 +2346,50 @@ fn decompress(encoding: &str, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The gateway's own session cookie is not a credential: a sticky client's responses are
+/// compressed, and any other cookie beside it still turns compression off (BREACH).
+#[tokio::test]
+async fn a_session_cookie_alone_does_not_stop_compression() {
+    let addr = typed_backend().await;
+    let port = free_port();
+    let b = with_settings(
+        backend("web", 80, &[addr]),
+        BackendSettings {
+            compression: Some(portico_model::Compression {
+                encodings: portico_model::Compression::DEFAULT_ENCODINGS.to_vec(),
+                min_size: 1024,
+                content_types: portico_model::Compression::DEFAULT_CONTENT_TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+                credentialed: false,
+            }),
+            session_persistence: Some(cookie_session("sticky")),
+            ..BackendSettings::default()
+        },
+    );
+    let (_dp, gw) = serve(&keyed(web_snapshot(port, b, 1)));
+    let fetch = |cookie: Option<String>| {
+        let mut req = Request::get("/html")
+            .header("host", "x.test")
+            .header("accept-encoding", "gzip");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        send(gw, false, req.body(Full::default()).expect("request"))
+    };
+    let first = fetch(None).await;
+    let pin = header(&first, "set-cookie");
+    let pin = pin.split(';').next().expect("name=value").to_string();
+    assert!(pin.starts_with("sticky-"), "{pin}");
+    let sticky = fetch(Some(pin.clone())).await;
+    assert_eq!(header(&sticky, "content-encoding"), "gzip");
+    let mixed = fetch(Some(format!("{pin}; user=secret"))).await;
+    assert_eq!(header(&mixed, "content-encoding"), "");
+    let other = fetch(Some("user=secret".into())).await;
+    assert_eq!(header(&other, "content-encoding"), "");
+}
+
 /// A BackendPolicy's compression: the client's preferred encoding of the policy's, over
 /// HTTP/1.1 and HTTP/2; responses that must not or need not be compressed pass unchanged.
 #[tokio::test]
