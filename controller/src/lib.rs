@@ -301,6 +301,8 @@ pub async fn run(
             inputs.secrets = index.secrets.secrets();
             inputs.unreadable_secrets = index.secrets.unreadable();
             inputs.dataplane_namespace = settings.dataplane_namespace.clone();
+            // The dataplane pods' admin port: no listener may take it.
+            inputs.reserved_ports = [provision::objects::ADMIN_PORT].into();
             let read = last_compile.elapsed();
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();

@@ -9,7 +9,7 @@
 //! is written to it for the write timeout (as a client that stops reading is cut off), or
 //! when the process stops.
 
-use crate::conn::Guarded;
+use crate::conn::guard::Guarded;
 use crate::sanitize::Upgrade;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;

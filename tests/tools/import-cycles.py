@@ -105,7 +105,10 @@ def paths_in(text):
         found.append([head] + [p for p in m.group(2).split("::") if p])
     # Bare child-module paths in expressions (`mechanisms::compile_policy(..)`).
     for m in re.finditer(r"(?<![:\w])(\w+)::(\w+)", text):
-        found.append([m.group(1), m.group(2)])
+        # `crate::a::b` is read whole above: its first two segments alone would name `a`
+        # too, an edge to the parent of the module actually used.
+        if m.group(1) not in ("crate", "super", "self"):
+            found.append([m.group(1), m.group(2)])
     return found
 
 

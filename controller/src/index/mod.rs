@@ -378,8 +378,8 @@ impl Index {
             dataplane_namespace: String::new(),
             // A cluster's Gateways ask their Service for their addresses.
             addresses: portico_compile::Addresses::Service,
-            // The dataplane pods' admin port: no listener may take it.
-            reserved_ports: [crate::provision::objects::ADMIN_PORT].into(),
+            // The compile loop names the dataplanes' own ports.
+            reserved_ports: Default::default(),
             endpoint_slices: Vec::new(),
             namespaces: all(&self.namespaces),
         }
