@@ -673,12 +673,21 @@ fn listener_state(
 
     let mut supported_kinds = Vec::new();
     let mut invalid_kinds = None;
+    // The kinds the spec lets a listener of this protocol take (a protocol Portico does not
+    // serve yet attaches nothing, but a kind no such listener could take is still wrong).
+    let valid_kinds: &[&str] = match l.protocol.as_str() {
+        "HTTP" | "HTTPS" => &HTTP_KINDS,
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
+        "UDP" => &["UDPRoute"],
+        _ => &[],
+    };
     match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
         Some(kinds) if !kinds.is_empty() => {
             let mut bad = Vec::new();
             for k in kinds {
                 let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && HTTP_KINDS.contains(&k.kind.as_str()) {
+                if group == GATEWAY_GROUP && valid_kinds.contains(&k.kind.as_str()) {
                     supported_kinds.push(k.kind.clone());
                 } else {
                     bad.push(format!("{group}/{}", k.kind));
@@ -686,7 +695,7 @@ fn listener_state(
             }
             if !bad.is_empty() {
                 invalid_kinds = Some(format!(
-                    "route kinds not supported on an {} listener: {}",
+                    "route kinds {} listeners cannot take: {}",
                     l.protocol,
                     bad.join(", ")
                 ));

@@ -362,6 +362,16 @@ spec:
     protocol: HTTP
     allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}
   - {name: u, port: 81, protocol: UDP}
+  - name: t
+    port: 443
+    protocol: TLS
+    tls: {mode: Passthrough}
+    allowedRoutes: {kinds: [{kind: HTTPRoute}]}
+  - name: t2
+    port: 8443
+    protocol: TLS
+    tls: {mode: Passthrough}
+    allowedRoutes: {kinds: [{kind: TLSRoute}]}
 "#;
     let out = run(extra);
     let g = &out.status.gateways[&ObjectRef::new("default", "kinds")];
@@ -379,6 +389,17 @@ spec:
     // A listener that serves nothing supports no route kind (conformance:
     // GatewayListenerUnsupportedProtocol).
     assert!(u.supported_kinds.is_empty(), "{:?}", u.supported_kinds);
+    // An HTTPRoute can never attach to a TLS listener: that is said, whatever Portico
+    // serves; a TLSRoute could, and only the protocol is unsupported.
+    let resolved = |i: usize| {
+        find(&g.listeners[i].conditions, types::RESOLVED_REFS)
+            .expect("resolved")
+            .clone()
+    };
+    assert_eq!(resolved(2).reason, reasons::INVALID_ROUTE_KINDS);
+    assert!(resolved(2).message.contains("HTTPRoute"), "{:?}", resolved(2));
+    assert!(resolved(3).is_true(), "{:?}", resolved(3));
+    assert!(g.listeners[2].supported_kinds.is_empty());
 }
 
 fn backend_rule(backend: &str) -> String {
