@@ -8,22 +8,24 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Gateway, one of its listeners, an HTTPRoute or one of its rules.
+/// A Gateway, one of its listeners, a ListenerSet, one of its listeners, an HTTPRoute or one
+/// of its rules.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.group == 'gateway.networking.k8s.io'").message("targetRefs may only name Gateway API objects (group gateway.networking.k8s.io)"))]
-#[x_kube(validation = Rule::new("self.kind in ['Gateway', 'HTTPRoute']").message("targetRefs kind must be Gateway or HTTPRoute"))]
+#[x_kube(validation = Rule::new("self.kind in ['Gateway', 'ListenerSet', 'HTTPRoute']").message("targetRefs kind must be Gateway, ListenerSet or HTTPRoute"))]
 pub struct PolicyTargetRef {
     /// The API group of the target: `gateway.networking.k8s.io`.
     #[schemars(length(max = 253))]
     pub group: String,
-    /// `Gateway` or `HTTPRoute`.
+    /// `Gateway`, `ListenerSet` or `HTTPRoute`.
     #[schemars(length(min = 1, max = 63))]
     pub kind: String,
     /// The target's name, in the policy's own namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// A listener name when the target is a Gateway, a rule name when it is an HTTPRoute.
+    /// A listener name when the target is a Gateway or a ListenerSet, a rule name when it is
+    /// an HTTPRoute.
     /// Without it the policy applies to the whole target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]

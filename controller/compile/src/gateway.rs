@@ -187,6 +187,14 @@ pub(crate) fn is_listener_set_key(name: &str) -> bool {
     name.contains('/')
 }
 
+/// The ListenerSet and listener name a snapshot listener's name stands for, if it is a
+/// ListenerSet's (`namespace/set/listener`).
+pub(crate) fn listener_set_of_key(name: &str) -> Option<(ObjectRef, String)> {
+    let mut parts = name.splitn(3, '/');
+    let (ns, set, listener) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((ObjectRef::new(ns, set), listener.to_string()))
+}
+
 impl ListenerState {
     /// Its name in the snapshot, unique on the Gateway: a Gateway listener's own name, and
     /// `namespace/listenerset/name` for a ListenerSet's (a listener name has no `/`).

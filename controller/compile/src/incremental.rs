@@ -220,6 +220,7 @@ impl Dependencies {
                     "Gateway" => {
                         gws.insert(target);
                     }
+                    "ListenerSet" => gws.extend(sets.gateway_of(&target).cloned()),
                     "Service" => gws.extend(d.touched([&DepKey::Service(target)])),
                     _ => gws.extend(route_parents.get(&target).into_iter().flatten().cloned()),
                 }

@@ -29,6 +29,8 @@ use std::fmt;
 pub(crate) enum Target {
     /// A Gateway, or one of its listeners.
     Gateway(ObjectRef, Option<String>),
+    /// A ListenerSet, or one of its listeners: the routes attached there.
+    ListenerSet(ObjectRef, Option<String>),
     /// An HTTPRoute, or one of its rules.
     Route(ObjectRef, Option<String>),
     /// A Service, or one of its ports (by name), as the backend of the routes that send to it.
@@ -40,6 +42,8 @@ impl fmt::Display for Target {
         match self {
             Target::Gateway(id, None) => write!(f, "Gateway {id}"),
             Target::Gateway(id, Some(l)) => write!(f, "Gateway {id} listener {l}"),
+            Target::ListenerSet(id, None) => write!(f, "ListenerSet {id}"),
+            Target::ListenerSet(id, Some(l)) => write!(f, "ListenerSet {id} listener {l}"),
             Target::Route(id, None) => write!(f, "HTTPRoute {id}"),
             Target::Route(id, Some(r)) => write!(f, "HTTPRoute {id} rule {r}"),
             Target::Service(id, None) => write!(f, "Service {id}"),
@@ -55,14 +59,18 @@ pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
             "a {kind} applies to requests as they are routed and cannot target Service {id}; \
              target the Gateway, a listener, or an HTTPRoute or rule that sends to it"
         )),
-        (PolicyKind::Backend, Target::Gateway(..) | Target::Route(..)) => Err(format!(
+        (
+            PolicyKind::Backend,
+            Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
+        ) => Err(format!(
             "a {kind} applies to the endpoints of a Service and cannot target {target}; \
              target the Service (group \"\", kind Service) the routes send to"
         )),
         (PolicyKind::Backend, Target::Service(..))
-        | (PolicyKind::Auth | PolicyKind::RateLimit, Target::Gateway(..) | Target::Route(..)) => {
-            Ok(())
-        }
+        | (
+            PolicyKind::Auth | PolicyKind::RateLimit,
+            Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
+        ) => Ok(()),
     }
 }
 
@@ -70,6 +78,8 @@ pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
 /// the Services: what a `targetRef` may name.
 pub(crate) struct Targets {
     gateways: BTreeMap<ObjectRef, BTreeSet<String>>,
+    /// The ListenerSets of our Gateways: their Gateway and their listener names.
+    listener_sets: BTreeMap<ObjectRef, (ObjectRef, BTreeSet<String>)>,
     routes: BTreeMap<ObjectRef, BTreeSet<String>>,
     /// Each HTTPRoute's parent Gateways.
     route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
@@ -100,6 +110,16 @@ impl Targets {
             })
             .collect();
         let sets = inputs.listener_set_parents();
+        let listener_sets = inputs
+            .listener_sets
+            .iter()
+            .filter_map(|ls| {
+                let id = object_ref(&ls.metadata);
+                let gw = sets.gateway_of(&id).filter(|g| gateways.contains_key(*g))?;
+                let listeners = ls.spec.listeners.iter().map(|l| l.name.clone()).collect();
+                Some((id, (gw.clone(), listeners)))
+            })
+            .collect();
         let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
             .http_routes
             .iter()
@@ -145,6 +165,7 @@ impl Targets {
         }
         Self {
             gateways,
+            listener_sets,
             routes,
             route_parents,
             services,
@@ -184,6 +205,19 @@ impl Targets {
                 }
                 Ok(Target::Gateway(id, section))
             }
+            (GATEWAY_GROUP, "ListenerSet") => {
+                let Some((_, listeners)) = self.listener_sets.get(&id) else {
+                    return Err(NotFound(format!(
+                        "ListenerSet {id} does not exist or its Gateway is not served by Portico"
+                    )));
+                };
+                if let Some(s) = &section
+                    && !listeners.contains(s)
+                {
+                    return Err(NotFound(format!("ListenerSet {id} has no listener {s:?}")));
+                }
+                Ok(Target::ListenerSet(id, section))
+            }
             (GATEWAY_GROUP, "HTTPRoute") => {
                 let Some(rules) = self.routes.get(&id) else {
                     return Err(NotFound(format!("HTTPRoute {id} does not exist")));
@@ -196,8 +230,8 @@ impl Targets {
                 Ok(Target::Route(id, section))
             }
             (group, kind) => Err(Invalid(format!(
-                "kind {kind:?} in group {group:?} cannot be targeted; use a Gateway or an \
-                 HTTPRoute (group {GATEWAY_GROUP}) or a core Service"
+                "kind {kind:?} in group {group:?} cannot be targeted; use a Gateway, a \
+                 ListenerSet or an HTTPRoute (group {GATEWAY_GROUP}) or a core Service"
             ))),
         }
     }
@@ -212,6 +246,12 @@ impl Targets {
     pub(crate) fn gateways_of(&self, target: &Target) -> Vec<ObjectRef> {
         match target {
             Target::Gateway(gw, _) => vec![gw.clone()],
+            Target::ListenerSet(ls, _) => self
+                .listener_sets
+                .get(ls)
+                .map(|(gw, _)| gw.clone())
+                .into_iter()
+                .collect(),
             Target::Route(route, _) => self.parents_of(route).to_vec(),
             Target::Service(svc, _) => self
                 .services
@@ -411,8 +451,14 @@ impl Attachments {
         let gw = snapshot.gateway.clone();
         for route in &mut snapshot.routes {
             for p in &mut route.parents {
-                let policy = self
-                    .get(&Target::Gateway(gw.clone(), Some(p.listener.clone())))
+                // A ListenerSet's listener: its own, then its set's, then the Gateway's.
+                let in_set =
+                    crate::gateway::listener_set_of_key(&p.listener).and_then(|(ls, listener)| {
+                        self.get(&Target::ListenerSet(ls.clone(), Some(listener)))
+                            .or_else(|| self.get(&Target::ListenerSet(ls, None)))
+                    });
+                let policy = in_set
+                    .or_else(|| self.get(&Target::Gateway(gw.clone(), Some(p.listener.clone()))))
                     .or_else(|| self.get(&Target::Gateway(gw.clone(), None)))
                     .cloned();
                 used.extend(policy.clone());

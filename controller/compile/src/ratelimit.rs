@@ -222,6 +222,10 @@ fn missing_identity(
     };
     let covered = match target {
         Target::Gateway(gw, _) => auth.attached.any_on_gateway(gw, targets, &fits),
+        Target::ListenerSet(..) => targets
+            .gateways_of(target)
+            .iter()
+            .any(|gw| auth.attached.any_on_gateway(gw, targets, &fits)),
         Target::Route(route, _) => {
             auth.attached.any_on_route(route, &fits)
                 || targets

@@ -397,7 +397,11 @@ spec:
             .clone()
     };
     assert_eq!(resolved(2).reason, reasons::INVALID_ROUTE_KINDS);
-    assert!(resolved(2).message.contains("HTTPRoute"), "{:?}", resolved(2));
+    assert!(
+        resolved(2).message.contains("HTTPRoute"),
+        "{:?}",
+        resolved(2)
+    );
     assert!(resolved(3).is_true(), "{:?}", resolved(3));
     assert!(g.listeners[2].supported_kinds.is_empty());
 }

@@ -308,6 +308,13 @@ metadata: {name: on-set, namespace: blue}
 spec:
   parentRefs: [{kind: ListenerSet, name: set}]
   rules: [{backendRefs: [{name: svc, namespace: default, port: 80}]}]
+---
+apiVersion: portico.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: team-limit, namespace: blue}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: ListenerSet, name: set}]
+  limits: [{name: all, requests: 10, interval: 1s}]
 "#;
     let mut inc = IncrementalCompile::new(CONTROLLER_NAME);
     let inputs = inputs_with(set);
@@ -321,6 +328,7 @@ spec:
         DepKey::Route(RouteKind::Http, ObjectRef::new("blue", "on-set")),
         DepKey::ListenerSet(set_id.clone()),
         DepKey::Namespace("blue".into()),
+        DepKey::Policy(PolicyKind::RateLimit, ObjectRef::new("blue", "team-limit")),
     ] {
         assert_eq!(inc.update(&inputs, &keys(&[key])), [gw("open")].into());
         assert_same(&inc, &inputs);

@@ -572,3 +572,112 @@ fn a_gateway_serves_a_bounded_number_of_listener_set_listeners() {
     );
     assert_eq!(served(&out, "gw8").len(), 1 + max);
 }
+
+#[test]
+fn a_policy_on_a_listener_set_applies_to_its_listeners_before_the_gateways() {
+    let mut extra = gateway(
+        "gw9",
+        "allowedListeners: {namespaces: {from: Same}}",
+        "[{name: web, port: 80, protocol: HTTP, hostname: gw.example.com}]",
+    );
+    extra.push_str(&listener_set(
+        "set",
+        "default",
+        "gw9",
+        0,
+        "[{name: a, port: 80, protocol: HTTP, hostname: a.example.com}, \
+          {name: b, port: 80, protocol: HTTP, hostname: b.example.com}]",
+    ));
+    let rules = "  rules: [{backendRefs: [{name: svc, port: 80}]}]";
+    extra.push_str(&route(
+        "on-set",
+        "default",
+        "{kind: ListenerSet, name: set}",
+        rules,
+    ));
+    extra.push_str(&route("on-gw", "default", "{name: gw9}", rules));
+    extra.push_str(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default}\nstringData: {alice: alice-key-0123456789}\n",
+    );
+    let policy = |name: &str, targets: &str| {
+        format!(
+            "---\napiVersion: portico.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  targetRefs: {targets}\n  apiKey: {{secretRefs: [{{name: keys}}]}}\n"
+        )
+    };
+    let g = "group: gateway.networking.k8s.io";
+    extra.push_str(&policy(
+        "on-gateway",
+        &format!("[{{{g}, kind: Gateway, name: gw9}}]"),
+    ));
+    extra.push_str(&policy(
+        "on-set",
+        &format!("[{{{g}, kind: ListenerSet, name: set}}]"),
+    ));
+    extra.push_str(&policy(
+        "on-b",
+        &format!("[{{{g}, kind: ListenerSet, name: set, sectionName: b}}]"),
+    ));
+    extra.push_str(&policy(
+        "missing",
+        &format!("[{{{g}, kind: ListenerSet, name: set, sectionName: c}}, {{{g}, kind: ListenerSet, name: nope}}]"),
+    ));
+    let out = run(&extra);
+    let snap = &out.snapshots[&ObjectRef::new("default", "gw9")];
+    let on = |route: &str| -> Vec<(String, Option<String>)> {
+        let r = snap
+            .routes
+            .iter()
+            .find(|r| r.id.name == route)
+            .expect("route");
+        r.parents
+            .iter()
+            .map(|p| {
+                (
+                    p.listener.clone(),
+                    p.policies
+                        .get(portico_model::PolicyKind::Auth)
+                        .map(|id| id.name.clone()),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        on("on-set"),
+        [
+            ("default/set/a".to_string(), Some("on-set".to_string())),
+            ("default/set/b".to_string(), Some("on-b".to_string())),
+        ]
+    );
+    assert_eq!(
+        on("on-gw"),
+        [("web".to_string(), Some("on-gateway".to_string()))]
+    );
+    let status = |name: &str| {
+        out.status
+            .policy(
+                portico_model::PolicyKind::Auth,
+                &ObjectRef::new("default", name),
+            )
+            .expect("status")
+            .ancestors
+            .iter()
+            .map(|a| {
+                let c = find(&a.conditions, types::ACCEPTED).expect("accepted");
+                (
+                    a.ancestor_ref.kind.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(status("on-set")[0].0, "ListenerSet");
+    assert_eq!(status("on-set")[0].1, reasons::ACCEPTED);
+    let missing = status("missing");
+    assert_eq!(missing[0].1, reasons::TARGET_NOT_FOUND);
+    assert!(missing[0].2.contains("no listener \"c\""), "{missing:?}");
+    assert!(
+        missing[1].2.contains("ListenerSet default/nope"),
+        "{missing:?}"
+    );
+}
