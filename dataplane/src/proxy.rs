@@ -324,6 +324,9 @@ impl Proxy {
         if let Some((s, sp)) = sticky.filter(|(s, _)| s.own.is_none()) {
             held = session::read(&s.sealer, &s.scope, sp, &session_name, req.headers(), now);
         }
+        // The client showed a session cookie this gateway sealed: not a credential of its.
+        let own_cookie =
+            matches!(sticky, Some((_, sp)) if sp.kind == SessionKind::Cookie) && held.is_some();
         let held = held.filter(|p| p.backend == pool.tag);
         let endpoints = pool.endpoints();
         let hash = settings
@@ -402,13 +405,17 @@ impl Proxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // Credentials as the client sent them, or an identity a policy established (an API
         // key in any header or the query): the policy may have stripped them by now.
-        // A cookie counts unless all the client sent is the gateway's own session cookie (an
-        // endpoint pin, not the user's secret; or sticky sessions would turn compression
-        // off). Cookies removed on the way cannot be told apart: they count.
-        let cookie = cx.cookie
-            && (!req.headers().contains_key(header::COOKIE)
-                || util::cookie_names(req.headers())
-                    .any(|n| session_name.is_empty() || n != session_name.as_bytes()));
+        // A cookie counts unless all the client sent is the one session cookie the gateway
+        // sealed (an endpoint pin, not the user's secret; or sticky sessions would turn
+        // compression off). Cookies removed on the way cannot be told apart: they count; so
+        // does a second cookie of the same name, whatever it holds.
+        let cookie = cx.cookie && {
+            let mut names = util::cookie_names(req.headers());
+            let only_own = own_cookie
+                && names.next() == Some(session_name.as_bytes())
+                && names.next().is_none();
+            !only_own
+        };
         let credentials = cx.credentials
             || cookie
             || cx.identity.consumer.is_some()
