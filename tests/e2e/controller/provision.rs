@@ -464,3 +464,123 @@ async fn a_gateways_own_config_cannot_choose_the_image_or_placement_its_class_do
     assert!(sa.metadata.annotations.is_none(), "{:?}", sa.metadata);
     assert!(deployments.get_opt(&squat).await.ok().flatten().is_none());
 }
+
+#[tokio::test]
+async fn listener_set_ports_and_a_requested_address_reach_the_dataplane_service() {
+    use portico_crds::gateway_api::listenersets::ListenerSet;
+    let client = cluster().client().await;
+    let ns = test_namespace(&client, "lset-svc").await;
+    let dp = test_namespace(&client, "lset-svc-dp").await;
+    let name = portico_compile::dataplane_name(&ns, "gw");
+    let controller_name = format!("portico.dev/{ns}");
+    let _controller = provisioner(&ns, &dp, &controller_name, "portico/dataplane:1");
+    create_cluster::<GatewayClass>(
+        &client,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
+    )
+    .await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns,
+                        "addresses": [{"type": "IPAddress", "value": "198.51.100.7"}],
+                        "allowedListeners": {"namespaces": {"from": "Same"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    let set = create::<ListenerSet>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+               "metadata": {"name": "team"},
+               "spec": {"parentRef": {"name": "gw"},
+                        "listeners": [{"name": "web", "port": 9443, "protocol": "HTTP", "hostname": "team.example.com"},
+                                      {"name": "admin", "port": 9901, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &dp);
+    let ports = |svc: &Service| -> Vec<i32> {
+        svc.spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .map(|p| p.port)
+            .collect()
+    };
+    // The set's served port is exposed; the admin port it asked for is refused, not exposed.
+    let svc = await_some("the Service with the set's port", || async {
+        let svc = services.get_opt(&name).await.ok().flatten()?;
+        (ports(&svc) == [80, 9443]).then_some(svc)
+    })
+    .await;
+    let spec = svc.spec.clone().expect("spec");
+    assert_eq!(spec.load_balancer_ip.as_deref(), Some("198.51.100.7"));
+    let pods = Api::<Deployment>::namespaced(client.clone(), &dp)
+        .get(&name)
+        .await
+        .expect("Deployment");
+    let container_ports: Vec<i32> = pods
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| p.container_port)
+        .collect();
+    assert!(!container_ports.contains(&9443), "{container_ports:?}");
+
+    // No load balancer here grants the address: the Gateway says so.
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    let programmed = |want: &'static str| {
+        let gateways = gateways.clone();
+        async move {
+            await_some(&format!("Programmed reason {want}"), || async {
+                let gw = gateways.get("gw").await.ok()?;
+                gw.status?
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "Programmed" && c.reason == want)
+            })
+            .await
+        }
+    };
+    let c = programmed("AddressNotUsable").await;
+    assert!(c.message.contains("198.51.100.7"), "{}", c.message);
+    // A load balancer grants it (as a cloud's would, in the Service's status).
+    services
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
+            ),
+        )
+        .await
+        .expect("grant the address");
+    // Now only the dataplane's acknowledgement is missing (none runs in this test).
+    programmed("Pending").await;
+    let addresses = await_some("the granted address in status", || async {
+        let gw = gateways.get("gw").await.ok()?;
+        let a = gw.status?.addresses?;
+        (a.len() == 1).then_some(a)
+    })
+    .await;
+    assert_eq!(addresses[0].value, "198.51.100.7");
+
+    // The set goes: so does its port.
+    Api::<ListenerSet>::namespaced(client.clone(), &ns)
+        .delete(
+            &set.metadata.name.clone().unwrap_or_default(),
+            &Default::default(),
+        )
+        .await
+        .expect("delete the set");
+    await_some("the Service without the set's port", || async {
+        let svc = services.get_opt(&name).await.ok().flatten()?;
+        (ports(&svc) == [80]).then_some(())
+    })
+    .await;
+}
