@@ -303,6 +303,13 @@ pub async fn run(
             inputs.dataplane_namespace = settings.dataplane_namespace.clone();
             // The dataplane pods' admin port: no listener may take it.
             inputs.reserved_ports = [provision::objects::ADMIN_PORT].into();
+            // Provisioned Gateways ask their Service for their addresses; dataplanes run by
+            // hand (`portico connect`, no provisioning) bind them, as in standalone mode.
+            inputs.addresses = if settings.provision.is_some() {
+                portico_compile::Addresses::Service
+            } else {
+                portico_compile::Addresses::Bind
+            };
             let read = last_compile.elapsed();
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();

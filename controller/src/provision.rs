@@ -297,15 +297,32 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         _ => spec,
     };
 
-    // The ports its ListenerSets are served on, as the last compile admitted them; before
-    // the first compile they are unknown, and applying without them would drop them.
-    let ports = {
-        let compiled = ctx.listener_set_ports.borrow();
-        let Some(compiled) = compiled.as_ref() else {
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        };
-        let id = portico_model::ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
-        compiled.get(&id).cloned().unwrap_or_default()
+    // The ports its ListenerSets are served on, as the last compile admitted them. Before
+    // the first compile (which may wait long for a kind it cannot list) they are unknown:
+    // the Service keeps the ones it has, rather than drop them for a moment.
+    let id = portico_model::ObjectRef::new(gw.namespace().unwrap_or_default(), gw.name_any());
+    let compiled = ctx
+        .listener_set_ports
+        .borrow()
+        .as_ref()
+        .map(|m| m.get(&id).cloned().unwrap_or_default());
+    let ports = match compiled {
+        Some(ports) => ports,
+        None => {
+            let name = portico_compile::dataplane_name(&id.namespace, &id.name);
+            let own: std::collections::BTreeSet<i32> =
+                gw.spec.listeners.iter().map(|l| l.port).collect();
+            Api::<Service>::namespaced(ctx.client.clone(), &ctx.settings.namespace)
+                .get_opt(&name)
+                .await?
+                .and_then(|s| s.spec)
+                .and_then(|s| s.ports)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.port)
+                .filter(|p| !own.contains(p))
+                .collect()
+        }
     };
     let desired = objects::desired(&gw, &class, &spec, &ctx.settings, &ports);
     let ns = ctx.settings.namespace.clone();

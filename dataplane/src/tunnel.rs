@@ -9,7 +9,7 @@
 //! is written to it for the write timeout (as a client that stops reading is cut off), or
 //! when the process stops.
 
-use crate::conn::guard::Guarded;
+use crate::conn::guard::{Guarded, is_write_timeout};
 use crate::sanitize::Upgrade;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -78,7 +78,9 @@ pub enum Ended {
     Closed,
     /// Nothing moved either way for the idle timeout.
     Idle,
-    /// A read or a write failed (a reset, a peer that stopped reading: `TimedOut`).
+    /// A write to a peer that read nothing waited for the write timeout.
+    WriteTimeout,
+    /// A read or a write failed (a reset, a refused write).
     Failed(io::ErrorKind),
 }
 
@@ -87,7 +89,7 @@ impl Ended {
         match self {
             Ended::Closed => "closed",
             Ended::Idle => "idle_timeout",
-            Ended::Failed(io::ErrorKind::TimedOut) => "write_timeout",
+            Ended::WriteTimeout => "write_timeout",
             Ended::Failed(_) => "error",
         }
     }
@@ -163,6 +165,7 @@ impl Tunnel {
         let ended = tokio::select! {
             r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
                 Ok(_) => Ended::Closed,
+                Err(e) if is_write_timeout(&e) => Ended::WriteTimeout,
                 Err(e) => Ended::Failed(e.kind()),
             },
             () = watchdog => Ended::Idle,
@@ -490,10 +493,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert!(!run.is_finished(), "not before the write timeout");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(
-            run.await.expect("join"),
-            Ended::Failed(io::ErrorKind::TimedOut)
-        );
+        assert_eq!(run.await.expect("join"), Ended::WriteTimeout);
         let closed = metrics.closed.get_or_create(&EndLabel {
             reason: "write_timeout",
         });
@@ -514,9 +514,6 @@ mod tests {
         let run = tokio::spawn(tunnel.run(client, Bytes::new()));
         backend.write_all(&[b'x'; 32 * 1024]).await.expect("write");
         tokio::time::sleep(Duration::from_secs(11)).await;
-        assert_eq!(
-            run.await.expect("join"),
-            Ended::Failed(io::ErrorKind::TimedOut)
-        );
+        assert_eq!(run.await.expect("join"), Ended::WriteTimeout);
     }
 }

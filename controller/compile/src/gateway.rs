@@ -344,30 +344,13 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
         .params
         .refusal(gw)
         .map(|message| (reasons::INVALID_PARAMETERS, message));
-    let mut addresses = Vec::new();
-    for a in gw.spec.addresses.iter().flatten() {
-        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
-        match (kind, a.value.as_deref()) {
-            ("IPAddress", Some(v)) => match v.parse::<std::net::IpAddr>() {
-                Ok(ip) => addresses.push(ip.to_string()),
-                Err(_) => {
-                    invalid = Some((
-                        reasons::UNSUPPORTED_ADDRESS,
-                        format!("address {v:?} is not an IP address"),
-                    ));
-                }
-            },
-            ("IPAddress", None) => {}
-            (other, _) => {
-                invalid = Some((
-                    reasons::UNSUPPORTED_ADDRESS,
-                    format!("address type {other:?} is not supported; use IPAddress"),
-                ));
-            }
+    let addresses = match requested_addresses(gw) {
+        Ok(a) => a,
+        Err(message) => {
+            invalid = Some((reasons::UNSUPPORTED_ADDRESS, message));
+            Vec::new()
         }
-    }
-    addresses.sort();
-    addresses.dedup();
+    };
 
     let mut listeners: Vec<ListenerState> = gw
         .spec
@@ -427,17 +410,20 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
                     }
                 };
                 reserve(&mut l, inputs.reserved_ports);
-                if merged == MAX_LISTENER_SET_LISTENERS {
-                    l.rejected = Some((
-                        reasons::TOO_MANY_LISTENERS.into(),
-                        format!(
-                            "Gateway {id} already serves {MAX_LISTENER_SET_LISTENERS} listeners of ListenerSets"
-                        ),
-                    ));
-                } else {
-                    merged += 1;
-                }
                 l.conflicted = conflict_with_earlier(&listeners, &l);
+                // Only listeners that would be served count against the bound.
+                if l.usable() {
+                    if merged == MAX_LISTENER_SET_LISTENERS {
+                        l.rejected = Some((
+                            reasons::TOO_MANY_LISTENERS.into(),
+                            format!(
+                                "Gateway {id} already serves {MAX_LISTENER_SET_LISTENERS} listeners of ListenerSets"
+                            ),
+                        ));
+                    } else {
+                        merged += 1;
+                    }
+                }
                 listeners.push(l);
             }
         }
@@ -456,6 +442,32 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
         listeners,
         listener_sets,
     }
+}
+
+/// The IP addresses a Gateway's `spec.addresses` ask for, normalised, sorted and without
+/// duplicates (an `IPAddress` without a value asks for none in particular), or why they
+/// cannot be served (another type, a value that is not an IP address). Compile and the
+/// provisioner read them alike.
+pub fn requested_addresses(gw: &Gateway) -> Result<Vec<String>, String> {
+    let mut addresses = Vec::new();
+    for a in gw.spec.addresses.iter().flatten() {
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        match (kind, a.value.as_deref()) {
+            ("IPAddress", Some(v)) => match v.parse::<std::net::IpAddr>() {
+                Ok(ip) => addresses.push(ip.to_string()),
+                Err(_) => return Err(format!("address {v:?} is not an IP address")),
+            },
+            ("IPAddress", None) => {}
+            (other, _) => {
+                return Err(format!(
+                    "address type {other:?} is not supported; use IPAddress"
+                ));
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
 }
 
 /// How many listeners of ListenerSets one Gateway serves at most; the rest are rejected
@@ -685,7 +697,8 @@ fn listener_state(
     // serve yet attaches nothing, but a kind no such listener could take is still wrong).
     let valid_kinds: &[&str] = match l.protocol.as_str() {
         "HTTP" | "HTTPS" => &HTTP_KINDS,
-        "TLS" => &["TLSRoute"],
+        // TCPRoute on a terminating TLS listener.
+        "TLS" => &["TLSRoute", "TCPRoute"],
         "TCP" => &["TCPRoute"],
         "UDP" => &["UDPRoute"],
         _ => &[],
@@ -923,6 +936,12 @@ impl GatewayState {
         let Some(svc) = service else {
             return Some(format!("its dataplane Service {name} does not exist yet"));
         };
+        let type_ = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
+        if let Some(t) = type_.filter(|t| *t != "LoadBalancer") {
+            return Some(format!(
+                "its dataplane Service {name} is of type {t}: only a LoadBalancer Service can be given a requested address (the GatewayConfig's service.type)"
+            ));
+        }
         let given: Vec<String> = svc
             .status
             .iter()

@@ -63,6 +63,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use backend::ENDPOINTS_ANNOTATION;
+pub use gateway::requested_addresses;
 pub use inputs::{Addresses, Inputs};
 pub use portico_crds::CONTROLLER_NAME;
 pub use refs::dataplane_name;

@@ -83,6 +83,8 @@ pub(crate) struct Targets {
     routes: BTreeMap<ObjectRef, BTreeSet<String>>,
     /// Each HTTPRoute's parent Gateways.
     route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
+    /// Each HTTPRoute's parent ListenerSets (of our Gateways).
+    route_sets: BTreeMap<ObjectRef, Vec<ObjectRef>>,
     /// Each Service, with the Gateways of the routes (HTTP and gRPC) that send to it.
     services: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
     /// Each Service's named ports.
@@ -110,7 +112,7 @@ impl Targets {
             })
             .collect();
         let sets = inputs.listener_set_parents();
-        let listener_sets = inputs
+        let listener_sets: BTreeMap<ObjectRef, (ObjectRef, BTreeSet<String>)> = inputs
             .listener_sets
             .iter()
             .filter_map(|ls| {
@@ -118,6 +120,31 @@ impl Targets {
                 let gw = sets.gateway_of(&id).filter(|g| gateways.contains_key(*g))?;
                 let listeners = ls.spec.listeners.iter().map(|l| l.name.clone()).collect();
                 Some((id, (gw.clone(), listeners)))
+            })
+            .collect();
+        let route_sets = inputs
+            .http_routes
+            .iter()
+            .map(|r| {
+                let route_ns = namespace_of(&r.metadata);
+                let sets: Vec<ObjectRef> = r
+                    .spec
+                    .parent_refs
+                    .iter()
+                    .flatten()
+                    .filter(|p| {
+                        p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                            && p.kind.as_deref() == Some("ListenerSet")
+                    })
+                    .map(|p| {
+                        ObjectRef::new(
+                            p.namespace.clone().unwrap_or_else(|| route_ns.clone()),
+                            p.name.clone(),
+                        )
+                    })
+                    .filter(|ls| listener_sets.contains_key(ls))
+                    .collect();
+                (object_ref(&r.metadata), sets)
             })
             .collect();
         let route_parents: BTreeMap<ObjectRef, Vec<ObjectRef>> = inputs
@@ -168,6 +195,7 @@ impl Targets {
             listener_sets,
             routes,
             route_parents,
+            route_sets,
             services,
             service_ports,
         }
@@ -234,6 +262,22 @@ impl Targets {
                  ListenerSet or an HTTPRoute (group {GATEWAY_GROUP}) or a core Service"
             ))),
         }
+    }
+
+    /// The ListenerSets an HTTPRoute names as parents.
+    pub(crate) fn sets_of(&self, route: &ObjectRef) -> &[ObjectRef] {
+        self.route_sets.get(route).map_or(&[], Vec::as_slice)
+    }
+
+    /// The HTTPRoutes that name ListenerSet `ls` as a parent.
+    pub(crate) fn routes_on<'a>(
+        &'a self,
+        ls: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a ObjectRef> {
+        self.route_sets
+            .iter()
+            .filter(move |(_, sets)| sets.contains(ls))
+            .map(|(route, _)| route)
     }
 
     /// The Gateways a route target is served through.
@@ -415,6 +459,17 @@ impl Attachments {
         self.by_target
             .iter()
             .any(|(t, p)| matches!(t, Target::Gateway(g, _) if g == gw) && fits(p))
+    }
+
+    /// Whether such a policy is on ListenerSet `ls` or one of its listeners.
+    pub(crate) fn any_on_listener_set(
+        &self,
+        ls: &ObjectRef,
+        fits: &impl Fn(&ObjectRef) -> bool,
+    ) -> bool {
+        self.by_target
+            .iter()
+            .any(|(t, p)| matches!(t, Target::ListenerSet(l, _) if l == ls) && fits(p))
     }
 
     /// Whether such a policy is on HTTPRoute `route` or one of its rules.

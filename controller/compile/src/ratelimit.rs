@@ -222,16 +222,27 @@ fn missing_identity(
     };
     let covered = match target {
         Target::Gateway(gw, _) => auth.attached.any_on_gateway(gw, targets, &fits),
-        Target::ListenerSet(..) => targets
-            .gateways_of(target)
-            .iter()
-            .any(|gw| auth.attached.any_on_gateway(gw, targets, &fits)),
+        // The set itself, what contains it (the whole Gateway), what it contains (its routes).
+        Target::ListenerSet(ls, _) => {
+            auth.attached.any_on_listener_set(ls, &fits)
+                || targets
+                    .gateways_of(target)
+                    .iter()
+                    .any(|gw| auth.attached.any_gateway_level(gw, &fits))
+                || targets
+                    .routes_on(ls)
+                    .any(|r| auth.attached.any_on_route(r, &fits))
+        }
         Target::Route(route, _) => {
             auth.attached.any_on_route(route, &fits)
                 || targets
                     .parents_of(route)
                     .iter()
                     .any(|gw| auth.attached.any_gateway_level(gw, &fits))
+                || targets
+                    .sets_of(route)
+                    .iter()
+                    .any(|ls| auth.attached.any_on_listener_set(ls, &fits))
         }
         // Reached through the Gateways of the routes that send to it.
         Target::Service(..) => targets

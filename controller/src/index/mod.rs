@@ -376,9 +376,8 @@ impl Index {
             secrets: self.secrets.secrets(),
             unreadable_secrets: self.secrets.unreadable(),
             dataplane_namespace: String::new(),
-            // A cluster's Gateways ask their Service for their addresses.
-            addresses: portico_compile::Addresses::Service,
-            // The compile loop names the dataplanes' own ports.
+            // The compile loop says what addresses mean and names the dataplanes' own ports.
+            addresses: Default::default(),
             reserved_ports: Default::default(),
             endpoint_slices: Vec::new(),
             namespaces: all(&self.namespaces),

@@ -158,6 +158,9 @@ pub fn desired(
     let dp = config.dataplane.clone().unwrap_or_default();
     let ports: Vec<i32> = {
         let mut p: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+        // A listener on the admin port is refused (compile says so); the port is never
+        // exposed, or the Service would lead to the admin server.
+        p.retain(|p| *p != ADMIN_PORT);
         p.sort_unstable();
         p.dedup();
         p
@@ -517,13 +520,8 @@ pub fn desired(
 /// Service API for being provider-specific, it is still what load balancers such as MetalLB
 /// and the clouds' read; a provider's own annotation can be added through the GatewayConfig.
 fn requested_ip(gw: &Gateway) -> Option<String> {
-    let addresses = gw.spec.addresses.as_deref().unwrap_or_default();
-    match addresses {
-        [one] if one.r#type.as_deref().unwrap_or("IPAddress") == "IPAddress" => one
-            .value
-            .as_deref()
-            .and_then(|v| v.parse::<std::net::IpAddr>().ok())
-            .map(|ip| ip.to_string()),
+    match portico_compile::requested_addresses(gw).ok()?.as_slice() {
+        [one] => Some(one.clone()),
         _ => None,
     }
 }

@@ -506,5 +506,30 @@ fn a_requested_address_is_asked_of_a_load_balancer_service() {
     let two = json!([{"value": "198.51.100.7"}, {"value": "198.51.100.8"}]);
     assert_eq!(with(two, json!({})), None);
     assert_eq!(with(json!([{"type": "IPAddress"}]), json!({})), None);
+    // Read as compile reads them: one address, whatever else says nothing in particular
+    // or repeats it in another spelling.
+    let same = json!([{"value": "2001:DB8::1"}, {"value": "2001:db8::1"}, {"type": "IPAddress"}]);
+    assert_eq!(with(same, json!({})).as_deref(), Some("2001:db8::1"));
     assert_eq!(with(json!(null), json!({})), None);
+}
+
+#[test]
+fn a_listener_on_the_admin_port_is_never_exposed() {
+    let mut gw = gateway();
+    gw.spec.listeners[1].port = ADMIN_PORT;
+    let d = desired(
+        &gw,
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+        &Default::default(),
+    );
+    let service: Vec<i32> = d
+        .service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(service, vec![80]);
 }

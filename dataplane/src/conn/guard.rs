@@ -10,6 +10,26 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The error of a write that waited for the write timeout.
+#[derive(Debug)]
+pub struct WriteTimeout {
+    peer: &'static str,
+}
+
+impl std::fmt::Display for WriteTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the {} read nothing within the write timeout", self.peer)
+    }
+}
+
+impl std::error::Error for WriteTimeout {}
+
+/// Whether `e` is a [`Guarded`] write that timed out (not another `TimedOut`, such as the
+/// kernel's on a read).
+pub fn is_write_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<WriteTimeout>())
+}
+
 /// A connection's I/O: the bytes [`super::detect`] read are replayed first, and a write that
 /// makes no progress for the write timeout fails the connection.
 pub struct Guarded<I> {
@@ -53,7 +73,7 @@ impl<I> Guarded<I> {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("the {} read nothing within the write timeout", self.peer),
+                        WriteTimeout { peer: self.peer },
                     )));
                 }
                 Poll::Pending

@@ -1141,6 +1141,7 @@ type serviceProxy struct {
 	mu        sync.Mutex
 	listeners map[string]*forwarder // "ip:port" → forwarder
 	lbIPs     map[types.UID]net.IP
+	nextLB    byte              // the last address given from the pool (198.19.255.nextLB)
 	clusterIP map[string]net.IP // "ns/name" → ClusterIP
 	rr        uint32
 	kick      chan struct{}
@@ -1223,8 +1224,21 @@ func (p *serviceProxy) reconcile() {
 	want := map[string]*forwarder{}
 	clusterIPs := map[string]net.IP{}
 	var lbUpdates []*corev1.Service
-	seen := map[types.UID]bool{}
 	p.mu.Lock()
+	// Addresses of Services that are gone, or no longer LoadBalancers, are free before
+	// anything is allocated (a Service deleted and one made asking for its address, in
+	// one round, must find it free).
+	lbs := map[types.UID]bool{}
+	for _, s := range svcs {
+		if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			lbs[s.UID] = true
+		}
+	}
+	for uid := range p.lbIPs {
+		if !lbs[uid] {
+			delete(p.lbIPs, uid)
+		}
+	}
 	for _, s := range svcs {
 		key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 		var addrs []net.IP
@@ -1233,7 +1247,6 @@ func (p *serviceProxy) reconcile() {
 			clusterIPs[key.String()] = a
 		}
 		if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
-			seen[s.UID] = true
 			lb := p.lbAddress(s)
 			if lb != nil {
 				addrs = append(addrs, lb)
@@ -1247,6 +1260,11 @@ func (p *serviceProxy) reconcile() {
 				c.Status.LoadBalancer.Ingress = nil
 				lbUpdates = append(lbUpdates, c)
 			}
+		} else if len(s.Status.LoadBalancer.Ingress) > 0 {
+			// No longer a LoadBalancer: its address is withdrawn.
+			c := s.DeepCopy()
+			c.Status.LoadBalancer.Ingress = nil
+			lbUpdates = append(lbUpdates, c)
 		}
 		for _, a := range addrs {
 			for _, port := range s.Spec.Ports {
@@ -1258,11 +1276,6 @@ func (p *serviceProxy) reconcile() {
 		}
 	}
 	p.clusterIP = clusterIPs
-	for uid := range p.lbIPs {
-		if !seen[uid] {
-			delete(p.lbIPs, uid)
-		}
-	}
 	for addr, f := range p.listeners {
 		if w, ok := want[addr]; !ok {
 			_ = f.ln.Close()
@@ -1296,7 +1309,8 @@ func (p *serviceProxy) reconcile() {
 
 // lbAddress is the LoadBalancer address of s (p.mu held): the one spec.loadBalancerIP asks
 // for if it is in 198.19.255.0/24 and no other Service has it, none if it asks for another,
-// else the one it has, else the lowest free one.
+// else the one it has, else the next free one after the last given (so that an address a
+// deleted Service had is not at once another's, while a test may still be reaching it).
 func (p *serviceProxy) lbAddress(s *corev1.Service) net.IP {
 	taken := func(ip net.IP) bool {
 		for uid, other := range p.lbIPs {
@@ -1315,9 +1329,11 @@ func (p *serviceProxy) lbAddress(s *corev1.Service) net.IP {
 	} else if cur, ok := p.lbIPs[s.UID]; ok {
 		lb = cur
 	} else {
-		for n := 1; n < 255; n++ {
-			if ip := net.IPv4(198, 19, 255, byte(n)).To4(); !taken(ip) {
+		for i := 0; i < 254; i++ {
+			n := byte(1 + (int(p.nextLB)+i)%254)
+			if ip := net.IPv4(198, 19, 255, n).To4(); !taken(ip) {
 				lb = ip
+				p.nextLB = n
 				break
 			}
 		}

@@ -492,6 +492,18 @@ fn requested_addresses_are_bound_standalone_and_asked_of_the_service_in_a_cluste
         .collect();
     assert_eq!(addresses, ["198.51.100.7"]);
 
+    // Only a LoadBalancer Service is given an address: another type says so.
+    let out = run(
+        &format!(
+            "{one}{}",
+            service("{ip: 198.51.100.7}").replace("type: LoadBalancer", "type: NodePort")
+        ),
+        crate::Addresses::Service,
+    );
+    let p = programmed(&out);
+    assert_eq!(p.reason, reasons::ADDRESS_NOT_USABLE);
+    assert!(p.message.contains("of type NodePort"), "{p:?}");
+
     // Two cannot be asked of one Service; an empty value asks for none in particular.
     let two = gateway("[{value: 198.51.100.7}, {value: 198.51.100.8}]");
     let p = programmed(&run(&two, crate::Addresses::Service));

@@ -681,3 +681,110 @@ fn a_policy_on_a_listener_set_applies_to_its_listeners_before_the_gateways() {
         "{missing:?}"
     );
 }
+
+#[test]
+fn a_consumer_keyed_limit_counts_the_auth_policies_of_listener_sets() {
+    let mut extra = gateway(
+        "gw10",
+        "allowedListeners: {namespaces: {from: Same}}",
+        "[{name: web, port: 80, protocol: HTTP, hostname: gw.example.com}]",
+    );
+    for (set, host) in [("guarded", "a.example.com"), ("open", "b.example.com")] {
+        extra.push_str(&listener_set(
+            set,
+            "default",
+            "gw10",
+            0,
+            &format!("[{{name: l, port: 80, protocol: HTTP, hostname: {host}}}]"),
+        ));
+    }
+    let rules = "  rules: [{backendRefs: [{name: svc, port: 80}]}]";
+    extra.push_str(&route(
+        "r-guarded",
+        "default",
+        "{kind: ListenerSet, name: guarded}",
+        rules,
+    ));
+    extra.push_str(&route(
+        "r-open",
+        "default",
+        "{kind: ListenerSet, name: open}",
+        rules,
+    ));
+    extra.push_str(&route("r-other", "default", "{name: gw10}", rules));
+    extra.push_str(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default}\nstringData: {alice: alice-key-0123456789}\n",
+    );
+    let g = "group: gateway.networking.k8s.io";
+    let doc = |kind: &str, name: &str, target: &str, body: &str| {
+        format!(
+            "---\napiVersion: portico.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  targetRefs: [{{{g}, {target}}}]\n{body}\n"
+        )
+    };
+    let keys = "  apiKey: {secretRefs: [{name: keys}]}";
+    let by_consumer = "  limits: [{requests: 10, interval: 1s, key: [{type: Consumer}]}]";
+    // Keys on the guarded set, and on a route elsewhere on the Gateway.
+    extra.push_str(&doc(
+        "AuthPolicy",
+        "set-keys",
+        "kind: ListenerSet, name: guarded",
+        keys,
+    ));
+    extra.push_str(&doc(
+        "AuthPolicy",
+        "other-keys",
+        "kind: HTTPRoute, name: r-other",
+        keys,
+    ));
+    extra.push_str(&doc(
+        "RateLimitPolicy",
+        "on-guarded-route",
+        "kind: HTTPRoute, name: r-guarded",
+        by_consumer,
+    ));
+    extra.push_str(&doc(
+        "RateLimitPolicy",
+        "on-guarded-set",
+        "kind: ListenerSet, name: guarded",
+        by_consumer,
+    ));
+    extra.push_str(&doc(
+        "RateLimitPolicy",
+        "on-open-route",
+        "kind: HTTPRoute, name: r-open",
+        by_consumer,
+    ));
+    extra.push_str(&doc(
+        "RateLimitPolicy",
+        "on-open-set",
+        "kind: ListenerSet, name: open",
+        by_consumer,
+    ));
+    let out = run(&extra);
+    let accepted = |name: &str| {
+        let s = out
+            .status
+            .policy(
+                portico_model::PolicyKind::RateLimit,
+                &ObjectRef::new("default", name),
+            )
+            .expect("status");
+        find(&s.ancestors[0].conditions, types::ACCEPTED)
+            .expect("accepted")
+            .clone()
+    };
+    // The set's AuthPolicy identifies the requests of its routes, and of the set itself.
+    assert!(
+        accepted("on-guarded-route").is_true(),
+        "{:?}",
+        accepted("on-guarded-route")
+    );
+    assert!(
+        accepted("on-guarded-set").is_true(),
+        "{:?}",
+        accepted("on-guarded-set")
+    );
+    // Another route's AuthPolicy on the same Gateway identifies nothing on the open set.
+    assert!(!accepted("on-open-route").is_true());
+    assert!(!accepted("on-open-set").is_true());
+}
