@@ -927,19 +927,22 @@ impl GatewayState {
             return None;
         }
         let name = crate::refs::dataplane_name(&self.id.namespace, &self.id.name);
+        let wanted = self.addresses.join(", ");
         if self.addresses.len() > 1 {
             return Some(format!(
-                "{} addresses are requested; a provisioned Gateway's Service can be given one (spec.loadBalancerIP)",
+                "{} addresses are requested ({wanted}); a provisioned Gateway's Service can be given one (spec.loadBalancerIP)",
                 self.addresses.len()
             ));
         }
         let Some(svc) = service else {
-            return Some(format!("its dataplane Service {name} does not exist yet"));
+            return Some(format!(
+                "{wanted} is requested and its dataplane Service {name} does not exist yet"
+            ));
         };
         let type_ = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
         if let Some(t) = type_.filter(|t| *t != "LoadBalancer") {
             return Some(format!(
-                "its dataplane Service {name} is of type {t}: only a LoadBalancer Service can be given a requested address (the GatewayConfig's service.type)"
+                "{wanted} is requested and its dataplane Service {name} is of type {t}: only a LoadBalancer Service can be given a requested address (the GatewayConfig's service.type)"
             ));
         }
         let given: Vec<String> = svc

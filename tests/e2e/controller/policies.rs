@@ -191,7 +191,7 @@ async fn auth_policies_report_attachment_and_are_validated_by_cel() {
     assert!(m.contains("at least one of"), "{m}");
     let m = refused(json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Service", "name": "svc"}],
         "apiKey": {"secretRefs": [{"name": "keys"}]}})).await;
-    assert!(m.contains("Gateway or HTTPRoute"), "{m}");
+    assert!(m.contains("Gateway, ListenerSet or HTTPRoute"), "{m}");
     let m = refused(json!({"targetRefs": target, "jwt": {"issuer": "x", "algorithms": ["none"], "jwksUri": "https://idp/jwks"}})).await;
     assert!(m.contains("none"), "{m}");
 }
