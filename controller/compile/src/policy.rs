@@ -126,24 +126,8 @@ impl Targets {
             .http_routes
             .iter()
             .map(|r| {
-                let route_ns = namespace_of(&r.metadata);
-                let sets: Vec<ObjectRef> = r
-                    .spec
-                    .parent_refs
-                    .iter()
-                    .flatten()
-                    .filter(|p| {
-                        p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                            && p.kind.as_deref() == Some("ListenerSet")
-                    })
-                    .map(|p| {
-                        ObjectRef::new(
-                            p.namespace.clone().unwrap_or_else(|| route_ns.clone()),
-                            p.name.clone(),
-                        )
-                    })
-                    .filter(|ls| listener_sets.contains_key(ls))
-                    .collect();
+                let mut sets = crate::refs::http_route_listener_sets(r);
+                sets.retain(|ls| listener_sets.contains_key(ls));
                 (object_ref(&r.metadata), sets)
             })
             .collect();

@@ -97,31 +97,62 @@ fn gateway_parents<'a>(
         .collect()
 }
 
-/// The Gateways an HTTPRoute's parentRefs name, directly or through a ListenerSet.
-pub(crate) fn http_route_parents(r: &HTTPRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
+/// A parentRef as (group, kind, namespace, name).
+type ParentRefParts<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+
+fn http_parent_refs(r: &HTTPRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
+    r.spec.parent_refs.iter().flatten().map(|p| {
         (
             p.group.as_deref(),
             p.kind.as_deref(),
             p.namespace.as_deref(),
             p.name.as_str(),
         )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs, sets)
+    })
 }
 
-/// The Gateways a GRPCRoute's parentRefs name. (The two route types share no Rust type for
-/// their parentRefs, hence two functions over [`gateway_parents`].)
-pub(crate) fn grpc_route_parents(r: &GrpcRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
-    let refs = r.spec.parent_refs.iter().flatten().map(|p| {
+/// The same of a GRPCRoute. (The two route types share no Rust type for their parentRefs.)
+fn grpc_parent_refs(r: &GrpcRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
+    r.spec.parent_refs.iter().flatten().map(|p| {
         (
             p.group.as_deref(),
             p.kind.as_deref(),
             p.namespace.as_deref(),
             p.name.as_str(),
         )
-    });
-    gateway_parents(&namespace_of(&r.metadata), refs, sets)
+    })
+}
+
+/// The Gateways an HTTPRoute's parentRefs name, directly or through a ListenerSet.
+pub(crate) fn http_route_parents(r: &HTTPRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
+    gateway_parents(&namespace_of(&r.metadata), http_parent_refs(r), sets)
+}
+
+/// The Gateways a GRPCRoute's parentRefs name.
+pub(crate) fn grpc_route_parents(r: &GrpcRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
+    gateway_parents(&namespace_of(&r.metadata), grpc_parent_refs(r), sets)
+}
+
+/// The ListenerSets among parentRefs, for a route in `route_ns`, whether they exist or not.
+fn named_listener_sets<'a>(
+    route_ns: &str,
+    refs: impl Iterator<Item = ParentRefParts<'a>>,
+) -> Vec<ObjectRef> {
+    refs.filter(|(group, kind, _, _)| {
+        group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && *kind == Some("ListenerSet")
+    })
+    .map(|(_, _, ns, name)| ObjectRef::new(ns.unwrap_or(route_ns), name))
+    .collect()
+}
+
+/// The ListenerSets an HTTPRoute's parentRefs name.
+pub(crate) fn http_route_listener_sets(r: &HTTPRoute) -> Vec<ObjectRef> {
+    named_listener_sets(&namespace_of(&r.metadata), http_parent_refs(r))
+}
+
+/// The ListenerSets a GRPCRoute's parentRefs name.
+pub(crate) fn grpc_route_listener_sets(r: &GrpcRoute) -> Vec<ObjectRef> {
+    named_listener_sets(&namespace_of(&r.metadata), grpc_parent_refs(r))
 }
 
 /// The core Services among backendRefs given as (group, kind, namespace, name), for a route

@@ -5,8 +5,12 @@
 //! would otherwise pass `portico check` in silence.
 
 use crate::inputs::Inputs;
-use crate::refs::{grpc_route_parents, http_route_parents, listener_set_parent, object_ref};
+use crate::refs::{
+    grpc_route_listener_sets, grpc_route_parents, http_route_listener_sets, http_route_parents,
+    listener_set_parent, object_ref,
+};
 use crate::status::{Condition, Problem};
+use portico_model::ObjectRef;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The condition type these problems are shown under (never written to a cluster).
@@ -81,6 +85,11 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
         }
     }
     let sets = inputs.listener_set_parents();
+    let existing_sets: BTreeSet<ObjectRef> = inputs
+        .listener_sets
+        .iter()
+        .map(|ls| object_ref(&ls.metadata))
+        .collect();
     let routes = inputs
         .http_routes
         .iter()
@@ -89,6 +98,7 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
                 "HTTPRoute",
                 object_ref(&r.metadata),
                 http_route_parents(r, &sets),
+                http_route_listener_sets(r),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         })
@@ -97,10 +107,18 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
                 "GRPCRoute",
                 object_ref(&r.metadata),
                 grpc_route_parents(r, &sets),
+                grpc_route_listener_sets(r),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         }));
-    for (kind, id, parents, none) in routes {
+    for (kind, id, parents, named_sets, none) in routes {
+        for ls in named_sets.iter().filter(|ls| !existing_sets.contains(*ls)) {
+            out.push(problem(
+                format!("{kind} {id} parent ListenerSet {ls}"),
+                "NoSuchListenerSet",
+                format!("ListenerSet {ls} does not exist"),
+            ));
+        }
         if none {
             out.push(problem(
                 format!("{kind} {id}"),

@@ -788,3 +788,43 @@ fn a_consumer_keyed_limit_counts_the_auth_policies_of_listener_sets() {
     assert!(!accepted("on-open-route").is_true());
     assert!(!accepted("on-open-set").is_true());
 }
+
+#[test]
+fn check_names_listener_sets_and_route_parents_that_nothing_serves() {
+    let mut extra = listener_set("stray", "default", "no-such-gateway", 0, ONE);
+    extra.push_str(&route(
+        "r",
+        "default",
+        "{kind: ListenerSet, name: missing}, {kind: ListenerSet, name: stray}",
+        "  rules: [{backendRefs: [{name: svc, port: 80}]}]",
+    ));
+    let inputs = super::inputs(&extra);
+    let problems: Vec<(String, String)> =
+        crate::unserved::unserved(&inputs, crate::CONTROLLER_NAME)
+            .into_iter()
+            .map(|p| (p.object, p.condition.reason))
+            .collect();
+    for (object, reason) in [
+        ("ListenerSet default/stray", "NoSuchGateway"),
+        (
+            "HTTPRoute default/r parent ListenerSet default/missing",
+            "NoSuchListenerSet",
+        ),
+        (
+            "HTTPRoute default/r parent default/no-such-gateway",
+            "NoSuchGateway",
+        ),
+    ] {
+        assert!(
+            problems.contains(&(object.to_string(), reason.to_string())),
+            "{object} {reason} in {problems:?}"
+        );
+    }
+    // The set that exists is not said to be missing.
+    assert!(
+        !problems
+            .iter()
+            .any(|(o, _)| o.contains("parent ListenerSet default/stray")),
+        "{problems:?}"
+    );
+}
