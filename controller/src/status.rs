@@ -178,31 +178,16 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
             value: a.value.clone(),
         })
         .collect();
-    let listeners = report
-        .listeners
-        .iter()
-        .map(|l| {
-            let existing = current
+    let listeners = listener_statuses(
+        &report.listeners,
+        |name| {
+            current
                 .and_then(|s| s.listeners.as_ref())
-                .and_then(|ls| ls.iter().find(|x| x.name == l.name))
+                .and_then(|ls| ls.iter().find(|x| x.name == name))
                 .map(|x| x.conditions.as_slice())
-                .unwrap_or_default();
-            GatewayStatusListeners {
-                name: l.name.clone(),
-                attached_routes: l.attached_routes,
-                conditions: conditions(&l.conditions, existing, now),
-                supported_kinds: Some(
-                    l.supported_kinds
-                        .iter()
-                        .map(|k| GatewayStatusListenersSupportedKinds {
-                            group: Some(GATEWAY_GROUP.into()),
-                            kind: k.clone(),
-                        })
-                        .collect(),
-                ),
-            }
-        })
-        .collect();
+        },
+        now,
+    );
     GatewayStatus {
         addresses: (!addresses.is_empty()).then_some(addresses),
         // Unset when none: nil reads as 0, and a Gateway CRD older than ListenerSets prunes
@@ -212,6 +197,32 @@ pub fn gateway_status(gw: &Gateway, report: &compiled::GatewayStatus, now: &Time
         conditions: Some(conditions(&report.conditions, existing, now)),
         listeners: Some(listeners),
     }
+}
+
+/// Each listener's status as compile reported it, keeping `lastTransitionTime` from the
+/// conditions `current` gives for a listener name.
+fn listener_statuses<'a>(
+    report: &[compiled::ListenerStatus],
+    current: impl Fn(&str) -> Option<&'a [Condition]>,
+    now: &Time,
+) -> Vec<GatewayStatusListeners> {
+    report
+        .iter()
+        .map(|l| GatewayStatusListeners {
+            name: l.name.clone(),
+            attached_routes: l.attached_routes,
+            conditions: conditions(&l.conditions, current(&l.name).unwrap_or_default(), now),
+            supported_kinds: Some(
+                l.supported_kinds
+                    .iter()
+                    .map(|k| GatewayStatusListenersSupportedKinds {
+                        group: Some(GATEWAY_GROUP.into()),
+                        kind: k.clone(),
+                    })
+                    .collect(),
+            ),
+        })
+        .collect()
 }
 
 /// A ListenerSet's status: its conditions and its listeners', as compile reported them.
@@ -224,29 +235,28 @@ pub fn listener_set_status(
     let existing = current
         .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    let listeners = report
-        .listeners
-        .iter()
-        .map(|l| {
-            let existing = current
-                .and_then(|s| s.listeners.as_ref())
-                .and_then(|ls| ls.iter().find(|x| x.name == l.name))
-                .map(|x| x.conditions.as_slice())
-                .unwrap_or_default();
-            ListenerSetStatusListeners {
-                name: l.name.clone(),
-                attached_routes: l.attached_routes,
-                conditions: conditions(&l.conditions, existing, now),
-                supported_kinds: Some(
-                    l.supported_kinds
-                        .iter()
-                        .map(|k| ListenerSetStatusListenersSupportedKinds {
-                            group: Some(GATEWAY_GROUP.into()),
-                            kind: k.clone(),
-                        })
-                        .collect(),
-                ),
-            }
+    let current_of = |name: &str| {
+        current
+            .and_then(|s| s.listeners.as_ref())
+            .and_then(|ls| ls.iter().find(|x| x.name == name))
+            .map(|x| x.conditions.as_slice())
+    };
+    // The same schema as a Gateway's listeners, in another generated type.
+    let listeners = listener_statuses(&report.listeners, current_of, now)
+        .into_iter()
+        .map(|l| ListenerSetStatusListeners {
+            name: l.name,
+            attached_routes: l.attached_routes,
+            conditions: l.conditions,
+            supported_kinds: l.supported_kinds.map(|kinds| {
+                kinds
+                    .into_iter()
+                    .map(|k| ListenerSetStatusListenersSupportedKinds {
+                        group: k.group,
+                        kind: k.kind,
+                    })
+                    .collect()
+            }),
         })
         .collect();
     ListenerSetStatus {

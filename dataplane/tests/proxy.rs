@@ -2356,6 +2356,19 @@ fn decompress(encoding: &str, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A BackendPolicy's compression with the CRD's defaults.
+fn default_compression() -> portico_model::Compression {
+    portico_model::Compression {
+        encodings: portico_model::Compression::DEFAULT_ENCODINGS.to_vec(),
+        min_size: 1024,
+        content_types: portico_model::Compression::DEFAULT_CONTENT_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+        credentialed: false,
+    }
+}
+
 /// The gateway's own session cookie is not a credential: a sticky client's responses are
 /// compressed, and any other cookie beside it still turns compression off (BREACH).
 #[tokio::test]
@@ -2365,15 +2378,7 @@ async fn a_session_cookie_alone_does_not_stop_compression() {
     let b = with_settings(
         backend("web", 80, &[addr]),
         BackendSettings {
-            compression: Some(portico_model::Compression {
-                encodings: portico_model::Compression::DEFAULT_ENCODINGS.to_vec(),
-                min_size: 1024,
-                content_types: portico_model::Compression::DEFAULT_CONTENT_TYPES
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect(),
-                credentialed: false,
-            }),
+            compression: Some(default_compression()),
             session_persistence: Some(cookie_session("sticky")),
             ..BackendSettings::default()
         },
@@ -2413,15 +2418,7 @@ async fn a_session_cookie_alone_does_not_stop_compression() {
 async fn responses_are_compressed_as_the_policy_and_the_client_allow() {
     let addr = typed_backend().await;
     let port = free_port();
-    let compression = portico_model::Compression {
-        encodings: portico_model::Compression::DEFAULT_ENCODINGS.to_vec(),
-        min_size: 1024,
-        content_types: portico_model::Compression::DEFAULT_CONTENT_TYPES
-            .iter()
-            .map(|t| t.to_string())
-            .collect(),
-        credentialed: false,
-    };
+    let compression = default_compression();
     let b = with_settings(
         backend("web", 80, &[addr]),
         BackendSettings {

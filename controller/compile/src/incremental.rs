@@ -132,17 +132,14 @@ impl Dependencies {
                 dataplane_name(&id.namespace, &id.name),
             );
             d.add(DepKey::Service(service), &id);
-            for r in gw
+            let certificates = gw
                 .spec
                 .listeners
                 .iter()
                 .filter_map(|l| l.tls.as_ref())
                 .flat_map(|t| t.certificate_refs.iter().flatten())
-            {
-                let ns = r.namespace.clone().unwrap_or_else(|| id.namespace.clone());
-                d.add(DepKey::ReferenceGrants(ns.clone()), &id);
-                d.add(DepKey::Secret(ObjectRef::new(ns, r.name.clone())), &id);
-            }
+                .map(|r| (r.namespace.as_deref(), r.name.as_str()));
+            d.add_certificates(&id.namespace, certificates, &id);
         }
         // A ListenerSet is read by the Gateway of ours it names, with its namespace's labels
         // (allowedListeners selectors) and its Secrets.
@@ -153,17 +150,14 @@ impl Dependencies {
             let id = object_ref(&ls.metadata);
             d.add(DepKey::ListenerSet(id.clone()), &gw);
             d.add(DepKey::Namespace(id.namespace.clone()), &gw);
-            for r in ls
+            let certificates = ls
                 .spec
                 .listeners
                 .iter()
                 .filter_map(|l| l.tls.as_ref())
                 .flat_map(|t| t.certificate_refs.iter().flatten())
-            {
-                let ns = r.namespace.clone().unwrap_or_else(|| id.namespace.clone());
-                d.add(DepKey::ReferenceGrants(ns.clone()), &gw);
-                d.add(DepKey::Secret(ObjectRef::new(ns, r.name.clone())), &gw);
-            }
+                .map(|r| (r.namespace.as_deref(), r.name.as_str()));
+            d.add_certificates(&id.namespace, certificates, &gw);
         }
         let sets = inputs.listener_set_parents();
         for r in &inputs.http_routes {
@@ -243,6 +237,21 @@ impl Dependencies {
 
     fn add(&mut self, key: DepKey, gw: &ObjectRef) {
         self.by_key.entry(key).or_default().insert(gw.clone());
+    }
+
+    /// The Secrets certificateRefs given as (namespace, name) name, for listeners whose
+    /// owner is in `owner_ns`, and the ReferenceGrants that may allow them: read by `gw`.
+    fn add_certificates<'a>(
+        &mut self,
+        owner_ns: &str,
+        refs: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+        gw: &ObjectRef,
+    ) {
+        for (ns, name) in refs {
+            let ns = ns.unwrap_or(owner_ns);
+            self.add(DepKey::ReferenceGrants(ns.to_string()), gw);
+            self.add(DepKey::Secret(ObjectRef::new(ns, name)), gw);
+        }
     }
 
     fn add_route(
