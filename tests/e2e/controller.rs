@@ -575,6 +575,54 @@ async fn nothing_is_written_in_a_quiet_minute() {
                     "tls": {"certificateRefs": [{"name": "cert"}]}}]}}),
     )
     .await;
+    // ListenerSets: one the Gateway refuses (its status is ours), one whose status we
+    // withdrew when it moved to a Gateway that does not exist.
+    use portico_crds::gateway_api::listenersets::ListenerSet;
+    let set = |name: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+               "metadata": {"name": name},
+               "spec": {"parentRef": {"name": "gw"},
+                        "listeners": [{"name": "web", "port": 80, "protocol": "HTTP", "hostname": "set.example.com"}]}})
+    };
+    create::<ListenerSet>(&client, &ns, set("refused")).await;
+    create::<ListenerSet>(&client, &ns, set("moved")).await;
+    let sets: Api<ListenerSet> = Api::namespaced(client.clone(), &ns);
+    let set_condition = |name: &'static str| {
+        let sets = sets.clone();
+        async move {
+            sets.get(name)
+                .await
+                .ok()?
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Accepted")
+        }
+    };
+    await_some("ListenerSet moved refused first", || async {
+        set_condition("moved")
+            .await
+            .filter(|c| c.reason == "NotAllowed")
+    })
+    .await;
+    sets.patch(
+        "moved",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"parentRef": {"name": "nowhere"}}})),
+    )
+    .await
+    .expect("move the set");
+    await_some("ListenerSet moved withdrawn", || async {
+        let c = set_condition("moved").await;
+        c.is_none_or(|c| c.reason != "NotAllowed").then_some(())
+    })
+    .await;
+    await_some("ListenerSet refused", || async {
+        set_condition("refused")
+            .await
+            .filter(|c| c.reason == "NotAllowed")
+    })
+    .await;
     await_route(&client, &ns, "r", "route accepted", |c| {
         is(c, "ResolvedRefs", "True", "ResolvedRefs")
     })
@@ -612,6 +660,8 @@ async fn nothing_is_written_in_a_quiet_minute() {
                 .await
                 .expect("tls gateway")
                 .resource_version(),
+            sets.get("refused").await.expect("set").resource_version(),
+            sets.get("moved").await.expect("set").resource_version(),
         )
     };
     let before = versions().await;
