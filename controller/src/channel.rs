@@ -364,7 +364,7 @@ async fn handle(
         .unwrap_or(&sa_name)
         .to_string();
     match (req.method(), kind) {
-        (&Method::GET, "snapshots") => stream(hub, gw, replica),
+        (&Method::GET, "snapshots") => stream(hub, gw, replica, leading),
         (&Method::POST, "acks") => {
             let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
                 .collect()
@@ -388,8 +388,16 @@ async fn handle(
     }
 }
 
-/// Streams the newest snapshot whenever it changes, until the client goes away.
-fn stream(hub: Arc<Hub>, gw: ObjectRef, replica: String) -> Response<Body> {
+/// Streams the newest snapshot whenever it changes, until the client goes away or this
+/// replica stops leading: the stream ends then, so that the dataplane reconnects to the new
+/// leader, whose hub must see it (a dataplane kept streaming from a former leader would be
+/// reported as not connected, and its ACKs refused, for as long as it stayed).
+fn stream(
+    hub: Arc<Hub>,
+    gw: ObjectRef,
+    replica: String,
+    leading: watch::Receiver<bool>,
+) -> Response<Body> {
     struct Guard {
         hub: Arc<Hub>,
         gw: ObjectRef,
@@ -403,16 +411,23 @@ fn stream(hub: Arc<Hub>, gw: ObjectRef, replica: String) -> Response<Body> {
     let rx = hub.subscribe(&gw, &replica);
     tracing::info!(gateway = %gw, replica, "dataplane connected");
     let guard = Guard { hub, gw, replica };
-    let frames = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+    let state = (rx, guard, leading);
+    let frames = futures::stream::unfold(state, |(mut rx, guard, mut leading)| async move {
         loop {
-            rx.changed().await.ok()?;
+            tokio::select! {
+                r = rx.changed() => r.ok()?,
+                _ = leading.wait_for(|l| !*l) => {
+                    tracing::info!(gateway = %guard.gw, replica = %guard.replica, "no longer leading: ending the dataplane's stream");
+                    return None;
+                }
+            }
             let snap = rx.borrow_and_update().clone();
             let Some(snap) = snap else { continue };
             match encode_frame(&snap) {
                 Ok(bytes) => {
                     return Some((
                         Ok::<_, Infallible>(Frame::data(Bytes::from(bytes))),
-                        (rx, guard),
+                        (rx, guard, leading),
                     ));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot encode a snapshot"),

@@ -769,3 +769,62 @@ async fn token_reviews_are_cached_and_refused_tokens_throttled() {
         .expect("metric");
     assert_eq!(reviews, 11, "the throttled ones cost no TokenReview");
 }
+
+/// A replica that stops leading ends its dataplanes' streams, so that they reconnect to the
+/// leader: a stream kept open to a former leader would leave the Gateway reported as
+/// having no dataplane (the leader's view) for as long as it lasted.
+#[tokio::test]
+async fn a_replica_that_stops_leading_lets_its_dataplanes_go() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let s = Setup::new("handover").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    let ip = portico_tests::loopback_ip();
+    let admin = SocketAddr::new(ip, free_port(ip));
+    let admin_arg = admin.to_string();
+    let _controller = s.controller_with(&["--admin-address", &admin_arg]);
+    let token = s.token(&s.dataplane_account()).await;
+    let state = TempDir::new("state");
+    let _dp = s.dataplane("replica-a", &token, state.path());
+    s.await_programmed().await;
+    let http = HttpClient::new();
+    let gw = format!("{}/gw", s.ns);
+    let connected = |n: u32| {
+        let (http, gw) = (&http, &gw);
+        async move {
+            await_some(&format!("{n} dataplanes connected"), || async {
+                let m = http.try_get(admin, "admin", "/metrics", &[]).await?.text();
+                m.contains(&format!(
+                    "portico_controller_dataplanes{{gateway=\"{gw}\",state=\"connected\"}} {n}"
+                ))
+                .then_some(())
+            })
+            .await;
+        }
+    };
+    connected(1).await;
+
+    // Another replica takes the lease (as one would after a missed renewal under load).
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    leases
+        .patch(
+            "channel",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "another-replica",
+                                          "renewTime": now, "acquireTime": now,
+                                          "leaseDurationSeconds": 3600}})),
+        )
+        .await
+        .expect("take the lease");
+    connected(0).await;
+
+    // It comes back: the dataplane reconnects and the Gateway is programmed again.
+    leases
+        .delete("channel", &Default::default())
+        .await
+        .expect("free the lease");
+    connected(1).await;
+    s.await_programmed().await;
+}
