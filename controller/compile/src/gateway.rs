@@ -697,7 +697,13 @@ fn listener_state(
     // serve yet attaches nothing, but a kind no such listener could take is still wrong).
     let valid_kinds: &[&str] = match l.protocol.as_str() {
         "HTTP" | "HTTPS" => &HTTP_KINDS,
-        // TCPRoute on a terminating TLS listener.
+        // TCPRoute only on a terminating TLS listener.
+        "TLS"
+            if l.tls.as_ref().and_then(|t| t.mode.as_ref())
+                == Some(&GatewayListenersTlsMode::Passthrough) =>
+        {
+            &["TLSRoute"]
+        }
         "TLS" => &["TLSRoute", "TCPRoute"],
         "TCP" => &["TCPRoute"],
         "UDP" => &["UDPRoute"],

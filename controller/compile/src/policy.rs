@@ -445,6 +445,16 @@ impl Attachments {
             .any(|(t, p)| matches!(t, Target::Gateway(g, _) if g == gw) && fits(p))
     }
 
+    /// Whether such a policy is on the whole of Gateway `gw` (not one of its listeners).
+    pub(crate) fn any_on_whole_gateway(
+        &self,
+        gw: &ObjectRef,
+        fits: &impl Fn(&ObjectRef) -> bool,
+    ) -> bool {
+        self.get(&Target::Gateway(gw.clone(), None))
+            .is_some_and(fits)
+    }
+
     /// Whether such a policy is on ListenerSet `ls` or one of its listeners.
     pub(crate) fn any_on_listener_set(
         &self,

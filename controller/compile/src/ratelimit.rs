@@ -222,13 +222,14 @@ fn missing_identity(
     };
     let covered = match target {
         Target::Gateway(gw, _) => auth.attached.any_on_gateway(gw, targets, &fits),
-        // The set itself, what contains it (the whole Gateway), what it contains (its routes).
+        // The set itself, what contains it (the whole Gateway: a policy on one of its own
+        // listeners never reaches a set's), what it contains (its routes).
         Target::ListenerSet(ls, _) => {
             auth.attached.any_on_listener_set(ls, &fits)
                 || targets
                     .gateways_of(target)
                     .iter()
-                    .any(|gw| auth.attached.any_gateway_level(gw, &fits))
+                    .any(|gw| auth.attached.any_on_whole_gateway(gw, &fits))
                 || targets
                     .routes_on(ls)
                     .any(|r| auth.attached.any_on_route(r, &fits))

@@ -784,9 +784,30 @@ fn a_consumer_keyed_limit_counts_the_auth_policies_of_listener_sets() {
         "{:?}",
         accepted("on-guarded-set")
     );
-    // Another route's AuthPolicy on the same Gateway identifies nothing on the open set.
+    // Another route's AuthPolicy on the same Gateway identifies nothing on the open set;
+    // nor does one on a listener of the Gateway's own (the policy on `web` below).
     assert!(!accepted("on-open-route").is_true());
     assert!(!accepted("on-open-set").is_true());
+    let mut with_listener_keys = extra.clone();
+    with_listener_keys.push_str(&doc(
+        "AuthPolicy",
+        "web-keys",
+        "kind: Gateway, name: gw10, sectionName: web",
+        keys,
+    ));
+    let out = run(&with_listener_keys);
+    let s = out
+        .status
+        .policy(
+            portico_model::PolicyKind::RateLimit,
+            &ObjectRef::new("default", "on-open-set"),
+        )
+        .expect("status");
+    assert!(
+        !find(&s.ancestors[0].conditions, types::ACCEPTED)
+            .expect("accepted")
+            .is_true()
+    );
 }
 
 #[test]
