@@ -545,7 +545,7 @@ fn allows_listener_set(gw: &Gateway, gw_ns: &str, ls_ns: &str, ns: &NamespaceLab
 
 /// One generated type read as another of the same shape (the Gateway API's types are
 /// generated per resource: a ListenerSet's listener is a Gateway's listener).
-fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Option<B> {
+pub(crate) fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Option<B> {
     serde_json::to_value(a)
         .ok()
         .and_then(|v| serde_json::from_value(v).ok())

@@ -252,9 +252,7 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
         }) {
             // The same reference in another generated type.
             let r: Option<portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs> =
-                serde_json::to_value(r)
-                    .ok()
-                    .and_then(|v| serde_json::from_value(v).ok());
+                gateway::convert(r);
             if let Some(id) = r.and_then(|r| index.permitted("ListenerSet", &ns, &r).ok()) {
                 out.insert(id);
             }
