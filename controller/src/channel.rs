@@ -4,9 +4,10 @@
 //!
 //! Who may read: a dataplane presents a ServiceAccount token issued for
 //! [`TOKEN_AUDIENCE`]; the controller checks it with a TokenReview and serves Gateway `ns/gw`
-//! only to ServiceAccount `portico-<gw>` in namespace `ns` (the account the operator gives each
-//! Gateway's dataplane). Snapshots will carry TLS keys, so nothing is sent before that check,
-//! and only over TLS.
+//! only to the ServiceAccount its dataplane runs as (its own in the dataplane namespace, or
+//! the installer's in a namespace whose dataplanes run beside their Gateways: see
+//! [`portico_compile::Placement`]). Snapshots carry TLS keys, so nothing is sent before that
+//! check, and only over TLS.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -155,13 +156,17 @@ impl Hub {
     }
 
     /// Publishes the snapshots of the Gateways just compiled (`snapshot` gives each one's, or
-    /// `None` if it is no longer served). A Gateway whose content did not change keeps its
-    /// version and nothing is sent. A Gateway that is gone gets an empty snapshot while
-    /// dataplanes are connected to it, and its channel is dropped once none is.
+    /// `None` if it is not served). A Gateway whose content did not change keeps its version
+    /// and nothing is sent. A Gateway of ours that is not served (not accepted: `ours` says
+    /// it is still ours) gets an empty snapshot, also for dataplanes that connect later: they
+    /// serve nothing and say they are ready, rather than wait for a configuration that will
+    /// not come. A Gateway that is gone gets an empty snapshot while dataplanes are connected
+    /// to it, and its channel is dropped once none is.
     pub fn publish<'a>(
         &self,
         compiled: &BTreeSet<ObjectRef>,
         snapshot: impl Fn(&ObjectRef) -> Option<&'a Snapshot>,
+        ours: impl Fn(&ObjectRef) -> bool,
     ) {
         let mut gateways = self.gateways.lock();
         for gw in compiled {
@@ -171,7 +176,7 @@ impl Hub {
                     let connected = gateways
                         .get(gw)
                         .is_some_and(|ch| ch.replicas.values().any(|r| r.streams > 0));
-                    if connected {
+                    if connected || ours(gw) {
                         let empty = Snapshot {
                             gateway: gw.clone(),
                             ..Snapshot::default()
@@ -518,6 +523,22 @@ pub fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAcceptor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_of_ours_not_served_gives_late_dataplanes_an_empty_snapshot() {
+        let hub = Hub::new(Arc::new(Notify::new()), SessionSecret::new(b"s"));
+        let refused = ObjectRef::new("default", "refused");
+        let gone = ObjectRef::new("default", "gone");
+        let compiled = BTreeSet::from([refused.clone(), gone.clone()]);
+        hub.publish(&compiled, |_| None, |gw| *gw == refused);
+        // A dataplane of the refused Gateway connecting after the compile gets an empty
+        // snapshot at once; nobody is kept waiting for the Gateway that is gone.
+        let rx = hub.subscribe(&refused, "pod-a");
+        let snap = rx.borrow().clone().expect("an empty snapshot");
+        assert_eq!(snap.gateway, refused);
+        assert!(snap.listeners.is_empty());
+        assert!(!hub.gateways.lock().contains_key(&gone));
+    }
 
     #[test]
     fn session_keys_are_the_same_on_every_replica_and_differ_per_gateway() {

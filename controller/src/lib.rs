@@ -35,10 +35,10 @@ pub struct Settings {
     pub debounce: Duration,
     /// The Redis of `Global` rate limits whose policy names none.
     pub redis_url: Option<String>,
-    /// Where every Gateway's dataplane lives (its ServiceAccount, Service, Deployment): the
-    /// snapshot channel admits only ServiceAccounts there, and Gateways report the addresses
-    /// of their Services there.
-    pub dataplane_namespace: String,
+    /// Where each Gateway's dataplane lives (its ServiceAccount, Service, Deployment): the
+    /// snapshot channel admits only its ServiceAccount there, and the Gateway reports the
+    /// addresses of its Service there.
+    pub placement: portico_compile::Placement,
     /// What a listener or policy says when the controller may not read its Secret: how to
     /// grant it (`{namespace}` is the Secret's).
     pub secret_hint: String,
@@ -243,7 +243,7 @@ pub async fn run(
     if let Some((listener, tls)) = channel {
         let auth = Arc::new(channel::Authenticator::new(
             client.clone(),
-            settings.dataplane_namespace.clone(),
+            settings.placement.clone(),
         ));
         health.set_tokens(auth.clone());
         tokio::spawn(channel::serve(
@@ -300,7 +300,7 @@ pub async fn run(
                 .await;
             inputs.secrets = index.secrets.secrets();
             inputs.unreadable_secrets = index.secrets.unreadable();
-            inputs.dataplane_namespace = settings.dataplane_namespace.clone();
+            inputs.placement = settings.placement.clone();
             // The dataplane pods' admin port: no listener may take it.
             inputs.reserved_ports = [provision::objects::ADMIN_PORT].into();
             // Provisioned Gateways ask their Service for their addresses; dataplanes run by
@@ -313,7 +313,11 @@ pub async fn run(
             let read = last_compile.elapsed();
             let touched = compiler.update(&inputs, &changes);
             let compiled = last_compile.elapsed();
-            hub.publish(&touched, |gw| compiler.snapshot(gw));
+            hub.publish(
+                &touched,
+                |gw| compiler.snapshot(gw),
+                |gw| compiler.is_ours(gw),
+            );
             let ports: provision::ListenerSetPorts = compiler
                 .snapshots()
                 .map(|(gw, s)| (gw.clone(), portico_compile::listener_set_ports(s)))

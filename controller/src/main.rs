@@ -73,6 +73,20 @@ struct Args {
     /// own, --lease-namespace). Only ServiceAccounts there may read snapshots.
     #[arg(long, env = "PORTICO_DATAPLANE_NAMESPACE")]
     dataplane_namespace: Option<String>,
+    /// Namespaces whose Gateways get their dataplane in their own namespace instead
+    /// (comma-separated). Each needs the installer's Role for the controller there and the
+    /// ServiceAccount --gateway-namespace-account, bound to read EndpointSlices.
+    #[arg(
+        long,
+        env = "PORTICO_GATEWAY_NAMESPACES",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    gateway_namespaces: Vec<String>,
+    /// The ServiceAccount dataplanes run as in the --gateway-namespaces (made there by the
+    /// installer, not by the controller).
+    #[arg(long, default_value = "portico-dataplane")]
+    gateway_namespace_account: String,
     /// The ClusterRole that, bound in a namespace, lets the controller read Secrets there
     /// (named in the status of a listener or policy whose Secret it may not read).
     #[arg(long, default_value = "portico-secret-reader")]
@@ -129,10 +143,19 @@ async fn main() -> anyhow::Result<()> {
         },
         debounce: Duration::from_millis(args.debounce_ms),
         redis_url: args.redis_url.clone(),
-        dataplane_namespace: args
-            .dataplane_namespace
-            .clone()
-            .unwrap_or_else(|| args.lease_namespace.clone()),
+        placement: portico_compile::Placement {
+            namespace: args
+                .dataplane_namespace
+                .clone()
+                .unwrap_or_else(|| args.lease_namespace.clone()),
+            beside: args
+                .gateway_namespaces
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            beside_account: args.gateway_namespace_account.clone(),
+        },
         secret_hint: format!(
             "the controller has no RBAC grant to read Secrets in namespace {{namespace}}; give it one with `kubectl create rolebinding portico-secrets --namespace {{namespace}} --clusterrole {} --serviceaccount {}:{}` (with helm: add the namespace to rbac.secretNamespaces)",
             args.secret_reader_role, args.lease_namespace, args.service_account
@@ -195,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 .cloned()
                 .unwrap_or_else(|| "portico-controller".into()),
             ca_pem,
-            namespace: settings.dataplane_namespace.clone(),
+            placement: settings.placement.clone(),
             identity: settings.lease.identity.clone(),
         });
     }

@@ -1,20 +1,31 @@
 //! Provisioning: every Gateway of ours gets its own dataplane — ServiceAccount, the
 //! controller's CA, Deployment, Service, HPA and PDB — kept in the shape
-//! [`objects::desired`] describes, in one namespace the installer chooses (the dataplane
-//! namespace, the controller's own by default), as `portico-<ns>-<name>-<hash>`.
+//! [`objects::desired`] describes, where its [`Placement`] says: by default in one namespace
+//! the installer chooses (the dataplane namespace, the controller's own by default), as
+//! `portico-<ns>-<name>-<hash>`; for the namespaces the installer lists, beside the Gateway.
 //!
 //! ```text
 //!   GatewayClass.parametersRef ─┐
 //!   Gateway.spec.infrastructure.parametersRef ─▶ GatewayConfig ─▶ desired objects
 //!   Gateway team-a/web ──▶ <dataplane namespace>/portico-team-a-web-<hash>
 //!                          ServiceAccount, ConfigMap, Deployment, Service, HPA, PDB
+//!   Gateway team-b/api ──▶ team-b/portico-team-b-api-<hash>       (team-b listed)
+//!                          ConfigMap, Deployment, Service, HPA, PDB
 //! ```
 //!
-//! Why one namespace: the controller then writes workloads nowhere else. It needs no
-//! create/patch on Deployments, ServiceAccounts or RoleBindings in every namespace (which
-//! would let a compromised controller run any pod as any ServiceAccount of the cluster), only
-//! a Role in the dataplane namespace; the dataplanes read EndpointSlices through one binding
-//! of their namespace's ServiceAccounts made by the chart.
+//! Why one namespace by default: the controller then writes workloads nowhere else. It
+//! needs no create/patch on Deployments, ServiceAccounts or RoleBindings in every namespace
+//! (which would let a compromised controller run any pod as any ServiceAccount of the
+//! cluster), only a Role in the dataplane namespace; the dataplanes read EndpointSlices
+//! through one binding of their namespace's ServiceAccounts made by the chart. A team that
+//! wants its Gateway's pods in its own namespace (its quota, its cost labels, its network
+//! policies) is listed by the installer: the chart gives the controller a Role there (no
+//! ServiceAccounts, no RoleBindings) and makes the one ServiceAccount the dataplanes there
+//! run as. Whoever may create pods in such a namespace may use that account, and so read
+//! EndpointSlices and that namespace's Gateways' snapshots: the namespace is trusted with
+//! its own Gateways, which is what listing it means.
+//!
+//! [`Placement`]: portico_compile::Placement
 //!
 //! A real reconcile loop (kube-runtime `Controller`), since these are side effects: it runs
 //! on a Gateway change, on a change to anything it made (someone edited the Deployment: the
@@ -67,8 +78,8 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// An object with the dataplane's name exists and does not say it is this Gateway's
-    /// dataplane: it is left alone (no Gateway may take over another object in the
-    /// dataplane namespace, whatever its name hashes to).
+    /// dataplane: it is left alone (no Gateway may take over another object where
+    /// dataplanes live, whatever its name hashes to).
     #[error(
         "{kind} {namespace}/{name} exists and does not belong to this Gateway; it is left as it is"
     )]
@@ -107,7 +118,6 @@ pub async fn run(
     listener_set_ports: watch::Receiver<Option<Arc<ListenerSetPorts>>>,
 ) {
     let ports_rx = listener_set_ports.clone();
-    let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(Api::<Gateway>::all(client.clone()), Default::default());
     let gateways = controller.store();
     let all = move || {
@@ -135,39 +145,20 @@ pub async fn run(
         counters,
         listener_set_ports,
     });
-    let ns = ctx.settings.namespace.clone();
+    let placement = ctx.settings.placement.clone();
     tokio::spawn(sweep_loop(ctx.clone(), controller.store()));
+    // What it made, wherever dataplanes may be (a Role per namespace allows no cluster-wide
+    // watch). ServiceAccounts only in the dataplane namespace: beside their Gateways the
+    // dataplanes run as the installer's.
+    let mut controller = watch_owned::<ServiceAccount>(controller, &client, &placement.namespace);
+    for ns in placement.namespaces() {
+        controller = watch_owned::<Deployment>(controller, &client, ns);
+        controller = watch_owned::<Service>(controller, &client, ns);
+        controller = watch_owned::<HorizontalPodAutoscaler>(controller, &client, ns);
+        controller = watch_owned::<PodDisruptionBudget>(controller, &client, ns);
+        controller = watch_owned::<ConfigMap>(controller, &client, ns);
+    }
     controller
-        .watches(
-            Api::<Deployment>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
-        .watches(
-            Api::<Service>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
-        .watches(
-            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
-        .watches(
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
-        .watches(
-            Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
-        .watches(
-            Api::<ConfigMap>::namespaced(client.clone(), &ns),
-            owned(),
-            |o| gateway_of(&o.metadata),
-        )
         // A configuration or class change may touch any Gateway: there are few.
         .watches(
             Api::<GatewayConfig>::all(client.clone()),
@@ -192,6 +183,24 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// `controller`, also run for the Gateway an object of kind `K` it made in `ns` is for.
+fn watch_owned<K>(controller: Controller<Gateway>, client: &Client, ns: &str) -> Controller<Gateway>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    controller.watches(
+        Api::<K>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(MANAGED_BY),
+        |o| gateway_of(o.meta()),
+    )
 }
 
 fn error_policy(gw: Arc<Gateway>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -312,20 +321,27 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
             let name = portico_compile::dataplane_name(&id.namespace, &id.name);
             let own: std::collections::BTreeSet<i32> =
                 gw.spec.listeners.iter().map(|l| l.port).collect();
-            Api::<Service>::namespaced(ctx.client.clone(), &ctx.settings.namespace)
-                .get_opt(&name)
-                .await?
-                .and_then(|s| s.spec)
-                .and_then(|s| s.ports)
-                .unwrap_or_default()
-                .iter()
-                .map(|p| p.port)
-                .filter(|p| !own.contains(p))
-                .collect()
+            Api::<Service>::namespaced(
+                ctx.client.clone(),
+                ctx.settings.placement.namespace_for(&id.namespace),
+            )
+            .get_opt(&name)
+            .await?
+            .and_then(|s| s.spec)
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.port)
+            .filter(|p| !own.contains(p))
+            .collect()
         }
     };
     let desired = objects::desired(&gw, &class, &spec, &ctx.settings, &ports);
-    let ns = ctx.settings.namespace.clone();
+    let ns = ctx
+        .settings
+        .placement
+        .namespace_for(&id.namespace)
+        .to_string();
     let changed = match apply_all(&ctx.client, &gw, &ns, &desired, &ctx.settings).await {
         Err(e @ Error::NameInUse { .. }) => {
             // Often a Gateway deleted and made again, whose old objects the garbage collector
@@ -355,7 +371,9 @@ async fn apply_all(
     let key = objects::gateway_key(gw);
     let mine = |meta: &ObjectMeta| made_for(meta, &s.controller_name).is_some_and(|k| k == key);
     let mut changed: Vec<&'static str> = Vec::new();
-    if apply(c, ns, &desired.service_account, &mine).await? {
+    if let Some(sa) = &desired.service_account
+        && apply(c, ns, sa, &mine).await?
+    {
         changed.push("ServiceAccount");
     }
     if apply(c, ns, &desired.ca, &mine).await? {
@@ -428,7 +446,7 @@ where
     Ok(before != after.meta().resource_version)
 }
 
-/// The Gateway (`namespace/name`) an object in the dataplane namespace was made for, if it
+/// The Gateway (`namespace/name`) a provisioned object was made for, if it
 /// was made by the controller named `controller_name`.
 fn made_for<'a>(meta: &'a ObjectMeta, controller_name: &str) -> Option<&'a str> {
     let a = meta.annotations.as_ref()?;
@@ -437,7 +455,7 @@ fn made_for<'a>(meta: &'a ObjectMeta, controller_name: &str) -> Option<&'a str> 
         .flatten()
 }
 
-/// The Gateway an object in the dataplane namespace says it is for, to reconcile it when the
+/// The Gateway a provisioned object says it is for, to reconcile it when the
 /// object changes.
 fn gateway_of(meta: &ObjectMeta) -> Option<ObjectRef<Gateway>> {
     let key = meta
@@ -479,32 +497,42 @@ async fn sweep(
         .filter(|c| c.spec.controller_name == ctx.settings.controller_name)
         .filter_map(|c| c.metadata.name)
         .collect();
-    let live = |key: &str| {
+    let placement = &ctx.settings.placement;
+    // An object is live while its Gateway is, and where the Gateway's dataplane belongs: a
+    // namespace added to or taken from the beside-the-Gateway list moves the dataplane, and
+    // the old one goes once the new one is made.
+    let live = |key: &str, at: &str| {
         let Some((ns, name)) = key.split_once('/') else {
             return false;
         };
-        gateways
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some_and(|g| {
-                g.metadata.deletion_timestamp.is_none()
-                    && classes.contains(&g.spec.gateway_class_name)
-            })
+        placement.namespace_for(ns) == at
+            && gateways
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some_and(|g| {
+                    g.metadata.deletion_timestamp.is_none()
+                        && classes.contains(&g.spec.gateway_class_name)
+                })
     };
-    let s = Sweep {
-        client: &ctx.client,
-        namespace: &ctx.settings.namespace,
-        controller_name: &ctx.settings.controller_name,
-        live: &live,
-        doomed_before: ctx.doomed.lock().clone(),
-    };
+    let doomed_before = ctx.doomed.lock().clone();
     let mut doomed = std::collections::HashSet::new();
     let mut removed = Vec::new();
-    removed.extend(s.kind::<Deployment>(&mut doomed).await?);
-    removed.extend(s.kind::<HorizontalPodAutoscaler>(&mut doomed).await?);
-    removed.extend(s.kind::<PodDisruptionBudget>(&mut doomed).await?);
-    removed.extend(s.kind::<Service>(&mut doomed).await?);
-    removed.extend(s.kind::<ConfigMap>(&mut doomed).await?);
-    removed.extend(s.kind::<ServiceAccount>(&mut doomed).await?);
+    for ns in placement.namespaces() {
+        let s = Sweep {
+            client: &ctx.client,
+            namespace: ns,
+            controller_name: &ctx.settings.controller_name,
+            live: &live,
+            doomed_before: &doomed_before,
+        };
+        removed.extend(s.kind::<Deployment>(&mut doomed).await?);
+        removed.extend(s.kind::<HorizontalPodAutoscaler>(&mut doomed).await?);
+        removed.extend(s.kind::<PodDisruptionBudget>(&mut doomed).await?);
+        removed.extend(s.kind::<Service>(&mut doomed).await?);
+        removed.extend(s.kind::<ConfigMap>(&mut doomed).await?);
+        if ns == placement.namespace {
+            removed.extend(s.kind::<ServiceAccount>(&mut doomed).await?);
+        }
+    }
     *ctx.doomed.lock() = doomed;
     for (gateway, what) in removed {
         tracing::info!(%gateway, removed = %what, "removed the dataplane of a Gateway that is gone");
@@ -512,16 +540,17 @@ async fn sweep(
     Ok(())
 }
 
-/// One sweep of the dataplane namespace.
+/// One sweep of one namespace where dataplanes may be.
 struct Sweep<'a, F> {
     client: &'a Client,
     namespace: &'a str,
     controller_name: &'a str,
+    /// Whether an object for Gateway `namespace/name` (first) in namespace (second) is live.
     live: &'a F,
-    doomed_before: std::collections::HashSet<String>,
+    doomed_before: &'a std::collections::HashSet<String>,
 }
 
-impl<F: Fn(&str) -> bool> Sweep<'_, F> {
+impl<F: Fn(&str, &str) -> bool> Sweep<'_, F> {
     /// Deletes the objects of kind `K` this controller made whose Gateway is not live now and
     /// was not at the last sweep either (by UID, so an object made again meanwhile stays);
     /// notes in `doomed` those seen without a live Gateway for the first time. Returns
@@ -546,7 +575,7 @@ impl<F: Fn(&str) -> bool> Sweep<'_, F> {
             let Some(key) = made_for(obj.meta(), self.controller_name) else {
                 continue;
             };
-            if (self.live)(key) {
+            if (self.live)(key, self.namespace) {
                 continue;
             }
             let Some(uid) = obj.meta().uid.clone() else {

@@ -199,10 +199,12 @@ impl Dataplane {
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.metrics.config_reloads.inc();
-        // Ready when something is served: a configuration without a single socket (its
-        // Gateway deleted) serves nothing, and load balancers should know.
-        self.ready
-            .store(!self.server.addresses().is_empty(), Ordering::Release);
+        // Ready once it serves a Gateway's configuration, whatever that holds: a Gateway
+        // with nothing to serve (its one listener's Secret missing, not accepted) has ready
+        // pods serving no socket, as its status says, rather than pods that never become
+        // ready and so hold up every rollout and, through the PDB, every node drain. Only a
+        // configuration of no Gateway at all (standalone, every manifest removed) is not.
+        self.ready.store(!snapshots.is_empty(), Ordering::Release);
         ApplyReport {
             warnings,
             bind_failures,
@@ -211,8 +213,8 @@ impl Dataplane {
         }
     }
 
-    /// Ready once a configuration is applied (every socket bound) that serves at least one
-    /// socket.
+    /// Ready once a configuration of at least one Gateway is applied (every socket bound),
+    /// even one that serves no socket.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -387,6 +387,30 @@ async fn redirects_say_where_and_grpc_clients_get_grpc_statuses() {
     }
 }
 
+/// A Gateway with nothing to serve (its only listener unprogrammable) still has a ready
+/// dataplane: its pods must not hold up rollouts and node drains. No Gateway at all is not
+/// ready.
+#[tokio::test]
+async fn a_gateway_with_nothing_to_serve_is_ready_and_no_gateway_is_not() {
+    let dp = Dataplane::new(&DataplaneSettings {
+        default_bind: LOCALHOST,
+        proxy: ProxySettings::default(),
+        server: ServerSettings::default(),
+        rate_limit_max_keys: 10,
+    });
+    assert!(!dp.ready(), "nothing applied yet");
+    let empty = Snapshot {
+        gateway: ObjectRef::new("default", "refused"),
+        version: 1,
+        ..Snapshot::default()
+    };
+    let report = dp.apply(std::slice::from_ref(&empty), 1);
+    assert!(report.sockets.is_empty());
+    assert!(dp.ready());
+    dp.apply(&[], 2);
+    assert!(!dp.ready());
+}
+
 #[tokio::test]
 async fn a_new_snapshot_takes_over_on_the_same_socket() {
     let (one, two) = (
@@ -871,6 +895,71 @@ async fn a_route_retries_the_statuses_it_names_with_the_body_replayed() {
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(other.hits(), 1);
+}
+
+/// HTTPRoute `retry` also covers what is not a status (the suite's
+/// `HTTPRouteRetryConnectionError` and `HTTPRouteRetryBackendTimeout`, which have no test of
+/// their own): an exchange the backend breaks off (it read the request and closed), and an
+/// attempt past the rule's `timeouts.backendRequest`, are retried on the next endpoint.
+#[tokio::test]
+async fn a_route_retries_broken_exchanges_and_backend_timeouts() {
+    let retry = RouteRetry {
+        codes: vec![],
+        attempts: 1,
+        backoff_ms: 1,
+    };
+    // Reads the request, then closes without a word.
+    let closer = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let closer_addr = closer.local_addr().expect("addr");
+    let broken = Arc::new(AtomicUsize::new(0));
+    let counted = broken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = closer.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                    .await
+                    .is_ok_and(|n| n > 0)
+                {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let good = Backend::start("good", false).await;
+    let port = free_port();
+    let (_dp, addr) = serve(&retry_snapshot(
+        port,
+        backend("web", 80, &[closer_addr, good.addr]),
+        retry.clone(),
+    ));
+    for _ in 0..4 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(header(&a, "x-backend"), "good");
+    }
+    assert!(
+        broken.load(Ordering::Relaxed) > 0,
+        "the closing endpoint had requests"
+    );
+
+    // One endpoint never answers: past the rule's backend timeout the other one does.
+    let hang = Backend::start("hang", true).await;
+    let port = free_port();
+    let mut snapshot = retry_snapshot(port, backend("web", 80, &[hang.addr, good.addr]), retry);
+    for route in &mut snapshot.routes {
+        for rule in &mut route.rules {
+            rule.timeouts.backend_request_ms = Some(200);
+        }
+    }
+    let (_dp2, addr) = serve(&snapshot);
+    for _ in 0..4 {
+        let a = get(addr, "x.test", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(header(&a, "x-backend"), "good");
+    }
+    assert!(!hang.seen().is_empty(), "the hanging endpoint was tried");
 }
 
 /// A BackendPolicy's retry applies to the rules that have none of their own: its statuses

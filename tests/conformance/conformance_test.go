@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ var (
 	chart    = flag.String("portico.chart", "", "Portico's chart")
 	helmSets = flag.String("portico.helm-set", "", "comma-separated --set values for the chart")
 	version  = flag.String("portico.version", "dev", "the version the report names")
+	beside   = flag.String("portico.gateway-namespaces", "", "comma-separated namespaces of the suite whose Gateways get their dataplanes beside them (dataplane.gatewayNamespaces)")
 )
 
 func TestConformance(t *testing.T) {
@@ -38,7 +40,9 @@ func TestConformance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	installCRDs(t, ctx, opts.Client, *crdDir)
-	install(t)
+	besideNamespaces := split(*beside)
+	createSuiteNamespaces(t, ctx, opts.Client, besideNamespaces)
+	install(t, besideNamespaces)
 	waitAccepted(t, ctx, opts.Client, opts.GatewayClassName)
 	opts.Implementation = confv1.Implementation{
 		Organization: "portico",
@@ -99,13 +103,51 @@ func installCRDs(t *testing.T, ctx context.Context, c client.Client, dir string)
 	}
 }
 
-// install runs `helm install` of the chart, as a user does.
-func install(t *testing.T) {
-	args := []string{"upgrade", "--install", "portico", *chart, "--namespace", "portico-system", "--create-namespace", "--wait", "--timeout", "5m"}
-	for _, s := range strings.Split(*helmSets, ",") {
-		if s != "" {
-			args = append(args, "--set", s)
+func split(list string) []string {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
 		}
+	}
+	return out
+}
+
+// createSuiteNamespaces creates the suite's own namespaces named in names, from its base
+// manifest (labels and all, as the suite would), before the chart that puts objects in them:
+// the suite then finds them there and goes on.
+func createSuiteNamespaces(t *testing.T, ctx context.Context, c client.Client, names []string) {
+	data, err := conformance.Manifests.ReadFile("base/manifests.yaml")
+	require.NoError(t, err)
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(string(data)), 4096)
+	found := map[string]bool{}
+	for {
+		obj := &unstructured.Unstructured{}
+		if err := dec.Decode(&obj.Object); err != nil {
+			break
+		}
+		if obj.GetKind() != "Namespace" || !slices.Contains(names, obj.GetName()) {
+			continue
+		}
+		if err := c.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			require.NoError(t, err, "namespace %s", obj.GetName())
+		}
+		found[obj.GetName()] = true
+	}
+	for _, n := range names {
+		require.True(t, found[n], "namespace %s is not one of the suite's", n)
+	}
+}
+
+// install runs `helm install` of the chart, as a user does; the dataplanes of Gateways in
+// the namespaces beside run next to them.
+func install(t *testing.T, beside []string) {
+	args := []string{"upgrade", "--install", "portico", *chart, "--namespace", "portico-system", "--create-namespace", "--wait", "--timeout", "5m"}
+	for _, s := range split(*helmSets) {
+		args = append(args, "--set", s)
+	}
+	if len(beside) > 0 {
+		args = append(args, "--set", "dataplane.gatewayNamespaces={"+strings.Join(beside, ",")+"}")
 	}
 	cmd := exec.Command(*helm, args...)
 	out, err := cmd.CombinedOutput()

@@ -82,10 +82,15 @@ step "suite ($profiles)"
 # GatewayStaticAddresses: the test kubelet grants a LoadBalancer Service the address it
 # requests from its pool (198.19.255.0/24) and never one outside it, such as 192.0.2.1
 # (TEST-NET-1: only ever written into a spec, never connected to).
+# The Gateways of gateway-conformance-infra (most of the suite's) get their dataplanes beside
+# them (dataplane.gatewayNamespaces), those of the other namespaces in portico-system: both
+# placements serve the suite, and GatewayInfrastructure finds the objects next to
+# its Gateway.
 set +e
 KUBECONFIG="$kubeconfig" "$out/suite" -test.v -test.timeout 50m \
   -portico.crds "$crds" -portico.helm "$root/target/tools/bin/helm" -portico.chart "$root/charts/portico" \
   -portico.helm-set "rbac.secretsClusterWide=true,controller.logLevel=info" \
+  -portico.gateway-namespaces gateway-conformance-infra \
   -portico.version "$(sed -n 's/^version: *//p' charts/portico/Chart.yaml)" \
   --gateway-class=portico --conformance-profiles="$profiles" \
   --usable-address=198.19.255.250 --unusable-address=192.0.2.1 \

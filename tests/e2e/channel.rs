@@ -140,6 +140,47 @@ async fn clients_without_the_right_token_get_nothing() {
     );
 }
 
+/// A namespace listed in `--gateway-namespaces` has its Gateways' dataplanes beside them,
+/// running as the installer's account there: that account is served, and the account the
+/// dataplane namespace would have had is not any more.
+#[tokio::test]
+async fn a_namespace_with_its_own_dataplanes_is_served_to_the_installers_account_there() {
+    let s = Setup::new("channel-beside").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    let _controller = s.controller_with(&[
+        "--gateway-namespaces",
+        &s.ns,
+        "--gateway-namespace-account",
+        "edge-dataplane",
+    ]);
+    let beside = s.token_in(&s.ns, "edge-dataplane").await;
+    let moved = s.token(&s.dataplane_account()).await;
+    let other = s.token_in(&s.ns, "app").await;
+    let (state, refused) = (TempDir::new("state"), TempDir::new("state"));
+    let dp = s.dataplane("beside", &beside, state.path());
+    let old = s.dataplane("old-place", &moved, refused.path());
+    let app = s.dataplane("app", &other, refused.path());
+    s.await_programmed().await;
+    let http = HttpClient::new();
+    let addr = SocketAddr::new(dp.ip, s.port);
+    let loc = await_some("the dataplane beside the Gateway to serve", || {
+        location(&http, addr)
+    })
+    .await;
+    assert_eq!(loc, format!("http://first.example.com:{}/", s.port));
+    await_some("the other accounts to be refused", || async {
+        (old.proc.logs().contains("403") && app.proc.logs().contains("403")).then_some(())
+    })
+    .await;
+    for refused in [&old, &app] {
+        assert!(
+            !refused.proc.logs().contains("snapshot applied"),
+            "{}",
+            refused.proc.logs()
+        );
+    }
+}
+
 #[tokio::test]
 async fn dataplanes_keep_serving_without_the_controller_and_restart_from_disk() {
     let s = Setup::new("channel-down").await;

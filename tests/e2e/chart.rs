@@ -69,6 +69,8 @@ fn the_chart_lints_clean() {
             "rbac.secretsClusterWide=true",
             "--set",
             "dataplane.namespace=portico-dataplanes",
+            "--set",
+            "dataplane.gatewayNamespaces={team-a,team-b}",
         ],
     ] {
         let ok = Command::new(helm())
@@ -89,6 +91,7 @@ fn the_chart_lints_clean() {
         "controller.unknown=1",
         "controller.extraArgs={not-a-flag}",
         "rbac.secretNamespaces={Bad_Namespace}",
+        "dataplane.gatewayNamespaces={Bad_Namespace}",
     ] {
         let out = Command::new(helm())
             .args(["template", "x", "--kube-version", "1.36.0"])

@@ -128,7 +128,7 @@ impl Dependencies {
             }
             // Its dataplane Service's addresses are its status addresses.
             let service = ObjectRef::new(
-                inputs.dataplane_namespace.clone(),
+                inputs.placement.namespace_for(&id.namespace).to_string(),
                 dataplane_name(&id.namespace, &id.name),
             );
             d.add(DepKey::Service(service), &id);
@@ -405,6 +405,11 @@ impl IncrementalCompile {
     /// How many Gateways of ours there are.
     pub fn gateways(&self) -> usize {
         self.deps.gateways.len()
+    }
+
+    /// Whether `gw` is a Gateway of ours, served or not.
+    pub fn is_ours(&self, gw: &ObjectRef) -> bool {
+        self.deps.gateways.contains(gw)
     }
 
     /// The snapshot of one Gateway, if it is served.

@@ -56,9 +56,9 @@ pub struct Inputs {
     /// Referenced Secrets the controller was refused (RBAC), with what would let it read
     /// them: their listeners and policies say so instead of "not found".
     pub unreadable_secrets: BTreeMap<ObjectRef, String>,
-    /// The namespace of the dataplanes' Services (`--dataplane-namespace`), whose addresses
-    /// the Gateways report.
-    pub dataplane_namespace: String,
+    /// Where the dataplanes run (`--dataplane-namespace`, `--gateway-namespaces`): their
+    /// Services' addresses are what the Gateways report.
+    pub placement: crate::placement::Placement,
     /// Ports the dataplane uses itself (its admin port in a cluster): no listener gets them.
     pub reserved_ports: std::collections::BTreeSet<i32>,
     /// What a Gateway's `spec.addresses` are: the IPs its listeners bind (standalone) or the

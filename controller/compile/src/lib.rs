@@ -42,6 +42,7 @@ mod inputs;
 pub mod manifests;
 mod mirror;
 pub mod parameters;
+mod placement;
 mod policy;
 mod ratelimit;
 mod refs;
@@ -65,6 +66,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use backend::ENDPOINTS_ANNOTATION;
 pub use gateway::requested_addresses;
 pub use inputs::{Addresses, Inputs};
+pub use placement::Placement;
 pub use portico_crds::CONTROLLER_NAME;
 pub use refs::dataplane_name;
 pub use status::StatusReport;
@@ -185,7 +187,7 @@ pub fn compile_scoped(
         let service = inputs.services.iter().find(|s| {
             s.metadata.name.as_deref()
                 == Some(dataplane_name(&gw.id.namespace, &gw.id.name).as_str())
-                && namespace_of(&s.metadata) == inputs.dataplane_namespace
+                && namespace_of(&s.metadata) == inputs.placement.namespace_for(&gw.id.namespace)
         });
         status.gateways.insert(gw.id.clone(), gw.status(service));
         status.listener_sets.extend(gw.listener_set_statuses());

@@ -57,8 +57,9 @@ pub struct TokenCounters {
 /// Checks tokens with the API server, remembering the answers.
 pub struct Authenticator {
     client: Client,
-    /// Where the dataplanes' ServiceAccounts are (`--dataplane-namespace`).
-    dataplane_namespace: String,
+    /// Where the dataplanes' ServiceAccounts are (`--dataplane-namespace`,
+    /// `--gateway-namespaces`).
+    placement: portico_compile::Placement,
     answers: Mutex<HashMap<Digest, (Verdict, Instant)>>,
     failures: FailureBudget<IpAddr>,
     pub counters: TokenCounters,
@@ -73,21 +74,21 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(client: Client, dataplane_namespace: String) -> Self {
+    pub fn new(client: Client, placement: portico_compile::Placement) -> Self {
         Self {
             client,
-            dataplane_namespace,
+            placement,
             answers: Mutex::new(HashMap::new()),
             failures: FailureBudget::new(FAILURES_PER_PEER, FAILURE_WINDOW, MAX_ENTRIES),
             counters: TokenCounters::default(),
         }
     }
 
-    /// Whether ServiceAccount `ns/name` may read Gateway `gw`'s snapshots: only the one
-    /// provisioned for it, in the dataplane namespace.
+    /// Whether ServiceAccount `ns/name` may read Gateway `gw`'s snapshots: only the one its
+    /// dataplane runs as (see [`portico_compile::Placement::account_for`]).
     pub fn admits(&self, ns: &str, name: &str, gw: &ObjectRef) -> bool {
-        ns == self.dataplane_namespace
-            && name == portico_compile::dataplane_name(&gw.namespace, &gw.name)
+        let (account_ns, account) = self.placement.account_for(&gw.namespace, &gw.name);
+        ns == account_ns && name == account
     }
 
     /// The ServiceAccount `token` proves, as seen from `peer`.

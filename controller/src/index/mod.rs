@@ -375,7 +375,7 @@ impl Index {
             services: all(&self.services),
             secrets: self.secrets.secrets(),
             unreadable_secrets: self.secrets.unreadable(),
-            dataplane_namespace: String::new(),
+            placement: Default::default(),
             // The compile loop says what addresses mean and names the dataplanes' own ports.
             addresses: Default::default(),
             reserved_ports: Default::default(),

@@ -42,11 +42,17 @@ pub const GATEWAY_ANNOTATION: &str = "portico.dev/gateway";
 pub const CONTROLLER_ANNOTATION: &str = "portico.dev/controller-name";
 /// Label with the Gateway's namespace (`kubectl get deploy -l portico.dev/gateway-namespace=x`).
 pub const GATEWAY_NAMESPACE_LABEL: &str = "portico.dev/gateway-namespace";
+/// Label with the Gateway's name, the one Gateway API names for generated resources
+/// (GEP-1762).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
-/// Everything provisioned for one Gateway, in the dataplane namespace.
+/// Everything provisioned for one Gateway, where its [`Placement`] says.
+///
+/// [`Placement`]: portico_compile::Placement
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
-    pub service_account: ServiceAccount,
+    /// `None` beside the Gateway: the pods run as the installer's ServiceAccount there.
+    pub service_account: Option<ServiceAccount>,
     pub ca: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
@@ -96,9 +102,10 @@ pub fn gateway_key(gw: &Gateway) -> String {
 }
 
 /// The objects of `gw`'s dataplane under `config` (defaults where it says nothing), in the
-/// dataplane namespace. Their owner is the Gateway's class (an owner must be cluster-scoped
-/// or in the same namespace): deleting the class removes them; deleting the Gateway is the
-/// provisioner's sweep.
+/// namespace its placement gives. In the dataplane namespace their owner is the Gateway's
+/// class (an owner must be cluster-scoped or in the same namespace): deleting the class
+/// removes them, deleting the Gateway is the provisioner's sweep. Beside the Gateway their
+/// owner is the Gateway itself, so the garbage collector removes them with it.
 /// `extra_ports` are those its ListenerSets are served on.
 pub fn desired(
     gw: &Gateway,
@@ -113,7 +120,8 @@ pub fn desired(
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let ns = s.namespace.clone();
+    let beside = s.placement.is_beside(&gw_ns);
+    let ns = s.placement.namespace_for(&gw_ns).to_string();
     let name = portico_compile::dataplane_name(&gw_ns, &gw_name);
     let infra = gw.spec.infrastructure.as_ref();
     let mut labels = unreserved(infra.and_then(|i| i.labels.as_ref()).into_iter().flatten());
@@ -123,6 +131,7 @@ pub fn desired(
         "portico-controller".into(),
     );
     labels.insert(GATEWAY_NAMESPACE_LABEL.into(), gw_ns.clone());
+    labels.insert(GATEWAY_NAME_LABEL.into(), gw_name.clone());
     let mut annotations = unreserved(
         infra
             .and_then(|i| i.annotations.as_ref())
@@ -131,15 +140,28 @@ pub fn desired(
     );
     annotations.insert(GATEWAY_ANNOTATION.into(), gateway_key(gw));
     annotations.insert(CONTROLLER_ANNOTATION.into(), s.controller_name.clone());
-    let owner = OwnerReference {
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "GatewayClass".into(),
-        name: class.metadata.name.clone().unwrap_or_default(),
-        uid: class.metadata.uid.clone().unwrap_or_default(),
-        // Neither the controller of record nor blocking the class's deletion (which would
-        // need update on gatewayclasses/finalizers).
-        controller: Some(false),
-        block_owner_deletion: Some(false),
+    let owner = if beside {
+        OwnerReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "Gateway".into(),
+            name: gw_name.clone(),
+            uid: gw.metadata.uid.clone().unwrap_or_default(),
+            // Not blocking the Gateway's deletion (which would need update on
+            // gateways/finalizers).
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+        }
+    } else {
+        OwnerReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "GatewayClass".into(),
+            name: class.metadata.name.clone().unwrap_or_default(),
+            uid: class.metadata.uid.clone().unwrap_or_default(),
+            // Neither the controller of record nor blocking the class's deletion (which would
+            // need update on gatewayclasses/finalizers).
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+        }
     };
     let meta = |name: &str, extra_annotations: &BTreeMap<String, String>| ObjectMeta {
         name: Some(name.to_string()),
@@ -182,13 +204,14 @@ pub fn desired(
         data: Some(BTreeMap::from([("ca.crt".to_string(), s.ca_pem.clone())])),
         ..ConfigMap::default()
     };
-    let service_account = ServiceAccount {
+    let service_account = (!beside).then(|| ServiceAccount {
         metadata: meta(&name, &none),
         // The pod mounts its API token explicitly (EndpointSlices) and a projected token for
         // the snapshot channel.
         automount_service_account_token: Some(true),
         ..ServiceAccount::default()
-    };
+    });
+    let account = s.placement.account_for(&gw_ns, &gw_name).1;
 
     let mut pod_labels = labels.clone();
     pod_labels.extend(unreserved(&dp.pod_labels));
@@ -317,7 +340,7 @@ pub fn desired(
         ..Container::default()
     };
     let pod = PodSpec {
-        service_account_name: Some(name.clone()),
+        service_account_name: Some(account),
         termination_grace_period_seconds: Some(PRE_STOP_SECONDS + DRAIN_SECONDS + 5),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),

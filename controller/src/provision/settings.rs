@@ -15,8 +15,8 @@ pub struct ProvisionSettings {
     pub server_name: String,
     /// PEM of the CA the dataplanes trust for the controller, copied next to each dataplane.
     pub ca_pem: String,
-    /// The dataplane namespace: where every Gateway's dataplane objects are made.
-    pub namespace: String,
+    /// Where each Gateway's dataplane objects are made.
+    pub placement: portico_compile::Placement,
     /// This replica's name, for Events.
     pub identity: String,
 }

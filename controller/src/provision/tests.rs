@@ -9,7 +9,7 @@ fn settings() -> ProvisionSettings {
         controller_address: "portico-controller.portico-system.svc:9443".into(),
         server_name: "portico-controller".into(),
         ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
-        namespace: "portico-system".into(),
+        placement: portico_compile::Placement::one_namespace("portico-system"),
         identity: "test".into(),
     }
 }
@@ -56,7 +56,10 @@ fn every_object_is_in_the_dataplane_namespace_says_its_gateway_and_carries_its_i
         &Default::default(),
     );
     let metas = [
-        &d.service_account.metadata,
+        &d.service_account
+            .as_ref()
+            .expect("its own account")
+            .metadata,
         &d.ca.metadata,
         &d.deployment.metadata,
         &d.service.metadata,
@@ -100,6 +103,12 @@ fn every_object_is_in_the_dataplane_namespace_says_its_gateway_and_carries_its_i
             annotations.get("cost-center").map(String::as_str),
             Some("42")
         );
+        assert_eq!(
+            labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .map(String::as_str),
+            Some("edge")
+        );
     }
     assert_eq!(d.deployment.metadata.name, Some(name()));
     assert_eq!(
@@ -110,6 +119,82 @@ fn every_object_is_in_the_dataplane_namespace_says_its_gateway_and_carries_its_i
         d.hpa.is_none(),
         "no autoscaling without a config asking for it"
     );
+}
+
+#[test]
+fn beside_its_gateway_a_dataplane_is_owned_by_it_and_runs_as_the_installers_account() {
+    let mut s = settings();
+    s.placement.beside.insert("apps".into());
+    s.placement.beside_account = "portico-dataplane".into();
+    let d = desired(
+        &gateway(),
+        &class(),
+        &GatewayConfigSpec::default(),
+        &s,
+        &Default::default(),
+    );
+    assert!(
+        d.service_account.is_none(),
+        "the controller makes no ServiceAccount outside the dataplane namespace"
+    );
+    let template = d.deployment.spec.as_ref().expect("spec").template.clone();
+    assert_eq!(
+        template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .service_account_name
+            .as_deref(),
+        Some("portico-dataplane")
+    );
+    let pod_labels = template.metadata.expect("meta").labels.expect("labels");
+    assert_eq!(pod_labels.get("team").map(String::as_str), Some("web"));
+    let metas = [
+        &d.ca.metadata,
+        &d.deployment.metadata,
+        &d.service.metadata,
+        &d.pdb.metadata,
+    ];
+    for m in metas {
+        assert_eq!(m.namespace.as_deref(), Some("apps"));
+        // Deleting the Gateway deletes them (garbage collector), without a finalizer.
+        let owner = &m.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Gateway", "edge", "1234")
+        );
+        assert_eq!(owner.block_owner_deletion, Some(false));
+        let labels = m.labels.as_ref().expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+        assert_eq!(
+            labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .map(String::as_str),
+            Some("edge")
+        );
+        assert_eq!(
+            m.annotations
+                .as_ref()
+                .and_then(|a| a.get("cost-center"))
+                .map(String::as_str),
+            Some("42")
+        );
+    }
+    // Another namespace's Gateway keeps the dataplane namespace.
+    let mut other = gateway();
+    other.metadata.namespace = Some("shop".into());
+    let d = desired(
+        &other,
+        &class(),
+        &GatewayConfigSpec::default(),
+        &s,
+        &Default::default(),
+    );
+    assert_eq!(
+        d.deployment.metadata.namespace.as_deref(),
+        Some("portico-system")
+    );
+    assert!(d.service_account.is_some());
 }
 
 #[test]

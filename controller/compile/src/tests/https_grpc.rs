@@ -389,7 +389,7 @@ fn dataplane_names_are_dns_labels_unique_per_gateway() {
 fn gateway_addresses_come_from_its_dataplane_service() {
     let addresses = |extra: &str| -> Vec<(String, String)> {
         let mut inputs = super::inputs(extra);
-        inputs.dataplane_namespace = "portico-system".into();
+        inputs.placement = crate::Placement::one_namespace("portico-system");
         compile(&inputs, CONTROLLER_NAME).status.gateways[&gw()]
             .addresses
             .iter()
@@ -420,6 +420,22 @@ fn gateway_addresses_come_from_its_dataplane_service() {
             ("Hostname".to_string(), "lb.example.com".to_string())
         ]
     );
+    // A namespace whose dataplanes run beside their Gateways: the Service next to it.
+    let beside = |extra: &str| -> Vec<String> {
+        let mut inputs = super::inputs(extra);
+        inputs.placement = crate::Placement {
+            namespace: "portico-system".into(),
+            beside: ["default".to_string()].into(),
+            beside_account: "portico-dataplane".into(),
+        };
+        compile(&inputs, CONTROLLER_NAME).status.gateways[&gw()]
+            .addresses
+            .iter()
+            .map(|a| a.value.clone())
+            .collect()
+    };
+    assert_eq!(beside(&service("default", "")), ["10.0.0.7"]);
+    assert!(beside(&service("portico-system", "")).is_empty());
 }
 
 #[test]
@@ -438,7 +454,7 @@ fn requested_addresses_are_bound_standalone_and_asked_of_the_service_in_a_cluste
     let id = ObjectRef::new("default", "fixed");
     let run = |extra: &str, mode: crate::Addresses| {
         let mut inputs = super::inputs(extra);
-        inputs.dataplane_namespace = "portico-system".into();
+        inputs.placement = crate::Placement::one_namespace("portico-system");
         inputs.addresses = mode;
         compile(&inputs, CONTROLLER_NAME)
     };
