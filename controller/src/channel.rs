@@ -263,14 +263,22 @@ impl Hub {
     }
 
     fn disconnected(&self, gw: &ObjectRef, replica: &str) {
-        if let Some(ch) = self.gateways.lock().get_mut(gw)
+        let mut gateways = self.gateways.lock();
+        if let Some(ch) = gateways.get_mut(gw)
             && let Some(r) = ch.replicas.get_mut(replica)
         {
             r.streams = r.streams.saturating_sub(1);
             if r.streams == 0 {
                 ch.replicas.remove(replica);
             }
+            // A channel opened for a name no compile published (a Gateway not made yet, or
+            // one the client made up: a namespace's shared dataplane account may ask for
+            // any name there) goes with its last client, so clients cannot grow the map.
+            if ch.replicas.is_empty() && ch.tx.borrow().is_none() {
+                gateways.remove(gw);
+            }
         }
+        drop(gateways);
         self.changed.notify_one();
     }
 
@@ -538,6 +546,17 @@ mod tests {
         assert_eq!(snap.gateway, refused);
         assert!(snap.listeners.is_empty());
         assert!(!hub.gateways.lock().contains_key(&gone));
+        // A name nothing was published for is forgotten with its last client.
+        let made_up = ObjectRef::new("default", "made-up");
+        let rx = hub.subscribe(&made_up, "pod-b");
+        assert!(rx.borrow().is_none());
+        hub.disconnected(&made_up, "pod-b");
+        assert!(!hub.gateways.lock().contains_key(&made_up));
+        hub.disconnected(&refused, "pod-a");
+        assert!(
+            hub.gateways.lock().contains_key(&refused),
+            "a published channel stays"
+        );
     }
 
     #[test]

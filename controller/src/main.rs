@@ -69,8 +69,9 @@ struct Args {
     /// self-signed certificate.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
-    /// The namespace every Gateway's dataplane is provisioned in (default: the controller's
-    /// own, --lease-namespace). Only ServiceAccounts there may read snapshots.
+    /// The namespace Gateways' dataplanes are provisioned in (default: the controller's own,
+    /// --lease-namespace), but for those of --gateway-namespaces. Only a dataplane's own
+    /// ServiceAccount there may read its Gateway's snapshots.
     #[arg(long, env = "PORTICO_DATAPLANE_NAMESPACE")]
     dataplane_namespace: Option<String>,
     /// Namespaces whose Gateways get their dataplane in their own namespace instead
@@ -131,6 +132,22 @@ async fn main() -> anyhow::Result<()> {
     let identity = args
         .identity
         .unwrap_or_else(|| format!("portico-controller-{}", std::process::id()));
+    let dataplane_namespace = args
+        .dataplane_namespace
+        .clone()
+        .unwrap_or_else(|| args.lease_namespace.clone());
+    // Dataplanes beside their Gateways run as a shared account: never where the per-Gateway
+    // accounts are, nor next to the controller's own Secrets.
+    if let Some(ns) = args
+        .gateway_namespaces
+        .iter()
+        .map(|n| n.trim())
+        .find(|n| *n == dataplane_namespace || *n == args.lease_namespace)
+    {
+        anyhow::bail!(
+            "--gateway-namespaces may not name {ns}: it is the dataplane or the controller's namespace"
+        );
+    }
     let client = kube::Client::try_default().await?;
     let mut settings = Settings {
         controller_name: args.controller_name.clone(),
@@ -144,10 +161,7 @@ async fn main() -> anyhow::Result<()> {
         debounce: Duration::from_millis(args.debounce_ms),
         redis_url: args.redis_url.clone(),
         placement: portico_compile::Placement {
-            namespace: args
-                .dataplane_namespace
-                .clone()
-                .unwrap_or_else(|| args.lease_namespace.clone()),
+            namespace: dataplane_namespace,
             beside: args
                 .gateway_namespaces
                 .iter()

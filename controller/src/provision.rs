@@ -53,7 +53,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
@@ -97,10 +97,10 @@ struct Context {
     leading: watch::Receiver<bool>,
     /// Consecutive failures per Gateway, for the back-off.
     failures: Mutex<HashMap<ObjectRef<Gateway>, u32>>,
-    /// UIDs of the objects the last sweep found without a live Gateway: deleted only if the
-    /// next sweep finds them so again (a class or Gateway briefly missing, or re-created
-    /// between the sweep's reads, costs no dataplane).
-    doomed: Mutex<std::collections::HashSet<String>>,
+    /// UIDs of the objects the last sweep found without a live Gateway, by namespace: deleted
+    /// only if the next sweep finds them so again (a class or Gateway briefly missing, or
+    /// re-created between the sweep's reads, costs no dataplane).
+    doomed: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     counters: Arc<crate::admin::Counters>,
     listener_set_ports: watch::Receiver<Option<Arc<ListenerSetPorts>>>,
 }
@@ -186,6 +186,9 @@ pub async fn run(
 }
 
 /// `controller`, also run for the Gateway an object of kind `K` it made in `ns` is for.
+/// The watch backs off on its own and its errors are logged, not passed on: the
+/// controller's triggers back off together on any error, so one namespace it may no longer
+/// read (deleted with its Role) would hold up every Gateway's reconcile.
 fn watch_owned<K>(controller: Controller<Gateway>, client: &Client, ns: &str) -> Controller<Gateway>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -196,11 +199,20 @@ where
         + Sync
         + 'static,
 {
-    controller.watches(
+    let namespace = ns.to_string();
+    let objects = watcher::watcher(
         Api::<K>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(MANAGED_BY),
-        |o| gateway_of(o.meta()),
     )
+    .default_backoff()
+    .touched_objects()
+    .filter(move |r| {
+        if let Err(e) = r {
+            tracing::warn!(namespace = %namespace, kind = %K::kind(&()), error = %e, "watching provisioned objects");
+        }
+        futures::future::ready(r.is_ok())
+    });
+    controller.watches_stream(objects, |o| gateway_of(o.meta()))
 }
 
 fn error_policy(gw: Arc<Gateway>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -498,14 +510,35 @@ async fn sweep(
         .filter_map(|c| c.metadata.name)
         .collect();
     let placement = &ctx.settings.placement;
-    // An object is live while its Gateway is, and where the Gateway's dataplane belongs: a
-    // namespace added to or taken from the beside-the-Gateway list moves the dataplane, and
-    // the old one goes once the new one is made.
+    let controller_name = ctx.settings.controller_name.as_str();
+    // Where each Gateway's dataplane has a Deployment that serves (an available replica).
+    let mut serving = std::collections::HashSet::new();
+    for ns in placement.namespaces() {
+        let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default().labels(MANAGED_BY))
+            .await;
+        for d in deployments.map(|l| l.items).unwrap_or_default() {
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if let Some(key) = made_for(&d.metadata, controller_name)
+                && available > 0
+            {
+                serving.insert((key.to_string(), ns.to_string()));
+            }
+        }
+    }
+    // An object is live while its Gateway is, where the Gateway's dataplane belongs. A
+    // namespace added to the beside-the-Gateway list moves the dataplane: the old one stays
+    // until the new one serves.
     let live = |key: &str, at: &str| {
         let Some((ns, name)) = key.split_once('/') else {
             return false;
         };
-        placement.namespace_for(ns) == at
+        let home = placement.namespace_for(ns);
+        (home == at || !serving.contains(&(key.to_string(), home.to_string())))
             && gateways
                 .get(&ObjectRef::new(name).within(ns))
                 .is_some_and(|g| {
@@ -514,28 +547,34 @@ async fn sweep(
                 })
     };
     let doomed_before = ctx.doomed.lock().clone();
-    let mut doomed = std::collections::HashSet::new();
+    let mut doomed = HashMap::new();
     let mut removed = Vec::new();
     for ns in placement.namespaces() {
+        let before = doomed_before.get(ns).cloned().unwrap_or_default();
         let s = Sweep {
             client: &ctx.client,
             namespace: ns,
-            controller_name: &ctx.settings.controller_name,
+            controller_name,
             live: &live,
-            doomed_before: &doomed_before,
+            doomed_before: &before,
         };
-        removed.extend(s.kind::<Deployment>(&mut doomed).await?);
-        removed.extend(s.kind::<HorizontalPodAutoscaler>(&mut doomed).await?);
-        removed.extend(s.kind::<PodDisruptionBudget>(&mut doomed).await?);
-        removed.extend(s.kind::<Service>(&mut doomed).await?);
-        removed.extend(s.kind::<ConfigMap>(&mut doomed).await?);
-        if ns == placement.namespace {
-            removed.extend(s.kind::<ServiceAccount>(&mut doomed).await?);
+        let mut marked = std::collections::HashSet::new();
+        match s.all(ns == placement.namespace, &mut marked).await {
+            Ok(r) => {
+                removed.extend(r);
+                doomed.insert(ns.to_string(), marked);
+            }
+            // One namespace it cannot read (its Role gone with it) neither stops the others
+            // nor loses what was marked there.
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "sweeping dataplanes");
+                doomed.insert(ns.to_string(), before);
+            }
         }
     }
     *ctx.doomed.lock() = doomed;
     for (gateway, what) in removed {
-        tracing::info!(%gateway, removed = %what, "removed the dataplane of a Gateway that is gone");
+        tracing::info!(%gateway, removed = %what, "removed the dataplane of a Gateway that is gone or moved");
     }
     Ok(())
 }
@@ -551,6 +590,24 @@ struct Sweep<'a, F> {
 }
 
 impl<F: Fn(&str, &str) -> bool> Sweep<'_, F> {
+    /// Every kind, ServiceAccounts only where the controller makes them.
+    async fn all(
+        &self,
+        accounts: bool,
+        doomed: &mut std::collections::HashSet<String>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let mut removed = Vec::new();
+        removed.extend(self.kind::<Deployment>(doomed).await?);
+        removed.extend(self.kind::<HorizontalPodAutoscaler>(doomed).await?);
+        removed.extend(self.kind::<PodDisruptionBudget>(doomed).await?);
+        removed.extend(self.kind::<Service>(doomed).await?);
+        removed.extend(self.kind::<ConfigMap>(doomed).await?);
+        if accounts {
+            removed.extend(self.kind::<ServiceAccount>(doomed).await?);
+        }
+        Ok(removed)
+    }
+
     /// Deletes the objects of kind `K` this controller made whose Gateway is not live now and
     /// was not at the last sweep either (by UID, so an object made again meanwhile stays);
     /// notes in `doomed` those seen without a live Gateway for the first time. Returns

@@ -202,8 +202,10 @@ impl Dataplane {
         // Ready once it serves a Gateway's configuration, whatever that holds: a Gateway
         // with nothing to serve (its one listener's Secret missing, not accepted) has ready
         // pods serving no socket, as its status says, rather than pods that never become
-        // ready and so hold up every rollout and, through the PDB, every node drain. Only a
-        // configuration of no Gateway at all (standalone, every manifest removed) is not.
+        // ready and so hold up every rollout and, through the PDB, every node drain. In a
+        // cluster that is every snapshot applied (one Gateway's, even a deleted Gateway's
+        // empty one, whose pods are removed next); standalone, a directory without a single
+        // Gateway is not ready.
         self.ready.store(!snapshots.is_empty(), Ordering::Release);
         ApplyReport {
             warnings,

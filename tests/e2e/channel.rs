@@ -147,12 +147,16 @@ async fn clients_without_the_right_token_get_nothing() {
 async fn a_namespace_with_its_own_dataplanes_is_served_to_the_installers_account_there() {
     let s = Setup::new("channel-beside").await;
     create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
-    let _controller = s.controller_with(&[
-        "--gateway-namespaces",
-        &s.ns,
-        "--gateway-namespace-account",
-        "edge-dataplane",
-    ]);
+    // The Gateway's namespace may not be the controller's own: its lease goes elsewhere.
+    let _controller = s.controller_leading_in(
+        &s.dataplane_ns,
+        &[
+            "--gateway-namespaces",
+            &s.ns,
+            "--gateway-namespace-account",
+            "edge-dataplane",
+        ],
+    );
     let beside = s.token_in(&s.ns, "edge-dataplane").await;
     let moved = s.token(&s.dataplane_account()).await;
     let other = s.token_in(&s.ns, "app").await;

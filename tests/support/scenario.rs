@@ -79,6 +79,11 @@ impl Setup {
 
     /// The controller with more arguments.
     pub fn controller_with(&self, extra: &[&str]) -> Proc {
+        self.controller_leading_in(&self.ns, extra)
+    }
+
+    /// The controller with more arguments, its lease in `lease_ns`.
+    pub fn controller_leading_in(&self, lease_ns: &str, extra: &[&str]) -> Proc {
         let lease = "channel";
         let addr = self.snapshot_addr.to_string();
         let dataplanes = self.dataplane_ns.clone();
@@ -87,7 +92,7 @@ impl Setup {
             "--controller-name",
             &self.controller_name,
             "--lease-namespace",
-            &self.ns,
+            lease_ns,
             "--lease-name",
             lease,
             "--dataplane-namespace",

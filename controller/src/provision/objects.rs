@@ -77,9 +77,11 @@ pub fn selector(name: &str) -> BTreeMap<String, String> {
 /// Label and annotation keys a Gateway's owner may not set on its dataplane's objects: the
 /// dataplane namespace is shared, and its Services, PDBs and policies select Portico's own
 /// pods (the controller's) by `app.kubernetes.io/*`; `portico.dev/*` is what the provisioner
-/// itself reads.
+/// itself reads; `gateway.networking.k8s.io/*` says which Gateway an object is for.
 fn reserved(key: &str) -> bool {
-    key.starts_with("app.kubernetes.io/") || key.starts_with("portico.dev/")
+    key.starts_with("app.kubernetes.io/")
+        || key.starts_with("portico.dev/")
+        || key.starts_with("gateway.networking.k8s.io/")
 }
 
 /// `map` without [`reserved`] keys.
@@ -131,7 +133,11 @@ pub fn desired(
         "portico-controller".into(),
     );
     labels.insert(GATEWAY_NAMESPACE_LABEL.into(), gw_ns.clone());
-    labels.insert(GATEWAY_NAME_LABEL.into(), gw_name.clone());
+    // A label value holds 63 characters, a Gateway name 253: a longer name goes without the
+    // label (the annotation names it whole) rather than make every object invalid.
+    if gw_name.len() <= 63 {
+        labels.insert(GATEWAY_NAME_LABEL.into(), gw_name.clone());
+    }
     let mut annotations = unreserved(
         infra
             .and_then(|i| i.annotations.as_ref())

@@ -180,6 +180,23 @@ fn beside_its_gateway_a_dataplane_is_owned_by_it_and_runs_as_the_installers_acco
             Some("42")
         );
     }
+    // A name longer than a label value goes without the label (the objects stay valid).
+    let mut long = gateway();
+    long.metadata.name = Some("g".repeat(64));
+    let d = desired(
+        &long,
+        &class(),
+        &GatewayConfigSpec::default(),
+        &s,
+        &Default::default(),
+    );
+    assert!(
+        d.service
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| !l.contains_key("gateway.networking.k8s.io/gateway-name"))
+    );
     // Another namespace's Gateway keeps the dataplane namespace.
     let mut other = gateway();
     other.metadata.namespace = Some("shop".into());

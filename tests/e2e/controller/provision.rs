@@ -53,21 +53,31 @@ fn provisioner(
     controller_name: &str,
     image: &str,
 ) -> portico_tests::Proc {
-    start_controller(
+    provisioner_with(ns, dataplanes, controller_name, image, &[])
+}
+
+/// [`provisioner`] with more arguments.
+fn provisioner_with(
+    ns: &str,
+    dataplanes: &str,
+    controller_name: &str,
+    image: &str,
+    extra: &[&str],
+) -> portico_tests::Proc {
+    let mut args = vec![
+        "--controller-name",
+        controller_name,
+        "--lease-namespace",
+        ns,
+        "--lease-name",
         "provisioner",
-        &[
-            "--controller-name",
-            controller_name,
-            "--lease-namespace",
-            ns,
-            "--lease-name",
-            "provisioner",
-            "--dataplane-namespace",
-            dataplanes,
-            "--dataplane-image",
-            image,
-        ],
-    )
+        "--dataplane-namespace",
+        dataplanes,
+        "--dataplane-image",
+        image,
+    ];
+    args.extend_from_slice(extra);
+    start_controller("provisioner", &args)
 }
 
 #[tokio::test]
@@ -582,5 +592,181 @@ async fn listener_set_ports_and_a_requested_address_reach_the_dataplane_service(
         let svc = services.get_opt(&name).await.ok().flatten()?;
         (ports(&svc) == [80]).then_some(())
     })
+    .await;
+}
+
+/// A namespace listed in `--gateway-namespaces` gets its Gateway's dataplane beside the
+/// Gateway: owned by it, running as the installer's account, labelled with its name. The
+/// dataplane it had in the dataplane namespace serves on until the new one does (an
+/// available replica: here the test marks the new pods Ready, there being no kubelet), then
+/// goes; deleting the Gateway takes the new one with it (the garbage collector).
+#[tokio::test]
+async fn a_listed_namespace_gets_its_dataplane_beside_the_gateway_and_the_old_one_goes_once_it_serves()
+ {
+    let client = cluster().client().await;
+    let ns = test_namespace(&client, "beside").await;
+    let dp = test_namespace(&client, "beside-dp").await;
+    let name = portico_compile::dataplane_name(&ns, "gw");
+    let name = name.as_str();
+    let controller_name = format!("portico.dev/{ns}");
+    // The lease lives in the dataplane namespace: the Gateway's may not be the controller's.
+    let first = provisioner(&dp, &dp, &controller_name, "portico/dataplane:1");
+    create_cluster::<GatewayClass>(
+        &client,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
+    )
+    .await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns,
+                        "infrastructure": {"labels": {"team": "web"}, "annotations": {"cost": "7"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    let old: Api<Deployment> = Api::namespaced(client.clone(), &dp);
+    await_some("the dataplane in the dataplane namespace", || async {
+        old.get_opt(name).await.ok().flatten()
+    })
+    .await;
+    drop(first);
+
+    // What the chart makes in a listed namespace: the account its dataplanes run as.
+    create::<ServiceAccount>(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "portico-dataplane"}}),
+    )
+    .await;
+    let _second = provisioner_with(
+        &dp,
+        &dp,
+        &controller_name,
+        "portico/dataplane:1",
+        &["--gateway-namespaces", &ns],
+    );
+    let beside: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = await_some("the dataplane beside the Gateway", || async {
+        beside.get_opt(name).await.ok().flatten()
+    })
+    .await;
+    let gw = Api::<Gateway>::namespaced(client.clone(), &ns)
+        .get("gw")
+        .await
+        .expect("gateway");
+    let owner = d
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .expect("an owner");
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), Some(&owner.uid)),
+        ("Gateway", "gw", gw.metadata.uid.as_ref())
+    );
+    let labels = d.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+    assert_eq!(
+        labels
+            .get("gateway.networking.k8s.io/gateway-name")
+            .map(String::as_str),
+        Some("gw")
+    );
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("portico-dataplane")
+    );
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .expect("get")
+            .is_none(),
+        "no ServiceAccount is made beside the Gateway"
+    );
+    let service = await_some("the Service beside the Gateway", || async {
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(
+        service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("cost"))
+            .map(String::as_str),
+        Some("7")
+    );
+
+    // Three sweeps (10 s apart) later, the new dataplane has not served yet: the old stays.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        old.get_opt(name).await.expect("get").is_some(),
+        "the old dataplane serves until the new one does"
+    );
+
+    // The new pods become Ready: the old dataplane goes.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = format!("portico.dev/dataplane={name}");
+    let listed = await_some("the new dataplane's pods", || async {
+        let l = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        (!l.items.is_empty()).then_some(l.items)
+    })
+    .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    for p in listed {
+        let pod_name = p.metadata.name.clone().expect("name");
+        pods.patch_status(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now}]}})),
+        )
+        .await
+        .expect("mark the pod Ready");
+    }
+    await_some_within(
+        "the old dataplane gone",
+        Duration::from_secs(90),
+        || async {
+            let gone = old.get_opt(name).await.ok()?.is_none()
+                && Api::<ServiceAccount>::namespaced(client.clone(), &dp)
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    assert!(beside.get_opt(name).await.expect("get").is_some());
+
+    // Deleting the Gateway deletes what is beside it.
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .delete("gw", &Default::default())
+        .await
+        .expect("delete the gateway");
+    await_some_within(
+        "the dataplane beside the Gateway gone",
+        Duration::from_secs(90),
+        || async { beside.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
     .await;
 }
