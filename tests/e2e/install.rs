@@ -110,7 +110,10 @@ async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_
     ] {
         let _ = crds.delete(name, &Default::default()).await;
     }
-    await_some_within("Portico's CRDs gone", Duration::from_secs(60), || async {
+    // The API server's CRD finalizer deletes the instances, then polls for them (every 5 s,
+    // for up to a minute) before it lets a CRD go, and retries with a back-off: one slow
+    // round on a loaded machine is more than a minute (CI saw 70 s once).
+    await_some_within("Portico's CRDs gone", Duration::from_secs(180), || async {
         let left = crds
             .list(&Default::default())
             .await
