@@ -15,8 +15,15 @@ use tokio::time::Instant;
 pub enum Outcome {
     /// Stored: the waiters find it in the store.
     Stored,
-    /// Not storable: the waiters go upstream themselves (and the key is remembered).
+    /// The response was not storable: the waiters go upstream themselves, and the key is
+    /// remembered. Only for what the response said (`no-store`, `private`, `Set-Cookie`, no
+    /// lifetime), never for what the leading request did: one client must not turn
+    /// coalescing off for a key.
     NotStored,
+    /// The leading request's own answer is not for the others (it turned out to need
+    /// credentials the policy does not key by, say): they go upstream themselves; nothing
+    /// is remembered.
+    Passed,
     /// The leader failed or went away: the waiters try again (one of them leads).
     Abandoned,
 }
@@ -81,7 +88,9 @@ impl Coalescer {
         })
     }
 
-    /// The turn of a request for `key`, which missed in the store.
+    /// The turn of a request for `key`, which missed in the store. Only requests whose
+    /// answer could be stored take a turn (not one with `no-store`, or credentials the
+    /// cache is not keyed by): a request that cannot share its answer must not lead.
     pub fn turn(self: &Arc<Self>, key: &str) -> Turn {
         let now = Instant::now();
         let mut inner = self.inner.lock();
@@ -114,9 +123,9 @@ impl Coalescer {
                     inner.not_storable.clear();
                 }
             }
-            inner
-                .not_storable
-                .insert(key.clone(), Instant::now() + self.remember);
+            let now = Instant::now();
+            let until = now.checked_add(self.remember).unwrap_or(now);
+            inner.not_storable.insert(key.clone(), until);
         }
         if let Some(tx) = inner.leading.remove(key) {
             tx.send_replace(Some(outcome));
@@ -215,6 +224,12 @@ mod tests {
             w.wait(Duration::from_secs(1)).await,
             Some(Outcome::Abandoned)
         );
+        // A leader whose own answer was not for the others: nothing remembered.
+        let Turn::Lead(l) = c.turn("k") else {
+            panic!("leads")
+        };
+        l.finish(Outcome::Passed);
+        assert!(matches!(c.turn("k"), Turn::Lead(_)));
         // A slow leader: the waiter gives up after its limit.
         let Turn::Lead(_slow) = c.turn("k") else {
             panic!("leads again")

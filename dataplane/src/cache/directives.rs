@@ -39,7 +39,10 @@ impl ResponseDirectives {
         let mut d = Self::default();
         let mut max_age = Seen::default();
         let mut s_maxage = Seen::default();
-        for (name, value) in directives(headers) {
+        let (all, broken) = directives(headers);
+        // Part of a line is unreadable: it may have said `no-store` or `private`.
+        d.no_store = broken;
+        for (name, value) in all {
             match name.as_str() {
                 "max-age" => max_age.add(value.as_deref()),
                 "s-maxage" => s_maxage.add(value.as_deref()),
@@ -99,7 +102,7 @@ impl RequestDirectives {
         let mut d = Self::default();
         let mut any = false;
         let mut max_age = Seen::default();
-        for (name, value) in directives(headers) {
+        for (name, value) in directives(headers).0 {
             any = true;
             match name.as_str() {
                 "max-age" => max_age.add(value.as_deref()),
@@ -168,12 +171,18 @@ pub fn delta_seconds(s: &str) -> Option<u64> {
 }
 
 /// Every directive of every `Cache-Control` line: lowercased name, and its value unquoted.
-/// Commas inside a quoted string do not split.
-fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
+/// Commas inside a quoted string do not split. Bytes past ASCII (obs-text, legal inside a
+/// quoted string) are read leniently, so they cost the line nothing else. The second value
+/// says whether a line could not be read whole (a quote left open): what came after it is
+/// lost, so a response must then be taken as `no-store`.
+fn directives(headers: &HeaderMap) -> (Vec<(String, Option<String>)>, bool) {
     let mut out = Vec::new();
+    let mut broken = false;
     for line in headers.get_all(CACHE_CONTROL) {
-        let Ok(line) = line.to_str() else { continue };
-        for item in split_list(line) {
+        let line = String::from_utf8_lossy(line.as_bytes());
+        let (items, open_quote) = split_list(&line);
+        broken |= open_quote;
+        for item in items {
             let (name, value) = match item.split_once('=') {
                 Some((n, v)) => (n.trim(), Some(unquote(v.trim()))),
                 None => (item.trim(), None),
@@ -184,11 +193,11 @@ fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
             out.push((name.to_ascii_lowercase(), value));
         }
     }
-    out
+    (out, broken)
 }
 
-/// `a, b="x, y", c` into its items, outside quotes only.
-fn split_list(line: &str) -> Vec<&str> {
+/// `a, b="x, y", c` into its items, outside quotes only; and whether a quote was left open.
+fn split_list(line: &str) -> (Vec<&str>, bool) {
     let mut items = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in line.char_indices() {
@@ -204,7 +213,8 @@ fn split_list(line: &str) -> Vec<&str> {
         }
     }
     items.push(&line[start..]);
-    items.into_iter().filter(|s| !s.trim().is_empty()).collect()
+    let items = items.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    (items, quoted)
 }
 
 /// A quoted-string's content (backslash escapes removed), or a token as it is.
@@ -375,15 +385,19 @@ mod tests {
     }
 
     #[test]
-    fn a_header_that_is_not_text_is_skipped() {
+    fn bytes_past_ascii_cost_nothing_else_and_an_open_quote_is_no_store() {
         let mut h = HeaderMap::new();
         h.append(
             CACHE_CONTROL,
-            http::HeaderValue::from_bytes(b"max-age=\xff").expect("value"),
+            http::HeaderValue::from_bytes(b"private, x=\"caf\xc3\xa9\", max-age=\xff")
+                .expect("value"),
         );
-        h.append(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         let d = ResponseDirectives::from_headers(&h);
-        assert!(d.no_store);
-        assert_eq!(d.max_age, None);
+        assert!(d.private, "read past the obs-text");
+        assert_eq!(d.max_age, Some(0), "an unreadable max-age is stale");
+        assert!(!d.no_store);
+        // An unterminated quote swallows what follows: whatever it hid, do not store.
+        let d = response(&["foo=\"a, private"]);
+        assert!(d.no_store && !d.private);
     }
 }

@@ -70,16 +70,21 @@ pub fn heuristically_cacheable(status: u16) -> bool {
 }
 
 /// The freshness lifetime of a response, or `None` when nothing gives it one (it is then
-/// not stored).
+/// not stored). The operator's TTLs apply only to statuses that are heuristically
+/// cacheable or that the policy lists (`listed`): an error the origin did not mark
+/// cacheable (a 400, a 503) must not be stored for everyone because the operator set a
+/// default, or one client who provokes it answers all the others (§3).
 pub fn lifetime(
     status: u16,
     headers: &HeaderMap,
     d: &ResponseDirectives,
     ttls: &Ttls,
+    listed: bool,
     response_time: u64,
 ) -> Option<u64> {
     let cap = |v: u64| ttls.max.map_or(v, |m| v.min(m));
-    if let Some(forced) = ttls.forced {
+    let operator = heuristically_cacheable(status) || listed;
+    if let Some(forced) = ttls.forced.filter(|_| operator) {
         return Some(cap(forced));
     }
     let explicit = d.explicit_lifetime().or_else(|| {
@@ -92,7 +97,7 @@ pub fn lifetime(
     if let Some(v) = explicit {
         return Some(cap(v));
     }
-    if let Some(v) = ttls.default {
+    if let Some(v) = ttls.default.filter(|_| operator) {
         return Some(cap(v));
     }
     if ttls.heuristic && (heuristically_cacheable(status) || d.public) {
@@ -131,7 +136,7 @@ impl Timing {
         corrected_initial_age.saturating_add(resident_time)
     }
 
-    /// Seconds it stays fresh from `now` (0 once stale).
+    /// Seconds it stays fresh from `now` (negative once stale: by how much).
     pub fn ttl(&self, now: u64) -> i64 {
         i64::try_from(self.lifetime).unwrap_or(i64::MAX)
             - i64::try_from(self.current_age(now)).unwrap_or(i64::MAX)
@@ -156,8 +161,10 @@ pub enum Reuse {
 }
 
 /// Whether a request with directives `req` may reuse a stored response with directives
-/// `stored` and `timing`, at `now`. `swr` is the policy's stale-while-revalidate when the
-/// response gives none.
+/// `stored` and `timing`, at `now`. `swr_default` is the policy's stale-while-revalidate
+/// when the response gives none. `s-maxage` forbids serving stale for a shared cache
+/// (§4.2.4, §5.2.2.10), so `s-maxage=60, stale-while-revalidate=30` is revalidated at 60 s:
+/// an origin that wants the stale window gives `max-age` alone.
 pub fn reuse(
     stored: &ResponseDirectives,
     timing: &Timing,
@@ -232,7 +239,14 @@ mod tests {
 
     fn life(status: u16, lines: &[(&str, &str)], ttls: Ttls) -> Option<u64> {
         let h = headers(lines);
-        lifetime(status, &h, &ResponseDirectives::from_headers(&h), &ttls, T0)
+        lifetime(
+            status,
+            &h,
+            &ResponseDirectives::from_headers(&h),
+            &ttls,
+            false,
+            T0,
+        )
     }
 
     /// Status, response headers, the policy's TTLs, the lifetime expected.
@@ -338,6 +352,26 @@ mod tests {
                 },
                 Some(HEURISTIC_MAX),
             ),
+            // The operator's TTLs are not for an error the origin did not mark cacheable.
+            (
+                503,
+                vec![("date", date.clone())],
+                Ttls {
+                    default: Some(30),
+                    forced: Some(60),
+                    ..none
+                },
+                None,
+            ),
+            (
+                503,
+                vec![("cache-control", "max-age=5".into())],
+                Ttls {
+                    default: Some(30),
+                    ..none
+                },
+                Some(5),
+            ),
             // Not for a status that is not heuristically cacheable.
             (
                 302,
@@ -360,6 +394,18 @@ mod tests {
                 "{status} {lines:?} {ttls:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_status_the_policy_lists_takes_its_ttls() {
+        let h = headers(&[]);
+        let d = ResponseDirectives::default();
+        let ttls = Ttls {
+            default: Some(30),
+            ..Ttls::default()
+        };
+        assert_eq!(lifetime(302, &h, &d, &ttls, true, T0), Some(30));
+        assert_eq!(lifetime(302, &h, &d, &ttls, false, T0), None);
     }
 
     #[test]

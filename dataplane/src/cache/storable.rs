@@ -83,8 +83,9 @@ pub fn storable(x: &Exchange<'_>, rules: &StoreRules) -> Result<(), NotStored> {
     if x.status < 200 || (!rules.statuses.is_empty() && !rules.statuses.contains(&x.status)) {
         return Err(NotStored::Status);
     }
-    // 206 is a part of something: no ranges are kept.
-    if x.status == 206 {
+    // 206 is a part of something (no ranges are kept); a 304 only refreshes what is stored
+    // (§4.3.4), stored itself it would answer every client with nothing.
+    if x.status == 206 || x.status == 304 {
         return Err(NotStored::Status);
     }
     if x.request_directives.no_store || x.response_directives.no_store {
@@ -224,6 +225,14 @@ mod tests {
                 Err(N::Status),
             ),
             (Method::GET, vec![], 101, vec![], Some(60), Err(N::Status)),
+            (
+                Method::GET,
+                vec![],
+                304,
+                vec![cc("max-age=60")],
+                Some(60),
+                Err(N::Status),
+            ),
             (
                 Method::GET,
                 vec![cc("no-store")],

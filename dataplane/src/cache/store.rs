@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries looked at to choose one to evict.
 const SAMPLES: usize = 5;
+/// Variants kept per key: beyond, the key's least recently used goes (a response varying
+/// on a header clients fill at will must not crowd out every other key, nor make a lookup
+/// of that key scan thousands).
+pub const MAX_VARIANTS: usize = 32;
 /// What an entry costs beyond its headers and body (its key, bookkeeping).
 const OVERHEAD: usize = 256;
 
@@ -35,13 +39,14 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn cost(&self, key: &str) -> usize {
+    fn cost(&self, key: &str, variant: &Variant) -> usize {
         let headers: usize = self
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum();
-        key.len() + headers + self.body.len() + OVERHEAD
+        let listed: usize = self.vary.iter().chain(&self.tags).map(String::len).sum();
+        key.len() + headers + self.body.len() + variant.size() + listed + OVERHEAD
     }
 }
 
@@ -120,26 +125,42 @@ impl MemoryStore {
         Found::VaryMiss
     }
 
-    /// Stores `stored` under `key` for `request`'s variant, replacing what that variant had;
-    /// evicts until the budget holds. An entry larger than the whole budget is not stored.
+    /// Stores `stored` under `key` for `request`'s variant, replacing what that variant had
+    /// and every variant of another `Vary` (the newest response says what the key varies
+    /// on, §4.1); keeps at most [`MAX_VARIANTS`] per key; evicts until the budget holds. An
+    /// entry larger than the whole budget is not stored.
     pub fn put(&self, key: &str, request: &HeaderMap, stored: Stored) -> bool {
-        let cost = stored.cost(key);
+        let variant = Variant::of(request, &stored.vary);
+        let cost = stored.cost(key, &variant);
         if cost > self.budget {
             return false;
         }
-        let variant = Variant::of(request, &stored.vary);
         let mut inner = self.inner.lock();
-        let existing = inner.by_key.get(key).and_then(|ix| {
-            ix.iter()
-                .copied()
-                .find(|&i| inner.slots[i].variant == variant)
-        });
-        if let Some(i) = existing {
-            remove_at(&mut inner, i);
+        loop {
+            let siblings = inner.by_key.get(key).cloned().unwrap_or_default();
+            let replaced = siblings.iter().copied().find(|&i| {
+                inner.slots[i].variant == variant || inner.slots[i].stored.vary != stored.vary
+            });
+            let oldest = (siblings.len() >= MAX_VARIANTS)
+                .then(|| {
+                    siblings
+                        .iter()
+                        .copied()
+                        .min_by_key(|&i| inner.slots[i].used.load(Ordering::Relaxed))
+                })
+                .flatten();
+            match replaced.or(oldest) {
+                Some(i) => remove_at(&mut inner, i),
+                None => break,
+            }
         }
         while inner.bytes + cost > self.budget && !inner.slots.is_empty() {
-            let victim = (0..SAMPLES.min(inner.slots.len()))
-                .map(|_| fastrand::usize(..inner.slots.len()))
+            // Distinct slots (consecutive from a random one: their order is random enough
+            // after swap removals), so the most recently used is never all of a sample.
+            let len = inner.slots.len();
+            let start = fastrand::usize(..len);
+            let victim = (0..SAMPLES.min(len))
+                .map(|k| (start + k) % len)
                 .min_by_key(|&i| inner.slots[i].used.load(Ordering::Relaxed));
             let Some(victim) = victim else { break };
             remove_at(&mut inner, victim);
@@ -289,10 +310,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_vary_replaces_the_old_variants_and_variants_per_key_are_capped() {
+        let s = MemoryStore::new(1 << 20);
+        let en = req(&[("accept-language", "en")]);
+        assert!(s.put("k", &en, stored("en", &["accept-language"], &[])));
+        // The origin now varies on something else: the old variants go.
+        assert!(s.put("k", &en, stored("enc", &["accept-encoding"], &[])));
+        assert_eq!(s.usage().0, 1);
+        assert_eq!(body(s.get("k", &en)).as_deref(), Some(&b"enc"[..]));
+        // A header clients fill at will makes at most MAX_VARIANTS entries.
+        for i in 0..100 {
+            let r = req(&[("x-anything", &i.to_string())]);
+            assert!(s.put("flood", &r, stored("v", &["x-anything"], &[])));
+        }
+        assert_eq!(s.usage().0, 1 + MAX_VARIANTS);
+        let latest = req(&[("x-anything", "99")]);
+        assert!(matches!(s.get("flood", &latest), Found::Hit(_)));
+        s.purge_key("flood");
+        s.purge_key("k");
+        assert_eq!(s.usage(), (0, 0), "every byte accounted for");
+    }
+
+    #[test]
     fn the_budget_holds_under_a_flood_of_distinct_keys_and_recent_entries_stay() {
-        let one = stored(&"x".repeat(1000), &[], &[]).cost("key-0000");
-        let s = MemoryStore::new(one * 50);
         let none = HeaderMap::new();
+        let one = stored(&"x".repeat(1000), &[], &[]).cost("key-0000", &Variant::of(&none, &[]));
+        let s = MemoryStore::new(one * 50);
         s.put("key-hot", &none, stored(&"x".repeat(996), &[], &[]));
         for i in 0..2000 {
             assert!(s.put(

@@ -5,14 +5,21 @@
 
 use http::header::{
     CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, HeaderName, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, LOCATION, VARY,
+    IF_NONE_MATCH, LAST_MODIFIED, LOCATION, SET_COOKIE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method};
 
 /// Whether a GET or HEAD with `request`'s preconditions is answered 304 by a stored response
-/// with `stored` headers. `If-None-Match` wins over `If-Modified-Since` (RFC 9110 §13.2.2).
-pub fn not_modified(method: &Method, request: &HeaderMap, stored: &HeaderMap) -> bool {
-    if method != Method::GET && method != Method::HEAD {
+/// of `stored_status` with `stored` headers. `If-None-Match` wins over `If-Modified-Since`
+/// (RFC 9110 §13.2.2); preconditions count only for a 2xx (§13.2.1): a stored 404 is the
+/// answer, not a 304 that would leave the client with its old 200.
+pub fn not_modified(
+    method: &Method,
+    request: &HeaderMap,
+    stored_status: u16,
+    stored: &HeaderMap,
+) -> bool {
+    if (method != Method::GET && method != Method::HEAD) || !(200..300).contains(&stored_status) {
         return false;
     }
     if request.contains_key(IF_NONE_MATCH) {
@@ -84,11 +91,31 @@ fn kept_on_refresh(name: &HeaderName) -> bool {
     )
 }
 
-/// A stored response's headers refreshed by the origin's 304 (§4.3.4): each header the 304
-/// carries replaces the stored one of that name, but for those describing the body.
-pub fn refresh(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+/// Whether the origin's 304 is about this stored response (§4.3.4): the same entity tag
+/// when it sends one, else the same `Last-Modified` when it sends that; a 304 with neither
+/// is about the response its validators were taken from.
+pub fn refreshes(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    if let Some(tag) = not_modified.get(ETAG) {
+        return stored.get(ETAG) == Some(tag);
+    }
+    if let Some(lm) = not_modified.get(LAST_MODIFIED) {
+        return stored.get(LAST_MODIFIED) == Some(lm);
+    }
+    true
+}
+
+/// A stored response's headers refreshed by the origin's 304 (§4.3.4), when it
+/// [`refreshes`] it: each header the 304 carries replaces the stored one of that name, but
+/// for those describing the body, and `Set-Cookie` unless `set_cookie` (one client's cookie
+/// on a revalidation must not be replayed to all). Returns whether it applied. The caller
+/// then reads the directives again and checks the entry is still storable (a 304 may say
+/// `no-store` or `private` now), dropping it if not.
+pub fn refresh(stored: &mut HeaderMap, not_modified: &HeaderMap, set_cookie: bool) -> bool {
+    if !refreshes(stored, not_modified) {
+        return false;
+    }
     for name in not_modified.keys() {
-        if kept_on_refresh(name) {
+        if kept_on_refresh(name) || (*name == SET_COOKIE && !set_cookie) {
             continue;
         }
         stored.remove(name);
@@ -96,6 +123,7 @@ pub fn refresh(stored: &mut HeaderMap, not_modified: &HeaderMap) {
             stored.append(name.clone(), v.clone());
         }
     }
+    true
 }
 
 /// The validators a cache sends to revalidate a stored response: its `ETag` as
@@ -197,7 +225,7 @@ mod tests {
         ];
         for (req, want) in cases {
             assert_eq!(
-                not_modified(&Method::GET, &h(req), &stored),
+                not_modified(&Method::GET, &h(req), 200, &stored),
                 *want,
                 "{req:?}"
             );
@@ -205,13 +233,22 @@ mod tests {
         assert!(!not_modified(
             &Method::POST,
             &h(&[("if-none-match", "*")]),
+            200,
             &stored
         ));
         // Nothing to compare an entity tag with: not a 304.
         assert!(!not_modified(
             &Method::GET,
             &h(&[("if-none-match", "\"v1\"")]),
+            200,
             &h(&[])
+        ));
+        // A stored 404 is the answer, whatever the preconditions.
+        assert!(!not_modified(
+            &Method::GET,
+            &h(&[("if-modified-since", "Wed, 01 Jan 2031 00:00:00 GMT")]),
+            404,
+            &stored
         ));
     }
 
@@ -223,13 +260,20 @@ mod tests {
             ("content-length", "5"),
             ("x-kept", "1"),
         ]);
-        refresh(
+        assert!(refresh(
             &mut stored,
             &h(&[
                 ("cache-control", "max-age=60"),
                 ("content-length", "0"),
                 ("date", "Tue, 01 Jan 2030 00:00:00 GMT"),
+                ("etag", "\"v1\""),
+                ("set-cookie", "session=someone-elses"),
             ]),
+            false,
+        ));
+        assert!(
+            !stored.contains_key("set-cookie"),
+            "one client's cookie is not stored for all"
         );
         assert_eq!(stored["cache-control"], "max-age=60");
         assert_eq!(stored["content-length"], "5");
@@ -244,6 +288,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             [IF_NONE_MATCH]
         );
+    }
+
+    #[test]
+    fn a_304_about_another_response_changes_nothing() {
+        let mut stored = h(&[("etag", "\"v1\""), ("cache-control", "max-age=10")]);
+        assert!(!refresh(
+            &mut stored,
+            &h(&[("etag", "\"v2\""), ("cache-control", "max-age=600")]),
+            false
+        ));
+        assert_eq!(stored["cache-control"], "max-age=10");
+        let mut dated = h(&[("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT")]);
+        assert!(!refresh(
+            &mut dated,
+            &h(&[("last-modified", "Wed, 01 Jan 2031 00:00:00 GMT")]),
+            false
+        ));
+        assert!(refresh(
+            &mut dated,
+            &h(&[("cache-control", "max-age=1")]),
+            false
+        ));
     }
 
     #[test]
