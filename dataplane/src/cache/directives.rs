@@ -18,6 +18,9 @@ pub const DELTA_MAX: u64 = 2_147_483_648;
 pub struct ResponseDirectives {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// `s-maxage` was there but unreadable or given twice differently (`s_maxage` is then
+    /// `Some(0)`).
+    pub s_maxage_unreadable: bool,
     pub no_store: bool,
     /// Store, but validate with the origin before every reuse.
     pub no_cache: bool,
@@ -63,7 +66,17 @@ impl ResponseDirectives {
         }
         d.max_age = max_age.value();
         d.s_maxage = s_maxage.value();
+        d.s_maxage_unreadable = s_maxage.conflict;
         d
+    }
+
+    /// Whether the origin said a response to a request with credentials may be shared
+    /// (RFC 9111 §3.5): `public`, `must-revalidate`, or an `s-maxage` that reads (one that
+    /// does not is stale at once, but is no permission).
+    pub fn shareable_with_credentials(&self) -> bool {
+        self.public
+            || self.must_revalidate
+            || (self.s_maxage.is_some() && !self.s_maxage_unreadable)
     }
 
     /// Whether the origin said how long the response stays fresh for a shared cache, in
@@ -343,6 +356,16 @@ mod tests {
         for (lines, want) in cases {
             assert_eq!(&response(lines), want, "{lines:?}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_s_maxage_is_stale_and_no_permission_to_share() {
+        let d = response(&["s-maxage=soon"]);
+        assert_eq!(d.s_maxage, Some(0));
+        assert!(d.forbids_stale() && !d.shareable_with_credentials());
+        assert!(response(&["s-maxage=0"]).shareable_with_credentials());
+        assert!(response(&["public"]).shareable_with_credentials());
+        assert!(!response(&["max-age=60"]).shareable_with_credentials());
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn storable(x: &Exchange<'_>, rules: &StoreRules) -> Result<(), NotStored> {
     let d = x.response_directives;
     if x.request.contains_key(AUTHORIZATION)
         && !rules.keyed_by_consumer
-        && !(d.public || d.s_maxage.is_some() || d.must_revalidate)
+        && !d.shareable_with_credentials()
     {
         return Err(NotStored::Authorization);
     }
