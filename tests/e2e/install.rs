@@ -1,18 +1,15 @@
-//! Installing on a cluster as a user finds it: no Gateway API CRDs, no Portico CRDs. `helm
-//! install` works before the Gateway API CRDs exist (and says what to run), `helm upgrade`
-//! then makes the GatewayClass; and the rendered manifests apply in the README's order on a
-//! cluster that has never seen Portico's CRDs.
+//! Installing with helm on a cluster as a user finds it: no Gateway API CRDs, no Portico
+//! CRDs. `helm install` works before the Gateway API CRDs exist (and says what to run), `helm
+//! upgrade` then makes the GatewayClass. (The rendered manifests without helm:
+//! `install_manifests.rs`, on a cluster of its own.)
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
+use portico_tests::await_some;
 use portico_tests::cluster::{
-    Channel, apply_manifests, control_plane_with, crd_established, install_gateway_api_crds,
+    Channel, control_plane_with, crd_established, install_gateway_api_crds,
 };
-use portico_tests::{await_some, await_some_within};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -35,14 +32,8 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Server-side applies every document of `file`, as `kubectl apply --server-side` does.
-async fn apply_file(client: &kube::Client, file: &str) {
-    let text = std::fs::read_to_string(root().join(file)).expect(file);
-    apply_manifests(client, &text, "kubectl", "default", |_| false).await;
-}
-
 #[tokio::test]
-async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_in_order() {
+async fn helm_install_works_before_the_gateway_api_crds_and_upgrade_makes_the_gateway_class() {
     let cp = control_plane_with(Channel::Bare);
     let client = cp.client().await;
     let chart = root().join("charts/portico").display().to_string();
@@ -90,70 +81,6 @@ async fn helm_install_works_before_the_gateway_api_crds_and_the_manifests_apply_
     let classes: Api<portico_crds::gateway_api::gatewayclasses::GatewayClass> =
         Api::all(client.clone());
     await_some("the GatewayClass", || async {
-        classes.get_opt("portico").await.ok().flatten()
-    })
-    .await;
-
-    // 3. Without helm, on a cluster that has never seen Portico's CRDs: the README's order
-    //    (the Gateway API CRDs are there from step 2).
-    let (ok, out) = helm(
-        kc,
-        &["uninstall", "portico", "--namespace", "portico-system"],
-    );
-    assert!(ok, "helm uninstall:\n{out}");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in [
-        "authpolicies.portico.dev",
-        "ratelimitpolicies.portico.dev",
-        "backendpolicies.portico.dev",
-        "gatewayconfigs.portico.dev",
-    ] {
-        let _ = crds.delete(name, &Default::default()).await;
-    }
-    // The API server's CRD finalizer deletes the instances, then polls for them (every 5 s,
-    // for up to a minute) before it lets a CRD go, and retries with a back-off: one slow
-    // round on a loaded machine is more than a minute (CI saw 70 s once).
-    await_some_within("Portico's CRDs gone", Duration::from_secs(180), || async {
-        let left = crds
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .any(|c| {
-                c.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.ends_with(".portico.dev"))
-            });
-        (!left).then_some(())
-    })
-    .await;
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete("portico-system", &Default::default())
-        .await;
-    await_some_within(
-        "the old namespace gone",
-        Duration::from_secs(60),
-        || async {
-            Api::<Namespace>::all(client.clone())
-                .get_opt("portico-system")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
-    apply_file(&client, "deploy/portico-crds.yaml").await;
-    await_some("Portico's CRDs established", || async {
-        crd_established(&client, "gatewayconfigs.portico.dev")
-            .await
-            .then_some(())
-    })
-    .await;
-    apply_file(&client, "deploy/portico.yaml").await;
-    await_some("the GatewayClass applied again", || async {
         classes.get_opt("portico").await.ok().flatten()
     })
     .await;
