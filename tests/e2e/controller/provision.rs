@@ -611,12 +611,7 @@ async fn a_listed_namespace_gets_its_dataplane_beside_the_gateway_and_the_old_on
     let controller_name = format!("portico.dev/{ns}");
     // The lease lives in the dataplane namespace: the Gateway's may not be the controller's.
     let first = provisioner(&dp, &dp, &controller_name, "portico/dataplane:1");
-    create_cluster::<GatewayClass>(
-        &client,
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-               "metadata": {"name": ns}, "spec": {"controllerName": controller_name}}),
-    )
-    .await;
+    super::class(&client, &ns, &controller_name).await;
     create::<Gateway>(
         &client,
         &ns,
