@@ -11,12 +11,13 @@
 //! semantics that compile and the dataplane's discovery must apply alike.
 //!
 //! Portico's own CRDs are `kube::CustomResource` types here ([`auth`], [`ratelimit`],
-//! [`backend`], [`gatewayconfig`]); their YAML is generated
+//! [`cache`], [`backend`], [`gatewayconfig`]); their YAML is generated
 //! from these types by the `crdgen` binary (`make crds`) into `crds/yaml/`, never edited by
 //! hand.
 
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod endpointslice;
 pub mod gatewayconfig;
 pub mod policy;
@@ -40,6 +41,7 @@ pub fn crds()
     vec![
         auth::AuthPolicy::crd(),
         ratelimit::RateLimitPolicy::crd(),
+        cache::CachePolicy::crd(),
         backend::BackendPolicy::crd(),
         gatewayconfig::GatewayConfig::crd(),
     ]

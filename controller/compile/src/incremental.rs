@@ -85,6 +85,14 @@ fn policies(
             Vec::new(),
         )
     });
+    let cache = inputs.cache_policies.iter().map(|p| {
+        (
+            PolicyKind::Cache,
+            &p.metadata,
+            Cow::Borrowed(p.spec.target_refs.as_slice()),
+            Vec::new(),
+        )
+    });
     let backend = inputs.backend_policies.iter().map(|p| {
         (
             PolicyKind::Backend,
@@ -93,7 +101,10 @@ fn policies(
             Vec::new(),
         )
     });
-    auth.chain(unreadable_auth).chain(rate_limit).chain(backend)
+    auth.chain(unreadable_auth)
+        .chain(rate_limit)
+        .chain(cache)
+        .chain(backend)
 }
 
 /// The Gateways each object is read by.

@@ -12,6 +12,7 @@
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
 //!   RateLimitPolicy ──targetRefs──▶ (the same)
+//!   CachePolicy     ──targetRefs──▶ (the same)
 //!   BackendPolicy ──targetRefs──▶ Service [port]   (and only there)
 //!   (a policy's status is keyed by its PolicyKind)
 //! ```
@@ -32,6 +33,7 @@
 mod auth;
 mod backend;
 mod backend_policy;
+mod cache;
 mod cors;
 mod gateway;
 mod grants;
@@ -175,10 +177,12 @@ pub fn compile_scoped(
     let auth = auth::resolve(inputs, &targets, &mut status);
     let redis = ratelimit::GatewayRedis::new(inputs, controller_name);
     let rate_limit = ratelimit::resolve(inputs, &targets, &auth, &redis, &mut status);
+    let cache = cache::resolve(inputs, &targets, &auth, &mut status);
     let backend = backend_policy::resolve(inputs, &targets, &mut status);
     let policies = ResolvedPolicies {
         auth,
         rate_limit,
+        cache,
         backend,
     };
 

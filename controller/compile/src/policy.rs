@@ -55,10 +55,12 @@ impl fmt::Display for Target {
 /// Whether policies of `kind` may attach to `target`, or why not.
 pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
     match (kind, target) {
-        (PolicyKind::Auth | PolicyKind::RateLimit, Target::Service(id, _)) => Err(format!(
-            "a {kind} applies to requests as they are routed and cannot target Service {id}; \
+        (PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache, Target::Service(id, _)) => {
+            Err(format!(
+                "a {kind} applies to requests as they are routed and cannot target Service {id}; \
              target the Gateway, a listener, or an HTTPRoute or rule that sends to it"
-        )),
+            ))
+        }
         (
             PolicyKind::Backend,
             Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
@@ -68,7 +70,7 @@ pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
         )),
         (PolicyKind::Backend, Target::Service(..))
         | (
-            PolicyKind::Auth | PolicyKind::RateLimit,
+            PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache,
             Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
         ) => Ok(()),
     }

@@ -179,7 +179,7 @@ impl RateLimitPolicies {
 
 /// What a policy's keys need an AuthPolicy for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Identity {
+pub(crate) enum Identity {
     /// A `Claim` key: a verified token (JWT or introspection).
     Claims,
     /// A `Consumer` key (and no `Claim` key): any authentication mechanism.
@@ -203,7 +203,7 @@ fn needs_identity(spec: &crd::RateLimitPolicySpec) -> Option<Identity> {
 
 /// Why requests of `target` cannot carry the identity `need`: no AuthPolicy with a fitting
 /// mechanism applies to the target, to what contains it, or to what it contains.
-fn missing_identity(
+pub(crate) fn missing_identity(
     need: Identity,
     target: &Target,
     targets: &Targets,

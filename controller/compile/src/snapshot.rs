@@ -8,6 +8,7 @@
 
 use crate::auth::AuthPolicies;
 use crate::backend_policy::BackendPolicies;
+use crate::cache::CachePolicies;
 use crate::gateway::GatewayState;
 use crate::ratelimit::RateLimitPolicies;
 use crate::route::AttachedRoutes;
@@ -17,6 +18,7 @@ use portico_model::{Listener, ListenerTls, PolicyKind, PolicySet, Protocol, Snap
 pub(crate) struct ResolvedPolicies {
     pub(crate) auth: AuthPolicies,
     pub(crate) rate_limit: RateLimitPolicies,
+    pub(crate) cache: CachePolicies,
     pub(crate) backend: BackendPolicies,
 }
 
@@ -28,6 +30,7 @@ impl ResolvedPolicies {
             match kind {
                 PolicyKind::Auth => self.auth.attach(snapshot),
                 PolicyKind::RateLimit => self.rate_limit.attach(snapshot),
+                PolicyKind::Cache => self.cache.attach(snapshot),
                 PolicyKind::Backend => self.backend.attach(snapshot),
             }
         }

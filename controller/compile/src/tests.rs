@@ -971,6 +971,7 @@ fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
 }
 mod auth;
 mod backend_policy;
+mod cache;
 mod gatewayconfig;
 mod https_grpc;
 mod listenerset;

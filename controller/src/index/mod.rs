@@ -8,6 +8,7 @@
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
+//!  CachePolicy ──┤                          │
 //!  BackendPolicy ┤                          │
 //!  GatewayConfig ┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
@@ -38,6 +39,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
 use portico_crds::backend::BackendPolicy;
+use portico_crds::cache::CachePolicy;
 use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
@@ -82,6 +84,7 @@ pub struct Index {
     /// Read as far as this controller can ([`auth`]).
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
+    pub cache_policies: Store<CachePolicy>,
     pub backend_policies: Store<BackendPolicy>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
@@ -302,6 +305,9 @@ impl Index {
             rate_limit_policies: w.watch(Optional, Spec, |p: &RateLimitPolicy| {
                 DepKey::Policy(PolicyKind::RateLimit, id(p))
             }),
+            cache_policies: w.watch(Optional, Spec, |p: &CachePolicy| {
+                DepKey::Policy(PolicyKind::Cache, id(p))
+            }),
             backend_policies: w.watch(Optional, Spec, |p: &BackendPolicy| {
                 DepKey::Policy(PolicyKind::Backend, id(p))
             }),
@@ -368,6 +374,7 @@ impl Index {
             auth_policies,
             unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),
+            cache_policies: all(&self.cache_policies),
             backend_policies: all(&self.backend_policies),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,

@@ -20,7 +20,8 @@
 //! A route change touches one `routes[]` entry, an endpoint change one `backends[]` entry, so a
 //! later incremental channel can send only what changed. Policies are one more top-level
 //! collection that routes refer to by name ([`policy`]): the snapshot's [`PolicySet`]
-//! (`authPolicies[]` of [`auth`], `rateLimitPolicies[]` of [`ratelimit`]), named by a rule's
+//! (`authPolicies[]` of [`auth`], `rateLimitPolicies[]` of [`ratelimit`], `cachePolicies[]`
+//! of [`cache`]), named by a rule's
 //! [`AttachedPolicies`] (a policy on its HTTPRoute or rule) or a route parent's (on its
 //! listener or Gateway).
 //!
@@ -34,6 +35,7 @@
 pub mod auth;
 pub mod backend;
 pub mod budget;
+pub mod cache;
 pub mod channel;
 pub mod filter;
 #[cfg(any(test, feature = "fixtures"))]

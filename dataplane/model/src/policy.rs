@@ -12,7 +12,7 @@
 //! field would have served the route unprotected).
 
 use crate::object::ObjectRef;
-use crate::{auth, ratelimit};
+use crate::{auth, cache, ratelimit};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -33,12 +33,22 @@ pub enum PolicyKind {
     /// compile.
     #[serde(rename = "BackendPolicy")]
     Backend,
+    /// `CachePolicy`: response caching. Does not attach when it does not compile (the
+    /// routes are then served uncached).
+    #[serde(rename = "CachePolicy")]
+    Cache,
 }
 
 impl PolicyKind {
     /// Every kind, in the order requests meet them (authentication before rate limits, so a
     /// limit can be keyed by who the request is, and both before the backend).
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Auth, PolicyKind::RateLimit, PolicyKind::Backend];
+    /// The cache comes after both: a cached answer is for the requests that got that far.
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Auth,
+        PolicyKind::RateLimit,
+        PolicyKind::Cache,
+        PolicyKind::Backend,
+    ];
 
     /// The Kubernetes kind of the policy's CRD.
     pub fn as_str(self) -> &'static str {
@@ -46,6 +56,7 @@ impl PolicyKind {
             PolicyKind::Auth => "AuthPolicy",
             PolicyKind::RateLimit => "RateLimitPolicy",
             PolicyKind::Backend => "BackendPolicy",
+            PolicyKind::Cache => "CachePolicy",
         }
     }
 }
@@ -71,6 +82,9 @@ pub struct AttachedPolicies {
     /// The [`PolicyKind::RateLimit`] policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<ObjectRef>,
+    /// The [`PolicyKind::Cache`] policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ObjectRef>,
 }
 
 impl AttachedPolicies {
@@ -79,6 +93,7 @@ impl AttachedPolicies {
         match kind {
             PolicyKind::Auth => self.auth.as_ref(),
             PolicyKind::RateLimit => self.rate_limit.as_ref(),
+            PolicyKind::Cache => self.cache.as_ref(),
             PolicyKind::Backend => None,
         }
     }
@@ -89,6 +104,7 @@ impl AttachedPolicies {
         match kind {
             PolicyKind::Auth => self.auth = policy,
             PolicyKind::RateLimit => self.rate_limit = policy,
+            PolicyKind::Cache => self.cache = policy,
             PolicyKind::Backend => {}
         }
     }
@@ -113,6 +129,13 @@ pub struct PolicySet {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub rate_limit: Vec<ratelimit::RateLimitPolicy>,
+    /// The [`PolicyKind::Cache`] policies.
+    #[serde(
+        rename = "cachePolicies",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cache: Vec<cache::CachePolicy>,
 }
 
 impl PolicySet {
@@ -121,6 +144,7 @@ impl PolicySet {
         match kind {
             PolicyKind::Auth => self.auth.iter().map(|p| &p.id).collect(),
             PolicyKind::RateLimit => self.rate_limit.iter().map(|p| &p.id).collect(),
+            PolicyKind::Cache => self.cache.iter().map(|p| &p.id).collect(),
             // Carried by the backends they apply to.
             PolicyKind::Backend => Vec::new(),
         }

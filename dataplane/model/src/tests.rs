@@ -168,6 +168,21 @@ fn sample() -> Snapshot {
                     timeout_ms: 100,
                 }),
             }],
+            cache: vec![cache::CachePolicy {
+                id: ObjectRef::new("default", "cache"),
+                default_ttl: Some(60),
+                max_ttl: 3600,
+                stale_while_revalidate: Some(30),
+                key: cache::CacheKey {
+                    query: cache::QueryKey::Exclude(vec!["utm_source".into()]),
+                    headers: vec!["accept-language".into()],
+                    consumer: true,
+                },
+                statuses: vec![200, 404],
+                max_object_bytes: 1 << 20,
+                coalesce_timeout_ms: 5000,
+                ..cache::CachePolicy::default()
+            }],
         },
         session_key: Some(auth::Sensitive("SECRET-SESSION".into())),
     }

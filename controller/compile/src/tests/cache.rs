@@ -1,0 +1,124 @@
+//! CachePolicy: attachment and precedence (shared with the other policies), the compiled
+//! policy in the snapshot, and every misconfiguration reported in the policy's own status
+//! while its routes keep serving, uncached.
+
+use super::{applied_policy, gw, policy_condition, run};
+use crate::Output;
+use crate::status::{Condition, reasons, types};
+use portico_model::PolicyKind;
+use portico_model::cache::QueryKey;
+
+const ROUTES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - name: images
+    matches: [{path: {type: PathPrefix, value: /images}}]
+    backendRefs: [{name: svc, port: 80}]
+  - backendRefs: [{name: svc, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /other}}]
+    backendRefs: [{name: svc, port: 80}]
+"#;
+
+fn policy(name: &str, created: &str, targets: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: portico.dev/v1alpha1\nkind: CachePolicy\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: {targets}\n{body}\n"
+    )
+}
+
+const GW: &str = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";
+const ROUTE: &str = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}]";
+const RULE: &str =
+    "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: images}]";
+const T1: &str = "2026-01-01T00:00:00Z";
+const T2: &str = "2026-01-02T00:00:00Z";
+
+fn accepted(out: &Output, policy: &str) -> Condition {
+    policy_condition(out, PolicyKind::Cache, policy, 0, types::ACCEPTED)
+}
+
+fn applied(out: &Output, route: &str, rule: usize) -> Option<String> {
+    applied_policy(out, route, rule, PolicyKind::Cache)
+}
+
+#[test]
+fn the_most_specific_policy_applies_whole_and_the_oldest_wins_a_tie() {
+    let out = run(&format!(
+        "{ROUTES}{}{}{}{}",
+        policy("gateway", T1, GW, "  defaultTTL: 1m"),
+        policy("route", T1, ROUTE, "  defaultTTL: 5m"),
+        policy(
+            "rule",
+            T1,
+            RULE,
+            "  forcedTTL: 1h\n  key: {ignoreQuery: true}"
+        ),
+        policy("younger", T2, RULE, "  defaultTTL: 1m"),
+    ));
+    assert_eq!(applied(&out, "api", 0).as_deref(), Some("rule"));
+    assert_eq!(applied(&out, "api", 1).as_deref(), Some("route"));
+    assert_eq!(applied(&out, "other", 0).as_deref(), Some("gateway"));
+    let c = accepted(&out, "younger");
+    assert_eq!(c.reason, reasons::CONFLICTED);
+    for p in ["gateway", "route", "rule"] {
+        assert!(accepted(&out, p).is_true(), "{p}");
+    }
+    let snap = &out.snapshots[&gw()];
+    let rule = snap
+        .policies
+        .cache
+        .iter()
+        .find(|p| p.id.name == "rule")
+        .expect("compiled");
+    assert_eq!(rule.forced_ttl, Some(3600));
+    assert_eq!(rule.key.query, QueryKey::None);
+    // Only what routes use is sent: the conflicted one is not.
+    assert!(snap.policies.cache.iter().all(|p| p.id.name != "younger"));
+}
+
+#[test]
+fn a_broken_policy_is_reported_and_its_routes_serve_uncached_or_under_the_next_one() {
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        policy("gateway", T1, GW, "  defaultTTL: 1m"),
+        policy("broken", T1, ROUTE, "  defaultTTL: 2h\n  maxTTL: 1h"),
+    ));
+    let c = accepted(&out, "broken");
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("longer than maxTTL"), "{}", c.message);
+    // The route is served, under the Gateway's policy.
+    assert_eq!(applied(&out, "api", 1).as_deref(), Some("gateway"));
+}
+
+#[test]
+fn keying_by_consumer_needs_an_auth_policy_and_a_missing_target_is_reported() {
+    let by_consumer = "  key: {consumer: true}";
+    let missing = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: missing}]";
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        policy("by-consumer", T1, ROUTE, by_consumer),
+        policy("nowhere", T1, missing, ""),
+    ));
+    let c = accepted(&out, "by-consumer");
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("key.consumer needs"), "{}", c.message);
+    assert_eq!(accepted(&out, "nowhere").reason, reasons::TARGET_NOT_FOUND);
+    let keys = "---\napiVersion: portico.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: keys, namespace: default}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  apiKey: {secretRefs: [{name: keys}]}\n";
+    let out = run(&format!(
+        "{ROUTES}{keys}{}",
+        policy("by-consumer", T1, ROUTE, by_consumer)
+    ));
+    assert!(accepted(&out, "by-consumer").is_true());
+    assert!(out.snapshots[&gw()].policies.cache[0].key.consumer);
+}
