@@ -108,6 +108,7 @@ fn main() {
             &metrics,
             &auth,
             &portico_dataplane::ratelimit::RateLimitShared::default(),
+            &portico_dataplane::cache::step::CacheShared::new(0, &metrics),
         );
         let build_ms = started.elapsed().as_secs_f64() * 1e3;
         // Tables, pools and the per-route metric series are what the dataplane keeps.

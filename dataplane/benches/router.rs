@@ -20,6 +20,7 @@ fn bench(c: &mut Criterion) {
     let metrics = Metrics::default();
     let auth = portico_dataplane::auth::AuthShared::default();
     let limits = portico_dataplane::ratelimit::RateLimitShared::default();
+    let cache = portico_dataplane::cache::step::CacheShared::new(0, &metrics);
     let mut tables = table::build(
         std::slice::from_ref(&snap),
         IP,
@@ -27,6 +28,7 @@ fn bench(c: &mut Criterion) {
         &metrics,
         &auth,
         &limits,
+        &cache,
     );
     let router = tables
         .sockets
@@ -104,6 +106,7 @@ fn bench(c: &mut Criterion) {
                     &metrics,
                     &auth,
                     &limits,
+                    &cache,
                 )
             },
             BatchSize::PerIteration,

@@ -594,6 +594,8 @@ pub enum ProxyBody {
     Local(Full<Bytes>),
     /// A backend's body, compressed on the way.
     Compressed(Box<crate::compress::Compressed<BackendBody>>),
+    /// A body copied as it goes to the client, for a store that keeps it (the cache).
+    Filling(Box<Filling>),
 }
 
 impl ProxyBody {
@@ -622,6 +624,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
             ProxyBody::Compressed(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Filling(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -630,6 +633,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
             ProxyBody::Compressed(b) => b.is_end_stream(),
+            ProxyBody::Filling(b) => b.inner.is_end_stream(),
         }
     }
 
@@ -638,8 +642,116 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
             ProxyBody::Compressed(b) => b.size_hint(),
+            ProxyBody::Filling(b) => b.inner.size_hint(),
         }
     }
+}
+
+/// How a [`Filling`] body ended, told once to its sink.
+#[derive(Debug)]
+pub enum Filled {
+    /// The whole body, as the client got it.
+    Whole(Bytes),
+    /// It grew past the limit: the rest went to the client uncopied.
+    TooLarge,
+    /// It failed, or the client went away before its end.
+    Failed,
+}
+
+/// Where a [`Filling`] body's copy goes.
+pub type FillSink = Box<dyn FnOnce(Filled) + Send + Sync>;
+
+/// A body passed through to the client and copied, up to a limit, for a sink that is told
+/// once how it ended (dropped before its end: [`Filled::Failed`]).
+pub struct Filling {
+    inner: ProxyBody,
+    chunks: Vec<Bytes>,
+    held: usize,
+    limit: usize,
+    sink: Option<FillSink>,
+}
+
+impl Filling {
+    pub fn new(inner: ProxyBody, limit: usize, sink: FillSink) -> Self {
+        Self {
+            inner,
+            chunks: Vec::new(),
+            held: 0,
+            limit,
+            sink: Some(sink),
+        }
+    }
+
+    fn end(&mut self, how: Filled) {
+        if let Some(sink) = self.sink.take() {
+            sink(how);
+        }
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        self.end(Filled::Failed);
+    }
+}
+
+impl Body for Filling {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && this.sink.is_some()
+                {
+                    this.held += data.len();
+                    if this.held > this.limit {
+                        this.chunks.clear();
+                        this.end(Filled::TooLarge);
+                    } else {
+                        this.chunks.push(data.clone());
+                    }
+                }
+                if this.sink.is_some() && this.inner.is_end_stream() {
+                    let whole = join(std::mem::take(&mut this.chunks), this.held);
+                    this.end(Filled::Whole(whole));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.end(Filled::Failed),
+            Poll::Ready(None) => {
+                let whole = join(std::mem::take(&mut this.chunks), this.held);
+                this.end(Filled::Whole(whole));
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The chunks of a body as one buffer (no copy for a body of one chunk).
+fn join(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut out = bytes::BytesMut::with_capacity(len);
+    for c in chunks {
+        out.extend_from_slice(&c);
+    }
+    out.freeze()
 }
 
 /// An answer the gateway gives itself, whoever decided it (a policy's 401, 403 or 429, an

@@ -16,12 +16,14 @@
 //!   coalesce::Coalescer: one upstream request per missed key, the others wait (bounded)
 //! ```
 //!
-//! Leaves: these modules import `http`, `httpdate`, `bytes`, `tokio::sync` and each other,
-//! nothing of the proxy.
+//! Leaves, but for [`step`]: these modules import `http`, `httpdate`, `bytes`, `tokio::sync`
+//! and each other, nothing of the proxy. [`step`] is the cache as a step of the request path
+//! (lookup before the upstream, storing after it), applying them.
 
 pub mod coalesce;
 pub mod directives;
 pub mod freshness;
+pub mod step;
 pub mod storable;
 pub mod store;
 pub mod validation;

@@ -22,6 +22,8 @@ pub struct DataplaneSettings {
     pub server: ServerSettings,
     /// Keys a local rate limit holds per replica at most.
     pub rate_limit_max_keys: usize,
+    /// The memory cache's budget in bytes (responses, headers and keys).
+    pub cache_memory_bytes: usize,
 }
 
 /// What applying a configuration did.
@@ -43,6 +45,8 @@ pub struct Dataplane {
     auth: crate::auth::AuthShared,
     /// Rate-limit counters and Redis connections, likewise.
     limits: Arc<crate::ratelimit::RateLimitShared>,
+    /// The memory cache and its coalescing table, likewise.
+    pub cache: Arc<crate::cache::step::CacheShared>,
     server: Server,
     default_bind: IpAddr,
     routes: Mutex<BTreeSet<String>>,
@@ -50,6 +54,7 @@ pub struct Dataplane {
     route_series: Mutex<BTreeSet<crate::metrics::RouteSeries>>,
     auth_policies: Mutex<BTreeSet<String>>,
     rate_limit_policies: Mutex<BTreeSet<String>>,
+    cache_policies: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
     discovery: std::sync::OnceLock<Arc<dyn Discovery>>,
 }
@@ -77,8 +82,10 @@ impl std::fmt::Debug for Dataplane {
 impl Dataplane {
     pub fn new(settings: &DataplaneSettings) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let proxy = Arc::new(Proxy::new(&settings.proxy, &metrics));
+        let proxy = Proxy::new(&settings.proxy, &metrics);
+        let cache = crate::cache::step::CacheShared::new(settings.cache_memory_bytes, &metrics);
         Self {
+            cache,
             server: Server::new(proxy, metrics.clone(), &settings.server),
             metrics,
             upstreams: Upstreams::new(settings.proxy.conn()),
@@ -98,6 +105,7 @@ impl Dataplane {
             route_series: Mutex::new(BTreeSet::new()),
             auth_policies: Mutex::new(BTreeSet::new()),
             rate_limit_policies: Mutex::new(BTreeSet::new()),
+            cache_policies: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
             discovery: std::sync::OnceLock::new(),
         }
@@ -153,6 +161,7 @@ impl Dataplane {
             &self.metrics,
             &self.auth,
             &self.limits,
+            &self.cache,
         );
         let warnings = tables.warnings.clone();
         let backends = tables.backends.clone();
@@ -161,6 +170,7 @@ impl Dataplane {
         let certificates = tables.certificates.clone();
         let policies = tables.auth_policies.clone();
         let limit_policies = tables.rate_limit_policies.clone();
+        let cache_policies = tables.cache_policies.clone();
         if let Err(bind_failures) = self.server.apply(tables) {
             // Refused whole: the running configuration keeps serving as it was.
             return ApplyReport {
@@ -194,6 +204,13 @@ impl Dataplane {
                 self.metrics.forget_rate_limit(gone);
             }
             *known = limit_policies;
+        }
+        {
+            let mut known = self.cache_policies.lock();
+            for gone in known.difference(&cache_policies) {
+                self.metrics.forget_cache(gone);
+            }
+            *known = cache_policies;
         }
         self.metrics
             .config_version

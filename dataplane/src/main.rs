@@ -142,9 +142,13 @@ struct ServeArgs {
     /// Address for listeners of Gateways without `spec.addresses`.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
-    /// Address of the admin server (/healthz, /readyz, /metrics).
+    /// Address of the admin server (/healthz, /readyz, /metrics, /cache/purge).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin_address: SocketAddr,
+    /// A file holding the bearer token `POST /cache/purge` requires. Without one, purges
+    /// are served only on a loopback admin address.
+    #[arg(long)]
+    admin_token_file: Option<std::path::PathBuf>,
     /// How long in-flight requests may take to finish on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -210,6 +214,11 @@ struct ServeArgs {
     /// keys and then the oldest-looking ones are dropped. About 100 bytes per key.
     #[arg(long, default_value_t = portico_dataplane::ratelimit::DEFAULT_MAX_KEYS)]
     rate_limit_max_keys: usize,
+
+    /// The memory cache's budget per replica, in bytes (bodies, headers and keys of the
+    /// responses CachePolicies store); beyond it, the least recently used go.
+    #[arg(long, default_value_t = 128 << 20, env = "PORTICO_CACHE_MEMORY_BYTES")]
+    cache_memory_bytes: usize,
 }
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
@@ -436,6 +445,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             ..ServerSettings::default()
         },
         rate_limit_max_keys: args.rate_limit_max_keys,
+        cache_memory_bytes: args.cache_memory_bytes,
     };
     let dp = Arc::new(Dataplane::new(&settings));
     // Standalone mode refuses to start on a directory that does not load.
@@ -467,7 +477,17 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     } else {
         tracing::info!(address = %args.admin_address, "admin server listening");
     }
-    tokio::spawn(admin::serve(admin, dp.clone()));
+    let token = match &args.admin_token_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the admin token {}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+    };
+    let access = admin::PurgeAccess::new(token, args.admin_address);
+    tokio::spawn(admin::serve(admin, dp.clone(), access));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -289,8 +289,79 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+/// What the cache did for a request (RFC 9211's vocabulary, folded to a few values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Answered from the cache, fresh.
+    Hit,
+    /// Answered from the cache, stale (stale-while-revalidate, stale-if-error, max-stale).
+    Stale,
+    /// Not stored (or not for this variant): forwarded.
+    Miss,
+    /// Stored but stale, and the backend confirmed it (304).
+    Revalidated,
+    /// Waited for another request's answer for the same key.
+    Coalesced,
+    /// Not looked up (a method the cache does not serve, credentials it is not keyed by,
+    /// `no-store`).
+    Bypass,
+}
+
+const CACHE_RESULTS: [(CacheResult, &str); 6] = [
+    (CacheResult::Hit, "hit"),
+    (CacheResult::Stale, "stale"),
+    (CacheResult::Miss, "miss"),
+    (CacheResult::Revalidated, "revalidated"),
+    (CacheResult::Coalesced, "coalesced"),
+    (CacheResult::Bypass, "bypass"),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    policy: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+/// One CachePolicy's counters.
+#[derive(Clone, Debug)]
+pub struct CacheMetrics {
+    results: [Counter; 6],
+    stored: Counter,
+    stored_bytes: Counter,
+}
+
+impl CacheMetrics {
+    pub fn record(&self, r: CacheResult) {
+        let i = CACHE_RESULTS.iter().position(|(x, _)| *x == r).unwrap_or(0);
+        self.results[i].inc();
+    }
+
+    pub fn stored(&self, bytes: usize) {
+        self.stored.inc();
+        self.stored_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// The memory tier's gauges, shared by every policy.
+#[derive(Clone, Debug, Default)]
+pub struct CacheStoreMetrics {
+    pub objects: Gauge,
+    pub bytes: Gauge,
+    pub evictions: Counter,
+    pub purged: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
+    cache: Family<CacheLabels, Counter>,
+    cache_stored: Family<PolicyLabel, Counter>,
+    cache_stored_bytes: Family<PolicyLabel, Counter>,
+    pub cache_store: CacheStoreMetrics,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteSeries, LatencyHistogram>,
     auth: Family<AuthLabels, Counter>,
@@ -369,6 +440,45 @@ impl Default for Metrics {
         let tunnels = crate::tunnel::TunnelMetrics::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         let compressed = Family::<EncodingLabel, Counter>::default();
+        let cache = Family::<CacheLabels, Counter>::default();
+        let cache_stored = Family::<PolicyLabel, Counter>::default();
+        let cache_stored_bytes = Family::<PolicyLabel, Counter>::default();
+        let cache_store = CacheStoreMetrics::default();
+        registry.register(
+            "cache_requests",
+            "Requests a CachePolicy applied to, by policy and result (hit; stale: served stale; miss; revalidated: a stale entry the backend confirmed; coalesced: waited for another request's answer; bypass: not looked up)",
+            cache.clone(),
+        );
+        registry.register(
+            "cache_stored",
+            "Responses stored in the cache, by policy",
+            cache_stored.clone(),
+        );
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes of response bodies stored in the cache, by policy",
+            cache_stored_bytes.clone(),
+        );
+        registry.register(
+            "cache_objects",
+            "Responses held in the memory cache now",
+            cache_store.objects.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes the memory cache holds now (headers, bodies and keys), within its budget",
+            cache_store.bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Responses evicted from the memory cache to make room",
+            cache_store.evictions.clone(),
+        );
+        registry.register(
+            "cache_purged",
+            "Responses removed from the memory cache by purges and invalidations",
+            cache_store.purged.clone(),
+        );
         registry.register(
             "compressed_responses",
             "Responses compressed by a BackendPolicy's compression, by encoding (gzip, br, zstd)",
@@ -543,6 +653,10 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            cache,
+            cache_stored,
+            cache_stored_bytes,
+            cache_store,
             requests,
             duration,
             auth,
@@ -733,6 +847,40 @@ impl Metrics {
                     .clone()
             }),
         }
+    }
+
+    /// Counters for one CachePolicy.
+    pub fn cache(&self, policy: &str) -> CacheMetrics {
+        let label = PolicyLabel {
+            policy: policy.to_string(),
+        };
+        CacheMetrics {
+            results: CACHE_RESULTS.map(|(_, result)| {
+                self.cache
+                    .get_or_create(&CacheLabels {
+                        policy: policy.to_string(),
+                        result,
+                    })
+                    .clone()
+            }),
+            stored: self.cache_stored.get_or_create(&label).clone(),
+            stored_bytes: self.cache_stored_bytes.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Removes the series of a cache policy no longer configured.
+    pub fn forget_cache(&self, policy: &str) {
+        for (_, result) in CACHE_RESULTS {
+            self.cache.remove(&CacheLabels {
+                policy: policy.to_string(),
+                result,
+            });
+        }
+        let label = PolicyLabel {
+            policy: policy.to_string(),
+        };
+        self.cache_stored.remove(&label);
+        self.cache_stored_bytes.remove(&label);
     }
 
     /// Removes the series of a rate-limit policy no longer configured.

@@ -8,6 +8,7 @@
 //! ([`crate::body::LocalReply`]).
 
 use crate::auth::AuthEngine;
+use crate::cache::step::CacheEngine;
 use crate::errors::ProxyError;
 use crate::ratelimit::RateLimitEngine;
 use crate::request::RequestCtx;
@@ -43,24 +44,41 @@ impl Step {
 }
 
 /// The steps of one rule as reached through one parent, in order: authentication first (a
-/// rate limit may be keyed by the consumer it found), then rate limits.
+/// rate limit may be keyed by the consumer it found), then rate limits; and the cache, which
+/// wraps the upstream rather than running before it (the proxy asks for it by
+/// [`Chain::cache`]): a cached answer is only for requests the steps before it let through.
 #[derive(Debug, Default)]
-pub struct Chain(Box<[Step]>);
+pub struct Chain {
+    steps: Box<[Step]>,
+    cache: Option<Arc<CacheEngine>>,
+}
 
 impl Chain {
     /// The rule's policy of each kind, else its parent's (the most specific applies whole).
-    pub fn new(auth: Option<Arc<AuthEngine>>, rate_limit: Option<Arc<RateLimitEngine>>) -> Self {
+    pub fn new(
+        auth: Option<Arc<AuthEngine>>,
+        rate_limit: Option<Arc<RateLimitEngine>>,
+        cache: Option<Arc<CacheEngine>>,
+    ) -> Self {
         let steps: Vec<Step> = [auth.map(Step::Auth), rate_limit.map(Step::RateLimit)]
             .into_iter()
             .flatten()
             .collect();
-        Chain(steps.into_boxed_slice())
+        Chain {
+            steps: steps.into_boxed_slice(),
+            cache,
+        }
+    }
+
+    /// The cache of the rule, if a CachePolicy applies.
+    pub fn cache(&self) -> Option<&CacheEngine> {
+        self.cache.as_deref()
     }
 
     /// Runs every step on the request, in order, until one refuses it.
     /// Whether there is anything to run (most rules have no policy).
     pub fn has_steps(&self) -> bool {
-        !self.0.is_empty()
+        !self.steps.is_empty()
     }
 
     pub async fn on_request<B>(
@@ -68,7 +86,7 @@ impl Chain {
         req: &mut Request<B>,
         cx: &mut RequestCtx,
     ) -> Result<(), ProxyError> {
-        for step in &self.0 {
+        for step in &self.steps {
             step.on_request(req, cx).await?;
         }
         Ok(())

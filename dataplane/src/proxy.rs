@@ -2,6 +2,7 @@
 //! connection, filter the response, record metrics and the access log.
 
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody, RequestBody};
+use crate::cache::step::{CacheEngine, Lookup};
 use crate::compress::{Compressed, CompressionPolicy, Negotiated};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
@@ -69,7 +70,12 @@ impl Default for ProxySettings {
     }
 }
 
+/// How long a background cache refresh may take when its rule sets no request timeout.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Proxy {
+    /// Itself, for work that outlives a request (background cache refreshes).
+    me: std::sync::Weak<Proxy>,
     unmatched: RouteMetrics,
     access_log: bool,
     edge: EdgeSettings,
@@ -91,8 +97,9 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(settings: &ProxySettings, metrics: &Arc<Metrics>) -> Self {
-        Self {
+    pub fn new(settings: &ProxySettings, metrics: &Arc<Metrics>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             unmatched: metrics.route(&RouteSeries::unmatched()),
             access_log: settings.access_log,
             edge: settings.edge,
@@ -102,7 +109,7 @@ impl Proxy {
             mirrors: Mirrors::new(settings.body, metrics.clone()),
             encoders: Arc::new(tokio::sync::Semaphore::new(crate::compress::MAX_ENCODERS)),
             metrics: metrics.clone(),
-        }
+        })
     }
 
     /// Serves one request. Never fails: every error becomes a response here. The sequence:
@@ -215,13 +222,60 @@ impl Proxy {
             {
                 return (Err(e), None);
             }
-            self.forward(&routed.rule, req, cx).await
+            match routed.chain.cache() {
+                None => self.forward(&routed.rule, req, cx).await,
+                // Boxed, like the policies: most routes have no cache.
+                Some(cache) => Box::pin(self.cached(routed, cache, req, cx)).await,
+            }
         });
         match routed.rule.request_timeout {
             Some(d) => tokio::time::timeout(d, fut)
                 .await
                 .unwrap_or((Err(ProxyError::RequestTimeout), None)),
             None => fut.await,
+        }
+    }
+
+    /// The upstream through the rule's cache: answered from it, forwarded and stored, or
+    /// answered stale while a refresh goes upstream in the background.
+    async fn cached(
+        &self,
+        routed: &Routed,
+        cache: &CacheEngine,
+        mut req: Request<RequestBody>,
+        cx: &mut RequestCtx,
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {
+        match cache.lookup(&mut req, cx).await {
+            Lookup::Answer(resp) => (Ok(resp), None),
+            Lookup::Forward(pending) => {
+                let (result, addr) = self.forward(&routed.rule, req, cx).await;
+                (cache.complete(*pending, result), addr)
+            }
+            Lookup::AnswerAndRefresh(resp, pending) => {
+                if let Some(me) = self.me.upgrade() {
+                    let rule = routed.rule.clone();
+                    let chain = routed.chain.clone();
+                    let mut bg = cx.fork();
+                    // The client's body (a GET has none worth sending) stays with it.
+                    let (parts, _) = req.into_parts();
+                    let req = Request::from_parts(parts, RequestBody::Empty);
+                    let limit = rule.request_timeout.unwrap_or(REFRESH_TIMEOUT);
+                    tokio::spawn(async move {
+                        let refresh = async {
+                            let (result, _) = me.forward(&rule, req, &mut bg).await;
+                            let Some(cache) = chain.cache() else { return };
+                            // Read to its end: the entry is stored when the body is whole.
+                            if let Ok(resp) = cache.complete(*pending, result) {
+                                let _ = resp.into_body().collect().await;
+                            }
+                        };
+                        if tokio::time::timeout(limit, refresh).await.is_err() {
+                            tracing::debug!("a background cache refresh timed out");
+                        }
+                    });
+                }
+                (Ok(resp), None)
+            }
         }
     }
 

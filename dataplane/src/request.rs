@@ -101,6 +101,29 @@ impl RequestCtx {
         }
     }
 
+    /// A context for a request the gateway makes on this one's behalf after answering it
+    /// (a cache refresh): the same connection, route and identity; nothing decided yet.
+    pub fn fork(&self) -> Self {
+        Self {
+            route: self.route.clone(),
+            rule_index: self.rule_index,
+            matching: self.matching.clone(),
+            prefix: self.prefix.clone(),
+            identity: Authenticated {
+                consumer: self.identity.consumer.clone(),
+                claims: self.identity.claims.clone(),
+            },
+            credentials: self.credentials,
+            cookie: self.cookie,
+            ..Self::new(
+                self.id.clone(),
+                self.down.clone(),
+                self.trusted_hops,
+                self.grpc,
+            )
+        }
+    }
+
     /// The path policies match on: the one routing matched.
     pub fn path<'a>(&'a self, forwarded: &'a str) -> &'a str {
         self.matching.as_deref().unwrap_or(forwarded)

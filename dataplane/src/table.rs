@@ -2,6 +2,7 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
+use crate::cache::step::{CacheEngine, CacheShared};
 use crate::cors::CorsPolicy;
 use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
 use crate::mirror::MirrorTo;
@@ -39,6 +40,8 @@ pub struct Tables {
     pub auth_policies: BTreeSet<String>,
     /// Every rate-limit policy in use, likewise.
     pub rate_limit_policies: BTreeSet<String>,
+    /// Every cache policy in use, likewise.
+    pub cache_policies: BTreeSet<String>,
     pub backends: Vec<(BackendId, AppProtocol)>,
     /// Things that were skipped, for the log.
     pub warnings: Vec<String>,
@@ -52,6 +55,7 @@ pub fn build(
     metrics: &Metrics,
     auth: &AuthShared,
     limits: &RateLimitShared,
+    cache: &Arc<CacheShared>,
 ) -> Tables {
     let mut t = Tables::default();
     // Which gateway/listener owns each (socket, listener hostname) slot.
@@ -158,6 +162,16 @@ pub fn build(
         let limiter = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| limiters.get(id).cloned());
         t.rate_limit_policies
             .extend(snap.policies.rate_limit.iter().map(|p| p.id.to_string()));
+        let caches: std::collections::HashMap<&ObjectRef, Arc<CacheEngine>> = snap
+            .policies
+            .cache
+            .iter()
+            .map(|p| (&p.id, Arc::new(CacheEngine::new(p, cache, metrics))))
+            .collect();
+        // A cache policy missing from the snapshot caches nothing.
+        let cacher = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| caches.get(id).cloned());
+        t.cache_policies
+            .extend(snap.policies.cache.iter().map(|p| p.id.to_string()));
         for route in &snap.routes {
             order += 1;
             let rule_auth: Vec<Option<Arc<AuthEngine>>> = route
@@ -169,6 +183,11 @@ pub fn build(
                 .rules
                 .iter()
                 .map(|r| limiter(&r.policies.rate_limit))
+                .collect();
+            let rule_caches: Vec<Option<Arc<CacheEngine>>> = route
+                .rules
+                .iter()
+                .map(|r| cacher(&r.policies.cache))
                 .collect();
             let label: Arc<str> = route.label().into();
             let rules: Vec<Arc<CompiledRule>> = route
@@ -202,6 +221,7 @@ pub fn build(
                 };
                 let parent_auth = engine(&parent.policies.auth);
                 let parent_limits = limiter(&parent.policies.rate_limit);
+                let parent_cache = cacher(&parent.policies.cache);
                 // One chain per rule as reached through this parent, shared by its matches
                 // and hosts.
                 let chains: Vec<Arc<Chain>> = (0..route.rules.len())
@@ -209,6 +229,7 @@ pub fn build(
                         Arc::new(Chain::new(
                             most_specific(rule_auth.get(ri), &parent_auth),
                             most_specific(rule_limits.get(ri), &parent_limits),
+                            most_specific(rule_caches.get(ri), &parent_cache),
                         ))
                     })
                     .collect();

@@ -185,6 +185,7 @@ fn serve(snapshot: &Snapshot) -> (Dataplane, SocketAddr) {
         },
         server: ServerSettings::default(),
         rate_limit_max_keys: 1000,
+        cache_memory_bytes: 1 << 20,
     });
     let report = dp.apply(std::slice::from_ref(snapshot), snapshot.version);
     assert!(report.bind_failures.is_empty(), "{report:?}");
@@ -397,6 +398,7 @@ async fn a_gateway_with_nothing_to_serve_is_ready_and_no_gateway_is_not() {
         proxy: ProxySettings::default(),
         server: ServerSettings::default(),
         rate_limit_max_keys: 10,
+        cache_memory_bytes: 1 << 20,
     });
     assert!(!dp.ready(), "nothing applied yet");
     let empty = Snapshot {
@@ -2171,6 +2173,7 @@ async fn an_idle_websocket_is_closed() {
         },
         server: ServerSettings::default(),
         rate_limit_max_keys: 1000,
+        cache_memory_bytes: 1 << 20,
     });
     let report = dp.apply(std::slice::from_ref(&snapshot), 1);
     assert!(report.bind_failures.is_empty(), "{report:?}");

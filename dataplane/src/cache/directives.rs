@@ -14,7 +14,7 @@ use http::header::{CACHE_CONTROL, PRAGMA};
 pub const DELTA_MAX: u64 = 2_147_483_648;
 
 /// The response directives a shared cache acts on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResponseDirectives {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
@@ -94,7 +94,7 @@ impl ResponseDirectives {
 }
 
 /// The request directives a shared cache acts on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestDirectives {
     /// Accept no copy older than this.
     pub max_age: Option<u64>,

@@ -25,7 +25,7 @@ pub const MAX_VARIANTS: usize = 32;
 const OVERHEAD: usize = 256;
 
 /// One stored response.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Stored {
     pub status: StatusCode,
     pub headers: HeaderMap,

@@ -42,6 +42,7 @@ fn build(listeners: Vec<Listener>, routes: Vec<HttpRoute>) -> SocketRouter {
         &Metrics::default(),
         &crate::auth::AuthShared::default(),
         &crate::ratelimit::RateLimitShared::default(),
+        &crate::cache::step::CacheShared::new(0, &Metrics::default()),
     );
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     t.sockets.remove(&SocketAddr::new(IP, 80)).expect("socket")

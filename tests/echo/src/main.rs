@@ -4,6 +4,10 @@
 //! protocol version and headers (name → list of values). Query parameters steer it:
 //! `delay_ms=N` waits before answering, `status=N` sets the status, `size=N` answers N bytes
 //! of `x` instead of JSON. `GET /__stats` reports how many requests it answered (not counted).
+//! For the cache tests: `cc=V` answers `Cache-Control: V`, `vary=H` `Vary: H`, `tag=T`
+//! `Cache-Tag: T`, `cookie=1` a `Set-Cookie`, `etag=E` `ETag: "E"` (and 304 to a matching
+//! `If-None-Match`); values are percent-decoded. The JSON carries `count`, the number of
+//! requests answered so far, so a test can tell answers apart.
 //! Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port.
 //!
 //! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
@@ -98,6 +102,59 @@ fn fixed(req: &Request<Incoming>, f: &Fixed) -> Response<Full<Bytes>> {
     r
 }
 
+/// A query parameter's text, percent-decoded (`%2C` is a comma).
+fn text_param(query: Option<&str>, name: &str) -> Option<String> {
+    let raw = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| {
+            bytes
+                .get(j)
+                .and_then(|b| (*b as char).to_digit(16))
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The caching headers the query asks for (see the module's doc).
+fn cache_headers(query: Option<&str>, resp: &mut http::HeaderMap) {
+    let mut set = |name: header::HeaderName, value: String| {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            resp.append(name, v);
+        }
+    };
+    if let Some(v) = text_param(query, "cc") {
+        set(header::CACHE_CONTROL, v);
+    }
+    if let Some(v) = text_param(query, "vary") {
+        set(header::VARY, v);
+    }
+    if let Some(v) = text_param(query, "tag") {
+        set(header::HeaderName::from_static("cache-tag"), v);
+    }
+    if let Some(v) = text_param(query, "etag") {
+        set(header::ETAG, format!("\"{v}\""));
+    }
+    if param(query, "cookie") == Some(1) {
+        set(header::SET_COOKIE, "id=42; Path=/".to_string());
+    }
+}
+
 fn param(query: Option<&str>, name: &str) -> Option<u64> {
     query?
         .split('&')
@@ -113,8 +170,19 @@ async fn handle(
         let body = json!({"name": &*name, "requests": count.load(Ordering::Relaxed)});
         return json_response(StatusCode::OK, &body);
     }
-    count.fetch_add(1, Ordering::Relaxed);
+    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
     let query = req.uri().query().map(str::to_string);
+    if let Some(tag) = text_param(query.as_deref(), "etag")
+        && req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == format!("\"{tag}\"").as_bytes())
+    {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        cache_headers(query.as_deref(), r.headers_mut());
+        return r;
+    }
     if let Some(ms) = param(query.as_deref(), "delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
@@ -126,6 +194,7 @@ async fn handle(
         let body = Bytes::from(vec![b'x'; usize::try_from(size.min(64 << 20)).unwrap_or(0)]);
         let mut r = Response::new(Full::new(body));
         *r.status_mut() = status;
+        cache_headers(query.as_deref(), r.headers_mut());
         return r;
     }
     let mut headers = Map::new();
@@ -163,8 +232,11 @@ async fn handle(
         "protocol": protocol,
         "headers": headers,
         "bodyLength": body.len(),
+        "count": n,
     });
-    json_response(status, &answer)
+    let mut r = json_response(status, &answer);
+    cache_headers(query.as_deref(), r.headers_mut());
+    r
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

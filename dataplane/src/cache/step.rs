@@ -1,0 +1,1000 @@
+//! The cache as a step of the request path: what a [`CacheEngine`] (one CachePolicy) does
+//! before the upstream ([`CacheEngine::lookup`]: answer from the store, wait for another
+//! request's answer, or say how to go upstream) and after it ([`CacheEngine::complete`]:
+//! store the response while it streams to the client, refresh a revalidated entry, answer
+//! stale when the backend failed, invalidate after an unsafe method).
+//!
+//! The one module of [`crate::cache`] that knows the proxy's types (bodies, errors, the
+//! request context); the rules it applies are the leaves'.
+//!
+//! The key: `scheme://host:port/path[?query]`, then the policy's parts, each after a unit
+//! separator (a byte no header value, path or query holds): the route and rule (two routes
+//! may match one URL on other headers), the query mode when it filters, the named headers,
+//! the consumer. The URL comes first so that purges by URL and prefix see it whole.
+
+use super::coalesce::{Coalescer, Leader, Outcome, Turn};
+use super::directives::{RequestDirectives, ResponseDirectives};
+use super::freshness::{self, Reuse, Timing, Ttls};
+use super::storable::{self, Exchange, NotStored, StoreRules};
+use super::store::{Found, MemoryStore, Stored};
+use super::{CacheStatus, Forward, validation};
+use crate::body::{FillSink, Filled, Filling, ProxyBody, RequestBody};
+use crate::errors::ProxyError;
+use crate::metrics::{CacheMetrics, CacheResult, CacheStoreMetrics, Metrics};
+use crate::request::RequestCtx;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use portico_model::cache::{CachePolicy, QueryKey};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name of this cache in `Cache-Status`.
+const CACHE_NAME: &str = "Portico";
+/// RFC 9211's field.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Separates the URL from the policy's key parts, and those from each other.
+const SEP: char = '\u{1f}';
+/// How long a key whose response was not storable skips coalescing.
+const REMEMBER_NOT_STORABLE: Duration = Duration::from_secs(10);
+/// How many times a request waits for a leader that gave up before it leads itself.
+const MAX_WAITS: usize = 3;
+
+/// The memory tier and coalescing table of one dataplane, shared by every policy and kept
+/// across configuration changes.
+pub struct CacheShared {
+    store: MemoryStore,
+    coalescer: Arc<Coalescer>,
+    metrics: CacheStoreMetrics,
+}
+
+impl std::fmt::Debug for CacheShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheShared")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl CacheShared {
+    /// A memory tier of `budget` bytes.
+    pub fn new(budget: usize, metrics: &Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            store: MemoryStore::new(budget),
+            coalescer: Coalescer::new(REMEMBER_NOT_STORABLE),
+            metrics: metrics.cache_store.clone(),
+        })
+    }
+
+    fn put(&self, key: &str, request: &HeaderMap, stored: Stored) -> bool {
+        let before = self.store.evictions();
+        let done = self.store.put(key, request, stored);
+        self.metrics
+            .evictions
+            .inc_by(self.store.evictions().saturating_sub(before));
+        self.gauges();
+        done
+    }
+
+    fn gauges(&self) {
+        let (objects, bytes) = self.store.usage();
+        self.metrics
+            .objects
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+        self.metrics
+            .bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Removes what a purge names; how many entries went.
+    pub fn purge(&self, what: &Purge) -> usize {
+        let n = match what {
+            // The URL alone and with any of the policy's key parts after it.
+            Purge::Url(url) => {
+                self.store.purge_key(url) + self.store.purge_prefix(&format!("{url}{SEP}"))
+            }
+            Purge::Prefix(prefix) => self.store.purge_prefix(prefix),
+            Purge::Tag(tag) => self.store.purge_tag(tag),
+        };
+        self.metrics.purged.inc_by(n as u64);
+        self.gauges();
+        n
+    }
+
+    /// Every entry for `path` on an origin, whatever its query and key parts (an unsafe
+    /// request's invalidation, RFC 9111 §4.4).
+    fn invalidate(&self, origin: &str, path: &str) -> usize {
+        let path = path.split('?').next().unwrap_or(path);
+        let url = format!("{origin}{path}");
+        let n = self.store.purge_key(&url)
+            + self.store.purge_prefix(&format!("{url}?"))
+            + self.store.purge_prefix(&format!("{url}{SEP}"));
+        self.metrics.purged.inc_by(n as u64);
+        self.gauges();
+        n
+    }
+
+    /// Objects and bytes held.
+    pub fn usage(&self) -> (usize, usize) {
+        self.store.usage()
+    }
+}
+
+/// What a purge removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purge {
+    /// One URL (`https://host:port/path?query`), every variant and key part.
+    Url(String),
+    /// Every URL that starts with this.
+    Prefix(String),
+    /// Every response that carried this tag (`Cache-Tag`, `Surrogate-Key`).
+    Tag(String),
+}
+
+impl Purge {
+    /// A purge from its kind (`url`, `prefix`, `tag`) and value, or why it is not one. URLs
+    /// and prefixes are written the way the key holds them: scheme and host lowercase, the
+    /// port always there.
+    pub fn parse(kind: &str, value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > 4096 || value.contains(SEP) {
+            return Err(format!(
+                "a {kind} is 1 to 4096 bytes, without control characters"
+            ));
+        }
+        match kind {
+            "url" => Ok(Purge::Url(canonical_url(value)?)),
+            "prefix" => Ok(Purge::Prefix(canonical_url(value)?)),
+            "tag" => Ok(Purge::Tag(value.to_string())),
+            other => Err(format!("unknown purge kind {other:?}: url, prefix or tag")),
+        }
+    }
+}
+
+/// `value` as a key's URL: `scheme://host:port/...` with the scheme's default port filled
+/// in and scheme and host lowercased.
+fn canonical_url(value: &str) -> Result<String, String> {
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or_else(|| format!("{value:?} is not an absolute URL (http://host/path)"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("{value:?}: the scheme is http or https")),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let (host, port) = split_host(authority);
+    if host.is_empty() {
+        return Err(format!("{value:?} names no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("{value:?}: the port is not a number"))?,
+    };
+    Ok(format!("{scheme}://{host}:{port}{path}"))
+}
+
+/// A Host value's host (lowercased) and port, if it names one.
+fn split_host(authority: &str) -> (String, Option<&str>) {
+    let (host, port) = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(i) => {
+                let (h, rest) = authority.split_at(i + 1);
+                (h, rest.strip_prefix(':'))
+            }
+            None => (authority, None),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    (host.to_ascii_lowercase(), port.filter(|p| !p.is_empty()))
+}
+
+/// One CachePolicy, ready to apply.
+#[derive(Debug)]
+pub struct CacheEngine {
+    policy: CachePolicy,
+    ttls: Ttls,
+    rules: StoreRules,
+    coalesce: Option<Duration>,
+    shared: Arc<CacheShared>,
+    metrics: CacheMetrics,
+}
+
+/// What the cache decided before the upstream.
+pub enum Lookup {
+    /// The cache answers.
+    Answer(Response<ProxyBody>),
+    /// The cache answers (stale), and this request refreshes the entry in the background
+    /// (stale-while-revalidate); [`CacheEngine::complete`] it with the refresh's result.
+    AnswerAndRefresh(Response<ProxyBody>, Box<Pending>),
+    /// Go upstream with the request, then [`CacheEngine::complete`].
+    Forward(Box<Pending>),
+}
+
+/// A request on its way upstream, as the cache will need it back.
+#[derive(Debug)]
+pub struct Pending {
+    /// `None`: the cache does not take part (a method it does not serve).
+    key: Option<String>,
+    /// The URL an unsafe method invalidates, with its origin.
+    origin: String,
+    path: String,
+    method: Method,
+    /// The request's headers as the key and variant read them.
+    request: HeaderMap,
+    directives: RequestDirectives,
+    /// The response may be stored.
+    may_store: bool,
+    /// The stored entry being revalidated (it may also answer if the backend fails).
+    stale: Option<Arc<Stored>>,
+    /// The request asked for a validation the cache added (the client's own preconditions
+    /// are answered from the entry).
+    revalidating: bool,
+    /// Credentials the cache is not keyed by came with the request.
+    credentialed: bool,
+    leader: Option<Leader>,
+    status: CacheStatus,
+    request_time: u64,
+}
+
+impl Pending {
+    fn bypass(method: Method, detail: &'static str) -> Self {
+        Pending {
+            key: None,
+            origin: String::new(),
+            path: String::new(),
+            method,
+            request: HeaderMap::new(),
+            directives: RequestDirectives::default(),
+            may_store: false,
+            stale: None,
+            revalidating: false,
+            credentialed: false,
+            leader: None,
+            status: CacheStatus {
+                fwd: Some(Forward::Bypass),
+                detail: Some(detail),
+                ..CacheStatus::default()
+            },
+            request_time: 0,
+        }
+    }
+}
+
+impl CacheEngine {
+    pub fn new(policy: &CachePolicy, shared: &Arc<CacheShared>, metrics: &Metrics) -> Self {
+        Self {
+            ttls: Ttls {
+                default: policy.default_ttl,
+                forced: policy.forced_ttl,
+                max: Some(policy.max_ttl),
+                heuristic: policy.heuristic,
+            },
+            rules: StoreRules {
+                statuses: policy.statuses.clone(),
+                set_cookie: policy.store_set_cookie,
+                keyed_by_consumer: policy.key.consumer,
+                max_object_bytes: policy.max_object_bytes,
+            },
+            coalesce: (policy.coalesce_timeout_ms > 0)
+                .then(|| Duration::from_millis(policy.coalesce_timeout_ms)),
+            shared: shared.clone(),
+            metrics: metrics.cache(&policy.id.to_string()),
+            policy: policy.clone(),
+        }
+    }
+
+    /// The URL part of the key: scheme, host (lowercase, without the port the client may
+    /// have named) and the listener's port, then the path and the query the policy keys.
+    fn url(&self, req: &Request<RequestBody>, cx: &RequestCtx) -> Option<(String, String)> {
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+        let (host, _) = split_host(authority);
+        let origin = format!("{}://{}:{}", cx.down.scheme, host, cx.down.local_port);
+        let mut url = format!("{origin}{}", req.uri().path());
+        if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
+            let name = |pair: &str| pair.split('=').next().unwrap_or("").to_string();
+            let kept: Option<Vec<&str>> = match &self.policy.key.query {
+                QueryKey::All => {
+                    url.push('?');
+                    url.push_str(q);
+                    None
+                }
+                QueryKey::None => None,
+                QueryKey::Include(names) => Some(
+                    q.split('&')
+                        .filter(|p| names.binary_search(&name(p)).is_ok())
+                        .collect(),
+                ),
+                QueryKey::Exclude(names) => Some(
+                    q.split('&')
+                        .filter(|p| !p.is_empty() && names.binary_search(&name(p)).is_err())
+                        .collect(),
+                ),
+            };
+            if let Some(mut kept) = kept.filter(|k| !k.is_empty()) {
+                kept.sort_unstable();
+                url.push('?');
+                url.push_str(&kept.join("&"));
+            }
+        }
+        Some((origin, url))
+    }
+
+    /// The whole key: the URL, then the route and rule, the query mode, the named headers'
+    /// values and the consumer.
+    fn key(&self, url: &str, req: &Request<RequestBody>, cx: &RequestCtx) -> String {
+        use std::fmt::Write;
+        let mut key = String::with_capacity(url.len() + 64);
+        key.push_str(url);
+        let _ = write!(
+            key,
+            "{SEP}r:{}#{}",
+            cx.route.as_deref().unwrap_or("-"),
+            cx.rule_index
+        );
+        match &self.policy.key.query {
+            QueryKey::All => {}
+            QueryKey::None => key.push_str("\u{1f}q:none"),
+            QueryKey::Include(_) => key.push_str("\u{1f}q:include"),
+            QueryKey::Exclude(_) => key.push_str("\u{1f}q:exclude"),
+        }
+        for name in &self.policy.key.headers {
+            let _ = write!(key, "{SEP}h:{name}=");
+            let mut first = true;
+            for v in req.headers().get_all(name.as_str()) {
+                if !first {
+                    key.push(',');
+                }
+                first = false;
+                key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+        }
+        if self.policy.key.consumer {
+            let _ = write!(
+                key,
+                "{SEP}c:{}",
+                cx.identity.consumer.as_deref().unwrap_or("-")
+            );
+        }
+        key
+    }
+
+    /// Whether the request carries credentials the cache is not keyed by: it may only use
+    /// and store responses that say they may be shared with them (RFC 9111 §3.5). A cookie
+    /// counts as one (the response may depend on it without saying so).
+    fn credentialed(&self, cx: &RequestCtx) -> bool {
+        !self.policy.key.consumer && (cx.credentials || cx.cookie)
+    }
+
+    /// What to do before the upstream. May wait (bounded) for another request for the
+    /// same key.
+    pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
+        let method = req.method().clone();
+        let Some((origin, url)) = self.url(req, cx) else {
+            self.metrics.record(CacheResult::Bypass);
+            return Lookup::Forward(Box::new(Pending::bypass(method, "no-host")));
+        };
+        if method != Method::GET && method != Method::HEAD {
+            self.metrics.record(CacheResult::Bypass);
+            let mut p = Pending::bypass(method, "method");
+            p.origin = origin;
+            p.path = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+            return Lookup::Forward(Box::new(p));
+        }
+        let key = self.key(&url, req, cx);
+        let directives = RequestDirectives::from_headers(req.headers());
+        let credentialed = self.credentialed(cx);
+        let mut pending = Pending {
+            key: Some(key.clone()),
+            origin,
+            path: String::new(),
+            method: method.clone(),
+            request: req.headers().clone(),
+            directives,
+            may_store: !directives.no_store && method == Method::GET,
+            stale: None,
+            revalidating: false,
+            credentialed,
+            leader: None,
+            status: CacheStatus::default(),
+            request_time: 0,
+        };
+        let mut waits = 0;
+        loop {
+            let now = freshness::now();
+            let found = self.shared.store.get(&key, req.headers());
+            let stored = match found {
+                Found::Hit(s) if credentialed && !s.directives.shareable_with_credentials() => {
+                    // Not for a request with credentials; nor is its answer for others,
+                    // unless it says so.
+                    pending.status.fwd = Some(Forward::Bypass);
+                    pending.status.detail = Some("authorization");
+                    self.metrics.record(CacheResult::Bypass);
+                    pending.request_time = now;
+                    return Lookup::Forward(Box::new(pending));
+                }
+                Found::Hit(s) => s,
+                miss @ (Found::VaryMiss | Found::UriMiss) => {
+                    if directives.only_if_cached {
+                        self.metrics.record(CacheResult::Miss);
+                        return Lookup::Answer(only_if_cached_miss());
+                    }
+                    pending.status.fwd = Some(if matches!(miss, Found::VaryMiss) {
+                        Forward::VaryMiss
+                    } else {
+                        Forward::UriMiss
+                    });
+                    // Only a request whose answer could be stored takes a turn: a HEAD, a
+                    // `no-store` or credentials must not lead the others.
+                    let may_lead = pending.may_store && !credentialed;
+                    if let (true, Some(limit)) = (may_lead, self.coalesce) {
+                        match self.shared.coalescer.turn(&key) {
+                            Turn::Lead(leader) => pending.leader = Some(leader),
+                            Turn::Bypass => {}
+                            Turn::Wait(waiter) if waits < MAX_WAITS => {
+                                waits += 1;
+                                match waiter.wait(limit).await {
+                                    Some(Outcome::Stored | Outcome::Abandoned) => {
+                                        pending.status.collapsed = true;
+                                        continue;
+                                    }
+                                    // Not storable, not for others, or too slow: upstream
+                                    // alone.
+                                    Some(Outcome::NotStored | Outcome::Passed) | None => {
+                                        pending.status.collapsed = true;
+                                    }
+                                }
+                            }
+                            Turn::Wait(_) => {}
+                        }
+                    }
+                    strip_preconditions(req.headers_mut());
+                    self.metrics.record(CacheResult::Miss);
+                    pending.request_time = freshness::now();
+                    return Lookup::Forward(Box::new(pending));
+                }
+            };
+            let reuse = freshness::reuse(
+                &stored.directives,
+                &stored.timing,
+                &directives,
+                self.policy.stale_while_revalidate,
+                now,
+            );
+            match reuse {
+                Reuse::Fresh | Reuse::StaleAccepted => {
+                    let fresh = reuse == Reuse::Fresh;
+                    self.metrics.record(if pending.status.collapsed {
+                        CacheResult::Coalesced
+                    } else if fresh {
+                        CacheResult::Hit
+                    } else {
+                        CacheResult::Stale
+                    });
+                    let status = CacheStatus {
+                        hit: true,
+                        collapsed: pending.status.collapsed,
+                        ttl: Some(stored.timing.ttl(now)),
+                        detail: (!fresh).then_some("max-stale"),
+                        ..CacheStatus::default()
+                    };
+                    return Lookup::Answer(answer(&stored, &method, req.headers(), &status, now));
+                }
+                Reuse::StaleWhileRevalidate => {
+                    self.metrics.record(CacheResult::Stale);
+                    let status = CacheStatus {
+                        hit: true,
+                        ttl: Some(stored.timing.ttl(now)),
+                        detail: Some("stale-while-revalidate"),
+                        ..CacheStatus::default()
+                    };
+                    let resp = answer(&stored, &method, req.headers(), &status, now);
+                    // One refresh per key at a time: a request that finds one under way
+                    // just answers.
+                    return match self.shared.coalescer.turn(&key) {
+                        Turn::Lead(leader) => {
+                            pending.leader = Some(leader);
+                            pending.method = Method::GET;
+                            *req.method_mut() = Method::GET;
+                            set_validators(req.headers_mut(), &stored);
+                            pending.revalidating = true;
+                            pending.status.fwd = Some(Forward::Stale);
+                            pending.stale = Some(stored);
+                            pending.request_time = now;
+                            Lookup::AnswerAndRefresh(resp, Box::new(pending))
+                        }
+                        Turn::Wait(_) | Turn::Bypass => Lookup::Answer(resp),
+                    };
+                }
+                Reuse::Revalidate | Reuse::MustRevalidate => {
+                    if directives.only_if_cached {
+                        self.metrics.record(CacheResult::Miss);
+                        return Lookup::Answer(only_if_cached_miss());
+                    }
+                    pending.status.fwd = Some(if directives.no_cache {
+                        Forward::Request
+                    } else {
+                        Forward::Stale
+                    });
+                    set_validators(req.headers_mut(), &stored);
+                    pending.revalidating = true;
+                    pending.may_store = !directives.no_store;
+                    pending.stale = Some(stored);
+                    pending.request_time = now;
+                    return Lookup::Forward(Box::new(pending));
+                }
+            }
+        }
+    }
+
+    /// The client's answer once the upstream answered (or failed): stored while it
+    /// streams when it may be, an entry refreshed by a 304, a stale answer for a failure
+    /// when the entry allows it.
+    pub fn complete(
+        &self,
+        mut pending: Pending,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let now = freshness::now();
+        let Some(key) = pending.key.take() else {
+            // Not looked up: an unsafe method's success makes what it changed stale.
+            if let Ok(resp) = &result {
+                let authority = pending.origin.split("://").nth(1).unwrap_or("");
+                let paths = validation::invalidated(
+                    &pending.method,
+                    resp.status().as_u16(),
+                    &pending.path,
+                    authority,
+                    resp.headers(),
+                );
+                for path in paths {
+                    self.shared.invalidate(&pending.origin, &path);
+                }
+            }
+            return result.map(|r| with_status(r, &pending.status));
+        };
+        let failed = match &result {
+            Err(_) => true,
+            Ok(r) => r.status().is_server_error(),
+        };
+        if failed {
+            if let Some(stale) = pending.stale.as_ref().filter(|s| {
+                freshness::stale_if_error(&s.directives, &s.timing, self.policy.stale_if_error, now)
+            }) {
+                self.metrics.record(CacheResult::Stale);
+                let status = CacheStatus {
+                    hit: true,
+                    fwd_status: result.as_ref().ok().map(|r| r.status().as_u16()),
+                    ttl: Some(stale.timing.ttl(now)),
+                    detail: Some("stale-if-error"),
+                    ..CacheStatus::default()
+                };
+                if let Some(l) = pending.leader.take() {
+                    l.finish(Outcome::Passed);
+                }
+                return Ok(answer(
+                    stale,
+                    &pending.method,
+                    &pending.request,
+                    &status,
+                    now,
+                ));
+            }
+            if let Some(l) = pending.leader.take() {
+                l.finish(if result.is_ok() {
+                    Outcome::NotStored
+                } else {
+                    Outcome::Passed
+                });
+            }
+            return result.map(|r| {
+                let mut status = pending.status.clone();
+                status.fwd_status = Some(r.status().as_u16());
+                with_status(r, &status)
+            });
+        }
+        let Ok(resp) = result else {
+            return result;
+        };
+        let code = resp.status().as_u16();
+        pending.status.fwd_status = Some(code);
+        if code == 304
+            && let Some(stale) = pending.stale.clone()
+            && pending.revalidating
+        {
+            return Ok(self.refreshed(&key, pending, &stale, resp, now));
+        }
+        self.store_while_streaming(key, pending, resp, now)
+    }
+
+    /// An entry the backend confirmed (304): its headers refreshed, stored again, and the
+    /// client answered from it.
+    fn refreshed(
+        &self,
+        key: &str,
+        mut pending: Pending,
+        stale: &Stored,
+        not_modified: Response<ProxyBody>,
+        now: u64,
+    ) -> Response<ProxyBody> {
+        let mut headers = stale.headers.clone();
+        let applies =
+            validation::refresh(&mut headers, not_modified.headers(), self.rules.set_cookie);
+        let directives = ResponseDirectives::from_headers(&headers);
+        let listed = self.rules.statuses.contains(&stale.status.as_u16());
+        let lifetime = freshness::lifetime(
+            stale.status.as_u16(),
+            &headers,
+            &directives,
+            &self.ttls,
+            listed,
+            now,
+        );
+        let x = Exchange {
+            method: &Method::GET,
+            request: &pending.request,
+            request_directives: &pending.directives,
+            status: stale.status.as_u16(),
+            response: &headers,
+            response_directives: &directives,
+            lifetime,
+            length: Some(stale.body.len() as u64),
+        };
+        let storable = storable::storable(&x, &self.rules);
+        let entry = Stored {
+            status: stale.status,
+            headers,
+            body: stale.body.clone(),
+            directives,
+            timing: Timing::new(
+                not_modified.headers(),
+                pending.request_time,
+                now,
+                lifetime.unwrap_or(0),
+            ),
+            vary: stale.vary.clone(),
+            tags: super::store::tags(&stale.headers),
+        };
+        let mut status = pending.status.clone();
+        if applies && storable.is_ok() && pending.may_store {
+            status.stored = self.shared.put(key, &pending.request, entry.clone());
+        } else if !applies || storable.is_err() {
+            // What is stored no longer stands: the next request asks the backend.
+            self.shared.store.purge_key(key);
+        }
+        if let Some(l) = pending.leader.take() {
+            l.finish(if status.stored {
+                Outcome::Stored
+            } else {
+                Outcome::Passed
+            });
+        }
+        self.metrics.record(CacheResult::Revalidated);
+        status.ttl = Some(entry.timing.ttl(now));
+        answer(&entry, &pending.method, &pending.request, &status, now)
+    }
+
+    /// A response from upstream, stored as it streams to the client when it may be.
+    fn store_while_streaming(
+        &self,
+        key: String,
+        mut pending: Pending,
+        resp: Response<ProxyBody>,
+        now: u64,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = resp.into_parts();
+        let code = parts.status.as_u16();
+        let directives = ResponseDirectives::from_headers(&parts.headers);
+        let listed = self.rules.statuses.contains(&code);
+        let lifetime =
+            freshness::lifetime(code, &parts.headers, &directives, &self.ttls, listed, now);
+        let length = http_body::Body::size_hint(&body).exact();
+        let x = Exchange {
+            method: &pending.method,
+            request: &pending.request,
+            request_directives: &pending.directives,
+            status: code,
+            response: &parts.headers,
+            response_directives: &directives,
+            lifetime,
+            length,
+        };
+        let mut verdict = storable::storable(&x, &self.rules);
+        if verdict.is_ok() && pending.credentialed && !directives.shareable_with_credentials() {
+            verdict = Err(NotStored::Authorization);
+        }
+        if !pending.may_store && verdict.is_ok() {
+            verdict = Err(NotStored::NoStore);
+        }
+        let mut status = pending.status.clone();
+        let vary = storable::vary_names(&parts.headers).unwrap_or_default();
+        match verdict {
+            Err(why) => {
+                if let Some(l) = pending.leader.take() {
+                    l.finish(match why {
+                        // What the leading request did, not what the response is.
+                        NotStored::Authorization | NotStored::Method => Outcome::Passed,
+                        NotStored::NoStore if !directives.no_store => Outcome::Passed,
+                        _ => Outcome::NotStored,
+                    });
+                }
+                status.detail = Some(why.as_str());
+                Ok(with_status(Response::from_parts(parts, body), &status))
+            }
+            Ok(()) => {
+                status.stored = true;
+                status.ttl = lifetime.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+                let entry = Stored {
+                    status: parts.status,
+                    headers: parts.headers.clone(),
+                    body: bytes::Bytes::new(),
+                    directives,
+                    timing: Timing::new(
+                        &parts.headers,
+                        pending.request_time,
+                        now,
+                        lifetime.unwrap_or(0),
+                    ),
+                    vary,
+                    tags: super::store::tags(&parts.headers),
+                };
+                let shared = self.shared.clone();
+                let metrics = self.metrics.clone();
+                let leader = pending.leader.take();
+                let request = std::mem::take(&mut pending.request);
+                let sink: FillSink = Box::new(move |filled| {
+                    let outcome = match filled {
+                        Filled::Whole(body) => {
+                            let n = body.len();
+                            if shared.put(&key, &request, Stored { body, ..entry }) {
+                                metrics.stored(n);
+                                Outcome::Stored
+                            } else {
+                                Outcome::NotStored
+                            }
+                        }
+                        Filled::TooLarge => Outcome::NotStored,
+                        Filled::Failed => Outcome::Passed,
+                    };
+                    if let Some(l) = leader {
+                        l.finish(outcome);
+                    }
+                });
+                let limit = usize::try_from(self.rules.max_object_bytes).unwrap_or(usize::MAX);
+                let body = ProxyBody::Filling(Box::new(Filling::new(body, limit, sink)));
+                Ok(with_status(Response::from_parts(parts, body), &status))
+            }
+        }
+    }
+}
+
+/// The preconditions a client sent, removed from a request that fills the cache: the
+/// backend's answer must be the whole response, for every client to be served from it.
+fn strip_preconditions(headers: &mut HeaderMap) {
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The request revalidates `stored`: its validators replace the client's preconditions.
+fn set_validators(headers: &mut HeaderMap, stored: &Stored) {
+    strip_preconditions(headers);
+    for (name, value) in validation::revalidation_headers(&stored.headers) {
+        headers.insert(name, value);
+    }
+}
+
+/// 504 for `only-if-cached` with nothing usable stored (RFC 9111 §5.2.1.7).
+fn only_if_cached_miss() -> Response<ProxyBody> {
+    let mut r = crate::body::text_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "nothing stored for this request (only-if-cached)\n".to_string(),
+    );
+    let status = CacheStatus {
+        fwd: Some(Forward::UriMiss),
+        detail: Some("only-if-cached"),
+        ..CacheStatus::default()
+    };
+    append_status(r.headers_mut(), &status);
+    r
+}
+
+/// The client's answer from a stored response: a 304 when its preconditions hold, the
+/// headers alone for a HEAD, with its `Age` and our `Cache-Status`.
+fn answer(
+    stored: &Stored,
+    method: &Method,
+    request: &HeaderMap,
+    status: &CacheStatus,
+    now: u64,
+) -> Response<ProxyBody> {
+    let not_modified =
+        validation::not_modified(method, request, stored.status.as_u16(), &stored.headers);
+    let (code, mut headers, body) = if not_modified {
+        (
+            StatusCode::NOT_MODIFIED,
+            validation::not_modified_headers(&stored.headers),
+            ProxyBody::empty(),
+        )
+    } else if *method == Method::HEAD {
+        (stored.status, stored.headers.clone(), ProxyBody::empty())
+    } else {
+        (
+            stored.status,
+            stored.headers.clone(),
+            ProxyBody::from(stored.body.clone()),
+        )
+    };
+    headers.insert(
+        header::AGE,
+        HeaderValue::from(stored.timing.current_age(now)),
+    );
+    append_status(&mut headers, status);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn with_status(mut resp: Response<ProxyBody>, status: &CacheStatus) -> Response<ProxyBody> {
+    append_status(resp.headers_mut(), status);
+    resp
+}
+
+/// Our entry comes last (RFC 9211 §2: each cache appends its own).
+fn append_status(headers: &mut HeaderMap, status: &CacheStatus) {
+    if let Ok(v) = HeaderValue::from_str(&status.header_value(CACHE_NAME)) {
+        headers.append(&CACHE_STATUS, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_urls_are_written_as_keys_hold_them() {
+        for (kind, value, expected) in [
+            (
+                "url",
+                "HTTP://Api.Test/a?b=1",
+                Purge::Url("http://api.test:80/a?b=1".into()),
+            ),
+            (
+                "url",
+                "https://api.test:8443/x",
+                Purge::Url("https://api.test:8443/x".into()),
+            ),
+            (
+                "prefix",
+                "https://api.test/img/",
+                Purge::Prefix("https://api.test:443/img/".into()),
+            ),
+            (
+                "prefix",
+                "https://[::1]/",
+                Purge::Prefix("https://[::1]:443/".into()),
+            ),
+            ("tag", "product-42", Purge::Tag("product-42".into())),
+        ] {
+            assert_eq!(Purge::parse(kind, value), Ok(expected), "{kind} {value}");
+        }
+        for (kind, value) in [
+            ("url", "/relative"),
+            ("url", "ftp://x/"),
+            ("url", "http://:80/"),
+            ("url", "http://h:port/"),
+            ("tag", ""),
+            ("ban", "x"),
+        ] {
+            assert!(Purge::parse(kind, value).is_err(), "{kind} {value}");
+        }
+    }
+
+    fn engine(key: &str) -> CacheEngine {
+        let metrics = Metrics::default();
+        let policy = CachePolicy {
+            id: portico_model::ObjectRef::new("default", "p"),
+            key: serde_json::from_str(key).expect("key"),
+            ..CachePolicy::default()
+        };
+        CacheEngine::new(&policy, &CacheShared::new(1 << 20, &metrics), &metrics)
+    }
+
+    fn request(uri: &str, host: &str) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.uri_mut() = uri.parse().expect("uri");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_str(host).expect("host"));
+        req
+    }
+
+    fn ctx(scheme: &'static str, port: u16) -> RequestCtx {
+        let down =
+            crate::request::Downstream::new(([127, 0, 0, 1], 5000).into(), port, scheme, None);
+        let mut cx = RequestCtx::new(HeaderValue::from_static("id"), down, 0, false);
+        cx.route = Some("default/r".into());
+        cx
+    }
+
+    #[test]
+    fn the_key_always_holds_scheme_host_port_and_path_then_the_policy_s_parts() {
+        let all = engine(r#"{"query": {"type": "all"}}"#);
+        let key = |e: &CacheEngine, uri: &str, host: &str, scheme: &'static str, port: u16| {
+            let req = request(uri, host);
+            let cx = ctx(scheme, port);
+            let (_, url) = e.url(&req, &cx).expect("a host");
+            e.key(&url, &req, &cx)
+        };
+        let base = key(&all, "/a?x=1&y=2", "Shop.test", "http", 80);
+        assert_eq!(base, "http://shop.test:80/a?x=1&y=2\u{1f}r:default/r#0");
+        for (uri, host, scheme, port) in [
+            ("/a?x=1&y=2", "shop.test", "https", 80),
+            ("/a?x=1&y=2", "shop.test", "http", 8080),
+            ("/a?x=1&y=2", "other.test", "http", 80),
+            ("/b?x=1&y=2", "shop.test", "http", 80),
+            ("/a?y=2&x=1", "shop.test", "http", 80),
+        ] {
+            assert_ne!(
+                key(&all, uri, host, scheme, port),
+                base,
+                "{scheme}://{host}:{port}{uri}"
+            );
+        }
+        // The port a client names in Host is not the origin's: the listener's is.
+        assert_eq!(key(&all, "/a?x=1&y=2", "shop.test:9999", "http", 80), base);
+        let none = engine(r#"{"query": {"type": "none"}}"#);
+        assert_eq!(
+            key(&none, "/a?x=1", "h", "http", 80),
+            key(&none, "/a?x=2", "h", "http", 80)
+        );
+        let include = engine(r#"{"query": {"type": "include", "names": ["id", "page"]}}"#);
+        assert_eq!(
+            key(&include, "/a?utm=1&page=2&id=3", "h", "http", 80),
+            key(&include, "/a?id=3&page=2", "h", "http", 80)
+        );
+        assert_ne!(
+            key(&include, "/a?id=3", "h", "http", 80),
+            key(&include, "/a?id=4", "h", "http", 80)
+        );
+        let exclude = engine(
+            r#"{"query": {"type": "exclude", "names": ["utm"]}, "headers": ["x-tenant"], "consumer": true}"#,
+        );
+        let k = key(&exclude, "/a?utm=1&b=2", "h", "http", 80);
+        assert!(k.starts_with("http://h:80/a?b=2\u{1f}"), "{k}");
+        assert!(k.ends_with("\u{1f}h:x-tenant=\u{1f}c:-"), "{k}");
+    }
+
+    #[test]
+    fn hosts_split_from_their_ports() {
+        assert_eq!(
+            split_host("API.test:8080"),
+            ("api.test".into(), Some("8080"))
+        );
+        assert_eq!(split_host("api.test"), ("api.test".into(), None));
+        assert_eq!(split_host("[::1]:80"), ("[::1]".into(), Some("80")));
+        assert_eq!(split_host("[::1]"), ("[::1]".into(), None));
+    }
+}
