@@ -126,6 +126,7 @@ pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<Manife
         i.auth_policies.len()
             + i.unreadable_auth_policies.len()
             + i.rate_limit_policies.len()
+            + i.cache_policies.len()
             + i.backend_policies.len(),
     );
     Ok(Loaded {

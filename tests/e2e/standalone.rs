@@ -1039,6 +1039,7 @@ async fn the_feature_examples_work_as_committed() {
         "multi-gateway",
         "quickstart",
         "backend",
+        "cache",
     ] {
         let out = std::process::Command::new(&binaries().portico)
             .arg("check")
@@ -1302,4 +1303,43 @@ async fn the_feature_examples_work_as_committed() {
         assert_eq!(name(&r), name(&first), "pinned");
     }
     drop(p);
+
+    // The cache example: stored, then answered from the cache, the utm parameter left out
+    // of the key; a purge by prefix on the admin port empties it.
+    let (ip, ports, files) = start("cache", &["8084"]);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(n, t)| (n, t.replace("127.0.0.1:9014", &echo.addr.to_string())))
+        .collect();
+    let p = serve_files(ip, &files).await;
+    let status = |r: &Resp| r.header("cache-status").unwrap_or_default().to_string();
+    let first = http
+        .get(
+            p.addr(ports[0]),
+            "shop.test",
+            "/catalog/items?cc=max-age%3D30",
+        )
+        .await;
+    assert!(status(&first).contains("stored"), "{}", status(&first));
+    let hit = http
+        .get(
+            p.addr(ports[0]),
+            "shop.test",
+            "/catalog/items?cc=max-age%3D30&utm_source=mail",
+        )
+        .await;
+    assert!(status(&hit).contains("hit"), "{}", status(&hit));
+    assert_eq!(hit.body, first.body);
+    let prefix = format!("http%3A%2F%2Fshop.test%3A{}%2Fcatalog%2F", ports[0]);
+    let purged = http
+        .try_request(
+            "POST",
+            p.admin,
+            "admin",
+            &format!("/cache/purge?prefix={prefix}"),
+            &[],
+        )
+        .await
+        .expect("admin answers");
+    assert_eq!(purged.json()["purged"], 1, "{}", purged.text());
 }
