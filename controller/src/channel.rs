@@ -228,6 +228,22 @@ impl Hub {
             .collect()
     }
 
+    /// The replicas of `gw` connected now that serve its current version, by name.
+    pub fn current_replicas(&self, gw: &ObjectRef) -> Vec<String> {
+        let gateways = self.gateways.lock();
+        let Some(ch) = gateways.get(gw) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = ch
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.streams > 0 && r.acked == Some(ch.version))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn delivery(&self, gw: &ObjectRef) -> Delivery {
         let gateways = self.gateways.lock();
         let Some(ch) = gateways.get(gw) else {

@@ -56,6 +56,100 @@ pub struct Settings {
 /// does not flap the condition.
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
+/// Fills in each CacheInvalidation's pending `Purged` conditions from what the replicas of
+/// the Gateways it was sent to acknowledged: a replica acknowledges a version only once it
+/// applied it, purges included, so every connected replica serving the current version of
+/// every such Gateway means the purge is done.
+///
+/// Once `Purged` is True for a generation it stays so: a later rollout of an unrelated change
+/// does not undo a purge.
+fn apply_purges(report: &mut portico_compile::StatusReport, hub: &channel::Hub, index: &Index) {
+    use kube::runtime::reflector::ObjectRef as StoreRef;
+    use portico_compile::status::{reasons, types};
+    use portico_model::PolicyKind;
+    for ((kind, id), status) in report.policies.iter_mut() {
+        if *kind != PolicyKind::Invalidation {
+            continue;
+        }
+        let current = index
+            .cache_invalidations
+            .get(&StoreRef::new(&id.name).within(&id.namespace));
+        let generation = current.as_ref().and_then(|c| c.metadata.generation);
+        let done_before = current
+            .as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| {
+                s.ancestors.iter().find_map(|a| {
+                    a.conditions.iter().find(|c| {
+                        c.type_ == types::PURGED
+                            && c.status == "True"
+                            && c.observed_generation == generation
+                    })
+                })
+            })
+            .map(|c| c.message.clone());
+        if let Some(message) = done_before {
+            for a in &mut status.ancestors {
+                for c in a
+                    .conditions
+                    .iter_mut()
+                    .filter(|c| c.type_ == types::PURGED && c.reason == reasons::PENDING)
+                {
+                    c.status = "True".to_string();
+                    c.reason = types::PURGED.to_string();
+                    c.message.clone_from(&message);
+                }
+            }
+            continue;
+        }
+        let gateways = report.purges.get(id).cloned().unwrap_or_default();
+        let mut done = Vec::new();
+        let mut waiting = Vec::new();
+        for gw in &gateways {
+            match hub.delivery(gw) {
+                channel::Delivery::Acked => {
+                    done.extend(
+                        hub.current_replicas(gw)
+                            .into_iter()
+                            .map(|r| format!("{gw}/{r}")),
+                    );
+                }
+                channel::Delivery::NoDataplane => {
+                    waiting.push(format!("{gw} (no dataplane connected)"))
+                }
+                channel::Delivery::Waiting => waiting.push(format!("{gw} (replicas applying it)")),
+                channel::Delivery::Rejected(e) => {
+                    waiting.push(format!("{gw} (a replica rejected its configuration: {e})"))
+                }
+            }
+        }
+        let (purged, reason, message) = if waiting.is_empty() && !done.is_empty() {
+            (
+                true,
+                types::PURGED,
+                format!("purged by {}", done.join(", ")),
+            )
+        } else {
+            (
+                false,
+                reasons::PENDING,
+                format!("waiting for {}", waiting.join(", ")),
+            )
+        };
+        for a in &mut status.ancestors {
+            for c in a
+                .conditions
+                .iter_mut()
+                .filter(|c| c.type_ == types::PURGED && c.reason == reasons::PENDING)
+            {
+                c.status = if purged { "True" } else { "False" }.to_string();
+                c.reason = reason.to_string();
+                c.message.clone_from(&message);
+            }
+        }
+    }
+}
+
 /// Sets each accepted Gateway's and ListenerSet's (and their listeners') `Programmed`
 /// condition from what the Gateway's dataplanes acknowledged.
 ///
@@ -360,6 +454,7 @@ pub async fn run(
         );
         let in_grace = started.elapsed() < RECONNECT_GRACE;
         apply_delivery(&mut status, &hub, in_grace, &index);
+        apply_purges(&mut status, &hub, &index);
         // The writer (leader only) takes it from here, without holding up the next compile.
         // Sent on every wake, changed or not: the writer compares it with the cluster, which
         // is how someone else's overwrite of our status gets corrected.

@@ -18,7 +18,7 @@ use portico_compile::StatusReport;
 use portico_compile::status::{self as compiled, ParentRef};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::backend::BackendPolicy;
-use portico_crds::cache::CachePolicy;
+use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::experimental::httproutes::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
@@ -480,6 +480,11 @@ impl StatusWriter {
                 PolicyKind::Cache => {
                     let status = |p: &CachePolicy| p.status.clone();
                     self.write_policies(kind, &index.cache_policies, status, report, &now)
+                        .await?
+                }
+                PolicyKind::Invalidation => {
+                    let status = |p: &CacheInvalidation| p.status.clone();
+                    self.write_policies(kind, &index.cache_invalidations, status, report, &now)
                         .await?
                 }
                 PolicyKind::Backend => {

@@ -176,3 +176,72 @@ pub struct CacheKey {
     #[serde(default)]
     pub consumer: bool,
 }
+
+/// Removes cached responses from the dataplanes of the targets: every replica of every
+/// Gateway the targets are served through, each once. The status says, per target, when
+/// every connected replica has done it.
+// The printcolumn attributes repeat `type_ = "string"`, which this lint takes for a mistake.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "portico.dev",
+    version = "v1alpha1",
+    kind = "CacheInvalidation",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "cacheinv",
+    category = "portico",
+    doc = "CacheInvalidation purges cached responses (by URL, URL prefix or tag) from every dataplane replica of the Gateways its targets are served through.",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRefs[0].name",
+        description = "The first target"
+    ),
+    printcolumn(
+        name = "Purged",
+        type_ = "string",
+        json_path = ".status.ancestors[0].conditions[?(@.type==\"Purged\")].status",
+        description = "Whether every replica serving the first target purged"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheInvalidationSpec {
+    /// The Gateways and HTTPRoutes, in the invalidation's namespace, whose dataplanes
+    /// purge: a Gateway's own, or those of every Gateway an HTTPRoute is served through.
+    #[schemars(length(min = 1, max = 16))]
+    pub target_refs: Vec<PolicyTargetRef>,
+
+    /// What to remove. Each replica applies them once; delete the invalidation when it
+    /// reports `Purged` (changing its spec purges again).
+    #[schemars(length(min = 1, max = 64))]
+    pub purges: Vec<PurgeSpec>,
+}
+
+/// One purge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeSpec {
+    /// `URL`: every variant of one URL (`https://shop.example.com/catalog?page=2`); `Prefix`:
+    /// every URL that starts with the value (`https://shop.example.com/catalog/`); `Tag`: every
+    /// response that carried the tag in `Cache-Tag` or `Surrogate-Key`.
+    #[serde(rename = "type")]
+    pub type_: PurgeType,
+    /// An absolute `http` or `https` URL (the scheme's default port may be left out), or a
+    /// tag.
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum PurgeType {
+    #[serde(rename = "URL")]
+    Url,
+    Prefix,
+    Tag,
+}

@@ -42,6 +42,7 @@ pub fn crds()
         auth::AuthPolicy::crd(),
         ratelimit::RateLimitPolicy::crd(),
         cache::CachePolicy::crd(),
+        cache::CacheInvalidation::crd(),
         backend::BackendPolicy::crd(),
         gatewayconfig::GatewayConfig::crd(),
     ]

@@ -673,13 +673,18 @@ pub struct Filling {
 
 impl Filling {
     pub fn new(inner: ProxyBody, limit: usize, sink: FillSink) -> Self {
-        Self {
+        let mut f = Self {
             inner,
             chunks: Vec::new(),
             held: 0,
             limit,
             sink: Some(sink),
+        };
+        // An empty body is complete already: a server need not poll it at all.
+        if f.inner.is_end_stream() {
+            f.end(Filled::Whole(Bytes::new()));
         }
+        f
     }
 
     fn end(&mut self, how: Filled) {
@@ -691,7 +696,13 @@ impl Filling {
 
 impl Drop for Filling {
     fn drop(&mut self) {
-        self.end(Filled::Failed);
+        // Dropped at its end without a last poll (the server knew the length): whole.
+        let how = if self.inner.is_end_stream() {
+            Filled::Whole(join(std::mem::take(&mut self.chunks), self.held))
+        } else {
+            Filled::Failed
+        };
+        self.end(how);
     }
 }
 
@@ -814,6 +825,42 @@ pub fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Filling over `inner` whose sink's verdict lands in the returned cell.
+    fn filling(inner: ProxyBody, limit: usize) -> (Filling, Arc<Mutex<Option<String>>>) {
+        let seen = Arc::new(Mutex::new(None));
+        let into = seen.clone();
+        let sink: FillSink = Box::new(move |f| {
+            *into.lock() = Some(match f {
+                Filled::Whole(b) => format!("whole:{}", String::from_utf8_lossy(&b)),
+                Filled::TooLarge => "too-large".into(),
+                Filled::Failed => "failed".into(),
+            });
+        });
+        (Filling::new(inner, limit, sink), seen)
+    }
+
+    #[tokio::test]
+    async fn a_filling_body_tells_its_sink_once_how_it_ended() {
+        use http_body_util::BodyExt as _;
+        // Read to its end.
+        let (f, seen) = filling(ProxyBody::from(Bytes::from_static(b"hello")), 10);
+        let got = f.collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], b"hello");
+        assert_eq!(seen.lock().as_deref(), Some("whole:hello"));
+        // Empty: complete without a poll (a server that knows the length never polls it).
+        let (f, seen) = filling(ProxyBody::empty(), 10);
+        drop(f);
+        assert_eq!(seen.lock().as_deref(), Some("whole:"));
+        // Over the limit: the client still gets it all.
+        let (f, seen) = filling(ProxyBody::from(Bytes::from_static(b"0123456789ab")), 10);
+        assert_eq!(f.collect().await.expect("body").to_bytes().len(), 12);
+        assert_eq!(seen.lock().as_deref(), Some("too-large"));
+        // Gone before its end (the client left).
+        let (f, seen) = filling(ProxyBody::from(Bytes::from_static(b"hello")), 10);
+        drop(f);
+        assert_eq!(seen.lock().as_deref(), Some("failed"));
+    }
 
     #[test]
     fn the_rate_budget_grows_with_bytes_received() {

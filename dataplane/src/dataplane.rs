@@ -55,6 +55,8 @@ pub struct Dataplane {
     auth_policies: Mutex<BTreeSet<String>>,
     rate_limit_policies: Mutex<BTreeSet<String>>,
     cache_policies: Mutex<BTreeSet<String>>,
+    /// The ids of the CacheInvalidations applied, among those the snapshots carry.
+    purges_applied: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
     discovery: std::sync::OnceLock<Arc<dyn Discovery>>,
 }
@@ -106,6 +108,7 @@ impl Dataplane {
             auth_policies: Mutex::new(BTreeSet::new()),
             rate_limit_policies: Mutex::new(BTreeSet::new()),
             cache_policies: Mutex::new(BTreeSet::new()),
+            purges_applied: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
             discovery: std::sync::OnceLock::new(),
         }
@@ -152,8 +155,26 @@ impl Dataplane {
         }
     }
 
+    /// Applies the purges of `snapshots` this replica has not applied yet, each once; forgets
+    /// those no snapshot carries any more.
+    fn purge(&self, snapshots: &[Snapshot]) {
+        let mut applied = self.purges_applied.lock();
+        let mut current = BTreeSet::new();
+        for p in snapshots.iter().flat_map(|s| &s.purges) {
+            current.insert(p.id.clone());
+            if applied.contains(&p.id) {
+                continue;
+            }
+            let n = self.cache.purge(&crate::cache::step::Purge::of(p));
+            tracing::info!(invalidation = %p.id, kind = ?p.kind, value = %p.value, removed = n, "cache purge");
+        }
+        *applied = current;
+    }
+
     /// Serves `snapshots` from now on (one per Gateway), without dropping requests in flight.
+    /// Their cache purges are applied first, whatever else becomes of the configuration.
     pub fn apply(&self, snapshots: &[Snapshot], version: u64) -> ApplyReport {
+        self.purge(snapshots);
         let tables = table::build(
             snapshots,
             self.default_bind,

@@ -77,10 +77,14 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age_and_cache_status
         cache_status(&defaulted)
     );
     assert!(cache_status(&s.get("/c/default", &[]).await).contains("hit"));
-    assert_eq!(s.echo.requests().await, 3);
+    // An empty body is stored too (nothing to stream: the server never polls it).
+    let empty = "/c/empty?cc=max-age%3D60&size=0";
+    assert!(cache_status(&s.get(empty, &[]).await).contains("stored"));
+    assert!(cache_status(&s.get(empty, &[]).await).contains("hit"));
+    assert_eq!(s.echo.requests().await, 4);
     let metrics = s.portico.metrics().await;
     assert!(
-        metrics.contains("portico_cache_requests_total{policy=\"default/c\",result=\"hit\"} 3"),
+        metrics.contains("portico_cache_requests_total{policy=\"default/c\",result=\"hit\"} 4"),
         "{metrics}"
     );
     assert!(
@@ -602,4 +606,42 @@ async fn a_policy_that_does_not_compile_leaves_its_route_serving_uncached() {
     assert!(one.header("cache-status").is_none());
     s.get(path, &[]).await;
     assert_eq!(s.echo.requests().await, 2);
+}
+
+#[tokio::test]
+async fn a_cache_invalidation_in_the_configuration_purges_once() {
+    let s = cached("").await;
+    let path = "/c/inv?cc=max-age%3D600&tag=news";
+    s.get(path, &[]).await;
+    assert!(cache_status(&s.get(path, &[]).await).contains("hit"));
+    let invalidation = |value: &str| {
+        format!(
+            "{}{}---\napiVersion: portico.dev/v1alpha1\nkind: CacheInvalidation\nmetadata: {{name: news, namespace: default}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: c}}]\n  purges: [{{type: Tag, value: {value}}}]\n",
+            route("c", "/c"),
+            cache_policy("c", "c", ""),
+        )
+    };
+    let logged = |needle: &str| s.portico.proc.logs().matches(needle).count();
+    let applied = logged("configuration applied");
+    s.rewrite(&invalidation("news"));
+    await_some("the purge", || async {
+        (logged("cache purge") == 1).then_some(())
+    })
+    .await;
+    assert!(cache_status(&s.get(path, &[]).await).contains("uri-miss"));
+    assert!(cache_status(&s.get(path, &[]).await).contains("hit"));
+    // A reload that still carries the invalidation does not purge again.
+    s.rewrite(&format!("{}# touched\n", invalidation("news")));
+    await_some("the reload", || async {
+        (logged("configuration applied") >= applied + 2).then_some(())
+    })
+    .await;
+    assert_eq!(logged("cache purge"), 1);
+    assert!(cache_status(&s.get(path, &[]).await).contains("hit"));
+    // A changed one purges again.
+    s.rewrite(&invalidation("sports"));
+    await_some("the second purge", || async {
+        (logged("cache purge") == 2).then_some(())
+    })
+    .await;
 }

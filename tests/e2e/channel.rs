@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use portico_crds::auth::AuthPolicy;
+use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::ratelimit::RateLimitPolicy;
@@ -724,6 +725,77 @@ async fn a_global_rate_limit_is_shared_by_the_replicas_through_the_controllers_r
         got.push(send(dp, "carol").await);
     }
     assert_eq!(got, [Some(302), Some(302), Some(302), Some(429)]);
+}
+
+#[tokio::test]
+async fn a_cache_invalidation_purges_every_replica_and_says_so_in_its_status() {
+    let s = Setup::new("channel-cache").await;
+    create::<HttpRoute>(&s.client, &s.ns, route_json("first.example.com")).await;
+    // The gateway's own redirects, cached for an hour.
+    create::<CachePolicy>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "CachePolicy", "metadata": {"name": "redirects"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}],
+                        "defaultTTL": "1h", "statuses": [302]}}),
+    )
+    .await;
+    let _controller = s.controller();
+    let token = s.token(&s.dataplane_account()).await;
+    let (state_a, state_b) = (TempDir::new("state"), TempDir::new("state"));
+    let a = s.dataplane("replica-a", &token, state_a.path());
+    let b = s.dataplane("replica-b", &token, state_b.path());
+    let http = HttpClient::new();
+    let cache_status = |addr: SocketAddr| {
+        let http = http.clone();
+        async move {
+            let r = http.try_get(addr, "x.test", "/page", &[]).await?;
+            Some(r.header("cache-status").unwrap_or_default().to_string())
+        }
+    };
+    for dp in [&a, &b] {
+        let addr = SocketAddr::new(dp.ip, s.port);
+        await_some("a cached redirect on the replica", || async {
+            cache_status(addr).await.filter(|c| c.contains("hit"))
+        })
+        .await;
+    }
+    create::<CacheInvalidation>(
+        &s.client,
+        &s.ns,
+        json!({"apiVersion": "portico.dev/v1alpha1", "kind": "CacheInvalidation", "metadata": {"name": "all-pages"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}],
+                        "purges": [{"type": "Prefix", "value": format!("http://x.test:{}/", s.port)}]}}),
+    )
+    .await;
+    for dp in [&a, &b] {
+        let addr = SocketAddr::new(dp.ip, s.port);
+        await_some("the purge on the replica", || async {
+            cache_status(addr).await.filter(|c| c.contains("uri-miss"))
+        })
+        .await;
+        // Once: what is stored after the purge stays.
+        let again = cache_status(addr).await.unwrap_or_default();
+        assert!(again.contains("hit"), "{again}");
+    }
+    let api: Api<CacheInvalidation> = Api::namespaced(s.client.clone(), &s.ns);
+    let message = await_some("Purged=True", || async {
+        let inv = api.get("all-pages").await.ok()?;
+        let c = inv
+            .status?
+            .ancestors
+            .first()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Purged" && c.status == "True")?
+            .clone();
+        Some(c.message)
+    })
+    .await;
+    assert!(
+        message.contains("replica-a") && message.contains("replica-b"),
+        "{message}"
+    );
 }
 
 /// `/metrics` of a controller's admin port, as a map of sample → value.

@@ -21,11 +21,13 @@ use portico_model::cache as model;
 use portico_model::{ObjectRef, PolicyKind, Snapshot};
 use std::collections::BTreeMap;
 
-/// The cache policies that apply, by target, compiled.
+/// The cache policies that apply, by target, compiled; and the purges of the
+/// CacheInvalidations, by the Gateway whose replicas apply them.
 #[derive(Debug, Default)]
 pub(crate) struct CachePolicies {
     attached: Attachments,
     compiled: BTreeMap<ObjectRef, model::CachePolicy>,
+    purges: BTreeMap<ObjectRef, Vec<model::Purge>>,
 }
 
 /// Compiles every CachePolicy, decides attachment and writes each one's status.
@@ -65,10 +67,158 @@ pub(crate) fn resolve(
             out.compiled.insert(id, c);
         }
     }
+    resolve_invalidations(inputs, targets, status, &mut out);
     out
 }
 
+/// Each CacheInvalidation's purges, sent to the Gateways its targets are served through;
+/// its status (`Accepted`, and `Purged` pending until the controller hears from the
+/// replicas).
+fn resolve_invalidations(
+    inputs: &Inputs,
+    targets: &crate::policy::Targets,
+    status: &mut StatusReport,
+    out: &mut CachePolicies,
+) {
+    use crate::status::{
+        AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, reasons, types,
+    };
+    for inv in &inputs.cache_invalidations {
+        let id = object_ref(&inv.metadata);
+        let generation = inv.metadata.generation;
+        let purges = compile_purges(&id, inv);
+        let mut ancestors = Vec::new();
+        let mut gateways = std::collections::BTreeSet::new();
+        for t in &inv.spec.target_refs {
+            let resolved = targets.resolve_for(PolicyKind::Invalidation, t, &id.namespace);
+            let (accepted, reason, message) = match (&purges, resolved) {
+                (Err(e), _) => (false, reasons::INVALID, e.clone()),
+                (_, Err((reason, message))) => (false, reason, message),
+                (Ok(p), Ok(target)) => {
+                    let served = targets.gateways_of(&target);
+                    for gw in &served {
+                        out.purges
+                            .entry(gw.clone())
+                            .or_default()
+                            .extend(p.iter().cloned());
+                        gateways.insert(gw.clone());
+                    }
+                    if served.is_empty() {
+                        (
+                            false,
+                            reasons::TARGET_NOT_FOUND,
+                            format!("{target} is served through no Gateway of ours"),
+                        )
+                    } else {
+                        (
+                            true,
+                            reasons::ACCEPTED,
+                            "sent to the dataplanes".to_string(),
+                        )
+                    }
+                }
+            };
+            let purged = if accepted {
+                Condition::new(
+                    types::PURGED,
+                    false,
+                    reasons::PENDING,
+                    "waiting for the dataplanes",
+                    generation,
+                )
+            } else {
+                Condition::new(types::PURGED, false, reason, "not sent", generation)
+            };
+            ancestors.push(PolicyAncestorStatus {
+                ancestor_ref: AncestorRef {
+                    group: t.group.clone(),
+                    kind: t.kind.clone(),
+                    namespace: id.namespace.clone(),
+                    name: t.name.clone(),
+                    section_name: t.section_name.clone(),
+                },
+                conditions: vec![
+                    Condition::new(types::ACCEPTED, accepted, reason, message, generation),
+                    purged,
+                ],
+            });
+        }
+        status.policies.insert(
+            (PolicyKind::Invalidation, id.clone()),
+            PolicyStatus { ancestors },
+        );
+        status.purges.insert(id, gateways);
+    }
+    for list in out.purges.values_mut() {
+        list.sort();
+        list.dedup();
+    }
+}
+
+/// An invalidation's purges, each URL written as cache keys hold it, under an id that
+/// changes when its spec does (a replica applies each id once).
+fn compile_purges(
+    id: &ObjectRef,
+    inv: &crd::CacheInvalidation,
+) -> Result<Vec<model::Purge>, String> {
+    // FNV-1a: the same id from every controller version and replica.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes.iter().chain(&[0xff]) {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(inv.metadata.uid.as_deref().unwrap_or("").as_bytes());
+    let mut out = Vec::with_capacity(inv.spec.purges.len());
+    for (i, p) in inv.spec.purges.iter().enumerate() {
+        let (kind, value) = match p.type_ {
+            crd::PurgeType::Url => (model::PurgeKind::Url, model::canonical_url(&p.value)),
+            crd::PurgeType::Prefix => (model::PurgeKind::Prefix, model::canonical_url(&p.value)),
+            crd::PurgeType::Tag => (
+                model::PurgeKind::Tag,
+                if p.value.is_empty()
+                    || p.value.len() > 128
+                    || p.value.bytes().any(|b| b <= b' ' || b == b',' || b == 0x7f)
+                {
+                    Err(format!(
+                        "{:?} is not a tag (1 to 128 visible characters, no comma)",
+                        p.value
+                    ))
+                } else {
+                    Ok(p.value.clone())
+                },
+            ),
+        };
+        let value = value.map_err(|e| format!("purges[{i}]: {e}"))?;
+        feed(format!("{kind:?}").as_bytes());
+        feed(value.as_bytes());
+        out.push(model::Purge {
+            id: String::new(),
+            kind,
+            value,
+        });
+    }
+    if out.is_empty() {
+        return Err("purges names nothing to purge".into());
+    }
+    let revision = format!("{id}#{hash:016x}");
+    for p in &mut out {
+        p.id.clone_from(&revision);
+    }
+    Ok(out)
+}
+
 impl CachePolicies {
+    /// The purges for `snapshot`'s Gateway.
+    pub(crate) fn attach_purges(&self, snapshot: &mut Snapshot) {
+        snapshot.purges = self
+            .purges
+            .get(&snapshot.gateway)
+            .cloned()
+            .unwrap_or_default();
+    }
+
     /// Names each route rule's and route parent's policy in `snapshot` and adds the policies
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {

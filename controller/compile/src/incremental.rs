@@ -93,6 +93,14 @@ fn policies(
             Vec::new(),
         )
     });
+    let invalidations = inputs.cache_invalidations.iter().map(|p| {
+        (
+            PolicyKind::Invalidation,
+            &p.metadata,
+            Cow::Borrowed(p.spec.target_refs.as_slice()),
+            Vec::new(),
+        )
+    });
     let backend = inputs.backend_policies.iter().map(|p| {
         (
             PolicyKind::Backend,
@@ -104,6 +112,7 @@ fn policies(
     auth.chain(unreadable_auth)
         .chain(rate_limit)
         .chain(cache)
+        .chain(invalidations)
         .chain(backend)
 }
 
@@ -344,6 +353,8 @@ pub struct IncrementalCompile {
     /// Policy status, of every kind, is computed whole on every update (it is cheap and
     /// reads every target).
     policies: BTreeMap<(PolicyKind, ObjectRef), crate::status::PolicyStatus>,
+    /// Likewise the Gateways each CacheInvalidation is sent to.
+    purges: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
 }
 
 impl IncrementalCompile {
@@ -354,6 +365,7 @@ impl IncrementalCompile {
             parts: BTreeMap::new(),
             classes: BTreeMap::new(),
             policies: BTreeMap::new(),
+            purges: BTreeMap::new(),
         }
     }
 
@@ -377,6 +389,7 @@ impl IncrementalCompile {
         let out = compile_scoped(inputs, &self.controller_name, Some(&touched));
         self.classes = out.status.gateway_classes;
         self.policies = out.status.policies;
+        self.purges = out.status.purges;
         for gw in &touched {
             self.parts.remove(gw);
         }
@@ -440,6 +453,7 @@ impl IncrementalCompile {
         let mut report = StatusReport {
             gateway_classes: self.classes.clone(),
             policies: self.policies.clone(),
+            purges: self.purges.clone(),
             ..StatusReport::default()
         };
         for (id, part) in &self.parts {

@@ -8,7 +8,7 @@ use crate::refs::{ListenerSetParents, gateways_of, namespace_of};
 use crate::unreadable::UnreadableAuthPolicy;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::backend::BackendPolicy;
-use portico_crds::cache::CachePolicy;
+use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::{
     experimental::grpcroutes::GrpcRoute, experimental::httproutes::HttpRoute as HTTPRoute,
     gatewayclasses::GatewayClass, gateways::Gateway, listenersets::ListenerSet,
@@ -46,6 +46,8 @@ pub struct Inputs {
     pub rate_limit_policies: Vec<RateLimitPolicy>,
     /// Every CachePolicy.
     pub cache_policies: Vec<CachePolicy>,
+    /// Every CacheInvalidation.
+    pub cache_invalidations: Vec<CacheInvalidation>,
     /// Every BackendPolicy.
     pub backend_policies: Vec<BackendPolicy>,
     /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not

@@ -254,6 +254,12 @@ impl ManifestSet {
             ("portico.dev/v1alpha1", "CachePolicy") => {
                 push(&mut i.cache_policies, &mut from, |o| &o.metadata, false)
             }
+            ("portico.dev/v1alpha1", "CacheInvalidation") => push(
+                &mut i.cache_invalidations,
+                &mut from,
+                |o| &o.metadata,
+                false,
+            ),
             ("portico.dev/v1alpha1", "BackendPolicy") => {
                 push(&mut i.backend_policies, &mut from, |o| &o.metadata, false)
             }
@@ -263,7 +269,7 @@ impl ManifestSet {
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, ListenerSet, \
                  HTTPRoute, GRPCRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
-                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy, CachePolicy, BackendPolicy and GatewayConfig \
+                 EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy, CachePolicy, CacheInvalidation, BackendPolicy and GatewayConfig \
                  (portico.dev/v1alpha1)"
             )),
         };

@@ -55,12 +55,13 @@ impl fmt::Display for Target {
 /// Whether policies of `kind` may attach to `target`, or why not.
 pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
     match (kind, target) {
-        (PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache, Target::Service(id, _)) => {
-            Err(format!(
-                "a {kind} applies to requests as they are routed and cannot target Service {id}; \
+        (
+            PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache | PolicyKind::Invalidation,
+            Target::Service(id, _),
+        ) => Err(format!(
+            "a {kind} applies to requests as they are routed and cannot target Service {id}; \
              target the Gateway, a listener, or an HTTPRoute or rule that sends to it"
-            ))
-        }
+        )),
         (
             PolicyKind::Backend,
             Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
@@ -70,7 +71,7 @@ pub(crate) fn accepts(kind: PolicyKind, target: &Target) -> Result<(), String> {
         )),
         (PolicyKind::Backend, Target::Service(..))
         | (
-            PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache,
+            PolicyKind::Auth | PolicyKind::RateLimit | PolicyKind::Cache | PolicyKind::Invalidation,
             Target::Gateway(..) | Target::ListenerSet(..) | Target::Route(..),
         ) => Ok(()),
     }
@@ -269,6 +270,23 @@ impl Targets {
     /// The Gateways a route target is served through.
     pub(crate) fn parents_of(&self, route: &ObjectRef) -> &[ObjectRef] {
         self.route_parents.get(route).map_or(&[], Vec::as_slice)
+    }
+
+    /// What a `targetRef` of an object that attaches without claiming its target names
+    /// (many CacheInvalidations apply to one target), or the reason and message of why not.
+    pub(crate) fn resolve_for(
+        &self,
+        kind: PolicyKind,
+        t: &PolicyTargetRef,
+        namespace: &str,
+    ) -> Result<Target, (&'static str, String)> {
+        match self.resolve(t, namespace) {
+            Err(TargetError::Invalid(m)) => Err((reasons::INVALID, m)),
+            Err(TargetError::NotFound(m)) => Err((reasons::TARGET_NOT_FOUND, m)),
+            Ok(target) => accepts(kind, &target)
+                .map(|()| target)
+                .map_err(|m| (reasons::INVALID, m)),
+        }
     }
 
     /// The Gateways of ours a target is reached through: itself, a route's parents, or the

@@ -31,6 +31,7 @@ impl ResolvedPolicies {
                 PolicyKind::Auth => self.auth.attach(snapshot),
                 PolicyKind::RateLimit => self.rate_limit.attach(snapshot),
                 PolicyKind::Cache => self.cache.attach(snapshot),
+                PolicyKind::Invalidation => self.cache.attach_purges(snapshot),
                 PolicyKind::Backend => self.backend.attach(snapshot),
             }
         }
@@ -78,6 +79,7 @@ pub(crate) fn gateway_snapshot(
         backends,
         policies: PolicySet::default(),
         session_key: None,
+        purges: Vec::new(),
     };
     policies.attach(&mut snapshot);
     Some(snapshot)

@@ -3,7 +3,7 @@
 
 use portico_model::{ObjectRef, PolicyKind};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Condition types, as the Gateway API names them.
 pub mod types {
@@ -11,6 +11,8 @@ pub mod types {
     pub const PROGRAMMED: &str = "Programmed";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const CONFLICTED: &str = "Conflicted";
+    /// A CacheInvalidation's: every replica serving the target purged.
+    pub const PURGED: &str = "Purged";
 }
 
 /// Condition reasons, as the Gateway API names them (and Portico's own where it has none).
@@ -190,6 +192,10 @@ pub struct StatusReport {
     /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
     #[serde(flatten, serialize_with = "by_kind")]
     pub policies: BTreeMap<(PolicyKind, ObjectRef), PolicyStatus>,
+    /// The Gateways each CacheInvalidation's purges are sent to: whose replicas' answers
+    /// fill in its `Purged` conditions (compile leaves them pending).
+    #[serde(skip)]
+    pub purges: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
 }
 
 impl StatusReport {

@@ -9,6 +9,7 @@
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
 //!  CachePolicy ──┤                          │
+//!  CacheInval. ──┤                          │
 //!  BackendPolicy ┤                          │
 //!  GatewayConfig ┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
@@ -39,7 +40,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
 use portico_crds::backend::BackendPolicy;
-use portico_crds::cache::CachePolicy;
+use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
@@ -85,6 +86,7 @@ pub struct Index {
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
     pub cache_policies: Store<CachePolicy>,
+    pub cache_invalidations: Store<CacheInvalidation>,
     pub backend_policies: Store<BackendPolicy>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
@@ -308,6 +310,9 @@ impl Index {
             cache_policies: w.watch(Optional, Spec, |p: &CachePolicy| {
                 DepKey::Policy(PolicyKind::Cache, id(p))
             }),
+            cache_invalidations: w.watch(Optional, Spec, |p: &CacheInvalidation| {
+                DepKey::Policy(PolicyKind::Invalidation, id(p))
+            }),
             backend_policies: w.watch(Optional, Spec, |p: &BackendPolicy| {
                 DepKey::Policy(PolicyKind::Backend, id(p))
             }),
@@ -375,6 +380,7 @@ impl Index {
             unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),
             cache_policies: all(&self.cache_policies),
+            cache_invalidations: all(&self.cache_invalidations),
             backend_policies: all(&self.backend_policies),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,

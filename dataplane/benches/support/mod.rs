@@ -94,5 +94,6 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
         }],
         policies: Default::default(),
         session_key: None,
+        purges: vec![],
     }
 }

@@ -67,3 +67,120 @@ pub enum QueryKey {
     /// Every parameter but these.
     Exclude(Vec<String>),
 }
+
+/// One purge of a `CacheInvalidation`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Purge {
+    /// The same for as long as the invalidation's spec is unchanged: a replica applies a
+    /// purge once, however many snapshots carry it.
+    pub id: String,
+    pub kind: PurgeKind,
+    /// A URL or prefix as [`canonical_url`] writes it, or a tag.
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PurgeKind {
+    /// Every variant of one URL.
+    Url,
+    /// Every URL that starts with the value.
+    Prefix,
+    /// Every response that carried the tag (`Cache-Tag`, `Surrogate-Key`).
+    Tag,
+}
+
+/// `value` as a cache key's URL: `scheme://host:port/path?query`, scheme and host
+/// lowercased, the scheme's default port filled in, `/` for an empty path.
+pub fn canonical_url(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 4096 || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("a URL is 1 to 4096 bytes, without control characters".into());
+    }
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or_else(|| format!("{value:?} is not an absolute URL (http://host/path)"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("{value:?}: the scheme is http or https")),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    let (host, port) = split_host(authority);
+    if host.is_empty() || host.contains(['@', ' ']) {
+        return Err(format!("{value:?} names no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("{value:?}: the port is not a number"))?,
+    };
+    Ok(format!("{scheme}://{host}:{port}{path}"))
+}
+
+/// A Host value's host (lowercased) and port, if it names one.
+pub fn split_host(authority: &str) -> (String, Option<&str>) {
+    let (host, port) = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(i) => {
+                let (h, rest) = authority.split_at(i + 1);
+                (h, rest.strip_prefix(':'))
+            }
+            None => (authority, None),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    (host.to_ascii_lowercase(), port.filter(|p| !p.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_written_as_cache_keys_hold_them() {
+        for (value, expected) in [
+            ("HTTP://Api.Test/a?b=1", "http://api.test:80/a?b=1"),
+            ("https://api.test:8443/x", "https://api.test:8443/x"),
+            ("https://api.test", "https://api.test:443/"),
+            ("https://api.test?x=1", "https://api.test:443/?x=1"),
+            ("https://[::1]/", "https://[::1]:443/"),
+        ] {
+            assert_eq!(canonical_url(value).as_deref(), Ok(expected), "{value}");
+        }
+        for value in [
+            "/relative",
+            "ftp://x/",
+            "http://:80/",
+            "http://h:port/",
+            "",
+            "http://a b/",
+        ] {
+            assert!(canonical_url(value).is_err(), "{value}");
+        }
+    }
+
+    #[test]
+    fn hosts_split_from_their_ports() {
+        assert_eq!(
+            split_host("API.test:8080"),
+            ("api.test".into(), Some("8080"))
+        );
+        assert_eq!(split_host("api.test"), ("api.test".into(), None));
+        assert_eq!(split_host("[::1]:80"), ("[::1]".into(), Some("80")));
+        assert_eq!(split_host("[::1]"), ("[::1]".into(), None));
+    }
+}

@@ -25,6 +25,7 @@ impl Snapshot {
             backends: vec![],
             policies: PolicySet::default(),
             session_key: None,
+            purges: vec![],
         }
     }
 

@@ -37,17 +37,23 @@ pub enum PolicyKind {
     /// routes are then served uncached).
     #[serde(rename = "CachePolicy")]
     Cache,
+    /// `CacheInvalidation`: purges cached responses. Not a policy that applies to requests,
+    /// but attached the same way and reporting the same per-target status; carried by the
+    /// snapshot's `purges`, not named by [`AttachedPolicies`]. Many apply to one target.
+    #[serde(rename = "CacheInvalidation")]
+    Invalidation,
 }
 
 impl PolicyKind {
     /// Every kind, in the order requests meet them (authentication before rate limits, so a
     /// limit can be keyed by who the request is, and both before the backend).
     /// The cache comes after both: a cached answer is for the requests that got that far.
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 5] = [
         PolicyKind::Auth,
         PolicyKind::RateLimit,
         PolicyKind::Cache,
         PolicyKind::Backend,
+        PolicyKind::Invalidation,
     ];
 
     /// The Kubernetes kind of the policy's CRD.
@@ -57,6 +63,7 @@ impl PolicyKind {
             PolicyKind::RateLimit => "RateLimitPolicy",
             PolicyKind::Backend => "BackendPolicy",
             PolicyKind::Cache => "CachePolicy",
+            PolicyKind::Invalidation => "CacheInvalidation",
         }
     }
 }
@@ -94,7 +101,7 @@ impl AttachedPolicies {
             PolicyKind::Auth => self.auth.as_ref(),
             PolicyKind::RateLimit => self.rate_limit.as_ref(),
             PolicyKind::Cache => self.cache.as_ref(),
-            PolicyKind::Backend => None,
+            PolicyKind::Backend | PolicyKind::Invalidation => None,
         }
     }
 
@@ -105,7 +112,7 @@ impl AttachedPolicies {
             PolicyKind::Auth => self.auth = policy,
             PolicyKind::RateLimit => self.rate_limit = policy,
             PolicyKind::Cache => self.cache = policy,
-            PolicyKind::Backend => {}
+            PolicyKind::Backend | PolicyKind::Invalidation => {}
         }
     }
 }
@@ -145,8 +152,8 @@ impl PolicySet {
             PolicyKind::Auth => self.auth.iter().map(|p| &p.id).collect(),
             PolicyKind::RateLimit => self.rate_limit.iter().map(|p| &p.id).collect(),
             PolicyKind::Cache => self.cache.iter().map(|p| &p.id).collect(),
-            // Carried by the backends they apply to.
-            PolicyKind::Backend => Vec::new(),
+            // Carried by the backends they apply to, and by the snapshot's purges.
+            PolicyKind::Backend | PolicyKind::Invalidation => Vec::new(),
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct Snapshot {
     /// without it a dataplane seals with a key of its own (one replica's sessions only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_key: Option<Sensitive>,
+    /// What the CacheInvalidations naming this Gateway (or its routes) remove from its
+    /// replicas' caches, each applied once per replica (by its id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purges: Vec<crate::cache::Purge>,
 }
 
 impl Snapshot {

@@ -185,6 +185,11 @@ fn sample() -> Snapshot {
             }],
         },
         session_key: Some(auth::Sensitive("SECRET-SESSION".into())),
+        purges: vec![cache::Purge {
+            id: "default/purge#0123456789abcdef".into(),
+            kind: cache::PurgeKind::Prefix,
+            value: "https://shop.test:443/catalog/".into(),
+        }],
     }
 }
 

@@ -24,7 +24,7 @@ use crate::metrics::{CacheMetrics, CacheResult, CacheStoreMetrics, Metrics};
 use crate::request::RequestCtx;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use portico_model::cache::{CachePolicy, QueryKey};
+use portico_model::cache::{CachePolicy, PurgeKind, QueryKey, canonical_url, split_host};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,8 +132,7 @@ pub enum Purge {
 
 impl Purge {
     /// A purge from its kind (`url`, `prefix`, `tag`) and value, or why it is not one. URLs
-    /// and prefixes are written the way the key holds them: scheme and host lowercase, the
-    /// port always there.
+    /// and prefixes are written the way the key holds them ([`canonical_url`]).
     pub fn parse(kind: &str, value: &str) -> Result<Self, String> {
         if value.is_empty() || value.len() > 4096 || value.contains(SEP) {
             return Err(format!(
@@ -147,54 +146,15 @@ impl Purge {
             other => Err(format!("unknown purge kind {other:?}: url, prefix or tag")),
         }
     }
-}
 
-/// `value` as a key's URL: `scheme://host:port/...` with the scheme's default port filled
-/// in and scheme and host lowercased.
-fn canonical_url(value: &str) -> Result<String, String> {
-    let (scheme, rest) = value
-        .split_once("://")
-        .ok_or_else(|| format!("{value:?} is not an absolute URL (http://host/path)"))?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return Err(format!("{value:?}: the scheme is http or https")),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    let (host, port) = split_host(authority);
-    if host.is_empty() {
-        return Err(format!("{value:?} names no host"));
+    /// A CacheInvalidation's purge (compile wrote its URL canonically).
+    pub fn of(p: &portico_model::cache::Purge) -> Self {
+        match p.kind {
+            PurgeKind::Url => Purge::Url(p.value.clone()),
+            PurgeKind::Prefix => Purge::Prefix(p.value.clone()),
+            PurgeKind::Tag => Purge::Tag(p.value.clone()),
+        }
     }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| format!("{value:?}: the port is not a number"))?,
-    };
-    Ok(format!("{scheme}://{host}:{port}{path}"))
-}
-
-/// A Host value's host (lowercased) and port, if it names one.
-fn split_host(authority: &str) -> (String, Option<&str>) {
-    let (host, port) = if authority.starts_with('[') {
-        match authority.find(']') {
-            Some(i) => {
-                let (h, rest) = authority.split_at(i + 1);
-                (h, rest.strip_prefix(':'))
-            }
-            None => (authority, None),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    (host.to_ascii_lowercase(), port.filter(|p| !p.is_empty()))
 }
 
 /// One CachePolicy, ready to apply.
@@ -985,16 +945,5 @@ mod tests {
         let k = key(&exclude, "/a?utm=1&b=2", "h", "http", 80);
         assert!(k.starts_with("http://h:80/a?b=2\u{1f}"), "{k}");
         assert!(k.ends_with("\u{1f}h:x-tenant=\u{1f}c:-"), "{k}");
-    }
-
-    #[test]
-    fn hosts_split_from_their_ports() {
-        assert_eq!(
-            split_host("API.test:8080"),
-            ("api.test".into(), Some("8080"))
-        );
-        assert_eq!(split_host("api.test"), ("api.test".into(), None));
-        assert_eq!(split_host("[::1]:80"), ("[::1]".into(), Some("80")));
-        assert_eq!(split_host("[::1]"), ("[::1]".into(), None));
     }
 }

@@ -5,8 +5,9 @@
 use super::{applied_policy, gw, policy_condition, run};
 use crate::Output;
 use crate::status::{Condition, reasons, types};
+use portico_model::ObjectRef;
 use portico_model::PolicyKind;
-use portico_model::cache::QueryKey;
+use portico_model::cache::{PurgeKind, QueryKey};
 
 const ROUTES: &str = r#"
 ---
@@ -121,4 +122,100 @@ fn keying_by_consumer_needs_an_auth_policy_and_a_missing_target_is_reported() {
     ));
     assert!(accepted(&out, "by-consumer").is_true());
     assert!(out.snapshots[&gw()].policies.cache[0].key.consumer);
+}
+
+fn invalidation(name: &str, uid: &str, targets: &str, purges: &str) -> String {
+    format!(
+        "---\napiVersion: portico.dev/v1alpha1\nkind: CacheInvalidation\nmetadata: {{name: {name}, namespace: default, uid: {uid}, generation: 1}}\nspec:\n  targetRefs: {targets}\n  purges: {purges}\n"
+    )
+}
+
+fn purged(out: &Output, name: &str, ancestor: usize) -> (Condition, Condition) {
+    let accepted = policy_condition(
+        out,
+        PolicyKind::Invalidation,
+        name,
+        ancestor,
+        types::ACCEPTED,
+    );
+    let purged = policy_condition(out, PolicyKind::Invalidation, name, ancestor, types::PURGED);
+    (accepted, purged)
+}
+
+#[test]
+fn invalidations_reach_the_snapshots_of_their_gateways_written_as_keys_hold_them() {
+    let purges = "[{type: URL, value: 'HTTPS://Shop.test/a?b=1'}, {type: Prefix, value: 'http://shop.test/img/'}, {type: Tag, value: product-42}]";
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        invalidation("by-route", "u1", ROUTE, purges),
+        invalidation("by-gateway", "u2", GW, "[{type: Tag, value: all}]"),
+    ));
+    let snap = &out.snapshots[&gw()];
+    let values: Vec<(&str, PurgeKind)> = snap
+        .purges
+        .iter()
+        .map(|p| (p.value.as_str(), p.kind))
+        .collect();
+    for expected in [
+        ("https://shop.test:443/a?b=1", PurgeKind::Url),
+        ("http://shop.test:80/img/", PurgeKind::Prefix),
+        ("product-42", PurgeKind::Tag),
+        ("all", PurgeKind::Tag),
+    ] {
+        assert!(values.contains(&expected), "{expected:?} in {values:?}");
+    }
+    // One id per invalidation revision, the same on every compile.
+    let ids: std::collections::BTreeSet<&str> = snap.purges.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let again = run(&format!(
+        "{ROUTES}{}{}",
+        invalidation("by-route", "u1", ROUTE, purges),
+        invalidation("by-gateway", "u2", GW, "[{type: Tag, value: all}]"),
+    ));
+    assert_eq!(again.snapshots[&gw()].purges, snap.purges);
+    // A changed spec is a new purge.
+    let changed = run(&format!(
+        "{ROUTES}{}",
+        invalidation("by-gateway", "u2", GW, "[{type: Tag, value: other}]"),
+    ));
+    let id = |o: &Output| o.snapshots[&gw()].purges[0].id.clone();
+    let before = snap
+        .purges
+        .iter()
+        .find(|p| p.value == "all")
+        .map(|p| p.id.clone());
+    assert_ne!(Some(id(&changed)), before);
+    let (accepted, pending) = purged(&out, "by-route", 0);
+    assert!(accepted.is_true(), "{accepted:?}");
+    assert_eq!(
+        (pending.status.as_str(), pending.reason.as_str()),
+        ("False", reasons::PENDING)
+    );
+    assert_eq!(
+        out.status.purges[&ObjectRef::new("default", "by-route")].len(),
+        1
+    );
+}
+
+#[test]
+fn a_bad_invalidation_is_reported_and_sends_nothing() {
+    let missing = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: missing}]";
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        invalidation("relative", "u1", ROUTE, "[{type: URL, value: /a}]"),
+        invalidation("nowhere", "u2", missing, "[{type: Tag, value: x}]"),
+    ));
+    let (accepted, purged_) = purged(&out, "relative", 0);
+    assert_eq!(accepted.reason, reasons::INVALID);
+    assert!(
+        accepted.message.contains("purges[0]"),
+        "{}",
+        accepted.message
+    );
+    assert!(!purged_.is_true());
+    assert_eq!(
+        purged(&out, "nowhere", 0).0.reason,
+        reasons::TARGET_NOT_FOUND
+    );
+    assert!(out.snapshots[&gw()].purges.is_empty());
 }
