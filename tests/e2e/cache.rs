@@ -88,7 +88,7 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age_and_cache_status
         "{metrics}"
     );
     assert!(
-        metrics.contains("portico_cache_stored_total{policy=\"default/c\"} 3"),
+        metrics.contains("portico_cache_stored_total{policy=\"default/c\"} 4"),
         "{metrics}"
     );
 }
