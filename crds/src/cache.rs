@@ -142,6 +142,31 @@ pub struct CachePolicySpec {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$')").message("coalesceTimeout is a duration such as 0s, 500ms or 5s"))]
     #[schemars(length(min = 2, max = 24))]
     pub coalesce_timeout: Option<String>,
+
+    /// A second tier in Redis, shared by every replica: what one replica fetched, the
+    /// others answer from (each keeps its own memory tier in front). Entries are kept at most
+    /// a day there. When Redis is slow or down, replicas cache for themselves; no request
+    /// fails for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedTier>,
+}
+
+/// The shared Redis tier of a CachePolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedTier {
+    /// `redis://host:port[/db]`. Defaults to the `redisUrl` of the Gateway's GatewayConfig,
+    /// else the controller's `--redis-url` (as for global rate limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub redis_url: Option<String>,
+
+    /// How long a lookup waits for Redis before the request goes on without it. Defaults to
+    /// 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(extend("format" = "int64"))]
+    pub timeout_milliseconds: Option<u32>,
 }
 
 /// The parts of the cache key a policy chooses.

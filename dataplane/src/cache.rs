@@ -16,13 +16,16 @@
 //!   coalesce::Coalescer: one upstream request per missed key, the others wait (bounded)
 //! ```
 //!
-//! Leaves, but for [`step`]: these modules import `http`, `httpdate`, `bytes`, `tokio::sync`
+//! [`shared`] is the Redis tier behind the memory one.
+//!
+//! Leaves, but for [`step`] and [`shared`] (which uses the rate limiter's Redis client): these modules import `http`, `httpdate`, `bytes`, `tokio::sync`
 //! and each other, nothing of the proxy. [`step`] is the cache as a step of the request path
 //! (lookup before the upstream, storing after it), applying them.
 
 pub mod coalesce;
 pub mod directives;
 pub mod freshness;
+pub mod shared;
 pub mod step;
 pub mod storable;
 pub mod store;

@@ -645,3 +645,85 @@ async fn a_cache_invalidation_in_the_configuration_purges_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_nothing() {
+    use portico_tests::redis::Redis;
+    let mut redis = Redis::start();
+    let echo = Echo::start("echo");
+    let ip_a = loopback_ip();
+    let ip_b = loopback_ip();
+    let port = free_port(ip_a);
+    let docs = format!(
+        "{}{}",
+        route("c", "/c"),
+        cache_policy(
+            "c",
+            "c",
+            &format!(
+                "  shared: {{redisUrl: \"{}\", timeoutMilliseconds: 200}}",
+                redis.url()
+            )
+        )
+    );
+    let text = auth::config(port, echo.addr, &docs);
+    let a = Portico::start_on(ip_a, &[("config.yaml", &text)], &[]).await;
+    let b = Portico::start_on(ip_b, &[("config.yaml", &text)], &[]).await;
+    let client = HttpClient::new();
+    let get = |p: &Portico, path: &'static str| {
+        let client = client.clone();
+        let addr = p.addr(port);
+        async move { client.get_with(addr, auth::HOST, path, &[]).await }
+    };
+    let path = "/c/shared?cc=max-age%3D600&vary=Accept-Language";
+    let first = get(&a, path).await;
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    // Stored in Redis in the background: B answers from it once it is there.
+    let from_b = await_some("the entry in the shared tier", || async {
+        let r = get(&b, path).await;
+        cache_status(&r).contains("detail=shared").then_some(r)
+    })
+    .await;
+    assert_eq!(count(&from_b), count(&first));
+    assert_eq!(
+        echo.requests().await,
+        1,
+        "one backend request for both replicas"
+    );
+    // Now in B's memory too.
+    assert!(cache_status(&get(&b, path).await).starts_with("Portico; hit; ttl="));
+
+    // A purge on A is not undone by what Redis still holds.
+    let purge = format!(
+        "/cache/purge?url=http%3A%2F%2F{}%3A{port}%2Fc%2Fshared%3Fcc%3Dmax-age%253D600%26vary%3DAccept-Language",
+        auth::HOST
+    );
+    let purged = client
+        .try_request("POST", a.admin, "admin", &purge, &[])
+        .await
+        .expect("admin answers");
+    assert_eq!(purged.json()["purged"], 1, "{}", purged.text());
+    let after = get(&a, path).await;
+    assert!(
+        cache_status(&after).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&after)
+    );
+
+    // Redis gone: no request fails, each replica caches for itself.
+    redis.kill();
+    for p in [&a, &b] {
+        for i in 0..3 {
+            let r = get(p, "/c/outage?cc=max-age%3D600").await;
+            assert_eq!(r.status, 200);
+            if i > 0 {
+                assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+            }
+        }
+    }
+    assert_eq!(echo.requests().await, 4);
+}

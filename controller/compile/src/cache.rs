@@ -12,7 +12,7 @@
 use crate::auth::AuthPolicies;
 use crate::inputs::Inputs;
 use crate::policy::{Attachments, References, Target, Verdict, oldest_first};
-use crate::ratelimit::{Identity, missing_identity};
+use crate::ratelimit::{GatewayRedis, Identity, missing_identity};
 use crate::refs::object_ref;
 use crate::status::StatusReport;
 use crate::values;
@@ -28,6 +28,7 @@ pub(crate) struct CachePolicies {
     attached: Attachments,
     compiled: BTreeMap<ObjectRef, model::CachePolicy>,
     purges: BTreeMap<ObjectRef, Vec<model::Purge>>,
+    redis: GatewayRedis,
 }
 
 /// Compiles every CachePolicy, decides attachment and writes each one's status.
@@ -35,15 +36,25 @@ pub(crate) fn resolve(
     inputs: &Inputs,
     targets: &crate::policy::Targets,
     auth: &AuthPolicies,
+    redis: &GatewayRedis,
     status: &mut StatusReport,
 ) -> CachePolicies {
-    let mut out = CachePolicies::default();
+    let mut out = CachePolicies {
+        redis: redis.clone(),
+        ..CachePolicies::default()
+    };
     for policy in oldest_first(&inputs.cache_policies, |p| &p.metadata) {
         let id = object_ref(&policy.metadata);
         let compiled = compile_policy(&id, &policy.spec);
         let by_consumer = compiled.as_ref().is_ok_and(|p| p.key.consumer);
+        let needs_redis = compiled
+            .as_ref()
+            .is_ok_and(|p| p.shared.as_ref().is_some_and(|s| s.redis_url.is_empty()));
         let verdict = |target: &Target| match &compiled {
             Err(reason) => Verdict::Rejected(reason.clone()),
+            Ok(_) if needs_redis && missing_redis(target, targets, redis).is_some() => {
+                Verdict::Rejected(missing_redis(target, targets, redis).unwrap_or_default())
+            }
             Ok(_) if by_consumer => {
                 match missing_identity(Identity::Consumer, target, targets, auth) {
                     Some(reason) => Verdict::Rejected(
@@ -223,11 +234,46 @@ impl CachePolicies {
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
         let used = self.attached.name_in(snapshot, PolicyKind::Cache);
+        let gw_redis = self
+            .redis
+            .for_gateway(&snapshot.gateway)
+            .map(str::to_string);
         snapshot.policies.cache = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
+            .filter_map(|mut p| {
+                if let Some(s) = &mut p.shared
+                    && s.redis_url.is_empty()
+                {
+                    // Checked when the policy attached: this Gateway has one.
+                    s.redis_url = gw_redis.clone()?;
+                }
+                Some(p)
+            })
             .collect();
     }
+}
+
+/// Why a shared tier without a Redis of its own has none on `target`: a Gateway it is
+/// served through has none either.
+fn missing_redis(
+    target: &Target,
+    targets: &crate::policy::Targets,
+    redis: &GatewayRedis,
+) -> Option<String> {
+    let without: Vec<String> = targets
+        .gateways_of(target)
+        .iter()
+        .filter(|gw| redis.for_gateway(gw).is_none())
+        .map(ToString::to_string)
+        .collect();
+    (!without.is_empty()).then(|| {
+        format!(
+            "a shared tier needs a Redis: set shared.redisUrl, the redisUrl of the GatewayConfig of Gateway {}, \
+             or start the controller (or standalone portico) with --redis-url",
+            without.join(", ")
+        )
+    })
 }
 
 /// A duration field in whole seconds (at least 1 s, at most a year).
@@ -286,7 +332,25 @@ fn compile_policy(
         None => model::CacheKey::default(),
         Some(k) => compile_key(k)?,
     };
+    let shared = match &spec.shared {
+        None => None,
+        Some(t) => {
+            let url = t.redis_url.clone().unwrap_or_default();
+            if !url.is_empty() {
+                portico_model::ratelimit::RedisAddress::parse(&url)
+                    .map_err(|e| format!("shared.redisUrl: {e}"))?;
+            }
+            Some(model::SharedTier {
+                redis_url: url,
+                timeout_ms: t
+                    .timeout_milliseconds
+                    .unwrap_or(model::DEFAULT_SHARED_TIMEOUT_MS)
+                    .clamp(1, 1000),
+            })
+        }
+    };
     Ok(model::CachePolicy {
+        shared,
         id: id.clone(),
         default_ttl,
         forced_ttl,

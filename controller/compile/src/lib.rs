@@ -177,7 +177,7 @@ pub fn compile_scoped(
     let auth = auth::resolve(inputs, &targets, &mut status);
     let redis = ratelimit::GatewayRedis::new(inputs, controller_name);
     let rate_limit = ratelimit::resolve(inputs, &targets, &auth, &redis, &mut status);
-    let cache = cache::resolve(inputs, &targets, &auth, &mut status);
+    let cache = cache::resolve(inputs, &targets, &auth, &redis, &mut status);
     let backend = backend_policy::resolve(inputs, &targets, &mut status);
     let policies = ResolvedPolicies {
         auth,

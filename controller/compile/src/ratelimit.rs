@@ -72,7 +72,7 @@ impl GatewayRedis {
         }
     }
 
-    fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
+    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
         self.by_gateway
             .get(gw)
             .map(String::as_str)

@@ -40,6 +40,22 @@ pub struct CachePolicy {
     pub store_set_cookie: bool,
     /// 0: no coalescing.
     pub coalesce_timeout_ms: u64,
+    /// The Redis tier shared by the replicas, if the policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedTier>,
+}
+
+/// How long a lookup waits for the shared tier when the policy does not say.
+pub const DEFAULT_SHARED_TIMEOUT_MS: u32 = 50;
+/// The longest an entry is kept in the shared tier (purges are remembered that long).
+pub const SHARED_MAX_SECS: u64 = 86_400;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedTier {
+    /// Resolved by compile (the policy's, the Gateway's, the controller's).
+    pub redis_url: String,
+    pub timeout_ms: u32,
 }
 
 /// What the key holds beyond the scheme, host, port and path.

@@ -15,6 +15,7 @@
 use super::coalesce::{Coalescer, Leader, Outcome, Turn};
 use super::directives::{RequestDirectives, ResponseDirectives};
 use super::freshness::{self, Reuse, Timing, Ttls};
+use super::shared::{Entry, PurgeLog, SharedTier};
 use super::storable::{self, Exchange, NotStored, StoreRules};
 use super::store::{Found, MemoryStore, Stored};
 use super::{CacheStatus, Forward, validation};
@@ -38,6 +39,8 @@ const SEP: char = '\u{1f}';
 const REMEMBER_NOT_STORABLE: Duration = Duration::from_secs(10);
 /// How many times a request waits for a leader that gave up before it leads itself.
 const MAX_WAITS: usize = 3;
+/// The largest reply the shared tier's Redis connections accept: the largest entry.
+const MAX_SHARED_REPLY: usize = 66 << 20;
 
 /// The memory tier and coalescing table of one dataplane, shared by every policy and kept
 /// across configuration changes.
@@ -45,6 +48,15 @@ pub struct CacheShared {
     store: MemoryStore,
     coalescer: Arc<Coalescer>,
     metrics: CacheStoreMetrics,
+    /// The purges applied, so that the shared tier does not bring back what they removed.
+    purges: PurgeLog,
+    /// Connections to the shared tiers' Redis, by address.
+    redis: parking_lot::Mutex<
+        std::collections::HashMap<
+            portico_model::ratelimit::RedisAddress,
+            Arc<crate::ratelimit::redis::RedisPool>,
+        >,
+    >,
 }
 
 impl std::fmt::Debug for CacheShared {
@@ -62,7 +74,27 @@ impl CacheShared {
             store: MemoryStore::new(budget),
             coalescer: Coalescer::new(REMEMBER_NOT_STORABLE),
             metrics: metrics.cache_store.clone(),
+            purges: PurgeLog::default(),
+            redis: parking_lot::Mutex::default(),
         })
+    }
+
+    /// The shared tier of a policy, on connections shared with every policy naming that
+    /// Redis; `None` when the URL does not parse (compile checked it).
+    fn tier(&self, tier: &portico_model::cache::SharedTier) -> Option<Arc<SharedTier>> {
+        let address = portico_model::ratelimit::RedisAddress::parse(&tier.redis_url).ok()?;
+        let pool = self
+            .redis
+            .lock()
+            .entry(address.clone())
+            .or_insert_with(|| {
+                crate::ratelimit::redis::RedisPool::with_max_reply(address, MAX_SHARED_REPLY)
+            })
+            .clone();
+        Some(Arc::new(SharedTier::new(
+            pool,
+            Duration::from_millis(u64::from(tier.timeout_ms)),
+        )))
     }
 
     fn put(&self, key: &str, request: &HeaderMap, stored: Stored) -> bool {
@@ -87,6 +119,7 @@ impl CacheShared {
 
     /// Removes what a purge names; how many entries went.
     pub fn purge(&self, what: &Purge) -> usize {
+        self.purges.record(what, freshness::now());
         let n = match what {
             // The URL alone and with any of the policy's key parts after it.
             Purge::Url(url) => {
@@ -105,6 +138,9 @@ impl CacheShared {
     fn invalidate(&self, origin: &str, path: &str) -> usize {
         let path = path.split('?').next().unwrap_or(path);
         let url = format!("{origin}{path}");
+        // Every query of the path, in the shared tier as well (a few more than need be).
+        self.purges
+            .record(&Purge::Prefix(url.clone()), freshness::now());
         let n = self.store.purge_key(&url)
             + self.store.purge_prefix(&format!("{url}?"))
             + self.store.purge_prefix(&format!("{url}{SEP}"));
@@ -165,6 +201,8 @@ pub struct CacheEngine {
     rules: StoreRules,
     coalesce: Option<Duration>,
     shared: Arc<CacheShared>,
+    /// The Redis tier behind the memory one, if the policy has one.
+    tier: Option<Arc<SharedTier>>,
     metrics: CacheMetrics,
 }
 
@@ -246,10 +284,45 @@ impl CacheEngine {
             },
             coalesce: (policy.coalesce_timeout_ms > 0)
                 .then(|| Duration::from_millis(policy.coalesce_timeout_ms)),
+            tier: policy.shared.as_ref().and_then(|t| shared.tier(t)),
             shared: shared.clone(),
             metrics: metrics.cache(&policy.id.to_string()),
             policy: policy.clone(),
         }
+    }
+
+    /// Looks `key` up in the shared tier and, when it holds an entry for this request that
+    /// no purge removed, puts it in the memory tier. Whether it did.
+    async fn from_shared_tier(&self, key: &str, request: &HeaderMap) -> bool {
+        let Some(tier) = &self.tier else {
+            return false;
+        };
+        let Some(entry) = tier.get(key).await else {
+            return false;
+        };
+        let url = key.split(SEP).next().unwrap_or(key);
+        if entry.url != url
+            || !self.shared.purges.allows(
+                &entry.url,
+                &entry.stored.tags,
+                entry.stored.timing.response_time,
+            )
+        {
+            tier.delete(key);
+            return false;
+        }
+        entry.matches(request) && self.shared.put(key, request, entry.stored)
+    }
+
+    /// How long the shared tier keeps an entry: its lifetime and stale windows.
+    fn shared_ttl(&self, stored: &Stored) -> u64 {
+        let d = &stored.directives;
+        let window = d
+            .stale_while_revalidate
+            .or(self.policy.stale_while_revalidate)
+            .unwrap_or(0)
+            .max(d.stale_if_error.or(self.policy.stale_if_error).unwrap_or(0));
+        stored.timing.lifetime.saturating_add(window)
     }
 
     /// The URL part of the key: scheme, host (lowercase, without the port the client may
@@ -375,6 +448,8 @@ impl CacheEngine {
             request_time: 0,
         };
         let mut waits = 0;
+        let mut tried_shared = false;
+        let mut from_shared = false;
         loop {
             let now = freshness::now();
             let found = self.shared.store.get(&key, req.headers());
@@ -390,6 +465,13 @@ impl CacheEngine {
                 }
                 Found::Hit(s) => s,
                 miss @ (Found::VaryMiss | Found::UriMiss) => {
+                    if !tried_shared {
+                        tried_shared = true;
+                        if self.from_shared_tier(&key, req.headers()).await {
+                            from_shared = true;
+                            continue;
+                        }
+                    }
                     if directives.only_if_cached {
                         self.metrics.record(CacheResult::Miss);
                         return Lookup::Answer(only_if_cached_miss());
@@ -450,7 +532,13 @@ impl CacheEngine {
                         hit: true,
                         collapsed: pending.status.collapsed,
                         ttl: Some(stored.timing.ttl(now)),
-                        detail: (!fresh).then_some("max-stale"),
+                        detail: if !fresh {
+                            Some("max-stale")
+                        } else if from_shared {
+                            Some("shared")
+                        } else {
+                            None
+                        },
                         ..CacheStatus::default()
                     };
                     return Lookup::Answer(answer(&stored, &method, req.headers(), &status, now));
@@ -632,6 +720,10 @@ impl CacheEngine {
         };
         let mut status = pending.status.clone();
         if applies && storable.is_ok() && pending.may_store {
+            if let Some(tier) = &self.tier {
+                let ttl = self.shared_ttl(&entry);
+                tier.put(key, &shared_entry(key, &pending.request, &entry), ttl);
+            }
             status.stored = self.shared.put(key, &pending.request, entry.clone());
         } else if !applies || storable.is_err() {
             // What is stored no longer stands: the next request asks the backend.
@@ -717,11 +809,16 @@ impl CacheEngine {
                 let metrics = self.metrics.clone();
                 let leader = pending.leader.take();
                 let request = std::mem::take(&mut pending.request);
+                let tier = self.tier.clone().map(|t| (t, self.shared_ttl(&entry)));
                 let sink: FillSink = Box::new(move |filled| {
                     let outcome = match filled {
                         Filled::Whole(body) => {
                             let n = body.len();
-                            if shared.put(&key, &request, Stored { body, ..entry }) {
+                            let stored = Stored { body, ..entry };
+                            if let Some((tier, ttl)) = tier {
+                                tier.put(&key, &shared_entry(&key, &request, &stored), ttl);
+                            }
+                            if shared.put(&key, &request, stored) {
                                 metrics.stored(n);
                                 Outcome::Stored
                             } else {
@@ -740,6 +837,17 @@ impl CacheEngine {
                 Ok(with_status(Response::from_parts(parts, body), &status))
             }
         }
+    }
+}
+
+/// What the shared tier keeps of a stored response: it, its URL and its variant.
+fn shared_entry(key: &str, request: &HeaderMap, stored: &Stored) -> Entry {
+    Entry {
+        url: key.split(SEP).next().unwrap_or(key).to_string(),
+        variant: super::variant::Variant::of(request, &stored.vary)
+            .values()
+            .to_vec(),
+        stored: stored.clone(),
     }
 }
 

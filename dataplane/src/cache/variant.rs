@@ -21,6 +21,16 @@ impl Variant {
         }
     }
 
+    /// A variant from the names and values [`Variant::values`] gave (the shared tier's).
+    pub fn from_parts(names: Vec<String>, values: Vec<Option<Vec<u8>>>) -> Self {
+        Self { names, values }
+    }
+
+    /// The request's values, one per name (`None`: not sent).
+    pub fn values(&self) -> &[Option<Vec<u8>>] {
+        &self.values
+    }
+
     /// Bytes it holds (for the store's budget).
     pub fn size(&self) -> usize {
         self.names.iter().map(String::len).sum::<usize>()

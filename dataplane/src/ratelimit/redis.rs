@@ -2,9 +2,9 @@
 //! pipelining whatever requests are waiting into one write (the batching that keeps a Redis
 //! round trip per request affordable), reconnecting with back-off when Redis goes away.
 //!
-//! Only what rate limiting needs: `EVALSHA`/`EVAL` of our scripts and `SELECT`. A request
-//! never waits for a connection: while Redis is down, calls fail at once and the policy's
-//! failure mode applies.
+//! Any command (rate limiting's `EVALSHA`/`EVAL` of our scripts, the cache's `GET` and
+//! `SET`), and `SELECT`. A request never waits for a connection: while Redis is down, calls
+//! fail at once and the caller's failure mode applies.
 
 use bytes::{Buf, BytesMut};
 use portico_model::ratelimit::RedisAddress;
@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 const CONNECTIONS: usize = 2;
 /// Calls waiting for a connection's next write, at most.
 const QUEUE: usize = 8192;
-/// Largest reply accepted (ours are a few integers).
+/// Largest reply accepted by default (rate limiting's are a few integers; the cache's pool
+/// takes its largest entry).
 const MAX_REPLY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,11 @@ pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
 
 /// Parses one reply from the front of `buf`: `Ok(None)` when it is not complete yet.
 pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
+    parse_within(buf, MAX_REPLY)
+}
+
+/// As [`parse`], with bulk strings of at most `max` bytes.
+fn parse_within(buf: &[u8], max: usize) -> Result<Option<(Reply, usize)>, RedisError> {
     fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
         let end = buf.windows(2).position(|w| w == b"\r\n")?;
         Some((&buf[..end], end + 2))
@@ -94,7 +100,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
                 return Ok(Some((Reply::Bulk(None), used)));
             }
             let n = usize::try_from(n).map_err(|_| RedisError::Protocol)?;
-            if n > MAX_REPLY {
+            if n > max {
                 return Err(RedisError::Protocol);
             }
             if buf.len() < used + n + 2 {
@@ -117,7 +123,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
             let mut items = Vec::with_capacity(n);
             let mut at = used;
             for _ in 0..n {
-                match parse(&buf[at..])? {
+                match parse_within(&buf[at..], max)? {
                     None => return Ok(None),
                     Some((r, u)) => {
                         items.push(r);
@@ -159,11 +165,16 @@ impl std::fmt::Debug for RedisPool {
 impl RedisPool {
     /// Starts connecting in the background (the connections live as long as the pool).
     pub fn new(address: RedisAddress) -> Arc<Self> {
+        Self::with_max_reply(address, MAX_REPLY)
+    }
+
+    /// As [`RedisPool::new`], accepting replies of up to `max_reply` bytes.
+    pub fn with_max_reply(address: RedisAddress, max_reply: usize) -> Arc<Self> {
         let connections = (0..CONNECTIONS)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let up = Arc::new(AtomicBool::new(false));
-                tokio::spawn(run(address.clone(), rx, up.clone()));
+                tokio::spawn(run(address.clone(), rx, up.clone(), max_reply));
                 Connection { calls: tx, up }
             })
             .collect();
@@ -214,7 +225,12 @@ impl RedisPool {
 
 /// One connection's life: connect, serve calls until it breaks, back off, again. Ends when
 /// the pool is dropped.
-async fn run(address: RedisAddress, mut calls: mpsc::Receiver<Call>, up: Arc<AtomicBool>) {
+async fn run(
+    address: RedisAddress,
+    mut calls: mpsc::Receiver<Call>,
+    up: Arc<AtomicBool>,
+    max_reply: usize,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut was_up = true;
     loop {
@@ -226,7 +242,7 @@ async fn run(address: RedisAddress, mut calls: mpsc::Receiver<Call>, up: Arc<Ato
                     tracing::info!(redis = %address.host_port, "connected to Redis");
                 }
                 was_up = true;
-                let closed = serve(stream, &mut calls).await;
+                let closed = serve(stream, &mut calls, max_reply).await;
                 up.store(false, Ordering::Relaxed);
                 if closed {
                     return;
@@ -280,7 +296,7 @@ async fn connect(address: &RedisAddress) -> std::io::Result<TcpStream> {
 }
 
 /// Serves calls on one connection until it fails (false) or the pool is gone (true).
-async fn serve(mut stream: TcpStream, calls: &mut mpsc::Receiver<Call>) -> bool {
+async fn serve(mut stream: TcpStream, calls: &mut mpsc::Receiver<Call>, max_reply: usize) -> bool {
     let mut waiting: VecDeque<oneshot::Sender<Result<Reply, RedisError>>> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -317,7 +333,7 @@ async fn serve(mut stream: TcpStream, calls: &mut mpsc::Receiver<Call>) -> bool 
                         return false;
                     }
                     Ok(_) => loop {
-                        match parse(&buf) {
+                        match parse_within(&buf, max_reply) {
                             Ok(None) => break,
                             Ok(Some((reply, used))) => {
                                 buf.advance(used);

@@ -219,3 +219,47 @@ fn a_bad_invalidation_is_reported_and_sends_nothing() {
     );
     assert!(out.snapshots[&gw()].purges.is_empty());
 }
+
+#[test]
+fn a_shared_tier_needs_a_redis_from_the_policy_the_gateway_or_the_controller() {
+    let out = run(&format!(
+        "{ROUTES}{}{}",
+        policy("no-redis", T1, ROUTE, "  shared: {}"),
+        policy(
+            "own",
+            T1,
+            GW,
+            "  shared: {redisUrl: \"redis://cache.infra:6380/2\"}"
+        ),
+    ));
+    let c = accepted(&out, "no-redis");
+    assert_eq!(c.reason, reasons::INVALID);
+    assert!(c.message.contains("needs a Redis"), "{}", c.message);
+    let own = out.snapshots[&gw()]
+        .policies
+        .cache
+        .iter()
+        .find(|p| p.id.name == "own")
+        .expect("compiled");
+    let shared = own.shared.as_ref().expect("a shared tier");
+    assert_eq!(shared.redis_url, "redis://cache.infra:6380/2");
+    assert_eq!(
+        shared.timeout_ms,
+        portico_model::cache::DEFAULT_SHARED_TIMEOUT_MS
+    );
+    // The controller's default fills in the policy's.
+    let mut inputs = super::inputs(&format!(
+        "{ROUTES}{}",
+        policy("no-redis", T1, ROUTE, "  shared: {}")
+    ));
+    inputs.redis_url = Some("redis://default:6379".into());
+    let out = crate::compile(&inputs, crate::CONTROLLER_NAME);
+    assert!(accepted(&out, "no-redis").is_true());
+    assert_eq!(
+        out.snapshots[&gw()].policies.cache[0]
+            .shared
+            .as_ref()
+            .map(|s| s.redis_url.as_str()),
+        Some("redis://default:6379")
+    );
+}
