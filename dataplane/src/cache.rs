@@ -25,6 +25,7 @@
 pub mod coalesce;
 pub mod directives;
 pub mod freshness;
+pub mod purge;
 pub mod shared;
 pub mod step;
 pub mod storable;

@@ -234,7 +234,7 @@ pub struct PurgeLog {
 #[derive(Debug, Default)]
 struct PurgeLogInner {
     /// (when, what), oldest first.
-    purges: VecDeque<(u64, super::step::Purge)>,
+    purges: VecDeque<(u64, super::purge::Purge)>,
     /// Entries stored at or before this are refused whatever they are (purges were
     /// forgotten to keep the log bounded).
     floor: u64,
@@ -247,7 +247,7 @@ const MAX_PURGES: usize = 10_000;
 const SKEW: u64 = 2;
 
 impl PurgeLog {
-    pub fn record(&self, purge: &super::step::Purge, now: u64) {
+    pub fn record(&self, purge: &super::purge::Purge, now: u64) {
         let mut inner = self.inner.lock();
         inner.purges.push_back((now, purge.clone()));
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
@@ -267,7 +267,7 @@ impl PurgeLog {
     /// Whether an entry from the shared tier for `url` with `tags`, stored at `stored_at`,
     /// survived every purge this replica applied.
     pub fn allows(&self, url: &str, tags: &[String], stored_at: u64) -> bool {
-        use super::step::Purge;
+        use super::purge::Purge;
         let inner = self.inner.lock();
         if stored_at <= inner.floor {
             return false;
@@ -286,7 +286,7 @@ impl PurgeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::step::Purge;
+    use crate::cache::purge::Purge;
     use crate::cache::test_headers;
 
     fn entry() -> Entry {

@@ -15,6 +15,7 @@
 use super::coalesce::{Coalescer, Leader, Outcome, Turn};
 use super::directives::{RequestDirectives, ResponseDirectives};
 use super::freshness::{self, Reuse, Timing, Ttls};
+pub use super::purge::Purge;
 use super::shared::{Entry, PurgeLog, SharedTier};
 use super::storable::{self, Exchange, NotStored, StoreRules};
 use super::store::{Found, MemoryStore, Stored};
@@ -25,7 +26,7 @@ use crate::metrics::{CacheMetrics, CacheResult, CacheStoreMetrics, Metrics};
 use crate::request::RequestCtx;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use portico_model::cache::{CachePolicy, PurgeKind, QueryKey, canonical_url, split_host};
+use portico_model::cache::{CachePolicy, QueryKey, split_host};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,44 +156,6 @@ impl CacheShared {
     }
 }
 
-/// What a purge removes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Purge {
-    /// One URL (`https://host:port/path?query`), every variant and key part.
-    Url(String),
-    /// Every URL that starts with this.
-    Prefix(String),
-    /// Every response that carried this tag (`Cache-Tag`, `Surrogate-Key`).
-    Tag(String),
-}
-
-impl Purge {
-    /// A purge from its kind (`url`, `prefix`, `tag`) and value, or why it is not one. URLs
-    /// and prefixes are written the way the key holds them ([`canonical_url`]).
-    pub fn parse(kind: &str, value: &str) -> Result<Self, String> {
-        if value.is_empty() || value.len() > 4096 || value.contains(SEP) {
-            return Err(format!(
-                "a {kind} is 1 to 4096 bytes, without control characters"
-            ));
-        }
-        match kind {
-            "url" => Ok(Purge::Url(canonical_url(value)?)),
-            "prefix" => Ok(Purge::Prefix(canonical_url(value)?)),
-            "tag" => Ok(Purge::Tag(value.to_string())),
-            other => Err(format!("unknown purge kind {other:?}: url, prefix or tag")),
-        }
-    }
-
-    /// A CacheInvalidation's purge (compile wrote its URL canonically).
-    pub fn of(p: &portico_model::cache::Purge) -> Self {
-        match p.kind {
-            PurgeKind::Url => Purge::Url(p.value.clone()),
-            PurgeKind::Prefix => Purge::Prefix(p.value.clone()),
-            PurgeKind::Tag => Purge::Tag(p.value.clone()),
-        }
-    }
-}
-
 /// One CachePolicy, ready to apply.
 #[derive(Debug)]
 pub struct CacheEngine {
@@ -293,7 +256,7 @@ impl CacheEngine {
 
     /// Looks `key` up in the shared tier and, when it holds an entry for this request that
     /// no purge removed, puts it in the memory tier. Whether it did.
-    async fn from_shared_tier(&self, key: &str, request: &HeaderMap) -> bool {
+    async fn fill_from_shared_tier(&self, key: &str, request: &HeaderMap) -> bool {
         let Some(tier) = &self.tier else {
             return false;
         };
@@ -467,7 +430,7 @@ impl CacheEngine {
                 miss @ (Found::VaryMiss | Found::UriMiss) => {
                     if !tried_shared {
                         tried_shared = true;
-                        if self.from_shared_tier(&key, req.headers()).await {
+                        if self.fill_from_shared_tier(&key, req.headers()).await {
                             from_shared = true;
                             continue;
                         }
@@ -941,45 +904,6 @@ fn append_status(headers: &mut HeaderMap, status: &CacheStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn purge_urls_are_written_as_keys_hold_them() {
-        for (kind, value, expected) in [
-            (
-                "url",
-                "HTTP://Api.Test/a?b=1",
-                Purge::Url("http://api.test:80/a?b=1".into()),
-            ),
-            (
-                "url",
-                "https://api.test:8443/x",
-                Purge::Url("https://api.test:8443/x".into()),
-            ),
-            (
-                "prefix",
-                "https://api.test/img/",
-                Purge::Prefix("https://api.test:443/img/".into()),
-            ),
-            (
-                "prefix",
-                "https://[::1]/",
-                Purge::Prefix("https://[::1]:443/".into()),
-            ),
-            ("tag", "product-42", Purge::Tag("product-42".into())),
-        ] {
-            assert_eq!(Purge::parse(kind, value), Ok(expected), "{kind} {value}");
-        }
-        for (kind, value) in [
-            ("url", "/relative"),
-            ("url", "ftp://x/"),
-            ("url", "http://:80/"),
-            ("url", "http://h:port/"),
-            ("tag", ""),
-            ("ban", "x"),
-        ] {
-            assert!(Purge::parse(kind, value).is_err(), "{kind} {value}");
-        }
-    }
 
     fn engine(key: &str) -> CacheEngine {
         let metrics = Metrics::default();
