@@ -13,6 +13,7 @@
 #[path = "peers.rs"]
 mod peers;
 
+mod cache;
 mod compression;
 #[path = "policy_cost.rs"]
 mod policy_cost;
@@ -588,7 +589,7 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`, `websocket`, `compression`)
+    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`, `websocket`, `compression`, `cache`)
     // measures just that section (a quick run).
     let only = std::env::var("PORTICO_BENCH_ONLY").ok();
     let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
@@ -641,9 +642,10 @@ fn main() {
 
     // The sections after the side-by-side tables, each run alone with
     // `PORTICO_BENCH_ONLY=<name>`.
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("websocket", websocket::section),
         ("compression", compression::section),
+        ("cache", cache::section),
         ("auth", policy_cost::auth_section),
         ("ratelimit", policy_cost::rate_limit_section),
         ("backend", policy_cost::backend_section),

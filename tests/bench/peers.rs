@@ -368,6 +368,7 @@ http {{
   upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}
   server_names_hash_max_size 65536;
   server_names_hash_bucket_size 128;
+  proxy_cache_path {dir}/cache levels=1:2 keys_zone=bench:16m max_size=256m inactive=1h use_temp_path=off;
 {extra}  server {{
     listen {listen};
     {tls}
@@ -388,6 +389,15 @@ http {{
       gzip_min_length 1024;
       gzip_proxied any;
       gzip_vary on;
+    }}
+    # A shared cache of every answer for 10 minutes (the cache benchmark).
+    location /cached/ {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_cache bench;
+      proxy_cache_valid 200 10m;
+      proxy_cache_lock on;
     }}
     # WebSocket, as nginx's documentation configures it (the WebSocket benchmark).
     location /ws {{

@@ -89,9 +89,11 @@ fn catalogue(size: usize) -> Bytes {
 }
 
 fn fixed(req: &Request<Incoming>, f: &Fixed) -> Response<Full<Bytes>> {
-    let (body, content_type) = match req.uri().path() {
-        "/100k" => (f.large.clone(), "text/plain"),
-        "/100k.json" => (f.json.clone(), "application/json"),
+    // By the last segment, so a benchmark's own prefix (`/cached/100k`) keeps the size.
+    let last = req.uri().path().rsplit('/').next().unwrap_or("");
+    let (body, content_type) = match last {
+        "100k" => (f.large.clone(), "text/plain"),
+        "100k.json" => (f.json.clone(), "application/json"),
         _ => (f.small.clone(), "text/plain"),
     };
     let mut r = Response::new(Full::new(body));
