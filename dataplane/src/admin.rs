@@ -57,6 +57,10 @@ impl PurgeAccess {
 
     fn admits(&self, headers: &http::HeaderMap) -> Result<(), &'static str> {
         use subtle::ConstantTimeEq;
+        // A browser's cross-site form or fetch carries Origin; purges come from tools.
+        if headers.contains_key(header::ORIGIN) {
+            return Err("purges are not taken from browsers (the request has an Origin)\n");
+        }
         match self {
             PurgeAccess::Loopback => Ok(()),
             PurgeAccess::Refused => Err(
@@ -65,8 +69,9 @@ impl PurgeAccess {
             PurgeAccess::Token(expected) => {
                 let given = headers
                     .get(header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                    .unwrap_or_default();
+                    .map(|v| v.as_bytes())
+                    .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+                    .map_or(&b""[..], |v| &v[7..]);
                 if bool::from(given.ct_eq(expected)) {
                     Ok(())
                 } else {

@@ -165,7 +165,14 @@ impl Dataplane {
             if applied.contains(&p.id) {
                 continue;
             }
-            let n = self.cache.purge(&crate::cache::step::Purge::of(p));
+            let at = if p.created > 0 {
+                p.created
+            } else {
+                crate::cache::freshness::now()
+            };
+            let n = self
+                .cache
+                .purge_scoped(&crate::cache::step::Purge::of(p), &p.routes, at);
             tracing::info!(invalidation = %p.id, kind = ?p.kind, value = %p.value, removed = n, "cache purge");
         }
         *applied = current;

@@ -479,12 +479,18 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     }
     let token = match &args.admin_token_file {
         None => None,
-        Some(path) => Some(
-            std::fs::read(path)
+        Some(path) => {
+            let token = std::fs::read(path)
                 .with_context(|| format!("cannot read the admin token {}", path.display()))?
                 .trim_ascii()
-                .to_vec(),
-        ),
+                .to_vec();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the admin token file {} is empty",
+                path.display()
+            );
+            Some(token)
+        }
     };
     let access = admin::PurgeAccess::new(token, args.admin_address);
     tokio::spawn(admin::serve(admin, dp.clone(), access));

@@ -264,9 +264,11 @@ impl Proxy {
                         let refresh = async {
                             let (result, _) = me.forward(&rule, req, &mut bg).await;
                             let Some(cache) = chain.cache() else { return };
-                            // Read to its end: the entry is stored when the body is whole.
+                            // Read to its end (and dropped: the cache keeps its copy): the
+                            // entry is stored when the body is whole.
                             if let Ok(resp) = cache.complete(*pending, result) {
-                                let _ = resp.into_body().collect().await;
+                                let mut body = resp.into_body();
+                                while let Some(Ok(_)) = body.frame().await {}
                             }
                         };
                         if tokio::time::timeout(limit, refresh).await.is_err() {
@@ -695,6 +697,8 @@ impl Proxy {
                 } else {
                     resp.headers_mut().insert(name, value);
                 }
+                // One client's pin: a cache must not replay it to the others.
+                resp.extensions_mut().insert(crate::cache::step::Personal);
             }
         }
         match &result {

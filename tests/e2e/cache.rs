@@ -446,6 +446,21 @@ async fn purges_on_the_admin_port_by_url_prefix_and_tag_and_only_with_the_token(
             .status,
         400
     );
+    // Not from a browser, token or not.
+    let from_page = client
+        .try_request(
+            "POST",
+            s.portico.admin,
+            "admin",
+            "/cache/purge?tag=product-42",
+            &[
+                ("authorization", "Bearer s3cret-admin-token"),
+                ("origin", "https://evil.test"),
+            ],
+        )
+        .await
+        .expect("admin answers");
+    assert_eq!(from_page.status, 401);
     // The token never reaches the log.
     s.assert_not_logged(&["s3cret-admin-token"]);
 }
@@ -583,7 +598,8 @@ async fn poisoning_an_unkeyed_header_never_reaches_another_client_and_host_and_p
         "{}",
         cache_status(&other_port)
     );
-    // A Host with the port named is the same origin as without it.
+    // A Host with the listener's port named is the same origin as without it; another
+    // port in Host (which the backend sees, and may build links from) is another key.
     let named = client
         .get_with(portico.addr(p1), &format!("SHOP.test:{p1}"), path, &[])
         .await;
@@ -591,6 +607,14 @@ async fn poisoning_an_unkeyed_header_never_reaches_another_client_and_host_and_p
         cache_status(&named).contains("hit"),
         "{}",
         cache_status(&named)
+    );
+    let other = client
+        .get_with(portico.addr(p1), "shop.test:1337", path, &[])
+        .await;
+    assert!(
+        cache_status(&other).contains("uri-miss"),
+        "{}",
+        cache_status(&other)
     );
 }
 

@@ -107,11 +107,19 @@ fn resolve_invalidations(
                 (_, Err((reason, message))) => (false, reason, message),
                 (Ok(p), Ok(target)) => {
                     let served = targets.gateways_of(&target);
+                    // A route's invalidation purges that route's entries only.
+                    let routes = match &target {
+                        Target::Route(route, _) => vec![route.to_string()],
+                        _ => Vec::new(),
+                    };
                     for gw in &served {
                         out.purges
                             .entry(gw.clone())
                             .or_default()
-                            .extend(p.iter().cloned());
+                            .extend(p.iter().map(|p| model::Purge {
+                                routes: routes.clone(),
+                                ..p.clone()
+                            }));
                         gateways.insert(gw.clone());
                     }
                     if served.is_empty() {
@@ -208,6 +216,13 @@ fn compile_purges(
             id: String::new(),
             kind,
             value,
+            routes: Vec::new(),
+            created: inv
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| u64::try_from(t.0.as_second()).ok())
+                .unwrap_or(0),
         });
     }
     if out.is_empty() {

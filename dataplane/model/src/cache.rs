@@ -94,6 +94,15 @@ pub struct Purge {
     pub kind: PurgeKind,
     /// A URL or prefix as [`canonical_url`] writes it, or a tag.
     pub value: String,
+    /// Only entries of these routes (`namespace/name`), when the invalidation targets
+    /// routes: one team's invalidation does not empty another's entries. Empty: every
+    /// entry of the Gateway (it targets the Gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// When the invalidation was made (seconds since the epoch; 0 when unknown): what the
+    /// shared tier stored before then is refused, whenever a replica applies it.
+    #[serde(default)]
+    pub created: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

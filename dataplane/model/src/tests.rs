@@ -189,6 +189,8 @@ fn sample() -> Snapshot {
             id: "default/purge#0123456789abcdef".into(),
             kind: cache::PurgeKind::Prefix,
             value: "https://shop.test:443/catalog/".into(),
+            routes: vec!["default/catalog".into()],
+            created: 1_700_000_000,
         }],
     }
 }

@@ -233,8 +233,13 @@ pub struct PurgeLog {
 
 #[derive(Debug, Default)]
 struct PurgeLogInner {
-    /// (when, what), oldest first.
-    purges: VecDeque<(u64, super::purge::Purge)>,
+    /// (when, sequence, what), oldest first.
+    purges: VecDeque<(u64, u64, super::purge::Purge)>,
+    /// (when, sequence, origin and path) of unsafe requests' invalidations, oldest first;
+    /// bounded without a floor (they are many, cheap to cause, and best effort by nature).
+    writes: VecDeque<(u64, u64, String)>,
+    /// Purges and invalidations recorded so far.
+    seq: u64,
     /// Entries stored at or before this are refused whatever they are (purges were
     /// forgotten to keep the log bounded).
     floor: u64,
@@ -249,9 +254,11 @@ const SKEW: u64 = 2;
 impl PurgeLog {
     pub fn record(&self, purge: &super::purge::Purge, now: u64) {
         let mut inner = self.inner.lock();
-        inner.purges.push_back((now, purge.clone()));
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.purges.push_back((now, seq, purge.clone()));
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
-        while let Some((t, _)) = inner.purges.front() {
+        while let Some((t, _, _)) = inner.purges.front() {
             if *t < horizon || inner.purges.len() > MAX_PURGES {
                 let t = *t;
                 inner.purges.pop_front();
@@ -264,22 +271,74 @@ impl PurgeLog {
         }
     }
 
+    /// Records an unsafe request's invalidation of `path_url` (origin and path: every query
+    /// of it).
+    pub fn record_write(&self, path_url: &str, now: u64) {
+        let mut inner = self.inner.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.writes.push_back((now, seq, path_url.to_string()));
+        let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
+        while inner
+            .writes
+            .front()
+            .is_some_and(|(t, _, _)| *t < horizon || inner.writes.len() > MAX_PURGES)
+        {
+            inner.writes.pop_front();
+        }
+    }
+
     /// Whether an entry from the shared tier for `url` with `tags`, stored at `stored_at`,
     /// survived every purge this replica applied.
     pub fn allows(&self, url: &str, tags: &[String], stored_at: u64) -> bool {
-        use super::purge::Purge;
         let inner = self.inner.lock();
         if stored_at <= inner.floor {
             return false;
         }
-        !inner.purges.iter().any(|(t, p)| {
-            stored_at <= t + SKEW
-                && match p {
-                    Purge::Url(u) => url == u,
-                    Purge::Prefix(prefix) => url.starts_with(prefix.as_str()),
-                    Purge::Tag(tag) => tags.iter().any(|t| t == tag),
-                }
-        })
+        let path = url.split('?').next().unwrap_or(url);
+        if inner
+            .writes
+            .iter()
+            .any(|(t, _, p)| stored_at <= t + SKEW && p == path)
+        {
+            return false;
+        }
+        !inner
+            .purges
+            .iter()
+            .any(|(t, _, p)| stored_at <= t + SKEW && removes(p, url, tags))
+    }
+
+    /// The sequence number of the last purge or invalidation recorded.
+    pub fn seq(&self) -> u64 {
+        self.inner.lock().seq
+    }
+
+    /// Whether a response fetched by a request that started when the log was at `seq`
+    /// may be stored: no purge or invalidation recorded since removes it (one that came
+    /// while it was on its way must win).
+    pub fn allows_since(&self, url: &str, tags: &[String], seq: u64) -> bool {
+        let inner = self.inner.lock();
+        if inner.seq == seq {
+            return true;
+        }
+        let path = url.split('?').next().unwrap_or(url);
+        !inner.writes.iter().any(|(_, s, p)| *s > seq && p == path)
+            && !inner
+                .purges
+                .iter()
+                .any(|(_, s, p)| *s > seq && removes(p, url, tags))
+    }
+}
+
+/// Whether `purge` removes an entry for `url` with `tags` (unscoped: the log errs on the
+/// side of refusing).
+fn removes(purge: &super::purge::Purge, url: &str, tags: &[String]) -> bool {
+    use super::purge::Purge;
+    match purge {
+        Purge::Url(u) => url == u,
+        Purge::Prefix(prefix) => url.starts_with(prefix.as_str()),
+        Purge::Tag(tag) => tags.iter().any(|t| t == tag),
     }
 }
 
@@ -358,6 +417,19 @@ mod tests {
             t + SHARED_MAX_SECS + 10,
         );
         assert!(log.allows("https://shop.test:443/img/1", &[], t + 5));
+    }
+
+    #[test]
+    fn a_purge_while_a_response_was_on_its_way_keeps_it_out() {
+        let log = PurgeLog::default();
+        let before = log.seq();
+        log.record(&Purge::Tag("news".into()), 1);
+        log.record_write("https://shop.test:443/cart", 1);
+        assert!(!log.allows_since("https://x.test:443/", &["news".into()], before));
+        assert!(!log.allows_since("https://shop.test:443/cart?id=1", &[], before));
+        assert!(log.allows_since("https://shop.test:443/cartoon", &[], before));
+        // Requests that started after them are not concerned.
+        assert!(log.allows_since("https://x.test:443/", &["news".into()], log.seq()));
     }
 
     #[test]

@@ -40,6 +40,9 @@ const SEP: char = '\u{1f}';
 const REMEMBER_NOT_STORABLE: Duration = Duration::from_secs(10);
 /// How many times a request waits for a leader that gave up before it leads itself.
 const MAX_WAITS: usize = 3;
+/// How long the requests coalesced behind one wait for its body to be stored once its
+/// answer began.
+const FILL_WAIT: Duration = Duration::from_secs(2);
 /// The largest reply the shared tier's Redis connections accept: the largest entry.
 const MAX_SHARED_REPLY: usize = 66 << 20;
 
@@ -120,14 +123,23 @@ impl CacheShared {
 
     /// Removes what a purge names; how many entries went.
     pub fn purge(&self, what: &Purge) -> usize {
-        self.purges.record(what, freshness::now());
+        self.purge_scoped(what, &[], freshness::now())
+    }
+
+    /// Removes what a purge names among the entries of `routes` (`namespace/name`; empty:
+    /// every entry), made at `at` (what the shared tier stored before then is refused).
+    pub fn purge_scoped(&self, what: &Purge, routes: &[String], at: u64) -> usize {
+        self.purges.record(what, at);
+        let scoped = |key: &str| {
+            routes.is_empty() || routes.iter().any(|r| key.contains(&format!("{SEP}r:{r}#")))
+        };
         let n = match what {
-            // The URL alone and with any of the policy's key parts after it.
-            Purge::Url(url) => {
-                self.store.purge_key(url) + self.store.purge_prefix(&format!("{url}{SEP}"))
-            }
-            Purge::Prefix(prefix) => self.store.purge_prefix(prefix),
-            Purge::Tag(tag) => self.store.purge_tag(tag),
+            // The URL with any of the policy's key parts after it (a key always has them).
+            Purge::Url(url) => self
+                .store
+                .purge_prefix_where(&format!("{url}{SEP}"), |k, _| scoped(k)),
+            Purge::Prefix(prefix) => self.store.purge_prefix_where(prefix, |k, _| scoped(k)),
+            Purge::Tag(tag) => self.store.purge_tag_where(tag, scoped),
         };
         self.metrics.purged.inc_by(n as u64);
         self.gauges();
@@ -139,11 +151,9 @@ impl CacheShared {
     fn invalidate(&self, origin: &str, path: &str) -> usize {
         let path = path.split('?').next().unwrap_or(path);
         let url = format!("{origin}{path}");
-        // Every query of the path, in the shared tier as well (a few more than need be).
-        self.purges
-            .record(&Purge::Prefix(url.clone()), freshness::now());
-        let n = self.store.purge_key(&url)
-            + self.store.purge_prefix(&format!("{url}?"))
+        // Every query of the path, in the shared tier as well.
+        self.purges.record_write(&url, freshness::now());
+        let n = self.store.purge_prefix(&format!("{url}?"))
             + self.store.purge_prefix(&format!("{url}{SEP}"));
         self.metrics.purged.inc_by(n as u64);
         self.gauges();
@@ -155,6 +165,11 @@ impl CacheShared {
         self.store.usage()
     }
 }
+
+/// Marks a response the gateway made one client's own (it pinned a session in it): never
+/// stored, whatever the policy says about cookies.
+#[derive(Clone, Copy, Debug)]
+pub struct Personal;
 
 /// One CachePolicy, ready to apply.
 #[derive(Debug)]
@@ -204,6 +219,8 @@ pub struct Pending {
     leader: Option<Leader>,
     status: CacheStatus,
     request_time: u64,
+    /// The purge log's sequence when the request started.
+    purge_seq: u64,
 }
 
 impl Pending {
@@ -226,6 +243,7 @@ impl Pending {
                 ..CacheStatus::default()
             },
             request_time: 0,
+            purge_seq: 0,
         }
     }
 }
@@ -296,11 +314,22 @@ impl CacheEngine {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-        let (host, _) = split_host(authority);
-        let origin = format!("{}://{}:{}", cx.down.scheme, host, cx.down.local_port);
+        // The port as the client named it (the backend sees that Host, and may build URLs
+        // from it), else the listener's.
+        let (host, port) = split_host(authority);
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok()?,
+            None => cx.down.local_port,
+        };
+        let origin = format!("{}://{}:{}", cx.down.scheme, host, port);
         let mut url = format!("{origin}{}", req.uri().path());
         if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
             let name = |pair: &str| pair.split('=').next().unwrap_or("").to_string();
+            if !matches!(self.policy.key.query, QueryKey::All) && !filterable(q) {
+                // A name the backend may decode to another (`%69d`), a `;` some backends
+                // split on, a kept name twice: the key could not say what the backend reads.
+                return None;
+            }
             let kept: Option<Vec<&str>> = match &self.policy.key.query {
                 QueryKey::All => {
                     url.push('?');
@@ -370,17 +399,30 @@ impl CacheEngine {
     /// Whether the request carries credentials the cache is not keyed by: it may only use
     /// and store responses that say they may be shared with them (RFC 9111 §3.5). A cookie
     /// counts as one (the response may depend on it without saying so).
+    ///
+    /// An identity a policy established counts too (an API key in any header or the query,
+    /// external auth), unless the cache is keyed by that consumer: then the entry is that
+    /// consumer's own. Keyed by consumer but without one (anonymous access, a token without
+    /// the consumer claim), the credentials count: the key's `c:-` is everyone's.
     fn credentialed(&self, cx: &RequestCtx) -> bool {
-        !self.policy.key.consumer && (cx.credentials || cx.cookie)
+        let presented = cx.credentials
+            || cx.cookie
+            || cx.identity.consumer.is_some()
+            || cx.identity.claims.is_some();
+        presented && !(self.policy.key.consumer && cx.identity.consumer.is_some())
     }
 
     /// What to do before the upstream. May wait (bounded) for another request for the
     /// same key.
     pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
         let method = req.method().clone();
+        if cx.upgrade.is_some() {
+            self.metrics.record(CacheResult::Bypass);
+            return Lookup::Forward(Box::new(Pending::bypass(method, "upgrade")));
+        }
         let Some((origin, url)) = self.url(req, cx) else {
             self.metrics.record(CacheResult::Bypass);
-            return Lookup::Forward(Box::new(Pending::bypass(method, "no-host")));
+            return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable")));
         };
         if method != Method::GET && method != Method::HEAD {
             self.metrics.record(CacheResult::Bypass);
@@ -409,6 +451,7 @@ impl CacheEngine {
             leader: None,
             status: CacheStatus::default(),
             request_time: 0,
+            purge_seq: self.shared.purges.seq(),
         };
         let mut waits = 0;
         let mut tried_shared = false;
@@ -468,7 +511,9 @@ impl CacheEngine {
                             Turn::Wait(_) => {}
                         }
                     }
-                    strip_preconditions(req.headers_mut());
+                    if may_lead {
+                        strip_preconditions(req.headers_mut());
+                    }
                     self.metrics.record(CacheResult::Miss);
                     pending.request_time = freshness::now();
                     return Lookup::Forward(Box::new(pending));
@@ -521,6 +566,7 @@ impl CacheEngine {
                         Turn::Lead(leader) => {
                             pending.leader = Some(leader);
                             pending.method = Method::GET;
+                            pending.may_store = !directives.no_store;
                             *req.method_mut() = Method::GET;
                             set_validators(req.headers_mut(), &stored);
                             pending.revalidating = true;
@@ -606,12 +652,9 @@ impl CacheEngine {
                     now,
                 ));
             }
+            // A 5xx or a failure may be this request's doing: nothing is remembered.
             if let Some(l) = pending.leader.take() {
-                l.finish(if result.is_ok() {
-                    Outcome::NotStored
-                } else {
-                    Outcome::Passed
-                });
+                l.finish(Outcome::Passed);
             }
             return result.map(|r| {
                 let mut status = pending.status.clone();
@@ -682,7 +725,12 @@ impl CacheEngine {
             tags: super::store::tags(&stale.headers),
         };
         let mut status = pending.status.clone();
-        if applies && storable.is_ok() && pending.may_store {
+        let url = key.split(SEP).next().unwrap_or(key);
+        let unpurged = self
+            .shared
+            .purges
+            .allows_since(url, &entry.tags, pending.purge_seq);
+        if applies && storable.is_ok() && pending.may_store && unpurged {
             if let Some(tier) = &self.tier {
                 let ttl = self.shared_ttl(&entry);
                 tier.put(key, &shared_entry(key, &pending.request, &entry), ttl);
@@ -730,6 +778,9 @@ impl CacheEngine {
             length,
         };
         let mut verdict = storable::storable(&x, &self.rules);
+        if verdict.is_ok() && parts.extensions.get::<Personal>().is_some() {
+            verdict = Err(NotStored::SetCookie);
+        }
         if verdict.is_ok() && pending.credentialed && !directives.shareable_with_credentials() {
             verdict = Err(NotStored::Authorization);
         }
@@ -742,9 +793,11 @@ impl CacheEngine {
             Err(why) => {
                 if let Some(l) = pending.leader.take() {
                     l.finish(match why {
-                        // What the leading request did, not what the response is.
+                        // What the leading request did, not what the response is; and an
+                        // error status, which the request may have provoked.
                         NotStored::Authorization | NotStored::Method => Outcome::Passed,
                         NotStored::NoStore if !directives.no_store => Outcome::Passed,
+                        _ if code >= 400 => Outcome::Passed,
                         _ => Outcome::NotStored,
                     });
                 }
@@ -770,18 +823,33 @@ impl CacheEngine {
                 };
                 let shared = self.shared.clone();
                 let metrics = self.metrics.clone();
-                let leader = pending.leader.take();
+                // The others wait for this fill at most FILL_WAIT: a client that reads
+                // slowly (or not at all) must not hold every request for the key.
+                let leader = Arc::new(parking_lot::Mutex::new(pending.leader.take()));
+                if leader.lock().is_some() {
+                    let l = leader.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(FILL_WAIT).await;
+                        if let Some(l) = l.lock().take() {
+                            l.finish(Outcome::Passed);
+                        }
+                    });
+                }
                 let request = std::mem::take(&mut pending.request);
+                let seq = pending.purge_seq;
                 let tier = self.tier.clone().map(|t| (t, self.shared_ttl(&entry)));
                 let sink: FillSink = Box::new(move |filled| {
                     let outcome = match filled {
                         Filled::Whole(body) => {
                             let n = body.len();
                             let stored = Stored { body, ..entry };
-                            if let Some((tier, ttl)) = tier {
+                            let url = key.split(SEP).next().unwrap_or(&key);
+                            // A purge that came while it was on its way wins.
+                            let purged = !shared.purges.allows_since(url, &stored.tags, seq);
+                            if let Some((tier, ttl)) = tier.filter(|_| !purged) {
                                 tier.put(&key, &shared_entry(&key, &request, &stored), ttl);
                             }
-                            if shared.put(&key, &request, stored) {
+                            if !purged && shared.put(&key, &request, stored) {
                                 metrics.stored(n);
                                 Outcome::Stored
                             } else {
@@ -791,7 +859,7 @@ impl CacheEngine {
                         Filled::TooLarge => Outcome::NotStored,
                         Filled::Failed => Outcome::Passed,
                     };
-                    if let Some(l) = leader {
+                    if let Some(l) = leader.lock().take() {
                         l.finish(outcome);
                     }
                 });
@@ -801,6 +869,27 @@ impl CacheEngine {
             }
         }
     }
+}
+
+/// Whether a query's parameters can be filtered into a key that means what the backend
+/// reads: names as plain text (no `%` or `+` a backend would decode), no `;` (some backends
+/// split on it as on `&`), and no name twice (backends differ on which value wins).
+fn filterable(query: &str) -> bool {
+    if query.contains(';') {
+        return false;
+    }
+    let mut names: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('=').next().unwrap_or(""))
+        .collect();
+    if names.iter().any(|n| n.contains(['%', '+'])) {
+        return false;
+    }
+    let n = names.len();
+    names.sort_unstable();
+    names.dedup();
+    names.len() == n
 }
 
 /// What the shared tier keeps of a stored response: it, its URL and its variant.
@@ -932,6 +1021,40 @@ mod tests {
     }
 
     #[test]
+    fn a_filtered_query_is_keyed_only_when_the_backend_reads_it_the_same() {
+        let include = engine(r#"{"query": {"type": "include", "names": ["id"]}}"#);
+        let cx = ctx("http", 80);
+        for uri in [
+            "/a?id=1&%69d=2",
+            "/a?id=1;id=2",
+            "/a?id=1&id=2",
+            "/a?id=1&i+d=2",
+        ] {
+            assert!(include.url(&request(uri, "h"), &cx).is_none(), "{uri}");
+        }
+        assert!(include.url(&request("/a?id=1&page=2", "h"), &cx).is_some());
+        // All of it as sent: nothing to tell apart.
+        let all = engine(r#"{"query": {"type": "all"}}"#);
+        assert!(all.url(&request("/a?id=1;id=2", "h"), &cx).is_some());
+    }
+
+    #[test]
+    fn credentials_count_unless_the_key_holds_the_consumer_they_prove() {
+        let plain = engine(r#"{"query": {"type": "all"}}"#);
+        let by_consumer = engine(r#"{"query": {"type": "all"}, "consumer": true}"#);
+        let mut cx = ctx("http", 80);
+        assert!(!plain.credentialed(&cx));
+        // An API key a policy checked in some header: an identity, so credentials.
+        cx.identity.consumer = Some("alice".into());
+        assert!(plain.credentialed(&cx));
+        assert!(!by_consumer.credentialed(&cx));
+        // Keyed by consumer, but nobody authenticated: `c:-` is everyone's.
+        cx.identity.consumer = None;
+        cx.credentials = true;
+        assert!(by_consumer.credentialed(&cx));
+    }
+
+    #[test]
     fn the_key_always_holds_scheme_host_port_and_path_then_the_policy_s_parts() {
         let all = engine(r#"{"query": {"type": "all"}}"#);
         let key = |e: &CacheEngine, uri: &str, host: &str, scheme: &'static str, port: u16| {
@@ -955,8 +1078,10 @@ mod tests {
                 "{scheme}://{host}:{port}{uri}"
             );
         }
-        // The port a client names in Host is not the origin's: the listener's is.
-        assert_eq!(key(&all, "/a?x=1&y=2", "shop.test:9999", "http", 80), base);
+        // The port a client names in Host is in the key (the backend sees it); the
+        // listener's stands for none.
+        assert_eq!(key(&all, "/a?x=1&y=2", "shop.test:80", "http", 80), base);
+        assert_ne!(key(&all, "/a?x=1&y=2", "shop.test:1337", "http", 80), base);
         let none = engine(r#"{"query": {"type": "none"}}"#);
         assert_eq!(
             key(&none, "/a?x=1", "h", "http", 80),

@@ -11,7 +11,7 @@ use super::variant::Variant;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,8 +70,9 @@ struct Slot {
 #[derive(Default)]
 struct Inner {
     slots: Vec<Slot>,
-    /// Slot indices by primary key (one per variant).
-    by_key: HashMap<Arc<str>, Vec<usize>>,
+    /// Slot indices by primary key (one per variant), ordered: a purge by prefix visits
+    /// only the keys under it.
+    by_key: BTreeMap<Arc<str>, Vec<usize>>,
     bytes: usize,
 }
 
@@ -180,19 +181,62 @@ impl MemoryStore {
         true
     }
 
+    /// Removes the variants of `key` that `doomed` picks; how many went.
+    fn purge_one(inner: &mut Inner, key: &str, doomed: &impl Fn(&Slot) -> bool) -> usize {
+        let mut n = 0;
+        // Each removal may move another slot (of this key too): look the key up again.
+        loop {
+            let next = inner
+                .by_key
+                .get(key)
+                .and_then(|ix| ix.iter().copied().find(|&i| doomed(&inner.slots[i])));
+            let Some(i) = next else { return n };
+            remove_at(inner, i);
+            n += 1;
+        }
+    }
+
     /// Removes every variant of `key`; how many went.
     pub fn purge_key(&self, key: &str) -> usize {
-        self.purge_where(|s| &*s.key == key)
+        Self::purge_one(&mut self.inner.lock(), key, &|_| true)
+    }
+
+    /// Removes every entry whose key starts with `prefix` and for which `also` holds (a
+    /// purge's scope); only the keys under the prefix are visited.
+    pub fn purge_prefix_where(
+        &self,
+        prefix: &str,
+        also: impl Fn(&str, &[String]) -> bool,
+    ) -> usize {
+        let mut inner = self.inner.lock();
+        let keys: Vec<Arc<str>> = inner
+            .by_key
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let doomed = |s: &Slot| also(&s.key, &s.stored.tags);
+        keys.iter()
+            .map(|k| Self::purge_one(&mut inner, k, &doomed))
+            .sum()
     }
 
     /// Removes every entry whose key starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.purge_where(|s| s.key.starts_with(prefix))
+        self.purge_prefix_where(prefix, |_, _| true)
+    }
+
+    /// Removes every entry tagged `tag` for which `also` holds (a scan of every entry).
+    pub fn purge_tag_where(&self, tag: &str, also: impl Fn(&str) -> bool) -> usize {
+        self.purge_where(|s| s.stored.tags.iter().any(|t| t == tag) && also(&s.key))
     }
 
     /// Removes every entry tagged `tag`.
     pub fn purge_tag(&self, tag: &str) -> usize {
-        self.purge_where(|s| s.stored.tags.iter().any(|t| t == tag))
+        self.purge_tag_where(tag, |_| true)
     }
 
     fn purge_where(&self, doomed: impl Fn(&Slot) -> bool) -> usize {

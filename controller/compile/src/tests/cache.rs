@@ -195,6 +195,15 @@ fn invalidations_reach_the_snapshots_of_their_gateways_written_as_keys_hold_them
         out.status.purges[&ObjectRef::new("default", "by-route")].len(),
         1
     );
+    // A route's invalidation is scoped to that route's entries; a Gateway's is not.
+    for p in &snap.purges {
+        let expected: Vec<String> = if p.value == "all" {
+            vec![]
+        } else {
+            vec!["default/api".into()]
+        };
+        assert_eq!(p.routes, expected, "{p:?}");
+    }
 }
 
 #[test]
