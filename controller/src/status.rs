@@ -320,6 +320,9 @@ pub struct StatusWriter {
     client: Client,
     controller: String,
     params: PatchParams,
+    /// A shared status list changed under a write (409): the write is tried again, since
+    /// the change that caused it (another controller's status) may wake nothing here.
+    conflicted: std::sync::atomic::AtomicBool,
 }
 
 impl StatusWriter {
@@ -328,6 +331,7 @@ impl StatusWriter {
             client,
             controller: controller.to_string(),
             params: PatchParams::apply(controller).force(),
+            conflicted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -353,7 +357,18 @@ impl StatusWriter {
             let Some(report) = reports.borrow_and_update().clone() else {
                 continue;
             };
-            match self.write(&report, &index).await {
+            let result = self.write(&report, &index).await;
+            if self
+                .conflicted
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                // After a pause (with jitter: the other writer may be retrying too), once the
+                // watch has brought the other writer's version.
+                let pause = std::time::Duration::from_millis(100 + fastrand::u64(..200));
+                tokio::time::sleep(pause).await;
+                reports.mark_changed();
+            }
+            match result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(objects = n, "status written"),
                 Err(e) => {
@@ -572,7 +587,11 @@ impl StatusWriter {
         {
             Ok(_) => Ok(1),
             // Someone else wrote first; the watch brings their version and we retry.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(0),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                self.conflicted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(0)
+            }
             Err(source) => Err(Error::Write {
                 kind,
                 name: id.to_string(),

@@ -779,19 +779,30 @@ async fn a_cache_invalidation_purges_every_replica_and_says_so_in_its_status() {
         assert!(again.contains("hit"), "{again}");
     }
     let api: Api<CacheInvalidation> = Api::namespaced(s.client.clone(), &s.ns);
-    let message = await_some("Purged=True", || async {
-        let inv = api.get("all-pages").await.ok()?;
+    let purged = |inv: &CacheInvalidation| {
         let c = inv
-            .status?
+            .status
+            .as_ref()?
             .ancestors
-            .first()?
-            .conditions
             .iter()
-            .find(|c| c.type_ == "Purged" && c.status == "True")?
-            .clone();
-        Some(c.message)
-    })
-    .await;
+            .filter(|a| a.controller_name == s.controller_name)
+            .flat_map(|a| &a.conditions)
+            .find(|c| c.type_ == "Purged" && c.status == "True")?;
+        Some(c.message.clone())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let message = loop {
+        let inv = api.get("all-pages").await.expect("the invalidation");
+        if let Some(m) = purged(&inv) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Purged=True: {:?}",
+            inv.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(
         message.contains("replica-a") && message.contains("replica-b"),
         "{message}"
