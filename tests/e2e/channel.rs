@@ -790,14 +790,14 @@ async fn a_cache_invalidation_purges_every_replica_and_says_so_in_its_status() {
             .find(|c| c.type_ == "Purged" && c.status == "True")?;
         Some(c.message.clone())
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let message = loop {
         let inv = api.get("all-pages").await.expect("the invalidation");
         if let Some(m) = purged(&inv) {
             break m;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "no Purged=True: {:?}",
             inv.status
         );
