@@ -495,39 +495,19 @@ async fn the_memory_budget_holds_under_a_flood_of_distinct_urls() {
 
 /// Two listeners of one Gateway, and a route for any host on both, with a CachePolicy.
 fn two_listeners(p1: u16, p2: u16, backend: SocketAddr, policy_body: &str) -> String {
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: one, port: {p1}, protocol: HTTP}}
-  - {{name: two, port: {p2}, protocol: HTTP}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-  annotations: {{portico.dev/endpoints: "{backend}"}}
-spec:
-  ports: [{{name: http, port: 80}}]
----
+    let route = r#"---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{name: any, namespace: default}}
+metadata: {name: any, namespace: default}
 spec:
-  parentRefs: [{{name: gw}}]
+  parentRefs: [{name: gw}]
   rules:
-  - backendRefs: [{{name: echo, port: 80}}]
-{}"#,
-        cache_policy("c", "any", policy_body)
+  - backendRefs: [{name: echo, port: 80}]
+"#;
+    auth::config_with_listeners(
+        &[p1, p2],
+        &[backend],
+        &format!("{route}{}", cache_policy("c", "any", policy_body)),
     )
 }
 

@@ -215,6 +215,24 @@ pub fn config(port: u16, backend: SocketAddr, docs: &str) -> String {
 
 /// As [`config`], with Service `echo` backed by every one of `endpoints`.
 pub fn config_with_endpoints(port: u16, endpoints: &[SocketAddr], docs: &str) -> String {
+    config_with_listeners(&[port], endpoints, docs)
+}
+
+/// As [`config_with_endpoints`], with an HTTP listener on each of `ports` (`http` on the
+/// first, `http-<port>` on the others).
+pub fn config_with_listeners(ports: &[u16], endpoints: &[SocketAddr], docs: &str) -> String {
+    let listeners: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = if i == 0 {
+                "http".to_string()
+            } else {
+                format!("http-{p}")
+            };
+            format!("  - {{name: {name}, port: {p}, protocol: HTTP}}\n")
+        })
+        .collect();
     let backend = endpoints
         .iter()
         .map(ToString::to_string)
@@ -232,8 +250,7 @@ metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: portico
   listeners:
-  - {{name: http, port: {port}, protocol: HTTP}}
----
+{listeners}---
 apiVersion: v1
 kind: Service
 metadata:

@@ -50,20 +50,21 @@ pub(crate) fn resolve(
         let needs_redis = compiled
             .as_ref()
             .is_ok_and(|p| p.shared.as_ref().is_some_and(|s| s.redis_url.is_empty()));
-        let verdict = |target: &Target| match &compiled {
-            Err(reason) => Verdict::Rejected(reason.clone()),
-            Ok(_) if needs_redis && missing_redis(target, targets, redis).is_some() => {
-                Verdict::Rejected(missing_redis(target, targets, redis).unwrap_or_default())
+        let verdict = |target: &Target| {
+            if let Err(reason) = &compiled {
+                return Verdict::Rejected(reason.clone());
             }
-            Ok(_) if by_consumer => {
-                match missing_identity(Identity::Consumer, target, targets, auth) {
-                    Some(reason) => Verdict::Rejected(
-                        reason.replace("a Consumer key needs", "key.consumer needs"),
-                    ),
-                    None => Verdict::Applies,
-                }
+            let no_redis = needs_redis
+                .then(|| redis.missing_on(target, targets, "a shared tier", "shared.redisUrl"))
+                .flatten();
+            let no_consumer = by_consumer
+                .then(|| missing_identity(Identity::Consumer, target, targets, auth))
+                .flatten()
+                .map(|r| r.replace("a Consumer key needs", "key.consumer needs"));
+            match no_redis.or(no_consumer) {
+                Some(why) => Verdict::Rejected(why),
+                None => Verdict::Applies,
             }
-            Ok(_) => Verdict::Applies,
         };
         let s = out.attached.claim(
             PolicyKind::Cache,
@@ -249,46 +250,18 @@ impl CachePolicies {
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
         let used = self.attached.name_in(snapshot, PolicyKind::Cache);
-        let gw_redis = self
-            .redis
-            .for_gateway(&snapshot.gateway)
-            .map(str::to_string);
+        let gw = &snapshot.gateway;
         snapshot.policies.cache = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .filter_map(|mut p| {
-                if let Some(s) = &mut p.shared
-                    && s.redis_url.is_empty()
-                {
-                    // Checked when the policy attached: this Gateway has one.
-                    s.redis_url = gw_redis.clone()?;
+                if let Some(s) = &mut p.shared {
+                    self.redis.fill(gw, &mut s.redis_url)?;
                 }
                 Some(p)
             })
             .collect();
     }
-}
-
-/// Why a shared tier without a Redis of its own has none on `target`: a Gateway it is
-/// served through has none either.
-fn missing_redis(
-    target: &Target,
-    targets: &crate::policy::Targets,
-    redis: &GatewayRedis,
-) -> Option<String> {
-    let without: Vec<String> = targets
-        .gateways_of(target)
-        .iter()
-        .filter(|gw| redis.for_gateway(gw).is_none())
-        .map(ToString::to_string)
-        .collect();
-    (!without.is_empty()).then(|| {
-        format!(
-            "a shared tier needs a Redis: set shared.redisUrl, the redisUrl of the GatewayConfig of Gateway {}, \
-             or start the controller (or standalone portico) with --redis-url",
-            without.join(", ")
-        )
-    })
 }
 
 /// A duration field in whole seconds (at least 1 s, at most a year).

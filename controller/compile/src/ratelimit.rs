@@ -72,6 +72,39 @@ impl GatewayRedis {
         }
     }
 
+    /// Fills in a policy's empty Redis URL with `gw`'s; `None` when it has none (checked
+    /// when the policy attached, [`GatewayRedis::missing_on`]).
+    pub(crate) fn fill(&self, gw: &ObjectRef, url: &mut String) -> Option<()> {
+        if url.is_empty() {
+            *url = self.for_gateway(gw)?.to_string();
+        }
+        Some(())
+    }
+
+    /// Why `what` (naming no Redis of its own in `field`) has none on `target`: a Gateway
+    /// the target is served through has none either.
+    pub(crate) fn missing_on(
+        &self,
+        target: &Target,
+        targets: &Targets,
+        what: &str,
+        field: &str,
+    ) -> Option<String> {
+        let without: Vec<String> = targets
+            .gateways_of(target)
+            .iter()
+            .filter(|gw| self.for_gateway(gw).is_none())
+            .map(ToString::to_string)
+            .collect();
+        (!without.is_empty()).then(|| {
+            format!(
+                "{what} needs a Redis: set {field}, the redisUrl of the GatewayConfig of Gateway {}, \
+                 or start the controller (or standalone portico) with --redis-url",
+                without.join(", ")
+            )
+        })
+    }
+
     pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> Option<&str> {
         self.by_gateway
             .get(gw)
@@ -92,19 +125,7 @@ fn missing_redis(
     if !g.redis_url.is_empty() {
         return None;
     }
-    let without: Vec<String> = targets
-        .gateways_of(target)
-        .iter()
-        .filter(|gw| redis.for_gateway(gw).is_none())
-        .map(ToString::to_string)
-        .collect();
-    (!without.is_empty()).then(|| {
-        format!(
-            "a Global limit needs a Redis: set global.redisUrl, the redisUrl of the GatewayConfig of Gateway {}, \
-             or start the controller (or standalone portico) with --redis-url",
-            without.join(", ")
-        )
-    })
+    redis.missing_on(target, targets, "a Global limit", "global.redisUrl")
 }
 
 /// Compiles every RateLimitPolicy, decides attachment and writes each one's status. `auth`
@@ -157,19 +178,13 @@ impl RateLimitPolicies {
     /// it uses.
     pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
         let used = self.attached.name_in(snapshot, PolicyKind::RateLimit);
-        let gw_redis = self
-            .redis
-            .for_gateway(&snapshot.gateway)
-            .map(str::to_string);
+        let gw = &snapshot.gateway;
         snapshot.policies.rate_limit = used
             .iter()
             .filter_map(|id| self.compiled.get(id).cloned())
             .filter_map(|mut p| {
-                if let Some(g) = &mut p.global
-                    && g.redis_url.is_empty()
-                {
-                    // Checked when the policy attached: this Gateway has one.
-                    g.redis_url = gw_redis.clone()?;
+                if let Some(g) = &mut p.global {
+                    self.redis.fill(gw, &mut g.redis_url)?;
                 }
                 Some(p)
             })
