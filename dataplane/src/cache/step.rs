@@ -159,11 +159,6 @@ impl CacheShared {
         self.gauges();
         n
     }
-
-    /// Objects and bytes held.
-    pub fn usage(&self) -> (usize, usize) {
-        self.store.usage()
-    }
 }
 
 /// Marks a response the gateway made one client's own (it pinned a session in it): never
@@ -281,7 +276,7 @@ impl CacheEngine {
         let Some(entry) = tier.get(key).await else {
             return false;
         };
-        let url = key.split(SEP).next().unwrap_or(key);
+        let url = url_of(key);
         if entry.url != url
             || !self.shared.purges.allows(
                 &entry.url,
@@ -306,8 +301,8 @@ impl CacheEngine {
         stored.timing.lifetime.saturating_add(window)
     }
 
-    /// The URL part of the key: scheme, host (lowercase, without the port the client may
-    /// have named) and the listener's port, then the path and the query the policy keys.
+    /// The URL part of the key: scheme, host (lowercase) and port (the one `Host` names,
+    /// else the listener's), then the path and the query the policy keys.
     fn url(&self, req: &Request<RequestBody>, cx: &RequestCtx) -> Option<(String, String)> {
         let authority = req
             .headers()
@@ -369,11 +364,14 @@ impl CacheEngine {
             cx.route.as_deref().unwrap_or("-"),
             cx.rule_index
         );
-        match &self.policy.key.query {
-            QueryKey::All => {}
-            QueryKey::None => key.push_str("\u{1f}q:none"),
-            QueryKey::Include(_) => key.push_str("\u{1f}q:include"),
-            QueryKey::Exclude(_) => key.push_str("\u{1f}q:exclude"),
+        let mode = match &self.policy.key.query {
+            QueryKey::All => None,
+            QueryKey::None => Some("none"),
+            QueryKey::Include(_) => Some("include"),
+            QueryKey::Exclude(_) => Some("exclude"),
+        };
+        if let Some(mode) = mode {
+            let _ = write!(key, "{SEP}q:{mode}");
         }
         for name in &self.policy.key.headers {
             let _ = write!(key, "{SEP}h:{name}=");
@@ -725,7 +723,7 @@ impl CacheEngine {
             tags: super::store::tags(&stale.headers),
         };
         let mut status = pending.status.clone();
-        let url = key.split(SEP).next().unwrap_or(key);
+        let url = url_of(key);
         let unpurged = self
             .shared
             .purges
@@ -843,7 +841,7 @@ impl CacheEngine {
                         Filled::Whole(body) => {
                             let n = body.len();
                             let stored = Stored { body, ..entry };
-                            let url = key.split(SEP).next().unwrap_or(&key);
+                            let url = url_of(&key);
                             // A purge that came while it was on its way wins.
                             let purged = !shared.purges.allows_since(url, &stored.tags, seq);
                             if let Some((tier, ttl)) = tier.filter(|_| !purged) {
@@ -892,10 +890,15 @@ fn filterable(query: &str) -> bool {
     names.len() == n
 }
 
+/// The URL part of a key (what purges by URL and prefix, and the shared tier, read).
+fn url_of(key: &str) -> &str {
+    key.split(SEP).next().unwrap_or(key)
+}
+
 /// What the shared tier keeps of a stored response: it, its URL and its variant.
 fn shared_entry(key: &str, request: &HeaderMap, stored: &Stored) -> Entry {
     Entry {
-        url: key.split(SEP).next().unwrap_or(key).to_string(),
+        url: url_of(key).to_string(),
         variant: super::variant::Variant::of(request, &stored.vary)
             .values()
             .to_vec(),
