@@ -731,3 +731,15 @@ async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_n
     }
     assert_eq!(echo.requests().await, 4);
 }
+
+#[tokio::test]
+async fn an_unsafe_method_invalidates_even_with_a_query_the_key_could_not_hold() {
+    let s = cached("  key: {excludeQuery: [utm_source]}").await;
+    let path = "/c/item?cc=max-age%3D60";
+    s.get(path, &[]).await;
+    assert!(cache_status(&s.get(path, &[]).await).contains("hit"));
+    // `;` makes the query unkeyable under a filtering policy: still, the path is changed.
+    let post = s.send("POST", "/c/item?a=1;b=2", &[]).await;
+    assert_eq!(post.status, 200);
+    assert!(cache_status(&s.get(path, &[]).await).contains("uri-miss"));
+}

@@ -304,19 +304,7 @@ impl CacheEngine {
     /// The URL part of the key: scheme, host (lowercase) and port (the one `Host` names,
     /// else the listener's), then the path and the query the policy keys.
     fn url(&self, req: &Request<RequestBody>, cx: &RequestCtx) -> Option<(String, String)> {
-        let authority = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-        // The port as the client named it (the backend sees that Host, and may build URLs
-        // from it), else the listener's.
-        let (host, port) = split_host(authority);
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok()?,
-            None => cx.down.local_port,
-        };
-        let origin = format!("{}://{}:{}", cx.down.scheme, host, port);
+        let origin = origin(req, cx)?;
         let mut url = format!("{origin}{}", req.uri().path());
         if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
             let name = |pair: &str| pair.split('=').next().unwrap_or("").to_string();
@@ -418,20 +406,22 @@ impl CacheEngine {
             self.metrics.record(CacheResult::Bypass);
             return Lookup::Forward(Box::new(Pending::bypass(method, "upgrade")));
         }
-        let Some((origin, url)) = self.url(req, cx) else {
-            self.metrics.record(CacheResult::Bypass);
-            return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable")));
-        };
         if method != Method::GET && method != Method::HEAD {
             self.metrics.record(CacheResult::Bypass);
             let mut p = Pending::bypass(method, "method");
-            p.origin = origin;
+            // What an unsafe method invalidates needs only the origin and path, whatever
+            // the query (one the key could not hold included).
+            p.origin = origin(req, cx).unwrap_or_default();
             p.path = req
                 .uri()
                 .path_and_query()
                 .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
             return Lookup::Forward(Box::new(p));
         }
+        let Some((origin, url)) = self.url(req, cx) else {
+            self.metrics.record(CacheResult::Bypass);
+            return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable")));
+        };
         let key = self.key(&url, req, cx);
         let directives = RequestDirectives::from_headers(req.headers());
         let credentialed = self.credentialed(cx);
@@ -608,7 +598,9 @@ impl CacheEngine {
         let now = freshness::now();
         let Some(key) = pending.key.take() else {
             // Not looked up: an unsafe method's success makes what it changed stale.
-            if let Ok(resp) = &result {
+            if let Ok(resp) = &result
+                && !pending.origin.is_empty()
+            {
                 let authority = pending.origin.split("://").nth(1).unwrap_or("");
                 let paths = validation::invalidated(
                     &pending.method,
@@ -888,6 +880,22 @@ fn filterable(query: &str) -> bool {
     names.sort_unstable();
     names.dedup();
     names.len() == n
+}
+
+/// `scheme://host:port` of a request: the host lowercased, the port as the client named it
+/// in `Host` (the backend sees that Host, and may build URLs from it), else the listener's.
+fn origin(req: &Request<RequestBody>, cx: &RequestCtx) -> Option<String> {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let (host, port) = split_host(authority);
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok()?,
+        None => cx.down.local_port,
+    };
+    Some(format!("{}://{}:{}", cx.down.scheme, host, port))
 }
 
 /// The URL part of a key (what purges by URL and prefix, and the shared tier, read).
