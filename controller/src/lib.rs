@@ -88,53 +88,9 @@ fn apply_purges(report: &mut portico_compile::StatusReport, hub: &channel::Hub, 
                 })
             })
             .map(|c| c.message.clone());
-        if let Some(message) = done_before {
-            for a in &mut status.ancestors {
-                for c in a
-                    .conditions
-                    .iter_mut()
-                    .filter(|c| c.type_ == types::PURGED && c.reason == reasons::PENDING)
-                {
-                    c.status = "True".to_string();
-                    c.reason = types::PURGED.to_string();
-                    c.message.clone_from(&message);
-                }
-            }
-            continue;
-        }
-        let gateways = report.purges.get(id).cloned().unwrap_or_default();
-        let mut done = Vec::new();
-        let mut waiting = Vec::new();
-        for gw in &gateways {
-            match hub.delivery(gw) {
-                channel::Delivery::Acked => {
-                    done.extend(
-                        hub.current_replicas(gw)
-                            .into_iter()
-                            .map(|r| format!("{gw}/{r}")),
-                    );
-                }
-                channel::Delivery::NoDataplane => {
-                    waiting.push(format!("{gw} (no dataplane connected)"))
-                }
-                channel::Delivery::Waiting => waiting.push(format!("{gw} (replicas applying it)")),
-                channel::Delivery::Rejected(e) => {
-                    waiting.push(format!("{gw} (a replica rejected its configuration: {e})"))
-                }
-            }
-        }
-        let (purged, reason, message) = if waiting.is_empty() && !done.is_empty() {
-            (
-                true,
-                types::PURGED,
-                format!("purged by {}", done.join(", ")),
-            )
-        } else {
-            (
-                false,
-                reasons::PENDING,
-                format!("waiting for {}", waiting.join(", ")),
-            )
+        let (purged, reason, message) = match done_before {
+            Some(message) => (true, types::PURGED, message),
+            None => from_delivery(report.purges.get(id), hub),
         };
         for a in &mut status.ancestors {
             for c in a
@@ -147,6 +103,48 @@ fn apply_purges(report: &mut portico_compile::StatusReport, hub: &channel::Hub, 
                 c.message.clone_from(&message);
             }
         }
+    }
+}
+
+/// Whether the replicas of `gateways` all serve their current version (so applied the
+/// purges it carries), with the condition's reason and message.
+fn from_delivery(
+    gateways: Option<&std::collections::BTreeSet<portico_model::ObjectRef>>,
+    hub: &channel::Hub,
+) -> (bool, &'static str, String) {
+    use portico_compile::status::{reasons, types};
+    let mut done = Vec::new();
+    let mut waiting = Vec::new();
+    for gw in gateways.into_iter().flatten() {
+        match hub.delivery(gw) {
+            channel::Delivery::Acked => {
+                done.extend(
+                    hub.current_replicas(gw)
+                        .into_iter()
+                        .map(|r| format!("{gw}/{r}")),
+                );
+            }
+            channel::Delivery::NoDataplane => {
+                waiting.push(format!("{gw} (no dataplane connected)"))
+            }
+            channel::Delivery::Waiting => waiting.push(format!("{gw} (replicas applying it)")),
+            channel::Delivery::Rejected(e) => {
+                waiting.push(format!("{gw} (a replica rejected its configuration: {e})"))
+            }
+        }
+    }
+    if waiting.is_empty() && !done.is_empty() {
+        (
+            true,
+            types::PURGED,
+            format!("purged by {}", done.join(", ")),
+        )
+    } else {
+        (
+            false,
+            reasons::PENDING,
+            format!("waiting for {}", waiting.join(", ")),
+        )
     }
 }
 
