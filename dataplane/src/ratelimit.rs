@@ -326,7 +326,10 @@ impl RateLimitEngine {
                         args.push(quota.burst.to_string());
                     }
                     GlobalLimit {
-                        prefix: format!("portico:rl:{}", hex(&fingerprint.as_ref()[..8])),
+                        prefix: format!(
+                            "portico:rl:{}",
+                            crate::util::hex(&fingerprint.as_ref()[..8])
+                        ),
                         args,
                     }
                 });
@@ -482,7 +485,7 @@ impl RateLimitEngine {
         let key = format!(
             "{}:{{{}}}",
             global.prefix,
-            hex(&digest.finish().as_ref()[..16])
+            crate::util::hex(&digest.finish().as_ref()[..16])
         );
         let script = scripts::Script::for_algorithm(limit.quota.algorithm);
         let mut args: Vec<&[u8]> = vec![b"EVALSHA", script.sha1.as_bytes(), b"1", key.as_bytes()];
@@ -697,15 +700,6 @@ fn mask_v6(addr: u128, prefix: u8) -> u128 {
         p if p >= 128 => addr,
         p => addr & !(u128::MAX >> p),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// What a limit's key is read from.

@@ -313,10 +313,7 @@ mod tests {
 
     #[test]
     fn api_keys_match_by_digest_only() {
-        let hex: String = sha256(b"s3cret-key")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::util::hex(&sha256(b"s3cret-key"));
         let keys = ApiKeys::new(&model::ApiKeys {
             header: Some("x-api-key".into()),
             query: None,

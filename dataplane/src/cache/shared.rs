@@ -32,12 +32,7 @@ const MAX_ITEMS: usize = 1024;
 /// The Redis key of a cache key.
 fn redis_key(key: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    let mut out = String::with_capacity(18 + 64);
-    out.push_str("portico:cache:v1:");
-    for b in d.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("portico:cache:v1:{}", crate::util::hex(d.as_ref()))
 }
 
 /// One policy's view of the shared tier.

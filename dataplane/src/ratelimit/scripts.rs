@@ -19,7 +19,7 @@ impl Script {
     fn new(source: &'static str) -> Self {
         let digest =
             ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, source.as_bytes());
-        let sha1 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let sha1 = crate::util::hex(digest.as_ref());
         Self { source, sha1 }
     }
 
