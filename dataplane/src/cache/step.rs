@@ -430,7 +430,9 @@ impl CacheEngine {
             origin,
             path: String::new(),
             method: method.clone(),
-            request: req.headers().clone(),
+            // Filled in (the client's headers as sent) only when the request goes upstream:
+            // a hit needs no copy.
+            request: HeaderMap::new(),
             directives,
             may_store: !directives.no_store && method == Method::GET,
             stale: None,
@@ -454,6 +456,7 @@ impl CacheEngine {
                     pending.status.fwd = Some(Forward::Bypass);
                     pending.status.detail = Some("authorization");
                     self.metrics.record(CacheResult::Bypass);
+                    pending.request = req.headers().clone();
                     pending.request_time = now;
                     return Lookup::Forward(Box::new(pending));
                 }
@@ -499,6 +502,7 @@ impl CacheEngine {
                             Turn::Wait(_) => {}
                         }
                     }
+                    pending.request = req.headers().clone();
                     if may_lead {
                         strip_preconditions(req.headers_mut());
                     }
@@ -552,6 +556,7 @@ impl CacheEngine {
                     // just answers.
                     return match self.shared.coalescer.turn(&key) {
                         Turn::Lead(leader) => {
+                            pending.request = req.headers().clone();
                             pending.leader = Some(leader);
                             pending.method = Method::GET;
                             pending.may_store = !directives.no_store;
@@ -576,6 +581,7 @@ impl CacheEngine {
                     } else {
                         Forward::Stale
                     });
+                    pending.request = req.headers().clone();
                     set_validators(req.headers_mut(), &stored);
                     pending.revalidating = true;
                     pending.may_store = !directives.no_store;
