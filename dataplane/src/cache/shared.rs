@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use portico_model::cache::SHARED_MAX_SECS;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The format of an entry's value; a replica of another version skips what it cannot read.
@@ -224,6 +225,9 @@ fn decode(v: &[u8]) -> Option<Entry> {
 #[derive(Debug, Default)]
 pub struct PurgeLog {
     inner: Mutex<PurgeLogInner>,
+    /// Purges and invalidations recorded so far (read by every cached request, without
+    /// the lock; written under it).
+    seq: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -233,8 +237,6 @@ struct PurgeLogInner {
     /// (when, sequence, origin and path) of unsafe requests' invalidations, oldest first;
     /// bounded without a floor (they are many, cheap to cause, and best effort by nature).
     writes: VecDeque<(u64, u64, String)>,
-    /// Purges and invalidations recorded so far.
-    seq: u64,
     /// Entries stored at or before this are refused whatever they are (purges were
     /// forgotten to keep the log bounded).
     floor: u64,
@@ -249,8 +251,7 @@ const SKEW: u64 = 2;
 impl PurgeLog {
     pub fn record(&self, purge: &super::purge::Purge, now: u64) {
         let mut inner = self.inner.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         inner.purges.push_back((now, seq, purge.clone()));
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
         while let Some((t, _, _)) = inner.purges.front() {
@@ -270,8 +271,7 @@ impl PurgeLog {
     /// of it).
     pub fn record_write(&self, path_url: &str, now: u64) {
         let mut inner = self.inner.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         inner.writes.push_back((now, seq, path_url.to_string()));
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
         while inner
@@ -306,17 +306,17 @@ impl PurgeLog {
 
     /// The sequence number of the last purge or invalidation recorded.
     pub fn seq(&self) -> u64 {
-        self.inner.lock().seq
+        self.seq.load(Ordering::Relaxed)
     }
 
     /// Whether a response fetched by a request that started when the log was at `seq`
     /// may be stored: no purge or invalidation recorded since removes it (one that came
     /// while it was on its way must win).
     pub fn allows_since(&self, url: &str, tags: &[String], seq: u64) -> bool {
-        let inner = self.inner.lock();
-        if inner.seq == seq {
+        if self.seq() == seq {
             return true;
         }
+        let inner = self.inner.lock();
         let path = url.split('?').next().unwrap_or(url);
         !inner.writes.iter().any(|(_, s, p)| *s > seq && p == path)
             && !inner
