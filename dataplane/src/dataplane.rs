@@ -54,7 +54,7 @@ pub struct Dataplane {
     route_series: Mutex<BTreeSet<crate::metrics::RouteSeries>>,
     auth_policies: Mutex<BTreeSet<String>>,
     rate_limit_policies: Mutex<BTreeSet<String>>,
-    cache_policies: Mutex<BTreeSet<String>>,
+    cache_series: Mutex<BTreeSet<crate::metrics::CacheSeries>>,
     /// The ids of the CacheInvalidations applied, among those the snapshots carry.
     purges_applied: Mutex<BTreeSet<String>>,
     ready: AtomicBool,
@@ -107,7 +107,7 @@ impl Dataplane {
             route_series: Mutex::new(BTreeSet::new()),
             auth_policies: Mutex::new(BTreeSet::new()),
             rate_limit_policies: Mutex::new(BTreeSet::new()),
-            cache_policies: Mutex::new(BTreeSet::new()),
+            cache_series: Mutex::new(BTreeSet::new()),
             purges_applied: Mutex::new(BTreeSet::new()),
             ready: AtomicBool::new(false),
             discovery: std::sync::OnceLock::new(),
@@ -198,7 +198,7 @@ impl Dataplane {
         let certificates = tables.certificates.clone();
         let policies = tables.auth_policies.clone();
         let limit_policies = tables.rate_limit_policies.clone();
-        let cache_policies = tables.cache_policies.clone();
+        let cache_series = tables.cache_series.clone();
         if let Err(bind_failures) = self.server.apply(tables) {
             // Refused whole: the running configuration keeps serving as it was.
             return ApplyReport {
@@ -234,11 +234,11 @@ impl Dataplane {
             *known = limit_policies;
         }
         {
-            let mut known = self.cache_policies.lock();
-            for gone in known.difference(&cache_policies) {
+            let mut known = self.cache_series.lock();
+            for gone in known.difference(&cache_series) {
                 self.metrics.forget_cache(gone);
             }
-            *known = cache_policies;
+            *known = cache_series;
         }
         self.metrics
             .config_version

@@ -316,34 +316,66 @@ const CACHE_RESULTS: [(CacheResult, &str); 6] = [
     (CacheResult::Bypass, "bypass"),
 ];
 
+/// Where a cache's work is counted: a route as reached through a listener, and the
+/// CachePolicy applied there (`namespace/name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CacheSeries {
+    pub policy: String,
+    // Last: the derive encodes a flattened set only after the other labels.
+    #[prometheus(flatten)]
+    pub at: RouteSeries,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
-    policy: String,
     result: &'static str,
+    #[prometheus(flatten)]
+    at: CacheSeries,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PolicyLabel {
-    policy: String,
-}
+/// The counters and gauges of one CachePolicy on one route, taken once per configuration.
+/// Cheap to clone (one `Arc`): a request on its way upstream and each stored entry hold one,
+/// so that what it stores, and what evicts it, is counted where it came from.
+#[derive(Clone, Debug, Default)]
+pub struct CacheMetrics(Arc<CacheCounters>);
 
-/// One CachePolicy's counters.
-#[derive(Clone, Debug)]
-pub struct CacheMetrics {
+#[derive(Debug, Default)]
+struct CacheCounters {
     results: [Counter; 6],
     stored: Counter,
     stored_bytes: Counter,
+    objects: Gauge,
+    bytes: Gauge,
+    evictions: Counter,
 }
 
 impl CacheMetrics {
     pub fn record(&self, r: CacheResult) {
         let i = CACHE_RESULTS.iter().position(|(x, _)| *x == r).unwrap_or(0);
-        self.results[i].inc();
+        self.0.results[i].inc();
     }
 
+    /// A response stored, of `bytes` body bytes.
     pub fn stored(&self, bytes: usize) {
-        self.stored.inc();
-        self.stored_bytes.inc_by(bytes as u64);
+        self.0.stored.inc();
+        self.0.stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// An entry of `cost` bytes now held in the memory tier.
+    pub fn held(&self, cost: usize) {
+        self.0.objects.inc();
+        self.0.bytes.inc_by(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+
+    /// An entry of `cost` bytes gone from the memory tier (replaced, purged or evicted).
+    pub fn released(&self, cost: usize) {
+        self.0.objects.dec();
+        self.0.bytes.dec_by(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+
+    /// An entry evicted to make room (it is also [`Self::released`]).
+    pub fn evicted(&self) {
+        self.0.evictions.inc();
     }
 }
 
@@ -359,8 +391,11 @@ pub struct CacheStoreMetrics {
 pub struct Metrics {
     registry: Registry,
     cache: Family<CacheLabels, Counter>,
-    cache_stored: Family<PolicyLabel, Counter>,
-    cache_stored_bytes: Family<PolicyLabel, Counter>,
+    cache_stored: Family<CacheSeries, Counter>,
+    cache_stored_bytes: Family<CacheSeries, Counter>,
+    cache_route_objects: Family<CacheSeries, Gauge>,
+    cache_route_bytes: Family<CacheSeries, Gauge>,
+    cache_route_evictions: Family<CacheSeries, Counter>,
     pub cache_store: CacheStoreMetrics,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteSeries, LatencyHistogram>,
@@ -441,23 +476,41 @@ impl Default for Metrics {
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         let compressed = Family::<EncodingLabel, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
-        let cache_stored = Family::<PolicyLabel, Counter>::default();
-        let cache_stored_bytes = Family::<PolicyLabel, Counter>::default();
+        let cache_stored = Family::<CacheSeries, Counter>::default();
+        let cache_stored_bytes = Family::<CacheSeries, Counter>::default();
+        let cache_route_objects = Family::<CacheSeries, Gauge>::default();
+        let cache_route_bytes = Family::<CacheSeries, Gauge>::default();
+        let cache_route_evictions = Family::<CacheSeries, Counter>::default();
         let cache_store = CacheStoreMetrics::default();
         registry.register(
             "cache_requests",
-            "Requests a CachePolicy applied to, by policy and result (hit; stale: served stale; miss; revalidated: a stale entry the backend confirmed; coalesced: waited for another request's answer; bypass: not looked up)",
+            "Requests a CachePolicy applied to, by route (as reached through a listener), policy and result (hit; stale: served stale; miss; revalidated: a stale entry the backend confirmed; coalesced: waited for another request's answer; bypass: not looked up)",
             cache.clone(),
         );
         registry.register(
             "cache_stored",
-            "Responses stored in the cache, by policy",
+            "Responses stored in the cache, by route and policy",
             cache_stored.clone(),
         );
         registry.register(
             "cache_stored_bytes",
-            "Bytes of response bodies stored in the cache, by policy",
+            "Bytes of response bodies stored in the cache, by route and policy",
             cache_stored_bytes.clone(),
+        );
+        registry.register(
+            "cache_route_objects",
+            "Responses the memory cache holds now, by route and policy",
+            cache_route_objects.clone(),
+        );
+        registry.register(
+            "cache_route_bytes",
+            "Bytes the memory cache holds now (headers, bodies and keys), by route and policy",
+            cache_route_bytes.clone(),
+        );
+        registry.register(
+            "cache_route_evictions",
+            "Responses evicted from the memory cache to make room, by the route and policy that stored them",
+            cache_route_evictions.clone(),
         );
         registry.register(
             "cache_objects",
@@ -656,6 +709,9 @@ impl Default for Metrics {
             cache,
             cache_stored,
             cache_stored_bytes,
+            cache_route_objects,
+            cache_route_bytes,
+            cache_route_evictions,
             cache_store,
             requests,
             duration,
@@ -849,38 +905,40 @@ impl Metrics {
         }
     }
 
-    /// Counters for one CachePolicy.
-    pub fn cache(&self, policy: &str) -> CacheMetrics {
-        let label = PolicyLabel {
-            policy: policy.to_string(),
-        };
-        CacheMetrics {
+    /// Counters and gauges for one CachePolicy on one route.
+    pub fn cache(&self, at: &CacheSeries) -> CacheMetrics {
+        CacheMetrics(Arc::new(CacheCounters {
             results: CACHE_RESULTS.map(|(_, result)| {
                 self.cache
                     .get_or_create(&CacheLabels {
-                        policy: policy.to_string(),
+                        at: at.clone(),
                         result,
                     })
                     .clone()
             }),
-            stored: self.cache_stored.get_or_create(&label).clone(),
-            stored_bytes: self.cache_stored_bytes.get_or_create(&label).clone(),
-        }
+            stored: self.cache_stored.get_or_create(at).clone(),
+            stored_bytes: self.cache_stored_bytes.get_or_create(at).clone(),
+            objects: self.cache_route_objects.get_or_create(at).clone(),
+            bytes: self.cache_route_bytes.get_or_create(at).clone(),
+            evictions: self.cache_route_evictions.get_or_create(at).clone(),
+        }))
     }
 
-    /// Removes the series of a cache policy no longer configured.
-    pub fn forget_cache(&self, policy: &str) {
+    /// Removes the series of a cache policy no longer applied on a route. Entries it stored
+    /// may stay in the memory tier until they are evicted or replaced: from then on they
+    /// count in the store-wide gauges only.
+    pub fn forget_cache(&self, at: &CacheSeries) {
         for (_, result) in CACHE_RESULTS {
             self.cache.remove(&CacheLabels {
-                policy: policy.to_string(),
+                at: at.clone(),
                 result,
             });
         }
-        let label = PolicyLabel {
-            policy: policy.to_string(),
-        };
-        self.cache_stored.remove(&label);
-        self.cache_stored_bytes.remove(&label);
+        self.cache_stored.remove(at);
+        self.cache_stored_bytes.remove(at);
+        self.cache_route_objects.remove(at);
+        self.cache_route_bytes.remove(at);
+        self.cache_route_evictions.remove(at);
     }
 
     /// Removes the series of a rate-limit policy no longer configured.

@@ -8,7 +8,7 @@
 //! ([`crate::body::LocalReply`]).
 
 use crate::auth::AuthEngine;
-use crate::cache::step::CacheEngine;
+use crate::cache::step::{CacheShared, RuleCache};
 use crate::errors::ProxyError;
 use crate::ratelimit::RateLimitEngine;
 use crate::request::RequestCtx;
@@ -50,7 +50,10 @@ impl Step {
 #[derive(Debug, Default)]
 pub struct Chain {
     steps: Box<[Step]>,
-    cache: Option<Arc<CacheEngine>>,
+    cache: Option<RuleCache>,
+    /// Where a rule without a cache invalidates what its unsafe requests change (RFC 9111
+    /// §4.4: a POST through its own rule makes the GET another rule cached stale).
+    invalidates: Option<Arc<CacheShared>>,
 }
 
 impl Chain {
@@ -58,7 +61,7 @@ impl Chain {
     pub fn new(
         auth: Option<Arc<AuthEngine>>,
         rate_limit: Option<Arc<RateLimitEngine>>,
-        cache: Option<Arc<CacheEngine>>,
+        cache: Option<RuleCache>,
     ) -> Self {
         let steps: Vec<Step> = [auth.map(Step::Auth), rate_limit.map(Step::RateLimit)]
             .into_iter()
@@ -67,12 +70,27 @@ impl Chain {
         Chain {
             steps: steps.into_boxed_slice(),
             cache,
+            invalidates: None,
         }
     }
 
+    /// This chain, invalidating `shared`'s entries after its unsafe requests when it has no
+    /// cache of its own (a cache invalidates for itself).
+    pub fn invalidating(mut self, shared: &Arc<CacheShared>) -> Self {
+        if self.cache.is_none() {
+            self.invalidates = Some(shared.clone());
+        }
+        self
+    }
+
+    /// Where the rule's unsafe requests invalidate, when it has no cache of its own.
+    pub fn invalidates(&self) -> Option<&CacheShared> {
+        self.invalidates.as_deref()
+    }
+
     /// The cache of the rule, if a CachePolicy applies.
-    pub fn cache(&self) -> Option<&CacheEngine> {
-        self.cache.as_deref()
+    pub fn cache(&self) -> Option<&RuleCache> {
+        self.cache.as_ref()
     }
 
     /// Runs every step on the request, in order, until one refuses it.

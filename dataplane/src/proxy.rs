@@ -2,7 +2,7 @@
 //! connection, filter the response, record metrics and the access log.
 
 use crate::body::{BackendBody, BodyFault, BodyLimits, ClientBody, ProxyBody, RequestBody};
-use crate::cache::step::{CacheEngine, Lookup};
+use crate::cache::step::{Invalidation, Lookup, RuleCache};
 use crate::compress::{Compressed, CompressionPolicy, Negotiated};
 use crate::errors::{self, ProxyError};
 use crate::metrics::{Metrics, RouteMetrics, RouteSeries};
@@ -222,11 +222,21 @@ impl Proxy {
             {
                 return (Err(e), None);
             }
-            match routed.chain.cache() {
-                None => self.forward(&routed.rule, req, cx).await,
+            if let Some(cache) = routed.chain.cache() {
                 // Boxed, like the policies: most routes have no cache.
-                Some(cache) => Box::pin(self.cached(routed, cache, req, cx)).await,
+                return Box::pin(self.cached(routed, cache, req, cx)).await;
             }
+            // An unsafe request through a rule without a cache still makes what it changed
+            // stale in the caches of the others.
+            let invalidation = routed
+                .chain
+                .invalidates()
+                .and_then(|shared| Some((shared, Invalidation::of(&req, cx)?)));
+            let (result, addr) = self.forward(&routed.rule, req, cx).await;
+            if let (Some((shared, inv)), Ok(resp)) = (invalidation, &result) {
+                shared.invalidate_after(&inv, resp);
+            }
+            (result, addr)
         });
         match routed.rule.request_timeout {
             Some(d) => tokio::time::timeout(d, fut)
@@ -241,7 +251,7 @@ impl Proxy {
     async fn cached(
         &self,
         routed: &Routed,
-        cache: &CacheEngine,
+        cache: &RuleCache,
         mut req: Request<RequestBody>,
         cx: &mut RequestCtx,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<SocketAddr>) {

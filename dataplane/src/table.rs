@@ -2,9 +2,9 @@
 //! snapshot model becomes serving structures.
 
 use crate::auth::{AuthEngine, AuthShared};
-use crate::cache::step::{CacheEngine, CacheShared};
+use crate::cache::step::{CacheEngine, CacheShared, RuleCache};
 use crate::cors::CorsPolicy;
-use crate::metrics::{CertificateSeries, Metrics, RouteSeries};
+use crate::metrics::{CacheSeries, CertificateSeries, Metrics, RouteSeries};
 use crate::mirror::MirrorTo;
 use crate::policy::Chain;
 use crate::ratelimit::{RateLimitEngine, RateLimitShared};
@@ -40,8 +40,8 @@ pub struct Tables {
     pub auth_policies: BTreeSet<String>,
     /// Every rate-limit policy in use, likewise.
     pub rate_limit_policies: BTreeSet<String>,
-    /// Every cache policy in use, likewise.
-    pub cache_policies: BTreeSet<String>,
+    /// Every (route series, cache policy) in use, likewise.
+    pub cache_series: BTreeSet<CacheSeries>,
     pub backends: Vec<(BackendId, AppProtocol)>,
     /// Things that were skipped, for the log.
     pub warnings: Vec<String>,
@@ -58,6 +58,9 @@ pub fn build(
     cache: &Arc<CacheShared>,
 ) -> Tables {
     let mut t = Tables::default();
+    // Unsafe requests invalidate cached entries on every rule once some rule caches (the
+    // memory tier is shared by every Gateway this dataplane serves).
+    let any_cache = snapshots.iter().any(|s| !s.policies.cache.is_empty());
     // Which gateway/listener owns each (socket, listener hostname) slot.
     let mut owners: BTreeMap<(SocketAddr, Option<String>), (String, String)> = BTreeMap::new();
     // A socket speaks one protocol: the first listener bound to it decides.
@@ -166,12 +169,10 @@ pub fn build(
             .policies
             .cache
             .iter()
-            .map(|p| (&p.id, Arc::new(CacheEngine::new(p, cache, metrics))))
+            .map(|p| (&p.id, Arc::new(CacheEngine::new(p, cache))))
             .collect();
         // A cache policy missing from the snapshot caches nothing.
         let cacher = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| caches.get(id).cloned());
-        t.cache_policies
-            .extend(snap.policies.cache.iter().map(|p| p.id.to_string()));
         for route in &snap.routes {
             order += 1;
             let rule_auth: Vec<Option<Arc<AuthEngine>>> = route
@@ -222,18 +223,33 @@ pub fn build(
                 let parent_auth = engine(&parent.policies.auth);
                 let parent_limits = limiter(&parent.policies.rate_limit);
                 let parent_cache = cacher(&parent.policies.cache);
+                let series = RouteSeries::new(&gw, &listener.name, &label);
                 // One chain per rule as reached through this parent, shared by its matches
                 // and hosts.
                 let chains: Vec<Arc<Chain>> = (0..route.rules.len())
                     .map(|ri| {
-                        Arc::new(Chain::new(
+                        let rule_cache =
+                            most_specific(rule_caches.get(ri), &parent_cache).map(|c| {
+                                let at = CacheSeries {
+                                    at: series.clone(),
+                                    policy: c.policy_id().to_string(),
+                                };
+                                let m = metrics.cache(&at);
+                                t.cache_series.insert(at);
+                                RuleCache::new(c, m)
+                            });
+                        let chain = Chain::new(
                             most_specific(rule_auth.get(ri), &parent_auth),
                             most_specific(rule_limits.get(ri), &parent_limits),
-                            most_specific(rule_caches.get(ri), &parent_cache),
-                        ))
+                            rule_cache,
+                        );
+                        Arc::new(if any_cache {
+                            chain.invalidating(cache)
+                        } else {
+                            chain
+                        })
                     })
                     .collect();
-                let series = RouteSeries::new(&gw, &listener.name, &label);
                 let route_metrics = Arc::new(metrics.route(&series));
                 t.route_series.insert(series);
                 for sa in listener_sockets

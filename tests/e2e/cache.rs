@@ -17,6 +17,10 @@ fn cache_policy(name: &str, target: &str, body: &str) -> String {
 }
 
 /// The echo route `/c` with a CachePolicy of `body` on it.
+/// The labels of route `c`'s cache series (through listener `http` of Gateway `gw`).
+const ROUTE_C: &str =
+    r#"policy="default/c",gateway="default/gw",listener="http",route="default/c""#;
+
 async fn cached(body: &str) -> Setup {
     cached_with_args(body, &[]).await
 }
@@ -82,15 +86,39 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age_and_cache_status
     assert!(cache_status(&s.get(empty, &[]).await).contains("stored"));
     assert!(cache_status(&s.get(empty, &[]).await).contains("hit"));
     assert_eq!(s.echo.requests().await, 4);
+    // Counted per route (as reached through its listener) and policy.
     let metrics = s.portico.metrics().await;
-    assert!(
-        metrics.contains("portico_cache_requests_total{policy=\"default/c\",result=\"hit\"} 4"),
-        "{metrics}"
+    let route = ROUTE_C;
+    let value = |name: &str, labels: &str| {
+        metric(&metrics, &format!("{name}{{{labels}}}"))
+            .unwrap_or_else(|| panic!("{name}{{{labels}}} in {metrics}"))
+    };
+    assert_eq!(
+        value(
+            "portico_cache_requests_total",
+            &format!("result=\"hit\",{route}")
+        ),
+        4.0
     );
+    assert_eq!(value("portico_cache_stored_total", route), 4.0);
+    // Four stores of three keys: the client's `no-cache` stored `fresh` again in its place.
+    assert_eq!(value("portico_cache_route_objects", route), 3.0);
+    assert!(value("portico_cache_stored_bytes_total", route) > 0.0);
     assert!(
-        metrics.contains("portico_cache_stored_total{policy=\"default/c\"} 4"),
-        "{metrics}"
+        value("portico_cache_route_bytes", route)
+            >= value("portico_cache_stored_bytes_total", route)
     );
+}
+
+/// The value of the series named exactly `series` (name and labels), if exported.
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test]
@@ -234,10 +262,46 @@ async fn conditional_requests_are_answered_from_the_cache_and_stale_entries_reva
     );
     assert_eq!(s.echo.requests().await, 3);
     let metrics = s.portico.metrics().await;
+    let series = format!("portico_cache_requests_total{{result=\"revalidated\",{ROUTE_C}}}");
+    assert_eq!(metric(&metrics, &series), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_stale_entry_make_one_revalidation() {
+    let s = cached("").await;
+    let addr = s.addr();
+    // Fresh for 2 s; the backend takes 300 ms to answer, its 304 included.
+    let path = "/c/stale-herd?cc=max-age%3D2&etag=v3&delay_ms=300";
+    let stored = s.get(path, &[]).await;
+    assert!(cache_status(&stored).contains("stored"));
+    // Stale whatever second the clock is in (ages are whole seconds).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let client = HttpClient::new();
+            tokio::spawn(async move { client.get_with(addr, auth::HOST, path, &[]).await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for t in tasks {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200);
+        assert_eq!(count(&r), count(&stored), "the stored body, confirmed");
+        collapsed += usize::from(cache_status(&r).contains("collapsed"));
+    }
+    assert_eq!(
+        s.echo.requests().await,
+        2,
+        "the first request and one revalidation reached the backend"
+    );
     assert!(
-        metrics.contains(
-            "portico_cache_requests_total{policy=\"default/c\",result=\"revalidated\"} 1"
-        ),
+        collapsed >= 40,
+        "{collapsed} of 50 waited for the revalidation"
+    );
+    let metrics = s.portico.metrics().await;
+    let series = format!("portico_cache_requests_total{{result=\"coalesced\",{ROUTE_C}}}");
+    assert!(
+        metric(&metrics, &series).unwrap_or(0.0) >= 40.0,
         "{metrics}"
     );
 }
@@ -380,6 +444,52 @@ async fn an_unsafe_method_invalidates_what_it_changed() {
 }
 
 #[tokio::test]
+async fn an_unsafe_request_through_a_route_without_a_cache_invalidates_the_cached_one() {
+    // Writes go through their own route, with no CachePolicy: the GETs' cache must still
+    // forget what they changed, and only that.
+    let writes = format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: writes, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{}]
+  rules:
+  - matches:
+    - {{path: {{type: PathPrefix, value: /c}}, method: POST}}
+    - {{path: {{type: PathPrefix, value: /c}}, method: PUT}}
+    backendRefs: [{{name: echo, port: 80}}]
+"#,
+        auth::HOST
+    );
+    let docs = format!("{}{}{writes}", route("c", "/c"), cache_policy("c", "c", ""));
+    let s = Setup::start_with_args(&docs, &[]).await;
+    let item = "/c/item?cc=max-age%3D60";
+    let other = "/c/other?cc=max-age%3D60";
+    let before = s.get(item, &[]).await;
+    s.get(other, &[]).await;
+    assert!(cache_status(&s.get(item, &[]).await).contains("hit"));
+    let post = s.send("POST", "/c/item", &[]).await;
+    assert_eq!(post.status, 200);
+    assert!(cache_status(&post).is_empty(), "not through the cache");
+    let after = s.get(item, &[]).await;
+    assert!(
+        cache_status(&after).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&after)
+    );
+    assert_ne!(count(&after), count(&before));
+    assert!(
+        cache_status(&s.get(other, &[]).await).contains("hit"),
+        "untouched"
+    );
+    // A failed write changes nothing.
+    s.send("PUT", "/c/item?status=503", &[]).await;
+    assert!(cache_status(&s.get(item, &[]).await).contains("hit"));
+}
+
+#[tokio::test]
 async fn purges_on_the_admin_port_by_url_prefix_and_tag_and_only_with_the_token() {
     let dir = TempDir::new("token");
     dir.write("token", "s3cret-admin-token\n");
@@ -487,6 +597,17 @@ async fn the_memory_budget_holds_under_a_flood_of_distinct_urls() {
     assert!(bytes <= budget, "{bytes} bytes held, budget {budget}");
     assert!(bytes > budget / 2, "the budget is used: {bytes}");
     assert!(value("portico_cache_evictions_total ") >= 300);
+    // The route's own series say the same: everything held and evicted was its.
+    let route = format!("{{{ROUTE_C}}}");
+    assert_eq!(
+        value(&format!("portico_cache_route_bytes{route} ")),
+        bytes,
+        "one route stored everything"
+    );
+    assert_eq!(
+        value(&format!("portico_cache_route_evictions_total{route} ")),
+        value("portico_cache_evictions_total ")
+    );
     // The newest are still there.
     assert!(
         cache_status(&s.get("/c/flood/399?cc=max-age%3D600&size=2000", &[]).await).contains("hit")

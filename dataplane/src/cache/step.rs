@@ -101,9 +101,9 @@ impl CacheShared {
         )))
     }
 
-    fn put(&self, key: &str, request: &HeaderMap, stored: Stored) -> bool {
+    fn put(&self, key: &str, request: &HeaderMap, stored: Stored, owner: &CacheMetrics) -> bool {
         let before = self.store.evictions();
-        let done = self.store.put(key, request, stored);
+        let done = self.store.put(key, request, stored, owner);
         self.metrics
             .evictions
             .inc_by(self.store.evictions().saturating_sub(before));
@@ -161,6 +161,53 @@ impl CacheShared {
     }
 }
 
+/// What an unsafe request invalidates once it succeeds (RFC 9111 §4.4), whichever rule
+/// serves it: its origin and target, and its method.
+#[derive(Debug)]
+pub struct Invalidation {
+    method: Method,
+    origin: String,
+    /// The path and query as sent.
+    path: String,
+}
+
+impl Invalidation {
+    /// `None` for a safe method, or a request whose origin cannot be told.
+    pub fn of(req: &Request<RequestBody>, cx: &RequestCtx) -> Option<Self> {
+        if req.method().is_safe() {
+            return None;
+        }
+        Some(Self {
+            method: req.method().clone(),
+            // Only the origin and path: whatever the query (one a key could not hold
+            // included), every entry of the path goes.
+            origin: origin(req, cx)?,
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+        })
+    }
+}
+
+impl CacheShared {
+    /// Removes what `inv`'s request made stale, now that it got `resp`: its own URL and the
+    /// ones its `Location` and `Content-Location` name on its origin; nothing for an error.
+    pub fn invalidate_after(&self, inv: &Invalidation, resp: &Response<ProxyBody>) {
+        let authority = inv.origin.split("://").nth(1).unwrap_or("");
+        let paths = validation::invalidated(
+            &inv.method,
+            resp.status().as_u16(),
+            &inv.path,
+            authority,
+            resp.headers(),
+        );
+        for path in paths {
+            self.invalidate(&inv.origin, &path);
+        }
+    }
+}
+
 /// Marks a response the gateway made one client's own (it pinned a session in it): never
 /// stored, whatever the policy says about cookies.
 #[derive(Clone, Copy, Debug)]
@@ -176,7 +223,34 @@ pub struct CacheEngine {
     shared: Arc<CacheShared>,
     /// The Redis tier behind the memory one, if the policy has one.
     tier: Option<Arc<SharedTier>>,
+}
+
+/// A CachePolicy as one rule applies it through one parent: its engine (shared by every
+/// route the policy applies to) and the metrics of that route.
+#[derive(Debug)]
+pub struct RuleCache {
+    engine: Arc<CacheEngine>,
     metrics: CacheMetrics,
+}
+
+impl RuleCache {
+    pub fn new(engine: Arc<CacheEngine>, metrics: CacheMetrics) -> Self {
+        Self { engine, metrics }
+    }
+
+    /// See [`CacheEngine::lookup`].
+    pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
+        self.engine.lookup(req, cx, &self.metrics).await
+    }
+
+    /// See [`CacheEngine::complete`].
+    pub fn complete(
+        &self,
+        pending: Pending,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.engine.complete(pending, result)
+    }
 }
 
 /// What the cache decided before the upstream.
@@ -195,9 +269,8 @@ pub enum Lookup {
 pub struct Pending {
     /// `None`: the cache does not take part (a method it does not serve).
     key: Option<String>,
-    /// The URL an unsafe method invalidates, with its origin.
-    origin: String,
-    path: String,
+    /// What an unsafe method invalidates once it succeeds.
+    invalidation: Option<Invalidation>,
     method: Method,
     /// The request's headers as the key and variant read them.
     request: HeaderMap,
@@ -216,14 +289,16 @@ pub struct Pending {
     request_time: u64,
     /// The purge log's sequence when the request started.
     purge_seq: u64,
+    /// The route's counters.
+    metrics: CacheMetrics,
 }
 
 impl Pending {
-    fn bypass(method: Method, detail: &'static str) -> Self {
+    fn bypass(method: Method, detail: &'static str, metrics: &CacheMetrics) -> Self {
+        metrics.record(CacheResult::Bypass);
         Pending {
             key: None,
-            origin: String::new(),
-            path: String::new(),
+            invalidation: None,
             method,
             request: HeaderMap::new(),
             directives: RequestDirectives::default(),
@@ -239,12 +314,13 @@ impl Pending {
             },
             request_time: 0,
             purge_seq: 0,
+            metrics: metrics.clone(),
         }
     }
 }
 
 impl CacheEngine {
-    pub fn new(policy: &CachePolicy, shared: &Arc<CacheShared>, metrics: &Metrics) -> Self {
+    pub fn new(policy: &CachePolicy, shared: &Arc<CacheShared>) -> Self {
         Self {
             ttls: Ttls {
                 default: policy.default_ttl,
@@ -262,14 +338,23 @@ impl CacheEngine {
                 .then(|| Duration::from_millis(policy.coalesce_timeout_ms)),
             tier: policy.shared.as_ref().and_then(|t| shared.tier(t)),
             shared: shared.clone(),
-            metrics: metrics.cache(&policy.id.to_string()),
             policy: policy.clone(),
         }
     }
 
+    /// The policy (`namespace/name`).
+    pub fn policy_id(&self) -> &portico_model::ObjectRef {
+        &self.policy.id
+    }
+
     /// Looks `key` up in the shared tier and, when it holds an entry for this request that
     /// no purge removed, puts it in the memory tier. Whether it did.
-    async fn fill_from_shared_tier(&self, key: &str, request: &HeaderMap) -> bool {
+    async fn fill_from_shared_tier(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        owner: &CacheMetrics,
+    ) -> bool {
         let Some(tier) = &self.tier else {
             return false;
         };
@@ -287,7 +372,7 @@ impl CacheEngine {
             tier.delete(key);
             return false;
         }
-        entry.matches(request) && self.shared.put(key, request, entry.stored)
+        entry.matches(request) && self.shared.put(key, request, entry.stored, owner)
     }
 
     /// How long the shared tier keeps an entry: its lifetime and stale windows.
@@ -303,7 +388,7 @@ impl CacheEngine {
 
     /// The URL part of the key: scheme, host (lowercase) and port (the one `Host` names,
     /// else the listener's), then the path and the query the policy keys.
-    fn url(&self, req: &Request<RequestBody>, cx: &RequestCtx) -> Option<(String, String)> {
+    fn url(&self, req: &Request<RequestBody>, cx: &RequestCtx) -> Option<String> {
         let origin = origin(req, cx)?;
         let mut url = format!("{origin}{}", req.uri().path());
         if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
@@ -337,7 +422,7 @@ impl CacheEngine {
                 url.push_str(&kept.join("&"));
             }
         }
-        Some((origin, url))
+        Some(url)
     }
 
     /// The whole key: the URL, then the route and rule, the query mode, the named headers'
@@ -400,35 +485,30 @@ impl CacheEngine {
 
     /// What to do before the upstream. May wait (bounded) for another request for the
     /// same key.
-    pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
+    pub async fn lookup(
+        &self,
+        req: &mut Request<RequestBody>,
+        cx: &RequestCtx,
+        metrics: &CacheMetrics,
+    ) -> Lookup {
         let method = req.method().clone();
         if cx.upgrade.is_some() {
-            self.metrics.record(CacheResult::Bypass);
-            return Lookup::Forward(Box::new(Pending::bypass(method, "upgrade")));
+            return Lookup::Forward(Box::new(Pending::bypass(method, "upgrade", metrics)));
         }
         if method != Method::GET && method != Method::HEAD {
-            self.metrics.record(CacheResult::Bypass);
-            let mut p = Pending::bypass(method, "method");
-            // What an unsafe method invalidates needs only the origin and path, whatever
-            // the query (one the key could not hold included).
-            p.origin = origin(req, cx).unwrap_or_default();
-            p.path = req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+            let mut p = Pending::bypass(method, "method", metrics);
+            p.invalidation = Invalidation::of(req, cx);
             return Lookup::Forward(Box::new(p));
         }
-        let Some((origin, url)) = self.url(req, cx) else {
-            self.metrics.record(CacheResult::Bypass);
-            return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable")));
+        let Some(url) = self.url(req, cx) else {
+            return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable", metrics)));
         };
         let key = self.key(&url, req, cx);
         let directives = RequestDirectives::from_headers(req.headers());
         let credentialed = self.credentialed(cx);
         let mut pending = Pending {
             key: Some(key.clone()),
-            origin,
-            path: String::new(),
+            invalidation: None,
             method: method.clone(),
             // Filled in (the client's headers as sent) only when the request goes upstream:
             // a hit needs no copy.
@@ -442,6 +522,7 @@ impl CacheEngine {
             status: CacheStatus::default(),
             request_time: 0,
             purge_seq: self.shared.purges.seq(),
+            metrics: metrics.clone(),
         };
         let mut waits = 0;
         let mut tried_shared = false;
@@ -455,7 +536,7 @@ impl CacheEngine {
                     // unless it says so.
                     pending.status.fwd = Some(Forward::Bypass);
                     pending.status.detail = Some("authorization");
-                    self.metrics.record(CacheResult::Bypass);
+                    metrics.record(CacheResult::Bypass);
                     pending.request = req.headers().clone();
                     pending.request_time = now;
                     return Lookup::Forward(Box::new(pending));
@@ -464,13 +545,16 @@ impl CacheEngine {
                 miss @ (Found::VaryMiss | Found::UriMiss) => {
                     if !tried_shared {
                         tried_shared = true;
-                        if self.fill_from_shared_tier(&key, req.headers()).await {
+                        if self
+                            .fill_from_shared_tier(&key, req.headers(), metrics)
+                            .await
+                        {
                             from_shared = true;
                             continue;
                         }
                     }
                     if directives.only_if_cached {
-                        self.metrics.record(CacheResult::Miss);
+                        metrics.record(CacheResult::Miss);
                         return Lookup::Answer(only_if_cached_miss());
                     }
                     pending.status.fwd = Some(if matches!(miss, Found::VaryMiss) {
@@ -506,7 +590,7 @@ impl CacheEngine {
                     if may_lead {
                         strip_preconditions(req.headers_mut());
                     }
-                    self.metrics.record(CacheResult::Miss);
+                    metrics.record(CacheResult::Miss);
                     pending.request_time = freshness::now();
                     return Lookup::Forward(Box::new(pending));
                 }
@@ -521,7 +605,7 @@ impl CacheEngine {
             match reuse {
                 Reuse::Fresh | Reuse::StaleAccepted => {
                     let fresh = reuse == Reuse::Fresh;
-                    self.metrics.record(if pending.status.collapsed {
+                    metrics.record(if pending.status.collapsed {
                         CacheResult::Coalesced
                     } else if fresh {
                         CacheResult::Hit
@@ -544,7 +628,7 @@ impl CacheEngine {
                     return Lookup::Answer(answer(&stored, &method, req.headers(), &status, now));
                 }
                 Reuse::StaleWhileRevalidate => {
-                    self.metrics.record(CacheResult::Stale);
+                    metrics.record(CacheResult::Stale);
                     let status = CacheStatus {
                         hit: true,
                         ttl: Some(stored.timing.ttl(now)),
@@ -573,8 +657,32 @@ impl CacheEngine {
                 }
                 Reuse::Revalidate | Reuse::MustRevalidate => {
                     if directives.only_if_cached {
-                        self.metrics.record(CacheResult::Miss);
+                        metrics.record(CacheResult::Miss);
                         return Lookup::Answer(only_if_cached_miss());
+                    }
+                    // Concurrent requests for an entry gone stale make one revalidation: the
+                    // others wait for it and are answered from the refreshed entry. Not for
+                    // an entry stored `no-cache` (each use is validated, so a refresh would
+                    // not answer the others) nor for a client asking for its own validation.
+                    let may_lead = method == Method::GET
+                        && !directives.no_store
+                        && !directives.no_cache
+                        && !credentialed
+                        && !stored.directives.no_cache;
+                    if let (true, Some(limit)) = (may_lead, self.coalesce) {
+                        match self.shared.coalescer.turn(&key) {
+                            Turn::Lead(leader) => pending.leader = Some(leader),
+                            Turn::Wait(waiter) if waits < MAX_WAITS => {
+                                waits += 1;
+                                pending.status.collapsed = true;
+                                if let Some(Outcome::Stored | Outcome::Abandoned) =
+                                    waiter.wait(limit).await
+                                {
+                                    continue;
+                                }
+                            }
+                            Turn::Wait(_) | Turn::Bypass => {}
+                        }
                     }
                     pending.status.fwd = Some(if directives.no_cache {
                         Forward::Request
@@ -604,20 +712,8 @@ impl CacheEngine {
         let now = freshness::now();
         let Some(key) = pending.key.take() else {
             // Not looked up: an unsafe method's success makes what it changed stale.
-            if let Ok(resp) = &result
-                && !pending.origin.is_empty()
-            {
-                let authority = pending.origin.split("://").nth(1).unwrap_or("");
-                let paths = validation::invalidated(
-                    &pending.method,
-                    resp.status().as_u16(),
-                    &pending.path,
-                    authority,
-                    resp.headers(),
-                );
-                for path in paths {
-                    self.shared.invalidate(&pending.origin, &path);
-                }
+            if let (Ok(resp), Some(inv)) = (&result, &pending.invalidation) {
+                self.shared.invalidate_after(inv, resp);
             }
             return result.map(|r| with_status(r, &pending.status));
         };
@@ -629,7 +725,7 @@ impl CacheEngine {
             if let Some(stale) = pending.stale.as_ref().filter(|s| {
                 freshness::stale_if_error(&s.directives, &s.timing, self.policy.stale_if_error, now)
             }) {
-                self.metrics.record(CacheResult::Stale);
+                pending.metrics.record(CacheResult::Stale);
                 let status = CacheStatus {
                     hit: true,
                     fwd_status: result.as_ref().ok().map(|r| r.status().as_u16()),
@@ -731,7 +827,9 @@ impl CacheEngine {
                 let ttl = self.shared_ttl(&entry);
                 tier.put(key, &shared_entry(key, &pending.request, &entry), ttl);
             }
-            status.stored = self.shared.put(key, &pending.request, entry.clone());
+            status.stored = self
+                .shared
+                .put(key, &pending.request, entry.clone(), &pending.metrics);
         } else if !applies || storable.is_err() {
             // What is stored no longer stands: the next request asks the backend.
             self.shared.store.purge_key(key);
@@ -743,7 +841,7 @@ impl CacheEngine {
                 Outcome::Passed
             });
         }
-        self.metrics.record(CacheResult::Revalidated);
+        pending.metrics.record(CacheResult::Revalidated);
         status.ttl = Some(entry.timing.ttl(now));
         answer(&entry, &pending.method, &pending.request, &status, now)
     }
@@ -818,7 +916,7 @@ impl CacheEngine {
                     tags: super::store::tags(&parts.headers),
                 };
                 let shared = self.shared.clone();
-                let metrics = self.metrics.clone();
+                let metrics = pending.metrics.clone();
                 // The others wait for this fill at most FILL_WAIT: a client that reads
                 // slowly (or not at all) must not hold every request for the key.
                 let leader = Arc::new(parking_lot::Mutex::new(pending.leader.take()));
@@ -845,7 +943,7 @@ impl CacheEngine {
                             if let Some((tier, ttl)) = tier.filter(|_| !purged) {
                                 tier.put(&key, &shared_entry(&key, &request, &stored), ttl);
                             }
-                            if !purged && shared.put(&key, &request, stored) {
+                            if !purged && shared.put(&key, &request, stored, &metrics) {
                                 metrics.stored(n);
                                 Outcome::Stored
                             } else {
@@ -1018,7 +1116,7 @@ mod tests {
             key: serde_json::from_str(key).expect("key"),
             ..CachePolicy::default()
         };
-        CacheEngine::new(&policy, &CacheShared::new(1 << 20, &metrics), &metrics)
+        CacheEngine::new(&policy, &CacheShared::new(1 << 20, &metrics))
     }
 
     fn request(uri: &str, host: &str) -> Request<RequestBody> {
@@ -1077,7 +1175,7 @@ mod tests {
         let key = |e: &CacheEngine, uri: &str, host: &str, scheme: &'static str, port: u16| {
             let req = request(uri, host);
             let cx = ctx(scheme, port);
-            let (_, url) = e.url(&req, &cx).expect("a host");
+            let url = e.url(&req, &cx).expect("a host");
             e.key(&url, &req, &cx)
         };
         let base = key(&all, "/a?x=1&y=2", "Shop.test", "http", 80);

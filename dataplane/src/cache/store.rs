@@ -8,6 +8,7 @@
 use super::directives::ResponseDirectives;
 use super::freshness::Timing;
 use super::variant::Variant;
+use crate::metrics::CacheMetrics;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
@@ -70,6 +71,8 @@ struct Slot {
     stored: Arc<Stored>,
     cost: usize,
     used: AtomicU64,
+    /// The route and policy that stored it, whose gauges count it.
+    owner: CacheMetrics,
 }
 
 #[derive(Default)]
@@ -134,8 +137,14 @@ impl MemoryStore {
     /// Stores `stored` under `key` for `request`'s variant, replacing what that variant had
     /// and every variant of another `Vary` (the newest response says what the key varies
     /// on, §4.1); keeps at most [`MAX_VARIANTS`] per key; evicts until the budget holds. An
-    /// entry larger than the whole budget is not stored.
-    pub fn put(&self, key: &str, request: &HeaderMap, stored: Stored) -> bool {
+    /// entry larger than the whole budget is not stored. `owner` counts it while it is held.
+    pub fn put(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        stored: Stored,
+        owner: &CacheMetrics,
+    ) -> bool {
         let variant = Variant::of(request, &stored.vary);
         let cost = stored.cost(key, &variant);
         if cost > self.budget {
@@ -169,6 +178,7 @@ impl MemoryStore {
                 .map(|k| (start + k) % len)
                 .min_by_key(|&i| inner.slots[i].used.load(Ordering::Relaxed));
             let Some(victim) = victim else { break };
+            inner.slots[victim].owner.evicted();
             remove_at(&mut inner, victim);
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
@@ -180,7 +190,9 @@ impl MemoryStore {
             stored: Arc::new(stored),
             cost,
             used: AtomicU64::new(self.tick()),
+            owner: owner.clone(),
         });
+        owner.held(cost);
         inner.by_key.entry(key).or_default().push(index);
         inner.bytes += cost;
         true
@@ -277,6 +289,7 @@ fn remove_at(inner: &mut Inner, i: usize) {
     let last = inner.slots.len() - 1;
     let slot = inner.slots.swap_remove(i);
     inner.bytes -= slot.cost;
+    slot.owner.released(slot.cost);
     if let Some(ix) = inner.by_key.get_mut(&slot.key) {
         ix.retain(|&j| j != i);
         if ix.is_empty() {
@@ -347,13 +360,28 @@ mod tests {
         let gzip = req(&[("accept-encoding", "gzip")]);
         let br = req(&[("accept-encoding", "br")]);
         assert!(matches!(s.get("k", &gzip), Found::UriMiss));
-        assert!(s.put("k", &gzip, stored("gz", &["accept-encoding"], &[])));
+        assert!(s.put(
+            "k",
+            &gzip,
+            stored("gz", &["accept-encoding"], &[]),
+            &CacheMetrics::default()
+        ));
         assert!(matches!(s.get("k", &br), Found::VaryMiss));
-        assert!(s.put("k", &br, stored("br", &["accept-encoding"], &[])));
+        assert!(s.put(
+            "k",
+            &br,
+            stored("br", &["accept-encoding"], &[]),
+            &CacheMetrics::default()
+        ));
         assert_eq!(body(s.get("k", &gzip)).as_deref(), Some(&b"gz"[..]));
         assert_eq!(body(s.get("k", &br)).as_deref(), Some(&b"br"[..]));
         // The same variant again replaces, not adds.
-        assert!(s.put("k", &gzip, stored("gz2", &["accept-encoding"], &[])));
+        assert!(s.put(
+            "k",
+            &gzip,
+            stored("gz2", &["accept-encoding"], &[]),
+            &CacheMetrics::default()
+        ));
         assert_eq!(s.usage().0, 2);
         assert_eq!(body(s.get("k", &gzip)).as_deref(), Some(&b"gz2"[..]));
     }
@@ -362,15 +390,30 @@ mod tests {
     fn a_new_vary_replaces_the_old_variants_and_variants_per_key_are_capped() {
         let s = MemoryStore::new(1 << 20);
         let en = req(&[("accept-language", "en")]);
-        assert!(s.put("k", &en, stored("en", &["accept-language"], &[])));
+        assert!(s.put(
+            "k",
+            &en,
+            stored("en", &["accept-language"], &[]),
+            &CacheMetrics::default()
+        ));
         // The origin now varies on something else: the old variants go.
-        assert!(s.put("k", &en, stored("enc", &["accept-encoding"], &[])));
+        assert!(s.put(
+            "k",
+            &en,
+            stored("enc", &["accept-encoding"], &[]),
+            &CacheMetrics::default()
+        ));
         assert_eq!(s.usage().0, 1);
         assert_eq!(body(s.get("k", &en)).as_deref(), Some(&b"enc"[..]));
         // A header clients fill at will makes at most MAX_VARIANTS entries.
         for i in 0..100 {
             let r = req(&[("x-anything", &i.to_string())]);
-            assert!(s.put("flood", &r, stored("v", &["x-anything"], &[])));
+            assert!(s.put(
+                "flood",
+                &r,
+                stored("v", &["x-anything"], &[]),
+                &CacheMetrics::default()
+            ));
         }
         assert_eq!(s.usage().0, 1 + MAX_VARIANTS);
         let latest = req(&[("x-anything", "99")]);
@@ -385,12 +428,18 @@ mod tests {
         let none = HeaderMap::new();
         let one = stored(&"x".repeat(1000), &[], &[]).cost("key-0000", &Variant::of(&none, &[]));
         let s = MemoryStore::new(one * 50);
-        s.put("key-hot", &none, stored(&"x".repeat(996), &[], &[]));
+        s.put(
+            "key-hot",
+            &none,
+            stored(&"x".repeat(996), &[], &[]),
+            &CacheMetrics::default(),
+        );
         for i in 0..2000 {
             assert!(s.put(
                 &format!("key-{i:04}"),
                 &none,
-                stored(&"x".repeat(1000), &[], &[])
+                stored(&"x".repeat(1000), &[], &[]),
+                &CacheMetrics::default()
             ));
             // The hot entry is used all the time: sampling keeps it.
             assert!(
@@ -402,7 +451,12 @@ mod tests {
         }
         assert!(s.evictions() >= 1900);
         // Larger than the whole budget: not stored at all.
-        assert!(!s.put("huge", &none, stored(&"x".repeat(one * 60), &[], &[])));
+        assert!(!s.put(
+            "huge",
+            &none,
+            stored(&"x".repeat(one * 60), &[], &[]),
+            &CacheMetrics::default()
+        ));
     }
 
     #[test]
@@ -413,17 +467,25 @@ mod tests {
             "https://shop.example:443/a",
             &none,
             stored("a", &[], &["products"]),
+            &CacheMetrics::default(),
         );
         s.put(
             "https://shop.example:443/a/b",
             &none,
             stored("ab", &[], &["products", "b"]),
+            &CacheMetrics::default(),
         );
-        s.put("https://shop.example:443/c", &none, stored("c", &[], &[]));
+        s.put(
+            "https://shop.example:443/c",
+            &none,
+            stored("c", &[], &[]),
+            &CacheMetrics::default(),
+        );
         s.put(
             "https://other.example:443/a",
             &none,
             stored("o", &[], &["products"]),
+            &CacheMetrics::default(),
         );
         assert_eq!(s.purge_key("https://shop.example:443/a"), 1);
         assert!(matches!(
@@ -440,7 +502,12 @@ mod tests {
         let s = MemoryStore::new(1 << 20);
         let none = HeaderMap::new();
         for i in 0..50 {
-            s.put(&format!("k{i}"), &none, stored(&i.to_string(), &[], &[]));
+            s.put(
+                &format!("k{i}"),
+                &none,
+                stored(&i.to_string(), &[], &[]),
+                &CacheMetrics::default(),
+            );
         }
         for i in (0..50).step_by(3) {
             assert_eq!(s.purge_key(&format!("k{i}")), 1);

@@ -174,6 +174,9 @@ async fn handle(
     }
     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
     let query = req.uri().query().map(str::to_string);
+    if let Some(ms) = param(query.as_deref(), "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
     if let Some(tag) = text_param(query.as_deref(), "etag")
         && req
             .headers()
@@ -184,9 +187,6 @@ async fn handle(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         cache_headers(query.as_deref(), r.headers_mut());
         return r;
-    }
-    if let Some(ms) = param(query.as_deref(), "delay_ms") {
-        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     let status = param(query.as_deref(), "status")
         .and_then(|s| u16::try_from(s).ok())
