@@ -22,6 +22,7 @@
 //! connection (after it) ends the request.
 
 use crate::codec::ServerBody;
+use crate::util::ByteBudget;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -654,6 +655,8 @@ pub enum Filled {
     Whole(Bytes),
     /// It grew past the limit: the rest went to the client uncopied.
     TooLarge,
+    /// The fills in progress held their whole budget: the rest went uncopied.
+    NoRoom,
     /// It failed, or the client went away before its end.
     Failed,
 }
@@ -661,23 +664,27 @@ pub enum Filled {
 /// Where a [`Filling`] body's copy goes.
 pub type FillSink = Box<dyn FnOnce(Filled) + Send + Sync>;
 
-/// A body passed through to the client and copied, up to a limit, for a sink that is told
-/// once how it ended (dropped before its end: [`Filled::Failed`]).
+/// A body passed through to the client and copied, up to a limit and within a budget shared
+/// by every fill in progress (a copy holds what has been forwarded so far: without a bound,
+/// many slow, large, distinct misses would hold their whole bodies at once), for a sink that is told once how it ended (dropped before its end:
+/// [`Filled::Failed`]).
 pub struct Filling {
     inner: ProxyBody,
     chunks: Vec<Bytes>,
     held: usize,
     limit: usize,
+    budget: Arc<ByteBudget>,
     sink: Option<FillSink>,
 }
 
 impl Filling {
-    pub fn new(inner: ProxyBody, limit: usize, sink: FillSink) -> Self {
+    pub fn new(inner: ProxyBody, limit: usize, budget: Arc<ByteBudget>, sink: FillSink) -> Self {
         let mut f = Self {
             inner,
             chunks: Vec::new(),
             held: 0,
             limit,
+            budget,
             sink: Some(sink),
         };
         // An empty body is complete already: a server need not poll it at all.
@@ -687,10 +694,23 @@ impl Filling {
         f
     }
 
+    /// Tells the sink, once, and gives back what the copy held.
     fn end(&mut self, how: Filled) {
         if let Some(sink) = self.sink.take() {
             sink(how);
+            self.budget.give(std::mem::take(&mut self.held));
         }
+    }
+
+    /// Stops copying: the rest goes to the client only.
+    fn give_up(&mut self, how: Filled) {
+        self.chunks.clear();
+        self.end(how);
+    }
+
+    /// The copy so far, whole.
+    fn whole(&mut self) -> Filled {
+        Filled::Whole(join(std::mem::take(&mut self.chunks), self.held))
     }
 }
 
@@ -698,7 +718,7 @@ impl Drop for Filling {
     fn drop(&mut self) {
         // Dropped at its end without a last poll (the server knew the length): whole.
         let how = if self.inner.is_end_stream() {
-            Filled::Whole(join(std::mem::take(&mut self.chunks), self.held))
+            self.whole()
         } else {
             Filled::Failed
         };
@@ -721,23 +741,25 @@ impl Body for Filling {
                 if let Some(data) = frame.data_ref()
                     && this.sink.is_some()
                 {
-                    this.held += data.len();
-                    if this.held > this.limit {
-                        this.chunks.clear();
-                        this.end(Filled::TooLarge);
+                    let n = data.len();
+                    if this.held + n > this.limit {
+                        this.give_up(Filled::TooLarge);
+                    } else if !this.budget.take(n) {
+                        this.give_up(Filled::NoRoom);
                     } else {
+                        this.held += n;
                         this.chunks.push(data.clone());
                     }
                 }
                 if this.sink.is_some() && this.inner.is_end_stream() {
-                    let whole = join(std::mem::take(&mut this.chunks), this.held);
-                    this.end(Filled::Whole(whole));
+                    let whole = this.whole();
+                    this.end(whole);
                 }
             }
             Poll::Ready(Some(Err(_))) => this.end(Filled::Failed),
             Poll::Ready(None) => {
-                let whole = join(std::mem::take(&mut this.chunks), this.held);
-                this.end(Filled::Whole(whole));
+                let whole = this.whole();
+                this.end(whole);
             }
             Poll::Pending => {}
         }
@@ -828,16 +850,53 @@ mod tests {
 
     /// A Filling over `inner` whose sink's verdict lands in the returned cell.
     fn filling(inner: ProxyBody, limit: usize) -> (Filling, Arc<Mutex<Option<String>>>) {
+        filling_within(inner, limit, ByteBudget::new(usize::MAX))
+    }
+
+    fn filling_within(
+        inner: ProxyBody,
+        limit: usize,
+        budget: Arc<ByteBudget>,
+    ) -> (Filling, Arc<Mutex<Option<String>>>) {
         let seen = Arc::new(Mutex::new(None));
         let into = seen.clone();
         let sink: FillSink = Box::new(move |f| {
             *into.lock() = Some(match f {
                 Filled::Whole(b) => format!("whole:{}", String::from_utf8_lossy(&b)),
                 Filled::TooLarge => "too-large".into(),
+                Filled::NoRoom => "no-room".into(),
                 Filled::Failed => "failed".into(),
             });
         });
-        (Filling::new(inner, limit, sink), seen)
+        (Filling::new(inner, limit, budget, sink), seen)
+    }
+
+    #[tokio::test]
+    async fn fills_in_progress_hold_no_more_than_their_budget_together() {
+        use http_body_util::BodyExt as _;
+        let budget = ByteBudget::new(10);
+        // Another fill in progress holds 8 bytes.
+        assert!(budget.take(8));
+        // One that would pass the budget stops copying; its client still gets it all.
+        let (f, seen) = filling_within(
+            ProxyBody::from(Bytes::from_static(b"abcdef")),
+            100,
+            budget.clone(),
+        );
+        assert_eq!(f.collect().await.expect("body").to_bytes().len(), 6);
+        assert_eq!(seen.lock().as_deref(), Some("no-room"));
+        assert_eq!(budget.held(), 8);
+        // Once that one is done, a fill takes its bytes while it copies and gives them back
+        // at its end.
+        budget.give(8);
+        let (f, seen) = filling_within(
+            ProxyBody::from(Bytes::from_static(b"abcdef")),
+            100,
+            budget.clone(),
+        );
+        assert_eq!(f.collect().await.expect("body").to_bytes().len(), 6);
+        assert_eq!(seen.lock().as_deref(), Some("whole:abcdef"));
+        assert_eq!(budget.held(), 0);
     }
 
     #[tokio::test]

@@ -274,3 +274,40 @@ mod tests {
         assert_eq!(request_id(&h).len(), 32);
     }
 }
+
+/// Bytes that many holders may take together, up to a limit (cache fills in progress, stores
+/// queued for Redis): each takes before it holds and gives back when done.
+#[derive(Debug)]
+pub struct ByteBudget {
+    held: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&h| h <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken before.
+    pub fn give(&self, n: usize) {
+        self.held.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}

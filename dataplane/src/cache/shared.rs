@@ -16,6 +16,7 @@ use super::freshness::Timing;
 use super::store::Stored;
 use super::variant::Variant;
 use crate::ratelimit::redis::{RedisPool, Reply};
+use crate::util::ByteBudget;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use parking_lot::Mutex;
@@ -41,11 +42,17 @@ fn redis_key(key: &str) -> String {
 pub struct SharedTier {
     pool: Arc<RedisPool>,
     timeout: Duration,
+    /// What stores on their way may hold, with every tier's.
+    queued: Arc<ByteBudget>,
 }
 
 impl SharedTier {
-    pub fn new(pool: Arc<RedisPool>, timeout: Duration) -> Self {
-        Self { pool, timeout }
+    pub fn new(pool: Arc<RedisPool>, timeout: Duration, queued: Arc<ByteBudget>) -> Self {
+        Self {
+            pool,
+            timeout,
+            queued,
+        }
     }
 
     /// The entry stored under `key`, with the URL and variant it was stored for; `None` on
@@ -62,12 +69,20 @@ impl SharedTier {
         }
     }
 
-    /// Stores `entry` under `key` for `ttl` seconds (at most a day), in the background.
-    pub fn put(&self, key: &str, entry: &Entry, ttl: u64) {
+    /// Stores `entry` under `key` for `ttl` seconds (at most a day), in the background;
+    /// skipped when the stores already on their way hold the whole queue budget (Redis slow
+    /// or away: the entry stays in this replica's memory tier). Whether it was sent.
+    pub fn put(&self, key: &str, entry: &Entry, ttl: u64) -> bool {
         let value = encode(entry);
+        let size = value.len();
+        if !self.queued.take(size) {
+            tracing::debug!("shared cache tier: store skipped, too many on their way");
+            return false;
+        }
         let k = redis_key(key);
         let ttl = ttl.clamp(1, SHARED_MAX_SECS).to_string();
         let pool = self.pool.clone();
+        let queued = self.queued.clone();
         // A store is worth a longer wait than a lookup: nobody waits for it.
         let timeout = self.timeout.max(Duration::from_secs(1));
         tokio::spawn(async move {
@@ -75,7 +90,9 @@ impl SharedTier {
             if let Err(e) = pool.call(&args, timeout).await {
                 tracing::debug!(error = %e, "shared cache tier: store skipped");
             }
+            queued.give(size);
         });
+        true
     }
 
     /// Removes the entry under `key` (it was refused: purged, or unreadable).
@@ -369,6 +386,35 @@ mod tests {
             },
             variant: vec![Some(b"en".to_vec())],
         }
+    }
+
+    #[tokio::test]
+    async fn stores_on_their_way_hold_no_more_than_the_queue_budget() {
+        // A Redis that refuses every connection: each store fails, and gives its bytes back.
+        let address =
+            portico_model::ratelimit::RedisAddress::parse("redis://127.0.0.1:1").expect("url");
+        let size = encode(&entry()).len();
+        let queued = ByteBudget::new(size + size / 2);
+        let tier = SharedTier::new(
+            RedisPool::new(address),
+            Duration::from_millis(50),
+            queued.clone(),
+        );
+        assert!(tier.put("k1", &entry(), 60), "the first fits");
+        assert!(
+            !tier.put("k2", &entry(), 60),
+            "the second would pass the budget"
+        );
+        assert_eq!(queued.held(), size);
+        // Once the first is done (failed here), there is room again.
+        for _ in 0..100 {
+            if queued.held() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(queued.held(), 0);
+        assert!(tier.put("k3", &entry(), 60));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::body::{FillSink, Filled, Filling, ProxyBody, RequestBody};
 use crate::errors::ProxyError;
 use crate::metrics::{CacheMetrics, CacheResult, CacheStoreMetrics, Metrics};
 use crate::request::RequestCtx;
+use crate::util::ByteBudget;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use portico_model::cache::{CachePolicy, QueryKey, split_host};
@@ -45,11 +46,18 @@ const MAX_WAITS: usize = 3;
 const FILL_WAIT: Duration = Duration::from_secs(2);
 /// The largest reply the shared tier's Redis connections accept: the largest entry.
 const MAX_SHARED_REPLY: usize = 66 << 20;
+/// What stores on their way to the shared tiers may hold together: while Redis is slow, the
+/// stores beyond it are skipped (the entry stays in the memory tier).
+const MAX_QUEUED_SHARED: usize = 64 << 20;
 
 /// The memory tier and coalescing table of one dataplane, shared by every policy and kept
 /// across configuration changes.
 pub struct CacheShared {
     store: MemoryStore,
+    /// What the fills in progress may copy together: as much as the store holds.
+    fills: Arc<ByteBudget>,
+    /// What stores queued for the shared tiers' Redis may hold together.
+    queued: Arc<ByteBudget>,
     coalescer: Arc<Coalescer>,
     metrics: CacheStoreMetrics,
     /// The purges applied, so that the shared tier does not bring back what they removed.
@@ -76,6 +84,8 @@ impl CacheShared {
     pub fn new(budget: usize, metrics: &Metrics) -> Arc<Self> {
         Arc::new(Self {
             store: MemoryStore::new(budget),
+            fills: ByteBudget::new(budget),
+            queued: ByteBudget::new(MAX_QUEUED_SHARED),
             coalescer: Coalescer::new(REMEMBER_NOT_STORABLE),
             metrics: metrics.cache_store.clone(),
             purges: PurgeLog::default(),
@@ -98,6 +108,7 @@ impl CacheShared {
         Some(Arc::new(SharedTier::new(
             pool,
             Duration::from_millis(u64::from(tier.timeout_ms)),
+            self.queued.clone(),
         )))
     }
 
@@ -951,14 +962,20 @@ impl CacheEngine {
                             }
                         }
                         Filled::TooLarge => Outcome::NotStored,
-                        Filled::Failed => Outcome::Passed,
+                        // Room may come back any moment: not remembered as unstorable.
+                        Filled::NoRoom | Filled::Failed => Outcome::Passed,
                     };
                     if let Some(l) = leader.lock().take() {
                         l.finish(outcome);
                     }
                 });
                 let limit = usize::try_from(self.rules.max_object_bytes).unwrap_or(usize::MAX);
-                let body = ProxyBody::Filling(Box::new(Filling::new(body, limit, sink)));
+                let body = ProxyBody::Filling(Box::new(Filling::new(
+                    body,
+                    limit,
+                    self.shared.fills.clone(),
+                    sink,
+                )));
                 Ok(with_status(Response::from_parts(parts, body), &status))
             }
         }
