@@ -697,8 +697,9 @@ impl Filling {
     /// Tells the sink, once, and gives back what the copy held.
     fn end(&mut self, how: Filled) {
         if let Some(sink) = self.sink.take() {
-            sink(how);
+            // Given back first: whatever the sink does, the budget is whole again.
             self.budget.give(std::mem::take(&mut self.held));
+            sink(how);
         }
     }
 
@@ -756,7 +757,7 @@ impl Body for Filling {
                     this.end(whole);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.end(Filled::Failed),
+            Poll::Ready(Some(Err(_))) => this.give_up(Filled::Failed),
             Poll::Ready(None) => {
                 let whole = this.whole();
                 this.end(whole);

@@ -53,7 +53,7 @@ pub struct Chain {
     cache: Option<RuleCache>,
     /// Where a rule without a cache invalidates what its unsafe requests change (RFC 9111
     /// §4.4: a POST through its own rule makes the GET another rule cached stale).
-    invalidates: Option<Arc<CacheShared>>,
+    invalidates: Option<(Arc<CacheShared>, Arc<[String]>)>,
 }
 
 impl Chain {
@@ -74,18 +74,19 @@ impl Chain {
         }
     }
 
-    /// This chain, invalidating `shared`'s entries after its unsafe requests when it has no
-    /// cache of its own (a cache invalidates for itself).
-    pub fn invalidating(mut self, shared: &Arc<CacheShared>) -> Self {
-        if self.cache.is_none() {
-            self.invalidates = Some(shared.clone());
+    /// This chain, invalidating the entries of the routes `reach` marks (see
+    /// [`crate::cache::step::route_mark`]) in `shared` after its unsafe requests, when it has
+    /// no cache of its own (a cache invalidates for itself).
+    pub fn invalidating(mut self, shared: &Arc<CacheShared>, reach: &Arc<[String]>) -> Self {
+        if self.cache.is_none() && !reach.is_empty() {
+            self.invalidates = Some((shared.clone(), reach.clone()));
         }
         self
     }
 
     /// Where the rule's unsafe requests invalidate, when it has no cache of its own.
-    pub fn invalidates(&self) -> Option<&CacheShared> {
-        self.invalidates.as_deref()
+    pub fn invalidates(&self) -> Option<(&CacheShared, &Arc<[String]>)> {
+        self.invalidates.as_ref().map(|(s, r)| (&**s, r))
     }
 
     /// The cache of the rule, if a CachePolicy applies.

@@ -231,7 +231,7 @@ impl Proxy {
             let invalidation = routed
                 .chain
                 .invalidates()
-                .and_then(|shared| Some((shared, Invalidation::of(&req, cx)?)));
+                .and_then(|(shared, reach)| Some((shared, Invalidation::of(&req, cx, reach)?)));
             let (result, addr) = self.forward(&routed.rule, req, cx).await;
             if let (Some((shared, inv)), Ok(resp)) = (invalidation, &result) {
                 shared.invalidate_after(&inv, resp);

@@ -58,9 +58,6 @@ pub fn build(
     cache: &Arc<CacheShared>,
 ) -> Tables {
     let mut t = Tables::default();
-    // Unsafe requests invalidate cached entries on every rule once some rule caches (the
-    // memory tier is shared by every Gateway this dataplane serves).
-    let any_cache = snapshots.iter().any(|s| !s.policies.cache.is_empty());
     // Which gateway/listener owns each (socket, listener hostname) slot.
     let mut owners: BTreeMap<(SocketAddr, Option<String>), (String, String)> = BTreeMap::new();
     // A socket speaks one protocol: the first listener bound to it decides.
@@ -173,6 +170,28 @@ pub fn build(
             .collect();
         // A cache policy missing from the snapshot caches nothing.
         let cacher = |id: &Option<ObjectRef>| id.as_ref().and_then(|id| caches.get(id).cloned());
+        // Per listener, the routes with a cache there: what an unsafe request through that
+        // listener may invalidate (never another listener's or Gateway's entries, whatever
+        // origin its Host names).
+        let mut cached_on: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for route in &snap.routes {
+            let in_rules = route
+                .rules
+                .iter()
+                .any(|r| cacher(&r.policies.cache).is_some());
+            for parent in &route.parents {
+                if in_rules || cacher(&parent.policies.cache).is_some() {
+                    cached_on
+                        .entry(parent.listener.as_str())
+                        .or_default()
+                        .push(crate::cache::step::route_mark(&route.label()));
+                }
+            }
+        }
+        let invalidation_scopes: BTreeMap<&str, Arc<[String]>> = cached_on
+            .into_iter()
+            .map(|(listener, marks)| (listener, Arc::from(marks)))
+            .collect();
         for route in &snap.routes {
             order += 1;
             let rule_auth: Vec<Option<Arc<AuthEngine>>> = route
@@ -224,6 +243,8 @@ pub fn build(
                 let parent_limits = limiter(&parent.policies.rate_limit);
                 let parent_cache = cacher(&parent.policies.cache);
                 let series = RouteSeries::new(&gw, &listener.name, &label);
+                // What its unsafe requests may invalidate.
+                let reach = invalidation_scopes.get(listener.name.as_str()).cloned();
                 // One chain per rule as reached through this parent, shared by its matches
                 // and hosts.
                 let chains: Vec<Arc<Chain>> = (0..route.rules.len())
@@ -236,17 +257,16 @@ pub fn build(
                                 };
                                 let m = metrics.cache(&at);
                                 t.cache_series.insert(at);
-                                RuleCache::new(c, m)
+                                RuleCache::new(c, m, reach.clone().unwrap_or_default())
                             });
                         let chain = Chain::new(
                             most_specific(rule_auth.get(ri), &parent_auth),
                             most_specific(rule_limits.get(ri), &parent_limits),
                             rule_cache,
                         );
-                        Arc::new(if any_cache {
-                            chain.invalidating(cache)
-                        } else {
-                            chain
+                        Arc::new(match &reach {
+                            Some(reach) => chain.invalidating(cache, reach),
+                            None => chain,
                         })
                     })
                     .collect();

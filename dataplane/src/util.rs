@@ -291,19 +291,27 @@ impl ByteBudget {
         })
     }
 
-    /// Takes `n` bytes if they fit.
+    /// Takes `n` bytes if they fit, or if nothing is held (one holder larger than the limit
+    /// is let through alone rather than never).
     pub fn take(&self, n: usize) -> bool {
         use std::sync::atomic::Ordering;
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(n).filter(|&h| h <= self.limit)
+                held.checked_add(n)
+                    .filter(|&h| held == 0 || h <= self.limit)
             })
             .is_ok()
     }
 
     /// Gives back `n` bytes taken before.
     pub fn give(&self, n: usize) {
-        self.held.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                debug_assert!(held >= n, "gave back more than was taken");
+                Some(held.saturating_sub(n))
+            });
     }
 
     /// Bytes held now.

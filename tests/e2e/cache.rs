@@ -270,7 +270,8 @@ async fn conditional_requests_are_answered_from_the_cache_and_stale_entries_reva
 async fn concurrent_requests_for_a_stale_entry_make_one_revalidation() {
     let s = cached("").await;
     let addr = s.addr();
-    // Fresh for 2 s; the backend takes 300 ms to answer, its 304 included.
+    // Fresh for 2 s; the backend takes 300 ms to answer, its 304 included (which makes the
+    // entry fresh for 2 s again: long enough for all 50).
     let path = "/c/stale-herd?cc=max-age%3D2&etag=v3&delay_ms=300";
     let stored = s.get(path, &[]).await;
     assert!(cache_status(&stored).contains("stored"));
@@ -294,14 +295,17 @@ async fn concurrent_requests_for_a_stale_entry_make_one_revalidation() {
         2,
         "the first request and one revalidation reached the backend"
     );
+    // How many waited depends on when each connected (a late one finds the refreshed
+    // entry): at least one did, and the counter agrees with the answers.
     assert!(
-        collapsed >= 40,
+        collapsed >= 1,
         "{collapsed} of 50 waited for the revalidation"
     );
     let metrics = s.portico.metrics().await;
     let series = format!("portico_cache_requests_total{{result=\"coalesced\",{ROUTE_C}}}");
-    assert!(
-        metric(&metrics, &series).unwrap_or(0.0) >= 40.0,
+    assert_eq!(
+        metric(&metrics, &series),
+        Some(collapsed as f64),
         "{metrics}"
     );
 }
@@ -487,6 +491,71 @@ spec:
     // A failed write changes nothing.
     s.send("PUT", "/c/item?status=503", &[]).await;
     assert!(cache_status(&s.get(item, &[]).await).contains("hit"));
+}
+
+#[tokio::test]
+async fn a_write_through_another_listener_cannot_invalidate_what_this_one_cached() {
+    // Route `c` is cached on listener `http` only; the writes route is on both listeners.
+    // A client on the second listener names the first's origin in `Host`: the entry stays.
+    let echo = Echo::start("echo");
+    let ip = loopback_ip();
+    let (p1, p2) = (free_port(ip), free_port(ip));
+    let docs = format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: c, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /c}}, method: GET}}]
+    backendRefs: [{{name: echo, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: writes, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /c}}, method: POST}}]
+    backendRefs: [{{name: echo, port: 80}}]
+{}"#,
+        cache_policy("c", "c", "")
+    );
+    let text = auth::config_with_listeners(&[p1, p2], &[echo.addr], &docs);
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let client = HttpClient::new();
+    let host = format!("shop.test:{p1}");
+    let item = "/c/item?cc=max-age%3D60";
+    let first = client.get_with(portico.addr(p1), &host, item, &[]).await;
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let spoofed = client
+        .try_request("POST", portico.addr(p2), &host, "/c/item", &[])
+        .await
+        .expect("an answer");
+    assert_eq!(spoofed.status, 200);
+    let after = client.get_with(portico.addr(p1), &host, item, &[]).await;
+    assert!(
+        cache_status(&after).contains("hit"),
+        "{}",
+        cache_status(&after)
+    );
+    // The same write through the entry's own listener does invalidate it.
+    let own = client
+        .try_request("POST", portico.addr(p1), &host, "/c/item", &[])
+        .await
+        .expect("an answer");
+    assert_eq!(own.status, 200);
+    let gone = client.get_with(portico.addr(p1), &host, item, &[]).await;
+    assert!(
+        cache_status(&gone).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&gone)
+    );
 }
 
 #[tokio::test]

@@ -141,9 +141,8 @@ impl CacheShared {
     /// every entry), made at `at` (what the shared tier stored before then is refused).
     pub fn purge_scoped(&self, what: &Purge, routes: &[String], at: u64) -> usize {
         self.purges.record(what, at);
-        let scoped = |key: &str| {
-            routes.is_empty() || routes.iter().any(|r| key.contains(&format!("{SEP}r:{r}#")))
-        };
+        let scoped =
+            |key: &str| routes.is_empty() || routes.iter().any(|r| key.contains(&route_mark(r)));
         let n = match what {
             // The URL with any of the policy's key parts after it (a key always has them).
             Purge::Url(url) => self
@@ -159,13 +158,18 @@ impl CacheShared {
 
     /// Every entry for `path` on an origin, whatever its query and key parts (an unsafe
     /// request's invalidation, RFC 9111 §4.4).
-    fn invalidate(&self, origin: &str, path: &str) -> usize {
+    /// Only the entries of the routes `reach` marks go: those cached through the listener the
+    /// request came through (a client names whatever origin it likes in `Host`).
+    fn invalidate(&self, origin: &str, path: &str, reach: &[String]) -> usize {
         let path = path.split('?').next().unwrap_or(path);
         let url = format!("{origin}{path}");
         // Every query of the path, in the shared tier as well.
         self.purges.record_write(&url, freshness::now());
-        let n = self.store.purge_prefix(&format!("{url}?"))
-            + self.store.purge_prefix(&format!("{url}{SEP}"));
+        let reached = |k: &str, _: &[String]| reach.iter().any(|m| k.contains(m.as_str()));
+        let n = self.store.purge_prefix_where(&format!("{url}?"), reached)
+            + self
+                .store
+                .purge_prefix_where(&format!("{url}{SEP}"), reached);
         self.metrics.purged.inc_by(n as u64);
         self.gauges();
         n
@@ -173,22 +177,33 @@ impl CacheShared {
 }
 
 /// What an unsafe request invalidates once it succeeds (RFC 9111 §4.4), whichever rule
-/// serves it: its origin and target, and its method.
+/// serves it: its origin and target, and its method, among the entries of the routes its
+/// listener caches for.
 #[derive(Debug)]
 pub struct Invalidation {
     method: Method,
     origin: String,
     /// The path and query as sent.
     path: String,
+    /// The [`route_mark`]s of the routes whose entries it may remove.
+    reach: Arc<[String]>,
+}
+
+/// What marks a route's entries in their keys.
+pub fn route_mark(route: &str) -> String {
+    format!("{SEP}r:{route}#")
 }
 
 impl Invalidation {
-    /// `None` for a safe method, or a request whose origin cannot be told.
-    pub fn of(req: &Request<RequestBody>, cx: &RequestCtx) -> Option<Self> {
-        if req.method().is_safe() {
+    /// `None` for a safe method, an upgrade, a gRPC call (a procedure call, not a write to
+    /// the resource its path names), a request whose origin cannot be told, or nothing in
+    /// reach.
+    pub fn of(req: &Request<RequestBody>, cx: &RequestCtx, reach: &Arc<[String]>) -> Option<Self> {
+        if req.method().is_safe() || cx.upgrade.is_some() || cx.grpc || reach.is_empty() {
             return None;
         }
         Some(Self {
+            reach: reach.clone(),
             method: req.method().clone(),
             // Only the origin and path: whatever the query (one a key could not hold
             // included), every entry of the path goes.
@@ -214,7 +229,7 @@ impl CacheShared {
             resp.headers(),
         );
         for path in paths {
-            self.invalidate(&inv.origin, &path);
+            self.invalidate(&inv.origin, &path, &inv.reach);
         }
     }
 }
@@ -242,16 +257,24 @@ pub struct CacheEngine {
 pub struct RuleCache {
     engine: Arc<CacheEngine>,
     metrics: CacheMetrics,
+    /// What its unsafe requests may invalidate (see [`Invalidation`]).
+    reach: Arc<[String]>,
 }
 
 impl RuleCache {
-    pub fn new(engine: Arc<CacheEngine>, metrics: CacheMetrics) -> Self {
-        Self { engine, metrics }
+    pub fn new(engine: Arc<CacheEngine>, metrics: CacheMetrics, reach: Arc<[String]>) -> Self {
+        Self {
+            engine,
+            metrics,
+            reach,
+        }
     }
 
     /// See [`CacheEngine::lookup`].
     pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
-        self.engine.lookup(req, cx, &self.metrics).await
+        self.engine
+            .lookup(req, cx, &self.metrics, &self.reach)
+            .await
     }
 
     /// See [`CacheEngine::complete`].
@@ -501,6 +524,7 @@ impl CacheEngine {
         req: &mut Request<RequestBody>,
         cx: &RequestCtx,
         metrics: &CacheMetrics,
+        reach: &Arc<[String]>,
     ) -> Lookup {
         let method = req.method().clone();
         if cx.upgrade.is_some() {
@@ -508,7 +532,7 @@ impl CacheEngine {
         }
         if method != Method::GET && method != Method::HEAD {
             let mut p = Pending::bypass(method, "method", metrics);
-            p.invalidation = Invalidation::of(req, cx);
+            p.invalidation = Invalidation::of(req, cx, reach);
             return Lookup::Forward(Box::new(p));
         }
         let Some(url) = self.url(req, cx) else {
@@ -673,13 +697,15 @@ impl CacheEngine {
                     }
                     // Concurrent requests for an entry gone stale make one revalidation: the
                     // others wait for it and are answered from the refreshed entry. Not for
-                    // an entry stored `no-cache` (each use is validated, so a refresh would
-                    // not answer the others) nor for a client asking for its own validation.
+                    // an entry stored `no-cache` or without a lifetime (stale again once
+                    // refreshed, so a refresh would not answer the others) nor for a client
+                    // asking for its own validation.
                     let may_lead = method == Method::GET
                         && !directives.no_store
                         && !directives.no_cache
                         && !credentialed
-                        && !stored.directives.no_cache;
+                        && !stored.directives.no_cache
+                        && stored.timing.lifetime > 0;
                     if let (true, Some(limit)) = (may_lead, self.coalesce) {
                         match self.shared.coalescer.turn(&key) {
                             Turn::Lead(leader) => pending.leader = Some(leader),
