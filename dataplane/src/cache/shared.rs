@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use parking_lot::Mutex;
 use portico_model::cache::SHARED_MAX_SECS;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -253,7 +253,10 @@ struct PurgeLogInner {
     purges: VecDeque<(u64, u64, super::purge::Purge)>,
     /// (when, sequence, origin and path) of unsafe requests' invalidations, oldest first;
     /// bounded without a floor (they are many, cheap to cause, and best effort by nature).
-    writes: VecDeque<(u64, u64, String)>,
+    writes: VecDeque<(u64, u64, Arc<str>)>,
+    /// The latest (when, sequence) of each path in `writes`: a lookup reads one entry
+    /// rather than scanning them all (a write-heavy API moves the sequence all the time).
+    latest_write: HashMap<Arc<str>, (u64, u64)>,
     /// Entries stored at or before this are refused whatever they are (purges were
     /// forgotten to keep the log bounded).
     floor: u64,
@@ -289,14 +292,27 @@ impl PurgeLog {
     pub fn record_write(&self, path_url: &str, now: u64) {
         let mut inner = self.inner.lock();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        inner.writes.push_back((now, seq, path_url.to_string()));
+        let path: Arc<str> = Arc::from(path_url);
+        let when = inner
+            .latest_write
+            .get(&path)
+            .map_or(now, |&(t, _)| t.max(now));
+        inner.latest_write.insert(path.clone(), (when, seq));
+        inner.writes.push_back((now, seq, path));
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
         while inner
             .writes
             .front()
             .is_some_and(|(t, _, _)| *t < horizon || inner.writes.len() > MAX_PURGES)
         {
-            inner.writes.pop_front();
+            if let Some((_, s, p)) = inner.writes.pop_front()
+                && inner
+                    .latest_write
+                    .get(&p)
+                    .is_some_and(|&(_, latest)| latest == s)
+            {
+                inner.latest_write.remove(&p);
+            }
         }
     }
 
@@ -309,9 +325,9 @@ impl PurgeLog {
         }
         let path = url.split('?').next().unwrap_or(url);
         if inner
-            .writes
-            .iter()
-            .any(|(t, _, p)| stored_at <= t + SKEW && p == path)
+            .latest_write
+            .get(path)
+            .is_some_and(|&(t, _)| stored_at <= t + SKEW)
         {
             return false;
         }
@@ -335,7 +351,7 @@ impl PurgeLog {
         }
         let inner = self.inner.lock();
         let path = url.split('?').next().unwrap_or(url);
-        !inner.writes.iter().any(|(_, s, p)| *s > seq && p == path)
+        inner.latest_write.get(path).is_none_or(|&(_, s)| s <= seq)
             && !inner
                 .purges
                 .iter()
@@ -483,5 +499,32 @@ mod tests {
         // The first was forgotten, and what it could have removed is refused anyway.
         assert!(!log.allows("https://any.test:443/", &["t0".into()], t));
         assert!(log.allows("https://any.test:443/", &[], t + 100));
+    }
+
+    #[test]
+    fn writes_are_looked_up_by_path_and_forgotten_oldest_first() {
+        let log = PurgeLog::default();
+        let t = 1_700_000_000;
+        let cart = "https://shop.test:443/cart";
+        log.record_write(cart, t);
+        let after_first = log.seq();
+        // Stored before the write (within the clocks' skew): refused; well after: kept.
+        assert!(!log.allows(&format!("{cart}?id=1"), &[], t - 1));
+        assert!(log.allows(&format!("{cart}?id=1"), &[], t + SKEW + 1));
+        assert!(log.allows("https://shop.test:443/other", &[], t - 1));
+        // The same path written again later: its latest write counts.
+        log.record_write(cart, t + 50);
+        assert!(!log.allows(cart, &[], t + 40));
+        assert!(!log.allows_since(cart, &[], after_first));
+        // Pushed out by many others, the first write goes but the second still stands.
+        for i in 0..MAX_PURGES - 1 {
+            log.record_write(&format!("https://shop.test:443/p{i}"), t + 60);
+        }
+        assert!(!log.allows(cart, &[], t + 40));
+        log.record_write("https://shop.test:443/last", t + 60);
+        assert!(log.allows(cart, &[], t + 40), "both writes of it forgotten");
+        let inner = log.inner.lock();
+        assert_eq!(inner.writes.len(), MAX_PURGES);
+        assert_eq!(inner.latest_write.len(), MAX_PURGES);
     }
 }
