@@ -372,6 +372,7 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
     }
     for l in &mut listeners {
         reserve(l, inputs.reserved_ports);
+        refuse_client_validation(gw, l);
     }
     mark_conflicts(&mut listeners);
     let accepted = invalid.is_none() && listeners.iter().any(ListenerState::usable);
@@ -410,6 +411,7 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
                     }
                 };
                 reserve(&mut l, inputs.reserved_ports);
+                refuse_client_validation(gw, &mut l);
                 l.conflicted = conflict_with_earlier(&listeners, &l);
                 // Only listeners that would be served count against the bound.
                 if l.usable() {
@@ -555,6 +557,35 @@ fn as_gateway_listener(
     l: &portico_crds::gateway_api::listenersets::ListenerSetListeners,
 ) -> Option<GatewayListeners> {
     convert(l)
+}
+
+/// Whether the Gateway's `spec.tls.frontend` asks for client-certificate validation on
+/// `port`: its `perPort` entry for the port if it has one, else its `default`.
+fn validates_clients_on(gw: &Gateway, port: i32) -> bool {
+    let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return false;
+    };
+    match frontend.per_port.iter().flatten().find(|p| p.port == port) {
+        Some(p) => p.tls.validation.is_some(),
+        None => frontend.default.validation.is_some(),
+    }
+}
+
+/// Refuses an HTTPS listener on a port where the Gateway asks for client-certificate
+/// validation, which this version does not do yet: served without it, the listener would let
+/// in every client the operator meant to keep out.
+fn refuse_client_validation(gw: &Gateway, l: &mut ListenerState) {
+    if l.protocol == "HTTPS" && l.rejected.is_none() && validates_clients_on(gw, l.port) {
+        l.rejected = Some((
+            reasons::UNSUPPORTED_VALUE.to_string(),
+            format!(
+                "spec.tls.frontend asks for client certificate validation on port {}, which \
+                 Portico does not support yet: the listener is not served rather than served \
+                 without it",
+                l.port
+            ),
+        ));
+    }
 }
 
 /// A listener whose fields this version cannot read (never expected: the two types have the

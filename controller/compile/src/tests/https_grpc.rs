@@ -531,3 +531,38 @@ fn requested_addresses_are_bound_standalone_and_asked_of_the_service_in_a_cluste
         reasons::PENDING
     );
 }
+
+#[test]
+fn a_listener_asked_to_validate_client_certificates_is_refused_not_served_without() {
+    // Client-certificate validation is not built yet: the HTTPS listeners it applies to
+    // (port 443 by default; 8443 by its own entry) are refused; one whose port's own entry
+    // asks for none, and HTTP listeners, serve.
+    let (a_cert, a_key) = cert("a.example.com");
+    let https = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    port: {port}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: a-cert}}]}}\n"
+        )
+    };
+    let extra = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: tls, namespace: default}}\nspec:\n  gatewayClassName: portico\n  tls:\n    frontend:\n      default:\n        validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca}}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca2}}]\n      - port: 9443\n        tls: {{}}\n  listeners:\n{}{}{}  - {{name: plain, port: 80, protocol: HTTP}}\n{}",
+        https("default-port", 443),
+        https("own-entry", 8443),
+        https("opted-out", 9443),
+        tls_secret("a-cert", "default", &a_cert, &a_key)
+    );
+    let out = run(&extra);
+    for refused in ["default-port", "own-entry"] {
+        let c = listener_condition(&out, refused, types::ACCEPTED);
+        assert!(!c.is_true(), "{refused}: {c:?}");
+        assert_eq!(c.reason, reasons::UNSUPPORTED_VALUE);
+        assert!(c.message.contains("client certificate validation"), "{c:?}");
+        assert!(!listener_condition(&out, refused, types::PROGRAMMED).is_true());
+    }
+    for served in ["opted-out", "plain"] {
+        let c = listener_condition(&out, served, types::ACCEPTED);
+        assert!(c.is_true(), "{served}: {c:?}");
+    }
+    let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
+    let names: Vec<&str> = snap.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["opted-out", "plain"]);
+}
