@@ -35,7 +35,7 @@ impl Step {
             }
             Step::RateLimit(engine) => {
                 if let Some(h) = engine.check(req, cx).await.map_err(|r| r.into_error())? {
-                    h.apply(&mut cx.response_headers);
+                    h.apply(|name, value| cx.response_headers.insert(name, value));
                 }
                 Ok(())
             }

@@ -174,21 +174,7 @@ impl Proxy {
             cors.on_response(origin, resp.headers_mut());
         }
         let headers = resp.headers_mut();
-        // Steps' headers replace the backend's of the same name (a quota is ours to state).
-        let mut last = None;
-        for (name, value) in cx.response_headers.drain() {
-            match name {
-                Some(name) => {
-                    headers.insert(name.clone(), value);
-                    last = Some(name);
-                }
-                None => {
-                    if let Some(name) = &last {
-                        headers.append(name, value);
-                    }
-                }
-            }
-        }
+        cx.response_headers.apply_to(headers);
         headers.insert(&util::X_REQUEST_ID, cx.id.clone());
         let elapsed = start.elapsed();
         let status = resp.status().as_u16();

@@ -153,15 +153,16 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Gives each header to `set` (a response's map, or the steps' list).
+    pub fn apply(&self, mut set: impl FnMut(http::HeaderName, HeaderValue)) {
         if let Some(p) = &self.policy {
-            headers.insert(RATELIMIT_POLICY.clone(), p.clone());
+            set(RATELIMIT_POLICY.clone(), p.clone());
         }
         if let Some(s) = &self.state {
-            headers.insert(RATELIMIT.clone(), s.clone());
+            set(RATELIMIT.clone(), s.clone());
         }
         if let Some(r) = self.retry_after {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(r));
+            set(http::header::RETRY_AFTER, HeaderValue::from(r));
         }
     }
 }
@@ -670,23 +671,24 @@ impl RateLimitEngine {
                 .collect();
             HeaderValue::from_str(&items.join(", ")).ok()
         };
-        let mut state = String::with_capacity(32 * counted.len());
+        // `"name";r=remaining;t=reset`, written by hand: it is on every response.
+        let mut state = Vec::with_capacity(32 * counted.len());
         for (i, (l, o)) in counted.iter().enumerate() {
-            use std::fmt::Write;
             if i > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
-            let _ = write!(
-                state,
-                "\"{}\";r={};t={}",
-                l.name,
-                o.remaining,
-                o.reset_us.div_ceil(1_000_000)
-            );
+            state.push(b'"');
+            state.extend_from_slice(l.name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            state.extend_from_slice(crate::util::itoa(o.remaining, &mut [0; 20]));
+            state.extend_from_slice(b";t=");
+            let reset = o.reset_us.div_ceil(1_000_000);
+            state.extend_from_slice(crate::util::itoa(reset, &mut [0; 20]));
         }
         RateHeaders {
             policy,
-            state: HeaderValue::from_str(&state).ok(),
+            // Its own buffer, not a copy.
+            state: HeaderValue::from_maybe_shared(bytes::Bytes::from(state)).ok(),
             retry_after,
             refused_by,
         }
@@ -727,7 +729,9 @@ impl Refusal {
                 let reason = format!("ratelimit={}", h.refused_by.as_deref().unwrap_or("limited"));
                 let mut r =
                     LocalReply::text(StatusCode::TOO_MANY_REQUESTS, reason, "too many requests\n");
-                h.apply(&mut r.headers);
+                h.apply(|name, value| {
+                    r.headers.insert(name, value);
+                });
                 ProxyError::Denied(Box::new(r))
             }
             Refusal::Unavailable(detail) => {

@@ -68,7 +68,7 @@ pub struct RequestCtx {
     /// Who the client authenticated as, once an auth policy said so.
     pub identity: Authenticated,
     /// Headers steps add to the response, whoever answers (the quota's RateLimit headers).
-    pub response_headers: HeaderMap,
+    pub response_headers: AddedHeaders,
     /// Attempts at the backend (more than one after retries); 0 when none was made.
     pub attempts: u32,
     /// The request opens a WebSocket.
@@ -93,7 +93,7 @@ impl RequestCtx {
             matching: None,
             prefix: None,
             identity: Authenticated::default(),
-            response_headers: HeaderMap::new(),
+            response_headers: AddedHeaders::default(),
             attempts: 0,
             upgrade: None,
             credentials: false,
@@ -132,5 +132,26 @@ impl RequestCtx {
     /// The connection's peer.
     pub fn peer(&self) -> IpAddr {
         self.down.client.ip()
+    }
+}
+
+/// Headers the steps add to a response, in order: a few at most, kept in a list rather than
+/// a map (no hashing until they reach the response's own map). Setting a name again replaces
+/// what was set before.
+#[derive(Debug, Default)]
+pub struct AddedHeaders(Vec<(http::HeaderName, HeaderValue)>);
+
+impl AddedHeaders {
+    pub fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value));
+    }
+
+    /// Onto `headers`: each replaces the response's own of its name (a quota is ours to
+    /// state, whatever the backend said).
+    pub fn apply_to(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.0.drain(..) {
+            headers.insert(name, value);
+        }
     }
 }

@@ -198,6 +198,20 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
+/// `n` in decimal, written into the end of `buf` (no formatting machinery: response heads
+/// and quota headers write numbers on every request).
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 /// Bytes as lowercase hexadecimal (digests in keys and logs).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

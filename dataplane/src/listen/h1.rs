@@ -402,7 +402,7 @@ fn encode_head<B: Body>(resp: &Response<B>, ex: &Exchange, out: &mut Vec<u8>) ->
         Framing::None
     } else if let Some(n) = resp.body().size_hint().exact().or(declared) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa(n, &mut [0; 20]));
+        out.extend_from_slice(crate::util::itoa(n, &mut [0; 20]));
         out.extend_from_slice(b"\r\n");
         Framing::Length(n)
     } else if ex.version == Version::HTTP_11 {
@@ -424,19 +424,6 @@ fn encode_head<B: Body>(resp: &Response<B>, ex: &Exchange, out: &mut Vec<u8>) ->
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
-}
-
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// A chunk's size line.
