@@ -39,6 +39,16 @@ fn cache_status(r: &Resp) -> String {
     r.header("cache-status").unwrap_or_default().to_string()
 }
 
+/// Asserts that `r`'s `Cache-Status` says `part`.
+#[track_caller]
+fn assert_cache(r: &Resp, part: &str) {
+    let status = cache_status(r);
+    assert!(
+        status.contains(part),
+        "Cache-Status {status:?} lacks {part:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_fresh_response_is_served_from_the_cache_with_its_age_and_cache_status() {
     let s = cached("  defaultTTL: 30s").await;
@@ -64,22 +74,14 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age_and_cache_status
     assert!(cache_status(&head).contains("hit"));
     // A request's own `no-cache` goes to the backend; `only-if-cached` on a miss is 504.
     let forced = s.get(path, &[("cache-control", "no-cache")]).await;
-    assert!(
-        cache_status(&forced).contains("fwd=request"),
-        "{}",
-        cache_status(&forced)
-    );
+    assert_cache(&forced, "fwd=request");
     let unseen = s
         .get("/c/unseen", &[("cache-control", "only-if-cached")])
         .await;
     assert_eq!(unseen.status, 504);
     // The origin gave no lifetime: defaultTTL does.
     let defaulted = s.get("/c/default", &[]).await;
-    assert!(
-        cache_status(&defaulted).contains("stored; ttl=30"),
-        "{}",
-        cache_status(&defaulted)
-    );
+    assert_cache(&defaulted, "stored; ttl=30");
     assert!(cache_status(&s.get("/c/default", &[]).await).contains("hit"));
     // An empty body is stored too (nothing to stream: the server never polls it).
     let empty = "/c/empty?cc=max-age%3D60&size=0";
@@ -131,11 +133,7 @@ async fn variants_are_kept_apart_by_vary_and_vary_star_is_never_stored() {
     assert!(cache_status(&a).contains("fwd=uri-miss"));
     assert!(cache_status(&s.get(path, &en).await).contains("hit"));
     let b = s.get(path, &fr).await;
-    assert!(
-        cache_status(&b).contains("fwd=vary-miss"),
-        "{}",
-        cache_status(&b)
-    );
+    assert_cache(&b, "fwd=vary-miss");
     assert_ne!(count(&a), count(&b));
     let b2 = s.get(path, &fr).await;
     assert_eq!(count(&b2), count(&b));
@@ -185,11 +183,7 @@ async fn credentials_bypass_the_cache_unless_the_response_says_it_may_be_shared(
     let anon = s.get(path, &[]).await;
     assert!(cache_status(&anon).contains("stored"));
     let with = s.get(path, &auth).await;
-    assert!(
-        cache_status(&with).contains("detail=authorization"),
-        "{}",
-        cache_status(&with)
-    );
+    assert_cache(&with, "detail=authorization");
     assert_ne!(count(&with), count(&anon));
     // An answer to credentials is not stored for the others.
     let mine = "/c/mine?cc=max-age%3D60";
@@ -200,11 +194,7 @@ async fn credentials_bypass_the_cache_unless_the_response_says_it_may_be_shared(
         cache_status(&alice)
     );
     let other = s.get(mine, &[]).await;
-    assert!(
-        cache_status(&other).contains("fwd=uri-miss"),
-        "{}",
-        cache_status(&other)
-    );
+    assert_cache(&other, "fwd=uri-miss");
     assert_ne!(count(&alice), count(&other));
     // Cookies count as credentials.
     let cookied = s.get(path, &[("cookie", "session=bob")]).await;
@@ -212,17 +202,9 @@ async fn credentials_bypass_the_cache_unless_the_response_says_it_may_be_shared(
     // `public` (or s-maxage) says a response to credentials may be shared (RFC 9111 §3.5).
     let public = "/c/pub?cc=public%2Cmax-age%3D60";
     let first = s.get(public, &auth).await;
-    assert!(
-        cache_status(&first).contains("stored"),
-        "{}",
-        cache_status(&first)
-    );
+    assert_cache(&first, "stored");
     let again = s.get(public, &auth).await;
-    assert!(
-        cache_status(&again).contains("hit"),
-        "{}",
-        cache_status(&again)
-    );
+    assert_cache(&again, "hit");
     assert_eq!(count(&again), count(&first));
 }
 
@@ -243,11 +225,7 @@ async fn conditional_requests_are_answered_from_the_cache_and_stale_entries_reva
     // refreshes it, and the client gets the stored body.
     let stale = "/c/r?cc=max-age%3D0&etag=v2";
     let stored = s.get(stale, &[]).await;
-    assert!(
-        cache_status(&stored).contains("stored"),
-        "{}",
-        cache_status(&stored)
-    );
+    assert_cache(&stored, "stored");
     let revalidated = s.get(stale, &[]).await;
     assert_eq!(revalidated.status, 200);
     let status = cache_status(&revalidated);
@@ -377,11 +355,7 @@ async fn a_stale_copy_answers_when_the_backend_is_down_within_stale_if_error() {
     let r = s.get(sie, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(count(&r), count(&kept));
-    assert!(
-        cache_status(&r).contains("detail=stale-if-error"),
-        "{}",
-        cache_status(&r)
-    );
+    assert_cache(&r, "detail=stale-if-error");
     // Without stale-if-error the failure is the answer.
     let failed = s.get(plain, &[]).await;
     assert!(failed.status.is_server_error(), "{}", failed.status);
@@ -412,11 +386,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let stale = s.get(path, &[]).await;
     assert_eq!(count(&stale), 1, "the stale copy, at once");
-    assert!(
-        cache_status(&stale).contains("detail=stale-while-revalidate"),
-        "{}",
-        cache_status(&stale)
-    );
+    assert_cache(&stale, "detail=stale-while-revalidate");
     // The refresh went upstream behind it, and replaced the entry.
     let fresh = await_some("the refreshed entry", || async {
         let r = s.get(path, &[]).await;
@@ -436,11 +406,7 @@ async fn an_unsafe_method_invalidates_what_it_changed() {
     let post = s.send("POST", "/c/item", &[]).await;
     assert_eq!(post.status, 200);
     let after = s.get(path, &[]).await;
-    assert!(
-        cache_status(&after).contains("fwd=uri-miss"),
-        "{}",
-        cache_status(&after)
-    );
+    assert_cache(&after, "fwd=uri-miss");
     assert_ne!(count(&after), count(&before));
     // A failed unsafe request changes nothing.
     s.send("DELETE", "/c/item?status=500", &[]).await;
@@ -478,11 +444,7 @@ spec:
     assert_eq!(post.status, 200);
     assert!(cache_status(&post).is_empty(), "not through the cache");
     let after = s.get(item, &[]).await;
-    assert!(
-        cache_status(&after).contains("fwd=uri-miss"),
-        "{}",
-        cache_status(&after)
-    );
+    assert_cache(&after, "fwd=uri-miss");
     assert_ne!(count(&after), count(&before));
     assert!(
         cache_status(&s.get(other, &[]).await).contains("hit"),
@@ -528,22 +490,14 @@ spec:
     let host = format!("shop.test:{p1}");
     let item = "/c/item?cc=max-age%3D60";
     let first = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert!(
-        cache_status(&first).contains("stored"),
-        "{}",
-        cache_status(&first)
-    );
+    assert_cache(&first, "stored");
     let spoofed = client
         .try_request("POST", portico.addr(p2), &host, "/c/item", &[])
         .await
         .expect("an answer");
     assert_eq!(spoofed.status, 200);
     let after = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert!(
-        cache_status(&after).contains("hit"),
-        "{}",
-        cache_status(&after)
-    );
+    assert_cache(&after, "hit");
     // The same write through the entry's own listener does invalidate it.
     let own = client
         .try_request("POST", portico.addr(p1), &host, "/c/item", &[])
@@ -551,11 +505,7 @@ spec:
         .expect("an answer");
     assert_eq!(own.status, 200);
     let gone = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert!(
-        cache_status(&gone).contains("fwd=uri-miss"),
-        "{}",
-        cache_status(&gone)
-    );
+    assert_cache(&gone, "fwd=uri-miss");
 }
 
 #[tokio::test]
@@ -751,11 +701,7 @@ async fn poisoning_an_unkeyed_header_never_reaches_another_client_and_host_and_p
     let other_host = client
         .get_with(portico.addr(p1), "admin.test", path, &[])
         .await;
-    assert!(
-        cache_status(&other_host).contains("uri-miss"),
-        "{}",
-        cache_status(&other_host)
-    );
+    assert_cache(&other_host, "uri-miss");
     assert_eq!(
         other_host.seen_header("host").as_deref(),
         Some("admin.test")
@@ -763,29 +709,17 @@ async fn poisoning_an_unkeyed_header_never_reaches_another_client_and_host_and_p
     let other_port = client
         .get_with(portico.addr(p2), "shop.test", path, &[])
         .await;
-    assert!(
-        cache_status(&other_port).contains("uri-miss"),
-        "{}",
-        cache_status(&other_port)
-    );
+    assert_cache(&other_port, "uri-miss");
     // A Host with the listener's port named is the same origin as without it; another
     // port in Host (which the backend sees, and may build links from) is another key.
     let named = client
         .get_with(portico.addr(p1), &format!("SHOP.test:{p1}"), path, &[])
         .await;
-    assert!(
-        cache_status(&named).contains("hit"),
-        "{}",
-        cache_status(&named)
-    );
+    assert_cache(&named, "hit");
     let other = client
         .get_with(portico.addr(p1), "shop.test:1337", path, &[])
         .await;
-    assert!(
-        cache_status(&other).contains("uri-miss"),
-        "{}",
-        cache_status(&other)
-    );
+    assert_cache(&other, "uri-miss");
 }
 
 #[tokio::test]
@@ -871,11 +805,7 @@ async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_n
     };
     let path = "/c/shared?cc=max-age%3D600&vary=Accept-Language";
     let first = get(&a, path).await;
-    assert!(
-        cache_status(&first).contains("stored"),
-        "{}",
-        cache_status(&first)
-    );
+    assert_cache(&first, "stored");
     // Stored in Redis in the background: B answers from it once it is there.
     let from_b = await_some("the entry in the shared tier", || async {
         let r = get(&b, path).await;
@@ -902,11 +832,7 @@ async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_n
         .expect("admin answers");
     assert_eq!(purged.json()["purged"], 1, "{}", purged.text());
     let after = get(&a, path).await;
-    assert!(
-        cache_status(&after).contains("fwd=uri-miss"),
-        "{}",
-        cache_status(&after)
-    );
+    assert_cache(&after, "fwd=uri-miss");
 
     // Redis gone: no request fails, each replica caches for itself.
     redis.kill();
