@@ -305,8 +305,9 @@ impl ByteBudget {
         })
     }
 
-    /// Takes `n` bytes if they fit, or if nothing is held (one holder larger than the limit
-    /// is let through alone rather than never).
+    /// Takes `n` bytes if they fit, or if nothing is held (one take larger than the limit is
+    /// let through alone rather than never: a store queued whole; a fill takes per chunk, so
+    /// a body larger than the limit still stops being copied at its next chunk).
     pub fn take(&self, n: usize) -> bool {
         use std::sync::atomic::Ordering;
         self.held

@@ -457,8 +457,9 @@ spec:
 
 #[tokio::test]
 async fn a_write_through_another_listener_cannot_invalidate_what_this_one_cached() {
-    // Route `c` is cached on listener `http` only; the writes route is on both listeners.
-    // A client on the second listener names the first's origin in `Host`: the entry stays.
+    // Route `c` is cached on listener `http` only, route `d` on the second listener; the
+    // writes route is on both. A client on the second listener names the first's origin in
+    // `Host`: its write reaches `d`'s entries, never `c`'s.
     let echo = Echo::start("echo");
     let ip = loopback_ip();
     let (p1, p2) = (free_port(ip), free_port(ip));
@@ -475,14 +476,24 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
+metadata: {{name: d, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http-{p2}}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /c}}, method: GET}}]
+    backendRefs: [{{name: echo, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
 metadata: {{name: writes, namespace: default}}
 spec:
   parentRefs: [{{name: gw}}]
   rules:
   - matches: [{{path: {{type: PathPrefix, value: /c}}, method: POST}}]
     backendRefs: [{{name: echo, port: 80}}]
-{}"#,
-        cache_policy("c", "c", "")
+{}{}"#,
+        cache_policy("c", "c", ""),
+        cache_policy("d", "d", "")
     );
     let text = auth::config_with_listeners(&[p1, p2], &[echo.addr], &docs);
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
@@ -491,6 +502,9 @@ spec:
     let item = "/c/item?cc=max-age%3D60";
     let first = client.get_with(portico.addr(p1), &host, item, &[]).await;
     assert_cache(&first, "stored");
+    // The second listener's own cached copy, under the first's origin too.
+    let theirs = client.get_with(portico.addr(p2), &host, item, &[]).await;
+    assert_cache(&theirs, "stored");
     let spoofed = client
         .try_request("POST", portico.addr(p2), &host, "/c/item", &[])
         .await
@@ -498,6 +512,8 @@ spec:
     assert_eq!(spoofed.status, 200);
     let after = client.get_with(portico.addr(p1), &host, item, &[]).await;
     assert_cache(&after, "hit");
+    let theirs = client.get_with(portico.addr(p2), &host, item, &[]).await;
+    assert_cache(&theirs, "fwd=uri-miss");
     // The same write through the entry's own listener does invalidate it.
     let own = client
         .try_request("POST", portico.addr(p1), &host, "/c/item", &[])

@@ -288,17 +288,20 @@ impl PurgeLog {
     }
 
     /// Records an unsafe request's invalidation of `path_url` (origin and path: every query
-    /// of it).
-    pub fn record_write(&self, path_url: &str, now: u64) {
+    /// of it) for the routes `marks` names (see [`super::step::route_mark`]): entries of
+    /// other routes, of other listeners or Gateways, are not refused for it.
+    pub fn record_write(&self, path_url: &str, marks: &[String], now: u64) {
         let mut inner = self.inner.lock();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let path: Arc<str> = Arc::from(path_url);
-        let when = inner
-            .latest_write
-            .get(&path)
-            .map_or(now, |&(t, _)| t.max(now));
-        inner.latest_write.insert(path.clone(), (when, seq));
-        inner.writes.push_back((now, seq, path));
+        for mark in marks {
+            let path: Arc<str> = Arc::from(format!("{path_url}{mark}"));
+            let when = inner
+                .latest_write
+                .get(&path)
+                .map_or(now, |&(t, _)| t.max(now));
+            inner.latest_write.insert(path.clone(), (when, seq));
+            inner.writes.push_back((now, seq, path));
+        }
         let horizon = now.saturating_sub(SHARED_MAX_SECS + SKEW);
         while inner
             .writes
@@ -316,9 +319,9 @@ impl PurgeLog {
         }
     }
 
-    /// Whether an entry from the shared tier for `url` with `tags`, stored at `stored_at`,
-    /// survived every purge this replica applied.
-    pub fn allows(&self, url: &str, tags: &[String], stored_at: u64) -> bool {
+    /// Whether an entry from the shared tier for `url` with `tags`, stored at `stored_at`
+    /// through the route `mark` names, survived every purge this replica applied.
+    pub fn allows(&self, url: &str, mark: &str, tags: &[String], stored_at: u64) -> bool {
         let inner = self.inner.lock();
         if stored_at <= inner.floor {
             return false;
@@ -326,7 +329,7 @@ impl PurgeLog {
         let path = url.split('?').next().unwrap_or(url);
         if inner
             .latest_write
-            .get(path)
+            .get(format!("{path}{mark}").as_str())
             .is_some_and(|&(t, _)| stored_at <= t + SKEW)
         {
             return false;
@@ -342,16 +345,19 @@ impl PurgeLog {
         self.seq.load(Ordering::Relaxed)
     }
 
-    /// Whether a response fetched by a request that started when the log was at `seq`
-    /// may be stored: no purge or invalidation recorded since removes it (one that came
+    /// Whether a response fetched (through the route `mark` names) by a request that
+    /// started when the log was at `seq` may be stored: no purge or invalidation recorded since removes it (one that came
     /// while it was on its way must win).
-    pub fn allows_since(&self, url: &str, tags: &[String], seq: u64) -> bool {
+    pub fn allows_since(&self, url: &str, mark: &str, tags: &[String], seq: u64) -> bool {
         if self.seq() == seq {
             return true;
         }
         let inner = self.inner.lock();
         let path = url.split('?').next().unwrap_or(url);
-        inner.latest_write.get(path).is_none_or(|&(_, s)| s <= seq)
+        inner
+            .latest_write
+            .get(format!("{path}{mark}").as_str())
+            .is_none_or(|&(_, s)| s <= seq)
             && !inner
                 .purges
                 .iter()
@@ -373,6 +379,13 @@ fn removes(purge: &super::purge::Purge, url: &str, tags: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The route mark of the entries the log tests look at.
+    const M: &str = "\u{1f}r:default/r#";
+
+    fn marks() -> Vec<String> {
+        vec![M.to_string()]
+    }
     use crate::cache::purge::Purge;
     use crate::cache::test_headers;
 
@@ -461,19 +474,19 @@ mod tests {
         let t = 1_700_000_000;
         log.record(&Purge::Prefix("https://shop.test:443/img/".into()), t);
         log.record(&Purge::Tag("news".into()), t);
-        assert!(!log.allows("https://shop.test:443/img/1", &[], t - 10));
+        assert!(!log.allows("https://shop.test:443/img/1", M, &[], t - 10));
         assert!(
-            log.allows("https://shop.test:443/img/1", &[], t + 10),
+            log.allows("https://shop.test:443/img/1", M, &[], t + 10),
             "stored after it"
         );
-        assert!(log.allows("https://shop.test:443/css/1", &[], t - 10));
-        assert!(!log.allows("https://x.test:443/", &["news".into()], t - 10));
+        assert!(log.allows("https://shop.test:443/css/1", M, &[], t - 10));
+        assert!(!log.allows("https://x.test:443/", M, &["news".into()], t - 10));
         // A day later the shared tier holds nothing that old: forgotten.
         log.record(
             &Purge::Url("https://o.test:443/".into()),
             t + SHARED_MAX_SECS + 10,
         );
-        assert!(log.allows("https://shop.test:443/img/1", &[], t + 5));
+        assert!(log.allows("https://shop.test:443/img/1", M, &[], t + 5));
     }
 
     #[test]
@@ -481,12 +494,20 @@ mod tests {
         let log = PurgeLog::default();
         let before = log.seq();
         log.record(&Purge::Tag("news".into()), 1);
-        log.record_write("https://shop.test:443/cart", 1);
-        assert!(!log.allows_since("https://x.test:443/", &["news".into()], before));
-        assert!(!log.allows_since("https://shop.test:443/cart?id=1", &[], before));
-        assert!(log.allows_since("https://shop.test:443/cartoon", &[], before));
+        log.record_write("https://shop.test:443/cart", &marks(), 1);
+        assert!(!log.allows_since("https://x.test:443/", M, &["news".into()], before));
+        assert!(!log.allows_since("https://shop.test:443/cart?id=1", M, &[], before));
+        assert!(log.allows_since("https://shop.test:443/cartoon", M, &[], before));
+        // Another route's entry for the same URL (another listener's, another Gateway's)
+        // is not refused for a write that could not reach it.
+        assert!(log.allows_since(
+            "https://shop.test:443/cart?id=1",
+            "\u{1f}r:other/route#",
+            &[],
+            before
+        ));
         // Requests that started after them are not concerned.
-        assert!(log.allows_since("https://x.test:443/", &["news".into()], log.seq()));
+        assert!(log.allows_since("https://x.test:443/", M, &["news".into()], log.seq()));
     }
 
     #[test]
@@ -497,8 +518,8 @@ mod tests {
             log.record(&Purge::Tag(format!("t{i}")), t + i / 1000);
         }
         // The first was forgotten, and what it could have removed is refused anyway.
-        assert!(!log.allows("https://any.test:443/", &["t0".into()], t));
-        assert!(log.allows("https://any.test:443/", &[], t + 100));
+        assert!(!log.allows("https://any.test:443/", M, &["t0".into()], t));
+        assert!(log.allows("https://any.test:443/", M, &[], t + 100));
     }
 
     #[test]
@@ -506,23 +527,26 @@ mod tests {
         let log = PurgeLog::default();
         let t = 1_700_000_000;
         let cart = "https://shop.test:443/cart";
-        log.record_write(cart, t);
+        log.record_write(cart, &marks(), t);
         let after_first = log.seq();
         // Stored before the write (within the clocks' skew): refused; well after: kept.
-        assert!(!log.allows(&format!("{cart}?id=1"), &[], t - 1));
-        assert!(log.allows(&format!("{cart}?id=1"), &[], t + SKEW + 1));
-        assert!(log.allows("https://shop.test:443/other", &[], t - 1));
+        assert!(!log.allows(&format!("{cart}?id=1"), M, &[], t - 1));
+        assert!(log.allows(&format!("{cart}?id=1"), M, &[], t + SKEW + 1));
+        assert!(log.allows("https://shop.test:443/other", M, &[], t - 1));
         // The same path written again later: its latest write counts.
-        log.record_write(cart, t + 50);
-        assert!(!log.allows(cart, &[], t + 40));
-        assert!(!log.allows_since(cart, &[], after_first));
+        log.record_write(cart, &marks(), t + 50);
+        assert!(!log.allows(cart, M, &[], t + 40));
+        assert!(!log.allows_since(cart, M, &[], after_first));
         // Pushed out by many others, the first write goes but the second still stands.
         for i in 0..MAX_PURGES - 1 {
-            log.record_write(&format!("https://shop.test:443/p{i}"), t + 60);
+            log.record_write(&format!("https://shop.test:443/p{i}"), &marks(), t + 60);
         }
-        assert!(!log.allows(cart, &[], t + 40));
-        log.record_write("https://shop.test:443/last", t + 60);
-        assert!(log.allows(cart, &[], t + 40), "both writes of it forgotten");
+        assert!(!log.allows(cart, M, &[], t + 40));
+        log.record_write("https://shop.test:443/last", &marks(), t + 60);
+        assert!(
+            log.allows(cart, M, &[], t + 40),
+            "both writes of it forgotten"
+        );
         let inner = log.inner.lock();
         assert_eq!(inner.writes.len(), MAX_PURGES);
         assert_eq!(inner.latest_write.len(), MAX_PURGES);

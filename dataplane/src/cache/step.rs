@@ -163,9 +163,10 @@ impl CacheShared {
     fn invalidate(&self, origin: &str, path: &str, reach: &[String]) -> usize {
         let path = path.split('?').next().unwrap_or(path);
         let url = format!("{origin}{path}");
-        // Every query of the path, in the shared tier as well.
-        self.purges.record_write(&url, freshness::now());
-        let reached = |k: &str, _: &[String]| reach.iter().any(|m| k.contains(m.as_str()));
+        // Every query of the path, in the shared tier as well (for those routes only).
+        self.purges.record_write(&url, reach, freshness::now());
+        let reached =
+            |k: &str, _: &[String]| route_mark_of(k).is_some_and(|m| reach.iter().any(|r| r == m));
         let n = self.store.purge_prefix_where(&format!("{url}?"), reached)
             + self
                 .store
@@ -192,6 +193,16 @@ pub struct Invalidation {
 /// What marks a route's entries in their keys.
 pub fn route_mark(route: &str) -> String {
     format!("{SEP}r:{route}#")
+}
+
+/// The [`route_mark`] in `key`: the part right after its URL (which holds no `SEP`), up to
+/// the `#` that ends the route's name (which holds none).
+fn route_mark_of(key: &str) -> Option<&str> {
+    let rest = &key[key.find(SEP)?..];
+    if !rest[SEP.len_utf8()..].starts_with("r:") {
+        return None;
+    }
+    Some(&rest[..=rest.find('#')?])
 }
 
 impl Invalidation {
@@ -399,6 +410,7 @@ impl CacheEngine {
         if entry.url != url
             || !self.shared.purges.allows(
                 &entry.url,
+                route_mark_of(key).unwrap_or_default(),
                 &entry.stored.tags,
                 entry.stored.timing.response_time,
             )
@@ -599,7 +611,7 @@ impl CacheEngine {
                     });
                     // Only a request whose answer could be stored takes a turn: a HEAD, a
                     // `no-store` or credentials must not lead the others.
-                    let may_lead = pending.may_store && !credentialed;
+                    let may_lead = pending.may_store && !credentialed && !directives.no_cache;
                     if let (true, Some(limit)) = (may_lead, self.coalesce) {
                         match self.shared.coalescer.turn(&key) {
                             Turn::Lead(leader) => pending.leader = Some(leader),
@@ -855,10 +867,12 @@ impl CacheEngine {
         };
         let mut status = pending.status.clone();
         let url = url_of(key);
-        let unpurged = self
-            .shared
-            .purges
-            .allows_since(url, &entry.tags, pending.purge_seq);
+        let unpurged = self.shared.purges.allows_since(
+            url,
+            route_mark_of(key).unwrap_or_default(),
+            &entry.tags,
+            pending.purge_seq,
+        );
         if applies && storable.is_ok() && pending.may_store && unpurged {
             if let Some(tier) = &self.tier {
                 let ttl = self.shared_ttl(&entry);
@@ -976,7 +990,8 @@ impl CacheEngine {
                             let stored = Stored { body, ..entry };
                             let url = url_of(&key);
                             // A purge that came while it was on its way wins.
-                            let purged = !shared.purges.allows_since(url, &stored.tags, seq);
+                            let mark = route_mark_of(&key).unwrap_or_default();
+                            let purged = !shared.purges.allows_since(url, mark, &stored.tags, seq);
                             if let Some((tier, ttl)) = tier.filter(|_| !purged) {
                                 tier.put(&key, &shared_entry(&key, &request, &stored), ttl);
                             }
@@ -1176,6 +1191,19 @@ mod tests {
         let mut cx = RequestCtx::new(HeaderValue::from_static("id"), down, 0, false);
         cx.route = Some("default/r".into());
         cx
+    }
+
+    #[test]
+    fn a_key_s_route_mark_is_read_exactly() {
+        let e = engine(r#"{"query": {"type": "all"}}"#);
+        let mut cx = ctx("https", 443);
+        cx.route = Some("default/r".into());
+        let req = request("/p?a=1", "shop.test");
+        let url = e.url(&req, &cx).expect("a host");
+        let key = e.key(&url, &req, &cx);
+        assert_eq!(route_mark_of(&key), Some(route_mark("default/r").as_str()));
+        assert_eq!(route_mark_of("https://shop.test:443/p"), None);
+        assert_eq!(route_mark_of("https://shop.test:443/p\u{1f}q:x#"), None);
     }
 
     #[test]
