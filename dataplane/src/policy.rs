@@ -51,8 +51,8 @@ impl Step {
 pub struct Chain {
     steps: Box<[Step]>,
     cache: Option<RuleCache>,
-    /// Where a rule without a cache invalidates what its unsafe requests change (RFC 9111
-    /// §4.4: a POST through its own rule makes the GET another rule cached stale).
+    /// Where the rule's unsafe requests invalidate what they change (RFC 9111 §4.4, also
+    /// a POST through a rule of its own making the GET another rule cached stale).
     invalidates: Option<(Arc<CacheShared>, Arc<[String]>)>,
 }
 
@@ -75,16 +75,15 @@ impl Chain {
     }
 
     /// This chain, invalidating the entries of the routes `reach` marks (see
-    /// [`crate::cache::step::route_mark`]) in `shared` after its unsafe requests, when it has
-    /// no cache of its own (a cache invalidates for itself).
+    /// [`crate::cache::step::route_mark`]) in `shared` after its unsafe requests.
     pub fn invalidating(mut self, shared: &Arc<CacheShared>, reach: &Arc<[String]>) -> Self {
-        if self.cache.is_none() && !reach.is_empty() {
+        if !reach.is_empty() {
             self.invalidates = Some((shared.clone(), reach.clone()));
         }
         self
     }
 
-    /// Where the rule's unsafe requests invalidate, when it has no cache of its own.
+    /// Where the rule's unsafe requests invalidate.
     pub fn invalidates(&self) -> Option<(&CacheShared, &Arc<[String]>)> {
         self.invalidates.as_ref().map(|(s, r)| (&**s, r))
     }

@@ -208,17 +208,17 @@ impl Proxy {
             {
                 return (Err(e), None);
             }
-            if let Some(cache) = routed.chain.cache() {
-                // Boxed, like the policies: most routes have no cache.
-                return Box::pin(self.cached(routed, cache, req, cx)).await;
-            }
-            // An unsafe request through a rule without a cache still makes what it changed
-            // stale in the caches of the others.
+            // An unsafe request makes what it changed stale in the caches of its listener's
+            // routes, whether or not its own rule caches.
             let invalidation = routed
                 .chain
                 .invalidates()
                 .and_then(|(shared, reach)| Some((shared, Invalidation::of(&req, cx, reach)?)));
-            let (result, addr) = self.forward(&routed.rule, req, cx).await;
+            let (result, addr) = match routed.chain.cache() {
+                // Boxed, like the policies: most routes have no cache.
+                Some(cache) => Box::pin(self.cached(routed, cache, req, cx)).await,
+                None => self.forward(&routed.rule, req, cx).await,
+            };
             if let (Some((shared, inv)), Ok(resp)) = (invalidation, &result) {
                 shared.invalidate_after(&inv, resp);
             }

@@ -257,7 +257,7 @@ pub fn build(
                                 };
                                 let m = metrics.cache(&at);
                                 t.cache_series.insert(at);
-                                RuleCache::new(c, m, reach.clone().unwrap_or_default())
+                                RuleCache::new(c, m)
                             });
                         let chain = Chain::new(
                             most_specific(rule_auth.get(ri), &parent_auth),

@@ -268,24 +268,16 @@ pub struct CacheEngine {
 pub struct RuleCache {
     engine: Arc<CacheEngine>,
     metrics: CacheMetrics,
-    /// What its unsafe requests may invalidate (see [`Invalidation`]).
-    reach: Arc<[String]>,
 }
 
 impl RuleCache {
-    pub fn new(engine: Arc<CacheEngine>, metrics: CacheMetrics, reach: Arc<[String]>) -> Self {
-        Self {
-            engine,
-            metrics,
-            reach,
-        }
+    pub fn new(engine: Arc<CacheEngine>, metrics: CacheMetrics) -> Self {
+        Self { engine, metrics }
     }
 
     /// See [`CacheEngine::lookup`].
     pub async fn lookup(&self, req: &mut Request<RequestBody>, cx: &RequestCtx) -> Lookup {
-        self.engine
-            .lookup(req, cx, &self.metrics, &self.reach)
-            .await
+        self.engine.lookup(req, cx, &self.metrics).await
     }
 
     /// See [`CacheEngine::complete`].
@@ -314,8 +306,6 @@ pub enum Lookup {
 pub struct Pending {
     /// `None`: the cache does not take part (a method it does not serve).
     key: Option<String>,
-    /// What an unsafe method invalidates once it succeeds.
-    invalidation: Option<Invalidation>,
     method: Method,
     /// The request's headers as the key and variant read them.
     request: HeaderMap,
@@ -343,7 +333,6 @@ impl Pending {
         metrics.record(CacheResult::Bypass);
         Pending {
             key: None,
-            invalidation: None,
             method,
             request: HeaderMap::new(),
             directives: RequestDirectives::default(),
@@ -536,16 +525,14 @@ impl CacheEngine {
         req: &mut Request<RequestBody>,
         cx: &RequestCtx,
         metrics: &CacheMetrics,
-        reach: &Arc<[String]>,
     ) -> Lookup {
         let method = req.method().clone();
         if cx.upgrade.is_some() {
             return Lookup::Forward(Box::new(Pending::bypass(method, "upgrade", metrics)));
         }
+        // Unsafe methods' invalidations are the proxy's, whether the rule caches or not.
         if method != Method::GET && method != Method::HEAD {
-            let mut p = Pending::bypass(method, "method", metrics);
-            p.invalidation = Invalidation::of(req, cx, reach);
-            return Lookup::Forward(Box::new(p));
+            return Lookup::Forward(Box::new(Pending::bypass(method, "method", metrics)));
         }
         let Some(url) = self.url(req, cx) else {
             return Lookup::Forward(Box::new(Pending::bypass(method, "unkeyable", metrics)));
@@ -555,7 +542,6 @@ impl CacheEngine {
         let credentialed = self.credentialed(cx);
         let mut pending = Pending {
             key: Some(key.clone()),
-            invalidation: None,
             method: method.clone(),
             // Filled in (the client's headers as sent) only when the request goes upstream:
             // a hit needs no copy.
@@ -760,10 +746,6 @@ impl CacheEngine {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let now = freshness::now();
         let Some(key) = pending.key.take() else {
-            // Not looked up: an unsafe method's success makes what it changed stale.
-            if let (Ok(resp), Some(inv)) = (&result, &pending.invalidation) {
-                self.shared.invalidate_after(inv, resp);
-            }
             return result.map(|r| with_status(r, &pending.status));
         };
         let failed = match &result {
