@@ -54,11 +54,11 @@ pub enum Reply {
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(crate::util::itoa(args.len() as u64, &mut [0; 20]));
     out.extend_from_slice(b"\r\n");
     for a in args {
         out.push(b'$');
-        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(crate::util::itoa(a.len() as u64, &mut [0; 20]));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
