@@ -500,28 +500,24 @@ spec:
     let client = HttpClient::new();
     let host = format!("shop.test:{p1}");
     let item = "/c/item?cc=max-age%3D60";
-    let first = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert_cache(&first, "stored");
+    let (client, portico, host) = (&client, &portico, &host);
+    let get = |port| client.get_with(portico.addr(port), host, item, &[]);
+    let post = |port| async move {
+        let r = client
+            .try_request("POST", portico.addr(port), host, "/c/item", &[])
+            .await
+            .expect("an answer");
+        assert_eq!(r.status, 200);
+    };
+    assert_cache(&get(p1).await, "stored");
     // The second listener's own cached copy, under the first's origin too.
-    let theirs = client.get_with(portico.addr(p2), &host, item, &[]).await;
-    assert_cache(&theirs, "stored");
-    let spoofed = client
-        .try_request("POST", portico.addr(p2), &host, "/c/item", &[])
-        .await
-        .expect("an answer");
-    assert_eq!(spoofed.status, 200);
-    let after = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert_cache(&after, "hit");
-    let theirs = client.get_with(portico.addr(p2), &host, item, &[]).await;
-    assert_cache(&theirs, "fwd=uri-miss");
+    assert_cache(&get(p2).await, "stored");
+    post(p2).await;
+    assert_cache(&get(p1).await, "hit");
+    assert_cache(&get(p2).await, "fwd=uri-miss");
     // The same write through the entry's own listener does invalidate it.
-    let own = client
-        .try_request("POST", portico.addr(p1), &host, "/c/item", &[])
-        .await
-        .expect("an answer");
-    assert_eq!(own.status, 200);
-    let gone = client.get_with(portico.addr(p1), &host, item, &[]).await;
-    assert_cache(&gone, "fwd=uri-miss");
+    post(p1).await;
+    assert_cache(&get(p1).await, "fwd=uri-miss");
 }
 
 #[tokio::test]
