@@ -295,7 +295,9 @@ async fn concurrent_requests_for_a_stale_entry_make_one_revalidation() {
 async fn a_hundred_concurrent_misses_make_exactly_one_upstream_request() {
     let s = cached("").await;
     let addr = s.addr();
-    let path = "/c/herd?cc=max-age%3D60&delay_ms=300";
+    // The backend takes 2 s (within the default coalesceTimeout of 5 s), long enough for the
+    // herd to arrive while the first request is upstream however slowly the test runs.
+    let path = "/c/herd?cc=max-age%3D60&delay_ms=2000";
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let client = HttpClient::new();
@@ -810,7 +812,7 @@ async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_n
             &format!(
                 // A timeout no loaded test machine reaches: a lookup that timed out would
                 // be a miss, and B would never answer from the shared tier.
-                "  shared: {{redisUrl: \"{}\", timeoutMilliseconds: 5000}}",
+                "  shared: {{redisUrl: \"{}\", timeoutMilliseconds: 1000}}",
                 redis.url()
             )
         )
@@ -827,7 +829,12 @@ async fn two_replicas_share_what_one_fetched_through_redis_and_an_outage_fails_n
     let path = "/c/shared?cc=max-age%3D600&vary=Accept-Language";
     let first = get(&a, path).await;
     assert_cache(&first, "stored");
-    // Stored in Redis in the background: B answers from it once it is there.
+    // Stored in Redis in the background: B answers from it once it is there (asked only
+    // then, since a miss would fill B's memory from the backend instead).
+    await_some("the entry in Redis", || async {
+        (redis.command(&["DBSIZE"]) != ":0\r\n").then_some(())
+    })
+    .await;
     let from_b = await_some("the entry in the shared tier", || async {
         let r = get(&b, path).await;
         cache_status(&r).contains("detail=shared").then_some(r)

@@ -38,7 +38,9 @@ async fn a_global_limit_holds_across_three_replicas_under_steady_load() {
         limit_policy(
             "global",
             "api",
-            "  limits: [{requests: 50, interval: 1s, algorithm: TokenBucket, burst: 10, scope: Global}]"
+            // A Redis timeout no loaded test machine reaches (the default, 100 ms, turns a
+            // stalled call into a local decision); an outage still fails at once.
+            "  global: {timeoutMilliseconds: 5000}\n  limits: [{requests: 50, interval: 1s, algorithm: TokenBucket, burst: 10, scope: Global}]"
         )
     );
     let (nodes, port) = replicas(3, &echo, &redis, &docs).await;
@@ -139,12 +141,18 @@ async fn losing_redis_follows_the_failure_mode_and_global_limiting_resumes_when_
     let docs = format!(
         "{}{}{}{}",
         route("open", "/open"),
-        limit_policy("open", "open", &format!("  {per_user}")),
+        limit_policy(
+            "open",
+            "open",
+            &format!("  global: {{timeoutMilliseconds: 5000}}\n  {per_user}")
+        ),
         route("closed", "/closed"),
         limit_policy(
             "closed",
             "closed",
-            &format!("  global: {{failureMode: FailClosed}}\n  {per_user}")
+            &format!(
+                "  global: {{failureMode: FailClosed, timeoutMilliseconds: 5000}}\n  {per_user}"
+            )
         ),
     );
     let (nodes, port) = replicas(2, &echo, &redis, &docs).await;
@@ -294,7 +302,8 @@ async fn a_429_waits_for_the_longest_global_limit_and_spends_nothing_after_the_r
         limit_policy(
             "layers",
             "api",
-            "  limits:
+            "  global: {timeoutMilliseconds: 5000}
+  limits:
   - {name: per-minute, requests: 1, interval: 1m, algorithm: TokenBucket, scope: Global}
   - {name: per-hour, requests: 1, interval: 1h, algorithm: TokenBucket, scope: Global}
   - {name: spare, requests: 3, interval: 1h, algorithm: SlidingWindow, scope: Global}
