@@ -478,6 +478,24 @@ impl StatusWriter {
                 )
                 .await?;
         }
+        for route in index.tcp_routes.state() {
+            written += self
+                .write_route(
+                    "TCPRoute",
+                    &*route,
+                    // The parents' schema is HTTPRoute's (a TCPRoute's status is only its
+                    // parents): read it through that type.
+                    route
+                        .status
+                        .as_ref()
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .unwrap_or_default(),
+                    &report.tcp_routes,
+                    &now,
+                )
+                .await?;
+        }
         for kind in PolicyKind::ALL {
             // The one place that pairs each kind with its store (and so its Rust type).
             written += match kind {

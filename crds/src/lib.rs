@@ -4,8 +4,8 @@
 //! Pinned: Kubernetes API 1.36 (`k8s-openapi` feature `v1_36`) and the `gateway-api` crate
 //! 0.22, generated from Gateway API v1.5.1. Portico follows v1.6.3 (the CRDs the tests and the
 //! conformance suite install); the v1.6 fields Portico serves are in v1.5.1's types, and
-//! kube's decoding ignores the fields it does not know. Types the crate lacks (v1 TCPRoute,
-//! UDPRoute) will be defined here when a feature needs them.
+//! kube's decoding ignores the fields it does not know. Types the crate lacks at the version
+//! Portico serves (`v1` TCPRoute) are in [`l4`].
 //!
 //! How an EndpointSlice reads as endpoints is here too ([`endpointslice`]): Kubernetes
 //! semantics that compile and the dataplane's discovery must apply alike.
@@ -20,6 +20,7 @@ pub mod backend;
 pub mod cache;
 pub mod endpointslice;
 pub mod gatewayconfig;
+pub mod l4;
 pub mod policy;
 pub mod ratelimit;
 

@@ -13,6 +13,7 @@ use portico_dataplane::body::{BodyLimits, MinRate};
 use portico_dataplane::channel::ChannelSettings;
 use portico_dataplane::conn::ConnectionLimits;
 use portico_dataplane::listen::ServerSettings;
+use portico_dataplane::listen::tcp::StreamSettings;
 use portico_dataplane::proxy::ProxySettings;
 use portico_dataplane::sanitize::EdgeSettings;
 use portico_dataplane::{Dataplane, DataplaneSettings, admin, standalone};
@@ -188,6 +189,10 @@ struct ServeArgs {
     /// seconds.
     #[arg(long, default_value_t = 3600)]
     websocket_idle_timeout_s: u64,
+    /// A connection of a TCP listener with no byte either way for this long is closed, in
+    /// seconds. One whose TCPRoute goes away is closed `--drain-timeout-s` later.
+    #[arg(long, default_value_t = 3600)]
+    tcp_idle_timeout_s: u64,
     /// A write to a client that reads nothing for this long ends its connection, in seconds;
     /// so does a write to a WebSocket's backend.
     #[arg(long, default_value_t = 60)]
@@ -441,6 +446,12 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
                 write_timeout: secs(args.write_timeout_s.max(1)),
                 idle_timeout: secs(args.idle_timeout_s.max(1)),
                 ..ConnectionLimits::default()
+            },
+            streams: StreamSettings {
+                idle_timeout: secs(args.tcp_idle_timeout_s.max(1)),
+                write_timeout: secs(args.write_timeout_s.max(1)),
+                drain: secs(args.drain_timeout_s),
+                ..StreamSettings::default()
             },
             ..ServerSettings::default()
         },

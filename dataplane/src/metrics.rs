@@ -427,6 +427,8 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     /// Upgraded connections (WebSocket).
     pub tunnels: crate::tunnel::TunnelMetrics,
+    /// Connections of TCP listeners.
+    pub streams: crate::tunnel::TunnelMetrics,
     mirror_requests: Family<MirrorLabels, Counter>,
     compressed: Family<EncodingLabel, Counter>,
     certificate_expiry: Family<CertificateSeries, Gauge>,
@@ -473,6 +475,7 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let tunnels = crate::tunnel::TunnelMetrics::default();
+        let streams = crate::tunnel::TunnelMetrics::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         let compressed = Family::<EncodingLabel, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
@@ -551,6 +554,16 @@ impl Default for Metrics {
             "upgraded_connections_closed",
             "Upgraded connections (WebSocket) that ended, by reason (closed: by either side; idle_timeout; error: a reset or a stalled write)",
             tunnels.closed.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "Connections of TCP listeners forwarded to a backend, open now",
+            streams.open.clone(),
+        );
+        registry.register(
+            "tcp_connections_closed",
+            "Connections of TCP listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; no_route, no_backend, connect_failed: closed at once)",
+            streams.closed.clone(),
         );
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
         registry.register(
@@ -741,6 +754,7 @@ impl Default for Metrics {
             in_flight,
             tls_handshake_errors,
             tunnels,
+            streams,
             mirror_requests,
             compressed,
             certificate_expiry,

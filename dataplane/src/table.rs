@@ -4,6 +4,7 @@
 use crate::auth::{AuthEngine, AuthShared};
 use crate::cache::step::{CacheEngine, CacheShared, RuleCache};
 use crate::cors::CorsPolicy;
+use crate::listen::tcp::{TcpForward, TcpService};
 use crate::metrics::{CacheSeries, CertificateSeries, Metrics, RouteSeries};
 use crate::mirror::MirrorTo;
 use crate::policy::Chain;
@@ -17,7 +18,7 @@ use http::{HeaderName, Method};
 use portico_model::auth::AuthPolicy;
 use portico_model::{
     AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
-    REGEX_SIZE_LIMIT, RouteRule, Snapshot, StringMatch,
+    REGEX_SIZE_LIMIT, RouteRule, Snapshot, StreamRoute, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct Tables {
     pub sockets: BTreeMap<SocketAddr, SocketRouter>,
+    /// The sockets of TCP listeners, with the route each serves.
+    pub streams: BTreeMap<SocketAddr, TcpService>,
     /// TLS settings of the sockets that serve HTTPS listeners.
     pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
     /// Every route label in use.
@@ -117,11 +120,19 @@ pub fn build(
                         );
                     }
                 }
-                t.sockets
-                    .entry(sa)
-                    .or_default()
-                    .listeners
-                    .entry(l.hostname.as_deref());
+                match l.protocol {
+                    Protocol::Http | Protocol::Https => {
+                        t.sockets
+                            .entry(sa)
+                            .or_default()
+                            .listeners
+                            .entry(l.hostname.as_deref());
+                    }
+                    // Bound even without a route (its connections are closed at once).
+                    Protocol::Tcp => {
+                        t.streams.entry(sa).or_default();
+                    }
+                }
                 listener_sockets
                     .entry(l.name.as_str())
                     .or_default()
@@ -302,6 +313,23 @@ pub fn build(
                 }
             }
             t.routes.insert(label.to_string());
+        }
+        // TCPRoutes, oldest first: the first to name a listener serves its sockets.
+        for route in &snap.stream_routes {
+            let forward = Arc::new(tcp_forward(route, snap, pools, metrics, &mut t));
+            for listener in &route.listeners {
+                for sa in listener_sockets
+                    .get(listener.as_str())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(service) = t.streams.get_mut(sa)
+                        && service.route.is_none()
+                    {
+                        service.route = Some(forward.clone());
+                    }
+                }
+            }
         }
     }
     for router in t.sockets.values_mut() {
@@ -526,4 +554,38 @@ fn compile_rule(
         retry: r.retry.clone().map(Box::new),
         session,
     }
+}
+
+/// A TCPRoute's weighted backends, each a pool (shared with any HTTP route that uses the
+/// same Service port: endpoints and their health are the Service's).
+fn tcp_forward(
+    route: &StreamRoute,
+    snap: &Snapshot,
+    pools: &Upstreams,
+    metrics: &Metrics,
+    t: &mut Tables,
+) -> TcpForward {
+    let label: Arc<str> = route.label().into();
+    let mut targets = Vec::new();
+    let mut upto = 0u32;
+    for b in route.backend_refs.iter().filter(|b| b.weight > 0) {
+        upto = upto.saturating_add(b.weight);
+        let pool = match &b.target {
+            BackendTarget::Service(id) => match snap.backend(id) {
+                Some(backend) => {
+                    t.backends.push((id.clone(), backend.protocol));
+                    Some(pools.get(backend, metrics))
+                }
+                None => {
+                    t.warnings.push(format!(
+                        "route {label}: backend {id} is missing from the snapshot"
+                    ));
+                    None
+                }
+            },
+            BackendTarget::Unresolved { .. } => None,
+        };
+        targets.push((upto, pool));
+    }
+    TcpForward { label, targets }
 }

@@ -1,5 +1,5 @@
 //! The controller against a real kube-apiserver: status conditions as the Gateway API
-//! specifies them (HTTPRoutes, GRPCRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
+//! specifies them (HTTPRoutes, GRPCRoutes, TCPRoutes, HTTPS listeners and their Secrets), ReferenceGrants,
 //! no writes when nothing changes, leader failover, AuthPolicy attachment and its CEL rules,
 //! an object the controller cannot decode skipped and reported. Against the
 //! experimental-channel CRDs.
@@ -549,6 +549,89 @@ async fn cross_namespace_backends_need_a_reference_grant() {
         "ResolvedRefs after the grant",
         |c| is(c, "ResolvedRefs", "True", "ResolvedRefs"),
     )
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_routes_get_their_status_and_a_reference_grant_lets_them_cross_namespaces() {
+    use portico_crds::l4::TcpRoute;
+    let client = cluster().client().await;
+    shared_controller();
+    let ns = test_namespace(&client, "tcp").await;
+    let other = test_namespace(&client, "tcp-routes").await;
+    class(&client, &ns, CONTROLLER).await;
+    create::<Gateway>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": ns, "listeners": [
+                   {"name": "db", "port": 5432, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                   {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+    )
+    .await;
+    service(&client, &ns, "svc").await;
+    let tcp_route = |name: &str, section: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute",
+               "metadata": {"name": name},
+               "spec": {"parentRefs": [{"name": "gw", "namespace": ns, "sectionName": section}],
+                        "rules": [{"backendRefs": [{"name": "svc", "namespace": ns, "port": 80}]}]}})
+    };
+    create::<TcpRoute>(&client, &other, tcp_route("cross", "db")).await;
+    create::<TcpRoute>(&client, &other, tcp_route("on-http", "http")).await;
+    let api: Api<TcpRoute> = Api::namespaced(client.clone(), &other);
+    let await_tcp = |name: &'static str, what: &'static str, check: fn(&[Condition]) -> bool| {
+        let api = api.clone();
+        async move {
+            await_some(what, || async {
+                let r = api.get_opt(name).await.ok().flatten()?;
+                let parents = r.status?.parents;
+                let ok = parents.iter().any(|p| {
+                    p.controller_name == CONTROLLER
+                        && p.parent_ref.kind.as_deref() == Some("Gateway")
+                        && p.parent_ref.group.as_deref() == Some("gateway.networking.k8s.io")
+                        && check(&p.conditions)
+                });
+                ok.then_some(())
+            })
+            .await;
+        }
+    };
+    await_tcp("cross", "TCPRoute RefNotPermitted", |c| {
+        is(c, "Accepted", "True", "Accepted") && is(c, "ResolvedRefs", "False", "RefNotPermitted")
+    })
+    .await;
+    await_tcp("on-http", "TCPRoute NotAllowedByListeners", |c| {
+        is(c, "Accepted", "False", "NotAllowedByListeners")
+    })
+    .await;
+    create::<ReferenceGrant>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "allow-tcp"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": other}],
+                        "to": [{"group": "", "kind": "Service"}]}}),
+    )
+    .await;
+    await_tcp("cross", "TCPRoute ResolvedRefs after the grant", |c| {
+        is(c, "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+    // The TCP listener counts it; the HTTP one takes no TCPRoute.
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    await_some("the TCP listener's attached route", || async {
+        let g = gateways.get("gw").await.ok()?;
+        let listeners = g.status?.listeners?;
+        let db = listeners.iter().find(|l| l.name == "db")?;
+        let kinds: Vec<&str> = db
+            .supported_kinds
+            .iter()
+            .flatten()
+            .map(|k| k.kind.as_str())
+            .collect();
+        (db.attached_routes == 1 && kinds == ["TCPRoute"]).then_some(())
+    })
     .await;
 }
 

@@ -1040,6 +1040,7 @@ async fn the_feature_examples_work_as_committed() {
         "quickstart",
         "backend",
         "cache",
+        "tcp",
     ] {
         let out = std::process::Command::new(&binaries().portico)
             .arg("check")

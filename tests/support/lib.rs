@@ -286,6 +286,26 @@ impl Echo {
         Self::start_at(name, SocketAddr::new(ip, free_port(ip)))
     }
 
+    /// A plain TCP echo (`--tcp`): greets each connection with `name` and a newline, then
+    /// sends back every byte.
+    pub fn start_tcp(name: &str) -> Self {
+        let ip = loopback_ip();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let proc = Proc::spawn(
+            name,
+            &binaries().echo,
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--name".into(),
+                name.into(),
+                "--tcp".into(),
+            ],
+        );
+        wait_port(addr);
+        Self { addr, proc }
+    }
+
     /// On `addr` (one a killed echo had, to bring it back).
     pub fn start_at(name: &str, addr: SocketAddr) -> Self {
         let proc = Proc::spawn(

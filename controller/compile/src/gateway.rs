@@ -32,6 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(crate) const HTTP_ROUTE: &str = "HTTPRoute";
 pub(crate) const GRPC_ROUTE: &str = "GRPCRoute";
 const HTTP_KINDS: [&str; 2] = [HTTP_ROUTE, GRPC_ROUTE];
+/// The kind a TCP listener takes.
+pub(crate) const TCP_ROUTE: &str = "TCPRoute";
 
 /// Accepts the classes that name our controller; returns their names.
 pub(crate) fn accept_classes(
@@ -176,10 +178,9 @@ pub(crate) struct ListenerState {
     pub(crate) certificates: Vec<Certificate>,
     pub(crate) unresolved_certificate: Option<(String, String)>,
     pub(crate) attached_routes: i32,
-    /// The routes attached so far with their effective hostnames here, HTTPRoutes and
-    /// GRPCRoutes apart (each kind is checked only against the other).
-    http_hosts: Vec<(ObjectRef, Vec<String>)>,
-    grpc_hosts: Vec<(ObjectRef, Vec<String>)>,
+    /// The routes attached so far with their effective hostnames here, by kind (HTTPRoutes
+    /// are checked only against GRPCRoutes and the reverse).
+    hosts: BTreeMap<RouteKind, Vec<(ObjectRef, Vec<String>)>>,
 }
 
 /// Whether a snapshot listener's name is one [`ListenerState::key`] gave a ListenerSet's.
@@ -216,17 +217,11 @@ impl ListenerState {
     }
 
     pub(crate) fn hosts_of(&self, kind: RouteKind) -> &[(ObjectRef, Vec<String>)] {
-        match kind {
-            RouteKind::Http => &self.http_hosts,
-            RouteKind::Grpc => &self.grpc_hosts,
-        }
+        self.hosts.get(&kind).map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn hosts_of_mut(&mut self, kind: RouteKind) -> &mut Vec<(ObjectRef, Vec<String>)> {
-        match kind {
-            RouteKind::Http => &mut self.http_hosts,
-            RouteKind::Grpc => &mut self.grpc_hosts,
-        }
+        self.hosts.entry(kind).or_default()
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -700,11 +695,18 @@ fn listener_state(
                 }
             }
         }
-        ("TLS" | "TCP" | "UDP", _) => {
+        ("TCP", None) => {}
+        ("TCP", Some(_)) => {
+            rejected = Some((
+                reasons::INVALID.to_string(),
+                "tls must not be set on a TCP listener".to_string(),
+            ));
+        }
+        ("TLS" | "UDP", _) => {
             rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
                 format!(
-                    "protocol {} is not supported yet; HTTP and HTTPS are",
+                    "protocol {} is not supported yet; HTTP, HTTPS and TCP are",
                     l.protocol
                 ),
             ));
@@ -736,7 +738,7 @@ fn listener_state(
             &["TLSRoute"]
         }
         "TLS" => &["TLSRoute", "TCPRoute"],
-        "TCP" => &["TCPRoute"],
+        "TCP" => &[TCP_ROUTE],
         "UDP" => &["UDPRoute"],
         _ => &[],
     };
@@ -759,13 +761,14 @@ fn listener_state(
                 ));
             }
         }
-        _ => supported_kinds.extend(HTTP_KINDS.map(str::to_string)),
+        // Unset: every kind the protocol takes.
+        _ => supported_kinds.extend(valid_kinds.iter().map(|k| k.to_string())),
     }
     supported_kinds.sort();
     supported_kinds.dedup();
     // A listener whose protocol is not served supports no route kind (the spec: supportedKinds
     // lists what the listener can attach, and it attaches nothing).
-    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
+    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") {
         supported_kinds.clear();
     }
 
@@ -805,8 +808,7 @@ fn listener_state(
         certificates,
         unresolved_certificate,
         attached_routes: 0,
-        http_hosts: Vec::new(),
-        grpc_hosts: Vec::new(),
+        hosts: BTreeMap::new(),
     }
 }
 

@@ -15,6 +15,7 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     dataplane_name, grpc_route_parents, http_route_parents, listener_set_parent, object_ref,
+    tcp_route_parents,
 };
 use crate::status::{
     GatewayStatus, ListenerSetStatus, RouteParentStatus, RouteStatus, StatusReport,
@@ -218,6 +219,20 @@ impl Dependencies {
                 refs,
             );
         }
+        for r in &inputs.tcp_routes {
+            let refs = r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backend_refs.iter())
+                .map(|b| (b.namespace.clone(), b.name.clone()));
+            d.add_route(
+                RouteKind::Tcp,
+                &r.metadata,
+                tcp_route_parents(r, &sets),
+                refs,
+            );
+        }
         // A policy is read by the Gateways it targets, directly, through a route, or through
         // the routes that send to a Service it targets; so are its Secrets. (Routes are all
         // in the map by now, so a Service's Gateways are known.)
@@ -409,6 +424,7 @@ impl IncrementalCompile {
         let routes = [
             (RouteKind::Http, out.status.http_routes),
             (RouteKind::Grpc, out.status.grpc_routes),
+            (RouteKind::Tcp, out.status.tcp_routes),
         ];
         for (kind, statuses) in routes {
             for (route, s) in statuses {
@@ -466,11 +482,9 @@ impl IncrementalCompile {
                     .map(|(id, s)| (id.clone(), s.clone())),
             );
             for ((kind, route), parents) in &part.routes {
-                let map = match kind {
-                    RouteKind::Http => &mut report.http_routes,
-                    RouteKind::Grpc => &mut report.grpc_routes,
-                };
-                map.entry(route.clone())
+                report
+                    .routes_mut(*kind)
+                    .entry(route.clone())
                     .or_insert_with(|| RouteStatus {
                         parents: Vec::new(),
                     })

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  GatewayClass ◀── Gateway ◀──parentRefs── HTTPRoute ──backendRefs──▶ Service ◀── EndpointSlice
-//!                   ▲  │                     GRPCRoute               ▲
+//!                   ▲  │                     GRPCRoute, TCPRoute     ▲
 //!     ListenerSet ──┘  └ listeners ─ allowedRoutes (Namespace labels) │
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
@@ -19,7 +19,7 @@
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their
 //! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
-//! and backends ([`route`], [`grpc`], [`backend`]), then the policies that protect them
+//! and backends ([`route`], [`grpc`], [`backend`]; TCPRoutes in [`stream`]), then the policies that protect them
 //! ([`policy`]: [`auth`], [`ratelimit`]) and the backends ([`backend_policy`]); [`snapshot`] assembles each Gateway's snapshot from
 //! what the passes concluded. This file only runs the passes in order.
 //!
@@ -52,6 +52,7 @@ mod route;
 mod session;
 mod snapshot;
 pub mod status;
+mod stream;
 mod tls;
 pub mod unreadable;
 pub mod unserved;
@@ -173,6 +174,13 @@ pub fn compile_scoped(
         )
         .collect();
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
+    let tcp_sources: Vec<_> = inputs
+        .tcp_routes
+        .iter()
+        .filter(|r| names_scope(refs::tcp_route_parents(r, &sets)))
+        .cloned()
+        .collect();
+    let streams = stream::compile_tcp_routes(&tcp_sources, &mut gateways, &namespaces, &backends);
     let targets = policy::Targets::new(inputs, controller_name);
     let auth = auth::resolve(inputs, &targets, &mut status);
     let redis = ratelimit::GatewayRedis::new(inputs, controller_name);
@@ -195,15 +203,14 @@ pub fn compile_scoped(
         });
         status.gateways.insert(gw.id.clone(), gw.status(service));
         status.listener_sets.extend(gw.listener_set_statuses());
-        if let Some(snapshot) = snapshot::gateway_snapshot(gw, &routes.attached, &policies) {
+        if let Some(snapshot) =
+            snapshot::gateway_snapshot(gw, &routes.attached, &streams.attached, &policies)
+        {
             snapshots.insert(gw.id.clone(), snapshot);
         }
     }
-    for ((kind, id), s) in routes.status {
-        match kind {
-            RouteKind::Http => status.http_routes.insert(id, s),
-            RouteKind::Grpc => status.grpc_routes.insert(id, s),
-        };
+    for ((kind, id), s) in routes.status.into_iter().chain(streams.status) {
+        status.routes_mut(kind).insert(id, s);
     }
     Output { snapshots, status }
 }

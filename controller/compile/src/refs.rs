@@ -12,6 +12,7 @@ use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_crds::l4::TcpRoute;
 use portico_model::ObjectRef;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,6 +122,28 @@ fn grpc_parent_refs(r: &GrpcRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
             p.name.as_str(),
         )
     })
+}
+
+/// The same of a TCPRoute.
+fn tcp_parent_refs(r: &TcpRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
+    r.spec.parent_refs.iter().flatten().map(|p| {
+        (
+            p.group.as_deref(),
+            p.kind.as_deref(),
+            p.namespace.as_deref(),
+            p.name.as_str(),
+        )
+    })
+}
+
+/// The Gateways a TCPRoute's parentRefs name, directly or through a ListenerSet.
+pub(crate) fn tcp_route_parents(r: &TcpRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
+    gateway_parents(&namespace_of(&r.metadata), tcp_parent_refs(r), sets)
+}
+
+/// The ListenerSets a TCPRoute's parentRefs name.
+pub(crate) fn tcp_route_listener_sets(r: &TcpRoute) -> Vec<ObjectRef> {
+    named_listener_sets(&namespace_of(&r.metadata), tcp_parent_refs(r))
 }
 
 /// The Gateways an HTTPRoute's parentRefs name, directly or through a ListenerSet.

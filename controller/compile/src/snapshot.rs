@@ -1,6 +1,6 @@
 //! One Gateway's [`Snapshot`], assembled from what the passes concluded: its programmable
 //! listeners ([`crate::gateway`]), the routes attached to it with their backends
-//! ([`crate::route`]), and the policies those name ([`crate::auth`], [`crate::ratelimit`],
+//! ([`crate::route`], [`crate::stream`]), and the policies those name ([`crate::auth`], [`crate::ratelimit`],
 //! [`crate::backend_policy`]).
 //!
 //! The passes only produce; this module only reads them, so no pass needs to know the
@@ -12,6 +12,7 @@ use crate::cache::CachePolicies;
 use crate::gateway::GatewayState;
 use crate::ratelimit::RateLimitPolicies;
 use crate::route::AttachedRoutes;
+use crate::stream::AttachedStreams;
 use portico_model::{Listener, ListenerTls, PolicyKind, PolicySet, Protocol, Snapshot};
 
 /// The policies of every kind, resolved once per compile and named in each snapshot.
@@ -43,6 +44,7 @@ impl ResolvedPolicies {
 pub(crate) fn gateway_snapshot(
     gw: &GatewayState,
     routes: &AttachedRoutes,
+    streams: &AttachedStreams,
     policies: &ResolvedPolicies,
 ) -> Option<Snapshot> {
     if !gw.accepted() {
@@ -58,10 +60,10 @@ pub(crate) fn gateway_snapshot(
                 name: l.key(),
                 addresses: gw.bind_addresses().to_vec(),
                 port: u16::try_from(l.port).unwrap_or_default(),
-                protocol: if https {
-                    Protocol::Https
-                } else {
-                    Protocol::Http
+                protocol: match l.protocol.as_str() {
+                    "HTTPS" => Protocol::Https,
+                    "TCP" => Protocol::Tcp,
+                    _ => Protocol::Http,
                 },
                 hostname: l.hostname.clone(),
                 tls: https.then(|| ListenerTls {
@@ -70,12 +72,18 @@ pub(crate) fn gateway_snapshot(
             }
         })
         .collect();
-    let (routes, backends) = routes.for_gateway(&gw.id);
+    let (routes, mut backends) = routes.for_gateway(&gw.id);
+    let (stream_routes, stream_backends) = streams.for_gateway(&gw.id);
+    // One entry per backend, sorted, whichever kinds of route use it.
+    backends.extend(stream_backends);
+    backends.sort_by(|a, b| a.id.cmp(&b.id));
+    backends.dedup_by(|a, b| a.id == b.id);
     let mut snapshot = Snapshot {
         version: 0,
         gateway: gw.id.clone(),
         listeners,
         routes,
+        stream_routes,
         backends,
         policies: PolicySet::default(),
         session_key: None,

@@ -1,7 +1,7 @@
 //! The status compile wants each object to have: conditions with the Gateway API's own types
 //! and reasons, minus the timestamps (which the status writer adds, since compile is pure).
 
-use portico_model::{ObjectRef, PolicyKind};
+use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -188,6 +188,11 @@ pub struct StatusReport {
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     #[serde(serialize_with = "by_display_key")]
     pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(
+        serialize_with = "by_display_key",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub tcp_routes: BTreeMap<ObjectRef, RouteStatus>,
     /// Every policy's status, by kind and object. Shown (`portico check --status`) as one map
     /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
     #[serde(flatten, serialize_with = "by_kind")]
@@ -199,6 +204,15 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
+    /// The statuses of routes of `kind`.
+    pub fn routes_mut(&mut self, kind: RouteKind) -> &mut BTreeMap<ObjectRef, RouteStatus> {
+        match kind {
+            RouteKind::Http => &mut self.http_routes,
+            RouteKind::Grpc => &mut self.grpc_routes,
+            RouteKind::Tcp => &mut self.tcp_routes,
+        }
+    }
+
     /// The status of policy `id` of `kind`, if compile looked at it.
     pub fn policy(&self, kind: PolicyKind, id: &ObjectRef) -> Option<&PolicyStatus> {
         self.policies.get(&(kind, id.clone()))

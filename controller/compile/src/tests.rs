@@ -976,3 +976,4 @@ mod gatewayconfig;
 mod https_grpc;
 mod listenerset;
 mod ratelimit;
+mod tcp;

@@ -7,7 +7,7 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     grpc_route_listener_sets, grpc_route_parents, http_route_listener_sets, http_route_parents,
-    listener_set_parent, object_ref,
+    listener_set_parent, object_ref, tcp_route_listener_sets, tcp_route_parents,
 };
 use crate::status::{Condition, Problem};
 use portico_model::ObjectRef;
@@ -108,6 +108,15 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
                 object_ref(&r.metadata),
                 grpc_route_parents(r, &sets),
                 grpc_route_listener_sets(r),
+                r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
+            )
+        }))
+        .chain(inputs.tcp_routes.iter().map(|r| {
+            (
+                "TCPRoute",
+                object_ref(&r.metadata),
+                tcp_route_parents(r, &sets),
+                tcp_route_listener_sets(r),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         }));

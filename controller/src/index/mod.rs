@@ -6,6 +6,7 @@
 //!  ListenerSet ──┤
 //!  HTTPRoute ────┤
 //!  GRPCRoute ────┤ watch → reflector store ─┐
+//!  TCPRoute ─────┤                          │
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
 //!  CachePolicy ──┤                          │
@@ -25,7 +26,7 @@
 //! Secrets are watched one by one, only those our listeners may use ([`secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
-//! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute,
+//! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute, TCPRoute,
 //! ListenerSet, ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
@@ -49,6 +50,7 @@ use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
+use portico_crds::l4::TcpRoute;
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::de::DeserializeOwned;
@@ -82,6 +84,7 @@ pub struct Index {
     pub listener_sets: Store<ListenerSet>,
     pub routes: Store<HttpRoute>,
     pub grpc_routes: Store<GrpcRoute>,
+    pub tcp_routes: Store<TcpRoute>,
     /// Read as far as this controller can ([`auth`]).
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
@@ -294,6 +297,9 @@ impl Index {
             grpc_routes: w.watch(Optional, Spec, |r: &GrpcRoute| {
                 DepKey::Route(RouteKind::Grpc, id(r))
             }),
+            tcp_routes: w.watch(Optional, Spec, |r: &TcpRoute| {
+                DepKey::Route(RouteKind::Tcp, id(r))
+            }),
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
             // cluster does not serve has no objects to wait for.) Nor because its
@@ -376,6 +382,7 @@ impl Index {
             listener_sets: all(&self.listener_sets),
             http_routes: all(&self.routes),
             grpc_routes: all(&self.grpc_routes),
+            tcp_routes: all(&self.tcp_routes),
             auth_policies,
             unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),

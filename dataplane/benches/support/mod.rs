@@ -85,6 +85,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             tls: None,
         }],
         routes,
+        stream_routes: vec![],
         backends: vec![Backend {
             id: backend,
             protocol: AppProtocol::Http1,

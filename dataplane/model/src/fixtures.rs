@@ -22,6 +22,7 @@ impl Snapshot {
             gateway: ObjectRef::new(NS, gateway),
             listeners: vec![],
             routes: vec![],
+            stream_routes: vec![],
             backends: vec![],
             policies: PolicySet::default(),
             session_key: None,

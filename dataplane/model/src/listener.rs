@@ -15,6 +15,9 @@ pub enum Protocol {
     /// TLS terminated by the dataplane, then HTTP/1.1 or HTTP/2 (ALPN).
     #[serde(rename = "HTTPS")]
     Https,
+    /// TCP connections forwarded whole to the backend of the listener's TCPRoute.
+    #[serde(rename = "TCP")]
+    Tcp,
 }
 
 /// A listener that compile accepted. Rejected listeners never reach a snapshot.

@@ -46,6 +46,9 @@ pub enum RouteKind {
     /// `GRPCRoute`, served as the HTTP/2 POSTs it means.
     #[serde(rename = "GRPCRoute")]
     Grpc,
+    /// `TCPRoute`: connections, not requests (a [`crate::StreamRoute`]).
+    #[serde(rename = "TCPRoute")]
+    Tcp,
 }
 
 impl RouteKind {
@@ -59,6 +62,16 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tcp => "TCPRoute",
+        }
+    }
+
+    /// What a route's label starts with (none for an HTTPRoute's, see [`HttpRoute::label`]).
+    pub fn prefix(&self) -> &'static str {
+        match self {
+            RouteKind::Http => "http",
+            RouteKind::Grpc => "grpc",
+            RouteKind::Tcp => "tcp",
         }
     }
 }
@@ -68,7 +81,7 @@ impl HttpRoute {
     pub fn label(&self) -> String {
         match self.kind {
             RouteKind::Http => self.id.to_string(),
-            RouteKind::Grpc => format!("grpc:{}", self.id),
+            kind => format!("{}:{}", kind.prefix(), self.id),
         }
     }
 }

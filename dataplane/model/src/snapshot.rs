@@ -7,6 +7,7 @@ use crate::listener::Listener;
 use crate::object::ObjectRef;
 use crate::policy::PolicySet;
 use crate::route::HttpRoute;
+use crate::stream::StreamRoute;
 use serde::{Deserialize, Serialize};
 
 /// Everything one Gateway's dataplane needs to serve traffic.
@@ -21,6 +22,10 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// In precedence order across routes: oldest first, then by namespace/name.
     pub routes: Vec<HttpRoute>,
+    /// TCPRoutes, in the same precedence order: where several attach to one listener, the
+    /// first serves it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_routes: Vec<StreamRoute>,
     /// Sorted by [`BackendId`].
     pub backends: Vec<Backend>,
     /// The policies routes refer to. Flattened: on the wire they are this object's

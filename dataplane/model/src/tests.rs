@@ -87,6 +87,7 @@ fn sample() -> Snapshot {
                 },
             }],
         }],
+        stream_routes: vec![],
         backends: vec![Backend {
             id: BackendId {
                 namespace: "default".into(),

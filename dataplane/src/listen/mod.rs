@@ -6,20 +6,22 @@
 //!                                                            │
 //!                     accept loop (admission: connection caps) ┘──▶ per service kind:
 //!                          SocketService::Http ──▶ http::serve (TLS?, HTTP/1.1 | HTTP/2 ──▶ proxy)
+//!                          SocketService::Tcp  ──▶ tcp::serve (a TCPRoute's backend, spliced)
 //! ```
 //!
 //! A socket serves one kind of [`SocketService`], the kind it was bound for; a new
 //! configuration swaps the service's settings (routes, certificates) atomically, requests in
 //! flight finish on the settings they started with, and a new certificate serves the next
-//! handshake. A protocol that is not HTTP (TLS passthrough, TCP, UDP) is another variant of
-//! [`SocketService`] and a module of its own beside [`http`]: the HTTP path does not change
-//! for it. Sockets the new configuration no longer has stop accepting and close their
+//! handshake. A protocol that is not HTTP ([`tcp`]; later TLS passthrough, UDP) is another
+//! variant of [`SocketService`] and a module of its own beside [`http`]: the HTTP path does
+//! not change for it. Sockets the new configuration no longer has stop accepting and close their
 //! connections gracefully; new ones are bound first, so a change that cannot bind is refused
 //! whole. Shutdown closes every socket and waits (up to a deadline) for in-flight requests.
 
 pub mod h1;
 pub mod http;
 mod settings;
+pub mod tcp;
 
 pub use settings::ServerSettings;
 
@@ -39,41 +41,70 @@ use tokio::sync::watch;
 /// What one socket serves.
 pub enum SocketService {
     /// HTTP/1.1 and HTTP/2, after TLS termination when the socket's listeners are HTTPS.
-    Http(http::HttpService),
+    Http(Box<http::HttpService>),
+    /// Connections forwarded whole to the backend of a TCPRoute.
+    Tcp(tcp::TcpService),
+}
+
+impl SocketService {
+    fn kind(&self) -> &'static str {
+        match self {
+            SocketService::Http(_) => "HTTP",
+            SocketService::Tcp(_) => "TCP",
+        }
+    }
 }
 
 /// The services of `tables`, by socket.
 fn services(tables: Tables) -> BTreeMap<SocketAddr, SocketService> {
     let mut tls = tables.tls;
-    tables
-        .sockets
+    let http = tables.sockets.into_iter().map(|(addr, router)| {
+        let service = http::HttpService {
+            router,
+            tls: tls.remove(&addr),
+        };
+        (addr, SocketService::Http(Box::new(service)))
+    });
+    let tcp = tables
+        .streams
         .into_iter()
-        .map(|(addr, router)| {
-            let service = http::HttpService {
-                router,
-                tls: tls.remove(&addr),
-            };
-            (addr, SocketService::Http(service))
-        })
-        .collect()
+        .map(|(addr, service)| (addr, SocketService::Tcp(service)));
+    http.chain(tcp).collect()
 }
 
 /// A bound socket's service, swapped whole by each configuration.
 #[derive(Clone)]
 enum Live {
     Http(Arc<ArcSwap<http::HttpService>>),
+    Tcp(Arc<tcp::TcpLive>),
 }
 
 impl Live {
     fn new(service: SocketService) -> Self {
         match service {
-            SocketService::Http(s) => Live::Http(Arc::new(ArcSwap::from_pointee(s))),
+            SocketService::Http(s) => Live::Http(Arc::new(ArcSwap::new(Arc::from(s)))),
+            SocketService::Tcp(s) => Live::Tcp(Arc::new(tcp::TcpLive::new(s))),
         }
     }
 
+    /// Swaps in the next configuration's service. [`Server::apply`] refuses a change that
+    /// would give a socket another kind, so a service of another kind never comes here.
     fn store(&self, service: SocketService) {
         match (self, service) {
-            (Live::Http(live), SocketService::Http(s)) => live.store(Arc::new(s)),
+            (Live::Http(live), SocketService::Http(s)) => live.store(Arc::from(s)),
+            (Live::Tcp(live), SocketService::Tcp(s)) => live.store(s),
+            (live, other) => tracing::error!(
+                serves = live.kind(),
+                asked = other.kind(),
+                "a socket's service cannot change kind; kept"
+            ),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Live::Http(_) => "HTTP",
+            Live::Tcp(_) => "TCP",
         }
     }
 }
@@ -87,6 +118,7 @@ struct Socket {
 /// What the connections of every socket share.
 struct Shared {
     http: http::HttpShared,
+    streams: tcp::StreamSettings,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 }
@@ -127,6 +159,7 @@ impl Server {
         Self {
             shared: Arc::new(Shared {
                 http: http::HttpShared::new(proxy, metrics.clone(), settings),
+                streams: settings.streams,
                 admission: Arc::new(Admission::new(
                     max_connections,
                     limits.max_connections_per_source,
@@ -148,8 +181,27 @@ impl Server {
         self.draining.lock().retain(|s| !s.is_closed());
         let mut sockets = self.sockets.lock();
         let wanted = services(tables);
-        let mut bound = BTreeMap::new();
+        // A socket that changes kind (an HTTP listener's port given to a TCP one) cannot be
+        // bound twice: such a change is refused, like a port another process holds.
         let mut failed = BTreeMap::new();
+        for (addr, service) in &wanted {
+            if let Some(s) = sockets.get(addr)
+                && s.live.kind() != service.kind()
+            {
+                failed.insert(
+                    *addr,
+                    format!(
+                        "this gateway serves {} on it, and the change asks for {}: remove the listener first, then add the new one",
+                        s.live.kind(),
+                        service.kind()
+                    ),
+                );
+            }
+        }
+        if !failed.is_empty() {
+            return Err(failed);
+        }
+        let mut bound = BTreeMap::new();
         for addr in wanted.keys().filter(|a| !sockets.contains_key(*a)) {
             match bind(*addr) {
                 Ok(l) => {
@@ -308,6 +360,17 @@ async fn serve(
     match live {
         Live::Http(service) => {
             http::serve(stream, client, local_port, service, &shared.http, closing).await;
+        }
+        Live::Tcp(service) => {
+            tcp::serve(
+                stream,
+                client,
+                service,
+                &shared.streams,
+                &shared.metrics,
+                closing,
+            )
+            .await;
         }
     }
 }

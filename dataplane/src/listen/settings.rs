@@ -1,5 +1,6 @@
 //! What a client may send and how long it may take: the limits every socket enforces.
 
+use super::tcp::StreamSettings;
 use crate::conn::ConnectionLimits;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub connections: ConnectionLimits,
+    /// Timeouts of connections TCP listeners forward.
+    pub streams: StreamSettings,
 }
 
 impl Default for ServerSettings {
@@ -25,6 +28,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
             connections: ConnectionLimits::default(),
+            streams: StreamSettings::default(),
         }
     }
 }

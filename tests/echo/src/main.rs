@@ -12,6 +12,8 @@
 //!
 //! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
 //!
+//! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back.
+//!
 //! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
 //! else, so that it costs as little as possible per request (`/100k` answers 100 KiB,
 //! `/100k.json` 100 KiB of JSON lines, any other path 13 bytes).
@@ -49,6 +51,10 @@ struct Args {
     /// Answer every request with a fixed body (the benchmarks' backend).
     #[arg(long)]
     fixed: bool,
+    /// Plain TCP instead of HTTP: each connection is greeted with the name and a newline,
+    /// then gets back every byte it sends (the TCPRoute tests' backend).
+    #[arg(long)]
+    tcp: bool,
     /// Runtime worker threads (default: one per core). The benchmarks pin the backend to one
     /// core and give it one thread, so its threads do not contend for that core.
     #[arg(long)]
@@ -261,6 +267,30 @@ fn main() -> anyhow::Result<()> {
     rt.enable_all().build()?.block_on(serve(args))
 }
 
+/// `--tcp`: the name, then an echo of every byte, per connection.
+async fn serve_tcp(listener: tokio::net::TcpListener, name: Arc<str>) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            if stream
+                .write_all(format!("{name}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (mut read, mut write) = stream.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
@@ -269,6 +299,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let name: Arc<str> = args.name.into();
+    if args.tcp {
+        return serve_tcp(listener, name).await;
+    }
     let fixed_answers = args.fixed.then(|| {
         Arc::new(Fixed {
             small: Bytes::from_static(b"hello, world\n"),

@@ -1,0 +1,286 @@
+//! TCPRoutes: attachment to TCP listeners, backend resolution and the per-parent status.
+//!
+//! A TCPRoute has no hostnames and no matches: it takes every connection of the listeners it
+//! attaches to. Several may attach to one listener (each is Accepted and counted in its
+//! `attachedRoutes`, as the spec asks); the oldest serves it, which the snapshot's order
+//! says (the dataplane takes the first route that names a listener).
+
+use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
+use crate::gateway::{GatewayState, NamespaceLabels, Owner, TCP_ROUTE};
+use crate::refs::object_ref;
+use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
+use portico_crds::GATEWAY_GROUP;
+use portico_crds::l4::TcpRoute;
+use portico_model::{
+    Backend, BackendId, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamRoute,
+};
+use std::collections::BTreeMap;
+
+/// The stream routes attached to each Gateway, in precedence order, with their backends.
+#[derive(Default)]
+pub(crate) struct AttachedStreams(
+    BTreeMap<ObjectRef, (Vec<StreamRoute>, BTreeMap<BackendId, Backend>)>,
+);
+
+impl AttachedStreams {
+    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> (Vec<StreamRoute>, Vec<Backend>) {
+        match self.0.get(gw) {
+            Some((routes, backends)) => (routes.clone(), backends.values().cloned().collect()),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
+pub(crate) struct StreamResults {
+    pub(crate) attached: AttachedStreams,
+    pub(crate) status: BTreeMap<(RouteKind, ObjectRef), RouteStatus>,
+}
+
+/// A route's one rule, resolved: its weighted backends and the references that did not
+/// resolve (for ResolvedRefs).
+struct Resolved {
+    backend_refs: Vec<BackendRef>,
+    backends: Vec<Backend>,
+    unresolved: Vec<Unresolved>,
+}
+
+pub(crate) fn compile_tcp_routes(
+    routes: &[TcpRoute],
+    gateways: &mut [GatewayState],
+    namespaces: &NamespaceLabels,
+    index: &BackendIndex<'_>,
+) -> StreamResults {
+    // Precedence: oldest first, then namespace/name.
+    let mut ordered: Vec<&TcpRoute> = routes.iter().collect();
+    ordered.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb)
+            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+    });
+    let mut attached = AttachedStreams::default();
+    let mut status = BTreeMap::new();
+    for route in ordered {
+        let id = object_ref(&route.metadata);
+        let generation = route.metadata.generation;
+        let resolved = resolve(route, &id.namespace, index);
+        let mut parents_status = Vec::new();
+        for p in route.spec.parent_refs.iter().flatten() {
+            let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let parent_kind = p.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || !matches!(parent_kind, "Gateway" | "ListenerSet") {
+                continue;
+            }
+            let parent = ParentRef {
+                namespace: p.namespace.clone().unwrap_or_else(|| id.namespace.clone()),
+                name: p.name.clone(),
+                kind: parent_kind.to_string(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            };
+            let parent_id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
+            let owner = match parent_kind {
+                "Gateway" => Owner::Gateway,
+                _ => Owner::ListenerSet(parent_id.clone()),
+            };
+            let Some(gw) = gateways.iter_mut().find(|g| match &owner {
+                Owner::Gateway => g.id == parent_id,
+                Owner::ListenerSet(ls) => g.listener_sets.iter().any(|s| s.id == *ls),
+            }) else {
+                continue;
+            };
+            let gw_id = gw.id.clone();
+            let outcome = resolved
+                .as_ref()
+                .map_err(|message| (reasons::UNSUPPORTED_VALUE, message.clone()))
+                .and_then(|r| {
+                    attach(&id.namespace, &parent, &owner, gw, namespaces).map(|l| (l, r))
+                });
+            let conditions = match outcome {
+                Err((reason, message)) => vec![
+                    Condition::new(types::ACCEPTED, false, reason, message, generation),
+                    resolved_condition(resolved.as_ref().ok(), generation),
+                ],
+                Ok((listeners, r)) => {
+                    let entry = attached.0.entry(gw_id.clone()).or_default();
+                    match entry.0.last_mut().filter(|s| s.id == id) {
+                        Some(existing) => existing.listeners.extend(listeners),
+                        None => entry.0.push(StreamRoute {
+                            kind: RouteKind::Tcp,
+                            id: id.clone(),
+                            listeners,
+                            backend_refs: r.backend_refs.clone(),
+                        }),
+                    }
+                    for b in &r.backends {
+                        entry.1.insert(b.id.clone(), b.clone());
+                    }
+                    vec![
+                        Condition::new(
+                            types::ACCEPTED,
+                            true,
+                            reasons::ACCEPTED,
+                            "attached",
+                            generation,
+                        ),
+                        resolved_condition(Some(r), generation),
+                    ]
+                }
+            };
+            parents_status.push(RouteParentStatus {
+                gateway: gw_id,
+                parent_ref: parent,
+                conditions,
+            });
+        }
+        parents_status.sort_by(|a, b| a.parent_ref.cmp(&b.parent_ref));
+        if !parents_status.is_empty() {
+            status.insert(
+                (RouteKind::Tcp, id),
+                RouteStatus {
+                    parents: parents_status,
+                },
+            );
+        }
+    }
+    // A route attached twice to one listener (two parentRefs) names it once.
+    for (routes, _) in attached.0.values_mut() {
+        for r in routes {
+            r.listeners.sort();
+            r.listeners.dedup();
+        }
+    }
+    StreamResults { attached, status }
+}
+
+/// The route's one rule resolved, or why the route cannot be served at all (the message of
+/// `Accepted=False UnsupportedValue`).
+fn resolve(route: &TcpRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Resolved, String> {
+    let [rule] = route.spec.rules.as_slice() else {
+        return Err(format!(
+            "a TCPRoute has exactly one rule; this one has {}",
+            route.spec.rules.len()
+        ));
+    };
+    if rule.backend_refs.is_empty() {
+        return Err("the rule has no backendRefs".into());
+    }
+    let mut out = Resolved {
+        backend_refs: Vec::new(),
+        backends: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    for b in &rule.backend_refs {
+        let weight = b.weight.unwrap_or(1);
+        let weight = u32::try_from(weight)
+            .map_err(|_| format!("backendRef {}: weight {weight} is negative", b.name))?;
+        let spec = BackendRefSpec {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        };
+        spec.check_port()?;
+        let target = match index.resolve(TCP_ROUTE, ns, &spec) {
+            Ok(backend) => {
+                let target = BackendTarget::Service(backend.id.clone());
+                out.backends.push(backend);
+                target
+            }
+            Err(u) => {
+                let target = BackendTarget::Unresolved {
+                    reason: u.message.clone(),
+                };
+                out.unresolved.push(u);
+                target
+            }
+        };
+        out.backend_refs.push(BackendRef {
+            target,
+            weight,
+            filters: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+fn resolved_condition(r: Option<&Resolved>, generation: Option<i64>) -> Condition {
+    match r.and_then(|r| r.unresolved.first().map(|u| (u, r))) {
+        Some((first, r)) => {
+            let all: Vec<&str> = r.unresolved.iter().map(|u| u.message.as_str()).collect();
+            Condition::new(
+                types::RESOLVED_REFS,
+                false,
+                first.reason,
+                all.join("; "),
+                generation,
+            )
+        }
+        None => Condition::new(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        ),
+    }
+}
+
+/// Attaches the route to the TCP listeners of `owner` that its parentRef selects, or says
+/// why not.
+fn attach(
+    route_ns: &str,
+    parent: &ParentRef,
+    owner: &Owner,
+    gw: &mut GatewayState,
+    namespaces: &NamespaceLabels,
+) -> Result<Vec<String>, (&'static str, String)> {
+    let parent_name = match owner {
+        Owner::Gateway if !gw.accepted() => {
+            return Err((
+                reasons::NO_MATCHING_PARENT,
+                format!("Gateway {} is not accepted", gw.id),
+            ));
+        }
+        Owner::ListenerSet(ls) if !gw.listener_set_accepted(ls) => {
+            return Err((
+                reasons::NO_MATCHING_PARENT,
+                format!("ListenerSet {ls} is not accepted"),
+            ));
+        }
+        Owner::Gateway => format!("Gateway {}", gw.id),
+        Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
+    };
+    let mut selected = 0;
+    let mut out = Vec::new();
+    for l in gw.listeners.iter_mut().filter(|l| l.owner == *owner) {
+        if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
+            || parent.port.is_some_and(|p| p != l.port)
+        {
+            continue;
+        }
+        selected += 1;
+        if !l.usable() || !l.allows_kind(TCP_ROUTE) || !l.allows_namespace(route_ns, namespaces) {
+            continue;
+        }
+        l.attached_routes += 1;
+        out.push(l.key());
+    }
+    let target = match (&parent.section_name, parent.port) {
+        (Some(s), _) => format!("listener {s:?} of {parent_name}"),
+        (None, Some(p)) => format!("port {p} of {parent_name}"),
+        (None, None) => parent_name,
+    };
+    match (selected, out.is_empty()) {
+        (0, _) => Err((
+            reasons::NO_MATCHING_PARENT,
+            format!("no listener matches {target}"),
+        )),
+        (_, true) => Err((
+            reasons::NOT_ALLOWED_BY_LISTENERS,
+            format!("{target} has no TCP listener that allows TCPRoutes from namespace {route_ns}"),
+        )),
+        _ => Ok(out),
+    }
+}

@@ -1,0 +1,217 @@
+//! TCP listeners and TCPRoutes.
+
+use super::run;
+use crate::Output;
+use crate::status::{Condition, find, reasons, types};
+use portico_model::{BackendTarget, ObjectRef, Protocol};
+
+const GATEWAY: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: t1, port: 9300, protocol: TCP}
+  - {name: t2, port: 9301, protocol: TCP}
+  - {name: h, port: 9302, protocol: HTTP}
+  - {name: bad, port: 9303, protocol: TCP, tls: {certificateRefs: [{name: x}]}}
+";
+
+fn l4() -> ObjectRef {
+    ObjectRef::new("default", "l4")
+}
+
+/// A TCPRoute created `day` days into 2024, with `parent` and one rule of `backends`.
+fn tcp_route(name: &str, day: u32, parent: &str, backends: &str) -> String {
+    format!(
+        "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: {name}, namespace: default, creationTimestamp: \"2024-01-{day:02}T00:00:00Z\"}}
+spec:
+  parentRefs: [{parent}]
+  rules:
+  - backendRefs: {backends}
+"
+    )
+}
+
+fn condition(out: &Output, route: &str, type_: &str) -> Condition {
+    let s = out
+        .status
+        .tcp_routes
+        .get(&ObjectRef::new("default", route))
+        .unwrap_or_else(|| panic!("no status for {route}"));
+    find(&s.parents[0].conditions, type_)
+        .expect("condition")
+        .clone()
+}
+
+#[test]
+fn tcp_routes_attach_to_tcp_listeners_only_and_the_oldest_serves() {
+    let extra = [
+        GATEWAY,
+        &tcp_route(
+            "new",
+            2,
+            "{name: l4, sectionName: t1}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "old",
+            1,
+            "{name: l4, sectionName: t1}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "by-port",
+            3,
+            "{name: l4, port: 9301}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "on-http",
+            4,
+            "{name: l4, sectionName: h}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "nowhere",
+            5,
+            "{name: l4, sectionName: t9}",
+            "[{name: svc, port: 80}]",
+        ),
+        "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: http-on-tcp, namespace: default}
+spec:
+  parentRefs: [{name: l4, sectionName: t1}]
+",
+    ]
+    .concat();
+    let out = run(&extra);
+    for r in ["old", "new", "by-port"] {
+        assert!(condition(&out, r, types::ACCEPTED).is_true(), "{r}");
+        assert!(condition(&out, r, types::RESOLVED_REFS).is_true(), "{r}");
+    }
+    let refused = |r: &str| condition(&out, r, types::ACCEPTED).reason;
+    assert_eq!(refused("on-http"), reasons::NOT_ALLOWED_BY_LISTENERS);
+    assert_eq!(refused("nowhere"), reasons::NO_MATCHING_PARENT);
+    let http = &out.status.http_routes[&ObjectRef::new("default", "http-on-tcp")];
+    assert_eq!(
+        find(&http.parents[0].conditions, types::ACCEPTED).map(|c| c.reason.as_str()),
+        Some(reasons::NOT_ALLOWED_BY_LISTENERS)
+    );
+
+    let g = &out.status.gateways[&l4()];
+    let listener = |name: &str| {
+        g.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .expect("listener")
+    };
+    // Both routes on t1 are attached and counted; the older one serves it.
+    assert_eq!(listener("t1").attached_routes, 2);
+    assert_eq!(listener("t1").supported_kinds, ["TCPRoute"]);
+    assert_eq!(listener("t2").attached_routes, 1);
+    assert_eq!(
+        find(&listener("bad").conditions, types::ACCEPTED).map(|c| c.reason.as_str()),
+        Some(reasons::INVALID)
+    );
+    let snap = &out.snapshots[&l4()];
+    let order: Vec<(&str, &[String])> = snap
+        .stream_routes
+        .iter()
+        .map(|r| (r.id.name.as_str(), r.listeners.as_slice()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("old", &["t1".to_string()][..]),
+            ("new", &["t1".to_string()][..]),
+            ("by-port", &["t2".to_string()][..]),
+        ]
+    );
+    let protocols: Vec<(&str, Protocol)> = snap
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.protocol))
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            ("t1", Protocol::Tcp),
+            ("t2", Protocol::Tcp),
+            ("h", Protocol::Http)
+        ]
+    );
+    assert!(
+        snap.backends
+            .iter()
+            .any(|b| b.id.name == "svc" && b.id.port == 80)
+    );
+}
+
+#[test]
+fn backends_a_tcp_route_cannot_use_are_reported_and_refused_traffic() {
+    let extra = [
+        GATEWAY,
+        &tcp_route(
+            "missing",
+            1,
+            "{name: l4, sectionName: t1}",
+            "[{name: nope, port: 80}]",
+        ),
+        &tcp_route(
+            "cross",
+            2,
+            "{name: l4, sectionName: t2}",
+            "[{name: svc, namespace: blue, port: 80}]",
+        ),
+        &tcp_route(
+            "kind",
+            3,
+            "{name: l4, sectionName: t2}",
+            "[{group: example.com, kind: Bucket, name: b}]",
+        ),
+        "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: two-rules, namespace: default}
+spec:
+  parentRefs: [{name: l4, sectionName: t2}]
+  rules:
+  - backendRefs: [{name: svc, port: 80}]
+  - backendRefs: [{name: svc, port: 80}]
+",
+    ]
+    .concat();
+    let out = run(&extra);
+    let resolved = |r: &str| condition(&out, r, types::RESOLVED_REFS);
+    // Attached, with the reference that does not resolve said.
+    assert!(condition(&out, "missing", types::ACCEPTED).is_true());
+    assert_eq!(resolved("missing").reason, reasons::BACKEND_NOT_FOUND);
+    assert_eq!(resolved("cross").reason, reasons::REF_NOT_PERMITTED);
+    assert_eq!(resolved("kind").reason, reasons::INVALID_KIND);
+    assert_eq!(
+        condition(&out, "two-rules", types::ACCEPTED).reason,
+        reasons::UNSUPPORTED_VALUE
+    );
+    let snap = &out.snapshots[&l4()];
+    let missing = snap
+        .stream_routes
+        .iter()
+        .find(|r| r.id.name == "missing")
+        .expect("attached");
+    assert!(matches!(
+        missing.backend_refs[0].target,
+        BackendTarget::Unresolved { .. }
+    ));
+    assert!(snap.stream_routes.iter().all(|r| r.id.name != "two-rules"));
+}

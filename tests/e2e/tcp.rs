@@ -1,0 +1,258 @@
+//! TCP listeners and TCPRoutes end to end: a real `portico` serving a directory, real TCP echo
+//! backends (`portico-echo --tcp`), real sockets on 127.0.0.x.
+
+use portico_tests::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A Gateway `gw` with a TCP listener on each of `ports` (`tcp-<port>`).
+fn gateway(ports: &[u16]) -> String {
+    let listeners: String = ports
+        .iter()
+        .map(|p| format!("  - {{name: tcp-{p}, port: {p}, protocol: TCP}}\n"))
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+{listeners}"
+    )
+}
+
+/// A Service `name` on port 9000 whose one endpoint is `backend`.
+fn service(name: &str, backend: SocketAddr) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{portico.dev/endpoints: \"{backend}\"}}
+spec:
+  ports: [{{port: 9000}}]
+"
+    )
+}
+
+/// A TCPRoute `name` on the listener of `port`, to the weighted Services.
+fn tcp_route(name: &str, port: u16, backends: &[(&str, u32)]) -> String {
+    let refs: Vec<String> = backends
+        .iter()
+        .map(|(s, w)| format!("{{name: {s}, port: 9000, weight: {w}}}"))
+        .collect();
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tcp-{port}}}]
+  rules:
+  - backendRefs: [{}]
+",
+        refs.join(", ")
+    )
+}
+
+/// A connection through the gateway, with the name its backend greeted it with.
+struct Conn {
+    name: String,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// Connects and reads the greeting; `None` when the gateway closes the connection
+    /// without one.
+    async fn open(addr: SocketAddr) -> Option<Conn> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut name = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut name))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0).then(|| Conn {
+            name: name.trim_end().to_string(),
+            reader,
+        })
+    }
+
+    /// Sends `line` and reads it back.
+    async fn echo(&mut self, line: &str) -> String {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write through the gateway");
+        let mut back = String::new();
+        tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut back))
+            .await
+            .expect("the echo answers in time")
+            .expect("read through the gateway");
+        back.trim_end().to_string()
+    }
+}
+
+/// Whether the gateway closes a new connection without a byte.
+async fn closed_at_once(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn connections_follow_the_weights_and_carry_bytes_both_ways() {
+    let (a, b, c) = (
+        Echo::start_tcp("a"),
+        Echo::start_tcp("b"),
+        Echo::start_tcp("zero"),
+    );
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let text = format!(
+        "{}{}{}{}{}",
+        gateway(&[port]),
+        service("a", a.addr),
+        service("b", b.addr),
+        service("zero", c.addr),
+        tcp_route("r", port, &[("a", 1), ("b", 1), ("zero", 0)])
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let addr = portico.addr(port);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..60 {
+        let mut conn = Conn::open(addr).await.expect("a backend greets");
+        assert_eq!(conn.echo(&format!("ping {i}")).await, format!("ping {i}"));
+        *seen.entry(conn.name).or_default() += 1;
+    }
+    assert_eq!(seen.get("zero"), None, "weight 0 gets nothing: {seen:?}");
+    assert!(
+        seen.get("a").is_some_and(|n| *n >= 10) && seen.get("b").is_some_and(|n| *n >= 10),
+        "both halves get connections: {seen:?}"
+    );
+    // A large write goes through whole, both ways.
+    let mut conn = Conn::open(addr).await.expect("a backend greets");
+    let big = "x".repeat(256 * 1024);
+    assert_eq!(conn.echo(&big).await.len(), big.len());
+}
+
+#[tokio::test]
+async fn a_listener_without_a_usable_backend_closes_connections_at_once() {
+    let a = Echo::start_tcp("a");
+    let ip = loopback_ip();
+    let (routed, bare, missing) = (free_port(ip), free_port(ip), free_port(ip));
+    let text = format!(
+        "{}{}{}{}",
+        gateway(&[routed, bare, missing]),
+        service("a", a.addr),
+        tcp_route("ok", routed, &[("a", 1)]),
+        tcp_route("nowhere", missing, &[("no-such-service", 1)])
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    assert_eq!(
+        Conn::open(portico.addr(routed)).await.map(|c| c.name),
+        Some("a".to_string())
+    );
+    assert!(closed_at_once(portico.addr(bare)).await, "no route: closed");
+    assert!(
+        closed_at_once(portico.addr(missing)).await,
+        "a backend that does not resolve: closed"
+    );
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"no_route\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"no_backend\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_that_keeps_the_route_keeps_its_connections_and_removing_it_drains_them() {
+    let (a, b) = (Echo::start_tcp("a"), Echo::start_tcp("b"));
+    let ip = loopback_ip();
+    let (p1, p2) = (free_port(ip), free_port(ip));
+    let services = format!("{}{}", service("a", a.addr), service("b", b.addr));
+    let first = format!(
+        "{}{services}{}",
+        gateway(&[p1, p2]),
+        tcp_route("one", p1, &[("a", 1)])
+    );
+    let portico =
+        Portico::start_on(ip, &[("config.yaml", &first)], &["--drain-timeout-s", "2"]).await;
+    let mut open = Conn::open(portico.addr(p1)).await.expect("a greets");
+    assert_eq!(open.name, "a");
+
+    // Another route added and this one's backends edited: its connection carries on.
+    let second = format!(
+        "{}{services}{}{}",
+        gateway(&[p1, p2]),
+        tcp_route("one", p1, &[("a", 1), ("b", 0)]),
+        tcp_route("two", p2, &[("b", 1)])
+    );
+    portico.config.write("config.yaml", &second);
+    await_some("the second route", || async {
+        Conn::open(portico.addr(p2)).await.filter(|c| c.name == "b")
+    })
+    .await;
+    assert_eq!(open.echo("still here").await, "still here");
+
+    // The route removed: new connections are refused at once, and the open one is closed
+    // once the drain period is over.
+    let third = format!(
+        "{}{services}{}",
+        gateway(&[p1, p2]),
+        tcp_route("two", p2, &[("b", 1)])
+    );
+    portico.config.write("config.yaml", &third);
+    await_some("the route removed", || async {
+        closed_at_once(portico.addr(p1)).await.then_some(())
+    })
+    .await;
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(30), open.reader.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the drained connection was closed");
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"drained\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
