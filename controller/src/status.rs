@@ -105,6 +105,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteSchemeRedirect",
     "ListenerSet",
     "ReferenceGrant",
+    "TCPRoute",
 ];
 
 #[derive(Debug, thiserror::Error)]
