@@ -497,6 +497,22 @@ impl StatusWriter {
                 )
                 .await?;
         }
+        for route in index.tls_routes.state() {
+            written += self
+                .write_route(
+                    "TLSRoute",
+                    &*route,
+                    route
+                        .status
+                        .as_ref()
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .unwrap_or_default(),
+                    &report.tls_routes,
+                    &now,
+                )
+                .await?;
+        }
         for kind in PolicyKind::ALL {
             // The one place that pairs each kind with its store (and so its Rust type).
             written += match kind {

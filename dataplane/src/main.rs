@@ -451,6 +451,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
                 idle_timeout: secs(args.tcp_idle_timeout_s.max(1)),
                 write_timeout: secs(args.write_timeout_s.max(1)),
                 drain: secs(args.drain_timeout_s),
+                hello_timeout: secs(args.first_bytes_timeout_s.max(1)),
                 ..StreamSettings::default()
             },
             ..ServerSettings::default()

@@ -65,6 +65,18 @@ impl<T> HostMap<T> {
         self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
     }
 
+    /// The entry for any host, if there is one.
+    pub fn any(&self) -> Option<&T> {
+        self.any.as_ref()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(self.any.iter())
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.exact
             .values_mut()

@@ -4,7 +4,7 @@
 use crate::auth::{AuthEngine, AuthShared};
 use crate::cache::step::{CacheEngine, CacheShared, RuleCache};
 use crate::cors::CorsPolicy;
-use crate::listen::tcp::{TcpForward, TcpService};
+use crate::listen::tcp::{SniRoutes, TcpForward, TcpService};
 use crate::metrics::{CacheSeries, CertificateSeries, Metrics, RouteSeries};
 use crate::mirror::MirrorTo;
 use crate::policy::Chain;
@@ -18,7 +18,7 @@ use http::{HeaderName, Method};
 use portico_model::auth::AuthPolicy;
 use portico_model::{
     AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
-    REGEX_SIZE_LIMIT, RouteRule, Snapshot, StreamRoute, StringMatch,
+    REGEX_SIZE_LIMIT, RouteKind, RouteRule, Snapshot, StreamRoute, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,6 +131,13 @@ pub fn build(
                     // Bound even without a route (its connections are closed at once).
                     Protocol::Tcp => {
                         t.streams.entry(sa).or_default();
+                    }
+                    Protocol::TlsPassthrough => {
+                        t.streams
+                            .entry(sa)
+                            .or_default()
+                            .sni
+                            .get_or_insert_with(SniRoutes::default);
                     }
                 }
                 listener_sockets
@@ -314,19 +321,36 @@ pub fn build(
             }
             t.routes.insert(label.to_string());
         }
-        // TCPRoutes, oldest first: the first to name a listener serves its sockets.
+        // TCPRoutes and TLSRoutes, oldest first: the first to name a listener (TCP) or a
+        // hostname (TLS) serves it.
         for route in &snap.stream_routes {
             let forward = Arc::new(tcp_forward(route, snap, pools, metrics, &mut t));
-            for listener in &route.listeners {
+            for parent in &route.parents {
                 for sa in listener_sockets
-                    .get(listener.as_str())
+                    .get(parent.listener.as_str())
                     .into_iter()
                     .flatten()
                 {
-                    if let Some(service) = t.streams.get_mut(sa)
-                        && service.route.is_none()
-                    {
-                        service.route = Some(forward.clone());
+                    let Some(service) = t.streams.get_mut(sa) else {
+                        continue;
+                    };
+                    match (&mut service.sni, route.kind) {
+                        (Some(sni), RouteKind::Tls) => {
+                            if parent.hostnames.is_empty() {
+                                sni.add(None, &forward);
+                            }
+                            for h in &parent.hostnames {
+                                sni.add(Some(h), &forward);
+                            }
+                        }
+                        (None, RouteKind::Tcp) => {
+                            service.route.get_or_insert_with(|| forward.clone());
+                        }
+                        _ => t.warnings.push(format!(
+                            "route {}: listener {} does not take its kind; not served there",
+                            route.label(),
+                            parent.listener
+                        )),
                     }
                 }
             }

@@ -1,5 +1,6 @@
-//! TCP listeners and TCPRoutes end to end: a real `portico` serving a directory, real TCP echo
-//! backends (`portico-echo --tcp`), real sockets on 127.0.0.x.
+//! TCP listeners with TCPRoutes, and TLS passthrough listeners with TLSRoutes, end to end: a
+//! real `portico` serving a directory, real TCP and TLS echo backends (`portico-echo --tcp`,
+//! with `--tls-cert` for TLS), real sockets on 127.0.0.x.
 
 use portico_tests::*;
 use std::collections::BTreeMap;
@@ -251,6 +252,147 @@ async fn a_change_that_keeps_the_route_keeps_its_connections_and_removing_it_dra
         metric(
             &metrics,
             "portico_tcp_connections_closed_total{reason=\"drained\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// A TLS connection through the gateway (SNI `server_name`, trusting `ca_pem`) with the
+/// greeting its backend sent; the error says why the handshake failed.
+async fn tls_open(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+) -> std::io::Result<(
+    String,
+    BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
+)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = ServerName::try_from(server_name.to_string()).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(std::io::Error::other)??;
+    let mut reader = BufReader::new(tls);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).await?;
+    Ok((greeting.trim_end().to_string(), reader))
+}
+
+#[tokio::test]
+async fn tls_passthrough_routes_by_sni_without_terminating_and_closes_what_it_cannot_route() {
+    let certs = TempDir::new("tls-backends");
+    let (abc_cert, abc_key) = tls::self_signed(&["abc.example.com"]);
+    let (wild_cert, wild_key) = tls::self_signed(&["*.example.com", "*.sub.example.com"]);
+    let abc = Echo::start_tls("abc", &certs, &abc_cert, &abc_key);
+    let wild = Echo::start_tls("wild", &certs, &wild_cert, &wild_key);
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let text = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: tls, port: {port}, protocol: TLS, hostname: \"*.example.com\", tls: {{mode: Passthrough}}}}
+{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: abc, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [abc.example.com]
+  rules: [{{backendRefs: [{{name: abc, port: 9000}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: wild, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [\"*.example.com\", other.org]
+  rules: [{{backendRefs: [{{name: wild, port: 9000}}]}}]
+",
+        service("abc", abc.addr),
+        service("wild", wild.addr)
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let addr = portico.addr(port);
+
+    // The exact hostname wins over the wildcard; the backend terminates TLS itself, with its
+    // own certificate, and sees the client's SNI.
+    let (greeting, mut conn) = tls_open(addr, "abc.example.com", &abc_cert)
+        .await
+        .expect("a handshake with the abc backend");
+    assert_eq!(greeting, "abc abc.example.com");
+    conn.get_mut()
+        .write_all(b"through TLS\n")
+        .await
+        .expect("write");
+    let mut back = String::new();
+    conn.read_line(&mut back).await.expect("read");
+    assert_eq!(back, "through TLS\n");
+    let (greeting, _) = tls_open(addr, "deep.sub.example.com", &wild_cert)
+        .await
+        .expect("a handshake with the wildcard backend");
+    assert_eq!(greeting, "wild deep.sub.example.com");
+
+    // A name no route has (other.org is outside the listener's hostname), and bytes that
+    // are not TLS: closed without a TLS alert (an EOF to the client's handshake).
+    for name in ["other.org", "example.com"] {
+        let err = tls_open(addr, name, &wild_cert)
+            .await
+            .expect_err("no route for the name");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{name}: {err:?}"
+        );
+    }
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: abc.example.com\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?} {rest:?}");
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"no_route\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"not_tls\"}"
         ),
         Some(1.0),
         "{metrics}"

@@ -289,19 +289,43 @@ impl Echo {
     /// A plain TCP echo (`--tcp`): greets each connection with `name` and a newline, then
     /// sends back every byte.
     pub fn start_tcp(name: &str) -> Self {
+        Self::start_tcp_with(name, &[])
+    }
+
+    /// A TCP echo behind TLS with `cert_pem` and `key_pem` (written to `dir`): greets with
+    /// `name` and the SNI it was asked for (`-` for none).
+    pub fn start_tls(name: &str, dir: &TempDir, cert_pem: &str, key_pem: &str) -> Self {
+        dir.write(&format!("{name}.crt"), cert_pem);
+        dir.write(&format!("{name}.key"), key_pem);
+        let path = |ext: &str| {
+            dir.path()
+                .join(format!("{name}.{ext}"))
+                .display()
+                .to_string()
+        };
+        Self::start_tcp_with(
+            name,
+            &[
+                "--tls-cert".into(),
+                path("crt"),
+                "--tls-key".into(),
+                path("key"),
+            ],
+        )
+    }
+
+    fn start_tcp_with(name: &str, extra: &[String]) -> Self {
         let ip = loopback_ip();
         let addr = SocketAddr::new(ip, free_port(ip));
-        let proc = Proc::spawn(
-            name,
-            &binaries().echo,
-            &[
-                "--listen".into(),
-                addr.to_string(),
-                "--name".into(),
-                name.into(),
-                "--tcp".into(),
-            ],
-        );
+        let mut args = vec![
+            "--listen".into(),
+            addr.to_string(),
+            "--name".into(),
+            name.into(),
+            "--tcp".into(),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(name, &binaries().echo, &args);
         wait_port(addr);
         Self { addr, proc }
     }

@@ -33,7 +33,7 @@ pub(crate) const HTTP_ROUTE: &str = "HTTPRoute";
 pub(crate) const GRPC_ROUTE: &str = "GRPCRoute";
 const HTTP_KINDS: [&str; 2] = [HTTP_ROUTE, GRPC_ROUTE];
 /// The kind a TCP listener takes.
-pub(crate) const TCP_ROUTE: &str = "TCPRoute";
+const TCP_ROUTE: &str = "TCPRoute";
 
 /// Accepts the classes that name our controller; returns their names.
 pub(crate) fn accept_classes(
@@ -167,6 +167,8 @@ pub(crate) struct ListenerState {
     pub(crate) name: String,
     pub(crate) port: i32,
     pub(crate) protocol: String,
+    /// A TLS listener in mode Passthrough.
+    pub(crate) passthrough: bool,
     pub(crate) hostname: Option<String>,
     pub(crate) allowed_namespaces: AllowedNamespaces,
     pub(crate) supported_kinds: Vec<String>,
@@ -222,6 +224,15 @@ impl ListenerState {
 
     pub(crate) fn hosts_of_mut(&mut self, kind: RouteKind) -> &mut Vec<(ObjectRef, Vec<String>)> {
         self.hosts.entry(kind).or_default()
+    }
+
+    /// What listeners on one port must share: the protocol, and for TLS the mode.
+    fn protocol_key(&self) -> &str {
+        match (self.protocol.as_str(), self.passthrough) {
+            ("TLS", true) => "TLS (Passthrough)",
+            ("TLS", false) => "TLS (Terminate)",
+            (p, _) => p,
+        }
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -622,12 +633,13 @@ fn conflict_with_earlier(earlier: &[ListenerState], l: &ListenerState) -> Option
             .iter()
             .filter(|e| e.port == l.port && (e.owner == Owner::Gateway || e.usable()))
     };
-    if let Some(e) = on_port().find(|e| e.protocol != l.protocol) {
+    if let Some(e) = on_port().find(|e| e.protocol_key() != l.protocol_key()) {
         return Some((
             reasons::PROTOCOL_CONFLICT.into(),
             format!(
                 "port {} is already used with protocol {} by a listener that takes precedence",
-                l.port, e.protocol
+                l.port,
+                e.protocol_key()
             ),
         ));
     }
@@ -675,7 +687,7 @@ fn listener_state(
         ("HTTPS", Some(tls)) if tls.mode == Some(GatewayListenersTlsMode::Passthrough) => {
             rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
-                "an HTTPS listener terminates TLS; Passthrough needs a TLS listener, which is not supported yet".to_string(),
+                "an HTTPS listener terminates TLS; for Passthrough use a TLS listener".to_string(),
             ));
         }
         ("HTTPS", Some(tls)) => {
@@ -702,13 +714,27 @@ fn listener_state(
                 "tls must not be set on a TCP listener".to_string(),
             ));
         }
-        ("TLS" | "UDP", _) => {
+        ("TLS", None) => {
+            rejected = Some((
+                reasons::INVALID.to_string(),
+                "a TLS listener needs tls (mode Passthrough)".to_string(),
+            ));
+        }
+        // Passthrough: the backend terminates; certificateRefs are not used.
+        ("TLS", Some(tls)) if tls.mode == Some(GatewayListenersTlsMode::Passthrough) => {}
+        ("TLS", Some(_)) => {
+            rejected = Some((
+                reasons::UNSUPPORTED_VALUE.to_string(),
+                "TLS listeners in mode Terminate are not supported yet: use mode Passthrough, \
+                 or an HTTPS listener to terminate HTTP"
+                    .to_string(),
+            ));
+        }
+        ("UDP", _) => {
             rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
-                format!(
-                    "protocol {} is not supported yet; HTTP, HTTPS and TCP are",
-                    l.protocol
-                ),
+                "protocol UDP is not supported yet; HTTP, HTTPS, TCP and TLS (Passthrough) are"
+                    .to_string(),
             ));
         }
         (other, _) => {
@@ -766,9 +792,12 @@ fn listener_state(
     }
     supported_kinds.sort();
     supported_kinds.dedup();
-    // A listener whose protocol is not served supports no route kind (the spec: supportedKinds
-    // lists what the listener can attach, and it attaches nothing).
-    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") {
+    // A listener whose protocol (or TLS mode) is not served supports no route kind (the
+    // spec: supportedKinds lists what the listener can attach, and it attaches nothing).
+    let passthrough = l.protocol == "TLS"
+        && l.tls.as_ref().and_then(|t| t.mode.as_ref())
+            == Some(&GatewayListenersTlsMode::Passthrough);
+    if !(matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") || passthrough) {
         supported_kinds.clear();
     }
 
@@ -799,6 +828,7 @@ fn listener_state(
         name: l.name.clone(),
         port: l.port,
         protocol: l.protocol.clone(),
+        passthrough,
         hostname: l.hostname.clone(),
         allowed_namespaces,
         supported_kinds,
@@ -820,17 +850,19 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
         by_port.entry(l.port).or_default().push(i);
     }
     for (port, idx) in by_port {
-        let protocols: BTreeSet<&str> = idx
-            .iter()
-            .map(|&i| listeners[i].protocol.as_str())
-            .collect();
+        let protocols: BTreeSet<&str> = idx.iter().map(|&i| listeners[i].protocol_key()).collect();
         if protocols.len() > 1 {
             let list = protocols.iter().copied().collect::<Vec<_>>().join(", ");
+            let message = format!("port {port} is used with different protocols ({list})");
+            // TLS listeners of both modes on one port (TLSRouteModeMixed) are not served:
+            // neither is accepted.
+            let modes_only = idx.iter().all(|&i| listeners[i].protocol == "TLS");
             for &i in &idx {
-                listeners[i].conflicted = Some((
-                    reasons::PROTOCOL_CONFLICT.into(),
-                    format!("port {port} is used with different protocols ({list})"),
-                ));
+                let conflict = (reasons::PROTOCOL_CONFLICT.to_string(), message.clone());
+                if modes_only {
+                    listeners[i].rejected = Some(conflict.clone());
+                }
+                listeners[i].conflicted = Some(conflict);
             }
             continue;
         }

@@ -15,7 +15,7 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     dataplane_name, grpc_route_parents, http_route_parents, listener_set_parent, object_ref,
-    tcp_route_parents,
+    tcp_route_parents, tls_route_parents,
 };
 use crate::status::{
     GatewayStatus, ListenerSetStatus, RouteParentStatus, RouteStatus, StatusReport,
@@ -233,6 +233,20 @@ impl Dependencies {
                 refs,
             );
         }
+        for r in &inputs.tls_routes {
+            let refs = r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backend_refs.iter())
+                .map(|b| (b.namespace.clone(), b.name.clone()));
+            d.add_route(
+                RouteKind::Tls,
+                &r.metadata,
+                tls_route_parents(r, &sets),
+                refs,
+            );
+        }
         // A policy is read by the Gateways it targets, directly, through a route, or through
         // the routes that send to a Service it targets; so are its Secrets. (Routes are all
         // in the map by now, so a Service's Gateways are known.)
@@ -425,6 +439,7 @@ impl IncrementalCompile {
             (RouteKind::Http, out.status.http_routes),
             (RouteKind::Grpc, out.status.grpc_routes),
             (RouteKind::Tcp, out.status.tcp_routes),
+            (RouteKind::Tls, out.status.tls_routes),
         ];
         for (kind, statuses) in routes {
             for (route, s) in statuses {

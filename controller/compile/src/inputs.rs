@@ -12,7 +12,7 @@ use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::{
     experimental::grpcroutes::GrpcRoute, experimental::httproutes::HttpRoute as HTTPRoute,
     gatewayclasses::GatewayClass, gateways::Gateway, listenersets::ListenerSet,
-    referencegrants::ReferenceGrant,
+    referencegrants::ReferenceGrant, tlsroutes::TlsRoute,
 };
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -37,6 +37,8 @@ pub struct Inputs {
     pub grpc_routes: Vec<GrpcRoute>,
     /// Every TCPRoute, likewise.
     pub tcp_routes: Vec<TcpRoute>,
+    /// Every TLSRoute, likewise.
+    pub tls_routes: Vec<TlsRoute>,
     /// For cross-namespace backendRefs and certificateRefs.
     pub reference_grants: Vec<ReferenceGrant>,
     /// Every AuthPolicy this version can read.

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  GatewayClass ◀── Gateway ◀──parentRefs── HTTPRoute ──backendRefs──▶ Service ◀── EndpointSlice
-//!                   ▲  │                     GRPCRoute, TCPRoute     ▲
+//!                   ▲  │                     GRPCRoute, TCP/TLSRoute ▲
 //!     ListenerSet ──┘  └ listeners ─ allowedRoutes (Namespace labels) │
 //!                   └─ certificateRefs ──▶ Secret ◀── ReferenceGrant ─┘
 //!   AuthPolicy ──targetRefs──▶ Gateway [listener] | HTTPRoute [rule];  ──▶ Secret
@@ -19,7 +19,7 @@
 //!
 //! Compile resolves those edges in one pass per kind: classes, then Gateways with their
 //! listeners and certificates ([`gateway`], [`tls`]), then routes with their attachment, rules
-//! and backends ([`route`], [`grpc`], [`backend`]; TCPRoutes in [`stream`]), then the policies that protect them
+//! and backends ([`route`], [`grpc`], [`backend`]; TCPRoutes and TLSRoutes in [`stream`]), then the policies that protect them
 //! ([`policy`]: [`auth`], [`ratelimit`]) and the backends ([`backend_policy`]); [`snapshot`] assembles each Gateway's snapshot from
 //! what the passes concluded. This file only runs the passes in order.
 //!
@@ -61,6 +61,7 @@ mod values;
 use crate::refs::{namespace_of, object_ref};
 use crate::route::RouteSource;
 use crate::snapshot::ResolvedPolicies;
+use crate::stream::StreamSource;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_model::{ObjectRef, RouteKind, Snapshot};
 use std::borrow::Cow;
@@ -174,13 +175,21 @@ pub fn compile_scoped(
         )
         .collect();
     let routes = route::compile_routes(&sources, &mut gateways, &namespaces, &backends);
-    let tcp_sources: Vec<_> = inputs
+    let stream_sources: Vec<StreamSource<'_>> = inputs
         .tcp_routes
         .iter()
         .filter(|r| names_scope(refs::tcp_route_parents(r, &sets)))
-        .cloned()
+        .map(StreamSource::tcp)
+        .chain(
+            inputs
+                .tls_routes
+                .iter()
+                .filter(|r| names_scope(refs::tls_route_parents(r, &sets)))
+                .map(StreamSource::tls),
+        )
         .collect();
-    let streams = stream::compile_tcp_routes(&tcp_sources, &mut gateways, &namespaces, &backends);
+    let streams =
+        stream::compile_stream_routes(&stream_sources, &mut gateways, &namespaces, &backends);
     let targets = policy::Targets::new(inputs, controller_name);
     let auth = auth::resolve(inputs, &targets, &mut status);
     let redis = ratelimit::GatewayRedis::new(inputs, controller_name);

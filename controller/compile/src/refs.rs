@@ -11,6 +11,7 @@ use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::listenersets::ListenerSet;
+use portico_crds::gateway_api::tlsroutes::TlsRoute;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::l4::TcpRoute;
 use portico_model::ObjectRef;
@@ -134,6 +135,28 @@ fn tcp_parent_refs(r: &TcpRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
             p.name.as_str(),
         )
     })
+}
+
+/// The same of a TLSRoute.
+fn tls_parent_refs(r: &TlsRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
+    r.spec.parent_refs.iter().flatten().map(|p| {
+        (
+            p.group.as_deref(),
+            p.kind.as_deref(),
+            p.namespace.as_deref(),
+            p.name.as_str(),
+        )
+    })
+}
+
+/// The Gateways a TLSRoute's parentRefs name, directly or through a ListenerSet.
+pub(crate) fn tls_route_parents(r: &TlsRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
+    gateway_parents(&namespace_of(&r.metadata), tls_parent_refs(r), sets)
+}
+
+/// The ListenerSets a TLSRoute's parentRefs name.
+pub(crate) fn tls_route_listener_sets(r: &TlsRoute) -> Vec<ObjectRef> {
+    named_listener_sets(&namespace_of(&r.metadata), tls_parent_refs(r))
 }
 
 /// The Gateways a TCPRoute's parentRefs name, directly or through a ListenerSet.

@@ -254,7 +254,7 @@ fn attach(
             // one (attached first) keeps it.
             let other_kind = match kind {
                 RouteKind::Http => RouteKind::Grpc,
-                RouteKind::Grpc | RouteKind::Tcp => RouteKind::Http,
+                RouteKind::Grpc | RouteKind::Tcp | RouteKind::Tls => RouteKind::Http,
             };
             if let Some((other, _)) = l
                 .hosts_of(other_kind)

@@ -63,6 +63,8 @@ pub(crate) fn gateway_snapshot(
                 protocol: match l.protocol.as_str() {
                     "HTTPS" => Protocol::Https,
                     "TCP" => Protocol::Tcp,
+                    // Only a Passthrough TLS listener is served.
+                    "TLS" => Protocol::TlsPassthrough,
                     _ => Protocol::Http,
                 },
                 hostname: l.hostname.clone(),

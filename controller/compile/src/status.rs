@@ -193,6 +193,11 @@ pub struct StatusReport {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub tcp_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(
+        serialize_with = "by_display_key",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
     /// Every policy's status, by kind and object. Shown (`portico check --status`) as one map
     /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
     #[serde(flatten, serialize_with = "by_kind")]
@@ -210,6 +215,7 @@ impl StatusReport {
             RouteKind::Http => &mut self.http_routes,
             RouteKind::Grpc => &mut self.grpc_routes,
             RouteKind::Tcp => &mut self.tcp_routes,
+            RouteKind::Tls => &mut self.tls_routes,
         }
     }
 

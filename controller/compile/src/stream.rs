@@ -1,20 +1,64 @@
-//! TCPRoutes: attachment to TCP listeners, backend resolution and the per-parent status.
+//! TCPRoutes and TLSRoutes: attachment to TCP and TLS (passthrough) listeners, backend
+//! resolution and the per-parent status.
 //!
 //! A TCPRoute has no hostnames and no matches: it takes every connection of the listeners it
-//! attaches to. Several may attach to one listener (each is Accepted and counted in its
-//! `attachedRoutes`, as the spec asks); the oldest serves it, which the snapshot's order
-//! says (the dataplane takes the first route that names a listener).
+//! attaches to. A TLSRoute takes the connections whose SNI is one of its hostnames (those
+//! left after intersecting them with the listener's). Several may attach to one listener
+//! (each is Accepted and counted in its `attachedRoutes`, as the spec asks); where they
+//! overlap the oldest serves, which the snapshot's order says (the dataplane takes the first
+//! route for a listener, or for a hostname).
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
-use crate::gateway::{GatewayState, NamespaceLabels, Owner, TCP_ROUTE};
+use crate::gateway::{GatewayState, NamespaceLabels, Owner};
+use crate::hostname;
 use crate::refs::object_ref;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
 use portico_crds::GATEWAY_GROUP;
+use portico_crds::gateway_api::tlsroutes::TlsRoute;
 use portico_crds::l4::TcpRoute;
 use portico_model::{
-    Backend, BackendId, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamRoute,
+    Backend, BackendId, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamParent, StreamRoute,
 };
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+/// A stream route to compile: a TCPRoute, or a TLSRoute as the TCPRoute it is plus its
+/// hostnames (their parentRefs and rules have one schema).
+pub(crate) struct StreamSource<'a> {
+    pub(crate) kind: RouteKind,
+    pub(crate) route: Cow<'a, TcpRoute>,
+    /// A TLSRoute's `hostnames`; `None` for a TCPRoute.
+    pub(crate) hostnames: Option<Vec<String>>,
+    /// Why the route cannot be read as a stream route (never expected).
+    pub(crate) invalid: Option<String>,
+}
+
+impl<'a> StreamSource<'a> {
+    pub(crate) fn tcp(r: &'a TcpRoute) -> Self {
+        Self {
+            kind: RouteKind::Tcp,
+            route: Cow::Borrowed(r),
+            hostnames: None,
+            invalid: None,
+        }
+    }
+
+    pub(crate) fn tls(r: &TlsRoute) -> Self {
+        let spec = crate::gateway::convert(&r.spec);
+        Self {
+            kind: RouteKind::Tls,
+            invalid: spec
+                .is_none()
+                .then(|| "the route's parentRefs or rules cannot be read".to_string()),
+            route: Cow::Owned(TcpRoute {
+                metadata: r.metadata.clone(),
+                spec: spec.unwrap_or_default(),
+                status: None,
+            }),
+            hostnames: Some(r.spec.hostnames.clone()),
+        }
+    }
+}
 
 /// The stream routes attached to each Gateway, in precedence order, with their backends.
 #[derive(Default)]
@@ -44,26 +88,32 @@ struct Resolved {
     unresolved: Vec<Unresolved>,
 }
 
-pub(crate) fn compile_tcp_routes(
-    routes: &[TcpRoute],
+pub(crate) fn compile_stream_routes(
+    routes: &[StreamSource<'_>],
     gateways: &mut [GatewayState],
     namespaces: &NamespaceLabels,
     index: &BackendIndex<'_>,
 ) -> StreamResults {
     // Precedence: oldest first, then namespace/name.
-    let mut ordered: Vec<&TcpRoute> = routes.iter().collect();
+    let mut ordered: Vec<&StreamSource<'_>> = routes.iter().collect();
     ordered.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let (ma, mb) = (&a.route.metadata, &b.route.metadata);
+        let ta = ma.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = mb.creation_timestamp.as_ref().map(|t| t.0);
         ta.cmp(&tb)
-            .then_with(|| object_ref(&a.metadata).cmp(&object_ref(&b.metadata)))
+            .then_with(|| object_ref(ma).cmp(&object_ref(mb)))
+            .then_with(|| a.kind.cmp(&b.kind))
     });
     let mut attached = AttachedStreams::default();
     let mut status = BTreeMap::new();
-    for route in ordered {
+    for source in ordered {
+        let (kind, route) = (source.kind, source.route.as_ref());
         let id = object_ref(&route.metadata);
         let generation = route.metadata.generation;
-        let resolved = resolve(route, &id.namespace, index);
+        let resolved = match &source.invalid {
+            Some(message) => Err(message.clone()),
+            None => resolve(route, kind, &id.namespace, index),
+        };
         let mut parents_status = Vec::new();
         for p in route.spec.parent_refs.iter().flatten() {
             let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
@@ -94,21 +144,26 @@ pub(crate) fn compile_tcp_routes(
                 .as_ref()
                 .map_err(|message| (reasons::UNSUPPORTED_VALUE, message.clone()))
                 .and_then(|r| {
-                    attach(&id.namespace, &parent, &owner, gw, namespaces).map(|l| (l, r))
+                    let scope = Scope {
+                        kind,
+                        route_ns: &id.namespace,
+                        hostnames: source.hostnames.as_deref(),
+                    };
+                    attach(&scope, &parent, &owner, gw, namespaces).map(|l| (l, r))
                 });
             let conditions = match outcome {
                 Err((reason, message)) => vec![
                     Condition::new(types::ACCEPTED, false, reason, message, generation),
                     resolved_condition(resolved.as_ref().ok(), generation),
                 ],
-                Ok((listeners, r)) => {
+                Ok((parents, r)) => {
                     let entry = attached.0.entry(gw_id.clone()).or_default();
-                    match entry.0.last_mut().filter(|s| s.id == id) {
-                        Some(existing) => existing.listeners.extend(listeners),
+                    match entry.0.last_mut().filter(|s| s.id == id && s.kind == kind) {
+                        Some(existing) => existing.parents.extend(parents),
                         None => entry.0.push(StreamRoute {
-                            kind: RouteKind::Tcp,
+                            kind,
                             id: id.clone(),
-                            listeners,
+                            parents,
                             backend_refs: r.backend_refs.clone(),
                         }),
                     }
@@ -136,7 +191,7 @@ pub(crate) fn compile_tcp_routes(
         parents_status.sort_by(|a, b| a.parent_ref.cmp(&b.parent_ref));
         if !parents_status.is_empty() {
             status.insert(
-                (RouteKind::Tcp, id),
+                (kind, id),
                 RouteStatus {
                     parents: parents_status,
                 },
@@ -146,8 +201,8 @@ pub(crate) fn compile_tcp_routes(
     // A route attached twice to one listener (two parentRefs) names it once.
     for (routes, _) in attached.0.values_mut() {
         for r in routes {
-            r.listeners.sort();
-            r.listeners.dedup();
+            r.parents.sort();
+            r.parents.dedup_by(|a, b| a.listener == b.listener);
         }
     }
     StreamResults { attached, status }
@@ -155,10 +210,16 @@ pub(crate) fn compile_tcp_routes(
 
 /// The route's one rule resolved, or why the route cannot be served at all (the message of
 /// `Accepted=False UnsupportedValue`).
-fn resolve(route: &TcpRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Resolved, String> {
+fn resolve(
+    route: &TcpRoute,
+    kind: RouteKind,
+    ns: &str,
+    index: &BackendIndex<'_>,
+) -> Result<Resolved, String> {
     let [rule] = route.spec.rules.as_slice() else {
         return Err(format!(
-            "a TCPRoute has exactly one rule; this one has {}",
+            "a {} has exactly one rule; this one has {}",
+            kind.as_str(),
             route.spec.rules.len()
         ));
     };
@@ -182,7 +243,7 @@ fn resolve(route: &TcpRoute, ns: &str, index: &BackendIndex<'_>) -> Result<Resol
             port: b.port,
         };
         spec.check_port()?;
-        let target = match index.resolve(TCP_ROUTE, ns, &spec) {
+        let target = match index.resolve(kind.as_str(), ns, &spec) {
             Ok(backend) => {
                 let target = BackendTarget::Service(backend.id.clone());
                 out.backends.push(backend);
@@ -227,15 +288,24 @@ fn resolved_condition(r: Option<&Resolved>, generation: Option<i64>) -> Conditio
     }
 }
 
-/// Attaches the route to the TCP listeners of `owner` that its parentRef selects, or says
-/// why not.
+/// What attachment reads of the route besides its parentRef.
+struct Scope<'a> {
+    kind: RouteKind,
+    route_ns: &'a str,
+    /// A TLSRoute's hostnames.
+    hostnames: Option<&'a [String]>,
+}
+
+/// Attaches the route to the listeners of `owner` that its parentRef selects and that take
+/// its kind (and, for a TLSRoute, share a hostname with it), or says why not.
 fn attach(
-    route_ns: &str,
+    scope: &Scope<'_>,
     parent: &ParentRef,
     owner: &Owner,
     gw: &mut GatewayState,
     namespaces: &NamespaceLabels,
-) -> Result<Vec<String>, (&'static str, String)> {
+) -> Result<Vec<StreamParent>, (&'static str, String)> {
+    let (kind, route_ns) = (scope.kind, scope.route_ns);
     let parent_name = match owner {
         Owner::Gateway if !gw.accepted() => {
             return Err((
@@ -252,7 +322,16 @@ fn attach(
         Owner::Gateway => format!("Gateway {}", gw.id),
         Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
     };
+    if let Some(bad) = scope
+        .hostnames
+        .into_iter()
+        .flatten()
+        .find_map(|h| hostname::validate(h).err())
+    {
+        return Err((reasons::UNSUPPORTED_VALUE, bad));
+    }
     let mut selected = 0;
+    let mut allowed = 0;
     let mut out = Vec::new();
     for l in gw.listeners.iter_mut().filter(|l| l.owner == *owner) {
         if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
@@ -261,25 +340,44 @@ fn attach(
             continue;
         }
         selected += 1;
-        if !l.usable() || !l.allows_kind(TCP_ROUTE) || !l.allows_namespace(route_ns, namespaces) {
+        if !l.usable() || !l.allows_kind(kind.as_str()) || !l.allows_namespace(route_ns, namespaces)
+        {
             continue;
         }
+        allowed += 1;
+        let hostnames = match scope.hostnames {
+            None => Vec::new(),
+            Some(route_hosts) => match hostname::intersect(l.hostname.as_deref(), route_hosts) {
+                Some(h) => h,
+                None => continue,
+            },
+        };
         l.attached_routes += 1;
-        out.push(l.key());
+        out.push(StreamParent {
+            listener: l.key(),
+            hostnames,
+        });
     }
     let target = match (&parent.section_name, parent.port) {
         (Some(s), _) => format!("listener {s:?} of {parent_name}"),
         (None, Some(p)) => format!("port {p} of {parent_name}"),
         (None, None) => parent_name,
     };
-    match (selected, out.is_empty()) {
-        (0, _) => Err((
+    match (selected, allowed, out.is_empty()) {
+        (0, _, _) => Err((
             reasons::NO_MATCHING_PARENT,
             format!("no listener matches {target}"),
         )),
-        (_, true) => Err((
+        (_, 0, _) => Err((
             reasons::NOT_ALLOWED_BY_LISTENERS,
-            format!("{target} has no TCP listener that allows TCPRoutes from namespace {route_ns}"),
+            format!(
+                "{target} has no listener that allows {}s from namespace {route_ns}",
+                kind.as_str()
+            ),
+        )),
+        (_, _, true) => Err((
+            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+            format!("none of the route's hostnames intersect the hostnames of {target}"),
         )),
         _ => Ok(out),
     }

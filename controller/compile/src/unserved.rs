@@ -8,6 +8,7 @@ use crate::inputs::Inputs;
 use crate::refs::{
     grpc_route_listener_sets, grpc_route_parents, http_route_listener_sets, http_route_parents,
     listener_set_parent, object_ref, tcp_route_listener_sets, tcp_route_parents,
+    tls_route_listener_sets, tls_route_parents,
 };
 use crate::status::{Condition, Problem};
 use portico_model::ObjectRef;
@@ -117,6 +118,15 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
                 object_ref(&r.metadata),
                 tcp_route_parents(r, &sets),
                 tcp_route_listener_sets(r),
+                r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
+            )
+        }))
+        .chain(inputs.tls_routes.iter().map(|r| {
+            (
+                "TLSRoute",
+                object_ref(&r.metadata),
+                tls_route_parents(r, &sets),
+                tls_route_listener_sets(r),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         }));

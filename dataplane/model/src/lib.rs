@@ -14,7 +14,7 @@
 //!     ├── listeners[]           name, bind addresses, port, protocol, hostname
 //!     ├── routes[]  ──parents──▶ listener name (+ effective hostnames)
 //!     │     └── rules[] ──backend_refs──▶ BackendId
-//!     ├── streamRoutes[] ──listeners──▶ listener name; backend_refs ──▶ BackendId
+//!     ├── streamRoutes[] ──parents──▶ listener name (+ SNI hostnames); backend_refs ──▶ BackendId
 //!     └── backends[]            BackendId → endpoints, settings (a BackendPolicy compiled)
 //! ```
 //!
@@ -29,7 +29,7 @@
 //! Everything is ordered deterministically (compile sorts before it emits), so the same inputs
 //! serialise to byte-identical snapshots.
 //!
-//! One module per concern: [`listener`], [`route`], [`stream`] (TCP), [`filter`], [`backend`], [`policy`] (how
+//! One module per concern: [`listener`], [`route`], [`stream`] (TCP, TLS passthrough), [`filter`], [`backend`], [`policy`] (how
 //! policies attach) and a module per policy kind; their types are re-exported here, so users
 //! write `portico_model::RouteRule`.
 
@@ -64,7 +64,7 @@ pub use route::{
     RouteParent, RouteRetry, RouteRule, StringMatch, Timeouts,
 };
 pub use snapshot::Snapshot;
-pub use stream::StreamRoute;
+pub use stream::{StreamParent, StreamRoute};
 
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,10 @@ pub enum Protocol {
     /// TCP connections forwarded whole to the backend of the listener's TCPRoute.
     #[serde(rename = "TCP")]
     Tcp,
+    /// TLS passed through: each connection forwarded whole to the TLSRoute its ClientHello's
+    /// SNI names, never terminated.
+    #[serde(rename = "TLSPassthrough")]
+    TlsPassthrough,
 }
 
 /// A listener that compile accepted. Rejected listeners never reach a snapshot.

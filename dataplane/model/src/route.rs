@@ -49,6 +49,9 @@ pub enum RouteKind {
     /// `TCPRoute`: connections, not requests (a [`crate::StreamRoute`]).
     #[serde(rename = "TCPRoute")]
     Tcp,
+    /// `TLSRoute` (passthrough): connections chosen by SNI (a [`crate::StreamRoute`]).
+    #[serde(rename = "TLSRoute")]
+    Tls,
 }
 
 impl RouteKind {
@@ -63,6 +66,7 @@ impl RouteKind {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tcp => "TCPRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 
@@ -72,6 +76,7 @@ impl RouteKind {
             RouteKind::Http => "http",
             RouteKind::Grpc => "grpc",
             RouteKind::Tcp => "tcp",
+            RouteKind::Tls => "tls",
         }
     }
 }

@@ -21,6 +21,7 @@
 pub mod h1;
 pub mod http;
 mod settings;
+pub mod sni;
 pub mod tcp;
 
 pub use settings::ServerSettings;

@@ -1,9 +1,13 @@
-//! TCP listeners: each connection goes whole to one endpoint of a backend of the listener's
-//! TCPRoute, bytes copied both ways untouched until either side ends.
+//! TCP and TLS passthrough listeners: each connection goes whole to one endpoint of a backend
+//! of the listener's TCPRoute, or of the TLSRoute its ClientHello's SNI names, bytes copied
+//! both ways untouched until either side ends. TLS is never terminated here: the hello is
+//! read ([`super::sni`]), then passed on to the backend with everything after it.
 //!
 //! ```text
-//!  accept ──▶ route (the socket's, now) ──weighted pick──▶ backend pool ──candidates──▶ connect
-//!        └─ none / no endpoint / every connect failed: closed at once (FIN, nothing sent)
+//!  accept ──▶ route (the socket's, now; by SNI for TLS) ──weighted pick──▶ backend pool
+//!        │                                                  ──candidates──▶ connect
+//!        └─ none / not TLS / no endpoint / every connect failed: closed at once (FIN, no
+//!           TLS alert, nothing sent)
 //!  connected ──▶ tunnel::Tunnel (idle and write timeouts) ◀── retired: the route left the
 //!                                                             socket, or the socket closed
 //!                                                             ──▶ drain period ──▶ closed
@@ -14,7 +18,9 @@
 //! leaves it alone. One that removes the route, gives the socket to another route, or closes
 //! the socket lets it run for the drain period, then closes it.
 
+use super::sni::{self, Hello};
 use crate::metrics::Metrics;
+use crate::router::HostMap;
 use crate::tunnel::{EndLabel, Switched, Tunnel};
 use crate::upstream::{BackendPool, Outcome};
 use arc_swap::ArcSwap;
@@ -39,6 +45,8 @@ pub struct StreamSettings {
     pub write_timeout: Duration,
     /// How long a connection may go on once its route is gone, before it is closed.
     pub drain: Duration,
+    /// A TLS passthrough connection must send its whole ClientHello within this.
+    pub hello_timeout: Duration,
 }
 
 impl Default for StreamSettings {
@@ -48,14 +56,45 @@ impl Default for StreamSettings {
             idle_timeout: Duration::from_secs(3600),
             write_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// What a TCP socket serves: the route that takes its connections, if one attached.
+/// What a TCP or TLS passthrough socket serves.
 #[derive(Debug, Default)]
 pub struct TcpService {
+    /// TCP: the route that takes its connections, if one attached.
     pub route: Option<Arc<TcpForward>>,
+    /// TLS passthrough: the routes by the hostnames their connections' SNI may name (the
+    /// most specific first: exact, the longest wildcard, then a route for any host).
+    pub sni: Option<SniRoutes>,
+}
+
+/// TLSRoutes by hostname; the first route given a hostname keeps it (routes come oldest
+/// first).
+#[derive(Debug, Default)]
+pub struct SniRoutes(HostMap<Option<Arc<TcpForward>>>);
+
+impl SniRoutes {
+    /// `route` for `hostname` (`None`: any host), unless an older route has it.
+    pub fn add(&mut self, hostname: Option<&str>, route: &Arc<TcpForward>) {
+        self.0.entry(hostname).get_or_insert_with(|| route.clone());
+    }
+
+    /// The route for a ClientHello's server name (without one, only a route for any host).
+    fn find<'a>(&'a self, server_name: Option<&'a str>) -> Option<&'a Arc<TcpForward>> {
+        match server_name {
+            Some(name) => self.0.lookup(name).find_map(Option::as_ref),
+            None => self.0.any().and_then(Option::as_ref),
+        }
+    }
+
+    fn serves(&self, label: &str) -> bool {
+        self.0
+            .values()
+            .any(|slot| slot.as_ref().is_some_and(|r| *r.label == *label))
+    }
 }
 
 /// A TCPRoute as one socket serves it.
@@ -101,11 +140,9 @@ impl TcpLive {
     }
 
     fn serves(&self, label: &str) -> bool {
-        self.service
-            .load()
-            .route
-            .as_ref()
-            .is_some_and(|r| *r.label == *label)
+        let service = self.service.load();
+        service.route.as_ref().is_some_and(|r| *r.label == *label)
+            || service.sni.as_ref().is_some_and(|s| s.serves(label))
     }
 }
 
@@ -125,8 +162,74 @@ pub(super) async fn serve(
             .get_or_create(&EndLabel { reason })
             .inc();
     };
-    let Some(route) = live.service.load().route.clone() else {
-        tracing::debug!(%peer, "TCP connection closed: no route serves the listener");
+    let service = live.service.load_full();
+    let (route, hello) = match &service.sni {
+        None => (service.route.clone(), Bytes::new()),
+        Some(routes) => {
+            let mut client = client;
+            let read = tokio::time::timeout(settings.hello_timeout, read_hello(&mut client)).await;
+            let (name, hello) = match read {
+                Ok(Ok(h)) => h,
+                Ok(Err(why)) => {
+                    tracing::debug!(%peer, why, "TLS passthrough connection closed");
+                    return refused("not_tls");
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS passthrough connection closed: no ClientHello in time");
+                    return refused("hello_timeout");
+                }
+            };
+            let route = routes.find(name.as_deref()).cloned();
+            if route.is_none() {
+                tracing::debug!(%peer, server_name = ?name, "TLS passthrough connection closed: no route for its server name");
+            }
+            return forward(client, peer, route, hello, live, settings, metrics, closing).await;
+        }
+    };
+    forward(client, peer, route, hello, live, settings, metrics, closing).await;
+}
+
+/// Reads a ClientHello whole: its server name, and the bytes read (passed on to the
+/// backend). An error says why the connection is not TLS.
+async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Bytes), &'static str> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(2048);
+    loop {
+        match sni::parse(&buf) {
+            Hello::ServerName(name) => return Ok((name, buf.freeze())),
+            Hello::NotTls => return Err("not a TLS ClientHello"),
+            Hello::Incomplete if buf.len() > sni::MAX_HELLO + 1024 => {
+                return Err("ClientHello too large");
+            }
+            Hello::Incomplete => {}
+        }
+        if client.read_buf(&mut buf).await.map_err(|_| "read failed")? == 0 {
+            return Err("closed before its ClientHello ended");
+        }
+    }
+}
+
+/// Forwards one connection to a backend of `route` (`hello`: what was read of it already).
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    client: TcpStream,
+    peer: SocketAddr,
+    route: Option<Arc<TcpForward>>,
+    hello: Bytes,
+    live: &TcpLive,
+    settings: &StreamSettings,
+    metrics: &Metrics,
+    closing: watch::Receiver<bool>,
+) {
+    let refused = |reason: &'static str| {
+        metrics
+            .streams
+            .closed
+            .get_or_create(&EndLabel { reason })
+            .inc();
+    };
+    let Some(route) = route else {
+        tracing::debug!(%peer, "connection closed: no route serves it");
         return refused("no_route");
     };
     let Some(Some(pool)) = route.pick() else {
@@ -147,7 +250,7 @@ pub(super) async fn serve(
         metrics.streams.clone(),
     );
     tokio::select! {
-        _ = tunnel.run(client, Bytes::new()) => {}
+        _ = tunnel.run(client, hello) => {}
         () = retired(live, &route.label, closing, settings.drain) => {
             refused("drained");
             tracing::debug!(%peer, route = %route.label, "TCP connection closed after the drain period: its route is gone");

@@ -12,7 +12,8 @@
 //!
 //! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
 //!
-//! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back.
+//! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back;
+//! with `--tls-cert` and `--tls-key`, behind TLS, greeting with the name and the SNI asked for.
 //!
 //! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
 //! else, so that it costs as little as possible per request (`/100k` answers 100 KiB,
@@ -55,6 +56,13 @@ struct Args {
     /// then gets back every byte it sends (the TCPRoute tests' backend).
     #[arg(long)]
     tcp: bool,
+    /// With `--tcp`: terminate TLS first with this PEM certificate chain (and `--tls-key`),
+    /// and greet with the name and the server name the client asked for (the TLS
+    /// passthrough tests' backend).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Runtime worker threads (default: one per core). The benchmarks pin the backend to one
     /// core and give it one thread, so its threads do not contend for that core.
     #[arg(long)]
@@ -267,28 +275,72 @@ fn main() -> anyhow::Result<()> {
     rt.enable_all().build()?.block_on(serve(args))
 }
 
-/// `--tcp`: the name, then an echo of every byte, per connection.
-async fn serve_tcp(listener: tokio::net::TcpListener, name: Arc<str>) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
+/// A TLS server configuration from PEM files.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `--tcp`: the name, then an echo of every byte, per connection; with TLS, the name and the
+/// server name the client asked for (`-` for none).
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    name: Arc<str>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let name = name.clone();
+        let (name, tls) = (name.clone(), tls.clone());
         tokio::spawn(async move {
-            if stream
-                .write_all(format!("{name}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
+            match tls {
+                None => echo_stream(stream, format!("{name}\n")).await,
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let sni = stream.get_ref().1.server_name().unwrap_or("-").to_string();
+                    echo_stream(stream, format!("{name} {sni}\n")).await;
+                }
             }
-            let (mut read, mut write) = stream.split();
-            let _ = tokio::io::copy(&mut read, &mut write).await;
-            let _ = write.shutdown().await;
         });
     }
+}
+
+async fn echo_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    greeting: String,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -300,7 +352,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     let name: Arc<str> = args.name.into();
     if args.tcp {
-        return serve_tcp(listener, name).await;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        return serve_tcp(listener, name, tls).await;
     }
     let fixed_answers = args.fixed.then(|| {
         Arc::new(Fixed {

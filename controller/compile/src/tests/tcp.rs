@@ -1,4 +1,4 @@
-//! TCP listeners and TCPRoutes.
+//! TCP and TLS (passthrough) listeners, TCPRoutes and TLSRoutes.
 
 use super::run;
 use crate::Output;
@@ -124,17 +124,20 @@ spec:
         Some(reasons::INVALID)
     );
     let snap = &out.snapshots[&l4()];
-    let order: Vec<(&str, &[String])> = snap
+    let order: Vec<(&str, Vec<&str>)> = snap
         .stream_routes
         .iter()
-        .map(|r| (r.id.name.as_str(), r.listeners.as_slice()))
+        .map(|r| {
+            let listeners = r.parents.iter().map(|p| p.listener.as_str()).collect();
+            (r.id.name.as_str(), listeners)
+        })
         .collect();
     assert_eq!(
         order,
         [
-            ("old", &["t1".to_string()][..]),
-            ("new", &["t1".to_string()][..]),
-            ("by-port", &["t2".to_string()][..]),
+            ("old", vec!["t1"]),
+            ("new", vec!["t1"]),
+            ("by-port", vec!["t2"]),
         ]
     );
     let protocols: Vec<(&str, Protocol)> = snap
@@ -214,4 +217,146 @@ spec:
         BackendTarget::Unresolved { .. }
     ));
     assert!(snap.stream_routes.iter().all(|r| r.id.name != "two-rules"));
+}
+
+const TLS_GATEWAY: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: wild, port: 443, protocol: TLS, hostname: \"*.example.com\", tls: {mode: Passthrough}}
+  - {name: other, port: 443, protocol: TLS, hostname: other.org, tls: {mode: Passthrough}}
+  - name: kinds
+    port: 444
+    protocol: TLS
+    tls: {mode: Passthrough}
+    allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: TLSRoute}]}
+  - {name: term, port: 8443, protocol: TLS, tls: {mode: Terminate, certificateRefs: [{name: x}]}}
+  - {name: mixed-t, port: 8883, protocol: TLS, hostname: t.example.com, tls: {mode: Terminate, certificateRefs: [{name: x}]}}
+  - {name: mixed-p, port: 8883, protocol: TLS, hostname: p.example.com, tls: {mode: Passthrough}}
+  - {name: no-tls, port: 8884, protocol: TLS}
+";
+
+fn tls_route(name: &str, day: u32, section: &str, hostnames: &str) -> String {
+    format!(
+        "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: {name}, namespace: default, creationTimestamp: \"2024-01-{day:02}T00:00:00Z\"}}
+spec:
+  parentRefs: [{{name: tls, sectionName: {section}}}]
+  hostnames: {hostnames}
+  rules:
+  - backendRefs: [{{name: svc, port: 80}}]
+"
+    )
+}
+
+fn tls_condition(out: &Output, route: &str, type_: &str) -> Condition {
+    let s = out
+        .status
+        .tls_routes
+        .get(&ObjectRef::new("default", route))
+        .unwrap_or_else(|| panic!("no status for {route}"));
+    find(&s.parents[0].conditions, type_)
+        .expect("condition")
+        .clone()
+}
+
+#[test]
+fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_served() {
+    let extra = [
+        TLS_GATEWAY,
+        &tls_route("abc", 1, "wild", "[abc.example.com, abc.other.org]"),
+        &tls_route("all", 2, "wild", "[\"*.com\"]"),
+        &tls_route("elsewhere", 3, "other", "[abc.example.com]"),
+        &tls_route("on-term", 4, "term", "[abc.example.com]"),
+    ]
+    .concat();
+    let out = run(&extra);
+    let g = &out.status.gateways[&ObjectRef::new("default", "tls")];
+    let listener = |name: &str| {
+        g.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .expect("listener")
+    };
+    let accepted = |name: &str| {
+        find(&listener(name).conditions, types::ACCEPTED)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+            .expect("accepted")
+    };
+    assert_eq!(listener("wild").supported_kinds, ["TLSRoute"]);
+    assert_eq!(listener("wild").attached_routes, 2);
+    // A passthrough listener takes TLSRoutes only: TCPRoute is an invalid kind there.
+    assert_eq!(listener("kinds").supported_kinds, ["TLSRoute"]);
+    assert_eq!(
+        find(&listener("kinds").conditions, types::RESOLVED_REFS).map(|c| c.reason.as_str()),
+        Some(reasons::INVALID_ROUTE_KINDS)
+    );
+    // Terminate is not served: refused, with no kind supported.
+    assert_eq!(
+        accepted("term"),
+        ("False".to_string(), reasons::UNSUPPORTED_VALUE.to_string())
+    );
+    assert!(listener("term").supported_kinds.is_empty());
+    // Both modes on one port: neither is accepted.
+    for l in ["mixed-t", "mixed-p"] {
+        assert_eq!(
+            accepted(l),
+            ("False".to_string(), reasons::PROTOCOL_CONFLICT.to_string()),
+            "{l}"
+        );
+    }
+    assert_eq!(
+        accepted("no-tls"),
+        ("False".to_string(), reasons::INVALID.to_string())
+    );
+
+    assert!(tls_condition(&out, "abc", types::ACCEPTED).is_true());
+    assert!(tls_condition(&out, "all", types::ACCEPTED).is_true());
+    assert_eq!(
+        tls_condition(&out, "elsewhere", types::ACCEPTED).reason,
+        reasons::NO_MATCHING_LISTENER_HOSTNAME
+    );
+    assert_eq!(
+        tls_condition(&out, "on-term", types::ACCEPTED).reason,
+        reasons::NOT_ALLOWED_BY_LISTENERS
+    );
+    let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
+    let served: Vec<(&str, &str, Vec<&str>)> = snap
+        .stream_routes
+        .iter()
+        .flat_map(|r| {
+            r.parents.iter().map(move |p| {
+                let hosts = p.hostnames.iter().map(String::as_str).collect();
+                (r.id.name.as_str(), p.listener.as_str(), hosts)
+            })
+        })
+        .collect();
+    // Each route's hostnames narrowed to the listener's.
+    assert_eq!(
+        served,
+        [
+            ("abc", "wild", vec!["abc.example.com"]),
+            ("all", "wild", vec!["*.example.com"]),
+        ]
+    );
+    let protocols: Vec<(&str, Protocol)> = snap
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.protocol))
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            ("wild", Protocol::TlsPassthrough),
+            ("other", Protocol::TlsPassthrough),
+            ("kinds", Protocol::TlsPassthrough)
+        ]
+    );
 }
