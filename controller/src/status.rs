@@ -106,6 +106,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ListenerSet",
     "ReferenceGrant",
     "TCPRoute",
+    "TLSRoute",
 ];
 
 #[derive(Debug, thiserror::Error)]

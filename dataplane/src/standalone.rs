@@ -71,7 +71,7 @@ pub struct Loaded {
     pub warnings: Vec<ManifestError>,
     /// What nothing serves, and why ([`portico_compile::unserved`]).
     pub unserved: Vec<Problem>,
-    /// How many Gateways, routes (HTTP and gRPC) and policies were read.
+    /// How many Gateways, routes (of every kind) and policies were read.
     pub counts: (usize, usize, usize),
 }
 
@@ -122,7 +122,7 @@ pub fn load(dir: &Path, settings: &CompileSettings) -> Result<Loaded, Vec<Manife
     let i = &set.inputs;
     let counts = (
         i.gateways.len(),
-        i.http_routes.len() + i.grpc_routes.len(),
+        i.http_routes.len() + i.grpc_routes.len() + i.tcp_routes.len() + i.tls_routes.len(),
         i.auth_policies.len()
             + i.unreadable_auth_policies.len()
             + i.rate_limit_policies.len()

@@ -1041,6 +1041,7 @@ async fn the_feature_examples_work_as_committed() {
         "backend",
         "cache",
         "tcp",
+        "tls-passthrough",
     ] {
         let out = std::process::Command::new(&binaries().portico)
             .arg("check")

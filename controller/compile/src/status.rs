@@ -347,6 +347,8 @@ impl StatusReport {
         for (kind, routes) in [
             ("HTTPRoute", &self.http_routes),
             ("GRPCRoute", &self.grpc_routes),
+            ("TCPRoute", &self.tcp_routes),
+            ("TLSRoute", &self.tls_routes),
         ] {
             for (id, s) in routes {
                 for p in &s.parents {
