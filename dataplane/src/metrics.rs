@@ -557,12 +557,12 @@ impl Default for Metrics {
         );
         registry.register(
             "tcp_connections",
-            "Connections of TCP listeners forwarded to a backend, open now",
+            "Connections of TCP and TLS listeners forwarded to a backend, open now",
             streams.open.clone(),
         );
         registry.register(
             "tcp_connections_closed",
-            "Connections of TCP listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; no_route, no_backend, connect_failed: closed at once)",
+            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed, not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
             streams.closed.clone(),
         );
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();

@@ -82,7 +82,7 @@ pub fn build(
                 let sa = SocketAddr::new(ip, l.port);
                 let slot = (sa, l.hostname.clone());
                 let protocol = *protocols.entry(sa).or_insert(l.protocol);
-                if protocol != l.protocol {
+                if socket_kind(protocol) != socket_kind(l.protocol) {
                     t.warnings.push(format!(
                         "listener {gw}/{} is {:?} but {sa} already serves {protocol:?}; not served",
                         l.name, l.protocol
@@ -98,7 +98,8 @@ pub fn build(
                     continue;
                 }
                 owners.insert(slot, (gw.clone(), l.name.clone()));
-                if let Some(tls) = l.tls.as_ref().filter(|_| l.protocol == Protocol::Https) {
+                let terminates = matches!(l.protocol, Protocol::Https | Protocol::TlsTerminate);
+                if let Some(tls) = l.tls.as_ref().filter(|_| terminates) {
                     let added = certificates
                         .entry(sa)
                         .or_default()
@@ -132,12 +133,13 @@ pub fn build(
                     Protocol::Tcp => {
                         t.streams.entry(sa).or_default();
                     }
-                    Protocol::TlsPassthrough => {
+                    Protocol::TlsPassthrough | Protocol::TlsTerminate => {
                         t.streams
                             .entry(sa)
                             .or_default()
                             .sni
-                            .get_or_insert_with(SniRoutes::default);
+                            .get_or_insert_with(SniRoutes::default)
+                            .listener(l.hostname.as_deref(), l.protocol == Protocol::TlsTerminate);
                     }
                 }
                 listener_sockets
@@ -336,11 +338,18 @@ pub fn build(
                     };
                     match (&mut service.sni, route.kind) {
                         (Some(sni), RouteKind::Tls) => {
+                            // Under its listener's hostname: a connection is matched to a
+                            // listener first, then to that listener's routes.
+                            let listener_host = snap
+                                .listeners
+                                .iter()
+                                .find(|l| l.name == parent.listener)
+                                .and_then(|l| l.hostname.as_deref());
                             if parent.hostnames.is_empty() {
-                                sni.add(None, &forward);
+                                sni.add(listener_host, None, &forward);
                             }
                             for h in &parent.hostnames {
-                                sni.add(Some(h), &forward);
+                                sni.add(listener_host, Some(h), &forward);
                             }
                         }
                         (None, RouteKind::Tcp) => {
@@ -363,11 +372,18 @@ pub fn build(
         if certs.is_empty() {
             continue;
         }
-        match certs.server_config() {
-            Ok(config) => {
+        // A TLS socket's terminating listeners forward bytes, not HTTP: no ALPN.
+        let config = if t.streams.contains_key(&sa) {
+            certs.stream_server_config()
+        } else {
+            certs.server_config()
+        };
+        match (config, t.streams.get_mut(&sa)) {
+            (Ok(config), Some(service)) => service.terminate = Some(config),
+            (Ok(config), None) => {
                 t.tls.insert(sa, config);
             }
-            Err(e) => t.warnings.push(format!("TLS on {sa}: {e}")),
+            (Err(e), _) => t.warnings.push(format!("TLS on {sa}: {e}")),
         }
     }
     // An HTTPS socket without a usable certificate would serve plain HTTP: leave it unbound.
@@ -612,4 +628,15 @@ fn tcp_forward(
         targets.push((upto, pool));
     }
     TcpForward { label, targets }
+}
+
+/// What a socket serves, by listener protocol: HTTP, HTTPS, TCP, or TLS (both modes share a
+/// socket: the SNI picks the listener).
+fn socket_kind(p: Protocol) -> u8 {
+    match p {
+        Protocol::Http => 0,
+        Protocol::Https => 1,
+        Protocol::Tcp => 2,
+        Protocol::TlsPassthrough | Protocol::TlsTerminate => 3,
+    }
 }

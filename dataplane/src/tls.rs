@@ -65,6 +65,16 @@ impl SniCertificates {
 
     /// The server configuration that serves these certificates.
     pub fn server_config(self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        self.config(&ALPN)
+    }
+
+    /// For TLS listeners that terminate and forward the bytes (TLSRoute): no ALPN, since
+    /// the gateway does not know what the connection speaks.
+    pub fn stream_server_config(self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        self.config(&[])
+    }
+
+    fn config(self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -72,7 +82,7 @@ impl SniCertificates {
             .with_cert_resolver(Arc::new(SniResolver {
                 by_host: self.by_host,
             }));
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
 }

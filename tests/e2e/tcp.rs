@@ -398,3 +398,85 @@ spec:
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn tls_listeners_of_both_modes_share_a_port_and_the_most_specific_listener_decides() {
+    let certs = TempDir::new("tls-modes");
+    let (inner_cert, inner_key) = tls::self_signed(&["*.internal.test"]);
+    let (grab_cert, grab_key) = tls::self_signed(&["*.internal.test"]);
+    let (gw_cert, gw_key) = tls::self_signed(&["term.example.com"]);
+    let inner = Echo::start_tls("inner", &certs, &inner_cert, &inner_key);
+    let grabber = Echo::start_tls("grabber", &certs, &grab_cert, &grab_key);
+    let plain = Echo::start_tcp("plain");
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let route = |name: &str, day: u32, section: &str, host: &str, backend: &str| {
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: {name}, namespace: default, creationTimestamp: \"2024-01-0{day}T00:00:00Z\"}}
+spec:
+  parentRefs: [{{name: gw, sectionName: {section}}}]
+  hostnames: [\"{host}\"]
+  rules: [{{backendRefs: [{{name: {backend}, port: 9000}}]}}]
+"
+        )
+    };
+    let text = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: pass, port: {port}, protocol: TLS, hostname: \"*.internal.test\", tls: {{mode: Passthrough}}}}
+  - {{name: term, port: {port}, protocol: TLS, hostname: term.example.com, tls: {{mode: Terminate, certificateRefs: [{{name: gw-cert}}]}}}}
+  - {{name: any, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}
+{}{}{}{}{}{}{}{}",
+        tls::secret_yaml("gw-cert", "default", &gw_cert, &gw_key),
+        service("inner", inner.addr),
+        service("grabber", grabber.addr),
+        service("plain", plain.addr),
+        // Older, on the broader listener, for a name of the more specific one: not served.
+        route("grab", 1, "any", "db.internal.test", "grabber"),
+        route("internal", 2, "pass", "*.internal.test", "inner"),
+        route("term", 3, "term", "term.example.com", "plain"),
+        route("rest", 4, "any", "*.test", "grabber"),
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let addr = portico.addr(port);
+
+    // The name belongs to the *.internal.test listener: its route serves it, passed through.
+    let (greeting, _) = tls_open(addr, "db.internal.test", &inner_cert)
+        .await
+        .expect("passed through to the inner backend");
+    assert_eq!(greeting, "inner db.internal.test");
+    // The broader listener still serves the names no more specific listener has.
+    // (The grabber's own certificate, trusted here, is for *.internal.test: the handshake
+    // reaching it fails on the name, which shows whose it was.)
+    let err = tls_open(addr, "else.test", &grab_cert)
+        .await
+        .expect_err("the grabber presents its own certificate");
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+    // Terminated with the gateway's certificate: the backend gets the plaintext.
+    let (greeting, mut conn) = tls_open(addr, "term.example.com", &gw_cert)
+        .await
+        .expect("terminated by the gateway");
+    assert_eq!(
+        greeting, "plain",
+        "a plain TCP backend greets with its name only"
+    );
+    conn.get_mut()
+        .write_all(b"inside TLS\n")
+        .await
+        .expect("write");
+    let mut back = String::new();
+    conn.read_line(&mut back).await.expect("read");
+    assert_eq!(back, "inside TLS\n");
+}

@@ -215,7 +215,12 @@ impl ListenerState {
 
     /// Usable and, for HTTPS, holding at least one valid certificate: the dataplane serves it.
     pub(crate) fn programmable(&self) -> bool {
-        self.usable() && (self.protocol != "HTTPS" || !self.certificates.is_empty())
+        self.usable() && (!self.terminates_tls() || !self.certificates.is_empty())
+    }
+
+    /// HTTPS, or TLS in mode Terminate: served with the listener's certificates.
+    pub(crate) fn terminates_tls(&self) -> bool {
+        self.protocol == "HTTPS" || (self.protocol == "TLS" && !self.passthrough)
     }
 
     pub(crate) fn hosts_of(&self, kind: RouteKind) -> &[(ObjectRef, Vec<String>)] {
@@ -224,15 +229,6 @@ impl ListenerState {
 
     pub(crate) fn hosts_of_mut(&mut self, kind: RouteKind) -> &mut Vec<(ObjectRef, Vec<String>)> {
         self.hosts.entry(kind).or_default()
-    }
-
-    /// What listeners on one port must share: the protocol, and for TLS the mode.
-    fn protocol_key(&self) -> &str {
-        match (self.protocol.as_str(), self.passthrough) {
-            ("TLS", true) => "TLS (Passthrough)",
-            ("TLS", false) => "TLS (Terminate)",
-            (p, _) => p,
-        }
     }
 
     pub(crate) fn allows_kind(&self, kind: &str) -> bool {
@@ -581,7 +577,7 @@ fn validates_clients_on(gw: &Gateway, port: i32) -> bool {
 /// validation, which this version does not do yet: served without it, the listener would let
 /// in every client the operator meant to keep out.
 fn refuse_client_validation(gw: &Gateway, l: &mut ListenerState) {
-    if l.protocol == "HTTPS" && l.rejected.is_none() && validates_clients_on(gw, l.port) {
+    if l.terminates_tls() && l.rejected.is_none() && validates_clients_on(gw, l.port) {
         l.rejected = Some((
             reasons::UNSUPPORTED_VALUE.to_string(),
             format!(
@@ -633,13 +629,12 @@ fn conflict_with_earlier(earlier: &[ListenerState], l: &ListenerState) -> Option
             .iter()
             .filter(|e| e.port == l.port && (e.owner == Owner::Gateway || e.usable()))
     };
-    if let Some(e) = on_port().find(|e| e.protocol_key() != l.protocol_key()) {
+    if let Some(e) = on_port().find(|e| e.protocol != l.protocol) {
         return Some((
             reasons::PROTOCOL_CONFLICT.into(),
             format!(
                 "port {} is already used with protocol {} by a listener that takes precedence",
-                l.port,
-                e.protocol_key()
+                l.port, e.protocol
             ),
         ));
     }
@@ -690,12 +685,22 @@ fn listener_state(
                 "an HTTPS listener terminates TLS; for Passthrough use a TLS listener".to_string(),
             ));
         }
-        ("HTTPS", Some(tls)) => {
+        // Passthrough: the backend terminates; certificateRefs are not used.
+        ("TLS", Some(tls)) if tls.mode == Some(GatewayListenersTlsMode::Passthrough) => {}
+        // HTTPS, and TLS in mode Terminate (the default): the gateway's certificates.
+        ("HTTPS" | "TLS", Some(tls)) => {
             let refs = tls.certificate_refs.as_deref().unwrap_or_default();
             if refs.is_empty() {
                 rejected = Some((
                     reasons::INVALID.to_string(),
-                    "an HTTPS listener needs at least one certificateRef".to_string(),
+                    format!(
+                        "{} listener that terminates TLS needs at least one certificateRef",
+                        if l.protocol == "TLS" {
+                            "a TLS"
+                        } else {
+                            "an HTTPS"
+                        }
+                    ),
                 ));
             }
             for r in refs {
@@ -707,6 +712,14 @@ fn listener_state(
                 }
             }
         }
+        // A TCP connection names no host: a hostname would make listeners that differ only
+        // by it look distinct while one route takes all their connections.
+        ("TCP", None) if l.hostname.is_some() => {
+            rejected = Some((
+                reasons::INVALID.to_string(),
+                "hostname must not be set on a TCP listener".to_string(),
+            ));
+        }
         ("TCP", None) => {}
         ("TCP", Some(_)) => {
             rejected = Some((
@@ -717,24 +730,14 @@ fn listener_state(
         ("TLS", None) => {
             rejected = Some((
                 reasons::INVALID.to_string(),
-                "a TLS listener needs tls (mode Passthrough)".to_string(),
-            ));
-        }
-        // Passthrough: the backend terminates; certificateRefs are not used.
-        ("TLS", Some(tls)) if tls.mode == Some(GatewayListenersTlsMode::Passthrough) => {}
-        ("TLS", Some(_)) => {
-            rejected = Some((
-                reasons::UNSUPPORTED_VALUE.to_string(),
-                "TLS listeners in mode Terminate are not supported yet: use mode Passthrough, \
-                 or an HTTPS listener to terminate HTTP"
+                "a TLS listener needs tls (mode Passthrough, or Terminate with certificateRefs)"
                     .to_string(),
             ));
         }
         ("UDP", _) => {
             rejected = Some((
                 reasons::UNSUPPORTED_PROTOCOL.to_string(),
-                "protocol UDP is not supported yet; HTTP, HTTPS, TCP and TLS (Passthrough) are"
-                    .to_string(),
+                "protocol UDP is not supported yet; HTTP, HTTPS, TCP and TLS are".to_string(),
             ));
         }
         (other, _) => {
@@ -763,7 +766,8 @@ fn listener_state(
         {
             &["TLSRoute"]
         }
-        "TLS" => &["TLSRoute", "TCPRoute"],
+        // TCPRoute on a terminating TLS listener is allowed by the spec but not served yet.
+        "TLS" => &["TLSRoute"],
         "TCP" => &[TCP_ROUTE],
         "UDP" => &["UDPRoute"],
         _ => &[],
@@ -792,14 +796,14 @@ fn listener_state(
     }
     supported_kinds.sort();
     supported_kinds.dedup();
-    // A listener whose protocol (or TLS mode) is not served supports no route kind (the
-    // spec: supportedKinds lists what the listener can attach, and it attaches nothing).
+    // A listener whose protocol is not served supports no route kind (the spec:
+    // supportedKinds lists what the listener can attach, and it attaches nothing).
+    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "TLS") {
+        supported_kinds.clear();
+    }
     let passthrough = l.protocol == "TLS"
         && l.tls.as_ref().and_then(|t| t.mode.as_ref())
             == Some(&GatewayListenersTlsMode::Passthrough);
-    if !(matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") || passthrough) {
-        supported_kinds.clear();
-    }
 
     let namespaces = l
         .allowed_routes
@@ -850,19 +854,18 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
         by_port.entry(l.port).or_default().push(i);
     }
     for (port, idx) in by_port {
-        let protocols: BTreeSet<&str> = idx.iter().map(|&i| listeners[i].protocol_key()).collect();
+        // TLS listeners of both modes may share a port: the SNI picks the listener.
+        let protocols: BTreeSet<&str> = idx
+            .iter()
+            .map(|&i| listeners[i].protocol.as_str())
+            .collect();
         if protocols.len() > 1 {
             let list = protocols.iter().copied().collect::<Vec<_>>().join(", ");
-            let message = format!("port {port} is used with different protocols ({list})");
-            // TLS listeners of both modes on one port (TLSRouteModeMixed) are not served:
-            // neither is accepted.
-            let modes_only = idx.iter().all(|&i| listeners[i].protocol == "TLS");
             for &i in &idx {
-                let conflict = (reasons::PROTOCOL_CONFLICT.to_string(), message.clone());
-                if modes_only {
-                    listeners[i].rejected = Some(conflict.clone());
-                }
-                listeners[i].conflicted = Some(conflict);
+                listeners[i].conflicted = Some((
+                    reasons::PROTOCOL_CONFLICT.into(),
+                    format!("port {port} is used with different protocols ({list})"),
+                ));
             }
             continue;
         }

@@ -55,7 +55,7 @@ pub(crate) fn gateway_snapshot(
         .iter()
         .filter(|l| l.programmable())
         .map(|l| {
-            let https = l.protocol == "HTTPS";
+            let terminates = l.terminates_tls();
             Listener {
                 name: l.key(),
                 addresses: gw.bind_addresses().to_vec(),
@@ -63,12 +63,12 @@ pub(crate) fn gateway_snapshot(
                 protocol: match l.protocol.as_str() {
                     "HTTPS" => Protocol::Https,
                     "TCP" => Protocol::Tcp,
-                    // Only a Passthrough TLS listener is served.
-                    "TLS" => Protocol::TlsPassthrough,
+                    "TLS" if l.passthrough => Protocol::TlsPassthrough,
+                    "TLS" => Protocol::TlsTerminate,
                     _ => Protocol::Http,
                 },
                 hostname: l.hostname.clone(),
-                tls: https.then(|| ListenerTls {
+                tls: terminates.then(|| ListenerTls {
                     certificates: l.certificates.clone(),
                 }),
             }

@@ -22,6 +22,10 @@ pub enum Protocol {
     /// SNI names, never terminated.
     #[serde(rename = "TLSPassthrough")]
     TlsPassthrough,
+    /// TLS terminated with the listener's certificates, then the connection's bytes
+    /// forwarded to the TLSRoute its SNI names.
+    #[serde(rename = "TLSTerminate")]
+    TlsTerminate,
 }
 
 /// A listener that compile accepted. Rejected listeners never reach a snapshot.
@@ -41,7 +45,7 @@ pub struct Listener {
     /// Lower-case hostname or `*.suffix` wildcard; `None` matches every host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// Set on HTTPS listeners only.
+    /// Set on the listeners that terminate TLS (HTTPS, TLS in mode Terminate) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
 }

@@ -44,7 +44,7 @@ pub enum SocketService {
     /// HTTP/1.1 and HTTP/2, after TLS termination when the socket's listeners are HTTPS.
     Http(Box<http::HttpService>),
     /// Connections forwarded whole to the backend of a TCPRoute.
-    Tcp(tcp::TcpService),
+    Tcp(Box<tcp::TcpService>),
 }
 
 impl SocketService {
@@ -69,7 +69,7 @@ fn services(tables: Tables) -> BTreeMap<SocketAddr, SocketService> {
     let tcp = tables
         .streams
         .into_iter()
-        .map(|(addr, service)| (addr, SocketService::Tcp(service)));
+        .map(|(addr, service)| (addr, SocketService::Tcp(Box::new(service))));
     http.chain(tcp).collect()
 }
 
@@ -84,7 +84,7 @@ impl Live {
     fn new(service: SocketService) -> Self {
         match service {
             SocketService::Http(s) => Live::Http(Arc::new(ArcSwap::new(Arc::from(s)))),
-            SocketService::Tcp(s) => Live::Tcp(Arc::new(tcp::TcpLive::new(s))),
+            SocketService::Tcp(s) => Live::Tcp(Arc::new(tcp::TcpLive::new(*s))),
         }
     }
 
@@ -93,7 +93,7 @@ impl Live {
     fn store(&self, service: SocketService) {
         match (self, service) {
             (Live::Http(live), SocketService::Http(s)) => live.store(Arc::from(s)),
-            (Live::Tcp(live), SocketService::Tcp(s)) => live.store(s),
+            (Live::Tcp(live), SocketService::Tcp(s)) => live.store(*s),
             (live, other) => tracing::error!(
                 serves = live.kind(),
                 asked = other.kind(),

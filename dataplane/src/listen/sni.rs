@@ -83,6 +83,26 @@ pub fn parse(buf: &[u8]) -> Hello {
     }
 }
 
+/// How many bytes `buf` must hold before [`parse`] can say more than [`Hello::Incomplete`]:
+/// the end of the first record not read whole, from the record headers alone (cheap, so a
+/// reader calls it after every read and parses only at record boundaries).
+pub fn wanted(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = buf.get(at..at + 5) {
+        if header[0] != HANDSHAKE || header[1] != 3 {
+            // Not a handshake record: parse now, to refuse it.
+            return at + 5;
+        }
+        let end = at + 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if end > buf.len() {
+            return end;
+        }
+        at = end;
+    }
+    // At a record boundary, parse what is there; within a header, wait for all of it.
+    if at == buf.len() { at } else { at + 5 }
+}
+
 /// The handshake message's whole length (header included), once its header is there.
 fn handshake_len(h: &[u8]) -> Option<usize> {
     let header = h.get(..4)?;
@@ -260,8 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_in_many_records_is_parsed_once_each_is_whole() {
+        let h = hello(&[sni(&[(0, b"abc.example.com")])]);
+        // The handshake cut into 3-byte records: its 4-byte header spans two.
+        let mut split = Vec::new();
+        for part in h[5..].chunks(3) {
+            split.extend([HANDSHAKE, 3, 3, 0, u8::try_from(part.len()).expect("small")]);
+            split.extend(part);
+        }
+        let mut parses = 0;
+        for n in 0..=split.len() {
+            if n >= wanted(&split[..n]) {
+                parses += 1;
+                let expected = if n == split.len() {
+                    Hello::ServerName(Some("abc.example.com".into()))
+                } else {
+                    Hello::Incomplete
+                };
+                assert_eq!(parse(&split[..n]), expected, "{n} bytes");
+            }
+        }
+        // Once per record (and per boundary), not once per byte.
+        assert!(parses <= 2 * split.len() / 8 + 2, "{parses} parses");
+    }
+
+    #[test]
     fn anything_else_is_not_tls_and_never_panics() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n"), Hello::NotTls);
+        // Known to be refused as soon as a record header is there.
+        assert_eq!(wanted(b"GET / HTTP/1.1\r\n\r\n"), 5);
         assert_eq!(parse(b"G"), Hello::NotTls);
         // Two host names, two SNI extensions, a name that is not a DNS name.
         for bad in [

@@ -1,7 +1,9 @@
-//! TCP and TLS passthrough listeners: each connection goes whole to one endpoint of a backend
-//! of the listener's TCPRoute, or of the TLSRoute its ClientHello's SNI names, bytes copied
-//! both ways untouched until either side ends. TLS is never terminated here: the hello is
-//! read ([`super::sni`]), then passed on to the backend with everything after it.
+//! TCP and TLS listeners: each connection goes whole to one endpoint of a backend of the
+//! listener's TCPRoute, or of the TLSRoute its ClientHello's SNI names, bytes copied both
+//! ways untouched until either side ends. The hello is read first ([`super::sni`]); a TLS
+//! listener in mode Passthrough passes it on to the backend with everything after it, one
+//! in mode Terminate completes the handshake with its certificates and forwards what the
+//! client sends inside TLS. Listeners of both modes may share a socket: the SNI picks.
 //!
 //! ```text
 //!  accept ──▶ route (the socket's, now; by SNI for TLS) ──weighted pick──▶ backend pool
@@ -28,6 +30,7 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -66,34 +69,82 @@ impl Default for StreamSettings {
 pub struct TcpService {
     /// TCP: the route that takes its connections, if one attached.
     pub route: Option<Arc<TcpForward>>,
-    /// TLS passthrough: the routes by the hostnames their connections' SNI may name (the
-    /// most specific first: exact, the longest wildcard, then a route for any host).
+    /// TLS: the routes by the hostnames their connections' SNI may name (the most specific
+    /// first: exact, the longest wildcard, then a route for any host).
     pub sni: Option<SniRoutes>,
+    /// TLS in mode Terminate: the certificates of the socket's terminating listeners.
+    pub terminate: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// TLSRoutes by hostname; the first route given a hostname keeps it (routes come oldest
-/// first).
+/// The route a TLS connection is for, and whether its listener terminates TLS.
+#[derive(Debug, Clone)]
+struct SniEntry {
+    route: Arc<TcpForward>,
+    /// Its listener terminates TLS (else passes it through).
+    terminate: bool,
+}
+
+/// One TLS listener of a socket: its mode, and its routes by hostname.
 #[derive(Debug, Default)]
-pub struct SniRoutes(HostMap<Option<Arc<TcpForward>>>);
+struct SniListener {
+    terminate: bool,
+    routes: HostMap<Option<Arc<TcpForward>>>,
+}
+
+/// The TLS listeners of a socket by hostname, each with its TLSRoutes by hostname. As
+/// requests do, a connection matches the most specific listener for its SNI (exact, the
+/// longest wildcard, then one without hostname) and only that listener's routes: a route
+/// on a broader listener never takes a name from a more specific one. Within a listener,
+/// the first route given a hostname keeps it (routes come oldest first).
+#[derive(Debug, Default)]
+pub struct SniRoutes(HostMap<SniListener>);
 
 impl SniRoutes {
-    /// `route` for `hostname` (`None`: any host), unless an older route has it.
-    pub fn add(&mut self, hostname: Option<&str>, route: &Arc<TcpForward>) {
-        self.0.entry(hostname).get_or_insert_with(|| route.clone());
+    /// A listener for `hostname` (`None`: any host), in mode Terminate or Passthrough.
+    pub fn listener(&mut self, hostname: Option<&str>, terminate: bool) {
+        self.0.entry(hostname).terminate = terminate;
     }
 
-    /// The route for a ClientHello's server name (without one, only a route for any host).
-    fn find<'a>(&'a self, server_name: Option<&'a str>) -> Option<&'a Arc<TcpForward>> {
-        match server_name {
-            Some(name) => self.0.lookup(name).find_map(Option::as_ref),
-            None => self.0.any().and_then(Option::as_ref),
-        }
+    /// `route` for `route_host` on the listener of `listener_host`, unless an older route
+    /// has that hostname there.
+    pub fn add(
+        &mut self,
+        listener_host: Option<&str>,
+        route_host: Option<&str>,
+        route: &Arc<TcpForward>,
+    ) {
+        self.0
+            .entry(listener_host)
+            .routes
+            .entry(route_host)
+            .get_or_insert_with(|| route.clone());
+    }
+
+    /// The route for a ClientHello's server name (without one, only a listener and a route
+    /// for any host).
+    fn find(&self, server_name: Option<&str>) -> Option<SniEntry> {
+        let (listener, route) = match server_name {
+            Some(name) => {
+                let l = self.0.lookup(name).next()?;
+                (l, l.routes.lookup(name).find_map(Option::as_ref))
+            }
+            None => {
+                let l = self.0.any()?;
+                (l, l.routes.any().and_then(Option::as_ref))
+            }
+        };
+        Some(SniEntry {
+            route: route?.clone(),
+            terminate: listener.terminate,
+        })
     }
 
     fn serves(&self, label: &str) -> bool {
-        self.0
-            .values()
-            .any(|slot| slot.as_ref().is_some_and(|r| *r.label == *label))
+        self.0.values().any(|l| {
+            l.routes
+                .values()
+                .any(|slot| slot.as_ref().is_some_and(|r| *r.label == *label))
+        })
     }
 }
 
@@ -146,6 +197,28 @@ impl TcpLive {
     }
 }
 
+/// What serving one connection reads besides the connection.
+struct Ctx<'a> {
+    peer: SocketAddr,
+    live: &'a TcpLive,
+    settings: &'a StreamSettings,
+    metrics: &'a Metrics,
+    closing: watch::Receiver<bool>,
+    /// Subscribed before the route was chosen, so no swap is missed (see [`retired`]).
+    swapped: watch::Receiver<()>,
+}
+
+impl Ctx<'_> {
+    /// Counts a connection closed at once, for `reason`.
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .streams
+            .closed
+            .get_or_create(&EndLabel { reason })
+            .inc();
+    }
+}
+
 /// One accepted connection.
 pub(super) async fn serve(
     client: TcpStream,
@@ -155,53 +228,82 @@ pub(super) async fn serve(
     metrics: &Metrics,
     closing: watch::Receiver<bool>,
 ) {
-    let refused = |reason: &'static str| {
-        metrics
-            .streams
-            .closed
-            .get_or_create(&EndLabel { reason })
-            .inc();
+    let ctx = Ctx {
+        peer,
+        live,
+        settings,
+        metrics,
+        closing,
+        swapped: live.swapped.subscribe(),
     };
     let service = live.service.load_full();
-    let (route, hello) = match &service.sni {
-        None => (service.route.clone(), Bytes::new()),
-        Some(routes) => {
-            let mut client = client;
-            let read = tokio::time::timeout(settings.hello_timeout, read_hello(&mut client)).await;
-            let (name, hello) = match read {
-                Ok(Ok(h)) => h,
-                Ok(Err(why)) => {
-                    tracing::debug!(%peer, why, "TLS passthrough connection closed");
-                    return refused("not_tls");
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS passthrough connection closed: no ClientHello in time");
-                    return refused("hello_timeout");
-                }
-            };
-            let route = routes.find(name.as_deref()).cloned();
-            if route.is_none() {
-                tracing::debug!(%peer, server_name = ?name, "TLS passthrough connection closed: no route for its server name");
-            }
-            return forward(client, peer, route, hello, live, settings, metrics, closing).await;
+    let Some(routes) = &service.sni else {
+        let route = service.route.clone();
+        drop(service);
+        return forward(client, route, Bytes::new(), ctx).await;
+    };
+    let mut client = client;
+    let read = tokio::time::timeout(settings.hello_timeout, read_hello(&mut client)).await;
+    let (name, hello) = match read {
+        Ok(Ok(h)) => h,
+        Ok(Err(why)) => {
+            tracing::debug!(%peer, why, "TLS connection closed");
+            return ctx.refused("not_tls");
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS connection closed: no ClientHello in time");
+            return ctx.refused("hello_timeout");
         }
     };
-    forward(client, peer, route, hello, live, settings, metrics, closing).await;
+    let Some(entry) = routes.find(name.as_deref()) else {
+        tracing::debug!(%peer, server_name = ?name, "TLS connection closed: no route for its server name");
+        return ctx.refused("no_route");
+    };
+    let config = service.terminate.clone();
+    // The configuration is let go of: the connection holds only its route.
+    drop(service);
+    if !entry.terminate {
+        return forward(client, Some(entry.route), hello, ctx).await;
+    }
+    let Some(config) = config else {
+        tracing::debug!(%peer, server_name = ?name, "TLS connection closed: its listener has no usable certificate");
+        return ctx.refused("no_certificate");
+    };
+    // The hello read is replayed to the handshake.
+    let io = crate::tunnel::Prefixed {
+        io: client,
+        first: hello,
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    match tokio::time::timeout(settings.hello_timeout, accept).await {
+        Ok(Ok(tls)) => forward(tls, Some(entry.route), Bytes::new(), ctx).await,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            ctx.refused("handshake_failed");
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished in time");
+            ctx.refused("hello_timeout");
+        }
+    }
 }
 
 /// Reads a ClientHello whole: its server name, and the bytes read (passed on to the
-/// backend). An error says why the connection is not TLS.
+/// backend). An error says why the connection is not TLS. The hello is parsed only when a
+/// record has arrived whole, so a client sending a byte at a time costs no more.
 async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Bytes), &'static str> {
     use tokio::io::AsyncReadExt;
     let mut buf = bytes::BytesMut::with_capacity(2048);
     loop {
-        match sni::parse(&buf) {
-            Hello::ServerName(name) => return Ok((name, buf.freeze())),
-            Hello::NotTls => return Err("not a TLS ClientHello"),
-            Hello::Incomplete if buf.len() > sni::MAX_HELLO + 1024 => {
-                return Err("ClientHello too large");
+        if buf.len() >= sni::wanted(&buf) {
+            match sni::parse(&buf) {
+                Hello::ServerName(name) => return Ok((name, buf.freeze())),
+                Hello::NotTls => return Err("not a TLS ClientHello"),
+                Hello::Incomplete => {}
             }
-            Hello::Incomplete => {}
+        }
+        if buf.len() > sni::MAX_HELLO + 1024 {
+            return Err("ClientHello too large");
         }
         if client.read_buf(&mut buf).await.map_err(|_| "read failed")? == 0 {
             return Err("closed before its ClientHello ended");
@@ -210,50 +312,46 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Bytes), &
 }
 
 /// Forwards one connection to a backend of `route` (`hello`: what was read of it already).
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    client: TcpStream,
-    peer: SocketAddr,
+async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
     route: Option<Arc<TcpForward>>,
     hello: Bytes,
-    live: &TcpLive,
-    settings: &StreamSettings,
-    metrics: &Metrics,
-    closing: watch::Receiver<bool>,
+    ctx: Ctx<'_>,
 ) {
-    let refused = |reason: &'static str| {
-        metrics
-            .streams
-            .closed
-            .get_or_create(&EndLabel { reason })
-            .inc();
-    };
+    let peer = ctx.peer;
     let Some(route) = route else {
         tracing::debug!(%peer, "connection closed: no route serves it");
-        return refused("no_route");
+        return ctx.refused("no_route");
     };
     let Some(Some(pool)) = route.pick() else {
-        tracing::debug!(%peer, route = %route.label, "TCP connection closed: its backend is not resolved");
-        return refused("no_backend");
+        tracing::debug!(%peer, route = %route.label, "connection closed: its backend is not resolved");
+        return ctx.refused("no_backend");
     };
-    let Some(upstream) = connect(pool, settings).await else {
-        tracing::debug!(%peer, route = %route.label, backend = %pool.id, "TCP connection closed: no endpoint could be reached");
-        return refused("connect_failed");
+    let Some(upstream) = connect(pool, ctx.settings).await else {
+        tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: no endpoint could be reached");
+        return ctx.refused("connect_failed");
     };
     let tunnel = Tunnel::new(
         Switched {
             io: Box::new(upstream),
             hold: Box::new(()),
         },
-        settings.idle_timeout,
-        settings.write_timeout,
-        metrics.streams.clone(),
+        ctx.settings.idle_timeout,
+        ctx.settings.write_timeout,
+        ctx.metrics.streams.clone(),
+    );
+    let retire = retired(
+        ctx.live,
+        &route.label,
+        ctx.swapped.clone(),
+        ctx.closing.clone(),
+        ctx.settings.drain,
     );
     tokio::select! {
         _ = tunnel.run(client, hello) => {}
-        () = retired(live, &route.label, closing, settings.drain) => {
-            refused("drained");
-            tracing::debug!(%peer, route = %route.label, "TCP connection closed after the drain period: its route is gone");
+        () = retire => {
+            ctx.refused("drained");
+            tracing::debug!(%peer, route = %route.label, "connection closed after the drain period: its route is gone");
         }
     }
 }
@@ -290,9 +388,19 @@ async fn connect(pool: &BackendPool, settings: &StreamSettings) -> Option<TcpStr
 
 /// Resolves once the connection's route has stopped serving its socket (another
 /// configuration, or the socket closing) and the drain period after that has passed.
-async fn retired(live: &TcpLive, label: &str, mut closing: watch::Receiver<bool>, drain: Duration) {
-    let mut swapped = live.swapped.subscribe();
+async fn retired(
+    live: &TcpLive,
+    label: &str,
+    mut swapped: watch::Receiver<()>,
+    mut closing: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    // `swapped` was subscribed before the connection's route was chosen: a change since
+    // then is seen here.
     loop {
+        if !live.serves(label) {
+            break;
+        }
         tokio::select! {
             _ = closing.wait_for(|c| *c) => break,
             changed = swapped.changed() => {

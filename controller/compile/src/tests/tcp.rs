@@ -268,7 +268,7 @@ fn tls_condition(out: &Output, route: &str, type_: &str) -> Condition {
 }
 
 #[test]
-fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_served() {
+fn tls_listeners_take_tls_routes_by_hostname_in_both_modes() {
     let extra = [
         TLS_GATEWAY,
         &tls_route("abc", 1, "wild", "[abc.example.com, abc.other.org]"),
@@ -298,19 +298,16 @@ fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_
         find(&listener("kinds").conditions, types::RESOLVED_REFS).map(|c| c.reason.as_str()),
         Some(reasons::INVALID_ROUTE_KINDS)
     );
-    // Terminate is not served: refused, with no kind supported.
+    // Terminate takes TLSRoutes too; its certificate is missing, which is said.
+    assert_eq!(accepted("term").0, "True");
+    assert_eq!(listener("term").supported_kinds, ["TLSRoute"]);
     assert_eq!(
-        accepted("term"),
-        ("False".to_string(), reasons::UNSUPPORTED_VALUE.to_string())
+        find(&listener("term").conditions, types::RESOLVED_REFS).map(|c| c.reason.as_str()),
+        Some(reasons::INVALID_CERTIFICATE_REF)
     );
-    assert!(listener("term").supported_kinds.is_empty());
-    // Both modes on one port: neither is accepted.
+    // Both modes on one port, with distinct hostnames: both accepted.
     for l in ["mixed-t", "mixed-p"] {
-        assert_eq!(
-            accepted(l),
-            ("False".to_string(), reasons::PROTOCOL_CONFLICT.to_string()),
-            "{l}"
-        );
+        assert_eq!(accepted(l).0, "True", "{l}");
     }
     assert_eq!(
         accepted("no-tls"),
@@ -323,10 +320,7 @@ fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_
         tls_condition(&out, "elsewhere", types::ACCEPTED).reason,
         reasons::NO_MATCHING_LISTENER_HOSTNAME
     );
-    assert_eq!(
-        tls_condition(&out, "on-term", types::ACCEPTED).reason,
-        reasons::NOT_ALLOWED_BY_LISTENERS
-    );
+    assert!(tls_condition(&out, "on-term", types::ACCEPTED).is_true());
     let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
     let served: Vec<(&str, &str, Vec<&str>)> = snap
         .stream_routes
@@ -344,6 +338,7 @@ fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_
         [
             ("abc", "wild", vec!["abc.example.com"]),
             ("all", "wild", vec!["*.example.com"]),
+            ("on-term", "term", vec!["abc.example.com"]),
         ]
     );
     let protocols: Vec<(&str, Protocol)> = snap
@@ -356,7 +351,8 @@ fn tls_passthrough_listeners_take_tls_routes_by_hostname_and_refuse_what_is_not_
         [
             ("wild", Protocol::TlsPassthrough),
             ("other", Protocol::TlsPassthrough),
-            ("kinds", Protocol::TlsPassthrough)
+            ("kinds", Protocol::TlsPassthrough),
+            ("mixed-p", Protocol::TlsPassthrough),
         ]
     );
 }
