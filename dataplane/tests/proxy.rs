@@ -305,8 +305,9 @@ async fn unusable_backends_answer_500_and_503_and_timeouts_504() {
     let hang = Backend::start("hang", true).await;
     let port = free_port();
     let mut slow = rule(vec![prefix("/slow")], vec![to("hang", 80)]);
+    // Long enough for the request to reach the backend on a loaded machine.
     slow.timeouts = Timeouts {
-        request_ms: Some(200),
+        request_ms: Some(1000),
         backend_request_ms: None,
     };
     let snap = Snapshot::test("gw")
@@ -438,6 +439,40 @@ async fn a_new_snapshot_takes_over_on_the_same_socket() {
     let report = dp.apply(&[snap("two", 2)], 2);
     assert!(report.bind_failures.is_empty(), "{report:?}");
     assert_eq!(header(&get(addr, "x.test", "/").await, "x-backend"), "two");
+    assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
+}
+
+#[tokio::test]
+async fn a_change_that_would_give_a_socket_another_kind_is_refused_and_the_socket_serves_on() {
+    let one = Backend::start("one", false).await;
+    let port = free_port();
+    let http = Snapshot {
+        version: 1,
+        ..Snapshot::test("gw")
+            .with_listener(http_listener("http", port))
+            .with_backend(backend("one", 80, &[one.addr]))
+            .with_route(route(
+                "web",
+                "http",
+                &[],
+                vec![rule(vec![prefix("/")], vec![to("one", 80)])],
+            ))
+    };
+    let (dp, addr) = serve(&http);
+    // The same port as a TCP listener: it cannot be bound beside the HTTP socket, so the
+    // change is refused whole, with what to do instead.
+    let mut tcp = Snapshot {
+        version: 2,
+        ..Snapshot::test("gw")
+    };
+    tcp.listeners.push(portico_model::Listener {
+        protocol: portico_model::Protocol::Tcp,
+        ..http_listener("tcp", port)
+    });
+    let report = dp.apply(std::slice::from_ref(&tcp), 2);
+    let why = report.bind_failures.get(&addr).cloned().unwrap_or_default();
+    assert!(why.contains("remove the listener first"), "{report:?}");
+    assert_eq!(header(&get(addr, "x.test", "/").await, "x-backend"), "one");
     assert!(dp.shutdown(Duration::from_secs(1)).await, "drained");
 }
 

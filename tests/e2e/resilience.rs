@@ -151,8 +151,8 @@ spec:
   healthCheck:
     type: HTTP
     http: {path: /healthz}
-    interval: 200ms
-    timeout: 100ms
+    interval: 500ms
+    timeout: 400ms
     unhealthyThreshold: 2
     healthyThreshold: 2
 "#;

@@ -48,7 +48,8 @@ pub struct StreamSettings {
     pub write_timeout: Duration,
     /// How long a connection may go on once its route is gone, before it is closed.
     pub drain: Duration,
-    /// A TLS passthrough connection must send its whole ClientHello within this.
+    /// A TLS connection must send its whole ClientHello within this, and (mode Terminate)
+    /// finish its handshake within as much again.
     pub hello_timeout: Duration,
 }
 
@@ -64,7 +65,7 @@ impl Default for StreamSettings {
     }
 }
 
-/// What a TCP or TLS passthrough socket serves.
+/// What a TCP or TLS socket serves.
 #[derive(Debug, Default)]
 pub struct TcpService {
     /// TCP: the route that takes its connections, if one attached.
