@@ -470,13 +470,7 @@ impl StatusWriter {
                 .write_route(
                     "GRPCRoute",
                     &*route,
-                    // The same status schema as HTTPRoute's: read it through that type.
-                    route
-                        .status
-                        .as_ref()
-                        .and_then(|s| serde_json::to_value(s).ok())
-                        .and_then(|v| serde_json::from_value(v).ok())
-                        .unwrap_or_default(),
+                    as_http_route_status(route.status.as_ref()),
                     &report.grpc_routes,
                     &now,
                 )
@@ -487,14 +481,7 @@ impl StatusWriter {
                 .write_route(
                     "TCPRoute",
                     &*route,
-                    // The parents' schema is HTTPRoute's (a TCPRoute's status is only its
-                    // parents): read it through that type.
-                    route
-                        .status
-                        .as_ref()
-                        .and_then(|s| serde_json::to_value(s).ok())
-                        .and_then(|v| serde_json::from_value(v).ok())
-                        .unwrap_or_default(),
+                    as_http_route_status(route.status.as_ref()),
                     &report.tcp_routes,
                     &now,
                 )
@@ -505,12 +492,7 @@ impl StatusWriter {
                 .write_route(
                     "TLSRoute",
                     &*route,
-                    route
-                        .status
-                        .as_ref()
-                        .and_then(|s| serde_json::to_value(s).ok())
-                        .and_then(|v| serde_json::from_value(v).ok())
-                        .unwrap_or_default(),
+                    as_http_route_status(route.status.as_ref()),
                     &report.tls_routes,
                     &now,
                 )
@@ -666,6 +648,15 @@ impl StatusWriter {
         }
         self.merge_status(kind, route, &desired).await
     }
+}
+
+/// Another route kind's status read as HTTPRoute's: GRPCRoute, TCPRoute and TLSRoute
+/// statuses are their parents, in HTTPRoute's schema.
+fn as_http_route_status<S: Serialize>(status: Option<&S>) -> HttpRouteStatus {
+    status
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
 }
 
 /// A policy's status with our ancestors replaced by `ours` and other controllers' kept.

@@ -12,7 +12,7 @@ use crate::hostname;
 use crate::refs::{listener_set_parent, object_ref};
 use crate::status::{
     Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerSetStatus,
-    ListenerStatus, StatusReport, reasons, types,
+    ListenerStatus, ParentRef, StatusReport, reasons, types,
 };
 use crate::tls::SecretIndex;
 use portico_crds::GATEWAY_GROUP;
@@ -183,6 +183,49 @@ pub(crate) struct ListenerState {
     /// The routes attached so far with their effective hostnames here, by kind (HTTPRoutes
     /// are checked only against GRPCRoutes and the reverse).
     hosts: BTreeMap<RouteKind, Vec<(ObjectRef, Vec<String>)>>,
+}
+
+/// A route's parentRef, as its kind's Rust type holds it.
+pub(crate) struct ParentRefParts<'a> {
+    pub(crate) group: Option<&'a str>,
+    pub(crate) kind: Option<&'a str>,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) name: &'a str,
+    pub(crate) section_name: Option<&'a str>,
+    pub(crate) port: Option<i32>,
+}
+
+/// A parentRef of a route in `route_ns` with its defaults filled in, who owns the
+/// listeners it may attach to, and the Gateway of ours those belong to (the parent, or the
+/// parent ListenerSet's). `None` for a parent that is not a Gateway or ListenerSet of
+/// ours: only those get status from us.
+pub(crate) fn parent_of<'g>(
+    p: &ParentRefParts<'_>,
+    route_ns: &str,
+    gateways: &'g mut [GatewayState],
+) -> Option<(ParentRef, Owner, &'g mut GatewayState)> {
+    let group = p.group.unwrap_or(GATEWAY_GROUP);
+    let kind = p.kind.unwrap_or("Gateway");
+    if group != GATEWAY_GROUP || !matches!(kind, "Gateway" | "ListenerSet") {
+        return None;
+    }
+    let parent = ParentRef {
+        namespace: p.namespace.unwrap_or(route_ns).to_string(),
+        name: p.name.to_string(),
+        kind: kind.to_string(),
+        section_name: p.section_name.map(str::to_string),
+        port: p.port,
+    };
+    let id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
+    let owner = match kind {
+        "Gateway" => Owner::Gateway,
+        _ => Owner::ListenerSet(id.clone()),
+    };
+    let gw = gateways.iter_mut().find(|g| match &owner {
+        Owner::Gateway => g.id == id,
+        Owner::ListenerSet(ls) => g.listener_sets.iter().any(|s| s.id == *ls),
+    })?;
+    Some((parent, owner, gw))
 }
 
 /// Whether a snapshot listener's name is one [`ListenerState::key`] gave a ListenerSet's.

@@ -24,6 +24,13 @@ pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
         .unwrap_or_else(|| "default".to_string())
 }
 
+/// Route precedence: the oldest first, then by namespace/name.
+pub(crate) fn precedence(a: &ObjectMeta, b: &ObjectMeta) -> std::cmp::Ordering {
+    let ta = a.creation_timestamp.as_ref().map(|t| t.0);
+    let tb = b.creation_timestamp.as_ref().map(|t| t.0);
+    ta.cmp(&tb).then_with(|| object_ref(a).cmp(&object_ref(b)))
+}
+
 /// The object's namespace/name (namespace defaulted as [`namespace_of`] does).
 pub(crate) fn object_ref(meta: &ObjectMeta) -> ObjectRef {
     ObjectRef::new(namespace_of(meta), meta.name.clone().unwrap_or_default())

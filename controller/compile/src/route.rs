@@ -3,11 +3,10 @@
 //! status.
 
 use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
-use crate::gateway::{GatewayState, NamespaceLabels, Owner};
+use crate::gateway::{GatewayState, NamespaceLabels, Owner, ParentRefParts, parent_of};
 use crate::hostname;
-use crate::refs::object_ref;
+use crate::refs::{object_ref, precedence};
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
-use portico_crds::GATEWAY_GROUP;
 use portico_crds::gateway_api::Duration;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
 use portico_crds::gateway_api::experimental::httproutes::*;
@@ -67,11 +66,7 @@ pub(crate) fn compile_routes(
     // oldest first, then namespace/name.
     let mut ordered: Vec<&RouteSource<'_>> = routes.iter().collect();
     ordered.sort_by(|a, b| {
-        let ta = a.route.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.route.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb)
-            .then_with(|| object_ref(&a.route.metadata).cmp(&object_ref(&b.route.metadata)))
-            .then_with(|| a.kind.cmp(&b.kind))
+        precedence(&a.route.metadata, &b.route.metadata).then_with(|| a.kind.cmp(&b.kind))
     });
 
     let mut attached = AttachedRoutes::default();
@@ -86,29 +81,15 @@ pub(crate) fn compile_routes(
         };
         let mut parents_status = Vec::new();
         for p in route.spec.parent_refs.iter().flatten() {
-            let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let parent_kind = p.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || !matches!(parent_kind, "Gateway" | "ListenerSet") {
-                continue;
-            }
-            let parent = ParentRef {
-                namespace: p.namespace.clone().unwrap_or_else(|| id.namespace.clone()),
-                name: p.name.clone(),
-                kind: parent_kind.to_string(),
-                section_name: p.section_name.clone(),
+            let parts = ParentRefParts {
+                group: p.group.as_deref(),
+                kind: p.kind.as_deref(),
+                namespace: p.namespace.as_deref(),
+                name: &p.name,
+                section_name: p.section_name.as_deref(),
                 port: p.port,
             };
-            let parent_id = ObjectRef::new(parent.namespace.clone(), parent.name.clone());
-            // Only Gateways of our classes, and the ListenerSets that name them, get status
-            // from us.
-            let owner = match parent_kind {
-                "Gateway" => Owner::Gateway,
-                _ => Owner::ListenerSet(parent_id.clone()),
-            };
-            let Some(gw) = gateways.iter_mut().find(|g| match &owner {
-                Owner::Gateway => g.id == parent_id,
-                Owner::ListenerSet(ls) => g.listener_sets.iter().any(|s| s.id == *ls),
-            }) else {
+            let Some((parent, owner, gw)) = parent_of(&parts, &id.namespace, gateways) else {
                 continue;
             };
             let gw_id = gw.id.clone();
