@@ -15,6 +15,11 @@ fn gateway(ports: &[u16]) -> String {
         .iter()
         .map(|p| format!("  - {{name: tcp-{p}, port: {p}, protocol: TCP}}\n"))
         .collect();
+    gateway_with(&listeners)
+}
+
+/// Our GatewayClass and a Gateway `gw` with `listeners` (YAML list items, one per line).
+fn gateway_with(listeners: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -268,21 +273,9 @@ async fn tls_open(
     String,
     BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
 )> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(std::io::Error::other)?)
-            .map_err(std::io::Error::other)?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    use rustls::pki_types::ServerName;
+    let config = tls::client_config(&[ca_pem], &[]).map_err(std::io::Error::other)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from(server_name.to_string()).map_err(std::io::Error::other)?;
     let tcp = TcpStream::connect(addr).await?;
     let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
@@ -303,20 +296,11 @@ async fn tls_passthrough_routes_by_sni_without_terminating_and_closes_what_it_ca
     let wild = Echo::start_tls("wild", &certs, &wild_cert, &wild_key);
     let ip = loopback_ip();
     let port = free_port(ip);
+    let listener = format!(
+        "  - {{name: tls, port: {port}, protocol: TLS, hostname: \"*.example.com\", tls: {{mode: Passthrough}}}}\n"
+    );
     let text = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: tls, port: {port}, protocol: TLS, hostname: \"*.example.com\", tls: {{mode: Passthrough}}}}
-{}{}
+        "{}{}{}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
@@ -334,6 +318,7 @@ spec:
   hostnames: [\"*.example.com\", other.org]
   rules: [{{backendRefs: [{{name: wild, port: 9000}}]}}]
 ",
+        gateway_with(&listener),
         service("abc", abc.addr),
         service("wild", wild.addr)
     );
@@ -423,22 +408,15 @@ spec:
 "
         )
     };
-    let text = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: pass, port: {port}, protocol: TLS, hostname: \"*.internal.test\", tls: {{mode: Passthrough}}}}
+    let listeners = format!(
+        "  - {{name: pass, port: {port}, protocol: TLS, hostname: \"*.internal.test\", tls: {{mode: Passthrough}}}}
   - {{name: term, port: {port}, protocol: TLS, hostname: term.example.com, tls: {{mode: Terminate, certificateRefs: [{{name: gw-cert}}]}}}}
   - {{name: any, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}
-{}{}{}{}{}{}{}{}",
+"
+    );
+    let text = format!(
+        "{}{}{}{}{}{}{}{}{}",
+        gateway_with(&listeners),
         tls::secret_yaml("gw-cert", "default", &gw_cert, &gw_key),
         service("inner", inner.addr),
         service("grabber", grabber.addr),

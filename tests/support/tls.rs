@@ -57,6 +57,27 @@ enum Sender {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+/// A TLS client configuration trusting the certificates in `trusted` (PEM), offering
+/// `alpn`.
+pub fn client_config(
+    trusted: &[&str],
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 /// One connection (TLS, or h2c), kept open across requests.
 pub struct Conn {
     /// The protocol ALPN selected.
@@ -88,19 +109,7 @@ impl Conn {
         trusted: &[&str],
         alpn: &[&[u8]],
     ) -> anyhow::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for pem in trusted {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert?)?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = tokio_rustls::TlsConnector::from(client_config(trusted, alpn)?);
         let name = ServerName::try_from(server_name.to_string())?;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp)).await??;

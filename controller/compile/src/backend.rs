@@ -3,7 +3,7 @@
 use crate::grants::{GroupKind, ReferenceGrants};
 use crate::inputs::Inputs;
 use crate::refs::namespace_of;
-use crate::status::reasons;
+use crate::status::{Condition, reasons, types};
 use portico_crds::GATEWAY_GROUP;
 use portico_crds::endpointslice::{SERVICE_NAME_LABEL, endpoints_from_slices};
 use portico_crds::k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -22,6 +22,34 @@ pub const ENDPOINTS_ANNOTATION: &str = "portico.dev/endpoints";
 pub(crate) struct Unresolved {
     pub(crate) reason: &'static str,
     pub(crate) message: String,
+}
+
+/// A route's ResolvedRefs condition for one parent: False with the first unresolved
+/// reference's reason and every one's message, True when all resolved. `None`: the route
+/// was not translated (it is rejected whole), so nothing is unresolved.
+pub(crate) fn resolved_condition(
+    unresolved: Option<&[Unresolved]>,
+    generation: Option<i64>,
+) -> Condition {
+    match unresolved.and_then(|u| Some((u.first()?, u))) {
+        Some((first, all)) => {
+            let all: Vec<&str> = all.iter().map(|u| u.message.as_str()).collect();
+            Condition::new(
+                types::RESOLVED_REFS,
+                false,
+                first.reason,
+                all.join("; "),
+                generation,
+            )
+        }
+        None => Condition::new(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        ),
+    }
 }
 
 /// What a backendRef names, with the defaults of the Gateway API applied by the caller's view.

@@ -940,6 +940,37 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
 }
 
 impl GatewayState {
+    /// How route messages name the parent a parentRef selects (`listener "x" of Gateway
+    /// ns/gw`, `port 80 of ListenerSet ns/ls`, ...), or `NoMatchingParent` when that parent,
+    /// `owner`, is not accepted and so takes no route.
+    pub(crate) fn attach_target(
+        &self,
+        owner: &Owner,
+        parent: &ParentRef,
+    ) -> Result<String, (&'static str, String)> {
+        let parent_name = match owner {
+            Owner::Gateway if !self.accepted() => {
+                return Err((
+                    reasons::NO_MATCHING_PARENT,
+                    format!("Gateway {} is not accepted", self.id),
+                ));
+            }
+            Owner::ListenerSet(ls) if !self.listener_set_accepted(ls) => {
+                return Err((
+                    reasons::NO_MATCHING_PARENT,
+                    format!("ListenerSet {ls} is not accepted"),
+                ));
+            }
+            Owner::Gateway => format!("Gateway {}", self.id),
+            Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
+        };
+        Ok(match (&parent.section_name, parent.port) {
+            (Some(s), _) => format!("listener {s:?} of {parent_name}"),
+            (None, Some(p)) => format!("port {p} of {parent_name}"),
+            (None, None) => parent_name,
+        })
+    }
+
     /// Its own configuration is valid (its ListenerSets do not change that).
     pub(crate) fn accepted(&self) -> bool {
         self.invalid.is_none() && self.own_listeners().any(ListenerState::usable)

@@ -2,7 +2,7 @@
 //! to listeners, validation and translation of rules, backend resolution, and the per-parent
 //! status.
 
-use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
+use crate::backend::{BackendIndex, BackendRefSpec, Unresolved, resolved_condition};
 use crate::gateway::{GatewayState, NamespaceLabels, Owner, ParentRefParts, parent_of};
 use crate::hostname;
 use crate::refs::{object_ref, precedence};
@@ -28,20 +28,29 @@ pub(crate) struct RouteSource<'a> {
     pub(crate) invalid: Option<String>,
 }
 
-/// Routes attached to each Gateway, in precedence order, with the backends they use.
-#[derive(Default)]
-pub(crate) struct AttachedRoutes(
-    BTreeMap<ObjectRef, (Vec<HttpRoute>, BTreeMap<BackendId, Backend>)>,
+/// Routes (of the snapshot type `R`) attached to each Gateway, in precedence order, with
+/// the backends they use.
+pub(crate) struct Attached<R>(
+    pub(crate) BTreeMap<ObjectRef, (Vec<R>, BTreeMap<BackendId, Backend>)>,
 );
 
-impl AttachedRoutes {
-    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> (Vec<HttpRoute>, Vec<Backend>) {
+impl<R> Default for Attached<R> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<R: Clone> Attached<R> {
+    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> (Vec<R>, Vec<Backend>) {
         match self.0.get(gw) {
             Some((routes, backends)) => (routes.clone(), backends.values().cloned().collect()),
             None => (Vec::new(), Vec::new()),
         }
     }
 }
+
+/// HTTPRoutes and GRPCRoutes attached to each Gateway.
+pub(crate) type AttachedRoutes = Attached<HttpRoute>;
 
 pub(crate) struct RouteResults {
     pub(crate) attached: AttachedRoutes,
@@ -103,7 +112,10 @@ pub(crate) fn compile_routes(
             let conditions = match outcome {
                 Err((reason, message)) => vec![
                     Condition::new(types::ACCEPTED, false, reason, message, generation),
-                    resolved_condition(translated.as_ref().ok(), generation),
+                    resolved_condition(
+                        translated.as_ref().ok().map(|t| t.unresolved.as_slice()),
+                        generation,
+                    ),
                 ],
                 Ok((parents, t)) => {
                     let entry = attached.0.entry(gw_id.clone()).or_default();
@@ -129,7 +141,7 @@ pub(crate) fn compile_routes(
                             "attached",
                             generation,
                         ),
-                        resolved_condition(Some(t), generation),
+                        resolved_condition(Some(&t.unresolved), generation),
                     ]
                 }
             };
@@ -160,28 +172,6 @@ pub(crate) fn compile_routes(
     RouteResults { attached, status }
 }
 
-fn resolved_condition(t: Option<&Translated>, generation: Option<i64>) -> Condition {
-    match t.and_then(|t| t.unresolved.first().map(|u| (u, t))) {
-        Some((first, t)) => {
-            let all: Vec<&str> = t.unresolved.iter().map(|u| u.message.as_str()).collect();
-            Condition::new(
-                types::RESOLVED_REFS,
-                false,
-                first.reason,
-                all.join("; "),
-                generation,
-            )
-        }
-        None => Condition::new(
-            types::RESOLVED_REFS,
-            true,
-            reasons::RESOLVED_REFS,
-            "all references resolved",
-            generation,
-        ),
-    }
-}
-
 /// Attaches the route to the listeners of `owner` (the Gateway `gw` or one of its
 /// ListenerSets) that its parentRef selects, or says why not. A parentRef reaches only its
 /// own parent's listeners: a Gateway's never include its ListenerSets'.
@@ -194,22 +184,8 @@ fn attach(
     gw: &mut GatewayState,
     namespaces: &NamespaceLabels,
 ) -> Result<Vec<RouteParent>, (&'static str, String)> {
-    let parent_name = match owner {
-        Owner::Gateway if !gw.accepted() => {
-            return Err((
-                reasons::NO_MATCHING_PARENT,
-                format!("Gateway {} is not accepted", gw.id),
-            ));
-        }
-        Owner::ListenerSet(ls) if !gw.listener_set_accepted(ls) => {
-            return Err((
-                reasons::NO_MATCHING_PARENT,
-                format!("ListenerSet {ls} is not accepted"),
-            ));
-        }
-        Owner::Gateway => format!("Gateway {}", gw.id),
-        Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
-    };
+    // What the parentRef names, for messages; an error when that parent takes no route.
+    let target = gw.attach_target(owner, parent)?;
     let route_hosts: Vec<String> = route.spec.hostnames.clone().unwrap_or_default();
     if let Some(bad) = route_hosts.iter().find_map(|h| hostname::validate(h).err()) {
         return Err((reasons::UNSUPPORTED_VALUE, bad));
@@ -259,11 +235,6 @@ fn attach(
             });
         }
     }
-    let target = match (&parent.section_name, parent.port) {
-        (Some(s), _) => format!("listener {s:?} of {parent_name}"),
-        (None, Some(p)) => format!("port {p} of {parent_name}"),
-        (None, None) => parent_name,
-    };
     match (selected, allowed, out.is_empty()) {
         (0, _, _) => Err((
             reasons::NO_MATCHING_PARENT,

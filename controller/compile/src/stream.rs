@@ -8,15 +8,16 @@
 //! overlap the oldest serves, which the snapshot's order says (the dataplane takes the first
 //! route for a listener, or for a hostname).
 
-use crate::backend::{BackendIndex, BackendRefSpec, Unresolved};
+use crate::backend::{BackendIndex, BackendRefSpec, Unresolved, resolved_condition};
 use crate::gateway::{GatewayState, NamespaceLabels, Owner, ParentRefParts, parent_of};
 use crate::hostname;
 use crate::refs::{object_ref, precedence};
+use crate::route::Attached;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
 use portico_crds::gateway_api::tlsroutes::TlsRoute;
 use portico_crds::l4::TcpRoute;
 use portico_model::{
-    Backend, BackendId, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamParent, StreamRoute,
+    Backend, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamParent, StreamRoute,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -60,19 +61,7 @@ impl<'a> StreamSource<'a> {
 }
 
 /// The stream routes attached to each Gateway, in precedence order, with their backends.
-#[derive(Default)]
-pub(crate) struct AttachedStreams(
-    BTreeMap<ObjectRef, (Vec<StreamRoute>, BTreeMap<BackendId, Backend>)>,
-);
-
-impl AttachedStreams {
-    pub(crate) fn for_gateway(&self, gw: &ObjectRef) -> (Vec<StreamRoute>, Vec<Backend>) {
-        match self.0.get(gw) {
-            Some((routes, backends)) => (routes.clone(), backends.values().cloned().collect()),
-            None => (Vec::new(), Vec::new()),
-        }
-    }
-}
+pub(crate) type AttachedStreams = Attached<StreamRoute>;
 
 pub(crate) struct StreamResults {
     pub(crate) attached: AttachedStreams,
@@ -136,7 +125,10 @@ pub(crate) fn compile_stream_routes(
             let conditions = match outcome {
                 Err((reason, message)) => vec![
                     Condition::new(types::ACCEPTED, false, reason, message, generation),
-                    resolved_condition(resolved.as_ref().ok(), generation),
+                    resolved_condition(
+                        resolved.as_ref().ok().map(|r| r.unresolved.as_slice()),
+                        generation,
+                    ),
                 ],
                 Ok((parents, r)) => {
                     let entry = attached.0.entry(gw_id.clone()).or_default();
@@ -160,7 +152,7 @@ pub(crate) fn compile_stream_routes(
                             "attached",
                             generation,
                         ),
-                        resolved_condition(Some(r), generation),
+                        resolved_condition(Some(&r.unresolved), generation),
                     ]
                 }
             };
@@ -248,28 +240,6 @@ fn resolve(
     Ok(out)
 }
 
-fn resolved_condition(r: Option<&Resolved>, generation: Option<i64>) -> Condition {
-    match r.and_then(|r| r.unresolved.first().map(|u| (u, r))) {
-        Some((first, r)) => {
-            let all: Vec<&str> = r.unresolved.iter().map(|u| u.message.as_str()).collect();
-            Condition::new(
-                types::RESOLVED_REFS,
-                false,
-                first.reason,
-                all.join("; "),
-                generation,
-            )
-        }
-        None => Condition::new(
-            types::RESOLVED_REFS,
-            true,
-            reasons::RESOLVED_REFS,
-            "all references resolved",
-            generation,
-        ),
-    }
-}
-
 /// What attachment reads of the route besides its parentRef.
 struct Scope<'a> {
     kind: RouteKind,
@@ -288,22 +258,8 @@ fn attach(
     namespaces: &NamespaceLabels,
 ) -> Result<Vec<StreamParent>, (&'static str, String)> {
     let (kind, route_ns) = (scope.kind, scope.route_ns);
-    let parent_name = match owner {
-        Owner::Gateway if !gw.accepted() => {
-            return Err((
-                reasons::NO_MATCHING_PARENT,
-                format!("Gateway {} is not accepted", gw.id),
-            ));
-        }
-        Owner::ListenerSet(ls) if !gw.listener_set_accepted(ls) => {
-            return Err((
-                reasons::NO_MATCHING_PARENT,
-                format!("ListenerSet {ls} is not accepted"),
-            ));
-        }
-        Owner::Gateway => format!("Gateway {}", gw.id),
-        Owner::ListenerSet(ls) => format!("ListenerSet {ls}"),
-    };
+    // What the parentRef names, for messages; an error when that parent takes no route.
+    let target = gw.attach_target(owner, parent)?;
     if let Some(bad) = scope
         .hostnames
         .into_iter()
@@ -340,11 +296,6 @@ fn attach(
             hostnames,
         });
     }
-    let target = match (&parent.section_name, parent.port) {
-        (Some(s), _) => format!("listener {s:?} of {parent_name}"),
-        (None, Some(p)) => format!("port {p} of {parent_name}"),
-        (None, None) => parent_name,
-    };
     match (selected, allowed, out.is_empty()) {
         (0, _, _) => Err((
             reasons::NO_MATCHING_PARENT,
