@@ -18,7 +18,8 @@
 //     here), and the pod is deleted with grace 0, so namespaces never stay Terminating.
 //   - Services (a userspace service proxy, as kube-proxy's first mode was): each ClusterIP is
 //     an address of the bridge with a TCP listener per port that forwards to a ready
-//     endpoint; `default/kubernetes` forwards to the API server. Each LoadBalancer Service
+//     endpoint, and a UDP socket per UDP port that gives each client address a flow of its
+//     own to one endpoint; `default/kubernetes` forwards to the API server. Each LoadBalancer Service
 //     gets an address from 198.19.255.0/24 the same way, written to its status, so a
 //     Gateway's address reaches its dataplane pods from the test process: the one its
 //     spec.loadBalancerIP asks for when that is in the pool and free, none when it asks
@@ -36,6 +37,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -1139,7 +1141,7 @@ type serviceProxy struct {
 	slices   func(ns, svc string) ([]*discoveryv1.EndpointSlice, error)
 
 	mu        sync.Mutex
-	listeners map[string]*forwarder // "ip:port" → forwarder
+	listeners map[string]*forwarder // "tcp/ip:port" or "udp/ip:port" → forwarder
 	lbIPs     map[types.UID]net.IP
 	nextLB    byte              // the last address given from the pool (198.19.255.nextLB)
 	clusterIP map[string]net.IP // "ns/name" → ClusterIP
@@ -1148,9 +1150,20 @@ type serviceProxy struct {
 }
 
 type forwarder struct {
-	ln      net.Listener
+	ln      net.Listener   // a TCP port
+	pc      net.PacketConn // a UDP port
 	service types.NamespacedName
 	port    corev1.ServicePort
+}
+
+// close stops the forwarder's listener (its UDP flows end with it).
+func (f *forwarder) close() {
+	if f.ln != nil {
+		_ = f.ln.Close()
+	}
+	if f.pc != nil {
+		_ = f.pc.Close()
+	}
 }
 
 func newServiceProxy(k *kubelet, f informers.SharedInformerFactory) *serviceProxy {
@@ -1210,7 +1223,7 @@ func (p *serviceProxy) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, f := range p.listeners {
-		_ = f.ln.Close()
+		f.close()
 	}
 }
 
@@ -1268,17 +1281,22 @@ func (p *serviceProxy) reconcile() {
 		}
 		for _, a := range addrs {
 			for _, port := range s.Spec.Ports {
-				if port.Protocol != "" && port.Protocol != corev1.ProtocolTCP {
+				proto := "tcp"
+				switch port.Protocol {
+				case "", corev1.ProtocolTCP:
+				case corev1.ProtocolUDP:
+					proto = "udp"
+				default:
 					continue
 				}
-				want[net.JoinHostPort(a.String(), strconv.Itoa(int(port.Port)))] = &forwarder{service: key, port: port}
+				want[proto+"/"+net.JoinHostPort(a.String(), strconv.Itoa(int(port.Port)))] = &forwarder{service: key, port: port}
 			}
 		}
 	}
 	p.clusterIP = clusterIPs
 	for addr, f := range p.listeners {
 		if w, ok := want[addr]; !ok {
-			_ = f.ln.Close()
+			f.close()
 			delete(p.listeners, addr)
 		} else {
 			f.service, f.port = w.service, w.port
@@ -1288,11 +1306,23 @@ func (p *serviceProxy) reconcile() {
 		if _, ok := p.listeners[addr]; ok {
 			continue
 		}
-		host, _, _ := net.SplitHostPort(addr)
+		proto, hostPort, _ := strings.Cut(addr, "/")
+		host, _, _ := net.SplitHostPort(hostPort)
 		_ = ip("addr", "add", host+"/32", "dev", bridge) // fails harmlessly when present
-		ln, err := net.Listen("tcp", addr)
+		if proto == "udp" {
+			pc, err := net.ListenPacket("udp", hostPort)
+			if err != nil {
+				log.Printf("kubelet: service %s: listen udp %s: %v", f.service, hostPort, err)
+				continue
+			}
+			f.pc = pc
+			p.listeners[addr] = f
+			go p.relay(f)
+			continue
+		}
+		ln, err := net.Listen("tcp", hostPort)
 		if err != nil {
-			log.Printf("kubelet: service %s: listen %s: %v", f.service, addr, err)
+			log.Printf("kubelet: service %s: listen %s: %v", f.service, hostPort, err)
 			continue
 		}
 		f.ln = ln
@@ -1429,4 +1459,92 @@ func (p *serviceProxy) forward(conn net.Conn, svc types.NamespacedName, port cor
 	go pipe(conn, up)
 	<-done
 	<-done
+}
+
+// udpFlowIdle is how long a UDP flow through a Service lives without a datagram either way.
+const udpFlowIdle = 30 * time.Second
+
+// relay forwards a Service's UDP port as kube-proxy does: each client address is a flow with
+// its own endpoint, picked when its first datagram arrives, and replies go back from the
+// Service's address (a client with a connected socket takes nothing else).
+func (p *serviceProxy) relay(f *forwarder) {
+	type flow struct {
+		up   *net.UDPConn
+		seen time.Time
+	}
+	var mu sync.Mutex
+	flows := map[string]*flow{}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, fl := range flows {
+			_ = fl.up.Close()
+		}
+	}()
+	buf := make([]byte, 65535)
+	for {
+		n, client, err := f.pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		key := client.String()
+		mu.Lock()
+		fl, ok := flows[key]
+		mu.Unlock()
+		if !ok {
+			p.mu.Lock()
+			svc, port := f.service, f.port
+			p.mu.Unlock()
+			target := p.backend(svc, port)
+			if target == "" {
+				continue
+			}
+			raddr, err := net.ResolveUDPAddr("udp", target)
+			if err != nil {
+				continue
+			}
+			up, err := net.DialUDP("udp", nil, raddr)
+			if err != nil {
+				continue
+			}
+			fl = &flow{up: up, seen: time.Now()}
+			mu.Lock()
+			flows[key] = fl
+			mu.Unlock()
+			go func() {
+				defer func() {
+					mu.Lock()
+					if flows[key] == fl {
+						delete(flows, key)
+					}
+					mu.Unlock()
+					_ = up.Close()
+				}()
+				reply := make([]byte, 65535)
+				for {
+					_ = up.SetReadDeadline(time.Now().Add(udpFlowIdle))
+					n, err := up.Read(reply)
+					if err != nil {
+						var ne net.Error
+						if errors.As(err, &ne) && ne.Timeout() {
+							mu.Lock()
+							idle := time.Since(fl.seen) >= udpFlowIdle
+							mu.Unlock()
+							if !idle {
+								continue
+							}
+						}
+						return
+					}
+					if _, err := f.pc.WriteTo(reply[:n], client); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		mu.Lock()
+		fl.seen = time.Now()
+		mu.Unlock()
+		_, _ = fl.up.Write(buf[:n])
+	}
 }
