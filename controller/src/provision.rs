@@ -56,6 +56,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
+use portico_compile::ServedPort;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gatewayconfig::GatewayConfig;
@@ -106,8 +107,10 @@ struct Context {
 }
 
 /// The ports each Gateway serves for its ListenerSets' listeners, by Gateway.
-pub type ListenerSetPorts =
-    std::collections::BTreeMap<portico_model::ObjectRef, std::collections::BTreeSet<i32>>;
+pub type ListenerSetPorts = std::collections::BTreeMap<
+    portico_model::ObjectRef,
+    std::collections::BTreeSet<portico_compile::ServedPort>,
+>;
 
 /// Runs the provisioning loop until the process ends.
 pub async fn run(
@@ -331,8 +334,12 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
         Some(ports) => ports,
         None => {
             let name = portico_compile::dataplane_name(&id.namespace, &id.name);
-            let own: std::collections::BTreeSet<i32> =
-                gw.spec.listeners.iter().map(|l| l.port).collect();
+            let own: std::collections::BTreeSet<ServedPort> = gw
+                .spec
+                .listeners
+                .iter()
+                .map(|l| ServedPort::of(l.port, &l.protocol))
+                .collect();
             Api::<Service>::namespaced(
                 ctx.client.clone(),
                 ctx.settings.placement.namespace_for(&id.namespace),
@@ -343,7 +350,7 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error>
             .and_then(|s| s.ports)
             .unwrap_or_default()
             .iter()
-            .map(|p| p.port)
+            .map(|p| ServedPort::of(p.port, p.protocol.as_deref().unwrap_or("TCP")))
             .filter(|p| !own.contains(p))
             .collect()
         }

@@ -109,6 +109,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "TLSRoute",
     "TLSRouteModeMixed",
     "TLSRouteModeTerminate",
+    "UDPRoute",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -498,6 +499,17 @@ impl StatusWriter {
                 )
                 .await?;
         }
+        for route in index.udp_routes.state() {
+            written += self
+                .write_route(
+                    "UDPRoute",
+                    &*route,
+                    as_http_route_status(route.status.as_ref()),
+                    &report.udp_routes,
+                    &now,
+                )
+                .await?;
+        }
         for kind in PolicyKind::ALL {
             // The one place that pairs each kind with its store (and so its Rust type).
             written += match kind {
@@ -650,8 +662,8 @@ impl StatusWriter {
     }
 }
 
-/// Another route kind's status read as HTTPRoute's: GRPCRoute, TCPRoute and TLSRoute
-/// statuses are their parents, in HTTPRoute's schema.
+/// Another route kind's status read as HTTPRoute's: GRPCRoute, TCPRoute, TLSRoute and
+/// UDPRoute statuses are their parents, in HTTPRoute's schema.
 fn as_http_route_status<S: Serialize>(status: Option<&S>) -> HttpRouteStatus {
     status
         .and_then(|s| serde_json::to_value(s).ok())

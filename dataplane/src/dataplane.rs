@@ -33,7 +33,7 @@ pub struct ApplyReport {
     /// Sockets the change needed and could not bind: when any, the change was refused and
     /// the running configuration left as it was.
     pub bind_failures: BTreeMap<SocketAddr, String>,
-    pub sockets: Vec<SocketAddr>,
+    pub sockets: Vec<String>,
     pub routes: usize,
 }
 

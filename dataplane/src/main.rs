@@ -193,6 +193,14 @@ struct ServeArgs {
     /// seconds. One whose TCPRoute goes away is closed `--drain-timeout-s` later.
     #[arg(long, default_value_t = 3600)]
     tcp_idle_timeout_s: u64,
+    /// A flow of a UDP listener (the datagrams of one client address) with no datagram either
+    /// way for this long ends, in seconds; the client's next datagram starts a new one.
+    #[arg(long, default_value_t = 60)]
+    udp_idle_timeout_s: u64,
+    /// Flows one UDP listener socket keeps at most; datagrams that would start more are
+    /// dropped.
+    #[arg(long, default_value_t = 10_000)]
+    udp_max_flows: usize,
     /// A write to a client that reads nothing for this long ends its connection, in seconds;
     /// so does a write to a WebSocket's backend.
     #[arg(long, default_value_t = 60)]
@@ -452,6 +460,8 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
                 write_timeout: secs(args.write_timeout_s.max(1)),
                 drain: secs(args.drain_timeout_s),
                 hello_timeout: secs(args.first_bytes_timeout_s.max(1)),
+                datagram_idle_timeout: secs(args.udp_idle_timeout_s.max(1)),
+                max_flows: args.udp_max_flows.max(1),
                 ..StreamSettings::default()
             },
             ..ServerSettings::default()

@@ -429,6 +429,10 @@ pub struct Metrics {
     pub tunnels: crate::tunnel::TunnelMetrics,
     /// Connections of TCP listeners.
     pub streams: crate::tunnel::TunnelMetrics,
+    /// Flows of UDP listeners.
+    pub flows: crate::tunnel::TunnelMetrics,
+    /// Datagrams of UDP listeners not forwarded, by reason.
+    pub datagrams_dropped: Family<crate::tunnel::EndLabel, Counter>,
     mirror_requests: Family<MirrorLabels, Counter>,
     compressed: Family<EncodingLabel, Counter>,
     certificate_expiry: Family<CertificateSeries, Gauge>,
@@ -564,6 +568,23 @@ impl Default for Metrics {
             "tcp_connections_closed",
             "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed, not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
             streams.closed.clone(),
+        );
+        let flows = crate::tunnel::TunnelMetrics::default();
+        registry.register(
+            "udp_flows",
+            "Flows of UDP listeners (the datagrams of one client address, to one endpoint), open now",
+            flows.open.clone(),
+        );
+        registry.register(
+            "udp_flows_closed",
+            "Flows of UDP listeners that ended, by reason (idle_timeout; refused: the endpoint answered ICMP port unreachable; drained: their route went away; connect_failed)",
+            flows.closed.clone(),
+        );
+        let datagrams_dropped = Family::<crate::tunnel::EndLabel, Counter>::default();
+        registry.register(
+            "udp_datagrams_dropped",
+            "Datagrams of UDP listeners not forwarded, by reason (no_route, no_backend, no_endpoint, too_many_flows, queue_full: the flow's queue to its endpoint was full, send_failed: a reply could not be sent to its client)",
+            datagrams_dropped.clone(),
         );
         let certificate_expiry = Family::<CertificateSeries, Gauge>::default();
         registry.register(
@@ -755,6 +776,8 @@ impl Default for Metrics {
             tls_handshake_errors,
             tunnels,
             streams,
+            flows,
+            datagrams_dropped,
             mirror_requests,
             compressed,
             certificate_expiry,

@@ -4,7 +4,7 @@
 use crate::auth::{AuthEngine, AuthShared};
 use crate::cache::step::{CacheEngine, CacheShared, RuleCache};
 use crate::cors::CorsPolicy;
-use crate::listen::tcp::{SniRoutes, TcpForward, TcpService};
+use crate::listen::tcp::{SniRoutes, StreamForward, StreamService};
 use crate::metrics::{CacheSeries, CertificateSeries, Metrics, RouteSeries};
 use crate::mirror::MirrorTo;
 use crate::policy::Chain;
@@ -29,8 +29,11 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct Tables {
     pub sockets: BTreeMap<SocketAddr, SocketRouter>,
-    /// The sockets of TCP listeners, with the route each serves.
-    pub streams: BTreeMap<SocketAddr, TcpService>,
+    /// The sockets of TCP and TLS listeners, with the routes each serves.
+    pub streams: BTreeMap<SocketAddr, StreamService>,
+    /// The UDP sockets of UDP listeners, with the route each serves (a UDP port number is
+    /// not a TCP one: these may share numbers with the sockets above).
+    pub datagrams: BTreeMap<SocketAddr, StreamService>,
     /// TLS settings of the sockets that serve HTTPS listeners.
     pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
     /// Every route label in use.
@@ -62,9 +65,9 @@ pub fn build(
 ) -> Tables {
     let mut t = Tables::default();
     // Which gateway/listener owns each (socket, listener hostname) slot.
-    let mut owners: BTreeMap<(SocketAddr, Option<String>), (String, String)> = BTreeMap::new();
+    let mut owners: BTreeMap<(SocketKey, Option<String>), (String, String)> = BTreeMap::new();
     // A socket speaks one protocol: the first listener bound to it decides.
-    let mut protocols: BTreeMap<SocketAddr, Protocol> = BTreeMap::new();
+    let mut protocols: BTreeMap<SocketKey, Protocol> = BTreeMap::new();
     let mut certificates: BTreeMap<SocketAddr, SniCertificates> = BTreeMap::new();
     let mut order = 0usize;
     for snap in snapshots {
@@ -80,8 +83,9 @@ pub fn build(
             };
             for ip in addrs {
                 let sa = SocketAddr::new(ip, l.port);
-                let slot = (sa, l.hostname.clone());
-                let protocol = *protocols.entry(sa).or_insert(l.protocol);
+                let socket = (l.protocol == Protocol::Udp, sa);
+                let slot = (socket, l.hostname.clone());
+                let protocol = *protocols.entry(socket).or_insert(l.protocol);
                 if socket_kind(protocol) != socket_kind(l.protocol) {
                     t.warnings.push(format!(
                         "listener {gw}/{} is {:?} but {sa} already serves {protocol:?}; not served",
@@ -132,6 +136,9 @@ pub fn build(
                     // Bound even without a route (its connections are closed at once).
                     Protocol::Tcp => {
                         t.streams.entry(sa).or_default();
+                    }
+                    Protocol::Udp => {
+                        t.datagrams.entry(sa).or_default();
                     }
                     Protocol::TlsPassthrough | Protocol::TlsTerminate => {
                         t.streams
@@ -323,8 +330,8 @@ pub fn build(
             }
             t.routes.insert(label.to_string());
         }
-        // TCPRoutes and TLSRoutes, oldest first: the first to name a listener (TCP) or a
-        // hostname (TLS) serves it.
+        // TCPRoutes, TLSRoutes and UDPRoutes, oldest first: the first to name a listener
+        // (TCP, UDP) or a hostname (TLS) serves it.
         for route in &snap.stream_routes {
             let forward = Arc::new(tcp_forward(route, snap, pools, metrics, &mut t));
             for parent in &route.parents {
@@ -333,7 +340,11 @@ pub fn build(
                     .into_iter()
                     .flatten()
                 {
-                    let Some(service) = t.streams.get_mut(sa) else {
+                    let sockets = match route.kind {
+                        RouteKind::Udp => &mut t.datagrams,
+                        _ => &mut t.streams,
+                    };
+                    let Some(service) = sockets.get_mut(sa) else {
                         continue;
                     };
                     match (&mut service.sni, route.kind) {
@@ -352,7 +363,7 @@ pub fn build(
                                 sni.add(listener_host, Some(h), &forward);
                             }
                         }
-                        (None, RouteKind::Tcp) => {
+                        (None, RouteKind::Tcp | RouteKind::Udp) => {
                             service.route.get_or_insert_with(|| forward.clone());
                         }
                         _ => t.warnings.push(format!(
@@ -389,11 +400,15 @@ pub fn build(
     // An HTTPS socket without a usable certificate would serve plain HTTP: leave it unbound.
     let tls_sockets: BTreeSet<SocketAddr> = t.tls.keys().copied().collect();
     t.sockets.retain(|sa, _| {
-        let https = protocols.get(sa) == Some(&Protocol::Https);
+        let https = protocols.get(&(false, *sa)) == Some(&Protocol::Https);
         !https || tls_sockets.contains(sa)
     });
     t
 }
+
+/// A socket: whether it is UDP, and its address (a UDP port is not the TCP port of the same
+/// number).
+type SocketKey = (bool, SocketAddr);
 
 /// The rule's policy if it has one, else its parent's: the most specific applies whole.
 fn most_specific<T>(rule: Option<&Option<Arc<T>>>, parent: &Option<Arc<T>>) -> Option<Arc<T>> {
@@ -604,7 +619,7 @@ fn tcp_forward(
     pools: &Upstreams,
     metrics: &Metrics,
     t: &mut Tables,
-) -> TcpForward {
+) -> StreamForward {
     let label: Arc<str> = route.label().into();
     let mut targets = Vec::new();
     let mut upto = 0u32;
@@ -627,16 +642,17 @@ fn tcp_forward(
         };
         targets.push((upto, pool));
     }
-    TcpForward { label, targets }
+    StreamForward { label, targets }
 }
 
 /// What a socket serves, by listener protocol: HTTP, HTTPS, TCP, or TLS (both modes share a
-/// socket: the SNI picks the listener).
+/// socket: the SNI picks the listener), or UDP.
 fn socket_kind(p: Protocol) -> u8 {
     match p {
         Protocol::Http => 0,
         Protocol::Https => 1,
         Protocol::Tcp => 2,
         Protocol::TlsPassthrough | Protocol::TlsTerminate => 3,
+        Protocol::Udp => 4,
     }
 }

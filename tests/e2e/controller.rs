@@ -553,7 +553,7 @@ async fn cross_namespace_backends_need_a_reference_grant() {
 }
 
 #[tokio::test]
-async fn tcp_routes_get_their_status_and_a_reference_grant_lets_them_cross_namespaces() {
+async fn tcp_and_udp_routes_get_their_status_and_a_reference_grant_lets_them_cross_namespaces() {
     use portico_crds::l4::TcpRoute;
     let client = cluster().client().await;
     shared_controller();
@@ -567,10 +567,33 @@ async fn tcp_routes_get_their_status_and_a_reference_grant_lets_them_cross_names
                "metadata": {"name": "gw"},
                "spec": {"gatewayClassName": ns, "listeners": [
                    {"name": "db", "port": 5432, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}},
-                   {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+                   {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                   {"name": "dns", "port": 5432, "protocol": "UDP"}]}}),
     )
     .await;
     service(&client, &ns, "svc").await;
+    // A UDPRoute on the UDP listener sharing the TCP one's port number: attached, and its
+    // backend refused for having no UDP port.
+    create::<portico_crds::l4::UdpRoute>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "UDPRoute",
+               "metadata": {"name": "dns"},
+               "spec": {"parentRefs": [{"name": "gw", "sectionName": "dns"}],
+                        "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}}),
+    )
+    .await;
+    let udp_routes: Api<portico_crds::l4::UdpRoute> = Api::namespaced(client.clone(), &ns);
+    await_some("UDPRoute status", || async {
+        let r = udp_routes.get_opt("dns").await.ok().flatten()?;
+        let ok = r.status?.parents.iter().any(|p| {
+            p.controller_name == CONTROLLER
+                && is(&p.conditions, "Accepted", "True", "Accepted")
+                && is(&p.conditions, "ResolvedRefs", "False", "BackendNotFound")
+        });
+        ok.then_some(())
+    })
+    .await;
     let tcp_route = |name: &str, section: &str| {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute",
                "metadata": {"name": name},
@@ -630,7 +653,13 @@ async fn tcp_routes_get_their_status_and_a_reference_grant_lets_them_cross_names
             .flatten()
             .map(|k| k.kind.as_str())
             .collect();
-        (db.attached_routes == 1 && kinds == ["TCPRoute"]).then_some(())
+        let dns = listeners.iter().find(|l| l.name == "dns")?;
+        let accepted = dns
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True");
+        (db.attached_routes == 1 && kinds == ["TCPRoute"] && dns.attached_routes == 1 && accepted)
+            .then_some(())
     })
     .await;
 }

@@ -1042,6 +1042,7 @@ async fn the_feature_examples_work_as_committed() {
         "cache",
         "tcp",
         "tls-passthrough",
+        "udp",
     ] {
         let out = std::process::Command::new(&binaries().portico)
             .arg("check")
@@ -1199,6 +1200,26 @@ async fn the_feature_examples_work_as_committed() {
             .expect("TLS with the example's certificate");
     let r = conn.get("app.example.test", "/").await.expect("request");
     assert_eq!(r.status, 200);
+    drop(p);
+
+    // DNS over UDP: a datagram to the listener reaches the resolver (a UDP echo here) and
+    // its answer comes back from the gateway's address (the client socket is connected).
+    let resolver = Echo::start_udp("resolver");
+    let (ip, ports, files) = start("udp", &["5353"]);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(n, t)| (n, t.replace("127.0.0.1:9053", &resolver.addr.to_string())))
+        .collect();
+    let p = serve_files(ip, &files).await;
+    let client = tokio::net::UdpSocket::bind((ip, 0)).await.expect("socket");
+    client.connect(p.addr(ports[0])).await.expect("connect");
+    client.send(b"query").await.expect("send");
+    let mut answer = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.recv(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(&answer[..n], b"resolver query");
     drop(p);
 
     // gRPC over h2c: the method routes to the h2c backend (the echo speaks h2c).

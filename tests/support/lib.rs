@@ -112,7 +112,8 @@ pub fn free_port(ip: IpAddr) -> u16 {
     for _ in 0..COUNT {
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = u16::try_from(FIRST + (start + k) % COUNT).expect("a port");
-        if TcpListener::bind((ip, port)).is_ok() {
+        // Free for both transports (a UDP test takes it for a UDP socket).
+        if TcpListener::bind((ip, port)).is_ok() && std::net::UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }
@@ -327,6 +328,38 @@ impl Echo {
         args.extend_from_slice(extra);
         let proc = Proc::spawn(name, &binaries().echo, &args);
         wait_port(addr);
+        Self { addr, proc }
+    }
+
+    /// A UDP echo (`--udp`): answers each datagram with `name`, a space and the datagram,
+    /// from the address it was sent to. Returns once it answers.
+    pub fn start_udp(name: &str) -> Self {
+        let ip = loopback_ip();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let proc = Proc::spawn(
+            name,
+            &binaries().echo,
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--name".into(),
+                name.into(),
+                "--udp".into(),
+            ],
+        );
+        let probe = std::net::UdpSocket::bind((ip, 0)).expect("a UDP socket");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("a read timeout");
+        let end = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 256];
+        loop {
+            let _ = probe.send_to(b"ping", addr);
+            if probe.recv_from(&mut buf).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < end, "no UDP echo on {addr}");
+        }
         Self { addr, proc }
     }
 

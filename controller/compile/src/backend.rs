@@ -159,15 +159,26 @@ impl<'a> BackendIndex<'a> {
             });
         };
         let port = r.port.unwrap_or_default();
+        // A UDPRoute's datagrams go to the Service's UDP port of that number, every other
+        // route's bytes to its TCP port (DNS has both on 53).
+        let transport = if from_kind == "UDPRoute" {
+            "UDP"
+        } else {
+            "TCP"
+        };
         let spec_port = service
             .spec
             .as_ref()
             .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port));
+            .and_then(|ports| {
+                ports
+                    .iter()
+                    .find(|p| p.port == port && p.protocol.as_deref().unwrap_or("TCP") == transport)
+            });
         let (Some(spec_port), Ok(port_u16)) = (spec_port, u16::try_from(port)) else {
             return Err(Unresolved {
                 reason: reasons::BACKEND_NOT_FOUND,
-                message: format!("Service {ns}/{} has no port {port}", r.name),
+                message: format!("Service {ns}/{} has no {transport} port {port}", r.name),
             });
         };
         let protocol = match spec_port.app_protocol.as_deref() {
@@ -189,6 +200,7 @@ impl<'a> BackendIndex<'a> {
                 namespace: ns.to_string(),
                 name: r.name.to_string(),
                 port: port_u16,
+                udp: transport == "UDP",
             },
             protocol,
             port_name: spec_port.name.clone(),

@@ -261,6 +261,13 @@ impl ListenerState {
         self.usable() && (!self.terminates_tls() || !self.certificates.is_empty())
     }
 
+    /// Whether it listens for UDP datagrams: a UDP port number is not a TCP one, so a UDP
+    /// listener shares its port number with listeners of other protocols without conflict
+    /// (DNS on 53 over both).
+    pub(crate) fn is_udp(&self) -> bool {
+        self.protocol == "UDP"
+    }
+
     /// HTTPS, or TLS in mode Terminate: served with the listener's certificates.
     pub(crate) fn terminates_tls(&self) -> bool {
         self.protocol == "HTTPS" || (self.protocol == "TLS" && !self.passthrough)
@@ -668,9 +675,11 @@ fn unreadable_listener(
 /// none of this one's business).
 fn conflict_with_earlier(earlier: &[ListenerState], l: &ListenerState) -> Option<(String, String)> {
     let on_port = || {
-        earlier
-            .iter()
-            .filter(|e| e.port == l.port && (e.owner == Owner::Gateway || e.usable()))
+        earlier.iter().filter(|e| {
+            e.port == l.port
+                && e.is_udp() == l.is_udp()
+                && (e.owner == Owner::Gateway || e.usable())
+        })
     };
     if let Some(e) = on_port().find(|e| e.protocol != l.protocol) {
         return Some((
@@ -777,10 +786,18 @@ fn listener_state(
                     .to_string(),
             ));
         }
-        ("UDP", _) => {
+        // Datagrams name no host either.
+        ("UDP", None) if l.hostname.is_some() => {
             rejected = Some((
-                reasons::UNSUPPORTED_PROTOCOL.to_string(),
-                "protocol UDP is not supported yet; HTTP, HTTPS, TCP and TLS are".to_string(),
+                reasons::INVALID.to_string(),
+                "hostname must not be set on a UDP listener".to_string(),
+            ));
+        }
+        ("UDP", None) => {}
+        ("UDP", Some(_)) => {
+            rejected = Some((
+                reasons::INVALID.to_string(),
+                "tls must not be set on a UDP listener".to_string(),
             ));
         }
         (other, _) => {
@@ -841,7 +858,10 @@ fn listener_state(
     supported_kinds.dedup();
     // A listener whose protocol is not served supports no route kind (the spec:
     // supportedKinds lists what the listener can attach, and it attaches nothing).
-    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "TLS") {
+    if !matches!(
+        l.protocol.as_str(),
+        "HTTP" | "HTTPS" | "TCP" | "TLS" | "UDP"
+    ) {
         supported_kinds.clear();
     }
     let passthrough = l.protocol == "TLS"
@@ -892,11 +912,11 @@ fn listener_state(
 /// Listeners on one port must share a protocol, and HTTP listeners on one port need distinct
 /// hostnames. Every listener of an indistinct set is Conflicted; none of them is picked.
 fn mark_conflicts(listeners: &mut [ListenerState]) {
-    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut by_port: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
     for (i, l) in listeners.iter().enumerate() {
-        by_port.entry(l.port).or_default().push(i);
+        by_port.entry((l.is_udp(), l.port)).or_default().push(i);
     }
-    for (port, idx) in by_port {
+    for ((_, port), idx) in by_port {
         // TLS listeners of both modes may share a port: the SNI picks the listener.
         let protocols: BTreeSet<&str> = idx
             .iter()

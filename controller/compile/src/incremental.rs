@@ -15,7 +15,7 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     dataplane_name, grpc_route_parents, http_route_parents, listener_set_parent, object_ref,
-    tcp_route_parents, tls_route_parents,
+    tcp_route_parents, tls_route_parents, udp_route_parents,
 };
 use crate::status::{
     GatewayStatus, ListenerSetStatus, RouteParentStatus, RouteStatus, StatusReport,
@@ -247,6 +247,20 @@ impl Dependencies {
                 refs,
             );
         }
+        for r in &inputs.udp_routes {
+            let refs = r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backend_refs.iter())
+                .map(|b| (b.namespace.clone(), b.name.clone()));
+            d.add_route(
+                RouteKind::Udp,
+                &r.metadata,
+                udp_route_parents(r, &sets),
+                refs,
+            );
+        }
         // A policy is read by the Gateways it targets, directly, through a route, or through
         // the routes that send to a Service it targets; so are its Secrets. (Routes are all
         // in the map by now, so a Service's Gateways are known.)
@@ -440,6 +454,7 @@ impl IncrementalCompile {
             (RouteKind::Grpc, out.status.grpc_routes),
             (RouteKind::Tcp, out.status.tcp_routes),
             (RouteKind::Tls, out.status.tls_routes),
+            (RouteKind::Udp, out.status.udp_routes),
         ];
         for (kind, statuses) in routes {
             for (route, s) in statuses {

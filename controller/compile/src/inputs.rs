@@ -17,7 +17,7 @@ use portico_crds::gateway_api::{
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
-use portico_crds::l4::TcpRoute;
+use portico_crds::l4::{TcpRoute, UdpRoute};
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::ObjectRef;
 use std::collections::BTreeMap;
@@ -39,6 +39,8 @@ pub struct Inputs {
     pub tcp_routes: Vec<TcpRoute>,
     /// Every TLSRoute, likewise.
     pub tls_routes: Vec<TlsRoute>,
+    /// Every UDPRoute, likewise.
+    pub udp_routes: Vec<UdpRoute>,
     /// For cross-namespace backendRefs and certificateRefs.
     pub reference_grants: Vec<ReferenceGrant>,
     /// Every AuthPolicy this version can read.

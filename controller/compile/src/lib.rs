@@ -187,6 +187,13 @@ pub fn compile_scoped(
                 .filter(|r| names_scope(refs::tls_route_parents(r, &sets)))
                 .map(StreamSource::tls),
         )
+        .chain(
+            inputs
+                .udp_routes
+                .iter()
+                .filter(|r| names_scope(refs::udp_route_parents(r, &sets)))
+                .map(StreamSource::udp),
+        )
         .collect();
     let streams =
         stream::compile_stream_routes(&stream_sources, &mut gateways, &namespaces, &backends);
@@ -228,13 +235,48 @@ pub fn compile_scoped(
 /// provisioned Service exposes besides the ports of its own listeners. Taken from what
 /// compile admitted (allowed, not conflicted, servable), so a ListenerSet the Gateway
 /// refuses never changes its Service.
-pub fn listener_set_ports(snapshot: &Snapshot) -> BTreeSet<i32> {
+pub fn listener_set_ports(snapshot: &Snapshot) -> BTreeSet<ServedPort> {
     snapshot
         .listeners
         .iter()
         .filter(|l| gateway::is_listener_set_key(&l.name))
-        .map(|l| i32::from(l.port))
+        .map(|l| ServedPort {
+            port: i32::from(l.port),
+            udp: l.protocol == portico_model::Protocol::Udp,
+        })
         .collect()
+}
+
+/// A port a Gateway's dataplane serves, as its Service exposes it: the number, and whether
+/// it is a UDP port (a UDP listener may share its number with a TCP one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServedPort {
+    pub port: i32,
+    pub udp: bool,
+}
+
+impl ServedPort {
+    /// The port of a listener of `protocol`.
+    pub fn of(port: i32, protocol: &str) -> Self {
+        Self {
+            port,
+            udp: protocol == "UDP",
+        }
+    }
+
+    /// Its Kubernetes protocol.
+    pub fn protocol(&self) -> &'static str {
+        if self.udp { "UDP" } else { "TCP" }
+    }
+
+    /// Its name in the Service and the pod (unique among both protocols' ports).
+    pub fn name(&self) -> String {
+        if self.udp {
+            format!("udp-{}", self.port)
+        } else {
+            format!("port-{}", self.port)
+        }
+    }
 }
 
 /// The Secrets that the listeners of our Gateways and of their ListenerSets may use (named

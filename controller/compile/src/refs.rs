@@ -13,7 +13,7 @@ use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gateway_api::tlsroutes::TlsRoute;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use portico_crds::l4::TcpRoute;
+use portico_crds::l4::{TcpRoute, UdpRoute};
 use portico_model::ObjectRef;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,6 +144,18 @@ fn tcp_parent_refs(r: &TcpRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
     })
 }
 
+/// The same of a UDPRoute.
+fn udp_parent_refs(r: &UdpRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
+    r.spec.parent_refs.iter().flatten().map(|p| {
+        (
+            p.group.as_deref(),
+            p.kind.as_deref(),
+            p.namespace.as_deref(),
+            p.name.as_str(),
+        )
+    })
+}
+
 /// The same of a TLSRoute.
 fn tls_parent_refs(r: &TlsRoute) -> impl Iterator<Item = ParentRefParts<'_>> {
     r.spec.parent_refs.iter().flatten().map(|p| {
@@ -164,6 +176,16 @@ pub(crate) fn tls_route_parents(r: &TlsRoute, sets: &ListenerSetParents) -> Vec<
 /// The ListenerSets a TLSRoute's parentRefs name.
 pub(crate) fn tls_route_listener_sets(r: &TlsRoute) -> Vec<ObjectRef> {
     named_listener_sets(&namespace_of(&r.metadata), tls_parent_refs(r))
+}
+
+/// The Gateways a UDPRoute's parentRefs name, directly or through a ListenerSet.
+pub(crate) fn udp_route_parents(r: &UdpRoute, sets: &ListenerSetParents) -> Vec<ObjectRef> {
+    gateway_parents(&namespace_of(&r.metadata), udp_parent_refs(r), sets)
+}
+
+/// The ListenerSets a UDPRoute's parentRefs name.
+pub(crate) fn udp_route_listener_sets(r: &UdpRoute) -> Vec<ObjectRef> {
+    named_listener_sets(&namespace_of(&r.metadata), udp_parent_refs(r))
 }
 
 /// The Gateways a TCPRoute's parentRefs name, directly or through a ListenerSet.

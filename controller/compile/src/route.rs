@@ -211,7 +211,9 @@ fn attach(
             // one (attached first) keeps it.
             let other_kind = match kind {
                 RouteKind::Http => RouteKind::Grpc,
-                RouteKind::Grpc | RouteKind::Tcp | RouteKind::Tls => RouteKind::Http,
+                RouteKind::Grpc | RouteKind::Tcp | RouteKind::Tls | RouteKind::Udp => {
+                    RouteKind::Http
+                }
             };
             if let Some((other, _)) = l
                 .hosts_of(other_kind)

@@ -63,6 +63,7 @@ pub(crate) fn gateway_snapshot(
                 protocol: match l.protocol.as_str() {
                     "HTTPS" => Protocol::Https,
                     "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
                     "TLS" if l.passthrough => Protocol::TlsPassthrough,
                     "TLS" => Protocol::TlsTerminate,
                     _ => Protocol::Http,

@@ -198,6 +198,11 @@ pub struct StatusReport {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(
+        serialize_with = "by_display_key",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub udp_routes: BTreeMap<ObjectRef, RouteStatus>,
     /// Every policy's status, by kind and object. Shown (`portico check --status`) as one map
     /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
     #[serde(flatten, serialize_with = "by_kind")]
@@ -216,6 +221,7 @@ impl StatusReport {
             RouteKind::Grpc => &mut self.grpc_routes,
             RouteKind::Tcp => &mut self.tcp_routes,
             RouteKind::Tls => &mut self.tls_routes,
+            RouteKind::Udp => &mut self.udp_routes,
         }
     }
 
@@ -349,6 +355,7 @@ impl StatusReport {
             ("GRPCRoute", &self.grpc_routes),
             ("TCPRoute", &self.tcp_routes),
             ("TLSRoute", &self.tls_routes),
+            ("UDPRoute", &self.udp_routes),
         ] {
             for (id, s) in routes {
                 for p in &s.parents {

@@ -1,8 +1,8 @@
-//! TCPRoutes and TLSRoutes: attachment to TCP and TLS (passthrough) listeners, backend
+//! TCPRoutes, TLSRoutes and UDPRoutes: attachment to TCP, TLS and UDP listeners, backend
 //! resolution and the per-parent status.
 //!
 //! A TCPRoute has no hostnames and no matches: it takes every connection of the listeners it
-//! attaches to. A TLSRoute takes the connections whose SNI is one of its hostnames (those
+//! attaches to (a UDPRoute every flow, alike). A TLSRoute takes the connections whose SNI is one of its hostnames (those
 //! left after intersecting them with the listener's). Several may attach to one listener
 //! (each is Accepted and counted in its `attachedRoutes`, as the spec asks); where they
 //! overlap the oldest serves, which the snapshot's order says (the dataplane takes the first
@@ -15,15 +15,16 @@ use crate::refs::{object_ref, precedence};
 use crate::route::Attached;
 use crate::status::{Condition, ParentRef, RouteParentStatus, RouteStatus, reasons, types};
 use portico_crds::gateway_api::tlsroutes::TlsRoute;
-use portico_crds::l4::TcpRoute;
+use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_crds::l4::{TcpRoute, UdpRoute};
 use portico_model::{
     Backend, BackendRef, BackendTarget, ObjectRef, RouteKind, StreamParent, StreamRoute,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-/// A stream route to compile: a TCPRoute, or a TLSRoute as the TCPRoute it is plus its
-/// hostnames (their parentRefs and rules have one schema).
+/// A stream route to compile: a TCPRoute, or a TLSRoute or UDPRoute as the TCPRoute it is
+/// (their parentRefs and rules have one schema), plus a TLSRoute's hostnames.
 pub(crate) struct StreamSource<'a> {
     pub(crate) kind: RouteKind,
     pub(crate) route: Cow<'a, TcpRoute>,
@@ -44,18 +45,37 @@ impl<'a> StreamSource<'a> {
     }
 
     pub(crate) fn tls(r: &TlsRoute) -> Self {
-        let spec = crate::gateway::convert(&r.spec);
+        Self::converted(
+            RouteKind::Tls,
+            &r.metadata,
+            &r.spec,
+            Some(r.spec.hostnames.clone()),
+        )
+    }
+
+    pub(crate) fn udp(r: &UdpRoute) -> Self {
+        Self::converted(RouteKind::Udp, &r.metadata, &r.spec, None)
+    }
+
+    /// A route of another kind read as a TCPRoute: its parentRefs and rules.
+    fn converted<S: serde::Serialize>(
+        kind: RouteKind,
+        metadata: &ObjectMeta,
+        spec: &S,
+        hostnames: Option<Vec<String>>,
+    ) -> Self {
+        let spec = crate::gateway::convert(spec);
         Self {
-            kind: RouteKind::Tls,
+            kind,
             invalid: spec
                 .is_none()
                 .then(|| "the route's parentRefs or rules cannot be read".to_string()),
             route: Cow::Owned(TcpRoute {
-                metadata: r.metadata.clone(),
+                metadata: metadata.clone(),
                 spec: spec.unwrap_or_default(),
                 status: None,
             }),
-            hostnames: Some(r.spec.hostnames.clone()),
+            hostnames,
         }
     }
 }

@@ -361,7 +361,7 @@ spec:
     port: 80
     protocol: HTTP
     allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}
-  - {name: u, port: 81, protocol: UDP}
+  - {name: u, port: 81, protocol: example.com/SCTP}
   - name: t
     port: 443
     protocol: TLS
@@ -741,6 +741,7 @@ fn mirrors_resolve_like_backend_refs_and_keep_their_share() {
         namespace: "default".into(),
         name: "svc".into(),
         port,
+        udp: false,
     };
     let mirror = |port, numerator, denominator| portico_model::Mirror {
         backend: svc(port),

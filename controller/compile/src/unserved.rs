@@ -8,7 +8,7 @@ use crate::inputs::Inputs;
 use crate::refs::{
     grpc_route_listener_sets, grpc_route_parents, http_route_listener_sets, http_route_parents,
     listener_set_parent, object_ref, tcp_route_listener_sets, tcp_route_parents,
-    tls_route_listener_sets, tls_route_parents,
+    tls_route_listener_sets, tls_route_parents, udp_route_listener_sets, udp_route_parents,
 };
 use crate::status::{Condition, Problem};
 use portico_model::ObjectRef;
@@ -127,6 +127,15 @@ pub fn unserved(inputs: &Inputs, controller_name: &str) -> Vec<Problem> {
                 object_ref(&r.metadata),
                 tls_route_parents(r, &sets),
                 tls_route_listener_sets(r),
+                r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
+            )
+        }))
+        .chain(inputs.udp_routes.iter().map(|r| {
+            (
+                "UDPRoute",
+                object_ref(&r.metadata),
+                udp_route_parents(r, &sets),
+                udp_route_listener_sets(r),
                 r.spec.parent_refs.as_ref().is_none_or(Vec::is_empty),
             )
         }));

@@ -8,6 +8,7 @@
 //!  GRPCRoute ────┤ watch → reflector store ─┐
 //!  TCPRoute ─────┤                          │
 //!  TLSRoute ─────┤                          │
+//!  UDPRoute ─────┤                          │
 //!  AuthPolicy ───┤                          │
 //!  RateLimitPol.─┤                          │
 //!  CachePolicy ──┤                          │
@@ -27,7 +28,7 @@
 //! Secrets are watched one by one, only those our listeners may use ([`secrets`]).
 //! EndpointSlices are not watched here: dataplanes resolve endpoints themselves, so an endpoint
 //! change never costs a recompile. A watch that fails (RBAC, the API server away) backs off
-//! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute, TCPRoute, TLSRoute,
+//! and is reported; it never ends the process. Kinds a cluster may lack (GRPCRoute, TCPRoute, TLSRoute, UDPRoute,
 //! ListenerSet, ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
@@ -52,7 +53,7 @@ use portico_crds::gateway_api::referencegrants::ReferenceGrant;
 use portico_crds::gateway_api::tlsroutes::TlsRoute;
 use portico_crds::gatewayconfig::GatewayConfig;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
-use portico_crds::l4::TcpRoute;
+use portico_crds::l4::{TcpRoute, UdpRoute};
 use portico_crds::ratelimit::RateLimitPolicy;
 use portico_model::{ObjectRef, PolicyKind, RouteKind};
 use serde::de::DeserializeOwned;
@@ -88,6 +89,7 @@ pub struct Index {
     pub grpc_routes: Store<GrpcRoute>,
     pub tcp_routes: Store<TcpRoute>,
     pub tls_routes: Store<TlsRoute>,
+    pub udp_routes: Store<UdpRoute>,
     /// Read as far as this controller can ([`auth`]).
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
@@ -306,6 +308,9 @@ impl Index {
             tls_routes: w.watch(Optional, Spec, |r: &TlsRoute| {
                 DepKey::Route(RouteKind::Tls, id(r))
             }),
+            udp_routes: w.watch(Optional, Spec, |r: &UdpRoute| {
+                DepKey::Route(RouteKind::Udp, id(r))
+            }),
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
             // cluster does not serve has no objects to wait for.) Nor because its
@@ -390,6 +395,7 @@ impl Index {
             grpc_routes: all(&self.grpc_routes),
             tcp_routes: all(&self.tcp_routes),
             tls_routes: all(&self.tls_routes),
+            udp_routes: all(&self.udp_routes),
             auth_policies,
             unreadable_auth_policies,
             rate_limit_policies: all(&self.rate_limit_policies),

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portico_compile::ServedPort;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::Gateway;
 use portico_crds::gatewayconfig::{EdgeLimits, GatewayConfigSpec, LogLevel, TrafficPolicy};
@@ -114,7 +115,7 @@ pub fn desired(
     class: &GatewayClass,
     config: &GatewayConfigSpec,
     s: &ProvisionSettings,
-    extra_ports: &std::collections::BTreeSet<i32>,
+    extra_ports: &std::collections::BTreeSet<ServedPort>,
 ) -> Desired {
     let gw_name = gw.metadata.name.clone().unwrap_or_default();
     let gw_ns = gw
@@ -184,11 +185,16 @@ pub fn desired(
     };
     let none = BTreeMap::new();
     let dp = config.dataplane.clone().unwrap_or_default();
-    let ports: Vec<i32> = {
-        let mut p: Vec<i32> = gw.spec.listeners.iter().map(|l| l.port).collect();
+    let ports: Vec<ServedPort> = {
+        let mut p: Vec<ServedPort> = gw
+            .spec
+            .listeners
+            .iter()
+            .map(|l| ServedPort::of(l.port, &l.protocol))
+            .collect();
         // A listener on the admin port is refused (compile says so); the port is never
         // exposed, or the Service would lead to the admin server.
-        p.retain(|p| *p != ADMIN_PORT);
+        p.retain(|p| p.port != ADMIN_PORT);
         p.sort_unstable();
         p.dedup();
         p
@@ -196,7 +202,7 @@ pub fn desired(
     // The Service also exposes its ListenerSets' ports. The pods do not declare them (a
     // containerPort is informational; the Service's targetPort reaches the socket either
     // way), so a ListenerSet never restarts the Gateway's pods.
-    let service_ports: Vec<i32> = {
+    let service_ports: Vec<ServedPort> = {
         let mut p = ports.clone();
         p.extend(extra_ports);
         p.sort_unstable();
@@ -230,9 +236,9 @@ pub fn desired(
     let mut container_ports: Vec<ContainerPort> = ports
         .iter()
         .map(|p| ContainerPort {
-            container_port: *p,
-            name: Some(format!("port-{p}")),
-            protocol: Some("TCP".into()),
+            container_port: p.port,
+            name: Some(p.name()),
+            protocol: Some(p.protocol().into()),
             ..ContainerPort::default()
         })
         .collect();
@@ -454,10 +460,10 @@ pub fn desired(
                 service_ports
                     .iter()
                     .map(|p| ServicePort {
-                        name: Some(format!("port-{p}")),
-                        port: *p,
-                        target_port: Some(IntOrString::Int(*p)),
-                        protocol: Some("TCP".into()),
+                        name: Some(p.name()),
+                        port: p.port,
+                        target_port: Some(IntOrString::Int(p.port)),
+                        protocol: Some(p.protocol().into()),
                         ..ServicePort::default()
                     })
                     .collect(),

@@ -1,5 +1,6 @@
 use super::objects::{ADMIN_PORT, Desired, desired, validate};
 use super::*;
+use portico_compile::ServedPort;
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 
 fn settings() -> ProvisionSettings {
@@ -568,16 +569,36 @@ fn the_ports_of_listener_sets_are_exposed_by_the_service_without_touching_the_po
         &class(),
         &GatewayConfigSpec::default(),
         &settings(),
-        &[80, 8443].into(),
+        &[
+            ServedPort::of(80, "HTTP"),
+            ServedPort::of(8443, "HTTPS"),
+            ServedPort::of(53, "UDP"),
+        ]
+        .into(),
     );
-    let service: Vec<i32> = d
+    let service: Vec<String> = d
         .service
         .spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
-        .map(|p| p.port)
+        .map(|p| {
+            format!(
+                "{}/{}/{}",
+                p.name.as_deref().unwrap_or_default(),
+                p.port,
+                p.protocol.as_deref().unwrap_or_default()
+            )
+        })
         .collect();
-    assert_eq!(service, vec![80, 443, 8443]);
+    assert_eq!(
+        service,
+        [
+            "udp-53/53/UDP",
+            "port-80/80/TCP",
+            "port-443/443/TCP",
+            "port-8443/8443/TCP"
+        ]
+    );
     // The pod template is the same: adding a ListenerSet restarts no dataplane.
     assert_eq!(d.deployment.spec, plain.deployment.spec);
 }
@@ -634,4 +655,51 @@ fn a_listener_on_the_admin_port_is_never_exposed() {
         .map(|p| p.port)
         .collect();
     assert_eq!(service, vec![80]);
+}
+
+#[test]
+fn a_udp_listener_gets_a_udp_port_beside_a_tcp_one_of_the_same_number() {
+    let mut gw = gateway();
+    gw.spec.listeners = serde_json::from_value(json!([
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        {"name": "dns", "port": 53, "protocol": "UDP"}
+    ]))
+    .expect("listeners");
+    let d = desired(
+        &gw,
+        &class(),
+        &GatewayConfigSpec::default(),
+        &settings(),
+        &Default::default(),
+    );
+    let service: Vec<(String, i32, String)> = d
+        .service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port,
+                p.protocol.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        service,
+        [
+            ("port-53".to_string(), 53, "TCP".to_string()),
+            ("udp-53".to_string(), 53, "UDP".to_string())
+        ]
+    );
+    let pod_ports: Vec<(Option<String>, Option<String>)> = d
+        .deployment
+        .spec
+        .iter()
+        .flat_map(|s| s.template.spec.iter())
+        .flat_map(|p| p.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| (p.name.clone(), p.protocol.clone()))
+        .collect();
+    assert!(pod_ports.contains(&(Some("udp-53".into()), Some("UDP".into()))));
 }

@@ -9,6 +9,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
         namespace: "bench".into(),
         name: "svc".into(),
         port: 80,
+        udp: false,
     };
     let to_backend = vec![BackendRef {
         target: BackendTarget::Service(backend.clone()),

@@ -38,11 +38,18 @@ pub struct BackendId {
     pub name: String,
     /// The Service port (not the target port).
     pub port: u16,
+    /// The Service's UDP port of that number (a UDPRoute's backend), not its TCP port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub udp: bool,
 }
 
 impl fmt::Display for BackendId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)?;
+        if self.udp {
+            f.write_str("/udp")?;
+        }
+        Ok(())
     }
 }
 

@@ -66,6 +66,7 @@ pub fn backend_id(name: &str, port: u16) -> BackendId {
         namespace: NS.into(),
         name: name.into(),
         port,
+        udp: false,
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Protocol {
     /// forwarded to the TLSRoute its SNI names.
     #[serde(rename = "TLSTerminate")]
     TlsTerminate,
+    /// UDP datagrams forwarded to the backend of the listener's UDPRoute, each client
+    /// address a flow of its own to one endpoint.
+    #[serde(rename = "UDP")]
+    Udp,
 }
 
 /// A listener that compile accepted. Rejected listeners never reach a snapshot.

@@ -52,6 +52,9 @@ pub enum RouteKind {
     /// `TLSRoute` (passthrough): connections chosen by SNI (a [`crate::StreamRoute`]).
     #[serde(rename = "TLSRoute")]
     Tls,
+    /// `UDPRoute`: datagrams, each client address a flow (a [`crate::StreamRoute`]).
+    #[serde(rename = "UDPRoute")]
+    Udp,
 }
 
 impl RouteKind {
@@ -67,6 +70,7 @@ impl RouteKind {
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tcp => "TCPRoute",
             RouteKind::Tls => "TLSRoute",
+            RouteKind::Udp => "UDPRoute",
         }
     }
 
@@ -77,6 +81,7 @@ impl RouteKind {
             RouteKind::Grpc => "grpc",
             RouteKind::Tcp => "tcp",
             RouteKind::Tls => "tls",
+            RouteKind::Udp => "udp",
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Routes of listeners that forward connections rather than requests: a TCPRoute sends each
 //! connection of its listener to one of its weighted backends, a TLSRoute each connection
 //! whose ClientHello names one of its hostnames (TLS passthrough: the gateway never
-//! terminates it); bytes both ways untouched.
+//! terminates it); bytes both ways untouched. A UDPRoute sends each flow of its listener
+//! (the datagrams of one client address) to one of its weighted backends.
 
 use crate::backend::BackendRef;
 use crate::object::ObjectRef;
 use crate::route::RouteKind;
 use serde::{Deserialize, Serialize};
 
-/// A TCPRoute or TLSRoute as attached to this Gateway.
+/// A TCPRoute, TLSRoute or UDPRoute as attached to this Gateway.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamRoute {
@@ -20,8 +21,8 @@ pub struct StreamRoute {
     /// the route's and the listener's (TLSRoute; empty: every host the listener takes, and a
     /// TCPRoute's always).
     pub parents: Vec<StreamParent>,
-    /// Weighted; a connection whose pick has no endpoint, or an unresolved reference, is
-    /// closed at once.
+    /// Weighted; a connection (a UDP flow) whose pick has no endpoint, or an unresolved
+    /// reference, is closed at once (its datagrams dropped).
     pub backend_refs: Vec<BackendRef>,
 }
 

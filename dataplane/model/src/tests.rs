@@ -44,6 +44,7 @@ fn sample() -> Snapshot {
                             namespace: "default".into(),
                             name: "svc".into(),
                             port: 80,
+                            udp: false,
                         }),
                         weight: 3,
                         filters: vec![],
@@ -61,6 +62,7 @@ fn sample() -> Snapshot {
                         namespace: "default".into(),
                         name: "next".into(),
                         port: 80,
+                        udp: false,
                     },
                     numerator: 1,
                     denominator: 10,
@@ -93,6 +95,7 @@ fn sample() -> Snapshot {
                 namespace: "default".into(),
                 name: "svc".into(),
                 port: 80,
+                udp: false,
             },
             protocol: AppProtocol::H2c,
             port_name: Some("http".into()),
@@ -223,6 +226,7 @@ fn backend_lookup_uses_sorted_ids() {
         namespace: "default".into(),
         name: "svc".into(),
         port: 80,
+        udp: false,
     };
     assert_eq!(snap.backend(&id).map(|b| b.endpoints.len()), Some(1));
     let missing = BackendId { port: 81, ..id };

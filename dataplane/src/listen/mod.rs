@@ -7,14 +7,16 @@
 //!                     accept loop (admission: connection caps) ┘──▶ per service kind:
 //!                          SocketService::Http ──▶ http::serve (TLS?, HTTP/1.1 | HTTP/2 ──▶ proxy)
 //!                          SocketService::Tcp  ──▶ tcp::serve (a TCPRoute's backend, spliced)
+//!  table::Tables.datagrams ──▶ UDP sockets ──▶ udp::serve (a flow per client address)
 //! ```
 //!
 //! A socket serves one kind of [`SocketService`], the kind it was bound for; a new
 //! configuration swaps the service's settings (routes, certificates) atomically, requests in
 //! flight finish on the settings they started with, and a new certificate serves the next
-//! handshake. A protocol that is not HTTP ([`tcp`]; later TLS passthrough, UDP) is another
-//! variant of [`SocketService`] and a module of its own beside [`http`]: the HTTP path does
-//! not change for it. Sockets the new configuration no longer has stop accepting and close their
+//! handshake. A protocol that is not HTTP ([`tcp`] for TCP and TLS) is another variant of
+//! [`SocketService`] and a module of its own beside [`http`]: the HTTP path does not change
+//! for it. UDP sockets ([`udp`]) are kept apart: a UDP port is not the TCP port of the same
+//! number, so one address may have both. Sockets the new configuration no longer has stop accepting and close their
 //! connections gracefully; new ones are bound first, so a change that cannot bind is refused
 //! whole. Shutdown closes every socket and waits (up to a deadline) for in-flight requests.
 
@@ -23,6 +25,7 @@ pub mod http;
 mod settings;
 pub mod sni;
 pub mod tcp;
+pub mod udp;
 
 pub use settings::ServerSettings;
 
@@ -44,7 +47,7 @@ pub enum SocketService {
     /// HTTP/1.1 and HTTP/2, after TLS termination when the socket's listeners are HTTPS.
     Http(Box<http::HttpService>),
     /// Connections forwarded whole to the backend of a TCPRoute.
-    Tcp(Box<tcp::TcpService>),
+    Tcp(Box<tcp::StreamService>),
 }
 
 impl SocketService {
@@ -56,8 +59,13 @@ impl SocketService {
     }
 }
 
-/// The services of `tables`, by socket.
-fn services(tables: Tables) -> BTreeMap<SocketAddr, SocketService> {
+/// The services of `tables`, by socket: its TCP sockets', and its UDP sockets'.
+fn services(
+    tables: Tables,
+) -> (
+    BTreeMap<SocketAddr, SocketService>,
+    BTreeMap<SocketAddr, tcp::StreamService>,
+) {
     let mut tls = tables.tls;
     let http = tables.sockets.into_iter().map(|(addr, router)| {
         let service = http::HttpService {
@@ -70,21 +78,21 @@ fn services(tables: Tables) -> BTreeMap<SocketAddr, SocketService> {
         .streams
         .into_iter()
         .map(|(addr, service)| (addr, SocketService::Tcp(Box::new(service))));
-    http.chain(tcp).collect()
+    (http.chain(tcp).collect(), tables.datagrams)
 }
 
 /// A bound socket's service, swapped whole by each configuration.
 #[derive(Clone)]
 enum Live {
     Http(Arc<ArcSwap<http::HttpService>>),
-    Tcp(Arc<tcp::TcpLive>),
+    Tcp(Arc<tcp::StreamLive>),
 }
 
 impl Live {
     fn new(service: SocketService) -> Self {
         match service {
             SocketService::Http(s) => Live::Http(Arc::new(ArcSwap::new(Arc::from(s)))),
-            SocketService::Tcp(s) => Live::Tcp(Arc::new(tcp::TcpLive::new(*s))),
+            SocketService::Tcp(s) => Live::Tcp(Arc::new(tcp::StreamLive::new(*s))),
         }
     }
 
@@ -116,6 +124,13 @@ struct Socket {
     closing: watch::Sender<bool>,
 }
 
+/// A bound UDP socket.
+struct DatagramSocket {
+    live: Arc<tcp::StreamLive>,
+    /// `true` closes the socket: no more datagrams; its flows end after the drain period.
+    closing: watch::Sender<bool>,
+}
+
 /// What the connections of every socket share.
 struct Shared {
     http: http::HttpShared,
@@ -127,6 +142,8 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
+    /// UDP sockets (a UDP port is not the TCP port of the same number).
+    datagram_sockets: Mutex<HashMap<SocketAddr, DatagramSocket>>,
     /// Sockets closed but maybe still draining connections.
     draining: Mutex<Vec<watch::Sender<bool>>>,
 }
@@ -168,6 +185,7 @@ impl Server {
                 metrics,
             }),
             sockets: Mutex::new(HashMap::new()),
+            datagram_sockets: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
         }
     }
@@ -181,7 +199,8 @@ impl Server {
     pub fn apply(&self, tables: Tables) -> Result<(), BTreeMap<SocketAddr, String>> {
         self.draining.lock().retain(|s| !s.is_closed());
         let mut sockets = self.sockets.lock();
-        let wanted = services(tables);
+        let mut datagram_sockets = self.datagram_sockets.lock();
+        let (wanted, wanted_datagrams) = services(tables);
         // A socket that changes kind (an HTTP listener's port given to a TCP one) cannot be
         // bound twice: such a change is refused, like a port another process holds.
         let mut failed = BTreeMap::new();
@@ -226,9 +245,59 @@ impl Server {
                 }
             }
         }
+        let mut bound_datagrams = BTreeMap::new();
+        for addr in wanted_datagrams
+            .keys()
+            .filter(|a| !datagram_sockets.contains_key(*a))
+        {
+            match udp::bind(*addr) {
+                Ok(s) => {
+                    bound_datagrams.insert(*addr, s);
+                }
+                Err(e) => {
+                    let why = format!("UDP: {e}");
+                    failed
+                        .entry(*addr)
+                        .and_modify(|w: &mut String| *w = format!("{w}; {why}"))
+                        .or_insert(why);
+                }
+            }
+        }
         if !failed.is_empty() {
             // The sockets just bound close here; nothing else changed.
             return Err(failed);
+        }
+        let gone: Vec<SocketAddr> = datagram_sockets
+            .keys()
+            .filter(|a| !wanted_datagrams.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(s) = datagram_sockets.remove(&addr) {
+                tracing::info!(%addr, "closing UDP listener socket");
+                let _ = s.closing.send(true);
+                self.draining.lock().push(s.closing);
+            }
+        }
+        for (addr, service) in wanted_datagrams {
+            if let Some(s) = datagram_sockets.get(&addr) {
+                s.live.store(service);
+                continue;
+            }
+            let Some(socket) = bound_datagrams.remove(&addr) else {
+                continue;
+            };
+            tracing::info!(%addr, "listening (UDP)");
+            let live = Arc::new(tcp::StreamLive::new(service));
+            let (closing, rx) = watch::channel(false);
+            tokio::spawn(udp::serve(
+                socket,
+                live.clone(),
+                self.shared.streams,
+                self.shared.metrics.clone(),
+                rx,
+            ));
+            datagram_sockets.insert(addr, DatagramSocket { live, closing });
         }
         let gone: Vec<SocketAddr> = sockets
             .keys()
@@ -259,11 +328,16 @@ impl Server {
         Ok(())
     }
 
-    /// The addresses being served.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
+    /// The addresses being served: `1.2.3.4:80`, and `udp:1.2.3.4:53` for UDP sockets.
+    pub fn addresses(&self) -> Vec<String> {
         let mut v: Vec<SocketAddr> = self.sockets.lock().keys().copied().collect();
         v.sort();
-        v
+        let mut udp: Vec<SocketAddr> = self.datagram_sockets.lock().keys().copied().collect();
+        udp.sort();
+        v.iter()
+            .map(ToString::to_string)
+            .chain(udp.iter().map(|a| format!("udp:{a}")))
+            .collect()
     }
 
     /// Stops accepting on every socket, asks every connection to finish its in-flight
@@ -276,6 +350,7 @@ impl Server {
             .drain()
             .map(|(_, s)| s.closing)
             .collect();
+        senders.extend(self.datagram_sockets.lock().drain().map(|(_, s)| s.closing));
         senders.append(&mut self.draining.lock());
         for s in &senders {
             let _ = s.send(true);

@@ -51,6 +51,10 @@ pub struct StreamSettings {
     /// A TLS connection must send its whole ClientHello within this, and (mode Terminate)
     /// finish its handshake within as much again.
     pub hello_timeout: Duration,
+    /// A UDP flow with no datagram either way for this long ends.
+    pub datagram_idle_timeout: Duration,
+    /// UDP flows one socket keeps at most; a datagram that would start another is dropped.
+    pub max_flows: usize,
 }
 
 impl Default for StreamSettings {
@@ -61,15 +65,17 @@ impl Default for StreamSettings {
             write_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
+            datagram_idle_timeout: Duration::from_secs(60),
+            max_flows: 10_000,
         }
     }
 }
 
 /// What a TCP or TLS socket serves.
 #[derive(Debug, Default)]
-pub struct TcpService {
+pub struct StreamService {
     /// TCP: the route that takes its connections, if one attached.
-    pub route: Option<Arc<TcpForward>>,
+    pub route: Option<Arc<StreamForward>>,
     /// TLS: the routes by the hostnames their connections' SNI may name (the most specific
     /// first: exact, the longest wildcard, then a route for any host).
     pub sni: Option<SniRoutes>,
@@ -80,7 +86,7 @@ pub struct TcpService {
 /// The route a TLS connection is for, and whether its listener terminates TLS.
 #[derive(Debug, Clone)]
 struct SniEntry {
-    route: Arc<TcpForward>,
+    route: Arc<StreamForward>,
     /// Its listener terminates TLS (else passes it through).
     terminate: bool,
 }
@@ -89,7 +95,7 @@ struct SniEntry {
 #[derive(Debug, Default)]
 struct SniListener {
     terminate: bool,
-    routes: HostMap<Option<Arc<TcpForward>>>,
+    routes: HostMap<Option<Arc<StreamForward>>>,
 }
 
 /// The TLS listeners of a socket by hostname, each with its TLSRoutes by hostname. As
@@ -112,7 +118,7 @@ impl SniRoutes {
         &mut self,
         listener_host: Option<&str>,
         route_host: Option<&str>,
-        route: &Arc<TcpForward>,
+        route: &Arc<StreamForward>,
     ) {
         self.0
             .entry(listener_host)
@@ -151,7 +157,7 @@ impl SniRoutes {
 
 /// A TCPRoute as one socket serves it.
 #[derive(Debug)]
-pub struct TcpForward {
+pub struct StreamForward {
     /// `tcp:namespace/name`: what identifies the route across configurations.
     pub label: Arc<str>,
     /// Cumulative weights: a pick below `upto` takes this target. `None`: a reference
@@ -159,9 +165,9 @@ pub struct TcpForward {
     pub targets: Vec<(u32, Option<Arc<BackendPool>>)>,
 }
 
-impl TcpForward {
+impl StreamForward {
     /// Weighted random choice; `None` when no backend has weight.
-    fn pick(&self) -> Option<&Option<Arc<BackendPool>>> {
+    pub(super) fn pick(&self) -> Option<&Option<Arc<BackendPool>>> {
         let total = self.targets.last()?.0;
         if total == 0 {
             return None;
@@ -172,13 +178,13 @@ impl TcpForward {
 }
 
 /// A bound socket's service and a signal for each swap of it.
-pub(super) struct TcpLive {
-    service: ArcSwap<TcpService>,
+pub(super) struct StreamLive {
+    service: ArcSwap<StreamService>,
     swapped: watch::Sender<()>,
 }
 
-impl TcpLive {
-    pub(super) fn new(service: TcpService) -> Self {
+impl StreamLive {
+    pub(super) fn new(service: StreamService) -> Self {
         Self {
             service: ArcSwap::from_pointee(service),
             swapped: watch::channel(()).0,
@@ -186,9 +192,19 @@ impl TcpLive {
     }
 
     /// The next configuration's service; connections whose route it lacks start draining.
-    pub(super) fn store(&self, service: TcpService) {
+    pub(super) fn store(&self, service: StreamService) {
         self.service.store(Arc::new(service));
         self.swapped.send_replace(());
+    }
+
+    /// A receiver of the swaps from now on.
+    pub(super) fn subscribe(&self) -> watch::Receiver<()> {
+        self.swapped.subscribe()
+    }
+
+    /// The route of a TCP or UDP socket, now.
+    pub(super) fn route(&self) -> Option<Arc<StreamForward>> {
+        self.service.load().route.clone()
     }
 
     fn serves(&self, label: &str) -> bool {
@@ -201,7 +217,7 @@ impl TcpLive {
 /// What serving one connection reads besides the connection.
 struct Ctx<'a> {
     peer: SocketAddr,
-    live: &'a TcpLive,
+    live: &'a StreamLive,
     settings: &'a StreamSettings,
     metrics: &'a Metrics,
     closing: watch::Receiver<bool>,
@@ -224,7 +240,7 @@ impl Ctx<'_> {
 pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    live: &TcpLive,
+    live: &StreamLive,
     settings: &StreamSettings,
     metrics: &Metrics,
     closing: watch::Receiver<bool>,
@@ -315,7 +331,7 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Bytes), &
 /// Forwards one connection to a backend of `route` (`hello`: what was read of it already).
 async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     client: C,
-    route: Option<Arc<TcpForward>>,
+    route: Option<Arc<StreamForward>>,
     hello: Bytes,
     ctx: Ctx<'_>,
 ) {
@@ -389,8 +405,8 @@ async fn connect(pool: &BackendPool, settings: &StreamSettings) -> Option<TcpStr
 
 /// Resolves once the connection's route has stopped serving its socket (another
 /// configuration, or the socket closing) and the drain period after that has passed.
-async fn retired(
-    live: &TcpLive,
+pub(super) async fn retired(
+    live: &StreamLive,
     label: &str,
     mut swapped: watch::Receiver<()>,
     mut closing: watch::Receiver<bool>,

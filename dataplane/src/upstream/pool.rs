@@ -759,6 +759,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: name.into(),
                 port: 80,
+                udp: false,
             },
             protocol: AppProtocol::Http1,
             port_name: port_name.map(str::to_string),

@@ -14,6 +14,8 @@
 //!
 //! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back;
 //! with `--tls-cert` and `--tls-key`, behind TLS, greeting with the name and the SNI asked for.
+//! `--udp` serves UDP: each datagram is answered, from the address it was sent to, with the
+//! name, a space and the datagram.
 //!
 //! `--fixed` turns it into the benchmarks' backend: a fixed answer from memory and nothing
 //! else, so that it costs as little as possible per request (`/100k` answers 100 KiB,
@@ -56,6 +58,10 @@ struct Args {
     /// then gets back every byte it sends (the TCPRoute tests' backend).
     #[arg(long)]
     tcp: bool,
+    /// UDP instead of HTTP: each datagram is answered with the name, a space and the
+    /// datagram (the UDPRoute tests' backend).
+    #[arg(long, conflicts_with_all = ["tcp", "fixed"])]
+    udp: bool,
     /// With `--tcp`: terminate TLS first with this PEM certificate chain (and `--tls-key`),
     /// and greet with the name and the server name the client asked for (the TLS
     /// passthrough tests' backend).
@@ -343,7 +349,31 @@ async fn echo_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
+/// `--udp`: every datagram answered with the name, a space and the datagram.
+async fn serve_udp(args: Args) -> anyhow::Result<()> {
+    let socket = tokio::net::UdpSocket::bind(args.listen).await?;
+    println!(
+        "portico-echo {} listening on udp {}",
+        args.name,
+        socket.local_addr()?
+    );
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let mut answer = Vec::with_capacity(args.name.len() + 1 + n);
+        answer.extend_from_slice(args.name.as_bytes());
+        answer.push(b' ');
+        answer.extend_from_slice(&buf[..n]);
+        let _ = socket.send_to(&answer, from).await;
+    }
+}
+
 async fn serve(args: Args) -> anyhow::Result<()> {
+    if args.udp {
+        return serve_udp(args).await;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
         "portico-echo {} listening on {}",

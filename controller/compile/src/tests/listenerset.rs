@@ -450,7 +450,7 @@ fn a_listener_set_of_a_gateway_that_is_not_accepted_says_so() {
     let mut extra = gateway(
         "broken",
         "allowedListeners: {namespaces: {from: Same}}",
-        "[{name: web, port: 80, protocol: UDP}]",
+        "[{name: web, port: 80, protocol: example.com/SCTP}]",
     );
     extra.push_str(&listener_set("orphan", "default", "broken", 0, ONE));
     // And one whose Gateway is someone else's: no status from us.
@@ -499,7 +499,10 @@ fn a_listener_set_cannot_take_a_port_the_gateway_declares_or_the_dataplane_uses(
     assert!(c.message.contains("9901"), "{c:?}");
     assert!(ls_listener(&out, "default/set", "ok", types::ACCEPTED).is_true());
     let snap = &out.snapshots[&ObjectRef::new("default", "gw5")];
-    assert_eq!(crate::listener_set_ports(snap), [8081].into());
+    assert_eq!(
+        crate::listener_set_ports(snap),
+        [crate::ServedPort::of(8081, "HTTP")].into()
+    );
 }
 
 #[test]

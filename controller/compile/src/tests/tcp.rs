@@ -356,3 +356,151 @@ fn tls_listeners_take_tls_routes_by_hostname_in_both_modes() {
         ]
     );
 }
+
+const UDP_GATEWAY: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: udp, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: u2, port: 5301, protocol: UDP}
+  - {name: named, port: 5302, protocol: UDP, hostname: dns.example.com}
+  - {name: secure, port: 5303, protocol: UDP, tls: {certificateRefs: [{name: x}]}}
+  - {name: clash, port: 5301, protocol: HTTP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: resolver, namespace: default}
+spec:
+  ports:
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: dns, port: 53, protocol: UDP}
+";
+
+fn udp_route(name: &str, day: u32, parent: &str, backends: &str) -> String {
+    tcp_route(name, day, parent, backends).replace("kind: TCPRoute", "kind: UDPRoute")
+}
+
+#[test]
+fn udp_listeners_take_udp_routes_and_share_port_numbers_with_tcp_only() {
+    let extra = [
+        UDP_GATEWAY,
+        &udp_route(
+            "dns",
+            1,
+            "{name: udp, sectionName: dns}",
+            "[{name: resolver, port: 53, weight: 3}, {name: nope, port: 53}]",
+        ),
+        &udp_route(
+            "newer",
+            2,
+            "{name: udp, port: 53}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "dns-over-tcp",
+            5,
+            "{name: udp, sectionName: dns-tcp}",
+            "[{name: resolver, port: 53}]",
+        ),
+        &udp_route(
+            "on-tcp",
+            3,
+            "{name: udp, sectionName: dns-tcp}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "tcp-on-udp",
+            4,
+            "{name: udp, sectionName: u2}",
+            "[{name: svc, port: 80}]",
+        ),
+    ]
+    .concat();
+    let out = run(&extra);
+    let status = |route: &str| {
+        let s = out
+            .status
+            .udp_routes
+            .get(&ObjectRef::new("default", route))
+            .unwrap_or_else(|| panic!("no status for {route}"));
+        s.parents[0].conditions.clone()
+    };
+    let reason = |conditions: &[Condition], type_: &str| {
+        find(conditions, type_)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(reason(&status("dns"), types::ACCEPTED), reasons::ACCEPTED);
+    assert_eq!(
+        reason(&status("dns"), types::RESOLVED_REFS),
+        reasons::BACKEND_NOT_FOUND
+    );
+    assert_eq!(reason(&status("newer"), types::ACCEPTED), reasons::ACCEPTED);
+    // svc has a TCP port 80 only: nothing for datagrams.
+    let newer = find(&status("newer"), types::RESOLVED_REFS)
+        .expect("ResolvedRefs")
+        .clone();
+    assert_eq!(newer.reason, reasons::BACKEND_NOT_FOUND);
+    assert!(newer.message.contains("no UDP port 80"), "{newer:?}");
+    assert_eq!(
+        reason(&status("on-tcp"), types::ACCEPTED),
+        reasons::NOT_ALLOWED_BY_LISTENERS
+    );
+    assert_eq!(
+        condition(&out, "tcp-on-udp", types::ACCEPTED).reason,
+        reasons::NOT_ALLOWED_BY_LISTENERS
+    );
+
+    let g = &out.status.gateways[&ObjectRef::new("default", "udp")];
+    let listener = |name: &str| {
+        g.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .expect("listener")
+    };
+    let accepted = |name: &str| reason(&listener(name).conditions, types::ACCEPTED);
+    // UDP and TCP on 53: distinct sockets, no conflict.
+    assert_eq!(accepted("dns"), reasons::ACCEPTED);
+    assert_eq!(accepted("dns-tcp"), reasons::ACCEPTED);
+    assert_eq!(listener("dns").supported_kinds, ["UDPRoute"]);
+    assert_eq!(listener("dns").attached_routes, 2);
+    // A hostname or tls on a UDP listener is invalid; UDP does not clash with HTTP's 5301
+    // (two transports), so u2 and clash are both served.
+    assert_eq!(accepted("named"), reasons::INVALID);
+    assert_eq!(accepted("secure"), reasons::INVALID);
+    assert_eq!(accepted("u2"), reasons::ACCEPTED);
+    assert_eq!(accepted("clash"), reasons::ACCEPTED);
+
+    let snap = &out.snapshots[&ObjectRef::new("default", "udp")];
+    let routes: Vec<(&str, &str)> = snap
+        .stream_routes
+        .iter()
+        .map(|r| (r.id.name.as_str(), r.kind.as_str()))
+        .collect();
+    assert_eq!(routes, [("dns", "UDPRoute"), ("newer", "UDPRoute")]);
+    let dns = &snap.stream_routes[0];
+    assert_eq!(dns.backend_refs[0].weight, 3);
+    // The UDPRoute takes the Service's UDP port 53, the TCPRoute its TCP port 53.
+    let port_names: Vec<Option<&str>> = snap
+        .backends
+        .iter()
+        .filter(|b| b.id.name == "resolver")
+        .map(|b| b.port_name.as_deref())
+        .collect();
+    assert!(port_names.contains(&Some("dns")), "{port_names:?}");
+    assert!(matches!(
+        dns.backend_refs[1].target,
+        BackendTarget::Unresolved { .. }
+    ));
+    let udp = snap
+        .listeners
+        .iter()
+        .find(|l| l.name == "dns")
+        .expect("dns listener");
+    assert_eq!(udp.protocol, Protocol::Udp);
+}
