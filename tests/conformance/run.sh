@@ -16,7 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 gwapi_version="$(sed -n 's/^\tsigs.k8s.io\/gateway-api v//p' tests/conformance/go.mod)"
-profiles="${CONFORMANCE_PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-TLS}"
+profiles="${CONFORMANCE_PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-TLS,GATEWAY-UDP}"
 out="$root/target/conformance"
 report_dir="$root/docs/conformance/v$gwapi_version"
 mkdir -p "$out" "$report_dir"
