@@ -348,9 +348,10 @@ pub fn build(
                         continue;
                     };
                     match (&mut service.sni, route.kind) {
-                        (Some(sni), RouteKind::Tls) => {
+                        (Some(sni), RouteKind::Tls | RouteKind::Tcp) => {
                             // Under its listener's hostname: a connection is matched to a
-                            // listener first, then to that listener's routes.
+                            // listener first, then to that listener's routes. A TCPRoute
+                            // (on a terminating listener only) takes any host there.
                             let listener_host = snap
                                 .listeners
                                 .iter()

@@ -54,6 +54,11 @@ spec:
 
 /// A TCPRoute `name` on the listener of `port`, to the weighted Services.
 fn tcp_route(name: &str, port: u16, backends: &[(&str, u32)]) -> String {
+    tcp_route_on(name, &format!("tcp-{port}"), backends)
+}
+
+/// A TCPRoute `name` on listener `section`, to the weighted Services.
+fn tcp_route_on(name: &str, section: &str, backends: &[(&str, u32)]) -> String {
     let refs: Vec<String> = backends
         .iter()
         .map(|(s, w)| format!("{{name: {s}, port: 9000, weight: {w}}}"))
@@ -64,7 +69,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: TCPRoute
 metadata: {{name: {name}, namespace: default}}
 spec:
-  parentRefs: [{{name: gw, sectionName: tcp-{port}}}]
+  parentRefs: [{{name: gw, sectionName: {section}}}]
   rules:
   - backendRefs: [{}]
 ",
@@ -385,14 +390,16 @@ spec:
 }
 
 #[tokio::test]
-async fn tls_listeners_of_both_modes_share_a_port_and_the_most_specific_listener_decides() {
+async fn tls_listeners_of_both_modes_share_a_port_the_most_specific_decides_and_a_tcp_route_takes_a_terminated_one()
+ {
     let certs = TempDir::new("tls-modes");
     let (inner_cert, inner_key) = tls::self_signed(&["*.internal.test"]);
     let (grab_cert, grab_key) = tls::self_signed(&["*.internal.test"]);
-    let (gw_cert, gw_key) = tls::self_signed(&["term.example.com"]);
+    let (gw_cert, gw_key) = tls::self_signed(&["term.example.com", "tcp.example.com"]);
     let inner = Echo::start_tls("inner", &certs, &inner_cert, &inner_key);
     let grabber = Echo::start_tls("grabber", &certs, &grab_cert, &grab_key);
     let plain = Echo::start_tcp("plain");
+    let whole = Echo::start_tcp("whole");
     let ip = loopback_ip();
     let port = free_port(ip);
     let route = |name: &str, day: u32, section: &str, host: &str, backend: &str| {
@@ -412,20 +419,24 @@ spec:
         "  - {{name: pass, port: {port}, protocol: TLS, hostname: \"*.internal.test\", tls: {{mode: Passthrough}}}}
   - {{name: term, port: {port}, protocol: TLS, hostname: term.example.com, tls: {{mode: Terminate, certificateRefs: [{{name: gw-cert}}]}}}}
   - {{name: any, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}
+  - {{name: tcp, port: {port}, protocol: TLS, hostname: tcp.example.com, tls: {{certificateRefs: [{{name: gw-cert}}]}}}}
 "
     );
     let text = format!(
-        "{}{}{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}{}{}",
         gateway_with(&listeners),
         tls::secret_yaml("gw-cert", "default", &gw_cert, &gw_key),
         service("inner", inner.addr),
         service("grabber", grabber.addr),
         service("plain", plain.addr),
+        service("whole", whole.addr),
         // Older, on the broader listener, for a name of the more specific one: not served.
         route("grab", 1, "any", "db.internal.test", "grabber"),
         route("internal", 2, "pass", "*.internal.test", "inner"),
         route("term", 3, "term", "term.example.com", "plain"),
         route("rest", 4, "any", "*.test", "grabber"),
+        // A TCPRoute on a terminating listener takes all of its connections.
+        tcp_route_on("whole", "tcp", &[("whole", 1)]),
     );
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
     let addr = portico.addr(port);
@@ -457,4 +468,8 @@ spec:
     let mut back = String::new();
     conn.read_line(&mut back).await.expect("read");
     assert_eq!(back, "inside TLS\n");
+    let (greeting, _) = tls_open(addr, "tcp.example.com", &gw_cert)
+        .await
+        .expect("terminated for the TCPRoute");
+    assert_eq!(greeting, "whole");
 }

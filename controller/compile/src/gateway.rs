@@ -826,8 +826,9 @@ fn listener_state(
         {
             &["TLSRoute"]
         }
-        // TCPRoute on a terminating TLS listener is allowed by the spec but not served yet.
-        "TLS" => &["TLSRoute"],
+        // Terminated: a TLSRoute by SNI, or a TCPRoute for every connection of the listener
+        // (what the client sends inside TLS, forwarded).
+        "TLS" => &[TCP_ROUTE, "TLSRoute"],
         "TCP" => &[TCP_ROUTE],
         "UDP" => &["UDPRoute"],
         _ => &[],

@@ -275,6 +275,18 @@ fn tls_listeners_take_tls_routes_by_hostname_in_both_modes() {
         &tls_route("all", 2, "wild", "[\"*.com\"]"),
         &tls_route("elsewhere", 3, "other", "[abc.example.com]"),
         &tls_route("on-term", 4, "term", "[abc.example.com]"),
+        &tcp_route(
+            "tcp-on-term",
+            5,
+            "{name: tls, sectionName: term}",
+            "[{name: svc, port: 80}]",
+        ),
+        &tcp_route(
+            "tcp-on-passthrough",
+            6,
+            "{name: tls, sectionName: wild}",
+            "[{name: svc, port: 80}]",
+        ),
     ]
     .concat();
     let out = run(&extra);
@@ -298,9 +310,15 @@ fn tls_listeners_take_tls_routes_by_hostname_in_both_modes() {
         find(&listener("kinds").conditions, types::RESOLVED_REFS).map(|c| c.reason.as_str()),
         Some(reasons::INVALID_ROUTE_KINDS)
     );
-    // Terminate takes TLSRoutes too; its certificate is missing, which is said.
+    // Terminate takes TLSRoutes and TCPRoutes; its certificate is missing, which is said.
     assert_eq!(accepted("term").0, "True");
-    assert_eq!(listener("term").supported_kinds, ["TLSRoute"]);
+    assert_eq!(listener("term").supported_kinds, ["TCPRoute", "TLSRoute"]);
+    assert_eq!(listener("term").attached_routes, 2);
+    assert!(condition(&out, "tcp-on-term", types::ACCEPTED).is_true());
+    assert_eq!(
+        condition(&out, "tcp-on-passthrough", types::ACCEPTED).reason,
+        reasons::NOT_ALLOWED_BY_LISTENERS
+    );
     assert_eq!(
         find(&listener("term").conditions, types::RESOLVED_REFS).map(|c| c.reason.as_str()),
         Some(reasons::INVALID_CERTIFICATE_REF)
@@ -339,6 +357,7 @@ fn tls_listeners_take_tls_routes_by_hostname_in_both_modes() {
             ("abc", "wild", vec!["abc.example.com"]),
             ("all", "wild", vec!["*.example.com"]),
             ("on-term", "term", vec!["abc.example.com"]),
+            ("tcp-on-term", "term", vec![]),
         ]
     );
     let protocols: Vec<(&str, Protocol)> = snap
@@ -482,7 +501,14 @@ fn udp_listeners_take_udp_routes_and_share_port_numbers_with_tcp_only() {
         .iter()
         .map(|r| (r.id.name.as_str(), r.kind.as_str()))
         .collect();
-    assert_eq!(routes, [("dns", "UDPRoute"), ("newer", "UDPRoute")]);
+    assert_eq!(
+        routes,
+        [
+            ("dns", "UDPRoute"),
+            ("newer", "UDPRoute"),
+            ("dns-over-tcp", "TCPRoute")
+        ]
+    );
     let dns = &snap.stream_routes[0];
     assert_eq!(dns.backend_refs[0].weight, 3);
     // The UDPRoute takes the Service's UDP port 53, the TCPRoute its TCP port 53.
@@ -492,7 +518,14 @@ fn udp_listeners_take_udp_routes_and_share_port_numbers_with_tcp_only() {
         .filter(|b| b.id.name == "resolver")
         .map(|b| b.port_name.as_deref())
         .collect();
-    assert!(port_names.contains(&Some("dns")), "{port_names:?}");
+    assert_eq!(port_names, [Some("dns-tcp"), Some("dns")]);
+    let udp_ids: Vec<bool> = snap
+        .backends
+        .iter()
+        .filter(|b| b.id.name == "resolver")
+        .map(|b| b.id.udp)
+        .collect();
+    assert_eq!(udp_ids, [false, true]);
     assert!(matches!(
         dns.backend_refs[1].target,
         BackendTarget::Unresolved { .. }
