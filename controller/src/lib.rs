@@ -390,8 +390,16 @@ pub async fn run(
                 .secrets
                 .wait_synced(&secrets, Duration::from_secs(5))
                 .await;
-            inputs.secrets = index.secrets.secrets();
+            inputs.secrets = index.secrets.objects();
             inputs.unreadable_secrets = index.secrets.unreadable();
+            // Likewise the ConfigMaps of BackendTLSPolicies' CA certificates.
+            let config_maps = portico_compile::referenced_config_maps(&inputs);
+            index.config_maps.sync(&config_maps);
+            index
+                .config_maps
+                .wait_synced(&config_maps, Duration::from_secs(5))
+                .await;
+            inputs.config_maps = index.config_maps.objects();
             inputs.placement = settings.placement.clone();
             // The dataplane pods' admin port: no listener may take it.
             inputs.reserved_ports = [provision::objects::ADMIN_PORT].into();

@@ -65,6 +65,8 @@ impl<K> Namespaced for K where
 /// once every conformance test of it passes (`make conformance`, docs/conformance/): the
 /// suite takes this list as the features to test.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayHTTPListenerIsolation",
@@ -540,6 +542,35 @@ impl StatusWriter {
                         .await?
                 }
             };
+        }
+        // BackendTLSPolicy's status has the same shape as our policies': ancestors, each
+        // with its controller and conditions.
+        for policy in index.backend_tls_policies.state() {
+            let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
+            let current: PolicyStatus = policy
+                .status
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let ours = report
+                .backend_tls_policies
+                .get(&id)
+                .map(|s| s.ancestors.as_slice())
+                .unwrap_or_default();
+            let had_ours = current
+                .ancestors
+                .iter()
+                .any(|a| a.controller_name == self.controller);
+            if ours.is_empty() && !had_ours {
+                continue;
+            }
+            let desired = policy_status(&current, ours, &self.controller, &now);
+            if current != desired {
+                written += self
+                    .merge_status("BackendTLSPolicy", &*policy, &desired)
+                    .await?;
+            }
         }
         Ok(written)
     }

@@ -127,7 +127,7 @@ impl Copy {
             _ => None,
         };
         let exchange = async {
-            if upstream::wire_target(&mut req, pool.protocol).is_err() {
+            if upstream::wire_target(&mut req, pool.protocol, pool.tls.is_some()).is_err() {
                 return "failed";
             }
             let settings = pool.settings();

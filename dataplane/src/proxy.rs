@@ -448,7 +448,20 @@ impl Proxy {
             Some(kind) => tunnel::upgrade_request(headers, kind),
         };
 
-        if let Err(e) = upstream::wire_target(&mut req, pool.protocol) {
+        if let Some(upstream::tls::UpstreamTls::Refused(why)) = pool.tls.as_ref() {
+            // A BackendTLSPolicy that cannot be honoured refuses: never plaintext, never
+            // unverified, and no endpoint blamed for it.
+            tracing::debug!(backend = %pool.id, why, "request refused: the backend's TLS policy cannot be used");
+            let id = pool.tls_policy.clone().unwrap_or_default();
+            return (
+                Err(ProxyError::PolicyInvalid {
+                    policy: "BackendTLSPolicy",
+                    id,
+                }),
+                None,
+            );
+        }
+        if let Err(e) = upstream::wire_target(&mut req, pool.protocol, pool.tls.is_some()) {
             return (Err(e), None);
         }
         let streaming = req

@@ -17,8 +17,8 @@ use crate::upstream::session::Sealer;
 use http::{HeaderName, Method};
 use portico_model::auth::AuthPolicy;
 use portico_model::{
-    AppProtocol, BackendId, BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol,
-    REGEX_SIZE_LIMIT, RouteKind, RouteRule, Snapshot, StreamRoute, StringMatch,
+    BackendTarget, Filter, KeyValueMatch, ObjectRef, PathMatch, Protocol, REGEX_SIZE_LIMIT,
+    RouteKind, RouteRule, Snapshot, StreamRoute, StringMatch,
 };
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +48,7 @@ pub struct Tables {
     pub rate_limit_policies: BTreeSet<String>,
     /// Every (route series, cache policy) in use, likewise.
     pub cache_series: BTreeSet<CacheSeries>,
-    pub backends: Vec<(BackendId, AppProtocol)>,
+    pub backends: Vec<crate::upstream::PoolKey>,
     /// Things that were skipped, for the log.
     pub warnings: Vec<String>,
 }
@@ -530,7 +530,7 @@ fn compile_rule(
     for m in &r.mirrors {
         match snap.backend(&m.backend) {
             Some(backend) => {
-                t.backends.push((m.backend.clone(), backend.protocol));
+                t.backends.push(crate::upstream::pool_key(backend));
                 filters.mirrors.push(MirrorTo {
                     pool: pools.get(backend, metrics),
                     numerator: m.numerator,
@@ -562,7 +562,7 @@ fn compile_rule(
                             _ => {}
                         }
                     }
-                    t.backends.push((id.clone(), backend.protocol));
+                    t.backends.push(crate::upstream::pool_key(backend));
                     Target::Pool {
                         pool: pools.get(backend, metrics),
                         filters: ref_filters.boxed(),
@@ -629,7 +629,7 @@ fn tcp_forward(
         let pool = match &b.target {
             BackendTarget::Service(id) => match snap.backend(id) {
                 Some(backend) => {
-                    t.backends.push((id.clone(), backend.protocol));
+                    t.backends.push(crate::upstream::pool_key(backend));
                     Some(pools.get(backend, metrics))
                 }
                 None => {

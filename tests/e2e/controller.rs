@@ -1043,3 +1043,76 @@ async fn an_object_the_rust_type_rejects_is_reported_and_skipped_while_the_other
     .await;
     await_some("no unreadable HTTPRoute left", || unreadable(0)).await;
 }
+
+#[tokio::test]
+async fn a_backend_tls_policy_reports_to_its_gateway_and_follows_its_ca_config_map() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy;
+    let client = cluster().client().await;
+    shared_controller();
+    let ns = test_namespace(&client, "btls").await;
+    class(&client, &ns, CONTROLLER).await;
+    gateway(&client, &ns, &ns).await;
+    service(&client, &ns, "svc").await;
+    route(&client, &ns, "r", &ns, json!({"name": "svc", "port": 80})).await;
+    let (ca, _) = self_signed(&["ca.example.com"]);
+    create::<ConfigMap>(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca"},
+               "data": {"ca.crt": ca}}),
+    )
+    .await;
+    create::<BackendTlsPolicy>(
+        &client,
+        &ns,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+               "metadata": {"name": "tls"},
+               "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "svc", "sectionName": "http"}],
+                        "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                                       "hostname": "svc.example.com"}}}),
+    )
+    .await;
+    let policies: Api<BackendTlsPolicy> = Api::namespaced(client.clone(), &ns);
+    let await_policy = |what: &'static str, accepted: &'static str, reason: &'static str| {
+        let (policies, ns) = (policies.clone(), ns.clone());
+        async move {
+            await_some(what, || async {
+                let p = policies.get("tls").await.ok()?;
+                let ok = p.status?.ancestors.iter().any(|a| {
+                    a.controller_name == CONTROLLER
+                        && a.ancestor_ref.name == "gw"
+                        && a.ancestor_ref.namespace.as_deref() == Some(ns.as_str())
+                        && a.ancestor_ref.kind.as_deref() == Some("Gateway")
+                        && is(&a.conditions, "Accepted", accepted, reason)
+                });
+                ok.then_some(())
+            })
+            .await;
+        }
+    };
+    await_policy("the policy accepted", "True", "Accepted").await;
+    // The CA emptied in its ConfigMap: the controller's watch of it sees the change.
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    maps.patch(
+        "ca",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": ""}})),
+    )
+    .await
+    .expect("patch the ConfigMap");
+    await_policy(
+        "the policy without a valid CA",
+        "False",
+        "NoValidCACertificate",
+    )
+    .await;
+    maps.patch(
+        "ca",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": ca}})),
+    )
+    .await
+    .expect("restore the ConfigMap");
+    await_policy("the policy accepted again", "True", "Accepted").await;
+}

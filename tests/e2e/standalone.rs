@@ -402,10 +402,10 @@ async fn reloads_on_change_and_keeps_the_last_good_config() {
     // An unknown kind is rejected the same way, naming the object.
     p.config.write(
         "route.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stray}\n",
+        "apiVersion: v1\nkind: PodTemplate\nmetadata: {name: stray}\n",
     );
     await_some("the unknown kind to be logged", || async {
-        p.proc.logs().contains("ConfigMap stray").then_some(())
+        p.proc.logs().contains("PodTemplate stray").then_some(())
     })
     .await;
     assert_eq!(http.get(gw, "x.test", "/").await.backend(), "b");

@@ -315,6 +315,37 @@ impl Echo {
         )
     }
 
+    /// An HTTPS echo with `cert_pem` and `key_pem` (written to `dir`): the usual JSON,
+    /// with the server name the client asked for in the header `x-echo-tls-sni`.
+    pub fn start_https(name: &str, dir: &TempDir, cert_pem: &str, key_pem: &str) -> Self {
+        dir.write(&format!("{name}.crt"), cert_pem);
+        dir.write(&format!("{name}.key"), key_pem);
+        let path = |ext: &str| {
+            dir.path()
+                .join(format!("{name}.{ext}"))
+                .display()
+                .to_string()
+        };
+        let ip = loopback_ip();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let proc = Proc::spawn(
+            name,
+            &binaries().echo,
+            &[
+                "--listen".into(),
+                addr.to_string(),
+                "--name".into(),
+                name.into(),
+                "--tls-cert".into(),
+                path("crt"),
+                "--tls-key".into(),
+                path("key"),
+            ],
+        );
+        wait_port(addr);
+        Self { addr, proc }
+    }
+
     fn start_tcp_with(name: &str, extra: &[String]) -> Self {
         let ip = loopback_ip();
         let addr = SocketAddr::new(ip, free_port(ip));

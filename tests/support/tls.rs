@@ -37,6 +37,43 @@ fn self_signed_with(
     (cert.pem(), key.serialize_pem())
 }
 
+/// A certificate authority that signs leaf certificates for tests.
+pub struct Ca {
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("generate key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("self-sign the CA");
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for DNS `names` and `uris` (subjectAltNames), as (certificate PEM, key PEM).
+    pub fn leaf(&self, names: &[&str], uris: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("generate key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("certificate params");
+        for u in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(*u).expect("a URI"),
+            ));
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A `kubernetes.io/tls` Secret as YAML for standalone mode.
 pub fn secret_yaml(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
     let indent = |pem: &str| {

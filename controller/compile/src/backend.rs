@@ -206,6 +206,7 @@ impl<'a> BackendIndex<'a> {
             port_name: spec_port.name.clone(),
             endpoints,
             settings: None,
+            tls: None,
         })
     }
 

@@ -41,6 +41,8 @@ pub enum DepKey {
     Namespace(String),
     /// A Portico policy of one kind.
     Policy(PolicyKind, ObjectRef),
+    BackendTlsPolicy(ObjectRef),
+    ConfigMap(ObjectRef),
     GatewayConfig(ObjectRef),
 }
 
@@ -295,6 +297,45 @@ impl Dependencies {
                 }
             }
         }
+        // A BackendTLSPolicy is read by the Gateways that send to a Service it targets; so
+        // are the ConfigMaps and Secrets it names.
+        for p in &inputs.backend_tls_policies {
+            let id = object_ref(&p.metadata);
+            let gws: BTreeSet<ObjectRef> = p
+                .spec
+                .target_refs
+                .iter()
+                .flat_map(|t| {
+                    d.touched([&DepKey::Service(ObjectRef::new(
+                        id.namespace.clone(),
+                        t.name.clone(),
+                    ))])
+                })
+                .collect();
+            let refs = p
+                .spec
+                .validation
+                .ca_certificate_refs
+                .iter()
+                .flatten()
+                .filter(|r| r.group.is_empty())
+                .filter_map(|r| {
+                    let target = ObjectRef::new(id.namespace.clone(), r.name.clone());
+                    match r.kind.as_str() {
+                        "ConfigMap" => Some(DepKey::ConfigMap(target)),
+                        "Secret" => Some(DepKey::Secret(target)),
+                        _ => None,
+                    }
+                });
+            let keys: Vec<DepKey> = std::iter::once(DepKey::BackendTlsPolicy(id.clone()))
+                .chain(refs)
+                .collect();
+            for key in keys {
+                for g in &gws {
+                    d.add(key.clone(), g);
+                }
+            }
+        }
         d
     }
 
@@ -398,6 +439,8 @@ pub struct IncrementalCompile {
     policies: BTreeMap<(PolicyKind, ObjectRef), crate::status::PolicyStatus>,
     /// Likewise the Gateways each CacheInvalidation is sent to.
     purges: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    /// Likewise every BackendTLSPolicy's status.
+    backend_tls_policies: BTreeMap<ObjectRef, crate::status::PolicyStatus>,
 }
 
 impl IncrementalCompile {
@@ -409,6 +452,7 @@ impl IncrementalCompile {
             classes: BTreeMap::new(),
             policies: BTreeMap::new(),
             purges: BTreeMap::new(),
+            backend_tls_policies: BTreeMap::new(),
         }
     }
 
@@ -433,6 +477,7 @@ impl IncrementalCompile {
         self.classes = out.status.gateway_classes;
         self.policies = out.status.policies;
         self.purges = out.status.purges;
+        self.backend_tls_policies = out.status.backend_tls_policies;
         for gw in &touched {
             self.parts.remove(gw);
         }
@@ -500,6 +545,7 @@ impl IncrementalCompile {
             gateway_classes: self.classes.clone(),
             policies: self.policies.clone(),
             purges: self.purges.clone(),
+            backend_tls_policies: self.backend_tls_policies.clone(),
             ..StatusReport::default()
         };
         for (id, part) in &self.parts {

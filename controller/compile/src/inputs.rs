@@ -10,12 +10,13 @@ use portico_crds::auth::AuthPolicy;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::cache::{CacheInvalidation, CachePolicy};
 use portico_crds::gateway_api::{
-    experimental::grpcroutes::GrpcRoute, experimental::httproutes::HttpRoute as HTTPRoute,
-    gatewayclasses::GatewayClass, gateways::Gateway, listenersets::ListenerSet,
-    referencegrants::ReferenceGrant, tlsroutes::TlsRoute,
+    backendtlspolicies::BackendTlsPolicy, experimental::grpcroutes::GrpcRoute,
+    experimental::httproutes::HttpRoute as HTTPRoute, gatewayclasses::GatewayClass,
+    gateways::Gateway, listenersets::ListenerSet, referencegrants::ReferenceGrant,
+    tlsroutes::TlsRoute,
 };
 use portico_crds::gatewayconfig::GatewayConfig;
-use portico_crds::k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use portico_crds::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use portico_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use portico_crds::l4::{TcpRoute, UdpRoute};
 use portico_crds::ratelimit::RateLimitPolicy;
@@ -57,6 +58,11 @@ pub struct Inputs {
     pub cache_invalidations: Vec<CacheInvalidation>,
     /// Every BackendPolicy.
     pub backend_policies: Vec<BackendPolicy>,
+    /// Every BackendTLSPolicy.
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// The ConfigMaps BackendTLSPolicies name (the controller watches only these, see
+    /// [`crate::referenced_config_maps`]).
+    pub config_maps: Vec<ConfigMap>,
     /// Only their names matter here (a GatewayClass or Gateway naming a missing one is not
     /// accepted); the provisioner reads their specs.
     pub gateway_configs: Vec<GatewayConfig>,

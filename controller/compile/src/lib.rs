@@ -33,6 +33,7 @@
 mod auth;
 mod backend;
 mod backend_policy;
+mod backend_tls;
 mod cache;
 mod cors;
 mod gateway;
@@ -203,11 +204,13 @@ pub fn compile_scoped(
     let rate_limit = ratelimit::resolve(inputs, &targets, &auth, &redis, &mut status);
     let cache = cache::resolve(inputs, &targets, &auth, &redis, &mut status);
     let backend = backend_policy::resolve(inputs, &targets, &mut status);
+    let backend_tls = backend_tls::resolve(inputs, controller_name, &mut status);
     let policies = ResolvedPolicies {
         auth,
         rate_limit,
         cache,
         backend,
+        backend_tls,
     };
 
     let mut snapshots = BTreeMap::new();
@@ -323,7 +326,14 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
         }
     }
     out.extend(auth::referenced_secrets(inputs));
+    out.extend(backend_tls::referenced_secrets(inputs));
     out
+}
+
+/// The ConfigMaps BackendTLSPolicies name for their CA certificates: the controller watches
+/// exactly these.
+pub fn referenced_config_maps(inputs: &Inputs) -> BTreeSet<ObjectRef> {
+    backend_tls::referenced_config_maps(inputs)
 }
 
 #[cfg(test)]

@@ -205,6 +205,13 @@ impl ManifestSet {
             ("gateway.networking.k8s.io/v1", "UDPRoute") => {
                 push(&mut i.udp_routes, &mut from, |o| &o.metadata, false)
             }
+            ("gateway.networking.k8s.io/v1", "BackendTLSPolicy") => push(
+                &mut i.backend_tls_policies,
+                &mut from,
+                |o| &o.metadata,
+                false,
+            ),
+            ("v1", "ConfigMap") => push(&mut i.config_maps, &mut from, |o| &o.metadata, false),
             ("v1", "Secret") => {
                 // serde's message may quote the value it choked on, which could be key
                 // material: say where to look, not what is there.
@@ -277,7 +284,7 @@ impl ManifestSet {
             }
             _ => Err(format!(
                 "unsupported kind {kind} ({api_version}); standalone mode reads GatewayClass, Gateway, ListenerSet, \
-                 HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, UDPRoute, ReferenceGrant (gateway.networking.k8s.io/v1), Service, Secret, Namespace (v1) \
+                 HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, UDPRoute, ReferenceGrant, BackendTLSPolicy (gateway.networking.k8s.io/v1), Service, Secret, ConfigMap, Namespace (v1) \
                  EndpointSlice (discovery.k8s.io/v1), AuthPolicy, RateLimitPolicy, CachePolicy, CacheInvalidation, BackendPolicy and GatewayConfig \
                  (portico.dev/v1alpha1)"
             )),

@@ -8,6 +8,7 @@
 
 use crate::auth::AuthPolicies;
 use crate::backend_policy::BackendPolicies;
+use crate::backend_tls::BackendTlsPolicies;
 use crate::cache::CachePolicies;
 use crate::gateway::GatewayState;
 use crate::ratelimit::RateLimitPolicies;
@@ -21,6 +22,7 @@ pub(crate) struct ResolvedPolicies {
     pub(crate) rate_limit: RateLimitPolicies,
     pub(crate) cache: CachePolicies,
     pub(crate) backend: BackendPolicies,
+    pub(crate) backend_tls: BackendTlsPolicies,
 }
 
 impl ResolvedPolicies {
@@ -36,6 +38,7 @@ impl ResolvedPolicies {
                 PolicyKind::Backend => self.backend.attach(snapshot),
             }
         }
+        self.backend_tls.attach(snapshot);
     }
 }
 

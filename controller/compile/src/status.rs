@@ -203,6 +203,13 @@ pub struct StatusReport {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub udp_routes: BTreeMap<ObjectRef, RouteStatus>,
+    /// Every BackendTLSPolicy's status: its conditions for each Gateway of ours whose
+    /// routes send to what it targets.
+    #[serde(
+        serialize_with = "by_display_key",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
     /// Every policy's status, by kind and object. Shown (`portico check --status`) as one map
     /// per kind, `authPolicies`, `rateLimitPolicies`, ... as before the kinds shared a map.
     #[serde(flatten, serialize_with = "by_kind")]
@@ -372,6 +379,17 @@ impl StatusReport {
                         &p.conditions,
                     );
                 }
+            }
+        }
+        for (id, s) in &self.backend_tls_policies {
+            for a in &s.ancestors {
+                push(
+                    format!(
+                        "BackendTLSPolicy {id} ancestor Gateway {}/{}",
+                        a.ancestor_ref.namespace, a.ancestor_ref.name
+                    ),
+                    &a.conditions,
+                );
             }
         }
         for ((kind, id), s) in &self.policies {

@@ -858,7 +858,7 @@ fn manifest_errors_name_file_and_object() {
     let mut set = ManifestSet::default();
     set.add_file(
         "a.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+        "apiVersion: v1\nkind: PodTemplate\nmetadata: {name: cm}\n",
     );
     set.add_file(
         "b.yaml",
@@ -875,7 +875,7 @@ fn manifest_errors_name_file_and_object() {
     );
     let shown: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
     assert_eq!(shown.len(), 4, "{shown:#?}");
-    assert!(shown[0].starts_with("a.yaml: ConfigMap cm: unsupported kind ConfigMap"));
+    assert!(shown[0].starts_with("a.yaml: PodTemplate cm: unsupported kind PodTemplate"));
     assert!(shown[1].starts_with("c.yaml: Service s: Service default/s is also defined in b.yaml"));
     assert!(shown[2].starts_with("d.yaml: document 1: malformed YAML"));
     assert!(shown[3].starts_with("e.yaml: HTTPRoute r: invalid object"));
@@ -972,6 +972,7 @@ fn problems_map_back_to_their_files_for_namespaced_and_cluster_objects() {
 }
 mod auth;
 mod backend_policy;
+mod backend_tls;
 mod cache;
 mod gatewayconfig;
 mod https_grpc;

@@ -14,11 +14,12 @@
 //!  CachePolicy ──┤                          │
 //!  CacheInval. ──┤                          │
 //!  BackendPolicy ┤                          │
+//!  BackendTLSPol.┤                          │
 //!  GatewayConfig ┤                          │
 //!  ReferenceGrant┤                          ├─ notify ─▶ compile loop ─▶ Inputs ─▶ compile
 //!  Service ──────┤                          │                │
 //!  Namespace ────┘                          │                │ referenced Secrets
-//!  Secret (one watch per referenced name) ──┘ ◀──────────────┘
+//!  Secret, ConfigMap (a watch per name) ────┘ ◀──────────────┘
 //! ```
 //!
 //! Every event also records which object changed ([`ChangeLog`]), so the compile loop recompiles
@@ -44,6 +45,7 @@ use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::cache::{CacheInvalidation, CachePolicy};
+use portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy;
 use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
@@ -73,7 +75,7 @@ pub use changes::ChangeLog;
 pub use guard::UnreadableObjects;
 use guard::{Guard, ReadInPart};
 use kube::core::DeserializeGuard;
-use secrets::SecretWatches;
+use secrets::{ConfigMapWatches, SecretWatches};
 
 fn id<K: ResourceExt>(k: &K) -> ObjectRef {
     ObjectRef::new(k.namespace().unwrap_or_default(), k.name_any())
@@ -96,11 +98,14 @@ pub struct Index {
     pub cache_policies: Store<CachePolicy>,
     pub cache_invalidations: Store<CacheInvalidation>,
     pub backend_policies: Store<BackendPolicy>,
+    pub backend_tls_policies: Store<BackendTlsPolicy>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
     pub secrets: SecretWatches,
+    /// The ConfigMaps BackendTLSPolicies name, watched one by one.
+    pub config_maps: ConfigMapWatches,
     pub changes: ChangeLog,
     /// The objects of each kind that do not decode (skipped), for the admin port.
     pub unreadable: Arc<UnreadableObjects>,
@@ -333,6 +338,9 @@ impl Index {
             backend_policies: w.watch(Optional, Spec, |p: &BackendPolicy| {
                 DepKey::Policy(PolicyKind::Backend, id(p))
             }),
+            backend_tls_policies: w.watch(Optional, Spec, |p: &BackendTlsPolicy| {
+                DepKey::BackendTlsPolicy(id(p))
+            }),
             gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
                 DepKey::GatewayConfig(id(c))
             }),
@@ -344,6 +352,12 @@ impl Index {
                 DepKey::Namespace(n.name_any())
             }),
             secrets: SecretWatches::new(client.clone(), changed.clone(), log.clone(), secret_hint),
+            config_maps: ConfigMapWatches::new(
+                client.clone(),
+                changed.clone(),
+                log.clone(),
+                "grant the controller get, list and watch on ConfigMaps in namespace {namespace}",
+            ),
             changes: log,
             unreadable,
             listed: Arc::new(w.listed),
@@ -402,11 +416,13 @@ impl Index {
             cache_policies: all(&self.cache_policies),
             cache_invalidations: all(&self.cache_invalidations),
             backend_policies: all(&self.backend_policies),
+            backend_tls_policies: all(&self.backend_tls_policies),
+            config_maps: self.config_maps.objects(),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,
             reference_grants: all(&self.grants),
             services: all(&self.services),
-            secrets: self.secrets.secrets(),
+            secrets: self.secrets.objects(),
             unreadable_secrets: self.secrets.unreadable(),
             placement: Default::default(),
             // The compile loop says what addresses mean and names the dataplanes' own ports.

@@ -1,4 +1,6 @@
-//! Secrets, watched one by one: only those a listener of ours may use.
+//! Secrets, watched one by one: only those a listener of ours may use. ConfigMaps the same
+//! way (those BackendTLSPolicies name for CA certificates), with the same machinery:
+//! [`NamedWatches`] over any namespaced kind.
 //!
 //! Watching every Secret in the cluster would put every credential of every team in the
 //! controller's memory. Instead, after each compile the controller asks compile which Secrets
@@ -14,12 +16,15 @@
 
 use super::changes::ChangeLog;
 use futures::StreamExt;
+use kube::Resource;
+use kube::core::NamespaceResourceScope;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use parking_lot::Mutex;
 use portico_compile::incremental::DepKey;
-use portico_crds::k8s_openapi::api::core::v1::Secret;
+use portico_crds::k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use portico_model::ObjectRef;
+use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,26 +36,68 @@ struct Watch {
     synced: watch::Receiver<bool>,
 }
 
+/// A kind watched object by object: its dependency key, and its name for logs.
+pub trait Named:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn dep(id: ObjectRef) -> DepKey;
+}
+
+impl Named for Secret {
+    const KIND: &'static str = "Secret";
+    fn dep(id: ObjectRef) -> DepKey {
+        DepKey::Secret(id)
+    }
+}
+
+impl Named for ConfigMap {
+    const KIND: &'static str = "ConfigMap";
+    fn dep(id: ObjectRef) -> DepKey {
+        DepKey::ConfigMap(id)
+    }
+}
+
 /// The watched Secrets and their current contents.
+pub type SecretWatches = NamedWatches<Secret>;
+/// The watched ConfigMaps and their current contents.
+pub type ConfigMapWatches = NamedWatches<ConfigMap>;
+
+/// The watched objects of one kind and their current contents.
 #[derive(Clone)]
-pub struct SecretWatches {
+pub struct NamedWatches<K> {
     client: Client,
     changed: Arc<Notify>,
     log: ChangeLog,
     watches: Arc<Mutex<BTreeMap<ObjectRef, Watch>>>,
-    store: Store,
-    /// How to let the controller read Secrets in a namespace (`{namespace}` is replaced).
+    store: Store<K>,
+    /// How to let the controller read them in a namespace (`{namespace}` is replaced).
     hint: Arc<str>,
 }
 
-/// What the watches know: the Secrets read, and those the API server refused to show.
-#[derive(Clone, Default)]
-struct Store {
-    secrets: Arc<Mutex<BTreeMap<ObjectRef, Secret>>>,
+/// What the watches know: the objects read, and those the API server refused to show.
+#[derive(Clone)]
+struct Store<K> {
+    objects: Arc<Mutex<BTreeMap<ObjectRef, K>>>,
     refused: Arc<Mutex<BTreeMap<ObjectRef, String>>>,
 }
 
-impl SecretWatches {
+impl<K> Default for Store<K> {
+    fn default() -> Self {
+        Self {
+            objects: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+}
+
+impl<K: Named> NamedWatches<K> {
     pub fn new(client: Client, changed: Arc<Notify>, log: ChangeLog, hint: &str) -> Self {
         Self {
             client,
@@ -74,9 +121,9 @@ impl SecretWatches {
             if let Some(w) = watches.remove(&id) {
                 w.task.abort();
             }
-            self.store.secrets.lock().remove(&id);
+            self.store.objects.lock().remove(&id);
             self.store.refused.lock().remove(&id);
-            tracing::debug!(secret = %id, "no longer watching Secret");
+            tracing::debug!(kind = K::KIND, object = %id, "no longer watching");
         }
         for id in wanted {
             if watches.contains_key(id) {
@@ -94,7 +141,7 @@ impl SecretWatches {
                 tx,
             ))
             .abort_handle();
-            tracing::debug!(secret = %id, "watching Secret");
+            tracing::debug!(kind = K::KIND, object = %id, "watching");
             watches.insert(id.clone(), Watch { task, synced: rx });
         }
     }
@@ -120,25 +167,25 @@ impl SecretWatches {
                 .filter(|(_, rx)| !*rx.borrow())
                 .map(|(id, _)| id.to_string())
                 .collect();
-            tracing::warn!(secrets = ?waiting, "Secret watches have not listed yet (RBAC?); compiling without them");
+            tracing::warn!(kind = K::KIND, objects = ?waiting, "watches have not listed yet (RBAC?); compiling without them");
         }
     }
 
-    /// The current contents of the watched Secrets.
-    pub fn secrets(&self) -> Vec<Secret> {
-        self.store.secrets.lock().values().cloned().collect()
+    /// The current contents of the watched objects.
+    pub fn objects(&self) -> Vec<K> {
+        self.store.objects.lock().values().cloned().collect()
     }
 
-    /// The watched Secrets the API server does not let the controller read, and why.
+    /// The watched objects the API server does not let the controller read, and why.
     pub fn unreadable(&self) -> BTreeMap<ObjectRef, String> {
         self.store.refused.lock().clone()
     }
 }
 
-async fn watch_one(
-    api: Api<Secret>,
+async fn watch_one<K: Named>(
+    api: Api<K>,
     id: ObjectRef,
-    store: Store,
+    store: Store<K>,
     refusal: String,
     changed: Arc<Notify>,
     log: ChangeLog,
@@ -160,29 +207,29 @@ async fn watch_one(
                     .lock()
                     .insert(id.clone(), refusal.clone())
                     .is_none();
-                let had = store.secrets.lock().remove(&id).is_some();
+                let had = store.objects.lock().remove(&id).is_some();
                 let _ = synced.send(true);
                 if first || had {
-                    tracing::warn!(secret = %id, "the API server does not let the controller read this Secret (RBAC); retrying with back-off");
-                    log.record(DepKey::Secret(id.clone()));
+                    tracing::warn!(kind = K::KIND, object = %id, "the API server does not let the controller read this object (RBAC); retrying with back-off");
+                    log.record(K::dep(id.clone()));
                     changed.notify_one();
                 }
                 continue;
             }
             Err(e) => {
-                tracing::warn!(secret = %id, error = %e, "Secret watch failed; retrying with back-off");
+                tracing::warn!(kind = K::KIND, object = %id, error = %e, "watch failed; retrying with back-off");
                 continue;
             }
         };
         // An answer with the list's contents means it is readable (again).
         let was_refused =
             !matches!(event, watcher::Event::Init) && store.refused.lock().remove(&id).is_some();
-        let update = |secret: Option<Secret>| {
-            let mut store = store.secrets.lock();
-            let before = store.get(&id).map(|s| s.metadata.resource_version.clone());
-            match secret {
+        let update = |object: Option<K>| {
+            let mut store = store.objects.lock();
+            let before = store.get(&id).map(|s| s.meta().resource_version.clone());
+            match object {
                 Some(s) => {
-                    let after = Some(s.metadata.resource_version.clone());
+                    let after = Some(s.meta().resource_version.clone());
                     store.insert(id.clone(), s);
                     before != after
                 }
@@ -207,7 +254,7 @@ async fn watch_one(
             watcher::Event::Delete(_) => update(None),
         };
         if changed_now || was_refused {
-            log.record(DepKey::Secret(id.clone()));
+            log.record(K::dep(id.clone()));
             changed.notify_one();
         }
     }

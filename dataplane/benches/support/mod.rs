@@ -93,6 +93,7 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             port_name: None,
             endpoints: vec![],
             settings: None,
+            tls: None,
         }],
         policies: Default::default(),
         session_key: None,

@@ -83,6 +83,43 @@ pub struct Backend {
     /// of [`BackendSettings::default`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<BackendSettings>,
+    /// TLS to the endpoints (a BackendTLSPolicy); `None`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS from the gateway to a backend's endpoints, as a BackendTLSPolicy asks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// The BackendTLSPolicy (for logs).
+    pub policy: ObjectRef,
+    /// The SNI sent, and the name the certificate must carry unless `subject_alt_names`
+    /// says otherwise.
+    pub server_name: String,
+    /// PEM CA certificates the endpoint's chain must lead to (from ConfigMaps or Secrets).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_pem: String,
+    /// Trust the system's well-known roots (`wellKnownCACertificates: System`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_roots: bool,
+    /// The certificate must carry one of these (instead of `server_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SubjectAltName>,
+    /// Why no connection can be trusted (no usable CA certificate): the backend's requests
+    /// are answered 502, never sent in plaintext or unverified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+}
+
+/// A subjectAltName a backend's certificate may be required to carry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectAltName {
+    /// A DNS name (a `*.` wildcard in the certificate covers one label).
+    Hostname(String),
+    /// A URI, compared exactly (a SPIFFE ID, say).
+    Uri(String),
 }
 
 /// How the dataplane treats a backend's endpoints: a BackendPolicy compiled, what it leaves

@@ -89,6 +89,7 @@ pub fn backend(name: &str, port: u16, endpoints: &[SocketAddr]) -> Backend {
         port_name: None,
         endpoints,
         settings: None,
+        tls: None,
     }
 }
 

@@ -52,8 +52,8 @@ pub mod stream;
 pub mod tls;
 
 pub use backend::{
-    AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, Compression,
-    Encoding, Endpoint,
+    AppProtocol, Backend, BackendId, BackendRef, BackendSettings, BackendTarget, BackendTls,
+    Compression, Encoding, Endpoint, SubjectAltName,
 };
 pub use filter::{Cors, Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
 pub use listener::{Certificate, Listener, ListenerTls, Protocol};

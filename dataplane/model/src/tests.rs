@@ -116,6 +116,13 @@ fn sample() -> Snapshot {
                 },
                 ..BackendSettings::default()
             }),
+            tls: Some(crate::BackendTls {
+                policy: ObjectRef::new("default", "svc-tls"),
+                server_name: "svc.example.com".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+                subject_alt_names: vec![crate::SubjectAltName::Uri("spiffe://x/y".into())],
+                ..crate::BackendTls::default()
+            }),
         }],
         policies: PolicySet {
             auth: vec![auth::AuthPolicy {

@@ -61,6 +61,79 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     asn1_time(tag, time)
 }
 
+/// The CA certificates of a PEM bundle (a BackendTLSPolicy's `ca.crt`), each one a trust
+/// anchor rustls accepts; the error says why the bundle cannot be trusted as a whole.
+pub fn ca_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in certs.iter().enumerate() {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("certificate {} is not a usable CA: {e}", i + 1))?;
+    }
+    Ok(certs)
+}
+
+/// A subjectAltName entry of a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Uri(String),
+}
+
+/// The DNS and URI names of a DER X.509 certificate's subjectAltName extension (RFC 5280
+/// §4.2.1.6); `None` when the bytes are not a certificate this walk understands.
+pub fn subject_alt_names(der: &[u8]) -> Option<Vec<San>> {
+    let (certificate, _) = der_tlv(der, 0x30)?;
+    let (tbs, _) = der_tlv(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_tlv(rest, 0xa0)?.1;
+    }
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    for tag in [0x02, 0x30, 0x30, 0x30, 0x30, 0x30] {
+        rest = der_tlv(rest, tag)?.1;
+    }
+    let mut names = Vec::new();
+    while let Some(((tag, contents), after)) = der_any(rest) {
+        rest = after;
+        // issuerUniqueID [1] and subjectUniqueID [2] come before extensions [3].
+        if tag != 0xa3 {
+            continue;
+        }
+        let (mut extensions, _) = der_tlv(contents, 0x30)?;
+        while !extensions.is_empty() {
+            let (extension, after) = der_tlv(extensions, 0x30)?;
+            extensions = after;
+            let (oid, mut value) = der_tlv(extension, 0x06)?;
+            if oid != [0x55, 0x1d, 0x11] {
+                continue;
+            }
+            if value.first() == Some(&0x01) {
+                value = der_tlv(value, 0x01)?.1; // critical
+            }
+            let (octets, _) = der_tlv(value, 0x04)?;
+            let (mut general_names, _) = der_tlv(octets, 0x30)?;
+            while !general_names.is_empty() {
+                let ((tag, name), after) = der_any(general_names)?;
+                general_names = after;
+                let text = || String::from_utf8(name.to_vec()).ok();
+                match tag {
+                    0x82 => names.push(San::Dns(text()?)),
+                    0x86 => names.push(San::Uri(text()?)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(names)
+}
+
 /// One DER element of `tag`: its contents and what follows it.
 fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let ((found, contents), rest) = der_any(input)?;
@@ -141,6 +214,35 @@ mod tests {
             let cert = params.self_signed(&key).expect("certificate");
             assert_eq!(not_after(cert.der()), Some(expected), "{year}");
         }
+    }
+
+    #[test]
+    fn subject_alt_names_reads_dns_and_uri_names() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["abc.example.com".to_string()]).expect("params");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from("spiffe://abc.example.com/test-identity")
+                .expect("uri"),
+        ));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(
+            subject_alt_names(cert.der()),
+            Some(vec![
+                San::Dns("abc.example.com".into()),
+                San::Uri("spiffe://abc.example.com/test-identity".into())
+            ])
+        );
+        assert_eq!(subject_alt_names(b"not der"), None);
+        assert!(ca_certificates(&cert.pem()).is_ok());
+        assert!(ca_certificates("").is_err());
+        assert!(
+            ca_certificates("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
     }
 
     #[test]

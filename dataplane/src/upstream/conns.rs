@@ -10,6 +10,7 @@
 
 use super::gate::{ConnGate, Open, Refused, Room};
 use super::h1::{self, H1Body, H1Conn, H1Pool, Outgoing};
+use super::tls::{UpstreamIo, UpstreamTls};
 use crate::body::{BoxError, ClientBody, Lease, Upstream};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -211,12 +212,33 @@ async fn connect(addr: SocketAddr, settings: &ConnSettings) -> io::Result<TcpStr
     Ok(stream)
 }
 
+/// A connection to `addr`, secured when the backend asks for TLS (the handshake within the
+/// connect timeout too).
+async fn connect_secured(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    settings: &ConnSettings,
+) -> io::Result<UpstreamIo> {
+    let tcp = connect(addr, settings).await?;
+    let Some(tls) = tls else {
+        return Ok(UpstreamIo::Plain(tcp));
+    };
+    match tokio::time::timeout(settings.connect_timeout, tls.connect(tcp)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
 async fn connect_h1(
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     settings: &ConnSettings,
     open: Open,
 ) -> io::Result<Box<H1Conn>> {
-    let io = connect(addr, settings).await?;
+    let io = connect_secured(addr, tls, settings).await?;
     Ok(Box::new(H1Conn::new(io, Some(open))))
 }
 
@@ -257,6 +279,7 @@ impl Limit<'_> {
 async fn h1_conn(
     conns: &Conns,
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     settings: &ConnSettings,
     limit: &Limit<'_>,
 ) -> Result<(Box<H1Conn>, bool), NoConn> {
@@ -269,7 +292,7 @@ async fn h1_conn(
         match limit.room(settings, deadline).await? {
             // Boxed: a new connection is the rare case, and its future is large.
             Room::Open(open) => {
-                return Box::pin(connect_h1(addr, settings, open))
+                return Box::pin(connect_h1(addr, tls, settings, open))
                     .await
                     .map(|c| (c, false))
                     .map_err(NoConn::Connect);
@@ -281,9 +304,10 @@ async fn h1_conn(
 
 async fn handshake_h2(
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     settings: &ConnSettings,
 ) -> io::Result<http2::SendRequest<ClientBody>> {
-    let io = connect(addr, settings).await?;
+    let io = connect_secured(addr, tls, settings).await?;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(every) = settings.h2.ping_interval {
@@ -325,6 +349,7 @@ pub(super) async fn send<G>(
     conns: &Conns,
     addr: SocketAddr,
     protocol: AppProtocol,
+    tls: Option<&UpstreamTls>,
     mut req: Request,
     settings: &ConnSettings,
     limit: &Limit<'_>,
@@ -338,7 +363,7 @@ where
             let pool = &conns.http1;
             // The first connection is had before the request is encoded, so that a failure
             // to connect gives the request back for another endpoint.
-            let mut first = Some(match h1_conn(conns, addr, settings, limit).await {
+            let mut first = Some(match h1_conn(conns, addr, tls, settings, limit).await {
                 Ok(c) => c,
                 Err(NoConn::Connect(e)) => return Err(SendError::Connect(e, Some(Box::new(req)))),
                 Err(NoConn::Overloaded(l)) => return Err(SendError::Overloaded(l)),
@@ -347,7 +372,7 @@ where
             let (head, whole, conn) = loop {
                 let (mut conn, reused) = match first.take() {
                     Some(c) => c,
-                    None => match h1_conn(conns, addr, settings, limit).await {
+                    None => match h1_conn(conns, addr, tls, settings, limit).await {
                         Ok(c) => c,
                         // The endpoint went away under a pooled connection: the request
                         // (resendable, or it would not be here) goes back for another.
@@ -410,7 +435,7 @@ where
                                 io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed");
                             return Err(SendError::Connect(e, Some(Box::new(req))));
                         } else {
-                            let s = match Box::pin(handshake_h2(addr, settings)).await {
+                            let s = match Box::pin(handshake_h2(addr, tls, settings)).await {
                                 Ok(s) => s,
                                 Err(e) => {
                                     conns.h2_failures.fetch_add(1, Ordering::Relaxed);
@@ -541,7 +566,16 @@ mod tests {
                         .0,
                     )
                     .expect("request");
-                send(&conns, addr, AppProtocol::H2c, req, &settings, &limit, ())
+                send(
+                    &conns,
+                    addr,
+                    AppProtocol::H2c,
+                    None,
+                    req,
+                    &settings,
+                    &limit,
+                    (),
+                )
             });
             let answers = futures::future::join_all(sends).await;
             assert!(

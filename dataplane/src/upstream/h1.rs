@@ -20,6 +20,7 @@
 //! not sent further, and its connection is closed after the answer.
 
 use super::gate::Open;
+use super::tls::UpstreamIo;
 use crate::body::{BoxError, ConnBody};
 use crate::codec::{Decoded, Decoder, Delimited, FramingFields, Reader};
 use crate::tunnel::{Prefixed, Switched};
@@ -32,10 +33,9 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Largest response head (status line and headers) a backend may send.
@@ -82,7 +82,7 @@ impl H1Error {
 /// An HTTP/1.1 connection to a backend.
 pub(super) struct H1Conn {
     /// The socket, and the bytes read and not consumed: what is left of a response.
-    r: Reader<TcpStream>,
+    r: Reader<UpstreamIo>,
     /// Counted in its backend's open connections until closed.
     open: Option<Open>,
 }
@@ -96,7 +96,7 @@ impl std::fmt::Debug for H1Conn {
 }
 
 impl H1Conn {
-    pub(super) fn new(io: TcpStream, open: Option<Open>) -> Self {
+    pub(super) fn new(io: UpstreamIo, open: Option<Open>) -> Self {
         Self {
             r: Reader::new(io),
             open,
@@ -107,18 +107,7 @@ impl H1Conn {
     /// nor sent anything since the last exchange. Looks at the socket's readiness first, so
     /// there is no system call unless something arrived; keeps no waker.
     pub(super) fn is_usable(&mut self) -> bool {
-        if !self.r.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.r.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.r.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.r.buf.is_empty() && self.r.io.is_usable()
     }
 
     /// The connection of a backend that switched protocols (101), for a tunnel: its socket,
@@ -346,7 +335,7 @@ where
         self.suffix = &self.suffix[k..];
     }
 
-    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+    fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
         loop {
             while self.queued() {
                 let slices = [

@@ -8,6 +8,7 @@
 //! concurrently, each probe within its timeout; the task ends when the pool is dropped or its
 //! policy no longer asks for checks.
 
+use super::tls::{UpstreamIo, UpstreamTls};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -88,17 +89,30 @@ pub(super) fn next_round(check: &HealthCheck) -> Duration {
     Duration::from_millis(check.interval_ms + jitter)
 }
 
-/// Probes the endpoint at `addr` once: whether it passed, within the check's timeout.
-pub(super) async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
+/// Probes the endpoint at `addr` once: whether it passed, within the check's timeout. Over
+/// TLS when the backend's requests go over TLS (a BackendTLSPolicy): the handshake, with the
+/// policy's checks, is part of the probe.
+pub(super) async fn probe(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    tls: Option<&UpstreamTls>,
+) -> bool {
     let timeout = Duration::from_millis(check.timeout_ms);
-    tokio::time::timeout(timeout, probe_once(addr, &check.probe))
+    tokio::time::timeout(timeout, probe_once(addr, &check.probe, tls))
         .await
         .unwrap_or(false)
 }
 
-async fn probe_once(addr: SocketAddr, probe: &Probe) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
+async fn probe_once(addr: SocketAddr, probe: &Probe, tls: Option<&UpstreamTls>) -> bool {
+    let Ok(tcp) = TcpStream::connect(addr).await else {
         return false;
+    };
+    let mut stream = match tls {
+        None => UpstreamIo::Plain(tcp),
+        Some(tls) => match tls.connect(tcp).await {
+            Ok(s) => s,
+            Err(_) => return false,
+        },
     };
     match probe {
         Probe::Tcp => true,
@@ -116,7 +130,7 @@ async fn probe_once(addr: SocketAddr, probe: &Probe) -> bool {
 const MAX_HEAD: usize = 16 * 1024;
 
 async fn http(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamIo,
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -172,7 +186,7 @@ async fn http(
 
 /// `grpc.health.v1.Health/Check` for `service`: passes when the answer's status is SERVING
 /// (1) and its `grpc-status` is 0.
-async fn grpc(stream: TcpStream, addr: SocketAddr, service: &str) -> bool {
+async fn grpc(stream: UpstreamIo, addr: SocketAddr, service: &str) -> bool {
     let Ok((mut sender, conn)) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
     else {
@@ -329,17 +343,20 @@ mod tests {
                 service: service.into(),
             })
         };
-        assert!(probe(grpc_server, &grpc("")).await);
-        assert!(probe(grpc_server, &grpc("up")).await);
-        assert!(!probe(grpc_server, &grpc("down")).await, "NOT_SERVING");
+        assert!(probe(grpc_server, &grpc(""), None).await);
+        assert!(probe(grpc_server, &grpc("up"), None).await);
+        assert!(
+            !probe(grpc_server, &grpc("down"), None).await,
+            "NOT_SERVING"
+        );
         // TCP: a listener passes; a port nobody listens on fails.
         let open = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let open_addr = open.local_addr().expect("addr");
-        assert!(probe(open_addr, &with(Probe::Tcp)).await);
+        assert!(probe(open_addr, &with(Probe::Tcp), None).await);
         drop(open);
-        assert!(!probe(open_addr, &with(Probe::Tcp)).await);
+        assert!(!probe(open_addr, &with(Probe::Tcp), None).await);
         // HTTP: a listener that never answers fails within the timeout; an HTTP/2-only
         // server (the gRPC one) does not speak HTTP/1.1 and fails too.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -351,8 +368,8 @@ mod tests {
             host: None,
             expected: vec![(200, 200)],
         });
-        assert!(!probe(silent.local_addr().expect("addr"), &http).await);
-        assert!(!probe(grpc_server, &http).await);
+        assert!(!probe(silent.local_addr().expect("addr"), &http, None).await);
+        assert!(!probe(grpc_server, &http, None).await);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod outlier;
 mod pool;
 mod retry;
 pub mod session;
+pub mod tls;
 
 pub use balance::{Balancer, Candidates};
 pub use client::{CallBody, CallError, HttpClient};
@@ -29,8 +30,8 @@ pub use endpoint::{Endpoint, EndpointSet, EndpointState};
 pub use h1::{H1Error, read_response};
 pub use outlier::{Outcome, OutlierSettings};
 pub use pool::{
-    Admitted, BackendPool, Overloaded, PoolSettings, RetryPermit, ServiceEndpoints, ServiceKey,
-    Upstreams, hash_key,
+    Admitted, BackendPool, Overloaded, PoolKey, PoolSettings, RetryPermit, ServiceEndpoints,
+    ServiceKey, Upstreams, hash_key, pool_key,
 };
 pub use retry::BudgetSettings;
 
@@ -102,6 +103,7 @@ pub async fn attempt(
         conns,
         endpoint.addr,
         pool.protocol,
+        pool.tls.as_ref(),
         req,
         settings,
         &limit,
@@ -147,8 +149,13 @@ pub async fn attempt(
 
 /// Puts the request target in the form the backend's protocol wants: origin-form for
 /// HTTP/1.1 (the Host header, already the routed one, names the authority); for HTTP/2 an
-/// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary.
-pub fn wire_target<B>(req: &mut Request<B>, protocol: AppProtocol) -> Result<(), ProxyError> {
+/// `:authority` equal to that Host, as RFC 9113 §8.3.1 asks of an intermediary, and the
+/// `:scheme` of the connection (`https` over TLS to the backend).
+pub fn wire_target<B>(
+    req: &mut Request<B>,
+    protocol: AppProtocol,
+    tls: bool,
+) -> Result<(), ProxyError> {
     let pq = req
         .uri()
         .path_and_query()
@@ -167,7 +174,7 @@ pub fn wire_target<B>(req: &mut Request<B>, protocol: AppProtocol) -> Result<(),
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 .ok_or(ProxyError::BadRequest("request host cannot be forwarded"))?;
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = Some(authority);
             parts.path_and_query = Some(pq);
             *req.uri_mut() = Uri::from_parts(parts)

@@ -22,7 +22,7 @@ use portico_model::BackendSettings;
 use portico_model::backend::{
     CircuitBreaker, HashOn, HealthCheck, Http2, LoadBalancer, SessionPersistence, SlowStart,
 };
-use portico_model::{AppProtocol, Backend, BackendId, Endpoint, RouteRetry};
+use portico_model::{AppProtocol, Backend, BackendId, BackendTls, Endpoint, RouteRetry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -163,6 +163,11 @@ pub struct BackendPool {
     pub tag: u64,
     pub protocol: AppProtocol,
     pub port_name: Option<String>,
+    /// TLS to the endpoints (a BackendTLSPolicy); a pool's TLS never changes (another
+    /// policy makes another pool, so no connection outlives the settings it was made with).
+    pub tls: Option<super::tls::UpstreamTls>,
+    /// The BackendTLSPolicy, for errors.
+    pub tls_policy: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
     balancer: Balancer,
     settings: ArcSwap<PoolSettings>,
@@ -195,6 +200,11 @@ impl BackendPool {
             tag: super::session::backend_tag(&b.id),
             protocol: b.protocol,
             port_name: b.port_name.clone(),
+            tls: b
+                .tls
+                .as_ref()
+                .map(|t| super::tls::UpstreamTls::new(t, b.protocol)),
+            tls_policy: b.tls.as_ref().map(|t| t.policy.to_string()),
             endpoints: ArcSwap::default(),
             balancer: Balancer::default(),
             settings: ArcSwap::from_pointee(settings),
@@ -246,9 +256,9 @@ impl BackendPool {
         let set = self.endpoints();
         let mut probes = tokio::task::JoinSet::new();
         for e in set.all() {
-            let (e, check) = (e.clone(), check.clone());
+            let (e, check, tls) = (e.clone(), check.clone(), self.tls.clone());
             probes.spawn(async move {
-                let passed = health::probe(e.addr, &check).await;
+                let passed = health::probe(e.addr, &check, tls.as_ref()).await;
                 (e, passed)
             });
         }
@@ -499,10 +509,18 @@ impl BackendPool {
     }
 }
 
+/// What a pool is for: a backend, the protocol spoken to it, and its TLS.
+pub type PoolKey = (BackendId, AppProtocol, Option<BackendTls>);
+
+/// The key of `b`'s pool.
+pub fn pool_key(b: &Backend) -> PoolKey {
+    (b.id.clone(), b.protocol, b.tls.clone())
+}
+
 /// Every pool the current snapshots use, keyed by backend.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    pools: Mutex<HashMap<(BackendId, AppProtocol), Arc<BackendPool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<BackendPool>>>,
     /// The last endpoints discovery pushed, by Service; `None` while endpoints come from
     /// snapshots.
     discovered: Mutex<Option<HashMap<ServiceKey, Arc<ServiceEndpoints>>>>,
@@ -531,7 +549,7 @@ impl Upstreams {
         let mut pools = self.pools.lock();
         let mut created = false;
         let settings = PoolSettings::new(b.settings.as_ref(), &self.settings);
-        let pool = pools.entry((b.id.clone(), b.protocol)).or_insert_with(|| {
+        let pool = pools.entry(pool_key(b)).or_insert_with(|| {
             created = true;
             Arc::new(BackendPool::new(
                 b,
@@ -624,18 +642,18 @@ impl Upstreams {
         self.pools
             .lock()
             .keys()
-            .map(|(id, _)| id.namespace.clone())
+            .map(|(id, _, _)| id.namespace.clone())
             .collect()
     }
 
     /// Drops pools no snapshot uses any more (their endpoints' connections close), and their
     /// series.
-    pub fn retain(&self, used: &[(BackendId, AppProtocol)], metrics: &Metrics) {
+    pub fn retain(&self, used: &[PoolKey], metrics: &Metrics) {
         let mut pools = self.pools.lock();
-        let before: BTreeSet<BackendId> = pools.keys().map(|(id, _)| id.clone()).collect();
+        let before: BTreeSet<BackendId> = pools.keys().map(|(id, _, _)| id.clone()).collect();
         pools.retain(|k, _| used.contains(k));
         for id in before {
-            if !pools.keys().any(|(kept, _)| *kept == id) {
+            if !pools.keys().any(|(kept, _, _)| *kept == id) {
                 metrics.forget_upstream(&id.to_string());
             }
         }
@@ -765,6 +783,7 @@ mod tests {
             port_name: port_name.map(str::to_string),
             endpoints,
             settings: None,
+            tls: None,
         }
     }
 

@@ -12,6 +12,10 @@
 //!
 //! A WebSocket handshake (any path) opens an echo of every message (`ws.rs`).
 //!
+//! With `--tls-cert` and `--tls-key` it serves HTTPS (ALPN `h2` and `http/1.1`), and
+//! reports the server name the client asked for as the request header `x-echo-tls-sni`
+//! (`-` for none; one a client sends is dropped first).
+//!
 //! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back;
 //! with `--tls-cert` and `--tls-key`, behind TLS, greeting with the name and the SNI asked for.
 //! `--udp` serves UDP: each datagram is answered, from the address it was sent to, with the
@@ -62,9 +66,9 @@ struct Args {
     /// datagram (the UDPRoute tests' backend).
     #[arg(long, conflicts_with_all = ["tcp", "fixed"])]
     udp: bool,
-    /// With `--tcp`: terminate TLS first with this PEM certificate chain (and `--tls-key`),
-    /// and greet with the name and the server name the client asked for (the TLS
-    /// passthrough tests' backend).
+    /// Terminate TLS first with this PEM certificate chain (and `--tls-key`): HTTPS, or with
+    /// `--tcp` a TLS echo that greets with the name and the server name the client asked for
+    /// (the TLS passthrough tests' backend).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     #[arg(long, requires = "tls_cert")]
@@ -286,6 +290,15 @@ fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    tls_acceptor_alpn(cert, key, &[])
+}
+
+/// The same, offering `alpn`.
+fn tls_acceptor_alpn(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[Vec<u8>],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
@@ -296,6 +309,8 @@ fn tls_acceptor(
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(chain, key)?;
+    let mut config = config;
+    config.alpn_protocols = alpn.to_vec();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -397,6 +412,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     let count = Arc::new(AtomicU64::new(0));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let https = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor_alpn(
+            cert,
+            key,
+            &[b"h2".to_vec(), b"http/1.1".to_vec()],
+        )?),
+        _ => None,
+    };
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -408,10 +431,28 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let (name, count, builder) = (name.clone(), count.clone(), builder.clone());
         let fixed_answers = fixed_answers.clone();
+        let https = https.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let (io, sni) = match https {
+                None => (Io::Plain(stream), None),
+                Some(acceptor) => {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                    (Io::Tls(Box::new(tls)), Some(sni))
+                }
+            };
+            let svc = service_fn(move |mut req: Request<Incoming>| {
                 let (name, count) = (name.clone(), count.clone());
                 let fixed_answers = fixed_answers.clone();
+                req.headers_mut().remove("x-echo-tls-sni");
+                if let Some(v) = sni
+                    .as_deref()
+                    .and_then(|s| http::HeaderValue::from_str(s).ok())
+                {
+                    req.headers_mut().insert("x-echo-tls-sni", v);
+                }
                 async move {
                     if let Some(key) = ws::key(&req) {
                         return Ok::<_, Infallible>(ws::answer(req, &key));
@@ -425,10 +466,62 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// A connection as accepted: plain, or after a TLS handshake.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
+        }
     }
 }

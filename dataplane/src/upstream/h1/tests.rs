@@ -365,8 +365,8 @@ async fn backend(script: Script) -> (SocketAddr, tokio::sync::mpsc::UnboundedRec
 }
 
 async fn connect(addr: SocketAddr) -> Box<H1Conn> {
-    let io = TcpStream::connect(addr).await.expect("connect");
-    Box::new(H1Conn::new(io, None))
+    let io = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    Box::new(H1Conn::new(super::UpstreamIo::Plain(io), None))
 }
 
 /// One exchange and its whole body on `conn`, returned to `pool` when reusable.

@@ -1,0 +1,405 @@
+//! BackendTLSPolicy (`gateway.networking.k8s.io/v1`): TLS from the gateway to a Service's
+//! endpoints, with the CA certificates (ConfigMaps, Secrets, or the system's roots) and the
+//! name the endpoints' certificates must carry.
+//!
+//! ```text
+//!   BackendTLSPolicy ──targetRefs──▶ Service [port name]
+//!   snapshot.backends[].tls ◀── the port's policy, else the Service's
+//!   status.ancestors[] ◀── each Gateway of ours whose routes send to a targeted Service
+//! ```
+//!
+//! Two policies on the same Service (and port name): the older, then the one first by
+//! namespace and name, applies; the other is `Accepted=False Conflicted`. A policy whose CA
+//! certificates cannot be used is `Accepted=False NoValidCACertificate` and still applies, as
+//! a refusal: its backend's requests are answered 502, never sent in plaintext. Unlike
+//! Portico's policies, its status is per ancestor (the Gateways), as the Gateway API's
+//! policy status is.
+
+use crate::inputs::Inputs;
+use crate::refs::{
+    gateways_of, grpc_route_parents, http_route_parents, namespace_of, object_ref, precedence,
+    tls_route_parents,
+};
+use crate::status::{
+    AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
+};
+use portico_crds::gateway_api::backendtlspolicies::{
+    BackendTlsPolicy, BackendTlsPolicyValidationSubjectAltNamesType as SanType,
+};
+use portico_model::{BackendTls, ObjectRef, Snapshot, SubjectAltName};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The key of a ConfigMap or Secret that holds the PEM CA certificates.
+const CA_KEY: &str = "ca.crt";
+
+/// Reasons of BackendTLSPolicy conditions.
+const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+
+/// What a Service (or one of its ports, by name) is targeted by.
+type TargetKey = (ObjectRef, Option<String>);
+
+/// The policies that apply, by target, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct BackendTlsPolicies {
+    applied: BTreeMap<TargetKey, BackendTls>,
+}
+
+/// Compiles every BackendTLSPolicy, decides which applies to each target and writes each
+/// one's status for the Gateways of `controller_name` whose routes send to what it targets.
+pub(crate) fn resolve(
+    inputs: &Inputs,
+    controller_name: &str,
+    status: &mut StatusReport,
+) -> BackendTlsPolicies {
+    let ancestors = service_gateways(inputs, controller_name);
+    let mut policies: Vec<&BackendTlsPolicy> = inputs.backend_tls_policies.iter().collect();
+    policies.sort_by(|a, b| precedence(&a.metadata, &b.metadata));
+    let mut out = BackendTlsPolicies::default();
+    for policy in policies {
+        let id = object_ref(&policy.metadata);
+        let generation = policy.metadata.generation;
+        let compiled = compile_policy(&id, policy, inputs);
+        let mut conflicted = false;
+        let mut gateways: BTreeSet<ObjectRef> = BTreeSet::new();
+        let mut targets = Vec::new();
+        for t in &policy.spec.target_refs {
+            if !t.group.is_empty() || t.kind != "Service" {
+                continue;
+            }
+            let service = ObjectRef::new(id.namespace.clone(), t.name.clone());
+            gateways.extend(ancestors.get(&service).into_iter().flatten().cloned());
+            let key = (service, t.section_name.clone());
+            if out.applied.contains_key(&key) {
+                conflicted = true;
+            } else {
+                targets.push(key);
+            }
+        }
+        let conditions = if conflicted {
+            vec![
+                Condition::new(
+                    types::ACCEPTED,
+                    false,
+                    reasons::CONFLICTED,
+                    "an older BackendTLSPolicy targets the same Service and sectionName",
+                    generation,
+                ),
+                resolved_refs(&compiled, generation),
+            ]
+        } else {
+            let accepted = match &compiled.tls.invalid {
+                None => Condition::new(
+                    types::ACCEPTED,
+                    true,
+                    reasons::ACCEPTED,
+                    "applied to the targeted Services",
+                    generation,
+                ),
+                Some(why) => Condition::new(
+                    types::ACCEPTED,
+                    false,
+                    NO_VALID_CA_CERTIFICATE,
+                    format!("{why}; requests to the targeted Services are refused (502)"),
+                    generation,
+                ),
+            };
+            vec![accepted, resolved_refs(&compiled, generation)]
+        };
+        // A conflicted policy applies nowhere, not even to its targets no other took: one
+        // policy is applied whole or not at all.
+        if !conflicted {
+            for key in targets {
+                out.applied.insert(key, compiled.tls.clone());
+            }
+        }
+        let ancestors = gateways
+            .into_iter()
+            .map(|gateway| PolicyAncestorStatus {
+                ancestor_ref: AncestorRef {
+                    group: portico_crds::GATEWAY_GROUP.to_string(),
+                    kind: "Gateway".into(),
+                    namespace: gateway.namespace,
+                    name: gateway.name,
+                    section_name: None,
+                },
+                conditions: conditions.clone(),
+            })
+            .collect();
+        status
+            .backend_tls_policies
+            .insert(id, PolicyStatus { ancestors });
+    }
+    out
+}
+
+impl BackendTlsPolicies {
+    /// Sets each backend's TLS in `snapshot`: its port's policy, else its Service's. A UDP
+    /// backend takes none (datagrams are not TLS).
+    pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
+        for b in snapshot.backends.iter_mut().filter(|b| !b.id.udp) {
+            let svc = ObjectRef::new(b.id.namespace.clone(), b.id.name.clone());
+            let port = b
+                .port_name
+                .as_ref()
+                .and_then(|p| self.applied.get(&(svc.clone(), Some(p.clone()))))
+                .or_else(|| self.applied.get(&(svc, None)));
+            b.tls = port.cloned();
+        }
+    }
+}
+
+/// A policy compiled, and what its references resolved to.
+struct Compiled {
+    tls: BackendTls,
+    /// `ResolvedRefs=False`: the reason and message.
+    unresolved: Option<(&'static str, String)>,
+}
+
+fn resolved_refs(c: &Compiled, generation: Option<i64>) -> Condition {
+    match &c.unresolved {
+        None => Condition::new(
+            types::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "every CA certificate reference resolved",
+            generation,
+        ),
+        Some((reason, message)) => Condition::new(
+            types::RESOLVED_REFS,
+            false,
+            reason,
+            message.clone(),
+            generation,
+        ),
+    }
+}
+
+fn compile_policy(id: &ObjectRef, policy: &BackendTlsPolicy, inputs: &Inputs) -> Compiled {
+    let v = &policy.spec.validation;
+    let mut tls = BackendTls {
+        policy: id.clone(),
+        server_name: v.hostname.to_ascii_lowercase(),
+        ..BackendTls::default()
+    };
+    let mut unresolved = None;
+    let mut pems = Vec::new();
+    let refs = v.ca_certificate_refs.as_deref().unwrap_or_default();
+    for r in refs {
+        let read = match (r.group.as_str(), r.kind.as_str()) {
+            ("", "ConfigMap") => config_map_ca(inputs, &id.namespace, &r.name),
+            ("", "Secret") => secret_ca(inputs, &id.namespace, &r.name),
+            (group, kind) => {
+                let shown = if group.is_empty() {
+                    kind.to_string()
+                } else {
+                    format!("{group}/{kind}")
+                };
+                unresolved.get_or_insert((
+                    reasons::INVALID_KIND,
+                    format!(
+                        "caCertificateRefs {:?}: kind {shown} is not supported; use a ConfigMap or a Secret",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+        };
+        match read {
+            Ok(pem) => pems.push(pem),
+            Err(message) => {
+                unresolved.get_or_insert((INVALID_CA_CERTIFICATE_REF, message));
+            }
+        }
+    }
+    match v.well_known_ca_certificates.as_deref() {
+        None => {}
+        Some("System") if refs.is_empty() => tls.system_roots = true,
+        Some("System") => {
+            tls.invalid = Some(
+                "validation sets both caCertificateRefs and wellKnownCACertificates; set one"
+                    .into(),
+            );
+        }
+        Some(other) => {
+            tls.invalid = Some(format!(
+                "wellKnownCACertificates {other:?} is not supported; use System"
+            ));
+        }
+    }
+    if !tls.system_roots && tls.invalid.is_none() {
+        if pems.is_empty() {
+            tls.invalid = Some(match &unresolved {
+                Some((_, message)) => format!("no usable CA certificate: {message}"),
+                None => "validation names no CA certificate (caCertificateRefs or wellKnownCACertificates: System)".into(),
+            });
+        }
+        tls.ca_pem = pems.concat();
+    }
+    if let Err(e) = crate::hostname::validate(&v.hostname) {
+        tls.invalid = Some(format!("validation.hostname: {e}"));
+    } else if v.hostname.starts_with('*') {
+        tls.invalid = Some("validation.hostname must not be a wildcard".into());
+    }
+    for san in v.subject_alt_names.iter().flatten() {
+        let name = match (&san.r#type, &san.hostname, &san.uri) {
+            (SanType::Hostname, Some(h), _) => SubjectAltName::Hostname(h.to_ascii_lowercase()),
+            (SanType::Uri, _, Some(u)) => SubjectAltName::Uri(u.clone()),
+            (t, _, _) => {
+                tls.invalid = Some(format!(
+                    "a subjectAltNames entry of type {t:?} lacks its value"
+                ));
+                continue;
+            }
+        };
+        tls.subject_alt_names.push(name);
+    }
+    Compiled { tls, unresolved }
+}
+
+/// The PEM CA certificates of ConfigMap `ns/name`'s `ca.crt`, checked.
+fn config_map_ca(inputs: &Inputs, ns: &str, name: &str) -> Result<String, String> {
+    let cm = inputs
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(name) && namespace_of(&c.metadata) == ns)
+        .ok_or_else(|| format!("ConfigMap {ns}/{name} not found"))?;
+    let pem = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CA_KEY))
+        .ok_or_else(|| format!("ConfigMap {ns}/{name} has no {CA_KEY}"))?;
+    checked(pem, &format!("ConfigMap {ns}/{name}"))
+}
+
+/// The PEM CA certificates of Secret `ns/name`'s `ca.crt`, checked.
+fn secret_ca(inputs: &Inputs, ns: &str, name: &str) -> Result<String, String> {
+    let secret = inputs.secret_view().find(ns, name)?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CA_KEY))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(CA_KEY))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("Secret {ns}/{name} has no {CA_KEY}"))?;
+    let pem = String::from_utf8(bytes)
+        .map_err(|_| format!("Secret {ns}/{name}: {CA_KEY} is not PEM text"))?;
+    checked(&pem, &format!("Secret {ns}/{name}"))
+}
+
+fn checked(pem: &str, what: &str) -> Result<String, String> {
+    portico_model::tls::ca_certificates(pem).map_err(|e| format!("{what}: {CA_KEY} {e}"))?;
+    let mut pem = pem.to_string();
+    if !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    Ok(pem)
+}
+
+/// For each Service, the Gateways of ours whose HTTPRoutes, GRPCRoutes or TLSRoutes send to
+/// it: the ancestors a policy on it reports to.
+fn service_gateways(
+    inputs: &Inputs,
+    controller_name: &str,
+) -> BTreeMap<ObjectRef, BTreeSet<ObjectRef>> {
+    let ours: BTreeSet<ObjectRef> =
+        gateways_of(&inputs.gateway_classes, &inputs.gateways, controller_name)
+            .map(|g| object_ref(&g.metadata))
+            .collect();
+    let sets = inputs.listener_set_parents();
+    let mut out: BTreeMap<ObjectRef, BTreeSet<ObjectRef>> = BTreeMap::new();
+    let mut add = |ns: &str, parents: Vec<ObjectRef>, refs: Vec<(Option<&str>, &str)>| {
+        let parents: Vec<ObjectRef> = parents.into_iter().filter(|p| ours.contains(p)).collect();
+        for (backend_ns, name) in refs {
+            let service = ObjectRef::new(backend_ns.unwrap_or(ns), name);
+            out.entry(service)
+                .or_default()
+                .extend(parents.iter().cloned());
+        }
+    };
+    for r in &inputs.http_routes {
+        let refs = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|rule| rule.backend_refs.iter().flatten())
+            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+            .collect();
+        add(
+            &namespace_of(&r.metadata),
+            http_route_parents(r, &sets),
+            refs,
+        );
+    }
+    for r in &inputs.grpc_routes {
+        let refs = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|rule| rule.backend_refs.iter().flatten())
+            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+            .collect();
+        add(
+            &namespace_of(&r.metadata),
+            grpc_route_parents(r, &sets),
+            refs,
+        );
+    }
+    for r in &inputs.tls_routes {
+        let refs = r
+            .spec
+            .rules
+            .iter()
+            .flat_map(|rule| rule.backend_refs.iter())
+            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+            .collect();
+        add(
+            &namespace_of(&r.metadata),
+            tls_route_parents(r, &sets),
+            refs,
+        );
+    }
+    out
+}
+
+fn is_service(group: Option<&str>, kind: Option<&str>) -> bool {
+    group.unwrap_or("").is_empty() && kind.unwrap_or("Service") == "Service"
+}
+
+/// The ConfigMaps BackendTLSPolicies name (the controller watches exactly these).
+pub(crate) fn referenced_config_maps(inputs: &Inputs) -> BTreeSet<ObjectRef> {
+    refs_of_kind(inputs, "ConfigMap")
+}
+
+/// The Secrets BackendTLSPolicies name as CA certificates.
+pub(crate) fn referenced_secrets(inputs: &Inputs) -> BTreeSet<ObjectRef> {
+    refs_of_kind(inputs, "Secret")
+}
+
+fn refs_of_kind(inputs: &Inputs, kind: &str) -> BTreeSet<ObjectRef> {
+    inputs
+        .backend_tls_policies
+        .iter()
+        .flat_map(|p| {
+            let ns = namespace_of(&p.metadata);
+            p.spec
+                .validation
+                .ca_certificate_refs
+                .iter()
+                .flatten()
+                .filter(|r| r.group.is_empty() && r.kind == kind)
+                .map(move |r| ObjectRef::new(ns.clone(), r.name.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,197 @@
+//! BackendTLSPolicy: attachment to Services and their ports, conflicts, CA certificates from
+//! ConfigMaps and Secrets, and the status per ancestor Gateway.
+
+use super::{gw, run};
+use crate::Output;
+use crate::status::{Condition, find, reasons, types};
+use portico_model::{BackendTls, ObjectRef, SubjectAltName};
+
+/// Routes to both ports of `svc` (the base's `web` port 80 and `grpc` port 81).
+const ROUTES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /web}}]
+    backendRefs: [{name: svc, port: 80}]
+  - backendRefs: [{name: svc, port: 81}]
+"#;
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).expect("ca").pem()
+}
+
+fn config_map(name: &str, ca: &str) -> String {
+    let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{indented}"
+    )
+}
+
+fn policy(name: &str, created: &str, section: Option<&str>, validation: &str) -> String {
+    let section = section
+        .map(|s| format!(", sectionName: {s}"))
+        .unwrap_or_default();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: svc{section}}}]\n  validation: {validation}\n"
+    )
+}
+
+fn conditions(out: &Output, policy: &str) -> Vec<Condition> {
+    let ancestors = &out
+        .status
+        .backend_tls_policies
+        .get(&ObjectRef::new("default", policy))
+        .unwrap_or_else(|| panic!("no status for {policy}"))
+        .ancestors;
+    assert_eq!(ancestors.len(), 1, "{policy}: {ancestors:?}");
+    let a = &ancestors[0].ancestor_ref;
+    assert_eq!(
+        (
+            a.kind.as_str(),
+            ObjectRef::new(a.namespace.clone(), a.name.clone())
+        ),
+        ("Gateway", gw())
+    );
+    ancestors[0].conditions.clone()
+}
+
+fn reason(conditions: &[Condition], type_: &str) -> (bool, String) {
+    let c = find(conditions, type_).expect("condition");
+    (c.is_true(), c.reason.clone())
+}
+
+/// The TLS of `svc`'s port `port` in the snapshot.
+fn tls_of(out: &Output, port: u16) -> Option<BackendTls> {
+    out.snapshots[&gw()]
+        .backends
+        .iter()
+        .find(|b| b.id.name == "svc" && b.id.port == port)
+        .expect("backend")
+        .tls
+        .clone()
+}
+
+#[test]
+fn the_port_policy_applies_before_the_services_and_the_younger_of_two_is_conflicted() {
+    let ca = ca_pem();
+    let extra = [
+        ROUTES,
+        &config_map("ca", &ca),
+        &policy(
+            "web",
+            "2026-01-01T00:00:00Z",
+            Some("web"),
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: web.example.com, subjectAltNames: [{type: URI, uri: \"spiffe://example.com/web\"}]}",
+        ),
+        &policy(
+            "web-2",
+            "2026-01-02T00:00:00Z",
+            Some("web"),
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: other.example.com}",
+        ),
+        &policy(
+            "all",
+            "2026-01-03T00:00:00Z",
+            None,
+            "{wellKnownCACertificates: System, hostname: svc.example.com}",
+        ),
+    ]
+    .concat();
+    let out = run(&extra);
+    let web = conditions(&out, "web");
+    assert_eq!(reason(&web, types::ACCEPTED), (true, "Accepted".into()));
+    assert_eq!(
+        reason(&web, types::RESOLVED_REFS),
+        (true, "ResolvedRefs".into())
+    );
+    assert_eq!(
+        reason(&conditions(&out, "web-2"), types::ACCEPTED),
+        (false, reasons::CONFLICTED.into())
+    );
+    assert!(reason(&conditions(&out, "all"), types::ACCEPTED).0);
+
+    let tls = tls_of(&out, 80).expect("port 80 is TLS");
+    assert_eq!(tls.policy, ObjectRef::new("default", "web"));
+    assert_eq!(tls.server_name, "web.example.com");
+    assert!(tls.ca_pem.contains("BEGIN CERTIFICATE"));
+    assert!(!tls.system_roots);
+    assert_eq!(
+        tls.subject_alt_names,
+        [SubjectAltName::Uri("spiffe://example.com/web".into())]
+    );
+    assert_eq!(tls.invalid, None);
+    // The other port takes the Service's policy.
+    let grpc = tls_of(&out, 81).expect("port 81 is TLS");
+    assert_eq!(grpc.server_name, "svc.example.com");
+    assert!(grpc.system_roots);
+}
+
+#[test]
+fn unusable_ca_certificates_are_reported_and_refuse_rather_than_go_plaintext() {
+    let extra = [
+        ROUTES,
+        &config_map("not-pem", "hello"),
+        &policy(
+            "missing",
+            "2026-01-01T00:00:00Z",
+            Some("web"),
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: nope}], hostname: a.example.com}",
+        ),
+        &policy(
+            "kind",
+            "2026-01-01T00:00:00Z",
+            Some("grpc"),
+            "{caCertificateRefs: [{group: invalid.io, kind: InvalidKind, name: x}], hostname: a.example.com}",
+        ),
+    ]
+    .concat();
+    let out = run(&extra);
+    let missing = conditions(&out, "missing");
+    assert_eq!(
+        reason(&missing, types::ACCEPTED),
+        (false, "NoValidCACertificate".into())
+    );
+    assert_eq!(
+        reason(&missing, types::RESOLVED_REFS),
+        (false, "InvalidCACertificateRef".into())
+    );
+    let kind = conditions(&out, "kind");
+    assert_eq!(
+        reason(&kind, types::RESOLVED_REFS),
+        (false, reasons::INVALID_KIND.into())
+    );
+    // Both backends refuse: never plaintext.
+    assert!(tls_of(&out, 80).and_then(|t| t.invalid).is_some());
+    assert!(tls_of(&out, 81).and_then(|t| t.invalid).is_some());
+
+    // A ConfigMap whose ca.crt is not a certificate is as good as none.
+    let bad = [
+        ROUTES,
+        &config_map("not-pem", "hello"),
+        &policy(
+            "bad",
+            "2026-01-01T00:00:00Z",
+            None,
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: not-pem}], hostname: a.example.com}",
+        ),
+    ]
+    .concat();
+    let out = run(&bad);
+    assert_eq!(
+        reason(&conditions(&out, "bad"), types::RESOLVED_REFS),
+        (false, "InvalidCACertificateRef".into())
+    );
+    // The controller watches the ConfigMaps policies name, and only those.
+    let inputs = super::inputs(&bad);
+    assert_eq!(
+        crate::referenced_config_maps(&inputs),
+        [ObjectRef::new("default", "not-pem")].into()
+    );
+}

@@ -1,0 +1,182 @@
+//! BackendTLSPolicy end to end: a real `portico` serving a directory, real HTTPS echo
+//! backends (`portico-echo --tls-cert`) with certificates from a test CA, real sockets on
+//! 127.0.0.x. The gateway must verify what the backend presents against the policy and send
+//! the policy's hostname as SNI, and refuse (never fall back to plaintext or to an
+//! unverified connection) when it cannot.
+
+use portico_tests::tls::Ca;
+use portico_tests::*;
+use std::net::SocketAddr;
+
+/// Our GatewayClass, a Gateway `gw` with an HTTP listener on `port`, and an HTTPRoute
+/// sending `/<svc>` to each Service of `services` (port 443).
+fn gateway(port: u16, services: &[&str]) -> String {
+    let rules: String = services
+        .iter()
+        .map(|s| {
+            format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /{s}}}}}]\n    backendRefs: [{{name: {s}, port: 443}}]\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+{rules}"
+    )
+}
+
+/// A Service `name` (port 443, named `https`) whose one endpoint is `backend`.
+fn service(name: &str, backend: SocketAddr) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{portico.dev/endpoints: \"{backend}\"}}
+spec:
+  ports: [{{name: https, port: 443}}]
+"
+    )
+}
+
+fn config_map(name: &str, ca_pem: &str) -> String {
+    let indented: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{indented}"
+    )
+}
+
+/// A BackendTLSPolicy `name` on Service `svc` with `validation` (a YAML flow mapping).
+fn policy(name: &str, svc: &str, validation: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: {svc}}}]
+  validation: {validation}
+"
+    )
+}
+
+#[tokio::test]
+async fn requests_reach_a_tls_backend_verified_by_ca_hostname_or_san_and_are_refused_otherwise() {
+    let certs = TempDir::new("backend-tls");
+    let ca = Ca::new("portico test CA");
+    let other_ca = Ca::new("someone else's CA");
+    let (cert, key) = ca.leaf(
+        &["backend.internal"],
+        &["spiffe://cluster.local/ns/default/sa/backend"],
+    );
+    let backend = Echo::start_https("backend", &certs, &cert, &key);
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let cases = [
+        // (Service, policy validation, expected status)
+        (
+            "good",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: backend.internal}",
+        ),
+        (
+            "other-ca",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: other-ca}], hostname: backend.internal}",
+        ),
+        (
+            "wrong-name",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: wrong.internal}",
+        ),
+        (
+            "by-uri",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: sni.internal, subjectAltNames: [{type: URI, uri: \"spiffe://cluster.local/ns/default/sa/backend\"}]}",
+        ),
+        (
+            "wrong-uri",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: backend.internal, subjectAltNames: [{type: URI, uri: \"spiffe://cluster.local/ns/default/sa/intruder\"}]}",
+        ),
+        (
+            "by-dns-san",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: sni.internal, subjectAltNames: [{type: Hostname, hostname: backend.internal}]}",
+        ),
+        (
+            "no-ca",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: missing}], hostname: backend.internal}",
+        ),
+    ];
+    let mut names: Vec<&str> = cases.iter().map(|(s, _)| *s).collect();
+    names.push("plain");
+    let mut text = gateway(port, &names);
+    text.push_str(&config_map("ca", &ca.pem));
+    text.push_str(&config_map("other-ca", &other_ca.pem));
+    for (svc, validation) in cases {
+        text.push_str(&service(svc, backend.addr));
+        text.push_str(&policy(svc, svc, validation));
+    }
+    // Without a policy the backend gets plaintext, which it cannot read.
+    text.push_str(&service("plain", backend.addr));
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let addr = portico.addr(port);
+    let http = HttpClient::new();
+
+    // Verified by the CA and the hostname, which is also the SNI (not the request's Host).
+    for i in 0..3 {
+        let r = http.get(addr, "app.test", "/good").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        let sni = r.json()["headers"]["x-echo-tls-sni"][0].clone();
+        assert_eq!(sni, "backend.internal");
+    }
+    // subjectAltNames replace the hostname check; the SNI is still the hostname.
+    let r = http.get(addr, "app.test", "/by-uri").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-echo-tls-sni"][0], "sni.internal");
+    let r = http.get(addr, "app.test", "/by-dns-san").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A certificate the policy does not trust, or for another name, is refused: 503, the
+    // backend never gets the request.
+    for path in ["/other-ca", "/wrong-name", "/wrong-uri"] {
+        let r = http.get(addr, "app.test", path).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
+    }
+    // A policy without a usable CA refuses every request (500, as an invalid policy).
+    let r = http.get(addr, "app.test", "/no-ca").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains("policy is invalid"),
+        "says why: {}",
+        r.text()
+    );
+    // The policy's problems are in `portico check`.
+    let out = std::process::Command::new(&binaries().portico)
+        .arg("check")
+        .arg(portico.config.path())
+        .output()
+        .expect("portico check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("BackendTLSPolicy default/no-ca")
+            && stdout.contains("InvalidCACertificateRef"),
+        "{stdout}"
+    );
+    let r = http.get(addr, "app.test", "/plain").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+}
