@@ -88,7 +88,7 @@ async fn requests_reach_a_tls_backend_verified_by_ca_hostname_or_san_and_are_ref
         &["backend.internal"],
         &["spiffe://cluster.local/ns/default/sa/backend"],
     );
-    let backend = Echo::start_https("backend", &certs, &cert, &key);
+    let backend = Echo::start_https("backend", &certs, &cert, &key, None);
     let ip = loopback_ip();
     let port = free_port(ip);
     let cases = [
@@ -179,4 +179,67 @@ async fn requests_reach_a_tls_backend_verified_by_ca_hostname_or_san_and_are_ref
     );
     let r = http.get(addr, "app.test", "/plain").await;
     assert_eq!(r.status, 502, "{}", r.text());
+}
+
+#[tokio::test]
+async fn the_gateway_presents_its_client_certificate_to_backends_that_ask() {
+    let certs = TempDir::new("backend-client-cert");
+    let ca = Ca::new("portico test CA");
+    let clients = Ca::new("gateway clients CA");
+    let (cert, key) = ca.leaf(&["backend.internal"], &[]);
+    let backend = Echo::start_https("backend", &certs, &cert, &key, Some(&clients.pem));
+    let (client_cert, client_key) = clients.leaf(&["gateway.portico.test"], &[]);
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let validation = "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: backend.internal}";
+    let with_client_cert = |secret: &str| {
+        let mut text = gateway(port, &["svc"]).replace(
+            "  gatewayClassName: portico\n",
+            &format!(
+                "  gatewayClassName: portico\n  tls: {{backend: {{clientCertificateRef: {{name: {secret}}}}}}}\n"
+            ),
+        );
+        text.push_str(&config_map("ca", &ca.pem));
+        text.push_str(&service("svc", backend.addr));
+        text.push_str(&policy("svc", "svc", validation));
+        text.push_str(&tls::secret_yaml(
+            "gw-client",
+            "default",
+            &client_cert,
+            &client_key,
+        ));
+        text
+    };
+    let portico =
+        Portico::start_on(ip, &[("config.yaml", &with_client_cert("gw-client"))], &[]).await;
+    let addr = portico.addr(port);
+    let http = HttpClient::new();
+    let r = http.get(addr, "app.test", "/svc").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["headers"]["x-echo-tls-client-cert"][0],
+        "presented"
+    );
+
+    // A reference that does not resolve: the Gateway says so (ResolvedRefs), and backends
+    // get no client certificate.
+    portico
+        .config
+        .write("config.yaml", &with_client_cert("no-such-secret"));
+    await_some("the connection without a client certificate", || async {
+        let r = http.get(addr, "app.test", "/svc").await;
+        (r.status == 200 && r.json()["headers"]["x-echo-tls-client-cert"][0] == "none")
+            .then_some(())
+    })
+    .await;
+    let out = std::process::Command::new(&binaries().portico)
+        .arg("check")
+        .arg(portico.config.path())
+        .output()
+        .expect("portico check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Gateway default/gw") && stdout.contains("InvalidClientCertificateRef"),
+        "{stdout}"
+    );
 }

@@ -316,8 +316,16 @@ impl Echo {
     }
 
     /// An HTTPS echo with `cert_pem` and `key_pem` (written to `dir`): the usual JSON,
-    /// with the server name the client asked for in the header `x-echo-tls-sni`.
-    pub fn start_https(name: &str, dir: &TempDir, cert_pem: &str, key_pem: &str) -> Self {
+    /// with the server name the client asked for in the header `x-echo-tls-sni`; with
+    /// `client_ca` (PEM), it asks for a client certificate signed by it and says in
+    /// `x-echo-tls-client-cert` whether one was presented.
+    pub fn start_https(
+        name: &str,
+        dir: &TempDir,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+    ) -> Self {
         dir.write(&format!("{name}.crt"), cert_pem);
         dir.write(&format!("{name}.key"), key_pem);
         let path = |ext: &str| {
@@ -328,20 +336,23 @@ impl Echo {
         };
         let ip = loopback_ip();
         let addr = SocketAddr::new(ip, free_port(ip));
-        let proc = Proc::spawn(
-            name,
-            &binaries().echo,
-            &[
-                "--listen".into(),
-                addr.to_string(),
-                "--name".into(),
-                name.into(),
-                "--tls-cert".into(),
-                path("crt"),
-                "--tls-key".into(),
-                path("key"),
-            ],
-        );
+        let mut args = vec![
+            "--listen".into(),
+            addr.to_string(),
+            "--name".into(),
+            name.into(),
+            "--tls-cert".into(),
+            path("crt"),
+            "--tls-key".into(),
+            path("key"),
+        ];
+        if let Some(ca) = client_ca {
+            dir.write(&format!("{name}-client-ca.crt"), ca);
+            args.push("--tls-client-ca".into());
+            let file = dir.path().join(format!("{name}-client-ca.crt"));
+            args.push(file.display().to_string());
+        }
+        let proc = Proc::spawn(name, &binaries().echo, &args);
         wait_port(addr);
         Self { addr, proc }
     }

@@ -306,6 +306,9 @@ pub(crate) struct GatewayState {
     pub(crate) listeners: Vec<ListenerState>,
     /// The ListenerSets that name it, in precedence order.
     pub(crate) listener_sets: Vec<ListenerSetState>,
+    /// Its `spec.tls.backend.clientCertificateRef`, resolved (what it presents to backends
+    /// over TLS), or why it cannot be used: (reason, message). `None`: it names none.
+    pub(crate) backend_client_certificate: Option<Result<Certificate, (String, String)>>,
 }
 
 /// A ListenerSet that names a Gateway of ours.
@@ -487,8 +490,16 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
             refused,
         });
     }
+    let backend_client_certificate = gw
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+        .map(|r| backend_client_certificate(r, &id.namespace, secrets));
     GatewayState {
         id,
+        backend_client_certificate,
         generation: gw.metadata.generation,
         invalid,
         addresses,
@@ -609,6 +620,34 @@ fn as_gateway_listener(
     l: &portico_crds::gateway_api::listenersets::ListenerSetListeners,
 ) -> Option<GatewayListeners> {
     convert(l)
+}
+
+/// The Gateway's client certificate for backends (`spec.tls.backend.clientCertificateRef`),
+/// or why it cannot be used, with the Gateway's `ResolvedRefs` reasons.
+fn backend_client_certificate(
+    r: &portico_crds::gateway_api::gateways::GatewayTlsBackendClientCertificateRef,
+    gw_ns: &str,
+    secrets: &SecretIndex<'_>,
+) -> Result<Certificate, (String, String)> {
+    let as_listener_ref = portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs {
+        group: r.group.clone(),
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+    };
+    secrets
+        .resolve("Gateway", gw_ns, &as_listener_ref)
+        .map_err(|(reason, message)| {
+            let reason = if reason == reasons::REF_NOT_PERMITTED {
+                reasons::REF_NOT_PERMITTED
+            } else {
+                reasons::INVALID_CLIENT_CERTIFICATE_REF
+            };
+            (
+                reason.to_string(),
+                format!("spec.tls.backend.clientCertificateRef: {message}"),
+            )
+        })
 }
 
 /// Whether the Gateway's `spec.tls.frontend` asks for client-certificate validation on
@@ -1235,9 +1274,26 @@ impl GatewayState {
                 g,
             )
         };
+        let mut conditions = vec![accepted, programmed];
+        // Set only where the Gateway references something of its own (beside its listeners'
+        // certificates, which each listener reports): its client certificate for backends.
+        if let Some(c) = &self.backend_client_certificate {
+            conditions.push(match c {
+                Ok(_) => Condition::new(
+                    types::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED_REFS,
+                    "spec.tls.backend.clientCertificateRef resolved",
+                    g,
+                ),
+                Err((reason, message)) => {
+                    Condition::new(types::RESOLVED_REFS, false, reason, message.clone(), g)
+                }
+            });
+        }
         GatewayStatus {
             addresses: self.addresses(dataplane_service),
-            conditions: vec![accepted, programmed],
+            conditions,
             listeners: self
                 .own_listeners()
                 .map(|l| listener_status(l, g))

@@ -161,7 +161,16 @@ impl Dependencies {
                 .iter()
                 .filter_map(|l| l.tls.as_ref())
                 .flat_map(|t| t.certificate_refs.iter().flatten())
-                .map(|r| (r.namespace.as_deref(), r.name.as_str()));
+                .map(|r| (r.namespace.as_deref(), r.name.as_str()))
+                // Its client certificate for backends.
+                .chain(
+                    gw.spec
+                        .tls
+                        .iter()
+                        .flat_map(|t| t.backend.iter())
+                        .flat_map(|b| b.client_certificate_ref.iter())
+                        .map(|r| (r.namespace.as_deref(), r.name.as_str())),
+                );
             d.add_certificates(&id.namespace, certificates, &id);
         }
         // A ListenerSet is read by the Gateway of ours it names, with its namespace's labels

@@ -309,6 +309,20 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
                 out.insert(id);
             }
         }
+        // Its client certificate for backends.
+        if let Some(r) = gw
+            .spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.backend.as_ref())
+            .and_then(|b| b.client_certificate_ref.as_ref())
+        {
+            let r: Option<portico_crds::gateway_api::gateways::GatewayListenersTlsCertificateRefs> =
+                gateway::convert(r);
+            if let Some(id) = r.and_then(|r| index.permitted("Gateway", &ns, &r).ok()) {
+                out.insert(id);
+            }
+        }
     }
     for ls in admitted {
         let ns = namespace_of(&ls.metadata);

@@ -96,5 +96,11 @@ pub(crate) fn gateway_snapshot(
         purges: Vec::new(),
     };
     policies.attach(&mut snapshot);
+    // Over TLS, backends get the Gateway's own client certificate, if it names a usable one.
+    if let Some(Ok(cert)) = &gw.backend_client_certificate {
+        for tls in snapshot.backends.iter_mut().filter_map(|b| b.tls.as_mut()) {
+            tls.client_certificate = Some(cert.clone());
+        }
+    }
     Some(snapshot)
 }

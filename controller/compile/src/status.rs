@@ -40,6 +40,7 @@ pub mod reasons {
     pub const TOO_MANY_LISTENERS: &str = "TooManyListeners";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     // Route.
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";

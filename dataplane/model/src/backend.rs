@@ -106,8 +106,12 @@ pub struct BackendTls {
     /// The certificate must carry one of these (instead of `server_name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<SubjectAltName>,
+    /// The Gateway's own client certificate, presented to the endpoints when they ask
+    /// (`spec.tls.backend.clientCertificateRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<crate::Certificate>,
     /// Why no connection can be trusted (no usable CA certificate): the backend's requests
-    /// are answered 502, never sent in plaintext or unverified.
+    /// are refused, never sent in plaintext or unverified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
 }

@@ -64,7 +64,7 @@ pub struct ListenerTls {
 
 /// One certificate and its private key, from a `kubernetes.io/tls` Secret. Snapshots carry
 /// key material, which is why the snapshot channel is authenticated and `Debug` redacts it.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Certificate {
     /// The Secret it was read from (for logs, status and the expiry metric).

@@ -97,12 +97,31 @@ fn build(tls: &BackendTls, protocol: AppProtocol) -> Result<UpstreamTls, String>
             names: tls.subject_alt_names.clone(),
         })
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        // The Gateway's own certificate, for endpoints that ask for one.
+        Some(c) => {
+            use rustls::pki_types::PrivateKeyDer;
+            use rustls::pki_types::pem::PemObject;
+            let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the Gateway's client certificate {}: {e}", c.secret))?;
+            let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|_| {
+                format!(
+                    "the Gateway's client certificate {}: its key is not PEM",
+                    c.secret
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the Gateway's client certificate {}: {e}", c.secret))?
+        }
+    };
     config.alpn_protocols = match protocol {
         AppProtocol::Http1 => vec![b"http/1.1".to_vec()],
         AppProtocol::H2c => vec![b"h2".to_vec()],

@@ -14,7 +14,8 @@
 //!
 //! With `--tls-cert` and `--tls-key` it serves HTTPS (ALPN `h2` and `http/1.1`), and
 //! reports the server name the client asked for as the request header `x-echo-tls-sni`
-//! (`-` for none; one a client sends is dropped first).
+//! (`-` for none), and with `--tls-client-ca` whether the client presented a certificate as
+//! `x-echo-tls-client-cert` (those a client sends are dropped first).
 //!
 //! `--tcp` serves plain TCP instead: the name and a newline, then every byte sent comes back;
 //! with `--tls-cert` and `--tls-key`, behind TLS, greeting with the name and the SNI asked for.
@@ -73,6 +74,10 @@ struct Args {
     tls_cert: Option<std::path::PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// HTTPS: ask clients for a certificate signed by these PEM CAs (one is not required; a
+    /// wrong one fails the handshake), and report `x-echo-tls-client-cert: presented|none`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// Runtime worker threads (default: one per core). The benchmarks pin the backend to one
     /// core and give it one thread, so its threads do not contend for that core.
     #[arg(long)]
@@ -290,7 +295,7 @@ fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    tls_acceptor_alpn(cert, key, &[])
+    tls_acceptor_alpn(cert, key, &[], None)
 }
 
 /// The same, offering `alpn`.
@@ -298,6 +303,7 @@ fn tls_acceptor_alpn(
     cert: &std::path::Path,
     key: &std::path::Path,
     alpn: &[Vec<u8>],
+    client_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -306,8 +312,23 @@ fn tls_acceptor_alpn(
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
+    .with_safe_default_protocol_versions()?;
+    let config = match client_ca {
+        None => config.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path)? {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .allow_unauthenticated()
+            .build()?;
+            config.with_client_cert_verifier(verifier)
+        }
+    }
     .with_single_cert(chain, key)?;
     let mut config = config;
     config.alpn_protocols = alpn.to_vec();
@@ -417,6 +438,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             cert,
             key,
             &[b"h2".to_vec(), b"http/1.1".to_vec()],
+            args.tls_client_ca.as_deref(),
         )?),
         _ => None,
     };
@@ -439,19 +461,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
-                    (Io::Tls(Box::new(tls)), Some(sni))
+                    let conn = tls.get_ref().1;
+                    let sni = conn.server_name().unwrap_or("-").to_string();
+                    let client = if conn.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                        "presented"
+                    } else {
+                        "none"
+                    };
+                    (Io::Tls(Box::new(tls)), Some((sni, client)))
                 }
             };
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 let (name, count) = (name.clone(), count.clone());
                 let fixed_answers = fixed_answers.clone();
                 req.headers_mut().remove("x-echo-tls-sni");
-                if let Some(v) = sni
-                    .as_deref()
-                    .and_then(|s| http::HeaderValue::from_str(s).ok())
-                {
-                    req.headers_mut().insert("x-echo-tls-sni", v);
+                req.headers_mut().remove("x-echo-tls-client-cert");
+                if let Some((sni, client)) = &sni {
+                    if let Ok(v) = http::HeaderValue::from_str(sni) {
+                        req.headers_mut().insert("x-echo-tls-sni", v);
+                    }
+                    req.headers_mut().insert(
+                        "x-echo-tls-client-cert",
+                        http::HeaderValue::from_static(client),
+                    );
                 }
                 async move {
                     if let Some(key) = ws::key(&req) {

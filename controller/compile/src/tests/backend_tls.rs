@@ -195,3 +195,40 @@ fn unusable_ca_certificates_are_reported_and_refuse_rather_than_go_plaintext() {
         [ObjectRef::new("default", "not-pem")].into()
     );
 }
+
+#[test]
+fn the_gateways_client_certificate_for_backends_is_resolved_and_reported() {
+    let gateway = |name: &str, reference: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: portico\n  tls: {{backend: {{clientCertificateRef: {reference}}}}}\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+        )
+    };
+    let extra = [
+        gateway("missing", "{name: nope}"),
+        gateway("kind", "{group: \"\", kind: ConfigMap, name: x}"),
+        gateway("elsewhere", "{name: cert, namespace: blue}"),
+    ]
+    .concat();
+    let out = run(&extra);
+    let resolved = |gw: &str| {
+        let s = &out.status.gateways[&ObjectRef::new("default", gw)];
+        (
+            reason(&s.conditions, types::RESOLVED_REFS),
+            reason(&s.conditions, types::ACCEPTED).0,
+        )
+    };
+    assert_eq!(
+        resolved("missing"),
+        ((false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()), true)
+    );
+    assert_eq!(
+        resolved("kind"),
+        ((false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()), true)
+    );
+    assert_eq!(
+        resolved("elsewhere"),
+        ((false, reasons::REF_NOT_PERMITTED.into()), true)
+    );
+    // A Gateway that names none has no ResolvedRefs condition of its own.
+    assert!(find(&out.status.gateways[&gw()].conditions, types::RESOLVED_REFS).is_none());
+}
