@@ -393,7 +393,8 @@ pub async fn run(
             inputs.secrets = index.secrets.objects();
             inputs.unreadable_secrets = index.secrets.unreadable();
             // Likewise the ConfigMaps of BackendTLSPolicies' CA certificates.
-            let config_maps = portico_compile::referenced_config_maps(&inputs);
+            let config_maps =
+                portico_compile::referenced_config_maps(&inputs, &settings.controller_name);
             index.config_maps.sync(&config_maps);
             index
                 .config_maps

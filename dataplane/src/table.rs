@@ -104,10 +104,9 @@ pub fn build(
                 owners.insert(slot, (gw.clone(), l.name.clone()));
                 let terminates = matches!(l.protocol, Protocol::Https | Protocol::TlsTerminate);
                 if let Some(tls) = l.tls.as_ref().filter(|_| terminates) {
-                    let added = certificates
-                        .entry(sa)
-                        .or_default()
-                        .add(l.hostname.as_deref(), &tls.certificates);
+                    let socket_certs = certificates.entry(sa).or_default();
+                    socket_certs.validate_clients(tls.client_validation.as_ref());
+                    let added = socket_certs.add(l.hostname.as_deref(), &tls.certificates);
                     t.warnings.extend(
                         added
                             .problems

@@ -6,10 +6,16 @@
 //! API's "longest matching SNI" rule and request routing agree. A new snapshot (a rotated
 //! Secret) swaps the config: new handshakes get the new certificate, established connections
 //! keep theirs and are never cut.
+//!
+//! A port whose Gateway asks for client certificates (`spec.tls.frontend`) gets a client
+//! verifier: the client's chain must lead to the port's CA certificates, or, in mode
+//! `AllowInsecureFallback`, any client is let in (one without a certificate, or with one that
+//! does not verify, all the same).
 
 use crate::router::HostMap;
-use portico_model::Certificate;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use portico_model::{Certificate, ClientValidation};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
 
@@ -29,6 +35,8 @@ pub struct Added {
 pub struct SniCertificates {
     by_host: HostMap<Vec<Arc<CertifiedKey>>>,
     count: usize,
+    /// The client certificates the socket's port asks for (the first listener's say).
+    clients: Option<ClientValidation>,
 }
 
 impl SniCertificates {
@@ -63,6 +71,14 @@ impl SniCertificates {
         self.count == 0
     }
 
+    /// Asks clients for certificates as `v` says (per port: every listener of the port says
+    /// the same; the first to say anything is kept).
+    pub fn validate_clients(&mut self, v: Option<&ClientValidation>) {
+        if self.clients.is_none() {
+            self.clients = v.cloned();
+        }
+    }
+
     /// The server configuration that serves these certificates.
     pub fn server_config(self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         self.config(&ALPN)
@@ -76,14 +92,96 @@ impl SniCertificates {
 
     fn config(self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SniResolver {
-                by_host: self.by_host,
-            }));
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.clients {
+            None => builder.with_no_client_auth(),
+            Some(v) => builder.with_client_cert_verifier(client_verifier(v, provider)?),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
+            by_host: self.by_host,
+        }));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
+    }
+}
+
+/// The verifier of a port's client certificates.
+fn client_verifier(
+    v: &ClientValidation,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in portico_model::tls::ca_certificates(&v.ca_pem).map_err(rustls::Error::General)? {
+        roots.add(cert)?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if v.insecure_fallback {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
+        .build()
+        .map_err(|e| rustls::Error::General(format!("client certificate validation: {e}")))?;
+    Ok(if v.insecure_fallback {
+        Arc::new(InsecureFallback(verifier))
+    } else {
+        verifier
+    })
+}
+
+/// `AllowInsecureFallback`: certificates are asked for (with the CA names as hints) and a
+/// client that presents one must still prove it holds the key, but one that does not verify
+/// is let in as one without a certificate would be.
+#[derive(Debug)]
+struct InsecureFallback(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for InsecureFallback {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Err(e) = self.0.verify_client_cert(end_entity, intermediates, now) {
+            tracing::debug!(error = %e, "client certificate not verified; let in (AllowInsecureFallback)");
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -100,6 +100,15 @@ pub fn client_config(
     trusted: &[&str],
     alpn: &[&[u8]],
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_as(trusted, alpn, None)
+}
+
+/// The same, presenting `client` (certificate PEM, key PEM) when the server asks.
+pub fn client_config_as(
+    trusted: &[&str],
+    alpn: &[&[u8]],
+    client: Option<(&str, &str)>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for pem in trusted {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -107,10 +116,18 @@ pub fn client_config(
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain =
+                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -146,7 +163,18 @@ impl Conn {
         trusted: &[&str],
         alpn: &[&[u8]],
     ) -> anyhow::Result<Self> {
-        let connector = tokio_rustls::TlsConnector::from(client_config(trusted, alpn)?);
+        Self::connect_as(addr, server_name, trusted, alpn, None).await
+    }
+
+    /// As [`Conn::connect`], presenting `client` (certificate PEM, key PEM) if asked.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        server_name: &str,
+        trusted: &[&str],
+        alpn: &[&[u8]],
+        client: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
+        let connector = tokio_rustls::TlsConnector::from(client_config_as(trusted, alpn, client)?);
         let name = ServerName::try_from(server_name.to_string())?;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp)).await??;

@@ -29,13 +29,6 @@ use portico_crds::gateway_api::backendtlspolicies::{
 use portico_model::{BackendTls, ObjectRef, Snapshot, SubjectAltName};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The key of a ConfigMap or Secret that holds the PEM CA certificates.
-const CA_KEY: &str = "ca.crt";
-
-/// Reasons of BackendTLSPolicy conditions.
-const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
-const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
-
 /// What a Service (or one of its ports, by name) is targeted by.
 type TargetKey = (ObjectRef, Option<String>);
 
@@ -99,7 +92,7 @@ pub(crate) fn resolve(
                 Some(why) => Condition::new(
                     types::ACCEPTED,
                     false,
-                    NO_VALID_CA_CERTIFICATE,
+                    reasons::NO_VALID_CA_CERTIFICATE,
                     format!("{why}; requests to the targeted Services are refused (502)"),
                     generation,
                 ),
@@ -185,30 +178,18 @@ fn compile_policy(id: &ObjectRef, policy: &BackendTlsPolicy, inputs: &Inputs) ->
     let mut unresolved = None;
     let mut pems = Vec::new();
     let refs = v.ca_certificate_refs.as_deref().unwrap_or_default();
+    let sources = crate::ca::CaSources {
+        config_maps: &inputs.config_maps,
+        secrets: inputs.secret_view(),
+    };
     for r in refs {
-        let read = match (r.group.as_str(), r.kind.as_str()) {
-            ("", "ConfigMap") => config_map_ca(inputs, &id.namespace, &r.name),
-            ("", "Secret") => secret_ca(inputs, &id.namespace, &r.name),
-            (group, kind) => {
-                let shown = if group.is_empty() {
-                    kind.to_string()
-                } else {
-                    format!("{group}/{kind}")
-                };
-                unresolved.get_or_insert((
-                    reasons::INVALID_KIND,
-                    format!(
-                        "caCertificateRefs {:?}: kind {shown} is not supported; use a ConfigMap or a Secret",
-                        r.name
-                    ),
-                ));
-                continue;
-            }
-        };
-        match read {
+        match sources.read(&r.group, &r.kind, &id.namespace, &r.name) {
             Ok(pem) => pems.push(pem),
-            Err(message) => {
-                unresolved.get_or_insert((INVALID_CA_CERTIFICATE_REF, message));
+            Err(crate::ca::CaProblem::Kind(message)) => {
+                unresolved.get_or_insert((reasons::INVALID_KIND, message));
+            }
+            Err(crate::ca::CaProblem::Invalid(message)) => {
+                unresolved.get_or_insert((reasons::INVALID_CA_CERTIFICATE_REF, message));
             }
         }
     }
@@ -255,51 +236,6 @@ fn compile_policy(id: &ObjectRef, policy: &BackendTlsPolicy, inputs: &Inputs) ->
         tls.subject_alt_names.push(name);
     }
     Compiled { tls, unresolved }
-}
-
-/// The PEM CA certificates of ConfigMap `ns/name`'s `ca.crt`, checked.
-fn config_map_ca(inputs: &Inputs, ns: &str, name: &str) -> Result<String, String> {
-    let cm = inputs
-        .config_maps
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some(name) && namespace_of(&c.metadata) == ns)
-        .ok_or_else(|| format!("ConfigMap {ns}/{name} not found"))?;
-    let pem = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(CA_KEY))
-        .ok_or_else(|| format!("ConfigMap {ns}/{name} has no {CA_KEY}"))?;
-    checked(pem, &format!("ConfigMap {ns}/{name}"))
-}
-
-/// The PEM CA certificates of Secret `ns/name`'s `ca.crt`, checked.
-fn secret_ca(inputs: &Inputs, ns: &str, name: &str) -> Result<String, String> {
-    let secret = inputs.secret_view().find(ns, name)?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(CA_KEY))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(CA_KEY))
-                .map(|s| s.clone().into_bytes())
-        })
-        .ok_or_else(|| format!("Secret {ns}/{name} has no {CA_KEY}"))?;
-    let pem = String::from_utf8(bytes)
-        .map_err(|_| format!("Secret {ns}/{name}: {CA_KEY} is not PEM text"))?;
-    checked(&pem, &format!("Secret {ns}/{name}"))
-}
-
-fn checked(pem: &str, what: &str) -> Result<String, String> {
-    portico_model::tls::ca_certificates(pem).map_err(|e| format!("{what}: {CA_KEY} {e}"))?;
-    let mut pem = pem.to_string();
-    if !pem.ends_with('\n') {
-        pem.push('\n');
-    }
-    Ok(pem)
 }
 
 /// For each Service, the Gateways of ours whose HTTPRoutes, GRPCRoutes or TLSRoutes send to

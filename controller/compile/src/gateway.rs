@@ -8,6 +8,7 @@
 //! it is Conflicted and the earlier one keeps serving, so a ListenerSet can never take a
 //! port or hostname from the Gateway or from an older ListenerSet.
 
+use crate::grants::GroupKind;
 use crate::hostname;
 use crate::refs::{listener_set_parent, object_ref};
 use crate::status::{
@@ -20,12 +21,13 @@ use portico_crds::gateway_api::gatewayclasses::GatewayClass;
 use portico_crds::gateway_api::gateways::{
     Gateway, GatewayAllowedListenersNamespacesFrom, GatewayListeners,
     GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersAllowedRoutesNamespacesSelector,
-    GatewayListenersTlsMode,
+    GatewayListenersTlsMode, GatewayTlsFrontendDefaultValidation,
+    GatewayTlsFrontendDefaultValidationMode,
 };
 use portico_crds::gateway_api::listenersets::ListenerSet;
 use portico_crds::gatewayconfig::GatewayConfigSpec;
 use portico_crds::k8s_openapi::api::core::v1::{Namespace, Service};
-use portico_model::{Certificate, ObjectRef, RouteKind};
+use portico_model::{Certificate, ClientValidation, ObjectRef, RouteKind};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Route kinds an HTTP or HTTPS listener can accept.
@@ -179,6 +181,8 @@ pub(crate) struct ListenerState {
     /// HTTPS: the certificates that resolved, and the first certificateRef that did not.
     pub(crate) certificates: Vec<Certificate>,
     pub(crate) unresolved_certificate: Option<(String, String)>,
+    /// Client certificates its port asks for (the Gateway's `spec.tls.frontend`).
+    pub(crate) client_validation: Option<ClientValidation>,
     pub(crate) attached_routes: i32,
     /// The routes attached so far with their effective hostnames here, by kind (HTTPRoutes
     /// are checked only against GRPCRoutes and the reverse).
@@ -373,6 +377,10 @@ impl Parameters<'_> {
 pub(crate) struct GatewayInputs<'a> {
     pub(crate) params: Parameters<'a>,
     pub(crate) secrets: &'a SecretIndex<'a>,
+    /// Where `spec.tls.frontend`'s CA certificates are read from, and the grants that let a
+    /// Gateway read them in another namespace.
+    pub(crate) cas: crate::ca::CaSources<'a>,
+    pub(crate) grants: &'a crate::grants::ReferenceGrants<'a>,
     pub(crate) listener_sets: &'a [ListenerSet],
     pub(crate) namespaces: &'a NamespaceLabels,
     pub(crate) reserved_ports: &'a BTreeSet<i32>,
@@ -425,9 +433,10 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
             ));
         }
     }
+    let frontend = FrontendValidation::new(gw, &id.namespace, inputs);
     for l in &mut listeners {
         reserve(l, inputs.reserved_ports);
-        refuse_client_validation(gw, l);
+        frontend.apply(l);
     }
     mark_conflicts(&mut listeners);
     let accepted = invalid.is_none() && listeners.iter().any(ListenerState::usable);
@@ -466,7 +475,7 @@ fn compile_gateway(gw: &Gateway, inputs: &GatewayInputs<'_>) -> GatewayState {
                     }
                 };
                 reserve(&mut l, inputs.reserved_ports);
-                refuse_client_validation(gw, &mut l);
+                frontend.apply(&mut l);
                 l.conflicted = conflict_with_earlier(&listeners, &l);
                 // Only listeners that would be served count against the bound.
                 if l.usable() {
@@ -650,32 +659,178 @@ fn backend_client_certificate(
         })
 }
 
-/// Whether the Gateway's `spec.tls.frontend` asks for client-certificate validation on
-/// `port`: its `perPort` entry for the port if it has one, else its `default`.
-fn validates_clients_on(gw: &Gateway, port: i32) -> bool {
-    let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
-        return false;
-    };
-    match frontend.per_port.iter().flatten().find(|p| p.port == port) {
-        Some(p) => p.tls.validation.is_some(),
-        None => frontend.default.validation.is_some(),
+/// The Gateway's `spec.tls.frontend`: for each port its listeners terminate TLS on, the
+/// client certificates asked for (the port's `perPort` entry, else the `default`), resolved
+/// once per port.
+struct FrontendValidation {
+    /// By port (`None`: the default), those that ask for validation.
+    by_port: BTreeMap<Option<i32>, Resolved>,
+    /// Ports with a `perPort` entry (which replaces the default, validation or not).
+    ports_with_entries: BTreeSet<i32>,
+}
+
+/// A validation entry resolved: what to ask of clients, or why it cannot be used
+/// (ResolvedRefs reason, message).
+type Resolved = Result<ClientValidation, (&'static str, String)>;
+
+impl FrontendValidation {
+    fn new(gw: &Gateway, gw_ns: &str, inputs: &GatewayInputs<'_>) -> Self {
+        let mut by_port = BTreeMap::new();
+        let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+            return Self {
+                by_port,
+                ports_with_entries: BTreeSet::new(),
+            };
+        };
+        // Each entry read through the default's type (the generated types differ in name
+        // only).
+        if let Some(v) = &frontend.default.validation {
+            by_port.insert(None, resolve_validation(v, gw_ns, inputs));
+        }
+        for p in frontend.per_port.iter().flatten() {
+            let converted: Option<GatewayTlsFrontendDefaultValidation> =
+                p.tls.validation.as_ref().and_then(convert);
+            let resolved = match (&p.tls.validation, converted) {
+                (None, _) => continue,
+                (Some(_), Some(v)) => resolve_validation(&v, gw_ns, inputs),
+                (Some(_), None) => Err((
+                    reasons::INVALID_CA_CERTIFICATE_REF,
+                    format!("spec.tls.frontend.perPort[{}] cannot be read", p.port),
+                )),
+            };
+            by_port.insert(Some(p.port), resolved);
+        }
+        let ports_with_entries = frontend.per_port.iter().flatten().map(|p| p.port).collect();
+        Self {
+            by_port,
+            ports_with_entries,
+        }
+    }
+
+    /// What `port` asks of clients, if anything.
+    fn for_port(&self, port: i32) -> Option<&Resolved> {
+        if self.ports_with_entries.contains(&port) {
+            self.by_port.get(&Some(port))
+        } else {
+            self.by_port.get(&None)
+        }
+    }
+
+    /// Sets a terminating listener's client validation, or refuses it: a listener whose port
+    /// asks for client certificates it cannot check is not served (served without the
+    /// check, it would let in every client the operator meant to keep out).
+    fn apply(&self, l: &mut ListenerState) {
+        if !l.terminates_tls() {
+            return;
+        }
+        match self.for_port(l.port) {
+            None => {}
+            Some(Ok(v)) => l.client_validation = Some(v.clone()),
+            Some(Err((reason, message))) => {
+                let message = format!(
+                    "client certificate validation on port {} (spec.tls.frontend): {message}",
+                    l.port
+                );
+                l.rejected
+                    .get_or_insert((reasons::NO_VALID_CA_CERTIFICATE.into(), message.clone()));
+                l.unresolved_certificate
+                    .get_or_insert(((*reason).into(), message));
+            }
+        }
     }
 }
 
-/// Refuses an HTTPS listener on a port where the Gateway asks for client-certificate
-/// validation, which this version does not do yet: served without it, the listener would let
-/// in every client the operator meant to keep out.
-fn refuse_client_validation(gw: &Gateway, l: &mut ListenerState) {
-    if l.terminates_tls() && l.rejected.is_none() && validates_clients_on(gw, l.port) {
-        l.rejected = Some((
-            reasons::UNSUPPORTED_VALUE.to_string(),
-            format!(
-                "spec.tls.frontend asks for client certificate validation on port {}, which \
-                 Portico does not support yet: the listener is not served rather than served \
-                 without it",
-                l.port
-            ),
-        ));
+/// The CA certificates a Gateway's `spec.tls.frontend` names, as (kind, namespace, name),
+/// those in another namespace only if a ReferenceGrant lets the Gateway read them.
+pub(crate) fn frontend_ca_refs(
+    gw: &Gateway,
+    grants: &crate::grants::ReferenceGrants<'_>,
+) -> Vec<(String, ObjectRef)> {
+    let gw_ns = crate::refs::namespace_of(&gw.metadata);
+    let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return Vec::new();
+    };
+    let mut refs: Vec<GatewayTlsFrontendDefaultValidation> =
+        frontend.default.validation.iter().cloned().collect();
+    refs.extend(
+        frontend
+            .per_port
+            .iter()
+            .flatten()
+            .filter_map(|p| p.tls.validation.as_ref().and_then(convert)),
+    );
+    refs.iter()
+        .flat_map(|v| v.ca_certificate_refs.iter())
+        .filter(|r| r.group.is_empty())
+        .filter_map(|r| {
+            let ns = r.namespace.as_deref().unwrap_or(&gw_ns);
+            let from = GroupKind {
+                group: GATEWAY_GROUP,
+                kind: "Gateway",
+            };
+            let to = GroupKind {
+                group: "",
+                kind: &r.kind,
+            };
+            (ns == gw_ns || grants.allows(from, &gw_ns, to, ns, &r.name))
+                .then(|| (r.kind.clone(), ObjectRef::new(ns, r.name.clone())))
+        })
+        .collect()
+}
+
+/// One validation entry: its CA certificates read (ConfigMaps or Secrets, in the Gateway's
+/// namespace or another that grants it), and its mode.
+fn resolve_validation(
+    v: &GatewayTlsFrontendDefaultValidation,
+    gw_ns: &str,
+    inputs: &GatewayInputs<'_>,
+) -> Resolved {
+    let mut pems = Vec::new();
+    let mut problem = None;
+    for r in &v.ca_certificate_refs {
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let group = r.group.as_str();
+        let from = GroupKind {
+            group: GATEWAY_GROUP,
+            kind: "Gateway",
+        };
+        let to = GroupKind {
+            group,
+            kind: &r.kind,
+        };
+        if ns != gw_ns && !inputs.grants.allows(from, gw_ns, to, ns, &r.name) {
+            problem.get_or_insert((
+                reasons::REF_NOT_PERMITTED,
+                format!(
+                    "caCertificateRef to {} {ns}/{} is not permitted: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns}",
+                    r.kind, r.name
+                ),
+            ));
+            continue;
+        }
+        match inputs.cas.read(group, &r.kind, ns, &r.name) {
+            Ok(pem) => pems.push(pem),
+            Err(crate::ca::CaProblem::Kind(m)) => {
+                problem.get_or_insert((reasons::INVALID_CA_CERTIFICATE_KIND, m));
+            }
+            Err(crate::ca::CaProblem::Invalid(m)) => {
+                problem.get_or_insert((reasons::INVALID_CA_CERTIFICATE_REF, m));
+            }
+        }
+    }
+    match (problem, pems.is_empty()) {
+        // Every reference must resolve: a client validated against fewer CAs than asked
+        // would be refused where the operator meant it to be let in.
+        (Some(p), _) => Err(p),
+        (None, true) => Err((
+            reasons::INVALID_CA_CERTIFICATE_REF,
+            "validation names no CA certificate".into(),
+        )),
+        (None, false) => Ok(ClientValidation {
+            ca_pem: pems.concat(),
+            insecure_fallback: v.mode
+                == Some(GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback),
+        }),
     }
 }
 
@@ -944,6 +1099,7 @@ fn listener_state(
         invalid_kinds,
         certificates,
         unresolved_certificate,
+        client_validation: None,
         attached_routes: 0,
         hosts: BTreeMap::new(),
     }
@@ -1275,6 +1431,31 @@ impl GatewayState {
             )
         };
         let mut conditions = vec![accepted, programmed];
+        let insecure: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|l| {
+                l.usable()
+                    && l.client_validation
+                        .as_ref()
+                        .is_some_and(|v| v.insecure_fallback)
+            })
+            .map(|l| l.port.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !insecure.is_empty() {
+            conditions.push(Condition::new(
+                types::INSECURE_FRONTEND_VALIDATION_MODE,
+                true,
+                reasons::CONFIGURATION_CHANGED,
+                format!(
+                    "spec.tls.frontend lets clients without a valid certificate in on port(s) {} (AllowInsecureFallback)",
+                    insecure.join(", ")
+                ),
+                g,
+            ));
+        }
         // Set only where the Gateway references something of its own (beside its listeners'
         // certificates, which each listener reports): its client certificate for backends.
         if let Some(c) = &self.backend_client_certificate {

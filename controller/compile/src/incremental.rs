@@ -172,6 +172,33 @@ impl Dependencies {
                         .map(|r| (r.namespace.as_deref(), r.name.as_str())),
                 );
             d.add_certificates(&id.namespace, certificates, &id);
+            // The CA certificates of its client validation (and the grants that may allow
+            // those in other namespaces).
+            if let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) {
+                let named = frontend
+                    .default
+                    .validation
+                    .iter()
+                    .flat_map(|v| v.ca_certificate_refs.iter())
+                    .map(|r| (r.kind.clone(), r.namespace.clone(), r.name.clone()))
+                    .chain(frontend.per_port.iter().flatten().flat_map(|p| {
+                        p.tls
+                            .validation
+                            .iter()
+                            .flat_map(|v| v.ca_certificate_refs.iter())
+                            .map(|r| (r.kind.clone(), r.namespace.clone(), r.name.clone()))
+                    }));
+                for (kind, ns, name) in named {
+                    let ns = ns.unwrap_or_else(|| id.namespace.clone());
+                    d.add(DepKey::ReferenceGrants(ns.clone()), &id);
+                    let target = ObjectRef::new(ns, name);
+                    match kind.as_str() {
+                        "ConfigMap" => d.add(DepKey::ConfigMap(target), &id),
+                        "Secret" => d.add(DepKey::Secret(target), &id),
+                        _ => {}
+                    }
+                }
+            }
         }
         // A ListenerSet is read by the Gateway of ours it names, with its namespace's labels
         // (allowedListeners selectors) and its Secrets.

@@ -34,6 +34,7 @@ mod auth;
 mod backend;
 mod backend_policy;
 mod backend_tls;
+mod ca;
 mod cache;
 mod cors;
 mod gateway;
@@ -140,6 +141,11 @@ pub fn compile_scoped(
     let gateway_inputs = gateway::GatewayInputs {
         params,
         secrets: &secrets,
+        cas: ca::CaSources {
+            config_maps: &inputs.config_maps,
+            secrets: inputs.secret_view(),
+        },
+        grants: &grants,
         listener_sets: &inputs.listener_sets,
         namespaces: &namespaces,
         reserved_ports: &inputs.reserved_ports,
@@ -309,6 +315,13 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
                 out.insert(id);
             }
         }
+        // The CA certificates of its client validation kept in Secrets.
+        out.extend(
+            gateway::frontend_ca_refs(gw, &grants)
+                .into_iter()
+                .filter(|(kind, _)| kind == "Secret")
+                .map(|(_, id)| id),
+        );
         // Its client certificate for backends.
         if let Some(r) = gw
             .spec
@@ -344,10 +357,20 @@ pub fn referenced_secrets(inputs: &Inputs, controller_name: &str) -> BTreeSet<Ob
     out
 }
 
-/// The ConfigMaps BackendTLSPolicies name for their CA certificates: the controller watches
-/// exactly these.
-pub fn referenced_config_maps(inputs: &Inputs) -> BTreeSet<ObjectRef> {
-    backend_tls::referenced_config_maps(inputs)
+/// The ConfigMaps of CA certificates that BackendTLSPolicies and our Gateways'
+/// `spec.tls.frontend` name: the controller watches exactly these.
+pub fn referenced_config_maps(inputs: &Inputs, controller_name: &str) -> BTreeSet<ObjectRef> {
+    let grants = grants::ReferenceGrants::new(&inputs.reference_grants);
+    let mut out = backend_tls::referenced_config_maps(inputs);
+    for gw in inputs.gateways_of(controller_name) {
+        out.extend(
+            gateway::frontend_ca_refs(gw, &grants)
+                .into_iter()
+                .filter(|(kind, _)| kind == "ConfigMap")
+                .map(|(_, id)| id),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ pub(crate) fn gateway_snapshot(
                 hostname: l.hostname.clone(),
                 tls: terminates.then(|| ListenerTls {
                     certificates: l.certificates.clone(),
+                    client_validation: l.client_validation.clone(),
                 }),
             }
         })

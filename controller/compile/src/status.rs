@@ -13,6 +13,8 @@ pub mod types {
     pub const CONFLICTED: &str = "Conflicted";
     /// A CacheInvalidation's: every replica serving the target purged.
     pub const PURGED: &str = "Purged";
+    /// A Gateway's: some port lets clients in without a valid certificate.
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
 }
 
 /// Condition reasons, as the Gateway API names them (and Portico's own where it has none).
@@ -41,6 +43,10 @@ pub mod reasons {
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
     // Route.
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";

@@ -56,7 +56,7 @@ pub use backend::{
     Compression, Encoding, Endpoint, SubjectAltName,
 };
 pub use filter::{Cors, Filter, Header, HeaderModifier, PathRewrite, Redirect, UrlRewrite};
-pub use listener::{Certificate, Listener, ListenerTls, Protocol};
+pub use listener::{Certificate, ClientValidation, Listener, ListenerTls, Protocol};
 pub use object::ObjectRef;
 pub use policy::{AttachedPolicies, PolicyKind, PolicySet};
 pub use route::{

@@ -60,6 +60,22 @@ pub struct Listener {
 pub struct ListenerTls {
     /// PEM certificate chain and key pairs; the first matching SNI wins.
     pub certificates: Vec<Certificate>,
+    /// Client certificates asked for on this listener's port (the Gateway's
+    /// `spec.tls.frontend`); `None`: none asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// How a port validates client certificates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientValidation {
+    /// PEM CA certificates a client's chain must lead to.
+    pub ca_pem: String,
+    /// `AllowInsecureFallback`: a client without a certificate, or with one that does not
+    /// verify, is let in all the same (and not taken as identified by it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_fallback: bool,
 }
 
 /// One certificate and its private key, from a `kubernetes.io/tls` Secret. Snapshots carry

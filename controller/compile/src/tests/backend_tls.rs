@@ -191,7 +191,7 @@ fn unusable_ca_certificates_are_reported_and_refuse_rather_than_go_plaintext() {
     // The controller watches the ConfigMaps policies name, and only those.
     let inputs = super::inputs(&bad);
     assert_eq!(
-        crate::referenced_config_maps(&inputs),
+        crate::referenced_config_maps(&inputs, crate::CONTROLLER_NAME),
         [ObjectRef::new("default", "not-pem")].into()
     );
 }
@@ -219,11 +219,17 @@ fn the_gateways_client_certificate_for_backends_is_resolved_and_reported() {
     };
     assert_eq!(
         resolved("missing"),
-        ((false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()), true)
+        (
+            (false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()),
+            true
+        )
     );
     assert_eq!(
         resolved("kind"),
-        ((false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()), true)
+        (
+            (false, reasons::INVALID_CLIENT_CERTIFICATE_REF.into()),
+            true
+        )
     );
     assert_eq!(
         resolved("elsewhere"),

@@ -533,36 +533,72 @@ fn requested_addresses_are_bound_standalone_and_asked_of_the_service_in_a_cluste
 }
 
 #[test]
-fn a_listener_asked_to_validate_client_certificates_is_refused_not_served_without() {
-    // Client-certificate validation is not built yet: the HTTPS listeners it applies to
-    // (port 443 by default; 8443 by its own entry) are refused; one whose port's own entry
-    // asks for none, and HTTP listeners, serve.
+fn client_certificate_validation_applies_per_port_and_a_ca_that_does_not_resolve_refuses_the_listener()
+ {
+    // Port 443 takes the default (CA `ca`), 8443 its own entry (ConfigMap `missing`), 9443
+    // an entry without validation; 7443 falls back insecurely with CA `ca`.
     let (a_cert, a_key) = cert("a.example.com");
+    let (ca_pem, _) = cert("ca.example.com");
     let https = |name: &str, port: u16| {
         format!(
             "  - name: {name}\n    port: {port}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: a-cert}}]}}\n"
         )
     };
+    let indented: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
     let extra = format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: tls, namespace: default}}\nspec:\n  gatewayClassName: portico\n  tls:\n    frontend:\n      default:\n        validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca}}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca2}}]\n      - port: 9443\n        tls: {{}}\n  listeners:\n{}{}{}  - {{name: plain, port: 80, protocol: HTTP}}\n{}",
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: tls, namespace: default}}\nspec:\n  gatewayClassName: portico\n  tls:\n    frontend:\n      default:\n        validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca}}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: missing}}]\n      - port: 9443\n        tls: {{}}\n      - port: 7443\n        tls:\n          validation:\n            mode: AllowInsecureFallback\n            caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: ca}}]\n      - port: 6443\n        tls:\n          validation:\n            caCertificateRefs: [{{group: \"\", kind: Service, name: svc}}]\n  listeners:\n{}{}{}{}{}  - {{name: plain, port: 80, protocol: HTTP}}\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca, namespace: default}}\ndata:\n  ca.crt: |\n{indented}",
         https("default-port", 443),
         https("own-entry", 8443),
         https("opted-out", 9443),
+        https("fallback", 7443),
+        https("wrong-kind", 6443),
         tls_secret("a-cert", "default", &a_cert, &a_key)
     );
     let out = run(&extra);
-    for refused in ["default-port", "own-entry"] {
-        let c = listener_condition(&out, refused, types::ACCEPTED);
-        assert!(!c.is_true(), "{refused}: {c:?}");
-        assert_eq!(c.reason, reasons::UNSUPPORTED_VALUE);
+    let refused = |name: &str, resolved_reason: &str| {
+        let c = listener_condition(&out, name, types::ACCEPTED);
+        assert!(!c.is_true(), "{name}: {c:?}");
+        assert_eq!(c.reason, reasons::NO_VALID_CA_CERTIFICATE, "{name}");
         assert!(c.message.contains("client certificate validation"), "{c:?}");
-        assert!(!listener_condition(&out, refused, types::PROGRAMMED).is_true());
-    }
-    for served in ["opted-out", "plain"] {
+        let r = listener_condition(&out, name, types::RESOLVED_REFS);
+        assert_eq!(r.reason, resolved_reason, "{name}");
+        assert!(!listener_condition(&out, name, types::PROGRAMMED).is_true());
+    };
+    refused("own-entry", reasons::INVALID_CA_CERTIFICATE_REF);
+    refused("wrong-kind", reasons::INVALID_CA_CERTIFICATE_KIND);
+    for served in ["default-port", "opted-out", "fallback", "plain"] {
         let c = listener_condition(&out, served, types::ACCEPTED);
         assert!(c.is_true(), "{served}: {c:?}");
     }
     let snap = &out.snapshots[&ObjectRef::new("default", "tls")];
-    let names: Vec<&str> = snap.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["opted-out", "plain"]);
+    let validation: Vec<(&str, Option<bool>)> = snap
+        .listeners
+        .iter()
+        .map(|l| {
+            let v = l.tls.as_ref().and_then(|t| t.client_validation.as_ref());
+            (l.name.as_str(), v.map(|v| v.insecure_fallback))
+        })
+        .collect();
+    assert_eq!(
+        validation,
+        [
+            ("default-port", Some(false)),
+            ("opted-out", None),
+            ("fallback", Some(true)),
+            ("plain", None)
+        ]
+    );
+    // The Gateway says some port lets clients in without a valid certificate.
+    let g = &out.status.gateways[&ObjectRef::new("default", "tls")];
+    let insecure =
+        find(&g.conditions, types::INSECURE_FRONTEND_VALIDATION_MODE).expect("condition");
+    assert!(insecure.is_true());
+    assert_eq!(insecure.reason, reasons::CONFIGURATION_CHANGED);
+    assert!(insecure.message.contains("7443"), "{insecure:?}");
+    // The controller watches the ConfigMap the Gateway names.
+    let inputs = super::inputs(&extra);
+    assert!(
+        crate::referenced_config_maps(&inputs, crate::CONTROLLER_NAME)
+            .contains(&ObjectRef::new("default", "ca"))
+    );
 }
