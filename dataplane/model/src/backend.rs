@@ -109,7 +109,7 @@ pub struct BackendTls {
     /// The Gateway's own client certificate, presented to the endpoints when they ask
     /// (`spec.tls.backend.clientCertificateRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<crate::Certificate>,
+    pub client_certificate: Option<crate::listener::Certificate>,
     /// Why no connection can be trusted (no usable CA certificate): the backend's requests
     /// are refused, never sent in plaintext or unverified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
