@@ -566,7 +566,7 @@ impl Default for Metrics {
         );
         registry.register(
             "tcp_connections_closed",
-            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed, not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
+            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed, backend_tls_unsupported (a BackendTLSPolicy applies to the backend), not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
             streams.closed.clone(),
         );
         let flows = crate::tunnel::TunnelMetrics::default();
@@ -577,7 +577,7 @@ impl Default for Metrics {
         );
         registry.register(
             "udp_flows_closed",
-            "Flows of UDP listeners that ended, by reason (idle_timeout; refused: the endpoint answered ICMP port unreachable; drained: their route went away; connect_failed)",
+            "Flows of UDP listeners that ended, by reason (idle_timeout; refused: the endpoint answered ICMP port unreachable; unreachable: host or network unreachable; endpoint_gone: it left the backend's serving endpoints; drained: their route went away; connect_failed)",
             flows.closed.clone(),
         );
         let datagrams_dropped = Family::<crate::tunnel::EndLabel, Counter>::default();

@@ -243,3 +243,56 @@ async fn the_gateway_presents_its_client_certificate_to_backends_that_ask() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_tcp_route_to_a_service_under_a_backend_tls_policy_is_refused_not_sent_in_plaintext() {
+    use tokio::io::AsyncReadExt;
+    let backend = Echo::start_tcp("plain-tcp");
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let text = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners: [{{name: tcp, port: {port}, protocol: TCP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: t, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: svc, port: 443}}]}}]
+{}{}",
+        service("svc", backend.addr),
+        policy(
+            "svc",
+            "svc",
+            "{wellKnownCACertificates: System, hostname: svc.internal}"
+        ),
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(portico.addr(port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without a byte from the backend"
+    );
+    let metrics = portico.metrics().await;
+    assert!(
+        metrics
+            .contains("portico_tcp_connections_closed_total{reason=\"backend_tls_unsupported\"} 1"),
+        "{metrics}"
+    );
+}

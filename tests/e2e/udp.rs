@@ -340,3 +340,31 @@ async fn an_idle_flow_ends_and_a_refusing_endpoint_ends_its_flow() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_flow_whose_endpoint_leaves_the_backend_ends_and_the_client_moves_on() {
+    let (a, b) = (Echo::start_udp("a"), Echo::start_udp("b"));
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let config = |endpoint: SocketAddr| {
+        format!(
+            "{}{}{}",
+            gateway(&[port]),
+            service("svc", "UDP", endpoint),
+            udp_route("r", port, &[("svc", 1)])
+        )
+    };
+    let portico = Portico::start_on(ip, &[("config.yaml", &config(a.addr))], &[]).await;
+    let socket = client(portico.addr(port)).await;
+    assert_eq!(ask(&socket, "first").await.as_deref(), Some("a"));
+    // The Service's endpoint changes under the same route: the flow to the old one ends,
+    // and the same client's next datagrams reach the new one.
+    portico.config.write("config.yaml", &config(b.addr));
+    await_metric(
+        &portico,
+        "portico_udp_flows_closed_total{reason=\"endpoint_gone\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(ask(&socket, "again").await.as_deref(), Some("b"));
+}

@@ -11,14 +11,13 @@
 //! Two policies on the same Service (and port name): the older, then the one first by
 //! namespace and name, applies; the other is `Accepted=False Conflicted`. A policy whose CA
 //! certificates cannot be used is `Accepted=False NoValidCACertificate` and still applies, as
-//! a refusal: its backend's requests are answered 502, never sent in plaintext. Unlike
+//! a refusal: its backend's requests are answered 500, never sent in plaintext. Unlike
 //! Portico's policies, its status is per ancestor (the Gateways), as the Gateway API's
 //! policy status is.
 
 use crate::inputs::Inputs;
 use crate::refs::{
     gateways_of, grpc_route_parents, http_route_parents, namespace_of, object_ref, precedence,
-    tls_route_parents,
 };
 use crate::status::{
     AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
@@ -75,7 +74,8 @@ pub(crate) fn resolve(
                     types::ACCEPTED,
                     false,
                     reasons::CONFLICTED,
-                    "an older BackendTLSPolicy targets the same Service and sectionName",
+                    "an older BackendTLSPolicy targets the same Service and sectionName; this \
+                     one applies only to its targets no other policy takes",
                     generation,
                 ),
                 resolved_refs(&compiled, generation),
@@ -93,18 +93,16 @@ pub(crate) fn resolve(
                     types::ACCEPTED,
                     false,
                     reasons::NO_VALID_CA_CERTIFICATE,
-                    format!("{why}; requests to the targeted Services are refused (502)"),
+                    format!("{why}; requests to the targeted Services are refused (500)"),
                     generation,
                 ),
             };
             vec![accepted, resolved_refs(&compiled, generation)]
         };
-        // A conflicted policy applies nowhere, not even to its targets no other took: one
-        // policy is applied whole or not at all.
-        if !conflicted {
-            for key in targets {
-                out.applied.insert(key, compiled.tls.clone());
-            }
+        // Conflicts are per target: the older policy keeps the targets both name, and this
+        // one still applies to the others (left without it, they would go in plaintext).
+        for key in targets {
+            out.applied.insert(key, compiled.tls.clone());
         }
         let ancestors = gateways
             .into_iter()
@@ -238,8 +236,9 @@ fn compile_policy(id: &ObjectRef, policy: &BackendTlsPolicy, inputs: &Inputs) ->
     Compiled { tls, unresolved }
 }
 
-/// For each Service, the Gateways of ours whose HTTPRoutes, GRPCRoutes or TLSRoutes send to
-/// it: the ancestors a policy on it reports to.
+/// For each Service, the Gateways of ours whose HTTPRoutes or GRPCRoutes send to it: the
+/// ancestors a policy on it reports to. (A TLSRoute's or TCPRoute's connections to a Service
+/// under a policy are refused, not secured: they are no ancestors where the policy applies.)
 fn service_gateways(
     inputs: &Inputs,
     controller_name: &str,
@@ -288,21 +287,6 @@ fn service_gateways(
         add(
             &namespace_of(&r.metadata),
             grpc_route_parents(r, &sets),
-            refs,
-        );
-    }
-    for r in &inputs.tls_routes {
-        let refs = r
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| rule.backend_refs.iter())
-            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
-            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
-            .collect();
-        add(
-            &namespace_of(&r.metadata),
-            tls_route_parents(r, &sets),
             refs,
         );
     }

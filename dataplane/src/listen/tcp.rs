@@ -344,6 +344,12 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(%peer, route = %route.label, "connection closed: its backend is not resolved");
         return ctx.refused("no_backend");
     };
+    if pool.tls.is_some() {
+        // A BackendTLSPolicy asks for TLS to this Service, which the stream path does not
+        // speak yet: refused rather than sent in plaintext.
+        tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: its backend asks for TLS (a BackendTLSPolicy), not supported for TCP and TLS routes yet");
+        return ctx.refused("backend_tls_unsupported");
+    }
     let Some(upstream) = connect(pool, ctx.settings).await else {
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: no endpoint could be reached");
         return ctx.refused("connect_failed");

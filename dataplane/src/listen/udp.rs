@@ -10,8 +10,9 @@
 //!                   └ no route / no backend / no endpoint / too many flows: dropped
 //!  flow: client datagrams ──▶ endpoint;  endpoint's replies ──send_to──▶ client
 //!        ends when idle (nothing either way for --udp-idle-timeout-s), when the endpoint
-//!        refuses (ICMP port unreachable: the next datagram starts a new flow, maybe to
-//!        another endpoint), or a drain period after its route left the socket
+//!        refuses or cannot be reached (ICMP port or host unreachable), when it leaves the
+//!        backend's serving endpoints (the next datagram starts a new flow, maybe to another
+//!        endpoint), or a drain period after its route left the socket
 //! ```
 //!
 //! As with TCP ([`super::tcp`]), a flow belongs to the route that took it: a configuration
@@ -35,6 +36,10 @@ use tokio::sync::{mpsc, watch};
 const FLOW_QUEUE: usize = 256;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// At the flow limit, ended flows are forgotten at most this often.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a flow looks whether its endpoint still serves.
+const ENDPOINT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds a listener's UDP socket.
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -65,6 +70,9 @@ pub(super) async fn serve(
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut closing_rx = closing.clone();
+    // When the flows that ended were last forgotten: at the limit, a scan at most this
+    // often, so spoofed sources cannot make each datagram cost a scan of every flow.
+    let mut last_sweep: Option<tokio::time::Instant> = None;
     let dropped = |reason: &'static str| {
         metrics
             .datagrams_dropped
@@ -101,7 +109,11 @@ pub(super) async fn serve(
             }
         }
         if flows.len() >= settings.max_flows {
-            flows.retain(|_, tx| !tx.is_closed());
+            let now = tokio::time::Instant::now();
+            if last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+                last_sweep = Some(now);
+                flows.retain(|_, tx| !tx.is_closed());
+            }
             if flows.len() >= settings.max_flows {
                 dropped("too_many_flows");
                 continue;
@@ -185,7 +197,8 @@ impl Flow {
         tokio::pin!(retire);
         let idle = tokio::time::sleep(settings.datagram_idle_timeout);
         tokio::pin!(idle);
-        let mut reply = vec![0u8; MAX_DATAGRAM];
+        let mut check = tokio::time::interval(ENDPOINT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answered = false;
         // The listener's socket closed: no more from the client, replies still relayed.
         let mut client_open = true;
@@ -202,25 +215,43 @@ impl Flow {
                     }
                     None => client_open = false,
                 },
-                r = upstream.recv(&mut reply) => match r {
-                    Ok(n) => {
-                        if !answered {
-                            answered = true;
-                            self.pool.record(&self.endpoint, Outcome::Success, &policy);
-                        }
-                        let out = reply.get(..n).unwrap_or_default();
-                        if let Err(e) = self.listener.send_to(out, self.client).await {
-                            tracing::debug!(client = %self.client, error = %e, "UDP reply not sent");
-                            metrics.datagrams_dropped.get_or_create(&EndLabel { reason: "send_failed" }).inc();
-                        }
-                        idle.as_mut().reset(tokio::time::Instant::now() + settings.datagram_idle_timeout);
-                    }
-                    Err(e) => {
+                r = upstream.readable() => {
+                    if let Err(e) = r {
                         if let Some(reason) = self.failed(&e, &policy) {
                             return reason;
                         }
+                        continue;
                     }
-                },
+                    // The buffer is had only while a reply is there: an idle flow holds none.
+                    let mut reply = vec![0u8; MAX_DATAGRAM];
+                    match upstream.try_recv(&mut reply) {
+                        Ok(n) => {
+                            if !answered {
+                                answered = true;
+                                self.pool.record(&self.endpoint, Outcome::Success, &policy);
+                            }
+                            let out = reply.get(..n).unwrap_or_default();
+                            if let Err(e) = self.listener.send_to(out, self.client).await {
+                                tracing::debug!(client = %self.client, error = %e, "UDP reply not sent");
+                                metrics.datagrams_dropped.get_or_create(&EndLabel { reason: "send_failed" }).inc();
+                            }
+                            idle.as_mut().reset(tokio::time::Instant::now() + settings.datagram_idle_timeout);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            if let Some(reason) = self.failed(&e, &policy) {
+                                return reason;
+                            }
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    let set = self.pool.endpoints();
+                    if !set.serving().iter().any(|e| e.addr == self.endpoint.addr) {
+                        tracing::debug!(client = %self.client, endpoint = %self.endpoint.addr, "UDP flow ended: its endpoint no longer serves");
+                        return "endpoint_gone";
+                    }
+                }
                 () = &mut idle => return "idle_timeout",
                 () = &mut retire => {
                     tracing::debug!(client = %self.client, route = %self.route.label, "UDP flow ended after the drain period: its route is gone");
@@ -230,14 +261,21 @@ impl Flow {
         }
     }
 
-    /// An error of the flow's socket: the endpoint refused (ICMP port unreachable), which
-    /// counts against it and ends the flow, or another (kept going, the datagram lost).
+    /// An error of the flow's socket: the endpoint refused or cannot be reached (ICMP port,
+    /// host or network unreachable), which counts against it and ends the flow, or another
+    /// (kept going, the datagram lost).
     fn failed(&self, e: &std::io::Error, policy: &PoolSettings) -> Option<&'static str> {
-        if e.kind() == std::io::ErrorKind::ConnectionRefused {
-            tracing::debug!(client = %self.client, backend = %self.pool.id, endpoint = %self.endpoint.addr, "UDP endpoint refused");
+        use std::io::ErrorKind;
+        let reason = match e.kind() {
+            ErrorKind::ConnectionRefused => Some("refused"),
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Some("unreachable"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            tracing::debug!(client = %self.client, backend = %self.pool.id, endpoint = %self.endpoint.addr, reason, "UDP endpoint refused or unreachable");
             self.pool
                 .record(&self.endpoint, Outcome::GatewayError, policy);
-            return Some("refused");
+            return Some(reason);
         }
         tracing::debug!(client = %self.client, endpoint = %self.endpoint.addr, error = %e, "UDP datagram lost");
         None

@@ -66,9 +66,8 @@ fn build(tls: &BackendTls, protocol: AppProtocol) -> Result<UpstreamTls, String>
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     if tls.system_roots {
-        let found = rustls_native_certs::load_native_certs();
-        for cert in found.certs {
-            let _ = roots.add(cert);
+        for cert in system_roots() {
+            let _ = roots.add(cert.clone());
         }
     } else {
         for cert in portico_model::tls::ca_certificates(&tls.ca_pem)? {
@@ -132,6 +131,13 @@ fn build(tls: &BackendTls, protocol: AppProtocol) -> Result<UpstreamTls, String>
         config: Arc::new(config),
         server_name,
     })
+}
+
+/// The system's trusted roots, read once per process (from files: never again on a
+/// request's path).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
 /// Checks the chain as usual, then the certificate's names against the policy's
@@ -234,10 +240,11 @@ pub enum UpstreamIo {
 
 impl UpstreamIo {
     /// Whether an idle connection can take a request: the backend has neither closed it
-    /// nor sent anything since the last exchange. Looks at the socket's readiness first,
-    /// so there is no system call unless something arrived; keeps no waker. Over TLS,
-    /// what arrived may be a message of the protocol itself (a TLS 1.3 session ticket):
-    /// read through TLS, it yields no data and the connection stays usable.
+    /// nor sent anything since the last exchange. Plain TCP looks at the socket's readiness
+    /// first, so there is no system call unless something arrived; keeps no waker. Over
+    /// TLS a read is always tried (rustls may hold what the socket no longer shows): what
+    /// arrived may be a message of the protocol itself (a TLS 1.3 session ticket), which
+    /// yields no data and leaves the connection usable; data or a close does not.
     pub(super) fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self {
@@ -249,18 +256,14 @@ impl UpstreamIo {
                     matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
-            UpstreamIo::Tls(tls) => match tls.get_ref().0.poll_read_ready(&mut cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    let mut probe = [0u8; 1];
-                    let mut buf = ReadBuf::new(&mut probe);
-                    matches!(
-                        Pin::new(&mut **tls).poll_read(&mut cx, &mut buf),
-                        Poll::Pending
-                    )
-                }
-            },
+            UpstreamIo::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                matches!(
+                    Pin::new(&mut **tls).poll_read(&mut cx, &mut buf),
+                    Poll::Pending
+                )
+            }
         }
     }
 }

@@ -1482,69 +1482,80 @@ func (p *serviceProxy) relay(f *forwarder) {
 		}
 	}()
 	buf := make([]byte, 65535)
+read:
 	for {
 		n, client, err := f.pc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
 		key := client.String()
-		mu.Lock()
-		fl, ok := flows[key]
-		mu.Unlock()
-		if !ok {
-			p.mu.Lock()
-			svc, port := f.service, f.port
-			p.mu.Unlock()
-			target := p.backend(svc, port)
-			if target == "" {
-				continue
-			}
-			raddr, err := net.ResolveUDPAddr("udp", target)
-			if err != nil {
-				continue
-			}
-			up, err := net.DialUDP("udp", nil, raddr)
-			if err != nil {
-				continue
-			}
-			fl = &flow{up: up, seen: time.Now()}
+		// Twice at most: a flow that ended (idle) just as this datagram came is replaced.
+		for attempt := 0; attempt < 2; attempt++ {
 			mu.Lock()
-			flows[key] = fl
+			fl, ok := flows[key]
 			mu.Unlock()
-			go func() {
-				defer func() {
-					mu.Lock()
-					if flows[key] == fl {
-						delete(flows, key)
-					}
-					mu.Unlock()
-					_ = up.Close()
-				}()
-				reply := make([]byte, 65535)
-				for {
-					_ = up.SetReadDeadline(time.Now().Add(udpFlowIdle))
-					n, err := up.Read(reply)
-					if err != nil {
-						var ne net.Error
-						if errors.As(err, &ne) && ne.Timeout() {
-							mu.Lock()
-							idle := time.Since(fl.seen) >= udpFlowIdle
-							mu.Unlock()
-							if !idle {
-								continue
-							}
-						}
-						return
-					}
-					if _, err := f.pc.WriteTo(reply[:n], client); err != nil {
-						return
-					}
+			if !ok {
+				p.mu.Lock()
+				svc, port := f.service, f.port
+				p.mu.Unlock()
+				target := p.backend(svc, port)
+				if target == "" {
+					continue read
 				}
-			}()
+				raddr, err := net.ResolveUDPAddr("udp", target)
+				if err != nil {
+					continue read
+				}
+				up, err := net.DialUDP("udp", nil, raddr)
+				if err != nil {
+					continue read
+				}
+				fl = &flow{up: up, seen: time.Now()}
+				mu.Lock()
+				flows[key] = fl
+				mu.Unlock()
+				go func() {
+					defer func() {
+						mu.Lock()
+						if flows[key] == fl {
+							delete(flows, key)
+						}
+						mu.Unlock()
+						_ = up.Close()
+					}()
+					reply := make([]byte, 65535)
+					for {
+						_ = up.SetReadDeadline(time.Now().Add(udpFlowIdle))
+						n, err := up.Read(reply)
+						if err != nil {
+							var ne net.Error
+							if errors.As(err, &ne) && ne.Timeout() {
+								mu.Lock()
+								idle := time.Since(fl.seen) >= udpFlowIdle
+								mu.Unlock()
+								if !idle {
+									continue
+								}
+							}
+							return
+						}
+						if _, err := f.pc.WriteTo(reply[:n], client); err != nil {
+							return
+						}
+					}
+				}()
+			}
+			mu.Lock()
+			fl.seen = time.Now()
+			mu.Unlock()
+			if _, err := fl.up.Write(buf[:n]); err == nil || !errors.Is(err, net.ErrClosed) {
+				continue read
+			}
+			mu.Lock()
+			if flows[key] == fl {
+				delete(flows, key)
+			}
+			mu.Unlock()
 		}
-		mu.Lock()
-		fl.seen = time.Now()
-		mu.Unlock()
-		_, _ = fl.up.Write(buf[:n])
 	}
 }

@@ -238,3 +238,58 @@ fn the_gateways_client_certificate_for_backends_is_resolved_and_reported() {
     // A Gateway that names none has no ResolvedRefs condition of its own.
     assert!(find(&out.status.gateways[&gw()].conditions, types::RESOLVED_REFS).is_none());
 }
+
+#[test]
+fn a_conflicted_policy_still_secures_the_targets_no_other_policy_takes() {
+    let extra = [
+        ROUTES,
+        "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: default}
+spec:
+  ports: [{name: web, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-other, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules: [{backendRefs: [{name: other, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: older, namespace: default, creationTimestamp: \"2026-01-01T00:00:00Z\"}
+spec:
+  targetRefs: [{group: \"\", kind: Service, name: svc}]
+  validation: {wellKnownCACertificates: System, hostname: svc.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: younger, namespace: default, creationTimestamp: \"2026-01-02T00:00:00Z\"}
+spec:
+  targetRefs: [{group: \"\", kind: Service, name: svc}, {group: \"\", kind: Service, name: other}]
+  validation: {wellKnownCACertificates: System, hostname: other.example.com}
+",
+    ]
+    .concat();
+    let out = run(&extra);
+    assert_eq!(
+        reason(&conditions(&out, "younger"), types::ACCEPTED),
+        (false, reasons::CONFLICTED.into())
+    );
+    // svc keeps the older policy; `other`, which only the younger names, is not left in
+    // plaintext.
+    assert_eq!(
+        tls_of(&out, 80).map(|t| t.server_name),
+        Some("svc.example.com".into())
+    );
+    let other = out.snapshots[&gw()]
+        .backends
+        .iter()
+        .find(|b| b.id.name == "other")
+        .and_then(|b| b.tls.clone())
+        .map(|t| t.server_name);
+    assert_eq!(other, Some("other.example.com".into()));
+}
