@@ -60,8 +60,8 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.external) || has(self.introspection) || has(self.authorization)").message("configure at least one of jwt, apiKey, basic, external, introspection or authorization"))]
-#[x_kube(validation = Rule::new("!self.allowAnonymous || has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.introspection) || has(self.authorization)").message("allowAnonymous without an authentication mechanism or authorization rules would allow everything"))]
+#[x_kube(validation = Rule::new("has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.external) || has(self.introspection) || has(self.mtls) || has(self.authorization)").message("configure at least one of jwt, apiKey, basic, external, introspection, mtls or authorization"))]
+#[x_kube(validation = Rule::new("!self.allowAnonymous || has(self.jwt) || has(self.apiKey) || has(self.basic) || has(self.introspection) || has(self.mtls) || has(self.authorization)").message("allowAnonymous without an authentication mechanism or authorization rules would allow everything"))]
 // Compatibility across releases: a controller fails closed on an AuthPolicy whose spec holds a
 // field or value it does not know (its targets answer 500; portico_compile::unreadable), since
 // ignoring it could enforce less than the user wrote. So a field added here must not carry a
@@ -104,6 +104,11 @@ pub struct AuthPolicySpec {
     /// OAuth2 token introspection (RFC 7662) of bearer tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionAuth>,
+
+    /// Client certificates the listener verified (the Gateway's `spec.tls.frontend`): the
+    /// consumer is a name the certificate carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsAuth>,
 
     /// Rules that decide, after authentication, which requests are allowed. When present, a
     /// request that matches no rule is denied (401 without credentials, 403 with).
@@ -253,6 +258,28 @@ pub struct ApiKeyAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub query: Option<String>,
+}
+
+/// Authentication by the client certificate the listener verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MtlsAuth {
+    /// Which name of the certificate is the consumer: the subject's `CommonName` (when
+    /// unset), its first `DNSName` or its first `URI` subjectAltName (a SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_from: Option<CertificateName>,
+}
+
+/// A name a client certificate carries.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum CertificateName {
+    CommonName,
+    #[serde(rename = "DNSName")]
+    DnsName,
+    #[serde(rename = "URI")]
+    Uri,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

@@ -3,7 +3,8 @@
 //! ```text
 //!  request ─▶ AuthEngine::check
 //!              ├─ strip client-sent identity headers (consumer, claim headers)
-//!              ├─ API key ─┐
+//!              ├─ client certificate (mtls, verified by the listener) ─┐
+//!              ├─ API key ─┤
 //!              ├─ Basic ───┤ any one that accepts the credentials it finds authenticates;
 //!              ├─ JWT ─────┤ credentials present but refused → 401; none → 401, or
 //!              ├─ introspection   anonymous when the policy allows it
@@ -226,6 +227,8 @@ struct ClientFacts<'a> {
     /// than `--trusted-hops`, or not addresses): `clientCidrs` fail closed without it.
     trusted_client: Option<IpAddr>,
     scheme: &'a str,
+    /// The certificate the client presented in the TLS handshake.
+    client_cert: Option<&'a crate::request::ClientCert>,
 }
 
 /// One AuthPolicy, ready to enforce.
@@ -241,6 +244,8 @@ pub struct AuthEngine {
     basic: Option<credentials::Basic>,
     external: Option<remote::External>,
     introspection: Option<remote::Introspection>,
+    /// Client certificates: the name of one that is the consumer.
+    mtls: Option<model::CertificateName>,
     rules: Option<authz::Rules>,
     challenges: Vec<HeaderValue>,
     /// Where introspection reads its token, built once rather than per request.
@@ -306,6 +311,7 @@ impl AuthEngine {
                     basic: None,
                     external: None,
                     introspection: None,
+                    mtls: None,
                     rules: None,
                     challenges: Vec::new(),
                     bearer: bearer_source(),
@@ -365,6 +371,7 @@ impl AuthEngine {
                 .map(|e| remote::External::new(e, shared.client.clone()))
                 .transpose()?,
             introspection,
+            mtls: m.mtls,
             rules: m.rules.as_deref().map(authz::Rules::new).transpose()?,
             challenges,
             bearer: bearer_source(),
@@ -411,6 +418,7 @@ impl AuthEngine {
             client: trusted_client.unwrap_or(cx.peer()),
             trusted_client,
             scheme: cx.down.scheme,
+            client_cert: cx.down.client_cert.as_deref(),
         };
         let result = self.decide(req, cx.matching.as_deref(), &facts).await;
         self.metrics.record(match &result {
@@ -453,7 +461,35 @@ impl AuthEngine {
         let query = req.uri().query();
         let headers = req.headers();
 
-        if let Some(k) = &self.api_keys
+        // A client certificate is the first credential: the connection carries it, and the
+        // listener verified it (or, falling back insecurely, says it did not).
+        if let Some(name) = self.mtls
+            && let Some(cert) = facts.client_cert
+        {
+            presented = true;
+            let consumer = match name {
+                model::CertificateName::CommonName => cert.common_name.as_deref(),
+                model::CertificateName::DnsName => cert.dns_names.first().map(String::as_str),
+                model::CertificateName::Uri => cert.uris.first().map(String::as_str),
+            };
+            match (cert.verified, consumer) {
+                (true, Some(c)) => {
+                    who = Some(Identity {
+                        consumer: Some(Arc::from(c)),
+                        consumer_value: HeaderValue::from_str(c).ok(),
+                        ..Identity::default()
+                    });
+                }
+                (true, None) => {
+                    failure = Some(self.unauthenticated("client_certificate_without_name", false));
+                }
+                (false, _) => {
+                    failure = Some(self.unauthenticated("invalid_client_certificate", false));
+                }
+            }
+        }
+        if who.is_none()
+            && let Some(k) = &self.api_keys
             && let Some(key) = k.credential(headers, query)
         {
             presented = true;

@@ -19,6 +19,8 @@ pub struct Downstream {
     /// The client's address as a header value, made once per connection (it is each
     /// request's `X-Forwarded-For` at the edge).
     pub client_ip: HeaderValue,
+    /// The certificate the client presented in the TLS handshake, if it did.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 impl Downstream {
@@ -36,8 +38,19 @@ impl Downstream {
             scheme,
             sni,
             client_ip,
+            client_cert: None,
         }
     }
+}
+
+/// What a client certificate says, read once per connection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// It leads to the port's CAs (always, unless the port falls back insecurely).
+    pub verified: bool,
+    pub common_name: Option<String>,
+    pub dns_names: Vec<String>,
+    pub uris: Vec<String>,
 }
 
 /// Who a request that passed authenticated as, for the access log and rate-limit keys.

@@ -36,6 +36,8 @@ pub struct Tables {
     pub datagrams: BTreeMap<SocketAddr, StreamService>,
     /// TLS settings of the sockets that serve HTTPS listeners.
     pub tls: BTreeMap<SocketAddr, Arc<rustls::ServerConfig>>,
+    /// How the HTTPS sockets whose port asks for client certificates judge them.
+    pub client_checks: BTreeMap<SocketAddr, crate::tls::ClientCheck>,
     /// Every route label in use.
     pub routes: BTreeSet<String>,
     /// Every (gateway, listener, route) in use, for metric clean-up.
@@ -105,7 +107,13 @@ pub fn build(
                 let terminates = matches!(l.protocol, Protocol::Https | Protocol::TlsTerminate);
                 if let Some(tls) = l.tls.as_ref().filter(|_| terminates) {
                     let socket_certs = certificates.entry(sa).or_default();
-                    socket_certs.validate_clients(tls.client_validation.as_ref());
+                    if !socket_certs.validate_clients(tls.client_validation.as_ref()) {
+                        t.warnings.push(format!(
+                            "listener {gw}/{} asks other client certificates than the listeners before it on {sa} (one handshake serves them all); not served",
+                            l.name
+                        ));
+                        continue;
+                    }
                     let added = socket_certs.add(l.hostname.as_deref(), &tls.certificates);
                     t.warnings.extend(
                         added
@@ -382,6 +390,14 @@ pub fn build(
     for (sa, certs) in certificates {
         if certs.is_empty() {
             continue;
+        }
+        if let Some(v) = certs.clients().filter(|_| !t.streams.contains_key(&sa)) {
+            match crate::tls::ClientCheck::new(v) {
+                Ok(check) => {
+                    t.client_checks.insert(sa, check);
+                }
+                Err(e) => t.warnings.push(format!("client certificates on {sa}: {e}")),
+            }
         }
         // A TLS socket's terminating listeners forward bytes, not HTTP: no ALPN.
         let config = if t.streams.contains_key(&sa) {

@@ -35,8 +35,9 @@ pub struct Added {
 pub struct SniCertificates {
     by_host: HostMap<Vec<Arc<CertifiedKey>>>,
     count: usize,
-    /// The client certificates the socket's port asks for (the first listener's say).
-    clients: Option<ClientValidation>,
+    /// The client certificates the socket's port asks for, as its first TLS listener said
+    /// (`Some(None)`: none); `None` until one has said.
+    clients: Option<Option<ClientValidation>>,
 }
 
 impl SniCertificates {
@@ -71,12 +72,24 @@ impl SniCertificates {
         self.count == 0
     }
 
-    /// Asks clients for certificates as `v` says (per port: every listener of the port says
-    /// the same; the first to say anything is kept).
-    pub fn validate_clients(&mut self, v: Option<&ClientValidation>) {
-        if self.clients.is_none() {
-            self.clients = v.cloned();
+    /// Asks clients for certificates as `v` says. One handshake serves every listener of
+    /// the socket, so they must all ask the same (a Gateway's listeners on one port do); the
+    /// first listener decides, and `false` says that this one asks otherwise (two Gateways
+    /// sharing a socket, say) and must not be served: on the first's terms it would let in
+    /// clients it means to keep out, or refuse its own.
+    pub fn validate_clients(&mut self, v: Option<&ClientValidation>) -> bool {
+        match &self.clients {
+            None => {
+                self.clients = Some(v.cloned());
+                true
+            }
+            Some(decided) => decided.as_ref() == v,
         }
+    }
+
+    /// The client certificates the socket asks for, if any.
+    pub fn clients(&self) -> Option<&ClientValidation> {
+        self.clients.as_ref().and_then(Option::as_ref)
     }
 
     /// The server configuration that serves these certificates.
@@ -94,7 +107,7 @@ impl SniCertificates {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
-        let builder = match &self.clients {
+        let builder = match self.clients() {
             None => builder.with_no_client_auth(),
             Some(v) => builder.with_client_cert_verifier(client_verifier(v, provider)?),
         };
@@ -106,29 +119,87 @@ impl SniCertificates {
     }
 }
 
-/// The verifier of a port's client certificates.
+/// How a socket's connections' client certificates are judged after the handshake: in
+/// mode `AllowInsecureFallback` the handshake lets every certificate in, so whether one is
+/// valid is asked again of the strict verifier (an AuthPolicy's `mtls` takes only those).
+#[derive(Debug, Clone)]
+pub struct ClientCheck {
+    strict: Arc<dyn ClientCertVerifier>,
+    fallback: bool,
+}
+
+impl ClientCheck {
+    /// The check of a port's validation.
+    pub fn new(v: &ClientValidation) -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(Self {
+            strict: strict_verifier(v, provider, false)?,
+            fallback: v.insecure_fallback,
+        })
+    }
+
+    /// The identity of the certificate chain a connection presented (leaf first), with
+    /// whether it verified.
+    pub fn identify(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<crate::request::ClientCert> {
+        let (leaf, intermediates) = chain.split_first()?;
+        // Without the fallback the handshake already refused any chain that does not verify.
+        let verified = !self.fallback
+            || self
+                .strict
+                .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+                .is_ok();
+        let names = portico_model::tls::subject_alt_names(leaf.as_ref()).unwrap_or_default();
+        let mut cert = crate::request::ClientCert {
+            verified,
+            common_name: portico_model::tls::subject_common_name(leaf.as_ref()),
+            ..Default::default()
+        };
+        for n in names {
+            match n {
+                portico_model::tls::San::Dns(d) => cert.dns_names.push(d),
+                portico_model::tls::San::Uri(u) => cert.uris.push(u),
+            }
+        }
+        Some(cert)
+    }
+}
+
+/// The verifier of a port's client certificates, as the handshake uses it.
 fn client_verifier(
     v: &ClientValidation,
     provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+    let verifier = strict_verifier(v, provider, v.insecure_fallback)?;
+    Ok(if v.insecure_fallback {
+        Arc::new(InsecureFallback(verifier))
+    } else {
+        verifier
+    })
+}
+
+/// A verifier that accepts only chains leading to the port's CAs (`optional`: a client
+/// may present none).
+fn strict_verifier(
+    v: &ClientValidation,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    optional: bool,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in portico_model::tls::ca_certificates(&v.ca_pem).map_err(rustls::Error::General)? {
         roots.add(cert)?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    let builder = if v.insecure_fallback {
+    let builder = if optional {
         builder.allow_unauthenticated()
     } else {
         builder
     };
-    let verifier = builder
+    builder
         .build()
-        .map_err(|e| rustls::Error::General(format!("client certificate validation: {e}")))?;
-    Ok(if v.insecure_fallback {
-        Arc::new(InsecureFallback(verifier))
-    } else {
-        verifier
-    })
+        .map_err(|e| rustls::Error::General(format!("client certificate validation: {e}")))
 }
 
 /// `AllowInsecureFallback`: certificates are asked for (with the CA names as hints) and a

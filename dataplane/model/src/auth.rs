@@ -48,6 +48,10 @@ pub struct AuthPolicy {
     pub external: Option<External>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<Introspection>,
+    /// Authentication by the client certificate the listener verified: the consumer is
+    /// this name of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<CertificateName>,
     /// `None`: no authorization step. `Some`: deny unless a rule matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<AuthzRule>>,
@@ -121,6 +125,19 @@ pub struct ApiKey {
     pub consumer: String,
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
+}
+
+/// A name a client certificate carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CertificateName {
+    /// The subject's CommonName.
+    CommonName,
+    /// The first DNS subjectAltName.
+    #[serde(rename = "DNSName")]
+    DnsName,
+    /// The first URI subjectAltName (a SPIFFE ID).
+    #[serde(rename = "URI")]
+    Uri,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,6 +134,42 @@ pub fn subject_alt_names(der: &[u8]) -> Option<Vec<San>> {
     Some(names)
 }
 
+/// The subject's CommonName (the last one, as X.509 orders the most specific last) of a DER
+/// X.509 certificate; `None` when it has none or the bytes are not a certificate this walk
+/// understands. Read from `TBSCertificate → subject` (RFC 5280 §4.1.2.6).
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    let (certificate, _) = der_tlv(der, 0x30)?;
+    let (tbs, _) = der_tlv(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_tlv(rest, 0xa0)?.1;
+    }
+    // serialNumber, signature, issuer, validity.
+    for tag in [0x02, 0x30, 0x30, 0x30] {
+        rest = der_tlv(rest, tag)?.1;
+    }
+    let (mut rdns, _) = der_tlv(rest, 0x30)?;
+    let mut found = None;
+    while !rdns.is_empty() {
+        let (mut set, after) = der_tlv(rdns, 0x31)?;
+        rdns = after;
+        while !set.is_empty() {
+            let (attribute, after) = der_tlv(set, 0x30)?;
+            set = after;
+            let (oid, value) = der_tlv(attribute, 0x06)?;
+            if oid != [0x55, 0x04, 0x03] {
+                continue;
+            }
+            // UTF8String, PrintableString or IA5String.
+            let ((tag, text), _) = der_any(value)?;
+            if matches!(tag, 0x0c | 0x13 | 0x16) {
+                found = Some(String::from_utf8(text.to_vec()).ok()?);
+            }
+        }
+    }
+    found
+}
+
 /// One DER element of `tag`: its contents and what follows it.
 fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let ((found, contents), rest) = der_any(input)?;
@@ -237,6 +273,11 @@ mod tests {
             ])
         );
         assert_eq!(subject_alt_names(b"not der"), None);
+        assert_eq!(
+            subject_common_name(cert.der()),
+            Some("rcgen self signed cert".into())
+        );
+        assert_eq!(subject_common_name(b"not der"), None);
         assert!(ca_certificates(&cert.pem()).is_ok());
         assert!(ca_certificates("").is_err());
         assert!(

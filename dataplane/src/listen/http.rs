@@ -36,6 +36,8 @@ pub struct HttpService {
     pub router: SocketRouter,
     /// The TLS settings when the socket's listeners are HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How client certificates are judged, when the socket's port asks for them.
+    pub client_check: Option<crate::tls::ClientCheck>,
 }
 
 /// What every HTTP connection is served with: the proxy, hyper's builders, the limits.
@@ -90,7 +92,11 @@ pub(super) async fn serve(
     // rustls') are kilobytes each. Boxed where they start, they are copied once; inline, this
     // task's whole state machine was the size of all of them and was copied on every move
     // (spawn, the task cell: ~120k instructions of memcpy a connection under callgrind).
-    let Some(config) = service.load().tls.clone() else {
+    let (config, client_check) = {
+        let s = service.load();
+        (s.tls.clone(), s.client_check.clone())
+    };
+    let Some(config) = config else {
         let down = Downstream::new(client, local_port, "http", None);
         Box::pin(serve_connection(
             stream, down, false, service, shared, closing,
@@ -108,7 +114,10 @@ pub(super) async fn serve(
                 .server_name()
                 .map(|n| Arc::from(n.to_ascii_lowercase()));
             let alpn_h2 = session.alpn_protocol() == Some(b"h2");
-            let down = Downstream::new(client, local_port, "https", sni);
+            let mut down = Downstream::new(client, local_port, "https", sni);
+            if let (Some(check), Some(chain)) = (&client_check, session.peer_certificates()) {
+                down.client_cert = check.identify(chain).map(Arc::new);
+            }
             Box::pin(serve_connection(
                 tls, down, alpn_h2, service, shared, closing,
             ))

@@ -67,10 +67,12 @@ fn services(
     BTreeMap<SocketAddr, tcp::StreamService>,
 ) {
     let mut tls = tables.tls;
+    let mut client_checks = tables.client_checks;
     let http = tables.sockets.into_iter().map(|(addr, router)| {
         let service = http::HttpService {
             router,
             tls: tls.remove(&addr),
+            client_check: client_checks.remove(&addr),
         };
         (addr, SocketService::Http(Box::new(service)))
     });

@@ -142,9 +142,24 @@ fn compile_into(
         && spec.basic.is_none()
         && spec.external.is_none()
         && spec.introspection.is_none()
+        && spec.mtls.is_none()
         && spec.authorization.is_none()
     {
-        return Err("configure at least one of jwt, apiKey, basic, external, introspection or authorization".into());
+        return Err("configure at least one of jwt, apiKey, basic, external, introspection, mtls or authorization".into());
+    }
+    if let Some(m) = &spec.mtls {
+        out.mtls = Some(
+            match m
+                .consumer_from
+                .unwrap_or(portico_crds::auth::CertificateName::CommonName)
+            {
+                portico_crds::auth::CertificateName::CommonName => {
+                    model::CertificateName::CommonName
+                }
+                portico_crds::auth::CertificateName::DnsName => model::CertificateName::DnsName,
+                portico_crds::auth::CertificateName::Uri => model::CertificateName::Uri,
+            },
+        );
     }
     if spec.target_refs.is_empty() {
         return Err("targetRefs is empty".into());
