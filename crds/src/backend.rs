@@ -670,6 +670,22 @@ pub struct Connection {
     /// kubernetes.io/h2c` and those of GRPCRoutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2>,
+
+    /// The PROXY protocol header (HAProxy's: `V1` text, `V2` binary) sent first on each
+    /// connection of a TCPRoute or TLSRoute to the endpoints, saying the client's address and
+    /// the listener's, for backends that ask for it. Off by default. Not sent by HTTP routes,
+    /// whose pooled connections carry many clients' requests (they get `X-Forwarded-For`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A PROXY protocol version.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]

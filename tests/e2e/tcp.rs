@@ -473,3 +473,64 @@ spec:
         .expect("terminated for the TCPRoute");
     assert_eq!(greeting, "whole");
 }
+
+#[tokio::test]
+async fn a_backend_that_asks_for_the_proxy_protocol_is_told_the_client_first() {
+    use tokio::net::TcpListener;
+    let ip = loopback_ip();
+    // The backend: a socket of this test, reading what the gateway sends first.
+    let backend = TcpListener::bind((ip, free_port(ip))).await.expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let port = free_port(ip);
+    let text = format!(
+        "{}{}{}
+---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: pp, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: db}}]
+  connection: {{proxyProtocol: V2}}
+",
+        gateway(&[port]),
+        service("db", backend_addr),
+        tcp_route("db", port, &[("db", 1)])
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let mut client = TcpStream::connect(portico.addr(port))
+        .await
+        .expect("connect");
+    client.write_all(b"hello").await.expect("write");
+    let client_addr = client.local_addr().expect("client addr");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), backend.accept())
+        .await
+        .expect("the gateway connects")
+        .expect("accept");
+    // 16 bytes of header, 12 of IPv4 addresses and ports, then the client's bytes.
+    let mut got = vec![0u8; 16 + 12 + 5];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(
+        &got[..12],
+        b"\r\n\r\n\0\r\nQUIT\n",
+        "the v2 signature first"
+    );
+    assert_eq!(&got[12..16], &[0x21, 0x11, 0x00, 0x0c]);
+    let std::net::IpAddr::V4(client_ip) = client_addr.ip() else {
+        panic!("IPv4 client");
+    };
+    assert_eq!(&got[16..20], &client_ip.octets(), "the client's address");
+    assert_eq!(&got[20..24], &ip_octets(ip), "the gateway's address");
+    assert_eq!(&got[24..26], &client_addr.port().to_be_bytes());
+    assert_eq!(&got[26..28], &port.to_be_bytes(), "the listener's port");
+    assert_eq!(&got[28..], b"hello");
+}
+
+fn ip_octets(ip: std::net::IpAddr) -> [u8; 4] {
+    match ip {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(_) => [0; 4],
+    }
+}

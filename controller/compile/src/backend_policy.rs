@@ -512,6 +512,10 @@ fn connection(c: Option<&crd::Connection>) -> Result<model::Connection, String> 
             .transpose()?,
         tcp_keepalive: c.tcp_keep_alive.as_ref().map(tcp_keepalive).transpose()?,
         http2: c.http2.as_ref().map(http2).transpose()?,
+        proxy_protocol: c.proxy_protocol.map(|v| match v {
+            crd::ProxyProtocol::V1 => model::ProxyProtocol::V1,
+            crd::ProxyProtocol::V2 => model::ProxyProtocol::V2,
+        }),
     })
 }
 

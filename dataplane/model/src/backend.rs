@@ -382,6 +382,18 @@ pub struct Connection {
     pub tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2>,
+    /// The PROXY protocol header sent first on each connection of a stream route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A PROXY protocol version (HAProxy's specification).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProxyProtocol {
+    /// The text header: `PROXY TCP4 <client> <listener> <client port> <listener port>\r\n`.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// TCP keep-alive probes on connections to the endpoints, so a peer that vanished (a node

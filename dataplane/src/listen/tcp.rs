@@ -26,7 +26,7 @@ use crate::router::HostMap;
 use crate::tunnel::{EndLabel, Switched, Tunnel};
 use crate::upstream::{BackendPool, Outcome};
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +217,8 @@ impl StreamLive {
 /// What serving one connection reads besides the connection.
 struct Ctx<'a> {
     peer: SocketAddr,
+    /// The gateway's address the client connected to.
+    local: SocketAddr,
     live: &'a StreamLive,
     settings: &'a StreamSettings,
     metrics: &'a Metrics,
@@ -245,8 +247,10 @@ pub(super) async fn serve(
     metrics: &Metrics,
     closing: watch::Receiver<bool>,
 ) {
+    let local = client.local_addr().unwrap_or(peer);
     let ctx = Ctx {
         peer,
+        local,
         live,
         settings,
         metrics,
@@ -350,6 +354,16 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: its backend asks for TLS (a BackendTLSPolicy), not supported for TCP and TLS routes yet");
         return ctx.refused("backend_tls_unsupported");
     }
+    // The backend asked to be told who the client is: that comes before anything else.
+    let hello = match pool.settings().proxy_protocol {
+        None => hello,
+        Some(version) => {
+            let mut first =
+                BytesMut::from(&super::proxy_protocol::header(version, peer, ctx.local)[..]);
+            first.extend_from_slice(&hello);
+            first.freeze()
+        }
+    };
     let Some(upstream) = connect(pool, ctx.settings).await else {
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: no endpoint could be reached");
         return ctx.refused("connect_failed");

@@ -68,6 +68,8 @@ pub struct PoolSettings {
     pub per_try_timeout: Option<Duration>,
     /// Responses compressed on the way to clients.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// The PROXY protocol header a stream route's connections start with.
+    pub proxy_protocol: Option<portico_model::backend::ProxyProtocol>,
 }
 
 impl PoolSettings {
@@ -118,6 +120,7 @@ impl PoolSettings {
                 .compression
                 .as_ref()
                 .map(|c| Arc::new(CompressionPolicy::new(c))),
+            proxy_protocol: s.connection.proxy_protocol,
         }
     }
 }
