@@ -151,6 +151,11 @@ pub struct EdgeLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub max_connections_per_source: Option<i64>,
+    /// Downstream connections per listening socket (a listener, or those sharing its
+    /// address and port; 0: no cap). Default: no cap beyond `maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_connections_per_listener: Option<i64>,
     /// Seconds a new connection may take to send its first bytes. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]

@@ -32,6 +32,9 @@ pub struct ConnectionLimits {
     /// Connections open at once from one source address (an IPv6 /64 counts as one). 0: no
     /// cap.
     pub max_connections_per_source: usize,
+    /// Connections open at once on one listening socket (a listener, or the listeners that
+    /// share its address and port). 0: no cap.
+    pub max_connections_per_listener: usize,
     /// A new connection (after its TLS handshake) must send its first bytes, enough to tell
     /// HTTP/1 from HTTP/2, within this.
     pub first_bytes_timeout: Duration,
@@ -50,6 +53,7 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 10_000,
             max_connections_per_source: 1_000,
+            max_connections_per_listener: 0,
             first_bytes_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

@@ -177,6 +177,11 @@ struct ServeArgs {
     /// one; 0: no cap). Behind a load balancer that does not keep client addresses, raise it.
     #[arg(long, default_value_t = 1_000)]
     max_connections_per_source: usize,
+    /// Downstream connections open at once on one listening socket (a listener, or the
+    /// listeners sharing its address and port; 0: no cap), so one busy listener cannot take
+    /// every connection the dataplane allows. Beyond it, new ones are closed at once.
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_listener: usize,
     /// A connection must send its first bytes (after a TLS handshake) within this, in seconds.
     #[arg(long, default_value_t = 10)]
     first_bytes_timeout_s: u64,
@@ -450,6 +455,7 @@ async fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
             connections: ConnectionLimits {
                 max_connections: args.max_connections,
                 max_connections_per_source: args.max_connections_per_source,
+                max_connections_per_listener: args.max_connections_per_listener,
                 first_bytes_timeout: secs(args.first_bytes_timeout_s.max(1)),
                 write_timeout: secs(args.write_timeout_s.max(1)),
                 idle_timeout: secs(args.idle_timeout_s.max(1)),

@@ -675,7 +675,7 @@ impl Default for Metrics {
         );
         registry.register(
             "downstream_connections_refused",
-            "Connections refused at accept, by reason (max_connections, max_connections_per_source, accept_error)",
+            "Connections refused at accept, by reason (max_connections, max_connections_per_source, max_connections_per_listener, accept_error)",
             connections_refused.clone(),
         );
         registry.register(

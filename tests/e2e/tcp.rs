@@ -534,3 +534,47 @@ fn ip_octets(ip: std::net::IpAddr) -> [u8; 4] {
         std::net::IpAddr::V6(_) => [0; 4],
     }
 }
+
+#[tokio::test]
+async fn a_listener_at_its_connection_limit_refuses_more_while_others_serve() {
+    let a = Echo::start_tcp("a");
+    let ip = loopback_ip();
+    let (busy, other) = (free_port(ip), free_port(ip));
+    let text = format!(
+        "{}{}{}{}",
+        gateway(&[busy, other]),
+        service("a", a.addr),
+        tcp_route("busy", busy, &[("a", 1)]),
+        tcp_route("other", other, &[("a", 1)])
+    );
+    let portico = Portico::start_on(
+        ip,
+        &[("config.yaml", &text)],
+        &["--max-connections-per-listener", "2"],
+    )
+    .await;
+    let first = Conn::open(portico.addr(busy)).await.expect("first");
+    let second = Conn::open(portico.addr(busy)).await.expect("second");
+    assert!(
+        closed_at_once(portico.addr(busy)).await,
+        "a third is refused"
+    );
+    // Another listener has places of its own.
+    assert!(Conn::open(portico.addr(other)).await.is_some());
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_downstream_connections_refused_total{reason=\"max_connections_per_listener\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // A place freed is a place taken again.
+    drop(first);
+    await_some("a freed place", || async {
+        Conn::open(portico.addr(busy)).await.map(|_| ())
+    })
+    .await;
+    drop(second);
+}

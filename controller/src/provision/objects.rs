@@ -581,6 +581,10 @@ fn limit_args(limits: Option<&EdgeLimits>) -> Vec<String> {
     let numbers = [
         ("--max-connections", l.max_connections),
         ("--max-connections-per-source", l.max_connections_per_source),
+        (
+            "--max-connections-per-listener",
+            l.max_connections_per_listener,
+        ),
         ("--first-bytes-timeout-s", l.first_bytes_timeout_seconds),
         ("--header-read-timeout-s", l.header_read_timeout_seconds),
         ("--idle-timeout-s", l.idle_timeout_seconds),

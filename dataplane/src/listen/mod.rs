@@ -139,6 +139,8 @@ struct Shared {
     http: http::HttpShared,
     streams: tcp::StreamSettings,
     admission: Arc<Admission>,
+    /// Connections one socket keeps open at most (0: no cap).
+    per_listener: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -185,6 +187,7 @@ impl Server {
                     max_connections,
                     limits.max_connections_per_source,
                 )),
+                per_listener: limits.max_connections_per_listener,
                 metrics,
             }),
             sockets: Mutex::new(HashMap::new()),
@@ -389,6 +392,8 @@ async fn accept_loop(
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let mut closing_rx = closing.clone();
+    // This socket's open connections, under `--max-connections-per-listener`.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = closing_rx.wait_for(|c| *c) => return,
@@ -405,6 +410,14 @@ async fn accept_loop(
             }
         };
         // Refused at once, before any work: the socket is closed (RST-free FIN).
+        let Some(on_socket) = SocketPlace::take(&open, shared.per_listener) else {
+            shared
+                .metrics
+                .connection_refused("max_connections_per_listener");
+            tracing::debug!(%client, "connection refused: the listener is at its connection limit");
+            drop(stream);
+            continue;
+        };
         let permit = match shared.admission.admit(client.ip()) {
             Ok(p) => p,
             Err(why) => {
@@ -423,7 +436,30 @@ async fn accept_loop(
             serve(stream, client, local_port, &live, &shared, closing).await;
             shared.metrics.connections.dec();
             drop(permit);
+            drop(on_socket);
         });
+    }
+}
+
+/// A connection's place among its socket's open connections; dropping it frees the place.
+struct SocketPlace(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SocketPlace {
+    /// A place, unless `max` (0: no cap) are taken.
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let n = open.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && n > max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for SocketPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
