@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 /// Our GatewayClass, a Gateway `gw` with an HTTP listener on `port`, and an HTTPRoute
 /// sending `/<svc>` to each Service of `services` (port 443).
 fn gateway(port: u16, services: &[&str]) -> String {
+    gateway_and_route(port, services, "")
+}
+
+/// The same, with `spec_extra` in the Gateway's spec (YAML lines at two spaces).
+fn gateway_and_route(port: u16, services: &[&str], spec_extra: &str) -> String {
     let rules: String = services
         .iter()
         .map(|s| {
@@ -19,26 +24,17 @@ fn gateway(port: u16, services: &[&str]) -> String {
             )
         })
         .collect();
+    let listeners = format!("  - {{name: http, port: {port}, protocol: HTTP}}\n");
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
+        "{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: r, namespace: default}}
 spec:
   parentRefs: [{{name: gw}}]
   rules:
-{rules}"
+{rules}",
+        gateway_yaml("gw", spec_extra, &listeners)
     )
 }
 
@@ -193,11 +189,10 @@ async fn the_gateway_presents_its_client_certificate_to_backends_that_ask() {
     let port = free_port(ip);
     let validation = "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: backend.internal}";
     let with_client_cert = |secret: &str| {
-        let mut text = gateway(port, &["svc"]).replace(
-            "  gatewayClassName: portico\n",
-            &format!(
-                "  gatewayClassName: portico\n  tls: {{backend: {{clientCertificateRef: {{name: {secret}}}}}}}\n"
-            ),
+        let mut text = gateway_and_route(
+            port,
+            &["svc"],
+            &format!("  tls: {{backend: {{clientCertificateRef: {{name: {secret}}}}}}}\n"),
         );
         text.push_str(&config_map("ca", &ca.pem));
         text.push_str(&service("svc", backend.addr));
@@ -251,18 +246,7 @@ async fn a_tcp_route_to_a_service_under_a_backend_tls_policy_is_refused_not_sent
     let ip = loopback_ip();
     let port = free_port(ip);
     let text = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners: [{{name: tcp, port: {port}, protocol: TCP}}]
----
+        "{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TCPRoute
 metadata: {{name: t, namespace: default}}
@@ -270,6 +254,11 @@ spec:
   parentRefs: [{{name: gw}}]
   rules: [{{backendRefs: [{{name: svc, port: 443}}]}}]
 {}{}",
+        gateway_yaml(
+            "gw",
+            "",
+            &format!("  - {{name: tcp, port: {port}, protocol: TCP}}\n")
+        ),
         service("svc", backend.addr),
         policy(
             "svc",

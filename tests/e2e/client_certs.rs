@@ -26,6 +26,55 @@ async fn status(
     Some(r.status.as_u16())
 }
 
+/// The ConfigMap `clients` holding `ca_pem`, then Service `echo` for `backend`, as YAML.
+fn clients_and_echo(ca_pem: &str, backend: std::net::SocketAddr) -> String {
+    let ca_yaml: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: clients, namespace: default}}
+data:
+  ca.crt: |
+{ca_yaml}---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: default
+  annotations: {{portico.dev/endpoints: \"{backend}\"}}
+spec:
+  ports: [{{port: 80}}]
+"
+    )
+}
+
+/// Standalone YAML: Gateway `gw` with its `tls:` block `spec_tls` (YAML at two spaces) and
+/// `listeners`, HTTPRoute `r` from it to `echo`, the ConfigMap `clients`, Service `echo`,
+/// Secret `server` (`server_cert`, `server_key`), then `extra`.
+fn config(
+    spec_tls: &str,
+    listeners: &str,
+    ca_pem: &str,
+    backend: std::net::SocketAddr,
+    (server_cert, server_key): (&str, &str),
+    extra: &str,
+) -> String {
+    format!(
+        "{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
+{}{}{extra}",
+        gateway_yaml("gw", spec_tls, listeners),
+        clients_and_echo(ca_pem, backend),
+        tls::secret_yaml("server", "default", server_cert, server_key),
+    )
+}
+
 #[tokio::test]
 async fn a_port_lets_in_only_clients_its_ca_signed_unless_it_falls_back_insecurely() {
     let echo = Echo::start("echo");
@@ -36,24 +85,13 @@ async fn a_port_lets_in_only_clients_its_ca_signed_unless_it_falls_back_insecure
     let (server_cert, server_key) = tls::self_signed(&["app.example.test"]);
     let ip = loopback_ip();
     let (strict, fallback, open) = (free_port(ip), free_port(ip), free_port(ip));
-    let ca_yaml: String = ca.pem.lines().map(|l| format!("    {l}\n")).collect();
     let listener = |name: &str, port: u16| {
         format!(
             "  - {{name: {name}, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: server}}]}}}}\n"
         )
     };
-    let text = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  tls:
+    let frontend = format!(
+        "  tls:
     frontend:
       default:
         validation:
@@ -66,35 +104,21 @@ spec:
             caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: clients}}]
       - port: {open}
         tls: {{}}
-  listeners:
-{}{}{}---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: clients, namespace: default}}
-data:
-  ca.crt: |
-{ca_yaml}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-  annotations: {{portico.dev/endpoints: \"{}\"}}
-spec:
-  ports: [{{port: 80}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
-{}",
+"
+    );
+    let listeners = [
         listener("strict", strict),
         listener("fallback", fallback),
         listener("open", open),
+    ]
+    .concat();
+    let text = config(
+        &frontend,
+        &listeners,
+        &ca.pem,
         echo.addr,
-        tls::secret_yaml("server", "default", &server_cert, &server_key),
+        (&server_cert, &server_key),
+        "",
     );
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
     let own = Some((client_cert.as_str(), client_key.as_str()));
@@ -157,61 +181,34 @@ async fn an_auth_policy_takes_the_verified_client_certificate_as_the_consumer() 
     let (server_cert, server_key) = tls::self_signed(&["app.example.test"]);
     let ip = loopback_ip();
     let port = free_port(ip);
-    let ca_yaml: String = ca.pem.lines().map(|l| format!("    {l}\n")).collect();
     // The port falls back insecurely, so the policy is what keeps unverified clients out.
-    let text = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  tls:
+    let frontend = "  tls:
     frontend:
       default:
         validation:
           mode: AllowInsecureFallback
-          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: clients}}]
-  listeners:
-  - {{name: https, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: server}}]}}}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: clients, namespace: default}}
-data:
-  ca.crt: |
-{ca_yaml}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-  annotations: {{portico.dev/endpoints: \"{}\"}}
-spec:
-  ports: [{{port: 80}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
----
+          caCertificateRefs: [{group: \"\", kind: ConfigMap, name: clients}]
+";
+    let listeners = format!(
+        "  - {{name: https, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: server}}]}}}}\n"
+    );
+    let policy = "---
 apiVersion: portico.dev/v1alpha1
 kind: AuthPolicy
-metadata: {{name: mtls, namespace: default}}
+metadata: {name: mtls, namespace: default}
 spec:
-  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}}]
-  mtls: {{consumerFrom: URI}}
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  mtls: {consumerFrom: URI}
   authorization:
-    rules: [{{consumers: [\"spiffe://example.test/alice\"]}}]
-{}",
+    rules: [{consumers: [\"spiffe://example.test/alice\"]}]
+";
+    let text = config(
+        frontend,
+        &listeners,
+        &ca.pem,
         echo.addr,
-        tls::secret_yaml("server", "default", &server_cert, &server_key),
+        (&server_cert, &server_key),
+        policy,
     );
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
     // Alice's certificate verifies and names her: the backend is told who she is.
@@ -247,7 +244,6 @@ async fn gateways_that_share_a_socket_cannot_mix_client_validation() {
     let (server_cert, server_key) = tls::self_signed(&["a.example.test", "b.example.test"]);
     let ip = loopback_ip();
     let port = free_port(ip);
-    let ca_yaml: String = ca.pem.lines().map(|l| format!("    {l}\n")).collect();
     let gateway = |name: &str, host: &str, frontend: &str| {
         format!(
             "---
@@ -274,25 +270,10 @@ spec:
 kind: GatewayClass
 metadata: {{name: portico}}
 spec: {{controllerName: portico.dev/gateway-controller}}
-{}{}---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: clients, namespace: default}}
-data:
-  ca.crt: |
-{ca_yaml}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-  annotations: {{portico.dev/endpoints: \"{}\"}}
-spec:
-  ports: [{{port: 80}}]
-{}",
+{}{}{}{}",
         gateway("a", "a.example.test", ""),
         gateway("b", "b.example.test", strict),
-        echo.addr,
+        clients_and_echo(&ca.pem, echo.addr),
         tls::secret_yaml("server", "default", &server_cert, &server_key),
     );
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;

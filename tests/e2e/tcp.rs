@@ -20,20 +20,7 @@ fn gateway(ports: &[u16]) -> String {
 
 /// Our GatewayClass and a Gateway `gw` with `listeners` (YAML list items, one per line).
 fn gateway_with(listeners: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-{listeners}"
-    )
+    gateway_yaml("gw", "", listeners)
 }
 
 /// A Service `name` on port 9000 whose one endpoint is `backend`.

@@ -12,20 +12,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 /// Our GatewayClass and a Gateway `gw` with `listeners` (YAML list items, one per line).
 fn gateway_with(listeners: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-{listeners}"
-    )
+    gateway_yaml("gw", "", listeners)
 }
 
 /// A Gateway `gw` with a UDP listener on each of `ports` (`udp-<port>`).

@@ -267,6 +267,26 @@ where
     }
 }
 
+/// Standalone YAML: our GatewayClass `portico` and a Gateway `name` in `default` with
+/// `spec_extra` (YAML lines at two spaces, such as a `tls:` block) and `listeners` (YAML list
+/// items at two spaces, one per line).
+pub fn gateway_yaml(name: &str, spec_extra: &str, listeners: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  gatewayClassName: portico
+{spec_extra}  listeners:
+{listeners}"
+    )
+}
+
 pub fn wait_port(addr: SocketAddr) {
     let end = Instant::now() + DEADLINE;
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {

@@ -257,48 +257,23 @@ impl Dependencies {
                 refs,
             );
         }
-        for r in &inputs.tcp_routes {
-            let refs = r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backend_refs.iter())
-                .map(|b| (b.namespace.clone(), b.name.clone()));
-            d.add_route(
-                RouteKind::Tcp,
-                &r.metadata,
-                tcp_route_parents(r, &sets),
-                refs,
-            );
+        // TCPRoutes, TLSRoutes and UDPRoutes: one shape in three generated types.
+        macro_rules! stream_routes {
+            ($routes:expr, $kind:expr, $parents:path) => {
+                for r in $routes {
+                    let refs = r
+                        .spec
+                        .rules
+                        .iter()
+                        .flat_map(|rule| rule.backend_refs.iter())
+                        .map(|b| (b.namespace.clone(), b.name.clone()));
+                    d.add_route($kind, &r.metadata, $parents(r, &sets), refs);
+                }
+            };
         }
-        for r in &inputs.tls_routes {
-            let refs = r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backend_refs.iter())
-                .map(|b| (b.namespace.clone(), b.name.clone()));
-            d.add_route(
-                RouteKind::Tls,
-                &r.metadata,
-                tls_route_parents(r, &sets),
-                refs,
-            );
-        }
-        for r in &inputs.udp_routes {
-            let refs = r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backend_refs.iter())
-                .map(|b| (b.namespace.clone(), b.name.clone()));
-            d.add_route(
-                RouteKind::Udp,
-                &r.metadata,
-                udp_route_parents(r, &sets),
-                refs,
-            );
-        }
+        stream_routes!(&inputs.tcp_routes, RouteKind::Tcp, tcp_route_parents);
+        stream_routes!(&inputs.tls_routes, RouteKind::Tls, tls_route_parents);
+        stream_routes!(&inputs.udp_routes, RouteKind::Udp, udp_route_parents);
         // A policy is read by the Gateways it targets, directly, through a route, or through
         // the routes that send to a Service it targets; so are its Secrets. (Routes are all
         // in the map by now, so a Service's Gateways are known.)
