@@ -7,6 +7,7 @@
 //! A connection goes back to its origin's idle ones only once its response body was read
 //! whole; idle ones older than the idle timeout are not reused.
 
+use super::tls::UpstreamIo;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
@@ -24,11 +25,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 /// How a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,9 +203,9 @@ impl HttpClient {
                     host: origin.host.clone(),
                     source,
                 })?;
-            CallIo::Tls(Box::new(stream))
+            UpstreamIo::Tls(Box::new(stream))
         } else {
-            CallIo::Plain(tcp)
+            UpstreamIo::Plain(tcp)
         };
         let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
@@ -272,52 +271,6 @@ async fn connect_tcp(origin: &Origin) -> Result<TcpStream, CallError> {
         host: origin.host.clone(),
         source: last,
     })
-}
-
-/// A connection, with or without TLS.
-enum CallIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for CallIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            CallIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            CallIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for CallIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            CallIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            CallIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            CallIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            CallIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            CallIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            CallIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 /// A call's response body; its connection goes back to its origin's idle ones once the
