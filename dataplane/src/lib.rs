@@ -43,6 +43,7 @@ pub mod mirror;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod request;
 pub mod router;

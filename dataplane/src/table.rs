@@ -103,17 +103,25 @@ pub fn build(
                     ));
                     continue;
                 }
-                owners.insert(slot, (gw.clone(), l.name.clone()));
                 let terminates = matches!(l.protocol, Protocol::Https | Protocol::TlsTerminate);
-                if let Some(tls) = l.tls.as_ref().filter(|_| terminates) {
+                let tls = l.tls.as_ref().filter(|_| terminates);
+                // Checked before the listener takes its slot: one refused here holds no
+                // hostname another could have.
+                if let Some(tls) = tls
+                    && !certificates
+                        .entry(sa)
+                        .or_default()
+                        .validate_clients(tls.client_validation.as_ref())
+                {
+                    t.warnings.push(format!(
+                        "listener {gw}/{} asks other client certificates than the listeners before it on {sa} (one handshake serves them all); not served",
+                        l.name
+                    ));
+                    continue;
+                }
+                owners.insert(slot, (gw.clone(), l.name.clone()));
+                if let Some(tls) = tls {
                     let socket_certs = certificates.entry(sa).or_default();
-                    if !socket_certs.validate_clients(tls.client_validation.as_ref()) {
-                        t.warnings.push(format!(
-                            "listener {gw}/{} asks other client certificates than the listeners before it on {sa} (one handshake serves them all); not served",
-                            l.name
-                        ));
-                        continue;
-                    }
                     let added = socket_certs.add(l.hostname.as_deref(), &tls.certificates);
                     t.warnings.extend(
                         added

@@ -160,11 +160,14 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
             if oid != [0x55, 0x04, 0x03] {
                 continue;
             }
-            // UTF8String, PrintableString or IA5String.
+            // UTF8String, PrintableString or IA5String; the last CN in another encoding
+            // leaves none (never an earlier one in its place).
             let ((tag, text), _) = der_any(value)?;
-            if matches!(tag, 0x0c | 0x13 | 0x16) {
-                found = Some(String::from_utf8(text.to_vec()).ok()?);
-            }
+            found = if matches!(tag, 0x0c | 0x13 | 0x16) {
+                Some(String::from_utf8(text.to_vec()).ok()?)
+            } else {
+                None
+            };
         }
     }
     found

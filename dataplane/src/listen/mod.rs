@@ -22,7 +22,6 @@
 
 pub mod h1;
 pub mod http;
-mod proxy_protocol;
 mod settings;
 pub mod sni;
 pub mod tcp;

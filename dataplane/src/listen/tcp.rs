@@ -217,8 +217,8 @@ impl StreamLive {
 /// What serving one connection reads besides the connection.
 struct Ctx<'a> {
     peer: SocketAddr,
-    /// The gateway's address the client connected to.
-    local: SocketAddr,
+    /// The gateway's address the client connected to, if the socket says.
+    local: Option<SocketAddr>,
     live: &'a StreamLive,
     settings: &'a StreamSettings,
     metrics: &'a Metrics,
@@ -247,7 +247,7 @@ pub(super) async fn serve(
     metrics: &Metrics,
     closing: watch::Receiver<bool>,
 ) {
-    let local = client.local_addr().unwrap_or(peer);
+    let local = client.local_addr().ok();
     let ctx = Ctx {
         peer,
         local,
@@ -359,7 +359,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         None => hello,
         Some(version) => {
             let mut first =
-                BytesMut::from(&super::proxy_protocol::header(version, peer, ctx.local)[..]);
+                BytesMut::from(&crate::proxy_protocol::header(version, peer, ctx.local)[..]);
             first.extend_from_slice(&hello);
             first.freeze()
         }

@@ -12,7 +12,7 @@ use super::tls::{UpstreamIo, UpstreamTls};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portico_model::backend::{HealthCheck, Probe};
+use portico_model::backend::{HealthCheck, Probe, ProxyProtocol};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -96,17 +96,33 @@ pub(super) async fn probe(
     addr: SocketAddr,
     check: &HealthCheck,
     tls: Option<&UpstreamTls>,
+    proxy: Option<ProxyProtocol>,
 ) -> bool {
     let timeout = Duration::from_millis(check.timeout_ms);
-    tokio::time::timeout(timeout, probe_once(addr, &check.probe, tls))
+    tokio::time::timeout(timeout, probe_once(addr, &check.probe, tls, proxy))
         .await
         .unwrap_or(false)
 }
 
-async fn probe_once(addr: SocketAddr, probe: &Probe, tls: Option<&UpstreamTls>) -> bool {
-    let Ok(tcp) = TcpStream::connect(addr).await else {
+async fn probe_once(
+    addr: SocketAddr,
+    probe: &Probe,
+    tls: Option<&UpstreamTls>,
+    proxy: Option<ProxyProtocol>,
+) -> bool {
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
         return false;
     };
+    // A backend that takes the PROXY protocol takes it first on every connection: the
+    // gateway's own says it carries no client (v2 LOCAL, v1 UNKNOWN).
+    if let Some(version) = proxy
+        && tcp
+            .write_all(&crate::proxy_protocol::unknown(version))
+            .await
+            .is_err()
+    {
+        return false;
+    }
     let mut stream = match tls {
         None => UpstreamIo::Plain(tcp),
         Some(tls) => match tls.connect(tcp).await {
@@ -332,6 +348,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_probe_to_a_backend_that_takes_the_proxy_protocol_says_local_first() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let first = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 16];
+            s.read_exact(&mut head).await.expect("read");
+            head
+        });
+        let check = HealthCheck {
+            probe: Probe::Tcp,
+            ..check(1, 1)
+        };
+        assert!(probe(addr, &check, None, Some(ProxyProtocol::V2)).await);
+        let head = first.await.expect("the backend read");
+        assert_eq!(
+            &head[..],
+            &crate::proxy_protocol::unknown(ProxyProtocol::V2)[..]
+        );
+    }
+
+    #[tokio::test]
     async fn probes_of_each_kind_over_real_sockets() {
         let grpc_server = grpc_health_server().await;
         let with = |probe| HealthCheck {
@@ -343,10 +384,10 @@ mod tests {
                 service: service.into(),
             })
         };
-        assert!(probe(grpc_server, &grpc(""), None).await);
-        assert!(probe(grpc_server, &grpc("up"), None).await);
+        assert!(probe(grpc_server, &grpc(""), None, None).await);
+        assert!(probe(grpc_server, &grpc("up"), None, None).await);
         assert!(
-            !probe(grpc_server, &grpc("down"), None).await,
+            !probe(grpc_server, &grpc("down"), None, None).await,
             "NOT_SERVING"
         );
         // TCP: a listener passes; a port nobody listens on fails.
@@ -354,9 +395,9 @@ mod tests {
             .await
             .expect("bind");
         let open_addr = open.local_addr().expect("addr");
-        assert!(probe(open_addr, &with(Probe::Tcp), None).await);
+        assert!(probe(open_addr, &with(Probe::Tcp), None, None).await);
         drop(open);
-        assert!(!probe(open_addr, &with(Probe::Tcp), None).await);
+        assert!(!probe(open_addr, &with(Probe::Tcp), None, None).await);
         // HTTP: a listener that never answers fails within the timeout; an HTTP/2-only
         // server (the gRPC one) does not speak HTTP/1.1 and fails too.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -368,8 +409,8 @@ mod tests {
             host: None,
             expected: vec![(200, 200)],
         });
-        assert!(!probe(silent.local_addr().expect("addr"), &http, None).await);
-        assert!(!probe(grpc_server, &http, None).await);
+        assert!(!probe(silent.local_addr().expect("addr"), &http, None, None).await);
+        assert!(!probe(grpc_server, &http, None, None).await);
     }
 
     #[test]

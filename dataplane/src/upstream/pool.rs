@@ -260,8 +260,10 @@ impl BackendPool {
         let mut probes = tokio::task::JoinSet::new();
         for e in set.all() {
             let (e, check, tls) = (e.clone(), check.clone(), self.tls.clone());
+            // Probes take the PROXY protocol as stream routes' connections do.
+            let proxy = self.settings.load().proxy_protocol;
             probes.spawn(async move {
-                let passed = health::probe(e.addr, &check, tls.as_ref()).await;
+                let passed = health::probe(e.addr, &check, tls.as_ref(), proxy).await;
                 (e, passed)
             });
         }
