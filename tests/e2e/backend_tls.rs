@@ -55,10 +55,7 @@ spec:
 }
 
 fn config_map(name: &str, ca_pem: &str) -> String {
-    let indented: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{indented}"
-    )
+    tls::ca_config_map_yaml(name, ca_pem)
 }
 
 /// A BackendTLSPolicy `name` on Service `svc` with `validation` (a YAML flow mapping).

@@ -28,15 +28,8 @@ async fn status(
 
 /// The ConfigMap `clients` holding `ca_pem`, then Service `echo` for `backend`, as YAML.
 fn clients_and_echo(ca_pem: &str, backend: std::net::SocketAddr) -> String {
-    let ca_yaml: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
     format!(
-        "---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: clients, namespace: default}}
-data:
-  ca.crt: |
-{ca_yaml}---
+        "{}---
 apiVersion: v1
 kind: Service
 metadata:
@@ -45,7 +38,8 @@ metadata:
   annotations: {{portico.dev/endpoints: \"{backend}\"}}
 spec:
   ports: [{{port: 80}}]
-"
+",
+        tls::ca_config_map_yaml("clients", ca_pem)
     )
 }
 

@@ -74,6 +74,15 @@ impl Ca {
     }
 }
 
+/// A ConfigMap `name` in `default` whose `ca.crt` is `ca_pem`, as YAML for standalone mode
+/// (what BackendTLSPolicies and `spec.tls.frontend` name for CA certificates).
+pub fn ca_config_map_yaml(name: &str, ca_pem: &str) -> String {
+    let indented: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{indented}"
+    )
+}
+
 /// A `kubernetes.io/tls` Secret as YAML for standalone mode.
 pub fn secret_yaml(name: &str, ns: &str, cert_pem: &str, key_pem: &str) -> String {
     let indent = |pem: &str| {

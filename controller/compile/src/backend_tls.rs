@@ -258,38 +258,25 @@ fn service_gateways(
                 .extend(parents.iter().cloned());
         }
     };
-    for r in &inputs.http_routes {
-        let refs = r
-            .spec
-            .rules
-            .iter()
-            .flatten()
-            .flat_map(|rule| rule.backend_refs.iter().flatten())
-            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
-            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
-            .collect();
-        add(
-            &namespace_of(&r.metadata),
-            http_route_parents(r, &sets),
-            refs,
-        );
+    // HTTPRoutes and GRPCRoutes: one shape in two generated types.
+    macro_rules! routes {
+        ($routes:expr, $parents:path) => {
+            for r in $routes {
+                let refs = r
+                    .spec
+                    .rules
+                    .iter()
+                    .flatten()
+                    .flat_map(|rule| rule.backend_refs.iter().flatten())
+                    .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+                    .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+                    .collect();
+                add(&namespace_of(&r.metadata), $parents(r, &sets), refs);
+            }
+        };
     }
-    for r in &inputs.grpc_routes {
-        let refs = r
-            .spec
-            .rules
-            .iter()
-            .flatten()
-            .flat_map(|rule| rule.backend_refs.iter().flatten())
-            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
-            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
-            .collect();
-        add(
-            &namespace_of(&r.metadata),
-            grpc_route_parents(r, &sets),
-            refs,
-        );
-    }
+    routes!(&inputs.http_routes, http_route_parents);
+    routes!(&inputs.grpc_routes, grpc_route_parents);
     out
 }
 
