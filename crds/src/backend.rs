@@ -626,7 +626,8 @@ pub struct CircuitBreaker {
     /// limit, a request that finds no idle connection to its endpoint first closes an idle
     /// one to another endpoint; when every connection is busy it waits (one of
     /// `maxPendingRequests`) up to the connect timeout for one to free up, then is
-    /// answered 503 (`maxConnections`).
+    /// answered 503 (`maxConnections`). A TCPRoute or TLSRoute connection and a UDPRoute
+    /// flow to the backend count as one connection each, and are refused at the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     #[schemars(extend("format" = "int64"))]

@@ -93,7 +93,8 @@ struct UpstreamErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OverloadLabels {
     backend: String,
-    /// The circuit-breaker limit: `maxRequests` or `maxRetries`.
+    /// The circuit-breaker limit: `maxRequests`, `maxRetries`, `maxConnections` or
+    /// `maxPendingRequests`.
     limit: &'static str,
 }
 
@@ -635,7 +636,7 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_overloaded",
-            "Requests answered 503 (limit=maxRequests) and retries not made (limit=maxRetries) because a BackendPolicy circuit breaker was at its limit, by backend",
+            "Requests answered 503 (limit=maxRequests, maxConnections, maxPendingRequests), retries not made (limit=maxRetries) and TCP/TLS connections or UDP flows refused (limit=maxConnections) because a BackendPolicy circuit breaker was at its limit, by backend",
             upstream_overloaded.clone(),
         );
         registry.register(

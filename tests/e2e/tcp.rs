@@ -565,3 +565,86 @@ async fn a_listener_at_its_connection_limit_refuses_more_while_others_serve() {
     .await;
     drop(second);
 }
+
+#[tokio::test]
+async fn a_backend_at_its_max_connections_refuses_more_and_least_request_sees_open_ones() {
+    let (a, b) = (Echo::start_tcp("a"), Echo::start_tcp("b"));
+    let ip = loopback_ip();
+    let (limited, balanced) = (free_port(ip), free_port(ip));
+    let two = format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: two, namespace: default, annotations: {{portico.dev/endpoints: \"{},{}\"}}}}
+spec: {{ports: [{{port: 9000}}]}}
+",
+        a.addr, b.addr
+    );
+    let text = format!(
+        "{}{}{two}{}{}
+---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: one-at-a-time, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: a}}]
+  circuitBreaker: {{maxConnections: 1}}
+---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: least, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: two}}]
+  loadBalancer: {{type: LeastRequest}}
+",
+        gateway(&[limited, balanced]),
+        service("a", a.addr),
+        tcp_route("limited", limited, &[("a", 1)]),
+        tcp_route("balanced", balanced, &[("two", 1)])
+    );
+    let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
+    let first = Conn::open(portico.addr(limited)).await.expect("first");
+    assert!(
+        closed_at_once(portico.addr(limited)).await,
+        "a second connection to the backend is refused"
+    );
+    let metrics = portico.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_tcp_connections_closed_total{reason=\"max_connections_to_backend\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("limit=\"maxConnections\"} 1"),
+        "counted as the circuit breaker's: {metrics}"
+    );
+    // Its place is free again once the first closes.
+    drop(first);
+    let mut again = await_some("a freed place", || async {
+        Conn::open(portico.addr(limited)).await
+    })
+    .await;
+    assert_eq!(again.echo("still").await, "still");
+
+    // Least request (the default balancer): while one connection stays open to an endpoint,
+    // each new one goes to the other, where round robin would alternate.
+    let held = Conn::open(portico.addr(balanced)).await.expect("held");
+    for i in 0..4 {
+        let conn = Conn::open(portico.addr(balanced)).await.expect("balanced");
+        assert_ne!(
+            conn.name, held.name,
+            "connection {i} went to the busy endpoint"
+        );
+        drop(conn);
+        // Closed on the gateway's side too before the next (the limited one and `held`).
+        await_some("the connection closed", || async {
+            let metrics = portico.metrics().await;
+            (metric(&metrics, "portico_tcp_connections") == Some(2.0)).then_some(())
+        })
+        .await;
+    }
+    drop((held, again));
+}

@@ -355,3 +355,52 @@ async fn a_flow_whose_endpoint_leaves_the_backend_ends_and_the_client_moves_on()
     .await;
     assert_eq!(ask(&socket, "again").await.as_deref(), Some("b"));
 }
+
+#[tokio::test]
+async fn a_backend_at_its_max_connections_takes_no_more_flows_until_one_ends() {
+    let a = Echo::start_udp("a");
+    let ip = loopback_ip();
+    let port = free_port(ip);
+    let text = format!(
+        "{}{}{}
+---
+apiVersion: portico.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: one-flow, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: a}}]
+  circuitBreaker: {{maxConnections: 1}}
+",
+        gateway(&[port]),
+        service("a", "UDP", a.addr),
+        udp_route("ok", port, &[("a", 1)])
+    );
+    let portico = Portico::start_on(
+        ip,
+        &[("config.yaml", &text)],
+        &["--udp-idle-timeout-s", "1"],
+    )
+    .await;
+    let first = client(portico.addr(port)).await;
+    assert_eq!(ask(&first, "one").await.as_deref(), Some("a"));
+    // A second client is a second flow: no room for it while the first lives.
+    let second = client(portico.addr(port)).await;
+    assert_eq!(
+        ask_within(&second, "two", Duration::from_millis(300)).await,
+        None
+    );
+    await_metric(
+        &portico,
+        "portico_udp_datagrams_dropped_total{reason=\"max_connections_to_backend\"}",
+        1.0,
+    )
+    .await;
+    // The first flow ends idle; its place goes to the next flow.
+    await_metric(
+        &portico,
+        "portico_udp_flows_closed_total{reason=\"idle_timeout\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(ask(&second, "three").await.as_deref(), Some("a"));
+}

@@ -24,7 +24,7 @@ use super::sni::{self, Hello};
 use crate::metrics::Metrics;
 use crate::router::HostMap;
 use crate::tunnel::{EndLabel, Switched, Tunnel};
-use crate::upstream::{BackendPool, Outcome};
+use crate::upstream::{BackendPool, Outcome, PoolSettings, StreamHold};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -364,14 +364,19 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
             first.freeze()
         }
     };
-    let Some(upstream) = connect(pool, ctx.settings).await else {
+    let policy = pool.settings();
+    let Ok(mut hold) = pool.hold_stream(&policy) else {
+        tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: its backend's circuit breaker is at maxConnections");
+        return ctx.refused("max_connections_to_backend");
+    };
+    let Some(upstream) = connect(pool, &policy, &mut hold, ctx.settings).await else {
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: no endpoint could be reached");
         return ctx.refused("connect_failed");
     };
     let tunnel = Tunnel::new(
         Switched {
             io: Box::new(upstream),
-            hold: Box::new(()),
+            hold: Box::new(hold),
         },
         ctx.settings.idle_timeout,
         ctx.settings.write_timeout,
@@ -394,29 +399,35 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A connection to an endpoint of `pool`: the balancer's candidates in order, each failure
-/// counted against its endpoint (passive health), up to [`MAX_CONNECT_ATTEMPTS`].
-async fn connect(pool: &BackendPool, settings: &StreamSettings) -> Option<TcpStream> {
+/// counted against its endpoint (passive health), up to [`MAX_CONNECT_ATTEMPTS`]; `hold`
+/// follows the endpoint tried.
+async fn connect(
+    pool: &BackendPool,
+    policy: &PoolSettings,
+    hold: &mut StreamHold,
+    settings: &StreamSettings,
+) -> Option<TcpStream> {
     let set = pool.endpoints();
-    let policy = pool.settings();
     for endpoint in pool
-        .candidates(&set, &policy, None)
+        .candidates(&set, policy, None)
         .take(MAX_CONNECT_ATTEMPTS)
     {
+        hold.to(endpoint);
         match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(endpoint.addr))
             .await
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                pool.record(endpoint, Outcome::Success, &policy);
+                pool.record(endpoint, Outcome::Success, policy);
                 return Some(stream);
             }
             Ok(Err(e)) => {
                 tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, error = %e, "TCP connect failed");
-                pool.record(endpoint, Outcome::GatewayError, &policy);
+                pool.record(endpoint, Outcome::GatewayError, policy);
             }
             Err(_) => {
                 tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, "TCP connect timed out");
-                pool.record(endpoint, Outcome::GatewayError, &policy);
+                pool.record(endpoint, Outcome::GatewayError, policy);
             }
         }
     }

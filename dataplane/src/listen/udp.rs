@@ -22,7 +22,7 @@
 use super::tcp::{StreamForward, StreamLive, StreamSettings, retired};
 use crate::metrics::Metrics;
 use crate::tunnel::EndLabel;
-use crate::upstream::{BackendPool, Endpoint, Outcome, PoolSettings};
+use crate::upstream::{BackendPool, Endpoint, Outcome, PoolSettings, StreamHold};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -129,15 +129,21 @@ pub(super) async fn serve(
             dropped("no_backend");
             continue;
         };
+        let policy = pool.settings();
         let endpoint = {
             let set = pool.endpoints();
-            let policy = pool.settings();
             pool.candidates(&set, &policy, None).next().cloned()
         };
         let Some(endpoint) = endpoint else {
             dropped("no_endpoint");
             continue;
         };
+        // A flow counts as a connection under the backend's `maxConnections`.
+        let Ok(mut hold) = pool.hold_stream(&policy) else {
+            dropped("max_connections_to_backend");
+            continue;
+        };
+        hold.to(&endpoint);
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         // A new queue has room for its first datagram.
         let _ = tx.try_send(datagram);
@@ -148,6 +154,7 @@ pub(super) async fn serve(
             pool,
             endpoint,
             route,
+            _hold: hold,
         };
         let (live, metrics, closing) = (live.clone(), metrics.clone(), closing.clone());
         tokio::spawn(async move {
@@ -172,6 +179,8 @@ struct Flow {
     pool: Arc<BackendPool>,
     endpoint: Endpoint,
     route: Arc<StreamForward>,
+    /// Its place under the backend's `maxConnections`, and its endpoint's in-flight count.
+    _hold: StreamHold,
 }
 
 impl Flow {

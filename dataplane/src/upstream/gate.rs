@@ -75,6 +75,18 @@ impl ConnGate {
         None
     }
 
+    /// A place for one more connection under `max` (`None`: no limit) if there is one now,
+    /// never waiting: a forwarded TCP connection or UDP flow is refused at the limit.
+    pub(super) fn try_open(self: &Arc<Self>, max: Option<u32>) -> Option<Open> {
+        match max {
+            None => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+                Some(Open(self.clone()))
+            }
+            Some(max) => self.take(usize::try_from(max).unwrap_or(usize::MAX)),
+        }
+    }
+
     /// Room for one more connection (`max`: `None`, no limit), at once if there is some.
     /// At the limit, `make_room` may close an idle connection (of another endpoint) first;
     /// else the request waits, as one of at most `max_pending`, until `deadline` for a

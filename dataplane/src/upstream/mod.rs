@@ -31,7 +31,7 @@ pub use h1::{H1Error, read_response};
 pub use outlier::{Outcome, OutlierSettings};
 pub use pool::{
     Admitted, BackendPool, Overloaded, PoolKey, PoolSettings, RetryPermit, ServiceEndpoints,
-    ServiceKey, Upstreams, hash_key, pool_key,
+    ServiceKey, StreamHold, Upstreams, hash_key, pool_key,
 };
 pub use retry::BudgetSettings;
 

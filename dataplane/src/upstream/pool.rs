@@ -131,6 +131,24 @@ pub struct Overloaded {
     pub limit: &'static str,
 }
 
+/// One forwarded TCP or TLS connection, or UDP flow, counted against its backend until
+/// dropped: a place under the circuit breaker's `maxConnections` (shared with the HTTP
+/// connections to the same backend), and its endpoint's in-flight count, so least-request
+/// balancing sees long-lived connections as load.
+#[derive(Debug)]
+pub struct StreamHold {
+    _place: super::gate::Open,
+    in_flight: Option<super::endpoint::InFlight>,
+}
+
+impl StreamHold {
+    /// The connection goes to `endpoint` (it is connecting, or connected): counted there,
+    /// and no longer at the endpoint it tried before.
+    pub fn to(&mut self, endpoint: &super::endpoint::Endpoint) {
+        self.in_flight = Some(super::endpoint::InFlight::new(&endpoint.state));
+    }
+}
+
 /// A retry the budget and the circuit breaker let through.
 #[derive(Debug)]
 pub struct RetryPermit {
@@ -222,6 +240,22 @@ impl BackendPool {
             metrics,
             gate: Arc::default(),
         }
+    }
+
+    /// Counts one forwarded connection or flow, if the circuit breaker's `maxConnections`
+    /// has room for it now (a stream is refused at the limit, never queued; a refusal is
+    /// counted in `portico_upstream_overloaded{limit="maxConnections"}`). Taken before
+    /// connecting, so a refused client costs the backend nothing.
+    pub fn hold_stream(&self, settings: &PoolSettings) -> Result<StreamHold, Overloaded> {
+        let limit = "maxConnections";
+        let Some(place) = self.gate.try_open(settings.breaker.max_connections) else {
+            self.metrics.overloaded(limit);
+            return Err(Overloaded { limit });
+        };
+        Ok(StreamHold {
+            _place: place,
+            in_flight: None,
+        })
     }
 
     /// The settings now.
