@@ -15,6 +15,7 @@ mod peers;
 
 mod cache;
 mod compression;
+mod l4;
 #[path = "policy_cost.rs"]
 mod policy_cost;
 mod websocket;
@@ -589,7 +590,7 @@ fn main() {
     );
     // Keep-alive req/s by worker count and peer, for the many-routes comparison.
     let mut one_route: BTreeMap<usize, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`, `websocket`, `compression`, `cache`)
+    // `PORTICO_BENCH_ONLY=auth` (or `ratelimit`, `backend`, `websocket`, `l4`, `compression`, `cache`)
     // measures just that section (a quick run).
     let only = std::env::var("PORTICO_BENCH_ONLY").ok();
     let worker_counts: &[usize] = if only.is_some() { &[] } else { &[1, 2] };
@@ -642,8 +643,9 @@ fn main() {
 
     // The sections after the side-by-side tables, each run alone with
     // `PORTICO_BENCH_ONLY=<name>`.
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("websocket", websocket::section),
+        ("l4", l4::section),
         ("compression", compression::section),
         ("cache", cache::section),
         ("auth", policy_cost::auth_section),

@@ -13,6 +13,9 @@ pub(crate) struct Tools {
     pub(crate) wrk: PathBuf,
     pub h2load: PathBuf,
     pub(crate) oha: PathBuf,
+    /// nginx's `stream` module where nginx was built with it as a dynamic module (Debian's
+    /// `libnginx-mod-stream`): the L4 benchmark loads it with `load_module`.
+    pub(crate) nginx_stream_module: Option<PathBuf>,
 }
 
 fn find(name: &str, extra: &[PathBuf]) -> PathBuf {
@@ -28,8 +31,10 @@ fn find(name: &str, extra: &[PathBuf]) -> PathBuf {
 impl Tools {
     pub(crate) fn locate(tools_dir: &Path) -> Self {
         let extra = [tools_dir.join("bin")];
+        let nginx = find("nginx", &extra);
         Self {
-            nginx: find("nginx", &extra),
+            nginx_stream_module: stream_module(&nginx),
+            nginx,
             haproxy: find("haproxy", &extra),
             envoy: find("envoy", &extra),
             wrk: find("wrk", &extra),
@@ -37,6 +42,28 @@ impl Tools {
             oha: find("oha", &extra),
         }
     }
+}
+
+/// The `stream` module's file when `nginx` has it as a dynamic module; `None` when it is
+/// built in. Panics when it is dynamic and not installed.
+fn stream_module(nginx: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(nginx).arg("-V").output().ok()?;
+    // nginx -V writes its build options to stderr.
+    let options = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !options.contains("--with-stream=dynamic") {
+        return None;
+    }
+    let found = [
+        "/usr/lib/nginx/modules",
+        "/usr/lib64/nginx/modules",
+        "/usr/share/nginx/modules",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("ngx_stream_module.so"))
+    .find(|p| p.is_file());
+    Some(found.unwrap_or_else(|| {
+        panic!("nginx's stream module is not installed; run `make bench`, which installs it")
+    }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,58 +192,21 @@ pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
 /// Starts `peer` (not `Direct`) pinned to `cpus` (a taskset list), waiting for its port.
 pub(crate) fn start(tools: &Tools, peer: Peer, c: &ProxyConfig<'_>, cpus: Option<&str>) -> Running {
     let dir = TempDir::new(peer.name());
-    let (program, args): (PathBuf, Vec<String>) = match peer {
+    match peer {
         Peer::Direct => unreachable!("the backend is started by the caller"),
-        Peer::Portico => {
-            dir.write("config.yaml", &portico_config(c));
-            (
-                binaries().portico.clone(),
-                vec![
-                    "standalone".into(),
-                    "--config".into(),
-                    dir.path().display().to_string(),
-                    "--bind-address".into(),
-                    c.listen.ip().to_string(),
-                    "--admin-address".into(),
-                    c.admin.to_string(),
-                    "--access-log".into(),
-                    "false".into(),
-                    "--workers".into(),
-                    c.workers.to_string(),
-                ],
-            )
-        }
+        Peer::Portico => dir.write("config.yaml", &portico_config(c)),
         Peer::Nginx => {
             if let Some((cert, key)) = c.tls {
                 dir.write("cert.pem", cert);
                 dir.write("key.pem", key);
             }
             dir.write("nginx.conf", &nginx_config(c, dir.path()));
-            (
-                tools.nginx.clone(),
-                vec![
-                    "-p".into(),
-                    dir.path().display().to_string(),
-                    "-e".into(),
-                    dir.path().join("error.log").display().to_string(),
-                    "-c".into(),
-                    dir.path().join("nginx.conf").display().to_string(),
-                ],
-            )
         }
         Peer::Haproxy => {
             if let Some((cert, key)) = c.tls {
                 dir.write("bundle.pem", &format!("{cert}{key}"));
             }
             dir.write("haproxy.cfg", &haproxy_config(c, dir.path()));
-            (
-                tools.haproxy.clone(),
-                vec![
-                    "-db".into(),
-                    "-f".into(),
-                    dir.path().join("haproxy.cfg").display().to_string(),
-                ],
-            )
         }
         Peer::Envoy => {
             if let Some((cert, key)) = c.tls {
@@ -224,22 +214,72 @@ pub(crate) fn start(tools: &Tools, peer: Peer, c: &ProxyConfig<'_>, cpus: Option
                 dir.write("key.pem", key);
             }
             dir.write("envoy.yaml", &envoy_config(c, dir.path()));
-            (
-                tools.envoy.clone(),
-                vec![
-                    "-c".into(),
-                    dir.path().join("envoy.yaml").display().to_string(),
-                    "--concurrency".into(),
-                    c.workers.to_string(),
-                    "--log-level".into(),
-                    "error".into(),
-                    "--disable-hot-restart".into(),
-                ],
-            )
         }
+    }
+    launch(tools, peer, dir, c.workers, c.listen, c.admin, cpus)
+}
+
+/// Runs `peer` on the configuration already written in `dir` (Portico: `config.yaml`, its
+/// listeners on `listen`'s address; nginx: `nginx.conf`; HAProxy: `haproxy.cfg`; Envoy:
+/// `envoy.yaml`) with `workers` workers, pinned to `cpus`, and waits for `listen`.
+pub(crate) fn launch(
+    tools: &Tools,
+    peer: Peer,
+    dir: TempDir,
+    workers: usize,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    cpus: Option<&str>,
+) -> Running {
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (program, args): (PathBuf, Vec<String>) = match peer {
+        Peer::Direct => unreachable!("the backend is started by the caller"),
+        Peer::Portico => (
+            binaries().portico.clone(),
+            vec![
+                "standalone".into(),
+                "--config".into(),
+                dir.path().display().to_string(),
+                "--bind-address".into(),
+                listen.ip().to_string(),
+                "--admin-address".into(),
+                admin.to_string(),
+                "--access-log".into(),
+                "false".into(),
+                "--workers".into(),
+                workers.to_string(),
+            ],
+        ),
+        Peer::Nginx => (
+            tools.nginx.clone(),
+            vec![
+                "-p".into(),
+                dir.path().display().to_string(),
+                "-e".into(),
+                path("error.log"),
+                "-c".into(),
+                path("nginx.conf"),
+            ],
+        ),
+        Peer::Haproxy => (
+            tools.haproxy.clone(),
+            vec!["-db".into(), "-f".into(), path("haproxy.cfg")],
+        ),
+        Peer::Envoy => (
+            tools.envoy.clone(),
+            vec![
+                "-c".into(),
+                path("envoy.yaml"),
+                "--concurrency".into(),
+                workers.to_string(),
+                "--log-level".into(),
+                "error".into(),
+                "--disable-hot-restart".into(),
+            ],
+        ),
     };
     let proc = spawn_pinned(peer.name(), &program, &args, cpus);
-    wait_port(c.listen);
+    wait_port(listen);
     Running { proc, _dir: dir }
 }
 

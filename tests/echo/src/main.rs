@@ -347,6 +347,8 @@ async fn serve_tcp(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        // An echo answers at once: no Nagle delay behind the peer's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let (name, tls) = (name.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
