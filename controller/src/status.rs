@@ -547,15 +547,11 @@ impl StatusWriter {
             };
         }
         // BackendTLSPolicy's status has the same shape as our policies': ancestors, each
-        // with its controller and conditions.
+        // with its controller and conditions. Unreadable ones too: their status says why
+        // their Services' requests are refused.
         for policy in index.backend_tls_policies.state() {
             let id = ObjectRef::new(policy.namespace().unwrap_or_default(), policy.name_any());
-            let current: PolicyStatus = policy
-                .status
-                .as_ref()
-                .and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
+            let current: PolicyStatus = policy.status().unwrap_or_default();
             let ours = report
                 .backend_tls_policies
                 .get(&id)

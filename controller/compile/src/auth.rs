@@ -20,7 +20,7 @@ use crate::inputs::Inputs;
 use crate::policy::{Attachments, References, Targets, Verdict, oldest_first};
 use crate::refs::{namespace_of, object_ref};
 use crate::status::{StatusReport, reasons};
-use crate::unreadable::UnreadableAuthPolicy;
+use crate::unreadable::UnreadablePolicy;
 use mechanisms::{compile_policy, refusing};
 use portico_crds::auth::{AuthPolicy, AuthPolicySpec};
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -42,7 +42,7 @@ pub(crate) struct AuthPolicies {
 #[derive(Clone, Copy)]
 enum Source<'a> {
     Readable(&'a AuthPolicy),
-    Unreadable(&'a UnreadableAuthPolicy),
+    Unreadable(&'a UnreadablePolicy),
 }
 
 impl<'a> Source<'a> {

@@ -11,7 +11,8 @@
 //! Two policies on the same Service (and port name): the older, then the one first by
 //! namespace and name, applies; the other is `Accepted=False Conflicted`. A policy whose CA
 //! certificates cannot be used is `Accepted=False NoValidCACertificate` and still applies, as
-//! a refusal: its backend's requests are answered 500, never sent in plaintext. Unlike
+//! a refusal: its backend's requests are answered 500, never sent in plaintext; so does one
+//! this version cannot read whole (`Accepted=False Unreadable`, [`crate::unreadable`]). Unlike
 //! Portico's policies, its status is per ancestor (the Gateways), as the Gateway API's
 //! policy status is.
 
@@ -22,9 +23,12 @@ use crate::refs::{
 use crate::status::{
     AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
 };
+use crate::unreadable::{ProtectivePolicy, UnreadablePolicy};
 use portico_crds::gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyValidationSubjectAltNamesType as SanType,
 };
+use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_crds::policy::PolicyTargetRef;
 use portico_model::{BackendTls, ObjectRef, Snapshot, SubjectAltName};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,17 +49,40 @@ pub(crate) fn resolve(
     status: &mut StatusReport,
 ) -> BackendTlsPolicies {
     let ancestors = service_gateways(inputs, controller_name);
-    let mut policies: Vec<&BackendTlsPolicy> = inputs.backend_tls_policies.iter().collect();
-    policies.sort_by(|a, b| precedence(&a.metadata, &b.metadata));
+    let mut sources: Vec<Source<'_>> = inputs
+        .backend_tls_policies
+        .iter()
+        .map(Source::Readable)
+        .chain(
+            inputs
+                .unreadable_backend_tls_policies
+                .iter()
+                .map(Source::Unreadable),
+        )
+        .collect();
+    sources.sort_by(|a, b| precedence(a.metadata(), b.metadata()));
     let mut out = BackendTlsPolicies::default();
-    for policy in policies {
-        let id = object_ref(&policy.metadata);
-        let generation = policy.metadata.generation;
-        let compiled = compile_policy(&id, policy, inputs);
+    for source in sources {
+        let id = object_ref(source.metadata());
+        let generation = source.metadata().generation;
+        let compiled = match source {
+            Source::Readable(policy) => compile_policy(&id, policy, inputs),
+            Source::Unreadable(u) => Compiled {
+                tls: BackendTls {
+                    policy: id.clone(),
+                    invalid: Some(format!(
+                        "this version of Portico cannot read the policy: {}",
+                        u.error
+                    )),
+                    ..BackendTls::default()
+                },
+                unresolved: None,
+            },
+        };
         let mut conflicted = false;
         let mut gateways: BTreeSet<ObjectRef> = BTreeSet::new();
         let mut targets = Vec::new();
-        for t in &policy.spec.target_refs {
+        for t in source.target_refs() {
             if !t.group.is_empty() || t.kind != "Service" {
                 continue;
             }
@@ -68,37 +95,44 @@ pub(crate) fn resolve(
                 targets.push(key);
             }
         }
-        let conditions = if conflicted {
-            vec![
-                Condition::new(
-                    types::ACCEPTED,
-                    false,
-                    reasons::CONFLICTED,
-                    "an older BackendTLSPolicy targets the same Service and sectionName; this \
-                     one applies only to its targets no other policy takes",
-                    generation,
-                ),
-                resolved_refs(&compiled, generation),
-            ]
+        // An unreadable policy's references are unknown: no ResolvedRefs for it.
+        let resolved =
+            matches!(source, Source::Readable(_)).then(|| resolved_refs(&compiled, generation));
+        let accepted = if conflicted {
+            Condition::new(
+                types::ACCEPTED,
+                false,
+                reasons::CONFLICTED,
+                "an older BackendTLSPolicy targets the same Service and sectionName; this \
+                 one applies only to its targets no other policy takes",
+                generation,
+            )
         } else {
-            let accepted = match &compiled.tls.invalid {
-                None => Condition::new(
+            match (&compiled.tls.invalid, source) {
+                (None, _) => Condition::new(
                     types::ACCEPTED,
                     true,
                     reasons::ACCEPTED,
                     "applied to the targeted Services",
                     generation,
                 ),
-                Some(why) => Condition::new(
+                (Some(why), Source::Unreadable(_)) => Condition::new(
+                    types::ACCEPTED,
+                    false,
+                    reasons::UNREADABLE,
+                    format!("{why}; requests to the targeted Services are refused (500)"),
+                    generation,
+                ),
+                (Some(why), Source::Readable(_)) => Condition::new(
                     types::ACCEPTED,
                     false,
                     reasons::NO_VALID_CA_CERTIFICATE,
                     format!("{why}; requests to the targeted Services are refused (500)"),
                     generation,
                 ),
-            };
-            vec![accepted, resolved_refs(&compiled, generation)]
+            }
         };
+        let conditions: Vec<Condition> = std::iter::once(accepted).chain(resolved).collect();
         // Conflicts are per target: the older policy keeps the targets both name, and this
         // one still applies to the others (left without it, they would go in plaintext).
         for key in targets {
@@ -136,6 +170,29 @@ impl BackendTlsPolicies {
                 .and_then(|p| self.applied.get(&(svc.clone(), Some(p.clone()))))
                 .or_else(|| self.applied.get(&(svc, None)));
             b.tls = port.cloned();
+        }
+    }
+}
+
+/// A BackendTLSPolicy as read: whole, or in part ([`crate::unreadable`]).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Readable(&'a BackendTlsPolicy),
+    Unreadable(&'a UnreadablePolicy),
+}
+
+impl Source<'_> {
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Source::Readable(p) => &p.metadata,
+            Source::Unreadable(p) => &p.metadata,
+        }
+    }
+
+    fn target_refs(&self) -> Vec<PolicyTargetRef> {
+        match self {
+            Source::Readable(p) => p.target_refs(),
+            Source::Unreadable(p) => p.target_refs.clone(),
         }
     }
 }

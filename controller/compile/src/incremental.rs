@@ -347,6 +347,16 @@ impl Dependencies {
                 }
             }
         }
+        // One this version cannot read names no CA; it refuses what it targets.
+        for p in &inputs.unreadable_backend_tls_policies {
+            let id = object_ref(&p.metadata);
+            for t in &p.target_refs {
+                let service = DepKey::Service(ObjectRef::new(id.namespace.clone(), t.name.clone()));
+                for g in d.touched([&service]) {
+                    d.add(DepKey::BackendTlsPolicy(id.clone()), &g);
+                }
+            }
+        }
         d
     }
 

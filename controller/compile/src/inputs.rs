@@ -5,7 +5,7 @@
 //! module that orchestrates them.
 
 use crate::refs::{ListenerSetParents, gateways_of, namespace_of};
-use crate::unreadable::UnreadableAuthPolicy;
+use crate::unreadable::UnreadablePolicy;
 use portico_crds::auth::AuthPolicy;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::cache::{CacheInvalidation, CachePolicy};
@@ -49,7 +49,7 @@ pub struct Inputs {
     /// The AuthPolicies it cannot read whole ([`crate::unreadable`]): they attach like a
     /// policy that does not compile, so their targets answer 500 rather than serve
     /// unprotected.
-    pub unreadable_auth_policies: Vec<UnreadableAuthPolicy>,
+    pub unreadable_auth_policies: Vec<UnreadablePolicy>,
     /// Every RateLimitPolicy.
     pub rate_limit_policies: Vec<RateLimitPolicy>,
     /// Every CachePolicy.
@@ -58,8 +58,11 @@ pub struct Inputs {
     pub cache_invalidations: Vec<CacheInvalidation>,
     /// Every BackendPolicy.
     pub backend_policies: Vec<BackendPolicy>,
-    /// Every BackendTLSPolicy.
+    /// Every BackendTLSPolicy this version can read.
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// The BackendTLSPolicies it cannot read whole ([`crate::unreadable`]): each still
+    /// applies to its Services, as a refusal (500), so they are never reached in plaintext.
+    pub unreadable_backend_tls_policies: Vec<UnreadablePolicy>,
     /// The ConfigMaps BackendTLSPolicies name (the controller watches only these, see
     /// [`crate::referenced_config_maps`]).
     pub config_maps: Vec<ConfigMap>,

@@ -76,7 +76,10 @@ pub use placement::Placement;
 pub use portico_crds::CONTROLLER_NAME;
 pub use refs::dataplane_name;
 pub use status::StatusReport;
-pub use unreadable::{AuthPolicyRead, UnreadableAuthPolicy, read_auth_policy};
+pub use unreadable::{
+    AuthPolicyRead, BackendTlsPolicyRead, PolicyRead, ProtectivePolicy, UnreadablePolicy,
+    read_policy,
+};
 
 /// What one compile produces.
 #[derive(Clone, Debug, Default, PartialEq)]

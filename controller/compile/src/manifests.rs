@@ -12,14 +12,14 @@
 //! An AuthPolicy that does not decode (a value or field of a newer release) fails the load
 //! like any other object, which is already fail-closed: a running gateway keeps its last good
 //! configuration, where the policy's previous version still protects its targets, and a
-//! gateway starting on it does not start. Under [`UnknownFields::Warn`] an AuthPolicy's
-//! unknown spec fields are not ignored but load it as unreadable
-//! ([`crate::unreadable`]): its targets answer 500, as the controller does with it.
+//! gateway starting on it does not start. Under [`UnknownFields::Warn`] the unknown spec fields
+//! of an AuthPolicy or a BackendTLSPolicy are not ignored but load it as unreadable
+//! ([`crate::unreadable`]): its targets' requests answer 500, as the controller does with it.
 
 use crate::backend::annotation_errors;
 use crate::inputs::Inputs;
 use crate::refs::object_ref;
-use crate::unreadable::{field_path, with_unknown_fields};
+use crate::unreadable::{ProtectivePolicy, UnreadablePolicy, field_path, with_unknown_fields};
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_model::ObjectRef;
 use serde::de::DeserializeOwned;
@@ -205,12 +205,22 @@ impl ManifestSet {
             ("gateway.networking.k8s.io/v1", "UDPRoute") => {
                 push(&mut i.udp_routes, &mut from, |o| &o.metadata, false)
             }
-            ("gateway.networking.k8s.io/v1", "BackendTLSPolicy") => push(
-                &mut i.backend_tls_policies,
-                &mut from,
-                |o| &o.metadata,
-                false,
-            ),
+            ("gateway.networking.k8s.io/v1", "BackendTLSPolicy") => {
+                let added = push(
+                    &mut i.backend_tls_policies,
+                    &mut from,
+                    |o| &o.metadata,
+                    false,
+                );
+                refused_policy = added.is_ok()
+                    && self.unknown_fields == UnknownFields::Warn
+                    && read_in_part(
+                        &mut i.backend_tls_policies,
+                        &mut i.unreadable_backend_tls_policies,
+                        from.ignored,
+                    );
+                added
+            }
             ("v1", "ConfigMap") => push(&mut i.config_maps, &mut from, |o| &o.metadata, false),
             ("v1", "Secret") => {
                 // serde's message may quote the value it choked on, which could be key
@@ -241,24 +251,13 @@ impl ManifestSet {
             ("v1", "Namespace") => push(&mut i.namespaces, &mut from, |o| &o.metadata, true),
             ("portico.dev/v1alpha1", "AuthPolicy") => {
                 let added = push(&mut i.auth_policies, &mut from, |o| &o.metadata, false);
-                // Enforced without the fields it does not know, the policy would protect
-                // less than it says: allowed to load, it loads as unreadable and refuses
-                // its targets' requests, as the controller does with it.
-                let unknown: Vec<String> = from
-                    .ignored
-                    .iter()
-                    .filter(|p| p.starts_with("spec."))
-                    .cloned()
-                    .collect();
-                if added.is_ok()
-                    && !unknown.is_empty()
+                refused_policy = added.is_ok()
                     && self.unknown_fields == UnknownFields::Warn
-                    && let Some(policy) = i.auth_policies.pop()
-                {
-                    refused_policy = true;
-                    i.unreadable_auth_policies
-                        .push(with_unknown_fields(policy, &unknown));
-                }
+                    && read_in_part(
+                        &mut i.auth_policies,
+                        &mut i.unreadable_auth_policies,
+                        from.ignored,
+                    );
                 added
             }
             ("portico.dev/v1alpha1", "RateLimitPolicy") => push(
@@ -298,7 +297,7 @@ impl ManifestSet {
             }
             UnknownFields::Warn => {
                 let effect = if refused_policy {
-                    "the AuthPolicy cannot be read whole: its targets are refused"
+                    "the policy cannot be read whole: its targets are refused"
                 } else {
                     "ignored"
                 };
@@ -364,6 +363,30 @@ impl Source<'_, '_> {
 
 /// Deserialises one object into its typed list and returns its identity (namespace empty for
 /// cluster-scoped kinds).
+/// A policy that protects something, just pushed onto `readable`, whose spec has fields this
+/// version does not know (among `ignored`): enforced without them it would protect less than
+/// it says, so it moves to `unreadable` and refuses its targets' requests, as the controller
+/// does with it. Whether it moved.
+fn read_in_part<P: ProtectivePolicy>(
+    readable: &mut Vec<P>,
+    unreadable: &mut Vec<UnreadablePolicy>,
+    ignored: &[String],
+) -> bool {
+    let unknown: Vec<String> = ignored
+        .iter()
+        .filter(|p| p.starts_with("spec."))
+        .cloned()
+        .collect();
+    if unknown.is_empty() {
+        return false;
+    }
+    let Some(policy) = readable.pop() else {
+        return false;
+    };
+    unreadable.push(with_unknown_fields(policy, &unknown));
+    true
+}
+
 fn push<T: DeserializeOwned>(
     list: &mut Vec<T>,
     from: &mut Source<'_, '_>,

@@ -1,15 +1,17 @@
-//! AuthPolicies this version of Portico cannot read whole, and what can still be read of them.
+//! Policies this version of Portico cannot read whole, and what can still be read of them.
 //!
 //! The API server validates an object against the CRD installed, which may be newer than the
-//! controller reading it (a CRD upgraded ahead of the controller, a rollout half done): an
-//! AuthPolicy can carry an enum value (a JWT algorithm) or a field (a mechanism, a restriction)
-//! that Portico's Rust types do not have. The controller's watches skip such an object as if
-//! it did not exist, which is safe for a route or a rate limit but not for an AuthPolicy: the
-//! routes it protects would serve unprotected. So an AuthPolicy is read with
-//! [`read_auth_policy`]: the typed policy when all of its spec is understood, else an
-//! [`UnreadableAuthPolicy`] with what can be read (its metadata and the `targetRefs` that
-//! decode), which compile attaches exactly like a policy that does not compile: its targets
-//! answer 500 and its status says why ([`crate::auth`]).
+//! controller reading it (a CRD upgraded ahead of the controller, a rollout half done): a
+//! policy can carry an enum value (a JWT algorithm, a subjectAltName type) or a field (a
+//! mechanism, a restriction, a validation option) that Portico's Rust types do not have. The
+//! controller's watches skip such an object as if it did not exist, which is safe for a route
+//! or a rate limit but not for a policy that protects something: an AuthPolicy's routes would
+//! serve unprotected, a BackendTLSPolicy's Services would get plaintext. So those kinds
+//! ([`ProtectivePolicy`]) are read with [`read_policy`]: the typed policy when all of its spec is
+//! understood, else an [`UnreadablePolicy`] with what can be read (its metadata and the
+//! `targetRefs` that decode), which compile attaches exactly like a policy that does not
+//! compile: its targets' requests are refused (500) and its status says why ([`crate::auth`],
+//! [`crate::backend_tls`]).
 //!
 //! A field of the spec this version does not know makes the policy unreadable too, rather than
 //! being ignored: ignoring it would enforce less than the user wrote (a newer mechanism or
@@ -25,14 +27,16 @@
 //! them.
 
 use portico_crds::auth::AuthPolicy;
+use portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy;
 use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::{PolicyStatus, PolicyTargetRef};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// What can be read of an AuthPolicy this version of Portico cannot read whole.
+/// What can be read of a policy this version of Portico cannot read whole.
 #[derive(Clone, Debug, PartialEq)]
-pub struct UnreadableAuthPolicy {
+pub struct UnreadablePolicy {
     /// Its metadata: the name and namespace it answers to, the creationTimestamp that orders it
     /// among the policies of a target, the generation its status observes.
     pub metadata: ObjectMeta,
@@ -46,7 +50,7 @@ pub struct UnreadableAuthPolicy {
     pub status: Option<PolicyStatus>,
 }
 
-impl UnreadableAuthPolicy {
+impl UnreadablePolicy {
     /// The policy from what the typed decoding of `object` left readable; `error` says why it
     /// failed.
     fn salvage(object: &Value, error: String) -> Self {
@@ -94,55 +98,118 @@ impl UnreadableAuthPolicy {
     }
 }
 
-/// An AuthPolicy object as this version reads it. (Not a `Result`: an unreadable policy is not
-/// a failure to report and drop but an input compile attaches.) Both boxed, as their sizes
-/// differ by hundreds of bytes.
-#[derive(Clone, Debug)]
-pub enum AuthPolicyRead {
-    /// Every field of its spec is one this version knows.
-    Readable(Box<AuthPolicy>),
-    /// It cannot be read whole: what can be, and why the rest cannot.
-    Unreadable(Box<UnreadableAuthPolicy>),
+/// A policy kind whose objects are read in part when they cannot be read whole: one whose
+/// absence would weaken what it protects (an AuthPolicy's routes served unauthenticated, a
+/// BackendTLSPolicy's Services sent plaintext).
+pub trait ProtectivePolicy: DeserializeOwned {
+    fn metadata(&self) -> &ObjectMeta;
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+    /// Its `targetRefs`, in the shape every policy kind here shares.
+    fn target_refs(&self) -> Vec<PolicyTargetRef>;
+    /// Its status, in the shape every policy kind here shares (ancestors with their
+    /// controllers and conditions).
+    fn policy_status(&self) -> Option<PolicyStatus>;
 }
 
-impl AuthPolicyRead {
+impl ProtectivePolicy for AuthPolicy {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+
+    fn target_refs(&self) -> Vec<PolicyTargetRef> {
+        self.spec.target_refs.clone()
+    }
+
+    fn policy_status(&self) -> Option<PolicyStatus> {
+        self.status.clone()
+    }
+}
+
+impl ProtectivePolicy for BackendTlsPolicy {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+
+    fn target_refs(&self) -> Vec<PolicyTargetRef> {
+        self.spec
+            .target_refs
+            .iter()
+            .map(|t| PolicyTargetRef {
+                group: t.group.clone(),
+                kind: t.kind.clone(),
+                name: t.name.clone(),
+                section_name: t.section_name.clone(),
+            })
+            .collect()
+    }
+
+    /// The Gateway API's policy status has the same shape as ours.
+    fn policy_status(&self) -> Option<PolicyStatus> {
+        let status = serde_json::to_value(self.status.as_ref()?).ok()?;
+        PolicyStatus::deserialize(status).ok()
+    }
+}
+
+/// A policy object as this version reads it. (Not a `Result`: an unreadable policy is not a
+/// failure to report and drop but an input compile attaches.) Both boxed, as their sizes
+/// differ by hundreds of bytes.
+#[derive(Clone, Debug)]
+pub enum PolicyRead<P> {
+    /// Every field of its spec is one this version knows.
+    Readable(Box<P>),
+    /// It cannot be read whole: what can be, and why the rest cannot.
+    Unreadable(Box<UnreadablePolicy>),
+}
+
+pub type AuthPolicyRead = PolicyRead<AuthPolicy>;
+pub type BackendTlsPolicyRead = PolicyRead<BackendTlsPolicy>;
+
+impl<P: ProtectivePolicy> PolicyRead<P> {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
-            AuthPolicyRead::Readable(p) => &p.metadata,
-            AuthPolicyRead::Unreadable(p) => &p.metadata,
+            PolicyRead::Readable(p) => p.metadata(),
+            PolicyRead::Unreadable(p) => &p.metadata,
         }
     }
 
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            AuthPolicyRead::Readable(p) => &mut p.metadata,
-            AuthPolicyRead::Unreadable(p) => &mut p.metadata,
+            PolicyRead::Readable(p) => p.metadata_mut(),
+            PolicyRead::Unreadable(p) => &mut p.metadata,
         }
     }
 
     /// Its status, as far as it could be read.
-    pub fn status(&self) -> Option<&PolicyStatus> {
+    pub fn status(&self) -> Option<PolicyStatus> {
         match self {
-            AuthPolicyRead::Readable(p) => p.status.as_ref(),
-            AuthPolicyRead::Unreadable(p) => p.status.as_ref(),
+            PolicyRead::Readable(p) => p.policy_status(),
+            PolicyRead::Unreadable(p) => p.status.clone(),
         }
     }
 
     /// Why it cannot be read whole, if it cannot.
     pub fn unreadable(&self) -> Option<&str> {
         match self {
-            AuthPolicyRead::Readable(_) => None,
-            AuthPolicyRead::Unreadable(p) => Some(&p.error),
+            PolicyRead::Readable(_) => None,
+            PolicyRead::Unreadable(p) => Some(&p.error),
         }
     }
 }
 
-/// Reads an AuthPolicy object (as the API server sends it, or as a manifest holds it): the
-/// typed policy when every field of its spec is one this version knows, else what can be read
-/// of it and why the rest cannot.
-pub fn read_auth_policy(object: &Value) -> AuthPolicyRead {
+/// Reads a policy object (as the API server sends it, or as a manifest holds it): the typed
+/// policy when every field of its spec is one this version knows, else what can be read of
+/// it and why the rest cannot.
+pub fn read_policy<P: ProtectivePolicy>(object: &Value) -> PolicyRead<P> {
     let mut unknown = Vec::new();
-    let decoded: Result<AuthPolicy, _> = serde_ignored::deserialize(object, |path| {
+    let decoded: Result<P, _> = serde_ignored::deserialize(object, |path| {
         let path = field_path(&path);
         // Metadata and status are not enforced; kind and apiVersion are read elsewhere.
         if path.starts_with("spec.") {
@@ -150,11 +217,11 @@ pub fn read_auth_policy(object: &Value) -> AuthPolicyRead {
         }
     });
     let error = match decoded {
-        Ok(policy) if unknown.is_empty() => return AuthPolicyRead::Readable(Box::new(policy)),
+        Ok(policy) if unknown.is_empty() => return PolicyRead::Readable(Box::new(policy)),
         Ok(_) => unknown_fields(&unknown),
         Err(e) => e.to_string(),
     };
-    AuthPolicyRead::Unreadable(Box::new(UnreadableAuthPolicy::salvage(object, error)))
+    PolicyRead::Unreadable(Box::new(UnreadablePolicy::salvage(object, error)))
 }
 
 /// Says which fields of a spec this version does not know.
@@ -165,15 +232,18 @@ pub(crate) fn unknown_fields(paths: &[String]) -> String {
     }
 }
 
-/// An AuthPolicy whose spec holds fields this version does not know (`unknown`, as
+/// A policy whose spec holds fields this version does not know (`unknown`, as
 /// [`field_path`] names them), as unreadable: for a manifest read with unknown fields allowed,
 /// which would otherwise enforce the policy without them.
-pub(crate) fn with_unknown_fields(policy: AuthPolicy, unknown: &[String]) -> UnreadableAuthPolicy {
-    UnreadableAuthPolicy {
-        metadata: policy.metadata,
-        target_refs: policy.spec.target_refs,
+pub(crate) fn with_unknown_fields<P: ProtectivePolicy>(
+    policy: P,
+    unknown: &[String],
+) -> UnreadablePolicy {
+    UnreadablePolicy {
+        metadata: policy.metadata().clone(),
+        target_refs: policy.target_refs(),
         error: unknown_fields(unknown),
-        status: policy.status,
+        status: policy.policy_status(),
     }
 }
 

@@ -34,7 +34,7 @@
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
 //! of its kind's whole list; except an AuthPolicy, which is kept as far as it can be read and
-//! compiles into a policy that refuses its targets' requests ([`auth`]), since skipping it
+//! compiles into a policy that refuses its targets' requests ([`policy_object`]), since skipping it
 //! would leave them open.
 
 use futures::StreamExt;
@@ -45,7 +45,6 @@ use portico_compile::Inputs;
 use portico_compile::incremental::DepKey;
 use portico_crds::backend::BackendPolicy;
 use portico_crds::cache::{CacheInvalidation, CachePolicy};
-use portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy;
 use portico_crds::gateway_api::experimental::grpcroutes::GrpcRoute;
 use portico_crds::gateway_api::experimental::httproutes::HttpRoute;
 use portico_crds::gateway_api::gatewayclasses::GatewayClass;
@@ -65,16 +64,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-mod auth;
 mod changes;
 mod guard;
+mod policy_object;
 pub mod secrets;
 
-pub use auth::AuthPolicyObject;
 pub use changes::ChangeLog;
 pub use guard::UnreadableObjects;
 use guard::{Guard, ReadInPart};
 use kube::core::DeserializeGuard;
+pub use policy_object::{AuthPolicyObject, BackendTlsPolicyObject};
 use secrets::{ConfigMapWatches, SecretWatches};
 
 fn id<K: ResourceExt>(k: &K) -> ObjectRef {
@@ -92,13 +91,13 @@ pub struct Index {
     pub tcp_routes: Store<TcpRoute>,
     pub tls_routes: Store<TlsRoute>,
     pub udp_routes: Store<UdpRoute>,
-    /// Read as far as this controller can ([`auth`]).
+    /// Read as far as this controller can ([`policy_object`]).
     pub auth_policies: Store<AuthPolicyObject>,
     pub rate_limit_policies: Store<RateLimitPolicy>,
     pub cache_policies: Store<CachePolicy>,
     pub cache_invalidations: Store<CacheInvalidation>,
     pub backend_policies: Store<BackendPolicy>,
-    pub backend_tls_policies: Store<BackendTlsPolicy>,
+    pub backend_tls_policies: Store<BackendTlsPolicyObject>,
     pub gateway_configs: Store<GatewayConfig>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
@@ -319,7 +318,7 @@ impl Index {
             // Routes are not served before their policies are listed: a route must never be
             // open for a moment because its AuthPolicy was not listed yet. (A kind the
             // cluster does not serve has no objects to wait for.) Nor because its
-            // AuthPolicy cannot be read: that one is kept, and refuses ([`auth`]).
+            // AuthPolicy cannot be read: that one is kept, and refuses ([`policy_object`]).
             auth_policies: w.watch_read_in_part(
                 Optional,
                 Spec,
@@ -338,9 +337,14 @@ impl Index {
             backend_policies: w.watch(Optional, Spec, |p: &BackendPolicy| {
                 DepKey::Policy(PolicyKind::Backend, id(p))
             }),
-            backend_tls_policies: w.watch(Optional, Spec, |p: &BackendTlsPolicy| {
-                DepKey::BackendTlsPolicy(id(p))
-            }),
+            // Read in part as AuthPolicies are: one that cannot be read still refuses its
+            // Services' requests rather than letting them go in plaintext.
+            backend_tls_policies: w.watch_read_in_part(
+                Optional,
+                Spec,
+                |p: &BackendTlsPolicyObject| DepKey::BackendTlsPolicy(id(p)),
+                BackendTlsPolicyObject::unreadable,
+            ),
             gateway_configs: w.watch(Optional, Spec, |c: &GatewayConfig| {
                 DepKey::GatewayConfig(id(c))
             }),
@@ -400,7 +404,11 @@ impl Index {
             s.state().iter().map(|k| (**k).clone()).collect()
         }
         let policies = self.auth_policies.state();
-        let (auth_policies, unreadable_auth_policies) = auth::split(policies.iter().map(|p| &**p));
+        let (auth_policies, unreadable_auth_policies) =
+            policy_object::split(policies.iter().map(|p| &**p));
+        let policies = self.backend_tls_policies.state();
+        let (backend_tls_policies, unreadable_backend_tls_policies) =
+            policy_object::split(policies.iter().map(|p| &**p));
         Inputs {
             gateway_classes: all(&self.classes),
             gateways: all(&self.gateways),
@@ -416,7 +424,8 @@ impl Index {
             cache_policies: all(&self.cache_policies),
             cache_invalidations: all(&self.cache_invalidations),
             backend_policies: all(&self.backend_policies),
-            backend_tls_policies: all(&self.backend_tls_policies),
+            backend_tls_policies,
+            unreadable_backend_tls_policies,
             config_maps: self.config_maps.objects(),
             gateway_configs: all(&self.gateway_configs),
             redis_url: None,

@@ -1,13 +1,15 @@
-//! AuthPolicies as the controller watches them: read as far as this version can
-//! ([`portico_compile::unreadable`]), so that one it cannot read whole still reaches compile.
+//! Policies that protect something (AuthPolicy, BackendTLSPolicy) as the controller watches
+//! them: read as far as this version can ([`portico_compile::unreadable`]), so that one it
+//! cannot read whole still reaches compile.
 //!
 //! Every other kind decodes through its Rust type, and [`super::guard`] skips an object that
 //! does not, as if it did not exist. For an AuthPolicy that would leave the routes it protects
-//! serving unprotected, so its watch decodes into [`AuthPolicyObject`] instead: the typed
-//! policy, or an [`UnreadableAuthPolicy`] (metadata, the `targetRefs` that can be read, the
-//! error) that compile attaches like a policy that does not compile (its targets answer 500,
-//! its status says `Unreadable` and why). The guard still logs it and counts it in
-//! `portico_controller_unreadable_objects{kind="AuthPolicy"}`, but keeps it in the store.
+//! serving unprotected, for a BackendTLSPolicy the Services it names reached in plaintext, so
+//! their watches decode into [`PolicyObject`] instead: the typed policy, or an
+//! [`UnreadablePolicy`] (metadata, the `targetRefs` that can be read, the error) that compile
+//! attaches like a policy that does not compile (its targets' requests answer 500, its status
+//! says why). The guard still logs it and counts it in
+//! `portico_controller_unreadable_objects{kind}`, but keeps it in the store.
 //!
 //! One whose `targetRefs` cannot be read at all attaches nowhere (there is nothing to
 //! protect that the controller can name): it is logged and counted, and its status keeps no
@@ -16,19 +18,23 @@
 
 use kube::Resource;
 use kube::core::ObjectMeta;
-use portico_compile::{AuthPolicyRead, UnreadableAuthPolicy, read_auth_policy};
+use portico_compile::{PolicyRead, ProtectivePolicy, UnreadablePolicy, read_policy};
 use portico_crds::auth::AuthPolicy;
+use portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy;
 use portico_crds::k8s_openapi::NamespaceResourceScope;
 use portico_crds::policy::PolicyStatus;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
 
-/// An AuthPolicy object as the API server holds it, read as far as this controller can.
+/// A policy object as the API server holds it, read as far as this controller can.
 #[derive(Clone, Debug)]
-pub struct AuthPolicyObject(pub AuthPolicyRead);
+pub struct PolicyObject<P>(pub PolicyRead<P>);
 
-impl AuthPolicyObject {
+pub type AuthPolicyObject = PolicyObject<AuthPolicy>;
+pub type BackendTlsPolicyObject = PolicyObject<BackendTlsPolicy>;
+
+impl<P: ProtectivePolicy> PolicyObject<P> {
     /// Why this controller cannot read the policy whole, if it cannot.
     pub fn unreadable(&self) -> Option<&str> {
         self.0.unreadable()
@@ -36,31 +42,31 @@ impl AuthPolicyObject {
 
     /// Its status as the cluster holds it (for the status writer to compare with).
     pub fn status(&self) -> Option<PolicyStatus> {
-        self.0.status().cloned()
+        self.0.status()
     }
 }
 
 /// The policies of `objects` this controller can read, and those it cannot: compile's two
-/// AuthPolicy inputs.
-pub(super) fn split<'a>(
-    objects: impl IntoIterator<Item = &'a AuthPolicyObject>,
-) -> (Vec<AuthPolicy>, Vec<UnreadableAuthPolicy>) {
+/// inputs of their kind.
+pub(super) fn split<'a, P: Clone + 'a>(
+    objects: impl IntoIterator<Item = &'a PolicyObject<P>>,
+) -> (Vec<P>, Vec<UnreadablePolicy>) {
     let mut readable = Vec::new();
     let mut unreadable = Vec::new();
     for o in objects {
         match &o.0 {
-            AuthPolicyRead::Readable(p) => readable.push((**p).clone()),
-            AuthPolicyRead::Unreadable(u) => unreadable.push((**u).clone()),
+            PolicyRead::Readable(p) => readable.push((**p).clone()),
+            PolicyRead::Unreadable(u) => unreadable.push((**u).clone()),
         }
     }
     (readable, unreadable)
 }
 
-impl<'de> Deserialize<'de> for AuthPolicyObject {
+impl<'de, P: ProtectivePolicy> Deserialize<'de> for PolicyObject<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let object = serde_json::Value::deserialize(deserializer)?;
-        let read = read_auth_policy(&object);
-        if let AuthPolicyRead::Unreadable(u) = &read
+        let read = read_policy::<P>(&object);
+        if let PolicyRead::Unreadable(u) = &read
             && u.metadata.name.is_none()
         {
             // Nothing to attach or report under: the guard skips it and reports why.
@@ -70,29 +76,32 @@ impl<'de> Deserialize<'de> for AuthPolicyObject {
     }
 }
 
-/// The AuthPolicy resource, whichever way its object reads.
-impl Resource for AuthPolicyObject {
+/// The policy's resource, whichever way its object reads.
+impl<P> Resource for PolicyObject<P>
+where
+    P: ProtectivePolicy + Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
-        AuthPolicy::kind(dt)
+        P::kind(dt)
     }
 
     fn group(dt: &()) -> Cow<'_, str> {
-        AuthPolicy::group(dt)
+        P::group(dt)
     }
 
     fn version(dt: &()) -> Cow<'_, str> {
-        AuthPolicy::version(dt)
+        P::version(dt)
     }
 
     fn api_version(dt: &()) -> Cow<'_, str> {
-        AuthPolicy::api_version(dt)
+        P::api_version(dt)
     }
 
     fn plural(dt: &()) -> Cow<'_, str> {
-        AuthPolicy::plural(dt)
+        P::plural(dt)
     }
 
     fn meta(&self) -> &ObjectMeta {

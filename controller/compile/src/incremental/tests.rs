@@ -259,7 +259,7 @@ spec:
     // The same object, now with a value a newer CRD admits and this version cannot read.
     let mut after = inputs_with("");
     let crate::AuthPolicyRead::Unreadable(guard_now) =
-        crate::read_auth_policy(&serde_json::json!({
+        crate::read_policy::<portico_crds::auth::AuthPolicy>(&serde_json::json!({
             "apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
             "metadata": {"name": "guard", "namespace": "default"},
             "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",

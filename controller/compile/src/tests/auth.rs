@@ -394,9 +394,9 @@ fn a_service_target_is_resolved_and_refused_saying_what_to_target() {
 
 /// An AuthPolicy as a newer release's CRD admits it and this version cannot read: `ES512` is
 /// not one of its JWT algorithms.
-fn unreadable(name: &str, created: &str, targets: &str) -> crate::UnreadableAuthPolicy {
+fn unreadable(name: &str, created: &str, targets: &str) -> crate::UnreadablePolicy {
     let targets: serde_json::Value = serde_yaml::from_str(targets).expect("targets YAML");
-    let read = crate::read_auth_policy(&serde_json::json!({
+    let read = crate::read_policy::<portico_crds::auth::AuthPolicy>(&serde_json::json!({
         "apiVersion": "portico.dev/v1alpha1", "kind": "AuthPolicy",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
                      "generation": 2},
@@ -410,7 +410,7 @@ fn unreadable(name: &str, created: &str, targets: &str) -> crate::UnreadableAuth
 }
 
 /// Compiles the routes, `readable` (policy documents) and `unreadable` policies.
-fn run_with_unreadable(readable: &str, unreadable: Vec<crate::UnreadableAuthPolicy>) -> Output {
+fn run_with_unreadable(readable: &str, unreadable: Vec<crate::UnreadablePolicy>) -> Output {
     let mut inputs = super::inputs(&format!("{ROUTES}{readable}"));
     inputs.unreadable_auth_policies = unreadable;
     crate::compile(&inputs, CONTROLLER_NAME)

@@ -293,3 +293,82 @@ spec:
         .map(|t| t.server_name);
     assert_eq!(other, Some("other.example.com".into()));
 }
+
+#[test]
+fn a_policy_this_version_cannot_read_still_refuses_its_port_and_says_why() {
+    // A subjectAltName type of a newer release: enforced without it, the policy would check
+    // less than it says; skipped, the port would be reached in plaintext.
+    let read = crate::read_policy::<portico_crds::gateway_api::backendtlspolicies::BackendTlsPolicy>(
+        &serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "newer", "namespace": "default", "generation": 4,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "targetRefs": [{"group": "", "kind": "Service", "name": "svc", "sectionName": "web"}],
+                "validation": {"hostname": "a.example.com", "wellKnownCACertificates": "System",
+                               "subjectAltNames": [{"type": "IPAddress", "ipAddress": "10.0.0.1"}]}}
+        }),
+    );
+    let crate::BackendTlsPolicyRead::Unreadable(newer) = read else {
+        panic!("IPAddress is not a subjectAltName type of this version")
+    };
+    let mut inputs = super::inputs(ROUTES);
+    inputs.unreadable_backend_tls_policies = vec![*newer];
+    let out = crate::compile(&inputs, crate::CONTROLLER_NAME);
+    let c = conditions(&out, "newer");
+    assert_eq!(reason(&c, types::ACCEPTED), (false, "Unreadable".into()));
+    let accepted = find(&c, types::ACCEPTED).expect("Accepted");
+    assert!(
+        accepted.message.contains("IPAddress") && accepted.message.contains("refused (500)"),
+        "{}",
+        accepted.message
+    );
+    assert_eq!(accepted.observed_generation, Some(4));
+    // Its references are unknown: no ResolvedRefs claim either way.
+    assert!(find(&c, types::RESOLVED_REFS).is_none());
+    // The port it names refuses; the other port is not its business.
+    let refusal = tls_of(&out, 80).and_then(|t| t.invalid).expect("refuses");
+    assert!(refusal.contains("cannot read"), "{refusal}");
+    assert_eq!(tls_of(&out, 81), None);
+
+    // In a manifest, a field this version does not know is an error by default; allowed
+    // (`--unknown-fields warn`), the policy loads as unreadable and refuses the same way.
+    use crate::manifests::{ManifestSet, UnknownFields};
+    let unknown = policy(
+        "newer",
+        "2026-01-01T00:00:00Z",
+        Some("web"),
+        "{wellKnownCACertificates: System, hostname: a.example.com, pinnedKeys: [abc]}",
+    );
+    let mut set = ManifestSet::default();
+    set.add_file("policy.yaml", &unknown);
+    assert!(
+        set.errors
+            .first()
+            .is_some_and(|e| e.message.contains("spec.validation.pinnedKeys")),
+        "{:?}",
+        set.errors
+    );
+    let mut set = ManifestSet {
+        unknown_fields: UnknownFields::Warn,
+        ..ManifestSet::default()
+    };
+    set.add_file("base.yaml", super::BASE);
+    set.add_file("routes.yaml", ROUTES);
+    set.add_file("policy.yaml", &unknown);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.message.contains("pinnedKeys") && w.message.contains("targets are refused")),
+        "{:?}",
+        set.warnings
+    );
+    assert!(set.inputs.backend_tls_policies.is_empty());
+    let out = crate::compile(&set.inputs, crate::CONTROLLER_NAME);
+    assert_eq!(
+        reason(&conditions(&out, "newer"), types::ACCEPTED),
+        (false, "Unreadable".into())
+    );
+    assert!(tls_of(&out, 80).and_then(|t| t.invalid).is_some());
+}

@@ -20,8 +20,8 @@ fn object(spec: serde_json::Value) -> Value {
 }
 
 /// What could be read of an object this version cannot read whole.
-fn unreadable(object: &Value) -> UnreadableAuthPolicy {
-    match read_auth_policy(object) {
+fn unreadable(object: &Value) -> UnreadablePolicy {
+    match read_policy::<AuthPolicy>(object) {
         AuthPolicyRead::Unreadable(u) => *u,
         AuthPolicyRead::Readable(p) => panic!("read whole: {p:?}"),
     }
@@ -33,7 +33,7 @@ fn target(kind: &str, name: &str) -> serde_json::Value {
 
 #[test]
 fn a_policy_of_this_version_reads_as_typed() {
-    let AuthPolicyRead::Readable(p) = read_auth_policy(&object(json!({
+    let AuthPolicyRead::Readable(p) = read_policy::<AuthPolicy>(&object(json!({
         "targetRefs": [target("HTTPRoute", "shop")],
         "jwt": {"issuer": "https://idp", "algorithms": ["ES256"], "jwksUri": "https://idp/jwks"}})))
     else {
@@ -82,7 +82,7 @@ fn a_spec_field_this_version_does_not_know_makes_it_unreadable_not_ignored() {
                                "apiKey": {"secretRefs": [{"name": "keys"}]}}));
     o["metadata"]["someNewField"] = json!("x");
     o["status"]["observedSomething"] = json!(1);
-    assert!(read_auth_policy(&o).unreadable().is_none());
+    assert!(read_policy::<AuthPolicy>(&o).unreadable().is_none());
 }
 
 #[test]

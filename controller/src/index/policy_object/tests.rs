@@ -6,6 +6,7 @@ use super::*;
 use crate::index::guard::watch::Watch;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher::Event;
+use portico_compile::AuthPolicyRead;
 use serde_json::json;
 
 /// An AuthPolicy as the API server sends it, protecting HTTPRoute `shop`; with `algorithm`
@@ -123,4 +124,40 @@ fn a_relist_forgets_policies_fixed_while_the_watch_was_away() {
     w.feed(Event::InitDone);
     assert_eq!(w.inputs(), (vec!["a".into()], vec![]));
     assert_eq!(w.unreadable(), 0);
+}
+
+#[test]
+fn a_backend_tls_policy_this_controller_cannot_read_is_kept_with_its_targets() {
+    let object = |san_type: &str| -> DeserializeGuard<BackendTlsPolicyObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "tls", "namespace": "team", "resourceVersion": "1"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "db",
+                                     "sectionName": "pg"}],
+                     "validation": {"hostname": "db.team", "wellKnownCACertificates": "System",
+                                    "subjectAltNames": [{"type": san_type, "hostname": "db"}]}},
+            "status": {"ancestors": [{
+                "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                "namespace": "team", "name": "gw"},
+                "controllerName": "portico.dev/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                "message": "applied",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}
+        }))
+        .expect("a guard decodes whatever the object holds")
+    };
+    let ok = object("Hostname").0.expect("readable");
+    assert_eq!(ok.unreadable(), None);
+    assert_eq!(ok.status().map(|s| s.ancestors.len()), Some(1));
+    // A subjectAltName type of a newer release.
+    let newer = object("IPAddress").0.expect("kept, not skipped");
+    let portico_compile::BackendTlsPolicyRead::Unreadable(u) = &newer.0 else {
+        panic!("IPAddress is not a type here")
+    };
+    assert_eq!(u.target_refs[0].name, "db");
+    assert_eq!(u.target_refs[0].section_name.as_deref(), Some("pg"));
+    assert!(u.error.contains("IPAddress"), "{}", u.error);
+    // Its status is still read, so the writer keeps other controllers' entries.
+    assert_eq!(newer.status().map(|s| s.ancestors.len()), Some(1));
+    assert_eq!(newer.meta().name.as_deref(), Some("tls"));
 }
