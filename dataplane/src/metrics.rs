@@ -567,7 +567,7 @@ impl Default for Metrics {
         );
         registry.register(
             "tcp_connections_closed",
-            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed, backend_tls_unsupported (a BackendTLSPolicy applies to the backend), not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
+            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed (every endpoint tried failed to connect or its TLS checks), max_connections_to_backend, backend_tls_invalid (the backend's BackendTLSPolicy has no usable CA), not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
             streams.closed.clone(),
         );
         let flows = crate::tunnel::TunnelMetrics::default();
@@ -636,7 +636,7 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_overloaded",
-            "Requests answered 503 (limit=maxRequests, maxConnections, maxPendingRequests), retries not made (limit=maxRetries) and TCP/TLS connections or UDP flows refused (limit=maxConnections) because a BackendPolicy circuit breaker was at its limit, by backend",
+            "Requests answered 503 (limit=maxRequests, maxConnections, maxPendingRequests), retries not made (limit=maxRetries), TCP/TLS connections refused and UDP datagrams that would have started a flow dropped (limit=maxConnections) because a BackendPolicy circuit breaker was at its limit, by backend",
             upstream_overloaded.clone(),
         );
         registry.register(
@@ -651,7 +651,7 @@ impl Default for Metrics {
         );
         registry.register(
             "upstream_connections",
-            "Connections open to a backend's endpoints (HTTP/1.1 and HTTP/2, busy or idle), by backend, as of the last second",
+            "Connections open to a backend's endpoints (HTTP/1.1 and HTTP/2, busy or idle; forwarded TCP and TLS connections; UDP flows), by backend, as of the last second",
             upstream_connections.clone(),
         );
         registry.register(

@@ -236,49 +236,150 @@ async fn the_gateway_presents_its_client_certificate_to_backends_that_ask() {
     );
 }
 
+/// Reads one line: a greeting or an echo.
+async fn line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut text = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.read_line(&mut text),
+    )
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(text.trim_end().to_string())
+}
+
+/// A plain TCP connection's greeting (`None`: closed without one).
+async fn tcp_greeting(addr: SocketAddr) -> Option<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut reader = tokio::io::BufReader::new(stream);
+    line(&mut reader).await.ok().filter(|l| !l.is_empty())
+}
+
+/// A TLS connection's greeting, trusting `ca_pem`, asking for `server_name`; then one echo.
+async fn tls_greeting(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+) -> std::io::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let config = tls::client_config(&[ca_pem], &[]).map_err(std::io::Error::other)?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(std::io::Error::other)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let greeting = line(&mut reader).await?;
+    reader.get_mut().write_all(b"inside\n").await?;
+    assert_eq!(line(&mut reader).await?, "inside");
+    Ok(greeting)
+}
+
 #[tokio::test]
-async fn a_tcp_route_to_a_service_under_a_backend_tls_policy_is_refused_not_sent_in_plaintext() {
-    use tokio::io::AsyncReadExt;
-    let backend = Echo::start_tcp("plain-tcp");
+async fn tcp_and_terminated_tls_routes_reach_a_policy_backend_over_verified_tls_and_passthrough_goes_as_is()
+ {
+    use tokio::io::AsyncWriteExt;
+    let certs = TempDir::new("stream-backend-tls");
+    let ca = Ca::new("portico test CA");
+    let other_ca = Ca::new("someone else's CA");
+    let (cert, key) = ca.leaf(&["db.internal"], &[]);
+    let (wrong_cert, wrong_key) = other_ca.leaf(&["db.internal"], &[]);
+    // TLS echoes greeting with their name and the SNI they were asked for.
+    let db = Echo::start_tls("db", &certs, &cert, &key);
+    let impostor = Echo::start_tls("impostor", &certs, &wrong_cert, &wrong_key);
+    let (front_cert, front_key) = tls::self_signed(&["front.test"]);
     let ip = loopback_ip();
-    let port = free_port(ip);
-    let text = format!(
-        "{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: TCPRoute
-metadata: {{name: t, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: svc, port: 443}}]}}]
-{}{}",
-        gateway_yaml(
-            "gw",
-            "",
-            &format!("  - {{name: tcp, port: {port}, protocol: TCP}}\n")
-        ),
-        service("svc", backend.addr),
-        policy(
-            "svc",
-            "svc",
-            "{wellKnownCACertificates: System, hostname: svc.internal}"
-        ),
+    let [tcp, term, pass, wrong, broken] = std::array::from_fn(|_| free_port(ip));
+    let listeners = format!(
+        "  - {{name: tcp, port: {tcp}, protocol: TCP}}
+  - {{name: term, port: {term}, protocol: TLS, hostname: front.test, tls: {{mode: Terminate, certificateRefs: [{{name: front}}]}}}}
+  - {{name: pass, port: {pass}, protocol: TLS, hostname: db.internal, tls: {{mode: Passthrough}}}}
+  - {{name: wrong, port: {wrong}, protocol: TCP}}
+  - {{name: broken, port: {broken}, protocol: TCP}}
+"
     );
+    // `hostnames`: a TLSRoute's (none for a TCPRoute).
+    let route = |kind: &str, name: &str, section: &str, svc: &str, hostnames: &str| {
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: {section}}}]
+  rules: [{{backendRefs: [{{name: {svc}, port: 443}}]}}]
+{hostnames}"
+        )
+    };
+    let trusted =
+        "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: db.internal}";
+    let text = [
+        gateway_yaml("gw", "", &listeners),
+        tls::secret_yaml("front", "default", &front_cert, &front_key),
+        config_map("ca", &ca.pem),
+        service("db", db.addr),
+        service("impostor", impostor.addr),
+        service("broken", db.addr),
+        route("TCPRoute", "tcp", "tcp", "db", ""),
+        route("TLSRoute", "term", "term", "db", "  hostnames: [front.test]\n"),
+        route("TLSRoute", "pass", "pass", "db", "  hostnames: [db.internal]\n"),
+        route("TCPRoute", "wrong", "wrong", "impostor", ""),
+        route("TCPRoute", "broken", "broken", "broken", ""),
+        policy("db", "db", trusted),
+        policy("impostor", "impostor", trusted),
+        // Its CA does not exist: it refuses rather than let anything through.
+        policy(
+            "broken",
+            "broken",
+            "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: missing}], hostname: db.internal}",
+        ),
+    ]
+    .concat();
     let portico = Portico::start_on(ip, &[("config.yaml", &text)], &[]).await;
-    let mut stream = tokio::net::TcpStream::connect(portico.addr(port))
+
+    // TCP in the clear to the gateway, TLS from the gateway with the policy's SNI.
+    let stream = tokio::net::TcpStream::connect(portico.addr(tcp))
         .await
         .expect("connect");
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+    let mut reader = tokio::io::BufReader::new(stream);
+    assert_eq!(line(&mut reader).await.expect("greeting"), "db db.internal");
+    reader
+        .get_mut()
+        .write_all(b"through\n")
         .await
-        .expect("closed in time");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "closed without a byte from the backend"
+        .expect("write");
+    assert_eq!(line(&mut reader).await.expect("echo"), "through");
+
+    // Terminated at the gateway (its certificate for front.test), secured again to the
+    // backend.
+    assert_eq!(
+        tls_greeting(portico.addr(term), "front.test", &front_cert)
+            .await
+            .expect("terminated"),
+        "db db.internal"
     );
+    // Passed through: the client's own TLS, end to end (a second TLS around it would fail
+    // the client's handshake).
+    assert_eq!(
+        tls_greeting(portico.addr(pass), "db.internal", &ca.pem)
+            .await
+            .expect("passed through"),
+        "db db.internal"
+    );
+
+    // A backend whose certificate the policy does not trust, and a policy without a usable
+    // CA: closed without a byte, never plaintext.
+    assert_eq!(tcp_greeting(portico.addr(wrong)).await, None);
+    assert_eq!(tcp_greeting(portico.addr(broken)).await, None);
     let metrics = portico.metrics().await;
-    assert!(
-        metrics
-            .contains("portico_tcp_connections_closed_total{reason=\"backend_tls_unsupported\"} 1"),
-        "{metrics}"
-    );
+    for reason in ["connect_failed", "backend_tls_invalid"] {
+        assert!(
+            metrics.contains(&format!(
+                "portico_tcp_connections_closed_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
 }

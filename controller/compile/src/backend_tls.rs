@@ -19,10 +19,12 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     gateways_of, grpc_route_parents, http_route_parents, namespace_of, object_ref, precedence,
+    tcp_route_parents,
 };
 use crate::status::{
     AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
 };
+use crate::stream::StreamSource;
 use crate::unreadable::{ProtectivePolicy, UnreadablePolicy};
 use portico_crds::gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyValidationSubjectAltNamesType as SanType,
@@ -293,9 +295,8 @@ fn compile_policy(id: &ObjectRef, policy: &BackendTlsPolicy, inputs: &Inputs) ->
     Compiled { tls, unresolved }
 }
 
-/// For each Service, the Gateways of ours whose HTTPRoutes or GRPCRoutes send to it: the
-/// ancestors a policy on it reports to. (A TLSRoute's or TCPRoute's connections to a Service
-/// under a policy are refused, not secured: they are no ancestors where the policy applies.)
+/// For each Service, the Gateways of ours whose routes (HTTP, GRPC, TCP, TLS) send to it:
+/// the ancestors a policy on it reports to.
 fn service_gateways(
     inputs: &Inputs,
     controller_name: &str,
@@ -334,6 +335,29 @@ fn service_gateways(
     }
     routes!(&inputs.http_routes, http_route_parents);
     routes!(&inputs.grpc_routes, grpc_route_parents);
+    // TCPRoutes and TLSRoutes, read as TCPRoutes (a passed-through TLSRoute's connections
+    // carry the client's own TLS, but its Gateway still sends to the Service).
+    let streams = inputs
+        .tcp_routes
+        .iter()
+        .map(StreamSource::tcp)
+        .chain(inputs.tls_routes.iter().map(StreamSource::tls));
+    for source in streams {
+        let r = &source.route;
+        let refs = r
+            .spec
+            .rules
+            .iter()
+            .flat_map(|rule| rule.backend_refs.iter())
+            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+            .collect();
+        add(
+            &namespace_of(&r.metadata),
+            tcp_route_parents(r, &sets),
+            refs,
+        );
+    }
     out
 }
 

@@ -3,11 +3,15 @@
 //! ways untouched until either side ends. The hello is read first ([`super::sni`]); a TLS
 //! listener in mode Passthrough passes it on to the backend with everything after it, one
 //! in mode Terminate completes the handshake with its certificates and forwards what the
-//! client sends inside TLS. Listeners of both modes may share a socket: the SNI picks.
+//! client sends inside TLS. Listeners of both modes may share a socket: the SNI picks. What
+//! the gateway holds in the clear (a TCP connection, a terminated one) goes to a backend
+//! under a BackendTLSPolicy over TLS of the gateway's, with the policy's SNI and checks; a
+//! passed-through connection is the client's own TLS, end to end, and goes as it is.
 //!
 //! ```text
 //!  accept ──▶ route (the socket's, now; by SNI for TLS) ──weighted pick──▶ backend pool
 //!        │                                                  ──candidates──▶ connect
+//!        │                                              [PROXY header] [BackendTLSPolicy TLS]
 //!        └─ none / not TLS / no endpoint / every connect failed: closed at once (FIN, no
 //!           TLS alert, nothing sent)
 //!  connected ──▶ tunnel::Tunnel (idle and write timeouts) ◀── retired: the route left the
@@ -24,9 +28,10 @@ use super::sni::{self, Hello};
 use crate::metrics::Metrics;
 use crate::router::HostMap;
 use crate::tunnel::{EndLabel, Switched, Tunnel};
+use crate::upstream::tls::{UpstreamIo, UpstreamTls};
 use crate::upstream::{BackendPool, Outcome, PoolSettings, StreamHold};
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -261,7 +266,7 @@ pub(super) async fn serve(
     let Some(routes) = &service.sni else {
         let route = service.route.clone();
         drop(service);
-        return forward(client, route, Bytes::new(), ctx).await;
+        return forward(client, route, Bytes::new(), false, ctx).await;
     };
     let mut client = client;
     let read = tokio::time::timeout(settings.hello_timeout, read_hello(&mut client)).await;
@@ -284,7 +289,7 @@ pub(super) async fn serve(
     // The configuration is let go of: the connection holds only its route.
     drop(service);
     if !entry.terminate {
-        return forward(client, Some(entry.route), hello, ctx).await;
+        return forward(client, Some(entry.route), hello, true, ctx).await;
     }
     let Some(config) = config else {
         tracing::debug!(%peer, server_name = ?name, "TLS connection closed: its listener has no usable certificate");
@@ -297,7 +302,7 @@ pub(super) async fn serve(
     };
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
     match tokio::time::timeout(settings.hello_timeout, accept).await {
-        Ok(Ok(tls)) => forward(tls, Some(entry.route), Bytes::new(), ctx).await,
+        Ok(Ok(tls)) => forward(tls, Some(entry.route), Bytes::new(), false, ctx).await,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             ctx.refused("handshake_failed");
@@ -333,10 +338,14 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Bytes), &
 }
 
 /// Forwards one connection to a backend of `route` (`hello`: what was read of it already).
+/// `passthrough`: the client's bytes are its own TLS, passed on as they are; otherwise they
+/// are what the client sent in the clear (TCP) or inside the gateway's TLS (terminated), and
+/// a BackendTLSPolicy on the backend secures them on the way there.
 async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     client: C,
     route: Option<Arc<StreamForward>>,
     hello: Bytes,
+    passthrough: bool,
     ctx: Ctx<'_>,
 ) {
     let peer = ctx.peer;
@@ -348,28 +357,33 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(%peer, route = %route.label, "connection closed: its backend is not resolved");
         return ctx.refused("no_backend");
     };
-    if pool.tls.is_some() {
-        // A BackendTLSPolicy asks for TLS to this Service, which the stream path does not
-        // speak yet: refused rather than sent in plaintext.
-        tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: its backend asks for TLS (a BackendTLSPolicy), not supported for TCP and TLS routes yet");
-        return ctx.refused("backend_tls_unsupported");
-    }
-    // The backend asked to be told who the client is: that comes before anything else.
-    let hello = match pool.settings().proxy_protocol {
-        None => hello,
-        Some(version) => {
-            let mut first =
-                BytesMut::from(&crate::proxy_protocol::header(version, peer, ctx.local)[..]);
-            first.extend_from_slice(&hello);
-            first.freeze()
-        }
+    // Passed through, the client's TLS is end to end: the policy's is for what the gateway
+    // sends in the clear.
+    let tls = if passthrough {
+        None
+    } else {
+        pool.stream_tls.as_ref()
     };
+    if let Some(UpstreamTls::Refused(why)) = tls {
+        tracing::debug!(%peer, route = %route.label, backend = %pool.id, why, "connection closed: its backend's BackendTLSPolicy cannot be honoured");
+        return ctx.refused("backend_tls_invalid");
+    }
     let policy = pool.settings();
     let Ok(mut hold) = pool.hold_stream(&policy) else {
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: its backend's circuit breaker is at maxConnections");
         return ctx.refused("max_connections_to_backend");
     };
-    let Some(upstream) = connect(pool, &policy, &mut hold, ctx.settings).await else {
+    // The backend asked to be told who the client is: that comes before anything else,
+    // TLS included.
+    let preamble = policy
+        .proxy_protocol
+        .map(|version| crate::proxy_protocol::header(version, peer, ctx.local));
+    let attempt = Attempt {
+        tls,
+        preamble: preamble.as_deref().unwrap_or_default(),
+        timeout: ctx.settings.connect_timeout,
+    };
+    let Some(upstream) = connect(pool, &policy, &mut hold, &attempt).await else {
         tracing::debug!(%peer, route = %route.label, backend = %pool.id, "connection closed: no endpoint could be reached");
         return ctx.refused("connect_failed");
     };
@@ -398,35 +412,57 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How each endpoint is dialled for one connection.
+struct Attempt<'a> {
+    /// The BackendTLSPolicy's TLS, when the gateway secures the connection.
+    tls: Option<&'a UpstreamTls>,
+    /// Written first, before TLS (a PROXY protocol header).
+    preamble: &'a [u8],
+    /// For the whole of it: connect, preamble, handshake.
+    timeout: Duration,
+}
+
+impl Attempt<'_> {
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<UpstreamIo> {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        if !self.preamble.is_empty() {
+            tcp.write_all(self.preamble).await?;
+        }
+        match self.tls {
+            None => Ok(UpstreamIo::Plain(tcp)),
+            Some(tls) => tls.connect(tcp).await,
+        }
+    }
+}
+
 /// A connection to an endpoint of `pool`: the balancer's candidates in order, each failure
-/// counted against its endpoint (passive health), up to [`MAX_CONNECT_ATTEMPTS`]; `hold`
-/// follows the endpoint tried.
+/// (to connect, or a handshake the policy's checks fail) counted against its endpoint
+/// (passive health), up to [`MAX_CONNECT_ATTEMPTS`]; `hold` follows the endpoint tried.
 async fn connect(
     pool: &BackendPool,
     policy: &PoolSettings,
     hold: &mut StreamHold,
-    settings: &StreamSettings,
-) -> Option<TcpStream> {
+    attempt: &Attempt<'_>,
+) -> Option<UpstreamIo> {
     let set = pool.endpoints();
     for endpoint in pool
         .candidates(&set, policy, None)
         .take(MAX_CONNECT_ATTEMPTS)
     {
         hold.to(endpoint);
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(endpoint.addr))
-            .await
-        {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match tokio::time::timeout(attempt.timeout, attempt.dial(endpoint.addr)).await {
+            Ok(Ok(io)) => {
                 pool.record(endpoint, Outcome::Success, policy);
-                return Some(stream);
+                return Some(io);
             }
             Ok(Err(e)) => {
-                tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, error = %e, "TCP connect failed");
+                tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, tls = attempt.tls.is_some(), error = %e, "connect failed");
                 pool.record(endpoint, Outcome::GatewayError, policy);
             }
             Err(_) => {
-                tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, "TCP connect timed out");
+                tracing::debug!(backend = %pool.id, endpoint = %endpoint.addr, "connect timed out");
                 pool.record(endpoint, Outcome::GatewayError, policy);
             }
         }

@@ -187,6 +187,8 @@ pub struct BackendPool {
     /// TLS to the endpoints (a BackendTLSPolicy); a pool's TLS never changes (another
     /// policy makes another pool, so no connection outlives the settings it was made with).
     pub tls: Option<super::tls::UpstreamTls>,
+    /// The same TLS without ALPN, for TCPRoute and terminated TLSRoute connections.
+    pub stream_tls: Option<super::tls::UpstreamTls>,
     /// The BackendTLSPolicy, for errors.
     pub tls_policy: Option<String>,
     endpoints: ArcSwap<EndpointSet>,
@@ -225,6 +227,7 @@ impl BackendPool {
                 .tls
                 .as_ref()
                 .map(|t| super::tls::UpstreamTls::new(t, b.protocol)),
+            stream_tls: b.tls.as_ref().map(super::tls::UpstreamTls::for_streams),
             tls_policy: b.tls.as_ref().map(|t| t.policy.to_string()),
             endpoints: ArcSwap::default(),
             balancer: Balancer::default(),
@@ -243,19 +246,30 @@ impl BackendPool {
     }
 
     /// Counts one forwarded connection or flow, if the circuit breaker's `maxConnections`
-    /// has room for it now (a stream is refused at the limit, never queued; a refusal is
-    /// counted in `portico_upstream_overloaded{limit="maxConnections"}`). Taken before
+    /// has room for it now: at the limit, idle HTTP connections to the backend give their
+    /// places up first (as they do for a request); then a stream is refused, never queued
+    /// (counted in `portico_upstream_overloaded{limit="maxConnections"}`). Taken before
     /// connecting, so a refused client costs the backend nothing.
     pub fn hold_stream(&self, settings: &PoolSettings) -> Result<StreamHold, Overloaded> {
+        let max = settings.breaker.max_connections;
+        loop {
+            if let Some(place) = self.gate.try_open(max) {
+                return Ok(StreamHold {
+                    _place: place,
+                    in_flight: None,
+                });
+            }
+            if !self
+                .endpoints()
+                .all()
+                .any(|e| e.state.conns.close_one_idle())
+            {
+                break;
+            }
+        }
         let limit = "maxConnections";
-        let Some(place) = self.gate.try_open(settings.breaker.max_connections) else {
-            self.metrics.overloaded(limit);
-            return Err(Overloaded { limit });
-        };
-        Ok(StreamHold {
-            _place: place,
-            in_flight: None,
-        })
+        self.metrics.overloaded(limit);
+        Err(Overloaded { limit })
     }
 
     /// The settings now.

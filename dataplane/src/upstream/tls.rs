@@ -34,6 +34,17 @@ pub enum UpstreamTls {
 impl UpstreamTls {
     /// The client side of `tls`, speaking `protocol` (ALPN `http/1.1` or `h2`).
     pub fn new(tls: &BackendTls, protocol: AppProtocol) -> Self {
+        Self::with_alpn(tls, Some(protocol))
+    }
+
+    /// The client side of `tls` for TCPRoute and terminated TLSRoute connections: the same
+    /// checks, and no ALPN (the gateway does not know what the bytes are; offering
+    /// `http/1.1` could fail a handshake with a backend that asks for its own protocol).
+    pub fn for_streams(tls: &BackendTls) -> Self {
+        Self::with_alpn(tls, None)
+    }
+
+    fn with_alpn(tls: &BackendTls, protocol: Option<AppProtocol>) -> Self {
         match build(tls, protocol) {
             Ok(on) => on,
             Err(why) => UpstreamTls::Refused(why),
@@ -41,7 +52,7 @@ impl UpstreamTls {
     }
 
     /// Secures a connected socket: the handshake, with the policy's SNI and checks.
-    pub(super) async fn connect(&self, tcp: TcpStream) -> io::Result<UpstreamIo> {
+    pub async fn connect(&self, tcp: TcpStream) -> io::Result<UpstreamIo> {
         match self {
             UpstreamTls::On {
                 config,
@@ -59,7 +70,7 @@ impl UpstreamTls {
     }
 }
 
-fn build(tls: &BackendTls, protocol: AppProtocol) -> Result<UpstreamTls, String> {
+fn build(tls: &BackendTls, protocol: Option<AppProtocol>) -> Result<UpstreamTls, String> {
     if let Some(why) = &tls.invalid {
         return Err(format!("BackendTLSPolicy {}: {why}", tls.policy));
     }
@@ -122,8 +133,9 @@ fn build(tls: &BackendTls, protocol: AppProtocol) -> Result<UpstreamTls, String>
         }
     };
     config.alpn_protocols = match protocol {
-        AppProtocol::Http1 => vec![b"http/1.1".to_vec()],
-        AppProtocol::H2c => vec![b"h2".to_vec()],
+        Some(AppProtocol::Http1) => vec![b"http/1.1".to_vec()],
+        Some(AppProtocol::H2c) => vec![b"h2".to_vec()],
+        None => Vec::new(),
     };
     let server_name = ServerName::try_from(tls.server_name.clone())
         .map_err(|e| format!("hostname {:?}: {e}", tls.server_name))?;

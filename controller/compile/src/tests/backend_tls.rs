@@ -372,3 +372,52 @@ fn a_policy_this_version_cannot_read_still_refuses_its_port_and_says_why() {
     );
     assert!(tls_of(&out, 80).and_then(|t| t.invalid).is_some());
 }
+
+#[test]
+fn a_tcp_routes_gateway_is_an_ancestor_and_its_backend_carries_the_policy() {
+    let extra = [
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: default}
+spec:
+  gatewayClassName: portico
+  listeners: [{name: db, port: 5432, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: db, namespace: default}
+spec:
+  parentRefs: [{name: l4}]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+"#,
+        &policy(
+            "tls",
+            "2026-01-01T00:00:00Z",
+            None,
+            "{wellKnownCACertificates: System, hostname: db.internal}",
+        ),
+    ]
+    .concat();
+    let out = run(&extra);
+    let ancestors = &out.status.backend_tls_policies[&ObjectRef::new("default", "tls")].ancestors;
+    let names: Vec<&str> = ancestors
+        .iter()
+        .map(|a| a.ancestor_ref.name.as_str())
+        .collect();
+    assert_eq!(names, ["l4"], "the TCPRoute's Gateway");
+    assert_eq!(
+        reason(&ancestors[0].conditions, types::ACCEPTED),
+        (true, "Accepted".into())
+    );
+    let l4 = ObjectRef::new("default", "l4");
+    let tls = out.snapshots[&l4]
+        .backends
+        .iter()
+        .find(|b| b.id.name == "svc")
+        .and_then(|b| b.tls.clone())
+        .expect("the stream backend carries the policy");
+    assert_eq!(tls.server_name, "db.internal");
+    assert!(tls.system_roots && tls.invalid.is_none());
+}
