@@ -71,9 +71,11 @@ impl std::fmt::Debug for Tunnel {
     }
 }
 
-/// Bytes read at once in each direction: nginx's `proxy_buffer_size` and HAProxy's `bufsize`
-/// (16 KiB each way, so 32 KiB per tunnel). Tokio's 8 KiB default took twice the system calls
-/// for a bulk transfer (`make bench`, L4 throughput).
+/// Bytes read at once in each direction: the size of nginx's `proxy_buffer_size` and
+/// HAProxy's `bufsize`. Tokio's 8 KiB default took twice the system calls for a bulk
+/// transfer (`make bench`, L4 throughput). Unlike theirs, tokio's buffers are allocated when
+/// the tunnel starts and kept while it lives: 32 KiB per open tunnel (TCP, TLS, WebSocket),
+/// idle or not.
 const BUFFER: usize = 16 * 1024;
 
 /// How a tunnel ended.

@@ -172,7 +172,8 @@ impl ManifestSet {
         }
         let i = &mut self.inputs;
         let mut ignored: Vec<String> = Vec::new();
-        // An AuthPolicy loaded as unreadable for its unknown fields (see its arm below).
+        // An AuthPolicy or BackendTLSPolicy loaded as unreadable for its unknown fields (see
+        // their arms below).
         let mut refused_policy = false;
         let mut from = Source {
             value,
@@ -361,8 +362,6 @@ impl Source<'_, '_> {
     }
 }
 
-/// Deserialises one object into its typed list and returns its identity (namespace empty for
-/// cluster-scoped kinds).
 /// A policy that protects something, just pushed onto `readable`, whose spec has fields this
 /// version does not know (among `ignored`): enforced without them it would protect less than
 /// it says, so it moves to `unreadable` and refuses its targets' requests, as the controller
@@ -387,6 +386,8 @@ fn read_in_part<P: ProtectivePolicy>(
     true
 }
 
+/// Deserialises one object into its typed list and returns its identity (namespace empty for
+/// cluster-scoped kinds).
 fn push<T: DeserializeOwned>(
     list: &mut Vec<T>,
     from: &mut Source<'_, '_>,

@@ -33,9 +33,9 @@
 //! ListenerSet, ReferenceGrant, Portico's own CRDs) are optional: while discovery says one is not served,
 //! it is reported once, read as empty and looked for again; compile never waits for it. One
 //! object its Rust type cannot decode is skipped and reported ([`guard`]), never the failure
-//! of its kind's whole list; except an AuthPolicy, which is kept as far as it can be read and
-//! compiles into a policy that refuses its targets' requests ([`policy_object`]), since skipping it
-//! would leave them open.
+//! of its kind's whole list; except an AuthPolicy or a BackendTLSPolicy, which is kept as far
+//! as it can be read and compiles into a policy that refuses its targets' requests
+//! ([`policy_object`]), since skipping it would leave them open or in plaintext.
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};

@@ -130,17 +130,18 @@ pub(super) async fn serve(
             continue;
         };
         let policy = pool.settings();
+        // A flow counts as a connection under the backend's `maxConnections` (asked first,
+        // so a refused datagram does not move the balancer on).
+        let Ok(mut hold) = pool.hold_stream(&policy) else {
+            dropped("max_connections_to_backend");
+            continue;
+        };
         let endpoint = {
             let set = pool.endpoints();
             pool.candidates(&set, &policy, None).next().cloned()
         };
         let Some(endpoint) = endpoint else {
             dropped("no_endpoint");
-            continue;
-        };
-        // A flow counts as a connection under the backend's `maxConnections`.
-        let Ok(mut hold) = pool.hold_stream(&policy) else {
-            dropped("max_connections_to_backend");
             continue;
         };
         hold.to(&endpoint);
