@@ -724,6 +724,7 @@ pub fn policy_status(
             namespace: a.ancestor_ref.namespace.clone(),
             name: a.ancestor_ref.name.clone(),
             section_name: a.ancestor_ref.section_name.clone(),
+            port: None,
         };
         let existing = current
             .ancestors

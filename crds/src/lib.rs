@@ -49,5 +49,4 @@ pub fn crds()
     ]
 }
 
-/// The Gateway API API group.
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub use policy::GATEWAY_GROUP;

@@ -67,15 +67,35 @@ pub struct PolicyAncestorStatus {
     pub conditions: Vec<PolicyCondition>,
 }
 
+/// The Gateway API API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// An ancestor, as the Gateway API's `ParentReference`: what other controllers write in a
+/// shared status reads back whole (their omitted `group`, `kind` and `namespace` taking the
+/// API's defaults, their `port` kept), so rewriting ours never drops theirs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AncestorRef {
+    #[serde(default = "gateway_group")]
     pub group: String,
+    #[serde(default = "gateway_kind")]
     pub kind: String,
+    /// Omitted: the policy's own namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+fn gateway_group() -> String {
+    GATEWAY_GROUP.to_string()
+}
+
+fn gateway_kind() -> String {
+    "Gateway".to_string()
 }
 
 /// A status condition (the shape of `metav1.Condition`).
@@ -93,4 +113,31 @@ pub struct PolicyCondition {
     /// RFC 3339 time of the last change of `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_controllers_ancestor_reads_back_whole() {
+        // As the Gateway API lets a controller write it: group, kind and namespace left to
+        // their defaults, a port given.
+        let theirs = serde_json::json!({"ancestors": [{
+            "ancestorRef": {"name": "gw", "port": 443},
+            "controllerName": "example.com/other",
+            "conditions": []}]});
+        let status: PolicyStatus = serde_json::from_value(theirs).expect("decodes");
+        let a = &status.ancestors[0].ancestor_ref;
+        assert_eq!(
+            (a.group.as_str(), a.kind.as_str()),
+            (GATEWAY_GROUP, "Gateway")
+        );
+        let back = serde_json::to_value(&status).expect("encodes");
+        assert_eq!(
+            back["ancestors"][0]["ancestorRef"],
+            serde_json::json!({"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw", "port": 443}),
+            "its namespace stays omitted, its port kept"
+        );
+    }
 }
