@@ -9,8 +9,8 @@
 
 use super::peers::{self, Peer, Tools};
 use super::{
-    Backend, RunSettings, clk_tck, cpu_ticks, median, peak_rss_kib, pinned, run, set_affinity,
-    spread,
+    Backend, RunSettings, clk_tck, cpu_ticks, median, peak_rss_kib, pinned, process_tree, run,
+    set_affinity, spread,
 };
 use portico_tests::{Proc, TempDir, binaries, free_port, loopback_ip, wait_port};
 use std::collections::BTreeMap;
@@ -200,6 +200,10 @@ pub(crate) fn section(md: &mut String, tools: &Tools, _http: &Backend, settings:
     );
     for scenario in &SCENARIOS {
         eprintln!("== l4: {}", scenario.name);
+        // Each table's peak RSS is its scenario's, not the largest since the proxy started.
+        for (_, _, r) in &running {
+            reset_peak_rss(r.proc.pid());
+        }
         // peer → (rate per second, CPU µs per unit) per round, errors in all.
         let mut rows: BTreeMap<&'static str, (Vec<f64>, Vec<f64>, u64)> = BTreeMap::new();
         let direct = match scenario.mode {
@@ -241,6 +245,13 @@ pub(crate) fn section(md: &mut String, tools: &Tools, _http: &Backend, settings:
     }
 }
 
+/// Resets the peak resident set (VmHWM) of a process and its children (`clear_refs` 5).
+fn reset_peak_rss(pid: u32) {
+    for p in process_tree(pid) {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
 fn table(
     md: &mut String,
     scenario: &Scenario,
@@ -250,7 +261,7 @@ fn table(
     let _ = writeln!(md, "\n### {}\n", scenario.name);
     let _ = writeln!(
         md,
-        "| peer | {} (median) | spread | × haproxy | × direct | CPU µs/{} | peak RSS MiB | errors |",
+        "| peer | {} (median) | spread | × haproxy | × direct | CPU µs/{} | peak RSS MiB (this scenario) | errors |",
         scenario.rate, scenario.unit
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -358,8 +369,11 @@ spec:
 }
 
 fn nginx_config(tools: &Tools, dir: &Path, ports: Ports, b: &Backends) -> String {
-    let load_module = tools
+    let module = tools
         .nginx_stream_module
+        .as_ref()
+        .unwrap_or_else(|why| panic!("{why}"));
+    let load_module = module
         .as_ref()
         .map_or(String::new(), |m| format!("load_module {};\n", m.display()));
     format!(

@@ -13,9 +13,10 @@ pub(crate) struct Tools {
     pub(crate) wrk: PathBuf,
     pub h2load: PathBuf,
     pub(crate) oha: PathBuf,
-    /// nginx's `stream` module where nginx was built with it as a dynamic module (Debian's
-    /// `libnginx-mod-stream`): the L4 benchmark loads it with `load_module`.
-    pub(crate) nginx_stream_module: Option<PathBuf>,
+    /// nginx's `stream` module, where nginx was built with it as a dynamic module (Debian's
+    /// `libnginx-mod-stream`): the L4 benchmark loads it with `load_module`. `Err` says why
+    /// it cannot (asked for by that section only).
+    pub(crate) nginx_stream_module: Result<Option<PathBuf>, String>,
 }
 
 fn find(name: &str, extra: &[PathBuf]) -> PathBuf {
@@ -45,25 +46,29 @@ impl Tools {
 }
 
 /// The `stream` module's file when `nginx` has it as a dynamic module; `None` when it is
-/// built in. Panics when it is dynamic and not installed.
-fn stream_module(nginx: &Path) -> Option<PathBuf> {
-    let out = std::process::Command::new(nginx).arg("-V").output().ok()?;
+/// built in; an error when it is dynamic and not installed.
+fn stream_module(nginx: &Path) -> Result<Option<PathBuf>, String> {
+    let out = std::process::Command::new(nginx)
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("nginx -V: {e}"))?;
     // nginx -V writes its build options to stderr.
     let options = String::from_utf8_lossy(&out.stderr).into_owned();
     if !options.contains("--with-stream=dynamic") {
-        return None;
+        return Ok(None);
     }
-    let found = [
+    [
         "/usr/lib/nginx/modules",
         "/usr/lib64/nginx/modules",
         "/usr/share/nginx/modules",
     ]
     .iter()
     .map(|d| Path::new(d).join("ngx_stream_module.so"))
-    .find(|p| p.is_file());
-    Some(found.unwrap_or_else(|| {
-        panic!("nginx's stream module is not installed; run `make bench`, which installs it")
-    }))
+    .find(|p| p.is_file())
+    .map(Some)
+    .ok_or_else(|| {
+        "nginx's stream module is not installed; run `make bench`, which installs it".into()
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,8 +13,13 @@ OHA_VERSION=1.16.0
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-# nginx's stream module (the L4 benchmark) is a package of its own on Debian.
-if command -v dpkg >/dev/null && ! dpkg -s libnginx-mod-stream >/dev/null 2>&1; then
+# nginx's stream module (the L4 benchmark) is a package of its own where Debian's nginx
+# builds it as a dynamic module.
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+nginx_build=""
+[ -x "$nginx_bin" ] && nginx_build="$("$nginx_bin" -V 2>&1 || true)"
+if { [ -z "$nginx_build" ] || [[ $nginx_build == *--with-stream=dynamic* ]]; } \
+  && command -v dpkg >/dev/null && ! dpkg -s libnginx-mod-stream >/dev/null 2>&1; then
   missing+=(libnginx-mod-stream)
 fi
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)

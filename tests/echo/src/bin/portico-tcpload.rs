@@ -10,7 +10,8 @@
 //!   `--sni`, verified against `--ca` (handshakes per second through a passthrough proxy);
 //!   prints `connections N`.
 //!
-//! Every mode also prints `errors N`: loops that failed (each fails once and stops).
+//! Every mode also prints `errors N`: loops that failed (each fails once and stops; what it
+//! did before counts).
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -50,14 +51,21 @@ struct Args {
     ca: Option<std::path::PathBuf>,
 }
 
-/// Reads the echo server's greeting line.
+/// Reads the echo server's greeting line. Nothing follows it until the client sends, so
+/// whole reads take nothing that is not the greeting's.
 async fn greeting<S: AsyncRead + Unpin>(s: &mut S) -> anyhow::Result<()> {
-    let mut b = [0u8; 1];
+    let mut buf = [0u8; 256];
+    let mut len = 0;
     loop {
-        if s.read(&mut b).await? == 0 {
+        let Some(rest) = buf.get_mut(len..).filter(|r| !r.is_empty()) else {
+            bail!("a greeting longer than {} bytes", buf.len());
+        };
+        let n = s.read(rest).await?;
+        if n == 0 {
             bail!("closed before the greeting ended");
         }
-        if b[0] == b'\n' {
+        len += n;
+        if buf.get(..len).is_some_and(|read| read.ends_with(b"\n")) {
             return Ok(());
         }
     }
@@ -83,22 +91,33 @@ async fn connect(target: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-/// One loop until `until`: bytes echoed (stream) or connections completed.
+/// One loop until `until`: bytes echoed (stream) or connections completed, and the error
+/// that ended it early, if one did (what it did before still counts).
 async fn run(
     args: &Args,
     tls: Option<&tokio_rustls::TlsConnector>,
     until: Instant,
-) -> anyhow::Result<u64> {
+) -> (u64, Option<anyhow::Error>) {
+    let mut n = 0u64;
+    let error = run_counting(args, tls, until, &mut n).await.err();
+    (n, error)
+}
+
+async fn run_counting(
+    args: &Args,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    until: Instant,
+    n: &mut u64,
+) -> anyhow::Result<()> {
     let msg: Vec<u8> = (0..args.size).map(|i| i as u8).collect();
     let mut echo = vec![0u8; args.size];
-    let mut n = 0u64;
     match args.mode {
         Mode::Stream => {
             let mut s = connect(args.target).await?;
             greeting(&mut s).await?;
             while Instant::now() < until {
                 exchange(&mut s, &msg, &mut echo).await?;
-                n += args.size as u64;
+                *n += args.size as u64;
             }
         }
         Mode::Connect => {
@@ -106,7 +125,7 @@ async fn run(
                 let mut s = connect(args.target).await?;
                 greeting(&mut s).await?;
                 exchange(&mut s, &msg, &mut echo).await?;
-                n += 1;
+                *n += 1;
             }
         }
         Mode::Tls => {
@@ -117,11 +136,11 @@ async fn run(
                 let mut s = tls.connect(name.clone(), s).await.context("handshake")?;
                 greeting(&mut s).await?;
                 exchange(&mut s, &msg, &mut echo).await?;
-                n += 1;
+                *n += 1;
             }
         }
     }
-    Ok(n)
+    Ok(())
 }
 
 fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
@@ -160,8 +179,9 @@ fn main() -> anyhow::Result<()> {
         let (mut total, mut errors) = (0u64, 0u64);
         while let Some(done) = tasks.join_next().await {
             match done {
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => {
+                Ok((n, None)) => total += n,
+                Ok((n, Some(e))) => {
+                    total += n;
                     errors += 1;
                     eprintln!("portico-tcpload: {e:#}");
                 }
