@@ -564,7 +564,9 @@ impl StatusWriter {
             if ours.is_empty() && !had_ours {
                 continue;
             }
-            let desired = policy_status(&current, ours, &self.controller, &now);
+            let mut desired = policy_status(&current, ours, &self.controller, &now);
+            // The Gateway API's schema holds at most 16 ancestors (other controllers' first).
+            desired.ancestors.truncate(MAX_ANCESTORS);
             if current != desired {
                 written += self
                     .merge_status("BackendTLSPolicy", &*policy, &desired)
@@ -654,6 +656,12 @@ impl StatusWriter {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(0)
             }
+            // The API server refuses this status (its schema's limits): one object's status
+            // must not hold up every object written after it, round after round.
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                tracing::warn!(kind, name = %id, error = %s.message, "status refused by the API server; skipped");
+                Ok(0)
+            }
             Err(source) => Err(Error::Write {
                 kind,
                 name: id.to_string(),
@@ -700,6 +708,9 @@ fn as_http_route_status<S: Serialize>(status: Option<&S>) -> HttpRouteStatus {
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default()
 }
+
+/// Ancestors a Gateway API policy's status may list (`maxItems`).
+const MAX_ANCESTORS: usize = 16;
 
 /// A policy's status with our ancestors replaced by `ours` and other controllers' kept.
 pub fn policy_status(

@@ -567,7 +567,7 @@ impl Default for Metrics {
         );
         registry.register(
             "tcp_connections_closed",
-            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed (every endpoint tried failed to connect or its TLS checks), max_connections_to_backend, backend_tls_invalid (the backend's BackendTLSPolicy has no usable CA), not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
+            "Connections of TCP and TLS listeners that ended, by reason (closed: by either side; idle_timeout; write_timeout; error; drained: their route went away; closed at once: no_route, no_backend, connect_failed (every endpoint tried failed to connect or its TLS checks), max_connections_to_backend, backend_tls_invalid (the backend's BackendTLSPolicy cannot be honoured: no usable CA, unreadable, invalid), not_tls (not a TLS ClientHello, or the client left before its end), hello_timeout, no_certificate, handshake_failed)",
             streams.closed.clone(),
         );
         let flows = crate::tunnel::TunnelMetrics::default();

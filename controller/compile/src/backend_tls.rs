@@ -19,12 +19,11 @@
 use crate::inputs::Inputs;
 use crate::refs::{
     gateways_of, grpc_route_parents, http_route_parents, namespace_of, object_ref, precedence,
-    tcp_route_parents,
+    tcp_route_parents, tls_route_parents,
 };
 use crate::status::{
     AncestorRef, Condition, PolicyAncestorStatus, PolicyStatus, StatusReport, reasons, types,
 };
-use crate::stream::StreamSource;
 use crate::unreadable::{ProtectivePolicy, UnreadablePolicy};
 use portico_crds::gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyValidationSubjectAltNamesType as SanType,
@@ -33,6 +32,15 @@ use portico_crds::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portico_crds::policy::PolicyTargetRef;
 use portico_model::{BackendTls, ObjectRef, Snapshot, SubjectAltName};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// What an applied policy covers, in its status.
+const APPLIED: &str = "applied to the targeted Services: HTTP and GRPC requests, TCP and \
+                       terminated TLS connections (passed-through TLS is the client's own, end \
+                       to end)";
+
+/// What a policy that cannot be honoured does, in its status.
+const REFUSED: &str = "requests to the targeted Services are answered 500 and connections to \
+                       them closed, never sent in plaintext";
 
 /// What a Service (or one of its ports, by name) is targeted by.
 type TargetKey = (ObjectRef, Option<String>);
@@ -115,21 +123,21 @@ pub(crate) fn resolve(
                     types::ACCEPTED,
                     true,
                     reasons::ACCEPTED,
-                    "applied to the targeted Services",
+                    APPLIED,
                     generation,
                 ),
                 (Some(why), Source::Unreadable(_)) => Condition::new(
                     types::ACCEPTED,
                     false,
                     reasons::UNREADABLE,
-                    format!("{why}; requests to the targeted Services are refused (500)"),
+                    format!("{why}; {REFUSED}"),
                     generation,
                 ),
                 (Some(why), Source::Readable(_)) => Condition::new(
                     types::ACCEPTED,
                     false,
                     reasons::NO_VALID_CA_CERTIFICATE,
-                    format!("{why}; requests to the targeted Services are refused (500)"),
+                    format!("{why}; {REFUSED}"),
                     generation,
                 ),
             }
@@ -335,29 +343,26 @@ fn service_gateways(
     }
     routes!(&inputs.http_routes, http_route_parents);
     routes!(&inputs.grpc_routes, grpc_route_parents);
-    // TCPRoutes and TLSRoutes, read as TCPRoutes (a passed-through TLSRoute's connections
-    // carry the client's own TLS, but its Gateway still sends to the Service).
-    let streams = inputs
-        .tcp_routes
-        .iter()
-        .map(StreamSource::tcp)
-        .chain(inputs.tls_routes.iter().map(StreamSource::tls));
-    for source in streams {
-        let r = &source.route;
-        let refs = r
-            .spec
-            .rules
-            .iter()
-            .flat_map(|rule| rule.backend_refs.iter())
-            .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
-            .map(|b| (b.namespace.as_deref(), b.name.as_str()))
-            .collect();
-        add(
-            &namespace_of(&r.metadata),
-            tcp_route_parents(r, &sets),
-            refs,
-        );
+    // TCPRoutes and TLSRoutes: one shape in two generated types. (A passed-through
+    // TLSRoute's connections carry the client's own TLS, but its Gateway still sends to the
+    // Service; the status's message says what the policy covers.)
+    macro_rules! stream_routes {
+        ($routes:expr, $parents:path) => {
+            for r in $routes {
+                let refs = r
+                    .spec
+                    .rules
+                    .iter()
+                    .flat_map(|rule| rule.backend_refs.iter())
+                    .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
+                    .map(|b| (b.namespace.as_deref(), b.name.as_str()))
+                    .collect();
+                add(&namespace_of(&r.metadata), $parents(r, &sets), refs);
+            }
+        };
     }
+    stream_routes!(&inputs.tcp_routes, tcp_route_parents);
+    stream_routes!(&inputs.tls_routes, tls_route_parents);
     out
 }
 

@@ -426,7 +426,7 @@ impl Attempt<'_> {
     async fn dial(&self, addr: SocketAddr) -> std::io::Result<UpstreamIo> {
         use tokio::io::AsyncWriteExt;
         let mut tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+        let _ = tcp.set_nodelay(true);
         if !self.preamble.is_empty() {
             tcp.write_all(self.preamble).await?;
         }

@@ -307,7 +307,13 @@ impl BackendPool {
         let set = self.endpoints();
         let mut probes = tokio::task::JoinSet::new();
         for e in set.all() {
-            let (e, check, tls) = (e.clone(), check.clone(), self.tls.clone());
+            // A TCP probe opens what a TCPRoute's connection would (TLS without ALPN); an HTTP
+            // or gRPC one speaks the pool's protocol.
+            let tls = match check.probe {
+                portico_model::backend::Probe::Tcp => self.stream_tls.clone(),
+                _ => self.tls.clone(),
+            };
+            let (e, check) = (e.clone(), check.clone());
             // Probes take the PROXY protocol as stream routes' connections do.
             let proxy = self.settings.load().proxy_protocol;
             probes.spawn(async move {

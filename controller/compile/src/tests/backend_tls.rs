@@ -319,7 +319,7 @@ fn a_policy_this_version_cannot_read_still_refuses_its_port_and_says_why() {
     assert_eq!(reason(&c, types::ACCEPTED), (false, "Unreadable".into()));
     let accepted = find(&c, types::ACCEPTED).expect("Accepted");
     assert!(
-        accepted.message.contains("IPAddress") && accepted.message.contains("refused (500)"),
+        accepted.message.contains("IPAddress") && accepted.message.contains("answered 500"),
         "{}",
         accepted.message
     );
