@@ -321,21 +321,15 @@ fn write_config(
 }
 
 fn portico_config(ports: Ports, b: &Backends) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  gatewayClassName: portico
-  listeners:
-  - {{name: tcp, port: {tcp}, protocol: TCP}}
+    let listeners = format!(
+        "  - {{name: tcp, port: {tcp}, protocol: TCP}}
   - {{name: tls, port: {tls}, protocol: TLS, hostname: {SNI}, tls: {{mode: Passthrough}}}}
----
+",
+        tcp = ports.tcp.port(),
+        tls = ports.tls.port(),
+    );
+    format!(
+        "{gateway}---
 apiVersion: v1
 kind: Service
 metadata: {{name: tcp-backend, namespace: default, annotations: {{portico.dev/endpoints: \"{tcp_backend}\"}}}}
@@ -361,8 +355,7 @@ spec:
   hostnames: [{SNI}]
   rules: [{{backendRefs: [{{name: tls-backend, port: 443}}]}}]
 ",
-        tcp = ports.tcp.port(),
-        tls = ports.tls.port(),
+        gateway = portico_tests::gateway_yaml("bench", "", &listeners),
         tcp_backend = b.tcp_addr,
         tls_backend = b.tls_addr,
     )

@@ -324,45 +324,43 @@ fn service_gateways(
                 .extend(parents.iter().cloned());
         }
     };
-    // HTTPRoutes and GRPCRoutes: one shape in two generated types.
+    // Every route kind: the same shape in four generated types, whose rules and backendRefs
+    // are lists (TCP, TLS) or optional lists (HTTP, GRPC). (A passed-through TLSRoute's
+    // connections carry the client's own TLS, but its Gateway still sends to the Service;
+    // the status's message says what the policy covers.)
     macro_rules! routes {
-        ($routes:expr, $parents:path) => {
-            for r in $routes {
-                let refs = r
-                    .spec
-                    .rules
-                    .iter()
-                    .flatten()
-                    .flat_map(|rule| rule.backend_refs.iter().flatten())
+        ($routes:expr, $parents:path, |$r:ident| $backend_refs:expr) => {
+            for $r in $routes {
+                let refs = $backend_refs
                     .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
                     .map(|b| (b.namespace.as_deref(), b.name.as_str()))
                     .collect();
-                add(&namespace_of(&r.metadata), $parents(r, &sets), refs);
+                add(&namespace_of(&$r.metadata), $parents($r, &sets), refs);
             }
         };
     }
-    routes!(&inputs.http_routes, http_route_parents);
-    routes!(&inputs.grpc_routes, grpc_route_parents);
-    // TCPRoutes and TLSRoutes: one shape in two generated types. (A passed-through
-    // TLSRoute's connections carry the client's own TLS, but its Gateway still sends to the
-    // Service; the status's message says what the policy covers.)
-    macro_rules! stream_routes {
-        ($routes:expr, $parents:path) => {
-            for r in $routes {
-                let refs = r
-                    .spec
-                    .rules
-                    .iter()
-                    .flat_map(|rule| rule.backend_refs.iter())
-                    .filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
-                    .map(|b| (b.namespace.as_deref(), b.name.as_str()))
-                    .collect();
-                add(&namespace_of(&r.metadata), $parents(r, &sets), refs);
-            }
-        };
-    }
-    stream_routes!(&inputs.tcp_routes, tcp_route_parents);
-    stream_routes!(&inputs.tls_routes, tls_route_parents);
+    routes!(&inputs.http_routes, http_route_parents, |r| r
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.backend_refs.iter().flatten()));
+    routes!(&inputs.grpc_routes, grpc_route_parents, |r| r
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.backend_refs.iter().flatten()));
+    routes!(&inputs.tcp_routes, tcp_route_parents, |r| r
+        .spec
+        .rules
+        .iter()
+        .flat_map(|rule| rule.backend_refs.iter()));
+    routes!(&inputs.tls_routes, tls_route_parents, |r| r
+        .spec
+        .rules
+        .iter()
+        .flat_map(|rule| rule.backend_refs.iter()));
     out
 }
 
